@@ -1,0 +1,414 @@
+"""YAML configuration -> frozen dataclasses.
+
+Theory of operation: the YAML text is loaded twice, once into plain Python data and once composed
+into a node tree that gives every key's line number. Pydantic (a well-kept validator; we use it over
+stdlib dataclasses so the rest of the code sees plain frozen dataclasses, not pydantic models)
+checks types and rejects unknown keys, reporting every error at once. Cross-field rules (a route
+naming an unknown upstream, a TLS listener without certificates...) run afterwards on the typed
+result and are collected the same way. Each error carries its YAML path and line.
+
+Secrets (the gateway key, a log-hashing salt, upstream client keys) are never required inline: a
+`Secret` is `{file: PATH}` or `{env: NAME}`, resolved at load time, and its repr hides the value.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BeforeValidator,
+    PlainValidator,
+    ConfigDict,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
+
+_STRICT = ConfigDict(extra="forbid")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
+               "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gib": 1024**3}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `errors` lists every problem as "path (line N): message"."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def _parse_duration(value: Any) -> float:
+    """`30s`, `10m`, `1.5h`, `30d`, `250ms` or a bare number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s or 10m")
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = _DURATION_RE.match(str(value))
+    if not match:
+        raise ValueError("expected a duration such as 30s, 10m, 2h or 30d")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+
+
+def _parse_size(value: Any) -> int:
+    """`64KiB`, `50MB`, `8192` -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 8192, 64KiB or 50MB")
+    if isinstance(value, int):
+        return value
+    match = _SIZE_RE.match(str(value))
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError("expected a size such as 8192, 64KiB or 50MB")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+Duration = Annotated[float, BeforeValidator(_parse_duration)]
+Size = Annotated[int, BeforeValidator(_parse_size)]
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _parse_address(value: Any) -> Address:
+    if isinstance(value, Address):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected HOST:PORT")
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected HOST:PORT such as 127.0.0.1:1143 or [::1]:993")
+    return Address(host, int(port))
+
+
+ListenAddress = Annotated[Address, PlainValidator(_parse_address)]
+
+
+class Secret:
+    """A secret value read from a file or the environment; never printed."""
+
+    __slots__ = ("value", "source")
+
+    def __init__(self, value: bytes, source: str):
+        self.value = value
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"Secret(<from {self.source}>)"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+def _load_secret(value: Any) -> Secret:
+    if isinstance(value, Secret):
+        return value
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in ("file", "env"):
+        raise ValueError("a secret is {file: PATH} or {env: NAME}, never inline")
+    kind, where = next(iter(value.items()))
+    if kind == "file":
+        try:
+            return Secret(Path(where).read_bytes().strip(), f"file {where}")
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file: {exc.strerror}") from None
+    if where not in os.environ:
+        raise ValueError(f"environment variable {where} is not set")
+    return Secret(os.environ[where].encode(), f"env {where}")
+
+
+SecretValue = Annotated[Secret, PlainValidator(_load_secret)]
+
+TlsMode = Literal["none", "starttls", "implicit"]
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    __pydantic_config__ = _STRICT
+    cert: Path
+    key: Path
+    names: tuple[StrictStr, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-listener timeouts. `idle` is the RFC 3501 5.4 autologout timer (at least 30 minutes)."""
+
+    __pydantic_config__ = _STRICT
+    login: Duration = 60.0          # from connect to successful authentication
+    idle: Duration = 1800.0         # no client command while authenticated
+    idle_command: Duration = 1800.0  # one IDLE command (clients re-issue it every <=29 min)
+    upstream_connect: Duration = 10.0
+    upstream_response: Duration = 300.0  # an upstream reply to a command we sent on our own
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolLimits:
+    """Named limits applied to client input. Pre-authentication ones are tighter."""
+
+    __pydantic_config__ = _STRICT
+    max_line: Size = 65536
+    max_literal: Size = 64 * 1024 * 1024
+    max_nonsync_literal: Size = 4096       # RFC 7888 LITERAL-
+    max_depth: StrictInt = 16
+    preauth_max_line: Size = 8192
+    preauth_max_literal: Size = 8192
+    preauth_commands: StrictInt = 20       # commands allowed before authentication
+    bad_commands: StrictInt = 20           # BAD replies tolerated before the connection is closed
+    auth_failures: StrictInt = 3           # failed logins per connection before it is closed
+    pop3_max_command_line: Size = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    __pydantic_config__ = _STRICT
+    name: StrictStr
+    protocol: Literal["imap", "pop3"]
+    address: ListenAddress
+    mode: Literal["relay", "gateway"] = "relay"
+    tls: TlsMode = "none"
+    certificates: tuple[Certificate, ...] = ()
+    tls_min_version: Literal["1.2", "1.3"] = "1.2"
+    allow_plaintext_auth: StrictBool | None = None  # None: only for loopback clients
+    require_tls: StrictBool = False
+    audit: StrictBool = False
+    proxy_protocol: StrictBool = False
+    trusted_proxies: tuple[StrictStr, ...] = ()
+    max_connections: StrictInt = 10000
+    max_connections_per_ip: StrictInt = 100
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: ProtocolLimits = field(default_factory=ProtocolLimits)
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    __pydantic_config__ = _STRICT
+    port: StrictInt
+    tls: TlsMode = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    __pydantic_config__ = _STRICT
+    host: StrictStr
+    imap: ServicePort | None = None
+    pop3: ServicePort | None = None
+    verify: StrictBool = True
+    ca_file: Path | None = None
+    server_name: StrictStr | None = None
+    client_cert: Certificate | None = None
+    forward_client_ip: StrictBool = False
+    health_check_interval: Duration = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    __pydantic_config__ = _STRICT
+    match: StrictStr
+    upstream: StrictStr
+
+    def matches(self, user: str) -> bool:
+        return user == self.match or fnmatch.fnmatchcase(user.lower(), self.match.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class Logging:
+    __pydantic_config__ = _STRICT
+    user: Literal["full", "domain", "hash"] = "full"
+    hash_key: SecretValue | None = None  # salt for `user: hash`; random per process otherwise
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    __pydantic_config__ = _STRICT
+    address: ListenAddress
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    __pydantic_config__ = _STRICT
+    store: StrictStr = "mailproxy-gateway.db"
+    poll_interval: Duration = 60.0
+    upstream_retention: StrictStr = "keep"  # keep | delete-after-fetch | a duration such as 30d
+    key_file: Path | None = None
+    background_poll: StrictBool = False
+    auth_cache_ttl: Duration = 300.0
+
+    @property
+    def retention_seconds(self) -> float | None:
+        """None for `keep`, 0 for `delete-after-fetch`, else the delay before DELE."""
+        if self.upstream_retention == "keep":
+            return None
+        if self.upstream_retention == "delete-after-fetch":
+            return 0.0
+        return _parse_duration(self.upstream_retention)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    __pydantic_config__ = _STRICT
+    listeners: tuple[Listener, ...]
+    upstreams: dict[StrictStr, Upstream]
+    routes: tuple[Route, ...]
+    logging: Logging = field(default_factory=Logging)
+    metrics: Metrics | None = None
+    gateway: Gateway | None = None
+    shutdown_timeout: Duration = 30.0
+
+    def route(self, user: str) -> str | None:
+        """The upstream name for `user`: the first matching route wins."""
+        for route in self.routes:
+            if route.matches(user):
+                return route.upstream
+        return None
+
+
+_ADAPTER = TypeAdapter(Config)
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file. Raises ConfigError listing every problem."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: {exc.strerror}"]) from None
+    return loads(text, base_dir=Path(path).resolve().parent)
+
+
+def loads(text: str, *, base_dir: Path | None = None) -> Config:
+    """Validate YAML text. Relative file paths are resolved against `base_dir` when given."""
+    try:
+        data = yaml.safe_load(text)
+        lines = _line_map(yaml.compose(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError([f"YAML syntax error{where}: {getattr(exc, 'problem', exc)}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(["the top level must be a mapping with listeners, upstreams and routes"])
+    try:
+        config = _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError([_format(err["loc"], err["msg"], lines) for err in exc.errors()]) from None
+    if base_dir is not None:
+        config = _resolve_paths(config, base_dir)
+    errors = [_format(loc, msg, lines) for loc, msg in _semantic_errors(config)]
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def _line_map(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, int]:
+    """Map each YAML path (keys and list indexes) to its 1-based line number."""
+    lines: dict[tuple, int] = {}
+    if node is None:
+        return lines
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = path + (key_node.value,)
+            lines.update(_line_map(value_node, key))
+            lines[key] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines.update(_line_map(item, path + (index,)))
+    return lines
+
+
+def _format(loc: tuple, msg: str, lines: dict[tuple, int]) -> str:
+    loc = tuple(part for part in loc if not (isinstance(part, str) and part.startswith("function-")))
+    dotted = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return f"{dotted or '<top>'} (line {lines[loc[:end]]}): {msg}"
+    return f"{dotted or '<top>'}: {msg}"
+
+
+def _semantic_errors(config: Config) -> list[tuple[tuple, str]]:
+    errors: list[tuple[tuple, str]] = []
+    names: set[str] = set()
+    for i, lst in enumerate(config.listeners):
+        where = ("listeners", i)
+        if lst.name in names:
+            errors.append((where + ("name",), f"duplicate listener name {lst.name!r}"))
+        names.add(lst.name)
+        if lst.tls != "none" and not lst.certificates:
+            errors.append((where + ("certificates",), "tls needs at least one certificate"))
+        if lst.require_tls and lst.tls != "starttls":
+            errors.append((where + ("require_tls",), "require_tls only applies to tls: starttls"))
+        if lst.mode == "gateway" and lst.protocol != "imap":
+            errors.append((where + ("mode",), "gateway listeners speak IMAP (protocol: imap)"))
+        if lst.mode == "gateway" and config.gateway is None:
+            errors.append((where + ("mode",), "mode: gateway needs a top-level gateway: section"))
+        for j, net in enumerate(lst.trusted_proxies):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                errors.append((where + ("trusted_proxies", j), f"not a CIDR network: {net!r}"))
+        if lst.proxy_protocol and not lst.trusted_proxies:
+            errors.append((where + ("trusted_proxies",), "proxy_protocol needs trusted_proxies"))
+    if not config.routes:
+        errors.append((("routes",), "at least one route is needed"))
+    for i, route in enumerate(config.routes):
+        if route.upstream not in config.upstreams:
+            errors.append((("routes", i, "upstream"), f"unknown upstream {route.upstream!r}"))
+    for name, up in config.upstreams.items():
+        if up.imap is None and up.pop3 is None:
+            errors.append((("upstreams", name), "an upstream needs an imap: or pop3: section"))
+    for i, lst in enumerate(config.listeners):
+        needed = "imap" if lst.mode == "relay" and lst.protocol == "imap" else "pop3"
+        for j, route in enumerate(config.routes):
+            up = config.upstreams.get(route.upstream)
+            if up is not None and getattr(up, needed) is None:
+                errors.append((("routes", j, "upstream"),
+                               f"listener {lst.name!r} needs upstream {route.upstream!r} to have a "
+                               f"{needed}: section"))
+    if config.gateway is not None:
+        try:
+            config.gateway.retention_seconds
+        except ValueError:
+            errors.append((("gateway", "upstream_retention"),
+                           "expected keep, delete-after-fetch or a duration such as 30d"))
+    return errors
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    """Make certificate, CA and key paths relative to the config file's directory."""
+    from dataclasses import replace
+
+    def fix(path: Path | None) -> Path | None:
+        return path if path is None or path.is_absolute() else base / path
+
+    def fix_cert(cert: Certificate | None) -> Certificate | None:
+        return None if cert is None else replace(cert, cert=fix(cert.cert), key=fix(cert.key))
+
+    listeners = tuple(replace(lst, certificates=tuple(fix_cert(c) for c in lst.certificates))
+                      for lst in config.listeners)
+    upstreams = {name: replace(up, ca_file=fix(up.ca_file), client_cert=fix_cert(up.client_cert))
+                 for name, up in config.upstreams.items()}
+    gateway = config.gateway
+    if gateway is not None:
+        store = gateway.store
+        if "://" not in store and not Path(store).is_absolute():
+            store = str(base / store)
+        gateway = replace(gateway, store=store, key_file=fix(gateway.key_file))
+    return replace(config, listeners=listeners, upstreams=upstreams, gateway=gateway)
