@@ -1,0 +1,59 @@
+"""``CommandParser``: parses client commands (RFC 3501 §6 / RFC 9051 §6).
+
+Framing, literals, limits and resynchronisation live in ``_parser``.
+"""
+
+from __future__ import annotations
+
+from . import events as ev
+from ._errors import ProtocolError
+from ._lines import find_literal, parse_command_head
+from ._parser import BaseParser, _State
+
+__all__ = ["CommandParser"]
+
+
+class CommandParser(BaseParser):
+    """Parses client commands (the server side of a connection).
+
+    Args:
+        limits: size limits; see :class:`Limits` and ``PREAUTH_LIMITS``.
+        collect_literals: gather literal payloads into ``Command.args``
+            (bounded by ``max_literal``) instead of streaming ``LiteralData``.
+            Without ``parse_args`` collected payloads are discarded.
+        parse_args: tokenise arguments into ``Command.args``.
+    """
+
+    _peer_waits_for_sync = True
+
+    def reject_literal(self) -> None:
+        """The caller refused the synchronising literal just announced.
+
+        Call right after ``LiteralStart``, having sent a tagged NO/BAD instead
+        of ``+``.  The current command is dropped; the client will not send
+        the payload (RFC 3501 §7.5), so parsing resumes at the next line.  For a
+        non-synchronising literal the payload is skipped instead.
+        """
+        if self._state is not _State.LITERAL or self._literal is None:
+            raise RuntimeError("reject_literal() called outside a literal")
+        literal = self._literal
+        self._reset_message()
+        if literal.synchronizing:
+            self._state = _State.LINE
+        else:
+            self._state = _State.SKIP_LITERAL  # _remaining still counts it
+
+    def _start_message(self, line: bytes) -> None:
+        literal = find_literal(line)
+        end = literal.start if literal is not None else len(line)
+        try:
+            tag, name, pos = parse_command_head(line, end)
+        except ProtocolError as error:
+            self._fail(error, literal)
+        self._begin_message(tag)
+        self._name = name
+        self._events.append(ev.CommandStart(tag, name))
+        self._continue_message(line, pos, literal)
+
+    def _message_event(self, args: tuple) -> ev.Event:
+        return ev.Command(self._tag, self._name, args)  # type: ignore[arg-type]

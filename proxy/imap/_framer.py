@@ -1,0 +1,155 @@
+"""Receive buffer: line and literal framing at C speed.
+
+Theory of operation
+-------------------
+The buffer is ``self._data`` (``bytes`` or ``bytearray``) plus a read offset
+``self._pos``.  When all data has been consumed, the next ``feed()`` simply
+adopts the caller's ``bytes`` object: no copy.  Only when unconsumed bytes
+remain (a partial line) is a ``bytearray`` built and appended to, after
+dropping the consumed prefix; that remainder is bounded by ``max_line``.
+
+Lines are found with ``find(b"\\n", scan)`` where ``scan`` remembers how far
+an earlier search got, so a line trickling in one byte at a time is not
+rescanned.  Literal payloads are taken by count: one slice per call.  Slices
+of a ``bytes`` buffer are handed out as zero-copy ``memoryview``s (safe since
+``bytes`` is immutable); slices of a ``bytearray`` are copied, because a
+resize while a view is exported would raise ``BufferError``.
+
+Bare LF is accepted as a line end, as Dovecot does; a CR before the LF is
+removed, a lone CR elsewhere stays part of the line.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ReceiveBuffer", "OVERLONG"]
+
+
+class _Overlong:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "OVERLONG"
+
+
+#: Returned by ``take_line`` when the line part exceeds ``max_line``.
+OVERLONG = _Overlong()
+
+_LF = b"\n"
+_CR = 13
+
+
+class ReceiveBuffer:
+    """Buffered input with line and counted-chunk extraction."""
+
+    __slots__ = ("_data", "_pos", "_scan", "eof")
+
+    def __init__(self) -> None:
+        self._data: bytes | bytearray = b""
+        self._pos = 0
+        self._scan = 0
+        self.eof = False
+
+    def __len__(self) -> int:
+        return len(self._data) - self._pos
+
+    def feed(self, data: bytes) -> None:
+        """Append ``data``; ``b""`` marks EOF.  Data after EOF is dropped."""
+        if not data:
+            self.eof = True
+            return
+        if self.eof:
+            return
+        if type(data) is not bytes:
+            data = bytes(data)
+        buf, pos = self._data, self._pos
+        if pos >= len(buf):
+            self._data = data
+            self._pos = self._scan = 0
+            return
+        if type(buf) is bytes:
+            new = bytearray(buf[pos:])
+            new += data
+            self._data = new
+        else:
+            if pos:
+                del buf[:pos]
+            buf += data
+        self._scan -= pos
+        self._pos = 0
+
+    def take_all(self) -> bytes:
+        """Remove and return everything buffered."""
+        rest = bytes(self._data[self._pos:])
+        self._data, self._pos, self._scan = b"", 0, 0
+        return rest
+
+    def take_line(self, max_line: int) -> bytes | _Overlong | None:
+        """Remove and return the next line without its line end.
+
+        Returns None if no line end is buffered yet, ``OVERLONG`` (consuming
+        nothing) if the line is, or would become, longer than ``max_line``.
+        """
+        buf, start = self._data, self._pos
+        lf = buf.find(_LF, self._scan)
+        if lf < 0:
+            self._scan = len(buf)
+            # +1: a trailing CR may belong to the line end.
+            return OVERLONG if len(buf) - start > max_line + 1 else None
+        end = lf - 1 if lf > start and buf[lf - 1] == _CR else lf
+        if end - start > max_line:
+            return OVERLONG
+        self._pos = self._scan = lf + 1
+        line = buf[start:end]
+        return line if type(line) is bytes else bytes(line)
+
+    def take(self, limit: int, copy: bool) -> bytes | memoryview | None:
+        """Remove and return up to ``limit`` bytes; None if nothing is buffered.
+
+        With ``copy=False`` the result may be a ``memoryview`` (zero-copy).
+        """
+        buf, pos = self._data, self._pos
+        end = min(pos + limit, len(buf))
+        if end <= pos:
+            return None
+        self._pos = end
+        if self._scan < end:
+            self._scan = end
+        if type(buf) is bytes:
+            if pos == 0 and end == len(buf):
+                return buf
+            return buf[pos:end] if copy else memoryview(buf)[pos:end]
+        with memoryview(buf) as view:
+            return bytes(view[pos:end])
+
+    def skip(self, limit: int) -> int:
+        """Discard up to ``limit`` bytes; return how many were discarded."""
+        end = min(self._pos + limit, len(self._data))
+        skipped = end - self._pos
+        self._pos = end
+        if self._scan < end:
+            self._scan = end
+        return skipped
+
+    def skip_line(self, keep: int) -> tuple[bytes | None, int]:
+        """Discard input up to and including the next line end.
+
+        Returns ``(tail, discarded)``.  ``tail`` is the last ``keep`` bytes of
+        the line (line end removed), or None when no line end is buffered yet;
+        then all but the last ``keep`` bytes are discarded, so that the tail is
+        still available once the line end arrives.
+        """
+        buf, start = self._data, self._pos
+        lf = buf.find(_LF, self._scan)
+        if lf < 0:
+            new_pos = max(start, len(buf) - keep)
+            self._pos = new_pos
+            self._scan = len(buf)
+            return None, new_pos - start
+        end = lf - 1 if lf > start and buf[lf - 1] == _CR else lf
+        tail = bytes(buf[max(start, end - keep) : end])
+        self._pos = self._scan = lf + 1
+        return tail, lf + 1 - start
+
+    def peek(self, size: int) -> bytes:
+        """Return up to ``size`` buffered bytes without consuming them."""
+        return bytes(self._data[self._pos : self._pos + size])

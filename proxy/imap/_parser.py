@@ -1,0 +1,395 @@
+"""Sans-IO IMAP parsing: the framing state machine shared by both parsers.
+
+``CommandParser`` (server side, ``_command_parser``) and ``ResponseParser``
+(client side, ``_response_parser``) subclass ``BaseParser`` and add only the
+parsing of a message's first line part.
+
+Theory of operation
+-------------------
+An IMAP command or response is a *message*: a line part, and while a line part
+ends in a literal marker (``{n}``, ``{n+}``, ``~{n}``), ``n`` bytes of literal
+payload followed by another line part (RFC 3501 §4.3, RFC 9051 §4.3).  The
+parser is a small state machine over that framing (``_State``):
+
+``LINE``
+    Waiting for a message's first line part.  The head (tag, name, status,
+    number, response code) is split off cheaply; a ``RawLine`` is returned
+    instead if ``expect_line()`` was called.
+``LITERAL``
+    ``_remaining`` payload bytes are taken by count, one slice per call.  With
+    ``collect_literals=False`` each slice is a ``LiteralData`` event, so a
+    50 MB APPEND is never buffered; with ``True`` slices are joined (bounded
+    by ``max_literal``) and put into ``args``.
+``CONT``
+    Waiting for the line part that follows a literal.
+``SKIP_LITERAL`` / ``SKIP_CONT`` / ``SKIP_LINE``
+    Resynchronisation after an error (see below).
+
+Only the framing runs on every byte: ``bytes.find`` for line ends, a check of
+the last bytes of a line for a literal marker, slicing for payloads (see
+``_framer``).  Arguments are tokenised only with ``parse_args=True``.
+
+Events come out one per ``next_event()`` call from a small queue filled by one
+processing step (e.g. ``CommandStart`` then ``LiteralStart``).  A step never
+reads past the current message's line part, so the caller can call
+``expect_line()`` after ``Command(IDLE)`` or ``Command(AUTHENTICATE)`` even if
+the next line is already buffered.  A message's final event (``Command``,
+``TaggedResponse``, ``UntaggedResponse``) is emitted when its last line part
+has arrived; ``UntaggedResponse`` thus follows its literals' events.
+
+Errors and resynchronisation
+----------------------------
+``ProtocolError`` is raised after any events queued before it.  A non-fatal
+error leaves the parser resynchronised:
+
+* The rest of the bad message is dropped.  If the bad line part announced a
+  literal the peer will send anyway (a client's ``{n+}`` or any literal from
+  a server), its payload is skipped by count and following line parts of the
+  same message are skipped too (``SKIP_LITERAL``/``SKIP_CONT``).  A client
+  that announced a synchronising literal waits for ``+``, gets a BAD instead
+  and sends nothing (RFC 3501 §7.5), so parsing resumes at the next line.
+* An overlong line part raises ``line_too_long`` as soon as more than
+  ``max_line`` bytes are buffered without a line end; the parser then discards
+  input up to the next LF (``SKIP_LINE``), keeping only the last 32 bytes to
+  spot a literal marker.  If more than ``max_line * RESYNC_FACTOR`` bytes
+  are discarded, a second, *fatal* ``line_too_long`` is raised.
+
+Fatal errors (``fatal=True``, ``reply_status=b"BYE"``): the resync budget
+above ran out, or a literal that the peer sends without waiting (client
+``{n+}``, server literal) exceeds ``max_literal``, so skipping it could take
+forever.  After a fatal error every ``next_event()`` raises it again.
+
+End of input
+------------
+``receive_data(b"")`` marks EOF.  Complete messages already buffered are still
+returned; then ``ConnectionClosed`` is returned on every call.  A partial
+message at EOF (a line without its line end, a literal cut short) is silently
+dropped and not reported; data received after EOF is ignored.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+
+from . import events as ev
+from ._errors import ProtocolError
+from ._framer import OVERLONG, ReceiveBuffer
+from ._lines import LiteralMarker, find_literal, is_tag
+from ._limits import Limits
+from ._tokens import LiteralRef, Tokenizer
+
+__all__ = ["BaseParser", "NEED_DATA", "RESYNC_FACTOR"]
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+#: Returned by ``next_event()`` when more input is needed.
+NEED_DATA = _NeedData()
+
+#: An overlong line may be discarded up to ``max_line * RESYNC_FACTOR`` bytes
+#: before the error becomes fatal.
+RESYNC_FACTOR = 16
+_TAIL_KEEP = 32  # longest literal marker: "~{" + 20 digits + "+}"
+
+
+class _State(enum.Enum):
+    LINE = enum.auto()
+    CONT = enum.auto()
+    LITERAL = enum.auto()
+    SKIP_LITERAL = enum.auto()
+    SKIP_CONT = enum.auto()
+    SKIP_LINE = enum.auto()
+    FAILED = enum.auto()
+
+
+class BaseParser:
+    """Framing state machine shared by both parsers."""
+
+    # Does a literal announced in a rejected message arrive without waiting?
+    # Servers never wait; clients wait for synchronising literals only.
+    _peer_waits_for_sync = False
+
+    def __init__(
+        self,
+        limits: Limits = Limits(),
+        *,
+        collect_literals: bool = False,
+        parse_args: bool = False,
+    ) -> None:
+        self._limits = limits
+        self._collect = collect_literals
+        self._parse_args = parse_args
+        self._buf = ReceiveBuffer()
+        self._state = _State.LINE
+        self._events: deque[ev.Event] = deque()
+        self._pending_error: ProtocolError | None = None
+        self._raw_next = False
+        self._tag: bytes | None = None  # tag of the message being parsed
+        self._tokens: Tokenizer | None = None
+        self._literal: LiteralMarker | None = None
+        self._remaining = 0
+        self._chunks: list[bytes] = []
+        self._skipped = 0
+        self._fatal_error: ProtocolError | None = None
+        self._name = b""  # CommandParser: name of the command being parsed
+        self._head: tuple = ()  # ResponseParser: (name, number, raw)
+        self._steps = {
+            _State.LINE: self._step_line,
+            _State.CONT: self._step_cont,
+            _State.LITERAL: self._step_literal,
+            _State.SKIP_LITERAL: self._step_skip_literal,
+            _State.SKIP_CONT: self._step_skip_cont,
+            _State.SKIP_LINE: self._step_skip_line,
+            _State.FAILED: self._step_failed,
+        }
+
+    # -- public API ----------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer ``data`` from the peer; ``b""`` means EOF.  Never parses."""
+        self._buf.feed(data)
+
+    def next_event(self) -> ev.Event | _NeedData:
+        """Return the next event, or ``NEED_DATA``.
+
+        Raises:
+            ProtocolError: the peer sent bad input (see the module docstring
+                for resynchronisation).  Any other exception is a bug.
+        """
+        while True:
+            if self._events:
+                return self._events.popleft()
+            if self._pending_error is not None:
+                error, self._pending_error = self._pending_error, None
+                raise error
+            try:
+                progressed = self._steps[self._state]()
+            except ProtocolError as error:
+                if not self._events:
+                    raise
+                self._pending_error = error
+                continue
+            if not progressed:
+                return ev.ConnectionClosed() if self._buf.eof else NEED_DATA
+
+    def expect_line(self) -> None:
+        """Return the next line as ``RawLine`` instead of parsing it.
+
+        Used for AUTHENTICATE responses (RFC 9051 §6.2.2) and IDLE's DONE
+        (RFC 2177).  Takes effect at the next message boundary.
+        """
+        self._raw_next = True
+
+    def set_limits(self, limits: Limits) -> None:
+        """Switch limits (e.g. pre-auth to post-auth); applies to later checks."""
+        self._limits = limits
+
+    @property
+    def in_literal(self) -> bool:
+        """True while literal payload bytes are being read or skipped."""
+        return self._state in (_State.LITERAL, _State.SKIP_LITERAL)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet consumed."""
+        return len(self._buf)
+
+    def take_unconsumed(self) -> bytes:
+        """Hand the bytes not yet parsed to another parser (e.g. pre-login to relay).
+
+        Only meaningful between messages; raises RuntimeError in the middle of one.
+        """
+        if self._state is not _State.LINE or self._events or self._chunks:
+            raise RuntimeError("take_unconsumed() in the middle of a message")
+        return self._buf.take_all()
+
+    # -- hooks for subclasses -----------------------------------------------
+
+    def _start_message(self, line: bytes) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _message_event(self, args: tuple) -> ev.Event:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- steps: each returns False when it needs more input -------------------
+
+    def _step_line(self) -> bool:
+        line = self._take_line()
+        if line is None:
+            return False
+        if self._raw_next:
+            self._raw_next = False
+            self._events.append(ev.RawLine(line))
+        else:
+            self._start_message(line)
+        return True
+
+    def _step_cont(self) -> bool:
+        line = self._take_line()
+        if line is None:
+            return False
+        self._continue_message(line, 0, find_literal(line))
+        return True
+
+    def _step_literal(self) -> bool:
+        if self._remaining:
+            keep = self._collect and self._tokens is not None
+            chunk = self._buf.take(self._remaining, keep)
+            if chunk is None:
+                return False
+            self._remaining -= len(chunk)
+            if keep:
+                self._chunks.append(chunk)  # type: ignore[arg-type]
+            elif not self._collect:
+                self._events.append(ev.LiteralData(chunk))
+            if self._remaining:
+                return True
+        self._end_literal()
+        return True
+
+    def _step_skip_literal(self) -> bool:
+        skipped = self._buf.skip(self._remaining)
+        self._remaining -= skipped
+        if not self._remaining:
+            self._state = _State.SKIP_CONT
+            return True
+        return skipped > 0
+
+    def _step_skip_cont(self) -> bool:
+        line = self._buf.take_line(self._limits.max_line)
+        if line is OVERLONG:
+            self._state = _State.SKIP_LINE
+            self._skipped = 0
+            return True
+        if line is None:
+            return False
+        self._resync(find_literal(line))
+        return True
+
+    def _step_skip_line(self) -> bool:
+        tail, discarded = self._buf.skip_line(_TAIL_KEEP)
+        self._skipped += discarded
+        if self._skipped > self._limits.max_line * RESYNC_FACTOR:
+            self._fatal(ProtocolError("line_too_long", "Line too long"))
+        if tail is None:
+            return False
+        self._resync(find_literal(tail))
+        return True
+
+    def _step_failed(self) -> bool:
+        assert self._pending_error is None
+        raise self._fatal_error
+
+    # -- message assembly ------------------------------------------------------
+
+    def _take_line(self) -> bytes | None:
+        """Take a line part; on overlong input switch to SKIP_LINE and raise."""
+        line = self._buf.take_line(self._limits.max_line)
+        if line is not OVERLONG:
+            return line  # type: ignore[return-value]
+        tag = self._tag
+        if self._state is _State.LINE and not self._raw_next:
+            head = self._buf.peek(256)
+            sp = head.find(b" ")
+            tag = head[:sp] if sp > 0 and is_tag(head[:sp]) else None
+        self._raw_next = False
+        self._reset_message()
+        self._state = _State.SKIP_LINE
+        self._skipped = 0
+        raise ProtocolError("line_too_long", "Line too long", tag=tag)
+
+    def _begin_message(self, tag: bytes | None) -> None:
+        self._tag = tag
+        self._tokens = Tokenizer(self._limits) if self._parse_args else None
+
+    def _continue_message(self, line: bytes, pos: int, literal: LiteralMarker | None) -> None:
+        """Tokenise a line part, then start its literal or finish the message."""
+        if self._tokens is not None:
+            end = literal.start if literal is not None else len(line)
+            try:
+                self._tokens.feed(line, pos, end, literal is not None)
+            except ProtocolError as error:
+                self._fail(error, literal)
+        if literal is None:
+            self._finish_message()
+        else:
+            self._begin_literal(literal)
+
+    def _begin_literal(self, literal: LiteralMarker) -> None:
+        limits = self._limits
+        if literal.size > limits.max_literal:
+            self._fail(ProtocolError("literal_too_big", "Literal too big"), literal)
+        if (
+            self._peer_waits_for_sync
+            and not literal.synchronizing
+            and literal.size > limits.max_nonsync_literal
+        ):
+            # RFC 7888 §4 (LITERAL-): reject with a tagged BAD; we skip the
+            # payload to stay in sync.
+            error = ProtocolError("nonsync_literal_too_big", "Non-synchronizing literal too big")
+            self._fail(error, literal)
+        self._literal = literal
+        self._remaining = literal.size
+        self._chunks = []
+        self._state = _State.LITERAL
+        self._events.append(ev.LiteralStart(literal.size, literal.synchronizing, literal.binary))
+
+    def _end_literal(self) -> None:
+        if self._tokens is not None:
+            if self._collect:
+                value: bytes | LiteralRef = b"".join(self._chunks)
+                self._chunks = []
+            else:
+                value = LiteralRef(self._literal.size)  # type: ignore[union-attr]
+            self._tokens.add_literal(value)
+        self._state = _State.CONT
+
+    def _finish_message(self) -> None:
+        args: tuple = ()
+        if self._tokens is not None:
+            try:
+                args = self._tokens.finish()
+            except ProtocolError as error:
+                self._fail(error, None)
+        self._events.append(self._message_event(args))
+        self._reset_message()
+        self._state = _State.LINE
+
+    def _reset_message(self) -> None:
+        self._tag = None
+        self._tokens = None
+        self._literal = None
+        self._chunks = []
+
+    # -- errors ----------------------------------------------------------------
+
+    def _fail(self, error: ProtocolError, literal: LiteralMarker | None) -> None:
+        """Drop the current message, resynchronise, and raise ``error`` in context.
+
+        ``literal`` is the marker ending the bad line part, if any.
+        """
+        tag = self._tag if error.tag is None else error.tag
+        self._reset_message()
+        self._resync(literal, tag)
+        raise error.with_context(tag=tag, fatal=False)
+
+    def _resync(self, literal: LiteralMarker | None, tag: bytes | None = None) -> None:
+        """Set the state after a dropped line part that ended with ``literal``."""
+        if literal is None or (self._peer_waits_for_sync and literal.synchronizing):
+            self._state = _State.LINE
+            return
+        if literal.size > self._limits.max_literal:
+            self._fatal(ProtocolError("literal_too_big", "Literal too big", tag=tag))
+        self._remaining = literal.size
+        self._state = _State.SKIP_LITERAL
+
+    def _fatal(self, error: ProtocolError) -> None:
+        self._fatal_error = error.with_context(tag=error.tag, fatal=True)
+        self._state = _State.FAILED
+        raise self._fatal_error

@@ -1,0 +1,65 @@
+"""Big literals stream through in bounded memory."""
+
+from __future__ import annotations
+
+from proxy.imap import NEED_DATA, CommandParser, LiteralRef, ResponseParser
+from proxy.imap.events import Command, CommandStart, LiteralData, LiteralStart, UntaggedResponse
+
+CHUNK = 64 * 1024
+SIZE = 50 * 1024 * 1024
+
+
+def test_50mb_append_streams_in_64k_chunks() -> None:
+    parser = CommandParser(parse_args=True, collect_literals=False)
+    header = b"A1 APPEND INBOX (\\Seen) {%d}\r\n" % SIZE
+    payload_chunk = b"x" * CHUNK
+    stream = [header + payload_chunk[: CHUNK - len(header)]]
+    stream += [payload_chunk] * (SIZE // CHUNK - 1)
+    stream += [b"x" * len(header) + b"\r\nA2 NOOP\r\n"]
+    total = 0
+    max_buffered = 0
+    others = []
+    for chunk in stream:
+        parser.receive_data(chunk)
+        max_buffered = max(max_buffered, parser.buffered)
+        while (event := parser.next_event()) is not NEED_DATA:
+            if isinstance(event, LiteralData):
+                total += len(event.data)
+            else:
+                others.append(event)
+    assert total == SIZE
+    assert max_buffered <= 128 * 1024
+    assert others == [
+        CommandStart(b"A1", b"APPEND"),
+        LiteralStart(SIZE, True, False),
+        Command(b"A1", b"APPEND", (b"INBOX", (b"\\Seen",), LiteralRef(SIZE))),
+        CommandStart(b"A2", b"NOOP"),
+        Command(b"A2", b"NOOP", ()),
+    ]
+
+
+def test_literal_chunks_are_zero_copy_views_of_input() -> None:
+    parser = ResponseParser()
+    parser.receive_data(b"* 1 FETCH (BODY[] {%d}\r\n" % (2 * CHUNK))
+    assert isinstance(parser.next_event(), LiteralStart)
+    chunk = bytes(CHUNK)
+    parser.receive_data(chunk)
+    event = parser.next_event()
+    assert isinstance(event, LiteralData) and event.data is chunk  # whole chunk, no slice
+    assert parser.in_literal
+    parser.receive_data(chunk + b")\r\n")
+    event = parser.next_event()
+    assert isinstance(event, LiteralData) and isinstance(event.data, memoryview)
+    assert event.data.obj is not None and len(event.data) == CHUNK
+    assert isinstance(parser.next_event(), UntaggedResponse)
+    assert not parser.in_literal and parser.buffered == 0
+
+
+def test_partial_line_trickle_is_not_rescanned() -> None:
+    # One byte at a time up to max_line must stay linear (scan offset kept).
+    parser = CommandParser()
+    for byte in b"A1 NOOP " + b"a" * 60000:
+        parser.receive_data(bytes((byte,)))
+        assert parser.next_event() is NEED_DATA
+    parser.receive_data(b"\r\n")
+    assert parser.next_event() == CommandStart(b"A1", b"NOOP")
