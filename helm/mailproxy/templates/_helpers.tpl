@@ -1,0 +1,130 @@
+{{/* Chart name. */}}
+{{- define "mailproxy.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: release-chart, unless the release name already contains the chart name. */}}
+{{- define "mailproxy.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "mailproxy.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "mailproxy.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mailproxy.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "mailproxy.labels" -}}
+helm.sh/chart: {{ include "mailproxy.chart" . }}
+{{ include "mailproxy.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "mailproxy.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "mailproxy.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "mailproxy.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
+{{- end }}
+
+{{/* Names of the Secrets, created here or existing. */}}
+{{- define "mailproxy.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "mailproxy.fullname" .)) .Values.tls.existingSecret }}
+{{- end }}
+
+{{- define "mailproxy.gatewayKeyEnabled" -}}
+{{- if or .Values.gateway.key.existingSecret .Values.gateway.key.value }}true{{ end }}
+{{- end }}
+
+{{- define "mailproxy.gatewayKeySecretName" -}}
+{{- default (printf "%s-gateway-key" (include "mailproxy.fullname" .)) .Values.gateway.key.existingSecret }}
+{{- end }}
+
+{{/* Checks that make some value combinations fail to render, with a message saying why. */}}
+{{- define "mailproxy.validate" -}}
+{{- if and .Values.autoscaling.enabled .Values.gateway.persistence.enabled }}
+{{- fail "autoscaling.enabled cannot be combined with gateway.persistence.enabled: the local SQLite gateway store has a single writer, so the StatefulSet runs exactly one replica. Use a PostgreSQL store (config.gateway.store: postgresql://...) without persistence to scale out." }}
+{{- end }}
+{{- if and .Values.gateway.persistence.enabled (gt (int .Values.replicaCount) 1) }}
+{{- fail "gateway.persistence.enabled needs replicaCount: 1 (the SQLite gateway store has a single writer)" }}
+{{- end }}
+{{- if hasKey .Values.config "shutdown_timeout" }}
+{{- fail "set shutdownTimeoutSeconds instead of config.shutdown_timeout: the chart derives the pod's terminationGracePeriodSeconds from it" }}
+{{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) (not (and .Values.tls.crt .Values.tls.key)) }}
+{{- fail "tls.enabled needs tls.existingSecret, or both tls.crt and tls.key" }}
+{{- end }}
+{{- if hasKey (include "mailproxy.userConfig" . | fromYaml) "Error" }}
+{{- fail "config: could not be read as YAML" }}
+{{- end }}
+{{- range (include "mailproxy.userConfig" . | fromYaml).listeners }}
+{{- if not (regexMatch "^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$" (toString .name)) }}
+{{- fail (printf "listener name %q is not a valid Kubernetes port name (at most 15 characters: lowercase letters, digits, '-')" (toString .name)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The metrics port: from config.metrics.address when given, else .Values.metrics.port. */}}
+{{- define "mailproxy.metricsPort" -}}
+{{- $config := include "mailproxy.userConfig" . | fromYaml }}
+{{- if and $config.metrics $config.metrics.address }}
+{{- regexFind "[0-9]+$" (toString $config.metrics.address) }}
+{{- else }}
+{{- .Values.metrics.port }}
+{{- end }}
+{{- end }}
+
+{{/* The config as given: .Values.config, or the chart's default file when that is empty. */}}
+{{- define "mailproxy.userConfig" -}}
+{{- if .Values.config }}
+{{- toYaml .Values.config }}
+{{- else }}
+{{- .Files.Get "files/default-config.yaml" }}
+{{- end }}
+{{- end }}
+
+{{/* The mailproxy config file: the user's config plus what the chart owns. */}}
+{{- define "mailproxy.config" -}}
+{{- $config := include "mailproxy.userConfig" . | fromYaml }}
+{{- $_ := set $config "shutdown_timeout" (printf "%ds" (int .Values.shutdownTimeoutSeconds)) }}
+{{- if not $config.metrics }}
+{{- $_ := set $config "metrics" (dict "address" (printf "0.0.0.0:%d" (int .Values.metrics.port))) }}
+{{- end }}
+{{- if and $config.gateway (include "mailproxy.gatewayKeyEnabled" .) (not (hasKey $config.gateway "key_file")) }}
+{{- $_ := set $config.gateway "key_file" (printf "%s/%s" .Values.gateway.key.mountPath .Values.gateway.key.secretKey) }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/* Rendered Secrets, hashed into the checksum/secret pod annotation. */}}
+{{- define "mailproxy.secretData" -}}
+tls: {{ .Values.tls.enabled }} {{ include "mailproxy.tlsSecretName" . }} {{ .Values.tls.crt }} {{ .Values.tls.key }}
+{{- range .Values.tls.extraSecrets }} {{ .secretName }}{{ end }}
+gateway: {{ include "mailproxy.gatewayKeySecretName" . }} {{ .Values.gateway.key.value }}
+{{- end }}
+
+{{- define "mailproxy.graceSeconds" -}}
+{{- add (int .Values.shutdownTimeoutSeconds) (int .Values.terminationGraceExtraSeconds) }}
+{{- end }}
+
+{{- define "mailproxy.usesStatefulSet" -}}
+{{- if .Values.gateway.persistence.enabled }}true{{ end }}
+{{- end }}
