@@ -1,0 +1,344 @@
+"""SEARCH keys (RFC 3501 §6.4.4): parse the tokenised arguments, evaluate per message.
+
+`parse_search(args)` takes the arguments after ``SEARCH`` as the IMAP parser gives them
+(atoms and strings both as bytes, parenthesised lists as tuples) and returns one
+`SearchKey` tree; `matches(key, msg)` evaluates it against a message view.
+
+Text keys compare case-insensitively (Unicode casefold) against *decoded* text, using the
+stdlib `email` package: header values with RFC 2047 words decoded, bodies with their
+Content-Transfer-Encoding removed and their charset decoded. BODY looks at the text of every
+text part (message/rfc822 parts included), TEXT at the headers as well.
+
+The message view needs ``seq``, ``uid``, ``flags`` (iterable of str or bytes, e.g.
+``"\\Seen"``), ``internaldate`` (an aware or naive `datetime`), ``size`` and ``raw``;
+optionally ``last_seq`` / ``last_uid`` (what ``*`` means; otherwise pass them to
+`matches`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import email
+import email.errors
+import email.header
+import email.policy
+import email.utils
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+from proxy.gateway import mime
+
+__all__ = ["SearchKey", "SearchError", "parse_search", "matches"]
+
+CHARSETS = ("UTF-8", "US-ASCII")
+_EPOCH = datetime.date(1970, 1, 1)
+_TIME_GLUED_TO_ZONE = re.compile(r"\d:\d\d(?::\d\d)?[+-]\d")
+_MONTHS = {m: i for i, m in enumerate(
+    ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), 1)}
+_FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True), "DRAFT": ("\\Draft", True),
+    "FLAGGED": ("\\Flagged", True), "SEEN": ("\\Seen", True), "RECENT": ("\\Recent", True),
+    "UNANSWERED": ("\\Answered", False), "UNDELETED": ("\\Deleted", False),
+    "UNDRAFT": ("\\Draft", False), "UNFLAGGED": ("\\Flagged", False), "UNSEEN": ("\\Seen", False),
+}
+_HEADER_KEYS = ("BCC", "CC", "FROM", "SUBJECT", "TO")
+_ADDRESS_HEADERS = ("bcc", "cc", "from", "to", "sender", "reply-to")
+_DATE_KEYS = ("BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE")
+
+
+class SearchError(Exception):
+    """A SEARCH the server answers with BAD (or NO for BADCHARSET): `text` for the client,
+    `code` the response code without brackets (e.g. ``"BADCHARSET (UTF-8 US-ASCII)"``)."""
+
+    def __init__(self, text: str, code: str | None = None) -> None:
+        super().__init__(text)
+        self.text, self.code = text, code
+
+
+@dataclass(frozen=True, slots=True)
+class SearchKey:
+    """One node: `op` is a key name ("AND", "OR", "NOT", "SEQSET", "UID", "FLAG", "HEADER",
+    "BODY", "TEXT", "LARGER", "SMALLER", date keys, "ALL"); `args` its operands."""
+
+    op: str
+    args: tuple = ()
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------------------
+
+def parse_search(args: list) -> SearchKey:
+    """The AND of all keys in `args`, with an optional leading ``CHARSET name``.
+
+    Raises:
+        SearchError: unknown key, missing or malformed argument, unsupported charset
+            (code ``BADCHARSET (UTF-8 US-ASCII)``).
+    """
+    items = list(args)
+    if items and _is_atom(items[0]) and _word(items[0]) == "CHARSET":
+        if len(items) < 2 or isinstance(items[1], tuple):
+            raise SearchError("CHARSET needs a charset name")
+        charset = bytes(items[1]).decode("ascii", "replace").upper()
+        if charset not in CHARSETS:
+            raise SearchError(f"Unsupported charset {charset}", code="BADCHARSET (" + " ".join(CHARSETS) + ")")
+        items = items[2:]
+    if not items:
+        raise SearchError("Missing search key")
+    stream = _Tokens(items)
+    keys = []
+    while not stream.done():
+        keys.append(_parse_key(stream))
+    return keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
+
+
+class _Tokens:
+    def __init__(self, items: list) -> None:
+        self.items, self.pos = items, 0
+
+    def done(self) -> bool:
+        return self.pos >= len(self.items)
+
+    def next(self, what: str):
+        if self.done():
+            raise SearchError(f"Missing argument: {what}")
+        item = self.items[self.pos]
+        self.pos += 1
+        return item
+
+    def string(self, what: str) -> str:
+        item = self.next(what)
+        if isinstance(item, tuple):
+            raise SearchError(f"Expected a string for {what}")
+        try:
+            return bytes(item).decode("utf-8")
+        except UnicodeDecodeError:
+            raise SearchError(f"Invalid UTF-8 in {what}") from None
+
+    def number(self, what: str) -> int:
+        text = self.string(what)
+        if not text.isdigit() or not text.isascii():
+            raise SearchError(f"Expected a number for {what}")
+        return int(text)
+
+
+def _is_atom(item) -> bool:
+    return isinstance(item, (bytes, bytearray))
+
+
+def _word(item) -> str:
+    return bytes(item).decode("ascii", "replace").upper()
+
+
+def _parse_key(stream: _Tokens) -> SearchKey:
+    item = stream.next("search key")
+    if isinstance(item, tuple):
+        if not item:
+            raise SearchError("Empty search group")
+        sub = _Tokens(list(item))
+        keys = []
+        while not sub.done():
+            keys.append(_parse_key(sub))
+        return keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
+    word = _word(item)
+    if word[:1].isdigit() or word[:1] == "*":
+        return SearchKey("SEQSET", (_seqset(word),))
+    if word == "ALL":
+        return SearchKey("ALL")
+    if word in _FLAG_KEYS:
+        return SearchKey("FLAG", _FLAG_KEYS[word])
+    if word == "NEW":
+        return SearchKey("AND", (SearchKey("FLAG", ("\\Recent", True)), SearchKey("FLAG", ("\\Seen", False))))
+    if word == "OLD":
+        return SearchKey("FLAG", ("\\Recent", False))
+    if word in ("KEYWORD", "UNKEYWORD"):
+        return SearchKey("FLAG", (stream.string("keyword"), word == "KEYWORD"))
+    if word == "NOT":
+        return SearchKey("NOT", (_parse_key(stream),))
+    if word == "OR":
+        return SearchKey("OR", (_parse_key(stream), _parse_key(stream)))
+    if word == "UID":
+        return SearchKey("UID", (_seqset(_word(stream.next("UID set"))),))
+    if word in ("LARGER", "SMALLER"):
+        return SearchKey(word, (stream.number(word),))
+    if word in _DATE_KEYS:
+        return SearchKey(word, (_date(stream.string(word)),))
+    if word in _HEADER_KEYS:
+        return SearchKey("HEADER", (word.lower(), stream.string(word).casefold()))
+    if word == "HEADER":
+        name = stream.string("header name")
+        return SearchKey("HEADER", (name.lower(), stream.string("header value").casefold()))
+    if word in ("BODY", "TEXT"):
+        return SearchKey(word, (stream.string(word).casefold(),))
+    raise SearchError(f"Unknown search key {word}")
+
+
+def _seqset(text: str) -> tuple:
+    ranges = []
+    for part in text.split(","):
+        ends = part.split(":")
+        if len(ends) > 2 or not all(e == "*" or (e.isdigit() and e.isascii() and int(e) > 0) for e in ends):
+            raise SearchError(f"Invalid sequence set {text}")
+        values = [None if e == "*" else int(e) for e in ends]
+        ranges.append((values[0], values[-1]))
+    return tuple(ranges)
+
+
+def _date(text: str) -> datetime.date:
+    try:
+        day, month, year = text.split("-")
+        return datetime.date(int(year), _MONTHS[month.upper()], int(day))
+    except (ValueError, KeyError):
+        raise SearchError(f"Invalid date {text}") from None
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------
+
+def matches(key: SearchKey, msg, *, last_seq: int | None = None, last_uid: int | None = None) -> bool:
+    """Does `msg` satisfy `key`? `last_seq`/`last_uid` give ``*`` its value (default: the
+    view's ``last_seq``/``last_uid``, else the message's own number)."""
+    ctx = _Context(msg, last_seq, last_uid)
+    return ctx.eval(key)
+
+
+class _Context:
+    def __init__(self, msg, last_seq: int | None, last_uid: int | None) -> None:
+        self.msg = msg
+        self.last_seq = last_seq or getattr(msg, "last_seq", None) or msg.seq
+        self.last_uid = last_uid or getattr(msg, "last_uid", None) or msg.uid
+
+    def eval(self, key: SearchKey) -> bool:
+        return _EVAL[key.op](self, *key.args)
+
+    @cached_property
+    def flags(self) -> set[str]:
+        return {(f.decode() if isinstance(f, bytes) else f).lower() for f in self.msg.flags}
+
+    @cached_property
+    def message(self) -> email.message.Message:
+        return email.message_from_bytes(self.msg.raw, policy=email.policy.compat32)
+
+    @cached_property
+    def headers(self) -> list[tuple[str, str]]:
+        return [(name.lower(), _decode_header(value)) for name, value in self.message.items()]
+
+    @cached_property
+    def raw_headers(self) -> list[tuple[str, str]]:
+        return [(name.lower(), str(value)) for name, value in self.message.items()]
+
+    @cached_property
+    def body_text(self) -> str:
+        return "\n".join(_part_texts(self.message)).casefold()
+
+    @cached_property
+    def header_text(self) -> str:
+        """Decoded headers of the message and of every part in it (TEXT sees them all)."""
+        lines = [f"{name}: {_decode_header(value)}" for part in self.message.walk()
+                 for name, value in part.items()]
+        return "\n".join(lines).casefold()
+
+    def sent_date(self) -> datetime.date | None:
+        """The Date: header's calendar date in its own zone. Like Dovecot, a missing or
+        unparsable Date: counts as 1970-01-01."""
+        value = self.message.get("Date")
+        if value is None or _TIME_GLUED_TO_ZONE.search(str(value)):
+            return _EPOCH  # Dovecot's date parser wants a space before the zone
+        parsed = email.utils.parsedate_tz(str(value))
+        try:
+            return datetime.date(*parsed[:3]) if parsed else _EPOCH
+        except ValueError:
+            return _EPOCH
+
+
+def _decode_header(value) -> str:
+    if isinstance(value, email.header.Header):
+        value = str(value)
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except (LookupError, UnicodeError, ValueError, email.errors.HeaderParseError):
+        return value
+
+
+def _part_texts(message: email.message.Message):
+    for part in message.walk():
+        if part.is_multipart():
+            continue
+        if part.get_content_maintype() not in ("text", "message"):
+            continue
+        payload = part.get_payload(decode=True) or b""
+        charset = part.get_content_charset() or "utf-8"
+        if charset in ("us-ascii", "ascii"):
+            charset = "utf-8"  # undeclared 8-bit text is most often UTF-8; ASCII is a subset
+        try:
+            yield payload.decode(charset, "replace")
+        except LookupError:
+            yield payload.decode("utf-8", "replace")
+
+
+def _in_set(ranges: tuple, number: int, last: int) -> bool:
+    for low, high in ranges:
+        low = last if low is None else low
+        high = last if high is None else high
+        if min(low, high) <= number <= max(low, high):
+            return True
+    return False
+
+
+def _eval_header(ctx: _Context, name: str, needle: str) -> bool:
+    if name in _ADDRESS_HEADERS:
+        return any(n == name and needle in _address_text(v).casefold() for n, v in ctx.raw_headers)
+    return any(n == name and needle in v.casefold() for n, v in ctx.headers)
+
+
+def _address_text(value: str) -> str:
+    """An address header as Dovecot searches it: parsed (missing parts filled in as
+    MISSING_MAILBOX / MISSING_DOMAIN), written back as ``Name <box@domain>``, decoded."""
+    parser = mime._AddressParser(value.encode("utf-8", "surrogateescape"))
+    out, in_group = [], False
+    for a in parser.parse() or ():
+        if a.domain is None:  # group start (mailbox = name) or group end (all None)
+            out.append(f"{_dec(a.mailbox)}:" if not in_group else ";")
+            in_group = not in_group
+        elif not a.name and a.route is None:
+            out.append(f"{_dec(a.mailbox)}@{_dec(a.domain)}")
+        else:
+            route = f"{_dec(a.route)}:" if a.route is not None else ""
+            name = f"{_decode_header(_dec(a.name))} " if a.name is not None else ""
+            out.append(f"{name}<{route}{_dec(a.mailbox)}@{_dec(a.domain)}>")
+    return ", ".join(out)
+
+
+def _dec(value: bytes | None) -> str:
+    return (value or b"").decode("utf-8", "surrogateescape")
+
+
+def _eval_date(op: str):
+    def check(ctx: _Context, day: datetime.date) -> bool:
+        if op.startswith("SENT"):
+            got, op_ = ctx.sent_date(), op[4:]
+            if got is None:
+                return False
+        else:
+            got, op_ = ctx.msg.internaldate.date(), op
+        return {"BEFORE": got < day, "ON": got == day, "SINCE": got >= day}[op_]
+    return check
+
+
+_EVAL = {
+    "ALL": lambda ctx: True,
+    "AND": lambda ctx, *keys: all(ctx.eval(k) for k in keys),
+    "OR": lambda ctx, a, b: ctx.eval(a) or ctx.eval(b),
+    "NOT": lambda ctx, a: not ctx.eval(a),
+    "SEQSET": lambda ctx, ranges: _in_set(ranges, ctx.msg.seq, ctx.last_seq),
+    "UID": lambda ctx, ranges: _in_set(ranges, ctx.msg.uid, ctx.last_uid),
+    "FLAG": lambda ctx, flag, present: (flag.lower() in ctx.flags) == present,
+    "LARGER": lambda ctx, n: ctx.msg.size > n,
+    "SMALLER": lambda ctx, n: ctx.msg.size < n,
+    "HEADER": _eval_header,
+    "BODY": lambda ctx, needle: needle in ctx.body_text,
+    "TEXT": lambda ctx, needle: needle in ctx.header_text or needle in ctx.body_text,
+    **{op: _eval_date(op) for op in _DATE_KEYS},
+}

@@ -1,0 +1,146 @@
+"""FETCH body sections (RFC 3501 §6.4.5) cut from a stored message.
+
+`fetch_section(raw, section, partial)` returns the exact bytes of ``BODY[section]<partial>``
+(and of RFC822, RFC822.HEADER, RFC822.TEXT, RFC822.SIZE), with Dovecot's semantics:
+
+* part numbers walk the tree of `mime.parse()`: the parts of a multipart are numbered from
+  1; a non-multipart message (or encapsulated message) has exactly one part, its body;
+  below a message/rfc822 part the numbers continue inside the encapsulated message
+  (see `_find` for the exact walk);
+* ``HEADER`` and ``TEXT`` apply to the message, or to the encapsulated message of a
+  message/rfc822 part; ``MIME`` is the part's own MIME header;
+* ``HEADER.FIELDS`` / ``HEADER.FIELDS.NOT`` keep whole header fields (continuation lines
+  included) in message order and end with the blank line, even when no field matched;
+* a part that does not exist is empty; part number 0 is a syntax error;
+* output lines end in CRLF, as IMAP requires (a stored bare LF is sent as CRLF), and NUL
+  goes out as 0x80, as Dovecot sends it.
+
+Pass the cached part table (`mime.MimeInfo.parts`) as `parts` to skip re-parsing.
+"""
+
+from __future__ import annotations
+
+import re
+
+from proxy.gateway import mime
+
+__all__ = ["fetch_section", "SectionError"]
+
+
+class SectionError(ValueError):
+    """The section specification is not valid RFC 3501 syntax (the server answers BAD)."""
+
+
+_SECTION = re.compile(
+    rb"^(?P<path>\d+(?:\.\d+)*)?\.?(?P<text>HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME)?"
+    rb"(?:\s*\((?P<fields>[^)]*)\))?$",
+    re.IGNORECASE,
+)
+
+
+def fetch_section(raw: bytes, section: str | bytes, partial: tuple[int, int] | None = None,
+                  *, parts: list | None = None) -> bytes:
+    """Bytes of ``BODY[section]<partial.start.length>`` of `raw`.
+
+    `section` is what stands between the brackets (``""``, ``"1.2.MIME"``,
+    ``"HEADER.FIELDS (From To)"``), or one of ``RFC822``, ``RFC822.HEADER``,
+    ``RFC822.TEXT``, ``RFC822.SIZE`` (the last gives the size as ASCII digits).
+
+    Raises:
+        SectionError: malformed section text.
+    """
+    spec = section.encode("ascii") if isinstance(section, str) else bytes(section)
+    spec = spec.strip()
+    root = mime.table_to_parts(parts) if parts is not None else mime.parse(raw)
+    upper = spec.upper()
+    if upper == b"RFC822.SIZE":
+        return b"%d" % len(_crlf(raw))
+    alias = {b"RFC822": b"", b"RFC822.HEADER": b"HEADER", b"RFC822.TEXT": b"TEXT"}
+    if upper in alias:
+        spec = alias[upper]
+    data = _crlf(_select(raw, root, spec))
+    if partial is not None:
+        start, length = partial
+        if start < 0 or length < 0:
+            raise SectionError("negative partial range")
+        data = data[start:start + length]
+    return data
+
+
+def _crlf(data: bytes) -> bytes:
+    """Bare LF as CRLF and NUL as 0x80, as Dovecot sends message text."""
+    if b"\0" in data:
+        data = data.replace(b"\0", b"\x80")
+    if data.count(b"\n") == data.count(b"\r\n"):
+        return data
+    return re.sub(rb"(?<!\r)\n", b"\r\n", data)
+
+
+def _select(raw: bytes, root: mime.Part, spec: bytes) -> bytes:
+    m = _SECTION.match(spec)
+    if not m or (m.group("fields") is not None) != (m.group("text") or b"").upper().startswith(b"HEADER.FIELDS"):
+        raise SectionError(f"bad section {spec!r}")
+    path = [int(n) for n in m.group("path").split(b".")] if m.group("path") else []
+    if 0 in path:
+        raise SectionError("part numbers start at 1")
+    text = (m.group("text") or b"").upper()
+    if text == b"MIME" and not path:
+        raise SectionError("MIME needs a part number")
+    part = _find(root, path)
+    if part is None:
+        return b""
+    if text == b"MIME":
+        return raw[part.start:part.header_end]
+    if not text:
+        return raw[part.header_end:part.end] if path else raw
+    if path:  # HEADER/TEXT of a part: the encapsulated message of a message/rfc822 part
+        if part.kind != mime.RFC822 or not part.children:
+            return b""
+        part = part.children[0]
+    if text == b"TEXT":
+        return raw[part.header_end:part.end]
+    header = raw[part.start:part.header_end]
+    if text == b"HEADER":
+        return header
+    wanted = {f.lower() for f in m.group("fields").split()}
+    keep = text == b"HEADER.FIELDS"
+    fields = [f for name, f in _fields(header) if (name.lower() in wanted) == keep]
+    # HEADER.FIELDS always ends with the blank line; .NOT only keeps one that was there
+    if keep or header.endswith(b"\n\r\n") or header.endswith(b"\n\n") or header in (b"\r\n", b"\n"):
+        fields.append(b"\r\n")
+    return b"".join(fields)
+
+
+def _find(root: mime.Part, path: list[int]) -> mime.Part | None:
+    """The part at `path` ([] is the whole message), walked as Dovecot's imap-msgpart does:
+    a multipart picks its n-th child; a non-multipart part only has number 1 (itself), and
+    only a message/rfc822 part may be followed by more numbers, which continue inside
+    the encapsulated message."""
+    part: mime.Part | None = root
+    for i, number in enumerate(path):
+        more = i + 1 < len(path)
+        if part.kind == mime.MULTIPART:
+            part = part.children[number - 1] if number <= len(part.children) else None
+        elif number != 1 or (more and part.kind != mime.RFC822):
+            part = None
+        if part is None:
+            return None
+        if more and part.kind == mime.RFC822:
+            part = part.children[0] if part.children else None
+            if part is None:
+                return None
+    return part
+
+
+def _fields(header: bytes) -> list[tuple[bytes, bytes]]:
+    """Split a header block into (name, whole field incl. continuations); the blank line
+    that ends the block is dropped."""
+    out: list[tuple[bytes, bytes]] = []
+    for line in re.findall(rb"[^\n]*\n|[^\n]+$", header):
+        if line in (b"\r\n", b"\n"):
+            break
+        if line[:1] in (b" ", b"\t") and out:
+            out[-1] = (out[-1][0], out[-1][1] + line)
+        else:
+            out.append((line.split(b":", 1)[0].strip(), line))
+    return out
