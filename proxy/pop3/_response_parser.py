@@ -1,0 +1,120 @@
+"""Client side: turn server bytes into StatusLine / Continuation /
+MultilineData / MultilineEnd events."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ._body import BodyReader
+from ._buffer import ReceiveBuffer
+from ._grammar import parse_response_line
+from ._limits import DEFAULT_LIMITS, Limits
+from ._util import NEED_DATA, ProtocolError, line_too_long, unexpected_response
+from .events import ConnectionClosed, Continuation, MultilineEnd, StatusLine
+
+__all__ = ["ResponseParser"]
+
+
+class ResponseParser:
+    """Sans-IO parser for the server half of a POP3 connection.
+
+    Whether a ``+OK`` carries a body depends on the command it answers, so
+    the caller queues one expectation per command sent, in order
+    (``expect(is_multiline(cmd.name, cmd.args))``); pipelined commands
+    (RFC 2449 §6.6) are answered in order, so a FIFO suffices.
+
+    * The greeting (RFC 1939 §4) is one single-line expectation queued at
+      construction; pass ``greeting=False`` to parse from mid-session.
+    * ``-ERR`` is always single-line (RFC 1939 §3) and consumes its
+      expectation like ``+OK`` does.
+    * A ``+ `` continuation (RFC 5034 §4 SASL challenge) consumes none: the
+      AUTH command stays outstanding until its final status line.
+    * A line arriving with nothing expected is fatal "unexpected_response".
+
+    Every :class:`ProtocolError` raised here is fatal (framing with the
+    server is lost) and is raised again by later calls.
+    """
+
+    def __init__(
+        self, limits: Limits = DEFAULT_LIMITS, *, unstuff: bool = False, greeting: bool = True
+    ) -> None:
+        self._limits = limits
+        self._unstuff = unstuff
+        self._buf = ReceiveBuffer()
+        self._expected: deque[bool] = deque([False] if greeting else [])
+        self._body: BodyReader | None = None
+        self._error: ProtocolError | None = None
+        self._closed = False
+
+    @property
+    def pending(self) -> int:
+        """Expectations not yet answered by a status line (a body in progress counts none)."""
+        return len(self._expected)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet turned into events."""
+        return len(self._buf)
+
+    def set_limits(self, limits: Limits) -> None:
+        self._limits = limits
+
+    def expect(self, multiline: bool) -> None:
+        """Queue the framing of the answer to one command sent upstream."""
+        self._expected.append(multiline)
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer ``data``; ``b""`` means the server closed its side."""
+        self._buf.feed(data)
+
+    def next_event(self) -> object:
+        """Return the next event, or :data:`NEED_DATA`.
+
+        Returns ConnectionClosed after EOF once complete input is used up;
+        inside a body it comes without MultilineEnd (the body is truncated).
+
+        Raises:
+            ProtocolError: "line_too_long", "bad_response" or
+                "unexpected_response"; always fatal.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            return ConnectionClosed()
+        try:
+            return self._next_event()
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+
+    def _next_event(self) -> object:
+        if self._body is not None:
+            event = self._body.next_event(self._buf)
+            if event is NEED_DATA:
+                return self._need_data()
+            if isinstance(event, MultilineEnd):
+                self._body = None
+            return event
+        limit = self._limits.max_response_line
+        line = self._buf.take_line(limit)
+        if line is None:
+            if self._buf.is_overlong(limit):
+                raise line_too_long(fatal=True)
+            return self._need_data()
+        return self._on_line(line)
+
+    def _on_line(self, line: bytes) -> StatusLine | Continuation:
+        if not self._expected:
+            raise unexpected_response()
+        event = parse_response_line(line)
+        if isinstance(event, StatusLine):
+            multiline = self._expected.popleft()
+            if event.ok and multiline:
+                self._body = BodyReader(unstuff=self._unstuff)
+        return event
+
+    def _need_data(self) -> ConnectionClosed | object:
+        if self._buf.eof:
+            self._closed = True
+            return ConnectionClosed()
+        return NEED_DATA
