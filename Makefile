@@ -1,0 +1,46 @@
+# mailproxy: `make run` serves config/mailproxy.yaml, `make test` installs what the tests need and runs
+# them (the CI runs exactly this), `make bench` runs bench/run.sh, `make clean` removes build leftovers.
+# Works on a fresh Debian 12 as root with Python 3.11 and access to PyPI and Debian's apt repositories.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: run test test-deps bench clean distclean
+
+# The venv itself; pip is only re-run when pyproject.toml changes (the stamps below).
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed-run
+	@# a self-signed certificate for the TLS listeners, once the CLI has `gen-cert` (skipped otherwise)
+	-test -f config/tls/cert.pem || test -d config/tls || ! $(BIN)/mailproxy gen-cert --help >/dev/null 2>&1 \
+		|| $(BIN)/mailproxy gen-cert --out config/tls --name localhost
+	$(BIN)/mailproxy serve --config config/mailproxy.yaml
+
+test-deps:
+	bash scripts/install-test-deps.sh
+
+test: test-deps $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-test
+	@if [ -f bench/run.sh ]; then bash bench/run.sh; else echo "bench: no bench/run.sh yet"; fi
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis $(VENV)/.installed-run $(VENV)/.installed-test
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# also the virtualenv
+distclean: clean
+	rm -rf $(VENV)

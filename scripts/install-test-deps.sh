@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Install what the test suite needs on Debian 12, only what is missing: the real Dovecot, client
+# programs and PostgreSQL that tests start themselves, and the unprivileged user owning test mail.
+# Idempotent and fast when everything is present (no apt-get at all then). Runs as root, or via sudo.
+set -euo pipefail
+
+PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d isync fetchmail curl openssl offlineimap postgresql)
+MAIL_USER=mailproxytest
+
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO=(sudo)
+    else
+        echo "install-test-deps: run as root (or install sudo)" >&2
+        exit 1
+    fi
+fi
+
+installed() {
+    dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed$'
+}
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    installed "$pkg" || missing+=("$pkg")
+done
+# `python3 -m venv` needs ensurepip, which Debian's own python3 ships separately.
+if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+
+if ((${#missing[@]})); then
+    echo "install-test-deps: installing ${missing[*]}"
+    "${SUDO[@]}" apt-get update -q
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! getent passwd "$MAIL_USER" >/dev/null; then
+    echo "install-test-deps: creating system user $MAIL_USER"
+    "${SUDO[@]}" useradd --system --no-create-home --user-group \
+        --home-dir /nonexistent --shell /usr/sbin/nologin "$MAIL_USER"
+fi
