@@ -1,0 +1,200 @@
+"""Liveness, readiness and the upstream health checker.
+
+`Health` is plain state written by its owners (the app sets `listeners_bound` and `draining`, the
+checker sets `upstream_ok`) and read by `/healthz` and `/readyz`. The process is ready when its
+listeners are bound, it is not draining and at least one upstream answered its last check.
+
+`check_upstreams` opens a connection to every service (imap, pop3) of every upstream each round,
+reads the greeting and closes. A service is up when the greeting is `* OK` (IMAP) or `+OK` (POP3);
+`* PREAUTH`, `* BYE`, anything else, a timeout or a refused connection is down. An upstream is ok
+when any of its services is up.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from . import logs
+
+if TYPE_CHECKING:
+    from .config import Config, ServicePort, Upstream
+    from .metrics import Metrics
+
+__all__ = ["Health", "check_upstreams", "check_round", "check_service"]
+
+CHECK_TIMEOUT = 5.0       # connect, TLS handshake and greeting, per service
+MAX_GREETING = 1024       # bytes read while looking for the end of the greeting line
+
+
+@dataclass
+class Health:
+    """Process health as seen by `/healthz` and `/readyz`."""
+
+    listeners_bound: bool = False
+    draining: bool = False
+    upstream_ok: dict[str, bool] = field(default_factory=dict)
+    # (upstream, protocol) -> last check result; written by check_round only
+    service_up: dict[tuple[str, str], bool] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        return True
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """None when ready, else a short reason for `/readyz`."""
+        if self.draining:
+            return "draining"
+        if not self.listeners_bound:
+            return "listeners not bound"
+        if not any(self.upstream_ok.values()):
+            return "no upstream reachable"
+        return None
+
+    @property
+    def ready(self) -> bool:
+        return self.not_ready_reason is None
+
+    def publish(self, metrics: Metrics) -> None:
+        """Make `mailproxy_draining` read `self.draining` at every scrape."""
+        metrics.draining.set_function(lambda: 1.0 if self.draining else 0.0)
+
+
+async def check_upstreams(config: Config, health: Health, metrics: Metrics, *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Check every upstream service forever, every `min(health_check_interval)` seconds.
+
+    Reports `started()` after the first round, so `health.upstream_ok` is filled by then.
+
+    Resource handling: each check opens and closes its own connection within CHECK_TIMEOUT.
+    Error handling: every network or TLS error marks the service down; nothing is raised.
+    """
+    if not config.upstreams:
+        task_status.started()
+        await trio.sleep_forever()
+    interval = min(upstream.health_check_interval for upstream in config.upstreams.values())
+    while True:
+        deadline = trio.current_time() + interval
+        await check_round(config, health, metrics)
+        task_status.started()
+        task_status = trio.TASK_STATUS_IGNORED
+        await trio.sleep_until(deadline)
+
+
+async def check_round(config: Config, health: Health, metrics: Metrics) -> None:
+    """Check every upstream service once, concurrently, then publish the results.
+
+    Sets `health.service_up`, `health.upstream_ok` and `mailproxy_upstream_up`, and logs
+    `upstream_health` for each service whose state changed (or was not known before).
+    """
+    results: dict[tuple[str, str], str | None] = {}
+
+    async def check(name: str, protocol: str, port: ServicePort) -> None:
+        results[name, protocol] = await check_service(config.upstreams[name], protocol, port)
+
+    async with trio.open_nursery() as nursery:
+        for name, upstream in config.upstreams.items():
+            for protocol, port in (("imap", upstream.imap), ("pop3", upstream.pop3)):
+                if port is not None:
+                    nursery.start_soon(check, name, protocol, port)
+
+    service_up = {key: failure is None for key, failure in results.items()}
+    for (name, protocol), up in service_up.items():
+        metrics.upstream_up.labels(name, protocol).set(1 if up else 0)
+        if health.service_up.get((name, protocol)) != up:
+            _log_transition(name, protocol, up, results[name, protocol])
+    health.service_up = service_up
+    health.upstream_ok = {name: any(up for (n, _), up in service_up.items() if n == name)
+                          for name in config.upstreams}
+
+
+def _log_transition(name: str, protocol: str, up: bool, failure: str | None) -> None:
+    if up:
+        logs.event("upstream_health", logging.INFO, upstream=name, protocol=protocol, up=True)
+    else:
+        logs.event("upstream_health", logging.WARNING, upstream=name, protocol=protocol,
+                   up=False, reason=failure)
+
+
+async def check_service(upstream: Upstream, protocol: str, port: ServicePort) -> str | None:
+    """Connect to one upstream service and read its greeting.
+
+    Returns:
+        None when the service greeted with `* OK` / `+OK`, else a short, log-safe reason.
+    """
+    stream: trio.abc.Stream | None = None
+    try:
+        with trio.fail_after(CHECK_TIMEOUT):
+            stream = await trio.open_tcp_stream(upstream.host, port.port)
+            if port.tls == "implicit":
+                stream = trio.SSLStream(stream, _client_context(upstream),
+                                        server_hostname=upstream.server_name or upstream.host)
+                await stream.do_handshake()
+            greeting = await _read_line(stream)
+    except trio.TooSlowError:
+        return "timeout"
+    except ssl.SSLError as exc:
+        return f"tls: {logs.sanitize(exc.reason or str(exc), 80)}"
+    except OSError as exc:
+        return f"connect: {_os_reason(exc)}"
+    except trio.BrokenResourceError as exc:  # trio.SSLStream wraps handshake errors in this
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLError):
+            return f"tls: {logs.sanitize(cause.reason or str(cause), 80)}"
+        return f"connection broken: {logs.sanitize(str(cause or exc), 80)}"
+    finally:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)  # no close_notify wait: nothing to flush
+    if greeting is None:
+        return "closed before greeting"
+    if _greeting_ok(protocol, greeting):
+        return None
+    return f"greeting: {logs.sanitize(greeting.rstrip(), 80)}"
+
+
+def _os_reason(exc: OSError) -> str:
+    """`Connection refused` rather than trio's `all attempts to connect ... failed`."""
+    cause = exc.__cause__
+    if exc.strerror is None and isinstance(cause, BaseExceptionGroup):
+        first = cause.exceptions[0]
+        if isinstance(first, OSError):
+            exc = first
+    return logs.sanitize(exc.strerror or str(exc), 80)
+
+
+def _greeting_ok(protocol: str, line: bytes) -> bool:
+    if protocol == "imap":
+        # RFC 9051 7.1: status keywords are case-insensitive; PREAUTH and BYE are not OK here.
+        return line[:4].upper() == b"* OK" and line[4:5] in (b" ", b"\r", b"\n", b"")
+    return line.startswith(b"+OK")  # RFC 1939 3: "+OK" in upper case
+
+
+async def _read_line(stream: trio.abc.Stream) -> bytes | None:
+    """The first line (at most MAX_GREETING bytes), or None if the peer sent nothing at all."""
+    data = b""
+    while b"\n" not in data and len(data) < MAX_GREETING:
+        chunk = await stream.receive_some(MAX_GREETING - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\n", 1)[0] or None
+
+
+def _client_context(upstream: Upstream) -> ssl.SSLContext:
+    """A client TLS context for health checks, honouring verify, ca_file and client_cert.
+
+    Kept small on purpose: proxy/net/tls.py owns the real upstream TLS policy and may replace this.
+    """
+    context = ssl.create_default_context(
+        cafile=str(upstream.ca_file) if upstream.ca_file else None)
+    if not upstream.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if upstream.client_cert is not None:
+        context.load_cert_chain(upstream.client_cert.cert, upstream.client_cert.key)
+    return context

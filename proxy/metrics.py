@@ -1,0 +1,254 @@
+"""Every Prometheus metric of mailproxy, declared here and nowhere else.
+
+`Metrics(registry)` creates the metric objects on the registry it is given (a fresh
+`CollectorRegistry` when None, never prometheus_client's global one, so tests and several
+instances never share counts). Code that records something takes the `Metrics` instance it was
+handed and calls e.g. `metrics.commands.labels(protocol, command_label(protocol, name),
+status_label(protocol, status)).inc()`.
+
+Names are `mailproxy_<noun>_<unit>`: counters end in `_total`, durations are `_seconds` histograms.
+Label values are bounded: never a user, mailbox or raw client text. Values that come from the wire
+go through the clamping helpers below (`command_label`, `status_label`, `mechanism_label`), which
+map anything unknown to "other". Listener and upstream names come from the config file and are
+bounded by it; `init_listener` / `init_upstream` pre-create their series at 0.
+"""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from . import __version__
+from .failures import Failure
+
+__all__ = [
+    "Metrics",
+    "PROTOCOLS",
+    "IMAP_COMMANDS",
+    "POP3_COMMANDS",
+    "IMAP_STATUSES",
+    "POP3_STATUSES",
+    "AUTH_MECHANISMS",
+    "AUTH_RESULTS",
+    "TLS_RESULTS",
+    "STARTTLS_RESULTS",
+    "DIRECTIONS",
+    "LIMITS",
+    "FAILURE_REASONS",
+    "OTHER",
+    "command_label",
+    "status_label",
+    "mechanism_label",
+]
+
+OTHER = "other"
+NONE = "none"  # status of a command whose session ended before the reply
+PROTOCOLS = ("imap", "pop3")
+
+COMMAND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                   1, 2.5, 5, 10, 30, 60, 300, 1800)
+# IMAP sessions commonly last hours (IDLE clients reconnect every 29 min, some stay all day).
+SESSION_BUCKETS = (0.1, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400)
+CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+# RFC 3501 / RFC 9051 commands plus the extensions clients actually send. UID commands are
+# "UID <CMD>" with one space.
+IMAP_COMMANDS = frozenset({
+    # any state (RFC 9051 6.1)
+    "CAPABILITY", "NOOP", "LOGOUT",
+    # not authenticated (6.2)
+    "STARTTLS", "AUTHENTICATE", "LOGIN",
+    # authenticated (6.3)
+    "ENABLE", "SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
+    "LIST", "LSUB", "NAMESPACE", "STATUS", "APPEND", "IDLE",
+    # selected (6.4)
+    "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID",
+    "UID FETCH", "UID STORE", "UID SEARCH", "UID COPY", "UID MOVE", "UID EXPUNGE",
+    # extensions
+    "ID",                                                            # RFC 2971
+    "GETQUOTA", "GETQUOTAROOT", "SETQUOTA",                          # RFC 9208
+    "GETACL", "SETACL", "DELETEACL", "LISTRIGHTS", "MYRIGHTS",       # RFC 4314
+    "COMPRESS",                                                      # RFC 4978
+    "SORT", "THREAD", "UID SORT", "UID THREAD",                      # RFC 5256
+    "GETMETADATA", "SETMETADATA",                                    # RFC 5464
+    "NOTIFY",                                                        # RFC 5465
+    "ESEARCH",                                                       # RFC 6237
+    "REPLACE", "UID REPLACE",                                        # RFC 8508
+    "UNAUTHENTICATE",                                                # RFC 8437
+    "XLIST",                                                         # legacy Gmail/Apple
+})
+
+POP3_COMMANDS = frozenset({
+    "USER", "PASS", "APOP", "AUTH", "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "QUIT",
+    "TOP", "UIDL", "CAPA", "STLS", "UTF8", "LANG", "XCLIENT",
+})
+
+_COMMANDS = {"imap": IMAP_COMMANDS, "pop3": POP3_COMMANDS}
+_MAX_COMMAND_LEN = max(len(name) for name in IMAP_COMMANDS | POP3_COMMANDS)
+
+IMAP_STATUSES = ("OK", "NO", "BAD")
+POP3_STATUSES = ("+OK", "-ERR")
+_STATUSES = {"imap": frozenset(IMAP_STATUSES), "pop3": frozenset(POP3_STATUSES)}
+
+# Mechanism label: the SASL mechanism, "LOGIN" for IMAP LOGIN, "USER" for POP3 USER/PASS.
+AUTH_MECHANISMS = {
+    "imap": ("LOGIN", "PLAIN", "XOAUTH2", "OAUTHBEARER"),
+    "pop3": ("USER", "APOP", "PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER"),
+}
+_MECHANISMS = frozenset(m for ms in AUTH_MECHANISMS.values() for m in ms)
+AUTH_RESULTS = ("success", "failure", "tempfail", "error")
+TLS_RESULTS = ("ok", "failed", "alpn_refused")
+STARTTLS_SIDES = ("client", "upstream")
+STARTTLS_RESULTS = ("ok", "failed", "refused", "injection")
+DIRECTIONS = ("client_to_upstream", "upstream_to_client")
+LIMITS = frozenset({
+    "line_length", "literal_size", "preauth_commands", "bad_commands", "auth_failures",
+    "idle_timeout", "login_timeout", "max_connections", "max_connections_per_ip", "auth_throttle",
+})
+FAILURE_REASONS = frozenset(failure.value for failure in Failure)
+
+
+def _upper_ascii(value: bytes | str | None, max_len: int) -> str | None:
+    """`value` upper-cased if it is short printable ASCII, else None."""
+    if value is None or len(value) > max_len:
+        return None
+    if isinstance(value, bytes):
+        if not value.isascii():
+            return None
+        value = value.decode("ascii")
+    elif not value.isascii():
+        return None
+    return value.upper()
+
+
+def command_label(protocol: str, name: bytes | str) -> str:
+    """The bounded `command` label: the upper-case command name when known, else "other".
+
+    IMAP UID commands are passed as "UID FETCH" (one space). Raises KeyError for an unknown
+    protocol, which is a bug in the caller, not client input.
+    """
+    known = _COMMANDS[protocol]
+    label = _upper_ascii(name, _MAX_COMMAND_LEN)
+    return label if label in known else OTHER
+
+
+def status_label(protocol: str, status: bytes | str | None) -> str:
+    """The bounded `status` label: OK/NO/BAD (IMAP), +OK/-ERR (POP3), "none" when the session
+    ended before the reply (status None), "other" for anything else."""
+    if status is None:
+        return NONE
+    label = _upper_ascii(status, 4)
+    return label if label in _STATUSES[protocol] else OTHER
+
+
+def mechanism_label(name: bytes | str) -> str:
+    """The bounded `mechanism` label: a known SASL mechanism, LOGIN or USER, else "other"."""
+    label = _upper_ascii(name, 16)
+    return label if label in _MECHANISMS else OTHER
+
+
+class Metrics:
+    """The metric objects of one process, on one registry.
+
+    Attributes are the metric objects (see the module docstring for the naming rules); label
+    names are listed beside each. `registry` is what `/metrics` exposes.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+
+        # --- connections and sessions; tls is the listener's mode: none|starttls|implicit
+        self.connections = Counter(
+            "mailproxy_connections_total", "Client connections accepted.",
+            ["listener", "protocol", "tls"], registry=r)
+        self.connections_active = Gauge(
+            "mailproxy_connections_active", "Client connections currently open.",
+            ["listener", "protocol", "tls"], registry=r)
+        self.session_duration = Histogram(
+            "mailproxy_session_duration_seconds", "Client session length, accept to close.",
+            ["listener", "protocol"], buckets=SESSION_BUCKETS, registry=r)
+
+        # --- TLS
+        self.tls_handshakes = Counter(
+            "mailproxy_tls_handshakes_total", "Client-side TLS handshakes (implicit or STARTTLS).",
+            ["listener", "result"], registry=r)
+        self.starttls = Counter(
+            "mailproxy_starttls_total",
+            "STARTTLS/STLS upgrades; result=injection counts plaintext sent after the command.",
+            ["side", "protocol", "result"], registry=r)
+
+        # --- authentication and commands
+        self.auth_attempts = Counter(
+            "mailproxy_auth_attempts_total", "Client authentication attempts by outcome.",
+            ["protocol", "mechanism", "result"], registry=r)
+        self.commands = Counter(
+            "mailproxy_commands_total",
+            "Client commands by completion status (none: the session ended before the reply).",
+            ["protocol", "command", "status"], registry=r)
+        self.command_duration = Histogram(
+            "mailproxy_command_duration_seconds", "Time from a command to its completion reply.",
+            ["protocol", "command"], buckets=COMMAND_BUCKETS, registry=r)
+
+        # --- upstreams
+        self.upstream_connect_duration = Histogram(
+            "mailproxy_upstream_connect_duration_seconds",
+            "Time to connect to an upstream, TLS included, until its greeting.",
+            ["upstream", "protocol"], buckets=CONNECT_BUCKETS, registry=r)
+        self.upstream_errors = Counter(
+            "mailproxy_upstream_errors_total", "Failed upstream connections or sessions, by reason.",
+            ["upstream", "protocol", "reason"], registry=r)
+        self.upstream_up = Gauge(
+            "mailproxy_upstream_up", "1 if the last health check of the upstream service passed.",
+            ["upstream", "protocol"], registry=r)
+
+        # --- traffic, errors, limits
+        self.bytes = Counter(
+            "mailproxy_bytes_total", "Bytes relayed.", ["direction", "protocol"], registry=r)
+        self.protocol_errors = Counter(
+            "mailproxy_protocol_errors_total", "Protocol violations by a peer, by kind.",
+            ["protocol", "kind"], registry=r)
+        self.limit_hits = Counter(
+            "mailproxy_limit_hits_total", "Times a configured limit was enforced.",
+            ["limit"], registry=r)
+
+        # --- process
+        self.build_info = Gauge(
+            "mailproxy_build_info", "Always 1; labels carry the version.",
+            ["version", "python"], registry=r)
+        # health.Health.publish(metrics) makes this read Health.draining at each scrape
+        self.draining = Gauge(
+            "mailproxy_draining", "1 while the process drains before shutdown.", registry=r)
+
+        self._initialise()
+
+    def _initialise(self) -> None:
+        """Create the label combinations known in advance, so their series exist at 0."""
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        for protocol in PROTOCOLS:
+            for mechanism in AUTH_MECHANISMS[protocol]:
+                for result in AUTH_RESULTS:
+                    self.auth_attempts.labels(protocol, mechanism, result)
+            for direction in DIRECTIONS:
+                self.bytes.labels(direction, protocol)
+            for side in STARTTLS_SIDES:
+                for result in STARTTLS_RESULTS:
+                    self.starttls.labels(side, protocol, result)
+        for limit in LIMITS:
+            self.limit_hits.labels(limit)
+
+    def init_listener(self, name: str, protocol: str, tls: str) -> None:
+        """Pre-create the series of one configured listener (call once per listener)."""
+        self.connections.labels(name, protocol, tls)
+        self.connections_active.labels(name, protocol, tls)
+        self.session_duration.labels(name, protocol)
+        if tls != "none":
+            for result in TLS_RESULTS:
+                self.tls_handshakes.labels(name, result)
+
+    def init_upstream(self, name: str, protocol: str) -> None:
+        """Pre-create the series of one configured upstream service."""
+        self.upstream_connect_duration.labels(name, protocol)
+        for reason in sorted(FAILURE_REASONS):
+            self.upstream_errors.labels(name, protocol, reason)
