@@ -50,6 +50,7 @@ def _serve(path: str) -> int:
     import trio
 
     from . import app
+    from .net.tls import TLSConfigError
 
     try:
         config = config_mod.load(path)
@@ -59,6 +60,9 @@ def _serve(path: str) -> int:
         return 1
     try:
         trio.run(app.serve, config, path)
+    except TLSConfigError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     return 0

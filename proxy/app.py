@@ -1,0 +1,113 @@
+"""The process: one nursery holding the listeners, the metrics/health server, the upstream health
+checker and the signal handlers (SIGHUP reload, SIGTERM/SIGINT drain)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import trio
+
+from . import __version__, config as config_mod, logs
+from .config import Config
+from .health import Health, check_upstreams
+from .metrics import Metrics
+from .net.http import serve_http
+from .net.serve import ListenerServer
+from .net.tls import ServerTLS, TLSConfigError, UpstreamTLS
+from .relay.context import Runtime
+
+
+def _handlers():
+    from .relay import imap_session, pop3_session
+
+    return {("imap", "relay"): imap_session.handle, ("pop3", "relay"): pop3_session.handle}
+
+
+def build_runtime(config: Config, metrics: Metrics, health: Health, drain: trio.Event) -> Runtime:
+    """Everything a session needs that depends on the config. Raises TLSConfigError."""
+    server_tls = {l.name: ServerTLS(l) for l in config.listeners if l.tls != "none"}
+    return Runtime(config, metrics, health, UpstreamTLS(config.upstreams), server_tls, drain)
+
+
+class App:
+    def __init__(self, config: Config, config_path: str | None):
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.health = Health()
+        self.drain_event = trio.Event()
+        self.runtime = build_runtime(config, self.metrics, self.health, self.drain_event)
+        handlers = _handlers()
+        self.servers = [ListenerServer(l.name, lambda: self.runtime,
+                                       handlers[(l.protocol, l.mode)])
+                        for l in config.listeners]
+
+    async def run(self) -> None:
+        config = self.runtime.config
+        async with trio.open_nursery() as nursery:
+            if config.metrics is not None:
+                await nursery.start(serve_http, config.metrics.address, self.metrics, self.health)
+            nursery.start_soon(check_upstreams, config, self.health, self.metrics)
+            async with trio.open_nursery() as sessions:
+                async with trio.open_nursery() as listeners:
+                    for server, listener in zip(self.servers, config.listeners):
+                        ports = await listeners.start(server.serve, listener, sessions)
+                        logs.event("listening", listener=listener.name,
+                                   protocol=listener.protocol, mode=listener.mode,
+                                   tls=listener.tls, address=f"{listener.address.host}:{ports[0]}")
+                    self.health.listeners_bound = True
+                    logs.event("ready", version=__version__, listeners=len(self.servers))
+                    await self._signals()
+                    listeners.cancel_scope.cancel()  # stop accepting
+                await self._drain(sessions.cancel_scope)
+            nursery.cancel_scope.cancel()
+        logs.event("stopped")
+
+    async def _signals(self) -> None:
+        """Until SIGTERM or SIGINT; SIGHUP reloads."""
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum != signal.SIGHUP:
+                    return
+                self.reload()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read and validate the config; new connections get it, sessions keep theirs."""
+        if self.config_path is None:
+            return
+        try:
+            config = config_mod.load(self.config_path)
+            runtime = build_runtime(config, self.metrics, self.health, self.drain_event)
+        except (config_mod.ConfigError, TLSConfigError) as exc:
+            errors = exc.errors if isinstance(exc, config_mod.ConfigError) else [str(exc)]
+            logs.event("reload_rejected", logging.ERROR, errors="; ".join(errors))
+            return
+        old = {(l.name, l.protocol, l.mode, l.address) for l in self.runtime.config.listeners}
+        new = {(l.name, l.protocol, l.mode, l.address) for l in config.listeners}
+        if old != new:
+            logs.event("reload_rejected", logging.ERROR,
+                       errors="listener names, protocols, modes and addresses need a restart")
+            return
+        self.runtime = runtime
+        logs.event("reloaded", routes=len(config.routes), upstreams=len(config.upstreams))
+
+    async def _drain(self, sessions: trio.CancelScope) -> None:
+        """SIGTERM: not ready at once, sessions told to finish (IMAP: BYE after the current
+        command, at once when idle), then cut at shutdown_timeout."""
+        self.health.draining = True
+        self.metrics.draining.set(1)
+        logs.event("draining", sessions=self._active())
+        self.drain_event.set()
+        with trio.move_on_after(self.runtime.config.shutdown_timeout):
+            while self._active():
+                await trio.sleep(0.05)
+        if self._active():
+            logs.event("drain_timeout", logging.WARNING, sessions=self._active())
+        sessions.cancel()
+
+    def _active(self) -> int:
+        return sum(len(server.active) for server in self.servers)
+
+
+async def serve(config: Config, config_path: str | None = None) -> None:
+    await App(config, config_path).run()

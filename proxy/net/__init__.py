@@ -1,0 +1,1 @@
+"""Networking on trio: listeners, TLS, PROXY protocol, connections."""

@@ -1,0 +1,105 @@
+"""Serving a listener: accept, admit, PROXY header, implicit TLS, then the protocol handler.
+
+Every connection runs under `_connection()`, which guarantees the stream is closed, the gauges
+are decremented and one session_end log line is written, whatever happens inside. An exception
+escaping a protocol handler is a bug: it is logged with its traceback and the connection closed;
+it never reaches the listener, so one session can never take down the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Awaitable, Callable
+
+import trio
+
+from .. import logs
+from ..config import Listener
+from ..relay.context import Runtime, Session
+from .conn import Conn
+from .limits import ConnectionLimiter
+from .tls import TLSHandshakeError, server_handshake
+
+Handler = Callable[[Session, Conn], Awaitable[None]]
+
+_REFUSALS = {"imap": b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n",
+             "pop3": b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n"}
+
+
+class ListenerServer:
+    """One configured listener. `runtime` is read at accept time, so a reload applies to new
+    connections only."""
+
+    def __init__(self, name: str, get_runtime: Callable[[], Runtime], handler: Handler):
+        self.name = name
+        self.get_runtime = get_runtime
+        self.handler = handler
+        self.limiter = ConnectionLimiter()
+        self.active: set[Session] = set()
+
+    async def serve(self, listener: Listener, sessions: trio.Nursery, *,
+                    task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Accept until cancelled. Sessions run in `sessions`, so that stopping the accept loop
+        (drain) leaves them running."""
+        listeners = await trio.open_tcp_listeners(listener.address.port, host=listener.address.host)
+        task_status.started([l.socket.getsockname()[1] for l in listeners])
+        await trio.serve_listeners(self._connection, listeners, handler_nursery=sessions)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        runtime = self.get_runtime()
+        listener = next(l for l in runtime.config.listeners if l.name == self.name)
+        try:
+            peer = stream.socket.getpeername()
+            local = stream.socket.getsockname()
+        except OSError:
+            await trio.aclose_forcefully(stream)
+            return
+        session = Session(runtime, listener, peer[0], peer[1], local[0], local[1],
+                          tls=listener.tls == "implicit")
+        metrics = runtime.metrics
+        labels = (listener.name, listener.protocol, listener.tls)
+        metrics.connections.labels(*labels).inc()
+        refused = self.limiter.admit(session.client_ip, listener.max_connections,
+                                     listener.max_connections_per_ip)
+        if refused is not None:
+            metrics.limit_hits.labels(refused).inc()
+            logs.event("connection_refused", **session.log_fields(), limit=refused)
+            with trio.move_on_after(1):
+                if listener.tls == "none":
+                    await Conn(stream).send(_REFUSALS[listener.protocol])
+            await trio.aclose_forcefully(stream)
+            return
+        conn = Conn(stream)
+        metrics.connections_active.labels(*labels).inc()
+        self.active.add(session)
+        logs.event("session_start", logging.DEBUG, **session.log_fields(), tls=listener.tls)
+        try:
+            if listener.tls == "implicit" and not await self._handshake(session, conn):
+                return
+            await self.handler(session, conn)
+        except Exception:
+            session.close_reason = "internal_error"
+            logs.event("session_crash", logging.ERROR, exc_info=True, **session.log_fields())
+        finally:
+            await conn.aclose()
+            self.active.discard(session)
+            self.limiter.release(session.client_ip)
+            metrics.connections_active.labels(*labels).dec()
+            metrics.session_duration.labels(listener.name, listener.protocol).observe(
+                time.monotonic() - session.started)
+            session.log_end()
+
+    async def _handshake(self, session: Session, conn: Conn) -> bool:
+        listener = session.listener
+        handshakes = session.runtime.metrics.tls_handshakes
+        try:
+            conn.replace_stream(await server_handshake(
+                conn.stream, session.runtime.server_tls[listener.name], listener.protocol,
+                listener.timeouts.login))
+        except TLSHandshakeError as exc:
+            handshakes.labels(listener.name, exc.reason).inc()
+            session.close_reason = f"tls_{exc.reason}"
+            return False
+        handshakes.labels(listener.name, "ok").inc()
+        return True

@@ -1,0 +1,128 @@
+"""What a session can see: the process-wide runtime and its own per-connection record."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+import trio
+
+from .. import logs
+from ..config import Config, Listener
+from .routing import log_user
+
+if TYPE_CHECKING:  # imported for types only; the modules are built by their own layers
+    from ..health import Health
+    from ..metrics import Metrics
+
+
+class CloseSession(Exception):
+    """End the session now; any last words (BYE, -ERR) have already been sent.
+    `reason` is the bounded close reason of the session log line."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Runtime:
+    """Objects shared by every session of the process. Replaced as a whole on reload, so a
+    session keeps the runtime (config, certificates) it started with."""
+
+    config: Config
+    metrics: "Metrics"
+    health: "Health"
+    upstream_tls: Any          # proxy.net.tls.UpstreamTLS
+    server_tls: dict[str, Any]  # listener name -> proxy.net.tls.ServerTLS
+    drain: Any = None          # trio.Event set when the process drains (SIGTERM)
+
+
+@dataclass(eq=False)  # hashed by identity: the listener keeps a set of open sessions
+class Session:
+    """One client connection from accept to close, and the facts its log line reports."""
+
+    runtime: Runtime
+    listener: Listener
+    client_ip: str
+    client_port: int
+    local_ip: str
+    local_port: int
+    tls: bool = False
+    started: float = field(default_factory=time.monotonic)
+    user: str | None = None
+    upstream: str | None = None
+    commands: int = 0
+    close_reason: str = "client_closed"
+    bytes_from_client: int = 0
+    bytes_to_client: int = 0
+
+    @property
+    def protocol(self) -> str:
+        return self.listener.protocol
+
+    @property
+    def client_is_loopback(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.client_ip).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def plaintext_auth_allowed(self) -> bool:
+        """RFC 3501 6.2.3 / RFC 2595: no cleartext passwords over an unencrypted link, unless
+        the operator allows it (default: only for loopback clients)."""
+        if self.tls:
+            return True
+        if self.listener.require_tls:  # tls: starttls + require_tls: never before STARTTLS
+            return False
+        allowed = self.listener.allow_plaintext_auth
+        return self.client_is_loopback if allowed is None else allowed
+
+    def log_fields(self) -> dict[str, Any]:
+        return {
+            "listener": self.listener.name,
+            "client": f"{self.client_ip}:{self.client_port}",
+            "user": log_user(self.runtime.config.logging, self.user),
+        }
+
+    def log_end(self) -> None:
+        logs.event(
+            "session_end",
+            **self.log_fields(),
+            upstream=self.upstream or "-",
+            tls=self.tls,
+            duration=f"{time.monotonic() - self.started:.3f}",
+            bytes_in=self.bytes_from_client,
+            bytes_out=self.bytes_to_client,
+            commands=self.commands,
+            reason=self.close_reason,
+        )
+
+
+@asynccontextmanager
+async def drain_guard(session: Session, conn: Any, last_words: bytes) -> AsyncIterator[None]:
+    """While the block runs, a drain (SIGTERM) sends `last_words` and cancels the block; the
+    session's close_reason is then "shutdown". Used before login, where nothing is in flight."""
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            await session.runtime.drain.wait()
+            session.close_reason = "shutdown"
+            with trio.move_on_after(1):
+                await conn.send(last_words)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        error: Exception | None = None
+        try:
+            yield
+        except Exception as exc:  # re-raised bare, not wrapped in an ExceptionGroup
+            error = exc
+        finally:
+            nursery.cancel_scope.cancel()
+    if error is not None:
+        raise error

@@ -1,0 +1,262 @@
+"""The client side of an IMAP session before login, answered by the proxy itself.
+
+Theory of operation: the proxy greets, answers CAPABILITY, NOOP, ID, LOGOUT and STARTTLS, and
+collects credentials from LOGIN or AUTHENTICATE PLAIN/LOGIN (RFC 3501 6.1-6.2, SASL-IR per
+RFC 4959). Every other command gets BAD (RFC 3501 6: commands not valid in this state). Budgets
+close the connection: `preauth_commands` commands, `bad_commands` BAD replies and `auth_failures`
+failed logins, all under the listener's `login` timeout (a cancel scope held by the caller).
+The credentials are handed to the caller, which logs in upstream and answers under the client's tag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import logs
+from ..imap import PREAUTH_LIMITS, CommandParser, Limits, NEED_DATA, ProtocolError, events, writer
+from ..net.conn import Conn
+from ..net.tls import TLSHandshakeError, server_handshake
+from .context import CloseSession, Session
+from .sasl import LOGIN_PASS_PROMPT, LOGIN_USER_PROMPT, Credentials, SaslError, b64decode
+from .sasl import decode_user, parse_plain
+
+GREETING_TEXT = b"mailproxy ready."
+
+
+@dataclass
+class LoginRequest:
+    tag: bytes
+    credentials: Credentials
+
+
+class ImapFront:
+    """Pre-authentication dialogue on one client connection."""
+
+    def __init__(self, session: Session, conn: Conn):
+        self.session = session
+        self.conn = conn
+        limits = session.listener.limits
+        self.limits = Limits(max_line=limits.preauth_max_line, max_literal=limits.preauth_max_literal,
+                             max_nonsync_literal=min(4096, limits.preauth_max_literal),
+                             max_depth=PREAUTH_LIMITS.max_depth)
+        self.parser = CommandParser(self.limits, collect_literals=True, parse_args=True)
+        self.commands = 0
+        self.bad = 0
+        self.auth_failures = 0
+
+    # -- capabilities ------------------------------------------------------------------------
+    def capabilities(self) -> bytes:
+        caps = [b"IMAP4rev1", b"SASL-IR", b"ID", b"LITERAL+"]
+        listener = self.session.listener
+        if listener.tls == "starttls" and not self.session.tls:
+            caps.append(b"STARTTLS")
+        if self.session.plaintext_auth_allowed:
+            caps += [b"AUTH=PLAIN", b"AUTH=LOGIN"]
+        else:
+            caps.append(b"LOGINDISABLED")  # RFC 3501 6.2.3
+        return b" ".join(caps)
+
+    async def greet(self) -> None:
+        await self.conn.send(b"* OK [CAPABILITY %s] %s\r\n" % (self.capabilities(), GREETING_TEXT))
+
+    # -- the loop ----------------------------------------------------------------------------
+    async def next_login(self) -> LoginRequest:
+        """Answer commands until the client offers credentials. Raises CloseSession."""
+        while True:
+            event = await self._next_event()
+            if isinstance(event, events.LiteralStart):
+                if event.synchronizing:
+                    await self.conn.send(writer.continuation(b"Ready for literal data"))
+                continue
+            if isinstance(event, events.CommandStart):
+                continue
+            if not isinstance(event, events.Command):
+                raise CloseSession("protocol_error")
+            self.commands += 1
+            self.session.commands += 1
+            if self.commands > self.session.listener.limits.preauth_commands:
+                self._limit("preauth_commands")
+                await self.conn.send(b"* BYE Too many commands before login.\r\n")
+                raise CloseSession("preauth_commands")
+            request = await self._dispatch(event)
+            if request is not None:
+                return request
+
+    async def _next_event(self):
+        while True:
+            try:
+                event = self.parser.next_event()
+            except ProtocolError as exc:
+                self.session.runtime.metrics.protocol_errors.labels("imap", exc.kind).inc()
+                if exc.kind in ("line_too_long", "literal_too_big", "nonsync_literal_too_big"):
+                    self._limit("line_length" if exc.kind == "line_too_long" else "literal_size")
+                await self.conn.send(exc.reply())
+                if exc.fatal:
+                    await self.conn.send(b"* BYE Protocol error.\r\n")
+                    raise CloseSession("protocol_error") from None
+                await self._count_bad()
+                continue
+            if event is NEED_DATA:
+                self.parser.receive_data(await self.conn.receive())
+                continue
+            if isinstance(event, events.ConnectionClosed):
+                raise CloseSession("client_closed")
+            return event
+
+    async def _dispatch(self, cmd: events.Command) -> LoginRequest | None:
+        handler = _HANDLERS.get(cmd.name)
+        if handler is None:
+            await self._bad(cmd.tag, b"Command unknown or not allowed before login.")
+            return None
+        return await handler(self, cmd)
+
+    # -- replies -----------------------------------------------------------------------------
+    async def _ok(self, tag: bytes, text: bytes, code: bytes | None = None) -> None:
+        await self.conn.send(writer.tagged(tag, b"OK", text, code))
+
+    async def _bad(self, tag: bytes, text: bytes) -> None:
+        await self.conn.send(writer.tagged(tag, b"BAD", text))
+        await self._count_bad()
+
+    async def _count_bad(self) -> None:
+        self.bad += 1
+        if self.bad >= self.session.listener.limits.bad_commands:
+            self._limit("bad_commands")
+            await self.conn.send(b"* BYE Too many invalid commands.\r\n")
+            raise CloseSession("bad_commands")
+
+    def _limit(self, name: str) -> None:
+        self.session.runtime.metrics.limit_hits.labels(name).inc()
+        logs.event("limit_hit", **self.session.log_fields(), limit=name)
+
+    async def auth_failed(self, tag: bytes, reply: bytes) -> None:
+        """Called by the session after a rejected login: reply, and close past the budget."""
+        await self.conn.send(reply)
+        self.auth_failures += 1
+        if self.auth_failures >= self.session.listener.limits.auth_failures:
+            self._limit("auth_failures")
+            await self.conn.send(b"* BYE Too many authentication failures.\r\n")
+            raise CloseSession("auth_failures")
+
+    # -- commands ----------------------------------------------------------------------------
+    async def _capability(self, cmd: events.Command) -> None:
+        await self.conn.send(b"* CAPABILITY %s\r\n" % self.capabilities())
+        await self._ok(cmd.tag, b"Capability completed.")
+
+    async def _noop(self, cmd: events.Command) -> None:
+        await self._ok(cmd.tag, b"NOOP completed.")
+
+    async def _logout(self, cmd: events.Command) -> None:
+        await self.conn.send(b"* BYE Logging out.\r\n")
+        await self._ok(cmd.tag, b"Logout completed.")
+        raise CloseSession("client_logout")
+
+    async def _id(self, cmd: events.Command) -> None:
+        # RFC 2971: the client's fields are not needed; answer with ours.
+        await self.conn.send(b'* ID ("name" "mailproxy")\r\n')
+        await self._ok(cmd.tag, b"ID completed.")
+
+    async def _starttls(self, cmd: events.Command) -> None:
+        session = self.session
+        metrics = session.runtime.metrics.starttls
+        if session.listener.tls != "starttls" or session.tls:
+            await self._bad(cmd.tag, b"STARTTLS not available.")
+            return
+        if self.parser.buffered:
+            # RFC 3501 6.2.1 / CVE-2011-0411: nothing may follow STARTTLS before the handshake.
+            metrics.labels("client", "imap", "injection").inc()
+            await self.conn.send(writer.tagged(cmd.tag, b"BAD", b"Data after STARTTLS refused."))
+            raise CloseSession("starttls_injection")
+        await self._ok(cmd.tag, b"Begin TLS negotiation now.")
+        try:
+            stream = await server_handshake(self.conn.stream,
+                                            session.runtime.server_tls[session.listener.name],
+                                            "imap", session.listener.timeouts.login)
+        except TLSHandshakeError as exc:
+            metrics.labels("client", "imap", "failed").inc()
+            session.runtime.metrics.tls_handshakes.labels(session.listener.name, exc.reason).inc()
+            raise CloseSession("tls_failed") from None
+        metrics.labels("client", "imap", "ok").inc()
+        session.runtime.metrics.tls_handshakes.labels(session.listener.name, "ok").inc()
+        self.conn.replace_stream(stream)
+        session.tls = True
+        self.parser = CommandParser(self.limits, collect_literals=True, parse_args=True)
+
+    async def _refuse_plaintext(self, tag: bytes) -> bool:
+        if self.session.plaintext_auth_allowed:
+            return False
+        await self.conn.send(writer.tagged(tag, b"NO", b"Plaintext authentication disallowed "
+                                           b"on non-secure connections.", b"PRIVACYREQUIRED"))
+        if self.session.listener.require_tls:  # a session that logs in without upgrading ends
+            await self.conn.send(b"* BYE TLS required: use STARTTLS.\r\n")
+            raise CloseSession("tls_required")
+        return True
+
+    async def _login(self, cmd: events.Command) -> LoginRequest | None:
+        if len(cmd.args) != 2 or not all(isinstance(a, bytes) for a in cmd.args):
+            await self._bad(cmd.tag, b"LOGIN expects a user name and a password.")
+            return None
+        if await self._refuse_plaintext(cmd.tag):
+            return None
+        try:
+            user = decode_user(bytes(cmd.args[0]))
+        except SaslError as exc:
+            await self._bad(cmd.tag, str(exc).encode())
+            return None
+        return LoginRequest(cmd.tag, Credentials(user, bytes(cmd.args[1]), "LOGIN"))
+
+    async def _authenticate(self, cmd: events.Command) -> LoginRequest | None:
+        if not cmd.args or not isinstance(cmd.args[0], bytes) or len(cmd.args) > 2:
+            await self._bad(cmd.tag, b"AUTHENTICATE expects a mechanism.")
+            return None
+        mechanism = bytes(cmd.args[0]).upper()
+        if mechanism not in (b"PLAIN", b"LOGIN"):
+            await self.conn.send(writer.tagged(cmd.tag, b"NO", b"Unsupported authentication "
+                                               b"mechanism.", b"CANNOT"))
+            return None
+        if await self._refuse_plaintext(cmd.tag):
+            return None
+        initial = bytes(cmd.args[1]) if len(cmd.args) == 2 else None
+        try:
+            creds = await (self._sasl_plain(initial) if mechanism == b"PLAIN"
+                           else self._sasl_login(initial))
+        except SaslError as exc:
+            await self._bad(cmd.tag, str(exc).encode())
+            return None
+        if creds is None:  # RFC 3501 6.2.2: "*" cancels with BAD
+            await self._bad(cmd.tag, b"Authentication cancelled.")
+            return None
+        return LoginRequest(cmd.tag, creds)
+
+    async def _sasl_line(self, challenge: bytes) -> bytes | None:
+        await self.conn.send(writer.continuation(challenge))
+        self.parser.expect_line()
+        event = await self._next_event()
+        if not isinstance(event, events.RawLine):
+            raise CloseSession("protocol_error")
+        return None if event.data == b"*" else b64decode(event.data)
+
+    async def _sasl_plain(self, initial: bytes | None) -> Credentials | None:
+        message = b64decode(initial) if initial is not None else await self._sasl_line(b"")
+        return None if message is None else parse_plain(message)
+
+    async def _sasl_login(self, initial: bytes | None) -> Credentials | None:
+        user = b64decode(initial) if initial is not None else await self._sasl_line(
+            LOGIN_USER_PROMPT)
+        if user is None:
+            return None
+        password = await self._sasl_line(LOGIN_PASS_PROMPT)
+        if password is None:
+            return None
+        return Credentials(decode_user(user), password, "LOGIN")
+
+
+_HANDLERS = {
+    b"CAPABILITY": ImapFront._capability,
+    b"NOOP": ImapFront._noop,
+    b"LOGOUT": ImapFront._logout,
+    b"ID": ImapFront._id,
+    b"STARTTLS": ImapFront._starttls,
+    b"LOGIN": ImapFront._login,
+    b"AUTHENTICATE": ImapFront._authenticate,
+}

@@ -1,0 +1,249 @@
+"""The IMAP relay after login: two pumps in one nursery, parsing while relaying.
+
+Theory of operation: each pump reads a chunk, feeds it to its sans-IO parser in framing mode
+(line ends found with bytes.find, literal payloads skipped by count), looks at the few events that
+matter, then forwards the same chunk with one write. Nothing is re-encoded, so the relay is as
+transparent as a byte pipe while still knowing every command:
+
+- client -> upstream: CommandStart gives tag and name (pending[tag] = name, start time); IDLE makes
+  the next line a raw line so `DONE` ends it; LOGOUT is noted.
+- upstream -> client: a TaggedResponse completes pending[tag] (metrics: count by status, duration);
+  an untagged BYE is noted; literal payloads (FETCH bodies) pass by count.
+
+Either pump ending (EOF, error, timeout) cancels the nursery, and both connections are closed by
+the caller, so no connection is ever left open on one side. The idle timer (RFC 3501 5.4) runs on
+client input; during IDLE the separate `idle_command` timer applies.
+"""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+from .. import logs
+from ..imap import CommandParser, Limits, NEED_DATA, ProtocolError, ResponseParser, events
+from ..metrics import command_label
+from ..net.conn import Conn
+from .context import Session
+from .imap_upstream import UpstreamIMAP, upstream_limits
+
+
+class _Meter:
+    """Per-command metrics with the label children cached (a dict hit per completion)."""
+
+    def __init__(self, session: Session):
+        self.metrics = session.runtime.metrics
+        self.audit = session.listener.audit
+        self.session = session
+        self._count: dict[tuple[str, bytes], object] = {}
+        self._duration: dict[str, object] = {}
+
+    def completed(self, name: str, status: bytes, started: float) -> None:
+        key = (name, status)
+        counter = self._count.get(key)
+        if counter is None:
+            counter = self._count[key] = self.metrics.commands.labels(
+                "imap", name, status.decode("ascii", "replace"))
+        counter.inc()
+        histogram = self._duration.get(name)
+        if histogram is None:
+            histogram = self._duration[name] = self.metrics.command_duration.labels("imap", name)
+        elapsed = time.monotonic() - started
+        histogram.observe(elapsed)
+        if self.audit:
+            logs.event("command", **self.session.log_fields(), command=name,
+                       status=status.decode("ascii", "replace"), duration=f"{elapsed:.6f}")
+
+
+class ImapRelay:
+    def __init__(self, session: Session, client: Conn, client_leftover: bytes,
+                 upstream: UpstreamIMAP, upstream_leftover: bytes):
+        self.session = session
+        self.client = client
+        self.upstream = upstream
+        lim = session.listener.limits
+        literal_plus = upstream.has(b"LITERAL+")
+        self.client_parser = CommandParser(Limits(
+            max_line=lim.max_line, max_literal=lim.max_literal, max_depth=lim.max_depth,
+            max_nonsync_literal=lim.max_literal if literal_plus else lim.max_nonsync_literal))
+        if client_leftover:  # b"" would mean EOF
+            self.client_parser.receive_data(client_leftover)
+        self._client_leftover = client_leftover
+        self.upstream_parser = ResponseParser(upstream_limits())
+        if upstream_leftover:
+            self.upstream_parser.receive_data(upstream_leftover)
+        self._upstream_leftover = upstream_leftover
+        self.logout_seen = False
+        self.draining = False
+        self.pending: dict[bytes, tuple[str, float]] = {}
+        self.idle_tag: bytes | None = None
+        self.meter = _Meter(session)
+        metrics = session.runtime.metrics
+        self._bytes_up = metrics.bytes.labels("client_to_upstream", "imap")
+        self._bytes_down = metrics.bytes.labels("upstream_to_client", "imap")
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._cancel = nursery.cancel_scope
+            nursery.start_soon(self._client_to_upstream, nursery.cancel_scope)
+            nursery.start_soon(self._upstream_to_client, nursery.cancel_scope)
+            nursery.start_soon(self._watch_drain)
+        for name, _ in self.pending.values():  # the session ended before these were answered
+            self.meter.metrics.commands.labels("imap", name, "none").inc()
+
+    # -- drain (SIGTERM) ---------------------------------------------------------------------
+    async def _watch_drain(self) -> None:
+        await self.session.runtime.drain.wait()
+        self.draining = True
+        await self._bye_if_at_rest()
+
+    async def _bye_if_at_rest(self) -> None:
+        """While draining: BYE as soon as no command is in flight (an IDLE does not count)."""
+        in_flight = set(self.pending) - {self.idle_tag}
+        if self.draining and not in_flight:
+            await self.client.send(b"* BYE Server shutting down.\r\n")
+            self.session.close_reason = "shutdown"
+            self._cancel.cancel()
+
+    # -- client -> upstream ------------------------------------------------------------------
+    async def _client_to_upstream(self, cancel: trio.CancelScope) -> None:
+        timeouts = self.session.listener.timeouts
+        try:
+            if self._client_leftover:  # commands pipelined behind the login
+                if not await self._client_events() or not await self._forward_up(
+                        self._client_leftover):
+                    return
+            while True:
+                timeout = timeouts.idle_command if self.idle_tag else timeouts.idle
+                data = b""
+                with trio.move_on_after(timeout) as scope:
+                    data = await self.client.receive()
+                if scope.cancelled_caught:
+                    await self._autologout()
+                    return
+                if not data:
+                    self.session.close_reason = "client_closed"
+                    return
+                self.client_parser.receive_data(data)
+                if not await self._client_events():
+                    return
+                if not await self._forward_up(data):
+                    return
+        finally:
+            cancel.cancel()
+
+    async def _forward_up(self, data: bytes) -> bool:
+        self._bytes_up.inc(len(data))
+        self.session.bytes_from_client += len(data)
+        if not await self.upstream.conn.send(data):
+            self.session.close_reason = "upstream_closed"
+            return False
+        return True
+
+    async def _client_events(self) -> bool:
+        """Consume the parser's events for the data just received; False ends the session."""
+        parser = self.client_parser
+        while True:
+            try:
+                event = parser.next_event()
+            except ProtocolError as exc:
+                await self._client_protocol_error(exc)
+                return False
+            if event is NEED_DATA:
+                return True
+            kind = type(event)
+            if kind is events.CommandStart:
+                self.session.commands += 1
+                name = command_label("imap", event.name)
+                self.pending[event.tag] = (name, time.monotonic())
+                if name == "LOGOUT":
+                    self.logout_seen = True
+            elif kind is events.Command:
+                if event.name == b"IDLE":
+                    self.idle_tag = event.tag
+                    parser.expect_line()
+            elif kind is events.RawLine:
+                self._raw_line(event.data)
+            elif kind is events.ConnectionClosed:
+                return True
+
+    def _raw_line(self, line: bytes) -> None:
+        if self.idle_tag is not None and line.strip().upper() == b"DONE":
+            self.idle_tag = None
+            return
+        # IDLE was refused upstream, so this line is an ordinary command (RFC 2177 3):
+        # note its tag and name; it is relayed unchanged like every other byte.
+        self.idle_tag = None
+        parts = line.split(b" ", 2)
+        if len(parts) >= 2:
+            self.session.commands += 1
+            self.pending[parts[0]] = (command_label("imap", parts[1]), time.monotonic())
+
+    async def _client_protocol_error(self, exc: ProtocolError) -> None:
+        metrics = self.session.runtime.metrics
+        metrics.protocol_errors.labels("imap", exc.kind).inc()
+        if exc.kind in ("line_too_long", "literal_too_big", "nonsync_literal_too_big"):
+            metrics.limit_hits.labels("line_length" if exc.kind == "line_too_long"
+                                      else "literal_size").inc()
+        logs.event("client_protocol_error", **self.session.log_fields(), kind=exc.kind)
+        # Part of the offending command may already be upstream, so the session cannot go on.
+        await self.client.send(exc.reply())
+        await self.client.send(b"* BYE Protocol error, closing.\r\n")
+        self.session.close_reason = "protocol_error"
+
+    async def _autologout(self) -> None:
+        self.session.runtime.metrics.limit_hits.labels("idle_timeout").inc()
+        await self.client.send(b"* BYE Autologout; idle for too long.\r\n")
+        self.session.close_reason = "idle_timeout"
+
+    # -- upstream -> client ------------------------------------------------------------------
+    async def _upstream_to_client(self, cancel: trio.CancelScope) -> None:
+        parser = self.upstream_parser
+        try:
+            data = self._upstream_leftover
+            while True:
+                ok = self._upstream_events(parser)
+                if not await self._forward_down(data):
+                    self.session.close_reason = "client_closed"
+                    return
+                if not ok:
+                    await self.client.send(b"* BYE Upstream protocol error.\r\n")
+                    self.session.close_reason = "upstream_protocol_error"
+                    return
+                await self._bye_if_at_rest()
+                data = await self.upstream.conn.receive()
+                if not data:
+                    self.session.close_reason = ("client_logout" if self.logout_seen
+                                                 else "upstream_closed")
+                    return
+                parser.receive_data(data)
+        finally:
+            cancel.cancel()
+
+    async def _forward_down(self, data: bytes) -> bool:
+        if not data:
+            return True
+        self._bytes_down.inc(len(data))
+        self.session.bytes_to_client += len(data)
+        return await self.client.send(data)
+
+    def _upstream_events(self, parser) -> bool:
+        while True:
+            try:
+                event = parser.next_event()
+            except ProtocolError as exc:
+                self.session.runtime.metrics.protocol_errors.labels("imap", exc.kind).inc()
+                logs.event("upstream_protocol_error", **self.session.log_fields(),
+                           upstream=self.session.upstream, kind=exc.kind)
+                return False
+            if event is NEED_DATA:
+                return True
+            if type(event) is events.TaggedResponse:
+                entry = self.pending.pop(event.tag, None)
+                if entry is not None:
+                    self.meter.completed(entry[0], event.status, entry[1])
+                if event.tag == self.idle_tag and event.status != b"OK":
+                    self.idle_tag = None
+            elif type(event) is events.ConnectionClosed:
+                return True

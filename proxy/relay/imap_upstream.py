@@ -1,0 +1,218 @@
+"""The proxy as an IMAP client of the upstream: greeting, STARTTLS, ID forwarding, login.
+
+Theory of operation: the proxy uses its own tags (`P1`, `P2`, ...) for what it sends on its own
+behalf; the client later gets the verdict under its own tag. Everything before login is read with
+the sans-IO ResponseParser in framing mode (no tokenising), which is also the parser the relay keeps
+using afterwards, so nothing the upstream sent is lost between the two phases.
+
+STARTTLS to the upstream (RFC 3501 6.2.1, RFC 2595 3.1): bytes the server sent after its OK and
+before the handshake are a response-injection attempt (CVE-2011-0411 class): abort. A PREAUTH
+greeting where TLS is required aborts too: the session would never be encrypted. Capabilities
+are re-read after TLS; nothing from before the handshake is trusted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from ..config import Upstream
+from ..failures import Failure
+from ..imap import NEED_DATA, ProtocolError, ResponseParser, events, writer
+from ..net.conn import Conn
+from .context import Session
+from .sasl import Credentials, encode_plain
+from .upstream import UpstreamError, open_upstream, service, upstream_tls_handshake
+
+# What the proxy cannot relay, or must not offer after login (RFC 3501 7.2.1; COMPRESS would hide
+# every later command from the parser, STARTTLS/AUTH make no sense after login).
+_DROPPED_PREFIXES = (b"AUTH=", b"COMPRESS=", b"STARTTLS", b"LOGINDISABLED", b"SASL-IR",
+                     b"LOGIN-REFERRALS", b"XCLIENT", b"X-")
+
+UPSTREAM_LIMITS_LINE = 64 * 1024 * 1024  # a long SEARCH result is one line
+
+
+@dataclass
+class UpstreamIMAP:
+    conn: Conn
+    parser: ResponseParser
+    capabilities: tuple[bytes, ...] = ()
+    tag_counter: int = 0
+    untagged: list = field(default_factory=list)
+
+    def next_tag(self) -> bytes:
+        self.tag_counter += 1
+        return b"P%d" % self.tag_counter
+
+    def has(self, capability: bytes) -> bool:
+        return capability.upper() in {c.upper() for c in self.capabilities}
+
+
+def capabilities_from(raw: bytes) -> tuple[bytes, ...]:
+    return tuple(raw.split())
+
+
+def relayable(capabilities: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """The upstream's post-login capabilities minus what the proxy cannot relay."""
+    return tuple(c for c in capabilities if not c.upper().startswith(_DROPPED_PREFIXES))
+
+
+async def next_response(up: UpstreamIMAP, timeout: float):
+    """The next complete response event. Raises UpstreamError on EOF, garbage or timeout."""
+    with trio.move_on_after(timeout) as scope:
+        while True:
+            try:
+                event = up.parser.next_event()
+            except ProtocolError as exc:
+                raise UpstreamError(Failure.PROTOCOL, f"bad response: {exc.text}") from None
+            if event is NEED_DATA:
+                data = await up.conn.receive()
+                up.parser.receive_data(data)
+                continue
+            if isinstance(event, events.ConnectionClosed):
+                raise UpstreamError(Failure.UPSTREAM, "connection closed by upstream")
+            if isinstance(event, (events.LiteralStart, events.LiteralData)):
+                continue  # literals before login carry nothing we need
+            return event
+    assert scope.cancelled_caught
+    raise UpstreamError(Failure.TIMEOUT, f"no response within {timeout:g}s")
+
+
+async def command(up: UpstreamIMAP, line: bytes, timeout: float) -> events.TaggedResponse:
+    """Send one tagged command (the caller built `line` with up.next_tag()) and wait for its
+    completion, keeping untagged CAPABILITY data."""
+    tag = line.split(b" ", 1)[0]
+    await up.conn.send(line)
+    return await wait_tagged(up, tag, timeout)
+
+
+async def wait_tagged(up: UpstreamIMAP, tag: bytes, timeout: float) -> events.TaggedResponse:
+    while True:
+        event = await next_response(up, timeout)
+        if isinstance(event, events.TaggedResponse) and event.tag == tag:
+            if event.code == b"CAPABILITY" and event.code_args:
+                up.capabilities = capabilities_from(event.code_args)
+            return event
+        if isinstance(event, events.UntaggedResponse):
+            if event.name == b"CAPABILITY":
+                up.capabilities = capabilities_from(event.raw.split(b" ", 2)[2]
+                                                    if event.raw.count(b" ") >= 2 else b"")
+            elif event.name == b"BYE":
+                raise UpstreamError(Failure.UPSTREAM, "upstream said BYE")
+        if isinstance(event, events.ContinuationRequest):
+            raise UpstreamError(Failure.PROTOCOL, "unexpected continuation request")
+
+
+async def connect(session: Session, name: str, upstream: Upstream) -> UpstreamIMAP:
+    """Connect, read the greeting, STARTTLS if configured, re-read capabilities."""
+    conn = await open_upstream(session, name, upstream, "imap")
+    up = UpstreamIMAP(conn, ResponseParser(upstream_limits()))
+    try:
+        await _greeting(session, up, service(upstream, "imap").tls != "none")
+        if service(upstream, "imap").tls == "starttls":
+            await _starttls(session, name, up)
+        if not up.capabilities:
+            await command(up, b"%s CAPABILITY\r\n" % up.next_tag(), _timeout(session))
+        return up
+    except BaseException:
+        await conn.aclose()
+        raise
+
+
+def upstream_limits():
+    from ..imap import Limits
+
+    return Limits(max_line=UPSTREAM_LIMITS_LINE, max_literal=2**62,
+                  max_nonsync_literal=2**62)
+
+
+def _timeout(session: Session) -> float:
+    return session.listener.timeouts.upstream_response
+
+
+async def _greeting(session: Session, up: UpstreamIMAP, tls_required: bool) -> None:
+    event = await next_response(up, session.listener.timeouts.upstream_connect)
+    if not isinstance(event, events.UntaggedResponse) or event.name not in (b"OK", b"PREAUTH"):
+        raise UpstreamError(Failure.UPSTREAM, "upstream greeting was not OK")
+    if event.name == b"PREAUTH":
+        # RFC 3501 7.1.4; with TLS required a PREAUTH session could never be encrypted.
+        reason = "PREAUTH greeting where TLS is required" if tls_required else "PREAUTH greeting"
+        raise UpstreamError(Failure.PROTOCOL, reason)
+    if event.code == b"CAPABILITY" and event.code_args:
+        up.capabilities = capabilities_from(event.code_args)
+
+
+async def _starttls(session: Session, name: str, up: UpstreamIMAP) -> None:
+    metrics = session.runtime.metrics.starttls
+    if up.capabilities and not up.has(b"STARTTLS"):
+        metrics.labels("upstream", "imap", "refused").inc()
+        raise UpstreamError(Failure.TLS, "upstream does not offer STARTTLS")
+    reply = await command(up, b"%s STARTTLS\r\n" % up.next_tag(), _timeout(session))
+    if reply.status != b"OK":
+        metrics.labels("upstream", "imap", "refused").inc()
+        raise UpstreamError(Failure.TLS, "upstream refused STARTTLS")
+    if up.parser.buffered:
+        metrics.labels("upstream", "imap", "injection").inc()
+        raise UpstreamError(Failure.PROTOCOL, "data after STARTTLS OK before handshake")
+    try:
+        up.conn.replace_stream(await upstream_tls_handshake(session, name, up.conn.stream))
+    except UpstreamError:
+        metrics.labels("upstream", "imap", "failed").inc()
+        raise
+    metrics.labels("upstream", "imap", "ok").inc()
+    up.parser = ResponseParser(upstream_limits())
+    up.capabilities = ()  # RFC 3501 6.2.1: discard what was learnt before TLS
+
+
+def forward_id(session: Session, tag: bytes) -> bytes:
+    """Dovecot's ID extension fields that carry the real client address (login_trusted_networks)."""
+    fields = (b"x-originating-ip", session.client_ip.encode(),
+              b"x-originating-port", str(session.client_port).encode(),
+              b"x-connected-ip", session.local_ip.encode(),
+              b"x-connected-port", str(session.local_port).encode())
+    return b"%s ID (%s)\r\n" % (tag, b" ".join(writer.quoted(f) for f in fields))
+
+
+async def login(session: Session, upstream: Upstream, up: UpstreamIMAP,
+                creds: Credentials) -> events.TaggedResponse:
+    """ID (when forwarding the client address) and the login, pipelined in one write."""
+    lines = b""
+    id_tag = None
+    if upstream.forward_client_ip and up.has(b"ID"):
+        id_tag = up.next_tag()
+        lines += forward_id(session, id_tag)
+    tag = up.next_tag()
+    if up.has(b"AUTH=PLAIN") and up.has(b"SASL-IR"):
+        lines += b"%s AUTHENTICATE PLAIN %s\r\n" % (tag, encode_plain(creds.user, creds.password))
+        await up.conn.send(lines)
+    elif up.has(b"LOGINDISABLED"):
+        raise UpstreamError(Failure.UPSTREAM, "upstream offers no usable login method")
+    else:
+        await _send_login(up, lines, tag, creds)
+    if id_tag is not None:
+        await wait_tagged(up, id_tag, _timeout(session))
+    return await wait_tagged(up, tag, _timeout(session))
+
+
+async def _send_login(up: UpstreamIMAP, prefix: bytes, tag: bytes, creds: Credentials) -> None:
+    """LOGIN with quoted strings, or literals when the values need them (RFC 3501 4.3)."""
+    user = creds.user.encode()
+    parts = [prefix + tag + b" LOGIN"]
+    for value in (user, creds.password):
+        encoded = writer.astring(value)
+        if encoded.startswith(b"{"):
+            if up.has(b"LITERAL+"):
+                parts[-1] += b" " + writer.literal_plus(value)
+                continue
+            parts[-1] += b" {%d}\r\n" % len(value)
+            parts.append(value)
+        else:
+            parts[-1] += b" " + encoded
+    parts[-1] += b"\r\n"
+    for i, part in enumerate(parts):
+        await up.conn.send(part)
+        if i < len(parts) - 1:
+            event = await next_response(up, 30)
+            if not isinstance(event, events.ContinuationRequest):
+                raise UpstreamError(Failure.AUTH_REJECTED, "upstream refused the login literal")

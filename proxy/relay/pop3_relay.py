@@ -1,0 +1,221 @@
+"""The POP3 relay after login: multi-line aware, pipelining aware, streaming.
+
+Theory of operation: client commands are single lines, so the client pump forwards each parsed
+command (`raw` + CRLF; all commands of one read in one write) and queues, in order, the framing
+its answer will have (ResponseParser.expect(is_multiline(...))) and its name and start time for
+metrics. The upstream pump forwards every chunk as received; its parser only finds status lines
+and the `CRLF.CRLF` that ends a multi-line body with bytes.find across chunk boundaries, so a
+RETR body passes without per-line Python work.
+
+A few commands are answered by the proxy, in order: CAPA (the upstream's post-login list,
+filtered) and the authorization commands, which are wrong after login (RFC 1939 4). To keep
+pipelined answers in order the pump first waits until every earlier command has been answered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import trio
+
+from .. import logs
+from ..metrics import command_label
+from ..pop3 import NEED_DATA, CommandParser, Limits, ProtocolError, ResponseParser, events
+from ..pop3 import is_multiline, writer
+from ..net.conn import Conn
+from .context import Session
+from .pop3_upstream import UpstreamPOP3, relayable
+
+_LOCAL = {b"CAPA", b"STLS", b"USER", b"PASS", b"APOP", b"AUTH", b"XCLIENT"}
+
+
+class Pop3Relay:
+    def __init__(self, session: Session, client: Conn, client_leftover: bytes,
+                 upstream: UpstreamPOP3):
+        self.session = session
+        self.client = client
+        self.upstream = upstream
+        lim = session.listener.limits
+        self.client_parser = CommandParser(Limits(max_command_line=lim.pop3_max_command_line))
+        if client_leftover:  # b"" would mean EOF
+            self.client_parser.receive_data(client_leftover)
+        self.upstream_parser = ResponseParser(greeting=False)
+        self.pending: deque[tuple[str, float, bool]] = deque()  # name, start, multi-line
+        self.answered = trio.Event()
+        self.quit_seen = False
+        self.draining = False
+        metrics = session.runtime.metrics
+        self._bytes_up = metrics.bytes.labels("client_to_upstream", "pop3")
+        self._bytes_down = metrics.bytes.labels("upstream_to_client", "pop3")
+        self._count: dict[tuple[str, str], object] = {}
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._cancel = nursery.cancel_scope
+            nursery.start_soon(self._client_to_upstream, nursery.cancel_scope)
+            nursery.start_soon(self._upstream_to_client, nursery.cancel_scope)
+            nursery.start_soon(self._watch_drain)
+        for name, _, _ in self.pending:
+            self.session.runtime.metrics.commands.labels("pop3", name, "none").inc()
+
+    # -- drain (SIGTERM): close after the current command ------------------------------------
+    async def _watch_drain(self) -> None:
+        await self.session.runtime.drain.wait()
+        self.draining = True
+        self._close_if_at_rest()
+
+    def _close_if_at_rest(self) -> None:
+        if self.draining and not self.pending:
+            self.session.close_reason = "shutdown"
+            self._cancel.cancel()
+
+    # -- client -> upstream ------------------------------------------------------------------
+    async def _client_to_upstream(self, cancel: trio.CancelScope) -> None:
+        idle = self.session.listener.timeouts.idle
+        try:
+            while True:
+                if not await self._client_commands():
+                    return
+                data = b""
+                with trio.move_on_after(idle) as scope:
+                    data = await self.client.receive()
+                if scope.cancelled_caught:
+                    self.session.runtime.metrics.limit_hits.labels("idle_timeout").inc()
+                    await self.client.send(writer.err(b"Autologout; idle for too long."))
+                    self.session.close_reason = "idle_timeout"
+                    return
+                if not data:
+                    self.session.close_reason = "client_closed"
+                    return
+                self.client_parser.receive_data(data)
+        finally:
+            cancel.cancel()
+
+    async def _client_commands(self) -> bool:
+        """Forward every complete command buffered; False ends the session."""
+        batch = bytearray()
+        while True:
+            try:
+                event = self.client_parser.next_event()
+            except ProtocolError as exc:
+                self.session.runtime.metrics.protocol_errors.labels("pop3", exc.kind).inc()
+                if exc.kind == "line_too_long":
+                    self.session.runtime.metrics.limit_hits.labels("line_length").inc()
+                if not await self._flush(batch):
+                    return False
+                await self._local_reply(exc.reply())
+                if exc.fatal:
+                    self.session.close_reason = "protocol_error"
+                    return False
+                continue
+            if event is NEED_DATA or isinstance(event, events.ConnectionClosed):
+                return await self._flush(batch)
+            if not isinstance(event, events.Command):
+                continue
+            self.session.commands += 1
+            if event.name in _LOCAL:
+                if not await self._flush(batch):
+                    return False
+                await self._local_reply(self._local_answer(event))
+                continue
+            multiline = is_multiline(event.name, event.args)
+            self.upstream_parser.expect(multiline)
+            self.pending.append((command_label("pop3", event.name), time.monotonic(), multiline))
+            if event.name == b"QUIT":
+                self.quit_seen = True
+            batch += event.raw + b"\r\n"
+
+    async def _flush(self, batch: bytearray) -> bool:
+        if not batch:
+            return True
+        data = bytes(batch)
+        batch.clear()
+        self._bytes_up.inc(len(data))
+        self.session.bytes_from_client += len(data)
+        if not await self.upstream.conn.send(data):
+            self.session.close_reason = "upstream_closed"
+            return False
+        return True
+
+    def _local_answer(self, cmd: events.Command) -> bytes:
+        name = command_label("pop3", cmd.name)
+        if cmd.name == b"CAPA":
+            caps = b"".join(c + b"\r\n" for c in relayable(self.upstream.capabilities))
+            self._completed(name, b"+OK", time.monotonic())
+            return writer.ok(b"Capability list follows") + writer.multiline(caps)
+        self._completed(name, b"-ERR", time.monotonic())
+        return writer.err(b"Already authenticated.")
+
+    async def _local_reply(self, reply: bytes) -> None:
+        """Answer in order: after every command sent upstream has been answered."""
+        while self.pending:
+            self.answered = trio.Event()
+            await self.answered.wait()
+        self.session.bytes_to_client += len(reply)
+        await self.client.send(reply)
+
+    def _completed(self, name: str, status: bytes, started: float) -> None:
+        label = status.decode()
+        metrics = self.session.runtime.metrics
+        counter = self._count.get((name, label))
+        if counter is None:
+            counter = self._count[(name, label)] = metrics.commands.labels("pop3", name, label)
+        counter.inc()
+        elapsed = time.monotonic() - started
+        metrics.command_duration.labels("pop3", name).observe(elapsed)
+        if self.session.listener.audit:
+            logs.event("command", **self.session.log_fields(), command=name, status=label,
+                       duration=f"{elapsed:.6f}")
+
+    # -- upstream -> client ------------------------------------------------------------------
+    async def _upstream_to_client(self, cancel: trio.CancelScope) -> None:
+        parser = self.upstream_parser
+        status = b"+OK"
+        try:
+            while True:
+                data = await self.upstream.conn.receive()
+                if not data:
+                    self.session.close_reason = "client_logout" if self.quit_seen \
+                        else "upstream_closed"
+                    return
+                parser.receive_data(data)
+                try:
+                    status = self._upstream_events(parser, status)
+                except ProtocolError as exc:
+                    self.session.runtime.metrics.protocol_errors.labels("pop3", exc.kind).inc()
+                    logs.event("upstream_protocol_error", **self.session.log_fields(),
+                               upstream=self.session.upstream, kind=exc.kind)
+                    await self.client.send(writer.err(b"Upstream protocol error.", b"SYS/TEMP"))
+                    self.session.close_reason = "upstream_protocol_error"
+                    return
+                self._bytes_down.inc(len(data))
+                self.session.bytes_to_client += len(data)
+                if not await self.client.send(data):
+                    self.session.close_reason = "client_closed"
+                    return
+                self._close_if_at_rest()
+        finally:
+            cancel.cancel()
+
+    def _upstream_events(self, parser: ResponseParser, status: bytes) -> bytes:
+        """Match status lines (and body ends) to pending commands; returns the status of the
+        response in progress, carried across chunks."""
+        while True:
+            event = parser.next_event()
+            kind = type(event)
+            if event is NEED_DATA or kind is events.ConnectionClosed:
+                return status
+            if kind is events.StatusLine:
+                status = b"+OK" if event.ok else b"-ERR"
+                if not event.ok or not (self.pending and self.pending[0][2]):
+                    self._finish(status)
+            elif kind is events.MultilineEnd:
+                self._finish(status)
+
+    def _finish(self, status: bytes) -> None:
+        if self.pending:
+            name, started, _ = self.pending.popleft()
+            self._completed(name, status, started)
+        if not self.pending:
+            self.answered.set()

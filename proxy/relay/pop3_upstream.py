@@ -1,0 +1,163 @@
+"""The proxy as a POP3 client of the upstream: greeting, STLS, XCLIENT, login, CAPA.
+
+STLS to the upstream (RFC 2595 4): bytes after the server's +OK and before the handshake are a
+response injection (CVE-2011-0411 class) and abort the session; CAPA is re-read after TLS.
+Dovecot offers XCLIENT in its greeting (`+OK [XCLIENT] ...`), others in CAPA; both are honoured
+when `forward_client_ip` is set. Login uses AUTH PLAIN when the server offers SASL PLAIN
+(any byte in a password survives base64), else USER/PASS (pipelined when offered, RFC 2449 6.6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+from ..config import Upstream
+from ..failures import Failure
+from ..pop3 import NEED_DATA, ProtocolError, ResponseParser, events, writer
+from ..net.conn import Conn
+from .context import Session
+from .sasl import Credentials, encode_plain
+from .upstream import UpstreamError, open_upstream, service, upstream_tls_handshake
+
+# Not relayable after login, or meaningless then (RFC 2449 6).
+_DROPPED = (b"STLS", b"SASL", b"USER", b"APOP", b"XCLIENT", b"IMPLEMENTATION", b"AUTH-RESP-CODE")
+_TEMPFAIL_CODES = (b"SYS/TEMP", b"IN-USE", b"LOGIN-DELAY")
+
+
+@dataclass
+class UpstreamPOP3:
+    conn: Conn
+    parser: ResponseParser
+    capabilities: tuple[bytes, ...] = ()
+    xclient: bool = False
+
+    def has(self, name: bytes) -> bool:
+        return any(c.split(b" ", 1)[0] == name for c in self.capabilities)
+
+    def sasl_mechanisms(self) -> set[bytes]:
+        for c in self.capabilities:
+            if c.startswith(b"SASL "):
+                return set(c.upper().split()[1:])
+        return set()
+
+
+def relayable(capabilities: tuple[bytes, ...]) -> list[bytes]:
+    return [c for c in capabilities if c.split(b" ", 1)[0].upper() not in _DROPPED]
+
+
+async def _status(up: UpstreamPOP3, timeout: float, body: list[bytes] | None = None):
+    """The next StatusLine (and, when `body` is given, the multi-line body that follows)."""
+    with trio.move_on_after(timeout):
+        status = None
+        while True:
+            try:
+                event = up.parser.next_event()
+            except ProtocolError as exc:
+                raise UpstreamError(Failure.PROTOCOL, f"bad response: {exc.text}") from None
+            if event is NEED_DATA:
+                up.parser.receive_data(await up.conn.receive())
+            elif isinstance(event, events.ConnectionClosed):
+                raise UpstreamError(Failure.UPSTREAM, "connection closed by upstream")
+            elif isinstance(event, events.StatusLine):
+                if body is None or not event.ok:
+                    return event
+                status = event
+            elif isinstance(event, events.MultilineData) and body is not None:
+                body.append(bytes(event.data))
+            elif isinstance(event, events.MultilineEnd):
+                return status
+            elif isinstance(event, events.Continuation):
+                raise UpstreamError(Failure.PROTOCOL, "unexpected continuation")
+    raise UpstreamError(Failure.TIMEOUT, f"no response within {timeout:g}s")
+
+
+async def _request(up: UpstreamPOP3, line: bytes, multiline: bool, timeout: float,
+                   body: list[bytes] | None = None):
+    up.parser.expect(multiline)
+    await up.conn.send(line)
+    return await _status(up, timeout, body)
+
+
+async def read_capa(up: UpstreamPOP3, timeout: float) -> None:
+    body: list[bytes] = []
+    status = await _request(up, b"CAPA\r\n", True, timeout, body)
+    lines = b"".join(body).split(b"\r\n")
+    up.capabilities = tuple(l for l in lines if l) if status.ok else ()
+
+
+async def connect(session: Session, name: str, upstream: Upstream) -> UpstreamPOP3:
+    conn = await open_upstream(session, name, upstream, "pop3")
+    up = UpstreamPOP3(conn, ResponseParser())
+    timeout = session.listener.timeouts.upstream_response
+    try:
+        greeting = await _status(up, session.listener.timeouts.upstream_connect)
+        if not greeting.ok:
+            raise UpstreamError(Failure.UPSTREAM, "upstream greeting was -ERR")
+        up.xclient = greeting.code == b"XCLIENT"
+        await read_capa(up, timeout)
+        if service(upstream, "pop3").tls == "starttls":
+            await _stls(session, name, up)
+            await read_capa(up, timeout)
+        return up
+    except BaseException:
+        await conn.aclose()
+        raise
+
+
+async def _stls(session: Session, name: str, up: UpstreamPOP3) -> None:
+    metrics = session.runtime.metrics.starttls
+    status = await _request(up, b"STLS\r\n", False, session.listener.timeouts.upstream_response)
+    if not status.ok:
+        metrics.labels("upstream", "pop3", "refused").inc()
+        raise UpstreamError(Failure.TLS, "upstream refused STLS")
+    if up.parser.buffered:
+        metrics.labels("upstream", "pop3", "injection").inc()
+        raise UpstreamError(Failure.PROTOCOL, "data after STLS +OK before handshake")
+    try:
+        up.conn.replace_stream(await upstream_tls_handshake(session, name, up.conn.stream))
+    except UpstreamError:
+        metrics.labels("upstream", "pop3", "failed").inc()
+        raise
+    metrics.labels("upstream", "pop3", "ok").inc()
+    up.parser = ResponseParser(greeting=False)
+    up.capabilities = ()
+
+
+async def login(session: Session, upstream: Upstream, up: UpstreamPOP3,
+                creds: Credentials) -> events.StatusLine:
+    """XCLIENT (when forwarding), then AUTH PLAIN or USER/PASS; then CAPA on success."""
+    timeout = session.listener.timeouts.upstream_response
+    if upstream.forward_client_ip and (up.xclient or up.has(b"XCLIENT")):
+        line = b"XCLIENT ADDR=%s PORT=%d\r\n" % (session.client_ip.encode(), session.client_port)
+        status = await _request(up, line, False, timeout)
+        if not status.ok:
+            raise UpstreamError(Failure.UPSTREAM, "upstream refused XCLIENT")
+    if b"PLAIN" in up.sasl_mechanisms():
+        pass
+    elif any(c in creds.password for c in b"\r\n\0"):  # would end the PASS line: injection
+        raise UpstreamError(Failure.AUTH_REJECTED, "password not representable in PASS")
+    if b"PLAIN" in up.sasl_mechanisms():
+        status = await _request(up, writer.command(b"AUTH", b"PLAIN", encode_plain(
+            creds.user, creds.password)), False, timeout)
+    elif up.has(b"PIPELINING"):
+        up.parser.expect(False)
+        up.parser.expect(False)
+        await up.conn.send(writer.command(b"USER", creds.user.encode()) +
+                           b"PASS " + creds.password + b"\r\n")
+        first = await _status(up, timeout)
+        status = await _status(up, timeout)
+        if not first.ok:
+            status = first
+    else:
+        status = await _request(up, writer.command(b"USER", creds.user.encode()), False, timeout)
+        if status.ok:
+            status = await _request(up, b"PASS " + creds.password + b"\r\n", False, timeout)
+    if status.ok:
+        await read_capa(up, timeout)  # RFC 2449 5: capabilities may change after login
+    return status
+
+
+def is_tempfail(status: events.StatusLine) -> bool:
+    return status.code is not None and status.code.upper().startswith(_TEMPFAIL_CODES)

@@ -1,0 +1,191 @@
+"""The IMAP relay against a real Dovecot, driven by real clients (imaplib, imapclient)."""
+
+from __future__ import annotations
+
+import hashlib
+import imaplib
+import os
+import socket
+import threading
+import time
+
+import imapclient
+import pytest
+
+from support.proxyproc import relay_config
+
+HOST = "127.0.0.1"
+
+
+def message(subject: str, body: bytes = b"Hello.\r\n") -> bytes:
+    return (b"From: a@example.com\r\nTo: b@example.com\r\nSubject: " + subject.encode() +
+            b"\r\nMessage-ID: <" + os.urandom(6).hex().encode() + b"@example.com>\r\n\r\n" + body)
+
+
+def connect(proxy) -> imaplib.IMAP4:
+    return imaplib.IMAP4(HOST, proxy.port("imap"), timeout=30)
+
+
+def test_login_select_fetch_store_search_logout(relay_proxy, dovecot, user):
+    name, password = user
+    dovecot.deliver(name, message("first"))
+    dovecot.deliver(name, message("second"))
+    imap = connect(relay_proxy)
+    assert b"IMAP4rev1" in imap.welcome
+    typ, data = imap.login(name, password)
+    assert typ == "OK"
+    assert b"[CAPABILITY IMAP4rev1" in data[0]  # the upstream's, in the LOGIN reply
+    caps = imap.capability()[1][0].split()
+    assert b"IDLE" in caps and b"STARTTLS" not in caps
+    assert not any(c.startswith(b"AUTH=") for c in caps)
+    typ, data = imap.select("INBOX")
+    assert (typ, data) == ("OK", [b"2"])
+    typ, data = imap.fetch("1:2", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    subjects = [part[1] for part in data if isinstance(part, tuple)]
+    assert subjects == [b"Subject: first\r\n\r\n", b"Subject: second\r\n\r\n"]
+    typ, data = imap.store("2", "+FLAGS", "(\\Flagged)")
+    assert typ == "OK" and b"\\Flagged" in data[0]
+    assert imap.search(None, "FLAGGED") == ("OK", [b"2"])
+    assert imap.search(None, 'SUBJECT "first"') == ("OK", [b"1"])
+    typ, data = imap.logout()
+    assert typ == "BYE"
+
+
+def test_authenticate_plain_and_wrong_password(relay_proxy, user):
+    name, password = user
+    imap = connect(relay_proxy)
+    typ, _ = imap.authenticate("PLAIN", lambda _: f"\0{name}\0{password}".encode())
+    assert typ == "OK"
+    imap.logout()
+    imap = connect(relay_proxy)
+    with pytest.raises(imaplib.IMAP4.error, match=r"\[AUTHENTICATIONFAILED\]"):
+        imap.login(name, password + "x")
+    imap.shutdown()
+
+
+def test_login_with_literal_arguments(relay_proxy, user):
+    """A password with a double quote and a backslash, sent as synchronizing literals."""
+    name, _ = user
+    sock = socket.create_connection((HOST, relay_proxy.port("imap")), timeout=10)
+    file = sock.makefile("rb")
+    assert file.readline().startswith(b"* OK [CAPABILITY IMAP4rev1")
+    sock.sendall(b"a LOGIN {%d}\r\n" % len(name))
+    assert file.readline().startswith(b"+ ")
+    sock.sendall(name.encode() + b" {3}\r\n")
+    assert file.readline().startswith(b"+ ")
+    sock.sendall(b'x"\\\r\n')
+    assert file.readline().startswith(b"a NO [AUTHENTICATIONFAILED]")
+    sock.close()
+
+
+def test_append_20mb_literal_is_byte_identical(relay_proxy, dovecot, user):
+    name, password = user
+    body = b"".join(b"line %07d " % i + os.urandom(24).hex().encode() + b"\r\n"
+                    for i in range(20 * 1024 * 1024 // 60))
+    msg = message("big", body)
+    assert len(msg) > 20_000_000
+    imap = connect(relay_proxy)
+    imap.login(name, password)
+    typ, data = imap.append("INBOX", None, None, msg)
+    assert typ == "OK"
+    imap.logout()
+    direct = imaplib.IMAP4(HOST, dovecot.imap_port)
+    direct.login(name, password)
+    direct.select("INBOX", readonly=True)
+    typ, data = direct.fetch("1", "(BODY.PEEK[])")
+    assert hashlib.sha256(data[0][1]).hexdigest() == hashlib.sha256(msg).hexdigest()
+    direct.logout()
+
+
+def test_pipelined_commands_in_one_write(relay_proxy, dovecot, user):
+    name, password = user
+    dovecot.deliver(name, message("p"))
+    sock = socket.create_connection((HOST, relay_proxy.port("imap")), timeout=10)
+    file = sock.makefile("rb")
+    file.readline()
+    sock.sendall(b"a LOGIN %s %s\r\nb SELECT INBOX\r\nc FETCH 1 (FLAGS)\r\nd NOOP\r\ne LOGOUT\r\n"
+                 % (name.encode(), password.encode()))
+    lines = file.read().split(b"\r\n")
+    tagged = [l.split(b" ", 2)[:2] for l in lines if l[:1] in b"abcde" and l]
+    assert tagged == [[b"a", b"OK"], [b"b", b"OK"], [b"c", b"OK"], [b"d", b"OK"], [b"e", b"OK"]]
+    assert any(l.startswith(b"* 1 FETCH (FLAGS") for l in lines)
+    sock.close()
+
+
+def test_idle_sees_append_from_another_session(relay_proxy, user):
+    name, password = user
+    watcher = imapclient.IMAPClient(HOST, port=relay_proxy.port("imap"), ssl=False, timeout=30)
+    watcher.login(name, password)
+    watcher.select_folder("INBOX")
+    watcher.idle()
+    other = imapclient.IMAPClient(HOST, port=relay_proxy.port("imap"), ssl=False, timeout=30)
+    other.login(name, password)
+    other.append("INBOX", message("pushed"))
+    responses = watcher.idle_check(timeout=10)
+    watcher.idle_done()
+    assert (1, b"EXISTS") in responses
+    other.logout()
+    watcher.logout()
+
+
+def test_upstream_down_gives_unavailable(proxy_factory, dovecot, user):
+    config = relay_config(dovecot, listeners=("imap",), allow_plaintext_auth=True)
+    sock = socket.socket()
+    sock.bind((HOST, 0))
+    dead_port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    config["upstreams"]["main"]["imap"]["port"] = dead_port
+    proxy = proxy_factory(config)
+    imap = imaplib.IMAP4(HOST, proxy.port("imap"), timeout=10)
+    with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\]"):
+        imap.login(*user)
+    imap.shutdown()
+    assert "event=upstream_error" in proxy.logs() and "reason=connect" in proxy.logs()
+
+
+def test_two_routes_reach_two_dovecots(proxy_factory, dovecot, dovecot_factory):
+    second = dovecot_factory()
+    first_user = dovecot.add_user()
+    second_user = second.add_user(name="someone@other.example")
+    config = relay_config(dovecot, listeners=("imap",), allow_plaintext_auth=True)
+    config["upstreams"]["second"] = {"host": HOST, "imap": {"port": second.imap_port}}
+    config["routes"] = [{"match": "*@other.example", "upstream": "second"},
+                        {"match": "*", "upstream": "main"}]
+    proxy = proxy_factory(config)
+    for (name, password), instance in ((first_user, dovecot), (second_user, second)):
+        imap = imaplib.IMAP4(HOST, proxy.port("imap"), timeout=10)
+        assert imap.login(name, password)[0] == "OK"
+        imap.logout()
+        assert f"user=<{name}>" in instance.log()
+
+
+def test_forward_client_ip_reaches_dovecot_log(proxy_factory, dovecot, user):
+    config = relay_config(dovecot, listeners=("imap",), allow_plaintext_auth=True)
+    config["upstreams"]["main"]["forward_client_ip"] = True
+    proxy = proxy_factory(config)
+    sock = socket.socket()
+    sock.bind(("127.0.0.9", 0))  # any loopback address: the proxy sees this one
+    sock.connect((HOST, proxy.port("imap")))
+    file = sock.makefile("rb")
+    file.readline()
+    name, password = user
+    sock.sendall(b"a LOGIN %s %s\r\nb LOGOUT\r\n" % (name.encode(), password.encode()))
+    assert b"a OK" in file.read()
+    deadline = time.monotonic() + 5
+    while f"user=<{name}>, rip=127.0.0.9" not in dovecot.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert f"user=<{name}>, rip=127.0.0.9" in dovecot.log()
+
+
+def test_preauth_commands_answered_locally(relay_proxy):
+    sock = socket.create_connection((HOST, relay_proxy.port("imap")), timeout=10)
+    file = sock.makefile("rb")
+    file.readline()
+    sock.sendall(b"a CAPABILITY\r\nb NOOP\r\nc ID NIL\r\nd STARTTLS\r\ne SELECT INBOX\r\n"
+                 b"f LOGOUT\r\n")
+    reply = file.read()
+    assert b"* CAPABILITY IMAP4rev1" in reply and b"a OK" in reply and b"b OK" in reply
+    assert b'* ID ("name" "mailproxy")' in reply and b"c OK" in reply
+    assert b"d BAD" in reply and b"e BAD" in reply
+    assert reply.endswith(b"* BYE Logging out.\r\nf OK Logout completed.\r\n")
+    sock.close()
