@@ -14,6 +14,7 @@ from .health import Health, check_upstreams
 from .metrics import Metrics
 from .net.http import serve_http
 from .net.serve import ListenerServer
+from .net.throttle import Throttle
 from .net.tls import ServerTLS, TLSConfigError, UpstreamTLS
 from .relay.context import Runtime
 
@@ -24,10 +25,12 @@ def _handlers():
     return {("imap", "relay"): imap_session.handle, ("pop3", "relay"): pop3_session.handle}
 
 
-def build_runtime(config: Config, metrics: Metrics, health: Health, drain: trio.Event) -> Runtime:
+def build_runtime(config: Config, metrics: Metrics, health: Health, drain: trio.Event,
+                  throttle: Throttle) -> Runtime:
     """Everything a session needs that depends on the config. Raises TLSConfigError."""
     server_tls = {l.name: ServerTLS(l) for l in config.listeners if l.tls != "none"}
-    return Runtime(config, metrics, health, UpstreamTLS(config.upstreams), server_tls, drain)
+    return Runtime(config, metrics, health, UpstreamTLS(config.upstreams), server_tls, drain,
+                   throttle)
 
 
 class App:
@@ -35,8 +38,17 @@ class App:
         self.config_path = config_path
         self.metrics = Metrics()
         self.health = Health()
+        self.health.publish(self.metrics)
+        for listener in config.listeners:
+            self.metrics.init_listener(listener.name, listener.protocol, listener.tls)
+        for name, upstream in config.upstreams.items():
+            for protocol in ("imap", "pop3"):
+                if getattr(upstream, protocol) is not None:
+                    self.metrics.init_upstream(name, protocol)
         self.drain_event = trio.Event()
-        self.runtime = build_runtime(config, self.metrics, self.health, self.drain_event)
+        self.throttle = Throttle(config.auth_throttle, trio.current_time)
+        self.runtime = build_runtime(config, self.metrics, self.health, self.drain_event,
+                                     self.throttle)
         handlers = _handlers()
         self.servers = [ListenerServer(l.name, lambda: self.runtime,
                                        handlers[(l.protocol, l.mode)])
@@ -77,7 +89,8 @@ class App:
             return
         try:
             config = config_mod.load(self.config_path)
-            runtime = build_runtime(config, self.metrics, self.health, self.drain_event)
+            runtime = build_runtime(config, self.metrics, self.health, self.drain_event,
+                                    self.throttle)
         except (config_mod.ConfigError, TLSConfigError) as exc:
             errors = exc.errors if isinstance(exc, config_mod.ConfigError) else [str(exc)]
             logs.event("reload_rejected", logging.ERROR, errors="; ".join(errors))
@@ -89,13 +102,13 @@ class App:
                        errors="listener names, protocols, modes and addresses need a restart")
             return
         self.runtime = runtime
+        self.throttle.config = config.auth_throttle
         logs.event("reloaded", routes=len(config.routes), upstreams=len(config.upstreams))
 
     async def _drain(self, sessions: trio.CancelScope) -> None:
         """SIGTERM: not ready at once, sessions told to finish (IMAP: BYE after the current
         command, at once when idle), then cut at shutdown_timeout."""
         self.health.draining = True
-        self.metrics.draining.set(1)
         logs.event("draining", sessions=self._active())
         self.drain_event.set()
         with trio.move_on_after(self.runtime.config.shutdown_timeout):

@@ -264,6 +264,19 @@ class Gateway:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthThrottle:
+    """Failed-login throttling per client IP and per user (proxy/net/throttle.py)."""
+
+    __pydantic_config__ = _STRICT
+    enabled: StrictBool = True
+    base_delay: Duration = 0.5     # delay of the first failure's reply, doubled per failure
+    max_delay: Duration = 8.0
+    window: Duration = 300.0       # failures older than this are forgotten
+    block_after: StrictInt = 10    # failures within the window before refusing
+    block_for: Duration = 300.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     __pydantic_config__ = _STRICT
     listeners: tuple[Listener, ...]
@@ -272,6 +285,7 @@ class Config:
     logging: Logging = field(default_factory=Logging)
     metrics: Metrics | None = None
     gateway: Gateway | None = None
+    auth_throttle: AuthThrottle = field(default_factory=AuthThrottle)
     shutdown_timeout: Duration = 30.0
 
     def route(self, user: str) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import trio
 
 RECEIVE_SIZE = 256 * 1024
+CLOSE_NOTIFY_TIMEOUT = 1.0  # seconds to hand the TLS close_notify to the kernel
 
 
 class Conn:
@@ -52,5 +53,45 @@ class Conn:
         self.stream = stream
 
     async def aclose(self) -> None:
+        """Close the connection. A TLS stream first sends its close_notify (a clean end of the
+        TLS session, RFC 8446 6.1; OpenSSL 3 peers report "unexpected eof" without it), bounded
+        and shielded so that closing never blocks on a peer that does not read."""
         self.closed = True
+        if isinstance(self.stream, trio.SSLStream):
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_NOTIFY_TIMEOUT):
+                try:
+                    await self.stream.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
         await trio.aclose_forcefully(self.stream)
+
+
+class PrefixedStream(trio.abc.Stream):
+    """A stream whose first bytes were already read (after a PROXY header): they are returned
+    first, so a TLS handshake or protocol parser sees the stream as the client sent it."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes):
+        self.transport_stream = stream
+        self._prefix = prefix
+
+    @property
+    def socket(self):
+        return self.transport_stream.socket
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            data, self._prefix = self._prefix, b""
+            return data
+        return await self.transport_stream.receive_some(max_bytes)
+
+    async def send_all(self, data) -> None:
+        await self.transport_stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.transport_stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.transport_stream.aclose()

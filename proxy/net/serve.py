@@ -17,9 +17,12 @@ import trio
 from .. import logs
 from ..config import Listener
 from ..relay.context import Runtime, Session
-from .conn import Conn
+from .conn import Conn, PrefixedStream
 from .limits import ConnectionLimiter
+from .proxy_protocol import ProxyHeaderParser, ProxyProtocolError, is_trusted
 from .tls import TLSHandshakeError, server_handshake
+
+PROXY_HEADER_TIMEOUT = 5.0
 
 Handler = Callable[[Session, Conn], Awaitable[None]]
 
@@ -55,6 +58,15 @@ class ListenerServer:
         except OSError:
             await trio.aclose_forcefully(stream)
             return
+        unread = b""
+        if listener.proxy_protocol:
+            header = await self._proxy_header(listener, stream, peer[0])
+            if header is None:
+                await trio.aclose_forcefully(stream)
+                return
+            unread, source = header
+            if source is not None:
+                peer = source
         session = Session(runtime, listener, peer[0], peer[1], local[0], local[1],
                           tls=listener.tls == "implicit")
         metrics = runtime.metrics
@@ -70,7 +82,7 @@ class ListenerServer:
                     await Conn(stream).send(_REFUSALS[listener.protocol])
             await trio.aclose_forcefully(stream)
             return
-        conn = Conn(stream)
+        conn = Conn(PrefixedStream(stream, unread) if unread else stream)
         metrics.connections_active.labels(*labels).inc()
         self.active.add(session)
         logs.event("session_start", logging.DEBUG, **session.log_fields(), tls=listener.tls)
@@ -82,6 +94,7 @@ class ListenerServer:
             session.close_reason = "internal_error"
             logs.event("session_crash", logging.ERROR, exc_info=True, **session.log_fields())
         finally:
+            session.bytes_from_client, session.bytes_to_client = conn.bytes_in, conn.bytes_out
             await conn.aclose()
             self.active.discard(session)
             self.limiter.release(session.client_ip)
@@ -89,6 +102,27 @@ class ListenerServer:
             metrics.session_duration.labels(listener.name, listener.protocol).observe(
                 time.monotonic() - session.started)
             session.log_end()
+
+    async def _proxy_header(self, listener: Listener, stream: trio.SocketStream, peer_ip: str):
+        """PROXY protocol v1/v2 from a trusted peer: (bytes after the header, client address or
+        None for LOCAL/UNKNOWN). None when the peer is untrusted or the header is bad: such
+        connections are closed, never sniffed for a header that may be absent."""
+        if not is_trusted(peer_ip, listener.trusted_proxies):
+            logs.event("proxy_protocol_refused", logging.WARNING, listener=listener.name,
+                       client=peer_ip, reason="untrusted")
+            return None
+        parser = ProxyHeaderParser()
+        try:
+            with trio.fail_after(PROXY_HEADER_TIMEOUT):
+                header = None
+                while header is None:
+                    header = parser.feed(await stream.receive_some(4096))
+        except (ProxyProtocolError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            reason = exc.reason if isinstance(exc, ProxyProtocolError) else "timeout_or_reset"
+            logs.event("proxy_protocol_refused", logging.WARNING, listener=listener.name,
+                       client=peer_ip, reason=logs.sanitize(reason))
+            return None
+        return parser.remainder, header.source
 
     async def _handshake(self, session: Session, conn: Conn) -> bool:
         listener = session.listener

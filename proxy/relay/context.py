@@ -39,6 +39,7 @@ class Runtime:
     upstream_tls: Any          # proxy.net.tls.UpstreamTLS
     server_tls: dict[str, Any]  # listener name -> proxy.net.tls.ServerTLS
     drain: Any = None          # trio.Event set when the process drains (SIGTERM)
+    throttle: Any = None       # proxy.net.throttle.Throttle, shared across reloads
 
 
 @dataclass(eq=False)  # hashed by identity: the listener keeps a set of open sessions
@@ -88,6 +89,20 @@ class Session:
             "client": f"{self.client_ip}:{self.client_port}",
             "user": log_user(self.runtime.config.logging, self.user),
         }
+
+    def auth_blocked(self, user: str) -> bool:
+        """Auth-failure throttling said no: count it and log it."""
+        throttle = self.runtime.throttle
+        if throttle is None or not throttle.blocked(self.client_ip, user):
+            return False
+        self.runtime.metrics.limit_hits.labels("auth_throttle").inc()
+        logs.event("auth", **self.log_fields(), result="throttled")
+        return True
+
+    async def auth_failure_delay(self) -> None:
+        """A failed login: record it and wait the growing delay before replying."""
+        if self.runtime.throttle is not None:
+            await trio.sleep(self.runtime.throttle.failure(self.client_ip, self.user))
 
     def log_end(self) -> None:
         logs.event(

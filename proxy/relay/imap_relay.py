@@ -135,7 +135,6 @@ class ImapRelay:
 
     async def _forward_up(self, data: bytes) -> bool:
         self._bytes_up.inc(len(data))
-        self.session.bytes_from_client += len(data)
         if not await self.upstream.conn.send(data):
             self.session.close_reason = "upstream_closed"
             return False
@@ -175,10 +174,13 @@ class ImapRelay:
         # IDLE was refused upstream, so this line is an ordinary command (RFC 2177 3):
         # note its tag and name; it is relayed unchanged like every other byte.
         self.idle_tag = None
-        parts = line.split(b" ", 2)
+        parts = line.split(b" ", 3)
         if len(parts) >= 2:
+            name = parts[1].upper()
+            if name == b"UID" and len(parts) >= 3:
+                name += b" " + parts[2].upper()
             self.session.commands += 1
-            self.pending[parts[0]] = (command_label("imap", parts[1]), time.monotonic())
+            self.pending[parts[0]] = (command_label("imap", name), time.monotonic())
 
     async def _client_protocol_error(self, exc: ProtocolError) -> None:
         metrics = self.session.runtime.metrics
@@ -225,7 +227,6 @@ class ImapRelay:
         if not data:
             return True
         self._bytes_down.inc(len(data))
-        self.session.bytes_to_client += len(data)
         return await self.client.send(data)
 
     def _upstream_events(self, parser) -> bool:

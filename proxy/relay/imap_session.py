@@ -17,6 +17,7 @@ from .upstream import UpstreamError, report
 
 REPLY_AUTH_FAILED = (b"NO", b"AUTHENTICATIONFAILED", b"Authentication failed.")
 REPLY_UNAVAILABLE = (b"NO", b"UNAVAILABLE", b"Server unavailable, try again later.")
+REPLY_THROTTLED = (b"NO", b"UNAVAILABLE", b"Too many authentication failures, try again later.")
 # Upstream NO codes that mean "try again later", not "wrong password" (RFC 5530).
 _TEMPFAIL_CODES = {b"UNAVAILABLE", b"SERVERBUG", b"LIMIT", b"INUSE", b"EXPUNGEISSUED"}
 
@@ -51,9 +52,15 @@ async def _authenticate(session: Session, front: ImapFront) -> UpstreamIMAP:
     while True:
         request = await front.next_login()
         session.user = request.credentials.user
-        result = await _upstream_login(session, front, request)
+        if session.auth_blocked(session.user):
+            result = REPLY_THROTTLED
+        else:
+            result = await _upstream_login(session, front, request)
         if isinstance(result, UpstreamIMAP):
+            session.runtime.throttle.success(session.user)
             return result
+        if result is REPLY_AUTH_FAILED:
+            await session.auth_failure_delay()
         status, code, text = result
         await front.auth_failed(request.tag, writer.tagged(request.tag, status, text, code))
 

@@ -132,7 +132,6 @@ class Pop3Relay:
         data = bytes(batch)
         batch.clear()
         self._bytes_up.inc(len(data))
-        self.session.bytes_from_client += len(data)
         if not await self.upstream.conn.send(data):
             self.session.close_reason = "upstream_closed"
             return False
@@ -152,7 +151,6 @@ class Pop3Relay:
         while self.pending:
             self.answered = trio.Event()
             await self.answered.wait()
-        self.session.bytes_to_client += len(reply)
         await self.client.send(reply)
 
     def _completed(self, name: str, status: bytes, started: float) -> None:
@@ -190,7 +188,6 @@ class Pop3Relay:
                     self.session.close_reason = "upstream_protocol_error"
                     return
                 self._bytes_down.inc(len(data))
-                self.session.bytes_to_client += len(data)
                 if not await self.client.send(data):
                     self.session.close_reason = "client_closed"
                     return

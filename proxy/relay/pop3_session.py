@@ -18,6 +18,7 @@ from .upstream import UpstreamError, report
 # RFC 3206: [AUTH] is a credentials problem, [SYS/TEMP] a temporary system problem.
 REPLY_AUTH_FAILED = writer.err(b"Authentication failed.", b"AUTH")
 REPLY_UNAVAILABLE = writer.err(b"Server unavailable, try again later.", b"SYS/TEMP")
+REPLY_THROTTLED = writer.err(b"Too many authentication failures, try again later.", b"SYS/TEMP")
 
 
 async def handle(session: Session, conn: Conn) -> None:
@@ -47,9 +48,15 @@ async def _authenticate(session: Session, front: Pop3Front) -> UpstreamPOP3:
     while True:
         request = await front.next_login()
         session.user = request.credentials.user
-        result = await _upstream_login(session, front, request)
+        if session.auth_blocked(session.user):
+            result = REPLY_THROTTLED
+        else:
+            result = await _upstream_login(session, front, request)
         if isinstance(result, UpstreamPOP3):
+            session.runtime.throttle.success(session.user)
             return result
+        if result is REPLY_AUTH_FAILED:
+            await session.auth_failure_delay()
         await front.auth_failed(result)
 
 
