@@ -11,7 +11,7 @@ import trio
 from . import __version__, config as config_mod, logs
 from .config import Config
 from .health import Health, check_upstreams
-from .metrics import Metrics
+from .metrics import Metrics, NullMetrics
 from .net.http import serve_http
 from .net.serve import ListenerServer
 from .net.throttle import Throttle
@@ -36,7 +36,7 @@ def build_runtime(config: Config, metrics: Metrics, health: Health, drain: trio.
 class App:
     def __init__(self, config: Config, config_path: str | None):
         self.config_path = config_path
-        self.metrics = Metrics()
+        self.metrics = Metrics() if config.metrics is not None else NullMetrics()
         self.health = Health()
         self.health.publish(self.metrics)
         for listener in config.listeners:

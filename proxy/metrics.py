@@ -252,3 +252,26 @@ class Metrics:
         self.upstream_connect_duration.labels(name, protocol)
         for reason in sorted(FAILURE_REASONS):
             self.upstream_errors.labels(name, protocol, reason)
+
+
+class _Noop:
+    """Stands in for any metric, child or method: every call does nothing and returns itself."""
+
+    def __call__(self, *args, **kwargs) -> "_Noop":
+        return self
+
+    def __getattr__(self, name: str) -> "_Noop":
+        return self
+
+
+_NOOP = _Noop()
+
+
+class NullMetrics:
+    """The metrics object when the config has no `metrics:` section: nothing is served, so
+    nothing is counted (the relay's hot paths then cost a no-op call)."""
+
+    registry = None
+
+    def __getattr__(self, name: str) -> _Noop:
+        return _NOOP

@@ -54,6 +54,7 @@ import trio
 from cryptography import x509
 
 from .. import logs
+from .client_hello import HelloError, client_hello_alpn
 from ..config import Certificate, Listener, Upstream
 
 __all__ = [
@@ -245,74 +246,6 @@ def _server_context(listener: Listener) -> ssl.SSLContext:
 
 
 # --------------------------------------------------------------------------- ALPN / ALPACA
-
-
-class _HelloError(ValueError):
-    pass
-
-
-class _Reader:
-    """Bounds-checked reads from one TLS structure."""
-
-    def __init__(self, data: bytes):
-        self.data, self.pos = data, 0
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise _HelloError("truncated ClientHello")
-        self.pos += n
-        return self.data[self.pos - n:self.pos]
-
-    def vector(self, length_bytes: int) -> bytes:
-        return self.take(int.from_bytes(self.take(length_bytes), "big"))
-
-    def at_end(self) -> bool:
-        return self.pos == len(self.data)
-
-
-def client_hello_alpn(data: bytes) -> tuple[bytes, ...] | None:
-    """The ALPN protocols offered in the TLS records `data` starts with.
-
-    Returns None if more bytes are needed, () if the ClientHello has no ALPN extension; raises
-    ValueError if `data` does not start with a well-formed ClientHello (RFC 8446 4.1.2, RFC 7301 3.1).
-    """
-    handshake, pos = bytearray(), 0
-    while pos + 5 <= len(data):
-        if data[pos] != 22:  # ContentType.handshake
-            raise _HelloError("not a TLS handshake record")
-        end = pos + 5 + int.from_bytes(data[pos + 3:pos + 5], "big")
-        if end > len(data):
-            break
-        handshake += data[pos + 5:end]
-        pos = end
-    if len(handshake) < 4:
-        return None
-    if handshake[0] != 1:  # HandshakeType.client_hello
-        raise _HelloError("first handshake message is not a ClientHello")
-    size = int.from_bytes(handshake[1:4], "big")
-    if len(handshake) < 4 + size:
-        return None
-    return _hello_alpn(_Reader(bytes(handshake[4:4 + size])))
-
-
-def _hello_alpn(hello: _Reader) -> tuple[bytes, ...]:
-    hello.take(2 + 32)              # legacy_version, random
-    hello.vector(1)                 # legacy_session_id
-    hello.vector(2)                 # cipher_suites
-    hello.vector(1)                 # legacy_compression_methods
-    if hello.at_end():
-        return ()
-    extensions = _Reader(hello.vector(2))
-    while not extensions.at_end():
-        kind = int.from_bytes(extensions.take(2), "big")
-        body = extensions.vector(2)
-        if kind == 16:              # application_layer_protocol_negotiation
-            names = _Reader(_Reader(body).vector(2))
-            offered = []
-            while not names.at_end():
-                offered.append(names.vector(1))
-            return tuple(offered)
-    return ()
 
 
 class _HelloRecorder(trio.abc.Stream):
