@@ -12,6 +12,7 @@ import trio
 
 RECEIVE_SIZE = 256 * 1024
 CLOSE_NOTIFY_TIMEOUT = 1.0  # seconds to hand the TLS close_notify to the kernel
+LINGER_TIMEOUT = 1.0  # seconds to read what a client still sends after the proxy ended it
 
 
 class Conn:
@@ -51,6 +52,24 @@ class Conn:
     def replace_stream(self, stream: trio.abc.Stream) -> None:
         """After a STARTTLS handshake: the same connection, now encrypted."""
         self.stream = stream
+
+    async def linger(self, timeout: float = LINGER_TIMEOUT) -> None:
+        """Half-close and discard what the peer still sends until it closes (at most `timeout`),
+        before aclose(). Closing a socket with unread input makes the kernel send a RST, which
+        can destroy the last reply (BYE, -ERR) before the client has read it: the "lingering
+        close" of HTTP servers. Plain TCP only (a TLS stream cannot half-close); shielded and
+        bounded, so it is safe in a `finally` of a cancelled session."""
+        send_eof = getattr(self.stream, "send_eof", None)
+        if self.closed or send_eof is None or isinstance(self.stream, trio.SSLStream):
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+            try:
+                await send_eof()
+                while await self.stream.receive_some(RECEIVE_SIZE):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError,
+                    OSError):
+                pass
 
     async def aclose(self) -> None:
         """Close the connection. A TLS stream first sends its close_notify (a clean end of the

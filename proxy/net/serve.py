@@ -95,6 +95,7 @@ class ListenerServer:
             logs.event("session_crash", logging.ERROR, exc_info=True, **session.log_fields())
         finally:
             session.bytes_from_client, session.bytes_to_client = conn.bytes_in, conn.bytes_out
+            await conn.linger()  # so that the last reply is not lost to a RST
             await conn.aclose()
             self.active.discard(session)
             self.limiter.release(session.client_ip)

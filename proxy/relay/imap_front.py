@@ -90,9 +90,8 @@ class ImapFront:
                 self.session.runtime.metrics.protocol_errors.labels("imap", exc.kind).inc()
                 if exc.kind in ("line_too_long", "literal_too_big", "nonsync_literal_too_big"):
                     self._limit("line_length" if exc.kind == "line_too_long" else "literal_size")
-                await self.conn.send(exc.reply())
+                await self.conn.send(exc.reply())  # a fatal error's reply is its BYE
                 if exc.fatal:
-                    await self.conn.send(b"* BYE Protocol error.\r\n")
                     raise CloseSession("protocol_error") from None
                 await self._count_bad()
                 continue

@@ -191,7 +191,8 @@ class ImapRelay:
         logs.event("client_protocol_error", **self.session.log_fields(), kind=exc.kind)
         # Part of the offending command may already be upstream, so the session cannot go on.
         await self.client.send(exc.reply())
-        await self.client.send(b"* BYE Protocol error, closing.\r\n")
+        if not exc.fatal:  # a fatal error's reply is already an untagged BYE
+            await self.client.send(b"* BYE Protocol error, closing.\r\n")
         self.session.close_reason = "protocol_error"
 
     async def _autologout(self) -> None:
