@@ -1,0 +1,526 @@
+"""POP3 -> Store: copy an upstream POP3 mailbox into the gateway's store, safely.
+
+Theory of operation (one `sync_account` call):
+
+    connect (TLS per upstream.pop3.tls) -> greeting -> CAPA -> USER/PASS (or AUTH PLAIN)
+    -> UIDL -> diff against store.known_uidls() -> RETR the new ones (pipelined when CAPA says
+    PIPELINING) -> ingest_many() every BATCH_MESSAGES / BATCH_BYTES -> retention: DELE -> QUIT
+
+* Nothing lost, nothing twice: a batch is one store transaction, keyed by UIDL. A crash loses at
+  most the uncommitted batch, which the next sync fetches again; a committed message is never
+  fetched again, even after the IMAP user expunged it.
+* DELE is only sent for messages already committed (and fsynced, `store.flush()`), and only per
+  `gateway.upstream_retention`: `keep` never sends DELE. DELE takes effect at QUIT (RFC 1939 6,
+  UPDATE state), so the store records "deleted upstream" only after QUIT succeeded; if QUIT fails
+  the DELEs did not happen and are simply sent again next time.
+* A message deleted upstream by someone else stays in the store: the fetcher never removes mail.
+* A server without UIDL (-ERR to UIDL): every message is RETR'd each time and de-duplicated by
+  content digest, synthetic UIDL "sha256:<hex>". Limitation: two byte-identical messages are one.
+* A reply that breaks the protocol, or a RETR cut short, aborts the sync with `FetchError(reason)`;
+  a partial body is never stored (only complete bodies reach a batch).
+
+The POP3 framing is `proxy.pop3` (sans-IO); this module only moves bytes and makes decisions.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import email.parser
+import email.policy
+import email.utils
+import hashlib
+import logging
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import trio
+
+from .. import logs
+from ..config import Config, Upstream
+from ..pop3 import NEED_DATA, ProtocolError, ResponseParser, events, writer
+from ..store import IngestItem, Store
+
+BATCH_MESSAGES = 50                 # commit at least every 50 messages ...
+BATCH_BYTES = 8 * 1024 * 1024       # ... or 8 MiB of bodies
+PIPELINE_WINDOW = 16                # RETR/DELE commands in flight with PIPELINING (RFC 2449 6.6)
+CONNECT_TIMEOUT = 30.0
+RESPONSE_TIMEOUT = 120.0            # per reply; a RETR of a large message is one reply
+RECEIVE_SIZE = 256 * 1024
+DIGEST_PREFIX = "sha256:"
+
+# FetchError.reason values: a bounded label for logs and metrics.
+REASONS = frozenset({"config", "connect", "tls", "auth", "protocol", "truncated", "timeout",
+                     "upstream"})
+
+ProgressCallback = Callable[[int, int, int], None]   # (messages done, messages to fetch, bytes)
+
+
+class FetchError(Exception):
+    """A sync failed; `reason` is one of REASONS, `detail` is safe to log (sanitized, short)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    new: int                 # messages stored by this sync
+    bytes: int               # their raw size
+    deleted_upstream: int    # DELEs that took effect (QUIT succeeded)
+    duration: float          # seconds
+
+
+# ---- one fetcher per account in this process ---------------------------------------------------
+
+_locks: dict[tuple[str, str], trio.Lock] = {}
+
+
+def account_lock(upstream: str, user: str) -> trio.Lock:
+    """The lock held while an account syncs; at most one fetcher per account in this process."""
+    return _locks.setdefault((upstream, user), trio.Lock())
+
+
+# ---- transport ----------------------------------------------------------------------------------
+
+def client_tls_context(upstream: Upstream) -> ssl.SSLContext:
+    """Verification per upstream.verify / ca_file (TLS engineer may replace this helper)."""
+    ctx = ssl.create_default_context(cafile=str(upstream.ca_file) if upstream.ca_file else None)
+    if not upstream.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if upstream.client_cert is not None:
+        ctx.load_cert_chain(upstream.client_cert.cert, upstream.client_cert.key)
+    return ctx
+
+
+async def _start_tls(stream: trio.abc.Stream, upstream: Upstream) -> trio.SSLStream:
+    tls = trio.SSLStream(stream, client_tls_context(upstream),
+                         server_hostname=upstream.server_name or upstream.host)
+    try:
+        await tls.do_handshake()
+    except (trio.BrokenResourceError, ssl.SSLError) as exc:
+        await trio.aclose_forcefully(stream)
+        raise FetchError("tls", logs.sanitize(str(exc.__cause__ or exc))) from None
+    return tls
+
+
+class Pop3Client:
+    """A POP3 client session over one trio stream, framed by `proxy.pop3.ResponseParser`."""
+
+    def __init__(self, stream: trio.abc.Stream):
+        self.stream = stream
+        self.parser = ResponseParser(unstuff=True)
+        self.capabilities: dict[str, list[str]] = {}
+
+    @classmethod
+    async def connect(cls, upstream: Upstream) -> Pop3Client:
+        service = upstream.pop3
+        if service is None:
+            raise FetchError("config", "upstream has no pop3: section")
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                stream = await trio.open_tcp_stream(upstream.host, service.port)
+        except (OSError, trio.TooSlowError) as exc:
+            raise FetchError("connect", logs.sanitize(str(exc) or type(exc).__name__)) from None
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        if service.tls == "implicit":
+            stream = await _start_tls(stream, upstream)
+        client = cls(stream)
+        try:
+            await client.expect_ok("greeting")
+            await client.read_capabilities()
+            if service.tls == "starttls":
+                await client.send(writer.command(b"STLS"))
+                await client.expect_ok("STLS", "tls")
+                if client.parser.buffered:   # bytes sent in clear must not pass for TLS-protected
+                    raise FetchError("tls", "unexpected data after the STLS reply")
+                client.stream = await _start_tls(client.stream, upstream)
+                await client.read_capabilities()   # RFC 2595 4: forget what was said in clear
+        except BaseException:
+            await client.aclose()
+            raise
+        return client
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+    async def send(self, data: bytes, multiline: bool = False, count: int = 1) -> None:
+        """Write `count` commands at once (`data` holds all of them), all framed alike."""
+        for _ in range(count):
+            self.parser.expect(multiline)
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise FetchError("upstream", f"connection lost while sending: {type(exc).__name__}") from None
+
+    async def next_event(self) -> Any:
+        while True:
+            try:
+                event = self.parser.next_event()
+            except ProtocolError as exc:
+                raise FetchError("protocol", f"{exc.kind}: {exc}") from None
+            if event is not NEED_DATA:
+                return event
+            try:
+                with trio.fail_after(RESPONSE_TIMEOUT):
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+            except trio.TooSlowError:
+                raise FetchError("timeout", f"no reply within {RESPONSE_TIMEOUT:.0f}s") from None
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                data = b""   # treat a reset like a close: the parser reports what was cut
+                logs.event("gateway_fetch_connection_lost", logging.DEBUG, error=type(exc).__name__)
+            self.parser.receive_data(data)
+
+    async def status(self, what: str) -> events.StatusLine:
+        event = await self.next_event()
+        if isinstance(event, events.ConnectionClosed):
+            raise FetchError("upstream", f"connection closed awaiting the reply to {what}")
+        if not isinstance(event, events.StatusLine):
+            raise FetchError("protocol", f"unexpected {type(event).__name__} in reply to {what}")
+        return event
+
+    async def expect_ok(self, what: str, reason: str = "upstream") -> events.StatusLine:
+        line = await self.status(what)
+        if not line.ok:
+            raise FetchError(reason, f"{what} refused: {logs.sanitize(line.text)}")
+        return line
+
+    async def body(self, what: str) -> bytes:
+        """The rest of a multi-line reply whose +OK was read; FetchError if it is cut short."""
+        chunks = []
+        while True:
+            event = await self.next_event()
+            if isinstance(event, events.MultilineData):
+                chunks.append(bytes(event.data))
+            elif isinstance(event, events.MultilineEnd):
+                return b"".join(chunks)
+            elif isinstance(event, events.ConnectionClosed):
+                raise FetchError("truncated", f"connection closed inside the reply to {what}")
+            else:
+                raise FetchError("protocol", f"unexpected {type(event).__name__} inside {what}")
+
+    async def multiline(self, name: bytes, *args: bytes) -> bytes | None:
+        """Send a multi-line command; its body, or None on -ERR."""
+        await self.send(writer.command(name, *args), multiline=True)
+        if not (await self.status(name.decode())).ok:
+            return None
+        return await self.body(name.decode())
+
+    async def read_capabilities(self) -> None:
+        listing = await self.multiline(b"CAPA")
+        self.capabilities = {}
+        for line in (listing or b"").decode("ascii", "replace").splitlines():
+            words = line.split()
+            if words:
+                self.capabilities[words[0].upper()] = words[1:]
+
+    async def login(self, user: str, password: str) -> None:
+        if any(c in user + password for c in "\r\n\0"):
+            raise FetchError("auth", "user name or password contains CR, LF or NUL")
+        sasl = [m.upper() for m in self.capabilities.get("SASL", [])]
+        if "USER" in self.capabilities or not self.capabilities or "PLAIN" not in sasl:
+            await self.send(writer.command(b"USER", user.encode()))
+            await self.expect_ok("USER", "auth")
+            await self.send(writer.command(b"PASS", password.encode()))
+            await self.expect_ok("PASS", "auth")
+            return
+        token = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode())
+        await self.send(writer.command(b"AUTH", b"PLAIN", token))   # RFC 5034 initial response
+        line = await self.status("AUTH")
+        if not line.ok:
+            raise FetchError("auth", "AUTH PLAIN refused")
+
+    @property
+    def pipelining(self) -> bool:
+        return "PIPELINING" in self.capabilities
+
+    async def quit(self) -> bool:
+        """QUIT; True when the server confirmed it (RFC 1939 6: then, and only then, DELEs apply)."""
+        try:
+            await self.send(writer.command(b"QUIT"))
+            return (await self.status("QUIT")).ok
+        except FetchError as exc:
+            logs.event("gateway_fetch_quit_failed", logging.WARNING, reason=exc.reason,
+                       detail=exc.detail)
+            return False
+
+
+# ---- parsing -------------------------------------------------------------------------------------
+
+_HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.compat32)
+
+
+def _parse_date(value: Any) -> dt.datetime | None:
+    try:
+        when = email.utils.parsedate_to_datetime(str(value))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when if 1971 <= when.year <= 2100 else None
+
+
+def internaldate(body: bytes) -> dt.datetime:
+    """When the message arrived: the date of the topmost (last added) Received: header, else
+    Date:, else now. Parsed with `email` in compat32 mode, which never fails on broken mail."""
+    end = body.find(b"\r\n\r\n")
+    end = body.find(b"\n\n") if end < 0 else end
+    headers = _HEADER_PARSER.parsebytes(body if end < 0 else body[:end + 2])
+    for received in headers.get_all("Received", []) or []:
+        _, sep, date = str(received).rpartition(";")
+        when = _parse_date(date) if sep else None
+        if when is not None:
+            return when
+        break   # only the newest hop counts
+    when = _parse_date(headers.get("Date"))
+    return when or dt.datetime.now(dt.timezone.utc)
+
+
+def parse_uidl_listing(listing: bytes) -> list[tuple[int, str]]:
+    """RFC 1939 7 UIDL scan listing -> [(message number, uidl)], in listing order."""
+    out, seen = [], set()
+    for line in listing.split(b"\r\n"):
+        if not line:
+            continue
+        parts = line.split(b" ")
+        if len(parts) != 2 or not parts[0].isdigit() or not 1 <= len(parts[1]) <= 70 or any(
+                not 0x21 <= c <= 0x7E for c in parts[1]):
+            raise FetchError("protocol", f"malformed UIDL line {logs.sanitize(line, 80)!r}")
+        uidl = parts[1].decode("ascii")
+        if uidl not in seen:
+            seen.add(uidl)
+            out.append((int(parts[0]), uidl))
+    return out
+
+
+def parse_list_listing(listing: bytes) -> list[int]:
+    """RFC 1939 5 LIST scan listing -> message numbers."""
+    numbers = []
+    for line in listing.split(b"\r\n"):
+        parts = line.split(b" ")
+        if line and (len(parts) < 2 or not parts[0].isdigit()):
+            raise FetchError("protocol", f"malformed LIST line {logs.sanitize(line, 80)!r}")
+        if line:
+            numbers.append(int(parts[0]))
+    return numbers
+
+
+# ---- one sync --------------------------------------------------------------------------------------
+
+class _Ingest:
+    """Batches complete bodies and commits them in a task of its own, so the store writes one
+    batch while the next arrives from the network (one batch committing, one filling: memory is
+    bounded by two batches)."""
+
+    def __init__(self, store: Store, account_id: int, progress: ProgressCallback | None, total: int,
+                 channel: trio.MemorySendChannel):
+        self.store, self.account_id, self.progress, self.total = store, account_id, progress, total
+        self.channel = channel
+        self.items: list[IngestItem] = []
+        self.pending_bytes = 0
+        self.done = self.new = self.bytes = 0
+
+    async def add(self, uidl: str, body: bytes) -> None:
+        self.items.append(IngestItem(uidl, body, internaldate(body)))
+        self.pending_bytes += len(body)
+        self.done += 1
+        if len(self.items) >= BATCH_MESSAGES or self.pending_bytes >= BATCH_BYTES:
+            await self.flush()
+
+    def skip(self) -> None:
+        self.done += 1
+
+    async def flush(self) -> None:
+        """Hand the batch to the committer (waits while it still commits the previous one)."""
+        if self.items:
+            batch, self.items, self.pending_bytes = self.items, [], 0
+            await self.channel.send(batch)
+
+    async def commit_loop(self, batches: trio.MemoryReceiveChannel) -> None:
+        async with batches:
+            async for batch in batches:
+                uids = await self.store.ingest_many(self.account_id, batch)
+                for item, uid in zip(batch, uids):
+                    if uid is not None:
+                        self.new += 1
+                        self.bytes += len(item.body)
+                if self.progress:
+                    self.progress(self.done - len(self.items), self.total, self.bytes)
+
+
+def _unwrap(group: BaseExceptionGroup) -> BaseException:
+    """The one real error of a nursery (FetchError, StoreError...), not an ExceptionGroup."""
+    real = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+    return real[0] if len(real) == 1 else group
+
+
+async def _fetch(client: Pop3Client, store: Store, account_id: int,
+                 wanted: list[tuple[int, str | None]], known: set[str],
+                 progress: ProgressCallback | None) -> tuple[_Ingest, dict[str, int]]:
+    """RETR and commit `wanted`. On a FetchError the complete bodies already received are
+    committed before it propagates; a cancelled sync loses at most the uncommitted batches."""
+    send, receive = trio.open_memory_channel(0)
+    ingest = _Ingest(store, account_id, progress, len(wanted), send)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ingest.commit_loop, receive)
+            async with send:
+                try:
+                    digests = await _retrieve(client, wanted, ingest, known)
+                finally:
+                    await ingest.flush()
+    except BaseExceptionGroup as group:
+        raise _unwrap(group) from None
+    return ingest, digests
+
+
+async def _listing(client: Pop3Client) -> tuple[list[tuple[int, str | None]], bool]:
+    """[(message number, UIDL or None)] and whether the server has UIDL."""
+    listing = await client.multiline(b"UIDL")
+    if listing is not None:
+        return list(parse_uidl_listing(listing)), True
+    logs.event("gateway_fetch_no_uidl", logging.WARNING,
+               note="upstream refused UIDL: de-duplicating by sha256 of each message, "
+                    "every message is downloaded on every sync")
+    listing = await client.multiline(b"LIST")
+    if listing is None:
+        raise FetchError("upstream", "LIST refused")
+    return [(number, None) for number in parse_list_listing(listing)], False
+
+
+async def _retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ingest: _Ingest,
+                    known: set[str]) -> dict[str, int]:
+    """RETR `wanted` (a window of them in flight with PIPELINING); returns digest-UIDL -> number
+    for digest mode. Only complete bodies are handed to `ingest`."""
+    window = PIPELINE_WINDOW if client.pipelining else 1
+    queue = iter(wanted)
+    in_flight: list[tuple[int, str | None]] = []
+    digests: dict[str, int] = {}
+
+    async def refill() -> None:
+        if in_flight and len(in_flight) > window - 4:   # top up in small bursts: fewer writes
+            return
+        batch = []
+        while len(in_flight) < window and (item := next(queue, None)) is not None:
+            in_flight.append(item)
+            batch.append(writer.command(b"RETR", b"%d" % item[0]))
+        if batch:
+            await client.send(b"".join(batch), multiline=True, count=len(batch))
+
+    await refill()
+    while in_flight:
+        number, uidl = in_flight.pop(0)
+        line = await client.status(f"RETR {number}")
+        if not line.ok:
+            logs.event("gateway_fetch_retr_refused", logging.WARNING, msg=number,
+                       text=logs.sanitize(line.text))
+            ingest.skip()
+        else:
+            body = await client.body(f"RETR {number}")
+            if uidl is None:
+                uidl = DIGEST_PREFIX + hashlib.sha256(body).hexdigest()
+                digests.setdefault(uidl, number)
+            if uidl in known:
+                ingest.skip()
+            else:
+                known.add(uidl)
+                await ingest.add(uidl, body)
+        await refill()
+    return digests
+
+
+async def _delete(client: Pop3Client, numbers: list[tuple[int, str]]) -> list[str]:
+    """DELE each (number, uidl); the UIDLs the server accepted (effective only after QUIT)."""
+    accepted = []
+    window = PIPELINE_WINDOW if client.pipelining else 1
+    for start in range(0, len(numbers), window):
+        chunk = numbers[start:start + window]
+        await client.send(b"".join(writer.command(b"DELE", b"%d" % n) for n, _ in chunk),
+                          count=len(chunk))
+        for number, uidl in chunk:
+            line = await client.status(f"DELE {number}")
+            if line.ok:
+                accepted.append(uidl)
+            else:
+                logs.event("gateway_fetch_dele_refused", logging.WARNING, msg=number,
+                           text=logs.sanitize(line.text))
+    return accepted
+
+
+async def _retention(client: Pop3Client, store: Store, account_id: int, seconds: float | None,
+                     present: dict[str, int]) -> int:
+    """Apply upstream_retention to committed messages, then QUIT. Returns DELEs that took effect."""
+    fetched = await store.fetched_at(account_id)
+    gone = [uidl for uidl in fetched if uidl not in present]
+    if gone:   # deleted upstream by another client: only bookkeeping, the store keeps the mail
+        await store.mark_deleted_upstream(account_id, gone)
+    if seconds is None:   # keep: never DELE
+        await client.quit()
+        return 0
+    cutoff = time.time() - seconds
+    victims = sorted((present[u], u) for u, at in fetched.items() if u in present and at <= cutoff)
+    if not victims:
+        await client.quit()
+        return 0
+    await store.flush()   # the store's copy must survive a power loss before the upstream's goes
+    accepted = await _delete(client, victims)
+    if not await client.quit():
+        logs.event("gateway_fetch_dele_not_applied", logging.WARNING, account=account_id,
+                   count=len(accepted))
+        return 0
+    await store.mark_deleted_upstream(account_id, accepted)
+    return len(accepted)
+
+
+async def sync_account(config: Config, store: Store, upstream_name: str, user: str, password: str,
+                       *, progress: ProgressCallback | None = None) -> SyncResult:
+    """Fetch new messages of `user` from the POP3 side of `upstream_name` into `store`.
+
+    Args:
+        progress: called as `progress(done, total, bytes)` while messages arrive.
+
+    Returns:
+        What this sync did.
+
+    Raises:
+        FetchError: connect/TLS/login failed, or the upstream broke the protocol; messages
+            committed before the failure stay committed.
+        StoreError: the store refused (e.g. StoreKeyError).
+
+    Resource handling: the connection is closed on every path. At most one sync per account runs
+    in this process (`account_lock`); a second caller waits for the first.
+    """
+    upstream = config.upstreams.get(upstream_name)
+    if upstream is None:
+        raise FetchError("config", f"unknown upstream {logs.sanitize(upstream_name)!r}")
+    retention = config.gateway.retention_seconds if config.gateway else None
+    async with account_lock(upstream_name, user):
+        started = time.monotonic()
+        account = await store.ensure_account(upstream_name, user)
+        client = await Pop3Client.connect(upstream)
+        try:
+            await client.login(user, password)
+            listing, has_uidl = await _listing(client)
+            known = await store.known_uidls(account.id)
+            wanted = [(n, u) for n, u in listing if u is None or u not in known]
+            ingest, digests = await _fetch(client, store, account.id, wanted, known, progress)
+            present = {u: n for n, u in listing if u is not None} if has_uidl else digests
+            deleted = await _retention(client, store, account.id, retention, present)
+        except FetchError as exc:
+            logs.event("gateway_sync_failed", logging.WARNING, account=account.id,
+                       upstream=upstream_name, reason=exc.reason, detail=exc.detail)
+            raise
+        finally:
+            await client.aclose()
+    result = SyncResult(ingest.new, ingest.bytes, deleted, time.monotonic() - started)
+    logs.event("gateway_sync_done", account=account.id, upstream=upstream_name,
+               mode="uidl" if has_uidl else "digest", new=result.new, bytes=result.bytes,
+               deleted_upstream=result.deleted_upstream, seconds=f"{result.duration:.3f}")
+    return result

@@ -1,0 +1,128 @@
+"""`mailproxy gateway sync --config FILE USER`: one POP3 -> store sync, for operators and tests.
+
+The password comes from `--password-file FILE` or the MAILPROXY_PASSWORD environment variable, never
+from the command line (it would show in `ps`). Exit status: 0 synced, 1 sync failed, 2 usage or
+configuration error. Also runnable as `python -m proxy.gateway.sync_cli --config FILE USER`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TextIO
+
+PASSWORD_ENV = "MAILPROXY_PASSWORD"
+_BAR_WIDTH = 30
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `gateway sync` to the main parser's subcommands; returns the `gateway` parser."""
+    gateway = subparsers.add_parser("gateway", help="POP3-to-IMAP gateway maintenance")
+    commands = gateway.add_subparsers(dest="gateway_command", required=True)
+    sync = commands.add_parser("sync", help="fetch a user's POP3 mailbox into the gateway store once")
+    _add_sync_arguments(sync)
+    return gateway
+
+
+def _add_sync_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, metavar="FILE", help="mailproxy YAML config")
+    parser.add_argument("--password-file", metavar="FILE",
+                        help=f"file holding the user's password (default: ${PASSWORD_ENV})")
+    parser.add_argument("--upstream", metavar="NAME",
+                        help="upstream to read (default: the user's route)")
+    parser.add_argument("user", metavar="USER")
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    if args.password_file:
+        with open(args.password_file, encoding="utf-8") as fh:
+            return fh.read().rstrip("\r\n")
+    return os.environ.get(PASSWORD_ENV)
+
+
+class ProgressBar:
+    """`[#####.....] 120/500 messages, 3.1 MB` redrawn in place on a terminal."""
+
+    def __init__(self, out: TextIO):
+        self.out = out
+        self.drawn = False
+
+    def __call__(self, done: int, total: int, nbytes: int) -> None:
+        filled = _BAR_WIDTH * done // total if total else _BAR_WIDTH
+        bar = "#" * filled + "." * (_BAR_WIDTH - filled)
+        self.out.write(f"\r[{bar}] {done}/{total} messages, {nbytes / 1e6:.1f} MB")
+        self.out.flush()
+        self.drawn = True
+
+    def finish(self) -> None:
+        if self.drawn:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run `gateway sync` with parsed arguments; returns the exit status."""
+    import trio
+
+    from .. import config as config_mod
+    from ..store import StoreError, load_key_ring, open_store
+    from .fetcher import FetchError, sync_account
+
+    try:
+        config = config_mod.load(args.config)
+    except config_mod.ConfigError as exc:
+        for error in exc.errors:
+            print(f"{args.config}: {error}", file=sys.stderr)
+        return 2
+    if config.gateway is None:
+        print(f"{args.config}: no gateway: section", file=sys.stderr)
+        return 2
+    upstream = args.upstream or config.route(args.user)
+    if upstream is None or upstream not in config.upstreams:
+        print(f"no upstream for user {args.user!r}", file=sys.stderr)
+        return 2
+    try:
+        password = _password(args)
+    except OSError as exc:
+        print(f"cannot read password file: {exc.strerror}", file=sys.stderr)
+        return 2
+    if password is None:
+        print(f"no password: use --password-file FILE or set {PASSWORD_ENV}", file=sys.stderr)
+        return 2
+    bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+
+    async def main() -> object:
+        store = await open_store(config.gateway.store, load_key_ring(config.gateway.key_file))
+        try:
+            return await sync_account(config, store, upstream, args.user, password, progress=bar)
+        finally:
+            await store.close()
+
+    try:
+        result = trio.run(main)
+    except (FetchError, StoreError) as exc:
+        if bar:
+            bar.finish()
+        print(f"sync failed: {exc}", file=sys.stderr)
+        return 1
+    if bar:
+        bar.finish()
+    print(f"fetched {result.new} messages, {result.bytes} bytes, deleted {result.deleted_upstream} "
+          f"upstream in {result.duration:.2f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .. import logs
+
+    parser = argparse.ArgumentParser(prog="python -m proxy.gateway.sync_cli", description=__doc__)
+    parser.add_argument("--log-level", default="WARNING")
+    _add_sync_arguments(parser)
+    args = parser.parse_args(argv)
+    logs.setup("text", args.log_level)
+    return run_cli(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""The gateway's message store: the `Store` protocol, its SQLite implementation, encryption at rest.
+
+`open_store(url_or_path, key_ring)` picks the implementation from `gateway.store`: a file path is
+SQLite; a `postgresql://` URL will be PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .base import (
+    DEFAULT_MAILBOXES, HIERARCHY_DELIMITER, INBOX, Account, Change, ChangeKind, FlagMode,
+    FlagUpdate, IngestItem, Mailbox, MailboxExists, MailboxNotFound, MessageMeta, Store, StoreError,
+    StoreFlagsResult,
+)
+from .crypto import KeyRing, StoreKeyError
+
+__all__ = [
+    "DEFAULT_MAILBOXES", "HIERARCHY_DELIMITER", "INBOX", "Account", "Change", "ChangeKind",
+    "FlagMode", "FlagUpdate", "IngestItem", "KeyRing", "Mailbox", "MailboxExists", "MailboxNotFound",
+    "MessageMeta", "Store", "StoreError", "StoreFlagsResult", "StoreKeyError", "open_store",
+    "load_key_ring",
+]
+
+
+def load_key_ring(path: str | os.PathLike[str] | None) -> KeyRing | None:
+    """The key ring of `gateway.key_file`, or None when no key file is configured."""
+    return None if path is None else KeyRing.from_file(path)
+
+
+async def open_store(url_or_path: str, key_ring: KeyRing | None = None) -> Store:
+    """Open the store named by `gateway.store`. Raises StoreError/StoreKeyError on failure."""
+    if url_or_path.startswith(("postgresql://", "postgres://")):
+        raise NotImplementedError("PostgreSQL store: not implemented yet")
+    if url_or_path.startswith("sqlite://"):
+        url_or_path = url_or_path[len("sqlite://"):]
+    from .sqlite import open_sqlite
+
+    return await open_sqlite(url_or_path, key_ring)

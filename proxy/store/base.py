@@ -1,0 +1,187 @@
+"""The `Store` protocol: everything the gateway keeps, behind one async interface.
+
+Theory of operation: an *account* is (upstream name, user). It owns *mailboxes* (INBOX plus folders),
+each with a UIDVALIDITY fixed at creation, a UIDNEXT that only grows, and a HIGHESTMODSEQ. A *message*
+lives in one mailbox under a UID that is never reused; its raw RFC 822 body and an opaque cache blob
+(ENVELOPE/BODYSTRUCTURE JSON filled by the IMAP layer) are kept once per account and shared by copies.
+
+Every call that changes messages takes a new MODSEQ for the mailbox (one per call, shared by all the
+messages it touches, RFC 7162 3.1.5 allows that) and appends one row per message to the change log in
+the same transaction, so `changes_since()` can drive IDLE pushes and QRESYNC. Mailbox-level calls
+(create, rename, subscribe) change no message and take no MODSEQ.
+
+Ingest is keyed by the POP3 UIDL: the set of UIDLs an account has ever ingested is kept even after
+the IMAP user expunges the message, so the fetcher never brings it back. That set also carries the
+retention bookkeeping (when each UIDL was fetched, whether it was deleted upstream).
+
+Implementations: `sqlite.SqliteStore` (embedded); PostgreSQL later, with the same test suite.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol, Sequence
+
+INBOX = "INBOX"
+HIERARCHY_DELIMITER = "/"
+# Created with every new account: name -> RFC 6154 special-use attribute.
+DEFAULT_MAILBOXES: dict[str, str | None] = {
+    "INBOX": None,
+    "Sent": "\\Sent",
+    "Drafts": "\\Drafts",
+    "Trash": "\\Trash",
+    "Junk": "\\Junk",
+    "Archive": "\\Archive",
+}
+# RFC 3501 2.3.2 system flags, canonical spelling. \Recent is session state, never stored.
+SYSTEM_FLAGS = ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")
+
+
+class StoreError(Exception):
+    """A request the store refuses (unknown mailbox, duplicate name, ...); the message is for the user."""
+
+
+class MailboxNotFound(StoreError):
+    pass
+
+
+class MailboxExists(StoreError):
+    pass
+
+
+class FlagMode(enum.Enum):
+    ADD = "add"
+    REMOVE = "remove"
+    REPLACE = "replace"
+
+
+class ChangeKind(enum.Enum):
+    APPEND = "append"
+    FLAGS = "flags"
+    EXPUNGE = "expunge"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: int
+    upstream: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    id: int
+    account_id: int
+    name: str
+    special_use: str | None
+    uidvalidity: int
+    uidnext: int
+    highest_modseq: int
+    subscribed: bool
+    exists: int          # number of messages
+
+
+@dataclass(frozen=True, slots=True)
+class MessageMeta:
+    id: int              # row id: stable for this (mailbox, uid)
+    mailbox_id: int
+    uid: int
+    internaldate: dt.datetime   # timezone-aware
+    size: int            # RFC822.SIZE: bytes of the raw message
+    flags: frozenset[str]
+    modseq: int
+    body_id: int         # shared by copies of the message within the account
+    pop3_uidl: str | None  # set on ingested messages (and kept by their copies)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    modseq: int
+    kind: ChangeKind
+    uid: int
+
+
+@dataclass(frozen=True, slots=True)
+class IngestItem:
+    uidl: str
+    body: bytes
+    internaldate: dt.datetime
+    cache: bytes | None = None
+
+
+class FlagUpdate(NamedTuple):
+    uid: int
+    flags: frozenset[str]
+    modseq: int
+    changed: bool        # False: flags were already so, MODSEQ not bumped
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFlagsResult:
+    updated: list[FlagUpdate]   # every listed message that exists and passed UNCHANGEDSINCE
+    modified: list[int]         # RFC 7162 3.1.3 MODIFIED: failed the UNCHANGEDSINCE test
+
+
+class Store(Protocol):
+    """Async message store. Every method may raise StoreError (refused) or StoreKeyError (crypto)."""
+
+    # accounts and credentials
+    async def ensure_account(self, upstream: str, user: str) -> Account: ...
+    async def get_account(self, upstream: str, user: str) -> Account | None: ...
+    async def save_credentials(self, account_id: int, blob: bytes) -> None: ...
+    async def load_credentials(self, account_id: int) -> bytes | None: ...
+
+    # mailboxes
+    async def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
+    async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None: ...
+    async def create_mailbox(self, account_id: int, name: str,
+                             special_use: str | None = None) -> Mailbox: ...
+    async def delete_mailbox(self, account_id: int, name: str) -> None: ...
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None: ...
+    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
+    async def uidvalidity(self, mailbox_id: int) -> int: ...
+    async def highest_modseq(self, mailbox_id: int) -> int: ...
+
+    # messages
+    async def append(self, mailbox_id: int, body: bytes, flags: Sequence[str] = (),
+                     internaldate: dt.datetime | None = None,
+                     cache: bytes | None = None) -> int: ...
+    async def messages(self, mailbox_id: int) -> list[MessageMeta]: ...
+    async def body(self, message: MessageMeta) -> bytes: ...
+    async def cache(self, message: MessageMeta) -> bytes | None: ...
+    async def set_cache(self, message: MessageMeta, cache: bytes) -> None: ...
+    async def store_flags(self, mailbox_id: int, uids: Sequence[int], flags: Sequence[str],
+                          mode: FlagMode, unchanged_since: int | None = None) -> StoreFlagsResult: ...
+    async def copy(self, src_mailbox_id: int, uids: Sequence[int],
+                   dst_mailbox_id: int) -> list[tuple[int, int]]: ...
+    async def move(self, src_mailbox_id: int, uids: Sequence[int],
+                   dst_mailbox_id: int) -> list[tuple[int, int]]: ...
+    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]: ...
+    async def changes_since(self, mailbox_id: int, modseq: int) -> list[Change]: ...
+
+    # POP3 ingest and retention
+    async def ingest(self, account_id: int, uidl: str, body: bytes, internaldate: dt.datetime,
+                     cache: bytes | None = None) -> int | None: ...
+    async def ingest_many(self, account_id: int,
+                          items: Sequence[IngestItem]) -> list[int | None]: ...
+    async def known_uidls(self, account_id: int) -> set[str]: ...
+    async def fetched_at(self, account_id: int) -> dict[str, float]: ...
+    async def mark_deleted_upstream(self, account_id: int, uidls: Sequence[str]) -> None: ...
+
+    # maintenance
+    async def flush(self) -> None: ...
+    async def size_bytes(self) -> int: ...
+    async def close(self) -> None: ...
+
+
+def normalize_flags(flags: Sequence[str]) -> frozenset[str]:
+    """System flags in canonical case; keywords as given. \\Recent is dropped (session state)."""
+    canonical = {flag.lower(): flag for flag in SYSTEM_FLAGS}
+    out = set()
+    for flag in flags:
+        if flag.lower() == "\\recent":
+            continue
+        out.add(canonical.get(flag.lower(), flag))
+    return frozenset(out)

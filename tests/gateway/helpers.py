@@ -1,0 +1,105 @@
+"""Shared helpers for the gateway tests: a mixed-MIME corpus, configs, an upstream view via poplib."""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import poplib
+import random
+from email.message import EmailMessage
+
+import yaml
+
+from proxy import config as config_mod
+
+STDLIB_MESSAGES = sorted(
+    (pathlib.Path(__import__("test.test_email", fromlist=["x"]).__path__[0]) / "data").glob("msg_*.txt"))
+_WORDS = ("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega report meeting "
+          "invoice draft note budget weekly").split()
+
+
+def generated_message(rng: random.Random, n: int, size: int) -> bytes:
+    """A multipart/mixed message of about `size` bytes: text, HTML alternative, binary attachment."""
+    msg = EmailMessage()
+    msg["From"] = f"Sender {n} <sender{n}@example.org>"
+    msg["To"] = "rcpt@example.com"
+    msg["Subject"] = f"{rng.choice(_WORDS)} {n} \u00e9t\u00e9"
+    msg["Date"] = f"Mon, {1 + n % 28:02d} Jan 2024 10:{n % 60:02d}:00 +0100"
+    msg["Message-ID"] = f"<gen-{n}-{rng.getrandbits(32)}@example.org>"
+    text = " ".join(rng.choice(_WORDS) for _ in range(size // 40)) + "\n.leading dot line\n"
+    msg.set_content(text)
+    msg.add_alternative(f"<html><body><p>{text[:2000]}</p></body></html>", subtype="html")
+    blob = rng.randbytes(max(size // 2, 1000))
+    msg.add_attachment(blob, maintype="application", subtype="octet-stream", filename=f"f{n}.bin")
+    return msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def corpus(count: int, seed: int = 6) -> list[bytes]:
+    """`count` messages: the stdlib's email test messages, then generated 5-50 KB ones."""
+    rng = random.Random(seed)
+    out = [p.read_bytes() for p in STDLIB_MESSAGES][:count]
+    while len(out) < count:
+        out.append(generated_message(rng, len(out), rng.randint(5_000, 50_000)))
+    return out
+
+
+def config_dict(pop3_port: int, store: str, retention: str = "keep", key_file: str | None = None,
+                host: str = "127.0.0.1", tls: str = "none", ca_file: str | None = None) -> dict:
+    gateway = {"store": store, "upstream_retention": retention}
+    if key_file:
+        gateway["key_file"] = key_file
+    upstream = {"host": host, "pop3": {"port": pop3_port, "tls": tls}}
+    if ca_file:
+        upstream["ca_file"] = ca_file
+    return {
+        "listeners": [],
+        "upstreams": {"dc": upstream},
+        "routes": [{"match": "*", "upstream": "dc"}],
+        "gateway": gateway,
+    }
+
+
+def make_config(*args, **kwargs) -> config_mod.Config:
+    return config_mod.loads(yaml.safe_dump(config_dict(*args, **kwargs)))
+
+
+def upstream_messages(host: str, port: int, user: str, password: str) -> dict[str, bytes]:
+    """UIDL -> body exactly as the upstream's RETR gives it, via the stdlib's poplib."""
+    poplib._MAXLINE = 1 << 20   # the stdlib's 2048 is too small for some real mail
+    pop = poplib.POP3(host, port, timeout=30)
+    try:
+        pop.user(user)
+        pop.pass_(password)
+        out = {}
+        for entry in pop.uidl()[1]:
+            number, uidl = entry.split()
+            lines = pop.retr(int(number))[1]
+            out[uidl.decode()] = b"".join(line + b"\r\n" for line in lines)
+        return out
+    finally:
+        pop.quit()
+
+
+def upstream_count(host: str, port: int, user: str, password: str) -> int:
+    pop = poplib.POP3(host, port, timeout=30)
+    try:
+        pop.user(user)
+        pop.pass_(password)
+        return pop.stat()[0]
+    finally:
+        pop.quit()
+
+
+def digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+async def stored(store, user: str, upstream: str = "dc") -> dict[str, tuple[int, bytes]]:
+    """UIDL -> (UID, body) of the INBOX messages in the store."""
+    account = await store.ensure_account(upstream, user)
+    inbox = await store.get_mailbox(account.id, "INBOX")
+    out = {}
+    for meta in await store.messages(inbox.id):
+        assert meta.pop3_uidl not in out, f"duplicate UIDL {meta.pop3_uidl}"
+        out[meta.pop3_uidl] = (meta.uid, await store.body(meta))
+    return out

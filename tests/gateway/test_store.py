@@ -1,0 +1,323 @@
+"""Store unit tests (SQLite; no Dovecot needed)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+
+import pytest
+
+from proxy.store import (
+    DEFAULT_MAILBOXES, INBOX, ChangeKind, FlagMode, IngestItem, KeyRing, MailboxExists,
+    MailboxNotFound, StoreError, StoreKeyError, open_store,
+)
+from proxy.store.sqlite import SCHEMA_VERSION
+
+WHEN = dt.datetime(2024, 5, 17, 10, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+
+
+def mail(n: int, extra: bytes = b"") -> bytes:
+    return (b"From: a@example.org\r\nTo: b@example.org\r\nSubject: message %d\r\n\r\n"
+            b"body %d\r\n" % (n, n)) + extra
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = await open_store(str(tmp_path / "store.db"))
+    yield s
+    await s.close()
+
+
+async def inbox_of(store, user="alice"):
+    account = await store.ensure_account("up", user)
+    return account, await store.get_mailbox(account.id, "INBOX")
+
+
+async def test_new_account_has_default_mailboxes(store):
+    account = await store.ensure_account("up", "alice")
+    boxes = {mb.name: mb for mb in await store.list_mailboxes(account.id)}
+    assert set(boxes) == set(DEFAULT_MAILBOXES)
+    assert boxes["Sent"].special_use == "\\Sent" and boxes["INBOX"].special_use is None
+    assert len({mb.uidvalidity for mb in boxes.values()}) == len(boxes)
+    assert (await store.ensure_account("up", "alice")).id == account.id
+    assert (await store.get_mailbox(account.id, "inbox")).name == INBOX
+
+
+async def test_uids_strictly_increase_and_are_never_reused(store):
+    _, inbox = await inbox_of(store)
+    uids = [await store.append(inbox.id, mail(i)) for i in range(3)]
+    assert uids == [1, 2, 3]
+    assert await store.expunge(inbox.id, [3]) == [3]
+    assert await store.append(inbox.id, mail(4)) == 4
+    meta = await store.messages(inbox.id)
+    assert [m.uid for m in meta] == [1, 2, 4]
+    assert (await store.get_mailbox(inbox.account_id, INBOX)).uidnext == 5
+
+
+async def test_uidvalidity_and_data_survive_reopen(tmp_path):
+    path = str(tmp_path / "s.db")
+    s = await open_store(path)
+    account, inbox = await inbox_of(s)
+    await s.append(inbox.id, mail(1), ["\\Seen"], WHEN)
+    await s.close()
+    s = await open_store(path)
+    again = await s.get_mailbox(account.id, INBOX)
+    assert again.uidvalidity == inbox.uidvalidity
+    [meta] = await s.messages(inbox.id)
+    assert meta.flags == {"\\Seen"} and meta.internaldate == WHEN
+    assert await s.body(meta) == mail(1)
+    assert meta.size == len(mail(1))
+    await s.close()
+
+
+async def test_migrations_from_empty_file_and_reopen(tmp_path):
+    path = tmp_path / "empty.db"
+    path.write_bytes(b"")
+    s = await open_store(str(path))
+    await s.close()
+    s = await open_store(str(path))
+    await s.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_modseq_and_change_log(store):
+    account, inbox = await inbox_of(store)
+    start = await store.highest_modseq(inbox.id)
+    uid = await store.append(inbox.id, mail(1))
+    result = await store.store_flags(inbox.id, [uid], ["\\seen", "work"], FlagMode.ADD)
+    [update] = result.updated
+    assert update.flags == {"\\Seen", "work"} and update.changed
+    await store.expunge(inbox.id, [uid])
+    changes = await store.changes_since(inbox.id, start)
+    assert [(c.kind, c.uid) for c in changes] == [
+        (ChangeKind.APPEND, uid), (ChangeKind.FLAGS, uid), (ChangeKind.EXPUNGE, uid)]
+    assert [c.modseq for c in changes] == [start + 1, start + 2, start + 3]
+    assert await store.highest_modseq(inbox.id) == start + 3
+    assert await store.changes_since(inbox.id, start + 3) == []
+
+
+async def test_flag_modes_and_unchanged_since(store):
+    _, inbox = await inbox_of(store)
+    a = await store.append(inbox.id, mail(1), ["\\Seen"])
+    b = await store.append(inbox.id, mail(2))
+    res = await store.store_flags(inbox.id, [a, b, 99], ["\\Flagged"], FlagMode.ADD)
+    assert [(u.uid, u.flags) for u in res.updated] == [(a, {"\\Seen", "\\Flagged"}),
+                                                        (b, {"\\Flagged"})]
+    res = await store.store_flags(inbox.id, [a], ["\\Seen"], FlagMode.REMOVE)
+    assert res.updated[0].flags == {"\\Flagged"}
+    res = await store.store_flags(inbox.id, [a], ["$Junk"], FlagMode.REPLACE)
+    assert res.updated[0].flags == {"$Junk"}
+    modseq_a = res.updated[0].modseq
+    before = await store.highest_modseq(inbox.id)
+    res = await store.store_flags(inbox.id, [a], ["$Junk"], FlagMode.ADD)
+    assert not res.updated[0].changed and await store.highest_modseq(inbox.id) == before
+    # b's modseq is older than a's: UNCHANGEDSINCE between them touches b only.
+    res = await store.store_flags(inbox.id, [a, b], ["\\Answered"], FlagMode.ADD,
+                                  unchanged_since=modseq_a - 1)
+    assert res.modified == [a] and [u.uid for u in res.updated] == [b]
+
+
+async def test_ingest_is_idempotent_by_uidl(store):
+    account, inbox = await inbox_of(store)
+    assert await store.ingest(account.id, "u1", mail(1), WHEN) == 1
+    assert await store.ingest(account.id, "u1", mail(1), WHEN) is None
+    got = await store.ingest_many(account.id, [IngestItem("u2", mail(2), WHEN),
+                                               IngestItem("u1", mail(1), WHEN),
+                                               IngestItem("u3", mail(3), WHEN),
+                                               IngestItem("u3", mail(3), WHEN)])
+    assert got == [2, None, 3, None]
+    assert await store.known_uidls(account.id) == {"u1", "u2", "u3"}
+    # An expunged message stays known: ingest never brings it back.
+    await store.expunge(inbox.id, [1])
+    assert await store.ingest(account.id, "u1", mail(1), WHEN) is None
+    meta = await store.messages(inbox.id)
+    assert [(m.uid, m.pop3_uidl) for m in meta] == [(2, "u2"), (3, "u3")]
+
+
+async def test_retention_bookkeeping(store):
+    account, _ = await inbox_of(store)
+    await store.ingest(account.id, "u1", mail(1), WHEN)
+    await store.ingest(account.id, "u2", mail(2), WHEN)
+    assert set(await store.fetched_at(account.id)) == {"u1", "u2"}
+    await store.mark_deleted_upstream(account.id, ["u1"])
+    assert set(await store.fetched_at(account.id)) == {"u2"}
+    assert await store.known_uidls(account.id) == {"u1", "u2"}
+
+
+async def test_copy_move_expunge(store):
+    account, inbox = await inbox_of(store)
+    archive = await store.get_mailbox(account.id, "Archive")
+    uids = [await store.append(inbox.id, mail(i), ["\\Seen"]) for i in range(3)]
+    assert await store.copy(inbox.id, [uids[0], uids[2]], archive.id) == [(1, 1), (3, 2)]
+    assert await store.move(inbox.id, [uids[1]], archive.id) == [(2, 3)]
+    assert [m.uid for m in await store.messages(inbox.id)] == [1, 3]
+    copied = await store.messages(archive.id)
+    assert [m.flags for m in copied] == [{"\\Seen"}] * 3
+    assert [await store.body(m) for m in copied] == [mail(0), mail(2), mail(1)]
+    # Bodies are shared: expunging the original keeps the copy readable.
+    await store.expunge(inbox.id, [1])
+    assert await store.body(copied[0]) == mail(0)
+    kinds = [c.kind for c in await store.changes_since(inbox.id, 0)]
+    assert kinds.count(ChangeKind.EXPUNGE) == 2
+
+
+async def test_mailbox_create_delete_rename(store):
+    account, _ = await inbox_of(store)
+    await store.create_mailbox(account.id, "Work")
+    await store.create_mailbox(account.id, "Work/2024")
+    with pytest.raises(MailboxExists):
+        await store.create_mailbox(account.id, "Work")
+    old = await store.get_mailbox(account.id, "Work")
+    uid = await store.append(old.id, mail(1))
+    await store.rename_mailbox(account.id, "Work", "Jobs")
+    renamed = await store.get_mailbox(account.id, "Jobs")
+    assert renamed.id == old.id and renamed.uidvalidity == old.uidvalidity
+    assert await store.get_mailbox(account.id, "Jobs/2024") is not None
+    assert await store.get_mailbox(account.id, "Work") is None
+    await store.delete_mailbox(account.id, "Jobs")
+    assert await store.get_mailbox(account.id, "Jobs") is None
+    # Re-creating a name gives a new UIDVALIDITY (RFC 3501 2.3.1.1).
+    again = await store.create_mailbox(account.id, "Jobs")
+    assert again.uidvalidity > old.uidvalidity and again.uidnext == 1
+    with pytest.raises(StoreError):
+        await store.delete_mailbox(account.id, "INBOX")
+    with pytest.raises(MailboxNotFound):
+        await store.delete_mailbox(account.id, "Nope")
+    await store.set_subscribed(account.id, "Jobs", False)
+    assert not (await store.get_mailbox(account.id, "Jobs")).subscribed
+    assert uid == 1
+
+
+async def test_rename_inbox_moves_messages(store):
+    account, inbox = await inbox_of(store)
+    await store.append(inbox.id, mail(1), ["\\Seen"])
+    await store.append(inbox.id, mail(2))
+    await store.rename_mailbox(account.id, "INBOX", "Old")
+    assert await store.messages(inbox.id) == []
+    still = await store.get_mailbox(account.id, INBOX)
+    assert still.id == inbox.id and still.uidvalidity == inbox.uidvalidity and still.uidnext == 3
+    old = await store.get_mailbox(account.id, "Old")
+    moved = await store.messages(old.id)
+    assert [(m.uid, m.flags) for m in moved] == [(1, {"\\Seen"}), (2, frozenset())]
+    assert await store.append(inbox.id, mail(3)) == 3
+
+
+async def test_cache_blob_roundtrip(store):
+    _, inbox = await inbox_of(store)
+    await store.append(inbox.id, mail(1), cache=b'{"envelope": 1}')
+    [meta] = await store.messages(inbox.id)
+    assert await store.cache(meta) == b'{"envelope": 1}'
+    await store.set_cache(meta, b'{"envelope": 2}')
+    assert await store.cache(meta) == b'{"envelope": 2}'
+
+
+async def test_postgres_url_not_implemented():
+    with pytest.raises(NotImplementedError):
+        await open_store("postgresql://localhost/mail")
+
+
+# ---- encryption at rest ---------------------------------------------------------------------------
+
+def raw_files(path) -> bytes:
+    return b"".join(p.read_bytes() for p in path.parent.iterdir() if p.name.startswith(path.name))
+
+
+async def test_marker_not_found_in_sqlite_files_with_key(tmp_path):
+    path = tmp_path / "enc.db"
+    ring = KeyRing.parse(KeyRing.generate_line("k1"))
+    marker = b"MARKER-7f3a9c-unique-secret-text"
+    s = await open_store(str(path), ring)
+    account, inbox = await inbox_of(s)
+    body = mail(1, marker * 3)
+    await s.ingest(account.id, "u1", body, WHEN, cache=b'{"subject": "%s"}' % marker)
+    await s.append(inbox.id, mail(2, marker))
+    await s.save_credentials(account.id, b"password " + marker)
+    assert marker not in raw_files(path)
+    messages = await s.messages(inbox.id)
+    assert await s.body(messages[0]) == body
+    assert marker in await s.cache(messages[0])
+    assert marker in await s.load_credentials(account.id)
+    await s.close()
+    assert marker not in raw_files(path)
+    # Without encryption the marker is visible: the check above is meaningful.
+    plain = tmp_path / "plain.db"
+    s = await open_store(str(plain))
+    account, inbox = await inbox_of(s)
+    await s.append(inbox.id, b"Subject: x\r\n\r\n" + marker)
+    await s.close()
+    assert marker in raw_files(plain)
+
+
+async def test_key_rotation_keeps_old_messages_readable(tmp_path):
+    path = str(tmp_path / "rot.db")
+    k1, k2 = KeyRing.generate_line("k1"), KeyRing.generate_line("k2")
+    s = await open_store(path, KeyRing.parse(k1))
+    account, inbox = await inbox_of(s)
+    await s.append(inbox.id, mail(1))
+    await s.close()
+    s = await open_store(path, KeyRing.parse(k1 + "\n" + k2))
+    await s.append(inbox.id, mail(2))
+    first, second = await s.messages(inbox.id)
+    assert await s.body(first) == mail(1) and await s.body(second) == mail(2)
+    await s.close()
+    # Drop k1: the store opens (its key check is under k2) but k1's record names its key.
+    s = await open_store(path, KeyRing.parse(k2))
+    first, second = await s.messages(inbox.id)
+    assert await s.body(second) == mail(2)
+    with pytest.raises(StoreKeyError, match=r"message 1: no key 'k1' in key ring"):
+        await s.body(first)
+    await s.close()
+
+
+async def test_wrong_or_missing_key_is_a_clear_error(tmp_path):
+    path = str(tmp_path / "wrong.db")
+    s = await open_store(path, KeyRing.parse(KeyRing.generate_line("k1")))
+    await s.close()
+    with pytest.raises(StoreKeyError, match="wrong key or corrupted record"):
+        await open_store(path, KeyRing.parse(KeyRing.generate_line("k1")))
+    with pytest.raises(StoreKeyError, match="is encrypted"):
+        await open_store(path)
+    with pytest.raises(StoreKeyError, match="no key 'k1'"):
+        await open_store(path, KeyRing.parse(KeyRing.generate_line("other")))
+
+
+async def test_tampered_record_is_detected(tmp_path):
+    path = tmp_path / "tamper.db"
+    ring = KeyRing.parse(KeyRing.generate_line("k1"))
+    s = await open_store(str(path), ring)
+    account, inbox = await inbox_of(s)
+    await s.append(inbox.id, mail(1))
+    await s.append(inbox.id, mail(2))
+    await s.close()
+    db = sqlite3.connect(path)
+    # Swap the two records: each is bound to its own body id by the associated data.
+    (a, da), (b, db_) = db.execute("SELECT id, data FROM bodies ORDER BY id").fetchall()
+    db.execute("UPDATE bodies SET data = ? WHERE id = ?", (db_, a))
+    db.commit()
+    db.close()
+    s = await open_store(str(path), ring)
+    first, _ = await s.messages(inbox.id)
+    with pytest.raises(StoreKeyError, match="decryption failed"):
+        await s.body(first)
+    await s.close()
+
+
+async def test_credentials_need_a_key(store):
+    account, _ = await inbox_of(store)
+    with pytest.raises(StoreKeyError):
+        await store.save_credentials(account.id, b"secret")
+    assert await store.load_credentials(account.id) is None
+
+
+def test_key_file_parsing(tmp_path):
+    with pytest.raises(StoreKeyError, match="line 1"):
+        KeyRing.parse("k1:not-base64!!")
+    with pytest.raises(StoreKeyError, match="32 bytes"):
+        KeyRing.parse("k1:AAAA")
+    ring = KeyRing.parse("# comment\n" + KeyRing.generate_line("a") + "\n\n"
+                         + KeyRing.generate_line("b") + "\n")
+    assert ring.current == "b"
+    with pytest.raises(StoreKeyError, match="cannot read key file"):
+        KeyRing.from_file(tmp_path / "missing")
