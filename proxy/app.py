@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -19,10 +20,25 @@ from .net.tls import ServerTLS, TLSConfigError, UpstreamTLS
 from .relay.context import Runtime
 
 
-def _handlers():
+def _handlers(gateway) -> dict:
     from .relay import imap_session, pop3_session
 
-    return {("imap", "relay"): imap_session.handle, ("pop3", "relay"): pop3_session.handle}
+    handlers = {("imap", "relay"): imap_session.handle, ("pop3", "relay"): pop3_session.handle}
+    if gateway is not None:
+        handlers[("imap", "gateway")] = gateway.handle
+    return handlers
+
+
+@asynccontextmanager
+async def _maybe_gateway(config: Config, metrics):
+    """The gateway service (store, fetchers) when a listener has `mode: gateway`."""
+    if not any(l.mode == "gateway" for l in config.listeners):
+        yield None
+        return
+    from .gateway.service import open_gateway
+
+    async with open_gateway(config, metrics) as service:
+        yield service
 
 
 def build_runtime(config: Config, metrics: Metrics, health: Health, drain: trio.Event,
@@ -49,14 +65,16 @@ class App:
         self.throttle = Throttle(config.auth_throttle, trio.current_time)
         self.runtime = build_runtime(config, self.metrics, self.health, self.drain_event,
                                      self.throttle)
-        handlers = _handlers()
-        self.servers = [ListenerServer(l.name, lambda: self.runtime,
-                                       handlers[(l.protocol, l.mode)])
-                        for l in config.listeners]
+        self.servers: list[ListenerServer] = []
 
     async def run(self) -> None:
         config = self.runtime.config
-        async with trio.open_nursery() as nursery:
+        async with _maybe_gateway(config, self.metrics) as gateway, \
+                trio.open_nursery() as nursery:
+            handlers = _handlers(gateway)
+            self.servers = [ListenerServer(l.name, lambda: self.runtime,
+                                           handlers[(l.protocol, l.mode)])
+                            for l in config.listeners]
             if config.metrics is not None:
                 await nursery.start(serve_http, config.metrics.address, self.metrics, self.health)
             nursery.start_soon(check_upstreams, config, self.health, self.metrics)

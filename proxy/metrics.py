@@ -51,6 +51,7 @@ COMMAND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 # IMAP sessions commonly last hours (IDLE clients reconnect every 29 min, some stay all day).
 SESSION_BUCKETS = (0.1, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400)
 CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+SYNC_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 # RFC 3501 / RFC 9051 commands plus the extensions clients actually send. UID commands are
 # "UID <CMD>" with one space.
@@ -98,7 +99,8 @@ AUTH_MECHANISMS = {
 }
 _MECHANISMS = frozenset(m for ms in AUTH_MECHANISMS.values() for m in ms)
 AUTH_RESULTS = ("success", "failure", "tempfail", "error")
-TLS_RESULTS = ("ok", "failed", "alpn_refused")
+# "ok" plus every server-side TLSHandshakeError.reason (proxy/net/tls.py), the values recorded.
+TLS_RESULTS = ("ok", "handshake_failed", "timeout", "alpn_refused")
 STARTTLS_SIDES = ("client", "upstream")
 STARTTLS_RESULTS = ("ok", "failed", "refused", "injection")
 DIRECTIONS = ("client_to_upstream", "upstream_to_client")
@@ -212,6 +214,35 @@ class Metrics:
         self.limit_hits = Counter(
             "mailproxy_limit_hits_total", "Times a configured limit was enforced.",
             ["limit"], registry=r)
+
+        # --- gateway (POP3 ingest, store, IMAP sessions over the store)
+        self.gateway_syncs = Counter(
+            "mailproxy_gateway_syncs_total", "POP3 syncs of gateway accounts, by result.",
+            ["result"], registry=r)
+        self.gateway_sync_duration = Histogram(
+            "mailproxy_gateway_sync_duration_seconds", "Duration of one POP3 sync.",
+            buckets=SYNC_BUCKETS, registry=r)
+        self.gateway_ingested_messages = Counter(
+            "mailproxy_gateway_ingested_messages_total", "Messages ingested from POP3.", registry=r)
+        self.gateway_ingested_bytes = Counter(
+            "mailproxy_gateway_ingested_bytes_total", "Bytes of messages ingested from POP3.",
+            registry=r)
+        self.gateway_upstream_deletes = Counter(
+            "mailproxy_gateway_upstream_deletes_total",
+            "DELE commands sent upstream by the retention policy.", registry=r)
+        self.gateway_ingest_errors = Counter(
+            "mailproxy_gateway_ingest_errors_total", "Failed syncs, by reason.", ["reason"],
+            registry=r)
+        self.gateway_store_size = Gauge(
+            "mailproxy_gateway_store_bytes", "Size of the gateway store on disk.", registry=r)
+        self.gateway_sessions = Gauge(
+            "mailproxy_gateway_sessions", "Open gateway IMAP sessions (logged in).", registry=r)
+        self.gateway_idle_sessions = Gauge(
+            "mailproxy_gateway_idle_sessions", "Gateway IMAP sessions in IDLE.", registry=r)
+        self.gateway_propagation_seconds = Histogram(
+            "mailproxy_gateway_propagation_seconds",
+            "Time from a mailbox change to its untagged response in another session.",
+            buckets=COMMAND_BUCKETS, registry=r)
 
         # --- process
         self.build_info = Gauge(

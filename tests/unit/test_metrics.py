@@ -179,7 +179,8 @@ def test_init_listener_and_upstream_create_series():
     get = metrics.registry.get_sample_value
     assert get("mailproxy_connections_total",
                {"listener": "imaps", "protocol": "imap", "tls": "implicit"}) == 0
-    assert get("mailproxy_tls_handshakes_total", {"listener": "imaps", "result": "failed"}) == 0
+    for result in ("ok", "handshake_failed", "timeout", "alpn_refused"):  # TLSHandshakeError.reason
+        assert get("mailproxy_tls_handshakes_total", {"listener": "imaps", "result": result}) == 0
     for reason in m.FAILURE_REASONS:
         assert get("mailproxy_upstream_errors_total",
                    {"upstream": "dovecot", "protocol": "pop3", "reason": reason}) == 0

@@ -1,0 +1,75 @@
+"""Gateway logins: LOGIN / AUTHENTICATE PLAIN checked against the account's upstream POP3 server.
+
+Theory of operation: the route of the user names an upstream; its `pop3:` service decides the
+password (USER/PASS or AUTH PLAIN via the fetcher's `Pop3Client`, then QUIT). A success is
+remembered for `gateway.auth_cache_ttl` seconds as an scrypt hash of the password, salted with a
+random per-process salt and the account name: never the password itself. While a remembered
+success is fresh, a reconnect does not touch the upstream; when the upstream is unreachable and
+the hash matches, the login succeeds too (issue 7: UNAVAILABLE only "unless a cached success
+applies"). A wrong password drops the remembered success.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import os
+import time
+
+import trio
+
+from ..config import Upstream
+from .fetcher import FetchError, Pop3Client
+
+# scrypt cost: ~20 ms and 16 MiB per check, off the trio thread.
+_SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "dklen": 32}
+
+
+class AuthResult(enum.Enum):
+    OK = "success"
+    FAILED = "failure"          # NO [AUTHENTICATIONFAILED]
+    UNAVAILABLE = "tempfail"    # NO [UNAVAILABLE]
+
+
+class Authenticator:
+    """Checks passwords against POP3 upstreams, with the salted success cache described above."""
+
+    def __init__(self, ttl: float):
+        self.ttl = ttl
+        self._salt = os.urandom(16)
+        self._cache: dict[tuple[str, str], tuple[bytes, float]] = {}
+
+    def _hash(self, upstream: str, user: str, password: bytes) -> bytes:
+        salt = self._salt + upstream.encode() + b"\0" + user.encode()
+        return hashlib.scrypt(password, salt=salt, **_SCRYPT)
+
+    def _cached(self, key: tuple[str, str], digest: bytes) -> bool:
+        entry = self._cache.get(key)
+        return entry is not None and entry[1] > time.monotonic() and hmac.compare_digest(entry[0], digest)
+
+    async def verify(self, upstream_name: str, upstream: Upstream, user: str,
+                     password: bytes) -> AuthResult:
+        """Is `password` right for `user`? Never raises for upstream trouble."""
+        key = (upstream_name, user)
+        digest = await trio.to_thread.run_sync(self._hash, upstream_name, user, password)
+        if self._cached(key, digest):
+            return AuthResult.OK
+        try:
+            text = password.decode("utf-8")
+        except UnicodeDecodeError:
+            return AuthResult.FAILED
+        try:
+            client = await Pop3Client.connect(upstream)
+            try:
+                await client.login(user, text)
+                await client.quit()
+            finally:
+                await client.aclose()
+        except FetchError as exc:
+            if exc.reason == "auth":
+                self._cache.pop(key, None)
+                return AuthResult.FAILED
+            return AuthResult.UNAVAILABLE
+        self._cache[key] = (digest, time.monotonic() + self.ttl)
+        return AuthResult.OK

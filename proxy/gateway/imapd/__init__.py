@@ -1,0 +1,15 @@
+"""The gateway's IMAP4rev1 server over the `proxy.store` message store.
+
+Modules: `session` (read loop, dispatch, IDLE), `commands` (the command table and capabilities),
+`_state` (states and transitions), `_mailboxes` (authenticated-state commands), `_messages`
+(selected-state commands), `_fetch` (FETCH and the MIME/body caches), `_view` (a session's
+picture of its selected mailbox), `hub` (change notification between sessions), `utf7`
+(mailbox names), `_args` (argument decoding).
+"""
+
+from .commands import CAPABILITIES
+from ._fetch import BodyCache, MimeCache
+from .hub import Hub
+from .session import Backend, ImapSession
+
+__all__ = ["CAPABILITIES", "Backend", "BodyCache", "Hub", "ImapSession", "MimeCache"]

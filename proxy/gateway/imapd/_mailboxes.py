@@ -1,0 +1,243 @@
+"""Authenticated-state commands (RFC 3501 6.3): SELECT, EXAMINE, CREATE, DELETE, RENAME,
+SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, APPEND; plus NAMESPACE (RFC 2342).
+
+Names are Unicode in the store and modified UTF-7 on the wire (5.1.3); the hierarchy separator
+is "/". Superior names that do not exist as mailboxes (after "CREATE a/b" of old, or a DELETE of
+a parent) are listed with \\Noselect so clients can walk the tree (6.3.8). LIST attributes
+carry RFC 3348 CHILDREN and RFC 6154 SPECIAL-USE.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from ...store.base import INBOX, SYSTEM_FLAGS
+from ._args import (Reply, astring, flag_list, mailbox, mailbox_wire, parse_date_time, parse_flags,
+                    word)
+from ._fetch import analyze
+from ._messages import publish_appended
+from ._state import Trigger
+from ._view import SelectedView
+from . import utf7
+
+SEP = "/"
+_STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN")
+
+
+# ---- SELECT / EXAMINE ------------------------------------------------------------------------
+
+async def select(session, cmd, read_only: bool = False):
+    if len(cmd.args) != 1:
+        raise Reply.bad("SELECT expects one mailbox name")   # no CONDSTORE/QRESYNC parameters
+    name = mailbox(cmd.args[0])
+    session.deselect()   # RFC 3501 6.3.1: even if this SELECT fails, nothing stays selected
+    box = await session.store.get_mailbox(session.account.id, name)
+    if box is None:
+        session.transition(Trigger.SELECT_FAILED)
+        raise Reply.no(f"Mailbox does not exist: {name}", b"NONEXISTENT")
+    view = SelectedView(box, [], read_only, set())
+    session.select(view)   # subscribe before the snapshot: no change can fall in between
+    metas = await session.store.messages(box.id)
+    view.uids, view.meta = [m.uid for m in metas], {m.uid: m for m in metas}
+    view.recent = session.backend.hub.claim_recent(box.id, take=not read_only) & set(view.meta)
+    session.transition(Trigger.SELECT)
+    keywords = sorted({f for m in metas for f in m.flags if not f.startswith("\\")})
+    flags = list(SYSTEM_FLAGS) + keywords
+    session.emit(b"FLAGS " + flag_list(flags))
+    permanent = b"()" if read_only else flag_list(flags + ["\\*"])
+    session.emit(b"OK [PERMANENTFLAGS " + permanent + b"] Flags permitted.")
+    session.emit(b"%d EXISTS" % view.exists)
+    session.emit(b"%d RECENT" % len(view.recent))
+    first_unseen = next((i + 1 for i, m in enumerate(metas) if "\\Seen" not in m.flags), None)
+    if first_unseen is not None:
+        session.emit(b"OK [UNSEEN %d] First unseen." % first_unseen)
+    session.emit(b"OK [UIDVALIDITY %d] UIDs valid." % box.uidvalidity)
+    session.emit(b"OK [UIDNEXT %d] Predicted next UID." % max(box.uidnext, view.max_uid + 1))
+    return (b"READ-ONLY" if read_only else b"READ-WRITE"), ("Examine" if read_only else "Select") + \
+        " completed."
+
+
+async def examine(session, cmd):
+    return await select(session, cmd, read_only=True)
+
+
+# ---- CREATE / DELETE / RENAME / SUBSCRIBE -----------------------------------------------------
+
+def _clean(name: str) -> str:
+    name = name.rstrip(SEP)   # RFC 3501 6.3.3: a trailing separator only declares the intent
+    if not name or SEP * 2 in name or name.startswith(SEP):
+        raise Reply.no("Invalid mailbox name.")
+    return name
+
+
+async def _create_parents(session, name: str) -> None:
+    parts = name.split(SEP)
+    existing = {m.name for m in await session.store.list_mailboxes(session.account.id)}
+    for depth in range(1, len(parts)):
+        parent = SEP.join(parts[:depth])
+        if parent not in existing and parent.upper() != INBOX:
+            await session.store.create_mailbox(session.account.id, parent)
+
+
+async def create(session, cmd):
+    if len(cmd.args) != 1:
+        raise Reply.bad("CREATE expects one mailbox name")
+    name = _clean(mailbox(cmd.args[0]))
+    if name == INBOX or await session.store.get_mailbox(session.account.id, name) is not None:
+        raise Reply.no("Mailbox already exists.", b"ALREADYEXISTS")
+    await _create_parents(session, name)   # 6.3.3: SHOULD create superior names
+    await session.store.create_mailbox(session.account.id, name)
+    return None
+
+
+async def delete(session, cmd):
+    if len(cmd.args) != 1:
+        raise Reply.bad("DELETE expects one mailbox name")
+    name = mailbox(cmd.args[0])
+    if name == INBOX:   # 6.3.4: deleting INBOX is an error
+        raise Reply.no("INBOX cannot be deleted.")
+    box = await session.store.get_mailbox(session.account.id, name)
+    if box is None:
+        raise Reply.no(f"Mailbox does not exist: {name}", b"NONEXISTENT")
+    if session.view is not None and session.view.mailbox_id == box.id:
+        session.deselect()
+        session.transition(Trigger.CLOSE)
+    await session.store.delete_mailbox(session.account.id, name)
+    session.backend.hub.gone(box.id)
+    return None
+
+
+async def rename(session, cmd):
+    if len(cmd.args) != 2:
+        raise Reply.bad("RENAME expects two mailbox names")
+    old, new = mailbox(cmd.args[0]), _clean(mailbox(cmd.args[1]))
+    store, account = session.store, session.account.id
+    box = await store.get_mailbox(account, old)
+    if box is None:
+        raise Reply.no(f"Mailbox does not exist: {old}", b"NONEXISTENT")
+    if new == INBOX or await store.get_mailbox(account, new) is not None:
+        raise Reply.no("Target mailbox already exists.", b"ALREADYEXISTS")
+    moved = [m.uid for m in await store.messages(box.id)] if old == INBOX else []
+    await _create_parents(session, new)
+    await store.rename_mailbox(account, old, new)
+    if old == INBOX:   # 6.3.5: INBOX's messages moved to the new name, INBOX stays (empty)
+        session.backend.hub.expunged(box.id, moved)
+    return None
+
+
+async def subscribe(session, cmd, subscribed: bool = True):
+    if len(cmd.args) != 1:
+        raise Reply.bad("Expected one mailbox name")
+    await session.store.set_subscribed(session.account.id, mailbox(cmd.args[0]), subscribed)
+    return None
+
+
+async def unsubscribe(session, cmd):
+    return await subscribe(session, cmd, subscribed=False)
+
+
+# ---- LIST / LSUB ----------------------------------------------------------------------------
+
+def _pattern(text: str) -> re.Pattern:
+    """RFC 3501 6.3.8: "*" matches anything, "%" anything but the separator."""
+    body = "".join(".*" if c == "*" else "[^/]*" if c == "%" else re.escape(c) for c in text)
+    return re.compile(body + r"\Z", re.DOTALL)
+
+
+async def list_(session, cmd, lsub: bool = False):
+    if len(cmd.args) != 2 or isinstance(cmd.args[0], tuple):
+        raise Reply.bad("LIST expects a reference and a mailbox pattern")   # no LIST-EXTENDED
+    try:
+        reference = utf7.decode(astring(cmd.args[0]))
+        raw = utf7.decode(astring(cmd.args[1]))
+    except utf7.Utf7Error as exc:
+        raise Reply.bad(f"Invalid name: {exc}") from None
+    verb = b"LSUB" if lsub else b"LIST"
+    if raw == "" and not lsub:   # 6.3.8: the hierarchy delimiter and root
+        session.emit(b'LIST (\\Noselect) "/" ""')
+        return None
+    full = reference + raw if not reference or reference.endswith(SEP) or raw.startswith(SEP) \
+        else reference + SEP + raw
+    if full[:5].upper() == INBOX:   # INBOX is case-insensitive (5.1), other names are not
+        full = INBOX + full[5:]
+    pattern = _pattern(full)
+    boxes = await session.store.list_mailboxes(session.account.id)
+    real = {b.name: b for b in boxes}
+    shown = {b.name for b in boxes if b.subscribed} if lsub else set(real)
+    implied = {SEP.join(n.split(SEP)[:i]) for n in shown for i in range(1, n.count(SEP) + 1)}
+    names = set(real)
+    for name in sorted(shown | (implied - shown), key=lambda n: (n != INBOX, n)):
+        if not pattern.match(name):
+            continue
+        attrs = []
+        if name not in shown or name not in real:
+            attrs.append("\\Noselect")
+        if not lsub:
+            has_children = any(n.startswith(name + SEP) for n in names)
+            attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
+            box = real.get(name)
+            if box is not None and box.special_use:
+                attrs.append(box.special_use)
+        session.emit(verb + b" (" + " ".join(attrs).encode() + b') "/" ' + mailbox_wire(name))
+    return None
+
+
+async def lsub(session, cmd):
+    return await list_(session, cmd, lsub=True)
+
+
+# ---- STATUS ---------------------------------------------------------------------------------
+
+async def status(session, cmd):
+    if len(cmd.args) != 2 or not isinstance(cmd.args[1], tuple) or not cmd.args[1]:
+        raise Reply.bad("STATUS expects a mailbox and a list of items")
+    name = mailbox(cmd.args[0])
+    items = [word(item) for item in cmd.args[1]]
+    if any(item not in _STATUS_ITEMS for item in items):
+        raise Reply.bad("Unknown STATUS item")
+    box = await session.store.get_mailbox(session.account.id, name)
+    if box is None:
+        raise Reply.no(f"Mailbox does not exist: {name}", b"NONEXISTENT")
+    metas = await session.store.messages(box.id) if b"UNSEEN" in items else None
+    values = {
+        b"MESSAGES": box.exists,
+        b"RECENT": len(session.backend.hub.claim_recent(box.id, take=False)),
+        b"UIDNEXT": box.uidnext,
+        b"UIDVALIDITY": box.uidvalidity,
+        b"UNSEEN": sum("\\Seen" not in m.flags for m in metas) if metas is not None else 0,
+    }
+    body = b" ".join(b"%s %d" % (item, values[item]) for item in items)
+    session.emit(b"STATUS " + mailbox_wire(box.name) + b" (" + body + b")")
+    return None
+
+
+# ---- APPEND ---------------------------------------------------------------------------------
+
+async def append(session, cmd):
+    args = cmd.args
+    if not 2 <= len(args) <= 4 or not isinstance(args[-1], bytes) or isinstance(args[-1], tuple):
+        raise Reply.bad("APPEND expects a mailbox, optional flags and date, and a message literal")
+    name = mailbox(args[0])
+    flags: list[str] = []
+    when = None
+    for extra in args[1:-1]:
+        if isinstance(extra, tuple):
+            flags = parse_flags(extra, allow_recent=True)
+        else:
+            when = parse_date_time(extra)
+    body = bytes(args[-1])
+    box = await session.store.get_mailbox(session.account.id, name)
+    if box is None:   # RFC 3501 6.3.11
+        raise Reply.no(f"Mailbox does not exist: {name}", b"TRYCREATE")
+    if not body:
+        raise Reply.no("Cannot append an empty message.")
+    cache = json.dumps(await analyze(body)).encode()   # analysed once, here (issue 7)
+    uid = await session.store.append(box.id, body, flags, when, cache=cache)
+    await publish_appended(session, box.id)
+    return b"APPENDUID %d %d" % (box.uidvalidity, uid), "APPEND completed."
+
+
+async def namespace(session, cmd):
+    session.emit(b'NAMESPACE (("" "/")) NIL NIL')   # RFC 2342: one personal namespace
+    return None

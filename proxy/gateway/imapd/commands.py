@@ -1,0 +1,109 @@
+"""The command table: every command the server knows, the states it is valid in (RFC 3501 6),
+its handler, and whether other sessions' expunges may be announced when it completes
+(RFC 3501 7.4.1: not during FETCH, STORE, SEARCH). CAPABILITY is generated from `CAPABILITIES`,
+which lists only what is implemented and tested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from ._args import Reply
+from ._state import ANY, AUTH, PRE, SEL, Trigger
+from . import _mailboxes as mb
+from . import _messages as msg
+
+# Post-login capabilities (RFC 3501 7.2.1). SASL-IR and AUTH= are the pre-login front's.
+CAPABILITIES = (b"IMAP4rev1", b"LITERAL+", b"IDLE", b"UIDPLUS", b"MOVE", b"NAMESPACE", b"ID",
+                b"ENABLE", b"UNSELECT", b"SPECIAL-USE", b"CHILDREN", b"ESEARCH")
+# Extensions ENABLE (RFC 5161) can turn on: none yet (CONDSTORE/QRESYNC are not implemented).
+ENABLEABLE: frozenset[bytes] = frozenset()
+
+Handler = Callable[[Any, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    states: frozenset
+    handler: Handler
+    expunge_ok: bool = True
+
+
+async def _capability(session, cmd):
+    session.emit(b"CAPABILITY " + b" ".join(CAPABILITIES))
+
+
+async def _noop(session, cmd):
+    return None   # pending updates are sent by the session after every command (6.1.2)
+
+
+async def _logout(session, cmd):
+    session.emit(b"BYE Logging out.")   # RFC 3501 6.1.3: BYE, then the tagged OK
+    session.deselect()
+    session.transition(Trigger.LOGOUT)
+
+
+async def _id(session, cmd):
+    session.emit(b'ID ("name" "mailproxy" "vendor" "mailproxy gateway")')   # RFC 2971
+
+
+async def _enable(session, cmd):
+    if not cmd.args:
+        raise Reply.bad("ENABLE expects capability names")
+    enabled = [bytes(a).upper() for a in cmd.args if isinstance(a, bytes)
+               and bytes(a).upper() in ENABLEABLE]
+    session.enabled.update(enabled)
+    session.emit(b"ENABLED" + b"".join(b" " + e for e in enabled))   # RFC 5161 3.1
+
+
+async def _idle(session, cmd):
+    await session.idle(cmd)
+
+
+async def _already(session, cmd):
+    raise Reply.bad("Already authenticated.")
+
+
+COMMANDS: dict[bytes, CommandSpec] = {
+    # any state (RFC 3501 6.1)
+    b"CAPABILITY": CommandSpec(ANY, _capability),
+    b"NOOP": CommandSpec(ANY, _noop),
+    b"LOGOUT": CommandSpec(ANY, _logout),
+    b"ID": CommandSpec(ANY, _id),
+    # not authenticated (6.2): handled by the pre-login front; here they are out of state
+    b"LOGIN": CommandSpec(PRE, _already),
+    b"AUTHENTICATE": CommandSpec(PRE, _already),
+    b"STARTTLS": CommandSpec(PRE, _already),
+    # authenticated (6.3)
+    b"SELECT": CommandSpec(AUTH, mb.select),
+    b"EXAMINE": CommandSpec(AUTH, mb.examine),
+    b"CREATE": CommandSpec(AUTH, mb.create),
+    b"DELETE": CommandSpec(AUTH, mb.delete),
+    b"RENAME": CommandSpec(AUTH, mb.rename),
+    b"SUBSCRIBE": CommandSpec(AUTH, mb.subscribe),
+    b"UNSUBSCRIBE": CommandSpec(AUTH, mb.unsubscribe),
+    b"LIST": CommandSpec(AUTH, mb.list_),
+    b"LSUB": CommandSpec(AUTH, mb.lsub),
+    b"STATUS": CommandSpec(AUTH, mb.status),
+    b"APPEND": CommandSpec(AUTH, mb.append),
+    b"NAMESPACE": CommandSpec(AUTH, mb.namespace),
+    b"ENABLE": CommandSpec(AUTH - SEL, _enable),
+    b"IDLE": CommandSpec(AUTH, _idle),
+    # selected (6.4)
+    b"CHECK": CommandSpec(SEL, msg.check),
+    b"CLOSE": CommandSpec(SEL, msg.close),
+    b"UNSELECT": CommandSpec(SEL, msg.unselect),
+    b"EXPUNGE": CommandSpec(SEL, msg.expunge),
+    b"SEARCH": CommandSpec(SEL, msg.search, expunge_ok=False),
+    b"FETCH": CommandSpec(SEL, msg.fetch, expunge_ok=False),
+    b"STORE": CommandSpec(SEL, msg.store, expunge_ok=False),
+    b"COPY": CommandSpec(SEL, msg.copy),
+    b"MOVE": CommandSpec(SEL, msg.move),
+    b"UID SEARCH": CommandSpec(SEL, msg.search),
+    b"UID FETCH": CommandSpec(SEL, msg.fetch),
+    b"UID STORE": CommandSpec(SEL, msg.store),
+    b"UID COPY": CommandSpec(SEL, msg.copy),
+    b"UID MOVE": CommandSpec(SEL, msg.move),
+    b"UID EXPUNGE": CommandSpec(SEL, msg.expunge),
+}

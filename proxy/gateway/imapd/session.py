@@ -1,0 +1,303 @@
+"""One authenticated IMAP session over the store: the read loop, dispatch, replies, IDLE.
+
+Theory of operation
+-------------------
+The loop is a sequence of named steps: `_next_command` (parser events; `+` for synchronizing
+literals) -> `_check_state` (the command table's `states`) -> `_dispatch` (the handler) ->
+`_finish` (pending changes of other sessions as untagged responses, then the tagged reply).
+Handlers write untagged responses with `emit()` into one output buffer, which is flushed at the
+end of the command (and whenever it grows large), so a FETCH of many messages is few writes.
+
+Handlers end a command early by raising `Reply` (NO/BAD with a response code). StoreError from
+the store becomes NO; any other exception is a bug: it is logged with its traceback, the client
+gets `* BYE` and the connection is closed (no internals are sent).
+
+IDLE (RFC 2177) reads the DONE line in the session task while a second task waits on the
+view's wakeup event and pushes updates as they are published; nobody polls.
+
+Drain (SIGTERM): a watcher task cancels a read that waits for the next command; a command in
+progress completes, then `* BYE` is sent (DESIGN.md, Operations).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ... import logs
+from ...imap import NEED_DATA, CommandParser, Limits, ProtocolError, events, writer
+from ...relay.context import CloseSession, Session
+from ...store import Account, MailboxNotFound, MailboxExists, StoreError
+from ._args import Reply
+from ._state import SELECTED, State, Trigger, next_state
+
+if TYPE_CHECKING:
+    from ._fetch import MimeCache
+    from ._view import SelectedView
+    from .hub import Hub
+
+FLUSH_AT = 256 * 1024
+
+
+class Backend:
+    """What every session of one account shares: the store, the account's hub, the MIME cache,
+    and `on_change` hooks for metrics (set by the service)."""
+
+    def __init__(self, store: Any, hub: "Hub", mime: "MimeCache", metrics: Any = None):
+        self.store, self.hub, self.mime, self.metrics = store, hub, mime, metrics
+
+
+class ImapSession:
+    """The authenticated part of one connection. `run()` returns when the session ends."""
+
+    def __init__(self, session: Session, conn: Any, backend: Backend, account: Account,
+                 unconsumed: bytes = b""):
+        self.session, self.conn, self.backend = session, conn, backend
+        self.store = backend.store
+        self.account = account
+        limits = session.listener.limits
+        # LITERAL+ is advertised, so non-synchronizing literals get the full limit (RFC 7888 4).
+        self.parser = CommandParser(
+            Limits(max_line=limits.max_line, max_literal=limits.max_literal,
+                   max_nonsync_literal=limits.max_literal, max_depth=limits.max_depth),
+            collect_literals=True, parse_args=True)
+        if unconsumed:
+            self.parser.receive_data(unconsumed)
+        self.state = State.AUTHENTICATED
+        self.view: SelectedView | None = None
+        self.enabled: set[bytes] = set()
+        self.out = bytearray()
+        self.draining = False
+        self._read_scope: trio.CancelScope | None = None
+
+    # ---- output -----------------------------------------------------------------------------
+    def emit(self, line: bytes) -> None:
+        """Queue an untagged response (`line` without "* " and CRLF; may hold literals)."""
+        self.out += b"* " + line + b"\r\n"
+
+    async def flush(self) -> None:
+        if self.out:
+            data, self.out = bytes(self.out), bytearray()
+            if not await self.conn.send(data):
+                raise CloseSession("client_closed")
+
+    async def maybe_flush(self) -> None:
+        if len(self.out) >= FLUSH_AT:
+            await self.flush()
+
+    def transition(self, trigger: Trigger) -> None:
+        self.state = next_state(self.state, trigger)
+
+    # ---- the loop ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve commands until LOGOUT, EOF, timeout or drain. Never raises for client input."""
+        error: CloseSession | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_drain)
+            try:
+                while True:
+                    cmd = await self._next_command()
+                    await self._execute(cmd)
+                    if self.draining:
+                        await self._bye(b"Server shutting down.", "shutdown")
+            except CloseSession as exc:
+                error = exc
+            finally:
+                nursery.cancel_scope.cancel()
+                self.deselect()
+        if error is not None:
+            self.session.close_reason = error.reason
+
+    async def _watch_drain(self) -> None:
+        drain = getattr(self.session.runtime, "drain", None)
+        if drain is None:
+            return
+        await drain.wait()
+        self.draining = True
+        if self._read_scope is not None:
+            self._read_scope.cancel()
+
+    async def _bye(self, text: bytes, reason: str) -> None:
+        self.emit(b"BYE " + text)
+        await self.conn.send(bytes(self.out))
+        self.out = bytearray()
+        raise CloseSession(reason)
+
+    async def _receive(self, timeout: float) -> bytes:
+        if self.draining:
+            await self._bye(b"Server shutting down.", "shutdown")
+        with trio.CancelScope() as scope:
+            self._read_scope = scope
+            try:
+                with trio.move_on_after(timeout) as timer:
+                    data = await self.conn.receive()
+            finally:
+                self._read_scope = None
+        if scope.cancelled_caught:
+            await self._bye(b"Server shutting down.", "shutdown")
+        if timer.cancelled_caught:
+            limit_hits = getattr(self.session.runtime.metrics, "limit_hits", None)
+            if limit_hits is not None:
+                limit_hits.labels("idle_timeout").inc()
+            await self._bye(b"Autologout; idle for too long.", "idle_timeout")   # RFC 3501 5.4
+        return data
+
+    async def next_event(self, timeout: float | None = None) -> Any:
+        """The next parser event; answers protocol errors itself. Raises CloseSession."""
+        timeout = timeout or self.session.listener.timeouts.idle
+        while True:
+            try:
+                event = self.parser.next_event()
+            except ProtocolError as exc:
+                await self.flush()
+                await self.conn.send(exc.reply())
+                if exc.fatal:
+                    await self._bye(b"Protocol error.", "protocol_error")
+                continue
+            if event is NEED_DATA:
+                self.parser.receive_data(await self._receive(timeout))
+                continue
+            if isinstance(event, events.ConnectionClosed):
+                raise CloseSession("client_closed")
+            return event
+
+    async def _next_command(self) -> events.Command:
+        while True:
+            event = await self.next_event()
+            if isinstance(event, events.LiteralStart):
+                if event.synchronizing:
+                    await self.conn.send(writer.continuation(b"Ready for literal data"))
+            elif isinstance(event, events.Command):
+                return event
+
+    # ---- one command ------------------------------------------------------------------------
+    async def _execute(self, cmd: events.Command) -> None:
+        from .commands import COMMANDS   # the table imports the handlers, which import us
+
+        self.session.commands += 1
+        started = time.monotonic()
+        spec = COMMANDS.get(cmd.name)
+        status, code, text = b"OK", None, cmd.name.decode("ascii", "replace") + " completed."
+        try:
+            if spec is None:
+                raise Reply.bad("Unknown command.")
+            if self.state not in spec.states:   # RFC 3501 6: command not valid in this state
+                raise Reply.bad(f"Command not valid in the {self.state.value} state.")
+            result = await spec.handler(self, cmd)
+            if result is not None:
+                code, text = result
+        except Reply as reply:
+            status, code, text = reply.status, reply.code, reply.text
+        except MailboxNotFound as exc:
+            status, code, text = b"NO", b"NONEXISTENT", str(exc)
+        except MailboxExists as exc:
+            status, code, text = b"NO", b"ALREADYEXISTS", str(exc)
+        except StoreError as exc:
+            status, code, text = b"NO", b"SERVERBUG", "Internal store error."
+            logs.event("gateway_store_error", logging.WARNING, **self.session.log_fields(),
+                       error=logs.sanitize(str(exc)))
+        except (CloseSession, trio.Cancelled):
+            raise
+        except Exception:   # a bug: log it, tell the client nothing about it, close
+            logs.event("gateway_internal_error", logging.ERROR, exc_info=True,
+                       **self.session.log_fields(), command=cmd.name.decode("ascii", "replace"))
+            await self._bye(b"Internal server error.", "internal_error")
+        if self.state is SELECTED and self.view is not None:
+            await self.send_updates(spec.expunge_ok if spec is not None else False)
+        self.out += writer.tagged(cmd.tag, status, _safe(text), code)
+        await self.flush()
+        self._count(cmd.name, status, started)
+        if self.state is State.LOGOUT:
+            raise CloseSession("client_logout")
+
+    async def send_updates(self, allow_expunge: bool) -> None:
+        view = self.view
+        if view is None or not (view.pending or (allow_expunge and view.expunged)):
+            return
+        for line in view.updates(allow_expunge):
+            self.emit(line)
+        _observe_latency(self.backend.metrics, view)
+        if view.gone:   # our mailbox was deleted by another session
+            await self._bye(b"Selected mailbox was deleted.", "mailbox_deleted")
+
+    def _count(self, name: bytes, status: bytes, started: float) -> None:
+        metrics = self.session.runtime.metrics
+        commands = getattr(metrics, "commands", None)
+        if commands is None:
+            return
+        from ...metrics import command_label
+
+        label = command_label("imap", name)
+        commands.labels("imap", label, status.decode()).inc()
+        metrics.command_duration.labels("imap", label).observe(time.monotonic() - started)
+
+    # ---- selection --------------------------------------------------------------------------
+    def select(self, view: "SelectedView") -> None:
+        self.deselect()
+        self.view = view
+        self.backend.hub.subscribe(view.mailbox_id, view)
+
+    def deselect(self) -> None:
+        if self.view is not None:
+            self.backend.hub.unsubscribe(self.view.mailbox_id, self.view)
+            self.view = None
+
+    # ---- IDLE (RFC 2177) ----------------------------------------------------------------------
+    async def idle(self, cmd: events.Command) -> None:
+        self.out += writer.continuation(b"idling")
+        await self.flush()
+        self.parser.expect_line()
+        error: CloseSession | None = None
+        event = None
+        gauge = getattr(self.backend.metrics, "gateway_idle_sessions", None)
+        if gauge is not None:
+            gauge.inc()
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def push() -> None:   # errors caught here: trio would wrap them in a group
+                    nonlocal error
+                    try:
+                        await self._idle_push()
+                    except CloseSession as exc:
+                        error = exc
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(push)
+                try:
+                    event = await self.next_event(self.session.listener.timeouts.idle_command)
+                except CloseSession as exc:
+                    error = exc
+                nursery.cancel_scope.cancel()
+        finally:
+            if gauge is not None:
+                gauge.dec()
+        if error is not None:
+            raise error
+        if not isinstance(event, events.RawLine) or event.data.upper() != b"DONE":
+            raise Reply.bad("Expected DONE.")
+
+    async def _idle_push(self) -> None:
+        while True:
+            view = self.view
+            if view is None:
+                await trio.sleep_forever()
+            await view.wakeup.wait()
+            await self.send_updates(True)
+            await self.flush()
+
+
+def _observe_latency(metrics: Any, view: "SelectedView") -> None:
+    histogram = getattr(metrics, "gateway_propagation_seconds", None)
+    if histogram is not None:
+        now = time.monotonic()
+        for published in view.latencies:
+            histogram.observe(now - published)
+    view.latencies.clear()
+
+
+def _safe(text: str) -> bytes:
+    return logs.sanitize(text, 300).encode("ascii")

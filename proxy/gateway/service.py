@@ -1,0 +1,214 @@
+"""The gateway service: IMAP clients served from the store, filled from POP3 upstreams.
+
+Theory of operation
+-------------------
+One `GatewayService` per process (`async with open_gateway(config, metrics) as service`) owns
+the store, one notification `Hub` per account, the MIME/body caches, the login checker and one
+`AccountFetcher` per account. `handle(session, conn)` runs one client connection:
+
+    greeting + pre-login dialogue (the relay's ImapFront: CAPABILITY, ID, STARTTLS, LOGIN,
+    AUTHENTICATE PLAIN/LOGIN, budgets, login timeout)
+    -> password checked against the route's POP3 upstream (auth.Authenticator)
+    -> the account's fetcher syncs once (the login waits for it, at most LOGIN_SYNC_WAIT)
+    -> imapd.ImapSession until LOGOUT/EOF/drain
+
+While at least one session of an account is open, its fetcher syncs every
+`gateway.poll_interval` (one fetcher per account; `fetcher.sync_account` also holds a per-account
+lock). After a sync that stored new mail, it publishes the new INBOX tail on the account's hub,
+so IDLE sessions see it at once. The password is kept in memory only while sessions are open.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import trio
+
+from .. import logs
+from ..config import Config
+from ..imap import writer
+from ..net.conn import Conn
+from ..relay.context import CloseSession, Session, drain_guard
+from ..relay.imap_front import ImapFront
+from ..relay.routing import route
+from ..store import Account, Store, StoreError, load_key_ring, open_store
+from .auth import Authenticator, AuthResult
+from .fetcher import FetchError, sync_account
+from .imapd import CAPABILITIES, Backend, BodyCache, Hub, ImapSession, MimeCache
+
+LOGIN_SYNC_WAIT = 10.0   # seconds a login waits for its account's first sync
+REPLY_AUTH_FAILED = (b"AUTHENTICATIONFAILED", b"Authentication failed.")
+REPLY_UNAVAILABLE = (b"UNAVAILABLE", b"Server unavailable, try again later.")
+
+
+class GatewayFront(ImapFront):
+    """The relay's pre-login dialogue, advertising the gateway's capabilities."""
+
+    def capabilities(self) -> bytes:
+        base = super().capabilities().split()
+        return b" ".join(base + [c for c in CAPABILITIES if c not in base])
+
+
+class AccountFetcher:
+    """Syncs one account while it has sessions: at login (`kick`) and every poll_interval."""
+
+    def __init__(self, service: "GatewayService", upstream: str, user: str):
+        self.service, self.upstream, self.user = service, upstream, user
+        self.sessions = 0
+        self.password = ""
+        self.running = False
+        self._kick = trio.Event()
+        self.synced = trio.Event()     # set after each sync attempt, then replaced
+
+    def kick(self) -> None:
+        self._kick.set()
+        if not self.running:
+            self.running = True
+            self.service.nursery.start_soon(self._run)
+
+    async def _run(self) -> None:
+        try:
+            while self.sessions > 0:
+                self._kick = trio.Event()
+                await self._sync_once()
+                with trio.move_on_after(self.service.config.gateway.poll_interval):
+                    await self._kick.wait()
+        finally:
+            self.running = False
+            self.password = ""
+
+    async def _sync_once(self) -> None:
+        service = self.service
+        try:
+            result = await sync_account(service.config, service.store, self.upstream, self.user,
+                                        self.password)
+            if result.new:
+                account = await service.store.ensure_account(self.upstream, self.user)
+                inbox = await service.store.get_mailbox(account.id, "INBOX")
+                if inbox is not None:
+                    snapshot = await service.store.messages(inbox.id)
+                    service.backend(account).hub.appended(inbox.id, snapshot)
+        except (FetchError, StoreError) as exc:   # logged by the fetcher; retried next poll
+            logs.event("gateway_poll_failed", logging.WARNING, upstream=self.upstream,
+                       error=logs.sanitize(str(exc)))
+        finally:
+            done, self.synced = self.synced, trio.Event()
+            done.set()
+
+
+class GatewayService:
+    """See the module docstring. Create with `open_gateway`."""
+
+    def __init__(self, config: Config, metrics: Any, store: Store, nursery: trio.Nursery):
+        self.config, self.metrics, self.store, self.nursery = config, metrics, store, nursery
+        self.auth = Authenticator(config.gateway.auth_cache_ttl)
+        self.mime = MimeCache(BodyCache())
+        self._backends: dict[int, Backend] = {}
+        self._fetchers: dict[tuple[str, str], AccountFetcher] = {}
+
+    def backend(self, account: Account) -> Backend:
+        backend = self._backends.get(account.id)
+        if backend is None:
+            backend = self._backends[account.id] = Backend(self.store, Hub(), self.mime, self.metrics)
+        return backend
+
+    def fetcher(self, upstream: str, user: str) -> AccountFetcher:
+        key = (upstream, user)
+        if key not in self._fetchers:
+            self._fetchers[key] = AccountFetcher(self, upstream, user)
+        return self._fetchers[key]
+
+    async def handle(self, session: Session, conn: Conn) -> None:
+        """Run one client connection to its end. Never raises for anything the client or the
+        upstream does; the caller closes `conn` and logs the session end."""
+        front = GatewayFront(session, conn)
+        login: tuple[Account, AccountFetcher] | None = None
+        try:
+            async with drain_guard(session, conn, b"* BYE Server shutting down.\r\n"):
+                with trio.move_on_after(session.listener.timeouts.login) as login_scope:
+                    await front.greet()
+                    login = await self._login(session, front)
+            if login is None:
+                if login_scope.cancelled_caught and session.close_reason != "shutdown":
+                    session.runtime.metrics.limit_hits.labels("login_timeout").inc()
+                    await conn.send(b"* BYE Login timeout.\r\n")
+                    session.close_reason = "login_timeout"
+                return
+            account, fetcher = login
+            imap = ImapSession(session, conn, self.backend(account), account,
+                               front.parser.take_unconsumed())
+            await imap.run()
+        except CloseSession as exc:
+            session.close_reason = exc.reason
+        finally:
+            if login is not None:
+                self._detach(login[1])
+
+    async def _login(self, session: Session, front: GatewayFront) -> tuple[Account, AccountFetcher]:
+        metrics = session.runtime.metrics
+        while True:
+            request = await front.next_login()
+            creds = request.credentials
+            session.user = creds.user
+            target = route(self.config, creds.user)
+            if target is None or target[1].pop3 is None:
+                result = AuthResult.FAILED
+            else:
+                result = await self.auth.verify(target[0], target[1], creds.user, creds.password)
+            metrics.auth_attempts.labels("imap", creds.mechanism, result.value).inc()
+            logs.event("auth", **session.log_fields(), upstream=target[0] if target else "-",
+                       result=result.value, mechanism=creds.mechanism, mode="gateway")
+            if result is AuthResult.OK:
+                break
+            code, text = REPLY_UNAVAILABLE if result is AuthResult.UNAVAILABLE else REPLY_AUTH_FAILED
+            await front.auth_failed(request.tag, writer.tagged(request.tag, b"NO", text, code))
+        session.upstream = target[0]
+        account = await self.store.ensure_account(target[0], creds.user)
+        fetcher = self.fetcher(target[0], creds.user)
+        fetcher.sessions += 1
+        fetcher.password = creds.password.decode("utf-8")
+        self._gauge(+1)
+        synced = fetcher.synced
+        fetcher.kick()
+        with trio.move_on_after(LOGIN_SYNC_WAIT):   # so the first SELECT shows the mail
+            await synced.wait()
+        caps = b"CAPABILITY " + b" ".join(CAPABILITIES)
+        await front.conn.send(writer.tagged(request.tag, b"OK", b"Logged in.", caps))
+        return account, fetcher
+
+    def _detach(self, fetcher: AccountFetcher) -> None:
+        fetcher.sessions -= 1
+        self._gauge(-1)
+
+    def _gauge(self, delta: int) -> None:
+        gauge = getattr(self.metrics, "gateway_sessions", None)
+        if gauge is not None:
+            gauge.inc(delta)
+
+
+@asynccontextmanager
+async def open_gateway(config: Config, metrics: Any) -> AsyncIterator[GatewayService]:
+    """Open the store (`gateway.store`, key ring from `gateway.key_file`) and run the service's
+    background tasks until the block ends; the store is closed on every path.
+
+    Raises:
+        StoreError / StoreKeyError: the store cannot be opened.
+    """
+    if config.gateway is None:
+        raise ValueError("config has no gateway section")
+    store = await open_store(config.gateway.store, load_key_ring(config.gateway.key_file))
+    error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                yield GatewayService(config, metrics, store, nursery)
+            except BaseException as exc:   # re-raised bare below, not wrapped in a group
+                error = exc
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.close()
+    if error is not None:
+        raise error

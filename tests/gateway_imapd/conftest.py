@@ -1,0 +1,114 @@
+"""Fixtures: the gateway service running in-process on a real loopback socket, in front of the
+session's real Dovecot (POP3 upstream). Clients (imaplib, imapclient, mbsync) run in threads.
+
+    gateway   function: a `GatewayHandle` with `.port`, `.user`/`.password` (a fresh Dovecot
+              user), `.deliver(bytes)`, `.imaplib()`, `.imapclient()`, `.restart()`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import functools
+import imaplib
+import json
+import socket
+
+import imapclient
+import pytest
+import trio
+
+from proxy.config import loads
+from proxy.gateway.service import open_gateway
+from proxy.metrics import Metrics
+from proxy.net.conn import Conn
+from proxy.relay.context import Runtime, Session
+from support.proxyproc import relay_config
+
+
+def message(n: int, subject: str | None = None, body: str | None = None, sender="alice@example.org"):
+    return (f"From: Alice <{sender}>\r\nTo: bob@example.com\r\nSubject: {subject or f'message {n}'}\r\n"
+            f"Date: {email.utils.formatdate(1700000000 + n * 60)}\r\nMessage-ID: <m{n}@example.org>\r\n"
+            f"\r\n{body or f'body of message {n}'}\r\n").encode()
+
+
+class GatewayHandle:
+    def __init__(self, dovecot, tmp_path, user, password, **gateway):
+        cfg = relay_config(dovecot, listeners=("imap",), allow_plaintext_auth=True)
+        cfg["listeners"][0]["mode"] = "gateway"
+        cfg["gateway"] = {"store": str(tmp_path / "gateway.db"), "poll_interval": "1s", **gateway}
+        self.config = loads(json.dumps(cfg))
+        self.listener = self.config.listeners[0]
+        self.metrics = Metrics()
+        self.runtime = Runtime(self.config, self.metrics, None, None, {}, drain=trio.Event())
+        self.dovecot, self.user, self.password = dovecot, user, password
+        self.port = 0
+        self.service = None
+        self._scope: trio.CancelScope | None = None
+        self._stopped: trio.Event | None = None
+
+    def deliver(self, data: bytes, user: str | None = None) -> None:
+        self.dovecot.deliver(user or self.user, data)
+
+    async def _handler(self, stream) -> None:
+        conn = Conn(stream)
+        peer = stream.socket.getpeername()
+        session = Session(self.runtime, self.listener, peer[0], peer[1], "127.0.0.1", self.port)
+        try:
+            await self.service.handle(session, conn)
+        finally:
+            await conn.aclose()
+
+    async def _serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            async with open_gateway(self.config, self.metrics) as service:
+                self.service = service
+                async with trio.open_nursery() as nursery:
+                    listeners = await nursery.start(functools.partial(
+                        trio.serve_tcp, self._handler, self.port, host="127.0.0.1"))
+                    self.port = listeners[0].socket.getsockname()[1]
+                    task_status.started()
+        self._stopped.set()
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self._stopped = trio.Event()
+        await nursery.start(self._serve)
+        self._nursery = nursery
+
+    async def stop(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+            await self._stopped.wait()
+            self._scope = None
+
+    async def restart(self) -> None:
+        """Close the service (and the store) and open it again on the same port and file."""
+        await self.stop()
+        await self.start(self._nursery)
+
+    def imaplib(self, login: bool = True) -> imaplib.IMAP4:
+        client = imaplib.IMAP4("127.0.0.1", self.port, timeout=20)
+        if login:
+            client.login(self.user, self.password)
+        return client
+
+    def imapclient(self, login: bool = True) -> imapclient.IMAPClient:
+        client = imapclient.IMAPClient("127.0.0.1", self.port, ssl=False, timeout=20)
+        if login:
+            client.login(self.user, self.password)
+        return client
+
+
+@pytest.fixture
+async def gateway(dovecot, tmp_path, nursery):
+    user, password = dovecot.add_user()
+    handle = GatewayHandle(dovecot, tmp_path, user, password)
+    await handle.start(nursery)
+    yield handle
+    await handle.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,128 @@
+"""Many sessions on one account (issue 8): changes reach the others after NOOP and live in IDLE;
+new upstream mail reaches an IDLE session; a restart keeps UIDVALIDITY, UIDs, flags, folders."""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+from .conftest import message
+
+run = trio.to_thread.run_sync
+
+
+async def test_store_seen_after_noop_and_expunge_deferred(gateway):
+    for n in range(3):
+        gateway.deliver(message(n))
+
+    def clients():
+        a, b = gateway.imapclient(), gateway.imapclient()
+        a.select_folder("INBOX")
+        b.select_folder("INBOX")
+        a.add_flags([2], [b"\\Flagged"])
+        responses = b.noop()[1]
+        assert (2, b"FETCH", (b"UID", 2, b"FLAGS", (b"\\Flagged",))) in responses or any(
+            r[0] == 2 and r[1] == b"FETCH" and b"\\Flagged" in r[2][3] for r in responses), responses
+        a.delete_messages([1])
+        a.expunge()
+        # RFC 3501 7.4.1: no EXPUNGE for b during FETCH (UID FETCH may have one)
+        b.use_uid = False
+        fetched = b.fetch([3], ["FLAGS"])
+        assert 3 in fetched
+        responses = b.noop()[1]
+        assert (1, b"EXPUNGE") in responses, responses
+        assert b.search(["ALL"]) == [1, 2]
+        b.use_uid = True
+        assert b.search(["ALL"]) == [2, 3]
+        # new message via APPEND in a: EXISTS in b
+        a.append("INBOX", message(9))
+        responses = b.noop()[1]
+        assert (3, b"EXISTS") in responses, responses
+        a.logout()
+        b.logout()
+    await run(clients)
+
+
+async def test_idle_push_from_other_session_and_upstream(gateway):
+    gateway.deliver(message(0))
+
+    def clients():
+        a, b = gateway.imapclient(), gateway.imapclient()
+        a.select_folder("INBOX")
+        b.select_folder("INBOX")
+        b.idle()
+        started = time.monotonic()
+        a.add_flags([1], [b"\\Seen"])
+        got = b.idle_check(timeout=5)
+        assert any(r[1] == b"FETCH" and b"\\Seen" in r[2][3] for r in got), got
+        assert time.monotonic() - started < 1
+        gateway.deliver(message(1))   # upstream POP3; the poll interval is 1 s
+        started = time.monotonic()
+        got = b.idle_check(timeout=5)
+        assert (2, b"EXISTS") in got, got
+        assert time.monotonic() - started < 2.5
+        b.idle_done()
+        assert b.search(["ALL"]) == [1, 2]
+        a.logout()
+        b.logout()
+    await run(clients)
+
+
+async def test_restart_keeps_uidvalidity_uids_flags_folders(gateway):
+    for n in range(3):
+        gateway.deliver(message(n))
+
+    def before():
+        c = gateway.imapclient()
+        info = c.select_folder("INBOX")
+        c.add_flags([2], [b"\\Answered", b"$Work"])
+        c.delete_messages([1])
+        c.expunge()
+        c.create_folder("Projects/2024")
+        c.logout()
+        return info[b"UIDVALIDITY"]
+
+    uidvalidity = await run(before)
+    await gateway.restart()
+
+    def after():
+        c = gateway.imapclient()
+        info = c.select_folder("INBOX")
+        assert info[b"UIDVALIDITY"] == uidvalidity
+        flags = c.get_flags(c.search(["ALL"]))
+        assert sorted(flags) == [2, 3]   # UID 1 stays expunged, not re-fetched from POP3
+        assert set(flags[2]) == {b"\\Answered", b"$Work"}
+        assert "Projects/2024" in [n for _, _, n in c.list_folders()]
+        c.logout()
+    await run(after)
+
+
+async def test_three_sessions_converge(gateway):
+    for n in range(6):
+        gateway.deliver(message(n))
+
+    def clients():
+        sessions = [gateway.imapclient() for _ in range(3)]
+        for s in sessions:
+            s.select_folder("INBOX")
+        sessions[0].add_flags([1, 2], [b"\\Seen"])
+        sessions[1].move([3], "Archive")
+        sessions[2].add_flags([4], [b"\\Deleted"])
+        sessions[2].expunge()
+        views = []
+        for s in sessions:
+            s.noop()
+            views.append(_no_recent(s.get_flags(s.search(["ALL"]))))
+        fresh = gateway.imapclient()
+        fresh.select_folder("INBOX")
+        truth = _no_recent(fresh.get_flags(fresh.search(["ALL"])))
+        assert all(v == truth for v in views), (views, truth)
+        for s in sessions + [fresh]:
+            s.logout()
+    await run(clients)
+
+
+def _no_recent(flags: dict) -> dict:
+    """\\Recent is per session (only the first SELECT gets it); compare the rest."""
+    return {uid: set(f) - {b"\\Recent"} for uid, f in flags.items()}
