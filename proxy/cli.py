@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import __version__, certgen, config as config_mod, logs
+from .gateway import sync_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and list every error")
     check.add_argument("file", metavar="FILE")
     certgen.add_cli(sub)
+    sync_cli.add_cli(sub)
     return parser
 
 
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args.config)
     if args.command == "gen-cert":
         return certgen.run_cli(args)
+    if args.command == "gateway":
+        return sync_cli.run_cli(args)
     return 2
 
 
