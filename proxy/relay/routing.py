@@ -23,8 +23,15 @@ def log_user(logging_cfg: Logging, user: str | None) -> str:
     if user is None:
         return "-"
     if logging_cfg.user == "full":
-        return user
+        return _printable(user)
     if logging_cfg.user == "domain":
-        return "*@" + user.rpartition("@")[2] if "@" in user else "*"
+        return "*@" + _printable(user.rpartition("@")[2]) if "@" in user else "*"
     key = logging_cfg.hash_key.value if logging_cfg.hash_key else _PROCESS_SALT
     return hmac.new(key, user.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def _printable(text: str, limit: int = 160) -> str:
+    """Client-chosen text for a log: non-printable characters (DEL, C1 controls, ...) as "?",
+    at most `limit` characters. Unlike logs.sanitize() it keeps printable non-ASCII (UTF-8 names)."""
+    clean = "".join(c if c.isprintable() else "?" for c in text[:limit])
+    return clean + "..." if len(text) > limit else clean
