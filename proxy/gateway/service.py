@@ -81,9 +81,16 @@ class AccountFetcher:
 
     async def _sync_once(self) -> None:
         service = self.service
+        metrics = service.metrics
         try:
             result = await sync_account(service.config, service.store, self.upstream, self.user,
                                         self.password)
+            metrics.gateway_syncs.labels("ok").inc()
+            metrics.gateway_sync_duration.observe(result.duration)
+            metrics.gateway_ingested_messages.inc(result.new)
+            metrics.gateway_ingested_bytes.inc(result.bytes)
+            metrics.gateway_upstream_deletes.inc(result.deleted_upstream)
+            metrics.gateway_store_size.set(await service.store.size_bytes())
             if result.new:
                 account = await service.store.ensure_account(self.upstream, self.user)
                 inbox = await service.store.get_mailbox(account.id, "INBOX")
@@ -91,6 +98,9 @@ class AccountFetcher:
                     snapshot = await service.store.messages(inbox.id)
                     service.backend(account).hub.appended(inbox.id, snapshot)
         except (FetchError, StoreError) as exc:   # logged by the fetcher; retried next poll
+            reason = exc.reason if isinstance(exc, FetchError) else "store"
+            metrics.gateway_syncs.labels(reason).inc()
+            metrics.gateway_ingest_errors.labels(reason).inc()
             logs.event("gateway_poll_failed", logging.WARNING, upstream=self.upstream,
                        error=logs.sanitize(str(exc)))
         finally:
