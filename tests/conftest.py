@@ -21,13 +21,12 @@ import os
 import pathlib
 import shutil
 import sys
-import tempfile
 
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from support.dovecot import Dovecot, DovecotError, start_dovecot  # noqa: E402
+from support.dovecot import Dovecot, DovecotError, make_root, start_dovecot  # noqa: E402
 from support.proxyproc import ProxyProcess, traceback_report  # noqa: E402
 
 _LOG_SOURCES = pytest.StashKey[list]()
@@ -55,9 +54,8 @@ def pytest_runtest_makereport(item, call):
 def dovecot_root() -> pathlib.Path:
     """A private directory for Dovecot instances that Dovecot's unprivileged processes can traverse
     (pytest's tmp_path cannot be: /tmp/pytest-of-root is 0700). Removed at session end unless
-    MAILPROXY_KEEP_TEST_DIRS is set."""
-    root = pathlib.Path(tempfile.mkdtemp(prefix="mailproxy-tests-"))
-    root.chmod(0o711)
+    MAILPROXY_KEEP_TEST_DIRS is set. Roots left by killed runs are reaped when a new one is made."""
+    root = make_root()
     yield root
     if not os.environ.get("MAILPROXY_KEEP_TEST_DIRS"):
         shutil.rmtree(root, ignore_errors=True)

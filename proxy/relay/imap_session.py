@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import trio
 
-from .. import logs
-from ..failures import Failure
+from ..config import Upstream
 from ..imap import writer
 from ..net.conn import Conn
 from .context import CloseSession, Session, drain_guard
-from .imap_front import ImapFront, LoginRequest
+from .imap_front import ImapFront
 from .imap_relay import ImapRelay
 from .imap_upstream import UpstreamIMAP, command, connect, login, relayable
-from .routing import route
-from .upstream import UpstreamError, report
+from .login import LoginSteps, Verdict, log_in
+from .sasl import Credentials
 
-REPLY_AUTH_FAILED = (b"NO", b"AUTHENTICATIONFAILED", b"Authentication failed.")
-REPLY_UNAVAILABLE = (b"NO", b"UNAVAILABLE", b"Server unavailable, try again later.")
-REPLY_THROTTLED = (b"NO", b"UNAVAILABLE", b"Too many authentication failures, try again later.")
+REPLIES = {  # (status, code, text) per failed verdict
+    Verdict.FAILURE: (b"NO", b"AUTHENTICATIONFAILED", b"Authentication failed."),
+    Verdict.TEMPFAIL: (b"NO", b"UNAVAILABLE", b"Server unavailable, try again later."),
+    Verdict.THROTTLED: (b"NO", b"UNAVAILABLE",
+                        b"Too many authentication failures, try again later."),
+}
 # Upstream NO codes that mean "try again later", not "wrong password" (RFC 5530).
 _TEMPFAIL_CODES = {b"UNAVAILABLE", b"SERVERBUG", b"LIMIT", b"INUSE", b"EXPUNGEISSUED"}
 
@@ -51,59 +53,26 @@ async def handle(session: Session, conn: Conn) -> None:
 async def _authenticate(session: Session, front: ImapFront) -> UpstreamIMAP:
     while True:
         request = await front.next_login()
-        session.user = request.credentials.user
-        if session.auth_blocked(session.user):
-            result = REPLY_THROTTLED
-        else:
-            result = await _upstream_login(session, front, request)
-        if isinstance(result, UpstreamIMAP):
-            session.runtime.throttle.success(session.user)
-            return result
-        if result is REPLY_AUTH_FAILED:
-            await session.auth_failure_delay()
-        status, code, text = result
+        verdict, up = await log_in(session, request.credentials, IMAP_LOGIN)
+        if verdict is Verdict.SUCCESS:
+            # The client's OK carries the upstream's capabilities (RFC 3501 7.1, CAPABILITY code).
+            caps = b"CAPABILITY " + b" ".join(relayable(up.capabilities))
+            await front.conn.send(writer.tagged(request.tag, b"OK", b"Logged in.", caps))
+            return up
+        status, code, text = REPLIES[verdict]
         await front.auth_failed(request.tag, writer.tagged(request.tag, status, text, code))
 
 
-async def _upstream_login(session: Session, front: ImapFront, request: LoginRequest):
-    """Log in upstream; on success answer the client and return the upstream connection,
-    otherwise return the (status, code, text) to send."""
-    creds = request.credentials
-    metrics = session.runtime.metrics
-    attempts = metrics.auth_attempts
-    target = route(session.runtime.config, creds.user)
-    if target is None:
-        attempts.labels("imap", creds.mechanism, "failure").inc()
-        logs.event("auth", **session.log_fields(), result="failure", reason="no_route")
-        return REPLY_AUTH_FAILED
-    name, upstream = target
-    session.upstream = name
-    up: UpstreamIMAP | None = None
-    try:
-        up = await connect(session, name, upstream)
-        reply = await login(session, upstream, up, creds)
-        if reply.status != b"OK":
-            await up.conn.aclose()
-            tempfail = reply.code in _TEMPFAIL_CODES
-            result = "tempfail" if tempfail else "failure"
-            attempts.labels("imap", creds.mechanism, result).inc()
-            logs.event("auth", **session.log_fields(), upstream=name, result=result,
-                       upstream_reply=logs.sanitize(reply.text))
-            return REPLY_UNAVAILABLE if tempfail else REPLY_AUTH_FAILED
-        if not reply.code == b"CAPABILITY":
-            await command(up, b"%s CAPABILITY\r\n" % up.next_tag(),
-                          session.listener.timeouts.upstream_response)
-    except UpstreamError as exc:
-        if up is not None:
-            await up.conn.aclose()
-        report(session, name, exc)
-        result = "tempfail" if exc.failure is not Failure.AUTH_REJECTED else "failure"
-        attempts.labels("imap", creds.mechanism, result).inc()
-        return REPLY_UNAVAILABLE if result == "tempfail" else REPLY_AUTH_FAILED
-    attempts.labels("imap", creds.mechanism, "success").inc()
-    logs.event("auth", **session.log_fields(), upstream=name, result="success",
-               mechanism=creds.mechanism)
-    # The client's tagged OK carries the upstream's capabilities (RFC 3501 7.1, CAPABILITY code).
-    caps = b"CAPABILITY " + b" ".join(relayable(up.capabilities))
-    await front.conn.send(writer.tagged(request.tag, b"OK", b"Logged in.", caps))
-    return up
+async def _login(session: Session, upstream: Upstream, up: UpstreamIMAP,
+                 creds: Credentials) -> tuple[Verdict, bytes]:
+    reply = await login(session, upstream, up, creds)
+    if reply.status != b"OK":
+        tempfail = reply.code in _TEMPFAIL_CODES
+        return (Verdict.TEMPFAIL if tempfail else Verdict.FAILURE), reply.text
+    if reply.code != b"CAPABILITY":
+        await command(up, b"%s CAPABILITY\r\n" % up.next_tag(),
+                      session.listener.timeouts.upstream_response)
+    return Verdict.SUCCESS, reply.text
+
+
+IMAP_LOGIN = LoginSteps("imap", connect, _login)

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import trio
 
-from .. import logs
-from ..failures import Failure
+from ..config import Upstream
 from ..pop3 import writer
 from ..net.conn import Conn
 from .context import CloseSession, Session, drain_guard
-from .pop3_front import Pop3Front, Pop3Login
+from .login import LoginSteps, Verdict, log_in
+from .pop3_front import Pop3Front
 from .pop3_relay import Pop3Relay
 from .pop3_upstream import UpstreamPOP3, connect, is_tempfail, login
-from .routing import route
-from .upstream import UpstreamError, report
+from .sasl import Credentials
 
 # RFC 3206: [AUTH] is a credentials problem, [SYS/TEMP] a temporary system problem.
-REPLY_AUTH_FAILED = writer.err(b"Authentication failed.", b"AUTH")
-REPLY_UNAVAILABLE = writer.err(b"Server unavailable, try again later.", b"SYS/TEMP")
-REPLY_THROTTLED = writer.err(b"Too many authentication failures, try again later.", b"SYS/TEMP")
+REPLIES = {
+    Verdict.FAILURE: writer.err(b"Authentication failed.", b"AUTH"),
+    Verdict.TEMPFAIL: writer.err(b"Server unavailable, try again later.", b"SYS/TEMP"),
+    Verdict.THROTTLED: writer.err(b"Too many authentication failures, try again later.",
+                                  b"SYS/TEMP"),
+}
 
 
 async def handle(session: Session, conn: Conn) -> None:
@@ -47,49 +49,19 @@ async def handle(session: Session, conn: Conn) -> None:
 async def _authenticate(session: Session, front: Pop3Front) -> UpstreamPOP3:
     while True:
         request = await front.next_login()
-        session.user = request.credentials.user
-        if session.auth_blocked(session.user):
-            result = REPLY_THROTTLED
-        else:
-            result = await _upstream_login(session, front, request)
-        if isinstance(result, UpstreamPOP3):
-            session.runtime.throttle.success(session.user)
-            return result
-        if result is REPLY_AUTH_FAILED:
-            await session.auth_failure_delay()
-        await front.auth_failed(result)
+        verdict, up = await log_in(session, request.credentials, POP3_LOGIN)
+        if verdict is Verdict.SUCCESS:
+            await front.conn.send(writer.ok(b"Logged in."))
+            return up
+        await front.auth_failed(REPLIES[verdict])
 
 
-async def _upstream_login(session: Session, front: Pop3Front, request: Pop3Login):
-    creds = request.credentials
-    attempts = session.runtime.metrics.auth_attempts
-    target = route(session.runtime.config, creds.user)
-    if target is None:
-        attempts.labels("pop3", creds.mechanism, "failure").inc()
-        logs.event("auth", **session.log_fields(), result="failure", reason="no_route")
-        return REPLY_AUTH_FAILED
-    name, upstream = target
-    session.upstream = name
-    up: UpstreamPOP3 | None = None
-    try:
-        up = await connect(session, name, upstream)
-        status = await login(session, upstream, up, creds)
-    except UpstreamError as exc:
-        if up is not None:
-            await up.conn.aclose()
-        report(session, name, exc)
-        result = "failure" if exc.failure is Failure.AUTH_REJECTED else "tempfail"
-        attempts.labels("pop3", creds.mechanism, result).inc()
-        return REPLY_AUTH_FAILED if result == "failure" else REPLY_UNAVAILABLE
-    if not status.ok:
-        await up.conn.aclose()
-        result = "tempfail" if is_tempfail(status) else "failure"
-        attempts.labels("pop3", creds.mechanism, result).inc()
-        logs.event("auth", **session.log_fields(), upstream=name, result=result,
-                   upstream_reply=logs.sanitize(status.text))
-        return REPLY_UNAVAILABLE if result == "tempfail" else REPLY_AUTH_FAILED
-    attempts.labels("pop3", creds.mechanism, "success").inc()
-    logs.event("auth", **session.log_fields(), upstream=name, result="success",
-               mechanism=creds.mechanism)
-    await front.conn.send(writer.ok(b"Logged in."))
-    return up
+async def _login(session: Session, upstream: Upstream, up: UpstreamPOP3,
+                 creds: Credentials) -> tuple[Verdict, bytes]:
+    status = await login(session, upstream, up, creds)
+    if status.ok:
+        return Verdict.SUCCESS, status.text
+    return (Verdict.TEMPFAIL if is_tempfail(status) else Verdict.FAILURE), status.text
+
+
+POP3_LOGIN = LoginSteps("pop3", connect, _login)

@@ -36,18 +36,22 @@ import itertools
 import os
 import pathlib
 import pwd
+import re
 import secrets
 import shutil
 import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 
-__all__ = ["Dovecot", "DovecotError", "MAIL_USER", "start_dovecot", "free_ports", "MISSING_MESSAGE"]
+__all__ = ["Dovecot", "DovecotError", "MAIL_USER", "MISSING_MESSAGE", "ROOT_PREFIX", "free_ports",
+           "make_root", "reap_stale_roots", "start_dovecot"]
 
 MAIL_USER = "mailproxytest"
+ROOT_PREFIX = "mailproxy-tests-"
 MISSING_MESSAGE = "install dovecot-imapd and dovecot-pop3d (make test does this)"
 TEMPLATE = pathlib.Path(__file__).with_name("dovecot.conf.in")
 START_TIMEOUT = 15.0
@@ -266,6 +270,20 @@ class Dovecot:
         """The content of dovecot.log (the master's stdout/stderr is in dovecot.out)."""
         return _read(self.dir / "dovecot.log")
 
+    def wait_for_log(self, text: str, timeout: float = 5.0) -> str:
+        """Wait until dovecot.log contains `text` and return the log. Dovecot writes its log from a
+        separate process, so a line about a session may appear after the client has seen the reply.
+        Raises DovecotError with the log tail on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log()
+            if text in log:
+                return log
+            if time.monotonic() > deadline:
+                raise DovecotError(f"{text!r} not in {self.dir}/dovecot.log after {timeout:.0f}s:\n"
+                                   + _tail(log))
+            time.sleep(0.02)
+
     def _diagnostics(self) -> str:
         return (f"--- {self.dir}/dovecot.out ---\n{_tail(_read(self.dir / 'dovecot.out'))}\n"
                 f"--- {self.dir}/dovecot.log (tail) ---\n{_tail(self.log())}")
@@ -420,3 +438,46 @@ def start_dovecot(base_dir: pathlib.Path, *, tls: tuple[pathlib.Path, pathlib.Pa
     instance.users_path.mkdir(mode=0o755)
     instance._start()
     return instance
+
+
+def make_root() -> pathlib.Path:
+    """A new private directory for instances, traversable by Dovecot's unprivileged processes (0711)
+    under the system temp dir. Stale ones left by killed test runs are removed first."""
+    reap_stale_roots()
+    root = pathlib.Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+    root.chmod(0o711)
+    return root
+
+
+def _owner_pid(conf: pathlib.Path) -> int | None:
+    match = re.search(r"^instance_name = mailproxy-test-(\d+)-\d+$", _read(conf), re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def reap_stale_roots() -> None:
+    """Stop the Dovecots and remove the directories of test runs that died without cleaning up (a
+    killed pytest cannot run its teardown). A root is stale when every instance in it was started
+    by a process that no longer runs; instance names carry that pid."""
+    for root in pathlib.Path(tempfile.gettempdir()).glob(ROOT_PREFIX + "*"):
+        try:
+            confs = list(root.glob("dovecot-*/dovecot.conf"))
+            owners = {_owner_pid(conf) for conf in confs}
+            if not confs or None in owners or any(_pid_alive(pid) for pid in owners):
+                continue  # not ours, or still in use (an empty root may be a run that just began)
+            for conf in confs:
+                pid_file = conf.parent / "run" / "master.pid"
+                try:
+                    pid = int(pid_file.read_text().split()[0])
+                    cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+                except (OSError, ValueError, IndexError):
+                    continue
+                if str(conf).encode() in cmdline and _pid_alive(pid):
+                    os.kill(pid, signal.SIGTERM)
+                    deadline = time.monotonic() + STOP_TIMEOUT
+                    while _pid_alive(pid) and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    if _pid_alive(pid):
+                        os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(root, ignore_errors=True)
+        except OSError:
+            continue
