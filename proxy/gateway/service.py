@@ -12,7 +12,8 @@ the store, one notification `Hub` per account, the MIME/body caches, the login c
     -> the account's fetcher syncs once (the login waits for it, at most LOGIN_SYNC_WAIT)
     -> imapd.ImapSession until LOGOUT/EOF/drain
 
-While at least one session of an account is open, its fetcher syncs every
+While at least one session of an account is open (always, with `gateway.background_poll`, for
+accounts whose password is stored encrypted: that needs `gateway.key_file`), its fetcher syncs every
 `gateway.poll_interval` (one fetcher per account; `fetcher.sync_account` also holds a per-account
 lock). After a sync that stored new mail, it publishes the new INBOX tail on the account's hub,
 so IDLE sessions see it at once. The password is kept in memory only while sessions are open.
@@ -57,6 +58,7 @@ class AccountFetcher:
     def __init__(self, service: "GatewayService", upstream: str, user: str):
         self.service, self.upstream, self.user = service, upstream, user
         self.sessions = 0
+        self.background = False        # gateway.background_poll: keep polling without sessions
         self.password = ""
         self.running = False
         self._kick = trio.Event()
@@ -70,14 +72,15 @@ class AccountFetcher:
 
     async def _run(self) -> None:
         try:
-            while self.sessions > 0:
+            while self.sessions > 0 or self.background:
                 self._kick = trio.Event()
                 await self._sync_once()
                 with trio.move_on_after(self.service.config.gateway.poll_interval):
                     await self._kick.wait()
         finally:
             self.running = False
-            self.password = ""
+            if not self.background:
+                self.password = ""
 
     async def _sync_once(self) -> None:
         service = self.service
@@ -179,6 +182,9 @@ class GatewayService:
         fetcher = self.fetcher(target[0], creds.user)
         fetcher.sessions += 1
         fetcher.password = creds.password.decode("utf-8")
+        if self.config.gateway.background_poll and self.store.can_store_credentials:
+            await self.store.save_credentials(account.id, creds.password)
+            fetcher.background = True
         self._gauge(+1)
         synced = fetcher.synced
         fetcher.kick()
@@ -187,6 +193,22 @@ class GatewayService:
         caps = b"CAPABILITY " + b" ".join(CAPABILITIES)
         await front.conn.send(writer.tagged(request.tag, b"OK", b"Logged in.", caps))
         return account, fetcher
+
+    async def poll_in_background(self) -> None:
+        """gateway.background_poll: keep every account with stored (encrypted) credentials
+        polled, sessions or not. Accounts appear here after their first login."""
+        if not self.store.can_store_credentials:
+            logs.event("gateway_background_poll_disabled", logging.WARNING,
+                       reason="background_poll needs gateway.key_file to store credentials")
+            return
+        for account in await self.store.accounts_with_credentials():
+            password = await self.store.load_credentials(account.id)
+            if password is None or account.upstream not in self.config.upstreams:
+                continue
+            fetcher = self.fetcher(account.upstream, account.user)
+            fetcher.password = password.decode("utf-8")
+            fetcher.background = True
+            fetcher.kick()
 
     def _detach(self, fetcher: AccountFetcher) -> None:
         fetcher.sessions -= 1
@@ -213,7 +235,10 @@ async def open_gateway(config: Config, metrics: Any) -> AsyncIterator[GatewaySer
     try:
         async with trio.open_nursery() as nursery:
             try:
-                yield GatewayService(config, metrics, store, nursery)
+                service = GatewayService(config, metrics, store, nursery)
+                if config.gateway.background_poll:
+                    nursery.start_soon(service.poll_in_background)
+                yield service
             except BaseException as exc:   # re-raised bare below, not wrapped in a group
                 error = exc
             nursery.cancel_scope.cancel()

@@ -349,6 +349,19 @@ class SqliteStore:
     async def load_credentials(self, account_id: int) -> bytes | None:
         return await self._run(self._load_credentials, account_id)
 
+    def _accounts_with_credentials(self) -> list[Account]:
+        rows = self._db.execute("SELECT id, upstream, user FROM accounts "
+                                "WHERE credentials IS NOT NULL ORDER BY id").fetchall()
+        return [Account(*row) for row in rows]
+
+    async def accounts_with_credentials(self) -> list[Account]:
+        """Accounts whose password is stored (encrypted) for background polling."""
+        return await self._run(self._accounts_with_credentials)
+
+    @property
+    def can_store_credentials(self) -> bool:
+        return self._ring is not None
+
     # ---- mailboxes ------------------------------------------------------------------------------
 
     _MAILBOX_SELECT = (
@@ -696,6 +709,62 @@ class SqliteStore:
         if self._db is not None:
             db, self._db = self._db, None
             await trio.to_thread.run_sync(db.close, limiter=self._limiter)
+
+    # ---- batched reads and cache writes (gateway fast paths; appended) ------------------------
+
+    def _blobs(self, messages: Sequence[MessageMeta], column: str) -> list[bytes | None]:
+        kind = "body" if column == "data" else "cache"
+        found: dict[int, bytes | None] = {}
+        ids = sorted({m.body_id for m in messages})
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            for body_id, account_id, record in self._db.execute(
+                    f"SELECT id, account_id, {column} FROM bodies WHERE id IN ({marks})", chunk):
+                found[body_id] = None if record is None else crypto.unseal(
+                    record, f"acct:{account_id}:{kind}:{body_id}".encode(), self._ring,
+                    f"{kind} {body_id}")
+        return [found.get(m.body_id) for m in messages]
+
+    async def bodies(self, messages: Sequence[MessageMeta]) -> list[bytes | None]:
+        """Raw bodies of many messages in one call, in order; None where the body is gone."""
+        return await self._run(self._blobs, list(messages), "data")
+
+    async def caches(self, messages: Sequence[MessageMeta]) -> list[bytes | None]:
+        """Cache blobs of many messages in one call, in order; None when absent (or gone)."""
+        return await self._run(self._blobs, list(messages), "cache")
+
+    def _set_caches(self, items: Sequence[tuple[MessageMeta, bytes]]) -> None:
+        with _transaction(self._db):
+            for message, cache in items:
+                row = self._db.execute("SELECT account_id FROM bodies WHERE id = ?",
+                                       (message.body_id,)).fetchone()
+                if row is not None:
+                    sealed = crypto.seal(cache, f"acct:{row[0]}:cache:{message.body_id}".encode(),
+                                         self._ring)
+                    self._db.execute("UPDATE bodies SET cache = ? WHERE id = ?",
+                                     (sealed, message.body_id))
+
+    async def set_caches(self, items: Sequence[tuple[MessageMeta, bytes]]) -> None:
+        """`set_cache` for many messages in one transaction; bodies that are gone are skipped."""
+        await self._run(self._set_caches, list(items))
+
+    def _messages_by_uid(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageMeta]:
+        out = []
+        for chunk in _chunks(sorted(set(uids))):
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                "SELECT m.id, m.mailbox_id, m.uid, m.internaldate, m.tz_minutes, m.flags, m.modseq, "
+                "m.body_id, m.pop3_uidl, b.size FROM messages m JOIN bodies b ON b.id = m.body_id "
+                f"WHERE m.mailbox_id = ? AND m.uid IN ({marks}) ORDER BY m.uid",
+                (mailbox_id, *chunk)).fetchall()
+            for mid, mailbox, uid, epoch, tz, flags, modseq, body_id, uidl, size in rows:
+                out.append(MessageMeta(mid, mailbox, uid, _to_date(epoch, tz), size,
+                                       _flags_set(flags), modseq, body_id, uidl))
+        return out
+
+    async def messages_by_uid(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageMeta]:
+        """The listed messages that exist, ordered by UID (an index refresh after changes)."""
+        return await self._run(self._messages_by_uid, mailbox_id, list(uids))
 
 
 def _check_key(db: sqlite3.Connection, ring: KeyRing | None, path: str) -> None:
