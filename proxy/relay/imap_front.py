@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from .. import logs
 from ..imap import PREAUTH_LIMITS, CommandParser, Limits, NEED_DATA, ProtocolError, events, writer
 from ..net.conn import Conn
-from ..net.tls import TLSHandshakeError, server_handshake
 from .context import CloseSession, Session
+from .starttls import client_injection, upgrade_client
 from .sasl import LOGIN_PASS_PROMPT, LOGIN_USER_PROMPT, Credentials, SaslError, b64decode
 from .sasl import decode_user, parse_plain
 
@@ -156,29 +156,14 @@ class ImapFront:
         await self._ok(cmd.tag, b"ID completed.")
 
     async def _starttls(self, cmd: events.Command) -> None:
-        session = self.session
-        metrics = session.runtime.metrics.starttls
-        if session.listener.tls != "starttls" or session.tls:
+        if self.session.listener.tls != "starttls" or self.session.tls:
             await self._bad(cmd.tag, b"STARTTLS not available.")
             return
-        if self.parser.buffered:
-            # RFC 3501 6.2.1 / CVE-2011-0411: nothing may follow STARTTLS before the handshake.
-            metrics.labels("client", "imap", "injection").inc()
+        if client_injection(self.session, self.parser.buffered):
             await self.conn.send(writer.tagged(cmd.tag, b"BAD", b"Data after STARTTLS refused."))
             raise CloseSession("starttls_injection")
         await self._ok(cmd.tag, b"Begin TLS negotiation now.")
-        try:
-            stream = await server_handshake(self.conn.stream,
-                                            session.runtime.server_tls[session.listener.name],
-                                            "imap", session.listener.timeouts.login)
-        except TLSHandshakeError as exc:
-            metrics.labels("client", "imap", "failed").inc()
-            session.runtime.metrics.tls_handshakes.labels(session.listener.name, exc.reason).inc()
-            raise CloseSession("tls_failed") from None
-        metrics.labels("client", "imap", "ok").inc()
-        session.runtime.metrics.tls_handshakes.labels(session.listener.name, "ok").inc()
-        self.conn.replace_stream(stream)
-        session.tls = True
+        await upgrade_client(self.session, self.conn)
         self.parser = CommandParser(self.limits, collect_literals=True, parse_args=True)
 
     async def _refuse_plaintext(self, tag: bytes) -> bool:

@@ -23,7 +23,8 @@ from ..imap import NEED_DATA, ProtocolError, ResponseParser, events, writer
 from ..net.conn import Conn
 from .context import Session
 from .sasl import Credentials, encode_plain
-from .upstream import UpstreamError, open_upstream, service, upstream_tls_handshake
+from .starttls import upgrade_upstream
+from .upstream import UpstreamError, open_upstream, service
 
 # What the proxy cannot relay, or must not offer after login (RFC 3501 7.2.1; COMPRESS would hide
 # every later command from the parser, STARTTLS/AUTH make no sense after login).
@@ -144,23 +145,11 @@ async def _greeting(session: Session, up: UpstreamIMAP, tls_required: bool) -> N
 
 
 async def _starttls(session: Session, name: str, up: UpstreamIMAP) -> None:
-    metrics = session.runtime.metrics.starttls
     if up.capabilities and not up.has(b"STARTTLS"):
-        metrics.labels("upstream", "imap", "refused").inc()
+        session.runtime.metrics.starttls.labels("upstream", "imap", "refused").inc()
         raise UpstreamError(Failure.TLS, "upstream does not offer STARTTLS")
     reply = await command(up, b"%s STARTTLS\r\n" % up.next_tag(), _timeout(session))
-    if reply.status != b"OK":
-        metrics.labels("upstream", "imap", "refused").inc()
-        raise UpstreamError(Failure.TLS, "upstream refused STARTTLS")
-    if up.parser.buffered:
-        metrics.labels("upstream", "imap", "injection").inc()
-        raise UpstreamError(Failure.PROTOCOL, "data after STARTTLS OK before handshake")
-    try:
-        up.conn.replace_stream(await upstream_tls_handshake(session, name, up.conn.stream))
-    except UpstreamError:
-        metrics.labels("upstream", "imap", "failed").inc()
-        raise
-    metrics.labels("upstream", "imap", "ok").inc()
+    await upgrade_upstream(session, name, up.conn, reply.status == b"OK", up.parser.buffered)
     up.parser = ResponseParser(upstream_limits())
     up.capabilities = ()  # RFC 3501 6.2.1: discard what was learnt before TLS
 

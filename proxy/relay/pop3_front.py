@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from .. import logs
 from ..pop3 import NEED_DATA, CommandParser, Limits, ProtocolError, events, writer
 from ..net.conn import Conn
-from ..net.tls import TLSHandshakeError, server_handshake
 from .context import CloseSession, Session
+from .starttls import client_injection, upgrade_client
 from .sasl import LOGIN_PASS_PROMPT, LOGIN_USER_PROMPT, Credentials, SaslError, b64decode
 from .sasl import decode_user, parse_plain
 
@@ -128,28 +128,14 @@ class Pop3Front:
         raise CloseSession("client_logout")
 
     async def _stls(self, cmd: events.Command) -> None:
-        session = self.session
-        metrics = session.runtime.metrics.starttls
-        if session.listener.tls != "starttls" or session.tls:
+        if self.session.listener.tls != "starttls" or self.session.tls:
             await self._err(b"STLS not available.")
             return
-        if self.parser.buffered:  # RFC 2595 4 / CVE-2011-0411: nothing may follow STLS
-            metrics.labels("client", "pop3", "injection").inc()
+        if client_injection(self.session, self.parser.buffered):
             await self.conn.send(writer.err(b"Data after STLS refused."))
             raise CloseSession("starttls_injection")
         await self.conn.send(writer.ok(b"Begin TLS negotiation now."))
-        try:
-            stream = await server_handshake(self.conn.stream,
-                                            session.runtime.server_tls[session.listener.name],
-                                            "pop3", session.listener.timeouts.login)
-        except TLSHandshakeError as exc:
-            metrics.labels("client", "pop3", "failed").inc()
-            session.runtime.metrics.tls_handshakes.labels(session.listener.name, exc.reason).inc()
-            raise CloseSession("tls_failed") from None
-        metrics.labels("client", "pop3", "ok").inc()
-        session.runtime.metrics.tls_handshakes.labels(session.listener.name, "ok").inc()
-        self.conn.replace_stream(stream)
-        session.tls = True
+        await upgrade_client(self.session, self.conn)
         self.user = None
         self.parser = CommandParser(self.limits)
 

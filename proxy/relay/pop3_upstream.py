@@ -19,7 +19,8 @@ from ..pop3 import NEED_DATA, ProtocolError, ResponseParser, events, writer
 from ..net.conn import Conn
 from .context import Session
 from .sasl import Credentials, encode_plain
-from .upstream import UpstreamError, open_upstream, service, upstream_tls_handshake
+from .starttls import upgrade_upstream
+from .upstream import UpstreamError, open_upstream, service
 
 # Not relayable after login, or meaningless then (RFC 2449 6).
 _DROPPED = (b"STLS", b"SASL", b"USER", b"APOP", b"XCLIENT", b"IMPLEMENTATION", b"AUTH-RESP-CODE")
@@ -107,22 +108,10 @@ async def connect(session: Session, name: str, upstream: Upstream) -> UpstreamPO
 
 
 async def _stls(session: Session, name: str, up: UpstreamPOP3) -> None:
-    metrics = session.runtime.metrics.starttls
     status = await _request(up, b"STLS\r\n", False, session.listener.timeouts.upstream_response)
-    if not status.ok:
-        metrics.labels("upstream", "pop3", "refused").inc()
-        raise UpstreamError(Failure.TLS, "upstream refused STLS")
-    if up.parser.buffered:
-        metrics.labels("upstream", "pop3", "injection").inc()
-        raise UpstreamError(Failure.PROTOCOL, "data after STLS +OK before handshake")
-    try:
-        up.conn.replace_stream(await upstream_tls_handshake(session, name, up.conn.stream))
-    except UpstreamError:
-        metrics.labels("upstream", "pop3", "failed").inc()
-        raise
-    metrics.labels("upstream", "pop3", "ok").inc()
+    await upgrade_upstream(session, name, up.conn, status.ok, up.parser.buffered)
     up.parser = ResponseParser(greeting=False)
-    up.capabilities = ()
+    up.capabilities = ()  # RFC 2595 4: what was learnt before TLS is not trusted
 
 
 async def login(session: Session, upstream: Upstream, up: UpstreamPOP3,
