@@ -92,7 +92,7 @@ async def main(messages: int, rounds: int) -> None:
             d = statistics.median(r[key] for r in results["dovecot"])
             g = statistics.median(r[key] for r in results["gateway"])
             speed = g / d if key.endswith("MBps") else d / g
-            print(f"{key:16} {d:10.3f} {g:10.3f} {speed:19.2f}x")
+            print(f"{key:16} {d:10.4f} {g:10.4f} {speed:19.2f}x")
     finally:
         env.close()
 

@@ -346,7 +346,11 @@ class _Ingest:
     async def commit_loop(self, batches: trio.MemoryReceiveChannel) -> None:
         async with batches:
             async for batch in batches:
-                uids = await self.store.ingest_many(self.account_id, batch)
+                # MIME analysis and search texts once, at ingest (issue 7), off the trio thread;
+                # shielded so a batch already received is committed, as before the analysis
+                with trio.CancelScope(shield=True):
+                    batch = await trio.to_thread.run_sync(_with_cache, batch)
+                    uids = await self.store.ingest_many(self.account_id, batch)
                 for item, uid in zip(batch, uids):
                     if uid is not None:
                         self.new += 1
@@ -524,3 +528,13 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
                mode="uidl" if has_uidl else "digest", new=result.new, bytes=result.bytes,
                deleted_upstream=result.deleted_upstream, seconds=f"{result.duration:.3f}")
     return result
+
+
+def _with_cache(batch: list[IngestItem]) -> list[IngestItem]:
+    """Items with their cache blob (`analysis.analyze_for_store`) filled in."""
+    from dataclasses import replace
+
+    from .analysis import analyze_for_store
+
+    return [item if item.cache is not None else replace(item, cache=analyze_for_store(item.body))
+            for item in batch]

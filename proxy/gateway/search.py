@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import email
+import types
 import email.errors
 import email.header
 import email.policy
@@ -171,6 +172,14 @@ def _parse_key(stream: _Tokens) -> SearchKey:
         return SearchKey("HEADER", (name.lower(), stream.string("header value").casefold()))
     if word in ("BODY", "TEXT"):
         return SearchKey(word, (stream.string(word).casefold(),))
+    if word == "MODSEQ":   # RFC 7162 3.1.5: MODSEQ [entry-name entry-type-req] mod-sequence-valzer
+        value = _word(stream.next("MODSEQ value"))
+        if not value.isdigit():   # the optional entry name (a quoted string) and its type
+            _word(stream.next("MODSEQ entry type"))
+            value = _word(stream.next("MODSEQ value"))
+        if not (value.isdigit() and value.isascii()):
+            raise SearchError("MODSEQ expects a number")
+        return SearchKey("MODSEQ", (int(value),))
     raise SearchError(f"Unknown search key {word}")
 
 
@@ -231,11 +240,17 @@ class _Context:
 
     @cached_property
     def body_text(self) -> str:
+        texts = getattr(self.msg, "texts", None)   # cached at ingest/APPEND (see text_blobs)
+        if texts is not None:
+            return texts[1]
         return "\n".join(_part_texts(self.message)).casefold()
 
     @cached_property
     def header_text(self) -> str:
         """Decoded headers of the message and of every part in it (TEXT sees them all)."""
+        texts = getattr(self.msg, "texts", None)
+        if texts is not None:
+            return texts[0]
         lines = [f"{name}: {_decode_header(value)}" for part in self.message.walk()
                  for name, value in part.items()]
         return "\n".join(lines).casefold()
@@ -251,6 +266,14 @@ class _Context:
             return datetime.date(*parsed[:3]) if parsed else _EPOCH
         except ValueError:
             return _EPOCH
+
+
+def text_blobs(raw: bytes) -> tuple[str, str]:
+    """(header text, body text) of a message as TEXT and BODY match them: decoded (RFC 2047
+    words, transfer encodings, charsets) and case-folded. Computed once per stored body and
+    cached, so SEARCH TEXT/BODY is a substring test over strings."""
+    ctx = _Context(types.SimpleNamespace(raw=raw, seq=1, uid=1), 1, 1)
+    return ctx.header_text, ctx.body_text
 
 
 def _decode_header(value) -> str:
@@ -336,6 +359,7 @@ _EVAL = {
     "UID": lambda ctx, ranges: _in_set(ranges, ctx.msg.uid, ctx.last_uid),
     "FLAG": lambda ctx, flag, present: (flag.lower() in ctx.flags) == present,
     "LARGER": lambda ctx, n: ctx.msg.size > n,
+    "MODSEQ": lambda ctx, n: getattr(ctx.msg, "modseq", 0) >= n,
     "SMALLER": lambda ctx, n: ctx.msg.size < n,
     "HEADER": _eval_header,
     "BODY": lambda ctx, needle: needle in ctx.body_text,

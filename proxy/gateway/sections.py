@@ -67,6 +67,11 @@ def fetch_section(raw: bytes, section: str | bytes, partial: tuple[int, int] | N
     return data
 
 
+def crlf(data: bytes) -> bytes:
+    """A whole message as BODY[] sends it (bare LF as CRLF, NUL as 0x80)."""
+    return _crlf(data)
+
+
 def _crlf(data: bytes) -> bytes:
     """Bare LF as CRLF and NUL as 0x80, as Dovecot sends message text."""
     if b"\0" in data:

@@ -98,8 +98,9 @@ class AccountFetcher:
                 account = await service.store.ensure_account(self.upstream, self.user)
                 inbox = await service.store.get_mailbox(account.id, "INBOX")
                 if inbox is not None:
-                    snapshot = await service.store.messages(inbox.id)
-                    service.backend(account).hub.appended(inbox.id, snapshot)
+                    backend = service.backend(account)
+                    snapshot = await backend.index.latest(service.store, inbox.id)
+                    backend.hub.appended(inbox.id, snapshot.metas)
         except (FetchError, StoreError) as exc:   # logged by the fetcher; retried next poll
             reason = exc.reason if isinstance(exc, FetchError) else "store"
             metrics.gateway_syncs.labels(reason).inc()

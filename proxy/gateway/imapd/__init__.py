@@ -2,13 +2,14 @@
 
 Modules: `session` (read loop, dispatch, IDLE), `commands` (the command table and capabilities),
 `_state` (states and transitions), `_mailboxes` (authenticated-state commands), `_messages`
-(selected-state commands), `_fetch` (FETCH and the MIME/body caches), `_view` (a session's
+(selected-state commands), `_fetch` (FETCH items and rendering), `_caches`
+(MIME/body/search-text caches), `_index` (shared mailbox snapshots), `_view` (a session's
 picture of its selected mailbox), `hub` (change notification between sessions), `utf7`
 (mailbox names), `_args` (argument decoding).
 """
 
 from .commands import CAPABILITIES
-from ._fetch import BodyCache, MimeCache
+from ._caches import BodyCache, MimeCache
 from .hub import Hub
 from .session import Backend, ImapSession
 

@@ -1,29 +1,21 @@
-"""FETCH (RFC 3501 6.4.5, 7.4.2): attribute parsing, the MIME/body caches, rendering.
+"""FETCH (RFC 3501 6.4.5, 7.4.2): attribute parsing and rendering.
 
 Theory of operation: ENVELOPE, BODY, BODYSTRUCTURE and the virtual RFC822.SIZE come from the
-MIME analysis that `mime.analyze()` computes once per stored body (at APPEND, or lazily for
-ingested messages, then saved with `store.set_cache`). `MimeCache` keeps the parsed form per
-body id in memory (bodies are shared by copies, so the id is the right key); `BodyCache` keeps
-recently read raw bodies within a byte budget, which makes "headers first, then the body" and
-repeated SEARCH TEXT cheap. Body sections are cut by `sections.fetch_section` from the raw body
-with the cached part table.
+MIME analysis computed once per stored body (`_caches`). The FETCH handler loads a chunk of
+messages with one store call for the MIME infos and one for the bodies (`plan()` says which
+are needed: a whole-message BODY[]/RFC822 needs no MIME work), then `render()` is synchronous.
+Body sections are cut by `sections.fetch_section` from the raw body with the cached part table.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
 
-import trio
-
-from .. import mime
-from ..sections import SectionError, fetch_section
+from ..sections import SectionError, crlf, fetch_section
 from ...store import MessageMeta
 from ._args import Reply, format_date_time, is_atom, flag_list
 
-ANALYZE_IN_THREAD = 512 * 1024      # bigger bodies are parsed off the trio thread
 _BODY_ITEM = re.compile(rb"^(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK)\[([^\]]*)\](?:<(\d+)(?:\.(\d+))?>)?$",
                         re.IGNORECASE)
 _MACROS = {
@@ -32,7 +24,7 @@ _MACROS = {
     b"FULL": (b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"),
 }
 _SIMPLE = {b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY", b"BODYSTRUCTURE",
-           b"UID", b"RFC822", b"RFC822.HEADER", b"RFC822.TEXT"}
+           b"UID", b"RFC822", b"RFC822.HEADER", b"RFC822.TEXT", b"MODSEQ"}   # MODSEQ: RFC 7162 3.1.4
 _SETS_SEEN = {b"RFC822", b"RFC822.TEXT"}   # RFC 3501 6.4.5: these set \Seen, RFC822.HEADER does not
 
 
@@ -84,97 +76,69 @@ def parse_items(arg: object, *, uid: bool) -> list[Item]:
     return [i for i in items if not (i in seen or seen.add(i))]
 
 
-class BodyCache:
-    """Recently read raw bodies by body id, within `budget` bytes (LRU)."""
-
-    def __init__(self, budget: int = 64 * 1024 * 1024):
-        self.budget, self.used = budget, 0
-        self._lru: OrderedDict[int, bytes] = OrderedDict()
-
-    async def get(self, store, meta: MessageMeta) -> bytes:
-        raw = self._lru.get(meta.body_id)
-        if raw is not None:
-            self._lru.move_to_end(meta.body_id)
-            return raw
-        raw = await store.body(meta)
-        if len(raw) <= self.budget // 8:
-            self._lru[meta.body_id] = raw
-            self.used += len(raw)
-            while self.used > self.budget:
-                self.used -= len(self._lru.popitem(last=False)[1])
-        return raw
-
-
-class MimeCache:
-    """Parsed `mime.MimeInfo` by body id (LRU of `entries`), filled from the store's cache blob
-    or, when a body has none (ingested before analysis), by analysing it once and saving it."""
-
-    def __init__(self, bodies: BodyCache, entries: int = 100_000):
-        self.bodies, self.entries = bodies, entries
-        self._lru: OrderedDict[int, mime.MimeInfo] = OrderedDict()
-
-    async def info(self, store, meta: MessageMeta) -> mime.MimeInfo:
-        info = self._lru.get(meta.body_id)
-        if info is not None:
-            self._lru.move_to_end(meta.body_id)
-            return info
-        blob = await store.cache(meta)
-        try:
-            info = mime.from_cache(blob) if blob else None
-        except (ValueError, KeyError):   # an older cache version: analyse again
-            info = None
-        if info is None:
-            raw = await self.bodies.get(store, meta)
-            data = await analyze(raw)
-            await store.set_cache(meta, json.dumps(data).encode())
-            info = mime.from_cache(data)
-        self._lru[meta.body_id] = info
-        if len(self._lru) > self.entries:
-            self._lru.popitem(last=False)
-        return info
-
-
-async def analyze(raw: bytes) -> dict:
-    if len(raw) > ANALYZE_IN_THREAD:
-        return await trio.to_thread.run_sync(mime.analyze, raw)
-    return mime.analyze(raw)
-
-
-def _literal(data: bytes) -> bytes:
-    return b"{%d}\r\n" % len(data) + data
-
-
-async def render(session, seq: int, meta: MessageMeta, items: list[Item], flags) -> bytes:
-    """`seq FETCH (...)` for one message (without "* " and CRLF). Raises StoreError when the
-    body is gone (expunged by another session, not yet announced here)."""
-    backend = session.backend
-    info = await backend.mime.info(session.store, meta) if any(i.needs_mime for i in items) else None
-    raw = await backend.mime.bodies.get(session.store, meta) if any(
-        i.needs_body for i in items) else None
-    parts = []
+def plan(items: list[Item]) -> tuple[bool, bool]:
+    """(needs MIME info, needs the raw body) for a FETCH of `items`. A whole-message BODY[] or
+    RFC822 needs only the raw body: no MIME work (the part table is for sections)."""
+    needs_mime = needs_body = False
     for item in items:
+        if item.needs_body:
+            needs_body = True
+            if not _whole(item):
+                needs_mime = True
+        elif item.needs_mime:
+            needs_mime = True
+    return needs_mime, needs_body
+
+
+def _whole(item: Item) -> bool:
+    return item.partial is None and (item.section == b"" or item.name == b"RFC822")
+
+
+def render(seq: int, meta: MessageMeta, items: list[Item], flags, info, raw) -> list[bytes]:
+    """`* seq FETCH (...)` CRLF for one message, as pieces to write (a body is its own piece,
+    never copied into a bigger buffer). `info`/`raw` as `plan()` asked for them."""
+    pieces = []
+    text = [b"* %d FETCH (" % seq]
+    for n, item in enumerate(items):
+        if n:
+            text.append(b" ")
         name = item.name
         if name == b"UID":
-            parts.append(b"UID %d" % meta.uid)
+            text.append(b"UID %d" % meta.uid)
         elif name == b"FLAGS":
-            parts.append(b"FLAGS " + flag_list(flags))
+            text.append(b"FLAGS " + flag_list(flags))
+        elif name == b"MODSEQ":
+            text.append(b"MODSEQ (%d)" % meta.modseq)
         elif name == b"INTERNALDATE":
-            parts.append(b"INTERNALDATE " + format_date_time(meta.internaldate))
+            text.append(b"INTERNALDATE " + format_date_time(meta.internaldate))
         elif name == b"RFC822.SIZE":
-            parts.append(b"RFC822.SIZE %d" % info.size)
+            text.append(b"RFC822.SIZE %d" % info.size)
         elif name == b"ENVELOPE":
-            parts.append(b"ENVELOPE " + info.envelope)
+            text.append(b"ENVELOPE " + info.envelope)
         elif name == b"BODY":
-            parts.append(b"BODY " + info.body)
+            text.append(b"BODY " + info.body)
         elif name == b"BODYSTRUCTURE":
-            parts.append(b"BODYSTRUCTURE " + info.bodystructure)
-        elif item.section is None:   # RFC822, RFC822.HEADER, RFC822.TEXT
-            parts.append(name + b" " + _literal(fetch_section(raw, name, parts=info.parts)))
+            text.append(b"BODYSTRUCTURE " + info.bodystructure)
         else:
-            try:
-                data = fetch_section(raw, item.section, item.partial, parts=info.parts)
-            except SectionError as exc:
-                raise Reply.bad(f"Invalid section: {exc}") from None
-            origin = b"<%d>" % item.partial[0] if item.partial else b""
-            parts.append(b"BODY[" + item.section + b"]" + origin + b" " + _literal(data))
-    return b"%d FETCH (" % seq + b" ".join(parts) + b")"
+            if _whole(item):   # known clean (size == virtual size, no NUL): sent as stored
+                clean = info is not None and info.size == len(raw) and b"\0" not in raw
+                data = raw if clean else crlf(raw)
+            elif item.section is None:   # RFC822.HEADER, RFC822.TEXT
+                data = fetch_section(raw, name, parts=info.parts)
+            else:
+                try:
+                    data = fetch_section(raw, item.section, item.partial, parts=info.parts)
+                except SectionError as exc:
+                    raise Reply.bad(f"Invalid section: {exc}") from None
+            if item.section is None:
+                label = name
+            else:
+                origin = b"<%d>" % item.partial[0] if item.partial else b""
+                label = b"BODY[" + item.section + b"]" + origin
+            text.append(label + b" {%d}\r\n" % len(data))
+            pieces.append(b"".join(text))
+            pieces.append(data)
+            text = []
+    text.append(b")\r\n")
+    pieces.append(b"".join(text))
+    return pieces

@@ -9,27 +9,29 @@ carry RFC 3348 CHILDREN and RFC 6154 SPECIAL-USE.
 
 from __future__ import annotations
 
-import json
 import re
 
 from ...store.base import INBOX, SYSTEM_FLAGS
 from ._args import (Reply, astring, flag_list, mailbox, mailbox_wire, parse_date_time, parse_flags,
                     word)
-from ._fetch import analyze
+from ._caches import analyze
 from ._messages import publish_appended
 from ._state import Trigger
 from ._view import SelectedView
+from . import _condstore as cs
 from . import utf7
 
 SEP = "/"
-_STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN")
+_STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN",
+                 b"HIGHESTMODSEQ")   # RFC 7162 3.1.6
 
 
 # ---- SELECT / EXAMINE ------------------------------------------------------------------------
 
 async def select(session, cmd, read_only: bool = False):
-    if len(cmd.args) != 1:
-        raise Reply.bad("SELECT expects one mailbox name")   # no CONDSTORE/QRESYNC parameters
+    if not cmd.args:
+        raise Reply.bad("SELECT expects a mailbox name")
+    condstore, qresync = cs.select_params(session, cmd.args[1:])   # RFC 7162 3.1.8, 3.2.5
     name = mailbox(cmd.args[0])
     session.deselect()   # RFC 3501 6.3.1: even if this SELECT fails, nothing stays selected
     box = await session.store.get_mailbox(session.account.id, name)
@@ -37,23 +39,30 @@ async def select(session, cmd, read_only: bool = False):
         session.transition(Trigger.SELECT_FAILED)
         raise Reply.no(f"Mailbox does not exist: {name}", b"NONEXISTENT")
     view = SelectedView(box, [], read_only, set())
+    if condstore:
+        session.enabled.add(cs.CONDSTORE)
+    view.condstore = cs.CONDSTORE in session.enabled
+    view.qresync = cs.QRESYNC in session.enabled
     session.select(view)   # subscribe before the snapshot: no change can fall in between
-    metas = await session.store.messages(box.id)
-    view.uids, view.meta = [m.uid for m in metas], {m.uid: m for m in metas}
-    view.recent = session.backend.hub.claim_recent(box.id, take=not read_only) & set(view.meta)
+    snap = await session.backend.index.snapshot(session.store, box)   # no reload (see _index)
+    view.uids, view.meta = list(snap.uids), dict(snap.by_uid)
+    view.recent = session.backend.hub.claim_recent(box.id, take=not read_only) & snap.by_uid.keys()
     session.transition(Trigger.SELECT)
-    keywords = sorted({f for m in metas for f in m.flags if not f.startswith("\\")})
-    flags = list(SYSTEM_FLAGS) + keywords
+    flags = list(SYSTEM_FLAGS) + snap.keywords
     session.emit(b"FLAGS " + flag_list(flags))
     permanent = b"()" if read_only else flag_list(flags + ["\\*"])
     session.emit(b"OK [PERMANENTFLAGS " + permanent + b"] Flags permitted.")
     session.emit(b"%d EXISTS" % view.exists)
     session.emit(b"%d RECENT" % len(view.recent))
-    first_unseen = next((i + 1 for i, m in enumerate(metas) if "\\Seen" not in m.flags), None)
+    first_unseen = snap.first_unseen
     if first_unseen is not None:
         session.emit(b"OK [UNSEEN %d] First unseen." % first_unseen)
     session.emit(b"OK [UIDVALIDITY %d] UIDs valid." % box.uidvalidity)
     session.emit(b"OK [UIDNEXT %d] Predicted next UID." % max(box.uidnext, view.max_uid + 1))
+    # RFC 7162 3.1.2.1: always (the store has MODSEQs, never NOMODSEQ)
+    session.emit(b"OK [HIGHESTMODSEQ %d] Highest." % max(box.highest_modseq, snap.modseq))
+    if qresync is not None:
+        await cs.qresync_lines(session, view, qresync)
     return (b"READ-ONLY" if read_only else b"READ-WRITE"), ("Examine" if read_only else "Select") + \
         " completed."
 
@@ -199,13 +208,16 @@ async def status(session, cmd):
     box = await session.store.get_mailbox(session.account.id, name)
     if box is None:
         raise Reply.no(f"Mailbox does not exist: {name}", b"NONEXISTENT")
-    metas = await session.store.messages(box.id) if b"UNSEEN" in items else None
+    if b"HIGHESTMODSEQ" in items:
+        await cs.enable_condstore(session)
+    snap = await session.backend.index.snapshot(session.store, box) if b"UNSEEN" in items else None
     values = {
         b"MESSAGES": box.exists,
         b"RECENT": len(session.backend.hub.claim_recent(box.id, take=False)),
         b"UIDNEXT": box.uidnext,
         b"UIDVALIDITY": box.uidvalidity,
-        b"UNSEEN": sum("\\Seen" not in m.flags for m in metas) if metas is not None else 0,
+        b"HIGHESTMODSEQ": box.highest_modseq,
+        b"UNSEEN": snap.unseen if snap is not None else 0,
     }
     body = b" ".join(b"%s %d" % (item, values[item]) for item in items)
     session.emit(b"STATUS " + mailbox_wire(box.name) + b" (" + body + b")")
@@ -232,7 +244,7 @@ async def append(session, cmd):
         raise Reply.no(f"Mailbox does not exist: {name}", b"TRYCREATE")
     if not body:
         raise Reply.no("Cannot append an empty message.")
-    cache = json.dumps(await analyze(body)).encode()   # analysed once, here (issue 7)
+    cache = await analyze(body)   # analysed once, here (issue 7)
     uid = await session.store.append(box.id, body, flags, when, cache=cache)
     await publish_appended(session, box.id)
     return b"APPENDUID %d %d" % (box.uidvalidity, uid), "APPEND completed."

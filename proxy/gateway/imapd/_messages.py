@@ -17,10 +17,14 @@ from ...store import FlagMode, StoreError
 from ..search import SearchError, SearchKey, matches, parse_search
 from ._args import (Reply, compress, flag_list, mailbox, parse_flags, parse_sequence_set,
                     resolve, uid_list, word)
-from ._fetch import Item, parse_items, render
+from ._fetch import Item, parse_items, plan, render
 from ._state import Trigger
+from . import _condstore as cs
 
-_RAW_KEYS = {"HEADER", "BODY", "TEXT", "SENTBEFORE", "SENTON", "SENTSINCE"}
+_RAW_KEYS = {"HEADER", "SENTBEFORE", "SENTON", "SENTSINCE"}   # need the parsed message
+_TEXT_KEYS = {"BODY", "TEXT"}                                 # need the cached search texts
+CHUNK_MESSAGES = 256
+CHUNK_BYTES = 8 * 1024 * 1024
 _STORE_MODES = {b"FLAGS": FlagMode.REPLACE, b"+FLAGS": FlagMode.ADD, b"-FLAGS": FlagMode.REMOVE}
 _ESEARCH_OPTIONS = {b"MIN", b"MAX", b"ALL", b"COUNT"}
 
@@ -49,12 +53,21 @@ def _writable(session) -> None:
 # ---- FETCH -------------------------------------------------------------------------------------
 
 async def fetch(session, cmd):
-    if len(cmd.args) != 2:
-        raise Reply.bad("FETCH expects a sequence set and items")   # no CONDSTORE modifiers
+    if len(cmd.args) not in (2, 3):
+        raise Reply.bad("FETCH expects a sequence set, items and optional modifiers")
     uid = is_uid(cmd)
+    changedsince, vanished = cs.fetch_modifiers(session, cmd, uid)
     seqs = targets(session, cmd.args[0], uid)
     items = parse_items(cmd.args[1], uid=uid)
     view = session.view
+    if changedsince is not None or any(i.name == b"MODSEQ" for i in items):
+        await cs.enable_condstore(session)
+    if changedsince is not None:   # RFC 7162 3.1.4: only messages changed since, with MODSEQ
+        if not any(i.name == b"MODSEQ" for i in items):
+            items = items + [Item(b"MODSEQ")]
+        seqs = [q for q in seqs if view.meta[view.uids[q - 1]].modseq > changedsince]
+        if vanished:   # 3.2.6: VANISHED (EARLIER) before the FETCH responses
+            await cs.vanished_earlier(session, view, cmd.args[0], changedsince)
     seen_now: set[int] = set()
     if not view.read_only and any(not i.peek for i in items):   # 6.4.5: BODY[] sets \Seen
         unseen = [view.uids[q - 1] for q in seqs if "\\Seen" not in view.meta[view.uids[q - 1]].flags
@@ -66,51 +79,136 @@ async def fetch(session, cmd):
                 seen_now.add(update.uid)
             session.backend.hub.flags(view.mailbox_id, result.updated, origin=view)
     with_flags = items if any(i.name == b"FLAGS" for i in items) else items + [Item(b"FLAGS")]
+    if view.condstore and not any(i.name == b"MODSEQ" for i in with_flags):   # 3.1.4
+        with_flags = with_flags + [Item(b"MODSEQ")]
+    needs_mime, needs_body = plan(items)
+    mime, store = session.backend.mime, session.store
+
+    async def load(chunk):
+        metas = [view.meta[view.uids[q - 1]] for q in chunk]
+        infos = await mime.infos(store, metas) if needs_mime else [None] * len(metas)
+        if needs_body:
+            raws = await mime.bodies.get_many(store, metas)
+            if not needs_mime:   # virtual size == raw size: no bare LF (whole-body fast path)
+                infos = [mime.peek(m) for m in metas]
+        else:
+            raws = [None] * len(metas)
+        return chunk, metas, infos, raws
+
     missing = False
-    for seq in seqs:
-        message_uid = view.uids[seq - 1]
-        meta = view.meta[message_uid]
-        try:
-            line = await render(session, seq, meta, with_flags if message_uid in seen_now else items,
-                                view.flags_of(message_uid))
-        except StoreError:   # expunged by another session, not yet announced (RFC 2180 4.1.3)
-            missing = True
-            continue
-        session.emit(line)
+
+    async def write(loaded):
+        nonlocal missing
+        chunk, metas, infos, raws = loaded
+        for n, seq in enumerate(chunk):
+            meta, info, raw = metas[n], infos[n], raws[n]
+            if (needs_mime and info is None) or (needs_body and raw is None):
+                missing = True   # expunged by another session, not yet announced (RFC 2180 4.1.3)
+                continue
+            session.write_pieces(render(seq, meta, with_flags if meta.uid in seen_now else items,
+                                        view.flags_of(meta.uid), info, raw))
         await session.maybe_flush()
+
+    await pipelined(load, write, list(_chunks(view, seqs)))
     if missing:
         raise Reply.no("Some messages were expunged by another session.", b"EXPUNGEISSUED")
+
+
+async def pipelined(load, consume, chunks) -> None:
+    """`await consume(await load(chunk))` for each chunk in order, the next chunk's load running
+    while the current one is consumed (the store reads while we write). Errors are re-raised
+    bare, never as an ExceptionGroup (trio's strict groups would wrap them)."""
+    if not chunks:
+        return
+    error: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        try:
+            pending = _Pending(nursery, load, chunks[0])
+            for n in range(len(chunks)):
+                result = await pending.result()
+                if n + 1 < len(chunks):
+                    pending = _Pending(nursery, load, chunks[n + 1])
+                await consume(result)
+        except BaseException as exc:   # re-raised bare below
+            error = exc
+            nursery.cancel_scope.cancel()
+    if error is not None:
+        raise error
+
+
+class _Pending:
+    def __init__(self, nursery, load, chunk):
+        self.done = trio.Event()
+        self.value = self.error = None
+        nursery.start_soon(self._run, load, chunk)
+
+    async def _run(self, load, chunk):
+        try:
+            self.value = await load(chunk)
+        except Exception as exc:   # handed to the consumer, raised there
+            self.error = exc
+        finally:
+            self.done.set()
+
+    async def result(self):
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _chunks(view, seqs: list[int]):
+    """Sequence numbers in chunks of at most CHUNK_MESSAGES messages / CHUNK_BYTES bytes: one
+    store call per chunk, and the previous chunk is written out before the next is read."""
+    chunk, size = [], 0
+    for seq in seqs:
+        chunk.append(seq)
+        size += view.meta[view.uids[seq - 1]].size
+        if len(chunk) >= CHUNK_MESSAGES or size >= CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 # ---- STORE -------------------------------------------------------------------------------------
 
 async def store(session, cmd):
-    if len(cmd.args) < 3:
+    unchanged_since, args = cs.store_modifiers(list(cmd.args))
+    if len(args) < 3:
         raise Reply.bad("STORE expects a sequence set, an item and flags")
     uid = is_uid(cmd)
-    seqs = targets(session, cmd.args[0], uid)
-    item = word(cmd.args[1])
+    seqs = targets(session, args[0], uid)
+    item = word(args[1])
     silent = item.endswith(b".SILENT")
     mode = _STORE_MODES.get(item[:-7] if silent else item)
     if mode is None:
         raise Reply.bad("STORE expects FLAGS, +FLAGS or -FLAGS")
-    flags = parse_flags(cmd.args[2] if len(cmd.args) == 3 else tuple(cmd.args[2:]), allow_recent=True)
+    flags = parse_flags(args[2] if len(args) == 3 else tuple(args[2:]), allow_recent=True)
     _writable(session)
     view = session.view
+    if unchanged_since is not None:
+        await cs.enable_condstore(session)
     uids = [view.uids[q - 1] for q in seqs if view.uids[q - 1] not in view.expunged]
     if not uids:
         return None
-    result = await session.store.store_flags(view.mailbox_id, uids, flags, mode)
+    result = await session.store.store_flags(view.mailbox_id, uids, flags, mode, unchanged_since)
     for update in result.updated:
         view.set_flags(update.uid, update.flags, update.modseq)
     session.backend.hub.flags(view.mailbox_id, result.updated, origin=view)
-    if silent:
-        return None
     for update in result.updated:
         seq = view.seq_of(update.uid)
-        if seq is not None:
+        if seq is None:
+            continue
+        if not silent:
+            session.emit(view.fetch_flags_line(seq, update.uid, with_uid=uid))
+        elif view.condstore and update.changed:   # RFC 7162 3.1.3: MODSEQ even with .SILENT
             prefix = b"UID %d " % update.uid if uid else b""
-            session.emit(b"%d FETCH (%sFLAGS %s)" % (seq, prefix, flag_list(view.flags_of(update.uid))))
+            session.emit(b"%d FETCH (%sMODSEQ (%d))" % (seq, prefix, update.modseq))
+    if result.modified:   # 3.1.3: MODIFIED lists what failed UNCHANGEDSINCE
+        failed = sorted(result.modified if uid else
+                        [view.seq_of(u) for u in result.modified if view.seq_of(u) is not None])
+        return b"MODIFIED " + compress(failed), "Conditional STORE failed for some messages."
     return None
 
 
@@ -146,27 +244,40 @@ async def search(session, cmd):
         raise (Reply.no(exc.text, code) if code else Reply.bad(exc.text)) from None
     ops = _ops(key)
     view = session.view
-    backend = session.backend
+    if "MODSEQ" in ops:
+        await cs.enable_condstore(session)
+    mime, store = session.backend.mime, session.store
+    need_raw, need_text = bool(ops & _RAW_KEYS), bool(ops & _TEXT_KEYS)
+    need_size = bool(ops & {"LARGER", "SMALLER"})
     found = []
-    for index, message_uid in enumerate(list(view.uids)):
-        meta = view.meta[message_uid]
-        raw = None
-        size = meta.size
-        try:
-            if ops & _RAW_KEYS:
-                raw = await backend.mime.bodies.get(session.store, meta)
-            if ops & {"LARGER", "SMALLER"}:
-                size = (await backend.mime.info(session.store, meta)).size
-        except StoreError:
-            continue   # expunged by another session: its text is gone
-        msg = types.SimpleNamespace(seq=index + 1, uid=message_uid, flags=view.flags_of(message_uid),
-                                    internaldate=meta.internaldate, size=size, raw=raw)
-        if matches(key, msg, last_seq=view.exists, last_uid=view.max_uid):
-            found.append(message_uid if is_uid(cmd) else index + 1)
-        if index % 64 == 63:
-            await trio.lowlevel.checkpoint()
+    uids = list(view.uids)
+    for start in range(0, len(uids), CHUNK_MESSAGES):
+        part = uids[start:start + CHUNK_MESSAGES]
+        metas = [view.meta[u] for u in part]
+        raws = await mime.bodies.get_many(store, metas) if need_raw else None
+        texts = await mime.texts(store, metas) if need_text else None
+        infos = await mime.infos(store, metas) if need_size else None
+        for n, meta in enumerate(metas):
+            raw = raws[n] if raws is not None else None
+            text = texts[n] if texts is not None else None
+            info = infos[n] if infos is not None else None
+            if (need_raw and raw is None) or (need_text and text is None) or (
+                    need_size and info is None):
+                continue   # expunged by another session: its text is gone
+            seq = start + n + 1
+            msg = types.SimpleNamespace(seq=seq, uid=meta.uid, flags=view.flags_of(meta.uid),
+                                        internaldate=meta.internaldate, modseq=meta.modseq,
+                                        size=info.size if info is not None else meta.size,
+                                        raw=raw, texts=text)
+            if matches(key, msg, last_seq=view.exists, last_uid=view.max_uid):
+                found.append(meta.uid if is_uid(cmd) else seq)
+        await trio.lowlevel.checkpoint()
+    # RFC 7162 3.1.5: with MODSEQ in the criteria, the highest MODSEQ of the matches
+    top = max((view.meta[u if is_uid(cmd) else view.uids[u - 1]].modseq for u in found),
+              default=None) if "MODSEQ" in ops else None
     if options is None:
-        session.emit(b"SEARCH" + b"".join(b" %d" % n for n in found))
+        session.emit(b"SEARCH" + b"".join(b" %d" % n for n in found) +
+                     (b" (MODSEQ %d)" % top if top is not None else b""))
         return None
     reply = b'ESEARCH (TAG "%s")' % cmd.tag + (b" UID" if is_uid(cmd) else b"")
     if found and b"MIN" in options:
@@ -177,6 +288,8 @@ async def search(session, cmd):
         reply += b" COUNT %d" % len(found)
     if found and b"ALL" in options:
         reply += b" ALL " + compress(sorted(found))
+    if top is not None:
+        reply += b" MODSEQ %d" % top
     session.emit(reply)
     return None
 
@@ -193,9 +306,8 @@ async def _destination(session, arg):
 
 async def publish_appended(session, mailbox_id: int) -> None:
     """Tell the hub about new messages in `mailbox_id` (one snapshot for all listeners)."""
-    hub = session.backend.hub
-    snapshot = await session.store.messages(mailbox_id)
-    hub.appended(mailbox_id, snapshot)
+    snapshot = await session.backend.index.latest(session.store, mailbox_id)
+    session.backend.hub.appended(mailbox_id, snapshot.metas)
 
 
 async def copy(session, cmd, move: bool = False):
@@ -220,10 +332,8 @@ async def copy(session, cmd, move: bool = False):
     if code:   # RFC 6851 4.3: COPYUID goes in an untagged OK before the EXPUNGEs
         session.emit(b"OK [" + code + b"] Moved UIDs.")
     moved = [a for a, _ in pairs]
-    for message_uid in sorted(moved, reverse=True):
-        seq = view.remove(message_uid)
-        if seq is not None:
-            session.emit(b"%d EXPUNGE" % seq)
+    for line in view.expunge_lines(moved):   # EXPUNGE, or VANISHED with QRESYNC (RFC 7162 3.2.10)
+        session.emit(line)
     session.backend.hub.expunged(view.mailbox_id, moved, origin=view)
     return None
 
@@ -241,10 +351,10 @@ async def _expunge_deleted(session, only: set[int] | None, announce: bool) -> No
     deleted = [u for u in view.uids if "\\Deleted" in view.meta[u].flags
                and (only is None or u in only)]
     gone = await session.store.expunge(view.mailbox_id, deleted) if deleted else []
-    for message_uid in sorted(gone, reverse=True):
-        seq = view.remove(message_uid)
-        if announce and seq is not None:
-            session.emit(b"%d EXPUNGE" % seq)
+    lines = view.expunge_lines(gone)   # EXPUNGE, or VANISHED with QRESYNC (RFC 7162 3.2.10)
+    if announce:
+        for line in lines:
+            session.emit(line)
     session.backend.hub.expunged(view.mailbox_id, gone, origin=view)
 
 

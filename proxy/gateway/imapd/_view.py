@@ -19,7 +19,7 @@ import dataclasses
 import trio
 
 from ...store import Mailbox, MessageMeta
-from ._args import flag_list
+from ._args import compress, flag_list
 from .hub import EventKind, MailboxEvent
 
 
@@ -40,6 +40,8 @@ class SelectedView:
         self.gone = False
         self.wakeup = trio.Event()
         self.latencies: list[float] = []       # publish -> delivery, for the metrics
+        self.condstore = False                 # RFC 7162 3.1.4: MODSEQ in every FETCH with FLAGS
+        self.qresync = False                   # RFC 7162 3.2.10: VANISHED instead of EXPUNGE
 
     # ---- hub side ---------------------------------------------------------------------------
     def notify(self, event: MailboxEvent) -> None:
@@ -62,6 +64,24 @@ class SelectedView:
     def flags_of(self, uid: int) -> frozenset[str]:
         flags = self.meta[uid].flags
         return flags | {"\\Recent"} if uid in self.recent else flags
+
+    def fetch_flags_line(self, seq: int, uid: int, with_uid: bool = True) -> bytes:
+        """`seq FETCH ([UID u ]FLAGS (...)[ MODSEQ (m)])` for an unsolicited or STORE response."""
+        line = b"%d FETCH (" % seq + (b"UID %d " % uid if with_uid else b"")
+        line += b"FLAGS " + flag_list(self.flags_of(uid))
+        if self.condstore:
+            line += b" MODSEQ (%d)" % self.meta[uid].modseq
+        return line + b")"
+
+    def expunge_lines(self, uids) -> list[bytes]:
+        """Forget expunged messages; EXPUNGE per message (highest first, so no number shifts
+        under the client, RFC 3501 7.4.1), or one VANISHED (RFC 7162 3.2.10) with QRESYNC."""
+        gone = [uid for uid in sorted(uids, reverse=True) if self.seq_of(uid) is not None]
+        if self.qresync:
+            for uid in gone:
+                self.remove(uid)
+            return [b"VANISHED " + compress(sorted(gone))] if gone else []
+        return [b"%d EXPUNGE" % self.remove(uid) for uid in gone]
 
     def seqs_for(self, ranges: list[tuple[int, int]]) -> list[int]:
         """Sequence numbers in `ranges` (already resolved), ascending, deduplicated."""
@@ -122,12 +142,11 @@ class SelectedView:
                 self.gone = True
         lines = []
         if allow_expunge and self.expunged:
-            for uid in sorted(self.expunged, reverse=True):   # higher numbers first: no shifting
-                lines.append(b"%d EXPUNGE" % self.remove(uid))
+            lines += self.expunge_lines(set(self.expunged))
         if added:
             lines += [b"%d EXISTS" % self.exists, b"%d RECENT" % len(self.recent)]
         for uid in changed:
             seq = self.seq_of(uid)
             if seq is not None:
-                lines.append(b"%d FETCH (UID %d FLAGS %s)" % (seq, uid, flag_list(self.flags_of(uid))))
+                lines.append(self.fetch_flags_line(seq, uid))
         return lines

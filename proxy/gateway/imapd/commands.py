@@ -16,9 +16,10 @@ from . import _messages as msg
 
 # Post-login capabilities (RFC 3501 7.2.1). SASL-IR and AUTH= are the pre-login front's.
 CAPABILITIES = (b"IMAP4rev1", b"LITERAL+", b"IDLE", b"UIDPLUS", b"MOVE", b"NAMESPACE", b"ID",
-                b"ENABLE", b"UNSELECT", b"SPECIAL-USE", b"CHILDREN", b"ESEARCH")
-# Extensions ENABLE (RFC 5161) can turn on: none yet (CONDSTORE/QRESYNC are not implemented).
-ENABLEABLE: frozenset[bytes] = frozenset()
+                b"ENABLE", b"UNSELECT", b"SPECIAL-USE", b"CHILDREN", b"ESEARCH", b"CONDSTORE",
+                b"QRESYNC")
+# Extensions ENABLE (RFC 5161) can turn on; QRESYNC implies CONDSTORE (RFC 7162 3.2.3).
+ENABLEABLE: frozenset[bytes] = frozenset({b"CONDSTORE", b"QRESYNC"})
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
@@ -53,7 +54,10 @@ async def _enable(session, cmd):
         raise Reply.bad("ENABLE expects capability names")
     enabled = [bytes(a).upper() for a in cmd.args if isinstance(a, bytes)
                and bytes(a).upper() in ENABLEABLE]
+    enabled = [e for e in dict.fromkeys(enabled) if e not in session.enabled]   # RFC 5161 3.1
     session.enabled.update(enabled)
+    if b"QRESYNC" in session.enabled:
+        session.enabled.add(b"CONDSTORE")
     session.emit(b"ENABLED" + b"".join(b" " + e for e in enabled))   # RFC 5161 3.1
 
 

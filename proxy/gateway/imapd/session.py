@@ -35,19 +35,23 @@ from ._args import Reply
 from ._state import SELECTED, State, Trigger, next_state
 
 if TYPE_CHECKING:
-    from ._fetch import MimeCache
+    from ._caches import MimeCache
     from ._view import SelectedView
     from .hub import Hub
 
-FLUSH_AT = 256 * 1024
+FLUSH_AT = 256 * 1024     # queued bytes that trigger a write during a long response
+BIG_PIECE = 64 * 1024     # pieces this big are written on their own, not copied
 
 
 class Backend:
-    """What every session of one account shares: the store, the account's hub, the MIME cache,
-    and `on_change` hooks for metrics (set by the service)."""
+    """What every session of one account shares: the store, the account's hub, the MIME cache
+    (shared by all accounts), the account's mailbox index, and the metrics."""
 
     def __init__(self, store: Any, hub: "Hub", mime: "MimeCache", metrics: Any = None):
+        from ._index import MailboxIndex
+
         self.store, self.hub, self.mime, self.metrics = store, hub, mime, metrics
+        self.index = MailboxIndex()
 
 
 class ImapSession:
@@ -69,23 +73,53 @@ class ImapSession:
         self.state = State.AUTHENTICATED
         self.view: SelectedView | None = None
         self.enabled: set[bytes] = set()
-        self.out = bytearray()
+        self.out: list[bytes] = []      # pieces to write; big bodies stay separate pieces
+        self.out_size = 0
         self.draining = False
         self._read_scope: trio.CancelScope | None = None
 
     # ---- output -----------------------------------------------------------------------------
     def emit(self, line: bytes) -> None:
         """Queue an untagged response (`line` without "* " and CRLF; may hold literals)."""
-        self.out += b"* " + line + b"\r\n"
+        self.write(b"* " + line + b"\r\n")
+
+    def write(self, data: bytes) -> None:
+        """Queue raw protocol bytes."""
+        self.out.append(data)
+        self.out_size += len(data)
+
+    def write_pieces(self, pieces: list[bytes]) -> None:
+        self.out += pieces
+        self.out_size += sum(map(len, pieces))
 
     async def flush(self) -> None:
-        if self.out:
-            data, self.out = bytes(self.out), bytearray()
-            if not await self.conn.send(data):
-                raise CloseSession("client_closed")
+        """Write what is queued: small pieces joined, big ones (bodies) sent without a copy."""
+        if not self.out:
+            return
+        out, self.out, self.out_size = self.out, [], 0
+        batch: list[bytes] = []
+        size = 0
+        for piece in out:
+            if len(piece) >= BIG_PIECE:
+                if batch:
+                    await self._send(b"".join(batch))
+                    batch, size = [], 0
+                await self._send(piece)
+                continue
+            batch.append(piece)
+            size += len(piece)
+            if size >= FLUSH_AT:
+                await self._send(b"".join(batch))
+                batch, size = [], 0
+        if batch:
+            await self._send(b"".join(batch) if len(batch) > 1 else batch[0])
+
+    async def _send(self, data: bytes) -> None:
+        if not await self.conn.send(data):
+            raise CloseSession("client_closed")
 
     async def maybe_flush(self) -> None:
-        if len(self.out) >= FLUSH_AT:
+        if self.out_size >= FLUSH_AT:
             await self.flush()
 
     def transition(self, trigger: Trigger) -> None:
@@ -122,8 +156,8 @@ class ImapSession:
 
     async def _bye(self, text: bytes, reason: str) -> None:
         self.emit(b"BYE " + text)
-        await self.conn.send(bytes(self.out))
-        self.out = bytearray()
+        await self.conn.send(b"".join(self.out))
+        self.out, self.out_size = [], 0
         raise CloseSession(reason)
 
     async def _receive(self, timeout: float) -> bytes:
@@ -207,7 +241,7 @@ class ImapSession:
             await self._bye(b"Internal server error.", "internal_error")
         if self.state is SELECTED and self.view is not None:
             await self.send_updates(spec.expunge_ok if spec is not None else False)
-        self.out += writer.tagged(cmd.tag, status, _safe(text), code)
+        self.write(writer.tagged(cmd.tag, status, _safe(text), code))
         await self.flush()
         self._count(cmd.name, status, started)
         if self.state is State.LOGOUT:
@@ -247,7 +281,7 @@ class ImapSession:
 
     # ---- IDLE (RFC 2177) ----------------------------------------------------------------------
     async def idle(self, cmd: events.Command) -> None:
-        self.out += writer.continuation(b"idling")
+        self.write(writer.continuation(b"idling"))
         await self.flush()
         self.parser.expect_line()
         error: CloseSession | None = None

@@ -1,0 +1,30 @@
+"""The per-body cache blob, computed once per stored body (at POP3 ingest, at APPEND, or lazily
+for bodies stored without one): `mime.analyze()` (ENVELOPE, BODY, BODYSTRUCTURE, virtual size,
+part table) plus "th"/"tb", the decoded, case-folded header and body text that SEARCH TEXT/BODY
+match against (RFC 3501 6.4.4), so a search is a substring test over cached strings."""
+
+from __future__ import annotations
+
+import json
+
+from . import mime
+from .search import text_blobs
+
+
+def analyze_for_store(raw: bytes) -> bytes:
+    data = mime.analyze(raw)
+    data["th"], data["tb"] = text_blobs(raw)
+    return json.dumps(data).encode()
+
+
+def decode(blob: bytes | None) -> dict | None:
+    """A cache blob that has everything (current MIME version and the search texts), or None."""
+    if not blob:
+        return None
+    try:
+        data = json.loads(blob)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("v") != mime.CACHE_VERSION or "th" not in data:
+        return None
+    return data

@@ -1,0 +1,154 @@
+"""In-memory caches over the store, all filled in batches (one store call for many messages).
+
+Theory of operation: a stored body's cache blob (`store.set_cache`) is the JSON of
+`analyze_for_store(raw)`: `mime.analyze()` (ENVELOPE, BODY, BODYSTRUCTURE, virtual size, part
+table) plus "th"/"tb", the decoded, case-folded header and body text that SEARCH TEXT/BODY
+match against (RFC 3501 6.4.4: case-insensitive substring). It is computed once per body: at
+APPEND, at POP3 ingest, or lazily here for bodies stored without one (then saved with
+`set_caches`). Bodies are shared by copies, so every cache is keyed by body id.
+
+* `BodyCache`: recently read raw bodies within a byte budget (LRU).
+* `MimeCache`: parsed `mime.MimeInfo` per body (LRU by count) and the search texts per body
+  (LRU by size). `infos()` and `texts()` answer a whole chunk of messages with at most one
+  `store.caches()` call, plus one `store.bodies()` call for bodies never analysed.
+
+A `None` in a batch result means the body is gone (expunged by another session, RFC 2180 4.1).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from typing import Sequence
+
+import trio
+
+from .. import mime
+from ..analysis import analyze_for_store, decode as _decode
+from ...store import MessageMeta
+
+ANALYZE_IN_THREAD = 256 * 1024      # bodies (or batches) this big are analysed off the trio thread
+
+
+async def analyze(raw: bytes) -> bytes:
+    if len(raw) > ANALYZE_IN_THREAD:
+        return await trio.to_thread.run_sync(analyze_for_store, raw)
+    return analyze_for_store(raw)
+
+
+class _Lru:
+    def __init__(self, budget: int, weigh=lambda value: 1):
+        self.budget, self.used, self.weigh = budget, 0, weigh
+        self.items: OrderedDict = OrderedDict()
+
+    def get(self, key):
+        value = self.items.get(key)
+        if value is not None:
+            self.items.move_to_end(key)
+        return value
+
+    def put(self, key, value) -> None:
+        weight = self.weigh(value)
+        if weight > self.budget // 8 or key in self.items:
+            return
+        self.items[key] = value
+        self.used += weight
+        while self.used > self.budget:
+            self.used -= self.weigh(self.items.popitem(last=False)[1])
+
+
+class BodyCache:
+    """Recently read raw bodies by body id, within `budget` bytes (LRU)."""
+
+    def __init__(self, budget: int = 64 * 1024 * 1024):
+        self._lru = _Lru(budget, len)
+
+    async def get(self, store, meta: MessageMeta) -> bytes:
+        """One body; raises StoreError when it is gone."""
+        raw = self._lru.get(meta.body_id)
+        if raw is None:
+            raw = await store.body(meta)
+            self._lru.put(meta.body_id, raw)
+        return raw
+
+    async def get_many(self, store, metas: Sequence[MessageMeta]) -> list[bytes | None]:
+        out = [self._lru.get(m.body_id) for m in metas]
+        missing = [i for i, raw in enumerate(out) if raw is None]
+        if missing:
+            loaded = await store.bodies([metas[i] for i in missing])
+            for i, raw in zip(missing, loaded):
+                out[i] = raw
+                if raw is not None:
+                    self._lru.put(metas[i].body_id, raw)
+        return out
+
+
+class MimeCache:
+    """See the module docstring."""
+
+    def __init__(self, bodies: BodyCache, entries: int = 100_000,
+                 text_budget: int = 64 * 1024 * 1024):
+        self.bodies = bodies
+        self._infos = _Lru(entries)
+        self._texts = _Lru(text_budget, lambda t: len(t[0]) + len(t[1]) + 64)
+
+    async def info(self, store, meta: MessageMeta) -> mime.MimeInfo:
+        """One message's MIME info; raises StoreError when the body is gone."""
+        info = (await self.infos(store, [meta]))[0]
+        if info is None:
+            from ...store import StoreError
+            raise StoreError(f"message {meta.uid} no longer exists")
+        return info
+
+    def peek(self, meta: MessageMeta) -> mime.MimeInfo | None:
+        """The MIME info if it is in memory (no store call)."""
+        return self._infos.get(meta.body_id)
+
+    async def infos(self, store, metas: Sequence[MessageMeta]) -> list[mime.MimeInfo | None]:
+        out = [self._infos.get(m.body_id) for m in metas]
+        missing = [metas[i] for i, info in enumerate(out) if info is None]
+        if missing:
+            await self._load(store, missing)
+            out = [info or self._infos.get(m.body_id) for info, m in zip(out, metas)]
+        return out
+
+    async def texts(self, store, metas: Sequence[MessageMeta]) -> list[tuple[str, str] | None]:
+        """(header text, body text), decoded and case-folded, per message."""
+        out = [self._texts.get(m.body_id) for m in metas]
+        missing = [metas[i] for i, text in enumerate(out) if text is None]
+        if missing:
+            found = await self._load(store, missing)
+            out = [text or found.get(m.body_id) for text, m in zip(out, metas)]
+        return out
+
+    async def _load(self, store, metas: Sequence[MessageMeta]) -> dict[int, tuple[str, str]]:
+        """Fill both LRUs for `metas` from their cache blobs (analysing bodies that have none);
+        returns the texts by body id (they may be too big for the text LRU)."""
+        unique = list({m.body_id: m for m in metas}.values())
+        blobs = await store.caches(unique)
+        texts: dict[int, tuple[str, str]] = {}
+        stale = []
+        for meta, blob in zip(unique, blobs):
+            data = _decode(blob)
+            if data is None:
+                stale.append(meta)
+            else:
+                self._remember(meta, data, texts)
+        if stale:
+            raws = await self.bodies.get_many(store, stale)
+            present = [(m, r) for m, r in zip(stale, raws) if r is not None]
+            work = lambda: [analyze_for_store(r) for _, r in present]   # noqa: E731
+            if sum(len(r) for _, r in present) > ANALYZE_IN_THREAD:
+                blobs = await trio.to_thread.run_sync(work)
+            else:
+                blobs = work()
+            await store.set_caches([(m, b) for (m, _), b in zip(present, blobs)])
+            for (meta, _), blob in zip(present, blobs):
+                self._remember(meta, json.loads(blob), texts)
+        return texts
+
+    def _remember(self, meta: MessageMeta, data: dict, texts: dict) -> None:
+        self._infos.put(meta.body_id, mime.from_cache(data))
+        text = (data["th"], data["tb"])
+        texts[meta.body_id] = text
+        self._texts.put(meta.body_id, text)
