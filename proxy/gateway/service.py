@@ -192,7 +192,7 @@ class GatewayService:
         with trio.move_on_after(LOGIN_SYNC_WAIT):   # so the first SELECT shows the mail
             await synced.wait()
         caps = b"CAPABILITY " + b" ".join(CAPABILITIES)
-        await front.conn.send(writer.tagged(request.tag, b"OK", b"Logged in.", caps))
+        await front.logged_in(writer.tagged(request.tag, b"OK", b"Logged in.", caps))
         return account, fetcher
 
     async def poll_in_background(self) -> None:

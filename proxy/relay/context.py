@@ -118,6 +118,38 @@ class Session:
         )
 
 
+class CommandMeter:
+    """Counts completed commands of one session (metrics by command and status, duration
+    histogram, and the audit line when the listener has `audit: true`). Label children are
+    cached, so a completion on the relay's hot path costs two dict hits. The audit line names
+    the command and its result, never its arguments."""
+
+    def __init__(self, session: Session):
+        self.session = session
+        self.protocol = session.protocol
+        self.metrics = session.runtime.metrics
+        self.audit = session.listener.audit
+        self._count: dict[tuple[str, bytes], Any] = {}
+        self._duration: dict[str, Any] = {}
+
+    def completed(self, name: str, status: bytes, started: float) -> None:
+        """`name` is already a bounded label (metrics.command_label)."""
+        counter = self._count.get((name, status))
+        if counter is None:
+            counter = self._count[(name, status)] = self.metrics.commands.labels(
+                self.protocol, name, status.decode("ascii", "replace"))
+        counter.inc()
+        histogram = self._duration.get(name)
+        if histogram is None:
+            histogram = self._duration[name] = self.metrics.command_duration.labels(
+                self.protocol, name)
+        elapsed = time.monotonic() - started
+        histogram.observe(elapsed)
+        if self.audit:
+            logs.event("command", **self.session.log_fields(), command=name,
+                       status=status.decode("ascii", "replace"), duration=f"{elapsed:.6f}")
+
+
 @asynccontextmanager
 async def drain_guard(session: Session, conn: Any, last_words: bytes) -> AsyncIterator[None]:
     """While the block runs, a drain (SIGTERM) sends `last_words` and cancels the block; the

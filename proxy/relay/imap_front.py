@@ -10,12 +10,14 @@ The credentials are handed to the caller, which logs in upstream and answers und
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from .. import logs
 from ..imap import PREAUTH_LIMITS, CommandParser, Limits, NEED_DATA, ProtocolError, events, writer
 from ..net.conn import Conn
-from .context import CloseSession, Session
+from ..metrics import command_label
+from .context import CloseSession, CommandMeter, Session
 from .starttls import client_injection, upgrade_client
 from .sasl import LOGIN_PASS_PROMPT, LOGIN_USER_PROMPT, Credentials, SaslError, b64decode
 from .sasl import decode_user, parse_plain
@@ -40,6 +42,9 @@ class ImapFront:
                              max_nonsync_literal=min(4096, limits.preauth_max_literal),
                              max_depth=PREAUTH_LIMITS.max_depth)
         self.parser = CommandParser(self.limits, collect_literals=True, parse_args=True)
+        self.meter = CommandMeter(session)
+        self._status: bytes | None = None  # status of the reply to the current command
+        self._login: tuple[str, float] = ("LOGIN", 0.0)  # the login awaiting the upstream
         self.commands = 0
         self.bad = 0
         self.auth_failures = 0
@@ -78,8 +83,15 @@ class ImapFront:
                 self._limit("preauth_commands")
                 await self.conn.send(b"* BYE Too many commands before login.\r\n")
                 raise CloseSession("preauth_commands")
-            request = await self._dispatch(event)
-            if request is not None:
+            self._status = None
+            started = time.monotonic()
+            try:
+                request = await self._dispatch(event)
+            finally:
+                if self._status is not None:
+                    self.meter.completed(command_label("imap", event.name), self._status, started)
+            if request is not None:  # answered once the upstream has decided
+                self._login = (command_label("imap", event.name), started)
                 return request
 
     async def _next_event(self):
@@ -110,11 +122,16 @@ class ImapFront:
         return await handler(self, cmd)
 
     # -- replies -----------------------------------------------------------------------------
+    async def _reply(self, reply: bytes) -> None:
+        """Send a tagged reply; its status is the command's result for metrics and audit."""
+        self._status = reply.split(b" ", 2)[1]
+        await self.conn.send(reply)
+
     async def _ok(self, tag: bytes, text: bytes, code: bytes | None = None) -> None:
-        await self.conn.send(writer.tagged(tag, b"OK", text, code))
+        await self._reply(writer.tagged(tag, b"OK", text, code))
 
     async def _bad(self, tag: bytes, text: bytes) -> None:
-        await self.conn.send(writer.tagged(tag, b"BAD", text))
+        await self._reply(writer.tagged(tag, b"BAD", text))
         await self._count_bad()
 
     async def _count_bad(self) -> None:
@@ -128,9 +145,15 @@ class ImapFront:
         self.session.runtime.metrics.limit_hits.labels(name).inc()
         logs.event("limit_hit", **self.session.log_fields(), limit=name)
 
+    async def logged_in(self, reply: bytes) -> None:
+        """The tagged OK of a successful login (sent by the session)."""
+        await self._reply(reply)
+        self.meter.completed(self._login[0], self._status, self._login[1])
+
     async def auth_failed(self, tag: bytes, reply: bytes) -> None:
         """Called by the session after a rejected login: reply, and close past the budget."""
-        await self.conn.send(reply)
+        await self._reply(reply)
+        self.meter.completed(self._login[0], self._status, self._login[1])
         self.auth_failures += 1
         if self.auth_failures >= self.session.listener.limits.auth_failures:
             self._limit("auth_failures")
@@ -160,7 +183,7 @@ class ImapFront:
             await self._bad(cmd.tag, b"STARTTLS not available.")
             return
         if client_injection(self.session, self.parser.buffered):
-            await self.conn.send(writer.tagged(cmd.tag, b"BAD", b"Data after STARTTLS refused."))
+            await self._reply(writer.tagged(cmd.tag, b"BAD", b"Data after STARTTLS refused."))
             raise CloseSession("starttls_injection")
         await self._ok(cmd.tag, b"Begin TLS negotiation now.")
         await upgrade_client(self.session, self.conn)
@@ -169,7 +192,7 @@ class ImapFront:
     async def _refuse_plaintext(self, tag: bytes) -> bool:
         if self.session.plaintext_auth_allowed:
             return False
-        await self.conn.send(writer.tagged(tag, b"NO", b"Plaintext authentication disallowed "
+        await self._reply(writer.tagged(tag, b"NO", b"Plaintext authentication disallowed "
                                            b"on non-secure connections.", b"PRIVACYREQUIRED"))
         if self.session.listener.require_tls:  # a session that logs in without upgrading ends
             await self.conn.send(b"* BYE TLS required: use STARTTLS.\r\n")
@@ -195,7 +218,7 @@ class ImapFront:
             return None
         mechanism = bytes(cmd.args[0]).upper()
         if mechanism not in (b"PLAIN", b"LOGIN"):
-            await self.conn.send(writer.tagged(cmd.tag, b"NO", b"Unsupported authentication "
+            await self._reply(writer.tagged(cmd.tag, b"NO", b"Unsupported authentication "
                                                b"mechanism.", b"CANNOT"))
             return None
         if await self._refuse_plaintext(cmd.tag):

@@ -25,35 +25,8 @@ from .. import logs
 from ..imap import CommandParser, Limits, NEED_DATA, ProtocolError, ResponseParser, events
 from ..metrics import command_label
 from ..net.conn import Conn
-from .context import Session
+from .context import CommandMeter, Session
 from .imap_upstream import UpstreamIMAP, upstream_limits
-
-
-class _Meter:
-    """Per-command metrics with the label children cached (a dict hit per completion)."""
-
-    def __init__(self, session: Session):
-        self.metrics = session.runtime.metrics
-        self.audit = session.listener.audit
-        self.session = session
-        self._count: dict[tuple[str, bytes], object] = {}
-        self._duration: dict[str, object] = {}
-
-    def completed(self, name: str, status: bytes, started: float) -> None:
-        key = (name, status)
-        counter = self._count.get(key)
-        if counter is None:
-            counter = self._count[key] = self.metrics.commands.labels(
-                "imap", name, status.decode("ascii", "replace"))
-        counter.inc()
-        histogram = self._duration.get(name)
-        if histogram is None:
-            histogram = self._duration[name] = self.metrics.command_duration.labels("imap", name)
-        elapsed = time.monotonic() - started
-        histogram.observe(elapsed)
-        if self.audit:
-            logs.event("command", **self.session.log_fields(), command=name,
-                       status=status.decode("ascii", "replace"), duration=f"{elapsed:.6f}")
 
 
 class ImapRelay:
@@ -78,7 +51,7 @@ class ImapRelay:
         self.draining = False
         self.pending: dict[bytes, tuple[str, float]] = {}
         self.idle_tag: bytes | None = None
-        self.meter = _Meter(session)
+        self.meter = CommandMeter(session)
         metrics = session.runtime.metrics
         self._bytes_up = metrics.bytes.labels("client_to_upstream", "imap")
         self._bytes_down = metrics.bytes.labels("upstream_to_client", "imap")

@@ -10,12 +10,14 @@ logs in upstream and answers the client.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from .. import logs
 from ..pop3 import NEED_DATA, CommandParser, Limits, ProtocolError, events, writer
 from ..net.conn import Conn
-from .context import CloseSession, Session
+from ..metrics import command_label
+from .context import CloseSession, CommandMeter, Session
 from .starttls import client_injection, upgrade_client
 from .sasl import LOGIN_PASS_PROMPT, LOGIN_USER_PROMPT, Credentials, SaslError, b64decode
 from .sasl import decode_user, parse_plain
@@ -35,6 +37,9 @@ class Pop3Front:
         lim = session.listener.limits
         self.limits = Limits(max_command_line=min(lim.preauth_max_line, lim.pop3_max_command_line))
         self.parser = CommandParser(self.limits)
+        self.meter = CommandMeter(session)
+        self._status: bytes | None = None  # status of the reply to the current command
+        self._login: tuple[str, float] = ("PASS", 0.0)  # the login awaiting the upstream
         self.user: str | None = None
         self.commands = 0
         self.bad = 0
@@ -62,14 +67,21 @@ class Pop3Front:
             self.session.commands += 1
             if self.commands > self.session.listener.limits.preauth_commands:
                 self._limit("preauth_commands")
-                await self.conn.send(writer.err(b"Too many commands before login.", b"SYS/PERM"))
+                await self._reply(writer.err(b"Too many commands before login.", b"SYS/PERM"))
                 raise CloseSession("preauth_commands")
             handler = _HANDLERS.get(event.name)
             if handler is None:
                 await self._err(b"Unknown command or not allowed before login.")
                 continue
-            login = await handler(self, event)
-            if login is not None:
+            self._status = None
+            started = time.monotonic()
+            try:
+                login = await handler(self, event)
+            finally:
+                if self._status is not None:
+                    self.meter.completed(command_label("pop3", event.name), self._status, started)
+            if login is not None:  # answered once the upstream has decided
+                self._login = (command_label("pop3", event.name), started)
                 return login
 
     async def _next_event(self):
@@ -92,23 +104,33 @@ class Pop3Front:
                 raise CloseSession("client_closed")
             return event
 
+    async def _reply(self, reply: bytes) -> None:
+        """Send a reply; its status is the command's result for metrics and audit."""
+        self._status = b"+OK" if reply.startswith(b"+OK") else b"-ERR"
+        await self.conn.send(reply)
+
     async def _err(self, text: bytes, code: bytes | None = None) -> None:
-        await self.conn.send(writer.err(text, code))
+        await self._reply(writer.err(text, code))
         await self._count_bad()
 
     async def _count_bad(self) -> None:
         self.bad += 1
         if self.bad >= self.session.listener.limits.bad_commands:
             self._limit("bad_commands")
-            await self.conn.send(writer.err(b"Too many invalid commands.", b"SYS/PERM"))
+            await self._reply(writer.err(b"Too many invalid commands.", b"SYS/PERM"))
             raise CloseSession("bad_commands")
 
     def _limit(self, name: str) -> None:
         self.session.runtime.metrics.limit_hits.labels(name).inc()
         logs.event("limit_hit", **self.session.log_fields(), limit=name)
 
+    async def logged_in(self, reply: bytes) -> None:
+        await self._reply(reply)
+        self.meter.completed(self._login[0], self._status, self._login[1])
+
     async def auth_failed(self, reply: bytes) -> None:
-        await self.conn.send(reply)
+        await self._reply(reply)
+        self.meter.completed(self._login[0], self._status, self._login[1])
         self.user = None
         self.auth_failures += 1
         if self.auth_failures >= self.session.listener.limits.auth_failures:
@@ -117,14 +139,14 @@ class Pop3Front:
 
     # -- commands ----------------------------------------------------------------------------
     async def _capa(self, cmd: events.Command) -> None:
-        await self.conn.send(writer.ok(b"Capability list follows") +
+        await self._reply(writer.ok(b"Capability list follows") +
                              writer.multiline(b"".join(c + b"\r\n" for c in self.capabilities())))
 
     async def _noop(self, cmd: events.Command) -> None:
-        await self.conn.send(writer.ok())
+        await self._reply(writer.ok())
 
     async def _quit(self, cmd: events.Command) -> None:
-        await self.conn.send(writer.ok(b"Logging out."))
+        await self._reply(writer.ok(b"Logging out."))
         raise CloseSession("client_logout")
 
     async def _stls(self, cmd: events.Command) -> None:
@@ -132,9 +154,9 @@ class Pop3Front:
             await self._err(b"STLS not available.")
             return
         if client_injection(self.session, self.parser.buffered):
-            await self.conn.send(writer.err(b"Data after STLS refused."))
+            await self._reply(writer.err(b"Data after STLS refused."))
             raise CloseSession("starttls_injection")
-        await self.conn.send(writer.ok(b"Begin TLS negotiation now."))
+        await self._reply(writer.ok(b"Begin TLS negotiation now."))
         await upgrade_client(self.session, self.conn)
         self.user = None
         self.parser = CommandParser(self.limits)
@@ -143,7 +165,7 @@ class Pop3Front:
         if self.session.plaintext_auth_allowed:
             return False
         # RFC 2595 / RFC 3206 4: [AUTH] tells the client that authentication is the problem.
-        await self.conn.send(writer.err(b"Plaintext authentication disallowed on non-secure "
+        await self._reply(writer.err(b"Plaintext authentication disallowed on non-secure "
                                         b"connections.", b"AUTH"))
         if self.session.listener.require_tls:  # a session that logs in without upgrading ends
             raise CloseSession("tls_required")
@@ -160,7 +182,7 @@ class Pop3Front:
         except SaslError as exc:
             await self._err(str(exc).encode())
             return
-        await self.conn.send(writer.ok())
+        await self._reply(writer.ok())
 
     async def _pass(self, cmd: events.Command) -> Pop3Login | None:
         if self.user is None:
@@ -174,7 +196,7 @@ class Pop3Front:
 
     async def _auth(self, cmd: events.Command) -> Pop3Login | None:
         if not cmd.args:  # the mechanism list (RFC 1734 practice)
-            await self.conn.send(writer.ok() + writer.multiline(b"PLAIN\r\nLOGIN\r\n"))
+            await self._reply(writer.ok() + writer.multiline(b"PLAIN\r\nLOGIN\r\n"))
             return None
         mechanism = cmd.args[0].upper()
         if mechanism not in (b"PLAIN", b"LOGIN") or len(cmd.args) > 2:
@@ -193,7 +215,7 @@ class Pop3Front:
             await self._err(str(exc).encode())
             return None
         if creds is None:  # RFC 5034 4: "*" cancels
-            await self.conn.send(writer.err(b"Authentication cancelled."))
+            await self._reply(writer.err(b"Authentication cancelled."))
             return None
         return Pop3Login(creds)
 

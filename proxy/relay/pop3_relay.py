@@ -24,7 +24,7 @@ from ..metrics import command_label
 from ..pop3 import NEED_DATA, CommandParser, Limits, ProtocolError, ResponseParser, events
 from ..pop3 import is_multiline, writer
 from ..net.conn import Conn
-from .context import Session
+from .context import CommandMeter, Session
 from .pop3_upstream import UpstreamPOP3, relayable
 
 _LOCAL = {b"CAPA", b"STLS", b"USER", b"PASS", b"APOP", b"AUTH", b"XCLIENT"}
@@ -48,7 +48,7 @@ class Pop3Relay:
         metrics = session.runtime.metrics
         self._bytes_up = metrics.bytes.labels("client_to_upstream", "pop3")
         self._bytes_down = metrics.bytes.labels("upstream_to_client", "pop3")
-        self._count: dict[tuple[str, str], object] = {}
+        self.meter = CommandMeter(session)
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -141,9 +141,9 @@ class Pop3Relay:
         name = command_label("pop3", cmd.name)
         if cmd.name == b"CAPA":
             caps = b"".join(c + b"\r\n" for c in relayable(self.upstream.capabilities))
-            self._completed(name, b"+OK", time.monotonic())
+            self.meter.completed(name, b"+OK", time.monotonic())
             return writer.ok(b"Capability list follows") + writer.multiline(caps)
-        self._completed(name, b"-ERR", time.monotonic())
+        self.meter.completed(name, b"-ERR", time.monotonic())
         return writer.err(b"Already authenticated.")
 
     async def _local_reply(self, reply: bytes) -> None:
@@ -152,19 +152,6 @@ class Pop3Relay:
             self.answered = trio.Event()
             await self.answered.wait()
         await self.client.send(reply)
-
-    def _completed(self, name: str, status: bytes, started: float) -> None:
-        label = status.decode()
-        metrics = self.session.runtime.metrics
-        counter = self._count.get((name, label))
-        if counter is None:
-            counter = self._count[(name, label)] = metrics.commands.labels("pop3", name, label)
-        counter.inc()
-        elapsed = time.monotonic() - started
-        metrics.command_duration.labels("pop3", name).observe(elapsed)
-        if self.session.listener.audit:
-            logs.event("command", **self.session.log_fields(), command=name, status=label,
-                       duration=f"{elapsed:.6f}")
 
     # -- upstream -> client ------------------------------------------------------------------
     async def _upstream_to_client(self, cancel: trio.CancelScope) -> None:
@@ -213,6 +200,6 @@ class Pop3Relay:
     def _finish(self, status: bytes) -> None:
         if self.pending:
             name, started, _ = self.pending.popleft()
-            self._completed(name, status, started)
+            self.meter.completed(name, status, started)
         if not self.pending:
             self.answered.set()
