@@ -1,7 +1,7 @@
 """Gateway logins: LOGIN / AUTHENTICATE PLAIN checked against the account's upstream POP3 server.
 
 Theory of operation: the route of the user names an upstream; its `pop3:` service decides the
-password (USER/PASS or AUTH PLAIN via the fetcher's `Pop3Client`, then QUIT). A success is
+password (USER/PASS or AUTH PLAIN via `pop3_client.Pop3Client`, then QUIT). A success is
 remembered for `gateway.auth_cache_ttl` seconds as an scrypt hash of the password, salted with a
 random per-process salt and the account name: never the password itself. While a remembered
 success is fresh, a reconnect does not touch the upstream; when the upstream is unreachable and
@@ -20,7 +20,7 @@ import time
 import trio
 
 from ..config import Upstream
-from .fetcher import FetchError, Pop3Client
+from .pop3_client import FetchError, Pop3Client
 
 # scrypt cost: ~20 ms and 16 MiB per check, off the trio thread.
 _SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "dklen": 32}

@@ -19,20 +19,19 @@ Theory of operation (one `sync_account` call):
 * A reply that breaks the protocol, or a RETR cut short, aborts the sync with `FetchError(reason)`;
   a partial body is never stored (only complete bodies reach a batch).
 
-The POP3 framing is `proxy.pop3` (sans-IO); this module only moves bytes and makes decisions.
+The POP3 session itself (connect, TLS, login, framing over the sans-IO `proxy.pop3`) is
+`pop3_client.Pop3Client`; this module only makes the decisions of a sync.  `FetchError`, which
+`sync_account` raises, comes from there too and is part of this module's API.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import email.parser
 import email.policy
 import email.utils
 import hashlib
 import logging
-import socket
-import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -40,33 +39,20 @@ from typing import Any, Callable
 import trio
 
 from .. import logs
-from ..config import Config, Upstream
-from ..pop3 import NEED_DATA, ProtocolError, ResponseParser, events, writer
+from ..config import Config
+from ..pop3 import writer
 from ..store import IngestItem, Store
+from .pop3_client import FetchError, Pop3Client
+
+__all__ = ["FetchError", "SyncResult", "sync_account", "account_lock", "internaldate",
+           "parse_uidl_listing", "parse_list_listing"]
 
 BATCH_MESSAGES = 50                 # commit at least every 50 messages ...
 BATCH_BYTES = 8 * 1024 * 1024       # ... or 8 MiB of bodies
 PIPELINE_WINDOW = 16                # RETR/DELE commands in flight with PIPELINING (RFC 2449 6.6)
-CONNECT_TIMEOUT = 30.0
-RESPONSE_TIMEOUT = 120.0            # per reply; a RETR of a large message is one reply
-RECEIVE_SIZE = 256 * 1024
 DIGEST_PREFIX = "sha256:"
 
-# FetchError.reason values: a bounded label for logs and metrics.
-REASONS = frozenset({"config", "connect", "tls", "auth", "protocol", "truncated", "timeout",
-                     "upstream"})
-
 ProgressCallback = Callable[[int, int, int], None]   # (messages done, messages to fetch, bytes)
-
-
-class FetchError(Exception):
-    """A sync failed; `reason` is one of REASONS, `detail` is safe to log (sanitized, short)."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        assert reason in REASONS, reason
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,171 +71,6 @@ _locks: dict[tuple[str, str], trio.Lock] = {}
 def account_lock(upstream: str, user: str) -> trio.Lock:
     """The lock held while an account syncs; at most one fetcher per account in this process."""
     return _locks.setdefault((upstream, user), trio.Lock())
-
-
-# ---- transport ----------------------------------------------------------------------------------
-
-def client_tls_context(upstream: Upstream) -> ssl.SSLContext:
-    """Verification per upstream.verify / ca_file (TLS engineer may replace this helper)."""
-    ctx = ssl.create_default_context(cafile=str(upstream.ca_file) if upstream.ca_file else None)
-    if not upstream.verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if upstream.client_cert is not None:
-        ctx.load_cert_chain(upstream.client_cert.cert, upstream.client_cert.key)
-    return ctx
-
-
-async def _start_tls(stream: trio.abc.Stream, upstream: Upstream) -> trio.SSLStream:
-    tls = trio.SSLStream(stream, client_tls_context(upstream),
-                         server_hostname=upstream.server_name or upstream.host)
-    try:
-        await tls.do_handshake()
-    except (trio.BrokenResourceError, ssl.SSLError) as exc:
-        await trio.aclose_forcefully(stream)
-        raise FetchError("tls", logs.sanitize(str(exc.__cause__ or exc))) from None
-    return tls
-
-
-class Pop3Client:
-    """A POP3 client session over one trio stream, framed by `proxy.pop3.ResponseParser`."""
-
-    def __init__(self, stream: trio.abc.Stream):
-        self.stream = stream
-        self.parser = ResponseParser(unstuff=True)
-        self.capabilities: dict[str, list[str]] = {}
-
-    @classmethod
-    async def connect(cls, upstream: Upstream) -> Pop3Client:
-        service = upstream.pop3
-        if service is None:
-            raise FetchError("config", "upstream has no pop3: section")
-        try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                stream = await trio.open_tcp_stream(upstream.host, service.port)
-        except (OSError, trio.TooSlowError) as exc:
-            raise FetchError("connect", logs.sanitize(str(exc) or type(exc).__name__)) from None
-        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        if service.tls == "implicit":
-            stream = await _start_tls(stream, upstream)
-        client = cls(stream)
-        try:
-            await client.expect_ok("greeting")
-            await client.read_capabilities()
-            if service.tls == "starttls":
-                await client.send(writer.command(b"STLS"))
-                await client.expect_ok("STLS", "tls")
-                if client.parser.buffered:   # bytes sent in clear must not pass for TLS-protected
-                    raise FetchError("tls", "unexpected data after the STLS reply")
-                client.stream = await _start_tls(client.stream, upstream)
-                await client.read_capabilities()   # RFC 2595 4: forget what was said in clear
-        except BaseException:
-            await client.aclose()
-            raise
-        return client
-
-    async def aclose(self) -> None:
-        await trio.aclose_forcefully(self.stream)
-
-    async def send(self, data: bytes, multiline: bool = False, count: int = 1) -> None:
-        """Write `count` commands at once (`data` holds all of them), all framed alike."""
-        for _ in range(count):
-            self.parser.expect(multiline)
-        try:
-            await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise FetchError("upstream", f"connection lost while sending: {type(exc).__name__}") from None
-
-    async def next_event(self) -> Any:
-        while True:
-            try:
-                event = self.parser.next_event()
-            except ProtocolError as exc:
-                raise FetchError("protocol", f"{exc.kind}: {exc}") from None
-            if event is not NEED_DATA:
-                return event
-            try:
-                with trio.fail_after(RESPONSE_TIMEOUT):
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-            except trio.TooSlowError:
-                raise FetchError("timeout", f"no reply within {RESPONSE_TIMEOUT:.0f}s") from None
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                data = b""   # treat a reset like a close: the parser reports what was cut
-                logs.event("gateway_fetch_connection_lost", logging.DEBUG, error=type(exc).__name__)
-            self.parser.receive_data(data)
-
-    async def status(self, what: str) -> events.StatusLine:
-        event = await self.next_event()
-        if isinstance(event, events.ConnectionClosed):
-            raise FetchError("upstream", f"connection closed awaiting the reply to {what}")
-        if not isinstance(event, events.StatusLine):
-            raise FetchError("protocol", f"unexpected {type(event).__name__} in reply to {what}")
-        return event
-
-    async def expect_ok(self, what: str, reason: str = "upstream") -> events.StatusLine:
-        line = await self.status(what)
-        if not line.ok:
-            raise FetchError(reason, f"{what} refused: {logs.sanitize(line.text)}")
-        return line
-
-    async def body(self, what: str) -> bytes:
-        """The rest of a multi-line reply whose +OK was read; FetchError if it is cut short."""
-        chunks = []
-        while True:
-            event = await self.next_event()
-            if isinstance(event, events.MultilineData):
-                chunks.append(bytes(event.data))
-            elif isinstance(event, events.MultilineEnd):
-                return b"".join(chunks)
-            elif isinstance(event, events.ConnectionClosed):
-                raise FetchError("truncated", f"connection closed inside the reply to {what}")
-            else:
-                raise FetchError("protocol", f"unexpected {type(event).__name__} inside {what}")
-
-    async def multiline(self, name: bytes, *args: bytes) -> bytes | None:
-        """Send a multi-line command; its body, or None on -ERR."""
-        await self.send(writer.command(name, *args), multiline=True)
-        if not (await self.status(name.decode())).ok:
-            return None
-        return await self.body(name.decode())
-
-    async def read_capabilities(self) -> None:
-        listing = await self.multiline(b"CAPA")
-        self.capabilities = {}
-        for line in (listing or b"").decode("ascii", "replace").splitlines():
-            words = line.split()
-            if words:
-                self.capabilities[words[0].upper()] = words[1:]
-
-    async def login(self, user: str, password: str) -> None:
-        if any(c in user + password for c in "\r\n\0"):
-            raise FetchError("auth", "user name or password contains CR, LF or NUL")
-        sasl = [m.upper() for m in self.capabilities.get("SASL", [])]
-        if "USER" in self.capabilities or not self.capabilities or "PLAIN" not in sasl:
-            await self.send(writer.command(b"USER", user.encode()))
-            await self.expect_ok("USER", "auth")
-            await self.send(writer.command(b"PASS", password.encode()))
-            await self.expect_ok("PASS", "auth")
-            return
-        token = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode())
-        await self.send(writer.command(b"AUTH", b"PLAIN", token))   # RFC 5034 initial response
-        line = await self.status("AUTH")
-        if not line.ok:
-            raise FetchError("auth", "AUTH PLAIN refused")
-
-    @property
-    def pipelining(self) -> bool:
-        return "PIPELINING" in self.capabilities
-
-    async def quit(self) -> bool:
-        """QUIT; True when the server confirmed it (RFC 1939 6: then, and only then, DELEs apply)."""
-        try:
-            await self.send(writer.command(b"QUIT"))
-            return (await self.status("QUIT")).ok
-        except FetchError as exc:
-            logs.event("gateway_fetch_quit_failed", logging.WARNING, reason=exc.reason,
-                       detail=exc.detail)
-            return False
 
 
 # ---- parsing -------------------------------------------------------------------------------------

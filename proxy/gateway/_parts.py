@@ -1,0 +1,280 @@
+"""MIME structure of a raw message: the part tree with byte offsets, scanned like Dovecot.
+
+Theory of operation
+-------------------
+`email.parser` keeps no byte offsets and repairs broken mail in its own way, yet IMAP needs
+exact octet and line counts of the raw parts and the exact bytes of each section.  So the
+structure is scanned here on the raw bytes, following Dovecot's `message-parser.c` rules:
+
+* a boundary line is ``--boundary`` as a line *prefix* (longest active boundary wins, outer
+  boundaries close inner parts);
+* the [CR]LF before a boundary line belongs to the boundary;
+* a boundary line inside a header block ends that header (`Part.tail` then tells the parent
+  where its content ends);
+* an unterminated multipart runs to EOF;
+* parts without Content-Type are text/plain (message/rfc822 below multipart/digest).
+
+`parse(raw)` returns the root `Part`; `part_table()` / `table_to_parts()` turn the tree into
+the JSON-able table `mime.analyze()` caches and back (offsets and kinds only, no headers).
+`rfc2231_params()` (Dovecot's ``rfc2231-parser.c``) reads Content-Type/-Disposition
+parameters for the scanner (``boundary``) and for BODYSTRUCTURE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ._rfc822 import Rfc822
+
+__all__ = ["TEXT", "MULTIPART", "RFC822", "Part", "parse", "part_table", "table_to_parts",
+           "rfc2231_params"]
+
+TEXT, MULTIPART, RFC822 = "text", "multipart", "rfc822"
+
+
+@dataclass(eq=False)
+class Part:
+    """One MIME part: offsets into the raw message and the parsed header lines."""
+
+    start: int
+    header_end: int = 0  # == body_start: after the blank line (or where the header stopped)
+    end: int = 0  # end of body
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # (name, raw value)
+    kind: str = ""  # TEXT, MULTIPART, RFC822 or "" (other leaf)
+    is_mime: bool = False
+    digest: bool = False
+    boundary: bytes | None = None
+    children: list["Part"] = field(default_factory=list)
+    # where the parent's content ends when this part is the last one before an outer
+    # boundary: a header cut short by a boundary hands its last [CR]LF to the parent
+    tail: int = -1
+
+    def header(self, name: bytes) -> bytes | None:
+        """First value of header `name` (case-insensitive), raw and unfolded-as-is."""
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
+
+
+class _Scanner:
+    """Dovecot-compatible structure scanner (see the module docstring)."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.boundaries: list[tuple[bytes, Part]] = []  # innermost last
+
+    def line_end(self, pos: int) -> int:
+        nl = self.raw.find(b"\n", pos)
+        return len(self.raw) if nl < 0 else nl + 1
+
+    def boundary_at(self, pos: int) -> tuple[bytes, Part] | None:
+        raw = self.raw
+        if not self.boundaries or raw[pos:pos + 2] != b"--":
+            return None
+        best = None
+        for boundary, owner in reversed(self.boundaries):  # innermost wins ties
+            if raw.startswith(boundary, pos + 2) and (best is None or len(best[0]) < len(boundary)):
+                best = (boundary, owner)
+        return best
+
+    def back_newline(self, pos: int, region_start: int) -> int:
+        """Where a part ends when a boundary line starts at `pos`."""
+        if pos <= region_start:
+            return pos
+        if pos >= 2 and self.raw[pos - 2:pos] == b"\r\n" and pos - 2 >= region_start:
+            return pos - 2
+        return pos - 1
+
+    def parse_part(self, start: int, parent: Part | None) -> tuple[Part, int | None]:
+        """Parse one part at `start`. Returns it and the position of the boundary line
+        that ended it (None at EOF)."""
+        part = Part(start=start, is_mime=parent is not None and parent.kind == MULTIPART)
+        hit = self.read_header(part)
+        if hit is not None:  # header cut short by a boundary line
+            part.tail = hit
+            return part, hit
+        self.classify(part, parent)
+        if part.kind == MULTIPART and part.boundary is not None:
+            return part, self.parse_multipart(part)
+        if part.kind == RFC822:
+            child, hit = self.parse_part(part.header_end, part)
+            part.children.append(child)
+            part.end = child.end if child.tail < 0 else child.tail
+            return part, hit
+        hit = self.scan_body(part, part.header_end)
+        if hit == part.header_end > part.start:
+            # Dovecot: a boundary right after the blank line takes that line's [CR]LF,
+            # so the header loses its blank line and the body is empty.
+            part.header_end = part.end = self.back_newline(hit, part.start)
+        return part, hit
+
+    def read_header(self, part: Part) -> int | None:
+        """Collect header lines; returns the position of a boundary line that cut the
+        header short, else None."""
+        raw, pos = self.raw, part.start
+        while pos < len(raw):
+            if self.boundary_at(pos) is not None:
+                part.header_end = part.end = self.back_newline(pos, part.start)
+                self.header_done(part)
+                return pos
+            eol = self.line_end(pos)
+            line = raw[pos:eol]
+            if line in (b"\n", b"\r\n"):
+                part.header_end = eol
+                self.header_done(part)
+                return None
+            if line[:1] in (b" ", b"\t") and part.headers:
+                name, value = part.headers[-1]
+                part.headers[-1] = (name, value + line)
+            else:
+                name, _, value = line.partition(b":")
+                part.headers.append((name.rstrip(b" \t"), value))
+            pos = eol
+        part.header_end = part.end = len(raw)
+        self.header_done(part)
+        return None
+
+    def header_done(self, part: Part) -> None:
+        # Dovecot's header parser turns NULs into U+FFFD
+        part.headers = [(n, _strip_value(v).replace(b"\0", b"\xef\xbf\xbd")) for n, v in part.headers]
+        for name, _ in part.headers:
+            lname = name.lower()
+            if lname in (b"mime-version", b"content-type"):
+                part.is_mime = True
+
+    def classify(self, part: Part, parent: Part | None) -> None:
+        ctype = part.header(b"content-type")
+        if ctype is None or not part.is_mime:
+            part.kind = RFC822 if parent is not None and parent.digest else TEXT
+            return
+        p = Rfc822(ctype)
+        p.skip_lwsp()
+        mtype, ok = p.content_type()
+        low = mtype.lower()
+        if low == b"message/rfc822":
+            part.kind = RFC822
+        elif low.startswith(b"text") and (len(low) == 4 or low[4:5] == b"/"):
+            part.kind = TEXT
+        elif low.startswith(b"multipart/"):
+            part.kind = MULTIPART
+            part.digest = low[10:] == b"digest"
+            if ok:
+                for key, value in rfc2231_params(p):
+                    if key.lower() == b"boundary":
+                        part.boundary = value
+                        break
+
+    def parse_multipart(self, part: Part) -> int | None:
+        self.boundaries.append((part.boundary, part))
+        depth = len(self.boundaries)
+        hit = self.scan_body(part, part.header_end)  # the preamble
+        while hit is not None:
+            boundary, owner = self.boundary_at(hit)
+            if owner is not part:  # an outer boundary closes us; part.end is set
+                break
+            pos = self.line_end(hit)
+            del self.boundaries[depth:]  # inner boundaries are forgotten
+            if self.raw.startswith(b"--", hit + 2 + len(boundary)):
+                del self.boundaries[depth - 1:]
+                return self.scan_body(part, pos)  # the epilogue
+            child, hit = self.parse_part(pos, part)
+            part.children.append(child)
+            part.end = child.end if child.tail < 0 else child.tail
+        del self.boundaries[depth - 1:]
+        return hit
+
+    def scan_body(self, part: Part, pos: int, region: int | None = None) -> int | None:
+        """Scan to the next active boundary line (or EOF); sets part.end."""
+        raw = self.raw
+        region = pos if region is None else region
+        if self.boundaries:
+            while pos < len(raw):
+                if self.boundary_at(pos) is not None:
+                    part.end = self.back_newline(pos, region)
+                    return pos
+                pos = self.line_end(pos)
+        part.end = len(raw)
+        return None
+
+
+def _strip_value(value: bytes) -> bytes:
+    """Header value as Dovecot's header parser gives it: leading LWSP after the colon
+    skipped, the final line ending dropped, inner folding kept."""
+    if value.endswith(b"\r\n"):
+        value = value[:-2]
+    elif value.endswith(b"\n"):
+        value = value[:-1]
+    stripped = value.lstrip(b" \t")
+    if not stripped and value:
+        return value[1:]
+    return stripped
+
+
+def parse(raw: bytes) -> Part:
+    """Parse `raw` into its part tree."""
+    root, _ = _Scanner(raw).parse_part(0, None)
+    return root
+
+
+def part_table(root: Part) -> list:
+    """Flat, JSON-able tree: [start, header_end, end, kind, children...]."""
+    return [root.start, root.header_end, root.end, root.kind, [part_table(c) for c in root.children]]
+
+
+def table_to_parts(table: list) -> Part:
+    start, header_end, end, kind, children = table
+    return Part(start=start, header_end=header_end, end=end, kind=kind,
+                children=[table_to_parts(c) for c in children])
+
+
+def rfc2231_params(p: Rfc822) -> list[tuple[bytes, bytes]]:
+    """Parameters after the value, RFC 2231 continuations merged as Dovecot does
+    (``name*=charset'lang'pct-encoded`` kept encoded, plain ones first)."""
+    result: list[tuple[bytes, bytes]] = []
+    cont: list[tuple[bytes, int, bool, bytes]] = []
+    idx = 0  # like Dovecot, a bare "name*" reuses the previous index
+    while True:
+        ret, key, value = p.content_param()
+        if ret == 0:
+            break
+        if ret < 0:
+            if p.pos >= p.end:
+                break
+            p.pos += 1
+            continue
+        star = key.find(b"*")
+        if star < 0:
+            result.append((key, value))
+            continue
+        rest = key[star + 1:]
+        if rest:
+            digits = len(rest) - len(rest.lstrip(b"0123456789"))
+            idx = int(rest[:digits]) if digits else 0
+            rest = rest[digits:]
+        else:
+            rest = b"*"
+        extended = rest[:1] == b"*"
+        if rest[1:] if extended else rest:
+            result.append((key, value))
+        else:
+            cont.append((key[:star], idx, extended, value))
+    cont.sort(key=lambda c: (c[0], c[1]))
+    i = 0
+    while i < len(cont):
+        j, ok, have_ext = i, True, False
+        while j < len(cont) and cont[j][0].lower() == cont[i][0].lower():
+            ok &= cont[j][1] == j - i
+            have_ext |= cont[j][2]
+            j += 1
+        if not ok:
+            for name, idx, ext, value in cont[i:j]:
+                result.append((name + b"*%d" % idx + (b"*" if ext else b""), value))
+        else:
+            out = b"''" if not cont[i][2] and have_ext else b""
+            for _, _, ext, value in cont[i:j]:
+                out += value.replace(b"%", b"%25") if not ext and have_ext else value
+            result.append((cont[i][0] + (b"*" if have_ext else b""), out))
+        i = j
+    return result

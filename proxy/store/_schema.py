@@ -1,0 +1,174 @@
+"""The SQLite file itself: connection settings, transactions, the schema and its migrations.
+
+Theory of operation: `open_db(path, ring)` runs in a worker thread before the store object
+exists. It creates the file owner-only (mode 0600: it holds mail), opens it in autocommit mode
+(`isolation_level=None`: transactions are explicit) and sets `journal_mode=WAL`,
+`synchronous=NORMAL`, `foreign_keys=ON` and `busy_timeout` (see `sqlite.py` for what WAL +
+NORMAL guarantee). Then it migrates the schema and checks the key.
+
+`transaction(db)` is `BEGIN IMMEDIATE ... COMMIT` (ROLLBACK on any exception): the write lock is
+taken up front, so two processes sharing the file queue on `busy_timeout` instead of failing on a
+lock upgrade. Every write of the store runs inside one.
+
+Schema changes are migrations: `MIGRATIONS[i]` brings the schema from version i to i+1, each in
+its own transaction, recorded in `schema_version`; a process that finds the step already done by
+another one skips it, and a file newer than this program is refused. Never edit a released
+migration; append one.
+
+Key check: the `meta` row `key_check` holds random bytes sealed with the configured key ring, so
+a store opened with the wrong key, or an encrypted store opened without one, is refused up front
+(`StoreKeyError`) instead of failing on the first message.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from . import crypto
+from .base import StoreError
+from .crypto import KeyRing, StoreKeyError
+
+__all__ = ["BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "MIGRATIONS", "connect", "transaction", "migrate",
+           "check_key", "open_db"]
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def _script(db: sqlite3.Connection, script: str) -> None:
+    """Run `;`-separated DDL inside the caller's transaction (executescript() would COMMIT)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _v1_initial(db: sqlite3.Connection) -> None:
+    _script(db, """
+        CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+        CREATE TABLE accounts(
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            upstream TEXT NOT NULL,
+            user TEXT NOT NULL,
+            last_uidvalidity INTEGER NOT NULL DEFAULT 0,
+            credentials BLOB,
+            UNIQUE(upstream, user));
+        CREATE TABLE mailboxes(
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            special_use TEXT,
+            uidvalidity INTEGER NOT NULL,
+            uidnext INTEGER NOT NULL DEFAULT 1,
+            highest_modseq INTEGER NOT NULL DEFAULT 1,
+            subscribed INTEGER NOT NULL DEFAULT 1,
+            UNIQUE(account_id, name));
+        CREATE TABLE bodies(
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            size INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            cache BLOB);
+        CREATE TABLE messages(
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+            uid INTEGER NOT NULL,
+            internaldate INTEGER NOT NULL,
+            tz_minutes INTEGER NOT NULL,
+            flags TEXT NOT NULL,
+            modseq INTEGER NOT NULL,
+            body_id INTEGER NOT NULL REFERENCES bodies(id),
+            pop3_uidl TEXT,
+            UNIQUE(mailbox_id, uid));
+        CREATE INDEX messages_body ON messages(body_id);
+        CREATE TABLE uidls(
+            account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            uidl TEXT NOT NULL,
+            fetched_at REAL NOT NULL,
+            deleted_upstream_at REAL,
+            PRIMARY KEY(account_id, uidl)) WITHOUT ROWID;
+        CREATE TABLE changes(
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            account_id INTEGER NOT NULL,
+            mailbox_id INTEGER NOT NULL,
+            modseq INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            uid INTEGER NOT NULL);
+        CREATE INDEX changes_mailbox ON changes(mailbox_id, modseq);
+    """)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: str) -> sqlite3.Connection:
+    if path != ":memory:" and not os.path.exists(path):
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))   # mail: owner only (-wal/-shm follow)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode.lower() != "wal" and path != ":memory:":
+        raise StoreError(f"cannot put {path} in WAL mode (got {mode})")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Apply the migrations this file is missing; returns the schema version."""
+    with transaction(db):
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL)")
+        row = db.execute("SELECT version FROM schema_version").fetchone()
+        if row is None:
+            db.execute("INSERT INTO schema_version VALUES (0)")
+    version = row[0] if row else 0
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"store schema version {version} is newer than this program "
+                         f"({SCHEMA_VERSION}); upgrade mailproxy")
+    for step in range(version, SCHEMA_VERSION):
+        with transaction(db):
+            current = db.execute("SELECT version FROM schema_version").fetchone()[0]
+            if current != step:   # another process migrated meanwhile
+                continue
+            MIGRATIONS[step](db)
+            db.execute("UPDATE schema_version SET version = ?", (step + 1,))
+    return SCHEMA_VERSION
+
+
+def check_key(db: sqlite3.Connection, ring: KeyRing | None, path: str) -> None:
+    """Refuse a store whose encryption state does not match the configuration."""
+    with transaction(db):
+        row = db.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+        if ring is None:
+            if row is not None:
+                raise StoreKeyError(f"{path} is encrypted: configure gateway.key_file")
+            return
+        aad = b"store:key_check"
+        if row is not None:
+            crypto.unseal(row[0], aad, ring, "store key check")
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('key_check', ?)",
+                   (crypto.seal(os.urandom(16), aad, ring),))
+
+
+def open_db(path: str, ring: KeyRing | None) -> sqlite3.Connection:
+    db = connect(path)
+    try:
+        migrate(db)
+        check_key(db, ring, path)
+    except BaseException:
+        db.close()
+        raise
+    return db

@@ -1,0 +1,358 @@
+"""The message half of `SqliteStore`: rows, flags, copies, expunges, changes, bodies and caches.
+
+Theory of operation: `MessageOps` is a mixin of `SqliteStore` (`sqlite.py`). Its methods come in
+pairs, as in the rest of the store: `_name(...)` runs in the store's worker thread against
+`self._db` (inside `transaction()` when it writes), `name(...)` is the async API that hands it to
+`self._run`. The host provides `_db`, `_ring` and `_run`.
+
+Every change to a mailbox takes a new MODSEQ (`_bump`: `highest_modseq + 1`, shared by all
+messages changed together) and is logged in `changes` (`_log`, one row per UID), which is what
+`changes_since()` answers CONDSTORE/QRESYNC and IDLE from. UIDs are reserved in blocks
+(`_take_uids`), so they only grow.
+
+Bodies are shared: COPY/MOVE copy the message row, not the body, so a body is deleted only when
+no message refers to it any more (`_collect_bodies`). Bodies and cache blobs are sealed with
+associated data naming their account and body id (see `sqlite.py`).
+
+Lists of UIDs or ids are queried `_CHUNK` host parameters at a time (SQLite's limit).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from typing import Any, Awaitable, Callable, Iterator, Sequence
+
+from . import crypto
+from ._schema import transaction
+from .base import (
+    Change, ChangeKind, FlagMode, FlagUpdate, MailboxNotFound, MessageMeta, StoreError,
+    StoreFlagsResult, normalize_flags,
+)
+from .crypto import KeyRing
+
+__all__ = ["MessageOps", "MESSAGE_COLUMNS", "from_date"]
+
+_CHUNK = 500   # host parameters per IN (...) list, well under SQLite's limit
+
+
+def _flags_text(flags: frozenset[str]) -> str:
+    return " ".join(sorted(flags))
+
+
+def _flags_set(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+def _to_date(epoch: int, tz_minutes: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone(dt.timedelta(minutes=tz_minutes)))
+
+
+def from_date(value: dt.datetime | None) -> tuple[int, int]:
+    if value is None:
+        value = dt.datetime.now(dt.timezone.utc)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    offset = value.utcoffset() or dt.timedelta(0)
+    return int(value.timestamp()), int(offset.total_seconds() // 60)
+
+
+MESSAGE_COLUMNS = "id, mailbox_id, uid, internaldate, tz_minutes, flags, modseq, body_id, pop3_uidl"
+
+
+def _chunks(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start:start + _CHUNK]
+
+
+class MessageOps:
+    """Message operations of `SqliteStore` (see the module docstring)."""
+
+    _db: sqlite3.Connection
+    _ring: KeyRing | None
+    _run: Callable[..., Awaitable[Any]]
+
+    # ---- helpers run in the worker thread -------------------------------------------------------
+
+    def _mailbox_row(self, mailbox_id: int) -> tuple:
+        row = self._db.execute("SELECT id, account_id, uidnext, highest_modseq FROM mailboxes "
+                               "WHERE id = ?", (mailbox_id,)).fetchone()
+        if row is None:
+            raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+        return row
+
+    def _bump(self, mailbox_id: int) -> int:
+        return self._db.execute("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 "
+                                "WHERE id = ? RETURNING highest_modseq", (mailbox_id,)).fetchone()[0]
+
+    def _log(self, account_id: int, mailbox_id: int, modseq: int, kind: ChangeKind,
+             uids: Sequence[int]) -> None:
+        self._db.executemany(
+            "INSERT INTO changes(account_id, mailbox_id, modseq, kind, uid) VALUES (?, ?, ?, ?, ?)",
+            [(account_id, mailbox_id, modseq, kind.value, uid) for uid in uids])
+
+    def _take_uids(self, mailbox_id: int, count: int) -> int:
+        """Reserve `count` UIDs; returns the first."""
+        return self._db.execute("UPDATE mailboxes SET uidnext = uidnext + ? WHERE id = ? "
+                                "RETURNING uidnext", (count, mailbox_id)).fetchone()[0] - count
+
+    def _next_body_id(self) -> int:
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'bodies'").fetchone()
+        return (row[0] if row else 0) + 1
+
+    def _insert_body(self, body_id: int, account_id: int, body: bytes, cache: bytes | None) -> None:
+        data = crypto.seal(body, f"acct:{account_id}:body:{body_id}".encode(), self._ring)
+        sealed_cache = None if cache is None else crypto.seal(
+            cache, f"acct:{account_id}:cache:{body_id}".encode(), self._ring)
+        self._db.execute("INSERT INTO bodies(id, account_id, size, data, cache) VALUES (?, ?, ?, ?, ?)",
+                         (body_id, account_id, len(body), data, sealed_cache))
+
+    def _rows(self, mailbox_id: int, uids: Sequence[int]) -> list[tuple]:
+        rows: list[tuple] = []
+        for chunk in _chunks(sorted(set(uids))):
+            marks = ",".join("?" * len(chunk))
+            rows += self._db.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ? AND uid IN ({marks})",
+                (mailbox_id, *chunk)).fetchall()
+        rows.sort(key=lambda row: row[2])
+        return rows
+
+    def _delete_messages(self, mailbox_id: int, rows: list[tuple]) -> None:
+        self._db.executemany("DELETE FROM messages WHERE id = ?", [(row[0],) for row in rows])
+        self._collect_bodies({row[7] for row in rows})
+
+    def _collect_bodies(self, body_ids: set[int]) -> None:
+        self._db.executemany(
+            "DELETE FROM bodies WHERE id = ? AND NOT EXISTS "
+            "(SELECT 1 FROM messages WHERE body_id = ?)", [(b, b) for b in body_ids])
+
+    def _copy_rows(self, rows: list[tuple], dst_mailbox_id: int) -> list[tuple[int, int]]:
+        _, dst_account, _, _ = self._mailbox_row(dst_mailbox_id)
+        first = self._take_uids(dst_mailbox_id, len(rows))
+        modseq = self._bump(dst_mailbox_id)
+        pairs = [(row[2], first + i) for i, row in enumerate(rows)]
+        self._db.executemany(
+            "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, body_id, "
+            "pop3_uidl) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(dst_mailbox_id, new, row[3], row[4], row[5], modseq, row[7], row[8])
+             for row, (_, new) in zip(rows, pairs)])
+        self._log(dst_account, dst_mailbox_id, modseq, ChangeKind.APPEND, [new for _, new in pairs])
+        return pairs
+
+    def _expunge_rows(self, mailbox_id: int, account_id: int, rows: list[tuple]) -> None:
+        if rows:
+            modseq = self._bump(mailbox_id)
+            self._delete_messages(mailbox_id, rows)
+            self._log(account_id, mailbox_id, modseq, ChangeKind.EXPUNGE, [row[2] for row in rows])
+
+    def _same_account(self, src: int, dst: int) -> int:
+        src_account = self._mailbox_row(src)[1]
+        if self._mailbox_row(dst)[1] != src_account:
+            raise StoreError("cannot copy between accounts")
+        return src_account
+
+    # ---- messages -------------------------------------------------------------------------------
+
+    def _append(self, mailbox_id: int, body: bytes, flags: Sequence[str],
+                internaldate: dt.datetime | None, cache: bytes | None) -> int:
+        epoch, tz = from_date(internaldate)
+        with transaction(self._db):
+            _, account_id, _, _ = self._mailbox_row(mailbox_id)
+            body_id = self._next_body_id()
+            self._insert_body(body_id, account_id, body, cache)
+            uid = self._take_uids(mailbox_id, 1)
+            modseq = self._bump(mailbox_id)
+            self._db.execute(
+                "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
+                "body_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (mailbox_id, uid, epoch, tz, _flags_text(normalize_flags(flags)), modseq, body_id))
+            self._log(account_id, mailbox_id, modseq, ChangeKind.APPEND, [uid])
+        return uid
+
+    async def append(self, mailbox_id: int, body: bytes, flags: Sequence[str] = (),
+                     internaldate: dt.datetime | None = None, cache: bytes | None = None) -> int:
+        """Add a message (IMAP APPEND); returns its UID."""
+        return await self._run(self._append, mailbox_id, body, flags, internaldate, cache)
+
+    def _messages(self, mailbox_id: int) -> list[MessageMeta]:
+        rows = self._db.execute(
+            "SELECT m.id, m.mailbox_id, m.uid, m.internaldate, m.tz_minutes, m.flags, m.modseq, "
+            "m.body_id, m.pop3_uidl, b.size FROM messages m JOIN bodies b ON b.id = m.body_id "
+            "WHERE m.mailbox_id = ? ORDER BY m.uid", (mailbox_id,)).fetchall()
+        out = []
+        for row in rows:
+            mid, mailbox, uid, epoch, tz, flags, modseq, body_id, uidl, size = row
+            out.append(MessageMeta(mid, mailbox, uid, _to_date(epoch, tz), size, _flags_set(flags),
+                                   modseq, body_id, uidl))
+        return out
+
+    async def messages(self, mailbox_id: int) -> list[MessageMeta]:
+        """Every message of the mailbox, ordered by UID (message sequence numbers are indexes + 1)."""
+        return await self._run(self._messages, mailbox_id)
+
+    def _blob(self, message: MessageMeta, column: str) -> bytes | None:
+        row = self._db.execute(f"SELECT account_id, {column} FROM bodies WHERE id = ?",
+                               (message.body_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"message {message.uid} no longer exists")
+        account_id, record = row
+        if record is None:
+            return None
+        kind = "body" if column == "data" else "cache"
+        return crypto.unseal(record, f"acct:{account_id}:{kind}:{message.body_id}".encode(),
+                             self._ring, f"message {message.uid}")
+
+    async def body(self, message: MessageMeta) -> bytes:
+        """The raw RFC 822 bytes, exactly as received."""
+        return await self._run(self._blob, message, "data")
+
+    async def cache(self, message: MessageMeta) -> bytes | None:
+        return await self._run(self._blob, message, "cache")
+
+    def _set_cache(self, message: MessageMeta, cache: bytes) -> None:
+        with transaction(self._db):
+            row = self._db.execute("SELECT account_id FROM bodies WHERE id = ?",
+                                   (message.body_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"message {message.uid} no longer exists")
+            sealed = crypto.seal(cache, f"acct:{row[0]}:cache:{message.body_id}".encode(), self._ring)
+            self._db.execute("UPDATE bodies SET cache = ? WHERE id = ?", (sealed, message.body_id))
+
+    async def set_cache(self, message: MessageMeta, cache: bytes) -> None:
+        """Replace the opaque cache blob (shared by copies). Not a message change: no MODSEQ."""
+        await self._run(self._set_cache, message, cache)
+
+    def _store_flags(self, mailbox_id: int, uids: Sequence[int], flags: Sequence[str],
+                     mode: FlagMode, unchanged_since: int | None) -> StoreFlagsResult:
+        wanted = normalize_flags(flags)
+        with transaction(self._db):
+            _, account_id, _, _ = self._mailbox_row(mailbox_id)
+            updated, modified, to_write = [], [], []
+            for row in self._rows(mailbox_id, uids):
+                mid, uid, old, modseq = row[0], row[2], _flags_set(row[5]), row[6]
+                if unchanged_since is not None and modseq > unchanged_since:
+                    modified.append(uid)
+                    continue
+                new = (old | wanted if mode is FlagMode.ADD else
+                       old - wanted if mode is FlagMode.REMOVE else wanted)
+                updated.append(FlagUpdate(uid, new, modseq, new != old))
+                if new != old:
+                    to_write.append((mid, len(updated) - 1))
+            if to_write:
+                modseq = self._bump(mailbox_id)
+                for mid, index in to_write:
+                    updated[index] = updated[index]._replace(modseq=modseq)
+                self._db.executemany("UPDATE messages SET flags = ?, modseq = ? WHERE id = ?",
+                                     [(_flags_text(updated[i].flags), modseq, mid)
+                                      for mid, i in to_write])
+                self._log(account_id, mailbox_id, modseq, ChangeKind.FLAGS,
+                          [updated[i].uid for _, i in to_write])
+        return StoreFlagsResult(updated, modified)
+
+    async def store_flags(self, mailbox_id: int, uids: Sequence[int], flags: Sequence[str],
+                          mode: FlagMode, unchanged_since: int | None = None) -> StoreFlagsResult:
+        """IMAP STORE: change flags of the listed UIDs (missing UIDs are ignored).
+
+        With `unchanged_since` (RFC 7162 CONDSTORE) a message whose MODSEQ is greater is left alone
+        and listed in `modified`. Messages whose flags really change share one new MODSEQ.
+        """
+        return await self._run(self._store_flags, mailbox_id, list(uids), flags, mode,
+                               unchanged_since)
+
+    def _copy(self, src: int, uids: Sequence[int], dst: int, move: bool) -> list[tuple[int, int]]:
+        with transaction(self._db):
+            account_id = self._same_account(src, dst)
+            rows = self._rows(src, uids)
+            if not rows:
+                return []
+            pairs = self._copy_rows(rows, dst)
+            if move:
+                self._expunge_rows(src, account_id, rows)
+        return pairs
+
+    async def copy(self, src_mailbox_id: int, uids: Sequence[int],
+                   dst_mailbox_id: int) -> list[tuple[int, int]]:
+        """IMAP COPY: returns (source UID, new UID) pairs in UID order, for COPYUID (RFC 4315)."""
+        return await self._run(self._copy, src_mailbox_id, list(uids), dst_mailbox_id, False)
+
+    async def move(self, src_mailbox_id: int, uids: Sequence[int],
+                   dst_mailbox_id: int) -> list[tuple[int, int]]:
+        """IMAP MOVE (RFC 6851): copy and expunge in one transaction."""
+        return await self._run(self._copy, src_mailbox_id, list(uids), dst_mailbox_id, True)
+
+    def _expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        with transaction(self._db):
+            _, account_id, _, _ = self._mailbox_row(mailbox_id)
+            rows = self._rows(mailbox_id, uids)
+            self._expunge_rows(mailbox_id, account_id, rows)
+        return [row[2] for row in rows]
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        """Remove the listed messages (the IMAP layer picks those with \\Deleted); returns the UIDs
+        removed. The UIDL stays known, so ingest never brings an expunged message back."""
+        return await self._run(self._expunge, mailbox_id, list(uids))
+
+    def _changes_since(self, mailbox_id: int, modseq: int) -> list[Change]:
+        rows = self._db.execute("SELECT modseq, kind, uid FROM changes WHERE mailbox_id = ? "
+                                "AND modseq > ? ORDER BY id", (mailbox_id, modseq)).fetchall()
+        return [Change(m, ChangeKind(kind), uid) for m, kind, uid in rows]
+
+    async def changes_since(self, mailbox_id: int, modseq: int) -> list[Change]:
+        """Changes with MODSEQ greater than `modseq`, oldest first."""
+        return await self._run(self._changes_since, mailbox_id, modseq)
+
+    # ---- batched reads and cache writes (gateway fast paths; appended) ------------------------
+
+    def _blobs(self, messages: Sequence[MessageMeta], column: str) -> list[bytes | None]:
+        kind = "body" if column == "data" else "cache"
+        found: dict[int, bytes | None] = {}
+        ids = sorted({m.body_id for m in messages})
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            for body_id, account_id, record in self._db.execute(
+                    f"SELECT id, account_id, {column} FROM bodies WHERE id IN ({marks})", chunk):
+                found[body_id] = None if record is None else crypto.unseal(
+                    record, f"acct:{account_id}:{kind}:{body_id}".encode(), self._ring,
+                    f"{kind} {body_id}")
+        return [found.get(m.body_id) for m in messages]
+
+    async def bodies(self, messages: Sequence[MessageMeta]) -> list[bytes | None]:
+        """Raw bodies of many messages in one call, in order; None where the body is gone."""
+        return await self._run(self._blobs, list(messages), "data")
+
+    async def caches(self, messages: Sequence[MessageMeta]) -> list[bytes | None]:
+        """Cache blobs of many messages in one call, in order; None when absent (or gone)."""
+        return await self._run(self._blobs, list(messages), "cache")
+
+    def _set_caches(self, items: Sequence[tuple[MessageMeta, bytes]]) -> None:
+        with transaction(self._db):
+            for message, cache in items:
+                row = self._db.execute("SELECT account_id FROM bodies WHERE id = ?",
+                                       (message.body_id,)).fetchone()
+                if row is not None:
+                    sealed = crypto.seal(cache, f"acct:{row[0]}:cache:{message.body_id}".encode(),
+                                         self._ring)
+                    self._db.execute("UPDATE bodies SET cache = ? WHERE id = ?",
+                                     (sealed, message.body_id))
+
+    async def set_caches(self, items: Sequence[tuple[MessageMeta, bytes]]) -> None:
+        """`set_cache` for many messages in one transaction; bodies that are gone are skipped."""
+        await self._run(self._set_caches, list(items))
+
+    def _messages_by_uid(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageMeta]:
+        out = []
+        for chunk in _chunks(sorted(set(uids))):
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                "SELECT m.id, m.mailbox_id, m.uid, m.internaldate, m.tz_minutes, m.flags, m.modseq, "
+                "m.body_id, m.pop3_uidl, b.size FROM messages m JOIN bodies b ON b.id = m.body_id "
+                f"WHERE m.mailbox_id = ? AND m.uid IN ({marks}) ORDER BY m.uid",
+                (mailbox_id, *chunk)).fetchall()
+            for mid, mailbox, uid, epoch, tz, flags, modseq, body_id, uidl, size in rows:
+                out.append(MessageMeta(mid, mailbox, uid, _to_date(epoch, tz), size,
+                                       _flags_set(flags), modseq, body_id, uidl))
+        return out
+
+    async def messages_by_uid(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageMeta]:
+        """The listed messages that exist, ordered by UID (an index refresh after changes)."""
+        return await self._run(self._messages_by_uid, mailbox_id, list(uids))
