@@ -10,10 +10,15 @@ import json
 from . import mime
 from .search import text_blobs
 
+# Bump when text_blobs() changes its output, so cached search texts are recomputed (2: raw
+# 8-bit header bytes read as UTF-8, not as U+FFFD).
+TEXT_VERSION = 2
+
 
 def analyze_for_store(raw: bytes) -> bytes:
     data = mime.analyze(raw)
     data["th"], data["tb"] = text_blobs(raw)
+    data["tv"] = TEXT_VERSION
     return json.dumps(data).encode()
 
 
@@ -25,6 +30,7 @@ def decode(blob: bytes | None) -> dict | None:
         data = json.loads(blob)
     except ValueError:
         return None
-    if not isinstance(data, dict) or data.get("v") != mime.CACHE_VERSION or "th" not in data:
+    if not isinstance(data, dict) or data.get("v") != mime.CACHE_VERSION or "th" not in data \
+            or data.get("tv") != TEXT_VERSION:
         return None
     return data

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 
-from proxy.gateway import mime
+from proxy.gateway._rfc822 import AddressParser
 
 __all__ = ["SearchKey", "SearchError", "parse_search", "matches"]
 
@@ -232,11 +232,11 @@ class _Context:
 
     @cached_property
     def headers(self) -> list[tuple[str, str]]:
-        return [(name.lower(), _decode_header(value)) for name, value in self.message.items()]
+        return [(name.lower(), _decode_header(value)) for name, value in _header_items(self.message)]
 
     @cached_property
     def raw_headers(self) -> list[tuple[str, str]]:
-        return [(name.lower(), str(value)) for name, value in self.message.items()]
+        return [(name.lower(), value) for name, value in _header_items(self.message)]
 
     @cached_property
     def body_text(self) -> str:
@@ -252,7 +252,7 @@ class _Context:
         if texts is not None:
             return texts[0]
         lines = [f"{name}: {_decode_header(value)}" for part in self.message.walk()
-                 for name, value in part.items()]
+                 for name, value in _header_items(part)]
         return "\n".join(lines).casefold()
 
     def sent_date(self) -> datetime.date | None:
@@ -274,6 +274,20 @@ def text_blobs(raw: bytes) -> tuple[str, str]:
     cached, so SEARCH TEXT/BODY is a substring test over strings."""
     ctx = _Context(types.SimpleNamespace(raw=raw, seq=1, uid=1), 1, 1)
     return ctx.header_text, ctx.body_text
+
+
+def _header_items(part: email.message.Message) -> list[tuple[str, str]]:
+    """A part's header fields as text. Raw 8-bit bytes in a header are read as UTF-8 (invalid
+    sequences as U+FFFD), as Dovecot does: `Message.items()` of compat32 would turn every such
+    byte into U+FFFD, so CHARSET UTF-8 searches for "Grüße" in an unencoded header never matched."""
+    out = []
+    for name, value in part.raw_items():
+        if isinstance(value, str):
+            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        else:
+            value = str(value)
+        out.append((name, value))
+    return out
 
 
 def _decode_header(value) -> str:
@@ -319,7 +333,7 @@ def _eval_header(ctx: _Context, name: str, needle: str) -> bool:
 def _address_text(value: str) -> str:
     """An address header as Dovecot searches it: parsed (missing parts filled in as
     MISSING_MAILBOX / MISSING_DOMAIN), written back as ``Name <box@domain>``, decoded."""
-    parser = mime._AddressParser(value.encode("utf-8", "surrogateescape"))
+    parser = AddressParser(value.encode("utf-8", "surrogateescape"))
     out, in_group = [], False
     for a in parser.parse() or ():
         if a.domain is None:  # group start (mailbox = name) or group end (all None)

@@ -315,11 +315,16 @@ class ImapSession:
             raise Reply.bad("Expected DONE.")
 
     async def _idle_push(self) -> None:
+        # First round without waiting: expunges held back while answering an earlier FETCH,
+        # STORE or SEARCH (7.4.1) are already known, and their wakeup was consumed then.
+        first = True
         while True:
             view = self.view
             if view is None:
                 await trio.sleep_forever()
-            await view.wakeup.wait()
+            if not first:
+                await view.wakeup.wait()
+            first = False
             await self.send_updates(True)
             await self.flush()
 
