@@ -1,57 +1,121 @@
 """A connection: one trio stream, counted bytes, one writer at a time.
 
-Reads return whatever the kernel has (up to RECEIVE_SIZE) so the relay forwards data as it
-arrives, with one send per chunk received (DESIGN.md: what makes a relay fast). A lock makes
-concurrent writers (a relay pump and a timeout or drain notice) take turns instead of raising
-BusyResourceError. Broken or closed peers read as EOF (b"") and writes to them are dropped.
+Theory of operation: reads return whatever the kernel has (up to RECEIVE_SIZE) so the relay
+forwards data as it arrives, with one send per chunk received (DESIGN.md: what makes a relay
+fast). On a plain TCP stream the socket is used directly: the system call is tried first and
+the task only waits (`wait_readable` / `wait_writable`) when it would block, with a scheduler
+checkpoint every CHECKPOINT_EVERY operations so a busy session still yields to the others and
+still sees cancellation. trio's own stream methods checkpoint on every call, which is most of
+the cost of relaying a small command. TLS streams (and streams with a PROXY-header prefix) go
+through trio's stream API.
+
+Concurrent writers (a relay pump and a timeout or drain notice) take turns on a parking lot
+instead of raising BusyResourceError. Broken or closed peers read as EOF (b"") and writes to
+them are dropped.
 """
 
 from __future__ import annotations
 
+import os
+
 import trio
 
-RECEIVE_SIZE = 256 * 1024
+RECEIVE_SIZE = 256 * 1024      # read size of trio streams, and the fast path's smallest
+MAX_RECEIVE_SIZE = 1024 * 1024  # the fast path's largest read, reached during bulk transfers
+CHECKPOINT_EVERY = 16  # fast-path socket operations between two scheduler checkpoints
 CLOSE_NOTIFY_TIMEOUT = 1.0  # seconds to hand the TLS close_notify to the kernel
 LINGER_TIMEOUT = 1.0  # seconds to read what a client still sends after the proxy ended it
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
 class Conn:
-    __slots__ = ("stream", "bytes_in", "bytes_out", "closed", "_send_lock")
+    __slots__ = ("stream", "bytes_in", "bytes_out", "closed", "eof", "_fd", "_ops", "_sending",
+                 "_lot", "_size")
 
     def __init__(self, stream: trio.abc.Stream):
         self.stream = stream
         self.bytes_in = 0
         self.bytes_out = 0
         self.closed = False
-        self._send_lock = trio.Lock()
+        self.eof = False  # the peer closed its side
+        self._fd = _plain_socket_fd(stream)
+        self._ops = 0
+        self._sending = False
+        self._lot = trio.lowlevel.ParkingLot()
+        self._size = RECEIVE_SIZE
 
     async def receive(self) -> bytes:
         """Up to RECEIVE_SIZE bytes; b"" once the peer has closed or the stream broke."""
         if self.closed:
             return b""
         try:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if self._fd is not None:
+                data = await self._receive_fast()
+            else:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+        except _GONE:
             data = b""
+        if not data:
+            self.eof = True
         self.bytes_in += len(data)
         return data
 
+    async def _receive_fast(self) -> bytes:
+        await self._maybe_checkpoint()
+        while True:
+            try:
+                data = os.read(self._fd, self._size)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self._fd)
+                continue
+            # Read size follows the traffic: bulk transfers get large reads (fewer system calls
+            # and sends), small commands small buffers.
+            if len(data) == self._size and self._size < MAX_RECEIVE_SIZE:
+                self._size *= 2
+            elif len(data) < self._size // 8 and self._size > RECEIVE_SIZE:
+                self._size //= 2
+            return data
+
     async def send(self, data: bytes | bytearray | memoryview) -> bool:
         """Write everything; False (and the connection marked closed) if the peer is gone."""
+        while self._sending:  # another writer is mid-send: wait for our turn
+            await self._lot.park()
         if self.closed:
             return False
-        async with self._send_lock:
-            try:
+        self._sending = True
+        try:
+            if self._fd is not None:
+                await self._send_fast(data)
+            else:
                 await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.closed = True
-                return False
+        except _GONE:
+            self.closed = True
+            return False
+        finally:
+            self._sending = False
+            self._lot.unpark()
         self.bytes_out += len(data)
         return True
+
+    async def _send_fast(self, data: bytes | bytearray | memoryview) -> None:
+        await self._maybe_checkpoint()
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._fd, view):]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._fd)
+
+    async def _maybe_checkpoint(self) -> None:
+        self._ops += 1
+        if self._ops >= CHECKPOINT_EVERY:
+            self._ops = 0
+            await trio.lowlevel.checkpoint()
 
     def replace_stream(self, stream: trio.abc.Stream) -> None:
         """After a STARTTLS handshake: the same connection, now encrypted."""
         self.stream = stream
+        self._fd = _plain_socket_fd(stream)
 
     async def linger(self, timeout: float = LINGER_TIMEOUT) -> None:
         """Half-close and discard what the peer still sends until it closes (at most `timeout`),
@@ -60,8 +124,8 @@ class Conn:
         close" of HTTP servers. Plain TCP only (a TLS stream cannot half-close); shielded and
         bounded, so it is safe in a `finally` of a cancelled session."""
         send_eof = getattr(self.stream, "send_eof", None)
-        if self.closed or send_eof is None or isinstance(self.stream, trio.SSLStream):
-            return
+        if self.closed or self.eof or send_eof is None or isinstance(self.stream, trio.SSLStream):
+            return  # (a peer that already closed has nothing left to send)
         with trio.CancelScope(shield=True), trio.move_on_after(timeout):
             try:
                 await send_eof()
@@ -83,6 +147,13 @@ class Conn:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
         await trio.aclose_forcefully(self.stream)
+
+
+def _plain_socket_fd(stream: trio.abc.Stream) -> int | None:
+    """The file descriptor of a plain trio TCP stream, for the fast path; None otherwise."""
+    if type(stream) is trio.SocketStream:
+        return stream.socket.fileno()
+    return None
 
 
 class PrefixedStream(trio.abc.Stream):

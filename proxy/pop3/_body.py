@@ -47,6 +47,10 @@ lines in Python.  Instead:
    again the special case: ``_first_line`` drops its dot by moving the
    read offset.
 
+5. **Relay mode (``keep_bodies=False``).**  A relay forwards the raw bytes
+   it received and only needs to know where each body ends: the same search
+   runs, but nothing is copied and no MultilineData is emitted.
+
 End of input is the caller's business: ``next_event`` returns
 ``NEED_DATA`` and ``ResponseParser`` turns that into ``ConnectionClosed``
 after EOF; a held-back tail of a truncated body is not emitted.
@@ -70,26 +74,33 @@ _HOLD_LAST_BYTES = frozenset(TERMINATOR[:4])
 class BodyReader:
     """Reads one multi-line body from a :class:`ReceiveBuffer`."""
 
-    __slots__ = ("_unstuff", "_line_start")
+    __slots__ = ("_unstuff", "_keep", "_line_start")
 
-    def __init__(self, *, unstuff: bool) -> None:
+    def __init__(self, *, unstuff: bool, keep: bool = True) -> None:
         self._unstuff = unstuff
+        self._keep = keep  # False: a relay that forwards the raw bytes only needs the end
         self._line_start = True
 
     def next_event(self, buf: ReceiveBuffer) -> MultilineData | MultilineEnd | object:
         """Return the next MultilineData / MultilineEnd, or NEED_DATA."""
-        if self._line_start:
-            event = self._first_line(buf)
-            if event is not None:
-                return event
-        data, pos = buf.data, buf.pos
-        idx = data.find(TERMINATOR, pos)
-        if idx >= 0:
-            stop = idx + 2
-            self._line_start = True
-        else:
-            stop = len(data) - _held_back(data, pos)
-            if stop <= pos:
+        while True:
+            if self._line_start:
+                event = self._first_line(buf)
+                if event is not None:
+                    return event
+            data, pos = buf.data, buf.pos
+            idx = data.find(TERMINATOR, pos)
+            if idx >= 0:
+                stop = idx + 2
+                self._line_start = True
+            else:
+                stop = len(data) - _held_back(data, pos)
+                if stop <= pos:
+                    return NEED_DATA
+            if self._keep:
+                break
+            buf.pos = stop  # skipped, not copied
+            if idx < 0:
                 return NEED_DATA
         chunk = bytes(data[pos:stop])
         buf.pos = stop

@@ -36,10 +36,12 @@ class ResponseParser:
     """
 
     def __init__(
-        self, limits: Limits = DEFAULT_LIMITS, *, unstuff: bool = False, greeting: bool = True
+        self, limits: Limits = DEFAULT_LIMITS, *, unstuff: bool = False, greeting: bool = True,
+        keep_bodies: bool = True,
     ) -> None:
         self._limits = limits
         self._unstuff = unstuff
+        self._keep_bodies = keep_bodies  # False: no MultilineData, only MultilineEnd (relays)
         self._buf = ReceiveBuffer()
         self._expected: deque[bool] = deque([False] if greeting else [])
         self._body: BodyReader | None = None
@@ -110,7 +112,7 @@ class ResponseParser:
         if isinstance(event, StatusLine):
             multiline = self._expected.popleft()
             if event.ok and multiline:
-                self._body = BodyReader(unstuff=self._unstuff)
+                self._body = BodyReader(unstuff=self._unstuff, keep=self._keep_bodies)
         return event
 
     def _need_data(self) -> ConnectionClosed | object:

@@ -17,6 +17,7 @@ client input; during IDLE the separate `idle_command` timer applies.
 
 from __future__ import annotations
 
+import math
 import time
 
 import trio
@@ -82,27 +83,28 @@ class ImapRelay:
     # -- client -> upstream ------------------------------------------------------------------
     async def _client_to_upstream(self, cancel: trio.CancelScope) -> None:
         timeouts = self.session.listener.timeouts
+        idle = trio.CancelScope()  # one scope whose deadline moves: cheaper than one per read
         try:
-            if self._client_leftover:  # commands pipelined behind the login
-                if not await self._client_events() or not await self._forward_up(
-                        self._client_leftover):
-                    return
-            while True:
-                timeout = timeouts.idle_command if self.idle_tag else timeouts.idle
-                data = b""
-                with trio.move_on_after(timeout) as scope:
+            with idle:
+                if self._client_leftover:  # commands pipelined behind the login
+                    if not await self._client_events() or not await self._forward_up(
+                            self._client_leftover):
+                        return
+                while True:
+                    timeout = timeouts.idle_command if self.idle_tag else timeouts.idle
+                    idle.deadline = trio.current_time() + timeout
                     data = await self.client.receive()
-                if scope.cancelled_caught:
-                    await self._autologout()
-                    return
-                if not data:
-                    self.session.close_reason = "client_closed"
-                    return
-                self.client_parser.receive_data(data)
-                if not await self._client_events():
-                    return
-                if not await self._forward_up(data):
-                    return
+                    idle.deadline = math.inf
+                    if not data:
+                        self.session.close_reason = "client_closed"
+                        return
+                    self.client_parser.receive_data(data)
+                    if not await self._client_events():
+                        return
+                    if not await self._forward_up(data):
+                        return
+            if idle.cancelled_caught:
+                await self._autologout()
         finally:
             cancel.cancel()
 
@@ -178,12 +180,11 @@ class ImapRelay:
         parser = self.upstream_parser
         try:
             data = self._upstream_leftover
-            while True:
-                ok = self._upstream_events(parser)
+            while True:  # forward first, then look: parsing never delays the bytes
                 if not await self._forward_down(data):
                     self.session.close_reason = "client_closed"
                     return
-                if not ok:
+                if not self._upstream_events(parser):
                     await self.client.send(b"* BYE Upstream protocol error.\r\n")
                     self.session.close_reason = "upstream_protocol_error"
                     return

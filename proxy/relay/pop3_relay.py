@@ -14,6 +14,7 @@ pipelined answers in order the pump first waits until every earlier command has 
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 
@@ -40,7 +41,7 @@ class Pop3Relay:
         self.client_parser = CommandParser(Limits(max_command_line=lim.pop3_max_command_line))
         if client_leftover:  # b"" would mean EOF
             self.client_parser.receive_data(client_leftover)
-        self.upstream_parser = ResponseParser(greeting=False)
+        self.upstream_parser = ResponseParser(greeting=False, keep_bodies=False)
         self.pending: deque[tuple[str, float, bool]] = deque()  # name, start, multi-line
         self.answered = trio.Event()
         self.quit_seen = False
@@ -72,23 +73,23 @@ class Pop3Relay:
 
     # -- client -> upstream ------------------------------------------------------------------
     async def _client_to_upstream(self, cancel: trio.CancelScope) -> None:
-        idle = self.session.listener.timeouts.idle
+        idle = trio.CancelScope()  # one scope whose deadline moves: cheaper than one per read
         try:
-            while True:
-                if not await self._client_commands():
-                    return
-                data = b""
-                with trio.move_on_after(idle) as scope:
+            with idle:
+                while True:
+                    if not await self._client_commands():
+                        return
+                    idle.deadline = trio.current_time() + self.session.listener.timeouts.idle
                     data = await self.client.receive()
-                if scope.cancelled_caught:
-                    self.session.runtime.metrics.limit_hits.labels("idle_timeout").inc()
-                    await self.client.send(writer.err(b"Autologout; idle for too long."))
-                    self.session.close_reason = "idle_timeout"
-                    return
-                if not data:
-                    self.session.close_reason = "client_closed"
-                    return
-                self.client_parser.receive_data(data)
+                    idle.deadline = math.inf
+                    if not data:
+                        self.session.close_reason = "client_closed"
+                        return
+                    self.client_parser.receive_data(data)
+            if idle.cancelled_caught:
+                self.session.runtime.metrics.limit_hits.labels("idle_timeout").inc()
+                await self.client.send(writer.err(b"Autologout; idle for too long."))
+                self.session.close_reason = "idle_timeout"
         finally:
             cancel.cancel()
 
@@ -164,6 +165,10 @@ class Pop3Relay:
                     self.session.close_reason = "client_logout" if self.quit_seen \
                         else "upstream_closed"
                     return
+                self._bytes_down.inc(len(data))
+                if not await self.client.send(data):  # forward first: parsing never delays it
+                    self.session.close_reason = "client_closed"
+                    return
                 parser.receive_data(data)
                 try:
                     status = self._upstream_events(parser, status)
@@ -173,10 +178,6 @@ class Pop3Relay:
                                upstream=self.session.upstream, kind=exc.kind)
                     await self.client.send(writer.err(b"Upstream protocol error.", b"SYS/TEMP"))
                     self.session.close_reason = "upstream_protocol_error"
-                    return
-                self._bytes_down.inc(len(data))
-                if not await self.client.send(data):
-                    self.session.close_reason = "client_closed"
                     return
                 self._close_if_at_rest()
         finally:

@@ -152,6 +152,15 @@ def test_responses(wire, expectations, expected, unstuffed) -> None:
     )
 
 
+@pytest.mark.parametrize(("wire", "expectations", "expected", "unstuffed"), RESPONSE_TABLE)
+def test_relay_mode_reports_the_same_frames_without_body_data(wire, expectations, expected,
+                                                                unstuffed) -> None:
+    """keep_bodies=False: every event but MultilineData, at every split point."""
+    frames = [e for e in expected if not isinstance(e, MultilineData)]
+    check_every_split(parser_factory(expectations, keep_bodies=False), GREETING + wire,
+                      [GREETED, *frames])
+
+
 def test_greeting_option() -> None:
     assert ResponseParser().pending == 1
     assert ResponseParser(greeting=False).pending == 0
