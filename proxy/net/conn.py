@@ -93,7 +93,8 @@ class Conn:
             return False
         finally:
             self._sending = False
-            self._lot.unpark()
+            if self._lot:
+                self._lot.unpark()
         self.bytes_out += len(data)
         return True
 

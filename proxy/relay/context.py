@@ -6,7 +6,7 @@ import ipaddress
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 import trio
 
@@ -116,6 +116,39 @@ class Session:
             commands=self.commands,
             reason=self.close_reason,
         )
+
+
+class ByteCounter:
+    """Bytes relayed in one direction, added to the Prometheus counter in batches (every
+    FLUSH_BYTES and when the session ends), so the relay's hot path is an integer add."""
+
+    FLUSH_BYTES = 4 * 1024 * 1024
+
+    __slots__ = ("counter", "pending")
+
+    def __init__(self, counter: Any):
+        self.counter = counter
+        self.pending = 0
+
+    def add(self, n: int) -> None:
+        self.pending += n
+        if self.pending >= self.FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.counter.inc(self.pending)
+            self.pending = 0
+
+
+async def wait_idle(deadline: Callable[[], float]) -> None:
+    """Return once `deadline()` (re-read after each wake-up, so activity pushes it back) has
+    passed. One sleeping task per session is cheaper than a cancel scope per read."""
+    while True:
+        remaining = deadline() - trio.current_time()
+        if remaining <= 0:
+            return
+        await trio.sleep(remaining)
 
 
 class CommandMeter:

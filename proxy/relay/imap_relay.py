@@ -17,7 +17,6 @@ client input; during IDLE the separate `idle_command` timer applies.
 
 from __future__ import annotations
 
-import math
 import time
 
 import trio
@@ -26,7 +25,7 @@ from .. import logs
 from ..imap import CommandParser, Limits, NEED_DATA, ProtocolError, ResponseParser, events
 from ..metrics import command_label
 from ..net.conn import Conn
-from .context import CommandMeter, Session
+from .context import ByteCounter, CommandMeter, Session, wait_idle
 from .imap_upstream import UpstreamIMAP, upstream_limits
 
 
@@ -54,8 +53,9 @@ class ImapRelay:
         self.idle_tag: bytes | None = None
         self.meter = CommandMeter(session)
         metrics = session.runtime.metrics
-        self._bytes_up = metrics.bytes.labels("client_to_upstream", "imap")
-        self._bytes_down = metrics.bytes.labels("upstream_to_client", "imap")
+        self._bytes_up = ByteCounter(metrics.bytes.labels("client_to_upstream", "imap"))
+        self._bytes_down = ByteCounter(metrics.bytes.labels("upstream_to_client", "imap"))
+        self.last_active = trio.current_time()
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -63,6 +63,9 @@ class ImapRelay:
             nursery.start_soon(self._client_to_upstream, nursery.cancel_scope)
             nursery.start_soon(self._upstream_to_client, nursery.cancel_scope)
             nursery.start_soon(self._watch_drain)
+            nursery.start_soon(self._watch_idle)
+        self._bytes_up.flush()
+        self._bytes_down.flush()
         for name, _ in self.pending.values():  # the session ended before these were answered
             self.meter.metrics.commands.labels("imap", name, "none").inc()
 
@@ -82,34 +85,36 @@ class ImapRelay:
 
     # -- client -> upstream ------------------------------------------------------------------
     async def _client_to_upstream(self, cancel: trio.CancelScope) -> None:
-        timeouts = self.session.listener.timeouts
-        idle = trio.CancelScope()  # one scope whose deadline moves: cheaper than one per read
         try:
-            with idle:
-                if self._client_leftover:  # commands pipelined behind the login
-                    if not await self._client_events() or not await self._forward_up(
-                            self._client_leftover):
-                        return
-                while True:
-                    timeout = timeouts.idle_command if self.idle_tag else timeouts.idle
-                    idle.deadline = trio.current_time() + timeout
-                    data = await self.client.receive()
-                    idle.deadline = math.inf
-                    if not data:
-                        self.session.close_reason = "client_closed"
-                        return
-                    self.client_parser.receive_data(data)
-                    if not await self._client_events():
-                        return
-                    if not await self._forward_up(data):
-                        return
-            if idle.cancelled_caught:
-                await self._autologout()
+            if self._client_leftover:  # commands pipelined behind the login
+                if not await self._client_events() or not await self._forward_up(
+                        self._client_leftover):
+                    return
+            while True:
+                data = await self.client.receive()
+                self.last_active = trio.current_time()
+                if not data:
+                    self.session.close_reason = "client_closed"
+                    return
+                self.client_parser.receive_data(data)
+                if not await self._client_events():
+                    return
+                if not await self._forward_up(data):
+                    return
         finally:
             cancel.cancel()
 
+    async def _watch_idle(self) -> None:
+        """RFC 3501 5.4 autologout: no client input (and no command being answered) for
+        `idle`, or an IDLE command running longer than `idle_command`."""
+        timeouts = self.session.listener.timeouts
+        await wait_idle(lambda: self.last_active + (
+            timeouts.idle_command if self.idle_tag else timeouts.idle))
+        await self._autologout()
+        self._cancel.cancel()
+
     async def _forward_up(self, data: bytes) -> bool:
-        self._bytes_up.inc(len(data))
+        self._bytes_up.add(len(data))
         if not await self.upstream.conn.send(data):
             self.session.close_reason = "upstream_closed"
             return False
@@ -190,6 +195,8 @@ class ImapRelay:
                     return
                 await self._bye_if_at_rest()
                 data = await self.upstream.conn.receive()
+                if self.pending and not self.idle_tag:  # answering a command is activity
+                    self.last_active = trio.current_time()
                 if not data:
                     self.session.close_reason = ("client_logout" if self.logout_seen
                                                  else "upstream_closed")
@@ -201,7 +208,7 @@ class ImapRelay:
     async def _forward_down(self, data: bytes) -> bool:
         if not data:
             return True
-        self._bytes_down.inc(len(data))
+        self._bytes_down.add(len(data))
         return await self.client.send(data)
 
     def _upstream_events(self, parser) -> bool:

@@ -14,7 +14,6 @@ pipelined answers in order the pump first waits until every earlier command has 
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 
@@ -25,7 +24,7 @@ from ..metrics import command_label
 from ..pop3 import NEED_DATA, CommandParser, Limits, ProtocolError, ResponseParser, events
 from ..pop3 import is_multiline, writer
 from ..net.conn import Conn
-from .context import CommandMeter, Session
+from .context import ByteCounter, CommandMeter, Session, wait_idle
 from .pop3_upstream import UpstreamPOP3, relayable
 
 _LOCAL = {b"CAPA", b"STLS", b"USER", b"PASS", b"APOP", b"AUTH", b"XCLIENT"}
@@ -47,8 +46,9 @@ class Pop3Relay:
         self.quit_seen = False
         self.draining = False
         metrics = session.runtime.metrics
-        self._bytes_up = metrics.bytes.labels("client_to_upstream", "pop3")
-        self._bytes_down = metrics.bytes.labels("upstream_to_client", "pop3")
+        self._bytes_up = ByteCounter(metrics.bytes.labels("client_to_upstream", "pop3"))
+        self._bytes_down = ByteCounter(metrics.bytes.labels("upstream_to_client", "pop3"))
+        self.last_active = trio.current_time()
         self.meter = CommandMeter(session)
 
     async def run(self) -> None:
@@ -57,6 +57,9 @@ class Pop3Relay:
             nursery.start_soon(self._client_to_upstream, nursery.cancel_scope)
             nursery.start_soon(self._upstream_to_client, nursery.cancel_scope)
             nursery.start_soon(self._watch_drain)
+            nursery.start_soon(self._watch_idle)
+        self._bytes_up.flush()
+        self._bytes_down.flush()
         for name, _, _ in self.pending:
             self.session.runtime.metrics.commands.labels("pop3", name, "none").inc()
 
@@ -73,25 +76,26 @@ class Pop3Relay:
 
     # -- client -> upstream ------------------------------------------------------------------
     async def _client_to_upstream(self, cancel: trio.CancelScope) -> None:
-        idle = trio.CancelScope()  # one scope whose deadline moves: cheaper than one per read
         try:
-            with idle:
-                while True:
-                    if not await self._client_commands():
-                        return
-                    idle.deadline = trio.current_time() + self.session.listener.timeouts.idle
-                    data = await self.client.receive()
-                    idle.deadline = math.inf
-                    if not data:
-                        self.session.close_reason = "client_closed"
-                        return
-                    self.client_parser.receive_data(data)
-            if idle.cancelled_caught:
-                self.session.runtime.metrics.limit_hits.labels("idle_timeout").inc()
-                await self.client.send(writer.err(b"Autologout; idle for too long."))
-                self.session.close_reason = "idle_timeout"
+            while True:
+                if not await self._client_commands():
+                    return
+                data = await self.client.receive()
+                self.last_active = trio.current_time()
+                if not data:
+                    self.session.close_reason = "client_closed"
+                    return
+                self.client_parser.receive_data(data)
         finally:
             cancel.cancel()
+
+    async def _watch_idle(self) -> None:
+        """RFC 1939 3 autologout: no client input (and no command being answered) for `idle`."""
+        await wait_idle(lambda: self.last_active + self.session.listener.timeouts.idle)
+        self.session.runtime.metrics.limit_hits.labels("idle_timeout").inc()
+        await self.client.send(writer.err(b"Autologout; idle for too long."))
+        self.session.close_reason = "idle_timeout"
+        self._cancel.cancel()
 
     async def _client_commands(self) -> bool:
         """Forward every complete command buffered; False ends the session."""
@@ -132,7 +136,7 @@ class Pop3Relay:
             return True
         data = bytes(batch)
         batch.clear()
-        self._bytes_up.inc(len(data))
+        self._bytes_up.add(len(data))
         if not await self.upstream.conn.send(data):
             self.session.close_reason = "upstream_closed"
             return False
@@ -161,11 +165,13 @@ class Pop3Relay:
         try:
             while True:
                 data = await self.upstream.conn.receive()
+                if self.pending:  # answering a command is activity
+                    self.last_active = trio.current_time()
                 if not data:
                     self.session.close_reason = "client_logout" if self.quit_seen \
                         else "upstream_closed"
                     return
-                self._bytes_down.inc(len(data))
+                self._bytes_down.add(len(data))
                 if not await self.client.send(data):  # forward first: parsing never delays it
                     self.session.close_reason = "client_closed"
                     return
