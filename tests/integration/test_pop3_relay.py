@@ -109,3 +109,21 @@ def test_upstream_down_is_sys_temp(proxy_factory, dovecot, user):
     client.user(user[0])
     with pytest.raises(poplib.error_proto, match=r"SYS/TEMP"):
         client.pass_(user[1])
+
+
+def test_forward_client_ip_sends_xclient(proxy_factory, dovecot, user):
+    """Dovecot offers XCLIENT in its greeting; with forward_client_ip its login log line shows
+    the client's address, not the proxy's."""
+    config = relay_config(dovecot, listeners=("pop3",), allow_plaintext_auth=True)
+    config["upstreams"]["main"]["forward_client_ip"] = True
+    proxy = proxy_factory(config)
+    sock = socket.socket()
+    sock.bind(("127.0.0.7", 0))
+    sock.connect((HOST, proxy.port("pop3")))
+    file = sock.makefile("rb")
+    assert file.readline().startswith(b"+OK")
+    name, password = user
+    sock.sendall(b"USER %s\r\nPASS %s\r\nQUIT\r\n" % (name.encode(), password.encode()))
+    assert file.readline().startswith(b"+OK") and file.readline().startswith(b"+OK Logged in")
+    sock.close()
+    dovecot.wait_for_log(f"user=<{name}>, rip=127.0.0.7")
