@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from . import logs
+from .net.tls import client_context
 
 if TYPE_CHECKING:
     from .config import Config, ServicePort, Upstream
-    from .metrics import Metrics
+from .metrics import Metrics
 
 __all__ = ["Health", "check_upstreams", "check_round", "check_service"]
 
@@ -132,7 +133,7 @@ async def check_service(upstream: Upstream, protocol: str, port: ServicePort) ->
         with trio.fail_after(CHECK_TIMEOUT):
             stream = await trio.open_tcp_stream(upstream.host, port.port)
             if port.tls == "implicit":
-                stream = trio.SSLStream(stream, _client_context(upstream),
+                stream = trio.SSLStream(stream, client_context(upstream, warn=False),
                                         server_hostname=upstream.server_name or upstream.host)
                 await stream.do_handshake()
             greeting = await _read_line(stream)
@@ -183,18 +184,3 @@ async def _read_line(stream: trio.abc.Stream) -> bytes | None:
             break
         data += chunk
     return data.split(b"\n", 1)[0] or None
-
-
-def _client_context(upstream: Upstream) -> ssl.SSLContext:
-    """A client TLS context for health checks, honouring verify, ca_file and client_cert.
-
-    Kept small on purpose: proxy/net/tls.py owns the real upstream TLS policy and may replace this.
-    """
-    context = ssl.create_default_context(
-        cafile=str(upstream.ca_file) if upstream.ca_file else None)
-    if not upstream.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if upstream.client_cert is not None:
-        context.load_cert_chain(upstream.client_cert.cert, upstream.client_cert.key)
-    return context

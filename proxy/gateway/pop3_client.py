@@ -35,11 +35,11 @@ from typing import Any
 import trio
 
 from .. import logs
+from ..net.tls import client_context
 from ..config import Upstream
 from ..pop3 import NEED_DATA, ProtocolError, ResponseParser, events, writer
 
-__all__ = ["CONNECT_TIMEOUT", "RESPONSE_TIMEOUT", "REASONS", "FetchError", "Pop3Client",
-           "client_tls_context"]
+__all__ = ["CONNECT_TIMEOUT", "RESPONSE_TIMEOUT", "REASONS", "FetchError", "Pop3Client"]
 
 CONNECT_TIMEOUT = 30.0
 RESPONSE_TIMEOUT = 120.0            # per reply; a RETR of a large message is one reply
@@ -62,19 +62,8 @@ class FetchError(Exception):
 
 # ---- transport ----------------------------------------------------------------------------------
 
-def client_tls_context(upstream: Upstream) -> ssl.SSLContext:
-    """Verification per upstream.verify / ca_file (TLS engineer may replace this helper)."""
-    ctx = ssl.create_default_context(cafile=str(upstream.ca_file) if upstream.ca_file else None)
-    if not upstream.verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if upstream.client_cert is not None:
-        ctx.load_cert_chain(upstream.client_cert.cert, upstream.client_cert.key)
-    return ctx
-
-
 async def _start_tls(stream: trio.abc.Stream, upstream: Upstream) -> trio.SSLStream:
-    tls = trio.SSLStream(stream, client_tls_context(upstream),
+    tls = trio.SSLStream(stream, client_context(upstream, warn=False),
                          server_hostname=upstream.server_name or upstream.host)
     try:
         await tls.do_handshake()

@@ -372,11 +372,12 @@ def _describe(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- upstream side
 
 
-def client_context(upstream: Upstream, name: str = "") -> ssl.SSLContext:
+def client_context(upstream: Upstream, name: str = "", *, warn: bool = True) -> ssl.SSLContext:
     """A client context for connecting to `upstream` (named `name` in logs).
 
     Verified by default against `ca_file` (only that file) or the system CAs, host name checked,
-    TLS 1.2 minimum. `verify: false` disables both checks and logs upstream_tls_unverified once.
+    TLS 1.2 minimum. `verify: false` disables both checks and logs upstream_tls_unverified
+    (callers that build contexts repeatedly pass `warn=False`; UpstreamTLS warns once).
     Raises TLSConfigError naming the file if the CA file or client certificate cannot be loaded.
     """
     cafile = str(upstream.ca_file) if upstream.ca_file else None
@@ -390,7 +391,8 @@ def client_context(upstream: Upstream, name: str = "") -> ssl.SSLContext:
     if not upstream.verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        logs.event("upstream_tls_unverified", level=logging.WARNING, upstream=name)
+        if warn:
+            logs.event("upstream_tls_unverified", level=logging.WARNING, upstream=name)
     if upstream.client_cert is not None:
         _load_pair(ctx, upstream.client_cert)
     return ctx
