@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install what the test suite needs on Debian 12, only what is missing: the real Dovecot, client
-# programs and PostgreSQL that tests start themselves, and the unprivileged user owning test mail.
+# programs the tests drive (mbsync, offlineimap, fetchmail, curl, openssl), npm (the helm tests
+# take a helm binary from an npm package), and the unprivileged user owning test mail.
 # Idempotent and fast when everything is present (no apt-get at all then). Runs as root, or via sudo.
 set -euo pipefail
 
-PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d isync fetchmail curl openssl offlineimap postgresql)
+PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d isync fetchmail curl openssl offlineimap)
 MAIL_USER=mailproxytest
 
 SUDO=()
@@ -25,6 +26,7 @@ missing=()
 for pkg in "${PACKAGES[@]}"; do
     installed "$pkg" || missing+=("$pkg")
 done
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 # `python3 -m venv` needs ensurepip, which Debian's own python3 ships separately.
 if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
     missing+=(python3-venv)
