@@ -55,17 +55,21 @@ class App:
         self.metrics = Metrics() if config.metrics is not None else NullMetrics()
         self.health = Health()
         self.health.publish(self.metrics)
+        self._init_series(config)
+        self.drain_event = trio.Event()
+        self.throttle = Throttle(config.auth_throttle, trio.current_time)
+        self.runtime = build_runtime(config, self.metrics, self.health, self.drain_event,
+                                     self.throttle)
+        self.servers: list[ListenerServer] = []
+
+    def _init_series(self, config: Config) -> None:
+        """Known label combinations exist at 0 from the start (and after a reload)."""
         for listener in config.listeners:
             self.metrics.init_listener(listener.name, listener.protocol, listener.tls)
         for name, upstream in config.upstreams.items():
             for protocol in ("imap", "pop3"):
                 if getattr(upstream, protocol) is not None:
                     self.metrics.init_upstream(name, protocol)
-        self.drain_event = trio.Event()
-        self.throttle = Throttle(config.auth_throttle, trio.current_time)
-        self.runtime = build_runtime(config, self.metrics, self.health, self.drain_event,
-                                     self.throttle)
-        self.servers: list[ListenerServer] = []
 
     async def run(self) -> None:
         config = self.runtime.config
@@ -77,7 +81,8 @@ class App:
                             for l in config.listeners]
             if config.metrics is not None:
                 await nursery.start(serve_http, config.metrics.address, self.metrics, self.health)
-            nursery.start_soon(check_upstreams, config, self.health, self.metrics)
+            nursery.start_soon(check_upstreams, lambda: self.runtime.config, self.health,
+                               self.metrics)
             async with trio.open_nursery() as sessions:
                 async with trio.open_nursery() as listeners:
                     for server, listener in zip(self.servers, config.listeners):
@@ -121,6 +126,7 @@ class App:
             return
         self.runtime = runtime
         self.throttle.config = config.auth_throttle
+        self._init_series(config)
         logs.event("reloaded", routes=len(config.routes), upstreams=len(config.upstreams))
 
     async def _drain(self, sessions: trio.CancelScope) -> None:

@@ -388,14 +388,17 @@ def _semantic_errors(config: Config) -> list[tuple[tuple, str]]:
     for name, up in config.upstreams.items():
         if up.imap is None and up.pop3 is None:
             errors.append((("upstreams", name), "an upstream needs an imap: or pop3: section"))
-    for i, lst in enumerate(config.listeners):
-        needed = "imap" if lst.mode == "relay" and lst.protocol == "imap" else "pop3"
-        for j, route in enumerate(config.routes):
-            up = config.upstreams.get(route.upstream)
-            if up is not None and getattr(up, needed) is None:
+    # an IMAP relay listener needs the routes' upstreams to speak IMAP; POP3 relays and the
+    # gateway (which reads mailboxes over POP3) need POP3
+    needed = {"imap" if l.mode == "relay" and l.protocol == "imap" else "pop3"
+              for l in config.listeners}
+    for j, route in enumerate(config.routes):
+        up = config.upstreams.get(route.upstream)
+        for service in sorted(needed):
+            if up is not None and getattr(up, service) is None:
                 errors.append((("routes", j, "upstream"),
-                               f"listener {lst.name!r} needs upstream {route.upstream!r} to have a "
-                               f"{needed}: section"))
+                               f"upstream {route.upstream!r} needs a {service}: section for "
+                               f"the {service} listeners"))
     if config.gateway is not None:
         try:
             config.gateway.retention_seconds

@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 import ssl
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import trio
 
 from . import logs
-from .net.tls import client_context
+from .net.tls import TLSConfigError, client_context
 
 if TYPE_CHECKING:
     from .config import Config, ServicePort, Upstream
@@ -66,7 +66,8 @@ class Health:
         metrics.draining.set_function(lambda: 1.0 if self.draining else 0.0)
 
 
-async def check_upstreams(config: Config, health: Health, metrics: Metrics, *,
+async def check_upstreams(config: Config | Callable[[], Config], health: Health,
+                          metrics: Metrics, *,
                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Check every upstream service forever, every `min(health_check_interval)` seconds.
 
@@ -75,13 +76,12 @@ async def check_upstreams(config: Config, health: Health, metrics: Metrics, *,
     Resource handling: each check opens and closes its own connection within CHECK_TIMEOUT.
     Error handling: every network or TLS error marks the service down; nothing is raised.
     """
-    if not config.upstreams:
-        task_status.started()
-        await trio.sleep_forever()
-    interval = min(upstream.health_check_interval for upstream in config.upstreams.values())
+    current = config if callable(config) else (lambda: config)  # a getter follows reloads
     while True:
+        config_now = current()
+        interval = min(upstream.health_check_interval for upstream in config_now.upstreams.values())
         deadline = trio.current_time() + interval
-        await check_round(config, health, metrics)
+        await check_round(config_now, health, metrics)
         task_status.started()
         task_status = trio.TASK_STATUS_IGNORED
         await trio.sleep_until(deadline)
@@ -139,6 +139,8 @@ async def check_service(upstream: Upstream, protocol: str, port: ServicePort) ->
             greeting = await _read_line(stream)
     except trio.TooSlowError:
         return "timeout"
+    except TLSConfigError as exc:  # an unreadable ca_file / client_cert: down, never a crash
+        return f"tls config: {logs.sanitize(str(exc), 80)}"
     except ssl.SSLError as exc:
         return f"tls: {logs.sanitize(exc.reason or str(exc), 80)}"
     except OSError as exc:

@@ -33,7 +33,7 @@ class _TextFormatter(logging.Formatter):
         parts = [f"{ts}.{int(record.msecs):03d}Z", record.levelname, f"event={record.getMessage()}"]
         for key, value in fields.items():
             value = str(value)
-            if not value or any(c in value for c in ' "='):
+            if not value or not value.isprintable() or any(c in value for c in ' "='):
                 value = json.dumps(value)
             parts.append(f"{key}={value}")
         line = " ".join(parts)

@@ -98,7 +98,7 @@ AUTH_MECHANISMS = {
     "pop3": ("USER", "APOP", "PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER"),
 }
 _MECHANISMS = frozenset(m for ms in AUTH_MECHANISMS.values() for m in ms)
-AUTH_RESULTS = ("success", "failure", "tempfail", "error")
+AUTH_RESULTS = ("success", "failure", "tempfail", "throttled")  # relay.login.Verdict
 # "ok" plus every server-side TLSHandshakeError.reason (proxy/net/tls.py), the values recorded.
 TLS_RESULTS = ("ok", "handshake_failed", "timeout", "alpn_refused")
 STARTTLS_SIDES = ("client", "upstream")

@@ -200,6 +200,13 @@ class BaseParser:
         """Bytes received but not yet consumed."""
         return len(self._buf)
 
+    @property
+    def at_boundary(self) -> bool:
+        """True between messages with nothing pending: a relay may insert a line of its own
+        into the stream it forwards without cutting a response in two."""
+        return (self._state is _State.LINE and not len(self._buf) and not self._events
+                and not self._chunks)
+
     def take_unconsumed(self) -> bytes:
         """Hand the bytes not yet parsed to another parser (e.g. pre-login to relay).
 

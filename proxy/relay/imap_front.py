@@ -39,7 +39,7 @@ class ImapFront:
         self.conn = conn
         limits = session.listener.limits
         self.limits = Limits(max_line=limits.preauth_max_line, max_literal=limits.preauth_max_literal,
-                             max_nonsync_literal=min(4096, limits.preauth_max_literal),
+                             max_nonsync_literal=limits.preauth_max_literal,
                              max_depth=PREAUTH_LIMITS.max_depth)
         self.parser = CommandParser(self.limits, collect_literals=True, parse_args=True)
         self.meter = CommandMeter(session)

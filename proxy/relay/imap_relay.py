@@ -58,12 +58,17 @@ class ImapRelay:
         self.last_active = trio.current_time()
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            self._cancel = nursery.cancel_scope
-            nursery.start_soon(self._client_to_upstream, nursery.cancel_scope)
-            nursery.start_soon(self._upstream_to_client, nursery.cancel_scope)
-            nursery.start_soon(self._watch_drain)
-            nursery.start_soon(self._watch_idle)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel = nursery.cancel_scope
+                nursery.start_soon(self._client_to_upstream, nursery.cancel_scope)
+                nursery.start_soon(self._upstream_to_client, nursery.cancel_scope)
+                nursery.start_soon(self._watch_drain)
+                nursery.start_soon(self._watch_idle)
+        finally:  # also when cut at shutdown_timeout
+            self._settle()
+
+    def _settle(self) -> None:
         self._bytes_up.flush()
         self._bytes_down.flush()
         for name, _ in self.pending.values():  # the session ended before these were answered
@@ -76,12 +81,21 @@ class ImapRelay:
         await self._bye_if_at_rest()
 
     async def _bye_if_at_rest(self) -> None:
-        """While draining: BYE as soon as no command is in flight (an IDLE does not count)."""
-        in_flight = set(self.pending) - {self.idle_tag}
-        if self.draining and not in_flight:
-            await self.client.send(b"* BYE Server shutting down.\r\n")
-            self.session.close_reason = "shutdown"
-            self._cancel.cancel()
+        """While draining: BYE as soon as no command is in flight (an IDLE does not count) and
+        the upstream's stream is between responses, so the BYE never splits one."""
+        if not self.draining or self._cancel.cancel_called:
+            return
+        if set(self.pending) - {self.idle_tag} or not self.upstream_parser.at_boundary:
+            return
+        await self._last_words(b"* BYE Server shutting down.\r\n")
+        self.session.close_reason = "shutdown"
+        self._cancel.cancel()
+
+    async def _last_words(self, line: bytes) -> None:
+        """An untagged line of the proxy's own before closing, only where it cannot land in
+        the middle of a forwarded response (otherwise the connection just closes)."""
+        if self.upstream_parser.at_boundary:
+            await self.client.send(line)
 
     # -- client -> upstream ------------------------------------------------------------------
     async def _client_to_upstream(self, cancel: trio.CancelScope) -> None:
@@ -170,14 +184,14 @@ class ImapRelay:
                                       else "literal_size").inc()
         logs.event("client_protocol_error", **self.session.log_fields(), kind=exc.kind)
         # Part of the offending command may already be upstream, so the session cannot go on.
-        await self.client.send(exc.reply())
+        await self._last_words(exc.reply())
         if not exc.fatal:  # a fatal error's reply is already an untagged BYE
-            await self.client.send(b"* BYE Protocol error, closing.\r\n")
+            await self._last_words(b"* BYE Protocol error, closing.\r\n")
         self.session.close_reason = "protocol_error"
 
     async def _autologout(self) -> None:
         self.session.runtime.metrics.limit_hits.labels("idle_timeout").inc()
-        await self.client.send(b"* BYE Autologout; idle for too long.\r\n")
+        await self._last_words(b"* BYE Autologout; idle for too long.\r\n")
         self.session.close_reason = "idle_timeout"
 
     # -- upstream -> client ------------------------------------------------------------------

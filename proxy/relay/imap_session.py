@@ -57,7 +57,11 @@ async def _authenticate(session: Session, front: ImapFront) -> UpstreamIMAP:
         if verdict is Verdict.SUCCESS:
             # The client's OK carries the upstream's capabilities (RFC 3501 7.1, CAPABILITY code).
             caps = b"CAPABILITY " + b" ".join(relayable(up.capabilities))
-            await front.logged_in(writer.tagged(request.tag, b"OK", b"Logged in.", caps))
+            try:
+                await front.logged_in(writer.tagged(request.tag, b"OK", b"Logged in.", caps))
+            except BaseException:  # cancelled before the session owns it
+                await up.conn.aclose()
+                raise
             return up
         status, code, text = REPLIES[verdict]
         await front.auth_failed(request.tag, writer.tagged(request.tag, status, text, code))

@@ -40,14 +40,15 @@ class LoginSteps:
 
 async def log_in(session: Session, creds: Credentials, steps: LoginSteps) -> tuple[Verdict, Any]:
     """Returns (verdict, upstream connection or None). Only SUCCESS returns a connection; the
-    caller owns it then."""
+    caller owns it then (and must close it if it is cancelled before handing it on)."""
     session.user = creds.user
     if session.auth_blocked(creds.user):
-        return Verdict.THROTTLED, None
-    verdict, up = await _attempt(session, creds, steps)
+        verdict, up = Verdict.THROTTLED, None
+    else:
+        verdict, up = await _attempt(session, creds, steps)
     session.runtime.metrics.auth_attempts.labels(steps.protocol, creds.mechanism,
                                                  verdict.value).inc()
-    if verdict is Verdict.SUCCESS:
+    if verdict is Verdict.SUCCESS and session.runtime.throttle is not None:
         session.runtime.throttle.success(creds.user)
     elif verdict is Verdict.FAILURE:
         await session.auth_failure_delay()
@@ -70,6 +71,10 @@ async def _attempt(session: Session, creds: Credentials, steps: LoginSteps):
             await up.conn.aclose()
         report(session, name, exc)
         return (Verdict.FAILURE if exc.failure is Failure.AUTH_REJECTED else Verdict.TEMPFAIL), None
+    except BaseException:  # cancelled (login timeout, drain): never leave the upstream open
+        if up is not None:
+            await up.conn.aclose()
+        raise
     logs.event("auth", **session.log_fields(), upstream=name, result=verdict.value,
                mechanism=creds.mechanism, upstream_reply=logs.sanitize(text))
     if verdict is not Verdict.SUCCESS:

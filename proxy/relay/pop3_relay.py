@@ -52,16 +52,18 @@ class Pop3Relay:
         self.meter = CommandMeter(session)
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            self._cancel = nursery.cancel_scope
-            nursery.start_soon(self._client_to_upstream, nursery.cancel_scope)
-            nursery.start_soon(self._upstream_to_client, nursery.cancel_scope)
-            nursery.start_soon(self._watch_drain)
-            nursery.start_soon(self._watch_idle)
-        self._bytes_up.flush()
-        self._bytes_down.flush()
-        for name, _, _ in self.pending:
-            self.session.runtime.metrics.commands.labels("pop3", name, "none").inc()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel = nursery.cancel_scope
+                nursery.start_soon(self._client_to_upstream, nursery.cancel_scope)
+                nursery.start_soon(self._upstream_to_client, nursery.cancel_scope)
+                nursery.start_soon(self._watch_drain)
+                nursery.start_soon(self._watch_idle)
+        finally:  # also when cut at shutdown_timeout
+            self._bytes_up.flush()
+            self._bytes_down.flush()
+            for name, _, _ in self.pending:
+                self.session.runtime.metrics.commands.labels("pop3", name, "none").inc()
 
     # -- drain (SIGTERM): close after the current command ------------------------------------
     async def _watch_drain(self) -> None:
@@ -93,7 +95,8 @@ class Pop3Relay:
         """RFC 1939 3 autologout: no client input (and no command being answered) for `idle`."""
         await wait_idle(lambda: self.last_active + self.session.listener.timeouts.idle)
         self.session.runtime.metrics.limit_hits.labels("idle_timeout").inc()
-        await self.client.send(writer.err(b"Autologout; idle for too long."))
+        # RFC 1939 3: on the autologout timer the server closes "without removing any messages
+        # or sending any response to the client" (a pipelining client would misread one).
         self.session.close_reason = "idle_timeout"
         self._cancel.cancel()
 

@@ -51,7 +51,11 @@ async def _authenticate(session: Session, front: Pop3Front) -> UpstreamPOP3:
         request = await front.next_login()
         verdict, up = await log_in(session, request.credentials, POP3_LOGIN)
         if verdict is Verdict.SUCCESS:
-            await front.logged_in(writer.ok(b"Logged in."))
+            try:
+                await front.logged_in(writer.ok(b"Logged in."))
+            except BaseException:  # cancelled before the session owns it
+                await up.conn.aclose()
+                raise
             return up
         await front.auth_failed(REPLIES[verdict])
 
