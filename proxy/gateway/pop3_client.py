@@ -66,11 +66,21 @@ async def _start_tls(stream: trio.abc.Stream, upstream: Upstream) -> trio.SSLStr
     tls = trio.SSLStream(stream, client_context(upstream, warn=False),
                          server_hostname=upstream.server_name or upstream.host)
     try:
-        await tls.do_handshake()
+        with trio.fail_after(CONNECT_TIMEOUT):
+            await tls.do_handshake()
+    except trio.TooSlowError:
+        await trio.aclose_forcefully(stream)
+        raise FetchError("timeout", "TLS handshake timed out") from None
     except (trio.BrokenResourceError, ssl.SSLError) as exc:
         await trio.aclose_forcefully(stream)
         raise FetchError("tls", logs.sanitize(str(exc.__cause__ or exc))) from None
     return tls
+
+
+def _tempfail(line: events.StatusLine) -> bool:
+    """RFC 3206 / RFC 2449 8.1: [SYS/TEMP], [IN-USE] and [LOGIN-DELAY] mean "not now"."""
+    return line.code is not None and line.code.upper().startswith(
+        (b"SYS/TEMP", b"IN-USE", b"LOGIN-DELAY"))
 
 
 class Pop3Client:
@@ -151,6 +161,8 @@ class Pop3Client:
     async def expect_ok(self, what: str, reason: str = "upstream") -> events.StatusLine:
         line = await self.status(what)
         if not line.ok:
+            if reason == "auth" and _tempfail(line):  # RFC 3206: busy, not a wrong password
+                reason = "upstream"
             raise FetchError(reason, f"{what} refused: {logs.sanitize(line.text)}")
         return line
 
@@ -197,7 +209,7 @@ class Pop3Client:
         await self.send(writer.command(b"AUTH", b"PLAIN", token))   # RFC 5034 initial response
         line = await self.status("AUTH")
         if not line.ok:
-            raise FetchError("auth", "AUTH PLAIN refused")
+            raise FetchError("upstream" if _tempfail(line) else "auth", "AUTH PLAIN refused")
 
     @property
     def pipelining(self) -> bool:

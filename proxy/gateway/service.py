@@ -107,6 +107,10 @@ class AccountFetcher:
             metrics.gateway_ingest_errors.labels(reason).inc()
             logs.event("gateway_poll_failed", logging.WARNING, upstream=self.upstream,
                        error=logs.sanitize(str(exc)))
+        except Exception:  # a bug in one account's sync must not stop the process
+            metrics.gateway_syncs.labels("internal").inc()
+            metrics.gateway_ingest_errors.labels("internal").inc()
+            logs.event("gateway_poll_failed", logging.ERROR, exc_info=True, upstream=self.upstream)
         finally:
             done, self.synced = self.synced, trio.Event()
             done.set()
@@ -183,16 +187,20 @@ class GatewayService:
         fetcher = self.fetcher(target[0], creds.user)
         fetcher.sessions += 1
         fetcher.password = creds.password.decode("utf-8")
-        if self.config.gateway.background_poll and self.store.can_store_credentials:
-            await self.store.save_credentials(account.id, creds.password)
-            fetcher.background = True
         self._gauge(+1)
-        synced = fetcher.synced
-        fetcher.kick()
-        with trio.move_on_after(LOGIN_SYNC_WAIT):   # so the first SELECT shows the mail
-            await synced.wait()
-        caps = b"CAPABILITY " + b" ".join(CAPABILITIES)
-        await front.logged_in(writer.tagged(request.tag, b"OK", b"Logged in.", caps))
+        try:
+            if self.config.gateway.background_poll and self.store.can_store_credentials:
+                await self.store.save_credentials(account.id, creds.password)
+                fetcher.background = True
+            synced = fetcher.synced
+            fetcher.kick()
+            with trio.move_on_after(LOGIN_SYNC_WAIT):   # so the first SELECT shows the mail
+                await synced.wait()
+            caps = b"CAPABILITY " + b" ".join(CAPABILITIES)
+            await front.logged_in(writer.tagged(request.tag, b"OK", b"Logged in.", caps))
+        except BaseException:  # cancelled or refused before the session owns the login
+            self._detach(fetcher)
+            raise
         return account, fetcher
 
     async def poll_in_background(self) -> None:

@@ -11,6 +11,7 @@ import os
 from .base import (
     DEFAULT_MAILBOXES, HIERARCHY_DELIMITER, INBOX, Account, Change, ChangeKind, FlagMode,
     FlagUpdate, IngestItem, Mailbox, MailboxExists, MailboxNotFound, MessageMeta, Store, StoreError,
+    StoreFailure,
     StoreFlagsResult,
 )
 from .crypto import KeyRing, StoreKeyError
@@ -18,7 +19,8 @@ from .crypto import KeyRing, StoreKeyError
 __all__ = [
     "DEFAULT_MAILBOXES", "HIERARCHY_DELIMITER", "INBOX", "Account", "Change", "ChangeKind",
     "FlagMode", "FlagUpdate", "IngestItem", "KeyRing", "Mailbox", "MailboxExists", "MailboxNotFound",
-    "MessageMeta", "Store", "StoreError", "StoreFlagsResult", "StoreKeyError", "open_store",
+    "MessageMeta", "Store", "StoreError", "StoreFailure", "StoreFlagsResult", "StoreKeyError",
+    "open_store",
     "load_key_ring",
 ]
 

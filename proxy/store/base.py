@@ -47,6 +47,11 @@ class MailboxNotFound(StoreError):
     pass
 
 
+class StoreFailure(StoreError):
+    """The store itself failed (database error, disk full, locked too long): not the user's
+    request. Refusals are plain StoreError."""
+
+
 class MailboxExists(StoreError):
     pass
 

@@ -38,7 +38,7 @@ from ._schema import SCHEMA_VERSION, migrate, open_db, transaction
 from ._sqlite_messages import MESSAGE_COLUMNS, MessageOps, from_date
 from .base import (
     DEFAULT_MAILBOXES, HIERARCHY_DELIMITER, INBOX, Account, ChangeKind, IngestItem, Mailbox,
-    MailboxExists, MailboxNotFound, StoreError,
+    MailboxExists, MailboxNotFound, StoreError, StoreFailure,
 )
 from .crypto import KeyRing, StoreKeyError
 
@@ -62,7 +62,11 @@ class SqliteStore(MessageOps):
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._db is None:
             raise StoreError("store is closed")
-        return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
+        try:
+            return await trio.to_thread.run_sync(functools.partial(fn, *args),
+                                                 limiter=self._limiter)
+        except sqlite3.Error as exc:  # disk full, locked too long...: a refusal, not a crash
+            raise StoreFailure(f"store: {exc}") from exc
 
     # ---- helpers run in the worker thread -------------------------------------------------------
 

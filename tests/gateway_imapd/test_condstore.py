@@ -110,7 +110,8 @@ async def test_condstore_store_unchangedsince_search_status_and_vanished(gateway
         assert all(b"MODSEQ (" in l for l in lines) and len(lines) == 2, lines
         lines, done = a.cmd(f"STORE 1:3 (UNCHANGEDSINCE {start}) +FLAGS.SILENT (\\Flagged)")
         assert b"[MODIFIED 1:2]" in done, done       # 1 and 2 changed after `start`
-        assert len(lines) == 1 and re.match(rb"\* 3 FETCH \(MODSEQ \(\d+\)\)", lines[0]), lines
+        # RFC 7162 3.1: once CONDSTORE is on, every untagged FETCH carries UID and MODSEQ
+        assert len(lines) == 1 and re.match(rb"\* 3 FETCH \(UID 3 MODSEQ \(\d+\)\)", lines[0]), lines
         lines, _ = a.cmd(f"SEARCH MODSEQ {start + 1}")
         assert re.match(rb"\* SEARCH 1 2 3 \(MODSEQ \d+\)", lines[0]), lines
         lines, _ = a.cmd("STATUS Sent (HIGHESTMODSEQ MESSAGES)")
@@ -128,7 +129,7 @@ async def test_condstore_store_unchangedsince_search_status_and_vanished(gateway
         assert b"* VANISHED 2" in lines, lines
         assert not any(l.endswith(b"EXPUNGE") for l in lines)
         lines, _ = q.cmd("STORE 1 +FLAGS (\\Deleted)")
-        assert re.match(rb"\* 1 FETCH \(FLAGS \(.*\) MODSEQ \(\d+\)\)", lines[0]), lines
+        assert re.match(rb"\* 1 FETCH \(UID 1 FLAGS \(.*\) MODSEQ \(\d+\)\)", lines[0]), lines
         lines, _ = q.cmd("EXPUNGE")
         assert lines == [b"* VANISHED 1"], lines
         other.close()

@@ -81,6 +81,8 @@ async def fetch(session, cmd):
     with_flags = items if any(i.name == b"FLAGS" for i in items) else items + [Item(b"FLAGS")]
     if view.condstore and not any(i.name == b"MODSEQ" for i in with_flags):   # 3.1.4
         with_flags = with_flags + [Item(b"MODSEQ")]
+    if view.condstore and not any(i.name == b"UID" for i in with_flags):   # 3.1: UID too
+        with_flags = with_flags + [Item(b"UID")]
     needs_mime, needs_body = plan(items)
     mime, store = session.backend.mime, session.store
 
@@ -203,8 +205,7 @@ async def store(session, cmd):
         if not silent:
             session.emit(view.fetch_flags_line(seq, update.uid, with_uid=uid))
         elif view.condstore and update.changed:   # RFC 7162 3.1.3: MODSEQ even with .SILENT
-            prefix = b"UID %d " % update.uid if uid else b""
-            session.emit(b"%d FETCH (%sMODSEQ (%d))" % (seq, prefix, update.modseq))
+            session.emit(b"%d FETCH (UID %d MODSEQ (%d))" % (seq, update.uid, update.modseq))
     if result.modified:   # 3.1.3: MODIFIED lists what failed UNCHANGEDSINCE
         failed = sorted(result.modified if uid else
                         [view.seq_of(u) for u in result.modified if view.seq_of(u) is not None])

@@ -67,6 +67,8 @@ class SelectedView:
 
     def fetch_flags_line(self, seq: int, uid: int, with_uid: bool = True) -> bytes:
         """`seq FETCH ([UID u ]FLAGS (...)[ MODSEQ (m)])` for an unsolicited or STORE response."""
+        # RFC 7162 3.1: with CONDSTORE enabled every untagged FETCH carries UID and MODSEQ
+        with_uid = with_uid or self.condstore
         line = b"%d FETCH (" % seq + (b"UID %d " % uid if with_uid else b"")
         line += b"FLAGS " + flag_list(self.flags_of(uid))
         if self.condstore:

@@ -30,7 +30,8 @@ import trio
 from ... import logs
 from ...imap import NEED_DATA, CommandParser, Limits, ProtocolError, events, writer
 from ...relay.context import CloseSession, Session
-from ...store import Account, MailboxNotFound, MailboxExists, StoreError
+from ...store import (Account, MailboxExists, MailboxNotFound, StoreError, StoreFailure,
+                      StoreKeyError)
 from ._args import Reply
 from ._state import SELECTED, State, Trigger, next_state
 
@@ -229,10 +230,12 @@ class ImapSession:
             status, code, text = b"NO", b"NONEXISTENT", str(exc)
         except MailboxExists as exc:
             status, code, text = b"NO", b"ALREADYEXISTS", str(exc)
-        except StoreError as exc:
+        except (StoreFailure, StoreKeyError) as exc:
             status, code, text = b"NO", b"SERVERBUG", "Internal store error."
             logs.event("gateway_store_error", logging.WARNING, **self.session.log_fields(),
                        error=logs.sanitize(str(exc)))
+        except StoreError as exc:  # a refusal whose text is meant for the user (RFC 5530)
+            status, code, text = b"NO", b"CANNOT", str(exc)
         except (CloseSession, trio.Cancelled):
             raise
         except Exception:   # a bug: log it, tell the client nothing about it, close
@@ -325,8 +328,16 @@ class ImapSession:
             if not first:
                 await view.wakeup.wait()
             first = False
-            await self.send_updates(True)
-            await self.flush()
+            # Shielded: once the view has applied an update, its lines must reach the client
+            # even if DONE cancels the push half-way (or sequence numbers would disagree).
+            with trio.CancelScope(shield=True), trio.move_on_after(STALLED_CLIENT) as bound:
+                await self.send_updates(True)
+                await self.flush()
+            if bound.cancelled_caught:  # a client that stopped reading: end the session
+                raise CloseSession("client_stalled")
+
+
+STALLED_CLIENT = 30.0  # seconds an IDLE push may wait for a client that does not read
 
 
 def _observe_latency(metrics: Any, view: "SelectedView") -> None:
