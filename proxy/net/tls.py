@@ -54,7 +54,7 @@ import trio
 from cryptography import x509
 
 from .. import logs
-from .client_hello import HelloError, client_hello_alpn
+from .client_hello import client_hello_alpn
 from ..config import Certificate, Listener, Upstream
 
 __all__ = [

@@ -13,7 +13,7 @@ are re-read after TLS; nothing from before the handshake is trusted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -40,7 +40,6 @@ class UpstreamIMAP:
     parser: ResponseParser
     capabilities: tuple[bytes, ...] = ()
     tag_counter: int = 0
-    untagged: list = field(default_factory=list)
 
     def next_tag(self) -> bytes:
         self.tag_counter += 1
@@ -178,13 +177,14 @@ async def login(session: Session, upstream: Upstream, up: UpstreamIMAP,
     elif up.has(b"LOGINDISABLED"):
         raise UpstreamError(Failure.UPSTREAM, "upstream offers no usable login method")
     else:
-        await _send_login(up, lines, tag, creds)
+        await _send_login(session, up, lines, tag, creds)
     if id_tag is not None:
         await wait_tagged(up, id_tag, _timeout(session))
     return await wait_tagged(up, tag, _timeout(session))
 
 
-async def _send_login(up: UpstreamIMAP, prefix: bytes, tag: bytes, creds: Credentials) -> None:
+async def _send_login(session: Session, up: UpstreamIMAP, prefix: bytes, tag: bytes,
+                      creds: Credentials) -> None:
     """LOGIN with quoted strings, or literals when the values need them (RFC 3501 4.3)."""
     user = creds.user.encode()
     parts = [prefix + tag + b" LOGIN"]
@@ -202,6 +202,6 @@ async def _send_login(up: UpstreamIMAP, prefix: bytes, tag: bytes, creds: Creden
     for i, part in enumerate(parts):
         await up.conn.send(part)
         if i < len(parts) - 1:
-            event = await next_response(up, 30)
+            event = await next_response(up, _timeout(session))
             if not isinstance(event, events.ContinuationRequest):
                 raise UpstreamError(Failure.AUTH_REJECTED, "upstream refused the login literal")

@@ -122,3 +122,25 @@ def pop3_injects_after_stls(conn: FakeConn) -> None:
 def imap_preauth(conn: FakeConn) -> None:
     conn.send(b"* PREAUTH [CAPABILITY IMAP4rev1 STARTTLS] logged in as admin\r\n")
     conn.rest()
+
+
+def imap_login_literals(conn: FakeConn) -> None:
+    """An upstream offering neither AUTH=PLAIN nor LITERAL+: the proxy must use LOGIN, with a
+    synchronizing literal for a password that cannot be a quoted string (RFC 3501 4.3)."""
+    conn.send(b"* OK [CAPABILITY IMAP4rev1 IDLE] fake ready\r\n")
+    line = conn.readline()
+    if not line:  # the health check
+        return
+    assert line.endswith(b"}\r\n") and b" LOGIN " in line, line
+    tag = line.split(b" ", 1)[0]
+    size = int(line[line.rindex(b"{") + 1:-3])
+    conn.send(b"+ go ahead\r\n")
+    password = conn.file.read(size)
+    conn.log += password
+    assert conn.readline() == b"\r\n"
+    ok = password == "pä\"ss".encode()
+    conn.send(tag + (b" OK [CAPABILITY IMAP4rev1 IDLE] in\r\n" if ok else b" NO nope\r\n"))
+    line = conn.readline()
+    if line:
+        conn.send(line.split(b" ", 1)[0] + b" OK noop\r\n")
+    conn.rest()

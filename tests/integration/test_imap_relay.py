@@ -189,3 +189,30 @@ def test_preauth_commands_answered_locally(relay_proxy):
     assert b"d BAD" in reply and b"e BAD" in reply
     assert reply.endswith(b"* BYE Logging out.\r\nf OK Logout completed.\r\n")
     sock.close()
+
+
+def test_login_fallback_with_literal_password(proxy_factory, dovecot):
+    """An upstream without AUTH=PLAIN/SASL-IR and LITERAL+ gets LOGIN with a synchronizing
+    literal for a password holding a quote and 8-bit bytes."""
+    from . import fake_upstream
+
+    fake = fake_upstream.FakeUpstream(fake_upstream.imap_login_literals)
+    try:
+        config = relay_config(dovecot, listeners=("imap",), allow_plaintext_auth=True)
+        config["upstreams"]["main"]["imap"] = {"port": fake.port, "tls": "none"}
+        proxy = proxy_factory(config)
+        assert fake.wait_connection() == b""  # the health check
+        sock = socket.create_connection((HOST, proxy.port("imap")), timeout=10)
+        file = sock.makefile("rb")
+        file.readline()
+        password = "pä\"ss".encode()
+        sock.sendall(b'a LOGIN "user@example.com" {%d+}\r\n' % len(password) + password +
+                     b"\r\nb NOOP\r\n")
+        assert file.readline().startswith(b"a OK [CAPABILITY IMAP4rev1 IDLE]")
+        assert file.readline() == b"b OK noop\r\n"
+        file.close()
+        sock.close()
+        received = fake.wait_connection()
+        assert received.startswith(b"P1 LOGIN user@example.com {6}\r\n" + password + b"\r\n")
+    finally:
+        fake.close()
