@@ -10,14 +10,12 @@ The credentials are handed to the caller, which logs in upstream and answers und
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from .. import logs
 from ..imap import PREAUTH_LIMITS, CommandParser, Limits, NEED_DATA, ProtocolError, events, writer
 from ..net.conn import Conn
-from ..metrics import command_label
-from .context import CloseSession, CommandMeter, Session
+from .context import CloseSession, Session
+from .front import Front
 from .starttls import client_injection, upgrade_client
 from .sasl import LOGIN_PASS_PROMPT, LOGIN_USER_PROMPT, Credentials, SaslError, b64decode
 from .sasl import decode_user, parse_plain
@@ -31,23 +29,25 @@ class LoginRequest:
     credentials: Credentials
 
 
-class ImapFront:
+class ImapFront(Front):
     """Pre-authentication dialogue on one client connection."""
 
+    protocol = "imap"
+    PROTOCOL_ERROR, NEED_DATA, CLOSED = ProtocolError, NEED_DATA, events.ConnectionClosed
+    TOO_MANY_COMMANDS = b"* BYE Too many commands before login.\r\n"
+    TOO_MANY_BAD = b"* BYE Too many invalid commands.\r\n"
+    TOO_MANY_FAILURES = b"* BYE Too many authentication failures.\r\n"
+
     def __init__(self, session: Session, conn: Conn):
-        self.session = session
-        self.conn = conn
+        super().__init__(session, conn)
         limits = session.listener.limits
         self.limits = Limits(max_line=limits.preauth_max_line, max_literal=limits.preauth_max_literal,
                              max_nonsync_literal=limits.preauth_max_literal,
                              max_depth=PREAUTH_LIMITS.max_depth)
         self.parser = CommandParser(self.limits, collect_literals=True, parse_args=True)
-        self.meter = CommandMeter(session)
-        self._status: bytes | None = None  # status of the reply to the current command
-        self._login: tuple[str, float] = ("LOGIN", 0.0)  # the login awaiting the upstream
-        self.commands = 0
-        self.bad = 0
-        self.auth_failures = 0
+
+    def status_of(self, reply: bytes) -> bytes:
+        return reply.split(b" ", 2)[1]  # "tag STATUS ..."
 
     # -- capabilities ------------------------------------------------------------------------
     def capabilities(self) -> bytes:
@@ -77,42 +77,9 @@ class ImapFront:
                 continue
             if not isinstance(event, events.Command):
                 raise CloseSession("protocol_error")
-            self.commands += 1
-            self.session.commands += 1
-            if self.commands > self.session.listener.limits.preauth_commands:
-                self._limit("preauth_commands")
-                await self.conn.send(b"* BYE Too many commands before login.\r\n")
-                raise CloseSession("preauth_commands")
-            self._status = None
-            started = time.monotonic()
-            try:
-                request = await self._dispatch(event)
-            finally:
-                if self._status is not None:
-                    self.meter.completed(command_label("imap", event.name), self._status, started)
-            if request is not None:  # answered once the upstream has decided
-                self._login = (command_label("imap", event.name), started)
+            request = await self._command(event.name, lambda: self._dispatch(event))
+            if request is not None:
                 return request
-
-    async def _next_event(self):
-        while True:
-            try:
-                event = self.parser.next_event()
-            except ProtocolError as exc:
-                self.session.runtime.metrics.protocol_errors.labels("imap", exc.kind).inc()
-                if exc.kind in ("line_too_long", "literal_too_big", "nonsync_literal_too_big"):
-                    self._limit("line_length" if exc.kind == "line_too_long" else "literal_size")
-                await self.conn.send(exc.reply())  # a fatal error's reply is its BYE
-                if exc.fatal:
-                    raise CloseSession("protocol_error") from None
-                await self._count_bad()
-                continue
-            if event is NEED_DATA:
-                self.parser.receive_data(await self.conn.receive())
-                continue
-            if isinstance(event, events.ConnectionClosed):
-                raise CloseSession("client_closed")
-            return event
 
     async def _dispatch(self, cmd: events.Command) -> LoginRequest | None:
         handler = _HANDLERS.get(cmd.name)
@@ -122,11 +89,6 @@ class ImapFront:
         return await handler(self, cmd)
 
     # -- replies -----------------------------------------------------------------------------
-    async def _reply(self, reply: bytes) -> None:
-        """Send a tagged reply; its status is the command's result for metrics and audit."""
-        self._status = reply.split(b" ", 2)[1]
-        await self.conn.send(reply)
-
     async def _ok(self, tag: bytes, text: bytes, code: bytes | None = None) -> None:
         await self._reply(writer.tagged(tag, b"OK", text, code))
 
@@ -134,31 +96,9 @@ class ImapFront:
         await self._reply(writer.tagged(tag, b"BAD", text))
         await self._count_bad()
 
-    async def _count_bad(self) -> None:
-        self.bad += 1
-        if self.bad >= self.session.listener.limits.bad_commands:
-            self._limit("bad_commands")
-            await self.conn.send(b"* BYE Too many invalid commands.\r\n")
-            raise CloseSession("bad_commands")
-
-    def _limit(self, name: str) -> None:
-        self.session.runtime.metrics.limit_hits.labels(name).inc()
-        logs.event("limit_hit", **self.session.log_fields(), limit=name)
-
-    async def logged_in(self, reply: bytes) -> None:
-        """The tagged OK of a successful login (sent by the session)."""
-        await self._reply(reply)
-        self.meter.completed(self._login[0], self._status, self._login[1])
-
     async def auth_failed(self, tag: bytes, reply: bytes) -> None:
         """Called by the session after a rejected login: reply, and close past the budget."""
-        await self._reply(reply)
-        self.meter.completed(self._login[0], self._status, self._login[1])
-        self.auth_failures += 1
-        if self.auth_failures >= self.session.listener.limits.auth_failures:
-            self._limit("auth_failures")
-            await self.conn.send(b"* BYE Too many authentication failures.\r\n")
-            raise CloseSession("auth_failures")
+        await self.login_failed(reply)
 
     # -- commands ----------------------------------------------------------------------------
     async def _capability(self, cmd: events.Command) -> None:

@@ -10,14 +10,12 @@ logs in upstream and answers the client.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from .. import logs
 from ..pop3 import NEED_DATA, CommandParser, Limits, ProtocolError, events, writer
 from ..net.conn import Conn
-from ..metrics import command_label
-from .context import CloseSession, CommandMeter, Session
+from .context import CloseSession, Session
+from .front import Front
 from .starttls import client_injection, upgrade_client
 from .sasl import LOGIN_PASS_PROMPT, LOGIN_USER_PROMPT, Credentials, SaslError, b64decode
 from .sasl import decode_user, parse_plain
@@ -30,20 +28,22 @@ class Pop3Login:
     credentials: Credentials
 
 
-class Pop3Front:
+class Pop3Front(Front):
+    protocol = "pop3"
+    PROTOCOL_ERROR, NEED_DATA, CLOSED = ProtocolError, NEED_DATA, events.ConnectionClosed
+    TOO_MANY_COMMANDS = writer.err(b"Too many commands before login.", b"SYS/PERM")
+    TOO_MANY_BAD = writer.err(b"Too many invalid commands.", b"SYS/PERM")
+    TOO_MANY_FAILURES = b""  # POP3 has no unsolicited goodbye: the connection just closes
+
     def __init__(self, session: Session, conn: Conn):
-        self.session = session
-        self.conn = conn
+        super().__init__(session, conn)
         lim = session.listener.limits
         self.limits = Limits(max_command_line=min(lim.preauth_max_line, lim.pop3_max_command_line))
         self.parser = CommandParser(self.limits)
-        self.meter = CommandMeter(session)
-        self._status: bytes | None = None  # status of the reply to the current command
-        self._login: tuple[str, float] = ("PASS", 0.0)  # the login awaiting the upstream
         self.user: str | None = None
-        self.commands = 0
-        self.bad = 0
-        self.auth_failures = 0
+
+    def status_of(self, reply: bytes) -> bytes:
+        return b"+OK" if reply.startswith(b"+OK") else b"-ERR"
 
     def capabilities(self) -> list[bytes]:
         """RFC 2449 CAPA in AUTHORIZATION state."""
@@ -63,79 +63,24 @@ class Pop3Front:
             event = await self._next_event()
             if not isinstance(event, events.Command):
                 raise CloseSession("protocol_error")
-            self.commands += 1
-            self.session.commands += 1
-            if self.commands > self.session.listener.limits.preauth_commands:
-                self._limit("preauth_commands")
-                await self._reply(writer.err(b"Too many commands before login.", b"SYS/PERM"))
-                raise CloseSession("preauth_commands")
-            handler = _HANDLERS.get(event.name)
-            if handler is None:
-                await self._err(b"Unknown command or not allowed before login.")
-                continue
-            self._status = None
-            started = time.monotonic()
-            try:
-                login = await handler(self, event)
-            finally:
-                if self._status is not None:
-                    self.meter.completed(command_label("pop3", event.name), self._status, started)
-            if login is not None:  # answered once the upstream has decided
-                self._login = (command_label("pop3", event.name), started)
+            login = await self._command(event.name, lambda: self._dispatch(event))
+            if login is not None:
                 return login
 
-    async def _next_event(self):
-        while True:
-            try:
-                event = self.parser.next_event()
-            except ProtocolError as exc:
-                self.session.runtime.metrics.protocol_errors.labels("pop3", exc.kind).inc()
-                if exc.kind == "line_too_long":
-                    self._limit("line_length")
-                await self.conn.send(exc.reply())
-                if exc.fatal:
-                    raise CloseSession("protocol_error") from None
-                await self._count_bad()
-                continue
-            if event is NEED_DATA:
-                self.parser.receive_data(await self.conn.receive())
-                continue
-            if isinstance(event, events.ConnectionClosed):
-                raise CloseSession("client_closed")
-            return event
-
-    async def _reply(self, reply: bytes) -> None:
-        """Send a reply; its status is the command's result for metrics and audit."""
-        self._status = b"+OK" if reply.startswith(b"+OK") else b"-ERR"
-        await self.conn.send(reply)
+    async def _dispatch(self, cmd: events.Command) -> Pop3Login | None:
+        handler = _HANDLERS.get(cmd.name)
+        if handler is None:
+            await self._err(b"Unknown command or not allowed before login.")
+            return None
+        return await handler(self, cmd)
 
     async def _err(self, text: bytes, code: bytes | None = None) -> None:
         await self._reply(writer.err(text, code))
         await self._count_bad()
 
-    async def _count_bad(self) -> None:
-        self.bad += 1
-        if self.bad >= self.session.listener.limits.bad_commands:
-            self._limit("bad_commands")
-            await self._reply(writer.err(b"Too many invalid commands.", b"SYS/PERM"))
-            raise CloseSession("bad_commands")
-
-    def _limit(self, name: str) -> None:
-        self.session.runtime.metrics.limit_hits.labels(name).inc()
-        logs.event("limit_hit", **self.session.log_fields(), limit=name)
-
-    async def logged_in(self, reply: bytes) -> None:
-        await self._reply(reply)
-        self.meter.completed(self._login[0], self._status, self._login[1])
-
     async def auth_failed(self, reply: bytes) -> None:
-        await self._reply(reply)
-        self.meter.completed(self._login[0], self._status, self._login[1])
         self.user = None
-        self.auth_failures += 1
-        if self.auth_failures >= self.session.listener.limits.auth_failures:
-            self._limit("auth_failures")
-            raise CloseSession("auth_failures")
+        await self.login_failed(reply)
 
     # -- commands ----------------------------------------------------------------------------
     async def _capa(self, cmd: events.Command) -> None:
