@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Install what the test suite needs on Debian 12, only what is missing: the real Dovecot, client
 # programs the tests drive (mbsync, offlineimap, fetchmail, curl, openssl), npm (the helm tests
-# take a helm binary from an npm package), and the unprivileged user owning test mail.
+# take a helm binary from an npm package), PostgreSQL's server binaries (the tests run a private
+# cluster with initdb; no system service is used), and the unprivileged user owning test mail.
 # Idempotent and fast when everything is present (no apt-get at all then). Runs as root, or via sudo.
 set -euo pipefail
 
-PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d isync fetchmail curl openssl offlineimap)
+PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d isync fetchmail curl openssl offlineimap postgresql)
 MAIL_USER=mailproxytest
 
 SUDO=()
@@ -35,8 +36,20 @@ fi
 if ((${#missing[@]})); then
     echo "install-test-deps: installing ${missing[*]}"
     "${SUDO[@]}" apt-get update -q
+    # policy-rc.d 101: Debian's postgresql package would otherwise start a system cluster; the
+    # tests start their own (tests/support/postgres.py).
+    policy=/usr/sbin/policy-rc.d
+    restore_policy=false
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+        "${SUDO[@]}" chmod 755 "$policy"
+        restore_policy=true
+    fi
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends "${missing[@]}"
+    if $restore_policy; then
+        "${SUDO[@]}" rm -f "$policy"
+    fi
 fi
 
 if ! getent passwd "$MAIL_USER" >/dev/null; then

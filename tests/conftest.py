@@ -5,6 +5,10 @@ Fixtures:
     user             function: a fresh `(name, password)` on the session `dovecot`.
     dovecot_factory  function: `factory(tls=(cert, key), ssl_required=False) -> Dovecot` starts more
                      instances; all are stopped when the test ends.
+    postgres         session: one private PostgreSQL cluster (tests/support/postgres.py), stopped at
+                     session end.
+    pg_dsn           function: the `postgresql://` URL (password included) of a fresh, empty
+                     database on the session `postgres`, dropped when the test ends.
     proxy_factory    function: `factory(config_dict, log_format="text") -> ProxyProcess` runs
                      `python -m proxy serve` (tests/support/proxyproc.py); all are stopped when the test
                      ends, and the test fails if a proxy log holds a Traceback, unless that proxy's
@@ -27,6 +31,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from support.dovecot import Dovecot, DovecotError, make_root, start_dovecot  # noqa: E402
+from support.postgres import Postgres, PostgresError, start_postgres  # noqa: E402
 from support.proxyproc import ProxyProcess, traceback_report  # noqa: E402
 
 _LOG_SOURCES = pytest.StashKey[list]()
@@ -80,6 +85,24 @@ def _report_session_dovecot_log(request: pytest.FixtureRequest) -> None:
     if "dovecot" in request.fixturenames:
         instance = request.getfixturevalue("dovecot")
         _remember(request, f"dovecot log ({instance.name}, tail)", instance.log)
+
+
+@pytest.fixture(scope="session")
+def postgres(dovecot_root: pathlib.Path) -> Postgres:
+    try:
+        instance = start_postgres(dovecot_root)
+    except PostgresError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def pg_dsn(request: pytest.FixtureRequest, postgres: Postgres) -> str:
+    _remember(request, "postgres log (tail)", postgres.log)
+    name = postgres.create_database()
+    yield postgres.dsn(name)
+    postgres.drop_database(name)
 
 
 @pytest.fixture
