@@ -172,6 +172,7 @@ class ProtocolLimits:
     max_depth: StrictInt = 16
     preauth_max_line: Size = 8192
     preauth_max_literal: Size = 8192
+    id_line_length: Size = 32768           # one ID line, before login too (RFC 2971 3.3)
     preauth_commands: StrictInt = 20       # commands allowed before authentication
     bad_commands: StrictInt = 20           # BAD replies tolerated before the connection is closed
     auth_failures: StrictInt = 3           # failed logins per connection before it is closed

@@ -37,7 +37,9 @@ from ._rfc822 import AddressParser, Rfc822
 __all__ = ["Part", "parse", "envelope", "bodystructure", "analyze", "from_cache", "MimeInfo"]
 
 DEFAULT_CHARSET = b"us-ascii"
-CACHE_VERSION = 1
+# Bump when analyze() changes its output, so stored caches are recomputed (2: an empty
+# Sender/Reply-To defaults to From).
+CACHE_VERSION = 2
 
 
 def _virtual(raw: bytes, start: int, end: int) -> tuple[int, int]:
@@ -142,12 +144,15 @@ def _envelope_of(part: Part) -> bytes:
         return b"NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL"
     subject = found.get(b"subject")
     frm = _address_list(addrs.get(b"from"))
+    # RFC 3501 7.4.2: Sender and Reply-To, when absent or empty, are set to From.
+    sender = _address_list(addrs.get(b"sender"))
+    reply_to = _address_list(addrs.get(b"reply-to"))
     fields = [
         nstring_nolf(found.get(b"date")),
         b"NIL" if subject is None else string_for_humans(subject),
         frm,
-        _address_list(addrs[b"sender"]) if b"sender" in addrs else frm,
-        _address_list(addrs[b"reply-to"]) if b"reply-to" in addrs else frm,
+        frm if sender == b"NIL" else sender,
+        frm if reply_to == b"NIL" else reply_to,
         _address_list(addrs.get(b"to")),
         _address_list(addrs.get(b"cc")),
         _address_list(addrs.get(b"bcc")),

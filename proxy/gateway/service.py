@@ -21,6 +21,7 @@ so IDLE sessions see it at once. The password is kept in memory only while sessi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -29,7 +30,7 @@ import trio
 
 from .. import logs
 from ..config import Config
-from ..imap import writer
+from ..imap import CommandParser, writer
 from ..net.conn import Conn
 from ..relay.context import CloseSession, Session, drain_guard
 from ..relay.imap_front import ImapFront
@@ -46,6 +47,14 @@ REPLY_UNAVAILABLE = (b"UNAVAILABLE", b"Server unavailable, try again later.")
 
 class GatewayFront(ImapFront):
     """The relay's pre-login dialogue, advertising the gateway's capabilities."""
+
+    def __init__(self, session: Session, conn: Conn):
+        super().__init__(session, conn)
+        # RFC 2971 3.3: the longest ID (about 32 KB) is accepted before login; every other
+        # command keeps preauth_max_line.
+        self.limits = dataclasses.replace(
+            self.limits, max_id_line=session.listener.limits.id_line_length)
+        self.parser = CommandParser(self.limits, collect_literals=True, parse_args=True)
 
     def capabilities(self) -> bytes:
         base = super().capabilities().split()

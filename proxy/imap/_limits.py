@@ -25,6 +25,10 @@ class Limits:
         max_depth: parenthesis nesting depth (checked only with ``parse_args``).
         max_args: tokens, lists included, in one command or response (checked
             only with ``parse_args``).
+        max_id_line: bytes in a line part of an ID command, when larger than
+            ``max_line``: RFC 2971 3.3 allows 30 field/value pairs with values
+            of 1024 octets, about 32 KB on one line, even before login, while
+            every other command keeps ``max_line``.  0: ``max_line``.
     """
 
     max_line: int = 65536
@@ -32,6 +36,7 @@ class Limits:
     max_nonsync_literal: int = 4096
     max_depth: int = 16
     max_args: int = 10000
+    max_id_line: int = 0
 
 
 #: Limits before authentication (compare Dovecot's IMAP_LOGIN_MAX_LINE_LENGTH

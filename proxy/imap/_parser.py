@@ -96,6 +96,7 @@ NEED_DATA = _NeedData()
 #: before the error becomes fatal.
 RESYNC_FACTOR = 16
 _TAIL_KEEP = 32  # longest literal marker: "~{" + 20 digits + "+}"
+_HEAD_PEEK = 128  # enough of a line to see "tag NAME " (max_id_line)
 
 
 class _State(enum.Enum):
@@ -295,9 +296,21 @@ class BaseParser:
 
     # -- message assembly ------------------------------------------------------
 
+    def _line_limit(self) -> int:
+        """``max_line``, or ``max_id_line`` for a line part of an ID command."""
+        limits = self._limits
+        if limits.max_id_line <= limits.max_line or self._raw_next:
+            return limits.max_line
+        if self._state is _State.CONT:
+            name = self._name
+        else:  # the head of a command not yet parsed: "tag ID ..."
+            head = self._buf.peek(_HEAD_PEEK).split(b" ", 2)
+            name = head[1] if len(head) == 3 else b""
+        return limits.max_id_line if name.upper() == b"ID" else limits.max_line
+
     def _take_line(self) -> bytes | None:
         """Take a line part; on overlong input switch to SKIP_LINE and raise."""
-        line = self._buf.take_line(self._limits.max_line)
+        line = self._buf.take_line(self._line_limit())
         if line is not OVERLONG:
             return line  # type: ignore[return-value]
         tag = self._tag

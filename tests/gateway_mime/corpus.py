@@ -167,6 +167,13 @@ GENERATED: dict[str, bytes] = {
     ),
     "whitespace-subject": b"From: a@example.com\nSubject:   \t \n\nx\n",
     "bare-cr-and-nul": b"From: a@example.com\nSubject: nul\x00 and cr\r here\n\nx\n",
+    # RFC 3501 7.4.2: an empty Sender/Reply-To is set to From (issue 17); a group-only one is not
+    "empty-sender-reply-to": (
+        b"From: Ann <ann@example.com>\nSender: \nReply-To:\nSubject: empty sender\n\nx\n"
+    ),
+    "group-only-sender": (
+        b"From: ann@example.com\nSender: undisclosed-recipients:;\nReply-To:  \t\n\nx\n"
+    ),
 }
 
 

@@ -160,8 +160,8 @@ async def list_(session, cmd, lsub: bool = False):
     try:
         reference = utf7.decode(astring(cmd.args[0]))
         raw = utf7.decode(astring(cmd.args[1]))
-    except utf7.Utf7Error as exc:
-        raise Reply.bad(f"Invalid name: {exc}") from None
+    except utf7.Utf7Error:
+        return None   # every stored name is valid modified UTF-7: no match, OK (as Dovecot)
     verb = b"LSUB" if lsub else b"LIST"
     if raw == "" and not lsub:   # 6.3.8: the hierarchy delimiter and root
         session.emit(b'LIST (\\Noselect) "/" ""')
@@ -176,9 +176,12 @@ async def list_(session, cmd, lsub: bool = False):
     shown = {b.name for b in boxes if b.subscribed} if lsub else set(real)
     implied = {SEP.join(n.split(SEP)[:i]) for n in shown for i in range(1, n.count(SEP) + 1)}
     names = set(real)
-    for name in sorted(shown | (implied - shown), key=lambda n: (n != INBOX, n)):
-        if not pattern.match(name):
-            continue
+    matched = {n for n in shown | implied if pattern.match(n)}
+    if lsub:   # 6.3.9: an unsubscribed parent only where "%" cut off a subscribed child
+        cut = {SEP.join(c.split(SEP)[:i]) for c in shown - matched
+               for i in range(1, c.count(SEP) + 1)}
+        matched = {n for n in matched if n in shown or n in cut}
+    for name in sorted(matched, key=lambda n: (n != INBOX, n)):
         attrs = []
         if name not in shown or name not in real:
             attrs.append("\\Noselect")

@@ -273,9 +273,7 @@ async def search(session, cmd):
             if matches(key, msg, last_seq=view.exists, last_uid=view.max_uid):
                 found.append(meta.uid if is_uid(cmd) else seq)
         await trio.lowlevel.checkpoint()
-    # RFC 7162 3.1.5: with MODSEQ in the criteria, the highest MODSEQ of the matches
-    top = max((view.meta[u if is_uid(cmd) else view.uids[u - 1]].modseq for u in found),
-              default=None) if "MODSEQ" in ops else None
+    top = _result_modseq(view, found, options, is_uid(cmd)) if "MODSEQ" in ops else None
     if options is None:
         session.emit(b"SEARCH" + b"".join(b" %d" % n for n in found) +
                      (b" (MODSEQ %d)" % top if top is not None else b""))
@@ -293,6 +291,18 @@ async def search(session, cmd):
         reply += b" MODSEQ %d" % top
     session.emit(reply)
     return None
+
+
+def _result_modseq(view, found: list[int], options: set[bytes] | None, uid: bool) -> int | None:
+    """RFC 7162 3.1.5: with MODSEQ in the criteria, the highest MODSEQ of the matches; RFC 4731
+    3.2 / RFC 7162 3.1.5: with only RETURN (MIN) and/or (MAX), of the message(s) returned."""
+    if not found:
+        return None
+    returned = found
+    if options is not None and not options & {b"ALL", b"COUNT"}:
+        returned = [n for option, n in ((b"MIN", min(found)), (b"MAX", max(found)))
+                    if option in options]
+    return max(view.meta[n if uid else view.uids[n - 1]].modseq for n in returned)
 
 
 # ---- COPY, MOVE ----------------------------------------------------------------------------------

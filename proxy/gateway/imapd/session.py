@@ -67,7 +67,8 @@ class ImapSession:
         # LITERAL+ is advertised, so non-synchronizing literals get the full limit (RFC 7888 4).
         self.parser = CommandParser(
             Limits(max_line=limits.max_line, max_literal=limits.max_literal,
-                   max_nonsync_literal=limits.max_literal, max_depth=limits.max_depth),
+                   max_nonsync_literal=limits.max_literal, max_depth=limits.max_depth,
+                   max_id_line=limits.id_line_length),
             collect_literals=True, parse_args=True)
         if unconsumed:
             self.parser.receive_data(unconsumed)
