@@ -17,6 +17,7 @@ from .net.http import serve_http
 from .net.serve import ListenerServer
 from .net.throttle import Throttle
 from .net.tls import ServerTLS, TLSConfigError, UpstreamTLS
+from .preflight import bind_error
 from .relay.context import Runtime
 
 
@@ -80,13 +81,21 @@ class App:
                                            handlers[(l.protocol, l.mode)])
                             for l in config.listeners]
             if config.metrics is not None:
-                await nursery.start(serve_http, config.metrics.address, self.metrics, self.health)
+                try:
+                    await nursery.start(serve_http, config.metrics.address, self.metrics,
+                                        self.health)
+                except OSError as exc:
+                    raise bind_error("metrics.address", config.metrics.address, exc) from None
             nursery.start_soon(check_upstreams, lambda: self.runtime.config, self.health,
                                self.metrics)
             async with trio.open_nursery() as sessions:
                 async with trio.open_nursery() as listeners:
-                    for server, listener in zip(self.servers, config.listeners):
-                        ports = await listeners.start(server.serve, listener, sessions)
+                    for i, (server, listener) in enumerate(zip(self.servers, config.listeners)):
+                        try:
+                            ports = await listeners.start(server.serve, listener, sessions)
+                        except OSError as exc:
+                            raise bind_error(f"listeners[{i}].address", listener.address,
+                                             exc) from None
                         logs.event("listening", listener=listener.name,
                                    protocol=listener.protocol, mode=listener.mode,
                                    tls=listener.tls, address=f"{listener.address.host}:{ports[0]}")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from .config_messages import describe, dotted_path
 from pydantic import (
     BeforeValidator,
     PlainValidator,
@@ -323,10 +324,10 @@ def loads(text: str, *, base_dir: Path | None = None) -> Config:
     try:
         config = _ADAPTER.validate_python(data)
     except ValidationError as exc:
-        raise ConfigError([_format(err["loc"], err["msg"], lines) for err in exc.errors()]) from None
+        raise ConfigError([_line(*describe(err, Config), lines) for err in exc.errors()]) from None
     if base_dir is not None:
         config = _resolve_paths(config, base_dir)
-    errors = [_format(loc, msg, lines) for loc, msg in _semantic_errors(config)]
+    errors = [_line(loc, f"{dotted_path(loc)}: {msg}", lines) for loc, msg in _semantic_errors(config)]
     if errors:
         raise ConfigError(errors)
     return config
@@ -349,13 +350,12 @@ def _line_map(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, int]:
     return lines
 
 
-def _format(loc: tuple, msg: str, lines: dict[tuple, int]) -> str:
-    loc = tuple(part for part in loc if not (isinstance(part, str) and part.startswith("function-")))
-    dotted = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+def _line(loc: tuple, message: str, lines: dict[tuple, int]) -> str:
+    """`line N: message`, N being the line of `loc` or of its nearest enclosing key."""
     for end in range(len(loc), -1, -1):
         if loc[:end] in lines:
-            return f"{dotted or '<top>'} (line {lines[loc[:end]]}): {msg}"
-    return f"{dotted or '<top>'}: {msg}"
+            return f"line {lines[loc[:end]]}: {message}"
+    return message
 
 
 def _semantic_errors(config: Config) -> list[tuple[tuple, str]]:
@@ -381,6 +381,7 @@ def _semantic_errors(config: Config) -> list[tuple[tuple, str]]:
                 errors.append((where + ("trusted_proxies", j), f"not a CIDR network: {net!r}"))
         if lst.proxy_protocol and not lst.trusted_proxies:
             errors.append((where + ("trusted_proxies",), "proxy_protocol needs trusted_proxies"))
+    errors += _address_conflicts(config)
     if not config.routes:
         errors.append((("routes",), "at least one route is needed"))
     for i, route in enumerate(config.routes):
@@ -400,6 +401,12 @@ def _semantic_errors(config: Config) -> list[tuple[tuple, str]]:
                 errors.append((("routes", j, "upstream"),
                                f"upstream {route.upstream!r} needs a {service}: section for "
                                f"the {service} listeners"))
+    if config.gateway is not None and config.gateway.background_poll \
+            and config.gateway.key_file is None:
+        errors.append((("gateway", "background_poll"),
+                       "background_poll needs gateway.key_file (credentials are stored only "
+                       "encrypted); set key_file (mailproxy gen-key writes one) or remove "
+                       "background_poll"))
     if config.gateway is not None:
         try:
             config.gateway.retention_seconds
@@ -407,6 +414,31 @@ def _semantic_errors(config: Config) -> list[tuple[tuple, str]]:
             errors.append((("gateway", "upstream_retention"),
                            "expected keep, delete-after-fetch or a duration such as 30d"))
     return errors
+
+
+def _address_conflicts(config: Config) -> list[tuple[tuple, str]]:
+    """Two sockets on one address (a wildcard host covers every address of its family)."""
+    taken: list[tuple[tuple, Address]] = []
+    if config.metrics is not None:
+        taken.append((("metrics", "address"), config.metrics.address))
+    taken += [(("listeners", i, "address"), l.address) for i, l in enumerate(config.listeners)]
+    errors = []
+    for n, (loc, address) in enumerate(taken):
+        for other_loc, other in taken[:n]:
+            if address.port != 0 and address.port == other.port and _overlap(address, other):
+                errors.append((loc, f"{address} is also used by {dotted_path(other_loc)}; "
+                                    f"give each listener its own port"))
+                break
+    return errors
+
+
+def _overlap(a: Address, b: Address) -> bool:
+    wildcards = {"0.0.0.0", "::", ""}
+    if a.host == b.host:
+        return True
+    if a.host in wildcards or b.host in wildcards:
+        return (":" in a.host) == (":" in b.host)
+    return False
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:

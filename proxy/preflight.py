@@ -1,0 +1,52 @@
+"""What `check-config` and `serve` both check beyond the YAML itself: every file the config names.
+
+`config.load()` validates the text; `file_problems()` then loads what the text points at, exactly
+as `serve` would: each listener's certificates and keys (net.tls.ServerTLS), each upstream's CA
+file and client certificate (net.tls.UpstreamTLS), and the gateway's key file (store.KeyRing).
+So `check-config` says OK only to a config `serve` starts with.
+
+`StartupError` is a refusal met while starting (an address already in use): the CLI prints its
+one line and exits 1, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from .config import Config
+from .net.tls import ServerTLS, TLSConfigError, UpstreamTLS
+from .store import StoreKeyError, load_key_ring
+
+
+class StartupError(Exception):
+    """`serve` cannot start; the message names the setting, its value and what to do."""
+
+
+def file_problems(config: Config) -> list[str]:
+    """Every problem with a file the config names, one line each (empty when all load)."""
+    problems = []
+    for i, listener in enumerate(config.listeners):
+        if listener.tls != "none" and listener.certificates:
+            try:
+                ServerTLS(listener)
+            except TLSConfigError as exc:
+                problems.append(f"listeners[{i}].certificates: {exc}")
+    for name, upstream in config.upstreams.items():
+        try:
+            UpstreamTLS({name: upstream})
+        except TLSConfigError as exc:
+            problems.append(f"upstreams.{name}: {exc}")
+    gateway = config.gateway
+    if gateway is not None and gateway.key_file is not None:
+        try:
+            load_key_ring(gateway.key_file)
+        except StoreKeyError as exc:
+            problems.append(f"gateway.key_file: {exc}; `mailproxy gen-key --out FILE` writes "
+                            f"a valid one")
+    return problems
+
+
+def bind_error(setting: str, address: object, exc: OSError) -> StartupError:
+    """A failed bind as one line: `listeners[0].address 127.0.0.1:1143: address already in use`."""
+    why = exc.strerror or str(exc)
+    hint = ("stop the program using it or choose another address"
+            if "in use" in why.lower() else "check the address")
+    return StartupError(f"{setting} {address}: cannot listen: {why.lower()}; {hint}")
