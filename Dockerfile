@@ -50,7 +50,7 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
 
 # A placeholder config so the image starts; mount the real one over it (the Helm chart mounts a
 # ConfigMap at this path).
-COPY config/mailproxy.yaml /etc/mailproxy/mailproxy.yaml
+COPY config/container.yaml /etc/mailproxy/mailproxy.yaml
 
 # The gateway's SQLite store lives here (gateway: {store: /var/lib/mailproxy/gateway.db}).
 VOLUME ["/var/lib/mailproxy"]

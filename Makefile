@@ -24,7 +24,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed-run
 	@# the self-signed certificate that config/mailproxy.yaml's TLS listeners use, made once
-	-test -f config/tls/cert.pem || $(BIN)/mailproxy gen-cert --out config/tls --name localhost
+	-test -f config/tls/cert.pem || $(BIN)/mailproxy gen-cert --out config/tls --name localhost --name 127.0.0.1
 	$(BIN)/mailproxy serve --config config/mailproxy.yaml
 
 test-deps:

@@ -143,3 +143,83 @@ def test_files_the_build_copies_exist_and_are_not_ignored(stages: list[Stage]) -
                     assert (ROOT / source).exists(), source
     for must in (".git", ".venv", ".tools", "tests"):
         assert must in ignored
+
+
+# Run inside a fresh network namespace, so the image's fixed ports (1143, 1110, 9100 on 0.0.0.0)
+# never meet another test's: bring loopback up, start `mailproxy serve` on the image's config,
+# wait for /healthz, read each listener's greeting, stop it with SIGTERM.
+_IN_NAMESPACE = r"""
+import fcntl, json, signal, socket, struct, subprocess, sys, time, urllib.request
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+with socket.socket() as s:
+    flags = struct.unpack("16sh", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sh", b"lo", 0)))[1]
+    fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | IFF_UP))
+config, health_url, ports = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3:]]
+proxy = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", config],
+                         stderr=subprocess.PIPE, text=True)
+result = {"greetings": {}}
+try:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            result["health"] = urllib.request.urlopen(health_url, timeout=2).status
+            break
+        except OSError:
+            if time.monotonic() > deadline or proxy.poll() is not None:
+                raise
+            time.sleep(0.1)
+    for port in ports:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            result["greetings"][port] = conn.recv(200).decode()
+finally:
+    proxy.send_signal(signal.SIGTERM)
+    result["log"] = proxy.communicate(timeout=30)[1]
+    result["exit"] = proxy.returncode
+print(json.dumps(result))
+"""
+
+
+def _ignored() -> list[str]:
+    return [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def test_image_serves_with_exactly_the_files_it_copies(stages: list[Stage],
+                                                       tmp_path: Path) -> None:
+    """Lay out the final stage's COPYs (after .dockerignore) under tmp_path as the image has
+    them, then serve that config as the image's CMD does."""
+    import fnmatch
+    import shutil
+    import subprocess
+    import sys
+
+    final = stages[-1]
+    for arg in final.args("COPY"):
+        words = [w for w in shlex.split(arg) if not w.startswith("--")]
+        *sources, dest = words
+        for source in sources:
+            assert not any(fnmatch.fnmatch(source, pattern) or source.startswith(pattern + "/")
+                           for pattern in _ignored()), f"{source} is left out by .dockerignore"
+            target = tmp_path / dest.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / source, target)
+    config = tmp_path / CONFIG_PATH.lstrip("/")
+    assert config.exists(), "the image copies no config to " + CONFIG_PATH
+    text = config.read_text()
+    for address in ("0.0.0.0:1143", "0.0.0.0:1110", "0.0.0.0:9100"):
+        assert address in text, f"the image's config must listen on {address}"
+    env = " ".join(final.args("ENV"))
+    health_url = re.search(r"MAILPROXY_HEALTH_URL=(\S+)", env).group(1)
+    unshare = shutil.which("unshare")
+    assert unshare, "install util-linux (unshare) to run the image's config in its own network"
+    result = subprocess.run(
+        [unshare, "--net", sys.executable, "-c", _IN_NAMESPACE, str(config), health_url,
+         "1143", "1110"], cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["health"] == 200
+    assert outcome["greetings"]["1143"].startswith("* OK "), outcome
+    assert outcome["greetings"]["1110"].startswith("+OK "), outcome
+    assert "Traceback" not in outcome["log"], outcome["log"]
+    assert "address=0.0.0.0:1143" in outcome["log"] and "address=0.0.0.0:1110" in outcome["log"]
+    assert outcome["exit"] == 0, outcome["log"]
