@@ -19,13 +19,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from .config_messages import describe, dotted_path
 from pydantic import (
     BeforeValidator,
+    Discriminator,
     PlainValidator,
+    Tag,
     ConfigDict,
     StrictBool,
     StrictInt,
@@ -210,8 +212,11 @@ class ServicePort:
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
+    """One upstream server, or a pool of equivalent ones (`hosts:`; `host` is then the first)."""
+
     __pydantic_config__ = _STRICT
     host: StrictStr
+    hosts: tuple[StrictStr, ...] = ()   # a pool: each user sticks to one (proxy/routing/pool.py)
     imap: ServicePort | None = None
     pop3: ServicePort | None = None
     verify: StrictBool = True
@@ -220,6 +225,75 @@ class Upstream:
     client_cert: Certificate | None = None
     forward_client_ip: StrictBool = False
     health_check_interval: Duration = 30.0
+
+    @property
+    def pool(self) -> tuple[str, ...]:
+        """The hosts of this upstream: `hosts`, or the single `host`."""
+        return self.hosts or (self.host,)
+
+
+def _upstream_hosts(value: Any) -> Any:
+    """`hosts: [a, b]` alone makes a pool; `host` is then its first member."""
+    if isinstance(value, dict) and "hosts" in value:
+        if "host" in value:
+            raise ValueError("give host (one server) or hosts (a pool), not both")
+        hosts = value["hosts"]
+        if not isinstance(hosts, list) or not hosts:
+            raise ValueError("hosts is a non-empty list of host names or addresses")
+        return {**value, "host": hosts[0]}
+    return value
+
+
+PoolableUpstream = Annotated[Upstream, BeforeValidator(_upstream_hosts)]
+
+
+@dataclass(frozen=True, slots=True)
+class LookupCache:
+    """A lookup's answers kept in memory: `ttl` for a route, `negative_ttl` for a refusal
+    (0 disables either); at most `max_entries` of each, least recently used evicted first."""
+
+    __pydantic_config__ = _STRICT
+    ttl: Duration = 60.0
+    negative_ttl: Duration = 10.0
+    max_entries: StrictInt = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLookup:
+    """nginx's `auth_http` protocol (proxy/routing/http_lookup.py)."""
+
+    __pydantic_config__ = _STRICT
+    url: StrictStr
+    name: StrictStr = "http"                 # in logs and metrics
+    timeout: Duration = 5.0                  # nginx: auth_http_timeout
+    headers: dict[StrictStr, StrictStr] = field(default_factory=dict)  # nginx: auth_http_header
+    secret_headers: dict[StrictStr, SecretValue] = field(default_factory=dict)
+    upstream: StrictStr | None = None        # TLS and other settings for the hosts it names
+    cache: LookupCache = field(default_factory=LookupCache)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLookupEntry:
+    __pydantic_config__ = _STRICT
+    http: HttpLookup
+    kind: ClassVar[str] = "http"
+
+    @property
+    def lookup(self) -> HttpLookup:
+        return self.http
+
+
+def _lookup_kind(value: Any) -> str | None:
+    if isinstance(value, dict) and len(value) == 1:
+        return next(iter(value))
+    return getattr(value, "kind", None)  # an already validated entry
+
+
+LookupEntry = Annotated[
+    Annotated[HttpLookupEntry, Tag("http")],
+    Discriminator(_lookup_kind, custom_error_type="lookup_kind",
+                  custom_error_message="a lookup is {http: {...}}"),
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,8 +356,9 @@ class AuthThrottle:
 class Config:
     __pydantic_config__ = _STRICT
     listeners: tuple[Listener, ...]
-    upstreams: dict[StrictStr, Upstream]
-    routes: tuple[Route, ...]
+    upstreams: dict[StrictStr, PoolableUpstream]
+    routes: tuple[Route, ...] = ()
+    lookups: tuple[LookupEntry, ...] = ()   # asked in order before `routes` (proxy/routing/)
     logging: Logging = field(default_factory=Logging)
     metrics: Metrics | None = None
     gateway: Gateway | None = None
@@ -382,8 +457,20 @@ def _semantic_errors(config: Config) -> list[tuple[tuple, str]]:
         if lst.proxy_protocol and not lst.trusted_proxies:
             errors.append((where + ("trusted_proxies",), "proxy_protocol needs trusted_proxies"))
     errors += _address_conflicts(config)
-    if not config.routes:
-        errors.append((("routes",), "at least one route is needed"))
+    if not config.routes and not config.lookups:
+        errors.append((("routes",), "at least one route (or a lookup) is needed"))
+    lookup_names: set[str] = set()
+    for i, entry in enumerate(config.lookups):
+        lookup = entry.lookup
+        where = ("lookups", i, entry.kind)
+        if lookup.name in lookup_names or lookup.name in config.upstreams:
+            errors.append((where + ("name",), f"lookup name {lookup.name!r} is already used "
+                                              "by a lookup or an upstream"))
+        lookup_names.add(lookup.name)
+        if lookup.upstream is not None and lookup.upstream not in config.upstreams:
+            errors.append((where + ("upstream",), f"unknown upstream {lookup.upstream!r}"))
+        if lookup.cache.max_entries < 0:
+            errors.append((where + ("cache", "max_entries"), "must be 0 or more"))
     for i, route in enumerate(config.routes):
         if route.upstream not in config.upstreams:
             errors.append((("routes", i, "upstream"), f"unknown upstream {route.upstream!r}"))

@@ -37,7 +37,9 @@ def dotted_path(loc: Loc) -> str:
 
 def clean_loc(loc: tuple[Any, ...]) -> Loc:
     """Drop pydantic's validator steps (`function-plain[...]`) from a location."""
-    return tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+    loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+    # a tagged union (lookups) repeats its tag: `lookups.0.http.http.url` -> `lookups.0.http.url`
+    return tuple(p for i, p in enumerate(loc) if not (i and isinstance(p, str) and p == loc[i - 1]))
 
 
 def describe(error: dict[str, Any], root: type) -> tuple[Loc, str]:

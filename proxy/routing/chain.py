@@ -1,0 +1,84 @@
+"""The configured lookups, asked in order, with their caches; and where an answer sends a login.
+
+`Lookups.decide(query)` returns the first answer (a Target or a Refusal) or None when no lookup
+knows the user (the static `routes:` decide then). A lookup that is down raises
+LookupUnavailable: the login is answered with a tempfail rather than routed by a lower rule,
+so an outage of the directory never sends users to a default backend.
+
+`upstream_for(config, lookup_name, target, protocol)` turns a Target into the (name, Upstream)
+the login path connects to: a configured upstream when the target names one (or names one of
+its hosts and its port), else the lookup's `upstream:` settings (TLS, verification, client IP
+forwarding) with the target's host and port, under the lookup's name (a bounded metric label).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from .. import logs
+from ..config import Config, ServicePort, Upstream
+from .answers import Answer, LoginQuery, Lookup, LookupUnavailable, Target
+from .cache import AnswerCache
+from .http_lookup import HttpLookup
+
+
+class Lookups:
+    def __init__(self, config: Config, lookups: list[tuple[Lookup, AnswerCache]] | None = None):
+        if lookups is None:
+            lookups = [(HttpLookup(entry.lookup), AnswerCache(entry.lookup.cache))
+                       for entry in config.lookups]
+        self.config = config
+        self.lookups = lookups
+
+    def __bool__(self) -> bool:
+        return bool(self.lookups)
+
+    async def decide(self, query: LoginQuery) -> tuple[str, Answer] | None:
+        """(lookup name, answer) from the first lookup that answers, or None. Raises
+        LookupUnavailable (its detail names the lookup)."""
+        for lookup, cache in self.lookups:
+            key = cache.key(query)
+            answer = cache.get(key)
+            if answer is None:
+                try:
+                    answer = await lookup.ask(query)
+                except LookupUnavailable as exc:
+                    logs.event("lookup_error", logging.WARNING, lookup=lookup.name,
+                               detail=exc.detail)
+                    raise LookupUnavailable(f"{lookup.name}: {exc.detail}") from None
+                if answer is None:
+                    continue
+                cache.put(key, answer)
+            return lookup.name, answer
+        return None
+
+    async def aclose(self) -> None:
+        for lookup, _ in self.lookups:
+            await lookup.aclose()
+
+
+def _template(config: Config, lookup_name: str) -> Upstream:
+    for entry in config.lookups:
+        if entry.lookup.name == lookup_name and entry.lookup.upstream is not None:
+            return config.upstreams[entry.lookup.upstream]
+    return Upstream(host="", verify=True)
+
+
+def upstream_for(config: Config, lookup_name: str, target: Target,
+                 protocol: str) -> tuple[str, Upstream]:
+    """Where `target` (a lookup's answer) sends a login; see the module docstring."""
+    if target.upstream is not None and target.host is None:
+        return target.upstream, config.upstreams[target.upstream]
+    assert target.host is not None and target.port is not None
+    for name, upstream in config.upstreams.items():
+        service = upstream.imap if protocol == "imap" else upstream.pop3
+        if service is not None and service.port == target.port and target.host in upstream.pool:
+            # one of its hosts: that host only (the directory chose it), with its settings
+            return name, replace(upstream, host=target.host, hosts=())
+    template = _template(config, lookup_name)
+    old = template.imap if protocol == "imap" else template.pop3
+    service = ServicePort(port=target.port, tls=old.tls if old is not None else "none")
+    upstream = replace(template, host=target.host, hosts=(),
+                       **{protocol: service})  # type: ignore[arg-type]
+    return lookup_name, upstream
