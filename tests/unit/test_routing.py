@@ -57,13 +57,13 @@ def test_config_lookups_and_pools() -> None:
 
 
 @pytest.mark.parametrize("extra, message", [
-    ("lookups: [{ldap2: {url: x}}]", "lookups[0] (line 7): a lookup is {http: {...}}"),
-    ("lookups: [{http: {url: x, nope: 1}}]", "lookups[0].http.nope (line 7): Unexpected keyword argument"),
+    ("lookups: [{ldap2: {url: x}}]", "line 7: lookups[0]: a lookup is {http: {...}}"),
+    ("lookups: [{http: {url: x, nope: 1}}]", "line 7: unknown key 'nope' in lookups[0].http"),
     ("lookups: [{http: {url: x, upstream: gone}}]",
-     "lookups[0].http.upstream (line 7): unknown upstream 'gone'"),
+     "line 7: lookups[0].http.upstream: unknown upstream 'gone'"),
     ("lookups: [{http: {url: x, name: main}}]",
-     "lookups[0].http.name (line 7): lookup name 'main' is already used by a lookup or an upstream"),
-    ("", "routes (line 2): at least one route (or a lookup) is needed"),
+     "line 7: lookups[0].http.name: lookup name 'main' is already used by a lookup or an upstream"),
+    ("", "line 2: routes: at least one route (or a lookup) is needed"),
 ])
 def test_config_errors(extra: str, message: str) -> None:
     with pytest.raises(config_mod.ConfigError) as info:
@@ -76,7 +76,7 @@ def test_config_host_or_hosts() -> None:
     with pytest.raises(config_mod.ConfigError) as info:
         config_mod.loads(text + "routes: [{match: '*', upstream: main}]\n")
     assert info.value.errors == [
-        "upstreams.x (line 5): Value error, give host (one server) or hosts (a pool), not both"]
+        "line 5: upstreams.x: give host (one server) or hosts (a pool), not both"]
 
 
 # -- the protocol, as a table -------------------------------------------------------------------
