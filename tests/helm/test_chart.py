@@ -145,11 +145,44 @@ def check_prometheus_operator_resource(doc: dict) -> None:
 # --- the mailproxy config ------------------------------------------------------------------------
 
 
+def with_mounted_files(text: str, root: Path) -> str:
+    """The config with the files the pod mounts from Secrets (certificates, gateway key) made
+    under `root`, so check-config loads them as serve would in the pod."""
+    from proxy import certgen
+    from proxy.store import KeyRing
+
+    def make(cert: Path, key: Path) -> None:
+        if not cert.exists():
+            made_cert, made_key = certgen.generate(cert.parent / "gen", ["mail.example.com"])
+            made_cert.rename(cert)
+            made_key.rename(key)
+
+    config = yaml.safe_load(text)
+    pairs = [pair for listener in config["listeners"] for pair in listener.get("certificates", ())]
+    pairs += [up["client_cert"] for up in config["upstreams"].values() if up.get("client_cert")]
+    for pair in pairs:
+        cert, key = (root / pair["cert"].lstrip("/"), root / pair["key"].lstrip("/"))
+        make(cert, key)
+        pair["cert"], pair["key"] = str(cert), str(key)
+    for upstream in config["upstreams"].values():
+        if upstream.get("ca_file"):
+            ca_file = root / upstream["ca_file"].lstrip("/")
+            make(ca_file, ca_file.with_suffix(".key"))
+            upstream["ca_file"] = str(ca_file)
+    gateway = config.get("gateway") or {}
+    if gateway.get("key_file"):
+        key_file = root / gateway["key_file"].lstrip("/")
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(KeyRing.generate_line("k1") + "\n")
+        gateway["key_file"] = str(key_file)
+    return yaml.safe_dump(config)
+
+
 @pytest.mark.parametrize("values", VALUES)
 def test_rendered_config_passes_check_config(render, values: Path | None, tmp_path: Path) -> None:
     (configmap,) = only(render(values), "ConfigMap")
     path = tmp_path / "mailproxy.yaml"
-    path.write_text(configmap["data"]["mailproxy.yaml"])
+    path.write_text(with_mounted_files(configmap["data"]["mailproxy.yaml"], tmp_path / "mounts"))
     proc = subprocess.run([sys.executable, "-m", "proxy", "check-config", str(path)],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
