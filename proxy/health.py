@@ -49,12 +49,20 @@ class Health:
     @property
     def not_ready_reason(self) -> str | None:
         """None when ready, else a short reason for `/readyz`."""
+        reason = self.local_not_ready_reason
+        if reason is None and not any(self.upstream_ok.values()):
+            return "no upstream reachable"
+        return reason
+
+    @property
+    def local_not_ready_reason(self) -> str | None:
+        """For `/readyz/local`: this process's own state only. With every upstream down a pod
+        still answers its clients (NO [UNAVAILABLE], -ERR [SYS/TEMP]), which beats the TCP
+        resets they would get from a Service with no ready pod (the Helm chart's readiness)."""
         if self.draining:
             return "draining"
         if not self.listeners_bound:
             return "listeners not bound"
-        if not any(self.upstream_ok.values()):
-            return "no upstream reachable"
         return None
 
     @property

@@ -173,8 +173,8 @@ def _route(path: str, accept: str, registry: CollectorRegistry,
         return _metrics(registry, accept)
     if path == "/healthz":
         return 200, "ok\n", _TEXT
-    if path == "/readyz":
-        reason = health.not_ready_reason
+    if path in ("/readyz", "/readyz/local"):
+        reason = health.not_ready_reason if path == "/readyz" else health.local_not_ready_reason
         return (200, "ready\n", _TEXT) if reason is None else (503, f"{reason}\n", _TEXT)
     return 404, "not found\n", _TEXT
 

@@ -275,7 +275,7 @@ def test_probes_and_ports(render, values: Path | None) -> None:
         assert ports[listener["name"]] == int(listener["address"].rsplit(":", 1)[1])
         assert ports[listener["name"]] > 1023  # no NET_BIND_SERVICE: every capability is dropped
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz/local", "port": "metrics"}
     services = {s["metadata"]["name"]: s for s in only(docs, "Service")}
     mail = services["mail-mailproxy"]
     for port in mail["spec"]["ports"]:
@@ -312,7 +312,7 @@ def test_optional_resources_follow_their_values(render) -> None:
     assert defaults >= {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget",
                         "ServiceAccount"}
     assert not defaults & {"ServiceMonitor", "PrometheusRule", "HorizontalPodAutoscaler",
-                           "NetworkPolicy", "Secret", "StatefulSet"}
+                           "NetworkPolicy", "StatefulSet"}
     monitored = {d["kind"] for d in render(CHART / "ci" / "metrics-servicemonitor-values.yaml")}
     assert monitored >= {"ServiceMonitor", "PrometheusRule", "HorizontalPodAutoscaler", "Secret"}
     relay = render(CHART / "ci" / "relay-only-values.yaml")
@@ -339,7 +339,19 @@ def test_hpa_targets_the_deployment_without_fixed_replicas(render) -> None:
 @pytest.mark.parametrize("bad, message", [
     (["--set", "gateway.persistence.enabled=true", "--set", "replicaCount=2"],
      "gateway.persistence.enabled needs replicaCount: 1"),
-    (["--set", "tls.enabled=true"], "tls.enabled needs tls.existingSecret"),
+    (["--set", "tls.crt=x"], "tls.crt and tls.key go together"),
+    (["--set", "tls.enabled=false"], "the default config (config: empty) serves TLS"),
+    (["--set", "service.ports[0].name=imap", "--set", "service.ports[0].port=143",
+      "--set", "service.ports[0].targetPort=imap4"],
+     "service.ports imap: targetPort imap4 is not a listener of the config (listeners: imap, "
+     "imaps, pop3, pop3s)"),
+    (["-f", str(CHART / "ci" / "gateway-sqlite-values.yaml"),
+      "--set", "gateway.persistence.enabled=false", "--set", "replicaCount=3"],
+     "a gateway with an SQLite store and several replicas would give each pod its own store"),
+    (["-f", str(CHART / "ci" / "gateway-sqlite-values.yaml"),
+      "--set", "gateway.persistence.enabled=false", "--set", "autoscaling.enabled=true"],
+     "a gateway with an SQLite store and several replicas would give each pod its own store"),
+    (["--set", "test.user=alice"], "test.passwordSecret is needed with test.user"),
 ])
 def test_bad_combinations_fail_with_a_reason(helm: str, bad: list[str], message: str) -> None:
     proc = run_helm(helm, "template", "mail", str(CHART), *bad)
@@ -484,3 +496,139 @@ def test_dashboard_json() -> None:
                    "mailproxy_auth_attempts_total", "mailproxy_upstream_errors_total",
                    "mailproxy_bytes_total"):
         assert metric in used, metric
+
+
+# --- operator values (issue 19) ------------------------------------------------------------------
+
+
+def render_with(helm: str, tmp_path: Path, values: dict, *extra: str) -> list[dict]:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    proc = run_helm(helm, "template", "mail", str(CHART), "--namespace", "mail", "-f", str(path),
+                    *extra)
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def test_partial_config_is_refused_with_what_is_missing(helm: str, tmp_path: Path) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({"config": {"listeners": [
+        {"name": "imap", "protocol": "imap", "address": "0.0.0.0:1143"}]}}))
+    proc = run_helm(helm, "template", "mail", str(CHART), "-f", str(path))
+    assert proc.returncode != 0
+    assert ("config: upstreams, routes missing; config is the whole mailproxy config file "
+            "(listeners, upstreams, routes...), not merged with the chart's default") in proc.stderr
+
+
+def test_gateway_replicas_with_postgresql_store_render(helm: str, tmp_path: Path) -> None:
+    values = yaml.safe_load((CHART / "ci" / "gateway-sqlite-values.yaml").read_text())
+    values["config"]["gateway"]["store"] = "postgresql://mailproxy@db/mailproxy"
+    values["gateway"]["persistence"]["enabled"] = False
+    values["replicaCount"] = 3
+    (deployment,) = only(render_with(helm, tmp_path, values), "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+
+
+def test_default_config_serves_tls_with_a_generated_certificate(render, tmp_path: Path) -> None:
+    """The default install is usable by real clients: TLS listeners (plain-text logins are for
+    loopback only) with a self-signed certificate for the Service's names, and the config
+    passes check-config with the Secret's files where the pod mounts them."""
+    docs = render(None)
+    config = rendered_config(docs)
+    assert {(l["name"], l["tls"]) for l in config["listeners"]} == {
+        ("imap", "starttls"), ("imaps", "implicit"), ("pop3", "starttls"), ("pop3s", "implicit")}
+    (secret,) = only(docs, "Secret")
+    assert secret["type"] == "kubernetes.io/tls"
+    import base64
+
+    from cryptography import x509
+
+    crt = base64.b64decode(secret["data"]["tls.crt"])
+    cert = x509.load_pem_x509_certificate(crt)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
+        .get_values_for_type(x509.DNSName)
+    assert "mail-mailproxy.mail.svc" in names and "mail-mailproxy" in names
+    mount = tmp_path / "tls"
+    mount.mkdir()
+    (mount / "tls.crt").write_bytes(crt)
+    (mount / "tls.key").write_bytes(base64.b64decode(secret["data"]["tls.key"]))
+    text = yaml.safe_dump(config).replace("/etc/mailproxy/tls/", f"{mount}/")
+    (tmp_path / "mailproxy.yaml").write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "proxy", "check-config",
+                           str(tmp_path / "mailproxy.yaml")], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    services = {s["metadata"]["name"]: s for s in only(docs, "Service")}
+    assert {p["targetPort"] for p in services["mail-mailproxy"]["spec"]["ports"]} == \
+        {"imap", "imaps", "pop3", "pop3s"}
+
+
+def test_extra_pod_values(helm: str, tmp_path: Path) -> None:
+    digest = "sha256:" + "a" * 64
+    docs = render_with(helm, tmp_path, {
+        "image": {"digest": digest},
+        "commonLabels": {"team": "mail"},
+        "startupProbe": {"enabled": True, "failureThreshold": 30},
+        "extraVolumes": [{"name": "extra", "emptyDir": {}}],
+        "extraVolumeMounts": [{"name": "extra", "mountPath": "/extra"}],
+        "extraContainers": [{"name": "sidecar", "image": "busybox:1.36"}],
+        "initContainers": [{"name": "init", "image": "busybox:1.36"}],
+    })
+    for doc in docs:
+        assert doc["metadata"]["labels"]["team"] == "mail", doc["kind"]
+        if doc["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    pod = workload(docs)["spec"]["template"]["spec"]
+    main, sidecar = pod["containers"]
+    assert main["image"] == f"mailproxy/mailproxy@{digest}"
+    assert sidecar["name"] == "sidecar"
+    assert [c["name"] for c in pod["initContainers"]] == ["init"]
+    assert {"name": "extra", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "extra", "mountPath": "/extra"} in main["volumeMounts"]
+    assert main["startupProbe"] == {"httpGet": {"path": "/healthz", "port": "metrics"},
+                                    "periodSeconds": 5, "failureThreshold": 30}
+
+
+def test_existing_claim(helm: str, tmp_path: Path) -> None:
+    values = yaml.safe_load((CHART / "ci" / "gateway-sqlite-values.yaml").read_text())
+    values["gateway"]["persistence"]["existingClaim"] = "mail-store"
+    docs = render_with(helm, tmp_path, values)
+    (sts,) = only(docs, "StatefulSet")
+    assert "volumeClaimTemplates" not in sts["spec"]
+    data = next(v for v in sts["spec"]["template"]["spec"]["volumes"] if v["name"] == "data")
+    assert data == {"name": "data", "persistentVolumeClaim": {"claimName": "mail-store"}}
+    kubernetes_validate.validate(sts, K8S_VERSION, strict=True)
+
+
+def test_helm_test_pod_logs_in_through_a_real_proxy(helm: str, tmp_path: Path, dovecot, user,
+                                                   proxy_factory) -> None:
+    """Render the `helm test` pod and run its script, with its environment, against a real
+    proxy (STARTTLS, the chart's self-signed-style certificate) in front of Dovecot."""
+    docs = render_with(helm, tmp_path, {"test": {"user": user[0], "passwordSecret": "mail-test"}})
+    (pod,) = [d for d in only(docs, "Pod") if d["metadata"]["name"] == "mail-mailproxy-test-login"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["HOST"] == "mail-mailproxy.mail.svc"
+    assert (env["PORT"], env["PROTOCOL"], env["TLS"]) == ("143", "imap", "starttls")
+    assert env["USER_NAME"] == user[0]
+    password_ref = next(e for e in container["env"] if e["name"] == "PASSWORD")["valueFrom"]
+    assert password_ref == {"secretKeyRef": {"name": "mail-test", "key": "password"}}
+    from proxy import certgen
+    from support.proxyproc import relay_config
+
+    cert, key = certgen.generate(tmp_path / "tls", ["localhost"])
+    proxy = proxy_factory(relay_config(dovecot, listeners=("imap",), imap={
+        "tls": "starttls", "certificates": [{"cert": str(cert), "key": str(key)}]}))
+    env.update(HOST="localhost", PORT=str(proxy.port("imap")), CA_FILE=str(cert),
+               PASSWORD=user[1])
+    import os
+
+    result = subprocess.run([sys.executable, "-c", container["args"][0]], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"imap starttls on localhost:{proxy.port('imap')}: logged in as {user[0]}\n"
+    env["PASSWORD"] = "wrong"
+    refused = subprocess.run([sys.executable, "-c", container["args"][0]], capture_output=True,
+                             text=True, timeout=60, env={**os.environ, **env})
+    assert refused.returncode != 0 and "AUTHENTICATIONFAILED" in refused.stderr, refused.stderr

@@ -116,6 +116,20 @@ async def test_readyz_follows_health(server):
     assert (reply.status, reply.body) == (503, b"draining\n")
 
 
+async def test_readyz_local_ignores_upstreams(server):
+    health = server.health
+    reply = await fetch(server.url + "/readyz/local")
+    assert (reply.status, reply.body) == (503, b"listeners not bound\n")
+    health.listeners_bound = True
+    health.upstream_ok = {"a": False}
+    assert (await fetch(server.url + "/readyz")).status == 503
+    reply = await fetch(server.url + "/readyz/local")
+    assert (reply.status, reply.body) == (200, b"ready\n")
+    health.draining = True
+    reply = await fetch(server.url + "/readyz/local")
+    assert (reply.status, reply.body) == (503, b"draining\n")
+
+
 async def test_unknown_path_is_404(server):
     assert (await fetch(server.url + "/nope")).status == 404
     assert (await fetch(server.url + "/metrics/")).status == 404

@@ -31,6 +31,9 @@ helm.sh/chart: {{ include "mailproxy.chart" . }}
 {{ include "mailproxy.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "mailproxy.serviceAccountName" -}}
@@ -42,7 +45,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{- define "mailproxy.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
+{{- end }}
 {{- end }}
 
 {{/* Names of the Secrets, created here or existing. */}}
@@ -69,11 +76,39 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if hasKey .Values.config "shutdown_timeout" }}
 {{- fail "set shutdownTimeoutSeconds instead of config.shutdown_timeout: the chart derives the pod's terminationGracePeriodSeconds from it" }}
 {{- end }}
-{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) (not (and .Values.tls.crt .Values.tls.key)) }}
-{{- fail "tls.enabled needs tls.existingSecret, or both tls.crt and tls.key" }}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) (or .Values.tls.crt .Values.tls.key) (not (and .Values.tls.crt .Values.tls.key)) }}
+{{- fail "tls.crt and tls.key go together: give both, or neither (the chart then generates a self-signed certificate), or tls.existingSecret" }}
+{{- end }}
+{{- if and (not .Values.config) (not .Values.tls.enabled) }}
+{{- fail "the default config (config: empty) serves TLS from tls.mountPath: keep tls.enabled: true, or give your own config" }}
 {{- end }}
 {{- if hasKey (include "mailproxy.userConfig" . | fromYaml) "Error" }}
 {{- fail "config: could not be read as YAML" }}
+{{- end }}
+{{- if .Values.config }}
+{{- $missing := list }}
+{{- range (list "listeners" "upstreams" "routes") }}
+{{- if not (hasKey $.Values.config .) }}{{ $missing = append $missing . }}{{ end }}
+{{- end }}
+{{- if $missing }}
+{{- fail (printf "config: %s missing; config is the whole mailproxy config file (listeners, upstreams, routes...), not merged with the chart's default: copy files/default-config.yaml and edit it" (join ", " $missing)) }}
+{{- end }}
+{{- end }}
+{{- $config := include "mailproxy.userConfig" . | fromYaml }}
+{{- $listeners := dict }}
+{{- range $config.listeners }}{{ $_ := set $listeners (toString .name) (regexFind "[0-9]+$" (toString .address)) }}{{ end }}
+{{- range .Values.service.ports }}
+{{- $target := toString (.targetPort | default .name) }}
+{{- if and (not (hasKey $listeners $target)) (not (has $target (values $listeners))) }}
+{{- fail (printf "service.ports %s: targetPort %s is not a listener of the config (listeners: %s)" (toString .name) $target (join ", " (keys $listeners | sortAlpha))) }}
+{{- end }}
+{{- end }}
+{{- $gateway := false }}
+{{- range $config.listeners }}{{ if eq (toString .mode) "gateway" }}{{ $gateway = true }}{{ end }}{{ end }}
+{{- $store := toString (dig "gateway" "store" "" $config) }}
+{{- $shared := or (hasPrefix "postgresql://" $store) (hasPrefix "postgres://" $store) }}
+{{- if and $gateway (not $shared) (not .Values.gateway.persistence.enabled) (or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1)) }}
+{{- fail "a gateway with an SQLite store and several replicas would give each pod its own store (mail seen differently per connection, fetched once per pod): set replicaCount: 1 with gateway.persistence.enabled, or use a PostgreSQL store (config.gateway.store: postgresql://...)" }}
 {{- end }}
 {{- range (include "mailproxy.userConfig" . | fromYaml).listeners }}
 {{- if not (regexMatch "^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$" (toString .name)) }}

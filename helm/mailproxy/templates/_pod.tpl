@@ -26,6 +26,10 @@ spec:
   terminationGracePeriodSeconds: {{ include "mailproxy.graceSeconds" . }}
   securityContext:
     {{- toYaml .Values.podSecurityContext | nindent 4 }}
+  {{- with .Values.initContainers }}
+  initContainers:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   containers:
     - name: mailproxy
       image: {{ include "mailproxy.image" . | quote }}
@@ -58,9 +62,16 @@ spec:
         {{- toYaml .Values.livenessProbe | nindent 8 }}
       readinessProbe:
         httpGet:
-          path: /readyz
+          path: {{ .Values.readinessPath }}
           port: metrics
         {{- toYaml .Values.readinessProbe | nindent 8 }}
+      {{- if .Values.startupProbe.enabled }}
+      startupProbe:
+        httpGet:
+          path: /healthz
+          port: metrics
+        {{- toYaml (omit .Values.startupProbe "enabled") | nindent 8 }}
+      {{- end }}
       securityContext:
         {{- toYaml .Values.securityContext | nindent 8 }}
       {{- with .Values.resources }}
@@ -91,6 +102,12 @@ spec:
           mountPath: {{ .Values.gateway.key.mountPath }}
           readOnly: true
         {{- end }}
+        {{- with .Values.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    {{- with .Values.extraContainers }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   volumes:
     - name: config
       configMap:
@@ -101,6 +118,10 @@ spec:
     {{- if not (include "mailproxy.usesStatefulSet" .) }}
     - name: data
       emptyDir: {}
+    {{- else if .Values.gateway.persistence.existingClaim }}
+    - name: data
+      persistentVolumeClaim:
+        claimName: {{ .Values.gateway.persistence.existingClaim }}
     {{- end }}
     {{- if .Values.tls.enabled }}
     - name: tls
@@ -123,6 +144,9 @@ spec:
           - key: {{ .Values.gateway.key.secretKey }}
             path: {{ .Values.gateway.key.secretKey }}
     {{- end }}
+  {{- with .Values.extraVolumes }}
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   {{- with .Values.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
