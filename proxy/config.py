@@ -283,6 +283,39 @@ class HttpLookupEntry:
         return self.http
 
 
+@dataclass(frozen=True, slots=True)
+class LdapLookup:
+    """A directory entry per user, found by `filter` under `base` (proxy/routing/ldap_lookup.py).
+    The entry's `host_attribute` names a configured upstream, a `host:port`, or a host whose
+    port is `port_attribute` or the `upstream:` settings' port for the protocol."""
+
+    __pydantic_config__ = _STRICT
+    url: StrictStr                           # ldap://host:389 or ldaps://host:636
+    base: StrictStr
+    filter: StrictStr = "(mail={user})"      # {user}: the login name, RFC 4515 escaped
+    name: StrictStr = "ldap"
+    bind_dn: StrictStr | None = None         # anonymous when absent
+    bind_password: SecretValue | None = None
+    host_attribute: StrictStr = "mailHost"
+    port_attribute: StrictStr | None = None
+    user_attribute: StrictStr | None = None  # the login name upstream (rewriting)
+    timeout: Duration = 5.0
+    max_concurrent: StrictInt = 4            # searches under way at once (threads)
+    upstream: StrictStr | None = None
+    cache: LookupCache = field(default_factory=LookupCache)
+
+
+@dataclass(frozen=True, slots=True)
+class LdapLookupEntry:
+    __pydantic_config__ = _STRICT
+    ldap: LdapLookup
+    kind: ClassVar[str] = "ldap"
+
+    @property
+    def lookup(self) -> LdapLookup:
+        return self.ldap
+
+
 def _lookup_kind(value: Any) -> str | None:
     if isinstance(value, dict) and len(value) == 1:
         return next(iter(value))
@@ -290,9 +323,9 @@ def _lookup_kind(value: Any) -> str | None:
 
 
 LookupEntry = Annotated[
-    Annotated[HttpLookupEntry, Tag("http")],
+    Annotated[HttpLookupEntry, Tag("http")] | Annotated[LdapLookupEntry, Tag("ldap")],
     Discriminator(_lookup_kind, custom_error_type="lookup_kind",
-                  custom_error_message="a lookup is {http: {...}}"),
+                  custom_error_message="a lookup is {http: {...}} or {ldap: {...}}"),
 ]
 
 
@@ -471,6 +504,13 @@ def _semantic_errors(config: Config) -> list[tuple[tuple, str]]:
             errors.append((where + ("upstream",), f"unknown upstream {lookup.upstream!r}"))
         if lookup.cache.max_entries < 0:
             errors.append((where + ("cache", "max_entries"), "must be 0 or more"))
+        if isinstance(lookup, LdapLookup):
+            if "{user}" not in lookup.filter:
+                errors.append((where + ("filter",), "the filter needs {user}"))
+            if lookup.max_concurrent < 1:
+                errors.append((where + ("max_concurrent",), "must be 1 or more"))
+            if (lookup.bind_dn is None) != (lookup.bind_password is None):
+                errors.append((where + ("bind_dn",), "bind_dn and bind_password go together"))
     for i, route in enumerate(config.routes):
         if route.upstream not in config.upstreams:
             errors.append((("routes", i, "upstream"), f"unknown upstream {route.upstream!r}"))

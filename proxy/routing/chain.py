@@ -21,15 +21,25 @@ from ..config import Config, ServicePort, Upstream
 from .answers import Answer, LoginQuery, Lookup, LookupUnavailable, Target
 from .cache import AnswerCache
 from .http_lookup import HttpLookup
+from .ldap_lookup import LdapLookup
+
+
+def build(config: Config) -> list[tuple[Lookup, AnswerCache]]:
+    """One lookup object and its cache per `lookups:` entry, in order."""
+    built: list[tuple[Lookup, AnswerCache]] = []
+    upstream_names = frozenset(config.upstreams)
+    for entry in config.lookups:
+        settings = entry.lookup
+        lookup: Lookup = (HttpLookup(settings) if entry.kind == "http"
+                          else LdapLookup(settings, upstream_names))  # type: ignore[arg-type]
+        built.append((lookup, AnswerCache(settings.cache)))
+    return built
 
 
 class Lookups:
     def __init__(self, config: Config, lookups: list[tuple[Lookup, AnswerCache]] | None = None):
-        if lookups is None:
-            lookups = [(HttpLookup(entry.lookup), AnswerCache(entry.lookup.cache))
-                       for entry in config.lookups]
         self.config = config
-        self.lookups = lookups
+        self.lookups = build(config) if lookups is None else lookups
 
     def __bool__(self) -> bool:
         return bool(self.lookups)
@@ -58,27 +68,34 @@ class Lookups:
             await lookup.aclose()
 
 
-def _template(config: Config, lookup_name: str) -> Upstream:
+def _template(config: Config, lookup_name: str) -> Upstream | None:
     for entry in config.lookups:
         if entry.lookup.name == lookup_name and entry.lookup.upstream is not None:
             return config.upstreams[entry.lookup.upstream]
-    return Upstream(host="", verify=True)
+    return None
 
 
 def upstream_for(config: Config, lookup_name: str, target: Target,
                  protocol: str) -> tuple[str, Upstream]:
-    """Where `target` (a lookup's answer) sends a login; see the module docstring."""
+    """Where `target` (a lookup's answer) sends a login; see the module docstring. Raises
+    LookupUnavailable when the answer names no port and the lookup has no `upstream:` with
+    one for the protocol."""
     if target.upstream is not None and target.host is None:
         return target.upstream, config.upstreams[target.upstream]
-    assert target.host is not None and target.port is not None
+    assert target.host is not None
+    template = _template(config, lookup_name)
+    template_service = None if template is None else (
+        template.imap if protocol == "imap" else template.pop3)
+    port = target.port or (template_service.port if template_service is not None else None)
+    if port is None:
+        raise LookupUnavailable(f"{lookup_name}: no port for {protocol} (set upstream:)")
     for name, upstream in config.upstreams.items():
         service = upstream.imap if protocol == "imap" else upstream.pop3
-        if service is not None and service.port == target.port and target.host in upstream.pool:
+        if service is not None and service.port == port and target.host in upstream.pool:
             # one of its hosts: that host only (the directory chose it), with its settings
             return name, replace(upstream, host=target.host, hosts=())
-    template = _template(config, lookup_name)
-    old = template.imap if protocol == "imap" else template.pop3
-    service = ServicePort(port=target.port, tls=old.tls if old is not None else "none")
-    upstream = replace(template, host=target.host, hosts=(),
-                       **{protocol: service})  # type: ignore[arg-type]
+    service = ServicePort(port=port, tls=template_service.tls if template_service else "none")
+    base = template if template is not None else Upstream(host=target.host)
+    services = {"imap": None, "pop3": None, protocol: service}
+    upstream = replace(base, host=target.host, hosts=(), **services)  # type: ignore[arg-type]
     return lookup_name, upstream

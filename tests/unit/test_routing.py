@@ -57,7 +57,7 @@ def test_config_lookups_and_pools() -> None:
 
 
 @pytest.mark.parametrize("extra, message", [
-    ("lookups: [{ldap2: {url: x}}]", "line 7: lookups[0]: a lookup is {http: {...}}"),
+    ("lookups: [{ldap2: {url: x}}]", "line 7: lookups[0]: a lookup is {http: {...}} or {ldap: {...}}"),
     ("lookups: [{http: {url: x, nope: 1}}]", "line 7: unknown key 'nope' in lookups[0].http"),
     ("lookups: [{http: {url: x, upstream: gone}}]",
      "line 7: lookups[0].http.upstream: unknown upstream 'gone'"),
