@@ -353,6 +353,15 @@ class Metrics:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayLimits:
+    """Bounds on what one message or one command may cost the gateway (issue 14)."""
+
+    __pydantic_config__ = _STRICT
+    mime_max_depth: StrictInt = 100       # deeper multipart/message parts are opaque leaves
+    mime_max_parts: StrictInt = 10000     # past this many parts, boundaries are not recognised
+
+
+@dataclass(frozen=True, slots=True)
 class Gateway:
     __pydantic_config__ = _STRICT
     store: StrictStr = "mailproxy-gateway.db"
@@ -361,6 +370,7 @@ class Gateway:
     key_file: Path | None = None
     background_poll: StrictBool = False
     auth_cache_ttl: Duration = 300.0
+    limits: GatewayLimits = field(default_factory=GatewayLimits)
 
     @property
     def retention_seconds(self) -> float | None:
@@ -540,6 +550,11 @@ def _semantic_errors(config: Config) -> list[tuple[tuple, str]]:
         except ValueError:
             errors.append((("gateway", "upstream_retention"),
                            "expected keep, delete-after-fetch or a duration such as 30d"))
+        limits = config.gateway.limits
+        if not 1 <= limits.mime_max_depth <= 200:   # the part tree is walked recursively
+            errors.append((("gateway", "limits", "mime_max_depth"), "expected 1 to 200"))
+        if limits.mime_max_parts < 1:
+            errors.append((("gateway", "limits", "mime_max_parts"), "expected at least 1"))
     return errors
 
 

@@ -12,7 +12,18 @@ structure is scanned here on the raw bytes, following Dovecot's `message-parser.
 * a boundary line inside a header block ends that header (`Part.tail` then tells the parent
   where its content ends);
 * an unterminated multipart runs to EOF;
-* parts without Content-Type are text/plain (message/rfc822 below multipart/digest).
+* parts without Content-Type are text/plain (message/rfc822 below multipart/digest);
+* bounds (`MimeLimits`, Dovecot's ``MESSAGE_PARSER_DEFAULT_MAX_NESTED_MIME_PARTS`` and
+  ``..._MAX_TOTAL_MIME_PARTS``): a multipart or message/rfc822 part nested `max_depth` deep
+  (the root is level 1) is not descended into but kept as an opaque leaf (`Part.opaque`;
+  BODYSTRUCTURE shows it as application/octet-stream, as Dovecot 2.3 does), and once
+  `max_parts` parts exist no further boundary is recognised: the last part runs to the end.
+  So the recursion here, in `mime._write` and in the JSON part table is at most
+  `max_depth` levels, and any message, however hostile, is parsed, stored and served.
+
+The scanner stays hand-written rather than `email.parser`: IMAP needs the exact byte offsets
+of every part, and `email` keeps none (it also repairs broken mail differently from Dovecot,
+whose output clients compare against).
 
 `parse(raw)` returns the root `Part`; `part_table()` / `table_to_parts()` turn the tree into
 the JSON-able table `mime.analyze()` caches and back (offsets and kinds only, no headers).
@@ -26,10 +37,26 @@ from dataclasses import dataclass, field
 
 from ._rfc822 import Rfc822
 
-__all__ = ["TEXT", "MULTIPART", "RFC822", "Part", "parse", "part_table", "table_to_parts",
-           "rfc2231_params"]
+__all__ = ["TEXT", "MULTIPART", "RFC822", "Part", "MimeLimits", "parse", "part_table",
+           "table_to_parts", "rfc2231_params"]
 
 TEXT, MULTIPART, RFC822 = "text", "multipart", "rfc822"
+MAX_DEPTH_CEILING = 200   # what the recursion of parse/_write/JSON can take (limit 1000 frames)
+
+
+@dataclass(frozen=True)
+class MimeLimits:
+    """How far the scanner follows the structure (gateway.mime_max_depth / mime_max_parts)."""
+
+    max_depth: int = 100     # Dovecot 2.3: parts nested deeper are opaque leaves
+    max_parts: int = 10_000  # Dovecot 2.3: no boundary is recognised past this many parts
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_depth <= MAX_DEPTH_CEILING or self.max_parts < 1:
+            raise ValueError(f"MIME limits out of range: depth 1..{MAX_DEPTH_CEILING}, parts >= 1")
+
+
+DEFAULT_LIMITS = MimeLimits()
 
 
 @dataclass(eq=False)
@@ -48,6 +75,7 @@ class Part:
     # where the parent's content ends when this part is the last one before an outer
     # boundary: a header cut short by a boundary hands its last [CR]LF to the parent
     tail: int = -1
+    opaque: bool = False  # a multipart or message/rfc822 past MimeLimits.max_depth, not descended
 
     def header(self, name: bytes) -> bytes | None:
         """First value of header `name` (case-insensitive), raw and unfolded-as-is."""
@@ -61,9 +89,11 @@ class Part:
 class _Scanner:
     """Dovecot-compatible structure scanner (see the module docstring)."""
 
-    def __init__(self, raw: bytes) -> None:
-        self.raw = raw
+    def __init__(self, raw: bytes, limits: MimeLimits) -> None:
+        self.raw, self.limits = raw, limits
         self.boundaries: list[tuple[bytes, Part]] = []  # innermost last
+        self.count = 0  # parts made so far
+        self.exhausted = False  # max_parts reached: boundaries are no longer recognised
 
     def line_end(self, pos: int) -> int:
         nl = self.raw.find(b"\n", pos)
@@ -71,7 +101,7 @@ class _Scanner:
 
     def boundary_at(self, pos: int) -> tuple[bytes, Part] | None:
         raw = self.raw
-        if not self.boundaries or raw[pos:pos + 2] != b"--":
+        if not self.boundaries or raw[pos:pos + 2] != b"--" or self.exhausted:
             return None
         best = None
         for boundary, owner in reversed(self.boundaries):  # innermost wins ties
@@ -87,19 +117,23 @@ class _Scanner:
             return pos - 2
         return pos - 1
 
-    def parse_part(self, start: int, parent: Part | None) -> tuple[Part, int | None]:
-        """Parse one part at `start`. Returns it and the position of the boundary line
-        that ended it (None at EOF)."""
+    def parse_part(self, start: int, parent: Part | None, depth: int = 0) -> tuple[Part, int | None]:
+        """Parse one part at `start`, `depth` levels below the root. Returns it and the
+        position of the boundary line that ended it (None at EOF)."""
         part = Part(start=start, is_mime=parent is not None and parent.kind == MULTIPART)
+        self.count += 1
+        self.exhausted = self.count >= self.limits.max_parts  # the last part runs to EOF
         hit = self.read_header(part)
         if hit is not None:  # header cut short by a boundary line
             part.tail = hit
             return part, hit
         self.classify(part, parent)
+        if part.kind in (MULTIPART, RFC822) and depth + 1 >= self.limits.max_depth:
+            part.kind, part.opaque, part.boundary = "", True, None  # an opaque leaf (Dovecot)
         if part.kind == MULTIPART and part.boundary is not None:
-            return part, self.parse_multipart(part)
+            return part, self.parse_multipart(part, depth)
         if part.kind == RFC822:
-            child, hit = self.parse_part(part.header_end, part)
+            child, hit = self.parse_part(part.header_end, part, depth + 1)
             part.children.append(child)
             part.end = child.end if child.tail < 0 else child.tail
             return part, hit
@@ -166,23 +200,23 @@ class _Scanner:
                         part.boundary = value
                         break
 
-    def parse_multipart(self, part: Part) -> int | None:
+    def parse_multipart(self, part: Part, depth: int) -> int | None:
         self.boundaries.append((part.boundary, part))
-        depth = len(self.boundaries)
+        level = len(self.boundaries)
         hit = self.scan_body(part, part.header_end)  # the preamble
         while hit is not None:
             boundary, owner = self.boundary_at(hit)
             if owner is not part:  # an outer boundary closes us; part.end is set
                 break
             pos = self.line_end(hit)
-            del self.boundaries[depth:]  # inner boundaries are forgotten
+            del self.boundaries[level:]  # inner boundaries are forgotten
             if self.raw.startswith(b"--", hit + 2 + len(boundary)):
-                del self.boundaries[depth - 1:]
+                del self.boundaries[level - 1:]
                 return self.scan_body(part, pos)  # the epilogue
-            child, hit = self.parse_part(pos, part)
+            child, hit = self.parse_part(pos, part, depth + 1)
             part.children.append(child)
             part.end = child.end if child.tail < 0 else child.tail
-        del self.boundaries[depth - 1:]
+        del self.boundaries[level - 1:]
         return hit
 
     def scan_body(self, part: Part, pos: int, region: int | None = None) -> int | None:
@@ -212,9 +246,9 @@ def _strip_value(value: bytes) -> bytes:
     return stripped
 
 
-def parse(raw: bytes) -> Part:
-    """Parse `raw` into its part tree."""
-    root, _ = _Scanner(raw).parse_part(0, None)
+def parse(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> Part:
+    """Parse `raw` into its part tree, at most `limits.max_depth` levels deep."""
+    root, _ = _Scanner(raw, limits).parse_part(0, None)
     return root
 
 

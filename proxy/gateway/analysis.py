@@ -8,16 +8,16 @@ from __future__ import annotations
 import json
 
 from . import mime
-from .search import text_blobs
+from .search_text import text_blobs
 
 # Bump when text_blobs() changes its output, so cached search texts are recomputed (2: raw
-# 8-bit header bytes read as UTF-8, not as U+FFFD).
-TEXT_VERSION = 2
+# 8-bit header bytes read as UTF-8, not as U+FFFD; 3: parts walked by the bounded scanner).
+TEXT_VERSION = 3
 
 
-def analyze_for_store(raw: bytes) -> bytes:
-    data = mime.analyze(raw)
-    data["th"], data["tb"] = text_blobs(raw)
+def analyze_for_store(raw: bytes, limits: mime.MimeLimits = mime.DEFAULT_LIMITS) -> bytes:
+    data = mime.analyze(raw, limits)
+    data["th"], data["tb"] = text_blobs(raw, limits)
     data["tv"] = TEXT_VERSION
     return json.dumps(data).encode()
 

@@ -42,6 +42,7 @@ from .. import logs
 from ..config import Config
 from ..pop3 import writer
 from ..store import IngestItem, Store
+from ._parts import MimeLimits
 from .pop3_client import FetchError, Pop3Client
 
 __all__ = ["FetchError", "SyncResult", "sync_account", "account_lock", "internaldate",
@@ -141,8 +142,9 @@ class _Ingest:
     bounded by two batches)."""
 
     def __init__(self, store: Store, account_id: int, progress: ProgressCallback | None, total: int,
-                 channel: trio.MemorySendChannel):
+                 channel: trio.MemorySendChannel, limits: MimeLimits):
         self.store, self.account_id, self.progress, self.total = store, account_id, progress, total
+        self.limits = limits
         self.channel = channel
         self.items: list[IngestItem] = []
         self.pending_bytes = 0
@@ -170,7 +172,7 @@ class _Ingest:
                 # MIME analysis and search texts once, at ingest (issue 7), off the trio thread;
                 # shielded so a batch already received is committed, as before the analysis
                 with trio.CancelScope(shield=True):
-                    batch = await trio.to_thread.run_sync(_with_cache, batch)
+                    batch = await trio.to_thread.run_sync(_with_cache, batch, self.limits)
                     uids = await self.store.ingest_many(self.account_id, batch)
                 for item, uid in zip(batch, uids):
                     if uid is not None:
@@ -188,11 +190,11 @@ def _unwrap(group: BaseExceptionGroup) -> BaseException:
 
 async def _fetch(client: Pop3Client, store: Store, account_id: int,
                  wanted: list[tuple[int, str | None]], known: set[str],
-                 progress: ProgressCallback | None) -> tuple[_Ingest, dict[str, int]]:
+                 progress: ProgressCallback | None, limits: MimeLimits) -> tuple[_Ingest, dict[str, int]]:
     """RETR and commit `wanted`. On a FetchError the complete bodies already received are
     committed before it propagates; a cancelled sync loses at most the uncommitted batches."""
     send, receive = trio.open_memory_channel(0)
-    ingest = _Ingest(store, account_id, progress, len(wanted), send)
+    ingest = _Ingest(store, account_id, progress, len(wanted), send, limits)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ingest.commit_loop, receive)
@@ -335,7 +337,8 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
             listing, has_uidl = await _listing(client)
             known = await store.known_uidls(account.id)
             wanted = [(n, u) for n, u in listing if u is None or u not in known]
-            ingest, digests = await _fetch(client, store, account.id, wanted, known, progress)
+            ingest, digests = await _fetch(client, store, account.id, wanted, known, progress,
+                                           mime_limits(config))
             present = {u: n for n, u in listing if u is not None} if has_uidl else digests
             deleted = await _retention(client, store, account.id, retention, present)
         except FetchError as exc:
@@ -351,11 +354,19 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
     return result
 
 
-def _with_cache(batch: list[IngestItem]) -> list[IngestItem]:
+def _with_cache(batch: list[IngestItem], limits: MimeLimits) -> list[IngestItem]:
     """Items with their cache blob (`analysis.analyze_for_store`) filled in."""
     from dataclasses import replace
 
     from .analysis import analyze_for_store
 
-    return [item if item.cache is not None else replace(item, cache=analyze_for_store(item.body))
+    return [item if item.cache is not None else replace(item, cache=analyze_for_store(item.body, limits))
             for item in batch]
+
+
+def mime_limits(config: Config) -> MimeLimits:
+    """The MIME scanner's bounds from `gateway.limits` (defaults without a gateway section)."""
+    if config.gateway is None:
+        return MimeLimits()
+    limits = config.gateway.limits
+    return MimeLimits(limits.mime_max_depth, limits.mime_max_parts)

@@ -30,11 +30,13 @@ import json
 from dataclasses import dataclass, field
 
 from ._parts import (  # noqa: F401 - Part, parse, TEXT, table_to_parts: used via mime.* elsewhere
-    MULTIPART, RFC822, TEXT, Part, parse, part_table, rfc2231_params, table_to_parts,
+    DEFAULT_LIMITS, MULTIPART, RFC822, TEXT, MimeLimits, Part, parse, part_table, rfc2231_params,
+    table_to_parts,
 )
 from ._rfc822 import AddressParser, Rfc822
 
-__all__ = ["Part", "parse", "envelope", "bodystructure", "analyze", "from_cache", "MimeInfo"]
+__all__ = ["Part", "MimeLimits", "parse", "envelope", "bodystructure", "analyze", "from_cache",
+           "MimeInfo"]
 
 DEFAULT_CHARSET = b"us-ascii"
 # Bump when analyze() changes its output, so stored caches are recomputed (2: an empty
@@ -162,9 +164,9 @@ def _envelope_of(part: Part) -> bytes:
     return b" ".join(fields)
 
 
-def envelope(raw: bytes) -> bytes:
+def envelope(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> bytes:
     """The ENVELOPE list of `raw`, parentheses included."""
-    return b"(" + _envelope_of(parse(raw)) + b")"
+    return b"(" + _envelope_of(parse(raw, limits)) + b")"
 
 
 # ---------------------------------------------------------------------------------------
@@ -279,6 +281,8 @@ def _write(raw: bytes, part: Part, extended: bool) -> bytes:
         return out
     if part.kind == RFC822:
         items, text = [b'"message" "rfc822"'], False
+    elif part.opaque:   # nested past MimeLimits.max_depth: Dovecot's stand-in type
+        items, text = [b'"application" "octet-stream"'], False
     elif data.ctype is None:
         items, text = [b'"text" "plain"'], True
     else:
@@ -298,9 +302,9 @@ def _write(raw: bytes, part: Part, extended: bool) -> bytes:
     return b" ".join(items)
 
 
-def bodystructure(raw: bytes, extended: bool = True) -> bytes:
+def bodystructure(raw: bytes, extended: bool = True, limits: MimeLimits = DEFAULT_LIMITS) -> bytes:
     """BODYSTRUCTURE (extended) or BODY (not extended) of `raw`, parentheses included."""
-    return b"(" + _write(raw, parse(raw), extended) + b")"
+    return b"(" + _write(raw, parse(raw, limits), extended) + b")"
 
 
 # ---------------------------------------------------------------------------------------
@@ -318,12 +322,12 @@ class MimeInfo:
     parts: list  # part table, see `_parts.part_table()`
 
 
-def analyze(raw: bytes) -> dict:
+def analyze(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> dict:
     """Everything FETCH needs from the message text, computed once (at ingest or APPEND).
 
     Returns a JSON-serialisable dict; bytes are carried as latin-1 strings (lossless).
     """
-    root = parse(raw)
+    root = parse(raw, limits)
     return {
         "v": CACHE_VERSION,
         "envelope": (b"(" + _envelope_of(root) + b")").decode("latin-1"),

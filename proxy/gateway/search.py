@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import datetime
 import email
-import types
 import email.errors
-import email.header
+import email.parser
 import email.policy
 import email.utils
 import re
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from proxy.gateway._rfc822 import AddressParser
+from proxy.gateway.search_text import decode_header, header_items, text_blobs
 
 __all__ = ["SearchKey", "SearchError", "parse_search", "matches"]
 
@@ -228,22 +228,23 @@ class _Context:
 
     @cached_property
     def message(self) -> email.message.Message:
-        return email.message_from_bytes(self.msg.raw, policy=email.policy.compat32)
+        """The top-level header only: a flat parse, whatever the MIME structure below."""
+        return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(self.msg.raw)
 
     @cached_property
     def headers(self) -> list[tuple[str, str]]:
-        return [(name.lower(), _decode_header(value)) for name, value in _header_items(self.message)]
+        return [(name.lower(), decode_header(value)) for name, value in header_items(self.message)]
 
     @cached_property
     def raw_headers(self) -> list[tuple[str, str]]:
-        return [(name.lower(), value) for name, value in _header_items(self.message)]
+        return [(name.lower(), value) for name, value in header_items(self.message)]
 
     @cached_property
     def body_text(self) -> str:
         texts = getattr(self.msg, "texts", None)   # cached at ingest/APPEND (see text_blobs)
         if texts is not None:
             return texts[1]
-        return "\n".join(_part_texts(self.message)).casefold()
+        return self._texts[1]
 
     @cached_property
     def header_text(self) -> str:
@@ -251,9 +252,11 @@ class _Context:
         texts = getattr(self.msg, "texts", None)
         if texts is not None:
             return texts[0]
-        lines = [f"{name}: {_decode_header(value)}" for part in self.message.walk()
-                 for name, value in _header_items(part)]
-        return "\n".join(lines).casefold()
+        return self._texts[0]
+
+    @cached_property
+    def _texts(self) -> tuple[str, str]:
+        return text_blobs(self.msg.raw)
 
     def sent_date(self) -> datetime.date | None:
         """The Date: header's calendar date in its own zone. Like Dovecot, a missing or
@@ -266,53 +269,6 @@ class _Context:
             return datetime.date(*parsed[:3]) if parsed else _EPOCH
         except ValueError:
             return _EPOCH
-
-
-def text_blobs(raw: bytes) -> tuple[str, str]:
-    """(header text, body text) of a message as TEXT and BODY match them: decoded (RFC 2047
-    words, transfer encodings, charsets) and case-folded. Computed once per stored body and
-    cached, so SEARCH TEXT/BODY is a substring test over strings."""
-    ctx = _Context(types.SimpleNamespace(raw=raw, seq=1, uid=1), 1, 1)
-    return ctx.header_text, ctx.body_text
-
-
-def _header_items(part: email.message.Message) -> list[tuple[str, str]]:
-    """A part's header fields as text. Raw 8-bit bytes in a header are read as UTF-8 (invalid
-    sequences as U+FFFD), as Dovecot does: `Message.items()` of compat32 would turn every such
-    byte into U+FFFD, so CHARSET UTF-8 searches for "Grüße" in an unencoded header never matched."""
-    out = []
-    for name, value in part.raw_items():
-        if isinstance(value, str):
-            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        else:
-            value = str(value)
-        out.append((name, value))
-    return out
-
-
-def _decode_header(value) -> str:
-    if isinstance(value, email.header.Header):
-        value = str(value)
-    try:
-        return str(email.header.make_header(email.header.decode_header(value)))
-    except (LookupError, UnicodeError, ValueError, email.errors.HeaderParseError):
-        return value
-
-
-def _part_texts(message: email.message.Message):
-    for part in message.walk():
-        if part.is_multipart():
-            continue
-        if part.get_content_maintype() not in ("text", "message"):
-            continue
-        payload = part.get_payload(decode=True) or b""
-        charset = part.get_content_charset() or "utf-8"
-        if charset in ("us-ascii", "ascii"):
-            charset = "utf-8"  # undeclared 8-bit text is most often UTF-8; ASCII is a subset
-        try:
-            yield payload.decode(charset, "replace")
-        except LookupError:
-            yield payload.decode("utf-8", "replace")
 
 
 def _in_set(ranges: tuple, number: int, last: int) -> bool:
@@ -343,7 +299,7 @@ def _address_text(value: str) -> str:
             out.append(f"{_dec(a.mailbox)}@{_dec(a.domain)}")
         else:
             route = f"{_dec(a.route)}:" if a.route is not None else ""
-            name = f"{_decode_header(_dec(a.name))} " if a.name is not None else ""
+            name = f"{decode_header(_dec(a.name))} " if a.name is not None else ""
             out.append(f"{name}<{route}{_dec(a.mailbox)}@{_dec(a.domain)}>")
     return ", ".join(out)
 

@@ -37,7 +37,7 @@ from ..relay.imap_front import ImapFront
 from ..relay.routing import route
 from ..store import Account, Store, StoreError, load_key_ring, open_store
 from .auth import Authenticator, AuthResult
-from .fetcher import FetchError, sync_account
+from .fetcher import FetchError, mime_limits, sync_account
 from .imapd import CAPABILITIES, Backend, BodyCache, Hub, ImapSession, MimeCache
 
 LOGIN_SYNC_WAIT = 10.0   # seconds a login waits for its account's first sync
@@ -131,7 +131,7 @@ class GatewayService:
     def __init__(self, config: Config, metrics: Any, store: Store, nursery: trio.Nursery):
         self.config, self.metrics, self.store, self.nursery = config, metrics, store, nursery
         self.auth = Authenticator(config.gateway.auth_cache_ttl)
-        self.mime = MimeCache(BodyCache())
+        self.mime = MimeCache(BodyCache(), limits=mime_limits(config))
         self._backends: dict[int, Backend] = {}
         self._fetchers: dict[tuple[str, str], AccountFetcher] = {}
 

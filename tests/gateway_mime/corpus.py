@@ -177,6 +177,40 @@ GENERATED: dict[str, bytes] = {
 }
 
 
+def nested_rfc822(levels: int) -> bytes:
+    """Issue 14's poison message: `levels` message/rfc822 parts, one inside the other."""
+    return (b"From: a@example.com\nSubject: nested messages\n"
+            + b"Content-Type: message/rfc822\n\n" * levels + b"From: leaf@example.com\n\nleaf\n")
+
+
+def nested_multipart(levels: int, siblings: bool = False) -> bytes:
+    """`levels` multiparts, one inside the other (boundaries never prefixes of one another),
+    each followed by a text sibling when `siblings`."""
+    head = b"From: a@example.com\nSubject: nested multiparts\nMIME-Version: 1.0\n"
+    tail = b""
+    for i in range(levels):
+        head += b'Content-Type: multipart/mixed; boundary="=b%d="\n\n--=b%d=\n' % (i, i)
+        tail = (b"\n--=b%d=\nContent-Type: text/plain\n\nsibling %d\n" % (i, i) if siblings else b"") \
+            + b"\n--=b%d=--\n" % i + tail
+    return head + b"Content-Type: text/plain\n\nleaf" + tail
+
+
+def many_parts(count: int) -> bytes:
+    return (b'From: a@example.com\nSubject: many parts\nMIME-Version: 1.0\n'
+            b'Content-Type: multipart/mixed; boundary="=m="\n\n'
+            + b"".join(b"--=m=\nContent-Type: text/plain\n\npart %d\n" % i for i in range(count))
+            + b"--=m=--\n")
+
+
+GENERATED.update({
+    "deep-rfc822": nested_rfc822(600),
+    "deep-multipart": nested_multipart(340),
+    "deep-multipart-siblings": nested_multipart(120, siblings=True),
+    "deep-rfc822-just-below-limit": nested_rfc822(98),
+    "many-parts": many_parts(10_050),
+})
+
+
 def generated_messages() -> list[tuple[str, bytes]]:
     return [(name, crlf(data)) for name, data in GENERATED.items()]
 

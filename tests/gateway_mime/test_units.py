@@ -100,3 +100,26 @@ def test_cache_round_trip():
     assert info.bodystructure == mime.bodystructure(MSG)
     assert info.body == mime.bodystructure(MSG, extended=False)
     assert info.size == len(MSG)
+
+
+def test_mime_limits_make_deeper_parts_opaque_leaves():
+    from proxy.gateway.mime import MimeLimits, bodystructure, parse
+
+    raw = (b"Content-Type: message/rfc822\r\n\r\n" * 3) + b"Subject: leaf\r\n\r\nleaf\r\n"
+    assert bodystructure(raw, extended=False, limits=MimeLimits(max_depth=2)) == (
+        b'("message" "rfc822" NIL NIL NIL "7bit" 87 (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)'
+        b' ("application" "octet-stream" NIL NIL NIL "7bit" 55) 7)')
+    root = parse(raw, MimeLimits(max_depth=2))
+    assert root.children[0].opaque and root.children[0].children == []
+    many = b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n' + b"--b\r\n\r\nx\r\n" * 5 + b"--b--\r\n"
+    tree = parse(many, MimeLimits(max_parts=3))
+    assert len(tree.children) == 2 and tree.children[-1].end == len(many)   # the last runs to EOF
+
+
+def test_mime_limits_are_checked():
+    import pytest
+    from proxy.gateway.mime import MimeLimits
+
+    for bad in ({"max_depth": 0}, {"max_depth": 201}, {"max_parts": 0}):
+        with pytest.raises(ValueError):
+            MimeLimits(**bad)

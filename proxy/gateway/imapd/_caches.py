@@ -30,10 +30,10 @@ from ...store import MessageMeta
 ANALYZE_IN_THREAD = 256 * 1024      # bodies (or batches) this big are analysed off the trio thread
 
 
-async def analyze(raw: bytes) -> bytes:
+async def analyze(raw: bytes, limits: mime.MimeLimits = mime.DEFAULT_LIMITS) -> bytes:
     if len(raw) > ANALYZE_IN_THREAD:
-        return await trio.to_thread.run_sync(analyze_for_store, raw)
-    return analyze_for_store(raw)
+        return await trio.to_thread.run_sync(analyze_for_store, raw, limits)
+    return analyze_for_store(raw, limits)
 
 
 class _Lru:
@@ -87,8 +87,9 @@ class MimeCache:
     """See the module docstring."""
 
     def __init__(self, bodies: BodyCache, entries: int = 100_000,
-                 text_budget: int = 64 * 1024 * 1024):
-        self.bodies = bodies
+                 text_budget: int = 64 * 1024 * 1024,
+                 limits: mime.MimeLimits = mime.DEFAULT_LIMITS):
+        self.bodies, self.limits = bodies, limits
         self._infos = _Lru(entries)
         self._texts = _Lru(text_budget, lambda t: len(t[0]) + len(t[1]) + 64)
 
@@ -137,7 +138,7 @@ class MimeCache:
         if stale:
             raws = await self.bodies.get_many(store, stale)
             present = [(m, r) for m, r in zip(stale, raws) if r is not None]
-            work = lambda: [analyze_for_store(r) for _, r in present]   # noqa: E731
+            work = lambda: [analyze_for_store(r, self.limits) for _, r in present]   # noqa: E731
             if sum(len(r) for _, r in present) > ANALYZE_IN_THREAD:
                 blobs = await trio.to_thread.run_sync(work)
             else:

@@ -9,12 +9,11 @@ carry RFC 3348 CHILDREN and RFC 6154 SPECIAL-USE.
 
 from __future__ import annotations
 
-import re
-
 from ...store.base import INBOX, SYSTEM_FLAGS
 from ._args import (Reply, astring, flag_list, mailbox, mailbox_wire, parse_date_time, parse_flags,
                     word)
 from ._caches import analyze
+from ._listing import Children, MailboxPattern, implied_parents
 from ._messages import publish_appended
 from ._state import Trigger
 from ._view import SelectedView
@@ -148,12 +147,6 @@ async def unsubscribe(session, cmd):
 
 # ---- LIST / LSUB ----------------------------------------------------------------------------
 
-def _pattern(text: str) -> re.Pattern:
-    """RFC 3501 6.3.8: "*" matches anything, "%" anything but the separator."""
-    body = "".join(".*" if c == "*" else "[^/]*" if c == "%" else re.escape(c) for c in text)
-    return re.compile(body + r"\Z", re.DOTALL)
-
-
 async def list_(session, cmd, lsub: bool = False):
     if len(cmd.args) != 2 or isinstance(cmd.args[0], tuple):
         raise Reply.bad("LIST expects a reference and a mailbox pattern")   # no LIST-EXTENDED
@@ -170,24 +163,21 @@ async def list_(session, cmd, lsub: bool = False):
         else reference + SEP + raw
     if full[:5].upper() == INBOX:   # INBOX is case-insensitive (5.1), other names are not
         full = INBOX + full[5:]
-    pattern = _pattern(full)
+    pattern = MailboxPattern(full)
     boxes = await session.store.list_mailboxes(session.account.id)
     real = {b.name: b for b in boxes}
     shown = {b.name for b in boxes if b.subscribed} if lsub else set(real)
-    implied = {SEP.join(n.split(SEP)[:i]) for n in shown for i in range(1, n.count(SEP) + 1)}
-    names = set(real)
-    matched = {n for n in shown | implied if pattern.match(n)}
+    tree = Children(real)
+    matched = {n for n in shown | implied_parents(shown) if pattern.matches(n)}
     if lsub:   # 6.3.9: an unsubscribed parent only where "%" cut off a subscribed child
-        cut = {SEP.join(c.split(SEP)[:i]) for c in shown - matched
-               for i in range(1, c.count(SEP) + 1)}
+        cut = implied_parents(shown - matched)
         matched = {n for n in matched if n in shown or n in cut}
     for name in sorted(matched, key=lambda n: (n != INBOX, n)):
         attrs = []
         if name not in shown or name not in real:
             attrs.append("\\Noselect")
         if not lsub:
-            has_children = any(n.startswith(name + SEP) for n in names)
-            attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
+            attrs.append("\\HasChildren" if tree.has_children(name) else "\\HasNoChildren")
             box = real.get(name)
             if box is not None and box.special_use:
                 attrs.append(box.special_use)
@@ -247,7 +237,7 @@ async def append(session, cmd):
         raise Reply.no(f"Mailbox does not exist: {name}", b"TRYCREATE")
     if not body:
         raise Reply.no("Cannot append an empty message.")
-    cache = await analyze(body)   # analysed once, here (issue 7)
+    cache = await analyze(body, session.backend.mime.limits)   # analysed once, here (issue 7)
     uid = await session.store.append(box.id, body, flags, when, cache=cache)
     await publish_appended(session, box.id)
     return b"APPENDUID %d %d" % (box.uidvalidity, uid), "APPEND completed."

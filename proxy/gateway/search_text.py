@@ -1,0 +1,86 @@
+"""The decoded text SEARCH TEXT and BODY match against (RFC 3501 6.4.4), computed once per body.
+
+`text_blobs(raw)` returns (header text, body text), both case-folded: every header field of the
+message and of each part in it, with RFC 2047 words decoded, and the text of every text/* and
+message/* leaf part with its transfer encoding removed and its charset decoded.
+
+The part tree is `_parts.parse()`'s, which is depth- and count-bounded (`MimeLimits`), not
+`email.parser`'s: that one recurses once per nesting level and raised RecursionError on issue
+14's poison messages. `email` still does the decoding, one flat leaf part at a time (a
+`Message` built from the leaf's own header fields and body bytes, never re-parsed), because it
+handles RFC 2047, quoted-printable/base64/uuencode and odd charsets well.
+"""
+
+from __future__ import annotations
+
+import email.errors
+import email.header
+import email.message
+
+from ._parts import DEFAULT_LIMITS, MimeLimits, Part, parse
+
+__all__ = ["text_blobs", "decode_header", "header_items"]
+
+
+def text_blobs(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> tuple[str, str]:
+    """(header text, body text), decoded and case-folded (see the module docstring)."""
+    headers: list[str] = []
+    bodies: list[str] = []
+    stack = [parse(raw, limits)]
+    while stack:   # pre-order, children left to right, as email's walk() goes
+        part = stack.pop()
+        for name, value in part.headers:
+            headers.append(f"{_text(name)}: {decode_header(_text(value))}")
+        if part.children:
+            stack.extend(reversed(part.children))
+        elif not part.opaque:
+            text = _leaf_text(raw, part)
+            if text is not None:
+                bodies.append(text)
+    return "\n".join(headers).casefold(), "\n".join(bodies).casefold()
+
+
+def _text(value: bytes) -> str:
+    # Raw 8-bit header bytes are read as UTF-8 (invalid sequences as U+FFFD), as Dovecot does.
+    return value.decode("utf-8", "replace")
+
+
+def _leaf_text(raw: bytes, part: Part) -> str | None:
+    leaf = email.message.Message()
+    for name, value in part.headers:
+        if name.lower() in (b"content-type", b"content-transfer-encoding"):
+            leaf[name.decode("ascii", "surrogateescape")] = value.decode("ascii", "surrogateescape")
+    if leaf.get_content_maintype() not in ("text", "message"):
+        return None
+    leaf.set_payload(raw[part.header_end:part.end].decode("ascii", "surrogateescape"))
+    payload = leaf.get_payload(decode=True) or b""
+    charset = leaf.get_content_charset() or "utf-8"
+    if charset in ("us-ascii", "ascii"):
+        charset = "utf-8"  # undeclared 8-bit text is most often UTF-8; ASCII is a subset
+    try:
+        return payload.decode(charset, "replace")
+    except LookupError:
+        return payload.decode("utf-8", "replace")
+
+
+def header_items(part: email.message.Message) -> list[tuple[str, str]]:
+    """A part's header fields as text. Raw 8-bit bytes in a header are read as UTF-8 (invalid
+    sequences as U+FFFD), as Dovecot does: `Message.items()` of compat32 would turn every such
+    byte into U+FFFD, so CHARSET UTF-8 searches for "Grüße" in an unencoded header never matched."""
+    out = []
+    for name, value in part.raw_items():
+        if isinstance(value, str):
+            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        else:
+            value = str(value)
+        out.append((name, value))
+    return out
+
+
+def decode_header(value) -> str:
+    if isinstance(value, email.header.Header):
+        value = str(value)
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except (LookupError, UnicodeError, ValueError, email.errors.HeaderParseError):
+        return value
