@@ -207,7 +207,6 @@ GENERATED.update({
     "deep-multipart": nested_multipart(340),
     "deep-multipart-siblings": nested_multipart(120, siblings=True),
     "deep-rfc822-just-below-limit": nested_rfc822(98),
-    "many-parts": many_parts(10_050),
 })
 
 

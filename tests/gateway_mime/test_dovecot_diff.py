@@ -56,7 +56,6 @@ def imap(dovecot):
     user, password = dovecot.add_user()
     for _, raw in MESSAGES:
         dovecot.deliver(user, raw)
-    imaplib._MAXLINE = max(imaplib._MAXLINE, 8 << 20)   # "many-parts": a 1.3 MB BODYSTRUCTURE line
     client = imaplib.IMAP4(dovecot.host, dovecot.imap_port)
     client.login(user, password)
     client.select("INBOX", readonly=True)
@@ -144,3 +143,22 @@ def test_search_matches_dovecot(imap, criteria):
             if search.matches(key, _View(seq, seq, ("\\Recent",), now, len(raw), raw), last_seq=last, last_uid=last)]
     names = {seq: name for seq, (name, _) in enumerate(MESSAGES, 1)}
     assert ours == theirs, [(n, names[n], n in theirs) for n in sorted(set(ours) ^ set(theirs))]
+
+
+@pytest.mark.parametrize("count", [9_998, 9_999, 10_050])
+def test_part_count_limit_like_dovecot(dovecot, count):
+    """Past 10,000 parts (root included) Dovecot stops recognising boundaries: its last part runs
+    to the end of the message. Ours too (MimeLimits.max_parts)."""
+    user, password = dovecot.add_user()
+    raw = corpus.crlf(corpus.many_parts(count))
+    dovecot.deliver(user, raw)
+    client = imaplib.IMAP4(dovecot.host, dovecot.imap_port)
+    client.login(user, password)
+    client.select("INBOX", readonly=True)
+    old, imaplib._MAXLINE = imaplib._MAXLINE, 8 << 20   # a 1.3 MB BODYSTRUCTURE line
+    try:
+        theirs = _fetch(client, b"(BODYSTRUCTURE)")[1][b"BODYSTRUCTURE"]
+    finally:
+        imaplib._MAXLINE = old
+        client.logout()
+    assert theirs == mime.bodystructure(raw)
