@@ -236,13 +236,17 @@ def _search_args(cmd) -> tuple[set[bytes] | None, list]:
     return None, args
 
 
-async def search(session, cmd):
-    options, args = _search_args(cmd)
+def parse_criteria(args: list) -> SearchKey:
+    """Search keys as SEARCH, SORT and THREAD take them; SearchError -> NO/BAD."""
     try:
-        key = parse_search(args)
+        return parse_search(args)
     except SearchError as exc:
         code = exc.code.encode() if exc.code else None
         raise (Reply.no(exc.text, code) if code else Reply.bad(exc.text)) from None
+
+
+async def find(session, key: SearchKey) -> list[int]:
+    """Sequence numbers of the selected messages matching `key`, in order, in slices."""
     ops = _ops(key)
     view = session.view
     if "MODSEQ" in ops:
@@ -271,8 +275,19 @@ async def search(session, cmd):
                                         size=info.size if info is not None else meta.size,
                                         raw=raw, texts=text)
             if matches(key, msg, last_seq=view.exists, last_uid=view.max_uid):
-                found.append(meta.uid if is_uid(cmd) else seq)
+                found.append(seq)
         await trio.lowlevel.checkpoint()
+    return found
+
+
+async def search(session, cmd):
+    options, args = _search_args(cmd)
+    key = parse_criteria(args)
+    ops = _ops(key)
+    view = session.view
+    found = await find(session, key)
+    if is_uid(cmd):
+        found = [view.uids[q - 1] for q in found]
     top = _result_modseq(view, found, options, is_uid(cmd)) if "MODSEQ" in ops else None
     if options is None:
         session.emit(b"SEARCH" + b"".join(b" %d" % n for n in found) +

@@ -13,11 +13,13 @@ from ._args import Reply
 from ._state import ANY, AUTH, PRE, SEL, Trigger
 from . import _mailboxes as mb
 from . import _messages as msg
+from . import _sort as srt
 
 # Post-login capabilities (RFC 3501 7.2.1). SASL-IR and AUTH= are the pre-login front's.
 CAPABILITIES = (b"IMAP4rev1", b"LITERAL+", b"IDLE", b"UIDPLUS", b"MOVE", b"NAMESPACE", b"ID",
                 b"ENABLE", b"UNSELECT", b"SPECIAL-USE", b"CHILDREN", b"ESEARCH", b"CONDSTORE",
-                b"QRESYNC")
+                b"QRESYNC", b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT",
+                b"THREAD=REFERENCES")
 # Extensions ENABLE (RFC 5161) can turn on; QRESYNC implies CONDSTORE (RFC 7162 3.2.3).
 ENABLEABLE: frozenset[bytes] = frozenset({b"CONDSTORE", b"QRESYNC"})
 
@@ -110,4 +112,8 @@ COMMANDS: dict[bytes, CommandSpec] = {
     b"UID COPY": CommandSpec(SEL, msg.copy),
     b"UID MOVE": CommandSpec(SEL, msg.move),
     b"UID EXPUNGE": CommandSpec(SEL, msg.expunge),
+    b"SORT": CommandSpec(SEL, srt.sort, expunge_ok=False),          # RFC 5256, 5957, 5267
+    b"UID SORT": CommandSpec(SEL, srt.sort),
+    b"THREAD": CommandSpec(SEL, srt.thread, expunge_ok=False),      # RFC 5256
+    b"UID THREAD": CommandSpec(SEL, srt.thread),
 }

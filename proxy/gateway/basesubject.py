@@ -1,0 +1,159 @@
+"""RFC 5256 base subject and the i;unicode-casemap collation (RFC 5051), as SORT and THREAD use
+them.
+
+Theory of operation
+-------------------
+`base_subject(value)` follows RFC 5256 2.1 step by step (the numbers below are its steps), on
+text that step (1) has already decoded (RFC 2047) and case-mapped, so the ABNF's "re", "fwd"
+and "(fwd)" are matched in the mapped (upper) case. Whitespace is packed first, so every `*WSP`
+of the ABNF is at most one space. The result also says whether the subject was a reply or
+forward (steps 2, 3 and 6 removed something that says so), which THREAD=REFERENCES needs (5.B).
+
+`casemap(text)` is i;unicode-casemap: each character's simple titlecase, then the full
+(compatibility) decomposition. Comparing the results code point by code point equals comparing
+their UTF-8 bytes, which is what the collation specifies.
+"""
+
+from __future__ import annotations
+
+import email.errors
+import email.header
+import unicodedata
+
+__all__ = ["base_subject", "casemap", "decode_words"]
+
+
+def casemap(text: str) -> str:
+    """RFC 5051 i;unicode-casemap: simple titlecase of each character, then NFKD."""
+    if text.isascii():
+        return text.upper()
+    mapped = []
+    for char in text:
+        title = char.title()
+        mapped.append(title if len(title) == 1 else char)   # simple mappings only
+    return unicodedata.normalize("NFKD", "".join(mapped))
+
+
+def decode_words(value: bytes) -> str:
+    """A header value with RFC 2047 encoded words decoded; raw 8-bit bytes read as UTF-8."""
+    text = value.decode("utf-8", "replace")
+    if "=?" not in text:
+        return text
+    try:
+        parts = email.header.decode_header(text)
+    except (email.errors.HeaderParseError, ValueError):
+        return text
+    out = []
+    for chunk, charset in parts:
+        if isinstance(chunk, str):
+            out.append(chunk)
+            continue
+        try:
+            out.append(chunk.decode(charset or "utf-8", "replace"))
+        except LookupError:
+            out.append(chunk.decode("utf-8", "replace"))
+    # decode_header() drops the space between an encoded word and plain text: put it back
+    # where the original had one (RFC 2047 6.2 removes it only between two encoded words).
+    return _rejoin(parts, out)
+
+
+def _rejoin(parts: list, texts: list[str]) -> str:
+    joined = []
+    for n, text in enumerate(texts):
+        if n and (isinstance(parts[n][0], str) or isinstance(parts[n - 1][0], str)) \
+                and parts[n][1] != parts[n - 1][1]:
+            if not (joined and joined[-1].endswith((" ", "\t"))) and not text.startswith((" ", "\t")):
+                joined.append(" ")
+        joined.append(text)
+    return "".join(joined)
+
+
+def _pack_whitespace(text: str) -> str:
+    """(1): tabs and line breaks to spaces, runs of them to one space."""
+    out, last_space = [], False
+    for char in text:
+        if char in " \t\r\n":
+            if not last_space:
+                out.append(" ")
+            last_space = True
+        else:
+            out.append(char)
+            last_space = False
+    return "".join(out)
+
+
+def _skip_blob(text: str, pos: int) -> int:
+    """subj-blob = "[" *BLOBCHAR "]" *WSP: the position after it, or -1."""
+    if pos >= len(text) or text[pos] != "[":
+        return -1
+    end = pos + 1
+    while end < len(text) and text[end] not in "[]":
+        end += 1
+    if end >= len(text) or text[end] != "]":
+        return -1
+    end += 1
+    return end + 1 if end < len(text) and text[end] == " " else end
+
+
+def _skip_leader(text: str, pos: int) -> tuple[int, bool]:
+    """(3) subj-leader = (*subj-blob subj-refwd) / WSP: (new position, was a reply/forward)."""
+    start = pos
+    if pos < len(text) and text[pos] == " ":
+        pos = start = pos + 1
+    scan = pos
+    while scan < len(text) and text[scan] == "[":
+        scan = _skip_blob(text, scan)
+        if scan < 0:
+            return start, False
+    for word in ("RE", "FWD", "FW"):
+        if text.startswith(word, scan):
+            scan += len(word)
+            break
+    else:
+        return start, False
+    if scan < len(text) and text[scan] == " ":
+        scan += 1
+    if scan < len(text) and text[scan] == "[":
+        scan = _skip_blob(text, scan)
+        if scan < 0:
+            return start, False
+    if scan >= len(text) or text[scan] != ":":
+        return start, False
+    return scan + 1, True
+
+
+def base_subject(value: bytes) -> tuple[str, bool]:
+    """(base subject, is a reply or forward) of a raw Subject header value."""
+    text = _pack_whitespace(casemap(decode_words(value)))
+    pos, reply = 0, False
+    while True:
+        # (2) remove trailing subj-trailer = "(fwd)" / WSP, repeatedly
+        end = len(text)
+        while end > pos:
+            if text[end - 1] == " ":
+                end -= 1
+            elif text.endswith("(FWD)", pos, end) and end - 5 >= pos:
+                end -= 5
+                reply = True
+            else:
+                break
+        text = text[:end]
+        while True:
+            # (3) remove a subj-leader
+            new, was_reply = _skip_leader(text, pos)
+            found = new != pos
+            reply = reply or was_reply
+            pos = new
+            # (4) remove a leading subj-blob if something is left after it
+            after = _skip_blob(text, pos)
+            if after >= 0 and after < len(text):
+                pos, found = after, True
+            if not found:   # (5) repeat (3) and (4) until nothing matches
+                break
+        # (6) "[fwd:" ... "]": remove both and repeat from (2)
+        if text.startswith("[FWD:", pos) and text.endswith("]") and len(text) - pos >= 6:
+            text = text[:-1]
+            pos += 5
+            reply = True
+            continue
+        return text[pos:], reply

@@ -1,0 +1,198 @@
+"""SORT, UID SORT (RFC 5256, SORT=DISPLAY RFC 5957, ESORT RFC 5267 with PARTIAL) and THREAD,
+UID THREAD (RFC 5256: ORDEREDSUBJECT, REFERENCES) over the selected mailbox.
+
+Theory of operation: the search keys select messages as SEARCH does (`_messages.find`); the
+sort fields of each message (sortkeys.py) are read from its header once and kept per body in
+`SortFieldCache`; reading them happens in slices (CHUNK messages per store call, the header
+parsing in a worker thread) and the sort or the threading itself runs in a worker thread, so a
+large mailbox never holds the event loop.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import trio
+
+from ...imap._tokens import Atom
+from ..sort import SORT_KEYS, Item, sort_items
+from ..sortkeys import SortFields, extract
+from ..thread import ordered_subject, references, render
+from ._args import Reply, compress, word
+from ._caches import _Lru
+from ._messages import find, is_uid, parse_criteria
+
+CHUNK = 256            # messages per store call while reading sort fields
+OFF_LOOP_AT = 200      # sorts / threadings of more messages run in a worker thread
+_ALGORITHMS = {b"ORDEREDSUBJECT": ordered_subject, b"REFERENCES": references}
+_ESORT_OPTIONS = {b"MIN", b"MAX", b"COUNT", b"ALL", b"PARTIAL"}
+
+
+class SortFieldCache:
+    """Sort fields by body id (bodies are shared by copies), LRU by count."""
+
+    def __init__(self, entries: int = 200_000):
+        self._lru = _Lru(entries)
+
+    async def fields(self, session, metas) -> list[SortFields | None]:
+        out = [self._lru.get(m.body_id) for m in metas]
+        missing = [i for i, f in enumerate(out) if f is None]
+        for start in range(0, len(missing), CHUNK):
+            part = missing[start:start + CHUNK]
+            raws = await session.backend.mime.bodies.get_many(
+                session.store, [metas[i] for i in part])
+            present = [(i, raw) for i, raw in zip(part, raws) if raw is not None]
+            found = await trio.to_thread.run_sync(
+                lambda: [extract(raw) for _, raw in present])
+            for (i, _), value in zip(present, found):
+                out[i] = value
+                self._lru.put(metas[i].body_id, value)
+        return out
+
+
+def _cache(session) -> SortFieldCache:
+    backend = session.backend
+    cache = getattr(backend, "sort_fields", None)
+    if cache is None:
+        cache = backend.sort_fields = SortFieldCache()
+    return cache
+
+
+async def _items(session, seqs: list[int], uid: bool, need_size: bool) -> list[Item]:
+    """The selected messages as sortable items (expunged-by-others ones are left out)."""
+    view = session.view
+    metas = [view.meta[view.uids[q - 1]] for q in seqs]
+    fields = await _cache(session).fields(session, metas)
+    sizes = [m.size for m in metas]
+    if need_size:   # RFC822.SIZE is the virtual size, from the MIME cache
+        infos = []
+        for start in range(0, len(metas), CHUNK):
+            infos += await session.backend.mime.infos(session.store, metas[start:start + CHUNK])
+        sizes = [i.size if i is not None else None for i in infos]
+    return [Item(m.uid if uid else q, q, m.internaldate.timestamp(), size, f)
+            for q, m, f, size in zip(seqs, metas, fields, sizes)
+            if f is not None and size is not None]
+
+
+async def _off_loop(function, items):
+    if len(items) > OFF_LOOP_AT:
+        return await trio.to_thread.run_sync(partial(function, items))
+    return function(items)
+
+
+def _charset_and_keys(args: list) -> list:
+    """`charset search-keys` (mandatory charset, RFC 5256 3) as SEARCH takes them."""
+    if not args:
+        raise Reply.bad("Missing charset")
+    return [Atom(b"CHARSET")] + list(args)
+
+
+# ---- SORT -------------------------------------------------------------------------------------
+
+def _program(criteria) -> list[tuple[str, bool]]:
+    if not isinstance(criteria, tuple) or not criteria:
+        raise Reply.bad("SORT expects a list of sort criteria")
+    program, reverse = [], False
+    for value in criteria:
+        key = word(value).decode("ascii", "replace")
+        if key == "REVERSE":
+            reverse = True
+            continue
+        if key not in SORT_KEYS:
+            raise Reply.bad(f"Unknown sort criterion {key[:40]}")
+        program.append((key, reverse))
+        reverse = False
+    if reverse or not program:
+        raise Reply.bad("REVERSE must be followed by a sort key")
+    return program
+
+
+def _return_options(args: list) -> tuple[dict[bytes, object] | None, list]:
+    """ESORT RETURN (RFC 5267 3.1): options -> value (PARTIAL's range), and the rest."""
+    if not (args and isinstance(args[0], bytes) and bytes(args[0]).upper() == b"RETURN"):
+        return None, args
+    if len(args) < 2 or not isinstance(args[1], tuple):
+        raise Reply.bad("RETURN expects a list of options")
+    options: dict[bytes, object] = {}
+    items = list(args[1])
+    while items:
+        option = word(items.pop(0))
+        if option not in _ESORT_OPTIONS:
+            raise Reply.bad("Unknown RETURN option")
+        if option == b"PARTIAL":
+            options[option] = _partial_range(items.pop(0) if items else b"")
+        else:
+            options[option] = True
+    return options or {b"ALL": True}, args[2:]   # RFC 4731 3.1: () means ALL
+
+
+def _partial_range(value) -> tuple[int, int]:
+    """RFC 5267 4.4: PARTIAL low:high, 1-based positions in the result."""
+    text = bytes(value) if isinstance(value, bytes) else b""
+    low, colon, high = text.partition(b":")
+    if not (colon and low.isdigit() and high.isdigit() and int(low) > 0 and int(high) > 0):
+        raise Reply.bad("PARTIAL expects a range low:high")
+    a, b = int(low), int(high)
+    return min(a, b), max(a, b)
+
+
+def _in_order(numbers: list[int]) -> bytes:
+    """A sequence-set keeping the given order: ascending runs become ranges (RFC 5267 3.2)."""
+    parts, start = [], 0
+    for n in range(1, len(numbers) + 1):
+        if n == len(numbers) or numbers[n] != numbers[n - 1] + 1:
+            run = numbers[start:n]
+            parts.append(compress(run))
+            start = n
+    return b",".join(parts)
+
+
+def _esort_reply(cmd, numbers: list[int], options: dict[bytes, object]) -> bytes:
+    reply = b'ESEARCH (TAG "%s")' % cmd.tag + (b" UID" if is_uid(cmd) else b"")
+    if numbers and b"MIN" in options:    # RFC 5267 3.2: first and last in sort order
+        reply += b" MIN %d" % numbers[0]
+    if numbers and b"MAX" in options:
+        reply += b" MAX %d" % numbers[-1]
+    if numbers and b"ALL" in options:
+        reply += b" ALL " + _in_order(numbers)
+    if b"COUNT" in options:
+        reply += b" COUNT %d" % len(numbers)
+    if b"PARTIAL" in options:
+        low, high = options[b"PARTIAL"]
+        window = numbers[low - 1:high]
+        reply += b" PARTIAL (%d:%d %s)" % (low, high, _in_order(window) if window else b"NIL")
+    return reply
+
+
+async def sort(session, cmd):
+    options, args = _return_options(list(cmd.args))
+    if not args:
+        raise Reply.bad("SORT expects sort criteria, a charset and search keys")
+    program = _program(args[0])
+    key = parse_criteria(_charset_and_keys(args[1:]))
+    seqs = await find(session, key)
+    items = await _items(session, seqs, is_uid(cmd), any(k == "SIZE" for k, _ in program))
+    ordered = await _off_loop(partial(sort_items, program=program), items)
+    numbers = [item.number for item in ordered]
+    if options is None:
+        session.emit(b"SORT" + b"".join(b" %d" % n for n in numbers))
+    else:
+        session.emit(_esort_reply(cmd, numbers, options))
+    return None
+
+
+# ---- THREAD -----------------------------------------------------------------------------------
+
+async def thread(session, cmd):
+    args = list(cmd.args)
+    if not args:
+        raise Reply.bad("THREAD expects an algorithm, a charset and search keys")
+    algorithm = _ALGORITHMS.get(word(args[0]))
+    if algorithm is None:
+        raise Reply.bad("Unknown thread algorithm")
+    key = parse_criteria(_charset_and_keys(args[1:]))
+    seqs = await find(session, key)
+    items = await _items(session, seqs, is_uid(cmd), False)
+    threads = await _off_loop(algorithm, items)
+    session.emit(b"THREAD " + render(threads) if threads else b"THREAD")
+    return None

@@ -1,0 +1,68 @@
+"""Unit tests of the SORT/THREAD building blocks (the differential test compares whole answers
+with Dovecot; these pin the parts it cannot reach: huge depths, the RFC 5256 base subject
+steps one by one, and the collation)."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.gateway.basesubject import base_subject, casemap
+from proxy.gateway.sort import Item, sort_items
+from proxy.gateway.sortkeys import extract
+from proxy.gateway.thread import ordered_subject, references, render
+
+
+@pytest.mark.parametrize("subject, base, reply", [
+    (b"Re: hello", "HELLO", True),
+    (b"  RE:  Fwd: [list] Re[2]: hi (fwd) ", "HI", True),   # steps 2, 3, 4, 5
+    (b"[Fwd: re: x]", "X", True),                           # step 6
+    (b"[a]", "[A]", False),                                 # 4: a blob alone stays
+    (b"[a] b", "B", False),
+    (b"Fw: x", "X", True),
+    (b"fwd : y", "Y", True),
+    (b"Re:", "", True),
+    (b"=?UTF-8?Q?Re=3A_=C3=BCber?= alles", "U\u0308BER ALLES", True),
+    (b"x (fwd)(fwd)", "X", True),
+    (b"no change", "NO CHANGE", False),
+])
+def test_base_subject_steps(subject, base, reply):
+    assert base_subject(subject) == (base, reply)
+
+
+def test_casemap_titlecases_and_decomposes():
+    # RFC 5051 2: simple titlecase (ß and the ligature have none), then full decomposition
+    assert casemap("straße \u01c4 \ufb01") == "STRAßE Dz\u030c fi"
+
+
+def _item(n: int, raw: bytes) -> Item:
+    return Item(n, n, 1000.0 + n, len(raw), extract(raw))
+
+
+def test_thread_of_a_chain_10000_deep_needs_no_recursion():
+    items = [_item(1, b"Message-ID: <m1@x>\r\nSubject: deep\r\n\r\n")]
+    for n in range(2, 10_001):
+        items.append(_item(n, b"Message-ID: <m%d@x>\r\nIn-Reply-To: <m%d@x>\r\nSubject: Re: deep"
+                              b"\r\n\r\n" % (n, n - 1)))
+    threads = references(items)
+    assert render(threads) == b"(" + b" ".join(b"%d" % n for n in range(1, 10_001)) + b")"
+
+
+def test_references_loops_never_link_a_message_below_itself():
+    items = [
+        _item(1, b"Message-ID: <a@x>\r\nReferences: <b@x>\r\nSubject: one\r\n\r\n"),
+        _item(2, b"Message-ID: <b@x>\r\nReferences: <a@x>\r\nSubject: two\r\n\r\n"),
+        _item(3, b"Message-ID: <c@x>\r\nReferences: <c@x>\r\nSubject: three\r\n\r\n"),
+    ]
+    # 1 under b's dummy, which message 2 then fills: b's parent link to a would loop
+    assert render(references(items)) == b"(2 1)(3)"
+
+
+def test_ordered_subject_and_sort_program():
+    items = [_item(n, b"Subject: %s\r\nFrom: %s@x\r\n\r\n" % (s, f))
+             for n, (s, f) in enumerate([(b"b", b"z"), (b"Re: a", b"y"), (b"a", b"y"),
+                                          (b"B", b"x")], 1)]
+    assert render(ordered_subject(items)) == b"(1 4)(2 3)"
+    ordered = sort_items(items, [("FROM", True), ("SUBJECT", False)])
+    assert [i.number for i in ordered] == [1, 2, 3, 4]
+    ordered = sort_items(items, [("SUBJECT", False), ("FROM", False)])
+    assert [i.number for i in ordered] == [2, 3, 4, 1]   # ties in mailbox order
