@@ -147,7 +147,8 @@ def test_files_the_build_copies_exist_and_are_not_ignored(stages: list[Stage]) -
 
 # Run inside a fresh network namespace, so the image's fixed ports (1143, 1110, 9100 on 0.0.0.0)
 # never meet another test's: bring loopback up, start `mailproxy serve` on the image's config,
-# wait for /healthz, read each listener's greeting, stop it with SIGTERM.
+# wait until its listeners are bound, check /healthz, read each listener's greeting, stop it
+# with SIGTERM.
 _IN_NAMESPACE = r"""
 import fcntl, json, signal, socket, struct, subprocess, sys, time, urllib.request
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
@@ -160,8 +161,10 @@ proxy = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", co
 result = {"greetings": {}}
 try:
     deadline = time.monotonic() + 20
+    ready_url = health_url.replace("/healthz", "/readyz/local")   # listeners bound
     while True:
         try:
+            urllib.request.urlopen(ready_url, timeout=2)
             result["health"] = urllib.request.urlopen(health_url, timeout=2).status
             break
         except OSError:
