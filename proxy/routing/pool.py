@@ -33,3 +33,26 @@ def order(user: str, hosts: Sequence[str], is_up: Callable[[str], bool]) -> list
     """Hosts to try for `user`: up ones in sticky order, then the ones marked down."""
     ranked = preference(user, hosts)
     return [h for h in ranked if is_up(h)] + [h for h in ranked if not is_up(h)]
+
+
+class HostHealth:
+    """What is known of each pool host, per protocol: the health checker records every round
+    (`record`), a failed connect marks a host down at once (`mark_down`) until the next round
+    says otherwise. Unknown hosts count as up."""
+
+    def __init__(self) -> None:
+        self._up: dict[tuple[str, str, str], bool] = {}
+
+    def is_up(self, upstream: str, host: str, protocol: str) -> bool:
+        return self._up.get((upstream, host, protocol), True)
+
+    def record(self, upstream: str, host: str, protocol: str, up: bool) -> None:
+        self._up[upstream, host, protocol] = up
+
+    def mark_down(self, upstream: str, host: str, protocol: str) -> None:
+        self._up[upstream, host, protocol] = False
+
+    def hosts_to_try(self, upstream: str, hosts: Sequence[str], protocol: str,
+                     user: str) -> list[str]:
+        """`order()` with this record's view of which hosts are up."""
+        return order(user, hosts, lambda host: self.is_up(upstream, host, protocol))

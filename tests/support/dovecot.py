@@ -159,8 +159,11 @@ class Dovecot:
     dir: pathlib.Path
 
     def __init__(self, dir: pathlib.Path, name: str, *, tls: tuple[pathlib.Path, pathlib.Path] | None,
-                 ssl_required: bool):
-        self.host = "127.0.0.1"
+                 ssl_required: bool, extra_config: str = "", host: str = "127.0.0.1",
+                 ports: tuple[int, int] | None = None):
+        self.extra_config = extra_config
+        self.fixed_ports = ports
+        self.host = host
         self.dir = dir
         self.name = name
         self.tls = tls
@@ -328,7 +331,7 @@ class Dovecot:
         else:
             ssl, ssl_settings = "no", ""
         values = {
-            "@NAME@": self.name, "@DIR@": str(self.dir), "@MAILUSER@": MAIL_USER,
+            "@NAME@": self.name, "@DIR@": str(self.dir), "@MAILUSER@": MAIL_USER, "@HOST@": self.host,
             "@IMAP_PORT@": str(self.imap_port), "@POP3_PORT@": str(self.pop3_port),
             "@IMAPS_PORT@": str(self.imaps_port or 0), "@POP3S_PORT@": str(self.pop3s_port or 0),
             "@SSL@": ssl, "@SSL_SETTINGS@": ssl_settings,
@@ -338,14 +341,16 @@ class Dovecot:
                        if not line.startswith("#"))
         for key, value in values.items():
             text = text.replace(key, value)
-        return text
+        return text + self.extra_config
 
     def _start(self) -> None:
         dovecot, doveconf = _which("dovecot"), _which("doveconf")
         if dovecot is None or doveconf is None:
             raise DovecotError(MISSING_MESSAGE)
         for attempt in range(3):  # ports picked free can be taken by someone else before Dovecot binds
-            ports = free_ports(4 if self.tls else 2)
+            ports = free_ports(4 if self.tls else 2, self.host)
+            if self.fixed_ports is not None:
+                ports[:2] = self.fixed_ports
             self.imap_port, self.pop3_port = ports[:2]
             self.imaps_port, self.pop3s_port = (ports[2], ports[3]) if self.tls else (None, None)
             self.config_path.write_text(self._render_config())
@@ -396,7 +401,8 @@ class Dovecot:
 
 
 def start_dovecot(base_dir: pathlib.Path, *, tls: tuple[pathlib.Path, pathlib.Path] | None = None,
-                  ssl_required: bool = False) -> Dovecot:
+                  ssl_required: bool = False, extra_config: str = "", host: str = "127.0.0.1",
+                  ports: tuple[int, int] | None = None) -> Dovecot:
     """Start a private Dovecot in a new directory under `base_dir` and return it once it serves.
 
     Args:
@@ -407,6 +413,11 @@ def start_dovecot(base_dir: pathlib.Path, *, tls: tuple[pathlib.Path, pathlib.Pa
         ssl_required: with `tls`, `ssl = required` instead of `yes`. Note that Dovecot treats
             loopback (and `login_trusted_networks`, 127.0.0.0/8 here) as secure, so plaintext logins
             from 127.0.0.1 still succeed.
+        extra_config: Dovecot settings appended to the config (a later setting wins; blocks such
+            as another `passdb { }` add to the template's).
+        host: the loopback address it listens on (127.0.0.2 etc. for a second "host" that shares
+            another instance's ports, as the members of an upstream pool do).
+        ports: `(imap_port, pop3_port)` to listen on instead of free ones.
 
     Raises:
         DovecotError: Dovecot is missing, the config is invalid, or it did not become ready (the
@@ -431,7 +442,8 @@ def start_dovecot(base_dir: pathlib.Path, *, tls: tuple[pathlib.Path, pathlib.Pa
     _check_traversable(directory)
     for sub in ("run", "state"):
         (directory / sub).mkdir(mode=0o755)
-    instance = Dovecot(directory, name, tls=tls, ssl_required=ssl_required)
+    instance = Dovecot(directory, name, tls=tls, ssl_required=ssl_required, extra_config=extra_config,
+                       host=host, ports=ports)
     mail = directory / "mail"
     mail.mkdir(mode=0o755)
     os.chown(mail, instance._uid, instance._gid)

@@ -278,3 +278,16 @@ def test_pool_sticky_and_failover() -> None:
     # removing a host moves only its users
     smaller = {u: pool.preference(u, hosts[:2])[0] for u in users}
     assert all(smaller[u] == first[u] for u in users if first[u] != "10.0.0.3")
+
+
+def test_host_health_marks_and_rounds() -> None:
+    health = pool.HostHealth()
+    hosts = ["10.0.0.1", "10.0.0.2"]
+    home = pool.preference("ann", hosts)[0]
+    other = next(h for h in hosts if h != home)
+    assert health.hosts_to_try("p", hosts, "imap", "ann") == [home, other]
+    health.mark_down("p", home, "imap")
+    assert health.hosts_to_try("p", hosts, "imap", "ann") == [other, home]
+    assert health.hosts_to_try("p", hosts, "pop3", "ann") == [home, other]  # per protocol
+    health.record("p", home, "imap", True)  # the next check round: back home
+    assert health.hosts_to_try("p", hosts, "imap", "ann") == [home, other]
