@@ -24,6 +24,7 @@ import email.parser
 import email.policy
 import email.utils
 import re
+import time
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -172,6 +173,8 @@ def _parse_key(stream: _Tokens) -> SearchKey:
         return SearchKey("HEADER", (name.lower(), stream.string("header value").casefold()))
     if word in ("BODY", "TEXT"):
         return SearchKey(word, (stream.string(word).casefold(),))
+    if word in ("OLDER", "YOUNGER"):   # RFC 5032 WITHIN: an interval in seconds
+        return SearchKey(word, (stream.number(word),))
     if word == "MODSEQ":   # RFC 7162 3.1.5: MODSEQ [entry-name entry-type-req] mod-sequence-valzer
         value = _word(stream.next("MODSEQ value"))
         if not value.isdigit():   # the optional entry name (a quoted string) and its type
@@ -330,6 +333,9 @@ _EVAL = {
     "FLAG": lambda ctx, flag, present: (flag.lower() in ctx.flags) == present,
     "LARGER": lambda ctx, n: ctx.msg.size > n,
     "MODSEQ": lambda ctx, n: getattr(ctx.msg, "modseq", 0) >= n,
+    # RFC 5032 3: INTERNALDATE at least / less than n seconds ago (whole seconds, as Dovecot)
+    "OLDER": lambda ctx, n: ctx.msg.internaldate.timestamp() <= int(time.time()) - n,
+    "YOUNGER": lambda ctx, n: ctx.msg.internaldate.timestamp() >= int(time.time()) - n,
     "SMALLER": lambda ctx, n: ctx.msg.size < n,
     "HEADER": _eval_header,
     "BODY": lambda ctx, needle: needle in ctx.body_text,

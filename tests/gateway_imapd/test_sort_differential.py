@@ -1,4 +1,4 @@
-"""Differential test of SORT, ESORT/PARTIAL and THREAD (issue 17) against Dovecot IMAP: the MIME
+"""Differential test of SORT, ESORT/PARTIAL, THREAD, SEARCHRES and WITHIN (issue 17) against Dovecot IMAP: the MIME
 corpus (tests/gateway_mime/corpus.py) plus generated threads (threads_corpus.py: missing
 parents, loops in References, In-Reply-To only, duplicate Message-IDs, subject-only threads,
 equal and missing dates, address variants, a deep chain) are delivered to one Dovecot account,
@@ -19,6 +19,7 @@ import imaplib
 import itertools
 import os
 import pathlib
+import time
 
 import trio
 
@@ -53,6 +54,13 @@ COMMANDS: list[bytes] = (
     + [verb + b" " + algorithm + b" " + c
        for verb in (b"THREAD", b"UID THREAD")
        for algorithm in (b"REFERENCES", b"ORDEREDSUBJECT") for c in CRITERIA]
+    # SEARCHRES (RFC 5182): saved results used by later commands, in this order
+    + [b"SEARCH RETURN (SAVE) SUBJECT re", b"FETCH $ (UID)", b"SORT (DATE) UTF-8 $",
+       b"SEARCH RETURN (SAVE MIN MAX) FROM example.org", b"UID SEARCH $",
+       b"SORT RETURN (SAVE MAX) (SIZE) UTF-8 ALL", b"SEARCH $",
+       b"SORT RETURN (SAVE ALL) (REVERSE SUBJECT) UTF-8 SUBJECT plan",
+       b"THREAD REFERENCES UTF-8 OR $ SUBJECT chain", b"SEARCH RETURN (SAVE) SUBJECT no-such",
+       b"UID FETCH $ (UID)", b"SEARCH NOT $"]
 )
 
 _tags = itertools.count(1)
@@ -74,7 +82,27 @@ def _answer(client: imaplib.IMAP4, command: bytes) -> list[bytes]:
     assert replies[-1].startswith(tag + b" OK"), (command, replies[-1])
     # the ESEARCH correlator carries our own tag: make it the same on both sides
     return [r.replace(b'(TAG "%s")' % tag, b'(TAG "*")') for r in replies[:-1]
-            if r.startswith((b"* SORT", b"* THREAD", b"* ESEARCH"))]
+            if r.startswith((b"* SORT", b"* THREAD", b"* ESEARCH", b"* SEARCH"))
+            or (b" FETCH (UID " in r[:24] and b"FLAGS" not in r)]
+
+
+def _difference(command: bytes, want: list[bytes], got: list[bytes]) -> str:
+    """The command and both answers from just before the first byte that differs."""
+    a, b = b"\n".join(want), b"\n".join(got)
+    at = next((n for n, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    start = max(0, at - 60)
+    return (f"{command.decode()} (from byte {start})\n  dovecot {a[start:start + 300]!r}\n"
+            f"  gateway {b[start:start + 300]!r}")
+
+
+def _within(now: float) -> list[bytes]:
+    """RFC 5032: intervals ending half-way between two INTERNALDATEs (see _deliverable)."""
+    out = []
+    for hours in (0, 10, 30, 1000):
+        edge = now - (1600000000 + hours * 3600 + 1800)
+        out += [b"SEARCH OLDER %d" % edge, b"SEARCH YOUNGER %d" % edge,
+                b"SORT (DATE) UTF-8 YOUNGER %d" % edge]
+    return out
 
 
 def _same_internaldate(maildir: pathlib.Path) -> None:
@@ -94,24 +122,22 @@ async def test_sort_and_thread_answer_like_dovecot(gateway):
     _same_internaldate(dovecot.maildir(gateway.user))
 
     def compare() -> list[str]:
+        ours = gateway.imaplib()   # first: its POP3 ingest sets \\Seen on Dovecot's copies
+        _, data = ours.select("INBOX", readonly=True)
         theirs = imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=30)
         theirs.login(gateway.user, gateway.password)
         theirs.select("INBOX", readonly=True)
-        ours = gateway.imaplib()
-        _, data = ours.select("INBOX", readonly=True)
         assert int(data[0]) == len(messages), data
         caps = ours.capabilities
         for cap in ("SORT", "SORT=DISPLAY", "ESORT", "THREAD=REFERENCES",
-                    "THREAD=ORDEREDSUBJECT"):
+                    "THREAD=ORDEREDSUBJECT", "SEARCHRES", "WITHIN"):
             assert cap in caps, cap
         bad = []
         try:
-            for command in COMMANDS:
+            for command in COMMANDS + _within(time.time()):
                 want, got = _answer(theirs, command), _answer(ours, command)
-                assert len(want) == 1, (command, want)
                 if got != want:
-                    bad.append(f"{command.decode()}\n  dovecot {want[0][:400]!r}\n"
-                               f"  gateway {(got or [b'<none>'])[0][:400]!r}")
+                    bad.append(_difference(command, want, got))
         finally:
             ours.logout()
             theirs.logout()

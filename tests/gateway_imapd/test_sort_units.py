@@ -66,3 +66,31 @@ def test_ordered_subject_and_sort_program():
     assert [i.number for i in ordered] == [1, 2, 3, 4]
     ordered = sort_items(items, [("SUBJECT", False), ("FROM", False)])
     assert [i.number for i in ordered] == [2, 3, 4, 1]   # ties in mailbox order
+
+
+async def test_malformed_sort_and_thread_get_bad_and_the_session_goes_on(gateway):
+    import trio
+
+    from .conftest import message
+    from .test_condstore import Raw
+
+    gateway.deliver(message(1))
+
+    def scenario():
+        a = Raw(gateway.port, gateway.user, gateway.password)
+        a.cmd("SELECT INBOX")
+        for command in ("SORT () UTF-8 ALL", "SORT (FOO) UTF-8 ALL", "SORT (REVERSE) UTF-8 ALL",
+                        "SORT DATE UTF-8 ALL", "SORT (DATE)", "SORT (DATE) UTF-8 NOTAKEY",
+                        "SORT RETURN (PARTIAL 0:3) (DATE) UTF-8 ALL",
+                        "SORT RETURN (PARTIAL) (DATE) UTF-8 ALL", "SORT RETURN (FOO) (DATE) UTF-8 ALL",
+                        "THREAD FOO UTF-8 ALL", "THREAD REFERENCES", "THREAD", "SEARCH OLDER x"):
+            lines, done = a.cmd(command)
+            assert (lines, done.split()[1]) == ([], b"BAD"), (command, lines, done)
+        lines, done = a.cmd("SORT (DATE) KOI8-R ALL")
+        assert done.split()[1:3] == [b"NO", b"[BADCHARSET"], done
+        assert a.cmd("SORT (DATE) UTF-8 ALL")[0] == [b"* SORT 1"]
+        assert a.cmd("THREAD REFERENCES UTF-8 ALL")[0] == [b"* THREAD (1)"]
+        assert a.cmd("THREAD REFERENCES UTF-8 SUBJECT nothing")[0] == [b"* THREAD"]
+        a.close()
+
+    await trio.to_thread.run_sync(scenario)

@@ -20,13 +20,14 @@ from ._args import (Reply, compress, flag_list, mailbox, parse_flags, parse_sequ
 from ._fetch import Item, parse_items, plan, render
 from ._state import Trigger
 from . import _condstore as cs
+from . import _searchres as searchres
 
 _RAW_KEYS = {"HEADER", "SENTBEFORE", "SENTON", "SENTSINCE"}   # need the parsed message
 _TEXT_KEYS = {"BODY", "TEXT"}                                 # need the cached search texts
 CHUNK_MESSAGES = 256
 CHUNK_BYTES = 8 * 1024 * 1024
 _STORE_MODES = {b"FLAGS": FlagMode.REPLACE, b"+FLAGS": FlagMode.ADD, b"-FLAGS": FlagMode.REMOVE}
-_ESEARCH_OPTIONS = {b"MIN", b"MAX", b"ALL", b"COUNT"}
+_ESEARCH_OPTIONS = {b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE"}   # SAVE: RFC 5182
 
 
 def is_uid(cmd) -> bool:
@@ -36,6 +37,8 @@ def is_uid(cmd) -> bool:
 def targets(session, arg, uid: bool) -> list[int]:
     """Sequence numbers named by a sequence set (uid=False) or a UID set (RFC 3501 6.4.8)."""
     view = session.view
+    if searchres.is_saved(arg):   # RFC 5182 2.1: the saved result, whatever the command
+        return searchres.seqs(view)
     ranges = parse_sequence_set(arg)
     if uid:
         return view.seqs_for_uids(resolve(ranges, view.max_uid))
@@ -282,10 +285,18 @@ async def find(session, key: SearchKey) -> list[int]:
 
 async def search(session, cmd):
     options, args = _search_args(cmd)
+    view = session.view
+    args = searchres.substitute(args, view)   # $ is the result saved before this command
+    if options is not None and b"SAVE" in options:
+        searchres.save(view, [])   # RFC 5182 2.1: a failed SEARCH leaves $ empty
     key = parse_criteria(args)
     ops = _ops(key)
-    view = session.view
     found = await find(session, key)
+    if options is not None and b"SAVE" in options:
+        searchres.save(view, [view.uids[q - 1] for q in _saved_part(found, options)])
+        options = options - {b"SAVE"}
+        if not options:   # 2.4: SAVE alone returns no ESEARCH
+            return None
     if is_uid(cmd):
         found = [view.uids[q - 1] for q in found]
     top = _result_modseq(view, found, options, is_uid(cmd)) if "MODSEQ" in ops else None
@@ -306,6 +317,14 @@ async def search(session, cmd):
         reply += b" MODSEQ %d" % top
     session.emit(reply)
     return None
+
+
+def _saved_part(found: list[int], options: set[bytes]) -> list[int]:
+    """RFC 5182 2.4: with MIN and/or MAX but neither ALL nor COUNT, only those are saved."""
+    if not found or options & {b"ALL", b"COUNT"} or not options & {b"MIN", b"MAX"}:
+        return found
+    return sorted({n for option, n in ((b"MIN", found[0]), (b"MAX", found[-1]))
+                   if option in options})
 
 
 def _result_modseq(view, found: list[int], options: set[bytes] | None, uid: bool) -> int | None:

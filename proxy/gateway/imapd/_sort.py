@@ -21,11 +21,12 @@ from ..thread import ordered_subject, references, render
 from ._args import Reply, compress, word
 from ._caches import _Lru
 from ._messages import find, is_uid, parse_criteria
+from . import _searchres as searchres
 
 CHUNK = 256            # messages per store call while reading sort fields
 OFF_LOOP_AT = 200      # sorts / threadings of more messages run in a worker thread
 _ALGORITHMS = {b"ORDEREDSUBJECT": ordered_subject, b"REFERENCES": references}
-_ESORT_OPTIONS = {b"MIN", b"MAX", b"COUNT", b"ALL", b"PARTIAL"}
+_ESORT_OPTIONS = {b"MIN", b"MAX", b"COUNT", b"ALL", b"PARTIAL", b"SAVE"}   # SAVE: RFC 5182
 
 
 class SortFieldCache:
@@ -147,6 +148,14 @@ def _in_order(numbers: list[int]) -> bytes:
     return b",".join(parts)
 
 
+def _saved_part(ordered: list[Item], options: dict[bytes, object]) -> list[Item]:
+    """RFC 5182 2.4: with MIN and/or MAX but neither ALL nor COUNT, only those are saved."""
+    if not ordered or b"ALL" in options or b"COUNT" in options or not (
+            b"MIN" in options or b"MAX" in options):
+        return ordered
+    return [i for option, i in ((b"MIN", ordered[0]), (b"MAX", ordered[-1])) if option in options]
+
+
 def _esort_reply(cmd, numbers: list[int], options: dict[bytes, object]) -> bytes:
     reply = b'ESEARCH (TAG "%s")' % cmd.tag + (b" UID" if is_uid(cmd) else b"")
     if numbers and b"MIN" in options:    # RFC 5267 3.2: first and last in sort order
@@ -169,11 +178,21 @@ async def sort(session, cmd):
     if not args:
         raise Reply.bad("SORT expects sort criteria, a charset and search keys")
     program = _program(args[0])
-    key = parse_criteria(_charset_and_keys(args[1:]))
+    view = session.view
+    keys = searchres.substitute(_charset_and_keys(args[1:]), view)
+    saving = options is not None and b"SAVE" in options
+    if saving:
+        searchres.save(view, [])   # RFC 5182 2.1: a failed command leaves $ empty
+    key = parse_criteria(keys)
     seqs = await find(session, key)
     items = await _items(session, seqs, is_uid(cmd), any(k == "SIZE" for k, _ in program))
     ordered = await _off_loop(partial(sort_items, program=program), items)
     numbers = [item.number for item in ordered]
+    if saving:
+        searchres.save(view, [view.uids[i.seq - 1] for i in _saved_part(ordered, options)])
+        options = {k: v for k, v in options.items() if k != b"SAVE"}
+        if not options:   # RFC 5182 2.4: SAVE alone returns no ESEARCH
+            return None
     if options is None:
         session.emit(b"SORT" + b"".join(b" %d" % n for n in numbers))
     else:
@@ -190,7 +209,7 @@ async def thread(session, cmd):
     algorithm = _ALGORITHMS.get(word(args[0]))
     if algorithm is None:
         raise Reply.bad("Unknown thread algorithm")
-    key = parse_criteria(_charset_and_keys(args[1:]))
+    key = parse_criteria(searchres.substitute(_charset_and_keys(args[1:]), session.view))
     seqs = await find(session, key)
     items = await _items(session, seqs, is_uid(cmd), False)
     threads = await _off_loop(algorithm, items)

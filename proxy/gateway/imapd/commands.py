@@ -19,7 +19,7 @@ from . import _sort as srt
 CAPABILITIES = (b"IMAP4rev1", b"LITERAL+", b"IDLE", b"UIDPLUS", b"MOVE", b"NAMESPACE", b"ID",
                 b"ENABLE", b"UNSELECT", b"SPECIAL-USE", b"CHILDREN", b"ESEARCH", b"CONDSTORE",
                 b"QRESYNC", b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT",
-                b"THREAD=REFERENCES")
+                b"THREAD=REFERENCES", b"SEARCHRES", b"WITHIN")
 # Extensions ENABLE (RFC 5161) can turn on; QRESYNC implies CONDSTORE (RFC 7162 3.2.3).
 ENABLEABLE: frozenset[bytes] = frozenset({b"CONDSTORE", b"QRESYNC"})
 
