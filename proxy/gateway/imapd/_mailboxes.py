@@ -22,7 +22,8 @@ from . import utf7
 
 SEP = "/"
 _STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN",
-                 b"HIGHESTMODSEQ")   # RFC 7162 3.1.6
+                 b"HIGHESTMODSEQ",   # RFC 7162 3.1.6
+                 b"SIZE")            # RFC 8438
 
 
 # ---- SELECT / EXAMINE ------------------------------------------------------------------------
@@ -195,15 +196,30 @@ async def status(session, cmd):
     if len(cmd.args) != 2 or not isinstance(cmd.args[1], tuple) or not cmd.args[1]:
         raise Reply.bad("STATUS expects a mailbox and a list of items")
     name = mailbox(cmd.args[0])
-    items = [word(item) for item in cmd.args[1]]
-    if any(item not in _STATUS_ITEMS for item in items):
-        raise Reply.bad("Unknown STATUS item")
+    items = status_items(cmd.args[1])
     box = await session.store.get_mailbox(session.account.id, name)
     if box is None:
         raise Reply.no(f"Mailbox does not exist: {name}", b"NONEXISTENT")
+    session.emit(await status_line(session, box, items))
+    return None
+
+
+def status_items(values) -> list[bytes]:
+    """STATUS data item names (RFC 3501 6.3.10, RFC 7162 3.1.6, RFC 8438); BAD if unknown."""
+    if not isinstance(values, tuple) or not values:
+        raise Reply.bad("Expected a list of STATUS items")
+    items = [word(item) for item in values]
+    if any(item not in _STATUS_ITEMS for item in items):
+        raise Reply.bad("Unknown STATUS item")
+    return items
+
+
+async def status_line(session, box, items: list[bytes]) -> bytes:
+    """The untagged STATUS response of `box` (also LIST-STATUS's, RFC 5819)."""
     if b"HIGHESTMODSEQ" in items:
         await cs.enable_condstore(session)
-    snap = await session.backend.index.snapshot(session.store, box) if b"UNSEEN" in items else None
+    snap = await session.backend.index.snapshot(session.store, box) \
+        if b"UNSEEN" in items or b"SIZE" in items else None
     values = {
         b"MESSAGES": box.exists,
         b"RECENT": len(session.backend.hub.claim_recent(box.id, take=False)),
@@ -211,10 +227,22 @@ async def status(session, cmd):
         b"UIDVALIDITY": box.uidvalidity,
         b"HIGHESTMODSEQ": box.highest_modseq,
         b"UNSEEN": snap.unseen if snap is not None else 0,
+        b"SIZE": await _size(session, snap) if b"SIZE" in items else 0,
     }
     body = b" ".join(b"%s %d" % (item, values[item]) for item in items)
-    session.emit(b"STATUS " + mailbox_wire(box.name) + b" (" + body + b")")
-    return None
+    return b"STATUS " + mailbox_wire(box.name) + b" (" + body + b")"
+
+
+async def _size(session, snap) -> int:
+    """RFC 8438 STATUS SIZE: the sum of the messages' RFC822.SIZE (from the MIME cache, which
+    knows the virtual size; in slices of one store call each)."""
+    metas = [snap.by_uid[uid] for uid in snap.uids]
+    total = 0
+    for start in range(0, len(metas), 1024):
+        part = metas[start:start + 1024]
+        infos = await session.backend.mime.infos(session.store, part)
+        total += sum(i.size if i is not None else m.size for i, m in zip(infos, part))
+    return total
 
 
 # ---- APPEND ---------------------------------------------------------------------------------

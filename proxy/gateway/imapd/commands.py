@@ -14,12 +14,14 @@ from ._state import ANY, AUTH, PRE, SEL, Trigger
 from . import _mailboxes as mb
 from . import _messages as msg
 from . import _sort as srt
+from . import _list_ext as lx
 
 # Post-login capabilities (RFC 3501 7.2.1). SASL-IR and AUTH= are the pre-login front's.
 CAPABILITIES = (b"IMAP4rev1", b"LITERAL+", b"IDLE", b"UIDPLUS", b"MOVE", b"NAMESPACE", b"ID",
                 b"ENABLE", b"UNSELECT", b"SPECIAL-USE", b"CHILDREN", b"ESEARCH", b"CONDSTORE",
                 b"QRESYNC", b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT",
-                b"THREAD=REFERENCES", b"SEARCHRES", b"WITHIN")
+                b"THREAD=REFERENCES", b"SEARCHRES", b"WITHIN", b"LIST-EXTENDED", b"LIST-STATUS",
+                b"STATUS=SIZE")
 # Extensions ENABLE (RFC 5161) can turn on; QRESYNC implies CONDSTORE (RFC 7162 3.2.3).
 ENABLEABLE: frozenset[bytes] = frozenset({b"CONDSTORE", b"QRESYNC"})
 
@@ -89,7 +91,7 @@ COMMANDS: dict[bytes, CommandSpec] = {
     b"RENAME": CommandSpec(AUTH, mb.rename),
     b"SUBSCRIBE": CommandSpec(AUTH, mb.subscribe),
     b"UNSUBSCRIBE": CommandSpec(AUTH, mb.unsubscribe),
-    b"LIST": CommandSpec(AUTH, mb.list_),
+    b"LIST": CommandSpec(AUTH, lx.list_),    # RFC 3501, LIST-EXTENDED, LIST-STATUS
     b"LSUB": CommandSpec(AUTH, mb.lsub),
     b"STATUS": CommandSpec(AUTH, mb.status),
     b"APPEND": CommandSpec(AUTH, mb.append),
