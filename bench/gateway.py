@@ -23,7 +23,7 @@ from proxy.config import loads
 from proxy.gateway.service import open_gateway
 from proxy.metrics import Metrics
 from proxy.net.conn import Conn
-from proxy.relay.context import Runtime, Session
+from proxy.session.context import Runtime, Session
 from support.proxyproc import relay_config
 
 
@@ -58,7 +58,7 @@ async def main(messages: int, rounds: int) -> None:
         cfg["gateway"] = {"store": str(env.root / "gateway.db"), "poll_interval": "600s"}
         config = loads(json.dumps(cfg))
         metrics = Metrics()
-        runtime = Runtime(config, metrics, None, None, {}, drain=trio.Event())
+        runtime = Runtime.build(config, metrics)
         async with open_gateway(config, metrics) as service, trio.open_nursery() as nursery:
             async def handler(stream):
                 conn = Conn(stream)

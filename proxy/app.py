@@ -12,13 +12,14 @@ import trio
 from . import __version__, config as config_mod, logs
 from .config import Config
 from .health import Health, check_upstreams
-from .metrics import Metrics, NullMetrics
+from .metrics import Metrics
 from .net.http import serve_http
-from .net.serve import ListenerServer
+from .session.serve import ListenerServer
 from .net.throttle import Throttle
-from .net.tls import ServerTLS, TLSConfigError, UpstreamTLS
+from .net.tls import TLSConfigError
 from .preflight import bind_error
-from .relay.context import Runtime
+from .session.context import Runtime
+from .session.failures import Failure
 
 
 def _handlers(gateway) -> dict:
@@ -42,25 +43,19 @@ async def _maybe_gateway(config: Config, metrics):
         yield service
 
 
-def build_runtime(config: Config, metrics: Metrics, health: Health, drain: trio.Event,
-                  throttle: Throttle) -> Runtime:
-    """Everything a session needs that depends on the config. Raises TLSConfigError."""
-    server_tls = {l.name: ServerTLS(l) for l in config.listeners if l.tls != "none"}
-    return Runtime(config, metrics, health, UpstreamTLS(config.upstreams), server_tls, drain,
-                   throttle)
-
-
 class App:
     def __init__(self, config: Config, config_path: str | None):
         self.config_path = config_path
-        self.metrics = Metrics() if config.metrics is not None else NullMetrics()
+        # Counted even without a `metrics:` section (then nothing serves them): the hot paths
+        # count in batches, so a registry nobody reads costs next to nothing.
+        self.metrics = Metrics()
         self.health = Health()
         self.health.publish(self.metrics)
         self._init_series(config)
         self.drain_event = trio.Event()
         self.throttle = Throttle(config.auth_throttle, trio.current_time)
-        self.runtime = build_runtime(config, self.metrics, self.health, self.drain_event,
-                                     self.throttle)
+        self.runtime = Runtime.build(config, self.metrics, drain=self.drain_event,
+                                     throttle=self.throttle)
         self.servers: list[ListenerServer] = []
 
     def _init_series(self, config: Config) -> None:
@@ -70,7 +65,7 @@ class App:
         for name, upstream in config.upstreams.items():
             for protocol in ("imap", "pop3"):
                 if getattr(upstream, protocol) is not None:
-                    self.metrics.init_upstream(name, protocol)
+                    self.metrics.init_upstream(name, protocol, Failure.labels())
 
     async def run(self) -> None:
         config = self.runtime.config
@@ -121,8 +116,8 @@ class App:
             return
         try:
             config = config_mod.load(self.config_path)
-            runtime = build_runtime(config, self.metrics, self.health, self.drain_event,
-                                    self.throttle)
+            runtime = Runtime.build(config, self.metrics, drain=self.drain_event,
+                                    throttle=self.throttle)
         except (config_mod.ConfigError, TLSConfigError) as exc:
             errors = exc.errors if isinstance(exc, config_mod.ConfigError) else [str(exc)]
             logs.event("reload_rejected", logging.ERROR, errors="; ".join(errors))

@@ -16,11 +16,11 @@ bounded by it; `init_listener` / `init_upstream` pre-create their series at 0.
 from __future__ import annotations
 
 import platform
+from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from . import __version__
-from .failures import Failure
 
 __all__ = [
     "Metrics",
@@ -35,7 +35,6 @@ __all__ = [
     "STARTTLS_RESULTS",
     "DIRECTIONS",
     "LIMITS",
-    "FAILURE_REASONS",
     "OTHER",
     "command_label",
     "status_label",
@@ -108,7 +107,6 @@ LIMITS = frozenset({
     "line_length", "literal_size", "preauth_commands", "bad_commands", "auth_failures",
     "idle_timeout", "login_timeout", "max_connections", "max_connections_per_ip", "auth_throttle",
 })
-FAILURE_REASONS = frozenset(failure.value for failure in Failure)
 
 
 def _upper_ascii(value: bytes | str | None, max_len: int) -> str | None:
@@ -278,31 +276,9 @@ class Metrics:
             for result in TLS_RESULTS:
                 self.tls_handshakes.labels(name, result)
 
-    def init_upstream(self, name: str, protocol: str) -> None:
-        """Pre-create the series of one configured upstream service."""
+    def init_upstream(self, name: str, protocol: str, reasons: Iterable[str]) -> None:
+        """Pre-create the series of one configured upstream service; `reasons` are the
+        failure labels (proxy.session.failures.Failure.labels())."""
         self.upstream_connect_duration.labels(name, protocol)
-        for reason in sorted(FAILURE_REASONS):
+        for reason in sorted(reasons):
             self.upstream_errors.labels(name, protocol, reason)
-
-
-class _Noop:
-    """Stands in for any metric, child or method: every call does nothing and returns itself."""
-
-    def __call__(self, *args, **kwargs) -> "_Noop":
-        return self
-
-    def __getattr__(self, name: str) -> "_Noop":
-        return self
-
-
-_NOOP = _Noop()
-
-
-class NullMetrics:
-    """The metrics object when the config has no `metrics:` section: nothing is served, so
-    nothing is counted (the relay's hot paths then cost a no-op call)."""
-
-    registry = None
-
-    def __getattr__(self, name: str) -> _Noop:
-        return _NOOP

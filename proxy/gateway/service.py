@@ -24,17 +24,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 import trio
 
 from .. import logs
 from ..config import Config
 from ..imap import CommandParser, writer
+from ..metrics import Metrics
 from ..net.conn import Conn
-from ..relay.context import CloseSession, Session, drain_guard
-from ..relay.imap_front import ImapFront
-from ..relay.routing import route
+from ..session.context import CloseSession, Session, drain_guard
+from ..session.imap_front import ImapFront
+from ..session.routing import route
 from ..store import Account, Store, StoreError, load_key_ring, open_store
 from .auth import Authenticator, AuthResult
 from .fetcher import FetchError, mime_limits, sync_account
@@ -128,7 +129,7 @@ class AccountFetcher:
 class GatewayService:
     """See the module docstring. Create with `open_gateway`."""
 
-    def __init__(self, config: Config, metrics: Any, store: Store, nursery: trio.Nursery):
+    def __init__(self, config: Config, metrics: Metrics, store: Store, nursery: trio.Nursery):
         self.config, self.metrics, self.store, self.nursery = config, metrics, store, nursery
         self.auth = Authenticator(config.gateway.auth_cache_ttl)
         self.mime = MimeCache(BodyCache(), limits=mime_limits(config))
@@ -233,13 +234,11 @@ class GatewayService:
         self._gauge(-1)
 
     def _gauge(self, delta: int) -> None:
-        gauge = getattr(self.metrics, "gateway_sessions", None)
-        if gauge is not None:
-            gauge.inc(delta)
+        self.metrics.gateway_sessions.inc(delta)
 
 
 @asynccontextmanager
-async def open_gateway(config: Config, metrics: Any) -> AsyncIterator[GatewayService]:
+async def open_gateway(config: Config, metrics: Metrics) -> AsyncIterator[GatewayService]:
     """Open the store (`gateway.store`, key ring from `gateway.key_file`) and run the service's
     background tasks until the block ends; the store is closed on every path.
 

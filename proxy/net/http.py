@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import trio
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
@@ -32,8 +32,14 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from ..config import Address
-    from ..health import Health
     from ..metrics import Metrics
+
+
+class Health(Protocol):
+    """What `/readyz` reads (proxy.health.Health, a layer above)."""
+
+    @property
+    def not_ready_reason(self) -> str | None: ...
 
 __all__ = ["serve_http", "MAX_HEAD", "READ_TIMEOUT"]
 

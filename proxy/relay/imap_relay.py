@@ -25,7 +25,7 @@ from .. import logs
 from ..imap import CommandParser, Limits, NEED_DATA, ProtocolError, ResponseParser, events
 from ..metrics import command_label
 from ..net.conn import Conn
-from .context import ByteCounter, CommandMeter, Session, wait_idle
+from ..session.context import ByteCounter, CommandMeter, Session, wait_idle
 from .imap_upstream import UpstreamIMAP, upstream_limits
 
 

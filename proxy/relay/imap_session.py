@@ -7,12 +7,12 @@ import trio
 from ..config import Upstream
 from ..imap import writer
 from ..net.conn import Conn
-from .context import CloseSession, Session, drain_guard
-from .imap_front import ImapFront
+from ..session.context import CloseSession, Session, drain_guard
+from ..session.imap_front import ImapFront
 from .imap_relay import ImapRelay
 from .imap_upstream import UpstreamIMAP, command, connect, login, relayable
-from .login import LoginSteps, Verdict, log_in
-from .sasl import Credentials
+from ..session.login import LoginSteps, Verdict, log_in
+from ..session.sasl import Credentials
 
 REPLIES = {  # (status, code, text) per failed verdict
     Verdict.FAILURE: (b"NO", b"AUTHENTICATIONFAILED", b"Authentication failed."),

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import trio
 
 from ..config import Upstream
-from ..failures import Failure
+from ..session.failures import Failure
 from ..imap import NEED_DATA, ProtocolError, ResponseParser, events, writer
 from ..net.conn import Conn
-from .context import Session
-from .sasl import Credentials, encode_plain
-from .starttls import upgrade_upstream
-from .upstream import UpstreamError, open_upstream, service
+from ..session.context import Session
+from ..session.sasl import Credentials, encode_plain
+from ..session.starttls import upgrade_upstream
+from ..session.upstream import UpstreamError, open_upstream, service
 
 # What the proxy cannot relay, or must not offer after login (RFC 3501 7.2.1; COMPRESS would hide
 # every later command from the parser, STARTTLS/AUTH make no sense after login).

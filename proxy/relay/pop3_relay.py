@@ -24,7 +24,7 @@ from ..metrics import command_label
 from ..pop3 import NEED_DATA, CommandParser, Limits, ProtocolError, ResponseParser, events
 from ..pop3 import is_multiline, writer
 from ..net.conn import Conn
-from .context import ByteCounter, CommandMeter, Session, wait_idle
+from ..session.context import ByteCounter, CommandMeter, Session, wait_idle
 from .pop3_upstream import UpstreamPOP3, relayable
 
 _LOCAL = {b"CAPA", b"STLS", b"USER", b"PASS", b"APOP", b"AUTH", b"XCLIENT"}

@@ -7,12 +7,12 @@ import trio
 from ..config import Upstream
 from ..pop3 import writer
 from ..net.conn import Conn
-from .context import CloseSession, Session, drain_guard
-from .login import LoginSteps, Verdict, log_in
-from .pop3_front import Pop3Front
+from ..session.context import CloseSession, Session, drain_guard
+from ..session.login import LoginSteps, Verdict, log_in
+from ..session.pop3_front import Pop3Front
 from .pop3_relay import Pop3Relay
 from .pop3_upstream import UpstreamPOP3, connect, is_tempfail, login
-from .sasl import Credentials
+from ..session.sasl import Credentials
 
 # RFC 3206: [AUTH] is a credentials problem, [SYS/TEMP] a temporary system problem.
 REPLIES = {

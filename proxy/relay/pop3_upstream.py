@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import trio
 
 from ..config import Upstream
-from ..failures import Failure
+from ..session.failures import Failure
 from ..pop3 import NEED_DATA, ProtocolError, ResponseParser, events, writer
 from ..net.conn import Conn
-from .context import Session
-from .sasl import Credentials, encode_plain
-from .starttls import upgrade_upstream
-from .upstream import UpstreamError, open_upstream, service
+from ..session.context import Session
+from ..session.sasl import Credentials, encode_plain
+from ..session.starttls import upgrade_upstream
+from ..session.upstream import UpstreamError, open_upstream, service
 
 # Not relayable after login, or meaningless then (RFC 2449 6).
 _DROPPED = (b"STLS", b"SASL", b"USER", b"APOP", b"XCLIENT", b"IMPLEMENTATION", b"AUTH-RESP-CODE")

@@ -21,7 +21,7 @@ from proxy.config import loads
 from proxy.gateway.service import open_gateway
 from proxy.metrics import Metrics
 from proxy.net.conn import Conn
-from proxy.relay.context import Runtime, Session
+from proxy.session.context import Runtime, Session
 from support.proxyproc import relay_config
 
 
@@ -39,7 +39,7 @@ class GatewayHandle:
         self.config = loads(json.dumps(cfg))
         self.listener = self.config.listeners[0]
         self.metrics = Metrics()
-        self.runtime = Runtime(self.config, self.metrics, None, None, {}, drain=trio.Event())
+        self.runtime = Runtime.build(self.config, self.metrics)
         self.dovecot, self.user, self.password = dovecot, user, password
         self.port = 0
         self.service = None

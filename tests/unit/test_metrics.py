@@ -1,4 +1,4 @@
-"""proxy.metrics: names, bounded labels, registry isolation; proxy.failures: the reason set."""
+"""proxy.metrics: names, bounded labels, registry isolation; proxy.session.failures: the reason set."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from proxy import metrics as m
-from proxy.failures import LOG_LEVEL, Failure
+from proxy.session.failures import LOG_LEVEL, Failure
 from proxy.metrics import Metrics, command_label, mechanism_label, status_label
 
 NAME = re.compile(r"^mailproxy_[a-z_]+$")
@@ -175,19 +175,19 @@ def test_known_series_are_preinitialised():
 def test_init_listener_and_upstream_create_series():
     metrics = Metrics()
     metrics.init_listener("imaps", "imap", "implicit")
-    metrics.init_upstream("dovecot", "pop3")
+    metrics.init_upstream("dovecot", "pop3", Failure.labels())
     get = metrics.registry.get_sample_value
     assert get("mailproxy_connections_total",
                {"listener": "imaps", "protocol": "imap", "tls": "implicit"}) == 0
     for result in ("ok", "handshake_failed", "timeout", "alpn_refused"):  # TLSHandshakeError.reason
         assert get("mailproxy_tls_handshakes_total", {"listener": "imaps", "result": result}) == 0
-    for reason in m.FAILURE_REASONS:
+    for reason in Failure.labels():
         assert get("mailproxy_upstream_errors_total",
                    {"upstream": "dovecot", "protocol": "pop3", "reason": reason}) == 0
 
 
 def test_failure_values_are_the_reason_label_set():
-    assert {failure.value for failure in Failure} == m.FAILURE_REASONS
+    assert {failure.label for failure in Failure} == Failure.labels()
     assert {f.name for f in Failure} == {
         "CONNECT", "TLS", "UPSTREAM", "PROTOCOL", "AUTH_REJECTED", "AUTH_TEMPFAIL", "LIMIT",
         "TIMEOUT", "INTERNAL", "CLIENT_GONE"}

@@ -29,8 +29,9 @@ import trio
 
 from ... import logs
 from ...imap import NEED_DATA, CommandParser, Limits, ProtocolError, events, writer
-from ...relay.context import CloseSession, Session
-from ...store import (Account, MailboxExists, MailboxNotFound, StoreError, StoreFailure,
+from ...metrics import Metrics, command_label
+from ...session.context import CloseSession, Session
+from ...store import (Account, Store, MailboxExists, MailboxNotFound, StoreError, StoreFailure,
                       StoreKeyError)
 from ._args import Reply
 from ._state import SELECTED, State, Trigger, next_state
@@ -48,7 +49,7 @@ class Backend:
     """What every session of one account shares: the store, the account's hub, the MIME cache
     (shared by all accounts), the account's mailbox index, and the metrics."""
 
-    def __init__(self, store: Any, hub: "Hub", mime: "MimeCache", metrics: Any = None):
+    def __init__(self, store: Store, hub: "Hub", mime: "MimeCache", metrics: Metrics):
         from ._index import MailboxIndex
 
         self.store, self.hub, self.mime, self.metrics = store, hub, mime, metrics
@@ -148,10 +149,7 @@ class ImapSession:
             self.session.close_reason = error.reason
 
     async def _watch_drain(self) -> None:
-        drain = getattr(self.session.runtime, "drain", None)
-        if drain is None:
-            return
-        await drain.wait()
+        await self.session.runtime.drain.wait()
         self.draining = True
         if self._read_scope is not None:
             self._read_scope.cancel()
@@ -175,9 +173,7 @@ class ImapSession:
         if scope.cancelled_caught:
             await self._bye(b"Server shutting down.", "shutdown")
         if timer.cancelled_caught:
-            limit_hits = getattr(self.session.runtime.metrics, "limit_hits", None)
-            if limit_hits is not None:
-                limit_hits.labels("idle_timeout").inc()
+            self.session.runtime.metrics.limit_hits.labels("idle_timeout").inc()
             await self._bye(b"Autologout; idle for too long.", "idle_timeout")   # RFC 3501 5.4
         return data
 
@@ -263,13 +259,8 @@ class ImapSession:
 
     def _count(self, name: bytes, status: bytes, started: float) -> None:
         metrics = self.session.runtime.metrics
-        commands = getattr(metrics, "commands", None)
-        if commands is None:
-            return
-        from ...metrics import command_label
-
         label = command_label("imap", name)
-        commands.labels("imap", label, status.decode()).inc()
+        metrics.commands.labels("imap", label, status.decode()).inc()
         metrics.command_duration.labels("imap", label).observe(time.monotonic() - started)
 
     # ---- selection --------------------------------------------------------------------------
@@ -290,9 +281,8 @@ class ImapSession:
         self.parser.expect_line()
         error: CloseSession | None = None
         event = None
-        gauge = getattr(self.backend.metrics, "gateway_idle_sessions", None)
-        if gauge is not None:
-            gauge.inc()
+        gauge = self.backend.metrics.gateway_idle_sessions
+        gauge.inc()
         try:
             async with trio.open_nursery() as nursery:
 
@@ -311,8 +301,7 @@ class ImapSession:
                     error = exc
                 nursery.cancel_scope.cancel()
         finally:
-            if gauge is not None:
-                gauge.dec()
+            gauge.dec()
         if error is not None:
             raise error
         if not isinstance(event, events.RawLine) or event.data.upper() != b"DONE":
@@ -341,12 +330,10 @@ class ImapSession:
 STALLED_CLIENT = 30.0  # seconds an IDLE push may wait for a client that does not read
 
 
-def _observe_latency(metrics: Any, view: "SelectedView") -> None:
-    histogram = getattr(metrics, "gateway_propagation_seconds", None)
-    if histogram is not None:
-        now = time.monotonic()
-        for published in view.latencies:
-            histogram.observe(now - published)
+def _observe_latency(metrics: Metrics, view: "SelectedView") -> None:
+    now = time.monotonic()
+    for published in view.latencies:
+        metrics.gateway_propagation_seconds.observe(now - published)
     view.latencies.clear()
 
 

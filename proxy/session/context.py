@@ -1,4 +1,5 @@
-"""What a session can see: the process-wide runtime and its own per-connection record."""
+"""What a session can see: the process-wide runtime and its own per-connection record, and the
+small helpers every session uses (command metering, byte counters, idle and drain watching)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,17 @@ import ipaddress
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Protocol
 
 import trio
 
 from .. import logs
 from ..config import Config, Listener
+from ..metrics import Metrics
+from ..net.conn import Conn
+from ..net.throttle import Throttle
+from ..net.tls import ServerTLS, UpstreamTLS
 from .routing import log_user
-
-if TYPE_CHECKING:  # imported for types only; the modules are built by their own layers
-    from ..health import Health
-    from ..metrics import Metrics
 
 
 class CloseSession(Exception):
@@ -31,15 +32,27 @@ class CloseSession(Exception):
 @dataclass
 class Runtime:
     """Objects shared by every session of the process. Replaced as a whole on reload, so a
-    session keeps the runtime (config, certificates) it started with."""
+    session keeps the runtime (config, certificates) it started with; `metrics`, `drain` and
+    `throttle` are carried over from one runtime to the next."""
 
     config: Config
-    metrics: "Metrics"
-    health: "Health"
-    upstream_tls: Any          # proxy.net.tls.UpstreamTLS
-    server_tls: dict[str, Any]  # listener name -> proxy.net.tls.ServerTLS
-    drain: Any = None          # trio.Event set when the process drains (SIGTERM)
-    throttle: Any = None       # proxy.net.throttle.Throttle, shared across reloads
+    metrics: Metrics
+    upstream_tls: UpstreamTLS
+    server_tls: dict[str, ServerTLS]  # listener name -> its certificates
+    drain: trio.Event                 # set when the process drains (SIGTERM)
+    throttle: Throttle                # auth-failure throttling, shared across reloads
+
+    @classmethod
+    def build(cls, config: Config, metrics: Metrics | None = None, *,
+              drain: trio.Event | None = None, throttle: Throttle | None = None) -> Runtime:
+        """Everything a session needs that depends on the config (certificates are loaded
+        here). Raises TLSConfigError. Fresh metrics, drain event and throttle unless given."""
+        server_tls = {l.name: ServerTLS(l) for l in config.listeners if l.tls != "none"}
+        return cls(config, metrics if metrics is not None else Metrics(),
+                   UpstreamTLS(config.upstreams), server_tls,
+                   drain if drain is not None else trio.Event(),
+                   throttle if throttle is not None else Throttle(config.auth_throttle,
+                                                                  trio.current_time))
 
 
 @dataclass(eq=False)  # hashed by identity: the listener keeps a set of open sessions
@@ -83,7 +96,7 @@ class Session:
         allowed = self.listener.allow_plaintext_auth
         return self.client_is_loopback if allowed is None else allowed
 
-    def log_fields(self) -> dict[str, Any]:
+    def log_fields(self) -> dict[str, str]:
         return {
             "listener": self.listener.name,
             "client": f"{self.client_ip}:{self.client_port}",
@@ -92,8 +105,7 @@ class Session:
 
     def auth_blocked(self, user: str) -> bool:
         """Auth-failure throttling said no: count it and log it."""
-        throttle = self.runtime.throttle
-        if throttle is None or not throttle.blocked(self.client_ip, user):
+        if not self.runtime.throttle.blocked(self.client_ip, user):
             return False
         self.runtime.metrics.limit_hits.labels("auth_throttle").inc()
         logs.event("auth", **self.log_fields(), result="throttled")
@@ -101,8 +113,7 @@ class Session:
 
     async def auth_failure_delay(self) -> None:
         """A failed login: record it and wait the growing delay before replying."""
-        if self.runtime.throttle is not None:
-            await trio.sleep(self.runtime.throttle.failure(self.client_ip, self.user))
+        await trio.sleep(self.runtime.throttle.failure(self.client_ip, self.user))
 
     def log_end(self) -> None:
         logs.event(
@@ -118,6 +129,14 @@ class Session:
         )
 
 
+class _Counter(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class _Observer(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
 class ByteCounter:
     """Bytes relayed in one direction, added to the Prometheus counter in batches (every
     FLUSH_BYTES and when the session ends), so the relay's hot path is an integer add."""
@@ -126,7 +145,7 @@ class ByteCounter:
 
     __slots__ = ("counter", "pending")
 
-    def __init__(self, counter: Any):
+    def __init__(self, counter: _Counter):
         self.counter = counter
         self.pending = 0
 
@@ -162,8 +181,8 @@ class CommandMeter:
         self.protocol = session.protocol
         self.metrics = session.runtime.metrics
         self.audit = session.listener.audit
-        self._count: dict[tuple[str, bytes], Any] = {}
-        self._duration: dict[str, Any] = {}
+        self._count: dict[tuple[str, bytes], _Counter] = {}
+        self._duration: dict[str, _Observer] = {}
 
     def completed(self, name: str, status: bytes, started: float) -> None:
         """`name` is already a bounded label (metrics.command_label)."""
@@ -184,7 +203,7 @@ class CommandMeter:
 
 
 @asynccontextmanager
-async def drain_guard(session: Session, conn: Any, last_words: bytes) -> AsyncIterator[None]:
+async def drain_guard(session: Session, conn: Conn, last_words: bytes) -> AsyncIterator[None]:
     """While the block runs, a drain (SIGTERM) sends `last_words` and cancels the block; the
     session's close_reason is then "shutdown". Used before login, where nothing is in flight."""
     async with trio.open_nursery() as nursery:

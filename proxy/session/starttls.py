@@ -8,7 +8,7 @@ moment refuse the client (RFC 3501 6.2.1, RFC 2595 4) or abort the upstream sess
 
 from __future__ import annotations
 
-from ..failures import Failure
+from .failures import Failure
 from ..net.conn import Conn
 from ..net.tls import TLSHandshakeError, server_handshake
 from .context import CloseSession, Session

@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 
 from .. import logs
 from ..config import Upstream
-from ..failures import Failure
+from .failures import Failure
 from .context import Session
 from .routing import route
 from .sasl import Credentials

@@ -16,11 +16,11 @@ import trio
 
 from .. import logs
 from ..config import Listener
-from ..relay.context import Runtime, Session
-from .conn import Conn, PrefixedStream
-from .limits import ConnectionLimiter
-from .proxy_protocol import ProxyHeaderParser, ProxyProtocolError, is_trusted
-from .tls import TLSHandshakeError, server_handshake
+from .context import Runtime, Session
+from ..net.conn import Conn, PrefixedStream
+from ..net.limits import ConnectionLimiter
+from ..net.proxy_protocol import ProxyHeaderParser, ProxyProtocolError, is_trusted
+from ..net.tls import TLSHandshakeError, server_handshake
 
 PROXY_HEADER_TIMEOUT = 5.0
 

@@ -15,7 +15,7 @@ import trio
 
 from .. import logs
 from ..config import ServicePort, Upstream
-from ..failures import LOG_LEVEL, Failure
+from .failures import LOG_LEVEL, Failure
 from ..net.conn import Conn
 from ..net.tls import TLSHandshakeError, client_handshake
 from .context import Session

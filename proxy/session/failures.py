@@ -29,6 +29,15 @@ class Failure(enum.Enum):
     INTERNAL = "internal"            # a bug or unexpected error on our side
     CLIENT_GONE = "client_gone"      # the client went away; nobody to reply to
 
+    @property
+    def label(self) -> str:
+        """The metric label (`reason` on mailproxy_upstream_errors_total)."""
+        return self.value
+
+    @classmethod
+    def labels(cls) -> frozenset[str]:
+        return frozenset(failure.value for failure in cls)
+
 
 LOG_LEVEL: dict[Failure, int] = {
     Failure.CONNECT: logging.WARNING,
