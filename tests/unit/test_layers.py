@@ -17,14 +17,15 @@ ROOT = pathlib.Path(proxy.__file__).parent
 
 # Lowest first. "proxy" is the package itself (__version__).
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"proxy", "proxy.imap", "proxy.pop3", "proxy.logs", "proxy.config",
+    frozenset({"proxy", "proxy.imap", "proxy.pop3", "proxy.logs", "proxy.config_messages",
                "proxy.certgen"}),
+    frozenset({"proxy.config"}),
     frozenset({"proxy.metrics"}),
     frozenset({"proxy.net"}),
-    frozenset({"proxy.store"}),
+    frozenset({"proxy.store", "proxy.routing"}),
     frozenset({"proxy.session"}),
     frozenset({"proxy.relay", "proxy.gateway"}),
-    frozenset({"proxy.health"}),
+    frozenset({"proxy.health", "proxy.preflight"}),
     frozenset({"proxy.app"}),
     frozenset({"proxy.cli"}),
     frozenset({"proxy.__main__"}),
