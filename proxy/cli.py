@@ -1,47 +1,108 @@
-"""Command line: `mailproxy serve|check-config|gen-cert|gateway sync`. argparse -> config -> trio.run."""
+"""Command line: argparse -> config -> trio.run. Every command has a one-line purpose and an
+example in its --help (`mailproxy help CMD` prints the same); errors an operator can fix are one
+line with exit status 2 (configuration or usage) or 1 (runtime), never a traceback."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import __version__, certgen, config as config_mod, logs
+from . import __version__, certgen, config as config_mod, keygen, logs
 from .gateway import sync_cli
-
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 EXIT_RUNTIME, EXIT_CONFIG = 1, 2
+DESCRIPTION = "mailproxy: a protocol-aware IMAP/POP3 proxy and POP3-to-IMAP gateway."
+
+# Usage examples shown by `--help`, per command path.
+EXAMPLES = {
+    (): "mailproxy serve --config /etc/mailproxy/mailproxy.yaml\n"
+        "mailproxy help check-config",
+    ("serve",): "mailproxy --log-format json serve --config /etc/mailproxy/mailproxy.yaml",
+    ("check-config",): "mailproxy check-config /etc/mailproxy/mailproxy.yaml",
+    ("gen-cert",): "mailproxy gen-cert --out config/tls --name localhost --name 127.0.0.1",
+    ("gen-key",): "mailproxy gen-key --out /etc/mailproxy/store.key",
+    ("gateway",): "mailproxy gateway sync --config mailproxy.yaml alice@example.com",
+    ("gateway", "sync"): "mailproxy gateway sync --config mailproxy.yaml "
+                         "--password-file alice.pw alice@example.com",
+    ("help",): "mailproxy help serve",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mailproxy", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mailproxy", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"mailproxy {__version__}")
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="log line format on stderr (default: text)")
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                         metavar="LEVEL", help="one of " + ", ".join(LOG_LEVELS) + " (default: INFO)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the proxy")
-    serve.add_argument("--config", required=True, metavar="FILE")
-    check = sub.add_parser("check-config", help="validate a config file and list every error")
-    check.add_argument("file", metavar="FILE")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the proxy on a config file")
+    serve.add_argument("--config", required=True, metavar="FILE", help="mailproxy YAML config")
+    check = sub.add_parser("check-config", help="check a config file and every file it names, "
+                                                "as serve would; print every problem")
+    check.add_argument("file", metavar="FILE", help="mailproxy YAML config")
     certgen.add_cli(sub)
+    keygen.add_cli(sub)
     sync_cli.add_cli(sub)
+    helper = sub.add_parser("help", help="show the help of a command")
+    helper.add_argument("topic", nargs="*", metavar="COMMAND", help="e.g. serve, gateway sync")
+    _describe(parser, ())
     return parser
 
 
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parsers of `parser`'s subcommands, by name."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _describe(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
+    """Give every (sub)command its one-line purpose as description and its example as epilog."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "example:\n" + "\n".join("  " + line for line in EXAMPLES[path].splitlines())
+    helps = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+    for name, child in subcommands(parser).items():
+        child.description = child.description or helps.get(name)
+        _describe(child, path + (name,))
+
+
+def _help(parser: argparse.ArgumentParser, topic: list[str]) -> int:
+    """`mailproxy help CMD [SUBCMD]`: that command's --help."""
+    target = parser
+    for word in topic:
+        children = subcommands(target)
+        if word not in children:
+            print(f"mailproxy help: no command {' '.join(topic)!r}; commands: "
+                  f"{', '.join(children)}", file=sys.stderr)
+            return EXIT_CONFIG
+        target = children[word]
+    target.print_help()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     logs.setup(args.log_format, args.log_level)
+    if args.command == "help":
+        return _help(parser, args.topic)
     if args.command == "check-config":
         return _check_config(args.file)
     if args.command == "serve":
         return _serve(args.config)
     if args.command == "gen-cert":
         return certgen.run_cli(args)
+    if args.command == "gen-key":
+        return keygen.run_cli(args)
     if args.command == "gateway":
         return sync_cli.run_cli(args)
-    return 2
+    return EXIT_CONFIG
 
 
 def _load(path: str):
