@@ -15,13 +15,14 @@ from . import _mailboxes as mb
 from . import _messages as msg
 from . import _sort as srt
 from . import _list_ext as lx
+from . import _compress
 
 # Post-login capabilities (RFC 3501 7.2.1). SASL-IR and AUTH= are the pre-login front's.
 CAPABILITIES = (b"IMAP4rev1", b"LITERAL+", b"IDLE", b"UIDPLUS", b"MOVE", b"NAMESPACE", b"ID",
                 b"ENABLE", b"UNSELECT", b"SPECIAL-USE", b"CHILDREN", b"ESEARCH", b"CONDSTORE",
                 b"QRESYNC", b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT",
                 b"THREAD=REFERENCES", b"SEARCHRES", b"WITHIN", b"LIST-EXTENDED", b"LIST-STATUS",
-                b"STATUS=SIZE")
+                b"STATUS=SIZE", b"COMPRESS=DEFLATE")
 # Extensions ENABLE (RFC 5161) can turn on; QRESYNC implies CONDSTORE (RFC 7162 3.2.3).
 ENABLEABLE: frozenset[bytes] = frozenset({b"CONDSTORE", b"QRESYNC"})
 
@@ -98,6 +99,7 @@ COMMANDS: dict[bytes, CommandSpec] = {
     b"NAMESPACE": CommandSpec(AUTH, mb.namespace),
     b"ENABLE": CommandSpec(AUTH - SEL, _enable),
     b"IDLE": CommandSpec(AUTH, _idle),
+    b"COMPRESS": CommandSpec(AUTH, _compress.compress),   # RFC 4978
     # selected (6.4)
     b"CHECK": CommandSpec(SEL, msg.check),
     b"CLOSE": CommandSpec(SEL, msg.close),

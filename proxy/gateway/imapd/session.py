@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
@@ -80,6 +80,7 @@ class ImapSession:
         self.out_size = 0
         self.draining = False
         self._read_scope: trio.CancelScope | None = None
+        self.after_reply: Callable[[], None] | None = None   # run once the tagged reply is out
 
     # ---- output -----------------------------------------------------------------------------
     def emit(self, line: bytes) -> None:
@@ -243,6 +244,10 @@ class ImapSession:
             await self.send_updates(spec.expunge_ok if spec is not None else False)
         self.write(writer.tagged(cmd.tag, status, _safe(text), code))
         await self.flush()
+        if self.after_reply is not None:   # e.g. COMPRESS: the stream changes after its OK
+            switch, self.after_reply = self.after_reply, None
+            if status == b"OK":
+                switch()
         self._count(cmd.name, status, started)
         if self.state is State.LOGOUT:
             raise CloseSession("client_logout")
