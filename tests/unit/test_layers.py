@@ -25,7 +25,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"proxy.store", "proxy.routing"}),
     frozenset({"proxy.session"}),
     frozenset({"proxy.relay", "proxy.gateway"}),
-    frozenset({"proxy.health", "proxy.preflight"}),
+    frozenset({"proxy.health", "proxy.preflight", "proxy.keygen"}),
     frozenset({"proxy.app"}),
     frozenset({"proxy.cli"}),
     frozenset({"proxy.__main__"}),
