@@ -1,5 +1,6 @@
-# mailproxy: `make run` serves config/mailproxy.yaml, `make test` installs what the tests need and runs
-# them (the CI runs exactly this), `make bench` runs bench/run.sh, `make clean` removes build leftovers.
+# mailproxy: `make run` serves config/mailproxy.yaml, `make test` installs what the tests need, runs
+# `make lint` and then the tests (the CI runs exactly this), `make lint` runs ruff and mypy (configured
+# in pyproject.toml), `make bench` runs bench/run.sh, `make clean` removes build leftovers.
 # Works on a fresh Debian 12 as root with Python 3.11 and access to PyPI and Debian's apt repositories.
 
 SHELL := /bin/bash
@@ -8,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test test-deps bench clean distclean
+.PHONY: run test test-deps lint bench clean distclean
 
 # The venv itself; pip is only re-run when pyproject.toml changes (the stamps below).
 $(BIN)/python:
@@ -30,14 +31,18 @@ run: $(VENV)/.installed-run
 test-deps:
 	bash scripts/install-test-deps.sh
 
-test: test-deps $(VENV)/.installed-test
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: test-deps lint $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test
 	@if [ -f bench/run.sh ]; then bash bench/run.sh; else echo "bench: no bench/run.sh yet"; fi
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .hypothesis $(VENV)/.installed-run $(VENV)/.installed-test
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache $(VENV)/.installed-run $(VENV)/.installed-test
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # also the virtualenv

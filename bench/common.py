@@ -237,10 +237,11 @@ class Table:
         self.rows.append([_fmt(c) for c in cells])
 
     def render(self) -> str:
-        widths = [max(len(str(x)) for x in column) for column in zip(self.columns, *self.rows)]
-        line = "| " + " | ".join(c.ljust(w) for c, w in zip(self.columns, widths)) + " |"
+        widths = [max(len(str(x)) for x in column) for column in zip(self.columns, *self.rows, strict=True)]
+        line = "| " + " | ".join(c.ljust(w) for c, w in zip(self.columns, widths, strict=True)) + " |"
         sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-        body = ["| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        body = ["| " + " | ".join(c.rjust(w) if i else c.ljust(w)
+                                  for i, (c, w) in enumerate(zip(row, widths, strict=True)))
                 + " |" for row in self.rows]
         return "\n".join([f"\n### {self.title}\n", line, sep, *body])
 

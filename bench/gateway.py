@@ -17,8 +17,8 @@ import statistics
 import time
 
 import trio
-
 from common import Env, make_mailbox  # noqa: E402 (puts tests/ on sys.path)
+
 from proxy.config import loads
 from proxy.gateway.service import open_gateway
 from proxy.metrics import Metrics

@@ -16,7 +16,8 @@ import subprocess
 import threading
 import time
 
-MODULE_CANDIDATES = ["/usr/lib/nginx/modules/ngx_mail_module.so", "/usr/share/nginx/modules/ngx_mail_module.so"]
+MODULE_CANDIDATES = ["/usr/lib/nginx/modules/ngx_mail_module.so",
+                     "/usr/share/nginx/modules/ngx_mail_module.so"]
 
 
 def find_module() -> str | None:
@@ -124,9 +125,9 @@ mail {{
         for port in (self.pop3_port, self.imap_port):
             while True:
                 if self.proc.poll() is not None:
+                    log = self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
                     raise RuntimeError(f"nginx exited {self.proc.returncode}: "
-                                       f"{(self.dir / 'nginx.out').read_text(errors='replace')}"
-                                       f"{self.error_log.read_text(errors='replace') if self.error_log.exists() else ''}")
+                                       f"{(self.dir / 'nginx.out').read_text(errors='replace')}{log}")
                 try:
                     with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
                         if sock.recv(100)[:1] in (b"+", b"*"):

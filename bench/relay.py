@@ -18,10 +18,20 @@ import sys
 import time
 from typing import Any, Callable
 
-from clients import Imap, client_tls_context, imap_session, pop3_download, pop3_session, session_rate
-from common import Env, Table, interleave, make_mailbox, median, percentile, ratio, small_mailbox, tls_listener
 import common
 import nginxmail
+from clients import Imap, client_tls_context, imap_session, pop3_download, pop3_session, session_rate
+from common import (
+    Env,
+    Table,
+    interleave,
+    make_mailbox,
+    median,
+    percentile,
+    ratio,
+    small_mailbox,
+    tls_listener,
+)
 
 RESULTS: dict[str, Any] = {}
 
@@ -124,7 +134,7 @@ def bench_imap(args) -> None:
             env.on_close(ng.stop)
             ports["nginx"] = ng.imap_port
         log(f"imap: mailbox {len(box.messages)} messages, {box.total / 1e6:.1f} MB; ports {ports}")
-        for label, port in ports.items():  # warm-up: indexes, page cache, proxy code paths
+        for _label, port in ports.items():  # warm-up: indexes, page cache, proxy code paths
             fetch_runner(port, bulk_user, bulk_pw, box.sha256)()
             imap_session(port, sess_user, sess_pw)
         rounds, out = args.rounds, {}
@@ -186,10 +196,12 @@ def bench_imap(args) -> None:
         per_noop = median([r["cpu_us"] for r in out["noop"]["mailproxy"]])
         print(f"mailproxy CPU (user+sys, from /proc): {per_session:.2f} ms per sequential session, "
               f"{per_noop:.0f} us per relayed NOOP, "
-              f"{1e3 * proxy_cpu / (len(out['fetch']['mailproxy']) * box.total / 1e6):.2f} ms per MB of FETCH")
+              f"{1e3 * proxy_cpu / (len(out['fetch']['mailproxy']) * box.total / 1e6):.2f} "
+              "ms per MB of FETCH")
         for key in ("seq", "conc"):
             print(f"  {key} rounds: " + "; ".join(f"{k} {spread(v)}" for k, v in out[key].items()))
-        print("  fetch MB/s rounds: " + "; ".join(f"{k} {spread(v, 'mbps')}" for k, v in out["fetch"].items()))
+        print("  fetch MB/s rounds: "
+              + "; ".join(f"{k} {spread(v, 'mbps')}" for k, v in out["fetch"].items()))
         RESULTS["imap"] = {"raw": out, "added_noop_p50_us": added, "mailbox_bytes": box.total,
                            "proxy_cpu_fetch_s": proxy_cpu, "proxy_cpu_ms_per_session": per_session,
                            "proxy_cpu_us_per_noop": per_noop}
@@ -226,7 +238,8 @@ def bench_pop3(args) -> None:
                                  only_first={"nginx": args.nginx_rounds})
         labels = list(ports)
         t = Table(f"POP3 relay: direct Dovecot vs mailproxy{' vs nginx' if 'nginx' in ports else ''} "
-                  f"(median of interleaved rounds: sessions {rounds}, download {args.fetch_rounds} direct/mailproxy"
+                  f"(median of interleaved rounds: sessions {rounds}, "
+                  f"download {args.fetch_rounds} direct/mailproxy"
                   f"{f', {args.nginx_rounds} nginx' if 'nginx' in ports else ''}; "
                   f"{len(box.messages)} msgs, {box.total / 1e6:.1f} MB)",
                   ["metric", *labels, "mailproxy/direct", *(["nginx/direct"] if "nginx" in ports else []),
@@ -256,7 +269,8 @@ def bench_tls(args) -> None:
         box = make_mailbox(args.messages)
         user, pw = env.user_with(box)
         sess_user, sess_pw = env.user_with(small_mailbox(10))
-        proxy = env.proxy([tls_listener(env, "imaps", "imap"), tls_listener(env, "pop3s", "pop3")], metrics=True)
+        proxy = env.proxy([tls_listener(env, "imaps", "imap"), tls_listener(env, "pop3s", "pop3")],
+                          metrics=True)
         ctx = client_tls_context(str(env.ca_file))
         imaps = {"direct": env.dovecot.imaps_port, "mailproxy": proxy.port("imaps")}
         pop3s = {"direct": env.dovecot.pop3s_port, "mailproxy": proxy.port("pop3s")}
@@ -273,7 +287,8 @@ def bench_tls(args) -> None:
         out["imap_seq"] = interleave(rounds, {k: sessions_runner(
             lambda p=p: imap_session(p, sess_user, sess_pw, ctx), args.seconds, 1) for k, p in imaps.items()})
         out["imap_conc"] = interleave(rounds, {k: sessions_runner(
-            lambda p=p: imap_session(p, sess_user, sess_pw, ctx), args.seconds, 16) for k, p in imaps.items()})
+            lambda p=p: imap_session(p, sess_user, sess_pw, ctx), args.seconds, 16)
+            for k, p in imaps.items()})
         log("tls: POP3S sessions/s")
         out["pop3_seq"] = interleave(rounds, {k: sessions_runner(
             lambda p=p: pop3_session(p, sess_user, sess_pw, ctx), args.seconds, 1) for k, p in pop3s.items()})
@@ -346,7 +361,8 @@ BENCHES = {"imap": bench_imap, "pop3": bench_pop3, "tls": bench_tls, "metrics": 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("benches", nargs="*", choices=[*BENCHES, []], default=[],
                         help="which benchmarks (default: all)")
     parser.add_argument("--messages", type=int, default=2000, help="messages in the bulk mailbox (2000)")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, certgen, config as config_mod, keygen, logs
+from . import __version__, certgen, keygen, logs
+from . import config as config_mod
 from .gateway import sync_cli
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

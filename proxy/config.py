@@ -22,19 +22,20 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from .config_messages import describe, dotted_path
 from pydantic import (
     BeforeValidator,
+    ConfigDict,
     Discriminator,
     PlainValidator,
-    Tag,
-    ConfigDict,
     StrictBool,
     StrictInt,
     StrictStr,
+    Tag,
     TypeAdapter,
     ValidationError,
 )
+
+from .config_messages import describe, dotted_path
 
 _STRICT = ConfigDict(extra="forbid")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -505,22 +506,22 @@ def _semantic_errors(config: Config) -> list[tuple[tuple, str]]:
     lookup_names: set[str] = set()
     for i, entry in enumerate(config.lookups):
         lookup = entry.lookup
-        where = ("lookups", i, entry.kind)
+        at = ("lookups", i, entry.kind)
         if lookup.name in lookup_names or lookup.name in config.upstreams:
-            errors.append((where + ("name",), f"lookup name {lookup.name!r} is already used "
+            errors.append((at + ("name",), f"lookup name {lookup.name!r} is already used "
                                               "by a lookup or an upstream"))
         lookup_names.add(lookup.name)
         if lookup.upstream is not None and lookup.upstream not in config.upstreams:
-            errors.append((where + ("upstream",), f"unknown upstream {lookup.upstream!r}"))
+            errors.append((at + ("upstream",), f"unknown upstream {lookup.upstream!r}"))
         if lookup.cache.max_entries < 0:
-            errors.append((where + ("cache", "max_entries"), "must be 0 or more"))
+            errors.append((at + ("cache", "max_entries"), "must be 0 or more"))
         if isinstance(lookup, LdapLookup):
             if "{user}" not in lookup.filter:
-                errors.append((where + ("filter",), "the filter needs {user}"))
+                errors.append((at + ("filter",), "the filter needs {user}"))
             if lookup.max_concurrent < 1:
-                errors.append((where + ("max_concurrent",), "must be 1 or more"))
+                errors.append((at + ("max_concurrent",), "must be 1 or more"))
             if (lookup.bind_dn is None) != (lookup.bind_password is None):
-                errors.append((where + ("bind_dn",), "bind_dn and bind_password go together"))
+                errors.append((at + ("bind_dn",), "bind_dn and bind_password go together"))
     for i, route in enumerate(config.routes):
         if route.upstream not in config.upstreams:
             errors.append((("routes", i, "upstream"), f"unknown upstream {route.upstream!r}"))
@@ -529,12 +530,12 @@ def _semantic_errors(config: Config) -> list[tuple[tuple, str]]:
             errors.append((("upstreams", name), "an upstream needs an imap: or pop3: section"))
     # an IMAP relay listener needs the routes' upstreams to speak IMAP; POP3 relays and the
     # gateway (which reads mailboxes over POP3) need POP3
-    needed = {"imap" if l.mode == "relay" and l.protocol == "imap" else "pop3"
-              for l in config.listeners}
+    needed = {"imap" if lst.mode == "relay" and lst.protocol == "imap" else "pop3"
+              for lst in config.listeners}
     for j, route in enumerate(config.routes):
-        up = config.upstreams.get(route.upstream)
+        target = config.upstreams.get(route.upstream)
         for service in sorted(needed):
-            if up is not None and getattr(up, service) is None:
+            if target is not None and getattr(target, service) is None:
                 errors.append((("routes", j, "upstream"),
                                f"upstream {route.upstream!r} needs a {service}: section for "
                                f"the {service} listeners"))
@@ -546,7 +547,7 @@ def _semantic_errors(config: Config) -> list[tuple[tuple, str]]:
                        "background_poll"))
     if config.gateway is not None:
         try:
-            config.gateway.retention_seconds
+            _ = config.gateway.retention_seconds
         except ValueError:
             errors.append((("gateway", "upstream_retention"),
                            "expected keep, delete-after-fetch or a duration such as 30d"))
@@ -563,7 +564,7 @@ def _address_conflicts(config: Config) -> list[tuple[tuple, str]]:
     taken: list[tuple[tuple, Address]] = []
     if config.metrics is not None:
         taken.append((("metrics", "address"), config.metrics.address))
-    taken += [(("listeners", i, "address"), l.address) for i, l in enumerate(config.listeners)]
+    taken += [(("listeners", i, "address"), lst.address) for i, lst in enumerate(config.listeners)]
     errors = []
     for n, (loc, address) in enumerate(taken):
         for other_loc, other in taken[:n]:
@@ -590,12 +591,13 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     def fix(path: Path | None) -> Path | None:
         return path if path is None or path.is_absolute() else base / path
 
-    def fix_cert(cert: Certificate | None) -> Certificate | None:
-        return None if cert is None else replace(cert, cert=fix(cert.cert), key=fix(cert.key))
+    def fix_cert(cert: Certificate) -> Certificate:
+        return replace(cert, cert=base / cert.cert, key=base / cert.key)  # `/` keeps absolute paths
 
     listeners = tuple(replace(lst, certificates=tuple(fix_cert(c) for c in lst.certificates))
                       for lst in config.listeners)
-    upstreams = {name: replace(up, ca_file=fix(up.ca_file), client_cert=fix_cert(up.client_cert))
+    upstreams = {name: replace(up, ca_file=fix(up.ca_file),
+                               client_cert=None if up.client_cert is None else fix_cert(up.client_cert))
                  for name, up in config.upstreams.items()}
     gateway = config.gateway
     if gateway is not None:

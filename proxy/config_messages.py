@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any, Literal, Union, get_args, get_origin
 
 Loc = tuple[str | int, ...]
@@ -42,7 +43,7 @@ def clean_loc(loc: tuple[Any, ...]) -> Loc:
     return tuple(p for i, p in enumerate(loc) if not (i and isinstance(p, str) and p == loc[i - 1]))
 
 
-def describe(error: dict[str, Any], root: type) -> tuple[Loc, str]:
+def describe(error: Mapping[str, Any], root: type) -> tuple[Loc, str]:
     """One pydantic error -> (location, message in our words)."""
     loc = clean_loc(error["loc"])
     kind = error["type"]

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxy import certgen, config as config_mod
+from proxy import certgen
+from proxy import config as config_mod
 from proxy.store import KeyRing
 from support.dovecot import free_ports
 
@@ -168,8 +169,9 @@ def test_wrong_key_file_is_one_line_exit_2(tmp_path: Path) -> None:
     config = yaml.safe_load(path.read_text())
     config["upstreams"]["main"].pop("imap")
     path.write_text(yaml.safe_dump(config))
-    from proxy.store import load_key_ring, open_store
     import trio
+
+    from proxy.store import load_key_ring, open_store
 
     async def create() -> None:   # a store written with key k1
         store = await open_store(str(tmp_path / "gw.db"), load_key_ring(tmp_path / "k1"))

@@ -160,7 +160,7 @@ def test_proxy_factory_fails_test_on_traceback(tmp_path):
     """Run a tiny pytest session with our conftest as a plugin: the traceback test must fail at
     teardown, the one that allows tracebacks must pass."""
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    (tmp_path / "test_inner.py").write_text(textwrap.dedent(f"""
+    (tmp_path / "test_inner.py").write_text(textwrap.dedent("""
         import sys, textwrap
         SCRIPT = textwrap.dedent('''
             import time
@@ -173,7 +173,7 @@ def test_proxy_factory_fails_test_on_traceback(tmp_path):
         def run(proxy_factory, tmp_path, allow):
             # the factory writes the config into tmp_path / "proxy-1"
             command = [sys.executable, "-c", SCRIPT, "--config", str(tmp_path / "proxy-1" / "mailproxy.yaml")]
-            proxy = proxy_factory({{"listeners": []}}, command=command)
+            proxy = proxy_factory({"listeners": []}, command=command)
             proxy.allow_tracebacks = allow
 
         def test_unexpected(proxy_factory, tmp_path):
@@ -201,8 +201,9 @@ class _FakeDovecot:
 
 
 def test_relay_config_is_valid():
-    from proxy import config as config_mod
     import yaml
+
+    from proxy import config as config_mod
 
     cfg = relay_config(_FakeDovecot(), imap={"timeouts": {"idle": "31m"}}, max_connections_per_ip=5)
     assert [(lst["name"], lst["protocol"], lst["address"]) for lst in cfg["listeners"]] == [

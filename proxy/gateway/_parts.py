@@ -201,11 +201,14 @@ class _Scanner:
                         break
 
     def parse_multipart(self, part: Part, depth: int) -> int | None:
+        assert part.boundary is not None  # parse_part calls this only for a multipart with one
         self.boundaries.append((part.boundary, part))
         level = len(self.boundaries)
         hit = self.scan_body(part, part.header_end)  # the preamble
         while hit is not None:
-            boundary, owner = self.boundary_at(hit)
+            found = self.boundary_at(hit)
+            assert found is not None  # scan_body and read_header stop only at a boundary line
+            boundary, owner = found
             if owner is not part:  # an outer boundary closes us; part.end is set
                 break
             pos = self.line_end(hit)

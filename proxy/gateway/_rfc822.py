@@ -322,6 +322,7 @@ class AddressParser:
 
     def addr_spec(self) -> int:
         p = self.p
+        assert p.last_comment is not None  # the address parser keeps comments
         del p.last_comment[:]
         ret = self.local_part()
         if ret != 0 and p.peek() == 0x40:

@@ -58,7 +58,7 @@ def decode_words(value: bytes) -> str:
 
 
 def _rejoin(parts: list, texts: list[str]) -> str:
-    joined = []
+    joined: list[str] = []
     for n, text in enumerate(texts):
         if n and (isinstance(parts[n][0], str) or isinstance(parts[n - 1][0], str)) \
                 and parts[n][1] != parts[n - 1][1]:

@@ -174,7 +174,7 @@ class _Ingest:
                 with trio.CancelScope(shield=True):
                     batch = await trio.to_thread.run_sync(_with_cache, batch, self.limits)
                     uids = await self.store.ingest_many(self.account_id, batch)
-                for item, uid in zip(batch, uids):
+                for item, uid in zip(batch, uids, strict=True):
                     if uid is not None:
                         self.new += 1
                         self.bytes += len(item.body)

@@ -30,7 +30,15 @@ import json
 from dataclasses import dataclass, field
 
 from ._parts import (  # noqa: F401 - Part, parse, TEXT, table_to_parts: used via mime.* elsewhere
-    DEFAULT_LIMITS, MULTIPART, RFC822, TEXT, MimeLimits, Part, parse, part_table, rfc2231_params,
+    DEFAULT_LIMITS,
+    MULTIPART,
+    RFC822,
+    TEXT,
+    MimeLimits,
+    Part,
+    parse,
+    part_table,
+    rfc2231_params,
     table_to_parts,
 )
 from ._rfc822 import AddressParser, Rfc822

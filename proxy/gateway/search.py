@@ -84,7 +84,8 @@ def parse_search(args: list) -> SearchKey:
             raise SearchError("CHARSET needs a charset name")
         charset = bytes(items[1]).decode("ascii", "replace").upper()
         if charset not in CHARSETS:
-            raise SearchError(f"Unsupported charset {charset}", code="BADCHARSET (" + " ".join(CHARSETS) + ")")
+            raise SearchError(f"Unsupported charset {charset}",
+                              code="BADCHARSET (" + " ".join(CHARSETS) + ")")
         items = items[2:]
     if not items:
         raise SearchError("Missing search key")

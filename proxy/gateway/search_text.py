@@ -53,7 +53,9 @@ def _leaf_text(raw: bytes, part: Part) -> str | None:
     if leaf.get_content_maintype() not in ("text", "message"):
         return None
     leaf.set_payload(raw[part.header_end:part.end].decode("ascii", "surrogateescape"))
-    payload = leaf.get_payload(decode=True) or b""
+    payload = leaf.get_payload(decode=True)
+    if not isinstance(payload, bytes):  # None when there is nothing to decode
+        payload = b""
     charset = leaf.get_content_charset() or "utf-8"
     if charset in ("us-ascii", "ascii"):
         charset = "utf-8"  # undeclared 8-bit text is most often UTF-8; ASCII is a subset

@@ -83,7 +83,8 @@ def _crlf(data: bytes) -> bytes:
 
 def _select(raw: bytes, root: mime.Part, spec: bytes) -> bytes:
     m = _SECTION.match(spec)
-    if not m or (m.group("fields") is not None) != (m.group("text") or b"").upper().startswith(b"HEADER.FIELDS"):
+    header_fields = (m.group("text") or b"").upper().startswith(b"HEADER.FIELDS") if m else False
+    if not m or (m.group("fields") is not None) != header_fields:
         raise SectionError(f"bad section {spec!r}")
     path = [int(n) for n in m.group("path").split(b".")] if m.group("path") else []
     if 0 in path:
@@ -124,6 +125,7 @@ def _find(root: mime.Part, path: list[int]) -> mime.Part | None:
     part: mime.Part | None = root
     for i, number in enumerate(path):
         more = i + 1 < len(path)
+        assert part is not None  # each iteration returns when part becomes None
         if part.kind == mime.MULTIPART:
             part = part.children[number - 1] if number <= len(part.children) else None
         elif number != 1 or (more and part.kind != mime.RFC822):

@@ -10,7 +10,7 @@ comparing their UTF-8 octets, as the collation says.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from .sortkeys import SortFields
 
@@ -35,7 +35,7 @@ def sent_date(item: Item) -> float:
     return item.arrival if sent is None else sent
 
 
-SORT_KEYS: dict[str, Callable[[Item], object]] = {
+SORT_KEYS: dict[str, Callable[[Item], Any]] = {
     "ARRIVAL": lambda i: i.arrival,
     "CC": lambda i: i.fields.cc,
     "DATE": sent_date,

@@ -67,7 +67,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
     from .. import config as config_mod
     from ..store import StoreError, load_key_ring, open_store
-    from .fetcher import FetchError, sync_account
+    from .fetcher import FetchError, SyncResult, sync_account
 
     try:
         config = config_mod.load(args.config)
@@ -75,7 +75,8 @@ def run_cli(args: argparse.Namespace) -> int:
         for error in exc.errors:
             print(f"{args.config}: {error}", file=sys.stderr)
         return 2
-    if config.gateway is None:
+    gateway = config.gateway
+    if gateway is None:
         print(f"{args.config}: no gateway: section", file=sys.stderr)
         return 2
     upstream = args.upstream or config.route(args.user)
@@ -92,8 +93,8 @@ def run_cli(args: argparse.Namespace) -> int:
         return 2
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
 
-    async def main() -> object:
-        store = await open_store(config.gateway.store, load_key_ring(config.gateway.key_file))
+    async def main() -> SyncResult:
+        store = await open_store(gateway.store, load_key_ring(gateway.key_file))
         try:
             return await sync_account(config, store, upstream, args.user, password, progress=bar)
         finally:

@@ -14,6 +14,7 @@ every walk is a loop over an explicit stack, and a loop check walks parent point
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -58,10 +59,11 @@ def ordered_subject(items: list[Item]) -> list[Node]:
 
 def _descends(node: Node, ancestor: Node) -> bool:
     """Is `node` `ancestor` or below it?"""
-    while node is not None:
-        if node is ancestor:
+    walk: Node | None = node
+    while walk is not None:
+        if walk is ancestor:
             return True
-        node = node.parent
+        walk = walk.parent
     return False
 
 
@@ -100,7 +102,7 @@ def _build(items: list[Item]) -> list[Node]:
                 table[ident] = node
         refs = [container(r) for r in item.fields.references]
         # (1)(A) link each reference to the next, never changing an existing parent, no loops
-        for parent, child in zip(refs, refs[1:]):
+        for parent, child in itertools.pairwise(refs):
             if child.parent is None and not _descends(parent, child):
                 _link(parent, child)
         # (1)(B) the last reference is the message's parent (replacing a guessed one), no loops
@@ -149,6 +151,7 @@ def _sort_all(roots: list[Node]) -> None:
 
 def _subject_of(node: Node) -> tuple[str, bool]:
     item = node.item if node.item is not None else node.children[0].item
+    assert item is not None  # a dummy node always has a child with a message (RFC 5256 (4)(B))
     return item.fields.subject, item.fields.reply
 
 

@@ -7,9 +7,9 @@ Public API::
 """
 
 from . import events, writer
+from ._command_parser import CommandParser
 from ._errors import ProtocolError
 from ._limits import PREAUTH_LIMITS, Limits
-from ._command_parser import CommandParser
 from ._parser import NEED_DATA
 from ._response_parser import ResponseParser
 from ._tokens import Atom, LiteralRef

@@ -9,6 +9,7 @@ from . import events as ev
 from ._errors import ProtocolError
 from ._lines import find_literal, parse_command_head
 from ._parser import BaseParser, _State
+from ._tokens import Token
 
 __all__ = ["CommandParser"]
 
@@ -55,5 +56,6 @@ class CommandParser(BaseParser):
         self._events.append(ev.CommandStart(tag, name))
         self._continue_message(line, pos, literal)
 
-    def _message_event(self, args: tuple) -> ev.Event:
-        return ev.Command(self._tag, self._name, args)  # type: ignore[arg-type]
+    def _message_event(self, args: tuple[Token, ...]) -> ev.Event:
+        assert self._tag is not None  # a command line always starts with its tag
+        return ev.Command(self._tag, self._name, args)

@@ -21,18 +21,21 @@ removed, a lone CR elsewhere stays part of the line.
 
 from __future__ import annotations
 
+import enum
+from typing import Final
+
 __all__ = ["ReceiveBuffer", "OVERLONG"]
 
 
-class _Overlong:
-    __slots__ = ()
+class _Overlong(enum.Enum):
+    OVERLONG = "OVERLONG"
 
     def __repr__(self) -> str:
-        return "OVERLONG"
+        return self.value
 
 
 #: Returned by ``take_line`` when the line part exceeds ``max_line``.
-OVERLONG = _Overlong()
+OVERLONG: Final = _Overlong.OVERLONG
 
 _LF = b"\n"
 _CR = 13
@@ -66,14 +69,14 @@ class ReceiveBuffer:
             self._data = data
             self._pos = self._scan = 0
             return
-        if type(buf) is bytes:
-            new = bytearray(buf[pos:])
-            new += data
-            self._data = new
-        else:
+        if isinstance(buf, bytearray):
             if pos:
                 del buf[:pos]
             buf += data
+        else:
+            new = bytearray(buf[pos:])
+            new += data
+            self._data = new
         self._scan -= pos
         self._pos = 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Limits", "PREAUTH_LIMITS"]
+__all__ = ["Limits", "DEFAULT_LIMITS", "PREAUTH_LIMITS"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,9 @@ class Limits:
     max_args: int = 10000
     max_id_line: int = 0
 
+
+#: The defaults above, shared by every parser created without explicit limits.
+DEFAULT_LIMITS = Limits()
 
 #: Limits before authentication (compare Dovecot's IMAP_LOGIN_MAX_LINE_LENGTH
 #: and IMAP_LOGIN_LIST_COUNT_LIMIT).  128 tokens leave room for RFC 2971 ID's

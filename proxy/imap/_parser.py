@@ -71,26 +71,27 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from typing import Final
 
 from . import events as ev
 from ._errors import ProtocolError
 from ._framer import OVERLONG, ReceiveBuffer
+from ._limits import DEFAULT_LIMITS, Limits
 from ._lines import LiteralMarker, find_literal, is_tag
-from ._limits import Limits
-from ._tokens import LiteralRef, Tokenizer
+from ._tokens import LiteralRef, Token, Tokenizer
 
 __all__ = ["BaseParser", "NEED_DATA", "RESYNC_FACTOR"]
 
 
-class _NeedData:
-    __slots__ = ()
+class _NeedData(enum.Enum):
+    NEED_DATA = "NEED_DATA"
 
     def __repr__(self) -> str:
-        return "NEED_DATA"
+        return self.value
 
 
-#: Returned by ``next_event()`` when more input is needed.
-NEED_DATA = _NeedData()
+#: Returned by ``next_event()`` when more input is needed (an enum: ``is`` narrows types).
+NEED_DATA: Final = _NeedData.NEED_DATA
 
 #: An overlong line may be discarded up to ``max_line * RESYNC_FACTOR`` bytes
 #: before the error becomes fatal.
@@ -118,7 +119,7 @@ class BaseParser:
 
     def __init__(
         self,
-        limits: Limits = Limits(),
+        limits: Limits = DEFAULT_LIMITS,
         *,
         collect_literals: bool = False,
         parse_args: bool = False,
@@ -135,11 +136,11 @@ class BaseParser:
         self._tokens: Tokenizer | None = None
         self._literal: LiteralMarker | None = None
         self._remaining = 0
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes | memoryview] = []  # literal parts, joined at its end
         self._skipped = 0
         self._fatal_error: ProtocolError | None = None
         self._name = b""  # CommandParser: name of the command being parsed
-        self._head: tuple = ()  # ResponseParser: (name, number, raw)
+        self._head: tuple[bytes, int | None, bytes] = (b"", None, b"")  # ResponseParser: (name, number, raw)
         self._steps = {
             _State.LINE: self._step_line,
             _State.CONT: self._step_cont,
@@ -222,7 +223,7 @@ class BaseParser:
     def _start_message(self, line: bytes) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    def _message_event(self, args: tuple) -> ev.Event:  # pragma: no cover
+    def _message_event(self, args: tuple[Token, ...]) -> ev.Event:  # pragma: no cover
         raise NotImplementedError
 
     # -- steps: each returns False when it needs more input -------------------
@@ -253,7 +254,7 @@ class BaseParser:
                 return False
             self._remaining -= len(chunk)
             if keep:
-                self._chunks.append(chunk)  # type: ignore[arg-type]
+                self._chunks.append(chunk)
             elif not self._collect:
                 self._events.append(ev.LiteralData(chunk))
             if self._remaining:
@@ -291,7 +292,7 @@ class BaseParser:
         return True
 
     def _step_failed(self) -> bool:
-        assert self._pending_error is None
+        assert self._pending_error is None and self._fatal_error is not None
         raise self._fatal_error
 
     # -- message assembly ------------------------------------------------------
@@ -312,10 +313,12 @@ class BaseParser:
         """Take a line part; on overlong input switch to SKIP_LINE and raise."""
         line = self._buf.take_line(self._line_limit())
         if line is not OVERLONG:
-            return line  # type: ignore[return-value]
+            return line
         tag = self._tag
         if self._state is _State.LINE and not self._raw_next:
-            head = self._buf.peek(256)
+            # Look for the tag only where it is buffered however the input was segmented (the
+            # first max_line + 1 bytes), so that the reply does not depend on segmentation.
+            head = self._buf.peek(min(256, self._limits.max_line + 1))
             sp = head.find(b" ")
             tag = head[:sp] if sp > 0 and is_tag(head[:sp]) else None
         self._raw_next = False
@@ -366,12 +369,13 @@ class BaseParser:
                 value: bytes | LiteralRef = b"".join(self._chunks)
                 self._chunks = []
             else:
-                value = LiteralRef(self._literal.size)  # type: ignore[union-attr]
+                assert self._literal is not None  # set by _start_literal
+                value = LiteralRef(self._literal.size)
             self._tokens.add_literal(value)
         self._state = _State.CONT
 
     def _finish_message(self) -> None:
-        args: tuple = ()
+        args: tuple[Token, ...] = ()
         if self._tokens is not None:
             try:
                 args = self._tokens.finish()

@@ -15,6 +15,7 @@ from ._lines import (
     parse_tagged_head,
 )
 from ._parser import BaseParser
+from ._tokens import Token
 
 __all__ = ["ResponseParser"]
 
@@ -57,6 +58,6 @@ class ResponseParser(BaseParser):
         self._head = (name, number, line)
         self._continue_message(line, pos, literal)
 
-    def _message_event(self, args: tuple) -> ev.Event:
+    def _message_event(self, args: tuple[Token, ...]) -> ev.Event:
         name, number, raw = self._head
         return ev.UntaggedResponse(name, number, args, None, None, None, raw)

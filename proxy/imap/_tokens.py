@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from ._errors import ProtocolError
 from ._limits import Limits
 
-__all__ = ["Atom", "LiteralRef", "Tokenizer"]
+__all__ = ["Atom", "LiteralRef", "Token", "Tokenizer"]
 
 
 class Atom(bytes):
@@ -43,6 +43,10 @@ class LiteralRef:
     """Placeholder for a literal whose payload was streamed, not collected."""
 
     size: int
+
+
+# One parsed argument: an atom or string (bytes), a streamed literal, or a parenthesised list.
+Token = bytes | LiteralRef | tuple["Token", ...]
 
 
 # A "[" starts a bracketed section when a "]" follows on the line; otherwise it
@@ -64,7 +68,7 @@ class Tokenizer:
     __slots__ = ("_stack", "_count", "_max_depth", "_max_args", "_need_sep")
 
     def __init__(self, limits: Limits) -> None:
-        self._stack: list[list] = [[]]
+        self._stack: list[list[Token]] = [[]]
         self._count = 0
         self._max_depth = limits.max_depth
         self._max_args = limits.max_args
@@ -122,7 +126,7 @@ class Tokenizer:
         self._stack[-1].append(value)
         self._need_sep = True
 
-    def finish(self) -> tuple:
+    def finish(self) -> tuple[Token, ...]:
         """Return the argument tuple; raise if a list is still open."""
         if len(self._stack) > 1:
             raise _syntax("Missing ')'")
@@ -133,7 +137,7 @@ class Tokenizer:
         if self._count > self._max_args:
             raise ProtocolError("too_many_args", "Too many arguments")
 
-    def _append(self, value: object) -> None:
+    def _append(self, value: Token) -> None:
         self._count_token()
         self._stack[-1].append(value)
         self._need_sep = True

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._tokens import Token
+
 __all__ = [
     "Event",
     "CommandStart",
@@ -49,7 +51,7 @@ class Command(Event):
 
     tag: bytes
     name: bytes
-    args: tuple
+    args: tuple[Token, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +105,7 @@ class UntaggedResponse(Event):
 
     name: bytes
     number: int | None
-    args: tuple
+    args: tuple[Token, ...]
     code: bytes | None
     code_args: bytes | None
     text: bytes | None

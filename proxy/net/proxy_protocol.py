@@ -219,10 +219,10 @@ def _v1_port(token: bytes, which: str) -> int:
 def _parse_v2(buf: bytes) -> tuple[ProxyHeader, int] | None:
     # Validate each fixed field as soon as it has arrived, so garbage fails fast.
     if len(buf) > 12:
-        version, command = buf[12] >> 4, buf[12] & 0x0F
+        version, command_bits = buf[12] >> 4, buf[12] & 0x0F
         if version != 2:
             raise ProxyProtocolError("v2 header has an unsupported version")
-        if command not in _V2_COMMANDS:
+        if command_bits not in _V2_COMMANDS:
             raise ProxyProtocolError("v2 header has an unknown command")
     if len(buf) > 13 and _V2_COMMANDS[buf[12] & 0x0F] == "PROXY" and buf[13] not in _V2_FAMILIES:
         raise ProxyProtocolError("v2 header has an unknown address family or transport")

@@ -17,7 +17,7 @@ import logging
 from dataclasses import replace
 
 from .. import logs
-from ..config import Config, ServicePort, Upstream
+from ..config import Config, HttpLookupEntry, ServicePort, Upstream
 from .answers import Answer, LoginQuery, Lookup, LookupUnavailable, Target
 from .cache import AnswerCache
 from .http_lookup import HttpLookup
@@ -29,10 +29,9 @@ def build(config: Config) -> list[tuple[Lookup, AnswerCache]]:
     built: list[tuple[Lookup, AnswerCache]] = []
     upstream_names = frozenset(config.upstreams)
     for entry in config.lookups:
-        settings = entry.lookup
-        lookup: Lookup = (HttpLookup(settings) if entry.kind == "http"
-                          else LdapLookup(settings, upstream_names))  # type: ignore[arg-type]
-        built.append((lookup, AnswerCache(settings.cache)))
+        lookup: Lookup = (HttpLookup(entry.http) if isinstance(entry, HttpLookupEntry)
+                          else LdapLookup(entry.ldap, upstream_names))
+        built.append((lookup, AnswerCache(entry.lookup.cache)))
     return built
 
 

@@ -9,8 +9,21 @@ from __future__ import annotations
 import os
 
 from .base import (
-    DEFAULT_MAILBOXES, HIERARCHY_DELIMITER, INBOX, Account, Change, ChangeKind, FlagMode,
-    FlagUpdate, IngestItem, Mailbox, MailboxExists, MailboxNotFound, MessageMeta, Store, StoreError,
+    DEFAULT_MAILBOXES,
+    HIERARCHY_DELIMITER,
+    INBOX,
+    Account,
+    Change,
+    ChangeKind,
+    FlagMode,
+    FlagUpdate,
+    IngestItem,
+    Mailbox,
+    MailboxExists,
+    MailboxNotFound,
+    MessageMeta,
+    Store,
+    StoreError,
     StoreFailure,
     StoreFlagsResult,
 )

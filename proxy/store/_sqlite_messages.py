@@ -21,17 +21,28 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-from typing import Any, Awaitable, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar, TypeVarTuple
 
 from . import crypto
 from ._schema import transaction
 from .base import (
-    Change, ChangeKind, FlagMode, FlagUpdate, MailboxNotFound, MessageMeta, StoreError,
-    StoreFlagsResult, normalize_flags,
+    Change,
+    ChangeKind,
+    FlagMode,
+    FlagUpdate,
+    MailboxNotFound,
+    MessageMeta,
+    StoreError,
+    StoreFlagsResult,
+    normalize_flags,
 )
 from .crypto import KeyRing
 
 __all__ = ["MessageOps", "MESSAGE_COLUMNS", "from_date"]
+
+Row = tuple[Any, ...]   # one sqlite3 result row
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 _CHUNK = 500   # host parameters per IN (...) list, well under SQLite's limit
 
@@ -70,20 +81,22 @@ class MessageOps:
 
     _db: sqlite3.Connection
     _ring: KeyRing | None
-    _run: Callable[..., Awaitable[Any]]
+
+    if TYPE_CHECKING:
+        async def _run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T: ...
 
     # ---- helpers run in the worker thread -------------------------------------------------------
 
-    def _mailbox_row(self, mailbox_id: int) -> tuple:
-        row = self._db.execute("SELECT id, account_id, uidnext, highest_modseq FROM mailboxes "
+    def _mailbox_row(self, mailbox_id: int) -> Row:
+        row: Row | None = self._db.execute("SELECT id, account_id, uidnext, highest_modseq FROM mailboxes "
                                "WHERE id = ?", (mailbox_id,)).fetchone()
         if row is None:
             raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
         return row
 
     def _bump(self, mailbox_id: int) -> int:
-        return self._db.execute("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 "
-                                "WHERE id = ? RETURNING highest_modseq", (mailbox_id,)).fetchone()[0]
+        return int(self._db.execute("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 "
+                                    "WHERE id = ? RETURNING highest_modseq", (mailbox_id,)).fetchone()[0])
 
     def _log(self, account_id: int, mailbox_id: int, modseq: int, kind: ChangeKind,
              uids: Sequence[int]) -> None:
@@ -93,12 +106,13 @@ class MessageOps:
 
     def _take_uids(self, mailbox_id: int, count: int) -> int:
         """Reserve `count` UIDs; returns the first."""
-        return self._db.execute("UPDATE mailboxes SET uidnext = uidnext + ? WHERE id = ? "
-                                "RETURNING uidnext", (count, mailbox_id)).fetchone()[0] - count
+        uidnext: int = self._db.execute("UPDATE mailboxes SET uidnext = uidnext + ? WHERE id = ? "
+                                        "RETURNING uidnext", (count, mailbox_id)).fetchone()[0]
+        return uidnext - count
 
     def _next_body_id(self) -> int:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'bodies'").fetchone()
-        return (row[0] if row else 0) + 1
+        return (int(row[0]) if row else 0) + 1
 
     def _insert_body(self, body_id: int, account_id: int, body: bytes, cache: bytes | None) -> None:
         data = crypto.seal(body, f"acct:{account_id}:body:{body_id}".encode(), self._ring)
@@ -107,8 +121,8 @@ class MessageOps:
         self._db.execute("INSERT INTO bodies(id, account_id, size, data, cache) VALUES (?, ?, ?, ?, ?)",
                          (body_id, account_id, len(body), data, sealed_cache))
 
-    def _rows(self, mailbox_id: int, uids: Sequence[int]) -> list[tuple]:
-        rows: list[tuple] = []
+    def _rows(self, mailbox_id: int, uids: Sequence[int]) -> list[Row]:
+        rows: list[Row] = []
         for chunk in _chunks(sorted(set(uids))):
             marks = ",".join("?" * len(chunk))
             rows += self._db.execute(
@@ -117,7 +131,7 @@ class MessageOps:
         rows.sort(key=lambda row: row[2])
         return rows
 
-    def _delete_messages(self, mailbox_id: int, rows: list[tuple]) -> None:
+    def _delete_messages(self, mailbox_id: int, rows: list[Row]) -> None:
         self._db.executemany("DELETE FROM messages WHERE id = ?", [(row[0],) for row in rows])
         self._collect_bodies({row[7] for row in rows})
 
@@ -126,7 +140,7 @@ class MessageOps:
             "DELETE FROM bodies WHERE id = ? AND NOT EXISTS "
             "(SELECT 1 FROM messages WHERE body_id = ?)", [(b, b) for b in body_ids])
 
-    def _copy_rows(self, rows: list[tuple], dst_mailbox_id: int) -> list[tuple[int, int]]:
+    def _copy_rows(self, rows: list[Row], dst_mailbox_id: int) -> list[tuple[int, int]]:
         _, dst_account, _, _ = self._mailbox_row(dst_mailbox_id)
         first = self._take_uids(dst_mailbox_id, len(rows))
         modseq = self._bump(dst_mailbox_id)
@@ -135,18 +149,18 @@ class MessageOps:
             "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, body_id, "
             "pop3_uidl) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [(dst_mailbox_id, new, row[3], row[4], row[5], modseq, row[7], row[8])
-             for row, (_, new) in zip(rows, pairs)])
+             for row, (_, new) in zip(rows, pairs, strict=True)])
         self._log(dst_account, dst_mailbox_id, modseq, ChangeKind.APPEND, [new for _, new in pairs])
         return pairs
 
-    def _expunge_rows(self, mailbox_id: int, account_id: int, rows: list[tuple]) -> None:
+    def _expunge_rows(self, mailbox_id: int, account_id: int, rows: list[Row]) -> None:
         if rows:
             modseq = self._bump(mailbox_id)
             self._delete_messages(mailbox_id, rows)
             self._log(account_id, mailbox_id, modseq, ChangeKind.EXPUNGE, [row[2] for row in rows])
 
     def _same_account(self, src: int, dst: int) -> int:
-        src_account = self._mailbox_row(src)[1]
+        src_account: int = self._mailbox_row(src)[1]
         if self._mailbox_row(dst)[1] != src_account:
             raise StoreError("cannot copy between accounts")
         return src_account
@@ -179,7 +193,7 @@ class MessageOps:
             "SELECT m.id, m.mailbox_id, m.uid, m.internaldate, m.tz_minutes, m.flags, m.modseq, "
             "m.body_id, m.pop3_uidl, b.size FROM messages m JOIN bodies b ON b.id = m.body_id "
             "WHERE m.mailbox_id = ? ORDER BY m.uid", (mailbox_id,)).fetchall()
-        out = []
+        out: list[MessageMeta] = []
         for row in rows:
             mid, mailbox, uid, epoch, tz, flags, modseq, body_id, uidl, size = row
             out.append(MessageMeta(mid, mailbox, uid, _to_date(epoch, tz), size, _flags_set(flags),
@@ -202,9 +216,15 @@ class MessageOps:
         return crypto.unseal(record, f"acct:{account_id}:{kind}:{message.body_id}".encode(),
                              self._ring, f"message {message.uid}")
 
+    def _body(self, message: MessageMeta) -> bytes:
+        body = self._blob(message, "data")
+        if body is None:   # bodies.data is NOT NULL: only a damaged file gets here
+            raise StoreError(f"message {message.uid} has no body")
+        return body
+
     async def body(self, message: MessageMeta) -> bytes:
         """The raw RFC 822 bytes, exactly as received."""
-        return await self._run(self._blob, message, "data")
+        return await self._run(self._body, message)
 
     async def cache(self, message: MessageMeta) -> bytes | None:
         return await self._run(self._blob, message, "cache")
@@ -227,7 +247,9 @@ class MessageOps:
         wanted = normalize_flags(flags)
         with transaction(self._db):
             _, account_id, _, _ = self._mailbox_row(mailbox_id)
-            updated, modified, to_write = [], [], []
+            updated: list[FlagUpdate] = []
+            modified: list[int] = []
+            to_write: list[tuple[int, int]] = []
             for row in self._rows(mailbox_id, uids):
                 mid, uid, old, modseq = row[0], row[2], _flags_set(row[5]), row[6]
                 if unchanged_since is not None and modseq > unchanged_since:
@@ -240,7 +262,7 @@ class MessageOps:
                     to_write.append((mid, len(updated) - 1))
             if to_write:
                 modseq = self._bump(mailbox_id)
-                for mid, index in to_write:
+                for _, index in to_write:
                     updated[index] = updated[index]._replace(modseq=modseq)
                 self._db.executemany("UPDATE messages SET flags = ?, modseq = ? WHERE id = ?",
                                      [(_flags_text(updated[i].flags), modseq, mid)
@@ -285,7 +307,7 @@ class MessageOps:
             _, account_id, _, _ = self._mailbox_row(mailbox_id)
             rows = self._rows(mailbox_id, uids)
             self._expunge_rows(mailbox_id, account_id, rows)
-        return [row[2] for row in rows]
+        return [int(row[2]) for row in rows]
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         """Remove the listed messages (the IMAP layer picks those with \\Deleted); returns the UIDs
@@ -340,7 +362,7 @@ class MessageOps:
         await self._run(self._set_caches, list(items))
 
     def _messages_by_uid(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageMeta]:
-        out = []
+        out: list[MessageMeta] = []
         for chunk in _chunks(sorted(set(uids))):
             marks = ",".join("?" * len(chunk))
             rows = self._db.execute(

@@ -29,20 +29,32 @@ import functools
 import os
 import sqlite3
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence, TypeVar, TypeVarTuple
 
 import trio
 
 from . import crypto
 from ._schema import SCHEMA_VERSION, migrate, open_db, transaction
-from ._sqlite_messages import MESSAGE_COLUMNS, MessageOps, from_date
+from ._sqlite_messages import MESSAGE_COLUMNS, MessageOps, Row, from_date
 from .base import (
-    DEFAULT_MAILBOXES, HIERARCHY_DELIMITER, INBOX, Account, ChangeKind, IngestItem, Mailbox,
-    MailboxExists, MailboxNotFound, StoreError, StoreFailure,
+    DEFAULT_MAILBOXES,
+    HIERARCHY_DELIMITER,
+    INBOX,
+    Account,
+    ChangeKind,
+    IngestItem,
+    Mailbox,
+    MailboxExists,
+    MailboxNotFound,
+    StoreError,
+    StoreFailure,
 )
 from .crypto import KeyRing, StoreKeyError
 
 __all__ = ["SqliteStore", "open_sqlite", "SCHEMA_VERSION", "migrate"]
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 def _canon(name: str) -> str:
@@ -58,9 +70,10 @@ class SqliteStore(MessageOps):
         self.path = path
         self._ring = ring
         self._limiter = trio.CapacityLimiter(1)
+        self._closed = False
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self._db is None:
+    async def _run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        if self._closed:
             raise StoreError("store is closed")
         try:
             return await trio.to_thread.run_sync(functools.partial(fn, *args),
@@ -75,20 +88,22 @@ class SqliteStore(MessageOps):
                                (account_id, _canon(name))).fetchone()
         if row is None:
             raise MailboxNotFound(f"mailbox {name!r} does not exist")
-        return row[0]
+        return int(row[0])
 
     def _next_uidvalidity(self, account_id: int) -> int:
-        last = self._db.execute("SELECT last_uidvalidity FROM accounts WHERE id = ?",
-                                (account_id,)).fetchone()[0]
+        last: int = self._db.execute("SELECT last_uidvalidity FROM accounts WHERE id = ?",
+                                     (account_id,)).fetchone()[0]
         value = max(int(time.time()), last + 1)
         self._db.execute("UPDATE accounts SET last_uidvalidity = ? WHERE id = ?", (value, account_id))
         return value
 
     def _new_mailbox(self, account_id: int, name: str, special_use: str | None) -> int:
         uidvalidity = self._next_uidvalidity(account_id)
-        return self._db.execute(
+        mailbox_id = self._db.execute(
             "INSERT INTO mailboxes(account_id, name, special_use, uidvalidity) VALUES (?, ?, ?, ?)",
             (account_id, name, special_use, uidvalidity)).lastrowid
+        assert mailbox_id is not None   # an INSERT of one row always sets lastrowid
+        return mailbox_id
 
     # ---- accounts and credentials ----------------------------------------------------------------
 
@@ -96,8 +111,8 @@ class SqliteStore(MessageOps):
         with transaction(self._db):
             cur = self._db.execute("INSERT OR IGNORE INTO accounts(upstream, user) VALUES (?, ?)",
                                    (upstream, user))
-            account_id = self._db.execute("SELECT id FROM accounts WHERE upstream = ? AND user = ?",
-                                          (upstream, user)).fetchone()[0]
+            account_id: int = self._db.execute(
+                "SELECT id FROM accounts WHERE upstream = ? AND user = ?", (upstream, user)).fetchone()[0]
             if cur.rowcount:
                 for name, special_use in DEFAULT_MAILBOXES.items():
                     self._new_mailbox(account_id, name, special_use)
@@ -158,6 +173,7 @@ class SqliteStore(MessageOps):
         "FROM mailboxes mb ")
 
     def _list_mailboxes(self, account_id: int, name: str | None = None) -> list[Mailbox]:
+        args: list[int | str]
         where, args = "WHERE mb.account_id = ?", [account_id]
         if name is not None:
             where, args = where + " AND mb.name = ?", args + [_canon(name)]
@@ -247,12 +263,16 @@ class SqliteStore(MessageOps):
     async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
         await self._run(self._set_subscribed, account_id, name, subscribed)
 
+    def _uidvalidity(self, mailbox_id: int) -> int:
+        return int(self._db.execute("SELECT uidvalidity FROM mailboxes WHERE id = ?",
+                                    (mailbox_id,)).fetchone()[0])
+
     async def uidvalidity(self, mailbox_id: int) -> int:
-        return await self._run(lambda: self._db.execute(
-            "SELECT uidvalidity FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()[0])
+        return await self._run(self._uidvalidity, mailbox_id)
 
     async def highest_modseq(self, mailbox_id: int) -> int:
-        return (await self._run(self._mailbox_row, mailbox_id))[3]
+        row: Row = await self._run(self._mailbox_row, mailbox_id)
+        return int(row[3])
 
     # ---- ingest and retention -------------------------------------------------------------------
 
@@ -299,14 +319,18 @@ class SqliteStore(MessageOps):
 
     async def known_uidls(self, account_id: int) -> set[str]:
         """Every UIDL ever ingested for the account."""
-        return await self._run(lambda: {r[0] for r in self._db.execute(
-            "SELECT uidl FROM uidls WHERE account_id = ?", (account_id,))})
+        def known() -> set[str]:
+            return {r[0] for r in self._db.execute("SELECT uidl FROM uidls WHERE account_id = ?",
+                                                   (account_id,))}
+        return await self._run(known)
 
     async def fetched_at(self, account_id: int) -> dict[str, float]:
         """UIDL -> epoch seconds of ingest, for the UIDLs not yet deleted upstream."""
-        return await self._run(lambda: dict(self._db.execute(
-            "SELECT uidl, fetched_at FROM uidls WHERE account_id = ? AND deleted_upstream_at IS NULL",
-            (account_id,)).fetchall()))
+        def fetched() -> dict[str, float]:
+            return dict(self._db.execute(
+                "SELECT uidl, fetched_at FROM uidls WHERE account_id = ? AND deleted_upstream_at IS NULL",
+                (account_id,)).fetchall())
+        return await self._run(fetched)
 
     def _mark_deleted_upstream(self, account_id: int, uidls: Sequence[str]) -> None:
         now = time.time()
@@ -344,9 +368,9 @@ class SqliteStore(MessageOps):
         return await self._run(self._size_bytes)
 
     async def close(self) -> None:
-        if self._db is not None:
-            db, self._db = self._db, None
-            await trio.to_thread.run_sync(db.close, limiter=self._limiter)
+        if not self._closed:
+            self._closed = True
+            await trio.to_thread.run_sync(self._db.close, limiter=self._limiter)
 
 
 async def open_sqlite(path: str, key_ring: KeyRing | None = None) -> SqliteStore:

@@ -20,7 +20,13 @@ from proxy.gateway.fetcher import FetchError, sync_account
 from proxy.store import KeyRing, open_store
 
 from .helpers import (
-    config_dict, corpus, digest, make_config, stored, upstream_count, upstream_messages,
+    config_dict,
+    corpus,
+    digest,
+    make_config,
+    stored,
+    upstream_count,
+    upstream_messages,
 )
 
 WORKER = Path(__file__).with_name("sync_worker.py")

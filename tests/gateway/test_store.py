@@ -8,8 +8,17 @@ import sqlite3
 import pytest
 
 from proxy.store import (
-    DEFAULT_MAILBOXES, INBOX, ChangeKind, FlagMode, IngestItem, KeyRing, MailboxExists,
-    MailboxNotFound, StoreError, StoreKeyError, open_store,
+    DEFAULT_MAILBOXES,
+    INBOX,
+    ChangeKind,
+    FlagMode,
+    IngestItem,
+    KeyRing,
+    MailboxExists,
+    MailboxNotFound,
+    StoreError,
+    StoreKeyError,
+    open_store,
 )
 from proxy.store.sqlite import SCHEMA_VERSION
 

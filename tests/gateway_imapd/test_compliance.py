@@ -69,7 +69,7 @@ async def test_search_return_min_max_modseq_is_of_the_returned_message(gateway):
         a.cmd("STORE 2 +FLAGS (\\Answered)")   # message 2 changed last: highest MODSEQ
         mods = {}
         lines = a.cmd("FETCH 1:3 (MODSEQ)")[0]
-        for line in [l for l in lines if b" FETCH " in l]:
+        for line in [x for x in lines if b" FETCH " in x]:
             m = re.match(rb"\* (\d+) FETCH \(.*MODSEQ \((\d+)\)", line)
             assert m, lines
             mods[int(m.group(1))] = int(m.group(2))

@@ -40,8 +40,8 @@ class Raw:
 
 
 def _highest(lines: list[bytes]) -> int:
-    return int(next(re.search(rb"HIGHESTMODSEQ (\d+)", l).group(1) for l in lines
-                    if b"HIGHESTMODSEQ" in l))
+    return int(next(re.search(rb"HIGHESTMODSEQ (\d+)", line).group(1) for line in lines
+                    if b"HIGHESTMODSEQ" in line))
 
 
 async def test_qresync_offline_client_gets_exactly_what_changed(gateway):
@@ -71,8 +71,8 @@ async def test_qresync_offline_client_gets_exactly_what_changed(gateway):
         c.cmd("ENABLE QRESYNC")
         lines, done = c.cmd(f"SELECT INBOX (QRESYNC ({uidvalidity} {modseq} 1:6))")
         assert b"OK" in done, done
-        vanished = [l for l in lines if b"VANISHED" in l]
-        fetches = [l for l in lines if b" FETCH " in l]
+        vanished = [line for line in lines if b"VANISHED" in line]
+        fetches = [line for line in lines if b" FETCH " in line]
         assert vanished == [b"* VANISHED (EARLIER) 4:5"], lines
         assert len(fetches) == 2, lines
         assert re.match(rb"\* 1 FETCH \(UID 1 FLAGS \(\\Seen\) MODSEQ \(\d+\)\)", fetches[0]), fetches
@@ -82,15 +82,16 @@ async def test_qresync_offline_client_gets_exactly_what_changed(gateway):
         assert new_modseq > modseq
         # Nothing changed since: nothing to send but the usual SELECT lines.
         lines, _ = c.cmd(f"SELECT INBOX (QRESYNC ({uidvalidity} {new_modseq}))")
-        assert not [l for l in lines if b"VANISHED" in l or b" FETCH " in l], lines
+        assert not [line for line in lines if b"VANISHED" in line or b" FETCH " in line], lines
         # A wrong UIDVALIDITY: a plain SELECT.
         lines, _ = c.cmd(f"SELECT INBOX (QRESYNC ({uidvalidity + 1} {modseq}))")
-        assert not [l for l in lines if b"VANISHED" in l or b" FETCH " in l], lines
+        assert not [line for line in lines if b"VANISHED" in line or b" FETCH " in line], lines
         # FETCH CHANGEDSINCE with VANISHED (3.2.6)
         lines, done = c.cmd(f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {modseq} VANISHED)")
         assert b"OK" in done
         assert lines[0] == b"* VANISHED (EARLIER) 4:5", lines
-        assert len([l for l in lines if b"FETCH" in l]) == 2 and all(b"MODSEQ" in l for l in lines[1:])
+        assert len([line for line in lines if b"FETCH" in line]) == 2
+        assert all(b"MODSEQ" in line for line in lines[1:])
         c.close()
     await run(scenario)
 
@@ -104,10 +105,10 @@ async def test_condstore_store_unchangedsince_search_status_and_vanished(gateway
         lines, _ = a.cmd("SELECT INBOX (CONDSTORE)")
         start = _highest(lines)
         lines, done = a.cmd("FETCH 1:* (UID MODSEQ)")
-        assert all(b"MODSEQ (" in l for l in lines) and len(lines) == 3
+        assert all(b"MODSEQ (" in line for line in lines) and len(lines) == 3
         lines, done = a.cmd(f"STORE 1:2 (UNCHANGEDSINCE {start}) +FLAGS (\\Answered)")
         assert b"OK" in done and b"MODIFIED" not in done
-        assert all(b"MODSEQ (" in l for l in lines) and len(lines) == 2, lines
+        assert all(b"MODSEQ (" in line for line in lines) and len(lines) == 2, lines
         lines, done = a.cmd(f"STORE 1:3 (UNCHANGEDSINCE {start}) +FLAGS.SILENT (\\Flagged)")
         assert b"[MODIFIED 1:2]" in done, done       # 1 and 2 changed after `start`
         # RFC 7162 3.1: once CONDSTORE is on, every untagged FETCH carries UID and MODSEQ
@@ -127,7 +128,7 @@ async def test_condstore_store_unchangedsince_search_status_and_vanished(gateway
         other.cmd("EXPUNGE")
         lines, _ = q.cmd("NOOP")   # another session's expunge: VANISHED, not EXPUNGE (3.2.10)
         assert b"* VANISHED 2" in lines, lines
-        assert not any(l.endswith(b"EXPUNGE") for l in lines)
+        assert not any(line.endswith(b"EXPUNGE") for line in lines)
         lines, _ = q.cmd("STORE 1 +FLAGS (\\Deleted)")
         assert re.match(rb"\* 1 FETCH \(UID 1 FLAGS \(.*\) MODSEQ \(\d+\)\)", lines[0]), lines
         lines, _ = q.cmd("EXPUNGE")

@@ -24,7 +24,6 @@ import itertools
 import socket
 
 import trio
-
 from gateway_mime import corpus, wire
 
 MESSAGES = corpus.corpus()
@@ -107,7 +106,7 @@ def _pair(ours: dict[int, str], theirs: dict[int, str]) -> dict[int, int]:
     pairs = {seq: by_key[key] for seq, key in ours.items() if key in by_key}
     rest_ours = sorted(set(ours) - set(pairs))
     rest_theirs = sorted(set(theirs) - set(pairs.values()))
-    pairs.update(zip(rest_ours, rest_theirs))
+    pairs.update(zip(rest_ours, rest_theirs, strict=False))
     return pairs
 
 
@@ -154,8 +153,8 @@ async def test_gateway_answers_like_dovecot(gateway):
         variant = imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=20)
         variant.login(variant_user, variant_password)
         variant.select("INBOX", readonly=True)
-        fixed = {name: values for (name, _), values in
-                 zip(variants, [v for _, v in sorted(_fetch(variant, ITEMS + SECTIONS).items())])}
+        fetched = [v for _, v in sorted(_fetch(variant, ITEMS + SECTIONS).items())]
+        fixed = {name: values for (name, _), values in zip(variants, fetched, strict=True)}
         variant.logout()
         theirs = imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=20)
         theirs.login(gateway.user, gateway.password)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import imaplib
 
 import trio
-
 from gateway_mime.corpus import crlf, nested_multipart, nested_rfc822
 
 from .conftest import message

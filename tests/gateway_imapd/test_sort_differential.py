@@ -22,8 +22,8 @@ import pathlib
 import time
 
 import trio
-
 from gateway_mime import corpus, wire
+
 from proxy.gateway.fetcher import internaldate
 
 from . import threads_corpus

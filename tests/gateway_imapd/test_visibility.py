@@ -21,7 +21,6 @@ import time
 
 import imapclient
 import trio
-
 from gateway_mime import wire
 
 from .conftest import message
@@ -91,7 +90,7 @@ async def test_move_seen_by_all_after_noop_and_in_idle(gateway):
         # -- after NOOP: a moves UID 2 (seq 2) to Archive
         lines = ok(a, "UID MOVE 2 Archive")
         assert kinds(lines) == [b"2 EXPUNGE"], lines
-        assert any(b"COPYUID" in l for l in lines), lines
+        assert any(b"COPYUID" in line for line in lines), lines
         assert kinds(ok(b, "NOOP")) == [b"2 EXPUNGE"]
         assert kinds(ok(c, "NOOP")) == [b"1 EXISTS", b"1 RECENT"]
         assert kinds(ok(b, "NOOP")) == [] and kinds(ok(c, "NOOP")) == []   # told once
@@ -156,9 +155,9 @@ async def test_expunge_not_during_fetch_store_search(gateway):
         lines = ok(b, "FETCH 1:* (FLAGS)")
         # the six answers, then (allowed after any command) a's \Deleted as a FETCH FLAGS
         assert kinds(lines)[:6] == [b"%d FETCH" % n for n in range(1, 7)], b"\n".join(lines)
-        assert not any(b"EXPUNGE" in l for l in lines), lines
+        assert not any(b"EXPUNGE" in line for line in lines), lines
         lines, done = raw(b, "FETCH 2 (BODY.PEEK[])")   # its body is gone (RFC 2180 4.1.3)
-        assert not any(b"EXPUNGE" in l for l in lines)
+        assert not any(b"EXPUNGE" in line for line in lines)
         assert done.split()[1] in (b"OK", b"NO"), done
         lines = ok(b, "STORE 3 +FLAGS (\\Flagged)")
         assert kinds(lines) == [b"3 FETCH"] and b"\\Flagged" in lines[0], lines
@@ -166,7 +165,7 @@ async def test_expunge_not_during_fetch_store_search(gateway):
         lines = ok(b, "SEARCH FLAGGED")
         assert lines == [b"* SEARCH 3"], lines
         lines = ok(b, "SEARCH ALL")
-        assert not any(b"EXPUNGE" in l for l in lines), lines
+        assert not any(b"EXPUNGE" in line for line in lines), lines
         # a's own expunge is announced at b's next NOOP; then the numbers shift
         lines = ok(b, "NOOP")
         assert kinds(lines) == [b"2 EXPUNGE"], lines
@@ -180,7 +179,7 @@ async def test_expunge_not_during_fetch_store_search(gateway):
         ok(a, "STORE 1 +FLAGS.SILENT (\\Deleted)")
         ok(a, "EXPUNGE")
         lines = ok(b, "STORE 1:* -FLAGS.SILENT (\\Flagged)")
-        assert not any(b"EXPUNGE" in l for l in lines), lines
+        assert not any(b"EXPUNGE" in line for line in lines), lines
         assert kinds(ok(b, "NOOP")) == [b"1 EXPUNGE"]
         for s in (a, b, c):
             s.noop()
@@ -207,11 +206,12 @@ async def test_store_seen_after_noop_and_live_in_idle(gateway):
         got = idle_until(c, lambda r: any(x[1] == b"FETCH" for x in r))
         fetched = [x for x in got if x[1] == b"FETCH"]
         assert len(fetched) == 1 and fetched[0][0] == 2, got
-        assert set(dict(zip(fetched[0][2][::2], fetched[0][2][1::2]))[b"FLAGS"]) == {b"\\Seen", b"$Work"}
+        items = dict(zip(fetched[0][2][::2], fetched[0][2][1::2], strict=True))
+        assert set(items[b"FLAGS"]) == {b"\\Seen", b"$Work"}
         # b's change reaches a (after NOOP) and c (still idling)
         ok(b, "STORE 2 -FLAGS (\\Seen)")
         got = idle_until(c, lambda r: any(x[1] == b"FETCH" for x in r))
-        assert dict(zip(got[0][2][::2], got[0][2][1::2]))[b"FLAGS"] == (b"$Work",), got
+        assert dict(zip(got[0][2][::2], got[0][2][1::2], strict=True))[b"FLAGS"] == (b"$Work",), got
         c.idle_done()
         lines = ok(a, "NOOP")
         assert kinds(lines) == [b"2 FETCH"] and b"\\Seen" not in lines[0], lines
@@ -229,12 +229,12 @@ async def test_examine_permanentflags_empty_select_has_star(gateway):
     def scenario():
         c = gateway.imapclient()
         lines = ok(c, "EXAMINE INBOX")
-        assert any(l.startswith(b"* OK [PERMANENTFLAGS ()]") for l in lines), lines
-        assert any(l.startswith(b"* FLAGS (") for l in lines), lines
+        assert any(line.startswith(b"* OK [PERMANENTFLAGS ()]") for line in lines), lines
+        assert any(line.startswith(b"* FLAGS (") for line in lines), lines
         lines, done = raw(c, "STORE 1 +FLAGS (\\Seen)")
         assert done.split()[1] == b"NO", done
         lines = ok(c, "SELECT INBOX")
-        permanent = [l for l in lines if b"PERMANENTFLAGS" in l]
+        permanent = [line for line in lines if b"PERMANENTFLAGS" in line]
         assert len(permanent) == 1 and b"\\*" in permanent[0] and b"\\Seen" in permanent[0], lines
         c.logout()
 
@@ -253,7 +253,7 @@ async def test_expunge_held_back_by_fetch_is_sent_when_idle_starts(gateway):
             s.select_folder("INBOX")
         ok(a, "STORE 1 +FLAGS.SILENT (\\Deleted)")
         ok(a, "EXPUNGE")
-        assert not any(b"EXPUNGE" in l for l in ok(b, "FETCH 1:* (UID)"))
+        assert not any(b"EXPUNGE" in line for line in ok(b, "FETCH 1:* (UID)"))
         # raw IDLE: the EXPUNGE may share a packet with "+ idling", which imapclient's
         # idle_check() (select() on the socket after a buffered readline) would not see
         imap = b._imap

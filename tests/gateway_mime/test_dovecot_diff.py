@@ -36,7 +36,8 @@ SEARCHES = [
     "SUBJECT test", "SUBJECT needle-subj", "SUBJECT inner", "SUBJECT \"say \\\"hi\\\"\"",
     "BODY needle-qp", "BODY needle-b64", "BODY needle-softbreak", "BODY \"inner plain\"",
     "TEXT inner_needle", "TEXT needle", "HEADER X-Foo bar", "HEADER X-Empty \"\"", "HEADER Message-ID mid",
-    "LARGER 5000", "SMALLER 300", "NOT LARGER 1000", "OR SUBJECT test FROM python", "NOT (FROM a TO b)", "OR (FROM python) (TO example)", "NOT OR SUBJECT a SUBJECT e",
+    "LARGER 5000", "SMALLER 300", "NOT LARGER 1000", "OR SUBJECT test FROM python", "NOT (FROM a TO b)",
+    "OR (FROM python) (TO example)", "NOT OR SUBJECT a SUBJECT e",
     "SENTSINCE 1-Jan-2002", "SENTBEFORE 1-Jan-2001", "SENTON 7-Aug-2023", "1:5,40:*", "ALL UNDELETED",
 ]
 
@@ -140,7 +141,8 @@ def test_search_matches_dovecot(imap, criteria):
     now = datetime.datetime.now()
     last = len(MESSAGES)
     ours = [seq for seq, (_, raw) in enumerate(MESSAGES, 1)
-            if search.matches(key, _View(seq, seq, ("\\Recent",), now, len(raw), raw), last_seq=last, last_uid=last)]
+            if search.matches(key, _View(seq, seq, ("\\Recent",), now, len(raw), raw),
+                              last_seq=last, last_uid=last)]
     names = {seq: name for seq, (name, _) in enumerate(MESSAGES, 1)}
     assert ours == theirs, [(n, names[n], n in theirs) for n in sorted(set(ours) ^ set(theirs))]
 

@@ -118,6 +118,7 @@ def test_mime_limits_make_deeper_parts_opaque_leaves():
 
 def test_mime_limits_are_checked():
     import pytest
+
     from proxy.gateway.mime import MimeLimits
 
     for bad in ({"max_depth": 0}, {"max_depth": 201}, {"max_parts": 0}):

@@ -535,7 +535,7 @@ def test_default_config_serves_tls_with_a_generated_certificate(render, tmp_path
     passes check-config with the Secret's files where the pod mounts them."""
     docs = render(None)
     config = rendered_config(docs)
-    assert {(l["name"], l["tls"]) for l in config["listeners"]} == {
+    assert {(lst["name"], lst["tls"]) for lst in config["listeners"]} == {
         ("imap", "starttls"), ("imaps", "implicit"), ("pop3", "starttls"), ("pop3s", "implicit")}
     (secret,) = only(docs, "Secret")
     assert secret["type"] == "kubernetes.io/tls"

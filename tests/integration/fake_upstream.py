@@ -3,8 +3,9 @@ that injects a response after its STARTTLS/STLS OK, and one that greets with PRE
 
 `FakeUpstream(script)` listens on 127.0.0.1 (a free port, `.port`) in a daemon thread and runs
 `script(conn)` for each connection, one connection at a time. `conn` is a `FakeConn`: `send(bytes)`,
-`readline()` (b"" at EOF) and `rest()` (everything until the peer closes, bounded by a timeout). The proxy's upstream health
-check also connects (it reads the greeting and closes): scripts end quietly on that EOF.
+`readline()` (b"" at EOF) and `rest()` (everything until the peer closes, bounded by a timeout).
+The proxy's upstream health check also connects (it reads the greeting and closes): scripts end
+quietly on that EOF.
 What each connection received is kept in `.received` (one bytes object per connection, appended
 when the connection ends), so a test can check what the proxy sent, e.g. that it never started a
 TLS handshake (a ClientHello starts with byte 0x16).

@@ -6,7 +6,6 @@ import hashlib
 import imaplib
 import os
 import socket
-import threading
 import time
 
 import imapclient
@@ -106,9 +105,9 @@ def test_pipelined_commands_in_one_write(relay_proxy, dovecot, user):
     sock.sendall(b"a LOGIN %s %s\r\nb SELECT INBOX\r\nc FETCH 1 (FLAGS)\r\nd NOOP\r\ne LOGOUT\r\n"
                  % (name.encode(), password.encode()))
     lines = file.read().split(b"\r\n")
-    tagged = [l.split(b" ", 2)[:2] for l in lines if l[:1] in b"abcde" and l]
+    tagged = [line.split(b" ", 2)[:2] for line in lines if line[:1] in b"abcde" and line]
     assert tagged == [[b"a", b"OK"], [b"b", b"OK"], [b"c", b"OK"], [b"d", b"OK"], [b"e", b"OK"]]
-    assert any(l.startswith(b"* 1 FETCH (FLAGS") for l in lines)
+    assert any(line.startswith(b"* 1 FETCH (FLAGS") for line in lines)
     sock.close()
 
 

@@ -4,7 +4,6 @@ auth-failure throttling, PROXY protocol."""
 from __future__ import annotations
 
 import imaplib
-import os
 import re
 import signal
 import socket

@@ -38,7 +38,7 @@ def test_full_poplib_session(relay_proxy, dovecot, user):
     assert count == 2
     assert size == len(dotted) + len(big)
     _, listing, _ = client.list()
-    assert [int(l.split()[1]) for l in listing] == [len(dotted), len(big)]
+    assert [int(line.split()[1]) for line in listing] == [len(dotted), len(big)]
     _, uidls, _ = client.uidl()
     assert len(uidls) == 2
     _, top, _ = client.top(1, 0)

@@ -58,7 +58,7 @@ def _mailbox() -> dict[str, list[tuple[str, bytes]]]:
     flag_cycle = ["", "S", "FS", "RS", "D", "DRS", "F", ""]
     n = 0
     for folder, count in (("INBOX", 12), ("Archive", 8), ("Archive/2024", 6), ("Sent", 4)):
-        for i in range(count):
+        for _ in range(count):
             n += 1
             body = b"Message %d in %s.\r\n" % (n, folder.encode())
             if n == 3:

@@ -273,7 +273,7 @@ def test_openssl_s_client_starttls_imap(front, tls_files):
 def test_openssl_s_client_stls_pop3(front, tls_files):
     out = s_client(front.port("pop3_strict"), "pop3", tls_files, b"CAPA\r\nQUIT\r\n")
     capa = out.split("+OK Capability list follows", 1)[1].split("\n.", 1)[0]
-    lines = [l.strip() for l in capa.strip().splitlines()]
+    lines = [line.strip() for line in capa.strip().splitlines()]
     assert lines == ["TOP", "UIDL", "PIPELINING", "RESP-CODES", "AUTH-RESP-CODE", "USER",
                      "SASL PLAIN LOGIN", "IMPLEMENTATION mailproxy"], out
     assert "+OK Logging out." in out

@@ -253,7 +253,8 @@ class Dovecot:
             raise TypeError("message must be bytes")
         bad = set(flags) - set(MAILDIR_FLAGS)
         if bad:
-            raise ValueError(f"unknown maildir flags {''.join(sorted(bad))!r}; use letters of {MAILDIR_FLAGS}")
+            raise ValueError(f"unknown maildir flags {''.join(sorted(bad))!r}; "
+                             f"use letters of {MAILDIR_FLAGS}")
         path = self.maildir(user, folder)
         base = _unique_maildir_name(len(message))
         tmp = path / "tmp" / base
@@ -305,8 +306,8 @@ class Dovecot:
             return
         dovecot = _which("dovecot") or "dovecot"
         with open(self.dir / "dovecot.out", "ab") as out:
-            stopper = subprocess.Popen([dovecot, "-c", str(self.config_path), "stop"], stdin=subprocess.DEVNULL,
-                                       stdout=out, stderr=subprocess.STDOUT)
+            stopper = subprocess.Popen([dovecot, "-c", str(self.config_path), "stop"],
+                                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + STOP_TIMEOUT
         while _pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -327,7 +328,8 @@ class Dovecot:
         if self.tls:
             cert, key = self.tls
             ssl = "required" if self.ssl_required else "yes"
-            ssl_settings = f"ssl_cert = <{pathlib.Path(cert).resolve()}\nssl_key = <{pathlib.Path(key).resolve()}"
+            ssl_settings = (f"ssl_cert = <{pathlib.Path(cert).resolve()}\n"
+                            f"ssl_key = <{pathlib.Path(key).resolve()}")
         else:
             ssl, ssl_settings = "no", ""
         values = {

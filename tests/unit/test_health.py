@@ -15,6 +15,7 @@ from proxy import health as health_mod
 from proxy.config import Config, ServicePort, Upstream
 from proxy.health import Health, check_round, check_upstreams
 from proxy.metrics import Metrics
+from support.polling import wait_until
 
 IMAP_OK = b"* OK ready\r\n"
 POP3_OK = b"+OK POP3 ready\r\n"
@@ -180,14 +181,10 @@ async def test_loop_checks_before_started_and_keeps_checking(nursery, events):
     assert health.upstream_ok == {"a": True, "b": False}  # first round done before started()
 
     server.greeting = b"-ERR maintenance\r\n"
-    with trio.fail_after(5):
-        while health.ready:
-            await trio.sleep(0.01)
+    await wait_until(lambda: not health.ready, "the failing upstream to make /readyz false")
     assert up_gauge(metrics, "a", "pop3") == 0
     server.greeting = POP3_OK
-    with trio.fail_after(5):
-        while not health.ready:
-            await trio.sleep(0.01)
+    await wait_until(lambda: health.ready, "the recovered upstream to make /readyz true")
     assert [e for e in events if e[0] == "a"] == [("a", "pop3", True), ("a", "pop3", False),
                                                   ("a", "pop3", True)]
 

@@ -8,7 +8,8 @@ import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.net import proxy_protocol
 from proxy.net.proxy_protocol import (

@@ -7,7 +7,6 @@ import socket
 import textwrap
 
 import pytest
-import trio
 
 from proxy import config as config_mod
 from proxy.config import LookupCache

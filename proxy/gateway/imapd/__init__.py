@@ -8,8 +8,8 @@ picture of its selected mailbox), `hub` (change notification between sessions), 
 (mailbox names), `_args` (argument decoding).
 """
 
-from .commands import CAPABILITIES
 from ._caches import BodyCache, MimeCache
+from .commands import CAPABILITIES
 from .hub import Hub
 from .session import Backend, ImapSession
 

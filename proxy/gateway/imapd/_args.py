@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import TypeGuard
 
 from ...imap import writer
 from ...store.base import SYSTEM_FLAGS
@@ -39,7 +40,7 @@ class Reply(Exception):
         return cls(b"BAD", text, code)
 
 
-def is_atom(value: object) -> bool:
+def is_atom(value: object) -> TypeGuard[bytes]:
     return isinstance(value, bytes) and type(value) is not bytes
 
 
@@ -102,7 +103,9 @@ def resolve(ranges: list[tuple[int | None, int | None]], last: int) -> list[tupl
 
 def compress(numbers: list[int]) -> bytes:
     """Sorted numbers -> "1:3,5" (RFC 4731 ESEARCH ALL, RFC 4315 COPYUID)."""
-    parts, start, prev = [], None, None
+    parts: list[bytes] = []
+    start: int | None = None
+    prev = 0
     for n in numbers:
         if start is None:
             start = prev = n

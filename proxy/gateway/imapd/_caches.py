@@ -23,9 +23,10 @@ from typing import Sequence
 
 import trio
 
-from .. import mime
-from ..analysis import analyze_for_store, decode as _decode
 from ...store import MessageMeta
+from .. import mime
+from ..analysis import analyze_for_store
+from ..analysis import decode as _decode
 
 ANALYZE_IN_THREAD = 256 * 1024      # bodies (or batches) this big are analysed off the trio thread
 
@@ -76,7 +77,7 @@ class BodyCache:
         missing = [i for i, raw in enumerate(out) if raw is None]
         if missing:
             loaded = await store.bodies([metas[i] for i in missing])
-            for i, raw in zip(missing, loaded):
+            for i, raw in zip(missing, loaded, strict=True):
                 out[i] = raw
                 if raw is not None:
                     self._lru.put(metas[i].body_id, raw)
@@ -110,7 +111,7 @@ class MimeCache:
         missing = [metas[i] for i, info in enumerate(out) if info is None]
         if missing:
             await self._load(store, missing)
-            out = [info or self._infos.get(m.body_id) for info, m in zip(out, metas)]
+            out = [info or self._infos.get(m.body_id) for info, m in zip(out, metas, strict=True)]
         return out
 
     async def texts(self, store, metas: Sequence[MessageMeta]) -> list[tuple[str, str] | None]:
@@ -119,7 +120,7 @@ class MimeCache:
         missing = [metas[i] for i, text in enumerate(out) if text is None]
         if missing:
             found = await self._load(store, missing)
-            out = [text or found.get(m.body_id) for text, m in zip(out, metas)]
+            out = [text or found.get(m.body_id) for text, m in zip(out, metas, strict=True)]
         return out
 
     async def _load(self, store, metas: Sequence[MessageMeta]) -> dict[int, tuple[str, str]]:
@@ -129,7 +130,7 @@ class MimeCache:
         blobs = await store.caches(unique)
         texts: dict[int, tuple[str, str]] = {}
         stale = []
-        for meta, blob in zip(unique, blobs):
+        for meta, blob in zip(unique, blobs, strict=True):
             data = _decode(blob)
             if data is None:
                 stale.append(meta)
@@ -137,14 +138,14 @@ class MimeCache:
                 self._remember(meta, data, texts)
         if stale:
             raws = await self.bodies.get_many(store, stale)
-            present = [(m, r) for m, r in zip(stale, raws) if r is not None]
+            present = [(m, r) for m, r in zip(stale, raws, strict=True) if r is not None]
             work = lambda: [analyze_for_store(r, self.limits) for _, r in present]   # noqa: E731
             if sum(len(r) for _, r in present) > ANALYZE_IN_THREAD:
                 blobs = await trio.to_thread.run_sync(work)
             else:
                 blobs = work()
-            await store.set_caches([(m, b) for (m, _), b in zip(present, blobs)])
-            for (meta, _), blob in zip(present, blobs):
+            await store.set_caches([(m, b) for (m, _), b in zip(present, blobs, strict=True)])
+            for (meta, _), blob in zip(present, blobs, strict=True):
                 self._remember(meta, json.loads(blob), texts)
         return texts
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..sections import SectionError, crlf, fetch_section
 from ...store import MessageMeta
-from ._args import Reply, format_date_time, is_atom, flag_list
+from ..sections import SectionError, crlf, fetch_section
+from ._args import Reply, flag_list, format_date_time, is_atom
 
 _BODY_ITEM = re.compile(rb"^(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK)\[([^\]]*)\](?:<(\d+)(?:\.(\d+))?>)?$",
                         re.IGNORECASE)
@@ -72,8 +72,7 @@ def parse_items(arg: object, *, uid: bool) -> list[Item]:
             items.append(Item(b"BODY[]", section, partial, peek=kind.upper() == b"BODY.PEEK"))
         else:
             raise Reply.bad(f"Unknown FETCH item {bytes(value)[:40].decode('ascii', 'replace')}")
-    seen: set[Item] = set()
-    return [i for i in items if not (i in seen or seen.add(i))]
+    return list(dict.fromkeys(items))  # duplicates dropped, first occurrence kept
 
 
 def plan(items: list[Item]) -> tuple[bool, bool]:

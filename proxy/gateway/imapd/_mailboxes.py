@@ -10,15 +10,14 @@ carry RFC 3348 CHILDREN and RFC 6154 SPECIAL-USE.
 from __future__ import annotations
 
 from ...store.base import INBOX, SYSTEM_FLAGS
-from ._args import (Reply, astring, flag_list, mailbox, mailbox_wire, parse_date_time, parse_flags,
-                    word)
+from . import _condstore as cs
+from . import utf7
+from ._args import Reply, astring, flag_list, mailbox, mailbox_wire, parse_date_time, parse_flags, word
 from ._caches import analyze
 from ._listing import Children, MailboxPattern, implied_parents
 from ._messages import publish_appended
 from ._state import Trigger
 from ._view import SelectedView
-from . import _condstore as cs
-from . import utf7
 
 SEP = "/"
 _STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN",

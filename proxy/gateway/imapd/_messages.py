@@ -13,10 +13,19 @@ import types
 
 import trio
 
-from ...store import FlagMode, StoreError
+from ...store import FlagMode
 from ..search import SearchError, SearchKey, matches, parse_search
-from ._args import (Reply, compress, flag_list, mailbox, parse_flags, parse_sequence_set,
-                    resolve, uid_list, word)
+from . import _condstore as cs
+from ._args import (
+    Reply,
+    compress,
+    mailbox,
+    parse_flags,
+    parse_sequence_set,
+    resolve,
+    uid_list,
+    word,
+)
 from ._fetch import Item, parse_items, plan, render
 from ._state import Trigger
 from . import _condstore as cs

@@ -42,10 +42,9 @@ class SortFieldCache:
             part = missing[start:start + CHUNK]
             raws = await session.backend.mime.bodies.get_many(
                 session.store, [metas[i] for i in part])
-            present = [(i, raw) for i, raw in zip(part, raws) if raw is not None]
-            found = await trio.to_thread.run_sync(
-                lambda: [extract(raw) for _, raw in present])
-            for (i, _), value in zip(present, found):
+            present = [(i, raw) for i, raw in zip(part, raws, strict=True) if raw is not None]
+            found = await trio.to_thread.run_sync(_extract_all, [raw for _, raw in present])
+            for (i, _), value in zip(present, found, strict=True):
                 out[i] = value
                 self._lru.put(metas[i].body_id, value)
         return out
@@ -71,7 +70,7 @@ async def _items(session, seqs: list[int], uid: bool, need_size: bool) -> list[I
             infos += await session.backend.mime.infos(session.store, metas[start:start + CHUNK])
         sizes = [i.size if i is not None else None for i in infos]
     return [Item(m.uid if uid else q, q, m.internaldate.timestamp(), size, f)
-            for q, m, f, size in zip(seqs, metas, fields, sizes)
+            for q, m, f, size in zip(seqs, metas, fields, sizes, strict=True)
             if f is not None and size is not None]
 
 
@@ -108,13 +107,20 @@ def _program(criteria) -> list[tuple[str, bool]]:
     return program
 
 
-def _return_options(args: list) -> tuple[dict[bytes, object] | None, list]:
+EsortOptions = dict[bytes, "bool | tuple[int, int]"]   # RETURN option -> True, or PARTIAL's range
+
+
+def _extract_all(raws: list[bytes]) -> list[SortFields]:
+    return [extract(raw) for raw in raws]
+
+
+def _return_options(args: list) -> tuple[EsortOptions | None, list]:
     """ESORT RETURN (RFC 5267 3.1): options -> value (PARTIAL's range), and the rest."""
     if not (args and isinstance(args[0], bytes) and bytes(args[0]).upper() == b"RETURN"):
         return None, args
     if len(args) < 2 or not isinstance(args[1], tuple):
         raise Reply.bad("RETURN expects a list of options")
-    options: dict[bytes, object] = {}
+    options: EsortOptions = {}
     items = list(args[1])
     while items:
         option = word(items.pop(0))
@@ -166,8 +172,9 @@ def _esort_reply(cmd, numbers: list[int], options: dict[bytes, object]) -> bytes
         reply += b" ALL " + _in_order(numbers)
     if b"COUNT" in options:
         reply += b" COUNT %d" % len(numbers)
-    if b"PARTIAL" in options:
-        low, high = options[b"PARTIAL"]
+    window_range = options.get(b"PARTIAL")
+    if isinstance(window_range, tuple):
+        low, high = window_range
         window = numbers[low - 1:high]
         reply += b" PARTIAL (%d:%d %s)" % (low, high, _in_order(window) if window else b"NIL")
     return reply

@@ -83,7 +83,7 @@ class SelectedView:
             for uid in gone:
                 self.remove(uid)
             return [b"VANISHED " + compress(sorted(gone))] if gone else []
-        return [b"%d EXPUNGE" % self.remove(uid) for uid in gone]
+        return [b"%d EXPUNGE" % seq for uid in gone if (seq := self.remove(uid)) is not None]
 
     def seqs_for(self, ranges: list[tuple[int, int]]) -> list[int]:
         """Sequence numbers in `ranges` (already resolved), ascending, deduplicated."""
@@ -93,7 +93,7 @@ class SelectedView:
         return sorted(wanted)
 
     def seqs_for_uids(self, ranges: list[tuple[int, int]]) -> list[int]:
-        out = []
+        out: list[int] = []
         for lo, hi in ranges:
             start = bisect.bisect_left(self.uids, lo)
             end = bisect.bisect_right(self.uids, hi)
@@ -134,9 +134,9 @@ class SelectedView:
                         added += 1
             elif event.kind is EventKind.FLAGS:
                 for uid, flags, modseq in event.updates:
-                    meta = self.meta.get(uid)
-                    if meta is not None and modseq > meta.modseq:
-                        self.meta[uid] = dataclasses.replace(meta, flags=flags, modseq=modseq)
+                    known = self.meta.get(uid)
+                    if known is not None and modseq > known.modseq:
+                        self.meta[uid] = dataclasses.replace(known, flags=flags, modseq=modseq)
                         changed[uid] = None
             elif event.kind is EventKind.EXPUNGE:
                 self.expunged.update(uid for uid in event.uids if uid in self.meta)

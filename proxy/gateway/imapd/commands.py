@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from ._args import Reply
-from ._state import ANY, AUTH, PRE, SEL, Trigger
+from . import _compress
+from . import _list_ext as lx
 from . import _mailboxes as mb
 from . import _messages as msg
 from . import _sort as srt
-from . import _list_ext as lx
-from . import _compress
+from ._args import Reply
+from ._state import ANY, AUTH, PRE, SEL, Trigger
 
 # Post-login capabilities (RFC 3501 7.2.1). SASL-IR and AUTH= are the pre-login front's.
 CAPABILITIES = (b"IMAP4rev1", b"LITERAL+", b"IDLE", b"UIDPLUS", b"MOVE", b"NAMESPACE", b"ID",

@@ -23,7 +23,8 @@ def _b64(chunk: str) -> bytes:
 
 def encode(name: str) -> bytes:
     """A mailbox name as sent on the wire."""
-    out, pending = bytearray(), []
+    out = bytearray()
+    pending: list[str] = []
     for char in name:
         if 0x20 <= ord(char) <= 0x7E:
             if pending:

@@ -308,7 +308,7 @@ class Session:
             self.view.fail(f"UIDs {sorted(present)} were answered as expunged (NIL) but exist",
                            b"FETCH 1:* (UID FLAGS)", b"checkpoint")
         self.view.nil_uids.clear()
-        for seq, (old, new) in enumerate(zip(before, after), 1):
+        for seq, (old, new) in enumerate(zip(before, after, strict=False), 1):
             if old != new:
                 self.view.fail(f"seq {seq}: told {old}, but the mailbox has {new}",
                                b"FETCH 1:* (UID FLAGS)", b"checkpoint")

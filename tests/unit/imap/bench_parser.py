@@ -69,7 +69,8 @@ def main() -> None:
     cases = [
         ("FETCH BODY[] framing", body_stream(), lambda: ResponseParser()),
         ("FETCH BODY[] parse_args", body_stream(), lambda: ResponseParser(parse_args=True)),
-        ("FETCH BODY[] collect+parse", body_stream(), lambda: ResponseParser(parse_args=True, collect_literals=True)),
+        ("FETCH BODY[] collect+parse", body_stream(),
+         lambda: ResponseParser(parse_args=True, collect_literals=True)),
         ("ENVELOPE framing", envelope_stream(), lambda: ResponseParser()),
         ("ENVELOPE parse_args", envelope_stream(), lambda: ResponseParser(parse_args=True)),
         ("APPEND 20 KB LITERAL+", append_stream(), lambda: CommandParser(plus)),

@@ -229,7 +229,8 @@ def test_fatal_error_repeats() -> None:
 
 def test_absurd_sync_literal_is_not_fatal() -> None:
     wire = b"A1 APPEND X {" + b"9" * 40 + b"}\r\n" + NEXT
-    expected = [CommandStart(b"A1", b"APPEND"), Err("literal_too_big", b"A1 BAD [TOOBIG] Literal too big\r\n")]
+    expected = [CommandStart(b"A1", b"APPEND"),
+                Err("literal_too_big", b"A1 BAD [TOOBIG] Literal too big\r\n")]
     check_all_chunkings(CommandParser, wire, expected + NOOP)
 
 
@@ -259,7 +260,8 @@ RESPONSE_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("limits, wire, expected", [c[1:] for c in RESPONSE_ERRORS], ids=[c[0] for c in RESPONSE_ERRORS])
+@pytest.mark.parametrize("limits, wire, expected", [c[1:] for c in RESPONSE_ERRORS],
+                         ids=[c[0] for c in RESPONSE_ERRORS])
 def test_response_errors_then_resync(limits, wire, expected) -> None:
     factory = functools.partial(ResponseParser, limits, parse_args=True)
     check_all_chunkings(factory, wire + EXISTS, expected + [EXISTS_EVENT])

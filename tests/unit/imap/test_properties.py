@@ -20,8 +20,10 @@ wire_bytes = st.one_of(
     st.binary(max_size=300),
     st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.binary(max_size=5)), max_size=60).map(b"".join),
 )
-LIMITS = [Limits(), PREAUTH_LIMITS, Limits(max_line=16, max_literal=8, max_nonsync_literal=2, max_depth=1, max_args=4)]
-configs = st.tuples(st.sampled_from([CommandParser, ResponseParser]), st.sampled_from(LIMITS), st.booleans(), st.booleans())
+LIMITS = [Limits(), PREAUTH_LIMITS,
+          Limits(max_line=16, max_literal=8, max_nonsync_literal=2, max_depth=1, max_args=4)]
+configs = st.tuples(st.sampled_from([CommandParser, ResponseParser]), st.sampled_from(LIMITS),
+                    st.booleans(), st.booleans())
 
 
 def run_to_end(parser, chunks: list[bytes], react_expect_line: bool) -> None:
@@ -54,7 +56,7 @@ def test_any_input_whole_and_split(config, wire: bytes, data) -> None:
     cls, limits, collect, parse = config
     run_to_end(cls(limits, collect_literals=collect, parse_args=parse), [wire], False)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8)))
-    chunks = [wire[a:b] for a, b in zip([0] + cuts, cuts + [len(wire)]) if b > a]
+    chunks = [wire[a:b] for a, b in zip([0] + cuts, cuts + [len(wire)], strict=True) if b > a]
     run_to_end(cls(limits, collect_literals=collect, parse_args=parse), chunks, data.draw(st.booleans()))
 
 

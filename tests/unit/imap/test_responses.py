@@ -160,7 +160,8 @@ CASES = [
         b'* LIST (\\HasNoChildren) "/" {5}\r\nINBOX\r\nA1 OK done\r\n',
         [
             LiteralStart(5, True, False),
-            data(b"LIST", None, ((A(b"\\HasNoChildren"),), b"/", b"INBOX"), b'* LIST (\\HasNoChildren) "/" {5}'),
+            data(b"LIST", None, ((A(b"\\HasNoChildren"),), b"/", b"INBOX"),
+                 b'* LIST (\\HasNoChildren) "/" {5}'),
             TaggedResponse(b"A1", b"OK", None, None, b"done"),
         ],
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -66,7 +67,7 @@ def splits(wire: bytes) -> Iterator[list[bytes]]:
 def cut(wire: bytes, points: Iterable[int]) -> list[bytes]:
     """Cut wire at the given offsets."""
     bounds = [0, *sorted(set(points)), len(wire)]
-    return [wire[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [wire[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def check_every_split(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.pop3 import PREAUTH_LIMITS, CommandParser, Limits
+from proxy.pop3 import NEED_DATA, PREAUTH_LIMITS, CommandParser, Limits, ProtocolError
 from proxy.pop3.events import Command, ConnectionClosed, RawLine
 
 from .helpers import Error, check_every_split, drive, sasl_script
@@ -177,7 +177,7 @@ def test_buffered_and_set_limits() -> None:
     assert parser.buffered == 2
     parser.set_limits(SMALL)
     parser.receive_data(b"AT 1234567890123\r\n")
-    with pytest.raises(Exception, match="Line too long"):
+    with pytest.raises(ProtocolError, match="Line too long"):
         parser.next_event()
 
 
@@ -197,10 +197,11 @@ def test_overlong_line_dropped_as_it_arrives() -> None:
 def test_skipping_keeps_buffer_small() -> None:
     parser = CommandParser(SMALL)
     parser.receive_data(b"X" * 20)
-    with pytest.raises(Exception):
+    with pytest.raises(ProtocolError) as caught:
         parser.next_event()
+    assert caught.value.kind == "line_too_long"
     parser.receive_data(b"X" * 10_000)
-    parser.next_event()
+    assert parser.next_event() is NEED_DATA
     assert parser.buffered == 0
 
 

@@ -71,7 +71,7 @@ _line = st.one_of(
     st.binary(max_size=20),
     st.builds(lambda dots, rest: b"." * dots + rest, st.integers(1, 3), st.binary(max_size=10)),
 ).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
-messages = st.lists(_line, max_size=15).map(lambda lines: b"".join(l + b"\r\n" for l in lines))
+messages = st.lists(_line, max_size=15).map(lambda lines: b"".join(line + b"\r\n" for line in lines))
 
 
 def _body_of(events: list[object]) -> bytes:
