@@ -1,5 +1,5 @@
-"""Differential test of SORT, ESORT/PARTIAL, THREAD, SEARCHRES and WITHIN (issue 17) against Dovecot IMAP: the MIME
-corpus (tests/gateway_mime/corpus.py) plus generated threads (threads_corpus.py: missing
+"""Differential test of SORT, ESORT/PARTIAL, THREAD, SEARCHRES and WITHIN (issue 17) against Dovecot
+IMAP: the MIME corpus (tests/gateway_mime/corpus.py) plus generated threads (threads_corpus.py: missing
 parents, loops in References, In-Reply-To only, duplicate Message-IDs, subject-only threads,
 equal and missing dates, address variants, a deep chain) are delivered to one Dovecot account,
 then the same commands go to Dovecot's IMAP directly and to the gateway (which ingested the
@@ -89,7 +89,7 @@ def _answer(client: imaplib.IMAP4, command: bytes) -> list[bytes]:
 def _difference(command: bytes, want: list[bytes], got: list[bytes]) -> str:
     """The command and both answers from just before the first byte that differs."""
     a, b = b"\n".join(want), b"\n".join(got)
-    at = next((n for n, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    at = next((n for n, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     start = max(0, at - 60)
     return (f"{command.decode()} (from byte {start})\n  dovecot {a[start:start + 300]!r}\n"
             f"  gateway {b[start:start + 300]!r}")

@@ -16,6 +16,7 @@ import trio
 from ...store import FlagMode
 from ..search import SearchError, SearchKey, matches, parse_search
 from . import _condstore as cs
+from . import _searchres as searchres
 from ._args import (
     Reply,
     compress,
@@ -28,8 +29,6 @@ from ._args import (
 )
 from ._fetch import Item, parse_items, plan, render
 from ._state import Trigger
-from . import _condstore as cs
-from . import _searchres as searchres
 
 _RAW_KEYS = {"HEADER", "SENTBEFORE", "SENTON", "SENTSINCE"}   # need the parsed message
 _TEXT_KEYS = {"BODY", "TEXT"}                                 # need the cached search texts

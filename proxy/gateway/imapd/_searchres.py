@@ -15,7 +15,7 @@ MARKER = b"$"
 
 
 def is_saved(arg: object) -> bool:
-    return is_atom(arg) and bytes(arg) == MARKER   # type: ignore[arg-type]
+    return is_atom(arg) and bytes(arg) == MARKER
 
 
 def _saved(view) -> list[int]:

@@ -18,10 +18,10 @@ from ...imap._tokens import Atom
 from ..sort import SORT_KEYS, Item, sort_items
 from ..sortkeys import SortFields, extract
 from ..thread import ordered_subject, references, render
+from . import _searchres as searchres
 from ._args import Reply, compress, word
 from ._caches import _Lru
 from ._messages import find, is_uid, parse_criteria
-from . import _searchres as searchres
 
 CHUNK = 256            # messages per store call while reading sort fields
 OFF_LOOP_AT = 200      # sorts / threadings of more messages run in a worker thread
@@ -154,7 +154,7 @@ def _in_order(numbers: list[int]) -> bytes:
     return b",".join(parts)
 
 
-def _saved_part(ordered: list[Item], options: dict[bytes, object]) -> list[Item]:
+def _saved_part(ordered: list[Item], options: EsortOptions) -> list[Item]:
     """RFC 5182 2.4: with MIN and/or MAX but neither ALL nor COUNT, only those are saved."""
     if not ordered or b"ALL" in options or b"COUNT" in options or not (
             b"MIN" in options or b"MAX" in options):
@@ -162,7 +162,7 @@ def _saved_part(ordered: list[Item], options: dict[bytes, object]) -> list[Item]
     return [i for option, i in ((b"MIN", ordered[0]), (b"MAX", ordered[-1])) if option in options]
 
 
-def _esort_reply(cmd, numbers: list[int], options: dict[bytes, object]) -> bytes:
+def _esort_reply(cmd, numbers: list[int], options: EsortOptions) -> bytes:
     reply = b'ESEARCH (TAG "%s")' % cmd.tag + (b" UID" if is_uid(cmd) else b"")
     if numbers and b"MIN" in options:    # RFC 5267 3.2: first and last in sort order
         reply += b" MIN %d" % numbers[0]
@@ -196,6 +196,7 @@ async def sort(session, cmd):
     ordered = await _off_loop(partial(sort_items, program=program), items)
     numbers = [item.number for item in ordered]
     if saving:
+        assert options is not None
         searchres.save(view, [view.uids[i.seq - 1] for i in _saved_part(ordered, options)])
         options = {k: v for k, v in options.items() if k != b"SAVE"}
         if not options:   # RFC 5182 2.4: SAVE alone returns no ESEARCH
