@@ -18,7 +18,6 @@ import imaplib
 import itertools
 
 import trio
-
 from gateway_mime import wire
 
 from .conftest import message
@@ -74,7 +73,7 @@ def _status(line: bytes) -> bytes:
     """A STATUS line with its items in one order (servers may answer in any order)."""
     head, _, items = line.rstrip().rpartition(b" (")
     pairs = items.rstrip(b")").split()
-    ordered = sorted(zip(pairs[::2], pairs[1::2]))
+    ordered = sorted(zip(pairs[::2], pairs[1::2], strict=True))
     return head + b" (" + b" ".join(b"%s %s" % pair for pair in ordered) + b")"
 
 

@@ -26,7 +26,7 @@ def _options(value, known: set[bytes], what: str) -> list:
     if not isinstance(value, tuple):
         raise Reply.bad(f"Expected a list of {what} options")
     items = list(value)
-    out = []
+    out: list[tuple[bytes, list[bytes] | None]] = []
     while items:
         option = word(items.pop(0))
         if option not in known:

@@ -240,7 +240,7 @@ async def _size(session, snap) -> int:
     for start in range(0, len(metas), 1024):
         part = metas[start:start + 1024]
         infos = await session.backend.mime.infos(session.store, part)
-        total += sum(i.size if i is not None else m.size for i, m in zip(infos, part))
+        total += sum(i.size if i is not None else m.size for i, m in zip(infos, part, strict=True))
     return total
 
 
