@@ -68,7 +68,7 @@ def setup(fmt: str = "text", level: str = "INFO") -> None:
 _logger = logging.getLogger(LOGGER_NAME)
 
 
-def event(name: str, level: int = logging.INFO, exc_info: Any = None, **fields: Any) -> None:
+def event(name: str, level: int = logging.INFO, /, exc_info: Any = None, **fields: Any) -> None:
     """Log one event with fields. Callers pass only safe values (see sanitize())."""
     if _logger.isEnabledFor(level):
         _logger.log(level, name, extra={"fields": fields}, exc_info=exc_info)

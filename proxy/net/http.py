@@ -41,6 +41,9 @@ class Health(Protocol):
     @property
     def not_ready_reason(self) -> str | None: ...
 
+    @property
+    def local_not_ready_reason(self) -> str | None: ...
+
 __all__ = ["serve_http", "MAX_HEAD", "READ_TIMEOUT"]
 
 MAX_HEAD = 8192           # request line + headers

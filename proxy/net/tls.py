@@ -392,7 +392,7 @@ def client_context(upstream: Upstream, name: str = "", *, warn: bool = True) -> 
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         if warn:
-            logs.event("upstream_tls_unverified", level=logging.WARNING, upstream=name)
+            logs.event("upstream_tls_unverified", logging.WARNING, upstream=name)
     if upstream.client_cert is not None:
         _load_pair(ctx, upstream.client_cert)
     return ctx

@@ -10,8 +10,8 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from proxy import metrics as m
-from proxy.session.failures import LOG_LEVEL, Failure
 from proxy.metrics import Metrics, command_label, mechanism_label, status_label
+from proxy.session.failures import LOG_LEVEL, Failure
 
 NAME = re.compile(r"^mailproxy_[a-z_]+$")
 
