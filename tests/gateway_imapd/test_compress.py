@@ -100,7 +100,7 @@ async def test_mobile_session_compress_idle_qresync(gateway):
         pushed = [phone.readline()]
         while not pushed[-1].startswith(b"* VANISHED") and len(pushed) < 5:
             pushed.append(phone.readline())
-        pushed = [re.sub(rb"MODSEQ \(\d+\)", b"MODSEQ (n)", l) for l in pushed]
+        pushed = [re.sub(rb"MODSEQ \(\d+\)", b"MODSEQ (n)", line) for line in pushed]
         # 5's \\Deleted may or may not be pushed before its expunge (both are allowed)
         assert pushed in ([b"* 2 FETCH (UID 2 FLAGS (\\Flagged \\Recent) MODSEQ (n))\r\n",
                            b"* 5 FETCH (UID 5 FLAGS (\\Deleted \\Recent) MODSEQ (n))\r\n",

@@ -40,6 +40,7 @@ class DeflateStream(trio.abc.Stream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         limit = min(max_bytes or self.max_chunk, self.max_chunk)
         while True:
+            source: bytes | bytearray
             if self._inflate.unconsumed_tail:
                 source = self._inflate.unconsumed_tail
             elif self._pending:
