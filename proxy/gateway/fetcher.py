@@ -41,6 +41,7 @@ import trio
 from .. import logs
 from ..config import Config
 from ..pop3 import writer
+from ..session.routing import log_user
 from ..store import IngestItem, Store
 from ._parts import MimeLimits
 from .pop3_client import FetchError, Pop3Client
@@ -282,7 +283,7 @@ async def _delete(client: Pop3Client, numbers: list[tuple[int, str]]) -> list[st
 
 
 async def _retention(client: Pop3Client, store: Store, account_id: int, seconds: float | None,
-                     present: dict[str, int]) -> int:
+                     present: dict[str, int], who: str) -> int:
     """Apply upstream_retention to committed messages, then QUIT. Returns DELEs that took effect."""
     fetched = await store.fetched_at(account_id)
     gone = [uidl for uidl in fetched if uidl not in present]
@@ -299,7 +300,7 @@ async def _retention(client: Pop3Client, store: Store, account_id: int, seconds:
     await store.flush()   # the store's copy must survive a power loss before the upstream's goes
     accepted = await _delete(client, victims)
     if not await client.quit():
-        logs.event("gateway_fetch_dele_not_applied", logging.WARNING, account=account_id,
+        logs.event("gateway_fetch_dele_not_applied", logging.WARNING, user=who,
                    count=len(accepted))
         return 0
     await store.mark_deleted_upstream(account_id, accepted)
@@ -328,29 +329,31 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
     if upstream is None:
         raise FetchError("config", f"unknown upstream {logs.sanitize(upstream_name)!r}")
     retention = config.gateway.retention_seconds if config.gateway else None
+    who = log_user(config.logging, user)
     async with account_lock(upstream_name, user):
         started = time.monotonic()
-        account = await store.ensure_account(upstream_name, user)
         client = await Pop3Client.connect(upstream)
         try:
             await client.login(user, password)
+            # only now: a user the upstream refuses leaves no account behind
+            account = await store.ensure_account(upstream_name, user)
             listing, has_uidl = await _listing(client)
             known = await store.known_uidls(account.id)
             wanted = [(n, u) for n, u in listing if u is None or u not in known]
             ingest, digests = await _fetch(client, store, account.id, wanted, known, progress,
                                            mime_limits(config))
             present = {u: n for n, u in listing if u is not None} if has_uidl else digests
-            deleted = await _retention(client, store, account.id, retention, present)
+            deleted = await _retention(client, store, account.id, retention, present, who)
         except FetchError as exc:
-            logs.event("gateway_sync_failed", logging.WARNING, account=account.id,
+            logs.event("gateway_sync_failed", logging.WARNING, user=who,
                        upstream=upstream_name, reason=exc.reason, detail=exc.detail)
             raise
         finally:
             await client.aclose()
     result = SyncResult(ingest.new, ingest.bytes, deleted, time.monotonic() - started)
-    logs.event("gateway_sync_done", account=account.id, upstream=upstream_name,
+    logs.event("gateway_sync_done", user=who, upstream=upstream_name,
                mode="uidl" if has_uidl else "digest", new=result.new, bytes=result.bytes,
-               deleted_upstream=result.deleted_upstream, seconds=f"{result.duration:.3f}")
+               deleted_upstream=result.deleted_upstream, duration=round(result.duration, 3))
     return result
 
 

@@ -121,7 +121,7 @@ class Session:
             **self.log_fields(),
             upstream=self.upstream or "-",
             tls=self.tls,
-            duration=f"{time.monotonic() - self.started:.3f}",
+            duration=round(time.monotonic() - self.started, 3),
             bytes_in=self.bytes_from_client,
             bytes_out=self.bytes_to_client,
             commands=self.commands,
@@ -199,7 +199,7 @@ class CommandMeter:
         histogram.observe(elapsed)
         if self.audit:
             logs.event("command", **self.session.log_fields(), command=name,
-                       status=status.decode("ascii", "replace"), duration=f"{elapsed:.6f}")
+                       status=status.decode("ascii", "replace"), duration=round(elapsed, 6))
 
 
 @asynccontextmanager

@@ -50,7 +50,34 @@ def test_missing_or_wrong_password(dovecot, user, tmp_path, capsys, monkeypatch)
     assert "MAILPROXY_PASSWORD" in capsys.readouterr().err
     monkeypatch.setenv(sync_cli.PASSWORD_ENV, "wrong")
     assert sync_cli.main(["--config", config, name]) == 1
-    assert "sync failed: auth" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "sync failed: auth" in err
+    # the log names the user (logging.user: full), not an account id
+    assert f"event=gateway_sync_failed user={name} upstream=dc reason=auth" in err
+    assert "account=" not in err
+
+
+def test_refused_user_leaves_no_account(dovecot, user, tmp_path, monkeypatch):
+    import trio
+
+    from proxy.store import open_store
+
+    name, password = user
+    config = write_config(tmp_path, dovecot)
+
+    async def account():
+        store = await open_store(str(tmp_path / "s.db"))
+        try:
+            return await store.get_account("dc", name)
+        finally:
+            await store.close()
+
+    monkeypatch.setenv(sync_cli.PASSWORD_ENV, "wrong")
+    assert sync_cli.main(["--config", config, name]) == 1
+    assert trio.run(account) is None
+    monkeypatch.setenv(sync_cli.PASSWORD_ENV, password)
+    assert sync_cli.main(["--config", config, name]) == 0
+    assert trio.run(account).user == name
 
 
 def test_add_cli_wires_gateway_sync():

@@ -627,6 +627,10 @@ def test_no_secret_in_logs_or_metrics(proxy_factory, dovecot, log_format):
     assert {("imap", "LOGIN", "NO"), ("imap", "AUTHENTICATE", "OK"),
             ("pop3", "PASS", "-ERR"), ("pop3", "AUTH", "+OK")} <= seen  # names, never arguments
     assert all(doc.get("user") and doc.get("duration") for doc in audit)
+    if log_format == "json":   # durations are numbers, not strings
+        ends = [json.loads(line) for line in logs.splitlines()
+                if line.startswith("{") and '"session_end"' in line]
+        assert ends and all(isinstance(doc["duration"], float) for doc in audit + ends)
 
 
 def test_client_chosen_user_name_is_sanitized_and_truncated_in_logs(proxy_factory, dovecot):
