@@ -21,7 +21,6 @@ so IDLE sessions see it at once. The password is kept in memory only while sessi
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -30,7 +29,7 @@ import trio
 
 from .. import logs
 from ..config import Config
-from ..imap import CommandParser, writer
+from ..imap import writer
 from ..metrics import Metrics
 from ..net.conn import Conn
 from ..session.context import CloseSession, Session, drain_guard
@@ -48,14 +47,6 @@ REPLY_UNAVAILABLE = (b"UNAVAILABLE", b"Server unavailable, try again later.")
 
 class GatewayFront(ImapFront):
     """The relay's pre-login dialogue, advertising the gateway's capabilities."""
-
-    def __init__(self, session: Session, conn: Conn):
-        super().__init__(session, conn)
-        # RFC 2971 3.3: the longest ID (about 32 KB) is accepted before login; every other
-        # command keeps preauth_max_line.
-        self.limits = dataclasses.replace(
-            self.limits, max_id_line=session.listener.limits.id_line_length)
-        self.parser = CommandParser(self.limits, collect_literals=True, parse_args=True)
 
     def capabilities(self) -> bytes:
         base = super().capabilities().split()

@@ -39,7 +39,8 @@ class ImapRelay:
         literal_plus = upstream.has(b"LITERAL+")
         self.client_parser = CommandParser(Limits(
             max_line=lim.max_line, max_literal=lim.max_literal, max_depth=lim.max_depth,
-            max_nonsync_literal=lim.max_literal if literal_plus else lim.max_nonsync_literal))
+            max_nonsync_literal=lim.max_literal if literal_plus else lim.max_nonsync_literal,
+            max_id_line=lim.id_line_length))   # RFC 2971 3.3
         if client_leftover:  # b"" would mean EOF
             self.client_parser.receive_data(client_leftover)
         self._client_leftover = client_leftover

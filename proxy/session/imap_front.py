@@ -43,7 +43,9 @@ class ImapFront(Front):
         limits = session.listener.limits
         self.limits = Limits(max_line=limits.preauth_max_line, max_literal=limits.preauth_max_literal,
                              max_nonsync_literal=limits.preauth_max_literal,
-                             max_depth=PREAUTH_LIMITS.max_depth)
+                             max_depth=PREAUTH_LIMITS.max_depth,
+                             # RFC 2971 3.3: the longest ID (about 32 KB), every other line tight
+                             max_id_line=limits.id_line_length)
         self.parser = CommandParser(self.limits, collect_literals=True, parse_args=True)
 
     def status_of(self, reply: bytes) -> bytes:

@@ -320,6 +320,29 @@ def test_imap_overlong_line_after_login(proxy, imap_witness, user):
     assert "reason=protocol_error" in session_end(proxy, raw)
 
 
+def _max_id() -> bytes:
+    """RFC 2971 3.3: 30 field/value pairs, fields of 30 octets, values of 1024: ~32 KB."""
+    return b"ID (" + b" ".join(b'"%s" "%s"' % (b"f%029d" % n, b"v" * 1024) for n in range(30)) + b")"
+
+
+def test_imap_id_at_the_rfc2971_maximum_before_and_after_login(proxy, imap_witness, user):
+    command = _max_id()
+    assert len(command) > MAX_LINE   # beyond preauth_max_line (8 KiB) and max_line (16 KiB)
+    raw = Raw(proxy, "imap")
+    raw.line()
+    raw.send(b"a1 " + command + b"\r\n")   # answered by the proxy itself
+    assert raw.line().startswith(b"* ID (") and raw.line().startswith(b"a1 OK")
+    raw.send(b"a2 NOOP " + b"x" * 9000 + b"\r\n")   # anything else keeps the tight limit
+    assert raw.line() == b"a2 BAD [TOOBIG] Line too long\r\n"
+    raw.send(b"L LOGIN %s %s\r\n" % (user[0].encode(), user[1].encode()))
+    assert raw.line().startswith(b"L OK")
+    raw.send(b"a3 " + command + b"\r\n")   # relayed to Dovecot
+    assert raw.line().startswith(b"* ID (") and raw.line().startswith(b"a3 OK")
+    raw.send(b"a4 NOOP\r\n")
+    assert raw.line().startswith(b"a4 OK")
+    raw.close()
+
+
 def test_imap_literal_over_the_limit(proxy, imap_witness, user):
     raw = Raw(proxy, "imap")
     raw.line()
