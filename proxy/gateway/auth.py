@@ -2,9 +2,11 @@
 
 Theory of operation: the route of the user names an upstream; its `pop3:` service decides the
 password (USER/PASS or AUTH PLAIN via `pop3_client.Pop3Client`, then QUIT). A success is
-remembered for `gateway.auth_cache_ttl` seconds as an scrypt hash of the password, salted with a
-random per-process salt and the account name: never the password itself. While a remembered
-success is fresh, a reconnect does not touch the upstream; when the upstream is unreachable and
+remembered for `gateway.auth_cache_ttl` seconds as an HMAC-SHA256 of the account name and the
+password under a random key made at start and kept only in memory: never the password itself.
+A slow password hash (scrypt) buys nothing here: the cache never leaves the process, and whoever
+could read its memory could read the key too (issue 13: scrypt was 7% of the gateway's CPU).
+While a remembered success is fresh, a reconnect does not touch the upstream; when the upstream is unreachable and
 the hash matches, the login succeeds too (issue 7: UNAVAILABLE only "unless a cached success
 applies"). A wrong password drops the remembered success.
 """
@@ -12,19 +14,12 @@ applies"). A wrong password drops the remembered success.
 from __future__ import annotations
 
 import enum
-import hashlib
 import hmac
 import os
 import time
 
-import trio
-
 from ..config import Upstream
 from .pop3_client import FetchError, Pop3Client
-
-# scrypt cost: ~20 ms and 16 MiB per check, off the trio thread.
-_SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "dklen": 32}
-
 
 class AuthResult(enum.Enum):
     OK = "success"
@@ -33,16 +28,16 @@ class AuthResult(enum.Enum):
 
 
 class Authenticator:
-    """Checks passwords against POP3 upstreams, with the salted success cache described above."""
+    """Checks passwords against POP3 upstreams, with the keyed success cache described above."""
 
     def __init__(self, ttl: float):
         self.ttl = ttl
-        self._salt = os.urandom(16)
+        self._key = os.urandom(32)   # in memory only, new each start
         self._cache: dict[tuple[str, str], tuple[bytes, float]] = {}
 
     def _hash(self, upstream: str, user: str, password: bytes) -> bytes:
-        salt = self._salt + upstream.encode() + b"\0" + user.encode()
-        return hashlib.scrypt(password, salt=salt, **_SCRYPT)
+        account = upstream.encode() + b"\0" + user.encode() + b"\0"
+        return hmac.digest(self._key, account + password, "sha256")
 
     def _cached(self, key: tuple[str, str], digest: bytes) -> bool:
         entry = self._cache.get(key)
@@ -52,7 +47,7 @@ class Authenticator:
                      password: bytes) -> AuthResult:
         """Is `password` right for `user`? Never raises for upstream trouble."""
         key = (upstream_name, user)
-        digest = await trio.to_thread.run_sync(self._hash, upstream_name, user, password)
+        digest = self._hash(upstream_name, user, password)
         if self._cached(key, digest):
             return AuthResult.OK
         try:

@@ -99,7 +99,16 @@ def _v1_initial(db: sqlite3.Connection) -> None:
     """)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial]
+def _v2_recent(db: sqlite3.Connection) -> None:
+    """The persistent \\Recent floor (RFC 3501 2.3.2, issue 13): UIDs below it were recent in some
+    session already. Existing mailboxes start with nothing recent (not the whole mailbox)."""
+    _script(db, """
+        ALTER TABLE mailboxes ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 1;
+        UPDATE mailboxes SET recent_uid = uidnext
+    """)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_recent]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -163,11 +172,20 @@ def check_key(db: sqlite3.Connection, ring: KeyRing | None, path: str) -> None:
                    (crypto.seal(os.urandom(16), aad, ring),))
 
 
+def collect_orphans(db: sqlite3.Connection) -> None:
+    """Bodies of expunged messages wait for the sessions that still show them (`collect_bodies`);
+    a process that stopped meanwhile leaves them behind: removed at the next start."""
+    with transaction(db):
+        db.execute("DELETE FROM bodies WHERE NOT EXISTS "
+                   "(SELECT 1 FROM messages WHERE messages.body_id = bodies.id)")
+
+
 def open_db(path: str, ring: KeyRing | None) -> sqlite3.Connection:
     db = connect(path)
     try:
         migrate(db)
         check_key(db, ring, path)
+        collect_orphans(db)
     except BaseException:
         db.close()
         raise

@@ -88,8 +88,8 @@ class MessageOps:
     # ---- helpers run in the worker thread -------------------------------------------------------
 
     def _mailbox_row(self, mailbox_id: int) -> Row:
-        row: Row | None = self._db.execute("SELECT id, account_id, uidnext, highest_modseq FROM mailboxes "
-                               "WHERE id = ?", (mailbox_id,)).fetchone()
+        row: Row | None = self._db.execute("SELECT id, account_id, uidnext, highest_modseq, recent_uid "
+                               "FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
         if row is None:
             raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
         return row
@@ -132,8 +132,8 @@ class MessageOps:
         return rows
 
     def _delete_messages(self, mailbox_id: int, rows: list[Row]) -> None:
+        """Remove message rows; their bodies stay until `collect_bodies` (see `expunge`)."""
         self._db.executemany("DELETE FROM messages WHERE id = ?", [(row[0],) for row in rows])
-        self._collect_bodies({row[7] for row in rows})
 
     def _collect_bodies(self, body_ids: set[int]) -> None:
         self._db.executemany(
@@ -141,7 +141,7 @@ class MessageOps:
             "(SELECT 1 FROM messages WHERE body_id = ?)", [(b, b) for b in body_ids])
 
     def _copy_rows(self, rows: list[Row], dst_mailbox_id: int) -> list[tuple[int, int]]:
-        _, dst_account, _, _ = self._mailbox_row(dst_mailbox_id)
+        dst_account = self._mailbox_row(dst_mailbox_id)[1]
         first = self._take_uids(dst_mailbox_id, len(rows))
         modseq = self._bump(dst_mailbox_id)
         pairs = [(row[2], first + i) for i, row in enumerate(rows)]
@@ -171,7 +171,7 @@ class MessageOps:
                 internaldate: dt.datetime | None, cache: bytes | None) -> int:
         epoch, tz = from_date(internaldate)
         with transaction(self._db):
-            _, account_id, _, _ = self._mailbox_row(mailbox_id)
+            account_id = self._mailbox_row(mailbox_id)[1]
             body_id = self._next_body_id()
             self._insert_body(body_id, account_id, body, cache)
             uid = self._take_uids(mailbox_id, 1)
@@ -246,7 +246,7 @@ class MessageOps:
                      mode: FlagMode, unchanged_since: int | None) -> StoreFlagsResult:
         wanted = normalize_flags(flags)
         with transaction(self._db):
-            _, account_id, _, _ = self._mailbox_row(mailbox_id)
+            account_id = self._mailbox_row(mailbox_id)[1]
             updated: list[FlagUpdate] = []
             modified: list[int] = []
             to_write: list[tuple[int, int]] = []
@@ -304,15 +304,40 @@ class MessageOps:
 
     def _expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         with transaction(self._db):
-            _, account_id, _, _ = self._mailbox_row(mailbox_id)
+            account_id = self._mailbox_row(mailbox_id)[1]
             rows = self._rows(mailbox_id, uids)
             self._expunge_rows(mailbox_id, account_id, rows)
         return [int(row[2]) for row in rows]
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         """Remove the listed messages (the IMAP layer picks those with \\Deleted); returns the UIDs
-        removed. The UIDL stays known, so ingest never brings an expunged message back."""
+        removed. The UIDL stays known, so ingest never brings an expunged message back. Their
+        bodies stay readable until `collect_bodies` (sessions not yet told, RFC 2180 4.1.1)."""
         return await self._run(self._expunge, mailbox_id, list(uids))
+
+    def _collect(self, body_ids: Sequence[int]) -> None:
+        with transaction(self._db):
+            self._collect_bodies(set(body_ids))
+
+    async def collect_bodies(self, body_ids: Sequence[int]) -> None:
+        """Delete those of the bodies that no message refers to any more."""
+        if body_ids:
+            await self._run(self._collect, list(body_ids))
+
+    def _recent_floor(self, mailbox_id: int, claim_upto: int | None) -> int:
+        if claim_upto is None:
+            return self._mailbox_row(mailbox_id)[4]
+        with transaction(self._db):
+            floor = self._mailbox_row(mailbox_id)[4]
+            if claim_upto >= floor:
+                self._db.execute("UPDATE mailboxes SET recent_uid = ? WHERE id = ?",
+                                 (claim_upto + 1, mailbox_id))
+        return floor
+
+    async def recent_floor(self, mailbox_id: int, claim_upto: int | None = None) -> int:
+        """The lowest UID not yet \\Recent in any session (RFC 3501 2.3.2); with `claim_upto`, the
+        UIDs from there up to `claim_upto` are claimed (atomically, exactly once) by the caller."""
+        return await self._run(self._recent_floor, mailbox_id, claim_upto)
 
     def _changes_since(self, mailbox_id: int, modseq: int) -> list[Change]:
         rows = self._db.execute("SELECT modseq, kind, uid FROM changes WHERE mailbox_id = ? "

@@ -14,6 +14,16 @@ Ingest is keyed by the POP3 UIDL: the set of UIDLs an account has ever ingested 
 the IMAP user expunges the message, so the fetcher never brings it back. That set also carries the
 retention bookkeeping (when each UIDL was fetched, whether it was deleted upstream).
 
+Expunged bodies (issue 13). `expunge()` and `move()` remove message rows (and log them) but leave a
+body that no message refers to any more in place: a session that has not yet been sent the EXPUNGE
+may still read it (RFC 2180 4.1.1). The gateway calls `collect_bodies(ids)` once no session shows
+those messages; a store may also sweep such orphans when it opens (no process can pin them then).
+
+\\Recent (RFC 3501 2.3.2, issue 13). Each mailbox keeps a *recent floor*: the lowest UID that no
+session has had as \\Recent yet. `recent_floor(id, claim_upto=n)` atomically raises it past `n` and
+returns the old value, so each UID is claimed by exactly one caller, across sessions, processes
+and restarts; `recent_floor(id)` only reads it (EXAMINE, STATUS RECENT).
+
 Implementations: `sqlite.SqliteStore` (embedded); PostgreSQL later, with the same test suite.
 """
 
@@ -168,6 +178,8 @@ class Store(Protocol):
     async def move(self, src_mailbox_id: int, uids: Sequence[int],
                    dst_mailbox_id: int) -> list[tuple[int, int]]: ...
     async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]: ...
+    async def collect_bodies(self, body_ids: Sequence[int]) -> None: ...   # see the docstring
+    async def recent_floor(self, mailbox_id: int, claim_upto: int | None = None) -> int: ...
     async def changes_since(self, mailbox_id: int, modseq: int) -> list[Change]: ...
     # batched forms (one call for many messages: FETCH, SEARCH, SELECT fast paths)
     async def bodies(self, messages: Sequence[MessageMeta]) -> list[bytes | None]: ...

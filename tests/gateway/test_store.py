@@ -330,3 +330,37 @@ def test_key_file_parsing(tmp_path):
     assert ring.current == "b"
     with pytest.raises(StoreKeyError, match="cannot read key file"):
         KeyRing.from_file(tmp_path / "missing")
+
+
+async def test_expunged_bodies_stay_until_collected(store, tmp_path):
+    """Issue 13: expunge keeps a body no message refers to until `collect_bodies` (a session not
+    yet told may still read it, RFC 2180 4.1.1); a shared body is never collected; a restart
+    sweeps what a stopped process left."""
+    account, inbox = await inbox_of(store)
+    archive = await store.get_mailbox(account.id, "Archive")
+    uids = [await store.append(inbox.id, mail(i)) for i in range(3)]
+    metas = await store.messages(inbox.id)
+    await store.copy(inbox.id, [uids[1]], archive.id)
+    assert await store.expunge(inbox.id, uids) == uids
+    assert await store.bodies(metas) == [mail(0), mail(1), mail(2)]
+    await store.collect_bodies([metas[0].body_id, metas[1].body_id])
+    assert await store.bodies(metas) == [None, mail(1), mail(2)]   # 1: the copy refers to it
+    await store.close()
+    reopened = await open_store(str(tmp_path / "store.db"))
+    try:
+        assert await reopened.bodies(metas) == [None, mail(1), None]
+    finally:
+        await reopened.close()
+
+
+async def test_recent_floor_claims_each_uid_once(store):
+    """Issue 13: \\Recent exactly once: each claim returns the first UID the caller got."""
+    account, inbox = await inbox_of(store)
+    assert await store.recent_floor(inbox.id) == 1
+    for i in range(3):
+        await store.append(inbox.id, mail(i))
+    assert await store.recent_floor(inbox.id, claim_upto=2) == 1   # UIDs 1, 2 for this caller
+    assert await store.recent_floor(inbox.id, claim_upto=2) == 3   # nothing left up to 2
+    assert await store.recent_floor(inbox.id) == 3
+    assert await store.recent_floor(inbox.id, claim_upto=3) == 3   # UID 3
+    assert await store.recent_floor(inbox.id) == 4

@@ -31,3 +31,7 @@ async def test_stress_dovecot_reference(dovecot):
     # Dovecot (maildir) answers NIL for bodies another session expunged (RFC 2180 4.1.2)
     await _stress(Target(dovecot.host, dovecot.imap_port, user, password), allow_nil=True)
 
+
+
+async def test_stress_gateway(gateway):
+    await _stress(Target("127.0.0.1", gateway.port, gateway.user, gateway.password))

@@ -202,7 +202,11 @@ async def test_store_seen_after_noop_and_live_in_idle(gateway):
         ok(a, "STORE 2 +FLAGS (\\Seen $Work)")
         lines = ok(b, "NOOP")
         assert kinds(lines) == [b"2 FETCH"], lines
-        assert re.search(rb"FLAGS \((\\Seen \$Work|\$Work \\Seen)\)", lines[0]), lines
+        # $Work is a new keyword: FLAGS and PERMANENTFLAGS come first (RFC 3501 7.2.6, issue 13)
+        assert lines[:2] == [b"* FLAGS ($Work \\Answered \\Deleted \\Draft \\Flagged \\Seen)",
+                             b"* OK [PERMANENTFLAGS ($Work \\* \\Answered \\Deleted \\Draft "
+                             b"\\Flagged \\Seen)] Flags permitted."], lines
+        assert re.search(rb"FLAGS \((\\Seen \$Work|\$Work \\Seen)\)", lines[2]), lines
         got = idle_until(c, lambda r: any(x[1] == b"FETCH" for x in r))
         fetched = [x for x in got if x[1] == b"FETCH"]
         assert len(fetched) == 1 and fetched[0][0] == 2, got

@@ -9,6 +9,8 @@ carry RFC 3348 CHILDREN and RFC 6154 SPECIAL-USE.
 
 from __future__ import annotations
 
+import bisect
+
 from ...store.base import INBOX, SYSTEM_FLAGS
 from . import _condstore as cs
 from . import utf7
@@ -37,16 +39,22 @@ async def select(session, cmd, read_only: bool = False):
     if box is None:
         session.transition(Trigger.SELECT_FAILED)
         raise Reply.no(f"Mailbox does not exist: {name}", b"NONEXISTENT")
-    view = SelectedView(box, [], read_only, set())
+    view = SelectedView(box, [], read_only, set(), session.backend.hub)
     if condstore:
         session.enabled.add(cs.CONDSTORE)
     view.condstore = cs.CONDSTORE in session.enabled
     view.qresync = cs.QRESYNC in session.enabled
     session.select(view)   # subscribe before the snapshot: no change can fall in between
     snap = await session.backend.index.snapshot(session.store, box)   # no reload (see _index)
-    view.uids, view.meta = list(snap.uids), dict(snap.by_uid)
-    view.recent = session.backend.hub.claim_recent(box.id, take=not read_only) & snap.by_uid.keys()
+    view.load(snap.metas)
+    top = view.max_uid
+    if read_only:   # EXAMINE looks without claiming (RFC 3501 6.3.2)
+        floor = await session.store.recent_floor(box.id)
+    else:
+        floor = await session.backend.hub.claim_recent(session.store, box.id, top) if top else 1
+    view.recent = set(snap.uids[bisect.bisect_left(snap.uids, floor):]) if top else set()
     session.transition(Trigger.SELECT)
+    view.keywords = set(snap.keywords)
     flags = list(SYSTEM_FLAGS) + snap.keywords
     session.emit(b"FLAGS " + flag_list(flags))
     permanent = b"()" if read_only else flag_list(flags + ["\\*"])
@@ -218,10 +226,14 @@ async def status_line(session, box, items: list[bytes]) -> bytes:
     if b"HIGHESTMODSEQ" in items:
         await cs.enable_condstore(session)
     snap = await session.backend.index.snapshot(session.store, box) \
-        if b"UNSEEN" in items or b"SIZE" in items else None
+        if b"UNSEEN" in items or b"SIZE" in items or b"RECENT" in items else None
+    recent = 0
+    if b"RECENT" in items:   # not yet recent in any session: at or above the recent floor
+        floor = await session.store.recent_floor(box.id)
+        recent = len(snap.uids) - bisect.bisect_left(snap.uids, floor)
     values = {
         b"MESSAGES": box.exists,
-        b"RECENT": len(session.backend.hub.claim_recent(box.id, take=False)),
+        b"RECENT": recent,
         b"UIDNEXT": box.uidnext,
         b"UIDVALIDITY": box.uidvalidity,
         b"HIGHESTMODSEQ": box.highest_modseq,

@@ -89,6 +89,8 @@ async def fetch(session, cmd):
                 view.set_flags(update.uid, update.flags, update.modseq)
                 seen_now.add(update.uid)
             session.backend.hub.flags(view.mailbox_id, result.updated, origin=view)
+            for line in view.announce(u.flags for u in result.updated):   # 7.2.6: others' keywords
+                session.emit(line)
     with_flags = items if any(i.name == b"FLAGS" for i in items) else items + [Item(b"FLAGS")]
     if view.condstore and not any(i.name == b"MODSEQ" for i in with_flags):   # 3.1.4
         with_flags = with_flags + [Item(b"MODSEQ")]
@@ -209,6 +211,8 @@ async def store(session, cmd):
     for update in result.updated:
         view.set_flags(update.uid, update.flags, update.modseq)
     session.backend.hub.flags(view.mailbox_id, result.updated, origin=view)
+    for line in view.announce(u.flags for u in result.updated):   # RFC 3501 7.2.6: FLAGS first
+        session.emit(line)
     for update in result.updated:
         seq = view.seq_of(update.uid)
         if seq is None:
@@ -404,11 +408,12 @@ async def _expunge_deleted(session, only: set[int] | None, announce: bool) -> No
     deleted = [u for u in view.uids if "\\Deleted" in view.meta[u].flags
                and (only is None or u in only)]
     gone = await session.store.expunge(view.mailbox_id, deleted) if deleted else []
+    bodies = [view.meta[uid].body_id for uid in gone if uid in view.meta]
     lines = view.expunge_lines(gone)   # EXPUNGE, or VANISHED with QRESYNC (RFC 7162 3.2.10)
     if announce:
         for line in lines:
             session.emit(line)
-    session.backend.hub.expunged(view.mailbox_id, gone, origin=view)
+    session.backend.hub.expunged(view.mailbox_id, gone, origin=view, body_ids=bodies)
 
 
 async def expunge(session, cmd):

@@ -1,14 +1,20 @@
-"""A session's picture of its selected mailbox (RFC 3501 2.3.1.2, 5.2, 7.4.1).
+"""A session's picture of its selected mailbox (RFC 3501 2.3.1.2, 5.2, 7.4.1; RFC 7162).
 
-Theory of operation: the view is what the *client* has been told. Sequence numbers are indexes
-into `uids` + 1 and change only when this session sends EXISTS or EXPUNGE. Changes made by
-others arrive from the hub as events (`notify`, synchronous) and wait in `pending` until
-`updates()` turns them into untagged responses at a moment the RFC allows:
+Theory of operation: the view is what the *client* has been told: the sequence number -> UID
+map (`uids`), the flags and MODSEQ of each message as last told (`meta`), the keywords announced
+with FLAGS (`keywords`), the \\Recent UIDs of this session. Sequence numbers change only when this
+session sends EXISTS or EXPUNGE. Changes by others arrive from the hub (`notify`, synchronous)
+and wait in `pending` until `updates()` turns them into untagged responses at a moment the RFC
+allows:
 
-* new messages (EXISTS, RECENT) and flag changes (FETCH FLAGS): after any command;
-* expunges: never while answering FETCH, STORE or SEARCH (7.4.1), so a message another session
-  expunged keeps its sequence number here until a command that may shift numbers completes.
-  Such a message stays in `uids` (its metadata is remembered), its body may be gone.
+* new messages: EXISTS (and RECENT) after any command, before any FETCH can name them; a message
+  that arrives and is expunged before the session hears of either is never announced;
+* flag changes: FETCH FLAGS after any command, preceded by FLAGS/PERMANENTFLAGS when a keyword is
+  new to this session (RFC 3501 7.2.6);
+* expunges: never while answering FETCH, STORE or SEARCH (7.4.1). Until then the message keeps
+  its sequence number, its flags here and its body in the store (the view *pins* the body at
+  the hub, RFC 2180 4.1.1), so FETCH and SEARCH answer for it as before. EXPUNGE numbers are
+  computed against what the client knows, highest first, after any EXISTS of the same batch.
 """
 
 from __future__ import annotations
@@ -19,15 +25,17 @@ import dataclasses
 import trio
 
 from ...store import Mailbox, MessageMeta
+from ...store.base import SYSTEM_FLAGS
 from ._args import compress, flag_list
-from .hub import EventKind, MailboxEvent
+from .hub import EventKind, Hub, MailboxEvent
 
 
 class SelectedView:
     """Selected-state data of one session (see the module docstring)."""
 
     def __init__(self, mailbox: Mailbox, metas: list[MessageMeta], read_only: bool,
-                 recent: set[int]):
+                 recent: set[int], hub: Hub | None = None):
+        self.hub = hub
         self.mailbox_id = mailbox.id
         self.name = mailbox.name
         self.uidvalidity = mailbox.uidvalidity
@@ -37,6 +45,8 @@ class SelectedView:
         self.recent = recent & set(self.meta)
         self.pending: list[MailboxEvent] = []
         self.expunged: set[int] = set()        # gone from the store, not yet announced
+        self.pinned: dict[int, int] = {}       # uid -> body id this view keeps readable
+        self.keywords: set[str] = set()        # announced with FLAGS (RFC 3501 7.2.6)
         self.gone = False
         self.wakeup = trio.Event()
         self.latencies: list[float] = []       # publish -> delivery, for the metrics
@@ -45,8 +55,29 @@ class SelectedView:
 
     # ---- hub side ---------------------------------------------------------------------------
     def notify(self, event: MailboxEvent) -> None:
+        if event.kind is EventKind.EXPUNGE and self.hub is not None:
+            for uid in event.uids:   # still shown here: keep its body (RFC 2180 4.1.1)
+                meta = self.meta.get(uid)
+                if meta is not None and uid not in self.pinned:
+                    self.pinned[uid] = meta.body_id
+                    self.hub.pin(meta.body_id)
         self.pending.append(event)
         self.wakeup.set()
+
+    def load(self, metas: list[MessageMeta]) -> None:
+        """The snapshot taken after subscribing; expunges already pending for it pin their bodies."""
+        self.uids = [m.uid for m in metas]
+        self.meta = {m.uid: m for m in metas}
+        for event in [e for e in self.pending if e.kind is EventKind.EXPUNGE]:
+            self.pending.remove(event)
+            self.notify(event)
+
+    def close(self) -> None:
+        """The session leaves the mailbox: nothing it showed needs keeping any more."""
+        for body_id in self.pinned.values():
+            if self.hub is not None:
+                self.hub.release(body_id)
+        self.pinned.clear()
 
     # ---- lookups ----------------------------------------------------------------------------
     @property
@@ -85,6 +116,27 @@ class SelectedView:
             return [b"VANISHED " + compress(sorted(gone))] if gone else []
         return [b"%d EXPUNGE" % seq for uid in gone if (seq := self.remove(uid)) is not None]
 
+    def announce(self, flag_sets) -> list[bytes]:
+        """FLAGS and PERMANENTFLAGS when `flag_sets` hold keywords this session was not told of
+        (RFC 3501 7.2.6: sent whenever the set of defined flags changes)."""
+        fresh = {f for flags in flag_sets for f in flags if f[:1] != "\\"} - self.keywords
+        if not fresh:
+            return []
+        self.keywords |= fresh
+        flags = list(SYSTEM_FLAGS) + sorted(self.keywords)
+        lines = [b"FLAGS " + flag_list(flags)]
+        if not self.read_only:
+            lines.append(b"OK [PERMANENTFLAGS " + flag_list(flags + ["\\*"]) + b"] Flags permitted.")
+        return lines
+
+    def new_top(self) -> int:
+        """The highest UID that pending events would add (0: none); for claiming \\Recent."""
+        top = 0
+        for event in self.pending:
+            if event.kind is EventKind.APPEND and event.metas:
+                top = max(top, event.metas[-1].uid)
+        return top if top > self.max_uid else 0
+
     def seqs_for(self, ranges: list[tuple[int, int]]) -> list[int]:
         """Sequence numbers in `ranges` (already resolved), ascending, deduplicated."""
         wanted: set[int] = set()
@@ -114,41 +166,59 @@ class SelectedView:
             self.meta.pop(uid, None)
             self.recent.discard(uid)
             self.expunged.discard(uid)
+            body_id = self.pinned.pop(uid, None)
+            if body_id is not None and self.hub is not None:
+                self.hub.release(body_id)
         return seq
 
     # ---- others' changes ---------------------------------------------------------------------
-    def updates(self, allow_expunge: bool) -> list[bytes]:
-        """Apply pending events; the untagged responses (without CRLF) to send now."""
+    def updates(self, allow_expunge: bool, recent_from: int | None = None) -> list[bytes]:
+        """Apply pending events; the untagged responses (without CRLF) to send now. New UIDs at
+        or above `recent_from` were claimed as \\Recent for this session (`Hub.claim_recent`)."""
         events, self.pending = self.pending, []
         self.wakeup = trio.Event()
-        added = 0
+        new: dict[int, MessageMeta] = {}
         changed: dict[int, None] = {}
         for event in events:
             self.latencies.append(event.published)
             if event.kind is EventKind.APPEND:
                 for meta in event.metas:
-                    if meta.uid > self.max_uid:
-                        self.uids.append(meta.uid)
-                        self.meta[meta.uid] = meta
-                        self.recent.add(meta.uid)
-                        added += 1
+                    if meta.uid > self.max_uid and meta.uid not in new:
+                        new[meta.uid] = meta
             elif event.kind is EventKind.FLAGS:
                 for uid, flags, modseq in event.updates:
-                    known = self.meta.get(uid)
-                    if known is not None and modseq > known.modseq:
-                        self.meta[uid] = dataclasses.replace(known, flags=flags, modseq=modseq)
-                        changed[uid] = None
+                    self._flag_event(uid, flags, modseq, new, changed)
             elif event.kind is EventKind.EXPUNGE:
-                self.expunged.update(uid for uid in event.uids if uid in self.meta)
+                for uid in event.uids:
+                    if new.pop(uid, None) is None and uid in self.meta:
+                        self.expunged.add(uid)   # never told of it: never announced
             else:
                 self.gone = True
         lines = []
-        if allow_expunge and self.expunged:
-            lines += self.expunge_lines(set(self.expunged))
-        if added:
+        if new:
+            metas = sorted(new.values(), key=lambda m: m.uid)
+            lines += self.announce(m.flags for m in metas)
+            for meta in metas:
+                self.uids.append(meta.uid)
+                self.meta[meta.uid] = meta
+                if recent_from is not None and meta.uid >= recent_from:
+                    self.recent.add(meta.uid)
             lines += [b"%d EXISTS" % self.exists, b"%d RECENT" % len(self.recent)]
-        for uid in changed:
-            seq = self.seq_of(uid)
-            if seq is not None:
-                lines.append(self.fetch_flags_line(seq, uid))
+        if allow_expunge and self.expunged:   # numbers against what the client knows now
+            lines += self.expunge_lines(set(self.expunged))
+        present = [uid for uid in changed if uid in self.meta]
+        lines += self.announce(self.meta[uid].flags for uid in present)
+        for uid in present:
+            lines.append(self.fetch_flags_line(self.seq_of(uid), uid))
         return lines
+
+    def _flag_event(self, uid: int, flags: frozenset[str], modseq: int,
+                    new: dict[int, MessageMeta], changed: dict[int, None]) -> None:
+        if uid in new:
+            if modseq > new[uid].modseq:
+                new[uid] = dataclasses.replace(new[uid], flags=flags, modseq=modseq)
+            return
+        meta = self.meta.get(uid)
+        if meta is not None and modseq > meta.modseq:
+            self.meta[uid] = dataclasses.replace(meta, flags=flags, modseq=modseq)
+            changed[uid] = None

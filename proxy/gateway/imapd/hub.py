@@ -17,9 +17,15 @@ Ordering. Two publishers may commit in one order and publish in the other. So:
   the hub forwards only the part above the highest UID it already announced for the mailbox,
   and views ignore anything at or below their own highest UID.
 
-\\Recent (RFC 3501 2.3.2) is session state: a message announced while some session has the
-mailbox selected is recent in those sessions; one that arrives while nobody has it selected is
-kept "unclaimed" here until the next SELECT takes it (EXAMINE only looks).
+\\Recent (RFC 3501 2.3.2) is recent in exactly one session: the first that *applies* the news
+(SELECT for what is there, a selected session for what arrives), claimed through the store's
+persistent recent floor (`store.recent_floor`), so a second session, a second process or a
+restart never sees it recent again. `claim_recent` skips the store call when this process
+already knows the UIDs were claimed.
+
+Expunged bodies (RFC 2180 4.1.1): a session that still shows a message another session expunged
+*pins* its body (`pin`, from `SelectedView.notify`) until it has sent the EXPUNGE (`release`).
+Bodies nobody pins are `garbage`, deleted by the next `collect()` (after a command).
 
 Everything runs in the trio thread of the process; there are no locks. A hub is in-process:
 a second replica of the gateway would need the store's own notification (PostgreSQL NOTIFY).
@@ -27,6 +33,7 @@ a second replica of the gateway would need the store's own notification (Postgre
 
 from __future__ import annotations
 
+import collections
 import enum
 import time
 from dataclasses import dataclass, field
@@ -63,7 +70,9 @@ class Hub:
     def __init__(self) -> None:
         self._listeners: dict[int, set[Listener]] = {}      # mailbox id -> views
         self._announced: dict[int, int] = {}                 # mailbox id -> highest UID sent
-        self._unclaimed: dict[int, set[int]] = {}            # mailbox id -> recent UIDs
+        self._recent_floor: dict[int, int] = {}              # mailbox id -> known claimed floor
+        self._pins: collections.Counter[int] = collections.Counter()   # body id -> views
+        self.garbage: set[int] = set()                       # body ids no view pins
 
     def subscribe(self, mailbox_id: int, listener: Listener) -> None:
         self._listeners.setdefault(mailbox_id, set()).add(listener)
@@ -78,11 +87,32 @@ class Hub:
     def listeners(self, mailbox_id: int) -> int:
         return len(self._listeners.get(mailbox_id, ()))
 
-    def claim_recent(self, mailbox_id: int, *, take: bool) -> set[int]:
-        """UIDs recent for a session selecting the mailbox; SELECT takes them, EXAMINE peeks."""
-        if take:
-            return self._unclaimed.pop(mailbox_id, set())
-        return set(self._unclaimed.get(mailbox_id, ()))
+    async def claim_recent(self, store, mailbox_id: int, upto: int) -> int:
+        """Claim \\Recent for the UIDs up to `upto` not claimed before; returns the first UID
+        this caller got (UIDs from there to `upto` are recent in its session only)."""
+        known = self._recent_floor.get(mailbox_id, 0)
+        if upto < known:
+            return upto + 1
+        floor = await store.recent_floor(mailbox_id, claim_upto=upto)
+        self._recent_floor[mailbox_id] = max(self._recent_floor.get(mailbox_id, 0), upto + 1)
+        return floor
+
+    # ---- bodies of expunged messages ------------------------------------------------------------
+    def pin(self, body_id: int) -> None:
+        self._pins[body_id] += 1
+        self.garbage.discard(body_id)
+
+    def release(self, body_id: int) -> None:
+        self._pins[body_id] -= 1
+        if self._pins[body_id] <= 0:
+            del self._pins[body_id]
+            self.garbage.add(body_id)
+
+    async def collect(self, store) -> None:
+        """Delete the bodies of expunged messages that no session shows any more."""
+        if self.garbage:
+            ids, self.garbage = sorted(self.garbage), set()
+            await store.collect_bodies(ids)
 
     def _send(self, event: MailboxEvent) -> None:
         for listener in list(self._listeners.get(event.mailbox_id, ())):
@@ -97,8 +127,6 @@ class Hub:
             self._announced[mailbox_id] = max(floor, snapshot[-1].uid)
         if not tail:
             return
-        if not self._listeners.get(mailbox_id):
-            self._unclaimed.setdefault(mailbox_id, set()).update(m.uid for m in tail)
         self._send(MailboxEvent(mailbox_id, EventKind.APPEND, metas=tail))
 
     def flags(self, mailbox_id: int, updates, origin: object | None = None) -> None:
@@ -106,14 +134,15 @@ class Hub:
         if changed:
             self._send(MailboxEvent(mailbox_id, EventKind.FLAGS, updates=changed, origin=origin))
 
-    def expunged(self, mailbox_id: int, uids, origin: object | None = None) -> None:
+    def expunged(self, mailbox_id: int, uids, origin: object | None = None,
+                 body_ids=()) -> None:
+        """Announce expunged UIDs; `body_ids` are their bodies, garbage unless a view pins them
+        (views pin in `notify`, synchronously, before this returns)."""
         if uids:
-            unclaimed = self._unclaimed.get(mailbox_id)
-            if unclaimed:
-                unclaimed.difference_update(uids)
             self._send(MailboxEvent(mailbox_id, EventKind.EXPUNGE, uids=tuple(uids), origin=origin))
+        self.garbage.update(b for b in body_ids if b not in self._pins)
 
     def gone(self, mailbox_id: int, origin: object | None = None) -> None:
-        self._unclaimed.pop(mailbox_id, None)
         self._announced.pop(mailbox_id, None)
+        self._recent_floor.pop(mailbox_id, None)
         self._send(MailboxEvent(mailbox_id, EventKind.GONE, origin=origin))

@@ -248,6 +248,8 @@ class ImapSession:
             switch, self.after_reply = self.after_reply, None
             if status == b"OK":
                 switch()
+        if self.backend.hub.garbage:   # bodies of expunged messages no session shows any more
+            await self.backend.hub.collect(self.store)
         self._count(cmd.name, status, started)
         if self.state is State.LOGOUT:
             raise CloseSession("client_logout")
@@ -256,7 +258,10 @@ class ImapSession:
         view = self.view
         if view is None or not (view.pending or (allow_expunge and view.expunged)):
             return
-        for line in view.updates(allow_expunge):
+        top, recent_from = view.new_top(), None
+        if top and not view.read_only:   # \Recent for exactly one session (RFC 3501 2.3.2)
+            recent_from = await self.backend.hub.claim_recent(self.store, view.mailbox_id, top)
+        for line in view.updates(allow_expunge, recent_from):
             self.emit(line)
         _observe_latency(self.backend.metrics, view)
         if view.gone:   # our mailbox was deleted by another session
@@ -277,6 +282,7 @@ class ImapSession:
     def deselect(self) -> None:
         if self.view is not None:
             self.backend.hub.unsubscribe(self.view.mailbox_id, self.view)
+            self.view.close()
             self.view = None
 
     # ---- IDLE (RFC 2177) ----------------------------------------------------------------------

@@ -1,0 +1,180 @@
+"""Regression tests for the shared-mailbox symptoms of issue 13, one per symptom, on the wire:
+
+* an EXPUNGE numbered beyond what the session knows (a message that came and went unseen);
+* \\Recent in two sessions, and again after a restart;
+* a keyword in FETCH FLAGS that no FLAGS response announced (RFC 3501 7.2.6);
+* NO [EXPUNGEISSUED] for a message the session still sees (RFC 2180 4.1.1: answered from the
+  view), and the body forgotten by the store once every session was told.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import trio
+
+from .conftest import message
+from .stress.wire import Conn
+
+run = trio.to_thread.run_sync
+
+
+class Client:
+    """(untagged responses, tagged response) per command, literals included, nothing dropped."""
+
+    def __init__(self, gateway, select: str | None = "INBOX"):
+        self.conn = Conn("127.0.0.1", gateway.port, 20)
+        self.tags = (b"c%d" % n for n in itertools.count(1))
+        assert self.conn.response().startswith(b"* OK")
+        self.ok(f'LOGIN "{gateway.user}" "{gateway.password}"')
+        self.selected = self.ok(f"SELECT {select}") if select else []
+
+    def cmd(self, text: str | bytes) -> tuple[list[bytes], bytes]:
+        tag = next(self.tags)
+        self.conn.send(tag + b" " + (text.encode() if isinstance(text, str) else text) + b"\r\n")
+        lines = []
+        while not (line := self.conn.response()).startswith(tag + b" "):
+            lines.append(line)
+        return lines, line
+
+    def ok(self, text: str | bytes) -> list[bytes]:
+        lines, done = self.cmd(text)
+        assert done.split(b" ")[1] == b"OK", (text, lines, done)
+        return lines
+
+    def close(self) -> None:
+        self.cmd("LOGOUT")
+        self.conn.close()
+
+
+def _append(client: Client, body: bytes, flags: str = "") -> int:
+    tag = next(client.tags)
+    client.conn.send(tag + b" APPEND INBOX " + flags.encode() + b" {%d+}\r\n" % len(body) + body +
+                     b"\r\n")
+    while not (line := client.conn.response()).startswith(tag + b" "):
+        pass
+    return int(re.search(rb"\[APPENDUID \d+ (\d+)\]", line).group(1))
+
+
+def _recent(lines: list[bytes]) -> list[bytes]:
+    return [line for line in lines if b"\\Recent" in line]
+
+
+async def test_message_that_came_and_went_is_never_announced(gateway):
+    def scenario():
+        a, b, c = Client(gateway), Client(gateway), Client(gateway)
+        _append(c, message(1))
+        _append(c, message(2))
+        assert [l for l in b.ok("NOOP") if l.endswith(b"EXISTS")] == [b"* 2 EXISTS"]
+        uid = _append(c, message(3))
+        a.ok("NOOP")
+        a.ok(f"UID STORE {uid} +FLAGS.SILENT (\\Deleted)")
+        a.ok(f"UID EXPUNGE {uid}")
+        # b knew 2 messages: message 3 came and went; no "3 EXPUNGE" for a client that has 2
+        noop = b.ok("NOOP")
+        assert not [l for l in noop if l.endswith((b"EXPUNGE", b"EXISTS"))], noop
+        assert b.ok("FETCH 1:* (UID)") == [b"* 1 FETCH (UID 1)", b"* 2 FETCH (UID 2)"]
+        for client in (a, b, c):
+            client.close()
+
+    await run(scenario)
+
+
+async def test_recent_in_exactly_one_session_and_not_again_after_restart(gateway):
+    def first():
+        a, b = Client(gateway), Client(gateway)
+        writer = Client(gateway, select=None)
+        for n in range(3):
+            _append(writer, message(n))
+        for s in (a, b):
+            s.ok("NOOP")
+        seen = [_recent(s.ok("FETCH 1:* (FLAGS)")) for s in (a, b)]
+        # each new message is \Recent in one of the two sessions, never both
+        assert sorted(len(s) for s in seen) in ([0, 3], [1, 2]) and sum(map(len, seen)) == 3, seen
+        counts = [int(l.split()[1]) for s in (a, b) for l in s.ok("NOOP") if l.endswith(b"RECENT")]
+        assert counts == []   # told once
+        fresh = Client(gateway)
+        assert b"* 0 RECENT" in fresh.selected and not _recent(fresh.ok("FETCH 1:* (FLAGS)"))
+        writer.ok("LOGOUT")
+        for client in (a, b, fresh):
+            client.close()
+
+    await run(first)
+    await gateway.restart()
+
+    def after_restart():
+        writer = Client(gateway, select=None)
+        _append(writer, message(9))   # arrives while nobody has INBOX selected
+        status = writer.ok("STATUS INBOX (MESSAGES RECENT)")
+        assert status == [b"* STATUS INBOX (MESSAGES 4 RECENT 1)"], status
+        first = Client(gateway)
+        assert b"* 1 RECENT" in first.selected, first.selected
+        assert _recent(first.ok("FETCH 1:* (FLAGS)")) == [b"* 4 FETCH (FLAGS (\\Recent))"]
+        second = Client(gateway)
+        assert b"* 0 RECENT" in second.selected, second.selected
+        for client in (writer, first, second):
+            client.close()
+
+    await run(after_restart)
+
+
+async def test_new_keyword_announced_before_use_in_every_session(gateway):
+    def scenario():
+        a, b = Client(gateway), Client(gateway)
+        _append(a, message(1))
+        b.ok("NOOP")
+        a.ok("NOOP")
+        lines = a.ok("STORE 1 +FLAGS ($Fresh)")   # the session's own STORE
+        assert lines[0] == b"* FLAGS ($Fresh \\Answered \\Deleted \\Draft \\Flagged \\Seen)", lines
+        assert lines[1].startswith(b"* OK [PERMANENTFLAGS ($Fresh \\* "), lines
+        assert lines[2].startswith(b"* 1 FETCH (FLAGS ($Fresh")
+        lines = b.ok("NOOP")   # the other session
+        assert lines[0].startswith(b"* FLAGS ($Fresh "), lines
+        assert [l for l in lines if b"FETCH" in l] in (
+            [b"* 1 FETCH (UID 1 FLAGS ($Fresh \\Recent))"], [b"* 1 FETCH (UID 1 FLAGS ($Fresh))"]), lines
+        assert not [l for l in b.ok("NOOP") if l.startswith(b"* FLAGS")]   # told once
+        for client in (a, b):
+            client.close()
+
+    await run(scenario)
+
+
+async def test_message_expunged_elsewhere_stays_readable_until_told(gateway):
+    body = message(1, body="still here")
+    a, b = await run(lambda: (Client(gateway), Client(gateway)))
+
+    def setup():
+        _append(a, body)
+        _append(a, message(2))
+        b.ok("NOOP")
+        a.ok("NOOP")
+
+    await run(setup)
+    store = gateway.service.store
+    account = await store.get_account("main", gateway.user)
+    inbox = await store.get_mailbox(account.id, "INBOX")
+    first = (await store.messages(inbox.id))[0]
+
+    def expunge_elsewhere():
+        a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+        assert b.ok("NOOP") == [b"* 1 FETCH (UID 1 FLAGS (\\Deleted))"]
+        assert a.ok("EXPUNGE") == [b"* 1 EXPUNGE"]
+        # b still sees message 1: FETCH and SEARCH answer from b's view, no EXPUNGE meanwhile
+        lines = b.ok("FETCH 1 (UID BODY.PEEK[] RFC822.SIZE)")
+        assert lines == [b"* 1 FETCH (UID 1 BODY[] {%d}\r\n%s RFC822.SIZE %d)"
+                         % (len(body), body, len(body))], lines
+        assert b.ok("SEARCH BODY still") == [b"* SEARCH 1"]
+
+    await run(expunge_elsewhere)
+    assert [m.uid for m in await store.messages(inbox.id)] == [2]
+    assert await store.bodies([first]) == [body]   # kept for b (not only in a cache)
+
+    def told():
+        assert b.ok("NOOP") == [b"* 1 EXPUNGE"]
+        a.ok("NOOP")   # the next command of any session collects what nobody shows
+        for client in (a, b):
+            client.close()
+
+    await run(told)
+    assert await store.bodies([first]) == [None]   # no session shows it: forgotten
