@@ -371,6 +371,7 @@ class Gateway:
     key_file: Path | None = None
     background_poll: StrictBool = False
     auth_cache_ttl: Duration = 300.0
+    change_log_keep: StrictInt = 10000    # MODSEQs of change history kept per mailbox (QRESYNC)
     limits: GatewayLimits = field(default_factory=GatewayLimits)
 
     @property

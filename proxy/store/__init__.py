@@ -15,6 +15,7 @@ from .base import (
     Account,
     Change,
     ChangeKind,
+    ChangesPruned,
     FlagMode,
     FlagUpdate,
     IngestItem,
@@ -31,6 +32,7 @@ from .crypto import KeyRing, StoreKeyError
 
 __all__ = [
     "DEFAULT_MAILBOXES", "HIERARCHY_DELIMITER", "INBOX", "Account", "Change", "ChangeKind",
+    "ChangesPruned",
     "FlagMode", "FlagUpdate", "IngestItem", "KeyRing", "Mailbox", "MailboxExists", "MailboxNotFound",
     "MessageMeta", "Store", "StoreError", "StoreFailure", "StoreFlagsResult", "StoreKeyError",
     "open_store",

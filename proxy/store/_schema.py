@@ -99,16 +99,18 @@ def _v1_initial(db: sqlite3.Connection) -> None:
     """)
 
 
-def _v2_recent(db: sqlite3.Connection) -> None:
-    """The persistent \\Recent floor (RFC 3501 2.3.2, issue 13): UIDs below it were recent in some
-    session already. Existing mailboxes start with nothing recent (not the whole mailbox)."""
+def _v2_recent_and_pruning(db: sqlite3.Connection) -> None:
+    """Issue 13. `recent_uid`: the persistent \\Recent floor (RFC 3501 2.3.2): UIDs below it were
+    recent in some session already; existing mailboxes start with nothing recent (not the whole
+    mailbox). `changes_floor`: change-log rows below this MODSEQ were pruned."""
     _script(db, """
         ALTER TABLE mailboxes ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 1;
-        UPDATE mailboxes SET recent_uid = uidnext
+        UPDATE mailboxes SET recent_uid = uidnext;
+        ALTER TABLE mailboxes ADD COLUMN changes_floor INTEGER NOT NULL DEFAULT 0
     """)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_recent]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_recent_and_pruning]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -28,6 +28,7 @@ from ._schema import transaction
 from .base import (
     Change,
     ChangeKind,
+    ChangesPruned,
     FlagMode,
     FlagUpdate,
     MailboxNotFound,
@@ -88,8 +89,8 @@ class MessageOps:
     # ---- helpers run in the worker thread -------------------------------------------------------
 
     def _mailbox_row(self, mailbox_id: int) -> Row:
-        row: Row | None = self._db.execute("SELECT id, account_id, uidnext, highest_modseq, recent_uid "
-                               "FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+        row: Row | None = self._db.execute("SELECT id, account_id, uidnext, highest_modseq, recent_uid, "
+                               "changes_floor FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
         if row is None:
             raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
         return row
@@ -340,13 +341,31 @@ class MessageOps:
         return await self._run(self._recent_floor, mailbox_id, claim_upto)
 
     def _changes_since(self, mailbox_id: int, modseq: int) -> list[Change]:
+        if modseq + 1 < self._mailbox_row(mailbox_id)[5]:
+            raise ChangesPruned(f"changes before MODSEQ {modseq + 1} were pruned")
         rows = self._db.execute("SELECT modseq, kind, uid FROM changes WHERE mailbox_id = ? "
                                 "AND modseq > ? ORDER BY id", (mailbox_id, modseq)).fetchall()
         return [Change(m, ChangeKind(kind), uid) for m, kind, uid in rows]
 
     async def changes_since(self, mailbox_id: int, modseq: int) -> list[Change]:
-        """Changes with MODSEQ greater than `modseq`, oldest first."""
+        """Changes with MODSEQ greater than `modseq`, oldest first; ChangesPruned when some of
+        them were pruned (`prune_changes`)."""
         return await self._run(self._changes_since, mailbox_id, modseq)
+
+    def _prune_changes(self, mailbox_id: int, below: int) -> int:
+        with transaction(self._db):
+            floor = self._mailbox_row(mailbox_id)[5]
+            if below <= floor:
+                return 0
+            deleted = self._db.execute("DELETE FROM changes WHERE mailbox_id = ? AND modseq < ?",
+                                       (mailbox_id, below)).rowcount
+            self._db.execute("UPDATE mailboxes SET changes_floor = ? WHERE id = ?",
+                             (below, mailbox_id))
+        return deleted
+
+    async def prune_changes(self, mailbox_id: int, below: int) -> int:
+        """Forget change-log rows with MODSEQ below `below`; returns how many."""
+        return await self._run(self._prune_changes, mailbox_id, below)
 
     # ---- batched reads and cache writes (gateway fast paths; appended) ------------------------
 

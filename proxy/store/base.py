@@ -24,6 +24,11 @@ session has had as \\Recent yet. `recent_floor(id, claim_upto=n)` atomically rai
 returns the old value, so each UID is claimed by exactly one caller, across sessions, processes
 and restarts; `recent_floor(id)` only reads it (EXAMINE, STATUS RECENT).
 
+Change-log pruning (issue 13). `prune_changes(id, below)` deletes change rows with MODSEQ below
+`below` and remembers that floor; from then on `changes_since(id, m)` with `m + 1 < floor` raises
+`ChangesPruned` (the log cannot say what changed), and callers fall back (a full reload; for
+QRESYNC, VANISHED computed from the UIDs that exist). The gateway decides what to prune (README).
+
 Implementations: `sqlite.SqliteStore` (embedded); PostgreSQL later, with the same test suite.
 """
 
@@ -64,6 +69,10 @@ class StoreFailure(StoreError):
 
 class MailboxExists(StoreError):
     pass
+
+
+class ChangesPruned(StoreError):
+    """`changes_since` cannot answer: part of the asked range was pruned (`prune_changes`)."""
 
 
 class FlagMode(enum.Enum):
@@ -181,6 +190,7 @@ class Store(Protocol):
     async def collect_bodies(self, body_ids: Sequence[int]) -> None: ...   # see the docstring
     async def recent_floor(self, mailbox_id: int, claim_upto: int | None = None) -> int: ...
     async def changes_since(self, mailbox_id: int, modseq: int) -> list[Change]: ...
+    async def prune_changes(self, mailbox_id: int, below: int) -> int: ...   # see the docstring
     # batched forms (one call for many messages: FETCH, SEARCH, SELECT fast paths)
     async def bodies(self, messages: Sequence[MessageMeta]) -> list[bytes | None]: ...
     async def caches(self, messages: Sequence[MessageMeta]) -> list[bytes | None]: ...

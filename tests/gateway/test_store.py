@@ -364,3 +364,19 @@ async def test_recent_floor_claims_each_uid_once(store):
     assert await store.recent_floor(inbox.id) == 3
     assert await store.recent_floor(inbox.id, claim_upto=3) == 3   # UID 3
     assert await store.recent_floor(inbox.id) == 4
+
+
+async def test_prune_changes_then_changes_since_refuses_the_pruned_range(store):
+    """Issue 13: pruning the change log; a question it can no longer answer is refused, never
+    answered wrongly."""
+    from proxy.store import ChangesPruned
+
+    account, inbox = await inbox_of(store)
+    uids = [await store.append(inbox.id, mail(i)) for i in range(4)]   # MODSEQ 2..5
+    await store.expunge(inbox.id, uids[:1])                             # 6
+    assert await store.prune_changes(inbox.id, 5) == 3                  # rows of MODSEQ 2, 3, 4
+    assert await store.prune_changes(inbox.id, 4) == 0                  # never goes back
+    assert [(c.modseq, c.kind) for c in await store.changes_since(inbox.id, 4)] == [
+        (5, ChangeKind.APPEND), (6, ChangeKind.EXPUNGE)]
+    with pytest.raises(ChangesPruned):
+        await store.changes_since(inbox.id, 3)

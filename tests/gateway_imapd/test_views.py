@@ -178,3 +178,56 @@ async def test_message_expunged_elsewhere_stays_readable_until_told(gateway):
 
     await run(told)
     assert await store.bodies([first]) == [None]   # no session shows it: forgotten
+
+
+async def test_rename_inbox_expunges_what_it_moved_in_other_sessions(gateway):
+    """RFC 3501 6.3.5: RENAME INBOX moves its messages; a session with INBOX selected is told
+    exactly what was moved (taken from the change log, so mail ingested meanwhile is included)."""
+    def scenario():
+        a, b = Client(gateway), Client(gateway, select=None)
+        for n in range(3):
+            _append(b, message(n))
+        a.ok("NOOP")
+        b.ok("RENAME INBOX Old")
+        assert a.ok("NOOP") == [b"* 3 EXPUNGE", b"* 2 EXPUNGE", b"* 1 EXPUNGE"]
+        assert b.ok("STATUS Old (MESSAGES)") == [b"* STATUS Old (MESSAGES 3)"]
+        assert b.ok("STATUS INBOX (MESSAGES)") == [b"* STATUS INBOX (MESSAGES 0)"]
+        for client in (a, b):
+            client.close()
+
+    await run(scenario)
+
+
+async def test_qresync_after_the_change_log_was_pruned(gateway):
+    """RFC 7162 3.2.5.1 when the change log no longer reaches the client's MODSEQ: VANISHED
+    (EARLIER) is computed from the UIDs that exist (issue 13, pruning policy in README)."""
+    def before():
+        a = Client(gateway)
+        for n in range(5):
+            _append(a, message(n))
+        lines = a.ok("NOOP") + a.ok("STATUS INBOX (HIGHESTMODSEQ UIDVALIDITY)")
+        status = [l for l in lines if l.startswith(b"* STATUS")][0]
+        modseq, validity = (int(x) for x in re.search(
+            rb"HIGHESTMODSEQ (\d+) UIDVALIDITY (\d+)", status).groups())
+        a.ok("UID STORE 2,4 +FLAGS.SILENT (\\Deleted)")
+        a.ok("UID EXPUNGE 2,4")
+        a.ok("UID STORE 5 +FLAGS.SILENT (\\Flagged)")
+        a.close()
+        return modseq, validity
+
+    modseq, validity = await run(before)
+    store = gateway.service.store
+    account = await store.get_account("main", gateway.user)
+    inbox = await store.get_mailbox(account.id, "INBOX")
+    assert await store.prune_changes(inbox.id, inbox.highest_modseq) > 0
+
+    def after():
+        b = Client(gateway, select=None)
+        b.ok("ENABLE QRESYNC")
+        lines = b.ok(f"SELECT INBOX (QRESYNC ({validity} {modseq} 1:5))")
+        assert b"* VANISHED (EARLIER) 2,4" in lines, lines
+        assert [l for l in lines if b"FETCH" in l] == [
+            b"* 3 FETCH (UID 5 FLAGS (\\Flagged) MODSEQ (%d))" % inbox.highest_modseq], lines
+        b.close()
+
+    await run(after)

@@ -10,7 +10,9 @@ CONDSTORE (3.2.3) and makes the server send VANISHED instead of EXPUNGE (3.2.10)
 
 from __future__ import annotations
 
-from ...store import ChangeKind
+import bisect
+
+from ...store import ChangeKind, ChangesPruned
 from ._args import Reply, compress, parse_sequence_set, resolve, word
 
 CONDSTORE, QRESYNC = b"CONDSTORE", b"QRESYNC"
@@ -76,11 +78,9 @@ async def qresync_lines(session, view, qresync) -> None:
     def wanted(uid: int) -> bool:
         return ranges is None or any(lo <= uid <= hi for lo, hi in ranges)
 
-    changes = await session.store.changes_since(view.mailbox_id, modseq)
-    vanished = sorted({c.uid for c in changes if c.kind is ChangeKind.EXPUNGE
-                       and c.uid not in view.meta and wanted(c.uid)})
+    vanished = await _expunged_since(session, view, modseq, ranges)
     if vanished:
-        session.emit(b"VANISHED (EARLIER) " + compress(vanished))
+        session.emit(b"VANISHED (EARLIER) " + vanished)
     for seq, uid in enumerate(view.uids, 1):
         meta = view.meta[uid]
         if meta.modseq > modseq and wanted(uid):
@@ -111,11 +111,38 @@ def fetch_modifiers(session, cmd, uid: bool) -> tuple[int | None, bool]:
 async def vanished_earlier(session, view, set_arg, changedsince: int) -> None:
     """3.2.6: UIDs in the UID set expunged since `changedsince`."""
     ranges = resolve(parse_sequence_set(set_arg), view.max_uid)
-    changes = await session.store.changes_since(view.mailbox_id, changedsince)
-    gone = sorted({c.uid for c in changes if c.kind is ChangeKind.EXPUNGE and c.uid not in view.meta
-                   and any(lo <= c.uid <= hi for lo, hi in ranges)})
+    gone = await _expunged_since(session, view, changedsince, ranges)
     if gone:
-        session.emit(b"VANISHED (EARLIER) " + compress(gone))
+        session.emit(b"VANISHED (EARLIER) " + gone)
+
+
+async def _expunged_since(session, view, modseq: int, ranges) -> bytes:
+    """The UID set expunged since `modseq` within `ranges` (None: all), from the change log; when
+    the log was pruned past `modseq`, every UID in `ranges` (or 1..highest) that does not exist
+    (RFC 7162 3.2.5.1 lets a server include UIDs the client never had)."""
+    try:
+        changes = await session.store.changes_since(view.mailbox_id, modseq)
+    except ChangesPruned:
+        spans = ranges if ranges is not None else [(1, max(view.max_uid, 1))]
+        return _missing(view.uids, spans)
+    gone = sorted({c.uid for c in changes if c.kind is ChangeKind.EXPUNGE and c.uid not in view.meta
+                   and (ranges is None or any(lo <= c.uid <= hi for lo, hi in ranges))})
+    return compress(gone) if gone else b""
+
+
+def _missing(uids: list[int], spans) -> bytes:
+    """The gaps of the sorted `uids` inside `spans`, as a UID set ("" when none)."""
+    out = []
+    for lo, hi in spans:
+        start = bisect.bisect_left(uids, lo)
+        cursor = lo
+        for uid in uids[start:bisect.bisect_right(uids, hi)]:
+            if uid > cursor:
+                out.append(b"%d" % cursor if uid - 1 == cursor else b"%d:%d" % (cursor, uid - 1))
+            cursor = uid + 1
+        if cursor <= hi:
+            out.append(b"%d" % cursor if cursor == hi else b"%d:%d" % (cursor, hi))
+    return b",".join(out)
 
 
 def store_modifiers(args: list) -> tuple[int | None, list]:

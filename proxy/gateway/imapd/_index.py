@@ -21,7 +21,7 @@ from typing import Sequence
 
 import trio
 
-from ...store import ChangeKind, Mailbox, MessageMeta
+from ...store import ChangeKind, ChangesPruned, Mailbox, MessageMeta
 
 FULL_RELOAD_FRACTION = 4     # more than 1/4 of the mailbox changed: reload it whole
 
@@ -95,13 +95,22 @@ class MailboxIndex:
             self._snapshots[mailbox_id] = fresh
             return fresh
 
+    def modseq(self, mailbox_id: int) -> int | None:
+        """The MODSEQ of the snapshot held for the mailbox (its next refresh reads the log from
+        there), or None."""
+        current = self._snapshots.get(mailbox_id)
+        return None if current is None else current.modseq
+
     def forget(self, mailbox_id: int) -> None:
         self._snapshots.pop(mailbox_id, None)
 
     async def _refresh(self, store, mailbox_id: int, modseq: int, old: Snapshot | None) -> Snapshot:
         if old is not None:
-            changes = await store.changes_since(mailbox_id, old.modseq)
-            if len(changes) <= max(64, len(old.metas) // FULL_RELOAD_FRACTION):
+            try:
+                changes = await store.changes_since(mailbox_id, old.modseq)
+            except ChangesPruned:   # the log no longer reaches back to this snapshot
+                changes = None
+            if changes is not None and len(changes) <= max(64, len(old.metas) // FULL_RELOAD_FRACTION):
                 return await self._apply(store, old, changes)
         metas = await store.messages(mailbox_id)
         # The rows may already show changes newer than `modseq`; recording the older MODSEQ

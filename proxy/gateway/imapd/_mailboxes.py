@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 
+from ...store import ChangeKind
 from ...store.base import INBOX, SYSTEM_FLAGS
 from . import _condstore as cs
 from . import utf7
@@ -45,8 +46,9 @@ async def select(session, cmd, read_only: bool = False):
     view.condstore = cs.CONDSTORE in session.enabled
     view.qresync = cs.QRESYNC in session.enabled
     session.select(view)   # subscribe before the snapshot: no change can fall in between
-    snap = await session.backend.index.snapshot(session.store, box)   # no reload (see _index)
-    view.load(snap.metas)
+    # As of after the subscription (not of `box`): a change committed in between has no event
+    snap = await session.backend.index.latest(session.store, box.id)   # no reload (see _index)
+    view.load(snap.metas, snap.modseq)
     top = view.max_uid
     if read_only:   # EXAMINE looks without claiming (RFC 3501 6.3.2)
         floor = await session.store.recent_floor(box.id)
@@ -134,10 +136,14 @@ async def rename(session, cmd):
         raise Reply.no(f"Mailbox does not exist: {old}", b"NONEXISTENT")
     if new == INBOX or await store.get_mailbox(account, new) is not None:
         raise Reply.no("Target mailbox already exists.", b"ALREADYEXISTS")
-    moved = [m.uid for m in await store.messages(box.id)] if old == INBOX else []
+    before = await store.highest_modseq(box.id) if old == INBOX else 0
     await _create_parents(session, new)
     await store.rename_mailbox(account, old, new)
     if old == INBOX:   # 6.3.5: INBOX's messages moved to the new name, INBOX stays (empty)
+        # What the rename moved, from the change log: a message ingested while it ran is
+        # included (a list read before the rename would miss it: sessions would keep it forever)
+        changes = await store.changes_since(box.id, before)
+        moved = [c.uid for c in changes if c.kind is ChangeKind.EXPUNGE]
         session.backend.hub.expunged(box.id, moved)
     return None
 

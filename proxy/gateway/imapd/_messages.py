@@ -277,22 +277,29 @@ async def find(session, key: SearchKey) -> list[int]:
         raws = await mime.bodies.get_many(store, metas) if need_raw else None
         texts = await mime.texts(store, metas) if need_text else None
         infos = await mime.infos(store, metas) if need_size else None
+        msgs = []
         for n, meta in enumerate(metas):
             raw = raws[n] if raws is not None else None
             text = texts[n] if texts is not None else None
             info = infos[n] if infos is not None else None
             if (need_raw and raw is None) or (need_text and text is None) or (
                     need_size and info is None):
-                continue   # expunged by another session: its text is gone
-            seq = start + n + 1
-            msg = types.SimpleNamespace(seq=seq, uid=meta.uid, flags=view.flags_of(meta.uid),
-                                        internaldate=meta.internaldate, modseq=meta.modseq,
-                                        size=info.size if info is not None else meta.size,
-                                        raw=raw, texts=text)
-            if matches(key, msg, last_seq=view.exists, last_uid=view.max_uid):
-                found.append(seq)
-        await trio.lowlevel.checkpoint()
+                continue   # not in the store (its body pin was lost): cannot match
+            msgs.append(types.SimpleNamespace(
+                seq=start + n + 1, uid=meta.uid, flags=view.flags_of(meta.uid),
+                internaldate=meta.internaldate, modseq=meta.modseq,
+                size=info.size if info is not None else meta.size, raw=raw, texts=text))
+        if need_raw:   # HEADER, SENT*: each message parsed; off the event loop (DESIGN.md)
+            found += await trio.to_thread.run_sync(_match, key, msgs, view.exists, view.max_uid)
+        else:
+            found += _match(key, msgs, view.exists, view.max_uid)
+            await trio.lowlevel.checkpoint()
     return found
+
+
+def _match(key: SearchKey, msgs: list, last_seq: int, last_uid: int) -> list[int]:
+    """Sequence numbers of `msgs` matching `key` (pure: runs in a worker thread too)."""
+    return [m.seq for m in msgs if matches(key, m, last_seq=last_seq, last_uid=last_uid)]
 
 
 async def search(session, cmd):

@@ -45,6 +45,7 @@ class SelectedView:
         self.recent = recent & set(self.meta)
         self.pending: list[MailboxEvent] = []
         self.expunged: set[int] = set()        # gone from the store, not yet announced
+        self.loaded_modseq = 0                 # MODSEQ of the snapshot the view started from
         self.pinned: dict[int, int] = {}       # uid -> body id this view keeps readable
         self.keywords: set[str] = set()        # announced with FLAGS (RFC 3501 7.2.6)
         self.gone = False
@@ -64,8 +65,9 @@ class SelectedView:
         self.pending.append(event)
         self.wakeup.set()
 
-    def load(self, metas: list[MessageMeta]) -> None:
+    def load(self, metas: list[MessageMeta], modseq: int = 0) -> None:
         """The snapshot taken after subscribing; expunges already pending for it pin their bodies."""
+        self.loaded_modseq = modseq
         self.uids = [m.uid for m in metas]
         self.meta = {m.uid: m for m in metas}
         for event in [e for e in self.pending if e.kind is EventKind.EXPUNGE]:

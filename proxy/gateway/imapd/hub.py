@@ -60,6 +60,9 @@ class MailboxEvent:
     published: float = field(default_factory=time.monotonic)
 
 
+PRUNE_EVERY = 1000   # published changes to a mailbox between two prunes of its change log
+
+
 class Listener(Protocol):
     def notify(self, event: MailboxEvent) -> None: ...
 
@@ -67,7 +70,9 @@ class Listener(Protocol):
 class Hub:
     """Listeners by (account, mailbox); see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, change_log_keep: int = 10000) -> None:
+        self.change_log_keep = change_log_keep
+        self._published: collections.Counter[int] = collections.Counter()   # since last prune
         self._listeners: dict[int, set[Listener]] = {}      # mailbox id -> views
         self._announced: dict[int, int] = {}                 # mailbox id -> highest UID sent
         self._recent_floor: dict[int, int] = {}              # mailbox id -> known claimed floor
@@ -114,7 +119,24 @@ class Hub:
             ids, self.garbage = sorted(self.garbage), set()
             await store.collect_bodies(ids)
 
+    # ---- change-log pruning ------------------------------------------------------------------
+    def prune_due(self, mailbox_id: int) -> bool:
+        return self._published[mailbox_id] >= PRUNE_EVERY
+
+    async def prune(self, store, index, mailbox_id: int) -> None:
+        """Forget change-log rows nobody needs: older than the last `change_log_keep` MODSEQs
+        (offline QRESYNC clients), than the MODSEQ any live session of this process loaded its
+        view at, and than the mailbox index's snapshot (it refreshes from the log)."""
+        self._published.pop(mailbox_id, None)
+        bound = await store.highest_modseq(mailbox_id) - self.change_log_keep
+        loaded = [getattr(v, "loaded_modseq", bound) for v in self._listeners.get(mailbox_id, ())]
+        indexed = index.modseq(mailbox_id)
+        bound = min([bound] + loaded + ([indexed] if indexed is not None else []))
+        if bound > 1:
+            await store.prune_changes(mailbox_id, bound)
+
     def _send(self, event: MailboxEvent) -> None:
+        self._published[event.mailbox_id] += 1
         for listener in list(self._listeners.get(event.mailbox_id, ())):
             if listener is not event.origin:
                 listener.notify(event)

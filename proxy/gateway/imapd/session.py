@@ -248,8 +248,11 @@ class ImapSession:
             switch, self.after_reply = self.after_reply, None
             if status == b"OK":
                 switch()
-        if self.backend.hub.garbage:   # bodies of expunged messages no session shows any more
-            await self.backend.hub.collect(self.store)
+        hub = self.backend.hub
+        if hub.garbage:   # bodies of expunged messages no session shows any more
+            await hub.collect(self.store)
+        if self.view is not None and hub.prune_due(self.view.mailbox_id):
+            await hub.prune(self.store, self.backend.index, self.view.mailbox_id)
         self._count(cmd.name, status, started)
         if self.state is State.LOGOUT:
             raise CloseSession("client_logout")

@@ -50,6 +50,8 @@ class Result:
     commands: collections.Counter = field(default_factory=collections.Counter)
     checkpoints: int = 0
     seconds: float = 0.0
+    work_seconds: float = 0.0                                   # without checkpoints
+    timings: dict[str, list[float]] = field(default_factory=dict)   # command -> latencies
 
     def kinds(self) -> collections.Counter:
         """Errors by kind (their first line without numbers and session)."""
@@ -79,9 +81,11 @@ class Session:
         self.sid, self.target, self.shared, self.rng = sid, target, shared, rng
         self.condstore, self.keywords, self.counts = condstore, keywords, counts
         self.view = View(sid, shared, allow_nil)
+        self.timings: dict[str, list[float]] | None = None   # command -> seconds (benchmarks)
         self.tags = (b"s%dt%d" % (sid, n) for n in itertools.count(1))
         self.conn: Conn | None = None
         self._last_token: bytes | None = None
+        self._silent: list[tuple[bytes, bool, list]] = []   # STORE .SILENT targets of the group
 
     # ---- the wire ---------------------------------------------------------------------------
     def open(self, select: bytes = b"SELECT") -> None:
@@ -107,14 +111,18 @@ class Session:
         """Send `commands` pipelined; handle every response; the tagged responses, in order."""
         pending = collections.deque()
         out = b""
+        sent = time.perf_counter()
         for command in commands:
             tag = next(self.tags)
-            pending.append((tag, tag + b" " + command))
+            pending.append((tag, tag + b" " + command, sent))
             out += tag + b" " + command + b"\r\n"
         self.conn.send(out)
         done = []
         while pending:
             done.append(self._until_tagged(pending))
+        silent, self._silent = self._silent, []
+        for target, uid, slots in silent:   # after the group: a FETCH in it may have run before
+            self._forget(target, uid, slots)
         return done
 
     def _until_tagged(self, pending: collections.deque) -> bytes:
@@ -123,7 +131,7 @@ class Session:
         while True:
             line = self.conn.response()
             if line.startswith(b"* "):
-                self._untagged(line, [command for _, command in pending])
+                self._untagged(line, [entry[1] for entry in pending])
             elif line.startswith(b"+"):
                 raise StressError(f"unexpected continuation {line!r} during {pending!r}")
             else:
@@ -132,6 +140,8 @@ class Session:
                     if entry[0] == tag:
                         pending.remove(entry)
                         self._tagged(line, entry[1])
+                        if entry[2] is not None and self.timings is not None:
+                            self.timings[verb(entry[1])].append(time.perf_counter() - entry[2])
                         return line
                 raise StressError(f"tagged response {line!r} for no pending command")
 
@@ -204,19 +214,26 @@ class Session:
         mode = self.rng.choice([b"+FLAGS", b"+FLAGS", b"-FLAGS", b"FLAGS"])
         silent = self.rng.random() < 0.15
         target = self.uid_range() if uid else self.seq_range()
-        if silent:   # not echoed: the view forgets what it knew about those messages
-            self._forget(target, uid)
+        if silent:   # not echoed: the view forgets what it knew of them once all is answered
+            self._silent.append((target, uid, [] if uid else self._targets(target, False)))
         return (b"UID STORE " if uid else b"STORE ") + target + b" " + mode + \
             (b".SILENT " if silent else b" ") + self.flags()
 
-    def _forget(self, target: bytes, uid: bool) -> None:
+    def _targets(self, target: bytes, uid: bool) -> list:
+        """The slots a set names now: sequence numbers are resolved at once (an EXPUNGE later in
+        the group would shift them), UIDs after the group (`_forget`)."""
+        found = []
         for part in target.split(b","):
             lo, _, hi = part.partition(b":")
-            for n, slot in enumerate(self.view.slots, 1):
-                key = slot.uid if uid else n
-                top = 1 << 62 if hi == b"*" else int(hi or lo)
-                if key is not None and (lo == b"*" or int(lo) <= key <= top):
-                    slot.flags = None
+            top = 1 << 62 if hi == b"*" else int(hi or lo)
+            found += [slot for n, slot in enumerate(self.view.slots, 1)
+                      if (slot.uid if uid else n) is not None
+                      and int(lo) <= (slot.uid if uid else n) <= top]
+        return found
+
+    def _forget(self, target: bytes, uid: bool, slots: list) -> None:
+        for slot in slots + (self._targets(target, True) if uid else []):
+            slot.flags = None
 
     def search_command(self, uid: bool) -> bytes:
         key = self.rng.choice([b"ALL", b"FLAGGED", b"UNSEEN", b"KEYWORD $Label1", b"DELETED",
@@ -255,7 +272,7 @@ class Session:
                 break
             self._untagged(line, [command])
         self.conn.send(b"DONE\r\n")
-        self._until_tagged(collections.deque([(tag, command)]))
+        self._until_tagged(collections.deque([(tag, command, None)]))
 
     def pipeline(self) -> None:
         head = [self.rng.choice([self.fetch_command(False), self.store_command(False),
@@ -340,6 +357,13 @@ class Keywords:
         return token, body
 
 
+def verb(command: bytes) -> str:
+    """b"t1 UID FETCH 1:* (FLAGS)" -> "UID FETCH"."""
+    words = command.split(b" ", 3)[1:3]
+    name = words[0].upper()
+    return (name + b" " + words[1].upper() if name == b"UID" and len(words) > 1 else name).decode()
+
+
 def seqset(numbers: list[int]) -> bytes:
     out, start, prev = [], None, None
     for n in numbers:
@@ -367,6 +391,7 @@ def run_stress(target: Target, *, sessions: int = 6, seconds: float = 20.0,
     barrier = threading.Barrier(sessions, timeout=READ_TIMEOUT * 4)
     pictures: dict[int, list] = {}
     result = Result(seed, shared.errors, counts)
+    timings: dict[str, list[float]] = collections.defaultdict(list)
     started = time.monotonic()
 
     def worker(sid: int) -> None:
@@ -378,8 +403,10 @@ def run_stress(target: Target, *, sessions: int = 6, seconds: float = 20.0,
             barrier.wait()
             for round_no in range(rounds):
                 deadline = time.monotonic() + round_seconds
+                session.timings = timings
                 while time.monotonic() < deadline:
                     session.step()
+                session.timings = None
                 barrier.wait()
                 pictures[sid] = session.settle()
                 barrier.wait()
@@ -401,6 +428,8 @@ def run_stress(target: Target, *, sessions: int = 6, seconds: float = 20.0,
     for thread in threads:
         thread.join()
     result.seconds = time.monotonic() - started
+    result.timings = dict(timings)
+    result.work_seconds = rounds * round_seconds
     return result
 
 
