@@ -24,6 +24,7 @@ import sys
 
 from common import Env, QuietProxyProcess, Table, median, percentile, ratio  # noqa: E402
 from gateway_imapd.stress.run import Target, run_stress  # noqa: E402 (tests/ is on sys.path)
+
 from support.proxyproc import relay_config  # noqa: E402
 
 

@@ -6,9 +6,9 @@ remembered for `gateway.auth_cache_ttl` seconds as an HMAC-SHA256 of the account
 password under a random key made at start and kept only in memory: never the password itself.
 A slow password hash (scrypt) buys nothing here: the cache never leaves the process, and whoever
 could read its memory could read the key too (issue 13: scrypt was 7% of the gateway's CPU).
-While a remembered success is fresh, a reconnect does not touch the upstream; when the upstream is unreachable and
-the hash matches, the login succeeds too (issue 7: UNAVAILABLE only "unless a cached success
-applies"). A wrong password drops the remembered success.
+While a remembered success is fresh, a reconnect does not touch the upstream; when the upstream
+is unreachable and the hash matches, the login succeeds too (issue 7: UNAVAILABLE only "unless a
+cached success applies"). A wrong password drops the remembered success.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 
 from ..config import Upstream
 from .pop3_client import FetchError, Pop3Client
+
 
 class AuthResult(enum.Enum):
     OK = "success"

@@ -130,8 +130,8 @@ class GatewayService:
     def backend(self, account: Account) -> Backend:
         backend = self._backends.get(account.id)
         if backend is None:
-            backend = self._backends[account.id] = Backend(self.store, Hub(self.config.gateway.change_log_keep),
-                                                             self.mime, self.metrics)
+            hub = Hub(self.config.gateway.change_log_keep)
+            backend = self._backends[account.id] = Backend(self.store, hub, self.mime, self.metrics)
         return backend
 
     def fetcher(self, upstream: str, user: str) -> AccountFetcher:

@@ -327,9 +327,9 @@ class MessageOps:
 
     def _recent_floor(self, mailbox_id: int, claim_upto: int | None) -> int:
         if claim_upto is None:
-            return self._mailbox_row(mailbox_id)[4]
+            return int(self._mailbox_row(mailbox_id)[4])
         with transaction(self._db):
-            floor = self._mailbox_row(mailbox_id)[4]
+            floor = int(self._mailbox_row(mailbox_id)[4])
             if claim_upto >= floor:
                 self._db.execute("UPDATE mailboxes SET recent_uid = ? WHERE id = ?",
                                  (claim_upto + 1, mailbox_id))

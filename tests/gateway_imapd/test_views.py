@@ -66,14 +66,14 @@ async def test_message_that_came_and_went_is_never_announced(gateway):
         a, b, c = Client(gateway), Client(gateway), Client(gateway)
         _append(c, message(1))
         _append(c, message(2))
-        assert [l for l in b.ok("NOOP") if l.endswith(b"EXISTS")] == [b"* 2 EXISTS"]
+        assert [line for line in b.ok("NOOP") if line.endswith(b"EXISTS")] == [b"* 2 EXISTS"]
         uid = _append(c, message(3))
         a.ok("NOOP")
         a.ok(f"UID STORE {uid} +FLAGS.SILENT (\\Deleted)")
         a.ok(f"UID EXPUNGE {uid}")
         # b knew 2 messages: message 3 came and went; no "3 EXPUNGE" for a client that has 2
         noop = b.ok("NOOP")
-        assert not [l for l in noop if l.endswith((b"EXPUNGE", b"EXISTS"))], noop
+        assert not [line for line in noop if line.endswith((b"EXPUNGE", b"EXISTS"))], noop
         assert b.ok("FETCH 1:* (UID)") == [b"* 1 FETCH (UID 1)", b"* 2 FETCH (UID 2)"]
         for client in (a, b, c):
             client.close()
@@ -92,7 +92,7 @@ async def test_recent_in_exactly_one_session_and_not_again_after_restart(gateway
         seen = [_recent(s.ok("FETCH 1:* (FLAGS)")) for s in (a, b)]
         # each new message is \Recent in one of the two sessions, never both
         assert sorted(len(s) for s in seen) in ([0, 3], [1, 2]) and sum(map(len, seen)) == 3, seen
-        counts = [int(l.split()[1]) for s in (a, b) for l in s.ok("NOOP") if l.endswith(b"RECENT")]
+        counts = [line for s in (a, b) for line in s.ok("NOOP") if line.endswith(b"RECENT")]
         assert counts == []   # told once
         fresh = Client(gateway)
         assert b"* 0 RECENT" in fresh.selected and not _recent(fresh.ok("FETCH 1:* (FLAGS)"))
@@ -131,9 +131,9 @@ async def test_new_keyword_announced_before_use_in_every_session(gateway):
         assert lines[2].startswith(b"* 1 FETCH (FLAGS ($Fresh")
         lines = b.ok("NOOP")   # the other session
         assert lines[0].startswith(b"* FLAGS ($Fresh "), lines
-        assert [l for l in lines if b"FETCH" in l] in (
+        assert [line for line in lines if b"FETCH" in line] in (
             [b"* 1 FETCH (UID 1 FLAGS ($Fresh \\Recent))"], [b"* 1 FETCH (UID 1 FLAGS ($Fresh))"]), lines
-        assert not [l for l in b.ok("NOOP") if l.startswith(b"* FLAGS")]   # told once
+        assert not [line for line in b.ok("NOOP") if line.startswith(b"* FLAGS")]   # told once
         for client in (a, b):
             client.close()
 
@@ -206,7 +206,7 @@ async def test_qresync_after_the_change_log_was_pruned(gateway):
         for n in range(5):
             _append(a, message(n))
         lines = a.ok("NOOP") + a.ok("STATUS INBOX (HIGHESTMODSEQ UIDVALIDITY)")
-        status = [l for l in lines if l.startswith(b"* STATUS")][0]
+        status = [line for line in lines if line.startswith(b"* STATUS")][0]
         modseq, validity = (int(x) for x in re.search(
             rb"HIGHESTMODSEQ (\d+) UIDVALIDITY (\d+)", status).groups())
         a.ok("UID STORE 2,4 +FLAGS.SILENT (\\Deleted)")
@@ -226,7 +226,7 @@ async def test_qresync_after_the_change_log_was_pruned(gateway):
         b.ok("ENABLE QRESYNC")
         lines = b.ok(f"SELECT INBOX (QRESYNC ({validity} {modseq} 1:5))")
         assert b"* VANISHED (EARLIER) 2,4" in lines, lines
-        assert [l for l in lines if b"FETCH" in l] == [
+        assert [line for line in lines if b"FETCH" in line] == [
             b"* 3 FETCH (UID 5 FLAGS (\\Flagged) MODSEQ (%d))" % inbox.highest_modseq], lines
         b.close()
 

@@ -234,7 +234,7 @@ async def status_line(session, box, items: list[bytes]) -> bytes:
     snap = await session.backend.index.snapshot(session.store, box) \
         if b"UNSEEN" in items or b"SIZE" in items or b"RECENT" in items else None
     recent = 0
-    if b"RECENT" in items:   # not yet recent in any session: at or above the recent floor
+    if snap is not None and b"RECENT" in items:   # not yet recent anywhere: at/above the floor
         floor = await session.store.recent_floor(box.id)
         recent = len(snap.uids) - bisect.bisect_left(snap.uids, floor)
     values = {

@@ -211,7 +211,9 @@ class SelectedView:
         present = [uid for uid in changed if uid in self.meta]
         lines += self.announce(self.meta[uid].flags for uid in present)
         for uid in present:
-            lines.append(self.fetch_flags_line(self.seq_of(uid), uid))
+            seq = self.seq_of(uid)
+            if seq is not None:
+                lines.append(self.fetch_flags_line(seq, uid))
         return lines
 
     def _flag_event(self, uid: int, flags: frozenset[str], modseq: int,
