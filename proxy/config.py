@@ -360,6 +360,7 @@ class GatewayLimits:
     __pydantic_config__ = _STRICT
     mime_max_depth: StrictInt = 100       # deeper multipart/message parts are opaque leaves
     mime_max_parts: StrictInt = 10000     # past this many parts, boundaries are not recognised
+    command_budget: Duration = 60.0       # a command running longer answers NO [LIMIT]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,8 @@
 * output lines end in CRLF, as IMAP requires (a stored bare LF is sent as CRLF), and NUL
   goes out as 0x80, as Dovecot sends it.
 
-Pass the cached part table (`mime.MimeInfo.parts`) as `parts` to skip re-parsing.
+Pass the cached part table (`mime.MimeInfo.parts`), or the tree built from it once, as `parts`
+to skip re-parsing.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ _SECTION = re.compile(
 
 
 def fetch_section(raw: bytes, section: str | bytes, partial: tuple[int, int] | None = None,
-                  *, parts: list | None = None) -> bytes:
+                  *, parts: list | mime.Part | None = None) -> bytes:
     """Bytes of ``BODY[section]<partial.start.length>`` of `raw`.
 
     `section` is what stands between the brackets (``""``, ``"1.2.MIME"``,
@@ -51,7 +52,10 @@ def fetch_section(raw: bytes, section: str | bytes, partial: tuple[int, int] | N
     """
     spec = section.encode("ascii") if isinstance(section, str) else bytes(section)
     spec = spec.strip()
-    root = mime.table_to_parts(parts) if parts is not None else mime.parse(raw)
+    if isinstance(parts, mime.Part):
+        root = parts
+    else:
+        root = mime.table_to_parts(parts) if parts is not None else mime.parse(raw)
     upper = spec.upper()
     if upper == b"RFC822.SIZE":
         return b"%d" % len(_crlf(raw))

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from ...store import MessageMeta
+from ..mime import table_to_parts
 from ..sections import SectionError, crlf, fetch_section
 from ._args import Reply, flag_list, format_date_time, is_atom
 
@@ -97,6 +98,7 @@ def render(seq: int, meta: MessageMeta, items: list[Item], flags, info, raw) -> 
     """`* seq FETCH (...)` CRLF for one message, as pieces to write (a body is its own piece,
     never copied into a bigger buffer). `info`/`raw` as `plan()` asked for them."""
     pieces = []
+    tree = None   # the part tree, built once per message from the cached table
     text = [b"* %d FETCH (" % seq]
     for n, item in enumerate(items):
         if n:
@@ -123,10 +125,12 @@ def render(seq: int, meta: MessageMeta, items: list[Item], flags, info, raw) -> 
                 clean = info is not None and info.size == len(raw) and b"\0" not in raw
                 data = raw if clean else crlf(raw)
             elif item.section is None:   # RFC822.HEADER, RFC822.TEXT
-                data = fetch_section(raw, name, parts=info.parts)
+                tree = tree or table_to_parts(info.parts)
+                data = fetch_section(raw, name, parts=tree)
             else:
+                tree = tree or table_to_parts(info.parts)
                 try:
-                    data = fetch_section(raw, item.section, item.partial, parts=info.parts)
+                    data = fetch_section(raw, item.section, item.partial, parts=tree)
                 except SectionError as exc:
                     raise Reply.bad(f"Invalid section: {exc}") from None
             if item.section is None:

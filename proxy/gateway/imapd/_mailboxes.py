@@ -187,6 +187,7 @@ async def list_(session, cmd, lsub: bool = False):
         cut = implied_parents(shown - matched)
         matched = {n for n in matched if n in shown or n in cut}
     for name in sorted(matched, key=lambda n: (n != INBOX, n)):
+        await session.budget.tick()
         attrs = []
         if name not in shown or name not in real:
             attrs.append("\\Noselect")

@@ -122,6 +122,7 @@ async def fetch(session, cmd):
                 continue
             session.write_pieces(render(seq, meta, with_flags if meta.uid in seen_now else items,
                                         view.flags_of(meta.uid), info, raw))
+            await session.budget.tick()
         await session.maybe_flush()
 
     await pipelined(load, write, list(_chunks(view, seqs)))
@@ -291,9 +292,12 @@ async def find(session, key: SearchKey) -> list[int]:
                 size=info.size if info is not None else meta.size, raw=raw, texts=text))
         if need_raw:   # HEADER, SENT*: each message parsed; off the event loop (DESIGN.md)
             found += await trio.to_thread.run_sync(_match, key, msgs, view.exists, view.max_uid)
-        else:
-            found += _match(key, msgs, view.exists, view.max_uid)
-            await trio.lowlevel.checkpoint()
+            await session.budget.tick()
+            continue
+        for msg in msgs:   # in slices that yield; NO [LIMIT] past the budget (_budget.py)
+            if matches(key, msg, last_seq=view.exists, last_uid=view.max_uid):
+                found.append(msg.seq)
+            await session.budget.tick()
     return found
 
 

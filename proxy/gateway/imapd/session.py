@@ -34,6 +34,7 @@ from ...session.context import CloseSession, Session
 from ...store import (Account, Store, MailboxExists, MailboxNotFound, StoreError, StoreFailure,
                       StoreKeyError)
 from ._args import Reply
+from ._budget import DEFAULT_COMMAND_BUDGET, CommandBudget
 from ._state import SELECTED, State, Trigger, next_state
 
 if TYPE_CHECKING:
@@ -81,6 +82,9 @@ class ImapSession:
         self.draining = False
         self._read_scope: trio.CancelScope | None = None
         self.after_reply: Callable[[], None] | None = None   # run once the tagged reply is out
+        gateway = getattr(getattr(session.runtime, "config", None), "gateway", None)
+        self.budget = CommandBudget(gateway.limits.command_budget if gateway is not None
+                                    else DEFAULT_COMMAND_BUDGET)
 
     # ---- output -----------------------------------------------------------------------------
     def emit(self, line: bytes) -> None:
@@ -212,6 +216,7 @@ class ImapSession:
 
         self.session.commands += 1
         started = time.monotonic()
+        self.budget.start()
         spec = COMMANDS.get(cmd.name)
         status, code, text = b"OK", None, cmd.name.decode("ascii", "replace") + " completed."
         try:
