@@ -9,16 +9,14 @@ comparing their UTF-8 octets, as the collation says.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from .sortkeys import SortFields
 
 __all__ = ["Item", "SORT_KEYS", "sort_items", "sent_date"]
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(NamedTuple):   # a tuple: ten times cheaper to make than a frozen dataclass
     """One message: `number` is what is answered (sequence number or UID), `seq` its place in
     the mailbox, `arrival` its INTERNALDATE as a UTC timestamp, `size` its RFC822.SIZE."""
 

@@ -265,6 +265,8 @@ async def find(session, key: SearchKey) -> list[int]:
     """Sequence numbers of the selected messages matching `key`, in order, in slices."""
     ops = _ops(key)
     view = session.view
+    if key.op == "ALL":   # SORT/THREAD/SEARCH ALL: nothing to evaluate
+        return list(range(1, view.exists + 1))
     if "MODSEQ" in ops:
         await cs.enable_condstore(session)
     mime, store = session.backend.mime, session.store

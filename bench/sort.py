@@ -1,0 +1,145 @@
+"""Benchmark: SORT (DATE), SORT (FROM), SORT (SUBJECT) and THREAD=REFERENCES on the same
+2,000-message mailbox, served by Dovecot IMAP directly and by the gateway (in-process, SQLite
+store, Dovecot POP3 upstream), one run (issue 17).
+
+The mailbox is generated: threads of 1-12 messages whose replies carry References (some with a
+missing parent), "Re:"/"Fwd:"/"[list]" subjects, 60 senders, dates spread over a year, bodies of
+2-12 KB. Each server is asked each command `--repeat` times on one connection: the first answer
+is "cold" (Dovecot builds its sort index, the gateway reads every header once), the others
+"warm" (median). The answers of both servers must be identical.
+
+Run: .venv/bin/python bench/sort.py [--messages 2000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.utils
+import functools
+import imaplib
+import json
+import random
+import statistics
+import time
+
+import trio
+from common import Env, Mailbox  # noqa: E402 (puts tests/ on sys.path)
+
+from proxy.config import loads
+from proxy.gateway.service import open_gateway
+from proxy.metrics import Metrics
+from proxy.net.conn import Conn
+from proxy.session.context import Runtime, Session
+from support.proxyproc import relay_config
+
+COMMANDS = [b"SORT (DATE) UTF-8 ALL", b"SORT (FROM) UTF-8 ALL", b"SORT (SUBJECT) UTF-8 ALL",
+            b"THREAD REFERENCES UTF-8 ALL"]
+
+
+def thread_mailbox(count: int, seed: int = 17) -> Mailbox:
+    rng = random.Random(seed)
+    messages: list[bytes] = []
+    threads: list[list[str]] = []
+    for n in range(count):
+        if threads and rng.random() < 0.6:
+            thread = rng.choice(threads[-50:])
+            refs = thread[-rng.randint(1, min(len(thread), 4)):]
+            if rng.random() < 0.05:
+                refs = ["<gone-%d@bench>" % n] + refs   # a missing parent
+            subject = rng.choice(["Re: ", "RE: ", "Fwd: ", "[list] Re: "]) + f"topic {len(threads)}"
+        else:
+            thread = []
+            threads.append(thread)
+            refs = []
+            subject = f"topic {len(threads)}"
+        mid = f"<m{n}.{rng.randrange(10**9)}@bench>"
+        thread.append(mid)
+        when = email.utils.formatdate(1700000000 + rng.randrange(365 * 86400))
+        who = rng.randrange(60)
+        header = (f"From: Person {who} <p{who}@example.{rng.choice(['org', 'net', 'com'])}>\r\n"
+                  f"To: list@example.org\r\nSubject: {subject}\r\nDate: {when}\r\n"
+                  f"Message-ID: {mid}\r\n")
+        if refs:
+            header += f"References: {' '.join(refs)}\r\nIn-Reply-To: {refs[-1]}\r\n"
+        body = "".join(rng.choice("abcdefgh ") for _ in range(rng.randint(2000, 12000)))
+        messages.append((header + "\r\n" + body + "\r\n").encode())
+    return Mailbox(messages)
+
+
+def measure(port: int, user: str, password: str, repeat: int) -> dict[bytes, tuple[list, bytes]]:
+    c = imaplib.IMAP4("127.0.0.1", port)
+    c.login(user, password)
+    c.select("INBOX", readonly=True)
+    out = {}
+    for n, command in enumerate(COMMANDS):
+        times, answer = [], b""
+        for r in range(repeat):
+            tag = b"b%d%d" % (n, r)
+            t = time.perf_counter()
+            c.send(tag + b" " + command + b"\r\n")
+            lines = []
+            while True:
+                line = c.readline()
+                if line.startswith(tag):
+                    break
+                lines.append(line)
+            times.append(time.perf_counter() - t)
+            assert line.split()[1] == b"OK", line
+            answer = b"".join(lines)
+        out[command] = (times, answer)
+    c.logout()
+    return out
+
+
+async def main(messages: int, repeat: int) -> None:
+    env = Env("sort")
+    try:
+        user, password = env.user_with(thread_mailbox(messages))
+        cfg = relay_config(env.dovecot, listeners=("imap",), allow_plaintext_auth=True)
+        cfg["listeners"][0]["mode"] = "gateway"
+        cfg["gateway"] = {"store": str(env.root / "gateway.db"), "poll_interval": "600s"}
+        config = loads(json.dumps(cfg))
+        metrics = Metrics()
+        runtime = Runtime.build(config, metrics)
+        async with open_gateway(config, metrics) as service, trio.open_nursery() as nursery:
+            async def handler(stream):
+                conn = Conn(stream)
+                session = Session(runtime, config.listeners[0], "127.0.0.1", 0, "127.0.0.1", 0)
+                try:
+                    await service.handle(session, conn)
+                finally:
+                    await conn.aclose()
+
+            listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0,
+                                                              host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            while True:   # the first login ingests
+                await trio.to_thread.run_sync(lambda: imaplib.IMAP4("127.0.0.1", port).login(
+                    user, password))
+                box = await service.store.get_mailbox(
+                    (await service.store.ensure_account("main", user)).id, "INBOX")
+                if box.exists >= messages:
+                    break
+            theirs = await trio.to_thread.run_sync(measure, env.dovecot.imap_port, user, password,
+                                                   repeat)
+            ours = await trio.to_thread.run_sync(measure, port, user, password, repeat)
+            nursery.cancel_scope.cancel()
+        print(f"{messages} messages, {repeat} asks each; gateway speed / Dovecot's (>= 0.5x)")
+        print(f"{'command':30} {'dovecot cold':>12} {'gateway cold':>12} {'ratio':>6}"
+              f" {'dovecot warm':>12} {'gateway warm':>12} {'ratio':>6} same")
+        for command in COMMANDS:
+            (dt, da), (gt, ga) = theirs[command], ours[command]
+            dw, gw = statistics.median(dt[1:]), statistics.median(gt[1:])
+            print(f"{command.decode():30} {dt[0] * 1000:10.1f}ms {gt[0] * 1000:10.1f}ms"
+                  f" {dt[0] / gt[0]:5.2f}x {dw * 1000:10.1f}ms {gw * 1000:10.1f}ms"
+                  f" {dw / gw:5.2f}x {'yes' if da == ga else 'NO'}")
+    finally:
+        env.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    trio.run(main, args.messages, args.repeat)
