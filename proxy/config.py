@@ -361,6 +361,7 @@ class GatewayLimits:
     mime_max_depth: StrictInt = 100       # deeper multipart/message parts are opaque leaves
     mime_max_parts: StrictInt = 10000     # past this many parts, boundaries are not recognised
     command_budget: Duration = 60.0       # a command running longer answers NO [LIMIT]
+    sequence_set_ranges: StrictInt = 100000   # distinct ranges in one sequence set, else BAD
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,11 +29,13 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from proxy.gateway._rfc822 import AddressParser
+from proxy.gateway.numbers import MODSEQ_MAX, NUMBER_MAX, InvalidNumber, number, sequence_set
 from proxy.gateway.search_text import decode_header, header_items, text_blobs
 
 __all__ = ["SearchKey", "SearchError", "parse_search", "matches"]
 
 CHARSETS = ("UTF-8", "US-ASCII")
+MAX_DEPTH = 100   # nesting of NOT, OR and parentheses; deeper answers BAD (no recursion past it)
 _EPOCH = datetime.date(1970, 1, 1)
 _TIME_GLUED_TO_ZONE = re.compile(r"\d:\d\d(?::\d\d)?[+-]\d")
 _MONTHS = {m: i for i, m in enumerate(
@@ -92,7 +94,7 @@ def parse_search(args: list) -> SearchKey:
     stream = _Tokens(items)
     keys = []
     while not stream.done():
-        keys.append(_parse_key(stream))
+        keys.append(_parse_key(stream, 0))
     return keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
 
 
@@ -119,11 +121,11 @@ class _Tokens:
         except UnicodeDecodeError:
             raise SearchError(f"Invalid UTF-8 in {what}") from None
 
-    def number(self, what: str) -> int:
-        text = self.string(what)
-        if not text.isdigit() or not text.isascii():
-            raise SearchError(f"Expected a number for {what}")
-        return int(text)
+    def number(self, what: str, maximum: int = NUMBER_MAX) -> int:
+        try:
+            return number(self.string(what), maximum=maximum)
+        except InvalidNumber as exc:
+            raise SearchError(f"{what}: {exc}") from None
 
 
 def _is_atom(item) -> bool:
@@ -134,7 +136,9 @@ def _word(item) -> str:
     return bytes(item).decode("ascii", "replace").upper()
 
 
-def _parse_key(stream: _Tokens) -> SearchKey:
+def _parse_key(stream: _Tokens, depth: int) -> SearchKey:
+    if depth >= MAX_DEPTH:   # NOT/OR/(...) nest; the tree is parsed and evaluated recursively
+        raise SearchError(f"Search keys nested more than {MAX_DEPTH} deep")
     item = stream.next("search key")
     if isinstance(item, tuple):
         if not item:
@@ -142,7 +146,7 @@ def _parse_key(stream: _Tokens) -> SearchKey:
         sub = _Tokens(list(item))
         keys = []
         while not sub.done():
-            keys.append(_parse_key(sub))
+            keys.append(_parse_key(sub, depth + 1))
         return keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
     word = _word(item)
     if word[:1].isdigit() or word[:1] == "*":
@@ -158,9 +162,9 @@ def _parse_key(stream: _Tokens) -> SearchKey:
     if word in ("KEYWORD", "UNKEYWORD"):
         return SearchKey("FLAG", (stream.string("keyword"), word == "KEYWORD"))
     if word == "NOT":
-        return SearchKey("NOT", (_parse_key(stream),))
+        return SearchKey("NOT", (_parse_key(stream, depth + 1),))
     if word == "OR":
-        return SearchKey("OR", (_parse_key(stream), _parse_key(stream)))
+        return SearchKey("OR", (_parse_key(stream, depth + 1), _parse_key(stream, depth + 1)))
     if word == "UID":
         return SearchKey("UID", (_seqset(_word(stream.next("UID set"))),))
     if word in ("LARGER", "SMALLER"):
@@ -181,21 +185,18 @@ def _parse_key(stream: _Tokens) -> SearchKey:
         if not value.isdigit():   # the optional entry name (a quoted string) and its type
             _word(stream.next("MODSEQ entry type"))
             value = _word(stream.next("MODSEQ value"))
-        if not (value.isdigit() and value.isascii()):
-            raise SearchError("MODSEQ expects a number")
-        return SearchKey("MODSEQ", (int(value),))
+        try:
+            return SearchKey("MODSEQ", (number(value, maximum=MODSEQ_MAX),))
+        except InvalidNumber:
+            raise SearchError("MODSEQ expects a number") from None
     raise SearchError(f"Unknown search key {word}")
 
 
 def _seqset(text: str) -> tuple:
-    ranges = []
-    for part in text.split(","):
-        ends = part.split(":")
-        if len(ends) > 2 or not all(e == "*" or (e.isdigit() and e.isascii() and int(e) > 0) for e in ends):
-            raise SearchError(f"Invalid sequence set {text}")
-        values = [None if e == "*" else int(e) for e in ends]
-        ranges.append((values[0], values[-1]))
-    return tuple(ranges)
+    try:
+        return tuple(sequence_set(text))
+    except InvalidNumber as exc:
+        raise SearchError(f"Invalid sequence set: {exc}") from None
 
 
 def _date(text: str) -> datetime.date:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import re
 
 from proxy.gateway import mime
+from proxy.gateway.numbers import InvalidNumber
+from proxy.gateway.numbers import number as rfc_number
 
 __all__ = ["fetch_section", "SectionError"]
 
@@ -90,7 +92,10 @@ def _select(raw: bytes, root: mime.Part, spec: bytes) -> bytes:
     header_fields = (m.group("text") or b"").upper().startswith(b"HEADER.FIELDS") if m else False
     if not m or (m.group("fields") is not None) != header_fields:
         raise SectionError(f"bad section {spec!r}")
-    path = [int(n) for n in m.group("path").split(b".")] if m.group("path") else []
+    try:   # RFC 3501 9: section-part is nz-numbers; a 5,000-digit one is an error, not an int
+        path = [rfc_number(n) for n in m.group("path").split(b".")] if m.group("path") else []
+    except InvalidNumber as exc:
+        raise SectionError(str(exc)) from None
     if 0 in path:
         raise SectionError("part numbers start at 1")
     text = (m.group("text") or b"").upper()

@@ -14,10 +14,10 @@ from typing import TypeGuard
 
 from ...imap import writer
 from ...store.base import SYSTEM_FLAGS
+from .. import numbers
 from . import utf7
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_SEQ_RANGE = re.compile(rb"^(\d+|\*)(?::(\d+|\*))?$")
 # RFC 3501 9: flag-keyword = atom; here without the atom-specials and "]".
 _KEYWORD = re.compile(rb"^[\x21\x23\x24\x26\x27\x2b-\x5a\x5e-\x7a\x7c\x7e]+$")
 _DATE_TIME = re.compile(rb"^ ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)$")
@@ -74,31 +74,35 @@ def mailbox_wire(name: str) -> bytes:
 
 # ---- sequence sets (RFC 3501 9: sequence-set) -------------------------------------------------
 
-def parse_sequence_set(value: object) -> list[tuple[int | None, int | None]]:
-    """"1:3,5,7:*" -> [(1, 3), (5, 5), (7, None)]; None stands for "*". BAD when malformed."""
+def parse_sequence_set(value: object, max_ranges: int = numbers.MAX_SET_RANGES,
+                       ) -> list[tuple[int | None, int | None]]:
+    """"1:3,5,7:*" -> its distinct ranges, merged (`numbers.sequence_set`); None stands for "*".
+    BAD when malformed, for 0 or numbers past 4294967295, or past `max_ranges` ranges."""
     text = bytes(value) if is_atom(value) or isinstance(value, bytes) else b""
-    ranges = []
-    for item in text.split(b","):
-        match = _SEQ_RANGE.match(item)
-        if not match:
-            raise Reply.bad("Invalid sequence set")
-        lo, hi = match.group(1), match.group(2) or match.group(1)
-        lo_n = None if lo == b"*" else int(lo)
-        hi_n = None if hi == b"*" else int(hi)
-        if lo_n == 0 or hi_n == 0:
-            raise Reply.bad("Invalid sequence set: 0 is not a message number")
-        ranges.append((lo_n, hi_n))
-    return ranges
+    try:
+        return numbers.sequence_set(text, max_ranges)
+    except numbers.InvalidNumber as exc:
+        raise Reply.bad(str(exc)) from None
+
+
+def parse_number(value: object, what: str, maximum: int = numbers.NUMBER_MAX) -> int:
+    """A number argument in its RFC range; BAD otherwise (never a 5,000-digit int)."""
+    text = bytes(value) if isinstance(value, bytes) else b""
+    try:
+        return numbers.number(text, maximum=maximum)
+    except numbers.InvalidNumber as exc:
+        raise Reply.bad(f"{what}: {exc}") from None
 
 
 def resolve(ranges: list[tuple[int | None, int | None]], last: int) -> list[tuple[int, int]]:
-    """Ranges with "*" replaced by `last`, each ordered low-high (RFC 3501 9: 4:2 == 2:4)."""
+    """Ranges with "*" replaced by `last`, each ordered low-high (RFC 3501 9: 4:2 == 2:4),
+    overlapping ones merged: as many as the set has distinct ranges, whatever `last` is."""
     out = []
     for lo, hi in ranges:
         a = last if lo is None else lo
         b = last if hi is None else hi
         out.append((min(a, b), max(a, b)))
-    return out
+    return numbers.merge(out)
 
 
 def compress(numbers: list[int]) -> bytes:

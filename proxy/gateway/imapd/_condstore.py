@@ -13,7 +13,8 @@ from __future__ import annotations
 import bisect
 
 from ...store import ChangeKind, ChangesPruned
-from ._args import Reply, compress, parse_sequence_set, resolve, word
+from ..numbers import MODSEQ_MAX
+from ._args import Reply, compress, parse_number, parse_sequence_set, resolve, word
 
 CONDSTORE, QRESYNC = b"CONDSTORE", b"QRESYNC"
 
@@ -32,10 +33,7 @@ async def enable_condstore(session) -> None:
 
 
 def _number(value, what: str) -> int:
-    text = bytes(value) if isinstance(value, bytes) else b""
-    if not text.isdigit():
-        raise Reply.bad(f"{what} expects a number")
-    return int(text)
+    return parse_number(value, what, MODSEQ_MAX)   # RFC 7162 3.1.1: mod-sequence-value
 
 
 def select_params(session, args) -> tuple[bool, tuple | None]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ...store import MessageMeta
 from ..mime import table_to_parts
 from ..sections import SectionError, crlf, fetch_section
-from ._args import Reply, flag_list, format_date_time, is_atom
+from ._args import Reply, flag_list, format_date_time, is_atom, parse_number
 
 _BODY_ITEM = re.compile(rb"^(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK)\[([^\]]*)\](?:<(\d+)(?:\.(\d+))?>)?$",
                         re.IGNORECASE)
@@ -69,7 +69,8 @@ def parse_items(arg: object, *, uid: bool) -> list[Item]:
                 raise Reply.bad(f"Invalid section: {exc}") from None
             partial = None
             if start is not None:
-                partial = (int(start), int(length) if length is not None else 1 << 62)
+                partial = (parse_number(start, "Partial start"),
+                           parse_number(length, "Partial length") if length is not None else 1 << 62)
             items.append(Item(b"BODY[]", section, partial, peek=kind.upper() == b"BODY.PEEK"))
         else:
             raise Reply.bad(f"Unknown FETCH item {bytes(value)[:40].decode('ascii', 'replace')}")

@@ -47,7 +47,7 @@ def targets(session, arg, uid: bool) -> list[int]:
     view = session.view
     if searchres.is_saved(arg):   # RFC 5182 2.1: the saved result, whatever the command
         return searchres.seqs(view)
-    ranges = parse_sequence_set(arg)
+    ranges = parse_sequence_set(arg, session.max_set_ranges)
     if uid:
         return view.seqs_for_uids(resolve(ranges, view.max_uid))
     resolved = resolve(ranges, view.exists)

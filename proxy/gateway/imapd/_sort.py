@@ -15,6 +15,7 @@ from functools import partial
 import trio
 
 from ...imap._tokens import Atom
+from ..numbers import InvalidNumber, number
 from ..sort import SORT_KEYS, Item, sort_items
 from ..sortkeys import SortFields, extract
 from ..thread import ordered_subject, references, render
@@ -137,9 +138,12 @@ def _partial_range(value) -> tuple[int, int]:
     """RFC 5267 4.4: PARTIAL low:high, 1-based positions in the result."""
     text = bytes(value) if isinstance(value, bytes) else b""
     low, colon, high = text.partition(b":")
-    if not (colon and low.isdigit() and high.isdigit() and int(low) > 0 and int(high) > 0):
+    try:
+        a, b = (number(n, nonzero=True) for n in (low, high))   # RFC 5267 4.4: nz-number
+    except InvalidNumber:
+        raise Reply.bad("PARTIAL expects a range low:high") from None
+    if not colon:
         raise Reply.bad("PARTIAL expects a range low:high")
-    a, b = int(low), int(high)
     return min(a, b), max(a, b)
 
 

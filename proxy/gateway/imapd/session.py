@@ -34,6 +34,7 @@ from ...session.context import CloseSession, Session
 from ...store import (Account, Store, MailboxExists, MailboxNotFound, StoreError, StoreFailure,
                       StoreKeyError)
 from ._args import Reply
+from ..numbers import MAX_SET_RANGES
 from ._budget import DEFAULT_COMMAND_BUDGET, CommandBudget
 from ._state import SELECTED, State, Trigger, next_state
 
@@ -85,6 +86,8 @@ class ImapSession:
         gateway = getattr(getattr(session.runtime, "config", None), "gateway", None)
         self.budget = CommandBudget(gateway.limits.command_budget if gateway is not None
                                     else DEFAULT_COMMAND_BUDGET)
+        self.max_set_ranges = gateway.limits.sequence_set_ranges if gateway is not None \
+            else MAX_SET_RANGES
 
     # ---- output -----------------------------------------------------------------------------
     def emit(self, line: bytes) -> None:
