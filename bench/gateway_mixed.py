@@ -23,7 +23,8 @@ import subprocess
 import sys
 
 from common import Env, QuietProxyProcess, Table, median, percentile, ratio  # noqa: E402
-from gateway_imapd.stress.run import Target, run_stress  # noqa: E402 (tests/ is on sys.path)
+from gateway_imapd.stress.model import Shared  # noqa: E402 (tests/ is on sys.path)
+from gateway_imapd.stress.run import Target, run_stress  # noqa: E402
 
 from support.proxyproc import relay_config  # noqa: E402
 
@@ -46,6 +47,29 @@ def gateway(env: Env, name: str, key_file: bool) -> QuietProxyProcess:
     return proc
 
 
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User+system CPU of `pid` (with `children`: plus its reaped children and its live direct
+    children, which is how Dovecot's per-session imap processes are counted)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def stat(p: int) -> list[str]:
+        with open(f"/proc/{p}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+
+    fields = stat(pid)
+    total = sum(int(x) for x in fields[11:13 + (2 if children else 0)])
+    if children:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != pid:
+                try:
+                    child = stat(int(entry))
+                except OSError:
+                    continue
+                if int(child[1]) == pid:
+                    total += sum(int(x) for x in child[11:15])
+    return total / ticks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=10)
@@ -53,7 +77,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--profile", metavar="FILE",
-                        help="py-spy the gateway (no key_file) during its first round: collapsed "
+                        help="py-spy (GIL holders only) the gateway (no key_file) during its first round: collapsed "
                              "stacks to FILE (needs `pip install py-spy`)")
     parser.add_argument("--only", choices=["dovecot", "gateway", "gateway+key_file"], action="append",
                         help="run only these contenders (default: all three)")
@@ -64,6 +88,7 @@ def main() -> None:
         pids: dict[str, int] = {}
         user, password = env.dovecot.add_user()
         targets["dovecot"] = Target("127.0.0.1", env.dovecot.imap_port, user, password)
+        pids["dovecot"] = env.dovecot.master_pid
         for label, key_file in (("gateway", False), ("gateway+key_file", True)):
             if label not in only:
                 continue
@@ -73,21 +98,28 @@ def main() -> None:
             targets[label] = Target("127.0.0.1", proc.port("imap"), user, password)
         targets = {k: v for k, v in targets.items() if k in only}
         results: dict[str, list] = {label: [] for label in targets}
+        shared = {label: Shared() for label in targets}   # bodies appended in earlier rounds
         for round_no in range(args.rounds):
             for label, target in targets.items():
                 spy = None
                 if args.profile and label == "gateway" and round_no == 0:
                     spy = subprocess.Popen(
-                        [os.path.join(os.path.dirname(sys.executable), "py-spy"), "record",
+                        [os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "--gil",
                          "-p", str(pids[label]), "-d", str(int(args.seconds)), "-f", "raw",
                          "-o", args.profile], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                cpu = cpu_seconds(pids[label], children=label == "dovecot")
                 result = run_stress(target, sessions=args.sessions, seconds=args.seconds,
-                                    round_seconds=args.seconds, seed=args.seed + round_no)
+                                    round_seconds=args.seconds, seed=args.seed + round_no,
+                                    allow_nil=label == "dovecot",   # RFC 2180 4.1.2 (model.py)
+                                    shared=shared[label])
+                result.cpu = cpu_seconds(pids[label], children=label == "dovecot") - cpu
                 if spy is not None:
                     spy.wait()
                 total = sum(len(v) for v in result.timings.values())
                 print(f"round {round_no + 1} {label:17} {total / result.work_seconds:7.0f} "
                       f"commands/s, {len(result.errors)} protocol errors", file=sys.stderr)
+                if result.errors:
+                    print(result.report(3), file=sys.stderr)
                 results[label].append(result)
         report(results, args)
 
@@ -96,14 +128,19 @@ def report(results: dict[str, list], args) -> None:
     labels = list(results)
     rates = {label: [sum(len(v) for v in r.timings.values()) / r.work_seconds for r in runs]
              for label, runs in results.items()}
+    per_cpu = {label: [sum(len(v) for v in r.timings.values()) / max(r.cpu, 1e-9) for r in runs]
+               for label, runs in results.items()}
     table = Table(f"Mixed load, {args.sessions} sessions on one account, {args.seconds:.0f} s "
                   f"x {args.rounds} rounds: IMAP commands/s (median of rounds)",
-                  ["contender", "commands/s", "vs Dovecot", "min..max", "protocol errors"])
+                  ["contender", "commands/s", "vs Dovecot", "min..max", "commands per CPU s",
+                   "vs Dovecot", "protocol errors"])
     for label in labels:
         errors = sum(len(r.errors) for r in results[label])
         base = median(rates["dovecot"]) if "dovecot" in rates else float("nan")
+        cpu_base = median(per_cpu["dovecot"]) if "dovecot" in per_cpu else float("nan")
         table.add(label, median(rates[label]), ratio(median(rates[label]), base),
-                  f"{min(rates[label]):.0f}..{max(rates[label]):.0f}", errors)
+                  f"{min(rates[label]):.0f}..{max(rates[label]):.0f}", median(per_cpu[label]),
+                  ratio(median(per_cpu[label]), cpu_base), errors)
     print(table.render())
     verbs = collections.Counter()
     for runs in results.values():

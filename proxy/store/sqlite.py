@@ -29,8 +29,9 @@ import functools
 import os
 import sqlite3
 import time
-from typing import Callable, Sequence, TypeVar, TypeVarTuple
+from typing import Any, Callable, Sequence, TypeVar, TypeVarTuple
 
+import outcome
 import trio
 
 from . import crypto
@@ -57,6 +58,23 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 
+class _Call:
+    """One store call queued for the worker thread; `result` is set there."""
+
+    __slots__ = ("fn", "result")
+
+    def __init__(self, fn: Callable[[], Any]):
+        self.fn = fn
+        self.result: outcome.Outcome[Any] | None = None
+
+
+def _run_batch(calls: list[_Call]) -> None:
+    """In the worker thread: each call in order, each outcome kept (one failing call does not
+    stop the others)."""
+    for call in calls:
+        call.result = outcome.capture(call.fn)
+
+
 def _canon(name: str) -> str:
     """INBOX is case-insensitive (RFC 3501 5.1); every other name is kept as given."""
     return INBOX if name.upper() == INBOX else name
@@ -71,13 +89,42 @@ class SqliteStore(MessageOps):
         self._ring = ring
         self._limiter = trio.CapacityLimiter(1)
         self._closed = False
+        self._queue: list[_Call] = []          # calls waiting for the worker (see `_run`)
+        self._draining = False
+        self._batch_done = trio.Event()
 
     async def _run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        """Run `fn(*args)` in the worker thread. Calls that arrive while the worker is busy are
+        queued and run together, in order, in one hand-off (issue 13: with many sessions the
+        hand-offs, not the queries, were the cost). Like `to_thread.run_sync`, a call cannot be
+        cancelled once made: it runs, and its caller waits for it."""
         if self._closed:
             raise StoreError("store is closed")
+        call: _Call = _Call(functools.partial(fn, *args))
+        self._queue.append(call)
+        with trio.CancelScope(shield=True):
+            while call.result is None:
+                if self._draining:
+                    await self._batch_done.wait()
+                    continue
+                self._draining = True
+                batch, self._queue = self._queue, []
+                try:
+                    await trio.to_thread.run_sync(_run_batch, batch, limiter=self._limiter)
+                except BaseException as exc:   # the hand-off itself failed: every call fails
+                    for queued in batch:
+                        if queued.result is None:
+                            queued.result = outcome.Error(exc)
+                    raise
+                finally:
+                    self._draining = False
+                    done, self._batch_done = self._batch_done, trio.Event()
+                    done.set()
+        result = call.result
+        assert result is not None   # the loop above ends only when it is set
         try:
-            return await trio.to_thread.run_sync(functools.partial(fn, *args),
-                                                 limiter=self._limiter)
+            value: T = result.unwrap()
+            return value
         except sqlite3.Error as exc:  # disk full, locked too long...: a refusal, not a crash
             raise StoreFailure(f"store: {exc}") from exc
 

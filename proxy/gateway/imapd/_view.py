@@ -174,9 +174,10 @@ class SelectedView:
         return seq
 
     # ---- others' changes ---------------------------------------------------------------------
-    def updates(self, allow_expunge: bool, recent_from: int | None = None) -> list[bytes]:
-        """Apply pending events; the untagged responses (without CRLF) to send now. New UIDs at
-        or above `recent_from` were claimed as \\Recent for this session (`Hub.claim_recent`)."""
+    def updates(self, allow_expunge: bool, recent: tuple[int, int] | None = None) -> list[bytes]:
+        """Apply pending events; the untagged responses (without CRLF) to send now. New UIDs in
+        the range `recent` were claimed as \\Recent for this session (`Hub.claim_recent`; UIDs
+        that arrived while it was claiming are not in it)."""
         events, self.pending = self.pending, []
         self.wakeup = trio.Event()
         new: dict[int, MessageMeta] = {}
@@ -203,7 +204,7 @@ class SelectedView:
             for meta in metas:
                 self.uids.append(meta.uid)
                 self.meta[meta.uid] = meta
-                if recent_from is not None and meta.uid >= recent_from:
+                if recent is not None and recent[0] <= meta.uid <= recent[1]:
                     self.recent.add(meta.uid)
             lines += [b"%d EXISTS" % self.exists, b"%d RECENT" % len(self.recent)]
         if allow_expunge and self.expunged:   # numbers against what the client knows now

@@ -269,10 +269,10 @@ class ImapSession:
         view = self.view
         if view is None or not (view.pending or (allow_expunge and view.expunged)):
             return
-        top, recent_from = view.new_top(), None
+        top, recent = view.new_top(), None
         if top and not view.read_only:   # \Recent for exactly one session (RFC 3501 2.3.2)
-            recent_from = await self.backend.hub.claim_recent(self.store, view.mailbox_id, top)
-        for line in view.updates(allow_expunge, recent_from):
+            recent = (await self.backend.hub.claim_recent(self.store, view.mailbox_id, top), top)
+        for line in view.updates(allow_expunge, recent):
             self.emit(line)
         _observe_latency(self.backend.metrics, view)
         if view.gone:   # our mailbox was deleted by another session

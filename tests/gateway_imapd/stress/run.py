@@ -380,11 +380,15 @@ def seqset(numbers: list[int]) -> bytes:
 
 def run_stress(target: Target, *, sessions: int = 6, seconds: float = 20.0,
                round_seconds: float = 2.5, seed: int | None = None,
-               allow_nil: bool = False) -> Result:
+               allow_nil: bool = False, shared: Shared | None = None) -> Result:
     """Run the tester against `target`; never raises for server behaviour (see Result.errors).
-    `allow_nil`: tolerate RFC 2180 4.1.2 (NIL data for messages expunged elsewhere, model.py)."""
+    `allow_nil`: tolerate RFC 2180 4.1.2 (NIL data for messages expunged elsewhere, model.py).
+    `shared`: the `Shared` of an earlier run on the same account (its appended bodies)."""
     seed = random.randrange(1 << 32) if seed is None else seed
-    shared = Shared()
+    if shared is None:
+        shared = Shared()
+    else:   # a later run on the same account: what earlier runs appended is known, not their errors
+        shared.errors = []
     keywords = Keywords(shared, seed)
     counts: collections.Counter = collections.Counter()
     rounds = max(1, round(seconds / round_seconds))
