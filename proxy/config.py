@@ -374,6 +374,7 @@ class Gateway:
     background_poll: StrictBool = False
     auth_cache_ttl: Duration = 300.0
     change_log_keep: StrictInt = 10000    # MODSEQs of change history kept per mailbox (QRESYNC)
+    user_case: Literal["lower", "domain", "preserve"] = "lower"   # proxy/gateway/users.py
     limits: GatewayLimits = field(default_factory=GatewayLimits)
 
     @property

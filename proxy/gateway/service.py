@@ -39,6 +39,7 @@ from ..store import Account, Store, StoreError, load_key_ring, open_store
 from .auth import Authenticator, AuthResult
 from .fetcher import FetchError, mime_limits, sync_account
 from .imapd import CAPABILITIES, Backend, BodyCache, Hub, ImapSession, MimeCache
+from .users import canonical_user
 
 LOGIN_SYNC_WAIT = 10.0   # seconds a login waits for its account's first sync
 REPLY_AUTH_FAILED = (b"AUTHENTICATIONFAILED", b"Authentication failed.")
@@ -171,12 +172,13 @@ class GatewayService:
         while True:
             request = await front.next_login()
             creds = request.credentials
-            session.user = creds.user
-            target = route(self.config, creds.user)
+            user = canonical_user(creds.user, self.config.gateway.user_case)   # one account
+            session.user = user
+            target = route(self.config, user)
             if target is None or target[1].pop3 is None:
                 result = AuthResult.FAILED
             else:
-                result = await self.auth.verify(target[0], target[1], creds.user, creds.password)
+                result = await self.auth.verify(target[0], target[1], user, creds.password)
             metrics.auth_attempts.labels("imap", creds.mechanism, result.value).inc()
             logs.event("auth", **session.log_fields(), upstream=target[0] if target else "-",
                        result=result.value, mechanism=creds.mechanism, mode="gateway")
@@ -185,8 +187,8 @@ class GatewayService:
             code, text = REPLY_UNAVAILABLE if result is AuthResult.UNAVAILABLE else REPLY_AUTH_FAILED
             await front.auth_failed(request.tag, writer.tagged(request.tag, b"NO", text, code))
         session.upstream = target[0]
-        account = await self.store.ensure_account(target[0], creds.user)
-        fetcher = self.fetcher(target[0], creds.user)
+        account = await self.store.ensure_account(target[0], user)
+        fetcher = self.fetcher(target[0], user)
         fetcher.sessions += 1
         fetcher.password = creds.password.decode("utf-8")
         self._gauge(+1)

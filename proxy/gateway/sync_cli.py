@@ -68,6 +68,7 @@ def run_cli(args: argparse.Namespace) -> int:
     from .. import config as config_mod
     from ..store import StoreError, load_key_ring, open_store
     from .fetcher import FetchError, SyncResult, sync_account
+    from .users import canonical_user
 
     try:
         config = config_mod.load(args.config)
@@ -79,7 +80,8 @@ def run_cli(args: argparse.Namespace) -> int:
     if gateway is None:
         print(f"{args.config}: no gateway: section", file=sys.stderr)
         return 2
-    upstream = args.upstream or config.route(args.user)
+    user = canonical_user(args.user, gateway.user_case)   # the account IMAP logins use
+    upstream = args.upstream or config.route(user)
     if upstream is None or upstream not in config.upstreams:
         print(f"no upstream for user {args.user!r}", file=sys.stderr)
         return 2
@@ -96,7 +98,7 @@ def run_cli(args: argparse.Namespace) -> int:
     async def main() -> SyncResult:
         store = await open_store(gateway.store, load_key_ring(gateway.key_file))
         try:
-            return await sync_account(config, store, upstream, args.user, password, progress=bar)
+            return await sync_account(config, store, upstream, user, password, progress=bar)
         finally:
             await store.close()
 
