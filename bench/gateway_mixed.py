@@ -77,8 +77,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--profile", metavar="FILE",
-                        help="py-spy (GIL holders only) the gateway (no key_file) during its first round: collapsed "
-                             "stacks to FILE (needs `pip install py-spy`)")
+                        help="py-spy (GIL holders only) the gateway (no key_file) during its first "
+                             "round: collapsed stacks to FILE (needs `pip install py-spy`)")
     parser.add_argument("--only", choices=["dovecot", "gateway", "gateway+key_file"], action="append",
                         help="run only these contenders (default: all three)")
     args = parser.parse_args()
