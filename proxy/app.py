@@ -17,7 +17,7 @@ from .net.http import serve_http
 from .session.serve import ListenerServer
 from .net.throttle import Throttle
 from .net.tls import TLSConfigError
-from .preflight import bind_error
+from .preflight import bind_error, certificate_expiries
 from .session.context import Runtime
 from .session.failures import Failure
 
@@ -60,6 +60,9 @@ class App:
 
     def _init_series(self, config: Config) -> None:
         """Known label combinations exist at 0 from the start (and after a reload)."""
+        self.metrics.certificate_expiry.clear()
+        for listener, path, expiry in certificate_expiries(config):
+            self.metrics.certificate_expiry.labels(listener, path).set(expiry)
         for listener in config.listeners:
             self.metrics.init_listener(listener.name, listener.protocol, listener.tls)
         for name, upstream in config.upstreams.items():

@@ -16,9 +16,12 @@ bounded by it; `init_listener` / `init_upstream` pre-create their series at 0.
 from __future__ import annotations
 
 import platform
-from typing import Iterable
+from typing import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector,
+    disable_created_metrics,
+)
 
 from . import __version__
 
@@ -50,6 +53,8 @@ COMMAND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 # IMAP sessions commonly last hours (IDLE clients reconnect every 29 min, some stay all day).
 SESSION_BUCKETS = (0.1, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400)
 CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# `le` values of mailproxy_gateway_accounts_sync_age (seconds since the last successful sync).
+SYNC_AGE_BUCKETS = ("60", "300", "900", "3600", "21600", "86400", "+Inf")
 SYNC_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 # RFC 3501 / RFC 9051 commands plus the extensions clients actually send. UID commands are
@@ -92,11 +97,15 @@ POP3_STATUSES = ("+OK", "-ERR")
 _STATUSES = {"imap": frozenset(IMAP_STATUSES), "pop3": frozenset(POP3_STATUSES)}
 
 # Mechanism label: the SASL mechanism, "LOGIN" for IMAP LOGIN, "USER" for POP3 USER/PASS.
+# AUTH_MECHANISMS are the ones the front ends accept, so only their series are pre-created at 0
+# (a mechanism joins when a front end accepts it). _MECHANISMS also knows the ones clients try
+# that are refused, so those are counted under their name rather than "other".
 AUTH_MECHANISMS = {
-    "imap": ("LOGIN", "PLAIN", "XOAUTH2", "OAUTHBEARER"),
-    "pop3": ("USER", "APOP", "PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER"),
+    "imap": ("LOGIN", "PLAIN"),
+    "pop3": ("USER", "PLAIN", "LOGIN"),
 }
-_MECHANISMS = frozenset(m for ms in AUTH_MECHANISMS.values() for m in ms)
+_MECHANISMS = frozenset(m for ms in AUTH_MECHANISMS.values() for m in ms) | {
+    "XOAUTH2", "OAUTHBEARER", "APOP"}
 AUTH_RESULTS = ("success", "failure", "tempfail", "throttled")  # relay.login.Verdict
 # "ok" plus every server-side TLSHandshakeError.reason (proxy/net/tls.py), the values recorded.
 TLS_RESULTS = ("ok", "handshake_failed", "timeout", "alpn_refused")
@@ -148,6 +157,12 @@ def mechanism_label(name: bytes | str) -> str:
     return label if label in _MECHANISMS else OTHER
 
 
+def _synced_within(last_success: list[float | None], now: float, bound: float) -> int:
+    if bound == float("inf"):
+        return len(last_success)
+    return sum(1 for t in last_success if t is not None and now - t <= bound)
+
+
 class Metrics:
     """The metric objects of one process, on one registry.
 
@@ -156,8 +171,12 @@ class Metrics:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None):
+        # No `*_created` series: they double the series count and nothing here reads them.
+        disable_created_metrics()
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)      # process_resident_memory_bytes, _open_fds, _cpu_seconds
+        PlatformCollector(registry=r)     # python_info
 
         # --- connections and sessions; tls is the listener's mode: none|starttls|implicit
         self.connections = Counter(
@@ -188,8 +207,13 @@ class Metrics:
             "Client commands by completion status (none: the session ended before the reply).",
             ["protocol", "command", "status"], registry=r)
         self.command_duration = Histogram(
-            "mailproxy_command_duration_seconds", "Time from a command to its completion reply.",
+            "mailproxy_command_duration_seconds",
+            "Time from a command to its completion reply (IDLE excluded: see idle_duration).",
             ["protocol", "command"], buckets=COMMAND_BUCKETS, registry=r)
+        self.idle_duration = Histogram(
+            "mailproxy_idle_duration_seconds",
+            "Length of IDLE commands (RFC 2177), which last minutes by design.",
+            ["protocol"], buckets=SESSION_BUCKETS, registry=r)
 
         # --- upstreams
         self.upstream_connect_duration = Histogram(
@@ -237,10 +261,25 @@ class Metrics:
             "mailproxy_gateway_sessions", "Open gateway IMAP sessions (logged in).", registry=r)
         self.gateway_idle_sessions = Gauge(
             "mailproxy_gateway_idle_sessions", "Gateway IMAP sessions in IDLE.", registry=r)
+        self.gateway_accounts = Gauge(
+            "mailproxy_gateway_accounts",
+            "Gateway accounts this process syncs (with sessions, or background polled).",
+            registry=r)
+        self.gateway_sync_age = Gauge(
+            "mailproxy_gateway_accounts_sync_age",
+            "Accounts of this process whose last successful sync is at most `le` seconds old "
+            "(cumulative; le=+Inf counts every account, synced or not).",
+            ["le"], registry=r)
         self.gateway_propagation_seconds = Histogram(
             "mailproxy_gateway_propagation_seconds",
             "Time from a mailbox change to its untagged response in another session.",
             buckets=COMMAND_BUCKETS, registry=r)
+
+        # --- certificates (per listener certificate, set at start and on reload)
+        self.certificate_expiry = Gauge(
+            "mailproxy_certificate_expiry_timestamp_seconds",
+            "When a listener's certificate expires (Unix time).",
+            ["listener", "certificate"], registry=r)
 
         # --- process
         self.build_info = Gauge(
@@ -266,6 +305,10 @@ class Metrics:
                     self.starttls.labels(side, protocol, result)
         for limit in LIMITS:
             self.limit_hits.labels(limit)
+        for protocol in PROTOCOLS:
+            self.idle_duration.labels(protocol)
+        for le in SYNC_AGE_BUCKETS:
+            self.gateway_sync_age.labels(le)
 
     def init_listener(self, name: str, protocol: str, tls: str) -> None:
         """Pre-create the series of one configured listener (call once per listener)."""
@@ -275,6 +318,15 @@ class Metrics:
         if tls != "none":
             for result in TLS_RESULTS:
                 self.tls_handshakes.labels(name, result)
+
+    def publish_sync_ages(self, last_success: Callable[[], list[float | None]],
+                          clock: Callable[[], float]) -> None:
+        """Make mailproxy_gateway_accounts[_sync_age] read, at each scrape, every account's last
+        successful sync time (Unix time; None: never synced) from `last_success()`."""
+        self.gateway_accounts.set_function(lambda: float(len(last_success())))
+        for le in SYNC_AGE_BUCKETS:
+            self.gateway_sync_age.labels(le).set_function(
+                lambda bound=float(le): float(_synced_within(last_success(), clock(), bound)))
 
     def init_upstream(self, name: str, protocol: str, reasons: Iterable[str]) -> None:
         """Pre-create the series of one configured upstream service; `reasons` are the

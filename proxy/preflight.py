@@ -11,6 +11,8 @@ one line and exits 1, instead of a traceback.
 
 from __future__ import annotations
 
+from cryptography import x509
+
 from .config import Config
 from .net.tls import ServerTLS, TLSConfigError, UpstreamTLS
 from .store import StoreKeyError, load_key_ring
@@ -50,3 +52,18 @@ def bind_error(setting: str, address: object, exc: OSError) -> StartupError:
     hint = ("stop the program using it or choose another address"
             if "in use" in why.lower() else "check the address")
     return StartupError(f"{setting} {address}: cannot listen: {why.lower()}; {hint}")
+
+
+def certificate_expiries(config: Config) -> list[tuple[str, str, float]]:
+    """(listener, certificate file, expiry as Unix time) of every listener certificate that
+    loads; the ones that do not are file_problems()."""
+    found = []
+    for listener in config.listeners:
+        for certificate in listener.certificates:
+            try:
+                cert = x509.load_pem_x509_certificate(certificate.cert.read_bytes())
+            except (OSError, ValueError):
+                continue
+            found.append((listener.name, str(certificate.cert),
+                          cert.not_valid_after_utc.timestamp()))
+    return found

@@ -22,6 +22,7 @@ so IDLE sessions see it at once. The password is kept in memory only while sessi
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -34,7 +35,7 @@ from ..metrics import Metrics
 from ..net.conn import Conn
 from ..session.context import CloseSession, Session, drain_guard
 from ..session.imap_front import ImapFront
-from ..session.routing import route
+from ..session.routing import log_user, route
 from ..store import Account, Store, StoreError, load_key_ring, open_store
 from .auth import Authenticator, AuthResult
 from .fetcher import FetchError, mime_limits, sync_account
@@ -63,6 +64,7 @@ class AccountFetcher:
         self.background = False        # gateway.background_poll: keep polling without sessions
         self.password = ""
         self.running = False
+        self.last_success: float | None = None   # Unix time of the last successful sync
         self._kick = trio.Event()
         self.synced = trio.Event()     # set after each sync attempt, then replaced
 
@@ -90,6 +92,7 @@ class AccountFetcher:
         try:
             result = await sync_account(service.config, service.store, self.upstream, self.user,
                                         self.password)
+            self.last_success = time.time()
             metrics.gateway_syncs.labels("ok").inc()
             metrics.gateway_sync_duration.observe(result.duration)
             metrics.gateway_ingested_messages.inc(result.new)
@@ -108,11 +111,13 @@ class AccountFetcher:
             metrics.gateway_syncs.labels(reason).inc()
             metrics.gateway_ingest_errors.labels(reason).inc()
             logs.event("gateway_poll_failed", logging.WARNING, upstream=self.upstream,
+                       user=log_user(service.config.logging, self.user),
                        error=logs.sanitize(str(exc)))
         except Exception:  # a bug in one account's sync must not stop the process
             metrics.gateway_syncs.labels("internal").inc()
             metrics.gateway_ingest_errors.labels("internal").inc()
-            logs.event("gateway_poll_failed", logging.ERROR, exc_info=True, upstream=self.upstream)
+            logs.event("gateway_poll_failed", logging.ERROR, exc_info=True, upstream=self.upstream,
+                       user=log_user(service.config.logging, self.user))
         finally:
             done, self.synced = self.synced, trio.Event()
             done.set()
@@ -127,6 +132,9 @@ class GatewayService:
         self.mime = MimeCache(BodyCache(), limits=mime_limits(config))
         self._backends: dict[int, Backend] = {}
         self._fetchers: dict[tuple[str, str], AccountFetcher] = {}
+        publish = getattr(metrics, "publish_sync_ages", None)
+        if publish is not None:
+            publish(lambda: [f.last_success for f in self._fetchers.values()], time.time)
 
     def backend(self, account: Account) -> Backend:
         backend = self._backends.get(account.id)

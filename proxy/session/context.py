@@ -192,9 +192,10 @@ class CommandMeter:
                 self.protocol, name, status.decode("ascii", "replace"))
         counter.inc()
         histogram = self._duration.get(name)
-        if histogram is None:
-            histogram = self._duration[name] = self.metrics.command_duration.labels(
-                self.protocol, name)
+        if histogram is None:   # IDLE lasts minutes by design: its own histogram
+            histogram = self._duration[name] = (
+                self.metrics.idle_duration.labels(self.protocol) if name == "IDLE"
+                else self.metrics.command_duration.labels(self.protocol, name))
         elapsed = time.monotonic() - started
         histogram.observe(elapsed)
         if self.audit:

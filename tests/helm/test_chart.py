@@ -363,7 +363,11 @@ def test_prometheus_rule_alerts(render) -> None:
     (rule,) = only(docs, "PrometheusRule")
     alerts = {r["alert"]: r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]}
     assert set(alerts) == {"MailproxyUpstreamDown", "MailproxyAuthFailureSpike",
-                           "MailproxyCommandErrorRatio"}
+                           "MailproxyCommandErrorRatio", "MailproxyCertificateExpiresSoon",
+                           "MailproxyGatewaySyncFailing", "MailproxyGatewayAccountsNotSynced",
+                           "MailproxyGatewayStoreGrowth", "MailproxyGatewayPropagationSlow"}
+    assert "< 14 * 86400" in alerts["MailproxyCertificateExpiresSoon"]
+    assert 'result!="ok"' in alerts["MailproxyGatewaySyncFailing"]
     assert re.search(r"mailproxy_upstream_up\{[^}]*\} == 0", alerts["MailproxyUpstreamDown"])
     assert 'result="failure"' in alerts["MailproxyAuthFailureSpike"]
     assert "> 2" in alerts["MailproxyAuthFailureSpike"]  # authFailureRate from the ci file
@@ -487,14 +491,18 @@ def test_dashboard_json() -> None:
     exprs = dashboard_exprs()
     assert exprs
     used = set().union(*(promql_metric_names(e) for e in exprs))
-    assert used and all(name.startswith("mailproxy_") for name in used), used
-    assert used <= declared_metrics(), used - declared_metrics()
+    process = {"process_resident_memory_bytes"}   # prometheus_client's process collector
+    assert used and all(name.startswith("mailproxy_") for name in used - process), used
+    assert used - process <= declared_metrics(), used - declared_metrics()
     joined = "\n".join(exprs)
     assert re.search(r"histogram_quantile\(0\.99,.*mailproxy_command_duration_seconds_bucket",
                      joined)
     for metric in ("mailproxy_connections_active", "mailproxy_commands_total",
                    "mailproxy_auth_attempts_total", "mailproxy_upstream_errors_total",
-                   "mailproxy_bytes_total"):
+                   "mailproxy_bytes_total", "mailproxy_certificate_expiry_timestamp_seconds",
+                   "mailproxy_gateway_ingest_errors_total", "mailproxy_gateway_accounts_sync_age",
+                   "mailproxy_gateway_store_bytes", "mailproxy_gateway_propagation_seconds_bucket",
+                   "mailproxy_idle_duration_seconds_bucket"):
         assert metric in used, metric
 
 
