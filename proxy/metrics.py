@@ -15,11 +15,17 @@ bounded by it; `init_listener` / `init_upstream` pre-create their series at 0.
 
 from __future__ import annotations
 
+import functools
 import platform
 from typing import Callable, Iterable
 
 from prometheus_client import (
-    CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
 )
 
@@ -157,10 +163,14 @@ def mechanism_label(name: bytes | str) -> str:
     return label if label in _MECHANISMS else OTHER
 
 
-def _synced_within(last_success: list[float | None], now: float, bound: float) -> int:
+def _synced_within(last_success: Callable[[], list[float | None]], clock: Callable[[], float],
+                   bound: float) -> float:
+    """How many accounts had a successful sync within `bound` seconds (all of them for +Inf)."""
+    times = last_success()
     if bound == float("inf"):
-        return len(last_success)
-    return sum(1 for t in last_success if t is not None and now - t <= bound)
+        return float(len(times))
+    now = clock()
+    return float(sum(1 for t in times if t is not None and now - t <= bound))
 
 
 class Metrics:
@@ -326,7 +336,7 @@ class Metrics:
         self.gateway_accounts.set_function(lambda: float(len(last_success())))
         for le in SYNC_AGE_BUCKETS:
             self.gateway_sync_age.labels(le).set_function(
-                lambda bound=float(le): float(_synced_within(last_success(), clock(), bound)))
+                functools.partial(_synced_within, last_success, clock, float(le)))
 
     def init_upstream(self, name: str, protocol: str, reasons: Iterable[str]) -> None:
         """Pre-create the series of one configured upstream service; `reasons` are the

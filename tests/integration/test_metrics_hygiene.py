@@ -52,7 +52,7 @@ def test_metrics_hygiene(proxy_factory, dovecot, user, tmp_path):
     assert value(samples, "mailproxy_certificate_expiry_timestamp_seconds", listener="imap",
                  certificate=str(cert)) == expiry
     assert 29 * 86400 < expiry - time.time() <= 30 * 86400
-    mechanisms = {(dict(l)["protocol"], dict(l)["mechanism"]) for (n, l) in samples
+    mechanisms = {(dict(lb)["protocol"], dict(lb)["mechanism"]) for (n, lb) in samples
                   if n == "mailproxy_auth_attempts_total"}
     assert mechanisms == {("imap", "LOGIN"), ("imap", "PLAIN"), ("pop3", "USER"),
                           ("pop3", "PLAIN"), ("pop3", "LOGIN")}
