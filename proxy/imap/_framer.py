@@ -44,13 +44,14 @@ _CR = 13
 class ReceiveBuffer:
     """Buffered input with line and counted-chunk extraction."""
 
-    __slots__ = ("_data", "_pos", "_scan", "eof")
+    __slots__ = ("_data", "_pos", "_scan", "eof", "scanned")
 
     def __init__(self) -> None:
         self._data: bytes | bytearray = b""
         self._pos = 0
         self._scan = 0
         self.eof = False
+        self.scanned = 0  # bytes searched for a line end, in total: the framing's work
 
     def __len__(self) -> int:
         return len(self._data) - self._pos
@@ -94,6 +95,7 @@ class ReceiveBuffer:
         """
         buf, start = self._data, self._pos
         lf = buf.find(_LF, self._scan)
+        self.scanned += (len(buf) if lf < 0 else lf + 1) - self._scan
         if lf < 0:
             self._scan = len(buf)
             # +1: a trailing CR may belong to the line end.
@@ -143,6 +145,7 @@ class ReceiveBuffer:
         """
         buf, start = self._data, self._pos
         lf = buf.find(_LF, self._scan)
+        self.scanned += (len(buf) if lf < 0 else lf + 1) - self._scan
         if lf < 0:
             new_pos = max(start, len(buf) - keep)
             self._pos = new_pos

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.imap import NEED_DATA, CommandParser, LiteralRef, ResponseParser
+from proxy.imap import NEED_DATA, CommandParser, Limits, LiteralRef, ProtocolError, ResponseParser
 from proxy.imap.events import Command, CommandStart, LiteralData, LiteralStart, UntaggedResponse
 
 CHUNK = 64 * 1024
@@ -56,10 +56,32 @@ def test_literal_chunks_are_zero_copy_views_of_input() -> None:
 
 
 def test_partial_line_trickle_is_not_rescanned() -> None:
-    # One byte at a time up to max_line must stay linear (scan offset kept).
+    # One byte at a time up to max_line must stay linear: every byte is searched for a line end
+    # exactly once (the scan offset is kept between calls), so the work is the input's length.
     parser = CommandParser()
-    for byte in b"A1 NOOP " + b"a" * 60000:
+    wire = b"A1 NOOP " + b"a" * 60000 + b"\r\n"
+    for byte in wire[:-2]:
         parser.receive_data(bytes((byte,)))
         assert parser.next_event() is NEED_DATA
+    assert parser._buf.scanned == len(wire) - 2
     parser.receive_data(b"\r\n")
     assert parser.next_event() == CommandStart(b"A1", b"NOOP")
+    assert parser._buf.scanned == len(wire)
+
+
+def test_overlong_line_trickle_is_not_rescanned() -> None:
+    # Past max_line the rest of the line is skipped as it arrives, still each byte searched once.
+    parser = CommandParser(Limits(max_line=1000))
+    overlong = b"A1 NOOP " + b"a" * 5000
+    errors = []
+    for byte in overlong:
+        parser.receive_data(bytes((byte,)))
+        try:
+            assert parser.next_event() is NEED_DATA
+        except ProtocolError as error:
+            errors.append((error.kind, error.tag))
+    assert errors == [("line_too_long", b"A1")]
+    assert parser._buf.scanned == len(overlong)
+    parser.receive_data(b"\r\nA2 NOOP\r\n")
+    assert parser.next_event() == CommandStart(b"A2", b"NOOP")
+    assert parser._buf.scanned == len(overlong) + len(b"\r\nA2 NOOP\r\n")
