@@ -15,7 +15,11 @@ import textwrap
 import time
 
 import pytest
+import trio
+import trio.lowlevel
 
+from support import polling
+from support.polling import wait_for, wait_until
 from support.proxyproc import ProxyProcess, ProxyStartError, relay_config, traceback_report
 
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
@@ -216,3 +220,32 @@ def test_relay_config_is_valid():
     only_pop3 = relay_config(_FakeDovecot(), listeners=("pop3",))
     assert [lst["name"] for lst in only_pop3["listeners"]] == ["pop3"]
     config_mod.loads(yaml.safe_dump(only_pop3))
+
+
+def test_wait_for_returns_the_value_once_true() -> None:
+    calls = iter([None, 0, "", "ready"])
+    assert wait_for(lambda: next(calls), "the fourth call", interval=0) == "ready"
+
+
+def test_wait_for_names_what_never_happened(monkeypatch) -> None:
+    monkeypatch.setattr(polling, "TIMEOUT", 0.0)
+    with pytest.raises(AssertionError, match=r"^timed out after 0.0 s waiting for the moon$"):
+        wait_for(lambda: False, "the moon", timeout=0.0, interval=0)
+
+
+async def test_wait_until_polls_while_other_tasks_run() -> None:
+    flag: list[bool] = []
+
+    async def setter() -> None:
+        await trio.lowlevel.checkpoint()   # lets wait_until poll once first
+        flag.append(True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(setter)
+        assert await wait_until(lambda: flag, "the flag", interval=0) == [True]
+
+
+async def test_wait_until_names_what_never_happened(monkeypatch) -> None:
+    monkeypatch.setattr(polling, "TIMEOUT", 0.0)
+    with pytest.raises(AssertionError, match=r"^timed out after 0.0 s waiting for the sun$"):
+        await wait_until(lambda: False, "the sun", interval=0)

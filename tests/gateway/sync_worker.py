@@ -1,8 +1,10 @@
-"""`python tests/gateway/sync_worker.py --config F USER`: the sync CLI, slowed down for the crash test.
+"""`python tests/gateway/sync_worker.py --config F USER`: the sync CLI, instrumented for the crash test.
 
-Small batches (5 messages) and an 8 ms pause per message stretch a 300-message sync over ~2.5 s of
-commits, so a SIGKILL at a random moment lands inside ingest most of the time, not only in startup.
-Nothing else differs from `python -m proxy.gateway.sync_cli`.
+Small batches (5 messages), and a line `committed N` on stdout after each batch is committed, so
+the test can kill the process after a chosen number of commits: a point counted in progress, not
+in seconds. An 8 ms pause per message keeps the next batch in flight when the kill arrives (it
+slows the work down; nothing waits on it). Nothing else differs from `python -m
+proxy.gateway.sync_cli`.
 """
 
 import importlib.util
@@ -15,9 +17,11 @@ if importlib.util.find_spec("proxy") is None:
 import trio  # noqa: E402
 
 from proxy.gateway import fetcher, sync_cli  # noqa: E402
+from proxy.store.sqlite import SqliteStore  # noqa: E402
 
 fetcher.BATCH_MESSAGES = 5
 _add = fetcher._Ingest.add
+_ingest_many = SqliteStore.ingest_many
 
 
 async def _slow_add(self, uidl, body):
@@ -25,7 +29,14 @@ async def _slow_add(self, uidl, body):
     await _add(self, uidl, body)
 
 
+async def _reporting_ingest_many(self, account_id, items):
+    uids = await _ingest_many(self, account_id, items)
+    print(f"committed {len(items)}", flush=True)
+    return uids
+
+
 fetcher._Ingest.add = _slow_add
+SqliteStore.ingest_many = _reporting_ingest_many
 
 if __name__ == "__main__":
     sys.exit(sync_cli.main())

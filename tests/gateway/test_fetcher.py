@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import poplib
 import random
+import select
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +19,7 @@ import yaml
 
 from proxy.gateway.fetcher import FetchError, sync_account
 from proxy.store import KeyRing, open_store
+from support.polling import wait_for
 
 from .helpers import (
     config_dict,
@@ -159,10 +161,14 @@ def test_keep_never_sends_dele(dovecot, user, tmp_path):
 
     trio.run(run)
     assert upstream_count(dovecot.host, dovecot.pop3_port, name, password) == 5
-    time.sleep(0.2)   # let Dovecot write its logout lines
-    logouts = [line for line in dovecot.log().splitlines()
-               if f"pop3({name})" in line and "del=" in line]
-    assert logouts and all("del=0/" in line for line in logouts), logouts
+
+    def logouts() -> list[str]:   # Dovecot writes them from another process, maybe after QUIT's +OK
+        return [line for line in dovecot.log().splitlines()
+                if f"pop3({name})" in line and "del=" in line]
+
+    # three POP3 sessions: two syncs and upstream_count's
+    wait_for(lambda: len(logouts()) >= 3, "Dovecot's logout lines of the three POP3 sessions")
+    assert len(logouts()) == 3 and all("del=0/" in line for line in logouts()), logouts()
 
 
 async def test_wrong_password_is_an_auth_error(dovecot, user, tmp_path):
@@ -210,10 +216,18 @@ def _snapshot(path: str, user: str) -> dict[str, tuple[int, str]]:
     return trio.run(read)
 
 
+def _next_line(proc: subprocess.Popen) -> bytes:
+    """The worker's next stdout line (b"" once it exited); fails if it says nothing for a minute."""
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    assert ready, "the sync worker neither committed a batch nor exited in 60 s"
+    return proc.stdout.readline()
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(dovecot, user, tmp_path):
-    """>= 20 SIGKILLs at a random 0-1.5 s after start (~0.6 s of it is interpreter start-up), the
-    mailbox growing by PER_ROUND messages each round so every run has ingest to interrupt."""
+    """>= 20 SIGKILLs, each after a random number (0-4) of batch commits reported by the worker
+    (0: during start-up), the mailbox growing by per_round messages (5 batches) each round, so
+    every kill after a commit lands while the next batch is in flight."""
     name, password = user
     initial, per_round, max_rounds = 300, 25, 40
     messages = corpus(initial + per_round * max_rounds, seed=99)
@@ -232,8 +246,13 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(dovecot, user, t
             break
         deliver_all(dovecot, name, messages[delivered:delivered + per_round])
         delivered += per_round
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0, 1.5))
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                bufsize=0)
+        commits = 0
+        for _ in range(rng.randint(0, 4)):
+            if not _next_line(proc).startswith(b"committed"):
+                break   # exited (or its final summary): nothing left to interrupt
+            commits += 1
         was_killed = proc.poll() is None
         if was_killed:
             proc.send_signal(signal.SIGKILL)
@@ -246,7 +265,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(dovecot, user, t
         for uidl, (uid, _) in snapshot.items():
             assert uids.setdefault(uidl, uid) == uid, "UID of an already stored message changed"
         assert set(uids) == set(snapshot), "a stored message disappeared"
-        if was_killed and 0 < len(snapshot) < delivered:
+        if was_killed and commits and len(snapshot) < delivered:   # after a commit, before the end
             killed_mid_ingest += 1
     print(f"SIGKILLs: {killed}, of them mid-ingest: {killed_mid_ingest}, messages: {delivered}")
     assert killed >= 20 and killed_mid_ingest >= 10, (killed, killed_mid_ingest)

@@ -175,7 +175,7 @@ async def test_copy_move_expunge(store):
 async def test_mailbox_create_delete_rename(store):
     account, _ = await inbox_of(store)
     await store.create_mailbox(account.id, "Work")
-    await store.create_mailbox(account.id, "Work/2024")
+    inferior = await store.create_mailbox(account.id, "Work/2024")
     with pytest.raises(MailboxExists):
         await store.create_mailbox(account.id, "Work")
     old = await store.get_mailbox(account.id, "Work")
@@ -183,8 +183,10 @@ async def test_mailbox_create_delete_rename(store):
     await store.rename_mailbox(account.id, "Work", "Jobs")
     renamed = await store.get_mailbox(account.id, "Jobs")
     assert renamed.id == old.id and renamed.uidvalidity == old.uidvalidity
-    assert await store.get_mailbox(account.id, "Jobs/2024") is not None
+    moved = await store.get_mailbox(account.id, "Jobs/2024")   # inferiors move with it (6.3.5)
+    assert (moved.id, moved.uidvalidity) == (inferior.id, inferior.uidvalidity), moved
     assert await store.get_mailbox(account.id, "Work") is None
+    assert await store.get_mailbox(account.id, "Work/2024") is None
     await store.delete_mailbox(account.id, "Jobs")
     assert await store.get_mailbox(account.id, "Jobs") is None
     # Re-creating a name gives a new UIDVALIDITY (RFC 3501 2.3.1.1).

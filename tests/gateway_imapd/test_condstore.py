@@ -17,7 +17,8 @@ class Raw:
     """A minimal IMAP client: `cmd("SELECT INBOX")` -> (untagged lines, tagged line)."""
 
     def __init__(self, port: int, user: str, password: str):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        # a bound for a hung server, generous: 200 of these log in at once on a loaded CI machine
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
         self.file = self.sock.makefile("rb")
         self.n = 0
         self.file.readline()
