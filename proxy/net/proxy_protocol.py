@@ -157,20 +157,20 @@ def _check_prefix(buf: bytes, prefix: bytes) -> None:
 
 
 def _parse_v1(buf: bytes) -> tuple[ProxyHeader, int] | None:
+    # The checks run in the order the bytes arrive, so the error does not depend on segmentation:
+    # a CR followed by anything but LF, then the length limit, then the CRLF at the end.
     end = buf.find(b"\n", 0, MAX_V1_LENGTH)
+    seen = buf[:end] if end >= 0 else buf[:MAX_V1_LENGTH - 1]
+    cr = seen.find(b"\r")
+    if 0 <= cr < len(seen) - 1:
+        raise ProxyProtocolError("v1 header has a CR before its end")
     if end < 0:
         if len(buf) >= MAX_V1_LENGTH:
             raise ProxyProtocolError("v1 header too long")
-        if b"\r" in buf[:-1]:
-            raise ProxyProtocolError("v1 header has a CR before its end")
         return None
-    line = buf[:end]
-    if not line.endswith(b"\r"):
+    if not seen.endswith(b"\r"):
         raise ProxyProtocolError("v1 header does not end with CRLF")
-    line = line[:-1]
-    if b"\r" in line:
-        raise ProxyProtocolError("v1 header has a CR before its end")
-    return _parse_v1_line(line), end + 1
+    return _parse_v1_line(seen[:-1]), end + 1
 
 
 def _parse_v1_line(line: bytes) -> ProxyHeader:

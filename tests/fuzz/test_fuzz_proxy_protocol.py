@@ -15,7 +15,7 @@ import ipaddress
 import struct
 from typing import Any
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from proxy.net.proxy_protocol import (
@@ -115,6 +115,10 @@ def test_valid_headers_parse_back(header: tuple[bytes, ProxyHeader], rest: bytes
 
 @fuzz_settings(400)
 @given(wire=mutated(st.tuples(headers, after).map(lambda t: t[0][0] + t[1]), FRAGMENTS), cuts=CUTS)
+# Found by this target: a CR followed by other bytes before the LF was "does not end with CRLF"
+# when the header arrived whole but "has a CR before its end" byte by byte. Fixed in _parse_v1.
+@example(wire=b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\x00\n", cuts=[])
+@example(wire=b"PROXY TCP4 1.2.3.4 " + b"\r" + b"x" * 120, cuts=[])
 def test_mutated_headers(wire: bytes, cuts: list[int]) -> None:
     result = _same_everywhere(wire, cuts)
     if result[0] == "header":
