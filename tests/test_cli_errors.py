@@ -202,3 +202,19 @@ def test_bad_log_level_is_a_usage_error() -> None:
     assert_one_line(result, EXIT_CONFIG,
                     "mailproxy: error: argument --log-level: invalid choice: 'FOO' "
                     "(choose from 'DEBUG', 'INFO', 'WARNING', 'ERROR')")
+
+
+@pytest.mark.parametrize("kind", ["under-a-file", "a-directory"])
+def test_unwritable_store_path_is_one_line(tmp_path: Path, kind: str) -> None:
+    """Issue 14: a store path that cannot be created or opened names the path, no traceback."""
+    (tmp_path / "plain").write_text("not a directory\n")
+    (tmp_path / "dir.db").mkdir()
+    store = "plain/gw.db" if kind == "under-a-file" else "dir.db"
+    path = write_config(tmp_path, {"gateway": {"store": store}}, mode="gateway")
+    config = yaml.safe_load(path.read_text())
+    config["upstreams"]["main"].pop("imap")
+    path.write_text(yaml.safe_dump(config))
+    result = run("serve", "--config", str(path), cwd=tmp_path)
+    reason = "cannot create the store file: Not a directory" if kind == "under-a-file" \
+        else "cannot open the store: unable to open database file"
+    assert_one_line(result, EXIT_RUNTIME, f"{path}: gateway.store {tmp_path}/{store}: {reason}")

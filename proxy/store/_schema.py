@@ -22,6 +22,7 @@ a store opened with the wrong key, or an encrypted store opened without one, is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from contextlib import contextmanager
@@ -133,7 +134,11 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield db
     except BaseException:
-        db.execute("ROLLBACK")
+        # SQLite may already have rolled back (SQLITE_FULL, SQLITE_IOERR...): a second ROLLBACK
+        # would fail with "cannot rollback - no transaction is active" and hide the real cause.
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
 
@@ -183,11 +188,19 @@ def collect_orphans(db: sqlite3.Connection) -> None:
 
 
 def open_db(path: str, ring: KeyRing | None) -> sqlite3.Connection:
-    db = connect(path)
+    try:
+        db = connect(path)
+    except OSError as exc:   # a missing or unwritable directory: one line, not a traceback
+        raise StoreError(f"cannot create the store file: {exc.strerror}") from None
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the store: {exc}") from None
     try:
         migrate(db)
         check_key(db, ring, path)
         collect_orphans(db)
+    except sqlite3.Error as exc:   # read-only file or file system, disk full, not a database
+        db.close()
+        raise StoreError(f"cannot write the store: {exc}") from None
     except BaseException:
         db.close()
         raise

@@ -126,7 +126,7 @@ class SqliteStore(MessageOps):
             value: T = result.unwrap()
             return value
         except sqlite3.Error as exc:  # disk full, locked too long...: a refusal, not a crash
-            raise StoreFailure(f"store: {exc}") from exc
+            raise StoreFailure(f"store {self.path}: {exc}") from exc
 
     # ---- helpers run in the worker thread -------------------------------------------------------
 
