@@ -28,14 +28,18 @@ class Node:
     item: Item | None = None            # None: a dummy (a referenced message we do not have)
     parent: "Node | None" = None
     children: list["Node"] = field(default_factory=list)
+    key: tuple[float, int] = (0.0, 0)   # a message's sort key, set once (see `_key`)
+
+    def hold(self, item: Item) -> "Node":
+        self.item, self.key = item, (sent_date(item), item.seq)
+        return self
 
 
 def _key(node: Node) -> tuple[float, int]:
     """RFC 5256 2.2 sent date, ties by sequence number; a dummy sorts as its first child."""
     while node.item is None and node.children:
         node = node.children[0]
-    item = node.item
-    return (sent_date(item), item.seq) if item is not None else (0.0, 0)
+    return node.key
 
 
 # ---- ORDEREDSUBJECT ------------------------------------------------------------------------
@@ -47,9 +51,9 @@ def ordered_subject(items: list[Item]) -> list[Node]:
     subject = None
     for item in sorted(items, key=lambda i: (i.fields.subject, sent_date(i), i.seq)):
         if threads and item.fields.subject == subject:
-            threads[-1].children.append(Node(item, threads[-1]))
+            threads[-1].children.append(Node(parent=threads[-1]).hold(item))
         else:
-            threads.append(Node(item))
+            threads.append(Node().hold(item))
             subject = item.fields.subject
     threads.sort(key=_key)
     return threads
@@ -94,9 +98,9 @@ def _build(items: list[Item]) -> list[Node]:
         ident = item.fields.message_id
         node = table.get(ident) if ident is not None else None
         if node is not None and node.item is None:
-            node.item = item
+            node.hold(item)
         else:   # no valid Message-ID, or a duplicate of an earlier one: a unique ID
-            node = Node(item)
+            node = Node().hold(item)
             nodes.append(node)
             if ident is not None and ident not in table:
                 table[ident] = node
