@@ -25,6 +25,7 @@ from ._caches import _Lru
 from ._messages import find, is_uid, parse_criteria
 
 CHUNK = 256            # messages per store call while reading sort fields
+SORT_FIELD_ENTRIES = 100_000   # cached messages' sort fields, all accounts (about 50 MB at most)
 OFF_LOOP_AT = 200      # sorts / threadings of more messages run in a worker thread
 _ALGORITHMS = {b"ORDEREDSUBJECT": ordered_subject, b"REFERENCES": references}
 _ESORT_OPTIONS = {b"MIN", b"MAX", b"COUNT", b"ALL", b"PARTIAL", b"SAVE"}   # SAVE: RFC 5182
@@ -33,7 +34,7 @@ _ESORT_OPTIONS = {b"MIN", b"MAX", b"COUNT", b"ALL", b"PARTIAL", b"SAVE"}   # SAV
 class SortFieldCache:
     """Sort fields by body id (bodies are shared by copies), LRU by count."""
 
-    def __init__(self, entries: int = 200_000):
+    def __init__(self, entries: int = SORT_FIELD_ENTRIES):
         self._lru = _Lru(entries)
 
     async def fields(self, session, metas) -> list[SortFields | None]:
@@ -52,10 +53,12 @@ class SortFieldCache:
 
 
 def _cache(session) -> SortFieldCache:
-    backend = session.backend
-    cache = getattr(backend, "sort_fields", None)
+    """The process-wide cache, kept beside the MIME cache that all accounts share (body ids are
+    unique in the store), so its bound holds however many accounts sort."""
+    holder = session.backend.mime
+    cache = getattr(holder, "sort_fields", None)
     if cache is None:
-        cache = backend.sort_fields = SortFieldCache()
+        cache = holder.sort_fields = SortFieldCache()
     return cache
 
 
