@@ -133,6 +133,8 @@ def _is_atom(item) -> bool:
 
 
 def _word(item) -> str:
+    if isinstance(item, tuple):   # e.g. UID (ALL): a list where an atom belongs
+        raise SearchError("Expected an atom, not a list")
     return bytes(item).decode("ascii", "replace").upper()
 
 

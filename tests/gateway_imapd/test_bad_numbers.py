@@ -61,6 +61,7 @@ CASES = [
     (f"SEARCH MODSEQ {HUGE}", b"BAD MODSEQ expects a number"),
     ("SEARCH " + "NOT " * 600 + "ALL", b"BAD Search keys nested more than 100 deep"),
     ("SEARCH " + "OR ALL " * 600 + "ALL", b"BAD Search keys nested more than 100 deep"),
+    ("SEARCH UID (ALL)", b"BAD Expected an atom, not a list"),   # found by tests/fuzz
     (f"FETCH 1:* (FLAGS) (CHANGEDSINCE {HUGE})",
      b"BAD CHANGEDSINCE: Number out of range (0 to 9223372036854775807)"),
 ]
