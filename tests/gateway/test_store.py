@@ -382,3 +382,26 @@ async def test_prune_changes_then_changes_since_refuses_the_pruned_range(store):
         (5, ChangeKind.APPEND), (6, ChangeKind.EXPUNGE)]
     with pytest.raises(ChangesPruned):
         await store.changes_since(inbox.id, 3)
+
+
+async def test_migration_2_makes_nothing_recent_in_an_existing_store(tmp_path):
+    """Issue 13: a store written by schema 1 gets the recent floor at each mailbox's UIDNEXT (an
+    upgrade must not make the whole mailbox recent) and an empty change-log floor."""
+    from proxy.store import _schema
+
+    path = str(tmp_path / "v1.db")
+    db = _schema.connect(path)
+    with _schema.transaction(db):
+        db.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (1)")
+        _schema.MIGRATIONS[0](db)
+        db.execute("INSERT INTO accounts(upstream, user) VALUES ('up', 'old')")
+        db.execute("INSERT INTO mailboxes(account_id, name, uidvalidity, uidnext) "
+                   "VALUES (1, 'INBOX', 7, 42)")
+    db.close()
+    s = await open_store(path)
+    try:
+        assert await s.recent_floor(1) == 42
+        assert await s.changes_since(1, 0) == []
+    finally:
+        await s.close()
