@@ -47,12 +47,16 @@ REPLY_AUTH_FAILED = (b"AUTHENTICATIONFAILED", b"Authentication failed.")
 REPLY_UNAVAILABLE = (b"UNAVAILABLE", b"Server unavailable, try again later.")
 
 
+PRELOGIN_NOT = frozenset({b"COMPRESS=DEFLATE"})   # advertised after login only
+
+
 class GatewayFront(ImapFront):
     """The relay's pre-login dialogue, advertising the gateway's capabilities."""
 
     def capabilities(self) -> bytes:
+        # COMPRESS only once logged in (as Dovecot): this front does not compress (RFC 4978)
         base = super().capabilities().split()
-        return b" ".join(base + [c for c in CAPABILITIES if c not in base])
+        return b" ".join(base + [c for c in CAPABILITIES if c not in base and c not in PRELOGIN_NOT])
 
 
 class AccountFetcher:
