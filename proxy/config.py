@@ -396,7 +396,8 @@ class AuthThrottle:
     base_delay: Duration = 0.5     # delay of the first failure's reply, doubled per failure
     max_delay: Duration = 8.0
     window: Duration = 300.0       # failures older than this are forgotten
-    block_after: StrictInt = 10    # failures within the window before refusing
+    block_after: StrictInt = 10    # failures within the window before refusing an IP, or a user from an IP
+    user_block_after: StrictInt = 100   # failures from all IPs before refusing a user everywhere
     block_for: Duration = 300.0
 
 

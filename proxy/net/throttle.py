@@ -1,13 +1,18 @@
-"""Authentication-failure throttling per client IP and per user name.
+"""Authentication-failure throttling per client IP, per user and IP, and (much later) per user.
 
-Theory of operation: each failed login adds a failure to two records, one for the client IP and
-one for the user name, each keeping the failures of the last `window`. The reply to a failure is
-delayed by `base_delay * 2**(n-1)` (capped at `max_delay`), n being the larger of the two counts,
-which slows guessing without affecting anyone else. Once either count reaches `block_after`, that
-IP or user is refused outright (before any upstream is asked) until `block_for` has passed. A
-success clears the user's record, not the IP's. Records are pruned as they expire and their
-number is capped, so a flood of distinct names cannot grow memory without bound. The clock is
-passed in, so tests drive time directly.
+Theory of operation: each failed login adds a failure to three records, for the client IP, for
+the user name from that IP, and for the user name alone, each keeping the failures of the last
+`window`. The reply to a failure is delayed by `base_delay * 2**(n-1)` (capped at `max_delay`),
+n being the larger of the IP's and the user-from-this-IP's counts, which slows guessing without
+affecting anyone else. Once the IP or the user-from-this-IP count reaches `block_after`, that
+IP, or that user from that IP, is refused outright (before any upstream is asked) until
+`block_for` has passed. As Dovecot does, a user is not locked out everywhere because someone
+guessed at their password from one address (ten failures used to lock a user out from every IP:
+an easy denial of service); only `user_block_after` failures from all addresses together
+(default 100) refuse the user everywhere, against a guess spread over many addresses. A success
+clears the user's records, not the IP's. Records are pruned as they expire and their number is
+capped, so a flood of distinct names cannot grow memory without bound. The clock is passed in,
+so tests drive time directly.
 """
 
 from __future__ import annotations
@@ -28,10 +33,14 @@ class Throttle:
         self._blocked: dict[tuple[str, str], float] = {}
 
     def _keys(self, ip: str, user: str | None) -> list[tuple[str, str]]:
+        """The records of one attempt; the last one (if any) is the user's, from anywhere."""
         keys = [("ip", ip)]
         if user:
-            keys.append(("user", user.lower()))
+            keys += [("user_ip", f"{user.lower()} {ip}"), ("user", user.lower())]
         return keys
+
+    def _limit(self, key: tuple[str, str]) -> int:
+        return self.config.user_block_after if key[0] == "user" else self.config.block_after
 
     def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
         times = self._failures.get(key)
@@ -67,8 +76,9 @@ class Throttle:
             times.append(now)
             self._failures[key] = times
             self._failures.move_to_end(key)
-            worst = max(worst, len(times))
-            if len(times) >= self.config.block_after:
+            if key[0] != "user":   # the delay is this client's, not every client's of the user
+                worst = max(worst, len(times))
+            if len(times) >= self._limit(key):
                 self._blocked[key] = now + self.config.block_for
         while len(self._failures) > MAX_RECORDS:
             self._failures.popitem(last=False)
@@ -76,5 +86,7 @@ class Throttle:
             self._blocked = {k: v for k, v in self._blocked.items() if v > now}
         return min(self.config.base_delay * 2 ** (worst - 1), self.config.max_delay)
 
-    def success(self, user: str) -> None:
+    def success(self, user: str, ip: str | None = None) -> None:
         self._failures.pop(("user", user.lower()), None)
+        if ip is not None:
+            self._failures.pop(("user_ip", f"{user.lower()} {ip}"), None)

@@ -49,7 +49,7 @@ async def log_in(session: Session, creds: Credentials, steps: LoginSteps) -> tup
     session.runtime.metrics.auth_attempts.labels(steps.protocol, creds.mechanism,
                                                  verdict.value).inc()
     if verdict is Verdict.SUCCESS and session.runtime.throttle is not None:
-        session.runtime.throttle.success(creds.user)
+        session.runtime.throttle.success(creds.user, session.client_ip)
     elif verdict is Verdict.FAILURE:
         await session.auth_failure_delay()
     return verdict, up

@@ -179,6 +179,8 @@ def test_auth_failure_throttling_blocks_then_releases(proxy_factory, dovecot, us
     other = dovecot.add_user()
     sock = login_raw(proxy.port("imap"), other, "127.0.0.5")  # other users and IPs unaffected
     sock.close()
+    sock = login_raw(proxy.port("imap"), user, "127.0.0.6")   # the user from elsewhere too (issue 14)
+    sock.close()
     # block_for is 2 s of the proxy's clock: wait for it to run out (a refusal does not extend it)
     assert wait_for(logs_in, timeout=30)
 

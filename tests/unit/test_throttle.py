@@ -29,10 +29,32 @@ def test_blocks_after_limit_and_releases_after_block_for():
     for _ in range(3):
         throttle.failure("192.0.2.1", "alice")
     assert throttle.blocked("192.0.2.1", "bob")        # the IP is blocked
-    assert throttle.blocked("198.51.100.2", "alice")   # and so is the user, from anywhere
+    assert not throttle.blocked("198.51.100.2", "alice")   # the user from elsewhere is not
     assert not throttle.blocked("198.51.100.2", "bob")  # others are unaffected
     clock.now += 61
     assert not throttle.blocked("192.0.2.1", "alice")
+
+
+def test_user_from_one_ip_then_everywhere_only_at_the_higher_threshold():
+    """Issue 14: ten failures used to lock a user out from every IP (an easy denial of service).
+    Now the user is refused from the guessing IP at block_after, and everywhere only at
+    user_block_after failures from all IPs together."""
+    throttle, _ = make(block_after=3, user_block_after=7, block_for=60, window=300)
+    for _ in range(3):
+        throttle.failure("192.0.2.1", "alice")
+    assert throttle.blocked("192.0.2.1", "alice")
+    assert not throttle.blocked("198.51.100.2", "alice")
+    for n in range(4):   # from four more IPs, one failure each (no IP reaches block_after)
+        throttle.failure(f"203.0.113.{n}", "alice")
+    assert throttle.blocked("198.51.100.2", "alice")   # 7 in all: refused everywhere
+    assert not throttle.blocked("198.51.100.2", "bob")
+
+
+def test_delay_is_the_clients_not_the_users():
+    throttle, _ = make(base_delay=1, max_delay=100, block_after=100, user_block_after=100)
+    for n in range(5):
+        throttle.failure(f"203.0.113.{n}", "alice")
+    assert throttle.failure("198.51.100.2", "alice") == 1   # another client: no inherited delay
 
 
 def test_failures_outside_the_window_are_forgotten():
@@ -48,7 +70,7 @@ def test_success_clears_the_user_not_the_ip():
     throttle, _ = make(base_delay=1, max_delay=100, block_after=100)
     throttle.failure("192.0.2.1", "alice")
     throttle.failure("192.0.2.1", "alice")
-    throttle.success("Alice")
+    throttle.success("Alice", "192.0.2.1")
     assert throttle.failure("198.51.100.9", "alice") == 1
     assert throttle.failure("192.0.2.1", "carol") == 4  # the IP still has 3 failures before
 
