@@ -1,0 +1,54 @@
+"""Issue 14: 40 connections x 3 bogus LOGINs used to take the gateway from 130 MB to 982 MB of
+RSS (a 16 MiB scrypt per attempt). The login cache is an HMAC now (issue 13); this checks the
+peak RSS of the gateway (this process: it runs in-process) while they are refused."""
+
+from __future__ import annotations
+
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import trio
+
+CONNECTIONS, ATTEMPTS = 40, 3
+
+
+def _vm(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"{field} missing from /proc/self/status")
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")   # VmHWM (peak RSS) starts again from the current RSS
+
+
+def _bogus(port: int, user: str) -> list[bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        file = sock.makefile("rb")
+        file.readline()
+        replies = []
+        for n in range(ATTEMPTS):
+            sock.sendall(b'b%d LOGIN "%s" "wrong-%d"\r\n' % (n, user.encode(), n))
+            while not (line := file.readline()).startswith(b"b%d " % n):
+                pass
+            replies.append(line.split(b" ", 2)[1])
+        return replies
+
+
+async def test_bogus_logins_do_not_blow_up_rss(gateway):
+    _reset_peak()
+    before = _vm("VmRSS")
+
+    def run():
+        with ThreadPoolExecutor(max_workers=CONNECTIONS) as pool:
+            return list(pool.map(lambda _: _bogus(gateway.port, gateway.user), range(CONNECTIONS)))
+
+    replies = await trio.to_thread.run_sync(run)
+    peak = _vm("VmHWM")
+    print(f"RSS before {before >> 20} MiB, peak during {CONNECTIONS}x{ATTEMPTS} bogus LOGINs "
+          f"{peak >> 20} MiB")
+    assert replies == [[b"NO"] * ATTEMPTS] * CONNECTIONS
+    assert peak - before < 64 * 1024 * 1024, (before, peak)
