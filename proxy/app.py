@@ -14,7 +14,7 @@ from .config import Config
 from .health import Health, check_upstreams
 from .metrics import Metrics
 from .net.http import serve_http
-from .session.serve import ListenerServer
+from .session.serve import ListenerServer, OpenSessions
 from .net.throttle import Throttle
 from .net.tls import TLSConfigError
 from .preflight import bind_error, certificate_expiries
@@ -57,6 +57,7 @@ class App:
         self.runtime = Runtime.build(config, self.metrics, drain=self.drain_event,
                                      throttle=self.throttle)
         self.servers: list[ListenerServer] = []
+        self.open_sessions = OpenSessions()
 
     def _init_series(self, config: Config) -> None:
         """Known label combinations exist at 0 from the start (and after a reload)."""
@@ -76,7 +77,7 @@ class App:
                 trio.open_nursery() as nursery:
             handlers = _handlers(gateway)
             self.servers = [ListenerServer(l.name, lambda: self.runtime,
-                                           handlers[(l.protocol, l.mode)])
+                                           handlers[(l.protocol, l.mode)], self.open_sessions)
                             for l in config.listeners]
             if config.metrics is not None:
                 try:
@@ -140,17 +141,13 @@ class App:
         """SIGTERM: not ready at once, sessions told to finish (IMAP: BYE after the current
         command, at once when idle), then cut at shutdown_timeout."""
         self.health.draining = True
-        logs.event("draining", sessions=self._active())
+        logs.event("draining", sessions=len(self.open_sessions))
         self.drain_event.set()
         with trio.move_on_after(self.runtime.config.shutdown_timeout):
-            while self._active():
-                await trio.sleep(0.05)
-        if self._active():
-            logs.event("drain_timeout", logging.WARNING, sessions=self._active())
+            await self.open_sessions.wait_none()
+        if self.open_sessions:
+            logs.event("drain_timeout", logging.WARNING, sessions=len(self.open_sessions))
         sessions.cancel()
-
-    def _active(self) -> int:
-        return sum(len(server.active) for server in self.servers)
 
 
 async def serve(config: Config, config_path: str | None = None) -> None:

@@ -13,14 +13,15 @@ when any of its services is up.
 from __future__ import annotations
 
 import logging
-import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import trio
 
 from . import logs
-from .net.tls import TLSConfigError, client_context
+from .net.conn import Conn
+from .session.failures import Failure
+from .session.upstream import UpstreamError, built_context, deadline, open_upstream
 
 if TYPE_CHECKING:
     from .config import Config, ServicePort, Upstream
@@ -131,51 +132,30 @@ def _log_transition(name: str, protocol: str, up: bool, failure: str | None) -> 
 
 
 async def check_service(upstream: Upstream, protocol: str, port: ServicePort) -> str | None:
-    """Connect to one upstream service and read its greeting.
+    """Connect to one upstream service (proxy.session.upstream, as sessions do) and read its
+    greeting.
 
     Returns:
         None when the service greeted with `* OK` / `+OK`, else a short, log-safe reason.
     """
-    stream: trio.abc.Stream | None = None
+    conn: Conn | None = None
     try:
-        with trio.fail_after(CHECK_TIMEOUT):
-            stream = await trio.open_tcp_stream(upstream.host, port.port)
-            if port.tls == "implicit":
-                stream = trio.SSLStream(stream, client_context(upstream, warn=False),
-                                        server_hostname=upstream.server_name or upstream.host)
-                await stream.do_handshake()
-            greeting = await _read_line(stream)
-    except trio.TooSlowError:
-        return "timeout"
-    except TLSConfigError as exc:  # an unreadable ca_file / client_cert: down, never a crash
-        return f"tls config: {logs.sanitize(str(exc), 80)}"
-    except ssl.SSLError as exc:
-        return f"tls: {logs.sanitize(exc.reason or str(exc), 80)}"
-    except OSError as exc:
-        return f"connect: {_os_reason(exc)}"
-    except trio.BrokenResourceError as exc:  # trio.SSLStream wraps handshake errors in this
-        cause = exc.__cause__
-        if isinstance(cause, ssl.SSLError):
-            return f"tls: {logs.sanitize(cause.reason or str(cause), 80)}"
-        return f"connection broken: {logs.sanitize(str(cause or exc), 80)}"
+        context = await built_context(upstream, port)
+        with deadline(CHECK_TIMEOUT, "check"):
+            conn = await open_upstream(upstream, protocol, context)
+            greeting = await _read_line(conn)
+    except UpstreamError as exc:
+        if exc.failure is Failure.TIMEOUT:
+            return "timeout"
+        return f"{exc.failure.label}: {logs.sanitize(exc.detail, 80)}"
     finally:
-        if stream is not None:
-            await trio.aclose_forcefully(stream)  # no close_notify wait: nothing to flush
+        if conn is not None:
+            await trio.aclose_forcefully(conn.stream)  # no close_notify wait: nothing to flush
     if greeting is None:
         return "closed before greeting"
     if _greeting_ok(protocol, greeting):
         return None
     return f"greeting: {logs.sanitize(greeting.rstrip(), 80)}"
-
-
-def _os_reason(exc: OSError) -> str:
-    """`Connection refused` rather than trio's `all attempts to connect ... failed`."""
-    cause = exc.__cause__
-    if exc.strerror is None and isinstance(cause, BaseExceptionGroup):
-        first = cause.exceptions[0]
-        if isinstance(first, OSError):
-            exc = first
-    return logs.sanitize(exc.strerror or str(exc), 80)
 
 
 def _greeting_ok(protocol: str, line: bytes) -> bool:
@@ -185,11 +165,11 @@ def _greeting_ok(protocol: str, line: bytes) -> bool:
     return line.startswith(b"+OK")  # RFC 1939 3: "+OK" in upper case
 
 
-async def _read_line(stream: trio.abc.Stream) -> bytes | None:
+async def _read_line(conn: Conn) -> bytes | None:
     """The first line (at most MAX_GREETING bytes), or None if the peer sent nothing at all."""
     data = b""
     while b"\n" not in data and len(data) < MAX_GREETING:
-        chunk = await stream.receive_some(MAX_GREETING - len(data))
+        chunk = await conn.receive()
         if not chunk:
             break
         data += chunk

@@ -112,7 +112,7 @@ AUTH_MECHANISMS = {
 }
 _MECHANISMS = frozenset(m for ms in AUTH_MECHANISMS.values() for m in ms) | {
     "XOAUTH2", "OAUTHBEARER", "APOP"}
-AUTH_RESULTS = ("success", "failure", "tempfail", "throttled")  # relay.login.Verdict
+AUTH_RESULTS = ("success", "failure", "tempfail", "throttled")  # session.failures.auth_result
 # "ok" plus every server-side TLSHandshakeError.reason (proxy/net/tls.py), the values recorded.
 TLS_RESULTS = ("ok", "handshake_failed", "timeout", "alpn_refused")
 STARTTLS_SIDES = ("client", "upstream")

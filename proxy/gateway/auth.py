@@ -13,19 +13,14 @@ cached success applies"). A wrong password drops the remembered success.
 
 from __future__ import annotations
 
-import enum
 import hmac
 import os
 import time
 
 from ..config import Upstream
-from .pop3_client import FetchError, Pop3Client
-
-
-class AuthResult(enum.Enum):
-    OK = "success"
-    FAILED = "failure"          # NO [AUTHENTICATIONFAILED]
-    UNAVAILABLE = "tempfail"    # NO [UNAVAILABLE]
+from ..session.failures import Failure
+from ..session.upstream import UpstreamError
+from .pop3_client import Pop3Client
 
 
 class Authenticator:
@@ -45,16 +40,17 @@ class Authenticator:
         return entry is not None and entry[1] > time.monotonic() and hmac.compare_digest(entry[0], digest)
 
     async def verify(self, upstream_name: str, upstream: Upstream, user: str,
-                     password: bytes) -> AuthResult:
-        """Is `password` right for `user`? Never raises for upstream trouble."""
+                     password: bytes) -> Failure | None:
+        """None when `password` is right for `user`, else AUTH_REJECTED, or AUTH_TEMPFAIL when
+        the upstream could not decide. Never raises for upstream trouble."""
         key = (upstream_name, user)
         digest = self._hash(upstream_name, user, password)
         if self._cached(key, digest):
-            return AuthResult.OK
+            return None
         try:
             text = password.decode("utf-8")
         except UnicodeDecodeError:
-            return AuthResult.FAILED
+            return Failure.AUTH_REJECTED
         try:
             client = await Pop3Client.connect(upstream)
             try:
@@ -62,10 +58,10 @@ class Authenticator:
                 await client.quit()
             finally:
                 await client.aclose()
-        except FetchError as exc:
-            if exc.reason == "auth":
+        except UpstreamError as exc:
+            if exc.failure is Failure.AUTH_REJECTED:
                 self._cache.pop(key, None)
-                return AuthResult.FAILED
-            return AuthResult.UNAVAILABLE
+                return Failure.AUTH_REJECTED
+            return Failure.AUTH_TEMPFAIL
         self._cache[key] = (digest, time.monotonic() + self.ttl)
-        return AuthResult.OK
+        return None

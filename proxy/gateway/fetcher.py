@@ -16,12 +16,12 @@ Theory of operation (one `sync_account` call):
 * A message deleted upstream by someone else stays in the store: the fetcher never removes mail.
 * A server without UIDL (-ERR to UIDL): every message is RETR'd each time and de-duplicated by
   content digest, synthetic UIDL "sha256:<hex>". Limitation: two byte-identical messages are one.
-* A reply that breaks the protocol, or a RETR cut short, aborts the sync with `FetchError(reason)`;
-  a partial body is never stored (only complete bodies reach a batch).
+* A reply that breaks the protocol, or a RETR cut short, aborts the sync with an `UpstreamError`
+  (proxy.session.upstream; its `failure` says why); a partial body is never stored (only complete
+  bodies reach a batch).
 
 The POP3 session itself (connect, TLS, login, framing over the sans-IO `proxy.pop3`) is
-`pop3_client.Pop3Client`; this module only makes the decisions of a sync.  `FetchError`, which
-`sync_account` raises, comes from there too and is part of this module's API.
+`pop3_client.Pop3Client`; this module only makes the decisions of a sync.
 """
 
 from __future__ import annotations
@@ -42,11 +42,13 @@ from .. import logs
 from ..config import Config
 from ..pop3 import writer
 from ..session.routing import log_user
+from ..session.failures import Failure
+from ..session.upstream import UpstreamError
 from ..store import IngestItem, Store
 from ._parts import MimeLimits
-from .pop3_client import FetchError, Pop3Client
+from .pop3_client import Pop3Client
 
-__all__ = ["FetchError", "SyncResult", "sync_account", "account_lock", "internaldate",
+__all__ = ["SyncResult", "sync_account", "AccountLocks", "internaldate",
            "parse_uidl_listing", "parse_list_listing"]
 
 BATCH_MESSAGES = 50                 # commit at least every 50 messages ...
@@ -65,14 +67,17 @@ class SyncResult:
     duration: float          # seconds
 
 
-# ---- one fetcher per account in this process ---------------------------------------------------
+# ---- one fetcher per account ---------------------------------------------------------------------
 
-_locks: dict[tuple[str, str], trio.Lock] = {}
+class AccountLocks:
+    """One lock per account, held while it syncs: at most one sync per account among the
+    callers that share this object (the gateway service owns one)."""
 
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], trio.Lock] = {}
 
-def account_lock(upstream: str, user: str) -> trio.Lock:
-    """The lock held while an account syncs; at most one fetcher per account in this process."""
-    return _locks.setdefault((upstream, user), trio.Lock())
+    def lock(self, upstream: str, user: str) -> trio.Lock:
+        return self._locks.setdefault((upstream, user), trio.Lock())
 
 
 # ---- parsing -------------------------------------------------------------------------------------
@@ -115,7 +120,7 @@ def parse_uidl_listing(listing: bytes) -> list[tuple[int, str]]:
         parts = line.split(b" ")
         if len(parts) != 2 or not parts[0].isdigit() or not 1 <= len(parts[1]) <= 70 or any(
                 not 0x21 <= c <= 0x7E for c in parts[1]):
-            raise FetchError("protocol", f"malformed UIDL line {logs.sanitize(line, 80)!r}")
+            raise UpstreamError(Failure.PROTOCOL, f"malformed UIDL line {logs.sanitize(line, 80)!r}")
         uidl = parts[1].decode("ascii")
         if uidl not in seen:
             seen.add(uidl)
@@ -129,7 +134,7 @@ def parse_list_listing(listing: bytes) -> list[int]:
     for line in listing.split(b"\r\n"):
         parts = line.split(b" ")
         if line and (len(parts) < 2 or not parts[0].isdigit()):
-            raise FetchError("protocol", f"malformed LIST line {logs.sanitize(line, 80)!r}")
+            raise UpstreamError(Failure.PROTOCOL, f"malformed LIST line {logs.sanitize(line, 80)!r}")
         if line:
             numbers.append(int(parts[0]))
     return numbers
@@ -184,7 +189,7 @@ class _Ingest:
 
 
 def _unwrap(group: BaseExceptionGroup) -> BaseException:
-    """The one real error of a nursery (FetchError, StoreError...), not an ExceptionGroup."""
+    """The one real error of a nursery (UpstreamError, StoreError...), not an ExceptionGroup."""
     real = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
     return real[0] if len(real) == 1 else group
 
@@ -192,7 +197,7 @@ def _unwrap(group: BaseExceptionGroup) -> BaseException:
 async def _fetch(client: Pop3Client, store: Store, account_id: int,
                  wanted: list[tuple[int, str | None]], known: set[str],
                  progress: ProgressCallback | None, limits: MimeLimits) -> tuple[_Ingest, dict[str, int]]:
-    """RETR and commit `wanted`. On a FetchError the complete bodies already received are
+    """RETR and commit `wanted`. On an UpstreamError the complete bodies already received are
     committed before it propagates; a cancelled sync loses at most the uncommitted batches."""
     send, receive = trio.open_memory_channel(0)
     ingest = _Ingest(store, account_id, progress, len(wanted), send, limits)
@@ -219,7 +224,7 @@ async def _listing(client: Pop3Client) -> tuple[list[tuple[int, str | None]], bo
                     "every message is downloaded on every sync")
     listing = await client.multiline(b"LIST")
     if listing is None:
-        raise FetchError("upstream", "LIST refused")
+        raise UpstreamError(Failure.UPSTREAM, "LIST refused")
     return [(number, None) for number in parse_list_listing(listing)], False
 
 
@@ -308,7 +313,8 @@ async def _retention(client: Pop3Client, store: Store, account_id: int, seconds:
 
 
 async def sync_account(config: Config, store: Store, upstream_name: str, user: str, password: str,
-                       *, progress: ProgressCallback | None = None) -> SyncResult:
+                       *, progress: ProgressCallback | None = None,
+                       locks: AccountLocks | None = None) -> SyncResult:
     """Fetch new messages of `user` from the POP3 side of `upstream_name` into `store`.
 
     Args:
@@ -318,19 +324,20 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
         What this sync did.
 
     Raises:
-        FetchError: connect/TLS/login failed, or the upstream broke the protocol; messages
+        UpstreamError: connect/TLS/login failed, or the upstream broke the protocol; messages
             committed before the failure stay committed.
         StoreError: the store refused (e.g. StoreKeyError).
 
     Resource handling: the connection is closed on every path. At most one sync per account runs
-    in this process (`account_lock`); a second caller waits for the first.
+    among the callers sharing `locks`; a second caller waits for the first.
     """
     upstream = config.upstreams.get(upstream_name)
     if upstream is None:
-        raise FetchError("config", f"unknown upstream {logs.sanitize(upstream_name)!r}")
+        raise UpstreamError(Failure.INTERNAL,
+                            f"unknown upstream {logs.sanitize(upstream_name)!r}")
     retention = config.gateway.retention_seconds if config.gateway else None
     who = log_user(config.logging, user)
-    async with account_lock(upstream_name, user):
+    async with (locks or AccountLocks()).lock(upstream_name, user):
         started = time.monotonic()
         client = await Pop3Client.connect(upstream)
         try:
@@ -344,9 +351,9 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
                                            mime_limits(config))
             present = {u: n for n, u in listing if u is not None} if has_uidl else digests
             deleted = await _retention(client, store, account.id, retention, present, who)
-        except FetchError as exc:
-            logs.event("gateway_sync_failed", logging.WARNING, user=who,
-                       upstream=upstream_name, reason=exc.reason, detail=exc.detail)
+        except UpstreamError as exc:
+            logs.event("gateway_sync_failed", exc.failure.level, user=who,
+                       upstream=upstream_name, reason=exc.failure.label, detail=exc.detail)
             raise
         finally:
             await client.aclose()

@@ -9,15 +9,17 @@ RFC 2595), reads the greeting and CAPA, and hands back a session ready for `logi
 
 * Framing is `proxy.pop3.ResponseParser` (sans-IO, dot-unstuffing on): `send()` tells the
   parser how many replies to expect and whether each is multi-line, so pipelined commands
-  (RFC 2449 6.6) are framed right; `next_event()` feeds it `receive_some()` data until it
-  yields an event.  This module only moves bytes.
+  (RFC 2449 6.6) are framed right; `next_event()` is the session Channel's (receive and feed
+  until the parser yields an event), bounded by `RESPONSE_TIMEOUT`.
 * After STLS, bytes the server sent in clear before the handshake are refused (they must not
   pass for TLS-protected data), and CAPA is asked again (RFC 2595 4).
-* Every failure is a `FetchError(reason)` with a bounded `reason` (`REASONS`) and a sanitized
-  `detail`: connect, tls, auth, protocol (a reply that breaks the framing), truncated (the
-  connection closed inside a multi-line reply), timeout (`RESPONSE_TIMEOUT` per reply) and
-  upstream (a refusal or a lost connection).  A reset while reading is treated like a close,
-  so the parser reports what was cut.
+* Opening the connection (TCP, TLS) is `proxy.session.upstream`, shared with the relay and the
+  health checks, and every failure is that module's `UpstreamError` carrying a
+  `proxy.session.failures.Failure`: connect, tls, auth_rejected, protocol (a reply that breaks
+  the framing), upstream (a refusal, a lost connection, or one closed inside a multi-line reply),
+  timeout (`RESPONSE_TIMEOUT` per reply, `CONNECT_TIMEOUT` to connect) and internal (an upstream
+  with no pop3: section).  `detail` is sanitized and safe to log.  A reset while reading reads
+  as a close (proxy.net.conn), so the parser reports what was cut.
 
 Resource handling: `connect()` closes the stream itself when the session setup fails; after
 that the caller owns the client and must `aclose()` it (`quit()` never raises, it reports
@@ -28,53 +30,20 @@ from __future__ import annotations
 
 import base64
 import logging
-import socket
-import ssl
-from typing import Any
-
-import trio
 
 from .. import logs
-from ..net.tls import client_context
 from ..config import Upstream
+from ..net.conn import Conn
 from ..pop3 import NEED_DATA, ProtocolError, ResponseParser, events, writer
+from ..session.channel import Channel
+from ..session.failures import Failure
+from ..session.upstream import (UpstreamError, built_context, deadline, open_upstream, service,
+                                start_tls)
 
-__all__ = ["CONNECT_TIMEOUT", "RESPONSE_TIMEOUT", "REASONS", "FetchError", "Pop3Client"]
+__all__ = ["CONNECT_TIMEOUT", "RESPONSE_TIMEOUT", "Pop3Client"]
 
 CONNECT_TIMEOUT = 30.0
 RESPONSE_TIMEOUT = 120.0            # per reply; a RETR of a large message is one reply
-RECEIVE_SIZE = 256 * 1024
-
-# FetchError.reason values: a bounded label for logs and metrics.
-REASONS = frozenset({"config", "connect", "tls", "auth", "protocol", "truncated", "timeout",
-                     "upstream"})
-
-
-class FetchError(Exception):
-    """A sync failed; `reason` is one of REASONS, `detail` is safe to log (sanitized, short)."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        assert reason in REASONS, reason
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-# ---- transport ----------------------------------------------------------------------------------
-
-async def _start_tls(stream: trio.abc.Stream, upstream: Upstream) -> trio.SSLStream:
-    tls = trio.SSLStream(stream, client_context(upstream, warn=False),
-                         server_hostname=upstream.server_name or upstream.host)
-    try:
-        with trio.fail_after(CONNECT_TIMEOUT):
-            await tls.do_handshake()
-    except trio.TooSlowError:
-        await trio.aclose_forcefully(stream)
-        raise FetchError("timeout", "TLS handshake timed out") from None
-    except (trio.BrokenResourceError, ssl.SSLError) as exc:
-        await trio.aclose_forcefully(stream)
-        raise FetchError("tls", logs.sanitize(str(exc.__cause__ or exc))) from None
-    return tls
 
 
 def _tempfail(line: events.StatusLine) -> bool:
@@ -84,36 +53,31 @@ def _tempfail(line: events.StatusLine) -> bool:
 
 
 class Pop3Client:
-    """A POP3 client session over one trio stream, framed by `proxy.pop3.ResponseParser`."""
+    """A POP3 client session over one connection, framed by `proxy.pop3.ResponseParser`."""
 
-    def __init__(self, stream: trio.abc.Stream):
-        self.stream = stream
-        self.parser = ResponseParser(unstuff=True)
+    def __init__(self, conn: Conn):
+        self.channel = Channel(conn, ResponseParser(unstuff=True), NEED_DATA)
         self.capabilities: dict[str, list[str]] = {}
 
     @classmethod
     async def connect(cls, upstream: Upstream) -> Pop3Client:
-        service = upstream.pop3
-        if service is None:
-            raise FetchError("config", "upstream has no pop3: section")
-        try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                stream = await trio.open_tcp_stream(upstream.host, service.port)
-        except (OSError, trio.TooSlowError) as exc:
-            raise FetchError("connect", logs.sanitize(str(exc) or type(exc).__name__)) from None
-        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        if service.tls == "implicit":
-            stream = await _start_tls(stream, upstream)
-        client = cls(stream)
+        port = service(upstream, "pop3")
+        tls = port.tls
+        context = await built_context(upstream, port)
+        with deadline(CONNECT_TIMEOUT, "connect"):
+            conn = await open_upstream(upstream, "pop3", context)
+        client = cls(conn)
         try:
             await client.expect_ok("greeting")
             await client.read_capabilities()
-            if service.tls == "starttls":
+            if tls == "starttls":
                 await client.send(writer.command(b"STLS"))
-                await client.expect_ok("STLS", "tls")
-                if client.parser.buffered:   # bytes sent in clear must not pass for TLS-protected
-                    raise FetchError("tls", "unexpected data after the STLS reply")
-                client.stream = await _start_tls(client.stream, upstream)
+                await client.expect_ok("STLS", Failure.TLS)
+                if client.channel.parser.buffered:  # sent in clear: must not pass for TLS-protected
+                    raise UpstreamError(Failure.TLS, "unexpected data after the STLS reply")
+                with deadline(CONNECT_TIMEOUT, "TLS handshake"):
+                    conn.replace_stream(await start_tls(conn.stream, upstream, context))
+                client.channel.parser = ResponseParser(unstuff=True, greeting=False)
                 await client.read_capabilities()   # RFC 2595 4: forget what was said in clear
         except BaseException:
             await client.aclose()
@@ -121,53 +85,42 @@ class Pop3Client:
         return client
 
     async def aclose(self) -> None:
-        await trio.aclose_forcefully(self.stream)
+        await self.channel.conn.aclose()
 
     async def send(self, data: bytes, multiline: bool = False, count: int = 1) -> None:
         """Write `count` commands at once (`data` holds all of them), all framed alike."""
         for _ in range(count):
-            self.parser.expect(multiline)
-        try:
-            await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise FetchError("upstream", f"connection lost while sending: {type(exc).__name__}") from None
+            self.channel.parser.expect(multiline)
+        if not await self.channel.send(data):
+            raise UpstreamError(Failure.UPSTREAM, "connection lost while sending")
 
-    async def next_event(self) -> Any:
-        while True:
-            try:
-                event = self.parser.next_event()
-            except ProtocolError as exc:
-                raise FetchError("protocol", f"{exc.kind}: {exc}") from None
-            if event is not NEED_DATA:
-                return event
-            try:
-                with trio.fail_after(RESPONSE_TIMEOUT):
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-            except trio.TooSlowError:
-                raise FetchError("timeout", f"no reply within {RESPONSE_TIMEOUT:.0f}s") from None
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                data = b""   # treat a reset like a close: the parser reports what was cut
-                logs.event("gateway_fetch_connection_lost", logging.DEBUG, error=type(exc).__name__)
-            self.parser.receive_data(data)
+    async def next_event(self) -> object:
+        try:
+            with deadline(RESPONSE_TIMEOUT, "reply"):
+                return await self.channel.next_event()
+        except ProtocolError as exc:
+            raise UpstreamError(Failure.PROTOCOL, f"{exc.kind}: {exc}") from None
 
     async def status(self, what: str) -> events.StatusLine:
         event = await self.next_event()
         if isinstance(event, events.ConnectionClosed):
-            raise FetchError("upstream", f"connection closed awaiting the reply to {what}")
+            raise UpstreamError(Failure.UPSTREAM, f"connection closed awaiting the reply to {what}")
         if not isinstance(event, events.StatusLine):
-            raise FetchError("protocol", f"unexpected {type(event).__name__} in reply to {what}")
+            raise UpstreamError(Failure.PROTOCOL,
+                                f"unexpected {type(event).__name__} in reply to {what}")
         return event
 
-    async def expect_ok(self, what: str, reason: str = "upstream") -> events.StatusLine:
+    async def expect_ok(self, what: str,
+                        failure: Failure = Failure.UPSTREAM) -> events.StatusLine:
         line = await self.status(what)
         if not line.ok:
-            if reason == "auth" and _tempfail(line):  # RFC 3206: busy, not a wrong password
-                reason = "upstream"
-            raise FetchError(reason, f"{what} refused: {logs.sanitize(line.text)}")
+            if failure is Failure.AUTH_REJECTED and _tempfail(line):  # RFC 3206: busy, not wrong
+                failure = Failure.AUTH_TEMPFAIL
+            raise UpstreamError(failure, f"{what} refused: {logs.sanitize(line.text)}")
         return line
 
     async def body(self, what: str) -> bytes:
-        """The rest of a multi-line reply whose +OK was read; FetchError if it is cut short."""
+        """The rest of a multi-line reply whose +OK was read; UpstreamError if it is cut short."""
         chunks = []
         while True:
             event = await self.next_event()
@@ -176,10 +129,11 @@ class Pop3Client:
             elif isinstance(event, events.MultilineEnd):
                 return b"".join(chunks)
             elif isinstance(event, events.ConnectionClosed):
-                raise FetchError("truncated", f"connection closed inside the reply to {what}")
+                raise UpstreamError(Failure.UPSTREAM,
+                                    f"connection closed inside the reply to {what} (truncated)")
             else:
-                raise FetchError("protocol", f"unexpected {type(event).__name__} inside {what}")
-
+                raise UpstreamError(Failure.PROTOCOL,
+                                    f"unexpected {type(event).__name__} inside {what}")
     async def multiline(self, name: bytes, *args: bytes) -> bytes | None:
         """Send a multi-line command; its body, or None on -ERR."""
         await self.send(writer.command(name, *args), multiline=True)
@@ -197,19 +151,21 @@ class Pop3Client:
 
     async def login(self, user: str, password: str) -> None:
         if any(c in user + password for c in "\r\n\0"):
-            raise FetchError("auth", "user name or password contains CR, LF or NUL")
+            raise UpstreamError(Failure.AUTH_REJECTED,
+                                "user name or password contains CR, LF or NUL")
         sasl = [m.upper() for m in self.capabilities.get("SASL", [])]
         if "USER" in self.capabilities or not self.capabilities or "PLAIN" not in sasl:
             await self.send(writer.command(b"USER", user.encode()))
-            await self.expect_ok("USER", "auth")
+            await self.expect_ok("USER", Failure.AUTH_REJECTED)
             await self.send(writer.command(b"PASS", password.encode()))
-            await self.expect_ok("PASS", "auth")
+            await self.expect_ok("PASS", Failure.AUTH_REJECTED)
             return
         token = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode())
         await self.send(writer.command(b"AUTH", b"PLAIN", token))   # RFC 5034 initial response
         line = await self.status("AUTH")
         if not line.ok:
-            raise FetchError("upstream" if _tempfail(line) else "auth", "AUTH PLAIN refused")
+            raise UpstreamError(Failure.AUTH_TEMPFAIL if _tempfail(line) else Failure.AUTH_REJECTED,
+                                "AUTH PLAIN refused")
 
     @property
     def pipelining(self) -> bool:
@@ -220,7 +176,7 @@ class Pop3Client:
         try:
             await self.send(writer.command(b"QUIT"))
             return (await self.status("QUIT")).ok
-        except FetchError as exc:
-            logs.event("gateway_fetch_quit_failed", logging.WARNING, reason=exc.reason,
+        except UpstreamError as exc:
+            logs.event("gateway_fetch_quit_failed", logging.WARNING, reason=exc.failure.label,
                        detail=exc.detail)
             return False

@@ -6,21 +6,23 @@ One `GatewayService` per process (`async with open_gateway(config, metrics) as s
 the store, one notification `Hub` per account, the MIME/body caches, the login checker and one
 `AccountFetcher` per account. `handle(session, conn)` runs one client connection:
 
-    greeting + pre-login dialogue (the relay's ImapFront: CAPABILITY, ID, STARTTLS, LOGIN,
-    AUTHENTICATE PLAIN/LOGIN, budgets, login timeout)
-    -> password checked against the route's POP3 upstream (auth.Authenticator)
+    greeting + pre-login dialogue (session.ImapFront, as for the relay: CAPABILITY, ID,
+    STARTTLS, LOGIN, AUTHENTICATE PLAIN/LOGIN, budgets, login timeout)
+    -> session.login.log_in (routing, auth-failure throttling, auth metrics, as for the relay)
+       with the password checked against the route's POP3 upstream (auth.Authenticator)
     -> the account's fetcher syncs once (the login waits for it, at most LOGIN_SYNC_WAIT)
     -> imapd.ImapSession until LOGOUT/EOF/drain
 
 While at least one session of an account is open (always, with `gateway.background_poll`, for
 accounts whose password is stored encrypted: that needs `gateway.key_file`), its fetcher syncs every
 `gateway.poll_interval` (one fetcher per account; `fetcher.sync_account` also holds a per-account
-lock). After a sync that stored new mail, it publishes the new INBOX tail on the account's hub,
+lock, `AccountLocks`). After a sync that stored new mail, it publishes the new INBOX tail on the account's hub,
 so IDLE sessions see it at once. The password is kept in memory only while sessions are open.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -29,34 +31,26 @@ from typing import AsyncIterator
 import trio
 
 from .. import logs
-from ..config import Config
+from ..config import Config, Upstream
 from ..imap import writer
 from ..metrics import Metrics
 from ..net.conn import Conn
 from ..session.context import CloseSession, Session, drain_guard
-from ..session.imap_front import ImapFront
-from ..session.routing import log_user, route
+from ..session.failures import Failure
+from ..session.imap_front import ImapFront, LoginRequest
+from ..session.login import Attempt, log_in
+from ..session.routing import log_user
+from ..session.sasl import Credentials
+from ..session.upstream import UpstreamError
 from ..store import Account, Store, StoreError, load_key_ring, open_store
-from .auth import Authenticator, AuthResult
-from .fetcher import FetchError, mime_limits, sync_account
+from .auth import Authenticator
+from .fetcher import AccountLocks, mime_limits, sync_account
 from .imapd import CAPABILITIES, Backend, BodyCache, Hub, ImapSession, MimeCache
 from .users import canonical_user
 
 LOGIN_SYNC_WAIT = 10.0   # seconds a login waits for its account's first sync
-REPLY_AUTH_FAILED = (b"AUTHENTICATIONFAILED", b"Authentication failed.")
-REPLY_UNAVAILABLE = (b"UNAVAILABLE", b"Server unavailable, try again later.")
-
-
-PRELOGIN_NOT = frozenset({b"COMPRESS=DEFLATE"})   # advertised after login only
-
-
-class GatewayFront(ImapFront):
-    """The relay's pre-login dialogue, advertising the gateway's capabilities."""
-
-    def capabilities(self) -> bytes:
-        # COMPRESS only once logged in (as Dovecot): this front does not compress (RFC 4978)
-        base = super().capabilities().split()
-        return b" ".join(base + [c for c in CAPABILITIES if c not in base and c not in PRELOGIN_NOT])
+# COMPRESS only once logged in (as Dovecot): the pre-login front does not compress (RFC 4978).
+PRELOGIN_CAPABILITIES = tuple(c for c in CAPABILITIES if c != b"COMPRESS=DEFLATE")
 
 
 class AccountFetcher:
@@ -95,7 +89,7 @@ class AccountFetcher:
         metrics = service.metrics
         try:
             result = await sync_account(service.config, service.store, self.upstream, self.user,
-                                        self.password)
+                                        self.password, locks=service.sync_locks)
             self.last_success = time.time()
             metrics.gateway_syncs.labels("ok").inc()
             metrics.gateway_sync_duration.observe(result.duration)
@@ -110,8 +104,8 @@ class AccountFetcher:
                     backend = service.backend(account)
                     snapshot = await backend.index.latest(service.store, inbox.id)
                     backend.hub.appended(inbox.id, snapshot.metas)
-        except (FetchError, StoreError) as exc:   # logged by the fetcher; retried next poll
-            reason = exc.reason if isinstance(exc, FetchError) else "store"
+        except (UpstreamError, StoreError) as exc:   # logged by the fetcher; retried next poll
+            reason = exc.failure.label if isinstance(exc, UpstreamError) else "store"
             metrics.gateway_syncs.labels(reason).inc()
             metrics.gateway_ingest_errors.labels(reason).inc()
             logs.event("gateway_poll_failed", logging.WARNING, upstream=self.upstream,
@@ -136,9 +130,9 @@ class GatewayService:
         self.mime = MimeCache(BodyCache(), limits=mime_limits(config))
         self._backends: dict[int, Backend] = {}
         self._fetchers: dict[tuple[str, str], AccountFetcher] = {}
-        publish = getattr(metrics, "publish_sync_ages", None)
-        if publish is not None:
-            publish(lambda: [f.last_success for f in self._fetchers.values()], time.time)
+        self.sync_locks = AccountLocks()
+        metrics.publish_sync_ages(lambda: [f.last_success for f in self._fetchers.values()],
+                                  time.time)
 
     def backend(self, account: Account) -> Backend:
         backend = self._backends.get(account.id)
@@ -156,7 +150,7 @@ class GatewayService:
     async def handle(self, session: Session, conn: Conn) -> None:
         """Run one client connection to its end. Never raises for anything the client or the
         upstream does; the caller closes `conn` and logs the session end."""
-        front = GatewayFront(session, conn)
+        front = ImapFront(session, conn, PRELOGIN_CAPABILITIES)
         login: tuple[Account, AccountFetcher] | None = None
         try:
             async with drain_guard(session, conn, b"* BYE Server shutting down.\r\n"):
@@ -164,43 +158,42 @@ class GatewayService:
                     await front.greet()
                     login = await self._login(session, front)
             if login is None:
-                if login_scope.cancelled_caught and session.close_reason != "shutdown":
-                    session.runtime.metrics.limit_hits.labels("login_timeout").inc()
+                if login_scope.cancelled_caught and session.close_reason is not Close.SHUTDOWN:
                     await conn.send(b"* BYE Login timeout.\r\n")
-                    session.close_reason = "login_timeout"
+                    session.end(Close.LOGIN_TIMEOUT)
                 return
             account, fetcher = login
             imap = ImapSession(session, conn, self.backend(account), account,
-                               front.parser.take_unconsumed())
+                               front.take_unconsumed())
             await imap.run()
         except CloseSession as exc:
-            session.close_reason = exc.reason
+            session.end(exc.reason)
         finally:
             if login is not None:
                 self._detach(login[1])
 
-    async def _login(self, session: Session, front: GatewayFront) -> tuple[Account, AccountFetcher]:
-        metrics = session.runtime.metrics
+    async def _check(self, session: Session, creds: Credentials, name: str,
+                     upstream: Upstream) -> tuple[str | Failure, bytes]:
+        """The gateway's login Attempt: the password against the route's POP3 server."""
+        if upstream.pop3 is None:
+            return Failure.AUTH_REJECTED, b"route has no pop3 upstream"
+        failure = await self.auth.verify(name, upstream, creds.user, creds.password)
+        return (name if failure is None else failure), b""
+
+    async def _login(self, session: Session, front: ImapFront) -> tuple[Account, AccountFetcher]:
+        attempt = Attempt("imap", "gateway", self._check)
         while True:
-            request = await front.next_login()
+            request: LoginRequest = await front.next_login()
             creds = request.credentials
-            user = canonical_user(creds.user, self.config.gateway.user_case)   # one account
-            session.user = user
-            target = route(self.config, user)
-            if target is None or target[1].pop3 is None:
-                result = AuthResult.FAILED
-            else:
-                result = await self.auth.verify(target[0], target[1], user, creds.password)
-            metrics.auth_attempts.labels("imap", creds.mechanism, result.value).inc()
-            logs.event("auth", **session.log_fields(), upstream=target[0] if target else "-",
-                       result=result.value, mechanism=creds.mechanism, mode="gateway")
-            if result is AuthResult.OK:
+            creds = dataclasses.replace(   # case variants of a name are one account
+                creds, user=canonical_user(creds.user, self.config.gateway.user_case))
+            outcome = await log_in(session, creds, attempt)
+            if not isinstance(outcome, Failure):
                 break
-            code, text = REPLY_UNAVAILABLE if result is AuthResult.UNAVAILABLE else REPLY_AUTH_FAILED
-            await front.auth_failed(request.tag, writer.tagged(request.tag, b"NO", text, code))
-        session.upstream = target[0]
-        account = await self.store.ensure_account(target[0], user)
-        fetcher = self.fetcher(target[0], user)
+            await front.auth_failed(request.tag, outcome)
+        upstream_name = outcome
+        account = await self.store.ensure_account(upstream_name, creds.user)
+        fetcher = self.fetcher(upstream_name, creds.user)
         fetcher.sessions += 1
         fetcher.password = creds.password.decode("utf-8")
         self._gauge(+1)

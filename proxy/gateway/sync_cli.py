@@ -67,7 +67,8 @@ def run_cli(args: argparse.Namespace) -> int:
 
     from .. import config as config_mod
     from ..store import StoreError, load_key_ring, open_store
-    from .fetcher import FetchError, SyncResult, sync_account
+    from ..session.upstream import UpstreamError
+    from .fetcher import SyncResult, sync_account
     from .users import canonical_user
 
     try:
@@ -104,7 +105,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
     try:
         result = trio.run(main)
-    except (FetchError, StoreError) as exc:
+    except (UpstreamError, StoreError) as exc:
         if bar:
             bar.finish()
         print(f"sync failed: {exc}", file=sys.stderr)

@@ -48,11 +48,12 @@ class Conn:
         """Up to RECEIVE_SIZE bytes; b"" once the peer has closed or the stream broke."""
         if self.closed:
             return b""
+        fd = self._fd
         try:
-            if self._fd is not None:
-                data = await self._receive_fast()
+            if fd is not None:
+                data = await self._receive_fast(fd)
             else:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
+                data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
         except _GONE:
             data = b""
         if not data:
@@ -60,13 +61,13 @@ class Conn:
         self.bytes_in += len(data)
         return data
 
-    async def _receive_fast(self) -> bytes:
+    async def _receive_fast(self, fd: int) -> bytes:
         await self._maybe_checkpoint()
         while True:
             try:
-                data = os.read(self._fd, self._size)
+                data = os.read(fd, self._size)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(self._fd)
+                await trio.lowlevel.wait_readable(fd)
                 continue
             # Read size follows the traffic: bulk transfers get large reads (fewer system calls
             # and sends), small commands small buffers.
@@ -83,9 +84,10 @@ class Conn:
         if self.closed:
             return False
         self._sending = True
+        fd = self._fd
         try:
-            if self._fd is not None:
-                await self._send_fast(data)
+            if fd is not None:
+                await self._send_fast(fd, data)
             else:
                 await self.stream.send_all(data)
         except _GONE:
@@ -98,14 +100,14 @@ class Conn:
         self.bytes_out += len(data)
         return True
 
-    async def _send_fast(self, data: bytes | bytearray | memoryview) -> None:
+    async def _send_fast(self, fd: int, data: bytes | bytearray | memoryview) -> None:
         await self._maybe_checkpoint()
         view = memoryview(data)
         while view:
             try:
-                view = view[os.write(self._fd, view):]
+                view = view[os.write(fd, view):]
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(self._fd)
+                await trio.lowlevel.wait_writable(fd)
 
     async def _maybe_checkpoint(self) -> None:
         self._ops += 1
@@ -165,24 +167,22 @@ class PrefixedStream(trio.abc.Stream):
         self.transport_stream = stream
         self._prefix = prefix
 
-    @property
-    def socket(self):
-        return self.transport_stream.socket
-
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._prefix:
             data, self._prefix = self._prefix, b""
             return data
-        return await self.transport_stream.receive_some(max_bytes)
+        return bytes(await self.transport_stream.receive_some(max_bytes))
 
-    async def send_all(self, data) -> None:
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.transport_stream.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport_stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        await self.transport_stream.send_eof()
+        send_eof = getattr(self.transport_stream, "send_eof", None)  # HalfCloseableStream only
+        if send_eof is not None:
+            await send_eof()
 
     async def aclose(self) -> None:
         await self.transport_stream.aclose()

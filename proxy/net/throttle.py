@@ -84,7 +84,7 @@ class Throttle:
             self._failures.popitem(last=False)
         if len(self._blocked) > MAX_RECORDS:
             self._blocked = {k: v for k, v in self._blocked.items() if v > now}
-        return min(self.config.base_delay * 2 ** (worst - 1), self.config.max_delay)
+        return float(min(self.config.base_delay * 2 ** (worst - 1), self.config.max_delay))
 
     def success(self, user: str, ip: str | None = None) -> None:
         self._failures.pop(("user", user.lower()), None)

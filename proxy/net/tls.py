@@ -48,7 +48,7 @@ import logging
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import trio
 from cryptography import x509
@@ -290,7 +290,7 @@ class _HelloRecorder(trio.abc.Stream):
         await self.transport_stream.aclose()
 
 
-def check_alpn(tls: trio.SSLStream | ssl.SSLObject, protocol: str,
+def check_alpn(tls: "trio.SSLStream[trio.abc.Stream] | ssl.SSLObject", protocol: str,
                offered: tuple[bytes, ...] | None = None) -> bool:
     """ALPACA check after a server handshake: may this connection speak `protocol`?
 
@@ -310,22 +310,24 @@ def check_alpn(tls: trio.SSLStream | ssl.SSLObject, protocol: str,
     return not offered
 
 
-async def server_handshake(stream: trio.abc.Stream, server_tls: ServerTLS, protocol: str,
-                           timeout: float) -> trio.SSLStream:
+async def server_handshake(stream: trio.abc.Stream, server_tls: ServerTLS,
+                           protocol: str) -> trio.SSLStream[trio.abc.Stream]:
     """Run the server side of a TLS handshake on `stream` (implicit TLS, or after STARTTLS/STLS).
 
     Args:
       stream: the client connection; nothing may be buffered from it (see the STARTTLS rule).
       server_tls: the listener's contexts; protocol: "imap" or "pop3", checked against ALPN.
-      timeout: seconds for the whole handshake.
+      No timeout of its own: the caller bounds the handshake with a cancel scope (and counts an
+      expiry as the reason "timeout").
 
     Returns: the SSLStream (its `transport_stream` is a pass-through recorder over `stream`).
-    Raises: TLSHandshakeError with reason "handshake_failed", "timeout" or "alpn_refused".
+    Raises: TLSHandshakeError with reason "handshake_failed" or "alpn_refused".
     Resource handling: `stream` is never closed here; on error the caller closes it.
     """
     recorder = _HelloRecorder(stream)
-    tls = trio.SSLStream(recorder, server_tls.context, server_side=True, https_compatible=False)
-    await _handshake(tls, timeout)
+    tls: trio.SSLStream[trio.abc.Stream] = trio.SSLStream(
+        recorder, server_tls.context, server_side=True, https_compatible=False)
+    await _handshake(tls)
     if not check_alpn(tls, protocol):
         offered = b",".join(recorder.alpn_offered or ()) or b"unreadable ClientHello"
         raise TLSHandshakeError("alpn_refused",
@@ -333,12 +335,12 @@ async def server_handshake(stream: trio.abc.Stream, server_tls: ServerTLS, proto
     return tls
 
 
-async def _handshake(tls: trio.SSLStream, timeout: float) -> None:
+_E = TypeVar("_E", bound=BaseException)
+
+
+async def _handshake(tls: trio.SSLStream[trio.abc.Stream]) -> None:
     try:
-        with trio.fail_after(timeout):
-            await tls.do_handshake()
-    except trio.TooSlowError:
-        raise TLSHandshakeError("timeout", f"no TLS handshake within {timeout:g}s") from None
+        await tls.do_handshake()
     except trio.BrokenResourceError as exc:
         verify = _find_cause(exc, ssl.SSLCertVerificationError)
         if verify is not None:
@@ -348,7 +350,7 @@ async def _handshake(tls: trio.SSLStream, timeout: float) -> None:
         raise TLSHandshakeError("handshake_failed", _describe(exc)) from exc
 
 
-def _find_cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+def _find_cause(exc: BaseException, kind: type[_E]) -> _E | None:
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -360,10 +362,10 @@ def _find_cause(exc: BaseException, kind: type[BaseException]) -> BaseException 
 
 
 def _describe(exc: BaseException) -> str:
-    cause = _find_cause(exc, ssl.SSLError)
-    if isinstance(cause, ssl.SSLError):
-        return logs.sanitize(cause.reason or cause.strerror or type(cause).__name__)
-    cause = _find_cause(exc, OSError) or exc.__cause__
+    ssl_error = _find_cause(exc, ssl.SSLError)
+    if ssl_error is not None:
+        return logs.sanitize(ssl_error.reason or ssl_error.strerror or type(ssl_error).__name__)
+    cause: BaseException | None = _find_cause(exc, OSError) or exc.__cause__
     if cause is None:
         return "connection closed during the handshake"
     return logs.sanitize(f"{type(cause).__name__}: {cause}")
@@ -426,17 +428,18 @@ class UpstreamTLS:
         return upstream.server_name or upstream.host
 
 
-async def client_handshake(stream: trio.abc.Stream, context: ssl.SSLContext, server_name: str,
-                           timeout: float) -> trio.SSLStream:
+async def client_handshake(stream: trio.abc.Stream, context: ssl.SSLContext,
+                           server_name: str) -> trio.SSLStream[trio.abc.Stream]:
     """Run the client side of a TLS handshake with an upstream on `stream`.
 
     Args: `server_name` is sent as SNI and checked against the certificate (when the context
     checks host names); an IP address is matched against IP SANs and not sent as SNI.
     Returns: the SSLStream over `stream`.
-    Raises: TLSHandshakeError with reason "verify_failed" (unknown CA, wrong host name, expired...),
-    "handshake_failed" or "timeout"; `detail` says why, safe to log.
+    Raises: TLSHandshakeError with reason "verify_failed" (unknown CA, wrong host name, expired...)
+    or "handshake_failed"; `detail` says why, safe to log. No timeout of its own: the caller's
+    cancel scope bounds it.
     Resource handling: `stream` is never closed here; on error the caller closes it.
     """
     tls = trio.SSLStream(stream, context, server_hostname=server_name, https_compatible=False)
-    await _handshake(tls, timeout)
+    await _handshake(tls)
     return tls

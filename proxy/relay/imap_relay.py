@@ -25,15 +25,16 @@ from .. import logs
 from ..imap import CommandParser, Limits, NEED_DATA, ProtocolError, ResponseParser, events
 from ..metrics import command_label
 from ..net.conn import Conn
+from ..session.channel import Channel
 from ..session.context import ByteCounter, CommandMeter, Session, wait_idle
+from ..session.failures import Close
 from .imap_upstream import UpstreamIMAP, upstream_limits
 
 
 class ImapRelay:
     def __init__(self, session: Session, client: Conn, client_leftover: bytes,
-                 upstream: UpstreamIMAP, upstream_leftover: bytes):
+                 upstream: UpstreamIMAP):
         self.session = session
-        self.client = client
         self.upstream = upstream
         lim = session.listener.limits
         literal_plus = upstream.has(b"LITERAL+")
@@ -41,13 +42,13 @@ class ImapRelay:
             max_line=lim.max_line, max_literal=lim.max_literal, max_depth=lim.max_depth,
             max_nonsync_literal=lim.max_literal if literal_plus else lim.max_nonsync_literal,
             max_id_line=lim.id_line_length))   # RFC 2971 3.3
-        if client_leftover:  # b"" would mean EOF
-            self.client_parser.receive_data(client_leftover)
+        self.client = Channel(client, self.client_parser, NEED_DATA, client_leftover)
         self._client_leftover = client_leftover
+        # The login's parser may hold the start of what follows the login reply.
+        self._upstream_leftover = upstream.channel.parser.take_unconsumed()
         self.upstream_parser = ResponseParser(upstream_limits())
-        if upstream_leftover:
-            self.upstream_parser.receive_data(upstream_leftover)
-        self._upstream_leftover = upstream_leftover
+        self.upstream_in = Channel(upstream.conn, self.upstream_parser, NEED_DATA,
+                                   self._upstream_leftover)
         self.logout_seen = False
         self.draining = False
         self.pending: dict[bytes, tuple[str, float]] = {}
@@ -89,7 +90,7 @@ class ImapRelay:
         if set(self.pending) - {self.idle_tag} or not self.upstream_parser.at_boundary:
             return
         await self._last_words(b"* BYE Server shutting down.\r\n")
-        self.session.close_reason = "shutdown"
+        self.session.close_reason = Close.SHUTDOWN
         self._cancel.cancel()
 
     async def _last_words(self, line: bytes) -> None:
@@ -109,9 +110,9 @@ class ImapRelay:
                 data = await self.client.receive()
                 self.last_active = trio.current_time()
                 if not data:
-                    self.session.close_reason = "client_closed"
+                    self.session.close_reason = Close.CLIENT_CLOSED
                     return
-                self.client_parser.receive_data(data)
+                self.client.feed(data)
                 if not await self._client_events():
                     return
                 if not await self._forward_up(data):
@@ -125,13 +126,14 @@ class ImapRelay:
         timeouts = self.session.listener.timeouts
         await wait_idle(lambda: self.last_active + (
             timeouts.idle_command if self.idle_tag else timeouts.idle))
-        await self._autologout()
+        await self._last_words(b"* BYE Autologout; idle for too long.\r\n")
+        self.session.end(Close.IDLE_TIMEOUT)
         self._cancel.cancel()
 
     async def _forward_up(self, data: bytes) -> bool:
         self._bytes_up.add(len(data))
         if not await self.upstream.conn.send(data):
-            self.session.close_reason = "upstream_closed"
+            self.session.close_reason = Close.UPSTREAM_CLOSED
             return False
         return True
 
@@ -178,22 +180,16 @@ class ImapRelay:
             self.pending[parts[0]] = (command_label("imap", name), time.monotonic())
 
     async def _client_protocol_error(self, exc: ProtocolError) -> None:
-        metrics = self.session.runtime.metrics
-        metrics.protocol_errors.labels("imap", exc.kind).inc()
+        self.session.runtime.metrics.protocol_errors.labels("imap", exc.kind).inc()
         if exc.kind in ("line_too_long", "literal_too_big", "nonsync_literal_too_big"):
-            metrics.limit_hits.labels("line_length" if exc.kind == "line_too_long"
-                                      else "literal_size").inc()
+            self.session.limit_hit("line_length" if exc.kind == "line_too_long"
+                                   else "literal_size")
         logs.event("client_protocol_error", **self.session.log_fields(), kind=exc.kind)
         # Part of the offending command may already be upstream, so the session cannot go on.
         await self._last_words(exc.reply())
         if not exc.fatal:  # a fatal error's reply is already an untagged BYE
             await self._last_words(b"* BYE Protocol error, closing.\r\n")
-        self.session.close_reason = "protocol_error"
-
-    async def _autologout(self) -> None:
-        self.session.runtime.metrics.limit_hits.labels("idle_timeout").inc()
-        await self._last_words(b"* BYE Autologout; idle for too long.\r\n")
-        self.session.close_reason = "idle_timeout"
+        self.session.close_reason = Close.PROTOCOL_ERROR
 
     # -- upstream -> client ------------------------------------------------------------------
     async def _upstream_to_client(self, cancel: trio.CancelScope) -> None:
@@ -202,21 +198,21 @@ class ImapRelay:
             data = self._upstream_leftover
             while True:  # forward first, then look: parsing never delays the bytes
                 if not await self._forward_down(data):
-                    self.session.close_reason = "client_closed"
+                    self.session.close_reason = Close.CLIENT_CLOSED
                     return
                 if not self._upstream_events(parser):
                     await self.client.send(b"* BYE Upstream protocol error.\r\n")
-                    self.session.close_reason = "upstream_protocol_error"
+                    self.session.close_reason = Close.UPSTREAM_PROTOCOL_ERROR
                     return
                 await self._bye_if_at_rest()
-                data = await self.upstream.conn.receive()
+                data = await self.upstream_in.receive()
                 if self.pending and not self.idle_tag:  # answering a command is activity
                     self.last_active = trio.current_time()
                 if not data:
-                    self.session.close_reason = ("client_logout" if self.logout_seen
-                                                 else "upstream_closed")
+                    self.session.close_reason = (Close.CLIENT_LOGOUT if self.logout_seen
+                                                 else Close.UPSTREAM_CLOSED)
                     return
-                parser.receive_data(data)
+                self.upstream_in.feed(data)  # parsed once forwarded, at the top of the loop
         finally:
             cancel.cancel()
 
@@ -226,7 +222,7 @@ class ImapRelay:
         self._bytes_down.add(len(data))
         return await self.client.send(data)
 
-    def _upstream_events(self, parser) -> bool:
+    def _upstream_events(self, parser: ResponseParser) -> bool:
         while True:
             try:
                 event = parser.next_event()

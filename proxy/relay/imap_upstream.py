@@ -15,16 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import trio
-
 from ..config import Upstream
-from ..session.failures import Failure
-from ..imap import NEED_DATA, ProtocolError, ResponseParser, events, writer
+from ..imap import NEED_DATA, Limits, ProtocolError, ResponseParser, events, writer
 from ..net.conn import Conn
+from ..session.channel import Channel
 from ..session.context import Session
+from ..session.failures import Failure
+from ..session.login import dial
 from ..session.sasl import Credentials, encode_plain
 from ..session.starttls import upgrade_upstream
-from ..session.upstream import UpstreamError, open_upstream, service
+from ..session.upstream import UpstreamError, deadline, service
 
 # What the proxy cannot relay, or must not offer after login (RFC 3501 7.2.1; COMPRESS would hide
 # every later command from the parser, STARTTLS/AUTH make no sense after login).
@@ -34,12 +34,23 @@ _DROPPED_PREFIXES = (b"AUTH=", b"COMPRESS=", b"STARTTLS", b"LOGINDISABLED", b"SA
 UPSTREAM_LIMITS_LINE = 64 * 1024 * 1024  # a long SEARCH result is one line
 
 
+def upstream_limits() -> Limits:
+    return Limits(max_line=UPSTREAM_LIMITS_LINE, max_literal=2**62, max_nonsync_literal=2**62)
+
+
 @dataclass
 class UpstreamIMAP:
-    conn: Conn
-    parser: ResponseParser
+    channel: Channel[ResponseParser]
     capabilities: tuple[bytes, ...] = ()
     tag_counter: int = 0
+
+    @classmethod
+    def over(cls, conn: Conn) -> UpstreamIMAP:
+        return cls(Channel(conn, ResponseParser(upstream_limits()), NEED_DATA))
+
+    @property
+    def conn(self) -> Conn:
+        return self.channel.conn
 
     def next_tag(self) -> bytes:
         self.tag_counter += 1
@@ -58,38 +69,31 @@ def relayable(capabilities: tuple[bytes, ...]) -> tuple[bytes, ...]:
     return tuple(c for c in capabilities if not c.upper().startswith(_DROPPED_PREFIXES))
 
 
-async def next_response(up: UpstreamIMAP, timeout: float):
-    """The next complete response event. Raises UpstreamError on EOF, garbage or timeout."""
-    with trio.move_on_after(timeout) as scope:
-        while True:
-            try:
-                event = up.parser.next_event()
-            except ProtocolError as exc:
-                raise UpstreamError(Failure.PROTOCOL, f"bad response: {exc.text}") from None
-            if event is NEED_DATA:
-                data = await up.conn.receive()
-                up.parser.receive_data(data)
-                continue
-            if isinstance(event, events.ConnectionClosed):
-                raise UpstreamError(Failure.UPSTREAM, "connection closed by upstream")
-            if isinstance(event, (events.LiteralStart, events.LiteralData)):
-                continue  # literals before login carry nothing we need
-            return event
-    assert scope.cancelled_caught
-    raise UpstreamError(Failure.TIMEOUT, f"no response within {timeout:g}s")
+async def next_response(up: UpstreamIMAP) -> object:
+    """The next complete response event (literals skipped). Raises UpstreamError on EOF or
+    garbage; bounded by the caller's deadline()."""
+    while True:
+        try:
+            event = await up.channel.next_event()
+        except ProtocolError as exc:
+            raise UpstreamError(Failure.PROTOCOL, f"bad response: {exc.text}") from None
+        if isinstance(event, events.ConnectionClosed):
+            raise UpstreamError(Failure.UPSTREAM, "connection closed by upstream")
+        if not isinstance(event, (events.LiteralStart, events.LiteralData)):
+            return event  # literals before login carry nothing we need
 
 
-async def command(up: UpstreamIMAP, line: bytes, timeout: float) -> events.TaggedResponse:
+async def command(up: UpstreamIMAP, line: bytes) -> events.TaggedResponse:
     """Send one tagged command (the caller built `line` with up.next_tag()) and wait for its
     completion, keeping untagged CAPABILITY data."""
     tag = line.split(b" ", 1)[0]
     await up.conn.send(line)
-    return await wait_tagged(up, tag, timeout)
+    return await wait_tagged(up, tag)
 
 
-async def wait_tagged(up: UpstreamIMAP, tag: bytes, timeout: float) -> events.TaggedResponse:
+async def wait_tagged(up: UpstreamIMAP, tag: bytes) -> events.TaggedResponse:
     while True:
-        event = await next_response(up, timeout)
+        event = await next_response(up)
         if isinstance(event, events.TaggedResponse) and event.tag == tag:
             if event.code == b"CAPABILITY" and event.code_args:
                 up.capabilities = capabilities_from(event.code_args)
@@ -106,33 +110,24 @@ async def wait_tagged(up: UpstreamIMAP, tag: bytes, timeout: float) -> events.Ta
 
 async def connect(session: Session, name: str, upstream: Upstream) -> UpstreamIMAP:
     """Connect, read the greeting, STARTTLS if configured, re-read capabilities."""
-    conn = await open_upstream(session, name, upstream, "imap")
-    up = UpstreamIMAP(conn, ResponseParser(upstream_limits()))
+    up = UpstreamIMAP.over(await dial(session, name, upstream))
+    timeouts = session.listener.timeouts
     try:
-        await _greeting(session, up, service(upstream, "imap").tls != "none")
-        if service(upstream, "imap").tls == "starttls":
-            await _starttls(session, name, up)
-        if not up.capabilities:
-            await command(up, b"%s CAPABILITY\r\n" % up.next_tag(), _timeout(session))
+        with deadline(timeouts.upstream_connect, "greeting"):
+            await _greeting(up, service(upstream, "imap").tls != "none")
+        with deadline(timeouts.upstream_response, "capabilities"):
+            if service(upstream, "imap").tls == "starttls":
+                await _starttls(session, name, up)
+            if not up.capabilities:
+                await command(up, b"%s CAPABILITY\r\n" % up.next_tag())
         return up
     except BaseException:
-        await conn.aclose()
+        await up.conn.aclose()
         raise
 
 
-def upstream_limits():
-    from ..imap import Limits
-
-    return Limits(max_line=UPSTREAM_LIMITS_LINE, max_literal=2**62,
-                  max_nonsync_literal=2**62)
-
-
-def _timeout(session: Session) -> float:
-    return session.listener.timeouts.upstream_response
-
-
-async def _greeting(session: Session, up: UpstreamIMAP, tls_required: bool) -> None:
-    event = await next_response(up, session.listener.timeouts.upstream_connect)
+async def _greeting(up: UpstreamIMAP, tls_required: bool) -> None:
+    event = await next_response(up)
     if not isinstance(event, events.UntaggedResponse) or event.name not in (b"OK", b"PREAUTH"):
         raise UpstreamError(Failure.UPSTREAM, "upstream greeting was not OK")
     if event.name == b"PREAUTH":
@@ -147,9 +142,10 @@ async def _starttls(session: Session, name: str, up: UpstreamIMAP) -> None:
     if up.capabilities and not up.has(b"STARTTLS"):
         session.runtime.metrics.starttls.labels("upstream", "imap", "refused").inc()
         raise UpstreamError(Failure.TLS, "upstream does not offer STARTTLS")
-    reply = await command(up, b"%s STARTTLS\r\n" % up.next_tag(), _timeout(session))
-    await upgrade_upstream(session, name, up.conn, reply.status == b"OK", up.parser.buffered)
-    up.parser = ResponseParser(upstream_limits())
+    reply = await command(up, b"%s STARTTLS\r\n" % up.next_tag())
+    await upgrade_upstream(session, name, up.conn, reply.status == b"OK",
+                           up.channel.parser.buffered)
+    up.channel.parser = ResponseParser(upstream_limits())
     up.capabilities = ()  # RFC 3501 6.2.1: discard what was learnt before TLS
 
 
@@ -164,7 +160,8 @@ def forward_id(session: Session, tag: bytes) -> bytes:
 
 async def login(session: Session, upstream: Upstream, up: UpstreamIMAP,
                 creds: Credentials) -> events.TaggedResponse:
-    """ID (when forwarding the client address) and the login, pipelined in one write."""
+    """ID (when forwarding the client address) and the login, pipelined in one write; bounded
+    by the caller's deadline()."""
     lines = b""
     id_tag = None
     if upstream.forward_client_ip and up.has(b"ID"):
@@ -177,14 +174,13 @@ async def login(session: Session, upstream: Upstream, up: UpstreamIMAP,
     elif up.has(b"LOGINDISABLED"):
         raise UpstreamError(Failure.UPSTREAM, "upstream offers no usable login method")
     else:
-        await _send_login(session, up, lines, tag, creds)
+        await _send_login(up, lines, tag, creds)
     if id_tag is not None:
-        await wait_tagged(up, id_tag, _timeout(session))
-    return await wait_tagged(up, tag, _timeout(session))
+        await wait_tagged(up, id_tag)
+    return await wait_tagged(up, tag)
 
 
-async def _send_login(session: Session, up: UpstreamIMAP, prefix: bytes, tag: bytes,
-                      creds: Credentials) -> None:
+async def _send_login(up: UpstreamIMAP, prefix: bytes, tag: bytes, creds: Credentials) -> None:
     """LOGIN with quoted strings, or literals when the values need them (RFC 3501 4.3)."""
     user = creds.user.encode()
     parts = [prefix + tag + b" LOGIN"]
@@ -202,6 +198,6 @@ async def _send_login(session: Session, up: UpstreamIMAP, prefix: bytes, tag: by
     for i, part in enumerate(parts):
         await up.conn.send(part)
         if i < len(parts) - 1:
-            event = await next_response(up, _timeout(session))
+            event = await next_response(up)
             if not isinstance(event, events.ContinuationRequest):
                 raise UpstreamError(Failure.AUTH_REJECTED, "upstream refused the login literal")

@@ -24,7 +24,9 @@ from ..metrics import command_label
 from ..pop3 import NEED_DATA, CommandParser, Limits, ProtocolError, ResponseParser, events
 from ..pop3 import is_multiline, writer
 from ..net.conn import Conn
+from ..session.channel import Channel
 from ..session.context import ByteCounter, CommandMeter, Session, wait_idle
+from ..session.failures import Close
 from .pop3_upstream import UpstreamPOP3, relayable
 
 _LOCAL = {b"CAPA", b"STLS", b"USER", b"PASS", b"APOP", b"AUTH", b"XCLIENT"}
@@ -34,13 +36,13 @@ class Pop3Relay:
     def __init__(self, session: Session, client: Conn, client_leftover: bytes,
                  upstream: UpstreamPOP3):
         self.session = session
-        self.client = client
         self.upstream = upstream
         lim = session.listener.limits
         self.client_parser = CommandParser(Limits(max_command_line=lim.pop3_max_command_line))
-        if client_leftover:  # b"" would mean EOF
-            self.client_parser.receive_data(client_leftover)
+        self.client = Channel(client, self.client_parser, NEED_DATA, client_leftover)
+        # Nothing follows the login's last reply (CAPA) until the next command is sent.
         self.upstream_parser = ResponseParser(greeting=False, keep_bodies=False)
+        self.upstream_in = Channel(upstream.conn, self.upstream_parser, NEED_DATA)
         self.pending: deque[tuple[str, float, bool]] = deque()  # name, start, multi-line
         self.answered = trio.Event()
         self.quit_seen = False
@@ -73,7 +75,7 @@ class Pop3Relay:
 
     def _close_if_at_rest(self) -> None:
         if self.draining and not self.pending:
-            self.session.close_reason = "shutdown"
+            self.session.close_reason = Close.SHUTDOWN
             self._cancel.cancel()
 
     # -- client -> upstream ------------------------------------------------------------------
@@ -85,19 +87,18 @@ class Pop3Relay:
                 data = await self.client.receive()
                 self.last_active = trio.current_time()
                 if not data:
-                    self.session.close_reason = "client_closed"
+                    self.session.close_reason = Close.CLIENT_CLOSED
                     return
-                self.client_parser.receive_data(data)
+                self.client.feed(data)
         finally:
             cancel.cancel()
 
     async def _watch_idle(self) -> None:
         """RFC 1939 3 autologout: no client input (and no command being answered) for `idle`."""
         await wait_idle(lambda: self.last_active + self.session.listener.timeouts.idle)
-        self.session.runtime.metrics.limit_hits.labels("idle_timeout").inc()
         # RFC 1939 3: on the autologout timer the server closes "without removing any messages
         # or sending any response to the client" (a pipelining client would misread one).
-        self.session.close_reason = "idle_timeout"
+        self.session.end(Close.IDLE_TIMEOUT)
         self._cancel.cancel()
 
     async def _client_commands(self) -> bool:
@@ -109,12 +110,12 @@ class Pop3Relay:
             except ProtocolError as exc:
                 self.session.runtime.metrics.protocol_errors.labels("pop3", exc.kind).inc()
                 if exc.kind == "line_too_long":
-                    self.session.runtime.metrics.limit_hits.labels("line_length").inc()
+                    self.session.limit_hit("line_length")
                 if not await self._flush(batch):
                     return False
                 await self._local_reply(exc.reply())
                 if exc.fatal:
-                    self.session.close_reason = "protocol_error"
+                    self.session.close_reason = Close.PROTOCOL_ERROR
                     return False
                 continue
             if event is NEED_DATA or isinstance(event, events.ConnectionClosed):
@@ -141,7 +142,7 @@ class Pop3Relay:
         batch.clear()
         self._bytes_up.add(len(data))
         if not await self.upstream.conn.send(data):
-            self.session.close_reason = "upstream_closed"
+            self.session.close_reason = Close.UPSTREAM_CLOSED
             return False
         return True
 
@@ -167,18 +168,18 @@ class Pop3Relay:
         status = b"+OK"
         try:
             while True:
-                data = await self.upstream.conn.receive()
+                data = await self.upstream_in.receive()
                 if self.pending:  # answering a command is activity
                     self.last_active = trio.current_time()
                 if not data:
-                    self.session.close_reason = "client_logout" if self.quit_seen \
-                        else "upstream_closed"
+                    self.session.close_reason = Close.CLIENT_LOGOUT if self.quit_seen \
+                        else Close.UPSTREAM_CLOSED
                     return
                 self._bytes_down.add(len(data))
                 if not await self.client.send(data):  # forward first: parsing never delays it
-                    self.session.close_reason = "client_closed"
+                    self.session.close_reason = Close.CLIENT_CLOSED
                     return
-                parser.receive_data(data)
+                self.upstream_in.feed(data)
                 try:
                     status = self._upstream_events(parser, status)
                 except ProtocolError as exc:
@@ -186,7 +187,7 @@ class Pop3Relay:
                     logs.event("upstream_protocol_error", **self.session.log_fields(),
                                upstream=self.session.upstream, kind=exc.kind)
                     await self.client.send(writer.err(b"Upstream protocol error.", b"SYS/TEMP"))
-                    self.session.close_reason = "upstream_protocol_error"
+                    self.session.close_reason = Close.UPSTREAM_PROTOCOL_ERROR
                     return
                 self._close_if_at_rest()
         finally:

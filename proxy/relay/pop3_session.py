@@ -5,22 +5,16 @@ from __future__ import annotations
 import trio
 
 from ..config import Upstream
-from ..pop3 import writer
 from ..net.conn import Conn
+from ..pop3 import writer
 from ..session.context import CloseSession, Session, drain_guard
-from ..session.login import LoginSteps, Verdict, log_in
+from ..session.failures import Close, Failure
+from ..session.login import Attempt, log_in
 from ..session.pop3_front import Pop3Front
+from ..session.sasl import Credentials
+from ..session.upstream import deadline
 from .pop3_relay import Pop3Relay
 from .pop3_upstream import UpstreamPOP3, connect, is_tempfail, login
-from ..session.sasl import Credentials
-
-# RFC 3206: [AUTH] is a credentials problem, [SYS/TEMP] a temporary system problem.
-REPLIES = {
-    Verdict.FAILURE: writer.err(b"Authentication failed.", b"AUTH"),
-    Verdict.TEMPFAIL: writer.err(b"Server unavailable, try again later.", b"SYS/TEMP"),
-    Verdict.THROTTLED: writer.err(b"Too many authentication failures, try again later.",
-                                  b"SYS/TEMP"),
-}
 
 
 async def handle(session: Session, conn: Conn) -> None:
@@ -31,16 +25,15 @@ async def handle(session: Session, conn: Conn) -> None:
             with trio.move_on_after(session.listener.timeouts.login) as login_scope:
                 await front.greet()
                 upstream = await _authenticate(session, front)
-        if session.close_reason == "shutdown":
+        if session.close_reason is Close.SHUTDOWN:
             return
-        if login_scope.cancelled_caught:
-            session.runtime.metrics.limit_hits.labels("login_timeout").inc()
+        if login_scope.cancelled_caught or upstream is None:
             await conn.send(writer.err(b"Login timeout."))
-            session.close_reason = "login_timeout"
+            session.end(Close.LOGIN_TIMEOUT)
             return
-        await Pop3Relay(session, front.conn, front.parser.take_unconsumed(), upstream).run()
+        await Pop3Relay(session, front.conn, front.take_unconsumed(), upstream).run()
     except CloseSession as exc:
-        session.close_reason = exc.reason
+        session.end(exc.reason)
     finally:
         if upstream is not None:
             await upstream.conn.aclose()
@@ -49,23 +42,32 @@ async def handle(session: Session, conn: Conn) -> None:
 async def _authenticate(session: Session, front: Pop3Front) -> UpstreamPOP3:
     while True:
         request = await front.next_login()
-        verdict, up = await log_in(session, request.credentials, POP3_LOGIN)
-        if verdict is Verdict.SUCCESS:
-            try:
-                await front.logged_in(writer.ok(b"Logged in."))
-            except BaseException:  # cancelled before the session owns it
-                await up.conn.aclose()
-                raise
-            return up
-        await front.auth_failed(REPLIES[verdict])
+        outcome = await log_in(session, request.credentials, POP3_LOGIN)
+        if isinstance(outcome, Failure):
+            await front.auth_failed(outcome)
+            continue
+        try:
+            await front.logged_in(writer.ok(b"Logged in."))
+        except BaseException:  # cancelled before the session owns it
+            await outcome.conn.aclose()
+            raise
+        return outcome
 
 
-async def _login(session: Session, upstream: Upstream, up: UpstreamPOP3,
-                 creds: Credentials) -> tuple[Verdict, bytes]:
-    status = await login(session, upstream, up, creds)
+async def _attempt(session: Session, creds: Credentials, name: str,
+                   upstream: Upstream) -> tuple[UpstreamPOP3 | Failure, bytes]:
+    """Connect and log in upstream; the connection is the caller's only on success."""
+    up = await connect(session, name, upstream)
+    try:
+        with deadline(session.listener.timeouts.upstream_response, "login"):
+            status = await login(session, upstream, up, creds)
+    except BaseException:  # refused, broken, or cancelled (login timeout, drain)
+        await up.conn.aclose()
+        raise
     if status.ok:
-        return Verdict.SUCCESS, status.text
-    return (Verdict.TEMPFAIL if is_tempfail(status) else Verdict.FAILURE), status.text
+        return up, status.text
+    await up.conn.aclose()
+    return (Failure.AUTH_TEMPFAIL if is_tempfail(status) else Failure.AUTH_REJECTED), status.text
 
 
-POP3_LOGIN = LoginSteps("pop3", connect, _login)
+POP3_LOGIN = Attempt("pop3", "relay", _attempt)

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import trio
-
 from ..config import Upstream
-from ..session.failures import Failure
-from ..pop3 import NEED_DATA, ProtocolError, ResponseParser, events, writer
 from ..net.conn import Conn
+from ..pop3 import NEED_DATA, ProtocolError, ResponseParser, events, writer
+from ..session.channel import Channel
 from ..session.context import Session
+from ..session.failures import Failure
+from ..session.login import dial
 from ..session.sasl import Credentials, encode_plain
 from ..session.starttls import upgrade_upstream
-from ..session.upstream import UpstreamError, open_upstream, service
+from ..session.upstream import UpstreamError, deadline, service
 
 # Not relayable after login, or meaningless then (RFC 2449 6).
 _DROPPED = (b"STLS", b"SASL", b"USER", b"APOP", b"XCLIENT", b"IMPLEMENTATION", b"AUTH-RESP-CODE")
@@ -29,10 +29,17 @@ _TEMPFAIL_CODES = (b"SYS/TEMP", b"IN-USE", b"LOGIN-DELAY")
 
 @dataclass
 class UpstreamPOP3:
-    conn: Conn
-    parser: ResponseParser
+    channel: Channel[ResponseParser]
     capabilities: tuple[bytes, ...] = ()
     xclient: bool = False
+
+    @classmethod
+    def over(cls, conn: Conn) -> UpstreamPOP3:
+        return cls(Channel(conn, ResponseParser(), NEED_DATA))
+
+    @property
+    def conn(self) -> Conn:
+        return self.channel.conn
 
     def has(self, name: bytes) -> bool:
         return any(c.split(b" ", 1)[0] == name for c in self.capabilities)
@@ -48,103 +55,100 @@ def relayable(capabilities: tuple[bytes, ...]) -> list[bytes]:
     return [c for c in capabilities if c.split(b" ", 1)[0].upper() not in _DROPPED]
 
 
-async def _status(up: UpstreamPOP3, timeout: float, body: list[bytes] | None = None):
-    """The next StatusLine (and, when `body` is given, the multi-line body that follows)."""
-    with trio.move_on_after(timeout):
-        status = None
-        while True:
-            try:
-                event = up.parser.next_event()
-            except ProtocolError as exc:
-                raise UpstreamError(Failure.PROTOCOL, f"bad response: {exc.text}") from None
-            if event is NEED_DATA:
-                up.parser.receive_data(await up.conn.receive())
-            elif isinstance(event, events.ConnectionClosed):
-                raise UpstreamError(Failure.UPSTREAM, "connection closed by upstream")
-            elif isinstance(event, events.StatusLine):
-                if body is None or not event.ok:
-                    return event
-                status = event
-            elif isinstance(event, events.MultilineData) and body is not None:
-                body.append(bytes(event.data))
-            elif isinstance(event, events.MultilineEnd):
-                return status
-            elif isinstance(event, events.Continuation):
-                raise UpstreamError(Failure.PROTOCOL, "unexpected continuation")
-    raise UpstreamError(Failure.TIMEOUT, f"no response within {timeout:g}s")
+async def _status(up: UpstreamPOP3, body: list[bytes] | None = None) -> events.StatusLine:
+    """The next StatusLine (and, when `body` is given, the multi-line body that follows).
+    Bounded by the caller's deadline()."""
+    status = None
+    while True:
+        try:
+            event = await up.channel.next_event()
+        except ProtocolError as exc:
+            raise UpstreamError(Failure.PROTOCOL, f"bad response: {exc.text}") from None
+        if isinstance(event, events.ConnectionClosed):
+            raise UpstreamError(Failure.UPSTREAM, "connection closed by upstream")
+        if isinstance(event, events.StatusLine):
+            if body is None or not event.ok:
+                return event
+            status = event
+        elif isinstance(event, events.MultilineData) and body is not None:
+            body.append(bytes(event.data))
+        elif isinstance(event, events.MultilineEnd) and status is not None:
+            return status
+        elif isinstance(event, events.Continuation):
+            raise UpstreamError(Failure.PROTOCOL, "unexpected continuation")
 
 
-async def _request(up: UpstreamPOP3, line: bytes, multiline: bool, timeout: float,
-                   body: list[bytes] | None = None):
-    up.parser.expect(multiline)
+async def _request(up: UpstreamPOP3, line: bytes, multiline: bool,
+                   body: list[bytes] | None = None) -> events.StatusLine:
+    up.channel.parser.expect(multiline)
     await up.conn.send(line)
-    return await _status(up, timeout, body)
+    return await _status(up, body)
 
 
-async def read_capa(up: UpstreamPOP3, timeout: float) -> None:
+async def read_capa(up: UpstreamPOP3) -> None:
     body: list[bytes] = []
-    status = await _request(up, b"CAPA\r\n", True, timeout, body)
+    status = await _request(up, b"CAPA\r\n", True, body)
     lines = b"".join(body).split(b"\r\n")
-    up.capabilities = tuple(l for l in lines if l) if status.ok else ()
+    up.capabilities = tuple(line for line in lines if line) if status.ok else ()
 
 
 async def connect(session: Session, name: str, upstream: Upstream) -> UpstreamPOP3:
-    conn = await open_upstream(session, name, upstream, "pop3")
-    up = UpstreamPOP3(conn, ResponseParser())
-    timeout = session.listener.timeouts.upstream_response
+    up = UpstreamPOP3.over(await dial(session, name, upstream))
+    timeouts = session.listener.timeouts
     try:
-        greeting = await _status(up, session.listener.timeouts.upstream_connect)
+        with deadline(timeouts.upstream_connect, "greeting"):
+            greeting = await _status(up)
         if not greeting.ok:
             raise UpstreamError(Failure.UPSTREAM, "upstream greeting was -ERR")
         up.xclient = greeting.code == b"XCLIENT"
-        await read_capa(up, timeout)
-        if service(upstream, "pop3").tls == "starttls":
-            await _stls(session, name, up)
-            await read_capa(up, timeout)
+        with deadline(timeouts.upstream_response, "capabilities"):
+            await read_capa(up)
+            if service(upstream, "pop3").tls == "starttls":
+                await _stls(session, name, up)
+                await read_capa(up)
         return up
     except BaseException:
-        await conn.aclose()
+        await up.conn.aclose()
         raise
 
 
 async def _stls(session: Session, name: str, up: UpstreamPOP3) -> None:
-    status = await _request(up, b"STLS\r\n", False, session.listener.timeouts.upstream_response)
-    await upgrade_upstream(session, name, up.conn, status.ok, up.parser.buffered)
-    up.parser = ResponseParser(greeting=False)
+    status = await _request(up, b"STLS\r\n", False)
+    await upgrade_upstream(session, name, up.conn, status.ok, up.channel.parser.buffered)
+    up.channel.parser = ResponseParser(greeting=False)
     up.capabilities = ()  # RFC 2595 4: what was learnt before TLS is not trusted
 
 
 async def login(session: Session, upstream: Upstream, up: UpstreamPOP3,
                 creds: Credentials) -> events.StatusLine:
-    """XCLIENT (when forwarding), then AUTH PLAIN or USER/PASS; then CAPA on success."""
-    timeout = session.listener.timeouts.upstream_response
+    """XCLIENT (when forwarding), then AUTH PLAIN or USER/PASS; then CAPA on success. Bounded
+    by the caller's deadline()."""
     if upstream.forward_client_ip and (up.xclient or up.has(b"XCLIENT")):
         line = b"XCLIENT ADDR=%s PORT=%d\r\n" % (session.client_ip.encode(), session.client_port)
-        status = await _request(up, line, False, timeout)
+        status = await _request(up, line, False)
         if not status.ok:
             raise UpstreamError(Failure.UPSTREAM, "upstream refused XCLIENT")
-    if b"PLAIN" in up.sasl_mechanisms():
-        pass
-    elif any(c in creds.password for c in b"\r\n\0"):  # would end the PASS line: injection
+    plain = b"PLAIN" in up.sasl_mechanisms()
+    if not plain and any(c in creds.password for c in b"\r\n\0"):  # would end the PASS line
         raise UpstreamError(Failure.AUTH_REJECTED, "password not representable in PASS")
-    if b"PLAIN" in up.sasl_mechanisms():
+    if plain:
         status = await _request(up, writer.command(b"AUTH", b"PLAIN", encode_plain(
-            creds.user, creds.password)), False, timeout)
+            creds.user, creds.password)), False)
     elif up.has(b"PIPELINING"):
-        up.parser.expect(False)
-        up.parser.expect(False)
+        up.channel.parser.expect(False)
+        up.channel.parser.expect(False)
         await up.conn.send(writer.command(b"USER", creds.user.encode()) +
                            b"PASS " + creds.password + b"\r\n")
-        first = await _status(up, timeout)
-        status = await _status(up, timeout)
+        first = await _status(up)
+        status = await _status(up)
         if not first.ok:
             status = first
     else:
-        status = await _request(up, writer.command(b"USER", creds.user.encode()), False, timeout)
+        status = await _request(up, writer.command(b"USER", creds.user.encode()), False)
         if status.ok:
-            status = await _request(up, b"PASS " + creds.password + b"\r\n", False, timeout)
+            status = await _request(up, b"PASS " + creds.password + b"\r\n", False)
     if status.ok:
-        await read_capa(up, timeout)  # RFC 2449 5: capabilities may change after login
+        await read_capa(up)  # RFC 2449 5: capabilities may change after login
     return status
 
 

@@ -7,7 +7,7 @@ import ipaddress
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Protocol
+from typing import AsyncIterator, Callable, Protocol, TypedDict
 
 import trio
 
@@ -17,15 +17,17 @@ from ..metrics import Metrics
 from ..net.conn import Conn
 from ..net.throttle import Throttle
 from ..net.tls import ServerTLS, UpstreamTLS
+from .failures import Close
 from .routing import log_user
+from .upstream import Connector, tcp_connect
 
 
 class CloseSession(Exception):
     """End the session now; any last words (BYE, -ERR) have already been sent.
-    `reason` is the bounded close reason of the session log line."""
+    `reason` is why (the session_end log line's reason)."""
 
-    def __init__(self, reason: str):
-        super().__init__(reason)
+    def __init__(self, reason: Close):
+        super().__init__(reason.value)
         self.reason = reason
 
 
@@ -41,10 +43,12 @@ class Runtime:
     server_tls: dict[str, ServerTLS]  # listener name -> its certificates
     drain: trio.Event                 # set when the process drains (SIGTERM)
     throttle: Throttle                # auth-failure throttling, shared across reloads
+    connect: Connector = tcp_connect  # how upstream TCP connections are made (tests: a fake)
 
     @classmethod
     def build(cls, config: Config, metrics: Metrics | None = None, *,
-              drain: trio.Event | None = None, throttle: Throttle | None = None) -> Runtime:
+              drain: trio.Event | None = None, throttle: Throttle | None = None,
+              connect: Connector = tcp_connect) -> Runtime:
         """Everything a session needs that depends on the config (certificates are loaded
         here). Raises TLSConfigError. Fresh metrics, drain event and throttle unless given."""
         server_tls = {l.name: ServerTLS(l) for l in config.listeners if l.tls != "none"}
@@ -52,7 +56,16 @@ class Runtime:
                    UpstreamTLS(config.upstreams), server_tls,
                    drain if drain is not None else trio.Event(),
                    throttle if throttle is not None else Throttle(config.auth_throttle,
-                                                                  trio.current_time))
+                                                                  trio.current_time),
+                   connect)
+
+
+class LogFields(TypedDict):
+    """What every log line of a session names (never a password; the user per `logging.user`)."""
+
+    listener: str
+    client: str
+    user: str
 
 
 @dataclass(eq=False)  # hashed by identity: the listener keeps a set of open sessions
@@ -70,7 +83,7 @@ class Session:
     user: str | None = None
     upstream: str | None = None
     commands: int = 0
-    close_reason: str = "client_closed"
+    close_reason: Close = Close.CLIENT_CLOSED
     bytes_from_client: int = 0
     bytes_to_client: int = 0
 
@@ -96,12 +109,23 @@ class Session:
         allowed = self.listener.allow_plaintext_auth
         return self.client_is_loopback if allowed is None else allowed
 
-    def log_fields(self) -> dict[str, str]:
+    def log_fields(self) -> LogFields:
         return {
             "listener": self.listener.name,
             "client": f"{self.client_ip}:{self.client_port}",
             "user": log_user(self.runtime.config.logging, self.user),
         }
+
+    def end(self, reason: Close) -> None:
+        """Note why the session ends; a configured limit is counted (limit_hits) and logged."""
+        self.close_reason = reason
+        if reason.limit is not None:
+            self.limit_hit(reason.limit)
+
+    def limit_hit(self, name: str) -> None:
+        """A configured limit was enforced (`name` is one of metrics.LIMITS)."""
+        self.runtime.metrics.limit_hits.labels(name).inc()
+        logs.event("limit_hit", **self.log_fields(), limit=name)
 
     def auth_blocked(self, user: str) -> bool:
         """Auth-failure throttling said no: count it and log it."""
@@ -125,7 +149,7 @@ class Session:
             bytes_in=self.bytes_from_client,
             bytes_out=self.bytes_to_client,
             commands=self.commands,
-            reason=self.close_reason,
+            reason=self.close_reason.value,
         )
 
 
@@ -211,7 +235,7 @@ async def drain_guard(session: Session, conn: Conn, last_words: bytes) -> AsyncI
 
         async def watch() -> None:
             await session.runtime.drain.wait()
-            session.close_reason = "shutdown"
+            session.close_reason = Close.SHUTDOWN
             with trio.move_on_after(1):
                 await conn.send(last_words)
             nursery.cancel_scope.cancel()

@@ -3,22 +3,44 @@
 Reading the client's events under the listener's budgets (`preauth_commands`, `bad_commands`,
 `auth_failures`), answering a malformed line with the parser's own reply, and counting each
 command with its result for metrics and audit. A command's result is the status of the reply it
-got; a login's result is known only once the session has asked the upstream, so the session
-reports it through `logged_in()` / `login_failed()`.
+got; a login's result is known only once the session has asked the upstream (or the gateway its
+POP3 server), so the session reports it through `logged_in()` / `login_failed()`.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable, Protocol, TypeVar
 
-from .. import logs
 from ..metrics import command_label
 from ..net.conn import Conn
+from .channel import Channel, Parser
 from .context import CloseSession, CommandMeter, Session
+from .failures import Close
 
 _LIMIT_OF_ERROR = {"line_too_long": "line_length", "literal_too_big": "literal_size",
                    "nonsync_literal_too_big": "literal_size"}
+T = TypeVar("T")
+
+
+class ProtocolErrorLike(Protocol):
+    """proxy.imap.ProtocolError and proxy.pop3.ProtocolError."""
+
+    kind: str
+    fatal: bool
+
+    def reply(self) -> bytes: ...
+
+
+class CommandParser(Parser, Protocol):
+    """What a front needs of the protocol's CommandParser."""
+
+    @property
+    def buffered(self) -> int: ...
+
+    def take_unconsumed(self) -> bytes: ...
+
+    def expect_line(self) -> None: ...
 
 
 class Front:
@@ -27,62 +49,65 @@ class Front:
     TOO_MANY_COMMANDS: bytes   # last words when `preauth_commands` is spent
     TOO_MANY_BAD: bytes        # ... when `bad_commands` is spent
     TOO_MANY_FAILURES: bytes   # ... when `auth_failures` is spent (b"": just close)
-    parser: Any                # the protocol's sans-IO CommandParser (replaced after STARTTLS)
-    PROTOCOL_ERROR: type[Exception]  # and the protocol's NEED_DATA and ConnectionClosed
+    PROTOCOL_ERROR: type[Exception]  # the protocol's ProtocolError, NEED_DATA, ConnectionClosed
     NEED_DATA: object
     CLOSED: type
 
-    def __init__(self, session: Session, conn: Conn):
+    def __init__(self, session: Session, conn: Conn, parser: CommandParser):
         self.session = session
-        self.conn = conn
+        self.channel: Channel[CommandParser] = Channel(conn, parser, self.NEED_DATA)
         self.meter = CommandMeter(session)
         self._status: bytes | None = None  # status of the reply to the current command
-        self._login: tuple[str, float] = ("", 0.0)  # the login awaiting the upstream's verdict
+        self._pending_login: tuple[str, float] = ("", 0.0)  # awaiting the upstream's verdict
         self.commands = 0
         self.bad = 0
         self.auth_failures = 0
 
+    @property
+    def conn(self) -> Conn:
+        return self.channel.conn
+
     def status_of(self, reply: bytes) -> bytes:
         raise NotImplementedError
+
+    def take_unconsumed(self) -> bytes:
+        """What the client pipelined behind its login, for the session that follows."""
+        return self.channel.parser.take_unconsumed()
 
     async def _reply(self, reply: bytes) -> None:
         """Send a reply; its status is the current command's result."""
         self._status = self.status_of(reply)
         await self.conn.send(reply)
 
-    async def _next_event(self) -> Any:
+    async def _next_event(self) -> object:
         """The next event from the client, answering malformed input in place. Raises
         CloseSession at EOF, on a fatal protocol error or past the BAD budget."""
         while True:
             try:
-                event = self.parser.next_event()
+                event = await self.channel.next_event()
             except self.PROTOCOL_ERROR as exc:
-                await self._protocol_error(exc)
-                continue
-            if event is self.NEED_DATA:
-                self.parser.receive_data(await self.conn.receive())
+                await self._protocol_error(exc)  # type: ignore[arg-type]
                 continue
             if isinstance(event, self.CLOSED):
-                raise CloseSession("client_closed")
+                raise CloseSession(Close.CLIENT_CLOSED)
             return event
 
-    async def _protocol_error(self, exc: Any) -> None:
+    async def _protocol_error(self, exc: ProtocolErrorLike) -> None:
         self.session.runtime.metrics.protocol_errors.labels(self.protocol, exc.kind).inc()
         if exc.kind in _LIMIT_OF_ERROR:
-            self._limit(_LIMIT_OF_ERROR[exc.kind])
+            self.session.limit_hit(_LIMIT_OF_ERROR[exc.kind])
         await self.conn.send(exc.reply())  # a fatal error's reply is its last word
         if exc.fatal:
-            raise CloseSession("protocol_error") from None
+            raise CloseSession(Close.PROTOCOL_ERROR) from None
         await self._count_bad()
 
-    async def _command(self, name: bytes, run: Callable[[], Awaitable[Any]]) -> Any:
+    async def _command(self, name: bytes, run: Callable[[], Awaitable[T | None]]) -> T | None:
         """Run one command's handler within the command budget, counting its result."""
         self.commands += 1
         self.session.commands += 1
         if self.commands > self.session.listener.limits.preauth_commands:
-            self._limit("preauth_commands")
             await self.conn.send(self.TOO_MANY_COMMANDS)
-            raise CloseSession("preauth_commands")
+            raise CloseSession(Close.PREAUTH_COMMANDS)
         label = command_label(self.protocol, name)
         self._status = None
         started = time.monotonic()
@@ -92,32 +117,30 @@ class Front:
             if self._status is not None:
                 self.meter.completed(label, self._status, started)
         if result is not None:  # a login: answered once the upstream has decided
-            self._login = (label, started)
+            self._pending_login = (label, started)
         return result
 
     async def _count_bad(self) -> None:
         self.bad += 1
         if self.bad >= self.session.listener.limits.bad_commands:
-            self._limit("bad_commands")
             await self.conn.send(self.TOO_MANY_BAD)
-            raise CloseSession("bad_commands")
-
-    def _limit(self, name: str) -> None:
-        self.session.runtime.metrics.limit_hits.labels(name).inc()
-        logs.event("limit_hit", **self.session.log_fields(), limit=name)
+            raise CloseSession(Close.BAD_COMMANDS)
 
     async def logged_in(self, reply: bytes) -> None:
         """The reply to a successful login (sent by the session)."""
         await self._reply(reply)
-        self.meter.completed(self._login[0], self._status, self._login[1])
+        self._login_completed()
 
     async def login_failed(self, reply: bytes) -> None:
         """The reply to a rejected login; past the `auth_failures` budget the session ends."""
         await self._reply(reply)
-        self.meter.completed(self._login[0], self._status, self._login[1])
+        self._login_completed()
         self.auth_failures += 1
         if self.auth_failures >= self.session.listener.limits.auth_failures:
-            self._limit("auth_failures")
             if self.TOO_MANY_FAILURES:
                 await self.conn.send(self.TOO_MANY_FAILURES)
-            raise CloseSession("auth_failures")
+            raise CloseSession(Close.AUTH_FAILURES)
+
+    def _login_completed(self) -> None:
+        assert self._status is not None
+        self.meter.completed(self._pending_login[0], self._status, self._pending_login[1])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..imap import PREAUTH_LIMITS, CommandParser, Limits, NEED_DATA, ProtocolError, events, writer
 from ..net.conn import Conn
 from .context import CloseSession, Session
+from .failures import Close, Failure
 from .front import Front
 from .starttls import client_injection, upgrade_client
 from .sasl import LOGIN_PASS_PROMPT, LOGIN_USER_PROMPT, Credentials, SaslError, b64decode
@@ -38,15 +39,18 @@ class ImapFront(Front):
     TOO_MANY_BAD = b"* BYE Too many invalid commands.\r\n"
     TOO_MANY_FAILURES = b"* BYE Too many authentication failures.\r\n"
 
-    def __init__(self, session: Session, conn: Conn):
-        super().__init__(session, conn)
+    def __init__(self, session: Session, conn: Conn, extra_capabilities: tuple[bytes, ...] = ()):
         limits = session.listener.limits
         self.limits = Limits(max_line=limits.preauth_max_line, max_literal=limits.preauth_max_literal,
                              max_nonsync_literal=limits.preauth_max_literal,
                              max_depth=PREAUTH_LIMITS.max_depth,
                              # RFC 2971 3.3: the longest ID (about 32 KB), every other line tight
                              max_id_line=limits.id_line_length)
-        self.parser = CommandParser(self.limits, collect_literals=True, parse_args=True)
+        super().__init__(session, conn, self._parser())
+        self.extra_capabilities = extra_capabilities  # the gateway's, in the greeting
+
+    def _parser(self) -> CommandParser:
+        return CommandParser(self.limits, collect_literals=True, parse_args=True)
 
     def status_of(self, reply: bytes) -> bytes:
         return reply.split(b" ", 2)[1]  # "tag STATUS ..."
@@ -61,7 +65,7 @@ class ImapFront(Front):
             caps += [b"AUTH=PLAIN", b"AUTH=LOGIN"]
         else:
             caps.append(b"LOGINDISABLED")  # RFC 3501 6.2.3
-        return b" ".join(caps)
+        return b" ".join(caps + [c for c in self.extra_capabilities if c not in caps])
 
     async def greet(self) -> None:
         await self.conn.send(b"* OK [CAPABILITY %s] %s\r\n" % (self.capabilities(), GREETING_TEXT))
@@ -78,8 +82,9 @@ class ImapFront(Front):
             if isinstance(event, events.CommandStart):
                 continue
             if not isinstance(event, events.Command):
-                raise CloseSession("protocol_error")
-            request = await self._command(event.name, lambda: self._dispatch(event))
+                raise CloseSession(Close.PROTOCOL_ERROR)
+            command = event
+            request = await self._command(command.name, lambda: self._dispatch(command))
             if request is not None:
                 return request
 
@@ -98,9 +103,11 @@ class ImapFront(Front):
         await self._reply(writer.tagged(tag, b"BAD", text))
         await self._count_bad()
 
-    async def auth_failed(self, tag: bytes, reply: bytes) -> None:
-        """Called by the session after a rejected login: reply, and close past the budget."""
-        await self.login_failed(reply)
+    async def auth_failed(self, tag: bytes, failure: Failure) -> None:
+        """Called by the session after a rejected login: the failure's reply under the
+        client's tag, and the end of the session past the `auth_failures` budget."""
+        code, text = failure.imap_reply
+        await self.login_failed(writer.tagged(tag, b"NO", text, code))
 
     # -- commands ----------------------------------------------------------------------------
     async def _capability(self, cmd: events.Command) -> None:
@@ -113,7 +120,7 @@ class ImapFront(Front):
     async def _logout(self, cmd: events.Command) -> None:
         await self.conn.send(b"* BYE Logging out.\r\n")
         await self._ok(cmd.tag, b"Logout completed.")
-        raise CloseSession("client_logout")
+        raise CloseSession(Close.CLIENT_LOGOUT)
 
     async def _id(self, cmd: events.Command) -> None:
         # RFC 2971: the client's fields are not needed; answer with ours.
@@ -124,12 +131,12 @@ class ImapFront(Front):
         if self.session.listener.tls != "starttls" or self.session.tls:
             await self._bad(cmd.tag, b"STARTTLS not available.")
             return
-        if client_injection(self.session, self.parser.buffered):
+        if client_injection(self.session, self.channel.parser.buffered):
             await self._reply(writer.tagged(cmd.tag, b"BAD", b"Data after STARTTLS refused."))
-            raise CloseSession("starttls_injection")
+            raise CloseSession(Close.STARTTLS_INJECTION)
         await self._ok(cmd.tag, b"Begin TLS negotiation now.")
         await upgrade_client(self.session, self.conn)
-        self.parser = CommandParser(self.limits, collect_literals=True, parse_args=True)
+        self.channel.parser = self._parser()
 
     async def _refuse_plaintext(self, tag: bytes) -> bool:
         if self.session.plaintext_auth_allowed:
@@ -138,7 +145,7 @@ class ImapFront(Front):
                                            b"on non-secure connections.", b"PRIVACYREQUIRED"))
         if self.session.listener.require_tls:  # a session that logs in without upgrading ends
             await self.conn.send(b"* BYE TLS required: use STARTTLS.\r\n")
-            raise CloseSession("tls_required")
+            raise CloseSession(Close.TLS_REQUIRED)
         return True
 
     async def _login(self, cmd: events.Command) -> LoginRequest | None:
@@ -179,10 +186,10 @@ class ImapFront(Front):
 
     async def _sasl_line(self, challenge: bytes) -> bytes | None:
         await self.conn.send(writer.continuation(challenge))
-        self.parser.expect_line()
+        self.channel.parser.expect_line()
         event = await self._next_event()
         if not isinstance(event, events.RawLine):
-            raise CloseSession("protocol_error")
+            raise CloseSession(Close.PROTOCOL_ERROR)
         return None if event.data == b"*" else b64decode(event.data)
 
     async def _sasl_plain(self, initial: bytes | None) -> Credentials | None:

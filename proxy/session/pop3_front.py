@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..pop3 import NEED_DATA, CommandParser, Limits, ProtocolError, events, writer
 from ..net.conn import Conn
 from .context import CloseSession, Session
+from .failures import Close, Failure
 from .front import Front
 from .starttls import client_injection, upgrade_client
 from .sasl import LOGIN_PASS_PROMPT, LOGIN_USER_PROMPT, Credentials, SaslError, b64decode
@@ -36,10 +37,9 @@ class Pop3Front(Front):
     TOO_MANY_FAILURES = b""  # POP3 has no unsolicited goodbye: the connection just closes
 
     def __init__(self, session: Session, conn: Conn):
-        super().__init__(session, conn)
         lim = session.listener.limits
         self.limits = Limits(max_command_line=min(lim.preauth_max_line, lim.pop3_max_command_line))
-        self.parser = CommandParser(self.limits)
+        super().__init__(session, conn, CommandParser(self.limits))
         self.user: str | None = None
 
     def status_of(self, reply: bytes) -> bytes:
@@ -62,8 +62,9 @@ class Pop3Front(Front):
         while True:
             event = await self._next_event()
             if not isinstance(event, events.Command):
-                raise CloseSession("protocol_error")
-            login = await self._command(event.name, lambda: self._dispatch(event))
+                raise CloseSession(Close.PROTOCOL_ERROR)
+            command = event
+            login = await self._command(command.name, lambda: self._dispatch(command))
             if login is not None:
                 return login
 
@@ -78,9 +79,11 @@ class Pop3Front(Front):
         await self._reply(writer.err(text, code))
         await self._count_bad()
 
-    async def auth_failed(self, reply: bytes) -> None:
+    async def auth_failed(self, failure: Failure) -> None:
+        """After a rejected login: the failure's -ERR, and the end past the budget."""
         self.user = None
-        await self.login_failed(reply)
+        code, text = failure.pop3_reply
+        await self.login_failed(writer.err(text, code))
 
     # -- commands ----------------------------------------------------------------------------
     async def _capa(self, cmd: events.Command) -> None:
@@ -92,19 +95,19 @@ class Pop3Front(Front):
 
     async def _quit(self, cmd: events.Command) -> None:
         await self._reply(writer.ok(b"Logging out."))
-        raise CloseSession("client_logout")
+        raise CloseSession(Close.CLIENT_LOGOUT)
 
     async def _stls(self, cmd: events.Command) -> None:
         if self.session.listener.tls != "starttls" or self.session.tls:
             await self._err(b"STLS not available.")
             return
-        if client_injection(self.session, self.parser.buffered):
+        if client_injection(self.session, self.channel.parser.buffered):
             await self._reply(writer.err(b"Data after STLS refused."))
-            raise CloseSession("starttls_injection")
+            raise CloseSession(Close.STARTTLS_INJECTION)
         await self._reply(writer.ok(b"Begin TLS negotiation now."))
         await upgrade_client(self.session, self.conn)
         self.user = None
-        self.parser = CommandParser(self.limits)
+        self.channel.parser = CommandParser(self.limits)
 
     async def _refuse_plaintext(self) -> bool:
         if self.session.plaintext_auth_allowed:
@@ -113,7 +116,7 @@ class Pop3Front(Front):
         await self._reply(writer.err(b"Plaintext authentication disallowed on non-secure "
                                         b"connections.", b"AUTH"))
         if self.session.listener.require_tls:  # a session that logs in without upgrading ends
-            raise CloseSession("tls_required")
+            raise CloseSession(Close.TLS_REQUIRED)
         return True
 
     async def _user(self, cmd: events.Command) -> None:
@@ -166,10 +169,10 @@ class Pop3Front(Front):
 
     async def _sasl(self, challenge: bytes) -> bytes | None:
         await self.conn.send(writer.continuation(challenge))
-        self.parser.expect_line()
+        self.channel.parser.expect_line()
         event = await self._next_event()
         if not isinstance(event, events.RawLine):
-            raise CloseSession("protocol_error")
+            raise CloseSession(Close.PROTOCOL_ERROR)
         return None if event.data.strip() == b"*" else b64decode(event.data.strip())
 
     async def _sasl_login(self, initial: bytes | None) -> Credentials | None:

@@ -17,10 +17,11 @@ import trio
 from .. import logs
 from ..config import Listener
 from .context import Runtime, Session
+from .failures import Close
+from .starttls import accept_tls
 from ..net.conn import Conn, PrefixedStream
 from ..net.limits import ConnectionLimiter
 from ..net.proxy_protocol import ProxyHeaderParser, ProxyProtocolError, is_trusted
-from ..net.tls import TLSHandshakeError, server_handshake
 
 PROXY_HEADER_TIMEOUT = 5.0
 
@@ -30,19 +31,47 @@ _REFUSALS = {"imap": b"* BYE [UNAVAILABLE] Too many connections, try again later
              "pop3": b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n"}
 
 
+class OpenSessions:
+    """The sessions open on every listener of the process; `wait_none()` returns once there
+    are none (SIGTERM drain waits on it, without polling)."""
+
+    def __init__(self) -> None:
+        self.sessions: set[Session] = set()
+        self._none = trio.Event()
+        self._none.set()
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def add(self, session: Session) -> None:
+        self.sessions.add(session)
+        if self._none.is_set():
+            self._none = trio.Event()
+
+    def discard(self, session: Session) -> None:
+        self.sessions.discard(session)
+        if not self.sessions:
+            self._none.set()
+
+    async def wait_none(self) -> None:
+        while self.sessions:
+            await self._none.wait()
+
+
 class ListenerServer:
     """One configured listener. `runtime` is read at accept time, so a reload applies to new
-    connections only."""
+    connections only. Its sessions are counted in `active` (shared by all listeners)."""
 
-    def __init__(self, name: str, get_runtime: Callable[[], Runtime], handler: Handler):
+    def __init__(self, name: str, get_runtime: Callable[[], Runtime], handler: Handler,
+                 active: OpenSessions | None = None):
         self.name = name
         self.get_runtime = get_runtime
         self.handler = handler
         self.limiter = ConnectionLimiter()
-        self.active: set[Session] = set()
+        self.active = active if active is not None else OpenSessions()
 
     async def serve(self, listener: Listener, sessions: trio.Nursery, *,
-                    task_status=trio.TASK_STATUS_IGNORED) -> None:
+                    task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept until cancelled. Sessions run in `sessions`, so that stopping the accept loop
         (drain) leaves them running."""
         listeners = await trio.open_tcp_listeners(listener.address.port, host=listener.address.host)
@@ -91,7 +120,7 @@ class ListenerServer:
                 return
             await self.handler(session, conn)
         except Exception:
-            session.close_reason = "internal_error"
+            session.close_reason = Close.INTERNAL_ERROR
             logs.event("session_crash", logging.ERROR, exc_info=True, **session.log_fields())
         finally:
             session.bytes_from_client, session.bytes_to_client = conn.bytes_in, conn.bytes_out
@@ -104,7 +133,8 @@ class ListenerServer:
                 time.monotonic() - session.started)
             session.log_end()
 
-    async def _proxy_header(self, listener: Listener, stream: trio.SocketStream, peer_ip: str):
+    async def _proxy_header(self, listener: Listener, stream: trio.SocketStream,
+                            peer_ip: str) -> tuple[bytes, tuple[str, int] | None] | None:
         """PROXY protocol v1/v2 from a trusted peer: (bytes after the header, client address or
         None for LOCAL/UNKNOWN). None when the peer is untrusted or the header is bad: such
         connections are closed, never sniffed for a header that may be absent."""
@@ -126,15 +156,7 @@ class ListenerServer:
         return parser.remainder, header.source
 
     async def _handshake(self, session: Session, conn: Conn) -> bool:
-        listener = session.listener
-        handshakes = session.runtime.metrics.tls_handshakes
-        try:
-            conn.replace_stream(await server_handshake(
-                conn.stream, session.runtime.server_tls[listener.name], listener.protocol,
-                listener.timeouts.login))
-        except TLSHandshakeError as exc:
-            handshakes.labels(listener.name, exc.reason).inc()
-            session.close_reason = f"tls_{exc.reason}"
-            return False
-        handshakes.labels(listener.name, "ok").inc()
-        return True
+        failed = await accept_tls(session, conn)
+        if failed is not None:
+            session.close_reason = failed
+        return failed is None

@@ -4,15 +4,18 @@ CVE-2011-0411 class: whatever a peer sent after the STARTTLS command (client sid
 server's OK (upstream side), before the handshake, was sent in plaintext and may have been
 injected by an attacker; it must never be read as if it came over TLS. So buffered bytes at that
 moment refuse the client (RFC 3501 6.2.1, RFC 2595 4) or abort the upstream session.
+`accept_tls` is the client-side handshake itself, for STARTTLS and implicit TLS alike.
 """
 
 from __future__ import annotations
 
-from .failures import Failure
+import trio
+
 from ..net.conn import Conn
 from ..net.tls import TLSHandshakeError, server_handshake
 from .context import CloseSession, Session
-from .upstream import UpstreamError, upstream_tls_handshake
+from .failures import Close, Failure
+from .upstream import UpstreamError, deadline, start_tls
 
 
 _WORDS = {"imap": ("STARTTLS", "OK"), "pop3": ("STLS", "+OK")}
@@ -25,21 +28,36 @@ def client_injection(session: Session, buffered: int) -> bool:
     return bool(buffered)
 
 
+async def accept_tls(session: Session, conn: Conn) -> Close | None:
+    """The server side of a client's TLS handshake (implicit TLS, or after STARTTLS/STLS),
+    within the listener's `login` timeout; counted in tls_handshakes. None on success (the
+    connection is then encrypted), else why the session must end."""
+    listener = session.listener
+    handshakes = session.runtime.metrics.tls_handshakes
+    reason: str = "timeout"
+    with trio.move_on_after(listener.timeouts.login):
+        try:
+            stream = await server_handshake(
+                conn.stream, session.runtime.server_tls[listener.name], listener.protocol)
+        except TLSHandshakeError as exc:
+            reason = exc.reason
+        else:
+            handshakes.labels(listener.name, "ok").inc()
+            conn.replace_stream(stream)
+            session.tls = True
+            return None
+    handshakes.labels(listener.name, reason).inc()
+    return Close(f"tls_{reason}")
+
+
 async def upgrade_client(session: Session, conn: Conn) -> None:
     """The TLS handshake after the client was told to begin it. Raises CloseSession."""
-    listener = session.listener
-    metrics = session.runtime.metrics
-    try:
-        stream = await server_handshake(conn.stream, session.runtime.server_tls[listener.name],
-                                        listener.protocol, listener.timeouts.login)
-    except TLSHandshakeError as exc:
-        metrics.starttls.labels("client", listener.protocol, "failed").inc()
-        metrics.tls_handshakes.labels(listener.name, exc.reason).inc()
-        raise CloseSession("tls_failed") from None
-    metrics.starttls.labels("client", listener.protocol, "ok").inc()
-    metrics.tls_handshakes.labels(listener.name, "ok").inc()
-    conn.replace_stream(stream)
-    session.tls = True
+    failed = await accept_tls(session, conn)
+    protocol = session.listener.protocol
+    if failed is not None:
+        session.runtime.metrics.starttls.labels("client", protocol, "failed").inc()
+        raise CloseSession(Close.TLS_FAILED)
+    session.runtime.metrics.starttls.labels("client", protocol, "ok").inc()
 
 
 async def upgrade_upstream(session: Session, name: str, conn: Conn, accepted: bool,
@@ -54,8 +72,11 @@ async def upgrade_upstream(session: Session, name: str, conn: Conn, accepted: bo
     if buffered:
         metrics.labels("upstream", protocol, "injection").inc()
         raise UpstreamError(Failure.PROTOCOL, f"data after {command} {ok} before handshake")
+    upstream = session.runtime.config.upstreams[name]
     try:
-        conn.replace_stream(await upstream_tls_handshake(session, name, conn.stream))
+        with deadline(session.listener.timeouts.upstream_connect, "TLS handshake"):
+            conn.replace_stream(await start_tls(conn.stream, upstream,
+                                                lambda: session.runtime.upstream_tls.context(name)))
     except UpstreamError:
         metrics.labels("upstream", protocol, "failed").inc()
         raise

@@ -1,42 +1,128 @@
-"""Connecting to an upstream server: TCP with a timeout, then implicit TLS when configured.
+"""The one way to open a connection to an upstream server, and to say what went wrong.
 
-Protocol dialogue (greeting, STARTTLS/STLS, login) lives in imap_upstream.py / pop3_upstream.py;
-this module only opens the byte stream and classifies what went wrong (proxy.failures.Failure),
-which picks the client's reply, the log level and the metric label.
+Used by the relay (imap_upstream.py, pop3_upstream.py), the gateway's POP3 client and the
+upstream health checks. `open_upstream` opens TCP (an IP address is connected directly) and, for
+`tls: implicit`, runs the verified TLS handshake; `start_tls` is the same handshake after
+STARTTLS/STLS. Every error becomes an `UpstreamError` carrying a `Failure` (connect, tls,
+timeout...), which picks the client's reply, the log level and the metric label. Neither
+function has a timeout of its own: the caller bounds them with `deadline()`, a trio cancel scope
+that turns an expiry into `UpstreamError(Failure.TIMEOUT)`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-import time
+import ssl
+from contextlib import contextmanager
+from functools import partial
+from typing import Awaitable, Callable, Iterator
 
 import trio
 
 from .. import logs
 from ..config import ServicePort, Upstream
-from .failures import LOG_LEVEL, Failure
 from ..net.conn import Conn
-from ..net.tls import TLSHandshakeError, client_handshake
-from .context import Session
+from ..net.tls import TLSConfigError, TLSHandshakeError, client_context, client_handshake
+from .failures import Failure
+
+__all__ = ["UpstreamError", "built_context", "deadline", "open_upstream", "service", "start_tls",
+           "tcp_connect"]
+
+ContextFactory = Callable[[], ssl.SSLContext]  # may raise TLSConfigError (an unreadable file)
+Connector = Callable[[str, int], Awaitable[trio.abc.Stream]]  # (host, port) -> TCP stream
 
 
 class UpstreamError(Exception):
     """The upstream could not be used. `detail` is safe to log, never shown to the client."""
 
     def __init__(self, failure: Failure, detail: str):
-        super().__init__(detail)
+        super().__init__(f"{failure.label}: {detail}")
         self.failure = failure
         self.detail = detail
 
 
-async def _connect(host: str, port: int) -> trio.SocketStream:
+@contextmanager
+def deadline(seconds: float, what: str) -> Iterator[None]:
+    """A cancel scope for one step of talking to an upstream: past `seconds`, the step is
+    cancelled and UpstreamError(TIMEOUT) raised, saying `what` was waited for."""
+    try:
+        with trio.fail_after(seconds):
+            yield
+    except trio.TooSlowError:
+        raise UpstreamError(Failure.TIMEOUT, f"{what}: nothing within {seconds:g}s") from None
+
+
+async def built_context(upstream: Upstream, port: ServicePort) -> ContextFactory:
+    """For callers without the runtime's cached contexts (the gateway's POP3 client, health
+    checks): the upstream's TLS context, built off the event loop (loading the system CA
+    bundle takes a good fraction of a second) and before any timer starts. A TLSConfigError
+    is raised when the handshake asks for the context, so it is reported as a TLS failure."""
+    if port.tls == "none":
+        return _no_context
+    try:
+        context = await trio.to_thread.run_sync(partial(client_context, upstream, warn=False))
+    except TLSConfigError as exc:
+        error = exc
+
+        def fail() -> ssl.SSLContext:
+            raise error
+        return fail
+    return lambda: context
+
+
+def _no_context() -> ssl.SSLContext:
+    raise AssertionError("TLS asked of a plaintext service")
+
+
+def service(upstream: Upstream, protocol: str) -> ServicePort:
+    port = upstream.imap if protocol == "imap" else upstream.pop3
+    if port is None:
+        raise UpstreamError(Failure.INTERNAL, f"upstream has no {protocol}: section")
+    return port
+
+
+async def open_upstream(upstream: Upstream, protocol: str, context: ContextFactory,
+                        connect: Connector | None = None) -> Conn:
+    """TCP (`connect`, tcp_connect by default) and implicit TLS to the upstream's `protocol`
+    service. Raises UpstreamError.
+
+    Resource handling: on error nothing is left open; on success the caller owns the Conn."""
+    svc = service(upstream, protocol)
+    try:
+        stream = await (connect or tcp_connect)(upstream.host, svc.port)
+    except OSError as exc:
+        raise UpstreamError(Failure.CONNECT, os_reason(exc)) from None
+    if svc.tls == "implicit":
+        stream = await start_tls(stream, upstream, context)
+    return Conn(stream)
+
+
+async def start_tls(stream: trio.abc.Stream, upstream: Upstream,
+                    context: ContextFactory) -> trio.SSLStream[trio.abc.Stream]:
+    """Verified TLS to the upstream on `stream` (implicit, or after STARTTLS/STLS). Raises
+    UpstreamError (TLS); `stream` is closed then."""
+    try:
+        ctx = context()
+        return await client_handshake(stream, ctx, upstream.server_name or upstream.host)
+    except TLSConfigError as exc:  # an unreadable ca_file / client_cert
+        await trio.aclose_forcefully(stream)
+        raise UpstreamError(Failure.TLS, f"config: {logs.sanitize(str(exc), 120)}") from None
+    except TLSHandshakeError as exc:
+        await trio.aclose_forcefully(stream)
+        raise UpstreamError(Failure.TLS, f"{exc.reason}: {exc.detail}") from None
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+
+
+async def tcp_connect(host: str, port: int) -> trio.abc.Stream:
     """TCP to host:port. An IP address connects directly (trio.open_tcp_stream's resolver and
     happy-eyeballs machinery cost more than the connect itself on loopback)."""
     try:
         family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     except ValueError:
-        return await trio.open_tcp_stream(host, port)
+        return await trio.open_tcp_stream(host, port)  # sets TCP_NODELAY
     sock = trio.socket.socket(family, socket.SOCK_STREAM)
     try:
         await sock.connect((host, port))
@@ -46,45 +132,11 @@ async def _connect(host: str, port: int) -> trio.SocketStream:
     return trio.SocketStream(sock)  # sets TCP_NODELAY
 
 
-def service(upstream: Upstream, protocol: str) -> ServicePort:
-    port = upstream.imap if protocol == "imap" else upstream.pop3
-    assert port is not None, "config validation guarantees the section exists"
-    return port
-
-
-async def open_upstream(session: Session, name: str, upstream: Upstream, protocol: str) -> Conn:
-    """TCP (and implicit TLS) to the upstream's `protocol` service. Raises UpstreamError."""
-    svc = service(upstream, protocol)
-    timeout = session.listener.timeouts.upstream_connect
-    metrics = session.runtime.metrics
-    started = time.monotonic()
-    try:
-        with trio.fail_after(timeout):
-            stream = await _connect(upstream.host, svc.port)
-    except trio.TooSlowError:
-        raise UpstreamError(Failure.TIMEOUT, f"connect timed out after {timeout:g}s") from None
-    except OSError as exc:
-        raise UpstreamError(Failure.CONNECT, f"connect failed: {exc.strerror or exc}") from None
-    if svc.tls == "implicit":
-        stream = await upstream_tls_handshake(session, name, stream)
-    metrics.upstream_connect_duration.labels(name, protocol).observe(time.monotonic() - started)
-    return Conn(stream)
-
-
-async def upstream_tls_handshake(session: Session, name: str, stream: trio.abc.Stream):
-    """Verified TLS to the upstream (implicit or after STARTTLS). Raises UpstreamError."""
-    tls = session.runtime.upstream_tls
-    try:
-        return await client_handshake(stream, tls.context(name), tls.server_name(name),
-                                      session.listener.timeouts.upstream_connect)
-    except TLSHandshakeError as exc:
-        await trio.aclose_forcefully(stream)
-        raise UpstreamError(Failure.TLS, f"TLS {exc.reason}: {exc.detail}") from None
-
-
-def report(session: Session, name: str, error: UpstreamError) -> None:
-    """Count and log an upstream failure once."""
-    session.runtime.metrics.upstream_errors.labels(
-        name, session.protocol, error.failure.value).inc()
-    logs.event("upstream_error", LOG_LEVEL[error.failure], **session.log_fields(),
-               upstream=name, reason=error.failure.value, detail=logs.sanitize(error.detail))
+def os_reason(exc: OSError) -> str:
+    """`Connection refused` rather than trio's `all attempts to connect ... failed`."""
+    cause = exc.__cause__
+    if exc.strerror is None and isinstance(cause, BaseExceptionGroup):
+        first = cause.exceptions[0]
+        if isinstance(first, OSError):
+            exc = first
+    return logs.sanitize(exc.strerror or str(exc), 80)

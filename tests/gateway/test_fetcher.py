@@ -17,7 +17,9 @@ import pytest
 import trio
 import yaml
 
-from proxy.gateway.fetcher import FetchError, sync_account
+from proxy.gateway.fetcher import sync_account
+from proxy.session.failures import Failure
+from proxy.session.upstream import UpstreamError
 from proxy.store import KeyRing, open_store
 from support.polling import wait_for
 
@@ -175,9 +177,9 @@ async def test_wrong_password_is_an_auth_error(dovecot, user, tmp_path):
     name, _ = user
     config = make_config(dovecot.pop3_port, str(tmp_path / "s.db"))
     store = await open_store(config.gateway.store)
-    with pytest.raises(FetchError) as info:
+    with pytest.raises(UpstreamError) as info:
         await sync_account(config, store, "dc", name, "wrong")
-    assert info.value.reason == "auth"
+    assert info.value.failure is Failure.AUTH_REJECTED
     await store.close()
 
 
@@ -198,9 +200,9 @@ async def test_tls_implicit_and_starttls_with_verification(dovecot_factory, tmp_
         await sync_account(config, store, "dc", name, password)
     assert len(await stored(store, name)) == 1
     untrusted = make_config(server.pop3s_port, str(tmp_path / "s.db"), tls="implicit")
-    with pytest.raises(FetchError) as info:
+    with pytest.raises(UpstreamError) as info:
         await sync_account(untrusted, store, "dc", name, password)
-    assert info.value.reason == "tls"
+    assert info.value.failure is Failure.TLS
     await store.close()
 
 

@@ -14,7 +14,9 @@ import pytest
 import trio
 
 from proxy.gateway import pop3_client
-from proxy.gateway.fetcher import FetchError, sync_account
+from proxy.gateway.fetcher import sync_account
+from proxy.session.failures import Failure
+from proxy.session.upstream import UpstreamError
 from proxy.pop3 import writer
 from proxy.store import open_store
 
@@ -160,15 +162,15 @@ async def test_no_uidl_deduplicates_by_digest(nursery, tmp_path, log_records):
 async def test_retr_cut_short_stores_nothing_partial(nursery, tmp_path, log_records):
     fake = FakePop3(MESSAGES, uidl=True, cut_retr=4)
     await fake.start(nursery)
-    with pytest.raises(FetchError) as info:
+    with pytest.raises(UpstreamError) as info:
         await run_sync(fake, tmp_path)
-    assert info.value.reason == "truncated"
+    assert info.value.failure is Failure.UPSTREAM and "truncated" in info.value.detail
     store = await open_store(str(tmp_path / "s.db"))
     got = await stored(store, USER)
     # The three complete messages before the cut are kept; the cut one is not, not even in part.
     assert {u: b for u, (_, b) in got.items()} == {f"id-{i}": MESSAGES[i - 1] for i in (1, 2, 3)}
     failed = [r for r in log_records if r.getMessage() == "gateway_sync_failed"]
-    assert failed and failed[0].fields["reason"] == "truncated"
+    assert failed and failed[0].fields["reason"] == "upstream"
     result, got = await run_sync(fake, tmp_path, store=store)
     assert result.new == 2
     assert {u: b for u, (_, b) in got.items()} == {f"id-{i}": MESSAGES[i - 1] for i in range(1, 6)}
@@ -176,17 +178,17 @@ async def test_retr_cut_short_stores_nothing_partial(nursery, tmp_path, log_reco
 
 
 @pytest.mark.parametrize("options, reason", [
-    ({"uidl_reply": writer.ok() + b"1 id-1\r\nthis is not a uidl line\r\n.\r\n"}, "protocol"),
-    ({"uidl": True, "retr_reply": b"HELLO there\r\n"}, "protocol"),
-    ({"uidl": True, "retr_reply": b"+OK\r\n" + b"x" * 100}, "truncated"),   # then EOF
-    ({"uidl": True, "retr_reply": b"+OK\r\nSubject: x\r\n\r\nbody\r\n.\r"}, "truncated"),
+    ({"uidl_reply": writer.ok() + b"1 id-1\r\nthis is not a uidl line\r\n.\r\n"}, Failure.PROTOCOL),
+    ({"uidl": True, "retr_reply": b"HELLO there\r\n"}, Failure.PROTOCOL),
+    ({"uidl": True, "retr_reply": b"+OK\r\n" + b"x" * 100}, Failure.UPSTREAM),   # then EOF
+    ({"uidl": True, "retr_reply": b"+OK\r\nSubject: x\r\n\r\nbody\r\n.\r"}, Failure.UPSTREAM),
 ], ids=["bad-uidl-line", "bad-status-line", "unterminated-body", "almost-terminated"])
 async def test_malformed_replies_store_nothing(nursery, tmp_path, options, reason):
     fake = FakePop3(MESSAGES[:2], **options)
     await fake.start(nursery)
-    with pytest.raises(FetchError) as info:
+    with pytest.raises(UpstreamError) as info:
         await run_sync(fake, tmp_path)
-    assert info.value.reason == reason
+    assert info.value.failure is reason
     store = await open_store(str(tmp_path / "s.db"))
     assert await stored(store, USER) == {}
     await store.close()

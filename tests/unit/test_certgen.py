@@ -50,7 +50,8 @@ async def test_generated_pair_serves_and_verifies_for_each_name(tmp_path):
     client = ssl.create_default_context(cafile=str(cert_path))
 
     async def handler(stream):
-        tls = await server_handshake(stream, server_tls, "imap", 5)
+        with trio.fail_after(5):
+            tls = await server_handshake(stream, server_tls, "imap")
         await tls.send_all(b"* OK\r\n")
         await tls.aclose()
 

@@ -10,8 +10,9 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from proxy import metrics as m
+from proxy.net.tls import HANDSHAKE_FAILURE_REASONS
+from proxy.session.failures import LOG_LEVEL, Close, Failure, auth_result
 from proxy.metrics import Metrics, command_label, mechanism_label, status_label
-from proxy.session.failures import LOG_LEVEL, Failure
 
 NAME = re.compile(r"^mailproxy_[a-z_]+$")
 
@@ -191,10 +192,31 @@ def test_init_listener_and_upstream_create_series():
 def test_failure_values_are_the_reason_label_set():
     assert {failure.label for failure in Failure} == Failure.labels()
     assert {f.name for f in Failure} == {
-        "CONNECT", "TLS", "UPSTREAM", "PROTOCOL", "AUTH_REJECTED", "AUTH_TEMPFAIL", "LIMIT",
-        "TIMEOUT", "INTERNAL", "CLIENT_GONE"}
+        "CONNECT", "TLS", "UPSTREAM", "PROTOCOL", "AUTH_REJECTED", "AUTH_TEMPFAIL", "THROTTLED",
+        "LIMIT", "TIMEOUT", "INTERNAL", "CLIENT_GONE"}
     for failure in Failure:
         assert failure.value == failure.name.lower()
         assert NAME.match(f"mailproxy_{failure.value}")
     assert set(LOG_LEVEL) == set(Failure)
     assert LOG_LEVEL[Failure.INTERNAL] == logging.ERROR
+
+
+def test_the_failure_table_derives_replies_and_labels_from_one_row():
+    assert {auth_result(None)} | {f.auth for f in Failure} == set(m.AUTH_RESULTS)
+    assert Failure.AUTH_REJECTED.auth == "failure" and Failure.THROTTLED.auth == "throttled"
+    assert Failure.CONNECT.auth == "tempfail"
+    assert Failure.AUTH_REJECTED.imap_reply == (b"AUTHENTICATIONFAILED", b"Authentication failed.")
+    assert Failure.AUTH_REJECTED.pop3_reply == (b"AUTH", b"Authentication failed.")
+    assert Failure.THROTTLED.imap_reply[0] == b"UNAVAILABLE"
+    assert Failure.TIMEOUT.pop3_reply == (b"SYS/TEMP", b"Server unavailable, try again later.")
+
+
+def test_close_reasons_that_are_limits_name_known_limit_labels():
+    limits = {close.limit for close in Close if close.limit is not None}
+    assert limits == {"idle_timeout", "login_timeout", "preauth_commands", "bad_commands",
+                      "auth_failures"}
+    assert limits <= m.LIMITS
+    assert Close.CLIENT_CLOSED.limit is None
+    assert Close("tls_handshake_failed") is Close.TLS_HANDSHAKE_FAILED
+    for reason in HANDSHAKE_FAILURE_REASONS:  # session.serve ends a failed handshake with these
+        assert Close(f"tls_{reason}").value == f"tls_{reason}"

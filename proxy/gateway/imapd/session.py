@@ -30,13 +30,18 @@ import trio
 from ... import logs
 from ...imap import NEED_DATA, CommandParser, Limits, ProtocolError, events, writer
 from ...metrics import Metrics, command_label
+from ...net.conn import Conn
+from ...session.channel import Channel
 from ...session.context import CloseSession, Session
+from ...session.failures import Close
 from ...store import (Account, Store, MailboxExists, MailboxNotFound, StoreError, StoreFailure,
                       StoreKeyError)
 from ._args import Reply
 from ..numbers import MAX_SET_RANGES
 from ._budget import DEFAULT_COMMAND_BUDGET, CommandBudget
+from ._index import MailboxIndex
 from ._state import SELECTED, State, Trigger, next_state
+from .commands import COMMANDS
 
 if TYPE_CHECKING:
     from ._caches import MimeCache
@@ -52,8 +57,6 @@ class Backend:
     (shared by all accounts), the account's mailbox index, and the metrics."""
 
     def __init__(self, store: Store, hub: "Hub", mime: "MimeCache", metrics: Metrics):
-        from ._index import MailboxIndex
-
         self.store, self.hub, self.mime, self.metrics = store, hub, mime, metrics
         self.index = MailboxIndex()
 
@@ -61,7 +64,7 @@ class Backend:
 class ImapSession:
     """The authenticated part of one connection. `run()` returns when the session ends."""
 
-    def __init__(self, session: Session, conn: Any, backend: Backend, account: Account,
+    def __init__(self, session: Session, conn: Conn, backend: Backend, account: Account,
                  unconsumed: bytes = b""):
         self.session, self.conn, self.backend = session, conn, backend
         self.store = backend.store
@@ -73,8 +76,7 @@ class ImapSession:
                    max_nonsync_literal=limits.max_literal, max_depth=limits.max_depth,
                    max_id_line=limits.id_line_length),
             collect_literals=True, parse_args=True)
-        if unconsumed:
-            self.parser.receive_data(unconsumed)
+        self.channel = Channel(conn, self.parser, NEED_DATA, unconsumed)
         self.state = State.AUTHENTICATED
         self.view: SelectedView | None = None
         self.enabled: set[bytes] = set()
@@ -127,7 +129,7 @@ class ImapSession:
 
     async def _send(self, data: bytes) -> None:
         if not await self.conn.send(data):
-            raise CloseSession("client_closed")
+            raise CloseSession(Close.CLIENT_CLOSED)
 
     async def maybe_flush(self) -> None:
         if self.out_size >= FLUSH_AT:
@@ -147,14 +149,14 @@ class ImapSession:
                     cmd = await self._next_command()
                     await self._execute(cmd)
                     if self.draining:
-                        await self._bye(b"Server shutting down.", "shutdown")
+                        await self._bye(b"Server shutting down.", Close.SHUTDOWN)
             except CloseSession as exc:
                 error = exc
             finally:
                 nursery.cancel_scope.cancel()
                 self.deselect()
         if error is not None:
-            self.session.close_reason = error.reason
+            self.session.end(error.reason)
 
     async def _watch_drain(self) -> None:
         await self.session.runtime.drain.wait()
@@ -162,46 +164,38 @@ class ImapSession:
         if self._read_scope is not None:
             self._read_scope.cancel()
 
-    async def _bye(self, text: bytes, reason: str) -> None:
+    async def _bye(self, text: bytes, reason: Close) -> None:
         self.emit(b"BYE " + text)
         await self.conn.send(b"".join(self.out))
         self.out, self.out_size = [], 0
         raise CloseSession(reason)
 
-    async def _receive(self, timeout: float) -> bytes:
-        if self.draining:
-            await self._bye(b"Server shutting down.", "shutdown")
-        with trio.CancelScope() as scope:
-            self._read_scope = scope
-            try:
-                with trio.move_on_after(timeout) as timer:
-                    data = await self.conn.receive()
-            finally:
-                self._read_scope = None
-        if scope.cancelled_caught:
-            await self._bye(b"Server shutting down.", "shutdown")
-        if timer.cancelled_caught:
-            self.session.runtime.metrics.limit_hits.labels("idle_timeout").inc()
-            await self._bye(b"Autologout; idle for too long.", "idle_timeout")   # RFC 3501 5.4
-        return data
-
-    async def next_event(self, timeout: float | None = None) -> Any:
-        """The next parser event; answers protocol errors itself. Raises CloseSession."""
+    async def next_event(self, timeout: float | None = None) -> object:
+        """The next parser event, waiting at most `timeout` (the listener's `idle`) for the
+        client; answers protocol errors itself. Raises CloseSession (also on drain)."""
         timeout = timeout or self.session.listener.timeouts.idle
         while True:
-            try:
-                event = self.parser.next_event()
-            except ProtocolError as exc:
-                await self.flush()
-                await self.conn.send(exc.reply())
-                if exc.fatal:
-                    await self._bye(b"Protocol error.", "protocol_error")
-                continue
-            if event is NEED_DATA:
-                self.parser.receive_data(await self._receive(timeout))
-                continue
+            if self.draining:
+                await self._bye(b"Server shutting down.", Close.SHUTDOWN)
+            with trio.CancelScope() as drained:  # cancelled by _watch_drain
+                self._read_scope = drained
+                try:
+                    with trio.move_on_after(timeout) as timer:
+                        event = await self.channel.next_event()
+                except ProtocolError as exc:
+                    await self.flush()
+                    await self.conn.send(exc.reply())
+                    if exc.fatal:
+                        await self._bye(b"Protocol error.", Close.PROTOCOL_ERROR)
+                    continue
+                finally:
+                    self._read_scope = None
+            if drained.cancelled_caught:
+                await self._bye(b"Server shutting down.", Close.SHUTDOWN)
+            if timer.cancelled_caught:  # RFC 3501 5.4
+                await self._bye(b"Autologout; idle for too long.", Close.IDLE_TIMEOUT)
             if isinstance(event, events.ConnectionClosed):
-                raise CloseSession("client_closed")
+                raise CloseSession(Close.CLIENT_CLOSED)
             return event
 
     async def _next_command(self) -> events.Command:
@@ -215,8 +209,6 @@ class ImapSession:
 
     # ---- one command ------------------------------------------------------------------------
     async def _execute(self, cmd: events.Command) -> None:
-        from .commands import COMMANDS   # the table imports the handlers, which import us
-
         self.session.commands += 1
         started = time.monotonic()
         self.budget.start()
@@ -247,7 +239,7 @@ class ImapSession:
         except Exception:   # a bug: log it, tell the client nothing about it, close
             logs.event("gateway_internal_error", logging.ERROR, exc_info=True,
                        **self.session.log_fields(), command=cmd.name.decode("ascii", "replace"))
-            await self._bye(b"Internal server error.", "internal_error")
+            await self._bye(b"Internal server error.", Close.INTERNAL_ERROR)
         if self.state is SELECTED and self.view is not None:
             await self.send_updates(spec.expunge_ok if spec is not None else False)
         self.write(writer.tagged(cmd.tag, status, _safe(text), code))
@@ -263,7 +255,7 @@ class ImapSession:
             await hub.prune(self.store, self.backend.index, self.view.mailbox_id)
         self._count(cmd.name, status, started)
         if self.state is State.LOGOUT:
-            raise CloseSession("client_logout")
+            raise CloseSession(Close.CLIENT_LOGOUT)
 
     async def send_updates(self, allow_expunge: bool) -> None:
         view = self.view
@@ -276,7 +268,7 @@ class ImapSession:
             self.emit(line)
         _observe_latency(self.backend.metrics, view)
         if view.gone:   # our mailbox was deleted by another session
-            await self._bye(b"Selected mailbox was deleted.", "mailbox_deleted")
+            await self._bye(b"Selected mailbox was deleted.", Close.MAILBOX_DELETED)
 
     def _count(self, name: bytes, status: bytes, started: float) -> None:
         metrics = self.session.runtime.metrics
@@ -346,7 +338,7 @@ class ImapSession:
                 await self.send_updates(True)
                 await self.flush()
             if bound.cancelled_caught:  # a client that stopped reading: end the session
-                raise CloseSession("client_stalled")
+                raise CloseSession(Close.CLIENT_STALLED)
 
 
 STALLED_CLIENT = 30.0  # seconds an IDLE push may wait for a client that does not read
