@@ -120,16 +120,16 @@ class Conn:
         self.stream = stream
         self._fd = _plain_socket_fd(stream)
 
-    async def linger(self, timeout: float = LINGER_TIMEOUT) -> None:
-        """Half-close and discard what the peer still sends until it closes (at most `timeout`),
-        before aclose(). Closing a socket with unread input makes the kernel send a RST, which
-        can destroy the last reply (BYE, -ERR) before the client has read it: the "lingering
-        close" of HTTP servers. Plain TCP only (a TLS stream cannot half-close); shielded and
+    async def linger(self) -> None:
+        """Half-close and discard what the peer still sends until it closes (at most
+        LINGER_TIMEOUT), before aclose(). Closing a socket with unread input makes the kernel
+        send a RST, which can destroy the last reply (BYE, -ERR) before the client has read it:
+        the "lingering close" of HTTP servers. Plain TCP only (a TLS stream cannot half-close); shielded and
         bounded, so it is safe in a `finally` of a cancelled session."""
         send_eof = getattr(self.stream, "send_eof", None)
         if self.closed or self.eof or send_eof is None or isinstance(self.stream, trio.SSLStream):
             return  # (a peer that already closed has nothing left to send)
-        with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+        with trio.CancelScope(shield=True), trio.move_on_after(LINGER_TIMEOUT):
             try:
                 await send_eof()
                 while await self.stream.receive_some(RECEIVE_SIZE):

@@ -42,7 +42,7 @@ class Failure(enum.Enum):
     UPSTREAM = "upstream"            # the upstream broke the connection, refused, or cut a reply
     PROTOCOL = "protocol"            # a peer violated the protocol (unparseable input)
     AUTH_REJECTED = "auth_rejected"  # wrong credentials (the upstream said NO / -ERR, or no route)
-    AUTH_TEMPFAIL = "auth_tempfail"  # authentication could not be decided now ([UNAVAILABLE], [SYS/TEMP])
+    AUTH_TEMPFAIL = "auth_tempfail"  # cannot be decided now ([UNAVAILABLE], [SYS/TEMP])
     THROTTLED = "throttled"          # too many failed logins from this IP or for this user
     LIMIT = "limit"                  # a configured limit was hit (see metrics.LIMITS)
     TIMEOUT = "timeout"              # a connect, login, idle or upstream response timer expired

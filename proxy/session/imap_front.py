@@ -11,6 +11,7 @@ The credentials are handed to the caller, which logs in upstream and answers und
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from ..imap import PREAUTH_LIMITS, CommandParser, Limits, NEED_DATA, ProtocolError, events, writer
 from ..net.conn import Conn
@@ -41,7 +42,8 @@ class ImapFront(Front):
 
     def __init__(self, session: Session, conn: Conn, extra_capabilities: tuple[bytes, ...] = ()):
         limits = session.listener.limits
-        self.limits = Limits(max_line=limits.preauth_max_line, max_literal=limits.preauth_max_literal,
+        self.limits = Limits(max_line=limits.preauth_max_line,
+                             max_literal=limits.preauth_max_literal,
                              max_nonsync_literal=limits.preauth_max_literal,
                              max_depth=PREAUTH_LIMITS.max_depth,
                              # RFC 2971 3.3: the longest ID (about 32 KB), every other line tight
@@ -83,8 +85,7 @@ class ImapFront(Front):
                 continue
             if not isinstance(event, events.Command):
                 raise CloseSession(Close.PROTOCOL_ERROR)
-            command = event
-            request = await self._command(command.name, lambda: self._dispatch(command))
+            request = await self._command(event.name, partial(self._dispatch, event))
             if request is not None:
                 return request
 

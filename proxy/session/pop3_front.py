@@ -11,6 +11,7 @@ logs in upstream and answers the client.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from ..pop3 import NEED_DATA, CommandParser, Limits, ProtocolError, events, writer
 from ..net.conn import Conn
@@ -63,8 +64,7 @@ class Pop3Front(Front):
             event = await self._next_event()
             if not isinstance(event, events.Command):
                 raise CloseSession(Close.PROTOCOL_ERROR)
-            command = event
-            login = await self._command(command.name, lambda: self._dispatch(command))
+            login = await self._command(event.name, partial(self._dispatch, event))
             if login is not None:
                 return login
 

@@ -1,6 +1,6 @@
-"""The relay in-process over trio memory streams, with trio's MockClock: the login and idle
-timeouts fire without any real waiting (pytest-trio's `autojump_clock`), and the session's replies, close reason and limit
-metric are exact.
+"""The relay in-process over trio memory streams, with trio's MockClock (pytest-trio's
+`autojump_clock`): the login and idle timeouts fire without any real waiting, and the session's
+replies, close reason and limit metric are exact.
 
 The client side is a memory stream driven by the test; the upstream is a tiny scripted IMAP or
 POP3 server on another memory stream, reached through `Runtime.connect` (a unit test of the

@@ -146,7 +146,10 @@ class ImapSession:
             nursery.start_soon(self._watch_drain)
             try:
                 while True:
-                    cmd = await self._next_command()
+                    with trio.move_on_after(self.session.listener.timeouts.idle) as timer:
+                        cmd = await self._next_command()
+                    if timer.cancelled_caught:  # RFC 3501 5.4
+                        await self._bye(b"Autologout; idle for too long.", Close.IDLE_TIMEOUT)
                     await self._execute(cmd)
                     if self.draining:
                         await self._bye(b"Server shutting down.", Close.SHUTDOWN)
@@ -170,18 +173,16 @@ class ImapSession:
         self.out, self.out_size = [], 0
         raise CloseSession(reason)
 
-    async def next_event(self, timeout: float | None = None) -> object:
-        """The next parser event, waiting at most `timeout` (the listener's `idle`) for the
-        client; answers protocol errors itself. Raises CloseSession (also on drain)."""
-        timeout = timeout or self.session.listener.timeouts.idle
+    async def next_event(self) -> object:
+        """The next parser event; answers protocol errors itself. Raises CloseSession (also on
+        drain). The caller's cancel scope bounds the wait (`idle`, `idle_command`)."""
         while True:
             if self.draining:
                 await self._bye(b"Server shutting down.", Close.SHUTDOWN)
             with trio.CancelScope() as drained:  # cancelled by _watch_drain
                 self._read_scope = drained
                 try:
-                    with trio.move_on_after(timeout) as timer:
-                        event = await self.channel.next_event()
+                    event = await self.channel.next_event()
                 except ProtocolError as exc:
                     await self.flush()
                     await self.conn.send(exc.reply())
@@ -192,8 +193,6 @@ class ImapSession:
                     self._read_scope = None
             if drained.cancelled_caught:
                 await self._bye(b"Server shutting down.", Close.SHUTDOWN)
-            if timer.cancelled_caught:  # RFC 3501 5.4
-                await self._bye(b"Autologout; idle for too long.", Close.IDLE_TIMEOUT)
             if isinstance(event, events.ConnectionClosed):
                 raise CloseSession(Close.CLIENT_CLOSED)
             return event
@@ -310,7 +309,8 @@ class ImapSession:
 
                 nursery.start_soon(push)
                 try:
-                    event = await self.next_event(self.session.listener.timeouts.idle_command)
+                    with trio.move_on_after(self.session.listener.timeouts.idle_command) as timer:
+                        event = await self.next_event()
                 except CloseSession as exc:
                     error = exc
                 nursery.cancel_scope.cancel()
@@ -318,6 +318,8 @@ class ImapSession:
             gauge.dec()
         if error is not None:
             raise error
+        if timer.cancelled_caught:  # RFC 2177 3: an IDLE past idle_command is autologged out
+            await self._bye(b"Autologout; idle for too long.", Close.IDLE_TIMEOUT)
         if not isinstance(event, events.RawLine) or event.data.upper() != b"DONE":
             raise Reply.bad("Expected DONE.")
 
