@@ -27,7 +27,7 @@ from ..metrics import command_label
 from ..net.conn import Conn
 from ..session.channel import Channel
 from ..session.context import ByteCounter, CommandMeter, Session, wait_idle
-from ..session.failures import Close
+from ..session.failures import Close, limit_of_protocol_error
 from .imap_upstream import UpstreamIMAP, upstream_limits
 
 
@@ -181,9 +181,9 @@ class ImapRelay:
 
     async def _client_protocol_error(self, exc: ProtocolError) -> None:
         self.session.runtime.metrics.protocol_errors.labels("imap", exc.kind).inc()
-        if exc.kind in ("line_too_long", "literal_too_big", "nonsync_literal_too_big"):
-            self.session.limit_hit("line_length" if exc.kind == "line_too_long"
-                                   else "literal_size")
+        limit = limit_of_protocol_error(exc.kind)
+        if limit is not None:
+            self.session.limit_hit(limit)
         logs.event("client_protocol_error", **self.session.log_fields(), kind=exc.kind)
         # Part of the offending command may already be upstream, so the session cannot go on.
         await self._last_words(exc.reply())

@@ -26,7 +26,7 @@ from ..pop3 import is_multiline, writer
 from ..net.conn import Conn
 from ..session.channel import Channel
 from ..session.context import ByteCounter, CommandMeter, Session, wait_idle
-from ..session.failures import Close
+from ..session.failures import Close, limit_of_protocol_error
 from .pop3_upstream import UpstreamPOP3, relayable
 
 _LOCAL = {b"CAPA", b"STLS", b"USER", b"PASS", b"APOP", b"AUTH", b"XCLIENT"}
@@ -109,8 +109,9 @@ class Pop3Relay:
                 event = self.client_parser.next_event()
             except ProtocolError as exc:
                 self.session.runtime.metrics.protocol_errors.labels("pop3", exc.kind).inc()
-                if exc.kind == "line_too_long":
-                    self.session.limit_hit("line_length")
+                limit = limit_of_protocol_error(exc.kind)
+                if limit is not None:
+                    self.session.limit_hit(limit)
                 if not await self._flush(batch):
                     return False
                 await self._local_reply(exc.reply())

@@ -23,7 +23,7 @@ import enum
 import logging
 from dataclasses import dataclass
 
-__all__ = ["Failure", "Close", "LOG_LEVEL", "auth_result"]
+__all__ = ["Failure", "Close", "LOG_LEVEL", "auth_result", "limit_of_protocol_error"]
 
 
 @dataclass(frozen=True)
@@ -146,3 +146,13 @@ _LIMITS: dict[Close, str] = {
     Close.BAD_COMMANDS: "bad_commands",
     Close.AUTH_FAILURES: "auth_failures",
 }
+
+
+# Protocol errors (proxy.imap / proxy.pop3 `ProtocolError.kind`) that are a configured limit.
+_LIMIT_OF_PROTOCOL_ERROR = {"line_too_long": "line_length", "literal_too_big": "literal_size",
+                            "nonsync_literal_too_big": "literal_size"}
+
+
+def limit_of_protocol_error(kind: str) -> str | None:
+    """The mailproxy_limit_hits_total label when a protocol error is a limit, else None."""
+    return _LIMIT_OF_PROTOCOL_ERROR.get(kind)

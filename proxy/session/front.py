@@ -16,10 +16,8 @@ from ..metrics import command_label
 from ..net.conn import Conn
 from .channel import Channel, Parser
 from .context import CloseSession, CommandMeter, Session
-from .failures import Close
+from .failures import Close, limit_of_protocol_error
 
-_LIMIT_OF_ERROR = {"line_too_long": "line_length", "literal_too_big": "literal_size",
-                   "nonsync_literal_too_big": "literal_size"}
 T = TypeVar("T")
 
 
@@ -94,8 +92,9 @@ class Front:
 
     async def _protocol_error(self, exc: ProtocolErrorLike) -> None:
         self.session.runtime.metrics.protocol_errors.labels(self.protocol, exc.kind).inc()
-        if exc.kind in _LIMIT_OF_ERROR:
-            self.session.limit_hit(_LIMIT_OF_ERROR[exc.kind])
+        limit = limit_of_protocol_error(exc.kind)
+        if limit is not None:
+            self.session.limit_hit(limit)
         await self.conn.send(exc.reply())  # a fatal error's reply is its last word
         if exc.fatal:
             raise CloseSession(Close.PROTOCOL_ERROR) from None

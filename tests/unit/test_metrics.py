@@ -220,3 +220,12 @@ def test_close_reasons_that_are_limits_name_known_limit_labels():
     assert Close("tls_handshake_failed") is Close.TLS_HANDSHAKE_FAILED
     for reason in HANDSHAKE_FAILURE_REASONS:  # session.serve ends a failed handshake with these
         assert Close(f"tls_{reason}").value == f"tls_{reason}"
+
+
+def test_protocol_errors_that_are_limits_name_known_limit_labels():
+    from proxy.session.failures import limit_of_protocol_error
+
+    assert limit_of_protocol_error("line_too_long") == "line_length"
+    assert limit_of_protocol_error("nonsync_literal_too_big") == "literal_size"
+    assert limit_of_protocol_error("bad_syntax") is None
+    assert {limit_of_protocol_error(k) for k in ("line_too_long", "literal_too_big")} <= m.LIMITS
