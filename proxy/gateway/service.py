@@ -35,7 +35,7 @@ from ..config import Config, Upstream
 from ..imap import writer
 from ..metrics import Metrics
 from ..net.conn import Conn
-from ..session.context import CloseSession, Session, drain_guard
+from ..session.context import CloseSession, Session
 from ..session.failures import Failure
 from ..session.imap_front import ImapFront, LoginRequest
 from ..session.login import Attempt, log_in
@@ -153,24 +153,21 @@ class GatewayService:
         front = ImapFront(session, conn, PRELOGIN_CAPABILITIES)
         login: tuple[Account, AccountFetcher] | None = None
         try:
-            async with drain_guard(session, conn, b"* BYE Server shutting down.\r\n"):
-                with trio.move_on_after(session.listener.timeouts.login) as login_scope:
-                    await front.greet()
-                    login = await self._login(session, front)
-            if login is None:
-                if login_scope.cancelled_caught and session.close_reason is not Close.SHUTDOWN:
-                    await conn.send(b"* BYE Login timeout.\r\n")
-                    session.end(Close.LOGIN_TIMEOUT)
-                return
-            account, fetcher = login
-            imap = ImapSession(session, conn, self.backend(account), account,
-                               front.take_unconsumed())
-            await imap.run()
+            login = await front.until_logged_in(lambda: self._login(session, front),
+                                                self._release)
+            if login is not None:
+                account, _ = login
+                imap = ImapSession(session, conn, self.backend(account), account,
+                                   front.take_unconsumed())
+                await imap.run()
         except CloseSession as exc:
             session.end(exc.reason)
         finally:
             if login is not None:
                 self._detach(login[1])
+
+    async def _release(self, login: tuple[Account, AccountFetcher]) -> None:
+        self._detach(login[1])
 
     async def _check(self, session: Session, creds: Credentials, name: str,
                      upstream: Upstream) -> tuple[str | Failure, bytes]:

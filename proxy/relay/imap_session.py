@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import trio
-
 from ..config import Upstream
 from ..imap import writer
 from ..net.conn import Conn
-from ..session.context import CloseSession, Session, drain_guard
-from ..session.failures import Close, Failure
+from ..session.context import CloseSession, Session
+from ..session.failures import Failure
 from ..session.imap_front import ImapFront
 from ..session.login import Attempt, log_in
 from ..session.sasl import Credentials
@@ -25,23 +23,18 @@ async def handle(session: Session, conn: Conn) -> None:
     front = ImapFront(session, conn)
     upstream: UpstreamIMAP | None = None
     try:
-        async with drain_guard(session, conn, b"* BYE Server shutting down.\r\n"):
-            with trio.move_on_after(session.listener.timeouts.login) as login_scope:
-                await front.greet()
-                upstream = await _authenticate(session, front)
-        if session.close_reason is Close.SHUTDOWN:
-            return
-        if login_scope.cancelled_caught or upstream is None:
-            await conn.send(b"* BYE Login timeout.\r\n")
-            session.end(Close.LOGIN_TIMEOUT)
-            return
-        relay = ImapRelay(session, front.conn, front.take_unconsumed(), upstream)
-        await relay.run()
+        upstream = await front.until_logged_in(lambda: _authenticate(session, front), _close)
+        if upstream is not None:
+            await ImapRelay(session, front.conn, front.take_unconsumed(), upstream).run()
     except CloseSession as exc:
         session.end(exc.reason)
     finally:
         if upstream is not None:
             await upstream.conn.aclose()
+
+
+async def _close(upstream: UpstreamIMAP) -> None:
+    await upstream.conn.aclose()
 
 
 async def _authenticate(session: Session, front: ImapFront) -> UpstreamIMAP:

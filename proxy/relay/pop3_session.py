@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import trio
-
 from ..config import Upstream
 from ..net.conn import Conn
 from ..pop3 import writer
-from ..session.context import CloseSession, Session, drain_guard
-from ..session.failures import Close, Failure
+from ..session.context import CloseSession, Session
+from ..session.failures import Failure
 from ..session.login import Attempt, log_in
 from ..session.pop3_front import Pop3Front
 from ..session.sasl import Credentials
@@ -18,25 +16,22 @@ from .pop3_upstream import UpstreamPOP3, connect, is_tempfail, login
 
 
 async def handle(session: Session, conn: Conn) -> None:
+    """Run the session to its end. Never raises for anything the peers do."""
     front = Pop3Front(session, conn)
     upstream: UpstreamPOP3 | None = None
     try:
-        async with drain_guard(session, conn, writer.err(b"Server shutting down.", b"SYS/TEMP")):
-            with trio.move_on_after(session.listener.timeouts.login) as login_scope:
-                await front.greet()
-                upstream = await _authenticate(session, front)
-        if session.close_reason is Close.SHUTDOWN:
-            return
-        if login_scope.cancelled_caught or upstream is None:
-            await conn.send(writer.err(b"Login timeout."))
-            session.end(Close.LOGIN_TIMEOUT)
-            return
-        await Pop3Relay(session, front.conn, front.take_unconsumed(), upstream).run()
+        upstream = await front.until_logged_in(lambda: _authenticate(session, front), _close)
+        if upstream is not None:
+            await Pop3Relay(session, front.conn, front.take_unconsumed(), upstream).run()
     except CloseSession as exc:
         session.end(exc.reason)
     finally:
         if upstream is not None:
             await upstream.conn.aclose()
+
+
+async def _close(upstream: UpstreamPOP3) -> None:
+    await upstream.conn.aclose()
 
 
 async def _authenticate(session: Session, front: Pop3Front) -> UpstreamPOP3:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import time
 from typing import Awaitable, Callable, Protocol, TypeVar
 
+import trio
+
 from ..metrics import command_label
 from ..net.conn import Conn
 from .channel import Channel, Parser
-from .context import CloseSession, CommandMeter, Session
+from .context import CloseSession, CommandMeter, Session, drain_guard
 from .failures import Close, limit_of_protocol_error
 
 T = TypeVar("T")
@@ -47,6 +49,8 @@ class Front:
     TOO_MANY_COMMANDS: bytes   # last words when `preauth_commands` is spent
     TOO_MANY_BAD: bytes        # ... when `bad_commands` is spent
     TOO_MANY_FAILURES: bytes   # ... when `auth_failures` is spent (b"": just close)
+    SHUTTING_DOWN: bytes       # ... when the process drains before login
+    LOGIN_TIMED_OUT: bytes     # ... when the `login` timeout expires
     PROTOCOL_ERROR: type[Exception]  # the protocol's ProtocolError, NEED_DATA, ConnectionClosed
     NEED_DATA: object
     CLOSED: type
@@ -67,6 +71,36 @@ class Front:
 
     def status_of(self, reply: bytes) -> bytes:
         raise NotImplementedError
+
+    async def greet(self) -> None:
+        raise NotImplementedError
+
+    async def until_logged_in(self, log_in: Callable[[], Awaitable[T]],
+                              release: Callable[[T], Awaitable[None]]) -> T | None:
+        """The pre-login phase of every session (relay and gateway): greet, then `log_in`
+        (answer commands until a login succeeds) within the listener's `login` timeout, ended
+        early by a drain. Returns what the login produced (the caller owns it), or None when
+        the session ends instead: drained (the client got SHUTTING_DOWN) or timed out (the
+        client gets LOGIN_TIMED_OUT); a login that completes too late is `release`d. Raises
+        CloseSession when a budget or the client ends the session."""
+        result: T | None = None
+        try:
+            async with drain_guard(self.session, self.conn, self.SHUTTING_DOWN):
+                with trio.move_on_after(self.session.listener.timeouts.login):
+                    await self.greet()
+                    result = await log_in()
+        except BaseException:
+            if result is not None:
+                await release(result)
+            raise
+        if result is not None and self.session.close_reason is not Close.SHUTDOWN:
+            return result
+        if result is not None:
+            await release(result)
+        if self.session.close_reason is not Close.SHUTDOWN:
+            await self.conn.send(self.LOGIN_TIMED_OUT)
+            self.session.end(Close.LOGIN_TIMEOUT)
+        return None
 
     def take_unconsumed(self) -> bytes:
         """What the client pipelined behind its login, for the session that follows."""

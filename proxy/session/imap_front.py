@@ -39,6 +39,8 @@ class ImapFront(Front):
     TOO_MANY_COMMANDS = b"* BYE Too many commands before login.\r\n"
     TOO_MANY_BAD = b"* BYE Too many invalid commands.\r\n"
     TOO_MANY_FAILURES = b"* BYE Too many authentication failures.\r\n"
+    SHUTTING_DOWN = b"* BYE Server shutting down.\r\n"
+    LOGIN_TIMED_OUT = b"* BYE Login timeout.\r\n"
 
     def __init__(self, session: Session, conn: Conn, extra_capabilities: tuple[bytes, ...] = ()):
         limits = session.listener.limits

@@ -36,6 +36,8 @@ class Pop3Front(Front):
     TOO_MANY_COMMANDS = writer.err(b"Too many commands before login.", b"SYS/PERM")
     TOO_MANY_BAD = writer.err(b"Too many invalid commands.", b"SYS/PERM")
     TOO_MANY_FAILURES = b""  # POP3 has no unsolicited goodbye: the connection just closes
+    SHUTTING_DOWN = writer.err(b"Server shutting down.", b"SYS/TEMP")
+    LOGIN_TIMED_OUT = writer.err(b"Login timeout.")
 
     def __init__(self, session: Session, conn: Conn):
         lim = session.listener.limits

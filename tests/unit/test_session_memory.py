@@ -192,3 +192,35 @@ async def test_activity_pushes_the_idle_timeout_back(nursery, autojump_clock):
     assert not h.done.is_set()
     assert await h.read_to_eof() == b"* BYE Autologout; idle for too long.\r\n"
     assert trio.current_time() - start == pytest.approx(3 * (IDLE_TIMEOUT - 1) + IDLE_TIMEOUT)
+
+
+@pytest.mark.parametrize("protocol, last_words", [
+    ("imap", b"* BYE Server shutting down.\r\n"),
+    ("pop3", b"-ERR [SYS/TEMP] Server shutting down.\r\n")])
+async def test_drain_before_login_ends_at_once(nursery, autojump_clock, protocol, last_words):
+    upstream = ScriptedUpstream(*IMAP_UPSTREAM)
+    upstream.nursery = nursery
+    h = Harness(protocol, upstream)
+    nursery.start_soon(h.run)
+    await h.read_until(b"\r\n")
+    start = trio.current_time()
+    h.runtime.drain.set()
+    assert await h.read_to_eof() == last_words
+    await h.done.wait()
+    assert trio.current_time() == start  # no timer involved
+    assert h.session.close_reason is Close.SHUTDOWN
+    assert h.limit_hits("login_timeout") == 0
+
+
+async def test_imap_drain_after_login_says_bye_between_commands(nursery, autojump_clock):
+    upstream = ScriptedUpstream(*IMAP_UPSTREAM)
+    upstream.nursery = nursery
+    h = Harness("imap", upstream)
+    nursery.start_soon(h.run)
+    await h.read_until(b"\r\n")
+    await h.client.send_all(b"a LOGIN alice secret\r\n")
+    await h.read_until(b"Logged in.\r\n")
+    h.runtime.drain.set()
+    assert await h.read_to_eof() == b"* BYE Server shutting down.\r\n"
+    await h.done.wait()
+    assert h.session.close_reason is Close.SHUTDOWN
