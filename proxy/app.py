@@ -9,17 +9,18 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from . import __version__, config as config_mod, logs
+from . import __version__, logs
+from . import config as config_mod
 from .config import Config
 from .health import Health, check_upstreams
 from .metrics import Metrics
 from .net.http import serve_http
-from .session.serve import ListenerServer, OpenSessions
 from .net.throttle import Throttle
 from .net.tls import TLSConfigError
 from .preflight import bind_error, certificate_expiries
 from .session.context import Runtime
 from .session.failures import Failure
+from .session.serve import ListenerServer, OpenSessions
 
 
 def _handlers(gateway) -> dict:
@@ -34,7 +35,7 @@ def _handlers(gateway) -> dict:
 @asynccontextmanager
 async def _maybe_gateway(config: Config, metrics):
     """The gateway service (store, fetchers) when a listener has `mode: gateway`."""
-    if not any(l.mode == "gateway" for l in config.listeners):
+    if not any(lst.mode == "gateway" for lst in config.listeners):
         yield None
         return
     from .gateway.service import open_gateway
@@ -76,9 +77,9 @@ class App:
         async with _maybe_gateway(config, self.metrics) as gateway, \
                 trio.open_nursery() as nursery:
             handlers = _handlers(gateway)
-            self.servers = [ListenerServer(l.name, lambda: self.runtime,
-                                           handlers[(l.protocol, l.mode)], self.open_sessions)
-                            for l in config.listeners]
+            self.servers = [ListenerServer(lst.name, lambda: self.runtime,
+                                           handlers[(lst.protocol, lst.mode)], self.open_sessions)
+                            for lst in config.listeners]
             if config.metrics is not None:
                 try:
                     await nursery.start(serve_http, config.metrics.address, self.metrics,
@@ -89,7 +90,7 @@ class App:
                                self.metrics)
             async with trio.open_nursery() as sessions:
                 async with trio.open_nursery() as listeners:
-                    for i, (server, listener) in enumerate(zip(self.servers, config.listeners)):
+                    for i, (server, listener) in enumerate(zip(self.servers, config.listeners, strict=True)):
                         try:
                             ports = await listeners.start(server.serve, listener, sessions)
                         except OSError as exc:
@@ -126,8 +127,8 @@ class App:
             errors = exc.errors if isinstance(exc, config_mod.ConfigError) else [str(exc)]
             logs.event("reload_rejected", logging.ERROR, errors="; ".join(errors))
             return
-        old = {(l.name, l.protocol, l.mode, l.address) for l in self.runtime.config.listeners}
-        new = {(l.name, l.protocol, l.mode, l.address) for l in config.listeners}
+        old = {(x.name, x.protocol, x.mode, x.address) for x in self.runtime.config.listeners}
+        new = {(x.name, x.protocol, x.mode, x.address) for x in config.listeners}
         if old != new:
             logs.event("reload_rejected", logging.ERROR,
                        errors="listener names, protocols, modes and addresses need a restart")

@@ -41,8 +41,8 @@ import trio
 from .. import logs
 from ..config import Config
 from ..pop3 import writer
-from ..session.routing import log_user
 from ..session.failures import Failure
+from ..session.routing import log_user
 from ..session.upstream import UpstreamError
 from ..store import IngestItem, Store
 from ._parts import MimeLimits

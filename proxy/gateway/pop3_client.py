@@ -37,8 +37,7 @@ from ..net.conn import Conn
 from ..pop3 import NEED_DATA, ProtocolError, ResponseParser, events, writer
 from ..session.channel import Channel
 from ..session.failures import Failure
-from ..session.upstream import (UpstreamError, built_context, deadline, open_upstream, service,
-                                start_tls)
+from ..session.upstream import UpstreamError, built_context, deadline, open_upstream, service, start_tls
 
 __all__ = ["CONNECT_TIMEOUT", "RESPONSE_TIMEOUT", "Pop3Client"]
 

@@ -16,8 +16,8 @@ the store, one notification `Hub` per account, the MIME/body caches, the login c
 While at least one session of an account is open (always, with `gateway.background_poll`, for
 accounts whose password is stored encrypted: that needs `gateway.key_file`), its fetcher syncs every
 `gateway.poll_interval` (one fetcher per account; `fetcher.sync_account` also holds a per-account
-lock, `AccountLocks`). After a sync that stored new mail, it publishes the new INBOX tail on the account's hub,
-so IDLE sessions see it at once. The password is kept in memory only while sessions are open.
+lock, `AccountLocks`). After a sync that stored new mail, it publishes the new INBOX tail on the
+account's hub, so IDLE sessions see it at once. The password is kept in memory only while sessions are open.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import AsyncIterator
 import trio
 
 from .. import logs
-from ..config import Config, Upstream
+from ..config import Config, Gateway, Upstream
 from ..imap import writer
 from ..metrics import Metrics
 from ..net.conn import Conn
@@ -77,7 +77,7 @@ class AccountFetcher:
             while self.sessions > 0 or self.background:
                 self._kick = trio.Event()
                 await self._sync_once()
-                with trio.move_on_after(self.service.config.gateway.poll_interval):
+                with trio.move_on_after(self.service.settings.poll_interval):
                     await self._kick.wait()
         finally:
             self.running = False
@@ -125,8 +125,11 @@ class GatewayService:
     """See the module docstring. Create with `open_gateway`."""
 
     def __init__(self, config: Config, metrics: Metrics, store: Store, nursery: trio.Nursery):
+        if config.gateway is None:
+            raise ValueError("config has no gateway section")
         self.config, self.metrics, self.store, self.nursery = config, metrics, store, nursery
-        self.auth = Authenticator(config.gateway.auth_cache_ttl)
+        self.settings: Gateway = config.gateway
+        self.auth = Authenticator(self.settings.auth_cache_ttl)
         self.mime = MimeCache(BodyCache(), limits=mime_limits(config))
         self._backends: dict[int, Backend] = {}
         self._fetchers: dict[tuple[str, str], AccountFetcher] = {}
@@ -195,7 +198,7 @@ class GatewayService:
         fetcher.password = creds.password.decode("utf-8")
         self._gauge(+1)
         try:
-            if self.config.gateway.background_poll and self.store.can_store_credentials:
+            if self.settings.background_poll and self.store.can_store_credentials:
                 await self.store.save_credentials(account.id, creds.password)
                 fetcher.background = True
             synced = fetcher.synced

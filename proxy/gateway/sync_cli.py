@@ -66,8 +66,8 @@ def run_cli(args: argparse.Namespace) -> int:
     import trio
 
     from .. import config as config_mod
-    from ..store import StoreError, load_key_ring, open_store
     from ..session.upstream import UpstreamError
+    from ..store import StoreError, load_key_ring, open_store
     from .fetcher import SyncResult, sync_account
     from .users import canonical_user
 

@@ -54,8 +54,8 @@ import trio
 from cryptography import x509
 
 from .. import logs
-from .client_hello import client_hello_alpn
 from ..config import Certificate, Listener, Upstream
+from .client_hello import client_hello_alpn
 
 __all__ = [
     "HANDSHAKE_FAILURE_REASONS",

@@ -22,7 +22,7 @@ import time
 import trio
 
 from .. import logs
-from ..imap import CommandParser, Limits, NEED_DATA, ProtocolError, ResponseParser, events
+from ..imap import NEED_DATA, CommandParser, Limits, ProtocolError, ResponseParser, events
 from ..metrics import command_label
 from ..net.conn import Conn
 from ..session.channel import Channel
@@ -148,20 +148,19 @@ class ImapRelay:
                 return False
             if event is NEED_DATA:
                 return True
-            kind = type(event)
-            if kind is events.CommandStart:
+            if type(event) is events.CommandStart:  # `type is`: exact classes, the fast test
                 self.session.commands += 1
                 name = command_label("imap", event.name)
                 self.pending[event.tag] = (name, time.monotonic())
                 if name == "LOGOUT":
                     self.logout_seen = True
-            elif kind is events.Command:
+            elif type(event) is events.Command:
                 if event.name == b"IDLE":
                     self.idle_tag = event.tag
                     parser.expect_line()
-            elif kind is events.RawLine:
+            elif type(event) is events.RawLine:
                 self._raw_line(event.data)
-            elif kind is events.ConnectionClosed:
+            elif type(event) is events.ConnectionClosed:
                 return True
 
     def _raw_line(self, line: bytes) -> None:

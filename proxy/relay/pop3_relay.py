@@ -21,9 +21,17 @@ import trio
 
 from .. import logs
 from ..metrics import command_label
-from ..pop3 import NEED_DATA, CommandParser, Limits, ProtocolError, ResponseParser, events
-from ..pop3 import is_multiline, writer
 from ..net.conn import Conn
+from ..pop3 import (
+    NEED_DATA,
+    CommandParser,
+    Limits,
+    ProtocolError,
+    ResponseParser,
+    events,
+    is_multiline,
+    writer,
+)
 from ..session.channel import Channel
 from ..session.context import ByteCounter, CommandMeter, Session, wait_idle
 from ..session.failures import Close, limit_of_protocol_error
@@ -199,14 +207,13 @@ class Pop3Relay:
         response in progress, carried across chunks."""
         while True:
             event = parser.next_event()
-            kind = type(event)
-            if event is NEED_DATA or kind is events.ConnectionClosed:
+            if event is NEED_DATA or type(event) is events.ConnectionClosed:
                 return status
-            if kind is events.StatusLine:
+            if type(event) is events.StatusLine:  # `type is`: exact classes, the fast test
                 status = b"+OK" if event.ok else b"-ERR"
                 if not event.ok or not (self.pending and self.pending[0][2]):
                     self._finish(status)
-            elif kind is events.MultilineEnd:
+            elif type(event) is events.MultilineEnd:
                 self._finish(status)
 
     def _finish(self, status: bytes) -> None:

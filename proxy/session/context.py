@@ -51,7 +51,7 @@ class Runtime:
               connect: Connector = tcp_connect) -> Runtime:
         """Everything a session needs that depends on the config (certificates are loaded
         here). Raises TLSConfigError. Fresh metrics, drain event and throttle unless given."""
-        server_tls = {l.name: ServerTLS(l) for l in config.listeners if l.tls != "none"}
+        server_tls = {lst.name: ServerTLS(lst) for lst in config.listeners if lst.tls != "none"}
         return cls(config, metrics if metrics is not None else Metrics(),
                    UpstreamTLS(config.upstreams), server_tls,
                    drain if drain is not None else trio.Event(),

@@ -13,14 +13,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from ..imap import PREAUTH_LIMITS, CommandParser, Limits, NEED_DATA, ProtocolError, events, writer
+from ..imap import NEED_DATA, PREAUTH_LIMITS, CommandParser, Limits, ProtocolError, events, writer
 from ..net.conn import Conn
 from .context import CloseSession, Session
 from .failures import Close, Failure
 from .front import Front
+from .sasl import (
+    LOGIN_PASS_PROMPT,
+    LOGIN_USER_PROMPT,
+    Credentials,
+    SaslError,
+    b64decode,
+    decode_user,
+    parse_plain,
+)
 from .starttls import client_injection, upgrade_client
-from .sasl import LOGIN_PASS_PROMPT, LOGIN_USER_PROMPT, Credentials, SaslError, b64decode
-from .sasl import decode_user, parse_plain
 
 GREETING_TEXT = b"mailproxy ready."
 
@@ -152,30 +159,32 @@ class ImapFront(Front):
         return True
 
     async def _login(self, cmd: events.Command) -> LoginRequest | None:
-        if len(cmd.args) != 2 or not all(isinstance(a, bytes) for a in cmd.args):
+        args = [bytes(a) for a in cmd.args if isinstance(a, bytes)]  # strings, not lists
+        if len(cmd.args) != 2 or len(args) != 2:
             await self._bad(cmd.tag, b"LOGIN expects a user name and a password.")
             return None
         if await self._refuse_plaintext(cmd.tag):
             return None
         try:
-            user = decode_user(bytes(cmd.args[0]))
+            user = decode_user(args[0])
         except SaslError as exc:
             await self._bad(cmd.tag, str(exc).encode())
             return None
-        return LoginRequest(cmd.tag, Credentials(user, bytes(cmd.args[1]), "LOGIN"))
+        return LoginRequest(cmd.tag, Credentials(user, args[1], "LOGIN"))
 
     async def _authenticate(self, cmd: events.Command) -> LoginRequest | None:
+        args = [bytes(a) for a in cmd.args if isinstance(a, bytes)]
         if not cmd.args or not isinstance(cmd.args[0], bytes) or len(cmd.args) > 2:
             await self._bad(cmd.tag, b"AUTHENTICATE expects a mechanism.")
             return None
-        mechanism = bytes(cmd.args[0]).upper()
+        mechanism = args[0].upper()
         if mechanism not in (b"PLAIN", b"LOGIN"):
             await self._reply(writer.tagged(cmd.tag, b"NO", b"Unsupported authentication "
                                                b"mechanism.", b"CANNOT"))
             return None
         if await self._refuse_plaintext(cmd.tag):
             return None
-        initial = bytes(cmd.args[1]) if len(cmd.args) == 2 else None
+        initial = args[1] if len(args) == 2 else None
         try:
             creds = await (self._sasl_plain(initial) if mechanism == b"PLAIN"
                            else self._sasl_login(initial))

@@ -13,14 +13,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from ..pop3 import NEED_DATA, CommandParser, Limits, ProtocolError, events, writer
 from ..net.conn import Conn
+from ..pop3 import NEED_DATA, CommandParser, Limits, ProtocolError, events, writer
 from .context import CloseSession, Session
 from .failures import Close, Failure
 from .front import Front
+from .sasl import (
+    LOGIN_PASS_PROMPT,
+    LOGIN_USER_PROMPT,
+    Credentials,
+    SaslError,
+    b64decode,
+    decode_user,
+    parse_plain,
+)
 from .starttls import client_injection, upgrade_client
-from .sasl import LOGIN_PASS_PROMPT, LOGIN_USER_PROMPT, Credentials, SaslError, b64decode
-from .sasl import decode_user, parse_plain
 
 GREETING = b"+OK mailproxy ready.\r\n"
 

@@ -16,12 +16,12 @@ import trio
 
 from .. import logs
 from ..config import Listener
-from .context import Runtime, Session
-from .failures import Close
-from .starttls import accept_tls
 from ..net.conn import Conn, PrefixedStream
 from ..net.limits import ConnectionLimiter
 from ..net.proxy_protocol import ProxyHeaderParser, ProxyProtocolError, is_trusted
+from .context import Runtime, Session
+from .failures import Close
+from .starttls import accept_tls
 
 PROXY_HEADER_TIMEOUT = 5.0
 
@@ -75,12 +75,12 @@ class ListenerServer:
         """Accept until cancelled. Sessions run in `sessions`, so that stopping the accept loop
         (drain) leaves them running."""
         listeners = await trio.open_tcp_listeners(listener.address.port, host=listener.address.host)
-        task_status.started([l.socket.getsockname()[1] for l in listeners])
+        task_status.started([sock.socket.getsockname()[1] for sock in listeners])
         await trio.serve_listeners(self._connection, listeners, handler_nursery=sessions)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         runtime = self.get_runtime()
-        listener = next(l for l in runtime.config.listeners if l.name == self.name)
+        listener = next(lst for lst in runtime.config.listeners if lst.name == self.name)
         try:
             peer = stream.socket.getpeername()
             local = stream.socket.getsockname()

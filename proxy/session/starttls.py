@@ -17,7 +17,6 @@ from .context import CloseSession, Session
 from .failures import Close, Failure
 from .upstream import UpstreamError, deadline, start_tls
 
-
 _WORDS = {"imap": ("STARTTLS", "OK"), "pop3": ("STLS", "+OK")}
 
 

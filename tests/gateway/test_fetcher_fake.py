@@ -15,9 +15,9 @@ import trio
 
 from proxy.gateway import pop3_client
 from proxy.gateway.fetcher import sync_account
+from proxy.pop3 import writer
 from proxy.session.failures import Failure
 from proxy.session.upstream import UpstreamError
-from proxy.pop3 import writer
 from proxy.store import open_store
 
 from .helpers import make_config, stored

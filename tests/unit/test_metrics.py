@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from proxy import metrics as m
+from proxy.metrics import Metrics, command_label, mechanism_label, status_label
 from proxy.net.tls import HANDSHAKE_FAILURE_REASONS
 from proxy.session.failures import LOG_LEVEL, Close, Failure, auth_result
-from proxy.metrics import Metrics, command_label, mechanism_label, status_label
 
 NAME = re.compile(r"^mailproxy_[a-z_]+$")
 

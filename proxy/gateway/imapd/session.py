@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import trio
 
@@ -34,8 +34,7 @@ from ...net.conn import Conn
 from ...session.channel import Channel
 from ...session.context import CloseSession, Session
 from ...session.failures import Close
-from ...store import (Account, Store, MailboxExists, MailboxNotFound, StoreError, StoreFailure,
-                      StoreKeyError)
+from ...store import Account, MailboxExists, MailboxNotFound, Store, StoreError, StoreFailure, StoreKeyError
 from ._args import Reply
 from ..numbers import MAX_SET_RANGES
 from ._budget import DEFAULT_COMMAND_BUDGET, CommandBudget
