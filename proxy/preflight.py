@@ -2,7 +2,7 @@
 
 `config.load()` validates the text; `file_problems()` then loads what the text points at, exactly
 as `serve` would: each listener's certificates and keys (net.tls.ServerTLS), each upstream's CA
-file and client certificate (net.tls.UpstreamTLS), and the gateway's key file (store.KeyRing).
+file and client certificate (net.tls.client_context), and the gateway's key file (store.KeyRing).
 So `check-config` says OK only to a config `serve` starts with.
 
 `StartupError` is a refusal met while starting (an address already in use): the CLI prints its
@@ -14,7 +14,7 @@ from __future__ import annotations
 from cryptography import x509
 
 from .config import Config
-from .net.tls import ServerTLS, TLSConfigError, UpstreamTLS
+from .net.tls import ServerTLS, TLSConfigError, client_context
 from .store import StoreKeyError, load_key_ring
 
 
@@ -33,7 +33,8 @@ def file_problems(config: Config) -> list[str]:
                 problems.append(f"listeners[{i}].certificates: {exc}")
     for name, upstream in config.upstreams.items():
         try:
-            UpstreamTLS({name: upstream})
+            if any(port is not None and port.tls != "none" for port in (upstream.imap, upstream.pop3)):
+                client_context(upstream, name, warn=False)  # the runtime warns, once
         except TLSConfigError as exc:
             problems.append(f"upstreams.{name}: {exc}")
     gateway = config.gateway
