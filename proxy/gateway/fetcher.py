@@ -352,7 +352,7 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
             present = {u: n for n, u in listing if u is not None} if has_uidl else digests
             deleted = await _retention(client, store, account.id, retention, present, who)
         except UpstreamError as exc:
-            logs.event("gateway_sync_failed", exc.failure.level, user=who,
+            logs.event("gateway_sync_failed", logging.WARNING, user=who,
                        upstream=upstream_name, reason=exc.failure.label, detail=exc.detail)
             raise
         finally:

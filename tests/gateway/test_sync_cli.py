@@ -53,7 +53,7 @@ def test_missing_or_wrong_password(dovecot, user, tmp_path, capsys, monkeypatch)
     err = capsys.readouterr().err
     assert "sync failed: auth" in err
     # the log names the user (logging.user: full), not an account id
-    assert f"event=gateway_sync_failed user={name} upstream=dc reason=auth" in err
+    assert f"event=gateway_sync_failed user={name} upstream=dc reason=auth_rejected" in err
     assert "account=" not in err
 
 
