@@ -63,8 +63,8 @@ class App:
     def _init_series(self, config: Config) -> None:
         """Known label combinations exist at 0 from the start (and after a reload)."""
         self.metrics.certificate_expiry.clear()
-        for listener, path, expiry in certificate_expiries(config):
-            self.metrics.certificate_expiry.labels(listener, path).set(expiry)
+        for name, path, expiry in certificate_expiries(config):
+            self.metrics.certificate_expiry.labels(name, path).set(expiry)
         for listener in config.listeners:
             self.metrics.init_listener(listener.name, listener.protocol, listener.tls)
         for name, upstream in config.upstreams.items():

@@ -140,7 +140,7 @@ class GatewayService:
     def backend(self, account: Account) -> Backend:
         backend = self._backends.get(account.id)
         if backend is None:
-            hub = Hub(self.config.gateway.change_log_keep)
+            hub = Hub(self.settings.change_log_keep)
             backend = self._backends[account.id] = Backend(self.store, hub, self.mime, self.metrics)
         return backend
 
@@ -186,7 +186,7 @@ class GatewayService:
             request: LoginRequest = await front.next_login()
             creds = request.credentials
             creds = dataclasses.replace(   # case variants of a name are one account
-                creds, user=canonical_user(creds.user, self.config.gateway.user_case))
+                creds, user=canonical_user(creds.user, self.settings.user_case))
             outcome = await log_in(session, creds, attempt)
             if not isinstance(outcome, Failure):
                 break

@@ -35,8 +35,8 @@ from ...session.channel import Channel
 from ...session.context import CloseSession, Session
 from ...session.failures import Close
 from ...store import Account, MailboxExists, MailboxNotFound, Store, StoreError, StoreFailure, StoreKeyError
-from ._args import Reply
 from ..numbers import MAX_SET_RANGES
+from ._args import Reply
 from ._budget import DEFAULT_COMMAND_BUDGET, CommandBudget
 from ._index import MailboxIndex
 from ._state import SELECTED, State, Trigger, next_state
