@@ -303,18 +303,23 @@ class MessageOps:
         """IMAP MOVE (RFC 6851): copy and expunge in one transaction."""
         return await self._run(self._copy, src_mailbox_id, list(uids), dst_mailbox_id, True)
 
-    def _expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+    def _expunge(self, mailbox_id: int, uids: Sequence[int], only_deleted: bool) -> list[int]:
         with transaction(self._db):
             account_id = self._mailbox_row(mailbox_id)[1]
             rows = self._rows(mailbox_id, uids)
+            if only_deleted:
+                rows = [row for row in rows if "\\Deleted" in _flags_set(row[5])]
             self._expunge_rows(mailbox_id, account_id, rows)
         return [int(row[2]) for row in rows]
 
-    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+    async def expunge(self, mailbox_id: int, uids: Sequence[int],
+                      only_deleted: bool = False) -> list[int]:
         """Remove the listed messages (the IMAP layer picks those with \\Deleted); returns the UIDs
-        removed. The UIDL stays known, so ingest never brings an expunged message back. Their
-        bodies stay readable until `collect_bodies` (sessions not yet told, RFC 2180 4.1.1)."""
-        return await self._run(self._expunge, mailbox_id, list(uids))
+        removed. With `only_deleted`, only those that carry \\Deleted when the transaction runs
+        (another session may have just removed the flag). The UIDL stays known, so ingest never
+        brings an expunged message back. Their bodies stay readable until `collect_bodies`
+        (sessions not yet told, RFC 2180 4.1.1)."""
+        return await self._run(self._expunge, mailbox_id, list(uids), only_deleted)
 
     def _collect(self, body_ids: Sequence[int]) -> None:
         with transaction(self._db):

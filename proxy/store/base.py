@@ -24,6 +24,10 @@ session has had as \\Recent yet. `recent_floor(id, claim_upto=n)` atomically rai
 returns the old value, so each UID is claimed by exactly one caller, across sessions, processes
 and restarts; `recent_floor(id)` only reads it (EXAMINE, STATUS RECENT).
 
+EXPUNGE (issue 13). `expunge(id, uids, only_deleted=True)` removes only those of the UIDs that
+carry \\Deleted inside its own transaction: the IMAP layer's list comes from a session's view, and
+another session may have removed the flag since (expunging those would lose mail).
+
 Change-log pruning (issue 13). `prune_changes(id, below)` deletes change rows with MODSEQ below
 `below` and remembers that floor; from then on `changes_since(id, m)` with `m + 1 < floor` raises
 `ChangesPruned` (the log cannot say what changed), and callers fall back (a full reload; for
@@ -186,7 +190,8 @@ class Store(Protocol):
                    dst_mailbox_id: int) -> list[tuple[int, int]]: ...
     async def move(self, src_mailbox_id: int, uids: Sequence[int],
                    dst_mailbox_id: int) -> list[tuple[int, int]]: ...
-    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]: ...
+    async def expunge(self, mailbox_id: int, uids: Sequence[int],
+                      only_deleted: bool = False) -> list[int]: ...   # see the docstring
     async def collect_bodies(self, body_ids: Sequence[int]) -> None: ...   # see the docstring
     async def recent_floor(self, mailbox_id: int, claim_upto: int | None = None) -> int: ...
     async def changes_since(self, mailbox_id: int, modseq: int) -> list[Change]: ...

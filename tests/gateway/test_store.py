@@ -405,3 +405,13 @@ async def test_migration_2_makes_nothing_recent_in_an_existing_store(tmp_path):
         assert await s.changes_since(1, 0) == []
     finally:
         await s.close()
+
+
+async def test_expunge_only_deleted_spares_what_lost_the_flag(store):
+    """Issue 13: the UIDs come from a session's view; a message whose \\Deleted another session
+    has just removed is not expunged."""
+    account, inbox = await inbox_of(store)
+    uids = [await store.append(inbox.id, mail(i), ["\\Deleted"]) for i in range(3)]
+    await store.store_flags(inbox.id, [uids[1]], ["\\Deleted"], FlagMode.REMOVE)
+    assert await store.expunge(inbox.id, uids, only_deleted=True) == [uids[0], uids[2]]
+    assert [m.uid for m in await store.messages(inbox.id)] == [uids[1]]

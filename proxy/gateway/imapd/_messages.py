@@ -420,7 +420,8 @@ async def _expunge_deleted(session, only: set[int] | None, announce: bool) -> No
         await session.send_updates(True)   # learn others' flag changes first (allowed here)
     deleted = [u for u in view.uids if "\\Deleted" in view.meta[u].flags
                and (only is None or u in only)]
-    gone = await session.store.expunge(view.mailbox_id, deleted) if deleted else []
+    # only_deleted: another session may have taken \Deleted off since this view was told
+    gone = await session.store.expunge(view.mailbox_id, deleted, only_deleted=True) if deleted else []
     bodies = [view.meta[uid].body_id for uid in gone if uid in view.meta]
     lines = view.expunge_lines(gone)   # EXPUNGE, or VANISHED with QRESYNC (RFC 7162 3.2.10)
     if announce:
