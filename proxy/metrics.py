@@ -121,6 +121,7 @@ DIRECTIONS = ("client_to_upstream", "upstream_to_client")
 LIMITS = frozenset({
     "line_length", "literal_size", "preauth_commands", "bad_commands", "auth_failures",
     "idle_timeout", "login_timeout", "max_connections", "max_connections_per_ip", "auth_throttle",
+    "upstream_response",
 })
 
 

@@ -58,6 +58,7 @@ class ImapRelay:
         self._bytes_up = ByteCounter(metrics.bytes.labels("client_to_upstream", "imap"))
         self._bytes_down = ByteCounter(metrics.bytes.labels("upstream_to_client", "imap"))
         self.last_active = trio.current_time()
+        self.upstream_heard = self.last_active   # last upstream bytes, or a command owed an answer
 
     async def run(self) -> None:
         try:
@@ -67,6 +68,7 @@ class ImapRelay:
                 nursery.start_soon(self._upstream_to_client, nursery.cancel_scope)
                 nursery.start_soon(self._watch_drain)
                 nursery.start_soon(self._watch_idle)
+                nursery.start_soon(self._watch_upstream)
         finally:  # also when cut at shutdown_timeout
             self._settle()
 
@@ -130,6 +132,24 @@ class ImapRelay:
         self.session.end(Close.IDLE_TIMEOUT)
         self._cancel.cancel()
 
+    def _owed(self) -> bool:
+        """A command other than IDLE waits for its tagged answer."""
+        return bool(self.pending.keys() - {self.idle_tag})
+
+    async def _watch_upstream(self) -> None:
+        """An upstream that stops answering a command for `upstream_response` ends the session
+        (until now only the client idle timer did, after 30 minutes)."""
+        timeout = self.session.listener.timeouts.upstream_response
+        while True:
+            await wait_idle(lambda: self.upstream_heard + timeout)
+            if self._owed():
+                break
+            self.upstream_heard = trio.current_time()   # nothing owed: nothing to wait for
+        self.session.runtime.metrics.limit_hits.labels("upstream_response").inc()
+        await self._last_words(b"* BYE Upstream server not responding.\r\n")
+        self.session.close_reason = "upstream_timeout"
+        self._cancel.cancel()
+
     async def _forward_up(self, data: bytes) -> bool:
         self._bytes_up.add(len(data))
         if not await self.upstream.conn.send(data):
@@ -151,6 +171,8 @@ class ImapRelay:
             if type(event) is events.CommandStart:  # `type is`: exact classes, the fast test
                 self.session.commands += 1
                 name = command_label("imap", event.name)
+                if not self._owed():   # the upstream's time to answer starts now
+                    self.upstream_heard = trio.current_time()
                 self.pending[event.tag] = (name, time.monotonic())
                 if name == "LOGOUT":
                     self.logout_seen = True
@@ -176,6 +198,8 @@ class ImapRelay:
             if name == b"UID" and len(parts) >= 3:
                 name += b" " + parts[2].upper()
             self.session.commands += 1
+            if not self._owed():
+                self.upstream_heard = trio.current_time()
             self.pending[parts[0]] = (command_label("imap", name), time.monotonic())
 
     async def _client_protocol_error(self, exc: ProtocolError) -> None:
@@ -205,6 +229,7 @@ class ImapRelay:
                     return
                 await self._bye_if_at_rest()
                 data = await self.upstream_in.receive()
+                self.upstream_heard = trio.current_time()
                 if self.pending and not self.idle_tag:  # answering a command is activity
                     self.last_active = trio.current_time()
                 if not data:

@@ -145,3 +145,15 @@ def imap_login_literals(conn: FakeConn) -> None:
     if line:
         conn.send(line.split(b" ", 1)[0] + b" OK noop\r\n")
     conn.rest()
+
+
+def imap_mute_after_login(conn: FakeConn) -> None:
+    """Logs the proxy in, answers one NOOP, then reads commands and never answers them."""
+    conn.send(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR LITERAL+] fake ready\r\n")
+    line = conn.readline()
+    if not line:  # the health check
+        return
+    conn.send(line.split(b" ", 1)[0] + b" OK [CAPABILITY IMAP4rev1 LITERAL+] in\r\n")
+    line = conn.readline()
+    conn.send(line.split(b" ", 1)[0] + b" OK noop\r\n")
+    conn.rest()

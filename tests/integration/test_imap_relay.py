@@ -215,3 +215,33 @@ def test_login_fallback_with_literal_password(proxy_factory, dovecot):
         assert received.startswith(b"P1 LOGIN user@example.com {6}\r\n" + password + b"\r\n")
     finally:
         fake.close()
+
+
+def test_upstream_that_stops_answering_ends_the_session(proxy_factory, dovecot):
+    """Issue 14: a command the upstream never answers ends the session after
+    timeouts.upstream_response (not after the 30-minute client idle timer)."""
+    from . import fake_upstream
+
+    fake = fake_upstream.FakeUpstream(fake_upstream.imap_mute_after_login)
+    try:
+        config = relay_config(dovecot, listeners=("imap",), allow_plaintext_auth=True)
+        config["upstreams"]["main"]["imap"] = {"port": fake.port, "tls": "none"}
+        config["listeners"][0]["timeouts"] = {"upstream_response": "1s"}
+        proxy = proxy_factory(config)
+        assert fake.wait_connection() == b""  # the health check
+        sock = socket.create_connection((HOST, proxy.port("imap")), timeout=30)
+        file = sock.makefile("rb")
+        file.readline()
+        sock.sendall(b'a LOGIN "user@example.com" "pw"\r\nb NOOP\r\n')
+        assert file.readline().startswith(b"a OK")
+        assert file.readline() == b"b OK noop\r\n"
+        sock.sendall(b"c SELECT INBOX\r\n")   # never answered upstream
+        assert file.readline() == b"* BYE Upstream server not responding.\r\n"
+        assert file.readline() == b""   # closed
+        sock.close()
+        deadline = time.monotonic() + 10   # the session-end log line follows the close
+        while "upstream_timeout" not in proxy.logs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "upstream_timeout" in proxy.logs()
+    finally:
+        fake.close()
