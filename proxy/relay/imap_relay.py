@@ -147,7 +147,7 @@ class ImapRelay:
             self.upstream_heard = trio.current_time()   # nothing owed: nothing to wait for
         self.session.runtime.metrics.limit_hits.labels("upstream_response").inc()
         await self._last_words(b"* BYE Upstream server not responding.\r\n")
-        self.session.close_reason = "upstream_timeout"
+        self.session.close_reason = Close.UPSTREAM_TIMEOUT
         self._cancel.cancel()
 
     async def _forward_up(self, data: bytes) -> bool:

@@ -119,6 +119,7 @@ class Close(enum.Enum):
     PROTOCOL_ERROR = "protocol_error"
     SHUTDOWN = "shutdown"                      # drained (SIGTERM)
     IDLE_TIMEOUT = "idle_timeout"
+    UPSTREAM_TIMEOUT = "upstream_timeout"      # a command unanswered for timeouts.upstream_response
     LOGIN_TIMEOUT = "login_timeout"
     PREAUTH_COMMANDS = "preauth_commands"
     BAD_COMMANDS = "bad_commands"
