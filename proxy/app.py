@@ -11,6 +11,7 @@ import trio
 
 from . import __version__, logs
 from . import config as config_mod
+from .admin import AdminApi, serve_admin
 from .config import Config
 from .health import Health, check_upstreams
 from .metrics import Metrics
@@ -86,6 +87,13 @@ class App:
                                         self.health)
                 except OSError as exc:
                     raise bind_error("metrics.address", config.metrics.address, exc) from None
+            if config.admin is not None:
+                api = AdminApi(lambda: list(self.open_sessions.sessions),
+                               self.reload)
+                try:
+                    await nursery.start(serve_admin, config.admin, api)
+                except OSError as exc:
+                    raise bind_error("admin.address", config.admin.address, exc) from None
             nursery.start_soon(check_upstreams, lambda: self.runtime.config, self.health,
                                self.metrics)
             async with trio.open_nursery() as sessions:
@@ -115,10 +123,11 @@ class App:
                     return
                 self.reload()
 
-    def reload(self) -> None:
-        """SIGHUP: re-read and validate the config; new connections get it, sessions keep theirs."""
+    def reload(self) -> list[str]:
+        """SIGHUP: re-read and validate the config; new connections get it, sessions keep theirs.
+        Returns the errors that kept the old config (empty when reloaded)."""
         if self.config_path is None:
-            return
+            return ["no config file to reload"]
         try:
             config = config_mod.load(self.config_path)
             runtime = Runtime.build(config, self.metrics, drain=self.drain_event,
@@ -126,17 +135,18 @@ class App:
         except (config_mod.ConfigError, TLSConfigError) as exc:
             errors = exc.errors if isinstance(exc, config_mod.ConfigError) else [str(exc)]
             logs.event("reload_rejected", logging.ERROR, errors="; ".join(errors))
-            return
+            return errors
         old = {(x.name, x.protocol, x.mode, x.address) for x in self.runtime.config.listeners}
         new = {(x.name, x.protocol, x.mode, x.address) for x in config.listeners}
         if old != new:
-            logs.event("reload_rejected", logging.ERROR,
-                       errors="listener names, protocols, modes and addresses need a restart")
-            return
+            why = "listener names, protocols, modes and addresses need a restart"
+            logs.event("reload_rejected", logging.ERROR, errors=why)
+            return [why]
         self.runtime = runtime
         self.throttle.config = config.auth_throttle
         self._init_series(config)
         logs.event("reloaded", routes=len(config.routes), upstreams=len(config.upstreams))
+        return []
 
     async def _drain(self, sessions: trio.CancelScope) -> None:
         """SIGTERM: not ready at once, sessions told to finish (IMAP: BYE after the current

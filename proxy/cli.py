@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, certgen, keygen, logs
+from . import __version__, admin_cli, certgen, keygen, logs
 from . import config as config_mod
 from .gateway import sync_cli
 
@@ -27,6 +27,9 @@ EXAMPLES = {
     ("gateway", "sync"): "mailproxy gateway sync --config mailproxy.yaml "
                          "--password-file alice.pw alice@example.com",
     ("help",): "mailproxy help serve",
+    ("who",): "mailproxy who --config /etc/mailproxy/mailproxy.yaml",
+    ("kick",): "mailproxy kick --config /etc/mailproxy/mailproxy.yaml alice@example.com",
+    ("reload",): "mailproxy reload --config /etc/mailproxy/mailproxy.yaml",
 }
 
 
@@ -46,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     certgen.add_cli(sub)
     keygen.add_cli(sub)
     sync_cli.add_cli(sub)
+    admin_cli.add_cli(sub)
     helper = sub.add_parser("help", help="show the help of a command")
     helper.add_argument("topic", nargs="*", metavar="COMMAND", help="e.g. serve, gateway sync")
     _describe(parser, ())
@@ -103,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         return keygen.run_cli(args)
     if args.command == "gateway":
         return sync_cli.run_cli(args)
+    if args.command in ("who", "kick", "reload"):
+        return admin_cli.run_cli(args)
     return EXIT_CONFIG
 
 

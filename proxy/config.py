@@ -402,6 +402,15 @@ class AuthThrottle:
 
 
 @dataclass(frozen=True, slots=True)
+class Admin:
+    """The admin HTTP endpoint (proxy/admin.py): off unless configured; bearer token."""
+
+    __pydantic_config__ = _STRICT
+    address: ListenAddress
+    token: SecretValue
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     __pydantic_config__ = _STRICT
     listeners: tuple[Listener, ...]
@@ -413,6 +422,7 @@ class Config:
     gateway: Gateway | None = None
     auth_throttle: AuthThrottle = field(default_factory=AuthThrottle)
     shutdown_timeout: Duration = 30.0
+    admin: Admin | None = None
 
     def route(self, user: str) -> str | None:
         """The upstream name for `user`: the first matching route wins."""
@@ -569,6 +579,8 @@ def _address_conflicts(config: Config) -> list[tuple[tuple, str]]:
     taken: list[tuple[tuple, Address]] = []
     if config.metrics is not None:
         taken.append((("metrics", "address"), config.metrics.address))
+    if config.admin is not None:
+        taken.append((("admin", "address"), config.admin.address))
     taken += [(("listeners", i, "address"), lst.address) for i, lst in enumerate(config.listeners)]
     errors = []
     for n, (loc, address) in enumerate(taken):

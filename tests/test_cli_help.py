@@ -29,7 +29,8 @@ def command_paths(parser=None, path=()) -> list[tuple[str, ...]]:
 
 def test_every_command_is_listed() -> None:
     assert set(command_paths()) == {(), ("serve",), ("check-config",), ("gen-cert",),
-                                    ("gen-key",), ("gateway",), ("gateway", "sync"), ("help",)}
+                                    ("gen-key",), ("gateway",), ("gateway", "sync"), ("help",),
+                                    ("who",), ("kick",), ("reload",)}
 
 
 @pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "mailproxy")
@@ -49,7 +50,7 @@ def test_help_for_an_unknown_command() -> None:
     result = run("help", "nope")
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == ("mailproxy help: no command 'nope'; commands: serve, check-config, "
-                             "gen-cert, gen-key, gateway, help\n")
+                             "gen-cert, gen-key, gateway, who, kick, reload, help\n")
 
 
 def test_gen_key_prints_or_appends_keys_the_store_accepts(tmp_path: Path) -> None:

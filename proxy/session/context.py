@@ -86,6 +86,16 @@ class Session:
     close_reason: Close = Close.CLIENT_CLOSED
     bytes_from_client: int = 0
     bytes_to_client: int = 0
+    # set by the listener around the handler, so that an operator can end it (admin kick)
+    scope: trio.CancelScope | None = None
+    kicked: bool = False
+
+    def kick(self) -> None:
+        """End this session now (`mailproxy kick`): the listener sends BYE / -ERR and closes."""
+        self.kicked = True
+        self.close_reason = Close.KICKED
+        if self.scope is not None:
+            self.scope.cancel()
 
     @property
     def protocol(self) -> str:

@@ -133,6 +133,7 @@ class Close(enum.Enum):
     TLS_ALPN_REFUSED = "tls_alpn_refused"
     MAILBOX_DELETED = "mailbox_deleted"        # gateway: the selected mailbox went away
     INTERNAL_ERROR = "internal_error"
+    KICKED = "kicked"                          # ended by an operator (mailproxy kick)
 
     @property
     def limit(self) -> str | None:

@@ -31,6 +31,10 @@ _REFUSALS = {"imap": b"* BYE [UNAVAILABLE] Too many connections, try again later
              "pop3": b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n"}
 
 
+_KICKED = {"imap": b"* BYE Disconnected by the administrator.\r\n",
+           "pop3": b"-ERR [SYS/TEMP] Disconnected by the administrator.\r\n"}
+
+
 class OpenSessions:
     """The sessions open on every listener of the process; `wait_none()` returns once there
     are none (SIGTERM drain waits on it, without polling)."""
@@ -116,9 +120,13 @@ class ListenerServer:
         self.active.add(session)
         logs.event("session_start", logging.DEBUG, **session.log_fields(), tls=listener.tls)
         try:
-            if listener.tls == "implicit" and not await self._handshake(session, conn):
-                return
-            await self.handler(session, conn)
+            with trio.CancelScope() as session.scope:
+                if listener.tls == "implicit" and not await self._handshake(session, conn):
+                    return
+                await self.handler(session, conn)
+            if session.kicked:
+                with trio.move_on_after(1):
+                    await conn.send(_KICKED[listener.protocol])
         except Exception:
             session.close_reason = Close.INTERNAL_ERROR
             logs.event("session_crash", logging.ERROR, exc_info=True, **session.log_fields())
