@@ -200,8 +200,9 @@ def _server_context(ca: trustme.CA) -> ssl.SSLContext:
     return context
 
 
-async def test_implicit_tls_verifies_the_upstream(nursery, ca, tmp_path, monkeypatch):
-    monkeypatch.setattr(health_mod, "CHECK_TIMEOUT", 0.5)  # plain_to_tls waits for a greeting
+async def test_implicit_tls_verifies_the_upstream(nursery, ca, tmp_path):
+    # The default CHECK_TIMEOUT: a TLS handshake on a loaded machine must not make a good
+    # upstream look down (the plain-to-TLS case, which can only time out, is tested below).
     server = await FakeUpstream(IMAP_OK, _server_context(ca)).start(nursery)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
@@ -211,15 +212,24 @@ async def test_implicit_tls_verifies_the_upstream(nursery, ca, tmp_path, monkeyp
         wrong_name=upstream(imap=server.port, tls="implicit", ca_file=ca_file),
         untrusted=upstream(imap=server.port, tls="implicit", server_name="imap.example.test"),
         unverified=upstream(imap=server.port, tls="implicit", verify=False),
-        plain_to_tls=upstream(imap=server.port),
     )
     health = Health()
     await check_round(config, health, Metrics())
     assert health.upstream_ok == {"good": True, "wrong_name": False, "untrusted": False,
-                                  "unverified": True, "plain_to_tls": False}
+                                  "unverified": True}
     reason = await health_mod.check_service(config.upstreams["untrusted"], "imap",
                                             config.upstreams["untrusted"].imap)
     assert reason is not None and reason.startswith("tls: ")
+
+
+async def test_plain_check_of_a_tls_upstream_fails(nursery, ca, monkeypatch):
+    # A plain client waits for a greeting that a TLS server never sends: only the timer ends it.
+    monkeypatch.setattr(health_mod, "CHECK_TIMEOUT", 0.5)
+    server = await FakeUpstream(IMAP_OK, _server_context(ca)).start(nursery)
+    config = make_config(plain_to_tls=upstream(imap=server.port))
+    health = Health()
+    await check_round(config, health, Metrics())
+    assert health.upstream_ok == {"plain_to_tls": False}
 
 
 def test_readiness_rules():
