@@ -153,8 +153,10 @@ class Env:
         return user, password
 
     def proxy(self, listeners: list[dict[str, Any]], *, metrics: bool = False,
-              log_level: str | None = None) -> ProxyProcess:
-        """mailproxy relaying to this Dovecot (plain upstream ports) with the given listeners."""
+              log_level: str | None = None,
+              lookups: list[dict[str, Any]] | None = None) -> ProxyProcess:
+        """mailproxy relaying to this Dovecot (plain upstream ports) with the given listeners
+        (and `lookups:` asked before the route when given)."""
         self._proxies += 1
         config: dict[str, Any] = {
             "listeners": [{"mode": "relay", "address": "127.0.0.1:0", "tls": "none",
@@ -167,6 +169,8 @@ class Env:
         }
         if metrics:
             config["metrics"] = {"address": "127.0.0.1:0"}
+        if lookups:
+            config["lookups"] = lookups
         log_level = log_level or PROXY_LOG_LEVEL
         cls = ProxyProcess if log_level.upper() in ("DEBUG", "INFO") else QuietProxyProcess
         proc = cls(config, self.root / f"proxy-{self._proxies}",

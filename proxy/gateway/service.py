@@ -35,6 +35,7 @@ from ..config import Config, Gateway, Upstream
 from ..imap import writer
 from ..metrics import Metrics
 from ..net.conn import Conn
+from ..routing.answers import Refusal
 from ..session.context import CloseSession, Session
 from ..session.failures import Failure
 from ..session.imap_front import ImapFront, LoginRequest
@@ -188,6 +189,9 @@ class GatewayService:
             creds = dataclasses.replace(   # case variants of a name are one account
                 creds, user=canonical_user(creds.user, self.settings.user_case))
             outcome = await log_in(session, creds, attempt)
+            if isinstance(outcome, Refusal):
+                await front.auth_refused(request.tag, outcome)
+                continue
             if not isinstance(outcome, Failure):
                 break
             await front.auth_failed(request.tag, outcome)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config import Upstream
 from ..imap import writer
 from ..net.conn import Conn
+from ..routing.answers import Refusal
 from ..session.context import CloseSession, Session
 from ..session.failures import Failure
 from ..session.imap_front import ImapFront
@@ -43,6 +44,9 @@ async def _authenticate(session: Session, front: ImapFront) -> UpstreamIMAP:
         outcome = await log_in(session, request.credentials, IMAP_LOGIN)
         if isinstance(outcome, Failure):
             await front.auth_failed(request.tag, outcome)
+            continue
+        if isinstance(outcome, Refusal):
+            await front.auth_refused(request.tag, outcome)
             continue
         # The client's OK carries the upstream's capabilities (RFC 3501 7.1, CAPABILITY code).
         caps = b"CAPABILITY " + b" ".join(relayable(outcome.capabilities))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config import Upstream
 from ..net.conn import Conn
 from ..pop3 import writer
+from ..routing.answers import Refusal
 from ..session.context import CloseSession, Session
 from ..session.failures import Failure
 from ..session.login import Attempt, log_in
@@ -40,6 +41,9 @@ async def _authenticate(session: Session, front: Pop3Front) -> UpstreamPOP3:
         outcome = await log_in(session, request.credentials, POP3_LOGIN)
         if isinstance(outcome, Failure):
             await front.auth_failed(outcome)
+            continue
+        if isinstance(outcome, Refusal):
+            await front.auth_refused(outcome)
             continue
         try:
             await front.logged_in(writer.ok(b"Logged in."))

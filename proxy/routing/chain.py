@@ -14,11 +14,12 @@ forwarding) with the target's host and port, under the lookup's name (a bounded 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 from .. import logs
 from ..config import Config, HttpLookupEntry, ServicePort, Upstream
-from .answers import Answer, LoginQuery, Lookup, LookupUnavailable, Target
+from .answers import Answer, LoginQuery, Lookup, LookupUnavailable, Refusal, Target
 from .cache import AnswerCache
 from .http_lookup import HttpLookup
 from .ldap_lookup import LdapLookup
@@ -98,3 +99,46 @@ def upstream_for(config: Config, lookup_name: str, target: Target,
     services = {"imap": None, "pop3": None, protocol: service}
     upstream = replace(base, host=target.host, hosts=(), **services)  # type: ignore[arg-type]
     return lookup_name, upstream
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Log in at `upstream` (named `name` in logs and metrics), as `user` with `password` when
+    a lookup rewrote them."""
+
+    name: str
+    upstream: Upstream
+    user: str | None = None
+    password: bytes | None = None
+
+    def credentials(self, creds: Any) -> Any:
+        """The client's credentials (a proxy.relay.sasl.Credentials) after the rewrite."""
+        if self.user is None and self.password is None:
+            return creds
+        return replace(creds, user=self.user or creds.user,
+                       password=creds.password if self.password is None else self.password)
+
+
+async def destination(config: Config, lookups: Lookups | None,
+                      query: LoginQuery) -> Destination | Refusal | None:
+    """Where a login goes: the first lookup's answer, else the first matching route; None when
+    nothing matches. Raises LookupUnavailable."""
+    decided = await lookups.decide(query) if lookups else None
+    if decided is None:
+        name = config.route(query.user)
+        return None if name is None else Destination(name, config.upstreams[name])
+    lookup_name, answer = decided
+    if isinstance(answer, Refusal):
+        return answer
+    name, upstream = upstream_for(config, lookup_name, answer, query.protocol)
+    return Destination(name, upstream, answer.user, answer.password)
+
+
+def tls_settings(config: Config) -> dict[str, Upstream]:
+    """Upstream settings by the names sessions connect under: the upstreams, and each lookup
+    with an `upstream:` (hosts it names use those TLS settings, under the lookup's name)."""
+    named = dict(config.upstreams)
+    for entry in config.lookups:
+        if entry.lookup.upstream is not None:
+            named[entry.lookup.name] = config.upstreams[entry.lookup.upstream]
+    return named

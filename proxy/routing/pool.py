@@ -15,6 +15,7 @@ marked down beats refusing the login when every host is marked down.
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Callable, Sequence
 
 
@@ -36,21 +37,27 @@ def order(user: str, hosts: Sequence[str], is_up: Callable[[str], bool]) -> list
 
 
 class HostHealth:
-    """What is known of each pool host, per protocol: the health checker records every round
-    (`record`), a failed connect marks a host down at once (`mark_down`) until the next round
-    says otherwise. Unknown hosts count as up."""
+    """What is known of each pool host, per protocol: a failed connect marks a host down
+    (`mark_down`) for `down_for` seconds, after which it is tried first again by its users (so
+    they return home); `record` sets a state as a health check saw it. Unknown hosts are up."""
 
-    def __init__(self) -> None:
-        self._up: dict[tuple[str, str, str], bool] = {}
+    def __init__(self, down_for: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        self.down_for = down_for
+        self._clock = clock
+        self._down_until: dict[tuple[str, str, str], float] = {}
 
     def is_up(self, upstream: str, host: str, protocol: str) -> bool:
-        return self._up.get((upstream, host, protocol), True)
+        until = self._down_until.get((upstream, host, protocol))
+        return until is None or self._clock() >= until
 
     def record(self, upstream: str, host: str, protocol: str, up: bool) -> None:
-        self._up[upstream, host, protocol] = up
+        if up:
+            self._down_until.pop((upstream, host, protocol), None)
+        else:
+            self.mark_down(upstream, host, protocol)
 
     def mark_down(self, upstream: str, host: str, protocol: str) -> None:
-        self._up[upstream, host, protocol] = False
+        self._down_until[upstream, host, protocol] = self._clock() + self.down_for
 
     def hosts_to_try(self, upstream: str, hosts: Sequence[str], protocol: str,
                      user: str) -> list[str]:

@@ -17,6 +17,8 @@ from ..metrics import Metrics
 from ..net.conn import Conn
 from ..net.throttle import Throttle
 from ..net.tls import ServerTLS, UpstreamTLS
+from ..routing.chain import Lookups, tls_settings
+from ..routing.pool import HostHealth
 from .failures import Close
 from .routing import log_user
 from .upstream import Connector, tcp_connect
@@ -44,6 +46,8 @@ class Runtime:
     drain: trio.Event                 # set when the process drains (SIGTERM)
     throttle: Throttle                # auth-failure throttling, shared across reloads
     connect: Connector = tcp_connect  # how upstream TCP connections are made (tests: a fake)
+    lookups: Lookups | None = None    # this config's `lookups:` (proxy/routing), asked first
+    host_health: HostHealth = field(default_factory=HostHealth)  # pool hosts that failed
 
     @classmethod
     def build(cls, config: Config, metrics: Metrics | None = None, *,
@@ -53,11 +57,11 @@ class Runtime:
         here). Raises TLSConfigError. Fresh metrics, drain event and throttle unless given."""
         server_tls = {lst.name: ServerTLS(lst) for lst in config.listeners if lst.tls != "none"}
         return cls(config, metrics if metrics is not None else Metrics(),
-                   UpstreamTLS(config.upstreams), server_tls,
+                   UpstreamTLS(tls_settings(config)), server_tls,
                    drain if drain is not None else trio.Event(),
                    throttle if throttle is not None else Throttle(config.auth_throttle,
                                                                   trio.current_time),
-                   connect)
+                   connect, Lookups(config) if config.lookups else None)
 
 
 class LogFields(TypedDict):
@@ -82,6 +86,7 @@ class Session:
     started: float = field(default_factory=time.monotonic)
     user: str | None = None
     upstream: str | None = None
+    login_attempts: int = 0           # logins tried on this connection (Auth-Login-Attempt)
     commands: int = 0
     close_reason: Close = Close.CLIENT_CLOSED
     bytes_from_client: int = 0

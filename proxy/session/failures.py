@@ -124,6 +124,7 @@ class Close(enum.Enum):
     PREAUTH_COMMANDS = "preauth_commands"
     BAD_COMMANDS = "bad_commands"
     AUTH_FAILURES = "auth_failures"
+    AUTH_REFUSED = "auth_refused"              # a lookup refused without Auth-Wait (nginx closes)
     STARTTLS_INJECTION = "starttls_injection"  # data pipelined after STARTTLS/STLS
     TLS_FAILED = "tls_failed"                  # the STARTTLS/STLS handshake failed
     TLS_REQUIRED = "tls_required"

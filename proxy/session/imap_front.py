@@ -15,6 +15,7 @@ from functools import partial
 
 from ..imap import NEED_DATA, PREAUTH_LIMITS, CommandParser, Limits, ProtocolError, events, writer
 from ..net.conn import Conn
+from ..routing.answers import Refusal
 from .context import CloseSession, Session
 from .failures import Close, Failure
 from .front import Front
@@ -118,6 +119,16 @@ class ImapFront(Front):
         client's tag, and the end of the session past the `auth_failures` budget."""
         code, text = failure.imap_reply
         await self.login_failed(writer.tagged(tag, b"NO", text, code))
+
+    async def auth_refused(self, tag: bytes, refusal: Refusal) -> None:
+        """A lookup's refusal: its text under the client's tag (after our response code unless
+        it brings its own); without `wait` the session ends after it, as nginx does."""
+        failure = Failure.AUTH_TEMPFAIL if refusal.temporary else Failure.AUTH_REJECTED
+        text = refusal.message.encode()
+        code = None if text.startswith(b"[") else failure.imap_reply[0]
+        await self.login_failed(writer.tagged(tag, b"NO", text, code))
+        if refusal.wait is None:
+            raise CloseSession(Close.AUTH_REFUSED)
 
     # -- commands ----------------------------------------------------------------------------
     async def _capability(self, cmd: events.Command) -> None:

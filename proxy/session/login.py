@@ -1,7 +1,9 @@
 """Logging a client in: one path for the IMAP and POP3 relays and the gateway.
 
-Theory of operation: `log_in` routes the user, asks the mode's `Attempt` (the relay: connect
-and log in upstream; the gateway: check the password against the route's POP3 server) and
+Theory of operation: `log_in` routes the user (the `lookups:` first, then the static
+`routes:`; proxy/routing; a lookup may also refuse the login with its own text, a `Refusal`),
+asks the mode's `Attempt` (the relay: connect and log in upstream; the gateway: check the
+password against the route's POP3 server) and
 classifies the outcome once, as None (success) or a `Failure`: that picks the client's reply
 (Failure.imap_reply / pop3_reply), the auth metric's result and the log line. Auth-failure
 throttling wraps every attempt: a blocked IP or user is refused (Failure.THROTTLED) before any
@@ -12,15 +14,20 @@ its failure's level.
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import replace
 from typing import Awaitable, Callable, Generic, TypeVar
+
+import trio
 
 from .. import logs
 from ..config import Upstream
 from ..net.conn import Conn
+from ..routing.answers import LoginQuery, LookupUnavailable, Refusal
+from ..routing.chain import destination
 from .context import Session
 from .failures import Failure, auth_result
-from .routing import route
 from .sasl import Credentials
 from .upstream import UpstreamError, deadline, open_upstream
 
@@ -40,33 +47,56 @@ class Attempt(Generic[T]):
         self.protocol, self.mode, self.run = protocol, mode, run
 
 
-async def log_in(session: Session, creds: Credentials, attempt: Attempt[T]) -> T | Failure:
+async def log_in(session: Session, creds: Credentials,
+                 attempt: Attempt[T]) -> T | Failure | Refusal:
     """The attempt's result on success (the caller owns it then, and must release it if it is
-    cancelled before handing it on), else the Failure to answer with."""
+    cancelled before handing it on), else the Failure to answer with, or a lookup's Refusal
+    (its text is the client's reply; without `wait` the session ends after it, as nginx does)."""
     session.user = creds.user
+    session.login_attempts += 1
     if session.auth_blocked(creds.user):
-        outcome: T | Failure = Failure.THROTTLED
+        outcome: T | Failure | Refusal = Failure.THROTTLED
     else:
         outcome = await _attempt(session, creds, attempt)
-    failure = outcome if isinstance(outcome, Failure) else None
+    failure = refusal_failure(outcome) if isinstance(outcome, Refusal) else (
+        outcome if isinstance(outcome, Failure) else None)
     session.runtime.metrics.auth_attempts.labels(attempt.protocol, creds.mechanism,
                                                  auth_result(failure)).inc()
     if failure is None:
         session.runtime.throttle.success(creds.user, session.client_ip)
+    elif isinstance(outcome, Refusal) and outcome.wait is not None:
+        if failure is Failure.AUTH_REJECTED:  # counted for blocking; the directory sets the delay
+            session.runtime.throttle.failure(session.client_ip, session.user)
+        await trio.sleep(outcome.wait)  # nginx Auth-Wait
     elif failure is Failure.AUTH_REJECTED:
         await session.auth_failure_delay()
     return outcome
 
 
-async def _attempt(session: Session, creds: Credentials, attempt: Attempt[T]) -> T | Failure:
-    target = route(session.runtime.config, creds.user)
-    if target is None:  # answered like a wrong password, on purpose
+def refusal_failure(refusal: Refusal) -> Failure:
+    return Failure.AUTH_TEMPFAIL if refusal.temporary else Failure.AUTH_REJECTED
+
+
+async def _attempt(session: Session, creds: Credentials,
+                   attempt: Attempt[T]) -> T | Failure | Refusal:
+    query = LoginQuery(attempt.protocol, creds.user, creds.password, "plain",
+                       session.login_attempts, session.client_ip)
+    try:
+        where = await destination(session.runtime.config, session.runtime.lookups, query)
+    except LookupUnavailable:  # logged by the lookup chain
+        logs.event("auth", **session.log_fields(), result="tempfail", reason="lookup_unavailable")
+        return Failure.AUTH_TEMPFAIL
+    if where is None:  # answered like a wrong password, on purpose
         logs.event("auth", **session.log_fields(), result="failure", reason="no_route")
         return Failure.AUTH_REJECTED
-    name, upstream = target
+    if isinstance(where, Refusal):
+        logs.event("auth", **session.log_fields(), result=auth_result(refusal_failure(where)),
+                   reason="lookup_refused", lookup_reply=where.message)
+        return where
+    name, upstream = where.name, where.upstream
     session.upstream = name
     try:
-        outcome, text = await attempt.run(session, creds, name, upstream)
+        outcome, text = await attempt.run(session, where.credentials(creds), name, upstream)
     except UpstreamError as exc:
         report(session, name, exc)
         return exc.failure if exc.failure is Failure.AUTH_REJECTED else Failure.AUTH_TEMPFAIL
@@ -80,13 +110,33 @@ async def dial(session: Session, name: str, upstream: Upstream) -> Conn:
     """The session's connection to upstream `name` for its protocol: TCP and implicit TLS
     within the listener's `upstream_connect` timeout, timed for metrics."""
     started = time.monotonic()
-    with deadline(session.listener.timeouts.upstream_connect, "connect"):
-        conn = await open_upstream(upstream, session.protocol,
-                                   lambda: session.runtime.upstream_tls.context(name),
-                                   session.runtime.connect)
+    conn = await _dial_pool(session, name, upstream)
     session.runtime.metrics.upstream_connect_duration.labels(name, session.protocol).observe(
         time.monotonic() - started)
     return conn
+
+
+async def _dial_pool(session: Session, name: str, upstream: Upstream) -> Conn:
+    """A pool's hosts in the user's sticky order, healthy ones first (proxy/routing/pool.py):
+    a connect error or timeout marks the host down for a while and the next one is tried
+    (logged as `upstream_failover`); the last error is raised when every host failed."""
+    health = session.runtime.host_health
+    hosts = health.hosts_to_try(name, upstream.pool, session.protocol, session.user or "")
+    for index, host in enumerate(hosts):
+        member = upstream if len(hosts) == 1 else replace(upstream, host=host, hosts=())
+        try:
+            with deadline(session.listener.timeouts.upstream_connect, "connect"):
+                return await open_upstream(member, session.protocol,
+                                           lambda: session.runtime.upstream_tls.context(name),
+                                           session.runtime.connect)
+        except UpstreamError as exc:
+            if exc.failure not in (Failure.CONNECT, Failure.TIMEOUT) or index == len(hosts) - 1:
+                raise
+            health.mark_down(name, host, session.protocol)
+            report(session, name, exc)
+            logs.event("upstream_failover", logging.WARNING, **session.log_fields(),
+                       upstream=name, host=host, next_host=hosts[index + 1])
+    raise AssertionError("an upstream has at least one host")
 
 
 def report(session: Session, name: str, error: UpstreamError) -> None:

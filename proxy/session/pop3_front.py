@@ -15,6 +15,7 @@ from functools import partial
 
 from ..net.conn import Conn
 from ..pop3 import NEED_DATA, CommandParser, Limits, ProtocolError, events, writer
+from ..routing.answers import Refusal
 from .context import CloseSession, Session
 from .failures import Close, Failure
 from .front import Front
@@ -93,6 +94,17 @@ class Pop3Front(Front):
         self.user = None
         code, text = failure.pop3_reply
         await self.login_failed(writer.err(text, code))
+
+    async def auth_refused(self, refusal: Refusal) -> None:
+        """A lookup's refusal: its text (after our response code unless it brings its own);
+        without `wait` the session ends after it, as nginx does."""
+        self.user = None
+        failure = Failure.AUTH_TEMPFAIL if refusal.temporary else Failure.AUTH_REJECTED
+        text = refusal.message.encode()
+        await self.login_failed(writer.err(text, None if text.startswith(b"[")
+                                           else failure.pop3_reply[0]))
+        if refusal.wait is None:
+            raise CloseSession(Close.AUTH_REFUSED)
 
     # -- commands ----------------------------------------------------------------------------
     async def _capa(self, cmd: events.Command) -> None:

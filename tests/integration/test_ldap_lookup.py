@@ -118,3 +118,28 @@ def test_answer_from_entry_table() -> None:
     assert answer_from_entry({"host": []}, settings, names) is None
     with pytest.raises(LookupUnavailable):
         answer_from_entry({"host": ["h"], "ipServicePort": ["99999"]}, settings, names)
+
+
+def test_proxy_routes_through_ldap(slapd: Slapd, dovecot, proxy_factory) -> None:
+    """End to end: the proxy asks slapd, which names the upstream `d1` (the session Dovecot) for
+    ann; a user slapd does not know falls through to the static route, which here goes nowhere."""
+    import imaplib
+
+    if "ann@one.example" not in dovecot.users:
+        dovecot.add_user("ann@one.example", "ann-pw")
+    proxy = proxy_factory({
+        "listeners": [{"name": "imap", "protocol": "imap", "address": "127.0.0.1:0",
+                       "allow_plaintext_auth": True}],
+        "upstreams": {"d1": {"host": dovecot.host, "imap": {"port": dovecot.imap_port}},
+                      "nowhere": {"host": "127.0.0.1", "imap": {"port": free_ports(1)[0]}}},
+        "lookups": [{"ldap": {"url": slapd.url, "base": PEOPLE, "host_attribute": "host"}}],
+        "routes": [{"match": "*", "upstream": "nowhere"}],
+        "auth_throttle": {"enabled": False},
+    })
+    with imaplib.IMAP4("127.0.0.1", proxy.port("imap"), timeout=15) as imap:
+        assert imap.login("ann@one.example", "ann-pw")[0] == "OK"
+        imap.logout()
+    with imaplib.IMAP4("127.0.0.1", proxy.port("imap"), timeout=15) as imap:
+        with pytest.raises(imaplib.IMAP4.error) as info:
+            imap.login("zed@static.example", "x")
+        assert str(info.value) == "b'[UNAVAILABLE] Server unavailable, try again later.'"

@@ -280,7 +280,8 @@ def test_pool_sticky_and_failover() -> None:
 
 
 def test_host_health_marks_and_rounds() -> None:
-    health = pool.HostHealth()
+    now = [0.0]
+    health = pool.HostHealth(down_for=30, clock=lambda: now[0])
     hosts = ["10.0.0.1", "10.0.0.2"]
     home = pool.preference("ann", hosts)[0]
     other = next(h for h in hosts if h != home)
@@ -288,5 +289,8 @@ def test_host_health_marks_and_rounds() -> None:
     health.mark_down("p", home, "imap")
     assert health.hosts_to_try("p", hosts, "imap", "ann") == [other, home]
     assert health.hosts_to_try("p", hosts, "pop3", "ann") == [home, other]  # per protocol
-    health.record("p", home, "imap", True)  # the next check round: back home
+    health.record("p", home, "imap", True)  # a check saw it up: back home
+    assert health.hosts_to_try("p", hosts, "imap", "ann") == [home, other]
+    health.mark_down("p", home, "imap")
+    now[0] = 30.0  # the mark expires: tried first again
     assert health.hosts_to_try("p", hosts, "imap", "ann") == [home, other]

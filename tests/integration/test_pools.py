@@ -1,0 +1,76 @@
+"""Upstream pools: two real Dovecots on 127.0.0.1 and 127.0.0.2 sharing their ports form one
+upstream (`hosts:`). Every user exists on both, with a marker message saying which host served it.
+Each user always reaches the same host (stickiness, as proxy/routing/pool.py orders it); when
+one host is down its users go to the other at once (failover on connect error) and the others
+stay where they were."""
+
+from __future__ import annotations
+
+import imaplib
+import poplib
+
+import pytest
+
+from proxy.routing import pool
+from support.dovecot import start_dovecot
+
+HOSTS = ["127.0.0.1", "127.0.0.2"]
+USERS = [f"p{i}@pool.example" for i in range(8)]
+
+
+@pytest.fixture
+def pair(dovecot_root):
+    first = start_dovecot(dovecot_root)
+    second = start_dovecot(dovecot_root, host="127.0.0.2",
+                           ports=(first.imap_port, first.pop3_port))
+    for dovecot in (first, second):
+        for user in USERS:
+            dovecot.add_user(user, "pw")
+            dovecot.deliver(user, f"Subject: on {dovecot.host}\r\n\r\nx\r\n".encode())
+    yield first, second
+    second.stop()
+    first.stop()
+
+
+def served_by_imap(port: int, user: str) -> str:
+    with imaplib.IMAP4("127.0.0.1", port, timeout=15) as imap:
+        imap.login(user, "pw")
+        imap.select("INBOX", readonly=True)
+        _, data = imap.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        imap.logout()
+    return data[0][1].strip().decode().removeprefix("Subject: on ")
+
+
+def served_by_pop3(port: int, user: str) -> str:
+    pop = poplib.POP3("127.0.0.1", port, timeout=15)
+    try:
+        pop.user(user)
+        pop.pass_("pw")
+        subject = next(line for line in pop.top(1, 0)[1] if line.startswith(b"Subject:"))
+    finally:
+        pop.quit()
+    return subject.decode().removeprefix("Subject: on ")
+
+
+def test_sticky_then_failover(pair, proxy_factory) -> None:
+    first, second = pair
+    proxy = proxy_factory({
+        "listeners": [{"name": "imap", "protocol": "imap", "address": "127.0.0.1:0",
+                       "allow_plaintext_auth": True},
+                      {"name": "pop3", "protocol": "pop3", "address": "127.0.0.1:0",
+                       "allow_plaintext_auth": True}],
+        "upstreams": {"pool": {"hosts": HOSTS, "imap": {"port": first.imap_port},
+                               "pop3": {"port": first.pop3_port}}},
+        "routes": [{"match": "*", "upstream": "pool"}],
+        "auth_throttle": {"enabled": False},
+    })
+    home = {user: pool.preference(user, HOSTS)[0] for user in USERS}
+    assert set(home.values()) == set(HOSTS)  # these users spread over both hosts
+    for _ in range(2):  # the same user reaches the same host, every time, both protocols
+        assert {u: served_by_imap(proxy.port("imap"), u) for u in USERS} == home
+        assert {u: served_by_pop3(proxy.port("pop3"), u) for u in USERS} == home
+    second.stop()  # 127.0.0.2 goes away: its users fail over, the others stay
+    expected = {user: "127.0.0.1" for user in USERS}
+    assert {u: served_by_imap(proxy.port("imap"), u) for u in USERS} == expected
+    assert {u: served_by_pop3(proxy.port("pop3"), u) for u in USERS} == expected
+    assert "event=upstream_failover" in proxy.logs()
