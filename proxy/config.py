@@ -367,7 +367,9 @@ class GatewayLimits:
 @dataclass(frozen=True, slots=True)
 class Gateway:
     __pydantic_config__ = _STRICT
-    store: StrictStr = "mailproxy-gateway.db"
+    store: StrictStr = "mailproxy-gateway.db"   # SQLite file, or postgresql://user@host/db?sslmode=...
+    store_password: SecretValue | None = None  # PostgreSQL password ({file:}/{env:}), not in the URL
+    store_pool_size: StrictInt = 10            # PostgreSQL connections per process
     poll_interval: Duration = 60.0
     upstream_retention: StrictStr = "keep"  # keep | delete-after-fetch | a duration such as 30d
     key_file: Path | None = None
@@ -571,6 +573,11 @@ def _semantic_errors(config: Config) -> list[tuple[tuple, str]]:
             errors.append((("gateway", "limits", "mime_max_depth"), "expected 1 to 200"))
         if limits.mime_max_parts < 1:
             errors.append((("gateway", "limits", "mime_max_parts"), "expected at least 1"))
+        if not 1 <= config.gateway.store_pool_size <= 1000:
+            errors.append((("gateway", "store_pool_size"), "expected 1 to 1000 connections"))
+        if config.gateway.store_password is not None and "://" not in config.gateway.store:
+            errors.append((("gateway", "store_password"),
+                           "only a postgresql:// store takes a password"))
     return errors
 
 

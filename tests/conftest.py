@@ -8,7 +8,7 @@ Fixtures:
     postgres         session: one private PostgreSQL cluster (tests/support/postgres.py), stopped at
                      session end.
     pg_dsn           function: the `postgresql://` URL (password included) of a fresh, empty
-                     database on the session `postgres`, dropped when the test ends.
+                     schema on the session `postgres` (deleted with the cluster).
     proxy_factory    function: `factory(config_dict, log_format="text") -> ProxyProcess` runs
                      `python -m proxy serve` (tests/support/proxyproc.py); all are stopped when the test
                      ends, and the test fails if a proxy log holds a Traceback, unless that proxy's
@@ -100,9 +100,7 @@ def postgres(dovecot_root: pathlib.Path) -> Postgres:
 @pytest.fixture
 def pg_dsn(request: pytest.FixtureRequest, postgres: Postgres) -> str:
     _remember(request, "postgres log (tail)", postgres.log)
-    name = postgres.create_database()
-    yield postgres.dsn(name)
-    postgres.drop_database(name)
+    return postgres.fresh_dsn()
 
 
 @pytest.fixture

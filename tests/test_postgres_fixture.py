@@ -20,17 +20,18 @@ def test_binaries_are_installed():
     assert (bin_dir / "initdb").exists() and (bin_dir / "pg_ctl").exists()
 
 
-def test_each_test_gets_a_fresh_empty_database(postgres, pg_dsn):
+def test_each_test_gets_a_fresh_empty_schema(postgres, pg_dsn):
     with psycopg.connect(pg_dsn) as conn:
-        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
+        schema = conn.execute("SELECT current_schema()").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s",
+                              (schema,)).fetchone()
         assert tables == (0,)
         conn.execute("CREATE TABLE marker(x int)")
+    with psycopg.connect(postgres.fresh_dsn()) as conn:
+        assert conn.execute("SELECT to_regclass('marker')").fetchone() == (None,)
     other = postgres.create_database()
-    try:
-        with psycopg.connect(postgres.dsn(other)) as conn:
-            assert conn.execute("SELECT to_regclass('marker')").fetchone() == (None,)
-    finally:
-        postgres.drop_database(other)
+    with psycopg.connect(postgres.dsn(other)) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == (other,)
 
 
 def test_password_is_required(postgres, pg_dsn):

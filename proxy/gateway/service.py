@@ -240,6 +240,13 @@ class GatewayService:
         self.metrics.gateway_sessions.inc(delta)
 
 
+async def open_configured_store(gateway: Gateway) -> Store:
+    """The store of a `gateway:` config section (URL or path, key ring, password, pool size)."""
+    password = None if gateway.store_password is None else gateway.store_password.value.decode()
+    return await open_store(gateway.store, load_key_ring(gateway.key_file), password=password,
+                            pool_size=gateway.store_pool_size)
+
+
 @asynccontextmanager
 async def open_gateway(config: Config, metrics: Metrics) -> AsyncIterator[GatewayService]:
     """Open the store (`gateway.store`, key ring from `gateway.key_file`) and run the service's
@@ -250,7 +257,7 @@ async def open_gateway(config: Config, metrics: Metrics) -> AsyncIterator[Gatewa
     """
     if config.gateway is None:
         raise ValueError("config has no gateway section")
-    store = await open_store(config.gateway.store, load_key_ring(config.gateway.key_file))
+    store = await open_configured_store(config.gateway)
     error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:

@@ -67,8 +67,9 @@ def run_cli(args: argparse.Namespace) -> int:
 
     from .. import config as config_mod
     from ..session.upstream import UpstreamError
-    from ..store import StoreError, load_key_ring, open_store
+    from ..store import StoreError
     from .fetcher import SyncResult, sync_account
+    from .service import open_configured_store
     from .users import canonical_user
 
     try:
@@ -97,7 +98,7 @@ def run_cli(args: argparse.Namespace) -> int:
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
 
     async def main() -> SyncResult:
-        store = await open_store(gateway.store, load_key_ring(gateway.key_file))
+        store = await open_configured_store(gateway)
         try:
             return await sync_account(config, store, upstream, user, password, progress=bar)
         finally:

@@ -1,7 +1,7 @@
 """The gateway's message store: the `Store` protocol, its SQLite implementation, encryption at rest.
 
 `open_store(url_or_path, key_ring)` picks the implementation from `gateway.store`: a file path is
-SQLite; a `postgresql://` URL will be PostgreSQL.
+SQLite; a `postgresql://` URL is PostgreSQL (several replicas on one database).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ __all__ = [
     "ChangesPruned",
     "FlagMode", "FlagUpdate", "IngestItem", "KeyRing", "Mailbox", "MailboxExists", "MailboxNotFound",
     "MessageMeta", "Store", "StoreError", "StoreFailure", "StoreFlagsResult", "StoreKeyError",
-    "open_store",
+    "open_store", "is_postgres_url",
     "load_key_ring",
 ]
 
@@ -45,10 +45,23 @@ def load_key_ring(path: str | os.PathLike[str] | None) -> KeyRing | None:
     return None if path is None else KeyRing.from_file(path)
 
 
-async def open_store(url_or_path: str, key_ring: KeyRing | None = None) -> Store:
-    """Open the store named by `gateway.store`. Raises StoreError/StoreKeyError on failure."""
-    if url_or_path.startswith(("postgresql://", "postgres://")):
-        raise NotImplementedError("PostgreSQL store: not implemented yet")
+def is_postgres_url(url_or_path: str) -> bool:
+    return url_or_path.startswith(("postgresql://", "postgres://"))
+
+
+async def open_store(url_or_path: str, key_ring: KeyRing | None = None, *,
+                     password: str | None = None, pool_size: int | None = None) -> Store:
+    """Open the store named by `gateway.store`. Raises StoreError/StoreKeyError on failure.
+
+    `password` and `pool_size` apply to PostgreSQL only (`gateway.store_password`,
+    `gateway.store_pool_size`); TLS and the rest are the URL's own parameters (`sslmode`,
+    `sslrootcert`...).
+    """
+    if is_postgres_url(url_or_path):
+        from .postgres import DEFAULT_POOL_SIZE, open_postgres
+
+        return await open_postgres(url_or_path, key_ring, password=password,
+                                   pool_size=pool_size or DEFAULT_POOL_SIZE)
     if url_or_path.startswith("sqlite://"):
         url_or_path = url_or_path[len("sqlite://"):]
     from .sqlite import open_sqlite

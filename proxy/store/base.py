@@ -33,7 +33,8 @@ Change-log pruning (issue 13). `prune_changes(id, below)` deletes change rows wi
 `ChangesPruned` (the log cannot say what changed), and callers fall back (a full reload; for
 QRESYNC, VANISHED computed from the UIDs that exist). The gateway decides what to prune (README).
 
-Implementations: `sqlite.SqliteStore` (embedded); PostgreSQL later, with the same test suite.
+Implementations: `sqlite.SqliteStore` (embedded) and `postgres.PostgresStore` (several replicas on
+one database); both run the same test suite.
 """
 
 from __future__ import annotations

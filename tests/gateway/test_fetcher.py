@@ -1,4 +1,5 @@
-"""The POP3 fetcher against a real Dovecot pop3d (and, for what Dovecot cannot do, a tiny fake)."""
+"""The POP3 fetcher against a real Dovecot pop3d (and, for what Dovecot cannot do, a tiny fake).
+Tests taking `store_url` run on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -46,10 +47,10 @@ def deliver_all(dovecot, user: str, messages: list[bytes]) -> None:
         dovecot.deliver(user, message)
 
 
-async def test_500_mixed_messages_byte_identical(dovecot, user, tmp_path, mixed_mail):
+async def test_500_mixed_messages_byte_identical(dovecot, user, tmp_path, store_url, mixed_mail):
     name, password = user
     deliver_all(dovecot, name, mixed_mail)
-    config = make_config(dovecot.pop3_port, str(tmp_path / "s.db"))
+    config = make_config(dovecot.pop3_port, store_url)
     store = await open_store(config.gateway.store)
     seen = []
     result = await sync_account(config, store, "dc", name, password,
@@ -82,13 +83,13 @@ async def test_500_mixed_messages_byte_identical(dovecot, user, tmp_path, mixed_
     await store.close()
 
 
-async def test_internaldate_from_received_then_date(dovecot, user, tmp_path):
+async def test_internaldate_from_received_then_date(dovecot, user, tmp_path, store_url):
     name, password = user
     dovecot.deliver(name, b"Received: from x by y; Tue, 2 Jan 2024 03:04:05 +0000\r\n"
                           b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nSubject: a\r\n\r\nA\r\n")
     dovecot.deliver(name, b"Date: Wed, 3 Jan 2024 10:00:00 +0200\r\nSubject: b\r\n\r\nB\r\n")
     dovecot.deliver(name, b"Subject: no date\r\n\r\nC\r\n")
-    config = make_config(dovecot.pop3_port, str(tmp_path / "s.db"))
+    config = make_config(dovecot.pop3_port, store_url)
     store = await open_store(config.gateway.store)
     await sync_account(config, store, "dc", name, password)
     account = await store.ensure_account("dc", name)
@@ -100,13 +101,13 @@ async def test_internaldate_from_received_then_date(dovecot, user, tmp_path):
     await store.close()
 
 
-async def test_retention_delete_after_fetch(dovecot, user, tmp_path):
+async def test_retention_delete_after_fetch(dovecot, user, tmp_path, store_url):
     name, password = user
     deliver_all(dovecot, name, corpus(60)[40:])
     upstream = upstream_messages(dovecot.host, dovecot.pop3_port, name, password)
     key_file = tmp_path / "store.key"
     key_file.write_text(KeyRing.generate_line("k1") + "\n")
-    config = make_config(dovecot.pop3_port, str(tmp_path / "s.db"), "delete-after-fetch",
+    config = make_config(dovecot.pop3_port, store_url, "delete-after-fetch",
                          str(key_file))
     store = await open_store(config.gateway.store, KeyRing.from_file(key_file))
     result = await sync_account(config, store, "dc", name, password)

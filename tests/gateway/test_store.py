@@ -1,10 +1,13 @@
-"""Store unit tests (SQLite; no Dovecot needed)."""
+"""Store tests, each run on SQLite and on PostgreSQL (the `store`/`store_url` fixtures of
+tests/gateway/conftest.py); no Dovecot needed. Tests of one implementation's files say so."""
 
 from __future__ import annotations
 
 import datetime as dt
+import pathlib
 import sqlite3
 
+import psycopg
 import pytest
 
 from proxy.store import (
@@ -28,13 +31,6 @@ WHEN = dt.datetime(2024, 5, 17, 10, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)
 def mail(n: int, extra: bytes = b"") -> bytes:
     return (b"From: a@example.org\r\nTo: b@example.org\r\nSubject: message %d\r\n\r\n"
             b"body %d\r\n" % (n, n)) + extra
-
-
-@pytest.fixture
-async def store(tmp_path):
-    s = await open_store(str(tmp_path / "store.db"))
-    yield s
-    await s.close()
 
 
 async def inbox_of(store, user="alice"):
@@ -63,8 +59,8 @@ async def test_uids_strictly_increase_and_are_never_reused(store):
     assert (await store.get_mailbox(inbox.account_id, INBOX)).uidnext == 5
 
 
-async def test_uidvalidity_and_data_survive_reopen(tmp_path):
-    path = str(tmp_path / "s.db")
+async def test_uidvalidity_and_data_survive_reopen(store_url):
+    path = store_url
     s = await open_store(path)
     account, inbox = await inbox_of(s)
     await s.append(inbox.id, mail(1), ["\\Seen"], WHEN)
@@ -224,45 +220,62 @@ async def test_cache_blob_roundtrip(store):
     assert await store.cache(meta) == b'{"envelope": 2}'
 
 
-async def test_postgres_url_not_implemented():
-    with pytest.raises(NotImplementedError):
-        await open_store("postgresql://localhost/mail")
-
-
 # ---- encryption at rest ---------------------------------------------------------------------------
 
 def raw_files(path) -> bytes:
     return b"".join(p.read_bytes() for p in path.parent.iterdir() if p.name.startswith(path.name))
 
 
-async def test_marker_not_found_in_sqlite_files_with_key(tmp_path):
-    path = tmp_path / "enc.db"
+def raw_database(url: str) -> bytes:
+    """Every row of every table of a PostgreSQL store, as the server holds it (bytea as bytes)."""
+    out = []
+    with psycopg.connect(url) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
+        for table in tables:
+            for row in conn.execute(f'SELECT * FROM "{table}"'):
+                out += [v if isinstance(v, bytes) else str(v).encode() for v in row]
+    return b"\0".join(out)
+
+
+def raw_bytes(location: str) -> bytes:
+    if location.startswith("postgresql://"):
+        return raw_database(location)
+    path = pathlib.Path(location)
+    return raw_files(path)
+
+
+async def test_marker_not_found_in_stored_bytes_with_key(store_url, tmp_path, request):
+    path = store_url
     ring = KeyRing.parse(KeyRing.generate_line("k1"))
     marker = b"MARKER-7f3a9c-unique-secret-text"
-    s = await open_store(str(path), ring)
+    s = await open_store(path, ring)
     account, inbox = await inbox_of(s)
     body = mail(1, marker * 3)
     await s.ingest(account.id, "u1", body, WHEN, cache=b'{"subject": "%s"}' % marker)
     await s.append(inbox.id, mail(2, marker))
     await s.save_credentials(account.id, b"password " + marker)
-    assert marker not in raw_files(path)
+    assert marker not in raw_bytes(path)
     messages = await s.messages(inbox.id)
     assert await s.body(messages[0]) == body
     assert marker in await s.cache(messages[0])
     assert marker in await s.load_credentials(account.id)
     await s.close()
-    assert marker not in raw_files(path)
+    assert marker not in raw_bytes(path)
     # Without encryption the marker is visible: the check above is meaningful.
-    plain = tmp_path / "plain.db"
-    s = await open_store(str(plain))
+    if path.startswith("postgresql://"):
+        plain = request.getfixturevalue("postgres").fresh_dsn()
+    else:
+        plain = str(tmp_path / "plain.db")
+    s = await open_store(plain)
     account, inbox = await inbox_of(s)
     await s.append(inbox.id, b"Subject: x\r\n\r\n" + marker)
     await s.close()
-    assert marker in raw_files(plain)
+    assert marker in raw_bytes(plain)
 
 
-async def test_key_rotation_keeps_old_messages_readable(tmp_path):
-    path = str(tmp_path / "rot.db")
+async def test_key_rotation_keeps_old_messages_readable(store_url):
+    path = store_url
     k1, k2 = KeyRing.generate_line("k1"), KeyRing.generate_line("k2")
     s = await open_store(path, KeyRing.parse(k1))
     account, inbox = await inbox_of(s)
@@ -282,8 +295,8 @@ async def test_key_rotation_keeps_old_messages_readable(tmp_path):
     await s.close()
 
 
-async def test_wrong_or_missing_key_is_a_clear_error(tmp_path):
-    path = str(tmp_path / "wrong.db")
+async def test_wrong_or_missing_key_is_a_clear_error(store_url):
+    path = store_url
     s = await open_store(path, KeyRing.parse(KeyRing.generate_line("k1")))
     await s.close()
     with pytest.raises(StoreKeyError, match="wrong key or corrupted record"):
@@ -294,21 +307,26 @@ async def test_wrong_or_missing_key_is_a_clear_error(tmp_path):
         await open_store(path, KeyRing.parse(KeyRing.generate_line("other")))
 
 
-async def test_tampered_record_is_detected(tmp_path):
-    path = tmp_path / "tamper.db"
+async def test_tampered_record_is_detected(store_url):
+    path = store_url
     ring = KeyRing.parse(KeyRing.generate_line("k1"))
-    s = await open_store(str(path), ring)
+    s = await open_store(path, ring)
     account, inbox = await inbox_of(s)
     await s.append(inbox.id, mail(1))
     await s.append(inbox.id, mail(2))
     await s.close()
-    db = sqlite3.connect(path)
     # Swap the two records: each is bound to its own body id by the associated data.
-    (a, da), (b, db_) = db.execute("SELECT id, data FROM bodies ORDER BY id").fetchall()
-    db.execute("UPDATE bodies SET data = ? WHERE id = ?", (db_, a))
-    db.commit()
-    db.close()
-    s = await open_store(str(path), ring)
+    if path.startswith("postgresql://"):
+        with psycopg.connect(path) as db:
+            (a, da), (b, db_) = db.execute("SELECT id, data FROM bodies ORDER BY id").fetchall()
+            db.execute("UPDATE bodies SET data = %s WHERE id = %s", (db_, a))
+    else:
+        db = sqlite3.connect(path)
+        (a, da), (b, db_) = db.execute("SELECT id, data FROM bodies ORDER BY id").fetchall()
+        db.execute("UPDATE bodies SET data = ? WHERE id = ?", (db_, a))
+        db.commit()
+        db.close()
+    s = await open_store(path, ring)
     first, _ = await s.messages(inbox.id)
     with pytest.raises(StoreKeyError, match="decryption failed"):
         await s.body(first)

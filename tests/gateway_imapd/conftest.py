@@ -1,8 +1,12 @@
 """Fixtures: the gateway service running in-process on a real loopback socket, in front of the
 session's real Dovecot (POP3 upstream). Clients (imaplib, imapclient, mbsync) run in threads.
 
-    gateway   function: a `GatewayHandle` with `.port`, `.user`/`.password` (a fresh Dovecot
-              user), `.deliver(bytes)`, `.imaplib()`, `.imapclient()`, `.restart()`.
+    gateway   function, parametrized over the store: a `GatewayHandle` with `.port`,
+              `.user`/`.password` (a fresh Dovecot user), `.deliver(bytes)`, `.imaplib()`,
+              `.imapclient()`, `.restart()`. Every test using it runs once on SQLite and once on
+              PostgreSQL (a fresh schema of the session's private cluster).
+    gateway_store  function, parametrized: `gateway.store` for a test's own handles (an SQLite
+              path or a `postgresql://` URL).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class GatewayHandle:
         cfg = relay_config(dovecot, listeners=("imap",), allow_plaintext_auth=True)
         cfg["listeners"][0]["mode"] = "gateway"
         cfg["gateway"] = {"store": str(tmp_path / "gateway.db"), "poll_interval": "1s", **gateway}
+        self.store_url = cfg["gateway"]["store"]
         self.config = loads(json.dumps(cfg))
         self.listener = self.config.listeners[0]
         self.metrics = Metrics()
@@ -99,10 +104,17 @@ class GatewayHandle:
         return client
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def gateway_store(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_dsn")
+    return str(tmp_path / "gateway.db")
+
+
 @pytest.fixture
-async def gateway(dovecot, tmp_path, nursery):
+async def gateway(dovecot, tmp_path, nursery, gateway_store):
     user, password = dovecot.add_user()
-    handle = GatewayHandle(dovecot, tmp_path, user, password)
+    handle = GatewayHandle(dovecot, tmp_path, user, password, store=gateway_store)
     await handle.start(nursery)
     yield handle
     await handle.stop()

@@ -1,0 +1,322 @@
+"""The message half of `PostgresStore`: rows, flags, copies, expunges, changes, bodies and caches.
+
+Theory of operation: `PgMessageOps` is a mixin of `PostgresStore` (`postgres.py`). As in the
+SQLite store, methods come in pairs: `_name(c, ...)` runs in a worker thread on a pooled
+connection `c` inside ONE transaction (committed when it returns, rolled back when it raises),
+`name(...)` is the async API that hands it to `self._run`.
+
+Concurrency (several threads, several replicas): every write first locks the mailbox rows it
+changes (`_lock`, `SELECT ... FOR UPDATE`, in id order so two MOVEs in opposite directions cannot
+deadlock). So writes to one mailbox are serialized, each sees the previous one's commit (READ
+COMMITTED takes a new snapshot per statement), MODSEQs and UIDs grow in commit order, and a flag
+change is never lost to a concurrent one. Readers take no lock.
+
+Every change takes a new MODSEQ (`_bump`), is logged in `changes` (`_log`, one row per UID) and
+announced with `pg_notify(CHANNEL, "account:mailbox:modseq")`, which PostgreSQL delivers to the
+listeners of every replica when (and only if) the transaction commits.
+
+Bodies are shared by copies; a body is deleted when no message refers to it (`_collect_bodies`).
+Bodies and cache blobs are sealed with associated data naming their account and body id, which
+is why body ids are drawn from the sequence before the row is written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Awaitable, Callable, Sequence
+
+import psycopg
+
+from . import crypto
+from ._sqlite_messages import from_date
+from .base import (
+    Change, ChangeKind, FlagMode, FlagUpdate, MailboxNotFound, MessageMeta, StoreError,
+    StoreFlagsResult, normalize_flags,
+)
+from .crypto import KeyRing
+
+__all__ = ["PgMessageOps", "CHANNEL", "MESSAGE_COLUMNS"]
+
+CHANNEL = "mailproxy_changes"
+MESSAGE_COLUMNS = "id, mailbox_id, uid, internaldate, tz_minutes, flags, modseq, body_id, pop3_uidl"
+_META_SELECT = ("SELECT m.id, m.mailbox_id, m.uid, m.internaldate, m.tz_minutes, m.flags, "
+                "m.modseq, m.body_id, m.pop3_uidl, b.size FROM messages m "
+                "JOIN bodies b ON b.id = m.body_id ")
+
+Conn = psycopg.Connection[Any]
+
+
+def _flags_text(flags: frozenset[str]) -> str:
+    return " ".join(sorted(flags))
+
+
+def _flags_set(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+def _to_date(epoch: int, tz_minutes: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone(dt.timedelta(minutes=tz_minutes)))
+
+
+def _meta(row: tuple[Any, ...]) -> MessageMeta:
+    mid, mailbox, uid, epoch, tz, flags, modseq, body_id, uidl, size = row
+    return MessageMeta(mid, mailbox, uid, _to_date(epoch, tz), size, _flags_set(flags), modseq,
+                       body_id, uidl)
+
+
+class PgMessageOps:
+    """Message operations of `PostgresStore` (see the module docstring)."""
+
+    _ring: KeyRing | None
+    _run: Callable[..., Awaitable[Any]]
+
+    # ---- helpers run in a worker thread, inside the caller's transaction -----------------------
+
+    @staticmethod
+    def _lock(c: Conn, *mailbox_ids: int) -> dict[int, int]:
+        """Lock the mailboxes (id order); returns mailbox id -> account id."""
+        rows = c.execute("SELECT id, account_id FROM mailboxes WHERE id = ANY(%s) ORDER BY id "
+                         "FOR UPDATE", (sorted(set(mailbox_ids)),)).fetchall()
+        found = dict(rows)
+        for mailbox_id in mailbox_ids:
+            if mailbox_id not in found:
+                raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+        return found
+
+    @staticmethod
+    def _bump(c: Conn, mailbox_id: int) -> int:
+        row = c.execute("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = %s "
+                        "RETURNING highest_modseq", (mailbox_id,)).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    @staticmethod
+    def _log(c: Conn, account_id: int, mailbox_id: int, modseq: int, kind: ChangeKind,
+             uids: Sequence[int]) -> None:
+        c.cursor().executemany(
+            "INSERT INTO changes(account_id, mailbox_id, modseq, kind, uid) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            [(account_id, mailbox_id, modseq, kind.value, uid) for uid in uids])
+        c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{account_id}:{mailbox_id}:{modseq}"))
+
+    @staticmethod
+    def _take_uids(c: Conn, mailbox_id: int, count: int) -> int:
+        """Reserve `count` UIDs; returns the first."""
+        row = c.execute("UPDATE mailboxes SET uidnext = uidnext + %s WHERE id = %s "
+                        "RETURNING uidnext", (count, mailbox_id)).fetchone()
+        assert row is not None
+        return int(row[0]) - count
+
+    @staticmethod
+    def _body_ids(c: Conn, count: int) -> list[int]:
+        return [r[0] for r in c.execute(
+            "SELECT nextval(pg_get_serial_sequence('bodies', 'id')) FROM generate_series(1, %s)",
+            (count,))]
+
+    def _insert_bodies(self, c: Conn, account_id: int,
+                       items: Sequence[tuple[int, bytes, bytes | None]]) -> None:
+        rows = []
+        for body_id, body, cache in items:
+            data = crypto.seal(body, f"acct:{account_id}:body:{body_id}".encode(), self._ring)
+            sealed_cache = None if cache is None else crypto.seal(
+                cache, f"acct:{account_id}:cache:{body_id}".encode(), self._ring)
+            rows.append((body_id, account_id, len(body), data, sealed_cache))
+        c.cursor().executemany("INSERT INTO bodies(id, account_id, size, data, cache) "
+                               "VALUES (%s, %s, %s, %s, %s)", rows)
+
+    @staticmethod
+    def _rows(c: Conn, mailbox_id: int, uids: Sequence[int]) -> list[tuple[Any, ...]]:
+        return c.execute(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = %s "
+                         "AND uid = ANY(%s) ORDER BY uid", (mailbox_id, sorted(set(uids)))).fetchall()
+
+    @staticmethod
+    def _collect_bodies(c: Conn, body_ids: set[int]) -> None:
+        if body_ids:
+            c.execute("DELETE FROM bodies b WHERE b.id = ANY(%s) AND NOT EXISTS "
+                      "(SELECT 1 FROM messages m WHERE m.body_id = b.id)", (sorted(body_ids),))
+
+    def _copy_rows(self, c: Conn, rows: list[tuple[Any, ...]], dst_mailbox_id: int,
+                   dst_account: int) -> list[tuple[int, int]]:
+        first = self._take_uids(c, dst_mailbox_id, len(rows))
+        modseq = self._bump(c, dst_mailbox_id)
+        pairs = [(row[2], first + i) for i, row in enumerate(rows)]
+        c.cursor().executemany(
+            "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
+            "body_id, pop3_uidl) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            [(dst_mailbox_id, new, row[3], row[4], row[5], modseq, row[7], row[8])
+             for row, (_, new) in zip(rows, pairs)])
+        self._log(c, dst_account, dst_mailbox_id, modseq, ChangeKind.APPEND, [n for _, n in pairs])
+        return pairs
+
+    def _expunge_rows(self, c: Conn, mailbox_id: int, account_id: int,
+                      rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            modseq = self._bump(c, mailbox_id)
+            c.execute("DELETE FROM messages WHERE id = ANY(%s)", ([row[0] for row in rows],))
+            self._collect_bodies(c, {row[7] for row in rows})
+            self._log(c, account_id, mailbox_id, modseq, ChangeKind.EXPUNGE, [row[2] for row in rows])
+
+    # ---- messages -------------------------------------------------------------------------------
+
+    def _append(self, c: Conn, mailbox_id: int, body: bytes, flags: Sequence[str],
+                internaldate: dt.datetime | None, cache: bytes | None) -> int:
+        epoch, tz = from_date(internaldate)
+        account_id = self._lock(c, mailbox_id)[mailbox_id]
+        [body_id] = self._body_ids(c, 1)
+        self._insert_bodies(c, account_id, [(body_id, body, cache)])
+        uid = self._take_uids(c, mailbox_id, 1)
+        modseq = self._bump(c, mailbox_id)
+        c.execute("INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
+                  "body_id) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                  (mailbox_id, uid, epoch, tz, _flags_text(normalize_flags(flags)), modseq, body_id))
+        self._log(c, account_id, mailbox_id, modseq, ChangeKind.APPEND, [uid])
+        return uid
+
+    async def append(self, mailbox_id: int, body: bytes, flags: Sequence[str] = (),
+                     internaldate: dt.datetime | None = None, cache: bytes | None = None) -> int:
+        """Add a message (IMAP APPEND); returns its UID."""
+        return int(await self._run(self._append, mailbox_id, body, list(flags), internaldate, cache))
+
+    async def messages(self, mailbox_id: int) -> list[MessageMeta]:
+        """Every message of the mailbox, ordered by UID."""
+        rows = await self._run(lambda c: c.execute(
+            _META_SELECT + "WHERE m.mailbox_id = %s ORDER BY m.uid", (mailbox_id,)).fetchall())
+        return [_meta(row) for row in rows]
+
+    async def messages_by_uid(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageMeta]:
+        """The listed messages that exist, ordered by UID."""
+        wanted = sorted(set(uids))
+        rows = await self._run(lambda c: c.execute(
+            _META_SELECT + "WHERE m.mailbox_id = %s AND m.uid = ANY(%s) ORDER BY m.uid",
+            (mailbox_id, wanted)).fetchall())
+        return [_meta(row) for row in rows]
+
+    def _blobs(self, c: Conn, messages: Sequence[MessageMeta], column: str) -> list[bytes | None]:
+        kind = "body" if column == "data" else "cache"
+        found: dict[int, bytes | None] = {}
+        ids = sorted({m.body_id for m in messages})
+        for body_id, account_id, record in c.execute(
+                f"SELECT id, account_id, {column} FROM bodies WHERE id = ANY(%s)", (ids,)):
+            what = f"message {messages[0].uid}" if len(messages) == 1 else f"{kind} {body_id}"
+            found[body_id] = None if record is None else crypto.unseal(
+                bytes(record), f"acct:{account_id}:{kind}:{body_id}".encode(), self._ring, what)
+        return [found.get(m.body_id) for m in messages]
+
+    async def body(self, message: MessageMeta) -> bytes:
+        """The raw RFC 822 bytes, exactly as received."""
+        [data] = await self._run(self._blobs, [message], "data")
+        if data is None:
+            raise StoreError(f"message {message.uid} no longer exists")
+        return bytes(data)
+
+    async def cache(self, message: MessageMeta) -> bytes | None:
+        [data] = await self._run(self._blobs, [message], "cache")
+        return data
+
+    async def bodies(self, messages: Sequence[MessageMeta]) -> list[bytes | None]:
+        """Raw bodies of many messages in one call, in order; None where the body is gone."""
+        return list(await self._run(self._blobs, list(messages), "data"))
+
+    async def caches(self, messages: Sequence[MessageMeta]) -> list[bytes | None]:
+        """Cache blobs of many messages in one call, in order; None when absent (or gone)."""
+        return list(await self._run(self._blobs, list(messages), "cache"))
+
+    def _set_caches(self, c: Conn, items: Sequence[tuple[MessageMeta, bytes]],
+                    must_exist: bool) -> None:
+        owners = dict(c.execute("SELECT id, account_id FROM bodies WHERE id = ANY(%s)",
+                                (sorted({m.body_id for m, _ in items}),)).fetchall())
+        rows = []
+        for message, cache in items:
+            account_id = owners.get(message.body_id)
+            if account_id is None:
+                if must_exist:
+                    raise StoreError(f"message {message.uid} no longer exists")
+                continue
+            sealed = crypto.seal(cache, f"acct:{account_id}:cache:{message.body_id}".encode(),
+                                 self._ring)
+            rows.append((sealed, message.body_id))
+        c.cursor().executemany("UPDATE bodies SET cache = %s WHERE id = %s", rows)
+
+    async def set_cache(self, message: MessageMeta, cache: bytes) -> None:
+        """Replace the opaque cache blob (shared by copies). Not a message change: no MODSEQ."""
+        await self._run(self._set_caches, [(message, cache)], True)
+
+    async def set_caches(self, items: Sequence[tuple[MessageMeta, bytes]]) -> None:
+        """`set_cache` for many messages in one transaction; bodies that are gone are skipped."""
+        if items:
+            await self._run(self._set_caches, list(items), False)
+
+    def _store_flags(self, c: Conn, mailbox_id: int, uids: Sequence[int], flags: Sequence[str],
+                     mode: FlagMode, unchanged_since: int | None) -> StoreFlagsResult:
+        wanted = normalize_flags(flags)
+        account_id = self._lock(c, mailbox_id)[mailbox_id]
+        updated: list[FlagUpdate] = []
+        modified: list[int] = []
+        to_write: list[tuple[int, int]] = []
+        for row in self._rows(c, mailbox_id, uids):
+            mid, uid, old, modseq = row[0], row[2], _flags_set(row[5]), row[6]
+            if unchanged_since is not None and modseq > unchanged_since:
+                modified.append(uid)
+                continue
+            new = (old | wanted if mode is FlagMode.ADD else
+                   old - wanted if mode is FlagMode.REMOVE else wanted)
+            updated.append(FlagUpdate(uid, new, modseq, new != old))
+            if new != old:
+                to_write.append((mid, len(updated) - 1))
+        if to_write:
+            modseq = self._bump(c, mailbox_id)
+            for _, index in to_write:
+                updated[index] = updated[index]._replace(modseq=modseq)
+            c.cursor().executemany("UPDATE messages SET flags = %s, modseq = %s WHERE id = %s",
+                                   [(_flags_text(updated[i].flags), modseq, mid)
+                                    for mid, i in to_write])
+            self._log(c, account_id, mailbox_id, modseq, ChangeKind.FLAGS,
+                      [updated[i].uid for _, i in to_write])
+        return StoreFlagsResult(updated, modified)
+
+    async def store_flags(self, mailbox_id: int, uids: Sequence[int], flags: Sequence[str],
+                          mode: FlagMode, unchanged_since: int | None = None) -> StoreFlagsResult:
+        """IMAP STORE; see `SqliteStore.store_flags` (same contract)."""
+        result: StoreFlagsResult = await self._run(self._store_flags, mailbox_id, list(uids),
+                                                   list(flags), mode, unchanged_since)
+        return result
+
+    def _copy(self, c: Conn, src: int, uids: Sequence[int], dst: int,
+              move: bool) -> list[tuple[int, int]]:
+        accounts = self._lock(c, src, dst)
+        if accounts[src] != accounts[dst]:
+            raise StoreError("cannot copy between accounts")
+        rows = self._rows(c, src, uids)
+        if not rows:
+            return []
+        pairs = self._copy_rows(c, rows, dst, accounts[dst])
+        if move:
+            self._expunge_rows(c, src, accounts[src], rows)
+        return pairs
+
+    async def copy(self, src_mailbox_id: int, uids: Sequence[int],
+                   dst_mailbox_id: int) -> list[tuple[int, int]]:
+        """IMAP COPY: (source UID, new UID) pairs in UID order, for COPYUID (RFC 4315)."""
+        return list(await self._run(self._copy, src_mailbox_id, list(uids), dst_mailbox_id, False))
+
+    async def move(self, src_mailbox_id: int, uids: Sequence[int],
+                   dst_mailbox_id: int) -> list[tuple[int, int]]:
+        """IMAP MOVE (RFC 6851): copy and expunge in one transaction."""
+        return list(await self._run(self._copy, src_mailbox_id, list(uids), dst_mailbox_id, True))
+
+    def _expunge(self, c: Conn, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        account_id = self._lock(c, mailbox_id)[mailbox_id]
+        rows = self._rows(c, mailbox_id, uids)
+        self._expunge_rows(c, mailbox_id, account_id, rows)
+        return [row[2] for row in rows]
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        """Remove the listed messages; returns the UIDs removed (their UIDLs stay known)."""
+        return list(await self._run(self._expunge, mailbox_id, list(uids)))
+
+    async def changes_since(self, mailbox_id: int, modseq: int) -> list[Change]:
+        """Changes with MODSEQ greater than `modseq`, oldest first."""
+        rows = await self._run(lambda c: c.execute(
+            "SELECT modseq, kind, uid FROM changes WHERE mailbox_id = %s AND modseq > %s "
+            "ORDER BY modseq, id", (mailbox_id, modseq)).fetchall())
+        return [Change(m, ChangeKind(kind), uid) for m, kind, uid in rows]

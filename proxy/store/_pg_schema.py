@@ -1,0 +1,174 @@
+"""The PostgreSQL database itself: connection pool, the schema and its migrations, the key check.
+
+Theory of operation: `open_pool(url, ring, password, size)` runs in a worker thread before the
+store object exists. On one plain connection (so a refused connection or a wrong password is
+reported at once, with libpq's own words) it migrates the schema and checks the key, each in one
+transaction; then it opens a `psycopg_pool.ConnectionPool` whose connections are checked before
+each use, so after a database restart the first call reconnects instead of failing on a dead
+socket.
+
+Migrations: `MIGRATIONS[i]` brings the schema from version i to i+1. All missing steps run in ONE
+transaction that first takes `pg_advisory_xact_lock(SCHEMA_LOCK)`, so replicas starting together
+queue on the lock and the second finds the work done (DDL is transactional in PostgreSQL: a
+failed step leaves nothing behind). A database newer than this program is refused. Never edit a
+released migration; append one.
+
+Key check: as in SQLite (`_schema.py`), the `meta` row `key_check` holds random bytes sealed with
+the configured key ring, so a store opened with the wrong key, or an encrypted store opened
+without one, is refused up front (`StoreKeyError`).
+
+Bodies and credentials are sealed by `crypto.seal` before they are sent: the server only ever
+sees ciphertext when a key ring is configured. Their columns use `STORAGE EXTERNAL` (no TOAST
+compression: the records are already compressed or encrypted).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import psycopg
+import psycopg_pool
+
+from . import crypto
+from .base import StoreError, StoreFailure
+from .crypto import KeyRing, StoreKeyError
+
+__all__ = ["SCHEMA_VERSION", "SCHEMA_LOCK", "MIGRATIONS", "migrate", "check_key", "open_pool",
+           "CONNECT_TIMEOUT_S", "redact"]
+
+SCHEMA_LOCK = 0x6D61_696C_7072_0001   # pg_advisory_xact_lock key: "mailpr" + schema
+CONNECT_TIMEOUT_S = 10
+POOL_TIMEOUT_S = 30.0                 # waiting for a free connection before StoreFailure
+
+Conn = psycopg.Connection[Any]
+
+
+def _v1_initial(c: Conn) -> None:
+    c.execute("""
+        CREATE TABLE meta(key TEXT PRIMARY KEY, value BYTEA NOT NULL);
+        CREATE TABLE accounts(
+            id BIGSERIAL PRIMARY KEY,
+            upstream TEXT NOT NULL,
+            username TEXT NOT NULL,
+            last_uidvalidity BIGINT NOT NULL DEFAULT 0,
+            credentials BYTEA,
+            UNIQUE(upstream, username));
+        CREATE TABLE mailboxes(
+            id BIGSERIAL PRIMARY KEY,
+            account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            special_use TEXT,
+            uidvalidity BIGINT NOT NULL,
+            uidnext BIGINT NOT NULL DEFAULT 1,
+            highest_modseq BIGINT NOT NULL DEFAULT 1,
+            subscribed BOOLEAN NOT NULL DEFAULT TRUE,
+            UNIQUE(account_id, name));
+        CREATE TABLE bodies(
+            id BIGSERIAL PRIMARY KEY,
+            account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            size BIGINT NOT NULL,
+            data BYTEA NOT NULL,
+            cache BYTEA);
+        ALTER TABLE bodies ALTER COLUMN data SET STORAGE EXTERNAL;
+        ALTER TABLE bodies ALTER COLUMN cache SET STORAGE EXTERNAL;
+        CREATE TABLE messages(
+            id BIGSERIAL PRIMARY KEY,
+            mailbox_id BIGINT NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+            uid BIGINT NOT NULL,
+            internaldate BIGINT NOT NULL,
+            tz_minutes INTEGER NOT NULL,
+            flags TEXT NOT NULL,
+            modseq BIGINT NOT NULL,
+            body_id BIGINT NOT NULL REFERENCES bodies(id),
+            pop3_uidl TEXT,
+            UNIQUE(mailbox_id, uid));
+        CREATE INDEX messages_body ON messages(body_id);
+        CREATE TABLE uidls(
+            account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            uidl TEXT NOT NULL,
+            fetched_at DOUBLE PRECISION NOT NULL,
+            deleted_upstream_at DOUBLE PRECISION,
+            PRIMARY KEY(account_id, uidl));
+        CREATE TABLE changes(
+            id BIGSERIAL PRIMARY KEY,
+            account_id BIGINT NOT NULL,
+            mailbox_id BIGINT NOT NULL,
+            modseq BIGINT NOT NULL,
+            kind TEXT NOT NULL,
+            uid BIGINT NOT NULL);
+        CREATE INDEX changes_mailbox ON changes(mailbox_id, modseq);
+    """)
+
+
+MIGRATIONS: list[Callable[[Conn], None]] = [_v1_initial]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(c: Conn) -> int:
+    """Apply the missing migrations in one transaction under the schema lock."""
+    with c.transaction():
+        c.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        c.execute("CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL)")
+        row = c.execute("SELECT version FROM schema_version").fetchone()
+        if row is None:
+            c.execute("INSERT INTO schema_version VALUES (0)")
+        version = row[0] if row else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"store schema version {version} is newer than this program "
+                             f"({SCHEMA_VERSION}); upgrade mailproxy")
+        for step in range(version, SCHEMA_VERSION):
+            MIGRATIONS[step](c)
+        c.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
+    return SCHEMA_VERSION
+
+
+def check_key(c: Conn, ring: KeyRing | None, where: str) -> None:
+    """Refuse a store whose encryption state does not match the configuration."""
+    aad = b"store:key_check"
+    with c.transaction():
+        c.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        row = c.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+        if ring is None:
+            if row is not None:
+                raise StoreKeyError(f"{where} is encrypted: configure gateway.key_file")
+            return
+        if row is not None:
+            crypto.unseal(row[0], aad, ring, "store key check")
+        # Re-sealed under the newest key, so dropping an old key after rotation keeps it readable.
+        c.execute("INSERT INTO meta(key, value) VALUES ('key_check', %s) "
+                  "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                  (crypto.seal(os.urandom(16), aad, ring),))
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql://(unparsable URL)"
+    host, db = info.get("host", ""), info.get("dbname", "")
+    return f"postgresql://{info.get('user', '')}@{host}:{info.get('port', '')}/{db}"
+
+
+def open_pool(url: str, ring: KeyRing | None, password: str | None,
+              size: int) -> psycopg_pool.ConnectionPool[Any]:
+    """Open the pool, migrate, check the key. Raises StoreFailure when the server cannot be used."""
+    kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "mailproxy"}
+    if password is not None:
+        kwargs["password"] = password
+    try:   # one plain connection first: a clear error at once (refused, bad password...)
+        with psycopg.connect(url, **kwargs) as c:
+            migrate(c)
+            check_key(c, ring, redact(url))
+    except psycopg.Error as exc:
+        raise StoreFailure(f"store {redact(url)}: {exc}".strip()) from exc
+    pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+        url, kwargs=kwargs, min_size=1, max_size=size, open=False, timeout=POOL_TIMEOUT_S,
+        check=psycopg_pool.ConnectionPool.check_connection, name="mailproxy-store")
+    try:
+        pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+    except psycopg_pool.PoolTimeout as exc:
+        pool.close()
+        raise StoreFailure(f"cannot connect to {redact(url)} within {CONNECT_TIMEOUT_S}s") from exc
+    return pool

@@ -1,0 +1,364 @@
+"""The shared Store: PostgreSQL, for several gateway replicas (or processes) on one database.
+
+Theory of operation: psycopg 3 with its connection pool, used from worker threads
+(`trio.to_thread.run_sync` behind a `CapacityLimiter` as large as the pool). psycopg's async API
+is asyncio-only and there is no maintained trio-native PostgreSQL driver (triopg wraps asyncpg
+through trio-asyncio and is unmaintained), while threads keep the trio loop free and give real
+parallelism for network waits. Each store call is ONE transaction on one pooled connection,
+committed when the call returns and rolled back when it raises (`_call`).
+
+Failures: a deadlock or serialization failure is retried (bounded, `RETRIES`); a lost server or
+a pool with no free connection within `POOL_TIMEOUT_S` is `StoreFailure` ("store unavailable"),
+which the gateway answers with `NO [UNAVAILABLE]`. The pool checks a connection before handing it
+out, so after a database restart calls recover without restarting the proxy.
+
+Durability: a COMMIT is durable when it returns (the server's `synchronous_commit`), so `flush()`
+has nothing to do.
+
+The schema, migrations, pool and key check are `_pg_schema.py`; message operations are the
+`PgMessageOps` mixin in `_pg_messages.py` (see its docstring for locking and NOTIFY). This module
+is the store object: accounts and credentials, mailboxes, POP3 ingest and retention bookkeeping.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import time
+from typing import Any, Callable, Sequence
+
+import psycopg
+import psycopg_pool
+import trio
+from psycopg import errors as pg_errors
+
+from . import crypto
+from ._pg_messages import MESSAGE_COLUMNS, PgMessageOps
+from ._pg_schema import SCHEMA_VERSION, open_pool, redact
+from ._sqlite_messages import from_date
+from .base import (
+    DEFAULT_MAILBOXES, HIERARCHY_DELIMITER, INBOX, Account, ChangeKind, IngestItem, Mailbox,
+    MailboxExists, MailboxNotFound, StoreError, StoreFailure,
+)
+from .crypto import KeyRing, StoreKeyError
+
+__all__ = ["PostgresStore", "open_postgres", "SCHEMA_VERSION", "DEFAULT_POOL_SIZE"]
+
+DEFAULT_POOL_SIZE = 10
+RETRIES = 5                 # deadlock / serialization failure: run the transaction again
+_RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
+Conn = psycopg.Connection[Any]
+
+
+def _canon(name: str) -> str:
+    """INBOX is case-insensitive (RFC 3501 5.1); every other name is kept as given."""
+    return INBOX if name.upper() == INBOX else name
+
+
+class PostgresStore(PgMessageOps):
+    """See the module docstring. Create with `await open_postgres(url, key_ring, ...)`."""
+
+    def __init__(self, pool: psycopg_pool.ConnectionPool[Any], url: str, ring: KeyRing | None,
+                 size: int):
+        self._pool: psycopg_pool.ConnectionPool[Any] | None = pool
+        self.url = redact(url)
+        self._ring = ring
+        self._limiter = trio.CapacityLimiter(size)
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        for attempt in range(RETRIES):
+            pool = self._pool
+            if pool is None:
+                raise StoreError("store is closed")
+            try:
+                with pool.connection() as c:
+                    return fn(c, *args)
+            except _RETRYABLE:
+                if attempt == RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await trio.to_thread.run_sync(functools.partial(self._call, fn, *args),
+                                                 limiter=self._limiter)
+        except psycopg_pool.PoolTimeout as exc:
+            raise StoreFailure("store unavailable: no database connection") from exc
+        except psycopg.OperationalError as exc:
+            raise StoreFailure(f"store unavailable: {exc}") from exc
+        except psycopg.Error as exc:   # a bug or a broken database: a refusal, not a crash
+            raise StoreFailure(f"store: {exc}") from exc
+
+    # ---- helpers run in a worker thread ---------------------------------------------------------
+
+    @staticmethod
+    def _mailbox_id(c: Conn, account_id: int, name: str, lock: bool = False) -> int:
+        row = c.execute("SELECT id FROM mailboxes WHERE account_id = %s AND name = %s"
+                        + (" FOR UPDATE" if lock else ""), (account_id, _canon(name))).fetchone()
+        if row is None:
+            raise MailboxNotFound(f"mailbox {name!r} does not exist")
+        return int(row[0])
+
+    @staticmethod
+    def _new_mailbox(c: Conn, account_id: int, name: str, special_use: str | None) -> int:
+        """A new mailbox; its UIDVALIDITY is the clock, strictly above every earlier one."""
+        row = c.execute(
+            "WITH v AS (UPDATE accounts SET last_uidvalidity = GREATEST("
+            "  extract(epoch FROM now())::bigint, last_uidvalidity + 1) WHERE id = %s "
+            "  RETURNING last_uidvalidity) "
+            "INSERT INTO mailboxes(account_id, name, special_use, uidvalidity) "
+            "SELECT %s, %s, %s, last_uidvalidity FROM v ON CONFLICT (account_id, name) DO NOTHING "
+            "RETURNING id", (account_id, account_id, name, special_use)).fetchone()
+        if row is None:
+            raise MailboxExists(f"mailbox {name!r} already exists")
+        return int(row[0])
+
+    # ---- accounts and credentials ----------------------------------------------------------------
+
+    def _ensure_account(self, c: Conn, upstream: str, user: str) -> Account:
+        row = c.execute("INSERT INTO accounts(upstream, username) VALUES (%s, %s) "
+                        "ON CONFLICT (upstream, username) DO NOTHING RETURNING id",
+                        (upstream, user)).fetchone()
+        if row is not None:
+            for name, special_use in DEFAULT_MAILBOXES.items():
+                self._new_mailbox(c, row[0], name, special_use)
+            return Account(row[0], upstream, user)
+        found = self._get_account(c, upstream, user)
+        assert found is not None
+        return found
+
+    async def ensure_account(self, upstream: str, user: str) -> Account:
+        """The account for (upstream, user), created with the default mailboxes on first use."""
+        account: Account = await self._run(self._ensure_account, upstream, user)
+        return account
+
+    @staticmethod
+    def _get_account(c: Conn, upstream: str, user: str) -> Account | None:
+        row = c.execute("SELECT id FROM accounts WHERE upstream = %s AND username = %s",
+                        (upstream, user)).fetchone()
+        return None if row is None else Account(row[0], upstream, user)
+
+    async def get_account(self, upstream: str, user: str) -> Account | None:
+        found: Account | None = await self._run(self._get_account, upstream, user)
+        return found
+
+    async def save_credentials(self, account_id: int, blob: bytes) -> None:
+        """Keep `blob` (encrypted; refused with StoreKeyError when no key ring is configured)."""
+        if self._ring is None:
+            raise StoreKeyError("credentials are only stored encrypted: configure gateway.key_file")
+        sealed = crypto.seal(blob, f"acct:{account_id}:credentials".encode(), self._ring)
+        await self._run(lambda c: c.execute("UPDATE accounts SET credentials = %s WHERE id = %s",
+                                            (sealed, account_id)))
+
+    async def load_credentials(self, account_id: int) -> bytes | None:
+        row = await self._run(lambda c: c.execute(
+            "SELECT credentials FROM accounts WHERE id = %s", (account_id,)).fetchone())
+        if row is None or row[0] is None:
+            return None
+        return crypto.unseal(bytes(row[0]), f"acct:{account_id}:credentials".encode(), self._ring,
+                             f"credentials of account {account_id}")
+
+    async def accounts_with_credentials(self) -> list[Account]:
+        """Accounts whose password is stored (encrypted) for background polling."""
+        rows = await self._run(lambda c: c.execute(
+            "SELECT id, upstream, username FROM accounts WHERE credentials IS NOT NULL "
+            "ORDER BY id").fetchall())
+        return [Account(*row) for row in rows]
+
+    @property
+    def can_store_credentials(self) -> bool:
+        return self._ring is not None
+
+    # ---- mailboxes ------------------------------------------------------------------------------
+
+    _MAILBOX_SELECT = (
+        "SELECT mb.id, mb.account_id, mb.name, mb.special_use, mb.uidvalidity, mb.uidnext, "
+        "mb.highest_modseq, mb.subscribed, "
+        "(SELECT count(*) FROM messages m WHERE m.mailbox_id = mb.id) FROM mailboxes mb ")
+
+    def _list_mailboxes(self, c: Conn, account_id: int, name: str | None = None) -> list[Mailbox]:
+        where, args = "WHERE mb.account_id = %s", [account_id]
+        if name is not None:
+            where, args = where + " AND mb.name = %s", [account_id, _canon(name)]
+        rows = c.execute(self._MAILBOX_SELECT + where + " ORDER BY mb.name COLLATE \"C\"",
+                         args).fetchall()
+        return [Mailbox(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8]) for r in rows]
+
+    async def list_mailboxes(self, account_id: int) -> list[Mailbox]:
+        return list(await self._run(self._list_mailboxes, account_id))
+
+    async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
+        found = await self._run(self._list_mailboxes, account_id, name)
+        return found[0] if found else None
+
+    def _create_mailbox(self, c: Conn, account_id: int, name: str,
+                        special_use: str | None) -> Mailbox:
+        name = _canon(name)
+        self._new_mailbox(c, account_id, name, special_use)
+        return self._list_mailboxes(c, account_id, name)[0]
+
+    async def create_mailbox(self, account_id: int, name: str,
+                             special_use: str | None = None) -> Mailbox:
+        mailbox: Mailbox = await self._run(self._create_mailbox, account_id, name, special_use)
+        return mailbox
+
+    def _delete_mailbox(self, c: Conn, account_id: int, name: str) -> None:
+        if _canon(name) == INBOX:
+            raise StoreError("INBOX cannot be deleted")
+        mailbox_id = self._mailbox_id(c, account_id, name, lock=True)
+        bodies = {r[0] for r in c.execute(
+            "DELETE FROM messages WHERE mailbox_id = %s RETURNING body_id", (mailbox_id,))}
+        c.execute("DELETE FROM changes WHERE mailbox_id = %s", (mailbox_id,))
+        c.execute("DELETE FROM mailboxes WHERE id = %s", (mailbox_id,))
+        self._collect_bodies(c, bodies)
+
+    async def delete_mailbox(self, account_id: int, name: str) -> None:
+        """Delete a mailbox and its messages (not its inferiors). INBOX cannot be deleted."""
+        await self._run(self._delete_mailbox, account_id, name)
+
+    def _rename_mailbox(self, c: Conn, account_id: int, old: str, new: str) -> None:
+        old, new = _canon(old), _canon(new)
+        if new == INBOX:
+            raise MailboxExists("INBOX already exists")
+        if new.startswith(old + HIERARCHY_DELIMITER):
+            raise StoreError(f"cannot rename {old!r} to its own inferior {new!r}")
+        mailbox_id = self._mailbox_id(c, account_id, old, lock=True)
+        if c.execute("SELECT 1 FROM mailboxes WHERE account_id = %s AND name = %s",
+                     (account_id, new)).fetchone():
+            raise MailboxExists(f"mailbox {new!r} already exists")
+        if old == INBOX:
+            self._rename_inbox(c, account_id, mailbox_id, new)
+            return
+        prefix = old + HIERARCHY_DELIMITER
+        c.execute("UPDATE mailboxes SET name = CASE WHEN id = %s THEN %s "
+                  "ELSE %s || substr(name, %s) END "
+                  "WHERE account_id = %s AND (id = %s OR left(name, %s) = %s)",
+                  (mailbox_id, new, new + HIERARCHY_DELIMITER, len(prefix) + 1, account_id,
+                   mailbox_id, len(prefix), prefix))
+
+    def _rename_inbox(self, c: Conn, account_id: int, inbox_id: int, new: str) -> None:
+        """RFC 3501 6.3.5: move INBOX's messages to a new mailbox; INBOX stays, empty."""
+        target = self._new_mailbox(c, account_id, new, None)
+        rows = c.execute(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = %s "
+                         "ORDER BY uid", (inbox_id,)).fetchall()
+        if rows:
+            self._copy_rows(c, rows, target, account_id)
+            modseq = self._bump(c, inbox_id)
+            c.execute("DELETE FROM messages WHERE mailbox_id = %s", (inbox_id,))
+            self._log(c, account_id, inbox_id, modseq, ChangeKind.EXPUNGE, [row[2] for row in rows])
+
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        """Rename a mailbox and its inferiors; renaming INBOX moves its messages (RFC 3501 6.3.5)."""
+        await self._run(self._rename_mailbox, account_id, old, new)
+
+    def _set_subscribed(self, c: Conn, account_id: int, name: str, subscribed: bool) -> None:
+        mailbox_id = self._mailbox_id(c, account_id, name)
+        c.execute("UPDATE mailboxes SET subscribed = %s WHERE id = %s", (subscribed, mailbox_id))
+
+    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        await self._run(self._set_subscribed, account_id, name, subscribed)
+
+    async def _mailbox_value(self, mailbox_id: int, column: str) -> int:
+        row = await self._run(lambda c: c.execute(
+            f"SELECT {column} FROM mailboxes WHERE id = %s", (mailbox_id,)).fetchone())
+        if row is None:
+            raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+        return int(row[0])
+
+    async def uidvalidity(self, mailbox_id: int) -> int:
+        return await self._mailbox_value(mailbox_id, "uidvalidity")
+
+    async def highest_modseq(self, mailbox_id: int) -> int:
+        return await self._mailbox_value(mailbox_id, "highest_modseq")
+
+    # ---- ingest and retention -------------------------------------------------------------------
+
+    def _ingest_many(self, c: Conn, account_id: int,
+                     items: Sequence[IngestItem]) -> list[int | None]:
+        inbox = self._mailbox_id(c, account_id, INBOX, lock=True)
+        # A UIDL another replica is committing right now blocks here until that commit, then
+        # conflicts: never ingested twice.
+        inserted = {r[0] for r in c.execute(
+            "INSERT INTO uidls(account_id, uidl, fetched_at) "
+            "SELECT %s, u, %s FROM unnest(%s::text[]) AS u "
+            "ON CONFLICT (account_id, uidl) DO NOTHING RETURNING uidl",
+            (account_id, time.time(), [item.uidl for item in items]))}
+        fresh: list[IngestItem] = []
+        for item in items:
+            if item.uidl in inserted:
+                inserted.discard(item.uidl)   # a UIDL listed twice in one batch: the first wins
+                fresh.append(item)
+        if not fresh:
+            return [None] * len(items)
+        body_ids = self._body_ids(c, len(fresh))
+        self._insert_bodies(c, account_id, [(bid, item.body, item.cache)
+                                            for bid, item in zip(body_ids, fresh)])
+        first = self._take_uids(c, inbox, len(fresh))
+        modseq = self._bump(c, inbox)
+        rows = []
+        for offset, (item, bid) in enumerate(zip(fresh, body_ids)):
+            epoch, tz = from_date(item.internaldate)
+            rows.append((inbox, first + offset, epoch, tz, "", modseq, bid, item.uidl))
+        c.cursor().executemany(
+            "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
+            "body_id, pop3_uidl) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", rows)
+        self._log(c, account_id, inbox, modseq, ChangeKind.APPEND, [r[1] for r in rows])
+        uid_of = {id(item): row[1] for item, row in zip(fresh, rows)}
+        return [uid_of.get(id(item)) for item in items]
+
+    async def ingest_many(self, account_id: int, items: Sequence[IngestItem]) -> list[int | None]:
+        """Add POP3 messages to INBOX in ONE transaction; per item its new UID, or None when its
+        UIDL was ingested before (ever, even if expunged since)."""
+        if not items:
+            return []
+        return list(await self._run(self._ingest_many, account_id, list(items)))
+
+    async def ingest(self, account_id: int, uidl: str, body: bytes, internaldate: dt.datetime,
+                     cache: bytes | None = None) -> int | None:
+        return (await self.ingest_many(account_id, [IngestItem(uidl, body, internaldate, cache)]))[0]
+
+    async def known_uidls(self, account_id: int) -> set[str]:
+        """Every UIDL ever ingested for the account."""
+        rows = await self._run(lambda c: c.execute(
+            "SELECT uidl FROM uidls WHERE account_id = %s", (account_id,)).fetchall())
+        return {r[0] for r in rows}
+
+    async def fetched_at(self, account_id: int) -> dict[str, float]:
+        """UIDL -> epoch seconds of ingest, for the UIDLs not yet deleted upstream."""
+        rows = await self._run(lambda c: c.execute(
+            "SELECT uidl, fetched_at FROM uidls WHERE account_id = %s "
+            "AND deleted_upstream_at IS NULL", (account_id,)).fetchall())
+        return dict(rows)
+
+    async def mark_deleted_upstream(self, account_id: int, uidls: Sequence[str]) -> None:
+        """Record that a DELE of these UIDLs took effect (after a successful QUIT)."""
+        await self._run(lambda c: c.execute(
+            "UPDATE uidls SET deleted_upstream_at = %s WHERE account_id = %s AND uidl = ANY(%s)",
+            (time.time(), account_id, list(uidls))))
+
+    # ---- maintenance ----------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Nothing to do: a PostgreSQL COMMIT is durable when it returns."""
+
+    async def size_bytes(self) -> int:
+        """Bytes the store's tables and indexes take in the database."""
+        row = await self._run(lambda c: c.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() "
+            "AND c.relkind = 'r' AND c.relname = ANY(%s)",
+            (["meta", "accounts", "mailboxes", "bodies", "messages", "uidls", "changes"],)
+        ).fetchone())
+        return int(row[0])
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await trio.to_thread.run_sync(pool.close)
+
+
+async def open_postgres(url: str, key_ring: KeyRing | None = None, *, password: str | None = None,
+                        pool_size: int = DEFAULT_POOL_SIZE) -> PostgresStore:
+    """Open the store at `url` (`postgresql://...`), migrating the schema as needed."""
+    pool = await trio.to_thread.run_sync(open_pool, url, key_ring, password, pool_size)
+    return PostgresStore(pool, url, key_ring, pool_size)

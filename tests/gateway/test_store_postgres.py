@@ -1,0 +1,175 @@
+"""What only the PostgreSQL store has to prove: several processes (here: several store objects,
+each with its own connection pool) on one database, migrations under the advisory lock, and
+failures that are refusals. The behaviour both stores share is tested in test_store.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+import pytest
+import trio
+import yaml
+
+from proxy import config as config_mod
+from proxy.gateway.service import open_configured_store
+from proxy.store import FlagMode, IngestItem, StoreError, StoreFailure, open_store
+from proxy.store.postgres import SCHEMA_VERSION
+from support.dovecot import free_ports
+
+from .helpers import config_dict
+
+WHEN = dt.datetime(2024, 5, 17, 10, 30, tzinfo=dt.timezone.utc)
+
+
+def mail(n: int) -> bytes:
+    return b"Subject: message %d\r\n\r\nbody %d\r\n" % (n, n)
+
+
+async def open_many(url: str, count: int) -> list:
+    stores: list = [None] * count
+
+    async def one(i: int) -> None:
+        stores[i] = await open_store(url)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(one, i)
+    return stores
+
+
+async def test_replicas_starting_together_migrate_once(pg_dsn):
+    stores = await open_many(pg_dsn, 4)
+    try:
+        with psycopg.connect(pg_dsn) as conn:
+            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        accounts = [await s.ensure_account("up", "alice") for s in stores]
+        assert len({a.id for a in accounts}) == 1
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_newer_schema_is_refused(pg_dsn):
+    s = await open_store(pg_dsn)
+    await s.close()
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match="newer than this program"):
+        await open_store(pg_dsn)
+
+
+async def test_concurrent_flag_changes_from_two_replicas_are_all_kept(pg_dsn):
+    a, b = await open_many(pg_dsn, 2)
+    try:
+        account = await a.ensure_account("up", "alice")
+        inbox = await a.get_mailbox(account.id, "INBOX")
+        uid = await a.append(inbox.id, mail(1))
+        start = await a.highest_modseq(inbox.id)
+
+        async def add(store, keyword: str) -> None:
+            await store.store_flags(inbox.id, [uid], [keyword], FlagMode.ADD)
+
+        keywords = [f"k{i}" for i in range(20)]
+        async with trio.open_nursery() as nursery:
+            for i, keyword in enumerate(keywords):
+                nursery.start_soon(add, (a, b)[i % 2], keyword)
+        [meta] = await b.messages(inbox.id)
+        assert meta.flags == frozenset(keywords)
+        # one MODSEQ per change, each logged once, in commit order
+        changes = await b.changes_since(inbox.id, start)
+        assert [c.modseq for c in changes] == list(range(start + 1, start + 21))
+        assert meta.modseq == start + 20
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_concurrent_ingest_of_the_same_uidls_stores_each_once(pg_dsn):
+    a, b = await open_many(pg_dsn, 2)
+    try:
+        account = await a.ensure_account("up", "alice")
+        items = [IngestItem(f"u{i}", mail(i), WHEN) for i in range(30)]
+        results: dict[str, list] = {}
+
+        async def ingest(name: str, store, batch) -> None:
+            got = []
+            for start in range(0, len(batch), 5):
+                got += await store.ingest_many(account.id, batch[start:start + 5])
+            results[name] = got
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ingest, "a", a, items)
+            nursery.start_soon(ingest, "b", b, items[::-1])
+        inbox = await a.get_mailbox(account.id, "INBOX")
+        meta = await a.messages(inbox.id)
+        assert sorted(m.pop3_uidl for m in meta) == sorted(i.uidl for i in items)
+        assert [m.uid for m in meta] == list(range(1, 31))
+        given = [u for u in results["a"] + results["b"] if u is not None]
+        assert sorted(given) == list(range(1, 31))
+        for m in meta:
+            assert await a.body(m) == mail(int(m.pop3_uidl[1:]))
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_opposite_moves_do_not_deadlock(pg_dsn):
+    a, b = await open_many(pg_dsn, 2)
+    try:
+        account = await a.ensure_account("up", "alice")
+        inbox = await a.get_mailbox(account.id, "INBOX")
+        archive = await a.get_mailbox(account.id, "Archive")
+        for i in range(10):
+            await a.append(inbox.id, mail(i))
+            await a.append(archive.id, mail(100 + i))
+
+        async def move_all(store, src, dst) -> None:
+            for _ in range(10):
+                uids = [m.uid for m in await store.messages(src.id)][:1]
+                await store.move(src.id, uids, dst.id)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(move_all, a, inbox, archive)
+            nursery.start_soon(move_all, b, archive, inbox)
+        total = len(await a.messages(inbox.id)) + len(await a.messages(archive.id))
+        assert total == 20
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_unreachable_server_is_a_store_failure_without_the_password(postgres):
+    [port] = free_ports(1)
+    url = f"postgresql://mailproxy:s3cr3t-pw@127.0.0.1:{port}/nothing?connect_timeout=2"
+    with pytest.raises(StoreFailure) as info:
+        await open_store(url)
+    assert "s3cr3t-pw" not in str(info.value)
+    assert "Connection refused" in str(info.value)
+    assert f"127.0.0.1:{port}/nothing" in str(info.value)
+
+
+async def test_password_from_the_config_secret_not_the_url(postgres, pg_dsn, monkeypatch):
+    url = f"postgresql://{postgres.user}@{pg_dsn.split('@', 1)[1]}"
+    monkeypatch.setenv("MAILPROXY_TEST_PG_PASSWORD", postgres.password)
+    cfg = config_dict(1, url)
+    cfg["gateway"].update(store_password={"env": "MAILPROXY_TEST_PG_PASSWORD"}, store_pool_size=3)
+    config = config_mod.loads(yaml.safe_dump(cfg))
+    assert postgres.password not in repr(config.gateway)
+    s = await open_configured_store(config.gateway)
+    assert (await s.ensure_account("up", "alice")).id == 1
+    await s.close()
+    cfg["gateway"].pop("store_password")
+    with pytest.raises(StoreFailure, match="password"):
+        await open_configured_store(config_mod.loads(yaml.safe_dump(cfg)).gateway)
+
+
+def test_config_refuses_a_password_for_sqlite_and_a_bad_pool_size(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAILPROXY_TEST_PG_PASSWORD", "x")
+    cfg = config_dict(1, str(tmp_path / "s.db"))
+    cfg["gateway"].update(store_password={"env": "MAILPROXY_TEST_PG_PASSWORD"}, store_pool_size=0)
+    with pytest.raises(config_mod.ConfigError) as info:
+        config_mod.loads(yaml.safe_dump(cfg))
+    text = "\n".join(str(e) for e in info.value.errors)
+    assert "only a postgresql:// store takes a password" in text
+    assert "expected 1 to 1000 connections" in text
