@@ -65,6 +65,7 @@ class SyncResult:
     bytes: int               # their raw size
     deleted_upstream: int    # DELEs that took effect (QUIT succeeded)
     duration: float          # seconds
+    skipped: bool = False    # another process sharing the store was fetching this account
 
 
 # ---- one fetcher per account ---------------------------------------------------------------------
@@ -329,7 +330,10 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
         StoreError: the store refused (e.g. StoreKeyError).
 
     Resource handling: the connection is closed on every path. At most one sync per account runs
-    among the callers sharing `locks`; a second caller waits for the first.
+    among the callers sharing `locks`; a second caller waits for the first. Across processes
+    sharing the store (PostgreSQL replicas), the store's fetch lease allows one: when another
+    process holds it, this sync does nothing (`skipped`); what that one stores reaches this
+    process through the store's change feed.
     """
     upstream = config.upstreams.get(upstream_name)
     if upstream is None:
@@ -337,8 +341,13 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
                             f"unknown upstream {logs.sanitize(upstream_name)!r}")
     retention = config.gateway.retention_seconds if config.gateway else None
     who = log_user(config.logging, user)
-    async with (locks or AccountLocks()).lock(upstream_name, user):
+    async with (locks or AccountLocks()).lock(upstream_name, user), \
+            store.fetch_lease(upstream_name, user) as mine:
         started = time.monotonic()
+        if not mine:
+            logs.event("gateway_sync_skipped", user=who, upstream=upstream_name,
+                       reason="another process is fetching this account")
+            return SyncResult(0, 0, 0, time.monotonic() - started, skipped=True)
         client = await Pop3Client.connect(upstream)
         try:
             await client.login(user, password)

@@ -18,6 +18,12 @@ accounts whose password is stored encrypted: that needs `gateway.key_file`), its
 `gateway.poll_interval` (one fetcher per account; `fetcher.sync_account` also holds a per-account
 lock, `AccountLocks`). After a sync that stored new mail, it publishes the new INBOX tail on the
 account's hub, so IDLE sessions see it at once. The password is kept in memory only while sessions are open.
+
+Several processes on one PostgreSQL store: the store's change feed (`follow_changes`, LISTEN/
+NOTIFY + the change log) hands every change another process made to `external_changes`, which
+publishes it on the account's hub like a local one (new messages as the index's fresh tail,
+flags re-read, expunges as UIDs). That is the whole interface between the hub and the other
+replicas.
 """
 
 from __future__ import annotations
@@ -43,7 +49,9 @@ from ..session.login import Attempt, log_in
 from ..session.routing import log_user
 from ..session.sasl import Credentials
 from ..session.upstream import UpstreamError
-from ..store import Account, Store, StoreError, load_key_ring, open_store
+from ..store import (
+    Account, Change, ChangeKind, FlagUpdate, Store, StoreError, load_key_ring, open_store,
+)
 from .auth import Authenticator
 from .fetcher import AccountLocks, mime_limits, sync_account
 from .imapd import CAPABILITIES, Backend, BodyCache, Hub, ImapSession, MimeCache
@@ -145,6 +153,30 @@ class GatewayService:
             backend = self._backends[account.id] = Backend(self.store, hub, self.mime, self.metrics)
         return backend
 
+    async def external_changes(self, account_id: int, mailbox_id: int,
+                               changes: list[Change]) -> None:
+        """Changes another process made (the store's change feed, PostgreSQL): publish them on
+        the account's hub as if made here. Nothing to do when no session of the account is
+        open in this process."""
+        backend = self._backends.get(account_id)
+        if backend is None:
+            return
+        hub, store = backend.hub, self.store
+        try:
+            for kind, uids in _runs(changes):
+                if kind is ChangeKind.APPEND:
+                    snapshot = await backend.index.latest(store, mailbox_id)
+                    hub.appended(mailbox_id, snapshot.metas)
+                elif kind is ChangeKind.FLAGS:
+                    metas = await store.messages_by_uid(mailbox_id, uids)
+                    hub.flags(mailbox_id, [FlagUpdate(m.uid, m.flags, m.modseq, True)
+                                           for m in metas])
+                else:
+                    hub.expunged(mailbox_id, uids)
+        except StoreError as exc:   # the next change (or the sessions' own commands) catches up
+            logs.event("gateway_external_change_failed", logging.WARNING,
+                       error=logs.sanitize(str(exc)))
+
     def fetcher(self, upstream: str, user: str) -> AccountFetcher:
         key = (upstream, user)
         if key not in self._fetchers:
@@ -240,6 +272,17 @@ class GatewayService:
         self.metrics.gateway_sessions.inc(delta)
 
 
+def _runs(changes: list[Change]) -> list[tuple[ChangeKind, list[int]]]:
+    """Consecutive changes of one kind grouped, in order: [(kind, uids), ...]."""
+    runs: list[tuple[ChangeKind, list[int]]] = []
+    for change in changes:
+        if runs and runs[-1][0] is change.kind:
+            runs[-1][1].append(change.uid)
+        else:
+            runs.append((change.kind, [change.uid]))
+    return runs
+
+
 async def open_configured_store(gateway: Gateway) -> Store:
     """The store of a `gateway:` config section (URL or path, key ring, password, pool size)."""
     password = None if gateway.store_password is None else gateway.store_password.value.decode()
@@ -263,6 +306,9 @@ async def open_gateway(config: Config, metrics: Metrics) -> AsyncIterator[Gatewa
         async with trio.open_nursery() as nursery:
             try:
                 service = GatewayService(config, metrics, store, nursery)
+                follow = getattr(store, "follow_changes", None)   # PostgreSQL: other replicas
+                if follow is not None:
+                    nursery.start_soon(follow, service.external_changes)
                 if config.gateway.background_poll:
                     nursery.start_soon(service.poll_in_background)
                 yield service

@@ -113,6 +113,9 @@ def run_cli(args: argparse.Namespace) -> int:
         return 1
     if bar:
         bar.finish()
+    if result.skipped:
+        print("skipped: another process is fetching this account (fetch lease held)")
+        return 0
     print(f"fetched {result.new} messages, {result.bytes} bytes, deleted {result.deleted_upstream} "
           f"upstream in {result.duration:.2f} s")
     return 0

@@ -12,8 +12,8 @@ COMMITTED takes a new snapshot per statement), MODSEQs and UIDs grow in commit o
 change is never lost to a concurrent one. Readers take no lock.
 
 Every change takes a new MODSEQ (`_bump`), is logged in `changes` (`_log`, one row per UID) and
-announced with `pg_notify(CHANNEL, "account:mailbox:modseq")`, which PostgreSQL delivers to the
-listeners of every replica when (and only if) the transaction commits.
+announced with `pg_notify(CHANNEL, "origin:account:mailbox:modseq")`, which PostgreSQL delivers to the
+listeners of every replica when (and only if) the transaction commits (`_pg_notify.py`).
 
 Bodies are shared by copies; a body is deleted when no message refers to it (`_collect_bodies`).
 Bodies and cache blobs are sealed with associated data naming their account and body id, which
@@ -69,6 +69,7 @@ class PgMessageOps:
 
     _ring: KeyRing | None
     _run: Callable[..., Awaitable[Any]]
+    origin: str              # this process's tag on the change log and its notifications
 
     # ---- helpers run in a worker thread, inside the caller's transaction -----------------------
 
@@ -90,14 +91,14 @@ class PgMessageOps:
         assert row is not None
         return int(row[0])
 
-    @staticmethod
-    def _log(c: Conn, account_id: int, mailbox_id: int, modseq: int, kind: ChangeKind,
+    def _log(self, c: Conn, account_id: int, mailbox_id: int, modseq: int, kind: ChangeKind,
              uids: Sequence[int]) -> None:
         c.cursor().executemany(
-            "INSERT INTO changes(account_id, mailbox_id, modseq, kind, uid) "
-            "VALUES (%s, %s, %s, %s, %s)",
-            [(account_id, mailbox_id, modseq, kind.value, uid) for uid in uids])
-        c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{account_id}:{mailbox_id}:{modseq}"))
+            "INSERT INTO changes(account_id, mailbox_id, modseq, kind, uid, origin) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            [(account_id, mailbox_id, modseq, kind.value, uid, self.origin) for uid in uids])
+        c.execute("SELECT pg_notify(%s, %s)",
+                  (CHANNEL, f"{self.origin}:{account_id}:{mailbox_id}:{modseq}"))
 
     @staticmethod
     def _take_uids(c: Conn, mailbox_id: int, count: int) -> int:

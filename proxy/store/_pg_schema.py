@@ -96,7 +96,8 @@ def _v1_initial(c: Conn) -> None:
             mailbox_id BIGINT NOT NULL,
             modseq BIGINT NOT NULL,
             kind TEXT NOT NULL,
-            uid BIGINT NOT NULL);
+            uid BIGINT NOT NULL,
+            origin TEXT NOT NULL);
         CREATE INDEX changes_mailbox ON changes(mailbox_id, modseq);
     """)
 

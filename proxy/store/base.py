@@ -42,6 +42,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager
 from typing import NamedTuple, Protocol, Sequence
 
 INBOX = "INBOX"
@@ -211,6 +212,9 @@ class Store(Protocol):
     async def known_uidls(self, account_id: int) -> set[str]: ...
     async def fetched_at(self, account_id: int) -> dict[str, float]: ...
     async def mark_deleted_upstream(self, account_id: int, uidls: Sequence[str]) -> None: ...
+    # `async with store.fetch_lease(upstream, user) as mine`: mine is True when no other process
+    # sharing the store is fetching that mailbox (held until the block ends or the process dies)
+    def fetch_lease(self, upstream: str, user: str) -> AbstractAsyncContextManager[bool]: ...
 
     # maintenance
     async def flush(self) -> None: ...

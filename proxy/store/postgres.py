@@ -16,16 +16,20 @@ Durability: a COMMIT is durable when it returns (the server's `synchronous_commi
 has nothing to do.
 
 The schema, migrations, pool and key check are `_pg_schema.py`; message operations are the
-`PgMessageOps` mixin in `_pg_messages.py` (see its docstring for locking and NOTIFY). This module
+`PgMessageOps` mixin in `_pg_messages.py` (see its docstring for locking and NOTIFY); the
+cross-replica change feed (`follow_changes`) is `_pg_notify.py`. This module
 is the store object: accounts and credentials, mailboxes, POP3 ingest and retention bookkeeping.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
 import functools
+import secrets
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 import psycopg
 import psycopg_pool
@@ -34,7 +38,8 @@ from psycopg import errors as pg_errors
 
 from . import crypto
 from ._pg_messages import MESSAGE_COLUMNS, PgMessageOps
-from ._pg_schema import SCHEMA_VERSION, open_pool, redact
+from ._pg_notify import ChangeFollower, Deliver
+from ._pg_schema import CONNECT_TIMEOUT_S, SCHEMA_VERSION, open_pool, redact
 from ._sqlite_messages import from_date
 from .base import (
     DEFAULT_MAILBOXES, HIERARCHY_DELIMITER, INBOX, Account, ChangeKind, IngestItem, Mailbox,
@@ -46,6 +51,7 @@ __all__ = ["PostgresStore", "open_postgres", "SCHEMA_VERSION", "DEFAULT_POOL_SIZ
 
 DEFAULT_POOL_SIZE = 10
 RETRIES = 5                 # deadlock / serialization failure: run the transaction again
+FETCH_LEASE_SPACE = 0x6D70_0001   # first key of pg_try_advisory_lock(int4, int4): fetch leases
 _RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 Conn = psycopg.Connection[Any]
 
@@ -59,11 +65,21 @@ class PostgresStore(PgMessageOps):
     """See the module docstring. Create with `await open_postgres(url, key_ring, ...)`."""
 
     def __init__(self, pool: psycopg_pool.ConnectionPool[Any], url: str, ring: KeyRing | None,
-                 size: int):
+                 size: int, password: str | None = None):
         self._pool: psycopg_pool.ConnectionPool[Any] | None = pool
+        self._url, self._password = url, password
         self.url = redact(url)
         self._ring = ring
         self._limiter = trio.CapacityLimiter(size)
+        self.origin = secrets.token_hex(6)
+        self.follower: ChangeFollower | None = None
+
+    async def follow_changes(self, deliver: Deliver,
+                             task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Deliver the changes other processes make, until cancelled (see `_pg_notify.py`);
+        with `nursery.start`, returns once listening."""
+        self.follower = ChangeFollower(self._url, self._password, self.origin, self._run, deliver)
+        await self.follower.run(task_status)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         for attempt in range(RETRIES):
@@ -336,6 +352,39 @@ class PostgresStore(PgMessageOps):
             "UPDATE uidls SET deleted_upstream_at = %s WHERE account_id = %s AND uidl = ANY(%s)",
             (time.time(), account_id, list(uidls))))
 
+    def _lease_connection(self, key: int) -> Conn | None:
+        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S,
+                                  "application_name": "mailproxy-fetch-lease"}
+        if self._password is not None:
+            kwargs["password"] = self._password
+        conn = psycopg.connect(self._url, **kwargs)
+        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                           (FETCH_LEASE_SPACE, key)).fetchone()
+        if row is None or not row[0]:
+            conn.close()
+            return None
+        return conn
+
+    @contextlib.asynccontextmanager
+    async def fetch_lease(self, upstream: str, user: str) -> AsyncIterator[bool]:
+        """One fetcher per upstream mailbox across every process on the database: a
+        session-level advisory lock on a connection of its own, held for the block. PostgreSQL
+        drops it when that connection ends, so a replica that dies (SIGKILL, OOM, lost node)
+        releases it. The lock key is a 32-bit hash of (upstream, user), taken before the POP3
+        login (there may be no account yet); two mailboxes sharing a hash only ever make one
+        of them skip a poll."""
+        digest = hashlib.sha256(f"{upstream}\0{user}".encode()).digest()
+        key = int.from_bytes(digest[:4], "big", signed=True)
+        try:
+            conn = await trio.to_thread.run_sync(self._lease_connection, key)
+        except psycopg.Error as exc:
+            raise StoreFailure(f"store unavailable: {exc}".strip()) from exc
+        try:
+            yield conn is not None
+        finally:
+            if conn is not None:
+                conn.close()
+
     # ---- maintenance ----------------------------------------------------------------------------
 
     async def flush(self) -> None:
@@ -361,4 +410,4 @@ async def open_postgres(url: str, key_ring: KeyRing | None = None, *, password: 
                         pool_size: int = DEFAULT_POOL_SIZE) -> PostgresStore:
     """Open the store at `url` (`postgresql://...`), migrating the schema as needed."""
     pool = await trio.to_thread.run_sync(open_pool, url, key_ring, password, pool_size)
-    return PostgresStore(pool, url, key_ring, pool_size)
+    return PostgresStore(pool, url, key_ring, pool_size, password)

@@ -24,12 +24,13 @@ come from AUTOINCREMENT and are never reused, so the associated data of a record
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import os
 import sqlite3
 import time
-from typing import Any, Callable, Sequence, TypeVar, TypeVarTuple
+from typing import Any, AsyncIterator, Callable, Sequence, TypeVar, TypeVarTuple
 
 import outcome
 import trio
@@ -388,6 +389,11 @@ class SqliteStore(MessageOps):
     async def mark_deleted_upstream(self, account_id: int, uidls: Sequence[str]) -> None:
         """Record that a DELE of these UIDLs took effect (after a successful QUIT)."""
         await self._run(self._mark_deleted_upstream, account_id, list(uidls))
+
+    @contextlib.asynccontextmanager
+    async def fetch_lease(self, upstream: str, user: str) -> AsyncIterator[bool]:
+        """Always granted: one process per SQLite file (the fetcher's own lock covers it)."""
+        yield True
 
     # ---- maintenance ----------------------------------------------------------------------------
 

@@ -173,3 +173,50 @@ def test_config_refuses_a_password_for_sqlite_and_a_bad_pool_size(tmp_path, monk
     text = "\n".join(str(e) for e in info.value.errors)
     assert "only a postgresql:// store takes a password" in text
     assert "expected 1 to 1000 connections" in text
+
+
+class Collected:
+    """A `follow_changes` deliver callback that records (mailbox, kind, uid, modseq)."""
+
+    def __init__(self):
+        self.items: list[tuple[int, str, int, int]] = []
+        self.changed = trio.Event()
+
+    async def __call__(self, account_id: int, mailbox_id: int, changes) -> None:
+        self.items += [(mailbox_id, c.kind.value, c.uid, c.modseq) for c in changes]
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        with trio.fail_after(10):
+            while len(self.items) < count:
+                await self.changed.wait()
+
+
+async def test_feed_delivers_other_processes_changes_and_catches_up_after_a_gap(pg_dsn, nursery):
+    here, there = await open_many(pg_dsn, 2)
+    account = await there.ensure_account("up", "alice")
+    inbox = await there.get_mailbox(account.id, "INBOX")
+    got = Collected()
+    with trio.fail_after(10):
+        await nursery.start(here.follow_changes, got)
+    start = await there.highest_modseq(inbox.id)
+    await here.append(inbox.id, mail(0))                     # own change: not delivered
+    uid = await there.append(inbox.id, mail(1))
+    await got.wait_for(1)
+    assert got.items == [(inbox.id, "append", uid, start + 2)]
+
+    # The listening connection dies; changes made meanwhile arrive after the reconnect.
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE application_name = 'mailproxy-listen' AND pid <> pg_backend_pid()")
+    await there.store_flags(inbox.id, [uid], ["\\Seen"], FlagMode.ADD)
+    await there.expunge(inbox.id, [uid])
+    await got.wait_for(3)
+    assert got.items[1:] == [(inbox.id, "flags", uid, start + 3),
+                             (inbox.id, "expunge", uid, start + 4)]
+    await there.append(inbox.id, mail(2))
+    await got.wait_for(4)
+    assert len(got.items) == 4       # nothing delivered twice
+    await here.close()
+    await there.close()

@@ -1,0 +1,75 @@
+"""One fetcher per account across processes sharing a PostgreSQL store (the store's fetch lease):
+a second process skips while the first fetches; the first SIGKILLed mid-ingest releases the
+lease, and the next process finishes the job with nothing lost or duplicated. Real processes
+(tests/gateway/sync_worker.py, the sync CLI slowed down), real Dovecot, real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import yaml
+
+from proxy.store.postgres import FETCH_LEASE_SPACE
+
+from .helpers import config_dict, corpus, digest, upstream_messages
+from .test_fetcher import WORKER, _snapshot, deliver_all
+
+POLL_S, BOUND_S = 0.05, 30.0
+
+
+def _wait_until(condition, what: str) -> None:
+    deadline = time.monotonic() + BOUND_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(POLL_S)
+
+
+def _count(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        if conn.execute("SELECT to_regclass('messages')").fetchone()[0] is None:
+            return 0      # the first process has not created the schema yet
+        return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+
+def _lease_held(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        return bool(conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                 "AND classid = %s", (FETCH_LEASE_SPACE,)).fetchone()[0])
+
+
+def test_one_fetcher_per_account_and_sigkill_releases_the_lease(dovecot, user, tmp_path, pg_dsn):
+    name, password = user
+    messages = corpus(300, seed=15)
+    deliver_all(dovecot, name, messages)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config_dict(dovecot.pop3_port, pg_dsn)))
+    env = dict(os.environ, MAILPROXY_PASSWORD=password)
+    command = [sys.executable, str(WORKER), "--config", str(config_file), name]
+
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_until(lambda: _count(pg_dsn) > 0, "the first process has committed a batch")
+    # While it holds the lease a second process does not fetch.
+    second = subprocess.run(command, env=env, capture_output=True, timeout=60)
+    assert second.returncode == 0, second.stderr.decode()[-2000:]
+    assert second.stdout.startswith(b"skipped: another process is fetching"), second.stdout
+    assert first.poll() is None, "the first sync ended before it could be killed"
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=30)
+    partial = _snapshot(pg_dsn, name)
+    assert 0 < len(partial) < len(messages)
+    # PostgreSQL ends the dead process's sessions, and with them its lease.
+    _wait_until(lambda: not _lease_held(pg_dsn), "the dead process's lease is released")
+    third = subprocess.run(command, env=env, capture_output=True, timeout=120)
+    assert third.returncode == 0, third.stderr.decode()[-2000:]
+    assert third.stdout.startswith(b"fetched %d messages" % (len(messages) - len(partial)))
+    upstream = upstream_messages(dovecot.host, dovecot.pop3_port, name, password)
+    final = _snapshot(pg_dsn, name)
+    assert {u: d for u, (_, d) in final.items()} == {u: digest(b) for u, b in upstream.items()}
+    assert sorted(uid for uid, _ in final.values()) == list(range(1, len(messages) + 1))
+    assert {u: final[u] for u in partial} == partial     # what was stored kept its UID

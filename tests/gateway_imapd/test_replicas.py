@@ -1,0 +1,86 @@
+"""Two gateway processes (`mailproxy serve`, real subprocesses) on one PostgreSQL store: what one
+replica's session changes, and what either replica's fetcher ingests, reaches IDLE sessions on
+the other (the store's LISTEN/NOTIFY change feed, proxy/store/_pg_notify.py)."""
+
+from __future__ import annotations
+
+import re
+
+from .conftest import message
+from .test_condstore import Raw
+
+HOST = "127.0.0.1"
+
+
+def gateway_config(dovecot, store: str) -> dict:
+    return {
+        "listeners": [{"name": "gw", "protocol": "imap", "mode": "gateway",
+                       "address": "127.0.0.1:0"}],
+        "upstreams": {"main": {"host": HOST, "pop3": {"port": dovecot.pop3_port}}},
+        "routes": [{"match": "*", "upstream": "main"}],
+        "gateway": {"store": store, "poll_interval": "1s"},
+    }
+
+
+class Idle:
+    """An IDLE command in progress on a `Raw` client; `until(pattern)` reads pushed lines."""
+
+    def __init__(self, client: Raw):
+        self.client = client
+        client.sock.sendall(b"idle IDLE\r\n")
+        assert client.file.readline().startswith(b"+ ")
+
+    def until(self, pattern: bytes) -> bytes:
+        """The first pushed line matching `pattern` (the socket's 10 s timeout bounds the wait)."""
+        while True:
+            line = self.client.file.readline().rstrip(b"\r\n")
+            if not line:
+                raise AssertionError(f"connection closed waiting for {pattern!r}")
+            if re.search(pattern, line):
+                return line
+
+    def done(self) -> None:
+        self.client.sock.sendall(b"DONE\r\n")
+        while not self.client.file.readline().startswith(b"idle "):
+            pass
+
+
+def test_changes_through_one_replica_reach_idle_sessions_on_the_other(proxy_factory, dovecot,
+                                                                       pg_dsn):
+    name, password = dovecot.add_user()
+    for n in range(3):
+        dovecot.deliver(name, message(n))
+    a = proxy_factory(gateway_config(dovecot, pg_dsn))
+    b = proxy_factory(gateway_config(dovecot, pg_dsn))
+    on_a = Raw(a.port("gw"), name, password)
+    on_b = Raw(b.port("gw"), name, password)
+    assert b"* 3 EXISTS" in on_a.cmd("SELECT INBOX")[0]
+    assert b"* 3 EXISTS" in on_b.cmd("SELECT INBOX")[0]
+
+    # a flag set through A shows up live in B's IDLE
+    idle = Idle(on_b)
+    assert on_a.cmd("STORE 2 +FLAGS.SILENT (\\Flagged)")[1].split()[1] == b"OK"
+    assert re.search(rb"^\* 2 FETCH \(.*FLAGS \(\\Flagged\)", idle.until(rb"^\* 2 FETCH"))
+
+    # new upstream mail, fetched by whichever replica polls first, is seen by both
+    idle_a = Idle(on_a)
+    dovecot.deliver(name, message(3))
+    assert idle.until(rb"EXISTS") == b"* 4 EXISTS"
+    assert idle_a.until(rb"EXISTS") == b"* 4 EXISTS"
+    idle_a.done()
+
+    # an expunge through A
+    assert on_a.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")[1].split()[1] == b"OK"
+    assert on_a.cmd("EXPUNGE")[0] == [b"* 1 EXPUNGE"]
+    assert idle.until(rb"EXPUNGE") == b"* 1 EXPUNGE"
+    idle.done()
+
+    # both views agree (\\Recent is per session: RFC 3501 2.3.2)
+    fetch = "UID FETCH 1:* (FLAGS)"
+    views = [[line.replace(b" \\Recent", b"").replace(b"\\Recent", b"")
+              for line in client.cmd(fetch)[0]] for client in (on_a, on_b)]
+    assert views[0] == views[1]
+    assert views[0] == [b"* 1 FETCH (UID 2 FLAGS (\\Flagged))", b"* 2 FETCH (UID 3 FLAGS ())",
+                        b"* 3 FETCH (UID 4 FLAGS ())"]
+    on_a.close()
+    on_b.close()
