@@ -41,12 +41,19 @@ def _login(port: int, user: str, password: str) -> socket.socket:
 
 
 def measure(port: int, user: str, password: str, sessions: int, rounds: int) -> list[float]:
-    idlers = [_login(port, user, password) for _ in range(sessions)]
+    return measure_between(port, port, user, password, sessions, rounds)
+
+
+def measure_between(writer_port: int, idle_port: int, user: str, password: str, sessions: int,
+                    rounds: int) -> list[float]:
+    """Seconds from a STORE sent on `writer_port` to its FETCH on each IDLE session on
+    `idle_port` (the same process, or another replica of the gateway)."""
+    idlers = [_login(idle_port, user, password) for _ in range(sessions)]
     for sock, f in idlers:
         sock.sendall(b"i IDLE\r\n")
         assert f.readline().startswith(b"+")
         sock.setblocking(False)
-    writer, wf = _login(port, user, password)
+    writer, wf = _login(writer_port, user, password)
     sel = selectors.DefaultSelector()
     for sock, _ in idlers:
         sel.register(sock, selectors.EVENT_READ)

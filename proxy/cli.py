@@ -142,7 +142,7 @@ def _serve(path: str) -> int:
     from . import app
     from .net.tls import TLSConfigError
     from .preflight import StartupError
-    from .store import StoreError, StoreKeyError
+    from .store import StoreError, StoreKeyError, display_store
 
     config = _load(path)
     if config is None:
@@ -157,7 +157,7 @@ def _serve(path: str) -> int:
             raise
         message = str(leaf)
         if isinstance(leaf, (StoreError, NotImplementedError)):
-            message = f"gateway.store {config.gateway.store}: {leaf}"
+            message = f"gateway.store {display_store(config.gateway.store)}: {leaf}"
             if isinstance(leaf, StoreKeyError):
                 message = (f"gateway.key_file {config.gateway.key_file}: {leaf}; the store was "
                            f"written with other keys: configure the key file it was written "

@@ -188,13 +188,15 @@ def test_wrong_key_file_is_one_line_exit_2(tmp_path: Path) -> None:
 
 
 def test_unreachable_store_url_is_one_line(tmp_path: Path) -> None:
-    path = write_config(tmp_path, {"gateway": {"store": "postgresql://127.0.0.1:1/mailproxy"}},
-                        mode="gateway")
+    store = "postgresql://mailproxy:pw-in-url@127.0.0.1:1/mailproxy"
+    path = write_config(tmp_path, {"gateway": {"store": store}}, mode="gateway")
     result = run("serve", "--config", str(path), cwd=tmp_path)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == EXIT_RUNTIME
-    assert result.stderr.splitlines()[-1].startswith(
-        f"{path}: gateway.store postgresql://127.0.0.1:1/mailproxy: ")
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"{path}: gateway.store postgresql://mailproxy@127.0.0.1:1/mailproxy: ")
+    assert "Connection refused" in last
+    assert "pw-in-url" not in result.stderr
 
 
 def test_bad_log_level_is_a_usage_error() -> None:

@@ -35,7 +35,7 @@ __all__ = [
     "ChangesPruned",
     "FlagMode", "FlagUpdate", "IngestItem", "KeyRing", "Mailbox", "MailboxExists", "MailboxNotFound",
     "MessageMeta", "Store", "StoreError", "StoreFailure", "StoreFlagsResult", "StoreKeyError",
-    "open_store", "is_postgres_url",
+    "open_store", "is_postgres_url", "display_store",
     "load_key_ring",
 ]
 
@@ -47,6 +47,15 @@ def load_key_ring(path: str | os.PathLike[str] | None) -> KeyRing | None:
 
 def is_postgres_url(url_or_path: str) -> bool:
     return url_or_path.startswith(("postgresql://", "postgres://"))
+
+
+def display_store(url_or_path: str) -> str:
+    """`gateway.store` as it may be shown (logs, errors): a URL without its password."""
+    if is_postgres_url(url_or_path):
+        from ._pg_schema import redact
+
+        return redact(url_or_path)
+    return url_or_path
 
 
 async def open_store(url_or_path: str, key_ring: KeyRing | None = None, *,

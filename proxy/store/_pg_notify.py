@@ -35,7 +35,7 @@ import trio
 
 from .. import logs
 from ._pg_messages import CHANNEL
-from ._pg_schema import CONNECT_TIMEOUT_S, redact
+from ._pg_schema import CONNECT_TIMEOUT_S, one_line, redact
 from .base import Change, ChangeKind
 
 __all__ = ["ChangeFollower", "Deliver", "CATCHUP_INTERVAL_S"]
@@ -87,7 +87,7 @@ class ChangeFollower:
                 await self._listen(conn)
             except (psycopg.Error, OSError) as exc:
                 logs.event("store_feed_lost", logging.WARNING, store=redact(self._url),
-                           error=logs.sanitize(str(exc).strip()), retry_in=round(delay, 1))
+                           error=logs.sanitize(one_line(exc)), retry_in=round(delay, 1))
             finally:
                 if self.connected.is_set():
                     self.connected = trio.Event()
@@ -104,8 +104,7 @@ class ChangeFollower:
             if idle.cancelled_caught:
                 await self._catch_up()
                 continue
-            if not pgconn.consume_input():
-                raise psycopg.OperationalError(pgconn.get_error_message() or "connection lost")
+            pgconn.consume_input()     # raises psycopg.OperationalError when the server is gone
             wanted: set[int] = set()
             while (note := pgconn.notifies()) is not None:
                 origin, _, rest = note.extra.decode().partition(":")

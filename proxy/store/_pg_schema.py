@@ -35,7 +35,7 @@ from .base import StoreError, StoreFailure
 from .crypto import KeyRing, StoreKeyError
 
 __all__ = ["SCHEMA_VERSION", "SCHEMA_LOCK", "MIGRATIONS", "migrate", "check_key", "open_pool",
-           "CONNECT_TIMEOUT_S", "redact"]
+           "CONNECT_TIMEOUT_S", "redact", "one_line"]
 
 SCHEMA_LOCK = 0x6D61_696C_7072_0001   # pg_advisory_xact_lock key: "mailpr" + schema
 CONNECT_TIMEOUT_S = 10
@@ -142,6 +142,11 @@ def check_key(c: Conn, ring: KeyRing | None, where: str) -> None:
                   (crypto.seal(os.urandom(16), aad, ring),))
 
 
+def one_line(exc: BaseException) -> str:
+    """libpq's messages span lines (a hint on the next); errors here are one line."""
+    return " ".join(str(exc).split())
+
+
 def redact(url: str) -> str:
     """The URL without its password, for messages and logs."""
     try:
@@ -163,7 +168,7 @@ def open_pool(url: str, ring: KeyRing | None, password: str | None,
             migrate(c)
             check_key(c, ring, redact(url))
     except psycopg.Error as exc:
-        raise StoreFailure(f"store {redact(url)}: {exc}".strip()) from exc
+        raise StoreFailure(one_line(exc)) from exc
     pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
         url, kwargs=kwargs, min_size=1, max_size=size, open=False, timeout=POOL_TIMEOUT_S,
         check=psycopg_pool.ConnectionPool.check_connection, name="mailproxy-store")

@@ -39,7 +39,7 @@ from psycopg import errors as pg_errors
 from . import crypto
 from ._pg_messages import MESSAGE_COLUMNS, PgMessageOps
 from ._pg_notify import ChangeFollower, Deliver
-from ._pg_schema import CONNECT_TIMEOUT_S, SCHEMA_VERSION, open_pool, redact
+from ._pg_schema import CONNECT_TIMEOUT_S, SCHEMA_VERSION, one_line, open_pool, redact
 from ._sqlite_messages import from_date
 from .base import (
     DEFAULT_MAILBOXES, HIERARCHY_DELIMITER, INBOX, Account, ChangeKind, IngestItem, Mailbox,
@@ -101,9 +101,9 @@ class PostgresStore(PgMessageOps):
         except psycopg_pool.PoolTimeout as exc:
             raise StoreFailure("store unavailable: no database connection") from exc
         except psycopg.OperationalError as exc:
-            raise StoreFailure(f"store unavailable: {exc}") from exc
+            raise StoreFailure(f"store unavailable: {one_line(exc)}") from exc
         except psycopg.Error as exc:   # a bug or a broken database: a refusal, not a crash
-            raise StoreFailure(f"store: {exc}") from exc
+            raise StoreFailure(f"store: {one_line(exc)}") from exc
 
     # ---- helpers run in a worker thread ---------------------------------------------------------
 
@@ -378,7 +378,7 @@ class PostgresStore(PgMessageOps):
         try:
             conn = await trio.to_thread.run_sync(self._lease_connection, key)
         except psycopg.Error as exc:
-            raise StoreFailure(f"store unavailable: {exc}".strip()) from exc
+            raise StoreFailure(f"store unavailable: {one_line(exc)}") from exc
         try:
             yield conn is not None
         finally:
