@@ -142,6 +142,19 @@ def _load_secret(value: Any) -> Secret:
 
 SecretValue = Annotated[Secret, PlainValidator(_load_secret)]
 
+
+def _load_store(value: Any) -> str:
+    """`gateway.store`: a path or URL, or `{file:}`/`{env:}` holding one (a PostgreSQL URL from a
+    Kubernetes Secret)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return _load_secret(value).value.decode()
+    raise ValueError("expected a file path, a postgresql:// URL, or {file: PATH} / {env: NAME}")
+
+
+StoreLocation = Annotated[str, PlainValidator(_load_store)]
+
 TlsMode = Literal["none", "starttls", "implicit"]
 
 
@@ -367,7 +380,7 @@ class GatewayLimits:
 @dataclass(frozen=True, slots=True)
 class Gateway:
     __pydantic_config__ = _STRICT
-    store: StrictStr = "mailproxy-gateway.db"   # SQLite file, or postgresql://user@host/db?sslmode=...
+    store: StoreLocation = "mailproxy-gateway.db"  # SQLite file, or postgresql://user@host/db?...
     store_password: SecretValue | None = None  # PostgreSQL password ({file:}/{env:}), not in the URL
     store_pool_size: StrictInt = 10            # PostgreSQL connections per process
     poll_interval: Duration = 60.0

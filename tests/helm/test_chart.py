@@ -26,7 +26,8 @@ K8S_VERSION = "1.30.0"
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 CI_FILES = sorted((CHART / "ci").glob("*-values.yaml"))
 VALUES = [pytest.param(None, id="defaults")] + [pytest.param(f, id=f.stem) for f in CI_FILES]
-EXPECTED_CI = {"relay-only-values", "gateway-sqlite-values", "tls-existing-secret-values",
+EXPECTED_CI = {"relay-only-values", "gateway-sqlite-values", "gateway-postgresql-values",
+               "tls-existing-secret-values",
                "metrics-servicemonitor-values", "proxy-protocol-values"}
 
 
@@ -175,6 +176,13 @@ def with_mounted_files(text: str, root: Path) -> str:
         key_file.parent.mkdir(parents=True, exist_ok=True)
         key_file.write_text(KeyRing.generate_line("k1") + "\n")
         gateway["key_file"] = str(key_file)
+    for name, content in (("store", "postgresql://mailproxy@db.example.com/mailproxy"),
+                          ("store_password", "pg-password")):
+        if isinstance(gateway.get(name), dict):
+            path = root / gateway[name]["file"].lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content + "\n")
+            gateway[name] = {"file": str(path)}
     return yaml.safe_dump(config)
 
 
@@ -391,6 +399,7 @@ def test_proxy_protocol_render(render) -> None:
 @pytest.mark.parametrize("values, expect", [
     (None, "kubectl port-forward"),
     (CHART / "ci" / "proxy-protocol-values.yaml", "PROXY protocol is on"),
+    (CHART / "ci" / "gateway-postgresql-values.yaml", "The gateway store is PostgreSQL"),
 ])
 def test_notes_render(helm: str, tmp_path: Path, values: Path | None, expect: str) -> None:
     """helm template skips NOTES.txt, so render it through tpl in a copy of the chart."""
@@ -535,6 +544,39 @@ def test_gateway_replicas_with_postgresql_store_render(helm: str, tmp_path: Path
     values["replicaCount"] = 3
     (deployment,) = only(render_with(helm, tmp_path, values), "Deployment")
     assert deployment["spec"]["replicas"] == 3
+
+
+def test_gateway_postgresql_secret_allows_replicas_and_hpa(render) -> None:
+    docs = render(CHART / "ci" / "gateway-postgresql-values.yaml")
+    assert only(docs, "StatefulSet") == [] and only(docs, "PersistentVolumeClaim") == []
+    (deployment,) = only(docs, "Deployment")
+    (hpa,) = only(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    pod = deployment["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "gateway-postgresql"]
+    assert volume["secret"]["secretName"] == "mailproxy-store"
+    assert [i["key"] for i in volume["secret"]["items"]] == ["url", "password"]
+    (mount,) = [m for c in pod["containers"] for m in c["volumeMounts"]
+                if m["name"] == "gateway-postgresql"]
+    assert mount == {"name": "gateway-postgresql", "mountPath": "/etc/mailproxy/store",
+                     "readOnly": True}
+    (configmap,) = only(docs, "ConfigMap")
+    gateway = yaml.safe_load(configmap["data"]["mailproxy.yaml"])["gateway"]
+    assert gateway["store"] == {"file": "/etc/mailproxy/store/url"}
+    assert gateway["store_password"] == {"file": "/etc/mailproxy/store/password"}
+
+
+def test_gateway_postgresql_secret_refuses_persistence(helm: str, tmp_path: Path) -> None:
+    values = yaml.safe_load((CHART / "ci" / "gateway-postgresql-values.yaml").read_text())
+    values["gateway"]["persistence"] = {"enabled": True}
+    values["autoscaling"]["enabled"] = False
+    values["replicaCount"] = 1
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    proc = run_helm(helm, "template", "mail", str(CHART), "-f", str(path))
+    assert proc.returncode != 0
+    assert ("gateway.postgresql.existingSecret and gateway.persistence.enabled exclude each "
+            "other") in proc.stderr
 
 
 def test_default_config_serves_tls_with_a_generated_certificate(render, tmp_path: Path) -> None:

@@ -61,6 +61,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if or .Values.gateway.key.existingSecret .Values.gateway.key.value }}true{{ end }}
 {{- end }}
 
+{{- define "mailproxy.postgresqlEnabled" -}}
+{{- if .Values.gateway.postgresql.existingSecret }}true{{ end }}
+{{- end }}
+
 {{- define "mailproxy.gatewayKeySecretName" -}}
 {{- default (printf "%s-gateway-key" (include "mailproxy.fullname" .)) .Values.gateway.key.existingSecret }}
 {{- end }}
@@ -72,6 +76,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- if and .Values.gateway.persistence.enabled (gt (int .Values.replicaCount) 1) }}
 {{- fail "gateway.persistence.enabled needs replicaCount: 1 (the SQLite gateway store has a single writer)" }}
+{{- end }}
+{{- if and (include "mailproxy.postgresqlEnabled" .) .Values.gateway.persistence.enabled }}
+{{- fail "gateway.postgresql.existingSecret and gateway.persistence.enabled exclude each other: the store is in PostgreSQL, there is nothing to keep on a volume" }}
 {{- end }}
 {{- if hasKey .Values.config "shutdown_timeout" }}
 {{- fail "set shutdownTimeoutSeconds instead of config.shutdown_timeout: the chart derives the pod's terminationGracePeriodSeconds from it" }}
@@ -106,7 +113,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $gateway := false }}
 {{- range $config.listeners }}{{ if eq (toString .mode) "gateway" }}{{ $gateway = true }}{{ end }}{{ end }}
 {{- $store := toString (dig "gateway" "store" "" $config) }}
-{{- $shared := or (hasPrefix "postgresql://" $store) (hasPrefix "postgres://" $store) }}
+{{- $shared := or (hasPrefix "postgresql://" $store) (hasPrefix "postgres://" $store) (include "mailproxy.postgresqlEnabled" .) }}
 {{- if and $gateway (not $shared) (not .Values.gateway.persistence.enabled) (or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1)) }}
 {{- fail "a gateway with an SQLite store and several replicas would give each pod its own store (mail seen differently per connection, fetched once per pod): set replicaCount: 1 with gateway.persistence.enabled, or use a PostgreSQL store (config.gateway.store: postgresql://...)" }}
 {{- end }}
@@ -143,6 +150,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if not $config.metrics }}
 {{- $_ := set $config "metrics" (dict "address" (printf "0.0.0.0:%d" (int .Values.metrics.port))) }}
 {{- end }}
+{{- if include "mailproxy.postgresqlEnabled" . }}
+{{- $pg := .Values.gateway.postgresql }}
+{{- $gw := $config.gateway | default dict }}
+{{- $_ := set $gw "store" (dict "file" (printf "%s/%s" $pg.mountPath $pg.urlKey)) }}
+{{- if $pg.passwordKey }}
+{{- $_ := set $gw "store_password" (dict "file" (printf "%s/%s" $pg.mountPath $pg.passwordKey)) }}
+{{- end }}
+{{- $_ := set $config "gateway" $gw }}
+{{- end }}
 {{- if and $config.gateway (include "mailproxy.gatewayKeyEnabled" .) (not (hasKey $config.gateway "key_file")) }}
 {{- $_ := set $config.gateway "key_file" (printf "%s/%s" .Values.gateway.key.mountPath .Values.gateway.key.secretKey) }}
 {{- end }}
@@ -154,6 +170,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 tls: {{ .Values.tls.enabled }} {{ include "mailproxy.tlsSecretName" . }} {{ .Values.tls.crt }} {{ .Values.tls.key }}
 {{- range .Values.tls.extraSecrets }} {{ .secretName }}{{ end }}
 gateway: {{ include "mailproxy.gatewayKeySecretName" . }} {{ .Values.gateway.key.value }}
+postgresql: {{ .Values.gateway.postgresql.existingSecret }}
 {{- end }}
 
 {{- define "mailproxy.graceSeconds" -}}

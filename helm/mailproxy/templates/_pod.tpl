@@ -102,6 +102,11 @@ spec:
           mountPath: {{ .Values.gateway.key.mountPath }}
           readOnly: true
         {{- end }}
+        {{- if include "mailproxy.postgresqlEnabled" . }}
+        - name: gateway-postgresql
+          mountPath: {{ .Values.gateway.postgresql.mountPath }}
+          readOnly: true
+        {{- end }}
         {{- with .Values.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -143,6 +148,19 @@ spec:
         items:
           - key: {{ .Values.gateway.key.secretKey }}
             path: {{ .Values.gateway.key.secretKey }}
+    {{- end }}
+    {{- if include "mailproxy.postgresqlEnabled" . }}
+    - name: gateway-postgresql
+      secret:
+        secretName: {{ .Values.gateway.postgresql.existingSecret }}
+        defaultMode: 0440
+        items:
+          - key: {{ .Values.gateway.postgresql.urlKey }}
+            path: {{ .Values.gateway.postgresql.urlKey }}
+          {{- if .Values.gateway.postgresql.passwordKey }}
+          - key: {{ .Values.gateway.postgresql.passwordKey }}
+            path: {{ .Values.gateway.postgresql.passwordKey }}
+          {{- end }}
     {{- end }}
   {{- with .Values.extraVolumes }}
     {{- toYaml . | nindent 4 }}
