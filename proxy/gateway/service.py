@@ -225,10 +225,15 @@ class GatewayService:
                 await front.auth_refused(request.tag, outcome)
                 continue
             if not isinstance(outcome, Failure):
-                break
+                try:
+                    account = await self.store.ensure_account(outcome, creds.user)
+                    break
+                except StoreError as exc:   # e.g. the database restarting: try again later
+                    logs.event("gateway_store_unavailable", logging.WARNING,
+                               **session.log_fields(), error=logs.sanitize(str(exc)))
+                    outcome = Failure.AUTH_TEMPFAIL
             await front.auth_failed(request.tag, outcome)
         upstream_name = outcome
-        account = await self.store.ensure_account(upstream_name, creds.user)
         fetcher = self.fetcher(upstream_name, creds.user)
         fetcher.sessions += 1
         fetcher.password = creds.password.decode("utf-8")

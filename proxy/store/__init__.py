@@ -27,6 +27,7 @@ from .base import (
     StoreError,
     StoreFailure,
     StoreFlagsResult,
+    StoreUnavailable,
 )
 from .crypto import KeyRing, StoreKeyError
 
@@ -35,6 +36,7 @@ __all__ = [
     "ChangesPruned",
     "FlagMode", "FlagUpdate", "IngestItem", "KeyRing", "Mailbox", "MailboxExists", "MailboxNotFound",
     "MessageMeta", "Store", "StoreError", "StoreFailure", "StoreFlagsResult", "StoreKeyError",
+    "StoreUnavailable",
     "open_store", "is_postgres_url", "display_store",
     "load_key_ring",
 ]

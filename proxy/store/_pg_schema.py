@@ -39,7 +39,7 @@ __all__ = ["SCHEMA_VERSION", "SCHEMA_LOCK", "MIGRATIONS", "migrate", "check_key"
 
 SCHEMA_LOCK = 0x6D61_696C_7072_0001   # pg_advisory_xact_lock key: "mailpr" + schema
 CONNECT_TIMEOUT_S = 10
-POOL_TIMEOUT_S = 30.0                 # waiting for a free connection before StoreFailure
+POOL_TIMEOUT_S = 5.0                  # waiting for a connection before StoreUnavailable
 
 Conn = psycopg.Connection[Any]
 

@@ -73,6 +73,11 @@ class StoreFailure(StoreError):
     request. Refusals are plain StoreError."""
 
 
+class StoreUnavailable(StoreFailure):
+    """The store cannot be reached right now (database restarting, network down): try again
+    later (IMAP `NO [UNAVAILABLE]`, RFC 5530)."""
+
+
 class MailboxExists(StoreError):
     pass
 

@@ -8,8 +8,8 @@ parallelism for network waits. Each store call is ONE transaction on one pooled 
 committed when the call returns and rolled back when it raises (`_call`).
 
 Failures: a deadlock or serialization failure is retried (bounded, `RETRIES`); a lost server or
-a pool with no free connection within `POOL_TIMEOUT_S` is `StoreFailure` ("store unavailable"),
-which the gateway answers with `NO [UNAVAILABLE]`. The pool checks a connection before handing it
+a pool with no free connection within `POOL_TIMEOUT_S` is `StoreUnavailable`, which the gateway
+answers with `NO [UNAVAILABLE]`. The pool checks a connection before handing it
 out, so after a database restart calls recover without restarting the proxy.
 
 Durability: a COMMIT is durable when it returns (the server's `synchronous_commit`), so `flush()`
@@ -43,7 +43,7 @@ from ._pg_schema import CONNECT_TIMEOUT_S, SCHEMA_VERSION, one_line, open_pool, 
 from ._sqlite_messages import from_date
 from .base import (
     DEFAULT_MAILBOXES, HIERARCHY_DELIMITER, INBOX, Account, ChangeKind, IngestItem, Mailbox,
-    MailboxExists, MailboxNotFound, StoreError, StoreFailure,
+    MailboxExists, MailboxNotFound, StoreError, StoreFailure, StoreUnavailable,
 )
 from .crypto import KeyRing, StoreKeyError
 
@@ -99,9 +99,9 @@ class PostgresStore(PgMessageOps):
             return await trio.to_thread.run_sync(functools.partial(self._call, fn, *args),
                                                  limiter=self._limiter)
         except psycopg_pool.PoolTimeout as exc:
-            raise StoreFailure("store unavailable: no database connection") from exc
+            raise StoreUnavailable("store unavailable: no database connection") from exc
         except psycopg.OperationalError as exc:
-            raise StoreFailure(f"store unavailable: {one_line(exc)}") from exc
+            raise StoreUnavailable(f"store unavailable: {one_line(exc)}") from exc
         except psycopg.Error as exc:   # a bug or a broken database: a refusal, not a crash
             raise StoreFailure(f"store: {one_line(exc)}") from exc
 
@@ -378,7 +378,7 @@ class PostgresStore(PgMessageOps):
         try:
             conn = await trio.to_thread.run_sync(self._lease_connection, key)
         except psycopg.Error as exc:
-            raise StoreFailure(f"store unavailable: {one_line(exc)}") from exc
+            raise StoreUnavailable(f"store unavailable: {one_line(exc)}") from exc
         try:
             yield conn is not None
         finally:

@@ -34,7 +34,8 @@ from ...net.conn import Conn
 from ...session.channel import Channel
 from ...session.context import CloseSession, Session
 from ...session.failures import Close
-from ...store import Account, MailboxExists, MailboxNotFound, Store, StoreError, StoreFailure, StoreKeyError
+from ...store import (Account, MailboxExists, MailboxNotFound, Store, StoreError, StoreFailure,
+                      StoreKeyError, StoreUnavailable)
 from ..numbers import MAX_SET_RANGES
 from ._args import Reply
 from ._budget import DEFAULT_COMMAND_BUDGET, CommandBudget
@@ -226,6 +227,10 @@ class ImapSession:
             status, code, text = b"NO", b"NONEXISTENT", str(exc)
         except MailboxExists as exc:
             status, code, text = b"NO", b"ALREADYEXISTS", str(exc)
+        except StoreUnavailable as exc:   # e.g. the database restarting: RFC 5530 UNAVAILABLE
+            status, code, text = b"NO", b"UNAVAILABLE", "Store unavailable, try again later."
+            logs.event("gateway_store_unavailable", logging.WARNING, **self.session.log_fields(),
+                       error=logs.sanitize(str(exc)))
         except (StoreFailure, StoreKeyError) as exc:
             status, code, text = b"NO", b"SERVERBUG", "Internal store error."
             logs.event("gateway_store_error", logging.WARNING, **self.session.log_fields(),
