@@ -17,11 +17,15 @@ _BAR_WIDTH = 30
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add `gateway sync` to the main parser's subcommands; returns the `gateway` parser."""
+    """Add `gateway sync` and `gateway migrate` to the main parser's subcommands; returns the
+    `gateway` parser."""
     gateway = subparsers.add_parser("gateway", help="POP3-to-IMAP gateway maintenance")
     commands = gateway.add_subparsers(dest="gateway_command", required=True)
     sync = commands.add_parser("sync", help="fetch a user's POP3 mailbox into the gateway store once")
     _add_sync_arguments(sync)
+    from . import migrate_cli
+
+    migrate_cli.add_cli(commands)
     return gateway
 
 
@@ -62,7 +66,11 @@ class ProgressBar:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """Run `gateway sync` with parsed arguments; returns the exit status."""
+    """Run `gateway sync` (or `gateway migrate`) with parsed arguments; returns the exit status."""
+    if getattr(args, "gateway_command", "sync") == "migrate":
+        from . import migrate_cli
+
+        return migrate_cli.run_cli(args)
     import trio
 
     from .. import config as config_mod

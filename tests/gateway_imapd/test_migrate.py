@@ -1,0 +1,103 @@
+"""`mailproxy gateway migrate`: a client that synced against the SQLite store sees no change
+after the store moved to PostgreSQL (same UIDVALIDITY, UIDs, flags, MODSEQs; QRESYNC gives
+nothing new; the fetcher brings nothing back). Real gateway, Dovecot, PostgreSQL, CLI process."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import trio
+
+from .conftest import GatewayHandle, message
+from .test_condstore import Raw
+
+MAILBOXES = ("INBOX", "Work", "Sent")
+
+
+def state(client: Raw) -> dict:
+    """What a synced client knows: per mailbox STATUS and every message's UID, FLAGS, MODSEQ
+    (without \\Recent: session state, RFC 3501 2.3.2, not kept by any store)."""
+    out = {}
+    for name in MAILBOXES:
+        status = client.cmd(f"STATUS {name} (MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)")[0]
+        assert client.cmd(f"EXAMINE {name}")[1].split()[1] == b"OK"
+        fetched = client.cmd("UID FETCH 1:* (FLAGS MODSEQ)")[0]
+        out[name] = (status, sorted(re.sub(rb"^\* \d+ ", b"", line).replace(b"\\Recent", b"")
+                                    .replace(b"( ", b"(").replace(b" )", b")") for line in fetched))
+    return out
+
+
+def migrate(source, target, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "proxy", "gateway", "migrate", "--from",
+                           str(source), "--to", target, *extra],
+                          capture_output=True, text=True, timeout=120)
+
+
+async def test_client_sees_no_change_after_migration(dovecot, tmp_path, nursery, pg_dsn):
+    user, password = dovecot.add_user()
+    for n in range(6):
+        dovecot.deliver(user, message(n))
+    sqlite = GatewayHandle(dovecot, tmp_path, user, password)
+    await sqlite.start(nursery)
+
+    def use_it() -> tuple[dict, int, int]:
+        client = Raw(sqlite.port, user, password)
+        assert client.cmd("ENABLE QRESYNC")[1].split()[1] == b"OK"
+        assert client.cmd("CREATE Work")[1].split()[1] == b"OK"
+        assert client.cmd("SELECT INBOX")[1].split()[1] == b"OK"
+        for command in ("STORE 1:2 +FLAGS (\\Seen)", "STORE 3 +FLAGS ($Work \\Flagged)",
+                        "MOVE 4 Work", "STORE 1 +FLAGS (\\Deleted)", "EXPUNGE",
+                        'APPEND Sent (\\Seen) {23}\r\nSubject: sent\r\n\r\nhello'):
+            if command.startswith("APPEND"):
+                head, literal = command.split("\r\n", 1)
+                client.sock.sendall(f"x {head}\r\n".encode())
+                assert client.file.readline().startswith(b"+")
+                client.sock.sendall(literal.encode() + b"\r\n")
+                assert client.file.readline().startswith(b"x OK")
+                continue
+            assert client.cmd(command)[1].split()[1] == b"OK", command
+        lines = client.cmd("SELECT INBOX")[0]
+        uidvalidity = int(re.search(rb"UIDVALIDITY (\d+)", b" ".join(lines)).group(1))
+        modseq = int(re.search(rb"HIGHESTMODSEQ (\d+)", b" ".join(lines)).group(1))
+        seen = state(client)
+        client.close()
+        return seen, uidvalidity, modseq
+
+    before, uidvalidity, modseq = await trio.to_thread.run_sync(use_it)
+    await sqlite.stop()
+    db = tmp_path / "gateway.db"
+
+    done = await trio.to_thread.run_sync(migrate, db, pg_dsn)
+    assert done.returncode == 0, done.stderr
+    assert re.match(r"migrated .*gateway\.db to postgresql://mailproxy@.*: 1 accounts, "
+                    r"7 mailboxes, 6 bodies, 6 messages, 6 uidls, 14 changes", done.stdout)
+    assert "password" not in done.stdout and pg_dsn not in done.stdout
+    again = await trio.to_thread.run_sync(migrate, db, pg_dsn)    # resuming a finished copy
+    assert again.returncode == 0 and again.stdout == done.stdout, again.stderr
+
+    # Another store into the same target is refused: it already holds accounts.
+    other = tmp_path / "other"
+    other.mkdir()
+    other_gateway = GatewayHandle(dovecot, other, user, password)
+    await other_gateway.start(nursery)
+    await other_gateway.stop()
+    refused = await trio.to_thread.run_sync(migrate, other / "gateway.db", pg_dsn)
+    assert refused.returncode == 1
+    assert "the target already holds gateway accounts" in refused.stderr
+
+    moved = GatewayHandle(dovecot, tmp_path, user, password, store=pg_dsn)
+    await moved.start(nursery)
+
+    def check() -> None:
+        client = Raw(moved.port, user, password)
+        assert client.cmd("ENABLE QRESYNC")[1].split()[1] == b"OK"
+        lines, done = client.cmd(f"SELECT INBOX (QRESYNC ({uidvalidity} {modseq}))")
+        assert done.split()[1] == b"OK", done
+        assert [l for l in lines if b"VANISHED" in l or b"FETCH" in l] == [], lines
+        assert state(client) == before
+        client.close()
+
+    await trio.to_thread.run_sync(check)
+    await moved.stop()
