@@ -16,6 +16,7 @@ import statistics
 
 from common import Env, QuietProxyProcess, make_mailbox  # noqa: E402 (puts tests/ on sys.path)
 from propagation import measure_between
+
 from support.postgres import start_postgres
 
 

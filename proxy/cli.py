@@ -26,6 +26,9 @@ EXAMPLES = {
     ("gateway",): "mailproxy gateway sync --config mailproxy.yaml alice@example.com",
     ("gateway", "sync"): "mailproxy gateway sync --config mailproxy.yaml "
                          "--password-file alice.pw alice@example.com",
+    ("gateway", "migrate"): "mailproxy gateway migrate --from /var/lib/mailproxy/gateway.db "
+                            "--to 'postgresql://mailproxy@db/mailproxy?sslmode=verify-full' "
+                            "--password-file pg.pw",
     ("help",): "mailproxy help serve",
     ("who",): "mailproxy who --config /etc/mailproxy/mailproxy.yaml",
     ("kick",): "mailproxy kick --config /etc/mailproxy/mailproxy.yaml alice@example.com",

@@ -50,7 +50,14 @@ from ..session.routing import log_user
 from ..session.sasl import Credentials
 from ..session.upstream import UpstreamError
 from ..store import (
-    Account, Change, ChangeKind, FlagUpdate, Store, StoreError, load_key_ring, open_store,
+    Account,
+    Change,
+    ChangeKind,
+    FlagUpdate,
+    Store,
+    StoreError,
+    load_key_ring,
+    open_store,
 )
 from .auth import Authenticator
 from .fetcher import AccountLocks, mime_limits, sync_account

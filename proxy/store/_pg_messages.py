@@ -30,8 +30,15 @@ import psycopg
 from . import crypto
 from ._sqlite_messages import from_date
 from .base import (
-    Change, ChangeKind, FlagMode, FlagUpdate, MailboxNotFound, MessageMeta, StoreError,
-    StoreFlagsResult, normalize_flags,
+    Change,
+    ChangeKind,
+    FlagMode,
+    FlagUpdate,
+    MailboxNotFound,
+    MessageMeta,
+    StoreError,
+    StoreFlagsResult,
+    normalize_flags,
 )
 from .crypto import KeyRing
 
@@ -145,7 +152,7 @@ class PgMessageOps:
             "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
             "body_id, pop3_uidl) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
             [(dst_mailbox_id, new, row[3], row[4], row[5], modseq, row[7], row[8])
-             for row, (_, new) in zip(rows, pairs)])
+             for row, (_, new) in zip(rows, pairs, strict=True)])
         self._log(c, dst_account, dst_mailbox_id, modseq, ChangeKind.APPEND, [n for _, n in pairs])
         return pairs
 
@@ -212,7 +219,7 @@ class PgMessageOps:
 
     async def cache(self, message: MessageMeta) -> bytes | None:
         [data] = await self._run(self._blobs, [message], "cache")
-        return data
+        return None if data is None else bytes(data)
 
     async def bodies(self, messages: Sequence[MessageMeta]) -> list[bytes | None]:
         """Raw bodies of many messages in one call, in order; None where the body is gone."""

@@ -127,7 +127,7 @@ class ChangeFollower:
     async def _read(self, mailbox_id: int) -> None:
         while True:
             since = self._last.get(mailbox_id, 0)
-            rows = await self._run(lambda c: c.execute(
+            rows = await self._run(lambda c, since=since: c.execute(
                 "SELECT account_id, modseq, kind, uid, origin FROM changes "
                 "WHERE mailbox_id = %s AND modseq > %s ORDER BY modseq, id LIMIT %s",
                 (mailbox_id, since, MAX_CHANGES_PER_READ)).fetchall())
@@ -137,10 +137,10 @@ class ChangeFollower:
             if full and rows[0][1] != rows[-1][1]:      # never split one MODSEQ between slices
                 rows = [row for row in rows if row[1] != rows[-1][1]]
             elif full:                                   # one transaction larger than a slice
-                rows = await self._run(lambda c: c.execute(
+                rows = await self._run(lambda c, modseq=rows[0][1]: c.execute(
                     "SELECT account_id, modseq, kind, uid, origin FROM changes "
                     "WHERE mailbox_id = %s AND modseq = %s ORDER BY id",
-                    (mailbox_id, rows[0][1])).fetchall())
+                    (mailbox_id, modseq)).fetchall())
             self._last[mailbox_id] = rows[-1][1]
             theirs = [Change(modseq, ChangeKind(kind), uid)
                       for _, modseq, kind, uid, origin in rows if origin != self._origin]

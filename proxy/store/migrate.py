@@ -31,7 +31,8 @@ from typing import Any, Callable
 
 import psycopg
 
-from ._pg_schema import CONNECT_TIMEOUT_S, migrate as migrate_schema
+from ._pg_schema import CONNECT_TIMEOUT_S
+from ._pg_schema import migrate as migrate_schema
 from .base import StoreError
 
 __all__ = ["MigrationRefused", "TableCopy", "TABLES", "copy_sqlite_to_postgres"]
@@ -98,6 +99,13 @@ _SEQUENCES = ("accounts", "mailboxes", "bodies", "messages", "changes")
 Progress = Callable[[str, int, int], None]
 
 
+def _value(c: psycopg.Connection[Any], sql: str) -> Any:
+    """The single value a one-row query returns."""
+    row = c.execute(sql).fetchone()
+    assert row is not None
+    return row[0]
+
+
 def _source(path: str) -> sqlite3.Connection:
     if not os.path.isfile(path):
         raise StoreError(f"{path}: no such SQLite store")
@@ -119,7 +127,7 @@ def _claim_target(c: psycopg.Connection[Any], source_id: str, force: bool) -> No
     with c.transaction():
         row = c.execute("SELECT value FROM meta WHERE key = 'migration_source'").fetchone()
         ours = row is not None and bytes(row[0]) == source_id.encode()
-        has_accounts = c.execute("SELECT EXISTS (SELECT 1 FROM accounts)").fetchone()[0]
+        has_accounts = _value(c, "SELECT EXISTS (SELECT 1 FROM accounts)")
         if has_accounts and not ours:
             if not force:
                 raise MigrationRefused("the target already holds gateway accounts: migrate into "
@@ -132,11 +140,11 @@ def _claim_target(c: psycopg.Connection[Any], source_id: str, force: bool) -> No
 
 def _copy_table(src: sqlite3.Connection, c: psycopg.Connection[Any], table: TableCopy,
                 batch: int, progress: Progress | None) -> int:
-    total = src.execute(f"SELECT count(*) FROM {table.name}").fetchone()[0]
+    total: int = src.execute(f"SELECT count(*) FROM {table.name}").fetchone()[0]
     keys = [k.strip() for k in table.key.split(",")]
     after: tuple[Any, ...] = (0,) if len(keys) == 1 else (0, "")
     if not table.upsert:     # append-only rows: resume after the highest id already copied
-        after = (c.execute(f"SELECT coalesce(max(id), 0) FROM {table.name}").fetchone()[0],)
+        after = (_value(c, f"SELECT coalesce(max(id), 0) FROM {table.name}"),)
     done = src.execute(f"SELECT count(*) FROM {table.name} WHERE ({table.key}) <= "
                        f"({', '.join('?' * len(keys))})", after).fetchone()[0]
     if progress:
@@ -165,7 +173,7 @@ def _finish(src: sqlite3.Connection, c: psycopg.Connection[Any]) -> None:
     counters = dict(src.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
     with c.transaction():
         for table in _SEQUENCES:
-            top = c.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
+            top = _value(c, f"SELECT coalesce(max(id), 0) FROM {table}")
             value = max(top, counters.get(table, 0))
             if value:
                 c.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), %s)", (table, value))

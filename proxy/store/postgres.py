@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import functools
+import hashlib
 import secrets
 import time
 from typing import Any, AsyncIterator, Callable, Sequence
@@ -42,8 +42,18 @@ from ._pg_notify import ChangeFollower, Deliver
 from ._pg_schema import CONNECT_TIMEOUT_S, SCHEMA_VERSION, one_line, open_pool, redact
 from ._sqlite_messages import from_date
 from .base import (
-    DEFAULT_MAILBOXES, HIERARCHY_DELIMITER, INBOX, Account, ChangeKind, IngestItem, Mailbox,
-    MailboxExists, MailboxNotFound, StoreError, StoreFailure, StoreUnavailable,
+    DEFAULT_MAILBOXES,
+    HIERARCHY_DELIMITER,
+    INBOX,
+    Account,
+    ChangeKind,
+    IngestItem,
+    Mailbox,
+    MailboxExists,
+    MailboxNotFound,
+    StoreError,
+    StoreFailure,
+    StoreUnavailable,
 )
 from .crypto import KeyRing, StoreKeyError
 
@@ -193,7 +203,8 @@ class PostgresStore(PgMessageOps):
         "(SELECT count(*) FROM messages m WHERE m.mailbox_id = mb.id) FROM mailboxes mb ")
 
     def _list_mailboxes(self, c: Conn, account_id: int, name: str | None = None) -> list[Mailbox]:
-        where, args = "WHERE mb.account_id = %s", [account_id]
+        args: list[object] = [account_id]
+        where = "WHERE mb.account_id = %s"
         if name is not None:
             where, args = where + " AND mb.name = %s", [account_id, _canon(name)]
         rows = c.execute(self._MAILBOX_SELECT + where + " ORDER BY mb.name COLLATE \"C\"",
@@ -308,18 +319,18 @@ class PostgresStore(PgMessageOps):
             return [None] * len(items)
         body_ids = self._body_ids(c, len(fresh))
         self._insert_bodies(c, account_id, [(bid, item.body, item.cache)
-                                            for bid, item in zip(body_ids, fresh)])
+                                            for bid, item in zip(body_ids, fresh, strict=True)])
         first = self._take_uids(c, inbox, len(fresh))
         modseq = self._bump(c, inbox)
         rows = []
-        for offset, (item, bid) in enumerate(zip(fresh, body_ids)):
+        for offset, (item, bid) in enumerate(zip(fresh, body_ids, strict=True)):
             epoch, tz = from_date(item.internaldate)
             rows.append((inbox, first + offset, epoch, tz, "", modseq, bid, item.uidl))
         c.cursor().executemany(
             "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
             "body_id, pop3_uidl) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", rows)
         self._log(c, account_id, inbox, modseq, ChangeKind.APPEND, [r[1] for r in rows])
-        uid_of = {id(item): row[1] for item, row in zip(fresh, rows)}
+        uid_of = {id(item): row[1] for item, row in zip(fresh, rows, strict=True)}
         return [uid_of.get(id(item)) for item in items]
 
     async def ingest_many(self, account_id: int, items: Sequence[IngestItem]) -> list[int | None]:

@@ -95,7 +95,7 @@ async def test_client_sees_no_change_after_migration(dovecot, tmp_path, nursery,
         assert client.cmd("ENABLE QRESYNC")[1].split()[1] == b"OK"
         lines, done = client.cmd(f"SELECT INBOX (QRESYNC ({uidvalidity} {modseq}))")
         assert done.split()[1] == b"OK", done
-        assert [l for l in lines if b"VANISHED" in l or b"FETCH" in l] == [], lines
+        assert [x for x in lines if b"VANISHED" in x or b"FETCH" in x] == [], lines
         assert state(client) == before
         client.close()
 
