@@ -1,5 +1,6 @@
 """Benchmark: the same 2,000-message mailbox served by Dovecot IMAP directly and by the gateway
-(in-process, SQLite store, Dovecot POP3 upstream), interleaved rounds (issue 7):
+(in-process, Dovecot POP3 upstream) on an SQLite store and on a PostgreSQL store (a private
+cluster, tests/support/postgres.py), interleaved rounds (issues 7 and 15):
 
     SELECT time, FETCH 1:* (FLAGS UID RFC822.SIZE ENVELOPE) time, UID FETCH 1:* BODY.PEEK[] MB/s,
     SEARCH TEXT time; medians and gateway/Dovecot ratios (target >= 0.5x Dovecot's speed).
@@ -24,6 +25,7 @@ from proxy.gateway.service import open_gateway
 from proxy.metrics import Metrics
 from proxy.net.conn import Conn
 from proxy.session.context import Runtime, Session
+from support.postgres import start_postgres
 from support.proxyproc import relay_config
 
 
@@ -48,18 +50,20 @@ def measure(port: int, user: str, password: str, needle: str) -> dict[str, float
     return out
 
 
-async def main(messages: int, rounds: int) -> None:
-    env = Env("gateway")
-    try:
-        mailbox = make_mailbox(messages)
-        user, password = env.user_with(mailbox)
-        cfg = relay_config(env.dovecot, listeners=("imap",), allow_plaintext_auth=True)
-        cfg["listeners"][0]["mode"] = "gateway"
-        cfg["gateway"] = {"store": str(env.root / "gateway.db"), "poll_interval": "600s"}
-        config = loads(json.dumps(cfg))
-        metrics = Metrics()
-        runtime = Runtime.build(config, metrics)
-        async with open_gateway(config, metrics) as service, trio.open_nursery() as nursery:
+async def _serve_gateway(env: Env, store: str, nursery: trio.Nursery, messages: int,
+                         user: str, password: str) -> int:
+    """Start an in-process gateway on `store`, let it ingest the mailbox; returns its port."""
+    cfg = relay_config(env.dovecot, listeners=("imap",), allow_plaintext_auth=True)
+    cfg["listeners"][0]["mode"] = "gateway"
+    cfg["gateway"] = {"store": store, "poll_interval": "600s"}
+    config = loads(json.dumps(cfg))
+    metrics = Metrics()
+    runtime = Runtime.build(config, metrics)
+    ready: trio.Event = trio.Event()
+    box: list[int] = []
+
+    async def run() -> None:
+        async with open_gateway(config, metrics) as service, trio.open_nursery() as inner:
             async def handler(stream):
                 conn = Conn(stream)
                 session = Session(runtime, config.listeners[0], "127.0.0.1", 0, "127.0.0.1", 0)
@@ -68,31 +72,55 @@ async def main(messages: int, rounds: int) -> None:
                 finally:
                     await conn.aclose()
 
-            listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0,
-                                                              host="127.0.0.1"))
-            port = listeners[0].socket.getsockname()[1]
+            listeners = await inner.start(functools.partial(trio.serve_tcp, handler, 0,
+                                                            host="127.0.0.1"))
+            box.append(listeners[0].socket.getsockname()[1])
             t = time.perf_counter()
             while True:   # first login ingests; later logins wait for nothing new
-                await trio.to_thread.run_sync(lambda: imaplib.IMAP4("127.0.0.1", port).login(
+                await trio.to_thread.run_sync(lambda: imaplib.IMAP4("127.0.0.1", box[0]).login(
                     user, password))
-                box = await service.store.get_mailbox(
+                inbox = await service.store.get_mailbox(
                     (await service.store.ensure_account("main", user)).id, "INBOX")
-                if box.exists >= messages:
+                if inbox.exists >= messages:
                     break
-            print(f"ingest of {messages} messages via POP3: {time.perf_counter() - t:.1f}s")
-            results = {"dovecot": [], "gateway": []}
-            targets = {"dovecot": env.dovecot.imap_port, "gateway": port}
+            kind = "PostgreSQL" if store.startswith("postgresql") else "SQLite"
+            print(f"{kind}: ingest of {messages} messages via POP3: "
+                  f"{time.perf_counter() - t:.1f}s")
+            ready.set()
+            await trio.sleep_forever()
+
+    nursery.start_soon(run)
+    await ready.wait()
+    return box[0]
+
+
+async def main(messages: int, rounds: int) -> None:
+    env = Env("gateway")
+    try:
+        mailbox = make_mailbox(messages)
+        user, password = env.user_with(mailbox)
+        postgres = start_postgres(env.root)
+        env.on_close(postgres.stop)
+        async with trio.open_nursery() as nursery:
+            targets = {"dovecot": env.dovecot.imap_port,
+                       "sqlite": await _serve_gateway(env, str(env.root / "gateway.db"), nursery,
+                                                      messages, user, password),
+                       "postgresql": await _serve_gateway(env, postgres.fresh_dsn(), nursery,
+                                                          messages, user, password)}
+            results: dict[str, list[dict[str, float]]] = {label: [] for label in targets}
             for _ in range(rounds):
                 for label, target in targets.items():
                     results[label].append(await trio.to_thread.run_sync(
                         measure, target, user, password, "zzqq-not-there"))
             nursery.cancel_scope.cancel()
-        print(f"{'metric':16} {'dovecot':>10} {'gateway':>10} {'gw speed / dovecot':>20}")
+        print(f"{'metric':16} {'dovecot':>10} {'sqlite':>10} {'postgresql':>10} "
+              f"{'sqlite/dovecot':>15} {'pg/dovecot':>11}")
         for key in results["dovecot"][0]:
-            d = statistics.median(r[key] for r in results["dovecot"])
-            g = statistics.median(r[key] for r in results["gateway"])
-            speed = g / d if key.endswith("MBps") else d / g
-            print(f"{key:16} {d:10.4f} {g:10.4f} {speed:19.2f}x")
+            d, lite, pg = (statistics.median(r[key] for r in results[label])
+                           for label in ("dovecot", "sqlite", "postgresql"))
+            speeds = [(x / d if key.endswith("MBps") else d / x) for x in (lite, pg)]
+            print(f"{key:16} {d:10.4f} {lite:10.4f} {pg:10.4f} {speeds[0]:14.2f}x "
+                  f"{speeds[1]:10.2f}x")
     finally:
         env.close()
 

@@ -1,4 +1,5 @@
-"""Gateway ingest benchmark: POP3 (local Dovecot) -> SQLite store, with and without encryption.
+"""Gateway ingest benchmark: POP3 (local Dovecot) -> SQLite and PostgreSQL stores, with and
+without encryption.
 
     .venv/bin/python bench/ingest.py [--messages 2000] [--seed 1]
 
@@ -29,18 +30,18 @@ from proxy.store import KeyRing, open_store  # noqa: E402
 from tests.gateway.helpers import generated_message, make_config, upstream_count  # noqa: E402
 from tests.support.dovecot import start_dovecot  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tests"))
+from support.postgres import start_postgres  # noqa: E402
 
-def _disk_size(path: pathlib.Path) -> int:
-    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
 
-
-async def _run(config, path: pathlib.Path, ring: KeyRing | None, user: str, password: str):
-    store = await open_store(str(path), ring)
+async def _run(config, location: str, ring: KeyRing | None, user: str, password: str):
+    store = await open_store(location, ring)
     started = time.perf_counter()
     result = await sync_account(config, store, "dc", user, password)
     elapsed = time.perf_counter() - started
+    size = await store.size_bytes()
     await store.close()
-    return result, elapsed, _disk_size(path)
+    return result, elapsed, size
 
 
 def main() -> int:
@@ -51,6 +52,7 @@ def main() -> int:
     work = pathlib.Path(tempfile.mkdtemp(prefix="mailproxy-bench-"))
     work.chmod(0o711)
     dovecot = start_dovecot(work)
+    postgres = start_postgres(work)
     try:
         user, password = dovecot.add_user()
         rng = random.Random(args.seed)
@@ -62,16 +64,19 @@ def main() -> int:
         upstream_count(dovecot.host, dovecot.pop3_port, user, password)   # Dovecot builds its index
         print(f"mailbox: {args.messages} messages, {raw / 1e6:.1f} MB raw "
               f"(mean {raw / args.messages / 1e3:.1f} KB)")
-        print(f"{'mode':<10} {'msg/s':>8} {'MB/s':>8} {'seconds':>8} {'store MB':>9} {'ratio':>6}")
-        for mode in ("plain", "encrypted"):
-            path = work / f"{mode}.db"
-            ring = KeyRing.parse(KeyRing.generate_line("bench")) if mode == "encrypted" else None
-            config = make_config(dovecot.pop3_port, str(path))
-            result, elapsed, size = trio.run(_run, config, path, ring, user, password)
+        print(f"{'mode':<20} {'msg/s':>8} {'MB/s':>8} {'seconds':>8} {'store MB':>9} {'ratio':>6}")
+        for mode in ("sqlite plain", "sqlite encrypted", "postgresql plain",
+                     "postgresql encrypted"):
+            location = (postgres.fresh_dsn() if mode.startswith("postgresql")
+                        else str(work / f"{mode.replace(' ', '-')}.db"))
+            ring = KeyRing.parse(KeyRing.generate_line("bench")) if "encrypted" in mode else None
+            config = make_config(dovecot.pop3_port, location)
+            result, elapsed, size = trio.run(_run, config, location, ring, user, password)
             assert result.new == args.messages, result
-            print(f"{mode:<10} {result.new / elapsed:>8.0f} {result.bytes / elapsed / 1e6:>8.1f} "
+            print(f"{mode:<20} {result.new / elapsed:>8.0f} {result.bytes / elapsed / 1e6:>8.1f} "
                   f"{elapsed:>8.2f} {size / 1e6:>9.1f} {size / result.bytes:>6.2f}")
     finally:
+        postgres.stop()
         dovecot.stop()
         if not os.environ.get("MAILPROXY_KEEP_BENCH_DIR"):
             shutil.rmtree(work, ignore_errors=True)

@@ -29,8 +29,9 @@ def command_paths(parser=None, path=()) -> list[tuple[str, ...]]:
 
 def test_every_command_is_listed() -> None:
     assert set(command_paths()) == {(), ("serve",), ("check-config",), ("gen-cert",),
-                                    ("gen-key",), ("gateway",), ("gateway", "sync"), ("help",),
-                                    ("who",), ("kick",), ("reload",)}
+                                    ("gen-key",), ("gateway",), ("gateway", "sync"),
+                                    ("gateway", "migrate"), ("help",), ("who",), ("kick",),
+                                    ("reload",)}
 
 
 @pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "mailproxy")
