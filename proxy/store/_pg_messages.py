@@ -15,7 +15,10 @@ Every change takes a new MODSEQ (`_bump`), is logged in `changes` (`_log`, one r
 announced with `pg_notify(CHANNEL, "origin:account:mailbox:modseq")`, which PostgreSQL delivers to the
 listeners of every replica when (and only if) the transaction commits (`_pg_notify.py`).
 
-Bodies are shared by copies; a body is deleted when no message refers to it (`_collect_bodies`).
+Bodies are shared by copies. An expunge leaves the body in place (a session not yet told may
+still read it, RFC 2180 4.1.1); `collect_bodies` deletes the ones no message refers to, when the
+gateway says no session of its process shows them. A session on ANOTHER replica is not known
+here: it can lose a body it has not been told is expunged (it answers NO for that message).
 Bodies and cache blobs are sealed with associated data naming their account and body id, which
 is why body ids are drawn from the sequence before the row is written.
 """
@@ -32,6 +35,7 @@ from ._sqlite_messages import from_date
 from .base import (
     Change,
     ChangeKind,
+    ChangesPruned,
     FlagMode,
     FlagUpdate,
     MailboxNotFound,
@@ -160,8 +164,8 @@ class PgMessageOps:
                       rows: list[tuple[Any, ...]]) -> None:
         if rows:
             modseq = self._bump(c, mailbox_id)
+            # bodies stay until collect_bodies: sessions not yet told may read them (RFC 2180 4.1.1)
             c.execute("DELETE FROM messages WHERE id = ANY(%s)", ([row[0] for row in rows],))
-            self._collect_bodies(c, {row[7] for row in rows})
             self._log(c, account_id, mailbox_id, modseq, ChangeKind.EXPUNGE, [row[2] for row in rows])
 
     # ---- messages -------------------------------------------------------------------------------
@@ -322,9 +326,58 @@ class PgMessageOps:
         """Remove the listed messages; returns the UIDs removed (their UIDLs stay known)."""
         return list(await self._run(self._expunge, mailbox_id, list(uids)))
 
-    async def changes_since(self, mailbox_id: int, modseq: int) -> list[Change]:
-        """Changes with MODSEQ greater than `modseq`, oldest first."""
-        rows = await self._run(lambda c: c.execute(
-            "SELECT modseq, kind, uid FROM changes WHERE mailbox_id = %s AND modseq > %s "
-            "ORDER BY modseq, id", (mailbox_id, modseq)).fetchall())
+    async def collect_bodies(self, body_ids: Sequence[int]) -> None:
+        """Delete those of the bodies that no message refers to any more."""
+        if body_ids:
+            await self._run(self._collect_bodies, set(body_ids))
+
+    @staticmethod
+    def _recent_floor(c: Conn, mailbox_id: int, claim_upto: int | None) -> int:
+        if claim_upto is None:
+            row = c.execute("SELECT recent_uid FROM mailboxes WHERE id = %s",
+                            (mailbox_id,)).fetchone()
+        else:   # the row lock makes the claim atomic across processes
+            row = c.execute(
+                "WITH old AS (SELECT recent_uid FROM mailboxes WHERE id = %s FOR UPDATE) "
+                "UPDATE mailboxes m SET recent_uid = GREATEST(old.recent_uid, %s) FROM old "
+                "WHERE m.id = %s RETURNING old.recent_uid",
+                (mailbox_id, claim_upto + 1, mailbox_id)).fetchone()
+        if row is None:
+            raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+        return int(row[0])
+
+    async def recent_floor(self, mailbox_id: int, claim_upto: int | None = None) -> int:
+        """The lowest UID not yet \\Recent in any session (RFC 3501 2.3.2); with `claim_upto`,
+        the UIDs from there up to `claim_upto` are claimed (atomically, exactly once)."""
+        floor: int = await self._run(self._recent_floor, mailbox_id, claim_upto)
+        return floor
+
+    @staticmethod
+    def _changes_since(c: Conn, mailbox_id: int, modseq: int) -> list[Change]:
+        row = c.execute("SELECT changes_floor FROM mailboxes WHERE id = %s",
+                        (mailbox_id,)).fetchone()
+        if row is None:
+            raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+        if modseq + 1 < row[0]:
+            raise ChangesPruned(f"changes before MODSEQ {modseq + 1} were pruned")
+        rows = c.execute("SELECT modseq, kind, uid FROM changes WHERE mailbox_id = %s "
+                         "AND modseq > %s ORDER BY modseq, id", (mailbox_id, modseq)).fetchall()
         return [Change(m, ChangeKind(kind), uid) for m, kind, uid in rows]
+
+    async def changes_since(self, mailbox_id: int, modseq: int) -> list[Change]:
+        """Changes with MODSEQ greater than `modseq`, oldest first; ChangesPruned when some of
+        them were pruned (`prune_changes`)."""
+        return list(await self._run(self._changes_since, mailbox_id, modseq))
+
+    def _prune_changes(self, c: Conn, mailbox_id: int, below: int) -> int:
+        self._lock(c, mailbox_id)
+        row = c.execute("UPDATE mailboxes SET changes_floor = %s WHERE id = %s "
+                        "AND changes_floor < %s RETURNING id", (below, mailbox_id, below)).fetchone()
+        if row is None:
+            return 0
+        return c.execute("DELETE FROM changes WHERE mailbox_id = %s AND modseq < %s",
+                         (mailbox_id, below)).rowcount
+
+    async def prune_changes(self, mailbox_id: int, below: int) -> int:
+        """Forget change-log rows with MODSEQ below `below`; returns how many."""
+        return int(await self._run(self._prune_changes, mailbox_id, below))

@@ -63,6 +63,8 @@ def _v1_initial(c: Conn) -> None:
             uidnext BIGINT NOT NULL DEFAULT 1,
             highest_modseq BIGINT NOT NULL DEFAULT 1,
             subscribed BOOLEAN NOT NULL DEFAULT TRUE,
+            recent_uid BIGINT NOT NULL DEFAULT 1,      -- \\Recent floor (base.py, issue 13)
+            changes_floor BIGINT NOT NULL DEFAULT 0,   -- change log pruned below this MODSEQ
             UNIQUE(account_id, name));
         CREATE TABLE bodies(
             id BIGSERIAL PRIMARY KEY,

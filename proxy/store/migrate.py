@@ -33,6 +33,7 @@ import psycopg
 
 from ._pg_schema import CONNECT_TIMEOUT_S
 from ._pg_schema import migrate as migrate_schema
+from ._schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from .base import StoreError
 
 __all__ = ["MigrationRefused", "TableCopy", "TABLES", "copy_sqlite_to_postgres"]
@@ -60,7 +61,8 @@ def _insert(table: str, columns: str, conflict: str) -> str:
 
 
 _ACCOUNT_COLS = "id, upstream, username, last_uidvalidity, credentials"
-_MAILBOX_COLS = "id, account_id, name, special_use, uidvalidity, uidnext, highest_modseq, subscribed"
+_MAILBOX_COLS = ("id, account_id, name, special_use, uidvalidity, uidnext, highest_modseq, "
+                 "subscribed, recent_uid, changes_floor")
 _MESSAGE_COLS = "id, mailbox_id, uid, internaldate, tz_minutes, flags, modseq, body_id, pop3_uidl"
 
 TABLES: list[TableCopy] = [
@@ -70,12 +72,12 @@ TABLES: list[TableCopy] = [
                       "(id) DO UPDATE SET last_uidvalidity = excluded.last_uidvalidity, "
                       "credentials = excluded.credentials"), "id", True),
     TableCopy("mailboxes",
-              "SELECT id, account_id, name, special_use, uidvalidity, uidnext, highest_modseq, "
-              "subscribed FROM mailboxes",
+              f"SELECT {_MAILBOX_COLS} FROM mailboxes",
               _insert("mailboxes", _MAILBOX_COLS,
                       "(id) DO UPDATE SET name = excluded.name, uidnext = excluded.uidnext, "
                       "highest_modseq = excluded.highest_modseq, "
-                      "subscribed = excluded.subscribed"), "id", True),
+                      "subscribed = excluded.subscribed, recent_uid = excluded.recent_uid, "
+                      "changes_floor = excluded.changes_floor"), "id", True),
     TableCopy("bodies", "SELECT id, account_id, size, data, cache FROM bodies",
               _insert("bodies", "id, account_id, size, data, cache",
                       "(id) DO UPDATE SET cache = excluded.cache"), "id", False),
@@ -115,10 +117,11 @@ def _source(path: str) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         db.close()
         raise StoreError(f"{path}: not a gateway store ({exc})") from None
-    if version is None or version[0] != 1:
+    if version is None or version[0] != SQLITE_SCHEMA_VERSION:
         db.close()
         raise StoreError(f"{path}: store schema version {version} is not the one this program "
-                         "migrates (1): open it once with this version of mailproxy first")
+                         f"migrates ({SQLITE_SCHEMA_VERSION}): open it once with this version of "
+                         "mailproxy first")
     return db
 
 
@@ -159,7 +162,7 @@ def _copy_table(src: sqlite3.Connection, c: psycopg.Connection[Any], table: Tabl
             if table.name == "changes":
                 values = [(*row, MIGRATED_ORIGIN) for row in rows]
             elif table.name == "mailboxes":
-                values = [(*row[:7], bool(row[7])) for row in rows]
+                values = [(*row[:7], bool(row[7]), *row[8:]) for row in rows]
             else:
                 values = rows
             c.cursor().executemany(table.insert, values)
