@@ -333,18 +333,16 @@ class PgMessageOps:
 
     @staticmethod
     def _recent_floor(c: Conn, mailbox_id: int, claim_upto: int | None) -> int:
-        if claim_upto is None:
-            row = c.execute("SELECT recent_uid FROM mailboxes WHERE id = %s",
-                            (mailbox_id,)).fetchone()
-        else:   # the row lock makes the claim atomic across processes
-            row = c.execute(
-                "WITH old AS (SELECT recent_uid FROM mailboxes WHERE id = %s FOR UPDATE) "
-                "UPDATE mailboxes m SET recent_uid = GREATEST(old.recent_uid, %s) FROM old "
-                "WHERE m.id = %s RETURNING old.recent_uid",
-                (mailbox_id, claim_upto + 1, mailbox_id)).fetchone()
+        # the row lock (FOR UPDATE) makes a claim atomic across threads and processes
+        row = c.execute("SELECT recent_uid FROM mailboxes WHERE id = %s"
+                        + ("" if claim_upto is None else " FOR UPDATE"), (mailbox_id,)).fetchone()
         if row is None:
             raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
-        return int(row[0])
+        floor = int(row[0])
+        if claim_upto is not None and claim_upto >= floor:
+            c.execute("UPDATE mailboxes SET recent_uid = %s WHERE id = %s",
+                      (claim_upto + 1, mailbox_id))
+        return floor
 
     async def recent_floor(self, mailbox_id: int, claim_upto: int | None = None) -> int:
         """The lowest UID not yet \\Recent in any session (RFC 3501 2.3.2); with `claim_upto`,
