@@ -34,8 +34,16 @@ from ...net.conn import Conn
 from ...session.channel import Channel
 from ...session.context import CloseSession, Session
 from ...session.failures import Close
-from ...store import (Account, MailboxExists, MailboxNotFound, Store, StoreError, StoreFailure,
-                      StoreKeyError, StoreUnavailable)
+from ...store import (
+    Account,
+    MailboxExists,
+    MailboxNotFound,
+    Store,
+    StoreError,
+    StoreFailure,
+    StoreKeyError,
+    StoreUnavailable,
+)
 from ..numbers import MAX_SET_RANGES
 from ._args import Reply
 from ._budget import DEFAULT_COMMAND_BUDGET, CommandBudget
