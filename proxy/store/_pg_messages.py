@@ -316,15 +316,20 @@ class PgMessageOps:
         """IMAP MOVE (RFC 6851): copy and expunge in one transaction."""
         return list(await self._run(self._copy, src_mailbox_id, list(uids), dst_mailbox_id, True))
 
-    def _expunge(self, c: Conn, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+    def _expunge(self, c: Conn, mailbox_id: int, uids: Sequence[int],
+                 only_deleted: bool) -> list[int]:
         account_id = self._lock(c, mailbox_id)[mailbox_id]
         rows = self._rows(c, mailbox_id, uids)
+        if only_deleted:   # read under the mailbox lock: a flag just removed elsewhere counts
+            rows = [row for row in rows if "\\Deleted" in _flags_set(row[5])]
         self._expunge_rows(c, mailbox_id, account_id, rows)
         return [row[2] for row in rows]
 
-    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
-        """Remove the listed messages; returns the UIDs removed (their UIDLs stay known)."""
-        return list(await self._run(self._expunge, mailbox_id, list(uids)))
+    async def expunge(self, mailbox_id: int, uids: Sequence[int],
+                      only_deleted: bool = False) -> list[int]:
+        """Remove the listed messages; returns the UIDs removed (their UIDLs stay known). With
+        `only_deleted`, only those carrying \\Deleted when the transaction runs."""
+        return list(await self._run(self._expunge, mailbox_id, list(uids), only_deleted))
 
     async def collect_bodies(self, body_ids: Sequence[int]) -> None:
         """Delete those of the bodies that no message refers to any more."""
