@@ -1,0 +1,133 @@
+"""Profile the relay with py-spy (issue 16, step 1): where the proxy's CPU goes per login, per NOOP
+and per POP3 RETR. Not a test, not a benchmark: it prints shares of samples, not speeds.
+
+    .venv/bin/pip install py-spy
+    .venv/bin/python bench/profile_relay.py [--seconds 20] [--rate 250] [--out DIR]
+
+For each workload, one client loops against a private Dovecot through mailproxy (metrics on, as
+shipped) while `py-spy record --format raw --nolineno` samples the proxy process (idle samples, i.e.
+the event loop waiting in epoll, are not recorded by py-spy). The raw stacks are kept in DIR and
+summarised: top functions by own samples and by total (inclusive) samples, as shares of all samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from clients import Imap, imap_session, pop3_download  # noqa: E402
+from common import Env, make_mailbox, small_mailbox  # noqa: E402
+
+FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*)\)$")
+
+
+def py_spy() -> str:
+    found = shutil.which("py-spy") or str(pathlib.Path(sys.executable).with_name("py-spy"))
+    if not pathlib.Path(found).exists():
+        sys.exit("py-spy not found: .venv/bin/pip install py-spy")
+    return found
+
+
+def record(pid: int, seconds: float, rate: int, out: pathlib.Path, work, gil: bool = False) -> None:
+    """Sample `pid` for `seconds` while `work()` runs in a loop in a thread."""
+    spy = subprocess.Popen([py_spy(), "record", "--pid", str(pid), "--format", "raw", "--nolineno",
+                            "--rate", str(rate), "--duration", str(round(seconds)), "--output", str(out),
+                            *(["--gil"] if gil else [])],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = threading.Event()
+    count = [0]
+
+    def loop() -> None:
+        while not done.is_set():
+            work()
+            count[0] += 1
+
+    worker = threading.Thread(target=loop, daemon=True)
+    worker.start()
+    _, err = spy.communicate(timeout=seconds + 60)
+    done.set()
+    worker.join(timeout=120)
+    if spy.returncode != 0:
+        sys.exit(f"py-spy failed: {err.decode(errors='replace')}")
+    print(f"  {count[0]} iterations while sampling")
+
+
+def summarise(path: pathlib.Path, top: int) -> None:
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = []
+        for part in stack.split(";"):
+            m = FRAME.match(part)
+            if m:  # skip the "process ..." / "thread ..." pseudo-frames
+                frames.append(f"{m['func']} ({m['file']})")
+        if not frames:
+            continue
+        count = int(n)
+        samples += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            total[frame] += count
+    print(f"  {samples} samples")
+    for frame in [frame for frame, count in total.items() if count == samples]:
+        del total[frame]  # the entry point and trio.run: on every stack, they say nothing
+    for title, counter in (("own", own), ("total", total)):
+        print(f"  top {top} by {title} samples:")
+        for frame, count in counter.most_common(top):
+            print(f"    {100 * count / samples:5.1f}%  {frame}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--rate", type=int, default=250)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--messages", type=int, default=300, help="messages in the POP3 mailbox")
+    parser.add_argument("--out", type=pathlib.Path, default=None, help="keep raw stacks here")
+    parser.add_argument("--gil", action="store_true",
+                        help="only samples holding the GIL (drops time in syscalls and runnable waits)")
+    parser.add_argument("--only", nargs="*", default=["login", "noop", "retr"])
+    args = parser.parse_args()
+    out = args.out or pathlib.Path(tempfile.mkdtemp(prefix="mailproxy-profile-"))
+    out.mkdir(parents=True, exist_ok=True)
+    with Env("profile") as env:
+        sess_user, sess_pw = env.user_with(small_mailbox(10))
+        box = make_mailbox(args.messages) if "retr" in args.only else None
+        bulk_user, bulk_pw = env.user_with(box) if box else ("", "")
+        proxy = env.proxy([{"name": "imap", "protocol": "imap"}, {"name": "pop3", "protocol": "pop3"}],
+                          metrics=True)
+        imap_port, pop3_port = proxy.port("imap"), proxy.port("pop3")
+        imap_session(imap_port, sess_user, sess_pw)  # warm-up
+        workloads = {
+            "login": lambda: imap_session(imap_port, sess_user, sess_pw),
+            "retr": lambda: pop3_download(pop3_port, bulk_user, bulk_pw),
+        }
+        if "noop" in args.only:
+            client = Imap(imap_port)
+            client.login(sess_user, sess_pw)
+            client.command(b"SELECT INBOX")
+            workloads["noop"] = lambda: client.noop_rtt_ns(200)
+        for name in args.only:
+            print(f"{name}: sampling pid {proxy.pid} for {args.seconds:.0f}s at {args.rate} Hz")
+            raw = out / f"{name}.txt"
+            record(proxy.pid, args.seconds, args.rate, raw, workloads[name], args.gil)
+            summarise(raw, args.top)
+        print(f"raw stacks in {out}")
+
+
+if __name__ == "__main__":
+    main()
