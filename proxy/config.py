@@ -208,6 +208,7 @@ class Listener:
     tls_min_version: Literal["1.2", "1.3"] = "1.2"
     allow_plaintext_auth: StrictBool | None = None  # None: only for loopback clients
     require_tls: StrictBool = False
+    oauth2_passthrough: StrictBool = False  # offer SASL XOAUTH2/OAUTHBEARER, relayed upstream
     audit: StrictBool = False
     proxy_protocol: StrictBool = False
     trusted_proxies: tuple[StrictStr, ...] = ()

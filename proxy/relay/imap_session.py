@@ -43,6 +43,11 @@ async def _authenticate(session: Session, front: ImapFront) -> UpstreamIMAP:
         request = await front.next_login()
         outcome = await log_in(session, request.credentials, IMAP_LOGIN)
         if isinstance(outcome, Failure):
+            challenge, session.sasl_challenge = session.sasl_challenge, None
+            if challenge is not None and not await front.sasl_challenge(challenge):
+                await front.login_failed(writer.tagged(  # RFC 3501 6.2.2: "*" cancels
+                    request.tag, b"BAD", b"Authentication cancelled."))
+                continue
             await front.auth_failed(request.tag, outcome)
             continue
         if isinstance(outcome, Refusal):
@@ -72,6 +77,7 @@ async def _attempt(session: Session, creds: Credentials, name: str,
         raise
     if reply.status == b"OK":
         return up, reply.text
+    session.sasl_challenge = up.sasl_challenge
     await up.conn.aclose()
     tempfail = reply.code in _TEMPFAIL_CODES
     return (Failure.AUTH_TEMPFAIL if tempfail else Failure.AUTH_REJECTED), reply.text

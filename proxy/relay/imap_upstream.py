@@ -13,6 +13,7 @@ are re-read after TLS; nothing from before the handshake is trusted.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 from ..config import Upstream
@@ -22,6 +23,7 @@ from ..session.channel import Channel
 from ..session.context import Session
 from ..session.failures import Failure
 from ..session.login import dial
+from ..session.oauth_sasl import TOKEN_MECHANISMS, dummy_response
 from ..session.sasl import Credentials, encode_plain
 from ..session.starttls import upgrade_upstream
 from ..session.upstream import UpstreamError, deadline, service
@@ -43,6 +45,7 @@ class UpstreamIMAP:
     channel: Channel[ResponseParser]
     capabilities: tuple[bytes, ...] = ()
     tag_counter: int = 0
+    sasl_challenge: bytes | None = None  # a token login's error challenge (base64 JSON)
 
     @classmethod
     def over(cls, conn: Conn) -> UpstreamIMAP:
@@ -168,6 +171,8 @@ async def login(session: Session, upstream: Upstream, up: UpstreamIMAP,
         id_tag = up.next_tag()
         lines += forward_id(session, id_tag)
     tag = up.next_tag()
+    if creds.mechanism in TOKEN_MECHANISMS:
+        return await _authenticate_token(session, up, lines, id_tag, tag, creds)
     if up.has(b"AUTH=PLAIN") and up.has(b"SASL-IR"):
         lines += b"%s AUTHENTICATE PLAIN %s\r\n" % (tag, encode_plain(creds.user, creds.password))
         await up.conn.send(lines)
@@ -178,6 +183,40 @@ async def login(session: Session, upstream: Upstream, up: UpstreamIMAP,
     if id_tag is not None:
         await wait_tagged(up, id_tag)
     return await wait_tagged(up, tag)
+
+
+async def _authenticate_token(session: Session, up: UpstreamIMAP, prefix: bytes,
+                              id_tag: bytes | None, tag: bytes,
+                              creds: Credentials) -> events.TaggedResponse:
+    """AUTHENTICATE XOAUTH2 / OAUTHBEARER with the client's own message (SASL-IR when offered).
+    A failure comes as a `+ base64(json)` challenge (RFC 7628 3.2.2): kept in
+    `up.sasl_challenge`, answered with the mechanism's dummy response, then the tagged NO."""
+    mechanism = creds.mechanism.encode()
+    if not up.has(b"AUTH=" + mechanism):
+        raise UpstreamError(Failure.AUTH_REJECTED, f"upstream does not offer AUTH={creds.mechanism}")
+    message = base64.b64encode(creds.password)
+    if up.has(b"SASL-IR"):
+        await up.conn.send(prefix + b"%s AUTHENTICATE %s %s\r\n" % (tag, mechanism, message))
+    else:
+        await up.conn.send(prefix + b"%s AUTHENTICATE %s\r\n" % (tag, mechanism))
+    if id_tag is not None:
+        await wait_tagged(up, id_tag)
+    if not up.has(b"SASL-IR"):
+        if not isinstance(await next_response(up), events.ContinuationRequest):
+            raise UpstreamError(Failure.PROTOCOL, "no continuation for AUTHENTICATE")
+        await up.conn.send(message + b"\r\n")
+    while True:
+        event = await next_response(up)
+        if isinstance(event, events.ContinuationRequest):
+            up.sasl_challenge = event.text
+            await up.conn.send(dummy_response(creds.mechanism) + b"\r\n")
+            return await wait_tagged(up, tag)
+        if isinstance(event, events.TaggedResponse) and event.tag == tag:
+            if event.code == b"CAPABILITY" and event.code_args:
+                up.capabilities = capabilities_from(event.code_args)
+            return event
+        if isinstance(event, events.UntaggedResponse) and event.name == b"BYE":
+            raise UpstreamError(Failure.UPSTREAM, "upstream said BYE")
 
 
 async def _send_login(up: UpstreamIMAP, prefix: bytes, tag: bytes, creds: Credentials) -> None:

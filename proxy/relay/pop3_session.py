@@ -40,6 +40,10 @@ async def _authenticate(session: Session, front: Pop3Front) -> UpstreamPOP3:
         request = await front.next_login()
         outcome = await log_in(session, request.credentials, POP3_LOGIN)
         if isinstance(outcome, Failure):
+            challenge, session.sasl_challenge = session.sasl_challenge, None
+            if challenge is not None and not await front.sasl_challenge(challenge):
+                await front.auth_cancelled()  # RFC 5034 4: "*" cancels
+                continue
             await front.auth_failed(outcome)
             continue
         if isinstance(outcome, Refusal):
@@ -65,6 +69,7 @@ async def _attempt(session: Session, creds: Credentials, name: str,
         raise
     if status.ok:
         return up, status.text
+    session.sasl_challenge = up.sasl_challenge
     await up.conn.aclose()
     return (Failure.AUTH_TEMPFAIL if is_tempfail(status) else Failure.AUTH_REJECTED), status.text
 

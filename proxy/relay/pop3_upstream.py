@@ -9,6 +9,7 @@ when `forward_client_ip` is set. Login uses AUTH PLAIN when the server offers SA
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 from ..config import Upstream
@@ -18,6 +19,7 @@ from ..session.channel import Channel
 from ..session.context import Session
 from ..session.failures import Failure
 from ..session.login import dial
+from ..session.oauth_sasl import TOKEN_MECHANISMS, dummy_response
 from ..session.sasl import Credentials, encode_plain
 from ..session.starttls import upgrade_upstream
 from ..session.upstream import UpstreamError, deadline, service
@@ -32,6 +34,7 @@ class UpstreamPOP3:
     channel: Channel[ResponseParser]
     capabilities: tuple[bytes, ...] = ()
     xclient: bool = False
+    sasl_challenge: bytes | None = None  # a token login's error challenge (base64 JSON)
 
     @classmethod
     def over(cls, conn: Conn) -> UpstreamPOP3:
@@ -128,6 +131,11 @@ async def login(session: Session, upstream: Upstream, up: UpstreamPOP3,
         status = await _request(up, line, False)
         if not status.ok:
             raise UpstreamError(Failure.UPSTREAM, "upstream refused XCLIENT")
+    if creds.mechanism in TOKEN_MECHANISMS:
+        status = await _auth_token(up, creds)
+        if status.ok:
+            await read_capa(up)
+        return status
     plain = b"PLAIN" in up.sasl_mechanisms()
     if not plain and any(c in creds.password for c in b"\r\n\0"):  # would end the PASS line
         raise UpstreamError(Failure.AUTH_REJECTED, "password not representable in PASS")
@@ -150,6 +158,29 @@ async def login(session: Session, upstream: Upstream, up: UpstreamPOP3,
     if status.ok:
         await read_capa(up)  # RFC 2449 5: capabilities may change after login
     return status
+
+
+async def _auth_token(up: UpstreamPOP3, creds: Credentials) -> events.StatusLine:
+    """AUTH XOAUTH2 / OAUTHBEARER with the client's message as the initial response (RFC 5034
+    4). A failure comes as a `+ base64(json)` challenge: kept in `up.sasl_challenge`, answered
+    with the mechanism's dummy response, then the -ERR. Bounded by the caller's deadline()."""
+    if creds.mechanism.encode() not in up.sasl_mechanisms():
+        raise UpstreamError(Failure.AUTH_REJECTED, f"upstream does not offer {creds.mechanism}")
+    up.channel.parser.expect(False)
+    await up.conn.send(b"AUTH %s %s\r\n" % (creds.mechanism.encode(),
+                                              base64.b64encode(creds.password)))
+    while True:
+        try:
+            event = await up.channel.next_event()
+        except ProtocolError as exc:
+            raise UpstreamError(Failure.PROTOCOL, f"bad response: {exc.text}") from None
+        if isinstance(event, events.ConnectionClosed):
+            raise UpstreamError(Failure.UPSTREAM, "connection closed by upstream")
+        if isinstance(event, events.Continuation):
+            up.sasl_challenge = bytes(event.data)
+            await up.conn.send(dummy_response(creds.mechanism) + b"\r\n")
+        elif isinstance(event, events.StatusLine):
+            return event
 
 
 def is_tempfail(status: events.StatusLine) -> bool:

@@ -19,6 +19,7 @@ from ..routing.answers import Refusal
 from .context import CloseSession, Session
 from .failures import Close, Failure
 from .front import Front
+from .oauth_sasl import PARSERS
 from .sasl import (
     LOGIN_PASS_PROMPT,
     LOGIN_USER_PROMPT,
@@ -75,6 +76,8 @@ class ImapFront(Front):
             caps.append(b"STARTTLS")
         if self.session.plaintext_auth_allowed:
             caps += [b"AUTH=PLAIN", b"AUTH=LOGIN"]
+            if listener.oauth2_passthrough:
+                caps += [b"AUTH=XOAUTH2", b"AUTH=OAUTHBEARER"]
         else:
             caps.append(b"LOGINDISABLED")  # RFC 3501 6.2.3
         return b" ".join(caps + [c for c in self.extra_capabilities if c not in caps])
@@ -189,7 +192,8 @@ class ImapFront(Front):
             await self._bad(cmd.tag, b"AUTHENTICATE expects a mechanism.")
             return None
         mechanism = args[0].upper()
-        if mechanism not in (b"PLAIN", b"LOGIN"):
+        tokens = self.session.listener.oauth2_passthrough
+        if mechanism not in (b"PLAIN", b"LOGIN") and not (tokens and mechanism.decode() in PARSERS):
             await self._reply(writer.tagged(cmd.tag, b"NO", b"Unsupported authentication "
                                                b"mechanism.", b"CANNOT"))
             return None
@@ -197,8 +201,11 @@ class ImapFront(Front):
             return None
         initial = args[1] if len(args) == 2 else None
         try:
-            creds = await (self._sasl_plain(initial) if mechanism == b"PLAIN"
-                           else self._sasl_login(initial))
+            if mechanism.decode() in PARSERS:
+                creds = await self._sasl_token(mechanism.decode(), initial)
+            else:
+                creds = await (self._sasl_plain(initial) if mechanism == b"PLAIN"
+                               else self._sasl_login(initial))
         except SaslError as exc:
             await self._bad(cmd.tag, str(exc).encode())
             return None
@@ -214,6 +221,18 @@ class ImapFront(Front):
         if not isinstance(event, events.RawLine):
             raise CloseSession(Close.PROTOCOL_ERROR)
         return None if event.data == b"*" else b64decode(event.data)
+
+    async def _sasl_token(self, mechanism: str, initial: bytes | None) -> Credentials | None:
+        message = b64decode(initial) if initial is not None else await self._sasl_line(b"")
+        return None if message is None else PARSERS[mechanism](message)
+
+    async def sasl_challenge(self, challenge: bytes) -> bool:
+        """Relay an upstream's SASL error challenge (RFC 7628 3.2.2: `+ base64(json)`) and read
+        the client's answer; False when the client cancelled with `*`."""
+        try:
+            return await self._sasl_line(challenge) is not None
+        except SaslError:  # whatever the client answers, the login has failed
+            return True
 
     async def _sasl_plain(self, initial: bytes | None) -> Credentials | None:
         message = b64decode(initial) if initial is not None else await self._sasl_line(b"")

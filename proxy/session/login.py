@@ -28,6 +28,7 @@ from ..routing.answers import LoginQuery, LookupUnavailable, Refusal
 from ..routing.chain import destination
 from .context import Session
 from .failures import Failure, auth_result
+from .oauth_sasl import TOKEN_MECHANISMS, bearer_token
 from .sasl import Credentials
 from .upstream import UpstreamError, deadline, open_upstream
 
@@ -79,7 +80,10 @@ def refusal_failure(refusal: Refusal) -> Failure:
 
 async def _attempt(session: Session, creds: Credentials,
                    attempt: Attempt[T]) -> T | Failure | Refusal:
-    query = LoginQuery(attempt.protocol, creds.user, creds.password, "plain",
+    token = creds.mechanism in TOKEN_MECHANISMS  # Auth-Method: xoauth2, Auth-Pass: the token
+    query = LoginQuery(attempt.protocol, creds.user,
+                       bearer_token(creds.password) if token else creds.password,
+                       creds.mechanism.lower() if token else "plain",
                        session.login_attempts, session.client_ip)
     try:
         where = await destination(session.runtime.config, session.runtime.lookups, query)
@@ -96,7 +100,9 @@ async def _attempt(session: Session, creds: Credentials,
     name, upstream = where.name, where.upstream
     session.upstream = name
     try:
-        outcome, text = await attempt.run(session, where.credentials(creds), name, upstream)
+        # a token names its user inside the signed exchange: never rewritten
+        upstream_creds = creds if token else where.credentials(creds)
+        outcome, text = await attempt.run(session, upstream_creds, name, upstream)
     except UpstreamError as exc:
         report(session, name, exc)
         return exc.failure if exc.failure is Failure.AUTH_REJECTED else Failure.AUTH_TEMPFAIL

@@ -19,6 +19,7 @@ from ..routing.answers import Refusal
 from .context import CloseSession, Session
 from .failures import Close, Failure
 from .front import Front
+from .oauth_sasl import PARSERS
 from .sasl import (
     LOGIN_PASS_PROMPT,
     LOGIN_USER_PROMPT,
@@ -60,7 +61,8 @@ class Pop3Front(Front):
         """RFC 2449 CAPA in AUTHORIZATION state."""
         caps = [b"TOP", b"UIDL", b"PIPELINING", b"RESP-CODES", b"AUTH-RESP-CODE"]
         if self.session.plaintext_auth_allowed:
-            caps += [b"USER", b"SASL PLAIN LOGIN"]
+            caps += [b"USER", b"SASL PLAIN LOGIN" + (b" XOAUTH2 OAUTHBEARER" if
+                                                       self.session.listener.oauth2_passthrough else b"")]
         if self.session.listener.tls == "starttls" and not self.session.tls:
             caps.append(b"STLS")
         caps.append(b"IMPLEMENTATION mailproxy")
@@ -165,17 +167,23 @@ class Pop3Front(Front):
 
     async def _auth(self, cmd: events.Command) -> Pop3Login | None:
         if not cmd.args:  # the mechanism list (RFC 1734 practice)
-            await self._reply(writer.ok() + writer.multiline(b"PLAIN\r\nLOGIN\r\n"))
+            names = b"PLAIN\r\nLOGIN\r\n" + (b"XOAUTH2\r\nOAUTHBEARER\r\n" if
+                                               self.session.listener.oauth2_passthrough else b"")
+            await self._reply(writer.ok() + writer.multiline(names))
             return None
         mechanism = cmd.args[0].upper()
-        if mechanism not in (b"PLAIN", b"LOGIN") or len(cmd.args) > 2:
+        tokens = self.session.listener.oauth2_passthrough and mechanism.decode() in PARSERS
+        if (mechanism not in (b"PLAIN", b"LOGIN") and not tokens) or len(cmd.args) > 2:
             await self._err(b"Unsupported authentication mechanism.")
             return None
         if await self._refuse_plaintext():
             return None
         initial = cmd.args[1] if len(cmd.args) == 2 else None
         try:
-            if mechanism == b"PLAIN":
+            if tokens:
+                message = b64decode(initial) if initial is not None else await self._sasl(b"")
+                creds = None if message is None else PARSERS[mechanism.decode()](message)
+            elif mechanism == b"PLAIN":
                 message = b64decode(initial) if initial is not None else await self._sasl(b"")
                 creds = None if message is None else parse_plain(message)
             else:
@@ -187,6 +195,19 @@ class Pop3Front(Front):
             await self._reply(writer.err(b"Authentication cancelled."))
             return None
         return Pop3Login(creds)
+
+    async def auth_cancelled(self) -> None:
+        """The client cancelled a token login's error challenge with `*` (RFC 5034 4)."""
+        self.user = None
+        await self.login_failed(writer.err(b"Authentication cancelled."))
+
+    async def sasl_challenge(self, challenge: bytes) -> bool:
+        """Relay an upstream's SASL error challenge and read the client's answer; False when
+        the client cancelled with `*`."""
+        try:
+            return await self._sasl(challenge) is not None
+        except SaslError:  # whatever the client answers, the login has failed
+            return True
 
     async def _sasl(self, challenge: bytes) -> bytes | None:
         await self.conn.send(writer.continuation(challenge))
