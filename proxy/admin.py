@@ -38,16 +38,21 @@ class AdminApi:
         self.sessions = sessions
         self.reload = reload
 
+    def _live(self) -> list[Session]:
+        """Sessions not already kicked: a kicked one lingers a moment (its BYE must reach the
+        client) but is gone as far as the operator is concerned, and is not kicked twice."""
+        return [s for s in self.sessions() if not s.kicked]
+
     def who(self) -> list[dict[str, Any]]:
         now = time.monotonic()
         return [{"listener": s.listener.name, "protocol": s.protocol, "user": s.user,
                  "client": s.client_ip, "upstream": s.upstream, "tls": s.tls,
                  "since": round(now - s.started, 3), "commands": s.commands}
-                for s in self.sessions()]
+                for s in self._live()]
 
     def kick(self, user: str | None, ip: str | None) -> int:
         kicked = 0
-        for session in list(self.sessions()):
+        for session in self._live():
             if (user is not None and session.user == user) or \
                     (ip is not None and session.client_ip == ip):
                 session.kick()
