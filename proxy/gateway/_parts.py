@@ -130,6 +130,10 @@ class _Scanner:
         self.classify(part, parent)
         if part.kind in (MULTIPART, RFC822) and depth + 1 >= self.limits.max_depth:
             part.kind, part.opaque, part.boundary = "", True, None  # an opaque leaf (Dovecot)
+        if part.kind == RFC822 and self.exhausted:
+            # Dovecot enters a message/rfc822 body only while total parts < max_total_mime_parts;
+            # without this the embedded message's part would be one past the limit.
+            part.kind, part.opaque = "", True
         if part.kind == MULTIPART and part.boundary is not None:
             return part, self.parse_multipart(part, depth)
         if part.kind == RFC822:

@@ -50,7 +50,7 @@ def decode_words(value: bytes) -> str:
             continue
         try:
             out.append(chunk.decode(charset or "utf-8", "replace"))
-        except LookupError:
+        except (LookupError, ValueError):  # unknown charset, or a NUL in its name
             out.append(chunk.decode("utf-8", "replace"))
     # decode_header() drops the space between an encoded word and plain text: put it back
     # where the original had one (RFC 2047 6.2 removes it only between two encoded words).

@@ -84,5 +84,7 @@ def decode_header(value) -> str:
         value = str(value)
     try:
         return str(email.header.make_header(email.header.decode_header(value)))
-    except (LookupError, UnicodeError, ValueError, email.errors.HeaderParseError):
+    # MessageError covers HeaderParseError and CharsetError (an encoded-word whose charset
+    # name holds a non-ASCII byte, found by the MIME fuzz target)
+    except (LookupError, UnicodeError, ValueError, email.errors.MessageError):
         return value

@@ -68,6 +68,14 @@ def _paths(table: list, prefix: str = ""):
 @given(mutated(MESSAGES, FRAGMENTS))
 @example(b"Content-Type: message/rfc822\r\n\r\n" * 600 + b"x")   # issue 14: RecursionError
 @example(b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n' * 400)
+# found by this target: a message/rfc822 part entered after the part limit was reached made one
+# part too many (Dovecot leaves it unparsed)
+@example(b'Content-Type: multipart/mixed; boundary="b0"\r\n\r\n'
+         + b'--b0\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n'
+           b'Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\n\r\n' * 8
+         + b'--b0--\r\n')
+# found by this target: an encoded-word with a NUL in its charset name raised CharsetError
+@example(b"Subject: =?\x00utf-8?q?caf=C3=A9?=\r\n\r\nx")
 def test_analysis_never_fails_and_stays_within_limits(raw: bytes) -> None:
     for limits in LIMITS:
         blob = analysis.analyze_for_store(raw, limits)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.gateway.basesubject import base_subject, casemap
+from proxy.gateway.basesubject import base_subject, casemap, decode_words
 from proxy.gateway.sort import Item, sort_items
 from proxy.gateway.sortkeys import extract
 from proxy.gateway.thread import ordered_subject, references, render
@@ -94,3 +94,11 @@ async def test_malformed_sort_and_thread_get_bad_and_the_session_goes_on(gateway
         a.close()
 
     await trio.to_thread.run_sync(scenario)
+
+
+@pytest.mark.parametrize("raw, text", [
+    (b"=?\x00utf-8?q?caf=C3=A9?=", "caf\u00e9"),        # NUL in the charset name: read as UTF-8
+    (b"=?x-no-such?q?caf=C3=A9?=", "caf\u00e9"),         # unknown charset: read as UTF-8
+])
+def test_encoded_words_with_bad_charsets_decode_as_utf8(raw: bytes, text: str) -> None:
+    assert decode_words(raw) == text
