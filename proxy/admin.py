@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from functools import partial
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import trio
@@ -31,26 +31,46 @@ MAX_HEAD = 8192
 TIMEOUT = 10.0
 
 
-class AdminApi:
-    """What the endpoint acts on: the live sessions and the reload of the app."""
+class AdminApi(Protocol):
+    """What the endpoint acts on: `LocalAdmin` in one process, the supervisor's view of every
+    worker with `workers: N` (proxy/workers/)."""
+
+    async def who(self) -> list[dict[str, Any]]: ...
+
+    async def kick(self, user: str | None, ip: str | None) -> int: ...
+
+    async def reload(self) -> list[str]: ...
+
+
+class LocalAdmin:
+    """The live sessions of this process and the reload of its app."""
 
     def __init__(self, sessions: Callable[[], Iterable[Session]], reload: Callable[[], list[str]]):
         self.sessions = sessions
-        self.reload = reload
+        self._reload = reload
 
     def _live(self) -> list[Session]:
         """Sessions not already kicked: a kicked one lingers a moment (its BYE must reach the
         client) but is gone as far as the operator is concerned, and is not kicked twice."""
         return [s for s in self.sessions() if not s.kicked]
 
-    def who(self) -> list[dict[str, Any]]:
+    async def reload(self) -> list[str]:
+        return self._reload()
+
+    async def who(self) -> list[dict[str, Any]]:
+        return self.who_now()
+
+    def who_now(self) -> list[dict[str, Any]]:
         now = time.monotonic()
         return [{"listener": s.listener.name, "protocol": s.protocol, "user": s.user,
                  "client": s.client_ip, "upstream": s.upstream, "tls": s.tls,
                  "since": round(now - s.started, 3), "commands": s.commands}
                 for s in self._live()]
 
-    def kick(self, user: str | None, ip: str | None) -> int:
+    async def kick(self, user: str | None, ip: str | None) -> int:
+        return self.kick_now(user, ip)
+
+    def kick_now(self, user: str | None, ip: str | None) -> int:
         kicked = 0
         for session in self._live():
             if (user is not None and session.user == user) or \
@@ -74,7 +94,7 @@ async def _connection(admin: Admin, api: AdminApi, stream: trio.abc.Stream) -> N
         with trio.move_on_after(TIMEOUT):
             head = await _read_head(stream)
             if head is not None:
-                status, body = _answer(admin, api, head)
+                status, body = await _answer(admin, api, head)
                 await stream.send_all(_response(status, body))
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
@@ -96,7 +116,7 @@ async def _read_head(stream: trio.abc.Stream) -> bytes | None:
     return data.split(b"\r\n\r\n", 1)[0]
 
 
-def _answer(admin: Admin, api: AdminApi, head: bytes) -> tuple[int, Any]:
+async def _answer(admin: Admin, api: AdminApi, head: bytes) -> tuple[int, Any]:
     lines = head.decode("latin-1").split("\r\n")
     method, _, rest = lines[0].partition(" ")
     target = rest.rpartition(" ")[0] or rest
@@ -108,16 +128,16 @@ def _answer(admin: Admin, api: AdminApi, head: bytes) -> tuple[int, Any]:
     url = urlsplit(target)
     query = {k: v[0] for k, v in parse_qs(url.query).items()}
     if (method, url.path) == ("GET", "/sessions"):
-        return 200, api.who()
+        return 200, await api.who()
     if (method, url.path) == ("POST", "/kick"):
         if not (query.get("user") or query.get("ip")):
             return 400, {"error": "give user=USER or ip=ADDRESS"}
-        kicked = api.kick(query.get("user"), query.get("ip"))
+        kicked = await api.kick(query.get("user"), query.get("ip"))
         logs.event("admin_kick", user=logs.sanitize(query.get("user", "-")),
                    ip=logs.sanitize(query.get("ip", "-")), kicked=kicked)
         return 200, {"kicked": kicked}
     if (method, url.path) == ("POST", "/reload"):
-        errors = api.reload()
+        errors = await api.reload()
         return 200, {"reloaded": not errors, "errors": errors}
     return 404, {"error": f"no {method} {url.path}"}
 

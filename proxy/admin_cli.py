@@ -86,7 +86,10 @@ def _call(admin: config_mod.Admin, method: str, path: str) -> Any:
 
 
 def _print_sessions(sessions: list[dict[str, Any]]) -> None:
-    columns = ("listener", "protocol", "user", "client", "upstream", "tls", "since", "commands")
+    columns: tuple[str, ...] = ("listener", "protocol", "user", "client", "upstream", "tls",
+                                "since", "commands")
+    if any("worker" in s for s in sessions):  # workers: N (proxy/workers/)
+        columns += ("worker",)
     rows = [[str(s[c] if s[c] is not None else "-") for c in columns] for s in sessions]
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
     for row in [list(columns)] + rows:

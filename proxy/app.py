@@ -11,8 +11,8 @@ import trio
 
 from . import __version__, logs
 from . import config as config_mod
-from .admin import AdminApi, serve_admin
-from .config import Config
+from .admin import LocalAdmin, serve_admin
+from .config import Config, Listener
 from .health import Health, check_upstreams
 from .metrics import Metrics
 from .net.http import serve_http
@@ -81,39 +81,51 @@ class App:
             self.servers = [ListenerServer(lst.name, lambda: self.runtime,
                                            handlers[(lst.protocol, lst.mode)], self.open_sessions)
                             for lst in config.listeners]
-            if config.metrics is not None:
-                try:
-                    await nursery.start(serve_http, config.metrics.address, self.metrics,
-                                        self.health)
-                except OSError as exc:
-                    raise bind_error("metrics.address", config.metrics.address, exc) from None
-            if config.admin is not None:
-                api = AdminApi(lambda: list(self.open_sessions.sessions),
-                               self.reload)
-                try:
-                    await nursery.start(serve_admin, config.admin, api)
-                except OSError as exc:
-                    raise bind_error("admin.address", config.admin.address, exc) from None
-            nursery.start_soon(check_upstreams, lambda: self.runtime.config, self.health,
-                               self.metrics)
+            await self._start_services(nursery)
             async with trio.open_nursery() as sessions:
                 async with trio.open_nursery() as listeners:
                     for i, (server, listener) in enumerate(zip(self.servers, config.listeners, strict=True)):
-                        try:
-                            ports = await listeners.start(server.serve, listener, sessions)
-                        except OSError as exc:
-                            raise bind_error(f"listeners[{i}].address", listener.address,
-                                             exc) from None
-                        logs.event("listening", listener=listener.name,
-                                   protocol=listener.protocol, mode=listener.mode,
-                                   tls=listener.tls, address=f"{listener.address.host}:{ports[0]}")
+                        sockets = await self._bind(i, listener)
+                        await listeners.start(server.serve, sockets, sessions)
                     self.health.listeners_bound = True
-                    logs.event("ready", version=__version__, listeners=len(self.servers))
-                    await self._signals()
+                    await self._ready()
+                    await self._wait_for_stop()
                     listeners.cancel_scope.cancel()  # stop accepting
                 await self._drain(sessions.cancel_scope)
+            await self._stopped()
             nursery.cancel_scope.cancel()
         logs.event("stopped")
+
+    # -- what a worker process (proxy/workers/child.py) does differently ---------------------
+
+    async def _start_services(self, nursery: trio.Nursery) -> None:
+        """The metrics/health HTTP server, the admin endpoint and the upstream checker."""
+        config = self.runtime.config
+        if config.metrics is not None:
+            try:
+                await nursery.start(serve_http, config.metrics.address, self.metrics, self.health)
+            except OSError as exc:
+                raise bind_error("metrics.address", config.metrics.address, exc) from None
+        if config.admin is not None:
+            api = LocalAdmin(lambda: list(self.open_sessions.sessions), self.reload)
+            try:
+                await nursery.start(serve_admin, config.admin, api)
+            except OSError as exc:
+                raise bind_error("admin.address", config.admin.address, exc) from None
+        nursery.start_soon(check_upstreams, lambda: self.runtime.config, self.health,
+                           self.metrics)
+
+    async def _bind(self, index: int, listener: Listener) -> list[trio.SocketListener]:
+        return await bind_listener(index, listener)
+
+    async def _ready(self) -> None:
+        logs.event("ready", version=__version__, listeners=len(self.servers))
+
+    async def _wait_for_stop(self) -> None:
+        await self._signals()
+
+    async def _stopped(self) -> None:
+        """After the drain, before the process's services stop."""
 
     async def _signals(self) -> None:
         """Until SIGTERM or SIGINT; SIGHUP reloads."""
@@ -130,16 +142,22 @@ class App:
             return ["no config file to reload"]
         try:
             config = config_mod.load(self.config_path)
+        except config_mod.ConfigError as exc:
+            logs.event("reload_rejected", logging.ERROR, errors="; ".join(exc.errors))
+            return exc.errors
+        return self.apply(config)
+
+    def apply(self, config: Config) -> list[str]:
+        """Serve new connections with `config` (validated) from now on; the errors that kept
+        the old config (empty when applied)."""
+        try:
             runtime = Runtime.build(config, self.metrics, drain=self.drain_event,
                                     throttle=self.throttle)
-        except (config_mod.ConfigError, TLSConfigError) as exc:
-            errors = exc.errors if isinstance(exc, config_mod.ConfigError) else [str(exc)]
-            logs.event("reload_rejected", logging.ERROR, errors="; ".join(errors))
-            return errors
-        old = {(x.name, x.protocol, x.mode, x.address) for x in self.runtime.config.listeners}
-        new = {(x.name, x.protocol, x.mode, x.address) for x in config.listeners}
-        if old != new:
-            why = "listener names, protocols, modes and addresses need a restart"
+        except TLSConfigError as exc:
+            logs.event("reload_rejected", logging.ERROR, errors=str(exc))
+            return [str(exc)]
+        why = restart_needed(self.runtime.config, config)
+        if why is not None:
             logs.event("reload_rejected", logging.ERROR, errors=why)
             return [why]
         self.runtime = runtime
@@ -159,6 +177,28 @@ class App:
         if self.open_sessions:
             logs.event("drain_timeout", logging.WARNING, sessions=len(self.open_sessions))
         sessions.cancel()
+
+
+async def bind_listener(index: int, listener: Listener) -> list[trio.SocketListener]:
+    """The sockets of `config.listeners[index]`, bound and listening (every address its host
+    resolves to). Raises StartupError (one line) when it cannot be bound."""
+    try:
+        sockets = await trio.open_tcp_listeners(listener.address.port, host=listener.address.host)
+    except OSError as exc:
+        raise bind_error(f"listeners[{index}].address", listener.address, exc) from None
+    logs.event("listening", listener=listener.name, protocol=listener.protocol,
+               mode=listener.mode, tls=listener.tls,
+               address=f"{listener.address.host}:{sockets[0].socket.getsockname()[1]}")
+    return sockets
+
+
+def restart_needed(old: Config, new: Config) -> str | None:
+    """Why `new` cannot be applied by a reload, or None."""
+    before = {(x.name, x.protocol, x.mode, x.address) for x in old.listeners}
+    after = {(x.name, x.protocol, x.mode, x.address) for x in new.listeners}
+    if before != after:
+        return "listener names, protocols, modes and addresses need a restart"
+    return None
 
 
 async def serve(config: Config, config_path: str | None = None) -> None:

@@ -29,7 +29,7 @@ def sanitize(text: bytes | str, limit: int = 160) -> str:
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        fields = getattr(record, "fields", {})
+        fields = {**_context, **getattr(record, "fields", {})}
         parts = [f"{ts}.{int(record.msecs):03d}Z", record.levelname, f"event={record.getMessage()}"]
         for key, value in fields.items():
             value = str(value)
@@ -50,19 +50,25 @@ class _JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "event": record.getMessage(),
         }
+        doc.update(_context)
         doc.update(getattr(record, "fields", {}))
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str)
 
 
-def setup(fmt: str = "text", level: str = "INFO") -> None:
+_context: dict[str, Any] = {}  # fields on every line of this process (a worker's `worker=N`)
+
+
+def setup(fmt: str = "text", level: str = "INFO", **context: Any) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     logger = logging.getLogger(LOGGER_NAME)
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False
+    _context.clear()
+    _context.update(context)
 
 
 _logger = logging.getLogger(LOGGER_NAME)

@@ -15,7 +15,9 @@ from cryptography import x509
 
 from .config import Config
 from .net.tls import ServerTLS, TLSConfigError, client_context
-from .store import StoreKeyError, load_key_ring
+from .store import StoreError, StoreKeyError, display_store, load_key_ring
+
+EXIT_RUNTIME, EXIT_CONFIG = 1, 2
 
 
 class StartupError(Exception):
@@ -68,3 +70,32 @@ def certificate_expiries(config: Config) -> list[tuple[str, str, float]]:
             found.append((listener.name, str(certificate.cert),
                           cert.not_valid_after_utc.timestamp()))
     return found
+
+
+def startup_failure(exc: BaseException, config: Config) -> tuple[str, int] | None:
+    """(one line for the operator, exit status) when `exc` (raised by serving `config`, maybe
+    inside exception groups) is a problem an operator can fix; None for a bug (a traceback)."""
+    leaf = _leaf(exc, (StartupError, TLSConfigError, StoreError, NotImplementedError))
+    if leaf is None:
+        return None
+    message = str(leaf)
+    if isinstance(leaf, (StoreError, NotImplementedError)):
+        store = config.gateway.store if config.gateway is not None else ""
+        message = f"gateway.store {display_store(store)}: {leaf}"
+        if isinstance(leaf, StoreKeyError) and config.gateway is not None:
+            message = (f"gateway.key_file {config.gateway.key_file}: {leaf}; the store was "
+                       f"written with other keys: configure the key file it was written "
+                       f"with (rotate keys by appending a line, never by replacing the file)")
+    return message, EXIT_CONFIG if isinstance(leaf, (TLSConfigError, StoreKeyError)) else EXIT_RUNTIME
+
+
+def _leaf(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
+    """`exc` itself, or the first exception of `types` inside (nested) exception groups."""
+    if isinstance(exc, types):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _leaf(inner, types)
+            if found is not None:
+                return found
+    return None

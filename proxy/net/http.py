@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
 
 import trio
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from ..config import Address
-    from ..metrics import Metrics
 
 
 class Health(Protocol):
@@ -43,6 +42,17 @@ class Health(Protocol):
 
     @property
     def local_not_ready_reason(self) -> str | None: ...
+
+
+
+class HasRegistry(Protocol):
+    """What `/metrics` exposes (proxy.metrics.Metrics, or the workers' aggregate)."""
+
+    @property
+    def registry(self) -> CollectorRegistry: ...
+
+
+Refresh = Callable[[], Awaitable[None]]
 
 __all__ = ["serve_http", "MAX_HEAD", "READ_TIMEOUT"]
 
@@ -64,17 +74,20 @@ class _BadRequest(Exception):
         self.status = status
 
 
-async def serve_http(address: Address, metrics: Metrics, health: Health, *,
+async def serve_http(address: Address, metrics: HasRegistry, health: Health, *,
+                     refresh: Refresh | None = None,
                      task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve `/metrics`, `/healthz` and `/readyz` on `address` until cancelled.
 
     Reports `started(port)` with the bound port (useful with port 0). When the host resolves to
-    several addresses, all are bound and the first one's port is reported.
+    several addresses, all are bound and the first one's port is reported. `refresh`, when
+    given, is awaited before each `/metrics` answer (within READ_TIMEOUT): the workers'
+    supervisor collects their counts there.
 
     Raises:
         OSError: the address cannot be bound.
     """
-    handler = partial(_handle_connection, metrics.registry, health)
+    handler = partial(_handle_connection, metrics.registry, health, refresh)
     host = None if address.host in ("", "*") else address.host  # None: every interface
     listeners = await trio.open_tcp_listeners(address.port, host=host)
     port = listeners[0].socket.getsockname()[1]
@@ -83,13 +96,13 @@ async def serve_http(address: Address, metrics: Metrics, health: Health, *,
     await trio.serve_listeners(handler, listeners)
 
 
-async def _handle_connection(registry: CollectorRegistry, health: Health,
+async def _handle_connection(registry: CollectorRegistry, health: Health, refresh: Refresh | None,
                              stream: trio.abc.Stream) -> None:
     """Read one request, answer it, close. Network errors end this connection only."""
     try:
         response = None
         with trio.move_on_after(READ_TIMEOUT):
-            response = await _read_and_answer(stream, registry, health)
+            response = await _read_and_answer(stream, registry, health, refresh)
         if response is not None:
             with trio.move_on_after(WRITE_TIMEOUT):
                 await stream.send_all(response)
@@ -104,7 +117,7 @@ async def _handle_connection(registry: CollectorRegistry, health: Health,
 
 
 async def _read_and_answer(stream: trio.abc.Stream, registry: CollectorRegistry,
-                           health: Health) -> bytes | None:
+                           health: Health, refresh: Refresh | None) -> bytes | None:
     """The response to send, or None when the client closed without sending a request."""
     try:
         head = await _read_head(stream)
@@ -113,6 +126,8 @@ async def _read_and_answer(stream: trio.abc.Stream, registry: CollectorRegistry,
         method, path, accept = _parse_head(head)
     except _BadRequest as exc:
         return _response(exc.status, f"{exc}\n", _TEXT, include_body=True)
+    if path == "/metrics" and refresh is not None:
+        await refresh()
     status, body, content_type = _route(path, accept, registry, health)
     logs.event("http_request", logging.DEBUG, method=method, path=logs.sanitize(path, 80),
                status=status)

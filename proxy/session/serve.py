@@ -74,13 +74,14 @@ class ListenerServer:
         self.limiter = ConnectionLimiter()
         self.active = active if active is not None else OpenSessions()
 
-    async def serve(self, listener: Listener, sessions: trio.Nursery, *,
-                    task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED) -> None:
-        """Accept until cancelled. Sessions run in `sessions`, so that stopping the accept loop
-        (drain) leaves them running."""
-        listeners = await trio.open_tcp_listeners(listener.address.port, host=listener.address.host)
-        task_status.started([sock.socket.getsockname()[1] for sock in listeners])
-        await trio.serve_listeners(self._connection, listeners, handler_nursery=sessions)
+    async def serve(self, listeners: list[trio.SocketListener], sessions: trio.Nursery, *,
+                    task_status: trio.TaskStatus[list[trio.SocketListener]]
+                    = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept on `listeners` (bound by the app, or inherited by a worker) until cancelled.
+        Sessions run in `sessions`, so that stopping the accept loop (drain) leaves them
+        running."""
+        await trio.serve_listeners(self._connection, listeners, handler_nursery=sessions,
+                                   task_status=task_status)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         runtime = self.get_runtime()
