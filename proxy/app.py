@@ -19,7 +19,7 @@ from .net.http import serve_http
 from .net.throttle import Throttle
 from .net.tls import TLSConfigError
 from .preflight import bind_error, certificate_expiries
-from .session.context import Runtime
+from .session.context import Drain, Runtime
 from .session.failures import Failure
 from .session.serve import ListenerServer, OpenSessions
 
@@ -54,7 +54,7 @@ class App:
         self.health = Health()
         self.health.publish(self.metrics)
         self._init_series(config)
-        self.drain_event = trio.Event()
+        self.drain_event = Drain()
         self.throttle = Throttle(config.auth_throttle, trio.current_time)
         self.runtime = Runtime.build(config, self.metrics, drain=self.drain_event,
                                      throttle=self.throttle)

@@ -5,7 +5,9 @@ forwards data as it arrives, with one send per chunk received (DESIGN.md: what m
 fast). On a plain TCP stream the socket is used directly: the system call is tried first and
 the task only waits (`wait_readable` / `wait_writable`) when it would block, with a scheduler
 checkpoint every CHECKPOINT_EVERY operations so a busy session still yields to the others and
-still sees cancellation. trio's own stream methods checkpoint on every call, which is most of
+still sees cancellation. A read shorter than asked for emptied the socket, so the next receive
+waits for readiness first instead of trying a read that would only fail with EAGAIN (two of the
+four reads of a relayed command did). trio's own stream methods checkpoint on every call, which is most of
 the cost of relaying a small command. TLS streams (and streams with a PROXY-header prefix) go
 through trio's stream API.
 
@@ -17,6 +19,7 @@ them are dropped.
 from __future__ import annotations
 
 import os
+import socket
 
 import trio
 
@@ -30,7 +33,7 @@ _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 class Conn:
     __slots__ = ("stream", "bytes_in", "bytes_out", "closed", "eof", "_fd", "_ops", "_sending",
-                 "_lot", "_size")
+                 "_lot", "_size", "_drained")
 
     def __init__(self, stream: trio.abc.Stream):
         self.stream = stream
@@ -43,6 +46,7 @@ class Conn:
         self._sending = False
         self._lot = trio.lowlevel.ParkingLot()
         self._size = RECEIVE_SIZE
+        self._drained = False  # the last fast-path read emptied the socket
 
     async def receive(self) -> bytes:
         """Up to RECEIVE_SIZE bytes; b"" once the peer has closed or the stream broke."""
@@ -62,13 +66,18 @@ class Conn:
         return data
 
     async def _receive_fast(self, fd: int) -> bytes:
-        await self._maybe_checkpoint()
+        if self._drained:  # nothing to read yet, most likely: wait (also a checkpoint)
+            self._ops = 0
+            await trio.lowlevel.wait_readable(fd)
+        else:
+            await self._maybe_checkpoint()
         while True:
             try:
                 data = os.read(fd, self._size)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(fd)
                 continue
+            self._drained = len(data) < self._size
             # Read size follows the traffic: bulk transfers get large reads (fewer system calls
             # and sends), small commands small buffers.
             if len(data) == self._size and self._size < MAX_RECEIVE_SIZE:
@@ -125,13 +134,29 @@ class Conn:
         LINGER_TIMEOUT), before aclose(). Closing a socket with unread input makes the kernel
         send a RST, which can destroy the last reply (BYE, -ERR) before the client has read it:
         the "lingering close" of HTTP servers. Plain TCP only (a TLS stream cannot half-close); shielded and
-        bounded, so it is safe in a `finally` of a cancelled session."""
-        send_eof = getattr(self.stream, "send_eof", None)
-        if self.closed or self.eof or send_eof is None or isinstance(self.stream, trio.SSLStream):
+        bounded, so it is safe in a `finally` of a cancelled session. On a plain socket the
+        common case (the client has already closed) costs two system calls and no wait."""
+        if self.closed or self.eof or isinstance(self.stream, trio.SSLStream):
             return  # (a peer that already closed has nothing left to send)
-        with trio.CancelScope(shield=True), trio.move_on_after(LINGER_TIMEOUT):
+        fd = self._fd
+        if fd is not None:
             try:
-                await send_eof()
+                assert isinstance(self.stream, trio.SocketStream)
+                self.stream.socket.shutdown(socket.SHUT_WR)
+                for _ in range(CHECKPOINT_EVERY):  # bounded: a peer that floods waits below
+                    if not os.read(fd, RECEIVE_SIZE):
+                        return  # EOF: the peer had closed
+            except BlockingIOError:
+                pass  # still open: wait for it below
+            except OSError:
+                return
+        send_eof = getattr(self.stream, "send_eof", None)
+        if send_eof is None:
+            return
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + LINGER_TIMEOUT):
+            try:
+                if fd is None:
+                    await send_eof()
                 while await self.stream.receive_some(RECEIVE_SIZE):
                     pass
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError,
@@ -149,6 +174,10 @@ class Conn:
                     await self.stream.aclose()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
+        if self._fd is not None:   # no checkpoint needed to close a plain socket
+            assert isinstance(self.stream, trio.SocketStream)
+            self.stream.socket.close()
+            return
         await trio.aclose_forcefully(self.stream)
 
 

@@ -11,8 +11,10 @@ transparent as a byte pipe while still knowing every command:
   an untagged BYE is noted; literal payloads (FETCH bodies) pass by count.
 
 Either pump ending (EOF, error, timeout) cancels the nursery, and both connections are closed by
-the caller, so no connection is ever left open on one side. The idle timer (RFC 3501 5.4) runs on
-client input; during IDLE the separate `idle_command` timer applies.
+the caller, so no connection is ever left open on one side. One watchdog task keeps every timer
+of the session (the idle timer, RFC 3501 5.4, on client input; during IDLE the separate
+`idle_command` timer; the upstream's `upstream_response`) and is woken by the process-wide
+drain; the client pump runs in the nursery's own task, so a session costs two spawned tasks.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..imap import NEED_DATA, CommandParser, Limits, ProtocolError, ResponsePars
 from ..metrics import command_label
 from ..net.conn import Conn
 from ..session.channel import Channel
-from ..session.context import ByteCounter, CommandMeter, Session, wait_idle
+from ..session.context import ByteCounter, CommandMeter, Session
 from ..session.failures import Close, limit_of_protocol_error
 from .imap_upstream import UpstreamIMAP, upstream_limits
 
@@ -59,16 +61,15 @@ class ImapRelay:
         self._bytes_down = ByteCounter(metrics.bytes.labels("upstream_to_client", "imap"))
         self.last_active = trio.current_time()
         self.upstream_heard = self.last_active   # last upstream bytes, or a command owed an answer
+        self._sleep: trio.CancelScope | None = None   # the watchdog's sleep (a drain wakes it)
 
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
-                nursery.start_soon(self._client_to_upstream, nursery.cancel_scope)
                 nursery.start_soon(self._upstream_to_client, nursery.cancel_scope)
-                nursery.start_soon(self._watch_drain)
-                nursery.start_soon(self._watch_idle)
-                nursery.start_soon(self._watch_upstream)
+                nursery.start_soon(self._watchdog)
+                await self._client_to_upstream(nursery.cancel_scope)
         finally:  # also when cut at shutdown_timeout
             self._settle()
 
@@ -78,11 +79,47 @@ class ImapRelay:
         for name, _ in self.pending.values():  # the session ended before these were answered
             self.meter.metrics.commands.labels("imap", name, "none").inc()
 
-    # -- drain (SIGTERM) ---------------------------------------------------------------------
-    async def _watch_drain(self) -> None:
-        await self.session.runtime.drain.wait()
-        self.draining = True
-        await self._bye_if_at_rest()
+    # -- timers and drain (SIGTERM) -----------------------------------------------------------
+    async def _watchdog(self) -> None:
+        """Sleep until the nearest timer (or a drain) and act on it: RFC 3501 5.4 autologout
+        after `idle` without client input (no command being answered), or an IDLE command
+        running longer than `idle_command`; an upstream that stops answering a command for
+        `upstream_response`; BYE at the first rest once draining. Timers are re-read after
+        each wake-up, so activity pushes them back without touching this task."""
+        timeouts = self.session.listener.timeouts
+        drain = self.session.runtime.drain
+        drain.subscribe(self._wake)
+        try:
+            while True:
+                if drain.is_set() and not self.draining:
+                    self.draining = True
+                    await self._bye_if_at_rest()
+                now = trio.current_time()
+                idle_at = self.last_active + (
+                    timeouts.idle_command if self.idle_tag else timeouts.idle)
+                upstream_at = self.upstream_heard + timeouts.upstream_response
+                if now >= idle_at:
+                    await self._last_words(b"* BYE Autologout; idle for too long.\r\n")
+                    self.session.end(Close.IDLE_TIMEOUT)
+                    break
+                if now >= upstream_at:
+                    if self._owed():
+                        self.session.runtime.metrics.limit_hits.labels("upstream_response").inc()
+                        await self._last_words(b"* BYE Upstream server not responding.\r\n")
+                        self.session.close_reason = Close.UPSTREAM_TIMEOUT
+                        break
+                    self.upstream_heard = now   # nothing owed: nothing to wait for
+                    continue
+                with trio.CancelScope(deadline=min(idle_at, upstream_at)) as self._sleep:
+                    await trio.sleep_forever()
+            self._cancel.cancel()
+        finally:
+            drain.unsubscribe(self._wake)
+
+    def _wake(self) -> None:
+        """The drain started: the watchdog looks at once."""
+        if self._sleep is not None:
+            self._sleep.cancel()
 
     async def _bye_if_at_rest(self) -> None:
         """While draining: BYE as soon as no command is in flight (an IDLE does not count) and
@@ -122,33 +159,9 @@ class ImapRelay:
         finally:
             cancel.cancel()
 
-    async def _watch_idle(self) -> None:
-        """RFC 3501 5.4 autologout: no client input (and no command being answered) for
-        `idle`, or an IDLE command running longer than `idle_command`."""
-        timeouts = self.session.listener.timeouts
-        await wait_idle(lambda: self.last_active + (
-            timeouts.idle_command if self.idle_tag else timeouts.idle))
-        await self._last_words(b"* BYE Autologout; idle for too long.\r\n")
-        self.session.end(Close.IDLE_TIMEOUT)
-        self._cancel.cancel()
-
     def _owed(self) -> bool:
         """A command other than IDLE waits for its tagged answer."""
         return bool(self.pending.keys() - {self.idle_tag})
-
-    async def _watch_upstream(self) -> None:
-        """An upstream that stops answering a command for `upstream_response` ends the session
-        (until now only the client idle timer did, after 30 minutes)."""
-        timeout = self.session.listener.timeouts.upstream_response
-        while True:
-            await wait_idle(lambda: self.upstream_heard + timeout)
-            if self._owed():
-                break
-            self.upstream_heard = trio.current_time()   # nothing owed: nothing to wait for
-        self.session.runtime.metrics.limit_hits.labels("upstream_response").inc()
-        await self._last_words(b"* BYE Upstream server not responding.\r\n")
-        self.session.close_reason = Close.UPSTREAM_TIMEOUT
-        self._cancel.cancel()
 
     async def _forward_up(self, data: bytes) -> bool:
         self._bytes_up.add(len(data))

@@ -33,7 +33,7 @@ from ..pop3 import (
     writer,
 )
 from ..session.channel import Channel
-from ..session.context import ByteCounter, CommandMeter, Session, wait_idle
+from ..session.context import ByteCounter, CommandMeter, Session
 from ..session.failures import Close, limit_of_protocol_error
 from .pop3_upstream import UpstreamPOP3, relayable
 
@@ -62,22 +62,23 @@ class Pop3Relay:
         self.meter = CommandMeter(session)
 
     async def run(self) -> None:
+        drain = self.session.runtime.drain
         try:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
-                nursery.start_soon(self._client_to_upstream, nursery.cancel_scope)
                 nursery.start_soon(self._upstream_to_client, nursery.cancel_scope)
-                nursery.start_soon(self._watch_drain)
                 nursery.start_soon(self._watch_idle)
+                drain.subscribe(self._drained)   # the process-wide drain calls back: no task
+                await self._client_to_upstream(nursery.cancel_scope)
         finally:  # also when cut at shutdown_timeout
+            drain.unsubscribe(self._drained)
             self._bytes_up.flush()
             self._bytes_down.flush()
             for name, _, _ in self.pending:
                 self.session.runtime.metrics.commands.labels("pop3", name, "none").inc()
 
     # -- drain (SIGTERM): close after the current command ------------------------------------
-    async def _watch_drain(self) -> None:
-        await self.session.runtime.drain.wait()
+    def _drained(self) -> None:
         self.draining = True
         self._close_if_at_rest()
 
@@ -102,8 +103,14 @@ class Pop3Relay:
             cancel.cancel()
 
     async def _watch_idle(self) -> None:
-        """RFC 1939 3 autologout: no client input (and no command being answered) for `idle`."""
-        await wait_idle(lambda: self.last_active + self.session.listener.timeouts.idle)
+        """RFC 1939 3 autologout: no client input (and no command being answered) for `idle`.
+        The deadline is re-read after each wake-up, so activity pushes it back."""
+        idle = self.session.listener.timeouts.idle
+        while True:
+            deadline = self.last_active + idle
+            if deadline <= trio.current_time():
+                break
+            await trio.sleep_until(deadline)
         # RFC 1939 3: on the autologout timer the server closes "without removing any messages
         # or sending any response to the client" (a pipelining client would misread one).
         self.session.end(Close.IDLE_TIMEOUT)

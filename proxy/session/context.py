@@ -1,20 +1,18 @@
 """What a session can see: the process-wide runtime and its own per-connection record, and the
-small helpers every session uses (command metering, byte counters, idle and drain watching)."""
+small helpers every session uses (command metering, byte counters, the drain notice)."""
 
 from __future__ import annotations
 
 import ipaddress
 import time
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Protocol, TypedDict
+from typing import Callable, Protocol, TypedDict
 
 import trio
 
 from .. import logs
 from ..config import Config, Listener
 from ..metrics import Metrics
-from ..net.conn import Conn
 from ..net.throttle import Throttle
 from ..net.tls import ServerTLS, UpstreamTLS
 from ..routing.chain import Lookups, tls_settings
@@ -22,6 +20,43 @@ from ..routing.pool import HostHealth
 from .failures import Close
 from .routing import log_user
 from .upstream import Connector, tcp_connect
+
+
+class Drain:
+    """The process's drain (SIGTERM). Sessions `subscribe` a plain callback, called once when
+    the drain starts (it may cancel a scope, never wait), instead of each running a watcher
+    task: one set of callbacks for the whole process costs nothing per session but a set add.
+    `wait()` is there for the few long-lived tasks that prefer to block on it."""
+
+    __slots__ = ("_event", "_callbacks")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._callbacks: set[Callable[[], None]] = set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        if self._event.is_set():
+            return
+        self._event.set()
+        callbacks, self._callbacks = self._callbacks, set()
+        for callback in callbacks:
+            callback()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when the drain starts (at once if it has started)."""
+        if self._event.is_set():
+            callback()
+        else:
+            self._callbacks.add(callback)
+
+    def unsubscribe(self, callback: Callable[[], None]) -> None:
+        self._callbacks.discard(callback)
 
 
 class CloseSession(Exception):
@@ -43,7 +78,7 @@ class Runtime:
     metrics: Metrics
     upstream_tls: UpstreamTLS
     server_tls: dict[str, ServerTLS]  # listener name -> its certificates
-    drain: trio.Event                 # set when the process drains (SIGTERM)
+    drain: Drain                      # set when the process drains (SIGTERM)
     throttle: Throttle                # auth-failure throttling, shared across reloads
     connect: Connector = tcp_connect  # how upstream TCP connections are made (tests: a fake)
     lookups: Lookups | None = None    # this config's `lookups:` (proxy/routing), asked first
@@ -51,14 +86,14 @@ class Runtime:
 
     @classmethod
     def build(cls, config: Config, metrics: Metrics | None = None, *,
-              drain: trio.Event | None = None, throttle: Throttle | None = None,
+              drain: Drain | None = None, throttle: Throttle | None = None,
               connect: Connector = tcp_connect) -> Runtime:
         """Everything a session needs that depends on the config (certificates are loaded
         here). Raises TLSConfigError. Fresh metrics, drain event and throttle unless given."""
         server_tls = {lst.name: ServerTLS(lst) for lst in config.listeners if lst.tls != "none"}
         return cls(config, metrics if metrics is not None else Metrics(),
                    UpstreamTLS(tls_settings(config)), server_tls,
-                   drain if drain is not None else trio.Event(),
+                   drain if drain is not None else Drain(),
                    throttle if throttle is not None else Throttle(config.auth_throttle,
                                                                   trio.current_time),
                    connect, Lookups(config) if config.lookups else None)
@@ -200,16 +235,6 @@ class ByteCounter:
             self.pending = 0
 
 
-async def wait_idle(deadline: Callable[[], float]) -> None:
-    """Return once `deadline()` (re-read after each wake-up, so activity pushes it back) has
-    passed. One sleeping task per session is cheaper than a cancel scope per read."""
-    while True:
-        remaining = deadline() - trio.current_time()
-        if remaining <= 0:
-            return
-        await trio.sleep(remaining)
-
-
 class CommandMeter:
     """Counts completed commands of one session (metrics by command and status, duration
     histogram, and the audit line when the listener has `audit: true`). Label children are
@@ -241,28 +266,3 @@ class CommandMeter:
         if self.audit:
             logs.event("command", **self.session.log_fields(), command=name,
                        status=status.decode("ascii", "replace"), duration=round(elapsed, 6))
-
-
-@asynccontextmanager
-async def drain_guard(session: Session, conn: Conn, last_words: bytes) -> AsyncIterator[None]:
-    """While the block runs, a drain (SIGTERM) sends `last_words` and cancels the block; the
-    session's close_reason is then "shutdown". Used before login, where nothing is in flight."""
-    async with trio.open_nursery() as nursery:
-
-        async def watch() -> None:
-            await session.runtime.drain.wait()
-            session.close_reason = Close.SHUTDOWN
-            with trio.move_on_after(1):
-                await conn.send(last_words)
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(watch)
-        error: Exception | None = None
-        try:
-            yield
-        except Exception as exc:  # re-raised bare, not wrapped in an ExceptionGroup
-            error = exc
-        finally:
-            nursery.cancel_scope.cancel()
-    if error is not None:
-        raise error

@@ -17,7 +17,7 @@ import trio
 from ..metrics import command_label
 from ..net.conn import Conn
 from .channel import Channel, Parser
-from .context import CloseSession, CommandMeter, Session, drain_guard
+from .context import CloseSession, CommandMeter, Session
 from .failures import Close, limit_of_protocol_error
 
 T = TypeVar("T")
@@ -84,22 +84,34 @@ class Front:
         client gets LOGIN_TIMED_OUT); a login that completes too late is `release`d. Raises
         CloseSession when a budget or the client ends the session."""
         result: T | None = None
-        try:
-            async with drain_guard(self.session, self.conn, self.SHUTTING_DOWN):
-                with trio.move_on_after(self.session.listener.timeouts.login):
-                    await self.greet()
-                    result = await log_in()
-        except BaseException:
-            if result is not None:
-                await release(result)
-            raise
-        if result is not None and self.session.close_reason is not Close.SHUTDOWN:
+        session = self.session
+        drain = session.runtime.drain
+        with trio.move_on_after(session.listener.timeouts.login) as scope:
+
+            def drained() -> None:   # called by the process-wide drain, no task per session
+                session.close_reason = Close.SHUTDOWN
+                scope.cancel()
+
+            drain.subscribe(drained)
+            try:
+                await self.greet()
+                result = await log_in()
+            except BaseException:
+                if result is not None:
+                    await release(result)
+                raise
+            finally:
+                drain.unsubscribe(drained)
+        if result is not None and session.close_reason is not Close.SHUTDOWN:
             return result
         if result is not None:
             await release(result)
-        if self.session.close_reason is not Close.SHUTDOWN:
+        if session.close_reason is Close.SHUTDOWN:
+            with trio.move_on_after(1):
+                await self.conn.send(self.SHUTTING_DOWN)
+        else:
             await self.conn.send(self.LOGIN_TIMED_OUT)
-            self.session.end(Close.LOGIN_TIMEOUT)
+            session.end(Close.LOGIN_TIMEOUT)
         return None
 
     def take_unconsumed(self) -> bytes:

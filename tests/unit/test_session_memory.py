@@ -224,3 +224,39 @@ async def test_imap_drain_after_login_says_bye_between_commands(nursery, autojum
     assert await h.read_to_eof() == b"* BYE Server shutting down.\r\n"
     await h.done.wait()
     assert h.session.close_reason is Close.SHUTDOWN
+
+
+def _tasks_under(task: trio.lowlevel.Task) -> int:
+    """`task` and every task it started, at any depth."""
+    return 1 + sum(_tasks_under(child) for nursery in task.child_nurseries
+                   for child in nursery.child_tasks)
+
+
+@pytest.mark.parametrize("protocol, upstream, login, noop", [
+    ("imap", IMAP_UPSTREAM, b"a LOGIN alice secret\r\n", b"b NOOP\r\n"),
+    ("pop3", POP3_UPSTREAM, b"USER alice\r\nPASS secret\r\n", b"NOOP\r\n")])
+async def test_a_session_runs_on_few_tasks(nursery, autojump_clock, protocol, upstream, login,
+                                           noop):
+    """Before login a session is one task (the drain is a process-wide callback, not a watcher
+    per session); after login the relay adds two: the upstream pump and one watchdog for
+    every timer and the drain (the client pump runs in the session's own task)."""
+    upstream = ScriptedUpstream(*upstream)
+    upstream.nursery = nursery
+    h = Harness(protocol, upstream)
+    session_task: list[trio.lowlevel.Task] = []
+
+    async def run() -> None:
+        session_task.append(trio.lowlevel.current_task())
+        await h.run()
+
+    nursery.start_soon(run)
+    await h.read_until(b"\r\n")
+    assert _tasks_under(session_task[0]) == 1
+    await h.client.send_all(login)
+    await h.read_until(b"Logged in.\r\n")
+    await h.client.send_all(noop)   # answered through the relay: its tasks are running
+    await h.read_until(b"\r\n")
+    assert _tasks_under(session_task[0]) == 3
+    h.runtime.drain.set()
+    await h.done.wait()
+    assert h.session.close_reason is Close.SHUTDOWN
