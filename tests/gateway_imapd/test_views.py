@@ -231,3 +231,31 @@ async def test_qresync_after_the_change_log_was_pruned(gateway):
         b.close()
 
     await run(after)
+
+
+async def test_select_again_after_the_name_changed_hands(gateway):
+    """SELECT subscribes to the mailbox it last saw under a name before reading it (one store
+    call); when that name now belongs to another mailbox (deleted and re-created, or renamed
+    away), the new one is shown, with its own UIDVALIDITY, and changes to it reach the session."""
+    def scenario():
+        a, b = Client(gateway, select=None), Client(gateway, select=None)
+        a.ok("CREATE Box")
+        first = a.ok("SELECT Box")
+        b.ok("RENAME Box Old")
+        b.ok("CREATE Box")
+        tag = next(b.tags)
+        body = message(7)
+        b.conn.send(tag + b" APPEND Box {%d+}\r\n" % len(body) + body + b"\r\n")
+        while not b.conn.response().startswith(tag + b" "):
+            pass
+        again = a.ok("SELECT Box")
+        validity = [line for line in again if b"UIDVALIDITY" in line]
+        assert validity and validity != [line for line in first if b"UIDVALIDITY" in line], again
+        assert b"* 1 EXISTS" in again, again
+        b.ok("SELECT Box")
+        b.ok("STORE 1 +FLAGS.SILENT (\\Flagged)")
+        assert a.ok("NOOP") == [b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent))"]
+        for client in (a, b):
+            client.close()
+
+    await run(scenario)

@@ -12,6 +12,11 @@ only when that is a large part of the mailbox is it reloaded whole.
 Snapshots are immutable once published (a refresh builds a new one), so sessions can share them
 and derived values (first unseen, unseen count, keywords) are computed once per snapshot. One
 trio lock per mailbox keeps 200 sessions selecting at once from refreshing 200 times.
+
+The index also remembers the mailbox last read under each name (`known`, `remember`), so SELECT
+can subscribe to the hub *before* its one `get_mailbox` call (then that call's HIGHESTMODSEQ is
+as new as the subscription); a guess that turns out wrong (renamed, deleted and re-created:
+another id or UIDVALIDITY) costs one more store call, never a wrong view.
 """
 
 from __future__ import annotations
@@ -73,6 +78,17 @@ class MailboxIndex:
     def __init__(self) -> None:
         self._snapshots: dict[int, Snapshot] = {}
         self._locks: dict[int, trio.Lock] = {}
+        self._by_name: dict[str, Mailbox] = {}
+
+    def known(self, name: str) -> Mailbox | None:
+        """The mailbox last read under `name` (it may have been renamed or deleted since)."""
+        return self._by_name.get(name)
+
+    def remember(self, name: str, box: Mailbox | None) -> None:
+        if box is None:
+            self._by_name.pop(name, None)
+        else:
+            self._by_name[name] = box
 
     async def snapshot(self, store, box: Mailbox) -> Snapshot:
         """A snapshot at least as new as `box` (a `get_mailbox` result)."""

@@ -36,19 +36,31 @@ async def select(session, cmd, read_only: bool = False):
     condstore, qresync = cs.select_params(session, cmd.args[1:])   # RFC 7162 3.1.8, 3.2.5
     name = mailbox(cmd.args[0])
     session.deselect()   # RFC 3501 6.3.1: even if this SELECT fails, nothing stays selected
+    index, hub = session.backend.index, session.backend.hub
+    # Subscribe before reading the mailbox: then no change can fall between the read and the
+    # subscription, and the HIGHESTMODSEQ read is as new as the subscription (see _index)
+    guess = index.known(name)
+    if guess is not None:
+        session.select(SelectedView(guess, [], read_only, set(), hub))
     box = await session.store.get_mailbox(session.account.id, name)
+    index.remember(name, box)
     if box is None:
+        session.deselect()
         session.transition(Trigger.SELECT_FAILED)
         raise Reply.no(f"Mailbox does not exist: {name}", b"NONEXISTENT")
-    view = SelectedView(box, [], read_only, set(), session.backend.hub)
+    if guess is not None and (guess.id, guess.uidvalidity) == (box.id, box.uidvalidity):
+        view = session.view
+        assert view is not None
+        snap = await index.snapshot(session.store, box)   # no reload (see _index)
+    else:   # first SELECT of this name, or another mailbox now has it: one more store call
+        view = SelectedView(box, [], read_only, set(), hub)
+        session.select(view)
+        snap = await index.latest(session.store, box.id)
     if condstore:
         session.enabled.add(cs.CONDSTORE)
     view.condstore = cs.CONDSTORE in session.enabled
     view.qresync = cs.QRESYNC in session.enabled
-    session.select(view)   # subscribe before the snapshot: no change can fall in between
-    # As of after the subscription (not of `box`): a change committed in between has no event
-    snap = await session.backend.index.latest(session.store, box.id)   # no reload (see _index)
-    view.load(snap.metas, snap.modseq)
+    view.load(snap)
     top = view.max_uid
     if read_only:   # EXAMINE looks without claiming (RFC 3501 6.3.2)
         floor = await session.store.recent_floor(box.id)

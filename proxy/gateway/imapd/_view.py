@@ -27,6 +27,7 @@ import trio
 from ...store import Mailbox, MessageMeta
 from ...store.base import SYSTEM_FLAGS
 from ._args import compress, flag_list
+from ._index import Snapshot
 from .hub import EventKind, Hub, MailboxEvent
 
 
@@ -65,11 +66,13 @@ class SelectedView:
         self.pending.append(event)
         self.wakeup.set()
 
-    def load(self, metas: list[MessageMeta], modseq: int = 0) -> None:
-        """The snapshot taken after subscribing; expunges already pending for it pin their bodies."""
-        self.loaded_modseq = modseq
-        self.uids = [m.uid for m in metas]
-        self.meta = {m.uid: m for m in metas}
+    def load(self, snapshot: Snapshot) -> None:
+        """The snapshot taken after subscribing; expunges already pending for it pin their bodies.
+        The view's own copies of the snapshot's UID list and map are C-level copies (SELECT of a
+        large mailbox stays cheap)."""
+        self.loaded_modseq = snapshot.modseq
+        self.uids = list(snapshot.uids)
+        self.meta = dict(snapshot.by_uid)
         for event in [e for e in self.pending if e.kind is EventKind.EXPUNGE]:
             self.pending.remove(event)
             self.notify(event)
