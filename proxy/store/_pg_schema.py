@@ -104,7 +104,20 @@ def _v1_initial(c: Conn) -> None:
     """)
 
 
-MIGRATIONS: list[Callable[[Conn], None]] = [_v1_initial]
+def _v2_subscriptions(c: Conn) -> None:
+    """Issue 17: subscriptions are a set of names, not a mailbox column (see `_schema.py`)."""
+    c.execute("""
+        CREATE TABLE subscriptions(
+            account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            PRIMARY KEY(account_id, name));
+        INSERT INTO subscriptions(account_id, name)
+            SELECT account_id, name FROM mailboxes WHERE subscribed;
+        ALTER TABLE mailboxes DROP COLUMN subscribed;
+    """)
+
+
+MIGRATIONS: list[Callable[[Conn], None]] = [_v1_initial, _v2_subscriptions]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

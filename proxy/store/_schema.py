@@ -111,7 +111,22 @@ def _v2_recent_and_pruning(db: sqlite3.Connection) -> None:
     """)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_recent_and_pruning]
+def _v3_subscriptions(db: sqlite3.Connection) -> None:
+    """Issue 17. Subscriptions are a set of names, not a mailbox column (RFC 3501 6.3.6, RFC 9051
+    6.3.7): DELETE and RENAME leave them alone, and a name may stay subscribed with no mailbox."""
+    _script(db, """
+        CREATE TABLE subscriptions(
+            account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            PRIMARY KEY(account_id, name)) WITHOUT ROWID;
+        INSERT INTO subscriptions(account_id, name)
+            SELECT account_id, name FROM mailboxes WHERE subscribed;
+        ALTER TABLE mailboxes DROP COLUMN subscribed
+    """)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _v1_initial, _v2_recent_and_pruning, _v3_subscriptions]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

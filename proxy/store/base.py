@@ -8,7 +8,7 @@ lives in one mailbox under a UID that is never reused; its raw RFC 822 body and 
 Every call that changes messages takes a new MODSEQ for the mailbox (one per call, shared by all the
 messages it touches, RFC 7162 3.1.5 allows that) and appends one row per message to the change log in
 the same transaction, so `changes_since()` can drive IDLE pushes and QRESYNC. Mailbox-level calls
-(create, rename, subscribe) change no message and take no MODSEQ.
+(create, rename) and subscriptions change no message and take no MODSEQ.
 
 Ingest is keyed by the POP3 UIDL: the set of UIDLs an account has ever ingested is kept even after
 the IMAP user expunges the message, so the fetcher never brings it back. That set also carries the
@@ -114,7 +114,6 @@ class Mailbox:
     uidvalidity: int
     uidnext: int
     highest_modseq: int
-    subscribed: bool
     exists: int          # number of messages
 
 
@@ -179,7 +178,10 @@ class Store(Protocol):
                              special_use: str | None = None) -> Mailbox: ...
     async def delete_mailbox(self, account_id: int, name: str) -> None: ...
     async def rename_mailbox(self, account_id: int, old: str, new: str) -> None: ...
+    # subscriptions: a set of names, independent of the mailboxes (RFC 3501 6.3.6): CREATE,
+    # DELETE and RENAME leave it alone; a new account starts with its default mailboxes in it
     async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
+    async def subscriptions(self, account_id: int) -> list[str]: ...
     async def uidvalidity(self, mailbox_id: int) -> int: ...
     async def highest_modseq(self, mailbox_id: int) -> int: ...
 

@@ -62,7 +62,7 @@ def _insert(table: str, columns: str, conflict: str) -> str:
 
 _ACCOUNT_COLS = "id, upstream, username, last_uidvalidity, credentials"
 _MAILBOX_COLS = ("id, account_id, name, special_use, uidvalidity, uidnext, highest_modseq, "
-                 "subscribed, recent_uid, changes_floor")
+                 "recent_uid, changes_floor")
 _MESSAGE_COLS = "id, mailbox_id, uid, internaldate, tz_minutes, flags, modseq, body_id, pop3_uidl"
 
 TABLES: list[TableCopy] = [
@@ -76,8 +76,11 @@ TABLES: list[TableCopy] = [
               _insert("mailboxes", _MAILBOX_COLS,
                       "(id) DO UPDATE SET name = excluded.name, uidnext = excluded.uidnext, "
                       "highest_modseq = excluded.highest_modseq, "
-                      "subscribed = excluded.subscribed, recent_uid = excluded.recent_uid, "
+                      "recent_uid = excluded.recent_uid, "
                       "changes_floor = excluded.changes_floor"), "id", True),
+    TableCopy("subscriptions", "SELECT account_id, name FROM subscriptions",
+              _insert("subscriptions", "account_id, name", "(account_id, name) DO NOTHING"),
+              "account_id, name", True),
     TableCopy("bodies", "SELECT id, account_id, size, data, cache FROM bodies",
               _insert("bodies", "id, account_id, size, data, cache",
                       "(id) DO UPDATE SET cache = excluded.cache"), "id", False),
@@ -135,7 +138,7 @@ def _claim_target(c: psycopg.Connection[Any], source_id: str, force: bool) -> No
             if not force:
                 raise MigrationRefused("the target already holds gateway accounts: migrate into "
                                        "an empty database, or pass --force to empty it first")
-            c.execute("TRUNCATE accounts, mailboxes, bodies, messages, uidls, changes, meta")
+            c.execute("TRUNCATE accounts, mailboxes, subscriptions, bodies, messages, uidls, changes, meta")
         c.execute("INSERT INTO meta(key, value) VALUES ('migration_source', %s) "
                   "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (source_id.encode(),))
         c.execute("DELETE FROM meta WHERE key = 'migration_done'")
@@ -161,8 +164,6 @@ def _copy_table(src: sqlite3.Connection, c: psycopg.Connection[Any], table: Tabl
         with c.transaction():
             if table.name == "changes":
                 values = [(*row, MIGRATED_ORIGIN) for row in rows]
-            elif table.name == "mailboxes":
-                values = [(*row[:7], bool(row[7]), *row[8:]) for row in rows]
             else:
                 values = rows
             c.cursor().executemany(table.insert, values)

@@ -148,6 +148,8 @@ class PostgresStore(PgMessageOps):
         if row is not None:
             for name, special_use in DEFAULT_MAILBOXES.items():
                 self._new_mailbox(c, row[0], name, special_use)
+            c.cursor().executemany("INSERT INTO subscriptions(account_id, name) VALUES (%s, %s)",
+                                   [(row[0], name) for name in DEFAULT_MAILBOXES])
             return Account(row[0], upstream, user)
         found = self._get_account(c, upstream, user)
         assert found is not None
@@ -199,7 +201,7 @@ class PostgresStore(PgMessageOps):
 
     _MAILBOX_SELECT = (
         "SELECT mb.id, mb.account_id, mb.name, mb.special_use, mb.uidvalidity, mb.uidnext, "
-        "mb.highest_modseq, mb.subscribed, "
+        "mb.highest_modseq, "
         "(SELECT count(*) FROM messages m WHERE m.mailbox_id = mb.id) FROM mailboxes mb ")
 
     def _list_mailboxes(self, c: Conn, account_id: int, name: str | None = None) -> list[Mailbox]:
@@ -209,7 +211,7 @@ class PostgresStore(PgMessageOps):
             where, args = where + " AND mb.name = %s", [account_id, _canon(name)]
         rows = c.execute(self._MAILBOX_SELECT + where + " ORDER BY mb.name COLLATE \"C\"",
                          args).fetchall()
-        return [Mailbox(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8]) for r in rows]
+        return [Mailbox(*r) for r in rows]
 
     async def list_mailboxes(self, account_id: int) -> list[Mailbox]:
         return list(await self._run(self._list_mailboxes, account_id))
@@ -278,12 +280,21 @@ class PostgresStore(PgMessageOps):
         """Rename a mailbox and its inferiors; renaming INBOX moves its messages (RFC 3501 6.3.5)."""
         await self._run(self._rename_mailbox, account_id, old, new)
 
-    def _set_subscribed(self, c: Conn, account_id: int, name: str, subscribed: bool) -> None:
-        mailbox_id = self._mailbox_id(c, account_id, name)
-        c.execute("UPDATE mailboxes SET subscribed = %s WHERE id = %s", (subscribed, mailbox_id))
+    @staticmethod
+    def _set_subscribed(c: Conn, account_id: int, name: str, subscribed: bool) -> None:
+        sql = ("INSERT INTO subscriptions(account_id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+               if subscribed else "DELETE FROM subscriptions WHERE account_id = %s AND name = %s")
+        c.execute(sql, (account_id, _canon(name)))
 
     async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        """Add or remove a name, whether or not a mailbox has it (RFC 3501 6.3.6)."""
         await self._run(self._set_subscribed, account_id, name, subscribed)
+
+    async def subscriptions(self, account_id: int) -> list[str]:
+        rows = await self._run(lambda c: c.execute(
+            "SELECT name FROM subscriptions WHERE account_id = %s ORDER BY name COLLATE \"C\"",
+            (account_id,)).fetchall())
+        return [row[0] for row in rows]
 
     async def _mailbox_value(self, mailbox_id: int, column: str) -> int:
         row = await self._run(lambda c: c.execute(

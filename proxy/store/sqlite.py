@@ -164,6 +164,8 @@ class SqliteStore(MessageOps):
             if cur.rowcount:
                 for name, special_use in DEFAULT_MAILBOXES.items():
                     self._new_mailbox(account_id, name, special_use)
+                self._db.executemany("INSERT INTO subscriptions(account_id, name) VALUES (?, ?)",
+                                     [(account_id, name) for name in DEFAULT_MAILBOXES])
         return Account(account_id, upstream, user)
 
     async def ensure_account(self, upstream: str, user: str) -> Account:
@@ -217,7 +219,7 @@ class SqliteStore(MessageOps):
 
     _MAILBOX_SELECT = (
         "SELECT mb.id, mb.account_id, mb.name, mb.special_use, mb.uidvalidity, mb.uidnext, "
-        "mb.highest_modseq, mb.subscribed, (SELECT count(*) FROM messages m WHERE m.mailbox_id = mb.id) "
+        "mb.highest_modseq, (SELECT count(*) FROM messages m WHERE m.mailbox_id = mb.id) "
         "FROM mailboxes mb ")
 
     def _list_mailboxes(self, account_id: int, name: str | None = None) -> list[Mailbox]:
@@ -226,7 +228,7 @@ class SqliteStore(MessageOps):
         if name is not None:
             where, args = where + " AND mb.name = ?", args + [_canon(name)]
         rows = self._db.execute(self._MAILBOX_SELECT + where + " ORDER BY mb.name", args).fetchall()
-        return [Mailbox(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8]) for r in rows]
+        return [Mailbox(*r) for r in rows]
 
     async def list_mailboxes(self, account_id: int) -> list[Mailbox]:
         return await self._run(self._list_mailboxes, account_id)
@@ -303,13 +305,22 @@ class SqliteStore(MessageOps):
         await self._run(self._rename_mailbox, account_id, old, new)
 
     def _set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        sql = "INSERT OR IGNORE INTO subscriptions(account_id, name) VALUES (?, ?)" if subscribed \
+            else "DELETE FROM subscriptions WHERE account_id = ? AND name = ?"
         with transaction(self._db):
-            mailbox_id = self._mailbox_id(account_id, name)
-            self._db.execute("UPDATE mailboxes SET subscribed = ? WHERE id = ?",
-                             (int(subscribed), mailbox_id))
+            self._db.execute(sql, (account_id, _canon(name)))
 
     async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        """Add or remove a name, whether or not a mailbox has it (RFC 3501 6.3.6)."""
         await self._run(self._set_subscribed, account_id, name, subscribed)
+
+    def _subscriptions(self, account_id: int) -> list[str]:
+        rows = self._db.execute("SELECT name FROM subscriptions WHERE account_id = ? ORDER BY name",
+                                (account_id,)).fetchall()
+        return [row[0] for row in rows]
+
+    async def subscriptions(self, account_id: int) -> list[str]:
+        return await self._run(self._subscriptions, account_id)
 
     def _uidvalidity(self, mailbox_id: int) -> int:
         return int(self._db.execute("SELECT uidvalidity FROM mailboxes WHERE id = ?",

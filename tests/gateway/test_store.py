@@ -192,9 +192,29 @@ async def test_mailbox_create_delete_rename(store):
         await store.delete_mailbox(account.id, "INBOX")
     with pytest.raises(MailboxNotFound):
         await store.delete_mailbox(account.id, "Nope")
-    await store.set_subscribed(account.id, "Jobs", False)
-    assert not (await store.get_mailbox(account.id, "Jobs")).subscribed
     assert uid == 1
+
+
+async def test_subscriptions_are_names_independent_of_mailboxes(store):
+    """RFC 3501 6.3.6: DELETE/RENAME/CREATE leave subscriptions alone; any name may be kept."""
+    account = await store.ensure_account("up", "subs")
+    assert await store.subscriptions(account.id) == sorted(DEFAULT_MAILBOXES)
+    await store.create_mailbox(account.id, "Work")
+    assert "Work" not in await store.subscriptions(account.id)
+    await store.set_subscribed(account.id, "Work", True)
+    await store.set_subscribed(account.id, "Work", True)   # twice: still one name
+    await store.set_subscribed(account.id, "Ghost/child", True)   # no such mailbox
+    await store.set_subscribed(account.id, "inbox", False)   # INBOX in any case (RFC 3501 5.1)
+    await store.rename_mailbox(account.id, "Work", "Jobs")
+    await store.delete_mailbox(account.id, "Sent")
+    assert await store.subscriptions(account.id) == [
+        "Archive", "Drafts", "Ghost/child", "Junk", "Sent", "Trash", "Work"]
+    await store.set_subscribed(account.id, "Nope", False)   # not subscribed: nothing to do
+    await store.set_subscribed(account.id, "Ghost/child", False)
+    other = await store.ensure_account("up", "other")
+    assert await store.subscriptions(other.id) == sorted(DEFAULT_MAILBOXES)
+    assert await store.subscriptions(account.id) == [
+        "Archive", "Drafts", "Junk", "Sent", "Trash", "Work"]
 
 
 async def test_rename_inbox_moves_messages(store):
@@ -435,3 +455,27 @@ async def test_expunge_only_deleted_spares_what_lost_the_flag(store):
     await store.store_flags(inbox.id, [uids[1]], ["\\Deleted"], FlagMode.REMOVE)
     assert await store.expunge(inbox.id, uids, only_deleted=True) == [uids[0], uids[2]]
     assert [m.uid for m in await store.messages(inbox.id)] == [uids[1]]
+
+
+async def test_migration_3_keeps_what_was_subscribed(tmp_path):
+    """Issue 17: a store of schema 2 (subscriptions as a mailbox column) keeps exactly the names
+    whose mailbox was subscribed."""
+    from proxy.store import _schema
+
+    path = str(tmp_path / "v2.db")
+    db = _schema.connect(path)
+    with _schema.transaction(db):
+        db.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (2)")
+        _schema.MIGRATIONS[0](db)
+        _schema.MIGRATIONS[1](db)
+        db.execute("INSERT INTO accounts(upstream, user) VALUES ('up', 'old')")
+        db.executemany("INSERT INTO mailboxes(account_id, name, uidvalidity, subscribed) "
+                       "VALUES (1, ?, 7, ?)", [("INBOX", 1), ("Work", 0), ("Lists/ietf", 1)])
+    db.close()
+    s = await open_store(path)
+    try:
+        assert await s.subscriptions(1) == ["INBOX", "Lists/ietf"]
+        assert [b.name for b in await s.list_mailboxes(1)] == ["INBOX", "Lists/ietf", "Work"]
+    finally:
+        await s.close()

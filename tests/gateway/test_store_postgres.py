@@ -221,3 +221,24 @@ async def test_feed_delivers_other_processes_changes_and_catches_up_after_a_gap(
     assert len(got.items) == 4       # nothing delivered twice
     await here.close()
     await there.close()
+
+
+async def test_migration_2_keeps_what_was_subscribed(pg_dsn):
+    """Issue 17: a database of schema 1 (subscriptions as a mailbox column) keeps exactly the
+    names whose mailbox was subscribed."""
+    from proxy.store import _pg_schema
+
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1)")
+        _pg_schema.MIGRATIONS[0](conn)
+        conn.execute("INSERT INTO accounts(id, upstream, username) VALUES (1, 'up', 'old')")
+        conn.cursor().executemany(
+            "INSERT INTO mailboxes(account_id, name, uidvalidity, subscribed) VALUES (1, %s, 7, %s)",
+            [("INBOX", True), ("Work", False), ("Lists/ietf", True)])
+    s = await open_store(pg_dsn)
+    try:
+        assert await s.subscriptions(1) == ["INBOX", "Lists/ietf"]
+        assert [b.name for b in await s.list_mailboxes(1)] == ["INBOX", "Lists/ietf", "Work"]
+    finally:
+        await s.close()

@@ -98,10 +98,10 @@ async def test_lsub_percent_returns_unsubscribed_parent_as_noselect(gateway):
         a = Raw(gateway.port, gateway.user, gateway.password)
         for name in ("a", "a/b", "c", "c/d", "e"):
             a.cmd(f"CREATE {name}")
-        for line in a.cmd('LIST "" "*"')[0]:   # start from nothing subscribed but our tree
-            name = line.rsplit(b" ", 1)[1].decode()
-            if name not in ("a/b", "c", "c/d"):
-                a.cmd(f"UNSUBSCRIBE {name}")
+        for line in a.cmd('LSUB "" "*"')[0]:   # start from nothing subscribed but our tree
+            a.cmd(f"UNSUBSCRIBE {line.rsplit(b' ', 1)[1].decode()}")
+        for name in ("a/b", "c", "c/d"):
+            a.cmd(f"SUBSCRIBE {name}")
         # RFC 3501 6.3.9: "a" is unsubscribed, its child a/b is: "%" gives a as \Noselect
         assert a.cmd('LSUB "" "%"')[0] == [b'* LSUB (\\Noselect) "/" a', b'* LSUB () "/" c']
         # "*" reaches a/b itself: its unsubscribed parent is not returned; e never is
@@ -126,6 +126,35 @@ async def test_list_pattern_that_is_not_modified_utf7_answers_ok(gateway):
         lines, done = a.cmd('LIST "&x" "*"')   # an invalid reference too
         assert (lines, done.split()[1]) == ([], b"OK"), (lines, done)
         assert a.cmd('LIST "" "a&-b"')[0] == [b'* LIST (\\HasNoChildren) "/" a&-b']
+        a.close()
+
+    await run(scenario)
+
+
+async def test_subscriptions_are_names_not_mailboxes(gateway):
+    """RFC 3501 6.3.6/6.3.7: DELETE keeps the subscription, SUBSCRIBE takes a name with no
+    mailbox (a MAY-check we do not make; Dovecot makes it), LSUB lists it plainly (as Dovecot)
+    and LIST (SUBSCRIBED) as \\NonExistent (RFC 5258 3)."""
+    def scenario():
+        a = Raw(gateway.port, gateway.user, gateway.password)
+        for line in a.cmd('LSUB "" "*"')[0]:
+            a.cmd(f"UNSUBSCRIBE {line.rsplit(b' ', 1)[1].decode()}")
+        assert a.cmd("CREATE Doomed")[1].split()[1] == b"OK"
+        assert a.cmd("SUBSCRIBE Doomed")[1].split()[1] == b"OK"
+        assert a.cmd("DELETE Doomed")[1].split()[1] == b"OK"
+        assert a.cmd("SUBSCRIBE Later/child")[1].split()[1] == b"OK"
+        assert a.cmd('LSUB "" "*"')[0] == [b'* LSUB () "/" Doomed', b'* LSUB () "/" Later/child']
+        assert a.cmd('LSUB "" "%"')[0] == [b'* LSUB () "/" Doomed',
+                                           b'* LSUB (\\Noselect) "/" Later']
+        assert a.cmd('LIST (SUBSCRIBED) "" "*"')[0] == [
+            b'* LIST (\\Subscribed \\NonExistent) "/" Doomed',
+            b'* LIST (\\Subscribed \\NonExistent) "/" Later/child']
+        assert not [line for line in a.cmd('LIST "" "*"')[0] if line.endswith(b" Doomed")]
+        assert a.cmd("CREATE Later/child")[1].split()[1] == b"OK"
+        assert a.cmd('LIST (SUBSCRIBED) "" "Later/*"')[0] == [
+            b'* LIST (\\Subscribed) "/" Later/child']
+        assert a.cmd("UNSUBSCRIBE Never")[1].split()[1] == b"OK"   # as Dovecot
+        assert a.cmd('SUBSCRIBE ""')[1].split()[1] == b"NO"
         a.close()
 
     await run(scenario)

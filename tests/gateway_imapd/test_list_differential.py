@@ -1,8 +1,10 @@
 """Differential test of LIST-EXTENDED (RFC 5258), LIST-STATUS (RFC 5819) and STATUS=SIZE
-(RFC 8438) against Dovecot IMAP (issue 17): the same mailbox tree (created, deleted, subscribed
-and unsubscribed by the same commands on both servers) and the same messages (INBOX over POP3,
-the others by APPEND), then every selection/return option combination below is sent to both
-and the answers compared. Dovecot lists in its own order, so answers are compared as sets of
+(RFC 8438), and of subscriptions (RFC 3501 6.3.6: names kept through DELETE and RENAME, listed
+by LSUB and as \\NonExistent by LIST (SUBSCRIBED)) against Dovecot IMAP (issue 17): the same
+mailbox tree (created, deleted, subscribed and unsubscribed by the same commands on both
+servers) and the same messages (INBOX over POP3, the others by APPEND), then every
+selection/return option combination below is sent to both and the answers compared. Dovecot
+lists in its own order, so answers are compared as sets of
 entries (a LIST line with the STATUS line that follows it).
 
 Not compared: special-use attributes (Dovecot's test config declares none; checked on the
@@ -29,9 +31,15 @@ SETUP = [
     b"UNSUBSCRIBE Archive", b"UNSUBSCRIBE Archive/2025", b"UNSUBSCRIBE Drafts", b"UNSUBSCRIBE Junk",
     b"UNSUBSCRIBE Work/Old", b"UNSUBSCRIBE Lists/python", b"UNSUBSCRIBE x/y/z",
     b"UNSUBSCRIBE Lists",
+    # subscriptions are names (RFC 3501 6.3.6): DELETE and RENAME leave them, CREATE adds none
+    b"CREATE Gone", b"DELETE Gone", b"CREATE Old", b"RENAME Old New", b"CREATE Fresh",
+    b"UNSUBSCRIBE Fresh", b"DELETE Fresh", b"CREATE Fresh",
 ]
 APPENDS = {"Archive/2024": 3, "Work": 1, "Lists/ietf/quic": 2}
 COMMANDS = [
+    b'LSUB "" "*"',
+    b'LSUB "" "%"',
+    b'LSUB "" "Lists/%"',
     b'LIST (SUBSCRIBED) "" "*"',
     b'LIST (SUBSCRIBED) "" "%"',
     b'LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"',
@@ -84,7 +92,7 @@ def _entries(lines: list[bytes]) -> list[bytes]:
     for line in lines:
         if line.startswith(b"* STATUS") and out and out[-1].startswith(b"* LIST"):
             out[-1] += b" | " + line.rstrip()
-        elif line.startswith((b"* LIST", b"* STATUS")):
+        elif line.startswith((b"* LIST", b"* LSUB", b"* STATUS")):
             out.append(line.rstrip())
     return sorted(out)
 
@@ -107,13 +115,14 @@ async def test_list_extended_and_list_status_answer_like_dovecot(gateway):
             if not command.startswith(b"CREATE"):
                 _run(theirs, command)
                 continue
-            # the gateway creates (and subscribes) the parents too (RFC 3501 6.3.3 SHOULD);
-            # Dovecot does neither: do it for it
+            # the gateway creates the parents too (RFC 3501 6.3.3 SHOULD); Dovecot does not: do
+            # it for it. Neither subscribes what it creates: subscribe the whole path on both
             parts = command.split()[1].split(b"/")
             for depth in range(1, len(parts) + 1):
                 name = b"/".join(parts[:depth])
                 _run(theirs, b"CREATE " + name, ok=False)   # NO for those that exist
-                _run(theirs, b"SUBSCRIBE " + name)
+                for client in (ours, theirs):
+                    _run(client, b"SUBSCRIBE " + name)
         for folder, count in APPENDS.items():
             for n in range(count):
                 raw = message(100 + n, body="y" * (n * 333))
@@ -147,6 +156,7 @@ async def test_special_use_selection_and_return_option(gateway):
         lines = a.cmd('LIST "" "%" RETURN (SPECIAL-USE)')[0]
         assert b'* LIST () "/" Other' in lines and b'* LIST (\\Sent) "/" Sent' in lines, lines
         a.cmd("CREATE p/q/r")
+        a.cmd("SUBSCRIBE p/q/r")
         a.cmd("DELETE p/q")   # RFC 5258 3: a name implied by its child is \NonExistent
         assert a.cmd('LIST "" "p/*" RETURN (CHILDREN)')[0] == [
             b'* LIST (\\NonExistent \\HasChildren) "/" p/q', b'* LIST (\\HasNoChildren) "/" p/q/r']

@@ -26,6 +26,7 @@ def state(client: Raw) -> dict:
         fetched = client.cmd("UID FETCH 1:* (FLAGS MODSEQ)")[0]
         out[name] = (status, sorted(re.sub(rb"^\* \d+ ", b"", line).replace(b"\\Recent", b"")
                                     .replace(b"( ", b"(").replace(b" )", b")") for line in fetched))
+    out["subscriptions"] = client.cmd('LSUB "" "*"')[0]
     return out
 
 
@@ -49,6 +50,7 @@ async def test_client_sees_no_change_after_migration(dovecot, tmp_path, nursery,
         assert client.cmd("SELECT INBOX")[1].split()[1] == b"OK"
         for command in ("STORE 1:2 +FLAGS (\\Seen)", "STORE 3 +FLAGS ($Work \\Flagged)",
                         "MOVE 4 Work", "STORE 1 +FLAGS (\\Deleted)", "EXPUNGE",
+                        "SUBSCRIBE Work", "UNSUBSCRIBE Junk", "SUBSCRIBE Gone",
                         'APPEND Sent (\\Seen) {23}\r\nSubject: sent\r\n\r\nhello'):
             if command.startswith("APPEND"):
                 head, literal = command.split("\r\n", 1)
@@ -72,7 +74,7 @@ async def test_client_sees_no_change_after_migration(dovecot, tmp_path, nursery,
     done = await trio.to_thread.run_sync(migrate, db, pg_dsn)
     assert done.returncode == 0, done.stderr
     assert re.match(r"migrated .*gateway\.db to postgresql://mailproxy@.*: 1 accounts, "
-                    r"7 mailboxes, 6 bodies, 6 messages, 6 uidls, 14 changes", done.stdout)
+                    r"7 mailboxes, 7 subscriptions, 6 bodies, 6 messages, 6 uidls, 14 changes", done.stdout)
     assert "password" not in done.stdout and pg_dsn not in done.stdout
     again = await trio.to_thread.run_sync(migrate, db, pg_dsn)    # resuming a finished copy
     assert again.returncode == 0 and again.stdout == done.stdout, again.stderr

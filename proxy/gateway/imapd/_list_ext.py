@@ -95,7 +95,7 @@ async def list_(session, cmd):
     matchers = _matchers(astring(reference), patterns)
     boxes = await session.store.list_mailboxes(session.account.id)
     real = {b.name: b for b in boxes}
-    subscribed = {b.name for b in boxes if b.subscribed}
+    subscribed = set(await session.store.subscriptions(session.account.id))
     if b"SUBSCRIBED" in selection:
         selected = set(subscribed)
     elif b"SPECIAL-USE" in selection:   # RFC 6154 3
@@ -121,10 +121,10 @@ async def list_(session, cmd):
     for name in sorted(listed, key=lambda n: (n != INBOX, n)):
         box = real.get(name)
         attrs = []
-        if box is None:
-            attrs.append("\\NonExistent")
         if show_subscribed and name in subscribed:
             attrs.append("\\Subscribed")
+        if box is None:   # an implied parent, or a subscribed name with no mailbox (5258 3)
+            attrs.append("\\NonExistent")
         if b"CHILDREN" in returns:
             attrs.append("\\HasChildren" if tree.has_children(name) else "\\HasNoChildren")
         if show_special and box is not None and box.special_use:

@@ -161,9 +161,15 @@ async def rename(session, cmd):
 
 
 async def subscribe(session, cmd, subscribed: bool = True):
+    """RFC 3501 6.3.6/6.3.7: a name, whether or not a mailbox has it now (the server MAY check,
+    Dovecot does; we do not, so a client may subscribe before it creates); DELETE and RENAME
+    leave subscriptions alone ("MUST NOT unilaterally remove"), as Dovecot does."""
     if len(cmd.args) != 1:
         raise Reply.bad("Expected one mailbox name")
-    await session.store.set_subscribed(session.account.id, mailbox(cmd.args[0]), subscribed)
+    name = mailbox(cmd.args[0])
+    if subscribed:
+        name = _clean(name)
+    await session.store.set_subscribed(session.account.id, name, subscribed)
     return None
 
 
@@ -192,7 +198,7 @@ async def list_(session, cmd, lsub: bool = False):
     pattern = MailboxPattern(full)
     boxes = await session.store.list_mailboxes(session.account.id)
     real = {b.name: b for b in boxes}
-    shown = {b.name for b in boxes if b.subscribed} if lsub else set(real)
+    shown = set(await session.store.subscriptions(session.account.id)) if lsub else set(real)
     tree = Children(real)
     matched = {n for n in shown | implied_parents(shown) if pattern.matches(n)}
     if lsub:   # 6.3.9: an unsubscribed parent only where "%" cut off a subscribed child
@@ -201,7 +207,7 @@ async def list_(session, cmd, lsub: bool = False):
     for name in sorted(matched, key=lambda n: (n != INBOX, n)):
         await session.budget.tick()
         attrs = []
-        if name not in shown or name not in real:
+        if name not in shown:   # LSUB: a subscribed name with no mailbox is (), as Dovecot
             attrs.append("\\Noselect")
         if not lsub:
             attrs.append("\\HasChildren" if tree.has_children(name) else "\\HasNoChildren")
