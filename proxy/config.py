@@ -194,6 +194,7 @@ class ProtocolLimits:
     bad_commands: StrictInt = 20           # BAD replies tolerated before the connection is closed
     auth_failures: StrictInt = 3           # failed logins per connection before it is closed
     pop3_max_command_line: Size = 8192
+    inflate_chunk: Size = 64 * 1024        # COMPRESS=DEFLATE: inflated bytes parsed at a time
 
 
 @dataclass(frozen=True, slots=True)

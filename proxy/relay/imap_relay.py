@@ -9,6 +9,8 @@ transparent as a byte pipe while still knowing every command:
   the next line a raw line so `DONE` ends it; LOGOUT is noted.
 - upstream -> client: a TaggedResponse completes pending[tag] (metrics: count by status, duration);
   an untagged BYE is noted; literal payloads (FETCH bodies) pass by count.
+- COMPRESS=DEFLATE (RFC 4978): once the upstream accepts it, both streams are still forwarded
+  unchanged and the parsers read an inflated copy (imap_compress.py).
 
 Either pump ending (EOF, error, timeout) cancels the nursery, and both connections are closed by
 the caller, so no connection is ever left open on one side. One watchdog task keeps every timer
@@ -20,6 +22,8 @@ drain; the client pump runs in the nursery's own task, so a session costs two sp
 from __future__ import annotations
 
 import time
+import zlib
+from dataclasses import dataclass, field
 
 import trio
 
@@ -30,7 +34,19 @@ from ..net.conn import Conn
 from ..session.channel import Channel
 from ..session.context import ByteCounter, CommandMeter, Session
 from ..session.failures import Close, limit_of_protocol_error
+from .imap_compress import InflatedCopy
 from .imap_upstream import UpstreamIMAP, upstream_limits
+
+
+@dataclass
+class _CompressAsked:
+    """A client's COMPRESS waiting for the upstream's verdict (RFC 4978 3): what the client
+    sent after it (compressed if the answer is OK) is parsed only once the verdict is known."""
+
+    tag: bytes
+    after: bytes
+    answered: trio.Event = field(default_factory=trio.Event)
+    ok: bool = False
 
 
 class ImapRelay:
@@ -62,6 +78,10 @@ class ImapRelay:
         self.last_active = trio.current_time()
         self.upstream_heard = self.last_active   # last upstream bytes, or a command owed an answer
         self._sleep: trio.CancelScope | None = None   # the watchdog's sleep (a drain wakes it)
+        self._compress: _CompressAsked | None = None
+        self._inflate_up: InflatedCopy | None = None     # client -> upstream, once compressed
+        self._inflate_down: InflatedCopy | None = None   # upstream -> client, once compressed
+        self._down_after_ok = b""   # compressed bytes behind the upstream's COMPRESS OK
 
     async def run(self) -> None:
         try:
@@ -136,7 +156,16 @@ class ImapRelay:
         """An untagged line of the proxy's own before closing, only where it cannot land in
         the middle of a forwarded response (otherwise the connection just closes)."""
         if self.upstream_parser.at_boundary:
+            await self._say(line)
+
+    async def _say(self, line: bytes) -> None:
+        """A line of the proxy's own to the client; under COMPRESS, a stored block of the
+        upstream's DEFLATE stream where one may start (or nothing)."""
+        inflated = self._inflate_down
+        if inflated is None:
             await self.client.send(line)
+        elif inflated.at_block_boundary:
+            await self.client.send(inflated.own_block(line))
 
     # -- client -> upstream ------------------------------------------------------------------
     async def _client_to_upstream(self, cancel: trio.CancelScope) -> None:
@@ -146,18 +175,56 @@ class ImapRelay:
                         self._client_leftover):
                     return
             while True:
+                if self._compress is not None and not await self._compress_answered():
+                    return
                 data = await self.client.receive()
                 self.last_active = trio.current_time()
                 if not data:
                     self.session.close_reason = Close.CLIENT_CLOSED
                     return
-                self.client.feed(data)
-                if not await self._client_events():
+                if self._inflate_up is None:
+                    self.client.feed(data)
+                    if not await self._client_events():
+                        return
+                elif not await self._client_inflated(data):
                     return
                 if not await self._forward_up(data):
                     return
         finally:
             cancel.cancel()
+
+    async def _compress_answered(self) -> bool:
+        """Wait for the upstream's verdict on COMPRESS, then parse what the client sent after
+        the command accordingly (RFC 4978 3: compressed from the byte after the OK's CRLF)."""
+        asked = self._compress
+        assert asked is not None
+        await asked.answered.wait()
+        self._compress = None
+        if asked.ok:
+            self._inflate_up = InflatedCopy(self.session.listener.limits.inflate_chunk)
+            return await self._client_inflated(asked.after)
+        if asked.after:
+            self.client.feed(asked.after)
+            return await self._client_events()
+        return True
+
+    async def _client_inflated(self, data: bytes) -> bool:
+        """Parse the inflated copy of a compressed chunk, a bounded slice at a time."""
+        assert self._inflate_up is not None
+        try:
+            for n, plain in enumerate(self._inflate_up.slices(data)):
+                if n:
+                    await trio.lowlevel.checkpoint()  # a bomb never holds the event loop
+                self.client.feed(plain)
+                if not await self._client_events():
+                    return False
+        except zlib.error:
+            self.session.runtime.metrics.protocol_errors.labels("imap", "bad_deflate").inc()
+            logs.event("client_protocol_error", **self.session.log_fields(), kind="bad_deflate")
+            await self._last_words(b"* BYE Corrupt compressed data.\r\n")
+            self.session.close_reason = Close.PROTOCOL_ERROR
+            return False
+        return True
 
     def _owed(self) -> bool:
         """A command other than IDLE waits for its tagged answer."""
@@ -193,6 +260,11 @@ class ImapRelay:
                 if event.name == b"IDLE":
                     self.idle_tag = event.tag
                     parser.expect_line()
+                elif event.name == b"COMPRESS" and self._inflate_up is None:
+                    # what follows may be compressed: stop here (once active, the upstream
+                    # refuses another: RFC 4978 3, COMPRESSIONACTIVE)
+                    self._compress = _CompressAsked(event.tag, parser.take_unconsumed())
+                    return True
             elif type(event) is events.RawLine:
                 self._raw_line(event.data)
             elif type(event) is events.ConnectionClosed:
@@ -236,8 +308,8 @@ class ImapRelay:
                 if not await self._forward_down(data):
                     self.session.close_reason = Close.CLIENT_CLOSED
                     return
-                if not self._upstream_events(parser):
-                    await self.client.send(b"* BYE Upstream protocol error.\r\n")
+                if not await self._upstream_look(parser, data):
+                    await self._say(b"* BYE Upstream protocol error.\r\n")
                     self.session.close_reason = Close.UPSTREAM_PROTOCOL_ERROR
                     return
                 await self._bye_if_at_rest()
@@ -249,9 +321,32 @@ class ImapRelay:
                     self.session.close_reason = (Close.CLIENT_LOGOUT if self.logout_seen
                                                  else Close.UPSTREAM_CLOSED)
                     return
-                self.upstream_in.feed(data)  # parsed once forwarded, at the top of the loop
+                if self._inflate_down is None:
+                    self.upstream_in.feed(data)  # parsed once forwarded, at the top of the loop
         finally:
             cancel.cancel()
+
+    async def _upstream_look(self, parser: ResponseParser, data: bytes) -> bool:
+        """Parse what was just forwarded (fed already, or inflated here under COMPRESS)."""
+        if self._inflate_down is None:
+            if not self._upstream_events(parser):
+                return False
+            if self._inflate_down is None:
+                return True
+            data, self._down_after_ok = self._down_after_ok, b""  # COMPRESS OK came in it
+        try:
+            for n, plain in enumerate(self._inflate_down.slices(data)):
+                if n:
+                    await trio.lowlevel.checkpoint()
+                parser.receive_data(plain)
+                if not self._upstream_events(parser):
+                    return False
+        except zlib.error:
+            self.session.runtime.metrics.protocol_errors.labels("imap", "bad_deflate").inc()
+            logs.event("upstream_protocol_error", **self.session.log_fields(),
+                       upstream=self.session.upstream, kind="bad_deflate")
+            return False
+        return True
 
     async def _forward_down(self, data: bytes) -> bool:
         if not data:
@@ -276,5 +371,13 @@ class ImapRelay:
                     self.meter.completed(entry[0], event.status, entry[1])
                 if event.tag == self.idle_tag and event.status != b"OK":
                     self.idle_tag = None
+                asked = self._compress
+                if asked is not None and event.tag == asked.tag and self._inflate_down is None:
+                    asked.ok = event.status == b"OK"
+                    asked.answered.set()
+                    if asked.ok:  # the rest of the stream is compressed (RFC 4978 3)
+                        self._inflate_down = InflatedCopy(self.session.listener.limits.inflate_chunk)
+                        self._down_after_ok = parser.take_unconsumed()
+                        return True
             elif type(event) is events.ConnectionClosed:
                 return True

@@ -28,10 +28,11 @@ from ..session.sasl import Credentials, encode_plain
 from ..session.starttls import upgrade_upstream
 from ..session.upstream import UpstreamError, deadline, service
 
-# What the proxy cannot relay, or must not offer after login (RFC 3501 7.2.1; COMPRESS would hide
-# every later command from the parser, STARTTLS/AUTH make no sense after login).
+# What the proxy cannot relay, or must not offer after login (RFC 3501 7.2.1; STARTTLS/AUTH make
+# no sense after login; of COMPRESS, only DEFLATE is relayed, imap_compress.py).
 _DROPPED_PREFIXES = (b"AUTH=", b"COMPRESS=", b"STARTTLS", b"LOGINDISABLED", b"SASL-IR",
                      b"LOGIN-REFERRALS", b"XCLIENT", b"X-")
+_KEPT = (b"COMPRESS=DEFLATE",)
 
 UPSTREAM_LIMITS_LINE = 64 * 1024 * 1024  # a long SEARCH result is one line
 
@@ -69,7 +70,8 @@ def capabilities_from(raw: bytes) -> tuple[bytes, ...]:
 
 def relayable(capabilities: tuple[bytes, ...]) -> tuple[bytes, ...]:
     """The upstream's post-login capabilities minus what the proxy cannot relay."""
-    return tuple(c for c in capabilities if not c.upper().startswith(_DROPPED_PREFIXES))
+    return tuple(c for c in capabilities
+                 if not c.upper().startswith(_DROPPED_PREFIXES) or c.upper() in _KEPT)
 
 
 async def next_response(up: UpstreamIMAP) -> object:
