@@ -2,10 +2,10 @@
 
 Modules: `session` (read loop, dispatch, IDLE), `commands` (the command table and capabilities),
 `_state` (states and transitions), `_mailboxes` (authenticated-state commands), `_messages`
-(selected-state commands), `_fetch` (FETCH items and rendering), `_caches`
-(MIME/body/search-text caches), `_index` (shared mailbox snapshots), `_view` (a session's
-picture of its selected mailbox), `hub` (change notification between sessions), `utf7`
-(mailbox names), `_args` (argument decoding).
+(FETCH, SEARCH), `_message_changes` (STORE, COPY, MOVE, EXPUNGE, CLOSE), `_fetch` (FETCH
+items and rendering), `_caches` (MIME/body/search-text/sort-field caches), `_index` (shared
+mailbox snapshots), `_view` (a session's picture of its selected mailbox), `hub` (change
+notification between sessions), `utf7` (mailbox names), `_args` (argument decoding).
 """
 
 from ._caches import BodyCache, MimeCache

@@ -8,6 +8,7 @@ APPEND, at POP3 ingest, or lazily here for bodies stored without one (then saved
 `set_caches`). Bodies are shared by copies, so every cache is keyed by body id.
 
 * `BodyCache`: recently read raw bodies within a byte budget (LRU).
+* `SortFieldCache` (`MimeCache.sort_fields`): SORT/THREAD fields per body (LRU by count).
 * `MimeCache`: parsed `mime.MimeInfo` per body (LRU by count) and the search texts per body
   (LRU by size). `infos()` and `texts()` answer a whole chunk of messages with at most one
   `store.caches()` call, plus one `store.bodies()` call for bodies never analysed.
@@ -27,8 +28,11 @@ from ...store import MessageMeta
 from .. import mime
 from ..analysis import analyze_for_store
 from ..analysis import decode as _decode
+from ..sortkeys import SortFields, extract
 
 ANALYZE_IN_THREAD = 256 * 1024      # bodies (or batches) this big are analysed off the trio thread
+SORT_FIELD_ENTRIES = 100_000   # cached messages' sort fields, all accounts (about 50 MB at most)
+SORT_FIELD_CHUNK = 256         # messages per store call while reading sort fields
 
 
 async def analyze(raw: bytes, limits: mime.MimeLimits = mime.DEFAULT_LIMITS) -> bytes:
@@ -84,6 +88,32 @@ class BodyCache:
         return out
 
 
+class SortFieldCache:
+    """SORT/THREAD fields (sortkeys.py) by body id, LRU by count; read from the bodies in
+    chunks, the header parsing in a worker thread."""
+
+    def __init__(self, bodies: BodyCache, entries: int = SORT_FIELD_ENTRIES):
+        self.bodies = bodies
+        self._lru = _Lru(entries)
+
+    async def fields(self, store, metas: Sequence[MessageMeta]) -> list[SortFields | None]:
+        out = [self._lru.get(m.body_id) for m in metas]
+        missing = [i for i, f in enumerate(out) if f is None]
+        for start in range(0, len(missing), SORT_FIELD_CHUNK):
+            part = missing[start:start + SORT_FIELD_CHUNK]
+            raws = await self.bodies.get_many(store, [metas[i] for i in part])
+            present = [(i, raw) for i, raw in zip(part, raws, strict=True) if raw is not None]
+            found = await trio.to_thread.run_sync(_extract_all, [raw for _, raw in present])
+            for (i, _), value in zip(present, found, strict=True):
+                out[i] = value
+                self._lru.put(metas[i].body_id, value)
+        return out
+
+
+def _extract_all(raws: list[bytes]) -> list[SortFields]:
+    return [extract(raw) for raw in raws]
+
+
 class MimeCache:
     """See the module docstring."""
 
@@ -91,6 +121,9 @@ class MimeCache:
                  text_budget: int = 64 * 1024 * 1024,
                  limits: mime.MimeLimits = mime.DEFAULT_LIMITS):
         self.bodies, self.limits = bodies, limits
+        # process-wide like this cache (body ids are unique in the store): its bound holds
+        # however many accounts sort
+        self.sort_fields = SortFieldCache(bodies)
         self._infos = _Lru(entries)
         self._texts = _Lru(text_budget, lambda t: len(t[0]) + len(t[1]) + 64)
 

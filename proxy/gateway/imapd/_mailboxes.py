@@ -18,7 +18,7 @@ from . import utf7
 from ._args import Reply, astring, flag_list, mailbox, mailbox_wire, parse_date_time, parse_flags, word
 from ._caches import analyze
 from ._listing import Children, MailboxPattern, implied_parents
-from ._messages import publish_appended
+from ._message_changes import publish_appended
 from ._state import Trigger
 from ._view import SelectedView
 

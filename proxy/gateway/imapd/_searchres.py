@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ...imap._tokens import Atom
 from ._args import compress, is_atom
+from ._view import SelectedView
 
 MARKER = b"$"
 
@@ -18,17 +19,17 @@ def is_saved(arg: object) -> bool:
     return is_atom(arg) and bytes(arg) == MARKER
 
 
-def _saved(view) -> list[int]:
-    return [u for u in getattr(view, "saved", ()) if u in view.meta]
+def _saved(view: SelectedView) -> list[int]:
+    return [u for u in view.saved if u in view.meta]
 
 
-def seqs(view) -> list[int]:
+def seqs(view: SelectedView) -> list[int]:
     """The saved result as sequence numbers of the view."""
     wanted = set(_saved(view))
     return [n for n, uid in enumerate(view.uids, 1) if uid in wanted]
 
 
-def substitute(args, view) -> list:
+def substitute(args, view: SelectedView) -> list:
     """Search keys with each `$` replaced by a key matching the saved messages."""
     saved = sorted(_saved(view))
     key = (Atom(b"UID"), Atom(compress(saved))) if saved else (Atom(b"NOT"), Atom(b"ALL"))
@@ -43,5 +44,5 @@ def substitute(args, view) -> list:
     return out
 
 
-def save(view, uids: list[int]) -> None:
+def save(view: SelectedView, uids: list[int]) -> None:
     view.saved = list(uids)

@@ -3,9 +3,8 @@ UID THREAD (RFC 5256: ORDEREDSUBJECT, REFERENCES) over the selected mailbox.
 
 Theory of operation: the search keys select messages as SEARCH does (`_messages.find`); the
 sort fields of each message (sortkeys.py) are read from its header once and kept per body in
-`SortFieldCache`; reading them happens in slices (CHUNK messages per store call, the header
-parsing in a worker thread) and the sort or the threading itself runs in a worker thread, so a
-large mailbox never holds the event loop.
+`_caches.SortFieldCache` (in slices, the header parsing in a worker thread) and the sort or the
+threading itself runs in a worker thread, so a large mailbox never holds the event loop.
 """
 
 from __future__ import annotations
@@ -17,56 +16,22 @@ import trio
 from ...imap._tokens import Atom
 from ..numbers import InvalidNumber, number
 from ..sort import SORT_KEYS, Item, sort_items
-from ..sortkeys import SortFields, extract
 from ..thread import ordered_subject, references, render
 from . import _searchres as searchres
 from ._args import Reply, compress, word
-from ._caches import _Lru
 from ._messages import find, is_uid, parse_criteria
 
-CHUNK = 256            # messages per store call while reading sort fields
-SORT_FIELD_ENTRIES = 100_000   # cached messages' sort fields, all accounts (about 50 MB at most)
+CHUNK = 256            # messages per store call (virtual sizes)
 OFF_LOOP_AT = 200      # sorts / threadings of more messages run in a worker thread
 _ALGORITHMS = {b"ORDEREDSUBJECT": ordered_subject, b"REFERENCES": references}
 _ESORT_OPTIONS = {b"MIN", b"MAX", b"COUNT", b"ALL", b"PARTIAL", b"SAVE"}   # SAVE: RFC 5182
-
-
-class SortFieldCache:
-    """Sort fields by body id (bodies are shared by copies), LRU by count."""
-
-    def __init__(self, entries: int = SORT_FIELD_ENTRIES):
-        self._lru = _Lru(entries)
-
-    async def fields(self, session, metas) -> list[SortFields | None]:
-        out = [self._lru.get(m.body_id) for m in metas]
-        missing = [i for i, f in enumerate(out) if f is None]
-        for start in range(0, len(missing), CHUNK):
-            part = missing[start:start + CHUNK]
-            raws = await session.backend.mime.bodies.get_many(
-                session.store, [metas[i] for i in part])
-            present = [(i, raw) for i, raw in zip(part, raws, strict=True) if raw is not None]
-            found = await trio.to_thread.run_sync(_extract_all, [raw for _, raw in present])
-            for (i, _), value in zip(present, found, strict=True):
-                out[i] = value
-                self._lru.put(metas[i].body_id, value)
-        return out
-
-
-def _cache(session) -> SortFieldCache:
-    """The process-wide cache, kept beside the MIME cache that all accounts share (body ids are
-    unique in the store), so its bound holds however many accounts sort."""
-    holder = session.backend.mime
-    cache = getattr(holder, "sort_fields", None)
-    if cache is None:
-        cache = holder.sort_fields = SortFieldCache()
-    return cache
 
 
 async def _items(session, seqs: list[int], uid: bool, need_size: bool) -> list[Item]:
     """The selected messages as sortable items (expunged-by-others ones are left out)."""
     view = session.view
     metas = [view.meta[view.uids[q - 1]] for q in seqs]
-    fields = await _cache(session).fields(session, metas)
+    fields = await session.backend.mime.sort_fields.fields(session.store, metas)
     sizes = [m.size for m in metas]
     if need_size:   # RFC822.SIZE is the virtual size, from the MIME cache
         infos = []
@@ -112,10 +77,6 @@ def _program(criteria) -> list[tuple[str, bool]]:
 
 
 EsortOptions = dict[bytes, "bool | tuple[int, int]"]   # RETURN option -> True, or PARTIAL's range
-
-
-def _extract_all(raws: list[bytes]) -> list[SortFields]:
-    return [extract(raw) for raw in raws]
 
 
 def _return_options(args: list) -> tuple[EsortOptions | None, list]:

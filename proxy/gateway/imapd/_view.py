@@ -54,6 +54,7 @@ class SelectedView:
         self.latencies: list[float] = []       # publish -> delivery, for the metrics
         self.condstore = False                 # RFC 7162 3.1.4: MODSEQ in every FETCH with FLAGS
         self.qresync = False                   # RFC 7162 3.2.10: VANISHED instead of EXPUNGE
+        self.saved: list[int] = []             # RFC 5182 SEARCHRES result, as UIDs (`$`)
 
     # ---- hub side ---------------------------------------------------------------------------
     def notify(self, event: MailboxEvent) -> None:

@@ -12,6 +12,7 @@ from typing import Any, Awaitable, Callable
 from . import _compress
 from . import _list_ext as lx
 from . import _mailboxes as mb
+from . import _message_changes as chg
 from . import _messages as msg
 from . import _sort as srt
 from ._args import Reply
@@ -101,21 +102,21 @@ COMMANDS: dict[bytes, CommandSpec] = {
     b"IDLE": CommandSpec(AUTH, _idle),
     b"COMPRESS": CommandSpec(AUTH, _compress.compress),   # RFC 4978
     # selected (6.4)
-    b"CHECK": CommandSpec(SEL, msg.check),
-    b"CLOSE": CommandSpec(SEL, msg.close),
-    b"UNSELECT": CommandSpec(SEL, msg.unselect),
-    b"EXPUNGE": CommandSpec(SEL, msg.expunge),
+    b"CHECK": CommandSpec(SEL, chg.check),
+    b"CLOSE": CommandSpec(SEL, chg.close),
+    b"UNSELECT": CommandSpec(SEL, chg.unselect),
+    b"EXPUNGE": CommandSpec(SEL, chg.expunge),
     b"SEARCH": CommandSpec(SEL, msg.search, expunge_ok=False),
     b"FETCH": CommandSpec(SEL, msg.fetch, expunge_ok=False),
-    b"STORE": CommandSpec(SEL, msg.store, expunge_ok=False),
-    b"COPY": CommandSpec(SEL, msg.copy),
-    b"MOVE": CommandSpec(SEL, msg.move),
+    b"STORE": CommandSpec(SEL, chg.store, expunge_ok=False),
+    b"COPY": CommandSpec(SEL, chg.copy),
+    b"MOVE": CommandSpec(SEL, chg.move),
     b"UID SEARCH": CommandSpec(SEL, msg.search),
     b"UID FETCH": CommandSpec(SEL, msg.fetch),
-    b"UID STORE": CommandSpec(SEL, msg.store),
-    b"UID COPY": CommandSpec(SEL, msg.copy),
-    b"UID MOVE": CommandSpec(SEL, msg.move),
-    b"UID EXPUNGE": CommandSpec(SEL, msg.expunge),
+    b"UID STORE": CommandSpec(SEL, chg.store),
+    b"UID COPY": CommandSpec(SEL, chg.copy),
+    b"UID MOVE": CommandSpec(SEL, chg.move),
+    b"UID EXPUNGE": CommandSpec(SEL, chg.expunge),
     b"SORT": CommandSpec(SEL, srt.sort, expunge_ok=False),          # RFC 5256, 5957, 5267
     b"UID SORT": CommandSpec(SEL, srt.sort),
     b"THREAD": CommandSpec(SEL, srt.thread, expunge_ok=False),      # RFC 5256

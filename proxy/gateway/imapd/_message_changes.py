@@ -1,0 +1,159 @@
+"""Selected-state commands that change messages (RFC 3501 6.4; UIDPLUS RFC 4315; MOVE RFC 6851):
+STORE, COPY, MOVE, EXPUNGE, UID EXPUNGE, CLOSE, UNSELECT, CHECK.
+
+After a store change the handler updates its own view, then publishes the change on the hub
+for the other sessions (the view is the origin, so it is not notified twice).
+"""
+
+from __future__ import annotations
+
+from ...store import FlagMode
+from . import _condstore as cs
+from ._args import Reply, compress, mailbox, parse_flags, uid_list, word
+from ._messages import is_uid, targets, writable
+from ._state import Trigger
+
+_STORE_MODES = {b"FLAGS": FlagMode.REPLACE, b"+FLAGS": FlagMode.ADD, b"-FLAGS": FlagMode.REMOVE}
+
+
+# ---- STORE -------------------------------------------------------------------------------------
+
+async def store(session, cmd):
+    unchanged_since, args = cs.store_modifiers(list(cmd.args))
+    if len(args) < 3:
+        raise Reply.bad("STORE expects a sequence set, an item and flags")
+    uid = is_uid(cmd)
+    seqs = targets(session, args[0], uid)
+    item = word(args[1])
+    silent = item.endswith(b".SILENT")
+    mode = _STORE_MODES.get(item[:-7] if silent else item)
+    if mode is None:
+        raise Reply.bad("STORE expects FLAGS, +FLAGS or -FLAGS")
+    flags = parse_flags(args[2] if len(args) == 3 else tuple(args[2:]), allow_recent=True)
+    writable(session)
+    view = session.view
+    if unchanged_since is not None:
+        await cs.enable_condstore(session)
+    uids = [view.uids[q - 1] for q in seqs if view.uids[q - 1] not in view.expunged]
+    if not uids:
+        return None
+    result = await session.store.store_flags(view.mailbox_id, uids, flags, mode, unchanged_since)
+    for update in result.updated:
+        view.set_flags(update.uid, update.flags, update.modseq)
+    session.backend.hub.flags(view.mailbox_id, result.updated, origin=view)
+    for line in view.announce(u.flags for u in result.updated):   # RFC 3501 7.2.6: FLAGS first
+        session.emit(line)
+    for update in result.updated:
+        seq = view.seq_of(update.uid)
+        if seq is None:
+            continue
+        if not silent:
+            session.emit(view.fetch_flags_line(seq, update.uid, with_uid=uid))
+        elif view.condstore and update.changed:   # RFC 7162 3.1.3: MODSEQ even with .SILENT
+            session.emit(b"%d FETCH (UID %d MODSEQ (%d))" % (seq, update.uid, update.modseq))
+    if result.modified:   # 3.1.3: MODIFIED lists what failed UNCHANGEDSINCE
+        failed = sorted(result.modified if uid else
+                        [view.seq_of(u) for u in result.modified if view.seq_of(u) is not None])
+        return b"MODIFIED " + compress(failed), "Conditional STORE failed for some messages."
+    return None
+
+
+# ---- COPY, MOVE ----------------------------------------------------------------------------------
+
+async def _destination(session, arg):
+    name = mailbox(arg)
+    target = await session.store.get_mailbox(session.account.id, name)
+    if target is None:   # RFC 3501 6.4.7: the client may CREATE it and retry
+        raise Reply.no(f"Mailbox does not exist: {name}", b"TRYCREATE")
+    return target
+
+
+async def publish_appended(session, mailbox_id: int) -> None:
+    """Tell the hub about new messages in `mailbox_id` (one snapshot for all listeners)."""
+    snapshot = await session.backend.index.latest(session.store, mailbox_id)
+    session.backend.hub.appended(mailbox_id, snapshot.metas)
+
+
+async def copy(session, cmd, move: bool = False):
+    if len(cmd.args) != 2:
+        raise Reply.bad(f"{'MOVE' if move else 'COPY'} expects a sequence set and a mailbox")
+    seqs = targets(session, cmd.args[0], is_uid(cmd))
+    target = await _destination(session, cmd.args[1])
+    if move:
+        writable(session)
+    view = session.view
+    uids = [view.uids[q - 1] for q in seqs if view.uids[q - 1] not in view.expunged]
+    if not uids:
+        return None
+    operation = session.store.move if move else session.store.copy
+    pairs = await operation(view.mailbox_id, uids, target.id)
+    if pairs:
+        await publish_appended(session, target.id)
+    code = (b"COPYUID %d %s %s" % (target.uidvalidity, uid_list([a for a, _ in pairs]),
+                                   uid_list([b for _, b in pairs]))) if pairs else None
+    if not move:
+        return code, "COPY completed."
+    if code:   # RFC 6851 4.3: COPYUID goes in an untagged OK before the EXPUNGEs
+        session.emit(b"OK [" + code + b"] Moved UIDs.")
+    moved = [a for a, _ in pairs]
+    for line in view.expunge_lines(moved):   # EXPUNGE, or VANISHED with QRESYNC (RFC 7162 3.2.10)
+        session.emit(line)
+    session.backend.hub.expunged(view.mailbox_id, moved, origin=view)
+    return None
+
+
+async def move(session, cmd):
+    return await copy(session, cmd, move=True)
+
+
+# ---- EXPUNGE, CLOSE, UNSELECT, CHECK ---------------------------------------------------------
+
+async def _expunge_deleted(session, only: set[int] | None, announce: bool) -> None:
+    view = session.view
+    if announce:
+        await session.send_updates(True)   # learn others' flag changes first (allowed here)
+    deleted = [u for u in view.uids if "\\Deleted" in view.meta[u].flags
+               and (only is None or u in only)]
+    # only_deleted: another session may have taken \Deleted off since this view was told
+    gone = await session.store.expunge(view.mailbox_id, deleted, only_deleted=True) if deleted else []
+    bodies = [view.meta[uid].body_id for uid in gone if uid in view.meta]
+    lines = view.expunge_lines(gone)   # EXPUNGE, or VANISHED with QRESYNC (RFC 7162 3.2.10)
+    if announce:
+        for line in lines:
+            session.emit(line)
+    session.backend.hub.expunged(view.mailbox_id, gone, origin=view, body_ids=bodies)
+
+
+async def expunge(session, cmd):
+    if cmd.args and not is_uid(cmd):
+        raise Reply.bad("EXPUNGE takes no arguments")
+    writable(session)
+    only = None
+    if is_uid(cmd):   # RFC 4315 2.1
+        if len(cmd.args) != 1:
+            raise Reply.bad("UID EXPUNGE expects a UID set")
+        only = {session.view.uids[q - 1] for q in targets(session, cmd.args[0], True)}
+    await _expunge_deleted(session, only, announce=True)
+    return None
+
+
+async def close(session, cmd):
+    if cmd.args:
+        raise Reply.bad("CLOSE takes no arguments")
+    if not session.view.read_only:   # RFC 3501 6.4.2: silent expunge, none after EXAMINE
+        await _expunge_deleted(session, None, announce=False)
+    session.deselect()
+    session.transition(Trigger.CLOSE)
+    return None
+
+
+async def unselect(session, cmd):
+    if cmd.args:
+        raise Reply.bad("UNSELECT takes no arguments")
+    session.deselect()   # RFC 3691: like CLOSE, without the expunge
+    session.transition(Trigger.CLOSE)
+    return None
+
+
+async def check(session, cmd):
+    return None   # RFC 3501 6.4.1: every change is already committed
