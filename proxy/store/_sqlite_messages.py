@@ -3,7 +3,9 @@
 Theory of operation: `MessageOps` is a mixin of `SqliteStore` (`sqlite.py`). Its methods come in
 pairs, as in the rest of the store: `_name(...)` runs in the store's worker thread against
 `self._db` (inside `transaction()` when it writes), `name(...)` is the async API that hands it to
-`self._run`. The host provides `_db`, `_ring` and `_run`.
+`self._run`, or to `self._quick` when its work is small (at most `INLINE_ROWS` messages and
+`INLINE_BYTES` of bodies: then it may run in the trio thread, see `sqlite.py`). The host provides
+`_db`, `_ring`, `_run` and `_quick`.
 
 Every change to a mailbox takes a new MODSEQ (`_bump`: `highest_modseq + 1`, shared by all
 messages changed together) and is logged in `changes` (`_log`, one row per UID), which is what
@@ -46,6 +48,12 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 _CHUNK = 500   # host parameters per IN (...) list, well under SQLite's limit
+INLINE_ROWS = 64            # a call on at most this many messages may be quick (see sqlite.py)
+INLINE_BYTES = 64 * 1024    # ... and on at most this many bytes of bodies
+
+
+def _small(messages: Sequence[MessageMeta]) -> bool:
+    return len(messages) <= INLINE_ROWS and sum(m.size for m in messages) <= INLINE_BYTES
 
 
 def _flags_text(flags: frozenset[str]) -> str:
@@ -85,6 +93,7 @@ class MessageOps:
 
     if TYPE_CHECKING:
         async def _run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T: ...
+        async def _quick(self, fn: Callable[[*Ts], T], *args: *Ts) -> T: ...
 
     # ---- helpers run in the worker thread -------------------------------------------------------
 
@@ -187,7 +196,8 @@ class MessageOps:
     async def append(self, mailbox_id: int, body: bytes, flags: Sequence[str] = (),
                      internaldate: dt.datetime | None = None, cache: bytes | None = None) -> int:
         """Add a message (IMAP APPEND); returns its UID."""
-        return await self._run(self._append, mailbox_id, body, flags, internaldate, cache)
+        run = self._quick if len(body) + len(cache or b"") <= INLINE_BYTES else self._run
+        return await run(self._append, mailbox_id, body, flags, internaldate, cache)
 
     def _messages(self, mailbox_id: int) -> list[MessageMeta]:
         rows = self._db.execute(
@@ -225,7 +235,7 @@ class MessageOps:
 
     async def body(self, message: MessageMeta) -> bytes:
         """The raw RFC 822 bytes, exactly as received."""
-        return await self._run(self._body, message)
+        return await (self._quick if _small([message]) else self._run)(self._body, message)
 
     async def cache(self, message: MessageMeta) -> bytes | None:
         return await self._run(self._blob, message, "cache")
@@ -279,8 +289,8 @@ class MessageOps:
         With `unchanged_since` (RFC 7162 CONDSTORE) a message whose MODSEQ is greater is left alone
         and listed in `modified`. Messages whose flags really change share one new MODSEQ.
         """
-        return await self._run(self._store_flags, mailbox_id, list(uids), flags, mode,
-                               unchanged_since)
+        run = self._quick if len(uids) <= INLINE_ROWS else self._run
+        return await run(self._store_flags, mailbox_id, list(uids), flags, mode, unchanged_since)
 
     def _copy(self, src: int, uids: Sequence[int], dst: int, move: bool) -> list[tuple[int, int]]:
         with transaction(self._db):
@@ -319,7 +329,8 @@ class MessageOps:
         (another session may have just removed the flag). The UIDL stays known, so ingest never
         brings an expunged message back. Their bodies stay readable until `collect_bodies`
         (sessions not yet told, RFC 2180 4.1.1)."""
-        return await self._run(self._expunge, mailbox_id, list(uids), only_deleted)
+        run = self._quick if len(uids) <= INLINE_ROWS else self._run
+        return await run(self._expunge, mailbox_id, list(uids), only_deleted)
 
     def _collect(self, body_ids: Sequence[int]) -> None:
         with transaction(self._db):
@@ -328,7 +339,8 @@ class MessageOps:
     async def collect_bodies(self, body_ids: Sequence[int]) -> None:
         """Delete those of the bodies that no message refers to any more."""
         if body_ids:
-            await self._run(self._collect, list(body_ids))
+            run = self._quick if len(body_ids) <= INLINE_ROWS else self._run
+            await run(self._collect, list(body_ids))
 
     def _recent_floor(self, mailbox_id: int, claim_upto: int | None) -> int:
         if claim_upto is None:
@@ -343,18 +355,23 @@ class MessageOps:
     async def recent_floor(self, mailbox_id: int, claim_upto: int | None = None) -> int:
         """The lowest UID not yet \\Recent in any session (RFC 3501 2.3.2); with `claim_upto`, the
         UIDs from there up to `claim_upto` are claimed (atomically, exactly once) by the caller."""
-        return await self._run(self._recent_floor, mailbox_id, claim_upto)
+        return await self._quick(self._recent_floor, mailbox_id, claim_upto)
 
-    def _changes_since(self, mailbox_id: int, modseq: int) -> list[Change]:
+    def _changes_since(self, mailbox_id: int, modseq: int, limit: int = -1) -> list[Change]:
         if modseq + 1 < self._mailbox_row(mailbox_id)[5]:
             raise ChangesPruned(f"changes before MODSEQ {modseq + 1} were pruned")
         rows = self._db.execute("SELECT modseq, kind, uid FROM changes WHERE mailbox_id = ? "
-                                "AND modseq > ? ORDER BY id", (mailbox_id, modseq)).fetchall()
+                                "AND modseq > ? ORDER BY id LIMIT ?",
+                                (mailbox_id, modseq, limit)).fetchall()
         return [Change(m, ChangeKind(kind), uid) for m, kind, uid in rows]
 
     async def changes_since(self, mailbox_id: int, modseq: int) -> list[Change]:
         """Changes with MODSEQ greater than `modseq`, oldest first; ChangesPruned when some of
         them were pruned (`prune_changes`)."""
+        # Quick when there are few (the usual case); more than that are read in the worker
+        changes = await self._quick(self._changes_since, mailbox_id, modseq, INLINE_ROWS + 1)
+        if len(changes) <= INLINE_ROWS:
+            return changes
         return await self._run(self._changes_since, mailbox_id, modseq)
 
     def _prune_changes(self, mailbox_id: int, below: int) -> int:
@@ -389,11 +406,13 @@ class MessageOps:
 
     async def bodies(self, messages: Sequence[MessageMeta]) -> list[bytes | None]:
         """Raw bodies of many messages in one call, in order; None where the body is gone."""
-        return await self._run(self._blobs, list(messages), "data")
+        return await (self._quick if _small(messages) else self._run)(
+            self._blobs, list(messages), "data")
 
     async def caches(self, messages: Sequence[MessageMeta]) -> list[bytes | None]:
         """Cache blobs of many messages in one call, in order; None when absent (or gone)."""
-        return await self._run(self._blobs, list(messages), "cache")
+        return await (self._quick if _small(messages) else self._run)(
+            self._blobs, list(messages), "cache")
 
     def _set_caches(self, items: Sequence[tuple[MessageMeta, bytes]]) -> None:
         with transaction(self._db):
@@ -426,4 +445,5 @@ class MessageOps:
 
     async def messages_by_uid(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageMeta]:
         """The listed messages that exist, ordered by UID (an index refresh after changes)."""
-        return await self._run(self._messages_by_uid, mailbox_id, list(uids))
+        run = self._quick if len(uids) <= INLINE_ROWS else self._run
+        return await run(self._messages_by_uid, mailbox_id, list(uids))

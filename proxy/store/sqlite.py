@@ -1,10 +1,18 @@
 """The embedded Store: one SQLite file in WAL mode.
 
-Theory of operation: one `sqlite3` connection, used only from worker threads and one call at a time
-(`trio.to_thread.run_sync` behind a `CapacityLimiter(1)`), so SQLite never blocks the trio loop and
-never sees two statements at once. Every write runs in `BEGIN IMMEDIATE ... COMMIT` (the write lock
-is taken up front, so two processes sharing the file queue on `busy_timeout` instead of failing on
-a lock upgrade). `ingest_many` commits a whole batch in one transaction.
+Theory of operation: one `sqlite3` connection, used one call at a time, so SQLite never sees two
+statements at once. Calls run in a worker thread (`trio.to_thread.run_sync` behind a
+`CapacityLimiter(1)`; calls that arrive while it is busy run together in one hand-off), except
+*quick* calls (`_quick`: a few rows, a small body, bounded work of well under a millisecond):
+when the worker is idle they run at once in the trio thread. On a loaded machine a thread
+hand-off costs milliseconds of scheduling, many times the query (issues 13 and 15: SELECT,
+STORE, APPEND). A quick call must never wait in the trio thread, so the connection's default
+is `busy_timeout=0` and no automatic WAL checkpoint (its fsync); a quick call that meets
+another process's lock (SQLITE_BUSY: nothing was done) is retried in the worker, whose batches
+run with `busy_timeout` and automatic checkpoints on, and every `CHECKPOINT_EVERY` quick calls
+one checkpoint runs in the worker. Every write runs in `BEGIN IMMEDIATE ... COMMIT` (the write
+lock is taken up front, so two processes sharing the file queue on `busy_timeout` instead of
+failing on a lock upgrade). `ingest_many` commits a whole batch in one transaction.
 
 Durability: `journal_mode=WAL` + `synchronous=NORMAL`. A commit is in the -wal file (the OS page
 cache) when COMMIT returns, so a killed process (SIGKILL, OOM) loses nothing committed; only a power
@@ -36,7 +44,7 @@ import outcome
 import trio
 
 from . import crypto
-from ._schema import SCHEMA_VERSION, migrate, open_db, transaction
+from ._schema import BUSY_TIMEOUT_MS, SCHEMA_VERSION, migrate, open_db, transaction
 from ._sqlite_messages import MESSAGE_COLUMNS, MessageOps, Row, from_date
 from .base import (
     DEFAULT_MAILBOXES,
@@ -69,11 +77,32 @@ class _Call:
         self.result: outcome.Outcome[Any] | None = None
 
 
-def _run_batch(calls: list[_Call]) -> None:
+CHECKPOINT_EVERY = 1000   # quick calls between two WAL checkpoints (run in the worker)
+WAL_AUTOCHECKPOINT = 1000  # pages; SQLite's default, on only while the worker runs a batch
+
+# Connection settings while a quick call may run (the default) and while the worker runs a batch
+_QUICK_MODE = "PRAGMA busy_timeout=0", "PRAGMA wal_autocheckpoint=0"
+_WORKER_MODE = f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}", f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}"
+
+
+def _set_mode(db: sqlite3.Connection, pragmas: tuple[str, str]) -> None:
+    for pragma in pragmas:
+        db.execute(pragma)
+
+
+def _run_batch(db: sqlite3.Connection, calls: list[_Call]) -> None:
     """In the worker thread: each call in order, each outcome kept (one failing call does not
     stop the others)."""
-    for call in calls:
-        call.result = outcome.capture(call.fn)
+    _set_mode(db, _WORKER_MODE)
+    try:
+        for call in calls:
+            call.result = outcome.capture(call.fn)
+    finally:
+        _set_mode(db, _QUICK_MODE)
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
 
 
 def _canon(name: str) -> str:
@@ -93,6 +122,8 @@ class SqliteStore(MessageOps):
         self._queue: list[_Call] = []          # calls waiting for the worker (see `_run`)
         self._draining = False
         self._batch_done = trio.Event()
+        self._quick_calls = 0                  # since the last checkpoint
+        _set_mode(db, _QUICK_MODE)
 
     async def _run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         """Run `fn(*args)` in the worker thread. Calls that arrive while the worker is busy are
@@ -111,7 +142,8 @@ class SqliteStore(MessageOps):
                 self._draining = True
                 batch, self._queue = self._queue, []
                 try:
-                    await trio.to_thread.run_sync(_run_batch, batch, limiter=self._limiter)
+                    await trio.to_thread.run_sync(_run_batch, self._db, batch,
+                                                 limiter=self._limiter)
                 except BaseException as exc:   # the hand-off itself failed: every call fails
                     for queued in batch:
                         if queued.result is None:
@@ -128,6 +160,30 @@ class SqliteStore(MessageOps):
             return value
         except sqlite3.Error as exc:  # disk full, locked too long...: a refusal, not a crash
             raise StoreFailure(f"store {self.path}: {exc}") from exc
+
+    async def _quick(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        """`_run` for a call whose work is small and bounded (the callers check sizes, e.g.
+        `INLINE_ROWS`): at once in the trio thread when the worker is idle (see the module
+        docstring), else queued behind the worker's calls, in order."""
+        if self._closed:
+            raise StoreError("store is closed")
+        if self._draining or self._queue:
+            return await self._run(fn, *args)
+        try:
+            value = fn(*args)
+        except sqlite3.Error as exc:
+            if _busy(exc):   # another process holds the lock; nothing was done: wait in the worker
+                return await self._run(fn, *args)
+            raise StoreFailure(f"store {self.path}: {exc}") from exc
+        self._quick_calls += 1
+        if self._quick_calls >= CHECKPOINT_EVERY:
+            self._quick_calls = 0
+            await self._run(self._checkpoint)
+        await trio.lowlevel.cancel_shielded_checkpoint()   # a schedule point; the call is done
+        return value
+
+    def _checkpoint(self) -> None:
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # ---- helpers run in the worker thread -------------------------------------------------------
 
@@ -234,7 +290,7 @@ class SqliteStore(MessageOps):
         return await self._run(self._list_mailboxes, account_id)
 
     async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
-        found = await self._run(self._list_mailboxes, account_id, name)
+        found = await self._quick(self._list_mailboxes, account_id, name)
         return found[0] if found else None
 
     def _create_mailbox(self, account_id: int, name: str, special_use: str | None) -> Mailbox:
@@ -330,7 +386,7 @@ class SqliteStore(MessageOps):
         return await self._run(self._uidvalidity, mailbox_id)
 
     async def highest_modseq(self, mailbox_id: int) -> int:
-        row: Row = await self._run(self._mailbox_row, mailbox_id)
+        row: Row = await self._quick(self._mailbox_row, mailbox_id)
         return int(row[3])
 
     # ---- ingest and retention -------------------------------------------------------------------
