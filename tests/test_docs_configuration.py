@@ -1,4 +1,4 @@
-"""docs/configuration.md documents every setting of the config schema (proxy/config.py), with the
+"""docs/configuration.md documents every setting of the config schema (proxy/config/), with the
 schema's own type and default, and nothing the schema does not have: it cannot drift.
 
 The expected rows are computed from the dataclasses. When this test fails after a config change,
@@ -17,8 +17,8 @@ from proxy import config as config_mod
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 _ROW = re.compile(r"^\| `([^`]+)` \| ([^|]+) \| ([^|]+) \| (.+) \| (.+) \|$")
-_VALIDATOR_TYPES = {"_parse_duration": "duration", "_parse_size": "size",
-                    "_parse_address": "address", "_load_secret": "secret"}
+_VALIDATOR_TYPES = {"parse_duration": "duration", "parse_size": "size",
+                    "parse_address": "address", "load_secret": "secret"}
 
 
 def _validator_type(metadata: tuple[Any, ...]) -> str | None:

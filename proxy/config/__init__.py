@@ -1,0 +1,53 @@
+"""YAML configuration -> frozen dataclasses.
+
+Theory of operation: the YAML text is loaded twice, once into plain Python data and once composed
+into a node tree that gives every key's line number. Pydantic (a well-kept validator; we use it over
+stdlib dataclasses so the rest of the code sees plain frozen dataclasses, not pydantic models)
+checks types and rejects unknown keys, reporting every error at once. Cross-field rules (a route
+naming an unknown upstream, a TLS listener without certificates...) run afterwards on the typed
+result and are collected the same way. Each error carries its YAML path and line.
+
+Secrets (the gateway key, a log-hashing salt, upstream client keys) are never required inline: a
+`Secret` is `{file: PATH}` or `{env: NAME}`, resolved at load time, and its repr hides the value.
+
+One module per section, each with its dataclasses and its cross-field rules (`check_*`):
+values.py (durations, sizes, addresses, secrets, certificates), listeners.py, upstreams.py
+(upstreams, routes, lookups), gateway.py, operations.py (logging, metrics, auth_throttle, admin);
+loader.py holds `Config`, `load()` and `loads()`; messages.py words pydantic's errors. Everything
+public is importable from `proxy.config` itself.
+"""
+
+from .gateway import Gateway, GatewayLimits, StoreLocation
+from .listeners import Listener, ProtocolLimits, Timeouts
+from .loader import Config, ConfigError, load, loads
+from .operations import Admin, AuthThrottle, Logging, Metrics
+from .upstreams import (
+    HttpLookup,
+    HttpLookupEntry,
+    LdapLookup,
+    LdapLookupEntry,
+    LookupCache,
+    LookupEntry,
+    PoolableUpstream,
+    Route,
+    ServicePort,
+    Upstream,
+)
+from .values import (
+    Address,
+    Certificate,
+    Duration,
+    ListenAddress,
+    Secret,
+    SecretValue,
+    Size,
+    TlsMode,
+)
+
+__all__ = [
+    "Address", "Admin", "AuthThrottle", "Certificate", "Config", "ConfigError", "Duration",
+    "Gateway", "GatewayLimits", "HttpLookup", "HttpLookupEntry", "LdapLookup", "LdapLookupEntry",
+    "ListenAddress", "Listener", "Logging", "LookupCache", "LookupEntry", "Metrics",
+    "PoolableUpstream", "ProtocolLimits", "Route", "Secret", "SecretValue", "ServicePort", "Size",
+    "StoreLocation", "Timeouts", "TlsMode", "Upstream", "load", "loads",
+]

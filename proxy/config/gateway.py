@@ -1,0 +1,87 @@
+"""`gateway:`: the POP3->IMAP gateway's store, polling, retention and limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import PlainValidator, StrictBool, StrictInt, StrictStr
+
+from .values import STRICT, Duration, Problem, SecretValue, load_secret, parse_duration
+
+
+def _load_store(value: Any) -> str:
+    """`gateway.store`: a path or URL, or `{file:}`/`{env:}` holding one (a PostgreSQL URL from a
+    Kubernetes Secret)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return load_secret(value).value.decode()
+    raise ValueError("expected a file path, a postgresql:// URL, or {file: PATH} / {env: NAME}")
+
+
+StoreLocation = Annotated[str, PlainValidator(_load_store)]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayLimits:
+    """Bounds on what one message or one command may cost the gateway (issue 14)."""
+
+    __pydantic_config__ = STRICT
+    mime_max_depth: StrictInt = 100       # deeper multipart/message parts are opaque leaves
+    mime_max_parts: StrictInt = 10000     # past this many parts, boundaries are not recognised
+    command_budget: Duration = 60.0       # a command running longer answers NO [LIMIT]
+    sequence_set_ranges: StrictInt = 100000   # distinct ranges in one sequence set, else BAD
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    __pydantic_config__ = STRICT
+    store: StoreLocation = "mailproxy-gateway.db"  # SQLite file, or postgresql://user@host/db?...
+    store_password: SecretValue | None = None  # PostgreSQL password ({file:}/{env:}), not in the URL
+    store_pool_size: StrictInt = 10            # PostgreSQL connections per process
+    poll_interval: Duration = 60.0
+    upstream_retention: StrictStr = "keep"  # keep | delete-after-fetch | a duration such as 30d
+    key_file: Path | None = None
+    background_poll: StrictBool = False
+    auth_cache_ttl: Duration = 300.0
+    change_log_keep: StrictInt = 10000    # MODSEQs of change history kept per mailbox (QRESYNC)
+    user_case: Literal["lower", "domain", "preserve"] = "lower"   # proxy/gateway/users.py
+    limits: GatewayLimits = field(default_factory=GatewayLimits)
+
+    @property
+    def retention_seconds(self) -> float | None:
+        """None for `keep`, 0 for `delete-after-fetch`, else the delay before DELE."""
+        if self.upstream_retention == "keep":
+            return None
+        if self.upstream_retention == "delete-after-fetch":
+            return 0.0
+        return parse_duration(self.upstream_retention)
+
+
+def check_gateway(gateway: Gateway | None) -> list[Problem]:
+    errors: list[Problem] = []
+    if gateway is None:
+        return errors
+    if gateway.background_poll and gateway.key_file is None:
+        errors.append((("gateway", "background_poll"),
+                       "background_poll needs gateway.key_file (credentials are stored only "
+                       "encrypted); set key_file (mailproxy gen-key writes one) or remove "
+                       "background_poll"))
+    try:
+        _ = gateway.retention_seconds
+    except ValueError:
+        errors.append((("gateway", "upstream_retention"),
+                       "expected keep, delete-after-fetch or a duration such as 30d"))
+    limits = gateway.limits
+    if not 1 <= limits.mime_max_depth <= 200:   # the part tree is walked recursively
+        errors.append((("gateway", "limits", "mime_max_depth"), "expected 1 to 200"))
+    if limits.mime_max_parts < 1:
+        errors.append((("gateway", "limits", "mime_max_parts"), "expected at least 1"))
+    if not 1 <= gateway.store_pool_size <= 1000:
+        errors.append((("gateway", "store_pool_size"), "expected 1 to 1000 connections"))
+    if gateway.store_password is not None and "://" not in gateway.store:
+        errors.append((("gateway", "store_password"),
+                       "only a postgresql:// store takes a password"))
+    return errors

@@ -1,0 +1,197 @@
+"""`upstreams:`, `routes:` and `lookups:`: where each user's mail lives and how to reach it, and
+the rules that tie them together (every route and lookup names a known upstream speaking the
+listeners' protocols)."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+
+from pydantic import BeforeValidator, Discriminator, StrictBool, StrictInt, StrictStr, Tag
+
+from .values import STRICT, Certificate, Duration, Problem, SecretValue, TlsMode
+
+if TYPE_CHECKING:
+    from .loader import Config
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    __pydantic_config__ = STRICT
+    port: StrictInt
+    tls: TlsMode = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One upstream server, or a pool of equivalent ones (`hosts:`; `host` is then the first)."""
+
+    __pydantic_config__ = STRICT
+    host: StrictStr
+    hosts: tuple[StrictStr, ...] = ()   # a pool: each user sticks to one (proxy/routing/pool.py)
+    imap: ServicePort | None = None
+    pop3: ServicePort | None = None
+    verify: StrictBool = True
+    ca_file: Path | None = None
+    server_name: StrictStr | None = None
+    client_cert: Certificate | None = None
+    forward_client_ip: StrictBool = False
+    health_check_interval: Duration = 30.0
+
+    @property
+    def pool(self) -> tuple[str, ...]:
+        """The hosts of this upstream: `hosts`, or the single `host`."""
+        return self.hosts or (self.host,)
+
+
+def _upstream_hosts(value: Any) -> Any:
+    """`hosts: [a, b]` alone makes a pool; `host` is then its first member."""
+    if isinstance(value, dict) and "hosts" in value:
+        if "host" in value:
+            raise ValueError("give host (one server) or hosts (a pool), not both")
+        hosts = value["hosts"]
+        if not isinstance(hosts, list) or not hosts:
+            raise ValueError("hosts is a non-empty list of host names or addresses")
+        return {**value, "host": hosts[0]}
+    return value
+
+
+PoolableUpstream = Annotated[Upstream, BeforeValidator(_upstream_hosts)]
+
+
+@dataclass(frozen=True, slots=True)
+class LookupCache:
+    """A lookup's answers kept in memory: `ttl` for a route, `negative_ttl` for a refusal
+    (0 disables either); at most `max_entries` of each, least recently used evicted first."""
+
+    __pydantic_config__ = STRICT
+    ttl: Duration = 60.0
+    negative_ttl: Duration = 10.0
+    max_entries: StrictInt = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLookup:
+    """nginx's `auth_http` protocol (proxy/routing/http_lookup.py)."""
+
+    __pydantic_config__ = STRICT
+    url: StrictStr
+    name: StrictStr = "http"                 # in logs and metrics
+    timeout: Duration = 5.0                  # nginx: auth_http_timeout
+    headers: dict[StrictStr, StrictStr] = field(default_factory=dict)  # nginx: auth_http_header
+    secret_headers: dict[StrictStr, SecretValue] = field(default_factory=dict)
+    upstream: StrictStr | None = None        # TLS and other settings for the hosts it names
+    cache: LookupCache = field(default_factory=LookupCache)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLookupEntry:
+    __pydantic_config__ = STRICT
+    http: HttpLookup
+    kind: ClassVar[str] = "http"
+
+    @property
+    def lookup(self) -> HttpLookup:
+        return self.http
+
+
+@dataclass(frozen=True, slots=True)
+class LdapLookup:
+    """A directory entry per user, found by `filter` under `base` (proxy/routing/ldap_lookup.py).
+    The entry's `host_attribute` names a configured upstream, a `host:port`, or a host whose
+    port is `port_attribute` or the `upstream:` settings' port for the protocol."""
+
+    __pydantic_config__ = STRICT
+    url: StrictStr                           # ldap://host:389 or ldaps://host:636
+    base: StrictStr
+    filter: StrictStr = "(mail={user})"      # {user}: the login name, RFC 4515 escaped
+    name: StrictStr = "ldap"
+    bind_dn: StrictStr | None = None         # anonymous when absent
+    bind_password: SecretValue | None = None
+    host_attribute: StrictStr = "mailHost"
+    port_attribute: StrictStr | None = None
+    user_attribute: StrictStr | None = None  # the login name upstream (rewriting)
+    timeout: Duration = 5.0
+    max_concurrent: StrictInt = 4            # searches under way at once (threads)
+    upstream: StrictStr | None = None
+    cache: LookupCache = field(default_factory=LookupCache)
+
+
+@dataclass(frozen=True, slots=True)
+class LdapLookupEntry:
+    __pydantic_config__ = STRICT
+    ldap: LdapLookup
+    kind: ClassVar[str] = "ldap"
+
+    @property
+    def lookup(self) -> LdapLookup:
+        return self.ldap
+
+
+def _lookup_kind(value: Any) -> str | None:
+    if isinstance(value, dict) and len(value) == 1:
+        return next(iter(value))
+    return getattr(value, "kind", None)  # an already validated entry
+
+
+LookupEntry = Annotated[
+    Annotated[HttpLookupEntry, Tag("http")] | Annotated[LdapLookupEntry, Tag("ldap")],
+    Discriminator(_lookup_kind, custom_error_type="lookup_kind",
+                  custom_error_message="a lookup is {http: {...}} or {ldap: {...}}"),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    __pydantic_config__ = STRICT
+    match: StrictStr
+    upstream: StrictStr
+
+    def matches(self, user: str) -> bool:
+        return user == self.match or fnmatch.fnmatchcase(user.lower(), self.match.lower())
+
+
+def check_routing(config: Config) -> list[Problem]:
+    """Routes and lookups name known upstreams that speak what the listeners need."""
+    errors: list[Problem] = []
+    if not config.routes and not config.lookups:
+        errors.append((("routes",), "at least one route (or a lookup) is needed"))
+    lookup_names: set[str] = set()
+    for i, entry in enumerate(config.lookups):
+        lookup = entry.lookup
+        at = ("lookups", i, entry.kind)
+        if lookup.name in lookup_names or lookup.name in config.upstreams:
+            errors.append((at + ("name",), f"lookup name {lookup.name!r} is already used "
+                                              "by a lookup or an upstream"))
+        lookup_names.add(lookup.name)
+        if lookup.upstream is not None and lookup.upstream not in config.upstreams:
+            errors.append((at + ("upstream",), f"unknown upstream {lookup.upstream!r}"))
+        if lookup.cache.max_entries < 0:
+            errors.append((at + ("cache", "max_entries"), "must be 0 or more"))
+        if isinstance(lookup, LdapLookup):
+            if "{user}" not in lookup.filter:
+                errors.append((at + ("filter",), "the filter needs {user}"))
+            if lookup.max_concurrent < 1:
+                errors.append((at + ("max_concurrent",), "must be 1 or more"))
+            if (lookup.bind_dn is None) != (lookup.bind_password is None):
+                errors.append((at + ("bind_dn",), "bind_dn and bind_password go together"))
+    for i, route in enumerate(config.routes):
+        if route.upstream not in config.upstreams:
+            errors.append((("routes", i, "upstream"), f"unknown upstream {route.upstream!r}"))
+    for name, up in config.upstreams.items():
+        if up.imap is None and up.pop3 is None:
+            errors.append((("upstreams", name), "an upstream needs an imap: or pop3: section"))
+    # an IMAP relay listener needs the routes' upstreams to speak IMAP; POP3 relays and the
+    # gateway (which reads mailboxes over POP3) need POP3
+    needed = {"imap" if lst.mode == "relay" and lst.protocol == "imap" else "pop3"
+              for lst in config.listeners}
+    for j, route in enumerate(config.routes):
+        target = config.upstreams.get(route.upstream)
+        for service in sorted(needed):
+            if target is not None and getattr(target, service) is None:
+                errors.append((("routes", j, "upstream"),
+                               f"upstream {route.upstream!r} needs a {service}: section for "
+                               f"the {service} listeners"))
+    return errors
