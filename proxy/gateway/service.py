@@ -20,10 +20,12 @@ lock, `AccountLocks`). After a sync that stored new mail, it publishes the new I
 account's hub, so IDLE sessions see it at once. The password is kept in memory only while sessions are open.
 
 Several processes on one PostgreSQL store: the store's change feed (`follow_changes`, LISTEN/
-NOTIFY + the change log) hands every change another process made to `external_changes`, which
+NOTIFY + the change log) hands every change another process made to `changed`, which
 publishes it on the account's hub like a local one (new messages as the index's fresh tail,
-flags re-read, expunges as UIDs). That is the whole interface between the hub and the other
-replicas.
+flags re-read, expunges as UIDs); `gone` disconnects the sessions of a mailbox deleted or
+renamed elsewhere; `hold` and `pinned` keep the bodies of expunged messages that sessions still
+show (RFC 2180 4.1.1) from being collected by any replica. That is the whole interface between
+the hub and the other replicas.
 """
 
 from __future__ import annotations
@@ -160,11 +162,10 @@ class GatewayService:
             backend = self._backends[account.id] = Backend(self.store, hub, self.mime, self.metrics)
         return backend
 
-    async def external_changes(self, account_id: int, mailbox_id: int,
-                               changes: list[Change]) -> None:
-        """Changes another process made (the store's change feed, PostgreSQL): publish them on
-        the account's hub as if made here. Nothing to do when no session of the account is
-        open in this process."""
+    # ---- the store's change feed (PostgreSQL: other replicas; proxy/store/_pg_notify.Feed) ----
+    async def changed(self, account_id: int, mailbox_id: int, changes: list[Change]) -> None:
+        """Changes another process made: publish them on the account's hub as if made here.
+        Nothing to do when no session of the account is open in this process."""
         backend = self._backends.get(account_id)
         if backend is None:
             return
@@ -183,6 +184,23 @@ class GatewayService:
         except StoreError as exc:   # the next change (or the sessions' own commands) catches up
             logs.event("gateway_external_change_failed", logging.WARNING,
                        error=logs.sanitize(str(exc)))
+
+    def hold(self, account_id: int, mailbox_id: int, uids: list[int]) -> None:
+        """Expunges made here, read back from the log: views pin what they still show."""
+        backend = self._backends.get(account_id)
+        if backend is not None:
+            backend.hub.hold(mailbox_id, uids)
+
+    def gone(self, account_id: int, mailbox_id: int) -> None:
+        """A mailbox deleted or renamed by another process: its sessions are disconnected."""
+        backend = self._backends.get(account_id)
+        if backend is not None:
+            backend.index.forget(mailbox_id)
+            backend.hub.gone(mailbox_id)
+
+    def pinned(self) -> set[int]:
+        """Bodies of expunged messages that sessions of this process still show."""
+        return set().union(*(backend.hub.pinned() for backend in self._backends.values()))
 
     def fetcher(self, upstream: str, user: str) -> AccountFetcher:
         key = (upstream, user)
@@ -319,8 +337,8 @@ async def open_gateway(config: Config, metrics: Metrics) -> AsyncIterator[Gatewa
             try:
                 service = GatewayService(config, metrics, store, nursery)
                 follow = getattr(store, "follow_changes", None)   # PostgreSQL: other replicas
-                if follow is not None:
-                    nursery.start_soon(follow, service.external_changes)
+                if follow is not None:   # registered as a replica before serving (_pg_bodies)
+                    await nursery.start(follow, service)
                 if config.gateway.background_poll:
                     nursery.start_soon(service.poll_in_background)
                 yield service

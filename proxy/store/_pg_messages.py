@@ -16,11 +16,10 @@ announced with `pg_notify(CHANNEL, "origin:account:mailbox:modseq")`, which Post
 listeners of every replica when (and only if) the transaction commits (`_pg_notify.py`).
 
 Bodies are shared by copies. An expunge leaves the body in place (a session not yet told may
-still read it, RFC 2180 4.1.1); `collect_bodies` deletes the ones no message refers to, when the
-gateway says no session of its process shows them. A session on ANOTHER replica is not known
-here: it can lose a body it has not been told is expunged (it answers NO for that message).
-Bodies and cache blobs are sealed with associated data naming their account and body id, which
-is why body ids are drawn from the sequence before the row is written.
+still read it, RFC 2180 4.1.1) and records it as a possible orphan in the same transaction;
+when it may be deleted, with sessions on several replicas, is `_pg_bodies.py`. Bodies and
+cache blobs are sealed with associated data naming their account and body id, which is why
+body ids are drawn from the sequence before the row is written.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from typing import Any, Awaitable, Callable, Sequence
 import psycopg
 
 from . import crypto
+from ._pg_bodies import note_orphans, sweep
 from ._sqlite_messages import from_date
 from .base import (
     Change,
@@ -46,9 +46,10 @@ from .base import (
 )
 from .crypto import KeyRing
 
-__all__ = ["PgMessageOps", "CHANNEL", "MESSAGE_COLUMNS"]
+__all__ = ["PgMessageOps", "CHANNEL", "GONE", "MESSAGE_COLUMNS"]
 
 CHANNEL = "mailproxy_changes"
+GONE = "gone"      # in place of the MODSEQ in a notification: the mailbox was deleted or renamed
 MESSAGE_COLUMNS = "id, mailbox_id, uid, internaldate, tz_minutes, flags, modseq, body_id, pop3_uidl"
 _META_SELECT = ("SELECT m.id, m.mailbox_id, m.uid, m.internaldate, m.tz_minutes, m.flags, "
                 "m.modseq, m.body_id, m.pop3_uidl, b.size FROM messages m "
@@ -141,11 +142,12 @@ class PgMessageOps:
         return c.execute(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = %s "
                          "AND uid = ANY(%s) ORDER BY uid", (mailbox_id, sorted(set(uids)))).fetchall()
 
-    @staticmethod
-    def _collect_bodies(c: Conn, body_ids: set[int]) -> None:
-        if body_ids:
-            c.execute("DELETE FROM bodies b WHERE b.id = ANY(%s) AND NOT EXISTS "
-                      "(SELECT 1 FROM messages m WHERE m.body_id = b.id)", (sorted(body_ids),))
+    def _notify_gone(self, c: Conn, account_id: int, mailbox_ids: Sequence[int]) -> None:
+        """Tell the other replicas that these mailboxes were deleted or renamed (their sessions
+        with one selected are disconnected, `_pg_notify.py`)."""
+        for mailbox_id in mailbox_ids:
+            c.execute("SELECT pg_notify(%s, %s)",
+                      (CHANNEL, f"{self.origin}:{account_id}:{mailbox_id}:{GONE}"))
 
     def _copy_rows(self, c: Conn, rows: list[tuple[Any, ...]], dst_mailbox_id: int,
                    dst_account: int) -> list[tuple[int, int]]:
@@ -164,8 +166,9 @@ class PgMessageOps:
                       rows: list[tuple[Any, ...]]) -> None:
         if rows:
             modseq = self._bump(c, mailbox_id)
-            # bodies stay until collect_bodies: sessions not yet told may read them (RFC 2180 4.1.1)
+            # bodies stay: sessions not yet told may read them (RFC 2180 4.1.1, _pg_bodies.py)
             c.execute("DELETE FROM messages WHERE id = ANY(%s)", ([row[0] for row in rows],))
+            note_orphans(c, [row[7] for row in rows])
             self._log(c, account_id, mailbox_id, modseq, ChangeKind.EXPUNGE, [row[2] for row in rows])
 
     # ---- messages -------------------------------------------------------------------------------
@@ -332,9 +335,10 @@ class PgMessageOps:
         return list(await self._run(self._expunge, mailbox_id, list(uids), only_deleted))
 
     async def collect_bodies(self, body_ids: Sequence[int]) -> None:
-        """Delete those of the bodies that no message refers to any more."""
+        """Delete those of the bodies (no session of this process shows them) that no message
+        refers to any more and that no other live replica may still show (`_pg_bodies.py`)."""
         if body_ids:
-            await self._run(self._collect_bodies, set(body_ids))
+            await self._run(lambda c: sweep(c, only=list(body_ids), exclude=self.origin))
 
     @staticmethod
     def _recent_floor(c: Conn, mailbox_id: int, claim_upto: int | None) -> int:

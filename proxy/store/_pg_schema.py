@@ -117,7 +117,27 @@ def _v2_subscriptions(c: Conn) -> None:
     """)
 
 
-MIGRATIONS: list[Callable[[Conn], None]] = [_v1_initial, _v2_subscriptions]
+def _v3_body_collection(c: Conn) -> None:
+    """Bodies of expunged messages collected across replicas (`_pg_bodies.py`)."""
+    c.execute("""
+        CREATE TABLE replicas(
+            origin TEXT PRIMARY KEY,
+            seen_at TIMESTAMPTZ NOT NULL,      -- lease, renewed by every ack
+            horizon BIGINT NOT NULL);          -- xids below it: finished and delivered there
+        CREATE TABLE pins(
+            origin TEXT NOT NULL REFERENCES replicas(origin) ON DELETE CASCADE,
+            body_id BIGINT NOT NULL,
+            PRIMARY KEY(origin, body_id));
+        CREATE TABLE orphans(
+            body_id BIGINT PRIMARY KEY,
+            xid BIGINT NOT NULL);              -- the transaction that removed its last message
+        CREATE INDEX orphans_xid ON orphans(xid);
+        INSERT INTO orphans(body_id, xid) SELECT b.id, 0 FROM bodies b
+            WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.body_id = b.id);
+    """)
+
+
+MIGRATIONS: list[Callable[[Conn], None]] = [_v1_initial, _v2_subscriptions, _v3_body_collection]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

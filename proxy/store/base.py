@@ -17,7 +17,8 @@ retention bookkeeping (when each UIDL was fetched, whether it was deleted upstre
 Expunged bodies (issue 13). `expunge()` and `move()` remove message rows (and log them) but leave a
 body that no message refers to any more in place: a session that has not yet been sent the EXPUNGE
 may still read it (RFC 2180 4.1.1). The gateway calls `collect_bodies(ids)` once no session shows
-those messages; a store may also sweep such orphans when it opens (no process can pin them then).
+those messages; SQLite also sweeps such orphans when it opens (no process can pin them then),
+PostgreSQL decides with every live replica (`_pg_bodies.py`).
 
 \\Recent (RFC 3501 2.3.2, issue 13). Each mailbox keeps a *recent floor*: the lowest UID that no
 session has had as \\Recent yet. `recent_floor(id, claim_upto=n)` atomically raises it past `n` and

@@ -138,7 +138,8 @@ def _claim_target(c: psycopg.Connection[Any], source_id: str, force: bool) -> No
             if not force:
                 raise MigrationRefused("the target already holds gateway accounts: migrate into "
                                        "an empty database, or pass --force to empty it first")
-            c.execute("TRUNCATE accounts, mailboxes, subscriptions, bodies, messages, uidls, changes, meta")
+            c.execute("TRUNCATE accounts, mailboxes, subscriptions, bodies, messages, uidls, "
+                      "changes, meta, orphans")
         c.execute("INSERT INTO meta(key, value) VALUES ('migration_source', %s) "
                   "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (source_id.encode(),))
         c.execute("DELETE FROM meta WHERE key = 'migration_done'")
@@ -184,6 +185,9 @@ def _finish(src: sqlite3.Connection, c: psycopg.Connection[Any]) -> None:
         for key, value in src.execute("SELECT key, value FROM meta"):
             c.execute("INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) "
                       "DO UPDATE SET value = excluded.value", (key, value))
+        c.execute("INSERT INTO orphans(body_id, xid) SELECT b.id, 0 FROM bodies b "   # swept
+                  "WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.body_id = b.id) "
+                  "ON CONFLICT (body_id) DO NOTHING")
         c.execute("INSERT INTO meta(key, value) VALUES ('migration_done', 'yes') "
                   "ON CONFLICT (key) DO NOTHING")
 
@@ -194,7 +198,10 @@ def copy_sqlite_to_postgres(path: str, url: str, *, password: str | None = None,
     """Copy (or finish copying) the store at `path` into `url`; returns rows per table.
     Blocking: run it in a thread from async code."""
     src = _source(path)
-    kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S,
+    # autocommit: each `c.transaction()` block is then its own transaction (without it, the
+    # first bare statement opens one that turns every later block into a savepoint, and a
+    # killed run kept nothing)
+    kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, "autocommit": True,
                               "application_name": "mailproxy-migrate"}
     if password is not None:
         kwargs["password"] = password

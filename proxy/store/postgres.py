@@ -37,8 +37,9 @@ import trio
 from psycopg import errors as pg_errors
 
 from . import crypto
+from ._pg_bodies import note_orphans
 from ._pg_messages import MESSAGE_COLUMNS, PgMessageOps
-from ._pg_notify import ChangeFollower, Deliver
+from ._pg_notify import ChangeFollower, Feed
 from ._pg_schema import CONNECT_TIMEOUT_S, SCHEMA_VERSION, one_line, open_pool, redact
 from ._sqlite_messages import from_date
 from .base import (
@@ -84,11 +85,11 @@ class PostgresStore(PgMessageOps):
         self.origin = secrets.token_hex(6)
         self.follower: ChangeFollower | None = None
 
-    async def follow_changes(self, deliver: Deliver,
+    async def follow_changes(self, feed: Feed,
                              task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Deliver the changes other processes make, until cancelled (see `_pg_notify.py`);
-        with `nursery.start`, returns once listening."""
-        self.follower = ChangeFollower(self._url, self._password, self.origin, self._run, deliver)
+        """Hand the changes other processes make to `feed`, until cancelled (`_pg_notify.py`);
+        with `nursery.start`, returns once listening and registered as a replica."""
+        self.follower = ChangeFollower(self._url, self._password, self.origin, self._run, feed)
         await self.follower.run(task_status)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -235,11 +236,11 @@ class PostgresStore(PgMessageOps):
         if _canon(name) == INBOX:
             raise StoreError("INBOX cannot be deleted")
         mailbox_id = self._mailbox_id(c, account_id, name, lock=True)
-        bodies = {r[0] for r in c.execute(
-            "DELETE FROM messages WHERE mailbox_id = %s RETURNING body_id", (mailbox_id,))}
+        note_orphans(c, [r[0] for r in c.execute(
+            "DELETE FROM messages WHERE mailbox_id = %s RETURNING body_id", (mailbox_id,))])
         c.execute("DELETE FROM changes WHERE mailbox_id = %s", (mailbox_id,))
         c.execute("DELETE FROM mailboxes WHERE id = %s", (mailbox_id,))
-        self._collect_bodies(c, bodies)
+        self._notify_gone(c, account_id, [mailbox_id])
 
     async def delete_mailbox(self, account_id: int, name: str) -> None:
         """Delete a mailbox and its messages (not its inferiors). INBOX cannot be deleted."""
@@ -259,11 +260,13 @@ class PostgresStore(PgMessageOps):
             self._rename_inbox(c, account_id, mailbox_id, new)
             return
         prefix = old + HIERARCHY_DELIMITER
-        c.execute("UPDATE mailboxes SET name = CASE WHEN id = %s THEN %s "
-                  "ELSE %s || substr(name, %s) END "
-                  "WHERE account_id = %s AND (id = %s OR left(name, %s) = %s)",
-                  (mailbox_id, new, new + HIERARCHY_DELIMITER, len(prefix) + 1, account_id,
-                   mailbox_id, len(prefix), prefix))
+        renamed = c.execute("UPDATE mailboxes SET name = CASE WHEN id = %s THEN %s "
+                            "ELSE %s || substr(name, %s) END "
+                            "WHERE account_id = %s AND (id = %s OR left(name, %s) = %s) "
+                            "RETURNING id",
+                            (mailbox_id, new, new + HIERARCHY_DELIMITER, len(prefix) + 1,
+                             account_id, mailbox_id, len(prefix), prefix)).fetchall()
+        self._notify_gone(c, account_id, [r[0] for r in renamed])
 
     def _rename_inbox(self, c: Conn, account_id: int, inbox_id: int, new: str) -> None:
         """RFC 3501 6.3.5: move INBOX's messages to a new mailbox; INBOX stays, empty."""
@@ -418,7 +421,8 @@ class PostgresStore(PgMessageOps):
             "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() "
             "AND c.relkind = 'r' AND c.relname = ANY(%s)",
-            (["meta", "accounts", "mailboxes", "bodies", "messages", "uidls", "changes"],)
+            (["meta", "accounts", "mailboxes", "bodies", "messages", "uidls", "changes",
+              "orphans", "replicas", "pins"],)
         ).fetchone())
         return int(row[0])
 

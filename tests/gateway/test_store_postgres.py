@@ -13,7 +13,7 @@ import yaml
 
 from proxy import config as config_mod
 from proxy.gateway.service import open_configured_store
-from proxy.store import FlagMode, IngestItem, StoreError, StoreFailure, open_store
+from proxy.store import FlagMode, IngestItem, StoreError, StoreFailure, _pg_notify, open_store
 from proxy.store.postgres import SCHEMA_VERSION
 from support.dovecot import free_ports
 
@@ -177,21 +177,43 @@ def test_config_refuses_a_password_for_sqlite_and_a_bad_pool_size(tmp_path, monk
 
 
 class Collected:
-    """A `follow_changes` deliver callback that records (mailbox, kind, uid, modseq)."""
+    """A `follow_changes` feed (proxy/store/_pg_notify.Feed) that records (mailbox, kind, uid,
+    modseq) of others' changes, the holds of its own expunges and gone mailboxes; `pins` are
+    the bodies its pretend sessions still show."""
 
     def __init__(self):
         self.items: list[tuple[int, str, int, int]] = []
-        self.changed = trio.Event()
+        self.held: list[tuple[int, int]] = []
+        self.gone_ids: list[int] = []
+        self.pins: set[int] = set()
+        self.event = trio.Event()
 
-    async def __call__(self, account_id: int, mailbox_id: int, changes) -> None:
+    def _wake(self) -> None:
+        self.event.set()
+        self.event = trio.Event()
+
+    async def changed(self, account_id: int, mailbox_id: int, changes) -> None:
         self.items += [(mailbox_id, c.kind.value, c.uid, c.modseq) for c in changes]
-        self.changed.set()
-        self.changed = trio.Event()
+        self._wake()
+
+    def hold(self, account_id: int, mailbox_id: int, uids) -> None:
+        self.held += [(mailbox_id, uid) for uid in uids]
+        self._wake()
+
+    def gone(self, account_id: int, mailbox_id: int) -> None:
+        self.gone_ids.append(mailbox_id)
+        self._wake()
+
+    def pinned(self) -> set[int]:
+        return set(self.pins)
+
+    async def until(self, predicate) -> None:
+        with trio.fail_after(10):
+            while not predicate():
+                await self.event.wait()
 
     async def wait_for(self, count: int) -> None:
-        with trio.fail_after(10):
-            while len(self.items) < count:
-                await self.changed.wait()
+        await self.until(lambda: len(self.items) >= count)
 
 
 async def test_feed_delivers_other_processes_changes_and_catches_up_after_a_gap(pg_dsn, nursery):
@@ -242,3 +264,129 @@ async def test_migration_2_keeps_what_was_subscribed(pg_dsn):
         assert [b.name for b in await s.list_mailboxes(1)] == ["INBOX", "Lists/ietf", "Work"]
     finally:
         await s.close()
+
+
+# ---- bodies of expunged messages across replicas (proxy/store/_pg_bodies.py) -------------------
+
+async def wait_acks(store, count: int = 2) -> None:
+    """Until the store's follower has acked (and swept) `count` more times."""
+    target = store.follower.acked + count
+    with trio.fail_after(20):
+        while store.follower.acked < target:
+            await store.follower.ack_event.wait()
+
+
+def body_exists(url: str, body_id: int) -> bool:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT 1 FROM bodies WHERE id = %s", (body_id,)).fetchone() is not None
+
+
+async def test_a_body_another_replica_still_shows_is_kept_until_it_lets_go(pg_dsn, nursery,
+                                                                          monkeypatch):
+    """RFC 2180 4.1.1 across replicas: `here` has a session showing the message `there`
+    expunges; `there` collecting at once, and both sweeping, keep the body until `here` has
+    delivered the expunge, pinned the body, and then dropped the pin (its session sent the
+    EXPUNGE); then it is swept."""
+    monkeypatch.setattr(_pg_notify, "ACK_INTERVAL_S", 0.05)
+    here, there = await open_many(pg_dsn, 2)
+    account = await there.ensure_account("up", "alice")
+    inbox = await there.get_mailbox(account.id, "INBOX")
+    uid = await there.append(inbox.id, mail(1))
+    [meta] = await there.messages(inbox.id)
+    got = Collected()
+    original = got.changed
+
+    async def session_shows_it(account_id, mailbox_id, changes) -> None:
+        if any(c.kind.value == "expunge" and c.uid == uid for c in changes):
+            got.pins.add(meta.body_id)   # a view still showing the message pins its body
+        await original(account_id, mailbox_id, changes)
+
+    got.changed = session_shows_it
+    with trio.fail_after(10):
+        await nursery.start(here.follow_changes, got)
+    await there.expunge(inbox.id, [uid])
+    await there.collect_bodies([meta.body_id])   # `there`'s own sessions do not show it
+    assert await there.body(meta) == mail(1)
+    await got.until(lambda: got.pins)
+    await wait_acks(here, 3)                      # acked past the expunge, pinned, swept
+    await there.collect_bodies([meta.body_id])
+    assert await here.body(meta) == mail(1)
+    assert body_exists(pg_dsn, meta.body_id)
+    got.pins.clear()                              # `here`'s session sent the EXPUNGE
+    await wait_acks(here, 2)
+    assert not body_exists(pg_dsn, meta.body_id)
+    with pytest.raises(StoreError, match="no longer exists"):
+        await here.body(meta)
+    await here.close()
+    await there.close()
+
+
+async def test_own_expunges_are_held_from_the_log(pg_dsn, nursery, monkeypatch):
+    """The follower hands this process's own EXPUNGEs back as holds (views pin what they still
+    show even if the in-process publication is late), never as changes."""
+    monkeypatch.setattr(_pg_notify, "ACK_INTERVAL_S", 0.05)
+    [here] = await open_many(pg_dsn, 1)
+    account = await here.ensure_account("up", "alice")
+    inbox = await here.get_mailbox(account.id, "INBOX")
+    uid = await here.append(inbox.id, mail(1))
+    got = Collected()
+    with trio.fail_after(10):
+        await nursery.start(here.follow_changes, got)
+    await here.expunge(inbox.id, [uid])
+    await got.until(lambda: got.held)
+    assert got.held == [(inbox.id, uid)]
+    assert got.items == []
+    await here.close()
+
+
+async def test_bodies_left_by_a_dead_process_are_swept(pg_dsn, nursery, monkeypatch):
+    """A process that expunged and died before collecting (or never collects) leaves orphans:
+    a live replica's sweep takes them once every live replica is past them. A replica row
+    whose lease ran out (SIGKILL) no longer holds anything back; a live one that has not acked
+    past the expunge does."""
+    monkeypatch.setattr(_pg_notify, "ACK_INTERVAL_S", 0.05)
+    here, dead = await open_many(pg_dsn, 2)
+    account = await dead.ensure_account("up", "alice")
+    inbox = await dead.get_mailbox(account.id, "INBOX")
+    await dead.append(inbox.id, mail(1))
+    [meta] = await dead.messages(inbox.id)
+    await dead.expunge(inbox.id, [meta.uid])
+    await dead.close()                                  # never collected
+    with psycopg.connect(pg_dsn) as conn:               # a replica that stopped acking
+        conn.execute("INSERT INTO replicas(origin, seen_at, horizon) VALUES ('stuck', now(), 0)")
+        conn.execute("INSERT INTO pins(origin, body_id) VALUES ('stuck', %s)", (meta.body_id,))
+    got = Collected()
+    with trio.fail_after(10):
+        await nursery.start(here.follow_changes, got)
+    await wait_acks(here, 3)
+    assert body_exists(pg_dsn, meta.body_id)            # 'stuck' is live and behind
+    with psycopg.connect(pg_dsn) as conn:               # ... until its lease runs out
+        conn.execute("UPDATE replicas SET seen_at = now() - interval '61 seconds' "
+                     "WHERE origin = 'stuck'")
+    await wait_acks(here, 2)
+    assert not body_exists(pg_dsn, meta.body_id)
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT origin FROM replicas").fetchall() == [(here.origin,)]
+        assert conn.execute("SELECT count(*) FROM pins").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM orphans").fetchone() == (0,)
+    await here.close()
+
+
+async def test_feed_reports_mailboxes_deleted_or_renamed_elsewhere(pg_dsn, nursery):
+    here, there = await open_many(pg_dsn, 2)
+    account = await there.ensure_account("up", "alice")
+    for name in ("Work", "Work/2024", "Old"):
+        await there.create_mailbox(account.id, name)
+    ids = {m.name: m.id for m in await there.list_mailboxes(account.id)}
+    got = Collected()
+    with trio.fail_after(10):
+        await nursery.start(here.follow_changes, got)
+    await here.delete_mailbox(account.id, "Archive")    # own: the process told its sessions
+    await there.rename_mailbox(account.id, "Work", "Job")
+    await got.until(lambda: len(got.gone_ids) == 2)
+    assert sorted(got.gone_ids) == sorted([ids["Work"], ids["Work/2024"]])
+    await there.delete_mailbox(account.id, "Old")
+    await got.until(lambda: len(got.gone_ids) == 3)
+    assert got.gone_ids[2] == ids["Old"]
+    await here.close()
+    await there.close()

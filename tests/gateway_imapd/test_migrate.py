@@ -4,11 +4,19 @@ nothing new; the fetcher brings nothing back). Real gateway, Dovecot, PostgreSQL
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 
+import psycopg
 import trio
+
+from proxy.store import FlagMode, IngestItem, open_store
+from proxy.store.migrate import TABLES
 
 from .conftest import GatewayHandle, message
 from .test_condstore import Raw
@@ -103,3 +111,70 @@ async def test_client_sees_no_change_after_migration(dovecot, tmp_path, nursery,
 
     await trio.to_thread.run_sync(check)
     await moved.stop()
+
+
+def rows(pg_dsn: str, sql: str) -> list:
+    with psycopg.connect(pg_dsn) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def test_migrate_killed_mid_copy_then_run_again_copies_exactly(tmp_path, pg_dsn):
+    """SIGKILL of `gateway migrate` in the middle of a table, then a second run: the target
+    holds exactly the source's rows (each batch is one transaction; the run resumes). The test
+    holds the copy in the middle of the change log by keeping one of its ids in an open
+    transaction of its own (the migration's batch with that id waits for it)."""
+    db = tmp_path / "big.db"
+    source = await open_store(str(db))
+    account = await source.ensure_account("up", "alice")
+    when = dt.datetime(2024, 5, 17, 10, 30, tzinfo=dt.timezone.utc)
+    items = [IngestItem(f"u{n}", message(n), when) for n in range(1500)]
+    for start in range(0, len(items), 500):
+        await source.ingest_many(account.id, items[start:start + 500])
+    inbox = await source.get_mailbox(account.id, "INBOX")
+    for uid in range(1, 1501, 3):     # one change-log row per call: a long log
+        await source.store_flags(inbox.id, [uid], ["\\Seen"], FlagMode.ADD)
+    await source.expunge(inbox.id, list(range(2, 1501, 7)))
+    await source.close()
+    await (await open_store(pg_dsn)).close()     # the schema, so the test can hold a row
+
+    def kill_mid_copy() -> int:
+        holder = psycopg.connect(pg_dsn)
+        holder.execute("INSERT INTO changes(id, account_id, mailbox_id, modseq, kind, uid, "
+                       "origin) VALUES (1200, 0, 0, 0, 'append', 0, 'test')")   # not committed
+        proc = subprocess.Popen([sys.executable, "-m", "proxy", "gateway", "migrate", "--from",
+                                 str(db), "--to", pg_dsn], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while rows(pg_dsn, "SELECT count(*) FROM changes") != [(1000,)]:   # bounded poll
+                assert time.monotonic() < deadline and proc.poll() is None, rows(
+                    pg_dsn, "SELECT (SELECT count(*) FROM changes), (SELECT count(*) FROM bodies)")
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait(10)
+            holder.rollback()
+            holder.close()
+        return len(rows(pg_dsn, "SELECT id FROM changes"))
+
+    assert await trio.to_thread.run_sync(kill_mid_copy) == 1000
+    assert rows(pg_dsn, "SELECT 1 FROM meta WHERE key = 'migration_done'") == []
+    done = await trio.to_thread.run_sync(migrate, db, pg_dsn)
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(db) as lite:
+        counts = {t.name: lite.execute(f"SELECT count(*) FROM {t.name}").fetchone()[0]
+                  for t in TABLES}
+        assert done.stdout.endswith(", ".join(f"{n} {t}" for t, n in counts.items()) + "\n")
+        assert counts["changes"] > 1500
+        for table, columns in (("accounts", "id, upstream, last_uidvalidity"),
+                               ("mailboxes", "id, name, uidvalidity, uidnext, highest_modseq"),
+                               ("bodies", "id, account_id, size, data"),
+                               ("messages", "id, mailbox_id, uid, flags, modseq, body_id, "
+                                            "pop3_uidl"),
+                               ("uidls", "account_id, uidl, fetched_at"),
+                               ("changes", "id, mailbox_id, modseq, kind, uid")):
+            want = lite.execute(f"SELECT {columns} FROM {table} ORDER BY 1, 2").fetchall()
+            got = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+                   for row in rows(pg_dsn, f"SELECT {columns} FROM {table} ORDER BY 1, 2")]
+            assert got == want, table
+    assert rows(pg_dsn, "SELECT value FROM meta WHERE key = 'migration_done'") == [(b"yes",)]

@@ -5,6 +5,9 @@ the other (the store's LISTEN/NOTIFY change feed, proxy/store/_pg_notify.py)."""
 from __future__ import annotations
 
 import re
+import time
+
+import psycopg
 
 from .conftest import message
 from .test_condstore import Raw
@@ -84,3 +87,82 @@ def test_changes_through_one_replica_reach_idle_sessions_on_the_other(proxy_fact
                         b"* 3 FETCH (UID 4 FLAGS ())"]
     on_a.close()
     on_b.close()
+
+
+def poll(what: str, predicate, timeout: float = 20.0):
+    """`predicate()` until it returns something true (a bounded poll of the database)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def query(dsn: str, sql: str, *args) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def both_acked_past_now(dsn: str) -> None:
+    """Until both replicas have acked (and swept) after this moment (_pg_bodies.py)."""
+    [(now,)] = query(dsn, "SELECT pg_current_xact_id()::text::bigint")
+    poll("both replicas' acks", lambda: [n for (n,) in query(
+        dsn, "SELECT count(*) FROM replicas WHERE horizon > %s", now)] == [2])
+
+
+def test_message_expunged_on_one_replica_stays_readable_on_the_other_until_told(
+        proxy_factory, dovecot, pg_dsn):
+    """RFC 2180 4.1.1 across processes: B's session keeps reading a message A expunged (and
+    A's session stopped showing) until B's session has been sent the EXPUNGE; then the body
+    is collected."""
+    name, password = dovecot.add_user()
+    for n in range(2):
+        dovecot.deliver(name, message(n))
+    a = proxy_factory(gateway_config(dovecot, pg_dsn))
+    b = proxy_factory(gateway_config(dovecot, pg_dsn))
+    on_a = Raw(a.port("gw"), name, password)
+    on_b = Raw(b.port("gw"), name, password)
+    assert b"* 2 EXISTS" in on_a.cmd("SELECT INBOX")[0]
+    assert b"* 2 EXISTS" in on_b.cmd("SELECT INBOX")[0]
+    assert on_a.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")[1].split()[1] == b"OK"
+    assert on_a.cmd("EXPUNGE")[0] == [b"* 1 EXPUNGE"]
+    [(body_id,)] = poll("the orphan", lambda: query(pg_dsn, "SELECT body_id FROM orphans"))
+    poll("B's pin", lambda: query(pg_dsn, "SELECT 1 FROM pins WHERE body_id = %s", body_id))
+    on_a.cmd("NOOP")                      # A collects after each command
+    both_acked_past_now(pg_dsn)           # ... and both swept, twice
+    both_acked_past_now(pg_dsn)
+    lines, done = on_b.cmd("FETCH 1 (BODY.PEEK[TEXT])")   # no EXPUNGE during FETCH (7.4.1)
+    assert done.split()[1] == b"OK"
+    assert lines[1:] == [b"body of message 0", b")", b"* 1 FETCH (UID 1 FLAGS (\\Deleted))"]
+    assert on_b.cmd("NOOP")[0] == [b"* 1 EXPUNGE"]
+    poll("the body collected", lambda: not query(
+        pg_dsn, "SELECT 1 FROM bodies WHERE id = %s", body_id))
+    assert query(pg_dsn, "SELECT count(*) FROM orphans") == [(0,)]
+    on_a.close()
+    on_b.close()
+
+
+def test_mailbox_deleted_or_renamed_on_one_replica_disconnects_sessions_on_the_other(
+        proxy_factory, dovecot, pg_dsn):
+    """As Dovecot (2.3.19, checked): a session whose selected mailbox another session deletes
+    or renames gets `* BYE IMAP session state is inconsistent, please relogin.` (at once when
+    IDLE), here across processes."""
+    name, password = dovecot.add_user()
+    a = proxy_factory(gateway_config(dovecot, pg_dsn))
+    b = proxy_factory(gateway_config(dovecot, pg_dsn))
+    on_a = Raw(a.port("gw"), name, password)
+    for box in ("Work", "Old"):
+        assert on_a.cmd(f"CREATE {box}")[1].split()[1] == b"OK"
+    bye = b"* BYE IMAP session state is inconsistent, please relogin."
+    for command in ("DELETE Work", "RENAME Old New"):
+        on_b = Raw(b.port("gw"), name, password)
+        assert on_b.cmd(f"SELECT {command.split()[1]}")[1].split()[1] == b"OK"
+        idle = Idle(on_b)
+        assert on_a.cmd(command)[1].split()[1] == b"OK"
+        assert idle.until(rb"^\* BYE") == bye
+        assert on_b.file.readline() == b""      # then closed
+        on_b.sock.close()
+    on_a.close()

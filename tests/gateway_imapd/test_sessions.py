@@ -126,3 +126,34 @@ async def test_three_sessions_converge(gateway):
 def _no_recent(flags: dict) -> dict:
     """\\Recent is per session (only the first SELECT gets it); compare the rest."""
     return {uid: set(f) - {b"\\Recent"} for uid, f in flags.items()}
+
+
+async def test_selected_mailbox_deleted_or_renamed_by_another_session(gateway):
+    """As Dovecot 2.3.19 (checked against it): a session whose selected mailbox another session
+    deletes or renames gets `* BYE IMAP session state is inconsistent, please relogin.` at its
+    next command, instead of a tagged reply. The renaming session keeps its own selection."""
+    import imaplib
+
+    def clients():
+        a = gateway.imaplib()
+        for box in ("Work", "Old", "Old/Sub"):
+            assert a.create(box)[0] == "OK"
+        a.append("Old/Sub", None, None, message(1))
+        for selected, command in (("Work", lambda: a.delete("Work")),
+                                  ("Old/Sub", lambda: a.rename("Old", "New"))):   # a parent
+            b = gateway.imaplib()
+            assert b.select(selected)[0] == "OK"
+            assert command()[0] == "OK"
+            try:
+                b.noop()
+                raise AssertionError("no BYE")
+            except imaplib.IMAP4.abort:
+                assert b.untagged_responses["BYE"] == [
+                    b"IMAP session state is inconsistent, please relogin."]
+        assert a.select("New/Sub")[0] == "OK"
+        assert a.rename("New/Sub", "Mine")[0] == "OK"
+        assert a.noop()[0] == "OK"                  # its own rename: still selected
+        typ, data = a.fetch("1", "(BODY.PEEK[TEXT])")
+        assert typ == "OK" and data[0][1] == b"body of message 1\r\n"
+        a.logout()
+    await run(clients)

@@ -35,3 +35,20 @@ async def test_stress_dovecot_reference(dovecot):
 
 async def test_stress_gateway(gateway):
     await _stress(Target("127.0.0.1", gateway.port, gateway.user, gateway.password))
+
+
+def test_stress_two_gateway_processes_on_one_postgresql(proxy_factory, dovecot, pg_dsn):
+    """Issue 15: the tester's sessions spread over two real `mailproxy serve` processes on one
+    PostgreSQL database: every checkpoint agrees (once the change feed has caught up) and no
+    command breaks the model, RFC 2180 4.1.1 included (no NIL for bodies expunged elsewhere)."""
+    from .test_replicas import gateway_config
+
+    user, password = dovecot.add_user()
+    a = proxy_factory(gateway_config(dovecot, pg_dsn))
+    b = proxy_factory(gateway_config(dovecot, pg_dsn))
+    result = run_stress(Target("127.0.0.1", a.port("gw"), user, password), sessions=SESSIONS,
+                        seconds=SECONDS, seed=SEED,
+                        others=(Target("127.0.0.1", b.port("gw"), user, password),))
+    print(result.report())
+    assert not result.errors, result.report()
+    assert result.checkpoints == max(1, round(SECONDS / 2.5)), result.report()

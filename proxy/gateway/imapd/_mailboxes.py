@@ -149,8 +149,13 @@ async def rename(session, cmd):
     if new == INBOX or await store.get_mailbox(account, new) is not None:
         raise Reply.no("Target mailbox already exists.", b"ALREADYEXISTS")
     before = await store.highest_modseq(box.id) if old == INBOX else 0
+    renamed = [m.id for m in await store.list_mailboxes(account)
+               if m.id == box.id or m.name.startswith(box.name + SEP)] if old != INBOX else []
     await _create_parents(session, new)
     await store.rename_mailbox(account, old, new)
+    view = session.view
+    for mailbox_id in renamed:   # as Dovecot: other sessions that have one selected get BYE
+        session.backend.hub.gone(mailbox_id, origin=view)
     if old == INBOX:   # 6.3.5: INBOX's messages moved to the new name, INBOX stays (empty)
         # What the rename moved, from the change log: a message ingested while it ran is
         # included (a list read before the rename would miss it: sessions would keep it forever)

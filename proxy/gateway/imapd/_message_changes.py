@@ -87,6 +87,9 @@ async def copy(session, cmd, move: bool = False):
         return None
     operation = session.store.move if move else session.store.copy
     pairs = await operation(view.mailbox_id, uids, target.id)
+    moved = [a for a, _ in pairs]
+    if move:   # at once, before any other await: other views pin what they show (RFC 2180 4.1.1)
+        session.backend.hub.expunged(view.mailbox_id, moved, origin=view)
     if pairs:
         await publish_appended(session, target.id)
     code = (b"COPYUID %d %s %s" % (target.uidvalidity, uid_list([a for a, _ in pairs]),
@@ -95,10 +98,8 @@ async def copy(session, cmd, move: bool = False):
         return code, "COPY completed."
     if code:   # RFC 6851 4.3: COPYUID goes in an untagged OK before the EXPUNGEs
         session.emit(b"OK [" + code + b"] Moved UIDs.")
-    moved = [a for a, _ in pairs]
     for line in view.expunge_lines(moved):   # EXPUNGE, or VANISHED with QRESYNC (RFC 7162 3.2.10)
         session.emit(line)
-    session.backend.hub.expunged(view.mailbox_id, moved, origin=view)
     return None
 
 

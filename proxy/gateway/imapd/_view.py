@@ -48,6 +48,8 @@ class SelectedView:
         self.expunged: set[int] = set()        # gone from the store, not yet announced
         self.loaded_modseq = 0                 # MODSEQ of the snapshot the view started from
         self.pinned: dict[int, int] = {}       # uid -> body id this view keeps readable
+        self.loaded = False                    # `load` done: `meta` is the snapshot
+        self.early_holds: set[int] = set()     # expunged UIDs heard of before `load`
         self.keywords: set[str] = set()        # announced with FLAGS (RFC 3501 7.2.6)
         self.gone = False
         self.wakeup = trio.Event()
@@ -58,25 +60,33 @@ class SelectedView:
 
     # ---- hub side ---------------------------------------------------------------------------
     def notify(self, event: MailboxEvent) -> None:
-        if event.kind is EventKind.EXPUNGE and self.hub is not None:
-            for uid in event.uids:   # still shown here: keep its body (RFC 2180 4.1.1)
-                meta = self.meta.get(uid)
-                if meta is not None and uid not in self.pinned:
-                    self.pinned[uid] = meta.body_id
-                    self.hub.pin(meta.body_id)
+        if event.kind is EventKind.EXPUNGE:
+            self.hold(event.uids)
         self.pending.append(event)
         self.wakeup.set()
 
+    def hold(self, uids: tuple[int, ...]) -> None:
+        """These UIDs are expunged: keep the bodies of those still shown (RFC 2180 4.1.1) until
+        `remove` or `close`. Before `load`, remembered and applied to the snapshot."""
+        if not self.loaded:
+            self.early_holds.update(uids)
+            return
+        for uid in uids:
+            meta = self.meta.get(uid)
+            if meta is not None and uid not in self.pinned and self.hub is not None:
+                self.pinned[uid] = meta.body_id
+                self.hub.pin(meta.body_id)
+
     def load(self, snapshot: Snapshot) -> None:
-        """The snapshot taken after subscribing; expunges already pending for it pin their bodies.
+        """The snapshot taken after subscribing; expunges already known pin their bodies.
         The view's own copies of the snapshot's UID list and map are C-level copies (SELECT of a
         large mailbox stays cheap)."""
         self.loaded_modseq = snapshot.modseq
         self.uids = list(snapshot.uids)
         self.meta = dict(snapshot.by_uid)
-        for event in [e for e in self.pending if e.kind is EventKind.EXPUNGE]:
-            self.pending.remove(event)
-            self.notify(event)
+        self.loaded = True
+        self.hold(tuple(self.early_holds))
+        self.early_holds.clear()
 
     def close(self) -> None:
         """The session leaves the mailbox: nothing it showed needs keeping any more."""

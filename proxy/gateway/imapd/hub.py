@@ -27,8 +27,9 @@ Expunged bodies (RFC 2180 4.1.1): a session that still shows a message another s
 *pins* its body (`pin`, from `SelectedView.notify`) until it has sent the EXPUNGE (`release`).
 Bodies nobody pins are `garbage`, deleted by the next `collect()` (after a command).
 
-Everything runs in the trio thread of the process; there are no locks. A hub is in-process:
-a second replica of the gateway would need the store's own notification (PostgreSQL NOTIFY).
+Everything runs in the trio thread of the process; there are no locks. A hub is in-process;
+other replicas' changes arrive through the store's change feed (GatewayService.changed, PostgreSQL
+LISTEN/NOTIFY), which also shares `pinned()` with them (proxy/store/_pg_bodies.py).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ PRUNE_EVERY = 1000   # published changes to a mailbox between two prunes of its 
 
 class Listener(Protocol):
     def notify(self, event: MailboxEvent) -> None: ...
+    def hold(self, uids: tuple[int, ...]) -> None: ...
 
 
 class Hub:
@@ -112,6 +114,17 @@ class Hub:
         if self._pins[body_id] <= 0:
             del self._pins[body_id]
             self.garbage.add(body_id)
+
+    def pinned(self) -> set[int]:
+        return set(self._pins)
+
+    def hold(self, mailbox_id: int, uids) -> None:
+        """Expunged UIDs (this process's own, read back from the store's log by the change
+        feed): views that still show them pin their bodies until they send the EXPUNGE. An
+        idempotent complement of `expunged`, which may not have been published yet."""
+        held = tuple(uids)
+        for listener in list(self._listeners.get(mailbox_id, ())):
+            listener.hold(held)
 
     async def collect(self, store) -> None:
         """Delete the bodies of expunged messages that no session shows any more."""

@@ -278,8 +278,10 @@ class ImapSession:
         for line in view.updates(allow_expunge, recent):
             self.emit(line)
         _observe_latency(self.backend.metrics, view)
-        if view.gone:   # our mailbox was deleted by another session
-            await self._bye(b"Selected mailbox was deleted.", Close.MAILBOX_DELETED)
+        if view.gone:   # our mailbox was deleted or renamed by another session
+            # Dovecot's words and behaviour (checked with 2.3.19, maildir): BYE, no tagged reply
+            await self._bye(b"IMAP session state is inconsistent, please relogin.",
+                            Close.MAILBOX_DELETED)
 
     def _count(self, name: bytes, status: bytes, started: float) -> None:
         metrics = self.session.runtime.metrics
