@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         return _check_config(args.file)
     if args.command == "serve":
-        return _serve(args.config)
+        return _serve(args.config, args.log_format, args.log_level)
     if args.command == "gen-cert":
         return certgen.run_cli(args)
     if args.command == "gen-key":
@@ -139,47 +139,27 @@ def _check_config(path: str) -> int:
     return 0
 
 
-def _serve(path: str) -> int:
+def _serve(path: str, log_format: str, log_level: str) -> int:
     import trio
 
-    from . import app
-    from .net.tls import TLSConfigError
-    from .preflight import StartupError
-    from .store import StoreError, StoreKeyError, display_store
+    from . import workers
+    from .preflight import startup_failure
 
     config = _load(path)
     if config is None:
         return EXIT_CONFIG
     try:
-        trio.run(app.serve, config, path)
+        trio.run(workers.serve, config, path, workers.LogSettings(log_format, log_level))
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # one line for what an operator can fix, a traceback otherwise
-        leaf = _leaf(exc, (StartupError, TLSConfigError, StoreError, NotImplementedError))
-        if leaf is None:
+        failure = startup_failure(exc, config)
+        if failure is None:
             raise
-        message = str(leaf)
-        if isinstance(leaf, (StoreError, NotImplementedError)):
-            message = f"gateway.store {display_store(config.gateway.store)}: {leaf}"
-            if isinstance(leaf, StoreKeyError):
-                message = (f"gateway.key_file {config.gateway.key_file}: {leaf}; the store was "
-                           f"written with other keys: configure the key file it was written "
-                           f"with (rotate keys by appending a line, never by replacing the file)")
+        message, status = failure
         print(f"{path}: {message}", file=sys.stderr)
-        return EXIT_CONFIG if isinstance(leaf, (TLSConfigError, StoreKeyError)) else EXIT_RUNTIME
+        return status
     return 0
-
-
-def _leaf(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
-    """`exc` itself, or the first exception of `types` inside (nested) exception groups."""
-    if isinstance(exc, types):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _leaf(inner, types)
-            if found is not None:
-                return found
-    return None
 
 
 if __name__ == "__main__":

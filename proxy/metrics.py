@@ -33,6 +33,7 @@ from . import __version__
 
 __all__ = [
     "Metrics",
+    "WorkerMetrics",
     "PROTOCOLS",
     "IMAP_COMMANDS",
     "POP3_COMMANDS",
@@ -345,3 +346,18 @@ class Metrics:
         self.upstream_connect_duration.labels(name, protocol)
         for reason in sorted(reasons):
             self.upstream_errors.labels(name, protocol, reason)
+
+
+class WorkerMetrics:
+    """The supervisor's own series with `workers: N` (proxy/workers/), on its registry; the
+    workers' counts are merged beside them at each scrape (proxy/workers/aggregate.py)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.workers = Gauge(
+            "mailproxy_workers", "Worker processes configured (`workers`).", registry=registry)
+        self.workers_ready = Gauge(
+            "mailproxy_workers_ready", "Worker processes running and accepting connections.",
+            registry=registry)
+        self.worker_restarts = Counter(
+            "mailproxy_worker_restarts_total",
+            "Worker processes started again after one exited unexpectedly.", registry=registry)

@@ -21,7 +21,12 @@ EXIT_RUNTIME, EXIT_CONFIG = 1, 2
 
 
 class StartupError(Exception):
-    """`serve` cannot start; the message names the setting, its value and what to do."""
+    """`serve` cannot start; the message names the setting, its value and what to do. `status`
+    is the exit status (a worker's failure carries its own)."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
 
 
 def file_problems(config: Config) -> list[str]:
@@ -86,6 +91,8 @@ def startup_failure(exc: BaseException, config: Config) -> tuple[str, int] | Non
             message = (f"gateway.key_file {config.gateway.key_file}: {leaf}; the store was "
                        f"written with other keys: configure the key file it was written "
                        f"with (rotate keys by appending a line, never by replacing the file)")
+    if isinstance(leaf, StartupError):
+        return message, leaf.status
     return message, EXIT_CONFIG if isinstance(leaf, (TLSConfigError, StoreKeyError)) else EXIT_RUNTIME
 
 

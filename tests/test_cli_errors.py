@@ -144,9 +144,10 @@ def test_missing_key_file(tmp_path: Path) -> None:
                     f"file or directory; `mailproxy gen-key --out FILE` writes a valid one")
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("which", ["listener", "metrics"])
-def test_port_in_use_is_one_line_exit_1(tmp_path: Path, which: str) -> None:
-    path = write_config(tmp_path)
+def test_port_in_use_is_one_line_exit_1(tmp_path: Path, which: str, workers: int) -> None:
+    path = write_config(tmp_path, {"workers": workers})
     config = yaml.safe_load(path.read_text())
     address = config["listeners"][0]["address"] if which == "listener" \
         else config["metrics"]["address"]
@@ -187,9 +188,12 @@ def test_wrong_key_file_is_one_line_exit_2(tmp_path: Path) -> None:
                     f"written with (rotate keys by appending a line, never by replacing the file)")
 
 
-def test_unreachable_store_url_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_unreachable_store_url_is_one_line(tmp_path: Path, workers: int) -> None:
+    """With workers, the worker that failed tells the supervisor, which says it once."""
     store = "postgresql://mailproxy:pw-in-url@127.0.0.1:1/mailproxy"
-    path = write_config(tmp_path, {"gateway": {"store": store}}, mode="gateway")
+    path = write_config(tmp_path, {"gateway": {"store": store}, "workers": workers},
+                        mode="gateway")
     result = run("serve", "--config", str(path), cwd=tmp_path)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == EXIT_RUNTIME
@@ -220,3 +224,36 @@ def test_unwritable_store_path_is_one_line(tmp_path: Path, kind: str) -> None:
     reason = "cannot create the store file: Not a directory" if kind == "under-a-file" \
         else "cannot open the store: unable to open database file"
     assert_one_line(result, EXIT_RUNTIME, f"{path}: gateway.store {tmp_path}/{store}: {reason}")
+
+
+@pytest.mark.parametrize("workers", [2, "auto"])
+def test_gateway_on_sqlite_refuses_several_workers(tmp_path: Path, workers: object) -> None:
+    path = write_config(tmp_path, {"gateway": {"store": "gw.db"}, "workers": workers},
+                        mode="gateway")
+    line = path.read_text().splitlines().index(f"workers: {workers}") + 1
+    result = run("check-config", str(path), cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (EXIT_CONFIG, (
+        f"{path}: line {line}: workers: {workers} with a gateway listener needs gateway.store on "
+        f"PostgreSQL (postgresql://...): a SQLite store belongs to one process; use workers: 1 "
+        f"or a PostgreSQL store\n"))
+    served = run("serve", "--config", str(path), cwd=tmp_path)
+    assert (served.returncode, served.stderr) == (EXIT_CONFIG, result.stderr)
+
+
+@pytest.mark.parametrize(("extra", "mode"), [
+    ({"gateway": {"store": "gw.db"}, "workers": 1}, "gateway"),
+    ({"gateway": {"store": "postgresql://mailproxy@127.0.0.1/mailproxy"}, "workers": 4},
+     "gateway"),
+    ({"gateway": {"store": "gw.db"}, "workers": "auto"}, "relay"),   # no gateway listener
+])
+def test_workers_accepted(tmp_path: Path, extra: dict, mode: str) -> None:
+    path = write_config(tmp_path, extra, mode=mode)
+    result = run("check-config", str(path), cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"{path}: OK\n", "")
+
+
+@pytest.mark.parametrize("workers", ["0", "257", "many", "2.5", "true"])
+def test_workers_out_of_range(workers: str) -> None:
+    text = BASE.replace("adress", "address").replace(", imapp: 3", "").replace("fulll", "full")
+    text = text.replace("shutdown_timeout: soon", f"workers: {workers}")
+    assert errors_of(text) == ["line 9: workers: expected 1 to 256 processes, or auto (one per CPU)"]

@@ -17,7 +17,7 @@ from pydantic import StrictStr, TypeAdapter, ValidationError
 from .gateway import Gateway, check_gateway
 from .listeners import Listener, check_listeners
 from .messages import describe, dotted_path
-from .operations import Admin, AuthThrottle, Logging, Metrics
+from .operations import Admin, AuthThrottle, Logging, Metrics, Workers, check_workers
 from .upstreams import LookupEntry, PoolableUpstream, Route, check_routing
 from .values import STRICT, Certificate, Duration, Problem
 
@@ -43,6 +43,7 @@ class Config:
     auth_throttle: AuthThrottle = field(default_factory=AuthThrottle)
     shutdown_timeout: Duration = 30.0
     admin: Admin | None = None
+    workers: Workers = 1   # processes sharing the listeners (proxy/workers/)
 
     def route(self, user: str) -> str | None:
         """The upstream name for `user`: the first matching route wins."""
@@ -89,7 +90,8 @@ def loads(text: str, *, base_dir: Path | None = None) -> Config:
 
 def _problems(config: Config) -> list[Problem]:
     """Every section's cross-field rules, in the order of the sections in a config file."""
-    return check_listeners(config) + check_routing(config) + check_gateway(config.gateway)
+    return (check_listeners(config) + check_routing(config) + check_gateway(config.gateway)
+            + check_workers(config))
 
 
 def _line_map(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, int]:

@@ -1,13 +1,40 @@
-"""What operators run the proxy with: `logging:`, `metrics:`, `auth_throttle:` and `admin:`."""
+"""What operators run the proxy with: `logging:`, `metrics:`, `auth_throttle:`, `admin:` and
+`workers`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import StrictBool, StrictInt
+from pydantic import BeforeValidator, StrictBool, StrictInt
 
-from .values import STRICT, Duration, ListenAddress, SecretValue
+from .values import STRICT, Duration, ListenAddress, Problem, SecretValue
+
+if TYPE_CHECKING:
+    from .loader import Config
+
+MAX_WORKERS = 256
+
+
+def parse_workers(value: Any) -> Any:
+    """`workers`: 1 to MAX_WORKERS, or `auto` (proxy/workers/count.py)."""
+    if value == "auto" or (type(value) is int and 1 <= value <= MAX_WORKERS):
+        return value
+    raise ValueError(f"expected 1 to {MAX_WORKERS} processes, or auto (one per CPU)")
+
+
+Workers = Annotated[StrictInt | Literal["auto"], BeforeValidator(parse_workers)]
+
+
+def check_workers(config: Config) -> list[Problem]:
+    """More than one worker only with a gateway store they can share."""
+    gateway = config.gateway
+    if config.workers != 1 and gateway is not None and "://" not in gateway.store and \
+            any(lst.mode == "gateway" for lst in config.listeners):
+        return [(("workers",), f"{config.workers} with a gateway listener needs gateway.store "
+                               "on PostgreSQL (postgresql://...): a SQLite store belongs to one "
+                               "process; use workers: 1 or a PostgreSQL store")]
+    return []
 
 
 @dataclass(frozen=True, slots=True)

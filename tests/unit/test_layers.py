@@ -27,6 +27,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"proxy.health", "proxy.preflight", "proxy.keygen", "proxy.admin",
                "proxy.admin_cli"}),
     frozenset({"proxy.app"}),
+    frozenset({"proxy.workers"}),
     frozenset({"proxy.cli"}),
     frozenset({"proxy.__main__"}),
 )
