@@ -154,9 +154,10 @@ class Env:
 
     def proxy(self, listeners: list[dict[str, Any]], *, metrics: bool = False,
               log_level: str | None = None,
-              lookups: list[dict[str, Any]] | None = None) -> ProxyProcess:
+              lookups: list[dict[str, Any]] | None = None,
+              extra: dict[str, Any] | None = None) -> ProxyProcess:
         """mailproxy relaying to this Dovecot (plain upstream ports) with the given listeners
-        (and `lookups:` asked before the route when given)."""
+        (and `lookups:` asked before the route when given; `extra` top-level keys)."""
         self._proxies += 1
         config: dict[str, Any] = {
             "listeners": [{"mode": "relay", "address": "127.0.0.1:0", "tls": "none",
@@ -171,6 +172,7 @@ class Env:
             config["metrics"] = {"address": "127.0.0.1:0"}
         if lookups:
             config["lookups"] = lookups
+        config.update(extra or {})
         log_level = log_level or PROXY_LOG_LEVEL
         cls = ProxyProcess if log_level.upper() in ("DEBUG", "INFO") else QuietProxyProcess
         proc = cls(config, self.root / f"proxy-{self._proxies}",

@@ -82,7 +82,7 @@ def _free_port() -> int:
 
 
 class NginxMail:
-    def __init__(self, directory: pathlib.Path, imap_port: int, pop3_port: int):
+    def __init__(self, directory: pathlib.Path, imap_port: int, pop3_port: int, workers: int = 1):
         self.dir = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.auth = AuthResponder(imap_port, pop3_port)
@@ -95,7 +95,7 @@ class NginxMail:
 load_module {module};
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 pid {directory}/nginx.pid;
 error_log {self.error_log} warn;
 events {{ worker_connections 4096; }}

@@ -90,6 +90,7 @@ class Supervisor:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.aggregate)
         self.stopping = False
+        self._stop = trio.Event()   # set with `stopping`: ends a restart delay
         self.started = False
         self.sockets: list[trio.SocketListener] = []
         self._ready_changed = trio.Event()
@@ -158,7 +159,8 @@ class Supervisor:
             logs.event("worker_exited", logging.ERROR, worker=worker.index, status=status,
                        restart_in=delay, **({"error": failure[0]} if failure else {}))
             self.worker_metrics.worker_restarts.inc()
-            await trio.sleep(delay)
+            with trio.move_on_after(delay):
+                await self._stop.wait()
 
     def _on_event(self, worker: Worker, message: dict[str, Any]) -> None:
         if message.get("event") == "final":
@@ -236,6 +238,7 @@ class Supervisor:
 
     async def _drain(self, slots: trio.CancelScope) -> None:
         self.stopping = True
+        self._stop.set()
         self.health.draining = True
         logs.event("draining", workers=len(self.workers))
         for sock in self.sockets:  # once the workers close theirs, new connections are refused

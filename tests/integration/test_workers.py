@@ -245,3 +245,28 @@ def test_who_and_kick_reach_every_worker(proxy_factory, dovecot, user, tmp_path)
         assert client.readline() == b"* BYE Disconnected by the administrator.\r\n"
     assert bystander.noop()[0] == "OK"
     assert [row["user"] for row in who(proxy)] == [other[0]]
+
+
+def test_gateway_workers_share_a_postgresql_store(proxy_factory, dovecot, pg_dsn, tmp_path):
+    """What one worker's session changes reaches the sessions of the other worker (the store's
+    change feed, as between replicas)."""
+    name, password = dovecot.add_user()
+    for n in range(3):
+        dovecot.deliver(name, b"Subject: m%d\r\n\r\nbody %d\r\n" % (n, n))
+    config = workers_config(dovecot, tmp_path)
+    config["listeners"] = [{"name": "imap", "protocol": "imap", "mode": "gateway",
+                            "address": "127.0.0.1:0", "allow_plaintext_auth": True}]
+    config["gateway"] = {"store": pg_dsn, "poll_interval": "1s"}
+    proxy = proxy_factory(config, ready_timeout=60)
+    on = spread_by_source(proxy, (name, password))
+    clients = on["0"] + on["1"]
+    for client in clients:
+        assert client.select("INBOX") == ("OK", [b"3"])
+    assert on["0"][0].store("2", "+FLAGS.SILENT", "(\\Flagged)")[0] == "OK"
+
+    def flagged(client: imaplib.IMAP4) -> bool:
+        client.noop()
+        return any(b"\\Flagged" in line for line in client.untagged_responses.get("FETCH", []))
+
+    for client in on["1"]:   # the other worker's sessions hear of it
+        wait_for(lambda c=client: flagged(c), "the flag set through worker 0 seen on worker 1")
