@@ -17,6 +17,16 @@ import time
 import nginxmail
 from clients import imap_session, session_rate
 from common import Env, Table, interleave, median, ratio, small_mailbox
+from relay import cpu_seconds
+
+
+def cpu_tree(pid: int) -> float:
+    """utime + stime of a process and its children (the supervisor and its workers), seconds."""
+    try:
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        children = []
+    return cpu_seconds(pid) + sum(cpu_tree(int(child)) for child in children)
 
 
 def log(msg: str) -> None:
@@ -34,9 +44,11 @@ def main() -> None:
         user, password = env.user_with(small_mailbox(10))
         listener = [{"name": "imap", "protocol": "imap"}]
         ports = {"direct": env.dovecot.imap_port}
+        pids: dict[str, int] = {}
         for workers in (1, 2):
             proxy = env.proxy(listener, extra={"workers": workers})
             ports[f"mailproxy w{workers}"] = proxy.port("imap")
+            pids[f"mailproxy w{workers}"] = proxy.pid
         if args.nginx and nginxmail.available():
             for workers in (1, 2):
                 ng = nginxmail.NginxMail(env.root / f"nginx{workers}", env.dovecot.imap_port,
@@ -46,10 +58,22 @@ def main() -> None:
         for port in ports.values():   # warm-up: every worker's code paths, Dovecot's indexes
             session_rate(lambda p=port: imap_session(p, user, password), 1.0, args.concurrency)
         log(f"sessions/s, {args.concurrency} concurrent, {args.rounds} rounds: {list(ports)}")
-        results = interleave(args.rounds, {
-            label: (lambda p=port: session_rate(lambda: imap_session(p, user, password),
-                                                args.seconds, args.concurrency))
-            for label, port in ports.items()})
+        cpu = {label: 0.0 for label in pids}
+        sessions = {label: 0.0 for label in pids}
+
+        def runner(label: str, port: int):
+            def run() -> float:
+                before = cpu_tree(pids[label]) if label in pids else 0.0
+                rate = session_rate(lambda: imap_session(port, user, password), args.seconds,
+                                    args.concurrency)
+                if label in pids:
+                    cpu[label] += cpu_tree(pids[label]) - before
+                    sessions[label] += rate * args.seconds
+                return rate
+            return run
+
+        results = interleave(args.rounds, {label: runner(label, port)
+                                           for label, port in ports.items()})
         rate = {label: median(values) for label, values in results.items()}
         table = Table(f"IMAP sessions/s, {args.concurrency} concurrent (median of {args.rounds})",
                       ["contender", "sessions/s", "vs direct", "vs 1 worker", "vs nginx, same workers"])
@@ -60,6 +84,9 @@ def main() -> None:
             table.add(label, f"{value:.1f}", ratio(value, rate["direct"]),
                       ratio(value, single) if single else "-", ratio(value, nginx) if nginx else "-")
         print(table.render())
+        for label in pids:
+            print(f"{label}: {1000 * cpu[label] / sessions[label]:.2f} ms of proxy CPU per session "
+                  f"(supervisor and workers)")
         print("rounds:", {label: [round(v, 1) for v in values] for label, values in results.items()})
 
 
