@@ -138,7 +138,7 @@ class Supervisor:
 
     async def _keep_running(self, worker: Worker, fds: dict[str, list[int]]) -> None:
         """Run slot `worker` until the supervisor stops, restarting its process when it exits."""
-        delay = 0.0
+        delay: float | None = None
         while not self.stopping:
             began = trio.current_time()
             status = await worker.run(self.config, self.config_path, fds, self.log)
@@ -153,9 +153,7 @@ class Supervisor:
                     raise StartupError(failure[0], failure[1])
                 raise StartupError(f"worker {worker.index} exited with status {status} before "
                                    f"it was ready")
-            lived = trio.current_time() - began
-            delay = 0.0 if lived >= STABLE_AFTER else min(max(2 * delay, RESTART_BACKOFF[0]),
-                                                          RESTART_BACKOFF[1])
+            delay = restart_delay(delay, trio.current_time() - began)
             logs.event("worker_exited", logging.ERROR, worker=worker.index, status=status,
                        restart_in=delay, **({"error": failure[0]} if failure else {}))
             self.worker_metrics.worker_restarts.inc()
@@ -254,6 +252,15 @@ class Supervisor:
             for worker in self.workers:
                 nursery.start_soon(tell, worker)
         slots.deadline = trio.current_time() + self.config.shutdown_timeout + KILL_GRACE
+
+
+def restart_delay(previous: float | None, lived: float) -> float:
+    """Seconds before starting again a worker that ran `lived` seconds: none the first time or
+    after a stable run, then RESTART_BACKOFF[0] doubling to RESTART_BACKOFF[1] while it keeps
+    dying young (`previous`: the last delay, None when there was none)."""
+    if previous is None or lived >= STABLE_AFTER:
+        return 0.0
+    return min(max(2 * previous, RESTART_BACKOFF[0]), RESTART_BACKOFF[1])
 
 
 def _workers_changed(old: Config, new: Config) -> str | None:

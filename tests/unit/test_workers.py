@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from proxy import config as config_mod
 from proxy.metrics import Metrics
 from proxy.workers import aggregate, channel, count
+from proxy.workers.supervisor import restart_delay
 
 
 @pytest.mark.parametrize(("cpu_max", "quota"), [
@@ -127,3 +128,11 @@ def test_config_travels_whole() -> None:
                               "upstreams: {main: {host: 127.0.0.1, imap: {port: 143}}}\n"
                               "routes: [{match: '*', upstream: main}]\nworkers: 2\n")
     assert channel.unpickled(channel.pickled(config)) == config
+
+
+def test_restart_delay_grows_while_a_worker_dies_young() -> None:
+    delays, previous = [], None
+    for lived in (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 45.0, 1.0):
+        previous = restart_delay(previous, lived)
+        delays.append(previous)
+    assert delays == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 0.0, 0.5]
