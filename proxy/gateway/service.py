@@ -163,9 +163,11 @@ class GatewayService:
         return backend
 
     # ---- the store's change feed (PostgreSQL: other replicas; proxy/store/_pg_notify.Feed) ----
-    async def changed(self, account_id: int, mailbox_id: int, changes: list[Change]) -> None:
-        """Changes another process made: publish them on the account's hub as if made here.
-        Nothing to do when no session of the account is open in this process."""
+    async def changed(self, account_id: int, mailbox_id: int, changes: list[Change],
+                      flags: dict[int, tuple[frozenset[str], int]]) -> None:
+        """Changes another process made: publish them on the account's hub as if made here
+        (`flags`: uid -> current flags and MODSEQ of the messages with a FLAGS change, read
+        with the log). Nothing to do when no session of the account is open in this process."""
         backend = self._backends.get(account_id)
         if backend is None:
             return
@@ -176,9 +178,8 @@ class GatewayService:
                     snapshot = await backend.index.latest(store, mailbox_id)
                     hub.appended(mailbox_id, snapshot.metas)
                 elif kind is ChangeKind.FLAGS:
-                    metas = await store.messages_by_uid(mailbox_id, uids)
-                    hub.flags(mailbox_id, [FlagUpdate(m.uid, m.flags, m.modseq, True)
-                                           for m in metas])
+                    hub.flags(mailbox_id, [FlagUpdate(uid, *flags[uid], True)
+                                           for uid in dict.fromkeys(uids) if uid in flags])
                 else:
                     hub.expunged(mailbox_id, uids)
         except StoreError as exc:   # the next change (or the sessions' own commands) catches up

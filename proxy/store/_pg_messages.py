@@ -105,12 +105,12 @@ class PgMessageOps:
 
     def _log(self, c: Conn, account_id: int, mailbox_id: int, modseq: int, kind: ChangeKind,
              uids: Sequence[int]) -> None:
-        c.cursor().executemany(
-            "INSERT INTO changes(account_id, mailbox_id, modseq, kind, uid, origin) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
-            [(account_id, mailbox_id, modseq, kind.value, uid, self.origin) for uid in uids])
-        c.execute("SELECT pg_notify(%s, %s)",
-                  (CHANNEL, f"{self.origin}:{account_id}:{mailbox_id}:{modseq}"))
+        # one round trip: the rows and the notification (a data-modifying CTE always runs)
+        c.execute("WITH logged AS (INSERT INTO changes(account_id, mailbox_id, modseq, kind, "
+                  "uid, origin) SELECT %s, %s, %s, %s, u, %s FROM unnest(%s::bigint[]) AS u) "
+                  "SELECT pg_notify(%s, %s)",
+                  (account_id, mailbox_id, modseq, kind.value, self.origin, list(uids),
+                   CHANNEL, f"{self.origin}:{account_id}:{mailbox_id}:{modseq}"))
 
     @staticmethod
     def _take_uids(c: Conn, mailbox_id: int, count: int) -> int:

@@ -11,10 +11,11 @@ the transaction commits. DELETE and RENAME notify `origin:account:mailbox:gone` 
 `LISTEN`. It waits for the socket in trio (`wait_readable`: no thread, no polling, cancellable),
 reads the pending notifications with libpq's non-blocking calls, and for every mailbox named by
 a notification from ANOTHER origin reads the change log past the MODSEQ it last delivered for
-that mailbox (`_last`): ONE read per mailbox per wake-up, whatever the number of sessions, handed
-to `feed.changed` (the gateway publishes it on the account's hub). So the payload is only a
-wake-up: what is delivered always comes from the log, in MODSEQ order, and a notification that
-is lost, coalesced or late loses nothing. A `gone` notification is handed to `feed.gone` (the
+that mailbox (`_last`): ONE read per mailbox per wake-up, whatever the number of sessions, with
+the current flags of the messages whose flags changed joined in, handed to `feed.changed` (the
+gateway publishes it on the account's hub). So the payload is only a wake-up: what is
+delivered always comes from the log, in MODSEQ order, and a notification that is lost,
+coalesced or late loses nothing. A `gone` notification is handed to `feed.gone` (the
 sessions that have that mailbox selected are disconnected, as Dovecot does).
 
 Gaps: when the connection fails (database restart, network), it reconnects with a bounded
@@ -56,13 +57,20 @@ RECONNECT_MIN_S, RECONNECT_MAX_S = 0.2, 5.0
 MAX_CHANGES_PER_READ = 10_000     # one mailbox's backlog is read in slices of this many rows
 
 Conn = psycopg.Connection[Any]
+# the log, with the current flags of messages that have a FLAGS change (LEFT JOIN: gone = NULL)
+_READ = ("SELECT c.account_id, c.modseq, c.kind, c.uid, c.origin, m.flags, m.modseq "
+         "FROM changes c LEFT JOIN messages m ON c.kind = 'flags' "
+         "AND m.mailbox_id = c.mailbox_id AND m.uid = c.uid ")
 
 
 class Feed(Protocol):
     """What the follower hands changes to (the gateway service); never called concurrently."""
 
-    async def changed(self, account_id: int, mailbox_id: int, changes: list[Change]) -> None:
-        """Another process's changes to one mailbox, in MODSEQ order."""
+    async def changed(self, account_id: int, mailbox_id: int, changes: list[Change],
+                      flags: dict[int, tuple[frozenset[str], int]]) -> None:
+        """Another process's changes to one mailbox, in MODSEQ order; `flags`: uid -> the
+        current flags and MODSEQ of those with a FLAGS change that still exist (read in the
+        same query as the log: no second round trip)."""
 
     def hold(self, account_id: int, mailbox_id: int, uids: list[int]) -> None:
         """This process's own expunges: sessions pin the bodies of those they still show."""
@@ -208,9 +216,8 @@ class ChangeFollower:
         while True:
             since = self._last.get(mailbox_id, 0)
             rows = await self._run(lambda c, since=since: c.execute(
-                "SELECT account_id, modseq, kind, uid, origin FROM changes "
-                "WHERE mailbox_id = %s AND modseq > %s ORDER BY modseq, id LIMIT %s",
-                (mailbox_id, since, MAX_CHANGES_PER_READ)).fetchall())
+                _READ + "WHERE c.mailbox_id = %s AND c.modseq > %s ORDER BY c.modseq, c.id "
+                "LIMIT %s", (mailbox_id, since, MAX_CHANGES_PER_READ)).fetchall())
             if not rows:
                 return
             full = len(rows) == MAX_CHANGES_PER_READ
@@ -218,21 +225,23 @@ class ChangeFollower:
                 rows = [row for row in rows if row[1] != rows[-1][1]]
             elif full:                                   # one transaction larger than a slice
                 rows = await self._run(lambda c, modseq=rows[0][1]: c.execute(
-                    "SELECT account_id, modseq, kind, uid, origin FROM changes "
-                    "WHERE mailbox_id = %s AND modseq = %s ORDER BY id",
+                    _READ + "WHERE c.mailbox_id = %s AND c.modseq = %s ORDER BY c.id",
                     (mailbox_id, modseq)).fetchall())
             self._last[mailbox_id] = rows[-1][1]
             account_id = rows[0][0]
             self._accounts[mailbox_id] = account_id
             theirs, own_expunged = [], []
-            for _, modseq, kind, uid, origin in rows:
+            flags: dict[int, tuple[frozenset[str], int]] = {}
+            for _, modseq, kind, uid, origin, now_flags, now_modseq in rows:
                 if origin != self._origin:
                     theirs.append(Change(modseq, ChangeKind(kind), uid))
+                    if now_flags is not None:
+                        flags[uid] = (frozenset(now_flags.split()), now_modseq)
                 elif kind == ChangeKind.EXPUNGE.value:
                     own_expunged.append(uid)
             if own_expunged:
                 self._feed.hold(account_id, mailbox_id, own_expunged)
             if theirs:
-                await self._feed.changed(account_id, mailbox_id, theirs)
+                await self._feed.changed(account_id, mailbox_id, theirs, flags)
             if not full:
                 return

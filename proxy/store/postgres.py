@@ -9,7 +9,7 @@ committed when the call returns and rolled back when it raises (`_call`).
 
 Failures: a deadlock or serialization failure is retried (bounded, `RETRIES`); a lost server or
 a pool with no free connection within `POOL_TIMEOUT_S` is `StoreUnavailable`, which the gateway
-answers with `NO [UNAVAILABLE]`. The pool checks a connection before handing it
+answers with `NO [UNAVAILABLE]`. The pool checks an idle connection before handing it
 out, so after a database restart calls recover without restarting the proxy.
 
 Durability: a COMMIT is durable when it returns (the server's `synchronous_commit`), so `flush()`

@@ -186,14 +186,16 @@ class Collected:
         self.held: list[tuple[int, int]] = []
         self.gone_ids: list[int] = []
         self.pins: set[int] = set()
+        self.flags: dict = {}
         self.event = trio.Event()
 
     def _wake(self) -> None:
         self.event.set()
         self.event = trio.Event()
 
-    async def changed(self, account_id: int, mailbox_id: int, changes) -> None:
+    async def changed(self, account_id: int, mailbox_id: int, changes, flags) -> None:
         self.items += [(mailbox_id, c.kind.value, c.uid, c.modseq) for c in changes]
+        self.flags.update(flags)
         self._wake()
 
     def hold(self, account_id: int, mailbox_id: int, uids) -> None:
@@ -238,9 +240,12 @@ async def test_feed_delivers_other_processes_changes_and_catches_up_after_a_gap(
     await got.wait_for(3)
     assert got.items[1:] == [(inbox.id, "flags", uid, start + 3),
                              (inbox.id, "expunge", uid, start + 4)]
-    await there.append(inbox.id, mail(2))
+    last = await there.append(inbox.id, mail(2))
     await got.wait_for(4)
     assert len(got.items) == 4       # nothing delivered twice
+    result = await there.store_flags(inbox.id, [last], ["$Done"], FlagMode.ADD)
+    await got.wait_for(5)            # the current flags come with the log: no second read
+    assert got.flags[last] == (frozenset({"$Done"}), result.updated[0].modseq)
     await here.close()
     await there.close()
 
@@ -296,10 +301,10 @@ async def test_a_body_another_replica_still_shows_is_kept_until_it_lets_go(pg_ds
     got = Collected()
     original = got.changed
 
-    async def session_shows_it(account_id, mailbox_id, changes) -> None:
+    async def session_shows_it(account_id, mailbox_id, changes, flags) -> None:
         if any(c.kind.value == "expunge" and c.uid == uid for c in changes):
             got.pins.add(meta.body_id)   # a view still showing the message pins its body
-        await original(account_id, mailbox_id, changes)
+        await original(account_id, mailbox_id, changes, flags)
 
     got.changed = session_shows_it
     with trio.fail_after(10):
