@@ -80,11 +80,17 @@ class Channel:
                 raise ChannelClosed from None
 
     async def receive(self) -> dict[str, Any]:
-        """The next message. Raises ChannelClosed at EOF or on a frame past MAX_FRAME."""
+        """The next message. Raises ChannelClosed at EOF, on a frame past MAX_FRAME or one that
+        is not a JSON object."""
         size = _HEADER.unpack(await self._exactly(_HEADER.size))[0]
         if size > MAX_FRAME:
             raise ChannelClosed
-        message: dict[str, Any] = json.loads(await self._exactly(size))
+        try:
+            message = json.loads(await self._exactly(size))
+        except ValueError:   # a frame cut short by a peer cancelled mid-send
+            raise ChannelClosed from None
+        if not isinstance(message, dict):
+            raise ChannelClosed
         return message
 
     async def _exactly(self, size: int) -> bytes:

@@ -48,6 +48,7 @@ from .process import LogSettings, Worker, WorkerGone
 
 KILL_GRACE = 5.0             # seconds past shutdown_timeout before a draining worker is killed
 RESTART_BACKOFF = (0.5, 30.0)  # first and largest delay before restarting a worker that died young
+COLLECT_TIMEOUT = 5.0        # a scrape waits this long for a worker's snapshot (its own is 10 s)
 STABLE_AFTER = 30.0          # a worker that ran this long restarts without delay
 
 
@@ -173,16 +174,18 @@ class Supervisor:
     # -- metrics --------------------------------------------------------------------------------
 
     async def collect(self) -> None:
-        """Fresh snapshots from every running worker (before each scrape)."""
+        """Fresh snapshots from every running worker (before each scrape); a worker that does
+        not answer within COLLECT_TIMEOUT is shown as of its last snapshot."""
         async def one(worker: Worker) -> None:
             try:
                 self.aggregate.update(worker.index, await worker.request("metrics"))
             except WorkerGone:
                 pass
 
-        async with trio.open_nursery() as nursery:
-            for worker in self.workers:
-                nursery.start_soon(one, worker)
+        with trio.move_on_after(COLLECT_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for worker in self.workers:
+                    nursery.start_soon(one, worker)
 
     async def _collect_periodically(self) -> None:
         while True:

@@ -136,3 +136,11 @@ def test_restart_delay_grows_while_a_worker_dies_young() -> None:
         previous = restart_delay(previous, lived)
         delays.append(previous)
     assert delays == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 0.0, 0.5]
+
+
+async def test_a_garbled_frame_closes_the_channel() -> None:
+    left, right = socket.socketpair()
+    left.sendall(channel.encode({"id": 1})[:-3] + b"\x00\x00\x00\x02[]")   # cut short, then junk
+    left.close()
+    with pytest.raises(channel.ChannelClosed):
+        await channel.Channel(right).receive()
