@@ -17,6 +17,10 @@ resize while a view is exported would raise ``BufferError``.
 
 Bare LF is accepted as a line end, as Dovecot does; a CR before the LF is
 removed, a lone CR elsewhere stays part of the line.
+
+``consumed`` counts every byte taken or skipped since creation (``_base`` is
+what was consumed of buffers already dropped), so a caller can name a place
+in the stream; ``last_line_at`` is where the last line taken began.
 """
 
 from __future__ import annotations
@@ -44,14 +48,26 @@ _CR = 13
 class ReceiveBuffer:
     """Buffered input with line and counted-chunk extraction."""
 
-    __slots__ = ("_data", "_pos", "_scan", "eof", "scanned")
+    __slots__ = ("_data", "_pos", "_scan", "_base", "_line", "eof", "scanned")
 
     def __init__(self) -> None:
         self._data: bytes | bytearray = b""
         self._pos = 0
         self._scan = 0
+        self._base = 0  # bytes consumed from earlier buffers (see ``consumed``)
+        self._line = 0  # where the last line taken began, in ``_data``
         self.eof = False
         self.scanned = 0  # bytes searched for a line end, in total: the framing's work
+
+    @property
+    def consumed(self) -> int:
+        """Bytes taken or skipped since creation."""
+        return self._base + self._pos
+
+    @property
+    def last_line_at(self) -> int:
+        """Where the last line returned by ``take_line`` began, counted like ``consumed``."""
+        return self._base + self._line
 
     def __len__(self) -> int:
         return len(self._data) - self._pos
@@ -66,6 +82,8 @@ class ReceiveBuffer:
         if type(data) is not bytes:
             data = bytes(data)
         buf, pos = self._data, self._pos
+        self._base += pos
+        self._line -= pos
         if pos >= len(buf):
             self._data = data
             self._pos = self._scan = 0
@@ -84,6 +102,8 @@ class ReceiveBuffer:
     def take_all(self) -> bytes:
         """Remove and return everything buffered."""
         rest = bytes(self._data[self._pos:])
+        self._base += len(self._data)
+        self._line -= len(self._data)
         self._data, self._pos, self._scan = b"", 0, 0
         return rest
 
@@ -104,6 +124,7 @@ class ReceiveBuffer:
         if end - start > max_line:
             return OVERLONG
         self._pos = self._scan = lf + 1
+        self._line = start
         line = buf[start:end]
         return line if type(line) is bytes else bytes(line)
 

@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Final
 
 from . import events as ev
 from ._errors import ProtocolError
@@ -79,22 +78,12 @@ from ._framer import OVERLONG, ReceiveBuffer
 from ._limits import DEFAULT_LIMITS, Limits
 from ._lines import LiteralMarker, find_literal, is_tag
 from ._tokens import LiteralRef, Token, Tokenizer
+from .events import NEED_DATA, NeedData
 
 __all__ = ["BaseParser", "NEED_DATA", "RESYNC_FACTOR"]
 
 
-class _NeedData(enum.Enum):
-    NEED_DATA = "NEED_DATA"
-
-    def __repr__(self) -> str:
-        return self.value
-
-
-#: Returned by ``next_event()`` when more input is needed (an enum: ``is`` narrows types).
-NEED_DATA: Final = _NeedData.NEED_DATA
-
-#: An overlong line may be discarded up to ``max_line * RESYNC_FACTOR`` bytes
-#: before the error becomes fatal.
+#: An overlong line may be discarded up to ``max_line * RESYNC_FACTOR`` bytes, then fatal.
 RESYNC_FACTOR = 16
 _TAIL_KEEP = 32  # longest literal marker: "~{" + 20 digits + "+}"
 _HEAD_PEEK = 128  # enough of a line to see "tag NAME " (max_id_line)
@@ -139,6 +128,10 @@ class BaseParser:
         self._chunks: list[bytes | memoryview] = []  # literal parts, joined at its end
         self._skipped = 0
         self._fatal_error: ProtocolError | None = None
+        # After a non-fatal error in a message's first line part, where it began (else None) and
+        # where parsing resumed once `resynchronising` ends (offsets as ReceiveBuffer.consumed).
+        self.rejected_at: int | None = None
+        self.resumed_at = 0
         self._name = b""  # CommandParser: name of the command being parsed
         self._head: tuple[bytes, int | None, bytes] = (b"", None, b"")  # ResponseParser: (name, number, raw)
         self._steps = {
@@ -157,7 +150,7 @@ class BaseParser:
         """Buffer ``data`` from the peer; ``b""`` means EOF.  Never parses."""
         self._buf.feed(data)
 
-    def next_event(self) -> ev.Event | _NeedData:
+    def next_event(self) -> ev.Event | NeedData:
         """Return the next event, or ``NEED_DATA``.
 
         Raises:
@@ -196,6 +189,11 @@ class BaseParser:
     def in_literal(self) -> bool:
         """True while literal payload bytes are being read or skipped."""
         return self._state in (_State.LITERAL, _State.SKIP_LITERAL)
+
+    @property
+    def resynchronising(self) -> bool:
+        """True while the rest of a rejected message is being skipped."""
+        return self._state in (_State.SKIP_LITERAL, _State.SKIP_CONT, _State.SKIP_LINE)
 
     @property
     def buffered(self) -> int:
@@ -321,6 +319,7 @@ class BaseParser:
             head = self._buf.peek(min(256, self._limits.max_line + 1))
             sp = head.find(b" ")
             tag = head[:sp] if sp > 0 and is_tag(head[:sp]) else None
+        self.rejected_at = self._buf.consumed if self._state is _State.LINE else None
         self._raw_next = False
         self._reset_message()
         self._state = _State.SKIP_LINE
@@ -399,6 +398,7 @@ class BaseParser:
         ``literal`` is the marker ending the bad line part, if any.
         """
         tag = self._tag if error.tag is None else error.tag
+        self.rejected_at = self._buf.last_line_at if self._state is _State.LINE else None
         self._reset_message()
         self._resync(literal, tag)
         raise error.with_context(tag=tag, fatal=False)
@@ -407,6 +407,7 @@ class BaseParser:
         """Set the state after a dropped line part that ended with ``literal``."""
         if literal is None or (self._peer_waits_for_sync and literal.synchronizing):
             self._state = _State.LINE
+            self.resumed_at = self._buf.consumed
             return
         if literal.size > self._limits.max_literal:
             self._fatal(ProtocolError("literal_too_big", "Literal too big", tag=tag))

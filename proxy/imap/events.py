@@ -5,7 +5,9 @@ All events are frozen, slotted dataclasses.  Wire values stay ``bytes``.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
+from typing import Final
 
 from ._tokens import Token
 
@@ -21,6 +23,17 @@ __all__ = [
     "ContinuationRequest",
     "ConnectionClosed",
 ]
+
+
+class NeedData(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+#: Returned by ``next_event()`` when more input is needed (an enum: ``is`` narrows types).
+NEED_DATA: Final = NeedData.NEED_DATA
 
 
 class Event:

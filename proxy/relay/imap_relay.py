@@ -12,6 +12,14 @@ transparent as a byte pipe while still knowing every command:
 - COMPRESS=DEFLATE (RFC 4978): once the upstream accepts it, both streams are still forwarded
   unchanged and the parsers read an inflated copy (imap_compress.py).
 
+- Held lines (client -> upstream, uncompressed; held_lines.py): only what the parser accepted is
+  forwarded, so a command whose *first* line part is a syntax error (bad tag or name, line over
+  `max_line`, literal over its limit: what the framing parser checks) never reaches the
+  upstream: the proxy answers the parser's tagged BAD (RFC 3501 7.1.3) between the upstream's
+  responses, drops the command and the session goes on, as Dovecot does (`bad_commands` such
+  answers end it). An error after a command's first literal cannot be undone (its first part is
+  upstream), nor can bytes be taken out of a compressed stream: BYE and close.
+
 Either pump ending (EOF, error, timeout) cancels the nursery, and both connections are closed by
 the caller, so no connection is ever left open on one side. One watchdog task keeps every timer
 of the session (the idle timer, RFC 3501 5.4, on client input; during IDLE the separate
@@ -34,6 +42,7 @@ from ..net.conn import Conn
 from ..session.channel import Channel
 from ..session.context import ByteCounter, CommandMeter, Session
 from ..session.failures import Close, limit_of_protocol_error
+from .held_lines import HeldLines
 from .imap_compress import InflatedCopy
 from .imap_upstream import UpstreamIMAP, upstream_limits
 
@@ -61,7 +70,9 @@ class ImapRelay:
             max_nonsync_literal=lim.max_literal if literal_plus else lim.max_nonsync_literal,
             max_id_line=lim.id_line_length))   # RFC 2971 3.3
         self.client = Channel(client, self.client_parser, NEED_DATA, client_leftover)
-        self._client_leftover = client_leftover
+        self.held = HeldLines(self.client_parser, client_leftover)
+        self._said: list[bytes] = []   # the proxy's replies waiting for a response boundary
+        self.bad = 0
         # The login's parser may hold the start of what follows the login reply.
         self._upstream_leftover = upstream.channel.parser.take_unconsumed()
         self.upstream_parser = ResponseParser(upstream_limits())
@@ -170,10 +181,9 @@ class ImapRelay:
     # -- client -> upstream ------------------------------------------------------------------
     async def _client_to_upstream(self, cancel: trio.CancelScope) -> None:
         try:
-            if self._client_leftover:  # commands pipelined behind the login
-                if not await self._client_events() or not await self._forward_up(
-                        self._client_leftover):
-                    return
+            # commands pipelined behind the login first
+            if self.held.held and not await self._client_input():
+                return
             while True:
                 if self._compress is not None and not await self._compress_answered():
                     return
@@ -182,16 +192,25 @@ class ImapRelay:
                 if not data:
                     self.session.close_reason = Close.CLIENT_CLOSED
                     return
-                if self._inflate_up is None:
-                    self.client.feed(data)
-                    if not await self._client_events():
+                if self._inflate_up is not None:
+                    if not await self._client_inflated(data) or not await self._forward_up(data):
                         return
-                elif not await self._client_inflated(data):
-                    return
-                if not await self._forward_up(data):
+                    continue
+                self.client.feed(data)
+                self.held.add(data)
+                if not await self._client_input():
                     return
         finally:
             cancel.cancel()
+
+    async def _client_input(self) -> bool:
+        """Judge the bytes received, then forward what was accepted; False ends the session.
+        After a COMPRESS, what followed it stays held until the upstream's verdict."""
+        if not await self._client_events():
+            return False
+        asked = self._compress
+        data = self.held.accepted(None if asked is None else len(asked.after))
+        return not data or await self._forward_up(data)
 
     async def _compress_answered(self) -> bool:
         """Wait for the upstream's verdict on COMPRESS, then parse what the client sent after
@@ -202,10 +221,13 @@ class ImapRelay:
         self._compress = None
         if asked.ok:
             self._inflate_up = InflatedCopy(self.session.listener.limits.inflate_chunk)
-            return await self._client_inflated(asked.after)
+            after = self.held.accepted(0)   # = asked.after, compressed: forwarded as it is
+            return await self._client_inflated(asked.after) and (
+                not after or await self._forward_up(after))
+        self.held.reread(len(asked.after))
         if asked.after:
             self.client.feed(asked.after)
-            return await self._client_events()
+            return await self._client_input()
         return True
 
     async def _client_inflated(self, data: bytes) -> bool:
@@ -230,7 +252,7 @@ class ImapRelay:
         """A command other than IDLE waits for its tagged answer."""
         return bool(self.pending.keys() - {self.idle_tag})
 
-    async def _forward_up(self, data: bytes) -> bool:
+    async def _forward_up(self, data: bytes | bytearray) -> bool:
         self._bytes_up.add(len(data))
         if not await self.upstream.conn.send(data):
             self.session.close_reason = Close.UPSTREAM_CLOSED
@@ -244,8 +266,11 @@ class ImapRelay:
             try:
                 event = parser.next_event()
             except ProtocolError as exc:
-                await self._client_protocol_error(exc)
-                return False
+                if not await self._reject(exc):
+                    return False
+                continue
+            if self.held.dropping:
+                self.held.after_event()
             if event is NEED_DATA:
                 return True
             if type(event) is events.CommandStart:  # `type is`: exact classes, the fast test
@@ -287,17 +312,40 @@ class ImapRelay:
                 self.upstream_heard = trio.current_time()
             self.pending[parts[0]] = (command_label("imap", name), time.monotonic())
 
-    async def _client_protocol_error(self, exc: ProtocolError) -> None:
+    async def _reject(self, exc: ProtocolError) -> bool:
+        """A client line the parser refused. When none of its command went upstream: answer
+        BAD, drop it and go on (False past `bad_commands`); otherwise BYE (False)."""
         self.session.runtime.metrics.protocol_errors.labels("imap", exc.kind).inc()
         limit = limit_of_protocol_error(exc.kind)
         if limit is not None:
             self.session.limit_hit(limit)
         logs.event("client_protocol_error", **self.session.log_fields(), kind=exc.kind)
-        # Part of the offending command may already be upstream, so the session cannot go on.
-        await self._last_words(exc.reply())
-        if not exc.fatal:  # a fatal error's reply is already an untagged BYE
-            await self._last_words(b"* BYE Protocol error, closing.\r\n")
-        self.session.close_reason = Close.PROTOCOL_ERROR
+        before = None if exc.fatal or self._inflate_up is not None else self.held.reject()
+        if before is None:   # part of it is upstream already
+            await self._last_words(exc.reply())
+            if not exc.fatal:  # a fatal error's reply is already an untagged BYE
+                await self._last_words(b"* BYE Protocol error, closing.\r\n")
+            self.session.close_reason = Close.PROTOCOL_ERROR
+            return False
+        if before and not await self._forward_up(before):
+            return False
+        if exc.tag is not None and exc.kind != "line_too_long":
+            self.pending.pop(exc.tag, None)   # a literal's limit: its CommandStart was seen
+        await self._reply_between(exc.reply())
+        self.bad += 1
+        if self.bad < self.session.listener.limits.bad_commands:
+            return True
+        await self._last_words(b"* BYE Too many invalid commands.\r\n")
+        self.session.end(Close.BAD_COMMANDS)
+        return False
+
+    async def _reply_between(self, line: bytes) -> None:
+        """A reply of the proxy's own: now if the upstream's stream is between responses,
+        else queued for the downstream pump to write at the next boundary."""
+        if not self._said and self.upstream_parser.at_boundary:
+            await self._say(line)
+        else:
+            self._said.append(line)
 
     # -- upstream -> client ------------------------------------------------------------------
     async def _upstream_to_client(self, cancel: trio.CancelScope) -> None:
@@ -312,6 +360,9 @@ class ImapRelay:
                     await self._say(b"* BYE Upstream protocol error.\r\n")
                     self.session.close_reason = Close.UPSTREAM_PROTOCOL_ERROR
                     return
+                if self._said and parser.at_boundary:
+                    said, self._said = self._said, []
+                    await self._say(b"".join(said))
                 await self._bye_if_at_rest()
                 data = await self.upstream_in.receive()
                 self.upstream_heard = trio.current_time()

@@ -11,9 +11,10 @@ and feed it. `next_event()` is that loop, written once. It has no error policy a
   end of stream, proxy.net.conn);
 - timeouts are trio cancel scopes at the call site (`with trio.move_on_after(...)`).
 
-The relay's pumps forward bytes before the parser sees them (DESIGN.md: parsing never delays a
-byte), so they use `receive()` (one chunk, not fed), forward it, `feed()` it, and then drain the
-parser without I/O (`parser.next_event()` until NEED_DATA) on their hot path.
+The relay's pumps use `receive()` (one chunk, not fed) and `feed()`, then drain the parser without
+I/O (`parser.next_event()` until NEED_DATA) on their hot path: upstream -> client forwards the chunk
+before parsing it (DESIGN.md: parsing never delays a byte); client -> upstream forwards what the
+parser accepted, holding only an incomplete line (proxy.relay.held_lines).
 """
 
 from __future__ import annotations

@@ -313,10 +313,58 @@ def test_imap_overlong_line_before_login(proxy, imap_witness):
 
 
 def test_imap_overlong_line_after_login(proxy, imap_witness, user):
+    """Held lines: the relay forwards a line only once it is complete and valid, so the overlong
+    line, sent in pieces, never reaches Dovecot: the proxy answers BAD and the session goes on
+    (had a piece been forwarded, Dovecot would take `a2 NOOP` as the end of that line)."""
     raw = imap_login(proxy, user)
-    raw.send(b"a1 SELECT " + b"x" * (MAX_LINE + 1000) + b"\r\n")
+    line = b"a1 SELECT " + b"x" * (MAX_LINE + 1000) + b"\r\n"
+    for start in range(0, len(line), 5000):
+        raw.send(line[start:start + 5000])
+    assert raw.line() == b"a1 BAD [TOOBIG] Line too long\r\n"
+    raw.send(b"a2 NOOP\r\n")
+    assert raw.line().startswith(b"a2 OK NOOP completed")
+    raw.send(b"a3 SELECT INBOX\r\n")
+    assert _until_tagged(raw, b"a3").startswith(b"a3 OK [READ-WRITE]")
+    raw.send(b"a4 LOGOUT\r\n")
+    assert re.fullmatch(rb"\* BYE Logging out\r\na4 OK Logout completed \(.*\)\.\r\n",
+                        raw.until_closed())
+    assert "reason=client_logout" in session_end(proxy, raw)
+
+
+def _until_tagged(raw: Raw, tag: bytes) -> bytes:
+    """Skip untagged lines up to the tagged reply for `tag`, and return it."""
+    while True:
+        line = raw.line()
+        if not line.startswith(b"* "):
+            assert line.startswith(tag + b" "), line
+            return line
+
+
+def test_imap_syntax_errors_after_login_are_answered_in_place(proxy, imap_witness, user):
+    """Dovecot answers a syntax error with BAD and goes on; so does the relay for lines it
+    did not forward, pipelined between good commands or not, until `bad_commands` (20)."""
+    raw = imap_login(proxy, user)
+    raw.send(b"a1 NOOP\r\n(x NOOP\r\na2\r\na3 NOOP\r\n")
+    replies = sorted(raw.line() for _ in range(4))   # the proxy's own may come first
+    assert replies[0] == b"* BAD [CLIENTBUG] Invalid tag\r\n"
+    assert replies[1].startswith(b"a1 OK NOOP completed")
+    assert replies[2] == b"a2 BAD [CLIENTBUG] Missing command name\r\n"
+    assert replies[3].startswith(b"a3 OK NOOP completed")
+    raw.send(b"".join(b"b%d\r\n" % n for n in range(18)) + b"c NOOP\r\n")
     reply = raw.until_closed()
-    assert reply == b"a1 BAD [TOOBIG] Line too long\r\n* BYE Protocol error, closing.\r\n"
+    assert reply == b"".join(b"b%d BAD [CLIENTBUG] Missing command name\r\n" % n
+                             for n in range(18)) + b"* BYE Too many invalid commands.\r\n"
+    assert "reason=bad_commands" in session_end(proxy, raw)
+
+
+def test_imap_error_after_a_literal_still_closes(proxy, imap_witness, user):
+    """A command whose first line part is upstream already cannot be taken back: BYE."""
+    raw = imap_login(proxy, user)
+    raw.send(b"a1 APPEND INBOX {3}\r\n")
+    assert raw.line().startswith(b"+ ")
+    raw.send(b"abc " + b"x" * (MAX_LINE + 1000) + b"\r\n")
+    assert raw.until_closed() == (b"a1 BAD [TOOBIG] Line too long\r\n"
+                                  b"* BYE Protocol error, closing.\r\n")
     assert "reason=protocol_error" in session_end(proxy, raw)
 
 
@@ -351,13 +399,14 @@ def test_imap_literal_over_the_limit(proxy, imap_witness, user):
     raw.send(b"a2 NOOP\r\n")
     assert raw.line().startswith(b"a2 OK")
     raw.close()
-    # after login (limit 64 MiB): refused without a continuation; the relay then ends the
-    # session (part of a refused command could already be upstream)
+    # after login (limit 64 MiB): refused without a continuation, not forwarded, and the
+    # session goes on (the client sends no payload without a continuation, RFC 3501 7.5)
     raw = imap_login(proxy, user)
     raw.send(b"a3 APPEND INBOX {999999999}\r\n")
-    assert raw.until_closed() == (b"a3 BAD [TOOBIG] Literal too big\r\n"
-                                  b"* BYE Protocol error, closing.\r\n")
-    assert "reason=protocol_error" in session_end(proxy, raw)
+    assert raw.line() == b"a3 BAD [TOOBIG] Literal too big\r\n"
+    raw.send(b"a4 NOOP\r\n")
+    assert raw.line().startswith(b"a4 OK NOOP completed")
+    raw.close()
     # a non-synchronizing literal cannot be skipped: one BYE and close, before and after login
     raw = Raw(proxy, "imap")
     raw.line()
