@@ -137,14 +137,25 @@ class Front:
             return event
 
     async def _protocol_error(self, exc: ProtocolErrorLike) -> None:
+        self._count_protocol_error(exc)
+        if exc.fatal:
+            await self.conn.send(exc.reply())  # its last word
+            raise CloseSession(Close.PROTOCOL_ERROR) from None
+        await self._reply(exc.reply())  # the result of the command it ends, if any
+        await self._count_bad()
+
+    def _count_protocol_error(self, exc: ProtocolErrorLike) -> None:
         self.session.runtime.metrics.protocol_errors.labels(self.protocol, exc.kind).inc()
         limit = limit_of_protocol_error(exc.kind)
         if limit is not None:
             self.session.limit_hit(limit)
-        await self.conn.send(exc.reply())  # a fatal error's reply is its last word
+
+    async def _answer_refused(self, exc: ProtocolErrorLike) -> None:
+        """The client's answer to an upstream's SASL error challenge was refused (too long):
+        the login has failed all the same, so its reply follows; a fatal error ends here."""
         if exc.fatal:
-            raise CloseSession(Close.PROTOCOL_ERROR) from None
-        await self._count_bad()
+            await self._protocol_error(exc)
+        self._count_protocol_error(exc)
 
     async def _command(self, name: bytes, run: Callable[[], Awaitable[T | None]]) -> T | None:
         """Run one command's handler within the command budget, counting its result."""

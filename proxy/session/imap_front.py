@@ -209,16 +209,25 @@ class ImapFront(Front):
         except SaslError as exc:
             await self._bad(cmd.tag, str(exc).encode())
             return None
+        except ProtocolError as exc:  # an answer to a prompt was refused (longer than max_line)
+            await self._protocol_error(exc.with_context(tag=cmd.tag, fatal=exc.fatal))
+            return None
         if creds is None:  # RFC 3501 6.2.2: "*" cancels with BAD
             await self._bad(cmd.tag, b"Authentication cancelled.")
             return None
         return LoginRequest(cmd.tag, creds)
 
     async def _sasl_line(self, challenge: bytes) -> bytes | None:
+        """The client's answer to a continuation prompt. Raises the parser's ProtocolError for
+        an overlong answer: the AUTHENTICATE ends with the caller's tagged BAD (RFC 3501 7.1.3)
+        and, as the parser skips the rest of that line, the session goes on (a fatal error, the
+        line going on past the resync budget, ends it with BYE as anywhere else)."""
         await self.conn.send(writer.continuation(challenge))
         self.channel.parser.expect_line()
-        event = await self._next_event()
-        if not isinstance(event, events.RawLine):
+        event = await self.channel.next_event()
+        if isinstance(event, events.ConnectionClosed):
+            raise CloseSession(Close.CLIENT_CLOSED)
+        if not isinstance(event, events.RawLine):  # (nothing else follows expect_line())
             raise CloseSession(Close.PROTOCOL_ERROR)
         return None if event.data == b"*" else b64decode(event.data)
 
@@ -232,6 +241,9 @@ class ImapFront(Front):
         try:
             return await self._sasl_line(challenge) is not None
         except SaslError:  # whatever the client answers, the login has failed
+            return True
+        except ProtocolError as exc:
+            await self._answer_refused(exc)
             return True
 
     async def _sasl_plain(self, initial: bytes | None) -> Credentials | None:

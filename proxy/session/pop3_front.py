@@ -191,6 +191,9 @@ class Pop3Front(Front):
         except SaslError as exc:
             await self._err(str(exc).encode())
             return None
+        except ProtocolError as exc:  # an answer to a prompt was refused (too long): -ERR
+            await self._protocol_error(exc)
+            return None
         if creds is None:  # RFC 5034 4: "*" cancels
             await self._reply(writer.err(b"Authentication cancelled."))
             return None
@@ -208,12 +211,20 @@ class Pop3Front(Front):
             return await self._sasl(challenge) is not None
         except SaslError:  # whatever the client answers, the login has failed
             return True
+        except ProtocolError as exc:
+            await self._answer_refused(exc)
+            return True
 
     async def _sasl(self, challenge: bytes) -> bytes | None:
+        """The client's answer to a continuation prompt. Raises the parser's ProtocolError for
+        an overlong answer: the AUTH ends with -ERR and, as the parser skips the rest of that
+        line, the session goes on (RFC 5034 4)."""
         await self.conn.send(writer.continuation(challenge))
         self.channel.parser.expect_line()
-        event = await self._next_event()
-        if not isinstance(event, events.RawLine):
+        event = await self.channel.next_event()
+        if isinstance(event, events.ConnectionClosed):
+            raise CloseSession(Close.CLIENT_CLOSED)
+        if not isinstance(event, events.RawLine):  # (nothing else follows expect_line())
             raise CloseSession(Close.PROTOCOL_ERROR)
         return None if event.data.strip() == b"*" else b64decode(event.data.strip())
 

@@ -368,6 +368,42 @@ def test_imap_error_after_a_literal_still_closes(proxy, imap_witness, user):
     assert "reason=protocol_error" in session_end(proxy, raw)
 
 
+@pytest.mark.parametrize("mechanism", [b"PLAIN", b"LOGIN"])
+def test_imap_overlong_answer_to_an_authenticate_prompt(proxy, imap_witness, user, mechanism):
+    """The AUTHENTICATE ends with its own tagged BAD; the parser skips the rest of the line, so
+    the session goes on and logs in (the line was answered with an untagged BAD, then the
+    session closed without a word)."""
+    raw = Raw(proxy, "imap")
+    raw.line()
+    raw.send(b"a1 AUTHENTICATE " + mechanism + b"\r\n")
+    assert raw.line().startswith(b"+ ")
+    answer = b"QUFB" * 2500 + b"\r\n"   # 10,000 bytes: over preauth_max_line (8 KiB)
+    raw.send(answer[:5000])
+    raw.send(answer[5000:])
+    assert raw.line() == b"a1 BAD [TOOBIG] Line too long\r\n"
+    raw.send(b"a2 LOGIN %s %s\r\n" % (user[0].encode(), user[1].encode()))
+    assert raw.line().startswith(b"a2 OK [CAPABILITY ")
+    raw.send(b"a3 NOOP\r\n")
+    assert raw.line().startswith(b"a3 OK NOOP completed")
+    raw.close()
+
+
+def test_imap_endless_answer_to_an_authenticate_prompt(proxy, imap_witness):
+    """Past the parser's resync budget (16 x the line limit) the line is fatal: BYE, close."""
+    raw = Raw(proxy, "imap")
+    raw.line()
+    raw.send(b"a1 AUTHENTICATE PLAIN\r\n")
+    assert raw.line().startswith(b"+ ")
+    try:
+        for _ in range(20):
+            raw.send(b"A" * 8192)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    assert raw.until_closed() == (b"a1 BAD [TOOBIG] Line too long\r\n"
+                                  b"* BYE [TOOBIG] Line too long\r\n")
+    assert "reason=protocol_error" in session_end(proxy, raw)
+
+
 def _max_id() -> bytes:
     """RFC 2971 3.3: 30 field/value pairs, fields of 30 octets, values of 1024: ~32 KB."""
     return b"ID (" + b" ".join(b'"%s" "%s"' % (b"f%029d" % n, b"v" * 1024) for n in range(30)) + b")"
@@ -551,6 +587,24 @@ def test_pop3_overlong_line(proxy, pop3_witness, dovecot, user):
     raw = pop3_login(proxy, user)  # after login: -ERR, and the session goes on
     raw.send(b"LIST " + b"1" * 10_000 + b"\r\nSTAT\r\n")
     assert raw.line().startswith(b"-ERR")
+    assert raw.line().startswith(b"+OK 1 ")
+    raw.send(b"QUIT\r\n")
+    assert raw.until_closed().startswith(b"+OK")
+
+
+@pytest.mark.parametrize("mechanism", [b"PLAIN", b"LOGIN"])
+def test_pop3_overlong_answer_to_an_auth_prompt(proxy, pop3_witness, dovecot, user, mechanism):
+    """RFC 5034 4: the AUTH ends with -ERR, the rest of the line is skipped, the session goes
+    on and logs in (it used to close without a word)."""
+    dovecot.deliver(user[0], message("one"))
+    raw = Raw(proxy, "pop3")
+    raw.line()
+    raw.send(b"AUTH " + mechanism + b"\r\n")
+    assert raw.line().startswith(b"+ ")
+    raw.send(b"QUFB" * 2500 + b"\r\n")
+    assert raw.line() == b"-ERR Line too long\r\n"
+    raw.send(b"USER %s\r\nPASS %s\r\nSTAT\r\n" % (user[0].encode(), user[1].encode()))
+    assert raw.line().startswith(b"+OK") and raw.line().startswith(b"+OK")
     assert raw.line().startswith(b"+OK 1 ")
     raw.send(b"QUIT\r\n")
     assert raw.until_closed().startswith(b"+OK")

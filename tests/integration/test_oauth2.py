@@ -117,6 +117,18 @@ def test_imap_cancelled_challenge(oauth, proxy) -> None:
         raw.close()
 
 
+def test_imap_overlong_answer_to_the_challenge(oauth, proxy) -> None:
+    """The login has failed whatever the answer: its NO, then the session goes on."""
+    raw = Raw(proxy.port("imap"))
+    try:
+        plus = raw.ask(b"a AUTHENTICATE XOAUTH2 " + base64.b64encode(xoauth2(USER, BAD)))
+        assert plus.startswith(b"+ ")
+        assert raw.ask(b"A" * 10_000) == b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
+        assert raw.ask(b"b NOOP") == b"b OK NOOP completed.\r\n"
+    finally:
+        raw.close()
+
+
 def test_pop3_tokens(oauth, proxy) -> None:
     raw = Raw(proxy.port("pop3"))
     try:
