@@ -57,7 +57,7 @@ class App:
         self.drain_event = Drain()
         self.throttle = Throttle(config.auth_throttle, trio.current_time)
         self.runtime = Runtime.build(config, self.metrics, drain=self.drain_event,
-                                     throttle=self.throttle)
+                                     throttle=self.throttle, host_health=self.health.hosts)
         self.servers: list[ListenerServer] = []
         self.open_sessions = OpenSessions()
 
@@ -152,7 +152,7 @@ class App:
         the old config (empty when applied)."""
         try:
             runtime = Runtime.build(config, self.metrics, drain=self.drain_event,
-                                    throttle=self.throttle)
+                                    throttle=self.throttle, host_health=self.health.hosts)
         except TLSConfigError as exc:
             logs.event("reload_rejected", logging.ERROR, errors=str(exc))
             return [str(exc)]

@@ -7,21 +7,31 @@ listeners are bound, it is not draining and at least one upstream answered its l
 `check_upstreams` opens a connection to every service (imap, pop3) of every upstream each round,
 reads the greeting and closes. A service is up when the greeting is `* OK` (IMAP) or `+OK` (POP3);
 `* PREAUTH`, `* BYE`, anything else, a timeout or a refused connection is down. An upstream is ok
-when any of its services is up.
+when any of its services is up. A pool (`hosts:`) is checked host by host: each result goes to
+`Health.hosts` (proxy/routing/pool.py), so logins skip a host the checker saw down, and a host
+marked down after a failed connect is re-probed each round and taken back once it answers; the
+service is up when any host is.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
 import trio
 
 from . import logs
 from .net.conn import Conn
+from .routing.pool import HostHealth
 from .session.failures import Failure
-from .session.upstream import UpstreamError, built_context, deadline, open_upstream
+from .session.upstream import (
+    ContextFactory,
+    UpstreamError,
+    built_context,
+    deadline,
+    open_upstream,
+)
 
 if TYPE_CHECKING:
     from .config import Config, ServicePort, Upstream
@@ -42,6 +52,9 @@ class Health:
     upstream_ok: dict[str, bool] = field(default_factory=dict)
     # (upstream, protocol) -> last check result; written by check_round only
     service_up: dict[tuple[str, str], bool] = field(default_factory=dict)
+    # pool hosts: marked down by a failed connect or check, up again after a good check;
+    # shared with the sessions (Runtime.host_health) across reloads
+    hosts: HostHealth = field(default_factory=HostHealth)
 
     @property
     def alive(self) -> bool:
@@ -105,7 +118,11 @@ async def check_round(config: Config, health: Health, metrics: Metrics) -> None:
     results: dict[tuple[str, str], str | None] = {}
 
     async def check(name: str, protocol: str, port: ServicePort) -> None:
-        results[name, protocol] = await check_service(config.upstreams[name], protocol, port)
+        upstream = config.upstreams[name]
+        if len(upstream.pool) == 1:
+            results[name, protocol] = await check_service(upstream, protocol, port)
+        else:
+            results[name, protocol] = await _check_pool(name, upstream, protocol, port, health)
 
     async with trio.open_nursery() as nursery:
         for name, upstream in config.upstreams.items():
@@ -123,24 +140,53 @@ async def check_round(config: Config, health: Health, metrics: Metrics) -> None:
                           for name in config.upstreams}
 
 
-def _log_transition(name: str, protocol: str, up: bool, failure: str | None) -> None:
+async def _check_pool(name: str, upstream: Upstream, protocol: str, port: ServicePort,
+                      health: Health) -> str | None:
+    """Check each host of a pool concurrently and record it in `health.hosts` (a transition is
+    logged with the host); None when any host is up, else the first host's failure."""
+    failures: dict[str, str | None] = {}
+    context = await built_context(upstream, port)
+
+    async def check_host(host: str) -> None:
+        failures[host] = await check_service(replace(upstream, host=host, hosts=()), protocol,
+                                             port, context)
+
+    async with trio.open_nursery() as nursery:
+        for host in upstream.pool:
+            nursery.start_soon(check_host, host)
+    for host in upstream.pool:
+        failure = failures[host]
+        was_up = health.hosts.is_up(name, host, protocol)
+        health.hosts.record(name, host, protocol, failure is None,
+                            upstream.health_check_interval + CHECK_TIMEOUT)
+        if was_up != (failure is None):
+            _log_transition(name, protocol, failure is None, failure, host)
+    return None if None in failures.values() else failures[upstream.pool[0]]
+
+
+def _log_transition(name: str, protocol: str, up: bool, failure: str | None,
+                    host: str | None = None) -> None:
+    where = {} if host is None else {"host": host}
     if up:
-        logs.event("upstream_health", logging.INFO, upstream=name, protocol=protocol, up=True)
+        logs.event("upstream_health", logging.INFO, upstream=name, **where, protocol=protocol,
+                   up=True)
     else:
-        logs.event("upstream_health", logging.WARNING, upstream=name, protocol=protocol,
-                   up=False, reason=failure)
+        logs.event("upstream_health", logging.WARNING, upstream=name, **where,
+                   protocol=protocol, up=False, reason=failure)
 
 
-async def check_service(upstream: Upstream, protocol: str, port: ServicePort) -> str | None:
+async def check_service(upstream: Upstream, protocol: str, port: ServicePort,
+                        context: ContextFactory | None = None) -> str | None:
     """Connect to one upstream service (proxy.session.upstream, as sessions do) and read its
-    greeting.
+    greeting. `context`: the TLS context when the caller built it already.
 
     Returns:
         None when the service greeted with `* OK` / `+OK`, else a short, log-safe reason.
     """
     conn: Conn | None = None
     try:
-        context = await built_context(upstream, port)
+        if context is None:
+            context = await built_context(upstream, port)
         with deadline(CHECK_TIMEOUT, "check"):
             conn = await open_upstream(upstream, protocol, context)
             greeting = await _read_line(conn)

@@ -119,6 +119,11 @@ TLS_RESULTS = ("ok", "handshake_failed", "timeout", "alpn_refused")
 STARTTLS_SIDES = ("client", "upstream")
 STARTTLS_RESULTS = ("ok", "failed", "refused", "injection")
 DIRECTIONS = ("client_to_upstream", "upstream_to_client")
+# Directory lookups (proxy/routing): `lookups:` entry kinds, and what an answer did: routed the
+# login, refused it, passed it on (no answer for the user), or could not be had (down, timeout).
+LOOKUP_KINDS = ("http", "ldap")
+LOOKUP_RESULTS = ("route", "refuse", "pass", "unavailable")
+LOOKUP_CACHE = ("hit", "miss")
 LIMITS = frozenset({
     "line_length", "literal_size", "preauth_commands", "bad_commands", "auth_failures",
     "idle_timeout", "login_timeout", "max_connections", "max_connections_per_ip", "auth_throttle",
@@ -239,6 +244,15 @@ class Metrics:
             "mailproxy_upstream_up", "1 if the last health check of the upstream service passed.",
             ["upstream", "protocol"], registry=r)
 
+        # --- directory lookups (proxy/routing)
+        self.lookups = Counter(
+            "mailproxy_lookups_total",
+            "Lookups by kind (http|ldap), result (route|refuse|pass|unavailable) and cache "
+            "(hit|miss).", ["kind", "result", "cache"], registry=r)
+        self.lookup_duration = Histogram(
+            "mailproxy_lookup_duration_seconds", "Time a directory took to answer (cache misses).",
+            ["kind"], buckets=CONNECT_BUCKETS, registry=r)
+
         # --- traffic, errors, limits
         self.bytes = Counter(
             "mailproxy_bytes_total", "Bytes relayed.", ["direction", "protocol"], registry=r)
@@ -317,6 +331,11 @@ class Metrics:
                     self.starttls.labels(side, protocol, result)
         for limit in LIMITS:
             self.limit_hits.labels(limit)
+        for kind in LOOKUP_KINDS:
+            self.lookup_duration.labels(kind)
+            for result in LOOKUP_RESULTS:
+                for cache in LOOKUP_CACHE:
+                    self.lookups.labels(kind, result, cache)
         for protocol in PROTOCOLS:
             self.idle_duration.labels(protocol)
         for le in SYNC_AGE_BUCKETS:

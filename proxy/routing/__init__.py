@@ -4,5 +4,5 @@ A lookup (`lookups:` in the config) is asked about each login in order; its answ
 (a `Target` to log in at, or a `Refusal` for the client), or it has no answer and the next one,
 then the static `routes:`, are tried. `chain.Lookups` runs them with their caches; `http_lookup`
 speaks nginx's `auth_http` protocol; `pool` orders a pool's hosts for one user (sticky, healthy
-first). Layers: imports proxy.config and proxy.logs only; proxy.session uses it.
+first). Layers: imports proxy.config, proxy.metrics and proxy.logs only; proxy.session uses it.
 """

@@ -64,6 +64,7 @@ class LookupUnavailable(Exception):
 
 class Lookup(Protocol):
     name: str
+    kind: str   # a metrics.LOOKUP_KINDS label
 
     async def ask(self, query: LoginQuery) -> Answer | None:
         """The answer, or None when this lookup knows nothing of the user. Raises

@@ -3,7 +3,9 @@
 `Lookups.decide(query)` returns the first answer (a Target or a Refusal) or None when no lookup
 knows the user (the static `routes:` decide then). A lookup that is down raises
 LookupUnavailable: the login is answered with a tempfail rather than routed by a lower rule,
-so an outage of the directory never sends users to a default backend.
+so an outage of the directory never sends users to a default backend. Each lookup asked is
+counted (mailproxy_lookups_total by kind, result and cache hit; the time of a miss in
+mailproxy_lookup_duration_seconds).
 
 `upstream_for(config, lookup_name, target, protocol)` turns a Target into the (name, Upstream)
 the login path connects to: a configured upstream when the target names one (or names one of
@@ -14,11 +16,13 @@ forwarding) with the target's host and port, under the lookup's name (a bounded 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import logs
 from ..config import Config, HttpLookupEntry, ServicePort, Upstream
+from ..metrics import Metrics
 from .answers import Answer, LoginQuery, Lookup, LookupUnavailable, Refusal, Target
 from .cache import AnswerCache
 from .http_lookup import HttpLookup
@@ -37,9 +41,11 @@ def build(config: Config) -> list[tuple[Lookup, AnswerCache]]:
 
 
 class Lookups:
-    def __init__(self, config: Config, lookups: list[tuple[Lookup, AnswerCache]] | None = None):
+    def __init__(self, config: Config, lookups: list[tuple[Lookup, AnswerCache]] | None = None,
+                 metrics: Metrics | None = None):
         self.config = config
         self.lookups = build(config) if lookups is None else lookups
+        self.metrics = metrics
 
     def __bool__(self) -> bool:
         return bool(self.lookups)
@@ -50,18 +56,33 @@ class Lookups:
         for lookup, cache in self.lookups:
             key = cache.key(query)
             answer = cache.get(key)
-            if answer is None:
-                try:
-                    answer = await lookup.ask(query)
-                except LookupUnavailable as exc:
-                    logs.event("lookup_error", logging.WARNING, lookup=lookup.name,
-                               detail=exc.detail)
-                    raise LookupUnavailable(f"{lookup.name}: {exc.detail}") from None
-                if answer is None:
-                    continue
+            if answer is not None:
+                self._count(lookup, answer, "hit")
+                return lookup.name, answer
+            started = time.monotonic()
+            try:
+                answer = await lookup.ask(query)
+            except LookupUnavailable as exc:
+                self._count(lookup, None, "miss", started, "unavailable")
+                logs.event("lookup_error", logging.WARNING, lookup=lookup.name,
+                           detail=exc.detail)
+                raise LookupUnavailable(f"{lookup.name}: {exc.detail}") from None
+            self._count(lookup, answer, "miss", started)
+            if answer is not None:
                 cache.put(key, answer)
-            return lookup.name, answer
+                return lookup.name, answer
         return None
+
+    def _count(self, lookup: Lookup, answer: Answer | None, cache: str,
+               started: float | None = None, result: str | None = None) -> None:
+        if self.metrics is None:
+            return
+        if result is None:
+            result = ("pass" if answer is None else
+                      "refuse" if isinstance(answer, Refusal) else "route")
+        self.metrics.lookups.labels(lookup.kind, result, cache).inc()
+        if started is not None:
+            self.metrics.lookup_duration.labels(lookup.kind).observe(time.monotonic() - started)
 
     async def aclose(self) -> None:
         for lookup, _ in self.lookups:

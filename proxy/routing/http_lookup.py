@@ -135,6 +135,8 @@ async def _discard_body(response: httpx.Response) -> None:
 class HttpLookup:
     """One `http:` entry of `lookups:`. Keeps an HTTP connection pool (httpx on trio)."""
 
+    kind = "http"
+
     def __init__(self, settings: HttpLookupConfig):
         self.settings = settings
         self.name = settings.name

@@ -61,6 +61,8 @@ def answer_from_entry(attributes: dict[str, Any], settings: LdapLookupConfig,
 
 
 class LdapLookup:
+    kind = "ldap"
+
     def __init__(self, settings: LdapLookupConfig, upstream_names: frozenset[str]):
         self.settings = settings
         self.name = settings.name

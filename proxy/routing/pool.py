@@ -39,7 +39,8 @@ def order(user: str, hosts: Sequence[str], is_up: Callable[[str], bool]) -> list
 class HostHealth:
     """What is known of each pool host, per protocol: a failed connect marks a host down
     (`mark_down`) for `down_for` seconds, after which it is tried first again by its users (so
-    they return home); `record` sets a state as a health check saw it. Unknown hosts are up."""
+    they return home); `record` sets a state as a health check saw it (proxy/health.py), a
+    down one until the next check is due. Unknown hosts are up."""
 
     def __init__(self, down_for: float = 30.0, clock: Callable[[], float] = time.monotonic):
         self.down_for = down_for
@@ -50,14 +51,17 @@ class HostHealth:
         until = self._down_until.get((upstream, host, protocol))
         return until is None or self._clock() >= until
 
-    def record(self, upstream: str, host: str, protocol: str, up: bool) -> None:
+    def record(self, upstream: str, host: str, protocol: str, up: bool,
+               next_check: float = 0.0) -> None:
+        """A check's result; a host seen down stays down at least until `next_check` seconds
+        from now (when the checker looks again)."""
         if up:
             self._down_until.pop((upstream, host, protocol), None)
         else:
-            self.mark_down(upstream, host, protocol)
+            self.mark_down(upstream, host, protocol, next_check)
 
-    def mark_down(self, upstream: str, host: str, protocol: str) -> None:
-        self._down_until[upstream, host, protocol] = self._clock() + self.down_for
+    def mark_down(self, upstream: str, host: str, protocol: str, at_least: float = 0.0) -> None:
+        self._down_until[upstream, host, protocol] = self._clock() + max(self.down_for, at_least)
 
     def hosts_to_try(self, upstream: str, hosts: Sequence[str], protocol: str,
                      user: str) -> list[str]:

@@ -71,8 +71,8 @@ class CloseSession(Exception):
 @dataclass
 class Runtime:
     """Objects shared by every session of the process. Replaced as a whole on reload, so a
-    session keeps the runtime (config, certificates) it started with; `metrics`, `drain` and
-    `throttle` are carried over from one runtime to the next."""
+    session keeps the runtime (config, certificates) it started with; `metrics`, `drain`,
+    `throttle` and `host_health` are carried over from one runtime to the next."""
 
     config: Config
     metrics: Metrics
@@ -82,21 +82,24 @@ class Runtime:
     throttle: Throttle                # auth-failure throttling, shared across reloads
     connect: Connector = tcp_connect  # how upstream TCP connections are made (tests: a fake)
     lookups: Lookups | None = None    # this config's `lookups:` (proxy/routing), asked first
-    host_health: HostHealth = field(default_factory=HostHealth)  # pool hosts that failed
+    host_health: HostHealth = field(default_factory=HostHealth)  # pool hosts (Health.hosts)
 
     @classmethod
     def build(cls, config: Config, metrics: Metrics | None = None, *,
               drain: Drain | None = None, throttle: Throttle | None = None,
-              connect: Connector = tcp_connect) -> Runtime:
+              connect: Connector = tcp_connect, host_health: HostHealth | None = None) -> Runtime:
         """Everything a session needs that depends on the config (certificates are loaded
-        here). Raises TLSConfigError. Fresh metrics, drain event and throttle unless given."""
+        here). Raises TLSConfigError. Fresh metrics, drain event, throttle and host health
+        unless given."""
         server_tls = {lst.name: ServerTLS(lst) for lst in config.listeners if lst.tls != "none"}
-        return cls(config, metrics if metrics is not None else Metrics(),
+        metrics = metrics if metrics is not None else Metrics()
+        return cls(config, metrics,
                    UpstreamTLS(tls_settings(config)), server_tls,
                    drain if drain is not None else Drain(),
                    throttle if throttle is not None else Throttle(config.auth_throttle,
                                                                   trio.current_time),
-                   connect, Lookups(config) if config.lookups else None)
+                   connect, Lookups(config, metrics=metrics) if config.lookups else None,
+                   host_health if host_health is not None else HostHealth())
 
 
 class LogFields(TypedDict):

@@ -2,12 +2,15 @@
 upstream (`hosts:`). Every user exists on both, with a marker message saying which host served it.
 Each user always reaches the same host (stickiness, as proxy/routing/pool.py orders it); when
 one host is down its users go to the other at once (failover on connect error) and the others
-stay where they were."""
+stay where they were. The health checker probes each host: one it saw down is skipped without
+a connect attempt, and one that answers again gets its users back."""
 
 from __future__ import annotations
 
 import imaplib
 import poplib
+import re
+import time
 
 import pytest
 
@@ -74,3 +77,36 @@ def test_sticky_then_failover(pair, proxy_factory) -> None:
     assert {u: served_by_imap(proxy.port("imap"), u) for u in USERS} == expected
     assert {u: served_by_pop3(proxy.port("pop3"), u) for u in USERS} == expected
     assert "event=upstream_failover" in proxy.logs()
+
+
+def wait_log(proxy, pattern: str, offset: int, timeout: float = 20.0) -> None:
+    regex = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    while not regex.search(proxy.logs()[offset:]):
+        assert time.monotonic() < deadline, f"no log line matches {pattern!r} in {timeout}s"
+        time.sleep(0.05)
+
+
+def test_health_checks_per_host(pair, proxy_factory) -> None:
+    first, second = pair
+    proxy = proxy_factory({
+        "listeners": [{"name": "imap", "protocol": "imap", "address": "127.0.0.1:0",
+                       "allow_plaintext_auth": True}],
+        "upstreams": {"pool": {"hosts": HOSTS, "imap": {"port": first.imap_port},
+                               "health_check_interval": "0.2s"}},
+        "routes": [{"match": "*", "upstream": "pool"}],
+        "auth_throttle": {"enabled": False},
+    })
+    away = [u for u in USERS if pool.preference(u, HOSTS)[0] == "127.0.0.2"]
+    assert away and all(served_by_imap(proxy.port("imap"), u) == "127.0.0.2" for u in away)
+    offset = len(proxy.logs())
+    second.stop()
+    wait_log(proxy, r"event=upstream_health upstream=pool host=127\.0\.0\.2 protocol=imap "
+             r"up=False", offset)
+    offset = len(proxy.logs())
+    assert all(served_by_imap(proxy.port("imap"), u) == "127.0.0.1" for u in away)
+    assert "upstream_failover" not in proxy.logs()[offset:]   # the checker knew: no try
+    second.start()
+    wait_log(proxy, r"event=upstream_health upstream=pool host=127\.0\.0\.2 protocol=imap "
+             r"up=True", offset)
+    assert all(served_by_imap(proxy.port("imap"), u) == "127.0.0.2" for u in away)  # home again

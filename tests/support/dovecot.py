@@ -345,6 +345,10 @@ class Dovecot:
             text = text.replace(key, value)
         return text + self.extra_config
 
+    def start(self) -> None:
+        """Start again after `stop()`: the same users and mail (and ports, when fixed)."""
+        self._start()
+
     def _start(self) -> None:
         dovecot, doveconf = _which("dovecot"), _which("doveconf")
         if dovecot is None or doveconf is None:

@@ -33,6 +33,8 @@ EXPECTED = {
     "bytes": ("mailproxy_bytes_total", ("direction", "protocol")),
     "protocol_errors": ("mailproxy_protocol_errors_total", ("protocol", "kind")),
     "limit_hits": ("mailproxy_limit_hits_total", ("limit",)),
+    "lookups": ("mailproxy_lookups_total", ("kind", "result", "cache")),
+    "lookup_duration": ("mailproxy_lookup_duration_seconds", ("kind",)),
     "build_info": ("mailproxy_build_info", ("version", "python")),
     "draining": ("mailproxy_draining", ()),
 }

@@ -10,6 +10,7 @@ import pytest
 
 from proxy import config as config_mod
 from proxy.config import LookupCache
+from proxy.metrics import LOOKUP_CACHE, LOOKUP_RESULTS, Metrics
 from proxy.routing import pool
 from proxy.routing.answers import LoginQuery, LookupUnavailable, Refusal, Target
 from proxy.routing.cache import AnswerCache
@@ -246,6 +247,37 @@ async def test_service_down_and_slow() -> None:
             await lookups.decide(query())
         assert info.value.detail == "http: no reply within 0.2s"
         await lookups.aclose()
+
+
+async def test_lookup_metrics(service: AuthService) -> None:
+    """mailproxy_lookups_total by kind, result and cache; the duration of misses."""
+    service.unknown_404 = True
+    metrics = Metrics()
+    lookups = Lookups(chain_config(service.url), metrics=metrics)
+    try:
+        await lookups.decide(query())                                 # route, miss
+        await lookups.decide(query())                                 # route, hit
+        await lookups.decide(query(password=b"bad", attempt=2))       # refuse, miss
+        assert await lookups.decide(query("carl@static.example")) is None   # pass, miss
+    finally:
+        await lookups.aclose()
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/auth"
+    down = Lookups(chain_config(url), metrics=metrics)
+    with pytest.raises(LookupUnavailable):
+        await down.decide(query())                                    # unavailable, miss
+    await down.aclose()
+    sample = metrics.registry.get_sample_value
+    counts = {(result, cache): sample("mailproxy_lookups_total",
+                                      {"kind": "http", "result": result, "cache": cache})
+              for result in LOOKUP_RESULTS for cache in LOOKUP_CACHE}
+    assert counts == {("route", "hit"): 1, ("route", "miss"): 1, ("refuse", "hit"): 0,
+                      ("refuse", "miss"): 1, ("pass", "hit"): 0, ("pass", "miss"): 1,
+                      ("unavailable", "hit"): 0, ("unavailable", "miss"): 1}
+    assert sample("mailproxy_lookup_duration_seconds_count", {"kind": "http"}) == 4
+    assert sample("mailproxy_lookups_total", {"kind": "ldap", "result": "route",
+                                              "cache": "miss"}) == 0   # series exist at 0
 
 
 async def test_wait_status_asks_again(service: AuthService) -> None:
