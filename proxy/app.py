@@ -59,6 +59,7 @@ class App:
         self.runtime = Runtime.build(config, self.metrics, drain=self.drain_event,
                                      throttle=self.throttle, host_health=self.health.hosts)
         self.servers: list[ListenerServer] = []
+        self._services: trio.Nursery | None = None   # the process's own tasks, once running
         self.open_sessions = OpenSessions()
 
     def _init_series(self, config: Config) -> None:
@@ -77,6 +78,7 @@ class App:
         config = self.runtime.config
         async with _maybe_gateway(config, self.metrics) as gateway, \
                 trio.open_nursery() as nursery:
+            self._services = nursery
             handlers = _handlers(gateway)
             self.servers = [ListenerServer(lst.name, lambda: self.runtime,
                                            handlers[(lst.protocol, lst.mode)], self.open_sessions)
@@ -160,7 +162,11 @@ class App:
         if why is not None:
             logs.event("reload_rejected", logging.ERROR, errors=why)
             return [why]
-        self.runtime = runtime
+        old, self.runtime = self.runtime, runtime
+        if old.lookups is not None and self._services is not None:
+            # closed once no login can still be asking them (its `login` timeout)
+            delay = max((lst.timeouts.login for lst in old.config.listeners), default=0.0)
+            self._services.start_soon(old.lookups.aclose_after, delay)
         self.throttle.config = config.auth_throttle
         self._init_series(config)
         logs.event("reloaded", routes=len(config.routes), upstreams=len(config.upstreams))

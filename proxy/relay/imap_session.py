@@ -41,9 +41,10 @@ async def _close(upstream: UpstreamIMAP) -> None:
 async def _authenticate(session: Session, front: ImapFront) -> UpstreamIMAP:
     while True:
         request = await front.next_login()
-        outcome = await log_in(session, request.credentials, IMAP_LOGIN)
+        attempt = RelayLogin()
+        outcome = await log_in(session, request.credentials, attempt)
         if isinstance(outcome, Failure):
-            challenge, session.sasl_challenge = session.sasl_challenge, None
+            challenge = attempt.challenge
             if challenge is not None and not await front.sasl_challenge(challenge):
                 await front.login_failed(writer.tagged(  # RFC 3501 6.2.2: "*" cancels
                     request.tag, b"BAD", b"Authentication cancelled."))
@@ -63,9 +64,25 @@ async def _authenticate(session: Session, front: ImapFront) -> UpstreamIMAP:
         return outcome
 
 
-async def _attempt(session: Session, creds: Credentials, name: str,
+class RelayLogin(Attempt[UpstreamIMAP]):
+    """One login at the upstream (per client login). A refused token login leaves the
+    upstream's SASL error challenge (RFC 7628 3.2.2) in `challenge`, for the session to relay
+    to the client before the NO."""
+
+    def __init__(self) -> None:
+        super().__init__("imap", "relay", self._run)
+        self.challenge: bytes | None = None
+
+    async def _run(self, session: Session, creds: Credentials, name: str,
                    upstream: Upstream) -> tuple[UpstreamIMAP | Failure, bytes]:
-    """Connect and log in upstream; the connection is the caller's only on success."""
+        outcome, text, self.challenge = await _attempt(session, creds, name, upstream)
+        return outcome, text
+
+
+async def _attempt(session: Session, creds: Credentials, name: str, upstream: Upstream
+                   ) -> tuple[UpstreamIMAP | Failure, bytes, bytes | None]:
+    """Connect and log in upstream; the connection is the caller's only on success. A refusal
+    comes with the upstream's SASL error challenge, if it sent one."""
     up = await connect(session, name, upstream)
     try:
         with deadline(session.listener.timeouts.upstream_response, "login"):
@@ -76,11 +93,8 @@ async def _attempt(session: Session, creds: Credentials, name: str,
         await up.conn.aclose()
         raise
     if reply.status == b"OK":
-        return up, reply.text
-    session.sasl_challenge = up.sasl_challenge
+        return up, reply.text, None
     await up.conn.aclose()
     tempfail = reply.code in _TEMPFAIL_CODES
-    return (Failure.AUTH_TEMPFAIL if tempfail else Failure.AUTH_REJECTED), reply.text
-
-
-IMAP_LOGIN = Attempt("imap", "relay", _attempt)
+    return (Failure.AUTH_TEMPFAIL if tempfail else Failure.AUTH_REJECTED), reply.text, \
+        up.sasl_challenge

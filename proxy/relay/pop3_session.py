@@ -38,9 +38,10 @@ async def _close(upstream: UpstreamPOP3) -> None:
 async def _authenticate(session: Session, front: Pop3Front) -> UpstreamPOP3:
     while True:
         request = await front.next_login()
-        outcome = await log_in(session, request.credentials, POP3_LOGIN)
+        attempt = RelayLogin()
+        outcome = await log_in(session, request.credentials, attempt)
         if isinstance(outcome, Failure):
-            challenge, session.sasl_challenge = session.sasl_challenge, None
+            challenge = attempt.challenge
             if challenge is not None and not await front.sasl_challenge(challenge):
                 await front.auth_cancelled()  # RFC 5034 4: "*" cancels
                 continue
@@ -57,9 +58,24 @@ async def _authenticate(session: Session, front: Pop3Front) -> UpstreamPOP3:
         return outcome
 
 
-async def _attempt(session: Session, creds: Credentials, name: str,
+class RelayLogin(Attempt[UpstreamPOP3]):
+    """One login at the upstream (per client login). A refused token login leaves the
+    upstream's SASL error challenge in `challenge`, for the session to relay before the -ERR."""
+
+    def __init__(self) -> None:
+        super().__init__("pop3", "relay", self._run)
+        self.challenge: bytes | None = None
+
+    async def _run(self, session: Session, creds: Credentials, name: str,
                    upstream: Upstream) -> tuple[UpstreamPOP3 | Failure, bytes]:
-    """Connect and log in upstream; the connection is the caller's only on success."""
+        outcome, text, self.challenge = await _attempt(session, creds, name, upstream)
+        return outcome, text
+
+
+async def _attempt(session: Session, creds: Credentials, name: str, upstream: Upstream
+                   ) -> tuple[UpstreamPOP3 | Failure, bytes, bytes | None]:
+    """Connect and log in upstream; the connection is the caller's only on success. A refusal
+    comes with the upstream's SASL error challenge, if it sent one."""
     up = await connect(session, name, upstream)
     try:
         with deadline(session.listener.timeouts.upstream_response, "login"):
@@ -68,10 +84,7 @@ async def _attempt(session: Session, creds: Credentials, name: str,
         await up.conn.aclose()
         raise
     if status.ok:
-        return up, status.text
-    session.sasl_challenge = up.sasl_challenge
+        return up, status.text, None
     await up.conn.aclose()
-    return (Failure.AUTH_TEMPFAIL if is_tempfail(status) else Failure.AUTH_REJECTED), status.text
-
-
-POP3_LOGIN = Attempt("pop3", "relay", _attempt)
+    return (Failure.AUTH_TEMPFAIL if is_tempfail(status) else Failure.AUTH_REJECTED), \
+        status.text, up.sasl_challenge

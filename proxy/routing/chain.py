@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+import trio
+
 from .. import logs
 from ..config import Config, HttpLookupEntry, ServicePort, Upstream
 from ..metrics import Metrics
@@ -87,6 +89,16 @@ class Lookups:
     async def aclose(self) -> None:
         for lookup, _ in self.lookups:
             await lookup.aclose()
+
+    async def aclose_after(self, delay: float) -> None:
+        """Close the clients (HTTP connection pools, LDAP connections) once `delay` has passed:
+        a replaced config's lookups, after the longest login timeout, so no login still running
+        under the old config loses its lookup (shielded: the process stopping closes them)."""
+        try:
+            await trio.sleep(delay)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.aclose()
 
 
 def _template(config: Config, lookup_name: str) -> Upstream | None:

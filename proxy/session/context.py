@@ -125,7 +125,6 @@ class Session:
     user: str | None = None
     upstream: str | None = None
     login_attempts: int = 0           # logins tried on this connection (Auth-Login-Attempt)
-    sasl_challenge: bytes | None = None  # the upstream's error challenge to the last token login
     commands: int = 0
     close_reason: Close = Close.CLIENT_CLOSED
     bytes_from_client: int = 0

@@ -7,6 +7,7 @@ import socket
 import textwrap
 
 import pytest
+import trio
 
 from proxy import config as config_mod
 from proxy.config import LookupCache
@@ -290,6 +291,31 @@ async def test_wait_status_asks_again(service: AuthService) -> None:
         assert len(service.asked("ann@example.com")) == 11
     finally:
         await lookups.aclose()
+
+
+async def test_reload_closes_the_old_lookup_clients(autojump_clock) -> None:
+    """App.apply: the replaced config's HTTP client is closed after the longest login timeout
+    (a login still running under it keeps its lookup), the new one stays open."""
+    from proxy.app import App
+
+    config = load("""
+        lookups: [{http: {url: "http://127.0.0.1:9/auth"}}]
+        """)
+    app = App(config, None)
+    old = app.runtime.lookups
+    assert old is not None
+    async with trio.open_nursery() as nursery:
+        app._services = nursery   # what App.run sets
+        assert app.apply(config) == []
+        new = app.runtime.lookups
+        assert new is not None and new is not old
+        clients = [lookup._client for lookups in (old, new)   # type: ignore[attr-defined]
+                   for lookup, _ in lookups.lookups]
+        await trio.sleep(config.listeners[0].timeouts.login - 1)
+        assert [c.is_closed for c in clients] == [False, False]
+        await trio.sleep(2)
+        assert [c.is_closed for c in clients] == [True, False]
+    await new.aclose()
 
 
 # -- pools -------------------------------------------------------------------------------------------
