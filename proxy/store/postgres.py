@@ -5,7 +5,9 @@ Theory of operation: psycopg 3 with its connection pool, used from worker thread
 is asyncio-only and there is no maintained trio-native PostgreSQL driver (triopg wraps asyncpg
 through trio-asyncio and is unmaintained), while threads keep the trio loop free and give real
 parallelism for network waits. Each store call is ONE transaction on one pooled connection,
-committed when the call returns and rolled back when it raises (`_call`).
+committed when the call returns and rolled back when it raises (`_call`); a call that is one
+read-only statement (`read=True`) runs in autocommit instead, one round trip without BEGIN and
+COMMIT.
 
 Failures: a deadlock or serialization failure is retried (bounded, `RETRIES`); a lost server or
 a pool with no free connection within `POOL_TIMEOUT_S` is `StoreUnavailable`, which the gateway
@@ -92,22 +94,28 @@ class PostgresStore(PgMessageOps):
         self.follower = ChangeFollower(self._url, self._password, self.origin, self._run, feed)
         await self.follower.run(task_status)
 
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _call(self, read: bool, fn: Callable[..., Any], *args: Any) -> Any:
         for attempt in range(RETRIES):
             pool = self._pool
             if pool is None:
                 raise StoreError("store is closed")
             try:
                 with pool.connection() as c:
-                    return fn(c, *args)
+                    if not read:
+                        return fn(c, *args)
+                    c.autocommit = True   # one statement: no BEGIN/COMMIT round trips
+                    try:
+                        return fn(c, *args)
+                    finally:
+                        c.autocommit = False
             except _RETRYABLE:
                 if attempt == RETRIES - 1:
                     raise
         raise AssertionError("unreachable")
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _run(self, fn: Callable[..., Any], *args: Any, read: bool = False) -> Any:
         try:
-            return await trio.to_thread.run_sync(functools.partial(self._call, fn, *args),
+            return await trio.to_thread.run_sync(functools.partial(self._call, read, fn, *args),
                                                  limiter=self._limiter)
         except psycopg_pool.PoolTimeout as exc:
             raise StoreUnavailable("store unavailable: no database connection") from exc
@@ -218,7 +226,7 @@ class PostgresStore(PgMessageOps):
         return list(await self._run(self._list_mailboxes, account_id))
 
     async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
-        found = await self._run(self._list_mailboxes, account_id, name)
+        found = await self._run(self._list_mailboxes, account_id, name, read=True)
         return found[0] if found else None
 
     def _create_mailbox(self, c: Conn, account_id: int, name: str,
@@ -301,7 +309,7 @@ class PostgresStore(PgMessageOps):
 
     async def _mailbox_value(self, mailbox_id: int, column: str) -> int:
         row = await self._run(lambda c: c.execute(
-            f"SELECT {column} FROM mailboxes WHERE id = %s", (mailbox_id,)).fetchone())
+            f"SELECT {column} FROM mailboxes WHERE id = %s", (mailbox_id,)).fetchone(), read=True)
         if row is None:
             raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
         return int(row[0])

@@ -395,3 +395,19 @@ async def test_feed_reports_mailboxes_deleted_or_renamed_elsewhere(pg_dsn, nurse
     assert got.gone_ids[2] == ids["Old"]
     await here.close()
     await there.close()
+
+
+async def test_one_statement_reads_run_in_autocommit_and_leave_none(pg_dsn):
+    """Issue 15 (SELECT speed): a read-only one-statement call (mailbox lookup, HIGHESTMODSEQ)
+    runs without BEGIN/COMMIT and gives the connection back in transaction mode, so later
+    writes are still one transaction each."""
+    store = await open_store(pg_dsn)
+    account = await store.ensure_account("up", "u")
+    inbox = await store.get_mailbox(account.id, "INBOX")    # read=True
+    assert await store.highest_modseq(inbox.id) == inbox.highest_modseq
+    with store._pool.connection() as c:
+        assert c.autocommit is False
+    uid = await store.append(inbox.id, mail(1))
+    await store.store_flags(inbox.id, [uid], ["\\Seen"], FlagMode.ADD)
+    assert [m.flags for m in await store.messages(inbox.id)] == [frozenset({"\\Seen"})]
+    await store.close()
