@@ -1,7 +1,8 @@
 """The `http` lookup against nginx's own mail proxy: ONE auth_http service (tests/support/
 authservice.py) drives nginx (Debian nginx + libnginx-mod-mail) and mailproxy side by side, both
 routing two users to two real Dovecots, refusing a wrong password (closing, or after Auth-Wait
-keeping the connection), rewriting the user and password, and answering when the service is down.
+keeping the connection), waiting and asking again on `Auth-Status: WAIT`, rewriting the user and
+password, and answering when the service is down.
 Each test states what each front sends, byte for byte, so the two can be compared at a glance.
 """
 
@@ -192,6 +193,24 @@ def test_auth_wait_keeps_the_connection(world, front: str) -> None:
         assert attempts == ["1", "2"]
     finally:
         service.wait = None
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_auth_status_wait_asks_again(world, front: str) -> None:
+    """Auth-Status: WAIT with Auth-Wait: 1: both fronts wait, ask again, and log in on the
+    third answer."""
+    ann, ann_pw = world["users"]["ann"]
+    service = world["service"]
+    asked = len(service.asked(ann))
+    service.waits[ann] = 2
+    try:
+        started = time.monotonic()
+        assert subjects_imap(world["ports"][front]["imap"], ann, ann_pw) == [
+            b"Subject: ann on one"]
+        assert time.monotonic() - started >= 2.0
+        assert [r["Auth-Login-Attempt"] for r in service.asked(ann)[asked:]] == ["1", "1", "1"]
+    finally:
+        service.waits.pop(ann, None)
 
 
 DOWN = {

@@ -32,6 +32,7 @@ class AuthService:
     wait: int | None = None               # Auth-Wait on refusals
     unknown_404: bool = False
     status_override: dict[str, dict[str, str]] = field(default_factory=dict)  # user -> headers
+    waits: dict[str, int] = field(default_factory=dict)  # user -> Auth-Status: WAIT answers first
     port: int = 0
 
     def __post_init__(self) -> None:
@@ -74,6 +75,9 @@ class AuthService:
         protocol = headers.get("Auth-Protocol", "")
         if user in self.status_override:
             return 200, dict(self.status_override[user])
+        if self.waits.get(user):
+            self.waits[user] -= 1
+            return 200, {"Auth-Status": "WAIT", "Auth-Wait": "1"}
         account = self.accounts.get(user)
         if account is None and self.unknown_404:
             return 404, {}
