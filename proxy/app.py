@@ -18,6 +18,7 @@ from .metrics import Metrics
 from .net.http import serve_http
 from .net.throttle import Throttle
 from .net.tls import TLSConfigError
+from .oauth2 import Brokers
 from .preflight import bind_error, certificate_expiries
 from .session.context import Drain, Runtime
 from .session.failures import Failure
@@ -34,14 +35,14 @@ def _handlers(gateway) -> dict:
 
 
 @asynccontextmanager
-async def _maybe_gateway(config: Config, metrics):
+async def _maybe_gateway(config: Config, metrics, oauth2: Brokers):
     """The gateway service (store, fetchers) when a listener has `mode: gateway`."""
     if not any(lst.mode == "gateway" for lst in config.listeners):
         yield None
         return
     from .gateway.service import open_gateway
 
-    async with open_gateway(config, metrics) as service:
+    async with open_gateway(config, metrics, oauth2) as service:
         yield service
 
 
@@ -56,8 +57,10 @@ class App:
         self._init_series(config)
         self.drain_event = Drain()
         self.throttle = Throttle(config.auth_throttle, trio.current_time)
+        self.oauth2 = Brokers(self.metrics)   # access token caches, kept across reloads
         self.runtime = Runtime.build(config, self.metrics, drain=self.drain_event,
-                                     throttle=self.throttle, host_health=self.health.hosts)
+                                     throttle=self.throttle, host_health=self.health.hosts,
+                                     oauth2=self.oauth2)
         self.servers: list[ListenerServer] = []
         self._services: trio.Nursery | None = None   # the process's own tasks, once running
         self.open_sessions = OpenSessions()
@@ -76,7 +79,7 @@ class App:
 
     async def run(self) -> None:
         config = self.runtime.config
-        async with _maybe_gateway(config, self.metrics) as gateway, \
+        async with _maybe_gateway(config, self.metrics, self.oauth2) as gateway, \
                 trio.open_nursery() as nursery:
             self._services = nursery
             handlers = _handlers(gateway)
@@ -154,7 +157,8 @@ class App:
         the old config (empty when applied)."""
         try:
             runtime = Runtime.build(config, self.metrics, drain=self.drain_event,
-                                    throttle=self.throttle, host_health=self.health.hosts)
+                                    throttle=self.throttle, host_health=self.health.hosts,
+                                    oauth2=self.oauth2)
         except TLSConfigError as exc:
             logs.event("reload_rejected", logging.ERROR, errors=str(exc))
             return [str(exc)]
@@ -168,6 +172,7 @@ class App:
             delay = max((lst.timeouts.login for lst in old.config.listeners), default=0.0)
             self._services.start_soon(old.lookups.aclose_after, delay)
         self.throttle.config = config.auth_throttle
+        self.oauth2.keep_only(config)
         self._init_series(config)
         logs.event("reloaded", routes=len(config.routes), upstreams=len(config.upstreams))
         return []

@@ -10,6 +10,7 @@ import sys
 from . import __version__, admin_cli, certgen, keygen, logs
 from . import config as config_mod
 from .gateway import sync_cli
+from .oauth2 import cli as oauth2_cli
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 EXIT_RUNTIME, EXIT_CONFIG = 1, 2
@@ -29,6 +30,11 @@ EXAMPLES = {
     ("gateway", "migrate"): "mailproxy gateway migrate --from /var/lib/mailproxy/gateway.db "
                             "--to 'postgresql://mailproxy@db/mailproxy?sslmode=verify-full' "
                             "--password-file pg.pw",
+    ("oauth2",): "mailproxy oauth2 enrol --config mailproxy.yaml --upstream m365 alice@example.com",
+    ("oauth2", "enrol"): "mailproxy oauth2 enrol --config mailproxy.yaml --upstream m365 "
+                         "--flow device alice@example.com",
+    ("oauth2", "hash-password"): "mailproxy oauth2 hash-password alice@example.com "
+                                 ">> /etc/mailproxy/m365-users",
     ("help",): "mailproxy help serve",
     ("who",): "mailproxy who --config /etc/mailproxy/mailproxy.yaml",
     ("kick",): "mailproxy kick --config /etc/mailproxy/mailproxy.yaml alice@example.com",
@@ -52,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     certgen.add_cli(sub)
     keygen.add_cli(sub)
     sync_cli.add_cli(sub)
+    oauth2_cli.add_cli(sub)
     admin_cli.add_cli(sub)
     helper = sub.add_parser("help", help="show the help of a command")
     helper.add_argument("topic", nargs="*", metavar="COMMAND", help="e.g. serve, gateway sync")
@@ -110,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         return keygen.run_cli(args)
     if args.command == "gateway":
         return sync_cli.run_cli(args)
+    if args.command == "oauth2":
+        return oauth2_cli.run_cli(args)
     if args.command in ("who", "kick", "reload"):
         return admin_cli.run_cli(args)
     return EXIT_CONFIG

@@ -45,6 +45,7 @@ __all__ = [
     "STARTTLS_RESULTS",
     "DIRECTIONS",
     "LIMITS",
+    "OAUTH2_REFRESH_RESULTS",
     "OTHER",
     "command_label",
     "status_label",
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 OTHER = "other"
+OAUTH2_REFRESH_RESULTS = ("ok", "refused", "unavailable")
 NONE = "none"  # status of a command whose session ended before the reply
 PROTOCOLS = ("imap", "pop3")
 
@@ -262,6 +264,15 @@ class Metrics:
         self.limit_hits = Counter(
             "mailproxy_limit_hits_total", "Times a configured limit was enforced.",
             ["limit"], registry=r)
+
+        # --- OAuth2 brokering (proxy/oauth2): refresh_token grants at token endpoints
+        self.oauth2_refreshes = Counter(
+            "mailproxy_oauth_token_refreshes_total",
+            "Access token refreshes (refused: the refresh token was revoked or expired; "
+            "unavailable: the endpoint was down or refused the client).",
+            ["result"], registry=r)
+        for result in OAUTH2_REFRESH_RESULTS:
+            self.oauth2_refreshes.labels(result)
 
         # --- gateway (POP3 ingest, store, IMAP sessions over the store)
         self.gateway_syncs = Counter(

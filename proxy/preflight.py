@@ -2,7 +2,8 @@
 
 `config.load()` validates the text; `file_problems()` then loads what the text points at, exactly
 as `serve` would: each listener's certificates and keys (net.tls.ServerTLS), each upstream's CA
-file and client certificate (net.tls.client_context), and the gateway's key file (store.KeyRing).
+file and client certificate (net.tls.client_context), the gateway's key file (store.KeyRing), and
+an OAuth2 upstream's password, key and token files (proxy/oauth2).
 So `check-config` says OK only to a config `serve` starts with.
 
 `StartupError` is a refusal met while starting (an address already in use): the CLI prints its
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 from cryptography import x509
 
-from .config import Config
+from .config import Config, OAuth2
 from .net.tls import ServerTLS, TLSConfigError, client_context
+from .oauth2.passwords import PasswordFile, PasswordFileError
+from .oauth2.token_file import TokenFile, TokenFileError
 from .store import StoreError, StoreKeyError, display_store, load_key_ring
 
 EXIT_RUNTIME, EXIT_CONFIG = 1, 2
@@ -44,6 +47,8 @@ def file_problems(config: Config) -> list[str]:
                 client_context(upstream, name, warn=False)  # the runtime warns, once
         except TLSConfigError as exc:
             problems.append(f"upstreams.{name}: {exc}")
+        if upstream.auth is not None and upstream.auth.oauth2 is not None:
+            problems += _oauth2_problems(f"upstreams.{name}.auth.oauth2", upstream.auth.oauth2)
     gateway = config.gateway
     if gateway is not None and gateway.key_file is not None:
         try:
@@ -51,6 +56,25 @@ def file_problems(config: Config) -> list[str]:
         except StoreKeyError as exc:
             problems.append(f"gateway.key_file: {exc}; `mailproxy gen-key --out FILE` writes "
                             f"a valid one")
+    return problems
+
+
+def _oauth2_problems(where: str, settings: OAuth2) -> list[str]:
+    """The password file parses, the key file loads, the token file (when present) is one."""
+    problems = []
+    try:
+        PasswordFile(settings.password_file).load()
+    except PasswordFileError as exc:
+        problems.append(f"{where}.password_file: {exc}")
+    tokens = TokenFile(settings.token_file, settings.key_file)
+    try:
+        tokens.ring()
+    except TokenFileError as exc:
+        problems.append(f"{where}.{exc}; `mailproxy gen-key --out FILE` writes a valid one")
+    try:
+        tokens.users()
+    except TokenFileError as exc:
+        problems.append(f"{where}.token_file: {exc}")
     return problems
 
 

@@ -31,7 +31,8 @@ def test_every_command_is_listed() -> None:
     assert set(command_paths()) == {(), ("serve",), ("check-config",), ("gen-cert",),
                                     ("gen-key",), ("gateway",), ("gateway", "sync"),
                                     ("gateway", "migrate"), ("help",), ("who",), ("kick",),
-                                    ("reload",)}
+                                    ("reload",), ("oauth2",), ("oauth2", "enrol"),
+                                    ("oauth2", "hash-password")}
 
 
 @pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "mailproxy")
@@ -51,7 +52,7 @@ def test_help_for_an_unknown_command() -> None:
     result = run("help", "nope")
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == ("mailproxy help: no command 'nope'; commands: serve, check-config, "
-                             "gen-cert, gen-key, gateway, who, kick, reload, help\n")
+                             "gen-cert, gen-key, gateway, oauth2, who, kick, reload, help\n")
 
 
 def test_gen_key_prints_or_appends_keys_the_store_accepts(tmp_path: Path) -> None:

@@ -12,14 +12,16 @@ Secrets (the gateway key, a log-hashing salt, upstream client keys) are never re
 
 One module per section, each with its dataclasses and its cross-field rules (`check_*`):
 values.py (durations, sizes, addresses, secrets, certificates), listeners.py, upstreams.py
-(upstreams, routes, lookups), gateway.py, operations.py (logging, metrics, auth_throttle, admin);
-loader.py holds `Config`, `load()` and `loads()`; messages.py words pydantic's errors. Everything
-public is importable from `proxy.config` itself.
+(upstreams, routes, lookups), oauth2.py (an upstream's auth: brokered OAuth2), gateway.py,
+operations.py (logging, metrics, auth_throttle, admin); loader.py holds `Config`, `load()` and
+`loads()`; messages.py words pydantic's errors. Everything public is importable from
+`proxy.config` itself.
 """
 
 from .gateway import Gateway, GatewayLimits, StoreLocation
 from .listeners import Listener, ProtocolLimits, Timeouts
 from .loader import Config, ConfigError, load, loads
+from .oauth2 import OAuth2, UpstreamAuth
 from .operations import Admin, AuthThrottle, Logging, Metrics
 from .upstreams import (
     HttpLookup,
@@ -47,7 +49,7 @@ from .values import (
 __all__ = [
     "Address", "Admin", "AuthThrottle", "Certificate", "Config", "ConfigError", "Duration",
     "Gateway", "GatewayLimits", "HttpLookup", "HttpLookupEntry", "LdapLookup", "LdapLookupEntry",
-    "ListenAddress", "Listener", "Logging", "LookupCache", "LookupEntry", "Metrics",
+    "ListenAddress", "Listener", "Logging", "LookupCache", "LookupEntry", "Metrics", "OAuth2",
     "PoolableUpstream", "ProtocolLimits", "Route", "Secret", "SecretValue", "ServicePort", "Size",
-    "StoreLocation", "Timeouts", "TlsMode", "Upstream", "load", "loads",
+    "StoreLocation", "Timeouts", "TlsMode", "Upstream", "UpstreamAuth", "load", "loads",
 ]

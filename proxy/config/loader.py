@@ -17,6 +17,7 @@ from pydantic import StrictStr, TypeAdapter, ValidationError
 from .gateway import Gateway, check_gateway
 from .listeners import Listener, check_listeners
 from .messages import describe, dotted_path
+from .oauth2 import resolve_auth_paths
 from .operations import Admin, AuthThrottle, Logging, Metrics, Workers, check_workers
 from .upstreams import LookupEntry, PoolableUpstream, Route, check_routing
 from .values import STRICT, Certificate, Duration, Problem
@@ -131,7 +132,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     listeners = tuple(replace(lst, certificates=tuple(fix_cert(c) for c in lst.certificates))
                       for lst in config.listeners)
     upstreams = {name: replace(up, ca_file=fix(up.ca_file),
-                               client_cert=None if up.client_cert is None else fix_cert(up.client_cert))
+                               client_cert=None if up.client_cert is None else fix_cert(up.client_cert),
+                               auth=resolve_auth_paths(up.auth, base))
                  for name, up in config.upstreams.items()}
     gateway = config.gateway
     if gateway is not None:

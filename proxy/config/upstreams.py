@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import BeforeValidator, Discriminator, StrictBool, StrictInt, StrictStr, Tag
 
+from .oauth2 import UpstreamAuth, check_oauth2
 from .values import STRICT, Certificate, Duration, Problem, SecretValue, TlsMode
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class Upstream:
     client_cert: Certificate | None = None
     forward_client_ip: StrictBool = False
     health_check_interval: Duration = 30.0
+    auth: UpstreamAuth | None = None     # oauth2: brokered logins (proxy/oauth2/)
 
     @property
     def pool(self) -> tuple[str, ...]:
@@ -183,6 +185,8 @@ def check_routing(config: Config) -> list[Problem]:
     for name, up in config.upstreams.items():
         if up.imap is None and up.pop3 is None:
             errors.append((("upstreams", name), "an upstream needs an imap: or pop3: section"))
+        if up.auth is not None and up.auth.oauth2 is not None:
+            errors += check_oauth2(("upstreams", name, "auth", "oauth2"), up.auth.oauth2)
     # an IMAP relay listener needs the routes' upstreams to speak IMAP; POP3 relays and the
     # gateway (which reads mailboxes over POP3) need POP3
     needed = {"imap" if lst.mode == "relay" and lst.protocol == "imap" else "pop3"

@@ -19,6 +19,7 @@ import time
 
 from ..config import Upstream
 from ..session.failures import Failure
+from ..session.oauth_sasl import TOKEN_MECHANISMS
 from ..session.upstream import UpstreamError
 from .pop3_client import Pop3Client
 
@@ -40,9 +41,10 @@ class Authenticator:
         return entry is not None and entry[1] > time.monotonic() and hmac.compare_digest(entry[0], digest)
 
     async def verify(self, upstream_name: str, upstream: Upstream, user: str,
-                     password: bytes) -> Failure | None:
+                     password: bytes, mechanism: str = "PLAIN") -> Failure | None:
         """None when `password` is right for `user`, else AUTH_REJECTED, or AUTH_TEMPFAIL when
-        the upstream could not decide. Never raises for upstream trouble."""
+        the upstream could not decide. Never raises for upstream trouble. With an OAuth2
+        `mechanism` (a brokered login, proxy/oauth2) `password` is the SASL message."""
         key = (upstream_name, user)
         digest = self._hash(upstream_name, user, password)
         if self._cached(key, digest):
@@ -54,7 +56,10 @@ class Authenticator:
         try:
             client = await Pop3Client.connect(upstream)
             try:
-                await client.login(user, text)
+                if mechanism in TOKEN_MECHANISMS:
+                    await client.login_token(mechanism, password)
+                else:
+                    await client.login(user, text)
                 await client.quit()
             finally:
                 await client.aclose()

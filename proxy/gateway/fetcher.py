@@ -315,8 +315,11 @@ async def _retention(client: Pop3Client, store: Store, account_id: int, seconds:
 
 async def sync_account(config: Config, store: Store, upstream_name: str, user: str, password: str,
                        *, progress: ProgressCallback | None = None,
-                       locks: AccountLocks | None = None) -> SyncResult:
+                       locks: AccountLocks | None = None,
+                       sasl: tuple[str, bytes] | None = None) -> SyncResult:
     """Fetch new messages of `user` from the POP3 side of `upstream_name` into `store`.
+    With `sasl` (mechanism, message: an OAuth2-brokered upstream) the login is that SASL
+    exchange instead of `password`.
 
     Args:
         progress: called as `progress(done, total, bytes)` while messages arrive.
@@ -350,7 +353,10 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
             return SyncResult(0, 0, 0, time.monotonic() - started, skipped=True)
         client = await Pop3Client.connect(upstream)
         try:
-            await client.login(user, password)
+            if sasl is not None:   # an OAuth2-brokered upstream: (mechanism, message)
+                await client.login_token(*sasl)
+            else:
+                await client.login(user, password)
             # only now: a user the upstream refuses leaves no account behind
             account = await store.ensure_account(upstream_name, user)
             listing, has_uidl = await _listing(client)

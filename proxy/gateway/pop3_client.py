@@ -166,6 +166,25 @@ class Pop3Client:
             raise UpstreamError(Failure.AUTH_TEMPFAIL if _tempfail(line) else Failure.AUTH_REJECTED,
                                 "AUTH PLAIN refused")
 
+    async def login_token(self, mechanism: str, message: bytes) -> None:
+        """AUTH XOAUTH2 / OAUTHBEARER with `message` as the initial response (RFC 5034 4); a
+        refused token comes as a `+ base64(json)` challenge (RFC 7628 3.2.2), answered with the
+        dummy response, then -ERR. The token is never part of an error's text."""
+        if mechanism.upper() not in [m.upper() for m in self.capabilities.get("SASL", [])]:
+            raise UpstreamError(Failure.AUTH_REJECTED, f"upstream does not offer SASL {mechanism}")
+        await self.send(writer.command(b"AUTH", mechanism.encode(), base64.b64encode(message)))
+        event = await self.next_event()
+        if isinstance(event, events.Continuation):
+            dummy = b"AQ==\r\n" if mechanism.upper() == "OAUTHBEARER" else b"\r\n"
+            if not await self.channel.send(dummy):   # the AUTH's reply is still expected
+                raise UpstreamError(Failure.UPSTREAM, "connection lost while sending")
+            event = await self.next_event()
+        if not isinstance(event, events.StatusLine):
+            raise UpstreamError(Failure.PROTOCOL, f"unexpected {type(event).__name__} to AUTH")
+        if not event.ok:
+            raise UpstreamError(Failure.AUTH_TEMPFAIL if _tempfail(event) else Failure.AUTH_REJECTED,
+                                f"AUTH {mechanism} refused")
+
     @property
     def pipelining(self) -> bool:
         return "PIPELINING" in self.capabilities

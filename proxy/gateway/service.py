@@ -39,10 +39,11 @@ from typing import AsyncIterator
 import trio
 
 from .. import logs
-from ..config import Config, Gateway, Upstream
+from ..config import Config, Gateway, OAuth2, Upstream
 from ..imap import writer
 from ..metrics import Metrics
 from ..net.conn import Conn
+from ..oauth2 import Broker, Brokers, BrokerUnavailable, NotEnrolled, RefreshRefused
 from ..routing.answers import Refusal
 from ..session.context import CloseSession, Session
 from ..session.failures import Failure
@@ -79,10 +80,22 @@ class AccountFetcher:
         self.sessions = 0
         self.background = False        # gateway.background_poll: keep polling without sessions
         self.password = ""
+        self._token: tuple[Broker, str] | None = None   # the access token of the last sync
         self.running = False
         self.last_success: float | None = None   # Unix time of the last successful sync
         self._kick = trio.Event()
         self.synced = trio.Event()     # set after each sync attempt, then replaced
+
+    async def _sasl(self) -> tuple[str, bytes] | None:
+        """For an OAuth2-brokered upstream (proxy/oauth2): the SASL mechanism and message with
+        the user's access token. Raises NotEnrolled, RefreshRefused, BrokerUnavailable."""
+        settings = _oauth2(self.service.config, self.upstream)
+        if settings is None:
+            return None
+        broker = self.service.oauth2.get(settings)
+        token = await broker.access_token(self.user)
+        self._token = (broker, token)
+        return broker.mechanism, broker.message(self.user, token)
 
     def kick(self) -> None:
         self._kick.set()
@@ -106,8 +119,9 @@ class AccountFetcher:
         service = self.service
         metrics = service.metrics
         try:
+            sasl = await self._sasl()
             result = await sync_account(service.config, service.store, self.upstream, self.user,
-                                        self.password, locks=service.sync_locks)
+                                        self.password, locks=service.sync_locks, sasl=sasl)
             self.last_success = time.time()
             metrics.gateway_syncs.labels("ok").inc()
             metrics.gateway_sync_duration.observe(result.duration)
@@ -122,8 +136,14 @@ class AccountFetcher:
                     backend = service.backend(account)
                     snapshot = await backend.index.latest(service.store, inbox.id)
                     backend.hub.appended(inbox.id, snapshot.metas)
-        except (UpstreamError, StoreError) as exc:   # logged by the fetcher; retried next poll
-            reason = exc.failure.label if isinstance(exc, UpstreamError) else "store"
+        except (UpstreamError, StoreError, NotEnrolled, RefreshRefused, BrokerUnavailable) as exc:
+            # logged by the fetcher (or here); retried next poll
+            reason = exc.failure.label if isinstance(exc, UpstreamError) else \
+                "store" if isinstance(exc, StoreError) else \
+                "auth_tempfail" if isinstance(exc, BrokerUnavailable) else "auth_rejected"
+            if isinstance(exc, UpstreamError) and exc.failure is Failure.AUTH_REJECTED \
+                    and self._token is not None:   # a cached token refused: refresh next time
+                self._token[0].forget(self.user, self._token[1])
             metrics.gateway_syncs.labels(reason).inc()
             metrics.gateway_ingest_errors.labels(reason).inc()
             logs.event("gateway_poll_failed", logging.WARNING, upstream=self.upstream,
@@ -142,10 +162,12 @@ class AccountFetcher:
 class GatewayService:
     """See the module docstring. Create with `open_gateway`."""
 
-    def __init__(self, config: Config, metrics: Metrics, store: Store, nursery: trio.Nursery):
+    def __init__(self, config: Config, metrics: Metrics, store: Store, nursery: trio.Nursery,
+                 oauth2: Brokers | None = None):
         if config.gateway is None:
             raise ValueError("config has no gateway section")
         self.config, self.metrics, self.store, self.nursery = config, metrics, store, nursery
+        self.oauth2 = oauth2 if oauth2 is not None else Brokers(metrics)
         self.settings: Gateway = config.gateway
         self.auth = Authenticator(self.settings.auth_cache_ttl)
         self.mime = MimeCache(BodyCache(), limits=mime_limits(config))
@@ -236,7 +258,8 @@ class GatewayService:
         """The gateway's login Attempt: the password against the route's POP3 server."""
         if upstream.pop3 is None:
             return Failure.AUTH_REJECTED, b"route has no pop3 upstream"
-        failure = await self.auth.verify(name, upstream, creds.user, creds.password)
+        failure = await self.auth.verify(name, upstream, creds.user, creds.password,
+                                         creds.mechanism)
         return (name if failure is None else failure), b""
 
     async def _login(self, session: Session, front: ImapFront) -> tuple[Account, AccountFetcher]:
@@ -261,12 +284,14 @@ class GatewayService:
             await front.auth_failed(request.tag, outcome)
         upstream_name = outcome
         fetcher = self.fetcher(upstream_name, creds.user)
+        brokered = _oauth2(self.config, upstream_name) is not None   # the token file instead
+        password = b"" if brokered else creds.password
         fetcher.sessions += 1
-        fetcher.password = creds.password.decode("utf-8")
+        fetcher.password = password.decode("utf-8")
         self._gauge(+1)
         try:
             if self.settings.background_poll and self.store.can_store_credentials:
-                await self.store.save_credentials(account.id, creds.password)
+                await self.store.save_credentials(account.id, password)
                 fetcher.background = True
             synced = fetcher.synced
             fetcher.kick()
@@ -303,6 +328,11 @@ class GatewayService:
         self.metrics.gateway_sessions.inc(delta)
 
 
+def _oauth2(config: Config, upstream: str) -> OAuth2 | None:
+    up = config.upstreams.get(upstream)
+    return None if up is None or up.auth is None else up.auth.oauth2
+
+
 def _runs(changes: list[Change]) -> list[tuple[ChangeKind, list[int]]]:
     """Consecutive changes of one kind grouped, in order: [(kind, uids), ...]."""
     runs: list[tuple[ChangeKind, list[int]]] = []
@@ -322,7 +352,8 @@ async def open_configured_store(gateway: Gateway) -> Store:
 
 
 @asynccontextmanager
-async def open_gateway(config: Config, metrics: Metrics) -> AsyncIterator[GatewayService]:
+async def open_gateway(config: Config, metrics: Metrics,
+                       oauth2: Brokers | None = None) -> AsyncIterator[GatewayService]:
     """Open the store (`gateway.store`, key ring from `gateway.key_file`) and run the service's
     background tasks until the block ends; the store is closed on every path.
 
@@ -336,7 +367,7 @@ async def open_gateway(config: Config, metrics: Metrics) -> AsyncIterator[Gatewa
     try:
         async with trio.open_nursery() as nursery:
             try:
-                service = GatewayService(config, metrics, store, nursery)
+                service = GatewayService(config, metrics, store, nursery, oauth2)
                 follow = getattr(store, "follow_changes", None)   # PostgreSQL: other replicas
                 if follow is not None:   # registered as a replica before serving (_pg_bodies)
                     await nursery.start(follow, service)

@@ -1,7 +1,8 @@
 """`mailproxy gateway sync --config FILE USER`: one POP3 -> store sync, for operators and tests.
 
 The password comes from `--password-file FILE` or the MAILPROXY_PASSWORD environment variable, never
-from the command line (it would show in `ps`). Exit status: 0 synced, 1 sync failed, 2 usage or
+from the command line (it would show in `ps`); an OAuth2-brokered upstream needs none (the
+user's stored refresh token is used, proxy/oauth2). Exit status: 0 synced, 1 sync failed, 2 usage or
 configuration error. Also runnable as `python -m proxy.gateway.sync_cli --config FILE USER`.
 """
 
@@ -74,6 +75,7 @@ def run_cli(args: argparse.Namespace) -> int:
     import trio
 
     from .. import config as config_mod
+    from ..oauth2 import Broker, BrokerUnavailable, NotEnrolled, RefreshRefused
     from ..session.upstream import UpstreamError
     from ..store import StoreError
     from .fetcher import SyncResult, sync_account
@@ -95,8 +97,10 @@ def run_cli(args: argparse.Namespace) -> int:
     if upstream is None or upstream not in config.upstreams:
         print(f"no upstream for user {args.user!r}", file=sys.stderr)
         return 2
+    auth = config.upstreams[upstream].auth
+    oauth2 = None if auth is None else auth.oauth2   # brokered: the stored refresh token
     try:
-        password = _password(args)
+        password = "" if oauth2 is not None else _password(args)
     except OSError as exc:
         print(f"cannot read password file: {exc.strerror}", file=sys.stderr)
         return 2
@@ -106,18 +110,27 @@ def run_cli(args: argparse.Namespace) -> int:
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
 
     async def main() -> SyncResult:
+        sasl = None
+        if oauth2 is not None:
+            broker = Broker(oauth2)
+            sasl = broker.mechanism, broker.message(user, await broker.access_token(user))
         store = await open_configured_store(gateway)
         try:
-            return await sync_account(config, store, upstream, user, password, progress=bar)
+            return await sync_account(config, store, upstream, user, password, progress=bar,
+                                      sasl=sasl)
         finally:
             await store.close()
 
     try:
         result = trio.run(main)
-    except (UpstreamError, StoreError) as exc:
+    except (UpstreamError, StoreError, NotEnrolled, RefreshRefused, BrokerUnavailable) as exc:
         if bar:
             bar.finish()
-        print(f"sync failed: {exc}", file=sys.stderr)
+        why = (f"{user} has no refresh token (mailproxy oauth2 enrol)"
+               if isinstance(exc, NotEnrolled) else
+               f"the provider refused {user}'s refresh token ({exc}); enrol again"
+               if isinstance(exc, RefreshRefused) else str(exc))
+        print(f"sync failed: {why}", file=sys.stderr)
         return 1
     if bar:
         bar.finish()

@@ -15,6 +15,7 @@ from ..config import Config, Listener
 from ..metrics import Metrics
 from ..net.throttle import Throttle
 from ..net.tls import ServerTLS, UpstreamTLS
+from ..oauth2 import Brokers
 from ..routing.chain import Lookups, tls_settings
 from ..routing.pool import HostHealth
 from .failures import Close
@@ -83,14 +84,16 @@ class Runtime:
     connect: Connector = tcp_connect  # how upstream TCP connections are made (tests: a fake)
     lookups: Lookups | None = None    # this config's `lookups:` (proxy/routing), asked first
     host_health: HostHealth = field(default_factory=HostHealth)  # pool hosts (Health.hosts)
+    oauth2: Brokers = field(default_factory=Brokers)  # brokered upstream logins (proxy/oauth2)
 
     @classmethod
     def build(cls, config: Config, metrics: Metrics | None = None, *,
               drain: Drain | None = None, throttle: Throttle | None = None,
-              connect: Connector = tcp_connect, host_health: HostHealth | None = None) -> Runtime:
+              connect: Connector = tcp_connect, host_health: HostHealth | None = None,
+              oauth2: Brokers | None = None) -> Runtime:
         """Everything a session needs that depends on the config (certificates are loaded
-        here). Raises TLSConfigError. Fresh metrics, drain event, throttle and host health
-        unless given."""
+        here). Raises TLSConfigError. Fresh metrics, drain event, throttle, host health and
+        OAuth2 brokers (access token caches) unless given."""
         server_tls = {lst.name: ServerTLS(lst) for lst in config.listeners if lst.tls != "none"}
         metrics = metrics if metrics is not None else Metrics()
         return cls(config, metrics,
@@ -99,7 +102,8 @@ class Runtime:
                    throttle if throttle is not None else Throttle(config.auth_throttle,
                                                                   trio.current_time),
                    connect, Lookups(config, metrics=metrics) if config.lookups else None,
-                   host_health if host_health is not None else HostHealth())
+                   host_health if host_health is not None else HostHealth(),
+                   oauth2 if oauth2 is not None else Brokers(metrics))
 
 
 class LogFields(TypedDict):

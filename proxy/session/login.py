@@ -24,6 +24,7 @@ import trio
 from .. import logs
 from ..config import Upstream
 from ..net.conn import Conn
+from ..oauth2 import Broker, BrokerUnavailable, NotEnrolled, RefreshRefused
 from ..routing.answers import LoginQuery, LookupUnavailable, Refusal
 from ..routing.chain import destination
 from .context import Session
@@ -99,17 +100,62 @@ async def _attempt(session: Session, creds: Credentials,
         return where
     name, upstream = where.name, where.upstream
     session.upstream = name
+    oauth2 = upstream.auth.oauth2 if upstream.auth is not None else None
     try:
+        if oauth2 is not None and not token:
+            return await _brokered(session, creds, attempt, name, upstream,
+                                   session.runtime.oauth2.get(oauth2))
         # a token names its user inside the signed exchange: never rewritten
         upstream_creds = creds if token else where.credentials(creds)
         outcome, text = await attempt.run(session, upstream_creds, name, upstream)
     except UpstreamError as exc:
         report(session, name, exc)
         return exc.failure if exc.failure is Failure.AUTH_REJECTED else Failure.AUTH_TEMPFAIL
+    _log_auth(session, attempt, name, outcome, creds.mechanism, text)
+    return outcome
+
+
+def _log_auth(session: Session, attempt: Attempt[T], name: str, outcome: T | Failure,
+              mechanism: str, text: bytes, **extra: str) -> None:
     failure = outcome if isinstance(outcome, Failure) else None
     logs.event("auth", **session.log_fields(), upstream=name, result=auth_result(failure),
-               mechanism=creds.mechanism, mode=attempt.mode, upstream_reply=logs.sanitize(text))
-    return outcome
+               mechanism=mechanism, mode=attempt.mode, upstream_reply=logs.sanitize(text),
+               **extra)
+
+
+async def _brokered(session: Session, creds: Credentials, attempt: Attempt[T], name: str,
+                    upstream: Upstream, broker: Broker) -> T | Failure:
+    """An OAuth2-brokered upstream (proxy/oauth2): the client's password against the local
+    password file, then the upstream login with the user's access token. A cached token the
+    upstream refuses is forgotten and the login tried once more with a refreshed one. Lookup
+    rewriting does not apply: the login name is the user of both files."""
+    fields = session.log_fields()
+    try:
+        if not await broker.check_password(creds.user, creds.password):
+            logs.event("auth", **fields, upstream=name, result="failure", reason="local_password")
+            return Failure.AUTH_REJECTED
+        for last_try in (False, True):
+            was_cached = broker.cached(creds.user) is not None
+            token = await broker.access_token(creds.user)
+            outcome, text = await attempt.run(session, Credentials(
+                creds.user, broker.message(creds.user, token), broker.mechanism), name, upstream)
+            session.sasl_challenge = None   # the client sent a password: nothing to relay
+            _log_auth(session, attempt, name, outcome, broker.mechanism, text, broker="oauth2")
+            if outcome is not Failure.AUTH_REJECTED or not was_cached or last_try:
+                return outcome
+            broker.forget(creds.user, token)
+        raise AssertionError("the loop returns")
+    except NotEnrolled:
+        logs.event("auth", **fields, upstream=name, result="failure", reason="oauth2_not_enrolled")
+        return Failure.AUTH_REJECTED
+    except RefreshRefused as exc:   # revoked or expired: the user must enrol again
+        logs.event("auth", logging.WARNING, **fields, upstream=name, result="failure",
+                   reason="oauth2_refresh_refused", error=exc.error)
+        return Failure.AUTH_REJECTED
+    except BrokerUnavailable as exc:
+        logs.event("auth", logging.WARNING, **fields, upstream=name, result="tempfail",
+                   reason="oauth2_unavailable", detail=exc.detail)
+        return Failure.AUTH_TEMPFAIL
 
 
 async def dial(session: Session, name: str, upstream: Upstream) -> Conn:

@@ -22,6 +22,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"proxy.metrics"}),
     frozenset({"proxy.net"}),
     frozenset({"proxy.store", "proxy.routing"}),
+    frozenset({"proxy.oauth2"}),
     frozenset({"proxy.session"}),
     frozenset({"proxy.relay", "proxy.gateway"}),
     frozenset({"proxy.health", "proxy.preflight", "proxy.keygen", "proxy.admin",

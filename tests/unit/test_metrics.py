@@ -35,6 +35,7 @@ EXPECTED = {
     "limit_hits": ("mailproxy_limit_hits_total", ("limit",)),
     "lookups": ("mailproxy_lookups_total", ("kind", "result", "cache")),
     "lookup_duration": ("mailproxy_lookup_duration_seconds", ("kind",)),
+    "oauth2_refreshes": ("mailproxy_oauth_token_refreshes_total", ("result",)),
     "build_info": ("mailproxy_build_info", ("version", "python")),
     "draining": ("mailproxy_draining", ()),
 }
