@@ -41,7 +41,11 @@ T = TypeVar("T")
 class Attempt(Generic[T]):
     """One mode's way to check credentials against the routed upstream `name`: `run` returns
     (what the session continues with, or the Failure that refused it; the upstream's reply
-    text for the log). It raises UpstreamError when the upstream could not be used."""
+    text for the log). It raises UpstreamError when the upstream could not be used.
+    `challenge` is the upstream's SASL error challenge to a refused token login (the relay's
+    attempts keep it there for the session to relay)."""
+
+    challenge: bytes | None = None
 
     def __init__(self, protocol: str, mode: str,
                  run: Callable[[Session, Credentials, str, Upstream],
@@ -139,7 +143,7 @@ async def _brokered(session: Session, creds: Credentials, attempt: Attempt[T], n
             token = await broker.access_token(creds.user)
             outcome, text = await attempt.run(session, Credentials(
                 creds.user, broker.message(creds.user, token), broker.mechanism), name, upstream)
-            session.sasl_challenge = None   # the client sent a password: nothing to relay
+            attempt.challenge = None   # the client sent a password: no challenge to relay
             _log_auth(session, attempt, name, outcome, broker.mechanism, text, broker="oauth2")
             if outcome is not Failure.AUTH_REJECTED or not was_cached or last_try:
                 return outcome
