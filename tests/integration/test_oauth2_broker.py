@@ -53,6 +53,7 @@ def provider(provider_and_dovecot):
         service.tokens, service.refresh_tokens = {}, {"rt-ann": USER}
         service.grants, service.forms, service.asked = [], [], []
         service.expires_in, service.rotate, service.down = 3600, False, False
+        service.issue_unusable = False
     return service
 
 
@@ -359,3 +360,16 @@ def test_gateway_sync_command(provider, provider_and_dovecot, tmp_path) -> None:
     result = sync(BOB)
     assert (result.returncode, result.stderr) == \
         (1, f"sync failed: {BOB} has no refresh token (mailproxy oauth2 enrol)\n")
+
+
+def test_upstream_refuses_a_fresh_token(provider, proxy) -> None:
+    """Dovecot refuses the token just issued: the client, which sent a password, gets a plain
+    NO / -ERR (never the upstream's SASL `+` challenge), after one refresh per login."""
+    provider.issue_unusable = True
+    provider.expires_in = 30            # not cached: each login refreshes once
+    assert raw_imap_login(proxy, USER, LOCAL_PW) == \
+        b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
+    assert pop3_login(proxy) == b"-ERR [AUTH] Authentication failed."
+    assert provider.grants == ["refresh_token"] * 2
+    assert "result=failure mechanism=XOAUTH2 mode=relay" in proxy.logs()
+    assert_no_secrets(proxy, provider)

@@ -42,6 +42,7 @@ class OAuth2Service:
         self.expires_in = 3600
         self.rotate = False
         self.down = False
+        self.issue_unusable = False   # issued access tokens are not active at introspection
         self.grants: list[str] = []
         self.forms: list[dict[str, str]] = []
         self.devices: dict[str, dict[str, str | None]] = {}   # device_code -> user_code, user
@@ -130,7 +131,8 @@ class OAuth2Service:
     def issue(self, user: str, rotate: bool) -> dict:
         n = next(self._serial)
         access = f"at-{n}-{user}"
-        self.tokens[access] = user
+        if not self.issue_unusable:
+            self.tokens[access] = user
         reply: dict = {"access_token": access, "token_type": "Bearer",
                        "expires_in": self.expires_in}
         if rotate:
