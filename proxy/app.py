@@ -11,8 +11,8 @@ import trio
 
 from . import __version__, logs
 from . import config as config_mod
-from .admin import LocalAdmin, serve_admin
-from .config import Config, Listener
+from .admin import AdminApi, LocalAdmin, serve_admin, serve_admin_socket
+from .config import Admin, Config, Listener
 from .health import Health, check_upstreams
 from .metrics import Metrics
 from .net.http import serve_http
@@ -112,11 +112,8 @@ class App:
             except OSError as exc:
                 raise bind_error("metrics.address", config.metrics.address, exc) from None
         if config.admin is not None:
-            api = LocalAdmin(lambda: list(self.open_sessions.sessions), self.reload)
-            try:
-                await nursery.start(serve_admin, config.admin, api)
-            except OSError as exc:
-                raise bind_error("admin.address", config.admin.address, exc) from None
+            await start_admin(nursery, config.admin,
+                              LocalAdmin(lambda: list(self.open_sessions.sessions), self.reload))
         nursery.start_soon(check_upstreams, lambda: self.runtime.config, self.health,
                            self.metrics)
 
@@ -188,6 +185,20 @@ class App:
         if self.open_sessions:
             logs.event("drain_timeout", logging.WARNING, sessions=len(self.open_sessions))
         sessions.cancel()
+
+
+async def start_admin(nursery: trio.Nursery, admin: Admin, api: AdminApi) -> None:
+    """The admin endpoint on `admin.address` and/or `admin.socket`, serving `api`."""
+    if admin.address is not None:
+        try:
+            await nursery.start(serve_admin, admin, api)
+        except OSError as exc:
+            raise bind_error("admin.address", admin.address, exc) from None
+    if admin.socket is not None:
+        try:
+            await nursery.start(serve_admin_socket, admin, api)
+        except OSError as exc:
+            raise bind_error("admin.socket", admin.socket, exc) from None
 
 
 async def bind_listener(index: int, listener: Listener) -> list[trio.SocketListener]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, admin_cli, certgen, keygen, logs
+from . import __version__, accounts_cli, admin_cli, certgen, keygen, logs
 from . import config as config_mod
 from .gateway import sync_cli
 from .oauth2 import cli as oauth2_cli
@@ -30,6 +30,9 @@ EXAMPLES = {
     ("gateway", "migrate"): "mailproxy gateway migrate --from /var/lib/mailproxy/gateway.db "
                             "--to 'postgresql://mailproxy@db/mailproxy?sslmode=verify-full' "
                             "--password-file pg.pw",
+    ("gateway", "accounts"): "mailproxy gateway accounts --config mailproxy.yaml --json",
+    ("gateway", "delete-account"): "mailproxy gateway delete-account --config mailproxy.yaml "
+                                   "--yes alice@example.com",
     ("oauth2",): "mailproxy oauth2 enrol --config mailproxy.yaml --upstream m365 alice@example.com",
     ("oauth2", "enrol"): "mailproxy oauth2 enrol --config mailproxy.yaml --upstream m365 "
                          "--flow device alice@example.com",
@@ -57,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE", help="mailproxy YAML config")
     certgen.add_cli(sub)
     keygen.add_cli(sub)
-    sync_cli.add_cli(sub)
+    accounts_cli.add_cli(_subparsers(sync_cli.add_cli(sub)))
     oauth2_cli.add_cli(sub)
     admin_cli.add_cli(sub)
     helper = sub.add_parser("help", help="show the help of a command")
@@ -66,12 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """The parsers of `parser`'s subcommands, by name."""
+def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
+            return action
+    raise ValueError(f"{parser.prog} has no subcommands")
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parsers of `parser`'s subcommands, by name."""
+    try:
+        return dict(_subparsers(parser).choices)
+    except ValueError:
+        return {}
 
 
 def _describe(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
@@ -116,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gen-key":
         return keygen.run_cli(args)
     if args.command == "gateway":
+        if args.gateway_command in ("accounts", "delete-account"):
+            return accounts_cli.run_cli(args)
         return sync_cli.run_cli(args)
     if args.command == "oauth2":
         return oauth2_cli.run_cli(args)

@@ -30,8 +30,9 @@ def command_paths(parser=None, path=()) -> list[tuple[str, ...]]:
 def test_every_command_is_listed() -> None:
     assert set(command_paths()) == {(), ("serve",), ("check-config",), ("gen-cert",),
                                     ("gen-key",), ("gateway",), ("gateway", "sync"),
-                                    ("gateway", "migrate"), ("help",), ("who",), ("kick",),
-                                    ("reload",), ("oauth2",), ("oauth2", "enrol"),
+                                    ("gateway", "migrate"), ("gateway", "accounts"),
+                                    ("gateway", "delete-account"), ("help",), ("who",),
+                                    ("kick",), ("reload",), ("oauth2",), ("oauth2", "enrol"),
                                     ("oauth2", "hash-password")}
 
 

@@ -128,3 +128,35 @@ def test_yaml_syntax_error_is_one_error_naming_its_line() -> None:
         config_mod.loads(text)
     (error,) = caught.value.errors
     assert "YAML" in error and re.search(r"\bline 4\b", error), error
+
+
+ADMIN_BASE = """\
+listeners: [{name: imap, protocol: imap, address: 127.0.0.1:1143}]
+upstreams: {main: {host: 127.0.0.1, imap: {port: 143}}}
+routes: [{match: "*", upstream: main}]
+"""
+
+
+@pytest.mark.parametrize(("admin", "message"), [
+    ("admin: {}", "admin: give address (HTTP with a token) or socket (a Unix socket), or both"),
+    ("admin: {address: 127.0.0.1:9101}",
+     "admin.token: admin.address needs a token (the socket needs none)"),
+    ("admin: {socket: /run/a.sock, token: {env: HOME}}",
+     "admin.token: a token is only checked on admin.address; the socket's file mode controls "
+     "who may use it"),
+    ("admin: {socket: /run/a.sock, socket_mode: '0999'}",
+     "admin.socket_mode: expected an octal file mode such as 0600 or 0660"),
+    ("admin: {socket: /run/a.sock, socket_mode: 660}",   # decimal: YAML read no octal
+     "admin.socket_mode: expected an octal file mode such as 0600 or 0660"),
+])
+def test_admin_section_errors(admin: str, message: str) -> None:
+    assert report(ADMIN_BASE + admin) == [(4, message)]
+
+
+def test_admin_socket_mode_quoted_or_octal_and_path_relative_to_the_config(tmp_path) -> None:
+    for spelling in ("'0660'", "0660", "'660'"):
+        admin = config_mod.loads(ADMIN_BASE + f"admin: {{socket: a.sock, socket_mode: {spelling}}}",
+                                 base_dir=tmp_path).admin
+        assert admin is not None
+        assert (admin.mode, admin.socket, admin.address, admin.token) == \
+            (0o660, tmp_path / "a.sock", None, None)

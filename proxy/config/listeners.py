@@ -101,7 +101,7 @@ def _address_conflicts(config: Config) -> list[Problem]:
     taken: list[tuple[tuple[str | int, ...], Address]] = []
     if config.metrics is not None:
         taken.append((("metrics", "address"), config.metrics.address))
-    if config.admin is not None:
+    if config.admin is not None and config.admin.address is not None:
         taken.append((("admin", "address"), config.admin.address))
     taken += [(("listeners", i, "address"), lst.address) for i, lst in enumerate(config.listeners)]
     errors: list[Problem] = []

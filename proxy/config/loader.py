@@ -18,7 +18,7 @@ from .gateway import Gateway, check_gateway
 from .listeners import Listener, check_listeners
 from .messages import describe, dotted_path
 from .oauth2 import resolve_auth_paths
-from .operations import Admin, AuthThrottle, Logging, Metrics, Workers, check_workers
+from .operations import Admin, AuthThrottle, Logging, Metrics, Workers, check_admin, check_workers
 from .upstreams import LookupEntry, PoolableUpstream, Route, check_routing
 from .values import STRICT, Certificate, Duration, Problem
 
@@ -92,7 +92,7 @@ def loads(text: str, *, base_dir: Path | None = None) -> Config:
 def _problems(config: Config) -> list[Problem]:
     """Every section's cross-field rules, in the order of the sections in a config file."""
     return (check_listeners(config) + check_routing(config) + check_gateway(config.gateway)
-            + check_workers(config))
+            + check_workers(config) + check_admin(config.admin))
 
 
 def _line_map(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, int]:
@@ -121,7 +121,7 @@ def _line(loc: tuple, message: str, lines: dict[tuple, int]) -> str:
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:
-    """Make certificate, CA and key paths relative to the config file's directory."""
+    """Make certificate, CA, key and socket paths relative to the config file's directory."""
 
     def fix(path: Path | None) -> Path | None:
         return path if path is None or path.is_absolute() else base / path
@@ -141,4 +141,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         if "://" not in store and not Path(store).is_absolute():
             store = str(base / store)
         gateway = replace(gateway, store=store, key_file=fix(gateway.key_file))
-    return replace(config, listeners=listeners, upstreams=upstreams, gateway=gateway)
+    admin = config.admin
+    if admin is not None:
+        admin = replace(admin, socket=fix(admin.socket))
+    return replace(config, listeners=listeners, upstreams=upstreams, gateway=gateway, admin=admin)

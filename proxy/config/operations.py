@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BeforeValidator, StrictBool, StrictInt
+from pydantic import BeforeValidator, StrictBool, StrictInt, StrictStr
 
 from .values import STRICT, Duration, ListenAddress, Problem, SecretValue
 
@@ -14,6 +16,7 @@ if TYPE_CHECKING:
     from .loader import Config
 
 MAX_WORKERS = 256
+_MODE_RE = re.compile(r"^0?[0-7]{3}$")
 
 
 def parse_workers(value: Any) -> Any:
@@ -64,10 +67,40 @@ class AuthThrottle:
     block_for: Duration = 300.0
 
 
+def _mode_text(value: Any) -> Any:
+    """A file mode as written: YAML reads an unquoted `0660` as the number 0o660."""
+    return f"0{value:o}" if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 @dataclass(frozen=True, slots=True)
 class Admin:
-    """The admin HTTP endpoint (proxy/admin.py): off unless configured; bearer token."""
+    """The admin endpoint (proxy/admin.py), off unless configured: HTTP on `address` with a
+    bearer token, and/or on the Unix socket `socket`, where the file mode is the access control
+    (no token: only local users the mode lets in can connect, as with doveadm's socket)."""
 
     __pydantic_config__ = STRICT
-    address: ListenAddress
-    token: SecretValue
+    address: ListenAddress | None = None
+    token: SecretValue | None = None
+    socket: Path | None = None
+    socket_mode: Annotated[StrictStr, BeforeValidator(_mode_text)] = "0600"
+
+    @property
+    def mode(self) -> int:
+        return int(self.socket_mode, 8)
+
+
+def check_admin(admin: Admin | None) -> list[Problem]:
+    errors: list[Problem] = []
+    if admin is None:
+        return errors
+    if admin.address is None and admin.socket is None:
+        errors.append((("admin",), "give address (HTTP with a token) or socket (a Unix socket), "
+                                   "or both"))
+    if admin.address is not None and admin.token is None:
+        errors.append((("admin", "token"), "admin.address needs a token (the socket needs none)"))
+    if admin.address is None and admin.token is not None:
+        errors.append((("admin", "token"), "a token is only checked on admin.address; the socket's "
+                                           "file mode controls who may use it"))
+    if not _MODE_RE.match(admin.socket_mode):
+        errors.append((("admin", "socket_mode"), "expected an octal file mode such as 0600 or 0660"))
+    return errors

@@ -13,6 +13,7 @@ import trio
 from .. import logs
 from ..config import Config, Listener
 from ..metrics import Metrics
+from ..net.conn import Conn
 from ..net.throttle import Throttle
 from ..net.tls import ServerTLS, UpstreamTLS
 from ..oauth2 import Brokers
@@ -131,8 +132,9 @@ class Session:
     login_attempts: int = 0           # logins tried on this connection (Auth-Login-Attempt)
     commands: int = 0
     close_reason: Close = Close.CLIENT_CLOSED
-    bytes_from_client: int = 0
+    bytes_from_client: int = 0        # final counts, set when the session ends
     bytes_to_client: int = 0
+    conn: Conn | None = None          # the client connection while the session runs
     # set by the listener around the handler, so that an operator can end it (admin kick)
     scope: trio.CancelScope | None = None
     kicked: bool = False
@@ -143,6 +145,16 @@ class Session:
         self.close_reason = Close.KICKED
         if self.scope is not None:
             self.scope.cancel()
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes received from the client so far."""
+        return self.conn.bytes_in if self.conn is not None else self.bytes_from_client
+
+    @property
+    def bytes_out(self) -> int:
+        """Bytes sent to the client so far."""
+        return self.conn.bytes_out if self.conn is not None else self.bytes_to_client
 
     @property
     def protocol(self) -> str:

@@ -116,7 +116,7 @@ class ListenerServer:
                     await Conn(stream).send(_REFUSALS[listener.protocol])
             await trio.aclose_forcefully(stream)
             return
-        conn = Conn(PrefixedStream(stream, unread) if unread else stream)
+        conn = session.conn = Conn(PrefixedStream(stream, unread) if unread else stream)
         metrics.connections_active.labels(*labels).inc()
         self.active.add(session)
         logs.event("session_start", logging.DEBUG, **session.log_fields(), tls=listener.tls)
@@ -133,6 +133,7 @@ class ListenerServer:
             logs.event("session_crash", logging.ERROR, exc_info=True, **session.log_fields())
         finally:
             session.bytes_from_client, session.bytes_to_client = conn.bytes_in, conn.bytes_out
+            session.conn = None
             await conn.linger()  # so that the last reply is not lost to a RST
             await conn.aclose()
             self.active.discard(session)

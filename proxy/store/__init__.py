@@ -13,6 +13,7 @@ from .base import (
     HIERARCHY_DELIMITER,
     INBOX,
     Account,
+    AccountSummary,
     Change,
     ChangeKind,
     ChangesPruned,
@@ -32,7 +33,7 @@ from .base import (
 from .crypto import KeyRing, StoreKeyError
 
 __all__ = [
-    "DEFAULT_MAILBOXES", "HIERARCHY_DELIMITER", "INBOX", "Account", "Change", "ChangeKind",
+    "DEFAULT_MAILBOXES", "HIERARCHY_DELIMITER", "INBOX", "Account", "AccountSummary", "Change", "ChangeKind",
     "ChangesPruned",
     "FlagMode", "FlagUpdate", "IngestItem", "KeyRing", "Mailbox", "MailboxExists", "MailboxNotFound",
     "MessageMeta", "Store", "StoreError", "StoreFailure", "StoreFlagsResult", "StoreKeyError",

@@ -107,6 +107,16 @@ class Account:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountSummary:
+    """An account as `mailproxy gateway accounts` lists it."""
+
+    account: Account
+    messages: int             # in all its mailboxes (a copy counts again)
+    bytes: int                # of its stored bodies (a body shared by copies counts once)
+    last_fetch: float | None  # Unix time its newest message was fetched upstream; None: none yet
+
+
+@dataclass(frozen=True, slots=True)
 class Mailbox:
     id: int
     account_id: int
@@ -168,6 +178,9 @@ class Store(Protocol):
     async def save_credentials(self, account_id: int, blob: bytes) -> None: ...
     async def load_credentials(self, account_id: int) -> bytes | None: ...
     async def accounts_with_credentials(self) -> list[Account]: ...
+    async def account_summaries(self) -> list[AccountSummary]: ...   # by user, then upstream
+    # the account and everything it owns: mailboxes, messages, bodies, UIDLs, changes, credentials
+    async def delete_account(self, account_id: int) -> None: ...
     @property
     def can_store_credentials(self) -> bool:
         """A key ring is configured (credentials are never kept in clear)."""

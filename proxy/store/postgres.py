@@ -39,6 +39,7 @@ import trio
 from psycopg import errors as pg_errors
 
 from . import crypto
+from ._accounts_sql import delete_statements, summary_select
 from ._pg_bodies import note_orphans
 from ._pg_messages import MESSAGE_COLUMNS, PgMessageOps
 from ._pg_notify import ChangeFollower, Feed
@@ -49,6 +50,7 @@ from .base import (
     HIERARCHY_DELIMITER,
     INBOX,
     Account,
+    AccountSummary,
     ChangeKind,
     IngestItem,
     Mailbox,
@@ -205,6 +207,20 @@ class PostgresStore(PgMessageOps):
     @property
     def can_store_credentials(self) -> bool:
         return self._ring is not None
+
+    async def account_summaries(self) -> list[AccountSummary]:
+        rows = await self._run(lambda c: c.execute(
+            summary_select("username")).fetchall())
+        return [AccountSummary(Account(*row[:3]), int(row[3]), int(row[4]), row[5])
+                for row in rows]
+
+    async def delete_account(self, account_id: int) -> None:
+        def delete(c: Conn) -> None:
+            with c.transaction():
+                for statement in delete_statements("%s"):
+                    c.execute(statement, (account_id,))
+
+        await self._run(delete)
 
     # ---- mailboxes ------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ import outcome
 import trio
 
 from . import crypto
+from ._accounts_sql import delete_statements, summary_select
 from ._schema import BUSY_TIMEOUT_MS, SCHEMA_VERSION, migrate, open_db, transaction
 from ._sqlite_messages import MESSAGE_COLUMNS, MessageOps, Row, from_date
 from .base import (
@@ -51,6 +52,7 @@ from .base import (
     HIERARCHY_DELIMITER,
     INBOX,
     Account,
+    AccountSummary,
     ChangeKind,
     IngestItem,
     Mailbox,
@@ -270,6 +272,21 @@ class SqliteStore(MessageOps):
     @property
     def can_store_credentials(self) -> bool:
         return self._ring is not None
+
+    def _account_summaries(self) -> list[AccountSummary]:
+        rows = self._db.execute(summary_select("user")).fetchall()
+        return [AccountSummary(Account(*row[:3]), *row[3:]) for row in rows]
+
+    async def account_summaries(self) -> list[AccountSummary]:
+        return await self._run(self._account_summaries)
+
+    def _delete_account(self, account_id: int) -> None:
+        with transaction(self._db):
+            for statement in delete_statements("?"):
+                self._db.execute(statement, (account_id,))
+
+    async def delete_account(self, account_id: int) -> None:
+        await self._run(self._delete_account, account_id)
 
     # ---- mailboxes ------------------------------------------------------------------------------
 

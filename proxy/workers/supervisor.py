@@ -34,8 +34,7 @@ from prometheus_client import CollectorRegistry
 
 from .. import __version__, logs
 from .. import config as config_mod
-from ..admin import serve_admin
-from ..app import bind_listener, restart_needed
+from ..app import bind_listener, restart_needed, start_admin
 from ..config import Config
 from ..health import Health, check_upstreams
 from ..metrics import Metrics, WorkerMetrics
@@ -129,10 +128,7 @@ class Supervisor:
             except OSError as exc:
                 raise bind_error("metrics.address", config.metrics.address, exc) from None
         if config.admin is not None:
-            try:
-                await nursery.start(serve_admin, config.admin, WorkersAdmin(self))
-            except OSError as exc:
-                raise bind_error("admin.address", config.admin.address, exc) from None
+            await start_admin(nursery, config.admin, WorkersAdmin(self))
         nursery.start_soon(check_upstreams, lambda: self.config, self.health.upstreams,
                            self.metrics)
         nursery.start_soon(self._collect_periodically)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import pathlib
 import sqlite3
+import time
 
 import psycopg
 import pytest
@@ -479,3 +480,63 @@ async def test_migration_3_keeps_what_was_subscribed(tmp_path):
         assert [b.name for b in await s.list_mailboxes(1)] == ["INBOX", "Lists/ietf", "Work"]
     finally:
         await s.close()
+
+
+def rows_of_account(location: str, account_id: int) -> dict[str, int]:
+    """How many rows of each table belong to the account (read from the database itself)."""
+    queries = {
+        "accounts": "SELECT count(*) FROM accounts WHERE id = {p}",
+        "mailboxes": "SELECT count(*) FROM mailboxes WHERE account_id = {p}",
+        "messages": "SELECT count(*) FROM messages WHERE mailbox_id NOT IN (SELECT id FROM mailboxes)",
+        "bodies": "SELECT count(*) FROM bodies WHERE account_id = {p}",
+        "uidls": "SELECT count(*) FROM uidls WHERE account_id = {p}",
+        "changes": "SELECT count(*) FROM changes WHERE account_id = {p}",
+        "subscriptions": "SELECT count(*) FROM subscriptions WHERE account_id = {p}",
+    }
+    connect = psycopg.connect if location.startswith("postgresql://") else sqlite3.connect
+    with connect(location) as conn:
+        return {table: conn.execute(q.format(p=int(account_id))).fetchone()[0]
+                for table, q in queries.items()}
+
+
+async def test_account_summaries_and_delete_account_touch_only_that_account(store, store_url):
+    alice, inbox = await inbox_of(store, "alice")
+    bob, bob_inbox = await inbox_of(store, "bob")
+    await inbox_of(store, "carol")   # an account with nothing in it yet
+    before = time.time()
+    await store.ingest_many(alice.id, [IngestItem("a1", mail(1), WHEN), IngestItem("a2", mail(2), WHEN)])
+    after = time.time()
+    archive = await store.get_mailbox(alice.id, "Archive")
+    await store.copy(inbox.id, [1], archive.id)   # a copy counts as a message, its body once
+    await store.ingest(bob.id, "b1", mail(3, b"x" * 100), WHEN)
+    await store.set_subscribed(bob.id, "Junk", False)
+
+    summaries = await store.account_summaries()
+    assert [(s.account, s.messages, s.bytes) for s in summaries] == [
+        (alice, 3, len(mail(1)) + len(mail(2))),
+        (bob, 1, len(mail(3, b"x" * 100))),
+        (await store.get_account("up", "carol"), 0, 0)]
+    assert before <= summaries[0].last_fetch <= after
+    assert summaries[2].last_fetch is None
+
+    assert rows_of_account(store_url, alice.id) == {
+        "accounts": 1, "mailboxes": len(DEFAULT_MAILBOXES), "messages": 0, "bodies": 2, "uidls": 2,
+        "changes": 3, "subscriptions": len(DEFAULT_MAILBOXES)}
+    await store.delete_account(alice.id)
+    assert rows_of_account(store_url, alice.id) == dict.fromkeys(
+        ["accounts", "mailboxes", "messages", "bodies", "uidls", "changes", "subscriptions"], 0)
+    assert await store.get_account("up", "alice") is None
+    assert [s.account.user for s in await store.account_summaries()] == ["bob", "carol"]
+    # bob's mail, mailboxes and UIDLs are untouched
+    assert [await store.body(m) for m in await store.messages(bob_inbox.id)] == [mail(3, b"x" * 100)]
+    assert "Junk" not in await store.subscriptions(bob.id)
+    assert "INBOX" in await store.subscriptions(bob.id)
+    assert await store.known_uidls(bob.id) == {"b1"}
+    # a new account of the same user starts empty: nothing of the old one comes back
+    again = await store.ensure_account("up", "alice")
+    assert again.id != alice.id
+    assert await store.known_uidls(again.id) == set()
+    assert sorted(await store.subscriptions(again.id)) == sorted(DEFAULT_MAILBOXES)
+    assert {mb.name: mb.exists for mb in await store.list_mailboxes(again.id)} == \
+        dict.fromkeys(DEFAULT_MAILBOXES, 0)
+    assert await store.changes_since((await store.get_mailbox(again.id, INBOX)).id, 0) == []

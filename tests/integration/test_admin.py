@@ -1,11 +1,18 @@
 """The admin endpoint and its verbs against a real proxy in front of Dovecot: `who` lists a live
 IMAP and a live POP3 session, `kick USER` ends the IMAP one (with BYE) and not the POP3 one,
-`kick IP` ends the rest, `reload` reloads, and a wrong token is refused."""
+`kick IP` ends the rest, `reload` reloads, and a wrong token is refused. On the Unix socket: no
+token, the configured file mode, a stale socket file replaced, the file removed at exit, and
+`who` counting each session's bytes exactly as the client sent and received them."""
 
 from __future__ import annotations
 
+import http.client
 import imaplib
+import json
+import os
 import poplib
+import socket
+import stat
 import subprocess
 import sys
 import urllib.error
@@ -41,7 +48,7 @@ def test_who_kick_reload(proxy_factory, dovecot, tmp_path):
     assert who.returncode == 0, who.stderr
     header, *rows = who.stdout.splitlines()
     assert header.split() == ["listener", "protocol", "user", "client", "upstream", "tls",
-                              "since", "commands"]
+                              "since", "commands", "bytes_in", "bytes_out"]
     sessions = {tuple(row.split()[:5]) for row in rows}
     assert sessions == {("imap", "imap", imap_user, "127.0.0.1", "main"),
                         ("pop3", "pop3", pop_user, "127.0.0.1", "main")}
@@ -77,5 +84,69 @@ def test_verbs_without_admin_section(tmp_path):
     result = subprocess.run([sys.executable, "-m", "proxy", "who", "--config", str(config)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert result.stderr == (f"{config}: no admin: section; add admin: {{address: "
-                             f"127.0.0.1:9101, token: {{file: PATH}}}} and restart mailproxy\n")
+    assert result.stderr == (f"{config}: no admin: section; add admin: {{socket: "
+                             f"/run/mailproxy/admin.sock}} and restart mailproxy\n")
+
+
+def read_until_tagged(sock: socket.socket, tag: bytes, received: bytes = b"") -> bytes:
+    """Read until the tagged reply line `tag ...\r\n` is complete (bounded by the timeout)."""
+    while not (b"\r\n" + tag + b" " in b"\r\n" + received and received.endswith(b"\r\n")):
+        chunk = sock.recv(4096)
+        assert chunk, received
+        received += chunk
+    return received
+
+
+def raw_imap_login(port: int, user: str, password: str) -> tuple[socket.socket, int, int]:
+    """Log in with exact bytes; (the open socket, bytes sent, bytes received)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    greeting = b""
+    while not greeting.endswith(b"\r\n"):
+        greeting += sock.recv(4096)
+    command = f"a LOGIN {user} {password}\r\n".encode()
+    sock.sendall(command)
+    return sock, len(command), len(read_until_tagged(sock, b"a", greeting))
+
+
+def sessions_over_socket(path) -> list[dict]:
+    """GET /sessions on the Unix socket, with no Authorization header."""
+    connection = http.client.HTTPConnection("localhost", timeout=10)
+    connection.sock = socket.socket(socket.AF_UNIX)
+    connection.sock.connect(str(path))
+    try:
+        connection.request("GET", "/sessions")
+        response = connection.getresponse()
+        assert response.status == 200
+        return json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_unix_socket_without_token_and_bytes_in_who(proxy_factory, dovecot, tmp_path):
+    path = tmp_path / "admin.sock"
+    stale = socket.socket(socket.AF_UNIX)   # a socket file left by a process that died
+    stale.bind(str(path))
+    stale.close()
+    config = relay_config(dovecot, listeners=("imap",), allow_plaintext_auth=True)
+    config["admin"] = {"socket": str(path), "socket_mode": "0660"}
+    proxy = proxy_factory(config)
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+    user, password = dovecot.add_user()
+    client, sent, received = raw_imap_login(proxy.port("imap"), user, password)
+
+    who = verb(proxy, "who")
+    assert who.returncode == 0, who.stderr
+    header, row = who.stdout.splitlines()
+    assert header.split()[-2:] == ["bytes_in", "bytes_out"]
+    assert row.split()[2] == user
+    assert row.split()[-2:] == [str(sent), str(received)]
+
+    client.sendall(b"b NOOP\r\n")
+    reply = read_until_tagged(client, b"b")
+    (session,) = sessions_over_socket(path)
+    assert (session["user"], session["bytes_in"], session["bytes_out"]) == \
+        (user, sent + len(b"b NOOP\r\n"), received + len(reply))
+    client.close()
+    assert proxy.stop() == 0
+    assert not path.exists()

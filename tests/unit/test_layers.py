@@ -27,6 +27,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"proxy.relay", "proxy.gateway"}),
     frozenset({"proxy.health", "proxy.preflight", "proxy.keygen", "proxy.admin",
                "proxy.admin_cli"}),
+    frozenset({"proxy.accounts_cli"}),
     frozenset({"proxy.app"}),
     frozenset({"proxy.workers"}),
     frozenset({"proxy.cli"}),
