@@ -1,45 +1,25 @@
 """nginx's mail proxy (Debian nginx + libnginx-mod-mail) in front of the bench Dovecot, for comparison.
 
 nginx asks an `auth_http` server where to send each user; `AuthResponder` is a tiny threaded
-http.server that says OK and points IMAP at Dovecot's IMAP port and POP3 at its POP3 port. nginx runs in
-the foreground (`daemon off`) as a subprocess with its config, pid file and error log in a temp dir,
-with one worker process (mailproxy is one process too) and nginx's default buffers, as operators run it.
+http.server that says OK and points IMAP at Dovecot's IMAP port and POP3 at its POP3 port. nginx
+itself is tests/support/nginx.py's (the one the tests run): in the foreground, its config, pid
+file and error log in a temp dir, one worker process (mailproxy is one process too) and nginx's
+default buffers, as operators run it; here with 4096 connections and a `warn` log.
 """
 
 from __future__ import annotations
 
 import http.server
 import pathlib
-import shutil
-import socket
-import subprocess
 import threading
-import time
 
-MODULE_CANDIDATES = ["/usr/lib/nginx/modules/ngx_mail_module.so",
-                     "/usr/share/nginx/modules/ngx_mail_module.so"]
+import common  # noqa: F401 (puts tests/ on sys.path)
 
-
-def find_module() -> str | None:
-    try:
-        out = subprocess.run(["dpkg", "-L", "libnginx-mod-mail"], capture_output=True, text=True, check=False)
-        for line in out.stdout.splitlines():
-            if line.endswith("ngx_mail_module.so"):
-                return line.strip()
-    except OSError:
-        pass
-    for path in MODULE_CANDIDATES:
-        if pathlib.Path(path).exists():
-            return path
-    return None
-
-
-def nginx_binary() -> str | None:
-    return shutil.which("nginx", path="/usr/sbin:/usr/bin:/sbin")
+from support import nginx  # noqa: E402
 
 
 def available() -> bool:
-    return nginx_binary() is not None and find_module() is not None
+    return nginx.available()
 
 
 class AuthResponder:
@@ -75,75 +55,20 @@ class AuthResponder:
         self.server.server_close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class NginxMail:
-    def __init__(self, directory: pathlib.Path, imap_port: int, pop3_port: int, workers: int = 1):
-        self.dir = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self.auth = AuthResponder(imap_port, pop3_port)
-        self.imap_port = _free_port()
-        self.pop3_port = _free_port()
-        module = find_module()
-        self.conf = directory / "nginx.conf"
-        self.error_log = directory / "error.log"
-        self.conf.write_text(f"""
-load_module {module};
-daemon off;
-master_process on;
-worker_processes {workers};
-pid {directory}/nginx.pid;
-error_log {self.error_log} warn;
-events {{ worker_connections 4096; }}
-mail {{
-    auth_http 127.0.0.1:{self.auth.port}/auth;
-    proxy on;
-    server {{
-        listen 127.0.0.1:{self.pop3_port};
-        protocol pop3;
-        pop3_auth plain;
-    }}
-    server {{
-        listen 127.0.0.1:{self.imap_port};
-        protocol imap;
-        imap_auth plain login;
-    }}
-}}
-""")
-        self.proc = subprocess.Popen([nginx_binary(), "-c", str(self.conf), "-p", str(directory),
-                                      "-e", str(self.error_log)],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(directory / "nginx.out", "wb"), start_new_session=True)
-        self._wait_ready()
+    """nginx with an AuthResponder sending every user to Dovecot's `imap_port` / `pop3_port`."""
 
-    def _wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        for port in (self.pop3_port, self.imap_port):
-            while True:
-                if self.proc.poll() is not None:
-                    log = self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
-                    raise RuntimeError(f"nginx exited {self.proc.returncode}: "
-                                       f"{(self.dir / 'nginx.out').read_text(errors='replace')}{log}")
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-                        if sock.recv(100)[:1] in (b"+", b"*"):
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"nginx not ready on {port}")
-                time.sleep(0.05)
+    def __init__(self, directory: pathlib.Path, imap_port: int, pop3_port: int, workers: int = 1):
+        self.auth = AuthResponder(imap_port, pop3_port)
+        try:
+            self.server = nginx.NginxMail(directory, f"http://127.0.0.1:{self.auth.port}/auth",
+                                          worker_connections=4096, log_level="warn",
+                                          workers=workers)
+        except BaseException:
+            self.auth.stop()
+            raise
+        self.imap_port, self.pop3_port = self.server.imap_port, self.server.pop3_port
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.server.stop()
         self.auth.stop()

@@ -1,4 +1,5 @@
-"""The test machinery itself: ProxyProcess readiness and failure reporting, traceback detection in the
+"""The test machinery itself: ProxyProcess readiness and failure reporting, the private-daemon
+helper (support/daemon.py), traceback detection in the
 proxy_factory fixture, and relay_config producing a config the proxy's own loader accepts. Uses small
 fake commands instead of the real proxy so it does not depend on `serve`."""
 
@@ -19,6 +20,7 @@ import trio
 import trio.lowlevel
 
 from support import polling
+from support.daemon import Foreground, accepts, greets, wait_ready
 from support.polling import wait_for, wait_until
 from support.proxyproc import ProxyProcess, ProxyStartError, relay_config, traceback_report
 
@@ -249,3 +251,20 @@ async def test_wait_until_names_what_never_happened(monkeypatch) -> None:
     monkeypatch.setattr(polling, "TIMEOUT", 0.0)
     with pytest.raises(AssertionError, match=r"^timed out after 0.0 s waiting for the sun$"):
         await wait_until(lambda: False, "the sun", interval=0)
+
+
+def test_private_daemon_exiting_during_start_is_reported_with_its_output(tmp_path):
+    server = Foreground("broken", ["sh", "-c", "echo bad config line 3; exit 3"], tmp_path)
+    with pytest.raises(AssertionError) as caught:
+        server.wait_ready({"port 1": accepts(1)})
+    assert str(caught.value) == "broken exited during start\nbad config line 3\n"
+    assert server.stop() == 3
+
+
+def test_private_daemon_never_ready_names_what_did_not_answer(tmp_path):
+    server = Foreground("sleeper", ["sleep", "60"], tmp_path)
+    with pytest.raises(AssertionError) as caught:
+        wait_ready("sleeper", {"IMAP port 1": greets(1, b"* OK"), "port 2": accepts(2)},
+                   alive=server.alive, log=lambda: "the log", timeout=1)
+    assert str(caught.value) == "sleeper not ready after 1s: no answer on IMAP port 1, port 2\nthe log"
+    assert server.stop() == -15   # SIGTERM

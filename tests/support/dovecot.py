@@ -47,6 +47,8 @@ import tempfile
 import threading
 import time
 
+from .daemon import greets, wait_ready
+
 __all__ = ["Dovecot", "DovecotError", "MAIL_USER", "MISSING_MESSAGE", "ROOT_PREFIX", "free_ports",
            "make_root", "reap_stale_roots", "start_dovecot"]
 
@@ -382,28 +384,13 @@ class Dovecot:
             raise
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        pending = {self.imap_port: b"* OK", self.pop3_port: b"+OK"}
-        last_error: Exception | None = None
-        while pending:
-            if time.monotonic() > deadline:
-                raise DovecotError(f"Dovecot not ready after {START_TIMEOUT:.0f}s on ports {sorted(pending)} "
-                                   f"({last_error!r})\n" + self._diagnostics())
+        def master_alive() -> bool:
             pid = self.master_pid or self._read_master_pid()
-            if pid is not None and not _pid_alive(pid):
-                raise DovecotError("Dovecot's master exited during start\n" + self._diagnostics())
-            for port, greeting in list(pending.items()):
-                try:
-                    with socket.create_connection((self.host, port), timeout=2) as sock:
-                        data = sock.recv(512)
-                    if data.startswith(greeting):
-                        del pending[port]
-                    else:
-                        last_error = ValueError(f"port {port} greeted {data[:80]!r}")
-                except OSError as exc:
-                    last_error = exc
-            if pending:
-                time.sleep(0.05)
+            return pid is None or _pid_alive(pid)
+
+        wait_ready("Dovecot", {f"IMAP port {self.imap_port}": greets(self.imap_port, b"* OK", self.host),
+                               f"POP3 port {self.pop3_port}": greets(self.pop3_port, b"+OK", self.host)},
+                   alive=master_alive, log=self._diagnostics, timeout=START_TIMEOUT, error=DovecotError)
 
 
 def start_dovecot(base_dir: pathlib.Path, *, tls: tuple[pathlib.Path, pathlib.Path] | None = None,

@@ -1,24 +1,23 @@
-"""nginx's mail proxy (Debian `nginx` + `libnginx-mod-mail`) for tests, asking an auth_http service.
+"""nginx's mail proxy (Debian `nginx` + `libnginx-mod-mail`) for tests and benchmarks, asking an
+auth_http service.
 
-`start_nginx_mail(directory, auth_url)` writes a config with one IMAP and one POP3 server on free
+`NginxMail(directory, auth_url)` writes a config with one IMAP and one POP3 server on free
 loopback ports (plain text, `imap_auth plain login`, `pop3_auth plain`), runs nginx in the
-foreground (`daemon off`, one worker) with its pid file, error log and temp paths in `directory`,
-and returns once both ports greet. `stop()` ends it (SIGTERM, then SIGKILL after a bounded wait).
-The same way as bench/nginxmail.py runs it for the benchmarks.
+foreground (`daemon off`, one worker unless told) with its pid file, error log and temp paths in `directory`
+(support/daemon.py), and returns once both ports greet. `stop()` ends it (SIGTERM, then SIGKILL
+after a bounded wait). bench/nginxmail.py runs it with more connections and a quieter log.
 """
 
 from __future__ import annotations
 
 import pathlib
 import shutil
-import socket
 import subprocess
-import time
 
+from .daemon import Foreground, greets
 from .dovecot import free_ports
 
 MISSING_MESSAGE = "install nginx and libnginx-mod-mail (make test does this)"
-START_TIMEOUT = 10.0
 
 
 def module_path() -> str | None:
@@ -30,11 +29,19 @@ def module_path() -> str | None:
     return None
 
 
+def binary() -> str | None:
+    return shutil.which("nginx", path="/usr/sbin:/usr/bin:/sbin")
+
+
+def available() -> bool:
+    return binary() is not None and module_path() is not None
+
+
 class NginxMail:
-    def __init__(self, directory: pathlib.Path, auth_url: str, *, auth_timeout: str = "5s"):
-        binary = shutil.which("nginx", path="/usr/sbin:/usr/bin:/sbin")
-        module = module_path()
-        if binary is None or module is None:
+    def __init__(self, directory: pathlib.Path, auth_url: str, *, auth_timeout: str = "5s",
+                 worker_connections: int = 1024, log_level: str = "info", workers: int = 1):
+        nginx, module = binary(), module_path()
+        if nginx is None or module is None:
             raise AssertionError(MISSING_MESSAGE)
         self.dir = pathlib.Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -46,10 +53,10 @@ class NginxMail:
 load_module {module};
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 pid {self.dir}/nginx.pid;
-error_log {self.error_log} info;
-events {{ worker_connections 1024; }}
+error_log {self.error_log} {log_level};
+events {{ worker_connections {worker_connections}; }}
 mail {{
     auth_http {auth};
     auth_http_timeout {auth_timeout};
@@ -57,15 +64,11 @@ mail {{
     server {{ listen 127.0.0.1:{self.pop3_port}; protocol pop3; pop3_auth plain; }}
 }}
 """)
-        self.proc = subprocess.Popen(
-            [binary, "-c", str(self.conf), "-p", str(self.dir), "-e", str(self.error_log)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "nginx.out", "wb"), start_new_session=True)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+        self.server = Foreground("nginx", [nginx, "-c", str(self.conf), "-p", str(self.dir),
+                                           "-e", str(self.error_log)], self.dir)
+        self.server.wait_ready({f"IMAP port {self.imap_port}": greets(self.imap_port, b"* OK"),
+                                f"POP3 port {self.pop3_port}": greets(self.pop3_port, b"+OK")},
+                               log=lambda: self.server.output() + self.log())
 
     def log(self) -> str:
         try:
@@ -73,29 +76,5 @@ mail {{
         except FileNotFoundError:
             return ""
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        for port, greeting in ((self.imap_port, b"* OK"), (self.pop3_port, b"+OK")):
-            while True:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"nginx exited {self.proc.returncode}: "
-                                         f"{(self.dir / 'nginx.out').read_text(errors='replace')}"
-                                         f"{self.log()}")
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-                        if sock.recv(100).startswith(greeting):
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"nginx not ready on port {port}:\n{self.log()}")
-                time.sleep(0.05)
-
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.server.stop()
