@@ -289,6 +289,10 @@ class Metrics:
         self.gateway_upstream_deletes = Counter(
             "mailproxy_gateway_upstream_deletes_total",
             "DELE commands sent upstream by the retention policy.", registry=r)
+        self.gateway_over_quota = Counter(
+            "mailproxy_gateway_over_quota_messages_total",
+            "New POP3 messages left upstream by a sync because the account is over "
+            "gateway.quota (counted again by every sync until space is freed).", registry=r)
         self.gateway_ingest_errors = Counter(
             "mailproxy_gateway_ingest_errors_total", "Failed syncs, by reason.", ["reason"],
             registry=r)

@@ -18,7 +18,7 @@ operations.py (logging, metrics, auth_throttle, admin); loader.py holds `Config`
 `proxy.config` itself.
 """
 
-from .gateway import Gateway, GatewayLimits, StoreLocation
+from .gateway import Gateway, GatewayLimits, GatewayQuota, StoreLocation
 from .listeners import Listener, ProtocolLimits, Timeouts
 from .loader import Config, ConfigError, load, loads
 from .oauth2 import OAuth2, UpstreamAuth
@@ -48,8 +48,9 @@ from .values import (
 
 __all__ = [
     "Address", "Admin", "AuthThrottle", "Certificate", "Config", "ConfigError", "Duration",
-    "Gateway", "GatewayLimits", "HttpLookup", "HttpLookupEntry", "LdapLookup", "LdapLookupEntry",
-    "ListenAddress", "Listener", "Logging", "LookupCache", "LookupEntry", "Metrics", "OAuth2",
+    "Gateway", "GatewayLimits", "GatewayQuota", "HttpLookup", "HttpLookupEntry", "LdapLookup",
+    "LdapLookupEntry", "ListenAddress", "Listener", "Logging", "LookupCache", "LookupEntry",
+    "Metrics", "OAuth2",
     "PoolableUpstream", "ProtocolLimits", "Route", "Secret", "SecretValue", "ServicePort", "Size",
     "StoreLocation", "Timeouts", "TlsMode", "Upstream", "UpstreamAuth", "load", "loads",
 ]

@@ -1,4 +1,4 @@
-"""`gateway:`: the POP3->IMAP gateway's store, polling, retention and limits."""
+"""`gateway:`: the POP3->IMAP gateway's store, polling, retention, limits and quota."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import PlainValidator, StrictBool, StrictInt, StrictStr
 
-from .values import STRICT, Duration, Problem, SecretValue, load_secret, parse_duration
+from .values import STRICT, Duration, Problem, SecretValue, Size, load_secret, parse_duration
 
 
 def _load_store(value: Any) -> str:
@@ -36,6 +36,19 @@ class GatewayLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayQuota:
+    """Per-account quota (RFC 9208, issue 17); none set: no quota root, no limit."""
+
+    __pydantic_config__ = STRICT
+    storage: Size | None = None           # bytes of all messages, copies included
+    messages: StrictInt | None = None     # messages in all mailboxes
+
+    @property
+    def enabled(self) -> bool:
+        return self.storage is not None or self.messages is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Gateway:
     __pydantic_config__ = STRICT
     store: StoreLocation = "mailproxy-gateway.db"  # SQLite file, or postgresql://user@host/db?...
@@ -49,6 +62,7 @@ class Gateway:
     change_log_keep: StrictInt = 10000    # MODSEQs of change history kept per mailbox (QRESYNC)
     user_case: Literal["lower", "domain", "preserve"] = "lower"   # proxy/gateway/users.py
     limits: GatewayLimits = field(default_factory=GatewayLimits)
+    quota: GatewayQuota = field(default_factory=GatewayQuota)
 
     @property
     def retention_seconds(self) -> float | None:
@@ -79,6 +93,9 @@ def check_gateway(gateway: Gateway | None) -> list[Problem]:
         errors.append((("gateway", "limits", "mime_max_depth"), "expected 1 to 200"))
     if limits.mime_max_parts < 1:
         errors.append((("gateway", "limits", "mime_max_parts"), "expected at least 1"))
+    for key, value in (("storage", gateway.quota.storage), ("messages", gateway.quota.messages)):
+        if value is not None and value < 1:
+            errors.append((("gateway", "quota", key), "expected at least 1"))
     if not 1 <= gateway.store_pool_size <= 1000:
         errors.append((("gateway", "store_pool_size"), "expected 1 to 1000 connections"))
     if gateway.store_password is not None and "://" not in gateway.store:

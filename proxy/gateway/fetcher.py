@@ -47,6 +47,7 @@ from ..session.upstream import UpstreamError
 from ..store import IngestItem, Store
 from ._parts import MimeLimits
 from .pop3_client import Pop3Client
+from .quota import IngestGate, over
 
 __all__ = ["SyncResult", "sync_account", "AccountLocks", "internaldate",
            "parse_uidl_listing", "parse_list_listing"]
@@ -66,6 +67,7 @@ class SyncResult:
     deleted_upstream: int    # DELEs that took effect (QUIT succeeded)
     duration: float          # seconds
     skipped: bool = False    # another process sharing the store was fetching this account
+    over_quota: int = 0      # new messages left upstream: the account is over gateway.quota
 
 
 # ---- one fetcher per account ---------------------------------------------------------------------
@@ -149,15 +151,20 @@ class _Ingest:
     bounded by two batches)."""
 
     def __init__(self, store: Store, account_id: int, progress: ProgressCallback | None, total: int,
-                 channel: trio.MemorySendChannel, limits: MimeLimits):
+                 channel: trio.MemorySendChannel, limits: MimeLimits, gate: IngestGate | None):
         self.store, self.account_id, self.progress, self.total = store, account_id, progress, total
-        self.limits = limits
+        self.limits, self.gate = limits, gate
+        self.over_quota = 0
         self.channel = channel
         self.items: list[IngestItem] = []
         self.pending_bytes = 0
         self.done = self.new = self.bytes = 0
 
     async def add(self, uidl: str, body: bytes) -> None:
+        if self.gate is not None and not self.gate.admit(len(body)):
+            self.over_quota += 1   # not stored, so never DELEd: it waits upstream (RFC 9208 spirit)
+            self.done += 1
+            return
         self.items.append(IngestItem(uidl, body, internaldate(body)))
         self.pending_bytes += len(body)
         self.done += 1
@@ -189,6 +196,17 @@ class _Ingest:
                     self.progress(self.done - len(self.items), self.total, self.bytes)
 
 
+async def _quota_gate(config: Config, store: Store, account_id: int) -> IngestGate | None:
+    """The account's quota as ingest sees it (None: no limit). `full` when not even one byte
+    more fits, so the sync can skip RETR altogether."""
+    quota = config.gateway.quota if config.gateway is not None else None
+    if quota is None or not quota.enabled:
+        return None
+    gate = IngestGate(quota, await store.usage(account_id))
+    gate.full = over(quota, gate.usage, 1, 1)
+    return gate
+
+
 def _unwrap(group: BaseExceptionGroup) -> BaseException:
     """The one real error of a nursery (UpstreamError, StoreError...), not an ExceptionGroup."""
     real = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
@@ -197,11 +215,12 @@ def _unwrap(group: BaseExceptionGroup) -> BaseException:
 
 async def _fetch(client: Pop3Client, store: Store, account_id: int,
                  wanted: list[tuple[int, str | None]], known: set[str],
-                 progress: ProgressCallback | None, limits: MimeLimits) -> tuple[_Ingest, dict[str, int]]:
+                 progress: ProgressCallback | None, limits: MimeLimits,
+                 gate: IngestGate | None) -> tuple[_Ingest, dict[str, int]]:
     """RETR and commit `wanted`. On an UpstreamError the complete bodies already received are
     committed before it propagates; a cancelled sync loses at most the uncommitted batches."""
     send, receive = trio.open_memory_channel(0)
-    ingest = _Ingest(store, account_id, progress, len(wanted), send, limits)
+    ingest = _Ingest(store, account_id, progress, len(wanted), send, limits, gate)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ingest.commit_loop, receive)
@@ -362,8 +381,13 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
             listing, has_uidl = await _listing(client)
             known = await store.known_uidls(account.id)
             wanted = [(n, u) for n, u in listing if u is None or u not in known]
+            gate = await _quota_gate(config, store, account.id) if wanted else None
+            left = wanted if gate is not None and gate.full and has_uidl else []
+            if left:   # already full: no RETR at all, it would be thrown away
+                wanted = []
             ingest, digests = await _fetch(client, store, account.id, wanted, known, progress,
-                                           mime_limits(config))
+                                           mime_limits(config), gate)
+            ingest.over_quota += len(left)
             present = {u: n for n, u in listing if u is not None} if has_uidl else digests
             deleted = await _retention(client, store, account.id, retention, present, who)
         except UpstreamError as exc:
@@ -372,7 +396,11 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
             raise
         finally:
             await client.aclose()
-    result = SyncResult(ingest.new, ingest.bytes, deleted, time.monotonic() - started)
+    result = SyncResult(ingest.new, ingest.bytes, deleted, time.monotonic() - started,
+                        over_quota=ingest.over_quota)
+    if result.over_quota:
+        logs.event("gateway_sync_over_quota", logging.WARNING, user=who, upstream=upstream_name,
+                   kept_upstream=result.over_quota)
     logs.event("gateway_sync_done", user=who, upstream=upstream_name,
                mode="uidl" if has_uidl else "digest", new=result.new, bytes=result.bytes,
                deleted_upstream=result.deleted_upstream, duration=round(result.duration, 3))

@@ -128,6 +128,7 @@ class AccountFetcher:
             metrics.gateway_ingested_messages.inc(result.new)
             metrics.gateway_ingested_bytes.inc(result.bytes)
             metrics.gateway_upstream_deletes.inc(result.deleted_upstream)
+            metrics.gateway_over_quota.inc(result.over_quota)
             metrics.gateway_store_size.set(await service.store.size_bytes())
             if result.new:
                 account = await service.store.ensure_account(self.upstream, self.user)

@@ -139,6 +139,8 @@ def run_cli(args: argparse.Namespace) -> int:
         return 0
     print(f"fetched {result.new} messages, {result.bytes} bytes, deleted {result.deleted_upstream} "
           f"upstream in {result.duration:.2f} s")
+    if result.over_quota:
+        print(f"over quota: {result.over_quota} new messages kept upstream")
     return 0
 
 

@@ -29,6 +29,7 @@ from .base import (
     StoreFailure,
     StoreFlagsResult,
     StoreUnavailable,
+    Usage,
 )
 from .crypto import KeyRing, StoreKeyError
 
@@ -37,7 +38,7 @@ __all__ = [
     "ChangesPruned",
     "FlagMode", "FlagUpdate", "IngestItem", "KeyRing", "Mailbox", "MailboxExists", "MailboxNotFound",
     "MessageMeta", "Store", "StoreError", "StoreFailure", "StoreFlagsResult", "StoreKeyError",
-    "StoreUnavailable",
+    "StoreUnavailable", "Usage",
     "open_store", "is_postgres_url", "display_store",
     "load_key_ring",
 ]

@@ -163,6 +163,11 @@ class FlagUpdate(NamedTuple):
     changed: bool        # False: flags were already so, MODSEQ not bumped
 
 
+class Usage(NamedTuple):
+    bytes: int           # sum of the messages' sizes, copies included
+    messages: int
+
+
 @dataclass(frozen=True, slots=True)
 class StoreFlagsResult:
     updated: list[FlagUpdate]   # every listed message that exists and passed UNCHANGEDSINCE
@@ -231,6 +236,7 @@ class Store(Protocol):
     async def ingest_many(self, account_id: int,
                           items: Sequence[IngestItem]) -> list[int | None]: ...
     async def known_uidls(self, account_id: int) -> set[str]: ...
+    async def usage(self, account_id: int) -> Usage: ...   # quota (RFC 9208), issue 17
     async def fetched_at(self, account_id: int) -> dict[str, float]: ...
     async def mark_deleted_upstream(self, account_id: int, uidls: Sequence[str]) -> None: ...
     # `async with store.fetch_lease(upstream, user) as mine`: mine is True when no other process

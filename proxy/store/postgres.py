@@ -59,6 +59,7 @@ from .base import (
     StoreError,
     StoreFailure,
     StoreUnavailable,
+    Usage,
 )
 from .crypto import KeyRing, StoreKeyError
 
@@ -381,6 +382,14 @@ class PostgresStore(PgMessageOps):
     async def ingest(self, account_id: int, uidl: str, body: bytes, internaldate: dt.datetime,
                      cache: bytes | None = None) -> int | None:
         return (await self.ingest_many(account_id, [IngestItem(uidl, body, internaldate, cache)]))[0]
+
+    async def usage(self, account_id: int) -> Usage:
+        """What the account's messages hold (RFC 9208 STORAGE and MESSAGE: every copy counts)."""
+        row = await self._run(lambda c: c.execute(
+            "SELECT coalesce(sum(b.size), 0), count(*) FROM messages m "
+            "JOIN mailboxes mb ON mb.id = m.mailbox_id JOIN bodies b ON b.id = m.body_id "
+            "WHERE mb.account_id = %s", (account_id,)).fetchone())
+        return Usage(int(row[0]), int(row[1]))
 
     async def known_uidls(self, account_id: int) -> set[str]:
         """Every UIDL ever ingested for the account."""

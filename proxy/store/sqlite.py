@@ -60,6 +60,7 @@ from .base import (
     MailboxNotFound,
     StoreError,
     StoreFailure,
+    Usage,
 )
 from .crypto import KeyRing, StoreKeyError
 
@@ -448,6 +449,16 @@ class SqliteStore(MessageOps):
     async def ingest(self, account_id: int, uidl: str, body: bytes, internaldate: dt.datetime,
                      cache: bytes | None = None) -> int | None:
         return (await self.ingest_many(account_id, [IngestItem(uidl, body, internaldate, cache)]))[0]
+
+    async def usage(self, account_id: int) -> Usage:
+        """What the account's messages hold (RFC 9208 STORAGE and MESSAGE: every copy counts)."""
+        def usage() -> Usage:
+            row = self._db.execute(
+                "SELECT coalesce(sum(b.size), 0), count(*) FROM messages m "
+                "JOIN mailboxes mb ON mb.id = m.mailbox_id JOIN bodies b ON b.id = m.body_id "
+                "WHERE mb.account_id = ?", (account_id,)).fetchone()
+            return Usage(int(row[0]), int(row[1]))
+        return await self._run(usage)
 
     async def known_uidls(self, account_id: int) -> set[str]:
         """Every UIDL ever ingested for the account."""

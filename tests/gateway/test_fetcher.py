@@ -18,6 +18,7 @@ import pytest
 import trio
 import yaml
 
+from proxy import config as config_mod
 from proxy.gateway.fetcher import sync_account
 from proxy.session.failures import Failure
 from proxy.session.upstream import UpstreamError
@@ -280,3 +281,36 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(dovecot, user, t
     assert len(upstream) == delivered
     assert {u: d for u, (_, d) in snapshot.items()} == {u: digest(b) for u, b in upstream.items()}
     assert {u: uid for u, (uid, _) in snapshot.items() if u in uids} == uids
+
+
+async def test_over_quota_ingest_keeps_mail_upstream_and_resumes(dovecot, user, store_url):
+    """Issue 17, RFC 9208 spirit: what does not fit in gateway.quota is neither stored nor
+    deleted upstream (even with delete-after-fetch); once space is freed the next sync gets it."""
+    name, password = user
+    bodies = [b"Subject: q%d\r\n\r\n%s\r\n" % (n, b"x" * 500) for n in range(5)]
+    for body in bodies:
+        dovecot.deliver(name, body)
+    cfg = config_dict(dovecot.pop3_port, store_url, "delete-after-fetch")
+    cfg["gateway"]["quota"] = {"messages": 3, "storage": "100KiB"}
+    config = config_mod.loads(yaml.safe_dump(cfg))
+    store = await open_store(store_url)
+    try:
+        result = await sync_account(config, store, "dc", name, password)
+        assert (result.new, result.over_quota, result.deleted_upstream) == (3, 2, 3)
+        assert sorted(b for _, b in (await stored(store, name)).values()) == sorted(bodies[:3])
+        left = upstream_messages(dovecot.host, dovecot.pop3_port, name, password)
+        assert sorted(left.values()) == sorted(bodies[3:])   # kept upstream, in order
+        # full: the next sync does not even RETR them
+        result = await sync_account(config, store, "dc", name, password)
+        assert (result.new, result.over_quota, result.deleted_upstream) == (0, 2, 0)
+        account = await store.ensure_account("dc", name)
+        inbox = await store.get_mailbox(account.id, "INBOX")
+        first = (await store.messages(inbox.id))[0]
+        await store.expunge(inbox.id, [first.uid])   # the user frees one message's room
+        result = await sync_account(config, store, "dc", name, password)
+        assert (result.new, result.over_quota, result.deleted_upstream) == (1, 1, 1)
+        assert await store.usage(account.id) == (sum(map(len, bodies[1:4])), 3)
+        assert list(upstream_messages(dovecot.host, dovecot.pop3_port, name, password).values()) \
+            == [bodies[4]]
+    finally:
+        await store.close()

@@ -14,6 +14,7 @@ import bisect
 from ...store import ChangeKind
 from ...store.base import INBOX, SYSTEM_FLAGS
 from . import _condstore as cs
+from . import _quota as quota
 from . import utf7
 from ._args import Reply, astring, flag_list, mailbox, mailbox_wire, parse_date_time, parse_flags, word
 from ._caches import analyze
@@ -25,7 +26,8 @@ from ._view import SelectedView
 SEP = "/"
 _STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN",
                  b"HIGHESTMODSEQ",   # RFC 7162 3.1.6
-                 b"SIZE")            # RFC 8438
+                 b"SIZE",            # RFC 8438
+                 b"DELETED", b"DELETED-STORAGE")   # RFC 9208 4.2 (QUOTA=RES-*)
 
 
 # ---- SELECT / EXAMINE ------------------------------------------------------------------------
@@ -256,7 +258,7 @@ async def status_line(session, box, items: list[bytes]) -> bytes:
     if b"HIGHESTMODSEQ" in items:
         await cs.enable_condstore(session)
     snap = await session.backend.index.snapshot(session.store, box) \
-        if b"UNSEEN" in items or b"SIZE" in items or b"RECENT" in items else None
+        if set(items) & {b"UNSEEN", b"SIZE", b"RECENT", b"DELETED", b"DELETED-STORAGE"} else None
     recent = 0
     if snap is not None and b"RECENT" in items:   # not yet recent anywhere: at/above the floor
         floor = await session.store.recent_floor(box.id)
@@ -270,6 +272,10 @@ async def status_line(session, box, items: list[bytes]) -> bytes:
         b"UNSEEN": snap.unseen if snap is not None else 0,
         b"SIZE": await _size(session, snap) if b"SIZE" in items else 0,
     }
+    if snap is not None and (b"DELETED" in items or b"DELETED-STORAGE" in items):
+        deleted = [m for m in snap.metas if "\\Deleted" in m.flags]
+        values[b"DELETED"] = len(deleted)
+        values[b"DELETED-STORAGE"] = quota.kib(sum(m.size for m in deleted))   # as STORAGE
     body = b" ".join(b"%s %d" % (item, values[item]) for item in items)
     return b"STATUS " + mailbox_wire(box.name) + b" (" + body + b")"
 
@@ -306,6 +312,7 @@ async def append(session, cmd):
         raise Reply.no(f"Mailbox does not exist: {name}", b"TRYCREATE")
     if not body:
         raise Reply.no("Cannot append an empty message.")
+    await quota.check(session, len(body), 1)   # RFC 9208 4.3: NO [OVERQUOTA]
     cache = await analyze(body, session.backend.mime.limits)   # analysed once, here (issue 7)
     uid = await session.store.append(box.id, body, flags, when, cache=cache)
     await publish_appended(session, box.id)

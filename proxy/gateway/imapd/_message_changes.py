@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ...store import FlagMode
 from . import _condstore as cs
+from . import _quota as quota
 from ._args import Reply, compress, mailbox, parse_flags, uid_list, word
 from ._messages import is_uid, targets, writable
 from ._state import Trigger
@@ -85,6 +86,8 @@ async def copy(session, cmd, move: bool = False):
     uids = [view.uids[q - 1] for q in seqs if view.uids[q - 1] not in view.expunged]
     if not uids:
         return None
+    if not move:   # RFC 9208 4.3; a MOVE within the account changes no usage
+        await quota.check(session, sum(view.meta[u].size for u in uids), len(uids))
     operation = session.store.move if move else session.store.copy
     pairs = await operation(view.mailbox_id, uids, target.id)
     moved = [a for a, _ in pairs]

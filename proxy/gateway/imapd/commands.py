@@ -14,6 +14,7 @@ from . import _list_ext as lx
 from . import _mailboxes as mb
 from . import _message_changes as chg
 from . import _messages as msg
+from . import _quota as quota
 from . import _sort as srt
 from ._args import Reply
 from ._state import ANY, AUTH, PRE, SEL, Trigger
@@ -23,7 +24,8 @@ CAPABILITIES = (b"IMAP4rev1", b"LITERAL+", b"IDLE", b"UIDPLUS", b"MOVE", b"NAMES
                 b"ENABLE", b"UNSELECT", b"SPECIAL-USE", b"CHILDREN", b"ESEARCH", b"CONDSTORE",
                 b"QRESYNC", b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT",
                 b"THREAD=REFERENCES", b"SEARCHRES", b"WITHIN", b"LIST-EXTENDED", b"LIST-STATUS",
-                b"STATUS=SIZE", b"COMPRESS=DEFLATE")
+                b"STATUS=SIZE", b"COMPRESS=DEFLATE", b"QUOTA", b"QUOTA=RES-STORAGE",
+                b"QUOTA=RES-MESSAGE")
 # Extensions ENABLE (RFC 5161) can turn on; QRESYNC implies CONDSTORE (RFC 7162 3.2.3).
 ENABLEABLE: frozenset[bytes] = frozenset({b"CONDSTORE", b"QRESYNC"})
 
@@ -98,6 +100,9 @@ COMMANDS: dict[bytes, CommandSpec] = {
     b"STATUS": CommandSpec(AUTH, mb.status),
     b"APPEND": CommandSpec(AUTH, mb.append),
     b"NAMESPACE": CommandSpec(AUTH, mb.namespace),
+    b"GETQUOTAROOT": CommandSpec(AUTH, quota.getquotaroot),   # RFC 9208
+    b"GETQUOTA": CommandSpec(AUTH, quota.getquota),
+    b"SETQUOTA": CommandSpec(AUTH, quota.setquota),
     b"ENABLE": CommandSpec(AUTH - SEL, _enable),
     b"IDLE": CommandSpec(AUTH, _idle),
     b"COMPRESS": CommandSpec(AUTH, _compress.compress),   # RFC 4978

@@ -98,6 +98,7 @@ class ImapSession:
                                     else DEFAULT_COMMAND_BUDGET)
         self.max_set_ranges = gateway.limits.sequence_set_ranges if gateway is not None \
             else MAX_SET_RANGES
+        self.quota = gateway.quota if gateway is not None else None   # RFC 9208 (_quota.py)
 
     # ---- output -----------------------------------------------------------------------------
     def emit(self, line: bytes) -> None:
