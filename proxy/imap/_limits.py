@@ -18,7 +18,8 @@ class Limits:
 
     Attributes:
         max_line: bytes in one line part, CRLF and literal payloads excluded.
-        max_literal: bytes in one literal (``{n}``, ``{n+}``, ``~{n}``).
+        max_literal: bytes in one literal (``{n}``, ``{n+}``, ``~{n}``); when
+            literals are collected, also in all the literals of one command.
         max_nonsync_literal: bytes in one non-synchronising ``{n+}`` literal
             sent by a client.  4096 is the RFC 7888 §4 LITERAL- bound; set it
             to ``max_literal`` when LITERAL+ was advertised.

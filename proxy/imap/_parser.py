@@ -77,7 +77,7 @@ from ._errors import ProtocolError
 from ._framer import OVERLONG, ReceiveBuffer
 from ._limits import DEFAULT_LIMITS, Limits
 from ._lines import LiteralMarker, find_literal, is_tag
-from ._tokens import LiteralRef, Token, Tokenizer
+from ._tokens import Literal, LiteralRef, Token, Tokenizer
 from .events import NEED_DATA, NeedData
 
 __all__ = ["BaseParser", "NEED_DATA", "RESYNC_FACTOR"]
@@ -124,9 +124,8 @@ class BaseParser:
         self._tag: bytes | None = None  # tag of the message being parsed
         self._tokens: Tokenizer | None = None
         self._literal: LiteralMarker | None = None
-        self._remaining = 0
+        self._remaining = self._collected = self._skipped = 0  # literal bytes left; collected
         self._chunks: list[bytes | memoryview] = []  # literal parts, joined at its end
-        self._skipped = 0
         self._fatal_error: ProtocolError | None = None
         # After a non-fatal error in a message's first line part, where it began (else None) and
         # where parsing resumed once `resynchronising` ends (offsets as ReceiveBuffer.consumed).
@@ -345,7 +344,8 @@ class BaseParser:
 
     def _begin_literal(self, literal: LiteralMarker) -> None:
         limits = self._limits
-        if literal.size > limits.max_literal:
+        self._collected += literal.size if self._collect else 0   # held together: bounded so
+        if literal.size > limits.max_literal or self._collected > limits.max_literal:
             self._fail(ProtocolError("literal_too_big", "Literal too big"), literal)
         if (
             self._peer_waits_for_sync
@@ -365,7 +365,7 @@ class BaseParser:
     def _end_literal(self) -> None:
         if self._tokens is not None:
             if self._collect:
-                value: bytes | LiteralRef = b"".join(self._chunks)
+                value: bytes | LiteralRef = Literal(b"".join(self._chunks))
                 self._chunks = []
             else:
                 assert self._literal is not None  # set by _start_literal
@@ -388,7 +388,7 @@ class BaseParser:
         self._tag = None
         self._tokens = None
         self._literal = None
-        self._chunks = []
+        self._chunks, self._collected = [], 0
 
     # -- errors ----------------------------------------------------------------
 

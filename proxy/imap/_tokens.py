@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from ._errors import ProtocolError
 from ._limits import Limits
 
-__all__ = ["Atom", "LiteralRef", "Token", "Tokenizer"]
+__all__ = ["Atom", "Literal", "LiteralRef", "Token", "Tokenizer"]
 
 
 class Atom(bytes):
@@ -36,6 +36,16 @@ class Atom(bytes):
 
     def __repr__(self) -> str:
         return f"Atom({bytes(self)!r})"
+
+
+class Literal(bytes):
+    """A literal's payload, collected (parsers made with ``collect_literals=True``): told apart
+    from a quoted string where the grammar needs it (RFC 3502 MULTIAPPEND: date vs message)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"Literal({len(self)} bytes)"
 
 
 @dataclass(frozen=True, slots=True)

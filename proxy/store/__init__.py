@@ -14,6 +14,7 @@ from .base import (
     INBOX,
     Account,
     AccountSummary,
+    AppendItem,
     Change,
     ChangeKind,
     ChangesPruned,
@@ -34,7 +35,8 @@ from .base import (
 from .crypto import KeyRing, StoreKeyError
 
 __all__ = [
-    "DEFAULT_MAILBOXES", "HIERARCHY_DELIMITER", "INBOX", "Account", "AccountSummary", "Change", "ChangeKind",
+    "DEFAULT_MAILBOXES", "HIERARCHY_DELIMITER", "INBOX", "Account", "AccountSummary", "AppendItem",
+    "Change", "ChangeKind",
     "ChangesPruned",
     "FlagMode", "FlagUpdate", "IngestItem", "KeyRing", "Mailbox", "MailboxExists", "MailboxNotFound",
     "MessageMeta", "Store", "StoreError", "StoreFailure", "StoreFlagsResult", "StoreKeyError",

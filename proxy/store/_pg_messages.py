@@ -33,6 +33,7 @@ from . import crypto
 from ._pg_bodies import note_orphans, sweep
 from ._sqlite_messages import from_date
 from .base import (
+    AppendItem,
     Change,
     ChangeKind,
     ChangesPruned,
@@ -191,6 +192,31 @@ class PgMessageOps:
                      internaldate: dt.datetime | None = None, cache: bytes | None = None) -> int:
         """Add a message (IMAP APPEND); returns its UID."""
         return int(await self._run(self._append, mailbox_id, body, list(flags), internaldate, cache))
+
+    def _append_many(self, c: Conn, mailbox_id: int, items: Sequence[AppendItem]) -> list[int]:
+        account_id = self._lock(c, mailbox_id)[mailbox_id]
+        body_ids = self._body_ids(c, len(items))
+        self._insert_bodies(c, account_id, [(body_id, item.body, item.cache)
+                                            for body_id, item in zip(body_ids, items, strict=True)])
+        first = self._take_uids(c, mailbox_id, len(items))
+        modseq = self._bump(c, mailbox_id)
+        rows = []
+        for n, (body_id, item) in enumerate(zip(body_ids, items, strict=True)):
+            epoch, tz = from_date(item.internaldate)
+            rows.append((mailbox_id, first + n, epoch, tz, _flags_text(normalize_flags(item.flags)),
+                         modseq, body_id))
+        c.cursor().executemany(
+            "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
+            "body_id) VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
+        uids = list(range(first, first + len(items)))
+        self._log(c, account_id, mailbox_id, modseq, ChangeKind.APPEND, uids)
+        return uids
+
+    async def append_many(self, mailbox_id: int, items: Sequence[AppendItem]) -> list[int]:
+        """Add messages all or none, in one transaction (MULTIAPPEND, RFC 3502); their UIDs."""
+        if not items:
+            return []
+        return list(await self._run(self._append_many, mailbox_id, list(items)))
 
     async def messages(self, mailbox_id: int) -> list[MessageMeta]:
         """Every message of the mailbox, ordered by UID."""

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar, Ty
 from . import crypto
 from ._schema import transaction
 from .base import (
+    AppendItem,
     Change,
     ChangeKind,
     ChangesPruned,
@@ -198,6 +199,28 @@ class MessageOps:
         """Add a message (IMAP APPEND); returns its UID."""
         run = self._quick if len(body) + len(cache or b"") <= INLINE_BYTES else self._run
         return await run(self._append, mailbox_id, body, flags, internaldate, cache)
+
+    def _append_many(self, mailbox_id: int, items: Sequence[AppendItem]) -> list[int]:
+        with transaction(self._db):
+            account_id = self._mailbox_row(mailbox_id)[1]
+            first = self._take_uids(mailbox_id, len(items))
+            modseq = self._bump(mailbox_id)
+            for n, item in enumerate(items):
+                epoch, tz = from_date(item.internaldate)
+                body_id = self._next_body_id()
+                self._insert_body(body_id, account_id, item.body, item.cache)
+                self._db.execute(
+                    "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, "
+                    "modseq, body_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (mailbox_id, first + n, epoch, tz, _flags_text(normalize_flags(item.flags)),
+                     modseq, body_id))
+            uids = list(range(first, first + len(items)))
+            self._log(account_id, mailbox_id, modseq, ChangeKind.APPEND, uids)
+        return uids
+
+    async def append_many(self, mailbox_id: int, items: Sequence[AppendItem]) -> list[int]:
+        """Add messages all or none, in one transaction (MULTIAPPEND, RFC 3502); their UIDs."""
+        return await self._run(self._append_many, mailbox_id, items) if items else []
 
     def _messages(self, mailbox_id: int) -> list[MessageMeta]:
         rows = self._db.execute(

@@ -156,6 +156,14 @@ class IngestItem:
     cache: bytes | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class AppendItem:
+    body: bytes
+    flags: Sequence[str] = ()
+    internaldate: dt.datetime | None = None
+    cache: bytes | None = None
+
+
 class FlagUpdate(NamedTuple):
     uid: int
     flags: frozenset[str]
@@ -208,6 +216,8 @@ class Store(Protocol):
     async def append(self, mailbox_id: int, body: bytes, flags: Sequence[str] = (),
                      internaldate: dt.datetime | None = None,
                      cache: bytes | None = None) -> int: ...
+    async def append_many(self, mailbox_id: int,
+                          items: Sequence[AppendItem]) -> list[int]: ...   # all or none
     async def messages(self, mailbox_id: int) -> list[MessageMeta]: ...
     async def body(self, message: MessageMeta) -> bytes: ...
     async def cache(self, message: MessageMeta) -> bytes | None: ...

@@ -117,3 +117,24 @@ async def test_status_deleted_items_and_no_quota_root_without_limits(gateway):
         a.close()
 
     await trio.to_thread.run_sync(scenario)
+
+
+async def test_multiappend_over_quota_appends_nothing(dovecot, tmp_path, nursery):
+    """RFC 3502 3 with RFC 9208 4.3: a MULTIAPPEND that would pass the quota is refused whole."""
+    user, password = dovecot.add_user()
+    gateway = GatewayHandle(dovecot, tmp_path, user, password, quota={"messages": 2})
+    await gateway.start(nursery)
+
+    def scenario():
+        a = Raw(gateway.port, gateway.user, gateway.password)
+        three = "APPEND INBOX" + " {%d+}\r\n%s" % (len(SMALL), SMALL.decode()) * 3
+        assert a.cmd(three)[1].split()[1:3] == [b"NO", b"[OVERQUOTA]"]
+        assert a.cmd("STATUS INBOX (MESSAGES)")[0] == [b"* STATUS INBOX (MESSAGES 0)"]
+        done = a.cmd("APPEND INBOX" + " {%d+}\r\n%s" % (len(SMALL), SMALL.decode()) * 2)[1]
+        assert re.match(rb"\S+ OK \[APPENDUID \d+ 1:2\]", done), done
+        a.close()
+
+    try:
+        await trio.to_thread.run_sync(scenario)
+    finally:
+        await gateway.stop()

@@ -1,5 +1,5 @@
 """Authenticated-state commands (RFC 3501 6.3): SELECT, EXAMINE, CREATE, DELETE, RENAME,
-SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, APPEND; plus NAMESPACE (RFC 2342).
+SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS; plus NAMESPACE (RFC 2342). APPEND is in `_append.py`.
 
 Names are Unicode in the store and modified UTF-7 on the wire (5.1.3); the hierarchy separator
 is "/". Superior names that do not exist as mailboxes (after "CREATE a/b" of old, or a DELETE of
@@ -16,10 +16,8 @@ from ...store.base import INBOX, SYSTEM_FLAGS
 from . import _condstore as cs
 from . import _quota as quota
 from . import utf7
-from ._args import Reply, astring, flag_list, mailbox, mailbox_wire, parse_date_time, parse_flags, word
-from ._caches import analyze
+from ._args import Reply, astring, flag_list, mailbox, mailbox_wire, word
 from ._listing import Children, MailboxPattern, implied_parents
-from ._message_changes import publish_appended
 from ._state import Trigger
 from ._view import SelectedView
 
@@ -290,33 +288,6 @@ async def _size(session, snap) -> int:
         infos = await session.backend.mime.infos(session.store, part)
         total += sum(i.size if i is not None else m.size for i, m in zip(infos, part, strict=True))
     return total
-
-
-# ---- APPEND ---------------------------------------------------------------------------------
-
-async def append(session, cmd):
-    args = cmd.args
-    if not 2 <= len(args) <= 4 or not isinstance(args[-1], bytes) or isinstance(args[-1], tuple):
-        raise Reply.bad("APPEND expects a mailbox, optional flags and date, and a message literal")
-    name = mailbox(args[0])
-    flags: list[str] = []
-    when = None
-    for extra in args[1:-1]:
-        if isinstance(extra, tuple):
-            flags = parse_flags(extra, allow_recent=True)
-        else:
-            when = parse_date_time(extra)
-    body = bytes(args[-1])
-    box = await session.store.get_mailbox(session.account.id, name)
-    if box is None:   # RFC 3501 6.3.11
-        raise Reply.no(f"Mailbox does not exist: {name}", b"TRYCREATE")
-    if not body:
-        raise Reply.no("Cannot append an empty message.")
-    await quota.check(session, len(body), 1)   # RFC 9208 4.3: NO [OVERQUOTA]
-    cache = await analyze(body, session.backend.mime.limits)   # analysed once, here (issue 7)
-    uid = await session.store.append(box.id, body, flags, when, cache=cache)
-    await publish_appended(session, box.id)
-    return b"APPENDUID %d %d" % (box.uidvalidity, uid), "APPEND completed."
 
 
 async def namespace(session, cmd):

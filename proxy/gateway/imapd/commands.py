@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from . import _append as app
 from . import _compress
 from . import _list_ext as lx
 from . import _mailboxes as mb
@@ -25,7 +26,7 @@ CAPABILITIES = (b"IMAP4rev1", b"LITERAL+", b"IDLE", b"UIDPLUS", b"MOVE", b"NAMES
                 b"QRESYNC", b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT",
                 b"THREAD=REFERENCES", b"SEARCHRES", b"WITHIN", b"LIST-EXTENDED", b"LIST-STATUS",
                 b"STATUS=SIZE", b"COMPRESS=DEFLATE", b"QUOTA", b"QUOTA=RES-STORAGE",
-                b"QUOTA=RES-MESSAGE")
+                b"QUOTA=RES-MESSAGE", b"MULTIAPPEND")
 # Extensions ENABLE (RFC 5161) can turn on; QRESYNC implies CONDSTORE (RFC 7162 3.2.3).
 ENABLEABLE: frozenset[bytes] = frozenset({b"CONDSTORE", b"QRESYNC"})
 
@@ -98,7 +99,7 @@ COMMANDS: dict[bytes, CommandSpec] = {
     b"LIST": CommandSpec(AUTH, lx.list_),    # RFC 3501, LIST-EXTENDED, LIST-STATUS
     b"LSUB": CommandSpec(AUTH, mb.lsub),
     b"STATUS": CommandSpec(AUTH, mb.status),
-    b"APPEND": CommandSpec(AUTH, mb.append),
+    b"APPEND": CommandSpec(AUTH, app.append),         # RFC 3502 MULTIAPPEND too
     b"NAMESPACE": CommandSpec(AUTH, mb.namespace),
     b"GETQUOTAROOT": CommandSpec(AUTH, quota.getquotaroot),   # RFC 9208
     b"GETQUOTA": CommandSpec(AUTH, quota.getquota),

@@ -255,3 +255,22 @@ def test_set_limits_applies_to_next_command() -> None:
     parser.set_limits(Limits())
     events = feed(parser, [b"A1 APPEND INBOX {9000}\r\n" + b"x" * 9000 + b"\r\n"])
     assert events[-1] == Command(b"A1", b"APPEND", (A(b"INBOX"), b"x" * 9000))
+
+
+def test_collected_literals_of_one_command_are_bounded_together() -> None:
+    """Collected literals are held until the command ends (MULTIAPPEND, RFC 3502): all of one
+    command together stay within max_literal; the next command starts from zero. Streamed
+    literals (the relay) are bounded one by one only."""
+    from proxy.imap import Limits
+    from proxy.imap._tokens import Literal
+
+    from .helpers import Err
+
+    wire = b"A1 APPEND X {6+}\r\nabcdef {5+}\r\nghijk\r\nA2 APPEND X {6+}\r\nabcdef\r\n"
+    parser = CommandParser(Limits(max_literal=10), **COLLECT)
+    events = feed(parser, [wire])
+    assert Err("literal_too_big", b"A1 BAD [TOOBIG] Literal too big\r\n") in events
+    assert events[-1] == Command(b"A2", b"APPEND", (A(b"X"), b"abcdef"))
+    assert isinstance(events[-1].args[1], Literal)   # told from a quoted string
+    streamed = feed(CommandParser(Limits(max_literal=10), **STREAM), [wire])
+    assert not [e for e in streamed if isinstance(e, Err)]

@@ -1,0 +1,68 @@
+"""APPEND (RFC 3501 6.3.11) with MULTIAPPEND (RFC 3502) and UIDPLUS's APPENDUID (RFC 4315).
+
+Theory of operation: the arguments after the mailbox name are one or more groups of
+`[flag-list] [date-time] literal` (3502 6); a literal is told from a quoted date-time by its type
+(the parser marks collected literals, `imap._tokens.Literal`). Every message is checked (not
+empty, quota) and analysed before anything is stored, then all are stored in one store
+transaction (`append_many`): MULTIAPPEND is atomic (3502 3: "If the server fails to append any
+message, none of the messages are appended"), and the messages share one MODSEQ. The reply
+carries APPENDUID with the UID set, in order (4315 3).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from ...imap._tokens import Literal
+from ...store import AppendItem
+from . import _quota as quota
+from ._args import Reply, mailbox, parse_date_time, parse_flags, uid_list
+from ._caches import analyze
+from ._message_changes import publish_appended
+
+Group = tuple[list[str], "dt.datetime | None", bytes]
+
+
+def groups(args) -> list[Group]:
+    """`[flags] [date-time] literal` groups (RFC 3502 6); BAD when the grammar is not met."""
+    out: list[Group] = []
+    i = 0
+    while i < len(args):
+        flags: list[str] = []
+        when = None
+        if isinstance(args[i], tuple):
+            flags = parse_flags(args[i], allow_recent=True)
+            i += 1
+        if i < len(args) and isinstance(args[i], bytes) and not isinstance(args[i], Literal):
+            when = parse_date_time(args[i])
+            i += 1
+        if i >= len(args) or not isinstance(args[i], Literal):
+            raise Reply.bad("APPEND expects a mailbox, then optional flags and date and a "
+                            "message literal, once or more (MULTIAPPEND)")
+        out.append((flags, when, bytes(args[i])))
+        i += 1
+    return out
+
+
+async def append(session, cmd):
+    if len(cmd.args) < 2:
+        raise Reply.bad("APPEND expects a mailbox, optional flags and date, and a message literal")
+    name = mailbox(cmd.args[0])
+    messages = groups(cmd.args[1:])
+    box = await session.store.get_mailbox(session.account.id, name)
+    if box is None:   # RFC 3501 6.3.11
+        raise Reply.no(f"Mailbox does not exist: {name}", b"TRYCREATE")
+    if any(not body for _, _, body in messages):
+        raise Reply.no("Cannot append an empty message.")
+    await quota.check(session, sum(len(body) for _, _, body in messages), len(messages))
+    limits = session.backend.mime.limits
+    items = [AppendItem(body, flags, when, await analyze(body, limits))   # analysed once, here
+             for flags, when, body in messages]
+    if len(items) == 1:
+        item = items[0]
+        uids = [await session.store.append(box.id, item.body, item.flags, item.internaldate,
+                                           cache=item.cache)]
+    else:
+        uids = await session.store.append_many(box.id, items)
+    await publish_appended(session, box.id)
+    return b"APPENDUID %d %s" % (box.uidvalidity, uid_list(uids)), "APPEND completed."
