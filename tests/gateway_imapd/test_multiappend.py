@@ -21,6 +21,7 @@ from .conftest import GatewayHandle, message
 _tags = itertools.count(1)
 _STATUS = re.compile(rb"^\S+ (OK|NO|BAD)(?: \[([A-Z-]+))?")
 DATE = b'"17-May-2024 10:30:00 +0200"'
+GIVEN = email.utils.parsedate_to_datetime("17 May 2024 10:30:00 +0200")
 
 
 def _literal(body: bytes) -> bytes:
@@ -62,9 +63,11 @@ def _holds(client: imaplib.IMAP4) -> list:
     for line in _run(client, b"UID FETCH 1:* (FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])")[1]:
         uid = re.search(rb"UID (\d+)", line).group(1)
         flags = set(re.search(rb"FLAGS \(([^)]*)\)", line).group(1).split()) - {b"\\Recent"}
-        # the same instant (Dovecot's maildir keeps no zone: it answers in +0000)
+        # the given date as the same instant (Dovecot's maildir keeps no zone: it answers in
+        # +0000); without one, the time of the APPEND, whose second may differ between servers
         date = email.utils.parsedate_to_datetime(
             re.search(rb'INTERNALDATE "([^"]+)"', line).group(1).decode().replace("-", " ", 2))
+        date = date if date == GIVEN else "time of the APPEND"
         size = re.search(rb"RFC822.SIZE (\d+)", line).group(1)
         body = line[line.index(b"}\r\n") + 3:]
         out.append((uid, sorted(flags), date, size, body))
