@@ -25,8 +25,6 @@ compression: the records are already compressed or encrypted).
 from __future__ import annotations
 
 import os
-import time
-import weakref
 from typing import Any, Callable
 
 import psycopg
@@ -42,7 +40,6 @@ __all__ = ["SCHEMA_VERSION", "SCHEMA_LOCK", "MIGRATIONS", "migrate", "check_key"
 SCHEMA_LOCK = 0x6D61_696C_7072_0001   # pg_advisory_xact_lock key: "mailpr" + schema
 CONNECT_TIMEOUT_S = 10
 POOL_TIMEOUT_S = 5.0                  # waiting for a connection before StoreUnavailable
-CHECK_IDLE_S = 1.0                    # a pooled connection idle longer is checked before use
 
 Conn = psycopg.Connection[Any]
 
@@ -195,22 +192,6 @@ def redact(url: str) -> str:
     return f"postgresql://{info.get('user', '')}@{host}:{info.get('port', '')}/{db}"
 
 
-_returned: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
-
-
-def _note_returned(conn: Conn) -> None:
-    _returned[conn] = time.monotonic()
-
-
-def _check_if_idle(conn: Conn) -> None:
-    """The pool's check before handing out a connection: a round trip, so only for one idle
-    longer than CHECK_IDLE_S (a database restarted meanwhile is noticed there). A busy pool
-    skips it: a connection that broke a moment ago fails its call once (`StoreUnavailable`)
-    and the pool replaces it."""
-    if time.monotonic() - _returned.get(conn, 0.0) > CHECK_IDLE_S:
-        psycopg_pool.ConnectionPool.check_connection(conn)
-
-
 def open_pool(url: str, ring: KeyRing | None, password: str | None,
               size: int) -> psycopg_pool.ConnectionPool[Any]:
     """Open the pool, migrate, check the key. Raises StoreFailure when the server cannot be used."""
@@ -225,7 +206,7 @@ def open_pool(url: str, ring: KeyRing | None, password: str | None,
         raise StoreFailure(one_line(exc)) from exc
     pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
         url, kwargs=kwargs, min_size=1, max_size=size, open=False, timeout=POOL_TIMEOUT_S,
-        check=_check_if_idle, reset=_note_returned, name="mailproxy-store")
+        check=psycopg_pool.ConnectionPool.check_connection, name="mailproxy-store")
     try:
         pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
     except psycopg_pool.PoolTimeout as exc:

@@ -11,8 +11,9 @@ COMMIT.
 
 Failures: a deadlock or serialization failure is retried (bounded, `RETRIES`); a lost server or
 a pool with no free connection within `POOL_TIMEOUT_S` is `StoreUnavailable`, which the gateway
-answers with `NO [UNAVAILABLE]`. The pool checks an idle connection before handing it
-out, so after a database restart calls recover without restarting the proxy.
+answers with `NO [UNAVAILABLE]`. The pool checks a connection before handing it
+out, and a call whose connection turns out dead before its COMMIT (nothing was done) runs again
+on another, so after a database restart calls recover without restarting the proxy.
 
 Durability: a COMMIT is durable when it returns (the server's `synchronous_commit`), so `flush()`
 has nothing to do.
@@ -72,6 +73,10 @@ _RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 Conn = psycopg.Connection[Any]
 
 
+class _StaleConnection(Exception):
+    """A pooled connection turned out dead before the transaction's COMMIT (`_call`)."""
+
+
 def _canon(name: str) -> str:
     """INBOX is case-insensitive (RFC 3501 5.1); every other name is kept as given."""
     return INBOX if name.upper() == INBOX else name
@@ -104,16 +109,25 @@ class PostgresStore(PgMessageOps):
                 raise StoreError("store is closed")
             try:
                 with pool.connection() as c:
-                    if not read:
-                        return fn(c, *args)
-                    c.autocommit = True   # one statement: no BEGIN/COMMIT round trips
                     try:
-                        return fn(c, *args)
-                    finally:
-                        c.autocommit = False
+                        if not read:
+                            return fn(c, *args)
+                        c.autocommit = True   # one statement: no BEGIN/COMMIT round trips
+                        try:
+                            return fn(c, *args)
+                        finally:
+                            c.autocommit = False
+                    except psycopg.OperationalError as exc:
+                        if c.broken:   # before COMMIT: nothing was done, run it again
+                            raise _StaleConnection() from exc
+                        raise
             except _RETRYABLE:
                 if attempt == RETRIES - 1:
                     raise
+            except _StaleConnection as stale:   # e.g. pooled before a database restart
+                if attempt == RETRIES - 1:
+                    assert stale.__cause__ is not None
+                    raise stale.__cause__ from None
         raise AssertionError("unreachable")
 
     async def _run(self, fn: Callable[..., Any], *args: Any, read: bool = False) -> Any:
