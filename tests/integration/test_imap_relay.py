@@ -11,6 +11,7 @@ import time
 import imapclient
 import pytest
 
+from support.polling import wait_for
 from support.proxyproc import relay_config
 
 HOST = "127.0.0.1"
@@ -155,7 +156,9 @@ def test_two_routes_reach_two_dovecots(proxy_factory, dovecot, dovecot_factory):
         imap = imaplib.IMAP4(HOST, proxy.port("imap"), timeout=10)
         assert imap.login(name, password)[0] == "OK"
         imap.logout()
-        assert f"user=<{name}>" in instance.log()
+        # Dovecot's log process writes the Login line on its own time: wait for it, bounded
+        wait_for(lambda name=name, instance=instance: f"user=<{name}>" in instance.log(),
+                 f"{name}'s login in its Dovecot")
 
 
 def test_forward_client_ip_reaches_dovecot_log(proxy_factory, dovecot, user):
