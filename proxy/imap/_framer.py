@@ -99,6 +99,11 @@ class ReceiveBuffer:
         self._scan -= pos
         self._pos = 0
 
+    def drop_consumed(self) -> None:
+        """Let go of a chunk that has been read to its end (an idle session keeps no bytes)."""
+        if self._pos and self._pos >= len(self._data):
+            self._data, self._pos, self._scan = b"", 0, 0
+
     def take_all(self) -> bytes:
         """Remove and return everything buffered."""
         rest = bytes(self._data[self._pos:])

@@ -70,7 +70,6 @@ dropped and not reported; data received after EOF is ignored.
 from __future__ import annotations
 
 import enum
-from collections import deque
 
 from . import events as ev
 from ._errors import ProtocolError
@@ -90,13 +89,16 @@ _HEAD_PEEK = 128  # enough of a line to see "tag NAME " (max_id_line)
 
 
 class _State(enum.Enum):
-    LINE = enum.auto()
-    CONT = enum.auto()
-    LITERAL = enum.auto()
-    SKIP_LITERAL = enum.auto()
-    SKIP_CONT = enum.auto()
-    SKIP_LINE = enum.auto()
-    FAILED = enum.auto()
+    """Each state's value names the step method that runs in it (found with getattr on the
+    member's `_value_`: no per-parser table, and faster than hashing the member)."""
+
+    LINE = "_step_line"
+    CONT = "_step_cont"
+    LITERAL = "_step_literal"
+    SKIP_LITERAL = "_step_skip_literal"
+    SKIP_CONT = "_step_skip_cont"
+    SKIP_LINE = "_step_skip_line"
+    FAILED = "_step_failed"
 
 
 class BaseParser:
@@ -118,7 +120,8 @@ class BaseParser:
         self._parse_args = parse_args
         self._buf = ReceiveBuffer()
         self._state = _State.LINE
-        self._events: deque[ev.Event] = deque()
+        # a list, not a deque: it holds one to three events, and an empty deque costs 600 bytes
+        self._events: list[ev.Event] = []
         self._pending_error: ProtocolError | None = None
         self._raw_next = False
         self._tag: bytes | None = None  # tag of the message being parsed
@@ -133,15 +136,6 @@ class BaseParser:
         self.resumed_at = 0
         self._name = b""  # CommandParser: name of the command being parsed
         self._head: tuple[bytes, int | None, bytes] = (b"", None, b"")  # ResponseParser: (name, number, raw)
-        self._steps = {
-            _State.LINE: self._step_line,
-            _State.CONT: self._step_cont,
-            _State.LITERAL: self._step_literal,
-            _State.SKIP_LITERAL: self._step_skip_literal,
-            _State.SKIP_CONT: self._step_skip_cont,
-            _State.SKIP_LINE: self._step_skip_line,
-            _State.FAILED: self._step_failed,
-        }
 
     # -- public API ----------------------------------------------------------
 
@@ -158,19 +152,22 @@ class BaseParser:
         """
         while True:
             if self._events:
-                return self._events.popleft()
+                return self._events.pop(0)
             if self._pending_error is not None:
                 error, self._pending_error = self._pending_error, None
                 raise error
             try:
-                progressed = self._steps[self._state]()
+                progressed = getattr(self, self._state._value_)()
             except ProtocolError as error:
                 if not self._events:
                     raise
                 self._pending_error = error
                 continue
             if not progressed:
-                return ev.ConnectionClosed() if self._buf.eof else NEED_DATA
+                if self._buf.eof:
+                    return ev.ConnectionClosed()
+                self._buf.drop_consumed()
+                return NEED_DATA
 
     def expect_line(self) -> None:
         """Return the next line as ``RawLine`` instead of parsing it.

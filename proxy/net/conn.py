@@ -44,7 +44,7 @@ class Conn:
         self._fd = _plain_socket_fd(stream)
         self._ops = 0
         self._sending = False
-        self._lot = trio.lowlevel.ParkingLot()
+        self._lot: trio.lowlevel.ParkingLot | None = None  # made when a second writer waits
         self._size = RECEIVE_SIZE
         self._drained = False  # the last fast-path read emptied the socket
 
@@ -89,6 +89,8 @@ class Conn:
     async def send(self, data: bytes | bytearray | memoryview) -> bool:
         """Write everything; False (and the connection marked closed) if the peer is gone."""
         while self._sending:  # another writer is mid-send: wait for our turn
+            if self._lot is None:
+                self._lot = trio.lowlevel.ParkingLot()
             await self._lot.park()
         if self.closed:
             return False
@@ -104,7 +106,7 @@ class Conn:
             return False
         finally:
             self._sending = False
-            if self._lot:
+            if self._lot:  # (None, or empty: nobody waits)
                 self._lot.unpark()
         self.bytes_out += len(data)
         return True

@@ -44,7 +44,7 @@ from ..session.context import ByteCounter, CommandMeter, Session
 from ..session.failures import Close, limit_of_protocol_error
 from .held_lines import HeldLines
 from .imap_compress import InflatedCopy
-from .imap_upstream import UpstreamIMAP, upstream_limits
+from .imap_upstream import UpstreamIMAP
 
 
 @dataclass
@@ -73,9 +73,10 @@ class ImapRelay:
         self.held = HeldLines(self.client_parser, client_leftover)
         self._said: list[bytes] = []   # the proxy's replies waiting for a response boundary
         self.bad = 0
-        # The login's parser may hold the start of what follows the login reply.
-        self._upstream_leftover = upstream.channel.parser.take_unconsumed()
-        self.upstream_parser = ResponseParser(upstream_limits())
+        # The login's parser goes on (same limits, between two responses); it may hold the
+        # start of what follows the login reply, which must be forwarded before it is parsed.
+        self.upstream_parser = upstream.channel.parser
+        self._upstream_leftover = self.upstream_parser.take_unconsumed()
         self.upstream_in = Channel(upstream.conn, self.upstream_parser, NEED_DATA,
                                    self._upstream_leftover)
         self.logout_seen = False
@@ -200,6 +201,7 @@ class ImapRelay:
                 self.held.add(data)
                 if not await self._client_input():
                     return
+                del data  # an idle session holds no chunk while it waits
         finally:
             cancel.cancel()
 
@@ -351,7 +353,7 @@ class ImapRelay:
     async def _upstream_to_client(self, cancel: trio.CancelScope) -> None:
         parser = self.upstream_parser
         try:
-            data = self._upstream_leftover
+            data, self._upstream_leftover = self._upstream_leftover, b""
             while True:  # forward first, then look: parsing never delays the bytes
                 if not await self._forward_down(data):
                     self.session.close_reason = Close.CLIENT_CLOSED
@@ -364,6 +366,7 @@ class ImapRelay:
                     said, self._said = self._said, []
                     await self._say(b"".join(said))
                 await self._bye_if_at_rest()
+                data = b""  # an idle session holds no chunk while it waits
                 data = await self.upstream_in.receive()
                 self.upstream_heard = trio.current_time()
                 if self.pending and not self.idle_tag:  # answering a command is activity

@@ -26,7 +26,9 @@ async def handle(session: Session, conn: Conn) -> None:
     try:
         upstream = await front.until_logged_in(lambda: _authenticate(session, front), _close)
         if upstream is not None:
-            await ImapRelay(session, front.conn, front.take_unconsumed(), upstream).run()
+            relay = ImapRelay(session, front.conn, front.take_unconsumed(), upstream)
+            del front  # its parser and meter are done: an IDLE session holds only the relay's
+            await relay.run()
     except CloseSession as exc:
         session.end(exc.reason)
     finally:
