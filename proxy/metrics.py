@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import platform
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -194,6 +194,9 @@ class Metrics:
         disable_created_metrics()
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # label children of `commands` and the duration histograms by protocol, filled by
+        # session.context.CommandMeter and shared by every session (no labels() per session)
+        self.command_children: dict[str, tuple[dict[Any, Any], dict[Any, Any]]] = {}
         ProcessCollector(registry=r)      # process_resident_memory_bytes, _open_fds, _cpu_seconds
         PlatformCollector(registry=r)     # python_info
 

@@ -256,16 +256,18 @@ class ByteCounter:
 class CommandMeter:
     """Counts completed commands of one session (metrics by command and status, duration
     histogram, and the audit line when the listener has `audit: true`). Label children are
-    cached, so a completion on the relay's hot path costs two dict hits. The audit line names
-    the command and its result, never its arguments."""
+    cached process-wide (on Metrics, per protocol: every session shares them, so a session
+    neither builds its own cache nor asks prometheus_client for a child), and a completion on
+    the relay's hot path costs two dict hits. The audit line names the command and its result,
+    never its arguments."""
 
     def __init__(self, session: Session):
         self.session = session
         self.protocol = session.protocol
         self.metrics = session.runtime.metrics
         self.audit = session.listener.audit
-        self._count: dict[tuple[str, bytes], _Counter] = {}
-        self._duration: dict[str, _Observer] = {}
+        self._count, self._duration = self.metrics.command_children.setdefault(
+            self.protocol, ({}, {}))
 
     def completed(self, name: str, status: bytes, started: float) -> None:
         """`name` is already a bounded label (metrics.command_label)."""
