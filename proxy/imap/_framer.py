@@ -101,7 +101,10 @@ class ReceiveBuffer:
 
     def drop_consumed(self) -> None:
         """Let go of a chunk that has been read to its end (an idle session keeps no bytes)."""
-        if self._pos and self._pos >= len(self._data):
+        pos = self._pos
+        if pos and pos >= len(self._data):
+            self._base += pos   # offsets (consumed, line_start) stay as they were
+            self._line -= pos
             self._data, self._pos, self._scan = b"", 0, 0
 
     def take_all(self) -> bytes:
