@@ -133,12 +133,15 @@ def _print_accounts(summaries: list[AccountSummary], as_json: bool) -> None:
     if as_json:
         rows: list[dict[str, Any]] = [
             {"user": s.account.user, "upstream": s.account.upstream, "messages": s.messages,
-             "bytes": s.bytes, "last_fetch": s.last_fetch} for s in summaries]
+             "bytes": s.bytes, "last_fetch": s.last_fetch, "last_sync": s.last_sync,
+             "last_error": s.last_error, "last_error_at": s.last_error_at} for s in summaries]
         print(json.dumps(rows, indent=2))
         return
-    columns = ("user", "upstream", "messages", "bytes", "last_fetch")
+    columns = ("user", "upstream", "messages", "bytes", "last_fetch", "last_sync", "last_error")
     table = [[s.account.user, s.account.upstream, str(s.messages), str(s.bytes),
-              _when(s.last_fetch)] for s in summaries]
+              _when(s.last_fetch), _when(s.last_sync),
+              "-" if s.last_error is None else f"{_when(s.last_error_at)} {s.last_error}"]
+             for s in summaries]
     widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]
     for row in [list(columns)] + table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -130,8 +130,9 @@ class AccountFetcher:
             metrics.gateway_upstream_deletes.inc(result.deleted_upstream)
             metrics.gateway_over_quota.inc(result.over_quota)
             metrics.gateway_store_size.set(await service.store.size_bytes())
+            account = await service.store.ensure_account(self.upstream, self.user)
+            await service.store.record_sync(account.id, None)
             if result.new:
-                account = await service.store.ensure_account(self.upstream, self.user)
                 inbox = await service.store.get_mailbox(account.id, "INBOX")
                 if inbox is not None:
                     backend = service.backend(account)
@@ -150,6 +151,9 @@ class AccountFetcher:
             logs.event("gateway_poll_failed", logging.WARNING, upstream=self.upstream,
                        user=log_user(service.config.logging, self.user),
                        error=logs.sanitize(str(exc)))
+            message = logs.sanitize(str(exc))   # an UpstreamError names its failure already
+            await self._record_failure(
+                message if message.startswith(f"{reason}:") else f"{reason}: {message}")
         except Exception:  # a bug in one account's sync must not stop the process
             metrics.gateway_syncs.labels("internal").inc()
             metrics.gateway_ingest_errors.labels("internal").inc()
@@ -158,6 +162,19 @@ class AccountFetcher:
         finally:
             done, self.synced = self.synced, trio.Event()
             done.set()
+
+    async def _record_failure(self, error: str) -> None:
+        """Kept on the account's row for `gateway accounts`; a user the upstream never accepted
+        has no row and gets none."""
+        store = self.service.store
+        try:
+            account = await store.get_account(self.upstream, self.user)
+            if account is not None:
+                await store.record_sync(account.id, error)
+        except StoreError as exc:   # the store is what failed: the log line above says so
+            logs.event("gateway_sync_status_not_saved", logging.WARNING, upstream=self.upstream,
+                       user=log_user(self.service.config.logging, self.user),
+                       error=logs.sanitize(str(exc)))
 
 
 class GatewayService:

@@ -75,6 +75,7 @@ def run_cli(args: argparse.Namespace) -> int:
     import trio
 
     from .. import config as config_mod
+    from .. import logs
     from ..oauth2 import Broker, BrokerUnavailable, NotEnrolled, RefreshRefused
     from ..session.upstream import UpstreamError
     from ..store import StoreError
@@ -116,8 +117,18 @@ def run_cli(args: argparse.Namespace) -> int:
             sasl = broker.mechanism, broker.message(user, await broker.access_token(user))
         store = await open_configured_store(gateway)
         try:
-            return await sync_account(config, store, upstream, user, password, progress=bar,
-                                      sasl=sasl)
+            try:
+                result = await sync_account(config, store, upstream, user, password,
+                                            progress=bar, sasl=sasl)
+            except UpstreamError as exc:   # kept for `gateway accounts` when the account exists
+                account = await store.get_account(upstream, user)
+                if account is not None:
+                    await store.record_sync(account.id, logs.sanitize(str(exc)))   # "label: why"
+                raise
+            if not result.skipped:
+                account = await store.ensure_account(upstream, user)
+                await store.record_sync(account.id, None)
+            return result
         finally:
             await store.close()
 

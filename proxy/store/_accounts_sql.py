@@ -1,6 +1,7 @@
-"""The SQL of account maintenance (`account_summaries`, `delete_account`), shared by the SQLite and
-PostgreSQL stores: the two schemas differ only in the user column's name (`user` / `username`)
-and the parameter placeholder (`?` / `%s`), filled in by `summary_select` and `delete_statements`."""
+"""The SQL of account maintenance (`account_summaries`, `delete_account`, `record_sync`), shared by
+the SQLite and PostgreSQL stores: the two schemas differ only in the user column's name (`user` /
+`username`) and the parameter placeholder (`?` / `%s`), filled in by `summary_select`,
+`delete_statements` and `record_sync`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ _SUMMARY_SELECT = (
     "(SELECT count(*) FROM messages m JOIN mailboxes mb ON mb.id = m.mailbox_id "
     " WHERE mb.account_id = a.id), "
     "(SELECT coalesce(sum(b.size), 0) FROM bodies b WHERE b.account_id = a.id), "
-    "(SELECT max(u.fetched_at) FROM uidls u WHERE u.account_id = a.id) "
+    "(SELECT max(u.fetched_at) FROM uidls u WHERE u.account_id = a.id), "
+    "a.last_sync_at, a.last_error, a.last_error_at "
     "FROM accounts a ORDER BY a.{user}, a.upstream")
 
 # In this order: messages before the bodies they point at (no ON DELETE CASCADE there); the
@@ -21,9 +23,16 @@ _DELETE_ACCOUNT = (
     "DELETE FROM accounts WHERE id = {p}",
 )
 
+# A success sets last_sync_at and clears the error; a failure keeps last_sync_at.
+_RECORD_SUCCESS = "UPDATE accounts SET last_sync_at = {p}, last_error = NULL, last_error_at = NULL " \
+    "WHERE id = {p}"
+_RECORD_ERROR = "UPDATE accounts SET last_error = {p}, last_error_at = {p} WHERE id = {p}"
+ERROR_MAX_CHARS = 200   # the stored reason is cut there: a label and a one-line message
+
 
 def summary_select(user_column: str) -> str:
-    """(id, upstream, user, messages, bytes, last fetch) per account, by user then upstream."""
+    """(id, upstream, user, messages, bytes, last fetch, last sync, last error, its time) per
+    account, by user then upstream."""
     return _SUMMARY_SELECT.format(user=user_column)
 
 
@@ -31,3 +40,11 @@ def delete_statements(placeholder: str) -> tuple[str, ...]:
     """The statements deleting one account (their one parameter: the account id), to run in one
     transaction."""
     return tuple(statement.format(p=placeholder) for statement in _DELETE_ACCOUNT)
+
+
+def record_sync(placeholder: str, account_id: int, error: str | None,
+                now: float) -> tuple[str, tuple[object, ...]]:
+    """The statement and parameters recording one sync's outcome (`error` None: a success)."""
+    if error is None:
+        return _RECORD_SUCCESS.format(p=placeholder), (now, account_id)
+    return _RECORD_ERROR.format(p=placeholder), (error[:ERROR_MAX_CHARS], now, account_id)

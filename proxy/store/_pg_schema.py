@@ -137,7 +137,18 @@ def _v3_body_collection(c: Conn) -> None:
     """)
 
 
-MIGRATIONS: list[Callable[[Conn], None]] = [_v1_initial, _v2_subscriptions, _v3_body_collection]
+def _v4_sync_status(c: Conn) -> None:
+    """Issue 19. Per account: the Unix time of the last successful sync, the last failed sync's
+    reason (label and sanitized message, cleared by a success) and when it failed."""
+    c.execute("""
+        ALTER TABLE accounts ADD COLUMN last_sync_at DOUBLE PRECISION;
+        ALTER TABLE accounts ADD COLUMN last_error TEXT;
+        ALTER TABLE accounts ADD COLUMN last_error_at DOUBLE PRECISION;
+    """)
+
+
+MIGRATIONS: list[Callable[[Conn], None]] = [_v1_initial, _v2_subscriptions, _v3_body_collection,
+                                            _v4_sync_status]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -125,8 +125,18 @@ def _v3_subscriptions(db: sqlite3.Connection) -> None:
     """)
 
 
+def _v4_sync_status(db: sqlite3.Connection) -> None:
+    """Issue 19. Per account: the Unix time of the last successful sync, the last failed sync's
+    reason (label and sanitized message, cleared by a success) and when it failed."""
+    _script(db, """
+        ALTER TABLE accounts ADD COLUMN last_sync_at REAL;
+        ALTER TABLE accounts ADD COLUMN last_error TEXT;
+        ALTER TABLE accounts ADD COLUMN last_error_at REAL
+    """)
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _v1_initial, _v2_recent_and_pruning, _v3_subscriptions]
+    _v1_initial, _v2_recent_and_pruning, _v3_subscriptions, _v4_sync_status]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -114,6 +114,9 @@ class AccountSummary:
     messages: int             # in all its mailboxes (a copy counts again)
     bytes: int                # of its stored bodies (a body shared by copies counts once)
     last_fetch: float | None  # Unix time its newest message was fetched upstream; None: none yet
+    last_sync: float | None = None      # Unix time of its last successful sync; None: none yet
+    last_error: str | None = None       # "reason: message" of the last failed sync, if no success since
+    last_error_at: float | None = None  # Unix time of that failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +195,8 @@ class Store(Protocol):
     async def load_credentials(self, account_id: int) -> bytes | None: ...
     async def accounts_with_credentials(self) -> list[Account]: ...
     async def account_summaries(self) -> list[AccountSummary]: ...   # by user, then upstream
+    # a sync's outcome: None = success (last sync now, error cleared), else a sanitized reason
+    async def record_sync(self, account_id: int, error: str | None) -> None: ...
     # the account and everything it owns: mailboxes, messages, bodies, UIDLs, changes, credentials
     async def delete_account(self, account_id: int) -> None: ...
     @property

@@ -60,17 +60,21 @@ def _insert(table: str, columns: str, conflict: str) -> str:
     return f"INSERT INTO {table}({columns}) VALUES ({marks}) ON CONFLICT {conflict}"
 
 
-_ACCOUNT_COLS = "id, upstream, username, last_uidvalidity, credentials"
+_ACCOUNT_STATUS = "last_sync_at, last_error, last_error_at"
+_ACCOUNT_COLS = f"id, upstream, username, last_uidvalidity, credentials, {_ACCOUNT_STATUS}"
 _MAILBOX_COLS = ("id, account_id, name, special_use, uidvalidity, uidnext, highest_modseq, "
                  "recent_uid, changes_floor")
 _MESSAGE_COLS = "id, mailbox_id, uid, internaldate, tz_minutes, flags, modseq, body_id, pop3_uidl"
 
 TABLES: list[TableCopy] = [
     TableCopy("accounts",
-              'SELECT id, upstream, "user", last_uidvalidity, credentials FROM accounts',
+              'SELECT id, upstream, "user", last_uidvalidity, credentials, '
+              f"{_ACCOUNT_STATUS} FROM accounts",
               _insert("accounts", _ACCOUNT_COLS,
                       "(id) DO UPDATE SET last_uidvalidity = excluded.last_uidvalidity, "
-                      "credentials = excluded.credentials"), "id", True),
+                      "credentials = excluded.credentials, "
+                      "last_sync_at = excluded.last_sync_at, last_error = excluded.last_error, "
+                      "last_error_at = excluded.last_error_at"), "id", True),
     TableCopy("mailboxes",
               f"SELECT {_MAILBOX_COLS} FROM mailboxes",
               _insert("mailboxes", _MAILBOX_COLS,

@@ -40,7 +40,7 @@ import trio
 from psycopg import errors as pg_errors
 
 from . import crypto
-from ._accounts_sql import delete_statements, summary_select
+from ._accounts_sql import delete_statements, record_sync, summary_select
 from ._pg_bodies import note_orphans
 from ._pg_messages import MESSAGE_COLUMNS, PgMessageOps
 from ._pg_notify import ChangeFollower, Feed
@@ -226,8 +226,12 @@ class PostgresStore(PgMessageOps):
     async def account_summaries(self) -> list[AccountSummary]:
         rows = await self._run(lambda c: c.execute(
             summary_select("username")).fetchall())
-        return [AccountSummary(Account(*row[:3]), int(row[3]), int(row[4]), row[5])
+        return [AccountSummary(Account(*row[:3]), int(row[3]), int(row[4]), *row[5:])
                 for row in rows]
+
+    async def record_sync(self, account_id: int, error: str | None) -> None:
+        statement, params = record_sync("%s", account_id, error, time.time())
+        await self._run(lambda c: c.execute(statement, params))
 
     async def delete_account(self, account_id: int) -> None:
         def delete(c: Conn) -> None:

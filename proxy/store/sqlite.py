@@ -44,7 +44,7 @@ import outcome
 import trio
 
 from . import crypto
-from ._accounts_sql import delete_statements, summary_select
+from ._accounts_sql import delete_statements, record_sync, summary_select
 from ._schema import BUSY_TIMEOUT_MS, SCHEMA_VERSION, migrate, open_db, transaction
 from ._sqlite_messages import MESSAGE_COLUMNS, MessageOps, Row, from_date
 from .base import (
@@ -280,6 +280,13 @@ class SqliteStore(MessageOps):
 
     async def account_summaries(self) -> list[AccountSummary]:
         return await self._run(self._account_summaries)
+
+    def _record_sync(self, account_id: int, error: str | None, now: float) -> None:
+        with transaction(self._db):
+            self._db.execute(*record_sync("?", account_id, error, now))
+
+    async def record_sync(self, account_id: int, error: str | None) -> None:
+        await self._run(self._record_sync, account_id, error, time.time())
 
     def _delete_account(self, account_id: int) -> None:
         with transaction(self._db):

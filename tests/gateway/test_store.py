@@ -540,3 +540,55 @@ async def test_account_summaries_and_delete_account_touch_only_that_account(stor
     assert {mb.name: mb.exists for mb in await store.list_mailboxes(again.id)} == \
         dict.fromkeys(DEFAULT_MAILBOXES, 0)
     assert await store.changes_since((await store.get_mailbox(again.id, INBOX)).id, 0) == []
+
+
+async def test_record_sync_keeps_the_last_success_and_the_last_error(store):
+    """Issue 19: a success sets last_sync and clears the error; a failure keeps the last success
+    and sets the error (cut to ERROR_MAX_CHARS); summaries show them, per account."""
+    from proxy.store._accounts_sql import ERROR_MAX_CHARS
+
+    alice, _ = await inbox_of(store, "alice")
+    bob, _ = await inbox_of(store, "bob")
+    fresh = await store.account_summaries()
+    assert [(s.last_sync, s.last_error, s.last_error_at) for s in fresh] == [(None, None, None)] * 2
+
+    before = time.time()
+    await store.record_sync(alice.id, None)
+    synced = time.time()
+    await store.record_sync(alice.id, "auth_rejected: LOGIN failed")
+    await store.record_sync(bob.id, "unreachable: " + "x" * 300)
+    after = time.time()
+    alice_s, bob_s = await store.account_summaries()
+    assert before <= alice_s.last_sync <= synced
+    assert alice_s.last_error == "auth_rejected: LOGIN failed"
+    assert synced <= alice_s.last_error_at <= after
+    assert (bob_s.last_sync, bob_s.last_error) == (None, ("unreachable: " + "x" * 300)[:ERROR_MAX_CHARS])
+
+    await store.record_sync(alice.id, None)
+    alice_s, _ = await store.account_summaries()
+    assert (alice_s.last_error, alice_s.last_error_at) == (None, None)
+    assert after <= alice_s.last_sync <= time.time()
+
+
+async def test_migration_4_adds_empty_sync_status(tmp_path):
+    """Issue 19: a store of schema 3 keeps its accounts; their sync status starts empty."""
+    from proxy.store import _schema
+
+    path = str(tmp_path / "v3.db")
+    db = _schema.connect(path)
+    with _schema.transaction(db):
+        db.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (3)")
+        for step in _schema.MIGRATIONS[:3]:
+            step(db)
+        db.execute("INSERT INTO accounts(upstream, user) VALUES ('up', 'old')")
+    db.close()
+    s = await open_store(path)
+    try:
+        [summary] = await s.account_summaries()
+        assert (summary.account.user, summary.last_sync, summary.last_error,
+                summary.last_error_at) == ("old", None, None, None)
+        await s.record_sync(summary.account.id, "store: disk full")
+        assert (await s.account_summaries())[0].last_error == "store: disk full"
+    finally:
+        await s.close()

@@ -271,6 +271,27 @@ async def test_migration_2_keeps_what_was_subscribed(pg_dsn):
         await s.close()
 
 
+async def test_migration_4_adds_empty_sync_status(pg_dsn):
+    """Issue 19: a database of schema 3 keeps its accounts; their sync status starts empty."""
+    from proxy.store import _pg_schema
+
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (3)")
+        for step in _pg_schema.MIGRATIONS[:3]:
+            step(conn)
+        conn.execute("INSERT INTO accounts(id, upstream, username) VALUES (1, 'up', 'old')")
+    s = await open_store(pg_dsn)
+    try:
+        [summary] = await s.account_summaries()
+        assert (summary.account.user, summary.last_sync, summary.last_error,
+                summary.last_error_at) == ("old", None, None, None)
+        await s.record_sync(1, "store: disk full")
+        assert (await s.account_summaries())[0].last_error == "store: disk full"
+    finally:
+        await s.close()
+
+
 # ---- bodies of expunged messages across replicas (proxy/store/_pg_bodies.py) -------------------
 
 async def wait_acks(store, count: int = 2) -> None:

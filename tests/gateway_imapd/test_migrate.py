@@ -134,6 +134,8 @@ async def test_migrate_killed_mid_copy_then_run_again_copies_exactly(tmp_path, p
     for uid in range(1, 1501, 3):     # one change-log row per call: a long log
         await source.store_flags(inbox.id, [uid], ["\\Seen"], FlagMode.ADD)
     await source.expunge(inbox.id, list(range(2, 1501, 7)))
+    await source.record_sync(account.id, None)
+    await source.record_sync(account.id, "unreachable: connection refused")
     await source.close()
     await (await open_store(pg_dsn)).close()     # the schema, so the test can hold a row
 
@@ -166,7 +168,8 @@ async def test_migrate_killed_mid_copy_then_run_again_copies_exactly(tmp_path, p
                   for t in TABLES}
         assert done.stdout.endswith(", ".join(f"{n} {t}" for t, n in counts.items()) + "\n")
         assert counts["changes"] > 1500
-        for table, columns in (("accounts", "id, upstream, last_uidvalidity"),
+        for table, columns in (("accounts", "id, upstream, last_uidvalidity, last_sync_at, "
+                                             "last_error, last_error_at"),
                                ("mailboxes", "id, name, uidvalidity, uidnext, highest_modseq"),
                                ("bodies", "id, account_id, size, data"),
                                ("messages", "id, mailbox_id, uid, flags, modseq, body_id, "
