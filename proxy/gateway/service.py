@@ -151,9 +151,11 @@ class AccountFetcher:
             logs.event("gateway_poll_failed", logging.WARNING, upstream=self.upstream,
                        user=log_user(service.config.logging, self.user),
                        error=logs.sanitize(str(exc)))
-            message = logs.sanitize(str(exc))   # an UpstreamError names its failure already
-            await self._record_failure(
-                message if message.startswith(f"{reason}:") else f"{reason}: {message}")
+            if not isinstance(exc, StoreError):   # a store that failed cannot record it: the
+                # log line above says so, and waiting on it again would delay this sync's end
+                message = logs.sanitize(str(exc))   # an UpstreamError names its failure already
+                await self._record_failure(
+                    message if message.startswith(f"{reason}:") else f"{reason}: {message}")
         except Exception:  # a bug in one account's sync must not stop the process
             metrics.gateway_syncs.labels("internal").inc()
             metrics.gateway_ingest_errors.labels("internal").inc()
