@@ -84,7 +84,9 @@ class AccountFetcher:
         self.running = False
         self.last_success: float | None = None   # Unix time of the last successful sync
         self._kick = trio.Event()
-        self.synced = trio.Event()     # set after each sync attempt, then replaced
+        # set when the next sync attempt to *start* has ended (swapped at each start), so a
+        # login that kicks during a sync in flight waits for one that began after its kick
+        self.synced = trio.Event()
 
     async def _sasl(self) -> tuple[str, bytes] | None:
         """For an OAuth2-brokered upstream (proxy/oauth2): the SASL mechanism and message with
@@ -118,6 +120,7 @@ class AccountFetcher:
     async def _sync_once(self) -> None:
         service = self.service
         metrics = service.metrics
+        done, self.synced = self.synced, trio.Event()
         try:
             sasl = await self._sasl()
             result = await sync_account(service.config, service.store, self.upstream, self.user,
@@ -162,7 +165,6 @@ class AccountFetcher:
             logs.event("gateway_poll_failed", logging.ERROR, exc_info=True, upstream=self.upstream,
                        user=log_user(service.config.logging, self.user))
         finally:
-            done, self.synced = self.synced, trio.Event()
             done.set()
 
     async def _record_failure(self, error: str) -> None:
