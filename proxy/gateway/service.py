@@ -31,6 +31,7 @@ the hub and the other replicas.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -259,13 +260,20 @@ class GatewayService:
         front = ImapFront(session, conn, PRELOGIN_CAPABILITIES)
         login: tuple[Account, AccountFetcher] | None = None
         try:
-            login = await front.until_logged_in(lambda: self._login(session, front),
-                                                self._release)
-            if login is not None:
-                account, _ = login
+            while True:
+                login = await front.until_logged_in(
+                    functools.partial(self._login, session, front), self._release)
+                if login is None:
+                    return
+                account, fetcher = login
                 imap = ImapSession(session, conn, self.backend(account), account,
                                    front.take_unconsumed())
-                await imap.run()
+                if not await imap.run():
+                    return
+                login = None   # UNAUTHENTICATE (RFC 8437): the account is released, log in again
+                self._detach(fetcher)
+                front = ImapFront(session, conn, PRELOGIN_CAPABILITIES,
+                                  again=imap.take_unconsumed())
         except CloseSession as exc:
             session.end(exc.reason)
         finally:

@@ -55,9 +55,10 @@ class Front:
     NEED_DATA: object
     CLOSED: type
 
-    def __init__(self, session: Session, conn: Conn, parser: CommandParser):
+    def __init__(self, session: Session, conn: Conn, parser: CommandParser,
+                 unconsumed: bytes = b""):
         self.session = session
-        self.channel: Channel[CommandParser] = Channel(conn, parser, self.NEED_DATA)
+        self.channel: Channel[CommandParser] = Channel(conn, parser, self.NEED_DATA, unconsumed)
         self.meter = CommandMeter(session)
         self._status: bytes | None = None  # status of the reply to the current command
         self._pending_login: tuple[str, float] = ("", 0.0)  # awaiting the upstream's verdict

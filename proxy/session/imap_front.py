@@ -51,7 +51,10 @@ class ImapFront(Front):
     SHUTTING_DOWN = b"* BYE Server shutting down.\r\n"
     LOGIN_TIMED_OUT = b"* BYE Login timeout.\r\n"
 
-    def __init__(self, session: Session, conn: Conn, extra_capabilities: tuple[bytes, ...] = ()):
+    def __init__(self, session: Session, conn: Conn, extra_capabilities: tuple[bytes, ...] = (),
+                 *, again: bytes | None = None):
+        """`again`: the connection comes back after UNAUTHENTICATE (RFC 8437 3) with these
+        pipelined bytes; no greeting is sent then."""
         limits = session.listener.limits
         self.limits = Limits(max_line=limits.preauth_max_line,
                              max_literal=limits.preauth_max_literal,
@@ -59,8 +62,9 @@ class ImapFront(Front):
                              max_depth=PREAUTH_LIMITS.max_depth,
                              # RFC 2971 3.3: the longest ID (about 32 KB), every other line tight
                              max_id_line=limits.id_line_length)
-        super().__init__(session, conn, self._parser())
+        super().__init__(session, conn, self._parser(), again or b"")
         self.extra_capabilities = extra_capabilities  # the gateway's, in the greeting
+        self.greeted = again is not None
 
     def _parser(self) -> CommandParser:
         return CommandParser(self.limits, collect_literals=True, parse_args=True)
@@ -83,6 +87,8 @@ class ImapFront(Front):
         return b" ".join(caps + [c for c in self.extra_capabilities if c not in caps])
 
     async def greet(self) -> None:
+        if self.greeted:
+            return
         await self.conn.send(b"* OK [CAPABILITY %s] %s\r\n" % (self.capabilities(), GREETING_TEXT))
 
     # -- the loop ----------------------------------------------------------------------------

@@ -2,11 +2,14 @@
 
     NOT_AUTHENTICATED --LOGIN/AUTHENTICATE--> AUTHENTICATED --SELECT/EXAMINE--> SELECTED
     SELECTED --SELECT/EXAMINE--> SELECTED       SELECTED --CLOSE/UNSELECT, failed SELECT--> AUTHENTICATED
+    AUTHENTICATED, SELECTED --UNAUTHENTICATE--> NOT_AUTHENTICATED (RFC 8437 3)
     any --LOGOUT, BYE--> LOGOUT
 
 In the gateway the NOT_AUTHENTICATED dialogue is the relay's `ImapFront` (it checks credentials
-against POP3 first); an `ImapSession` starts AUTHENTICATED. Which command is legal in which
-state is the `states` field of each entry of `commands.COMMANDS`.
+against POP3 first); an `ImapSession` starts AUTHENTICATED, and once it is back in
+NOT_AUTHENTICATED (UNAUTHENTICATE) it ends and hands the connection back to a new front.
+Which command is legal in which state is the `states` field of each entry of
+`commands.COMMANDS`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Trigger(enum.Enum):
     SELECT = "select"          # SELECT or EXAMINE succeeded
     SELECT_FAILED = "select_failed"   # RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected
     CLOSE = "close"            # CLOSE or UNSELECT
+    UNAUTHENTICATE = "unauthenticate"   # RFC 8437
     LOGOUT = "logout"
 
 
@@ -42,6 +46,7 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
     (AUTHENTICATED, Trigger.SELECT_FAILED): AUTHENTICATED,
     (SELECTED, Trigger.SELECT_FAILED): AUTHENTICATED,
     (SELECTED, Trigger.CLOSE): AUTHENTICATED,
+    **{(state, Trigger.UNAUTHENTICATE): NOT_AUTHENTICATED for state in AUTH},
     **{(state, Trigger.LOGOUT): LOGOUT for state in ANY},
 }
 

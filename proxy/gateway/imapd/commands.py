@@ -26,7 +26,7 @@ CAPABILITIES = (b"IMAP4rev1", b"LITERAL+", b"IDLE", b"UIDPLUS", b"MOVE", b"NAMES
                 b"QRESYNC", b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT",
                 b"THREAD=REFERENCES", b"SEARCHRES", b"WITHIN", b"LIST-EXTENDED", b"LIST-STATUS",
                 b"STATUS=SIZE", b"COMPRESS=DEFLATE", b"QUOTA", b"QUOTA=RES-STORAGE",
-                b"QUOTA=RES-MESSAGE", b"MULTIAPPEND")
+                b"QUOTA=RES-MESSAGE", b"MULTIAPPEND", b"UNAUTHENTICATE")
 # Extensions ENABLE (RFC 5161) can turn on; QRESYNC implies CONDSTORE (RFC 7162 3.2.3).
 ENABLEABLE: frozenset[bytes] = frozenset({b"CONDSTORE", b"QRESYNC"})
 
@@ -74,6 +74,16 @@ async def _idle(session, cmd):
     await session.idle(cmd)
 
 
+async def _unauthenticate(session, cmd):
+    """RFC 8437 3: the account's state is released (selected mailbox, its hub subscription);
+    the session then ends and a new pre-login front takes the connection, without a greeting.
+    TLS and COMPRESS stay as they are (they belong to the connection)."""
+    if cmd.args:
+        raise Reply.bad("UNAUTHENTICATE takes no arguments")
+    session.deselect()
+    session.transition(Trigger.UNAUTHENTICATE)
+
+
 async def _already(session, cmd):
     raise Reply.bad("Already authenticated.")
 
@@ -107,6 +117,7 @@ COMMANDS: dict[bytes, CommandSpec] = {
     b"ENABLE": CommandSpec(AUTH - SEL, _enable),
     b"IDLE": CommandSpec(AUTH, _idle),
     b"COMPRESS": CommandSpec(AUTH, _compress.compress),   # RFC 4978
+    b"UNAUTHENTICATE": CommandSpec(AUTH, _unauthenticate),   # RFC 8437
     # selected (6.4)
     b"CHECK": CommandSpec(SEL, chg.check),
     b"CLOSE": CommandSpec(SEL, chg.close),

@@ -148,13 +148,15 @@ class ImapSession:
         self.state = next_state(self.state, trigger)
 
     # ---- the loop ---------------------------------------------------------------------------
-    async def run(self) -> None:
-        """Serve commands until LOGOUT, EOF, timeout or drain. Never raises for client input."""
+    async def run(self) -> bool:
+        """Serve commands until LOGOUT, EOF, timeout, drain or UNAUTHENTICATE. Never raises for
+        client input. True when the client unauthenticated (RFC 8437): the connection goes back
+        to the pre-login dialogue, with what it pipelined (`take_unconsumed()`)."""
         error: CloseSession | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_drain)
             try:
-                while True:
+                while self.state is not State.NOT_AUTHENTICATED:
                     with trio.move_on_after(self.session.listener.timeouts.idle) as timer:
                         cmd = await self._next_command()
                     if timer.cancelled_caught:  # RFC 3501 5.4
@@ -169,6 +171,11 @@ class ImapSession:
                 self.deselect()
         if error is not None:
             self.session.end(error.reason)
+        return error is None
+
+    def take_unconsumed(self) -> bytes:
+        """What the client sent after its last command, for the next reader of the connection."""
+        return self.parser.take_unconsumed()
 
     async def _watch_drain(self) -> None:
         await self.session.runtime.drain.wait()
