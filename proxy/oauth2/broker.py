@@ -5,7 +5,9 @@ keyed by the section itself, so a reload that keeps the section keeps the cache)
 
     local password (passwords.PasswordFile, Argon2, in a thread)
     -> access_token(user): the cached token while it has more than `refresh_margin` left,
-       else, one refresh at a time per user: the refresh token from the token file ->
+       else, one refresh at a time per user, in this process (a trio lock) and across
+       processes (the token file's per-user lock, held from reading the refresh token to
+       storing the rotated one): the refresh token from the token file ->
        grant_type=refresh_token at token_url -> a rotated refresh token is stored back
     -> the SASL message for the upstream (XOAUTH2 or OAUTHBEARER, RFC 7628 3.1)
 
@@ -120,10 +122,14 @@ class Broker:
 
     async def _refresh(self, user: str) -> str:
         try:
-            refresh = await self.tokens.load(user)
+            async with self.tokens.refreshing(user):
+                return await self._refresh_locked(user)
         except TokenFileError as exc:
             logs.event("oauth2_token_file_error", logging.ERROR, detail=str(exc))
             raise BrokerUnavailable("token file unusable") from None
+
+    async def _refresh_locked(self, user: str) -> str:
+        refresh = await self.tokens.load(user)   # under the lock: another process's rotation
         if refresh is None:
             raise NotEnrolled(user)
         started = self.clock()

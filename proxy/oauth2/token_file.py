@@ -11,6 +11,13 @@ token) hold an exclusive `flock` on `FILE.lock`, read the file afresh, change on
 replace the file atomically (temporary file, fsync, rename; mode 0600), so a running proxy and
 the enrol command may both write. Readers read the whole file, which is small. All file work
 runs in worker threads.
+
+Spending a refresh token is serialised across processes (`workers: N`, `gateway sync` beside a
+running proxy): `refreshing(user)` holds an exclusive `flock` on the user's own lock file,
+`FILE.locks/<sha256(user)>`, for the whole read -> token request -> write back, so a provider
+that rotates refresh tokens (RFC 6749 6, and RFC 9700 4.14.2 reuse detection) never sees the
+same one spent twice: the second process reads the token the first stored. The wait is bounded
+by the holder's token request (`timeout`); the kernel drops the lock of a process that dies.
 """
 
 from __future__ import annotations
@@ -18,8 +25,11 @@ from __future__ import annotations
 import base64
 import binascii
 import fcntl
+import hashlib
 import json
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +128,39 @@ class TokenFile:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, self.path)
+
+    def lock_path(self, user: str) -> Path:
+        """The user's refresh lock file (named by a hash: no user name becomes a path)."""
+        digest = hashlib.sha256(user.encode()).hexdigest()[:32]
+        return self.path.with_name(f"{self.path.name}.locks") / digest
+
+    def _lock_refresh(self, user: str) -> int:
+        path = self.lock_path(user)
+        try:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise TokenFileError(f"{path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @asynccontextmanager
+    async def refreshing(self, user: str) -> AsyncIterator[None]:
+        """Hold the user's cross-process refresh lock (see the module docstring). Raises
+        TokenFileError when the lock file cannot be made.
+
+        Resource handling: the lock is taken in a worker thread that is not abandoned on
+        cancellation (a cancelled caller waits for the lock, then lets it go at once), and
+        released by closing its descriptor."""
+        fd = await trio.to_thread.run_sync(self._lock_refresh, user)
+        try:
+            yield
+        finally:
+            os.close(fd)
 
     async def load(self, user: str) -> str | None:
         return await trio.to_thread.run_sync(self.read_token, user)

@@ -13,8 +13,10 @@ It is also the provider's token endpoint for brokering (`POST /token`, RFC 6749)
 `refresh_tokens={"rt": "user"}` grant issues a new access token (`at-N`, which introspection
 then accepts) with `expires_in`, rotating the refresh token when `rotate` is set; a revoked
 one answers `invalid_grant`; `down = True` answers 503. `grants` records each grant_type
-asked, `forms` each token request. Device flow (RFC 8628): `POST /device` hands out a device
-code whose token request answers `authorization_pending` until `approve(user_code, user)`.
+asked, `forms` each token request. `hold()` keeps token requests unanswered (each recorded in
+`arrived` as it comes) until `release()`, so a test can line up concurrent refreshes.
+Device flow (RFC 8628): `POST /device` hands out a device code whose token request answers
+`authorization_pending` until `approve(user_code, user)`.
 Authorization code flow: `codes={"code": "user"}` exchanged with a PKCE verifier, checked.
 """
 
@@ -50,6 +52,8 @@ class OAuth2Service:
         self.challenges: dict[str, str] = {}                   # code -> PKCE challenge
         self._serial = itertools.count(1)
         self.lock = threading.Lock()
+        self.arrived: list[dict[str, str]] = []
+        self._released: threading.Event | None = None
         service = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -59,6 +63,7 @@ class OAuth2Service:
                 length = int(self.headers.get("Content-Length") or 0)
                 form = {k: v[0] for k, v in parse_qs(
                     self.rfile.read(length).decode("utf-8", "replace")).items()}
+                service.wait_if_held(self.path, form)
                 with service.lock:
                     status, reply = service.answer(self.path, form)
                 body = json.dumps(reply).encode()
@@ -139,6 +144,22 @@ class OAuth2Service:
             reply["refresh_token"] = f"rt-{n}-{user}"
             self.refresh_tokens[reply["refresh_token"]] = user
         return reply
+
+    def hold(self) -> None:
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        if self._released is not None:
+            self._released.set()
+
+    def wait_if_held(self, path: str, form: dict[str, str]) -> None:
+        if path != "/token":
+            return
+        with self.lock:
+            self.arrived.append(form)
+            released = self._released
+        if released is not None:
+            released.wait(timeout=60)   # a bound only a broken test reaches
 
     def approve(self, user_code: str, user: str) -> None:
         with self.lock:
