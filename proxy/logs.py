@@ -74,6 +74,12 @@ def setup(fmt: str = "text", level: str = "INFO", **context: Any) -> None:
 _logger = logging.getLogger(LOGGER_NAME)
 
 
+def enabled(level: int = logging.INFO) -> bool:
+    """Whether an event at `level` would be written: callers on a per-session path check it
+    before building the fields of a line that the configured level drops."""
+    return _logger.isEnabledFor(level)
+
+
 def event(name: str, level: int = logging.INFO, /, exc_info: Any = None, **fields: Any) -> None:
     """Log one event with fields. Callers pass only safe values (see sanitize())."""
     if _logger.isEnabledFor(level):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..config import Upstream
 from ..imap import NEED_DATA, Limits, ProtocolError, ResponseParser, events, writer
@@ -61,17 +62,50 @@ class UpstreamIMAP:
         return b"P%d" % self.tag_counter
 
     def has(self, capability: bytes) -> bool:
-        return capability.upper() in {c.upper() for c in self.capabilities}
+        return capability.upper() in _upper(self.capabilities)
 
 
 def capabilities_from(raw: bytes) -> tuple[bytes, ...]:
     return tuple(raw.split())
 
 
+# An upstream announces the same few capability lists to every session: both functions below
+# are cached per list instead of run for every login. Only ordinary lists are kept (at most
+# CACHED_CAPABILITIES names of CACHED_CAPABILITY_LENGTH bytes), so the caches stay small
+# whatever an upstream sends.
+CACHED_CAPABILITIES = 256
+CACHED_CAPABILITY_LENGTH = 256
+
+
+def _cacheable(capabilities: tuple[bytes, ...]) -> bool:
+    return (len(capabilities) <= CACHED_CAPABILITIES
+            and max(map(len, capabilities), default=0) <= CACHED_CAPABILITY_LENGTH)
+
+
+def _upper(capabilities: tuple[bytes, ...]) -> frozenset[bytes]:
+    return _upper_cached(capabilities) if _cacheable(capabilities) else _upper_of(capabilities)
+
+
+def _upper_of(capabilities: tuple[bytes, ...]) -> frozenset[bytes]:
+    return frozenset(c.upper() for c in capabilities)
+
+
+_upper_cached = lru_cache(maxsize=16)(_upper_of)
+
+
 def relayable(capabilities: tuple[bytes, ...]) -> tuple[bytes, ...]:
     """The upstream's post-login capabilities minus what the proxy cannot relay."""
+    if _cacheable(capabilities):
+        return _relayable_cached(capabilities)
+    return _relayable(capabilities)
+
+
+def _relayable(capabilities: tuple[bytes, ...]) -> tuple[bytes, ...]:
     return tuple(c for c in capabilities
                  if not c.upper().startswith(_DROPPED_PREFIXES) or c.upper() in _KEPT)
+
+
+_relayable_cached = lru_cache(maxsize=16)(_relayable)
 
 
 async def next_response(up: UpstreamIMAP) -> object:

@@ -209,6 +209,8 @@ class Session:
         await trio.sleep(self.runtime.throttle.failure(self.client_ip, self.user))
 
     def log_end(self) -> None:
+        if not logs.enabled():
+            return
         logs.event(
             "session_end",
             **self.log_fields(),

@@ -121,6 +121,8 @@ async def _attempt(session: Session, creds: Credentials,
 
 def _log_auth(session: Session, attempt: Attempt[T], name: str, outcome: T | Failure,
               mechanism: str, text: bytes, **extra: str) -> None:
+    if not logs.enabled():
+        return
     failure = outcome if isinstance(outcome, Failure) else None
     logs.event("auth", **session.log_fields(), upstream=name, result=auth_result(failure),
                mechanism=mechanism, mode=attempt.mode, upstream_reply=logs.sanitize(text),

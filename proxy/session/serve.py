@@ -62,6 +62,22 @@ class OpenSessions:
             await self._none.wait()
 
 
+class _ListenerView:
+    """What every connection of one listener needs from one runtime, looked up once per reload
+    instead of once per connection: the listener's config and its metric label children."""
+
+    __slots__ = ("runtime", "listener", "connections", "active", "duration")
+
+    def __init__(self, runtime: Runtime, name: str):
+        self.runtime = runtime
+        self.listener = next(lst for lst in runtime.config.listeners if lst.name == name)
+        labels = (name, self.listener.protocol, self.listener.tls)
+        metrics = runtime.metrics
+        self.connections = metrics.connections.labels(*labels)
+        self.active = metrics.connections_active.labels(*labels)
+        self.duration = metrics.session_duration.labels(name, self.listener.protocol)
+
+
 class ListenerServer:
     """One configured listener. `runtime` is read at accept time, so a reload applies to new
     connections only. Its sessions are counted in `active` (shared by all listeners)."""
@@ -73,6 +89,14 @@ class ListenerServer:
         self.handler = handler
         self.limiter = ConnectionLimiter()
         self.active = active if active is not None else OpenSessions()
+        self._view: _ListenerView | None = None
+
+    def _current(self) -> _ListenerView:
+        runtime = self.get_runtime()
+        view = self._view
+        if view is None or view.runtime is not runtime:
+            view = self._view = _ListenerView(runtime, self.name)
+        return view
 
     async def serve(self, listeners: list[trio.SocketListener], sessions: trio.Nursery, *,
                     task_status: trio.TaskStatus[list[trio.SocketListener]]
@@ -84,8 +108,8 @@ class ListenerServer:
                                    task_status=task_status)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        runtime = self.get_runtime()
-        listener = next(lst for lst in runtime.config.listeners if lst.name == self.name)
+        view = self._current()
+        runtime, listener = view.runtime, view.listener
         try:
             peer = stream.socket.getpeername()
             local = stream.socket.getsockname()
@@ -104,8 +128,7 @@ class ListenerServer:
         session = Session(runtime, listener, peer[0], peer[1], local[0], local[1],
                           tls=listener.tls == "implicit")
         metrics = runtime.metrics
-        labels = (listener.name, listener.protocol, listener.tls)
-        metrics.connections.labels(*labels).inc()
+        view.connections.inc()
         refused = self.limiter.admit(session.client_ip, listener.max_connections,
                                      listener.max_connections_per_ip)
         if refused is not None:
@@ -117,9 +140,10 @@ class ListenerServer:
             await trio.aclose_forcefully(stream)
             return
         conn = session.conn = Conn(PrefixedStream(stream, unread) if unread else stream)
-        metrics.connections_active.labels(*labels).inc()
+        view.active.inc()
         self.active.add(session)
-        logs.event("session_start", logging.DEBUG, **session.log_fields(), tls=listener.tls)
+        if logs.enabled(logging.DEBUG):
+            logs.event("session_start", logging.DEBUG, **session.log_fields(), tls=listener.tls)
         try:
             with trio.CancelScope() as session.scope:
                 if listener.tls == "implicit" and not await self._handshake(session, conn):
@@ -138,9 +162,8 @@ class ListenerServer:
             await conn.aclose()
             self.active.discard(session)
             self.limiter.release(session.client_ip)
-            metrics.connections_active.labels(*labels).dec()
-            metrics.session_duration.labels(listener.name, listener.protocol).observe(
-                time.monotonic() - session.started)
+            view.active.dec()
+            view.duration.observe(time.monotonic() - session.started)
             session.log_end()
 
     async def _proxy_header(self, listener: Listener, stream: trio.SocketStream,
