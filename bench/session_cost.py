@@ -122,7 +122,7 @@ def main() -> None:
         print(f"  ratio this/nginx ({t} thread{'s' if t > 1 else ''}): "
               + (f"{median(rates['this', t]) / median(rates['nginx', t]):.2f}x"
                  if "nginx" in ports else "-")
-              + f"; baseline/nginx: "
+              + "; baseline/nginx: "
               + (f"{median(rates['baseline', t]) / median(rates['nginx', t]):.2f}x"
                  if "nginx" in ports else "-"))
     print(f"load average at the end {os.getloadavg()[0]:.2f}")

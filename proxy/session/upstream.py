@@ -59,12 +59,11 @@ class deadline:  # noqa: N801 - used like trio.fail_after
         return self.scope.__enter__()
 
     def __exit__(self, etype: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
-        swallowed = self.scope.__exit__(etype, exc, tb)
+                 tb: TracebackType | None) -> None:
+        self.scope.__exit__(etype, exc, tb)   # it swallows only its own expiry: raised below
         if self.scope.cancelled_caught:
             raise UpstreamError(Failure.TIMEOUT,
                                 f"{self.what}: nothing within {self.seconds:g}s") from None
-        return swallowed
 
 
 async def built_context(upstream: Upstream, port: ServicePort) -> ContextFactory:
