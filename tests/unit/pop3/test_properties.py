@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.pop3 import NEED_DATA, CommandParser, Limits, ProtocolError, ResponseParser, writer
+from proxy.pop3._body import TERMINATOR, find_terminator
 from proxy.pop3.events import ConnectionClosed, Event, MultilineData, MultilineEnd
 
 from .helpers import cut, drive
@@ -107,3 +109,25 @@ def test_unstuff_round_trip_byte_at_a_time(msg: bytes) -> None:
     parser = ResponseParser(greeting=False, unstuff=True)
     parser.expect(True)
     assert _body_of(drive(parser, [wire[i : i + 1] for i in range(len(wire))])) == msg
+
+
+@given(st.lists(st.sampled_from([b".", b"\r\n", b"\r\n.", b"\r\n.\r\n", b"..", b"A", b"\r", b"\n"]),
+                max_size=80).map(b"".join), st.integers(0, 40))
+@SETTINGS
+def test_find_terminator_is_find(data: bytes, pos: int) -> None:
+    """The memchr-first search finds exactly what one bytes.find of CRLF.CRLF finds, dotty input
+    (past its per-dot budget) included, on bytes and bytearray."""
+    assert find_terminator(data, pos) == data.find(TERMINATOR, pos)
+    assert find_terminator(bytearray(data), pos) == data.find(TERMINATOR, pos)
+
+
+@pytest.mark.parametrize(("data", "pos", "expected"), [
+    (b"\r\n.\r\n", 0, 0),          # at the very start
+    (b"x\r\n.\r\n", 1, 1),
+    (b"\r\n.\r\n", 1, -1),         # starts before pos
+    (b"a.b.c.d.e.f.g.h.i.j\r\n.\r\n", 0, 19),   # past the per-dot budget
+    (b"a.b.c.d.e.f.g.h.i.j\r\n..x\r\n", 0, -1),
+    (b"\r\n..\r\n", 0, -1),        # a stuffed dot line is not the end
+])
+def test_find_terminator_cases(data: bytes, pos: int, expected: int) -> None:
+    assert find_terminator(data, pos) == expected == data.find(TERMINATOR, pos)

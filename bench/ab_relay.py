@@ -1,0 +1,156 @@
+"""A/B of the relay's per-command cost: this tree's mailproxy against another revision's, in one run.
+
+    .venv/bin/python bench/ab_relay.py [--base REV] [--rounds 7] [--noops 2000] [--messages 300]
+
+On a shared, loaded machine wall-clock figures move with the load, so the two proxies run side by
+side against one private Dovecot, their rounds interleaved (direct, base, this, direct, base, ...),
+and the figure that matters is the proxy's **CPU per operation** from /proc (utime + stime of the
+proxy process over the round, divided by the operations): per relayed NOOP, per MB of a POP3
+download (USER/PASS, STAT, UIDL, RETR all, QUIT) and per MB of a bulk `UID FETCH 1:* BODY.PEEK[]`.
+Latency (NOOP p50) and throughput are printed too, with the load average before and after.
+
+The base revision (default `main`) is exported with `git archive` into a temporary directory and
+run from there (`python -c ... runpy.run_module("proxy")` with that directory first on sys.path),
+with the same config as this tree's proxy. Needs root, like the other relay benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from clients import Imap, pop3_download  # noqa: E402
+from common import REPO_ROOT, Env, QuietProxyProcess, interleave, make_mailbox, median, percentile  # noqa: E402
+
+RUN_FROM = ("import runpy, sys; sys.path.insert(0, {root!r}); sys.argv[0] = 'mailproxy'; "
+            "runpy.run_module('proxy', run_name='__main__', alter_sys=True)")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of process `pid`, in seconds: the first field of
+    /proc/PID/task/TID/schedstat (nanoseconds on a CPU; /proc/PID/stat counts clock ticks, too
+    coarse for one round)."""
+    total = 0
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError):
+            pass  # a thread that just ended
+    return total / 1e9
+
+
+def export(rev: str) -> pathlib.Path:
+    """`rev` of this repository in a fresh directory (`git archive`, so no worktree is touched)."""
+    root = pathlib.Path(tempfile.mkdtemp(prefix="mailproxy-ab-"))
+    root.chmod(0o755)
+    archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", rev, "proxy"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    return root
+
+
+def proxy_from(env: Env, root: pathlib.Path | None, listeners: list[dict]) -> QuietProxyProcess:
+    """A proxy like env.proxy()'s, run from `root` (None: this tree)."""
+    if root is None:
+        return env.proxy(listeners, metrics=True)  # type: ignore[return-value]
+    probe = env.proxy(listeners, metrics=True)  # for its config; replaced below
+    probe.stop()
+    command = [sys.executable, "-c", RUN_FROM.format(root=str(root)), "--log-level", "WARNING",
+               "serve", "--config", str(probe.config_path)]
+    proc = QuietProxyProcess(probe.config, probe.tmp_path.with_name(probe.tmp_path.name + "-base"),
+                             command=command)
+    env.on_close(proc.stop)
+    return proc
+
+
+def noop_round(port: int, user: str, password: str, count: int, pid: int | None) -> dict:
+    imap = Imap(port)
+    imap.login(user, password)
+    imap.command(b"SELECT INBOX")
+    imap.noop_rtt_ns(200)
+    c0 = cpu_seconds(pid) if pid else 0.0
+    samples = sorted(imap.noop_rtt_ns(count))
+    cpu = (cpu_seconds(pid) - c0) / count * 1e6 if pid else float("nan")
+    imap.logout()
+    return {"p50_us": percentile(samples, 0.5) / 1000, "cpu": cpu}
+
+
+def pop3_round(port: int, user: str, password: str, expected: str, pid: int | None) -> dict:
+    c0 = cpu_seconds(pid) if pid else 0.0
+    _, total, digest, elapsed = pop3_download(port, user, password)
+    if digest != expected:
+        raise SystemExit(f"POP3 sha256 mismatch on port {port}")
+    cpu = (cpu_seconds(pid) - c0) / (total / 1e6) * 1e3 if pid else float("nan")
+    return {"mbps": total / elapsed / 1e6, "cpu": cpu}
+
+
+def fetch_round(port: int, user: str, password: str, expected: str, pid: int | None) -> dict:
+    imap = Imap(port)
+    imap.login(user, password)
+    imap.command(b"SELECT INBOX")
+    c0, t0 = (cpu_seconds(pid) if pid else 0.0), time.perf_counter()
+    _, total, digest = imap.fetch_all()
+    elapsed = time.perf_counter() - t0
+    cpu = (cpu_seconds(pid) - c0) / (total / 1e6) * 1e3 if pid else float("nan")
+    imap.logout()
+    if digest != expected:
+        raise SystemExit(f"FETCH sha256 mismatch on port {port}")
+    return {"mbps": total / elapsed / 1e6, "cpu": cpu}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default="main", help="revision to compare with (main)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--noops", type=int, default=2000)
+    parser.add_argument("--messages", type=int, default=300)
+    args = parser.parse_args()
+    head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "proxy"],
+                           capture_output=True, text=True).stdout.strip()
+    print(f"A/B {args.base} vs this tree ({head}{' + uncommitted' if dirty else ''}), "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, load average {os.getloadavg()}")
+    base_root = export(args.base)
+    mailbox = make_mailbox(args.messages)
+    try:
+        with Env("ab") as env:
+            user, password = env.user_with(mailbox)
+            listeners = [{"name": "imap", "protocol": "imap"}, {"name": "pop3", "protocol": "pop3"}]
+            procs = {"base": proxy_from(env, base_root, listeners), "this": proxy_from(env, None, listeners)}
+            ports = {"direct": (env.dovecot.imap_port, env.dovecot.pop3_port, None)}
+            for label, proc in procs.items():
+                ports[label] = (proc.port("imap"), proc.port("pop3"), proc.pid)
+            sha = mailbox.sha256
+            runs = {
+                "NOOP": lambda p: noop_round(p[0], user, password, args.noops, p[2]),
+                "POP3": lambda p: pop3_round(p[1], user, password, sha, p[2]),
+                "FETCH": lambda p: fetch_round(p[0], user, password, sha, p[2]),
+            }
+            for name, run in runs.items():
+                results = interleave(args.rounds, {label: (lambda p=p, run=run: run(p))
+                                                   for label, p in ports.items()})
+                speed = "p50_us" if name == "NOOP" else "mbps"
+                unit = "us CPU per NOOP" if name == "NOOP" else "ms CPU per MB"
+                cells = []
+                for label, rs in results.items():
+                    cpu = median([r["cpu"] for r in rs])
+                    cpus = sorted(round(r["cpu"], 1) for r in rs)
+                    cells.append(f"{label}: {speed} {median([r[speed] for r in rs]):.1f}"
+                                 + ("" if label == "direct" else f", {unit} {cpu:.1f} {cpus}"))
+                print(f"{name}: " + "; ".join(cells) + f"  (load {os.getloadavg()[0]:.1f})", flush=True)
+    finally:
+        shutil.rmtree(base_root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
