@@ -11,6 +11,7 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 
 RECV = 1 << 20
 
@@ -108,6 +109,34 @@ class Reader:
             search, self.pos = 0, 0
 
 
+class DeflateSocket:
+    """A socket after COMPRESS=DEFLATE (RFC 4978): raw DEFLATE both ways, each send ended with a
+    sync flush; recv() returns inflated bytes (b"" only at the end of the stream). `wire_in`
+    counts the compressed bytes received."""
+
+    def __init__(self, sock: socket.socket, level: int = 6):
+        self.sock = sock
+        self._out = zlib.compressobj(level, zlib.DEFLATED, -15)
+        self._in = zlib.decompressobj(-15)
+        self.wire_in = 0
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(self._out.compress(data) + self._out.flush(zlib.Z_SYNC_FLUSH))
+
+    def recv(self, size: int) -> bytes:
+        while True:
+            chunk = self.sock.recv(size)
+            if not chunk:
+                return b""
+            self.wire_in += len(chunk)
+            plain = self._in.decompress(chunk)
+            if plain:
+                return plain
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 # -- IMAP ---------------------------------------------------------------------------------------------
 
 def _q(value: str) -> bytes:
@@ -139,6 +168,14 @@ class Imap:
 
     def login(self, user: str, password: str) -> None:
         self.command(b"LOGIN " + _q(user) + b" " + _q(password))
+
+    def compress(self) -> DeflateSocket:
+        """COMPRESS DEFLATE; from its OK on, both directions are compressed (RFC 4978 3)."""
+        self.command(b"COMPRESS DEFLATE")
+        assert self.r.pos == len(self.r.buf), "bytes after the COMPRESS OK"
+        deflated = DeflateSocket(self.sock)  # type: ignore[arg-type]
+        self.sock = self.r.sock = deflated  # type: ignore[assignment]
+        return deflated
 
     def noop_rtt_ns(self, count: int) -> list[int]:
         """`count` NOOPs, one at a time; the round trip of each, in ns."""

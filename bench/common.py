@@ -118,7 +118,7 @@ PROXY_LOG_LEVEL = "WARNING"  # relay.py --proxy-log-level
 class Env:
     """Everything one benchmark starts; `close()` stops it all (also on errors)."""
 
-    def __init__(self, name: str, *, tls: bool = False):
+    def __init__(self, name: str, *, tls: bool = False, dovecot_config: str = ""):
         self.root = pathlib.Path(tempfile.mkdtemp(prefix=f"mailproxy-bench-{name}-"))
         self.root.chmod(0o711)
         self._closers: list[Callable[[], Any]] = []
@@ -126,7 +126,7 @@ class Env:
         self.cert: tuple[pathlib.Path, pathlib.Path] | None = None
         if tls:
             self._make_cert()
-        self.dovecot: Dovecot = start_dovecot(self.root, tls=self.cert)
+        self.dovecot: Dovecot = start_dovecot(self.root, tls=self.cert, extra_config=dovecot_config)
         self._closers.append(self.dovecot.stop)
         self._proxies = 0
 

@@ -1,6 +1,6 @@
 """Relay benchmarks: direct Dovecot vs through mailproxy (vs nginx's mail proxy), interleaved in one run.
 
-    .venv/bin/python bench/relay.py [imap] [pop3] [tls] [metrics] [--messages 2000] [--rounds 5] ...
+    .venv/bin/python bench/relay.py [imap] [pop3] [tls] [metrics] [compress] [--messages 2000] [--rounds 5] ...
 
 Each benchmark starts its own Dovecot (tests/support/dovecot.py) with a fresh mailbox and its own
 mailproxy subprocess (`--log-level WARNING`), warms every path up once (Dovecot builds its indexes on
@@ -51,10 +51,12 @@ def cpu_seconds(pid: int) -> float:
 
 # -- measurement primitives --------------------------------------------------------------------------
 
-def fetch_runner(port: int, user: str, password: str, expected: str, tls=None) -> Callable[[], dict]:
+def fetch_runner(port: int, user: str, password: str, expected: str, tls=None, *,
+                 compress: bool = False) -> Callable[[], dict]:
     def run() -> dict:
         imap = Imap(port, tls)
         imap.login(user, password)
+        deflated = imap.compress() if compress else None
         imap.command(b"SELECT INBOX")
         t0 = time.perf_counter()
         count, total, digest = imap.fetch_all()
@@ -63,7 +65,7 @@ def fetch_runner(port: int, user: str, password: str, expected: str, tls=None) -
         if digest != expected:
             raise SystemExit(f"FETCH sha256 mismatch on port {port}: {digest} != {expected}")
         return {"mbps": total / elapsed / 1e6, "seconds": elapsed, "bytes": total, "messages": count,
-                "sha256": digest}
+                "sha256": digest, "wire_in": deflated.wire_in if deflated else float("nan")}
     return run
 
 
@@ -357,7 +359,65 @@ def bench_metrics(args) -> None:
                               "cpu_ms_per_mb": cpu_mb}
 
 
-BENCHES = {"imap": bench_imap, "pop3": bench_pop3, "tls": bench_tls, "metrics": bench_metrics}
+# -- 5. COMPRESS=DEFLATE through the relay ------------------------------------------------------------
+
+ZLIB_DOVECOT = """
+mail_plugins = $mail_plugins zlib
+protocol imap {
+  mail_plugins = $mail_plugins imap_zlib
+}
+"""
+
+
+def bench_compress(args) -> None:
+    """Bulk FETCH with and without COMPRESS=DEFLATE (RFC 4978, Dovecot's imap_zlib), direct and
+    through the relay (which forwards the compressed bytes and inflates a copy for its parser),
+    rounds interleaved; the proxy's CPU per MB of mail from /proc."""
+    log("compress: starting Dovecot (imap_zlib), delivering the mailbox")
+    with Env("compress", dovecot_config=ZLIB_DOVECOT) as env:
+        box = make_mailbox(args.messages)
+        user, pw = env.user_with(box)
+        proxy = env.proxy([{"name": "imap", "protocol": "imap"}], metrics=True)
+        ports = {"direct": env.dovecot.imap_port, "mailproxy": proxy.port("imap")}
+        if args.nginx and nginxmail.available():
+            ng = nginxmail.NginxMail(env.root / "nginx", env.dovecot.imap_port, env.dovecot.pop3_port)
+            env.on_close(ng.stop)
+            ports["nginx"] = ng.imap_port
+        runners, cpu = {}, {}
+        for label, port in ports.items():
+            for mode in ("plain", "COMPRESS"):
+                key = f"{label} {mode}"
+                run = fetch_runner(port, user, pw, box.sha256, compress=mode == "COMPRESS")
+                run()  # warm-up
+                if label == "mailproxy":
+                    cpu[key] = []
+                    run = with_cpu(proxy.pid, run, cpu[key])
+                runners[key] = run
+        log("compress: bulk FETCH, plain and COMPRESS, interleaved")
+        slow = {k: args.nginx_rounds for k in runners if k.startswith("nginx")}
+        out = interleave(args.fetch_rounds, runners, only_first=slow)
+        mbps = med(out, "mbps")
+        t = Table(f"COMPRESS=DEFLATE through the relay: UID FETCH 1:* BODY.PEEK[] (median of "
+                  f"{args.fetch_rounds} interleaved rounds; {len(box.messages)} msgs, "
+                  f"{box.total / 1e6:.1f} MB, base64 bodies)", ["metric", *ports, "mailproxy/direct"])
+        for mode in ("plain", "COMPRESS"):
+            values = {k: mbps[f"{k} {mode}"] for k in ports}
+            t.add(f"FETCH MB/s of mail, {mode}", *values.values(),
+                  ratio(values["mailproxy"], values["direct"]))
+        for mode in ("plain", "COMPRESS"):
+            runs = cpu[f"mailproxy {mode}"]
+            per_mb = 1e3 * sum(c for _, c, _ in runs) / (sum(r["bytes"] for r, _, _ in runs) / 1e6)
+            t.add(f"mailproxy CPU per MB of mail, {mode} (ms)", "", f"{per_mb:.2f}",
+                  *([""] if "nginx" in ports else []), "")
+        wire = median([r["wire_in"] / r["bytes"] for r in out["direct COMPRESS"]])
+        print(t.render())
+        print(f"\ncompressed bytes on the wire per byte of mail (direct): {wire:.3f}")
+        print("  fetch MB/s rounds: " + "; ".join(f"{k} {spread(v, 'mbps')}" for k, v in out.items()))
+        RESULTS["compress"] = {"raw": out, "wire_ratio": wire}
+
+
+BENCHES = {"imap": bench_imap, "pop3": bench_pop3, "tls": bench_tls, "metrics": bench_metrics,
+           "compress": bench_compress}
 
 
 def main() -> None:
