@@ -1,6 +1,6 @@
 """Relay benchmarks: direct Dovecot vs through mailproxy (vs nginx's mail proxy), interleaved in one run.
 
-    .venv/bin/python bench/relay.py [imap] [pop3] [tls] [metrics] [compress] [--messages 2000] [--rounds 5] ...
+    .venv/bin/python bench/relay.py [imap] [pop3] [tls] [metrics] [compress] [--messages 2000] ...
 
 Each benchmark starts its own Dovecot (tests/support/dovecot.py) with a fresh mailbox and its own
 mailproxy subprocess (`--log-level WARNING`), warms every path up once (Dovecot builds its indexes on
