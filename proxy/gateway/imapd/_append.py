@@ -16,15 +16,16 @@ import datetime as dt
 from ...imap._tokens import Literal
 from ...store import AppendItem
 from . import _quota as quota
-from ._args import Reply, mailbox, parse_date_time, parse_flags, uid_list
+from ._args import Reply, is_atom, mailbox, parse_date_time, parse_flags, uid_list
 from ._caches import analyze
 from ._message_changes import publish_appended
 
 Group = tuple[list[str], "dt.datetime | None", bytes]
 
 
-def groups(args) -> list[Group]:
-    """`[flags] [date-time] literal` groups (RFC 3502 6); BAD when the grammar is not met."""
+def groups(args, utf8: bool = False) -> list[Group]:
+    """`[flags] [date-time] literal` groups (RFC 3502 6); BAD when the grammar is not met.
+    `UTF8 (literal8)` may stand for the literal once UTF8=ACCEPT is enabled (RFC 6855 4)."""
     out: list[Group] = []
     i = 0
     while i < len(args):
@@ -33,9 +34,14 @@ def groups(args) -> list[Group]:
         if isinstance(args[i], tuple):
             flags = parse_flags(args[i], allow_recent=True)
             i += 1
-        if i < len(args) and isinstance(args[i], bytes) and not isinstance(args[i], Literal):
+        if i < len(args) and isinstance(args[i], bytes) and not isinstance(args[i], Literal) \
+                and not _is_utf8(args[i]):
             when = parse_date_time(args[i])
             i += 1
+        if i < len(args) and _is_utf8(args[i]):
+            out.append((flags, when, _utf8_data(args[i + 1:i + 2], utf8)))
+            i += 2
+            continue
         if i >= len(args) or not isinstance(args[i], Literal):
             raise Reply.bad("APPEND expects a mailbox, then optional flags and date and a "
                             "message literal, once or more (MULTIAPPEND)")
@@ -44,11 +50,25 @@ def groups(args) -> list[Group]:
     return out
 
 
+def _is_utf8(arg) -> bool:
+    return is_atom(arg) and bytes(arg).upper() == b"UTF8"
+
+
+def _utf8_data(following: list, utf8: bool) -> bytes:
+    """The message of `UTF8 (literal8)`; BAD unless UTF8=ACCEPT was enabled (RFC 6855 4)."""
+    if not utf8:
+        raise Reply.bad("APPEND with UTF8 data needs ENABLE UTF8=ACCEPT first")
+    data = following[0] if following else None
+    if not (isinstance(data, tuple) and len(data) == 1 and isinstance(data[0], Literal)):
+        raise Reply.bad("UTF8 expects a literal in parentheses")
+    return bytes(data[0])
+
+
 async def append(session, cmd):
     if len(cmd.args) < 2:
         raise Reply.bad("APPEND expects a mailbox, optional flags and date, and a message literal")
-    name = mailbox(cmd.args[0])
-    messages = groups(cmd.args[1:])
+    name = mailbox(cmd.args[0], session.utf8)
+    messages = groups(cmd.args[1:], session.utf8)
     box = await session.store.get_mailbox(session.account.id, name)
     if box is None:   # RFC 3501 6.3.11
         raise Reply.no(f"Mailbox does not exist: {name}", b"TRYCREATE")

@@ -12,10 +12,9 @@ import datetime as dt
 import re
 from typing import TypeGuard
 
-from ...imap import writer
 from ...store.base import SYSTEM_FLAGS
 from .. import numbers
-from . import utf7
+from . import _names
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 # RFC 3501 9: flag-keyword = atom; here without the atom-specials and "]".
@@ -58,18 +57,19 @@ def astring(value: object) -> bytes:
     return bytes(value)
 
 
-def mailbox(value: object) -> str:
-    """A mailbox argument decoded from modified UTF-7; INBOX in any case is INBOX (5.1)."""
+def mailbox(value: object, utf8: bool = False) -> str:
+    """A mailbox argument decoded from modified UTF-7, or UTF-8 once enabled (`_names`);
+    INBOX in any case is INBOX (5.1)."""
     raw = astring(value)
     try:
-        name = utf7.decode(raw)
-    except utf7.Utf7Error as exc:
+        name = _names.decode(raw, utf8)
+    except _names.BadName as exc:
         raise Reply.no(f"Invalid mailbox name: {exc}") from None
     return "INBOX" if name.upper() == "INBOX" else name
 
 
-def mailbox_wire(name: str) -> bytes:
-    return writer.astring(utf7.encode(name)) if name != "" else b'""'
+def mailbox_wire(name: str, utf8: bool = False) -> bytes:
+    return _names.wire(name, utf8)
 
 
 # ---- sequence sets (RFC 3501 9: sequence-set) -------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ...store.base import INBOX
 from . import _mailboxes as mb
-from . import utf7
+from . import _names
 from ._args import Reply, astring, mailbox_wire, word
 from ._listing import Children, MailboxPattern, implied_parents
 
@@ -67,16 +67,16 @@ def _parse(args: list) -> tuple[set[bytes], dict, object, list] | None:
     return selection, returns, args[0], [astring(p) for p in patterns]
 
 
-def _matchers(reference: bytes, patterns: list[bytes]) -> list[MailboxPattern]:
+def _matchers(reference: bytes, patterns: list[bytes], utf8: bool) -> list[MailboxPattern]:
     out = []
     try:
-        ref = utf7.decode(reference)
-    except utf7.Utf7Error:
+        ref = _names.decode(reference, utf8)
+    except _names.BadName:
         return []
     for raw in patterns:
         try:
-            text = utf7.decode(raw)
-        except utf7.Utf7Error:
+            text = _names.decode(raw, utf8)
+        except _names.BadName:
             continue   # as plain LIST: no match
         full = ref + text if not ref or ref.endswith(SEP) or text.startswith(SEP) \
             else ref + SEP + text
@@ -92,7 +92,7 @@ async def list_(session, cmd):
     if parsed is None:
         return await mb.list_(session, cmd)
     selection, returns, reference, patterns = parsed
-    matchers = _matchers(astring(reference), patterns)
+    matchers = _matchers(astring(reference), patterns, session.utf8)
     boxes = await session.store.list_mailboxes(session.account.id)
     real = {b.name: b for b in boxes}
     subscribed = set(await session.store.subscriptions(session.account.id))
@@ -129,7 +129,8 @@ async def list_(session, cmd):
             attrs.append("\\HasChildren" if tree.has_children(name) else "\\HasNoChildren")
         if show_special and box is not None and box.special_use:
             attrs.append(box.special_use)
-        line = b"LIST (" + " ".join(attrs).encode() + b') "/" ' + mailbox_wire(name)
+        wire = mailbox_wire(name, session.utf8)
+        line = b"LIST (" + " ".join(attrs).encode() + b') "/" ' + wire
         if name in childinfo:
             line += b' (CHILDINFO ("SUBSCRIBED"))'
         session.emit(line)

@@ -1,7 +1,8 @@
 """Authenticated-state commands (RFC 3501 6.3): SELECT, EXAMINE, CREATE, DELETE, RENAME,
 SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS; plus NAMESPACE (RFC 2342). APPEND is in `_append.py`.
 
-Names are Unicode in the store and modified UTF-7 on the wire (5.1.3); the hierarchy separator
+Names are Unicode in the store and modified UTF-7 on the wire (5.1.3), or UTF-8 once enabled
+(RFC 6855, `_names`); the hierarchy separator
 is "/". Superior names that do not exist as mailboxes (after "CREATE a/b" of old, or a DELETE of
 a parent) are listed with \\Noselect so clients can walk the tree (6.3.8). LIST attributes
 carry RFC 3348 CHILDREN and RFC 6154 SPECIAL-USE.
@@ -14,8 +15,8 @@ import bisect
 from ...store import ChangeKind
 from ...store.base import INBOX, SYSTEM_FLAGS
 from . import _condstore as cs
+from . import _names
 from . import _quota as quota
-from . import utf7
 from ._args import Reply, astring, flag_list, mailbox, mailbox_wire, word
 from ._listing import Children, MailboxPattern, implied_parents
 from ._state import Trigger
@@ -34,7 +35,7 @@ async def select(session, cmd, read_only: bool = False):
     if not cmd.args:
         raise Reply.bad("SELECT expects a mailbox name")
     condstore, qresync = cs.select_params(session, cmd.args[1:])   # RFC 7162 3.1.8, 3.2.5
-    name = mailbox(cmd.args[0])
+    name = mailbox(cmd.args[0], session.utf8)
     session.deselect()   # RFC 3501 6.3.1: even if this SELECT fails, nothing stays selected
     index, hub = session.backend.index, session.backend.hub
     # Subscribe before reading the mailbox: then no change can fall between the read and the
@@ -113,7 +114,7 @@ async def _create_parents(session, name: str) -> None:
 async def create(session, cmd):
     if len(cmd.args) != 1:
         raise Reply.bad("CREATE expects one mailbox name")
-    name = _clean(mailbox(cmd.args[0]))
+    name = _clean(mailbox(cmd.args[0], session.utf8))
     if name == INBOX or await session.store.get_mailbox(session.account.id, name) is not None:
         raise Reply.no("Mailbox already exists.", b"ALREADYEXISTS")
     await _create_parents(session, name)   # 6.3.3: SHOULD create superior names
@@ -124,7 +125,7 @@ async def create(session, cmd):
 async def delete(session, cmd):
     if len(cmd.args) != 1:
         raise Reply.bad("DELETE expects one mailbox name")
-    name = mailbox(cmd.args[0])
+    name = mailbox(cmd.args[0], session.utf8)
     if name == INBOX:   # 6.3.4: deleting INBOX is an error
         raise Reply.no("INBOX cannot be deleted.")
     box = await session.store.get_mailbox(session.account.id, name)
@@ -141,7 +142,7 @@ async def delete(session, cmd):
 async def rename(session, cmd):
     if len(cmd.args) != 2:
         raise Reply.bad("RENAME expects two mailbox names")
-    old, new = mailbox(cmd.args[0]), _clean(mailbox(cmd.args[1]))
+    old, new = mailbox(cmd.args[0], session.utf8), _clean(mailbox(cmd.args[1], session.utf8))
     store, account = session.store, session.account.id
     box = await store.get_mailbox(account, old)
     if box is None:
@@ -171,7 +172,7 @@ async def subscribe(session, cmd, subscribed: bool = True):
     leave subscriptions alone ("MUST NOT unilaterally remove"), as Dovecot does."""
     if len(cmd.args) != 1:
         raise Reply.bad("Expected one mailbox name")
-    name = mailbox(cmd.args[0])
+    name = mailbox(cmd.args[0], session.utf8)
     if subscribed:
         name = _clean(name)
     await session.store.set_subscribed(session.account.id, name, subscribed)
@@ -188,10 +189,10 @@ async def list_(session, cmd, lsub: bool = False):
     if len(cmd.args) != 2 or isinstance(cmd.args[0], tuple):
         raise Reply.bad("LIST expects a reference and a mailbox pattern")   # no LIST-EXTENDED
     try:
-        reference = utf7.decode(astring(cmd.args[0]))
-        raw = utf7.decode(astring(cmd.args[1]))
-    except utf7.Utf7Error:
-        return None   # every stored name is valid modified UTF-7: no match, OK (as Dovecot)
+        reference = _names.decode(astring(cmd.args[0]), session.utf8)
+        raw = _names.decode(astring(cmd.args[1]), session.utf8)
+    except _names.BadName:
+        return None   # no stored name can match a malformed pattern: OK (as Dovecot)
     verb = b"LSUB" if lsub else b"LIST"
     if raw == "" and not lsub:   # 6.3.8: the hierarchy delimiter and root
         session.emit(b'LIST (\\Noselect) "/" ""')
@@ -219,7 +220,8 @@ async def list_(session, cmd, lsub: bool = False):
             box = real.get(name)
             if box is not None and box.special_use:
                 attrs.append(box.special_use)
-        session.emit(verb + b" (" + " ".join(attrs).encode() + b') "/" ' + mailbox_wire(name))
+        wire = mailbox_wire(name, session.utf8)
+        session.emit(verb + b" (" + " ".join(attrs).encode() + b') "/" ' + wire)
     return None
 
 
@@ -232,7 +234,7 @@ async def lsub(session, cmd):
 async def status(session, cmd):
     if len(cmd.args) != 2 or not isinstance(cmd.args[1], tuple) or not cmd.args[1]:
         raise Reply.bad("STATUS expects a mailbox and a list of items")
-    name = mailbox(cmd.args[0])
+    name = mailbox(cmd.args[0], session.utf8)
     items = status_items(cmd.args[1])
     box = await session.store.get_mailbox(session.account.id, name)
     if box is None:
@@ -275,7 +277,7 @@ async def status_line(session, box, items: list[bytes]) -> bytes:
         values[b"DELETED"] = len(deleted)
         values[b"DELETED-STORAGE"] = quota.kib(sum(m.size for m in deleted))   # as STORAGE
     body = b" ".join(b"%s %d" % (item, values[item]) for item in items)
-    return b"STATUS " + mailbox_wire(box.name) + b" (" + body + b")"
+    return b"STATUS " + mailbox_wire(box.name, session.utf8) + b" (" + body + b")"
 
 
 async def _size(session, snap) -> int:

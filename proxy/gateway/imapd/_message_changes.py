@@ -62,7 +62,7 @@ async def store(session, cmd):
 # ---- COPY, MOVE ----------------------------------------------------------------------------------
 
 async def _destination(session, arg):
-    name = mailbox(arg)
+    name = mailbox(arg, session.utf8)
     target = await session.store.get_mailbox(session.account.id, name)
     if target is None:   # RFC 3501 6.4.7: the client may CREATE it and retry
         raise Reply.no(f"Mailbox does not exist: {name}", b"TRYCREATE")

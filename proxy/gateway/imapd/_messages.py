@@ -19,8 +19,9 @@ from ...store import FlagMode
 from ..search import SearchError, SearchKey, matches, parse_search
 from . import _condstore as cs
 from . import _searchres as searchres
-from ._args import Reply, compress, parse_sequence_set, resolve, word
+from ._args import Reply, compress, is_atom, parse_sequence_set, resolve, word
 from ._fetch import Item, parse_items, plan, render
+from ._names import UTF8_ACCEPT
 
 _RAW_KEYS = {"HEADER", "SENTBEFORE", "SENTON", "SENTSINCE"}   # need the parsed message
 _TEXT_KEYS = {"BODY", "TEXT"}                                 # need the cached search texts
@@ -259,6 +260,9 @@ def _match(key: SearchKey, msgs: list, last_seq: int, last_uid: int) -> list[int
 
 async def search(session, cmd):
     options, args = _search_args(cmd)
+    if UTF8_ACCEPT in session.enabled and args and is_atom(args[0]) \
+            and bytes(args[0]).upper() == b"CHARSET":   # RFC 6855 3: strings are UTF-8 now
+        raise Reply.bad("CHARSET is not allowed after ENABLE UTF8=ACCEPT")
     view = session.view
     args = searchres.substitute(args, view)   # $ is the result saved before this command
     if options is not None and b"SAVE" in options:

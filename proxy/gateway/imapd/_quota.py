@@ -58,12 +58,13 @@ async def getquotaroot(session, cmd):
     """RFC 9208 4.3.2: the mailbox's quota roots, then each root's QUOTA."""
     if len(cmd.args) != 1:
         raise Reply.bad("GETQUOTAROOT expects a mailbox name")
-    name = mailbox(cmd.args[0])   # need not exist (as Dovecot): its root if it were created
+    # need not exist (as Dovecot): its root if it were created
+    name = mailbox(cmd.args[0], session.utf8)
     quota = _limits(session)
     if quota is None:
-        session.emit(b"QUOTAROOT " + mailbox_wire(name))
+        session.emit(b"QUOTAROOT " + mailbox_wire(name, session.utf8))
         return None
-    session.emit(b"QUOTAROOT " + mailbox_wire(name) + b" " + ROOT_WIRE)
+    session.emit(b"QUOTAROOT " + mailbox_wire(name, session.utf8) + b" " + ROOT_WIRE)
     session.emit(await _quota_line(session, quota))
     return None
 

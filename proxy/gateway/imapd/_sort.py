@@ -20,6 +20,7 @@ from ..thread import ordered_subject, references, render
 from . import _searchres as searchres
 from ._args import Reply, compress, word
 from ._messages import find, is_uid, parse_criteria
+from ._names import UTF8_ACCEPT
 
 CHUNK = 256            # messages per store call (virtual sizes)
 OFF_LOOP_AT = 200      # sorts / threadings of more messages run in a worker thread
@@ -49,10 +50,14 @@ async def _off_loop(function, items):
     return function(items)
 
 
-def _charset_and_keys(args: list) -> list:
-    """`charset search-keys` (mandatory charset, RFC 5256 3) as SEARCH takes them."""
+def _charset_and_keys(session, args: list) -> list:
+    """`charset search-keys` (mandatory charset, RFC 5256 3) as SEARCH takes them. After ENABLE
+    UTF8=ACCEPT a charset other than UTF-8 is BAD (RFC 6855 3, erratum 4029)."""
     if not args:
         raise Reply.bad("Missing charset")
+    utf8 = isinstance(args[0], bytes) and bytes(args[0]).upper() == b"UTF-8"
+    if UTF8_ACCEPT in session.enabled and not utf8:
+        raise Reply.bad("Only UTF-8 is allowed after ENABLE UTF8=ACCEPT")
     return [Atom(b"CHARSET")] + list(args)
 
 
@@ -154,7 +159,7 @@ async def sort(session, cmd):
         raise Reply.bad("SORT expects sort criteria, a charset and search keys")
     program = _program(args[0])
     view = session.view
-    keys = searchres.substitute(_charset_and_keys(args[1:]), view)
+    keys = searchres.substitute(_charset_and_keys(session, args[1:]), view)
     saving = options is not None and b"SAVE" in options
     if saving:
         searchres.save(view, [])   # RFC 5182 2.1: a failed command leaves $ empty
@@ -185,7 +190,7 @@ async def thread(session, cmd):
     algorithm = _ALGORITHMS.get(word(args[0]))
     if algorithm is None:
         raise Reply.bad("Unknown thread algorithm")
-    key = parse_criteria(searchres.substitute(_charset_and_keys(args[1:]), session.view))
+    key = parse_criteria(searchres.substitute(_charset_and_keys(session, args[1:]), session.view))
     seqs = await find(session, key)
     items = await _items(session, seqs, is_uid(cmd), False)
     threads = await _off_loop(algorithm, items)

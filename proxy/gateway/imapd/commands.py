@@ -26,9 +26,10 @@ CAPABILITIES = (b"IMAP4rev1", b"LITERAL+", b"IDLE", b"UIDPLUS", b"MOVE", b"NAMES
                 b"QRESYNC", b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT",
                 b"THREAD=REFERENCES", b"SEARCHRES", b"WITHIN", b"LIST-EXTENDED", b"LIST-STATUS",
                 b"STATUS=SIZE", b"COMPRESS=DEFLATE", b"QUOTA", b"QUOTA=RES-STORAGE",
-                b"QUOTA=RES-MESSAGE", b"MULTIAPPEND", b"UNAUTHENTICATE")
+                b"QUOTA=RES-MESSAGE", b"MULTIAPPEND", b"UNAUTHENTICATE", b"UTF8=ACCEPT")
 # Extensions ENABLE (RFC 5161) can turn on; QRESYNC implies CONDSTORE (RFC 7162 3.2.3).
-ENABLEABLE: frozenset[bytes] = frozenset({b"CONDSTORE", b"QRESYNC"})
+# UTF8=ACCEPT (RFC 6855 3): UTF-8 mailbox names (`_names`), APPEND's UTF8 data, no SEARCH CHARSET.
+ENABLEABLE: frozenset[bytes] = frozenset({b"CONDSTORE", b"QRESYNC", b"UTF8=ACCEPT"})
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
 

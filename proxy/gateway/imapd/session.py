@@ -48,6 +48,7 @@ from ..numbers import MAX_SET_RANGES
 from ._args import Reply
 from ._budget import DEFAULT_COMMAND_BUDGET, CommandBudget
 from ._index import MailboxIndex
+from ._names import utf8_enabled
 from ._state import SELECTED, State, Trigger, next_state
 from .commands import COMMANDS
 
@@ -143,6 +144,11 @@ class ImapSession:
     async def maybe_flush(self) -> None:
         if self.out_size >= FLUSH_AT:
             await self.flush()
+
+    @property
+    def utf8(self) -> bool:
+        """Mailbox names in UTF-8 (RFC 6855 3, RFC 9051 5.1) rather than modified UTF-7."""
+        return utf8_enabled(self.enabled)
 
     def transition(self, trigger: Trigger) -> None:
         self.state = next_state(self.state, trigger)
