@@ -60,6 +60,10 @@ class Drain:
     def unsubscribe(self, callback: Callable[[], None]) -> None:
         self._callbacks.discard(callback)
 
+    def subscribed(self) -> int:
+        """How many callbacks wait for the drain (one per session waiting on it)."""
+        return len(self._callbacks)
+
 
 class CloseSession(Exception):
     """End the session now; any last words (BYE, -ERR) have already been sent.

@@ -159,22 +159,22 @@ class ImapSession:
         client input. True when the client unauthenticated (RFC 8437): the connection goes back
         to the pre-login dialogue, with what it pipelined (`take_unconsumed()`)."""
         error: CloseSession | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_drain)
-            try:
-                while self.state is not State.NOT_AUTHENTICATED:
-                    with trio.move_on_after(self.session.listener.timeouts.idle) as timer:
-                        cmd = await self._next_command()
-                    if timer.cancelled_caught:  # RFC 3501 5.4
-                        await self._bye(b"Autologout; idle for too long.", Close.IDLE_TIMEOUT)
-                    await self._execute(cmd)
-                    if self.draining:
-                        await self._bye(b"Server shutting down.", Close.SHUTDOWN)
-            except CloseSession as exc:
-                error = exc
-            finally:
-                nursery.cancel_scope.cancel()
-                self.deselect()
+        drain = self.session.runtime.drain
+        drain.subscribe(self._on_drain)   # the process-wide drain calls back: no task here
+        try:
+            while self.state is not State.NOT_AUTHENTICATED:
+                with trio.move_on_after(self.session.listener.timeouts.idle) as timer:
+                    cmd = await self._next_command()
+                if timer.cancelled_caught:  # RFC 3501 5.4
+                    await self._bye(b"Autologout; idle for too long.", Close.IDLE_TIMEOUT)
+                await self._execute(cmd)
+                if self.draining:
+                    await self._bye(b"Server shutting down.", Close.SHUTDOWN)
+        except CloseSession as exc:
+            error = exc
+        finally:
+            drain.unsubscribe(self._on_drain)
+            self.deselect()
         if error is not None:
             self.session.end(error.reason)
         return error is None
@@ -183,8 +183,9 @@ class ImapSession:
         """What the client sent after its last command, for the next reader of the connection."""
         return self.parser.take_unconsumed()
 
-    async def _watch_drain(self) -> None:
-        await self.session.runtime.drain.wait()
+    def _on_drain(self) -> None:
+        """The process drains (SIGTERM): BYE at once while waiting for input (a command or an
+        IDLE's DONE), else after the command in flight."""
         self.draining = True
         if self._read_scope is not None:
             self._read_scope.cancel()
@@ -201,7 +202,7 @@ class ImapSession:
         while True:
             if self.draining:
                 await self._bye(b"Server shutting down.", Close.SHUTDOWN)
-            with trio.CancelScope() as drained:  # cancelled by _watch_drain
+            with trio.CancelScope() as drained:  # cancelled by _on_drain
                 self._read_scope = drained
                 try:
                     event = await self.channel.next_event()
