@@ -7,13 +7,22 @@ Reports each relay's RSS growth (VmRSS from /proc, after a gc-free settle) divid
 NOOP round trip p50 of one more session while the N are held. RSS does not depend on the load of
 the machine, so these figures are steady even where the speed figures are not. Each session is
 one raw socket that pipelines `LOGIN`, `SELECT INBOX` and `IDLE` in one write and waits for `+`.
-Dovecot runs one imap process per session (raise --sessions with care: it is N processes).
+
+Scale (issue 16, `--sessions 10000`): the open-file limit is raised for this process and what it
+starts (each relay holds 2 descriptors per session; root may raise the hard limit), the
+listener's `max_connections` and nginx's `worker_connections` are set above N, and Dovecot's
+imap processes serve `--dovecot-clients` sessions each (default 1: one process per session).
+While the N are held, one more client measures the NOOP round trip (p50) and the time of a whole
+login (connect, greeting, LOGIN, LOGOUT; p50 and max of `--logins`), and the relay's CPU time
+(user+sys, /proc) per opened session is reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
+import resource
 import socket
 import sys
 import time
@@ -54,12 +63,32 @@ def open_idle(port: int, user: str, password: str, count: int) -> list[socket.so
     return sockets
 
 
-def measure(label: str, port: int, pid: int, user: str, password: str, count: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
+
+
+def login_ms(port: int, user: str, password: str, count: int) -> list[float]:
+    """Whole logins of another client (connect, greeting, LOGIN, LOGOUT), in ms."""
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        client = Imap(port)
+        client.login(user, password)
+        client.logout()
+        client.close()
+        times.append((time.perf_counter() - started) * 1000)
+    return sorted(times)
+
+
+def measure(label: str, port: int, pid: int, user: str, password: str, count: int,
+            logins: int) -> dict:
     time.sleep(1)
-    before = rss_kb(pid)
+    before, cpu_before = rss_kb(pid), cpu_seconds(pid)
     started = time.monotonic()
     held = open_idle(port, user, password, count)
     opened = time.monotonic() - started
+    cpu = cpu_seconds(pid) - cpu_before
     time.sleep(2)
     after = rss_kb(pid)
     probe = Imap(port)
@@ -68,13 +97,29 @@ def measure(label: str, port: int, pid: int, user: str, password: str, count: in
     noop = median([ns / 1000 for ns in probe.noop_rtt_ns(500)])
     probe.logout()
     probe.close()
+    login = login_ms(port, user, password, logins)
     for sock in held:
         sock.close()
     per = (after - before) / count
     print(f"{label:10} RSS {before / 1024:7.1f} MB -> {after / 1024:7.1f} MB with {count} IDLE "
-          f"sessions: {per:6.1f} KB per session; opened in {opened:.1f} s; "
-          f"NOOP p50 of another session meanwhile {noop:.0f} us", flush=True)
-    return {"per_session_kb": per, "noop_p50_us": noop}
+          f"sessions: {per:6.1f} KB per session; opened in {opened:.1f} s "
+          f"({cpu / count * 1000:.2f} ms CPU each); while held: NOOP p50 {noop:.0f} us, "
+          f"login p50 {median(login):.1f} ms, max {login[-1]:.1f} ms", flush=True)
+    return {"per_session_kb": per, "noop_p50_us": noop, "login_p50_ms": median(login)}
+
+
+def raise_open_files(sessions: int) -> None:
+    """Each relay holds two descriptors per session (and a few dozen of its own), this process
+    one per session."""
+    want = 2 * sessions + 100
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+    except (ValueError, OSError):
+        sys.exit(f"{sessions} sessions need {want} open files; the limit is {soft}/{hard} "
+                 "(run as root, or raise `ulimit -Hn`)")
 
 
 def main() -> None:
@@ -82,20 +127,32 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--no-nginx", dest="nginx", action="store_false")
+    parser.add_argument("--dovecot-clients", type=int, default=1,
+                        help="sessions per Dovecot imap process (service imap client_limit)")
+    parser.add_argument("--logins", type=int, default=50,
+                        help="logins of another client timed while the sessions are held")
     args = parser.parse_args()
+    raise_open_files(args.sessions)
     with open("/proc/loadavg") as f:
         print(f"idle memory benchmark, {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, "
-              f"load average {f.read().split()[0]}, {args.sessions} sessions", flush=True)
-    with Env("idle") as env:
+              f"load average {f.read().split()[0]}, {args.sessions} sessions, "
+              f"{args.dovecot_clients} per Dovecot imap process", flush=True)
+    dovecot = f"service imap {{\n  client_limit = {args.dovecot_clients}\n}}\n"
+    with Env("idle", dovecot_config=dovecot) as env:
         user, password = env.user_with(small_mailbox())
-        proxy = env.proxy([{"name": "imap", "protocol": "imap"}], metrics=True)
-        measure("mailproxy", proxy.port("imap"), proxy.pid, user, password, args.sessions)
+        proxy = env.proxy([{"name": "imap", "protocol": "imap",
+                            "max_connections": args.sessions + 1000}], metrics=True)
+        measure("mailproxy", proxy.port("imap"), proxy.pid, user, password, args.sessions,
+                args.logins)
         if args.nginx and nginxmail.available():
             ng = nginxmail.NginxMail(env.root / "nginx", env.dovecot.imap_port,
-                                     env.dovecot.pop3_port)
+                                     env.dovecot.pop3_port,
+                                     worker_connections=2 * args.sessions + 1000)
             env.on_close(ng.stop)
-            measure("nginx", ng.imap_port, nginx_worker(ng.proc.pid), user, password,
-                    args.sessions)
+            measure("nginx", ng.imap_port, nginx_worker(ng.server.server.proc.pid), user, password,
+                    args.sessions, args.logins)
+        with open("/proc/loadavg") as f:
+            print(f"load average at the end {f.read().split()[0]}", flush=True)
 
 
 if __name__ == "__main__":

@@ -58,11 +58,13 @@ class AuthResponder:
 class NginxMail:
     """nginx with an AuthResponder sending every user to Dovecot's `imap_port` / `pop3_port`."""
 
-    def __init__(self, directory: pathlib.Path, imap_port: int, pop3_port: int, workers: int = 1):
+    def __init__(self, directory: pathlib.Path, imap_port: int, pop3_port: int, workers: int = 1,
+                 worker_connections: int = 4096):
         self.auth = AuthResponder(imap_port, pop3_port)
         try:
             self.server = nginx.NginxMail(directory, f"http://127.0.0.1:{self.auth.port}/auth",
-                                          worker_connections=4096, log_level="warn",
+                                          worker_connections=worker_connections,
+                                          log_level="warn",
                                           workers=workers)
         except BaseException:
             self.auth.stop()
