@@ -5,8 +5,15 @@ store, Dovecot POP3 upstream), one run (issue 17).
 The mailbox is generated: threads of 1-12 messages whose replies carry References (some with a
 missing parent), "Re:"/"Fwd:"/"[list]" subjects, 60 senders, dates spread over a year, bodies of
 2-12 KB. Each server is asked each command `--repeat` times on one connection: the first answer
-is "cold" (Dovecot builds its sort index, the gateway reads every header once), the others
-"warm" (median). The answers of both servers must be identical.
+is "cold" (Dovecot builds its sort index, the gateway reads the stored sort fields once), the
+others "warm" (median). The answers of both servers must be identical.
+
+The client (imaplib) runs in a process of its own (as a thread of the gateway's process it
+would share the GIL with the server it measures). Beside the wall-clock times it reports the
+server's CPU (user+system from /proc, in clock ticks: coarse for one warm ask, so warm CPU is
+the total of the warm asks divided by their number): the gateway's whole process (it runs in
+this one), and for Dovecot its master with its live and reaped children (the session's `imap`
+process and any indexer).
 
 Run: .venv/bin/python bench/sort.py [--messages 2000] [--repeat 5]
 """
@@ -14,10 +21,13 @@ Run: .venv/bin/python bench/sort.py [--messages 2000] [--repeat 5]
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import email.utils
 import functools
 import imaplib
 import json
+import multiprocessing
+import os
 import random
 import statistics
 import time
@@ -66,15 +76,40 @@ def thread_mailbox(count: int, seed: int = 17) -> Mailbox:
     return Mailbox(messages)
 
 
-def measure(port: int, user: str, password: str, repeat: int) -> dict[bytes, tuple[list, bytes]]:
+def cpu_seconds(pid: int, children: bool) -> float:
+    """User+system CPU of `pid`; with `children`, plus its reaped and live direct children."""
+    def stat(p: int) -> list[str]:
+        with open(f"/proc/{p}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+
+    total = sum(int(x) for x in stat(pid)[11:15 if children else 13])
+    if children:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != pid:
+                try:
+                    child = stat(int(entry))
+                except OSError:
+                    continue
+                if int(child[1]) == pid:
+                    total += sum(int(x) for x in child[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+Timings = dict[bytes, tuple[list[float], list[float], bytes]]   # command -> (wall, cpu, answer)
+
+
+def measure(port: int, user: str, password: str, repeat: int, server_pid: int,
+            children: bool) -> Timings:
+    """In the client process: each command `repeat` times, wall time and the server's CPU."""
     c = imaplib.IMAP4("127.0.0.1", port)
     c.login(user, password)
     c.select("INBOX", readonly=True)
     out = {}
     for n, command in enumerate(COMMANDS):
-        times, answer = [], b""
+        times, cpus, answer = [], [], b""
         for r in range(repeat):
             tag = b"b%d%d" % (n, r)
+            cpu = cpu_seconds(server_pid, children)
             t = time.perf_counter()
             c.send(tag + b" " + command + b"\r\n")
             lines = []
@@ -84,9 +119,10 @@ def measure(port: int, user: str, password: str, repeat: int) -> dict[bytes, tup
                     break
                 lines.append(line)
             times.append(time.perf_counter() - t)
+            cpus.append(cpu_seconds(server_pid, children) - cpu)
             assert line.split()[1] == b"OK", line
             answer = b"".join(lines)
-        out[command] = (times, answer)
+        out[command] = (times, cpus, answer)
     c.logout()
     return out
 
@@ -120,19 +156,32 @@ async def main(messages: int, repeat: int) -> None:
                     (await service.store.ensure_account("main", user)).id, "INBOX")
                 if box.exists >= messages:
                     break
-            theirs = await trio.to_thread.run_sync(measure, env.dovecot.imap_port, user, password,
-                                                   repeat)
-            ours = await trio.to_thread.run_sync(measure, port, user, password, repeat)
+            master = env.dovecot.master_pid or env.dovecot._read_master_pid()
+            assert master is not None
+            with concurrent.futures.ProcessPoolExecutor(
+                    1, mp_context=multiprocessing.get_context("spawn")) as client:
+                theirs = await trio.to_thread.run_sync(client.submit(
+                    measure, env.dovecot.imap_port, user, password, repeat, master, True).result)
+                ours = await trio.to_thread.run_sync(client.submit(
+                    measure, port, user, password, repeat, os.getpid(), False).result)
             nursery.cancel_scope.cancel()
-        print(f"{messages} messages, {repeat} asks each; gateway speed / Dovecot's (>= 0.5x)")
+        print(f"{messages} messages, {repeat} asks each; gateway speed / Dovecot's (>= 0.5x); "
+              f"load average {os.getloadavg()[0]:.1f}")
         print(f"{'command':30} {'dovecot cold':>12} {'gateway cold':>12} {'ratio':>6}"
               f" {'dovecot warm':>12} {'gateway warm':>12} {'ratio':>6} same")
         for command in COMMANDS:
-            (dt, da), (gt, ga) = theirs[command], ours[command]
+            (dt, _, da), (gt, _, ga) = theirs[command], ours[command]
             dw, gw = statistics.median(dt[1:]), statistics.median(gt[1:])
             print(f"{command.decode():30} {dt[0] * 1000:10.1f}ms {gt[0] * 1000:10.1f}ms"
                   f" {dt[0] / gt[0]:5.2f}x {dw * 1000:10.1f}ms {gw * 1000:10.1f}ms"
                   f" {dw / gw:5.2f}x {'yes' if da == ga else 'NO'}")
+        print("server CPU (user+system, /proc): cold ask; warm asks' total / their number")
+        for command in COMMANDS:
+            (_, dc, _), (_, gc, _) = theirs[command], ours[command]
+            dw, gw = sum(dc[1:]) / (repeat - 1), sum(gc[1:]) / (repeat - 1)
+            print(f"{command.decode():30} {dc[0] * 1000:10.0f}ms {gc[0] * 1000:10.0f}ms"
+                  f" {dc[0] / max(gc[0], 1e-9):5.2f}x {dw * 1000:10.1f}ms {gw * 1000:10.1f}ms"
+                  f" {dw / max(gw, 1e-9):5.2f}x")
     finally:
         env.close()
 

@@ -183,7 +183,8 @@ class _Ingest:
     async def commit_loop(self, batches: trio.MemoryReceiveChannel) -> None:
         async with batches:
             async for batch in batches:
-                # MIME analysis and search texts once, at ingest (issue 7), off the trio thread;
+                # MIME analysis, search texts (issue 7) and sort fields (issue 17) once, at
+                # ingest, off the trio thread;
                 # shielded so a batch already received is committed, as before the analysis
                 with trio.CancelScope(shield=True):
                     batch = await trio.to_thread.run_sync(_with_cache, batch, self.limits)
@@ -408,12 +409,15 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
 
 
 def _with_cache(batch: list[IngestItem], limits: MimeLimits) -> list[IngestItem]:
-    """Items with their cache blob (`analysis.analyze_for_store`) filled in."""
+    """Items with their cache blob (`analysis.analyze_for_store`) and sort-fields record
+    (`sortkeys.extract_record`) filled in."""
     from dataclasses import replace
 
     from .analysis import analyze_for_store
+    from .sortkeys import extract_record
 
-    return [item if item.cache is not None else replace(item, cache=analyze_for_store(item.body, limits))
+    return [replace(item, cache=item.cache or analyze_for_store(item.body, limits),
+                    sort_fields=item.sort_fields or extract_record(item.body))
             for item in batch]
 
 

@@ -1,6 +1,10 @@
 """What SORT (RFC 5256, 5957) and THREAD (RFC 5256) need of one message, read from its header
 once: base subject, first addresses, sent date, Message-ID and references.
 
+They are computed once per body, at POP3 ingest and APPEND (or at the first SORT of a body stored
+without them), and kept in the store as a small record (`encode`/`decode`, versioned so a change
+of the extraction below is recomputed rather than read stale).
+
 Values are read as Dovecot 2.3 reads them (the differential tests compare with it): the first
 occurrence of each header; addresses through the same RFC 5322 parser as ENVELOPE; keys that
 compare as strings already mapped with i;unicode-casemap; Message-IDs as message-id.c takes
@@ -10,13 +14,18 @@ them ("<" ... "@" ... ">", white space removed, anything else ignored).
 from __future__ import annotations
 
 import email.utils
+import json
 import re
 from dataclasses import dataclass
 
 from ._rfc822 import AddressParser
 from .basesubject import base_subject, casemap, decode_words
 
-__all__ = ["SortFields", "extract", "message_ids"]
+__all__ = ["SortFields", "extract", "message_ids", "encode", "decode", "extract_record",
+           "RECORD_VERSION"]
+
+# Bump when `extract` changes its output: stored records of another version are recomputed.
+RECORD_VERSION = 1
 
 _WANTED = (b"subject", b"from", b"to", b"cc", b"date", b"message-id", b"references",
            b"in-reply-to")
@@ -128,3 +137,31 @@ def extract(raw: bytes) -> SortFields:
         display_from=_display(h.get(b"from")), display_to=_display(h.get(b"to")),
         sent=_sent(h.get(b"date")), message_id=ids[0] if ids else None,
         references=tuple(refs))
+
+
+def encode(fields: SortFields) -> bytes:
+    """The stored record of `fields` (a JSON array led by `RECORD_VERSION`)."""
+    return json.dumps([RECORD_VERSION, fields.subject, fields.reply, fields.from_, fields.to,
+                       fields.cc, fields.display_from, fields.display_to, fields.sent,
+                       fields.message_id, fields.references]).encode()
+
+
+def decode(record: bytes | None) -> SortFields | None:
+    """The fields of a stored record; None when absent, damaged or of another version."""
+    if not record:
+        return None
+    try:
+        value = json.loads(record)
+        if not isinstance(value, list) or len(value) != 11 or value[0] != RECORD_VERSION:
+            return None
+        (_, subject, reply, from_, to, cc, display_from, display_to, sent, message_id,
+         references) = value
+        return SortFields(subject, bool(reply), from_, to, cc, display_from, display_to,
+                          None if sent is None else float(sent), message_id, tuple(references))
+    except (ValueError, TypeError):
+        return None
+
+
+def extract_record(raw: bytes) -> bytes:
+    """`encode(extract(raw))`: the record stored with a new body."""
+    return encode(extract(raw))

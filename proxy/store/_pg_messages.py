@@ -52,6 +52,8 @@ __all__ = ["PgMessageOps", "CHANNEL", "GONE", "MESSAGE_COLUMNS"]
 CHANNEL = "mailproxy_changes"
 GONE = "gone"      # in place of the MODSEQ in a notification: the mailbox was deleted or renamed
 MESSAGE_COLUMNS = "id, mailbox_id, uid, internaldate, tz_minutes, flags, modseq, body_id, pop3_uidl"
+# sealed columns of `bodies` -> the record kind named in their associated data
+_KINDS = {"data": "body", "cache": "cache", "sort_fields": "sort"}
 _META_SELECT = ("SELECT m.id, m.mailbox_id, m.uid, m.internaldate, m.tz_minutes, m.flags, "
                 "m.modseq, m.body_id, m.pop3_uidl, b.size FROM messages m "
                 "JOIN bodies b ON b.id = m.body_id ")
@@ -128,15 +130,16 @@ class PgMessageOps:
             (count,))]
 
     def _insert_bodies(self, c: Conn, account_id: int,
-                       items: Sequence[tuple[int, bytes, bytes | None]]) -> None:
-        rows = []
-        for body_id, body, cache in items:
-            data = crypto.seal(body, f"acct:{account_id}:body:{body_id}".encode(), self._ring)
-            sealed_cache = None if cache is None else crypto.seal(
-                cache, f"acct:{account_id}:cache:{body_id}".encode(), self._ring)
-            rows.append((body_id, account_id, len(body), data, sealed_cache))
-        c.cursor().executemany("INSERT INTO bodies(id, account_id, size, data, cache) "
-                               "VALUES (%s, %s, %s, %s, %s)", rows)
+                       items: Sequence[tuple[int, bytes, bytes | None, bytes | None]]) -> None:
+        """(body id, body, cache blob, sort-fields blob) rows, sealed."""
+        def seal(record: bytes | None, kind: str, body_id: int) -> bytes | None:
+            return None if record is None else crypto.seal(
+                record, f"acct:{account_id}:{kind}:{body_id}".encode(), self._ring)
+        rows = [(body_id, account_id, len(body), seal(body, "body", body_id),
+                 seal(cache, "cache", body_id), seal(sort_fields, "sort", body_id))
+                for body_id, body, cache, sort_fields in items]
+        c.cursor().executemany("INSERT INTO bodies(id, account_id, size, data, cache, sort_fields) "
+                               "VALUES (%s, %s, %s, %s, %s, %s)", rows)
 
     @staticmethod
     def _rows(c: Conn, mailbox_id: int, uids: Sequence[int]) -> list[tuple[Any, ...]]:
@@ -175,11 +178,12 @@ class PgMessageOps:
     # ---- messages -------------------------------------------------------------------------------
 
     def _append(self, c: Conn, mailbox_id: int, body: bytes, flags: Sequence[str],
-                internaldate: dt.datetime | None, cache: bytes | None) -> int:
+                internaldate: dt.datetime | None, cache: bytes | None,
+                sort_fields: bytes | None) -> int:
         epoch, tz = from_date(internaldate)
         account_id = self._lock(c, mailbox_id)[mailbox_id]
         [body_id] = self._body_ids(c, 1)
-        self._insert_bodies(c, account_id, [(body_id, body, cache)])
+        self._insert_bodies(c, account_id, [(body_id, body, cache, sort_fields)])
         uid = self._take_uids(c, mailbox_id, 1)
         modseq = self._bump(c, mailbox_id)
         c.execute("INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
@@ -189,14 +193,16 @@ class PgMessageOps:
         return uid
 
     async def append(self, mailbox_id: int, body: bytes, flags: Sequence[str] = (),
-                     internaldate: dt.datetime | None = None, cache: bytes | None = None) -> int:
+                     internaldate: dt.datetime | None = None, cache: bytes | None = None,
+                     sort_fields: bytes | None = None) -> int:
         """Add a message (IMAP APPEND); returns its UID."""
-        return int(await self._run(self._append, mailbox_id, body, list(flags), internaldate, cache))
+        return int(await self._run(self._append, mailbox_id, body, list(flags), internaldate, cache,
+                                   sort_fields))
 
     def _append_many(self, c: Conn, mailbox_id: int, items: Sequence[AppendItem]) -> list[int]:
         account_id = self._lock(c, mailbox_id)[mailbox_id]
         body_ids = self._body_ids(c, len(items))
-        self._insert_bodies(c, account_id, [(body_id, item.body, item.cache)
+        self._insert_bodies(c, account_id, [(body_id, item.body, item.cache, item.sort_fields)
                                             for body_id, item in zip(body_ids, items, strict=True)])
         first = self._take_uids(c, mailbox_id, len(items))
         modseq = self._bump(c, mailbox_id)
@@ -233,7 +239,7 @@ class PgMessageOps:
         return [_meta(row) for row in rows]
 
     def _blobs(self, c: Conn, messages: Sequence[MessageMeta], column: str) -> list[bytes | None]:
-        kind = "body" if column == "data" else "cache"
+        kind = _KINDS[column]
         found: dict[int, bytes | None] = {}
         ids = sorted({m.body_id for m in messages})
         for body_id, account_id, record in c.execute(
@@ -262,8 +268,9 @@ class PgMessageOps:
         """Cache blobs of many messages in one call, in order; None when absent (or gone)."""
         return list(await self._run(self._blobs, list(messages), "cache"))
 
-    def _set_caches(self, c: Conn, items: Sequence[tuple[MessageMeta, bytes]],
-                    must_exist: bool) -> None:
+    def _set_blobs(self, c: Conn, items: Sequence[tuple[MessageMeta, bytes]],
+                   must_exist: bool, column: str = "cache") -> None:
+        kind = _KINDS[column]
         owners = dict(c.execute("SELECT id, account_id FROM bodies WHERE id = ANY(%s)",
                                 (sorted({m.body_id for m, _ in items}),)).fetchall())
         rows = []
@@ -273,19 +280,28 @@ class PgMessageOps:
                 if must_exist:
                     raise StoreError(f"message {message.uid} no longer exists")
                 continue
-            sealed = crypto.seal(cache, f"acct:{account_id}:cache:{message.body_id}".encode(),
+            sealed = crypto.seal(cache, f"acct:{account_id}:{kind}:{message.body_id}".encode(),
                                  self._ring)
             rows.append((sealed, message.body_id))
-        c.cursor().executemany("UPDATE bodies SET cache = %s WHERE id = %s", rows)
+        c.cursor().executemany(f"UPDATE bodies SET {column} = %s WHERE id = %s", rows)
 
     async def set_cache(self, message: MessageMeta, cache: bytes) -> None:
         """Replace the opaque cache blob (shared by copies). Not a message change: no MODSEQ."""
-        await self._run(self._set_caches, [(message, cache)], True)
+        await self._run(self._set_blobs, [(message, cache)], True)
 
     async def set_caches(self, items: Sequence[tuple[MessageMeta, bytes]]) -> None:
         """`set_cache` for many messages in one transaction; bodies that are gone are skipped."""
         if items:
-            await self._run(self._set_caches, list(items), False)
+            await self._run(self._set_blobs, list(items), False)
+
+    async def sort_fields(self, messages: Sequence[MessageMeta]) -> list[bytes | None]:
+        """Sort-fields blobs of many messages in one call, in order; None when absent (or gone)."""
+        return list(await self._run(self._blobs, list(messages), "sort_fields", read=True))
+
+    async def set_sort_fields(self, items: Sequence[tuple[MessageMeta, bytes]]) -> None:
+        """Keep sort-fields blobs (shared by copies; no MODSEQ); bodies that are gone are skipped."""
+        if items:
+            await self._run(self._set_blobs, list(items), False, "sort_fields")
 
     def _store_flags(self, c: Conn, mailbox_id: int, uids: Sequence[int], flags: Sequence[str],
                      mode: FlagMode, unchanged_since: int | None) -> StoreFlagsResult:

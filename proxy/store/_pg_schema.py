@@ -147,8 +147,17 @@ def _v4_sync_status(c: Conn) -> None:
     """)
 
 
+def _v5_sort_fields(c: Conn) -> None:
+    """Issue 17. Per body, the sealed sort-fields blob (`base.py`); bodies stored before get it
+    at their first SORT or THREAD (`Store.set_sort_fields`)."""
+    c.execute("""
+        ALTER TABLE bodies ADD COLUMN sort_fields BYTEA;
+        ALTER TABLE bodies ALTER COLUMN sort_fields SET STORAGE EXTERNAL;
+    """)
+
+
 MIGRATIONS: list[Callable[[Conn], None]] = [_v1_initial, _v2_subscriptions, _v3_body_collection,
-                                            _v4_sync_status]
+                                            _v4_sync_status, _v5_sort_fields]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

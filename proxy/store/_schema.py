@@ -135,8 +135,14 @@ def _v4_sync_status(db: sqlite3.Connection) -> None:
     """)
 
 
+def _v5_sort_fields(db: sqlite3.Connection) -> None:
+    """Issue 17. Per body, the sealed sort-fields blob (`base.py`); bodies stored before get it
+    at their first SORT or THREAD (`Store.set_sort_fields`)."""
+    db.execute("ALTER TABLE bodies ADD COLUMN sort_fields BLOB")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _v1_initial, _v2_recent_and_pruning, _v3_subscriptions, _v4_sync_status]
+    _v1_initial, _v2_recent_and_pruning, _v3_subscriptions, _v4_sync_status, _v5_sort_fields]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

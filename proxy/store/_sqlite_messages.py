@@ -78,6 +78,9 @@ def from_date(value: dt.datetime | None) -> tuple[int, int]:
     return int(value.timestamp()), int(offset.total_seconds() // 60)
 
 
+# sealed columns of `bodies` -> the record kind named in their associated data
+_KINDS = {"data": "body", "cache": "cache", "sort_fields": "sort"}
+
 MESSAGE_COLUMNS = "id, mailbox_id, uid, internaldate, tz_minutes, flags, modseq, body_id, pop3_uidl"
 
 
@@ -125,12 +128,15 @@ class MessageOps:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'bodies'").fetchone()
         return (int(row[0]) if row else 0) + 1
 
-    def _insert_body(self, body_id: int, account_id: int, body: bytes, cache: bytes | None) -> None:
-        data = crypto.seal(body, f"acct:{account_id}:body:{body_id}".encode(), self._ring)
-        sealed_cache = None if cache is None else crypto.seal(
-            cache, f"acct:{account_id}:cache:{body_id}".encode(), self._ring)
-        self._db.execute("INSERT INTO bodies(id, account_id, size, data, cache) VALUES (?, ?, ?, ?, ?)",
-                         (body_id, account_id, len(body), data, sealed_cache))
+    def _insert_body(self, body_id: int, account_id: int, body: bytes, cache: bytes | None,
+                     sort_fields: bytes | None = None) -> None:
+        def seal(record: bytes | None, kind: str) -> bytes | None:
+            return None if record is None else crypto.seal(
+                record, f"acct:{account_id}:{kind}:{body_id}".encode(), self._ring)
+        self._db.execute("INSERT INTO bodies(id, account_id, size, data, cache, sort_fields) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
+                         (body_id, account_id, len(body), seal(body, "body"), seal(cache, "cache"),
+                          seal(sort_fields, "sort")))
 
     def _rows(self, mailbox_id: int, uids: Sequence[int]) -> list[Row]:
         rows: list[Row] = []
@@ -179,12 +185,13 @@ class MessageOps:
     # ---- messages -------------------------------------------------------------------------------
 
     def _append(self, mailbox_id: int, body: bytes, flags: Sequence[str],
-                internaldate: dt.datetime | None, cache: bytes | None) -> int:
+                internaldate: dt.datetime | None, cache: bytes | None,
+                sort_fields: bytes | None) -> int:
         epoch, tz = from_date(internaldate)
         with transaction(self._db):
             account_id = self._mailbox_row(mailbox_id)[1]
             body_id = self._next_body_id()
-            self._insert_body(body_id, account_id, body, cache)
+            self._insert_body(body_id, account_id, body, cache, sort_fields)
             uid = self._take_uids(mailbox_id, 1)
             modseq = self._bump(mailbox_id)
             self._db.execute(
@@ -195,10 +202,11 @@ class MessageOps:
         return uid
 
     async def append(self, mailbox_id: int, body: bytes, flags: Sequence[str] = (),
-                     internaldate: dt.datetime | None = None, cache: bytes | None = None) -> int:
+                     internaldate: dt.datetime | None = None, cache: bytes | None = None,
+                     sort_fields: bytes | None = None) -> int:
         """Add a message (IMAP APPEND); returns its UID."""
         run = self._quick if len(body) + len(cache or b"") <= INLINE_BYTES else self._run
-        return await run(self._append, mailbox_id, body, flags, internaldate, cache)
+        return await run(self._append, mailbox_id, body, flags, internaldate, cache, sort_fields)
 
     def _append_many(self, mailbox_id: int, items: Sequence[AppendItem]) -> list[int]:
         with transaction(self._db):
@@ -208,7 +216,7 @@ class MessageOps:
             for n, item in enumerate(items):
                 epoch, tz = from_date(item.internaldate)
                 body_id = self._next_body_id()
-                self._insert_body(body_id, account_id, item.body, item.cache)
+                self._insert_body(body_id, account_id, item.body, item.cache, item.sort_fields)
                 self._db.execute(
                     "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, "
                     "modseq, body_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -246,8 +254,7 @@ class MessageOps:
         account_id, record = row
         if record is None:
             return None
-        kind = "body" if column == "data" else "cache"
-        return crypto.unseal(record, f"acct:{account_id}:{kind}:{message.body_id}".encode(),
+        return crypto.unseal(record, f"acct:{account_id}:{_KINDS[column]}:{message.body_id}".encode(),
                              self._ring, f"message {message.uid}")
 
     def _body(self, message: MessageMeta) -> bytes:
@@ -415,7 +422,7 @@ class MessageOps:
     # ---- batched reads and cache writes (gateway fast paths; appended) ------------------------
 
     def _blobs(self, messages: Sequence[MessageMeta], column: str) -> list[bytes | None]:
-        kind = "body" if column == "data" else "cache"
+        kind = _KINDS[column]
         found: dict[int, bytes | None] = {}
         ids = sorted({m.body_id for m in messages})
         for chunk in _chunks(ids):
@@ -437,20 +444,31 @@ class MessageOps:
         return await (self._quick if _small(messages) else self._run)(
             self._blobs, list(messages), "cache")
 
-    def _set_caches(self, items: Sequence[tuple[MessageMeta, bytes]]) -> None:
+    def _set_blobs(self, items: Sequence[tuple[MessageMeta, bytes]], column: str) -> None:
+        kind = _KINDS[column]
         with transaction(self._db):
-            for message, cache in items:
+            for message, record in items:
                 row = self._db.execute("SELECT account_id FROM bodies WHERE id = ?",
                                        (message.body_id,)).fetchone()
                 if row is not None:
-                    sealed = crypto.seal(cache, f"acct:{row[0]}:cache:{message.body_id}".encode(),
+                    sealed = crypto.seal(record, f"acct:{row[0]}:{kind}:{message.body_id}".encode(),
                                          self._ring)
-                    self._db.execute("UPDATE bodies SET cache = ? WHERE id = ?",
+                    self._db.execute(f"UPDATE bodies SET {column} = ? WHERE id = ?",
                                      (sealed, message.body_id))
 
     async def set_caches(self, items: Sequence[tuple[MessageMeta, bytes]]) -> None:
         """`set_cache` for many messages in one transaction; bodies that are gone are skipped."""
-        await self._run(self._set_caches, list(items))
+        await self._run(self._set_blobs, list(items), "cache")
+
+    async def sort_fields(self, messages: Sequence[MessageMeta]) -> list[bytes | None]:
+        """Sort-fields blobs of many messages in one call, in order; None when absent (or gone)."""
+        run = self._quick if len(messages) <= INLINE_ROWS else self._run
+        return await run(self._blobs, list(messages), "sort_fields")
+
+    async def set_sort_fields(self, items: Sequence[tuple[MessageMeta, bytes]]) -> None:
+        """Keep sort-fields blobs (shared by copies; no MODSEQ); bodies that are gone are skipped."""
+        if items:
+            await self._run(self._set_blobs, list(items), "sort_fields")
 
     def _messages_by_uid(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageMeta]:
         out: list[MessageMeta] = []

@@ -29,6 +29,12 @@ EXPUNGE (issue 13). `expunge(id, uids, only_deleted=True)` removes only those of
 carry \\Deleted inside its own transaction: the IMAP layer's list comes from a session's view, and
 another session may have removed the flag since (expunging those would lose mail).
 
+Sort fields (issue 17). Next to its cache blob, a body may carry a small opaque *sort-fields*
+blob: what SORT and THREAD read of its header (the gateway's `sortkeys.py` encodes it), written
+with the body at ingest and APPEND, or later by `set_sort_fields` (bodies stored before it
+existed get it at their first SORT), so a SORT reads one small record per message instead of
+parsing every header. Sealed like the cache.
+
 Change-log pruning (issue 13). `prune_changes(id, below)` deletes change rows with MODSEQ below
 `below` and remembers that floor; from then on `changes_since(id, m)` with `m + 1 < floor` raises
 `ChangesPruned` (the log cannot say what changed), and callers fall back (a full reload; for
@@ -157,6 +163,7 @@ class IngestItem:
     body: bytes
     internaldate: dt.datetime
     cache: bytes | None = None
+    sort_fields: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +172,7 @@ class AppendItem:
     flags: Sequence[str] = ()
     internaldate: dt.datetime | None = None
     cache: bytes | None = None
+    sort_fields: bytes | None = None
 
 
 class FlagUpdate(NamedTuple):
@@ -220,7 +228,7 @@ class Store(Protocol):
     # messages
     async def append(self, mailbox_id: int, body: bytes, flags: Sequence[str] = (),
                      internaldate: dt.datetime | None = None,
-                     cache: bytes | None = None) -> int: ...
+                     cache: bytes | None = None, sort_fields: bytes | None = None) -> int: ...
     async def append_many(self, mailbox_id: int,
                           items: Sequence[AppendItem]) -> list[int]: ...   # all or none
     async def messages(self, mailbox_id: int) -> list[MessageMeta]: ...
@@ -244,6 +252,9 @@ class Store(Protocol):
     async def caches(self, messages: Sequence[MessageMeta]) -> list[bytes | None]: ...
     async def set_caches(self, items: Sequence[tuple[MessageMeta, bytes]]) -> None: ...
     async def messages_by_uid(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageMeta]: ...
+    # sort-fields blobs (see the docstring): None when absent (or the body is gone)
+    async def sort_fields(self, messages: Sequence[MessageMeta]) -> list[bytes | None]: ...
+    async def set_sort_fields(self, items: Sequence[tuple[MessageMeta, bytes]]) -> None: ...
 
     # POP3 ingest and retention
     async def ingest(self, account_id: int, uidl: str, body: bytes, internaldate: dt.datetime,

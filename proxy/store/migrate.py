@@ -85,9 +85,10 @@ TABLES: list[TableCopy] = [
     TableCopy("subscriptions", "SELECT account_id, name FROM subscriptions",
               _insert("subscriptions", "account_id, name", "(account_id, name) DO NOTHING"),
               "account_id, name", True),
-    TableCopy("bodies", "SELECT id, account_id, size, data, cache FROM bodies",
-              _insert("bodies", "id, account_id, size, data, cache",
-                      "(id) DO UPDATE SET cache = excluded.cache"), "id", False),
+    TableCopy("bodies", "SELECT id, account_id, size, data, cache, sort_fields FROM bodies",
+              _insert("bodies", "id, account_id, size, data, cache, sort_fields",
+                      "(id) DO UPDATE SET cache = excluded.cache, "
+                      "sort_fields = excluded.sort_fields"), "id", False),
     TableCopy("messages", f"SELECT {_MESSAGE_COLS} FROM messages",
               _insert("messages", _MESSAGE_COLS,
                       "(id) DO UPDATE SET flags = excluded.flags, modseq = excluded.modseq"),

@@ -375,7 +375,7 @@ class PostgresStore(PgMessageOps):
         if not fresh:
             return [None] * len(items)
         body_ids = self._body_ids(c, len(fresh))
-        self._insert_bodies(c, account_id, [(bid, item.body, item.cache)
+        self._insert_bodies(c, account_id, [(bid, item.body, item.cache, item.sort_fields)
                                             for bid, item in zip(body_ids, fresh, strict=True)])
         first = self._take_uids(c, inbox, len(fresh))
         modseq = self._bump(c, inbox)

@@ -429,7 +429,7 @@ class SqliteStore(MessageOps):
                 if not cur.rowcount:
                     results.append(None)
                     continue
-                self._insert_body(body_id, account_id, item.body, item.cache)
+                self._insert_body(body_id, account_id, item.body, item.cache, item.sort_fields)
                 fresh.append((item, body_id))
                 body_id += 1
                 results.append(-1)

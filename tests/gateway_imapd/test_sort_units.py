@@ -102,3 +102,39 @@ async def test_malformed_sort_and_thread_get_bad_and_the_session_goes_on(gateway
 ])
 def test_encoded_words_with_bad_charsets_decode_as_utf8(raw: bytes, text: str) -> None:
     assert decode_words(raw) == text
+
+
+async def test_thread_answers_follow_every_change_of_the_threaded_messages(gateway):
+    """THREAD answers are cached per process (issue 17): a message appended or expunged, or
+    another numbering (UID THREAD), must never get a stale answer."""
+    import trio
+
+    from .conftest import message
+    from .test_condstore import Raw
+
+    gateway.deliver(message(1, subject="topic"))
+
+    def reply(n: int, parent: int) -> bytes:
+        return (f"From: b@example.org\r\nSubject: Re: topic\r\nMessage-ID: <m{n}@example.org>\r\n"
+                f"In-Reply-To: <m{parent}@example.org>\r\n"
+                f"Date: Tue, 14 Nov 2023 22:{n:02d}:00 +0000\r\n\r\nreply {n}\r\n").encode()
+
+    def scenario():
+        a = Raw(gateway.port, gateway.user, gateway.password)
+        a.cmd("SELECT INBOX")
+        for _ in range(2):
+            assert a.cmd("THREAD REFERENCES UTF-8 ALL")[0] == [b"* THREAD (1)"]
+        for n, parent in ((2, 1), (3, 2)):
+            data = reply(n, parent)
+            assert a.cmd(f"APPEND INBOX {{{len(data)}+}}\r\n{data.decode()}")[1].split()[1] == b"OK"
+        a.cmd("NOOP")
+        assert a.cmd("THREAD REFERENCES UTF-8 ALL")[0] == [b"* THREAD (1 2 3)"]
+        a.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")
+        a.cmd("EXPUNGE")
+        # message 1 is gone: its reply heads the thread, now numbered 1 (UID 2)
+        assert a.cmd("THREAD REFERENCES UTF-8 ALL")[0] == [b"* THREAD (1 2)"]
+        assert a.cmd("UID THREAD REFERENCES UTF-8 ALL")[0] == [b"* THREAD (2 3)"]
+        assert a.cmd("THREAD ORDEREDSUBJECT UTF-8 ALL")[0] == [b"* THREAD (1 2)"]
+        a.close()
+
+    await trio.to_thread.run_sync(scenario)

@@ -76,12 +76,12 @@ async def append(session, cmd):
         raise Reply.no("Cannot append an empty message.")
     await quota.check(session, sum(len(body) for _, _, body in messages), len(messages))
     limits = session.backend.mime.limits
-    items = [AppendItem(body, flags, when, await analyze(body, limits))   # analysed once, here
+    items = [AppendItem(body, flags, when, *await analyze(body, limits))   # analysed once, here
              for flags, when, body in messages]
     if len(items) == 1:
         item = items[0]
         uids = [await session.store.append(box.id, item.body, item.flags, item.internaldate,
-                                           cache=item.cache)]
+                                           cache=item.cache, sort_fields=item.sort_fields)]
     else:
         uids = await session.store.append_many(box.id, items)
     await publish_appended(session, box.id)

@@ -9,6 +9,8 @@ APPEND, at POP3 ingest, or lazily here for bodies stored without one (then saved
 
 * `BodyCache`: recently read raw bodies within a byte budget (LRU).
 * `SortFieldCache` (`MimeCache.sort_fields`): SORT/THREAD fields per body (LRU by count).
+* `ThreadCache` (`MimeCache.threads`): THREAD answers by (algorithm, mailbox, the threaded
+  messages' numbers and UIDs), LRU by size: webmail threads the same mailbox on every page.
 * `MimeCache`: parsed `mime.MimeInfo` per body (LRU by count) and the search texts per body
   (LRU by size). `infos()` and `texts()` answer a whole chunk of messages with at most one
   `store.caches()` call, plus one `store.bodies()` call for bodies never analysed.
@@ -28,17 +30,24 @@ from ...store import MessageMeta
 from .. import mime
 from ..analysis import analyze_for_store
 from ..analysis import decode as _decode
-from ..sortkeys import SortFields, extract
+from ..sortkeys import SortFields, decode, encode, extract, extract_record
 
 ANALYZE_IN_THREAD = 256 * 1024      # bodies (or batches) this big are analysed off the trio thread
 SORT_FIELD_ENTRIES = 100_000   # cached messages' sort fields, all accounts (about 50 MB at most)
-SORT_FIELD_CHUNK = 256         # messages per store call while reading sort fields
+SORT_FIELD_CHUNK = 256         # sort-field records decoded (or headers parsed) per slice
+SORT_RECORD_CHUNK = 2048       # messages per store call while reading sort-field records
+THREAD_ANSWERS_BYTES = 16 * 1024 * 1024   # cached THREAD answers and their keys, all accounts
 
 
-async def analyze(raw: bytes, limits: mime.MimeLimits = mime.DEFAULT_LIMITS) -> bytes:
+async def analyze(raw: bytes, limits: mime.MimeLimits = mime.DEFAULT_LIMITS) -> tuple[bytes, bytes]:
+    """A new body's cache blob and sort-fields record (off the trio thread when it is big)."""
     if len(raw) > ANALYZE_IN_THREAD:
-        return await trio.to_thread.run_sync(analyze_for_store, raw, limits)
-    return analyze_for_store(raw, limits)
+        return await trio.to_thread.run_sync(_analyze, raw, limits)
+    return _analyze(raw, limits)
+
+
+def _analyze(raw: bytes, limits: mime.MimeLimits) -> tuple[bytes, bytes]:
+    return analyze_for_store(raw, limits), extract_record(raw)
 
 
 class _Lru:
@@ -89,8 +98,10 @@ class BodyCache:
 
 
 class SortFieldCache:
-    """SORT/THREAD fields (sortkeys.py) by body id, LRU by count; read from the bodies in
-    chunks, the header parsing in a worker thread."""
+    """SORT/THREAD fields (sortkeys.py) by body id, LRU by count. Misses are read from the
+    bodies' stored sort-fields records (one store call per `SORT_RECORD_CHUNK` messages, decoded
+    in slices of `SORT_FIELD_CHUNK`); a body without a record (stored before there were any) has
+    its header parsed in a worker thread and its record written back, so that happens once."""
 
     def __init__(self, bodies: BodyCache, entries: int = SORT_FIELD_ENTRIES):
         self.bodies = bodies
@@ -99,19 +110,61 @@ class SortFieldCache:
     async def fields(self, store, metas: Sequence[MessageMeta]) -> list[SortFields | None]:
         out = [self._lru.get(m.body_id) for m in metas]
         missing = [i for i, f in enumerate(out) if f is None]
-        for start in range(0, len(missing), SORT_FIELD_CHUNK):
-            part = missing[start:start + SORT_FIELD_CHUNK]
+        for start in range(0, len(missing), SORT_RECORD_CHUNK):
+            part = missing[start:start + SORT_RECORD_CHUNK]
+            records = await store.sort_fields([metas[i] for i in part])
+            unknown = []
+            for n in range(0, len(part), SORT_FIELD_CHUNK):
+                if n:
+                    await trio.lowlevel.checkpoint()
+                for i, record in zip(part[n:n + SORT_FIELD_CHUNK], records[n:n + SORT_FIELD_CHUNK],
+                                     strict=True):
+                    value = decode(record)
+                    if value is None:
+                        unknown.append(i)
+                    else:
+                        out[i] = value
+                        self._lru.put(metas[i].body_id, value)
+            await self._parse(store, metas, unknown, out)
+        return out
+
+    async def _parse(self, store, metas: Sequence[MessageMeta], todo: list[int],
+                     out: list[SortFields | None]) -> None:
+        """Fill `out[i]` for `i` in `todo` from the headers; keep their records in the store."""
+        for start in range(0, len(todo), SORT_FIELD_CHUNK):
+            part = todo[start:start + SORT_FIELD_CHUNK]
             raws = await self.bodies.get_many(store, [metas[i] for i in part])
             present = [(i, raw) for i, raw in zip(part, raws, strict=True) if raw is not None]
             found = await trio.to_thread.run_sync(_extract_all, [raw for _, raw in present])
-            for (i, _), value in zip(present, found, strict=True):
+            for (i, _), (value, _) in zip(present, found, strict=True):
                 out[i] = value
                 self._lru.put(metas[i].body_id, value)
-        return out
+            await store.set_sort_fields([(metas[i], record) for (i, _), (_, record)
+                                         in zip(present, found, strict=True)])
 
 
-def _extract_all(raws: list[bytes]) -> list[SortFields]:
-    return [extract(raw) for raw in raws]
+class ThreadCache:
+    """Rendered THREAD answers (see the module docstring), within `budget` bytes (LRU); a key
+    holds two tuples of the threaded messages' numbers, counted at 16 bytes per message."""
+
+    def __init__(self, budget: int = THREAD_ANSWERS_BYTES):
+        self._lru = _Lru(budget, lambda entry: len(entry[1]) + 16 * entry[0])
+
+    def get(self, key: tuple) -> bytes | None:
+        entry = self._lru.get(key)
+        return None if entry is None else entry[1]
+
+    def put(self, key: tuple, answer: bytes, messages: int) -> None:
+        self._lru.put(key, (messages, answer))
+
+
+def _extract_all(raws: list[bytes]) -> list[tuple[SortFields, bytes]]:
+    """Each header's sort fields and their stored record."""
+    out = []
+    for raw in raws:
+        fields = extract(raw)
+        out.append((fields, encode(fields)))
+    return out
 
 
 class MimeCache:
@@ -124,6 +177,7 @@ class MimeCache:
         # process-wide like this cache (body ids are unique in the store): its bound holds
         # however many accounts sort
         self.sort_fields = SortFieldCache(bodies)
+        self.threads = ThreadCache()
         self._infos = _Lru(entries)
         self._texts = _Lru(text_budget, lambda t: len(t[0]) + len(t[1]) + 64)
 

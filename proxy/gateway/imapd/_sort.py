@@ -187,12 +187,23 @@ async def thread(session, cmd):
     args = list(cmd.args)
     if not args:
         raise Reply.bad("THREAD expects an algorithm, a charset and search keys")
-    algorithm = _ALGORITHMS.get(word(args[0]))
+    name = word(args[0])
+    algorithm = _ALGORITHMS.get(name)
     if algorithm is None:
         raise Reply.bad("Unknown thread algorithm")
-    key = parse_criteria(searchres.substitute(_charset_and_keys(session, args[1:]), session.view))
+    view = session.view
+    key = parse_criteria(searchres.substitute(_charset_and_keys(session, args[1:]), view))
     seqs = await find(session, key)
     items = await _items(session, seqs, is_uid(cmd), False)
-    threads = await _off_loop(algorithm, items)
-    session.emit(b"THREAD " + render(threads) if threads else b"THREAD")
+    # The answer depends only on which messages are threaded, under which numbers: a message
+    # (mailbox, UID) never changes its body or INTERNALDATE, and mailbox ids are never reused.
+    threads_cache = session.backend.mime.threads
+    cache_key = (name, view.mailbox_id, tuple(i.number for i in items),
+                 tuple(view.uids[i.seq - 1] for i in items))
+    answer = threads_cache.get(cache_key)
+    if answer is None:
+        threads = await _off_loop(algorithm, items)
+        answer = b"THREAD " + render(threads) if threads else b"THREAD"
+        threads_cache.put(cache_key, answer, len(items))
+    session.emit(answer)
     return None
