@@ -31,6 +31,7 @@ import psycopg
 import psycopg_pool
 
 from . import crypto
+from ._accounts_sql import RECOUNT_USAGE
 from .base import StoreError, StoreFailure
 from .crypto import KeyRing, StoreKeyError
 
@@ -156,8 +157,38 @@ def _v5_sort_fields(c: Conn) -> None:
     """)
 
 
+def _v6_usage_counters(c: Conn) -> None:
+    """Issue 17. Per account, the bytes and number of its messages, kept by a trigger in the
+    transaction of every insert and delete of a message row (`_accounts_sql.py`)."""
+    c.execute("""
+        ALTER TABLE accounts ADD COLUMN usage_bytes BIGINT NOT NULL DEFAULT 0;
+        ALTER TABLE accounts ADD COLUMN usage_messages BIGINT NOT NULL DEFAULT 0;
+        CREATE FUNCTION messages_count_usage() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            msg messages;
+            delta INTEGER := 1;
+        BEGIN
+            IF TG_OP = 'INSERT' THEN
+                msg := NEW;
+            ELSE
+                msg := OLD;
+                delta := -1;
+            END IF;
+            UPDATE accounts SET
+                usage_bytes = usage_bytes
+                    + delta * coalesce((SELECT size FROM bodies WHERE id = msg.body_id), 0),
+                usage_messages = usage_messages + delta
+            WHERE id = (SELECT account_id FROM mailboxes WHERE id = msg.mailbox_id);
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER messages_usage AFTER INSERT OR DELETE ON messages
+            FOR EACH ROW EXECUTE FUNCTION messages_count_usage();
+    """)
+    c.execute(RECOUNT_USAGE)
+
+
 MIGRATIONS: list[Callable[[Conn], None]] = [_v1_initial, _v2_subscriptions, _v3_body_collection,
-                                            _v4_sync_status, _v5_sort_fields]
+                                            _v4_sync_status, _v5_sort_fields, _v6_usage_counters]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from . import crypto
+from ._accounts_sql import RECOUNT_USAGE
 from .base import StoreError
 from .crypto import KeyRing, StoreKeyError
 
@@ -141,8 +142,29 @@ def _v5_sort_fields(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE bodies ADD COLUMN sort_fields BLOB")
 
 
+def _v6_usage_counters(db: sqlite3.Connection) -> None:
+    """Issue 17. Per account, the bytes and number of its messages, kept by triggers in the
+    transaction of every insert and delete of a message row (`_accounts_sql.py`), so a quota
+    check reads one row instead of summing the account's messages."""
+    _script(db, """
+        ALTER TABLE accounts ADD COLUMN usage_bytes INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE accounts ADD COLUMN usage_messages INTEGER NOT NULL DEFAULT 0
+    """)
+    for event, row, sign in (("INSERT", "NEW", "+"), ("DELETE", "OLD", "-")):
+        db.execute(f"""
+            CREATE TRIGGER messages_usage_{event.lower()} AFTER {event} ON messages BEGIN
+                UPDATE accounts SET
+                    usage_bytes = usage_bytes {sign}
+                        coalesce((SELECT size FROM bodies WHERE id = {row}.body_id), 0),
+                    usage_messages = usage_messages {sign} 1
+                WHERE id = (SELECT account_id FROM mailboxes WHERE id = {row}.mailbox_id);
+            END""")
+    db.execute(RECOUNT_USAGE)
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _v1_initial, _v2_recent_and_pruning, _v3_subscriptions, _v4_sync_status, _v5_sort_fields]
+    _v1_initial, _v2_recent_and_pruning, _v3_subscriptions, _v4_sync_status, _v5_sort_fields,
+    _v6_usage_counters]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import psycopg
 
+from ._accounts_sql import RECOUNT_USAGE
 from ._pg_schema import CONNECT_TIMEOUT_S
 from ._pg_schema import migrate as migrate_schema
 from ._schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
@@ -193,6 +194,7 @@ def _finish(src: sqlite3.Connection, c: psycopg.Connection[Any]) -> None:
         c.execute("INSERT INTO orphans(body_id, xid) SELECT b.id, 0 FROM bodies b "   # swept
                   "WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.body_id = b.id) "
                   "ON CONFLICT (body_id) DO NOTHING")
+        c.execute(RECOUNT_USAGE)   # exact whatever the target held before (`force`)
         c.execute("INSERT INTO meta(key, value) VALUES ('migration_done', 'yes') "
                   "ON CONFLICT (key) DO NOTHING")
 

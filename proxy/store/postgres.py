@@ -40,7 +40,7 @@ import trio
 from psycopg import errors as pg_errors
 
 from . import crypto
-from ._accounts_sql import delete_statements, record_sync, summary_select
+from ._accounts_sql import USAGE_SELECT, delete_statements, record_sync, summary_select
 from ._pg_bodies import note_orphans
 from ._pg_messages import MESSAGE_COLUMNS, PgMessageOps
 from ._pg_notify import ChangeFollower, Feed
@@ -402,12 +402,11 @@ class PostgresStore(PgMessageOps):
         return (await self.ingest_many(account_id, [IngestItem(uidl, body, internaldate, cache)]))[0]
 
     async def usage(self, account_id: int) -> Usage:
-        """What the account's messages hold (RFC 9208 STORAGE and MESSAGE: every copy counts)."""
-        row = await self._run(lambda c: c.execute(
-            "SELECT coalesce(sum(b.size), 0), count(*) FROM messages m "
-            "JOIN mailboxes mb ON mb.id = m.mailbox_id JOIN bodies b ON b.id = m.body_id "
-            "WHERE mb.account_id = %s", (account_id,)).fetchone())
-        return Usage(int(row[0]), int(row[1]))
+        """What the account's messages hold (RFC 9208 STORAGE and MESSAGE: every copy counts):
+        its counters (`_accounts_sql.py`)."""
+        row = await self._run(lambda c: c.execute(USAGE_SELECT.format(p="%s"),
+                                                  (account_id,)).fetchone(), read=True)
+        return Usage(0, 0) if row is None else Usage(int(row[0]), int(row[1]))
 
     async def known_uidls(self, account_id: int) -> set[str]:
         """Every UIDL ever ingested for the account."""

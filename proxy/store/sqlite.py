@@ -44,7 +44,7 @@ import outcome
 import trio
 
 from . import crypto
-from ._accounts_sql import delete_statements, record_sync, summary_select
+from ._accounts_sql import USAGE_SELECT, delete_statements, record_sync, summary_select
 from ._schema import BUSY_TIMEOUT_MS, SCHEMA_VERSION, migrate, open_db, transaction
 from ._sqlite_messages import MESSAGE_COLUMNS, MessageOps, Row, from_date
 from .base import (
@@ -458,14 +458,12 @@ class SqliteStore(MessageOps):
         return (await self.ingest_many(account_id, [IngestItem(uidl, body, internaldate, cache)]))[0]
 
     async def usage(self, account_id: int) -> Usage:
-        """What the account's messages hold (RFC 9208 STORAGE and MESSAGE: every copy counts)."""
+        """What the account's messages hold (RFC 9208 STORAGE and MESSAGE: every copy counts):
+        its counters (`_accounts_sql.py`)."""
         def usage() -> Usage:
-            row = self._db.execute(
-                "SELECT coalesce(sum(b.size), 0), count(*) FROM messages m "
-                "JOIN mailboxes mb ON mb.id = m.mailbox_id JOIN bodies b ON b.id = m.body_id "
-                "WHERE mb.account_id = ?", (account_id,)).fetchone()
-            return Usage(int(row[0]), int(row[1]))
-        return await self._run(usage)
+            row = self._db.execute(USAGE_SELECT.format(p="?"), (account_id,)).fetchone()
+            return Usage(0, 0) if row is None else Usage(int(row[0]), int(row[1]))
+        return await self._quick(usage)
 
     async def known_uidls(self, account_id: int) -> set[str]:
         """Every UIDL ever ingested for the account."""

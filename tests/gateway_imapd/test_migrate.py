@@ -127,7 +127,7 @@ async def test_migrate_killed_mid_copy_then_run_again_copies_exactly(tmp_path, p
     source = await open_store(str(db))
     account = await source.ensure_account("up", "alice")
     when = dt.datetime(2024, 5, 17, 10, 30, tzinfo=dt.timezone.utc)
-    items = [IngestItem(f"u{n}", message(n), when) for n in range(1500)]
+    items = [IngestItem(f"u{n}", message(n), when, None, b"sort %d" % n) for n in range(1500)]
     for start in range(0, len(items), 500):
         await source.ingest_many(account.id, items[start:start + 500])
     inbox = await source.get_mailbox(account.id, "INBOX")
@@ -168,10 +168,12 @@ async def test_migrate_killed_mid_copy_then_run_again_copies_exactly(tmp_path, p
                   for t in TABLES}
         assert done.stdout.endswith(", ".join(f"{n} {t}" for t, n in counts.items()) + "\n")
         assert counts["changes"] > 1500
+        assert lite.execute("SELECT usage_messages FROM accounts").fetchall() == [(1500 - 215,)]
         for table, columns in (("accounts", "id, upstream, last_uidvalidity, last_sync_at, "
-                                             "last_error, last_error_at"),
+                                             "last_error, last_error_at, usage_bytes, "
+                                             "usage_messages"),
                                ("mailboxes", "id, name, uidvalidity, uidnext, highest_modseq"),
-                               ("bodies", "id, account_id, size, data"),
+                               ("bodies", "id, account_id, size, data, sort_fields"),
                                ("messages", "id, mailbox_id, uid, flags, modseq, body_id, "
                                             "pop3_uidl"),
                                ("uidls", "account_id, uidl, fetched_at"),
