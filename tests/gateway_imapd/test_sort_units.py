@@ -104,9 +104,9 @@ def test_encoded_words_with_bad_charsets_decode_as_utf8(raw: bytes, text: str) -
     assert decode_words(raw) == text
 
 
-async def test_thread_answers_follow_every_change_of_the_threaded_messages(gateway):
-    """THREAD answers are cached per process (issue 17): a message appended or expunged, or
-    another numbering (UID THREAD), must never get a stale answer."""
+async def test_sort_and_thread_answers_follow_every_change_of_the_selection(gateway):
+    """SORT and THREAD answers are cached per process (issue 17): a message appended or
+    expunged, or another numbering (UID SORT/THREAD), must never get a stale answer."""
     import trio
 
     from .conftest import message
@@ -124,17 +124,22 @@ async def test_thread_answers_follow_every_change_of_the_threaded_messages(gatew
         a.cmd("SELECT INBOX")
         for _ in range(2):
             assert a.cmd("THREAD REFERENCES UTF-8 ALL")[0] == [b"* THREAD (1)"]
+            assert a.cmd("SORT (REVERSE DATE) UTF-8 ALL")[0] == [b"* SORT 1"]
         for n, parent in ((2, 1), (3, 2)):
             data = reply(n, parent)
             assert a.cmd(f"APPEND INBOX {{{len(data)}+}}\r\n{data.decode()}")[1].split()[1] == b"OK"
         a.cmd("NOOP")
         assert a.cmd("THREAD REFERENCES UTF-8 ALL")[0] == [b"* THREAD (1 2 3)"]
+        assert a.cmd("SORT (REVERSE DATE) UTF-8 ALL")[0] == [b"* SORT 1 3 2"]   # 1 is newest
         a.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")
         a.cmd("EXPUNGE")
         # message 1 is gone: its reply heads the thread, now numbered 1 (UID 2)
         assert a.cmd("THREAD REFERENCES UTF-8 ALL")[0] == [b"* THREAD (1 2)"]
         assert a.cmd("UID THREAD REFERENCES UTF-8 ALL")[0] == [b"* THREAD (2 3)"]
         assert a.cmd("THREAD ORDEREDSUBJECT UTF-8 ALL")[0] == [b"* THREAD (1 2)"]
+        assert a.cmd("SORT (REVERSE DATE) UTF-8 ALL")[0] == [b"* SORT 2 1"]
+        assert a.cmd("UID SORT (REVERSE DATE) UTF-8 ALL")[0] == [b"* SORT 3 2"]
+        assert a.cmd("SORT (REVERSE DATE) UTF-8 SUBJECT nothing")[0] == [b"* SORT"]
         a.close()
 
     await trio.to_thread.run_sync(scenario)

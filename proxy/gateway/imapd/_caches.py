@@ -9,8 +9,9 @@ APPEND, at POP3 ingest, or lazily here for bodies stored without one (then saved
 
 * `BodyCache`: recently read raw bodies within a byte budget (LRU).
 * `SortFieldCache` (`MimeCache.sort_fields`): SORT/THREAD fields per body (LRU by count).
-* `ThreadCache` (`MimeCache.threads`): THREAD answers by (algorithm, mailbox, the threaded
-  messages' numbers and UIDs), LRU by size: webmail threads the same mailbox on every page.
+* `AnswerCache` (`MimeCache.answers`): SORT orders and THREAD answers by (program, mailbox,
+  the selected messages' numbers and UIDs), LRU by size: webmail sorts the same mailbox on
+  every page.
 * `MimeCache`: parsed `mime.MimeInfo` per body (LRU by count) and the search texts per body
   (LRU by size). `infos()` and `texts()` answer a whole chunk of messages with at most one
   `store.caches()` call, plus one `store.bodies()` call for bodies never analysed.
@@ -36,7 +37,7 @@ ANALYZE_IN_THREAD = 256 * 1024      # bodies (or batches) this big are analysed 
 SORT_FIELD_ENTRIES = 100_000   # cached messages' sort fields, all accounts (about 50 MB at most)
 SORT_FIELD_CHUNK = 256         # sort-field records decoded (or headers parsed) per slice
 SORT_RECORD_CHUNK = 2048       # messages per store call while reading sort-field records
-THREAD_ANSWERS_BYTES = 16 * 1024 * 1024   # cached THREAD answers and their keys, all accounts
+ANSWERS_BYTES = 16 * 1024 * 1024   # cached SORT/THREAD answers and their keys, all accounts
 
 
 async def analyze(raw: bytes, limits: mime.MimeLimits = mime.DEFAULT_LIMITS) -> tuple[bytes, bytes]:
@@ -143,19 +144,19 @@ class SortFieldCache:
                                          in zip(present, found, strict=True)])
 
 
-class ThreadCache:
-    """Rendered THREAD answers (see the module docstring), within `budget` bytes (LRU); a key
-    holds two tuples of the threaded messages' numbers, counted at 16 bytes per message."""
+class AnswerCache:
+    """SORT orders and THREAD answers by what they depend on (`_sort._selection`), LRU within
+    `budget` bytes as weighed by the caller (the answer and the key's tuples)."""
 
-    def __init__(self, budget: int = THREAD_ANSWERS_BYTES):
-        self._lru = _Lru(budget, lambda entry: len(entry[1]) + 16 * entry[0])
+    def __init__(self, budget: int = ANSWERS_BYTES):
+        self._lru = _Lru(budget, lambda entry: entry[0])
 
-    def get(self, key: tuple) -> bytes | None:
+    def get(self, key: tuple):
         entry = self._lru.get(key)
         return None if entry is None else entry[1]
 
-    def put(self, key: tuple, answer: bytes, messages: int) -> None:
-        self._lru.put(key, (messages, answer))
+    def put(self, key: tuple, answer, weight: int) -> None:
+        self._lru.put(key, (weight, answer))
 
 
 def _extract_all(raws: list[bytes]) -> list[tuple[SortFields, bytes]]:
@@ -177,7 +178,7 @@ class MimeCache:
         # process-wide like this cache (body ids are unique in the store): its bound holds
         # however many accounts sort
         self.sort_fields = SortFieldCache(bodies)
-        self.threads = ThreadCache()
+        self.answers = AnswerCache()
         self._infos = _Lru(entries)
         self._texts = _Lru(text_budget, lambda t: len(t[0]) + len(t[1]) + 64)
 

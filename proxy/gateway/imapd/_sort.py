@@ -2,9 +2,11 @@
 UID THREAD (RFC 5256: ORDEREDSUBJECT, REFERENCES) over the selected mailbox.
 
 Theory of operation: the search keys select messages as SEARCH does (`_messages.find`); the
-sort fields of each message (sortkeys.py) are read from its header once and kept per body in
-`_caches.SortFieldCache` (in slices, the header parsing in a worker thread) and the sort or the
-threading itself runs in a worker thread, so a large mailbox never holds the event loop.
+sort fields of each message (sortkeys.py) are stored with its body at ingest or APPEND, read
+from the store once and kept per body in `_caches.SortFieldCache`, and the sort or the
+threading itself runs in a worker thread, so a large mailbox never holds the event loop. The
+answers are cached per process by what they depend on (`_selection`): webmail sorts or threads
+the same mailbox again on every page.
 """
 
 from __future__ import annotations
@@ -48,6 +50,14 @@ async def _off_loop(function, items):
     if len(items) > OFF_LOOP_AT:
         return await trio.to_thread.run_sync(partial(function, items))
     return function(items)
+
+
+def _selection(view, seqs: list[int]) -> tuple:
+    """What a SORT or THREAD answer depends on besides its program: which messages, under
+    which sequence numbers. A message (mailbox, UID) never changes its body, INTERNALDATE or
+    size, the view keeps the bodies it shows (so their sort fields stay readable) and mailbox
+    ids are never reused, so equal selections get equal answers (`_caches.AnswerCache`)."""
+    return view.mailbox_id, tuple(seqs), tuple(view.uids[q - 1] for q in seqs)
 
 
 def _charset_and_keys(session, args: list) -> list:
@@ -127,7 +137,7 @@ def _in_order(numbers: list[int]) -> bytes:
     return b",".join(parts)
 
 
-def _saved_part(ordered: list[Item], options: EsortOptions) -> list[Item]:
+def _saved_part(ordered: list[int], options: EsortOptions) -> list[int]:
     """RFC 5182 2.4: with MIN and/or MAX but neither ALL nor COUNT, only those are saved."""
     if not ordered or b"ALL" in options or b"COUNT" in options or not (
             b"MIN" in options or b"MAX" in options):
@@ -165,12 +175,17 @@ async def sort(session, cmd):
         searchres.save(view, [])   # RFC 5182 2.1: a failed command leaves $ empty
     key = parse_criteria(keys)
     seqs = await find(session, key)
-    items = await _items(session, seqs, is_uid(cmd), any(k == "SIZE" for k, _ in program))
-    ordered = await _off_loop(partial(sort_items, program=program), items)
-    numbers = [item.number for item in ordered]
+    answers = session.backend.mime.answers
+    cache_key = ("SORT", tuple(program), *_selection(view, seqs))
+    order = answers.get(cache_key)   # sequence numbers in sort order
+    if order is None:
+        items = await _items(session, seqs, False, any(k == "SIZE" for k, _ in program))
+        order = tuple(i.seq for i in await _off_loop(partial(sort_items, program=program), items))
+        answers.put(cache_key, order, 24 * len(order))
+    numbers = [view.uids[q - 1] for q in order] if is_uid(cmd) else list(order)
     if saving:
         assert options is not None
-        searchres.save(view, [view.uids[i.seq - 1] for i in _saved_part(ordered, options)])
+        searchres.save(view, [view.uids[q - 1] for q in _saved_part(list(order), options)])
         options = {k: v for k, v in options.items() if k != b"SAVE"}
         if not options:   # RFC 5182 2.4: SAVE alone returns no ESEARCH
             return None
@@ -194,16 +209,14 @@ async def thread(session, cmd):
     view = session.view
     key = parse_criteria(searchres.substitute(_charset_and_keys(session, args[1:]), view))
     seqs = await find(session, key)
-    items = await _items(session, seqs, is_uid(cmd), False)
-    # The answer depends only on which messages are threaded, under which numbers: a message
-    # (mailbox, UID) never changes its body or INTERNALDATE, and mailbox ids are never reused.
-    threads_cache = session.backend.mime.threads
-    cache_key = (name, view.mailbox_id, tuple(i.number for i in items),
-                 tuple(view.uids[i.seq - 1] for i in items))
-    answer = threads_cache.get(cache_key)
+    uid = is_uid(cmd)
+    answers = session.backend.mime.answers
+    cache_key = ("THREAD", name, uid, *_selection(view, seqs))
+    answer = answers.get(cache_key)
     if answer is None:
+        items = await _items(session, seqs, uid, False)
         threads = await _off_loop(algorithm, items)
         answer = b"THREAD " + render(threads) if threads else b"THREAD"
-        threads_cache.put(cache_key, answer, len(items))
+        answers.put(cache_key, answer, len(answer) + 16 * len(seqs))
     session.emit(answer)
     return None
