@@ -28,9 +28,23 @@ line of its own would split a response.
 from __future__ import annotations
 
 import zlib
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Iterator
+
+import trio
 
 SYNC_FLUSH = b"\x00\x00\xff\xff"  # the empty stored block ending a Z_SYNC_FLUSH (RFC 1951 3.2.4)
+
+
+@dataclass
+class CompressAsked:
+    """A client's COMPRESS waiting for the upstream's verdict (RFC 4978 3): what the client
+    sent after it (compressed if the answer is OK) is parsed only once the verdict is known."""
+
+    tag: bytes
+    after: bytes
+    answered: trio.Event = field(default_factory=trio.Event)
+    ok: bool = False
 
 
 class InflatedCopy:
@@ -61,6 +75,17 @@ class InflatedCopy:
                 break
         self._tail = (self._tail + data)[-4:]
         self._slicing = False
+
+    async def feed(self, data: bytes, parse: Callable[[bytes], Awaitable[bool]]) -> bool:
+        """Hand what `data` inflates to to `parse`, a slice at a time, yielding between two
+        slices (a bomb never holds the event loop); False as soon as `parse` returns False.
+        Raises zlib.error as `slices()` does."""
+        for n, plain in enumerate(self.slices(data)):
+            if n:
+                await trio.lowlevel.checkpoint()
+            if not await parse(plain):
+                return False
+        return True
 
     @property
     def at_block_boundary(self) -> bool:

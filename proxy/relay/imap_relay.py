@@ -5,10 +5,10 @@ Theory of operation: each pump reads a chunk, feeds it to its sans-IO parser in 
 matter, then forwards the same chunk with one write. Nothing is re-encoded, so the relay is as
 transparent as a byte pipe while still knowing every command:
 
-- client -> upstream: CommandStart gives tag and name (pending[tag] = name, start time); IDLE makes
+- client -> upstream: CommandStart starts a command in flight (imap_inflight.py); IDLE makes
   the next line a raw line so `DONE` ends it; LOGOUT is noted.
-- upstream -> client: a TaggedResponse completes pending[tag] (metrics: count by status, duration);
-  an untagged BYE is noted; literal payloads (FETCH bodies) pass by count.
+- upstream -> client: a TaggedResponse completes it (metrics: count by status, duration);
+  literal payloads (FETCH bodies) pass by count.
 - COMPRESS=DEFLATE (RFC 4978): once the upstream accepts it, both streams are still forwarded
   unchanged and the parsers read an inflated copy (imap_compress.py).
 
@@ -29,9 +29,7 @@ drain; the client pump runs in the nursery's own task, so a session costs two sp
 
 from __future__ import annotations
 
-import time
 import zlib
-from dataclasses import dataclass, field
 
 import trio
 
@@ -43,19 +41,9 @@ from ..session.channel import Channel
 from ..session.context import ByteCounter, CommandMeter, Session
 from ..session.failures import Close, limit_of_protocol_error
 from .held_lines import HeldLines
-from .imap_compress import InflatedCopy
+from .imap_compress import CompressAsked, InflatedCopy
+from .imap_inflight import InFlight
 from .imap_upstream import UpstreamIMAP
-
-
-@dataclass
-class _CompressAsked:
-    """A client's COMPRESS waiting for the upstream's verdict (RFC 4978 3): what the client
-    sent after it (compressed if the answer is OK) is parsed only once the verdict is known."""
-
-    tag: bytes
-    after: bytes
-    answered: trio.Event = field(default_factory=trio.Event)
-    ok: bool = False
 
 
 class ImapRelay:
@@ -81,16 +69,14 @@ class ImapRelay:
                                    self._upstream_leftover)
         self.logout_seen = False
         self.draining = False
-        self.pending: dict[bytes, tuple[str, float]] = {}
-        self.idle_tag: bytes | None = None
-        self.meter = CommandMeter(session)
+        self.inflight = InFlight(CommandMeter(session))
         metrics = session.runtime.metrics
         self._bytes_up = ByteCounter(metrics.bytes.labels("client_to_upstream", "imap"))
         self._bytes_down = ByteCounter(metrics.bytes.labels("upstream_to_client", "imap"))
         self.last_active = trio.current_time()
         self.upstream_heard = self.last_active   # last upstream bytes, or a command owed an answer
         self._sleep: trio.CancelScope | None = None   # the watchdog's sleep (a drain wakes it)
-        self._compress: _CompressAsked | None = None
+        self._compress: CompressAsked | None = None
         self._inflate_up: InflatedCopy | None = None     # client -> upstream, once compressed
         self._inflate_down: InflatedCopy | None = None   # upstream -> client, once compressed
         self._down_after_ok = b""   # compressed bytes behind the upstream's COMPRESS OK
@@ -103,13 +89,9 @@ class ImapRelay:
                 nursery.start_soon(self._watchdog)
                 await self._client_to_upstream(nursery.cancel_scope)
         finally:  # also when cut at shutdown_timeout
-            self._settle()
-
-    def _settle(self) -> None:
-        self._bytes_up.flush()
-        self._bytes_down.flush()
-        for name, _ in self.pending.values():  # the session ended before these were answered
-            self.meter.metrics.commands.labels("imap", name, "none").inc()
+            self._bytes_up.flush()
+            self._bytes_down.flush()
+            self.inflight.settle()
 
     # -- timers and drain (SIGTERM) -----------------------------------------------------------
     async def _watchdog(self) -> None:
@@ -128,14 +110,14 @@ class ImapRelay:
                     await self._bye_if_at_rest()
                 now = trio.current_time()
                 idle_at = self.last_active + (
-                    timeouts.idle_command if self.idle_tag else timeouts.idle)
+                    timeouts.idle_command if self.inflight.idle_tag else timeouts.idle)
                 upstream_at = self.upstream_heard + timeouts.upstream_response
                 if now >= idle_at:
                     await self._last_words(b"* BYE Autologout; idle for too long.\r\n")
                     self.session.end(Close.IDLE_TIMEOUT)
                     break
                 if now >= upstream_at:
-                    if self._owed():
+                    if self.inflight.owed():
                         self.session.runtime.metrics.limit_hits.labels("upstream_response").inc()
                         await self._last_words(b"* BYE Upstream server not responding.\r\n")
                         self.session.close_reason = Close.UPSTREAM_TIMEOUT
@@ -158,7 +140,7 @@ class ImapRelay:
         the upstream's stream is between responses, so the BYE never splits one."""
         if not self.draining or self._cancel.cancel_called:
             return
-        if set(self.pending) - {self.idle_tag} or not self.upstream_parser.at_boundary:
+        if self.inflight.owed() or not self.upstream_parser.at_boundary:
             return
         await self._last_words(b"* BYE Server shutting down.\r\n")
         self.session.close_reason = Close.SHUTDOWN
@@ -236,24 +218,20 @@ class ImapRelay:
         """Parse the inflated copy of a compressed chunk, a bounded slice at a time."""
         assert self._inflate_up is not None
         try:
-            for n, plain in enumerate(self._inflate_up.slices(data)):
-                if n:
-                    await trio.lowlevel.checkpoint()  # a bomb never holds the event loop
-                self.client.feed(plain)
-                if not await self._client_events():
-                    return False
+            return await self._inflate_up.feed(data, self._client_plain)
         except zlib.error:
-            self.session.runtime.metrics.protocol_errors.labels("imap", "bad_deflate").inc()
-            logs.event("client_protocol_error", **self.session.log_fields(), kind="bad_deflate")
+            self._bad_deflate("client_protocol_error")
             await self._last_words(b"* BYE Corrupt compressed data.\r\n")
             self.session.close_reason = Close.PROTOCOL_ERROR
             return False
-        return True
 
-    def _owed(self) -> bool:
-        """A command other than IDLE waits for its tagged answer."""
-        pending = self.pending
-        return len(pending) > (self.idle_tag in pending)   # (no set built per command)
+    async def _client_plain(self, plain: bytes) -> bool:
+        self.client.feed(plain)
+        return await self._client_events()
+
+    def _bad_deflate(self, event: str, **fields: object) -> None:
+        self.session.runtime.metrics.protocol_errors.labels("imap", "bad_deflate").inc()
+        logs.event(event, **self.session.log_fields(), **fields, kind="bad_deflate")
 
     async def _forward_up(self, data: bytes | bytearray) -> bool:
         self._bytes_up.add(len(data))
@@ -277,21 +255,18 @@ class ImapRelay:
             if event is NEED_DATA:
                 return True
             if type(event) is events.CommandStart:  # `type is`: exact classes, the fast test
-                self.session.commands += 1
                 name = command_label("imap", event.name)
-                if not self._owed():   # the upstream's time to answer starts now
-                    self.upstream_heard = trio.current_time()
-                self.pending[event.tag] = (name, time.monotonic())
+                self._started(event.tag, name)
                 if name == "LOGOUT":
                     self.logout_seen = True
             elif type(event) is events.Command:
                 if event.name == b"IDLE":
-                    self.idle_tag = event.tag
+                    self.inflight.idle_tag = event.tag
                     parser.expect_line()
                 elif event.name == b"COMPRESS" and self._inflate_up is None:
                     # what follows may be compressed: stop here (once active, the upstream
                     # refuses another: RFC 4978 3, COMPRESSIONACTIVE)
-                    self._compress = _CompressAsked(event.tag, parser.take_unconsumed())
+                    self._compress = CompressAsked(event.tag, parser.take_unconsumed())
                     return True
             elif type(event) is events.RawLine:
                 self._raw_line(event.data)
@@ -299,21 +274,15 @@ class ImapRelay:
                 return True
 
     def _raw_line(self, line: bytes) -> None:
-        if self.idle_tag is not None and line.strip().upper() == b"DONE":
-            self.idle_tag = None
-            return
-        # IDLE was refused upstream, so this line is an ordinary command (RFC 2177 3):
-        # note its tag and name; it is relayed unchanged like every other byte.
-        self.idle_tag = None
-        parts = line.split(b" ", 3)
-        if len(parts) >= 2:
-            name = parts[1].upper()
-            if name == b"UID" and len(parts) >= 3:
-                name += b" " + parts[2].upper()
-            self.session.commands += 1
-            if not self._owed():
-                self.upstream_heard = trio.current_time()
-            self.pending[parts[0]] = (command_label("imap", name), time.monotonic())
+        command = self.inflight.raw_line(line)
+        if command is not None:
+            self._started(*command)
+
+    def _started(self, tag: bytes, label: str) -> None:
+        self.session.commands += 1
+        if not self.inflight.owed():   # the upstream's time to answer starts now
+            self.upstream_heard = trio.current_time()
+        self.inflight.start(tag, label)
 
     async def _reject(self, exc: ProtocolError) -> bool:
         """A client line the parser refused. When none of its command went upstream: answer
@@ -333,7 +302,7 @@ class ImapRelay:
         if before and not await self._forward_up(before):
             return False
         if exc.tag is not None and exc.kind != "line_too_long":
-            self.pending.pop(exc.tag, None)   # a literal's limit: its CommandStart was seen
+            self.inflight.pending.pop(exc.tag, None)   # a literal's limit: CommandStart was seen
         await self._reply_between(exc.reply())
         self.bad += 1
         if self.bad < self.session.listener.limits.bad_commands:
@@ -371,7 +340,7 @@ class ImapRelay:
                 data = b""  # an idle session holds no chunk while it waits
                 data = await self.upstream_in.receive()
                 self.upstream_heard = now = trio.current_time()
-                if self.pending and not self.idle_tag:  # answering a command is activity
+                if self.inflight.pending and not self.inflight.idle_tag:  # answering is activity
                     self.last_active = now
                 if not data:
                     self.session.close_reason = (Close.CLIENT_LOGOUT if self.logout_seen
@@ -391,18 +360,14 @@ class ImapRelay:
                 return True
             data, self._down_after_ok = self._down_after_ok, b""  # COMPRESS OK came in it
         try:
-            for n, plain in enumerate(self._inflate_down.slices(data)):
-                if n:
-                    await trio.lowlevel.checkpoint()
-                parser.receive_data(plain)
-                if not self._upstream_events(parser):
-                    return False
+            return await self._inflate_down.feed(data, self._upstream_plain)
         except zlib.error:
-            self.session.runtime.metrics.protocol_errors.labels("imap", "bad_deflate").inc()
-            logs.event("upstream_protocol_error", **self.session.log_fields(),
-                       upstream=self.session.upstream, kind="bad_deflate")
+            self._bad_deflate("upstream_protocol_error", upstream=self.session.upstream)
             return False
-        return True
+
+    async def _upstream_plain(self, plain: bytes) -> bool:
+        self.upstream_parser.receive_data(plain)
+        return self._upstream_events(self.upstream_parser)
 
     async def _forward_down(self, data: bytes) -> bool:
         if not data:
@@ -422,11 +387,7 @@ class ImapRelay:
             if event is NEED_DATA:
                 return True
             if type(event) is events.TaggedResponse:
-                entry = self.pending.pop(event.tag, None)
-                if entry is not None:
-                    self.meter.completed(entry[0], event.status, entry[1])
-                if event.tag == self.idle_tag and event.status != b"OK":
-                    self.idle_tag = None
+                self.inflight.complete(event.tag, event.status)
                 asked = self._compress
                 if asked is not None and event.tag == asked.tag and self._inflate_down is None:
                     asked.ok = event.status == b"OK"

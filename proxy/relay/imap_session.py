@@ -6,14 +6,15 @@ from ..config import Upstream
 from ..imap import writer
 from ..net.conn import Conn
 from ..routing.answers import Refusal
-from ..session.context import CloseSession, Session
+from ..session.context import Session
 from ..session.failures import Failure
 from ..session.imap_front import ImapFront
-from ..session.login import Attempt, log_in
+from ..session.login import log_in
 from ..session.sasl import Credentials
 from ..session.upstream import deadline
 from .imap_relay import ImapRelay
 from .imap_upstream import UpstreamIMAP, command, connect, login, relayable
+from .relay_session import RelayLogin, run_session
 
 # Upstream NO codes that mean "try again later", not "wrong password" (RFC 5530).
 _TEMPFAIL_CODES = {b"UNAVAILABLE", b"SERVERBUG", b"LIMIT", b"INUSE", b"EXPUNGEISSUED"}
@@ -21,29 +22,13 @@ _TEMPFAIL_CODES = {b"UNAVAILABLE", b"SERVERBUG", b"LIMIT", b"INUSE", b"EXPUNGEIS
 
 async def handle(session: Session, conn: Conn) -> None:
     """Run the session to its end. Never raises for anything the peers do."""
-    front = ImapFront(session, conn)
-    upstream: UpstreamIMAP | None = None
-    try:
-        upstream = await front.until_logged_in(lambda: _authenticate(session, front), _close)
-        if upstream is not None:
-            relay = ImapRelay(session, front.conn, front.take_unconsumed(), upstream)
-            del front  # its parser and meter are done: an IDLE session holds only the relay's
-            await relay.run()
-    except CloseSession as exc:
-        session.end(exc.reason)
-    finally:
-        if upstream is not None:
-            await upstream.conn.aclose()
-
-
-async def _close(upstream: UpstreamIMAP) -> None:
-    await upstream.conn.aclose()
+    await run_session(session, ImapFront(session, conn), _authenticate, ImapRelay)
 
 
 async def _authenticate(session: Session, front: ImapFront) -> UpstreamIMAP:
     while True:
         request = await front.next_login()
-        attempt = RelayLogin()
+        attempt = RelayLogin("imap", _attempt)
         outcome = await log_in(session, request.credentials, attempt)
         if isinstance(outcome, Failure):
             challenge = attempt.challenge
@@ -64,21 +49,6 @@ async def _authenticate(session: Session, front: ImapFront) -> UpstreamIMAP:
             await outcome.conn.aclose()
             raise
         return outcome
-
-
-class RelayLogin(Attempt[UpstreamIMAP]):
-    """One login at the upstream (per client login). A refused token login leaves the
-    upstream's SASL error challenge (RFC 7628 3.2.2) in `challenge`, for the session to relay
-    to the client before the NO."""
-
-    def __init__(self) -> None:
-        super().__init__("imap", "relay", self._run)
-        self.challenge: bytes | None = None
-
-    async def _run(self, session: Session, creds: Credentials, name: str,
-                   upstream: Upstream) -> tuple[UpstreamIMAP | Failure, bytes]:
-        outcome, text, self.challenge = await _attempt(session, creds, name, upstream)
-        return outcome, text
 
 
 async def _attempt(session: Session, creds: Credentials, name: str, upstream: Upstream

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..config import Upstream
-from ..imap import NEED_DATA, Limits, ProtocolError, ResponseParser, events, writer
+from ..imap import NEED_DATA, Limits, ResponseParser, events, writer
 from ..net.conn import Conn
 from ..session.channel import Channel
 from ..session.context import Session
@@ -27,7 +27,7 @@ from ..session.login import dial
 from ..session.oauth_sasl import TOKEN_MECHANISMS, dummy_response
 from ..session.sasl import Credentials, encode_plain
 from ..session.starttls import upgrade_upstream
-from ..session.upstream import UpstreamError, deadline, service
+from ..session.upstream import UpstreamError, deadline, next_upstream_event, service
 
 # What the proxy cannot relay, or must not offer after login (RFC 3501 7.2.1; STARTTLS/AUTH make
 # no sense after login; of COMPRESS, only DEFLATE is relayed, imap_compress.py).
@@ -112,12 +112,7 @@ async def next_response(up: UpstreamIMAP) -> object:
     """The next complete response event (literals skipped). Raises UpstreamError on EOF or
     garbage; bounded by the caller's deadline()."""
     while True:
-        try:
-            event = await up.channel.next_event()
-        except ProtocolError as exc:
-            raise UpstreamError(Failure.PROTOCOL, f"bad response: {exc.text}") from None
-        if isinstance(event, events.ConnectionClosed):
-            raise UpstreamError(Failure.UPSTREAM, "connection closed by upstream")
+        event = await next_upstream_event(up.channel)
         if not isinstance(event, (events.LiteralStart, events.LiteralData)):
             return event  # literals before login carry nothing we need
 

@@ -6,39 +6,26 @@ from ..config import Upstream
 from ..net.conn import Conn
 from ..pop3 import writer
 from ..routing.answers import Refusal
-from ..session.context import CloseSession, Session
+from ..session.context import Session
 from ..session.failures import Failure
-from ..session.login import Attempt, log_in
+from ..session.login import log_in
 from ..session.pop3_front import Pop3Front
 from ..session.sasl import Credentials
 from ..session.upstream import deadline
 from .pop3_relay import Pop3Relay
 from .pop3_upstream import UpstreamPOP3, connect, is_tempfail, login
+from .relay_session import RelayLogin, run_session
 
 
 async def handle(session: Session, conn: Conn) -> None:
     """Run the session to its end. Never raises for anything the peers do."""
-    front = Pop3Front(session, conn)
-    upstream: UpstreamPOP3 | None = None
-    try:
-        upstream = await front.until_logged_in(lambda: _authenticate(session, front), _close)
-        if upstream is not None:
-            await Pop3Relay(session, front.conn, front.take_unconsumed(), upstream).run()
-    except CloseSession as exc:
-        session.end(exc.reason)
-    finally:
-        if upstream is not None:
-            await upstream.conn.aclose()
-
-
-async def _close(upstream: UpstreamPOP3) -> None:
-    await upstream.conn.aclose()
+    await run_session(session, Pop3Front(session, conn), _authenticate, Pop3Relay)
 
 
 async def _authenticate(session: Session, front: Pop3Front) -> UpstreamPOP3:
     while True:
         request = await front.next_login()
-        attempt = RelayLogin()
+        attempt = RelayLogin("pop3", _attempt)
         outcome = await log_in(session, request.credentials, attempt)
         if isinstance(outcome, Failure):
             challenge = attempt.challenge
@@ -56,20 +43,6 @@ async def _authenticate(session: Session, front: Pop3Front) -> UpstreamPOP3:
             await outcome.conn.aclose()
             raise
         return outcome
-
-
-class RelayLogin(Attempt[UpstreamPOP3]):
-    """One login at the upstream (per client login). A refused token login leaves the
-    upstream's SASL error challenge in `challenge`, for the session to relay before the -ERR."""
-
-    def __init__(self) -> None:
-        super().__init__("pop3", "relay", self._run)
-        self.challenge: bytes | None = None
-
-    async def _run(self, session: Session, creds: Credentials, name: str,
-                   upstream: Upstream) -> tuple[UpstreamPOP3 | Failure, bytes]:
-        outcome, text, self.challenge = await _attempt(session, creds, name, upstream)
-        return outcome, text
 
 
 async def _attempt(session: Session, creds: Credentials, name: str, upstream: Upstream

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..config import Upstream
 from ..net.conn import Conn
-from ..pop3 import NEED_DATA, ProtocolError, ResponseParser, events, writer
+from ..pop3 import NEED_DATA, ResponseParser, events, writer
 from ..session.channel import Channel
 from ..session.context import Session
 from ..session.failures import Failure
@@ -22,7 +22,7 @@ from ..session.login import dial
 from ..session.oauth_sasl import TOKEN_MECHANISMS, dummy_response
 from ..session.sasl import Credentials, encode_plain
 from ..session.starttls import upgrade_upstream
-from ..session.upstream import UpstreamError, deadline, service
+from ..session.upstream import UpstreamError, deadline, next_upstream_event, service
 
 # Not relayable after login, or meaningless then (RFC 2449 6).
 _DROPPED = (b"STLS", b"SASL", b"USER", b"APOP", b"XCLIENT", b"IMPLEMENTATION", b"AUTH-RESP-CODE")
@@ -63,12 +63,7 @@ async def _status(up: UpstreamPOP3, body: list[bytes] | None = None) -> events.S
     Bounded by the caller's deadline()."""
     status = None
     while True:
-        try:
-            event = await up.channel.next_event()
-        except ProtocolError as exc:
-            raise UpstreamError(Failure.PROTOCOL, f"bad response: {exc.text}") from None
-        if isinstance(event, events.ConnectionClosed):
-            raise UpstreamError(Failure.UPSTREAM, "connection closed by upstream")
+        event = await next_upstream_event(up.channel)
         if isinstance(event, events.StatusLine):
             if body is None or not event.ok:
                 return event
@@ -170,12 +165,7 @@ async def _auth_token(up: UpstreamPOP3, creds: Credentials) -> events.StatusLine
     await up.conn.send(b"AUTH %s %s\r\n" % (creds.mechanism.encode(),
                                               base64.b64encode(creds.password)))
     while True:
-        try:
-            event = await up.channel.next_event()
-        except ProtocolError as exc:
-            raise UpstreamError(Failure.PROTOCOL, f"bad response: {exc.text}") from None
-        if isinstance(event, events.ConnectionClosed):
-            raise UpstreamError(Failure.UPSTREAM, "connection closed by upstream")
+        event = await next_upstream_event(up.channel)
         if isinstance(event, events.Continuation):
             up.sasl_challenge = bytes(event.data)
             await up.conn.send(dummy_response(creds.mechanism) + b"\r\n")

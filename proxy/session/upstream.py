@@ -18,18 +18,19 @@ import socket
 import ssl
 from functools import lru_cache, partial
 from types import TracebackType
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import trio
 
-from .. import logs
+from .. import imap, logs, pop3
 from ..config import ServicePort, Upstream
 from ..net.conn import Conn
 from ..net.tls import TLSConfigError, TLSHandshakeError, client_context, client_handshake
+from .channel import Channel
 from .failures import Failure
 
-__all__ = ["UpstreamError", "built_context", "deadline", "open_upstream", "service", "start_tls",
-           "tcp_connect"]
+__all__ = ["UpstreamError", "built_context", "deadline", "next_upstream_event", "open_upstream",
+           "service", "start_tls", "tcp_connect"]
 
 ContextFactory = Callable[[], ssl.SSLContext]  # may raise TLSConfigError (an unreadable file)
 Connector = Callable[[str, int], Awaitable[trio.abc.Stream]]  # (host, port) -> TCP stream
@@ -42,6 +43,21 @@ class UpstreamError(Exception):
         super().__init__(f"{failure.label}: {detail}")
         self.failure = failure
         self.detail = detail
+
+
+_CLOSED = (imap.events.ConnectionClosed, pop3.events.ConnectionClosed)
+
+
+async def next_upstream_event(channel: Channel[Any]) -> object:
+    """The next event of an upstream's IMAP or POP3 dialogue; its parser's protocol error and
+    the end of the stream are raised as UpstreamError. Bounded by the caller's deadline()."""
+    try:
+        event = await channel.next_event()
+    except (imap.ProtocolError, pop3.ProtocolError) as exc:
+        raise UpstreamError(Failure.PROTOCOL, f"bad response: {exc.text}") from None
+    if isinstance(event, _CLOSED):
+        raise UpstreamError(Failure.UPSTREAM, "connection closed by upstream")
+    return event
 
 
 class deadline:  # noqa: N801 - used like trio.fail_after

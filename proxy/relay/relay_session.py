@@ -1,0 +1,75 @@
+"""What an IMAP and a POP3 relay session share: the session's course and the upstream login.
+
+A relay session (imap_session.py, pop3_session.py) is: the pre-login front answers the client
+until a login succeeds at the upstream (`Front.until_logged_in`), then the protocol's relay runs
+over both connections; the upstream connection is closed whatever happens, and a CloseSession
+raised anywhere ends the session with its reason. `RelayLogin` is the login attempt both make
+per client login: the protocol's own dialogue (`attempt`) returns the upstream, or the Failure,
+with the upstream's reply text and its SASL error challenge to a refused token login (RFC 7628
+3.2.2, RFC 5034 4), kept for the session to relay to the client before its NO / -ERR.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable, Protocol, TypeVar
+
+from ..config import Upstream
+from ..net.conn import Conn
+from ..session.context import CloseSession, Session
+from ..session.failures import Failure
+from ..session.front import Front
+from ..session.login import Attempt
+from ..session.sasl import Credentials
+
+__all__ = ["RelayLogin", "run_session"]
+
+
+class _Upstream(Protocol):
+    @property
+    def conn(self) -> Conn: ...
+
+
+class _Relay(Protocol):
+    async def run(self) -> None: ...
+
+
+U = TypeVar("U", bound=_Upstream)
+F = TypeVar("F", bound=Front)
+
+
+async def run_session(session: Session, front: F, authenticate: Callable[[Session, F], Awaitable[U]],
+                      relay: Callable[[Session, Conn, bytes, U], _Relay]) -> None:
+    """Run a relay session to its end. Never raises for anything the peers do. Only this frame
+    holds `front` (pass it in the call), so it is let go once the relay starts."""
+    upstream: U | None = None
+    try:
+        upstream = await front.until_logged_in(lambda: authenticate(session, front), _close)
+        if upstream is not None:
+            running = relay(session, front.conn, front.take_unconsumed(), upstream)
+            del front  # its parser and meter are done: an IDLE session holds only the relay's
+            await running.run()
+    except CloseSession as exc:
+        session.end(exc.reason)
+    finally:
+        if upstream is not None:
+            await upstream.conn.aclose()
+
+
+async def _close(upstream: _Upstream) -> None:
+    await upstream.conn.aclose()
+
+
+class RelayLogin(Attempt[U]):
+    """One login at the upstream (per client login); `challenge` as in the module docstring."""
+
+    def __init__(self, protocol: str, attempt: Callable[
+            [Session, Credentials, str, Upstream],
+            Awaitable[tuple[U | Failure, bytes, bytes | None]]]) -> None:
+        super().__init__(protocol, "relay", self._run)
+        self._attempt = attempt
+        self.challenge: bytes | None = None
+
+    async def _run(self, session: Session, creds: Credentials, name: str,
+                   upstream: Upstream) -> tuple[U | Failure, bytes]:
+        outcome, text, self.challenge = await self._attempt(session, creds, name, upstream)
+        return outcome, text
