@@ -54,10 +54,21 @@ class Conn:
             return b""
         fd = self._fd
         try:
-            if fd is not None:
-                data = await self._receive_fast(fd)
-            else:
+            if fd is None:
                 data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
+            else:  # the plain-socket fast path, inline: an idle session waits in this frame
+                if self._drained:  # nothing to read yet, most likely: wait (also a checkpoint)
+                    self._ops = 0
+                    await trio.lowlevel.wait_readable(fd)
+                else:
+                    await self._maybe_checkpoint()
+                while True:
+                    try:
+                        data = os.read(fd, self._size)
+                        break
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_readable(fd)
+                self._resize(len(data))
         except _GONE:
             data = b""
         if not data:
@@ -65,26 +76,14 @@ class Conn:
         self.bytes_in += len(data)
         return data
 
-    async def _receive_fast(self, fd: int) -> bytes:
-        if self._drained:  # nothing to read yet, most likely: wait (also a checkpoint)
-            self._ops = 0
-            await trio.lowlevel.wait_readable(fd)
-        else:
-            await self._maybe_checkpoint()
-        while True:
-            try:
-                data = os.read(fd, self._size)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(fd)
-                continue
-            self._drained = len(data) < self._size
-            # Read size follows the traffic: bulk transfers get large reads (fewer system calls
-            # and sends), small commands small buffers.
-            if len(data) == self._size and self._size < MAX_RECEIVE_SIZE:
-                self._size *= 2
-            elif len(data) < self._size // 8 and self._size > RECEIVE_SIZE:
-                self._size //= 2
-            return data
+    def _resize(self, got: int) -> None:
+        """Read size follows the traffic: bulk transfers get large reads (fewer system calls
+        and sends), small commands small buffers."""
+        self._drained = got < self._size
+        if got == self._size and self._size < MAX_RECEIVE_SIZE:
+            self._size *= 2
+        elif got < self._size // 8 and self._size > RECEIVE_SIZE:
+            self._size //= 2
 
     async def send(self, data: bytes | bytearray | memoryview) -> bool:
         """Write everything; False (and the connection marked closed) if the peer is gone."""
