@@ -116,7 +116,7 @@ def raise_open_files(sessions: int) -> None:
     if soft >= want:
         return
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, hard), max(want, hard)))
     except (ValueError, OSError):
         sys.exit(f"{sessions} sessions need {want} open files; the limit is {soft}/{hard} "
                  "(run as root, or raise `ulimit -Hn`)")
@@ -127,6 +127,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--no-nginx", dest="nginx", action="store_false")
+    parser.add_argument("--no-mailproxy", dest="mailproxy", action="store_false")
     parser.add_argument("--dovecot-clients", type=int, default=1,
                         help="sessions per Dovecot imap process (service imap client_limit)")
     parser.add_argument("--logins", type=int, default=50,
@@ -137,13 +138,15 @@ def main() -> None:
         print(f"idle memory benchmark, {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, "
               f"load average {f.read().split()[0]}, {args.sessions} sessions, "
               f"{args.dovecot_clients} per Dovecot imap process", flush=True)
-    dovecot = f"service imap {{\n  client_limit = {args.dovecot_clients}\n}}\n"
+    dovecot = (f"service imap {{\n  client_limit = {args.dovecot_clients}\n"
+               f"  service_count = {0 if args.dovecot_clients > 1 else 1}\n}}\n")
     with Env("idle", dovecot_config=dovecot) as env:
         user, password = env.user_with(small_mailbox())
         proxy = env.proxy([{"name": "imap", "protocol": "imap",
                             "max_connections": args.sessions + 1000}], metrics=True)
-        measure("mailproxy", proxy.port("imap"), proxy.pid, user, password, args.sessions,
-                args.logins)
+        if args.mailproxy:
+            measure("mailproxy", proxy.port("imap"), proxy.pid, user, password, args.sessions,
+                    args.logins)
         if args.nginx and nginxmail.available():
             ng = nginxmail.NginxMail(env.root / "nginx", env.dovecot.imap_port,
                                      env.dovecot.pop3_port,
