@@ -140,7 +140,7 @@ def find_terminator(data: bytes | bytearray, pos: int) -> int:
     return -1 if dot < 0 else data.find(TERMINATOR, dot - 2)
 
 
-def _held_back(data: bytearray, pos: int) -> int:
+def _held_back(data: bytes | bytearray, pos: int) -> int:
     """Length of the longest suffix of data[pos:] that may start a terminator."""
     if not data or data[-1] not in _HOLD_LAST_BYTES:
         return 0

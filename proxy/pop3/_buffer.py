@@ -1,5 +1,9 @@
-"""A receive buffer: one bytearray plus a read offset.
+"""A receive buffer: bytes or a bytearray, plus a read offset.
 
+When everything buffered has been consumed, ``feed`` adopts the caller's
+``bytes`` as they are (no copy: a relay's RETR chunks are searched for the
+body's end and forwarded, never kept); only a remainder (a line or
+terminator split across chunks) is copied into a bytearray and appended to.
 Consumed bytes are dropped lazily, on the next :meth:`ReceiveBuffer.feed`
 (``del bytearray[:n]`` is cheap in CPython: it moves the start pointer).
 The body reader in ``_body.py`` works on :attr:`data` and :attr:`pos`
@@ -23,7 +27,7 @@ class ReceiveBuffer:
     __slots__ = ("data", "pos", "eof")
 
     def __init__(self) -> None:
-        self.data = bytearray()
+        self.data: bytes | bytearray = b""
         self.pos = 0
         self.eof = False
 
@@ -41,10 +45,17 @@ class ReceiveBuffer:
         if not data:
             self.eof = True
             return
-        if self.pos:
-            del self.data[: self.pos]
-            self.pos = 0
-        self.data += data
+        buf, pos = self.data, self.pos
+        if pos >= len(buf):   # all consumed: adopt the chunk
+            self.data, self.pos = (data if type(data) is bytes else bytes(data)), 0
+            return
+        if isinstance(buf, bytearray):
+            if pos:
+                del buf[:pos]
+        else:
+            buf = bytearray(memoryview(buf)[pos:])
+        buf += data
+        self.data, self.pos = buf, 0
 
     def take_line(self, limit: int) -> bytes | None:
         """Consume one line of at most ``limit`` bytes, terminator included.

@@ -40,8 +40,7 @@ class CommandParser:
     def take_unconsumed(self) -> bytes:
         """Hand the bytes not yet parsed to another parser (e.g. pre-login to relay)."""
         rest = bytes(self._buf.data[self._buf.pos:])
-        del self._buf.data[:]
-        self._buf.pos = 0
+        self._buf.data, self._buf.pos = b"", 0
         return rest
 
     def set_limits(self, limits: Limits) -> None:
