@@ -31,14 +31,13 @@ import psycopg
 
 from . import crypto
 from ._pg_bodies import note_orphans, sweep
-from ._sqlite_messages import from_date
+from ._rows import MESSAGE_COLUMNS, META_SELECT, flags_set, flags_text, from_date, merge_flags, meta
 from .base import (
     AppendItem,
     Change,
     ChangeKind,
     ChangesPruned,
     FlagMode,
-    FlagUpdate,
     MailboxNotFound,
     MessageMeta,
     StoreError,
@@ -47,36 +46,14 @@ from .base import (
 )
 from .crypto import KeyRing
 
-__all__ = ["PgMessageOps", "CHANNEL", "GONE", "MESSAGE_COLUMNS"]
+__all__ = ["PgMessageOps", "CHANNEL", "GONE"]
 
 CHANNEL = "mailproxy_changes"
 GONE = "gone"      # in place of the MODSEQ in a notification: the mailbox was deleted or renamed
-MESSAGE_COLUMNS = "id, mailbox_id, uid, internaldate, tz_minutes, flags, modseq, body_id, pop3_uidl"
 # sealed columns of `bodies` -> the record kind named in their associated data
 _KINDS = {"data": "body", "cache": "cache", "sort_fields": "sort"}
-_META_SELECT = ("SELECT m.id, m.mailbox_id, m.uid, m.internaldate, m.tz_minutes, m.flags, "
-                "m.modseq, m.body_id, m.pop3_uidl, b.size FROM messages m "
-                "JOIN bodies b ON b.id = m.body_id ")
 
 Conn = psycopg.Connection[Any]
-
-
-def _flags_text(flags: frozenset[str]) -> str:
-    return " ".join(sorted(flags))
-
-
-def _flags_set(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-def _to_date(epoch: int, tz_minutes: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone(dt.timedelta(minutes=tz_minutes)))
-
-
-def _meta(row: tuple[Any, ...]) -> MessageMeta:
-    mid, mailbox, uid, epoch, tz, flags, modseq, body_id, uidl, size = row
-    return MessageMeta(mid, mailbox, uid, _to_date(epoch, tz), size, _flags_set(flags), modseq,
-                       body_id, uidl)
 
 
 class PgMessageOps:
@@ -188,7 +165,7 @@ class PgMessageOps:
         modseq = self._bump(c, mailbox_id)
         c.execute("INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
                   "body_id) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                  (mailbox_id, uid, epoch, tz, _flags_text(normalize_flags(flags)), modseq, body_id))
+                  (mailbox_id, uid, epoch, tz, flags_text(normalize_flags(flags)), modseq, body_id))
         self._log(c, account_id, mailbox_id, modseq, ChangeKind.APPEND, [uid])
         return uid
 
@@ -209,7 +186,7 @@ class PgMessageOps:
         rows = []
         for n, (body_id, item) in enumerate(zip(body_ids, items, strict=True)):
             epoch, tz = from_date(item.internaldate)
-            rows.append((mailbox_id, first + n, epoch, tz, _flags_text(normalize_flags(item.flags)),
+            rows.append((mailbox_id, first + n, epoch, tz, flags_text(normalize_flags(item.flags)),
                          modseq, body_id))
         c.cursor().executemany(
             "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
@@ -227,16 +204,16 @@ class PgMessageOps:
     async def messages(self, mailbox_id: int) -> list[MessageMeta]:
         """Every message of the mailbox, ordered by UID."""
         rows = await self._run(lambda c: c.execute(
-            _META_SELECT + "WHERE m.mailbox_id = %s ORDER BY m.uid", (mailbox_id,)).fetchall())
-        return [_meta(row) for row in rows]
+            META_SELECT + "WHERE m.mailbox_id = %s ORDER BY m.uid", (mailbox_id,)).fetchall())
+        return [meta(row) for row in rows]
 
     async def messages_by_uid(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageMeta]:
         """The listed messages that exist, ordered by UID."""
         wanted = sorted(set(uids))
         rows = await self._run(lambda c: c.execute(
-            _META_SELECT + "WHERE m.mailbox_id = %s AND m.uid = ANY(%s) ORDER BY m.uid",
+            META_SELECT + "WHERE m.mailbox_id = %s AND m.uid = ANY(%s) ORDER BY m.uid",
             (mailbox_id, wanted)).fetchall())
-        return [_meta(row) for row in rows]
+        return [meta(row) for row in rows]
 
     def _blobs(self, c: Conn, messages: Sequence[MessageMeta], column: str) -> list[bytes | None]:
         kind = _KINDS[column]
@@ -307,29 +284,14 @@ class PgMessageOps:
                      mode: FlagMode, unchanged_since: int | None) -> StoreFlagsResult:
         wanted = normalize_flags(flags)
         account_id = self._lock(c, mailbox_id)[mailbox_id]
-        updated: list[FlagUpdate] = []
-        modified: list[int] = []
-        to_write: list[tuple[int, int]] = []
-        for row in self._rows(c, mailbox_id, uids):
-            mid, uid, old, modseq = row[0], row[2], _flags_set(row[5]), row[6]
-            if unchanged_since is not None and modseq > unchanged_since:
-                modified.append(uid)
-                continue
-            new = (old | wanted if mode is FlagMode.ADD else
-                   old - wanted if mode is FlagMode.REMOVE else wanted)
-            updated.append(FlagUpdate(uid, new, modseq, new != old))
-            if new != old:
-                to_write.append((mid, len(updated) - 1))
-        if to_write:
+        merge = merge_flags(self._rows(c, mailbox_id, uids), wanted, mode, unchanged_since)
+        if merge.to_write:
             modseq = self._bump(c, mailbox_id)
-            for _, index in to_write:
-                updated[index] = updated[index]._replace(modseq=modseq)
             c.cursor().executemany("UPDATE messages SET flags = %s, modseq = %s WHERE id = %s",
-                                   [(_flags_text(updated[i].flags), modseq, mid)
-                                    for mid, i in to_write])
+                                   merge.stamped(modseq))
             self._log(c, account_id, mailbox_id, modseq, ChangeKind.FLAGS,
-                      [updated[i].uid for _, i in to_write])
-        return StoreFlagsResult(updated, modified)
+                      [merge.updated[i].uid for _, i in merge.to_write])
+        return StoreFlagsResult(merge.updated, merge.modified)
 
     async def store_flags(self, mailbox_id: int, uids: Sequence[int], flags: Sequence[str],
                           mode: FlagMode, unchanged_since: int | None = None) -> StoreFlagsResult:
@@ -366,7 +328,7 @@ class PgMessageOps:
         account_id = self._lock(c, mailbox_id)[mailbox_id]
         rows = self._rows(c, mailbox_id, uids)
         if only_deleted:   # read under the mailbox lock: a flag just removed elsewhere counts
-            rows = [row for row in rows if "\\Deleted" in _flags_set(row[5])]
+            rows = [row for row in rows if "\\Deleted" in flags_set(row[5])]
         self._expunge_rows(c, mailbox_id, account_id, rows)
         return [row[2] for row in rows]
 

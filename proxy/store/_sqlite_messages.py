@@ -26,6 +26,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar, TypeVarTuple
 
 from . import crypto
+from ._rows import MESSAGE_COLUMNS, META_SELECT, flags_set, flags_text, from_date, merge_flags, meta
 from ._schema import transaction
 from .base import (
     AppendItem,
@@ -33,7 +34,6 @@ from .base import (
     ChangeKind,
     ChangesPruned,
     FlagMode,
-    FlagUpdate,
     MailboxNotFound,
     MessageMeta,
     StoreError,
@@ -42,7 +42,7 @@ from .base import (
 )
 from .crypto import KeyRing
 
-__all__ = ["MessageOps", "MESSAGE_COLUMNS", "from_date"]
+__all__ = ["MessageOps"]
 
 Row = tuple[Any, ...]   # one sqlite3 result row
 T = TypeVar("T")
@@ -57,31 +57,8 @@ def _small(messages: Sequence[MessageMeta]) -> bool:
     return len(messages) <= INLINE_ROWS and sum(m.size for m in messages) <= INLINE_BYTES
 
 
-def _flags_text(flags: frozenset[str]) -> str:
-    return " ".join(sorted(flags))
-
-
-def _flags_set(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-def _to_date(epoch: int, tz_minutes: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone(dt.timedelta(minutes=tz_minutes)))
-
-
-def from_date(value: dt.datetime | None) -> tuple[int, int]:
-    if value is None:
-        value = dt.datetime.now(dt.timezone.utc)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    offset = value.utcoffset() or dt.timedelta(0)
-    return int(value.timestamp()), int(offset.total_seconds() // 60)
-
-
 # sealed columns of `bodies` -> the record kind named in their associated data
 _KINDS = {"data": "body", "cache": "cache", "sort_fields": "sort"}
-
-MESSAGE_COLUMNS = "id, mailbox_id, uid, internaldate, tz_minutes, flags, modseq, body_id, pop3_uidl"
 
 
 def _chunks(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
@@ -197,7 +174,7 @@ class MessageOps:
             self._db.execute(
                 "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
                 "body_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (mailbox_id, uid, epoch, tz, _flags_text(normalize_flags(flags)), modseq, body_id))
+                (mailbox_id, uid, epoch, tz, flags_text(normalize_flags(flags)), modseq, body_id))
             self._log(account_id, mailbox_id, modseq, ChangeKind.APPEND, [uid])
         return uid
 
@@ -220,7 +197,7 @@ class MessageOps:
                 self._db.execute(
                     "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, "
                     "modseq, body_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (mailbox_id, first + n, epoch, tz, _flags_text(normalize_flags(item.flags)),
+                    (mailbox_id, first + n, epoch, tz, flags_text(normalize_flags(item.flags)),
                      modseq, body_id))
             uids = list(range(first, first + len(items)))
             self._log(account_id, mailbox_id, modseq, ChangeKind.APPEND, uids)
@@ -231,16 +208,9 @@ class MessageOps:
         return await self._run(self._append_many, mailbox_id, items) if items else []
 
     def _messages(self, mailbox_id: int) -> list[MessageMeta]:
-        rows = self._db.execute(
-            "SELECT m.id, m.mailbox_id, m.uid, m.internaldate, m.tz_minutes, m.flags, m.modseq, "
-            "m.body_id, m.pop3_uidl, b.size FROM messages m JOIN bodies b ON b.id = m.body_id "
-            "WHERE m.mailbox_id = ? ORDER BY m.uid", (mailbox_id,)).fetchall()
-        out: list[MessageMeta] = []
-        for row in rows:
-            mid, mailbox, uid, epoch, tz, flags, modseq, body_id, uidl, size = row
-            out.append(MessageMeta(mid, mailbox, uid, _to_date(epoch, tz), size, _flags_set(flags),
-                                   modseq, body_id, uidl))
-        return out
+        rows = self._db.execute(META_SELECT + "WHERE m.mailbox_id = ? ORDER BY m.uid",
+                                (mailbox_id,)).fetchall()
+        return [meta(row) for row in rows]
 
     async def messages(self, mailbox_id: int) -> list[MessageMeta]:
         """Every message of the mailbox, ordered by UID (message sequence numbers are indexes + 1)."""
@@ -288,29 +258,14 @@ class MessageOps:
         wanted = normalize_flags(flags)
         with transaction(self._db):
             account_id = self._mailbox_row(mailbox_id)[1]
-            updated: list[FlagUpdate] = []
-            modified: list[int] = []
-            to_write: list[tuple[int, int]] = []
-            for row in self._rows(mailbox_id, uids):
-                mid, uid, old, modseq = row[0], row[2], _flags_set(row[5]), row[6]
-                if unchanged_since is not None and modseq > unchanged_since:
-                    modified.append(uid)
-                    continue
-                new = (old | wanted if mode is FlagMode.ADD else
-                       old - wanted if mode is FlagMode.REMOVE else wanted)
-                updated.append(FlagUpdate(uid, new, modseq, new != old))
-                if new != old:
-                    to_write.append((mid, len(updated) - 1))
-            if to_write:
+            merge = merge_flags(self._rows(mailbox_id, uids), wanted, mode, unchanged_since)
+            if merge.to_write:
                 modseq = self._bump(mailbox_id)
-                for _, index in to_write:
-                    updated[index] = updated[index]._replace(modseq=modseq)
                 self._db.executemany("UPDATE messages SET flags = ?, modseq = ? WHERE id = ?",
-                                     [(_flags_text(updated[i].flags), modseq, mid)
-                                      for mid, i in to_write])
+                                     merge.stamped(modseq))
                 self._log(account_id, mailbox_id, modseq, ChangeKind.FLAGS,
-                          [updated[i].uid for _, i in to_write])
-        return StoreFlagsResult(updated, modified)
+                          [merge.updated[i].uid for _, i in merge.to_write])
+        return StoreFlagsResult(merge.updated, merge.modified)
 
     async def store_flags(self, mailbox_id: int, uids: Sequence[int], flags: Sequence[str],
                           mode: FlagMode, unchanged_since: int | None = None) -> StoreFlagsResult:
@@ -348,7 +303,7 @@ class MessageOps:
             account_id = self._mailbox_row(mailbox_id)[1]
             rows = self._rows(mailbox_id, uids)
             if only_deleted:
-                rows = [row for row in rows if "\\Deleted" in _flags_set(row[5])]
+                rows = [row for row in rows if "\\Deleted" in flags_set(row[5])]
             self._expunge_rows(mailbox_id, account_id, rows)
         return [int(row[2]) for row in rows]
 
@@ -475,13 +430,9 @@ class MessageOps:
         for chunk in _chunks(sorted(set(uids))):
             marks = ",".join("?" * len(chunk))
             rows = self._db.execute(
-                "SELECT m.id, m.mailbox_id, m.uid, m.internaldate, m.tz_minutes, m.flags, m.modseq, "
-                "m.body_id, m.pop3_uidl, b.size FROM messages m JOIN bodies b ON b.id = m.body_id "
-                f"WHERE m.mailbox_id = ? AND m.uid IN ({marks}) ORDER BY m.uid",
+                META_SELECT + f"WHERE m.mailbox_id = ? AND m.uid IN ({marks}) ORDER BY m.uid",
                 (mailbox_id, *chunk)).fetchall()
-            for mid, mailbox, uid, epoch, tz, flags, modseq, body_id, uidl, size in rows:
-                out.append(MessageMeta(mid, mailbox, uid, _to_date(epoch, tz), size,
-                                       _flags_set(flags), modseq, body_id, uidl))
+            out.extend(meta(row) for row in rows)
         return out
 
     async def messages_by_uid(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageMeta]:

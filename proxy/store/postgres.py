@@ -42,10 +42,10 @@ from psycopg import errors as pg_errors
 from . import crypto
 from ._accounts_sql import USAGE_SELECT, delete_statements, record_sync, summary_select
 from ._pg_bodies import note_orphans
-from ._pg_messages import MESSAGE_COLUMNS, PgMessageOps
+from ._pg_messages import PgMessageOps
 from ._pg_notify import ChangeFollower, Feed
 from ._pg_schema import CONNECT_TIMEOUT_S, SCHEMA_VERSION, one_line, open_pool, redact
-from ._sqlite_messages import from_date
+from ._rows import MESSAGE_COLUMNS, canon, from_date
 from .base import (
     DEFAULT_MAILBOXES,
     HIERARCHY_DELIMITER,
@@ -75,11 +75,6 @@ Conn = psycopg.Connection[Any]
 
 class _StaleConnection(Exception):
     """A pooled connection turned out dead before the transaction's COMMIT (`_call`)."""
-
-
-def _canon(name: str) -> str:
-    """INBOX is case-insensitive (RFC 3501 5.1); every other name is kept as given."""
-    return INBOX if name.upper() == INBOX else name
 
 
 class PostgresStore(PgMessageOps):
@@ -146,7 +141,7 @@ class PostgresStore(PgMessageOps):
     @staticmethod
     def _mailbox_id(c: Conn, account_id: int, name: str, lock: bool = False) -> int:
         row = c.execute("SELECT id FROM mailboxes WHERE account_id = %s AND name = %s"
-                        + (" FOR UPDATE" if lock else ""), (account_id, _canon(name))).fetchone()
+                        + (" FOR UPDATE" if lock else ""), (account_id, canon(name))).fetchone()
         if row is None:
             raise MailboxNotFound(f"mailbox {name!r} does not exist")
         return int(row[0])
@@ -252,7 +247,7 @@ class PostgresStore(PgMessageOps):
         args: list[object] = [account_id]
         where = "WHERE mb.account_id = %s"
         if name is not None:
-            where, args = where + " AND mb.name = %s", [account_id, _canon(name)]
+            where, args = where + " AND mb.name = %s", [account_id, canon(name)]
         rows = c.execute(self._MAILBOX_SELECT + where + " ORDER BY mb.name COLLATE \"C\"",
                          args).fetchall()
         return [Mailbox(*r) for r in rows]
@@ -266,7 +261,7 @@ class PostgresStore(PgMessageOps):
 
     def _create_mailbox(self, c: Conn, account_id: int, name: str,
                         special_use: str | None) -> Mailbox:
-        name = _canon(name)
+        name = canon(name)
         self._new_mailbox(c, account_id, name, special_use)
         return self._list_mailboxes(c, account_id, name)[0]
 
@@ -276,7 +271,7 @@ class PostgresStore(PgMessageOps):
         return mailbox
 
     def _delete_mailbox(self, c: Conn, account_id: int, name: str) -> None:
-        if _canon(name) == INBOX:
+        if canon(name) == INBOX:
             raise StoreError("INBOX cannot be deleted")
         mailbox_id = self._mailbox_id(c, account_id, name, lock=True)
         note_orphans(c, [r[0] for r in c.execute(
@@ -290,7 +285,7 @@ class PostgresStore(PgMessageOps):
         await self._run(self._delete_mailbox, account_id, name)
 
     def _rename_mailbox(self, c: Conn, account_id: int, old: str, new: str) -> None:
-        old, new = _canon(old), _canon(new)
+        old, new = canon(old), canon(new)
         if new == INBOX:
             raise MailboxExists("INBOX already exists")
         if new.startswith(old + HIERARCHY_DELIMITER):
@@ -330,7 +325,7 @@ class PostgresStore(PgMessageOps):
     def _set_subscribed(c: Conn, account_id: int, name: str, subscribed: bool) -> None:
         sql = ("INSERT INTO subscriptions(account_id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING"
                if subscribed else "DELETE FROM subscriptions WHERE account_id = %s AND name = %s")
-        c.execute(sql, (account_id, _canon(name)))
+        c.execute(sql, (account_id, canon(name)))
 
     async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
         """Add or remove a name, whether or not a mailbox has it (RFC 3501 6.3.6)."""

@@ -45,8 +45,9 @@ import trio
 
 from . import crypto
 from ._accounts_sql import USAGE_SELECT, delete_statements, record_sync, summary_select
+from ._rows import MESSAGE_COLUMNS, canon, from_date
 from ._schema import BUSY_TIMEOUT_MS, SCHEMA_VERSION, migrate, open_db, transaction
-from ._sqlite_messages import MESSAGE_COLUMNS, MessageOps, Row, from_date
+from ._sqlite_messages import MessageOps, Row
 from .base import (
     DEFAULT_MAILBOXES,
     HIERARCHY_DELIMITER,
@@ -106,11 +107,6 @@ def _run_batch(db: sqlite3.Connection, calls: list[_Call]) -> None:
 
 def _busy(exc: sqlite3.Error) -> bool:
     return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
-
-
-def _canon(name: str) -> str:
-    """INBOX is case-insensitive (RFC 3501 5.1); every other name is kept as given."""
-    return INBOX if name.upper() == INBOX else name
 
 
 class SqliteStore(MessageOps):
@@ -192,7 +188,7 @@ class SqliteStore(MessageOps):
 
     def _mailbox_id(self, account_id: int, name: str) -> int:
         row = self._db.execute("SELECT id FROM mailboxes WHERE account_id = ? AND name = ?",
-                               (account_id, _canon(name))).fetchone()
+                               (account_id, canon(name))).fetchone()
         if row is None:
             raise MailboxNotFound(f"mailbox {name!r} does not exist")
         return int(row[0])
@@ -307,7 +303,7 @@ class SqliteStore(MessageOps):
         args: list[int | str]
         where, args = "WHERE mb.account_id = ?", [account_id]
         if name is not None:
-            where, args = where + " AND mb.name = ?", args + [_canon(name)]
+            where, args = where + " AND mb.name = ?", args + [canon(name)]
         rows = self._db.execute(self._MAILBOX_SELECT + where + " ORDER BY mb.name", args).fetchall()
         return [Mailbox(*r) for r in rows]
 
@@ -319,7 +315,7 @@ class SqliteStore(MessageOps):
         return found[0] if found else None
 
     def _create_mailbox(self, account_id: int, name: str, special_use: str | None) -> Mailbox:
-        name = _canon(name)
+        name = canon(name)
         with transaction(self._db):
             if self._db.execute("SELECT 1 FROM mailboxes WHERE account_id = ? AND name = ?",
                                 (account_id, name)).fetchone():
@@ -332,7 +328,7 @@ class SqliteStore(MessageOps):
         return await self._run(self._create_mailbox, account_id, name, special_use)
 
     def _delete_mailbox(self, account_id: int, name: str) -> None:
-        if _canon(name) == INBOX:
+        if canon(name) == INBOX:
             raise StoreError("INBOX cannot be deleted")
         with transaction(self._db):
             mailbox_id = self._mailbox_id(account_id, name)
@@ -348,7 +344,7 @@ class SqliteStore(MessageOps):
         await self._run(self._delete_mailbox, account_id, name)
 
     def _rename_mailbox(self, account_id: int, old: str, new: str) -> None:
-        old, new = _canon(old), _canon(new)
+        old, new = canon(old), canon(new)
         if new == INBOX:
             raise MailboxExists("INBOX already exists")
         if new.startswith(old + HIERARCHY_DELIMITER):
@@ -389,7 +385,7 @@ class SqliteStore(MessageOps):
         sql = "INSERT OR IGNORE INTO subscriptions(account_id, name) VALUES (?, ?)" if subscribed \
             else "DELETE FROM subscriptions WHERE account_id = ? AND name = ?"
         with transaction(self._db):
-            self._db.execute(sql, (account_id, _canon(name)))
+            self._db.execute(sql, (account_id, canon(name)))
 
     async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
         """Add or remove a name, whether or not a mailbox has it (RFC 3501 6.3.6)."""
