@@ -20,7 +20,10 @@ sessions that have that mailbox selected are disconnected, as Dovecot does).
 
 Gaps: when the connection fails (database restart, network), it reconnects with a bounded
 backoff and, once listening again, compares every mailbox's HIGHESTMODSEQ with `_last` and
-reads what it missed ("catch-up"; a mailbox that disappeared is reported gone). The same
+reads what it missed ("catch-up"). A mailbox that disappeared, or whose name is not the one
+the last catch-up saw (`_names`), is reported gone: a missed RENAME is caught up like a missed
+DELETE. Names this process gave by its own RENAME (`renamed_here`, told by the store before
+the call returns) are taken silently, so a gap never turns one's own rename into a BYE. The same
 catch-up also runs every `CATCHUP_INTERVAL_S` while connected, a cheap guard against anything
 unforeseen. At the first connection `_last` starts at the current HIGHESTMODSEQs: the feed
 delivers changes made after the process started.
@@ -91,6 +94,8 @@ class ChangeFollower:
         self._run, self._feed = run_sync, feed
         self._last: dict[int, int] = {}        # mailbox id -> highest MODSEQ delivered
         self._accounts: dict[int, int] = {}    # mailbox id -> account id (seen at a catch-up)
+        self._names: dict[int, str] = {}       # mailbox id -> name (seen at a catch-up)
+        self._own_names: dict[int, str] = {}   # mailbox id -> name given by this process's RENAME
         self._horizon = 0                      # acked: every xid below it delivered here
         self._started = False
         self._reported = False
@@ -172,22 +177,37 @@ class ChangeFollower:
     def _forget(self, mailbox_id: int) -> None:
         self._last.pop(mailbox_id, None)
         self._accounts.pop(mailbox_id, None)
+        self._names.pop(mailbox_id, None)
+        self._own_names.pop(mailbox_id, None)
+
+    def renamed_here(self, names: dict[int, str]) -> None:
+        """This process renamed these mailboxes (id -> new name): its own sessions were told
+        in-process, so the next catch-up takes the new names without reporting them gone."""
+        self._own_names.update(names)
 
     async def _catch_up(self) -> None:
         rows = await self._run(lambda c: c.execute(
-            "SELECT id, account_id, highest_modseq FROM mailboxes").fetchall())
+            "SELECT id, account_id, highest_modseq, name FROM mailboxes").fetchall())
         if not self._started:
-            self._last = {mailbox_id: modseq for mailbox_id, _, modseq in rows}
-            self._accounts = {mailbox_id: account for mailbox_id, account, _ in rows}
+            self._last = {mailbox_id: modseq for mailbox_id, _, modseq, _ in rows}
+            self._accounts = {mailbox_id: account for mailbox_id, account, _, _ in rows}
+            self._names = {mailbox_id: name for mailbox_id, _, _, name in rows}
             self._started = True
             return
-        present = {mailbox_id for mailbox_id, _, _ in rows}
+        present = {mailbox_id for mailbox_id, _, _, _ in rows}
         for mailbox_id, account in list(self._accounts.items()):
             if mailbox_id not in present:   # deleted while the notification was missed
                 self._forget(mailbox_id)
                 self._feed.gone(account, mailbox_id)
-        for mailbox_id, account, modseq in rows:
-            self._accounts[mailbox_id] = account
+        for mailbox_id, account, modseq, name in rows:
+            known = self._names.get(mailbox_id, name)
+            if name != known and self._own_names.get(mailbox_id) != name:
+                self._forget(mailbox_id)    # renamed while the notification was missed
+                self._feed.gone(account, mailbox_id)
+                self._last[mailbox_id] = modseq   # a rename is no message change
+            elif name == self._own_names.get(mailbox_id):
+                del self._own_names[mailbox_id]
+            self._accounts[mailbox_id], self._names[mailbox_id] = account, name
             if modseq > self._last.get(mailbox_id, 0):
                 await self._read(mailbox_id)
 

@@ -284,7 +284,7 @@ class PostgresStore(PgMessageOps):
         """Delete a mailbox and its messages (not its inferiors). INBOX cannot be deleted."""
         await self._run(self._delete_mailbox, account_id, name)
 
-    def _rename_mailbox(self, c: Conn, account_id: int, old: str, new: str) -> None:
+    def _rename_mailbox(self, c: Conn, account_id: int, old: str, new: str) -> dict[int, str]:
         old, new = canon(old), canon(new)
         if new == INBOX:
             raise MailboxExists("INBOX already exists")
@@ -296,15 +296,16 @@ class PostgresStore(PgMessageOps):
             raise MailboxExists(f"mailbox {new!r} already exists")
         if old == INBOX:
             self._rename_inbox(c, account_id, mailbox_id, new)
-            return
+            return {}
         prefix = old + HIERARCHY_DELIMITER
         renamed = c.execute("UPDATE mailboxes SET name = CASE WHEN id = %s THEN %s "
                             "ELSE %s || substr(name, %s) END "
                             "WHERE account_id = %s AND (id = %s OR left(name, %s) = %s) "
-                            "RETURNING id",
+                            "RETURNING id, name",
                             (mailbox_id, new, new + HIERARCHY_DELIMITER, len(prefix) + 1,
                              account_id, mailbox_id, len(prefix), prefix)).fetchall()
         self._notify_gone(c, account_id, [r[0] for r in renamed])
+        return dict(renamed)
 
     def _rename_inbox(self, c: Conn, account_id: int, inbox_id: int, new: str) -> None:
         """RFC 3501 6.3.5: move INBOX's messages to a new mailbox; INBOX stays, empty."""
@@ -319,7 +320,9 @@ class PostgresStore(PgMessageOps):
 
     async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
         """Rename a mailbox and its inferiors; renaming INBOX moves its messages (RFC 3501 6.3.5)."""
-        await self._run(self._rename_mailbox, account_id, old, new)
+        renamed: dict[int, str] = await self._run(self._rename_mailbox, account_id, old, new)
+        if self.follower is not None:   # not a rename missed by the feed (`_pg_notify.py`)
+            self.follower.renamed_here(renamed)
 
     @staticmethod
     def _set_subscribed(c: Conn, account_id: int, name: str, subscribed: bool) -> None:

@@ -5,6 +5,7 @@ failures that are refusals. The behaviour both stores share is tested in test_st
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import psycopg
 import pytest
@@ -414,6 +415,50 @@ async def test_feed_reports_mailboxes_deleted_or_renamed_elsewhere(pg_dsn, nurse
     await there.delete_mailbox(account.id, "Old")
     await got.until(lambda: len(got.gone_ids) == 3)
     assert got.gone_ids[2] == ids["Old"]
+    await here.close()
+    await there.close()
+
+
+async def test_feed_catches_up_renames_and_deletions_missed_in_a_gap(pg_dsn, nursery, monkeypatch):
+    """Issue 15: a RENAME made while the LISTEN connection was down is reported gone after the
+    reconnect, as a missed DELETE is; a rename this process made meanwhile is not."""
+    here, there = await open_many(pg_dsn, 2)
+    account = await there.ensure_account("up", "alice")
+    for name in ("Work", "Work/2024", "Old", "Mine"):
+        await there.create_mailbox(account.id, name)
+    ids = {m.name: m.id for m in await there.list_mailboxes(account.id)}
+    lost = threading.Event()          # the follower noticed and tries to connect again
+    reconnect = threading.Event()     # ... which it may only once the gap is made
+    connect = _pg_notify.ChangeFollower._connect
+
+    def gated_connect(self):
+        if self.acked:
+            lost.set()
+            reconnect.wait(20)
+        return connect(self)
+
+    monkeypatch.setattr(_pg_notify.ChangeFollower, "_connect", gated_connect)
+    got = Collected()
+    with trio.fail_after(10):
+        await nursery.start(here.follow_changes, got)
+    follower = here.follower
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE application_name = 'mailproxy-listen' AND pid <> pg_backend_pid()")
+    try:
+        assert await trio.to_thread.run_sync(lost.wait, 10)
+        await there.rename_mailbox(account.id, "Work", "Job")     # missed: no listener
+        await there.delete_mailbox(account.id, "Old")
+        await here.rename_mailbox(account.id, "Mine", "Ours")    # own: its sessions were told
+    finally:
+        reconnect.set()
+    with trio.fail_after(10):
+        await follower.connected.wait()       # set after the catch-up
+    assert sorted(got.gone_ids) == sorted([ids["Work"], ids["Work/2024"], ids["Old"]])
+    acked = follower.acked
+    await follower._catch_up()                # the next periodic catch-up reports nothing again
+    assert sorted(got.gone_ids) == sorted([ids["Work"], ids["Work/2024"], ids["Old"]])
+    assert follower.acked == acked and got.items == []
     await here.close()
     await there.close()
 
