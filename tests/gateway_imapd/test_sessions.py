@@ -157,3 +157,48 @@ async def test_selected_mailbox_deleted_or_renamed_by_another_session(gateway):
         assert typ == "OK" and data[0][1] == b"body of message 1\r\n"
         a.logout()
     await run(clients)
+
+
+def _delete_selected(port: int, user: str, password: str, select: bytes) -> list[bytes]:
+    """SELECT (or EXAMINE) a new mailbox holding one message, DELETE it in the same session and
+    read everything the server sends until it closes: tagged lines cut to tag and status."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        replies = sock.makefile("rb")
+        replies.readline()                                   # greeting
+
+        def command(line: bytes) -> None:
+            sock.sendall(line + b"\r\n")
+            tag = line.split(b" ", 1)[0] + b" "
+            while not (reply := replies.readline()).startswith(tag):
+                assert reply, line
+            assert reply.startswith(tag + b"OK"), (line, reply)
+
+        command(b'a LOGIN "%s" "%s"' % (user.encode(), password.encode()))
+        command(b"b CREATE Doomed")
+        command(b"c APPEND Doomed {%d+}\r\n%s" % (len(message(1)), message(1)))
+        command(b"d " + select + b" Doomed")
+        sock.sendall(b"e DELETE Doomed\r\n")
+        rest = replies.read().split(b"\r\n")                 # until the server closes
+    return [b" ".join(line.split(b" ")[:2]) if line.startswith(b"e ") else line for line in rest]
+
+
+async def test_deleting_the_selected_mailbox_answers_like_dovecot(gateway):
+    """Issue 15: DELETE of the session's own selected (or examined) mailbox is completed with OK,
+    then `* BYE Selected mailbox was deleted, have to disconnect.` and the connection closes, on
+    both stores exactly as Dovecot 2.3.19 (run here as the reference) does."""
+    dovecot = gateway.dovecot
+    user, password = dovecot.add_user()
+    for select in (b"SELECT", b"EXAMINE"):
+        theirs = await run(_delete_selected, dovecot.imap_port, user, password, select)
+        ours = await run(_delete_selected, gateway.port, gateway.user, gateway.password, select)
+        assert theirs == [b"e OK", b"* BYE Selected mailbox was deleted, have to disconnect.", b""]
+        assert ours == theirs, select
+
+    def still_serving():
+        c = gateway.imaplib()
+        assert c.select("Doomed")[0] == "NO"                 # deleted, not just deselected
+        assert c.select("INBOX")[0] == "OK"
+        c.logout()
+    await run(still_serving)

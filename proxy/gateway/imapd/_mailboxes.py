@@ -131,10 +131,11 @@ async def delete(session, cmd):
     box = await session.store.get_mailbox(session.account.id, name)
     if box is None:
         raise Reply.no(f"Mailbox does not exist: {name}", b"NONEXISTENT")
-    if session.view is not None and session.view.mailbox_id == box.id:
-        session.deselect()
-        session.transition(Trigger.CLOSE)
     await session.store.delete_mailbox(session.account.id, name)
+    if session.view is not None and session.view.mailbox_id == box.id:
+        # Dovecot 2.3.19's words and behaviour (checked): the tagged OK, then BYE and close
+        session.deselect()
+        session.bye_after_reply = b"Selected mailbox was deleted, have to disconnect."
     session.backend.hub.gone(box.id)
     return None
 

@@ -94,6 +94,7 @@ class ImapSession:
         self.draining = False
         self._read_scope: trio.CancelScope | None = None
         self.after_reply: Callable[[], None] | None = None   # run once the tagged reply is out
+        self.bye_after_reply: bytes | None = None   # BYE text once the tagged OK is out (DELETE)
         gateway = getattr(getattr(session.runtime, "config", None), "gateway", None)
         self.budget = CommandBudget(gateway.limits.command_budget if gateway is not None
                                     else DEFAULT_COMMAND_BUDGET)
@@ -282,6 +283,8 @@ class ImapSession:
         self._count(cmd.name, status, started)
         if self.state is State.LOGOUT:
             raise CloseSession(Close.CLIENT_LOGOUT)
+        if self.bye_after_reply is not None:
+            await self._bye(self.bye_after_reply, Close.MAILBOX_DELETED)
 
     async def send_updates(self, allow_expunge: bool) -> None:
         view = self.view
