@@ -22,6 +22,8 @@ def _load_store(value: Any) -> str:
 
 
 StoreLocation = Annotated[str, PlainValidator(_load_store)]
+# store_replica_lease must be at least this many store_ack_interval (proxy/store/_pg_bodies.py)
+MIN_LEASE_ACKS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,8 @@ class Gateway:
     store: StoreLocation = "mailproxy-gateway.db"  # SQLite file, or postgresql://user@host/db?...
     store_password: SecretValue | None = None  # PostgreSQL password ({file:}/{env:}), not in the URL
     store_pool_size: StrictInt = 10            # PostgreSQL connections per process
+    store_ack_interval: Duration = 2.0         # PostgreSQL: replica acks (horizon, pins, lease)
+    store_replica_lease: Duration = 60.0       # PostgreSQL: a replica silent this long is dead
     poll_interval: Duration = 60.0
     upstream_retention: StrictStr = "keep"  # keep | delete-after-fetch | a duration such as 30d
     key_file: Path | None = None
@@ -98,6 +102,13 @@ def check_gateway(gateway: Gateway | None) -> list[Problem]:
             errors.append((("gateway", "quota", key), "expected at least 1"))
     if not 1 <= gateway.store_pool_size <= 1000:
         errors.append((("gateway", "store_pool_size"), "expected 1 to 1000 connections"))
+    if not 0.01 <= gateway.store_ack_interval <= 60:
+        errors.append((("gateway", "store_ack_interval"), "expected 10ms to 60s"))
+    elif gateway.store_replica_lease < MIN_LEASE_ACKS * gateway.store_ack_interval:
+        errors.append((("gateway", "store_replica_lease"),
+                       f"expected at least {MIN_LEASE_ACKS} times store_ack_interval "
+                       f"({MIN_LEASE_ACKS * gateway.store_ack_interval:g}s): a replica whose "
+                       "acks are a little late would count as dead"))
     if gateway.store_password is not None and "://" not in gateway.store:
         errors.append((("gateway", "store_password"),
                        "only a postgresql:// store takes a password"))

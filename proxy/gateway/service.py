@@ -378,7 +378,9 @@ async def open_configured_store(gateway: Gateway) -> Store:
     """The store of a `gateway:` config section (URL or path, key ring, password, pool size)."""
     password = None if gateway.store_password is None else gateway.store_password.value.decode()
     return await open_store(gateway.store, load_key_ring(gateway.key_file), password=password,
-                            pool_size=gateway.store_pool_size)
+                            pool_size=gateway.store_pool_size,
+                            ack_interval=gateway.store_ack_interval,
+                            replica_lease=gateway.store_replica_lease)
 
 
 @asynccontextmanager

@@ -65,18 +65,22 @@ def display_store(url_or_path: str) -> str:
 
 
 async def open_store(url_or_path: str, key_ring: KeyRing | None = None, *,
-                     password: str | None = None, pool_size: int | None = None) -> Store:
+                     password: str | None = None, pool_size: int | None = None,
+                     ack_interval: float = 2.0, replica_lease: float = 60.0) -> Store:
     """Open the store named by `gateway.store`. Raises StoreError/StoreKeyError on failure.
 
-    `password` and `pool_size` apply to PostgreSQL only (`gateway.store_password`,
-    `gateway.store_pool_size`); TLS and the rest are the URL's own parameters (`sslmode`,
+    `password`, `pool_size`, `ack_interval` and `replica_lease` apply to PostgreSQL only
+    (`gateway.store_password`, `gateway.store_pool_size`, `gateway.store_ack_interval`,
+    `gateway.store_replica_lease`); TLS and the rest are the URL's own parameters (`sslmode`,
     `sslrootcert`...).
     """
     if is_postgres_url(url_or_path):
+        from ._pg_bodies import ReplicaTiming
         from .postgres import DEFAULT_POOL_SIZE, open_postgres
 
         return await open_postgres(url_or_path, key_ring, password=password,
-                                   pool_size=pool_size or DEFAULT_POOL_SIZE)
+                                   pool_size=pool_size or DEFAULT_POOL_SIZE,
+                                   timing=ReplicaTiming(ack_interval, replica_lease))
     if url_or_path.startswith("sqlite://"):
         url_or_path = url_or_path[len("sqlite://"):]
     from .sqlite import open_sqlite

@@ -13,7 +13,7 @@ module makes the processes agree, with three tables (schema v2, `_pg_schema.py`)
 * `replicas(origin, seen_at, horizon)`: one row per gateway process following the change feed.
   `horizon` H means: every transaction with an xid below H has finished, and every expunge it
   made has been delivered to this process's sessions, which pinned what they still show.
-  `seen_at` is a lease renewed by each ack; a replica not seen for `REPLICA_LEASE_S` is dead
+  `seen_at` is a lease renewed by each ack; a replica not seen for `ReplicaTiming.lease` is dead
   (SIGKILL, lost node): its row and pins are dropped by the next sweep.
 * `pins(origin, body_id)`: the bodies that process's sessions still show, as of its last ack.
 
@@ -38,15 +38,34 @@ NO for such a message, as before this module.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import psycopg
 
-__all__ = ["REPLICA_LEASE_S", "SWEEP_BATCH", "note_orphans", "snapshot_xmin", "pending_mailboxes",
-           "write_ack", "sweep"]
+from ..config.gateway import MIN_LEASE_ACKS
 
-REPLICA_LEASE_S = 60.0      # a replica not acked for this long is dead: its pins stop counting
+__all__ = ["ReplicaTiming", "DEFAULT_TIMING", "SWEEP_BATCH", "note_orphans", "snapshot_xmin",
+           "pending_mailboxes", "write_ack", "sweep"]
+
 SWEEP_BATCH = 1000          # bodies deleted per sweep transaction
+
+
+class ReplicaTiming(NamedTuple):
+    """`gateway.store_ack_interval` and `gateway.store_replica_lease`, in seconds."""
+
+    ack_interval: float = 2.0   # between acks: horizon, pins and lease renewed, then a sweep
+    lease: float = 60.0         # a replica not acked for this long is dead: its pins stop counting
+
+    def check(self) -> None:
+        """Refuse a lease that a few late acks (a busy database, a GC pause) would run out:
+        the replica's sessions would lose the bodies they still show."""
+        if not self.ack_interval > 0:
+            raise ValueError("the ack interval must be positive")
+        if self.lease < MIN_LEASE_ACKS * self.ack_interval:
+            raise ValueError(f"the replica lease must be at least {MIN_LEASE_ACKS} ack intervals")
+
+
+DEFAULT_TIMING = ReplicaTiming()
 
 Conn = psycopg.Connection[Any]
 _XMIN = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
@@ -89,7 +108,7 @@ def write_ack(c: Conn, origin: str, horizon: int, pins: Iterable[int]) -> None:
                   "ON CONFLICT DO NOTHING", (origin, pinned))
 
 
-def sweep(c: Conn, lease_s: float = REPLICA_LEASE_S, *, only: Sequence[int] | None = None,
+def sweep(c: Conn, lease_s: float, *, only: Sequence[int] | None = None,
           exclude: str | None = None) -> list[int]:
     """Delete collectible bodies (see the module docstring); returns their ids. `only`: just
     those ids; `exclude`: a replica whose horizon and pins do not count (the caller's own,

@@ -30,7 +30,7 @@ from typing import Any, Awaitable, Callable, Sequence
 import psycopg
 
 from . import crypto
-from ._pg_bodies import note_orphans, sweep
+from ._pg_bodies import ReplicaTiming, note_orphans, sweep
 from ._rows import MESSAGE_COLUMNS, META_SELECT, flags_set, flags_text, from_date, merge_flags, meta
 from .base import (
     AppendItem,
@@ -62,6 +62,7 @@ class PgMessageOps:
     _ring: KeyRing | None
     _run: Callable[..., Awaitable[Any]]
     origin: str              # this process's tag on the change log and its notifications
+    timing: ReplicaTiming    # ack interval and replica lease (`_pg_bodies.py`)
 
     # ---- helpers run in a worker thread, inside the caller's transaction -----------------------
 
@@ -342,7 +343,8 @@ class PgMessageOps:
         """Delete those of the bodies (no session of this process shows them) that no message
         refers to any more and that no other live replica may still show (`_pg_bodies.py`)."""
         if body_ids:
-            await self._run(lambda c: sweep(c, only=list(body_ids), exclude=self.origin))
+            await self._run(lambda c: sweep(c, self.timing.lease, only=list(body_ids),
+                                            exclude=self.origin))
 
     @staticmethod
     def _recent_floor(c: Conn, mailbox_id: int, claim_upto: int | None) -> int:

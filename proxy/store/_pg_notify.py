@@ -33,9 +33,11 @@ Own changes are not delivered (the gateway already published them in-process) bu
 they still show: idempotent, and it makes the acks below independent of when the in-process
 publication happens).
 
-Every `ACK_INTERVAL_S` (and once before the feed counts as started) the follower acks: it tells
-the other replicas which expunges its sessions have seen and which bodies they still show, then
-sweeps what no live replica needs (`_pg_bodies.py` explains why this is safe).
+Every `timing.ack_interval` (`gateway.store_ack_interval`; and once before the feed counts as
+started) the follower acks: it tells the other replicas which expunges its sessions have seen
+and which bodies they still show, then sweeps what no live replica needs (`_pg_bodies.py`
+explains why this is safe); a replica that has not acked for `timing.lease`
+(`gateway.store_replica_lease`) counts as dead.
 """
 
 from __future__ import annotations
@@ -52,10 +54,9 @@ from ._pg_messages import CHANNEL, GONE
 from ._pg_schema import CONNECT_TIMEOUT_S, one_line, redact
 from .base import Change, ChangeKind, StoreError
 
-__all__ = ["ChangeFollower", "Feed", "CATCHUP_INTERVAL_S", "ACK_INTERVAL_S"]
+__all__ = ["ChangeFollower", "Feed", "CATCHUP_INTERVAL_S"]
 
 CATCHUP_INTERVAL_S = 30.0
-ACK_INTERVAL_S = 2.0
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.2, 5.0
 MAX_CHANGES_PER_READ = 10_000     # one mailbox's backlog is read in slices of this many rows
 
@@ -89,8 +90,10 @@ class ChangeFollower:
     """See the module docstring. `run_sync` runs SQL on the store's pool (one transaction)."""
 
     def __init__(self, url: str, password: str | None, origin: str,
-                 run_sync: Callable[..., Awaitable[Any]], feed: Feed):
+                 run_sync: Callable[..., Awaitable[Any]], feed: Feed,
+                 timing: bodies.ReplicaTiming = bodies.DEFAULT_TIMING):
         self._url, self._password, self._origin = url, password, origin
+        self._timing = timing
         self._run, self._feed = run_sync, feed
         self._last: dict[int, int] = {}        # mailbox id -> highest MODSEQ delivered
         self._accounts: dict[int, int] = {}    # mailbox id -> account id (seen at a catch-up)
@@ -142,7 +145,8 @@ class ChangeFollower:
     async def _listen(self, conn: Conn) -> None:
         pgconn = conn.pgconn
         now = trio.current_time()
-        next_ack, next_catch_up = now + ACK_INTERVAL_S, now + CATCHUP_INTERVAL_S
+        ack_interval = self._timing.ack_interval
+        next_ack, next_catch_up = now + ack_interval, now + CATCHUP_INTERVAL_S
         while True:
             readable = False
             with trio.move_on_at(min(next_ack, next_catch_up)):
@@ -157,7 +161,7 @@ class ChangeFollower:
                 next_catch_up = now + CATCHUP_INTERVAL_S
             if now >= next_ack:
                 await self._ack()
-                next_ack = trio.current_time() + ACK_INTERVAL_S
+                next_ack = trio.current_time() + ack_interval
 
     async def _notified(self, pgconn: Any) -> None:
         wanted: dict[int, int] = {}        # mailbox -> account, in arrival order
@@ -230,7 +234,7 @@ class ChangeFollower:
         self.acked += 1
         done, self.ack_event = self.ack_event, trio.Event()
         done.set()
-        await self._run(lambda c: bodies.sweep(c))
+        await self._run(lambda c: bodies.sweep(c, self._timing.lease))
 
     async def _read(self, mailbox_id: int) -> None:
         while True:

@@ -41,7 +41,7 @@ from psycopg import errors as pg_errors
 
 from . import crypto
 from ._accounts_sql import USAGE_SELECT, delete_statements, record_sync, summary_select
-from ._pg_bodies import note_orphans
+from ._pg_bodies import DEFAULT_TIMING, ReplicaTiming, note_orphans
 from ._pg_messages import PgMessageOps
 from ._pg_notify import ChangeFollower, Feed
 from ._pg_schema import CONNECT_TIMEOUT_S, SCHEMA_VERSION, one_line, open_pool, redact
@@ -81,20 +81,23 @@ class PostgresStore(PgMessageOps):
     """See the module docstring. Create with `await open_postgres(url, key_ring, ...)`."""
 
     def __init__(self, pool: psycopg_pool.ConnectionPool[Any], url: str, ring: KeyRing | None,
-                 size: int, password: str | None = None):
+                 size: int, password: str | None = None,
+                 timing: ReplicaTiming = DEFAULT_TIMING):
         self._pool: psycopg_pool.ConnectionPool[Any] | None = pool
         self._url, self._password = url, password
         self.url = redact(url)
         self._ring = ring
         self._limiter = trio.CapacityLimiter(size)
         self.origin = secrets.token_hex(6)
+        self.timing = timing
         self.follower: ChangeFollower | None = None
 
     async def follow_changes(self, feed: Feed,
                              task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Hand the changes other processes make to `feed`, until cancelled (`_pg_notify.py`);
         with `nursery.start`, returns once listening and registered as a replica."""
-        self.follower = ChangeFollower(self._url, self._password, self.origin, self._run, feed)
+        self.follower = ChangeFollower(self._url, self._password, self.origin, self._run, feed,
+                                       self.timing)
         await self.follower.run(task_status)
 
     def _call(self, read: bool, fn: Callable[..., Any], *args: Any) -> Any:
@@ -481,7 +484,9 @@ class PostgresStore(PgMessageOps):
 
 
 async def open_postgres(url: str, key_ring: KeyRing | None = None, *, password: str | None = None,
-                        pool_size: int = DEFAULT_POOL_SIZE) -> PostgresStore:
+                        pool_size: int = DEFAULT_POOL_SIZE,
+                        timing: ReplicaTiming = DEFAULT_TIMING) -> PostgresStore:
     """Open the store at `url` (`postgresql://...`), migrating the schema as needed."""
+    timing.check()
     pool = await trio.to_thread.run_sync(open_pool, url, key_ring, password, pool_size)
-    return PostgresStore(pool, url, key_ring, pool_size, password)
+    return PostgresStore(pool, url, key_ring, pool_size, password, timing)

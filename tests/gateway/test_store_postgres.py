@@ -27,11 +27,11 @@ def mail(n: int) -> bytes:
     return b"Subject: message %d\r\n\r\nbody %d\r\n" % (n, n)
 
 
-async def open_many(url: str, count: int) -> list:
+async def open_many(url: str, count: int, **timing: float) -> list:
     stores: list = [None] * count
 
     async def one(i: int) -> None:
-        stores[i] = await open_store(url)
+        stores[i] = await open_store(url, **timing)
 
     async with trio.open_nursery() as nursery:
         for i in range(count):
@@ -177,6 +177,28 @@ def test_config_refuses_a_password_for_sqlite_and_a_bad_pool_size(tmp_path, monk
     assert "expected 1 to 1000 connections" in text
 
 
+def test_replica_timing_settings_have_defaults_and_a_lease_of_a_few_acks_is_refused(tmp_path):
+    cfg = config_dict(1, str(tmp_path / "s.db"))
+    gateway = config_mod.loads(yaml.safe_dump(cfg)).gateway
+    assert (gateway.store_ack_interval, gateway.store_replica_lease) == (2.0, 60.0)
+    cfg["gateway"].update(store_ack_interval="500ms", store_replica_lease="2.5s")
+    gateway = config_mod.loads(yaml.safe_dump(cfg)).gateway
+    assert (gateway.store_ack_interval, gateway.store_replica_lease) == (0.5, 2.5)
+    for ack, lease, wrong, message in (
+            ("2s", "9s", "store_replica_lease", "expected at least 5 times store_ack_interval (10s)"),
+            ("0s", "60s", "store_ack_interval", "expected 10ms to 60s")):
+        cfg["gateway"].update(store_ack_interval=ack, store_replica_lease=lease)
+        with pytest.raises(config_mod.ConfigError) as info:
+            config_mod.loads(yaml.safe_dump(cfg))
+        [error] = info.value.errors
+        assert f"gateway.{wrong}" in str(error) and message in str(error), str(error)
+
+
+async def test_open_store_refuses_a_lease_of_a_few_acks(pg_dsn):
+    with pytest.raises(ValueError, match="at least 5 ack intervals"):
+        await open_store(pg_dsn, ack_interval=2, replica_lease=8)
+
+
 class Collected:
     """A `follow_changes` feed (proxy/store/_pg_notify.Feed) that records (mailbox, kind, uid,
     modseq) of others' changes, the holds of its own expunges and gone mailboxes; `pins` are
@@ -308,14 +330,12 @@ def body_exists(url: str, body_id: int) -> bool:
         return conn.execute("SELECT 1 FROM bodies WHERE id = %s", (body_id,)).fetchone() is not None
 
 
-async def test_a_body_another_replica_still_shows_is_kept_until_it_lets_go(pg_dsn, nursery,
-                                                                          monkeypatch):
+async def test_a_body_another_replica_still_shows_is_kept_until_it_lets_go(pg_dsn, nursery):
     """RFC 2180 4.1.1 across replicas: `here` has a session showing the message `there`
     expunges; `there` collecting at once, and both sweeping, keep the body until `here` has
     delivered the expunge, pinned the body, and then dropped the pin (its session sent the
     EXPUNGE); then it is swept."""
-    monkeypatch.setattr(_pg_notify, "ACK_INTERVAL_S", 0.05)
-    here, there = await open_many(pg_dsn, 2)
+    here, there = await open_many(pg_dsn, 2, ack_interval=0.05)
     account = await there.ensure_account("up", "alice")
     inbox = await there.get_mailbox(account.id, "INBOX")
     uid = await there.append(inbox.id, mail(1))
@@ -348,11 +368,10 @@ async def test_a_body_another_replica_still_shows_is_kept_until_it_lets_go(pg_ds
     await there.close()
 
 
-async def test_own_expunges_are_held_from_the_log(pg_dsn, nursery, monkeypatch):
+async def test_own_expunges_are_held_from_the_log(pg_dsn, nursery):
     """The follower hands this process's own EXPUNGEs back as holds (views pin what they still
     show even if the in-process publication is late), never as changes."""
-    monkeypatch.setattr(_pg_notify, "ACK_INTERVAL_S", 0.05)
-    [here] = await open_many(pg_dsn, 1)
+    [here] = await open_many(pg_dsn, 1, ack_interval=0.05)
     account = await here.ensure_account("up", "alice")
     inbox = await here.get_mailbox(account.id, "INBOX")
     uid = await here.append(inbox.id, mail(1))
@@ -366,13 +385,12 @@ async def test_own_expunges_are_held_from_the_log(pg_dsn, nursery, monkeypatch):
     await here.close()
 
 
-async def test_bodies_left_by_a_dead_process_are_swept(pg_dsn, nursery, monkeypatch):
+async def test_bodies_left_by_a_dead_process_are_swept(pg_dsn, nursery):
     """A process that expunged and died before collecting (or never collects) leaves orphans:
     a live replica's sweep takes them once every live replica is past them. A replica row
     whose lease ran out (SIGKILL) no longer holds anything back; a live one that has not acked
     past the expunge does."""
-    monkeypatch.setattr(_pg_notify, "ACK_INTERVAL_S", 0.05)
-    here, dead = await open_many(pg_dsn, 2)
+    here, dead = await open_many(pg_dsn, 2, ack_interval=0.05, replica_lease=30)
     account = await dead.ensure_account("up", "alice")
     inbox = await dead.get_mailbox(account.id, "INBOX")
     await dead.append(inbox.id, mail(1))
@@ -388,7 +406,12 @@ async def test_bodies_left_by_a_dead_process_are_swept(pg_dsn, nursery, monkeypa
     await wait_acks(here, 3)
     assert body_exists(pg_dsn, meta.body_id)            # 'stuck' is live and behind
     with psycopg.connect(pg_dsn) as conn:               # ... until its lease runs out
-        conn.execute("UPDATE replicas SET seen_at = now() - interval '61 seconds' "
+        conn.execute("UPDATE replicas SET seen_at = now() - interval '29 seconds' "
+                     "WHERE origin = 'stuck'")
+    await wait_acks(here, 2)
+    assert body_exists(pg_dsn, meta.body_id)            # within gateway.store_replica_lease
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("UPDATE replicas SET seen_at = now() - interval '31 seconds' "
                      "WHERE origin = 'stuck'")
     await wait_acks(here, 2)
     assert not body_exists(pg_dsn, meta.body_id)
