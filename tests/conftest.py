@@ -14,6 +14,10 @@ Fixtures:
                      ends, and the test fails if a proxy log holds a Traceback, unless that proxy's
                      `allow_tracebacks` was set True.
 
+A SIGTERM to pytest (a CI job cancelled, a timeout) ends the run as Ctrl-C does, so the session
+teardowns still stop every private server; servers of a SIGKILL'd run are stopped by the next run
+(`make_root()`).
+
 Helpers: `from support.proxyproc import relay_config` and `from support.dovecot import start_dovecot`
 (this file puts tests/ on sys.path). When a test fails, the tails of the logs of every Dovecot and
 proxy it used are added to its report.
@@ -24,7 +28,9 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import signal
 import sys
+import threading
 
 import pytest
 
@@ -33,6 +39,16 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from support.dovecot import Dovecot, DovecotError, make_root, start_dovecot  # noqa: E402
 from support.postgres import Postgres, PostgresError, start_postgres  # noqa: E402
 from support.proxyproc import ProxyProcess, traceback_report  # noqa: E402
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"pytest got signal {signum}: stopping, with teardowns")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
+
 
 _LOG_SOURCES = pytest.StashKey[list]()
 _LOG_TAIL_LINES = 80

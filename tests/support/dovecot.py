@@ -54,6 +54,7 @@ __all__ = ["Dovecot", "DovecotError", "MAIL_USER", "MISSING_MESSAGE", "ROOT_PREF
 
 MAIL_USER = "mailproxytest"
 ROOT_PREFIX = "mailproxy-tests-"
+OWNER_FILE = "owner.pid"      # in a root: the pid of the test run that made it
 MISSING_MESSAGE = "install dovecot-imapd and dovecot-pop3d (make test does this)"
 TEMPLATE = pathlib.Path(__file__).with_name("dovecot.conf.in")
 START_TIMEOUT = 15.0
@@ -451,7 +452,15 @@ def make_root() -> pathlib.Path:
     reap_stale_roots()
     root = pathlib.Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
     root.chmod(0o711)
+    (root / OWNER_FILE).write_text(f"{os.getpid()}\n")
     return root
+
+
+def _root_owner(root: pathlib.Path) -> int | None:
+    try:
+        return int((root / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _owner_pid(conf: pathlib.Path) -> int | None:
@@ -460,15 +469,20 @@ def _owner_pid(conf: pathlib.Path) -> int | None:
 
 
 def reap_stale_roots() -> None:
-    """Stop the Dovecots and remove the directories of test runs that died without cleaning up (a
-    killed pytest cannot run its teardown). A root is stale when every instance in it was started
-    by a process that no longer runs; instance names carry that pid."""
+    """Stop the Dovecots and PostgreSQL clusters and remove the directories of test runs that died
+    without cleaning up (a killed pytest cannot run its teardown). A root is stale when the
+    process that made it (its `owner.pid`) no longer runs, or, for a root without one, when every
+    Dovecot in it was started by a process that no longer runs (instance names carry that pid)."""
+    from support.postgres import stop_stale_clusters  # postgres.py imports this module
+
     for root in pathlib.Path(tempfile.gettempdir()).glob(ROOT_PREFIX + "*"):
         try:
             confs = list(root.glob("dovecot-*/dovecot.conf"))
-            owners = {_owner_pid(conf) for conf in confs}
-            if not confs or None in owners or any(_pid_alive(pid) for pid in owners):
+            owner = _root_owner(root)
+            owners = {_owner_pid(conf) for conf in confs} if owner is None else {owner}
+            if not owners or None in owners or any(_pid_alive(pid) for pid in owners):
                 continue  # not ours, or still in use (an empty root may be a run that just began)
+            stop_stale_clusters(root)
             for conf in confs:
                 pid_file = conf.parent / "run" / "master.pid"
                 try:

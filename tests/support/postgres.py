@@ -23,6 +23,12 @@ cluster is deleted at the end of the session.
 
 `restart()` stops the server (fast shutdown: sessions are cut) and starts it again on the same
 port and directory, for the tests of what the gateway does while its database goes away.
+
+Cleanup after a run that could not clean up: a SIGTERM'd pytest runs its teardowns (conftest.py
+turns SIGTERM into KeyboardInterrupt), which stop the cluster. A SIGKILL'd one leaves its
+postmaster running: the next run's `make_root()` (support/dovecot.py) finds roots whose owner is
+gone and calls `stop_stale_clusters`, which stops every postmaster whose data directory is in
+that root (checked against the process's command line, so a reused pid is never signalled).
 """
 
 from __future__ import annotations
@@ -34,19 +40,23 @@ import pathlib
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from urllib.parse import quote
 
 from support.dovecot import free_ports
 
-__all__ = ["PostgresError", "Postgres", "MISSING_MESSAGE", "find_bin_dir", "start_postgres"]
+__all__ = ["PostgresError", "Postgres", "MISSING_MESSAGE", "find_bin_dir", "start_postgres",
+           "stop_stale_clusters"]
 
 MISSING_MESSAGE = ("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin: install "
                    "Debian's `postgresql` package (make test does this via scripts/install-test-deps.sh)")
 RUN_USER = "postgres"
 SUPERUSER = "mailproxy"
 START_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 10
 _TOOLS = ("initdb", "pg_ctl", "postgres")
 _instances = itertools.count(1)
 _databases = itertools.count(1)
@@ -192,3 +202,32 @@ def start_postgres(base_dir: pathlib.Path) -> Postgres:
     instance._initdb()
     instance.start()
     return instance
+
+
+def postmaster_pid(data: pathlib.Path) -> int | None:
+    """The pid of the postmaster running on `data`, or None (no pid file, or that pid is not a
+    postgres on this directory any more)."""
+    try:
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if str(data).encode() in cmdline else None
+
+
+def stop_stale_clusters(root: pathlib.Path) -> list[int]:
+    """Stop (immediate shutdown, SIGKILL after `STOP_TIMEOUT_S`) the postmasters of the clusters
+    under `root`, a directory whose test run is gone; returns their pids."""
+    stopped = []
+    for pid_file in root.glob("pg*-*/data/postmaster.pid"):
+        pid = postmaster_pid(pid_file.parent)
+        if pid is None:
+            continue
+        os.kill(pid, signal.SIGQUIT)      # immediate shutdown: the data is thrown away anyway
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while postmaster_pid(pid_file.parent) == pid and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if postmaster_pid(pid_file.parent) == pid:
+            os.kill(pid, signal.SIGKILL)
+        stopped.append(pid)
+    return stopped
