@@ -16,6 +16,7 @@ import selectors
 import socket
 import statistics
 import time
+from typing import Callable
 
 import trio
 from common import Env, make_mailbox  # noqa: E402 (puts tests/ on sys.path)
@@ -45,9 +46,10 @@ def measure(port: int, user: str, password: str, sessions: int, rounds: int) -> 
 
 
 def measure_between(writer_port: int, idle_port: int, user: str, password: str, sessions: int,
-                    rounds: int) -> list[float]:
+                    rounds: int, rounds_mark: Callable[[], None] | None = None) -> list[float]:
     """Seconds from a STORE sent on `writer_port` to its FETCH on each IDLE session on
-    `idle_port` (the same process, or another replica of the gateway)."""
+    `idle_port` (the same process, or another replica of the gateway). `rounds_mark` is called
+    right before the first STORE and after the last round (e.g. to read a process's CPU)."""
     idlers = [_login(idle_port, user, password) for _ in range(sessions)]
     for sock, f in idlers:
         sock.sendall(b"i IDLE\r\n")
@@ -58,6 +60,8 @@ def measure_between(writer_port: int, idle_port: int, user: str, password: str, 
     for sock, _ in idlers:
         sel.register(sock, selectors.EVENT_READ)
     samples = []
+    if rounds_mark is not None:
+        rounds_mark()
     for n in range(rounds):
         op = b"+" if n % 2 == 0 else b"-"
         waiting = {sock for sock, _ in idlers}
@@ -74,6 +78,8 @@ def measure_between(writer_port: int, idle_port: int, user: str, password: str, 
                     waiting.discard(sock)
         while not wf.readline().startswith(b"s "):
             pass
+    if rounds_mark is not None:
+        rounds_mark()
     for sock, _ in idlers:
         sock.close()
     writer.close()

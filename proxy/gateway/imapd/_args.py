@@ -152,8 +152,21 @@ def parse_flags(values: object, *, allow_recent: bool = False) -> list[str]:
     return out
 
 
+FLAG_LIST_CACHE = 4096   # rendered flag sets kept (cleared when full: keywords are the client's)
+_flag_lists: dict[frozenset[str], bytes] = {}
+
+
 def flag_list(flags) -> bytes:
-    return b"(" + b" ".join(sorted(f.encode() for f in flags)) + b")"
+    """`(\\Seen kw ...)`, sorted. A frozenset's rendering is cached: every session told of one
+    flag change renders the same set (the IDLE fan-out)."""
+    if not isinstance(flags, frozenset):
+        return b"(" + b" ".join(sorted(f.encode() for f in flags)) + b")"
+    rendered = _flag_lists.get(flags)
+    if rendered is None:
+        if len(_flag_lists) >= FLAG_LIST_CACHE:
+            _flag_lists.clear()
+        rendered = _flag_lists[flags] = b"(" + b" ".join(sorted(f.encode() for f in flags)) + b")"
+    return rendered
 
 
 # ---- dates --------------------------------------------------------------------------------------

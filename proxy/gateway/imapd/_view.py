@@ -20,7 +20,6 @@ allows:
 from __future__ import annotations
 
 import bisect
-import dataclasses
 
 import trio
 
@@ -172,7 +171,7 @@ class SelectedView:
     def set_flags(self, uid: int, flags: frozenset[str], modseq: int) -> None:
         meta = self.meta.get(uid)
         if meta is not None and modseq >= meta.modseq:
-            self.meta[uid] = dataclasses.replace(meta, flags=flags, modseq=modseq)
+            self.meta[uid] = meta.with_flags(flags, modseq)
 
     def remove(self, uid: int) -> int | None:
         """Forget an expunged message now; returns the sequence number it had."""
@@ -235,9 +234,9 @@ class SelectedView:
                     new: dict[int, MessageMeta], changed: dict[int, None]) -> None:
         if uid in new:
             if modseq > new[uid].modseq:
-                new[uid] = dataclasses.replace(new[uid], flags=flags, modseq=modseq)
+                new[uid] = new[uid].with_flags(flags, modseq)
             return
         meta = self.meta.get(uid)
         if meta is not None and modseq > meta.modseq:
-            self.meta[uid] = dataclasses.replace(meta, flags=flags, modseq=modseq)
+            self.meta[uid] = meta.with_flags(flags, modseq)
             changed[uid] = None

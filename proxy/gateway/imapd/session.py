@@ -367,8 +367,11 @@ class ImapSession:
                 await view.wakeup.wait()
             first = False
             # Shielded: once the view has applied an update, its lines must reach the client
-            # even if DONE cancels the push half-way (or sequence numbers would disagree).
-            with trio.CancelScope(shield=True), trio.move_on_after(STALLED_CLIENT) as bound:
+            # even if DONE cancels the push half-way (or sequence numbers would disagree); the
+            # scope's own deadline still ends a push to a client that stopped reading. (One
+            # scope, not shield + move_on_after: this runs once per session per change.)
+            deadline = trio.current_time() + STALLED_CLIENT
+            with trio.CancelScope(shield=True, deadline=deadline) as bound:
                 await self.send_updates(True)
                 await self.flush()
             if bound.cancelled_caught:  # a client that stopped reading: end the session
