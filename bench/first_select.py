@@ -1,0 +1,130 @@
+"""Benchmark: LOGIN and the first SELECT right after it, on a 2,000-message mailbox, Dovecot IMAP
+directly vs the gateway (in-process, SQLite store, Dovecot POP3 upstream), interleaved rounds
+(issue 13's "first SELECT after LOGIN").
+
+A gateway LOGIN waits for its account's upstream sync (POP3 UIDL of every message, compared
+with the store's); the SELECT after it loads the mailbox's index. Each round is a new connection
+(LOGIN, SELECT, LOGOUT) per server. Reported: medians of wall time, and the gateway's CPU per
+round and its garbage-collector pauses (`gc.callbacks`: count and longest, per generation).
+
+Run: .venv/bin/python bench/first_select.py [--messages 2000] [--rounds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import functools
+import gc
+import imaplib
+import json
+import multiprocessing
+import os
+import statistics
+import time
+
+import trio
+from common import Env, make_mailbox  # noqa: E402 (puts tests/ on sys.path)
+
+from proxy.config import loads
+from proxy.gateway.service import open_gateway
+from proxy.metrics import Metrics
+from proxy.net.conn import Conn
+from proxy.session.context import Runtime, Session
+from support.proxyproc import relay_config
+
+
+def measure(port: int, user: str, password: str) -> dict[str, float]:
+    """In the client process: one LOGIN, SELECT, LOGOUT."""
+    c = imaplib.IMAP4("127.0.0.1", port)
+    t = time.perf_counter()
+    c.login(user, password)
+    out = {"login_s": time.perf_counter() - t}
+    t = time.perf_counter()
+    c.select("INBOX")
+    out["select_s"] = time.perf_counter() - t
+    c.logout()
+    return out
+
+
+class GcPauses:
+    """Every collection of this process: (generation, seconds)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], time.perf_counter() - self._start))
+
+
+async def main(messages: int, rounds: int) -> None:
+    env = Env("first-select")
+    pauses = GcPauses()
+    try:
+        user, password = env.user_with(make_mailbox(messages))
+        cfg = relay_config(env.dovecot, listeners=("imap",), allow_plaintext_auth=True)
+        cfg["listeners"][0]["mode"] = "gateway"
+        cfg["gateway"] = {"store": str(env.root / "gateway.db"), "poll_interval": "600s"}
+        config = loads(json.dumps(cfg))
+        metrics = Metrics()
+        runtime = Runtime.build(config, metrics)
+        async with open_gateway(config, metrics) as service, trio.open_nursery() as nursery:
+            async def handler(stream):
+                conn = Conn(stream)
+                session = Session(runtime, config.listeners[0], "127.0.0.1", 0, "127.0.0.1", 0)
+                try:
+                    await service.handle(session, conn)
+                finally:
+                    await conn.aclose()
+
+            listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0,
+                                                              host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            results: dict[str, list[dict[str, float]]] = {"dovecot": [], "gateway": []}
+            cpu: list[float] = []
+            with concurrent.futures.ProcessPoolExecutor(
+                    1, mp_context=multiprocessing.get_context("spawn")) as client:
+                while True:   # the first logins ingest the mailbox: not rounds
+                    await trio.to_thread.run_sync(client.submit(measure, port, user,
+                                                                password).result)
+                    account = await service.store.ensure_account("main", user)
+                    box = await service.store.get_mailbox(account.id, "INBOX")
+                    if box is not None and box.exists >= messages:
+                        break
+                gc.callbacks.append(pauses)
+                for _ in range(rounds):
+                    results["dovecot"].append(await trio.to_thread.run_sync(client.submit(
+                        measure, env.dovecot.imap_port, user, password).result))
+                    before = time.process_time()
+                    results["gateway"].append(await trio.to_thread.run_sync(client.submit(
+                        measure, port, user, password).result))
+                    cpu.append(time.process_time() - before)
+                gc.callbacks.remove(pauses)
+            nursery.cancel_scope.cancel()
+        print(f"{messages} messages, {rounds} rounds; load average {os.getloadavg()[0]:.1f}")
+        for key in ("login_s", "select_s"):
+            d, g = (statistics.median(r[key] for r in results[label])
+                    for label in ("dovecot", "gateway"))
+            print(f"{key:10} dovecot {d * 1000:8.2f} ms  gateway {g * 1000:8.2f} ms  "
+                  f"speed {d / g:5.2f}x")
+        print(f"gateway CPU per round (LOGIN + sync + SELECT + LOGOUT): median "
+              f"{statistics.median(cpu) * 1000:.1f} ms")
+        for generation in (0, 1, 2):
+            times = [s for g, s in pauses.pauses if g == generation]
+            if times:
+                print(f"GC generation {generation}: {len(times) / rounds:.1f} per round, "
+                      f"longest {max(times) * 1000:.1f} ms, total {sum(times) * 1000:.1f} ms")
+    finally:
+        env.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    trio.run(main, args.messages, args.rounds)
