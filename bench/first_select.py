@@ -4,8 +4,10 @@ directly vs the gateway (in-process, SQLite store, Dovecot POP3 upstream), inter
 
 A gateway LOGIN waits for its account's upstream sync (POP3 UIDL of every message, compared
 with the store's); the SELECT after it loads the mailbox's index. Each round is a new connection
-(LOGIN, SELECT, LOGOUT) per server. Reported: medians of wall time, and the gateway's CPU per
-round and its garbage-collector pauses (`gc.callbacks`: count and longest, per generation).
+(LOGIN, SELECT, LOGOUT) per server. Reported: medians of wall time, the server's CPU per
+command (from /proc, the mean over the rounds: the gateway's process; Dovecot's master with its
+children, i.e. login, auth and imap processes), the gateway's CPU per round and its
+garbage-collector pauses (`gc.callbacks`: count and longest, per generation).
 
 Run: .venv/bin/python bench/first_select.py [--messages 2000] [--rounds 15]
 """
@@ -34,15 +36,40 @@ from proxy.session.context import Runtime, Session
 from support.proxyproc import relay_config
 
 
-def measure(port: int, user: str, password: str) -> dict[str, float]:
-    """In the client process: one LOGIN, SELECT, LOGOUT."""
+def cpu_seconds(pid: int, children: bool) -> float:
+    """User+system CPU of `pid`; with `children`, plus its reaped and live direct children."""
+    def stat(p: int) -> list[str]:
+        with open(f"/proc/{p}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+
+    total = sum(int(x) for x in stat(pid)[11:15 if children else 13])
+    if children:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != pid:
+                try:
+                    child = stat(int(entry))
+                except OSError:
+                    continue
+                if int(child[1]) == pid:
+                    total += sum(int(x) for x in child[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def measure(port: int, user: str, password: str, server_pid: int = 0,
+            children: bool = False) -> dict[str, float]:
+    """In the client process: one LOGIN, SELECT, LOGOUT; wall time and the server's CPU (from
+    /proc, clock ticks: summed over rounds, not one by one) of LOGIN and of SELECT."""
+    def cpu() -> float:
+        return cpu_seconds(server_pid, children) if server_pid else 0.0
+
     c = imaplib.IMAP4("127.0.0.1", port)
-    t = time.perf_counter()
-    c.login(user, password)
-    out = {"login_s": time.perf_counter() - t}
-    t = time.perf_counter()
-    c.select("INBOX")
-    out["select_s"] = time.perf_counter() - t
+    out = {}
+    for key, command in (("login", lambda: c.login(user, password)),
+                         ("select", lambda: c.select("INBOX"))):
+        before, t = cpu(), time.perf_counter()
+        command()
+        out[f"{key}_s"] = time.perf_counter() - t
+        out[f"{key}_cpu"] = cpu() - before
     c.logout()
     return out
 
@@ -96,21 +123,27 @@ async def main(messages: int, rounds: int) -> None:
                     if box is not None and box.exists >= messages:
                         break
                 gc.callbacks.append(pauses)
+                master = env.dovecot.master_pid or env.dovecot._read_master_pid()
+                assert master is not None
                 for _ in range(rounds):
                     results["dovecot"].append(await trio.to_thread.run_sync(client.submit(
-                        measure, env.dovecot.imap_port, user, password).result))
+                        measure, env.dovecot.imap_port, user, password, master, True).result))
                     before = time.process_time()
                     results["gateway"].append(await trio.to_thread.run_sync(client.submit(
-                        measure, port, user, password).result))
+                        measure, port, user, password, os.getpid()).result))
                     cpu.append(time.process_time() - before)
                 gc.callbacks.remove(pauses)
             nursery.cancel_scope.cancel()
         print(f"{messages} messages, {rounds} rounds; load average {os.getloadavg()[0]:.1f}")
-        for key in ("login_s", "select_s"):
-            d, g = (statistics.median(r[key] for r in results[label])
+        for key in ("login", "select"):
+            d, g = (statistics.median(r[f"{key}_s"] for r in results[label])
                     for label in ("dovecot", "gateway"))
-            print(f"{key:10} dovecot {d * 1000:8.2f} ms  gateway {g * 1000:8.2f} ms  "
-                  f"speed {d / g:5.2f}x")
+            dc, gc_ = (sum(r[f"{key}_cpu"] for r in results[label]) / rounds
+                       for label in ("dovecot", "gateway"))
+            print(f"{key:7} wall median: dovecot {d * 1000:8.2f} ms  gateway {g * 1000:8.2f} ms  "
+                  f"speed {d / g:5.2f}x;  server CPU per command (mean): dovecot "
+                  f"{dc * 1000:6.2f} ms  gateway {gc_ * 1000:6.2f} ms"
+                  + (f"  {dc / gc_:5.2f}x" if gc_ else ""))
         print(f"gateway CPU per round (LOGIN + sync + SELECT + LOGOUT): median "
               f"{statistics.median(cpu) * 1000:.1f} ms")
         for generation in (0, 1, 2):

@@ -240,18 +240,18 @@ async def _fetch(client: Pop3Client, store: Store, account_id: int,
     return ingest, digests
 
 
-async def _listing(client: Pop3Client) -> tuple[list[tuple[int, str | None]], bytes | None]:
-    """[(message number, UIDL or None)] and, when the server has UIDL, a digest of the listing."""
-    listing = await client.multiline(b"UIDL")
-    if listing is not None:
-        return list(parse_uidl_listing(listing)), hashlib.sha256(listing).digest()
+async def _listing(client: Pop3Client, uidl: bytes | None) -> list[tuple[int, str | None]]:
+    """[(message number, UIDL or None)] from the UIDL listing, or (None: the server has no
+    UIDL) from LIST."""
+    if uidl is not None:
+        return list(parse_uidl_listing(uidl))
     logs.event("gateway_fetch_no_uidl", logging.WARNING,
                note="upstream refused UIDL: de-duplicating by sha256 of each message, "
                     "every message is downloaded on every sync")
     listing = await client.multiline(b"LIST")
     if listing is None:
         raise UpstreamError(Failure.UPSTREAM, "LIST refused")
-    return [(number, None) for number in parse_list_listing(listing)], None
+    return [(number, None) for number in parse_list_listing(listing)]
 
 
 async def _retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ingest: _Ingest,
@@ -404,15 +404,17 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
                 await client.login(user, password)
             # only now: a user the upstream refuses leaves no account behind
             account = await store.ensure_account(upstream_name, user)
-            listing, digest = await _listing(client)
-            has_uidl = digest is not None
+            uidl = await client.multiline(b"UIDL")
+            has_uidl = uidl is not None
             # `keep` and the listing its last sync left entirely stored: nothing to do
-            settled = None if digest is None or retention is not None else (account.id, digest)
+            settled = None if uidl is None or retention is not None else (
+                account.id, hashlib.sha256(uidl).digest())
             if settled is not None and locks.settled.get((upstream_name, user)) == settled:
                 await client.quit()
                 new = stored = over_quota = deleted = 0
             else:
                 locks.settled.pop((upstream_name, user), None)
+                listing = await _listing(client, uidl)
                 new, stored, over_quota, deleted = await _sync_listing(
                     client, config, store, account.id, listing, has_uidl, progress, who)
                 if settled is not None and not over_quota:
