@@ -1,4 +1,5 @@
-"""The message half of `SqliteStore`: rows, flags, copies, expunges, changes, bodies and caches.
+"""The message half of `SqliteStore`: rows, flags, copies, expunges and changes (the bodies and
+their sealed records are `BodyOps`, `_sqlite_bodies.py`).
 
 Theory of operation: `MessageOps` is a mixin of `SqliteStore` (`sqlite.py`). Its methods come in
 pairs, as in the rest of the store: `_name(...)` runs in the store's worker thread against
@@ -12,22 +13,19 @@ messages changed together) and is logged in `changes` (`_log`, one row per UID),
 `changes_since()` answers CONDSTORE/QRESYNC and IDLE from. UIDs are reserved in blocks
 (`_take_uids`), so they only grow.
 
-Bodies are shared: COPY/MOVE copy the message row, not the body, so a body is deleted only when
-no message refers to it any more (`_collect_bodies`). Bodies and cache blobs are sealed with
-associated data naming their account and body id (see `sqlite.py`).
-
-Lists of UIDs or ids are queried `_CHUNK` host parameters at a time (SQLite's limit).
+Bodies are shared: COPY/MOVE copy the message row, not the body (`_sqlite_bodies.py`). Lists
+of UIDs are queried a slice at a time (`chunks`: SQLite's host-parameter limit).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar, TypeVarTuple
 
-from . import crypto
 from ._rows import MESSAGE_COLUMNS, META_SELECT, flags_set, flags_text, from_date, merge_flags, meta
 from ._schema import transaction
+from ._sqlite_bodies import INLINE_BYTES, INLINE_ROWS, BodyOps, chunks
 from .base import (
     AppendItem,
     Change,
@@ -48,25 +46,7 @@ Row = tuple[Any, ...]   # one sqlite3 result row
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
-_CHUNK = 500   # host parameters per IN (...) list, well under SQLite's limit
-INLINE_ROWS = 64            # a call on at most this many messages may be quick (see sqlite.py)
-INLINE_BYTES = 64 * 1024    # ... and on at most this many bytes of bodies
-
-
-def _small(messages: Sequence[MessageMeta]) -> bool:
-    return len(messages) <= INLINE_ROWS and sum(m.size for m in messages) <= INLINE_BYTES
-
-
-# sealed columns of `bodies` -> the record kind named in their associated data
-_KINDS = {"data": "body", "cache": "cache", "sort_fields": "sort"}
-
-
-def _chunks(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(values), _CHUNK):
-        yield values[start:start + _CHUNK]
-
-
-class MessageOps:
+class MessageOps(BodyOps):
     """Message operations of `SqliteStore` (see the module docstring)."""
 
     _db: sqlite3.Connection
@@ -105,19 +85,9 @@ class MessageOps:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'bodies'").fetchone()
         return (int(row[0]) if row else 0) + 1
 
-    def _insert_body(self, body_id: int, account_id: int, body: bytes, cache: bytes | None,
-                     sort_fields: bytes | None = None) -> None:
-        def seal(record: bytes | None, kind: str) -> bytes | None:
-            return None if record is None else crypto.seal(
-                record, f"acct:{account_id}:{kind}:{body_id}".encode(), self._ring)
-        self._db.execute("INSERT INTO bodies(id, account_id, size, data, cache, sort_fields) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
-                         (body_id, account_id, len(body), seal(body, "body"), seal(cache, "cache"),
-                          seal(sort_fields, "sort")))
-
     def _rows(self, mailbox_id: int, uids: Sequence[int]) -> list[Row]:
         rows: list[Row] = []
-        for chunk in _chunks(sorted(set(uids))):
+        for chunk in chunks(sorted(set(uids))):
             marks = ",".join("?" * len(chunk))
             rows += self._db.execute(
                 f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ? AND uid IN ({marks})",
@@ -128,11 +98,6 @@ class MessageOps:
     def _delete_messages(self, mailbox_id: int, rows: list[Row]) -> None:
         """Remove message rows; their bodies stay until `collect_bodies` (see `expunge`)."""
         self._db.executemany("DELETE FROM messages WHERE id = ?", [(row[0],) for row in rows])
-
-    def _collect_bodies(self, body_ids: set[int]) -> None:
-        self._db.executemany(
-            "DELETE FROM bodies WHERE id = ? AND NOT EXISTS "
-            "(SELECT 1 FROM messages WHERE body_id = ?)", [(b, b) for b in body_ids])
 
     def _copy_rows(self, rows: list[Row], dst_mailbox_id: int) -> list[tuple[int, int]]:
         dst_account = self._mailbox_row(dst_mailbox_id)[1]
@@ -216,43 +181,6 @@ class MessageOps:
         """Every message of the mailbox, ordered by UID (message sequence numbers are indexes + 1)."""
         return await self._run(self._messages, mailbox_id)
 
-    def _blob(self, message: MessageMeta, column: str) -> bytes | None:
-        row = self._db.execute(f"SELECT account_id, {column} FROM bodies WHERE id = ?",
-                               (message.body_id,)).fetchone()
-        if row is None:
-            raise StoreError(f"message {message.uid} no longer exists")
-        account_id, record = row
-        if record is None:
-            return None
-        return crypto.unseal(record, f"acct:{account_id}:{_KINDS[column]}:{message.body_id}".encode(),
-                             self._ring, f"message {message.uid}")
-
-    def _body(self, message: MessageMeta) -> bytes:
-        body = self._blob(message, "data")
-        if body is None:   # bodies.data is NOT NULL: only a damaged file gets here
-            raise StoreError(f"message {message.uid} has no body")
-        return body
-
-    async def body(self, message: MessageMeta) -> bytes:
-        """The raw RFC 822 bytes, exactly as received."""
-        return await (self._quick if _small([message]) else self._run)(self._body, message)
-
-    async def cache(self, message: MessageMeta) -> bytes | None:
-        return await self._run(self._blob, message, "cache")
-
-    def _set_cache(self, message: MessageMeta, cache: bytes) -> None:
-        with transaction(self._db):
-            row = self._db.execute("SELECT account_id FROM bodies WHERE id = ?",
-                                   (message.body_id,)).fetchone()
-            if row is None:
-                raise StoreError(f"message {message.uid} no longer exists")
-            sealed = crypto.seal(cache, f"acct:{row[0]}:cache:{message.body_id}".encode(), self._ring)
-            self._db.execute("UPDATE bodies SET cache = ? WHERE id = ?", (sealed, message.body_id))
-
-    async def set_cache(self, message: MessageMeta, cache: bytes) -> None:
-        """Replace the opaque cache blob (shared by copies). Not a message change: no MODSEQ."""
-        await self._run(self._set_cache, message, cache)
-
     def _store_flags(self, mailbox_id: int, uids: Sequence[int], flags: Sequence[str],
                      mode: FlagMode, unchanged_since: int | None) -> StoreFlagsResult:
         wanted = normalize_flags(flags)
@@ -317,16 +245,6 @@ class MessageOps:
         run = self._quick if len(uids) <= INLINE_ROWS else self._run
         return await run(self._expunge, mailbox_id, list(uids), only_deleted)
 
-    def _collect(self, body_ids: Sequence[int]) -> None:
-        with transaction(self._db):
-            self._collect_bodies(set(body_ids))
-
-    async def collect_bodies(self, body_ids: Sequence[int]) -> None:
-        """Delete those of the bodies that no message refers to any more."""
-        if body_ids:
-            run = self._quick if len(body_ids) <= INLINE_ROWS else self._run
-            await run(self._collect, list(body_ids))
-
     def _recent_floor(self, mailbox_id: int, claim_upto: int | None) -> int:
         if claim_upto is None:
             return int(self._mailbox_row(mailbox_id)[4])
@@ -374,60 +292,9 @@ class MessageOps:
         """Forget change-log rows with MODSEQ below `below`; returns how many."""
         return await self._run(self._prune_changes, mailbox_id, below)
 
-    # ---- batched reads and cache writes (gateway fast paths; appended) ------------------------
-
-    def _blobs(self, messages: Sequence[MessageMeta], column: str) -> list[bytes | None]:
-        kind = _KINDS[column]
-        found: dict[int, bytes | None] = {}
-        ids = sorted({m.body_id for m in messages})
-        for chunk in _chunks(ids):
-            marks = ",".join("?" * len(chunk))
-            for body_id, account_id, record in self._db.execute(
-                    f"SELECT id, account_id, {column} FROM bodies WHERE id IN ({marks})", chunk):
-                found[body_id] = None if record is None else crypto.unseal(
-                    record, f"acct:{account_id}:{kind}:{body_id}".encode(), self._ring,
-                    f"{kind} {body_id}")
-        return [found.get(m.body_id) for m in messages]
-
-    async def bodies(self, messages: Sequence[MessageMeta]) -> list[bytes | None]:
-        """Raw bodies of many messages in one call, in order; None where the body is gone."""
-        return await (self._quick if _small(messages) else self._run)(
-            self._blobs, list(messages), "data")
-
-    async def caches(self, messages: Sequence[MessageMeta]) -> list[bytes | None]:
-        """Cache blobs of many messages in one call, in order; None when absent (or gone)."""
-        return await (self._quick if _small(messages) else self._run)(
-            self._blobs, list(messages), "cache")
-
-    def _set_blobs(self, items: Sequence[tuple[MessageMeta, bytes]], column: str) -> None:
-        kind = _KINDS[column]
-        with transaction(self._db):
-            for message, record in items:
-                row = self._db.execute("SELECT account_id FROM bodies WHERE id = ?",
-                                       (message.body_id,)).fetchone()
-                if row is not None:
-                    sealed = crypto.seal(record, f"acct:{row[0]}:{kind}:{message.body_id}".encode(),
-                                         self._ring)
-                    self._db.execute(f"UPDATE bodies SET {column} = ? WHERE id = ?",
-                                     (sealed, message.body_id))
-
-    async def set_caches(self, items: Sequence[tuple[MessageMeta, bytes]]) -> None:
-        """`set_cache` for many messages in one transaction; bodies that are gone are skipped."""
-        await self._run(self._set_blobs, list(items), "cache")
-
-    async def sort_fields(self, messages: Sequence[MessageMeta]) -> list[bytes | None]:
-        """Sort-fields blobs of many messages in one call, in order; None when absent (or gone)."""
-        run = self._quick if len(messages) <= INLINE_ROWS else self._run
-        return await run(self._blobs, list(messages), "sort_fields")
-
-    async def set_sort_fields(self, items: Sequence[tuple[MessageMeta, bytes]]) -> None:
-        """Keep sort-fields blobs (shared by copies; no MODSEQ); bodies that are gone are skipped."""
-        if items:
-            await self._run(self._set_blobs, list(items), "sort_fields")
-
     def _messages_by_uid(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageMeta]:
         out: list[MessageMeta] = []
-        for chunk in _chunks(sorted(set(uids))):
+        for chunk in chunks(sorted(set(uids))):
             marks = ",".join("?" * len(chunk))
             rows = self._db.execute(
                 META_SELECT + f"WHERE m.mailbox_id = ? AND m.uid IN ({marks}) ORDER BY m.uid",

@@ -1,18 +1,10 @@
 """The embedded Store: one SQLite file in WAL mode.
 
-Theory of operation: one `sqlite3` connection, used one call at a time, so SQLite never sees two
-statements at once. Calls run in a worker thread (`trio.to_thread.run_sync` behind a
-`CapacityLimiter(1)`; calls that arrive while it is busy run together in one hand-off), except
-*quick* calls (`_quick`: a few rows, a small body, bounded work of well under a millisecond):
-when the worker is idle they run at once in the trio thread. On a loaded machine a thread
-hand-off costs milliseconds of scheduling, many times the query (issues 13 and 15: SELECT,
-STORE, APPEND). A quick call must never wait in the trio thread, so the connection's default
-is `busy_timeout=0` and no automatic WAL checkpoint (its fsync); a quick call that meets
-another process's lock (SQLITE_BUSY: nothing was done) is retried in the worker, whose batches
-run with `busy_timeout` and automatic checkpoints on, and every `CHECKPOINT_EVERY` quick calls
-one checkpoint runs in the worker. Every write runs in `BEGIN IMMEDIATE ... COMMIT` (the write
-lock is taken up front, so two processes sharing the file queue on `busy_timeout` instead of
-failing on a lock upgrade). `ingest_many` commits a whole batch in one transaction.
+Theory of operation: one `sqlite3` connection, used one call at a time; how a call reaches it
+(a worker thread, or the trio thread for *quick* calls of small bounded work) is `QuickCalls`
+in `_sqlite_quick.py`. Every write runs in `BEGIN IMMEDIATE ... COMMIT` (the write lock is taken
+up front, so two processes sharing the file queue on `busy_timeout` instead of failing on a lock
+upgrade). `ingest_many` commits a whole batch in one transaction.
 
 Durability: `journal_mode=WAL` + `synchronous=NORMAL`. A commit is in the -wal file (the OS page
 cache) when COMMIT returns, so a killed process (SIGKILL, OOM) loses nothing committed; only a power
@@ -21,33 +13,34 @@ loss or kernel crash can lose the last commits, and never corrupts the file. The
 only other copy goes away.
 
 The schema, its migrations, transactions and the key check are `_schema.py`; the message
-operations (append, flags, copy/move/expunge, changes, bodies and caches) are the `MessageOps`
-mixin in `_sqlite_messages.py`. This module is the store object: its connection and worker
-thread, accounts and credentials, mailboxes, POP3 ingest and retention bookkeeping, maintenance.
+operations (append, flags, copy/move/expunge, changes) are the `MessageOps` mixin in
+`_sqlite_messages.py`, over `BodyOps` (`_sqlite_bodies.py`: bodies, cache blobs, sort fields).
+This module is the store object: accounts and credentials, mailboxes, POP3 ingest and retention
+bookkeeping, maintenance.
 
-Bodies and cache blobs are sealed by `crypto.seal` (zlib, then AES-GCM when a key ring is given)
-with associated data "acct:{account}:body:{body_id}" / "acct:{account}:cache:{body_id}". Body ids
-come from AUTOINCREMENT and are never reused, so the associated data of a record never changes.
+Bodies, cache blobs and sort-fields records are sealed by `crypto.seal` (zlib, then AES-GCM when
+a key ring is given) with associated data "acct:{account}:body:{body_id}" (":cache:", ":sort:").
+Body ids come from AUTOINCREMENT and are never reused, so the associated data of a record never
+changes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
 import os
 import sqlite3
 import time
-from typing import Any, AsyncIterator, Callable, Sequence, TypeVar, TypeVarTuple
+from typing import AsyncIterator, Sequence
 
-import outcome
 import trio
 
 from . import crypto
 from ._accounts_sql import USAGE_SELECT, delete_statements, record_sync, summary_select
 from ._rows import MESSAGE_COLUMNS, canon, from_date
-from ._schema import BUSY_TIMEOUT_MS, SCHEMA_VERSION, migrate, open_db, transaction
+from ._schema import SCHEMA_VERSION, migrate, open_db, transaction
 from ._sqlite_messages import MessageOps, Row
+from ._sqlite_quick import QuickCalls
 from .base import (
     DEFAULT_MAILBOXES,
     HIERARCHY_DELIMITER,
@@ -60,129 +53,18 @@ from .base import (
     MailboxExists,
     MailboxNotFound,
     StoreError,
-    StoreFailure,
     Usage,
 )
 from .crypto import KeyRing, StoreKeyError
 
 __all__ = ["SqliteStore", "open_sqlite", "SCHEMA_VERSION", "migrate"]
 
-T = TypeVar("T")
-Ts = TypeVarTuple("Ts")
-
-
-class _Call:
-    """One store call queued for the worker thread; `result` is set there."""
-
-    __slots__ = ("fn", "result")
-
-    def __init__(self, fn: Callable[[], Any]):
-        self.fn = fn
-        self.result: outcome.Outcome[Any] | None = None
-
-
-CHECKPOINT_EVERY = 1000   # quick calls between two WAL checkpoints (run in the worker)
-WAL_AUTOCHECKPOINT = 1000  # pages; SQLite's default, on only while the worker runs a batch
-
-# Connection settings while a quick call may run (the default) and while the worker runs a batch
-_QUICK_MODE = "PRAGMA busy_timeout=0", "PRAGMA wal_autocheckpoint=0"
-_WORKER_MODE = f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}", f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}"
-
-
-def _set_mode(db: sqlite3.Connection, pragmas: tuple[str, str]) -> None:
-    for pragma in pragmas:
-        db.execute(pragma)
-
-
-def _run_batch(db: sqlite3.Connection, calls: list[_Call]) -> None:
-    """In the worker thread: each call in order, each outcome kept (one failing call does not
-    stop the others)."""
-    _set_mode(db, _WORKER_MODE)
-    try:
-        for call in calls:
-            call.result = outcome.capture(call.fn)
-    finally:
-        _set_mode(db, _QUICK_MODE)
-
-
-def _busy(exc: sqlite3.Error) -> bool:
-    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
-
-
-class SqliteStore(MessageOps):
+class SqliteStore(QuickCalls, MessageOps):
     """See the module docstring. Create with `await open_sqlite(path, key_ring)`."""
 
     def __init__(self, db: sqlite3.Connection, path: str, ring: KeyRing | None):
-        self._db = db
-        self.path = path
+        super().__init__(db, path)
         self._ring = ring
-        self._limiter = trio.CapacityLimiter(1)
-        self._closed = False
-        self._queue: list[_Call] = []          # calls waiting for the worker (see `_run`)
-        self._draining = False
-        self._batch_done = trio.Event()
-        self._quick_calls = 0                  # since the last checkpoint
-        _set_mode(db, _QUICK_MODE)
-
-    async def _run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
-        """Run `fn(*args)` in the worker thread. Calls that arrive while the worker is busy are
-        queued and run together, in order, in one hand-off (issue 13: with many sessions the
-        hand-offs, not the queries, were the cost). Like `to_thread.run_sync`, a call cannot be
-        cancelled once made: it runs, and its caller waits for it."""
-        if self._closed:
-            raise StoreError("store is closed")
-        call: _Call = _Call(functools.partial(fn, *args))
-        self._queue.append(call)
-        with trio.CancelScope(shield=True):
-            while call.result is None:
-                if self._draining:
-                    await self._batch_done.wait()
-                    continue
-                self._draining = True
-                batch, self._queue = self._queue, []
-                try:
-                    await trio.to_thread.run_sync(_run_batch, self._db, batch,
-                                                 limiter=self._limiter)
-                except BaseException as exc:   # the hand-off itself failed: every call fails
-                    for queued in batch:
-                        if queued.result is None:
-                            queued.result = outcome.Error(exc)
-                    raise
-                finally:
-                    self._draining = False
-                    done, self._batch_done = self._batch_done, trio.Event()
-                    done.set()
-        result = call.result
-        assert result is not None   # the loop above ends only when it is set
-        try:
-            value: T = result.unwrap()
-            return value
-        except sqlite3.Error as exc:  # disk full, locked too long...: a refusal, not a crash
-            raise StoreFailure(f"store {self.path}: {exc}") from exc
-
-    async def _quick(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
-        """`_run` for a call whose work is small and bounded (the callers check sizes, e.g.
-        `INLINE_ROWS`): at once in the trio thread when the worker is idle (see the module
-        docstring), else queued behind the worker's calls, in order."""
-        if self._closed:
-            raise StoreError("store is closed")
-        if self._draining or self._queue:
-            return await self._run(fn, *args)
-        try:
-            value = fn(*args)
-        except sqlite3.Error as exc:
-            if _busy(exc):   # another process holds the lock; nothing was done: wait in the worker
-                return await self._run(fn, *args)
-            raise StoreFailure(f"store {self.path}: {exc}") from exc
-        self._quick_calls += 1
-        if self._quick_calls >= CHECKPOINT_EVERY:
-            self._quick_calls = 0
-            await self._run(self._checkpoint)
-        await trio.lowlevel.cancel_shielded_checkpoint()   # a schedule point; the call is done
-        return value
-
-    def _checkpoint(self) -> None:
-        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # ---- helpers run in the worker thread -------------------------------------------------------
 
@@ -225,7 +107,8 @@ class SqliteStore(MessageOps):
 
     async def ensure_account(self, upstream: str, user: str) -> Account:
         """The account for (upstream, user), created with the default mailboxes on first use."""
-        return await self._run(self._ensure_account, upstream, user)
+        found = await self._quick(self._get_account, upstream, user)   # every login and sync
+        return found if found is not None else await self._run(self._ensure_account, upstream, user)
 
     def _get_account(self, upstream: str, user: str) -> Account | None:
         row = self._db.execute("SELECT id FROM accounts WHERE upstream = ? AND user = ?",
@@ -282,7 +165,7 @@ class SqliteStore(MessageOps):
             self._db.execute(*record_sync("?", account_id, error, now))
 
     async def record_sync(self, account_id: int, error: str | None) -> None:
-        await self._run(self._record_sync, account_id, error, time.time())
+        await self._quick(self._record_sync, account_id, error, time.time())   # one row
 
     def _delete_account(self, account_id: int) -> None:
         with transaction(self._db):
@@ -514,7 +397,7 @@ class SqliteStore(MessageOps):
 
     async def size_bytes(self) -> int:
         """Bytes on disk (database plus WAL)."""
-        return await self._run(self._size_bytes)
+        return await self._quick(self._size_bytes)   # two stat() calls, after every sync
 
     async def close(self) -> None:
         if not self._closed:

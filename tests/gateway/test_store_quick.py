@@ -11,8 +11,7 @@ import threading
 import trio
 import trio.testing
 
-from proxy.store import FlagMode, open_store
-from proxy.store import sqlite as sqlite_store
+from proxy.store import FlagMode, _sqlite_quick, open_store
 
 MESSAGE = b"Subject: quick\r\n\r\nbody\r\n"
 
@@ -46,7 +45,7 @@ async def test_quick_call_meeting_another_process_lock_waits_in_the_worker(tmp_p
 
 
 async def test_wal_checkpoint_runs_in_the_worker_every_so_many_quick_calls(tmp_path, monkeypatch):
-    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 5)
+    monkeypatch.setattr(_sqlite_quick, "CHECKPOINT_EVERY", 5)
     store = await open_store(str(tmp_path / "s.db"))
     checkpoints: list[bool] = []
     real = store._checkpoint
