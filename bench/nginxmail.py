@@ -59,17 +59,21 @@ class NginxMail:
     """nginx with an AuthResponder sending every user to Dovecot's `imap_port` / `pop3_port`."""
 
     def __init__(self, directory: pathlib.Path, imap_port: int, pop3_port: int, workers: int = 1,
-                 worker_connections: int = 4096):
+                 worker_connections: int = 4096,
+                 tls: tuple[pathlib.Path, pathlib.Path] | None = None):
+        """`tls` (certificate, key): also IMAPS and POP3S listeners (`imaps_port`, `pop3s_port`)
+        relaying in clear to the same Dovecot ports, as mailproxy's TLS listeners do."""
         self.auth = AuthResponder(imap_port, pop3_port)
         try:
             self.server = nginx.NginxMail(directory, f"http://127.0.0.1:{self.auth.port}/auth",
                                           worker_connections=worker_connections,
                                           log_level="warn",
-                                          workers=workers)
+                                          workers=workers, tls=tls)
         except BaseException:
             self.auth.stop()
             raise
         self.imap_port, self.pop3_port = self.server.imap_port, self.server.pop3_port
+        self.imaps_port, self.pop3s_port = self.server.imaps_port, self.server.pop3s_port
 
     def stop(self) -> None:
         self.server.stop()

@@ -69,20 +69,21 @@ def fetch_runner(port: int, user: str, password: str, expected: str, tls=None, *
     return run
 
 
-def noop_runner(port: int, user: str, password: str, count: int, cpu_pid: int | None = None
-                ) -> Callable[[], dict]:
-    """`count` NOOPs on one logged-in connection; with cpu_pid, also that process's CPU per NOOP."""
+def noop_runner(port: int, user: str, password: str, count: int, cpu_pid: int | None = None,
+                tls=None, cpu: Callable[[int], float] = cpu_seconds) -> Callable[[], dict]:
+    """`count` NOOPs on one logged-in connection; with cpu_pid, also that process's CPU per NOOP
+    (`cpu(pid)`: its CPU seconds)."""
     def run() -> dict:
-        imap = Imap(port)
+        imap = Imap(port, tls)
         imap.login(user, password)
         imap.command(b"SELECT INBOX")
         imap.noop_rtt_ns(200)  # warm the connection and the proxy's per-command caches
-        c0 = cpu_seconds(cpu_pid) if cpu_pid else 0.0
+        c0 = cpu(cpu_pid) if cpu_pid else 0.0
         samples = sorted(imap.noop_rtt_ns(count))
-        cpu = (cpu_seconds(cpu_pid) - c0) / count * 1e6 if cpu_pid else float("nan")
+        cpu_us = (cpu(cpu_pid) - c0) / count * 1e6 if cpu_pid else float("nan")
         imap.logout()
         return {"p50_us": percentile(samples, 0.5) / 1000, "p99_us": percentile(samples, 0.99) / 1000,
-                "cpu_us": cpu}
+                "cpu_us": cpu_us}
     return run
 
 
@@ -102,10 +103,15 @@ def pop3_runner(port: int, user: str, password: str, expected: str, tls=None) ->
 
 def with_cpu(pid: int, fn: Callable[[], Any], sink: list) -> Callable[[], Any]:
     """fn, also appending (its result, CPU seconds process `pid` used meanwhile, wall seconds) to sink."""
+    return with_cpu_of(lambda: cpu_seconds(pid), fn, sink)
+
+
+def with_cpu_of(cpu: Callable[[], float], fn: Callable[[], Any], sink: list) -> Callable[[], Any]:
+    """fn, also appending (its result, the CPU seconds `cpu()` grew by meanwhile, wall seconds) to sink."""
     def run():
-        c0, t0 = cpu_seconds(pid), time.perf_counter()
+        c0, t0 = cpu(), time.perf_counter()
         result = fn()
-        sink.append((result, cpu_seconds(pid) - c0, time.perf_counter() - t0))
+        sink.append((result, cpu() - c0, time.perf_counter() - t0))
         return result
     return run
 
@@ -265,6 +271,16 @@ def bench_pop3(args) -> None:
 
 # -- 3. TLS -------------------------------------------------------------------------------------------
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and its children (nginx: the master and its worker), from /proc."""
+    total = cpu_seconds(pid)
+    try:
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        children = []
+    return total + sum(cpu_seconds(int(child)) for child in children)
+
+
 def bench_tls(args) -> None:
     log("tls: starting Dovecot with TLS, delivering the mailbox")
     with Env("tls", tls=True) as env:
@@ -276,43 +292,81 @@ def bench_tls(args) -> None:
         ctx = client_tls_context(str(env.ca_file))
         imaps = {"direct": env.dovecot.imaps_port, "mailproxy": proxy.port("imaps")}
         pop3s = {"direct": env.dovecot.pop3s_port, "mailproxy": proxy.port("pop3s")}
+        pids = {"mailproxy": proxy.pid}
+        if args.nginx and nginxmail.available():
+            assert env.cert is not None
+            ng = nginxmail.NginxMail(env.root / "nginx", env.dovecot.imap_port, env.dovecot.pop3_port,
+                                     tls=env.cert)
+            env.on_close(ng.stop)
+            imaps["nginx"], pop3s["nginx"] = ng.imaps_port, ng.pop3s_port
+            pids["nginx"] = ng.server.server.proc.pid
         versions = {}
         for label in imaps:
             fetch_runner(imaps[label], user, pw, box.sha256, ctx)()
-            pop3_runner(pop3s[label], user, pw, box.sha256, ctx)()
+            if label != "nginx":
+                pop3_runner(pop3s[label], user, pw, box.sha256, ctx)()
             probe = Imap(imaps[label], ctx)
             versions[label] = f"{probe.sock.version()} {probe.sock.cipher()[0]}"
             probe.close()
         log(f"tls: {versions}")
         rounds, out = args.rounds, {}
+        slow = {"nginx": args.nginx_rounds}
+        seq_cpu: dict[str, list] = {k: [] for k in pids}
+
+        def seq_runner(label: str, session: Callable[[], None]) -> Callable[[], Any]:
+            run = sessions_runner(session, args.seconds, 1)
+            if label in pids:
+                run = with_cpu_of(lambda pid=pids[label]: tree_cpu_seconds(pid), run, seq_cpu[label])
+            return run
+
         log("tls: IMAPS sessions/s")
-        out["imap_seq"] = interleave(rounds, {k: sessions_runner(
-            lambda p=p: imap_session(p, sess_user, sess_pw, ctx), args.seconds, 1) for k, p in imaps.items()})
+        out["imap_seq"] = interleave(rounds, {k: seq_runner(k, lambda p=p: imap_session(
+            p, sess_user, sess_pw, ctx)) for k, p in imaps.items()})
         out["imap_conc"] = interleave(rounds, {k: sessions_runner(
             lambda p=p: imap_session(p, sess_user, sess_pw, ctx), args.seconds, 16)
             for k, p in imaps.items()})
         log("tls: POP3S sessions/s")
         out["pop3_seq"] = interleave(rounds, {k: sessions_runner(
             lambda p=p: pop3_session(p, sess_user, sess_pw, ctx), args.seconds, 1) for k, p in pop3s.items()})
-        log("tls: IMAPS FETCH, POP3S RETR")
+        log("tls: IMAPS NOOP round trips")
+        out["noop"] = interleave(rounds, {k: noop_runner(p, sess_user, sess_pw, args.noops,
+                                                         pids.get(k), ctx, tree_cpu_seconds)
+                                          for k, p in imaps.items()})
+        log(f"tls: IMAPS FETCH, POP3S RETR (nginx in the first {args.nginx_rounds} / 1 rounds)")
         out["fetch"] = interleave(args.fetch_rounds, {k: fetch_runner(p, user, pw, box.sha256, ctx)
-                                                      for k, p in imaps.items()})
+                                                      for k, p in imaps.items()}, only_first=slow)
         out["retr"] = interleave(max(3, args.fetch_rounds // 2), {k: pop3_runner(p, user, pw, box.sha256, ctx)
-                                                                  for k, p in pop3s.items()})
-        t = Table(f"Implicit TLS from the client: direct TLS to Dovecot vs mailproxy TLS listener (plain to "
-                  f"Dovecot) (median of interleaved rounds: sessions {rounds}, FETCH {args.fetch_rounds}, "
-                  f"RETR {max(3, args.fetch_rounds // 2)}; full handshakes; "
-                  f"{len(box.messages)} msgs, {box.total / 1e6:.1f} MB)",
-                  ["metric", "direct TLS", "mailproxy TLS", "mailproxy/direct"])
-        for name, key, field in [("IMAPS sessions/s, sequential", "imap_seq", None),
-                                 ("IMAPS sessions/s, 16 concurrent", "imap_conc", None),
-                                 ("POP3S sessions/s, sequential", "pop3_seq", None),
-                                 ("IMAPS UID FETCH 1:* BODY.PEEK[] (MB/s)", "fetch", "mbps"),
-                                 ("POP3S RETR all (MB/s)", "retr", "mbps")]:
+                                                                  for k, p in pop3s.items()},
+                                 only_first={"nginx": 1})
+        labels = list(imaps)
+        nginx = "nginx" in imaps
+        t = Table(f"Implicit TLS from the client (same certificate; mailproxy and nginx relay in clear to "
+                  f"Dovecot): direct TLS to Dovecot vs mailproxy{' vs nginx' if nginx else ''} (median of "
+                  f"interleaved rounds: sessions and NOOP {rounds}, FETCH {args.fetch_rounds} (nginx "
+                  f"{min(args.nginx_rounds, args.fetch_rounds)}), RETR {max(3, args.fetch_rounds // 2)} "
+                  f"(nginx 1); full handshakes; {len(box.messages)} msgs, {box.total / 1e6:.1f} MB)",
+                  ["metric", *(f"{k} TLS" for k in labels), "mailproxy/direct",
+                   *(["mailproxy/nginx", "target"] if nginx else [])])
+        for name, key, field, target in [
+                ("IMAPS sessions/s, sequential", "imap_seq", None, ">= 1.0x"),
+                ("IMAPS sessions/s, 16 concurrent", "imap_conc", None, ">= 1.0x"),
+                ("POP3S sessions/s, sequential", "pop3_seq", None, ">= 1.0x"),
+                ("IMAPS NOOP round trip p50 (us)", "noop", "p50_us", "<= 1.0x"),
+                ("IMAPS NOOP round trip p99 (us)", "noop", "p99_us", ""),
+                ("IMAPS UID FETCH 1:* BODY.PEEK[] (MB/s)", "fetch", "mbps", ">= 1.0x"),
+                ("POP3S RETR all (MB/s)", "retr", "mbps", ">= 1.0x")]:
             m = med(out[key], field)
-            t.add(name, m["direct"], m["mailproxy"], ratio(m["mailproxy"], m["direct"]))
+            t.add(name, *(m[k] for k in labels), ratio(m["mailproxy"], m["direct"]),
+                  *([ratio(m["mailproxy"], m["nginx"]), target] if nginx else []))
         print(t.render())
         print(f"\nnegotiated: {versions}")
+        for label, runs in seq_cpu.items():
+            per_session = median([cpu / (rate * wall) * 1e3 for rate, cpu, wall in runs])
+            per_noop = median([r["cpu_us"] for r in out["noop"][label]])
+            print(f"{label} CPU (user+sys, from /proc{', master + worker' if label == 'nginx' else ''}): "
+                  f"{per_session:.2f} ms per sequential IMAPS session, {per_noop:.0f} us per NOOP")
+        for key in ("imap_seq", "imap_conc", "pop3_seq"):
+            print(f"  {key} rounds: " + "; ".join(f"{k} {spread(v)}" for k, v in out[key].items()))
         RESULTS["tls"] = {"raw": out, "versions": versions, "mailbox_bytes": box.total}
 
 

@@ -10,14 +10,16 @@ reads the greeting and closes. A service is up when the greeting is `* OK` (IMAP
 when any of its services is up. A pool (`hosts:`) is checked host by host: each result goes to
 `Health.hosts` (proxy/routing/pool.py), so logins skip a host the checker saw down, and a host
 marked down after a failed connect is re-probed each round and taken back once it answers; the
-service is up when any host is.
+service is up when any host is. With `workers:` the checker runs in the supervisor, and its
+`publish` hands each round's host results to every worker (their own `Health.hosts`) before the
+transitions are logged, so a logged transition is in force in every process.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import trio
 
@@ -37,10 +39,32 @@ if TYPE_CHECKING:
     from .config import Config, ServicePort, Upstream
 from .metrics import Metrics
 
-__all__ = ["Health", "check_upstreams", "check_round", "check_service"]
+__all__ = ["Health", "HostCheck", "check_upstreams", "check_round", "check_service"]
 
 CHECK_TIMEOUT = 5.0       # connect, TLS handshake and greeting, per service
 MAX_GREETING = 1024       # bytes read while looking for the end of the greeting line
+
+
+@dataclass(frozen=True)
+class HostCheck:
+    """One pool host as a round saw it: `failure` is None when it greeted; a host seen down
+    stays down for `valid_for` seconds (until the next check is due)."""
+
+    upstream: str
+    host: str
+    protocol: str
+    failure: str | None
+    valid_for: float
+
+    @property
+    def up(self) -> bool:
+        return self.failure is None
+
+    def record(self, hosts: HostHealth) -> None:
+        hosts.record(self.upstream, self.host, self.protocol, self.up, self.valid_for)
+
+
+Publish = Callable[[list[HostCheck]], Awaitable[None]]
 
 
 @dataclass
@@ -89,11 +113,12 @@ class Health:
 
 
 async def check_upstreams(config: Config | Callable[[], Config], health: Health,
-                          metrics: Metrics, *,
+                          metrics: Metrics, *, publish: Publish | None = None,
                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Check every upstream service forever, every `min(health_check_interval)` seconds.
 
     Reports `started()` after the first round, so `health.upstream_ok` is filled by then.
+    `publish`: see check_round.
 
     Resource handling: each check opens and closes its own connection within CHECK_TIMEOUT.
     Error handling: every network or TLS error marks the service down; nothing is raised.
@@ -103,32 +128,44 @@ async def check_upstreams(config: Config | Callable[[], Config], health: Health,
         config_now = current()
         interval = min(upstream.health_check_interval for upstream in config_now.upstreams.values())
         deadline = trio.current_time() + interval
-        await check_round(config_now, health, metrics)
+        await check_round(config_now, health, metrics, publish)
         task_status.started()
         task_status = trio.TASK_STATUS_IGNORED
         await trio.sleep_until(deadline)
 
 
-async def check_round(config: Config, health: Health, metrics: Metrics) -> None:
+async def check_round(config: Config, health: Health, metrics: Metrics,
+                      publish: Publish | None = None) -> None:
     """Check every upstream service once, concurrently, then publish the results.
 
-    Sets `health.service_up`, `health.upstream_ok` and `mailproxy_upstream_up`, and logs
-    `upstream_health` for each service whose state changed (or was not known before).
+    Sets `health.service_up`, `health.upstream_ok`, `health.hosts` (pool hosts) and
+    `mailproxy_upstream_up`, awaits `publish(pool host results)` when given (the supervisor
+    sends them to its workers), then logs `upstream_health` for each host and service whose
+    state changed (or was not known before).
     """
     results: dict[tuple[str, str], str | None] = {}
+    hosts: list[HostCheck] = []
 
     async def check(name: str, protocol: str, port: ServicePort) -> None:
         upstream = config.upstreams[name]
         if len(upstream.pool) == 1:
             results[name, protocol] = await check_service(upstream, protocol, port)
         else:
-            results[name, protocol] = await _check_pool(name, upstream, protocol, port, health)
+            results[name, protocol] = await _check_pool(name, upstream, protocol, port, hosts)
 
     async with trio.open_nursery() as nursery:
         for name, upstream in config.upstreams.items():
             for protocol, port in (("imap", upstream.imap), ("pop3", upstream.pop3)):
                 if port is not None:
                     nursery.start_soon(check, name, protocol, port)
+
+    changed = [c for c in hosts if health.hosts.is_up(c.upstream, c.host, c.protocol) != c.up]
+    for host_check in hosts:
+        host_check.record(health.hosts)
+    if publish is not None and hosts:
+        await publish(hosts)
+    for c in changed:
+        _log_transition(c.upstream, c.protocol, c.up, c.failure, c.host)
 
     service_up = {key: failure is None for key, failure in results.items()}
     for (name, protocol), up in service_up.items():
@@ -141,9 +178,9 @@ async def check_round(config: Config, health: Health, metrics: Metrics) -> None:
 
 
 async def _check_pool(name: str, upstream: Upstream, protocol: str, port: ServicePort,
-                      health: Health) -> str | None:
-    """Check each host of a pool concurrently and record it in `health.hosts` (a transition is
-    logged with the host); None when any host is up, else the first host's failure."""
+                      checks: list[HostCheck]) -> str | None:
+    """Check each host of a pool concurrently, appending each result to `checks`; None when
+    any host is up, else the first host's failure."""
     failures: dict[str, str | None] = {}
     context = await built_context(upstream, port)
 
@@ -154,13 +191,9 @@ async def _check_pool(name: str, upstream: Upstream, protocol: str, port: Servic
     async with trio.open_nursery() as nursery:
         for host in upstream.pool:
             nursery.start_soon(check_host, host)
-    for host in upstream.pool:
-        failure = failures[host]
-        was_up = health.hosts.is_up(name, host, protocol)
-        health.hosts.record(name, host, protocol, failure is None,
+    checks.extend(HostCheck(name, host, protocol, failures[host],
                             upstream.health_check_interval + CHECK_TIMEOUT)
-        if was_up != (failure is None):
-            _log_transition(name, protocol, failure is None, failure, host)
+                  for host in upstream.pool)
     return None if None in failures.values() else failures[upstream.pool[0]]
 
 

@@ -5,8 +5,9 @@ sockets it inherited, its index and log settings), then runs the ordinary `App` 
 differences (`WorkerApp`): it accepts on the inherited sockets instead of binding, serves no
 HTTP, admin or upstream checks (the supervisor does, once), and takes its orders from the
 channel: `metrics` (a snapshot of its registry), `who`, `kick`, `reload` (a config the supervisor
-validated), `drain`. It drains when told to, on SIGTERM, or when the channel closes (the
-supervisor is gone: no worker outlives it), and sends a final metrics snapshot as it exits.
+validated), `drain`, `hosts` (the supervisor's health checks of pool hosts). It drains when told
+to, on SIGTERM, or when the channel closes (the supervisor is gone: no worker outlives it), and
+sends a final metrics snapshot as it exits.
 SIGINT is ignored (a terminal's Ctrl-C reaches the whole process group; the supervisor decides)
 and SIGHUP reloads the config file, as in a single process.
 """
@@ -99,6 +100,11 @@ class WorkerApp(App):
             return self.apply(unpickled(message["config"]))
         if op == "drain":
             self.stop.set()
+            return None
+        if op == "hosts":   # the supervisor's health checker on pool hosts (health.py)
+            for upstream, host, protocol, up, valid_for in message["states"]:
+                self.health.hosts.record(str(upstream), str(host), str(protocol), bool(up),
+                                         float(valid_for))
             return None
         raise ValueError(f"unknown op {op!r}")  # a bug in the supervisor
 

@@ -13,7 +13,8 @@ protocol, TLS and everything after accept() are unchanged: a worker is the singl
 The supervisor serves, once for all workers: `/metrics` (aggregate.py merges the workers'
 registries at each scrape), `/healthz`, `/readyz` (ready while not draining, at least one worker
 accepts and an upstream answers: its own upstream checker runs once, not once per worker) and
-the admin endpoint (`who` and `kick` ask every worker, `reload` reloads all). A worker that exits
+the admin endpoint (`who` and `kick` ask every worker, `reload` reloads all); the checker's
+verdicts on pool hosts are sent to every worker after each round (`publish_hosts`). A worker that exits
 unexpectedly is started again at once, then with a growing delay (RESTART_BACKOFF) while it keeps
 dying young; during the first start, a worker that exits before it is ready stops the whole
 process with its error. SIGHUP (or admin reload) validates the file as check-config does and
@@ -36,7 +37,7 @@ from .. import __version__, logs
 from .. import config as config_mod
 from ..app import bind_listener, restart_needed, start_admin
 from ..config import Config
-from ..health import Health, check_upstreams
+from ..health import Health, HostCheck, check_upstreams
 from ..metrics import Metrics, WorkerMetrics
 from ..net.http import serve_http
 from ..preflight import StartupError, bind_error, file_problems
@@ -129,8 +130,8 @@ class Supervisor:
                 raise bind_error("metrics.address", config.metrics.address, exc) from None
         if config.admin is not None:
             await start_admin(nursery, config.admin, WorkersAdmin(self))
-        nursery.start_soon(check_upstreams, lambda: self.config, self.health.upstreams,
-                           self.metrics)
+        nursery.start_soon(partial(check_upstreams, lambda: self.config, self.health.upstreams,
+                                   self.metrics, publish=self.publish_hosts))
         nursery.start_soon(self._collect_periodically)
 
     async def _keep_running(self, worker: Worker, fds: dict[str, list[int]]) -> None:
@@ -166,6 +167,22 @@ class Supervisor:
         self.worker_metrics.workers_ready.set(sum(w.ready for w in self.workers))
         self._ready_changed.set()
         self._ready_changed = trio.Event()
+
+    async def publish_hosts(self, checks: list[HostCheck]) -> None:
+        """The checker's verdicts on pool hosts, into every running worker's own record
+        (sessions pick hosts there): without them a worker would learn that a host is down
+        only from a failed connect of its own, and never that a host greeting badly is."""
+        states = [[c.upstream, c.host, c.protocol, c.up, c.valid_for] for c in checks]
+
+        async def one(worker: Worker) -> None:
+            try:
+                await worker.request("hosts", states=states)
+            except WorkerGone:
+                pass   # a worker (re)starting now gets the next round's
+
+        async with trio.open_nursery() as nursery:
+            for worker in self.workers:
+                nursery.start_soon(one, worker)
 
     # -- metrics --------------------------------------------------------------------------------
 

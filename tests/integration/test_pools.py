@@ -10,12 +10,14 @@ from __future__ import annotations
 import imaplib
 import poplib
 import re
+import subprocess
+import sys
 import time
 
 import pytest
 
 from proxy.routing import pool
-from support.dovecot import start_dovecot
+from support.dovecot import free_ports, start_dovecot
 
 HOSTS = ["127.0.0.1", "127.0.0.2"]
 USERS = [f"p{i}@pool.example" for i in range(8)]
@@ -110,3 +112,58 @@ def test_health_checks_per_host(pair, proxy_factory) -> None:
     wait_log(proxy, r"event=upstream_health upstream=pool host=127\.0\.0\.2 protocol=imap "
              r"up=True", offset)
     assert all(served_by_imap(proxy.port("imap"), u) == "127.0.0.2" for u in away)  # home again
+
+
+def test_health_checks_reach_every_worker(pair, proxy_factory, tmp_path) -> None:
+    """With `workers: 2` the checker runs in the supervisor: its verdict on a host must reach
+    both workers, so a user whose home host the checker saw down goes straight to the other
+    host in either worker, without a connect attempt (no `upstream_failover`). Without the
+    supervisor's publish each worker would learn it only from a failed connect of its own."""
+    first, second = pair
+    (admin_port,) = free_ports(1)
+    (tmp_path / "admin.token").write_text("s3cret\n")
+    proxy = proxy_factory({
+        "workers": 2,
+        "listeners": [{"name": "imap", "protocol": "imap", "address": "127.0.0.1:0",
+                       "allow_plaintext_auth": True}],
+        "upstreams": {"pool": {"hosts": HOSTS, "imap": {"port": first.imap_port},
+                               "health_check_interval": "0.2s"}},
+        "routes": [{"match": "*", "upstream": "pool"}],
+        "auth_throttle": {"enabled": False},
+        "admin": {"address": f"127.0.0.1:{admin_port}",
+                  "token": {"file": str(tmp_path / "admin.token")}},
+    }, ready_timeout=60)
+    away = [u for u in USERS if pool.preference(u, HOSTS)[0] == "127.0.0.2"]
+    assert away
+    offset = len(proxy.logs())
+    second.stop()
+    wait_log(proxy, r"event=upstream_health upstream=pool host=127\.0\.0\.2 protocol=imap "
+             r"up=False", offset)
+    offset = len(proxy.logs())
+    held: list[imaplib.IMAP4] = []
+    try:   # sessions of the away users, held open until both workers have served some
+        while len(held) < WORKERS_BOUND and workers_serving(proxy) != {"0", "1"}:
+            user = away[len(held) % len(away)]
+            client = imaplib.IMAP4("127.0.0.1", proxy.port("imap"), timeout=15)
+            held.append(client)
+            client.login(user, "pw")
+            client.select("INBOX", readonly=True)
+            _, data = client.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            assert data[0][1].strip() == b"Subject: on 127.0.0.1"
+        assert workers_serving(proxy) == {"0", "1"}
+    finally:
+        for client in held:
+            client.logout()
+    assert "upstream_failover" not in proxy.logs()[offset:]   # no worker tried the dead host
+
+
+WORKERS_BOUND = 64   # sessions opened until both workers hold one: only a broken build reaches it
+
+
+def workers_serving(proxy) -> set[str]:
+    """The workers holding a session, from the admin `who` verb."""
+    result = subprocess.run([sys.executable, "-m", "proxy", "who", "--config",
+                             str(proxy.config_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    return {dict(zip(header.split(), row.split(), strict=True))["worker"] for row in rows}

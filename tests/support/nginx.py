@@ -39,16 +39,25 @@ def available() -> bool:
 
 class NginxMail:
     def __init__(self, directory: pathlib.Path, auth_url: str, *, auth_timeout: str = "5s",
-                 worker_connections: int = 1024, log_level: str = "info", workers: int = 1):
+                 worker_connections: int = 1024, log_level: str = "info", workers: int = 1,
+                 tls: tuple[pathlib.Path, pathlib.Path] | None = None):
+        """`tls` (certificate chain, key): also an IMAPS and a POP3S server (implicit TLS,
+        `imaps_port` / `pop3s_port`), relaying to the same auth_http answer in clear."""
         nginx, module = binary(), module_path()
         if nginx is None or module is None:
             raise AssertionError(MISSING_MESSAGE)
         self.dir = pathlib.Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.imap_port, self.pop3_port = free_ports(2)
+        self.imap_port, self.pop3_port, self.imaps_port, self.pop3s_port = free_ports(4)
         self.error_log = self.dir / "error.log"
         auth = auth_url.removeprefix("http://")
         self.conf = self.dir / "nginx.conf"
+        tls_servers = "" if tls is None else f"""
+    ssl_certificate {tls[0]};
+    ssl_certificate_key {tls[1]};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    server {{ listen 127.0.0.1:{self.imaps_port} ssl; protocol imap; imap_auth plain login; }}
+    server {{ listen 127.0.0.1:{self.pop3s_port} ssl; protocol pop3; pop3_auth plain; }}"""
         self.conf.write_text(f"""
 load_module {module};
 daemon off;
@@ -61,7 +70,7 @@ mail {{
     auth_http {auth};
     auth_http_timeout {auth_timeout};
     server {{ listen 127.0.0.1:{self.imap_port}; protocol imap; imap_auth plain login; }}
-    server {{ listen 127.0.0.1:{self.pop3_port}; protocol pop3; pop3_auth plain; }}
+    server {{ listen 127.0.0.1:{self.pop3_port}; protocol pop3; pop3_auth plain; }}{tls_servers}
 }}
 """)
         self.server = Foreground("nginx", [nginx, "-c", str(self.conf), "-p", str(self.dir),
