@@ -47,11 +47,21 @@ def upstream_limits() -> Limits:
 
 
 @dataclass
+class EarlyLogin:
+    """A login sent before the greeting was read (see `connect`), built for `capabilities`."""
+
+    capabilities: tuple[bytes, ...]
+    id_tag: bytes | None
+    tag: bytes
+
+
+@dataclass
 class UpstreamIMAP:
     channel: Channel[ResponseParser]
     capabilities: tuple[bytes, ...] = ()
     tag_counter: int = 0
     sasl_challenge: bytes | None = None  # a token login's error challenge (base64 JSON)
+    early: EarlyLogin | None = None  # a login in flight since the connect
 
     @classmethod
     def over(cls, conn: Conn) -> UpstreamIMAP:
@@ -156,15 +166,32 @@ async def wait_tagged(up: UpstreamIMAP, tag: bytes) -> events.TaggedResponse:
             raise UpstreamError(Failure.PROTOCOL, "unexpected continuation request")
 
 
-async def connect(session: Session, name: str, upstream: Upstream) -> UpstreamIMAP:
-    """Connect, read the greeting, STARTTLS if configured, re-read capabilities."""
+MAX_KNOWN_GREETINGS = 1024  # upstreams whose greeting capabilities a runtime remembers
+
+
+async def connect(session: Session, name: str, upstream: Upstream,
+                  creds: Credentials | None = None) -> UpstreamIMAP:
+    """Connect, read the greeting, STARTTLS if configured, re-read capabilities.
+
+    With `creds`, when an earlier greeting of this upstream announced its capabilities and no
+    STARTTLS is to come (credentials never go out before it), the login (and the ID) is sent
+    at once, built for those capabilities: the greeting and the login's reply then come back
+    in one round trip instead of two. `login()` collects its reply (`up.early`)."""
     up = UpstreamIMAP.over(await dial(session, name, upstream))
     timeouts = session.listener.timeouts
+    tls = service(upstream, "imap").tls
+    known = session.runtime.greeting_capabilities
     try:
+        if creds is not None and tls != "starttls" and name in known:
+            await _send_early(session, upstream, up, creds, known[name])
         with deadline(timeouts.upstream_connect, "greeting"):
-            await _greeting(up, service(upstream, "imap").tls != "none")
+            await _greeting(up, tls != "none")
+        if up.capabilities and tls != "starttls":
+            if len(known) >= MAX_KNOWN_GREETINGS and name not in known:
+                known.clear()
+            known[name] = up.capabilities
         with deadline(timeouts.upstream_response, "capabilities"):
-            if service(upstream, "imap").tls == "starttls":
+            if tls == "starttls":
                 await _starttls(session, name, up)
             if not up.capabilities:
                 await command(up, b"%s CAPABILITY\r\n" % up.next_tag())
@@ -172,6 +199,17 @@ async def connect(session: Session, name: str, upstream: Upstream) -> UpstreamIM
     except BaseException:
         await up.conn.aclose()
         raise
+
+
+async def _send_early(session: Session, upstream: Upstream, up: UpstreamIMAP,
+                      creds: Credentials, capabilities: tuple[bytes, ...]) -> None:
+    up.capabilities = capabilities
+    lines = _one_write_login(session, upstream, up, creds)
+    up.capabilities = ()   # what counts is what this connection's greeting says
+    if lines is not None:
+        data, id_tag, tag = lines
+        await up.conn.send(data)
+        up.early = EarlyLogin(capabilities, id_tag, tag)
 
 
 async def _greeting(up: UpstreamIMAP, tls_required: bool) -> None:
@@ -209,25 +247,68 @@ def forward_id(session: Session, tag: bytes) -> bytes:
 async def login(session: Session, upstream: Upstream, up: UpstreamIMAP,
                 creds: Credentials) -> events.TaggedResponse:
     """ID (when forwarding the client address) and the login, pipelined in one write; bounded
-    by the caller's deadline()."""
-    lines = b""
-    id_tag = None
-    if upstream.forward_client_ip and up.has(b"ID"):
-        id_tag = up.next_tag()
-        lines += forward_id(session, id_tag)
-    tag = up.next_tag()
+    by the caller's deadline(). A login sent early (`connect`) is answered here; if it failed
+    and the greeting announced other capabilities than it was built for, it is done again for
+    the greeting's."""
+    early, up.early = up.early, None
+    if early is not None:
+        if early.id_tag is not None:
+            await wait_tagged(up, early.id_tag)
+        greeted = up.capabilities
+        reply = await wait_tagged(up, early.tag)
+        if reply.status == b"OK" or greeted == early.capabilities:
+            return reply
+        up.capabilities = greeted
     if creds.mechanism in TOKEN_MECHANISMS:
-        return await _authenticate_token(session, up, lines, id_tag, tag, creds)
-    if up.has(b"AUTH=PLAIN") and up.has(b"SASL-IR"):
-        lines += b"%s AUTHENTICATE PLAIN %s\r\n" % (tag, encode_plain(creds.user, creds.password))
+        id_tag, lines = _id_line(session, upstream, up)
+        return await _authenticate_token(session, up, lines, id_tag, up.next_tag(), creds)
+    one_write = _one_write_login(session, upstream, up, creds)
+    if one_write is not None:
+        lines, id_tag, tag = one_write
         await up.conn.send(lines)
     elif up.has(b"LOGINDISABLED"):
         raise UpstreamError(Failure.UPSTREAM, "upstream offers no usable login method")
     else:
+        id_tag, lines = _id_line(session, upstream, up)
+        tag = up.next_tag()
         await _send_login(up, lines, tag, creds)
     if id_tag is not None:
         await wait_tagged(up, id_tag)
     return await wait_tagged(up, tag)
+
+
+def _id_line(session: Session, upstream: Upstream, up: UpstreamIMAP) -> tuple[bytes | None, bytes]:
+    """(its tag, the ID command) when the client address is forwarded, else (None, b"")."""
+    if upstream.forward_client_ip and up.has(b"ID"):
+        id_tag = up.next_tag()
+        return id_tag, forward_id(session, id_tag)
+    return None, b""
+
+
+def _one_write_login(session: Session, upstream: Upstream, up: UpstreamIMAP,
+                     creds: Credentials) -> tuple[bytes, bytes | None, bytes] | None:
+    """(the ID and login lines, the ID's tag, the login's tag) when, with up's capabilities,
+    the login needs no continuation: AUTHENTICATE PLAIN with SASL-IR (RFC 4959), or LOGIN
+    with quoted strings or LITERAL+ (RFC 7888). None otherwise (no tag is used then)."""
+    if creds.mechanism in TOKEN_MECHANISMS:
+        return None
+    if up.has(b"AUTH=PLAIN") and up.has(b"SASL-IR"):
+        login_line = b"AUTHENTICATE PLAIN %s\r\n" % encode_plain(creds.user, creds.password)
+    elif up.has(b"LOGINDISABLED"):
+        return None
+    else:
+        parts = [b"LOGIN"]
+        for value in (creds.user.encode(), creds.password):
+            encoded = writer.astring(value)
+            if encoded.startswith(b"{"):
+                if not up.has(b"LITERAL+"):
+                    return None
+                encoded = writer.literal_plus(value)
+            parts.append(encoded)
+        login_line = b" ".join(parts) + b"\r\n"
+    id_tag, lines = _id_line(session, upstream, up)
+    tag = up.next_tag()
+    return lines + tag + b" " + login_line, id_tag, tag
 
 
 async def _authenticate_token(session: Session, up: UpstreamIMAP, prefix: bytes,

@@ -90,6 +90,10 @@ class Runtime:
     lookups: Lookups | None = None    # this config's `lookups:` (proxy/routing), asked first
     host_health: HostHealth = field(default_factory=HostHealth)  # pool hosts (Health.hosts)
     oauth2: Brokers = field(default_factory=Brokers)  # brokered upstream logins (proxy/oauth2)
+    # upstream name -> the capabilities its last IMAP greeting announced (relay/imap_upstream.py
+    # sends the login with the greeting's read when it knows them); per runtime, so a reload
+    # forgets them
+    greeting_capabilities: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, config: Config, metrics: Metrics | None = None, *,

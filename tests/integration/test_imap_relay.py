@@ -248,3 +248,79 @@ def test_upstream_that_stops_answering_ends_the_session(proxy_factory, dovecot):
         assert "upstream_timeout" in proxy.logs()
     finally:
         fake.close()
+
+
+def _early_login_upstream(later_greeting: bytes, later_reply: bytes):
+    """A fake upstream for the early-login tests. Connections 1 (the health check) and 2 (the
+    first session) are normal ones: greeting with AUTH=PLAIN SASL-IR, then OK to the login.
+    Every later connection reads the proxy's first
+    line *before* greeting (a proxy that waits for the greeting would send nothing: the read
+    times out and the test fails), greets with `later_greeting`, answers that line with
+    `later_reply`; when the reply was not OK, it answers the next command with OK."""
+    from . import fake_upstream
+
+    count = [0]
+
+    def script(conn: fake_upstream.FakeConn) -> None:
+        count[0] += 1
+        greet_first = count[0] <= 2
+        if greet_first:
+            conn.send(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] fake ready\r\n")
+            line = conn.readline()
+            if not line:   # the health check
+                return
+        else:
+            conn.sock.settimeout(5)
+            line = conn.readline()   # before the greeting
+            conn.send(later_greeting)
+        tag = line.split(b" ", 1)[0]
+        if greet_first or later_reply.startswith(b"OK"):
+            conn.send(tag + b" OK [CAPABILITY IMAP4rev1] in\r\n")
+        else:
+            conn.send(tag + b" " + later_reply + b"\r\n")
+            line = conn.readline()
+            conn.send(line.split(b" ", 1)[0] + b" OK [CAPABILITY IMAP4rev1] in\r\n")
+        conn.rest()
+
+    return fake_upstream.FakeUpstream(script)
+
+
+def _log_in_through(proxy) -> bytes:
+    sock = socket.create_connection((HOST, proxy.port("imap")), timeout=15)
+    file = sock.makefile("rb")
+    file.readline()
+    sock.sendall(b'a LOGIN "user@example.com" "pw"\r\n')
+    reply = file.readline()
+    file.close()
+    sock.close()
+    return reply
+
+
+@pytest.mark.parametrize("later_greeting, later_reply, second_login", [
+    # same capabilities: the login goes out before the greeting is read, and is answered
+    (b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] fake ready\r\n", b"OK",
+     b"P1 AUTHENTICATE PLAIN AHVzZXJAZXhhbXBsZS5jb20AcHc=\r\n"),
+    # the upstream no longer offers AUTH=PLAIN: its BAD to the early AUTHENTICATE is not the
+    # verdict; the login is sent again as its greeting allows (LOGIN)
+    (b"* OK [CAPABILITY IMAP4rev1] fake ready\r\n", b"BAD unknown command",
+     b"P1 AUTHENTICATE PLAIN AHVzZXJAZXhhbXBsZS5jb20AcHc=\r\nP2 LOGIN user@example.com pw\r\n"),
+])
+def test_login_sent_with_the_greeting_read(proxy_factory, dovecot, later_greeting, later_reply,
+                                           second_login):
+    """Once an upstream's greeting has announced its capabilities, the next session's login is
+    written right after the connect, so greeting and verdict take one round trip."""
+    fake = _early_login_upstream(later_greeting, later_reply)
+    try:
+        config = relay_config(dovecot, listeners=("imap",), allow_plaintext_auth=True)
+        config["upstreams"]["main"]["imap"] = {"port": fake.port, "tls": "none"}
+        config["upstreams"]["main"]["health_check_interval"] = "1h"
+        config["upstreams"]["main"]["forward_client_ip"] = False
+        proxy = proxy_factory(config)
+        assert fake.wait_connection() == b""   # the health check
+        fake.received.clear()
+        assert _log_in_through(proxy).startswith(b"a OK [CAPABILITY IMAP4rev1]")
+        assert fake.wait_connection().startswith(b"P1 AUTHENTICATE PLAIN ")   # greeted first
+        assert _log_in_through(proxy).startswith(b"a OK [CAPABILITY IMAP4rev1]")
+        assert fake.wait_connection() == second_login
+    finally:
+        fake.close()
