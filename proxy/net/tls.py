@@ -320,7 +320,8 @@ async def server_handshake(stream: trio.abc.Stream, server_tls: ServerTLS,
       No timeout of its own: the caller bounds the handshake with a cancel scope (and counts an
       expiry as the reason "timeout").
 
-    Returns: the SSLStream (its `transport_stream` is a pass-through recorder over `stream`).
+    Returns: the SSLStream over `stream` (the ClientHello recorder is taken out of the chain
+    once the ALPN check is done: every later read and write would cross it for nothing).
     Raises: TLSHandshakeError with reason "handshake_failed" or "alpn_refused".
     Resource handling: `stream` is never closed here; on error the caller closes it.
     """
@@ -332,6 +333,7 @@ async def server_handshake(stream: trio.abc.Stream, server_tls: ServerTLS,
         offered = b",".join(recorder.alpn_offered or ()) or b"unreadable ClientHello"
         raise TLSHandshakeError("alpn_refused",
                                 f"client offered ALPN {logs.sanitize(offered, 80)}, not {protocol}")
+    tls.transport_stream = stream   # (no operation is in flight on it between two calls)
     return tls
 
 
