@@ -27,7 +27,7 @@ from proxy.gateway import mime
 from proxy.gateway.numbers import InvalidNumber
 from proxy.gateway.numbers import number as rfc_number
 
-__all__ = ["fetch_section", "SectionError"]
+__all__ = ["fetch_section", "find_part", "part_path", "SectionError"]
 
 
 class SectionError(ValueError):
@@ -71,6 +71,29 @@ def fetch_section(raw: bytes, section: str | bytes, partial: tuple[int, int] | N
             raise SectionError("negative partial range")
         data = data[start:start + length]
     return data
+
+
+def part_path(section: bytes) -> list[int]:
+    """The part numbers of a BINARY section (RFC 3516 6: section-binary is part numbers only;
+    "" is the whole message).
+
+    Raises:
+        SectionError: not a section-part.
+    """
+    if section and not re.fullmatch(rb"\d+(?:\.\d+)*", section):
+        raise SectionError("BINARY takes part numbers only")
+    try:
+        path = [rfc_number(n) for n in section.split(b".")] if section else []
+    except InvalidNumber as exc:
+        raise SectionError(str(exc)) from None
+    if 0 in path:
+        raise SectionError("part numbers start at 1")
+    return path
+
+
+def find_part(root: mime.Part, path: list[int]) -> mime.Part | None:
+    """The part at `path`, walked as BODY[section] walks it; None when it does not exist."""
+    return _find(root, path)
 
 
 def crlf(data: bytes) -> bytes:

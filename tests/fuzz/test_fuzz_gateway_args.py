@@ -27,7 +27,8 @@ _ATOMS = st.one_of(_WORDS, _NUMBERS, _SETS, st.binary(max_size=8)).map(Atom)
 _STRINGS = st.one_of(st.binary(max_size=8), _NUMBERS)
 _ARGS = st.recursive(st.one_of(_ATOMS, _STRINGS),
                      lambda inner: st.lists(inner, max_size=4).map(tuple), max_leaves=30)
-_ITEMS = st.sampled_from([b"FLAGS", b"UID", b"BODY", b"BODY[]", b"BODY.PEEK[1.2.MIME]",
+_ITEMS = st.sampled_from([b"BINARY.SIZE[1]", b"BINARY.PEEK[1.MIME]", b"BINARY[" + b"9" * 5000 + b"]",
+                          b"FLAGS", b"UID", b"BODY", b"BODY[]", b"BODY.PEEK[1.2.MIME]",
                           b"BODY[]<0.10>", b"BODY[]<" + b"9" * 5000 + b">", b"BODY[" + b"9" * 5000 + b"]",
                           b"BODY[1.0]", b"BODY[HEADER.FIELDS]", b"RFC822.SIZE", b"ENVELOPE", b"ALL",
                           b"BINARY[1]", b"BODY[]<4294967296>"]).map(Atom)

@@ -6,7 +6,9 @@ Invariants, for every input and for tight and default `MimeLimits`:
 - analysis never raises, and its blob reads back (`mime.from_cache`);
 - the part tree is at most `max_depth` levels deep and has at most `max_parts` parts, with
   offsets inside the message and in order;
-- every existing part's sections (n, n.MIME, n.HEADER, n.TEXT) are bytes, never an error.
+- every existing part's sections (n, n.MIME, n.HEADER, n.TEXT) are bytes, never an error;
+- every BINARY section is bytes or a BinaryError (NO [UNKNOWN-CTE] / NO [PARSE]), never a crash;
+- the PREVIEW text is at most MAX_CHARS characters, trimmed, never an error.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from proxy.gateway import analysis, mime
-from proxy.gateway.sections import fetch_section
+from proxy.gateway.binary import BinaryError, binary_section
+from proxy.gateway.preview import MAX_CHARS, preview
+from proxy.gateway.sections import fetch_section, find_part, part_path
 
 from .harness import fuzz_settings, mutated
 
@@ -90,3 +94,31 @@ def test_analysis_never_fails_and_stays_within_limits(raw: bytes) -> None:
                 assert isinstance(fetch_section(raw, path + suffix, parts=tree), bytes)
         for section in ("", "HEADER", "TEXT", "HEADER.FIELDS (SUBJECT FROM)"):
             assert isinstance(fetch_section(raw, section, (1, 50), parts=tree), bytes)
+
+
+@fuzz_settings(100)
+@given(mutated(MESSAGES, FRAGMENTS))
+@example(b"Content-Transfer-Encoding: base64\r\n\r\nSGVsbG8\r\n")       # ends inside a group
+@example(b"Content-Transfer-Encoding: quoted-printable\r\n\r\n=\r\n=4=\r\n")
+def test_binary_sections_decode_or_answer_no(raw: bytes) -> None:
+    """RFC 3516: every section of every message is bytes (never longer than the message with
+    its line ends doubled plus a rewritten header per part) or an UNKNOWN-CTE / PARSE refusal."""
+    info = mime.from_cache(json.loads(analysis.analyze_for_store(raw)))
+    tree = mime.table_to_parts(info.parts)
+    for path in [""] + list(_paths(info.parts))[:20]:
+        try:
+            decoded = binary_section(raw, find_part(tree, part_path(path.encode())), whole=not path)
+        except BinaryError as exc:
+            assert exc.code in (b"UNKNOWN-CTE", b"PARSE")
+            continue
+        assert len(decoded.data) <= 2 * len(raw) + 40 * len(list(_walk(info.parts)))
+        assert decoded.literal8 or b"\0" not in decoded.data
+
+
+@fuzz_settings(100)
+@given(mutated(MESSAGES, FRAGMENTS))
+def test_preview_is_short_text(raw: bytes) -> None:
+    """RFC 8970 3.1: the preview never raises and is at most 256 characters (200 here)."""
+    for limits in LIMITS:
+        text = preview(raw, limits)
+        assert len(text) <= MAX_CHARS and text == text.strip(" \t\r\n\v\f")

@@ -34,6 +34,8 @@ def read_response(read_line, read_exact, tag: bytes) -> list[bytes]:
 def _skip_value(data: bytes, pos: int) -> int:
     """End offset of the IMAP value starting at `pos`."""
     c = data[pos:pos + 1]
+    if c == b"~":   # literal8 (RFC 3516)
+        return _skip_value(data, pos + 1)
     if c == b'"':
         pos += 1
         while data[pos:pos + 1] != b'"':
@@ -76,7 +78,7 @@ def string_value(value: bytes) -> bytes | None:
     """Decode one IMAP string/literal/NIL value to its bytes."""
     if value == b"NIL":
         return None
-    if value.startswith(b"{"):
+    if value.startswith(b"{") or value.startswith(b"~{"):
         return value[value.index(b"\n") + 1:]
     if value.startswith(b'"'):
         return re.sub(rb'\\(.)', rb"\1", value[1:-1])

@@ -38,6 +38,7 @@ SORT_FIELD_ENTRIES = 100_000   # cached messages' sort fields, all accounts (abo
 SORT_FIELD_CHUNK = 256         # sort-field records decoded (or headers parsed) per slice
 SORT_RECORD_CHUNK = 2048       # messages per store call while reading sort-field records
 ANSWERS_BYTES = 16 * 1024 * 1024   # cached SORT/THREAD answers and their keys, all accounts
+PREVIEW_ENTRIES = 50_000       # cached PREVIEW texts, all accounts (at most 200 characters each)
 
 
 async def analyze(raw: bytes, limits: mime.MimeLimits = mime.DEFAULT_LIMITS) -> tuple[bytes, bytes]:
@@ -179,6 +180,7 @@ class MimeCache:
         # however many accounts sort
         self.sort_fields = SortFieldCache(bodies)
         self.answers = AnswerCache()
+        self.previews = _Lru(PREVIEW_ENTRIES)   # FETCH PREVIEW text by body id (_preview.py)
         self._infos = _Lru(entries)
         self._texts = _Lru(text_budget, lambda t: len(t[0]) + len(t[1]) + 64)
 

@@ -5,6 +5,7 @@ MIME analysis computed once per stored body (`_caches`). The FETCH handler loads
 messages with one store call for the MIME infos and one for the bodies (`plan()` says which
 are needed: a whole-message BODY[]/RFC822 needs no MIME work), then `render()` is synchronous.
 Body sections are cut by `sections.fetch_section` from the raw body with the cached part table.
+BINARY sections (RFC 3516) are decoded per chunk before `render()` (`_binary.decode_chunk`).
 """
 
 from __future__ import annotations
@@ -13,19 +14,22 @@ import re
 from dataclasses import dataclass
 
 from ...store import MessageMeta
-from ..mime import table_to_parts
-from ..sections import SectionError, crlf, fetch_section
+from ..binary import BinaryError
+from ..mime import nstring, table_to_parts
+from ..sections import SectionError, crlf, fetch_section, part_path
 from ._args import Reply, flag_list, format_date_time, is_atom, parse_number
 
 _BODY_ITEM = re.compile(rb"^(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK)\[([^\]]*)\](?:<(\d+)(?:\.(\d+))?>)?$",
                         re.IGNORECASE)
+_BINARY_SIZE = re.compile(rb"^BINARY\.SIZE\[([^\]]*)\]$", re.IGNORECASE)   # RFC 3516 4.2
 _MACROS = {
     b"ALL": (b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE"),
     b"FAST": (b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"),
     b"FULL": (b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"),
 }
 _SIMPLE = {b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY", b"BODYSTRUCTURE",
-           b"UID", b"RFC822", b"RFC822.HEADER", b"RFC822.TEXT", b"MODSEQ"}   # MODSEQ: RFC 7162 3.1.4
+           b"UID", b"RFC822", b"RFC822.HEADER", b"RFC822.TEXT", b"MODSEQ",   # MODSEQ: RFC 7162 3.1.4
+           b"PREVIEW"}   # RFC 8970
 _SETS_SEEN = {b"RFC822", b"RFC822.TEXT"}   # RFC 3501 6.4.5: these set \Seen, RFC822.HEADER does not
 
 
@@ -35,10 +39,12 @@ class Item:
     section: bytes | None = None
     partial: tuple[int, int] | None = None
     peek: bool = True
+    binary: bool = False        # BINARY[section] or BINARY.SIZE[section] (RFC 3516)
 
     @property
     def needs_body(self) -> bool:
-        return self.section is not None or self.name in (b"RFC822", b"RFC822.HEADER", b"RFC822.TEXT")
+        return self.section is not None or self.name in (b"RFC822", b"RFC822.HEADER", b"RFC822.TEXT",
+                                                          b"PREVIEW")
 
     @property
     def needs_mime(self) -> bool:
@@ -51,7 +57,11 @@ def parse_items(arg: object, *, uid: bool) -> list[Item]:
     if not raw:
         raise Reply.bad("Empty FETCH item list")
     items: list[Item] = [Item(b"UID")] if uid else []
-    for value in raw:
+    values = iter(raw)
+    for value in values:
+        if isinstance(value, tuple) and items and items[-1].name == b"PREVIEW":
+            _preview_modifiers(value)   # RFC 8970 3: PREVIEW (LAZY)
+            continue
         if not is_atom(value):
             raise Reply.bad("Invalid FETCH item")
         word = bytes(value).upper()
@@ -59,22 +69,41 @@ def parse_items(arg: object, *, uid: bool) -> list[Item]:
             items += [Item(name) for name in _MACROS[word]]
         elif word in _SIMPLE:
             items.append(Item(word, peek=word not in _SETS_SEEN))
+        elif (match := _BINARY_SIZE.match(bytes(value))) is not None:
+            items.append(Item(b"BINARY.SIZE", _binary_section(match.group(1)), binary=True))
         elif (match := _BODY_ITEM.match(bytes(value))) is not None:
             kind, section, start, length = match.groups()
-            if kind.upper().startswith(b"BINARY"):
-                raise Reply.bad("BINARY is not supported")
-            try:   # validate now: BAD before any response is sent
-                fetch_section(b"\r\n", section)
-            except SectionError as exc:
-                raise Reply.bad(f"Invalid section: {exc}") from None
+            binary = kind.upper().startswith(b"BINARY")
+            if binary:
+                section = _binary_section(section)
+            else:
+                try:   # validate now: BAD before any response is sent
+                    fetch_section(b"\r\n", section)
+                except SectionError as exc:
+                    raise Reply.bad(f"Invalid section: {exc}") from None
             partial = None
             if start is not None:
                 partial = (parse_number(start, "Partial start"),
                            parse_number(length, "Partial length") if length is not None else 1 << 62)
-            items.append(Item(b"BODY[]", section, partial, peek=kind.upper() == b"BODY.PEEK"))
+            items.append(Item(b"BINARY[]" if binary else b"BODY[]", section, partial,
+                              peek=kind.upper() in (b"BODY.PEEK", b"BINARY.PEEK"), binary=binary))
         else:
             raise Reply.bad(f"Unknown FETCH item {bytes(value)[:40].decode('ascii', 'replace')}")
     return list(dict.fromkeys(items))  # duplicates dropped, first occurrence kept
+
+
+def _preview_modifiers(value: tuple) -> None:
+    """RFC 8970 3: LAZY lets the server answer NIL; the preview is always computed here."""
+    if not value or any(not is_atom(m) or bytes(m).upper() != b"LAZY" for m in value):
+        raise Reply.bad("PREVIEW modifiers: only LAZY is supported")
+
+
+def _binary_section(section: bytes) -> bytes:
+    try:
+        part_path(section)
+    except SectionError as exc:
+        raise Reply.bad(f"Invalid section: {exc}") from None
+    return section
 
 
 def plan(items: list[Item]) -> tuple[bool, bool]:
@@ -92,12 +121,14 @@ def plan(items: list[Item]) -> tuple[bool, bool]:
 
 
 def _whole(item: Item) -> bool:
-    return item.partial is None and (item.section == b"" or item.name == b"RFC822")
+    return not item.binary and item.partial is None and (item.section == b"" or item.name == b"RFC822")
 
 
-def render(seq: int, meta: MessageMeta, items: list[Item], flags, info, raw) -> list[bytes]:
+def render(seq: int, meta: MessageMeta, items: list[Item], flags, info, raw,
+           binaries=None, preview: str | None = None) -> list[bytes]:
     """`* seq FETCH (...)` CRLF for one message, as pieces to write (a body is its own piece,
-    never copied into a bigger buffer). `info`/`raw` as `plan()` asked for them."""
+    never copied into a bigger buffer). `info`/`raw` as `plan()` asked for them, `binaries`
+    the decoded BINARY sections (`_binary.decode_chunk`), `preview` the PREVIEW text."""
     pieces = []
     tree = None   # the part tree, built once per message from the cached table
     text = [b"* %d FETCH (" % seq]
@@ -121,6 +152,24 @@ def render(seq: int, meta: MessageMeta, items: list[Item], flags, info, raw) -> 
             text.append(b"BODY " + info.body)
         elif name == b"BODYSTRUCTURE":
             text.append(b"BODYSTRUCTURE " + info.bodystructure)
+        elif name == b"PREVIEW":
+            text.append(b"PREVIEW " + nstring((preview or "").encode("utf-8")))
+        elif item.binary:
+            decoded = binaries[(item.section, name == b"BINARY.SIZE")]
+            if isinstance(decoded, BinaryError):   # RFC 3516 4.3: NO [UNKNOWN-CTE]
+                raise Reply.no(str(decoded), decoded.code)
+            if name == b"BINARY.SIZE":
+                text.append(b"BINARY.SIZE[%s] %d" % (item.section, len(decoded.data)))
+                continue
+            data, section = decoded.data, item.section or b""
+            origin = b""
+            if item.partial:
+                data = data[item.partial[0]:item.partial[0] + item.partial[1]]
+                origin = b"<%d>" % item.partial[0]
+            marker = b"~{%d}\r\n" if decoded.literal8 else b"{%d}\r\n"
+            text.append(b"BINARY[" + section + b"]" + origin + b" " + marker % len(data))
+            pieces += [b"".join(text), data]
+            text = []
         else:
             if _whole(item):   # known clean (size == virtual size, no NUL): sent as stored
                 clean = info is not None and info.size == len(raw) and b"\0" not in raw

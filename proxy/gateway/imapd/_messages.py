@@ -17,6 +17,7 @@ import trio
 
 from ...store import FlagMode
 from ..search import SearchError, SearchKey, matches, parse_search
+from . import _binary, _preview
 from . import _condstore as cs
 from . import _searchres as searchres
 from ._args import Reply, compress, is_atom, parse_sequence_set, resolve, word
@@ -90,6 +91,8 @@ async def fetch(session, cmd):
         with_flags = with_flags + [Item(b"UID")]
     needs_mime, needs_body = plan(items)
     mime, store = session.backend.mime, session.store
+    binary_sections = _binary.wanted(items)
+    wants_preview = any(i.name == b"PREVIEW" for i in items)
 
     async def load(chunk):
         metas = [view.meta[view.uids[q - 1]] for q in chunk]
@@ -100,20 +103,22 @@ async def fetch(session, cmd):
                 infos = [mime.peek(m) for m in metas]
         else:
             raws = [None] * len(metas)
-        return chunk, metas, infos, raws
+        binaries = await _binary.decode_chunk(binary_sections, infos, raws)
+        previews = await _preview.previews(mime, metas, raws, wants_preview)
+        return chunk, metas, infos, raws, binaries, previews
 
     missing = False
 
     async def write(loaded):
         nonlocal missing
-        chunk, metas, infos, raws = loaded
+        chunk, metas, infos, raws, binaries, previews = loaded
         for n, seq in enumerate(chunk):
             meta, info, raw = metas[n], infos[n], raws[n]
             if (needs_mime and info is None) or (needs_body and raw is None):
                 missing = True   # expunged by another session, not yet announced (RFC 2180 4.1.3)
                 continue
             session.write_pieces(render(seq, meta, with_flags if meta.uid in seen_now else items,
-                                        view.flags_of(meta.uid), info, raw))
+                                        view.flags_of(meta.uid), info, raw, binaries[n], previews[n]))
             await session.budget.tick()
         await session.maybe_flush()
 

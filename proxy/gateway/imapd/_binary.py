@@ -1,0 +1,61 @@
+"""FETCH BINARY / BINARY.PEEK / BINARY.SIZE (RFC 3516 4.2) for one chunk of messages.
+
+The FETCH handler loads a chunk (`_messages.fetch`), then calls `decode_chunk()`, which decodes
+every BINARY section asked for, once per message (BINARY[1] and BINARY.SIZE[1] share the work):
+in a worker thread when the chunk's bodies are big (decoding is linear in their size, DESIGN.md:
+nothing one client sends may hold the event loop). An undecodable section is kept as its error
+and raised as NO [UNKNOWN-CTE] / NO [PARSE] only when `render()` reaches that message, so the
+messages before it are answered, as Dovecot does.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from ..binary import BinaryError, Decoded, binary_section
+from ..mime import table_to_parts
+from ..sections import find_part, part_path
+from ._caches import ANALYZE_IN_THREAD
+
+Result = Decoded | BinaryError
+Wanted = tuple[bytes, bool]   # (section, BINARY.SIZE)
+
+
+def wanted(items) -> list[Wanted]:
+    """The BINARY sections a FETCH asks for, each once."""
+    return list(dict.fromkeys((item.section, item.name == b"BINARY.SIZE")
+                              for item in items if item.binary))
+
+
+async def decode_chunk(wanted: list[Wanted], infos, raws) -> list[dict[Wanted, Result] | None]:
+    """Per message: (section, size) -> decoded bytes or the error (None: the message is gone)."""
+    if not wanted:
+        return [None] * len(raws)
+    work = lambda: [_decode(wanted, info, raw) for info, raw in zip(infos, raws, strict=True)]  # noqa: E731
+    if sum(len(raw) for raw in raws if raw is not None) > ANALYZE_IN_THREAD:
+        return await trio.to_thread.run_sync(work)
+    return work()
+
+
+def _decode(wanted: list[Wanted], info, raw: bytes | None) -> dict[Wanted, Result] | None:
+    if info is None or raw is None:
+        return None
+    root = table_to_parts(info.parts)
+    by_section: dict[bytes, Result] = {}
+
+    def section(name: bytes) -> Result:
+        if name not in by_section:
+            try:
+                by_section[name] = binary_section(raw, find_part(root, part_path(name)),
+                                                  whole=not name)
+            except BinaryError as exc:
+                by_section[name] = exc
+        return by_section[name]
+
+    out: dict[Wanted, Result] = {}
+    for name, size in wanted:
+        # Dovecot sizes an existing section from the whole message decoded: an undecodable
+        # part anywhere fails BINARY.SIZE, while BINARY[n] only fails on its own parts
+        whole = section(b"") if size and find_part(root, part_path(name)) is not None else None
+        out[(name, size)] = whole if isinstance(whole, BinaryError) else section(name)
+    return out

@@ -1,0 +1,163 @@
+"""FETCH PREVIEW (RFC 8970): a short plain-text preview of a message, computed like Dovecot's
+message-snippet.c so clients see the same text from both servers.
+
+Theory of operation: one part is chosen, as Dovecot 2.3 chooses it (index-mail.c): a message
+with no Content-Type or a text/* one is its own part; a multipart/alternative gives its first
+text/plain child (or one without Content-Type), else its text/html one, else any text/* one; any
+other multipart gives the first child (depth first) that qualifies; anything else has no preview.
+The chosen part's body is decoded (transfer encoding and charset, by the `email` package, as
+`search_text` does) and fed, character by character, to a small state machine:
+
+* whitespace runs become one space, leading and trailing whitespace is dropped, NUL and the
+  byte-order mark are skipped;
+* a line that starts with ">" is quoted text: it goes to a second buffer that is used, prefixed
+  with ">", only when the part has no unquoted text at all;
+* text/html (and application/xhtml+xml) is first reduced to text, simply: comments and the
+  content of style and script elements dropped, blockquote content marked as quoted, every
+  other tag a space, entities decoded (`html.unescape`).
+
+The preview is at most `MAX_CHARS` characters (RFC 8970 3.1: at most 256; Dovecot uses 200).
+Only the first `MAX_INPUT` decoded characters of the part are looked at, so the cost is bounded
+whatever the message.
+"""
+
+from __future__ import annotations
+
+import email.message
+import html
+import re
+
+from ._parts import DEFAULT_LIMITS, MimeLimits, Part, parse
+from ._rfc822 import Rfc822
+
+__all__ = ["preview", "MAX_CHARS"]
+
+MAX_CHARS = 200          # characters of preview (RFC 8970 3.1: MUST NOT exceed 256)
+MAX_INPUT = 64 * 1024    # decoded characters of one part looked at; the rest cannot matter much
+_HTML_TYPES = (b"text/html", b"application/xhtml+xml")
+_DROPPED = re.compile(r"<!--.*?(?:-->|$)|<(style|script)\b.*?(?:</\1\s*>|$)",
+                      re.IGNORECASE | re.DOTALL)
+_BLOCKQUOTE = re.compile(r"<blockquote\b[^>]*>(.*?)(?:</blockquote\s*>|$)", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>?")
+_ASCII_SPACE = " \t\n\r\v\f"   # Dovecot's i_isspace(); U+00A0 and friends are text
+_SPACE = frozenset(_ASCII_SPACE)
+
+
+def preview(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> str:
+    """The preview text of `raw` ("" when it has no text part with any text)."""
+    part = _choose(parse(raw, limits))
+    text = _part_text(raw, part) if part is not None else None
+    return _snippet(text) if text else ""
+
+
+def _content_type(part: Part) -> tuple[bytes, bytes | None] | None:
+    """(type, subtype) lower-cased as BODYSTRUCTURE reads them; None without a Content-Type."""
+    value = part.header(b"content-type") if part.is_mime else None
+    if value is None:
+        return None
+    p = Rfc822(value)
+    p.skip_lwsp()
+    mtype, _ = p.content_type()
+    main, slash, sub = mtype.lower().partition(b"/")
+    return main, sub if slash else None
+
+
+def _choose(root: Part) -> Part | None:
+    """Dovecot's index_mail_find_first_text_mime_part(), with an explicit stack."""
+    stack = [root]
+    while stack:
+        part = stack.pop()
+        ctype = _content_type(part)
+        if ctype is None or ctype[0] == b"text":
+            return part
+        if ctype[0] != b"multipart" or part.opaque:
+            continue
+        if ctype[1] == b"alternative":   # text/plain > text/html > text/*
+            texts = [(c, _content_type(c)) for c in part.children]
+            texts = [(c, t) for c, t in texts if t is None or t[0] == b"text"]
+            for rank in (lambda t: t is None or t[1] in (None, b"plain"), lambda t: t[1] == b"html",
+                         lambda t: True):
+                found = next((c for c, t in texts if rank(t)), None)
+                if found is not None:
+                    return found
+            continue
+        stack.extend(reversed(part.children))
+    return None
+
+
+def _part_text(raw: bytes, part: Part) -> str | None:
+    """The part's decoded text, HTML reduced; None when it is not a text part."""
+    leaf = email.message.Message()
+    for name, value in part.headers:
+        if name.lower() in (b"content-type", b"content-transfer-encoding"):
+            leaf[name.decode("ascii", "surrogateescape")] = value.decode("ascii", "surrogateescape")
+    declared = part.header(b"content-type")
+    ctype = b"text/plain"
+    if declared is not None:   # Dovecot's decoder reads the type itself: "text" alone is not text/
+        p = Rfc822(declared)
+        p.skip_lwsp()
+        ctype = p.content_type()[0].lower()
+    if not ctype.startswith(b"text/") and ctype not in _HTML_TYPES:
+        return None
+    cte = leaf.get("content-transfer-encoding", "7bit").strip().lower()
+    if cte not in ("7bit", "8bit", "binary", "base64", "quoted-printable"):
+        return ""   # Dovecot's decoder skips a body it cannot decode
+    leaf.set_payload(raw[part.header_end:part.end].decode("ascii", "surrogateescape"))
+    payload = leaf.get_payload(decode=True)
+    data = payload if isinstance(payload, bytes) else b""
+    charset = leaf.get_content_charset() or "utf-8"
+    try:
+        text = data.decode("utf-8" if charset in ("us-ascii", "ascii") else charset, "replace")
+    except LookupError:
+        text = data.decode("utf-8", "replace")
+    text = text[:MAX_INPUT]
+    return _html_text(text) if ctype in _HTML_TYPES else text
+
+
+def _html_text(text: str) -> str:
+    text = _DROPPED.sub(" ", text)
+    text = _BLOCKQUOTE.sub(lambda m: "\n>" + _TAG.sub(" ", m.group(1)) + "\n", text)
+    return html.unescape(_TAG.sub(" ", text))
+
+
+def _snippet(text: str) -> str:
+    """Dovecot's snippet state machine over one part's text (see the module docstring)."""
+    plain: list[str] = []
+    quoted: list[str] = []
+    left = {id(plain): MAX_CHARS, id(quoted): MAX_CHARS - 1}   # -1: the ">" put before quoted text
+    newline, space = True, False
+    target = plain
+    chars = iter(text)
+    for char in chars:
+        if newline:
+            newline = False
+            if char == ">":
+                target = quoted
+                char = next(chars, "")
+                if not char:
+                    break
+            else:
+                target = plain
+        if char in ("\0", "\ufeff"):
+            continue
+        if char in _SPACE:
+            space = space or bool(target)
+            newline = char == "\n"
+            continue
+        if left[id(target)] == 0:
+            continue
+        left[id(target)] -= 1
+        if space:
+            if left[id(target)] == 0:   # no trailing space
+                if target is plain:
+                    break
+                continue
+            target.append(" ")
+            space = False
+            left[id(target)] -= 1
+        target.append(char)
+        if left[id(plain)] == 0:
+            break
+    if plain:
+        return "".join(plain).lstrip(_ASCII_SPACE)
+    return ">" + "".join(quoted).lstrip(_ASCII_SPACE) if quoted else ""
