@@ -1,6 +1,7 @@
 """Fuzz the gateway's command-argument parsers as the IMAP parser hands them over (atoms,
 strings, nested tuples): SEARCH keys (`search.parse_search`), FETCH items (`_fetch.parse_items`),
-sequence sets (`_args.parse_sequence_set`) and numbers.
+sequence sets (`_args.parse_sequence_set`), numbers and APPEND's message groups with CATENATE
+(`_append.groups`).
 
 Invariant: each returns its value or raises its own error (SearchError, Reply), nothing else,
 whatever the numbers (5,000 digits, 2^32, 0), the nesting (NOT x 600) or the garbage."""
@@ -10,10 +11,11 @@ from __future__ import annotations
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from proxy.gateway.imapd._append import groups
 from proxy.gateway.imapd._args import Reply, parse_sequence_set
 from proxy.gateway.imapd._fetch import parse_items
 from proxy.gateway.search import SearchError, parse_search
-from proxy.imap._tokens import Atom
+from proxy.imap._tokens import Atom, Literal
 
 from .harness import fuzz_settings
 
@@ -65,3 +67,21 @@ def test_sequence_sets_parse_or_answer_bad(text: bytes) -> None:
         assert reply.status == b"BAD"
     else:
         assert len(ranges) <= len(set(text.split(b",")))
+
+
+_APPEND_WORDS = st.sampled_from([b"CATENATE", b"TEXT", b"URL", b"(\\Seen)", b"1-Jan-2024"]).map(Atom)
+_APPEND_ARGS = st.recursive(
+    st.one_of(_APPEND_WORDS, _STRINGS, st.binary(max_size=8).map(Literal)),
+    lambda inner: st.lists(inner, max_size=4).map(tuple), max_leaves=12)
+
+
+@fuzz_settings(150)
+@given(st.lists(_APPEND_ARGS, max_size=6))
+@example([Atom(b"CATENATE"), (Atom(b"TEXT"), Literal(b"x"), Atom(b"URL"), b"/INBOX/;UID=1")])
+def test_append_groups_parse_or_answer_bad(args: list) -> None:
+    """APPEND's `[flags] [date] (literal / CATENATE (...))` groups (RFC 3502, RFC 4469): parsed
+    or BAD, never another error."""
+    try:
+        groups(args)
+    except Reply as reply:
+        assert reply.status == b"BAD"

@@ -6,7 +6,9 @@ Theory of operation: the arguments after the mailbox name are one or more groups
 empty, quota) and analysed before anything is stored, then all are stored in one store
 transaction (`append_many`): MULTIAPPEND is atomic (3502 3: "If the server fails to append any
 message, none of the messages are appended"), and the messages share one MODSEQ. The reply
-carries APPENDUID with the UID set, in order (4315 3).
+carries APPENDUID with the UID set, in order (4315 3). A message may be a CATENATE list
+(RFC 4469, `_catenate.py`): built, URLs resolved, before anything is stored, so a bad URL stores
+nothing.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import datetime as dt
 
 from ...imap._tokens import Literal
 from ...store import AppendItem
+from . import _catenate as cat
 from . import _quota as quota
 from ._args import Reply, is_atom, mailbox, parse_date_time, parse_flags, uid_list
 from ._caches import analyze
 from ._message_changes import publish_appended
 
-Group = tuple[list[str], "dt.datetime | None", bytes]
+Group = tuple[list[str], "dt.datetime | None", "bytes | cat.Catenate"]
 
 
 def groups(args, utf8: bool = False) -> list[Group]:
@@ -35,11 +38,15 @@ def groups(args, utf8: bool = False) -> list[Group]:
             flags = parse_flags(args[i], allow_recent=True)
             i += 1
         if i < len(args) and isinstance(args[i], bytes) and not isinstance(args[i], Literal) \
-                and not _is_utf8(args[i]):
+                and not _is_utf8(args[i]) and not cat.is_catenate(args, i):
             when = parse_date_time(args[i])
             i += 1
         if i < len(args) and _is_utf8(args[i]):
             out.append((flags, when, _utf8_data(args[i + 1:i + 2], utf8)))
+            i += 2
+            continue
+        if i < len(args) and cat.is_catenate(args, i):   # RFC 4469 5
+            out.append((flags, when, cat.parse(args[i + 1])))
             i += 2
             continue
         if i >= len(args) or not isinstance(args[i], Literal):
@@ -68,10 +75,19 @@ async def append(session, cmd):
     if len(cmd.args) < 2:
         raise Reply.bad("APPEND expects a mailbox, optional flags and date, and a message literal")
     name = mailbox(cmd.args[0], session.utf8)
-    messages = groups(cmd.args[1:], session.utf8)
+    parsed = groups(cmd.args[1:], session.utf8)
     box = await session.store.get_mailbox(session.account.id, name)
     if box is None:   # RFC 3501 6.3.11
         raise Reply.no(f"Mailbox does not exist: {name}", b"TRYCREATE")
+    # the messages of one command together within max_literal, as their literals are (session.py)
+    room = session.session.listener.limits.max_literal - sum(
+        len(body) for _, _, body in parsed if isinstance(body, bytes))
+    messages = []
+    for flags, when, body in parsed:
+        if not isinstance(body, bytes):
+            body = await cat.build(session, body, room)
+            room -= len(body)
+        messages.append((flags, when, body))
     if any(not body for _, _, body in messages):
         raise Reply.no("Cannot append an empty message.")
     await quota.check(session, sum(len(body) for _, _, body in messages), len(messages))

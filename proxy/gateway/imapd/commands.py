@@ -27,7 +27,7 @@ CAPABILITIES = (b"IMAP4rev1", b"LITERAL+", b"IDLE", b"UIDPLUS", b"MOVE", b"NAMES
                 b"THREAD=REFERENCES", b"SEARCHRES", b"WITHIN", b"LIST-EXTENDED", b"LIST-STATUS",
                 b"STATUS=SIZE", b"COMPRESS=DEFLATE", b"QUOTA", b"QUOTA=RES-STORAGE",
                 b"QUOTA=RES-MESSAGE", b"MULTIAPPEND", b"UNAUTHENTICATE", b"UTF8=ACCEPT", b"BINARY",
-                b"PREVIEW")
+                b"PREVIEW", b"CATENATE")
 # Extensions ENABLE (RFC 5161) can turn on; QRESYNC implies CONDSTORE (RFC 7162 3.2.3).
 # UTF8=ACCEPT (RFC 6855 3): UTF-8 mailbox names (`_names`), APPEND's UTF8 data, no SEARCH CHARSET.
 ENABLEABLE: frozenset[bytes] = frozenset({b"CONDSTORE", b"QRESYNC", b"UTF8=ACCEPT"})
@@ -111,7 +111,7 @@ COMMANDS: dict[bytes, CommandSpec] = {
     b"LIST": CommandSpec(AUTH, lx.list_),    # RFC 3501, LIST-EXTENDED, LIST-STATUS
     b"LSUB": CommandSpec(AUTH, mb.lsub),
     b"STATUS": CommandSpec(AUTH, mb.status),
-    b"APPEND": CommandSpec(AUTH, app.append),         # RFC 3502 MULTIAPPEND too
+    b"APPEND": CommandSpec(AUTH, app.append),         # RFC 3502 MULTIAPPEND, RFC 4469 too
     b"NAMESPACE": CommandSpec(AUTH, mb.namespace),
     b"GETQUOTAROOT": CommandSpec(AUTH, quota.getquotaroot),   # RFC 9208
     b"GETQUOTA": CommandSpec(AUTH, quota.getquota),
