@@ -102,7 +102,8 @@ def _part_text(raw: bytes, part: Part) -> str | None:
     cte = leaf.get("content-transfer-encoding", "7bit").strip().lower()
     if cte not in ("7bit", "8bit", "binary", "base64", "quoted-printable"):
         return ""   # Dovecot's decoder skips a body it cannot decode
-    leaf.set_payload(raw[part.header_end:part.end].decode("ascii", "surrogateescape"))
+    end = min(part.end, part.header_end + 4 * MAX_INPUT)   # enough bytes for MAX_INPUT characters
+    leaf.set_payload(raw[part.header_end:end].decode("ascii", "surrogateescape"))
     payload = leaf.get_payload(decode=True)
     data = payload if isinstance(payload, bytes) else b""
     charset = leaf.get_content_charset() or "utf-8"
