@@ -17,12 +17,15 @@ message's BINARY[] and BODY[].
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import itertools
 import re
 
 import trio
 from gateway_mime import corpus, wire
+
+from proxy.gateway.imapd._caches import ANALYZE_IN_THREAD
 
 from .test_differential import NO_FINAL_CRLF, _fetch, _keys, _pair
 
@@ -141,3 +144,35 @@ async def test_append_literal8_like_dovecot(gateway):
     assert want[0] == (b"OK", b"APPENDUID")
     assert wire.string_value(want[1][b"BINARY[]"]) == body
     assert got == want
+
+
+async def test_big_binary_is_decoded_in_a_worker_thread(gateway, monkeypatch):
+    """A chunk of bodies past ANALYZE_IN_THREAD is decoded off the event loop (DESIGN.md), and
+    the decoded bytes are the payload exactly (literal8, as it holds NUL)."""
+    payload = bytes(range(256)) * 1600   # 400 KiB
+    encoded = base64.encodebytes(payload).replace(b"\n", b"\r\n")
+    body = (b"Subject: big\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded)
+    assert len(body) > ANALYZE_IN_THREAD
+    in_thread = []
+    real = trio.to_thread.run_sync
+
+    async def spy(fn, *args, **kwargs):
+        in_thread.append(getattr(fn, "__qualname__", ""))
+        return await real(fn, *args, **kwargs)
+
+    def run() -> tuple:
+        client = gateway.imaplib()
+        _run(client, b"CREATE Big")
+        _run(client, b"APPEND Big {%d+}\r\n" % len(body) + body)
+        _run(client, b"EXAMINE Big")
+        items = _items(_run(client, b"FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[1])")[1])
+        client.logout()
+        return items
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", spy)
+    items = await real(run)
+    assert items[b"BINARY.SIZE[1]"] == b"%d" % len(payload)
+    assert items[b"BINARY[1]"].startswith(b"~{%d}\r\n" % len(payload))
+    assert wire.string_value(items[b"BINARY[1]"]) == payload
+    assert any("decode_chunk" in name for name in in_thread), in_thread
