@@ -57,8 +57,7 @@ def parse_items(arg: object, *, uid: bool) -> list[Item]:
     if not raw:
         raise Reply.bad("Empty FETCH item list")
     items: list[Item] = [Item(b"UID")] if uid else []
-    values = iter(raw)
-    for value in values:
+    for value in raw:
         if isinstance(value, tuple) and items and items[-1].name == b"PREVIEW":
             _preview_modifiers(value)   # RFC 8970 3: PREVIEW (LAZY)
             continue
