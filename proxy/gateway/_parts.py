@@ -33,12 +33,13 @@ parameters for the scanner (``boundary``) and for BODYSTRUCTURE.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from ._rfc822 import Rfc822
 
 __all__ = ["TEXT", "MULTIPART", "RFC822", "Part", "MimeLimits", "parse", "part_table",
-           "table_to_parts", "rfc2231_params"]
+           "table_to_parts", "fill_headers", "rfc2231_params"]
 
 TEXT, MULTIPART, RFC822 = "text", "multipart", "rfc822"
 MAX_DEPTH_CEILING = 200   # what the recursion of parse/_write/JSON can take (limit 1000 frames)
@@ -174,7 +175,8 @@ class _Scanner:
         self.header_done(part)
         return None
 
-    def header_done(self, part: Part) -> None:
+    @staticmethod
+    def header_done(part: Part) -> None:
         # Dovecot's header parser turns NULs into U+FFFD
         part.headers = [(n, _strip_value(v).replace(b"\0", b"\xef\xbf\xbd")) for n, v in part.headers]
         for name, _ in part.headers:
@@ -251,6 +253,24 @@ def _strip_value(value: bytes) -> bytes:
     if not stripped and value:
         return value[1:]
     return stripped
+
+
+def fill_headers(raw: bytes, part: Part, in_multipart: bool) -> Part:
+    """Give a part of `table_to_parts()` (which keeps offsets only) its header fields and
+    `is_mime` again, read from raw[part.start:part.header_end] as the scanner reads them."""
+    if not part.headers:
+        for line in re.findall(rb"[^\n]*\n|[^\n]+$", raw[part.start:part.header_end]):
+            if line in (b"\n", b"\r\n"):
+                break
+            if line[:1] in (b" ", b"\t") and part.headers:
+                name, value = part.headers[-1]
+                part.headers[-1] = (name, value + line)
+            else:
+                name, _, value = line.partition(b":")
+                part.headers.append((name.rstrip(b" \t"), value))
+        _Scanner.header_done(part)
+    part.is_mime = part.is_mime or in_multipart
+    return part
 
 
 def parse(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> Part:

@@ -27,7 +27,7 @@ import email.message
 import html
 import re
 
-from ._parts import DEFAULT_LIMITS, MimeLimits, Part, parse
+from ._parts import DEFAULT_LIMITS, MimeLimits, Part, fill_headers, parse, table_to_parts
 from ._rfc822 import Rfc822
 
 __all__ = ["preview", "MAX_CHARS"]
@@ -43,9 +43,15 @@ _ASCII_SPACE = " \t\n\r\v\f"   # Dovecot's i_isspace(); U+00A0 and friends are t
 _SPACE = frozenset(_ASCII_SPACE)
 
 
-def preview(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> str:
-    """The preview text of `raw` ("" when it has no text part with any text)."""
-    part = _choose(parse(raw, limits))
+def preview(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS, parts: list | None = None) -> str:
+    """The preview text of `raw` ("" when it has no text part with any text). `parts` is the
+    cached part table (`mime.MimeInfo.parts`): with it the message is not scanned again, only
+    the headers of the parts looked at are read."""
+    if parts is None:
+        root = parse(raw, limits)
+    else:
+        root = fill_headers(raw, table_to_parts(parts), in_multipart=False)
+    part = _choose(raw, root)
     text = _part_text(raw, part) if part is not None else None
     return _snippet(text) if text else ""
 
@@ -62,7 +68,7 @@ def _content_type(part: Part) -> tuple[bytes, bytes | None] | None:
     return main, sub if slash else None
 
 
-def _choose(root: Part) -> Part | None:
+def _choose(raw: bytes, root: Part) -> Part | None:
     """Dovecot's index_mail_find_first_text_mime_part(), with an explicit stack."""
     stack = [root]
     while stack:
@@ -72,6 +78,8 @@ def _choose(root: Part) -> Part | None:
             return part
         if ctype[0] != b"multipart" or part.opaque:
             continue
+        for child in part.children:
+            fill_headers(raw, child, in_multipart=True)
         if ctype[1] == b"alternative":   # text/plain > text/html > text/*
             texts = [(c, _content_type(c)) for c in part.children]
             texts = [(c, t) for c, t in texts if t is None or t[0] == b"text"]

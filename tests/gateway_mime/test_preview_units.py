@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.gateway import mime
 from proxy.gateway.preview import MAX_CHARS, preview
+
+from . import corpus
 
 PLAIN = b"Content-Type: text/plain; charset=utf-8\r\n\r\n"
 
@@ -44,3 +47,8 @@ def test_html_is_reduced_and_alternative_prefers_plain():
 ])
 def test_no_preview(raw):
     assert preview(raw) == ""
+
+
+def test_cached_part_table_gives_the_same_preview_on_the_corpus():
+    for name, raw in corpus.corpus():
+        assert preview(raw, parts=mime.analyze(raw)["parts"]) == preview(raw), name

@@ -104,7 +104,7 @@ async def fetch(session, cmd):
         else:
             raws = [None] * len(metas)
         binaries = await _binary.decode_chunk(binary_sections, infos, raws)
-        previews = await _preview.previews(mime, metas, raws, wants_preview)
+        previews = await _preview.previews(mime, metas, infos, raws, wants_preview)
         return chunk, metas, infos, raws, binaries, previews
 
     missing = False

@@ -11,13 +11,14 @@ from ..preview import preview
 from ._caches import ANALYZE_IN_THREAD
 
 
-async def previews(mime, metas, raws, wanted: bool) -> list[str | None]:
+async def previews(mime, metas, infos, raws, wanted: bool) -> list[str | None]:
     """Per message: its preview text, or None (not asked for, or the body is gone)."""
     if not wanted:
         return [None] * len(metas)
     out = [mime.previews.get(m.body_id) for m in metas]
-    todo = [n for n, text in enumerate(out) if text is None and raws[n] is not None]
-    work = lambda: [preview(raws[n], mime.limits) for n in todo]   # noqa: E731
+    todo = [n for n, text in enumerate(out) if text is None and raws[n] is not None
+            and infos[n] is not None]
+    work = lambda: [preview(raws[n], mime.limits, infos[n].parts) for n in todo]   # noqa: E731
     if sum(len(raws[n]) for n in todo) > ANALYZE_IN_THREAD:
         found = await trio.to_thread.run_sync(work)
     else:
