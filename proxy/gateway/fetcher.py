@@ -20,21 +20,22 @@ Theory of operation (one `sync_account` call):
   (proxy.session.upstream; its `failure` says why); a partial body is never stored (only complete
   bodies reach a batch).
 
+* Every login syncs: under `keep`, a listing identical to the one the account's last sync left
+  entirely stored (`AccountLocks.settled`, by digest) ends the sync at once (QUIT), with no
+  store read and no parsing.
+
 The POP3 session itself (connect, TLS, login, framing over the sans-IO `proxy.pop3`) is
-`pop3_client.Pop3Client`; this module only makes the decisions of a sync.
+`pop3_client.Pop3Client`, the listings and arrival dates are parsed in `pop3_listing.py`; this
+module only makes the decisions of a sync.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import email.parser
-import email.policy
-import email.utils
 import hashlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import trio
 
@@ -47,6 +48,7 @@ from ..session.upstream import UpstreamError
 from ..store import IngestItem, Store
 from ._parts import MimeLimits
 from .pop3_client import Pop3Client
+from .pop3_listing import internaldate, parse_list_listing, parse_uidl_listing
 from .quota import IngestGate, over
 
 __all__ = ["SyncResult", "sync_account", "AccountLocks", "internaldate",
@@ -86,66 +88,6 @@ class AccountLocks:
 
     def lock(self, upstream: str, user: str) -> trio.Lock:
         return self._locks.setdefault((upstream, user), trio.Lock())
-
-
-# ---- parsing -------------------------------------------------------------------------------------
-
-_HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.compat32)
-
-
-def _parse_date(value: Any) -> dt.datetime | None:
-    try:
-        when = email.utils.parsedate_to_datetime(str(value))
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when if 1971 <= when.year <= 2100 else None
-
-
-def internaldate(body: bytes) -> dt.datetime:
-    """When the message arrived: the date of the topmost (last added) Received: header, else
-    Date:, else now. Parsed with `email` in compat32 mode, which never fails on broken mail."""
-    end = body.find(b"\r\n\r\n")
-    end = body.find(b"\n\n") if end < 0 else end
-    headers = _HEADER_PARSER.parsebytes(body if end < 0 else body[:end + 2])
-    for received in headers.get_all("Received", []) or []:
-        _, sep, date = str(received).rpartition(";")
-        when = _parse_date(date) if sep else None
-        if when is not None:
-            return when
-        break   # only the newest hop counts
-    when = _parse_date(headers.get("Date"))
-    return when or dt.datetime.now(dt.timezone.utc)
-
-
-def parse_uidl_listing(listing: bytes) -> list[tuple[int, str]]:
-    """RFC 1939 7 UIDL scan listing -> [(message number, uidl)], in listing order."""
-    out, seen = [], set()
-    for line in listing.split(b"\r\n"):
-        if not line:
-            continue
-        parts = line.split(b" ")
-        if len(parts) != 2 or not parts[0].isdigit() or not 1 <= len(parts[1]) <= 70 or any(
-                not 0x21 <= c <= 0x7E for c in parts[1]):
-            raise UpstreamError(Failure.PROTOCOL, f"malformed UIDL line {logs.sanitize(line, 80)!r}")
-        uidl = parts[1].decode("ascii")
-        if uidl not in seen:
-            seen.add(uidl)
-            out.append((int(parts[0]), uidl))
-    return out
-
-
-def parse_list_listing(listing: bytes) -> list[int]:
-    """RFC 1939 5 LIST scan listing -> message numbers."""
-    numbers = []
-    for line in listing.split(b"\r\n"):
-        parts = line.split(b" ")
-        if line and (len(parts) < 2 or not parts[0].isdigit()):
-            raise UpstreamError(Failure.PROTOCOL, f"malformed LIST line {logs.sanitize(line, 80)!r}")
-        if line:
-            numbers.append(int(parts[0]))
-    return numbers
 
 
 # ---- one sync --------------------------------------------------------------------------------------

@@ -1,0 +1,73 @@
+"""What the gateway's fetcher reads from a POP3 upstream besides bodies: the UIDL and LIST scan
+listings (RFC 1939 5, 7), checked line by line, and a message's arrival time (INTERNALDATE)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.parser
+import email.policy
+import email.utils
+from typing import Any
+
+from .. import logs
+from ..session.failures import Failure
+from ..session.upstream import UpstreamError
+
+__all__ = ["internaldate", "parse_uidl_listing", "parse_list_listing"]
+
+_HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.compat32)
+
+
+def _parse_date(value: Any) -> dt.datetime | None:
+    try:
+        when = email.utils.parsedate_to_datetime(str(value))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when if 1971 <= when.year <= 2100 else None
+
+
+def internaldate(body: bytes) -> dt.datetime:
+    """When the message arrived: the date of the topmost (last added) Received: header, else
+    Date:, else now. Parsed with `email` in compat32 mode, which never fails on broken mail."""
+    end = body.find(b"\r\n\r\n")
+    end = body.find(b"\n\n") if end < 0 else end
+    headers = _HEADER_PARSER.parsebytes(body if end < 0 else body[:end + 2])
+    for received in headers.get_all("Received", []) or []:
+        _, sep, date = str(received).rpartition(";")
+        when = _parse_date(date) if sep else None
+        if when is not None:
+            return when
+        break   # only the newest hop counts
+    when = _parse_date(headers.get("Date"))
+    return when or dt.datetime.now(dt.timezone.utc)
+
+
+def parse_uidl_listing(listing: bytes) -> list[tuple[int, str]]:
+    """RFC 1939 7 UIDL scan listing -> [(message number, uidl)], in listing order."""
+    out, seen = [], set()
+    for line in listing.split(b"\r\n"):
+        if not line:
+            continue
+        parts = line.split(b" ")
+        if len(parts) != 2 or not parts[0].isdigit() or not 1 <= len(parts[1]) <= 70 or any(
+                not 0x21 <= c <= 0x7E for c in parts[1]):
+            raise UpstreamError(Failure.PROTOCOL, f"malformed UIDL line {logs.sanitize(line, 80)!r}")
+        uidl = parts[1].decode("ascii")
+        if uidl not in seen:
+            seen.add(uidl)
+            out.append((int(parts[0]), uidl))
+    return out
+
+
+def parse_list_listing(listing: bytes) -> list[int]:
+    """RFC 1939 5 LIST scan listing -> message numbers."""
+    numbers = []
+    for line in listing.split(b"\r\n"):
+        parts = line.split(b" ")
+        if line and (len(parts) < 2 or not parts[0].isdigit()):
+            raise UpstreamError(Failure.PROTOCOL, f"malformed LIST line {logs.sanitize(line, 80)!r}")
+        if line:
+            numbers.append(int(parts[0]))
+    return numbers
