@@ -1,9 +1,9 @@
 """FETCH BINARY[section] and BINARY.SIZE[section] (RFC 3516 4.2): a part with its
 content-transfer-encoding removed.
 
-Theory of operation: `binary_section(raw, root, path)` walks the part at `path` (the same walk as
-BODY[section], `sections._find`) the way Dovecot's index-mail-binary.c does, so clients see
-Dovecot's bytes:
+Theory of operation: `binary_section(raw, part, whole=...)` walks the part a section names
+(`sections.find_part`, the same walk as BODY[section]) the way Dovecot's index-mail-binary.c
+does, so clients see Dovecot's bytes:
 
 * a leaf part's body is decoded: base64 and quoted-printable are decoded (the standard
   library's `binascii`, which the `email` package decodes with too), 7bit/8bit/binary (or no
@@ -11,6 +11,9 @@ Dovecot's bytes:
 * the headers of the parts inside the section are kept, except that a decoded part's
   Content-Transfer-Encoding fields are dropped and "Content-Transfer-Encoding: binary" is put
   before its blank line; boundaries, preambles and epilogues pass unchanged;
+* sections are part numbers only (RFC 3516 6, section-binary): BINARY[TEXT], [HEADER] and
+  [n.MIME] are BAD here, while Dovecot answers them as BODY[] would be converted; so is
+  BINARY[0] (Dovecot: empty);
 * an encoding that is not one of those five is `UnknownCte` (the server answers
   NO [UNKNOWN-CTE], RFC 3516 4.3); base64 or quoted-printable that cannot be decoded (a byte
   outside the alphabet, a bad "=" escape, data after the padding) is `InvalidData`
@@ -21,7 +24,7 @@ NUL (RFC 3516 4.2), and, as Dovecot does, whenever a part was decoded or a heade
 the section holds NUL.
 
 The work is linear in the size of the message; the FETCH handler runs it in a worker thread for
-big messages (`imapd/_fetch.py`). Pure: no I/O.
+big messages (`imapd/_binary.py`). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -126,7 +129,8 @@ def _add_part(out: _Output, part: Part, include_header: bool) -> None:
 
 def _cte(header: bytes) -> str:
     """The part's transfer encoding (the last Content-Transfer-Encoding field wins, as in
-    Dovecot); no field is 7bit (RFC 2045 6.1)."""
+    Dovecot); no field is 7bit (RFC 2045 6.1). A folded field is unfolded (Dovecot 2.3 reads
+    only its first line, so "Content-Transfer-Encoding:" CRLF " base64" is UNKNOWN-CTE there)."""
     found = _PASS
     for line in _header_fields(header):
         name, colon, value = line.partition(b":")

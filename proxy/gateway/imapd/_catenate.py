@@ -13,6 +13,11 @@ percent-encoded, mailbox names in UTF-8). The part is what BODY.PEEK[section]<o.
 UIDVALIDITY that does not match, or a malformed URL is BADURL, as Dovecot answers for the same
 account (it also refuses absolute URLs). The built message is bounded by the listener's
 `max_literal`, like any APPEND literal (NO [TOOBIG]).
+
+Known differences from Dovecot 2.3 (tests/gateway_imapd/test_catenate.py): a TEXT literal8 is
+taken (Dovecot answers NO [UNKNOWN-CTE] to any), an empty built message is refused as an empty
+APPEND is (Dovecot stores it), and a part ending in a lone CR is stored as it is (Dovecot drops
+that CR).
 """
 
 from __future__ import annotations
@@ -106,9 +111,9 @@ async def _resolve(session, url: bytes) -> bytes:
     metas = await session.store.messages_by_uid(box.id, [uid])
     mime = session.backend.mime
     raw = (await mime.bodies.get_many(session.store, metas))[0] if metas else None
-    if raw is None:
+    info = (await mime.infos(session.store, metas))[0] if raw is not None else None
+    if raw is None or info is None:   # never stored, or expunged meanwhile (RFC 2180 4.1)
         raise bad("Message not found")
-    info = await mime.info(session.store, metas[0])
     try:
         return fetch_section(raw, section, partial, parts=table_to_parts(info.parts))
     except SectionError:
