@@ -164,12 +164,7 @@ class _Scanner:
                 part.header_end = eol
                 self.header_done(part)
                 return None
-            if line[:1] in (b" ", b"\t") and part.headers:
-                name, value = part.headers[-1]
-                part.headers[-1] = (name, value + line)
-            else:
-                name, _, value = line.partition(b":")
-                part.headers.append((name.rstrip(b" \t"), value))
+            _add_header_line(part.headers, line)
             pos = eol
         part.header_end = part.end = len(raw)
         self.header_done(part)
@@ -255,6 +250,17 @@ def _strip_value(value: bytes) -> bytes:
     return stripped
 
 
+def _add_header_line(headers: list[tuple[bytes, bytes]], line: bytes) -> None:
+    """One header line (its line end kept): a continuation (RFC 5322 2.2.3 folding) joins the
+    field before it; any other line starts a field, its name ending at the first colon."""
+    if line[:1] in (b" ", b"\t") and headers:
+        name, value = headers[-1]
+        headers[-1] = (name, value + line)
+    else:
+        name, _, value = line.partition(b":")
+        headers.append((name.rstrip(b" \t"), value))
+
+
 def fill_headers(raw: bytes, part: Part, in_multipart: bool) -> Part:
     """Give a part of `table_to_parts()` (which keeps offsets only) its header fields and
     `is_mime` again, read from raw[part.start:part.header_end] as the scanner reads them."""
@@ -262,12 +268,7 @@ def fill_headers(raw: bytes, part: Part, in_multipart: bool) -> Part:
         for line in re.findall(rb"[^\n]*\n|[^\n]+$", raw[part.start:part.header_end]):
             if line in (b"\n", b"\r\n"):
                 break
-            if line[:1] in (b" ", b"\t") and part.headers:
-                name, value = part.headers[-1]
-                part.headers[-1] = (name, value + line)
-            else:
-                name, _, value = line.partition(b":")
-                part.headers.append((name.rstrip(b" \t"), value))
+            _add_header_line(part.headers, line)
         _Scanner.header_done(part)
     part.is_mime = part.is_mime or in_multipart
     return part

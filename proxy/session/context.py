@@ -236,10 +236,6 @@ class _Counter(Protocol):
     def inc(self, amount: float = 1) -> None: ...
 
 
-class _Observer(Protocol):
-    def observe(self, amount: float) -> None: ...
-
-
 class ByteCounter:
     """Bytes relayed in one direction, added to the Prometheus counter in batches (every
     FLUSH_BYTES and when the session ends), so the relay's hot path is an integer add."""

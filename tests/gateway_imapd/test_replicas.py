@@ -5,9 +5,10 @@ the other (the store's LISTEN/NOTIFY change feed, proxy/store/_pg_notify.py)."""
 from __future__ import annotations
 
 import re
-import time
 
 import psycopg
+
+from support.polling import wait_for
 
 from .conftest import message
 from .test_condstore import Raw
@@ -89,16 +90,8 @@ def test_changes_through_one_replica_reach_idle_sessions_on_the_other(proxy_fact
     on_b.close()
 
 
-def poll(what: str, predicate, timeout: float = 20.0):
-    """`predicate()` until it returns something true (a bounded poll of the database)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+# each probe opens a PostgreSQL connection: poll less often than support.polling's default
+DB_POLL = {"timeout": 20.0, "interval": 0.05}
 
 
 def query(dsn: str, sql: str, *args) -> list[tuple]:
@@ -109,8 +102,9 @@ def query(dsn: str, sql: str, *args) -> list[tuple]:
 def both_acked_past_now(dsn: str) -> None:
     """Until both replicas have acked (and swept) after this moment (_pg_bodies.py)."""
     [(now,)] = query(dsn, "SELECT pg_current_xact_id()::text::bigint")
-    poll("both replicas' acks", lambda: [n for (n,) in query(
-        dsn, "SELECT count(*) FROM replicas WHERE horizon > %s", now)] == [2])
+    wait_for(lambda: [n for (n,) in query(
+        dsn, "SELECT count(*) FROM replicas WHERE horizon > %s", now)] == [2],
+        "both replicas' acks", **DB_POLL)
 
 
 def test_message_expunged_on_one_replica_stays_readable_on_the_other_until_told(
@@ -129,8 +123,10 @@ def test_message_expunged_on_one_replica_stays_readable_on_the_other_until_told(
     assert b"* 2 EXISTS" in on_b.cmd("SELECT INBOX")[0]
     assert on_a.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")[1].split()[1] == b"OK"
     assert on_a.cmd("EXPUNGE")[0] == [b"* 1 EXPUNGE"]
-    [(body_id,)] = poll("the orphan", lambda: query(pg_dsn, "SELECT body_id FROM orphans"))
-    poll("B's pin", lambda: query(pg_dsn, "SELECT 1 FROM pins WHERE body_id = %s", body_id))
+    [(body_id,)] = wait_for(lambda: query(pg_dsn, "SELECT body_id FROM orphans"), "the orphan",
+                            **DB_POLL)
+    wait_for(lambda: query(pg_dsn, "SELECT 1 FROM pins WHERE body_id = %s", body_id), "B's pin",
+             **DB_POLL)
     on_a.cmd("NOOP")                      # A collects after each command
     both_acked_past_now(pg_dsn)           # ... and both swept, twice
     both_acked_past_now(pg_dsn)
@@ -138,8 +134,8 @@ def test_message_expunged_on_one_replica_stays_readable_on_the_other_until_told(
     assert done.split()[1] == b"OK"
     assert lines[1:] == [b"body of message 0", b")", b"* 1 FETCH (UID 1 FLAGS (\\Deleted))"]
     assert on_b.cmd("NOOP")[0] == [b"* 1 EXPUNGE"]
-    poll("the body collected", lambda: not query(
-        pg_dsn, "SELECT 1 FROM bodies WHERE id = %s", body_id))
+    wait_for(lambda: not query(pg_dsn, "SELECT 1 FROM bodies WHERE id = %s", body_id),
+             "the body collected", **DB_POLL)
     assert query(pg_dsn, "SELECT count(*) FROM orphans") == [(0,)]
     on_a.close()
     on_b.close()

@@ -12,12 +12,12 @@ import poplib
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
 from proxy.routing import pool
 from support.dovecot import free_ports, start_dovecot
+from support.polling import wait_for
 
 HOSTS = ["127.0.0.1", "127.0.0.2"]
 USERS = [f"p{i}@pool.example" for i in range(8)]
@@ -83,22 +83,26 @@ def test_sticky_then_failover(pair, proxy_factory) -> None:
 
 def wait_log(proxy, pattern: str, offset: int, timeout: float = 20.0) -> None:
     regex = re.compile(pattern)
-    deadline = time.monotonic() + timeout
-    while not regex.search(proxy.logs()[offset:]):
-        assert time.monotonic() < deadline, f"no log line matches {pattern!r} in {timeout}s"
-        time.sleep(0.05)
+    wait_for(lambda: regex.search(proxy.logs()[offset:]), f"a log line matching {pattern!r}",
+             timeout=timeout, interval=0.05)
 
 
-def test_health_checks_per_host(pair, proxy_factory) -> None:
-    first, second = pair
-    proxy = proxy_factory({
+def health_checked_pool(first) -> dict:
+    """An IMAP listener routing every user to the pool of HOSTS (`first`'s port), checked every
+    0.2 s."""
+    return {
         "listeners": [{"name": "imap", "protocol": "imap", "address": "127.0.0.1:0",
                        "allow_plaintext_auth": True}],
         "upstreams": {"pool": {"hosts": HOSTS, "imap": {"port": first.imap_port},
                                "health_check_interval": "0.2s"}},
         "routes": [{"match": "*", "upstream": "pool"}],
         "auth_throttle": {"enabled": False},
-    })
+    }
+
+
+def test_health_checks_per_host(pair, proxy_factory) -> None:
+    first, second = pair
+    proxy = proxy_factory(health_checked_pool(first))
     away = [u for u in USERS if pool.preference(u, HOSTS)[0] == "127.0.0.2"]
     assert away and all(served_by_imap(proxy.port("imap"), u) == "127.0.0.2" for u in away)
     offset = len(proxy.logs())
@@ -123,13 +127,8 @@ def test_health_checks_reach_every_worker(pair, proxy_factory, tmp_path) -> None
     (admin_port,) = free_ports(1)
     (tmp_path / "admin.token").write_text("s3cret\n")
     proxy = proxy_factory({
+        **health_checked_pool(first),
         "workers": 2,
-        "listeners": [{"name": "imap", "protocol": "imap", "address": "127.0.0.1:0",
-                       "allow_plaintext_auth": True}],
-        "upstreams": {"pool": {"hosts": HOSTS, "imap": {"port": first.imap_port},
-                               "health_check_interval": "0.2s"}},
-        "routes": [{"match": "*", "upstream": "pool"}],
-        "auth_throttle": {"enabled": False},
         "admin": {"address": f"127.0.0.1:{admin_port}",
                   "token": {"file": str(tmp_path / "admin.token")}},
     }, ready_timeout=60)

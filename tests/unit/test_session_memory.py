@@ -90,6 +90,7 @@ class Harness:
         self.client, server = trio.testing.memory_stream_pair()
         self.conn = Conn(server)
         self.handler = {"imap": imap_session.handle, "pop3": pop3_session.handle}[protocol]
+        self.upstream = upstream
         self.done = trio.Event()
         self.received = b""
 
@@ -119,13 +120,35 @@ class Harness:
                                                       {"limit": name})
 
 
+def harness(nursery: trio.Nursery, protocol: str,
+            script: tuple[bytes, dict[bytes, bytes]] = IMAP_UPSTREAM) -> Harness:
+    """A session of `protocol` (not started yet) whose upstream is `script`, served in `nursery`."""
+    upstream = ScriptedUpstream(*script)
+    upstream.nursery = nursery
+    return Harness(protocol, upstream)
+
+
+def running(nursery: trio.Nursery, protocol: str,
+            script: tuple[bytes, dict[bytes, bytes]] = IMAP_UPSTREAM) -> Harness:
+    """`harness` with the session running in `nursery`."""
+    h = harness(nursery, protocol, script)
+    nursery.start_soon(h.run)
+    return h
+
+
+async def logged_in_imap(nursery: trio.Nursery) -> Harness:
+    """An IMAP session past its greeting and LOGIN."""
+    h = running(nursery, "imap")
+    await h.read_until(b"\r\n")
+    await h.client.send_all(b"a LOGIN alice secret\r\n")
+    await h.read_until(b"Logged in.\r\n")
+    return h
+
+
 @pytest.mark.parametrize("protocol, last_words", [
     ("imap", b"* BYE Login timeout.\r\n"), ("pop3", b"-ERR Login timeout.\r\n")])
 async def test_login_timeout_without_waiting(nursery, autojump_clock, protocol, last_words):
-    upstream = ScriptedUpstream(*IMAP_UPSTREAM)
-    upstream.nursery = nursery
-    h = Harness(protocol, upstream)
-    nursery.start_soon(h.run)
+    h = running(nursery, protocol)
     await h.read_until(b"\r\n")  # the greeting, then silence
     start = trio.current_time()
     assert await h.read_to_eof() == last_words
@@ -133,14 +156,11 @@ async def test_login_timeout_without_waiting(nursery, autojump_clock, protocol, 
     assert trio.current_time() - start == pytest.approx(LOGIN_TIMEOUT)
     assert h.session.close_reason is Close.LOGIN_TIMEOUT
     assert h.limit_hits("login_timeout") == 1
-    assert upstream.connections == 0
+    assert h.upstream.connections == 0
 
 
 async def test_imap_idle_timeout_after_login(nursery, autojump_clock):
-    upstream = ScriptedUpstream(*IMAP_UPSTREAM)
-    upstream.nursery = nursery
-    h = Harness("imap", upstream)
-    nursery.start_soon(h.run)
+    h = running(nursery, "imap")
     await h.read_until(b"\r\n")
     await h.client.send_all(b"a LOGIN alice secret\r\n")
     assert await h.read_until(b"\r\n") == (
@@ -154,14 +174,11 @@ async def test_imap_idle_timeout_after_login(nursery, autojump_clock):
     assert h.session.close_reason is Close.IDLE_TIMEOUT
     assert h.limit_hits("idle_timeout") == 1
     assert h.limit_hits("login_timeout") == 0
-    assert upstream.connections == 1
+    assert h.upstream.connections == 1
 
 
 async def test_pop3_idle_timeout_closes_silently(nursery, autojump_clock):
-    upstream = ScriptedUpstream(*POP3_UPSTREAM)
-    upstream.nursery = nursery
-    h = Harness("pop3", upstream)
-    nursery.start_soon(h.run)
+    h = running(nursery, "pop3", POP3_UPSTREAM)
     assert await h.read_until(b"\r\n") == b"+OK mailproxy ready.\r\n"
     await h.client.send_all(b"USER alice\r\nPASS secret\r\n")
     assert await h.read_until(b"Logged in.\r\n") == b"+OK\r\n+OK Logged in.\r\n"
@@ -177,13 +194,7 @@ async def test_pop3_idle_timeout_closes_silently(nursery, autojump_clock):
 
 
 async def test_activity_pushes_the_idle_timeout_back(nursery, autojump_clock):
-    upstream = ScriptedUpstream(*IMAP_UPSTREAM)
-    upstream.nursery = nursery
-    h = Harness("imap", upstream)
-    nursery.start_soon(h.run)
-    await h.read_until(b"\r\n")
-    await h.client.send_all(b"a LOGIN alice secret\r\n")
-    await h.read_until(b"Logged in.\r\n")
+    h = await logged_in_imap(nursery)
     start = trio.current_time()
     for n in range(3):  # a command just before each timeout keeps the session alive
         await trio.sleep(IDLE_TIMEOUT - 1)
@@ -198,10 +209,7 @@ async def test_activity_pushes_the_idle_timeout_back(nursery, autojump_clock):
     ("imap", b"* BYE Server shutting down.\r\n"),
     ("pop3", b"-ERR [SYS/TEMP] Server shutting down.\r\n")])
 async def test_drain_before_login_ends_at_once(nursery, autojump_clock, protocol, last_words):
-    upstream = ScriptedUpstream(*IMAP_UPSTREAM)
-    upstream.nursery = nursery
-    h = Harness(protocol, upstream)
-    nursery.start_soon(h.run)
+    h = running(nursery, protocol)
     await h.read_until(b"\r\n")
     start = trio.current_time()
     h.runtime.drain.set()
@@ -213,13 +221,7 @@ async def test_drain_before_login_ends_at_once(nursery, autojump_clock, protocol
 
 
 async def test_imap_drain_after_login_says_bye_between_commands(nursery, autojump_clock):
-    upstream = ScriptedUpstream(*IMAP_UPSTREAM)
-    upstream.nursery = nursery
-    h = Harness("imap", upstream)
-    nursery.start_soon(h.run)
-    await h.read_until(b"\r\n")
-    await h.client.send_all(b"a LOGIN alice secret\r\n")
-    await h.read_until(b"Logged in.\r\n")
+    h = await logged_in_imap(nursery)
     h.runtime.drain.set()
     assert await h.read_to_eof() == b"* BYE Server shutting down.\r\n"
     await h.done.wait()
@@ -240,9 +242,7 @@ async def test_a_session_runs_on_few_tasks(nursery, autojump_clock, protocol, up
     """Before login a session is one task (the drain is a process-wide callback, not a watcher
     per session); after login the relay adds two: the upstream pump and one watchdog for
     every timer and the drain (the client pump runs in the session's own task)."""
-    upstream = ScriptedUpstream(*upstream)
-    upstream.nursery = nursery
-    h = Harness(protocol, upstream)
+    h = harness(nursery, protocol, upstream)
     session_task: list[trio.lowlevel.Task] = []
 
     async def run() -> None:

@@ -21,7 +21,6 @@ another id or UIDVALIDITY) costs one more store call, never a wrong view.
 
 from __future__ import annotations
 
-import bisect
 from typing import Sequence
 
 import trio
@@ -66,10 +65,6 @@ class Snapshot:
     @property
     def keywords(self) -> list[str]:
         return self._derive()[2]
-
-    def above(self, uid: int) -> list[MessageMeta]:
-        """Messages with a UID greater than `uid`."""
-        return self.metas[bisect.bisect_right(self.uids, uid):]
 
 
 class MailboxIndex:
