@@ -12,7 +12,8 @@ text part (message/rfc822 parts included), TEXT at the headers as well.
 The message view needs ``seq``, ``uid``, ``flags`` (iterable of str or bytes, e.g.
 ``"\\Seen"``), ``internaldate`` (an aware or naive `datetime`), ``size`` and ``raw``;
 optionally ``last_seq`` / ``last_uid`` (what ``*`` means; otherwise pass them to
-`matches`).
+`matches`), ``saved`` (SAVEDATE, RFC 8514: an aware `datetime` or None, then the internal date
+stands in, 4.3) and ``emailid`` (OBJECTID, RFC 8474: bytes).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ _FLAG_KEYS = {
 }
 _HEADER_KEYS = ("BCC", "CC", "FROM", "SUBJECT", "TO")
 _ADDRESS_HEADERS = ("bcc", "cc", "from", "to", "sender", "reply-to")
-_DATE_KEYS = ("BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE")
+_DATE_KEYS = ("BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE",
+              "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE")   # SAVED*: RFC 8514 4.3
 
 
 class SearchError(Exception):
@@ -180,6 +182,10 @@ def _parse_key(stream: _Tokens, depth: int) -> SearchKey:
         return SearchKey("HEADER", (name.lower(), stream.string("header value").casefold()))
     if word in ("BODY", "TEXT"):
         return SearchKey(word, (stream.string(word).casefold(),))
+    if word == "SAVEDATESUPPORTED":   # RFC 8514 4.3: every mailbox keeps save dates
+        return SearchKey("ALL")
+    if word in ("EMAILID", "THREADID"):   # RFC 8474 6: THREADID is always NIL here
+        return SearchKey(word, (stream.string(word).encode(),))   # case-sensitive (8474 7)
     if word in ("OLDER", "YOUNGER"):   # RFC 5032 WITHIN: an interval in seconds
         return SearchKey(word, (stream.number(word),))
     if word == "MODSEQ":   # RFC 7162 3.1.5: MODSEQ [entry-name entry-type-req] mod-sequence-valzer
@@ -321,6 +327,9 @@ def _eval_date(op: str):
             got, op_ = ctx.sent_date(), op[4:]
             if got is None:
                 return False
+        elif op.startswith("SAVED"):
+            saved = getattr(ctx.msg, "saved", None) or ctx.msg.internaldate
+            got, op_ = saved.date(), op[5:]
         else:
             got, op_ = ctx.msg.internaldate.date(), op
         return {"BEFORE": got < day, "ON": got == day, "SINCE": got >= day}[op_]
@@ -341,6 +350,8 @@ _EVAL = {
     "OLDER": lambda ctx, n: ctx.msg.internaldate.timestamp() <= int(time.time()) - n,
     "YOUNGER": lambda ctx, n: ctx.msg.internaldate.timestamp() >= int(time.time()) - n,
     "SMALLER": lambda ctx, n: ctx.msg.size < n,
+    "EMAILID": lambda ctx, value: getattr(ctx.msg, "emailid", None) == value,
+    "THREADID": lambda ctx, value: False,
     "HEADER": _eval_header,
     "BODY": lambda ctx, needle: needle in ctx.body_text,
     "TEXT": lambda ctx, needle: needle in ctx.header_text or needle in ctx.body_text,

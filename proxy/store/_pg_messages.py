@@ -31,7 +31,16 @@ import psycopg
 
 from . import crypto
 from ._pg_bodies import ReplicaTiming, note_orphans, sweep
-from ._rows import MESSAGE_COLUMNS, META_SELECT, flags_set, flags_text, from_date, merge_flags, meta
+from ._rows import (
+    MESSAGE_COLUMNS,
+    META_SELECT,
+    flags_set,
+    flags_text,
+    from_date,
+    merge_flags,
+    meta,
+    save_time,
+)
 from .base import (
     AppendItem,
     Change,
@@ -138,8 +147,8 @@ class PgMessageOps:
         pairs = [(row[2], first + i) for i, row in enumerate(rows)]
         c.cursor().executemany(
             "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
-            "body_id, pop3_uidl) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            [(dst_mailbox_id, new, row[3], row[4], row[5], modseq, row[7], row[8])
+            "body_id, pop3_uidl, saved_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [(dst_mailbox_id, new, row[3], row[4], row[5], modseq, row[7], row[8], save_time())
              for row, (_, new) in zip(rows, pairs, strict=True)])
         self._log(c, dst_account, dst_mailbox_id, modseq, ChangeKind.APPEND, [n for _, n in pairs])
         return pairs
@@ -165,8 +174,9 @@ class PgMessageOps:
         uid = self._take_uids(c, mailbox_id, 1)
         modseq = self._bump(c, mailbox_id)
         c.execute("INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
-                  "body_id) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                  (mailbox_id, uid, epoch, tz, flags_text(normalize_flags(flags)), modseq, body_id))
+                  "body_id, saved_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                  (mailbox_id, uid, epoch, tz, flags_text(normalize_flags(flags)), modseq, body_id,
+                   save_time()))
         self._log(c, account_id, mailbox_id, modseq, ChangeKind.APPEND, [uid])
         return uid
 
@@ -188,10 +198,10 @@ class PgMessageOps:
         for n, (body_id, item) in enumerate(zip(body_ids, items, strict=True)):
             epoch, tz = from_date(item.internaldate)
             rows.append((mailbox_id, first + n, epoch, tz, flags_text(normalize_flags(item.flags)),
-                         modseq, body_id))
+                         modseq, body_id, save_time()))
         c.cursor().executemany(
             "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
-            "body_id) VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
+            "body_id, saved_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", rows)
         uids = list(range(first, first + len(items)))
         self._log(c, account_id, mailbox_id, modseq, ChangeKind.APPEND, uids)
         return uids

@@ -187,8 +187,18 @@ def _v6_usage_counters(c: Conn) -> None:
     c.execute(RECOUNT_USAGE)
 
 
+def _v7_save_date(c: Conn) -> None:
+    """Issue 17, SAVEDATE (RFC 8514): the Unix time a message was saved into its mailbox (APPEND,
+    COPY/MOVE target, ingest). Messages stored before this step take their internal date."""
+    c.execute("""
+        ALTER TABLE messages ADD COLUMN saved_at BIGINT NOT NULL DEFAULT 0;
+        UPDATE messages SET saved_at = internaldate;
+    """)
+
+
 MIGRATIONS: list[Callable[[Conn], None]] = [_v1_initial, _v2_subscriptions, _v3_body_collection,
-                                            _v4_sync_status, _v5_sort_fields, _v6_usage_counters]
+                                            _v4_sync_status, _v5_sort_fields, _v6_usage_counters,
+                                            _v7_save_date]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

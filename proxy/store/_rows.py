@@ -2,24 +2,26 @@
 message row -> `MessageMeta`, mailbox-name canonicalisation and the STORE flag merge.
 
 Both schemas keep a message the same way (flags as one space-separated sorted text, INTERNALDATE
-as epoch seconds plus the zone's offset in minutes), so everything here is pure Python over rows
-and the two stores differ only in how they run their SQL.
+as epoch seconds plus the zone's offset in minutes, the save date as epoch seconds), so
+everything here is pure Python over rows and the two stores differ only in how they run their
+SQL.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any, Iterable, NamedTuple
 
 from .base import INBOX, FlagMode, FlagUpdate, MessageMeta
 
 __all__ = ["MESSAGE_COLUMNS", "META_SELECT", "FlagMerge", "canon", "flags_set", "flags_text",
-           "from_date", "merge_flags", "meta", "to_date"]
+           "from_date", "merge_flags", "meta", "save_time", "to_date"]
 
 MESSAGE_COLUMNS = "id, mailbox_id, uid, internaldate, tz_minutes, flags, modseq, body_id, pop3_uidl"
 # The columns `meta` reads, in its order; the caller appends WHERE/ORDER BY.
 META_SELECT = ("SELECT m.id, m.mailbox_id, m.uid, m.internaldate, m.tz_minutes, m.flags, "
-               "m.modseq, m.body_id, m.pop3_uidl, b.size FROM messages m "
+               "m.modseq, m.body_id, m.pop3_uidl, b.size, m.saved_at FROM messages m "
                "JOIN bodies b ON b.id = m.body_id ")
 
 
@@ -52,9 +54,14 @@ def from_date(value: dt.datetime | None) -> tuple[int, int]:
 
 def meta(row: tuple[Any, ...]) -> MessageMeta:
     """One row of `META_SELECT` as a `MessageMeta`."""
-    mid, mailbox, uid, epoch, tz, flags, modseq, body_id, uidl, size = row
+    mid, mailbox, uid, epoch, tz, flags, modseq, body_id, uidl, size, saved = row
     return MessageMeta(mid, mailbox, uid, to_date(epoch, tz), size, flags_set(flags), modseq,
-                       body_id, uidl)
+                       body_id, uidl, to_date(saved, 0))
+
+
+def save_time() -> int:
+    """The save time of a message stored now (SAVEDATE, RFC 8514): Unix seconds."""
+    return int(time.time())
 
 
 class FlagMerge(NamedTuple):

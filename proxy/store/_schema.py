@@ -162,9 +162,18 @@ def _v6_usage_counters(db: sqlite3.Connection) -> None:
     db.execute(RECOUNT_USAGE)
 
 
+def _v7_save_date(db: sqlite3.Connection) -> None:
+    """Issue 17, SAVEDATE (RFC 8514): the Unix time a message was saved into its mailbox (APPEND,
+    COPY/MOVE target, ingest). Messages stored before this step take their internal date."""
+    _script(db, """
+        ALTER TABLE messages ADD COLUMN saved_at INTEGER NOT NULL DEFAULT 0;
+        UPDATE messages SET saved_at = internaldate
+    """)
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_initial, _v2_recent_and_pruning, _v3_subscriptions, _v4_sync_status, _v5_sort_fields,
-    _v6_usage_counters]
+    _v6_usage_counters, _v7_save_date]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -23,7 +23,16 @@ import datetime as dt
 import sqlite3
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar, TypeVarTuple
 
-from ._rows import MESSAGE_COLUMNS, META_SELECT, flags_set, flags_text, from_date, merge_flags, meta
+from ._rows import (
+    MESSAGE_COLUMNS,
+    META_SELECT,
+    flags_set,
+    flags_text,
+    from_date,
+    merge_flags,
+    meta,
+    save_time,
+)
 from ._schema import transaction
 from ._sqlite_bodies import INLINE_BYTES, INLINE_ROWS, BodyOps, chunks
 from .base import (
@@ -106,8 +115,8 @@ class MessageOps(BodyOps):
         pairs = [(row[2], first + i) for i, row in enumerate(rows)]
         self._db.executemany(
             "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, body_id, "
-            "pop3_uidl) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(dst_mailbox_id, new, row[3], row[4], row[5], modseq, row[7], row[8])
+            "pop3_uidl, saved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(dst_mailbox_id, new, row[3], row[4], row[5], modseq, row[7], row[8], save_time())
              for row, (_, new) in zip(rows, pairs, strict=True)])
         self._log(dst_account, dst_mailbox_id, modseq, ChangeKind.APPEND, [new for _, new in pairs])
         return pairs
@@ -138,8 +147,9 @@ class MessageOps(BodyOps):
             modseq = self._bump(mailbox_id)
             self._db.execute(
                 "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
-                "body_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (mailbox_id, uid, epoch, tz, flags_text(normalize_flags(flags)), modseq, body_id))
+                "body_id, saved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (mailbox_id, uid, epoch, tz, flags_text(normalize_flags(flags)), modseq, body_id,
+                 save_time()))
             self._log(account_id, mailbox_id, modseq, ChangeKind.APPEND, [uid])
         return uid
 
@@ -161,9 +171,9 @@ class MessageOps(BodyOps):
                 self._insert_body(body_id, account_id, item.body, item.cache, item.sort_fields)
                 self._db.execute(
                     "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, "
-                    "modseq, body_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "modseq, body_id, saved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (mailbox_id, first + n, epoch, tz, flags_text(normalize_flags(item.flags)),
-                     modseq, body_id))
+                     modseq, body_id, save_time()))
             uids = list(range(first, first + len(items)))
             self._log(account_id, mailbox_id, modseq, ChangeKind.APPEND, uids)
         return uids

@@ -148,12 +148,13 @@ class MessageMeta:
     modseq: int
     body_id: int         # shared by copies of the message within the account
     pop3_uidl: str | None  # set on ingested messages (and kept by their copies)
+    saved: dt.datetime | None = None   # SAVEDATE (RFC 8514): saved into this mailbox (UTC)
 
     def with_flags(self, flags: frozenset[str], modseq: int) -> MessageMeta:
         """A copy with new flags and MODSEQ (the constructor: `dataclasses.replace` costs 5x,
         and the IDLE fan-out does this once per message per session)."""
         return MessageMeta(self.id, self.mailbox_id, self.uid, self.internaldate, self.size, flags,
-                           modseq, self.body_id, self.pop3_uidl)
+                           modseq, self.body_id, self.pop3_uidl, self.saved)
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,8 @@ _ACCOUNT_STATUS = "last_sync_at, last_error, last_error_at"
 _ACCOUNT_COLS = f"id, upstream, username, last_uidvalidity, credentials, {_ACCOUNT_STATUS}"
 _MAILBOX_COLS = ("id, account_id, name, special_use, uidvalidity, uidnext, highest_modseq, "
                  "recent_uid, changes_floor")
-_MESSAGE_COLS = "id, mailbox_id, uid, internaldate, tz_minutes, flags, modseq, body_id, pop3_uidl"
+_MESSAGE_COLS = ("id, mailbox_id, uid, internaldate, tz_minutes, flags, modseq, body_id, pop3_uidl, "
+                 "saved_at")
 
 TABLES: list[TableCopy] = [
     TableCopy("accounts",

@@ -46,7 +46,7 @@ from ._pg_bodies import DEFAULT_TIMING, ReplicaTiming
 from ._pg_mailboxes import PgMailboxOps
 from ._pg_notify import ChangeFollower, Feed
 from ._pg_schema import CONNECT_TIMEOUT_S, SCHEMA_VERSION, one_line, open_pool, redact
-from ._rows import from_date
+from ._rows import from_date, save_time
 from .base import (
     DEFAULT_MAILBOXES,
     INBOX,
@@ -236,13 +236,13 @@ class PostgresStore(PgMailboxOps):
                                             for bid, item in zip(body_ids, fresh, strict=True)])
         first = self._take_uids(c, inbox, len(fresh))
         modseq = self._bump(c, inbox)
-        rows = []
+        rows, saved = [], save_time()
         for offset, (item, bid) in enumerate(zip(fresh, body_ids, strict=True)):
             epoch, tz = from_date(item.internaldate)
-            rows.append((inbox, first + offset, epoch, tz, "", modseq, bid, item.uidl))
+            rows.append((inbox, first + offset, epoch, tz, "", modseq, bid, item.uidl, saved))
         c.cursor().executemany(
             "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
-            "body_id, pop3_uidl) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", rows)
+            "body_id, pop3_uidl, saved_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
         self._log(c, account_id, inbox, modseq, ChangeKind.APPEND, [r[1] for r in rows])
         uid_of = {id(item): row[1] for item, row in zip(fresh, rows, strict=True)}
         return [uid_of.get(id(item)) for item in items]

@@ -37,7 +37,7 @@ import trio
 
 from . import crypto
 from ._accounts_sql import USAGE_SELECT, delete_statements, record_sync, summary_select
-from ._rows import MESSAGE_COLUMNS, canon, from_date
+from ._rows import MESSAGE_COLUMNS, canon, from_date, save_time
 from ._schema import SCHEMA_VERSION, migrate, open_db, transaction
 from ._sqlite_messages import MessageOps, Row
 from ._sqlite_quick import QuickCalls
@@ -316,13 +316,13 @@ class SqliteStore(QuickCalls, MessageOps):
                 return results
             first = self._take_uids(inbox, len(fresh))
             modseq = self._bump(inbox)
-            rows = []
+            rows, saved = [], save_time()
             for offset, (item, bid) in enumerate(fresh):
                 epoch, tz = from_date(item.internaldate)
-                rows.append((inbox, first + offset, epoch, tz, "", modseq, bid, item.uidl))
+                rows.append((inbox, first + offset, epoch, tz, "", modseq, bid, item.uidl, saved))
             self._db.executemany(
                 "INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
-                "body_id, pop3_uidl) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                "body_id, pop3_uidl, saved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             self._log(account_id, inbox, modseq, ChangeKind.APPEND, [r[1] for r in rows])
         uids = iter(r[1] for r in rows)
         return [None if r is None else next(uids) for r in results]

@@ -592,3 +592,45 @@ async def test_migration_4_adds_empty_sync_status(tmp_path):
         assert (await s.account_summaries())[0].last_error == "store: disk full"
     finally:
         await s.close()
+
+
+async def test_migration_7_save_date_is_the_internal_date(tmp_path):
+    """Issue 17, SAVEDATE (RFC 8514): messages stored before schema 7 take their internal date
+    as save date; a message stored after it, the time it was saved."""
+    from proxy.store import _schema
+
+    path = str(tmp_path / "v6.db")
+    db = _schema.connect(path)
+    with _schema.transaction(db):
+        db.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (6)")
+        for step in _schema.MIGRATIONS[:6]:
+            step(db)
+    db.close()
+    s = await open_store(path)
+    try:
+        account = await s.ensure_account("up", "old")
+        inbox = (await s.get_mailbox(account.id, "INBOX")).id
+    finally:
+        await s.close()
+    db = _schema.connect(path)   # a row as schema 6 stored it, without a save date
+    with _schema.transaction(db):
+        db.execute("UPDATE schema_version SET version = 6")
+        db.execute("ALTER TABLE messages DROP COLUMN saved_at")
+        db.execute("INSERT INTO bodies(account_id, size, data) VALUES (?, 3, x'616263')",
+                   (account.id,))
+        db.execute("INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
+                   "body_id) VALUES (?, 1, 1600000000, 120, '', 1, last_insert_rowid())", (inbox,))
+        db.execute("UPDATE mailboxes SET uidnext = 2 WHERE id = ?", (inbox,))
+    db.close()
+    s = await open_store(path)
+    try:
+        before = int(time.time())
+        await s.append(inbox, b"Subject: new\r\n\r\nx\r\n",
+                       internaldate=dt.datetime(2001, 2, 3, tzinfo=dt.timezone.utc))
+        old, new = await s.messages(inbox)
+        assert old.saved == dt.datetime(2020, 9, 13, 12, 26, 40, tzinfo=dt.timezone.utc)
+        assert old.saved.utcoffset() == dt.timedelta(0)
+        assert before <= new.saved.timestamp() <= time.time()
+    finally:
+        await s.close()

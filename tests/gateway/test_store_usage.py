@@ -88,8 +88,9 @@ async def test_migration_6_counts_what_the_store_already_holds(tmp_path):
     await s.close()
     from proxy.store import _schema
 
-    db = _schema.connect(path)   # back to schema 5: no counters, no triggers
+    db = _schema.connect(path)   # back to schema 5: no counters, no triggers, no save dates
     with _schema.transaction(db):
+        db.execute("ALTER TABLE messages DROP COLUMN saved_at")   # step 7
         for event in ("insert", "delete"):
             db.execute(f"DROP TRIGGER messages_usage_{event}")
         db.execute("ALTER TABLE accounts DROP COLUMN usage_bytes")

@@ -1,6 +1,7 @@
 """`mailproxy gateway migrate`: a client that synced against the SQLite store sees no change
-after the store moved to PostgreSQL (same UIDVALIDITY, UIDs, flags, MODSEQs; QRESYNC gives
-nothing new; the fetcher brings nothing back). Real gateway, Dovecot, PostgreSQL, CLI process."""
+after the store moved to PostgreSQL (same UIDVALIDITY, UIDs, flags, MODSEQs, SAVEDATEs,
+MAILBOXIDs and EMAILIDs; QRESYNC gives nothing new; the fetcher brings nothing back). Real
+gateway, Dovecot, PostgreSQL, CLI process."""
 
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ def state(client: Raw) -> dict:
     (without \\Recent: session state, RFC 3501 2.3.2, not kept by any store)."""
     out = {}
     for name in MAILBOXES:
-        status = client.cmd(f"STATUS {name} (MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)")[0]
+        status = client.cmd(f"STATUS {name} (MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ "
+                            "MAILBOXID)")[0]   # OBJECTID (RFC 8474): ids stay
         assert client.cmd(f"EXAMINE {name}")[1].split()[1] == b"OK"
-        fetched = client.cmd("UID FETCH 1:* (FLAGS MODSEQ)")[0]
+        fetched = client.cmd("UID FETCH 1:* (FLAGS MODSEQ SAVEDATE EMAILID)")[0]
         out[name] = (status, sorted(re.sub(rb"^\* \d+ ", b"", line).replace(b"\\Recent", b"")
                                     .replace(b"( ", b"(").replace(b" )", b")") for line in fetched))
     out["subscriptions"] = client.cmd('LSUB "" "*"')[0]

@@ -50,7 +50,7 @@ async def test_roundcube_like_session(gateway):
         lines, _ = rc.cmd("SEARCH RETURN (COUNT) UNSEEN")
         assert _untag(lines) == [b"* ESEARCH (TAG) COUNT 5"]
         lines, _ = rc.cmd("UID SORT RETURN (COUNT PARTIAL 1:3) (REVERSE DATE) UTF-8 ALL")
-        assert _untag(lines) == [b"* ESEARCH (TAG) UID COUNT 5 PARTIAL (1:3 5,4,3)"]
+        assert _untag(lines) == [b"* ESEARCH (TAG) UID PARTIAL (1:3 5,4,3) COUNT 5"]
         # the thread view (RFC 5256)
         lines, _ = rc.cmd("UID THREAD REFERENCES UTF-8 ALL")
         assert lines == [b"* THREAD (1 2 4)(3)(5)"]

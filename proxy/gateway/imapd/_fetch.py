@@ -18,6 +18,7 @@ from ..binary import BinaryError
 from ..mime import nstring, table_to_parts
 from ..sections import SectionError, crlf, fetch_section, part_path
 from ._args import Reply, flag_list, format_date_time, is_atom, parse_number
+from ._objectid import email_id
 
 _BODY_ITEM = re.compile(rb"^(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK)\[([^\]]*)\](?:<(\d+)(?:\.(\d+))?>)?$",
                         re.IGNORECASE)
@@ -29,7 +30,8 @@ _MACROS = {
 }
 _SIMPLE = {b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY", b"BODYSTRUCTURE",
            b"UID", b"RFC822", b"RFC822.HEADER", b"RFC822.TEXT", b"MODSEQ",   # MODSEQ: RFC 7162 3.1.4
-           b"PREVIEW"}   # RFC 8970
+           b"PREVIEW",   # RFC 8970
+           b"SAVEDATE", b"EMAILID", b"THREADID"}   # RFC 8514 4.2, RFC 8474 5
 _SETS_SEEN = {b"RFC822", b"RFC822.TEXT"}   # RFC 3501 6.4.5: these set \Seen, RFC822.HEADER does not
 
 
@@ -143,6 +145,12 @@ def render(seq: int, meta: MessageMeta, items: list[Item], flags, info, raw,
             text.append(b"MODSEQ (%d)" % meta.modseq)
         elif name == b"INTERNALDATE":
             text.append(b"INTERNALDATE " + format_date_time(meta.internaldate))
+        elif name == b"SAVEDATE":   # RFC 8514 4.2 (NIL: no save date known)
+            text.append(b"SAVEDATE " + (format_date_time(meta.saved) if meta.saved else b"NIL"))
+        elif name == b"EMAILID":    # RFC 8474 5.1
+            text.append(b"EMAILID (" + email_id(meta.body_id) + b")")
+        elif name == b"THREADID":   # RFC 8474 5.2: NIL, no thread ids kept
+            text.append(b"THREADID NIL")
         elif name == b"RFC822.SIZE":
             text.append(b"RFC822.SIZE %d" % info.size)
         elif name == b"ENVELOPE":

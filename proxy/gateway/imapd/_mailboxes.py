@@ -19,6 +19,7 @@ from . import _names
 from . import _quota as quota
 from ._args import Reply, astring, flag_list, mailbox, mailbox_wire, word
 from ._listing import Children, MailboxPattern, implied_parents
+from ._objectid import mailbox_id
 from ._state import Trigger
 from ._view import SelectedView
 
@@ -26,7 +27,8 @@ SEP = "/"
 _STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN",
                  b"HIGHESTMODSEQ",   # RFC 7162 3.1.6
                  b"SIZE",            # RFC 8438
-                 b"DELETED", b"DELETED-STORAGE")   # RFC 9208 4.2 (QUOTA=RES-*)
+                 b"DELETED", b"DELETED-STORAGE",   # RFC 9208 4.2 (QUOTA=RES-*)
+                 b"MAILBOXID")       # RFC 8474 4.3
 
 
 # ---- SELECT / EXAMINE ------------------------------------------------------------------------
@@ -80,6 +82,7 @@ async def select(session, cmd, read_only: bool = False):
     if first_unseen is not None:
         session.emit(b"OK [UNSEEN %d] First unseen." % first_unseen)
     session.emit(b"OK [UIDVALIDITY %d] UIDs valid." % box.uidvalidity)
+    session.emit(b"OK [MAILBOXID (" + mailbox_id(box.id) + b")] Ok")   # RFC 8474 4.1
     session.emit(b"OK [UIDNEXT %d] Predicted next UID." % max(box.uidnext, view.max_uid + 1))
     # RFC 7162 3.1.2.1: always (the store has MODSEQs, never NOMODSEQ)
     session.emit(b"OK [HIGHESTMODSEQ %d] Highest." % max(box.highest_modseq, snap.modseq))
@@ -118,8 +121,8 @@ async def create(session, cmd):
     if name == INBOX or await session.store.get_mailbox(session.account.id, name) is not None:
         raise Reply.no("Mailbox already exists.", b"ALREADYEXISTS")
     await _create_parents(session, name)   # 6.3.3: SHOULD create superior names
-    await session.store.create_mailbox(session.account.id, name)
-    return None
+    box = await session.store.create_mailbox(session.account.id, name)
+    return b"MAILBOXID (" + mailbox_id(box.id) + b")", "CREATE completed."   # RFC 8474 4.1
 
 
 async def delete(session, cmd):
@@ -156,8 +159,8 @@ async def rename(session, cmd):
     await _create_parents(session, new)
     await store.rename_mailbox(account, old, new)
     view = session.view
-    for mailbox_id in renamed:   # as Dovecot: other sessions that have one selected get BYE
-        session.backend.hub.gone(mailbox_id, origin=view)
+    for renamed_id in renamed:   # as Dovecot: other sessions that have one selected get BYE
+        session.backend.hub.gone(renamed_id, origin=view)
     if old == INBOX:   # 6.3.5: INBOX's messages moved to the new name, INBOX stays (empty)
         # What the rename moved, from the change log: a message ingested while it ran is
         # included (a list read before the rename would miss it: sessions would keep it forever)
@@ -264,7 +267,8 @@ async def status_line(session, box, items: list[bytes]) -> bytes:
     if snap is not None and b"RECENT" in items:   # not yet recent anywhere: at/above the floor
         floor = await session.store.recent_floor(box.id)
         recent = len(snap.uids) - bisect.bisect_left(snap.uids, floor)
-    values = {
+    values: dict[bytes, int | bytes] = {
+        b"MAILBOXID": b"(" + mailbox_id(box.id) + b")",   # RFC 8474 4.3
         b"MESSAGES": box.exists,
         b"RECENT": recent,
         b"UIDNEXT": box.uidnext,
@@ -277,8 +281,12 @@ async def status_line(session, box, items: list[bytes]) -> bytes:
         deleted = [m for m in snap.metas if "\\Deleted" in m.flags]
         values[b"DELETED"] = len(deleted)
         values[b"DELETED-STORAGE"] = quota.kib(sum(m.size for m in deleted))   # as STORAGE
-    body = b" ".join(b"%s %d" % (item, values[item]) for item in items)
+    body = b" ".join(b"%s %s" % (item, _value(values[item])) for item in items)
     return b"STATUS " + mailbox_wire(box.name, session.utf8) + b" (" + body + b")"
+
+
+def _value(value: int | bytes) -> bytes:
+    return value if isinstance(value, bytes) else b"%d" % value
 
 
 async def _size(session, snap) -> int:

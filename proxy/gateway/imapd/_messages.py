@@ -23,12 +23,16 @@ from . import _searchres as searchres
 from ._args import Reply, compress, is_atom, parse_sequence_set, resolve, word
 from ._fetch import Item, parse_items, plan, render
 from ._names import UTF8_ACCEPT
+from ._objectid import email_id
+from ._partial import PartialRange
+from ._partial import parse as partial_range
 
 _RAW_KEYS = {"HEADER", "SENTBEFORE", "SENTON", "SENTSINCE"}   # need the parsed message
 _TEXT_KEYS = {"BODY", "TEXT"}                                 # need the cached search texts
 CHUNK_MESSAGES = 256
 CHUNK_BYTES = 8 * 1024 * 1024
-_ESEARCH_OPTIONS = {b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE"}   # SAVE: RFC 5182
+_ESEARCH_OPTIONS = {b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE",   # SAVE: RFC 5182
+                    b"PARTIAL"}                                   # RFC 5267 4.4, RFC 9394
 
 
 def is_uid(cmd) -> bool:
@@ -194,17 +198,22 @@ def _ops(key: SearchKey) -> set[str]:
     return found
 
 
-def _search_args(cmd) -> tuple[set[bytes] | None, list]:
-    """(ESEARCH return options or None, the search keys)."""
+def _search_args(cmd) -> tuple[set[bytes] | None, PartialRange | None, list]:
+    """(ESEARCH return options or None, PARTIAL's range or None, the search keys)."""
     args = list(cmd.args)
     if args and isinstance(args[0], bytes) and bytes(args[0]).upper() == b"RETURN":
         if len(args) < 2 or not isinstance(args[1], tuple):
             raise Reply.bad("RETURN expects a list of options")
-        options = {word(option) for option in args[1]} or {b"ALL"}   # RFC 4731 3.1
+        items, options, window = list(args[1]), set(), None
+        while items:
+            option = word(items.pop(0))
+            if option == b"PARTIAL":   # RFC 5267 4.4, RFC 9394 3.1: a range follows
+                window = partial_range(items.pop(0) if items else b"")
+            options.add(option)
         if not options <= _ESEARCH_OPTIONS:
             raise Reply.bad("Unknown RETURN option")
-        return options, args[2:]
-    return None, args
+        return options or {b"ALL"}, window, args[2:]   # RFC 4731 3.1: () means ALL
+    return None, None, args
 
 
 def parse_criteria(args: list) -> SearchKey:
@@ -245,7 +254,8 @@ async def find(session, key: SearchKey) -> list[int]:
                 continue   # not in the store (its body pin was lost): cannot match
             msgs.append(types.SimpleNamespace(
                 seq=start + n + 1, uid=meta.uid, flags=view.flags_of(meta.uid),
-                internaldate=meta.internaldate, modseq=meta.modseq,
+                internaldate=meta.internaldate, modseq=meta.modseq, saved=meta.saved,
+                emailid=email_id(meta.body_id),
                 size=info.size if info is not None else meta.size, raw=raw, texts=text))
         if need_raw:   # HEADER, SENT*: each message parsed; off the event loop (DESIGN.md)
             found += await trio.to_thread.run_sync(_match, key, msgs, view.exists, view.max_uid)
@@ -264,7 +274,7 @@ def _match(key: SearchKey, msgs: list, last_seq: int, last_uid: int) -> list[int
 
 
 async def search(session, cmd):
-    options, args = _search_args(cmd)
+    options, window, args = _search_args(cmd)
     if UTF8_ACCEPT in session.enabled and args and is_atom(args[0]) \
             and bytes(args[0]).upper() == b"CHARSET":   # RFC 6855 3: strings are UTF-8 now
         raise Reply.bad("CHARSET is not allowed after ENABLE UTF8=ACCEPT")
@@ -282,7 +292,7 @@ async def search(session, cmd):
             return None
     if is_uid(cmd):
         found = [view.uids[q - 1] for q in found]
-    top = _result_modseq(view, found, options, is_uid(cmd)) if "MODSEQ" in ops else None
+    top = _result_modseq(view, found, options, is_uid(cmd), window) if "MODSEQ" in ops else None
     if options is None:
         session.emit(b"SEARCH" + b"".join(b" %d" % n for n in found) +
                      (b" (MODSEQ %d)" % top if top is not None else b""))
@@ -292,6 +302,9 @@ async def search(session, cmd):
         reply += b" MIN %d" % min(found)
     if found and b"MAX" in options:
         reply += b" MAX %d" % max(found)
+    if window is not None:   # RFC 9394 3.1: positions in the ascending result (Dovecot's place)
+        part = window.window(sorted(found))
+        reply += b" PARTIAL (%s %s)" % (window.wire, compress(part) if part else b"NIL")
     if b"COUNT" in options:
         reply += b" COUNT %d" % len(found)
     if found and b"ALL" in options:
@@ -310,13 +323,17 @@ def _saved_part(found: list[int], options: set[bytes]) -> list[int]:
                    if option in options})
 
 
-def _result_modseq(view, found: list[int], options: set[bytes] | None, uid: bool) -> int | None:
+def _result_modseq(view, found: list[int], options: set[bytes] | None, uid: bool,
+                   window: PartialRange | None = None) -> int | None:
     """RFC 7162 3.1.5: with MODSEQ in the criteria, the highest MODSEQ of the matches; RFC 4731
-    3.2 / RFC 7162 3.1.5: with only RETURN (MIN) and/or (MAX), of the message(s) returned."""
+    3.2 / RFC 7162 3.1.5: with only RETURN (MIN), (MAX) and/or (PARTIAL), of the message(s)
+    returned."""
     if not found:
         return None
     returned = found
     if options is not None and not options & {b"ALL", b"COUNT"}:
         returned = [n for option, n in ((b"MIN", min(found)), (b"MAX", max(found)))
-                    if option in options]
+                    if option in options] + (window.window(sorted(found)) if window else [])
+    if not returned:   # a PARTIAL window past the end: no message returned, no MODSEQ
+        return None
     return max(view.meta[n if uid else view.uids[n - 1]].modseq for n in returned)

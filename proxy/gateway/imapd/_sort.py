@@ -16,13 +16,14 @@ from functools import partial
 import trio
 
 from ...imap._tokens import Atom
-from ..numbers import InvalidNumber, number
 from ..sort import SORT_KEYS, Item, sort_items
 from ..thread import ordered_subject, references, render
 from . import _searchres as searchres
 from ._args import Reply, compress, word
 from ._messages import find, is_uid, parse_criteria
 from ._names import UTF8_ACCEPT
+from ._partial import PartialRange
+from ._partial import parse as partial_range
 
 CHUNK = 256            # messages per store call (virtual sizes)
 OFF_LOOP_AT = 200      # sorts / threadings of more messages run in a worker thread
@@ -91,7 +92,7 @@ def _program(criteria) -> list[tuple[str, bool]]:
     return program
 
 
-EsortOptions = dict[bytes, "bool | tuple[int, int]"]   # RETURN option -> True, or PARTIAL's range
+EsortOptions = dict[bytes, "bool | PartialRange"]   # RETURN option -> True, or PARTIAL's range
 
 
 def _return_options(args: list) -> tuple[EsortOptions | None, list]:
@@ -107,23 +108,10 @@ def _return_options(args: list) -> tuple[EsortOptions | None, list]:
         if option not in _ESORT_OPTIONS:
             raise Reply.bad("Unknown RETURN option")
         if option == b"PARTIAL":
-            options[option] = _partial_range(items.pop(0) if items else b"")
+            options[option] = partial_range(items.pop(0) if items else b"")
         else:
             options[option] = True
     return options or {b"ALL": True}, args[2:]   # RFC 4731 3.1: () means ALL
-
-
-def _partial_range(value) -> tuple[int, int]:
-    """RFC 5267 4.4: PARTIAL low:high, 1-based positions in the result."""
-    text = bytes(value) if isinstance(value, bytes) else b""
-    low, colon, high = text.partition(b":")
-    try:
-        a, b = (number(n, nonzero=True) for n in (low, high))   # RFC 5267 4.4: nz-number
-    except InvalidNumber:
-        raise Reply.bad("PARTIAL expects a range low:high") from None
-    if not colon:
-        raise Reply.bad("PARTIAL expects a range low:high")
-    return min(a, b), max(a, b)
 
 
 def _in_order(numbers: list[int]) -> bytes:
@@ -153,13 +141,12 @@ def _esort_reply(cmd, numbers: list[int], options: EsortOptions) -> bytes:
         reply += b" MAX %d" % numbers[-1]
     if numbers and b"ALL" in options:
         reply += b" ALL " + _in_order(numbers)
+    window_range = options.get(b"PARTIAL")
+    if isinstance(window_range, PartialRange):   # before COUNT, as Dovecot
+        window = window_range.window(numbers)
+        reply += b" PARTIAL (%s %s)" % (window_range.wire, _in_order(window) if window else b"NIL")
     if b"COUNT" in options:
         reply += b" COUNT %d" % len(numbers)
-    window_range = options.get(b"PARTIAL")
-    if isinstance(window_range, tuple):
-        low, high = window_range
-        window = numbers[low - 1:high]
-        reply += b" PARTIAL (%d:%d %s)" % (low, high, _in_order(window) if window else b"NIL")
     return reply
 
 

@@ -27,7 +27,7 @@ CAPABILITIES = (b"IMAP4rev1", b"LITERAL+", b"IDLE", b"UIDPLUS", b"MOVE", b"NAMES
                 b"THREAD=REFERENCES", b"SEARCHRES", b"WITHIN", b"LIST-EXTENDED", b"LIST-STATUS",
                 b"STATUS=SIZE", b"COMPRESS=DEFLATE", b"QUOTA", b"QUOTA=RES-STORAGE",
                 b"QUOTA=RES-MESSAGE", b"MULTIAPPEND", b"UNAUTHENTICATE", b"UTF8=ACCEPT", b"BINARY",
-                b"PREVIEW", b"CATENATE")
+                b"PREVIEW", b"CATENATE", b"SAVEDATE", b"OBJECTID", b"PARTIAL")
 # Extensions ENABLE (RFC 5161) can turn on; QRESYNC implies CONDSTORE (RFC 7162 3.2.3).
 # UTF8=ACCEPT (RFC 6855 3): UTF-8 mailbox names (`_names`), APPEND's UTF8 data, no SEARCH CHARSET.
 ENABLEABLE: frozenset[bytes] = frozenset({b"CONDSTORE", b"QRESYNC", b"UTF8=ACCEPT"})
