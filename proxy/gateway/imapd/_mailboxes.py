@@ -19,6 +19,7 @@ from . import _names
 from . import _quota as quota
 from ._args import Reply, astring, flag_list, mailbox, mailbox_wire, word
 from ._listing import Children, MailboxPattern, implied_parents
+from ._names import IMAP4REV2
 from ._objectid import mailbox_id
 from ._state import Trigger
 from ._view import SelectedView
@@ -38,6 +39,9 @@ async def select(session, cmd, read_only: bool = False):
         raise Reply.bad("SELECT expects a mailbox name")
     condstore, qresync = cs.select_params(session, cmd.args[1:])   # RFC 7162 3.1.8, 3.2.5
     name = mailbox(cmd.args[0], session.utf8)
+    rev2 = IMAP4REV2 in session.enabled
+    if session.view is not None and (rev2 or cs.QRESYNC in session.enabled):
+        session.emit(b"OK [CLOSED] Previous mailbox closed.")   # RFC 7162 3.2.11, RFC 9051 7.1
     session.deselect()   # RFC 3501 6.3.1: even if this SELECT fails, nothing stays selected
     index, hub = session.backend.index, session.backend.hub
     # Subscribe before reading the mailbox: then no change can fall between the read and the
@@ -63,9 +67,12 @@ async def select(session, cmd, read_only: bool = False):
         session.enabled.add(cs.CONDSTORE)
     view.condstore = cs.CONDSTORE in session.enabled
     view.qresync = cs.QRESYNC in session.enabled
+    view.rev2 = rev2
     view.load(snap)
     top = view.max_uid
-    if read_only:   # EXAMINE looks without claiming (RFC 3501 6.3.2)
+    if rev2:   # RFC 9051 E.5: no \Recent; mail stays recent for IMAP4rev1 sessions
+        floor = top + 1
+    elif read_only:   # EXAMINE looks without claiming (RFC 3501 6.3.2)
         floor = await session.store.recent_floor(box.id)
     else:
         floor = await session.backend.hub.claim_recent(session.store, box.id, top) if top else 1
@@ -77,10 +84,13 @@ async def select(session, cmd, read_only: bool = False):
     permanent = b"()" if read_only else flag_list(flags + ["\\*"])
     session.emit(b"OK [PERMANENTFLAGS " + permanent + b"] Flags permitted.")
     session.emit(b"%d EXISTS" % view.exists)
-    session.emit(b"%d RECENT" % len(view.recent))
-    first_unseen = snap.first_unseen
-    if first_unseen is not None:
-        session.emit(b"OK [UNSEEN %d] First unseen." % first_unseen)
+    if rev2:   # RFC 9051 6.3.2: a LIST response for the mailbox; no RECENT, no UNSEEN code
+        session.emit(await _list_line(session, box))
+    else:
+        session.emit(b"%d RECENT" % len(view.recent))
+        first_unseen = snap.first_unseen
+        if first_unseen is not None:
+            session.emit(b"OK [UNSEEN %d] First unseen." % first_unseen)
     session.emit(b"OK [UIDVALIDITY %d] UIDs valid." % box.uidvalidity)
     session.emit(b"OK [MAILBOXID (" + mailbox_id(box.id) + b")] Ok")   # RFC 8474 4.1
     session.emit(b"OK [UIDNEXT %d] Predicted next UID." % max(box.uidnext, view.max_uid + 1))
@@ -90,6 +100,15 @@ async def select(session, cmd, read_only: bool = False):
         await cs.qresync_lines(session, view, qresync)
     return (b"READ-ONLY" if read_only else b"READ-WRITE"), ("Examine" if read_only else "Select") + \
         " completed."
+
+
+async def _list_line(session, box) -> bytes:
+    """What LIST answers for `box` (its selectability and children as a plain LIST says)."""
+    names = [b.name for b in await session.store.list_mailboxes(session.account.id)]
+    attrs = ["\\HasChildren" if Children(names).has_children(box.name) else "\\HasNoChildren"]
+    if box.special_use:
+        attrs.append(box.special_use)
+    return b"LIST (" + " ".join(attrs).encode() + b') "/" ' + mailbox_wire(box.name, session.utf8)
 
 
 async def examine(session, cmd):

@@ -22,7 +22,7 @@ from . import _condstore as cs
 from . import _searchres as searchres
 from ._args import Reply, compress, is_atom, parse_sequence_set, resolve, word
 from ._fetch import Item, parse_items, plan, render
-from ._names import UTF8_ACCEPT
+from ._names import IMAP4REV2, UTF8_ACCEPT
 from ._objectid import email_id
 from ._partial import PartialRange
 from ._partial import parse as partial_range
@@ -278,6 +278,8 @@ async def search(session, cmd):
     if UTF8_ACCEPT in session.enabled and args and is_atom(args[0]) \
             and bytes(args[0]).upper() == b"CHARSET":   # RFC 6855 3: strings are UTF-8 now
         raise Reply.bad("CHARSET is not allowed after ENABLE UTF8=ACCEPT")
+    if options is None and IMAP4REV2 in session.enabled:
+        options = {b"ALL"}   # RFC 9051 6.4.4: the answer is always ESEARCH, ALL by default
     view = session.view
     args = searchres.substitute(args, view)   # $ is the result saved before this command
     if options is not None and b"SAVE" in options:

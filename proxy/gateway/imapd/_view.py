@@ -55,6 +55,7 @@ class SelectedView:
         self.latencies: list[float] = []       # publish -> delivery, for the metrics
         self.condstore = False                 # RFC 7162 3.1.4: MODSEQ in every FETCH with FLAGS
         self.qresync = False                   # RFC 7162 3.2.10: VANISHED instead of EXPUNGE
+        self.rev2 = False                      # RFC 9051: no \Recent, no RECENT responses
         self.saved: list[int] = []             # RFC 5182 SEARCHRES result, as UIDs (`$`)
 
     # ---- hub side ---------------------------------------------------------------------------
@@ -219,7 +220,9 @@ class SelectedView:
                 self.meta[meta.uid] = meta
                 if recent is not None and recent[0] <= meta.uid <= recent[1]:
                     self.recent.add(meta.uid)
-            lines += [b"%d EXISTS" % self.exists, b"%d RECENT" % len(self.recent)]
+            lines.append(b"%d EXISTS" % self.exists)
+            if not self.rev2:   # RFC 9051 E.5: IMAP4rev2 has no RECENT response
+                lines.append(b"%d RECENT" % len(self.recent))
         if allow_expunge and self.expunged:   # numbers against what the client knows now
             lines += self.expunge_lines(set(self.expunged))
         present = [uid for uid in changed if uid in self.meta]

@@ -27,10 +27,14 @@ CAPABILITIES = (b"IMAP4rev1", b"LITERAL+", b"IDLE", b"UIDPLUS", b"MOVE", b"NAMES
                 b"THREAD=REFERENCES", b"SEARCHRES", b"WITHIN", b"LIST-EXTENDED", b"LIST-STATUS",
                 b"STATUS=SIZE", b"COMPRESS=DEFLATE", b"QUOTA", b"QUOTA=RES-STORAGE",
                 b"QUOTA=RES-MESSAGE", b"MULTIAPPEND", b"UNAUTHENTICATE", b"UTF8=ACCEPT", b"BINARY",
-                b"PREVIEW", b"CATENATE", b"SAVEDATE", b"OBJECTID", b"PARTIAL")
+                b"PREVIEW", b"CATENATE", b"SAVEDATE", b"OBJECTID", b"PARTIAL",
+                b"IMAP4rev2")
 # Extensions ENABLE (RFC 5161) can turn on; QRESYNC implies CONDSTORE (RFC 7162 3.2.3).
 # UTF8=ACCEPT (RFC 6855 3): UTF-8 mailbox names (`_names`), APPEND's UTF8 data, no SEARCH CHARSET.
-ENABLEABLE: frozenset[bytes] = frozenset({b"CONDSTORE", b"QRESYNC", b"UTF8=ACCEPT"})
+# IMAP4rev2 (RFC 9051, appendix E): UTF-8 names, no \Recent, ESEARCH answers, LIST on SELECT.
+ENABLEABLE: frozenset[bytes] = frozenset({b"CONDSTORE", b"QRESYNC", b"UTF8=ACCEPT", b"IMAP4REV2"})
+
+_SPELLING = {b"IMAP4REV2": b"IMAP4rev2"}   # as CAPABILITY writes it
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
@@ -69,7 +73,7 @@ async def _enable(session, cmd):
     session.enabled.update(enabled)
     if b"QRESYNC" in session.enabled:
         session.enabled.add(b"CONDSTORE")
-    session.emit(b"ENABLED" + b"".join(b" " + e for e in enabled))   # RFC 5161 3.1
+    session.emit(b"ENABLED" + b"".join(b" " + _SPELLING.get(e, e) for e in enabled))   # 5161 3.1
 
 
 async def _idle(session, cmd):

@@ -291,7 +291,7 @@ class ImapSession:
         if view is None or not (view.pending or (allow_expunge and view.expunged)):
             return
         top, recent = view.new_top(), None
-        if top and not view.read_only:   # \Recent for exactly one session (RFC 3501 2.3.2)
+        if top and not view.read_only and not view.rev2:   # \Recent for one session (3501 2.3.2)
             recent = (await self.backend.hub.claim_recent(self.store, view.mailbox_id, top), top)
         for line in view.updates(allow_expunge, recent):
             self.emit(line)

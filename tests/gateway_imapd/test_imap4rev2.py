@@ -1,0 +1,145 @@
+"""IMAP4rev2 (RFC 9051) against Dovecot IMAP.
+
+Dovecot 2.3 speaks IMAP4rev1 only, so each IMAP4rev2 answer of the gateway is compared with
+the IMAP4rev1 answer that RFC 9051 appendix E says it replaces, from Dovecot, on the same
+mailbox built by the same commands: SEARCH answers as Dovecot's `SEARCH RETURN (ALL)` (ESEARCH,
+RFC 9051 6.4.4), SELECT as Dovecot's SELECT without RECENT and the UNSEEN code plus the LIST
+line Dovecot gives for that name (6.3.2), FETCH FLAGS and new-mail updates as Dovecot's without
+\\Recent (E.5), and `OK [CLOSED]` when one SELECT closes another as Dovecot sends it with
+QRESYNC (RFC 7162 3.2.11). Not compared: UIDVALIDITY, HIGHESTMODSEQ and MAILBOXID (server-specific; Dovecot 2.3 has
+no OBJECTID).
+"""
+
+from __future__ import annotations
+
+import imaplib
+import re
+
+import trio
+
+from .conftest import message
+from .test_utf8_accept import _dovecot, _ok, _run
+
+FOLDER = b"Rev2"
+SEEDS = [(b"(\\Seen)", 1), (None, 2), (b"(\\Flagged $Work)", 3), (b"(\\Seen \\Answered)", 4),
+         (None, 5)]
+SEARCHES = [b"ALL", b"UNSEEN", b"FLAGGED", b"KEYWORD $Work", b"2:4 SEEN", b"NOT ALL",
+            b"SUBJECT message", b"OR ANSWERED FLAGGED"]
+_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
+_SORTED_LIST = re.compile(rb"^(\* (?:OK \[PERMANENTFLAGS|FLAGS) \()([^)]*)(\).*)$")
+
+
+def _select_lines(lines: list[bytes]) -> set[bytes]:
+    """SELECT lines without the server-specific ones, flag lists sorted, texts dropped."""
+    out = set()
+    for line in lines:
+        line = line.rstrip(b"\r\n")
+        if re.search(rb"UIDVALIDITY|HIGHESTMODSEQ|MAILBOXID|RECENT$|\[UNSEEN ", line):
+            continue
+        match = _SORTED_LIST.match(line)
+        if match:
+            line = match.group(1) + b" ".join(sorted(match.group(2).split())) + match.group(3)
+        out.add(line.split(b"] ")[0])
+    return out
+
+
+def _flags_sorted(lines: list[bytes]) -> list[bytes]:
+    """FETCH FLAGS lists in one order (servers may give flags in any order)."""
+    return [_FLAGS.sub(lambda m: b"FLAGS (" + b" ".join(sorted(m.group(1).split())) + b")", x)
+            for x in lines]
+
+
+def _no_recent(lines: list[bytes]) -> list[bytes]:
+    return [line.replace(b"\\Recent ", b"").replace(b" \\Recent", b"")
+            .replace(b"\\Recent", b"") for line in lines if not line.endswith(b"RECENT\r\n")]
+
+
+def _same_tag(ours: imaplib.IMAP4, theirs: imaplib.IMAP4, tag: bytes, mine: bytes,
+              dovecot: bytes) -> tuple[list[bytes], list[bytes]]:
+    """Send with one tag to both (ESEARCH echoes it)."""
+    out = []
+    for client, command in ((ours, mine), (theirs, dovecot)):
+        client.send(tag + b" " + command + b"\r\n")
+        lines = []
+        while not (line := client.readline()).startswith(tag + b" "):
+            lines.append(line)
+        assert line.split()[1] == b"OK", (command, line)
+        out.append(lines)
+    return out[0], out[1]
+
+
+async def test_imap4rev2_answers_like_dovecot_rev1_equivalents(gateway):
+    def compare() -> None:
+        ours, theirs, other = gateway.imaplib(), _dovecot(gateway), gateway.imaplib()
+        caps = _ok(ours, b"CAPABILITY")[0]
+        assert b" IMAP4rev2" in caps and b" IMAP4rev1" in caps, caps
+        assert _ok(ours, b"ENABLE IMAP4rev2") == [b"* ENABLED IMAP4rev2\r\n"]
+        _ok(theirs, b"ENABLE QRESYNC")
+        for client in (ours, theirs):
+            _ok(client, b"CREATE " + FOLDER)
+            for flags, n in SEEDS:
+                raw = message(n)
+                _ok(client, b"APPEND " + FOLDER + (b" " + flags if flags else b"") +
+                    b" {%d+}\r\n" % len(raw) + raw)
+        mine, want = _ok(ours, b"SELECT " + FOLDER), _ok(theirs, b"SELECT " + FOLDER)
+        listed = _ok(theirs, b'LIST "" ' + FOLDER)
+        assert listed == [b'* LIST (\\HasNoChildren) "/" Rev2\r\n']
+        assert _select_lines(mine) == _select_lines(want) | {listed[0].rstrip(b"\r\n")}, mine
+        assert not [x for x in mine if b"RECENT" in x or b"[UNSEEN" in x], mine
+        for n, criteria in enumerate(SEARCHES):
+            for uid in (b"", b"UID "):
+                tag = b"s%d%s" % (n, uid.strip())
+                got, expected = _same_tag(ours, theirs, tag, uid + b"SEARCH " + criteria,
+                                          uid + b"SEARCH RETURN (ALL) " + criteria)
+                assert got == expected, (criteria, got, expected)
+                assert got[0].startswith(b'* ESEARCH (TAG "%s")' % tag), got
+        fetch = b"FETCH 1:* (UID FLAGS)"
+        assert _flags_sorted(_ok(ours, fetch)) == _flags_sorted(_no_recent(_ok(theirs, fetch)))
+        # new mail seen by NOOP: EXISTS without RECENT (E.5)
+        raw = message(9)
+        _ok(other, b"APPEND " + FOLDER + b" {%d+}\r\n" % len(raw) + raw)
+        theirs_other = imaplib.IMAP4(gateway.dovecot.host, gateway.dovecot.imap_port, timeout=30)
+        theirs_other.login(gateway.user, gateway.password)
+        _ok(theirs_other, b"APPEND " + FOLDER + b" {%d+}\r\n" % len(raw) + raw)
+        assert _ok(ours, b"NOOP") == _no_recent(_ok(theirs, b"NOOP")) == [b"* 6 EXISTS\r\n"]
+        # SELECT of another mailbox closes this one with OK [CLOSED] first
+        mine, want = _ok(ours, b"EXAMINE INBOX"), _ok(theirs, b"EXAMINE INBOX")
+        assert mine[0] == want[0] == b"* OK [CLOSED] Previous mailbox closed.\r\n"
+        # \Recent stays for IMAP4rev1 sessions: the IMAP4rev2 one claimed none
+        lines = _ok(other, b"SELECT " + FOLDER)
+        assert b"* 6 RECENT\r\n" in lines, lines
+        for client in (ours, theirs, other, theirs_other):
+            client.logout()
+
+    await trio.to_thread.run_sync(compare)
+
+
+async def test_imap4rev2_session_details(gateway):
+    gateway.deliver(message(1))
+
+    def scenario() -> None:
+        rev2, rev1 = gateway.imaplib(), gateway.imaplib()
+        _ok(rev2, b"ENABLE IMAP4rev2")
+        # RFC 9051 5.1: mailbox names are UTF-8 (UTF8=ACCEPT is part of IMAP4rev2)
+        _ok(rev2, 'CREATE "Grüße"'.encode())
+        assert _ok(rev2, b'LIST "" "G*"') == ['* LIST (\\HasNoChildren) "/" "Grüße"\r\n'.encode()]
+        assert _ok(rev1, b'LIST "" "G*"') == [b'* LIST (\\HasNoChildren) "/" Gr&APwA3w-e\r\n']
+        lines = _ok(rev2, "SELECT \"Grüße\"".encode())   # an empty mailbox
+        assert '* LIST (\\HasNoChildren) "/" "Grüße"\r\n'.encode() in lines, lines
+        # unlike after ENABLE UTF8=ACCEPT alone, SEARCH may name a charset (RFC 9051 6.4.4)
+        tag_lines, done = _run(rev2, b"SEARCH CHARSET UTF-8 ALL")
+        assert done.split()[1] == b"OK" and tag_lines == [
+            b'* ESEARCH (TAG "' + done.split()[0] + b'")\r\n'], tag_lines
+        _ok(rev2, b"SELECT INBOX")
+        assert _ok(rev2, b"FETCH 1 FLAGS") == [b"* 1 FETCH (FLAGS ())\r\n"]
+        assert _ok(rev1, b"SELECT INBOX")[3] == b"* 1 RECENT\r\n"   # not taken by rev2
+        # IMAP4rev1: [CLOSED] only with QRESYNC enabled (RFC 7162 3.2.11), as Dovecot
+        assert not [x for x in _ok(rev1, b"SELECT INBOX") if b"CLOSED" in x]
+        _ok(rev1, b"UNSELECT")
+        _ok(rev1, b"ENABLE QRESYNC")
+        _ok(rev1, b"SELECT INBOX")
+        assert _ok(rev1, b"EXAMINE INBOX")[0] == b"* OK [CLOSED] Previous mailbox closed.\r\n"
+        for client in (rev2, rev1):
+            client.logout()
+
+    await trio.to_thread.run_sync(scenario)
