@@ -72,7 +72,9 @@ async def test_imap4rev2_answers_like_dovecot_rev1_equivalents(gateway):
     def compare() -> None:
         ours, theirs, other = gateway.imaplib(), _dovecot(gateway), gateway.imaplib()
         caps = _ok(ours, b"CAPABILITY")[0]
-        assert b" IMAP4rev2" in caps and b" IMAP4rev1" in caps, caps
+        # RFC 9051 includes BINARY (RFC 3516, FETCH BINARY[] and APPEND's literal8)
+        for cap in (b" IMAP4rev2", b" IMAP4rev1", b" BINARY"):
+            assert cap in caps, (cap, caps)
         assert _ok(ours, b"ENABLE IMAP4rev2") == [b"* ENABLED IMAP4rev2\r\n"]
         _ok(theirs, b"ENABLE QRESYNC")
         for client in (ours, theirs):
@@ -132,6 +134,7 @@ async def test_imap4rev2_session_details(gateway):
             b'* ESEARCH (TAG "' + done.split()[0] + b'")\r\n'], tag_lines
         _ok(rev2, b"SELECT INBOX")
         assert _ok(rev2, b"FETCH 1 FLAGS") == [b"* 1 FETCH (FLAGS ())\r\n"]
+        assert _run(rev2, b"FETCH 1 (BINARY.SIZE[1])")[1].split()[1] == b"OK"   # in IMAP4rev2
         assert _ok(rev1, b"SELECT INBOX")[3] == b"* 1 RECENT\r\n"   # not taken by rev2
         # IMAP4rev1: [CLOSED] only with QRESYNC enabled (RFC 7162 3.2.11), as Dovecot
         assert not [x for x in _ok(rev1, b"SELECT INBOX") if b"CLOSED" in x]
