@@ -6,8 +6,8 @@ mailbox built by the same commands: SEARCH answers as Dovecot's `SEARCH RETURN (
 RFC 9051 6.4.4), SELECT as Dovecot's SELECT without RECENT and the UNSEEN code plus the LIST
 line Dovecot gives for that name (6.3.2), FETCH FLAGS and new-mail updates as Dovecot's without
 \\Recent (E.5), and `OK [CLOSED]` when one SELECT closes another as Dovecot sends it with
-QRESYNC (RFC 7162 3.2.11). Not compared: UIDVALIDITY, HIGHESTMODSEQ and MAILBOXID (server-specific; Dovecot 2.3 has
-no OBJECTID).
+QRESYNC (RFC 7162 3.2.11). Not compared: UIDVALIDITY, HIGHESTMODSEQ and MAILBOXID
+(server-specific; Dovecot 2.3 has no OBJECTID).
 """
 
 from __future__ import annotations
