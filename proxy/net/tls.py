@@ -27,8 +27,8 @@ ALPN protocol ("imap" or "pop3"), and a connection is refused when the client of
 of its protocols is ours. OpenSSL alone does not do this: CPython's ALPN callback answers a
 mismatched offer with "no ALPN" and the handshake succeeds, which looks exactly like a client that
 offered nothing. So `server_handshake` records the plaintext ClientHello while it passes through
-(`_HelloRecorder`, a pass-through transport) and reads the client's ALPN offer from it;
-`check_alpn` then refuses "offered something, got nothing". A ClientHello we cannot parse also
+(`alpaca.HelloRecorder`, a pass-through transport) and reads the client's ALPN offer from it;
+`alpaca.check_alpn` then refuses "offered something, got nothing". A ClientHello we cannot parse also
 refuses the connection (fail closed); OpenSSL would have rejected a really malformed one anyway.
 
 STARTTLS / STLS rule (CVE-2011-0411 class, enforced by the sessions, not here): when a STARTTLS or
@@ -55,6 +55,7 @@ from cryptography import x509
 
 from .. import logs
 from ..config import Certificate, Listener, Upstream
+from .alpaca import HelloRecorder, check_alpn
 from .client_hello import client_hello_alpn
 
 __all__ = [
@@ -80,7 +81,6 @@ _MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 # TLS 1.2 suites: forward secret and authenticated encryption only (TLS 1.3 suites are all fine).
 _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL"
 _SERVER_OPTIONS = ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
-_MAX_CLIENT_HELLO = 64 * 1024  # bytes recorded before giving up on reading the ALPN offer
 _SSL_REASONS = {
     "KEY_VALUES_MISMATCH": "the private key does not match the certificate",
     "PEM_LIB": "not valid PEM data",
@@ -248,68 +248,6 @@ def _server_context(listener: Listener) -> ssl.SSLContext:
 # --------------------------------------------------------------------------- ALPN / ALPACA
 
 
-class _HelloRecorder(trio.abc.Stream):
-    """Pass-through transport that reads the client's ALPN offer from the bytes going by.
-
-    `alpn_offered`: None until the ClientHello is complete, then the offered protocols (() for no
-    ALPN extension). `hello_error`: True if the ClientHello could not be read (malformed, too big).
-    After that it only forwards. `transport_stream` is the wrapped stream.
-    """
-
-    def __init__(self, transport_stream: trio.abc.Stream):
-        self.transport_stream = transport_stream
-        self.alpn_offered: tuple[bytes, ...] | None = None
-        self.hello_error = False
-        self._buffer: bytearray | None = bytearray()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        data = await self.transport_stream.receive_some(max_bytes)
-        if self._buffer is not None:
-            self._record(data)
-        return data
-
-    def _record(self, data: bytes | bytearray) -> None:
-        assert self._buffer is not None
-        self._buffer += data
-        try:
-            self.alpn_offered = client_hello_alpn(bytes(self._buffer))
-        except ValueError:
-            self.hello_error = True
-        if not data or len(self._buffer) > _MAX_CLIENT_HELLO:
-            self.hello_error = self.hello_error or self.alpn_offered is None
-        if self.alpn_offered is not None or self.hello_error:
-            self._buffer = None
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.transport_stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.transport_stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self.transport_stream.aclose()
-
-
-def check_alpn(tls: "trio.SSLStream[trio.abc.Stream] | ssl.SSLObject", protocol: str,
-               offered: tuple[bytes, ...] | None = None) -> bool:
-    """ALPACA check after a server handshake: may this connection speak `protocol`?
-
-    True if the negotiated ALPN protocol is `protocol`, or if none was negotiated and the client
-    offered none. `offered` (the client's ALPN list) is taken from the stream when it was made by
-    `server_handshake`; when it is unknown, "none negotiated" is accepted (OpenSSL cannot tell a
-    mismatched offer from no offer; see the module docstring).
-    """
-    selected = tls.selected_alpn_protocol()
-    if selected is not None:
-        return selected == protocol
-    recorder = getattr(tls, "transport_stream", None)
-    if offered is None and isinstance(recorder, _HelloRecorder):
-        if recorder.hello_error:
-            return False
-        offered = recorder.alpn_offered
-    return not offered
-
-
 async def server_handshake(stream: trio.abc.Stream, server_tls: ServerTLS,
                            protocol: str) -> trio.SSLStream[trio.abc.Stream]:
     """Run the server side of a TLS handshake on `stream` (implicit TLS, or after STARTTLS/STLS).
@@ -325,7 +263,7 @@ async def server_handshake(stream: trio.abc.Stream, server_tls: ServerTLS,
     Raises: TLSHandshakeError with reason "handshake_failed" or "alpn_refused".
     Resource handling: `stream` is never closed here; on error the caller closes it.
     """
-    recorder = _HelloRecorder(stream)
+    recorder = HelloRecorder(stream)
     tls: trio.SSLStream[trio.abc.Stream] = trio.SSLStream(
         recorder, server_tls.context, server_side=True, https_compatible=False)
     await _handshake(tls)

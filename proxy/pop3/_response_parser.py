@@ -58,9 +58,6 @@ class ResponseParser:
         """Bytes received but not yet turned into events."""
         return len(self._buf)
 
-    def set_limits(self, limits: Limits) -> None:
-        self._limits = limits
-
     def expect(self, multiline: bool) -> None:
         """Queue the framing of the answer to one command sent upstream."""
         self._expected.append(multiline)
