@@ -47,6 +47,7 @@ _FLAG_KEYS = {
     "UNANSWERED": ("\\Answered", False), "UNDELETED": ("\\Deleted", False),
     "UNDRAFT": ("\\Draft", False), "UNFLAGGED": ("\\Flagged", False), "UNSEEN": ("\\Seen", False),
 }
+_REV1_ONLY = ("NEW", "OLD", "RECENT")   # \Recent's keys, gone from RFC 9051's search-key
 _HEADER_KEYS = ("BCC", "CC", "FROM", "SUBJECT", "TO")
 _ADDRESS_HEADERS = ("bcc", "cc", "from", "to", "sender", "reply-to")
 _DATE_KEYS = ("BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE",
@@ -75,8 +76,9 @@ class SearchKey:
 # Parsing
 # ---------------------------------------------------------------------------------------
 
-def parse_search(args: list) -> SearchKey:
-    """The AND of all keys in `args`, with an optional leading ``CHARSET name``.
+def parse_search(args: list, *, rev2: bool = False) -> SearchKey:
+    """The AND of all keys in `args`, with an optional leading ``CHARSET name``; with `rev2`
+    (an IMAP4rev2 session) NEW, OLD and RECENT are unknown keys.
 
     Raises:
         SearchError: unknown key, missing or malformed argument, unsupported charset
@@ -93,7 +95,7 @@ def parse_search(args: list) -> SearchKey:
         items = items[2:]
     if not items:
         raise SearchError("Missing search key")
-    stream = _Tokens(items)
+    stream = _Tokens(items, rev2)
     keys = []
     while not stream.done():
         keys.append(_parse_key(stream, 0))
@@ -101,8 +103,8 @@ def parse_search(args: list) -> SearchKey:
 
 
 class _Tokens:
-    def __init__(self, items: list) -> None:
-        self.items, self.pos = items, 0
+    def __init__(self, items: list, rev2: bool) -> None:
+        self.items, self.pos, self.rev2 = items, 0, rev2
 
     def done(self) -> bool:
         return self.pos >= len(self.items)
@@ -147,12 +149,14 @@ def _parse_key(stream: _Tokens, depth: int) -> SearchKey:
     if isinstance(item, tuple):
         if not item:
             raise SearchError("Empty search group")
-        sub = _Tokens(list(item))
+        sub = _Tokens(list(item), stream.rev2)
         keys = []
         while not sub.done():
             keys.append(_parse_key(sub, depth + 1))
         return keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
     word = _word(item)
+    if stream.rev2 and word in _REV1_ONLY:   # RFC 9051 6.4.4, E: no \Recent, so no such keys
+        raise SearchError(f"Unknown search key {word} (not in IMAP4rev2)")
     if word[:1].isdigit() or word[:1] == "*":
         return SearchKey("SEQSET", (_seqset(word),))
     if word == "ALL":

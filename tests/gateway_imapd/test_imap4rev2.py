@@ -146,3 +146,35 @@ async def test_imap4rev2_session_details(gateway):
             client.logout()
 
     await trio.to_thread.run_sync(scenario)
+
+
+async def test_imap4rev2_has_no_recent_keys_or_status_item(gateway):
+    """RFC 9051 dropped \\Recent: STATUS RECENT (status-att) and the NEW, OLD and RECENT search
+    keys (search-key) are not in its grammar, so an IMAP4rev2 session gets BAD for them, in
+    SEARCH, SORT, THREAD and LIST-STATUS alike; an IMAP4rev1 session keeps them."""
+    gateway.deliver(message(1))
+
+    def scenario() -> None:
+        rev2, rev1 = gateway.imaplib(), gateway.imaplib()
+        _ok(rev2, b"ENABLE IMAP4rev2")
+        for client in (rev2, rev1):
+            _ok(client, b"SELECT INBOX")
+        for command in (b"STATUS INBOX (MESSAGES RECENT)", b'LIST "" INBOX RETURN (STATUS (RECENT))',
+                        b"SEARCH NEW", b"SEARCH OLD", b"UID SEARCH RECENT", b"SEARCH NOT (OR SEEN RECENT)",
+                        b"SORT (DATE) UTF-8 NEW", b"THREAD REFERENCES UTF-8 OLD"):
+            lines, done = _run(rev2, command)
+            assert lines == [] and done.split()[1] == b"BAD", (command, lines, done)
+        assert _ok(rev2, b"STATUS INBOX (MESSAGES UNSEEN)") == [
+            b"* STATUS INBOX (MESSAGES 1 UNSEEN 1)\r\n"]
+        tag_lines, done = _run(rev2, b"SEARCH UNSEEN")
+        assert tag_lines == [b'* ESEARCH (TAG "' + done.split()[0] + b'") ALL 1\r\n'], tag_lines
+        # IMAP4rev1 unchanged: the rev1 session holds \Recent for the message (rev2 claims none)
+        assert _ok(rev1, b"STATUS INBOX (MESSAGES RECENT)") == [
+            b"* STATUS INBOX (MESSAGES 1 RECENT 0)\r\n"]
+        for command, found in ((b"SEARCH NEW", b" 1"), (b"SEARCH RECENT", b" 1"), (b"SEARCH OLD", b"")):
+            assert _ok(rev1, command) == [b"* SEARCH" + found + b"\r\n"], command
+        assert _ok(rev1, b"SORT (DATE) UTF-8 NEW") == [b"* SORT 1\r\n"]
+        for client in (rev2, rev1):
+            client.logout()
+
+    await trio.to_thread.run_sync(scenario)

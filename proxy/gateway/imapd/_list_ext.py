@@ -22,7 +22,7 @@ _SELECTION = {b"SUBSCRIBED", b"REMOTE", b"RECURSIVEMATCH", b"SPECIAL-USE"}
 _RETURN = {b"SUBSCRIBED", b"CHILDREN", b"STATUS", b"SPECIAL-USE"}
 
 
-def _options(value, known: set[bytes], what: str) -> list:
+def _options(value, known: set[bytes], what: str, rev2: bool) -> list:
     if not isinstance(value, tuple):
         raise Reply.bad(f"Expected a list of {what} options")
     items = list(value)
@@ -32,18 +32,18 @@ def _options(value, known: set[bytes], what: str) -> list:
         if option not in known:
             raise Reply.bad(f"Unknown {what} option")
         if option == b"STATUS":
-            out.append((option, mb.status_items(items.pop(0) if items else None)))
+            out.append((option, mb.status_items(items.pop(0) if items else None, rev2)))
         else:
             out.append((option, None))
     return out
 
 
-def _parse(args: list) -> tuple[set[bytes], dict, object, list] | None:
+def _parse(args: list, rev2: bool) -> tuple[set[bytes], dict, object, list] | None:
     """(selection options, return options, reference, patterns), or None for a plain LIST."""
     selection: set[bytes] = set()
     extended = False
     if args and isinstance(args[0], tuple):
-        selection = {o for o, _ in _options(args.pop(0), _SELECTION, "selection")}
+        selection = {o for o, _ in _options(args.pop(0), _SELECTION, "selection", rev2)}
         extended = True
     if len(args) not in (2, 4) or isinstance(args[0], tuple):
         raise Reply.bad("LIST expects a reference and mailbox patterns")
@@ -51,7 +51,7 @@ def _parse(args: list) -> tuple[set[bytes], dict, object, list] | None:
     if len(args) == 4:
         if word(args[2]) != b"RETURN":
             raise Reply.bad("Expected RETURN")
-        returns = dict(_options(args[3], _RETURN, "return"))
+        returns = dict(_options(args[3], _RETURN, "return", rev2))
         extended = True
     patterns = args[1]
     if isinstance(patterns, tuple):
@@ -88,7 +88,7 @@ def _matchers(reference: bytes, patterns: list[bytes], utf8: bool) -> list[Mailb
 
 
 async def list_(session, cmd):
-    parsed = _parse(list(cmd.args))
+    parsed = _parse(list(cmd.args), _names.IMAP4REV2 in session.enabled)
     if parsed is None:
         return await mb.list_(session, cmd)
     selection, returns, reference, patterns = parsed

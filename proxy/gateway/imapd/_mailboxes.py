@@ -258,7 +258,7 @@ async def status(session, cmd):
     if len(cmd.args) != 2 or not isinstance(cmd.args[1], tuple) or not cmd.args[1]:
         raise Reply.bad("STATUS expects a mailbox and a list of items")
     name = mailbox(cmd.args[0], session.utf8)
-    items = status_items(cmd.args[1])
+    items = status_items(cmd.args[1], IMAP4REV2 in session.enabled)
     box = await session.store.get_mailbox(session.account.id, name)
     if box is None:
         raise Reply.no(f"Mailbox does not exist: {name}", b"NONEXISTENT")
@@ -266,12 +266,13 @@ async def status(session, cmd):
     return None
 
 
-def status_items(values) -> list[bytes]:
-    """STATUS data item names (RFC 3501 6.3.10, RFC 7162 3.1.6, RFC 8438); BAD if unknown."""
+def status_items(values, rev2: bool) -> list[bytes]:
+    """STATUS data item names (RFC 3501 6.3.10, RFC 7162 3.1.6, RFC 8438); BAD if unknown,
+    RECENT included in an IMAP4rev2 session (RFC 9051 status-att has no RECENT: no \\Recent)."""
     if not isinstance(values, tuple) or not values:
         raise Reply.bad("Expected a list of STATUS items")
     items = [word(item) for item in values]
-    if any(item not in _STATUS_ITEMS for item in items):
+    if any(item not in _STATUS_ITEMS or (rev2 and item == b"RECENT") for item in items):
         raise Reply.bad("Unknown STATUS item")
     return items
 

@@ -216,10 +216,10 @@ def _search_args(cmd) -> tuple[set[bytes] | None, PartialRange | None, list]:
     return None, None, args
 
 
-def parse_criteria(args: list) -> SearchKey:
+def parse_criteria(session, args: list) -> SearchKey:
     """Search keys as SEARCH, SORT and THREAD take them; SearchError -> NO/BAD."""
     try:
-        return parse_search(args)
+        return parse_search(args, rev2=IMAP4REV2 in session.enabled)
     except SearchError as exc:
         code = exc.code.encode() if exc.code else None
         raise (Reply.no(exc.text, code) if code else Reply.bad(exc.text)) from None
@@ -284,7 +284,7 @@ async def search(session, cmd):
     args = searchres.substitute(args, view)   # $ is the result saved before this command
     if options is not None and b"SAVE" in options:
         searchres.save(view, [])   # RFC 5182 2.1: a failed SEARCH leaves $ empty
-    key = parse_criteria(args)
+    key = parse_criteria(session, args)
     ops = _ops(key)
     found = await find(session, key)
     if options is not None and b"SAVE" in options:

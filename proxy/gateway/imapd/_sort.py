@@ -160,7 +160,7 @@ async def sort(session, cmd):
     saving = options is not None and b"SAVE" in options
     if saving:
         searchres.save(view, [])   # RFC 5182 2.1: a failed command leaves $ empty
-    key = parse_criteria(keys)
+    key = parse_criteria(session, keys)
     seqs = await find(session, key)
     answers = session.backend.mime.answers
     cache_key = ("SORT", tuple(program), *_selection(view, seqs))
@@ -194,7 +194,7 @@ async def thread(session, cmd):
     if algorithm is None:
         raise Reply.bad("Unknown thread algorithm")
     view = session.view
-    key = parse_criteria(searchres.substitute(_charset_and_keys(session, args[1:]), view))
+    key = parse_criteria(session, searchres.substitute(_charset_and_keys(session, args[1:]), view))
     seqs = await find(session, key)
     uid = is_uid(cmd)
     answers = session.backend.mime.answers
