@@ -178,3 +178,39 @@ async def test_imap4rev2_has_no_recent_keys_or_status_item(gateway):
             client.logout()
 
     await trio.to_thread.run_sync(scenario)
+
+
+RFC9051_KEYWORDS = b"$Forwarded $Junk $MDNSent $NotJunk $Phishing"   # RFC 9051 2.3.2
+
+
+async def test_imap4rev2_keywords_of_rfc9051(gateway):
+    """RFC 9051 2.3.2's keywords are ordinary keywords here: PERMANENTFLAGS has \\* so a
+    client may set them (the gateway sets none itself: no junk filter), the first STORE
+    announces them in FLAGS and PERMANENTFLAGS (7.3.5), they are kept (another session and a
+    later EXAMINE see them) and searchable."""
+    gateway.deliver(message(1))
+    system = b"\\Answered \\Deleted \\Draft \\Flagged \\Seen"
+
+    def scenario() -> None:
+        rev2, rev1 = gateway.imaplib(), gateway.imaplib()
+        _ok(rev2, b"ENABLE IMAP4rev2")
+        lines = _ok(rev2, b"SELECT INBOX")
+        assert lines[:2] == [b"* FLAGS (" + system + b")\r\n", b"* OK [PERMANENTFLAGS (\\* "
+                             + system + b")] Flags permitted.\r\n"], lines
+        assert _ok(rev2, b"STORE 1 +FLAGS (" + RFC9051_KEYWORDS + b")") == [
+            b"* FLAGS (" + RFC9051_KEYWORDS + b" " + system + b")\r\n",
+            b"* OK [PERMANENTFLAGS (" + RFC9051_KEYWORDS + b" \\* " + system
+            + b")] Flags permitted.\r\n",
+            b"* 1 FETCH (FLAGS (" + RFC9051_KEYWORDS + b"))\r\n"]
+        tag_lines, done = _run(rev2, b"SEARCH KEYWORD $Phishing KEYWORD $NotJunk")
+        assert tag_lines == [b'* ESEARCH (TAG "' + done.split()[0] + b'") ALL 1\r\n'], tag_lines
+        lines = _ok(rev2, b"EXAMINE INBOX")
+        assert lines[1:3] == [b"* FLAGS (" + RFC9051_KEYWORDS + b" " + system + b")\r\n",
+                              b"* OK [PERMANENTFLAGS ()] Flags permitted.\r\n"], lines
+        _ok(rev1, b"SELECT INBOX")
+        assert _ok(rev1, b"FETCH 1 FLAGS") == [
+            b"* 1 FETCH (FLAGS (" + RFC9051_KEYWORDS + b" \\Recent))\r\n"]
+        for client in (rev2, rev1):
+            client.logout()
+
+    await trio.to_thread.run_sync(scenario)
