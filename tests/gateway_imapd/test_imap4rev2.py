@@ -214,3 +214,21 @@ async def test_imap4rev2_keywords_of_rfc9051(gateway):
             client.logout()
 
     await trio.to_thread.run_sync(scenario)
+
+
+async def test_imap4rev2_subscribed_name_without_mailbox_is_nonexistent(gateway):
+    """RFC 9051 6.3.9: a name that is no mailbox is listed only when the selection asks for it
+    (a subscription kept after DELETE), and then with \\NonExistent (which implies \\Noselect);
+    a plain LIST does not list it."""
+    def scenario() -> None:
+        rev2 = gateway.imaplib()
+        _ok(rev2, b"ENABLE IMAP4rev2")
+        _ok(rev2, "CREATE \"Grüße\"".encode())
+        _ok(rev2, "SUBSCRIBE \"Grüße\"".encode())
+        _ok(rev2, "DELETE \"Grüße\"".encode())
+        assert _ok(rev2, b'LIST (SUBSCRIBED) "" "G*"') == [
+            '* LIST (\\Subscribed \\NonExistent) "/" "Grüße"\r\n'.encode()]
+        assert _ok(rev2, b'LIST "" "G*"') == []
+        rev2.logout()
+
+    await trio.to_thread.run_sync(scenario)
