@@ -26,6 +26,7 @@ from .operations import Admin, AuthThrottle, Logging, Metrics
 from .upstreams import (
     HttpLookup,
     HttpLookupEntry,
+    ImapService,
     LdapLookup,
     LdapLookupEntry,
     LookupCache,
@@ -48,7 +49,7 @@ from .values import (
 
 __all__ = [
     "Address", "Admin", "AuthThrottle", "Certificate", "Config", "ConfigError", "Duration",
-    "Gateway", "GatewayLimits", "GatewayQuota", "HttpLookup", "HttpLookupEntry", "LdapLookup",
+    "Gateway", "GatewayLimits", "GatewayQuota", "HttpLookup", "HttpLookupEntry", "ImapService", "LdapLookup",
     "LdapLookupEntry", "ListenAddress", "Listener", "Logging", "LookupCache", "LookupEntry",
     "Metrics", "OAuth2",
     "PoolableUpstream", "ProtocolLimits", "Route", "Secret", "SecretValue", "ServicePort", "Size",

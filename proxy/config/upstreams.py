@@ -26,13 +26,23 @@ class ServicePort:
 
 
 @dataclass(frozen=True, slots=True)
+class ImapService(ServicePort):
+    """An upstream's IMAP service. `pipelined_login`: once a greeting of this upstream has
+    announced its capabilities, later logins (and the ID) are written right after the connect,
+    before the greeting is read (proxy/relay/imap_upstream.py); false waits for the greeting,
+    for servers that refuse a client speaking first (greeting-delay / early-talker defences)."""
+
+    pipelined_login: StrictBool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Upstream:
     """One upstream server, or a pool of equivalent ones (`hosts:`; `host` is then the first)."""
 
     __pydantic_config__ = STRICT
     host: StrictStr
     hosts: tuple[StrictStr, ...] = ()   # a pool: each user sticks to one (proxy/routing/pool.py)
-    imap: ServicePort | None = None
+    imap: ImapService | None = None
     pop3: ServicePort | None = None
     verify: StrictBool = True
     ca_file: Path | None = None

@@ -17,7 +17,7 @@ import base64
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ..config import Upstream
+from ..config import ImapService, Upstream
 from ..imap import NEED_DATA, Limits, ResponseParser, events, writer
 from ..net.conn import Conn
 from ..session.channel import Channel
@@ -176,17 +176,22 @@ async def connect(session: Session, name: str, upstream: Upstream,
     With `creds`, when an earlier greeting of this upstream announced its capabilities and no
     STARTTLS is to come (credentials never go out before it), the login (and the ID) is sent
     at once, built for those capabilities: the greeting and the login's reply then come back
-    in one round trip instead of two. `login()` collects its reply (`up.early`)."""
+    in one round trip instead of two. `login()` collects its reply (`up.early`). The upstream's
+    `imap.pipelined_login: false` turns this off: nothing is sent before the greeting."""
     up = UpstreamIMAP.over(await dial(session, name, upstream))
     timeouts = session.listener.timeouts
-    tls = service(upstream, "imap").tls
+    svc = service(upstream, "imap")
+    tls = svc.tls
+    pipelined = isinstance(svc, ImapService) and svc.pipelined_login and tls != "starttls"
     known = session.runtime.greeting_capabilities
+    greeted = False
     try:
-        if creds is not None and tls != "starttls" and name in known:
+        if creds is not None and pipelined and known.get(name):
             await _send_early(session, upstream, up, creds, known[name])
         with deadline(timeouts.upstream_connect, "greeting"):
             await _greeting(up, tls != "none")
-        if up.capabilities and tls != "starttls":
+        greeted = True
+        if up.capabilities and pipelined and known.get(name, True):
             if len(known) >= MAX_KNOWN_GREETINGS and name not in known:
                 known.clear()
             known[name] = up.capabilities
@@ -197,6 +202,10 @@ async def connect(session: Session, name: str, upstream: Upstream,
                 await command(up, b"%s CAPABILITY\r\n" % up.next_tag())
         return up
     except BaseException:
+        if up.early is not None and not greeted:
+            # no greeting after an early login: perhaps an early-talker defence; this
+            # runtime sends no more early logins there (`()`: known, never pipelined)
+            known[name] = ()
         await up.conn.aclose()
         raise
 
@@ -208,8 +217,8 @@ async def _send_early(session: Session, upstream: Upstream, up: UpstreamIMAP,
     up.capabilities = ()   # what counts is what this connection's greeting says
     if lines is not None:
         data, id_tag, tag = lines
-        await up.conn.send(data)
         up.early = EarlyLogin(capabilities, id_tag, tag)
+        await up.conn.send(data)
 
 
 async def _greeting(up: UpstreamIMAP, tls_required: bool) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import trio
 
 from .. import logs
-from ..config import Config, HttpLookupEntry, ServicePort, Upstream
+from ..config import Config, HttpLookupEntry, ImapService, ServicePort, Upstream
 from ..metrics import Metrics
 from .answers import Answer, LoginQuery, Lookup, LookupUnavailable, Refusal, Target
 from .cache import AnswerCache
@@ -127,7 +127,8 @@ def upstream_for(config: Config, lookup_name: str, target: Target,
         if service is not None and service.port == port and target.host in upstream.pool:
             # one of its hosts: that host only (the directory chose it), with its settings
             return name, replace(upstream, host=target.host, hosts=())
-    service = ServicePort(port=port, tls=template_service.tls if template_service else "none")
+    service = (replace(template_service, port=port) if template_service is not None
+               else ImapService(port=port) if protocol == "imap" else ServicePort(port=port))
     base = template if template is not None else Upstream(host=target.host)
     services = {"imap": None, "pop3": None, protocol: service}
     upstream = replace(base, host=target.host, hosts=(), **services)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import imaplib
 import os
+import select
 import socket
 
 import imapclient
@@ -317,5 +318,60 @@ def test_login_sent_with_the_greeting_read(proxy_factory, dovecot, later_greetin
         assert fake.wait_connection().startswith(b"P1 AUTHENTICATE PLAIN ")   # greeted first
         assert _log_in_through(proxy).startswith(b"a OK [CAPABILITY IMAP4rev1]")
         assert fake.wait_connection() == second_login
+    finally:
+        fake.close()
+
+
+def _greet_pause_upstream(pause: float = 2.0):
+    """A fake upstream with a greeting-delay defence (like Postfix postscreen's pregreet test):
+    before greeting it waits `pause` seconds for the client to speak; a client that does is
+    an early talker and is dropped (what it sent is kept). Otherwise it greets with AUTH=PLAIN
+    SASL-IR and answers the login with OK. A proxy that waits for the greeting never reaches
+    the drop, whatever the pause; one that pipelines its login is dropped within it."""
+    from . import fake_upstream
+
+    def script(conn: fake_upstream.FakeConn) -> None:
+        readable, _, _ = select.select([conn.sock], [], [], pause)
+        if readable:   # spoke before the greeting: dropped
+            conn.readline()
+            conn.file.close()   # the socket closes with it (FakeUpstream closes the socket)
+            return
+        conn.send(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] fake ready\r\n")
+        line = conn.readline()
+        if not line:   # the health check
+            return
+        conn.send(line.split(b" ", 1)[0] + b" OK [CAPABILITY IMAP4rev1] in\r\n")
+        conn.rest()
+
+    return fake_upstream.FakeUpstream(script)
+
+
+@pytest.mark.parametrize("pipelined_login", [True, False])
+def test_pipelined_login_off_waits_for_the_greeting(proxy_factory, dovecot, pipelined_login):
+    """`imap.pipelined_login: false` keeps the proxy silent until the greeting: an upstream that
+    drops early talkers serves every session. With the default (true) the second session's
+    login goes out before the greeting, is dropped, and the client gets a temporary failure;
+    the proxy then stops sending early logins to that upstream."""
+    fake = _greet_pause_upstream()
+    try:
+        config = relay_config(dovecot, listeners=("imap",), allow_plaintext_auth=True)
+        config["upstreams"]["main"]["imap"] = {"port": fake.port, "tls": "none",
+                                               "pipelined_login": pipelined_login}
+        config["upstreams"]["main"]["health_check_interval"] = "1h"
+        config["upstreams"]["main"]["forward_client_ip"] = False
+        proxy = proxy_factory(config)
+        assert fake.wait_connection() == b""   # the health check
+        login = b"P1 AUTHENTICATE PLAIN AHVzZXJAZXhhbXBsZS5jb20AcHc=\r\n"
+        assert _log_in_through(proxy).startswith(b"a OK [CAPABILITY IMAP4rev1]")
+        assert fake.wait_connection() == login   # greeted first: the capabilities are known
+        second = _log_in_through(proxy)
+        assert fake.wait_connection() == login
+        if pipelined_login:
+            assert second == b"a NO [UNAVAILABLE] Server unavailable, try again later.\r\n"
+            # no greeting after an early login: that upstream gets no more early logins
+            assert _log_in_through(proxy).startswith(b"a OK [CAPABILITY IMAP4rev1]")
+            assert fake.wait_connection() == login
+        else:
+            assert second.startswith(b"a OK [CAPABILITY IMAP4rev1]")
     finally:
         fake.close()
