@@ -79,6 +79,7 @@ class FakeUpstream:
                 self.errors.append(exc)
             finally:
                 self.received.append(bytes(conn.log))
+                conn.file.close()   # the makefile() reader holds the socket open too
                 sock.close()
                 self.connections.release()
 
