@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import functools
 import gc
 import imaplib
 import json
@@ -27,12 +26,9 @@ import time
 
 import trio
 from common import Env, make_mailbox  # noqa: E402 (puts tests/ on sys.path)
+from inprocess import gateway_listening
 
 from proxy.config import loads
-from proxy.gateway.service import open_gateway
-from proxy.metrics import Metrics
-from proxy.net.conn import Conn
-from proxy.session.context import Runtime, Session
 from support.proxyproc import relay_config
 
 
@@ -97,20 +93,7 @@ async def main(messages: int, rounds: int) -> None:
         cfg["listeners"][0]["mode"] = "gateway"
         cfg["gateway"] = {"store": str(env.root / "gateway.db"), "poll_interval": "600s"}
         config = loads(json.dumps(cfg))
-        metrics = Metrics()
-        runtime = Runtime.build(config, metrics)
-        async with open_gateway(config, metrics) as service, trio.open_nursery() as nursery:
-            async def handler(stream):
-                conn = Conn(stream)
-                session = Session(runtime, config.listeners[0], "127.0.0.1", 0, "127.0.0.1", 0)
-                try:
-                    await service.handle(session, conn)
-                finally:
-                    await conn.aclose()
-
-            listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0,
-                                                              host="127.0.0.1"))
-            port = listeners[0].socket.getsockname()[1]
+        async with gateway_listening(config) as (port, service):
             results: dict[str, list[dict[str, float]]] = {"dovecot": [], "gateway": []}
             cpu: list[float] = []
             with concurrent.futures.ProcessPoolExecutor(
@@ -133,7 +116,6 @@ async def main(messages: int, rounds: int) -> None:
                         measure, port, user, password, os.getpid()).result))
                     cpu.append(time.process_time() - before)
                 gc.callbacks.remove(pauses)
-            nursery.cancel_scope.cancel()
         print(f"{messages} messages, {rounds} rounds; load average {os.getloadavg()[0]:.1f}")
         for key in ("login", "select"):
             d, g = (statistics.median(r[f"{key}_s"] for r in results[label])

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import functools
 import imaplib
 import json
 import multiprocessing
@@ -26,12 +25,9 @@ import time
 
 import trio
 from common import Env, make_mailbox  # noqa: E402 (puts tests/ on sys.path)
+from inprocess import gateway_listening
 
 from proxy.config import loads
-from proxy.gateway.service import open_gateway
-from proxy.metrics import Metrics
-from proxy.net.conn import Conn
-from proxy.session.context import Runtime, Session
 from support.postgres import start_postgres
 from support.proxyproc import relay_config
 
@@ -64,24 +60,12 @@ async def _serve_gateway(env: Env, store: str, nursery: trio.Nursery, messages: 
     cfg["listeners"][0]["mode"] = "gateway"
     cfg["gateway"] = {"store": store, "poll_interval": "600s"}
     config = loads(json.dumps(cfg))
-    metrics = Metrics()
-    runtime = Runtime.build(config, metrics)
     ready: trio.Event = trio.Event()
     box: list[int] = []
 
     async def run() -> None:
-        async with open_gateway(config, metrics) as service, trio.open_nursery() as inner:
-            async def handler(stream):
-                conn = Conn(stream)
-                session = Session(runtime, config.listeners[0], "127.0.0.1", 0, "127.0.0.1", 0)
-                try:
-                    await service.handle(session, conn)
-                finally:
-                    await conn.aclose()
-
-            listeners = await inner.start(functools.partial(trio.serve_tcp, handler, 0,
-                                                            host="127.0.0.1"))
-            box.append(listeners[0].socket.getsockname()[1])
+        async with gateway_listening(config) as (port, service):
+            box.append(port)
             t = time.perf_counter()
             while True:   # first login ingests; later logins wait for nothing new
                 await trio.to_thread.run_sync(lambda: imaplib.IMAP4("127.0.0.1", box[0]).login(

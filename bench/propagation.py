@@ -10,7 +10,6 @@ Run: .venv/bin/python bench/propagation.py [--sessions 10 200] [--rounds 40]
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import selectors
 import socket
@@ -20,12 +19,9 @@ from typing import Callable
 
 import trio
 from common import Env, make_mailbox  # noqa: E402 (puts tests/ on sys.path)
+from inprocess import gateway_listening
 
 from proxy.config import loads
-from proxy.gateway.service import open_gateway
-from proxy.metrics import Metrics
-from proxy.net.conn import Conn
-from proxy.session.context import Runtime, Session
 from support.proxyproc import relay_config
 
 
@@ -95,20 +91,7 @@ async def main(counts: list[int], rounds: int) -> None:
         cfg["listeners"][0]["max_connections_per_ip"] = 1000
         cfg["gateway"] = {"store": str(env.root / "gateway.db"), "poll_interval": "600s"}
         config = loads(json.dumps(cfg))
-        metrics = Metrics()
-        runtime = Runtime.build(config, metrics)
-        async with open_gateway(config, metrics) as service, trio.open_nursery() as nursery:
-            async def handler(stream):
-                conn = Conn(stream)
-                session = Session(runtime, config.listeners[0], "127.0.0.1", 0, "127.0.0.1", 0)
-                try:
-                    await service.handle(session, conn)
-                finally:
-                    await conn.aclose()
-
-            listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0,
-                                                              host="127.0.0.1", backlog=1024))
-            port = listeners[0].socket.getsockname()[1]
+        async with gateway_listening(config, backlog=1024) as (port, _service):
             print(f"{'sessions':>8} {'samples':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
             for count in counts:
                 samples = sorted(await trio.to_thread.run_sync(measure, port, user, password,
@@ -116,7 +99,6 @@ async def main(counts: list[int], rounds: int) -> None:
                 p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
                 print(f"{count:8d} {len(samples):8d} {statistics.median(samples) * 1e3:8.2f} "
                       f"{p99 * 1e3:8.2f} {samples[-1] * 1e3:8.2f}")
-            nursery.cancel_scope.cancel()
     finally:
         env.close()
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import email.utils
-import functools
 import imaplib
 import json
 import multiprocessing
@@ -34,12 +33,9 @@ import time
 
 import trio
 from common import Env, Mailbox  # noqa: E402 (puts tests/ on sys.path)
+from inprocess import gateway_listening
 
 from proxy.config import loads
-from proxy.gateway.service import open_gateway
-from proxy.metrics import Metrics
-from proxy.net.conn import Conn
-from proxy.session.context import Runtime, Session
 from support.proxyproc import relay_config
 
 COMMANDS = [b"SORT (DATE) UTF-8 ALL", b"SORT (FROM) UTF-8 ALL", b"SORT (SUBJECT) UTF-8 ALL",
@@ -139,20 +135,7 @@ async def main(messages: int, repeat: int) -> None:
         cfg["listeners"][0]["mode"] = "gateway"
         cfg["gateway"] = {"store": str(env.root / "gateway.db"), "poll_interval": "600s"}
         config = loads(json.dumps(cfg))
-        metrics = Metrics()
-        runtime = Runtime.build(config, metrics)
-        async with open_gateway(config, metrics) as service, trio.open_nursery() as nursery:
-            async def handler(stream):
-                conn = Conn(stream)
-                session = Session(runtime, config.listeners[0], "127.0.0.1", 0, "127.0.0.1", 0)
-                try:
-                    await service.handle(session, conn)
-                finally:
-                    await conn.aclose()
-
-            listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0,
-                                                              host="127.0.0.1"))
-            port = listeners[0].socket.getsockname()[1]
+        async with gateway_listening(config) as (port, service):
             while True:   # the first login ingests
                 await trio.to_thread.run_sync(lambda: imaplib.IMAP4("127.0.0.1", port).login(
                     user, password))
@@ -168,7 +151,6 @@ async def main(messages: int, repeat: int) -> None:
                     measure, env.dovecot.imap_port, user, password, repeat, master, True).result)
                 ours = await trio.to_thread.run_sync(client.submit(
                     measure, port, user, password, repeat, os.getpid(), False).result)
-            nursery.cancel_scope.cancel()
         print(f"{messages} messages, {repeat} asks each; gateway speed / Dovecot's (>= 0.5x); "
               f"load average {os.getloadavg()[0]:.1f}")
         print(f"{'command':30} {'dovecot cold':>12} {'gateway cold':>12} {'ratio':>6}"
