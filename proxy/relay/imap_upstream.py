@@ -14,9 +14,11 @@ are re-read after TLS; nothing from before the handshake is trusted.
 from __future__ import annotations
 
 import base64
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .. import logs
 from ..config import ImapService, Upstream
 from ..imap import NEED_DATA, Limits, ResponseParser, events, writer
 from ..net.conn import Conn
@@ -201,10 +203,16 @@ async def connect(session: Session, name: str, upstream: Upstream,
             if not up.capabilities:
                 await command(up, b"%s CAPABILITY\r\n" % up.next_tag())
         return up
-    except BaseException:
-        if up.early is not None and not greeted:
-            # no greeting after an early login: perhaps an early-talker defence; this
-            # runtime sends no more early logins there (`()`: known, never pipelined)
+    except BaseException as exc:
+        if up.early is not None and not greeted and isinstance(exc, Exception):
+            # no greeting after an early login (not a cancelled session): perhaps an
+            # early-talker defence; this runtime sends no more early logins there (`()`:
+            # known, never pipelined), and says once how to make that permanent
+            if known.get(name) != ():
+                logs.event("upstream_pipelined_login_off", logging.WARNING, upstream=name,
+                           reason=logs.sanitize(str(exc), 120),
+                           hint=f"set upstreams.{name}.imap.pipelined_login: false if this "
+                                "upstream refuses commands sent before its greeting")
             known[name] = ()
         await up.conn.aclose()
         raise

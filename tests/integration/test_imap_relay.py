@@ -368,6 +368,10 @@ def test_pipelined_login_off_waits_for_the_greeting(proxy_factory, dovecot, pipe
         assert fake.wait_connection() == login
         if pipelined_login:
             assert second == b"a NO [UNAVAILABLE] Server unavailable, try again later.\r\n"
+            warnings = [line for line in proxy.logs().splitlines()
+                        if "event=upstream_pipelined_login_off" in line]
+            assert len(warnings) == 1 and "upstream=main" in warnings[0], warnings
+            assert "upstreams.main.imap.pipelined_login: false" in warnings[0]
             # no greeting after an early login: that upstream gets no more early logins
             assert _log_in_through(proxy).startswith(b"a OK [CAPABILITY IMAP4rev1]")
             assert fake.wait_connection() == login
