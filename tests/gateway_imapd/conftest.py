@@ -35,6 +35,26 @@ def message(n: int, subject: str | None = None, body: str | None = None, sender=
             f"\r\n{body or f'body of message {n}'}\r\n").encode()
 
 
+
+async def differences_from_dovecot(gateway, dovecot, other, compare) -> list[str]:
+    """A differential test's run: `compare(ours, theirs)` in a thread, `ours` logged in to the
+    gateway and `theirs` to Dovecot as `other` (not the gateway's user, whose POP3 INBOX must
+    stay as the test left it); both logged out after it, the gateway stopped in any case.
+    Returns what `compare` found to differ."""
+    def run() -> list[str]:
+        ours = gateway.imaplib()
+        theirs = imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=30)
+        theirs.login(*other)
+        bad = compare(ours, theirs)
+        ours.logout()
+        theirs.logout()
+        return bad
+
+    try:
+        return await trio.to_thread.run_sync(run)
+    finally:
+        await gateway.stop()
+
 class GatewayHandle:
     def __init__(self, dovecot, tmp_path, user, password, **gateway):
         cfg = relay_config(dovecot, listeners=("imap",), allow_plaintext_auth=True)

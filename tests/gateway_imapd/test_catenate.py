@@ -20,7 +20,7 @@ import re
 import trio
 from gateway_mime import wire
 
-from .conftest import GatewayHandle
+from .conftest import GatewayHandle, differences_from_dovecot
 
 _tags = itertools.count(1)
 _STATUS = re.compile(rb"^\S+ (OK|NO|BAD)(?: \[([A-Z-]+))?")
@@ -89,10 +89,7 @@ async def test_catenate_answers_like_dovecot(dovecot, tmp_path, nursery, gateway
     gateway = GatewayHandle(dovecot, tmp_path, user, password, store=gateway_store)
     await gateway.start(nursery)
 
-    def compare() -> list[str]:
-        ours = gateway.imaplib()
-        theirs = imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=30)
-        theirs.login(*other)
+    def compare(ours, theirs) -> list[str]:
         assert "CATENATE" in ours.capabilities
         uv_ours, uv_theirs = _prepare(ours), _prepare(theirs)
         bad = []
@@ -109,14 +106,9 @@ async def test_catenate_answers_like_dovecot(dovecot, tmp_path, nursery, gateway
         want, got = _holds(theirs), _holds(ours)
         if want != got:
             bad.append(f"Dst holds\n  dovecot {want}\n  gateway {got}")
-        ours.logout()
-        theirs.logout()
         return bad + ([] if len(want) == 7 else [f"Dovecot holds {len(want)}, not 7"])
 
-    try:
-        bad = await trio.to_thread.run_sync(compare)
-    finally:
-        await gateway.stop()
+    bad = await differences_from_dovecot(gateway, dovecot, other, compare)
     assert not bad, "\n".join(bad)
 
 

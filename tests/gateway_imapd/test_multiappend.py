@@ -13,10 +13,9 @@ import imaplib
 import itertools
 import re
 
-import trio
 from gateway_mime import wire
 
-from .conftest import GatewayHandle, message
+from .conftest import GatewayHandle, differences_from_dovecot, message
 
 _tags = itertools.count(1)
 _STATUS = re.compile(rb"^\S+ (OK|NO|BAD)(?: \[([A-Z-]+))?")
@@ -81,10 +80,7 @@ async def test_multiappend_answers_like_dovecot(dovecot, tmp_path, nursery, gate
     gateway = GatewayHandle(dovecot, tmp_path, user, password, store=gateway_store)
     await gateway.start(nursery)
 
-    def compare() -> list[str]:
-        ours = gateway.imaplib()
-        theirs = imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=30)
-        theirs.login(*other)
+    def compare(ours, theirs) -> list[str]:
         assert "MULTIAPPEND" in ours.capabilities
         bad = []
         for client in (ours, theirs):
@@ -100,12 +96,7 @@ async def test_multiappend_answers_like_dovecot(dovecot, tmp_path, nursery, gate
         want, got = _holds(theirs), _holds(ours)
         if want != got:
             bad.append(f"Work holds\n  dovecot {want}\n  gateway {got}")
-        ours.logout()
-        theirs.logout()
         return bad
 
-    try:
-        bad = await trio.to_thread.run_sync(compare)
-    finally:
-        await gateway.stop()
+    bad = await differences_from_dovecot(gateway, dovecot, other, compare)
     assert not bad, "\n".join(bad)

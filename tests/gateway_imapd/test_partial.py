@@ -12,7 +12,7 @@ import re
 import trio
 from gateway_mime import wire
 
-from .conftest import GatewayHandle, message
+from .conftest import GatewayHandle, differences_from_dovecot, message
 
 _tags = itertools.count(1)
 COUNT = 12
@@ -46,10 +46,7 @@ async def test_partial_answers_like_dovecot(dovecot, tmp_path, nursery, gateway_
     gateway = GatewayHandle(dovecot, tmp_path, user, password, store=gateway_store)
     await gateway.start(nursery)
 
-    def compare() -> list[str]:
-        ours = gateway.imaplib()
-        theirs = imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=30)
-        theirs.login(*other)
+    def compare(ours, theirs) -> list[str]:
         assert b"PARTIAL" in _run(ours, b"CAPABILITY")[0].split()
         for client in (ours, theirs):
             _run(client, b"CREATE Work")
@@ -63,14 +60,9 @@ async def test_partial_answers_like_dovecot(dovecot, tmp_path, nursery, gateway_
             want, got = _run(theirs, command), _run(ours, command)
             if want != got:
                 bad.append(f"{command!r}\n  dovecot {want}\n  gateway {got}")
-        ours.logout()
-        theirs.logout()
         return bad
 
-    try:
-        bad = await trio.to_thread.run_sync(compare)
-    finally:
-        await gateway.stop()
+    bad = await differences_from_dovecot(gateway, dovecot, other, compare)
     assert not bad, "\n".join(bad)
 
 

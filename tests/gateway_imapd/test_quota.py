@@ -15,7 +15,7 @@ import re
 import trio
 from gateway_mime import wire
 
-from .conftest import GatewayHandle
+from .conftest import GatewayHandle, differences_from_dovecot
 from .test_condstore import Raw
 
 QUOTA_DOVECOT = """
@@ -77,10 +77,7 @@ async def test_quota_answers_like_dovecot(dovecot_factory, tmp_path, nursery, ga
     gateway = GatewayHandle(dovecot, tmp_path, user, password, store=gateway_store, quota=QUOTA)
     await gateway.start(nursery)
 
-    def compare() -> list[str]:
-        ours = gateway.imaplib()
-        theirs = imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=30)
-        theirs.login(*other)   # not the gateway's user: its POP3 INBOX must stay empty
+    def compare(ours, theirs) -> list[str]:
         _step(theirs, b"CREATE Sent")
         for cap in ("QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE"):
             assert cap in ours.capabilities, cap
@@ -89,14 +86,9 @@ async def test_quota_answers_like_dovecot(dovecot_factory, tmp_path, nursery, ga
             want, got = _step(theirs, step), _step(ours, step)
             if want != got:
                 bad.append(f"{step!r}\n  dovecot {want}\n  gateway {got}")
-        ours.logout()
-        theirs.logout()
         return bad
 
-    try:
-        bad = await trio.to_thread.run_sync(compare)
-    finally:
-        await gateway.stop()
+    bad = await differences_from_dovecot(gateway, dovecot, other, compare)
     assert not bad, f"{len(bad)} of {len(SCRIPT)} differ:\n" + "\n".join(bad)
 
 

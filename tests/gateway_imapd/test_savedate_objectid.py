@@ -16,7 +16,7 @@ import re
 import trio
 from gateway_mime import wire
 
-from .conftest import GatewayHandle, message
+from .conftest import GatewayHandle, differences_from_dovecot, message
 
 _tags = itertools.count(1)
 OLD_DATE = b'"17-May-2020 10:30:00 +0200"'
@@ -60,11 +60,8 @@ async def test_savedate_answers_like_dovecot(dovecot, tmp_path, nursery, gateway
     gateway.deliver(message(1))
     await gateway.start(nursery)
 
-    def compare() -> list[str]:
+    def compare(ours, theirs) -> list[str]:
         today = dt.datetime.now(dt.timezone.utc).date()
-        ours = gateway.imaplib()
-        theirs = imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=30)
-        theirs.login(*other)
         for client in (ours, theirs):
             assert b"SAVEDATE" in _run(client, b"CAPABILITY")[0].split()
         bad = []
@@ -96,14 +93,9 @@ async def test_savedate_answers_like_dovecot(dovecot, tmp_path, nursery, gateway
         # ingested from POP3: saved today too
         _run(ours, b"EXAMINE INBOX")
         assert _saved_days(_run(ours, b"FETCH 1 (SAVEDATE)")) == [today]
-        ours.logout()
-        theirs.logout()
         return bad
 
-    try:
-        bad = await trio.to_thread.run_sync(compare)
-    finally:
-        await gateway.stop()
+    bad = await differences_from_dovecot(gateway, dovecot, other, compare)
     assert not bad, "\n".join(bad)
 
 
