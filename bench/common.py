@@ -271,5 +271,28 @@ def ratio(a: float, b: float) -> str:
     return f"{r:.2f}x" if r >= 0.1 else f"{r:.4f}x"
 
 
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User+system CPU of `pid` (with `children`: plus its reaped children and its live direct
+    children, which is how Dovecot's per-session imap processes are counted)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def stat(p: int) -> list[str]:
+        with open(f"/proc/{p}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+
+    fields = stat(pid)
+    total = sum(int(x) for x in fields[11:13 + (2 if children else 0)])
+    if children:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != pid:
+                try:
+                    child = stat(int(entry))
+                except OSError:
+                    continue
+                if int(child[1]) == pid:
+                    total += sum(int(x) for x in child[11:15])
+    return total / ticks
+
+
 def now() -> float:
     return time.perf_counter()

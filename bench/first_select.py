@@ -25,30 +25,11 @@ import statistics
 import time
 
 import trio
-from common import Env, make_mailbox  # noqa: E402 (puts tests/ on sys.path)
+from common import Env, cpu_seconds, make_mailbox  # noqa: E402 (puts tests/ on sys.path)
 from inprocess import gateway_listening
 
 from proxy.config import loads
 from support.proxyproc import relay_config
-
-
-def cpu_seconds(pid: int, children: bool) -> float:
-    """User+system CPU of `pid`; with `children`, plus its reaped and live direct children."""
-    def stat(p: int) -> list[str]:
-        with open(f"/proc/{p}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-
-    total = sum(int(x) for x in stat(pid)[11:15 if children else 13])
-    if children:
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) != pid:
-                try:
-                    child = stat(int(entry))
-                except OSError:
-                    continue
-                if int(child[1]) == pid:
-                    total += sum(int(x) for x in child[11:15])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def measure(port: int, user: str, password: str, server_pid: int = 0,

@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 
-from common import Env, QuietProxyProcess, Table, median, percentile, ratio  # noqa: E402
+from common import Env, QuietProxyProcess, Table, cpu_seconds, median, percentile, ratio  # noqa: E402
 from gateway_imapd.stress.model import Shared  # noqa: E402 (tests/ is on sys.path)
 from gateway_imapd.stress.run import Target, run_stress  # noqa: E402
 
@@ -45,29 +45,6 @@ def gateway(env: Env, name: str, key_file: bool) -> QuietProxyProcess:
     proc = QuietProxyProcess(cfg, env.root / f"{name}-proc", extra_args=["--log-level", "WARNING"])
     env.on_close(proc.stop)
     return proc
-
-
-def cpu_seconds(pid: int, children: bool = False) -> float:
-    """User+system CPU of `pid` (with `children`: plus its reaped children and its live direct
-    children, which is how Dovecot's per-session imap processes are counted)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-
-    def stat(p: int) -> list[str]:
-        with open(f"/proc/{p}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-
-    fields = stat(pid)
-    total = sum(int(x) for x in fields[11:13 + (2 if children else 0)])
-    if children:
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) != pid:
-                try:
-                    child = stat(int(entry))
-                except OSError:
-                    continue
-                if int(child[1]) == pid:
-                    total += sum(int(x) for x in child[11:15])
-    return total / ticks
 
 
 def main() -> None:

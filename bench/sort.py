@@ -32,7 +32,7 @@ import statistics
 import time
 
 import trio
-from common import Env, Mailbox  # noqa: E402 (puts tests/ on sys.path)
+from common import Env, Mailbox, cpu_seconds  # noqa: E402 (puts tests/ on sys.path)
 from inprocess import gateway_listening
 
 from proxy.config import loads
@@ -70,25 +70,6 @@ def thread_mailbox(count: int, seed: int = 17) -> Mailbox:
         body = "".join(rng.choice("abcdefgh ") for _ in range(rng.randint(2000, 12000)))
         messages.append((header + "\r\n" + body + "\r\n").encode())
     return Mailbox(messages)
-
-
-def cpu_seconds(pid: int, children: bool) -> float:
-    """User+system CPU of `pid`; with `children`, plus its reaped and live direct children."""
-    def stat(p: int) -> list[str]:
-        with open(f"/proc/{p}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-
-    total = sum(int(x) for x in stat(pid)[11:15 if children else 13])
-    if children:
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) != pid:
-                try:
-                    child = stat(int(entry))
-                except OSError:
-                    continue
-                if int(child[1]) == pid:
-                    total += sum(int(x) for x in child[11:15])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 Timings = dict[bytes, tuple[list[float], list[float], bytes]]   # command -> (wall, cpu, answer)
