@@ -25,7 +25,7 @@ import time
 
 import trio
 from common import Env, make_mailbox  # noqa: E402 (puts tests/ on sys.path)
-from inprocess import gateway_listening
+from inprocess import gateway_listening, log_in_until_ingested
 
 from proxy.config import loads
 from support.postgres import start_postgres
@@ -67,13 +67,7 @@ async def _serve_gateway(env: Env, store: str, nursery: trio.Nursery, messages: 
         async with gateway_listening(config) as (port, service):
             box.append(port)
             t = time.perf_counter()
-            while True:   # first login ingests; later logins wait for nothing new
-                await trio.to_thread.run_sync(lambda: imaplib.IMAP4("127.0.0.1", box[0]).login(
-                    user, password))
-                inbox = await service.store.get_mailbox(
-                    (await service.store.ensure_account("main", user)).id, "INBOX")
-                if inbox.exists >= messages:
-                    break
+            await log_in_until_ingested(service, box[0], user, password, messages)
             kind = "PostgreSQL" if store.startswith("postgresql") else "SQLite"
             print(f"{kind}: ingest of {messages} messages via POP3: "
                   f"{time.perf_counter() - t:.1f}s")

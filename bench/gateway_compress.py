@@ -26,7 +26,7 @@ import time
 
 import trio
 from common import Env, make_mailbox  # noqa: E402 (puts tests/ on sys.path)
-from inprocess import gateway_listening
+from inprocess import gateway_listening, log_in_until_ingested
 
 from proxy.config import loads
 from support.deflate_imap import DeflateIMAP4
@@ -151,13 +151,7 @@ async def _serve_gateway(env: Env, nursery: trio.Nursery, messages: int, user: s
     async def run() -> None:
         async with gateway_listening(config) as (port, service):
             box.append(port)
-            while True:   # the first login ingests
-                await trio.to_thread.run_sync(lambda: imaplib.IMAP4("127.0.0.1", box[0]).login(
-                    user, password))
-                inbox = await service.store.get_mailbox(
-                    (await service.store.ensure_account("main", user)).id, "INBOX")
-                if inbox.exists >= messages:
-                    break
+            await log_in_until_ingested(service, box[0], user, password, messages)
             ready.set()
             await trio.sleep_forever()
 

@@ -6,6 +6,7 @@ can read the gateway's own CPU and GC figures from its process."""
 from __future__ import annotations
 
 import functools
+import imaplib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -40,3 +41,16 @@ async def gateway_listening(config: Any, *, backlog: int | None = None) -> Async
             yield listeners[0].socket.getsockname()[1], service
         finally:
             nursery.cancel_scope.cancel()
+
+
+async def log_in_until_ingested(service: Any, port: int, user: str, password: str,
+                                messages: int) -> None:
+    """Log in over IMAP until the account's INBOX in the store holds `messages` messages (the
+    first login downloads the POP3 mailbox; later ones find it there)."""
+    while True:
+        await trio.to_thread.run_sync(
+            lambda: imaplib.IMAP4("127.0.0.1", port).login(user, password))
+        inbox = await service.store.get_mailbox(
+            (await service.store.ensure_account("main", user)).id, "INBOX")
+        if inbox.exists >= messages:
+            return

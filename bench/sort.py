@@ -33,7 +33,7 @@ import time
 
 import trio
 from common import Env, Mailbox, cpu_seconds  # noqa: E402 (puts tests/ on sys.path)
-from inprocess import gateway_listening
+from inprocess import gateway_listening, log_in_until_ingested
 
 from proxy.config import loads
 from support.proxyproc import relay_config
@@ -117,13 +117,7 @@ async def main(messages: int, repeat: int) -> None:
         cfg["gateway"] = {"store": str(env.root / "gateway.db"), "poll_interval": "600s"}
         config = loads(json.dumps(cfg))
         async with gateway_listening(config) as (port, service):
-            while True:   # the first login ingests
-                await trio.to_thread.run_sync(lambda: imaplib.IMAP4("127.0.0.1", port).login(
-                    user, password))
-                box = await service.store.get_mailbox(
-                    (await service.store.ensure_account("main", user)).id, "INBOX")
-                if box.exists >= messages:
-                    break
+            await log_in_until_ingested(service, port, user, password, messages)
             master = env.dovecot.master_pid or env.dovecot._read_master_pid()
             assert master is not None
             with concurrent.futures.ProcessPoolExecutor(
