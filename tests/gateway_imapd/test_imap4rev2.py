@@ -232,3 +232,29 @@ async def test_imap4rev2_subscribed_name_without_mailbox_is_nonexistent(gateway)
         rev2.logout()
 
     await trio.to_thread.run_sync(scenario)
+
+
+async def test_imap4rev2_has_no_rfc822_fetch_items(gateway):
+    """RFC 9051 appendix E deprecated the RFC822, RFC822.HEADER and RFC822.TEXT FETCH items and
+    its fetch-att has none of them (RFC822.SIZE stays): BAD in an IMAP4rev2 session, before
+    any FETCH response and without setting \\Seen; an IMAP4rev1 session keeps them."""
+    gateway.deliver(message(1))
+
+    def scenario() -> None:
+        rev2, rev1 = gateway.imaplib(), gateway.imaplib()
+        _ok(rev2, b"ENABLE IMAP4rev2")
+        for client in (rev2, rev1):
+            _ok(client, b"SELECT INBOX")
+        for command in (b"FETCH 1 RFC822", b"FETCH 1 rfc822.header", b"UID FETCH 1 (FLAGS RFC822.TEXT)",
+                        b"FETCH 1 (RFC822.SIZE RFC822)"):
+            lines, done = _run(rev2, command)
+            assert lines == [] and done.split()[1] == b"BAD", (command, lines, done)
+        assert _ok(rev2, b"FETCH 1 (FLAGS RFC822.SIZE)") == [
+            b"* 1 FETCH (FLAGS () RFC822.SIZE %d)\r\n" % len(message(1))]
+        header = _ok(rev1, b"FETCH 1 BODY.PEEK[HEADER]")[0].split(b"{", 1)[1]
+        assert _ok(rev1, b"FETCH 1 RFC822.HEADER")[0].split(b"{", 1)[1] == header
+        assert b"\\Seen" in _ok(rev1, b"FETCH 1 (RFC822.TEXT FLAGS)")[0].rsplit(b"FLAGS", 1)[1]
+        for client in (rev2, rev1):
+            client.logout()
+
+    await trio.to_thread.run_sync(scenario)

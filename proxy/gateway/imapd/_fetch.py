@@ -33,6 +33,9 @@ _SIMPLE = {b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY", b"BO
            b"PREVIEW",   # RFC 8970
            b"SAVEDATE", b"EMAILID", b"THREADID"}   # RFC 8514 4.2, RFC 8474 5
 _SETS_SEEN = {b"RFC822", b"RFC822.TEXT"}   # RFC 3501 6.4.5: these set \Seen, RFC822.HEADER does not
+# RFC 9051 appendix E: RFC822, RFC822.HEADER and RFC822.TEXT were deprecated and its fetch-att
+# (9) has none of them (RFC822.SIZE stays): BAD after ENABLE IMAP4rev2, like STATUS RECENT.
+_NOT_IN_REV2 = {b"RFC822", b"RFC822.HEADER", b"RFC822.TEXT"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +56,9 @@ class Item:
         return self.name in (b"ENVELOPE", b"BODY", b"BODYSTRUCTURE", b"RFC822.SIZE") or self.needs_body
 
 
-def parse_items(arg: object, *, uid: bool) -> list[Item]:
-    """The fetch-att list of a FETCH; UID FETCH always includes UID (RFC 3501 6.4.8)."""
+def parse_items(arg: object, *, uid: bool, rev2: bool = False) -> list[Item]:
+    """The fetch-att list of a FETCH; UID FETCH always includes UID (RFC 3501 6.4.8). `rev2`:
+    the session enabled IMAP4rev2, whose grammar lacks the RFC822 items (`_NOT_IN_REV2`)."""
     raw = arg if isinstance(arg, tuple) else (arg,)
     if not raw:
         raise Reply.bad("Empty FETCH item list")
@@ -66,6 +70,8 @@ def parse_items(arg: object, *, uid: bool) -> list[Item]:
         if not is_atom(value):
             raise Reply.bad("Invalid FETCH item")
         word = bytes(value).upper()
+        if rev2 and word in _NOT_IN_REV2:
+            raise Reply.bad(f"{word.decode()} is not in IMAP4rev2 (RFC 9051): use BODY[] sections")
         if word in _MACROS and len(raw) == 1:
             items += [Item(name) for name in _MACROS[word]]
         elif word in _SIMPLE:

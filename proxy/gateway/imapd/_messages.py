@@ -66,7 +66,7 @@ async def fetch(session, cmd):
     uid = is_uid(cmd)
     changedsince, vanished = cs.fetch_modifiers(session, cmd, uid)
     seqs = targets(session, cmd.args[0], uid)
-    items = parse_items(cmd.args[1], uid=uid)
+    items = parse_items(cmd.args[1], uid=uid, rev2=IMAP4REV2 in session.enabled)
     view = session.view
     if changedsince is not None or any(i.name == b"MODSEQ" for i in items):
         await cs.enable_condstore(session)
