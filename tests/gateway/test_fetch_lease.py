@@ -1,7 +1,8 @@
 """One fetcher per account across processes sharing a PostgreSQL store (the store's fetch lease):
 a second process skips while the first fetches; the first SIGKILLed mid-ingest releases the
 lease, and the next process finishes the job with nothing lost or duplicated. Real processes
-(tests/gateway/sync_worker.py, the sync CLI slowed down), real Dovecot, real PostgreSQL."""
+(tests/gateway/sync_worker.py, the sync CLI slowed down and stalled after its first commit, so
+the test never races it), real Dovecot, real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,31 +10,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psycopg
 import yaml
 
 from proxy.store.postgres import FETCH_LEASE_SPACE
+from support.polling import wait_for
 
 from .helpers import config_dict, corpus, digest, upstream_messages
-from .test_fetcher import WORKER, _snapshot, deliver_all
-
-POLL_S, BOUND_S = 0.05, 30.0
-
-
-def _wait_until(condition, what: str) -> None:
-    deadline = time.monotonic() + BOUND_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(POLL_S)
-
-
-def _count(url: str) -> int:
-    with psycopg.connect(url) as conn:
-        if conn.execute("SELECT to_regclass('messages')").fetchone()[0] is None:
-            return 0      # the first process has not created the schema yet
-        return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+from .test_fetcher import WORKER, _next_line, _snapshot, deliver_all
 
 
 def _lease_held(url: str) -> bool:
@@ -51,22 +36,29 @@ def test_one_fetcher_per_account_and_sigkill_releases_the_lease(dovecot, user, t
     env = dict(os.environ, MAILPROXY_PASSWORD=password)
     command = [sys.executable, str(WORKER), "--config", str(config_file), name]
 
-    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_until(lambda: _count(pg_dsn) > 0, "the first process has committed a batch")
+    # The first process commits one batch (5 messages) and then stalls, holding the lease with
+    # the next batch in flight, until it is killed: no race with the machine's speed.
+    first = subprocess.Popen(command, env=dict(env, SYNC_WORKER_STALL_AFTER="1"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    line = _next_line(first)
+    if line != b"committed 5\n":
+        first.kill()
+        raise AssertionError(f"first sync said {line!r}: {first.communicate()[1].decode()[-2000:]}")
     # While it holds the lease a second process does not fetch.
-    second = subprocess.run(command, env=env, capture_output=True, timeout=60)
+    second = subprocess.run(command, env=env, capture_output=True, timeout=120)
     assert second.returncode == 0, second.stderr.decode()[-2000:]
     assert second.stdout.startswith(b"skipped: another process is fetching"), second.stdout
-    assert first.poll() is None, "the first sync ended before it could be killed"
+    assert first.poll() is None, "the stalled first sync ended before it was killed"
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=30)
     partial = _snapshot(pg_dsn, name)
-    assert 0 < len(partial) < len(messages)
+    assert len(partial) == 5
     # PostgreSQL ends the dead process's sessions, and with them its lease.
-    _wait_until(lambda: not _lease_held(pg_dsn), "the dead process's lease is released")
-    third = subprocess.run(command, env=env, capture_output=True, timeout=120)
+    wait_for(lambda: not _lease_held(pg_dsn), "the dead process's lease to be released")
+    third = subprocess.run(command, env=env, capture_output=True, timeout=300)
     assert third.returncode == 0, third.stderr.decode()[-2000:]
-    assert third.stdout.startswith(b"fetched %d messages" % (len(messages) - len(partial)))
+    summary = third.stdout.splitlines()[-1]    # after its "committed N" lines
+    assert summary.startswith(b"fetched %d messages" % (len(messages) - len(partial))), summary
     upstream = upstream_messages(dovecot.host, dovecot.pop3_port, name, password)
     final = _snapshot(pg_dsn, name)
     assert {u: d for u, (_, d) in final.items()} == {u: digest(b) for u, b in upstream.items()}
