@@ -32,6 +32,7 @@ from .upstreams import (
     LookupCache,
     LookupEntry,
     PoolableUpstream,
+    Pop3Service,
     Route,
     ServicePort,
     Upstream,
@@ -51,7 +52,7 @@ __all__ = [
     "Address", "Admin", "AuthThrottle", "Certificate", "Config", "ConfigError", "Duration",
     "Gateway", "GatewayLimits", "GatewayQuota", "HttpLookup", "HttpLookupEntry", "ImapService", "LdapLookup",
     "LdapLookupEntry", "ListenAddress", "Listener", "Logging", "LookupCache", "LookupEntry",
-    "Metrics", "OAuth2",
+    "Metrics", "OAuth2", "Pop3Service",
     "PoolableUpstream", "ProtocolLimits", "Route", "Secret", "SecretValue", "ServicePort", "Size",
     "StoreLocation", "Timeouts", "TlsMode", "Upstream", "UpstreamAuth", "load", "loads",
 ]

@@ -36,6 +36,16 @@ class ImapService(ServicePort):
 
 
 @dataclass(frozen=True, slots=True)
+class Pop3Service(ServicePort):
+    """An upstream's POP3 service. `pipelined_login`: once this upstream's CAPA has announced
+    PIPELINING (RFC 2449 6.6) and a login method, later logins (with XCLIENT and the CAPA after
+    them) are written right after the connect, before the greeting is read
+    (proxy/relay/pop3_upstream.py); false waits for the greeting, as for IMAP."""
+
+    pipelined_login: StrictBool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Upstream:
     """One upstream server, or a pool of equivalent ones (`hosts:`; `host` is then the first)."""
 
@@ -43,7 +53,7 @@ class Upstream:
     host: StrictStr
     hosts: tuple[StrictStr, ...] = ()   # a pool: each user sticks to one (proxy/routing/pool.py)
     imap: ImapService | None = None
-    pop3: ServicePort | None = None
+    pop3: Pop3Service | None = None
     verify: StrictBool = True
     ca_file: Path | None = None
     server_name: StrictStr | None = None

@@ -14,11 +14,9 @@ are re-read after TLS; nothing from before the handshake is trusted.
 from __future__ import annotations
 
 import base64
-import logging
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .. import logs
 from ..config import ImapService, Upstream
 from ..imap import NEED_DATA, Limits, ResponseParser, events, writer
 from ..net.conn import Conn
@@ -168,9 +166,6 @@ async def wait_tagged(up: UpstreamIMAP, tag: bytes) -> events.TaggedResponse:
             raise UpstreamError(Failure.PROTOCOL, "unexpected continuation request")
 
 
-MAX_KNOWN_GREETINGS = 1024  # upstreams whose greeting capabilities a runtime remembers
-
-
 async def connect(session: Session, name: str, upstream: Upstream,
                   creds: Credentials | None = None) -> UpstreamIMAP:
     """Connect, read the greeting, STARTTLS if configured, re-read capabilities.
@@ -178,25 +173,26 @@ async def connect(session: Session, name: str, upstream: Upstream,
     With `creds`, when an earlier greeting of this upstream announced its capabilities and no
     STARTTLS is to come (credentials never go out before it), the login (and the ID) is sent
     at once, built for those capabilities: the greeting and the login's reply then come back
-    in one round trip instead of two. `login()` collects its reply (`up.early`). The upstream's
-    `imap.pipelined_login: false` turns this off: nothing is sent before the greeting."""
+    in one round trip instead of two (session/early_login.py). `login()` collects its reply
+    (`up.early`). The upstream's `imap.pipelined_login: false` turns this off: nothing is sent
+    before the greeting."""
     up = UpstreamIMAP.over(await dial(session, name, upstream))
     timeouts = session.listener.timeouts
     svc = service(upstream, "imap")
     tls = svc.tls
     pipelined = isinstance(svc, ImapService) and svc.pipelined_login and tls != "starttls"
-    known = session.runtime.greeting_capabilities
+    known = session.runtime.known_greetings
     greeted = False
     try:
-        if creds is not None and pipelined and known.get(name):
-            await _send_early(session, upstream, up, creds, known[name])
+        if creds is not None and pipelined:
+            capabilities = known.early("imap", name)
+            if capabilities:
+                await _send_early(session, upstream, up, creds, capabilities)
         with deadline(timeouts.upstream_connect, "greeting"):
             await _greeting(up, tls != "none")
         greeted = True
-        if up.capabilities and pipelined and known.get(name, True):
-            if len(known) >= MAX_KNOWN_GREETINGS and name not in known:
-                known.clear()
-            known[name] = up.capabilities
+        if pipelined:
+            known.learnt("imap", name, up.capabilities)
         with deadline(timeouts.upstream_response, "capabilities"):
             if tls == "starttls":
                 await _starttls(session, name, up)
@@ -205,15 +201,7 @@ async def connect(session: Session, name: str, upstream: Upstream,
         return up
     except BaseException as exc:
         if up.early is not None and not greeted and isinstance(exc, Exception):
-            # no greeting after an early login (not a cancelled session): perhaps an
-            # early-talker defence; this runtime sends no more early logins there (`()`:
-            # known, never pipelined), and says once how to make that permanent
-            if known.get(name) != ():
-                logs.event("upstream_pipelined_login_off", logging.WARNING, upstream=name,
-                           reason=logs.sanitize(str(exc), 120),
-                           hint=f"set upstreams.{name}.imap.pipelined_login: false if this "
-                                "upstream refuses commands sent before its greeting")
-            known[name] = ()
+            known.refused("imap", name, exc)   # not for a cancelled session
         await up.conn.aclose()
         raise
 

@@ -49,7 +49,7 @@ async def _attempt(session: Session, creds: Credentials, name: str, upstream: Up
                    ) -> tuple[UpstreamPOP3 | Failure, bytes, bytes | None]:
     """Connect and log in upstream; the connection is the caller's only on success. A refusal
     comes with the upstream's SASL error challenge, if it sent one."""
-    up = await connect(session, name, upstream)
+    up = await connect(session, name, upstream, creds)
     try:
         with deadline(session.listener.timeouts.upstream_response, "login"):
             status = await login(session, upstream, up, creds)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from ..config import Upstream
+from ..config import Pop3Service, Upstream
 from ..net.conn import Conn
 from ..pop3 import NEED_DATA, ResponseParser, events, writer
 from ..session.channel import Channel
@@ -35,6 +35,7 @@ class UpstreamPOP3:
     capabilities: tuple[bytes, ...] = ()
     xclient: bool = False
     sasl_challenge: bytes | None = None  # a token login's error challenge (base64 JSON)
+    early: _Early | None = None  # a login in flight since the connect
 
     @classmethod
     def over(cls, conn: Conn) -> UpstreamPOP3:
@@ -86,28 +87,62 @@ async def _request(up: UpstreamPOP3, line: bytes, multiline: bool,
 async def read_capa(up: UpstreamPOP3) -> None:
     body: list[bytes] = []
     status = await _request(up, b"CAPA\r\n", True, body)
-    lines = b"".join(body).split(b"\r\n")
-    up.capabilities = tuple(line for line in lines if line) if status.ok else ()
+    up.capabilities = _capabilities(body) if status.ok else ()
 
 
-async def connect(session: Session, name: str, upstream: Upstream) -> UpstreamPOP3:
+def _capabilities(body: list[bytes]) -> tuple[bytes, ...]:
+    return tuple(line for line in b"".join(body).split(b"\r\n") if line)
+
+
+async def connect(session: Session, name: str, upstream: Upstream,
+                  creds: Credentials | None = None) -> UpstreamPOP3:
+    """Connect, read the greeting and CAPA, STLS if configured (then CAPA again).
+
+    With `creds`, when an earlier CAPA of this upstream announced PIPELINING and a login
+    method (session/early_login.py) and no STLS is to come, XCLIENT (when forwarding), the
+    login and the CAPA after it are written at once, built for those capabilities: greeting,
+    verdict and capabilities come back in one round trip instead of four. `login()` collects
+    the replies (`up.early`). `pop3.pipelined_login: false` turns this off."""
     up = UpstreamPOP3.over(await dial(session, name, upstream))
     timeouts = session.listener.timeouts
+    svc = service(upstream, "pop3")
+    pipelined = isinstance(svc, Pop3Service) and svc.pipelined_login and svc.tls != "starttls"
+    known = session.runtime.known_greetings
+    greeted = False
     try:
+        if creds is not None and pipelined:
+            await _send_early(session, upstream, up, creds, known.early("pop3", name))
         with deadline(timeouts.upstream_connect, "greeting"):
             greeting = await _status(up)
+        greeted = True
         if not greeting.ok:
             raise UpstreamError(Failure.UPSTREAM, "upstream greeting was -ERR")
         up.xclient = greeting.code == b"XCLIENT"
+        if up.early is not None:
+            return up   # the capabilities come with the login's replies
         with deadline(timeouts.upstream_response, "capabilities"):
             await read_capa(up)
-            if service(upstream, "pop3").tls == "starttls":
+            if svc.tls == "starttls":
                 await _stls(session, name, up)
                 await read_capa(up)
+        if pipelined:
+            known.learnt("pop3", name, up.capabilities + ((b"XCLIENT",) if up.xclient else ()))
         return up
-    except BaseException:
+    except BaseException as exc:
+        if up.early is not None and not greeted and isinstance(exc, Exception):
+            known.refused("pop3", name, exc)   # not for a cancelled session
         await up.conn.aclose()
         raise
+
+
+async def _send_early(session: Session, upstream: Upstream, up: UpstreamPOP3,
+                      creds: Credentials, capabilities: tuple[bytes, ...]) -> None:
+    up.capabilities = capabilities
+    written = _pipelined_login(session, upstream, up, creds)
+    up.capabilities = ()   # what counts is what this connection says
+    if written is not None:
+        up.early = _Early(capabilities, written)
+        await up.conn.send(written.data)
 
 
 async def _stls(session: Session, name: str, up: UpstreamPOP3) -> None:
@@ -117,13 +152,71 @@ async def _stls(session: Session, name: str, up: UpstreamPOP3) -> None:
     up.capabilities = ()  # RFC 2595 4: what was learnt before TLS is not trusted
 
 
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """A login written in one go: its bytes, whether XCLIENT leads it, and how many
+    single-line replies the login itself gets (AUTH PLAIN 1, USER/PASS 2); CAPA follows."""
+
+    data: bytes
+    xclient: bool
+    replies: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Early:
+    """A login written before the greeting was read, built for `capabilities`."""
+
+    capabilities: tuple[bytes, ...]
+    written: _Written
+
+
+def _pipelined_login(session: Session, upstream: Upstream, up: UpstreamPOP3,
+                     creds: Credentials) -> _Written | None:
+    """XCLIENT (when forwarding), the login and CAPA in one write, when up's capabilities
+    allow it: PIPELINING (RFC 2449 6.6) and AUTH PLAIN with its initial response (RFC 5034 4)
+    or USER/PASS with a password a PASS line can carry. None otherwise. The parser is told
+    what to expect in order."""
+    if creds.mechanism in TOKEN_MECHANISMS or not up.has(b"PIPELINING"):
+        return None
+    if b"PLAIN" in up.sasl_mechanisms():
+        login = writer.command(b"AUTH", b"PLAIN", encode_plain(creds.user, creds.password))
+        replies = 1
+    elif up.has(b"USER") and not any(c in creds.password for c in b"\r\n\0"):
+        login = writer.command(b"USER", creds.user.encode()) + b"PASS " + creds.password + b"\r\n"
+        replies = 2
+    else:
+        return None
+    xclient = upstream.forward_client_ip and (up.xclient or up.has(b"XCLIENT"))
+    prefix = _xclient_line(session) if xclient else b""
+    parser = up.channel.parser
+    for _ in range(replies + xclient):
+        parser.expect(False)
+    parser.expect(True)
+    return _Written(prefix + login + b"CAPA\r\n", xclient, replies)
+
+
+def _xclient_line(session: Session) -> bytes:
+    return b"XCLIENT ADDR=%s PORT=%d\r\n" % (session.client_ip.encode(), session.client_port)
+
+
 async def login(session: Session, upstream: Upstream, up: UpstreamPOP3,
                 creds: Credentials) -> events.StatusLine:
-    """XCLIENT (when forwarding), then AUTH PLAIN or USER/PASS; then CAPA on success. Bounded
-    by the caller's deadline()."""
+    """XCLIENT (when forwarding), then AUTH PLAIN or USER/PASS; then CAPA on success (all in
+    one write with PIPELINING). Bounded by the caller's deadline(). A login written early
+    (`connect`) is answered here; if it failed and the CAPA after it shows other capabilities
+    than it was built for, it is done again for those."""
+    early, up.early = up.early, None
+    if early is not None:
+        status = await _login_replies(up, early.written)
+        if status.ok or not up.capabilities or _same(up.capabilities, early.capabilities):
+            return status   # (no capabilities: the CAPA was not answered)
+    if creds.mechanism not in TOKEN_MECHANISMS:
+        written = _pipelined_login(session, upstream, up, creds)
+        if written is not None:
+            await up.conn.send(written.data)
+            return await _login_replies(up, written)
     if upstream.forward_client_ip and (up.xclient or up.has(b"XCLIENT")):
-        line = b"XCLIENT ADDR=%s PORT=%d\r\n" % (session.client_ip.encode(), session.client_port)
-        status = await _request(up, line, False)
+        status = await _request(up, _xclient_line(session), False)
         if not status.ok:
             raise UpstreamError(Failure.UPSTREAM, "upstream refused XCLIENT")
     if creds.mechanism in TOKEN_MECHANISMS:
@@ -137,15 +230,6 @@ async def login(session: Session, upstream: Upstream, up: UpstreamPOP3,
     if plain:
         status = await _request(up, writer.command(b"AUTH", b"PLAIN", encode_plain(
             creds.user, creds.password)), False)
-    elif up.has(b"PIPELINING"):
-        up.channel.parser.expect(False)
-        up.channel.parser.expect(False)
-        await up.conn.send(writer.command(b"USER", creds.user.encode()) +
-                           b"PASS " + creds.password + b"\r\n")
-        first = await _status(up)
-        status = await _status(up)
-        if not first.ok:
-            status = first
     else:
         status = await _request(up, writer.command(b"USER", creds.user.encode()), False)
         if status.ok:
@@ -153,6 +237,32 @@ async def login(session: Session, upstream: Upstream, up: UpstreamPOP3,
     if status.ok:
         await read_capa(up)  # RFC 2449 5: capabilities may change after login
     return status
+
+
+async def _login_replies(up: UpstreamPOP3, written: _Written) -> events.StatusLine:
+    """The replies to a pipelined login: XCLIENT's, the login's, and the CAPA's that followed
+    (after a refused login, the capabilities before login)."""
+    if written.xclient and not (await _status(up)).ok:
+        raise UpstreamError(Failure.UPSTREAM, "upstream refused XCLIENT")
+    status = await _status(up)
+    if written.replies == 2:
+        second = await _status(up)   # PASS (after a refused USER: its -ERR)
+        if status.ok:
+            status = second
+    body: list[bytes] = []
+    try:
+        capa = await _status(up, body)
+    except UpstreamError:
+        if status.ok:
+            raise
+        return status   # closed after the refusal: the verdict stands
+    up.capabilities = _capabilities(body) if capa.ok else ()
+    return status
+
+
+def _same(capabilities: tuple[bytes, ...], remembered: tuple[bytes, ...]) -> bool:
+    """Whether CAPA says what was remembered (`connect` adds the greeting's XCLIENT to it)."""
+    return set(capabilities) - {b"XCLIENT"} == set(remembered) - {b"XCLIENT"}
 
 
 async def _auth_token(up: UpstreamPOP3, creds: Credentials) -> events.StatusLine:

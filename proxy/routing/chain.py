@@ -23,7 +23,7 @@ from typing import Any
 import trio
 
 from .. import logs
-from ..config import Config, HttpLookupEntry, ImapService, ServicePort, Upstream
+from ..config import Config, HttpLookupEntry, ImapService, Pop3Service, Upstream
 from ..metrics import Metrics
 from .answers import Answer, LoginQuery, Lookup, LookupUnavailable, Refusal, Target
 from .cache import AnswerCache
@@ -128,7 +128,7 @@ def upstream_for(config: Config, lookup_name: str, target: Target,
             # one of its hosts: that host only (the directory chose it), with its settings
             return name, replace(upstream, host=target.host, hosts=())
     service = (replace(template_service, port=port) if template_service is not None
-               else ImapService(port=port) if protocol == "imap" else ServicePort(port=port))
+               else ImapService(port=port) if protocol == "imap" else Pop3Service(port=port))
     base = template if template is not None else Upstream(host=target.host)
     services = {"imap": None, "pop3": None, protocol: service}
     upstream = replace(base, host=target.host, hosts=(), **services)  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from ..net.tls import ServerTLS, UpstreamTLS
 from ..oauth2 import Brokers
 from ..routing.chain import Lookups, tls_settings
 from ..routing.pool import HostHealth
+from .early_login import KnownGreetings
 from .failures import Close
 from .routing import log_user
 from .upstream import Connector, tcp_connect
@@ -90,10 +91,9 @@ class Runtime:
     lookups: Lookups | None = None    # this config's `lookups:` (proxy/routing), asked first
     host_health: HostHealth = field(default_factory=HostHealth)  # pool hosts (Health.hosts)
     oauth2: Brokers = field(default_factory=Brokers)  # brokered upstream logins (proxy/oauth2)
-    # upstream name -> the capabilities its last IMAP greeting announced (relay/imap_upstream.py
-    # sends the login with the greeting's read when it knows them); per runtime, so a reload
-    # forgets them
-    greeting_capabilities: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
+    # what each upstream announced before login (early logins, session/early_login.py); per
+    # runtime, so a reload forgets them
+    known_greetings: KnownGreetings = field(default_factory=KnownGreetings)
 
     @classmethod
     def build(cls, config: Config, metrics: Metrics | None = None, *,

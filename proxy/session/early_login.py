@@ -1,0 +1,55 @@
+"""What each upstream announced before login, remembered so that later logins go out early.
+
+Theory of operation: the relay's first session to an upstream learns its capabilities the
+ordinary way (the IMAP greeting's CAPABILITY code; the POP3 CAPA before login). Later sessions
+write their login right after the connect, built for those capabilities, and read the greeting
+and the verdict in one round trip (relay/imap_upstream.py, relay/pop3_upstream.py). An upstream
+that sends no greeting after such an early login (a greeting-delay / early-talker defence) is
+marked `()`, "known, never early", until the next reload, and one warning names the setting
+that makes this permanent (`upstreams.NAME.<protocol>.pipelined_login: false`). At most
+MAX_KNOWN_GREETINGS upstreams are remembered per runtime (lookups can name many).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .. import logs
+
+__all__ = ["MAX_KNOWN_GREETINGS", "KnownGreetings"]
+
+MAX_KNOWN_GREETINGS = 1024
+
+
+class KnownGreetings:
+    """(protocol, upstream name) -> the capabilities announced before login; `()` = never early."""
+
+    __slots__ = ("_known",)
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str], tuple[bytes, ...]] = {}
+
+    def early(self, protocol: str, name: str) -> tuple[bytes, ...]:
+        """The capabilities to build an early login for; () when none may be sent."""
+        return self._known.get((protocol, name), ())
+
+    def learnt(self, protocol: str, name: str, capabilities: tuple[bytes, ...]) -> None:
+        """What a greeting (or CAPA) announced, unless early logins there were turned off."""
+        key = (protocol, name)
+        known = self._known
+        if not capabilities or known.get(key) == ():
+            return
+        if len(known) >= MAX_KNOWN_GREETINGS and key not in known:
+            known.clear()
+        known[key] = capabilities
+
+    def refused(self, protocol: str, name: str, exc: BaseException) -> None:
+        """No greeting came after an early login: none more for this upstream until a reload;
+        said once, with how to make it permanent."""
+        key = (protocol, name)
+        if self._known.get(key) != ():
+            logs.event("upstream_pipelined_login_off", logging.WARNING, upstream=name,
+                       reason=logs.sanitize(str(exc), 120),
+                       hint=f"set upstreams.{name}.{protocol}.pipelined_login: false if this "
+                            "upstream refuses commands sent before its greeting")
+        self._known[key] = ()
