@@ -1,13 +1,16 @@
 """A/B of the relay's per-command cost: this tree's mailproxy against another revision's, in one run.
 
     .venv/bin/python bench/ab_relay.py [--base REV] [--rounds 7] [--noops 2000] [--messages 300]
+                                       [--sessions 200] [--only SEQ CONC POP3LOGIN NOOP POP3 FETCH]
 
 On a shared, loaded machine wall-clock figures move with the load, so the two proxies run side by
 side against one private Dovecot, their rounds interleaved (direct, base, this, direct, base, ...),
-and the figure that matters is the proxy's **CPU per operation** from /proc (utime + stime of the
-proxy process over the round, divided by the operations): per relayed NOOP, per MB of a POP3
-download (USER/PASS, STAT, UIDL, RETR all, QUIT) and per MB of a bulk `UID FETCH 1:* BODY.PEEK[]`.
-Latency (NOOP p50) and throughput are printed too, with the load average before and after.
+and the figure that matters is the proxy's **CPU per operation** from /proc (the CPU time of every
+thread of the proxy over the round, divided by the operations): per IMAP session (connect, LOGIN,
+SELECT INBOX, LOGOUT) run one after the other (SEQ) and from 16 threads (CONC), per POP3 login
+session (USER/PASS, STAT, QUIT; POP3LOGIN), per relayed NOOP, per MB of a POP3 download
+(USER/PASS, STAT, UIDL, RETR all, QUIT) and per MB of a bulk `UID FETCH 1:* BODY.PEEK[]`.
+Sessions/s, latency (NOOP p50) and throughput are printed too, with the load average.
 
 The base revision (default `main`) is exported with `git archive` into a temporary directory and
 run from there (`python -c ... runpy.run_module("proxy")` with that directory first on sys.path),
@@ -23,11 +26,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from clients import Imap, pop3_download  # noqa: E402
+from clients import Imap, Pop3, imap_session, pop3_download  # noqa: E402
 from common import REPO_ROOT, Env, QuietProxyProcess, interleave, make_mailbox, median, percentile  # noqa: E402
 
 RUN_FROM = ("import runpy, sys; sys.path.insert(0, {root!r}); sys.argv[0] = 'mailproxy'; "
@@ -106,6 +110,48 @@ def fetch_round(port: int, user: str, password: str, expected: str, pid: int | N
     return {"mbps": total / elapsed / 1e6, "cpu": cpu}
 
 
+def sessions_round(port: int, session, count: int, threads: int, pid: int | None) -> dict:
+    """`count` sessions (`session(port)`) from `threads` threads: sessions/s and CPU ms each."""
+    per = [count // threads + (1 if i < count % threads else 0) for i in range(threads)]
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for _ in range(n):
+                session(port)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in per]
+    c0, t0 = (cpu_seconds(pid) if pid else 0.0), time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    cpu = (cpu_seconds(pid) - c0) / count * 1e3 if pid else float("nan")
+    return {"rate": count / elapsed, "cpu": cpu}
+
+
+def pop3_login(port: int, user: str, password: str) -> None:
+    pop = Pop3(port)
+    try:
+        pop.command(b"USER " + user.encode())
+        pop.command(b"PASS " + password.encode())
+        pop.command(b"STAT")
+        pop.command(b"QUIT")
+    finally:
+        pop.sock.close()
+
+
+RUNS = ("SEQ", "CONC", "POP3LOGIN", "NOOP", "POP3", "FETCH")
+SPEED = {"SEQ": ("rate", "ms CPU per session"), "CONC": ("rate", "ms CPU per session"),
+         "POP3LOGIN": ("rate", "ms CPU per session"), "NOOP": ("p50_us", "us CPU per NOOP"),
+         "POP3": ("mbps", "ms CPU per MB"), "FETCH": ("mbps", "ms CPU per MB")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,6 +159,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--noops", type=int, default=2000)
     parser.add_argument("--messages", type=int, default=300)
+    parser.add_argument("--sessions", type=int, default=200, help="sessions per SEQ/CONC round")
+    parser.add_argument("--only", nargs="*", choices=RUNS, default=list(RUNS))
     args = parser.parse_args()
     head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
@@ -131,22 +179,32 @@ def main() -> None:
             for label, proc in procs.items():
                 ports[label] = (proc.port("imap"), proc.port("pop3"), proc.pid)
             sha = mailbox.sha256
+            sessions = args.sessions
             runs = {
+                "SEQ": lambda p: sessions_round(p[0], lambda port: imap_session(port, user, password),
+                                                sessions, 1, p[2]),
+                "CONC": lambda p: sessions_round(p[0], lambda port: imap_session(port, user, password),
+                                                 sessions, 16, p[2]),
+                "POP3LOGIN": lambda p: sessions_round(p[1], lambda port: pop3_login(port, user, password),
+                                                      sessions, 1, p[2]),
                 "NOOP": lambda p: noop_round(p[0], user, password, args.noops, p[2]),
                 "POP3": lambda p: pop3_round(p[1], user, password, sha, p[2]),
                 "FETCH": lambda p: fetch_round(p[0], user, password, sha, p[2]),
             }
-            for name, run in runs.items():
+            for port in ports.values():   # warm-up: early logins learnt
+                imap_session(port[0], user, password)
+                pop3_login(port[1], user, password)
+            for name in args.only:
+                run = runs[name]
                 results = interleave(args.rounds, {label: (lambda p=p, run=run: run(p))
                                                    for label, p in ports.items()})
-                speed = "p50_us" if name == "NOOP" else "mbps"
-                unit = "us CPU per NOOP" if name == "NOOP" else "ms CPU per MB"
+                speed, unit = SPEED[name]
                 cells = []
                 for label, rs in results.items():
                     cpu = median([r["cpu"] for r in rs])
-                    cpus = sorted(round(r["cpu"], 1) for r in rs)
+                    cpus = sorted(round(r["cpu"], 2) for r in rs)
                     cells.append(f"{label}: {speed} {median([r[speed] for r in rs]):.1f}"
-                                 + ("" if label == "direct" else f", {unit} {cpu:.1f} {cpus}"))
+                                 + ("" if label == "direct" else f", {unit} {cpu:.2f} {cpus}"))
                 print(f"{name}: " + "; ".join(cells) + f"  (load {os.getloadavg()[0]:.1f})", flush=True)
     finally:
         shutil.rmtree(base_root, ignore_errors=True)
