@@ -2,12 +2,14 @@
 and per POP3 RETR. Not a test, not a benchmark: it prints shares of samples, not speeds.
 
     .venv/bin/pip install py-spy
-    .venv/bin/python bench/profile_relay.py [--seconds 20] [--rate 250] [--out DIR]
+    .venv/bin/python bench/profile_relay.py [--seconds 20] [--rate 250] [--out DIR] [--tls] [--base REV]
 
 For each workload, one client loops against a private Dovecot through mailproxy (metrics on, as
 shipped) while `py-spy record --format raw --nolineno` samples the proxy process (idle samples, i.e.
 the event loop waiting in epoll, are not recorded by py-spy). The raw stacks are kept in DIR and
 summarised: top functions by own samples and by total (inclusive) samples, as shares of all samples.
+`--tls`: the client speaks implicit TLS to the proxy (relayed in clear to Dovecot). `--base REV`:
+profile another revision's proxy (exported as bench/ab_relay.py does) instead of this tree's.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import threading
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from clients import Imap, imap_session, pop3_download  # noqa: E402
-from common import Env, make_mailbox, small_mailbox  # noqa: E402
+from ab_relay import export, proxy_from  # noqa: E402
+from clients import Imap, client_tls_context, imap_session, pop3_download  # noqa: E402
+from common import Env, make_mailbox, small_mailbox, tls_listener  # noqa: E402
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*)\)$")
 
@@ -101,23 +104,31 @@ def main() -> None:
     parser.add_argument("--gil", action="store_true",
                         help="only samples holding the GIL (drops time in syscalls and runnable waits)")
     parser.add_argument("--only", nargs="*", default=["login", "noop", "retr"])
+    parser.add_argument("--tls", action="store_true", help="implicit TLS from the client")
+    parser.add_argument("--base", default=None, help="profile this revision's proxy instead")
     args = parser.parse_args()
     out = args.out or pathlib.Path(tempfile.mkdtemp(prefix="mailproxy-profile-"))
     out.mkdir(parents=True, exist_ok=True)
-    with Env("profile") as env:
+    base_root = export(args.base) if args.base else None
+    with Env("profile", tls=args.tls) as env:
         sess_user, sess_pw = env.user_with(small_mailbox(10))
         box = make_mailbox(args.messages) if "retr" in args.only else None
         bulk_user, bulk_pw = env.user_with(box) if box else ("", "")
-        proxy = env.proxy([{"name": "imap", "protocol": "imap"}, {"name": "pop3", "protocol": "pop3"}],
-                          metrics=True)
+        if args.tls:
+            listeners = [tls_listener(env, "imap", "imap"), tls_listener(env, "pop3", "pop3")]
+            ctx = client_tls_context(str(env.ca_file))
+        else:
+            listeners = [{"name": "imap", "protocol": "imap"}, {"name": "pop3", "protocol": "pop3"}]
+            ctx = None
+        proxy = proxy_from(env, base_root, listeners)
         imap_port, pop3_port = proxy.port("imap"), proxy.port("pop3")
-        imap_session(imap_port, sess_user, sess_pw)  # warm-up
+        imap_session(imap_port, sess_user, sess_pw, ctx)  # warm-up
         workloads = {
-            "login": lambda: imap_session(imap_port, sess_user, sess_pw),
-            "retr": lambda: pop3_download(pop3_port, bulk_user, bulk_pw),
+            "login": lambda: imap_session(imap_port, sess_user, sess_pw, ctx),
+            "retr": lambda: pop3_download(pop3_port, bulk_user, bulk_pw, ctx),
         }
         if "noop" in args.only:
-            client = Imap(imap_port)
+            client = Imap(imap_port, ctx)
             client.login(sess_user, sess_pw)
             client.command(b"SELECT INBOX")
             workloads["noop"] = lambda: client.noop_rtt_ns(200)
@@ -127,6 +138,8 @@ def main() -> None:
             record(proxy.pid, args.seconds, args.rate, raw, workloads[name], args.gil)
             summarise(raw, args.top)
         print(f"raw stacks in {out}")
+    if base_root is not None:
+        shutil.rmtree(base_root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -76,3 +76,41 @@ def _hello_alpn(hello: _Reader) -> tuple[bytes, ...]:
                 offered.append(names.vector(1))
             return tuple(offered)
     return ()
+
+
+MAX_CLIENT_HELLO = 64 * 1024  # bytes recorded before giving up on reading the ALPN offer
+
+
+class AlpnOfferReader:
+    """The ALPN offer of a ClientHello, from the connection's first bytes as they arrive.
+
+    `offered`: None until the ClientHello is complete, then the offered protocols (() for no ALPN
+    extension). `unreadable`: the bytes were not a ClientHello we could read (malformed, larger
+    than MAX_CLIENT_HELLO, or the connection ended first). `done` once either is known; later
+    bytes are ignored.
+    """
+
+    __slots__ = ("offered", "unreadable", "_buffer")
+
+    def __init__(self) -> None:
+        self.offered: tuple[bytes, ...] | None = None
+        self.unreadable = False
+        self._buffer = bytearray()
+
+    @property
+    def done(self) -> bool:
+        return self.offered is not None or self.unreadable
+
+    def feed(self, data: bytes) -> None:
+        """Bytes received from the client; b"" when it closed the connection."""
+        if self.done:
+            return
+        self._buffer += data
+        try:
+            self.offered = client_hello_alpn(bytes(self._buffer))
+        except ValueError:
+            self.unreadable = True
+        if not data or len(self._buffer) > MAX_CLIENT_HELLO:
+            self.unreadable = self.unreadable or self.offered is None
+        if self.done:
+            self._buffer = bytearray()

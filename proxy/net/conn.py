@@ -8,8 +8,10 @@ checkpoint every CHECKPOINT_EVERY operations so a busy session still yields to t
 still sees cancellation. A read shorter than asked for emptied the socket, so the next receive
 waits for readiness first instead of trying a read that would only fail with EAGAIN (two of the
 four reads of a relayed command did). trio's own stream methods checkpoint on every call, which is most of
-the cost of relaying a small command. TLS streams (and streams with a PROXY-header prefix) go
-through trio's stream API.
+the cost of relaying a small command. TLS is `TLSStream` below: the same raw-socket I/O
+driving a sans-IO `tls_engine.TLSEngine` (ssl.SSLObject + memory BIOs), so a TLS read or write
+costs the system call and the crypto, not trio's generic stream machinery. Other streams
+(COMPRESS, tests' memory streams) go through trio's stream API.
 
 Concurrent writers (a relay pump and a timeout or drain notice) take turns on a parking lot
 instead of raising BusyResourceError. Broken or closed peers read as EOF (b"") and writes to
@@ -20,8 +22,11 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 
 import trio
+
+from .tls_engine import TLSEngine
 
 RECEIVE_SIZE = 256 * 1024      # read size of trio streams, and the fast path's smallest
 MAX_RECEIVE_SIZE = 1024 * 1024  # the fast path's largest read, reached during bulk transfers
@@ -80,10 +85,7 @@ class Conn:
         """Read size follows the traffic: bulk transfers get large reads (fewer system calls
         and sends), small commands small buffers."""
         self._drained = got < self._size
-        if got == self._size and self._size < MAX_RECEIVE_SIZE:
-            self._size *= 2
-        elif got < self._size // 8 and self._size > RECEIVE_SIZE:
-            self._size //= 2
+        self._size = _next_read_size(self._size, got)
 
     async def send(self, data: bytes | bytearray | memoryview) -> bool:
         """Write everything; False (and the connection marked closed) if the peer is gone."""
@@ -137,7 +139,7 @@ class Conn:
         the "lingering close" of HTTP servers. Plain TCP only (a TLS stream cannot half-close); shielded and
         bounded, so it is safe in a `finally` of a cancelled session. On a plain socket the
         common case (the client has already closed) costs two system calls and no wait."""
-        if self.closed or self.eof or isinstance(self.stream, trio.SSLStream):
+        if self.closed or self.eof or isinstance(self.stream, TLSStream):
             return  # (a peer that already closed has nothing left to send)
         fd = self._fd
         if fd is not None:
@@ -169,7 +171,7 @@ class Conn:
         TLS session, RFC 8446 6.1; OpenSSL 3 peers report "unexpected eof" without it), bounded
         and shielded so that closing never blocks on a peer that does not read."""
         self.closed = True
-        if isinstance(self.stream, trio.SSLStream):
+        if isinstance(self.stream, TLSStream):
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_NOTIFY_TIMEOUT):
                 try:
                     await self.stream.aclose()
@@ -180,6 +182,15 @@ class Conn:
             self.stream.socket.close()
             return
         await trio.aclose_forcefully(self.stream)
+
+
+def _next_read_size(size: int, got: int) -> int:
+    """The fast path's next read size after a read of `size` gave `got` bytes."""
+    if got == size and size < MAX_RECEIVE_SIZE:
+        return size * 2
+    if got < size // 8 and size > RECEIVE_SIZE:
+        return size // 2
+    return size
 
 
 def _plain_socket_fd(stream: trio.abc.Stream) -> int | None:
@@ -214,5 +225,198 @@ class PrefixedStream(trio.abc.Stream):
         if send_eof is not None:
             await send_eof()
 
+    def unwrap(self) -> tuple[bytes, trio.abc.Stream]:
+        """(the bytes not yet returned, the wrapped stream), for a TLSStream that takes over."""
+        prefix, self._prefix = self._prefix, b""
+        return prefix, self.transport_stream
+
     async def aclose(self) -> None:
         await self.transport_stream.aclose()
+
+
+class TLSStream(trio.abc.Stream):
+    """TLS over a trio stream: a sans-IO TLSEngine driven from the raw socket when the transport
+    is a plain TCP stream (non-blocking reads as large as Conn's fast path, one write per batch
+    of records, a checkpoint every CHECKPOINT_EVERY operations), else through the transport's
+    own stream API. Made by net.tls.server_handshake / client_handshake, which run
+    `do_handshake`.
+
+    Errors: a TLS error or a transport failure raises trio.BrokenResourceError (from the
+    ssl.SSLError or OSError), a peer's close_notify reads as b"", an EOF without one is broken.
+    Writes are serialised (records must reach the socket in the order they were encrypted): a
+    writer or a read that has TLS bytes to send (TLS 1.3 tickets, a KeyUpdate answer) waits while
+    another task is sending. `aclose` sends our close_notify without waiting for the peer's (the
+    caller bounds it: Conn.aclose, CLOSE_NOTIFY_TIMEOUT), then closes the transport.
+    """
+
+    def __init__(self, transport: trio.abc.Stream, engine: TLSEngine):
+        prefix = b""
+        if isinstance(transport, PrefixedStream):
+            prefix, transport = transport.unwrap()
+        self.transport_stream = transport
+        self.engine = engine
+        self._fd = _plain_socket_fd(transport)
+        self._ops = 0
+        self._size = RECEIVE_SIZE
+        self._drained = False  # the last raw read emptied the socket
+        self._flushing = False  # a task is writing the engine's output to the transport
+        self._lot: trio.lowlevel.ParkingLot | None = None  # made when a second sender waits
+        self._broken = False
+        self._closed = False
+        if prefix:
+            engine.receive_data(prefix)
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject:
+        return self.engine.ssl_object
+
+    async def do_handshake(self) -> None:
+        """Run the handshake to its end. Raises ssl.SSLError (what OpenSSL refused, the alert
+        sent to the peer when possible) or trio.BrokenResourceError (the transport failed)."""
+        engine = self.engine
+        while True:
+            try:
+                done = engine.handshake()
+            except ssl.SSLError:
+                self._broken = True
+                self._send_alert()
+                raise
+            if engine.wants_send:
+                await self._flush()
+            if done:
+                return
+            await self._fill()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._closed:
+            raise trio.ClosedResourceError("the TLS stream was closed")
+        engine = self.engine
+        if not engine.handshake_done:
+            await self.do_handshake()
+        filled = False
+        while True:
+            try:
+                data = engine.read(max_bytes or RECEIVE_SIZE)
+            except ssl.SSLError as exc:
+                self._broken = True
+                raise trio.BrokenResourceError("TLS connection broken") from exc
+            if engine.wants_send:  # (a post-handshake message asked for an answer)
+                await self._flush()
+            if data is not None:
+                if not filled:
+                    await self._maybe_checkpoint()
+                return data
+            await self._fill()
+            filled = True
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the TLS stream was closed")
+        if self._broken:
+            raise trio.BrokenResourceError("TLS connection broken")
+        try:
+            self.engine.write(data)
+        except ssl.SSLError as exc:
+            self._broken = True
+            raise trio.BrokenResourceError("TLS connection broken") from exc
+        await self._flush()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._fd is not None:
+            await trio.lowlevel.wait_writable(self._fd)
+        else:
+            await self.transport_stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            if self.engine.handshake_done and not self._broken:
+                self.engine.close()
+                try:
+                    await self._flush()
+                except trio.BrokenResourceError:
+                    pass
+        finally:
+            if self._fd is not None:
+                assert isinstance(self.transport_stream, trio.SocketStream)
+                self.transport_stream.socket.close()
+            else:
+                await self.transport_stream.aclose()
+
+    async def _fill(self) -> None:
+        """Read ciphertext (b"" at EOF) into the engine."""
+        fd = self._fd
+        try:
+            if fd is None:
+                data = bytes(await self.transport_stream.receive_some(self._size))
+            else:
+                if self._drained:
+                    self._ops = 0
+                    await trio.lowlevel.wait_readable(fd)
+                else:
+                    await self._maybe_checkpoint()
+                while True:
+                    try:
+                        data = os.read(fd, self._size)
+                        break
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_readable(fd)
+                self._drained = len(data) < self._size
+                self._size = _next_read_size(self._size, len(data))
+        except OSError as exc:
+            self._broken = True
+            raise trio.BrokenResourceError("TLS transport failed") from exc
+        self.engine.receive_data(data)
+
+    async def _flush(self) -> None:
+        """Write everything the engine has to send, in order, one task at a time."""
+        while self._flushing:  # the sender ahead of us sends our records too, in order
+            if self._lot is None:
+                self._lot = trio.lowlevel.ParkingLot()
+            await self._lot.park()
+        if self._broken:
+            raise trio.BrokenResourceError("TLS connection broken")
+        self._flushing = True
+        try:
+            while data := self.engine.data_to_send():
+                await self._write(data)
+        except BaseException as exc:  # cancelled or failed mid-record: the stream is unusable
+            self._broken = True
+            if isinstance(exc, OSError):
+                raise trio.BrokenResourceError("TLS transport failed") from exc
+            raise
+        finally:
+            self._flushing = False
+            if self._lot:
+                self._lot.unpark_all()
+
+    async def _write(self, data: bytes) -> None:
+        fd = self._fd
+        if fd is None:
+            await self.transport_stream.send_all(data)
+            return
+        await self._maybe_checkpoint()
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(fd)
+
+    def _send_alert(self) -> None:
+        """After a failed handshake: hand OpenSSL's alert to the kernel if it takes it now."""
+        data = self.engine.data_to_send()
+        if data and self._fd is not None:
+            try:
+                os.write(self._fd, data)
+            except OSError:
+                pass
+
+    async def _maybe_checkpoint(self) -> None:
+        self._ops += 1
+        if self._ops >= CHECKPOINT_EVERY:
+            self._ops = 0
+            await trio.lowlevel.checkpoint()

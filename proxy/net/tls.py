@@ -26,9 +26,9 @@ ALPACA (CVE-2021-3618): a man in the middle can redirect a client's TLS connecti
 ALPN protocol ("imap" or "pop3"), and a connection is refused when the client offered ALPN but none
 of its protocols is ours. OpenSSL alone does not do this: CPython's ALPN callback answers a
 mismatched offer with "no ALPN" and the handshake succeeds, which looks exactly like a client that
-offered nothing. So `server_handshake` records the plaintext ClientHello while it passes through
-(`alpaca.HelloRecorder`, a pass-through transport) and reads the client's ALPN offer from it;
-`alpaca.check_alpn` then refuses "offered something, got nothing". A ClientHello we cannot parse also
+offered nothing. So the server's TLSEngine reads the client's ALPN offer out of the plaintext
+ClientHello as it arrives (`client_hello.AlpnOfferReader`); `alpaca.check_alpn` then refuses
+"offered something, got nothing". A ClientHello we cannot parse also
 refuses the connection (fail closed); OpenSSL would have rejected a really malformed one anyway.
 
 STARTTLS / STLS rule (CVE-2011-0411 class, enforced by the sessions, not here): when a STARTTLS or
@@ -55,8 +55,10 @@ from cryptography import x509
 
 from .. import logs
 from ..config import Certificate, Listener, Upstream
-from .alpaca import HelloRecorder, check_alpn
+from .alpaca import check_alpn
 from .client_hello import client_hello_alpn
+from .conn import TLSStream
+from .tls_engine import TLSEngine
 
 __all__ = [
     "HANDSHAKE_FAILURE_REASONS",
@@ -202,7 +204,7 @@ class ServerTLS:
 
     @property
     def context(self) -> ssl.SSLContext:
-        """The default (first certificate's) context: hand this to trio.SSLStream."""
+        """The default (first certificate's) context: the one a server TLSEngine starts with."""
         return self._contexts.default
 
     @property
@@ -249,7 +251,7 @@ def _server_context(listener: Listener) -> ssl.SSLContext:
 
 
 async def server_handshake(stream: trio.abc.Stream, server_tls: ServerTLS,
-                           protocol: str) -> trio.SSLStream[trio.abc.Stream]:
+                           protocol: str) -> TLSStream:
     """Run the server side of a TLS handshake on `stream` (implicit TLS, or after STARTTLS/STLS).
 
     Args:
@@ -258,30 +260,29 @@ async def server_handshake(stream: trio.abc.Stream, server_tls: ServerTLS,
       No timeout of its own: the caller bounds the handshake with a cancel scope (and counts an
       expiry as the reason "timeout").
 
-    Returns: the SSLStream over `stream` (the ClientHello recorder is taken out of the chain
-    once the ALPN check is done: every later read and write would cross it for nothing).
+    Returns: the TLSStream over `stream` (net/conn.py: a sans-IO TLSEngine on the raw socket).
     Raises: TLSHandshakeError with reason "handshake_failed" or "alpn_refused".
     Resource handling: `stream` is never closed here; on error the caller closes it.
     """
-    recorder = HelloRecorder(stream)
-    tls: trio.SSLStream[trio.abc.Stream] = trio.SSLStream(
-        recorder, server_tls.context, server_side=True, https_compatible=False)
+    engine = TLSEngine.server(server_tls.context)
+    tls = TLSStream(stream, engine)
     await _handshake(tls)
-    if not check_alpn(tls, protocol):
-        offered = b",".join(recorder.alpn_offered or ()) or b"unreadable ClientHello"
+    obj = engine.ssl_object
+    unreadable = engine.hello_unreadable and obj.selected_alpn_protocol() is None
+    if unreadable or not check_alpn(obj, protocol, engine.alpn_offered):
+        offered = b",".join(engine.alpn_offered or ()) or b"unreadable ClientHello"
         raise TLSHandshakeError("alpn_refused",
                                 f"client offered ALPN {logs.sanitize(offered, 80)}, not {protocol}")
-    tls.transport_stream = stream   # (no operation is in flight on it between two calls)
     return tls
 
 
 _E = TypeVar("_E", bound=BaseException)
 
 
-async def _handshake(tls: trio.SSLStream[trio.abc.Stream]) -> None:
+async def _handshake(tls: TLSStream) -> None:
     try:
         await tls.do_handshake()
-    except trio.BrokenResourceError as exc:
+    except (ssl.SSLError, trio.BrokenResourceError) as exc:
         verify = _find_cause(exc, ssl.SSLCertVerificationError)
         if verify is not None:
             message = verify.verify_message or verify.reason or "certificate not trusted"
@@ -369,17 +370,17 @@ class UpstreamTLS:
 
 
 async def client_handshake(stream: trio.abc.Stream, context: ssl.SSLContext,
-                           server_name: str) -> trio.SSLStream[trio.abc.Stream]:
+                           server_name: str) -> TLSStream:
     """Run the client side of a TLS handshake with an upstream on `stream`.
 
     Args: `server_name` is sent as SNI and checked against the certificate (when the context
     checks host names); an IP address is matched against IP SANs and not sent as SNI.
-    Returns: the SSLStream over `stream`.
+    Returns: the TLSStream over `stream`.
     Raises: TLSHandshakeError with reason "verify_failed" (unknown CA, wrong host name, expired...)
     or "handshake_failed"; `detail` says why, safe to log. No timeout of its own: the caller's
     cancel scope bounds it.
     Resource handling: `stream` is never closed here; on error the caller closes it.
     """
-    tls = trio.SSLStream(stream, context, server_hostname=server_name, https_compatible=False)
+    tls = TLSStream(stream, TLSEngine.client(context, server_name))
     await _handshake(tls)
     return tls

@@ -24,7 +24,7 @@ import trio
 
 from .. import imap, logs, pop3
 from ..config import ServicePort, Upstream
-from ..net.conn import Conn
+from ..net.conn import Conn, TLSStream
 from ..net.tls import TLSConfigError, TLSHandshakeError, client_context, client_handshake
 from .channel import Channel
 from .failures import Failure
@@ -128,7 +128,7 @@ async def open_upstream(upstream: Upstream, protocol: str, context: ContextFacto
 
 
 async def start_tls(stream: trio.abc.Stream, upstream: Upstream,
-                    context: ContextFactory) -> trio.SSLStream[trio.abc.Stream]:
+                    context: ContextFactory) -> TLSStream:
     """Verified TLS to the upstream on `stream` (implicit, or after STARTTLS/STLS). Raises
     UpstreamError (TLS); `stream` is closed then."""
     try:

@@ -1,0 +1,164 @@
+"""proxy.net.tls_engine: the sans-IO TLS state machine, two engines wired back to back in memory
+(real OpenSSL, trustme certificates; no sockets, no trio)."""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+
+import pytest
+import trustme
+
+from proxy.net.tls_engine import MAX_RECORD_PLAINTEXT, TLSEngine
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def contexts(ca: trustme.CA, server_alpn: list[str] | None = None,
+             client_alpn: list[str] | None = None) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("mail.example").configure_cert(server)
+    server.options |= ssl.OP_NO_RENEGOTIATION
+    if server_alpn:
+        server.set_alpn_protocols(server_alpn)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(client)
+    if client_alpn:
+        client.set_alpn_protocols(client_alpn)
+    return server, client
+
+
+def pump(a: TLSEngine, b: TLSEngine) -> None:
+    """Move every pending ciphertext byte between the two engines until both are quiet."""
+    while a.wants_send or b.wants_send:
+        if a.wants_send:
+            b.receive_data(a.data_to_send())
+        if b.wants_send:
+            a.receive_data(b.data_to_send())
+
+
+def connected(ca: trustme.CA, **alpn) -> tuple[TLSEngine, TLSEngine]:
+    server_ctx, client_ctx = contexts(ca, **alpn)
+    server, client = TLSEngine.server(server_ctx), TLSEngine.client(client_ctx, "mail.example")
+    for _ in range(10):
+        client_done, server_done = client.handshake(), server.handshake()
+        pump(client, server)
+        if client_done and server_done:
+            break
+    assert client.handshake_done and server.handshake_done
+    return server, client
+
+
+def test_handshake_then_data_both_ways(ca):
+    server, client = connected(ca)
+    assert server.read(100) is None and client.read(100) is None  # want-read: nothing sent yet
+    client.write(b"a1 NOOP\r\n")
+    server.receive_data(client.data_to_send())
+    assert server.read(1000) == b"a1 NOOP\r\n"
+    assert server.read(1000) is None
+    server.write(b"a1 OK NOOP completed\r\n")
+    client.receive_data(server.data_to_send())
+    assert client.read(1000) == b"a1 OK NOOP completed\r\n"
+    assert client.ssl_object.version() == "TLSv1.3"
+
+
+def test_many_records_come_out_as_one_chunk_up_to_max_bytes(ca):
+    server, client = connected(ca)
+    body = bytes(range(256)) * 1000  # 256,000 bytes: 16 records
+    client.write(body)
+    wire = client.data_to_send()  # every record in one buffer: one send
+    assert len(wire) > len(body)
+    server.receive_data(wire)
+    first = server.read(100_000)
+    assert first is not None and len(first) == 100_000  # several records, one chunk
+    rest = server.read(1_000_000)
+    assert rest is not None and first + rest == body
+    assert server.read(1_000_000) is None
+
+
+def test_a_record_split_across_reads_waits_for_its_end(ca):
+    server, client = connected(ca)
+    client.write(b"x" * 1000)
+    wire = client.data_to_send()
+    for i in range(len(wire) - 1):
+        server.receive_data(wire[i:i + 1])
+        assert server.read(4096) is None
+    server.receive_data(wire[-1:])
+    assert server.read(4096) == b"x" * 1000
+
+
+def test_close_notify_reads_as_end(ca):
+    server, client = connected(ca)
+    client.write(b"last words\r\n")
+    client.close()
+    server.receive_data(client.data_to_send())
+    assert server.read(1000) == b"last words\r\n"  # data before the close_notify first
+    assert server.read(1000) == b""
+    assert server.read(1000) == b""
+
+
+def test_eof_without_close_notify_is_an_error_after_the_data(ca):
+    server, client = connected(ca)
+    client.write(b"cut short\r\n")
+    server.receive_data(client.data_to_send())
+    server.receive_data(b"")  # the peer closed TCP without a close_notify (truncation attack)
+    assert server.read(1000) == b"cut short\r\n"
+    with pytest.raises(ssl.SSLEOFError):
+        server.read(1000)
+
+
+def test_garbage_record_breaks_the_connection(ca):
+    server, client = connected(ca)
+    client.write(b"hello")
+    wire = bytearray(client.data_to_send())
+    wire[-1] ^= 1  # a flipped bit in the record's tag
+    server.receive_data(bytes(wire))
+    with pytest.raises(ssl.SSLError):
+        server.read(1000)
+
+
+def test_verification_failure_raises_from_handshake(ca):
+    server_ctx, _ = contexts(ca)
+    client_ctx = ssl.create_default_context()  # does not trust the test CA
+    server, client = TLSEngine.server(server_ctx), TLSEngine.client(client_ctx, "mail.example")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        for _ in range(10):
+            client.handshake()
+            server.handshake()
+            pump(client, server)
+
+
+@pytest.mark.parametrize("offer, expected", [
+    (None, ()), (["imap"], (b"imap",)), (["http/1.1", "imap"], (b"http/1.1", b"imap"))])
+def test_server_reads_the_alpn_offer(ca, offer, expected):
+    server, client = connected(ca, server_alpn=["imap"], client_alpn=offer)
+    assert server.alpn_offered == expected and not server.hello_unreadable
+    assert client.alpn_offered is None  # (client side: not applicable)
+    assert server.ssl_object.selected_alpn_protocol() == ("imap" if offer else None)
+
+
+def test_plaintext_instead_of_a_client_hello(ca):
+    server_ctx, _ = contexts(ca)
+    server = TLSEngine.server(server_ctx)
+    server.receive_data(b"a001 CAPABILITY\r\n")
+    assert server.hello_unreadable and server.alpn_offered is None
+    with pytest.raises(ssl.SSLError):
+        server.handshake()
+
+
+def test_bulk_both_ways_in_uneven_pieces(ca):
+    server, client = connected(ca)
+    body = hashlib.sha256(b"seed").digest() * 40_000  # 1.28 MB
+    client.write(body[:700_001])
+    client.write(body[700_001:])
+    wire = client.data_to_send()
+    got = bytearray()
+    for i in range(0, len(wire), 65_537):
+        server.receive_data(wire[i:i + 65_537])
+        while (chunk := server.read(MAX_RECORD_PLAINTEXT * 5)) is not None:
+            assert chunk
+            got += chunk
+    assert bytes(got) == body
