@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ab_relay.py [--base REV] [--rounds 7] [--noops 2000] [--messages 300]
                                        [--sessions 200] [--only SEQ CONC POP3LOGIN NOOP POP3 FETCH]
+                                       [--tls]
 
 On a shared, loaded machine wall-clock figures move with the load, so the two proxies run side by
 side against one private Dovecot, their rounds interleaved (direct, base, this, direct, base, ...),
@@ -11,6 +12,8 @@ SELECT INBOX, LOGOUT) run one after the other (SEQ) and from 16 threads (CONC), 
 session (USER/PASS, STAT, QUIT; POP3LOGIN), per relayed NOOP, per MB of a POP3 download
 (USER/PASS, STAT, UIDL, RETR all, QUIT) and per MB of a bulk `UID FETCH 1:* BODY.PEEK[]`.
 Sessions/s, latency (NOOP p50) and throughput are printed too, with the load average.
+`--tls`: every row over implicit TLS from the client (both proxies and Dovecot serve one trustme
+certificate; the proxies relay in clear to Dovecot's plain ports; "direct" is Dovecot's TLS port).
 
 The base revision (default `main`) is exported with `git archive` into a temporary directory and
 run from there (`python -c ... runpy.run_module("proxy")` with that directory first on sys.path),
@@ -31,8 +34,17 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from clients import Imap, Pop3, imap_session, pop3_download  # noqa: E402
-from common import REPO_ROOT, Env, QuietProxyProcess, interleave, make_mailbox, median, percentile  # noqa: E402
+from clients import Imap, Pop3, client_tls_context, imap_session, pop3_download  # noqa: E402
+from common import (  # noqa: E402
+    REPO_ROOT,
+    Env,
+    QuietProxyProcess,
+    interleave,
+    make_mailbox,
+    median,
+    percentile,
+    tls_listener,
+)
 
 RUN_FROM = ("import runpy, sys; sys.path.insert(0, {root!r}); sys.argv[0] = 'mailproxy'; "
             "runpy.run_module('proxy', run_name='__main__', alter_sys=True)")
@@ -75,8 +87,9 @@ def proxy_from(env: Env, root: pathlib.Path | None, listeners: list[dict]) -> Qu
     return proc
 
 
-def noop_round(port: int, user: str, password: str, count: int, pid: int | None) -> dict:
-    imap = Imap(port)
+def noop_round(port: int, user: str, password: str, count: int, pid: int | None,
+               tls=None) -> dict:
+    imap = Imap(port, tls)
     imap.login(user, password)
     imap.command(b"SELECT INBOX")
     imap.noop_rtt_ns(200)
@@ -87,17 +100,19 @@ def noop_round(port: int, user: str, password: str, count: int, pid: int | None)
     return {"p50_us": percentile(samples, 0.5) / 1000, "cpu": cpu}
 
 
-def pop3_round(port: int, user: str, password: str, expected: str, pid: int | None) -> dict:
+def pop3_round(port: int, user: str, password: str, expected: str, pid: int | None,
+               tls=None) -> dict:
     c0 = cpu_seconds(pid) if pid else 0.0
-    _, total, digest, elapsed = pop3_download(port, user, password)
+    _, total, digest, elapsed = pop3_download(port, user, password, tls)
     if digest != expected:
         raise SystemExit(f"POP3 sha256 mismatch on port {port}")
     cpu = (cpu_seconds(pid) - c0) / (total / 1e6) * 1e3 if pid else float("nan")
     return {"mbps": total / elapsed / 1e6, "cpu": cpu}
 
 
-def fetch_round(port: int, user: str, password: str, expected: str, pid: int | None) -> dict:
-    imap = Imap(port)
+def fetch_round(port: int, user: str, password: str, expected: str, pid: int | None,
+                tls=None) -> dict:
+    imap = Imap(port, tls)
     imap.login(user, password)
     imap.command(b"SELECT INBOX")
     c0, t0 = (cpu_seconds(pid) if pid else 0.0), time.perf_counter()
@@ -135,8 +150,8 @@ def sessions_round(port: int, session, count: int, threads: int, pid: int | None
     return {"rate": count / elapsed, "cpu": cpu}
 
 
-def pop3_login(port: int, user: str, password: str) -> None:
-    pop = Pop3(port)
+def pop3_login(port: int, user: str, password: str, tls=None) -> None:
+    pop = Pop3(port, tls)
     try:
         pop.command(b"USER " + user.encode())
         pop.command(b"PASS " + password.encode())
@@ -161,39 +176,51 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=300)
     parser.add_argument("--sessions", type=int, default=200, help="sessions per SEQ/CONC round")
     parser.add_argument("--only", nargs="*", choices=RUNS, default=list(RUNS))
+    parser.add_argument("--tls", action="store_true", help="implicit TLS from the client")
     args = parser.parse_args()
     head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "proxy"],
                            capture_output=True, text=True).stdout.strip()
-    print(f"A/B {args.base} vs this tree ({head}{' + uncommitted' if dirty else ''}), "
+    tls = " over TLS" if args.tls else ""
+    print(f"A/B {args.base} vs this tree{tls} ({head}{' + uncommitted' if dirty else ''}), "
           f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, load average {os.getloadavg()}")
     base_root = export(args.base)
     mailbox = make_mailbox(args.messages)
     try:
-        with Env("ab") as env:
+        with Env("ab", tls=args.tls) as env:
             user, password = env.user_with(mailbox)
-            listeners = [{"name": "imap", "protocol": "imap"}, {"name": "pop3", "protocol": "pop3"}]
+            if args.tls:
+                listeners = [tls_listener(env, "imap", "imap"), tls_listener(env, "pop3", "pop3")]
+                ctx = client_tls_context(str(env.ca_file))
+                direct = (env.dovecot.imaps_port, env.dovecot.pop3s_port, None)
+            else:
+                listeners = [{"name": "imap", "protocol": "imap"}, {"name": "pop3", "protocol": "pop3"}]
+                ctx, direct = None, (env.dovecot.imap_port, env.dovecot.pop3_port, None)
             procs = {"base": proxy_from(env, base_root, listeners), "this": proxy_from(env, None, listeners)}
-            ports = {"direct": (env.dovecot.imap_port, env.dovecot.pop3_port, None)}
+            ports = {"direct": direct}
             for label, proc in procs.items():
                 ports[label] = (proc.port("imap"), proc.port("pop3"), proc.pid)
             sha = mailbox.sha256
             sessions = args.sessions
+
+            def imap_once(port: int) -> None:
+                imap_session(port, user, password, ctx)
+
+            def pop3_once(port: int) -> None:
+                pop3_login(port, user, password, ctx)
+
             runs = {
-                "SEQ": lambda p: sessions_round(p[0], lambda port: imap_session(port, user, password),
-                                                sessions, 1, p[2]),
-                "CONC": lambda p: sessions_round(p[0], lambda port: imap_session(port, user, password),
-                                                 sessions, 16, p[2]),
-                "POP3LOGIN": lambda p: sessions_round(p[1], lambda port: pop3_login(port, user, password),
-                                                      sessions, 1, p[2]),
-                "NOOP": lambda p: noop_round(p[0], user, password, args.noops, p[2]),
-                "POP3": lambda p: pop3_round(p[1], user, password, sha, p[2]),
-                "FETCH": lambda p: fetch_round(p[0], user, password, sha, p[2]),
+                "SEQ": lambda p: sessions_round(p[0], imap_once, sessions, 1, p[2]),
+                "CONC": lambda p: sessions_round(p[0], imap_once, sessions, 16, p[2]),
+                "POP3LOGIN": lambda p: sessions_round(p[1], pop3_once, sessions, 1, p[2]),
+                "NOOP": lambda p: noop_round(p[0], user, password, args.noops, p[2], ctx),
+                "POP3": lambda p: pop3_round(p[1], user, password, sha, p[2], ctx),
+                "FETCH": lambda p: fetch_round(p[0], user, password, sha, p[2], ctx),
             }
             for port in ports.values():   # warm-up: early logins learnt
-                imap_session(port[0], user, password)
-                pop3_login(port[1], user, password)
+                imap_session(port[0], user, password, ctx)
+                pop3_login(port[1], user, password, ctx)
             for name in args.only:
                 run = runs[name]
                 results = interleave(args.rounds, {label: (lambda p=p, run=run: run(p))
