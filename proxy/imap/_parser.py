@@ -177,10 +177,6 @@ class BaseParser:
         """
         self._raw_next = True
 
-    def set_limits(self, limits: Limits) -> None:
-        """Switch limits (e.g. pre-auth to post-auth); applies to later checks."""
-        self._limits = limits
-
     @property
     def in_literal(self) -> bool:
         """True while literal payload bytes are being read or skipped."""

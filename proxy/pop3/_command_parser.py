@@ -43,10 +43,6 @@ class CommandParser:
         self._buf.data, self._buf.pos = b"", 0
         return rest
 
-    def set_limits(self, limits: Limits) -> None:
-        """Switch limits, e.g. from PREAUTH_LIMITS once the client logged in."""
-        self._limits = limits
-
     def expect_line(self) -> None:
         """Return the next line as :class:`RawLine` instead of a Command.
 

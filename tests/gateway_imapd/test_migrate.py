@@ -11,13 +11,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import psycopg
 import trio
 
 from proxy.store import FlagMode, IngestItem, open_store
 from proxy.store.migrate import TABLES
+from support.polling import wait_for
 
 from .conftest import GatewayHandle, message
 from .test_condstore import Raw
@@ -149,11 +149,12 @@ async def test_migrate_killed_mid_copy_then_run_again_copies_exactly(tmp_path, p
                                  str(db), "--to", pg_dsn], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 60
-            while rows(pg_dsn, "SELECT count(*) FROM changes") != [(1000,)]:   # bounded poll
-                assert time.monotonic() < deadline and proc.poll() is None, rows(
+            def copied_up_to_the_held_row() -> bool:
+                assert proc.poll() is None, rows(
                     pg_dsn, "SELECT (SELECT count(*) FROM changes), (SELECT count(*) FROM bodies)")
-                time.sleep(0.02)
+                return rows(pg_dsn, "SELECT count(*) FROM changes") == [(1000,)]
+
+            wait_for(copied_up_to_the_held_row, "the migration to copy 1,000 changes")
             proc.send_signal(signal.SIGKILL)
         finally:
             proc.wait(10)

@@ -21,18 +21,26 @@ TIMEOUT = 60.0    # seconds: a bound only a broken build reaches, even on a 2-co
 INTERVAL = 0.01
 
 
+def poll(predicate: Callable[[], T], timeout: float, *, interval: float = INTERVAL) -> T:
+    """Call `predicate` until it returns a true value or `timeout` seconds have passed; returns
+    its last value (false on timeout). For the waits that go on either way (SIGKILL after a
+    bounded wait for an exit); a test waiting for what must happen uses `wait_for`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
 def wait_for(predicate: Callable[[], T], what: str, *, timeout: float = TIMEOUT,
              interval: float = INTERVAL) -> T:
     """Call `predicate` until it returns a true value, which is returned. After `timeout`
     seconds fail with AssertionError naming `what` never happened."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    value = poll(predicate, timeout, interval=interval)
+    if not value:
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return value
 
 
 async def wait_until(predicate: Callable[[], T], what: str, *, interval: float = INTERVAL) -> T:

@@ -43,9 +43,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from urllib.parse import quote
 
+from support import polling
 from support.dovecot import free_ports
 
 __all__ = ["PostgresError", "Postgres", "MISSING_MESSAGE", "find_bin_dir", "start_postgres",
@@ -224,10 +224,8 @@ def stop_stale_clusters(root: pathlib.Path) -> list[int]:
         if pid is None:
             continue
         os.kill(pid, signal.SIGQUIT)      # immediate shutdown: the data is thrown away anyway
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while postmaster_pid(pid_file.parent) == pid and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if postmaster_pid(pid_file.parent) == pid:
+        data = pid_file.parent
+        if not polling.poll(lambda data=data, pid=pid: postmaster_pid(data) != pid, STOP_TIMEOUT_S):
             os.kill(pid, signal.SIGKILL)
         stopped.append(pid)
     return stopped

@@ -248,15 +248,6 @@ def test_data_after_eof_is_ignored() -> None:
     assert isinstance(parser.next_event(), ConnectionClosed)
 
 
-def test_set_limits_applies_to_next_command() -> None:
-    from proxy.imap import PREAUTH_LIMITS, Limits
-
-    parser = CommandParser(PREAUTH_LIMITS, collect_literals=True, parse_args=True)
-    parser.set_limits(Limits())
-    events = feed(parser, [b"A1 APPEND INBOX {9000}\r\n" + b"x" * 9000 + b"\r\n"])
-    assert events[-1] == Command(b"A1", b"APPEND", (A(b"INBOX"), b"x" * 9000))
-
-
 def test_collected_literals_of_one_command_are_bounded_together() -> None:
     """Collected literals are held until the command ends (MULTIAPPEND, RFC 3502): all of one
     command together stay within max_literal; the next command starts from zero. Streamed

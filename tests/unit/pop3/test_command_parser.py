@@ -169,16 +169,12 @@ def test_error_reply_and_text_never_echo_input() -> None:
     assert b"hunter2" not in info.value.reply() and "hunter2" not in str(info.value)
 
 
-def test_buffered_and_set_limits() -> None:
+def test_buffered() -> None:
     parser = CommandParser(PREAUTH_LIMITS)
     parser.receive_data(b"NOOP\r\nST")
     assert parser.buffered == 8
     assert parser.next_event() == cmd(b"NOOP", b"NOOP")
     assert parser.buffered == 2
-    parser.set_limits(SMALL)
-    parser.receive_data(b"AT 1234567890123\r\n")
-    with pytest.raises(ProtocolError, match="Line too long"):
-        parser.next_event()
 
 
 def test_preauth_limits() -> None:
