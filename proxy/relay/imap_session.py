@@ -55,15 +55,17 @@ async def _attempt(session: Session, creds: Credentials, name: str, upstream: Up
                    ) -> tuple[UpstreamIMAP | Failure, bytes, bytes | None]:
     """Connect and log in upstream; the connection is the caller's only on success. A refusal
     comes with the upstream's SASL error challenge, if it sent one."""
-    up = await connect(session, name, upstream, creds)
-    try:
-        with deadline(session.listener.timeouts.upstream_response, "login"):
+    timeouts = session.listener.timeouts
+    with deadline(timeouts.upstream_connect, "connect") as steps:   # one scope for all steps
+        up = await connect(session, name, upstream, steps, creds)
+        try:
+            steps.step(timeouts.upstream_response, "login")
             reply = await login(session, upstream, up, creds)
             if reply.status == b"OK" and reply.code != b"CAPABILITY":
                 await command(up, b"%s CAPABILITY\r\n" % up.next_tag())
-    except BaseException:  # refused, broken, or cancelled (login timeout, drain)
-        await up.conn.aclose()
-        raise
+        except BaseException:  # refused, broken, or cancelled (login timeout, drain)
+            await up.conn.aclose()
+            raise
     if reply.status == b"OK":
         return up, reply.text, None
     await up.conn.aclose()

@@ -166,9 +166,10 @@ async def wait_tagged(up: UpstreamIMAP, tag: bytes) -> events.TaggedResponse:
             raise UpstreamError(Failure.PROTOCOL, "unexpected continuation request")
 
 
-async def connect(session: Session, name: str, upstream: Upstream,
+async def connect(session: Session, name: str, upstream: Upstream, steps: deadline,
                   creds: Credentials | None = None) -> UpstreamIMAP:
-    """Connect, read the greeting, STARTTLS if configured, re-read capabilities.
+    """Connect, read the greeting, STARTTLS if configured, re-read capabilities; bounded by
+    `steps`, the caller's deadline for the whole upstream dialogue (at its "connect" step).
 
     With `creds`, when an earlier greeting of this upstream announced its capabilities and no
     STARTTLS is to come (credentials never go out before it), the login (and the ID) is sent
@@ -176,7 +177,7 @@ async def connect(session: Session, name: str, upstream: Upstream,
     in one round trip instead of two (session/early_login.py). `login()` collects its reply
     (`up.early`). The upstream's `imap.pipelined_login: false` turns this off: nothing is sent
     before the greeting."""
-    up = UpstreamIMAP.over(await dial(session, name, upstream))
+    up = UpstreamIMAP.over(await dial(session, name, upstream, steps))
     timeouts = session.listener.timeouts
     svc = service(upstream, "imap")
     tls = svc.tls
@@ -188,20 +189,21 @@ async def connect(session: Session, name: str, upstream: Upstream,
             capabilities = known.early("imap", name)
             if capabilities:
                 await _send_early(session, upstream, up, creds, capabilities)
-        with deadline(timeouts.upstream_connect, "greeting"):
-            await _greeting(up, tls != "none")
+        steps.step(timeouts.upstream_connect, "greeting")
+        await _greeting(up, tls != "none")
         greeted = True
         if pipelined:
             known.learnt("imap", name, up.capabilities)
-        with deadline(timeouts.upstream_response, "capabilities"):
+        if tls == "starttls" or not up.capabilities:
+            steps.step(timeouts.upstream_response, "capabilities")
             if tls == "starttls":
                 await _starttls(session, name, up)
             if not up.capabilities:
                 await command(up, b"%s CAPABILITY\r\n" % up.next_tag())
         return up
     except BaseException as exc:
-        if up.early is not None and not greeted and isinstance(exc, Exception):
-            known.refused("imap", name, exc)   # not for a cancelled session
+        if up.early is not None and not greeted:
+            known.no_greeting("imap", name, exc, steps)
         await up.conn.aclose()
         raise
 

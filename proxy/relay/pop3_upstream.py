@@ -94,16 +94,17 @@ def _capabilities(body: list[bytes]) -> tuple[bytes, ...]:
     return tuple(line for line in b"".join(body).split(b"\r\n") if line)
 
 
-async def connect(session: Session, name: str, upstream: Upstream,
+async def connect(session: Session, name: str, upstream: Upstream, steps: deadline,
                   creds: Credentials | None = None) -> UpstreamPOP3:
-    """Connect, read the greeting and CAPA, STLS if configured (then CAPA again).
+    """Connect, read the greeting and CAPA, STLS if configured (then CAPA again); bounded by
+    `steps`, the caller's deadline for the whole upstream dialogue (at its "connect" step).
 
     With `creds`, when an earlier CAPA of this upstream announced PIPELINING and a login
     method (session/early_login.py) and no STLS is to come, XCLIENT (when forwarding), the
     login and the CAPA after it are written at once, built for those capabilities: greeting,
     verdict and capabilities come back in one round trip instead of four. `login()` collects
     the replies (`up.early`). `pop3.pipelined_login: false` turns this off."""
-    up = UpstreamPOP3.over(await dial(session, name, upstream))
+    up = UpstreamPOP3.over(await dial(session, name, upstream, steps))
     timeouts = session.listener.timeouts
     svc = service(upstream, "pop3")
     pipelined = isinstance(svc, Pop3Service) and svc.pipelined_login and svc.tls != "starttls"
@@ -112,25 +113,25 @@ async def connect(session: Session, name: str, upstream: Upstream,
     try:
         if creds is not None and pipelined:
             await _send_early(session, upstream, up, creds, known.early("pop3", name))
-        with deadline(timeouts.upstream_connect, "greeting"):
-            greeting = await _status(up)
+        steps.step(timeouts.upstream_connect, "greeting")
+        greeting = await _status(up)
         greeted = True
         if not greeting.ok:
             raise UpstreamError(Failure.UPSTREAM, "upstream greeting was -ERR")
         up.xclient = greeting.code == b"XCLIENT"
         if up.early is not None:
             return up   # the capabilities come with the login's replies
-        with deadline(timeouts.upstream_response, "capabilities"):
+        steps.step(timeouts.upstream_response, "capabilities")
+        await read_capa(up)
+        if svc.tls == "starttls":
+            await _stls(session, name, up)
             await read_capa(up)
-            if svc.tls == "starttls":
-                await _stls(session, name, up)
-                await read_capa(up)
         if pipelined:
             known.learnt("pop3", name, up.capabilities + ((b"XCLIENT",) if up.xclient else ()))
         return up
     except BaseException as exc:
-        if up.early is not None and not greeted and isinstance(exc, Exception):
-            known.refused("pop3", name, exc)   # not for a cancelled session
+        if up.early is not None and not greeted:
+            known.no_greeting("pop3", name, exc, steps)
         await up.conn.aclose()
         raise
 

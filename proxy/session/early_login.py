@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 from .. import logs
+from .upstream import deadline
 
 __all__ = ["MAX_KNOWN_GREETINGS", "KnownGreetings"]
 
@@ -43,13 +44,22 @@ class KnownGreetings:
             known.clear()
         known[key] = capabilities
 
-    def refused(self, protocol: str, name: str, exc: BaseException) -> None:
-        """No greeting came after an early login: none more for this upstream until a reload;
-        said once, with how to make it permanent."""
+    def no_greeting(self, protocol: str, name: str, exc: BaseException, steps: deadline) -> None:
+        """An early login got no greeting back, `exc` ended the wait: a failure (the upstream
+        closed, or answered otherwise) or `steps` expiring turns early logins there off; a
+        cancelled session (client gone, drain) does not."""
+        if isinstance(exc, Exception):
+            self._refused(protocol, name, str(exc))
+        elif steps.expired:
+            self._refused(protocol, name, steps.reason)
+
+    def _refused(self, protocol: str, name: str, reason: str) -> None:
+        """None more for this upstream until a reload; said once, with how to make it
+        permanent."""
         key = (protocol, name)
         if self._known.get(key) != ():
             logs.event("upstream_pipelined_login_off", logging.WARNING, upstream=name,
-                       reason=logs.sanitize(str(exc), 120),
+                       reason=logs.sanitize(reason, 120),
                        hint=f"set upstreams.{name}.{protocol}.pipelined_login: false if this "
                             "upstream refuses commands sent before its greeting")
         self._known[key] = ()

@@ -15,8 +15,10 @@ its failure's level.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import replace
+from functools import partial
 from typing import Awaitable, Callable, Generic, TypeVar
 
 import trio
@@ -164,29 +166,33 @@ async def _brokered(session: Session, creds: Credentials, attempt: Attempt[T], n
         return Failure.AUTH_TEMPFAIL
 
 
-async def dial(session: Session, name: str, upstream: Upstream) -> Conn:
-    """The session's connection to upstream `name` for its protocol: TCP and implicit TLS
-    within the listener's `upstream_connect` timeout, timed for metrics."""
+async def dial(session: Session, name: str, upstream: Upstream, steps: deadline) -> Conn:
+    """The session's connection to upstream `name` for its protocol: TCP and implicit TLS,
+    timed for metrics. `steps` is the caller's deadline for its whole upstream dialogue, made
+    for this first step (the listener's `upstream_connect`, "connect")."""
     started = time.monotonic()
-    conn = await _dial_pool(session, name, upstream)
+    conn = await _dial_pool(session, name, upstream, steps)
     session.runtime.metrics.upstream_connect_duration.labels(name, session.protocol).observe(
         time.monotonic() - started)
     return conn
 
 
-async def _dial_pool(session: Session, name: str, upstream: Upstream) -> Conn:
+async def _dial_pool(session: Session, name: str, upstream: Upstream, steps: deadline) -> Conn:
     """A pool's hosts in the user's sticky order, healthy ones first (proxy/routing/pool.py):
     a connect error or timeout marks the host down for a while and the next one is tried
-    (logged as `upstream_failover`); the last error is raised when every host failed."""
+    (logged as `upstream_failover`), each within `upstream_connect`; the last error is raised
+    when every host failed. A single host is bounded by `steps` alone."""
     health = session.runtime.host_health
     hosts = health.hosts_to_try(name, upstream.pool, session.protocol, session.user or "")
+    context = partial(session.runtime.upstream_tls.context, name)
+    if len(hosts) == 1:
+        return await open_upstream(upstream, session.protocol, context, session.runtime.connect)
+    steps.step(math.inf, "connect")   # each host has its own timeout
     for index, host in enumerate(hosts):
-        member = upstream if len(hosts) == 1 else replace(upstream, host=host, hosts=())
         try:
             with deadline(session.listener.timeouts.upstream_connect, "connect"):
-                return await open_upstream(member, session.protocol,
-                                           lambda: session.runtime.upstream_tls.context(name),
-                                           session.runtime.connect)
+                return await open_upstream(replace(upstream, host=host, hosts=()),
+                                           session.protocol, context, session.runtime.connect)
         except UpstreamError as exc:
             if exc.failure not in (Failure.CONNECT, Failure.TIMEOUT) or index == len(hosts) - 1:
                 raise

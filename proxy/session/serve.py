@@ -8,7 +8,9 @@ it never reaches the listener, so one session can never take down the others.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import time
 from typing import Awaitable, Callable
 
@@ -24,6 +26,10 @@ from .failures import Close
 from .starttls import accept_tls
 
 PROXY_HEADER_TIMEOUT = 5.0
+# accept(2) errors that say the process or system is out of a resource: wait, then accept again
+# (as trio.serve_listeners does) rather than stop listening
+ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+ACCEPT_BACKOFF = 0.1   # seconds
 
 Handler = Callable[[Session, Conn], Awaitable[None]]
 
@@ -103,11 +109,36 @@ class ListenerServer:
                     = trio.TASK_STATUS_IGNORED) -> None:
         """Accept on `listeners` (bound by the app, or inherited by a worker) until cancelled.
         Sessions run in `sessions`, so that stopping the accept loop (drain) leaves them
-        running."""
-        await trio.serve_listeners(self._connection, listeners, handler_nursery=sessions,
-                                   task_status=task_status)
+        running. Like trio.serve_listeners, minus its wrapper that closes every stream once
+        more after `_connection` has closed it (two cancel scopes per connection)."""
+        async with trio.open_nursery() as accepting:
+            for listener in listeners:
+                accepting.start_soon(self._accept, listener, sessions)
+            task_status.started(listeners)
+
+    async def _accept(self, listener: trio.SocketListener, sessions: trio.Nursery) -> None:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    logs.event("accept_failed", logging.ERROR, listener=self.name,
+                               reason=os.strerror(exc.errno))
+                    await trio.sleep(ACCEPT_BACKOFF)
+                else:
+                    sessions.start_soon(self._connection, stream)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
+        """One connection, from accept to close: the stream is closed whatever happens."""
+        try:
+            await self._session(stream)
+        except BaseException:
+            await trio.aclose_forcefully(stream)   # (a no-op when the session closed it)
+            raise
+
+    async def _session(self, stream: trio.SocketStream) -> None:
         view = self._current()
         runtime, listener = view.runtime, view.listener
         try:

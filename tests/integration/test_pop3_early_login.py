@@ -235,3 +235,36 @@ def test_early_login_for_changed_capabilities_is_redone(proxy_factory, dovecot, 
         assert second[1].startswith(expected), second
     finally:
         fake.close()
+
+
+def test_silent_upstream_after_an_early_login_turns_it_off(proxy_factory, dovecot):
+    """An upstream that stays silent (no greeting) after an early login, past the listener's
+    `upstream_connect` timeout, counts like one that drops it: the session gets a temporary
+    failure, one warning is logged, and the next session waits for the greeting."""
+    count = [0]
+
+    def script(conn: fake_upstream.FakeConn) -> None:
+        count[0] += 1
+        if count[0] == 3:   # the second session: its early login is read, never answered
+            conn.rest()
+            return
+        conn.send(b"+OK fake ready\r\n")
+        _answer(conn, CAPA, auth_plain=True)
+
+    fake = fake_upstream.FakeUpstream(script)
+    try:
+        config = _fake_config(dovecot, fake.port)
+        config["listeners"][0]["timeouts"] = {"upstream_connect": "1s"}
+        proxy = proxy_factory(config)
+        assert fake.wait_connection() == b""   # the health check
+        assert _pop3_session(proxy, LOGIN)[1] == b"+OK Logged in."
+        assert fake.wait_connection() == b"CAPA\r\n" + PLAIN + b"CAPA\r\nQUIT\r\n"
+        assert _pop3_session(proxy, LOGIN)[1].startswith(b"-ERR [SYS/TEMP]")
+        assert fake.wait_connection() == PLAIN + b"CAPA\r\n"
+        warnings = [line for line in proxy.logs().splitlines()
+                    if "event=upstream_pipelined_login_off" in line]
+        assert len(warnings) == 1 and "greeting: nothing within 1s" in warnings[0], warnings
+        assert _pop3_session(proxy, LOGIN)[1] == b"+OK Logged in."
+        assert fake.wait_connection() == b"CAPA\r\n" + PLAIN + b"CAPA\r\nQUIT\r\n"
+    finally:
+        fake.close()
