@@ -29,6 +29,7 @@ import re
 
 from ._parts import DEFAULT_LIMITS, MimeLimits, Part, fill_headers, parse, table_to_parts
 from ._rfc822 import Rfc822
+from .charsets import decode_text
 
 __all__ = ["preview", "MAX_CHARS"]
 
@@ -114,12 +115,7 @@ def _part_text(raw: bytes, part: Part) -> str | None:
     leaf.set_payload(raw[part.header_end:end].decode("ascii", "surrogateescape"))
     payload = leaf.get_payload(decode=True)
     data = payload if isinstance(payload, bytes) else b""
-    charset = leaf.get_content_charset() or "utf-8"
-    try:
-        text = data.decode("utf-8" if charset in ("us-ascii", "ascii") else charset, "replace")
-    except LookupError:
-        text = data.decode("utf-8", "replace")
-    text = text[:MAX_INPUT]
+    text = decode_text(data, leaf.get_content_charset())[:MAX_INPUT]
     return _html_text(text) if ctype in _HTML_TYPES else text
 
 

@@ -18,6 +18,7 @@ import email.header
 import email.message
 
 from ._parts import DEFAULT_LIMITS, MimeLimits, Part, parse
+from .charsets import decode_text
 
 __all__ = ["text_blobs", "decode_header", "header_items"]
 
@@ -56,13 +57,7 @@ def _leaf_text(raw: bytes, part: Part) -> str | None:
     payload = leaf.get_payload(decode=True)
     if not isinstance(payload, bytes):  # None when there is nothing to decode
         payload = b""
-    charset = leaf.get_content_charset() or "utf-8"
-    if charset in ("us-ascii", "ascii"):
-        charset = "utf-8"  # undeclared 8-bit text is most often UTF-8; ASCII is a subset
-    try:
-        return payload.decode(charset, "replace")
-    except LookupError:
-        return payload.decode("utf-8", "replace")
+    return decode_text(payload, leaf.get_content_charset())
 
 
 def header_items(part: email.message.Message) -> list[tuple[str, str]]:
