@@ -13,14 +13,15 @@ from .stress.run import Target, run_stress
 
 SECONDS = float(os.environ.get("MAILPROXY_STRESS_SECONDS", "20"))
 SESSIONS = int(os.environ.get("MAILPROXY_STRESS_SESSIONS", "6"))
+ERRORS_SHOWN = int(os.environ.get("MAILPROXY_STRESS_ERRORS", "25"))
 SEED = int(os.environ["MAILPROXY_STRESS_SEED"]) if os.environ.get("MAILPROXY_STRESS_SEED") else None
 
 
-async def _stress(target: Target, allow_nil: bool = False):
+async def _stress(target: Target, deliver, allow_nil: bool = False):
     result = await trio.to_thread.run_sync(
         lambda: run_stress(target, sessions=SESSIONS, seconds=SECONDS, seed=SEED,
-                           allow_nil=allow_nil))
-    print(result.report())
+                           allow_nil=allow_nil, deliver=deliver))
+    print(result.report(ERRORS_SHOWN))
     assert not result.errors, result.report()
     assert result.checkpoints == max(1, round(SECONDS / 2.5)), result.report()
     return result
@@ -29,12 +30,14 @@ async def _stress(target: Target, allow_nil: bool = False):
 async def test_stress_dovecot_reference(dovecot):
     user, password = dovecot.add_user()
     # Dovecot (maildir) answers NIL for bodies another session expunged (RFC 2180 4.1.2)
-    await _stress(Target(dovecot.host, dovecot.imap_port, user, password), allow_nil=True)
+    await _stress(Target(dovecot.host, dovecot.imap_port, user, password),
+                  lambda data: dovecot.deliver(user, data), allow_nil=True)
 
 
 
 async def test_stress_gateway(gateway):
-    await _stress(Target("127.0.0.1", gateway.port, gateway.user, gateway.password))
+    await _stress(Target("127.0.0.1", gateway.port, gateway.user, gateway.password),
+                  gateway.deliver)
 
 
 def test_stress_two_gateway_processes_on_one_postgresql(proxy_factory, dovecot, pg_dsn):
@@ -48,7 +51,8 @@ def test_stress_two_gateway_processes_on_one_postgresql(proxy_factory, dovecot, 
     b = proxy_factory(gateway_config(dovecot, pg_dsn))
     result = run_stress(Target("127.0.0.1", a.port("gw"), user, password), sessions=SESSIONS,
                         seconds=SECONDS, seed=SEED,
-                        others=(Target("127.0.0.1", b.port("gw"), user, password),))
+                        others=(Target("127.0.0.1", b.port("gw"), user, password),),
+                        deliver=lambda data: dovecot.deliver(user, data))
     print(result.report())
     assert not result.errors, result.report()
     assert result.checkpoints == max(1, round(SECONDS / 2.5)), result.report()

@@ -13,10 +13,13 @@ untagged response is checked against the view *before* it is applied:
 * MODSEQ of a message never goes down (RFC 7162 3.1.2), and one (UID, MODSEQ) means one flag set
   in every session;
 * \\Recent on a message in one session only (RFC 3501 2.3.2);
-* bodies and sizes equal what was appended (the `Shared` record, keyed by a token header).
+* bodies and sizes equal what was appended (the `Shared` record, keyed by a token header);
+* with QRESYNC (RFC 7162 3.2.10): VANISHED instead of EXPUNGE, under the same 7.4.1 rule.
 
 `Shared` is the state every session of a run sees (under a lock): appended bodies by token,
 UID -> token, the session holding \\Recent per UID, flags per (UID, MODSEQ), and the errors.
+UIDs are keyed by the mailbox's UIDVALIDITY (`View.space`): a mailbox keeps it across RENAME,
+and a mailbox created again under an old name gets a new one (RFC 3501 2.3.1.1).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .wire import Str
 
 TOKEN = re.compile(rb"X-Stress-Token: (\w+)")
 SEQ_COMMANDS = {b"FETCH", b"STORE", b"SEARCH"}   # 7.4.1: no EXPUNGE while answering these
+RESP_CODE = re.compile(rb"^OK \[(UIDVALIDITY|HIGHESTMODSEQ) (\d+)\]", re.I)
 
 
 @dataclass
@@ -41,9 +45,9 @@ class Slot:
 @dataclass
 class Shared:
     bodies: dict[bytes, bytes] = field(default_factory=dict)      # token -> appended body
-    uid_token: dict[int, bytes] = field(default_factory=dict)
-    recent_owner: dict[int, int] = field(default_factory=dict)     # uid -> session id
-    modseq_flags: dict[tuple[int, int], frozenset[str]] = field(default_factory=dict)
+    uid_token: dict[tuple, bytes] = field(default_factory=dict)        # (space, uid) -> token
+    recent_owner: dict[tuple, int] = field(default_factory=dict)       # (space, uid) -> session
+    modseq_flags: dict[tuple, frozenset[str]] = field(default_factory=dict)   # (space, uid, modseq)
     errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -57,8 +61,15 @@ def _flag_set(values) -> frozenset[str]:
 
 
 class View:
-    def __init__(self, sid: int, shared: Shared, allow_nil: bool = False):
+    def __init__(self, sid: int, shared: Shared, allow_nil: bool = False, space: object = None):
         self.sid, self.shared = sid, shared
+        self.space = space                  # the mailbox's UIDVALIDITY, once SELECT said it
+        self.highestmodseq = 0              # as SELECT/EXAMINE said it (RFC 7162 3.1.2.1)
+        self.vanished_earlier: set[int] = set()   # RFC 7162 3.2.5.1, during SELECT
+        self.vanished: set[int] = set()     # every UID a VANISHED (without EARLIER) named
+        self.reported: set[int] = set()     # UIDs a FETCH named while SELECT was answered
+        self.qresync = False                # RFC 7162 3.2.10: EXPUNGE is never sent
+        self.read_only = False              # EXAMINE: \\Recent shown, not claimed (RFC 3501 6.3.2)
         # RFC 2180 4.1.2 (Dovecot's choice): data of a message another session expunged may be
         # NIL/0 until this session is told. The gateway must do 4.1.1 (data stays readable), so
         # it runs with allow_nil=False. Each UID answered so must really be gone at the next
@@ -84,6 +95,16 @@ class View:
         pipelined commands concurrently (Dovecot does), so a response belongs to none of them
         in particular, except an ESEARCH (its TAG)."""
         command = pending[0] if len(pending) == 1 else b" | ".join(pending)
+        code = RESP_CODE.match(line[2:])
+        if code is not None:
+            name, number = code.group(1).upper(), int(code.group(2))
+            if name == b"UIDVALIDITY":
+                self.space = number
+            else:
+                self.highestmodseq = number
+        if values and values[0] == b"VANISHED":
+            self._vanished(values[1:], line, command, pending)
+            return
         if len(values) >= 2 and isinstance(values[0], bytes) and values[0].isdigit():
             if bytes(values[1]).upper() == b"EXPUNGE" and any(
                     _verb(c) in SEQ_COMMANDS for c in pending):
@@ -121,12 +142,46 @@ class View:
         self.slots += [Slot() for _ in range(number - len(self.slots))]
 
     def _expunge(self, number: int, line: bytes, command: bytes | None) -> None:
+        if self.qresync:
+            self.fail("EXPUNGE after ENABLE QRESYNC (RFC 7162 3.2.10: VANISHED)", line, command)
         if not 1 <= number <= len(self.slots):
             self.fail(f"EXPUNGE {number} with only {len(self.slots)} messages", line, command)
             return
         slot = self.slots.pop(number - 1)
         if slot.uid is not None:
             self.recent.discard(slot.uid)
+
+    def _vanished(self, values: list, line: bytes, command: bytes | None,
+                  pending: list[bytes]) -> None:
+        """RFC 7162 3.2.10: `VANISHED uids` replaces EXPUNGE (same 7.4.1 rule); `VANISHED
+        (EARLIER) uids` answers SELECT (QRESYNC ...) or UID FETCH (VANISHED) and expunges
+        nothing here."""
+        if values and isinstance(values[0], list):
+            self.vanished_earlier.update(int(n) for n in _numbers(values[1]))
+            return
+        if any(_verb(c) in SEQ_COMMANDS for c in pending):
+            self.fail("VANISHED while answering FETCH/STORE/SEARCH", line, command)
+        for uid in sorted((int(n) for n in _numbers(values[0])), reverse=True):
+            self.vanished.add(uid)
+            index = next((i for i, s in enumerate(self.slots) if s.uid == uid), None)
+            if index is None:   # never told its UID: one of the unknown slots where it fits
+                index = self._unknown_slot_for(uid)
+            if index is None:
+                self.fail(f"VANISHED UID {uid} that is not in the mailbox", line, command)
+                continue
+            self.slots.pop(index)
+            self.recent.discard(uid)
+
+    def _unknown_slot_for(self, uid: int) -> int | None:
+        below = 0
+        for i, slot in enumerate(self.slots):
+            if slot.uid is None and below < uid:
+                after = next((s.uid for s in self.slots[i:] if s.uid is not None), None)
+                if after is None or uid < after:
+                    return i
+            elif slot.uid is not None:
+                below = slot.uid
+        return None
 
     def _search(self, values: list, line: bytes, command: bytes | None) -> None:
         for value in values:
@@ -145,6 +200,8 @@ class View:
         uid = slot.uid
         if b"UID" in items:
             uid = int(items[b"UID"])
+            if command is not None and _verb(command) in (b"SELECT", b"EXAMINE"):
+                self.reported.add(uid)
             if slot.uid is not None and slot.uid != uid:
                 self.fail(f"seq {seq} was UID {slot.uid}, now UID {uid}", line, command)
                 return
@@ -166,7 +223,7 @@ class View:
             if uid is not None:
                 self.nil_uids.add(uid)
         elif b"RFC822.SIZE" in items and uid is not None:
-            token = self.shared.uid_token.get(uid)
+            token = self.shared.uid_token.get((self.space, uid))
             body = self.shared.bodies.get(token) if token else None
             if body is not None and int(items[b"RFC822.SIZE"]) != len(body):
                 self.fail(f"RFC822.SIZE {int(items[b'RFC822.SIZE'])} != {len(body)}", line, command)
@@ -184,20 +241,20 @@ class View:
             self.fail(f"keywords {sorted(undeclared)} never announced by FLAGS", line, command)
             self.defined |= undeclared
         stored = flags - {"\\Recent"}
-        if "\\Recent" in flags and uid is not None:
+        if "\\Recent" in flags and uid is not None and not self.read_only:
             with self.shared.lock:
-                owner = self.shared.recent_owner.setdefault(uid, self.sid)
+                owner = self.shared.recent_owner.setdefault((self.space, uid), self.sid)
             if owner != self.sid and uid not in self.recent:   # once per message
                 self.fail(f"\\Recent on UID {uid} here and in session {owner}", line, command)
             self.recent.add(uid)
         # Dovecot reports the MODSEQ from before a FETCH BODY[] set \Seen: not comparable
         implicit_seen = any(n.startswith(b"BODY[") or n == b"RFC822" for n in items)
         if b"MODSEQ" in items and uid is not None and not implicit_seen:
-            key = (uid, int(items[b"MODSEQ"][0]))
+            key = (self.space, uid, int(items[b"MODSEQ"][0]))
             with self.shared.lock:
                 known = self.shared.modseq_flags.setdefault(key, stored)
             if known != stored:
-                self.fail(f"UID {uid} MODSEQ {key[1]} has flags {sorted(known)} elsewhere",
+                self.fail(f"UID {uid} MODSEQ {key[2]} has flags {sorted(known)} elsewhere",
                           line, command)
         slot.flags = stored
 
@@ -217,7 +274,7 @@ class View:
         body = self.shared.bodies.get(token)
         if uid is not None:
             with self.shared.lock:
-                known = self.shared.uid_token.setdefault(uid, token)
+                known = self.shared.uid_token.setdefault((self.space, uid), token)
             if known != token:
                 self.fail(f"UID {uid} holds token {token!r}, appended as {known!r}", line, command)
         if body is None:

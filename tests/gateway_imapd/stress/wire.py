@@ -21,6 +21,14 @@ class WireError(Exception):
     pass
 
 
+class StressError(Exception):
+    """The server did what no server may (the run ends with it as an error)."""
+
+
+class Bye(StressError):
+    """The server said BYE (allowed only while a scratch mailbox is selected, steps.py)."""
+
+
 class Conn:
     """A blocking connection reading one whole response at a time."""
 
@@ -136,3 +144,18 @@ def fetch_items(values: list) -> dict[bytes, object]:
     if len(values) % 2:
         raise WireError("odd number of FETCH items")
     return {bytes(values[i]).upper(): values[i + 1] for i in range(0, len(values), 2)}
+
+
+def seqset(numbers: list[int]) -> bytes:
+    """Ascending numbers -> a compact sequence set: [1, 2, 3, 7] -> b"1:3,7"."""
+    out, start, prev = [], None, None
+    for n in numbers:
+        if start is None:
+            start = prev = n
+        elif n == prev + 1:
+            prev = n
+        else:
+            out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
+            start = prev = n
+    out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
+    return b",".join(out)
