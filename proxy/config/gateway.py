@@ -35,6 +35,7 @@ class GatewayLimits:
     mime_max_parts: StrictInt = 10000     # past this many parts, boundaries are not recognised
     command_budget: Duration = 60.0       # a command running longer answers NO [LIMIT]
     sequence_set_ranges: StrictInt = 100000   # distinct ranges in one sequence set, else BAD
+    search_updates: StrictInt = 10        # live SEARCH/SORT RETURN (UPDATE) per session (RFC 5267)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,8 @@ def check_gateway(gateway: Gateway | None) -> list[Problem]:
         errors.append((("gateway", "limits", "mime_max_depth"), "expected 1 to 200"))
     if limits.mime_max_parts < 1:
         errors.append((("gateway", "limits", "mime_max_parts"), "expected at least 1"))
+    if limits.search_updates < 1:   # RFC 5267 4.3.1: at least one updating context per client
+        errors.append((("gateway", "limits", "search_updates"), "expected at least 1"))
     for key, value in (("storage", gateway.quota.storage), ("messages", gateway.quota.messages)):
         if value is not None and value < 1:
             errors.append((("gateway", "quota", key), "expected at least 1"))

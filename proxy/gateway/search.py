@@ -33,7 +33,7 @@ from proxy.gateway._rfc822 import AddressParser
 from proxy.gateway.numbers import MODSEQ_MAX, NUMBER_MAX, InvalidNumber, number, sequence_set
 from proxy.gateway.search_text import decode_header, header_items, text_blobs
 
-__all__ = ["SearchKey", "SearchError", "parse_search", "matches"]
+__all__ = ["SearchKey", "SearchError", "parse_search", "matches", "key_ops"]
 
 CHARSETS = ("UTF-8", "US-ASCII")
 MAX_DEPTH = 100   # nesting of NOT, OR and parentheses; deeper answers BAD (no recursion past it)
@@ -70,6 +70,15 @@ class SearchKey:
 
     op: str
     args: tuple = ()
+
+
+def key_ops(key: SearchKey) -> set[str]:
+    """Every `op` in the tree (what a search needs: bodies, headers, flags...)."""
+    found = {key.op}
+    for arg in key.args:
+        if isinstance(arg, SearchKey):
+            found |= key_ops(arg)
+    return found
 
 
 # ---------------------------------------------------------------------------------------

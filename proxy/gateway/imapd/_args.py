@@ -106,7 +106,8 @@ def resolve(ranges: list[tuple[int | None, int | None]], last: int) -> list[tupl
 
 
 def compress(numbers: list[int]) -> bytes:
-    """Sorted numbers -> "1:3,5" (RFC 4731 ESEARCH ALL, RFC 4315 COPYUID)."""
+    """Numbers -> "1:3,5" (RFC 4731 ESEARCH ALL, RFC 4315 COPYUID), their order kept: only
+    ascending runs become ranges (RFC 5267 3.2, 4.3.3: ESORT and ADDTO sets in sort order)."""
     parts: list[bytes] = []
     start: int | None = None
     prev = 0

@@ -16,9 +16,10 @@ import types
 import trio
 
 from ...store import FlagMode
-from ..search import SearchError, SearchKey, matches, parse_search
+from ..search import SearchError, SearchKey, key_ops, matches, parse_search
 from . import _binary, _preview
 from . import _condstore as cs
+from . import _context as context
 from . import _searchres as searchres
 from ._args import Reply, compress, is_atom, parse_sequence_set, resolve, word
 from ._fetch import Item, parse_items, plan, render
@@ -32,7 +33,8 @@ _TEXT_KEYS = {"BODY", "TEXT"}                                 # need the cached 
 CHUNK_MESSAGES = 256
 CHUNK_BYTES = 8 * 1024 * 1024
 _ESEARCH_OPTIONS = {b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE",   # SAVE: RFC 5182
-                    b"PARTIAL"}                                   # RFC 5267 4.4, RFC 9394
+                    b"PARTIAL",                                   # RFC 5267 4.4, RFC 9394
+                    b"CONTEXT", b"UPDATE"}                        # RFC 5267 4.2, 4.3
 
 
 def is_uid(cmd) -> bool:
@@ -190,14 +192,6 @@ def _chunks(view, seqs: list[int]):
 
 # ---- SEARCH ------------------------------------------------------------------------------------
 
-def _ops(key: SearchKey) -> set[str]:
-    found = {key.op}
-    for arg in key.args:
-        if isinstance(arg, SearchKey):
-            found |= _ops(arg)
-    return found
-
-
 def _search_args(cmd) -> tuple[set[bytes] | None, PartialRange | None, list]:
     """(ESEARCH return options or None, PARTIAL's range or None, the search keys)."""
     args = list(cmd.args)
@@ -212,6 +206,9 @@ def _search_args(cmd) -> tuple[set[bytes] | None, PartialRange | None, list]:
             options.add(option)
         if not options <= _ESEARCH_OPTIONS:
             raise Reply.bad("Unknown RETURN option")
+        if window is not None and b"ALL" in options:   # RFC 5267 4.4: one of PARTIAL, ALL
+            raise Reply.bad("PARTIAL conflicts with ALL")
+        options.discard(b"CONTEXT")   # RFC 5267 4.2: a hint, nothing to do
         return options or {b"ALL"}, window, args[2:]   # RFC 4731 3.1: () means ALL
     return None, None, args
 
@@ -225,22 +222,26 @@ def parse_criteria(session, args: list) -> SearchKey:
         raise (Reply.no(exc.text, code) if code else Reply.bad(exc.text)) from None
 
 
-async def find(session, key: SearchKey) -> list[int]:
-    """Sequence numbers of the selected messages matching `key`, in order, in slices."""
-    ops = _ops(key)
+async def find(session, key: SearchKey, among: list[int] | None = None,
+               budget=None) -> list[int]:
+    """Sequence numbers of the selected messages matching `key` (of the UIDs `among` only, when
+    given), in order, in slices that tick `budget` (default: the command's)."""
+    ops = key_ops(key)
     view = session.view
+    budget = budget or session.budget
+    seqs = list(range(1, view.exists + 1)) if among is None else \
+        sorted(q for u in among if (q := view.seq_of(u)) is not None)
     if key.op == "ALL":   # SORT/THREAD/SEARCH ALL: nothing to evaluate
-        return list(range(1, view.exists + 1))
+        return seqs
     if "MODSEQ" in ops:
         await cs.enable_condstore(session)
     mime, store = session.backend.mime, session.store
     need_raw, need_text = bool(ops & _RAW_KEYS), bool(ops & _TEXT_KEYS)
     need_size = bool(ops & {"LARGER", "SMALLER"})
     found = []
-    uids = list(view.uids)
-    for start in range(0, len(uids), CHUNK_MESSAGES):
-        part = uids[start:start + CHUNK_MESSAGES]
-        metas = [view.meta[u] for u in part]
+    for start in range(0, len(seqs), CHUNK_MESSAGES):
+        part = seqs[start:start + CHUNK_MESSAGES]
+        metas = [view.meta[view.uids[q - 1]] for q in part]
         raws = await mime.bodies.get_many(store, metas) if need_raw else None
         texts = await mime.texts(store, metas) if need_text else None
         infos = await mime.infos(store, metas) if need_size else None
@@ -253,18 +254,18 @@ async def find(session, key: SearchKey) -> list[int]:
                     need_size and info is None):
                 continue   # not in the store (its body pin was lost): cannot match
             msgs.append(types.SimpleNamespace(
-                seq=start + n + 1, uid=meta.uid, flags=view.flags_of(meta.uid),
+                seq=part[n], uid=meta.uid, flags=view.flags_of(meta.uid),
                 internaldate=meta.internaldate, modseq=meta.modseq, saved=meta.saved,
                 emailid=email_id(meta.body_id),
                 size=info.size if info is not None else meta.size, raw=raw, texts=text))
         if need_raw:   # HEADER, SENT*: each message parsed; off the event loop (DESIGN.md)
             found += await trio.to_thread.run_sync(_match, key, msgs, view.exists, view.max_uid)
-            await session.budget.tick()
+            await budget.tick()
             continue
         for msg in msgs:   # in slices that yield; NO [LIMIT] past the budget (_budget.py)
             if matches(key, msg, last_seq=view.exists, last_uid=view.max_uid):
                 found.append(msg.seq)
-            await session.budget.tick()
+            await budget.tick()
     return found
 
 
@@ -281,12 +282,16 @@ async def search(session, cmd):
     if options is None and IMAP4REV2 in session.enabled:
         options = {b"ALL"}   # RFC 9051 6.4.4: the answer is always ESEARCH, ALL by default
     view = session.view
+    updating = options is not None and b"UPDATE" in options
+    if updating:
+        context.contexts_of(session).check_tag(cmd.tag)
     args = searchres.substitute(args, view)   # $ is the result saved before this command
     if options is not None and b"SAVE" in options:
         searchres.save(view, [])   # RFC 5182 2.1: a failed SEARCH leaves $ empty
     key = parse_criteria(session, args)
-    ops = _ops(key)
+    ops = key_ops(key)
     found = await find(session, key)
+    refused = context.open_search(session, cmd, key, found) if updating else None
     if options is not None and b"SAVE" in options:
         searchres.save(view, [view.uids[q - 1] for q in _saved_part(found, options)])
         options = options - {b"SAVE"}
@@ -314,6 +319,8 @@ async def search(session, cmd):
     if top is not None:
         reply += b" MODSEQ %d" % top
     session.emit(reply)
+    if refused is not None:   # RFC 5267 4.3.1: the answer stands, without updates
+        session.emit(refused)
     return None
 
 

@@ -18,6 +18,7 @@ import trio
 from ...imap._tokens import Atom
 from ..sort import SORT_KEYS, Item, sort_items
 from ..thread import ordered_subject, references, render
+from . import _context as context
 from . import _searchres as searchres
 from ._args import Reply, compress, word
 from ._messages import find, is_uid, parse_criteria
@@ -28,10 +29,11 @@ from ._partial import parse as partial_range
 CHUNK = 256            # messages per store call (virtual sizes)
 OFF_LOOP_AT = 200      # sorts / threadings of more messages run in a worker thread
 _ALGORITHMS = {b"ORDEREDSUBJECT": ordered_subject, b"REFERENCES": references}
-_ESORT_OPTIONS = {b"MIN", b"MAX", b"COUNT", b"ALL", b"PARTIAL", b"SAVE"}   # SAVE: RFC 5182
+_ESORT_OPTIONS = {b"MIN", b"MAX", b"COUNT", b"ALL", b"PARTIAL", b"SAVE",   # SAVE: RFC 5182
+                  b"CONTEXT", b"UPDATE"}                                   # RFC 5267 4.2, 4.3
 
 
-async def _items(session, seqs: list[int], uid: bool, need_size: bool) -> list[Item]:
+async def items_of(session, seqs: list[int], uid: bool, need_size: bool) -> list[Item]:
     """The selected messages as sortable items (expunged-by-others ones are left out)."""
     view = session.view
     metas = [view.meta[view.uids[q - 1]] for q in seqs]
@@ -111,18 +113,10 @@ def _return_options(args: list) -> tuple[EsortOptions | None, list]:
             options[option] = partial_range(items.pop(0) if items else b"")
         else:
             options[option] = True
+    if b"PARTIAL" in options and b"ALL" in options:   # RFC 5267 4.4: one of PARTIAL, ALL
+        raise Reply.bad("PARTIAL conflicts with ALL")
+    options.pop(b"CONTEXT", None)   # RFC 5267 4.2: a hint, nothing to do
     return options or {b"ALL": True}, args[2:]   # RFC 4731 3.1: () means ALL
-
-
-def _in_order(numbers: list[int]) -> bytes:
-    """A sequence-set keeping the given order: ascending runs become ranges (RFC 5267 3.2)."""
-    parts, start = [], 0
-    for n in range(1, len(numbers) + 1):
-        if n == len(numbers) or numbers[n] != numbers[n - 1] + 1:
-            run = numbers[start:n]
-            parts.append(compress(run))
-            start = n
-    return b",".join(parts)
 
 
 def _saved_part(ordered: list[int], options: EsortOptions) -> list[int]:
@@ -140,11 +134,11 @@ def _esort_reply(cmd, numbers: list[int], options: EsortOptions) -> bytes:
     if numbers and b"MAX" in options:
         reply += b" MAX %d" % numbers[-1]
     if numbers and b"ALL" in options:
-        reply += b" ALL " + _in_order(numbers)
+        reply += b" ALL " + compress(numbers)
     window_range = options.get(b"PARTIAL")
     if isinstance(window_range, PartialRange):   # before COUNT, as Dovecot
         window = window_range.window(numbers)
-        reply += b" PARTIAL (%s %s)" % (window_range.wire, _in_order(window) if window else b"NIL")
+        reply += b" PARTIAL (%s %s)" % (window_range.wire, compress(window) if window else b"NIL")
     if b"COUNT" in options:
         reply += b" COUNT %d" % len(numbers)
     return reply
@@ -156,6 +150,9 @@ async def sort(session, cmd):
         raise Reply.bad("SORT expects sort criteria, a charset and search keys")
     program = _program(args[0])
     view = session.view
+    updating = options is not None and b"UPDATE" in options
+    if updating:
+        context.contexts_of(session).check_tag(cmd.tag)
     keys = searchres.substitute(_charset_and_keys(session, args[1:]), view)
     saving = options is not None and b"SAVE" in options
     if saving:
@@ -165,10 +162,15 @@ async def sort(session, cmd):
     answers = session.backend.mime.answers
     cache_key = ("SORT", tuple(program), *_selection(view, seqs))
     order = answers.get(cache_key)   # sequence numbers in sort order
+    need_size = any(k == "SIZE" for k, _ in program)
     if order is None:
-        items = await _items(session, seqs, False, any(k == "SIZE" for k, _ in program))
+        items = await items_of(session, seqs, False, need_size)
         order = tuple(i.seq for i in await _off_loop(partial(sort_items, program=program), items))
         answers.put(cache_key, order, 24 * len(order))
+    refused = None
+    if updating:   # RFC 5267 4.3: the result's sort items, to place what enters later
+        ordered = await items_of(session, list(order), True, need_size)
+        refused = context.open_sort(session, cmd, key, program, ordered, need_size)
     numbers = [view.uids[q - 1] for q in order] if is_uid(cmd) else list(order)
     if saving:
         assert options is not None
@@ -180,6 +182,8 @@ async def sort(session, cmd):
         session.emit(b"SORT" + b"".join(b" %d" % n for n in numbers))
     else:
         session.emit(_esort_reply(cmd, numbers, options))
+    if refused is not None:   # RFC 5267 4.3.1: the answer stands, without updates
+        session.emit(refused)
     return None
 
 
@@ -201,7 +205,7 @@ async def thread(session, cmd):
     cache_key = ("THREAD", name, uid, *_selection(view, seqs))
     answer = answers.get(cache_key)
     if answer is None:
-        items = await _items(session, seqs, uid, False)
+        items = await items_of(session, seqs, uid, False)
         threads = await _off_loop(algorithm, items)
         answer = b"THREAD " + render(threads) if threads else b"THREAD"
         answers.put(cache_key, answer, len(answer) + 16 * len(seqs))

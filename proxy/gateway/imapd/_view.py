@@ -20,6 +20,7 @@ allows:
 from __future__ import annotations
 
 import bisect
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -28,6 +29,9 @@ from ...store.base import SYSTEM_FLAGS
 from ._args import compress, flag_list
 from ._index import Snapshot
 from .hub import EventKind, Hub, MailboxEvent
+
+if TYPE_CHECKING:
+    from ._context import Contexts
 
 
 class SelectedView:
@@ -57,6 +61,7 @@ class SelectedView:
         self.qresync = False                   # RFC 7162 3.2.10: VANISHED instead of EXPUNGE
         self.rev2 = False                      # RFC 9051: no \Recent, no RECENT responses
         self.saved: list[int] = []             # RFC 5182 SEARCHRES result, as UIDs (`$`)
+        self.contexts: Contexts | None = None   # RFC 5267 SEARCH/SORT RETURN (UPDATE) results
 
     # ---- hub side ---------------------------------------------------------------------------
     def notify(self, event: MailboxEvent) -> None:
@@ -126,11 +131,14 @@ class SelectedView:
         """Forget expunged messages; EXPUNGE per message (highest first, so no number shifts
         under the client, RFC 3501 7.4.1), or one VANISHED (RFC 7162 3.2.10) with QRESYNC."""
         gone = [uid for uid in sorted(uids, reverse=True) if self.seq_of(uid) is not None]
+        # RFC 5267 4.3.4: REMOVEFROM in sequence numbers goes before the EXPUNGE
+        removals = self.contexts.removing(self, gone) if self.contexts is not None else []
         if self.qresync:
             for uid in gone:
                 self.remove(uid)
-            return [b"VANISHED " + compress(sorted(gone))] if gone else []
-        return [b"%d EXPUNGE" % seq for uid in gone if (seq := self.remove(uid)) is not None]
+            return removals + ([b"VANISHED " + compress(sorted(gone))] if gone else [])
+        return removals + [b"%d EXPUNGE" % seq for uid in gone
+                           if (seq := self.remove(uid)) is not None]
 
     def announce(self, flag_sets) -> list[bytes]:
         """FLAGS and PERMANENTFLAGS when `flag_sets` hold keywords this session was not told of
@@ -173,6 +181,8 @@ class SelectedView:
         meta = self.meta.get(uid)
         if meta is not None and modseq >= meta.modseq:
             self.meta[uid] = meta.with_flags(flags, modseq)
+            if self.contexts is not None:
+                self.contexts.flagged.add(uid)
 
     def remove(self, uid: int) -> int | None:
         """Forget an expunged message now; returns the sequence number it had."""
@@ -220,12 +230,16 @@ class SelectedView:
                 self.meta[meta.uid] = meta
                 if recent is not None and recent[0] <= meta.uid <= recent[1]:
                     self.recent.add(meta.uid)
+            if self.contexts is not None:
+                self.contexts.arrived.update(new)
             lines.append(b"%d EXISTS" % self.exists)
             if not self.rev2:   # RFC 9051 E.5: IMAP4rev2 has no RECENT response
                 lines.append(b"%d RECENT" % len(self.recent))
         if allow_expunge and self.expunged:   # numbers against what the client knows now
             lines += self.expunge_lines(set(self.expunged))
         present = [uid for uid in changed if uid in self.meta]
+        if self.contexts is not None:
+            self.contexts.flagged.update(present)
         lines += self.announce(self.meta[uid].flags for uid in present)
         for uid in present:
             seq = self.seq_of(uid)

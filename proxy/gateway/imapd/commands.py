@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable
 
 from . import _append as app
 from . import _compress
+from . import _context as ctx
 from . import _list_ext as lx
 from . import _mailboxes as mb
 from . import _message_changes as chg
@@ -28,7 +29,7 @@ CAPABILITIES = (b"IMAP4rev1", b"LITERAL+", b"IDLE", b"UIDPLUS", b"MOVE", b"NAMES
                 b"STATUS=SIZE", b"COMPRESS=DEFLATE", b"QUOTA", b"QUOTA=RES-STORAGE",
                 b"QUOTA=RES-MESSAGE", b"MULTIAPPEND", b"UNAUTHENTICATE", b"UTF8=ACCEPT", b"BINARY",
                 b"PREVIEW", b"CATENATE", b"SAVEDATE", b"OBJECTID", b"PARTIAL",
-                b"IMAP4rev2")
+                b"CONTEXT=SEARCH", b"CONTEXT=SORT", b"IMAP4rev2")
 # Extensions ENABLE (RFC 5161) can turn on; QRESYNC implies CONDSTORE (RFC 7162 3.2.3).
 # UTF8=ACCEPT (RFC 6855 3): UTF-8 mailbox names (`_names`), APPEND's UTF8 data, no SEARCH CHARSET.
 # IMAP4rev2 (RFC 9051, appendix E): UTF-8 names, no \Recent, ESEARCH answers, LIST on SELECT.
@@ -144,4 +145,5 @@ COMMANDS: dict[bytes, CommandSpec] = {
     b"UID SORT": CommandSpec(SEL, srt.sort),
     b"THREAD": CommandSpec(SEL, srt.thread, expunge_ok=False),      # RFC 5256
     b"UID THREAD": CommandSpec(SEL, srt.thread),
+    b"CANCELUPDATE": CommandSpec(SEL, ctx.cancelupdate),           # RFC 5267 4.3.5
 }

@@ -47,6 +47,8 @@ from ...store import (
 from ..numbers import MAX_SET_RANGES
 from ._args import Reply
 from ._budget import DEFAULT_COMMAND_BUDGET, CommandBudget
+from ._context import DEFAULT_SEARCH_UPDATES
+from ._context_refresh import refresh as refresh_contexts
 from ._index import MailboxIndex
 from ._names import utf8_enabled
 from ._state import SELECTED, State, Trigger, next_state
@@ -101,6 +103,8 @@ class ImapSession:
         self.max_set_ranges = gateway.limits.sequence_set_ranges if gateway is not None \
             else MAX_SET_RANGES
         self.quota = gateway.quota if gateway is not None else None   # RFC 9208 (_quota.py)
+        self.search_updates = gateway.limits.search_updates if gateway is not None \
+            else DEFAULT_SEARCH_UPDATES   # RFC 5267 4.3.1 (_context.py)
 
     # ---- output -----------------------------------------------------------------------------
     def emit(self, line: bytes) -> None:
@@ -288,8 +292,13 @@ class ImapSession:
 
     async def send_updates(self, allow_expunge: bool) -> None:
         view = self.view
-        if view is None or not (view.pending or (allow_expunge and view.expunged)):
+        if view is None:
             return
+        if view.pending or (allow_expunge and view.expunged):
+            await self._send_view_updates(view, allow_expunge)
+        await refresh_contexts(self)   # RFC 5267 4.3: ADDTO/REMOVEFROM after EXISTS and FETCH
+
+    async def _send_view_updates(self, view: "SelectedView", allow_expunge: bool) -> None:
         top, recent = view.new_top(), None
         if top and not view.read_only and not view.rev2:   # \Recent for one session (3501 2.3.2)
             recent = (await self.backend.hub.claim_recent(self.store, view.mailbox_id, top), top)
