@@ -305,3 +305,68 @@ async def test_updates_reach_an_idle_session(gateway):
         other.logout()
 
     await trio.to_thread.run_sync(scenario)
+
+
+async def test_webmail_style_session_with_live_results(gateway):
+    """What a webmail keeps on screen (RFC 5267 A.1, A.4): the unseen counter from
+    `SEARCH RETURN (UPDATE COUNT) UNSEEN` and page 1 of a date-sorted list from
+    `UID SORT RETURN (UPDATE COUNT PARTIAL 1:3)`, kept current from ADDTO/REMOVEFROM alone while
+    another device reads mail, new mail arrives through the fetcher and the user moves the top
+    message to Trash; after each step both equal what fresh commands answer."""
+    for n in range(6):
+        gateway.deliver(message(n, subject=f"news {n}"))
+
+    def scenario() -> None:
+        web, phone = gateway.imaplib(), gateway.imaplib()
+        caps = _cmd(web, "w0", "CAPABILITY")[0].split()
+        assert b"CONTEXT=SEARCH" in caps and b"CONTEXT=SORT" in caps and b"ESORT" in caps
+        _cmd(web, "w1", "SELECT INBOX")
+        _cmd(phone, "p1", "SELECT INBOX")
+        unseen = int(_cmd(web, "cnt", "SEARCH RETURN (UPDATE COUNT) UNSEEN")[0].split()[-1])
+        page, total = _page(web, "pg", "UPDATE COUNT PARTIAL 1:3")
+        assert (unseen, page, total) == (6, [6, 5, 4], 6)
+        steps = [(phone, "UID STORE 5,2 +FLAGS (\\Seen)"), (None, "news 6"),
+                 (web, "UID MOVE 7 Trash"), (web, "UID STORE 6 +FLAGS (\\Flagged)"),
+                 (phone, "UID STORE 2 -FLAGS (\\Seen)"), (phone, "UID MOVE 4 Trash")]
+        for n, (who, command) in enumerate(steps):
+            if who is None:
+                gateway.deliver(message(50, subject=command, body="new"))
+                lines = _wait_for_new_mail(web)
+            else:
+                lines = _cmd(who, f"x{n}", command)
+                if who is phone:
+                    lines = _cmd(web, f"n{n}", "NOOP")
+            for kind, _position, uids in _updates(lines, b"cnt"):
+                unseen += len(uids) if kind == b"ADDTO" else -len(uids)
+            for kind, position, uids in _updates(lines, b"pg"):
+                total += len(uids) if kind == b"ADDTO" else -len(uids)
+                if kind == b"ADDTO" and position <= 3:
+                    page = (page[:position - 1] + uids + page[position - 1:])[:3]
+                elif kind == b"REMOVEFROM" and position <= 3:
+                    del page[position - 1:position - 1 + len(uids)]
+            if len(page) < min(3, total):   # an entry left page 1: fetch it again
+                page, _ = _page(web, f"re{n}", "PARTIAL 1:3")
+            fresh_unseen = int(_cmd(web, f"u{n}", "SEARCH RETURN (COUNT) UNSEEN")[0].split()[-1])
+            assert (unseen, page, total) == (fresh_unseen, *_page(web, f"f{n}", "COUNT PARTIAL 1:3"))
+        web.logout()
+        phone.logout()
+
+    await trio.to_thread.run_sync(scenario)
+
+
+def _page(client: imaplib.IMAP4, tag: str, options: str) -> tuple[list[int], int]:
+    lines = _cmd(client, tag, f"UID SORT RETURN ({options}) (REVERSE DATE) UTF-8 UNDELETED")
+    [line] = [x for x in lines if x.startswith(b"* ESEARCH")]
+    window = re.search(rb"PARTIAL \(\S+ (\S+)\)", line).group(1)
+    count = re.search(rb"COUNT (\d+)", line)
+    return (_expand(window) if window != b"NIL" else []), int(count.group(1)) if count else -1
+
+
+def _updates(lines: list[bytes], tag: bytes):
+    """(kind, position, numbers) of every ADDTO/REMOVEFROM pair for `tag`, in order."""
+    for line in lines:
+        if line.startswith(b'* ESEARCH (TAG "%s")' % tag):
+            for kind, payload in re.findall(rb"(ADDTO|REMOVEFROM) \(([^)]*)\)", line):
+                words = payload.split()
+                for position, numbers in zip(words[::2], words[1::2], strict=True):
+                    yield kind, int(position), _expand(numbers)
