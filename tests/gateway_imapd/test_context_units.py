@@ -5,14 +5,30 @@ Dovecot and against a client model in test_context.py; these pin the edge cases.
 from __future__ import annotations
 
 import bisect
+import datetime
+import types
 
 import pytest
 
 from proxy.gateway.imapd._args import Reply
-from proxy.gateway.imapd._context import Context, Contexts, added_line, pin, removed_line
+from proxy.gateway.imapd._budget import CommandBudget
+from proxy.gateway.imapd._context import (
+    DEFAULT_SEARCH_UPDATES,
+    Context,
+    Contexts,
+    added_line,
+    open_search,
+    pin,
+    removed_line,
+)
+from proxy.gateway.imapd._context_refresh import refresh
+from proxy.gateway.imapd._index import Snapshot
+from proxy.gateway.imapd._view import SelectedView
+from proxy.gateway.imapd.hub import EventKind, MailboxEvent
 from proxy.gateway.search import SearchKey, parse_search
 from proxy.gateway.sort import Item, sort_items
 from proxy.gateway.sortkeys import extract
+from proxy.store import Mailbox, MessageMeta, StoreUnavailable
 
 
 class View:
@@ -98,3 +114,44 @@ def test_the_limit_and_tag_reuse():
         b'NO [NOUPDATE "b"] Too many contexts'
     assert contexts.cancel(b"a") and not contexts.cancel(b"a")
     assert contexts.open(Context(b"b", SearchKey("ALL"), True, set())) is None
+
+
+# ---- refresh: what changed, evaluated once the store answers --------------------------------------
+
+class FlakyTexts:
+    """The MIME cache's `texts` (what BODY searches read) for a store that is down at first."""
+
+    def __init__(self) -> None:
+        self.down = True
+
+    async def texts(self, store, metas):
+        if self.down:
+            raise StoreUnavailable("the database is restarting")
+        return [("", "needle" if m.uid % 2 else "hay") for m in metas]
+
+
+def _meta(uid: int) -> MessageMeta:
+    when = datetime.datetime(2026, 12, 6, tzinfo=datetime.timezone.utc)
+    return MessageMeta(uid, 1, uid, when, 100, frozenset(), uid, uid, None)
+
+
+async def test_refresh_keeps_the_changes_while_the_store_is_down():
+    view = SelectedView(Mailbox(1, 1, "INBOX", None, 7, 3, 1, 2), [], False, set())
+    view.load(Snapshot(1, 2, [_meta(1), _meta(2)]))
+    lines: list[bytes] = []
+    mime = FlakyTexts()
+    session = types.SimpleNamespace(view=view, budget=CommandBudget(60.0), store=None,
+                                    backend=types.SimpleNamespace(mime=mime), emit=lines.append,
+                                    search_updates=DEFAULT_SEARCH_UPDATES)
+    key = parse_search([b"BODY", b"needle"])
+    assert open_search(session, types.SimpleNamespace(tag=b"t", name=b"UID SEARCH"), key, []) \
+        is None
+    view.notify(MailboxEvent(1, EventKind.APPEND, metas=(_meta(3), _meta(4), _meta(5))))
+    view.updates(True)
+    await refresh(session)   # the store is down: nothing sent, nothing lost
+    assert lines == [] and view.contexts.arrived == {3, 4, 5}
+    mime.down = False
+    await refresh(session)
+    assert lines == [b'ESEARCH (TAG "t") UID ADDTO (0 3,5)']
+    await refresh(session)
+    assert len(lines) == 1

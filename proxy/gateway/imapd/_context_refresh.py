@@ -8,11 +8,13 @@ texts through the shared caches, HEADER and SENT* keys parsed in a worker thread
 the contexts that can care (a context whose criteria read no flags ignores flag changes).
 Each refresh has a budget of its own (`gateway.limits.command_budget`, as one command): a
 context whose evaluation runs past it stops with `NO [NOUPDATE "tag"]` instead of holding the
-session, and the others carry on.
+session, and the others carry on. When the store fails (a PostgreSQL restart) the changes are
+kept for the next refresh; contexts already told of them find nothing new then.
 """
 
 from __future__ import annotations
 
+from ...store import StoreError
 from ._args import Reply
 from ._budget import CommandBudget
 from ._context import added_line, removed_line
@@ -49,6 +51,10 @@ async def refresh(session) -> None:
         except Reply:   # past the budget (NO [LIMIT]): this context stops updating
             session.emit(contexts.drop(context))
             continue
+        except StoreError:   # e.g. the database restarting: try again after the next command
+            contexts.arrived |= arrived
+            contexts.flagged |= flagged
+            return
         removed = {u for u in candidates if u in context.members and u not in matched}
         for line in (removed_line(context, view, removed),
                      added_line(context, view, added, items)):
