@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Protocol, TypedDict
 
 import trio
@@ -115,6 +116,14 @@ class Runtime:
                    oauth2 if oauth2 is not None else Brokers(metrics))
 
 
+@lru_cache(maxsize=4096)   # asked at every greeting; parsing the address costs more than it
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
 class LogFields(TypedDict):
     """What every log line of a session names (never a password; the user per `logging.user`)."""
 
@@ -170,10 +179,7 @@ class Session:
 
     @property
     def client_is_loopback(self) -> bool:
-        try:
-            return ipaddress.ip_address(self.client_ip).is_loopback
-        except ValueError:
-            return False
+        return _is_loopback(self.client_ip)
 
     @property
     def plaintext_auth_allowed(self) -> bool:

@@ -11,8 +11,9 @@ The credentials are handed to the caller, which logs in upstream and answers und
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 
+from ..config import ProtocolLimits
 from ..imap import NEED_DATA, PREAUTH_LIMITS, CommandParser, Limits, ProtocolError, events, writer
 from ..net.conn import Conn
 from ..routing.answers import Refusal
@@ -32,6 +33,15 @@ from .sasl import (
 from .starttls import client_injection, upgrade_client
 
 GREETING_TEXT = b"mailproxy ready."
+
+
+@lru_cache(maxsize=64)   # one per listener config, not one per connection
+def _preauth_limits(limits: ProtocolLimits) -> Limits:
+    return Limits(max_line=limits.preauth_max_line, max_literal=limits.preauth_max_literal,
+                  max_nonsync_literal=limits.preauth_max_literal,
+                  max_depth=PREAUTH_LIMITS.max_depth,
+                  # RFC 2971 3.3: the longest ID (about 32 KB), every other line tight
+                  max_id_line=limits.id_line_length)
 
 
 @dataclass
@@ -55,13 +65,7 @@ class ImapFront(Front):
                  *, again: bytes | None = None):
         """`again`: the connection comes back after UNAUTHENTICATE (RFC 8437 3) with these
         pipelined bytes; no greeting is sent then."""
-        limits = session.listener.limits
-        self.limits = Limits(max_line=limits.preauth_max_line,
-                             max_literal=limits.preauth_max_literal,
-                             max_nonsync_literal=limits.preauth_max_literal,
-                             max_depth=PREAUTH_LIMITS.max_depth,
-                             # RFC 2971 3.3: the longest ID (about 32 KB), every other line tight
-                             max_id_line=limits.id_line_length)
+        self.limits = _preauth_limits(session.listener.limits)
         super().__init__(session, conn, self._parser(), again or b"")
         self.extra_capabilities = extra_capabilities  # the gateway's, in the greeting
         self.greeted = again is not None
