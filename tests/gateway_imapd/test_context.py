@@ -14,9 +14,11 @@ from __future__ import annotations
 import imaplib
 import re
 
+import pytest
 import trio
 from gateway_mime import wire
 
+from proxy.gateway.imapd import _context_refresh
 from support.polling import wait_for
 
 from .conftest import GatewayHandle, message
@@ -178,9 +180,12 @@ STEPS = [("B", "STORE 2,5 +FLAGS (\\Seen)"), ("B", "STORE 3 +FLAGS (\\Flagged \\
          ("B", "MOVE 1 Trash"), ("B", "STORE 1 +FLAGS (\\Flagged)")]
 
 
-async def test_sort_updates_keep_the_client_current(gateway):
+@pytest.mark.parametrize("merge_at", [_context_refresh.MERGE_AT, 1])
+async def test_sort_updates_keep_the_client_current(gateway, merge_at, monkeypatch):
     """After each change (by this session, by another, by the POP3 fetcher) every client-side
-    model of a SORT RETURN (UPDATE) result equals a fresh SORT of the same criteria."""
+    model of a SORT RETURN (UPDATE) result equals a fresh SORT of the same criteria; new members
+    placed one by one, or (merge_at 1) merged by one sort."""
+    monkeypatch.setattr(_context_refresh, "MERGE_AT", merge_at)
     for n in range(8):
         gateway.deliver(message(n, subject=f"topic {(n * 3) % 8}", sender=f"s{n % 3}@example.org"))
 

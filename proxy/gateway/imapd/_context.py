@@ -194,9 +194,11 @@ def removed_line(context: Context, view: "SelectedView", uids: set[int]) -> byte
     return _head(context) + b" REMOVEFROM (" + b" ".join(pairs) + b")"
 
 
-def added_line(context: Context, view: "SelectedView", uids: list[int],
-               items: list[Item]) -> bytes | None:
-    """Put `uids` (SEARCH) or `items` (SORT, Item.seq = UID) into the context: `ADDTO (...)`."""
+def added_line(context: Context, view: "SelectedView", uids: list[int], items: list[Item],
+               merged: list[Item] | None = None) -> bytes | None:
+    """Put `uids` (SEARCH) or `items` (SORT, Item.seq = UID) into the context: `ADDTO (...)`.
+    `merged`: the SORT result with the items already in it (many items: one sort, made off the
+    event loop by the caller, instead of a binary insertion each)."""
     if context.program is None:
         if not uids:
             return None
@@ -205,9 +207,12 @@ def added_line(context: Context, view: "SelectedView", uids: list[int],
         return _head(context) + b" ADDTO (0 %s)" % compress(numbers)
     if not items:
         return None
-    for item in items:
-        context.order.insert(_position(context.order, item, context.program), item)
-        context.members.add(item.seq)
+    if merged is not None:
+        context.order = merged
+    else:
+        for item in items:
+            context.order.insert(_position(context.order, item, context.program), item)
+    context.members.update(item.seq for item in items)
     added = {item.seq for item in items}
     positions = [n for n, item in enumerate(context.order, 1) if item.seq in added]
     pairs = []   # ascending final positions: each insertion lands where the client expects

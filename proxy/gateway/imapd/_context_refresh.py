@@ -14,12 +14,17 @@ kept for the next refresh; contexts already told of them find nothing new then.
 
 from __future__ import annotations
 
+from functools import partial
+
 from ...store import StoreError
+from ..sort import sort_items
 from ._args import Reply
 from ._budget import CommandBudget
 from ._context import added_line, removed_line
 from ._messages import find
-from ._sort import items_of
+from ._sort import items_of, off_loop
+
+MERGE_AT = 64   # SORT: more new members than this are merged by one sort, not inserted one by one
 
 
 async def refresh(session) -> None:
@@ -43,11 +48,14 @@ async def refresh(session) -> None:
             matched = {view.uids[q - 1] for q in
                        await find(session, context.key, among=candidates, budget=budget)}
             added = [u for u in candidates if u in matched and u not in context.members]
-            items = []
+            items, merged = [], None
             if context.program is not None and added:
                 seqs = [q for u in added if (q := view.seq_of(u)) is not None]
                 items = [i._replace(seq=i.number)
                          for i in await items_of(session, seqs, True, context.need_size)]
+                if len(items) > MERGE_AT:   # many arrivals at once (a sync): one sort
+                    merged = await off_loop(partial(sort_items, program=context.program),
+                                            context.order + items)
         except Reply:   # past the budget (NO [LIMIT]): this context stops updating
             session.emit(contexts.drop(context))
             continue
@@ -57,6 +65,6 @@ async def refresh(session) -> None:
             return
         removed = {u for u in candidates if u in context.members and u not in matched}
         for line in (removed_line(context, view, removed),
-                     added_line(context, view, added, items)):
+                     added_line(context, view, added, items, merged)):
             if line is not None:
                 session.emit(line)

@@ -49,7 +49,7 @@ async def items_of(session, seqs: list[int], uid: bool, need_size: bool) -> list
             if f is not None and size is not None]
 
 
-async def _off_loop(function, items):
+async def off_loop(function, items):
     if len(items) > OFF_LOOP_AT:
         return await trio.to_thread.run_sync(partial(function, items))
     return function(items)
@@ -165,7 +165,7 @@ async def sort(session, cmd):
     need_size = any(k == "SIZE" for k, _ in program)
     if order is None:
         items = await items_of(session, seqs, False, need_size)
-        order = tuple(i.seq for i in await _off_loop(partial(sort_items, program=program), items))
+        order = tuple(i.seq for i in await off_loop(partial(sort_items, program=program), items))
         answers.put(cache_key, order, 24 * len(order))
     refused = None
     if updating:   # RFC 5267 4.3: the result's sort items, to place what enters later
@@ -206,7 +206,7 @@ async def thread(session, cmd):
     answer = answers.get(cache_key)
     if answer is None:
         items = await items_of(session, seqs, uid, False)
-        threads = await _off_loop(algorithm, items)
+        threads = await off_loop(algorithm, items)
         answer = b"THREAD " + render(threads) if threads else b"THREAD"
         answers.put(cache_key, answer, len(answer) + 16 * len(seqs))
     session.emit(answer)
