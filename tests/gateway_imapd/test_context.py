@@ -22,6 +22,8 @@ from proxy.gateway.imapd import _context_refresh
 from support.polling import wait_for
 
 from .conftest import GatewayHandle, message
+from .test_condstore import Raw
+from .test_replicas import Idle, gateway_config
 
 _KEPT = re.compile(rb"^\* (ESEARCH |\d+ EXPUNGE|NO \[NOUPDATE)")
 
@@ -375,3 +377,34 @@ def _updates(lines: list[bytes], tag: bytes):
                 words = payload.split()
                 for position, numbers in zip(words[::2], words[1::2], strict=True):
                     yield kind, int(position), _expand(numbers)
+
+
+def test_updates_from_another_replica(proxy_factory, dovecot, pg_dsn):
+    """Two gateway processes on one PostgreSQL store: changes made through one replica (flags,
+    EXPUNGE) and mail its fetcher (or the other's) ingests update a context on the other, live
+    in IDLE (the change feed reaches the view as local changes do)."""
+    name, password = dovecot.add_user()
+    for n in range(3):
+        dovecot.deliver(name, message(n, subject=f"topic {3 - n}"))
+    a = proxy_factory(gateway_config(dovecot, pg_dsn))
+    b = proxy_factory(gateway_config(dovecot, pg_dsn))
+    on_a, on_b = Raw(a.port("gw"), name, password), Raw(b.port("gw"), name, password)
+    assert b"* 3 EXISTS" in on_a.cmd("SELECT INBOX")[0]
+    assert b"* 3 EXISTS" in on_b.cmd("SELECT INBOX")[0]
+    assert on_b.cmd("UID SEARCH RETURN (UPDATE) FLAGGED") == (
+        [b'* ESEARCH (TAG "t3") UID'], b"t3 OK UID SEARCH completed.")
+    assert on_b.cmd("UID SORT RETURN (UPDATE ALL) (SUBJECT) UTF-8 UNDELETED")[0] == [
+        b'* ESEARCH (TAG "t4") UID ALL 3,2,1']
+    idle = Idle(on_b)
+    assert on_a.cmd("STORE 2 +FLAGS.SILENT (\\Flagged)")[1].split()[1] == b"OK"
+    assert idle.until(rb'TAG "t3"') == b'* ESEARCH (TAG "t3") UID ADDTO (0 2)'
+    assert on_a.cmd("STORE 3 +FLAGS.SILENT (\\Deleted)")[1].split()[1] == b"OK"
+    assert idle.until(rb'TAG "t4"') == b'* ESEARCH (TAG "t4") UID REMOVEFROM (1 3)'
+    dovecot.deliver(name, message(3, subject="topic 0"))
+    assert idle.until(rb"EXISTS") == b"* 4 EXISTS"
+    assert idle.until(rb'TAG "t4"') == b'* ESEARCH (TAG "t4") UID ADDTO (1 4)'
+    assert on_a.cmd("EXPUNGE")[1].split()[1] == b"OK"
+    assert idle.until(rb"EXPUNGE") == b"* 3 EXPUNGE"   # no REMOVEFROM: 3 had left both
+    idle.done()
+    on_a.close()
+    on_b.close()
