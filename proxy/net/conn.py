@@ -177,6 +177,7 @@ class Conn:
                     await self.stream.aclose()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
+            return  # (TLSStream.aclose closes its transport even when cancelled)
         if self._fd is not None:   # no checkpoint needed to close a plain socket
             assert isinstance(self.stream, trio.SocketStream)
             self.stream.socket.close()
