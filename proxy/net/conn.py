@@ -248,6 +248,11 @@ class TLSStream(trio.abc.Stream):
     writer or a read that has TLS bytes to send (TLS 1.3 tickets, a KeyUpdate answer) waits while
     another task is sending. `aclose` sends our close_notify without waiting for the peer's (the
     caller bounds it: Conn.aclose, CLOSE_NOTIFY_TIMEOUT), then closes the transport.
+
+    A relay loop of its own (outside trio's streams) can take a TLS session over between two
+    calls: `engine` (net/tls_engine.py: feed ciphertext, read plaintext, write, data_to_send) and
+    the socket `transport_stream` (a trio.SocketStream when the raw path is in use); nothing is
+    buffered outside the engine.
     """
 
     def __init__(self, transport: trio.abc.Stream, engine: TLSEngine):

@@ -20,6 +20,7 @@ import imaplib
 import os
 import poplib
 import re
+import select
 import shutil
 import signal
 import socket
@@ -351,6 +352,45 @@ def test_wrong_alpn_refused(front, ca, listener, alpn):
         assert data == b""
         tls.close()
     assert "reason=tls_alpn_refused" in session_end(front, port)
+
+
+def read_until(proc: subprocess.Popen, marker: bytes, timeout: float = TIMEOUT) -> bytes:
+    """What `proc` wrote to stdout until `marker` (or EOF), waiting at most `timeout` seconds."""
+    out, deadline = b"", time.monotonic() + timeout
+    while marker not in out:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+            raise AssertionError(f"no {marker!r} in {out[-2000:]!r}")
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_client_renegotiation_refused_session_ends_cleanly(front, ca, tls_files):
+    """A TLS 1.2 client asking to renegotiate gets OpenSSL's no_renegotiation alert (the
+    listeners set OP_NO_RENEGOTIATION), its session ends without a crash, and others go on."""
+    proc = subprocess.Popen(
+        ["openssl", "s_client", "-tls1_2", "-connect", f"{HOST}:{front.port('imaps')}",
+         "-CAfile", tls_files["ca"], "-verify_return_error"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert b"* OK [CAPABILITY" in read_until(proc, b"mailproxy ready.")
+        proc.stdin.write(b"a NOOP\r\n")
+        proc.stdin.flush()
+        read_until(proc, b"a OK NOOP completed.")
+        proc.stdin.write(b"R\n")  # s_client's command letter: renegotiate
+        proc.stdin.flush()
+        read_until(proc, b"\x00never\x00")  # until s_client ends: the renegotiation failed
+        assert proc.wait(timeout=TIMEOUT) != 0
+        assert b"no renegotiation" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    with tls_connect(front.port("imaps"), ca, "mail.example.com") as tls:
+        assert tls.recv(200).startswith(b"* OK [CAPABILITY IMAP4rev1")
+    assert "session_crash" not in front.logs()
 
 
 # --------------------------------------------------------------------------- plaintext policy
