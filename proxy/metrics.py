@@ -210,6 +210,9 @@ class Metrics:
         self.session_duration = Histogram(
             "mailproxy_session_duration_seconds", "Client session length, accept to close.",
             ["listener", "protocol"], buckets=SESSION_BUCKETS, registry=r)
+        self.relay_engine_sessions = Gauge(
+            "mailproxy_relay_engine_sessions",
+            "Relay sessions run by the epoll relay engine (relay.engine: epoll).", registry=r)
 
         # --- TLS
         self.tls_handshakes = Counter(

@@ -18,7 +18,16 @@ from .gateway import Gateway, check_gateway
 from .listeners import Listener, check_listeners
 from .messages import describe, dotted_path
 from .oauth2 import resolve_auth_paths
-from .operations import Admin, AuthThrottle, Logging, Metrics, Workers, check_admin, check_workers
+from .operations import (
+    Admin,
+    AuthThrottle,
+    Logging,
+    Metrics,
+    Relay,
+    Workers,
+    check_admin,
+    check_workers,
+)
 from .upstreams import LookupEntry, PoolableUpstream, Route, check_routing
 from .values import STRICT, Certificate, Duration, Problem
 
@@ -45,6 +54,7 @@ class Config:
     shutdown_timeout: Duration = 30.0
     admin: Admin | None = None
     workers: Workers = 1   # processes sharing the listeners (proxy/workers/)
+    relay: Relay = field(default_factory=Relay)   # how logged-in relay sessions are driven
 
     def route(self, user: str) -> str | None:
         """The upstream name for `user`: the first matching route wins."""

@@ -1,5 +1,5 @@
-"""What operators run the proxy with: `logging:`, `metrics:`, `auth_throttle:`, `admin:` and
-`workers`."""
+"""What operators run the proxy with: `logging:`, `metrics:`, `auth_throttle:`, `admin:`,
+`workers` and `relay:`."""
 
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ class Logging:
     __pydantic_config__ = STRICT
     user: Literal["full", "domain", "hash"] = "full"
     hash_key: SecretValue | None = None  # salt for `user: hash`; random per process otherwise
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """How relay sessions are driven once logged in: `tasks` (two pump tasks and a watchdog per
+    session) or `epoll` (one engine per process owns the plain-TCP sessions' sockets, no task
+    per session: proxy/relay/engine.py). TLS and COMPRESS sessions always use tasks."""
+
+    __pydantic_config__ = STRICT
+    engine: Literal["tasks", "epoll"] = "tasks"
 
 
 @dataclass(frozen=True, slots=True)

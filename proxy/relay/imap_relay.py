@@ -25,6 +25,7 @@ the caller, so no connection is ever left open on one side. One watchdog task ke
 of the session (the idle timer, RFC 3501 5.4, on client input; during IDLE the separate
 `idle_command` timer; the upstream's `upstream_response`) and is woken by the process-wide
 drain; the client pump runs in the nursery's own task, so a session costs two spawned tasks.
+With `relay.engine: epoll` a plain-TCP session runs in the engine instead (engine_imap.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from ..net.conn import Conn
 from ..session.channel import Channel
 from ..session.context import ByteCounter, CommandMeter, Session
 from ..session.failures import Close, limit_of_protocol_error
+from .engine import run_in_engine
+from .engine_imap import ImapEngineSession
 from .held_lines import HeldLines
 from .imap_compress import CompressAsked, InflatedCopy
 from .imap_inflight import InFlight
@@ -83,6 +86,9 @@ class ImapRelay:
 
     async def run(self) -> None:
         try:
+            if await run_in_engine(self.session, self.client.conn, self.upstream.conn,
+                                   lambda *io: ImapEngineSession(self, *io)):
+                return   # (else: not for the engine, or handed back at COMPRESS)
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
                 nursery.start_soon(self._upstream_to_client, nursery.cancel_scope)

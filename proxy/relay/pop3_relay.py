@@ -10,6 +10,7 @@ RETR body passes without per-line Python work.
 A few commands are answered by the proxy, in order: CAPA (the upstream's post-login list,
 filtered) and the authorization commands, which are wrong after login (RFC 1939 4). To keep
 pipelined answers in order the pump first waits until every earlier command has been answered.
+With `relay.engine: epoll` a plain-TCP session runs in the engine instead (engine_pop3.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from ..pop3 import (
 from ..session.channel import Channel
 from ..session.context import ByteCounter, CommandMeter, Session
 from ..session.failures import Close, limit_of_protocol_error
+from .engine import run_in_engine
+from .engine_pop3 import Pop3EngineSession
 from .pop3_upstream import UpstreamPOP3, relayable
 
 _LOCAL = {b"CAPA", b"STLS", b"USER", b"PASS", b"APOP", b"AUTH", b"XCLIENT"}
@@ -64,6 +67,9 @@ class Pop3Relay:
     async def run(self) -> None:
         drain = self.session.runtime.drain
         try:
+            if await run_in_engine(self.session, self.client.conn, self.upstream.conn,
+                                   lambda *io: Pop3EngineSession(self, *io)):
+                return
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
                 nursery.start_soon(self._upstream_to_client, nursery.cancel_scope)

@@ -217,6 +217,9 @@ def relay_config(dovecot: Any, *, listeners: Iterable[str] = ("imap", "pop3"),
         }},
         "routes": [{"match": "*", "upstream": "main"}],
         "metrics": {"address": "127.0.0.1:0"},
+        # the whole suite can run on either relay path: MAILPROXY_TEST_RELAY_ENGINE=epoll|tasks
+        **({"relay": {"engine": engine}} if (engine := os.environ.get("MAILPROXY_TEST_RELAY_ENGINE"))
+           else {}),
     }
 
 

@@ -38,6 +38,7 @@ EXPECTED = {
     "oauth2_refreshes": ("mailproxy_oauth_token_refreshes_total", ("result",)),
     "build_info": ("mailproxy_build_info", ("version", "python")),
     "draining": ("mailproxy_draining", ()),
+    "relay_engine_sessions": ("mailproxy_relay_engine_sessions", ()),
 }
 
 
