@@ -17,7 +17,9 @@ certificate; the proxies relay in clear to Dovecot's plain ports; "direct" is Do
 
 The base revision (default `main`) is exported with `git archive` into a temporary directory and
 run from there (`python -c ... runpy.run_module("proxy")` with that directory first on sys.path),
-with the same config as this tree's proxy. Needs root, like the other relay benchmarks.
+with the same config as this tree's proxy. `--engines tasks,epoll` runs one proxy of this tree
+per `relay.engine` value (the base gets no `relay:` key, which older revisions do not know).
+Needs root, like the other relay benchmarks.
 """
 
 from __future__ import annotations
@@ -73,10 +75,12 @@ def export(rev: str) -> pathlib.Path:
     return root
 
 
-def proxy_from(env: Env, root: pathlib.Path | None, listeners: list[dict]) -> QuietProxyProcess:
-    """A proxy like env.proxy()'s, run from `root` (None: this tree)."""
+def proxy_from(env: Env, root: pathlib.Path | None, listeners: list[dict],
+               engine: str | None = None) -> QuietProxyProcess:
+    """A proxy like env.proxy()'s, run from `root` (None: this tree, with `relay.engine`)."""
     if root is None:
-        return env.proxy(listeners, metrics=True)  # type: ignore[return-value]
+        extra = {"relay": {"engine": engine}} if engine else None
+        return env.proxy(listeners, metrics=True, extra=extra)  # type: ignore[return-value]
     probe = env.proxy(listeners, metrics=True)  # for its config; replaced below
     probe.stop()
     command = [sys.executable, "-c", RUN_FROM.format(root=str(root)), "--log-level", "WARNING",
@@ -177,6 +181,8 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=200, help="sessions per SEQ/CONC round")
     parser.add_argument("--only", nargs="*", choices=RUNS, default=list(RUNS))
     parser.add_argument("--tls", action="store_true", help="implicit TLS from the client")
+    parser.add_argument("--engines", default="",
+                        help="comma-separated relay.engine values for this tree (default: its default)")
     args = parser.parse_args()
     head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
@@ -197,7 +203,10 @@ def main() -> None:
             else:
                 listeners = [{"name": "imap", "protocol": "imap"}, {"name": "pop3", "protocol": "pop3"}]
                 ctx, direct = None, (env.dovecot.imap_port, env.dovecot.pop3_port, None)
-            procs = {"base": proxy_from(env, base_root, listeners), "this": proxy_from(env, None, listeners)}
+            procs = {"base": proxy_from(env, base_root, listeners)}
+            for engine in [e for e in args.engines.split(",") if e] or [""]:
+                procs[f"this-{engine}" if engine else "this"] = proxy_from(env, None, listeners,
+                                                                           engine or None)
             ports = {"direct": direct}
             for label, proc in procs.items():
                 ports[label] = (proc.port("imap"), proc.port("pop3"), proc.pid)

@@ -1,7 +1,7 @@
 """Memory per idle relayed session (issue 16): N IMAP sessions logged in, SELECTed and in IDLE
 through mailproxy (and through nginx's mail proxy in the same run), to one private Dovecot.
 
-    .venv/bin/python bench/idle_memory.py [--sessions 1000] [--no-nginx]
+    .venv/bin/python bench/idle_memory.py [--sessions 1000] [--no-nginx] [--engines tasks,epoll]
 
 Reports each relay's RSS growth (VmRSS from /proc, after a gc-free settle) divided by N, and the
 NOOP round trip p50 of one more session while the N are held. RSS does not depend on the load of
@@ -130,6 +130,8 @@ def main() -> None:
     parser.add_argument("--no-mailproxy", dest="mailproxy", action="store_false")
     parser.add_argument("--dovecot-clients", type=int, default=1,
                         help="sessions per Dovecot imap process (service imap client_limit)")
+    parser.add_argument("--engines", default="",
+                        help="comma-separated relay.engine values, one proxy each (default: the default)")
     parser.add_argument("--logins", type=int, default=50,
                         help="logins of another client timed while the sessions are held")
     args = parser.parse_args()
@@ -145,11 +147,13 @@ def main() -> None:
                "mailbox_idle_check_interval = 30 secs\n")
     with Env("idle", dovecot_config=dovecot) as env:
         user, password = env.user_with(small_mailbox())
-        proxy = env.proxy([{"name": "imap", "protocol": "imap",
-                            "max_connections": args.sessions + 1000}], metrics=True)
-        if args.mailproxy:
-            measure("mailproxy", proxy.port("imap"), proxy.pid, user, password, args.sessions,
-                    args.logins)
+        for engine in ([e for e in args.engines.split(",") if e] or [""]) if args.mailproxy else []:
+            proxy = env.proxy([{"name": "imap", "protocol": "imap",
+                                "max_connections": args.sessions + 1000}], metrics=True,
+                              extra={"relay": {"engine": engine}} if engine else None)
+            measure(engine or "mailproxy", proxy.port("imap"), proxy.pid, user, password,
+                    args.sessions, args.logins)
+            proxy.stop()
         if args.nginx and nginxmail.available():
             ng = nginxmail.NginxMail(env.root / "nginx", env.dovecot.imap_port,
                                      env.dovecot.pop3_port,

@@ -3,12 +3,19 @@
 Theory of operation: with `relay.engine: epoll`, a relay session whose two connections are
 plain TCP sockets is handed, once logged in, to the process's one Engine instead of running two
 pump tasks and a watchdog. The engine owns both descriptors (non-blocking, registered once in
-its own level-triggered epoll) and ONE trio task waits on the epoll's descriptor
-(`wait_readable`); when it wakes, it reads every ready socket and runs that session's protocol
-logic inline (engine_imap.py, engine_pop3.py: the same sans-IO parsers, held lines, commands in
-flight and metrics as the task path). A relayed command thus costs no scheduler round of its
-own, however many sessions there are: one wake-up serves every socket ready at that moment.
+its own level-triggered epoll) and a thread of its own blocks in `epoll.poll`; when it wakes it
+reads every ready socket and runs that session's protocol logic inline (engine_imap.py,
+engine_pop3.py: the same sans-IO parsers, held lines, commands in flight and metrics as the
+task path). No trio scheduling is in a relayed command's path at all, and one wake-up serves
+every socket ready at that moment. (A first design, one trio task waiting on the epoll's
+descriptor, cost more CPU per NOOP than the task path: bench/README.md, "Relay engine".)
 
+- Threads: sessions, sides and the timer heap are touched only under `_lock`, by the engine's
+  thread or by trio's (a session coming in, a cancelled one going out, the drain callback);
+  trio's thread wakes the engine's through an eventfd when it moved the nearest timer earlier.
+  A session's end reaches its task with `TrioToken.run_sync_soon`. Logs and Prometheus metrics
+  are thread-safe; the clock is trio's (perf_counter plus its offset), so the task path can
+  take over a session's timestamps.
 - Writes are tried at once. What the kernel does not take waits in that side's `out`, its
   descriptor asks for EPOLLOUT, and the other side is not read until `out` is empty
   (backpressure: at most one received chunk per direction is ever held). The client is not
@@ -34,6 +41,8 @@ import logging
 import math
 import os
 import select
+import threading
+import time
 from typing import Callable
 
 import trio
@@ -42,100 +51,17 @@ from .. import logs
 from ..net.conn import Conn
 from ..session.context import Session
 from ..session.failures import Close
+from .engine_session import IN, OUT, EngineSession, Side
 
-__all__ = ["Engine", "EngineSession", "Side", "run_in_engine"]
+__all__ = ["Engine", "run_in_engine"]
 
 RECEIVE_SIZE = 256 * 1024   # one read per ready socket per wake-up
-_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 _GONE = select.EPOLLHUP | select.EPOLLERR   # reported whatever the mask: read to learn which
 
 
-class Side:
-    """One connection of an engine session: its descriptor, its Conn (byte counts, EOF), and
-    the bytes the kernel has not taken yet."""
-
-    __slots__ = ("fd", "conn", "out", "mask", "session")
-
-    def __init__(self, conn: Conn, fd: int, session: EngineSession):
-        self.fd = fd
-        self.conn = conn
-        self.out: bytes | bytearray | memoryview = b""
-        self.mask = _IN
-        self.session = session
-
-
-class EngineSession:
-    """A relay session in the engine; the protocol's subclass gives `start`, `received`,
-    `due`, `timer` and `drained`. `finish()` ends it, `hand_back()` returns it to tasks."""
-
-    __slots__ = ("engine", "session", "client", "upstream", "done", "handed_back", "paused",
-                 "timer_at", "task", "on_drain")
-
-    def __init__(self, engine: Engine, session: Session, client: Conn, client_fd: int,
-                 upstream: Conn, upstream_fd: int):
-        self.engine = engine
-        self.session = session
-        self.client = Side(client, client_fd, self)
-        self.upstream = Side(upstream, upstream_fd, self)
-        self.done = False
-        self.handed_back = False
-        self.paused = False        # the protocol stops reading the client (POP3: answers in order)
-        self.timer_at = math.inf   # when this session's live heap entry fires
-        self.task: trio.lowlevel.Task | None = None
-        self.on_drain: Callable[[], None] | None = None   # subscribed to the drain
-
-    # -- what the protocol gives --------------------------------------------------------------
-    def start(self) -> None:
-        """Process what the login left unconsumed on either side."""
-
-    def received(self, side: Side, data: bytes) -> None:
-        """A chunk read from `side` (b"" at end of stream)."""
-        raise NotImplementedError
-
-    def due(self) -> float:
-        """When the nearest timer could fire (trio clock)."""
-        return math.inf
-
-    def timer(self, now: float) -> None:
-        """The entry for `due()` came up: act on whatever timer has expired."""
-
-    def drained(self) -> None:
-        """The process drains (SIGTERM)."""
-
-    # -- what the engine gives ------------------------------------------------------------
-    def send(self, side: Side, data: bytes | bytearray) -> bool:
-        """Write `data` to `side` now, or keep the rest for when it is writable; False (and the
-        Conn marked closed) when the peer is gone."""
-        conn = side.conn
-        if conn.closed:
-            return False
-        if side.out:   # (rare: the proxy's own line while a chunk waits)
-            side.out = bytearray(side.out) + data
-            return True
-        try:
-            sent = os.write(side.fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            conn.closed = True
-            return False
-        conn.bytes_out += sent
-        if sent < len(data):
-            side.out = memoryview(data)[sent:]
-        return True
-
-    def finish(self) -> None:
-        """The session ends (its close_reason set by the caller); its task takes over."""
-        self.engine.release(self)
-
-    def hand_back(self) -> None:
-        """The task path carries on from the session's state as it is."""
-        self.handed_back = True
-        self.engine.release(self)
-
-
 class Engine:
-    """One per trio run (`engine()`); its task starts with the first session."""
+    """One per trio run (`engine()`), started with its first session: a thread of its own
+    blocking in epoll.wait, so no trio scheduling is in a relayed command's path at all."""
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
@@ -143,37 +69,62 @@ class Engine:
         self._timers: list[tuple[float, int, EngineSession]] = []
         self._seq = itertools.count()
         self._dead = 0                   # heap entries of ended sessions, or superseded
-        self._waiting: trio.CancelScope | None = None   # the loop's wait, until the next timer
         self._running = False
+        # Sessions, sides and timers are touched under this lock, by the engine's thread or by
+        # trio's (a session in or out, the drain); trio's thread wakes the engine's via _wakefd.
+        self._lock = threading.Lock()
+        self._wakefd = -1
+        self._wait_until = -math.inf     # the thread's poll deadline (-inf while it works)
+        self._stopped = False
+        self._offset = trio.current_time() - time.perf_counter()   # trio's clock, thread-side
         self.now = trio.current_time()
         self.sessions = 0
+
+    def clock(self) -> float:
+        """trio's clock (SystemClock: perf_counter plus an offset), readable from any thread."""
+        return time.perf_counter() + self._offset
 
     # -- sessions in and out ----------------------------------------------------------------
     async def relay(self, sess: EngineSession) -> bool:
         """Run `sess` in the engine until it ends (True) or is handed back (False)."""
         if not self._running:
-            self._running = True
-            trio.lowlevel.spawn_system_task(self._run, name="relay-engine")
-        for side in (sess.client, sess.upstream):
-            self._epoll.register(side.fd, _IN)
-            self._sides[side.fd] = side
-        self.sessions += 1
-        sess.session.runtime.metrics.relay_engine_sessions.inc()
-        self.now = trio.current_time()
-        self._guarded(sess, sess.start)
+            self._start()
+        with self._lock:
+            for side in (sess.client, sess.upstream):
+                self._epoll.register(side.fd, IN)
+                self._sides[side.fd] = side
+            self.sessions += 1
+            sess.session.runtime.metrics.relay_engine_sessions.inc()
+            self.now = self.clock()
+            self._guarded(sess, sess.start)
+            drain = sess.session.runtime.drain
+            draining = drain.is_set()
+            if not sess.done:
+                sess.task = trio.lowlevel.current_task()
+                if not draining:   # (under the lock: release() unsubscribes under it too)
+                    sess.on_drain = lambda: self._locked(sess, sess.drained)
+                    drain.subscribe(sess.on_drain)
+        if draining:
+            self._locked(sess, sess.drained)
         if not sess.done:
-            sess.on_drain = lambda: self._guarded(sess, sess.drained)
-            sess.session.runtime.drain.subscribe(sess.on_drain)   # (calls it now if draining)
-        if not sess.done:
-            sess.task = trio.lowlevel.current_task()
 
             def abort(_: object) -> trio.lowlevel.Abort:
-                sess.task = None   # cancelled (kick, shutdown_timeout): out of the engine
-                self.release(sess)
+                with self._lock:
+                    if sess.done:   # ended by the engine's thread: its reschedule is on the way
+                        return trio.lowlevel.Abort.FAILED
+                    sess.task = None   # cancelled (kick, shutdown_timeout): out of the engine
+                    self.release(sess)
                 return trio.lowlevel.Abort.SUCCEEDED
 
             await trio.lowlevel.wait_task_rescheduled(abort)
         return not sess.handed_back
+
+    def _locked(self, sess: EngineSession, step: Callable[[], None]) -> None:
+        """A step run from trio's thread (the drain)."""
+        with self._lock:
+            if not sess.done:
+                self.now = self.clock()
+                self._guarded(sess, step)
 
     def release(self, sess: EngineSession) -> None:
         """Take `sess` out of the epoll and wake its task (once)."""
@@ -194,7 +145,10 @@ class Engine:
                 pass
         task, sess.task = sess.task, None
         if task is not None:
-            trio.lowlevel.reschedule(task)
+            try:
+                self._token.run_sync_soon(trio.lowlevel.reschedule, task)
+            except trio.RunFinishedError:   # (the process is ending)
+                pass
 
     def _schedule(self, sess: EngineSession) -> None:
         """A heap entry at the session's nearest timer, if that is earlier than its entry."""
@@ -204,33 +158,65 @@ class Engine:
                 self._dead += 1
             sess.timer_at = at
             heapq.heappush(self._timers, (at, next(self._seq), sess))
-            waiting = self._waiting
-            if waiting is not None and at < waiting.deadline:
-                waiting.deadline = at
+            if at < self._wait_until:   # the thread sleeps past it: wake it to look again
+                os.eventfd_write(self._wakefd, 1)
 
     # -- the loop ---------------------------------------------------------------------------
-    async def _run(self) -> None:
-        epoll, sides = self._epoll, self._sides
-        fileno = epoll.fileno()
+    def _start(self) -> None:
+        self._running = True
+        self._token = trio.lowlevel.current_trio_token()
+        self._wakefd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wakefd, IN)
+        threading.Thread(target=self._thread, name="relay-engine", daemon=True).start()
+        trio.lowlevel.spawn_system_task(self._stop_with_trio, name="relay-engine-stop")
+
+    async def _stop_with_trio(self) -> None:
+        """The thread ends with the trio run (system tasks are cancelled at its end)."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            with self._lock:
+                self._stopped = True
+            os.eventfd_write(self._wakefd, 1)
+
+    def _thread(self) -> None:
+        try:
+            self._loop()
+        except BaseException:   # a bug here would leave every session of the engine hanging
+            logs.event("relay_engine_crash", logging.CRITICAL, exc_info=True)
+            raise
+
+    def _loop(self) -> None:
+        epoll, sides, lock, wakefd = self._epoll, self._sides, self._lock, self._wakefd
         while True:
-            with trio.CancelScope(deadline=self._timers[0][0] if self._timers else math.inf
-                                  ) as self._waiting:
-                await trio.lowlevel.wait_readable(fileno)
-            self._waiting = None
-            self.now = trio.current_time()
-            for fd, events in epoll.poll(0):
-                side = sides.get(fd)
-                if side is not None:
-                    self._guarded(side.session, self._ready, side, events)
-            self._fire_timers()
+            with lock:
+                if self._stopped:
+                    return
+                self._wait_until = self._timers[0][0] if self._timers else math.inf
+                timeout = max(0.0, self._wait_until - self.clock()) \
+                    if self._timers else -1.0
+            ready = epoll.poll(timeout)
+            with lock:
+                self._wait_until = -math.inf
+                self.now = self.clock()
+                for fd, events in ready:
+                    side = sides.get(fd)
+                    if side is not None:
+                        self._guarded(side.session, self._ready, side, events)
+                    elif fd == wakefd:
+                        try:
+                            os.eventfd_read(wakefd)
+                        except BlockingIOError:
+                            pass
+                self._fire_timers()
 
     def _ready(self, side: Side, events: int) -> None:
         sess = side.session
-        if events & _OUT and side.out:
+        if events & OUT and side.out:
             self._flush(side)
         if sess.done:
             return
-        if events & _IN or (events & _GONE and not side.mask & _OUT):
+        if events & IN or (events & _GONE and not side.mask & OUT):
             try:
                 data = os.read(side.fd, RECEIVE_SIZE)
             except BlockingIOError:
@@ -277,9 +263,9 @@ class Engine:
                                          else Close.UPSTREAM_CLOSED)
             self.release(sess)
             return
-        self._modify(client, (_OUT if client.out else 0) | (
-            0 if client.out or upstream.out or sess.paused else _IN))
-        self._modify(upstream, (_OUT if upstream.out else 0) | (0 if client.out else _IN))
+        self._modify(client, (OUT if client.out else 0) | (
+            0 if client.out or upstream.out or sess.paused else IN))
+        self._modify(upstream, (OUT if upstream.out else 0) | (0 if client.out else IN))
 
     def _modify(self, side: Side, mask: int) -> None:
         if side.mask != mask:

@@ -22,7 +22,8 @@ from ..imap import NEED_DATA, ProtocolError, events
 from ..metrics import command_label
 from ..net.conn import Conn
 from ..session.failures import Close, limit_of_protocol_error
-from .engine import Engine, EngineSession, Side
+from .engine import Engine
+from .engine_session import EngineSession, Side
 from .imap_compress import CompressAsked
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ class ImapEngineSession(EngineSession):
                 return True
             if type(event) is events.CommandStart:
                 name = command_label("imap", event.name)
-                relay._started(event.tag, name)
+                self._started(event.tag, name)
                 if name == "LOGOUT":
                     relay.logout_seen = True
             elif type(event) is events.Command:
@@ -163,9 +164,18 @@ class ImapEngineSession(EngineSession):
                     relay._compress = CompressAsked(event.tag, parser.take_unconsumed())
                     return True
             elif type(event) is events.RawLine:
-                relay._raw_line(event.data)
+                command = relay.inflight.raw_line(event.data)
+                if command is not None:
+                    self._started(*command)
             elif type(event) is events.ConnectionClosed:
                 return True
+
+    def _started(self, tag: bytes, label: str) -> None:
+        relay = self.relay
+        self.session.commands += 1
+        if not relay.inflight.owed():   # the upstream's time to answer starts now
+            relay.upstream_heard = self.engine.now
+        relay.inflight.start(tag, label)
 
     def _reject(self, exc: ProtocolError) -> bool:
         """As ImapRelay._reject: BAD and go on when none of the command went upstream."""

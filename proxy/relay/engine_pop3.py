@@ -20,7 +20,8 @@ from ..metrics import command_label
 from ..net.conn import Conn
 from ..pop3 import NEED_DATA, ProtocolError, events, is_multiline, writer
 from ..session.failures import Close, limit_of_protocol_error
-from .engine import Engine, EngineSession, Side
+from .engine import Engine
+from .engine_session import EngineSession, Side
 
 if TYPE_CHECKING:
     from .pop3_relay import Pop3Relay

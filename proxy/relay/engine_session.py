@@ -1,0 +1,112 @@
+"""A session in the relay engine (engine.py): its two sides and what the protocol gives.
+
+Theory of operation: a protocol's engine session (engine_imap.py, engine_pop3.py) is called by
+the engine's thread with each chunk read from either side (`received`), when its nearest timer
+comes due (`timer`), and at a drain (`drained`), always under the engine's lock. It answers by
+`send()`ing to a side, which writes at once and leaves what the kernel did not take in the
+side's `out` (the engine then waits for EPOLLOUT and stops reading the other side), and ends
+with `finish()` (its close_reason set) or `hand_back()` to the task path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+from typing import TYPE_CHECKING, Callable
+
+import trio
+
+from ..net.conn import Conn
+from ..session.context import Session
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = ["IN", "OUT", "EngineSession", "Side"]
+
+IN, OUT = select.EPOLLIN, select.EPOLLOUT
+
+
+class Side:
+    """One connection of an engine session: its descriptor, its Conn (byte counts, EOF), and
+    the bytes the kernel has not taken yet."""
+
+    __slots__ = ("fd", "conn", "out", "mask", "session")
+
+    def __init__(self, conn: Conn, fd: int, session: EngineSession):
+        self.fd = fd
+        self.conn = conn
+        self.out: bytes | bytearray | memoryview = b""
+        self.mask = IN
+        self.session = session
+
+
+class EngineSession:
+    """A relay session in the engine; the protocol's subclass gives `start`, `received`,
+    `due`, `timer` and `drained`. `finish()` ends it, `hand_back()` returns it to tasks."""
+
+    __slots__ = ("engine", "session", "client", "upstream", "done", "handed_back", "paused",
+                 "timer_at", "task", "on_drain")
+
+    def __init__(self, engine: Engine, session: Session, client: Conn, client_fd: int,
+                 upstream: Conn, upstream_fd: int):
+        self.engine = engine
+        self.session = session
+        self.client = Side(client, client_fd, self)
+        self.upstream = Side(upstream, upstream_fd, self)
+        self.done = False
+        self.handed_back = False
+        self.paused = False        # the protocol stops reading the client (POP3: answers in order)
+        self.timer_at = math.inf   # when this session's live heap entry fires
+        self.task: trio.lowlevel.Task | None = None
+        self.on_drain: Callable[[], None] | None = None   # subscribed to the drain
+
+    # -- what the protocol gives --------------------------------------------------------------
+    def start(self) -> None:
+        """Process what the login left unconsumed on either side."""
+
+    def received(self, side: Side, data: bytes) -> None:
+        """A chunk read from `side` (b"" at end of stream)."""
+        raise NotImplementedError
+
+    def due(self) -> float:
+        """When the nearest timer could fire (trio clock)."""
+        return math.inf
+
+    def timer(self, now: float) -> None:
+        """The entry for `due()` came up: act on whatever timer has expired."""
+
+    def drained(self) -> None:
+        """The process drains (SIGTERM)."""
+
+    # -- what the engine gives ------------------------------------------------------------
+    def send(self, side: Side, data: bytes | bytearray) -> bool:
+        """Write `data` to `side` now, or keep the rest for when it is writable; False (and the
+        Conn marked closed) when the peer is gone."""
+        conn = side.conn
+        if conn.closed:
+            return False
+        if side.out:   # (rare: the proxy's own line while a chunk waits)
+            side.out = bytearray(side.out) + data
+            return True
+        try:
+            sent = os.write(side.fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            conn.closed = True
+            return False
+        conn.bytes_out += sent
+        if sent < len(data):
+            side.out = memoryview(data)[sent:]
+        return True
+
+    def finish(self) -> None:
+        """The session ends (its close_reason set by the caller); its task takes over."""
+        self.engine.release(self)
+
+    def hand_back(self) -> None:
+        """The task path carries on from the session's state as it is."""
+        self.handed_back = True
+        self.engine.release(self)
