@@ -15,6 +15,10 @@ allows:
   its sequence number, its flags here and its body in the store (the view *pins* the body at
   the hub, RFC 2180 4.1.1), so FETCH and SEARCH answer for it as before. EXPUNGE numbers are
   computed against what the client knows, highest first, after any EXISTS of the same batch.
+
+Live SEARCH/SORT results (RFC 5267, `contexts`, `_context.py`) are told of every message that
+arrives or changes flags here, and of expunges in `expunge_lines`, whose REMOVEFROM lines come
+first (4.3.4).
 """
 
 from __future__ import annotations
