@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import hashlib
+import pathlib
 import ssl
 
 import pytest
 import trustme
 
+from proxy.net import client_hello, tls_engine
 from proxy.net.tls_engine import MAX_RECORD_PLAINTEXT, TLSEngine
+from tests.unit.imap.test_sans_io import imported_roots
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +165,13 @@ def test_bulk_both_ways_in_uneven_pieces(ca):
             assert chunk
             got += chunk
     assert bytes(got) == body
+
+
+def test_engine_and_hello_reader_are_sans_io():
+    """The TLS state machine imports ssl and nothing that does I/O (the I/O loop is net/conn.py)."""
+    forbidden = {"trio", "socket", "asyncio", "selectors", "__import__", "importlib.import_module"}
+    for module in (tls_engine, client_hello):
+        path = pathlib.Path(module.__file__ or "")
+        bad = imported_roots(path) & forbidden
+        assert not bad, f"{path.name} imports {sorted(bad)}"
+    assert "trio" in imported_roots(pathlib.Path(__file__).parents[2] / "proxy/net/conn.py")
