@@ -36,10 +36,11 @@ from .base import StoreError, StoreFailure
 from .crypto import KeyRing, StoreKeyError
 
 __all__ = ["SCHEMA_VERSION", "SCHEMA_LOCK", "MIGRATIONS", "migrate", "check_key", "open_pool",
-           "CONNECT_TIMEOUT_S", "redact", "one_line"]
+           "CONNECT_TIMEOUT_S", "redact", "one_line", "objectid_key"]
 
 SCHEMA_LOCK = 0x6D61_696C_7072_0001   # pg_advisory_xact_lock key: "mailpr" + schema
 CONNECT_TIMEOUT_S = 10
+OBJECTID_KEY_BYTES = 32
 POOL_TIMEOUT_S = 5.0                  # waiting for a connection before StoreUnavailable
 
 Conn = psycopg.Connection[Any]
@@ -196,9 +197,17 @@ def _v7_save_date(c: Conn) -> None:
     """)
 
 
+def _v8_objectid_key(c: Conn) -> None:
+    """Issue 17, OBJECTID (RFC 8474 7): the random secret MAILBOXID/EMAILID are keyed hashes
+    under (`gateway/imapd/_objectid.py`), so they reveal no row counts. `gateway migrate`
+    replaces it with the SQLite store's, so the ids stay the same."""
+    c.execute("INSERT INTO meta(key, value) VALUES ('objectid_key', %s) ON CONFLICT DO NOTHING",
+              (os.urandom(OBJECTID_KEY_BYTES),))
+
+
 MIGRATIONS: list[Callable[[Conn], None]] = [_v1_initial, _v2_subscriptions, _v3_body_collection,
                                             _v4_sync_status, _v5_sort_fields, _v6_usage_counters,
-                                            _v7_save_date]
+                                            _v7_save_date, _v8_objectid_key]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -218,6 +227,14 @@ def migrate(c: Conn) -> int:
             MIGRATIONS[step](c)
         c.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
     return SCHEMA_VERSION
+
+
+def objectid_key(c: Conn) -> bytes:
+    """The store's OBJECTID secret (schema step 8)."""
+    row = c.execute("SELECT value FROM meta WHERE key = 'objectid_key'").fetchone()
+    if row is None:
+        raise StoreError("store has no objectid_key: its schema was not migrated")
+    return bytes(row[0])
 
 
 def check_key(c: Conn, ring: KeyRing | None, where: str) -> None:
@@ -254,8 +271,9 @@ def redact(url: str) -> str:
 
 
 def open_pool(url: str, ring: KeyRing | None, password: str | None,
-              size: int) -> psycopg_pool.ConnectionPool[Any]:
-    """Open the pool, migrate, check the key. Raises StoreFailure when the server cannot be used."""
+              size: int) -> tuple[psycopg_pool.ConnectionPool[Any], bytes]:
+    """Open the pool, migrate, check the key; returns the pool and the store's OBJECTID secret.
+    Raises StoreFailure when the server cannot be used."""
     kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "mailproxy"}
     if password is not None:
         kwargs["password"] = password
@@ -263,6 +281,7 @@ def open_pool(url: str, ring: KeyRing | None, password: str | None,
         with psycopg.connect(url, **kwargs) as c:
             migrate(c)
             check_key(c, ring, redact(url))
+            ids_key = objectid_key(c)
     except psycopg.Error as exc:
         raise StoreFailure(one_line(exc)) from exc
     pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
@@ -273,4 +292,4 @@ def open_pool(url: str, ring: KeyRing | None, password: str | None,
     except psycopg_pool.PoolTimeout as exc:
         pool.close()
         raise StoreFailure(f"cannot connect to {redact(url)} within {CONNECT_TIMEOUT_S}s") from exc
-    return pool
+    return pool, ids_key

@@ -34,9 +34,10 @@ from .base import StoreError
 from .crypto import KeyRing, StoreKeyError
 
 __all__ = ["BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "MIGRATIONS", "connect", "transaction", "migrate",
-           "check_key", "open_db"]
+           "check_key", "open_db", "objectid_key"]
 
 BUSY_TIMEOUT_MS = 30_000
+OBJECTID_KEY_BYTES = 32
 
 
 def _script(db: sqlite3.Connection, script: str) -> None:
@@ -171,9 +172,16 @@ def _v7_save_date(db: sqlite3.Connection) -> None:
     """)
 
 
+def _v8_objectid_key(db: sqlite3.Connection) -> None:
+    """Issue 17, OBJECTID (RFC 8474 7): the random secret MAILBOXID/EMAILID are keyed hashes
+    under (`gateway/imapd/_objectid.py`), so they reveal no row counts."""
+    db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('objectid_key', ?)",
+               (os.urandom(OBJECTID_KEY_BYTES),))
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_initial, _v2_recent_and_pruning, _v3_subscriptions, _v4_sync_status, _v5_sort_fields,
-    _v6_usage_counters, _v7_save_date]
+    _v6_usage_counters, _v7_save_date, _v8_objectid_key]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -224,6 +232,14 @@ def migrate(db: sqlite3.Connection) -> int:
             MIGRATIONS[step](db)
             db.execute("UPDATE schema_version SET version = ?", (step + 1,))
     return SCHEMA_VERSION
+
+
+def objectid_key(db: sqlite3.Connection) -> bytes:
+    """The store's OBJECTID secret (schema step 8)."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'objectid_key'").fetchone()
+    if row is None:
+        raise StoreError("store has no objectid_key: its schema was not migrated")
+    return bytes(row[0])
 
 
 def check_key(db: sqlite3.Connection, ring: KeyRing | None, path: str) -> None:

@@ -203,6 +203,8 @@ class StoreFlagsResult:
 class Store(Protocol):
     """Async message store. Every method may raise StoreError (refused) or StoreKeyError (crypto)."""
 
+    objectid_key: bytes   # the store's random secret for OBJECTID (RFC 8474 7), kept by migrate
+
     # accounts and credentials
     async def ensure_account(self, upstream: str, user: str) -> Account: ...
     async def get_account(self, upstream: str, user: str) -> Account | None: ...

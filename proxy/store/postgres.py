@@ -79,8 +79,9 @@ class PostgresStore(PgMailboxOps):
 
     def __init__(self, pool: psycopg_pool.ConnectionPool[Any], url: str, ring: KeyRing | None,
                  size: int, password: str | None = None,
-                 timing: ReplicaTiming = DEFAULT_TIMING):
+                 timing: ReplicaTiming = DEFAULT_TIMING, *, objectid_key: bytes):
         self._pool: psycopg_pool.ConnectionPool[Any] | None = pool
+        self.objectid_key = objectid_key
         self._url, self._password = url, password
         self.url = redact(url)
         self._ring = ring
@@ -344,5 +345,5 @@ async def open_postgres(url: str, key_ring: KeyRing | None = None, *, password: 
                         timing: ReplicaTiming = DEFAULT_TIMING) -> PostgresStore:
     """Open the store at `url` (`postgresql://...`), migrating the schema as needed."""
     timing.check()
-    pool = await trio.to_thread.run_sync(open_pool, url, key_ring, password, pool_size)
-    return PostgresStore(pool, url, key_ring, pool_size, password, timing)
+    pool, ids_key = await trio.to_thread.run_sync(open_pool, url, key_ring, password, pool_size)
+    return PostgresStore(pool, url, key_ring, pool_size, password, timing, objectid_key=ids_key)

@@ -38,7 +38,7 @@ import trio
 from . import crypto
 from ._accounts_sql import USAGE_SELECT, delete_statements, record_sync, summary_select
 from ._rows import MESSAGE_COLUMNS, canon, from_date, save_time
-from ._schema import SCHEMA_VERSION, migrate, open_db, transaction
+from ._schema import SCHEMA_VERSION, migrate, objectid_key, open_db, transaction
 from ._sqlite_messages import MessageOps, Row
 from ._sqlite_quick import QuickCalls
 from .base import (
@@ -62,9 +62,11 @@ __all__ = ["SqliteStore", "open_sqlite", "SCHEMA_VERSION", "migrate"]
 class SqliteStore(QuickCalls, MessageOps):
     """See the module docstring. Create with `await open_sqlite(path, key_ring)`."""
 
-    def __init__(self, db: sqlite3.Connection, path: str, ring: KeyRing | None):
+    def __init__(self, db: sqlite3.Connection, path: str, ring: KeyRing | None, *,
+                 objectid_key: bytes):
         super().__init__(db, path)
         self._ring = ring
+        self.objectid_key = objectid_key
 
     # ---- helpers run in the worker thread -------------------------------------------------------
 
@@ -408,4 +410,5 @@ class SqliteStore(QuickCalls, MessageOps):
 async def open_sqlite(path: str, key_ring: KeyRing | None = None) -> SqliteStore:
     """Open (creating and migrating as needed) the SQLite store at `path`."""
     db = await trio.to_thread.run_sync(open_db, path, key_ring)
-    return SqliteStore(db, path, key_ring)
+    ids_key = await trio.to_thread.run_sync(objectid_key, db)
+    return SqliteStore(db, path, key_ring, objectid_key=ids_key)

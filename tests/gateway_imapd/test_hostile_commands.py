@@ -114,7 +114,7 @@ async def test_list_with_a_backtracking_pattern_answers(gateway):
 
     def run():
         client = Raw(gateway.port, gateway.user, gateway.password)
-        assert re.fullmatch(rb"t2 OK \[MAILBOXID \(M\d+\)\] CREATE completed\.",
+        assert re.fullmatch(rb"t2 OK \[MAILBOXID \(M[A-Za-z0-9_-]{20}\)\] CREATE completed\.",
                             client.cmd(f"CREATE {name}")[1])
         replies = [client.cmd('LIST "" "*d*d*d*d*d*d*x"'), client.cmd('LIST "" "*d*d*d*d*d*d*y"')]
         client.close()

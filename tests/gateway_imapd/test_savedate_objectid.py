@@ -108,6 +108,7 @@ async def test_objectid_mailboxid_emailid_threadid(gateway):
                              created)
         assert found, created
         foo = found.group(1)
+        assert re.fullmatch(rb"M[A-Za-z0-9_-]{20}", foo), foo   # 8474 7: a keyed hash, no row id
         assert _run(client, b"STATUS foo (MAILBOXID UIDNEXT)")[0] == \
             b"* STATUS foo (MAILBOXID (%s) UIDNEXT 1)" % foo
         assert _run(client, b"RENAME foo bar")[-1].split()[1] == b"OK"   # 4.1: the id stays

@@ -18,7 +18,7 @@ from ..binary import BinaryError
 from ..mime import nstring, table_to_parts
 from ..sections import SectionError, crlf, fetch_section, part_path
 from ._args import Reply, flag_list, format_date_time, is_atom, parse_number
-from ._objectid import email_id
+from ._objectid import ObjectIds
 
 _BODY_ITEM = re.compile(rb"^(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK)\[([^\]]*)\](?:<(\d+)(?:\.(\d+))?>)?$",
                         re.IGNORECASE)
@@ -132,10 +132,11 @@ def _whole(item: Item) -> bool:
 
 
 def render(seq: int, meta: MessageMeta, items: list[Item], flags, info, raw,
-           binaries=None, preview: str | None = None) -> list[bytes]:
+           binaries=None, preview: str | None = None, ids: ObjectIds | None = None) -> list[bytes]:
     """`* seq FETCH (...)` CRLF for one message, as pieces to write (a body is its own piece,
     never copied into a bigger buffer). `info`/`raw` as `plan()` asked for them, `binaries`
-    the decoded BINARY sections (`_binary.decode_chunk`), `preview` the PREVIEW text."""
+    the decoded BINARY sections (`_binary.decode_chunk`), `preview` the PREVIEW text, `ids` the
+    store's OBJECTIDs (for EMAILID)."""
     pieces = []
     tree = None   # the part tree, built once per message from the cached table
     text = [b"* %d FETCH (" % seq]
@@ -154,7 +155,8 @@ def render(seq: int, meta: MessageMeta, items: list[Item], flags, info, raw,
         elif name == b"SAVEDATE":   # RFC 8514 4.2 (NIL: no save date known)
             text.append(b"SAVEDATE " + (format_date_time(meta.saved) if meta.saved else b"NIL"))
         elif name == b"EMAILID":    # RFC 8474 5.1
-            text.append(b"EMAILID (" + email_id(meta.body_id) + b")")
+            assert ids is not None
+            text.append(b"EMAILID (" + ids.email(meta.body_id) + b")")
         elif name == b"THREADID":   # RFC 8474 5.2: NIL, no thread ids kept
             text.append(b"THREADID NIL")
         elif name == b"RFC822.SIZE":

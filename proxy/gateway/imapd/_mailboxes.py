@@ -20,7 +20,6 @@ from . import _quota as quota
 from ._args import Reply, astring, flag_list, mailbox, mailbox_wire, word
 from ._listing import Children, MailboxPattern, implied_parents
 from ._names import IMAP4REV2
-from ._objectid import mailbox_id
 from ._state import Trigger
 from ._view import SelectedView
 
@@ -92,7 +91,8 @@ async def select(session, cmd, read_only: bool = False):
         if first_unseen is not None:
             session.emit(b"OK [UNSEEN %d] First unseen." % first_unseen)
     session.emit(b"OK [UIDVALIDITY %d] UIDs valid." % box.uidvalidity)
-    session.emit(b"OK [MAILBOXID (" + mailbox_id(box.id) + b")] Ok")   # RFC 8474 4.1
+    box_id = session.backend.object_ids.mailbox(box.id)
+    session.emit(b"OK [MAILBOXID (" + box_id + b")] Ok")   # RFC 8474 4.1
     session.emit(b"OK [UIDNEXT %d] Predicted next UID." % max(box.uidnext, view.max_uid + 1))
     # RFC 7162 3.1.2.1: always (the store has MODSEQs, never NOMODSEQ)
     session.emit(b"OK [HIGHESTMODSEQ %d] Highest." % max(box.highest_modseq, snap.modseq))
@@ -141,7 +141,8 @@ async def create(session, cmd):
         raise Reply.no("Mailbox already exists.", b"ALREADYEXISTS")
     await _create_parents(session, name)   # 6.3.3: SHOULD create superior names
     box = await session.store.create_mailbox(session.account.id, name)
-    return b"MAILBOXID (" + mailbox_id(box.id) + b")", "CREATE completed."   # RFC 8474 4.1
+    box_id = session.backend.object_ids.mailbox(box.id)
+    return b"MAILBOXID (" + box_id + b")", "CREATE completed."   # RFC 8474 4.1
 
 
 async def delete(session, cmd):
@@ -288,7 +289,7 @@ async def status_line(session, box, items: list[bytes]) -> bytes:
         floor = await session.store.recent_floor(box.id)
         recent = len(snap.uids) - bisect.bisect_left(snap.uids, floor)
     values: dict[bytes, int | bytes] = {
-        b"MAILBOXID": b"(" + mailbox_id(box.id) + b")",   # RFC 8474 4.3
+        b"MAILBOXID": b"(" + session.backend.object_ids.mailbox(box.id) + b")",   # RFC 8474 4.3
         b"MESSAGES": box.exists,
         b"RECENT": recent,
         b"UIDNEXT": box.uidnext,

@@ -24,7 +24,6 @@ from . import _searchres as searchres
 from ._args import Reply, compress, is_atom, parse_sequence_set, resolve, word
 from ._fetch import Item, parse_items, plan, render
 from ._names import IMAP4REV2, UTF8_ACCEPT
-from ._objectid import email_id
 from ._partial import PartialRange
 from ._partial import parse as partial_range
 
@@ -124,7 +123,8 @@ async def fetch(session, cmd):
                 missing = True   # expunged by another session, not yet announced (RFC 2180 4.1.3)
                 continue
             session.write_pieces(render(seq, meta, with_flags if meta.uid in seen_now else items,
-                                        view.flags_of(meta.uid), info, raw, binaries[n], previews[n]))
+                                        view.flags_of(meta.uid), info, raw, binaries[n], previews[n],
+                                        ids=session.backend.object_ids))
             await session.budget.tick()
         await session.maybe_flush()
 
@@ -256,7 +256,7 @@ async def find(session, key: SearchKey, among: list[int] | None = None,
             msgs.append(types.SimpleNamespace(
                 seq=part[n], uid=meta.uid, flags=view.flags_of(meta.uid),
                 internaldate=meta.internaldate, modseq=meta.modseq, saved=meta.saved,
-                emailid=email_id(meta.body_id),
+                emailid=session.backend.object_ids.email(meta.body_id),
                 size=info.size if info is not None else meta.size, raw=raw, texts=text))
         if need_raw:   # HEADER, SENT*: each message parsed; off the event loop (DESIGN.md)
             found += await trio.to_thread.run_sync(_match, key, msgs, view.exists, view.max_uid)

@@ -51,6 +51,7 @@ from ._context import DEFAULT_SEARCH_UPDATES
 from ._context_refresh import refresh as refresh_contexts
 from ._index import MailboxIndex
 from ._names import utf8_enabled
+from ._objectid import ObjectIds
 from ._state import SELECTED, State, Trigger, next_state
 from .commands import COMMANDS
 
@@ -70,6 +71,7 @@ class Backend:
     def __init__(self, store: Store, hub: "Hub", mime: "MimeCache", metrics: Metrics):
         self.store, self.hub, self.mime, self.metrics = store, hub, mime, metrics
         self.index = MailboxIndex()
+        self.object_ids = ObjectIds(store.objectid_key)   # RFC 8474
 
 
 class ImapSession:
