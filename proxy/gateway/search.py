@@ -341,8 +341,10 @@ def _eval_date(op: str):
             if got is None:
                 return False
         elif op.startswith("SAVED"):
+            # RFC 8514 4.3 "disregarding time and timezone": the day in the server's zone, as
+            # Dovecot (a save date has no zone of its own; the internal date keeps its own)
             saved = getattr(ctx.msg, "saved", None) or ctx.msg.internaldate
-            got, op_ = saved.date(), op[5:]
+            got, op_ = saved.astimezone().date(), op[5:]
         else:
             got, op_ = ctx.msg.internaldate.date(), op
         return {"BEFORE": got < day, "ON": got == day, "SINCE": got >= day}[op_]

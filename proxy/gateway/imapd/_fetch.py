@@ -152,8 +152,9 @@ def render(seq: int, meta: MessageMeta, items: list[Item], flags, info, raw,
             text.append(b"MODSEQ (%d)" % meta.modseq)
         elif name == b"INTERNALDATE":
             text.append(b"INTERNALDATE " + format_date_time(meta.internaldate))
-        elif name == b"SAVEDATE":   # RFC 8514 4.2 (NIL: no save date known)
-            text.append(b"SAVEDATE " + (format_date_time(meta.saved) if meta.saved else b"NIL"))
+        elif name == b"SAVEDATE":   # RFC 8514 4.2 (NIL: no save date known); server's zone, as Dovecot
+            saved = meta.saved
+            text.append(b"SAVEDATE " + (format_date_time(saved.astimezone()) if saved else b"NIL"))
         elif name == b"EMAILID":    # RFC 8474 5.1
             assert ids is not None
             text.append(b"EMAILID (" + ids.email(meta.body_id) + b")")
