@@ -66,6 +66,7 @@ class Gateway:
     auth_cache_ttl: Duration = 300.0
     change_log_keep: StrictInt = 10000    # MODSEQs of change history kept per mailbox (QRESYNC)
     user_case: Literal["lower", "domain", "preserve"] = "lower"   # proxy/gateway/users.py
+    url_hosts: tuple[StrictStr, ...] = ()   # this server's names in absolute imap:// URLs (CATENATE)
     limits: GatewayLimits = field(default_factory=GatewayLimits)
     quota: GatewayQuota = field(default_factory=GatewayQuota)
 

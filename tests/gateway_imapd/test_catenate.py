@@ -16,6 +16,7 @@ import dataclasses
 import imaplib
 import itertools
 import re
+import urllib.parse
 
 import trio
 from gateway_mime import wire
@@ -148,3 +149,42 @@ async def test_catenate_gateway_only(dovecot, tmp_path, nursery, gateway_store):
     assert results == [(b"OK", b"APPENDUID"), (b"NO", b"BADURL"), (b"NO", b"BADURL"),
                        (b"NO", b"BADURL"), (b"NO", b"TOOBIG"), b"* STATUS Src (MESSAGES 2)\r\n",
                        b"Subject: big\r\n\r\nshort\0\r\n"]
+
+
+async def test_catenate_absolute_urls_of_this_server_and_user(dovecot, tmp_path, nursery):
+    """RFC 4469 5 / RFC 5092 3: an absolute `imap://` URL naming a host of `gateway.url_hosts`
+    (any case, any port) and the logged-in user (compared as logins are: `user_case`, with
+    or without ;AUTH=) is as good as its relative path; another user, no user (anonymous), an
+    unlisted host or URLAUTH is NO [BADURL], and nothing is stored."""
+    user, password = dovecot.add_user()
+    gateway = GatewayHandle(dovecot, tmp_path, user, password, url_hosts=["imap.example.org"])
+    await gateway.start(nursery)
+    me = urllib.parse.quote(user, safe="").encode()
+    source = b"Subject: src\r\n\r\nbody\r\n"
+    good = [b"imap://%s@imap.example.org/Src/;UID=1" % me,
+            b"imap://%s;AUTH=*@IMAP.Example.ORG:993/Src/;UID=1" % me.upper(),
+            b"imap://%s@imap.example.org/Src;UIDVALIDITY={uv}/;UID=1/;SECTION=HEADER" % me]
+    bad = [b"imap://someone.else@imap.example.org/Src/;UID=1",
+           b"imap://imap.example.org/Src/;UID=1",
+           b"imap://%s@elsewhere.example.org/Src/;UID=1" % me,
+           b"imap://%s@imap.example.org/Src/;UID=1;URLAUTH=anonymous:internal:%s" % (me, b"0" * 32),
+           b"imap://%s@imap.example.org" % me]
+
+    def run() -> list:
+        client = gateway.imaplib()
+        _run(client, b"CREATE Src")
+        _run(client, b"APPEND Src " + _lit(source))
+        uv = re.search(rb"UIDVALIDITY (\d+)", _run(client, b"STATUS Src (UIDVALIDITY)")[1][0])[1]
+        results = [_run(client, b'APPEND Src CATENATE (URL "%s")' % url.replace(b"{uv}", uv))[0]
+                   for url in good + bad]
+        results.append(_run(client, b"STATUS Src (MESSAGES)")[1][0])
+        _run(client, b"EXAMINE Src")
+        results += [wire.string_value(wire.fetch_items(line)[1][b"BODY[]"])
+                    for line in _run(client, b"FETCH 2:4 (BODY.PEEK[])")[1]]
+        client.logout()
+        return results
+
+    results = await trio.to_thread.run_sync(run)
+    await gateway.stop()
+    assert results == [(b"OK", b"APPENDUID")] * 3 + [(b"NO", b"BADURL")] * 5 + [
+        b"* STATUS Src (MESSAGES 4)\r\n", source, source, b"Subject: src\r\n\r\n"]

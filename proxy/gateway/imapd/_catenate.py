@@ -9,9 +9,14 @@ a bad URL anywhere stores nothing (4469 5: NO [BADURL url]).
 URLs are the relative IMAP URLs of RFC 5092 restricted to the logged-in account:
 `/mailbox[;UIDVALIDITY=n]/;UID=n[/;SECTION=s][/;PARTIAL=o[.l]]` (names and sections
 percent-encoded, mailbox names in UTF-8). The part is what BODY.PEEK[section]<o.l> gives (no
-\\Seen). An absolute `imap://` URL, URLAUTH, a mailbox or message that does not exist, a
-UIDVALIDITY that does not match, or a malformed URL is BADURL, as Dovecot answers for the same
-account (it also refuses absolute URLs). The built message is bounded by the listener's
+\\Seen). An absolute URL `imap://user[;AUTH=x]@host[:port]/...` is as good as its relative
+path when it names this server and the logged-in user (RFC 4469 5, RFC 5092 3): "this server"
+is a host listed in `gateway.url_hosts` (the session cannot know by which names clients reach
+it; the port is not checked), the user is compared as logins are (`gateway.user_case`); a URL
+without a user means anonymous access (5092 3.2), not this user. Any other absolute URL,
+URLAUTH, a mailbox or message that does not exist, a UIDVALIDITY that does not match, or a
+malformed URL is BADURL, as Dovecot answers for the same account (it refuses every absolute
+URL). The built message is bounded by the listener's
 `max_literal`, like any APPEND literal (NO [TOOBIG]).
 
 Known differences from Dovecot 2.3 (tests/gateway_imapd/test_catenate.py): a TEXT literal8 is
@@ -30,12 +35,19 @@ from ...imap._tokens import Literal
 from ..mime import table_to_parts
 from ..numbers import InvalidNumber, number
 from ..sections import SectionError, fetch_section
+from ..users import canonical_user
 from ._args import Reply, is_atom
 
 _URL = re.compile(
     rb"/(?P<mailbox>[^;/][^;]*?)(?:;UIDVALIDITY=(?P<uidvalidity>[0-9]+))?/;UID=(?P<uid>[0-9]+)"
     rb"(?:/;SECTION=(?P<section>[^;]*?))?(?:/;PARTIAL=(?P<start>[0-9]+)(?:\.(?P<length>[0-9]+))?)?",
     re.IGNORECASE)
+
+
+# RFC 5092 3: "imap://" [enc-user [";AUTH=" ("*" / enc-auth-type)] "@"] host [":" port] path
+_ABSOLUTE = re.compile(
+    rb"imap://(?:(?P<user>[^;@/]+)(?:;AUTH=[^@/;]+)?@)?(?P<host>\[[^]/]+\]|[^:/@\[\]]+)"
+    rb"(?::[0-9]+)?(?P<path>/.*)", re.IGNORECASE | re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +100,9 @@ async def _resolve(session, url: bytes) -> bytes:
     def bad(why: str) -> Reply:
         return Reply.no(why, b"BADURL " + url)
 
-    match = _URL.fullmatch(url)
+    match = _URL.fullmatch(_own_path(session, url) if url[:7].lower() == b"imap://" else url)
     if match is None:
-        raise bad("Only relative IMAP URLs of this account are supported")
+        raise bad("Only IMAP URLs of this account are supported")
     try:
         uid = number(match["uid"], nonzero=True)
         uidvalidity = number(match["uidvalidity"]) if match["uidvalidity"] else None
@@ -118,3 +130,20 @@ async def _resolve(session, url: bytes) -> bytes:
         return fetch_section(raw, section, partial, parts=table_to_parts(info.parts))
     except SectionError:
         raise bad("Invalid section") from None
+
+
+def _own_path(session, url: bytes) -> bytes:
+    """The path of an absolute URL that names this server and user (module docstring), else
+    b"" (no match: BADURL)."""
+    match = _ABSOLUTE.fullmatch(url)
+    if match is None or match["user"] is None:
+        return b""
+    try:
+        user = urllib.parse.unquote_to_bytes(match["user"]).decode("utf-8")
+        host = urllib.parse.unquote_to_bytes(match["host"]).decode("utf-8").lower()
+    except UnicodeDecodeError:
+        return b""
+    if host not in session.url_hosts or \
+            canonical_user(user, session.user_case) != session.account.user:
+        return b""
+    return match["path"]

@@ -107,6 +107,9 @@ class ImapSession:
         self.quota = gateway.quota if gateway is not None else None   # RFC 9208 (_quota.py)
         self.search_updates = gateway.limits.search_updates if gateway is not None \
             else DEFAULT_SEARCH_UPDATES   # RFC 5267 4.3.1 (_context.py)
+        # absolute imap:// URLs naming this server (RFC 5092; `_catenate.py`), user names' case
+        self.url_hosts = frozenset(h.lower() for h in gateway.url_hosts) if gateway else frozenset()
+        self.user_case = gateway.user_case if gateway is not None else "lower"
 
     # ---- output -----------------------------------------------------------------------------
     def emit(self, line: bytes) -> None:
