@@ -69,7 +69,9 @@ def _literal(value: bytes) -> bytes:
 
 
 def nstring(value: bytes | None) -> bytes:
-    """NIL, "quoted" or {literal}: literal for CR, LF, 8-bit or many escapes."""
+    """NIL, "quoted" or {literal}: literal for CR, LF, 8-bit or many escapes. 8-bit text is a
+    literal in UTF8=ACCEPT/IMAP4rev2 sessions too (RFC 6855 3 allows, not requires, quoted
+    UTF-8): byte for byte what Dovecot sends (tests/gateway_imapd/test_utf8_accept.py)."""
     if value is None:
         return b"NIL"
     escapes = value.count(b'"') + value.count(b"\\")

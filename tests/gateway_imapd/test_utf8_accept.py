@@ -245,3 +245,57 @@ async def test_utf8_accept_refusals(gateway):
             client.logout()
 
     await trio.to_thread.run_sync(scenario)
+
+
+_ITEMS = re.compile(rb"(ENVELOPE \(.*\)) BODYSTRUCTURE (\(.*?\)) (?:RFC822\.SIZE|BODY\[)", re.S)
+
+
+async def test_utf8_headers_in_envelope_are_dovecots_bytes(gateway):
+    """RFC 6855 3 / RFC 9051 4.3 let a UTF8=ACCEPT or IMAP4rev2 session get UTF-8 in quoted
+    strings, but do not require it: ENVELOPE and BODYSTRUCTURE strings holding 8-bit text go out
+    as literals in every session, byte for byte what Dovecot 2.3 sends for the same message
+    (literals are valid everywhere; only the order of FETCH items differs)."""
+    def compare() -> None:
+        rev1, utf8, rev2, theirs = (gateway.imaplib(), gateway.imaplib(), gateway.imaplib(),
+                                    _dovecot(gateway))
+        _ok(utf8, b"ENABLE UTF8=ACCEPT")
+        _ok(rev2, b"ENABLE IMAP4rev2")
+        for client in (rev1, theirs):
+            _ok(client, b"CREATE Intl")
+            _ok(client, b"APPEND Intl {%d+}\r\n" % len(INTL) + INTL)
+        for client in (rev1, utf8, rev2, theirs):
+            _ok(client, b"EXAMINE Intl")
+        [want] = _ok(theirs, FETCH)
+        expected = _ITEMS.search(want).groups()
+        assert b"{31}\r\n" + "Grüße".encode() in expected[0]
+        for client in (rev1, utf8, rev2):
+            [got] = _ok(client, FETCH)
+            assert _ITEMS.search(got).groups() == expected, (got, want)
+        for client in (rev1, utf8, rev2, theirs):
+            client.logout()
+
+    await trio.to_thread.run_sync(compare)
+
+
+async def test_mailbox_names_are_not_normalised_like_dovecot(gateway):
+    """RFC 6855 3 wants names in Net-Unicode (RFC 5198 2), whose NFC is a SHOULD for the
+    sender: like Dovecot, the gateway keeps names as sent, so "Café" in NFC and in NFD
+    (e + U+0301) are two mailboxes (a client following RFC 5198 only ever sends the first),
+    whether named in UTF-8 or in modified UTF-7."""
+    nfc, nfd = "Caf\u00e9", "Cafe\u0301"
+
+    def compare() -> None:
+        utf8, mutf7, theirs = gateway.imaplib(), gateway.imaplib(), _dovecot(gateway)
+        _ok(utf8, b"ENABLE UTF8=ACCEPT")
+        _ok(utf8, _command('CREATE "{0}"', [nfc], True))
+        _ok(mutf7, _command('CREATE "{0}"', [nfd], False))
+        for name in (nfc, nfd):
+            _ok(theirs, _command('CREATE "{0}"', [name], False))
+        want = sorted(_decoded(_ok(theirs, b'LIST "" "Caf*"'), False))
+        assert len(want) == 2
+        assert sorted(_decoded(_ok(utf8, b'LIST "" "Caf*"'), True)) == want
+        assert sorted(_decoded(_ok(mutf7, b'LIST "" "Caf*"'), False)) == want
+        for client in (utf8, mutf7, theirs):
+            client.logout()
+
+    await trio.to_thread.run_sync(compare)

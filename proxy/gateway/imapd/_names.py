@@ -6,6 +6,11 @@ points). Both wire forms map to it one-to-one, so a folder created as "&AOQ-" by
 the folder created as "ä" by another. After ENABLE, "&" is an ordinary character (RFC 6855 3:
 no modified UTF-7 any more) and names go out as quoted strings holding UTF-8 (RFC 6855 3,
 `uQUOTED-CHAR`), never as literals unless they hold CR, LF or NUL.
+
+Names are kept as sent, not normalised: RFC 6855 3 asks for Net-Unicode (RFC 5198 2), whose
+NFC is a SHOULD for the sender, and Dovecot does not normalise either, so "Café" in NFC and in
+NFD are two mailboxes (normalising input would also strand a folder an older client created
+in NFD through modified UTF-7).
 """
 
 from __future__ import annotations
