@@ -11,8 +11,9 @@ from . import mime
 from .search_text import text_blobs
 
 # Bump when text_blobs() changes its output, so cached search texts are recomputed (2: raw
-# 8-bit header bytes read as UTF-8, not as U+FFFD; 3: parts walked by the bounded scanner).
-TEXT_VERSION = 3
+# 8-bit header bytes read as UTF-8, not as U+FFFD; 3: parts walked by the bounded scanner;
+# 4: i;unicode-casemap instead of casefold, so "ß" no longer matches "ss").
+TEXT_VERSION = 4
 
 
 def analyze_for_store(raw: bytes, limits: mime.MimeLimits = mime.DEFAULT_LIMITS) -> bytes:

@@ -18,20 +18,33 @@ from __future__ import annotations
 
 import email.errors
 import email.header
+import re
 import unicodedata
 
 __all__ = ["base_subject", "casemap", "decode_words"]
+
+
+def _simple_title(char: str) -> str:
+    title = char.title()
+    return title if len(title) == 1 else char   # simple mappings only ("ß" stays, not "Ss")
+
+
+# Characters whose upper() is not their simple titlecase ("ß" -> "SS", "ǆ" -> "Ǆ" not "ǅ",
+# Georgian Mkhedruli -> Mtavruli...): about 160, none above U+1EFFF (a test checks every code
+# point). Every other character's simple titlecase is its upper(), which runs in C.
+_UPPER_DIFFERS = {char: _simple_title(char) for char in map(chr, range(0x1F000))
+                  if char.upper() != _simple_title(char)}
+_SPECIAL = re.compile("([" + "".join(map(re.escape, _UPPER_DIFFERS)) + "])")
 
 
 def casemap(text: str) -> str:
     """RFC 5051 i;unicode-casemap: simple titlecase of each character, then NFKD."""
     if text.isascii():
         return text.upper()
-    mapped = []
-    for char in text:
-        title = char.title()
-        mapped.append(title if len(title) == 1 else char)   # simple mappings only
-    return unicodedata.normalize("NFKD", "".join(mapped))
+    parts = _SPECIAL.split(text)   # plain runs at even indexes, special characters between
+    parts[::2] = [run.upper() for run in parts[::2]]
+    parts[1::2] = [_UPPER_DIFFERS[char] for char in parts[1::2]]
+    return unicodedata.normalize("NFKD", "".join(parts))
 
 
 def decode_words(value: bytes) -> str:

@@ -4,7 +4,9 @@
 (atoms and strings both as bytes, parenthesised lists as tuples) and returns one
 `SearchKey` tree; `matches(key, msg)` evaluates it against a message view.
 
-Text keys compare case-insensitively (Unicode casefold) against *decoded* text, using the
+Text keys compare case-insensitively against *decoded* text, both sides mapped with RFC 5051
+i;unicode-casemap (`basesubject.casemap`: simple titlecase, then NFKD), as Dovecot does; not
+Unicode full case folding, which would make "ß" match "ss" (RFC 5051 keeps "ß"). Using the
 stdlib `email` package: header values with RFC 2047 words decoded, bodies with their
 Content-Transfer-Encoding removed and their charset decoded. BODY looks at the text of every
 text part (message/rfc822 parts included), TEXT at the headers as well.
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from proxy.gateway._rfc822 import AddressParser
+from proxy.gateway.basesubject import casemap
 from proxy.gateway.numbers import MODSEQ_MAX, NUMBER_MAX, InvalidNumber, number, sequence_set
 from proxy.gateway.search_text import decode_header, header_items, text_blobs
 
@@ -189,12 +192,12 @@ def _parse_key(stream: _Tokens, depth: int) -> SearchKey:
     if word in _DATE_KEYS:
         return SearchKey(word, (_date(stream.string(word)),))
     if word in _HEADER_KEYS:
-        return SearchKey("HEADER", (word.lower(), stream.string(word).casefold()))
+        return SearchKey("HEADER", (word.lower(), casemap(stream.string(word))))
     if word == "HEADER":
         name = stream.string("header name")
-        return SearchKey("HEADER", (name.lower(), stream.string("header value").casefold()))
+        return SearchKey("HEADER", (name.lower(), casemap(stream.string("header value"))))
     if word in ("BODY", "TEXT"):
-        return SearchKey(word, (stream.string(word).casefold(),))
+        return SearchKey(word, (casemap(stream.string(word)),))
     if word == "SAVEDATESUPPORTED":   # RFC 8514 4.3: every mailbox keeps save dates
         return SearchKey("ALL")
     if word in ("EMAILID", "THREADID"):   # RFC 8474 6: THREADID is always NIL here
@@ -308,8 +311,8 @@ def _in_set(ranges: tuple, number: int, last: int) -> bool:
 
 def _eval_header(ctx: _Context, name: str, needle: str) -> bool:
     if name in _ADDRESS_HEADERS:
-        return any(n == name and needle in _address_text(v).casefold() for n, v in ctx.raw_headers)
-    return any(n == name and needle in v.casefold() for n, v in ctx.headers)
+        return any(n == name and needle in casemap(_address_text(v)) for n, v in ctx.raw_headers)
+    return any(n == name and needle in casemap(v) for n, v in ctx.headers)
 
 
 def _address_text(value: str) -> str:

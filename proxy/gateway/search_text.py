@@ -1,6 +1,7 @@
 """The decoded text SEARCH TEXT and BODY match against (RFC 3501 6.4.4), computed once per body.
 
-`text_blobs(raw)` returns (header text, body text), both case-folded: every header field of the
+`text_blobs(raw)` returns (header text, body text), both case-mapped with i;unicode-casemap
+(RFC 5051, `basesubject.casemap`, as the search needles are): every header field of the
 message and of each part in it, with RFC 2047 words decoded, and the text of every text/* and
 message/* leaf part with its transfer encoding removed and its charset decoded.
 
@@ -19,6 +20,7 @@ import email.message
 
 from ._parts import DEFAULT_LIMITS, MimeLimits, Part, parse
 from .charsets import decode_text
+from .basesubject import casemap
 
 __all__ = ["text_blobs", "decode_header", "header_items"]
 
@@ -38,7 +40,7 @@ def text_blobs(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> tuple[str, st
             text = _leaf_text(raw, part)
             if text is not None:
                 bodies.append(text)
-    return "\n".join(headers).casefold(), "\n".join(bodies).casefold()
+    return casemap("\n".join(headers)), casemap("\n".join(bodies))
 
 
 def _text(value: bytes) -> str:

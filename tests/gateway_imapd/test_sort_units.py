@@ -4,6 +4,9 @@ steps one by one, and the collation)."""
 
 from __future__ import annotations
 
+import sys
+import unicodedata
+
 import pytest
 
 from proxy.gateway.basesubject import base_subject, casemap, decode_words
@@ -27,6 +30,17 @@ from proxy.gateway.thread import ordered_subject, references, render
 ])
 def test_base_subject_steps(subject, base, reply):
     assert base_subject(subject) == (base, reply)
+
+
+def test_casemap_is_each_characters_simple_titlecase_then_nfkd_for_every_code_point():
+    """RFC 5051 2, checked the slow way on all of Unicode (the fast path upper()s plain runs)."""
+    every = "".join(chr(cp) for cp in range(sys.maxunicode + 1) if not 0xD800 <= cp <= 0xDFFF)
+    slow = []
+    for char in every:
+        title = char.title()
+        slow.append(title if len(title) == 1 else char)
+    assert casemap(every) == unicodedata.normalize("NFKD", "".join(slow))
+    assert casemap("Grüße") != casemap("grüsse") and casemap("Grüße") == casemap("GRÜßE")
 
 
 def test_casemap_titlecases_and_decomposes():
