@@ -293,7 +293,7 @@ async def search(session, cmd):
     found = await find(session, key)
     refused = context.open_search(session, cmd, key, found) if updating else None
     if options is not None and b"SAVE" in options:
-        searchres.save(view, [view.uids[q - 1] for q in _saved_part(found, options)])
+        searchres.save(view, [view.uids[q - 1] for q in _saved_part(found, options, window)])
         options = options - {b"SAVE"}
         if not options:   # 2.4: SAVE alone returns no ESEARCH
             return None
@@ -324,12 +324,15 @@ async def search(session, cmd):
     return None
 
 
-def _saved_part(found: list[int], options: set[bytes]) -> list[int]:
-    """RFC 5182 2.4: with MIN and/or MAX but neither ALL nor COUNT, only those are saved."""
-    if not found or options & {b"ALL", b"COUNT"} or not options & {b"MIN", b"MAX"}:
+def _saved_part(found: list[int], options: set[bytes],
+                window: PartialRange | None = None) -> list[int]:
+    """RFC 5182 2.4: with MIN and/or MAX but neither ALL nor COUNT, only those are saved; with
+    PARTIAL (RFC 9394) only the messages of its window, as Dovecot does
+    (tests/gateway_imapd/test_searchres_partial.py)."""
+    if not found or options & {b"ALL", b"COUNT"} or not (options & {b"MIN", b"MAX"} or window):
         return found
-    return sorted({n for option, n in ((b"MIN", found[0]), (b"MAX", found[-1]))
-                   if option in options})
+    picked = {n for option, n in ((b"MIN", found[0]), (b"MAX", found[-1])) if option in options}
+    return sorted(picked.union(window.window(found) if window else ()))
 
 
 def _result_modseq(view, found: list[int], options: set[bytes] | None, uid: bool,

@@ -120,11 +120,14 @@ def _return_options(args: list) -> tuple[EsortOptions | None, list]:
 
 
 def _saved_part(ordered: list[int], options: EsortOptions) -> list[int]:
-    """RFC 5182 2.4: with MIN and/or MAX but neither ALL nor COUNT, only those are saved."""
+    """RFC 5182 2.4: with MIN and/or MAX but neither ALL nor COUNT, only those are saved; with
+    PARTIAL (RFC 9394) only its window, as Dovecot does (test_searchres_partial.py)."""
+    window = options.get(b"PARTIAL")
     if not ordered or b"ALL" in options or b"COUNT" in options or not (
-            b"MIN" in options or b"MAX" in options):
+            b"MIN" in options or b"MAX" in options or isinstance(window, PartialRange)):
         return ordered
-    return [i for option, i in ((b"MIN", ordered[0]), (b"MAX", ordered[-1])) if option in options]
+    picked = [i for option, i in ((b"MIN", ordered[0]), (b"MAX", ordered[-1])) if option in options]
+    return picked + (window.window(ordered) if isinstance(window, PartialRange) else [])
 
 
 def _esort_reply(cmd, numbers: list[int], options: EsortOptions) -> bytes:
