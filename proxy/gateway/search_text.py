@@ -19,8 +19,8 @@ import email.header
 import email.message
 
 from ._parts import DEFAULT_LIMITS, MimeLimits, Part, parse
-from .charsets import decode_text
 from .basesubject import casemap
+from .charsets import decode_text
 
 __all__ = ["text_blobs", "decode_header", "header_items"]
 
