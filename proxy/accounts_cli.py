@@ -50,11 +50,8 @@ def run_cli(args: argparse.Namespace) -> int:
 
     from .gateway.users import canonical_user
 
-    try:
-        config = config_mod.load(args.config)
-    except config_mod.ConfigError as exc:
-        for error in exc.errors:
-            print(f"{args.config}: {error}", file=sys.stderr)
+    config = config_mod.load_or_report(args.config)
+    if config is None:
         return 2
     if config.gateway is None:
         print(f"{args.config}: no gateway: section", file=sys.stderr)

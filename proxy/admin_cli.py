@@ -35,11 +35,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    try:
-        config = config_mod.load(args.config)
-    except config_mod.ConfigError as exc:
-        for error in exc.errors:
-            print(f"{args.config}: {error}", file=sys.stderr)
+    config = config_mod.load_or_report(args.config)
+    if config is None:
         return 2
     if config.admin is None:
         print(f"{args.config}: no admin: section; add admin: {{socket: /run/mailproxy/admin.sock}} "

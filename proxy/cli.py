@@ -141,11 +141,8 @@ def _load(path: str):
     problem as one line `FILE: line N: ...`."""
     from . import preflight
 
-    try:
-        config = config_mod.load(path)
-    except config_mod.ConfigError as exc:
-        for error in exc.errors:
-            print(f"{path}: {error}", file=sys.stderr)
+    config = config_mod.load_or_report(path)
+    if config is None:
         return None
     problems = preflight.file_problems(config)
     for problem in problems:

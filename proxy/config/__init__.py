@@ -14,8 +14,8 @@ One module per section, each with its dataclasses and its cross-field rules (`ch
 values.py (durations, sizes, addresses, secrets, certificates), listeners.py, upstreams.py
 (upstreams, routes, lookups), oauth2.py (an upstream's auth: brokered OAuth2), gateway.py,
 operations.py (logging, metrics, auth_throttle, admin); loader.py holds `Config`, `load()` and
-`loads()`; messages.py words pydantic's errors. Everything public is importable from
-`proxy.config` itself.
+`loads()`; messages.py words pydantic's errors; report.py has `load_or_report()` for the CLI
+tools. Everything public is importable from `proxy.config` itself.
 """
 
 from .gateway import Gateway, GatewayLimits, GatewayQuota, StoreLocation
@@ -23,6 +23,7 @@ from .listeners import Listener, ProtocolLimits, Timeouts
 from .loader import Config, ConfigError, load, loads
 from .oauth2 import OAuth2, UpstreamAuth
 from .operations import Admin, AuthThrottle, Logging, Metrics
+from .report import load_or_report
 from .upstreams import (
     HttpLookup,
     HttpLookupEntry,
@@ -54,5 +55,6 @@ __all__ = [
     "LdapLookupEntry", "ListenAddress", "Listener", "Logging", "LookupCache", "LookupEntry",
     "Metrics", "OAuth2", "Pop3Service",
     "PoolableUpstream", "ProtocolLimits", "Route", "Secret", "SecretValue", "ServicePort", "Size",
-    "StoreLocation", "Timeouts", "TlsMode", "Upstream", "UpstreamAuth", "load", "loads",
+    "StoreLocation", "Timeouts", "TlsMode", "Upstream", "UpstreamAuth", "load", "load_or_report",
+    "loads",
 ]

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 One `GatewayService` per process (`async with open_gateway(config, metrics) as service`) owns
 the store, one notification `Hub` per account, the MIME/body caches, the login checker and one
-`AccountFetcher` per account. `handle(session, conn)` runs one client connection:
+`AccountFetcher` per account (account_fetcher.py). `handle(session, conn)` runs one client connection:
 
     greeting + pre-login dialogue (session.ImapFront, as for the relay: CAPABILITY, ID,
     STARTTLS, LOGIN, AUTHENTICATE PLAIN/LOGIN, budgets, login timeout)
@@ -40,19 +40,17 @@ from typing import AsyncIterator
 import trio
 
 from .. import logs
-from ..config import Config, Gateway, OAuth2, Upstream
+from ..config import Config, Gateway, Upstream
 from ..imap import writer
 from ..metrics import Metrics
 from ..net.conn import Conn
-from ..oauth2 import Broker, Brokers, BrokerUnavailable, NotEnrolled, RefreshRefused
+from ..oauth2 import Brokers
 from ..routing.answers import Refusal
 from ..session.context import CloseSession, Session
 from ..session.failures import Failure
 from ..session.imap_front import ImapFront, LoginRequest
 from ..session.login import Attempt, log_in
-from ..session.routing import log_user
 from ..session.sasl import Credentials
-from ..session.upstream import UpstreamError
 from ..store import (
     Account,
     Change,
@@ -63,123 +61,15 @@ from ..store import (
     load_key_ring,
     open_store,
 )
+from .account_fetcher import AccountFetcher, oauth2_settings
 from .auth import Authenticator
-from .fetcher import AccountLocks, mime_limits, sync_account
+from .fetcher import AccountLocks, mime_limits
 from .imapd import CAPABILITIES, Backend, BodyCache, Hub, ImapSession, MimeCache
 from .users import canonical_user
 
 LOGIN_SYNC_WAIT = 10.0   # seconds a login waits for its account's first sync
 # COMPRESS only once logged in (as Dovecot): the pre-login front does not compress (RFC 4978).
 PRELOGIN_CAPABILITIES = tuple(c for c in CAPABILITIES if c != b"COMPRESS=DEFLATE")
-
-
-class AccountFetcher:
-    """Syncs one account while it has sessions: at login (`kick`) and every poll_interval."""
-
-    def __init__(self, service: "GatewayService", upstream: str, user: str):
-        self.service, self.upstream, self.user = service, upstream, user
-        self.sessions = 0
-        self.background = False        # gateway.background_poll: keep polling without sessions
-        self.password = ""
-        self._token: tuple[Broker, str] | None = None   # the access token of the last sync
-        self.running = False
-        self.last_success: float | None = None   # Unix time of the last successful sync
-        self._kick = trio.Event()
-        # set when the next sync attempt to *start* has ended (swapped at each start), so a
-        # login that kicks during a sync in flight waits for one that began after its kick
-        self.synced = trio.Event()
-
-    async def _sasl(self) -> tuple[str, bytes] | None:
-        """For an OAuth2-brokered upstream (proxy/oauth2): the SASL mechanism and message with
-        the user's access token. Raises NotEnrolled, RefreshRefused, BrokerUnavailable."""
-        settings = _oauth2(self.service.config, self.upstream)
-        if settings is None:
-            return None
-        broker = self.service.oauth2.get(settings)
-        token = await broker.access_token(self.user)
-        self._token = (broker, token)
-        return broker.mechanism, broker.message(self.user, token)
-
-    def kick(self) -> None:
-        self._kick.set()
-        if not self.running:
-            self.running = True
-            self.service.nursery.start_soon(self._run)
-
-    async def _run(self) -> None:
-        try:
-            while self.sessions > 0 or self.background:
-                self._kick = trio.Event()
-                await self._sync_once()
-                with trio.move_on_after(self.service.settings.poll_interval):
-                    await self._kick.wait()
-        finally:
-            self.running = False
-            if not self.background:
-                self.password = ""
-
-    async def _sync_once(self) -> None:
-        service = self.service
-        metrics = service.metrics
-        done, self.synced = self.synced, trio.Event()
-        try:
-            sasl = await self._sasl()
-            result = await sync_account(service.config, service.store, self.upstream, self.user,
-                                        self.password, locks=service.sync_locks, sasl=sasl)
-            self.last_success = time.time()
-            metrics.gateway_syncs.labels("ok").inc()
-            metrics.gateway_sync_duration.observe(result.duration)
-            metrics.gateway_ingested_messages.inc(result.new)
-            metrics.gateway_ingested_bytes.inc(result.bytes)
-            metrics.gateway_upstream_deletes.inc(result.deleted_upstream)
-            metrics.gateway_over_quota.inc(result.over_quota)
-            metrics.gateway_store_size.set(await service.store.size_bytes())
-            account = await service.store.ensure_account(self.upstream, self.user)
-            await service.store.record_sync(account.id, None)
-            if result.new:
-                inbox = await service.store.get_mailbox(account.id, "INBOX")
-                if inbox is not None:
-                    backend = service.backend(account)
-                    snapshot = await backend.index.latest(service.store, inbox.id)
-                    backend.hub.appended(inbox.id, snapshot.metas)
-        except (UpstreamError, StoreError, NotEnrolled, RefreshRefused, BrokerUnavailable) as exc:
-            # logged by the fetcher (or here); retried next poll
-            reason = exc.failure.label if isinstance(exc, UpstreamError) else \
-                "store" if isinstance(exc, StoreError) else \
-                "auth_tempfail" if isinstance(exc, BrokerUnavailable) else "auth_rejected"
-            if isinstance(exc, UpstreamError) and exc.failure is Failure.AUTH_REJECTED \
-                    and self._token is not None:   # a cached token refused: refresh next time
-                self._token[0].forget(self.user, self._token[1])
-            metrics.gateway_syncs.labels(reason).inc()
-            metrics.gateway_ingest_errors.labels(reason).inc()
-            logs.event("gateway_poll_failed", logging.WARNING, upstream=self.upstream,
-                       user=log_user(service.config.logging, self.user),
-                       error=logs.sanitize(str(exc)))
-            if not isinstance(exc, StoreError):   # a store that failed cannot record it: the
-                # log line above says so, and waiting on it again would delay this sync's end
-                message = logs.sanitize(str(exc))   # an UpstreamError names its failure already
-                await self._record_failure(
-                    message if message.startswith(f"{reason}:") else f"{reason}: {message}")
-        except Exception:  # a bug in one account's sync must not stop the process
-            metrics.gateway_syncs.labels("internal").inc()
-            metrics.gateway_ingest_errors.labels("internal").inc()
-            logs.event("gateway_poll_failed", logging.ERROR, exc_info=True, upstream=self.upstream,
-                       user=log_user(service.config.logging, self.user))
-        finally:
-            done.set()
-
-    async def _record_failure(self, error: str) -> None:
-        """Kept on the account's row for `gateway accounts`; a user the upstream never accepted
-        has no row and gets none."""
-        store = self.service.store
-        try:
-            account = await store.get_account(self.upstream, self.user)
-            if account is not None:
-                await store.record_sync(account.id, error)
-        except StoreError as exc:   # the store is what failed: the log line above says so
-            logs.event("gateway_sync_status_not_saved", logging.WARNING, upstream=self.upstream,
-                       user=log_user(self.service.config.logging, self.user),
-                       error=logs.sanitize(str(exc)))
 
 
 class GatewayService:
@@ -314,7 +204,7 @@ class GatewayService:
             await front.auth_failed(request.tag, outcome)
         upstream_name = outcome
         fetcher = self.fetcher(upstream_name, creds.user)
-        brokered = _oauth2(self.config, upstream_name) is not None   # the token file instead
+        brokered = oauth2_settings(self.config, upstream_name) is not None   # the token file instead
         password = b"" if brokered else creds.password
         fetcher.sessions += 1
         fetcher.password = password.decode("utf-8")
@@ -356,11 +246,6 @@ class GatewayService:
 
     def _gauge(self, delta: int) -> None:
         self.metrics.gateway_sessions.inc(delta)
-
-
-def _oauth2(config: Config, upstream: str) -> OAuth2 | None:
-    up = config.upstreams.get(upstream)
-    return None if up is None or up.auth is None else up.auth.oauth2
 
 
 def _runs(changes: list[Change]) -> list[tuple[ChangeKind, list[int]]]:

@@ -83,11 +83,8 @@ def run_cli(args: argparse.Namespace) -> int:
     from .service import open_configured_store
     from .users import canonical_user
 
-    try:
-        config = config_mod.load(args.config)
-    except config_mod.ConfigError as exc:
-        for error in exc.errors:
-            print(f"{args.config}: {error}", file=sys.stderr)
+    config = config_mod.load_or_report(args.config)
+    if config is None:
         return 2
     gateway = config.gateway
     if gateway is None:

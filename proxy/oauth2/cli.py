@@ -71,11 +71,8 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 def run_cli(args: argparse.Namespace) -> int:
     if args.oauth2_command == "hash-password":
         return _hash_password(args.user)
-    try:
-        config = config_mod.load(args.config)
-    except config_mod.ConfigError as exc:
-        for error in exc.errors:
-            print(f"{args.config}: {error}", file=sys.stderr)
+    config = config_mod.load_or_report(args.config)
+    if config is None:
         return EXIT_USAGE
     upstream = config.upstreams.get(args.upstream)
     settings = None if upstream is None or upstream.auth is None else upstream.auth.oauth2

@@ -27,7 +27,7 @@ from gateway_mime import corpus, wire
 
 from proxy.gateway.imapd._caches import ANALYZE_IN_THREAD
 
-from .test_differential import NO_FINAL_CRLF, _fetch, _keys, _pair
+from .test_differential import NO_FINAL_CRLF, corpus_pairs, dovecot_inbox, gateway_inbox
 
 _tags = itertools.count(1)
 _STATUS = re.compile(rb"^\S+ (OK|NO|BAD)(?: \[([A-Z-]+))?")
@@ -83,35 +83,21 @@ async def test_binary_fetch_answers_like_dovecot(gateway):
     messages = corpus.corpus() + list(BINARY_MESSAGES.items())
     for _, raw in messages:
         gateway.deliver(raw)
-    dovecot = gateway.dovecot
 
     def compare() -> tuple[list[str], int]:
-        def connect() -> imaplib.IMAP4:
-            client = imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=30)
-            client.login(gateway.user, gateway.password)
-            client.select("INBOX", readonly=True)
-            return client
-
-        theirs = connect()
-        ours = gateway.imaplib()
-        assert "BINARY" in ours.capabilities
-        ours.select("INBOX", readonly=True)
-        pairs = _pair(_keys(_fetch(ours, [b"BODY.PEEK[]"])), _keys(_fetch(theirs, [b"BODY.PEEK[]"])))
-        names = {seq: name for seq, (name, _) in enumerate(messages, 1)}
+        theirs, ours = dovecot_inbox(gateway), gateway_inbox(gateway, "BINARY")
         bad, compared = [], 0
-        for seq, other in sorted(pairs.items()):
-            if names[other] in NO_FINAL_CRLF:
-                continue
+        for seq, other, name in corpus_pairs(ours, theirs, [name for name, _ in messages]):
             for items in ITEMS:
                 try:
                     want = _run(theirs, b"FETCH %d (%s)" % (other, items))
                 except EOFError:   # see the module docstring
                     want = ((b"NO", b"PARSE"), [])
-                    theirs = connect()
+                    theirs = dovecot_inbox(gateway)
                 got = _run(ours, b"FETCH %d (%s)" % (seq, items))
                 compared += 1
                 if want[0] != got[0] or (want[0][0] == b"OK" and _items(want[1]) != _items(got[1])):
-                    bad.append(f"{names[other]} {items.decode()}\n  dovecot {want[0]} "
+                    bad.append(f"{name} {items.decode()}\n  dovecot {want[0]} "
                                f"{_items(want[1])!r:.400}\n  gateway {got[0]} {_items(got[1])!r:.400}")
         ours.logout()
         theirs.logout()

@@ -110,6 +110,33 @@ def _pair(ours: dict[int, str], theirs: dict[int, str]) -> dict[int, int]:
     return pairs
 
 
+def dovecot_inbox(gateway) -> imaplib.IMAP4:
+    """The gateway's user logged in to Dovecot's IMAP directly, INBOX selected read-only."""
+    client = imaplib.IMAP4(gateway.dovecot.host, gateway.dovecot.imap_port, timeout=30)
+    client.login(gateway.user, gateway.password)
+    client.select("INBOX", readonly=True)
+    return client
+
+
+def gateway_inbox(gateway, capability: str) -> imaplib.IMAP4:
+    """The gateway's user logged in to the gateway, which advertises `capability`, INBOX
+    selected read-only."""
+    client = gateway.imaplib()
+    assert capability in client.capabilities
+    client.select("INBOX", readonly=True)
+    return client
+
+
+def corpus_pairs(ours: imaplib.IMAP4, theirs: imaplib.IMAP4,
+                 names: list[str]) -> list[tuple[int, int, str]]:
+    """(gateway seq, Dovecot seq, name) for each message, `names` in delivery order, paired as
+    `_pair` does; the NO_FINAL_CRLF ones, which cannot cross POP3 unchanged, left out."""
+    pairs = _pair(_keys(_fetch(ours, [b"BODY.PEEK[]"])), _keys(_fetch(theirs, [b"BODY.PEEK[]"])))
+    by_seq = dict(enumerate(names, 1))
+    return [(seq, other, by_seq[other]) for seq, other in sorted(pairs.items())
+            if by_seq[other] not in NO_FINAL_CRLF]
+
+
 def _pop3_messages(dovecot, user: str, password: str) -> list[bytes]:
     """Every message of the account as Dovecot's POP3 RETR sends it (dot-unstuffed)."""
     with socket.create_connection((dovecot.host, dovecot.pop3_port), timeout=20) as sock:

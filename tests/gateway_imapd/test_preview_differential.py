@@ -16,7 +16,7 @@ import re
 import trio
 from gateway_mime import corpus, wire
 
-from .test_differential import NO_FINAL_CRLF, _fetch, _keys, _pair
+from .test_differential import NO_FINAL_CRLF, corpus_pairs, dovecot_inbox, gateway_inbox
 
 _tags = itertools.count(1)
 
@@ -60,26 +60,17 @@ async def test_preview_answers_like_dovecot(gateway):
     messages = corpus.corpus() + list(PREVIEW_MESSAGES.items())
     for _, raw in messages:
         gateway.deliver(raw)
-    dovecot = gateway.dovecot
 
     def compare() -> tuple[list[str], int]:
-        theirs = imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=30)
-        theirs.login(gateway.user, gateway.password)
-        theirs.select("INBOX", readonly=True)
-        ours = gateway.imaplib()
-        assert "PREVIEW" in ours.capabilities
-        ours.select("INBOX", readonly=True)
-        pairs = _pair(_keys(_fetch(ours, [b"BODY.PEEK[]"])), _keys(_fetch(theirs, [b"BODY.PEEK[]"])))
-        names = {seq: name for seq, (name, _) in enumerate(messages, 1)}
+        theirs, ours = dovecot_inbox(gateway), gateway_inbox(gateway, "PREVIEW")
+        pairs = corpus_pairs(ours, theirs, [name for name, _ in messages])
         bad, compared = [], 0
         for modifier in (b"", b" (LAZY)"):
             want, got = _previews(theirs, modifier), _previews(ours, modifier)
-            for seq, other in sorted(pairs.items()):
-                if names[other] in NO_FINAL_CRLF:
-                    continue
+            for seq, other, name in pairs:
                 compared += 1
                 if want[other] != got[seq]:
-                    bad.append(f"{names[other]}{modifier.decode()}\n  dovecot {want[other]!r}\n"
+                    bad.append(f"{name}{modifier.decode()}\n  dovecot {want[other]!r}\n"
                                f"  gateway {got[seq]!r}")
         ours.logout()
         theirs.logout()

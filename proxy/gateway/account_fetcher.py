@@ -1,0 +1,144 @@
+"""One account's background fetcher: the gateway service keeps one `AccountFetcher` per account
+and syncs it over POP3 at login (`kick`, which the login waits for) and every
+`gateway.poll_interval` while the account has sessions (or always, with `background_poll`).
+After a sync that stored new mail it publishes the new INBOX tail on the account's hub, so IDLE
+sessions see it at once. A failed sync is counted, logged and recorded on the account's row
+(`gateway accounts`), and retried at the next poll; a bug in one account's sync is logged and
+never stops the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from .. import logs
+from ..config import Config, OAuth2
+from ..oauth2 import Broker, BrokerUnavailable, NotEnrolled, RefreshRefused
+from ..session.failures import Failure
+from ..session.routing import log_user
+from ..session.upstream import UpstreamError
+from ..store import StoreError
+from .fetcher import sync_account
+
+if TYPE_CHECKING:
+    from .service import GatewayService
+
+
+class AccountFetcher:
+    """Syncs one account while it has sessions: at login (`kick`) and every poll_interval."""
+
+    def __init__(self, service: GatewayService, upstream: str, user: str):
+        self.service, self.upstream, self.user = service, upstream, user
+        self.sessions = 0
+        self.background = False        # gateway.background_poll: keep polling without sessions
+        self.password = ""
+        self._token: tuple[Broker, str] | None = None   # the access token of the last sync
+        self.running = False
+        self.last_success: float | None = None   # Unix time of the last successful sync
+        self._kick = trio.Event()
+        # set when the next sync attempt to *start* has ended (swapped at each start), so a
+        # login that kicks during a sync in flight waits for one that began after its kick
+        self.synced = trio.Event()
+
+    async def _sasl(self) -> tuple[str, bytes] | None:
+        """For an OAuth2-brokered upstream (proxy/oauth2): the SASL mechanism and message with
+        the user's access token. Raises NotEnrolled, RefreshRefused, BrokerUnavailable."""
+        settings = oauth2_settings(self.service.config, self.upstream)
+        if settings is None:
+            return None
+        broker = self.service.oauth2.get(settings)
+        token = await broker.access_token(self.user)
+        self._token = (broker, token)
+        return broker.mechanism, broker.message(self.user, token)
+
+    def kick(self) -> None:
+        self._kick.set()
+        if not self.running:
+            self.running = True
+            self.service.nursery.start_soon(self._run)
+
+    async def _run(self) -> None:
+        try:
+            while self.sessions > 0 or self.background:
+                self._kick = trio.Event()
+                await self._sync_once()
+                with trio.move_on_after(self.service.settings.poll_interval):
+                    await self._kick.wait()
+        finally:
+            self.running = False
+            if not self.background:
+                self.password = ""
+
+    async def _sync_once(self) -> None:
+        service = self.service
+        metrics = service.metrics
+        done, self.synced = self.synced, trio.Event()
+        try:
+            sasl = await self._sasl()
+            result = await sync_account(service.config, service.store, self.upstream, self.user,
+                                        self.password, locks=service.sync_locks, sasl=sasl)
+            self.last_success = time.time()
+            metrics.gateway_syncs.labels("ok").inc()
+            metrics.gateway_sync_duration.observe(result.duration)
+            metrics.gateway_ingested_messages.inc(result.new)
+            metrics.gateway_ingested_bytes.inc(result.bytes)
+            metrics.gateway_upstream_deletes.inc(result.deleted_upstream)
+            metrics.gateway_over_quota.inc(result.over_quota)
+            metrics.gateway_store_size.set(await service.store.size_bytes())
+            account = await service.store.ensure_account(self.upstream, self.user)
+            await service.store.record_sync(account.id, None)
+            if result.new:
+                inbox = await service.store.get_mailbox(account.id, "INBOX")
+                if inbox is not None:
+                    backend = service.backend(account)
+                    snapshot = await backend.index.latest(service.store, inbox.id)
+                    backend.hub.appended(inbox.id, snapshot.metas)
+        except (UpstreamError, StoreError, NotEnrolled, RefreshRefused, BrokerUnavailable) as exc:
+            # logged by the fetcher (or here); retried next poll
+            reason = exc.failure.label if isinstance(exc, UpstreamError) else \
+                "store" if isinstance(exc, StoreError) else \
+                "auth_tempfail" if isinstance(exc, BrokerUnavailable) else "auth_rejected"
+            if isinstance(exc, UpstreamError) and exc.failure is Failure.AUTH_REJECTED \
+                    and self._token is not None:   # a cached token refused: refresh next time
+                self._token[0].forget(self.user, self._token[1])
+            metrics.gateway_syncs.labels(reason).inc()
+            metrics.gateway_ingest_errors.labels(reason).inc()
+            logs.event("gateway_poll_failed", logging.WARNING, upstream=self.upstream,
+                       user=log_user(service.config.logging, self.user),
+                       error=logs.sanitize(str(exc)))
+            if not isinstance(exc, StoreError):   # a store that failed cannot record it: the
+                # log line above says so, and waiting on it again would delay this sync's end
+                message = logs.sanitize(str(exc))   # an UpstreamError names its failure already
+                await self._record_failure(
+                    message if message.startswith(f"{reason}:") else f"{reason}: {message}")
+        except Exception:  # a bug in one account's sync must not stop the process
+            metrics.gateway_syncs.labels("internal").inc()
+            metrics.gateway_ingest_errors.labels("internal").inc()
+            logs.event("gateway_poll_failed", logging.ERROR, exc_info=True, upstream=self.upstream,
+                       user=log_user(service.config.logging, self.user))
+        finally:
+            done.set()
+
+    async def _record_failure(self, error: str) -> None:
+        """Kept on the account's row for `gateway accounts`; a user the upstream never accepted
+        has no row and gets none."""
+        store = self.service.store
+        try:
+            account = await store.get_account(self.upstream, self.user)
+            if account is not None:
+                await store.record_sync(account.id, error)
+        except StoreError as exc:   # the store is what failed: the log line above says so
+            logs.event("gateway_sync_status_not_saved", logging.WARNING, upstream=self.upstream,
+                       user=log_user(self.service.config.logging, self.user),
+                       error=logs.sanitize(str(exc)))
+
+
+
+def oauth2_settings(config: Config, upstream: str) -> OAuth2 | None:
+    """The upstream's brokered OAuth2 settings (proxy/oauth2), None for a password upstream."""
+    up = config.upstreams.get(upstream)
+    return None if up is None or up.auth is None else up.auth.oauth2
