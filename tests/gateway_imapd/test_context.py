@@ -152,6 +152,7 @@ class Model:
     def _update(self, kind: bytes, position: int, numbers: list[int]) -> None:
         assert position >= 1, "SORT contexts give positions"
         if kind == b"ADDTO":
+            assert position <= len(self.numbers) + 1, "ADDTO past the end of the result"
             self.numbers[position - 1:position - 1] = numbers
         else:
             assert self.numbers[position - 1:position - 1 + len(numbers)] == numbers
@@ -179,7 +180,9 @@ STEPS = [("B", "STORE 2,5 +FLAGS (\\Seen)"), ("B", "STORE 3 +FLAGS (\\Flagged \\
          ("A", "STORE 1 +FLAGS (\\Seen)"), ("B", "EXPUNGE"), ("B", "COPY 2,4 INBOX"),
          ("A", "STORE 1:* -FLAGS (\\Seen)"), ("deliver", "topic 5"),
          ("B", "STORE 2:4 +FLAGS (\\Deleted)"), ("A", "EXPUNGE"), ("deliver", "skip me"),
-         ("B", "MOVE 1 Trash"), ("B", "STORE 1 +FLAGS (\\Flagged)")]
+         ("B", "MOVE 1 Trash"), ("B", "STORE 1 +FLAGS (\\Flagged)"),
+         ("B", "STORE 3:* +FLAGS (\\Seen)"),
+         ("B", "STORE 1:2 +FLAGS (\\Seen) ; STORE 3:* -FLAGS (\\Seen)")]   # out and in at once
 
 
 @pytest.mark.parametrize("merge_at", [_context_refresh.MERGE_AT, 1])
@@ -210,7 +213,8 @@ async def test_sort_updates_keep_the_client_current(gateway, merge_at, monkeypat
             elif who == "A":
                 lines = _cmd(a, f"x{n}", command)
             else:
-                _cmd(b, f"x{n}", command)
+                for part in command.split(" ; "):
+                    _cmd(b, f"x{n}", part)
                 lines = _cmd(a, f"n{n}", "NOOP")
             for model, sort in zip(models, SORTS, strict=True):
                 model.apply(lines, uid=sort.startswith("UID "))

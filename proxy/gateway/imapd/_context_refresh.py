@@ -48,14 +48,16 @@ async def refresh(session) -> None:
             matched = {view.uids[q - 1] for q in
                        await find(session, context.key, among=candidates, budget=budget)}
             added = [u for u in candidates if u in matched and u not in context.members]
+            removed = {u for u in candidates if u in context.members and u not in matched}
             items, merged = [], None
             if context.program is not None and added:
                 seqs = [q for u in added if (q := view.seq_of(u)) is not None]
                 items = [i._replace(seq=i.number)
                          for i in await items_of(session, seqs, True, context.need_size)]
                 if len(items) > MERGE_AT:   # many arrivals at once (a sync): one sort
+                    kept = [i for i in context.order if i.seq not in removed]
                     merged = await off_loop(partial(sort_items, program=context.program),
-                                            context.order + items)
+                                            kept + items)
         except Reply:   # past the budget (NO [LIMIT]): this context stops updating
             session.emit(contexts.drop(context))
             continue
@@ -63,7 +65,6 @@ async def refresh(session) -> None:
             contexts.arrived |= arrived
             contexts.flagged |= flagged
             return
-        removed = {u for u in candidates if u in context.members and u not in matched}
         for line in (removed_line(context, view, removed),
                      added_line(context, view, added, items, merged)):
             if line is not None:
