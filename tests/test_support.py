@@ -62,10 +62,8 @@ def test_ready_ports_and_stop(tmp_path):
         assert "event=ready listeners=2" in proxy.logs()
         assert proxy.pid > 0
     finally:
-        started = time.monotonic()
         code = proxy.stop()
-    assert code == -signal.SIGTERM
-    assert time.monotonic() - started < 5
+    assert code == -signal.SIGTERM   # ended by the SIGTERM, not by the SIGKILL that follows a timeout
 
 
 def test_default_command_is_the_real_proxy(tmp_path):
@@ -104,7 +102,7 @@ def test_never_ready_fails_clearly_and_is_killed(tmp_path):
     started = time.monotonic()
     with pytest.raises(ProxyStartError) as info:
         ProxyProcess(_config(), tmp_path, ready_timeout=1, command=_with_config(fake(script), tmp_path))
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30   # killed, not waited for (it sleeps 60 s)
     message = str(info.value)
     assert "not ready after 1s" in message and "event=starting" in message
     pid = int(re.search(r"event=starting pid=(\d+)", message).group(1))

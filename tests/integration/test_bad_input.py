@@ -24,7 +24,7 @@ import pytest
 from support.proxyproc import ProxyProcess, relay_config, traceback_report
 
 HOST = "127.0.0.1"
-TIMEOUT = 10.0
+TIMEOUT = 30.0   # a bound for a hung proxy, never reached when green, even at load 20
 MAX_LINE = 16 * 1024
 
 
@@ -558,8 +558,10 @@ def test_imap_login_and_idle_timeouts(timeout_proxy, dovecot, user):
     raw = Raw(timeout_proxy, "imap")
     raw.line()
     started = time.monotonic()
-    assert raw.until_closed(5) == b"* BYE Login timeout.\r\n"
-    assert 0.8 < time.monotonic() - started < 3
+    # lower bounds only (a loaded machine answers late, never early); the waits stay below
+    # the defaults (login 60 s, idle 30 min), so they also tell the configured timers from those
+    assert raw.until_closed(30) == b"* BYE Login timeout.\r\n"
+    assert 0.8 < time.monotonic() - started
     assert "reason=login_timeout" in session_end(timeout_proxy, raw)
     witness.check()
     raw = imap_login(timeout_proxy, user)
@@ -567,8 +569,8 @@ def test_imap_login_and_idle_timeouts(timeout_proxy, dovecot, user):
     while not raw.line().startswith(b"a1 OK"):
         pass
     started = time.monotonic()
-    assert raw.until_closed(6) == b"* BYE Autologout; idle for too long.\r\n"
-    assert 1.5 < time.monotonic() - started < 4  # the timer started when SELECT arrived
+    assert raw.until_closed(30) == b"* BYE Autologout; idle for too long.\r\n"
+    assert 1.5 < time.monotonic() - started   # the timer started when SELECT arrived
     assert "reason=idle_timeout" in session_end(timeout_proxy, raw)
 
 
