@@ -23,6 +23,7 @@ from proxy.gateway.imapd._context import (
 )
 from proxy.gateway.imapd._context_refresh import refresh
 from proxy.gateway.imapd._index import Snapshot
+from proxy.gateway.imapd._objectid import ObjectIds
 from proxy.gateway.imapd._view import SelectedView
 from proxy.gateway.imapd.hub import EventKind, MailboxEvent
 from proxy.gateway.search import SearchKey, parse_search
@@ -127,7 +128,7 @@ class FlakyTexts:
     async def texts(self, store, metas):
         if self.down:
             raise StoreUnavailable("the database is restarting")
-        return [("", "needle" if m.uid % 2 else "hay") for m in metas]
+        return [("", "NEEDLE" if m.uid % 2 else "HAY") for m in metas]   # casemapped
 
 
 def _meta(uid: int) -> MessageMeta:
@@ -141,7 +142,9 @@ async def test_refresh_keeps_the_changes_while_the_store_is_down():
     lines: list[bytes] = []
     mime = FlakyTexts()
     session = types.SimpleNamespace(view=view, budget=CommandBudget(60.0), store=None,
-                                    backend=types.SimpleNamespace(mime=mime), emit=lines.append,
+                                    backend=types.SimpleNamespace(
+                                        mime=mime, object_ids=ObjectIds(b"k" * 16)),
+                                    emit=lines.append,
                                     search_updates=DEFAULT_SEARCH_UPDATES)
     key = parse_search([b"BODY", b"needle"])
     assert open_search(session, types.SimpleNamespace(tag=b"t", name=b"UID SEARCH"), key, []) \
