@@ -39,23 +39,44 @@ def client_hello_alpn(data: bytes) -> tuple[bytes, ...] | None:
     Returns None if more bytes are needed, () if the ClientHello has no ALPN extension; raises
     ValueError if `data` does not start with a well-formed ClientHello (RFC 8446 4.1.2, RFC 7301 3.1).
     """
-    handshake, pos = bytearray(), 0
-    while pos + 5 <= len(data):
-        if data[pos] != 22:  # ContentType.handshake
-            raise HelloError("not a TLS handshake record")
-        end = pos + 5 + int.from_bytes(data[pos + 3:pos + 5], "big")
-        if end > len(data):
-            break
-        handshake += data[pos + 5:end]
-        pos = end
-    if len(handshake) < 4:
-        return None
-    if handshake[0] != 1:  # HandshakeType.client_hello
-        raise HelloError("first handshake message is not a ClientHello")
-    size = int.from_bytes(handshake[1:4], "big")
-    if len(handshake) < 4 + size:
-        return None
-    return _hello_alpn(_Reader(bytes(handshake[4:4 + size])))
+    return _HelloRecords().feed(data)
+
+
+class _HelloRecords:
+    """The ClientHello put together from its records (RFC 8446 5.1: a handshake message may be
+    split across any number of records) as they arrive. Each byte is looked at once: a client
+    that sends its hello as tiny records a few at a time costs what it sends, not what it sent
+    so far once per read."""
+
+    __slots__ = ("_pending", "_handshake")
+
+    def __init__(self) -> None:
+        self._pending = bytearray()    # the start of a record not complete yet
+        self._handshake = bytearray()  # the handshake bytes of the complete records
+
+    def feed(self, data: bytes) -> tuple[bytes, ...] | None:
+        """As client_hello_alpn, for all the bytes fed so far."""
+        pending = self._pending
+        pending += data
+        pos = 0
+        while pos + 5 <= len(pending):
+            if pending[pos] != 22:  # ContentType.handshake
+                raise HelloError("not a TLS handshake record")
+            end = pos + 5 + int.from_bytes(pending[pos + 3:pos + 5], "big")
+            if end > len(pending):
+                break
+            self._handshake += pending[pos + 5:end]
+            pos = end
+        del pending[:pos]
+        handshake = self._handshake
+        if len(handshake) < 4:
+            return None
+        if handshake[0] != 1:  # HandshakeType.client_hello
+            raise HelloError("first handshake message is not a ClientHello")
+        size = int.from_bytes(handshake[1:4], "big")
+        if len(handshake) < 4 + size:
+            return None
+        return _hello_alpn(_Reader(bytes(handshake[4:4 + size])))
 
 
 def _hello_alpn(hello: _Reader) -> tuple[bytes, ...]:
@@ -90,12 +111,13 @@ class AlpnOfferReader:
     bytes are ignored.
     """
 
-    __slots__ = ("offered", "unreadable", "_buffer")
+    __slots__ = ("offered", "unreadable", "_records", "_received")
 
     def __init__(self) -> None:
         self.offered: tuple[bytes, ...] | None = None
         self.unreadable = False
-        self._buffer = bytearray()
+        self._records: _HelloRecords | None = _HelloRecords()
+        self._received = 0
 
     @property
     def done(self) -> bool:
@@ -103,14 +125,14 @@ class AlpnOfferReader:
 
     def feed(self, data: bytes) -> None:
         """Bytes received from the client; b"" when it closed the connection."""
-        if self.done:
+        if self._records is None:
             return
-        self._buffer += data
+        self._received += len(data)
         try:
-            self.offered = client_hello_alpn(bytes(self._buffer))
+            self.offered = self._records.feed(data)
         except ValueError:
             self.unreadable = True
-        if not data or len(self._buffer) > MAX_CLIENT_HELLO:
+        if not data or self._received > MAX_CLIENT_HELLO:
             self.unreadable = self.unreadable or self.offered is None
         if self.done:
-            self._buffer = bytearray()
+            self._records = None
