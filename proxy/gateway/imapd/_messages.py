@@ -238,6 +238,7 @@ async def find(session, key: SearchKey, among: list[int] | None = None,
     mime, store = session.backend.mime, session.store
     need_raw, need_text = bool(ops & _RAW_KEYS), bool(ops & _TEXT_KEYS)
     need_size = bool(ops & {"LARGER", "SMALLER"})
+    ids = session.backend.object_ids if "EMAILID" in ops else None   # RFC 8474 6
     found = []
     for start in range(0, len(seqs), CHUNK_MESSAGES):
         part = seqs[start:start + CHUNK_MESSAGES]
@@ -256,7 +257,7 @@ async def find(session, key: SearchKey, among: list[int] | None = None,
             msgs.append(types.SimpleNamespace(
                 seq=part[n], uid=meta.uid, flags=view.flags_of(meta.uid),
                 internaldate=meta.internaldate, modseq=meta.modseq, saved=meta.saved,
-                emailid=session.backend.object_ids.email(meta.body_id),
+                emailid=ids.email(meta.body_id) if ids is not None else None,
                 size=info.size if info is not None else meta.size, raw=raw, texts=text))
         if need_raw:   # HEADER, SENT*: each message parsed; off the event loop (DESIGN.md)
             found += await trio.to_thread.run_sync(_match, key, msgs, view.exists, view.max_uid)
