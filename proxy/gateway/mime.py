@@ -75,7 +75,7 @@ def nstring(value: bytes | None) -> bytes:
     if value is None:
         return b"NIL"
     escapes = value.count(b'"') + value.count(b"\\")
-    if escapes > 4 or b"\r" in value or b"\n" in value or any(c >= 0x80 for c in value):
+    if escapes > 4 or b"\r" in value or b"\n" in value or not value.isascii():
         return _literal(value)
     return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 

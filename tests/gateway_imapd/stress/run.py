@@ -97,6 +97,7 @@ def run_stress(target: Target, *, sessions: int = 6, seconds: float = 20.0,
         session = Session(sid, targets[(sid // 2) % len(targets)], shared, rng, sid % 2 == 1,
                           keywords, counts, allow_nil, qresync=sid % 4 == 3)
         session.deliver = deliver if sid == 0 else None
+        session.replicas = bool(others)
         try:
             session.open()
             steps.prepare(session)

@@ -57,6 +57,7 @@ class Session:
         self._last_token: bytes | None = None
         self._silent: list[tuple[bytes, bool, list]] = []   # STORE .SILENT targets of the group
         self.deliver: Callable[[bytes], None] | None = None  # into the POP3 upstream (ingest)
+        self.replicas = False        # other servers share the mailbox (their changes lag)
 
     # ---- the wire ---------------------------------------------------------------------------
     def open(self, select: bytes = b"SELECT", params: bytes = b"") -> None:

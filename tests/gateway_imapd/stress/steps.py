@@ -15,6 +15,8 @@ whose selected mailbox was deleted); after a BYE it logs in again (`reopen`).
 
 from __future__ import annotations
 
+import time
+
 from .model import Slot
 from .wire import Bye, seqset
 
@@ -25,6 +27,7 @@ OK_OR_NO = (b"OK", b"NO")
 COPIED = (b"OK", b"NO [EXPUNGEISSUED]")
 MAX_INBOX_FOR_COPY = 40          # COPY into INBOX grows it: only below this size
 BIG_APPEND_BYTES = (1 << 20, 3 << 20)
+REPLICA_LAG_POLL_S, REPLICA_LAG_BOUND_S = 0.05, 10.0
 
 
 def prepare(session) -> None:
@@ -106,6 +109,7 @@ def _sit(session, name: bytes) -> None:
         session.bye_ok = False
         session.switch(b"SELECT", b"INBOX")
     except Bye:
+        session.counts["scratch bye"] += 1   # how often a selected scratch mailbox went away
         session.reopen()
     finally:
         session.bye_ok = False
@@ -162,11 +166,19 @@ def unchanged_since(session) -> None:
     tagged = session.run([b"UID STORE %d (UNCHANGEDSINCE %d) %s (%s)" % (uid, modseq, mode, flag)])[0]
     if b"[MODIFIED %d]" % uid not in tagged:
         return
-    session.ok(b"UID FETCH %d (MODSEQ)" % uid)
-    now = next((s for s in session.view.slots if s.uid == uid), None)
-    if now is not None and now.modseq <= modseq:
-        session.view.fail(f"UID {uid} reported MODIFIED but its MODSEQ is still {now.modseq}",
-                          tagged, b"UID STORE (UNCHANGEDSINCE)")
+    # With replicas the change that failed the STORE may have been made on another one: this
+    # replica's sessions are told of it (MODSEQ included) once its change feed brings it
+    deadline = time.monotonic() + (REPLICA_LAG_BOUND_S if session.replicas else 0)
+    while True:
+        session.run([b"NOOP", b"UID FETCH %d (MODSEQ)" % uid])
+        now = next((s for s in session.view.slots if s.uid == uid), None)
+        if now is None or now.modseq > modseq:
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(REPLICA_LAG_POLL_S)   # a bounded poll for the change feed
+    session.view.fail(f"UID {uid} reported MODIFIED but its MODSEQ is still {now.modseq}",
+                      tagged, b"UID STORE (UNCHANGEDSINCE)")
 
 
 def big_append(session) -> None:
