@@ -26,6 +26,12 @@ order with what `write` queued, before or after its own work.
 a large socket buffer gives one large chunk (not one per 16 KB record); `write` turns one chunk
 into as many records as it needs, which `data_to_send` returns as one buffer: one send per batch.
 
+Memory: OpenSSL's memory BIOs keep the capacity of the most they ever held, for the life of
+the connection (a session that once moved a 1 MB chunk kept ~1 MB per direction while idle). So
+`receive_data` hands OpenSSL at most BIO_SLICE bytes at a time (the rest waits here, in Python
+bytes freed as soon as they are decrypted) and `write` encrypts BIO_SLICE bytes at a time, taking
+the ciphertext out after each slice: a BIO never holds much more than BIO_SLICE.
+
 A server engine also reads the ALPN offer out of the client's first bytes (`alpn_offered`,
 `hello_unreadable`), because OpenSSL cannot tell "no ALPN" from "no protocol of ours" (ALPACA,
 see net/alpaca.py and net/client_hello.py).
@@ -37,18 +43,21 @@ owns a socket can drive it the same way.
 from __future__ import annotations
 
 import ssl
+from collections import deque
 
 from .client_hello import AlpnOfferReader
 
-__all__ = ["MAX_RECORD_PLAINTEXT", "TLSEngine"]
+__all__ = ["BIO_SLICE", "MAX_RECORD_PLAINTEXT", "TLSEngine"]
 
 MAX_RECORD_PLAINTEXT = 16384  # RFC 8446 5.1: the most plaintext one record carries
+BIO_SLICE = 4 * MAX_RECORD_PLAINTEXT  # the most handed to a memory BIO at once (see Memory)
 
 
 class TLSEngine:
     """An SSLObject with its two memory BIOs. See the module docstring for the interface."""
 
-    __slots__ = ("ssl_object", "_incoming", "_outgoing", "_hello", "_error", "handshake_done")
+    __slots__ = ("ssl_object", "_incoming", "_outgoing", "_hello", "_error", "handshake_done",
+                 "_unfed", "_eof_unfed", "_sealed")
 
     def __init__(self, context: ssl.SSLContext, *, server_side: bool,
                  server_hostname: str | None = None):
@@ -59,6 +68,9 @@ class TLSEngine:
         self._hello = AlpnOfferReader() if server_side else None
         self._error: ssl.SSLError | None = None  # raised by the next read (data came first)
         self.handshake_done = False
+        self._unfed: deque[memoryview] = deque()  # ciphertext received, not yet in `incoming`
+        self._eof_unfed = False  # the peer's EOF, after `_unfed`
+        self._sealed: list[bytes] = []  # ciphertext taken out of `outgoing` by `write`
 
     @classmethod
     def server(cls, context: ssl.SSLContext) -> TLSEngine:
@@ -76,30 +88,61 @@ class TLSEngine:
         """Ciphertext from the peer; b"" when the peer closed its side of the TCP connection."""
         if self._hello is not None and not self._hello.done:
             self._hello.feed(data)
-        if data:
+        if self._unfed or self._eof_unfed or len(data) > BIO_SLICE:
+            if data:
+                self._unfed.append(memoryview(data))
+            else:
+                self._eof_unfed = True
+            if self._incoming.pending < BIO_SLICE:
+                self._feed()
+        elif data:
             self._incoming.write(data)
         else:
             self._incoming.write_eof()
 
+    def _feed(self) -> bool:
+        """Move the next slice of received ciphertext into OpenSSL; False if there is none."""
+        unfed = self._unfed
+        if not unfed:
+            if not self._eof_unfed:
+                return False
+            self._eof_unfed = False
+            self._incoming.write_eof()
+            return True
+        view = unfed[0]
+        self._incoming.write(view[:BIO_SLICE])
+        if len(view) > BIO_SLICE:
+            unfed[0] = view[BIO_SLICE:]
+        else:
+            unfed.popleft()
+        return True
+
     def data_to_send(self) -> bytes:
         """Every ciphertext byte waiting to be sent, in order (b"" if none)."""
-        return self._outgoing.read()
+        if not self._sealed:
+            return self._outgoing.read()
+        self._sealed.append(self._outgoing.read())
+        data = b"".join(self._sealed)
+        self._sealed = []
+        return data
 
     @property
     def wants_send(self) -> bool:
-        return self._outgoing.pending > 0
+        return bool(self._sealed) or self._outgoing.pending > 0
 
     # ------------------------------------------------------------------ the TLS session
 
     def handshake(self) -> bool:
         """Advance the handshake: True once it is complete, False while it wants more data.
         Raises ssl.SSLError (ssl.SSLCertVerificationError for a refused certificate)."""
-        if not self.handshake_done:
+        while not self.handshake_done:
             try:
                 self.ssl_object.do_handshake()
             except ssl.SSLWantReadError:
-                return False
-            self.handshake_done = True
+                if not self._feed():
+                    return False
+            else:
+                self.handshake_done = True
         return True
 
     def read(self, max_bytes: int) -> bytes | None:
@@ -115,6 +158,8 @@ class TLSEngine:
             try:
                 chunk = obj.read(min(room, MAX_RECORD_PLAINTEXT))
             except ssl.SSLWantReadError:
+                if self._feed():
+                    continue
                 break
             except ssl.SSLError as exc:
                 if not chunks:
@@ -127,7 +172,8 @@ class TLSEngine:
                 break
             chunks.append(chunk)
             room -= len(chunk)
-            if not incoming.pending and not obj.pending():
+            if not incoming.pending and not obj.pending() and not self._unfed \
+                    and not self._eof_unfed:
                 break  # nothing left to decrypt: skip the SSLWantReadError
         if not chunks:
             return None
@@ -136,8 +182,14 @@ class TLSEngine:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt `data` into records now (see data_to_send). Raises ssl.SSLError if the
         connection is broken or closed."""
-        if data:
-            self.ssl_object.write(data)
+        if len(data) <= BIO_SLICE:
+            if data:
+                self.ssl_object.write(data)
+            return
+        view = memoryview(data)
+        for start in range(0, len(view), BIO_SLICE):
+            self.ssl_object.write(view[start:start + BIO_SLICE])
+            self._sealed.append(self._outgoing.read())
 
     def close(self) -> None:
         """Queue our close_notify (sent by the caller through data_to_send). The peer's answer

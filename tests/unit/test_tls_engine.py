@@ -11,7 +11,7 @@ import pytest
 import trustme
 
 from proxy.net import client_hello, tls_engine
-from proxy.net.tls_engine import MAX_RECORD_PLAINTEXT, TLSEngine
+from proxy.net.tls_engine import BIO_SLICE, MAX_RECORD_PLAINTEXT, TLSEngine
 from tests.unit.imap.test_sans_io import imported_roots
 
 
@@ -164,6 +164,53 @@ def test_bulk_both_ways_in_uneven_pieces(ca):
         while (chunk := server.read(MAX_RECORD_PLAINTEXT * 5)) is not None:
             assert chunk
             got += chunk
+    assert bytes(got) == body
+
+
+RECEIVE = 256 * 1024
+
+
+def test_memory_bios_never_hold_a_whole_large_chunk(ca):
+    """OpenSSL's memory BIOs keep their largest size for the connection's life, so the engine
+    hands them BIO_SLICE bytes at a time both ways: a session that moved a 1 MB chunk used to
+    keep ~1 MB per direction allocated while idle. The data and the EOF after it still arrive
+    whole and in order, and the handshake takes a large first flight the same way."""
+    server, client = connected(ca)
+    body = hashlib.sha256(b"slices").digest() * 40_000  # 1.28 MB
+    client.write(body)
+    assert client._outgoing.pending <= BIO_SLICE
+    wire = client.data_to_send()
+    assert len(wire) > len(body) and not client.wants_send
+    server.receive_data(wire)
+    server.receive_data(b"")  # the peer closed TCP right after, without close_notify
+    assert server._incoming.pending <= BIO_SLICE
+    got = bytearray()
+    with pytest.raises(ssl.SSLEOFError):
+        while (chunk := server.read(100_000)) is not None:
+            assert server._incoming.pending <= BIO_SLICE
+            got += chunk
+    assert bytes(got) == body
+
+
+def test_data_right_after_the_finished_larger_than_a_slice(ca):
+    """A TLS 1.3 client writes at once after its Finished: the server's handshake takes what it
+    needs from a receive larger than BIO_SLICE and the rest reads as data."""
+    server_ctx, client_ctx = contexts(ca)
+    server, client = TLSEngine.server(server_ctx), TLSEngine.client(client_ctx, "mail.example")
+    assert not client.handshake()
+    server.receive_data(client.data_to_send())
+    assert not server.handshake()
+    client.receive_data(server.data_to_send())
+    assert client.handshake()
+    body = b"a001 APPEND INBOX {300000+}\r\n" + b"x" * 300_000
+    client.write(body)
+    wire = client.data_to_send()
+    assert len(wire) > 4 * BIO_SLICE
+    server.receive_data(wire)
+    assert server.handshake()
+    got = bytearray()
+    while (chunk := server.read(RECEIVE)) is not None:
+        got += chunk
     assert bytes(got) == body
 
 
