@@ -76,7 +76,8 @@ def test_imap_and_pop3_sessions_run_in_the_engine(proxy_factory, dovecot, user):
     imap.logout()
     pop.quit()
     assert wait_for(lambda: engine_sessions(proxy) == 0, "both sessions out of the engine")
-    assert "reason=client_logout" in proxy.logs()
+    # (the session_end lines follow the engine's release: wait for them too)
+    wait_for(lambda: proxy.logs().count("reason=client_logout") == 2, "two client_logout ends")
 
 
 def _proxy_upstream_rx_queue(pid: int, upstream_port: int) -> int:
