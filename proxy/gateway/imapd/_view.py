@@ -10,7 +10,10 @@ allows:
 * new messages: EXISTS (and RECENT) after any command, before any FETCH can name them; a message
   that arrives and is expunged before the session hears of either is never announced;
 * flag changes: FETCH FLAGS after any command, preceded by FLAGS/PERMANENTFLAGS when a keyword is
-  new to this session (RFC 3501 7.2.6);
+  new to this session (RFC 3501 7.2.6). A change may reach the view before the message it
+  changes: the hub announces new messages with a snapshot read before its publication, and a
+  flag change committed meanwhile is published first. Such a change is kept (`early_flags`) and
+  applied to the message when it is announced, so the older snapshot never wins;
 * expunges: never while answering FETCH, STORE or SEARCH (7.4.1). Until then the message keeps
   its sequence number, its flags here and its body in the store (the view *pins* the body at
   the hub, RFC 2180 4.1.1), so FETCH and SEARCH answer for it as before. EXPUNGE numbers are
@@ -53,6 +56,7 @@ class SelectedView:
         self.recent = recent & set(self.meta)
         self.pending: list[MailboxEvent] = []
         self.expunged: set[int] = set()        # gone from the store, not yet announced
+        self.early_flags: dict[int, tuple[frozenset[str], int]] = {}   # uid not announced yet
         self.loaded_modseq = 0                 # MODSEQ of the snapshot the view started from
         self.pinned: dict[int, int] = {}       # uid -> body id this view keeps readable
         self.loaded = False                    # `load` done: `meta` is the snapshot
@@ -221,13 +225,14 @@ class SelectedView:
                     self._flag_event(uid, flags, modseq, new, changed)
             elif event.kind is EventKind.EXPUNGE:
                 for uid in event.uids:
+                    self.early_flags.pop(uid, None)
                     if new.pop(uid, None) is None and uid in self.meta:
                         self.expunged.add(uid)   # never told of it: never announced
             else:
                 self.gone = True
         lines = []
         if new:
-            metas = sorted(new.values(), key=lambda m: m.uid)
+            metas = sorted(self._with_early_flags(new), key=lambda m: m.uid)
             lines += self.announce(m.flags for m in metas)
             for meta in metas:
                 self.uids.append(meta.uid)
@@ -261,3 +266,21 @@ class SelectedView:
         if meta is not None and modseq > meta.modseq:
             self.meta[uid] = meta.with_flags(flags, modseq)
             changed[uid] = None
+        elif meta is None and uid > self.max_uid:   # not announced yet (module docstring)
+            early = self.early_flags.get(uid)
+            if early is None or modseq > early[1]:
+                self.early_flags[uid] = (flags, modseq)
+
+    def _with_early_flags(self, new: dict[int, MessageMeta]) -> list[MessageMeta]:
+        """The new messages with any newer flag change that came before them; changes kept for
+        UIDs at or below the newest one announced now are dropped (announced or expunged)."""
+        metas = []
+        for uid, meta in new.items():
+            early = self.early_flags.pop(uid, None)
+            if early is not None and early[1] > meta.modseq:
+                meta = meta.with_flags(*early)
+            metas.append(meta)
+        top = max(new)
+        for uid in [uid for uid in self.early_flags if uid <= top]:
+            del self.early_flags[uid]
+        return metas
