@@ -67,10 +67,6 @@ class ImapEngineSession(EngineSession):
             return
         self._down(data)
 
-    def _end(self, reason: Close) -> None:
-        self.session.close_reason = reason
-        self.finish()
-
     # -- timers and drain -------------------------------------------------------------------
     def due(self) -> float:
         relay = self.relay

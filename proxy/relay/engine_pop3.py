@@ -61,10 +61,6 @@ class Pop3EngineSession(EngineSession):
             return
         self._down(data)
 
-    def _end(self, reason: Close) -> None:
-        self.session.close_reason = reason
-        self.finish()
-
     # -- timers and drain -------------------------------------------------------------------
     def due(self) -> float:
         return self.relay.last_active + self.session.listener.timeouts.idle

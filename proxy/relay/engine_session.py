@@ -19,6 +19,7 @@ import trio
 
 from ..net.conn import Conn
 from ..session.context import Session
+from ..session.failures import Close
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -105,6 +106,11 @@ class EngineSession:
     def finish(self) -> None:
         """The session ends (its close_reason set by the caller); its task takes over."""
         self.engine.release(self)
+
+    def _end(self, reason: Close) -> None:
+        """The session ends for `reason`."""
+        self.session.close_reason = reason
+        self.finish()
 
     def hand_back(self) -> None:
         """The task path carries on from the session's state as it is."""
