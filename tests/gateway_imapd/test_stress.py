@@ -1,7 +1,13 @@
 """The randomized multi-session tester (stress/) against direct Dovecot IMAP (the reference: it
 checks the tester) and against the gateway (issue 13). Seeded: the seed is printed on failure;
 MAILPROXY_STRESS_SEED repeats a run, MAILPROXY_STRESS_SECONDS makes it longer (default 20 s each),
-MAILPROXY_STRESS_SESSIONS changes the number of sessions (default 6)."""
+MAILPROXY_STRESS_SESSIONS changes the number of sessions (default 6).
+
+MAILPROXY_STRESS_MIX=wide adds steps.py's mix (mailboxes created/renamed/deleted while selected
+elsewhere, COPY/MOVE, QRESYNC reconnects, UNCHANGEDSINCE, ingest mid-run). It is a local tool for
+now, not the default: against the gateway it finds rare divergences still open (a session left
+with a message the store no longer has after NOOP, about 1 run in 15; see issue 17's closing
+note of 2026-12-06), and CI must not depend on luck. Dovecot passes it."""
 
 from __future__ import annotations
 
@@ -14,13 +20,14 @@ from .stress.run import Target, run_stress
 SECONDS = float(os.environ.get("MAILPROXY_STRESS_SECONDS", "20"))
 SESSIONS = int(os.environ.get("MAILPROXY_STRESS_SESSIONS", "6"))
 ERRORS_SHOWN = int(os.environ.get("MAILPROXY_STRESS_ERRORS", "25"))
+WIDE = os.environ.get("MAILPROXY_STRESS_MIX", "core") == "wide"
 SEED = int(os.environ["MAILPROXY_STRESS_SEED"]) if os.environ.get("MAILPROXY_STRESS_SEED") else None
 
 
 async def _stress(target: Target, deliver, allow_nil: bool = False):
     result = await trio.to_thread.run_sync(
         lambda: run_stress(target, sessions=SESSIONS, seconds=SECONDS, seed=SEED,
-                           allow_nil=allow_nil, deliver=deliver))
+                           allow_nil=allow_nil, deliver=deliver, wide=WIDE))
     print(result.report(ERRORS_SHOWN))
     assert not result.errors, result.report()
     assert result.checkpoints == max(1, round(SECONDS / 2.5)), result.report()
@@ -52,7 +59,7 @@ def test_stress_two_gateway_processes_on_one_postgresql(proxy_factory, dovecot, 
     result = run_stress(Target("127.0.0.1", a.port("gw"), user, password), sessions=SESSIONS,
                         seconds=SECONDS, seed=SEED,
                         others=(Target("127.0.0.1", b.port("gw"), user, password),),
-                        deliver=lambda data: dovecot.deliver(user, data))
+                        deliver=lambda data: dovecot.deliver(user, data), wide=WIDE)
     print(result.report())
     assert not result.errors, result.report()
     assert result.checkpoints == max(1, round(SECONDS / 2.5)), result.report()

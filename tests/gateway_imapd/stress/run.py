@@ -65,7 +65,7 @@ def run_stress(target: Target, *, sessions: int = 6, seconds: float = 20.0,
                round_seconds: float = 2.5, seed: int | None = None,
                allow_nil: bool = False, shared: Shared | None = None,
                others: tuple[Target, ...] = (),
-               deliver: Callable[[bytes], None] | None = None) -> Result:
+               deliver: Callable[[bytes], None] | None = None, wide: bool = True) -> Result:
     """Run the tester against `target`; never raises for server behaviour (see Result.errors).
     `allow_nil`: tolerate RFC 2180 4.1.2 (NIL data for messages expunged elsewhere, model.py).
     `shared`: the `Shared` of an earlier run on the same account (its appended bodies).
@@ -75,7 +75,9 @@ def run_stress(target: Target, *, sessions: int = 6, seconds: float = 20.0,
     `SETTLE_BOUND_S`, before the difference counts as an error.
     `deliver`: puts a message into the account's POP3 upstream; session 0 calls it as one of
     its steps, so mail is ingested during everything else (checkpoints settle as with `others`:
-    a login or a poll may ingest between two pictures)."""
+    a login or a poll may ingest between two pictures).
+    `wide`: the whole mix (steps.py: mailboxes, COPY/MOVE, QRESYNC sessions, ingest); False: the
+    core mix of APPEND, FETCH, STORE, EXPUNGE, SEARCH, NOOP, IDLE and pipelines only."""
     targets = (target, *others)
     seed = random.randrange(1 << 32) if seed is None else seed
     if shared is None:
@@ -95,9 +97,10 @@ def run_stress(target: Target, *, sessions: int = 6, seconds: float = 20.0,
     def worker(sid: int) -> None:
         rng = random.Random(seed * 1000 + sid)
         session = Session(sid, targets[(sid // 2) % len(targets)], shared, rng, sid % 2 == 1,
-                          keywords, counts, allow_nil, qresync=sid % 4 == 3)
+                          keywords, counts, allow_nil, qresync=wide and sid % 4 == 3)
         session.deliver = deliver if sid == 0 else None
         session.replicas = bool(others)
+        session.wide = wide
         try:
             session.open()
             steps.prepare(session)

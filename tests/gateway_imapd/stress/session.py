@@ -58,6 +58,7 @@ class Session:
         self._silent: list[tuple[bytes, bool, list]] = []   # STORE .SILENT targets of the group
         self.deliver: Callable[[bytes], None] | None = None  # into the POP3 upstream (ingest)
         self.replicas = False        # other servers share the mailbox (their changes lag)
+        self.wide = True             # the whole mix (run_stress's `wide`)
 
     # ---- the wire ---------------------------------------------------------------------------
     def open(self, select: bytes = b"SELECT", params: bytes = b"") -> None:
@@ -310,6 +311,8 @@ class Session:
                    "noop": 1, "idle": 1, "pipeline": 3, "copy": 1.5, "move": 1.5, "visit": 1,
                    "scratch": 1.5, "big append": 0.1, "unchanged since": 1.5 * self.condstore,
                    "reconnect": 0.5 * self.qresync, "deliver": 1.0 * (self.deliver is not None)}
+        if not self.wide:
+            weights.update(dict.fromkeys(WIDE_STEPS, 0))
         if n == 0:
             weights.update(fetch=0, store=0, search=0, copy=0, move=0)
         kind = self.rng.choices(list(weights), list(weights.values()))[0]
@@ -360,6 +363,8 @@ class Session:
         return after
 
 
+WIDE_STEPS = ("copy", "move", "visit", "scratch", "big append", "unchanged since", "reconnect",
+              "deliver")
 STEPS = {"copy": steps.copy, "move": steps.move, "visit": steps.visit, "scratch": steps.scratch,
          "big append": steps.big_append, "unchanged since": steps.unchanged_since,
          "reconnect": steps.reconnect}
