@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import pathlib
 import poplib
@@ -103,3 +104,36 @@ async def stored(store, user: str, upstream: str = "dc") -> dict[str, tuple[int,
         assert meta.pop3_uidl not in out, f"duplicate UIDL {meta.pop3_uidl}"
         out[meta.pop3_uidl] = (meta.uid, await store.body(meta))
     return out
+
+
+@contextlib.contextmanager
+def sqlite_at_schema(path: str, version: int):
+    """An SQLite store file at schema `version` (its first `version` migration steps), in one
+    transaction with whatever rows the `with` body adds as that schema had them."""
+    from proxy.store import _schema
+
+    db = _schema.connect(path)
+    try:
+        with _schema.transaction(db):
+            db.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
+            db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+            for step in _schema.MIGRATIONS[:version]:
+                step(db)
+            yield db
+    finally:
+        db.close()
+
+
+@contextlib.contextmanager
+def postgres_at_schema(dsn: str, version: int):
+    """The PostgreSQL database `dsn` at schema `version`, as `sqlite_at_schema`."""
+    import psycopg
+
+    from proxy.store import _pg_schema
+
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (%s)", (version,))
+        for step in _pg_schema.MIGRATIONS[:version]:
+            step(conn)
+        yield conn

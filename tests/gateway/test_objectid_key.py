@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import re
 
-import psycopg
 import pytest
 
 from proxy.gateway.imapd._objectid import ObjectIds
 from proxy.store import open_store
+
+from .helpers import postgres_at_schema, sqlite_at_schema
 
 OBJECTID = re.compile(rb"[ME][A-Za-z0-9_-]{20}")   # 8474 7: 1*255(ALPHA / DIGIT / "_" / "-")
 
@@ -45,17 +46,9 @@ async def test_each_store_has_its_own_key_kept_across_reopening(store_url, tmp_p
 
 
 async def test_migration_8_gives_an_sqlite_store_of_schema_7_a_key(tmp_path):
-    from proxy.store import _schema
-
     path = str(tmp_path / "v7.db")
-    db = _schema.connect(path)
-    with _schema.transaction(db):
-        db.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
-        db.execute("INSERT INTO schema_version VALUES (7)")
-        for step in _schema.MIGRATIONS[:7]:
-            step(db)
+    with sqlite_at_schema(path, 7) as db:
         db.execute("INSERT INTO accounts(upstream, user) VALUES ('up', 'old')")
-    db.close()
     s = await open_store(path)
     try:
         assert len(s.objectid_key) == 32
@@ -65,13 +58,7 @@ async def test_migration_8_gives_an_sqlite_store_of_schema_7_a_key(tmp_path):
 
 
 async def test_migration_8_gives_a_postgresql_store_of_schema_7_a_key(pg_dsn):
-    from proxy.store import _pg_schema
-
-    with psycopg.connect(pg_dsn) as conn:
-        conn.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
-        conn.execute("INSERT INTO schema_version VALUES (7)")
-        for step in _pg_schema.MIGRATIONS[:7]:
-            step(conn)
+    with postgres_at_schema(pg_dsn, 7) as conn:
         conn.execute("INSERT INTO accounts(id, upstream, username) VALUES (1, 'up', 'old')")
     s = await open_store(pg_dsn)
     try:

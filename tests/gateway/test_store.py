@@ -26,6 +26,8 @@ from proxy.store import (
 )
 from proxy.store.sqlite import SCHEMA_VERSION
 
+from .helpers import sqlite_at_schema
+
 WHEN = dt.datetime(2024, 5, 17, 10, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
 
 
@@ -428,18 +430,12 @@ async def test_prune_changes_then_changes_since_refuses_the_pruned_range(store):
 async def test_migration_2_makes_nothing_recent_in_an_existing_store(tmp_path):
     """Issue 13: a store written by schema 1 gets the recent floor at each mailbox's UIDNEXT (an
     upgrade must not make the whole mailbox recent) and an empty change-log floor."""
-    from proxy.store import _schema
 
     path = str(tmp_path / "v1.db")
-    db = _schema.connect(path)
-    with _schema.transaction(db):
-        db.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
-        db.execute("INSERT INTO schema_version VALUES (1)")
-        _schema.MIGRATIONS[0](db)
+    with sqlite_at_schema(path, 1) as db:
         db.execute("INSERT INTO accounts(upstream, user) VALUES ('up', 'old')")
         db.execute("INSERT INTO mailboxes(account_id, name, uidvalidity, uidnext) "
                    "VALUES (1, 'INBOX', 7, 42)")
-    db.close()
     s = await open_store(path)
     try:
         assert await s.recent_floor(1) == 42
@@ -461,19 +457,12 @@ async def test_expunge_only_deleted_spares_what_lost_the_flag(store):
 async def test_migration_3_keeps_what_was_subscribed(tmp_path):
     """Issue 17: a store of schema 2 (subscriptions as a mailbox column) keeps exactly the names
     whose mailbox was subscribed."""
-    from proxy.store import _schema
 
     path = str(tmp_path / "v2.db")
-    db = _schema.connect(path)
-    with _schema.transaction(db):
-        db.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
-        db.execute("INSERT INTO schema_version VALUES (2)")
-        _schema.MIGRATIONS[0](db)
-        _schema.MIGRATIONS[1](db)
+    with sqlite_at_schema(path, 2) as db:
         db.execute("INSERT INTO accounts(upstream, user) VALUES ('up', 'old')")
         db.executemany("INSERT INTO mailboxes(account_id, name, uidvalidity, subscribed) "
                        "VALUES (1, ?, 7, ?)", [("INBOX", 1), ("Work", 0), ("Lists/ietf", 1)])
-    db.close()
     s = await open_store(path)
     try:
         assert await s.subscriptions(1) == ["INBOX", "Lists/ietf"]
@@ -572,17 +561,10 @@ async def test_record_sync_keeps_the_last_success_and_the_last_error(store):
 
 async def test_migration_4_adds_empty_sync_status(tmp_path):
     """Issue 19: a store of schema 3 keeps its accounts; their sync status starts empty."""
-    from proxy.store import _schema
 
     path = str(tmp_path / "v3.db")
-    db = _schema.connect(path)
-    with _schema.transaction(db):
-        db.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
-        db.execute("INSERT INTO schema_version VALUES (3)")
-        for step in _schema.MIGRATIONS[:3]:
-            step(db)
+    with sqlite_at_schema(path, 3) as db:
         db.execute("INSERT INTO accounts(upstream, user) VALUES ('up', 'old')")
-    db.close()
     s = await open_store(path)
     try:
         [summary] = await s.account_summaries()
@@ -600,13 +582,8 @@ async def test_migration_7_save_date_is_the_internal_date(tmp_path):
     from proxy.store import _schema
 
     path = str(tmp_path / "v6.db")
-    db = _schema.connect(path)
-    with _schema.transaction(db):
-        db.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
-        db.execute("INSERT INTO schema_version VALUES (6)")
-        for step in _schema.MIGRATIONS[:6]:
-            step(db)
-    db.close()
+    with sqlite_at_schema(path, 6) as db:
+        pass   # the schema alone
     s = await open_store(path)
     try:
         account = await s.ensure_account("up", "old")

@@ -18,7 +18,7 @@ from proxy.store import FlagMode, IngestItem, StoreError, StoreFailure, _pg_noti
 from proxy.store.postgres import SCHEMA_VERSION
 from support.dovecot import free_ports
 
-from .helpers import config_dict
+from .helpers import config_dict, postgres_at_schema
 
 WHEN = dt.datetime(2024, 5, 17, 10, 30, tzinfo=dt.timezone.utc)
 
@@ -276,12 +276,8 @@ async def test_feed_delivers_other_processes_changes_and_catches_up_after_a_gap(
 async def test_migration_2_keeps_what_was_subscribed(pg_dsn):
     """Issue 17: a database of schema 1 (subscriptions as a mailbox column) keeps exactly the
     names whose mailbox was subscribed."""
-    from proxy.store import _pg_schema
 
-    with psycopg.connect(pg_dsn) as conn:
-        conn.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
-        conn.execute("INSERT INTO schema_version VALUES (1)")
-        _pg_schema.MIGRATIONS[0](conn)
+    with postgres_at_schema(pg_dsn, 1) as conn:
         conn.execute("INSERT INTO accounts(id, upstream, username) VALUES (1, 'up', 'old')")
         conn.cursor().executemany(
             "INSERT INTO mailboxes(account_id, name, uidvalidity, subscribed) VALUES (1, %s, 7, %s)",
@@ -296,13 +292,8 @@ async def test_migration_2_keeps_what_was_subscribed(pg_dsn):
 
 async def test_migration_4_adds_empty_sync_status(pg_dsn):
     """Issue 19: a database of schema 3 keeps its accounts; their sync status starts empty."""
-    from proxy.store import _pg_schema
 
-    with psycopg.connect(pg_dsn) as conn:
-        conn.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
-        conn.execute("INSERT INTO schema_version VALUES (3)")
-        for step in _pg_schema.MIGRATIONS[:3]:
-            step(conn)
+    with postgres_at_schema(pg_dsn, 3) as conn:
         conn.execute("INSERT INTO accounts(id, upstream, username) VALUES (1, 'up', 'old')")
     s = await open_store(pg_dsn)
     try:

@@ -7,6 +7,7 @@ from proxy.gateway.imapd._caches import BodyCache, SortFieldCache
 from proxy.gateway.sortkeys import RECORD_VERSION, decode, encode, extract, extract_record
 from proxy.store import AppendItem, IngestItem, KeyRing, open_store
 
+from .helpers import sqlite_at_schema
 from .test_store import WHEN, inbox_of, mail, raw_bytes
 
 
@@ -99,15 +100,10 @@ async def test_fields_come_from_records_and_missing_records_are_filled_once(stor
 
 async def test_migration_5_keeps_bodies_which_get_their_record_at_the_first_sort(tmp_path):
     """A store of schema 4 keeps its messages; they have no record until their first SORT."""
-    from proxy.store import _schema, crypto
+    from proxy.store import crypto
 
     path, raw = str(tmp_path / "v4.db"), header(1, "old mail")
-    db = _schema.connect(path)
-    with _schema.transaction(db):
-        db.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
-        db.execute("INSERT INTO schema_version VALUES (4)")
-        for step in _schema.MIGRATIONS[:4]:
-            step(db)
+    with sqlite_at_schema(path, 4) as db:
         db.execute("INSERT INTO accounts(upstream, user) VALUES ('up', 'old')")
         db.execute("INSERT INTO mailboxes(account_id, name, uidvalidity, uidnext) "
                    "VALUES (1, 'INBOX', 1, 2)")
@@ -115,7 +111,6 @@ async def test_migration_5_keeps_bodies_which_get_their_record_at_the_first_sort
                    (len(raw), crypto.seal(raw, b"acct:1:body:1", None)))
         db.execute("INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "
                    "body_id) VALUES (1, 1, 0, 0, '', 1, 1)")
-    db.close()
     s = await open_store(path)
     try:
         [meta] = await s.messages((await s.get_mailbox(1, "INBOX")).id)
