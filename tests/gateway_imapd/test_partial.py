@@ -35,6 +35,16 @@ def _run(client: imaplib.IMAP4, command: bytes) -> list[bytes]:
         + [lines[-1].split()[1]]
 
 
+def mismatches(ours: imaplib.IMAP4, theirs: imaplib.IMAP4, commands) -> list[str]:
+    """Each command sent to Dovecot, then to the gateway; one entry per differing answer."""
+    bad = []
+    for command in commands:
+        want, got = _run(theirs, command), _run(ours, command)
+        if want != got:
+            bad.append(f"{command!r}\n  dovecot {want}\n  gateway {got}")
+    return bad
+
+
 def _esearch(lines: list[bytes]) -> bytes:
     [line] = [line for line in lines if line.startswith(b"* ESEARCH ")]
     return line
@@ -55,12 +65,7 @@ async def test_partial_answers_like_dovecot(dovecot, tmp_path, nursery, gateway_
                 _run(client, b"APPEND Work {%d+}\r\n" % len(body) + body)
             _run(client, b"SELECT Work")
             _run(client, b"STORE 2 +FLAGS (\\Deleted)")
-        bad = []
-        for command in BOTH:
-            want, got = _run(theirs, command), _run(ours, command)
-            if want != got:
-                bad.append(f"{command!r}\n  dovecot {want}\n  gateway {got}")
-        return bad
+        return mismatches(ours, theirs, BOTH)
 
     bad = await differences_from_dovecot(gateway, dovecot, other, compare)
     assert not bad, "\n".join(bad)

@@ -7,7 +7,7 @@ then names."""
 from __future__ import annotations
 
 from .conftest import GatewayHandle, differences_from_dovecot, message
-from .test_partial import _run
+from .test_partial import _run, mismatches
 
 # SORT by SUBJECT (all distinct): under REVERSE ARRIVAL, messages appended in the same second are
 # ordered differently by Dovecot (it reverses the sequence-number tie-break too; RFC 5256 3 does not)
@@ -36,11 +36,7 @@ async def test_save_with_partial_keeps_the_window_like_dovecot(dovecot, tmp_path
                 _run(client, b"APPEND Work {%d+}\r\n" % len(body) + body)
             _run(client, b"SELECT Work")
             _run(client, b"STORE 2 +FLAGS.SILENT (\\Deleted)")
-        bad = []
-        for command in COMMANDS:
-            want, got = _run(theirs, command), _run(ours, command)
-            if want != got:
-                bad.append(f"{command!r}\n  dovecot {want}\n  gateway {got}")
+        bad = mismatches(ours, theirs, COMMANDS)
         _run(ours, b"SEARCH RETURN (SAVE PARTIAL 2:3) ALL")
         if _run(ours, b"SEARCH $") != [b"* SEARCH 2 3", b"OK"]:   # the window, not all 6
             bad.append("$ is not the PARTIAL window")
