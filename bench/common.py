@@ -112,6 +112,7 @@ def small_mailbox(count: int = 10) -> Mailbox:
 
 
 PROXY_LOG_LEVEL = "WARNING"  # relay.py --proxy-log-level
+RELAY_ENGINE = ""  # relay.py --engine: the proxies' relay.engine ("": the default)
 
 # -- processes -----------------------------------------------------------------------------------------
 
@@ -172,6 +173,8 @@ class Env:
             config["metrics"] = {"address": "127.0.0.1:0"}
         if lookups:
             config["lookups"] = lookups
+        if RELAY_ENGINE:
+            config["relay"] = {"engine": RELAY_ENGINE}
         config.update(extra or {})
         log_level = log_level or PROXY_LOG_LEVEL
         cls = ProxyProcess if log_level.upper() in ("DEBUG", "INFO") else QuietProxyProcess

@@ -491,9 +491,12 @@ def main() -> None:
     parser.add_argument("--proxy-log-level", default="WARNING",
                         help="mailproxy's --log-level (WARNING: no per-session log line; INFO logs one)")
     parser.add_argument("--json", metavar="FILE", help="also write every raw result to FILE")
+    parser.add_argument("--engine", choices=["tasks", "epoll"], default="",
+                        help="mailproxy's relay.engine (default: the config's default)")
     args = parser.parse_args()
     selected = args.benches or list(BENCHES)
     common.PROXY_LOG_LEVEL = args.proxy_log_level
+    common.RELAY_ENGINE = args.engine
     print(f"mailproxy relay benchmarks, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {platform.node()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, python {platform.python_version()}")
     print(f"options: {' '.join(sys.argv[1:]) or '(defaults)'}")

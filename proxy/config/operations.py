@@ -50,8 +50,8 @@ class Logging:
 @dataclass(frozen=True, slots=True)
 class Relay:
     """How relay sessions are driven once logged in: `tasks` (two pump tasks and a watchdog per
-    session) or `epoll` (one engine per process owns the plain-TCP sessions' sockets, no task
-    per session: proxy/relay/engine.py). TLS and COMPRESS sessions always use tasks."""
+    session) or `epoll` (one engine per process owns the sessions' sockets, plain or TLS, no
+    task per session: proxy/relay/engine.py). COMPRESS sessions are handed back to tasks."""
 
     __pydantic_config__ = STRICT
     engine: Literal["tasks", "epoll"] = "tasks"

@@ -276,6 +276,14 @@ class TLSStream(trio.abc.Stream):
     def ssl_object(self) -> ssl.SSLObject:
         return self.engine.ssl_object
 
+    def detachable_fd(self) -> int | None:
+        """The socket's descriptor when another loop may drive `engine` from now on (handshake
+        done, not broken or closed, no task writing, a plain TCP transport); None otherwise."""
+        if self._fd is None or self._closed or self._broken or self._flushing \
+                or not self.engine.handshake_done:
+            return None
+        return self._fd
+
     async def do_handshake(self) -> None:
         """Run the handshake to its end. Raises ssl.SSLError (what OpenSSL refused, the alert
         sent to the peer when possible) or trio.BrokenResourceError (the transport failed)."""

@@ -36,8 +36,9 @@ A server engine also reads the ALPN offer out of the client's first bytes (`alpn
 `hello_unreadable`), because OpenSSL cannot tell "no ALPN" from "no protocol of ours" (ALPACA,
 see net/alpaca.py and net/client_hello.py).
 
-net/conn.py's TLSStream drives this on trio (the raw socket, non-blocking); any other loop that
-owns a socket can drive it the same way.
+net/conn.py's TLSStream drives this on trio (the raw socket, non-blocking) during the handshake
+and login; relay/engine.py's epoll loop takes logged-in sessions over and drives it the same way
+(requeue: ciphertext it could not send, handed back).
 """
 
 from __future__ import annotations
@@ -125,6 +126,12 @@ class TLSEngine:
         data = b"".join(self._sealed)
         self._sealed = []
         return data
+
+    def requeue(self, ciphertext: bytes | bytearray | memoryview) -> None:
+        """Ciphertext from data_to_send that was not sent: data_to_send gives it first again
+        (when another I/O loop hands the connection back with a send half done)."""
+        if ciphertext:
+            self._sealed.insert(0, bytes(ciphertext))
 
     @property
     def wants_send(self) -> bool:

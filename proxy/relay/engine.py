@@ -1,8 +1,8 @@
-"""The relay engine: every logged-in plain-TCP relay session of the process in one epoll.
+"""The relay engine: every logged-in relay session of the process in one epoll.
 
 Theory of operation: with `relay.engine: epoll`, a relay session whose two connections are
-plain TCP sockets is handed, once logged in, to the process's one Engine instead of running two
-pump tasks and a watchdog. The engine owns both descriptors (non-blocking, registered once in
+TCP sockets, plain or TLS, is handed, once logged in, to the process's one Engine instead of
+running two pump tasks and a watchdog. The engine owns both descriptors (non-blocking, registered once in
 its own level-triggered epoll) and a thread of its own blocks in `epoll.poll`; when it wakes it
 reads every ready socket and runs that session's protocol logic inline (engine_imap.py,
 engine_pop3.py: the same sans-IO parsers, held lines, commands in flight and metrics as the
@@ -29,6 +29,16 @@ descriptor, cost more CPU per NOOP than the task path: bench/README.md, "Relay e
   frame beyond its await) until the session ends in the engine; it then flushes what the
   engine could not write (the last words) and closes both connections as before. Cancelling
   it (admin kick, shutdown_timeout) takes the session out of the engine.
+- TLS (implicit, after STARTTLS/STLS, upstream): the handshake and login ran on trio through
+  net/conn.py's TLSStream; the engine takes over its sans-IO TLSEngine (net/tls_engine.py) with
+  the socket. A readable TLS side's ciphertext is fed in and its plaintext handed to the
+  protocol record batch by record batch while that side may be read; what the TLSEngine still
+  holds when backpressure stops it waits there (one chunk at most, BIO_SLICE in OpenSSL) and is
+  resumed (`_tls_waiting`) as soon as the other side has flushed, since epoll cannot report it.
+  Sends are encrypted at once and written like plain ones (ciphertext in `out`). OpenSSL's own
+  messages (tickets, KeyUpdate answers, the alert refusing a renegotiation) are written after
+  each read; a TLS error or an EOF without close_notify reads as the end of that side, as on
+  the task path. At the end the task's Conn.aclose sends our close_notify.
 - A session the engine cannot carry on (the client asks COMPRESS) is handed back: out of the
   epoll, its parsers and counters as they are, and the task path resumes from there.
 """
@@ -41,6 +51,7 @@ import logging
 import math
 import os
 import select
+import ssl
 import threading
 import time
 from typing import Callable
@@ -48,7 +59,7 @@ from typing import Callable
 import trio
 
 from .. import logs
-from ..net.conn import Conn
+from ..net.conn import Conn, TLSStream
 from ..session.context import Session
 from ..session.failures import Close
 from .engine_session import IN, OUT, EngineSession, Side
@@ -69,6 +80,7 @@ class Engine:
         self._timers: list[tuple[float, int, EngineSession]] = []
         self._seq = itertools.count()
         self._dead = 0                   # heap entries of ended sessions, or superseded
+        self._tls_waiting: set[Side] = set()   # TLS sides whose engine may hold input
         self._running = False
         # Sessions, sides and timers are touched under this lock, by the engine's thread or by
         # trio's (a session in or out, the drain); trio's thread wakes the engine's via _wakefd.
@@ -97,6 +109,10 @@ class Engine:
             sess.session.runtime.metrics.relay_engine_sessions.inc()
             self.now = self.clock()
             self._guarded(sess, sess.start)
+            for side in (sess.client, sess.upstream):
+                if side.tls is not None and not sess.done:   # (records read with the login's)
+                    self._tls_waiting.add(side)
+                    os.eventfd_write(self._wakefd, 1)
             drain = sess.session.runtime.drain
             draining = drain.is_set()
             if not sess.done:
@@ -143,6 +159,9 @@ class Engine:
                 self._epoll.unregister(side.fd)
             except OSError:
                 pass
+            if side.tls is not None:   # its TLSStream sends the rest first: records stay whole
+                side.tls.requeue(side.out)
+                side.out = b""
         task, sess.task = sess.task, None
         if task is not None:
             try:
@@ -195,6 +214,8 @@ class Engine:
                 self._wait_until = self._timers[0][0] if self._timers else math.inf
                 timeout = max(0.0, self._wait_until - self.clock()) \
                     if self._timers else -1.0
+                if any(side.mask & IN for side in self._tls_waiting):
+                    timeout = 0.0
             ready = epoll.poll(timeout)
             with lock:
                 self._wait_until = -math.inf
@@ -209,6 +230,8 @@ class Engine:
                         except BlockingIOError:
                             pass
                 self._fire_timers()
+                if self._tls_waiting:
+                    self._resume_tls()
 
     def _ready(self, side: Side, events: int) -> None:
         sess = side.session
@@ -223,11 +246,52 @@ class Engine:
                 return
             except OSError:   # reset: the same as an end of stream to the relay
                 data = b""
+            if side.tls is not None:
+                side.tls.receive_data(data)
+                self._decrypt(side, hung_up=not events & IN)
+                return
             conn = side.conn
             conn.bytes_in += len(data)
             if not data:
                 conn.eof = True
             sess.received(side, data)
+
+    def _decrypt(self, side: Side, hung_up: bool = False) -> None:
+        """Hand the plaintext `side`'s TLSEngine can give to its session, while that side may
+        be read (else it waits in `_tls_waiting`); write what OpenSSL has to say. A side that
+        hung up is read to its end whatever the backpressure, as a plain one is (its input is
+        what the kernel held: bounded)."""
+        tls, sess, conn = side.tls, side.session, side.conn
+        assert tls is not None
+        while True:
+            if not side.mask & IN and not hung_up:   # resumed once the other side has flushed
+                self._tls_waiting.add(side)
+                return
+            try:
+                data = tls.read(RECEIVE_SIZE)
+            except ssl.SSLError:   # broken: reset mid-record, a bad record, EOF without close_notify
+                data = b""
+            if tls.wants_send:
+                side.write(tls.data_to_send())
+            if data is None:   # a record is still incomplete: wait for the socket
+                return
+            conn.bytes_in += len(data)
+            if not data:
+                conn.eof = True
+            sess.received(side, data)
+            if not data or sess.done:
+                return
+            self._interest(sess)
+            if sess.done:
+                return
+
+    def _resume_tls(self) -> None:
+        for side in list(self._tls_waiting):
+            if side.session.done:
+                self._tls_waiting.discard(side)
+            elif side.mask & IN:
+                self._tls_waiting.discard(side)
+                self._guarded(side.session, self._decrypt, side)
 
     def _flush(self, side: Side) -> None:
         try:
@@ -238,7 +302,8 @@ class Engine:
             side.conn.closed = True
             side.out = b""
             return
-        side.conn.bytes_out += sent
+        if side.tls is None:
+            side.conn.bytes_out += sent
         side.out = memoryview(side.out)[sent:] if sent < len(side.out) else b""
 
     def _guarded(self, sess: EngineSession, step: Callable[..., None], *args: object) -> None:
@@ -300,29 +365,35 @@ def engine() -> Engine:
         return made
 
 
-def plain_fd(conn: Conn) -> int | None:
-    """The descriptor of a plain TCP connection the engine can own; None otherwise (TLS, a
-    stream with a PROXY-header prefix)."""
+def raw_fd(conn: Conn) -> int | None:
+    """The descriptor of a TCP connection, plain or TLS, the engine can own; None otherwise (a
+    stream with a PROXY-header prefix, a TLS stream mid-write or broken, COMPRESS)."""
+    if conn.closed:
+        return None
     stream = conn.stream
-    if type(stream) is trio.SocketStream and not conn.closed:
+    if type(stream) is trio.SocketStream:
         return stream.socket.fileno()
+    if type(stream) is TLSStream:
+        return stream.detachable_fd()
     return None
 
 
 async def run_in_engine(session: Session, client: Conn, upstream: Conn,
                         make: Callable[[Engine, Conn, int, Conn, int], EngineSession]) -> bool:
     """True when the session ran to its end in the engine; False when the task path is to run
-    it (engine off, not plain TCP, or handed back). What the engine could not write is sent
-    here first, so the order of bytes is kept either way."""
+    it (engine off, not TCP, or handed back). What the engine could not write is sent here
+    first, so the order of bytes is kept either way."""
     if session.runtime.config.relay.engine != "epoll":
         return False
-    client_fd, upstream_fd = plain_fd(client), plain_fd(upstream)
+    client_fd, upstream_fd = raw_fd(client), raw_fd(upstream)
     if client_fd is None or upstream_fd is None:
         return False
     sess = make(engine(), client, client_fd, upstream, upstream_fd)
     ended = await sess.engine.relay(sess)
     for side in (sess.client, sess.upstream):
         rest, side.out = bytes(side.out), b""
-        if rest:
+        if side.tls is not None and side.tls.wants_send:   # (requeued by release)
+            await side.conn.send(b"")
+        elif rest:
             await side.conn.send(rest)
     return ended

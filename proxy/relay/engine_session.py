@@ -3,9 +3,10 @@
 Theory of operation: a protocol's engine session (engine_imap.py, engine_pop3.py) is called by
 the engine's thread with each chunk read from either side (`received`), when its nearest timer
 comes due (`timer`), and at a drain (`drained`), always under the engine's lock. It answers by
-`send()`ing to a side, which writes at once and leaves what the kernel did not take in the
-side's `out` (the engine then waits for EPOLLOUT and stops reading the other side), and ends
-with `finish()` (its close_reason set) or `hand_back()` to the task path.
+`send()`ing to a side, which writes at once (encrypting first on a TLS side) and leaves what
+the kernel did not take in the side's `out` (the engine then waits for EPOLLOUT and stops
+reading the other side), and ends with `finish()` (its close_reason set) or `hand_back()` to
+the task path. The protocol never sees TLS: it gets and sends plaintext on either kind of side.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import math
 import os
 import select
+import ssl
 from typing import TYPE_CHECKING, Callable
 
 import trio
 
-from ..net.conn import Conn
+from ..net.conn import Conn, TLSStream
+from ..net.tls_engine import TLSEngine
 from ..session.context import Session
 from ..session.failures import Close
 
@@ -30,17 +33,39 @@ IN, OUT = select.EPOLLIN, select.EPOLLOUT
 
 
 class Side:
-    """One connection of an engine session: its descriptor, its Conn (byte counts, EOF), and
-    the bytes the kernel has not taken yet."""
+    """One connection of an engine session: its descriptor, its Conn (byte counts, EOF), its
+    TLSEngine when it is a TLS connection, and the bytes (ciphertext on TLS) the kernel has not
+    taken yet. Byte counts are of plaintext, as on the task path."""
 
-    __slots__ = ("fd", "conn", "out", "mask", "session")
+    __slots__ = ("fd", "conn", "tls", "out", "mask", "session")
 
     def __init__(self, conn: Conn, fd: int, session: EngineSession):
         self.fd = fd
         self.conn = conn
+        stream = conn.stream
+        self.tls: TLSEngine | None = stream.engine if isinstance(stream, TLSStream) else None
         self.out: bytes | bytearray | memoryview = b""
         self.mask = IN
         self.session = session
+
+    def write(self, data: bytes | bytearray) -> bool:
+        """Write `data` (ciphertext on TLS) now, or keep the rest for when the socket is
+        writable; False (and the Conn marked closed) when the peer is gone."""
+        if self.out:   # (rare: the proxy's own line while a chunk waits)
+            self.out = bytearray(self.out) + data
+            return True
+        try:
+            sent = os.write(self.fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.conn.closed = True
+            return False
+        if self.tls is None:
+            self.conn.bytes_out += sent
+        if sent < len(data):
+            self.out = memoryview(data)[sent:]
+        return True
 
 
 class EngineSession:
@@ -88,20 +113,16 @@ class EngineSession:
         conn = side.conn
         if conn.closed:
             return False
-        if side.out:   # (rare: the proxy's own line while a chunk waits)
-            side.out = bytearray(side.out) + data
-            return True
+        tls = side.tls
+        if tls is None:
+            return side.write(data)
         try:
-            sent = os.write(side.fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
+            tls.write(data)
+        except ssl.SSLError:   # (the connection broke or was closed)
             conn.closed = True
             return False
-        conn.bytes_out += sent
-        if sent < len(data):
-            side.out = memoryview(data)[sent:]
-        return True
+        conn.bytes_out += len(data)
+        return side.write(tls.data_to_send())
 
     def finish(self) -> None:
         """The session ends (its close_reason set by the caller); its task takes over."""

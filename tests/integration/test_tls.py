@@ -163,12 +163,14 @@ def session_end(proxy, port: int) -> str:
 # --------------------------------------------------------------------------- client-side TLS
 
 
-@pytest.fixture(scope="module")
-def front(dovecot, tls_files, tmp_path_factory):
+@pytest.fixture(scope="module", params=["epoll", "tasks"])
+def front(request, dovecot, tls_files, tmp_path_factory):
+    """Once per relay path: TLS sessions run in the epoll engine or on pump tasks."""
     main, other = tls_files["main"], tls_files["other"]
     certs = [{"cert": main[0], "key": main[1], "names": ["mail.example.com", "localhost"]},
              {"cert": other[0], "key": other[1], "names": ["other.example.com"]}]
     config = relay_config(dovecot)
+    config["relay"] = {"engine": request.param}
 
     def listener(name, protocol, tls, **extra):
         entry = {"name": name, "protocol": protocol, "mode": "relay", "address": f"{HOST}:0",
@@ -549,10 +551,12 @@ def tls_dovecot(dovecot_root, tls_files):
     instance.stop()
 
 
-@pytest.fixture(scope="module")
-def back(tls_dovecot, tls_files, tmp_path_factory):
+@pytest.fixture(scope="module", params=["epoll", "tasks"])
+def back(request, tls_dovecot, tls_files, tmp_path_factory):
+    """Once per relay path, as `front`."""
     d = tls_dovecot
     config = relay_config(d, allow_plaintext_auth=True)
+    config["relay"] = {"engine": request.param}
 
     def upstream(tls, **extra):
         imap_port = d.imaps_port if tls == "implicit" else d.imap_port
