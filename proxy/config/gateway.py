@@ -57,6 +57,7 @@ class Gateway:
     store: StoreLocation = "mailproxy-gateway.db"  # SQLite file, or postgresql://user@host/db?...
     store_password: SecretValue | None = None  # PostgreSQL password ({file:}/{env:}), not in the URL
     store_pool_size: StrictInt = 10            # PostgreSQL connections per process
+    store_pool_per_account: StrictInt | None = None   # of those, one account's at once (half)
     store_ack_interval: Duration = 2.0         # PostgreSQL: replica acks (horizon, pins, lease)
     store_replica_lease: Duration = 60.0       # PostgreSQL: a replica silent this long is dead
     poll_interval: Duration = 60.0
@@ -106,6 +107,10 @@ def check_gateway(gateway: Gateway | None) -> list[Problem]:
             errors.append((("gateway", "quota", key), "expected at least 1"))
     if not 1 <= gateway.store_pool_size <= 1000:
         errors.append((("gateway", "store_pool_size"), "expected 1 to 1000 connections"))
+    elif gateway.store_pool_per_account is not None \
+            and not 1 <= gateway.store_pool_per_account <= gateway.store_pool_size:
+        errors.append((("gateway", "store_pool_per_account"),
+                       f"expected 1 to store_pool_size ({gateway.store_pool_size}) connections"))
     if not 0.01 <= gateway.store_ack_interval <= 60:
         errors.append((("gateway", "store_ack_interval"), "expected 10ms to 60s"))
     elif gateway.store_replica_lease < MIN_LEASE_ACKS * gateway.store_ack_interval:

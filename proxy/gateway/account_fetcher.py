@@ -21,7 +21,7 @@ from ..oauth2 import Broker, BrokerUnavailable, NotEnrolled, RefreshRefused
 from ..session.failures import Failure
 from ..session.routing import log_user
 from ..session.upstream import UpstreamError
-from ..store import StoreError
+from ..store import StoreError, acting_for
 from .fetcher import sync_account
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ class AccountFetcher:
         self.sessions = 0
         self.background = False        # gateway.background_poll: keep polling without sessions
         self.password = ""
+        self.account_id: int | None = None   # known after a login: its syncs use its share
         self._token: tuple[Broker, str] | None = None   # the access token of the last sync
         self.running = False
         self.last_success: float | None = None   # Unix time of the last successful sync
@@ -65,7 +66,11 @@ class AccountFetcher:
         try:
             while self.sessions > 0 or self.background:
                 self._kick = trio.Event()
-                await self._sync_once()
+                if self.account_id is None:
+                    await self._sync_once()
+                else:   # the account's share of the store's connections (store/fairness.py)
+                    with acting_for(self.account_id):
+                        await self._sync_once()
                 with trio.move_on_after(self.service.settings.poll_interval):
                     await self._kick.wait()
         finally:

@@ -58,6 +58,7 @@ from ..store import (
     FlagUpdate,
     Store,
     StoreError,
+    acting_for,
     load_key_ring,
     open_store,
 )
@@ -158,8 +159,9 @@ class GatewayService:
                 account, fetcher = login
                 imap = ImapSession(session, conn, self.backend(account), account,
                                    front.take_unconsumed())
-                if not await imap.run():
-                    return
+                with acting_for(account.id):   # its share of the store's connections
+                    if not await imap.run():
+                        return
                 login = None   # UNAUTHENTICATE (RFC 8437): the account is released, log in again
                 self._detach(fetcher)
                 front = ImapFront(session, conn, PRELOGIN_CAPABILITIES,
@@ -207,6 +209,7 @@ class GatewayService:
         brokered = oauth2_settings(self.config, upstream_name) is not None   # the token file instead
         password = b"" if brokered else creds.password
         fetcher.sessions += 1
+        fetcher.account_id = account.id
         fetcher.password = password.decode("utf-8")
         self._gauge(+1)
         try:
@@ -265,7 +268,8 @@ async def open_configured_store(gateway: Gateway) -> Store:
     return await open_store(gateway.store, load_key_ring(gateway.key_file), password=password,
                             pool_size=gateway.store_pool_size,
                             ack_interval=gateway.store_ack_interval,
-                            replica_lease=gateway.store_replica_lease)
+                            replica_lease=gateway.store_replica_lease,
+                            pool_per_account=gateway.store_pool_per_account)
 
 
 @asynccontextmanager

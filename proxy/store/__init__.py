@@ -33,6 +33,7 @@ from .base import (
     Usage,
 )
 from .crypto import KeyRing, StoreKeyError
+from .fairness import acting_for
 
 __all__ = [
     "DEFAULT_MAILBOXES", "HIERARCHY_DELIMITER", "INBOX", "Account", "AccountSummary", "AppendItem",
@@ -42,7 +43,7 @@ __all__ = [
     "MessageMeta", "Store", "StoreError", "StoreFailure", "StoreFlagsResult", "StoreKeyError",
     "StoreUnavailable", "Usage",
     "open_store", "is_postgres_url", "display_store",
-    "load_key_ring",
+    "load_key_ring", "acting_for",
 ]
 
 
@@ -66,12 +67,14 @@ def display_store(url_or_path: str) -> str:
 
 async def open_store(url_or_path: str, key_ring: KeyRing | None = None, *,
                      password: str | None = None, pool_size: int | None = None,
-                     ack_interval: float = 2.0, replica_lease: float = 60.0) -> Store:
+                     ack_interval: float = 2.0, replica_lease: float = 60.0,
+                     pool_per_account: int | None = None) -> Store:
     """Open the store named by `gateway.store`. Raises StoreError/StoreKeyError on failure.
 
-    `password`, `pool_size`, `ack_interval` and `replica_lease` apply to PostgreSQL only
-    (`gateway.store_password`, `gateway.store_pool_size`, `gateway.store_ack_interval`,
-    `gateway.store_replica_lease`); TLS and the rest are the URL's own parameters (`sslmode`,
+    `password`, `pool_size`, `ack_interval`, `replica_lease` and `pool_per_account` apply to
+    PostgreSQL only (`gateway.store_password`, `gateway.store_pool_size`,
+    `gateway.store_ack_interval`, `gateway.store_replica_lease`,
+    `gateway.store_pool_per_account`); TLS and the rest are the URL's own parameters (`sslmode`,
     `sslrootcert`...).
     """
     if is_postgres_url(url_or_path):
@@ -80,7 +83,8 @@ async def open_store(url_or_path: str, key_ring: KeyRing | None = None, *,
 
         return await open_postgres(url_or_path, key_ring, password=password,
                                    pool_size=pool_size or DEFAULT_POOL_SIZE,
-                                   timing=ReplicaTiming(ack_interval, replica_lease))
+                                   timing=ReplicaTiming(ack_interval, replica_lease),
+                                   per_account=pool_per_account)
     if url_or_path.startswith("sqlite://"):
         url_or_path = url_or_path[len("sqlite://"):]
     from .sqlite import open_sqlite

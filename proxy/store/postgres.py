@@ -9,6 +9,10 @@ committed when the call returns and rolled back when it raises (`_call`); a call
 read-only statement (`read=True`) runs in autocommit instead, one round trip without BEGIN and
 COMMIT.
 
+Fairness: a call made for an account (`fairness.acting_for`, set by the gateway for each
+logged-in session) first takes one of that account's tokens (`gateway.store_pool_per_account`,
+default half the pool), so one account's burst leaves connections for the others.
+
 Failures: a deadlock or serialization failure is retried (bounded, `RETRIES`); a lost server or
 a pool with no free connection within `POOL_TIMEOUT_S` is `StoreUnavailable`, which the gateway
 answers with `NO [UNAVAILABLE]`. The pool checks a connection before handing it
@@ -60,14 +64,21 @@ from .base import (
     Usage,
 )
 from .crypto import KeyRing, StoreKeyError
+from .fairness import AccountShares
 
-__all__ = ["PostgresStore", "open_postgres", "SCHEMA_VERSION", "DEFAULT_POOL_SIZE"]
+__all__ = ["PostgresStore", "open_postgres", "SCHEMA_VERSION", "DEFAULT_POOL_SIZE",
+           "default_per_account"]
 
 DEFAULT_POOL_SIZE = 10
 RETRIES = 5                 # deadlock / serialization failure: run the transaction again
 FETCH_LEASE_SPACE = 0x6D70_0001   # first key of pg_try_advisory_lock(int4, int4): fetch leases
 _RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 Conn = psycopg.Connection[Any]
+
+
+def default_per_account(pool_size: int) -> int:
+    """Connections one account's sessions may hold at once unless configured: half the pool."""
+    return max(1, pool_size // 2)
 
 
 class _StaleConnection(Exception):
@@ -79,13 +90,15 @@ class PostgresStore(PgMailboxOps):
 
     def __init__(self, pool: psycopg_pool.ConnectionPool[Any], url: str, ring: KeyRing | None,
                  size: int, password: str | None = None,
-                 timing: ReplicaTiming = DEFAULT_TIMING, *, objectid_key: bytes):
+                 timing: ReplicaTiming = DEFAULT_TIMING, *, objectid_key: bytes,
+                 per_account: int | None = None):
         self._pool: psycopg_pool.ConnectionPool[Any] | None = pool
         self.objectid_key = objectid_key
         self._url, self._password = url, password
         self.url = redact(url)
         self._ring = ring
         self._limiter = trio.CapacityLimiter(size)
+        self._shares = AccountShares(per_account or default_per_account(size))
         self.origin = secrets.token_hex(6)
         self.timing = timing
         self.follower: ChangeFollower | None = None
@@ -128,8 +141,9 @@ class PostgresStore(PgMailboxOps):
 
     async def _run(self, fn: Callable[..., Any], *args: Any, read: bool = False) -> Any:
         try:
-            return await trio.to_thread.run_sync(functools.partial(self._call, read, fn, *args),
-                                                 limiter=self._limiter)
+            async with self._shares.slot():   # an account's share of the pool (fairness.py)
+                return await trio.to_thread.run_sync(
+                    functools.partial(self._call, read, fn, *args), limiter=self._limiter)
         except psycopg_pool.PoolTimeout as exc:
             raise StoreUnavailable("store unavailable: no database connection") from exc
         except psycopg.OperationalError as exc:
@@ -342,8 +356,11 @@ class PostgresStore(PgMailboxOps):
 
 async def open_postgres(url: str, key_ring: KeyRing | None = None, *, password: str | None = None,
                         pool_size: int = DEFAULT_POOL_SIZE,
-                        timing: ReplicaTiming = DEFAULT_TIMING) -> PostgresStore:
-    """Open the store at `url` (`postgresql://...`), migrating the schema as needed."""
+                        timing: ReplicaTiming = DEFAULT_TIMING,
+                        per_account: int | None = None) -> PostgresStore:
+    """Open the store at `url` (`postgresql://...`), migrating the schema as needed.
+    `per_account`: connections one account may hold at once (default: half the pool)."""
     timing.check()
     pool, ids_key = await trio.to_thread.run_sync(open_pool, url, key_ring, password, pool_size)
-    return PostgresStore(pool, url, key_ring, pool_size, password, timing, objectid_key=ids_key)
+    return PostgresStore(pool, url, key_ring, pool_size, password, timing, objectid_key=ids_key,
+                         per_account=per_account)

@@ -1,7 +1,8 @@
 """The randomized multi-session tester (stress/) against direct Dovecot IMAP (the reference: it
 checks the tester) and against the gateway (issue 13). Seeded: the seed is printed on failure;
 MAILPROXY_STRESS_SEED repeats a run, MAILPROXY_STRESS_SECONDS makes it longer (default 20 s each),
-MAILPROXY_STRESS_SESSIONS changes the number of sessions (default 6).
+MAILPROXY_STRESS_SESSIONS changes the number of sessions (default 6), MAILPROXY_STRESS_REPLICAS
+the number of gateway processes of the PostgreSQL test (default 2).
 
 MAILPROXY_STRESS_MIX=wide adds steps.py's mix (mailboxes created/renamed/deleted while selected
 elsewhere, COPY/MOVE, QRESYNC reconnects, UNCHANGEDSINCE, ingest mid-run). It is a local tool for
@@ -21,6 +22,7 @@ SECONDS = float(os.environ.get("MAILPROXY_STRESS_SECONDS", "20"))
 SESSIONS = int(os.environ.get("MAILPROXY_STRESS_SESSIONS", "6"))
 ERRORS_SHOWN = int(os.environ.get("MAILPROXY_STRESS_ERRORS", "25"))
 WIDE = os.environ.get("MAILPROXY_STRESS_MIX", "core") == "wide"
+REPLICAS = int(os.environ.get("MAILPROXY_STRESS_REPLICAS", "2"))
 SEED = int(os.environ["MAILPROXY_STRESS_SEED"]) if os.environ.get("MAILPROXY_STRESS_SEED") else None
 
 
@@ -54,11 +56,10 @@ def test_stress_two_gateway_processes_on_one_postgresql(proxy_factory, dovecot, 
     from .test_replicas import gateway_config
 
     user, password = dovecot.add_user()
-    a = proxy_factory(gateway_config(dovecot, pg_dsn))
-    b = proxy_factory(gateway_config(dovecot, pg_dsn))
-    result = run_stress(Target("127.0.0.1", a.port("gw"), user, password), sessions=SESSIONS,
-                        seconds=SECONDS, seed=SEED,
-                        others=(Target("127.0.0.1", b.port("gw"), user, password),),
+    targets = [Target("127.0.0.1", proxy_factory(gateway_config(dovecot, pg_dsn)).port("gw"),
+                      user, password) for _ in range(REPLICAS)]
+    result = run_stress(targets[0], sessions=SESSIONS, seconds=SECONDS, seed=SEED,
+                        others=tuple(targets[1:]),
                         deliver=lambda data: dovecot.deliver(user, data), wide=WIDE)
     print(result.report())
     assert not result.errors, result.report()
