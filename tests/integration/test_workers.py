@@ -19,6 +19,7 @@ import yaml
 from support.dovecot import free_ports
 from support.polling import wait_for
 from support.proxyproc import relay_config
+from tests.gateway_imapd.test_replicas import Idle
 
 HOST = "127.0.0.1"
 MAX_SESSIONS = 64   # opened until both workers hold one: a bound only a broken build reaches
@@ -270,3 +271,39 @@ def test_gateway_workers_share_a_postgresql_store(proxy_factory, dovecot, pg_dsn
 
     for client in on["1"]:   # the other worker's sessions hear of it
         wait_for(lambda c=client: flagged(c), "the flag set through worker 0 seen on worker 1")
+
+
+def test_gateway_workers_push_each_others_changes_to_idle_sessions(proxy_factory, dovecot,
+                                                                   pg_dsn, tmp_path):
+    """`workers: 2`, a gateway listener on PostgreSQL: both workers serve the same mailbox and
+    a session IDLE on either is told at once (RFC 2177) of a flag change, an APPEND and an
+    EXPUNGE made through the other worker (its change feed), without a NOOP."""
+    name, password = dovecot.add_user()
+    for n in range(3):
+        dovecot.deliver(name, b"Subject: m%d\r\n\r\nbody %d\r\n" % (n, n))
+    config = workers_config(dovecot, tmp_path)
+    config["listeners"] = [{"name": "imap", "protocol": "imap", "mode": "gateway",
+                            "address": "127.0.0.1:0", "allow_plaintext_auth": True}]
+    config["gateway"] = {"store": pg_dsn, "poll_interval": "600s"}
+    proxy = proxy_factory(config, ready_timeout=60)
+    on = spread_by_source(proxy, (name, password))
+    zero, one = on["0"][0], on["1"][0]
+    for client in (zero, one):
+        assert client.select("INBOX") == ("OK", [b"3"])
+
+    idle = Idle(one)      # worker 1 is told what worker 0 does
+    assert zero.store("2", "+FLAGS.SILENT", "(\\Flagged)")[0] == "OK"
+    assert re.search(rb"^\* 2 FETCH \(.*FLAGS \(\\Flagged\)", idle.until(rb"^\* 2 FETCH"))
+    idle.done()
+    idle = Idle(zero)     # and worker 0 what worker 1 does
+    assert one.append("INBOX", None, None, b"Subject: m3\r\n\r\nbody 3\r\n")[0] == "OK"
+    assert idle.until(rb"EXISTS") == b"* 4 EXISTS"
+    idle.done()
+    idle = Idle(one)
+    assert zero.store("1", "+FLAGS.SILENT", "(\\Deleted)")[0] == "OK"
+    assert zero.expunge() == ("OK", [b"1"])
+    assert idle.until(rb"EXPUNGE") == b"* 1 EXPUNGE"
+    idle.done()
+    for client in (zero, one):
+        assert client.uid("SEARCH", "ALL")[1] == [b"2 3 4"]
+        client.logout()
