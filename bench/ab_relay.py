@@ -1,8 +1,8 @@
 """A/B of the relay's per-command cost: this tree's mailproxy against another revision's, in one run.
 
     .venv/bin/python bench/ab_relay.py [--base REV] [--rounds 7] [--noops 2000] [--messages 300]
-                                       [--sessions 200] [--only SEQ CONC POP3LOGIN NOOP POP3 FETCH]
-                                       [--tls]
+                                       [--sessions 200]
+                                       [--only SEQ CONC POP3LOGIN NOOP STORM POP3 FETCH] [--tls]
 
 On a shared, loaded machine wall-clock figures move with the load, so the two proxies run side by
 side against one private Dovecot, their rounds interleaved (direct, base, this, direct, base, ...),
@@ -12,6 +12,10 @@ SELECT INBOX, LOGOUT) run one after the other (SEQ) and from 16 threads (CONC), 
 session (USER/PASS, STAT, QUIT; POP3LOGIN), per relayed NOOP, per MB of a POP3 download
 (USER/PASS, STAT, UIDL, RETR all, QUIT) and per MB of a bulk `UID FETCH 1:* BODY.PEEK[]`.
 Sessions/s, latency (NOOP p50) and throughput are printed too, with the load average.
+STORM (a login storm): NOOP p50/p99 of an established session while 16 other clients (two
+processes of 8 threads, so the storm does not share the measuring client's GIL) log in and out
+(LOGIN, SELECT INBOX, LOGOUT) through the same proxy as fast as they can; the storm's sessions/s
+is printed beside them. It shows what logins handled by trio's thread cost relayed commands.
 `--tls`: every row over implicit TLS from the client (both proxies and Dovecot serve one trustme
 certificate; the proxies relay in clear to Dovecot's plain ports; "direct" is Dovecot's TLS port).
 
@@ -25,6 +29,7 @@ Needs root, like the other relay benchmarks.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import pathlib
 import shutil
@@ -48,7 +53,7 @@ from common import (  # noqa: E402
     tls_listener,
 )
 
-RUN_FROM = ("import runpy, sys; sys.path.insert(0, {root!r}); sys.argv[0] = 'mailproxy'; "
+RUN_FROM = ("import runpy, sys; {prefix}sys.path.insert(0, {root!r}); sys.argv[0] = 'mailproxy'; "
             "runpy.run_module('proxy', run_name='__main__', alter_sys=True)")
 
 
@@ -76,15 +81,17 @@ def export(rev: str) -> pathlib.Path:
 
 
 def proxy_from(env: Env, root: pathlib.Path | None, listeners: list[dict],
-               engine: str | None = None) -> QuietProxyProcess:
-    """A proxy like env.proxy()'s, run from `root` (None: this tree, with `relay.engine`)."""
-    if root is None:
-        extra = {"relay": {"engine": engine}} if engine else None
+               engine: str | None = None, switch: str | None = None) -> QuietProxyProcess:
+    """A proxy like env.proxy()'s, run from `root` (None: this tree, with `relay.engine`), with
+    sys.setswitchinterval(`switch`) first when given."""
+    extra = {"relay": {"engine": engine}} if engine and root is None else None
+    if root is None and switch is None:
         return env.proxy(listeners, metrics=True, extra=extra)  # type: ignore[return-value]
-    probe = env.proxy(listeners, metrics=True)  # for its config; replaced below
+    probe = env.proxy(listeners, metrics=True, extra=extra)  # for its config; replaced below
     probe.stop()
-    command = [sys.executable, "-c", RUN_FROM.format(root=str(root)), "--log-level", "WARNING",
-               "serve", "--config", str(probe.config_path)]
+    prefix = f"sys.setswitchinterval({float(switch)}); " if switch else ""
+    command = [sys.executable, "-c", RUN_FROM.format(root=str(root or REPO_ROOT), prefix=prefix),
+               "--log-level", "WARNING", "serve", "--config", str(probe.config_path)]
     proc = QuietProxyProcess(probe.config, probe.tmp_path.with_name(probe.tmp_path.name + "-base"),
                              command=command)
     env.on_close(proc.stop)
@@ -154,6 +161,58 @@ def sessions_round(port: int, session, count: int, threads: int, pid: int | None
     return {"rate": count / elapsed, "cpu": cpu}
 
 
+STORM_PROCESSES, STORM_THREADS = 2, 8
+
+
+def _storm(port: int, user: str, password: str, stop, done, tls) -> None:
+    """A storm process: STORM_THREADS threads each running IMAP sessions back to back until
+    `stop` is set, counting them in `done`."""
+
+    def loop() -> None:
+        while not stop.is_set():
+            imap_session(port, user, password, tls)
+            with done.get_lock():
+                done.value += 1
+
+    threads = [threading.Thread(target=loop) for _ in range(STORM_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def storm_round(port: int, user: str, password: str, count: int, tls=None) -> dict:
+    """NOOP round trips of one established session while the storm runs through `port`."""
+    imap = Imap(port, tls)
+    imap.login(user, password)
+    imap.command(b"SELECT INBOX")
+    imap.noop_rtt_ns(200)
+    fork = multiprocessing.get_context("fork")   # (the ssl context is inherited, not pickled)
+    stop, done = fork.Event(), fork.Value("q", 0)
+    storm = [fork.Process(target=_storm, args=(port, user, password, stop, done, tls))
+             for _ in range(STORM_PROCESSES)]
+    for proc in storm:
+        proc.start()
+    try:
+        deadline = time.monotonic() + 60
+        while done.value < STORM_PROCESSES * STORM_THREADS:   # every storm client under way
+            if time.monotonic() > deadline or not all(p.is_alive() for p in storm):
+                raise SystemExit(f"login storm on port {port} did not start")
+            time.sleep(0.01)
+        d0, t0 = done.value, time.perf_counter()
+        samples = sorted(imap.noop_rtt_ns(count))
+        rate = (done.value - d0) / (time.perf_counter() - t0)
+    finally:
+        stop.set()
+        for proc in storm:
+            proc.join(60)
+    if any(proc.exitcode != 0 for proc in storm):
+        raise SystemExit(f"login storm on port {port} failed: {[p.exitcode for p in storm]}")
+    imap.logout()
+    return {"p50_us": percentile(samples, 0.5) / 1000, "p99_us": percentile(samples, 0.99) / 1000,
+            "logins": rate, "cpu": float("nan")}
+
+
 def pop3_login(port: int, user: str, password: str, tls=None) -> None:
     pop = Pop3(port, tls)
     try:
@@ -165,10 +224,12 @@ def pop3_login(port: int, user: str, password: str, tls=None) -> None:
         pop.sock.close()
 
 
-RUNS = ("SEQ", "CONC", "POP3LOGIN", "NOOP", "POP3", "FETCH")
+RUNS = ("SEQ", "CONC", "POP3LOGIN", "NOOP", "STORM", "POP3", "FETCH")
 SPEED = {"SEQ": ("rate", "ms CPU per session"), "CONC": ("rate", "ms CPU per session"),
          "POP3LOGIN": ("rate", "ms CPU per session"), "NOOP": ("p50_us", "us CPU per NOOP"),
-         "POP3": ("mbps", "ms CPU per MB"), "FETCH": ("mbps", "ms CPU per MB")}
+         "STORM": ("p50_us", ""), "POP3": ("mbps", "ms CPU per MB"),
+         "FETCH": ("mbps", "ms CPU per MB")}
+EXTRA = {"STORM": ("p99_us", "logins")}   # printed as medians beside the speed
 
 
 def main() -> None:
@@ -182,7 +243,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=RUNS, default=list(RUNS))
     parser.add_argument("--tls", action="store_true", help="implicit TLS from the client")
     parser.add_argument("--engines", default="",
-                        help="comma-separated relay.engine values for this tree (default: its default)")
+                        help="comma-separated relay.engine values for this tree (default: its "
+                             "default); ENGINE:SECONDS also sets sys.setswitchinterval(SECONDS)")
     args = parser.parse_args()
     head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
@@ -204,9 +266,10 @@ def main() -> None:
                 listeners = [{"name": "imap", "protocol": "imap"}, {"name": "pop3", "protocol": "pop3"}]
                 ctx, direct = None, (env.dovecot.imap_port, env.dovecot.pop3_port, None)
             procs = {"base": proxy_from(env, base_root, listeners)}
-            for engine in [e for e in args.engines.split(",") if e] or [""]:
-                procs[f"this-{engine}" if engine else "this"] = proxy_from(env, None, listeners,
-                                                                           engine or None)
+            for label in [e for e in args.engines.split(",") if e] or [""]:
+                engine, _, switch = label.partition(":")
+                procs[f"this-{label}" if label else "this"] = proxy_from(
+                    env, None, listeners, engine or None, switch or None)
             ports = {"direct": direct}
             for label, proc in procs.items():
                 ports[label] = (proc.port("imap"), proc.port("pop3"), proc.pid)
@@ -224,6 +287,7 @@ def main() -> None:
                 "CONC": lambda p: sessions_round(p[0], imap_once, sessions, 16, p[2]),
                 "POP3LOGIN": lambda p: sessions_round(p[1], pop3_once, sessions, 1, p[2]),
                 "NOOP": lambda p: noop_round(p[0], user, password, args.noops, p[2], ctx),
+                "STORM": lambda p: storm_round(p[0], user, password, args.noops, ctx),
                 "POP3": lambda p: pop3_round(p[1], user, password, sha, p[2], ctx),
                 "FETCH": lambda p: fetch_round(p[0], user, password, sha, p[2], ctx),
             }
@@ -239,8 +303,11 @@ def main() -> None:
                 for label, rs in results.items():
                     cpu = median([r["cpu"] for r in rs])
                     cpus = sorted(round(r["cpu"], 2) for r in rs)
-                    cells.append(f"{label}: {speed} {median([r[speed] for r in rs]):.1f}"
-                                 + ("" if label == "direct" else f", {unit} {cpu:.2f} {cpus}"))
+                    extra = "".join(f", {key} {median([r[key] for r in rs]):.1f}"
+                                    for key in EXTRA.get(name, ()))
+                    cells.append(f"{label}: {speed} {median([r[speed] for r in rs]):.1f}{extra}"
+                                 + ("" if label == "direct" or not unit
+                                    else f", {unit} {cpu:.2f} {cpus}"))
                 print(f"{name}: " + "; ".join(cells) + f"  (load {os.getloadavg()[0]:.1f})", flush=True)
     finally:
         shutil.rmtree(base_root, ignore_errors=True)
