@@ -12,6 +12,9 @@ import signal
 import socket
 import time
 
+import psycopg
+
+from proxy.gateway.fetcher import BATCH_MESSAGES
 from support.polling import wait_for
 
 from .conftest import message
@@ -177,4 +180,45 @@ def test_sigkill_of_a_replica_during_expunges_loses_nothing_it_did_not_expunge(
         assert set(range((round_no + 1) * COUNT, COUNT * ROUNDS)) <= left, (seed, round_no)
     told_everything(view, watcher, "INBOX")
     view.logout()
+    watcher.logout()
+
+
+def stored_rows(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+
+
+def test_sigkill_of_the_fetching_replica_mid_ingest_stores_every_message_once(
+        proxy_factory, dovecot, pg_dsn):
+    """The replica holding an account's fetch lease dies while it ingests: the other replica
+    takes the lease (PostgreSQL ended the dead one's session lock) and stores the rest; every
+    upstream message is in the store exactly once, byte for byte, with UIDs 1..N."""
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    name, password = dovecot.add_user()
+    total = BATCH_MESSAGES * 8
+    for n in range(total):
+        dovecot.deliver(name, message(n))
+    config = gateway_config(dovecot, pg_dsn)
+    victim, survivor = proxy_factory(config), proxy_factory(config)
+    with socket.create_connection(("127.0.0.1", victim.port("gw")), timeout=30) as sock:
+        sock.recv(4096)
+        sock.sendall(b'l LOGIN "%s" "%s"\r\n' % (name.encode(), password.encode()))  # fetches
+        # killed once its first batch is committed, with the next ones on the way
+        first = BATCH_MESSAGES * rng.randint(1, 3)
+        wait_for(lambda: stored_rows(pg_dsn) >= first, "the victim's first batches committed",
+                 interval=0.005)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+    partial = stored_rows(pg_dsn)
+    watcher = imaplib.IMAP4("127.0.0.1", survivor.port("gw"), timeout=30)
+    watcher.login(name, password)             # its sync, then every poll_interval
+
+    def stored() -> int:
+        return int(watcher.select("INBOX")[1][0])
+
+    wait_for(lambda: stored() == total, f"{total} messages stored ({seed=}, {partial=})")
+    assert sorted(message_ids(watcher, "INBOX")) == list(range(total)), (seed, partial)
+    uids = [int(uid) for uid in watcher.uid("SEARCH", "ALL")[1][0].split()]
+    assert uids == list(range(1, total + 1)), (seed, partial, uids)
     watcher.logout()
