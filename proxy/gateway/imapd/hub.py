@@ -15,7 +15,11 @@ Ordering. Two publishers may commit in one order and publish in the other. So:
 * new messages are published as the *tail* of a fresh `store.messages()` snapshot. UIDs are
   assigned in commit order, so a snapshot holding UID n holds every older surviving message;
   the hub forwards only the part above the highest UID it already announced for the mailbox,
-  and views ignore anything at or below their own highest UID.
+  and views ignore anything at or below their own highest UID;
+* that snapshot is read before its publication, so a message in it may have been expunged (and
+  the expunge published) in between: sessions that never heard of the message would then be
+  told of it after its EXPUNGE and keep it for good. The hub remembers expunged UIDs above what
+  it announced (`_unannounced_gone`) and leaves them out of later tails.
 
 \\Recent (RFC 3501 2.3.2) is recent in exactly one session: the first that *applies* the news
 (SELECT for what is there, a selected session for what arrives), claimed through the store's
@@ -77,6 +81,7 @@ class Hub:
         self._published: collections.Counter[int] = collections.Counter()   # since last prune
         self._listeners: dict[int, set[Listener]] = {}      # mailbox id -> views
         self._announced: dict[int, int] = {}                 # mailbox id -> highest UID sent
+        self._unannounced_gone: dict[int, set[int]] = {}     # mailbox id -> expunged UIDs above
         self._recent_floor: dict[int, int] = {}              # mailbox id -> known claimed floor
         self._pins: collections.Counter[int] = collections.Counter()   # body id -> views
         self.garbage: set[int] = set()                       # body ids no view pins
@@ -157,9 +162,14 @@ class Hub:
     def appended(self, mailbox_id: int, snapshot: list[MessageMeta]) -> None:
         """Announce new messages, given a `store.messages()` snapshot taken after the commit."""
         floor = self._announced.get(mailbox_id, 0)
-        tail = tuple(m for m in snapshot if m.uid > floor)
+        gone = self._unannounced_gone.get(mailbox_id, set())
+        tail = tuple(m for m in snapshot if m.uid > floor and m.uid not in gone)
         if snapshot:
-            self._announced[mailbox_id] = max(floor, snapshot[-1].uid)
+            floor = self._announced[mailbox_id] = max(floor, snapshot[-1].uid)
+            if gone:   # no later tail reaches down to the floor: forget what is below it
+                gone.difference_update([uid for uid in gone if uid <= floor])
+                if not gone:
+                    del self._unannounced_gone[mailbox_id]
         if not tail:
             return
         self._send(MailboxEvent(mailbox_id, EventKind.APPEND, metas=tail))
@@ -174,10 +184,15 @@ class Hub:
         """Announce expunged UIDs; `body_ids` are their bodies, garbage unless a view pins them
         (views pin in `notify`, synchronously, before this returns)."""
         if uids:
+            floor = self._announced.get(mailbox_id, 0)
+            above = [uid for uid in uids if uid > floor]
+            if above:   # a snapshot read before this expunge may still be published
+                self._unannounced_gone.setdefault(mailbox_id, set()).update(above)
             self._send(MailboxEvent(mailbox_id, EventKind.EXPUNGE, uids=tuple(uids), origin=origin))
         self.garbage.update(b for b in body_ids if b not in self._pins)
 
     def gone(self, mailbox_id: int, origin: object | None = None) -> None:
         self._announced.pop(mailbox_id, None)
+        self._unannounced_gone.pop(mailbox_id, None)
         self._recent_floor.pop(mailbox_id, None)
         self._send(MailboxEvent(mailbox_id, EventKind.GONE, origin=origin))
