@@ -1,237 +1,118 @@
-"""The POP3 relay after login: multi-line aware, pipelining aware, streaming.
+"""The POP3 relay after login on trio: two pumps in one nursery driving the relay core.
 
-Theory of operation: client commands are single lines, so the client pump forwards each parsed
-command (`raw` + CRLF; all commands of one read in one write) and queues, in order, the framing
-its answer will have (ResponseParser.expect(is_multiline(...))) and its name and start time for
-metrics. The upstream pump forwards every chunk as received; its parser only finds status lines
-and the `CRLF.CRLF` that ends a multi-line body with bytes.find across chunk boundaries, so a
-RETR body passes without per-line Python work.
-
-A few commands are answered by the proxy, in order: CAPA (the upstream's post-login list,
-filtered) and the authorization commands, which are wrong after login (RFC 1939 4). To keep
-pipelined answers in order the pump first waits until every earlier command has been answered.
+Theory of operation: the protocol logic is the sans-IO Pop3RelayCore (pop3_core.py): commands
+forwarded a run at a time, the queue of answers owed, the proxy's own answers in order, meters
+and the idle timer. This driver only moves bytes for it. The client pump hands each chunk to the
+core and writes the commands it returns upstream in one write; while a local answer waits for
+earlier commands to be answered (`core.waiting`) it stops reading the client. The upstream pump
+forwards each chunk to the client first and then lets the core parse it; when that answers the
+last earlier command, it writes the waiting answer and the commands behind it, then wakes the
+client pump. A watchdog task sleeps until the idle timer; the drain calls back (no task).
 With `relay.engine: epoll` a plain-TCP session runs in the engine instead (engine_pop3.py).
 """
 
 from __future__ import annotations
 
-import time
-from collections import deque
-
 import trio
 
-from .. import logs
-from ..metrics import command_label
 from ..net.conn import Conn
-from ..pop3 import (
-    NEED_DATA,
-    CommandParser,
-    Limits,
-    ProtocolError,
-    ResponseParser,
-    events,
-    is_multiline,
-    writer,
-)
-from ..session.channel import Channel
-from ..session.context import ByteCounter, CommandMeter, Session
-from ..session.failures import Close, limit_of_protocol_error
+from ..pop3 import CommandParser, Limits
+from ..session.context import Session
+from ..session.failures import Close
 from .engine import run_in_engine
 from .engine_pop3 import Pop3EngineSession
+from .pop3_core import Pop3RelayCore
 from .pop3_upstream import UpstreamPOP3, relayable
-
-_LOCAL = {b"CAPA", b"STLS", b"USER", b"PASS", b"APOP", b"AUTH", b"XCLIENT"}
 
 
 class Pop3Relay:
     def __init__(self, session: Session, client: Conn, client_leftover: bytes,
                  upstream: UpstreamPOP3):
         self.session = session
-        self.upstream = upstream
-        lim = session.listener.limits
-        self.client_parser = CommandParser(Limits(max_command_line=lim.pop3_max_command_line))
-        self.client = Channel(client, self.client_parser, NEED_DATA, client_leftover)
-        # Nothing follows the login's last reply (CAPA) until the next command is sent.
-        self.upstream_parser = ResponseParser(greeting=False, keep_bodies=False)
-        self.upstream_in = Channel(upstream.conn, self.upstream_parser, NEED_DATA)
-        self.pending: deque[tuple[str, float, bool]] = deque()  # name, start, multi-line
-        self.answered = trio.Event()
-        self.quit_seen = False
-        self.draining = False
-        metrics = session.runtime.metrics
-        self._bytes_up = ByteCounter(metrics.bytes.labels("client_to_upstream", "pop3"))
-        self._bytes_down = ByteCounter(metrics.bytes.labels("upstream_to_client", "pop3"))
-        self.last_active = trio.current_time()
-        self.meter = CommandMeter(session)
+        self.client = client
+        self.upstream = upstream.conn
+        parser = CommandParser(Limits(max_command_line=session.listener.limits.pop3_max_command_line))
+        if client_leftover:   # commands pipelined behind the login
+            parser.receive_data(client_leftover)
+        self.core = Pop3RelayCore(session, parser, relayable(upstream.capabilities),
+                                  trio.current_time())
+        self._answered = trio.Event()   # a waiting local answer went out: read the client again
+        self._cancel = trio.CancelScope()
 
     async def run(self) -> None:
         drain = self.session.runtime.drain
         try:
-            if await run_in_engine(self.session, self.client.conn, self.upstream.conn,
-                                   lambda *io: Pop3EngineSession(self, *io)):
+            if await run_in_engine(self.session, self.client, self.upstream,
+                                   lambda *io: Pop3EngineSession(self.core, *io)):
                 return
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
-                nursery.start_soon(self._upstream_to_client, nursery.cancel_scope)
+                nursery.start_soon(self._upstream_to_client)
                 nursery.start_soon(self._watch_idle)
                 drain.subscribe(self._drained)   # the process-wide drain calls back: no task
-                await self._client_to_upstream(nursery.cancel_scope)
+                await self._client_to_upstream()
         finally:  # also when cut at shutdown_timeout
             drain.unsubscribe(self._drained)
-            self._bytes_up.flush()
-            self._bytes_down.flush()
-            for name, _, _ in self.pending:
-                self.session.runtime.metrics.commands.labels("pop3", name, "none").inc()
+            self.core.settle()
 
-    # -- drain (SIGTERM): close after the current command ------------------------------------
     def _drained(self) -> None:
-        self.draining = True
-        self._close_if_at_rest()
-
-    def _close_if_at_rest(self) -> None:
-        if self.draining and not self.pending:
-            self.session.close_reason = Close.SHUTDOWN
+        """SIGTERM: close after the current command."""
+        self.core.drained()
+        if self.core.end is not None:
             self._cancel.cancel()
 
-    # -- client -> upstream ------------------------------------------------------------------
-    async def _client_to_upstream(self, cancel: trio.CancelScope) -> None:
-        try:
-            while True:
-                if not await self._client_commands():
-                    return
-                data = await self.client.receive()
-                self.last_active = trio.current_time()
-                if not data:
-                    self.session.close_reason = Close.CLIENT_CLOSED
-                    return
-                self.client.feed(data)
-        finally:
-            cancel.cancel()
-
     async def _watch_idle(self) -> None:
-        """RFC 1939 3 autologout: no client input (and no command being answered) for `idle`.
-        The deadline is re-read after each wake-up, so activity pushes it back."""
-        idle = self.session.listener.timeouts.idle
+        """RFC 1939 3 autologout: the core's idle deadline, re-read after each wake-up, so
+        activity pushes it back."""
+        core = self.core
         while True:
-            deadline = self.last_active + idle
+            deadline = core.due()
             if deadline <= trio.current_time():
                 break
             await trio.sleep_until(deadline)
-        # RFC 1939 3: on the autologout timer the server closes "without removing any messages
-        # or sending any response to the client" (a pipelining client would misread one).
-        self.session.end(Close.IDLE_TIMEOUT)
+        core.timer(trio.current_time())
         self._cancel.cancel()
 
-    async def _client_commands(self) -> bool:
-        """Forward every complete command buffered; False ends the session."""
-        batch = bytearray()
-        while True:
-            try:
-                event = self.client_parser.next_event()
-            except ProtocolError as exc:
-                self.session.runtime.metrics.protocol_errors.labels("pop3", exc.kind).inc()
-                limit = limit_of_protocol_error(exc.kind)
-                if limit is not None:
-                    self.session.limit_hit(limit)
-                if not await self._flush(batch):
-                    return False
-                await self._local_reply(exc.reply())
-                if exc.fatal:
-                    self.session.close_reason = Close.PROTOCOL_ERROR
-                    return False
-                continue
-            if event is NEED_DATA or isinstance(event, events.ConnectionClosed):
-                return await self._flush(batch)
-            if not isinstance(event, events.Command):
-                continue
-            self.session.commands += 1
-            if event.name in _LOCAL:
-                if not await self._flush(batch):
-                    return False
-                await self._local_reply(self._local_answer(event))
-                continue
-            multiline = is_multiline(event.name, event.args)
-            self.upstream_parser.expect(multiline)
-            self.pending.append((command_label("pop3", event.name), time.monotonic(), multiline))
-            if event.name == b"QUIT":
-                self.quit_seen = True
-            batch += event.raw + b"\r\n"
+    async def _sent(self, up: bytes | bytearray) -> bool:
+        """The core's own answers to the client first (their turn has come), then the commands
+        it returned upstream; False once the session ends."""
+        core = self.core
+        replies = core.take_replies()
+        if replies:
+            await self.client.send(replies)
+        if up and not await self.upstream.send(up):
+            core.finish(Close.UPSTREAM_CLOSED)
+        return core.end is None
 
-    async def _flush(self, batch: bytearray) -> bool:
-        if not batch:
-            return True
-        data = bytes(batch)
-        batch.clear()
-        self._bytes_up.add(len(data))
-        if not await self.upstream.conn.send(data):
-            self.session.close_reason = Close.UPSTREAM_CLOSED
-            return False
-        return True
-
-    def _local_answer(self, cmd: events.Command) -> bytes:
-        name = command_label("pop3", cmd.name)
-        if cmd.name == b"CAPA":
-            caps = b"".join(c + b"\r\n" for c in relayable(self.upstream.capabilities))
-            self.meter.completed(name, b"+OK", time.monotonic())
-            return writer.ok(b"Capability list follows") + writer.multiline(caps)
-        self.meter.completed(name, b"-ERR", time.monotonic())
-        return writer.err(b"Already authenticated.")
-
-    async def _local_reply(self, reply: bytes) -> None:
-        """Answer in order: after every command sent upstream has been answered."""
-        while self.pending:
-            self.answered = trio.Event()
-            await self.answered.wait()
-        await self.client.send(reply)
+    # -- client -> upstream ------------------------------------------------------------------
+    async def _client_to_upstream(self) -> None:
+        core = self.core
+        try:
+            up = core.commands()   # what was pipelined behind the login
+            while await self._sent(up):
+                while core.waiting is not None:   # answers in order: stop reading till then
+                    self._answered = trio.Event()
+                    await self._answered.wait()
+                data = await self.client.receive()
+                up = core.client_data(data, trio.current_time())
+                del data  # an idle session holds no chunk while it waits
+        finally:
+            self._cancel.cancel()
 
     # -- upstream -> client ------------------------------------------------------------------
-    async def _upstream_to_client(self, cancel: trio.CancelScope) -> None:
-        parser = self.upstream_parser
-        status = b"+OK"
+    async def _upstream_to_client(self) -> None:
+        core = self.core
         try:
             while True:
-                data = await self.upstream_in.receive()
-                if self.pending:  # answering a command is activity
-                    self.last_active = trio.current_time()
-                if not data:
-                    self.session.close_reason = Close.CLIENT_LOGOUT if self.quit_seen \
-                        else Close.UPSTREAM_CLOSED
+                data = await self.upstream.receive()
+                if data and not await self.client.send(data):   # forward first
+                    core.finish(Close.CLIENT_CLOSED)
                     return
-                self._bytes_down.add(len(data))
-                if not await self.client.send(data):  # forward first: parsing never delays it
-                    self.session.close_reason = Close.CLIENT_CLOSED
+                waited = core.waiting is not None
+                if not await self._sent(core.upstream_data(data, trio.current_time())):
                     return
-                self.upstream_in.feed(data)
-                try:
-                    status = self._upstream_events(parser, status)
-                except ProtocolError as exc:
-                    self.session.runtime.metrics.protocol_errors.labels("pop3", exc.kind).inc()
-                    logs.event("upstream_protocol_error", **self.session.log_fields(),
-                               upstream=self.session.upstream, kind=exc.kind)
-                    await self.client.send(writer.err(b"Upstream protocol error.", b"SYS/TEMP"))
-                    self.session.close_reason = Close.UPSTREAM_PROTOCOL_ERROR
-                    return
-                self._close_if_at_rest()
+                if waited and core.waiting is None:
+                    self._answered.set()
+                del data
         finally:
-            cancel.cancel()
-
-    def _upstream_events(self, parser: ResponseParser, status: bytes) -> bytes:
-        """Match status lines (and body ends) to pending commands; returns the status of the
-        response in progress, carried across chunks."""
-        while True:
-            event = parser.next_event()
-            if event is NEED_DATA or type(event) is events.ConnectionClosed:
-                return status
-            if type(event) is events.StatusLine:  # `type is`: exact classes, the fast test
-                status = b"+OK" if event.ok else b"-ERR"
-                if not event.ok or not (self.pending and self.pending[0][2]):
-                    self._finish(status)
-            elif type(event) is events.MultilineEnd:
-                self._finish(status)
-
-    def _finish(self, status: bytes) -> None:
-        if self.pending:
-            name, started, _ = self.pending.popleft()
-            self.meter.completed(name, status, started)
-        if not self.pending:
-            self.answered.set()
+            self._cancel.cancel()

@@ -1,0 +1,310 @@
+"""The IMAP relay's protocol logic after login, sans-IO: bytes in, what to send where out.
+
+Theory of operation: one ImapRelayCore per relayed session holds everything the relay knows:
+the command and response parsers in framing mode (line ends found with bytes.find, literal
+payloads skipped by count), held lines, commands in flight, byte counters, the timestamps of
+its timers and the proxy's own replies. Two drivers move bytes for it and do nothing else: the
+task path (imap_relay.py, two trio pumps) and the engine (engine_imap.py, one epoll thread); a
+session can move from one to the other at any chunk boundary because all state is here.
+
+- `client_data(chunk, now)` feeds a client chunk and returns what to forward upstream: only
+  what the parser accepted (held_lines.py). A command whose *first* line part is a syntax
+  error never reaches the upstream: its tagged BAD (RFC 3501 7.1.3) is answered between the
+  upstream's responses and the session goes on, as Dovecot does (`bad_commands` such answers
+  end it); an error past a command's first part (already upstream) ends it with BYE.
+- `upstream_data(chunk, now)` is called once the driver has forwarded the chunk to the client
+  (parsing never delays the bytes): tagged completions end commands in flight (metrics).
+- `due()` / `timer(now)`: RFC 3501 5.4 autologout after `idle` without client input, an IDLE
+  (RFC 2177) past `idle_command`, an upstream silent for `upstream_response` while a command
+  is owed an answer. `drained()`: BYE at the first rest (no command owed, between responses).
+
+After each call the driver sends `take_replies()` (the proxy's own lines, b"" mostly) to the
+client, and ends the session when `end` is set (its reason; session.close_reason is set too).
+`compress` is set when the client asked COMPRESS (RFC 4978): the core then stops reading the
+client's bytes until the driver has the upstream's verdict (imap_relay.py inflates copies).
+The core never reads a clock: drivers pass `now` (trio's clock, also the engine's).
+"""
+
+from __future__ import annotations
+
+from .. import logs
+from ..imap import NEED_DATA, CommandParser, ProtocolError, ResponseParser, events
+from ..metrics import command_label
+from ..session.context import ByteCounter, CommandMeter, Session
+from ..session.failures import Close, limit_of_protocol_error
+from .held_lines import HeldLines
+from .imap_compress import CompressAsked
+from .imap_inflight import InFlight
+
+__all__ = ["ImapRelayCore"]
+
+
+class ImapRelayCore:
+    __slots__ = ("session", "client_parser", "upstream_parser", "held", "inflight",
+                 "bytes_up", "bytes_down", "last_active", "upstream_heard", "logout_seen",
+                 "draining", "bad", "compress", "compressed", "end", "_replies", "_said",
+                 "_before", "_down_after_ok")
+
+    def __init__(self, session: Session, client_parser: CommandParser,
+                 upstream_parser: ResponseParser, client_leftover: bytes, now: float):
+        self.session = session
+        self.client_parser = client_parser
+        self.upstream_parser = upstream_parser
+        if client_leftover:   # commands pipelined behind the login
+            client_parser.receive_data(client_leftover)
+        self.held = HeldLines(client_parser, client_leftover)
+        self.inflight = InFlight(CommandMeter(session))
+        metrics = session.runtime.metrics
+        self.bytes_up = ByteCounter(metrics.bytes.labels("client_to_upstream", "imap"))
+        self.bytes_down = ByteCounter(metrics.bytes.labels("upstream_to_client", "imap"))
+        self.last_active = now
+        self.upstream_heard = now   # last upstream bytes, or a command owed an answer
+        self.logout_seen = False
+        self.draining = False
+        self.bad = 0
+        self.compress: CompressAsked | None = None   # a COMPRESS awaiting its verdict
+        self.compressed = False   # COMPRESS is active: parsers read inflated copies
+        self.end: Close | None = None
+        self._replies: list[bytes] = []   # the proxy's own lines, to the client now
+        self._said: list[bytes] = []      # ... and those waiting for a response boundary
+        self._before: list[bytes | bytearray] = []   # good bytes before a refused command
+        self._down_after_ok = b""   # what followed the upstream's OK to COMPRESS: compressed
+
+    # -- what the driver reads after each call --------------------------------------------
+    def take_replies(self) -> bytes:
+        """The proxy's own lines to write to the client now (b"" mostly)."""
+        if not self._replies:
+            return b""
+        replies, self._replies = self._replies, []
+        return b"".join(replies)
+
+    def settle(self) -> None:
+        """The session ended: flush the byte counters, count what was never answered."""
+        self.bytes_up.flush()
+        self.bytes_down.flush()
+        self.inflight.settle()
+
+    def finish(self, reason: Close) -> None:
+        if self.end is None:
+            self.end = reason
+            self.session.end(reason)
+
+    # -- client -> upstream ---------------------------------------------------------------
+    def client_data(self, data: bytes, now: float) -> bytes | bytearray:
+        """A chunk from the client (b"" at its end of stream): what to forward upstream.
+        While COMPRESS is active the chunk is returned whole (the driver parses its
+        inflated copy with `client_plain`)."""
+        self.last_active = now
+        if not data:
+            self.finish(Close.CLIENT_CLOSED)
+            return b""
+        if self.compressed:
+            self.bytes_up.add(len(data))
+            return data
+        self.client_parser.receive_data(data)
+        self.held.add(data)
+        return self.client_input()
+
+    def client_input(self) -> bytes | bytearray:
+        """Judge what the parser holds, then return what it accepted, to forward; after a
+        COMPRESS, what followed it stays held until the upstream's verdict."""
+        data: bytes | bytearray = b""
+        if self._client_events():
+            asked = self.compress
+            data = self.held.accepted(None if asked is None else len(asked.after))
+        if self._before:   # good commands before a refused one (forwarded even if it ends)
+            data = b"".join([*self._before, data])
+            self._before.clear()
+        if data:
+            self.bytes_up.add(len(data))
+        return data
+
+    def client_plain(self, plain: bytes) -> bool:
+        """An inflated slice of the client's compressed stream; False when the session ends."""
+        self.client_parser.receive_data(plain)
+        return self._client_events()
+
+    def _client_events(self) -> bool:
+        """Consume the parser's events for the data just received; False ends the session."""
+        parser, held = self.client_parser, self.held
+        while True:
+            try:
+                event = parser.next_event()
+            except ProtocolError as exc:
+                if not self._reject(exc):
+                    return False
+                continue
+            if held.dropping:
+                held.after_event()
+            if event is NEED_DATA:
+                return True
+            if type(event) is events.CommandStart:   # `type is`: exact classes, the fast test
+                name = command_label("imap", event.name)
+                self._started(event.tag, name)
+                if name == "LOGOUT":
+                    self.logout_seen = True
+            elif type(event) is events.Command:
+                if event.name == b"IDLE":
+                    self.inflight.idle_tag = event.tag
+                    parser.expect_line()
+                elif event.name == b"COMPRESS" and not self.compressed:
+                    # what follows may be compressed: stop here (once active, the upstream
+                    # refuses another: RFC 4978 3, COMPRESSIONACTIVE)
+                    self.compress = CompressAsked(event.tag, parser.take_unconsumed())
+                    return True
+            elif type(event) is events.RawLine:
+                command = self.inflight.raw_line(event.data)
+                if command is not None:
+                    self._started(*command)
+            elif type(event) is events.ConnectionClosed:
+                return True
+
+    def _started(self, tag: bytes, label: str) -> None:
+        self.session.commands += 1
+        inflight = self.inflight
+        if not inflight.owed():   # the upstream's time to answer starts now
+            self.upstream_heard = self.last_active
+        inflight.start(tag, label)
+
+    def _reject(self, exc: ProtocolError) -> bool:
+        """A client line the parser refused. When none of its command went upstream: answer
+        BAD, drop it and go on (False past `bad_commands`); otherwise BYE (False)."""
+        session = self.session
+        session.runtime.metrics.protocol_errors.labels("imap", exc.kind).inc()
+        limit = limit_of_protocol_error(exc.kind)
+        if limit is not None:
+            session.limit_hit(limit)
+        logs.event("client_protocol_error", **session.log_fields(), kind=exc.kind)
+        before = None if exc.fatal or self.compressed else self.held.reject()
+        if before is None:   # part of it is upstream already
+            self.last_words(exc.reply())
+            if not exc.fatal:  # a fatal error's reply is already an untagged BYE
+                self.last_words(b"* BYE Protocol error, closing.\r\n")
+            self.finish(Close.PROTOCOL_ERROR)
+            return False
+        if before:
+            self._before.append(before)
+        if exc.tag is not None and exc.kind != "line_too_long":
+            self.inflight.pending.pop(exc.tag, None)   # a literal's limit: CommandStart was seen
+        self._reply_between(exc.reply())
+        self.bad += 1
+        if self.bad < session.listener.limits.bad_commands:
+            return True
+        self.last_words(b"* BYE Too many invalid commands.\r\n")
+        self.finish(Close.BAD_COMMANDS)
+        return False
+
+    # -- the proxy's own lines ------------------------------------------------------------
+    def last_words(self, line: bytes) -> None:
+        """An untagged line of the proxy's own before closing, only where it cannot land in
+        the middle of a forwarded response (otherwise the connection just closes)."""
+        if self.upstream_parser.at_boundary:
+            self._replies.append(line)
+
+    def _reply_between(self, line: bytes) -> None:
+        """A reply of the proxy's own: now if the upstream's stream is between responses,
+        else queued until the next boundary."""
+        if not self._said and self.upstream_parser.at_boundary:
+            self._replies.append(line)
+        else:
+            self._said.append(line)
+
+    # -- upstream -> client ---------------------------------------------------------------
+    def upstream_data(self, data: bytes, now: float) -> bytes:
+        """A chunk from the upstream, already forwarded to the client (b"" at its end).
+        Returns what the driver must inflate and parse (`upstream_plain`, then
+        `upstream_parsed`) once COMPRESS is active: the chunk, or what followed the OK."""
+        self.upstream_heard = now
+        inflight = self.inflight
+        if inflight.pending and not inflight.idle_tag:   # answering is activity
+            self.last_active = now
+        if not data:
+            self.finish(Close.CLIENT_LOGOUT if self.logout_seen else Close.UPSTREAM_CLOSED)
+            return b""
+        self.bytes_down.add(len(data))
+        if self.compressed:
+            return data
+        self.upstream_parser.receive_data(data)
+        if not self.upstream_plain(b""):
+            return b""
+        if self.compressed:   # the OK to COMPRESS came in this chunk
+            rest, self._down_after_ok = self._down_after_ok, b""
+            if rest:
+                return rest
+        self.upstream_parsed()
+        return b""
+
+    def upstream_plain(self, plain: bytes) -> bool:
+        """Parse `plain` (b"": what was fed already); False, with BYE, on a protocol error."""
+        parser = self.upstream_parser
+        if plain:
+            parser.receive_data(plain)
+        while True:
+            try:
+                event = parser.next_event()
+            except ProtocolError as exc:
+                self.session.runtime.metrics.protocol_errors.labels("imap", exc.kind).inc()
+                logs.event("upstream_protocol_error", **self.session.log_fields(),
+                           upstream=self.session.upstream, kind=exc.kind)
+                self._replies.append(b"* BYE Upstream protocol error.\r\n")
+                self.finish(Close.UPSTREAM_PROTOCOL_ERROR)
+                return False
+            if event is NEED_DATA:
+                return True
+            if type(event) is events.TaggedResponse:
+                self.inflight.complete(event.tag, event.status)
+                asked = self.compress
+                if asked is not None and event.tag == asked.tag and not self.compressed:
+                    asked.ok = event.status == b"OK"
+                    asked.answered.set()
+                    if asked.ok:  # the rest of the stream is compressed (RFC 4978 3)
+                        self.compressed = True
+                        self._down_after_ok = parser.take_unconsumed()
+                        return True
+            elif type(event) is events.ConnectionClosed:
+                return True
+
+    def upstream_parsed(self) -> None:
+        """After a chunk's events: the proxy's queued replies at a boundary, the drain's BYE."""
+        if self._said and self.upstream_parser.at_boundary:
+            self._replies += self._said
+            self._said = []
+        if self.draining:
+            self._bye_if_at_rest()
+
+    # -- timers and drain -----------------------------------------------------------------
+    def due(self) -> float:
+        """When the nearest timer could fire (the driver's clock)."""
+        timeouts = self.session.listener.timeouts
+        idle_at = self.last_active + (
+            timeouts.idle_command if self.inflight.idle_tag else timeouts.idle)
+        return min(idle_at, self.upstream_heard + timeouts.upstream_response)
+
+    def timer(self, now: float) -> None:
+        """Act on whatever timer expired at `now`; activity since only pushed them back."""
+        timeouts = self.session.listener.timeouts
+        idle_at = self.last_active + (
+            timeouts.idle_command if self.inflight.idle_tag else timeouts.idle)
+        if now >= idle_at:
+            self.last_words(b"* BYE Autologout; idle for too long.\r\n")
+            self.finish(Close.IDLE_TIMEOUT)
+        elif now >= self.upstream_heard + timeouts.upstream_response:
+            if self.inflight.owed():
+                self.session.runtime.metrics.limit_hits.labels("upstream_response").inc()
+                self.last_words(b"* BYE Upstream server not responding.\r\n")
+                self.finish(Close.UPSTREAM_TIMEOUT)
+            else:
+                self.upstream_heard = now   # nothing owed: nothing to wait for
+
+    def drained(self) -> None:
+        """The process drains (SIGTERM): BYE after the current command."""
+        self.draining = True
+        self._bye_if_at_rest()
+
+    def _bye_if_at_rest(self) -> None:
+        """BYE as soon as no command is in flight (an IDLE does not count) and the upstream's
+        stream is between responses, so the BYE never splits one."""
+        if self.end is not None or self.inflight.owed() or not self.upstream_parser.at_boundary:
+            return
+        self._replies.append(b"* BYE Server shutting down.\r\n")
+        self.finish(Close.SHUTDOWN)

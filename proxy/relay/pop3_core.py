@@ -1,0 +1,216 @@
+"""The POP3 relay's protocol logic after login, sans-IO: bytes in, what to send where out.
+
+Theory of operation: client commands are single lines, so `client_data()` returns every
+complete command buffered (`raw` + CRLF, a run of them in one write) and queues, in order, the
+framing its answer will have (ResponseParser.expect(is_multiline(...))) and its name and start
+time for metrics. The upstream's chunks are forwarded by the driver as received and then given
+to `upstream_data()`, whose parser only finds status lines and the `CRLF.CRLF` that ends a
+multi-line body with bytes.find across chunk boundaries: a RETR body passes without per-line
+Python work.
+
+A few commands are answered by the proxy: CAPA (the upstream's post-login list, filtered) and
+the authorization commands, which are wrong after login (RFC 1939 4), and a refused line. To
+keep pipelined answers in order (RFC 2449 6.6) such an answer waits (`waiting`) until every
+earlier command has been answered: until then the driver stops reading the client, the rest of
+what it sent waits in the parser, and `commands()` takes it up again once `pending` is empty.
+
+After each call the driver writes `take_replies()` to the client and ends the session when
+`end` is set. Two drivers: the task path (pop3_relay.py) and the engine (engine_pop3.py).
+RFC 1939 3 autologout closes without a word; a drain closes once nothing is owed an answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from .. import logs
+from ..metrics import command_label
+from ..pop3 import NEED_DATA, CommandParser, ProtocolError, ResponseParser, events, is_multiline, writer
+from ..session.context import ByteCounter, CommandMeter, Session
+from ..session.failures import Close, limit_of_protocol_error
+
+__all__ = ["Pop3RelayCore"]
+
+_LOCAL = {b"CAPA", b"STLS", b"USER", b"PASS", b"APOP", b"AUTH", b"XCLIENT"}
+
+
+class Pop3RelayCore:
+    __slots__ = ("session", "client_parser", "upstream_parser", "capabilities", "pending",
+                 "meter", "bytes_up", "bytes_down", "last_active", "quit_seen", "draining",
+                 "waiting", "status", "end", "_replies")
+
+    def __init__(self, session: Session, client_parser: CommandParser,
+                 capabilities: list[bytes], now: float):
+        self.session = session
+        self.client_parser = client_parser
+        # Nothing follows the login's last reply (CAPA) until the next command is sent.
+        self.upstream_parser = ResponseParser(greeting=False, keep_bodies=False)
+        self.capabilities = capabilities   # what CAPA answers (relayable, post-login)
+        self.pending: deque[tuple[str, float, bool]] = deque()  # name, start, multi-line
+        self.meter = CommandMeter(session)
+        metrics = session.runtime.metrics
+        self.bytes_up = ByteCounter(metrics.bytes.labels("client_to_upstream", "pop3"))
+        self.bytes_down = ByteCounter(metrics.bytes.labels("upstream_to_client", "pop3"))
+        self.last_active = now
+        self.quit_seen = False
+        self.draining = False
+        self.waiting: tuple[bytes, bool] | None = None   # a local reply (and whether it ends)
+        self.status = b"+OK"   # of the upstream's response in progress, across chunks
+        self.end: Close | None = None
+        self._replies: list[bytes] = []
+
+    # -- what the driver reads after each call --------------------------------------------
+    def take_replies(self) -> bytes:
+        """The proxy's own answers to write to the client now (b"" mostly)."""
+        if not self._replies:
+            return b""
+        replies, self._replies = self._replies, []
+        return b"".join(replies)
+
+    def finish(self, reason: Close) -> None:
+        if self.end is None:
+            self.end = reason
+            self.session.end(reason)
+
+    def settle(self) -> None:
+        """The session ended: flush the byte counters, count what was never answered."""
+        self.bytes_up.flush()
+        self.bytes_down.flush()
+        for name, _, _ in self.pending:
+            self.session.runtime.metrics.commands.labels("pop3", name, "none").inc()
+
+    # -- client -> upstream ---------------------------------------------------------------
+    def client_data(self, data: bytes, now: float) -> bytes | bytearray:
+        """A chunk from the client (b"" at its end of stream): what to forward upstream."""
+        self.last_active = now
+        if not data:
+            self.finish(Close.CLIENT_CLOSED)
+            return b""
+        self.client_parser.receive_data(data)
+        return self.commands()
+
+    def commands(self) -> bytes | bytearray:
+        """Every complete command buffered up to a local answer that must wait, to forward in
+        one write; a local answer whose turn has come goes to the replies (iterative: a chunk
+        may hold many)."""
+        while True:
+            batch = self._batch()
+            if batch or self.waiting is None or self.pending:
+                return batch
+            reply, fatal = self.waiting
+            self.waiting = None
+            self._replies.append(reply)
+            if fatal:
+                self.finish(Close.PROTOCOL_ERROR)
+                return b""
+
+    def _batch(self) -> bytes | bytearray:
+        """The commands to forward up to the next local answer (then `waiting`) or NEED_DATA."""
+        parser, session = self.client_parser, self.session
+        batch: bytes | bytearray = b""
+        while self.waiting is None:
+            try:
+                event = parser.next_event()
+            except ProtocolError as exc:
+                session.runtime.metrics.protocol_errors.labels("pop3", exc.kind).inc()
+                limit = limit_of_protocol_error(exc.kind)
+                if limit is not None:
+                    session.limit_hit(limit)
+                self.waiting = (exc.reply(), exc.fatal)
+                break
+            if type(event) is not events.Command:
+                if event is NEED_DATA or type(event) is events.ConnectionClosed:
+                    break
+                continue
+            session.commands += 1
+            name = event.name
+            if name in _LOCAL:
+                self.waiting = (self._local_answer(event), False)
+                break
+            multiline = is_multiline(name, event.args)
+            self.upstream_parser.expect(multiline)
+            self.pending.append((command_label("pop3", name), time.monotonic(), multiline))
+            if name == b"QUIT":
+                self.quit_seen = True
+            line = event.raw + b"\r\n"
+            batch = line if not batch else bytearray(batch) + line
+        if batch:
+            self.bytes_up.add(len(batch))
+        return batch
+
+    def _local_answer(self, cmd: events.Command) -> bytes:
+        name = command_label("pop3", cmd.name)
+        if cmd.name == b"CAPA":
+            caps = b"".join(c + b"\r\n" for c in self.capabilities)
+            self.meter.completed(name, b"+OK", time.monotonic())
+            return writer.ok(b"Capability list follows") + writer.multiline(caps)
+        self.meter.completed(name, b"-ERR", time.monotonic())
+        return writer.err(b"Already authenticated.")
+
+    # -- upstream -> client ---------------------------------------------------------------
+    def upstream_data(self, data: bytes, now: float) -> bytes | bytearray:
+        """A chunk from the upstream, already forwarded to the client (b"" at its end).
+        Returns what to forward upstream: the commands a local answer held back, once every
+        earlier command has been answered (the driver resumes reading the client then)."""
+        if self.pending:   # answering a command is activity
+            self.last_active = now
+        if not data:
+            self.finish(Close.CLIENT_LOGOUT if self.quit_seen else Close.UPSTREAM_CLOSED)
+            return b""
+        self.bytes_down.add(len(data))
+        parser = self.upstream_parser
+        parser.receive_data(data)
+        try:
+            self._upstream_events(parser)
+        except ProtocolError as exc:
+            session = self.session
+            session.runtime.metrics.protocol_errors.labels("pop3", exc.kind).inc()
+            logs.event("upstream_protocol_error", **session.log_fields(),
+                       upstream=session.upstream, kind=exc.kind)
+            self._replies.append(writer.err(b"Upstream protocol error.", b"SYS/TEMP"))
+            self.finish(Close.UPSTREAM_PROTOCOL_ERROR)
+            return b""
+        up: bytes | bytearray = b""
+        if self.waiting is not None and not self.pending:
+            up = self.commands()   # the local answer it waited for, and what followed it
+        self._close_if_at_rest()
+        return up
+
+    def _upstream_events(self, parser: ResponseParser) -> None:
+        """Match status lines (and body ends) to pending commands; the status of the response
+        in progress is carried across chunks."""
+        while True:
+            event = parser.next_event()
+            if type(event) is events.StatusLine:  # `type is`: exact classes, the fast test
+                ok = event.ok
+                self.status = b"+OK" if ok else b"-ERR"
+                if not ok or not (self.pending and self.pending[0][2]):
+                    self._answered()
+            elif type(event) is events.MultilineEnd:
+                self._answered()
+            elif event is NEED_DATA or type(event) is events.ConnectionClosed:
+                return
+
+    def _answered(self) -> None:
+        if self.pending:
+            name, started, _ = self.pending.popleft()
+            self.meter.completed(name, self.status, started)
+
+    # -- timers and drain -----------------------------------------------------------------
+    def due(self) -> float:
+        return self.last_active + self.session.listener.timeouts.idle
+
+    def timer(self, now: float) -> None:
+        # RFC 1939 3: closed "without removing any messages or sending any response to the
+        # client" (a pipelining client would misread one)
+        if now >= self.due():
+            self.finish(Close.IDLE_TIMEOUT)
+
+    def drained(self) -> None:
+        self.draining = True
+        self._close_if_at_rest()
+
+    def _close_if_at_rest(self) -> None:
+        if self.draining and not self.pending:
+            self.finish(Close.SHUTDOWN)

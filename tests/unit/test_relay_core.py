@@ -1,0 +1,228 @@
+"""The relay cores (proxy/relay/imap_core.py, pop3_core.py) alone: bytes in, what to send
+where out, with a real Session and a fresh metrics registry (no sockets, no trio). Both drivers
+(the trio pumps and the epoll engine) only move what these return, so what is proven here holds
+for both; tests/integration runs the drivers against Dovecot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from proxy.config import loads
+from proxy.imap import NEED_DATA
+from proxy.imap import CommandParser as ImapCommands
+from proxy.imap import Limits as ImapLimits
+from proxy.imap import ResponseParser as ImapResponses
+from proxy.metrics import Metrics
+from proxy.pop3 import CommandParser as Pop3Commands
+from proxy.pop3 import Limits as Pop3Limits
+from proxy.relay.imap_core import ImapRelayCore
+from proxy.relay.pop3_core import Pop3RelayCore
+from proxy.session.context import Runtime, Session
+from proxy.session.failures import Close
+
+IDLE, UPSTREAM_RESPONSE = 1800.0, 60.0
+
+
+def session(protocol: str, bad_commands: int = 3) -> tuple[Session, Metrics]:
+    port = {"imap": 143, "pop3": 110}[protocol]
+    config = loads(json.dumps({
+        "listeners": [{"name": "l", "protocol": protocol, "address": "127.0.0.1:0",
+                       "limits": {"bad_commands": bad_commands, "max_line": 64},
+                       "timeouts": {"idle": f"{IDLE:g}s",
+                                    "upstream_response": f"{UPSTREAM_RESPONSE:g}s"}}],
+        "upstreams": {"up": {"host": "192.0.2.1", protocol: {"port": port, "tls": "none"}}},
+        "routes": [{"match": "*", "upstream": "up"}],
+    }))
+    metrics = Metrics()
+    runtime = Runtime.build(config, metrics)
+    return Session(runtime, config.listeners[0], "127.0.0.1", 40000, "127.0.0.1", port), metrics
+
+
+def commands(metrics: Metrics, protocol: str, command: str, status: str) -> float | None:
+    return metrics.registry.get_sample_value(
+        "mailproxy_commands_total", {"protocol": protocol, "command": command, "status": status})
+
+
+def imap_core(leftover: bytes = b"", bad_commands: int = 3) -> tuple[ImapRelayCore, Metrics]:
+    sess, metrics = session("imap", bad_commands)
+    responses = ImapResponses(ImapLimits(max_line=64, max_literal=1000))
+    responses.receive_data(b"* OK hi\r\na0 OK logged in\r\n")   # (the login's, done)
+    while responses.next_event() is not NEED_DATA:
+        pass
+    core = ImapRelayCore(sess, ImapCommands(ImapLimits(max_line=64, max_literal=1000)),
+                         responses, leftover, now=0.0)
+    return core, metrics
+
+
+# -- IMAP -----------------------------------------------------------------------------------
+
+def test_imap_a_complete_command_is_forwarded_as_received_and_its_answer_counted():
+    core, metrics = imap_core()
+    chunk = b"a1 NOOP\r\n"
+    assert core.client_data(chunk, 1.0) is chunk   # the fast path: the very bytes, no copy
+    assert core.inflight.owed() and core.session.commands == 1
+    assert core.upstream_data(b"a1 OK NOOP done\r\n", 2.0) == b""
+    assert not core.inflight.owed() and core.take_replies() == b"" and core.end is None
+    assert commands(metrics, "imap", "NOOP", "OK") == 1
+
+
+GOOD = b"a1 NOOP\r\nA2 APPEND x {3}\r\nabc\r\n"
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 1000])
+def test_imap_a_refused_command_is_answered_bad_and_never_forwarded(size):
+    """RFC 3501 7.1.3: the tagged BAD comes from the proxy, the good commands around it go
+    upstream unchanged, however the input is cut."""
+    core, metrics = imap_core()
+    wire = GOOD + b"(x NOOP\r\n" + GOOD
+    up, replies = bytearray(), bytearray()
+    for start in range(0, len(wire), size):
+        up += core.client_data(wire[start:start + size], 1.0)
+        replies += core.take_replies()
+    assert (bytes(up), bytes(replies)) == (GOOD + GOOD, b"* BAD [CLIENTBUG] Invalid tag\r\n")
+    assert core.bad == 1 and core.end is None
+    assert metrics.registry.get_sample_value(
+        "mailproxy_protocol_errors_total", {"protocol": "imap", "kind": "bad_syntax"}) == 1
+
+
+def test_imap_a_bad_answer_waits_for_the_end_of_the_upstream_response():
+    core, _ = imap_core()
+    core.client_data(b"a1 FETCH 1 BODY[]\r\n", 1.0)
+    core.upstream_data(b"* 1 FETCH (BODY[] {10}\r\n01234", 2.0)   # mid-literal
+    assert core.client_data(b"a3\r\n", 3.0) == b"" and core.take_replies() == b""
+    core.upstream_data(b"56789", 4.0)
+    assert core.take_replies() == b""
+    core.upstream_data(b")\r\n", 5.0)   # the untagged response ends: a boundary
+    assert core.take_replies() == b"a3 BAD [CLIENTBUG] Missing command name\r\n"
+
+
+def test_imap_too_many_bad_commands_end_the_session():
+    core, metrics = imap_core(bad_commands=2)
+    core.client_data(b"(x\r\n", 1.0)
+    assert core.end is None
+    core.client_data(b"a1 NOOP\r\n(y\r\n", 1.0)
+    assert core.take_replies() == (b"* BAD [CLIENTBUG] Invalid tag\r\n" * 2
+                                   + b"* BYE Too many invalid commands.\r\n")
+    assert core.end is Close.BAD_COMMANDS and core.session.close_reason is Close.BAD_COMMANDS
+    assert metrics.registry.get_sample_value(
+        "mailproxy_limit_hits_total", {"limit": "bad_commands"}) == 1
+
+
+def test_imap_commands_pipelined_behind_the_login_are_judged_first():
+    core, _ = imap_core(leftover=b"a1 NOOP\r\na2 SEL")
+    assert bytes(core.client_input()) == b"a1 NOOP\r\n"
+    assert bytes(core.client_data(b"ECT INBOX\r\n", 1.0)) == b"a2 SELECT INBOX\r\n"
+
+
+def test_imap_idle_and_done():
+    core, metrics = imap_core()
+    core.client_data(b"a1 IDLE\r\n", 1.0)
+    assert core.inflight.idle_tag == b"a1" and not core.inflight.owed()
+    core.upstream_data(b"+ idling\r\n", 2.0)
+    assert bytes(core.client_data(b"DONE\r\n", 3.0)) == b"DONE\r\n"
+    core.upstream_data(b"a1 OK IDLE done\r\n", 4.0)
+    assert commands(metrics, "imap", "IDLE", "OK") == 1
+
+
+def test_imap_timers():
+    core, _ = imap_core()
+    core.client_data(b"a1 NOOP\r\n", 10.0)
+    assert core.due() == 10.0 + UPSTREAM_RESPONSE
+    core.timer(10.0 + UPSTREAM_RESPONSE)
+    assert core.take_replies() == b"* BYE Upstream server not responding.\r\n"
+    assert core.end is Close.UPSTREAM_TIMEOUT
+    core, _ = imap_core()
+    core.client_data(b"a1 NOOP\r\n", 10.0)
+    core.upstream_data(b"a1 OK\r\n", 11.0)
+    assert core.due() == 11.0 + UPSTREAM_RESPONSE
+    core.timer(11.0 + UPSTREAM_RESPONSE)   # nothing owed: the upstream's timer restarts
+    assert core.end is None and core.due() == 11.0 + 2 * UPSTREAM_RESPONSE
+    core.timer(11.0 + IDLE)   # answering was activity: idle counts from 11.0
+    assert core.take_replies() == b"* BYE Autologout; idle for too long.\r\n"
+    assert core.end is Close.IDLE_TIMEOUT
+
+
+def test_imap_drain_says_bye_once_nothing_is_owed():
+    core, _ = imap_core()
+    core.client_data(b"a1 NOOP\r\n", 1.0)
+    core.drained()
+    assert core.end is None and core.take_replies() == b""
+    core.upstream_data(b"a1 OK\r\n", 2.0)
+    assert core.take_replies() == b"* BYE Server shutting down.\r\n"
+    assert core.end is Close.SHUTDOWN
+
+
+def test_imap_ends():
+    core, _ = imap_core()
+    core.client_data(b"a1 LOGOUT\r\n", 1.0)
+    core.upstream_data(b"* BYE bye\r\na1 OK\r\n", 2.0)
+    core.upstream_data(b"", 3.0)
+    assert core.end is Close.CLIENT_LOGOUT
+    core, _ = imap_core()
+    core.upstream_data(b"a1 NONSENSE\r\n", 1.0)
+    assert core.take_replies() == b"* BYE Upstream protocol error.\r\n"
+    assert core.end is Close.UPSTREAM_PROTOCOL_ERROR
+    core, _ = imap_core()
+    assert core.client_data(b"", 1.0) == b"" and core.end is Close.CLIENT_CLOSED
+
+
+def test_imap_compress_stops_at_the_command_until_the_verdict():
+    core, _ = imap_core()
+    up = core.client_data(b"a1 COMPRESS DEFLATE\r\n\x01\x02", 1.0)
+    assert bytes(up) == b"a1 COMPRESS DEFLATE\r\n"
+    assert core.compress is not None and core.compress.after == b"\x01\x02"
+    assert core.upstream_data(b"a1 OK DEFLATE active\r\n\x03\x04", 2.0) == b"\x03\x04"
+    assert core.compressed and core.compress.ok
+
+
+# -- POP3 -----------------------------------------------------------------------------------
+
+def pop3_core() -> tuple[Pop3RelayCore, Metrics]:
+    sess, metrics = session("pop3")
+    return Pop3RelayCore(sess, Pop3Commands(Pop3Limits(max_command_line=255)),
+                         [b"USER", b"UIDL"], now=0.0), metrics
+
+
+def test_pop3_a_retr_body_passes_across_chunks_and_is_counted_once():
+    core, metrics = pop3_core()
+    assert bytes(core.client_data(b"RETR 1\r\n", 1.0)) == b"RETR 1\r\n"
+    for chunk in (b"+OK 20 octets\r\nline one\r\n", b"..dot\r\n.", b"\r", b"\n"):
+        assert core.upstream_data(chunk, 2.0) == b""
+        assert commands(metrics, "pop3", "RETR", "+OK") == (1 if chunk == b"\n" else None)
+    assert not core.pending and core.end is None
+
+
+def test_pop3_local_answers_keep_the_order_of_pipelined_commands():
+    """RFC 2449 6.6: a CAPA behind a STAT is answered after the STAT's answer; the commands
+    behind the CAPA wait with it, then go upstream."""
+    core, metrics = pop3_core()
+    up = core.client_data(b"USER x\r\nSTAT\r\nCAPA\r\nLIST 1\r\nNOOP\r\n", 1.0)
+    assert bytes(up) == b"STAT\r\n"
+    assert core.take_replies() == b"-ERR Already authenticated.\r\n"
+    assert core.waiting is not None   # the driver stops reading the client
+    up = core.upstream_data(b"+OK 2 320\r\n", 2.0)
+    assert core.take_replies() == b"+OK Capability list follows\r\nUSER\r\nUIDL\r\n.\r\n"
+    assert bytes(up) == b"LIST 1\r\nNOOP\r\n" and core.waiting is None
+    assert commands(metrics, "pop3", "STAT", "+OK") == 1
+    assert commands(metrics, "pop3", "CAPA", "+OK") == 1
+
+
+def test_pop3_timer_drain_and_ends():
+    core, _ = pop3_core()
+    core.client_data(b"STAT\r\n", 5.0)
+    core.drained()
+    assert core.end is None
+    core.upstream_data(b"+OK 0 0\r\n", 6.0)
+    assert core.end is Close.SHUTDOWN
+    core, metrics = pop3_core()
+    core.timer(IDLE - 1)
+    assert core.end is None
+    core.timer(IDLE)
+    assert core.end is Close.IDLE_TIMEOUT and core.take_replies() == b""   # RFC 1939 3: no word
+    core, _ = pop3_core()
+    core.client_data(b"QUIT\r\n", 1.0)
+    core.upstream_data(b"+OK bye\r\n", 2.0)
+    core.upstream_data(b"", 3.0)
+    assert core.end is Close.CLIENT_LOGOUT
