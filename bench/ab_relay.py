@@ -22,7 +22,8 @@ certificate; the proxies relay in clear to Dovecot's plain ports; "direct" is Do
 The base revision (default `main`) is exported with `git archive` into a temporary directory and
 run from there (`python -c ... runpy.run_module("proxy")` with that directory first on sys.path),
 with the same config as this tree's proxy. `--engines tasks,epoll` runs one proxy of this tree
-per `relay.engine` value (the base gets no `relay:` key, which older revisions do not know).
+per `relay.engine` value (the base gets no `relay:` key, which older revisions do not know;
+`--base-engines tasks,epoll` does the same for a base that knows it).
 Needs root, like the other relay benchmarks.
 """
 
@@ -82,9 +83,9 @@ def export(rev: str) -> pathlib.Path:
 
 def proxy_from(env: Env, root: pathlib.Path | None, listeners: list[dict],
                engine: str | None = None, switch: str | None = None) -> QuietProxyProcess:
-    """A proxy like env.proxy()'s, run from `root` (None: this tree, with `relay.engine`), with
-    sys.setswitchinterval(`switch`) first when given."""
-    extra = {"relay": {"engine": engine}} if engine and root is None else None
+    """A proxy like env.proxy()'s, run from `root` (None: this tree) with `relay.engine` (a base
+    revision must know the key) and sys.setswitchinterval(`switch`) first when given."""
+    extra = {"relay": {"engine": engine}} if engine else None
     if root is None and switch is None:
         return env.proxy(listeners, metrics=True, extra=extra)  # type: ignore[return-value]
     probe = env.proxy(listeners, metrics=True, extra=extra)  # for its config; replaced below
@@ -245,6 +246,8 @@ def main() -> None:
     parser.add_argument("--engines", default="",
                         help="comma-separated relay.engine values for this tree (default: its "
                              "default); ENGINE:SECONDS also sets sys.setswitchinterval(SECONDS)")
+    parser.add_argument("--base-engines", default="",
+                        help="the same for the base (a revision that knows `relay.engine`)")
     args = parser.parse_args()
     head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
@@ -265,7 +268,11 @@ def main() -> None:
             else:
                 listeners = [{"name": "imap", "protocol": "imap"}, {"name": "pop3", "protocol": "pop3"}]
                 ctx, direct = None, (env.dovecot.imap_port, env.dovecot.pop3_port, None)
-            procs = {"base": proxy_from(env, base_root, listeners)}
+            procs = {}
+            for label in [e for e in args.base_engines.split(",") if e] or [""]:
+                engine, _, switch = label.partition(":")
+                procs[f"base-{label}" if label else "base"] = proxy_from(
+                    env, base_root, listeners, engine or None, switch or None)
             for label in [e for e in args.engines.split(",") if e] or [""]:
                 engine, _, switch = label.partition(":")
                 procs[f"this-{label}" if label else "this"] = proxy_from(

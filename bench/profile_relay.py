@@ -10,6 +10,7 @@ the event loop waiting in epoll, are not recorded by py-spy). The raw stacks are
 summarised: top functions by own samples and by total (inclusive) samples, as shares of all samples.
 `--tls`: the client speaks implicit TLS to the proxy (relayed in clear to Dovecot). `--base REV`:
 profile another revision's proxy (exported as bench/ab_relay.py does) instead of this tree's.
+`--engine tasks|epoll`: this tree's proxy with that `relay.engine`.
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=["login", "noop", "retr"])
     parser.add_argument("--tls", action="store_true", help="implicit TLS from the client")
     parser.add_argument("--base", default=None, help="profile this revision's proxy instead")
+    parser.add_argument("--engine", choices=["tasks", "epoll"], default=None,
+                        help="relay.engine of this tree's proxy (default: the config default)")
     args = parser.parse_args()
     out = args.out or pathlib.Path(tempfile.mkdtemp(prefix="mailproxy-profile-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +123,7 @@ def main() -> None:
         else:
             listeners = [{"name": "imap", "protocol": "imap"}, {"name": "pop3", "protocol": "pop3"}]
             ctx = None
-        proxy = proxy_from(env, base_root, listeners)
+        proxy = proxy_from(env, base_root, listeners, args.engine)
         imap_port, pop3_port = proxy.port("imap"), proxy.port("pop3")
         imap_session(imap_port, sess_user, sess_pw, ctx)  # warm-up
         workloads = {
