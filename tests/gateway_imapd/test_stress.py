@@ -2,7 +2,8 @@
 checks the tester) and against the gateway (issue 13). Seeded: the seed is printed on failure;
 MAILPROXY_STRESS_SEED repeats a run, MAILPROXY_STRESS_SECONDS makes it longer (default 20 s each),
 MAILPROXY_STRESS_SESSIONS changes the number of sessions (default 6), MAILPROXY_STRESS_REPLICAS
-the number of gateway processes of the PostgreSQL test (default 2).
+the number of gateway processes of the PostgreSQL test (default 2). MAILPROXY_STRESS_TRACE=DIR
+writes each session's last lines sent and received there when a run fails.
 
 MAILPROXY_STRESS_MIX=wide adds steps.py's mix (mailboxes created/renamed/deleted while selected
 elsewhere, COPY/MOVE, QRESYNC reconnects, UNCHANGEDSINCE, ingest mid-run). It is a local tool for
@@ -24,12 +25,13 @@ ERRORS_SHOWN = int(os.environ.get("MAILPROXY_STRESS_ERRORS", "25"))
 WIDE = os.environ.get("MAILPROXY_STRESS_MIX", "core") == "wide"
 REPLICAS = int(os.environ.get("MAILPROXY_STRESS_REPLICAS", "2"))
 SEED = int(os.environ["MAILPROXY_STRESS_SEED"]) if os.environ.get("MAILPROXY_STRESS_SEED") else None
+TRACE = os.environ.get("MAILPROXY_STRESS_TRACE")
 
 
 async def _stress(target: Target, deliver, allow_nil: bool = False):
     result = await trio.to_thread.run_sync(
         lambda: run_stress(target, sessions=SESSIONS, seconds=SECONDS, seed=SEED,
-                           allow_nil=allow_nil, deliver=deliver, wide=WIDE))
+                           allow_nil=allow_nil, deliver=deliver, wide=WIDE, trace_dir=TRACE))
     print(result.report(ERRORS_SHOWN))
     assert not result.errors, result.report()
     assert result.checkpoints == max(1, round(SECONDS / 2.5)), result.report()
@@ -60,7 +62,8 @@ def test_stress_two_gateway_processes_on_one_postgresql(proxy_factory, dovecot, 
                       user, password) for _ in range(REPLICAS)]
     result = run_stress(targets[0], sessions=SESSIONS, seconds=SECONDS, seed=SEED,
                         others=tuple(targets[1:]),
-                        deliver=lambda data: dovecot.deliver(user, data), wide=WIDE)
+                        deliver=lambda data: dovecot.deliver(user, data), wide=WIDE,
+                        trace_dir=TRACE)
     print(result.report())
     assert not result.errors, result.report()
     assert result.checkpoints == max(1, round(SECONDS / 2.5)), result.report()

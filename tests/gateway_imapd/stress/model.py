@@ -24,6 +24,7 @@ and a mailbox created again under an old name gets a new one (RFC 3501 2.3.1.1).
 
 from __future__ import annotations
 
+import collections
 import re
 import threading
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class Shared:
     recent_owner: dict[tuple, int] = field(default_factory=dict)       # (space, uid) -> session
     modseq_flags: dict[tuple, frozenset[str]] = field(default_factory=dict)   # (space, uid, modseq)
     errors: list[str] = field(default_factory=list)
+    traces: dict[int, collections.deque] = field(default_factory=dict)   # session -> lines
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def error(self, text: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import random
 import re
 import threading
@@ -65,7 +66,8 @@ def run_stress(target: Target, *, sessions: int = 6, seconds: float = 20.0,
                round_seconds: float = 2.5, seed: int | None = None,
                allow_nil: bool = False, shared: Shared | None = None,
                others: tuple[Target, ...] = (),
-               deliver: Callable[[bytes], None] | None = None, wide: bool = True) -> Result:
+               deliver: Callable[[bytes], None] | None = None, wide: bool = True,
+               trace_dir: str | None = None) -> Result:
     """Run the tester against `target`; never raises for server behaviour (see Result.errors).
     `allow_nil`: tolerate RFC 2180 4.1.2 (NIL data for messages expunged elsewhere, model.py).
     `shared`: the `Shared` of an earlier run on the same account (its appended bodies).
@@ -77,7 +79,9 @@ def run_stress(target: Target, *, sessions: int = 6, seconds: float = 20.0,
     its steps, so mail is ingested during everything else (checkpoints settle as with `others`:
     a login or a poll may ingest between two pictures).
     `wide`: the whole mix (steps.py: mailboxes, COPY/MOVE, QRESYNC sessions, ingest); False: the
-    core mix of APPEND, FETCH, STORE, EXPUNGE, SEARCH, NOOP, IDLE and pipelines only."""
+    core mix of APPEND, FETCH, STORE, EXPUNGE, SEARCH, NOOP, IDLE and pipelines only.
+    `trace_dir`: when the run has errors, each session's last lines sent and received (with
+    `time.monotonic()` stamps) are written there as SEED-sN.txt, for finding the interleaving."""
     targets = (target, *others)
     seed = random.randrange(1 << 32) if seed is None else seed
     if shared is None:
@@ -141,6 +145,10 @@ def run_stress(target: Target, *, sessions: int = 6, seconds: float = 20.0,
     result.seconds = time.monotonic() - started
     result.timings = dict(timings)
     result.work_seconds = rounds * round_seconds
+    if trace_dir and result.errors:
+        for sid, lines in shared.traces.items():
+            with open(os.path.join(trace_dir, f"{seed}-s{sid}.txt"), "wb") as out:
+                out.write(b"\n".join(lines) + b"\n")
     return result
 
 

@@ -28,6 +28,7 @@ READ_TIMEOUT = 30.0            # a server silent this long is hung: an error, no
 SYSTEM = ["\\Seen", "\\Flagged", "\\Answered", "\\Draft"]
 LABELS = ["$Label1", "$Label2", "$Label3", "$Forwarded"]
 MAX_NEW_KEYWORDS = 40
+TRACE_LINES, TRACE_WIDTH = 3000, 160   # per session: the last lines sent and received
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india"]
 
 
@@ -59,6 +60,11 @@ class Session:
         self.deliver: Callable[[bytes], None] | None = None  # into the POP3 upstream (ingest)
         self.replicas = False        # other servers share the mailbox (their changes lag)
         self.wide = True             # the whole mix (run_stress's `wide`)
+        # what was said, for a failed run's report (run_stress's `trace_dir`)
+        self.trace = shared.traces.setdefault(sid, collections.deque(maxlen=TRACE_LINES))
+
+    def _note(self, direction: bytes, line: bytes) -> None:
+        self.trace.append(b"%.3f %s %s" % (time.monotonic(), direction, line[:TRACE_WIDTH]))
 
     # ---- the wire ---------------------------------------------------------------------------
     def open(self, select: bytes = b"SELECT", params: bytes = b"") -> None:
@@ -108,6 +114,7 @@ class Session:
             tag = next(self.tags)
             pending.append((tag, tag + b" " + command, sent, allow))
             out += tag + b" " + command + b"\r\n"
+            self._note(b">", tag + b" " + command)
         self.conn.send(out)
         done = []
         while pending:
@@ -122,6 +129,7 @@ class Session:
         RFC 3501 5.5)."""
         while True:
             line = self.conn.response()
+            self._note(b"<", line)
             if line.startswith(b"* "):
                 self._untagged(line, [entry[1] for entry in pending])
             elif line.startswith(b"+"):
@@ -281,7 +289,9 @@ class Session:
         tag = next(self.tags)
         command = tag + b" IDLE"
         self.conn.send(command + b"\r\n")
+        self._note(b">", command)
         while not (line := self.conn.response()).startswith(b"+"):
+            self._note(b"<", line)
             if not line.startswith(b"* "):
                 raise StressError(f"IDLE answered {line!r}")
             self._untagged(line, [command])
@@ -291,8 +301,10 @@ class Session:
                 line = self.conn.response(timeout=left)
             except socket.timeout:
                 break
+            self._note(b"<", line)
             self._untagged(line, [command])
         self.conn.send(b"DONE\r\n")
+        self._note(b">", b"DONE")
         self._until_tagged(collections.deque([(tag, command, None, (b"OK",))]))
 
     def pipeline(self) -> None:
