@@ -64,7 +64,7 @@ async def test_acting_for_is_scoped_and_inherited_by_started_tasks(nursery):
 
     async def record() -> None:
         async with shares.slot():
-            seen.extend(shares._limiters)
+            seen.extend(shares._shares)
 
     with acting_for(3):
         with acting_for(4):
