@@ -28,6 +28,7 @@ import os
 from typing import Any, Callable
 
 import psycopg
+import psycopg.conninfo
 import psycopg_pool
 
 from . import crypto
@@ -270,13 +271,32 @@ def redact(url: str) -> str:
     return f"postgresql://{info.get('user', '')}@{host}:{info.get('port', '')}/{db}"
 
 
-def open_pool(url: str, ring: KeyRing | None, password: str | None,
-              size: int) -> tuple[psycopg_pool.ConnectionPool[Any], bytes]:
+def with_idle_transaction_bound(url: str, seconds: float) -> str:
+    """`url` whose connections end a transaction left idle for `seconds` (the server's
+    `idle_in_transaction_session_timeout`, added to the URL's own `options`)."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    bound = f"-c idle_in_transaction_session_timeout={max(1, round(seconds * 1000))}"
+    info["options"] = f"{info.get('options') or ''} {bound}".strip()
+    return psycopg.conninfo.make_conninfo("", **info)
+
+
+def open_pool(url: str, ring: KeyRing | None, password: str | None, size: int,
+              idle_transaction_s: float) -> tuple[psycopg_pool.ConnectionPool[Any], bytes]:
     """Open the pool, migrate, check the key; returns the pool and the store's OBJECTID secret.
-    Raises StoreFailure when the server cannot be used."""
+    Raises StoreFailure when the server cannot be used.
+
+    The pool's transactions are a few statements sent back to back by one thread: one left idle
+    for `idle_transaction_s` (the replica lease) belongs to a process that is frozen or cut off
+    from the network without the server noticing (no FIN, as when a node is lost), and its row
+    locks would stall every other replica's writes to those mailboxes until TCP gave up (hours):
+    the server ends it and its locks go (the transaction is rolled back: nothing half done)."""
     kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "mailproxy"}
     if password is not None:
         kwargs["password"] = password
+    try:
+        pooled_url = with_idle_transaction_bound(url, idle_transaction_s)
+    except psycopg.Error as exc:
+        raise StoreFailure(one_line(exc)) from exc
     try:   # one plain connection first: a clear error at once (refused, bad password...)
         with psycopg.connect(url, **kwargs) as c:
             migrate(c)
@@ -285,7 +305,7 @@ def open_pool(url: str, ring: KeyRing | None, password: str | None,
     except psycopg.Error as exc:
         raise StoreFailure(one_line(exc)) from exc
     pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
-        url, kwargs=kwargs, min_size=1, max_size=size, open=False, timeout=POOL_TIMEOUT_S,
+        pooled_url, kwargs=kwargs, min_size=1, max_size=size, open=False, timeout=POOL_TIMEOUT_S,
         check=psycopg_pool.ConnectionPool.check_connection, name="mailproxy-store")
     try:
         pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)

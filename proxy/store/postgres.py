@@ -361,6 +361,7 @@ async def open_postgres(url: str, key_ring: KeyRing | None = None, *, password: 
     """Open the store at `url` (`postgresql://...`), migrating the schema as needed.
     `per_account`: connections one account may hold at once (default: half the pool)."""
     timing.check()
-    pool, ids_key = await trio.to_thread.run_sync(open_pool, url, key_ring, password, pool_size)
+    pool, ids_key = await trio.to_thread.run_sync(open_pool, url, key_ring, password, pool_size,
+                                                  timing.lease)
     return PostgresStore(pool, url, key_ring, pool_size, password, timing, objectid_key=ids_key,
                          per_account=per_account)
