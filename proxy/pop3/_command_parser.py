@@ -37,6 +37,12 @@ class CommandParser:
         """Bytes received but not yet turned into events."""
         return len(self._buf)
 
+    @property
+    def at_rest(self) -> bool:
+        """Nothing buffered or being skipped, no raw line expected: a command starts next."""
+        return not len(self._buf) and not self._skipping and not self._raw_next \
+            and not self._closed
+
     def take_unconsumed(self) -> bytes:
         """Hand the bytes not yet parsed to another parser (e.g. pre-login to relay)."""
         rest = bytes(self._buf.data[self._buf.pos:])

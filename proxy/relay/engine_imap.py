@@ -6,7 +6,9 @@ from the engine to tasks at any chunk boundary. This driver only moves bytes: a 
 client goes to the core and what it accepted goes upstream in one write; a chunk from the
 upstream goes to the client first and is parsed after; then the core's own lines for the client
 are written, and the session ends when the core says so. Timers and the drain are the core's
-`due()` / `timer()` / `drained()`.
+`due()` / `timer()` / `drained()`. A chunk that is one plain command line is written upstream
+before it is parsed (`forward_first`), then judged at once: nothing can read the upstream's
+answer in between, since this session's steps run one at a time under the engine's lock.
 
 A client's COMPRESS (RFC 4978) is forwarded like any command, then the session is handed back
 to tasks before the upstream's verdict is read: the task path waits for it, and inflates.
@@ -42,7 +44,7 @@ class ImapEngineSession(EngineSession):
     def received(self, side: Side, data: bytes) -> None:
         core = self.core
         if side is self.client:
-            self._sent(core.client_data(data, self.engine.now))
+            self._sent(core.client_data(data, self.engine.now, forward_first=True))
             return
         if data and not self.send(self.client, data):   # forward first: parsing never delays it
             core.finish(Close.CLIENT_CLOSED)
@@ -57,8 +59,13 @@ class ImapEngineSession(EngineSession):
         replies = core.take_replies()
         if replies:
             self.send(self.client, replies)
-        if up and not self.send(self.upstream, up):
-            core.finish(Close.UPSTREAM_CLOSED)
+        if up:
+            if not self.send(self.upstream, up):
+                core.finish(Close.UPSTREAM_CLOSED)
+            core.judge()   # (nothing runs in between: the upstream's answer is not read yet)
+            replies = core.take_replies()
+            if replies:
+                self.send(self.client, replies)
         if core.end is not None:
             self.finish()
         elif core.compress is not None:

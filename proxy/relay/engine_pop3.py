@@ -5,7 +5,9 @@ one the task path (pop3_relay.py) drives. This driver only moves bytes: a client
 the core and the commands it returns go upstream in one write; an upstream chunk goes to the
 client first and is parsed after. The core's own answers go to the client before any command
 that follows them goes upstream. While a local answer waits for earlier commands to be answered
-(RFC 2449 6.6 keeps order) the session stops reading the client (`paused`).
+(RFC 2449 6.6 keeps order) the session stops reading the client (`paused`). A chunk that is one
+plain transaction command is written before it is parsed (`forward_first`) and judged at once,
+before the engine can read the upstream's answer to it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class Pop3EngineSession(EngineSession):
     def received(self, side: Side, data: bytes) -> None:
         core = self.core
         if side is self.client:
-            self._sent(core.client_data(data, self.engine.now))
+            self._sent(core.client_data(data, self.engine.now, forward_first=True))
         elif data and not self.send(self.client, data):   # forward first: parsing never delays it
             core.finish(Close.CLIENT_CLOSED)
             self._sent(b"")
@@ -45,8 +47,10 @@ class Pop3EngineSession(EngineSession):
         replies = core.take_replies()
         if replies:
             self.send(self.client, replies)
-        if up and not self.send(self.upstream, up):
-            core.finish(Close.UPSTREAM_CLOSED)
+        if up:
+            if not self.send(self.upstream, up):
+                core.finish(Close.UPSTREAM_CLOSED)
+            core.judge()   # (nothing runs in between: the upstream's answer is not read yet)
         self.paused = core.waiting is not None
         if core.end is not None:
             self.finish()

@@ -11,7 +11,9 @@ session can move from one to the other at any chunk boundary because all state i
   what the parser accepted (held_lines.py). A command whose *first* line part is a syntax
   error never reaches the upstream: its tagged BAD (RFC 3501 7.1.3) is answered between the
   upstream's responses and the session goes on, as Dovecot does (`bad_commands` such answers
-  end it); an error past a command's first part (already upstream) ends it with BYE.
+  end it); an error past a command's first part (already upstream) ends it with BYE. The
+  engine may forward a chunk that is one plain line before parsing it (`forward_first`, then
+  `judge()`): only a line the parser is sure to accept as it is, so nothing else changes.
 - `upstream_data(chunk, now)` is called once the driver has forwarded the chunk to the client
   (parsing never delays the bytes): tagged completions end commands in flight (metrics).
 - `due()` / `timer(now)`: RFC 3501 5.4 autologout after `idle` without client input, an IDLE
@@ -27,9 +29,11 @@ The core never reads a clock: drivers pass `now` (trio's clock, also the engine'
 
 from __future__ import annotations
 
+import re
+
 from .. import logs
 from ..imap import NEED_DATA, CommandParser, ProtocolError, ResponseParser, events
-from ..metrics import command_label
+from ..metrics import IMAP_COMMANDS, OTHER
 from ..session.context import ByteCounter, CommandMeter, Session
 from ..session.failures import Close, limit_of_protocol_error
 from .held_lines import HeldLines
@@ -38,12 +42,27 @@ from .imap_inflight import InFlight
 
 __all__ = ["ImapRelayCore"]
 
+# One whole command line that the framing parser is sure to accept as it is: a tag (RFC 3501 9
+# tag: ASTRING-CHAR but "+"), a command name its fast path reads (proxy/imap/_lines.py), then
+# anything but NUL, CR, LF or a literal's braces, and CRLF. `UID` needs a subcommand name.
+_PLAIN_LINE = re.compile(rb"[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]+ ([A-Za-z]+)"
+                         rb"(?: [^\x00\r\n{}]*)?\r\n")
+_UID_SUBCOMMAND = re.compile(rb" [A-Za-z]+(?: |\r\n)")
+# command_label("imap", name) of a name as the parser gives it (upper case): one dict hit
+_LABELS = {name.encode(): name for name in IMAP_COMMANDS}
+
+
+def _plain_line(data: bytes) -> bool:
+    m = _PLAIN_LINE.fullmatch(data)
+    return m is not None and (m.group(1).upper() != b"UID"
+                              or _UID_SUBCOMMAND.match(data, m.end(1)) is not None)
+
 
 class ImapRelayCore:
     __slots__ = ("session", "client_parser", "upstream_parser", "held", "inflight",
                  "bytes_up", "bytes_down", "last_active", "upstream_heard", "logout_seen",
                  "draining", "bad", "compress", "compressed", "end", "_replies", "_said",
-                 "_before", "_down_after_ok")
+                 "_before", "_down_after_ok", "_unjudged", "_max_plain")
 
     def __init__(self, session: Session, client_parser: CommandParser,
                  upstream_parser: ResponseParser, client_leftover: bytes, now: float):
@@ -69,6 +88,9 @@ class ImapRelayCore:
         self._said: list[bytes] = []      # ... and those waiting for a response boundary
         self._before: list[bytes | bytearray] = []   # good bytes before a refused command
         self._down_after_ok = b""   # what followed the upstream's OK to COMPRESS: compressed
+        self._unjudged = False   # a chunk was forwarded before it was parsed (`judge()`)
+        limits = session.listener.limits   # (the client parser's: imap_relay.py)
+        self._max_plain = min(limits.max_line, limits.id_line_length)
 
     # -- what the driver reads after each call --------------------------------------------
     def take_replies(self) -> bytes:
@@ -90,10 +112,15 @@ class ImapRelayCore:
             self.session.end(reason)
 
     # -- client -> upstream ---------------------------------------------------------------
-    def client_data(self, data: bytes, now: float) -> bytes | bytearray:
+    def client_data(self, data: bytes, now: float, forward_first: bool = False
+                    ) -> bytes | bytearray:
         """A chunk from the client (b"" at its end of stream): what to forward upstream.
         While COMPRESS is active the chunk is returned whole (the driver parses its
-        inflated copy with `client_plain`)."""
+        inflated copy with `client_plain`).
+
+        `forward_first` (a driver that nothing can interleave with, the engine): a chunk that
+        is one plain command line, arriving at rest, is returned before it is parsed, so the
+        parse is off the command's round trip; the driver calls `judge()` once it is sent."""
         self.last_active = now
         if not data:
             self.finish(Close.CLIENT_CLOSED)
@@ -101,9 +128,24 @@ class ImapRelayCore:
         if self.compressed:
             self.bytes_up.add(len(data))
             return data
-        self.client_parser.receive_data(data)
-        self.held.add(data)
+        parser, held = self.client_parser, self.held
+        if (forward_first and len(data) <= self._max_plain and not held.held
+                and self.inflight.idle_tag is None and self.compress is None
+                and not held.dropping and parser.at_boundary and _plain_line(data)):
+            parser.receive_data(data)
+            held.sent += len(data)   # forwarded as it came: never held
+            self._unjudged = True
+            self.bytes_up.add(len(data))
+            return data
+        parser.receive_data(data)
+        held.add(data)
         return self.client_input()
+
+    def judge(self) -> None:
+        """Parse the chunk `client_data` returned unparsed, now that it is forwarded."""
+        if self._unjudged:
+            self._unjudged = False
+            self._client_events()
 
     def client_input(self) -> bytes | bytearray:
         """Judge what the parser holds, then return what it accepted, to forward; after a
@@ -139,7 +181,7 @@ class ImapRelayCore:
             if event is NEED_DATA:
                 return True
             if type(event) is events.CommandStart:   # `type is`: exact classes, the fast test
-                name = command_label("imap", event.name)
+                name = _LABELS.get(event.name, OTHER)
                 self._started(event.tag, name)
                 if name == "LOGOUT":
                     self.logout_seen = True
@@ -175,7 +217,7 @@ class ImapRelayCore:
         if limit is not None:
             session.limit_hit(limit)
         logs.event("client_protocol_error", **session.log_fields(), kind=exc.kind)
-        before = None if exc.fatal or self.compressed else self.held.reject()
+        before = None if exc.fatal or self.compressed or self._unjudged else self.held.reject()
         if before is None:   # part of it is upstream already
             self.last_words(exc.reply())
             if not exc.fatal:  # a fatal error's reply is already an untagged BYE

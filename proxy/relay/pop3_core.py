@@ -21,6 +21,7 @@ RFC 1939 3 autologout closes without a word; a drain closes once nothing is owed
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 
@@ -33,12 +34,15 @@ from ..session.failures import Close, limit_of_protocol_error
 __all__ = ["Pop3RelayCore"]
 
 _LOCAL = {b"CAPA", b"STLS", b"USER", b"PASS", b"APOP", b"AUTH", b"XCLIENT"}
+# One whole command line that goes upstream as it came (RFC 1939 5, 7; RFC 2449): a
+# transaction command with numeric arguments, which the parser is sure to accept.
+_PLAIN_LINE = re.compile(rb"(?i:STAT|LIST|RETR|DELE|NOOP|RSET|QUIT|TOP|UIDL)(?: [0-9]{1,10}){0,2}\r\n")
 
 
 class Pop3RelayCore:
     __slots__ = ("session", "client_parser", "upstream_parser", "capabilities", "pending",
                  "meter", "bytes_up", "bytes_down", "last_active", "quit_seen", "draining",
-                 "waiting", "status", "end", "_replies")
+                 "waiting", "status", "end", "_replies", "_unjudged", "_max_plain")
 
     def __init__(self, session: Session, client_parser: CommandParser,
                  capabilities: list[bytes], now: float):
@@ -59,6 +63,8 @@ class Pop3RelayCore:
         self.status = b"+OK"   # of the upstream's response in progress, across chunks
         self.end: Close | None = None
         self._replies: list[bytes] = []
+        self._unjudged = False   # a chunk was forwarded before it was parsed (`judge()`)
+        self._max_plain = session.listener.limits.pop3_max_command_line   # (the parser's)
 
     # -- what the driver reads after each call --------------------------------------------
     def take_replies(self) -> bytes:
@@ -81,14 +87,33 @@ class Pop3RelayCore:
             self.session.runtime.metrics.commands.labels("pop3", name, "none").inc()
 
     # -- client -> upstream ---------------------------------------------------------------
-    def client_data(self, data: bytes, now: float) -> bytes | bytearray:
-        """A chunk from the client (b"" at its end of stream): what to forward upstream."""
+    def client_data(self, data: bytes, now: float, forward_first: bool = False
+                    ) -> bytes | bytearray:
+        """A chunk from the client (b"" at its end of stream): what to forward upstream.
+
+        `forward_first` (a driver that nothing can interleave with, the engine): a chunk that
+        is one plain transaction command, arriving at rest, is returned before it is parsed,
+        so the parse is off the command's round trip; the driver calls `judge()` once it is
+        sent (and before it reads the upstream's answer)."""
         self.last_active = now
         if not data:
             self.finish(Close.CLIENT_CLOSED)
             return b""
-        self.client_parser.receive_data(data)
+        parser = self.client_parser
+        if forward_first and self.waiting is None and parser.at_rest \
+                and len(data) <= self._max_plain and _PLAIN_LINE.fullmatch(data) is not None:
+            parser.receive_data(data)
+            self._unjudged = True
+            self.bytes_up.add(len(data))
+            return data
+        parser.receive_data(data)
         return self.commands()
+
+    def judge(self) -> None:
+        """Parse the chunk `client_data` returned unparsed: the very command it forwarded."""
+        if self._unjudged:
+            self._unjudged = False
+            self._batch()   # (the same bytes: counted when they were returned)
 
     def commands(self) -> bytes | bytearray:
         """Every complete command buffered up to a local answer that must wait, to forward in
@@ -97,6 +122,8 @@ class Pop3RelayCore:
         while True:
             batch = self._batch()
             if batch or self.waiting is None or self.pending:
+                if batch:
+                    self.bytes_up.add(len(batch))
                 return batch
             reply, fatal = self.waiting
             self.waiting = None
@@ -135,8 +162,6 @@ class Pop3RelayCore:
                 self.quit_seen = True
             line = event.raw + b"\r\n"
             batch = line if not batch else bytearray(batch) + line
-        if batch:
-            self.bytes_up.add(len(batch))
         return batch
 
     def _local_answer(self, cmd: events.Command) -> bytes:

@@ -226,3 +226,64 @@ def test_pop3_timer_drain_and_ends():
     core.upstream_data(b"+OK bye\r\n", 2.0)
     core.upstream_data(b"", 3.0)
     assert core.end is Close.CLIENT_LOGOUT
+
+
+# -- forward first (the engine): the same outcome, with the parse after the write ---------------
+
+IMAP_LINES = [b"a1 NOOP\r\n", b"a2 UID FETCH 1:* (FLAGS)\r\n", b"a3 select INBOX\r\n",
+              b"(x NOOP\r\n", b"a4\r\n", b"a5 UID\r\n", b"a6 UID  FETCH 1\r\n", b"a7 N\x00OP\r\n",
+              b"a8 APPEND x {3}\r\n", b"abc\r\n", b"a9 SELECT " + b"x" * 70 + b"\r\n",
+              b"b1 NOOP\r\nb2 NOOP\r\n", b"b3 NO", b"OP\r\n", b"b4 IDLE\r\n", b"DONE\r\n",
+              b"b5 LOGOUT\r\n"]
+
+
+def imap_outcome(forward_first: bool) -> list[tuple[bytes, bytes, int, list[bytes]]]:
+    """Per chunk: what goes upstream, the proxy's replies, commands counted, tags in flight."""
+    core, _ = imap_core(bad_commands=100)
+    out = []
+    for chunk in IMAP_LINES:
+        up = bytes(core.client_data(chunk, 1.0, forward_first=forward_first))
+        core.judge()
+        out.append((up, core.take_replies(), core.session.commands, sorted(core.inflight.pending)))
+        if chunk == b"b4 IDLE\r\n":
+            core.upstream_data(b"+ idling\r\n", 2.0)
+    return out
+
+
+def test_imap_forward_first_changes_nothing_but_when_the_parse_happens():
+    """A chunk goes up before it is parsed only when the parser is sure to accept it as it is:
+    every refused or unusual line takes the usual way, so the outcome is identical."""
+    assert imap_outcome(True) == imap_outcome(False)
+    core, _ = imap_core()
+    chunk = b"a1 NOOP\r\n"
+    assert core.client_data(chunk, 1.0, forward_first=True) is chunk
+    assert core.session.commands == 0   # not parsed yet: off the round trip
+    core.judge()
+    assert core.session.commands == 1 and core.inflight.owed()
+
+
+POP3_LINES = [b"STAT\r\n", b"retr 1\r\n", b"TOP 1 10\r\n", b"LIST 1 2 3\r\n", b"RETR  1\r\n",
+              b"CAPA\r\n", b"USER x\r\n", b"RETR 1\rx\r\n", b"NOOP\r\nNOOP\r\n", b"UI", b"DL\r\n",
+              b"X" * 300 + b"\r\n", b"QUIT\r\n"]
+
+
+def pop3_outcome(forward_first: bool) -> list[tuple[bytes, bytes, int]]:
+    core, _ = pop3_core()
+    out = []
+    for chunk in POP3_LINES:
+        up = bytes(core.client_data(chunk, 1.0, forward_first=forward_first))
+        core.judge()
+        while core.pending:   # answer everything, so local answers come in turn
+            up += bytes(core.upstream_data(b"-ERR no\r\n", 2.0))
+        out.append((up, core.take_replies(), core.session.commands))
+    return out
+
+
+def test_pop3_forward_first_changes_nothing_but_when_the_parse_happens():
+    assert pop3_outcome(True) == pop3_outcome(False)
+    core, _ = pop3_core()
+    chunk = b"RETR 1\r\n"
+    assert core.client_data(chunk, 1.0, forward_first=True) is chunk and not core.pending
+    core.judge()
+    assert [name for name, _, _ in core.pending] == ["RETR"]
+    assert core.upstream_parser.pending == 1
