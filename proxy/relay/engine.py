@@ -42,7 +42,8 @@ descriptor, cost more CPU per NOOP than the task path: bench/README.md, "Relay e
 - The GIL: the engine's thread takes it back after every epoll wait, read and write (about
   six times per relayed command). While trio's thread is busy (a login storm) a thread that
   wants the GIL waits until the holder's next system call or the switch interval, 5 ms by
-  default; the engine lowers it to SWITCH_INTERVAL (bench/README.md, "login storm").
+  default; the engine lowers it to SWITCH_INTERVAL (bench/README.md, "login storm") for the
+  life of its trio run, process-wide (worker threads too), and restores it when that ends.
 - A session the engine cannot carry on (the client asks COMPRESS) is handed back: out of the
   epoll, its parsers and counters as they are, and the task path resumes from there.
 """
@@ -92,6 +93,7 @@ class Engine:
         self._dead = 0                   # heap entries of ended sessions, or superseded
         self._tls_waiting: set[Side] = set()   # TLS sides whose engine may hold input
         self._running = False
+        self._switch_before: float | None = None   # the switch interval _start lowered
         # Sessions, sides and timers are touched under this lock, by the engine's thread or by
         # trio's (a session in or out, the drain); trio's thread wakes the engine's via _wakefd.
         self._lock = threading.Lock()
@@ -197,6 +199,7 @@ class Engine:
         self._wakefd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._epoll.register(self._wakefd, IN)
         if sys.getswitchinterval() > SWITCH_INTERVAL:
+            self._switch_before = sys.getswitchinterval()
             sys.setswitchinterval(SWITCH_INTERVAL)
         threading.Thread(target=self._thread, name="relay-engine", daemon=True).start()
         trio.lowlevel.spawn_system_task(self._stop_with_trio, name="relay-engine-stop")
@@ -209,6 +212,8 @@ class Engine:
             with self._lock:
                 self._stopped = True
             os.eventfd_write(self._wakefd, 1)
+            if self._switch_before is not None:   # the process's own interval, as it was
+                sys.setswitchinterval(self._switch_before)
 
     def _thread(self) -> None:
         try:

@@ -33,3 +33,19 @@ def test_the_engine_lowers_cpythons_default_switch_interval():
 
 def test_the_engine_keeps_a_lower_switch_interval():
     assert run_engine_start(SWITCH_INTERVAL / 2) == SWITCH_INTERVAL / 2
+
+
+def test_the_engine_restores_the_interval_when_its_run_ends():
+    """The lowered interval is the engine's, for the life of its trio run: CPU-bound threads
+    of the process (and later runs in it, e.g. other tests) get theirs back at its end."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    try:
+        async def main() -> float:
+            Engine()._start()
+            return sys.getswitchinterval()
+
+        assert round(trio.run(main), 6) == SWITCH_INTERVAL
+        assert round(sys.getswitchinterval(), 6) == 0.005
+    finally:
+        sys.setswitchinterval(before)
