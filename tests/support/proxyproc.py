@@ -47,15 +47,6 @@ def _split_address(address: str) -> tuple[str, str]:
     return host, port
 
 
-def _assign_port(address: str) -> tuple[str, int]:
-    """`"127.0.0.1:0"` -> (`"127.0.0.1:40123"`, 40123); other addresses are kept as they are."""
-    host, port = _split_address(address)
-    if port != "0":
-        return address, int(port)
-    (free,) = free_ports(1, host.strip("[]"))
-    return f"{host}:{free}", free
-
-
 class ProxyProcess:
     """A running `python -m proxy serve`. See the module docstring.
 
@@ -108,13 +99,25 @@ class ProxyProcess:
         self.stop()
 
     def _assign_ports(self) -> None:
-        for listener in self.config.get("listeners") or ():
-            if isinstance(listener, dict) and "address" in listener:
-                listener["address"], port = _assign_port(listener["address"])
-                self._ports[listener.get("name", str(len(self._ports)))] = port
+        """Fill in every `host:0` address, all of a host's at once so that the listeners and the
+        metrics endpoint get distinct ports (separate picks can return the same freed port)."""
+        listeners = [listener for listener in self.config.get("listeners") or ()
+                     if isinstance(listener, dict) and "address" in listener]
         metrics = self.config.get("metrics")
-        if isinstance(metrics, dict) and "address" in metrics:
-            metrics["address"], self.metrics_port = _assign_port(metrics["address"])
+        places = listeners + ([metrics] if isinstance(metrics, dict) and "address" in metrics else [])
+        unassigned: dict[str, list[dict[str, Any]]] = {}
+        for place in places:
+            host, port = _split_address(place["address"])
+            if port == "0":
+                unassigned.setdefault(host, []).append(place)
+        for host, group in unassigned.items():
+            for place, free in zip(group, free_ports(len(group), host.strip("[]"))):
+                place["address"] = f"{host}:{free}"
+        for listener in listeners:
+            port = int(_split_address(listener["address"])[1])
+            self._ports[listener.get("name", str(len(self._ports)))] = port
+        if metrics is not None and metrics in places:
+            self.metrics_port = int(_split_address(metrics["address"])[1])
 
     def _is_ready(self, text: str) -> bool:
         if self.log_format == "text":
