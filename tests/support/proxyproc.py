@@ -111,7 +111,7 @@ class ProxyProcess:
             if port == "0":
                 unassigned.setdefault(host, []).append(place)
         for host, group in unassigned.items():
-            for place, free in zip(group, free_ports(len(group), host.strip("[]"))):
+            for place, free in zip(group, free_ports(len(group), host.strip("[]")), strict=True):
                 place["address"] = f"{host}:{free}"
         for listener in listeners:
             port = int(_split_address(listener["address"])[1])
