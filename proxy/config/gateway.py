@@ -33,6 +33,7 @@ class GatewayLimits:
     __pydantic_config__ = STRICT
     mime_max_depth: StrictInt = 100       # deeper multipart/message parts are opaque leaves
     mime_max_parts: StrictInt = 10000     # past this many parts, boundaries are not recognised
+    mime_max_header_bytes: Size = 10 * 1024 * 1024   # header bytes analysed per part (Dovecot's)
     command_budget: Duration = 60.0       # a command running longer answers NO [LIMIT]
     sequence_set_ranges: StrictInt = 100000   # distinct ranges in one sequence set, else BAD
     search_updates: StrictInt = 10        # live SEARCH/SORT RETURN (UPDATE) per session (RFC 5267)
@@ -100,6 +101,8 @@ def check_gateway(gateway: Gateway | None) -> list[Problem]:
         errors.append((("gateway", "limits", "mime_max_depth"), "expected 1 to 200"))
     if limits.mime_max_parts < 1:
         errors.append((("gateway", "limits", "mime_max_parts"), "expected at least 1"))
+    if limits.mime_max_header_bytes < 1024:
+        errors.append((("gateway", "limits", "mime_max_header_bytes"), "expected at least 1KB"))
     if limits.search_updates < 1:   # RFC 5267 4.3.1: at least one updating context per client
         errors.append((("gateway", "limits", "search_updates"), "expected at least 1"))
     for key, value in (("storage", gateway.quota.storage), ("messages", gateway.quota.messages)):

@@ -20,6 +20,14 @@ structure is scanned here on the raw bytes, following Dovecot's `message-parser.
   `max_parts` parts exist no further boundary is recognised: the last part runs to the end.
   So the recursion here, in `mime._write` and in the JSON part table is at most
   `max_depth` levels, and any message, however hostile, is parsed, stored and served.
+* a part's header block is analysed up to `max_header_bytes` (Dovecot's
+  ``MESSAGE_HEADER_BLOCK_DEFAULT_MAX_SIZE``, 10 MiB): the field crossing that point is cut
+  there and fields starting past it have empty values, as Dovecot 2.3.19 serves them
+  (ENVELOPE, BODYSTRUCTURE, SEARCH); of those only the names ENVELOPE and BODYSTRUCTURE read
+  are kept, once each (`_HeaderFields`). The header is still scanned to its end, so the body
+  starts where it does and BODY[]/BODY[HEADER] stay byte-exact. Without this bound a 50 MB
+  header line cost seconds of GIL-holding C calls on 50 MB strings and a 105 MB cache blob.
+  Continuation lines are joined once per field, never re-copied per line.
 
 The scanner stays hand-written rather than `email.parser`: IMAP needs the exact byte offsets
 of every part, and `email` keeps none (it also repairs broken mail differently from Dovecot,
@@ -33,7 +41,6 @@ parameters for the scanner (``boundary``) and for BODYSTRUCTURE.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from ._rfc822 import Rfc822
@@ -43,6 +50,13 @@ __all__ = ["TEXT", "MULTIPART", "RFC822", "Part", "MimeLimits", "parse", "part_t
 
 TEXT, MULTIPART, RFC822 = "text", "multipart", "rfc822"
 MAX_DEPTH_CEILING = 200   # what the recursion of parse/_write/JSON can take (limit 1000 frames)
+# Fields past MimeLimits.max_header_bytes are kept (with empty values) only under these names:
+# what ENVELOPE (RFC 3501 7.4.2) and BODYSTRUCTURE read, so they answer as Dovecot does.
+NAMES_PAST_LIMIT = frozenset({
+    b"date", b"subject", b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc", b"in-reply-to",
+    b"message-id", b"mime-version", b"content-type", b"content-transfer-encoding",
+    b"content-id", b"content-description", b"content-md5", b"content-disposition",
+    b"content-language", b"content-location"})
 
 
 @dataclass(frozen=True)
@@ -51,10 +65,14 @@ class MimeLimits:
 
     max_depth: int = 100     # Dovecot 2.3: parts nested deeper are opaque leaves
     max_parts: int = 10_000  # Dovecot 2.3: no boundary is recognised past this many parts
+    # Dovecot 2.3: MESSAGE_HEADER_BLOCK_DEFAULT_MAX_SIZE, header bytes analysed per part
+    max_header_bytes: int = 10 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_depth <= MAX_DEPTH_CEILING or self.max_parts < 1:
-            raise ValueError(f"MIME limits out of range: depth 1..{MAX_DEPTH_CEILING}, parts >= 1")
+        if not 1 <= self.max_depth <= MAX_DEPTH_CEILING or self.max_parts < 1 \
+                or self.max_header_bytes < 1:
+            raise ValueError(f"MIME limits out of range: depth 1..{MAX_DEPTH_CEILING}, parts >= 1, "
+                             "header bytes >= 1")
 
 
 DEFAULT_LIMITS = MimeLimits()
@@ -153,27 +171,28 @@ class _Scanner:
         """Collect header lines; returns the position of a boundary line that cut the
         header short, else None."""
         raw, pos = self.raw, part.start
+        fields = _HeaderFields(part.start + self.limits.max_header_bytes)
         while pos < len(raw):
             if self.boundary_at(pos) is not None:
                 part.header_end = part.end = self.back_newline(pos, part.start)
-                self.header_done(part)
+                self.header_done(part, fields)
                 return pos
             eol = self.line_end(pos)
-            line = raw[pos:eol]
-            if line in (b"\n", b"\r\n"):
+            if eol - pos <= 2 and raw[pos:eol] in (b"\n", b"\r\n"):
                 part.header_end = eol
-                self.header_done(part)
+                self.header_done(part, fields)
                 return None
-            _add_header_line(part.headers, line)
+            fields.add(raw, pos, eol)
             pos = eol
         part.header_end = part.end = len(raw)
-        self.header_done(part)
+        self.header_done(part, fields)
         return None
 
     @staticmethod
-    def header_done(part: Part) -> None:
+    def header_done(part: Part, fields: "_HeaderFields") -> None:
         # Dovecot's header parser turns NULs into U+FFFD
-        part.headers = [(n, _strip_value(v).replace(b"\0", b"\xef\xbf\xbd")) for n, v in part.headers]
+        part.headers = [(n, _strip_value(b"".join(v)).replace(b"\0", b"\xef\xbf\xbd"))
+                        for n, v in fields.fields]
         for name, _ in part.headers:
             lname = name.lower()
             if lname in (b"mime-version", b"content-type"):
@@ -250,26 +269,50 @@ def _strip_value(value: bytes) -> bytes:
     return stripped
 
 
-def _add_header_line(headers: list[tuple[bytes, bytes]], line: bytes) -> None:
-    """One header line (its line end kept): a continuation (RFC 5322 2.2.3 folding) joins the
-    field before it; any other line starts a field, its name ending at the first colon."""
-    if line[:1] in (b" ", b"\t") and headers:
-        name, value = headers[-1]
-        headers[-1] = (name, value + line)
-    else:
-        name, _, value = line.partition(b":")
-        headers.append((name.rstrip(b" \t"), value))
+class _HeaderFields:
+    """The fields of one header block as its lines arrive, bounded (module docstring): each
+    field's value is a list of line pieces, joined once by `_Scanner.header_done`."""
+
+    def __init__(self, limit_at: int):
+        self.limit_at = limit_at   # offset in the raw message where analysis stops
+        self.fields: list[tuple[bytes, list[bytes]]] = []
+        self.emptied: set[bytes] = set()   # names already kept past the limit
+
+    def add(self, raw: bytes, pos: int, eol: int) -> None:
+        """The line raw[pos:eol] (its line end kept): a continuation (RFC 5322 2.2.3 folding)
+        joins the field before it; any other line starts a field, its name ending at the first
+        colon."""
+        end = min(eol, self.limit_at)
+        if raw[pos:pos + 1] in (b" ", b"\t"):
+            if self.fields and pos < end:
+                self.fields[-1][1].append(raw[pos:end])
+            return
+        if pos < end:
+            name, _, value = raw[pos:end].partition(b":")
+            self.fields.append((name.rstrip(b" \t"), [value]))
+            return
+        colon = raw.find(b":", pos, eol)   # past the limit: the name only, once (Dovecot: empty value)
+        name = raw[pos:colon].rstrip(b" \t") if colon >= 0 else b""
+        if name.lower() in NAMES_PAST_LIMIT and name.lower() not in self.emptied:
+            self.emptied.add(name.lower())
+            self.fields.append((name, [b""]))
 
 
-def fill_headers(raw: bytes, part: Part, in_multipart: bool) -> Part:
+def fill_headers(raw: bytes, part: Part, in_multipart: bool,
+                 limits: MimeLimits = DEFAULT_LIMITS) -> Part:
     """Give a part of `table_to_parts()` (which keeps offsets only) its header fields and
     `is_mime` again, read from raw[part.start:part.header_end] as the scanner reads them."""
     if not part.headers:
-        for line in re.findall(rb"[^\n]*\n|[^\n]+$", raw[part.start:part.header_end]):
-            if line in (b"\n", b"\r\n"):
+        fields = _HeaderFields(part.start + limits.max_header_bytes)
+        pos = part.start
+        while pos < part.header_end:
+            nl = raw.find(b"\n", pos, part.header_end)
+            eol = part.header_end if nl < 0 else nl + 1
+            if eol - pos <= 2 and raw[pos:eol] in (b"\n", b"\r\n"):
                 break
-            _add_header_line(part.headers, line)
-        _Scanner.header_done(part)
+            fields.add(raw, pos, eol)
+            pos = eol
+        _Scanner.header_done(part, fields)
     part.is_mime = part.is_mime or in_multipart
     return part
 

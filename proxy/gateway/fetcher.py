@@ -103,7 +103,7 @@ class _Ingest:
         self.limits, self.gate = limits, gate
         self.over_quota = 0
         self.channel = channel
-        self.items: list[IngestItem] = []
+        self.items: list[tuple[str, bytes]] = []   # (uidl, body): analysed off the trio thread
         self.pending_bytes = 0
         self.done = self.new = self.bytes = 0
 
@@ -112,7 +112,7 @@ class _Ingest:
             self.over_quota += 1   # not stored, so never DELEd: it waits upstream (RFC 9208 spirit)
             self.done += 1
             return
-        self.items.append(IngestItem(uidl, body, internaldate(body)))
+        self.items.append((uidl, body))
         self.pending_bytes += len(body)
         self.done += 1
         if len(self.items) >= BATCH_MESSAGES or self.pending_bytes >= BATCH_BYTES:
@@ -130,13 +130,13 @@ class _Ingest:
     async def commit_loop(self, batches: trio.MemoryReceiveChannel) -> None:
         async with batches:
             async for batch in batches:
-                # MIME analysis, search texts (issue 7) and sort fields (issue 17) once, at
-                # ingest, off the trio thread;
+                # arrival date, MIME analysis, search texts (issue 7) and sort fields
+                # (issue 17) once, at ingest, off the trio thread, each bounded by `limits`;
                 # shielded so a batch already received is committed, as before the analysis
                 with trio.CancelScope(shield=True):
-                    batch = await trio.to_thread.run_sync(_with_cache, batch, self.limits)
-                    uids = await self.store.ingest_many(self.account_id, batch)
-                for item, uid in zip(batch, uids, strict=True):
+                    items = await trio.to_thread.run_sync(analysed, batch, self.limits)
+                    uids = await self.store.ingest_many(self.account_id, items)
+                for item, uid in zip(items, uids, strict=True):
                     if uid is not None:
                         self.new += 1
                         self.bytes += len(item.body)
@@ -377,17 +377,18 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
     return result
 
 
-def _with_cache(batch: list[IngestItem], limits: MimeLimits) -> list[IngestItem]:
-    """Items with their cache blob (`analysis.analyze_for_store`) and sort-fields record
-    (`sortkeys.extract_record`) filled in."""
-    from dataclasses import replace
-
+def analysed(batch: list[tuple[str, bytes]], limits: MimeLimits) -> list[IngestItem]:
+    """(uidl, body) -> IngestItem with its arrival date, cache blob
+    (`analysis.analyze_for_store`) and sort-fields record (`sortkeys.extract_record`): the
+    work that grows with a message, run in a worker thread, each part bounded by `limits`
+    (a 50 MB header line is read up to `max_header_bytes`, as Dovecot reads it)."""
     from .analysis import analyze_for_store
     from .sortkeys import extract_record
 
-    return [replace(item, cache=item.cache or analyze_for_store(item.body, limits),
-                    sort_fields=item.sort_fields or extract_record(item.body))
-            for item in batch]
+    return [IngestItem(uidl, body, internaldate(body, limits.max_header_bytes),
+                       cache=analyze_for_store(body, limits),
+                       sort_fields=extract_record(body, limits.max_header_bytes))
+            for uidl, body in batch]
 
 
 def mime_limits(config: Config) -> MimeLimits:
@@ -395,4 +396,4 @@ def mime_limits(config: Config) -> MimeLimits:
     if config.gateway is None:
         return MimeLimits()
     limits = config.gateway.limits
-    return MimeLimits(limits.mime_max_depth, limits.mime_max_parts)
+    return MimeLimits(limits.mime_max_depth, limits.mime_max_parts, limits.mime_max_header_bytes)

@@ -12,6 +12,7 @@ from typing import Any
 from .. import logs
 from ..session.failures import Failure
 from ..session.upstream import UpstreamError
+from ._parts import DEFAULT_LIMITS
 
 __all__ = ["internaldate", "parse_uidl_listing", "parse_list_listing"]
 
@@ -28,12 +29,13 @@ def _parse_date(value: Any) -> dt.datetime | None:
     return when if 1971 <= when.year <= 2100 else None
 
 
-def internaldate(body: bytes) -> dt.datetime:
+def internaldate(body: bytes, max_header_bytes: int = DEFAULT_LIMITS.max_header_bytes) -> dt.datetime:
     """When the message arrived: the date of the topmost (last added) Received: header, else
-    Date:, else now. Parsed with `email` in compat32 mode, which never fails on broken mail."""
-    end = body.find(b"\r\n\r\n")
-    end = body.find(b"\n\n") if end < 0 else end
-    headers = _HEADER_PARSER.parsebytes(body if end < 0 else body[:end + 2])
+    Date:, else now, read from the header's first `max_header_bytes` (MimeLimits). Parsed with
+    `email` in compat32 mode, which never fails on broken mail."""
+    end = body.find(b"\r\n\r\n", 0, max_header_bytes)
+    end = body.find(b"\n\n", 0, max_header_bytes) if end < 0 else end
+    headers = _HEADER_PARSER.parsebytes(body[:max_header_bytes] if end < 0 else body[:end + 2])
     for received in headers.get_all("Received", []) or []:
         _, sep, date = str(received).rpartition(";")
         when = _parse_date(date) if sep else None

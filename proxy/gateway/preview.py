@@ -51,8 +51,8 @@ def preview(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS, parts: list | None 
     if parts is None:
         root = parse(raw, limits)
     else:
-        root = fill_headers(raw, table_to_parts(parts), in_multipart=False)
-    part = _choose(raw, root)
+        root = fill_headers(raw, table_to_parts(parts), in_multipart=False, limits=limits)
+    part = _choose(raw, root, limits)
     text = _part_text(raw, part) if part is not None else None
     return _snippet(text) if text else ""
 
@@ -69,7 +69,7 @@ def _content_type(part: Part) -> tuple[bytes, bytes | None] | None:
     return main, sub if slash else None
 
 
-def _choose(raw: bytes, root: Part) -> Part | None:
+def _choose(raw: bytes, root: Part, limits: MimeLimits) -> Part | None:
     """Dovecot's index_mail_find_first_text_mime_part(), with an explicit stack."""
     stack = [root]
     while stack:
@@ -80,7 +80,7 @@ def _choose(raw: bytes, root: Part) -> Part | None:
         if ctype[0] != b"multipart" or part.opaque:
             continue
         for child in part.children:
-            fill_headers(raw, child, in_multipart=True)
+            fill_headers(raw, child, in_multipart=True, limits=limits)
         if ctype[1] == b"alternative":   # text/plain > text/html > text/*
             texts = [(c, _content_type(c)) for c in part.children]
             texts = [(c, t) for c, t in texts if t is None or t[0] == b"text"]

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from functools import cached_property
 
+from proxy.gateway._parts import DEFAULT_LIMITS, MimeLimits, Part, fill_headers
 from proxy.gateway._rfc822 import AddressParser
 from proxy.gateway.basesubject import casemap
 from proxy.gateway.numbers import MODSEQ_MAX, NUMBER_MAX, InvalidNumber, number, sequence_set
@@ -242,6 +243,9 @@ def matches(key: SearchKey, msg, *, last_seq: int | None = None, last_uid: int |
     return ctx.eval(key)
 
 
+_HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.compat32)
+
+
 class _Context:
     def __init__(self, msg, last_seq: int | None, last_uid: int | None) -> None:
         self.msg = msg
@@ -257,8 +261,21 @@ class _Context:
 
     @cached_property
     def message(self) -> email.message.Message:
-        """The top-level header only: a flat parse, whatever the MIME structure below."""
-        return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(self.msg.raw)
+        """The top-level header only: a flat parse, whatever the MIME structure below. A header
+        longer than `max_header_bytes` (MimeLimits) is read as `_parts` bounds it (fields past
+        the bound empty, as Dovecot searches them), not handed whole to `email`."""
+        raw = self.msg.raw
+        limit = getattr(self.msg, "max_header_bytes", None) or DEFAULT_LIMITS.max_header_bytes
+        end = min((e + len(blank) for blank in (b"\r\n\r\n", b"\n\n")
+                   if (e := raw.find(blank, 0, limit)) >= 0), default=-1)
+        if end >= 0 or len(raw) <= limit:
+            return _HEADER_PARSER.parsebytes(raw[:end] if end >= 0 else raw)
+        root = fill_headers(raw, Part(start=0, header_end=len(raw)), False,
+                            MimeLimits(max_header_bytes=limit))
+        message = email.message.Message()
+        for name, value in root.headers:
+            message[name.decode("ascii", "surrogateescape")] = value.decode("ascii", "surrogateescape")
+        return message
 
     @cached_property
     def headers(self) -> list[tuple[str, str]]:

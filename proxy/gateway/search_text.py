@@ -51,6 +51,8 @@ def _text(value: bytes) -> str:
 def _leaf_text(raw: bytes, part: Part) -> str | None:
     leaf = email.message.Message()
     for name, value in part.headers:
+        if name.lower() == b"content-type" and not value.strip() and part.is_mime:
+            return None   # an empty type is no text for Dovecot (BODYSTRUCTURE says "" "")
         if name.lower() in (b"content-type", b"content-transfer-encoding"):
             leaf[name.decode("ascii", "surrogateescape")] = value.decode("ascii", "surrogateescape")
     if leaf.get_content_maintype() not in ("text", "message"):

@@ -18,6 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from ._parts import DEFAULT_LIMITS
 from ._rfc822 import AddressParser
 from .basesubject import base_subject, casemap, decode_words
 
@@ -48,25 +49,27 @@ class SortFields:
     references: tuple[str, ...]   # References, or the first ID of In-Reply-To without them
 
 
-def _headers(raw: bytes) -> dict[bytes, bytes]:
-    """The first value of each wanted header (unfolded lines kept, leading space removed)."""
-    end = raw.find(b"\n\n")
-    end2 = raw.find(b"\r\n\r\n")
-    cut = min(e for e in (end, end2, len(raw)) if e >= 0)
-    found: dict[bytes, bytes] = {}
+def _headers(raw: bytes, max_header_bytes: int) -> dict[bytes, bytes]:
+    """The first value of each wanted header (unfolded lines kept, leading space removed),
+    read from the header's first `max_header_bytes` (MimeLimits: fields past them are empty
+    in Dovecot, so they sort as absent ones do here)."""
+    end = raw.find(b"\n\n", 0, max_header_bytes)
+    end2 = raw.find(b"\r\n\r\n", 0, max_header_bytes)
+    cut = min(e for e in (end, end2, len(raw), max_header_bytes) if e >= 0)
+    found: dict[bytes, list[bytes]] = {}
     name = None
     for line in raw[:cut].split(b"\n"):
         if line[:1] in (b" ", b"\t"):
             if name is not None:
-                found[name] += b"\n" + line.rstrip(b"\r")
+                found[name].append(line.rstrip(b"\r"))
             continue
         key, colon, value = line.partition(b":")
         key = key.rstrip(b" \t").lower()
         name = None
         if colon and key in _WANTED and key not in found:
             name = key
-            found[key] = value.rstrip(b"\r").lstrip(b" \t").replace(b"\0", b"\xef\xbf\xbd")
-    return found
+            found[key] = [value.rstrip(b"\r").lstrip(b" \t").replace(b"\0", b"\xef\xbf\xbd")]
+    return {key: b"\n".join(lines) for key, lines in found.items()}
 
 
 def _first_address(value: bytes | None):
@@ -123,9 +126,9 @@ def message_ids(value: bytes | None) -> list[str]:
     return out
 
 
-def extract(raw: bytes) -> SortFields:
+def extract(raw: bytes, max_header_bytes: int = DEFAULT_LIMITS.max_header_bytes) -> SortFields:
     """The sort and thread fields of a raw message."""
-    h = _headers(raw)
+    h = _headers(raw, max_header_bytes)
     subject, reply = base_subject(h[b"subject"]) if b"subject" in h else ("", False)
     ids = message_ids(h.get(b"message-id"))
     refs = message_ids(h.get(b"references"))
@@ -162,6 +165,6 @@ def decode(record: bytes | None) -> SortFields | None:
         return None
 
 
-def extract_record(raw: bytes) -> bytes:
+def extract_record(raw: bytes, max_header_bytes: int = DEFAULT_LIMITS.max_header_bytes) -> bytes:
     """`encode(extract(raw))`: the record stored with a new body."""
-    return encode(extract(raw))
+    return encode(extract(raw, max_header_bytes))

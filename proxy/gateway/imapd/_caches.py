@@ -49,7 +49,7 @@ async def analyze(raw: bytes, limits: mime.MimeLimits = mime.DEFAULT_LIMITS) -> 
 
 
 def _analyze(raw: bytes, limits: mime.MimeLimits) -> tuple[bytes, bytes]:
-    return analyze_for_store(raw, limits), extract_record(raw)
+    return analyze_for_store(raw, limits), extract_record(raw, limits.max_header_bytes)
 
 
 class _Lru:
@@ -105,8 +105,9 @@ class SortFieldCache:
     in slices of `SORT_FIELD_CHUNK`); a body without a record (stored before there were any) has
     its header parsed in a worker thread and its record written back, so that happens once."""
 
-    def __init__(self, bodies: BodyCache, entries: int = SORT_FIELD_ENTRIES):
-        self.bodies = bodies
+    def __init__(self, bodies: BodyCache, entries: int = SORT_FIELD_ENTRIES,
+                 max_header_bytes: int = mime.DEFAULT_LIMITS.max_header_bytes):
+        self.bodies, self.max_header_bytes = bodies, max_header_bytes
         self._lru = _Lru(entries)
 
     async def fields(self, store, metas: Sequence[MessageMeta]) -> list[SortFields | None]:
@@ -137,7 +138,8 @@ class SortFieldCache:
             part = todo[start:start + SORT_FIELD_CHUNK]
             raws = await self.bodies.get_many(store, [metas[i] for i in part])
             present = [(i, raw) for i, raw in zip(part, raws, strict=True) if raw is not None]
-            found = await trio.to_thread.run_sync(_extract_all, [raw for _, raw in present])
+            found = await trio.to_thread.run_sync(_extract_all, [raw for _, raw in present],
+                                                 self.max_header_bytes)
             for (i, _), (value, _) in zip(present, found, strict=True):
                 out[i] = value
                 self._lru.put(metas[i].body_id, value)
@@ -160,11 +162,11 @@ class AnswerCache:
         self._lru.put(key, (weight, answer))
 
 
-def _extract_all(raws: list[bytes]) -> list[tuple[SortFields, bytes]]:
+def _extract_all(raws: list[bytes], max_header_bytes: int) -> list[tuple[SortFields, bytes]]:
     """Each header's sort fields and their stored record."""
     out = []
     for raw in raws:
-        fields = extract(raw)
+        fields = extract(raw, max_header_bytes)
         out.append((fields, encode(fields)))
     return out
 
@@ -178,7 +180,7 @@ class MimeCache:
         self.bodies, self.limits = bodies, limits
         # process-wide like this cache (body ids are unique in the store): its bound holds
         # however many accounts sort
-        self.sort_fields = SortFieldCache(bodies)
+        self.sort_fields = SortFieldCache(bodies, max_header_bytes=limits.max_header_bytes)
         self.answers = AnswerCache()
         self.previews = _Lru(PREVIEW_ENTRIES)   # FETCH PREVIEW text by body id (_preview.py)
         self._infos = _Lru(entries)

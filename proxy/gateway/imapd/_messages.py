@@ -258,7 +258,8 @@ async def find(session, key: SearchKey, among: list[int] | None = None,
                 seq=part[n], uid=meta.uid, flags=view.flags_of(meta.uid),
                 internaldate=meta.internaldate, modseq=meta.modseq, saved=meta.saved,
                 emailid=ids.email(meta.body_id) if ids is not None else None,
-                size=info.size if info is not None else meta.size, raw=raw, texts=text))
+                size=info.size if info is not None else meta.size, raw=raw, texts=text,
+                max_header_bytes=mime.limits.max_header_bytes))
         if need_raw:   # HEADER, SENT*: each message parsed; off the event loop (DESIGN.md)
             found += await trio.to_thread.run_sync(_match, key, msgs, view.exists, view.max_uid)
             await budget.tick()
