@@ -48,6 +48,12 @@ async def analyze(raw: bytes, limits: mime.MimeLimits = mime.DEFAULT_LIMITS) -> 
     return _analyze(raw, limits)
 
 
+async def _off_loop_if_big(work, size: int):
+    """`work()`, in a worker thread when it handles more than ANALYZE_IN_THREAD bytes: JSON
+    of a big cache blob (a 10 MB header, the bound) is a C call that holds the event loop."""
+    return await trio.to_thread.run_sync(work) if size > ANALYZE_IN_THREAD else work()
+
+
 def _analyze(raw: bytes, limits: mime.MimeLimits) -> tuple[bytes, bytes]:
     return analyze_for_store(raw, limits), extract_record(raw, limits.max_header_bytes)
 
@@ -222,8 +228,9 @@ class MimeCache:
         blobs = await store.caches(unique)
         texts: dict[int, tuple[str, str]] = {}
         stale = []
-        for meta, blob in zip(unique, blobs, strict=True):
-            data = _decode(blob)
+        decoded = await _off_loop_if_big(lambda: [_decode(b) for b in blobs],
+                                         sum(len(b or b"") for b in blobs))
+        for meta, data in zip(unique, decoded, strict=True):
             if data is None:
                 stale.append(meta)
             else:
@@ -231,14 +238,12 @@ class MimeCache:
         if stale:
             raws = await self.bodies.get_many(store, stale)
             present = [(m, r) for m, r in zip(stale, raws, strict=True) if r is not None]
-            work = lambda: [analyze_for_store(r, self.limits) for _, r in present]   # noqa: E731
-            if sum(len(r) for _, r in present) > ANALYZE_IN_THREAD:
-                blobs = await trio.to_thread.run_sync(work)
-            else:
-                blobs = work()
-            await store.set_caches([(m, b) for (m, _), b in zip(present, blobs, strict=True)])
-            for (meta, _), blob in zip(present, blobs, strict=True):
-                self._remember(meta, json.loads(blob), texts)
+            analysed = await _off_loop_if_big(
+                lambda: [(blob := analyze_for_store(r, self.limits), json.loads(blob))
+                         for _, r in present], sum(len(r) for _, r in present))
+            await store.set_caches([(m, b) for (m, _), (b, _) in zip(present, analysed, strict=True)])
+            for (meta, _), (_, data) in zip(present, analysed, strict=True):
+                self._remember(meta, data, texts)
         return texts
 
     def _remember(self, meta: MessageMeta, data: dict, texts: dict) -> None:

@@ -27,7 +27,7 @@ from ._partial import PartialRange
 from ._partial import parse as partial_range
 
 CHUNK = 256            # messages per store call (virtual sizes)
-OFF_LOOP_AT = 200      # sorts / threadings of more messages run in a worker thread
+OFF_LOOP_AT = 200      # sorts / threadings of more messages (+ references) run in a thread
 _ALGORITHMS = {b"ORDEREDSUBJECT": ordered_subject, b"REFERENCES": references}
 _ESORT_OPTIONS = {b"MIN", b"MAX", b"COUNT", b"ALL", b"PARTIAL", b"SAVE",   # SAVE: RFC 5182
                   b"CONTEXT", b"UPDATE"}                                   # RFC 5267 4.2, 4.3
@@ -50,7 +50,9 @@ async def items_of(session, seqs: list[int], uid: bool, need_size: bool) -> list
 
 
 async def off_loop(function, items):
-    if len(items) > OFF_LOOP_AT:
+    """`function(items)`, in a worker thread past OFF_LOOP_AT messages or references (a
+    THREAD's cost grows with both: one message can carry 100,000 References)."""
+    if len(items) + sum(len(i.fields.references) for i in items) > OFF_LOOP_AT:
         return await trio.to_thread.run_sync(partial(function, items))
     return function(items)
 

@@ -1,0 +1,355 @@
+"""Benchmark: fairness between gateway users. One user works on a 10,000-message mailbox
+(SEARCH TEXT, SORT, THREAD, FETCH 1:* BODY[], COPY 1:*, and STORE + EXPUNGE of the 10,000 copies)
+while other users run NOOP and a small FETCH in a loop; the others' latency is compared with the
+same loop while the heavy user is idle, and a ticker inside the gateway's event loop reports the
+longest stall: how late a 5 ms sleep woke up (wall clock: under load this includes waiting
+for a CPU), and the most CPU the event-loop thread used between two wake-ups (one task step
+holding the loop, whatever the load).
+
+The gateway runs in a server process of its own (the code of this tree, and of `--base REV`
+exported with `git archive` when given: rounds of both interleave in one run), SQLite store,
+the bench's private Dovecot as POP3 upstream; every client is a process of its own (a client
+thread in the gateway's process would compete for its GIL). Server CPU per phase is read from
+/proc (all its threads). Every process is stopped on every path (the clients' sockets time out;
+the server ends when its stdin closes, and is killed after a bound).
+
+Run: .venv/bin/python bench/gateway_fairness.py [--messages 10000] [--light 4] [--rounds 2]
+                                                [--idle-seconds 10] [--base 161ecc5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import random
+import subprocess
+import sys
+import threading
+import time
+
+from common import REPO_ROOT, Env, Table, cpu_seconds, median, percentile  # noqa: E402
+
+from support.proxyproc import relay_config  # noqa: E402
+
+TICK = 0.005   # the ticker's sleep: a wake-up later than this is time the loop was held
+SERVER = r"""
+import functools, json, sys, time
+sys.path.insert(0, sys.argv[1])
+import trio
+from proxy.config import loads
+from proxy.gateway.service import open_gateway
+from proxy.metrics import Metrics
+from proxy.net.conn import Conn
+from proxy.session.context import Runtime, Session
+
+TICK = float(sys.argv[3])
+
+async def main():
+    config = loads(open(sys.argv[2]).read())
+    listener, metrics = config.listeners[0], Metrics()
+    runtime = Runtime.build(config, metrics)
+    stalls = {"max": 0.0, "over_50ms": 0, "ticks": 0, "busy_max": 0.0}
+    port = [0]
+    async with open_gateway(config, metrics) as service:
+        async def handler(stream):
+            conn = Conn(stream)
+            peer = stream.socket.getpeername()
+            try:
+                await service.handle(Session(runtime, listener, peer[0], peer[1], "127.0.0.1",
+                                             port[0]), conn)
+            finally:
+                await conn.aclose()
+
+        async def ticker():
+            last, last_cpu = time.perf_counter(), time.thread_time()
+            while True:
+                await trio.sleep(TICK)
+                now, cpu = time.perf_counter(), time.thread_time()
+                late, last = now - last - TICK, now
+                busy, last_cpu = cpu - last_cpu, cpu   # CPU of the trio thread in between
+                stalls["ticks"] += 1
+                stalls["max"] = max(stalls["max"], late)
+                stalls["busy_max"] = max(stalls["busy_max"], busy)
+                stalls["over_50ms"] += late > 0.05
+
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0,
+                                                              host="127.0.0.1"))
+            port[0] = listeners[0].socket.getsockname()[1]
+            nursery.start_soon(ticker)
+            print(port[0], flush=True)
+            stdin, pending = trio.lowlevel.FdStream(0), b""
+            while data := await stdin.receive_some():
+                pending += data
+                while b"\n" in pending:
+                    _, pending = pending.split(b"\n", 1)
+                    print(json.dumps(stalls), flush=True)
+                    stalls.update(max=0.0, over_50ms=0, ticks=0, busy_max=0.0)
+            nursery.cancel_scope.cancel()
+
+trio.run(main)
+"""
+
+
+# -- the mailbox -------------------------------------------------------------------------------------
+
+WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
+         "oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
+
+
+def message(rng: random.Random, n: int) -> bytes:
+    """A ~3 KB text message; every 10th in a thread with the one before, every 100th with the
+    needle that SEARCH TEXT looks for."""
+    refs = f"References: <m{n - 1}@bench.example>\r\n" if n % 10 else ""
+    subject = ("Re: " if n % 10 else "") + " ".join(rng.choice(WORDS) for _ in range(4))
+    body = "\r\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(40))
+    if n % 100 == 0:
+        body += "\r\nthe needle is here"
+    return (f"From: Sender {n % 53} <s{n % 53}@bench.example>\r\nTo: bench@example.com\r\n"
+            f"Subject: {subject}\r\nDate: Mon, 01 Jan 2024 {n % 24:02d}:{n % 60:02d}:00 +0000\r\n"
+            f"Message-ID: <m{n}@bench.example>\r\n{refs}\r\n{body}\r\n").encode()
+
+
+# -- clients (each a process: `gateway_fairness.py --client ...`) ---------------------------------------
+
+def _login(port: int, user: str, password: str):
+    import imaplib
+
+    imaplib._MAXLINE = 1 << 30
+    client = imaplib.IMAP4("127.0.0.1", port, timeout=300)
+    client.login(user, password)
+    return client
+
+
+def light_client(port: int, user: str, password: str) -> None:
+    """NOOP and FETCH of one message's flags and subject, alternately, until stdin closes;
+    prints {"NOOP": [seconds...], "FETCH": [...]}."""
+    client = _login(port, user, password)
+    count = int(client.select("INBOX")[1][0])
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    times: dict[str, list[float]] = {"NOOP": [], "FETCH": []}
+    print("ready", flush=True)
+    n = 0
+    while not stop.is_set():
+        n += 1
+        started = time.perf_counter()
+        if n % 2:
+            assert client.noop()[0] == "OK"
+            times["NOOP"].append(time.perf_counter() - started)
+        else:
+            typ, _ = client.fetch(str(n % count + 1), "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            assert typ == "OK"
+            times["FETCH"].append(time.perf_counter() - started)
+    client.logout()
+    print(json.dumps(times), flush=True)
+
+
+def heavy_client(port: int, user: str, password: str) -> None:
+    """The heavy user's commands, one after the other; prints {command: seconds}."""
+    client = _login(port, user, password)
+    count = int(client.select("INBOX")[1][0])
+    steps = [
+        ("SEARCH TEXT", lambda: client.search(None, "TEXT", "needle")),
+        ("SORT", lambda: client.sort("(SUBJECT)", "UTF-8", "ALL")),
+        ("THREAD", lambda: client.thread("REFERENCES", "UTF-8", "ALL")),
+        ("FETCH 1:* BODY[]", lambda: client.fetch("1:*", "(BODY.PEEK[])")),
+        ("COPY 1:*", lambda: client.copy("1:*", "Copies")),
+        ("STORE 1:* \\Deleted", lambda: (client.select("Copies"),
+                                         client.store("1:*", "+FLAGS.SILENT", "(\\Deleted)"))[1]),
+        ("EXPUNGE", lambda: client.expunge()),
+    ]
+    client.create("Copies")
+    out: dict[str, float] = {"messages": count}
+    for name, step in steps:
+        started = time.perf_counter()
+        result = step()
+        out[name] = time.perf_counter() - started
+        assert result[0] == "OK", (name, result)
+    client.logout()
+    print(json.dumps(out), flush=True)
+
+
+# -- the driver ----------------------------------------------------------------------------------------
+
+def export(rev: str) -> pathlib.Path:
+    """`rev` of this repository in a fresh directory (`git archive`: no worktree is touched)."""
+    import tempfile
+
+    root = pathlib.Path(tempfile.mkdtemp(prefix="mailproxy-fairness-"))
+    archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", rev, "proxy"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    return root
+
+
+class Server:
+    """The gateway of one tree in its own process, with the ticker."""
+
+    def __init__(self, env: Env, label: str, tree: pathlib.Path):
+        cfg = relay_config(env.dovecot, listeners=("imap",), allow_plaintext_auth=True,
+                           max_connections_per_ip=100000)
+        cfg["listeners"][0]["mode"] = "gateway"
+        cfg.pop("metrics", None)
+        cfg["gateway"] = {"store": str(env.root / f"{label}.db"), "poll_interval": "600s"}
+        path = env.root / f"{label}.json"
+        path.write_text(json.dumps(cfg))
+        self.log = open(env.root / f"{label}.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, str(tree), str(path), str(TICK)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
+        env.on_close(self.stop)
+        self.port = int(self.proc.stdout.readline())
+
+    def stalls(self) -> dict:
+        """The ticker's figures since the last call (and resets them)."""
+        self.proc.stdin.write(b"stats\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def client(mode: str, port: int, user: str, password: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, "--client", mode, str(port), user, password],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, bound: float = 600) -> dict:
+    """A client's JSON answer; the client is killed if it has not answered within `bound`."""
+    try:
+        out, _ = proc.communicate(timeout=bound)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def fill(server: Server, user: str, password: str, count: int) -> None:
+    """Log in until the gateway has fetched all `count` messages (a login syncs)."""
+    client = _login(server.port, user, password)
+    deadline = time.monotonic() + 1800
+    while int(client.select("INBOX")[1][0]) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{user}: the gateway did not fetch {count} messages")
+        time.sleep(1)
+    client.logout()
+
+
+def phase(server: Server, heavy: bool, lights: list, heavy_user, idle_seconds: float) -> dict:
+    server.stalls()   # reset
+    pid = server.proc.pid
+    procs = [client("light", server.port, *user) for user in lights]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready"
+        cpu = cpu_seconds(pid)
+        started = time.perf_counter()
+        if heavy:
+            commands = finish(client("heavy", server.port, *heavy_user))
+        else:
+            time.sleep(idle_seconds)
+            commands = {}
+        elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(pid) - cpu
+    finally:
+        for proc in procs:   # EOF on stdin: the light clients stop and answer
+            if proc.stdin is not None:
+                proc.stdin.close()
+                proc.stdin = None
+        answers = [finish(proc, 120) for proc in procs]
+    stalls = server.stalls()
+    latencies = {op: sorted(t for a in answers for t in a[op]) for op in ("NOOP", "FETCH")}
+    return {"commands": commands, "latencies": latencies, "stalls": stalls, "cpu": cpu,
+            "seconds": elapsed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--light", type=int, default=4, help="other users running NOOP/FETCH")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--base", help="also run this revision (git archive), rounds interleaved")
+    parser.add_argument("--client", nargs=4, metavar=("MODE", "PORT", "USER", "PASSWORD"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        mode, port, user, password = args.client
+        (light_client if mode == "light" else heavy_client)(int(port), user, password)
+        return
+    trees = {"this tree": REPO_ROOT}
+    if args.base:
+        trees[args.base] = export(args.base)
+    with Env("gateway-fairness") as env:
+        rng = random.Random(1)
+        heavy_user = env.dovecot.add_user()
+        for n in range(1, args.messages + 1):
+            env.dovecot.deliver(heavy_user[0], message(rng, n), flags="S")
+        lights = []
+        for _ in range(args.light):
+            lights.append(env.dovecot.add_user())
+            for n in range(1, 51):
+                env.dovecot.deliver(lights[-1][0], message(rng, n), flags="S")
+        servers = {}
+        for label, tree in trees.items():
+            servers[label] = Server(env, label.replace(" ", "-"), tree)
+            fill(servers[label], *heavy_user, args.messages)
+            for user in lights:
+                fill(servers[label], *user, 50)
+            print(f"{label}: filled", file=sys.stderr)
+        results: dict[tuple[str, str], list[dict]] = {}
+        for round_no in range(args.rounds):
+            for label, server in servers.items():
+                for heavy in (False, True):
+                    result = phase(server, heavy, lights, heavy_user, args.idle_seconds)
+                    results.setdefault((label, "heavy" if heavy else "idle"), []).append(result)
+                    print(f"round {round_no + 1} {label} {'heavy' if heavy else 'idle'}: "
+                          f"late max {result['stalls']['max'] * 1000:.0f} ms, busy max "
+                          f"{result['stalls']['busy_max'] * 1000:.0f} ms, load "
+                          f"{os.getloadavg()[0]:.1f}", file=sys.stderr)
+        report(results, args)
+
+
+def report(results: dict[tuple[str, str], list[dict]], args) -> None:
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    table = Table(f"Other users' latency (ms, all rounds pooled; {args.light} users, NOOP and "
+                  "FETCH) while one user works on its mailbox or is idle, and the gateway loop's "
+                  "longest stall (ms, worst round)",
+                  ["tree", "heavy user", "NOOP p50", "NOOP p99", "NOOP max", "FETCH p50",
+                   "FETCH p99", "FETCH max", "loop late max", "late > 50 ms", "loop busy max"])
+    for (label, mode), runs in results.items():
+        row: list = [label, mode]
+        for op in ("NOOP", "FETCH"):
+            pooled = sorted(t for r in runs for t in r["latencies"][op])
+            row += [percentile(pooled, 0.5) * 1000, percentile(pooled, 0.99) * 1000,
+                    (pooled[-1] if pooled else 0) * 1000]
+        row += [max(r["stalls"]["max"] for r in runs) * 1000,
+                sum(r["stalls"]["over_50ms"] for r in runs),
+                max(r["stalls"]["busy_max"] for r in runs) * 1000]
+        table.add(*row)
+    print(table.render())
+    names = [n for n in next(iter(r for (_, m), rs in results.items() if m == "heavy" for r in rs))
+             ["commands"] if n != "messages"]
+    heavy = Table(f"The heavy user's commands on {args.messages} messages (s, median of rounds) "
+                  "and the gateway's CPU for the whole phase (s, /proc, median)",
+                  ["tree", *names, "server CPU"])
+    for (label, mode), runs in results.items():
+        if mode == "heavy":
+            heavy.add(label, *[median([r["commands"][n] for r in runs]) for n in names],
+                      median([r["cpu"] for r in runs]))
+    print(heavy.render())
+
+
+if __name__ == "__main__":
+    main()
