@@ -148,7 +148,8 @@ def light_client(port: int, user: str, password: str) -> None:
 
 
 def heavy_client(port: int, user: str, password: str) -> None:
-    """The heavy user's commands, one after the other; prints {command: seconds}."""
+    """The heavy user's commands, one after the other; prints {command: seconds} after each
+    and waits for a line on stdin before the next."""
     client = _login(port, user, password)
     count = int(client.select("INBOX")[1][0])
     steps = [
@@ -162,14 +163,14 @@ def heavy_client(port: int, user: str, password: str) -> None:
         ("EXPUNGE", lambda: client.expunge()),
     ]
     client.create("Copies")
-    out: dict[str, float] = {"messages": count}
-    for name, step in steps:
-        started = time.perf_counter()
+    print(json.dumps({"messages": count}), flush=True)
+    for name, step in steps:   # one line per command; the driver answers once it has the
+        started = time.perf_counter()   # ticker's figures for it
         result = step()
-        out[name] = time.perf_counter() - started
+        print(json.dumps({name: time.perf_counter() - started}), flush=True)
         assert result[0] == "OK", (name, result)
+        sys.stdin.readline()
     client.logout()
-    print(json.dumps(out), flush=True)
 
 
 # -- the driver ----------------------------------------------------------------------------------------
@@ -256,8 +257,9 @@ def phase(server: Server, heavy: bool, lights: list, heavy_user, idle_seconds: f
         cpu = cpu_seconds(pid)
         started = time.perf_counter()
         if heavy:
-            commands = finish(client("heavy", server.port, *heavy_user))
+            commands, per_command = heavy_run(server, heavy_user)
         else:
+            per_command = {}
             time.sleep(idle_seconds)
             commands = {}
         elapsed = time.perf_counter() - started
@@ -270,8 +272,36 @@ def phase(server: Server, heavy: bool, lights: list, heavy_user, idle_seconds: f
         answers = [finish(proc, 120) for proc in procs]
     stalls = server.stalls()
     latencies = {op: sorted(t for a in answers for t in a[op]) for op in ("NOOP", "FETCH")}
+    if per_command:   # the whole phase's worst: the commands' and what came after them
+        stalls = {key: max([stalls[key]] + [s[key] for s in per_command.values()])
+                  for key in ("max", "busy_max")} | {
+            "over_50ms": stalls["over_50ms"] + sum(s["over_50ms"] for s in per_command.values())}
     return {"commands": commands, "latencies": latencies, "stalls": stalls, "cpu": cpu,
-            "seconds": elapsed}
+            "seconds": elapsed, "per_command": per_command}
+
+
+def heavy_run(server: Server, user) -> tuple[dict, dict]:
+    """Run the heavy client; after each of its commands read the ticker (so each command gets
+    the stalls of its own run). Returns ({command: seconds}, {command: ticker figures})."""
+    proc = client("heavy", server.port, *user)
+    commands: dict[str, float] = {}
+    per_command: dict[str, dict] = {}
+    try:
+        server.stalls()
+        while line := proc.stdout.readline():
+            answer = json.loads(line)
+            commands.update(answer)
+            if "messages" not in answer:
+                per_command[next(iter(answer))] = server.stalls()
+                proc.stdin.write("next\n")
+                proc.stdin.flush()
+        if proc.wait(600) != 0:
+            raise RuntimeError("the heavy client failed")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return commands, per_command
 
 
 def main() -> None:
@@ -349,6 +379,15 @@ def report(results: dict[tuple[str, str], list[dict]], args) -> None:
             heavy.add(label, *[median([r["commands"][n] for r in runs]) for n in names],
                       median([r["cpu"] for r in runs]))
     print(heavy.render())
+    stalls = Table("The gateway loop while each heavy command ran (ms, worst of rounds): how "
+                   "late the ticker woke (wall clock) and the most CPU the loop thread used "
+                   "between two wake-ups", ["tree", "command", "late max", "busy max"])
+    for (label, mode), runs in results.items():
+        if mode == "heavy":
+            for n in names:
+                stalls.add(label, n, max(r["per_command"][n]["max"] for r in runs) * 1000,
+                           max(r["per_command"][n]["busy_max"] for r in runs) * 1000)
+    print(stalls.render())
 
 
 if __name__ == "__main__":
