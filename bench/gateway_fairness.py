@@ -24,6 +24,7 @@ import json
 import os
 import pathlib
 import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -319,9 +320,10 @@ def main() -> None:
         (light_client if mode == "light" else heavy_client)(int(port), user, password)
         return
     trees = {"this tree": REPO_ROOT}
-    if args.base:
-        trees[args.base] = export(args.base)
     with Env("gateway-fairness") as env:
+        if args.base:
+            trees[args.base] = export(args.base)
+            env.on_close(lambda: shutil.rmtree(trees[args.base], ignore_errors=True))
         rng = random.Random(1)
         heavy_user = env.dovecot.add_user()
         for n in range(1, args.messages + 1):
