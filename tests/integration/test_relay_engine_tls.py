@@ -2,7 +2,8 @@
 net/tls_engine.py): implicit TLS, STARTTLS/STLS and upstream TLS sessions really run in it (its
 gauge), with real clients (imaplib, poplib, curl) against a real Dovecot; backpressure bounds the
 proxy's memory under a slow TLS reader; a peer that resets mid-record, or asks to renegotiate,
-ends that session only; the drain's BYE arrives over TLS followed by a close_notify.
+ends that session only; the drain's BYE arrives over TLS followed by a close_notify; COMPRESS
+hands the session back to the task path with its TLS state.
 test_tls.py runs its client- and upstream-TLS cases on both relay paths too."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import zlib
 
 import pytest
 import trustme
@@ -285,3 +287,46 @@ def test_drain_says_bye_over_tls_then_close_notify(proxy_factory, dovecot, user,
     for sock, file in clients:
         file.close()
         sock.close()
+
+
+def test_compress_over_tls_is_handed_back_with_the_tls_state(proxy_factory, dovecot_factory, ca,
+                                                            cert_files):
+    """RFC 4978 over TLS: the engine forwards COMPRESS and hands the session back with its
+    TLSEngine as it is; the task path reads and writes the same TLS session, compressed."""
+    from .test_compress_relay import ZLIB
+
+    zlib_dovecot = dovecot_factory(extra_config=ZLIB)
+    user = zlib_dovecot.add_user()
+    proxy = tls_proxy(proxy_factory, zlib_dovecot, cert_files)
+    raw = socket.create_connection((HOST, proxy.port("imaps")), timeout=TIMEOUT)
+    sock = client_context(ca).wrap_socket(raw, server_hostname="localhost",
+                                          suppress_ragged_eofs=False)
+    file = sock.makefile("rb")
+    file.readline()
+    sock.sendall(b"a LOGIN %s %s\r\n" % (user[0].encode(), user[1].encode()))
+    assert file.readline().startswith(b"a OK")
+    assert wait_for(lambda: engine_sessions(proxy) == 1, "the session in the engine")
+    sock.sendall(b"z COMPRESS DEFLATE\r\n")
+    assert file.readline().startswith(b"z OK")
+    assert engine_sessions(proxy) == 0
+    deflate = zlib.compressobj(wbits=-15)
+    inflate = zlib.decompressobj(wbits=-15)
+    for tag in (b"n1", b"n2"):
+        sock.sendall(deflate.compress(tag + b" NOOP\r\n") + deflate.flush(zlib.Z_SYNC_FLUSH))
+        plain = b""
+        while b"\r\n" not in plain:
+            chunk = sock.recv(65536)
+            assert chunk
+            plain += inflate.decompress(chunk)
+        assert plain.startswith(tag + b" OK NOOP completed") and plain.endswith(b"\r\n"), plain
+    sock.sendall(deflate.compress(b"l LOGOUT\r\n") + deflate.flush(zlib.Z_SYNC_FLUSH))
+    plain = b""
+    while True:
+        chunk = sock.recv(65536)   # ends with a close_notify (else SSLEOFError)
+        if not chunk:
+            break
+        plain += inflate.decompress(chunk)
+    assert plain.startswith(b"* BYE") and b"l OK" in plain, plain
+    file.close()
+    sock.close()
+    assert "session_crash" not in proxy.logs()
