@@ -13,6 +13,7 @@ no clock, no trio here: bytes in, bytes out, and the two "wants" tell the I/O lo
     engine.write(plaintext)                       # encrypted at once into whole records
     engine.data_to_send() -> bytes                # ciphertext to write (b"": nothing), all records
     engine.wants_send                             # want-write: data_to_send() is not empty
+    engine.has_unread                             # False: read() gives nothing until fed more
     engine.close()                                # queue our close_notify (RFC 8446 6.1)
 
 `read` and `handshake` raise ssl.SSLError (and its subclasses) when the peer broke the protocol
@@ -132,6 +133,14 @@ class TLSEngine:
         (when another I/O loop hands the connection back with a send half done)."""
         if ciphertext:
             self._sealed.insert(0, bytes(ciphertext))
+
+    @property
+    def has_unread(self) -> bool:
+        """Ciphertext received that `read` has not taken in yet (maybe not a whole record).
+        False: `read` gives nothing before the next `receive_data` (a record's start that
+        OpenSSL already took in waits there for the rest)."""
+        return bool(self._incoming.pending or self.ssl_object.pending() or self._unfed
+                    or self._eof_unfed)
 
     @property
     def wants_send(self) -> bool:

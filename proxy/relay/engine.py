@@ -296,7 +296,7 @@ class Engine:
             if not data:
                 conn.eof = True
             sess.received(side, data)
-            if not data or sess.done:
+            if not data or sess.done or not tls.has_unread:   # (the usual end: no read to fail)
                 return
             self._interest(sess)
             if sess.done:

@@ -93,6 +93,26 @@ def test_a_record_split_across_reads_waits_for_its_end(ca):
     assert server.read(4096) == b"x" * 1000
 
 
+def test_has_unread_false_means_nothing_to_read_before_more_ciphertext(ca):
+    server, client = connected(ca)
+    assert not server.has_unread
+    client.write(b"a" * 100_000)
+    wire = client.data_to_send()
+    server.receive_data(wire[:-10])   # whole records, then part of the last one
+    assert server.has_unread
+    got = server.read(50_000) or b""
+    assert len(got) == 50_000
+    assert server.has_unread          # whole records left
+    got += server.read(1_000_000) or b""
+    assert not server.has_unread      # (the last record's start is inside OpenSSL now)
+    assert server.read(1_000_000) is None
+    server.receive_data(wire[-10:])
+    assert server.has_unread
+    got += server.read(1_000_000) or b""
+    assert got == b"a" * 100_000
+    assert not server.has_unread      # all consumed: the engine's read loop stops here
+
+
 def test_close_notify_reads_as_end(ca):
     server, client = connected(ca)
     client.write(b"last words\r\n")
