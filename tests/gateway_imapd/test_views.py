@@ -4,6 +4,7 @@
 * \\Recent in two sessions, and again after a restart;
 * a keyword in FETCH FLAGS that no FLAGS response announced (RFC 3501 7.2.6);
 * a copied message announced after its EXPUNGE went by (kept by a session for good);
+* a MOVE whose announcement in the target failed left the moved messages in the mover's view;
 * NO [EXPUNGEISSUED] for a message the session still sees (RFC 2180 4.1.1: answered from the
   view), and the body forgotten by the store once every session was told.
 """
@@ -16,6 +17,7 @@ import re
 import trio
 
 from proxy.gateway.imapd import _message_changes
+from proxy.store import StoreUnavailable
 
 from .conftest import message
 from .stress.wire import Conn
@@ -120,6 +122,28 @@ async def test_copy_expunged_before_its_announcement_is_never_announced(gateway,
     assert await run(c.ok, "FETCH 1:* (UID)") == [b"* 1 FETCH (UID 1)", b"* 2 FETCH (UID 2)"]
     for client in (a, b, c):
         await run(client.close)
+
+
+async def test_move_forgets_what_moved_even_when_its_announcement_fails(gateway, monkeypatch):
+    """The store committed the MOVE, then reading the target's snapshot failed (a database
+    outage): the mover is still told the EXPUNGE, so its view never keeps what moved."""
+    async def failing(session, mailbox_id: int) -> None:
+        raise StoreUnavailable("the database is restarting")
+
+    def scenario():
+        a = Client(gateway)
+        _append(a, message(1))
+        _append(a, message(2))
+        a.ok("NOOP")
+        a.ok("CREATE Elsewhere")
+        monkeypatch.setattr(_message_changes, "publish_appended", failing)
+        lines, done = a.cmd("UID MOVE 1 Elsewhere")
+        assert done.split(b" ")[1:3] == [b"NO", b"[UNAVAILABLE]"], done
+        assert lines[-1] == b"* 1 EXPUNGE" and lines[0].startswith(b"* OK [COPYUID "), lines
+        assert a.ok("FETCH 1:* (UID)") == [b"* 1 FETCH (UID 2)"]
+        a.close()
+
+    await run(scenario)
 
 
 async def test_recent_in_exactly_one_session_and_not_again_after_restart(gateway):

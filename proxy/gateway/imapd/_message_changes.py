@@ -91,19 +91,18 @@ async def copy(session, cmd, move: bool = False):
     operation = session.store.move if move else session.store.copy
     pairs = await operation(view.mailbox_id, uids, target.id)
     moved = [a for a, _ in pairs]
-    if move:   # at once, before any other await: other views pin what they show (RFC 2180 4.1.1)
-        session.backend.hub.expunged(view.mailbox_id, moved, origin=view)
-    if pairs:
-        await publish_appended(session, target.id)
     code = (b"COPYUID %d %s %s" % (target.uidvalidity, uid_list([a for a, _ in pairs]),
                                    uid_list([b for _, b in pairs]))) if pairs else None
-    if not move:
-        return code, "COPY completed."
-    if code:   # RFC 6851 4.3: COPYUID goes in an untagged OK before the EXPUNGEs
-        session.emit(b"OK [" + code + b"] Moved UIDs.")
-    for line in view.expunge_lines(moved):   # EXPUNGE, or VANISHED with QRESYNC (RFC 7162 3.2.10)
-        session.emit(line)
-    return None
+    if move:   # at once, before any other await: other views pin what they show (RFC 2180
+        # 4.1.1), and this one forgets what moved even if the announcement below fails
+        session.backend.hub.expunged(view.mailbox_id, moved, origin=view)
+        if code:   # RFC 6851 4.3: COPYUID goes in an untagged OK before the EXPUNGEs
+            session.emit(b"OK [" + code + b"] Moved UIDs.")
+        for line in view.expunge_lines(moved):   # or VANISHED with QRESYNC (RFC 7162 3.2.10)
+            session.emit(line)
+    if pairs:
+        await publish_appended(session, target.id)
+    return (code, "COPY completed.") if not move else None
 
 
 async def move(session, cmd):
