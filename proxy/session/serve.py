@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import time
 from typing import Awaitable, Callable
@@ -30,6 +31,9 @@ PROXY_HEADER_TIMEOUT = 5.0
 # (as trio.serve_listeners does) rather than stop listening
 ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 ACCEPT_BACKOFF = 0.1   # seconds
+# while accept keeps failing so, one accept_failed line per listener at most this often (seconds),
+# counting the failures since the last line; the first failure is logged at once
+ACCEPT_FAILED_LOG_INTERVAL = 10.0
 
 Handler = Callable[[Session, Conn], Awaitable[None]]
 
@@ -117,6 +121,7 @@ class ListenerServer:
             task_status.started(listeners)
 
     async def _accept(self, listener: trio.SocketListener, sessions: trio.Nursery) -> None:
+        failures, logged_at = 0, -math.inf   # unlogged accept failures; when the last line was
         async with listener:
             while True:
                 try:
@@ -124,8 +129,11 @@ class ListenerServer:
                 except OSError as exc:
                     if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
                         raise
-                    logs.event("accept_failed", logging.ERROR, listener=self.name,
-                               reason=os.strerror(exc.errno))
+                    failures += 1
+                    if trio.current_time() - logged_at >= ACCEPT_FAILED_LOG_INTERVAL:
+                        logs.event("accept_failed", logging.ERROR, listener=self.name,
+                                   reason=os.strerror(exc.errno), failures=failures)
+                        failures, logged_at = 0, trio.current_time()
                     await trio.sleep(ACCEPT_BACKOFF)
                 else:
                     sessions.start_soon(self._connection, stream)

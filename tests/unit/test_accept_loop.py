@@ -99,3 +99,23 @@ async def test_a_closed_listener_stops_the_loop():
 
     errors = await serve_until_it_fails(Closed([]))
     assert [type(e) for e in errors] == [trio.ClosedResourceError]
+
+
+async def test_out_of_descriptors_is_logged_at_most_once_per_interval(autojump_clock, caplog,
+                                                                      monkeypatch):
+    """A process out of descriptors fails every ACCEPT_BACKOFF: one accept_failed line at once,
+    then one per ACCEPT_FAILED_LOG_INTERVAL with the failures since the last line."""
+    monkeypatch.setattr(serve, "ACCEPT_BACKOFF", 0.125)   # (exact in binary: no rounding)
+    per_interval = round(serve.ACCEPT_FAILED_LOG_INTERVAL / 0.125)
+    stream = trio.testing.MemorySendStream()
+    listener = ScriptedListener([OSError(errno.EMFILE, "full")] * (2 * per_interval + 5) + [stream])
+    started = trio.Event()
+    server = server_recording([], started)
+    caplog.set_level("ERROR", logger="mailproxy")
+    async with trio.open_nursery() as sessions:
+        await sessions.start(server.serve, [listener], sessions)
+        await started.wait()
+        sessions.cancel_scope.cancel()
+    lines = [r.fields for r in caplog.records if r.getMessage() == "accept_failed"]
+    assert [line["failures"] for line in lines] == [1, per_interval, per_interval]
+    assert {line["reason"] for line in lines} == {"Too many open files"}
