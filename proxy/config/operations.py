@@ -49,12 +49,13 @@ class Logging:
 
 @dataclass(frozen=True, slots=True)
 class Relay:
-    """How relay sessions are driven once logged in: `tasks` (two pump tasks and a watchdog per
-    session) or `epoll` (one engine per process owns the sessions' sockets, plain or TLS, no
-    task per session: proxy/relay/engine.py). COMPRESS sessions are handed back to tasks."""
+    """How relay sessions are driven once logged in: `epoll` (the default: one engine per
+    process owns the sessions' sockets, plain or TLS, no task per session:
+    proxy/relay/engine.py) or `tasks` (two pump tasks and a watchdog per session). COMPRESS
+    sessions are handed back to tasks."""
 
     __pydantic_config__ = STRICT
-    engine: Literal["tasks", "epoll"] = "tasks"
+    engine: Literal["tasks", "epoll"] = "epoll"
 
 
 @dataclass(frozen=True, slots=True)
