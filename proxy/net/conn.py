@@ -31,7 +31,9 @@ _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 class Conn(RawSocket):
     __slots__ = ("stream", "bytes_in", "bytes_out", "closed", "eof", "_sending", "_lot")
 
-    def __init__(self, stream: trio.abc.Stream):
+    def __init__(self, stream: trio.abc.Stream, *, fresh: bool = False):
+        """`fresh`: a connection just accepted, whose peer waits for the greeting: the first
+        receive waits for readiness instead of trying a read that would fail with EAGAIN."""
         super().__init__(plain_socket_fd(stream))
         self.stream = stream
         self.bytes_in = 0
@@ -40,6 +42,7 @@ class Conn(RawSocket):
         self.eof = False  # the peer closed its side
         self._sending = False
         self._lot: trio.lowlevel.ParkingLot | None = None  # made when a second writer waits
+        self._drained = fresh  # (RawSocket's: the last read emptied the socket)
 
     async def receive(self) -> bytes:
         """Up to RECEIVE_SIZE bytes (more on the fast path during bulk transfers); b"" once the

@@ -9,9 +9,11 @@ it never reaches the listener, so one session can never take down the others.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import math
 import os
+import socket
 import time
 from typing import Awaitable, Callable
 
@@ -34,6 +36,12 @@ ACCEPT_BACKOFF = 0.1   # seconds
 # while accept keeps failing so, one accept_failed line per listener at most this often (seconds),
 # counting the failures since the last line; the first failure is logged at once
 ACCEPT_FAILED_LOG_INTERVAL = 10.0
+# accept(2) errors that end the loop (the socket was closed under it), and those that concern
+# only the connection being accepted (a peer that reset or was refused by a firewall): as trio
+ACCEPT_CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK}
+ACCEPT_IGNORED_ERRNOS = {errno.EPERM, errno.ECONNABORTED, errno.EPROTO, errno.ENETDOWN,
+                         errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
+                         errno.EOPNOTSUPP, errno.ENETUNREACH}
 
 Handler = Callable[[Session, Conn], Awaitable[None]]
 
@@ -121,40 +129,68 @@ class ListenerServer:
             task_status.started(listeners)
 
     async def _accept(self, listener: trio.SocketListener, sessions: trio.Nursery) -> None:
-        failures, logged_at = 0, -math.inf   # unlogged accept failures; when the last line was
-        async with listener:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                        raise
-                    failures += 1
-                    if trio.current_time() - logged_at >= ACCEPT_FAILED_LOG_INTERVAL:
-                        logs.event("accept_failed", logging.ERROR, listener=self.name,
-                                   reason=os.strerror(exc.errno), failures=failures)
-                        failures, logged_at = 0, trio.current_time()
-                    await trio.sleep(ACCEPT_BACKOFF)
-                else:
-                    sessions.start_soon(self._connection, stream)
+        """Accept on one listening socket until cancelled; the socket is closed then.
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
+        The stdlib socket is driven directly (a second Python object on the same descriptor,
+        detached at the end so that only the listener closes it): trio's `accept()` first
+        tries accept(2), which fails with EAGAIN whenever nothing is queued, and after each
+        success yields to the scheduler once more; here the loop waits for readiness first,
+        then accepts one connection (each accept follows a pass of the scheduler, so a flood
+        of connections still lets the sessions run). The peer's address comes with accept(2)
+        (no getpeername per connection), and a listener bound to one address is that address
+        for every connection (no getsockname either)."""
+        raw = socket.socket(fileno=listener.socket.fileno())
+        try:
+            async with listener:
+                await self._accept_from(raw, sessions, _fixed_local_address(raw))
+        finally:
+            raw.detach()   # the listener owns (and has closed) the descriptor
+
+    async def _accept_from(self, raw: socket.socket, sessions: trio.Nursery,
+                           local: tuple[str, int] | None) -> None:
+        failures, logged_at = 0, -math.inf   # unlogged accept failures; when the last line was
+        while True:
+            await trio.lowlevel.wait_readable(raw)   # (also the loop's checkpoint)
+            try:
+                sock, peer = raw.accept()
+            except BlockingIOError:   # another process (a worker) took it
+                continue
+            except OSError as exc:
+                if exc.errno in ACCEPT_CLOSED_ERRNOS:
+                    raise trio.ClosedResourceError("listening socket closed") from None
+                if exc.errno in ACCEPT_IGNORED_ERRNOS:
+                    continue
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                failures += 1
+                if trio.current_time() - logged_at >= ACCEPT_FAILED_LOG_INTERVAL:
+                    logs.event("accept_failed", logging.ERROR, listener=self.name,
+                               reason=os.strerror(exc.errno), failures=failures)
+                    failures, logged_at = 0, trio.current_time()
+                await trio.sleep(ACCEPT_BACKOFF)
+                continue
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+            sessions.start_soon(self._connection, stream, peer, local)
+
+    async def _connection(self, stream: trio.SocketStream, peer: tuple[str, int],
+                          local: tuple[str, int] | None) -> None:
         """One connection, from accept to close: the stream is closed whatever happens."""
         try:
-            await self._session(stream)
+            await self._session(stream, peer, local)
         except BaseException:
             await trio.aclose_forcefully(stream)   # (a no-op when the session closed it)
             raise
 
-    async def _session(self, stream: trio.SocketStream) -> None:
+    async def _session(self, stream: trio.SocketStream, peer: tuple[str, int],
+                       local: tuple[str, int] | None) -> None:
         view = self._current()
         runtime, listener = view.runtime, view.listener
-        try:
-            peer = stream.socket.getpeername()
-            local = stream.socket.getsockname()
-        except OSError:
-            await trio.aclose_forcefully(stream)
-            return
+        if local is None:
+            try:
+                local = stream.socket.getsockname()
+            except OSError:
+                await trio.aclose_forcefully(stream)
+                return
         unread = b""
         if listener.proxy_protocol:
             header = await self._proxy_header(listener, stream, peer[0])
@@ -178,7 +214,9 @@ class ListenerServer:
                     await Conn(stream).send(_REFUSALS[listener.protocol])
             await trio.aclose_forcefully(stream)
             return
-        conn = session.conn = Conn(PrefixedStream(stream, unread) if unread else stream)
+        # (a client waits for the greeting: its first read waits for readiness, no EAGAIN try)
+        conn = session.conn = (Conn(PrefixedStream(stream, unread)) if unread
+                               else Conn(stream, fresh=True))
         view.active.inc()
         self.active.add(session)
         if logs.enabled(logging.DEBUG):
@@ -232,3 +270,12 @@ class ListenerServer:
         if failed is not None:
             session.close_reason = failed
         return failed is None
+
+
+def _fixed_local_address(raw: socket.socket) -> tuple[str, int] | None:
+    """The local address of every connection of a listening socket bound to one address;
+    None when it is bound to a wildcard (0.0.0.0, ::): each connection has its own then."""
+    address = raw.getsockname()
+    if ipaddress.ip_address(address[0]).is_unspecified:
+        return None
+    return address[0], address[1]
