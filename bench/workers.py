@@ -1,6 +1,7 @@
 """Workers benchmark: IMAP sessions/s (LOGIN, SELECT, LOGOUT on a new connection, 16 concurrent
 clients) through mailproxy with `workers: 1` and `workers: 2`, and through nginx's mail proxy with
-`worker_processes 1` and `2`, beside Dovecot direct, interleaved in one run.
+`worker_processes 1` and `2`, beside Dovecot direct, interleaved in one run. Each worker's share
+of the workers' CPU per round shows how evenly the shared accept queue spreads the sessions.
 
     .venv/bin/python bench/workers.py [--seconds 3] [--rounds 5] [--concurrency 16] [--no-nginx]
 
@@ -20,13 +21,22 @@ from common import Env, Table, interleave, median, ratio, small_mailbox
 from relay import cpu_seconds
 
 
+def children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
 def cpu_tree(pid: int) -> float:
     """utime + stime of a process and its children (the supervisor and its workers), seconds."""
-    try:
-        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
-    except OSError:
-        children = []
-    return cpu_seconds(pid) + sum(cpu_tree(int(child)) for child in children)
+    return cpu_seconds(pid) + sum(cpu_tree(child) for child in children(pid))
+
+
+def worker_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each worker (child) of supervisor `pid`; {pid: its own} without workers."""
+    workers = children(pid)
+    return {child: cpu_tree(child) for child in workers} if workers else {pid: cpu_seconds(pid)}
 
 
 def log(msg: str) -> None:
@@ -60,15 +70,23 @@ def main() -> None:
         log(f"sessions/s, {args.concurrency} concurrent, {args.rounds} rounds: {list(ports)}")
         cpu = {label: 0.0 for label in pids}
         sessions = {label: 0.0 for label in pids}
+        shares: dict[str, list[list[float]]] = {label: [] for label in pids}
+        supervisor = {label: 0.0 for label in pids}   # the supervisor's own CPU (workers: 2)
 
         def runner(label: str, port: int):
             def run() -> float:
                 before = cpu_tree(pids[label]) if label in pids else 0.0
+                each = worker_cpu(pids[label]) if label in pids else {}
                 rate = session_rate(lambda: imap_session(port, user, password), args.seconds,
                                     args.concurrency)
                 if label in pids:
                     cpu[label] += cpu_tree(pids[label]) - before
                     sessions[label] += rate * args.seconds
+                    after = worker_cpu(pids[label])
+                    used = [after.get(w, 0.0) - each[w] for w in each]
+                    if pids[label] not in each:
+                        supervisor[label] += cpu_tree(pids[label]) - before - sum(used)
+                    shares[label].append([u / (sum(used) or 1) for u in used])
                 return rate
             return run
 
@@ -86,7 +104,10 @@ def main() -> None:
         print(table.render())
         for label in pids:
             print(f"{label}: {1000 * cpu[label] / sessions[label]:.2f} ms of proxy CPU per session "
-                  f"(supervisor and workers)")
+                  f"(supervisor and workers; the supervisor alone "
+                  f"{1000 * supervisor[label] / sessions[label]:.2f}); each worker's share of the "
+                  f"workers' CPU per round: "
+                  + ", ".join("/".join(f"{x:.0%}" for x in r) for r in shares[label]))
         print("rounds:", {label: [round(v, 1) for v in values] for label, values in results.items()})
 
 
