@@ -1,0 +1,89 @@
+"""Where a relayed session's CPU goes: cProfile with a CPU clock around the whole proxy process.
+
+    .venv/bin/python bench/session_profile.py [--sessions 1000] [--protocol imap|pop3] [--base REV]
+                                              [--top 40] [--out FILE]
+
+The proxy (this tree's, or `--base REV` exported as bench/ab_relay.py does) runs under
+`cProfile.Profile(time.process_time)`, so time spent waiting in epoll is not counted and a
+function's share is its share of the CPU. After 50 sessions of warm-up, `--sessions` sessions
+run one after the other (IMAP: connect, LOGIN, SELECT INBOX, LOGOUT; POP3: USER/PASS, STAT,
+QUIT); then the proxy is stopped and the profile printed: Python function calls per session
+(load-independent, so two revisions compare well on a busy machine), the top functions by own
+and by inclusive CPU. The profiler makes call-heavy code look heavier: CPU per session is about
+4x the unprofiled figure (bench/ab_relay.py measures that one). Needs root, like the other
+relay benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import pstats
+import signal
+import sys
+import tempfile
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from ab_relay import export  # noqa: E402
+from clients import Pop3, imap_session  # noqa: E402
+from common import REPO_ROOT, Env, QuietProxyProcess, cpu_seconds, small_mailbox  # noqa: E402
+
+PROFILED = ("import cProfile, sys, time; sys.path.insert(0, {root!r}); sys.argv[0] = 'mailproxy'\n"
+            "profile = cProfile.Profile(time.process_time)\n"
+            "from proxy.cli import main\n"
+            "profile.enable()\n"
+            "try:\n    main()\nfinally:\n    profile.disable(); profile.dump_stats({out!r})\n")
+WARM_UP = 50
+
+
+def pop3_session(port: int, user: str, password: str) -> None:
+    client = Pop3(port)
+    try:
+        for line in (b"USER " + user.encode(), b"PASS " + password.encode(), b"STAT", b"QUIT"):
+            client.command(line)
+    finally:
+        client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--protocol", choices=("imap", "pop3"), default="imap")
+    parser.add_argument("--base", default=None, help="profile this revision instead of this tree")
+    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--out", type=pathlib.Path, default=None, help="keep the pstats file")
+    args = parser.parse_args()
+    root = export(args.base) if args.base else REPO_ROOT
+    out = args.out or pathlib.Path(tempfile.mkdtemp(prefix="mailproxy-profile-")) / "proxy.prof"
+    session = imap_session if args.protocol == "imap" else pop3_session
+    with Env("profile") as env:
+        user, password = env.user_with(small_mailbox(10))
+        probe = env.proxy([{"name": "main", "protocol": args.protocol}], metrics=True)
+        probe.stop()   # only its config and port were wanted
+        command = [sys.executable, "-c", PROFILED.format(root=str(root), out=str(out)),
+                   "--log-level", "WARNING", "serve", "--config", str(probe.config_path)]
+        proxy = QuietProxyProcess(probe.config, probe.tmp_path.with_name("profiled"),
+                                  command=command)
+        env.on_close(proxy.stop)
+        port = proxy.port("main")
+        for _ in range(WARM_UP):
+            session(port, user, password)
+        cpu = cpu_seconds(proxy.pid)
+        for _ in range(args.sessions):
+            session(port, user, password)
+        cpu = cpu_seconds(proxy.pid) - cpu
+        proxy.send_signal(signal.SIGTERM)
+        proxy.wait(60)
+    stats = pstats.Stats(str(out))   # (written by the proxy as it stopped)
+    total = args.sessions + WARM_UP   # (start-up's calls are spread over them: a few per session)
+    print(f"{args.protocol} sessions through {args.base or 'this tree'}: "
+          f"{1000 * cpu / args.sessions:.2f} ms of CPU per session profiled, "
+          f"{stats.total_calls / total:.0f} Python function calls per session; pstats in {out}")
+    stats.sort_stats("tottime").print_stats(args.top)
+    stats.sort_stats("cumulative").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    main()
