@@ -77,7 +77,8 @@ def main() -> None:
         proxy.send_signal(signal.SIGTERM)
         proxy.wait(60)
     stats = pstats.Stats(str(out))   # (written by the proxy as it stopped)
-    total = args.sessions + WARM_UP   # (start-up's calls are spread over them: a few per session)
+    # start-up's ~100,000 calls are spread over every session: compare runs of 400 or more
+    total = args.sessions + WARM_UP
     print(f"{args.protocol} sessions through {args.base or 'this tree'}: "
           f"{1000 * cpu / args.sessions:.2f} ms of CPU per session profiled, "
           f"{stats.total_calls / total:.0f} Python function calls per session; pstats in {out}")
