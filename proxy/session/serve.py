@@ -214,9 +214,10 @@ class ListenerServer:
                     await Conn(stream).send(_REFUSALS[listener.protocol])
             await trio.aclose_forcefully(stream)
             return
-        # (a client waits for the greeting: its first read waits for readiness, no EAGAIN try)
+        # a plain client waits for the greeting: its first read waits for readiness (a TLS
+        # client's ClientHello does not wait for anything)
         conn = session.conn = (Conn(PrefixedStream(stream, unread)) if unread
-                               else Conn(stream, fresh=True))
+                               else Conn(stream, fresh=listener.tls != "implicit"))
         view.active.inc()
         self.active.add(session)
         if logs.enabled(logging.DEBUG):
