@@ -169,14 +169,17 @@ class ReceiveBuffer:
 
         Returns ``(tail, discarded)``.  ``tail`` is the last ``keep`` bytes of
         the line (line end removed), or None when no line end is buffered yet;
-        then all but the last ``keep`` bytes are discarded, so that the tail is
+        then all but the last ``keep`` bytes (and a CR after them) are discarded, so that the tail is
         still available once the line end arrives.
         """
         buf, start = self._data, self._pos
         lf = buf.find(_LF, self._scan)
         self.scanned += (len(buf) if lf < 0 else lf + 1) - self._scan
         if lf < 0:
-            new_pos = max(start, len(buf) - keep)
+            # A CR last may be the line end's first half: keep `keep` bytes before it, so that the
+            # tail is the same however the line was segmented.
+            held = keep + 1 if buf[-1:] == b"\r" else keep
+            new_pos = max(start, len(buf) - held)
             self._pos = new_pos
             self._scan = len(buf)
             return None, new_pos - start
