@@ -100,8 +100,7 @@ class AccountFetcher:
                 inbox = await service.store.get_mailbox(account.id, "INBOX")
                 if inbox is not None:
                     backend = service.backend(account)
-                    snapshot = await backend.index.latest(service.store, inbox.id)
-                    backend.hub.appended(inbox.id, snapshot.metas)
+                    await backend.hub.announce_latest(backend.index, service.store, inbox.id)
         except (UpstreamError, StoreError, NotEnrolled, RefreshRefused, BrokerUnavailable) as exc:
             # logged by the fetcher (or here); retried next poll
             reason = exc.failure.label if isinstance(exc, UpstreamError) else \

@@ -111,8 +111,7 @@ class GatewayService:
         try:
             for kind, uids in _runs(changes):
                 if kind is ChangeKind.APPEND:
-                    snapshot = await backend.index.latest(store, mailbox_id)
-                    hub.appended(mailbox_id, snapshot.metas)
+                    await hub.announce_latest(backend.index, store, mailbox_id)
                 elif kind is ChangeKind.FLAGS:
                     hub.flags(mailbox_id, [FlagUpdate(uid, *flags[uid], True)
                                            for uid in dict.fromkeys(uids) if uid in flags])

@@ -64,9 +64,10 @@ def test_expunge_published_before_the_stale_append_snapshot():
     hub = Hub()
     hub.appended(1, [_meta(1, 1), _meta(2, 2)])
     view = _subscribed(hub, [1, 2])
-    stale = [_meta(1, 1), _meta(2, 2), _meta(3, 3)]      # A's snapshot, read at MODSEQ 3
-    hub.expunged(1, [3])                                 # B's expunge, MODSEQ 4
-    hub.appended(1, stale)                               # A publishes
+    with hub.reading(1):
+        stale = [_meta(1, 1), _meta(2, 2), _meta(3, 3)]  # A's snapshot, read at MODSEQ 3
+        hub.expunged(1, [3])                             # B's expunge, MODSEQ 4
+        hub.appended(1, stale)                           # A publishes
     assert view.updates(True) == []
     assert view.uids == [1, 2] and view.exists == 2
 
@@ -76,10 +77,11 @@ def test_session_selecting_between_the_expunge_and_the_stale_append():
     never heard the EXPUNGE, so only the hub can keep UID 3 out of the late announcement."""
     hub = Hub()
     hub.appended(1, [_meta(1, 1), _meta(2, 2)])
-    stale = [_meta(1, 1), _meta(2, 2), _meta(3, 3)]
-    hub.expunged(1, [3])
-    view = _subscribed(hub, [1, 2])
-    hub.appended(1, stale)
+    with hub.reading(1):
+        stale = [_meta(1, 1), _meta(2, 2), _meta(3, 3)]
+        hub.expunged(1, [3])
+        view = _subscribed(hub, [1, 2])
+        hub.appended(1, stale)
     assert view.updates(True) == [] and view.uids == [1, 2]
 
 
@@ -87,8 +89,9 @@ def test_stale_append_still_announces_the_messages_not_expunged():
     hub = Hub()
     hub.appended(1, [_meta(1, 1)])
     view = _subscribed(hub, [1])
-    hub.expunged(1, [3])
-    hub.appended(1, [_meta(1, 1), _meta(2, 2), _meta(3, 3), _meta(4, 4)])
+    with hub.reading(1):
+        hub.expunged(1, [3])
+        hub.appended(1, [_meta(1, 1), _meta(2, 2), _meta(3, 3), _meta(4, 4)])
     assert view.updates(True) == [b"3 EXISTS", b"0 RECENT"]
     assert view.uids == [1, 2, 4]
     hub.expunged(1, [4])   # announced: an ordinary EXPUNGE
@@ -99,12 +102,27 @@ def test_hub_forgets_expunged_uids_once_announced_past_them():
     """The hub's record of expunged, unannounced UIDs is bounded by what is still to come."""
     hub = Hub()
     hub.appended(1, [_meta(1, 1)])
-    hub.expunged(1, [1, 2, 3])          # 1 was announced: not remembered
-    assert hub._unannounced_gone == {1: {2, 3}}
-    hub.appended(1, [_meta(1, 1), _meta(2, 2)])
-    assert hub._unannounced_gone == {1: {3}}
-    hub.appended(1, [_meta(4, 4)])
+    with hub.reading(1), hub.reading(1):   # two snapshots being read
+        hub.expunged(1, [1, 2, 3])          # 1 was announced: not remembered
+        assert hub._unannounced_gone == {1: {2, 3}}
+        hub.appended(1, [_meta(1, 1), _meta(2, 2)])
+        assert hub._unannounced_gone == {1: {3}}
+        hub.appended(1, [_meta(4, 4)])
+        assert hub._unannounced_gone == {}
+        hub.expunged(1, [9])
+        hub.gone(1)
+        assert hub._unannounced_gone == {}
+
+
+def test_hub_remembers_expunges_only_while_a_snapshot_is_read():
+    """An expunge with no announcement snapshot being read is not remembered (a snapshot read
+    later cannot hold it): expunging a big archive folder costs the hub no memory; the record
+    ends with the last snapshot being read."""
+    hub = Hub()
+    hub.expunged(1, range(1, 100_001))
     assert hub._unannounced_gone == {}
-    hub.expunged(1, [9])
-    hub.gone(1)
-    assert hub._unannounced_gone == {}
+    with hub.reading(1):
+        with hub.reading(1):
+            hub.expunged(1, [5, 6])
+        assert hub._unannounced_gone == {1: {5, 6}}   # the other snapshot may still hold them
+    assert hub._unannounced_gone == {} and not hub._reading

@@ -93,11 +93,13 @@ async def test_copy_expunged_before_its_announcement_is_never_announced(gateway,
     the stress tester's wide mix found it: "session 4 has 9 messages, the store 8")."""
     read, publish = trio.Event(), trio.Event()
 
-    async def paused(session, mailbox_id: int) -> None:
-        snapshot = await session.backend.index.latest(session.store, mailbox_id)
-        read.set()
-        await publish.wait()
-        session.backend.hub.appended(mailbox_id, snapshot.metas)
+    async def paused(session, mailbox_id: int) -> None:   # Hub.announce_latest, held between
+        hub = session.backend.hub
+        with hub.reading(mailbox_id):
+            snapshot = await session.backend.index.latest(session.store, mailbox_id)
+            read.set()
+            await publish.wait()
+            hub.appended(mailbox_id, snapshot.metas)
 
     a, b, c = await run(lambda: (Client(gateway), Client(gateway), Client(gateway)))
     await run(lambda: (_append(c, message(1)), _append(c, message(2)), c.ok("NOOP"), a.ok("NOOP")))

@@ -71,8 +71,7 @@ async def _destination(session, arg):
 
 async def publish_appended(session, mailbox_id: int) -> None:
     """Tell the hub about new messages in `mailbox_id` (one snapshot for all listeners)."""
-    snapshot = await session.backend.index.latest(session.store, mailbox_id)
-    session.backend.hub.appended(mailbox_id, snapshot.metas)
+    await session.backend.hub.announce_latest(session.backend.index, session.store, mailbox_id)
 
 
 async def copy(session, cmd, move: bool = False):

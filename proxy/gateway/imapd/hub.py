@@ -18,8 +18,10 @@ Ordering. Two publishers may commit in one order and publish in the other. So:
   and views ignore anything at or below their own highest UID;
 * that snapshot is read before its publication, so a message in it may have been expunged (and
   the expunge published) in between: sessions that never heard of the message would then be
-  told of it after its EXPUNGE and keep it for good. The hub remembers expunged UIDs above what
-  it announced (`_unannounced_gone`) and leaves them out of later tails.
+  told of it after its EXPUNGE and keep it for good. While such a snapshot is being read
+  (`announce_latest`), the hub remembers expunged UIDs above what it announced
+  (`_unannounced_gone`) and leaves them out of the tails; a snapshot read later lacks them anyway,
+  so the record is dropped when no snapshot of the mailbox is being read.
 
 \\Recent (RFC 3501 2.3.2) is recent in exactly one session: the first that *applies* the news
 (SELECT for what is there, a selected session for what arrives), claimed through the store's
@@ -39,6 +41,7 @@ LISTEN/NOTIFY), which also shares `pinned()` with them (proxy/store/_pg_bodies.p
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import time
 from dataclasses import dataclass, field
@@ -82,6 +85,7 @@ class Hub:
         self._listeners: dict[int, set[Listener]] = {}      # mailbox id -> views
         self._announced: dict[int, int] = {}                 # mailbox id -> highest UID sent
         self._unannounced_gone: dict[int, set[int]] = {}     # mailbox id -> expunged UIDs above
+        self._reading: collections.Counter[int] = collections.Counter()   # snapshots being read
         self._recent_floor: dict[int, int] = {}              # mailbox id -> known claimed floor
         self._pins: collections.Counter[int] = collections.Counter()   # body id -> views
         self.garbage: set[int] = set()                       # body ids no view pins
@@ -159,6 +163,24 @@ class Hub:
             if listener is not event.origin:
                 listener.notify(event)
 
+    async def announce_latest(self, index, store, mailbox_id: int) -> None:
+        """Announce new messages in `mailbox_id` after a commit (one snapshot for all listeners)."""
+        with self.reading(mailbox_id):
+            snapshot = await index.latest(store, mailbox_id)
+            self.appended(mailbox_id, snapshot.metas)
+
+    @contextlib.contextmanager
+    def reading(self, mailbox_id: int):
+        """While a snapshot of `mailbox_id` to be announced is read, expunges are remembered."""
+        self._reading[mailbox_id] += 1
+        try:
+            yield
+        finally:
+            self._reading[mailbox_id] -= 1
+            if not self._reading[mailbox_id]:
+                del self._reading[mailbox_id]
+                self._unannounced_gone.pop(mailbox_id, None)
+
     def appended(self, mailbox_id: int, snapshot: list[MessageMeta]) -> None:
         """Announce new messages, given a `store.messages()` snapshot taken after the commit."""
         floor = self._announced.get(mailbox_id, 0)
@@ -186,7 +208,7 @@ class Hub:
         if uids:
             floor = self._announced.get(mailbox_id, 0)
             above = [uid for uid in uids if uid > floor]
-            if above:   # a snapshot read before this expunge may still be published
+            if above and mailbox_id in self._reading:   # that snapshot may hold them
                 self._unannounced_gone.setdefault(mailbox_id, set()).update(above)
             self._send(MailboxEvent(mailbox_id, EventKind.EXPUNGE, uids=tuple(uids), origin=origin))
         self.garbage.update(b for b in body_ids if b not in self._pins)
