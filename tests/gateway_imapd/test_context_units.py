@@ -26,6 +26,7 @@ from proxy.gateway.imapd._index import Snapshot
 from proxy.gateway.imapd._objectid import ObjectIds
 from proxy.gateway.imapd._view import SelectedView
 from proxy.gateway.imapd.hub import EventKind, MailboxEvent
+from proxy.gateway.mime import DEFAULT_LIMITS
 from proxy.gateway.search import SearchKey, parse_search
 from proxy.gateway.sort import Item, sort_items
 from proxy.gateway.sortkeys import extract
@@ -124,6 +125,7 @@ class FlakyTexts:
 
     def __init__(self) -> None:
         self.down = True
+        self.limits = DEFAULT_LIMITS
 
     async def texts(self, store, metas):
         if self.down:
