@@ -53,19 +53,9 @@ class ImapEngineSession(EngineSession):
         self._sent(b"")
 
     def _sent(self, up: bytes | bytearray) -> None:
-        """The core's own replies to the client, then what it accepted upstream; end or hand
-        back as it says."""
+        """Send what the core says (`forward`); end or hand back as it says."""
         core = self.core
-        replies = core.take_replies()
-        if replies:
-            self.send(self.client, replies)
-        if up:
-            if not self.send(self.upstream, up):
-                core.finish(Close.UPSTREAM_CLOSED)
-            core.judge()   # (nothing runs in between: the upstream's answer is not read yet)
-            replies = core.take_replies()
-            if replies:
-                self.send(self.client, replies)
+        self.forward(core, up)
         if core.end is not None:
             self.finish()
         elif core.compress is not None:

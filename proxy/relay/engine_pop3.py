@@ -43,14 +43,10 @@ class Pop3EngineSession(EngineSession):
             self._sent(core.upstream_data(data, self.engine.now))
 
     def _sent(self, up: bytes | bytearray) -> None:
+        """Send what the core says (`forward`); stop reading the client while a local answer
+        waits its turn; end as the core says."""
         core = self.core
-        replies = core.take_replies()
-        if replies:
-            self.send(self.client, replies)
-        if up:
-            if not self.send(self.upstream, up):
-                core.finish(Close.UPSTREAM_CLOSED)
-            core.judge()   # (nothing runs in between: the upstream's answer is not read yet)
+        self.forward(core, up)
         self.paused = core.waiting is not None
         if core.end is not None:
             self.finish()

@@ -15,7 +15,7 @@ import math
 import os
 import select
 import ssl
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import trio
 
@@ -68,6 +68,16 @@ class Side:
         return True
 
 
+class RelayCore(Protocol):
+    """What `EngineSession.forward` needs of a protocol's sans-IO relay core (relay/*_core.py)."""
+
+    end: Close | None
+
+    def take_replies(self) -> bytes: ...
+    def judge(self) -> None: ...
+    def finish(self, reason: Close) -> None: ...
+
+
 class EngineSession:
     """A relay session in the engine; the protocol's subclass gives `start`, `received`,
     `due`, `timer` and `drained`. `finish()` ends it, `hand_back()` returns it to tasks."""
@@ -107,6 +117,21 @@ class EngineSession:
         """The process drains (SIGTERM)."""
 
     # -- what the engine gives ------------------------------------------------------------
+    def forward(self, core: RelayCore, up: bytes | bytearray) -> None:
+        """The core's own replies to the client, then what it accepted upstream (judged right
+        after its write: nothing runs in between, so the upstream's answer is not read yet),
+        then the replies that judging made."""
+        replies = core.take_replies()
+        if replies:
+            self.send(self.client, replies)
+        if up:
+            if not self.send(self.upstream, up):
+                core.finish(Close.UPSTREAM_CLOSED)
+            core.judge()
+            replies = core.take_replies()
+            if replies:
+                self.send(self.client, replies)
+
     def send(self, side: Side, data: bytes | bytearray) -> bool:
         """Write `data` to `side` now, or keep the rest for when it is writable; False (and the
         Conn marked closed) when the peer is gone."""
