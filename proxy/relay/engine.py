@@ -127,14 +127,19 @@ class Engine:
                     os.eventfd_write(self._wakefd, 1)
             drain = sess.session.runtime.drain
             draining = drain.is_set()
-            if not sess.done:
+            # Parked iff the task is recorded here: from now on exactly one reschedule comes
+            # (release(), from either thread, even before the task parks), or abort() takes
+            # the task out. Testing `done` again outside the lock would race the engine's
+            # thread: a reschedule queued for a task that went on (TrioInternalError).
+            parked = not sess.done
+            if parked:
                 sess.task = trio.lowlevel.current_task()
                 if not draining:   # (under the lock: release() unsubscribes under it too)
                     sess.on_drain = lambda: self._locked(sess, sess.drained)
                     drain.subscribe(sess.on_drain)
         if draining:
             self._locked(sess, sess.drained)
-        if not sess.done:
+        if parked:
 
             def abort(_: object) -> trio.lowlevel.Abort:
                 with self._lock:

@@ -105,14 +105,21 @@ class ProxyProcess:
                      if isinstance(listener, dict) and "address" in listener]
         metrics = self.config.get("metrics")
         places = listeners + ([metrics] if isinstance(metrics, dict) and "address" in metrics else [])
+        admin = self.config.get("admin")
+        others = [admin] if isinstance(admin, dict) and "address" in admin else []
         unassigned: dict[str, list[dict[str, Any]]] = {}
-        for place in places:
+        taken: set[int] = set()   # ports the test picked itself (e.g. the admin's): freed too
+        for place in places + others:
             host, port = _split_address(place["address"])
             if port == "0":
                 unassigned.setdefault(host, []).append(place)
+            else:
+                taken.add(int(port))
         for host, group in unassigned.items():
-            for place, free in zip(group, free_ports(len(group), host.strip("[]")), strict=True):
-                place["address"] = f"{host}:{free}"
+            free = [port for port in free_ports(len(group) + len(taken), host.strip("[]"))
+                    if port not in taken]
+            for place, port in zip(group, free, strict=False):
+                place["address"] = f"{host}:{port}"
         for listener in listeners:
             port = int(_split_address(listener["address"])[1])
             self._ports[listener.get("name", str(len(self._ports)))] = port
