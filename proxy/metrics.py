@@ -32,23 +32,9 @@ from prometheus_client import (
 from . import __version__
 
 __all__ = [
-    "Metrics",
-    "WorkerMetrics",
-    "PROTOCOLS",
-    "IMAP_COMMANDS",
-    "POP3_COMMANDS",
-    "IMAP_STATUSES",
-    "POP3_STATUSES",
-    "AUTH_MECHANISMS",
-    "AUTH_RESULTS",
-    "TLS_RESULTS",
-    "STARTTLS_RESULTS",
-    "DIRECTIONS",
-    "LIMITS",
-    "OAUTH2_REFRESH_RESULTS",
-    "OTHER",
-    "command_label",
-    "status_label",
+    "Metrics", "WorkerMetrics", "PROTOCOLS", "IMAP_COMMANDS", "POP3_COMMANDS", "IMAP_STATUSES",
+    "POP3_STATUSES", "AUTH_MECHANISMS", "AUTH_RESULTS", "TLS_RESULTS", "STARTTLS_RESULTS",
+    "DIRECTIONS", "LIMITS", "OAUTH2_REFRESH_RESULTS", "OTHER", "command_label", "status_label",
     "mechanism_label",
 ]
 
