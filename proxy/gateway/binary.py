@@ -11,9 +11,9 @@ does, so clients see Dovecot's bytes:
 * the headers of the parts inside the section are kept, except that a decoded part's
   Content-Transfer-Encoding fields are dropped and "Content-Transfer-Encoding: binary" is put
   before its blank line; boundaries, preambles and epilogues pass unchanged;
-* sections are part numbers only (RFC 3516 6, section-binary): BINARY[TEXT], [HEADER] and
-  [n.MIME] are BAD here, while Dovecot answers them as BODY[] would be converted; so is
-  BINARY[0] (Dovecot: empty);
+* RFC 3516 6 (section-binary) has part numbers only; like Dovecot, the FETCH handler also
+  takes [n.]TEXT (this walk without the message's own header) and header sections (sent as
+  BODY[] sends them), `imapd/_binary.py`; BINARY[0] is BAD (Dovecot: empty);
 * an encoding that is not one of those five is `UnknownCte` (the server answers
   NO [UNKNOWN-CTE], RFC 3516 4.3); base64 or quoted-printable that cannot be decoded (a byte
   outside the alphabet, a bad "=" escape, data after the padding) is `InvalidData`

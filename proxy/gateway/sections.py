@@ -27,7 +27,7 @@ from proxy.gateway import mime
 from proxy.gateway.numbers import InvalidNumber
 from proxy.gateway.numbers import number as rfc_number
 
-__all__ = ["fetch_section", "find_part", "part_path", "SectionError"]
+__all__ = ["fetch_section", "find_part", "split_section", "text_part", "SectionError"]
 
 
 class SectionError(ValueError):
@@ -73,24 +73,6 @@ def fetch_section(raw: bytes, section: str | bytes, partial: tuple[int, int] | N
     return data
 
 
-def part_path(section: bytes) -> list[int]:
-    """The part numbers of a BINARY section (RFC 3516 6: section-binary is part numbers only;
-    "" is the whole message).
-
-    Raises:
-        SectionError: not a section-part.
-    """
-    if section and not re.fullmatch(rb"\d+(?:\.\d+)*", section):
-        raise SectionError("BINARY takes part numbers only")
-    try:
-        path = [rfc_number(n) for n in section.split(b".")] if section else []
-    except InvalidNumber as exc:
-        raise SectionError(str(exc)) from None
-    if 0 in path:
-        raise SectionError("part numbers start at 1")
-    return path
-
-
 def find_part(root: mime.Part, path: list[int]) -> mime.Part | None:
     """The part at `path`, walked as BODY[section] walks it; None when it does not exist."""
     return _find(root, path)
@@ -110,7 +92,13 @@ def _crlf(data: bytes) -> bytes:
     return re.sub(rb"(?<!\r)\n", b"\r\n", data)
 
 
-def _select(raw: bytes, root: mime.Part, spec: bytes) -> bytes:
+def split_section(spec: bytes) -> tuple[list[int], bytes, bytes | None]:
+    """(part numbers, specifier in upper case: b"", TEXT, HEADER, MIME, HEADER.FIELDS[.NOT],
+    the field names or None) of a BODY section.
+
+    Raises:
+        SectionError: malformed section text.
+    """
     m = _SECTION.match(spec)
     header_fields = (m.group("text") or b"").upper().startswith(b"HEADER.FIELDS") if m else False
     if not m or (m.group("fields") is not None) != header_fields:
@@ -124,6 +112,20 @@ def _select(raw: bytes, root: mime.Part, spec: bytes) -> bytes:
     text = (m.group("text") or b"").upper()
     if text == b"MIME" and not path:
         raise SectionError("MIME needs a part number")
+    return path, text, m.group("fields")
+
+
+def text_part(root: mime.Part, path: list[int]) -> mime.Part | None:
+    """The message whose body [path.]TEXT is: the whole message, or the encapsulated message
+    of the message/rfc822 part at `path` (None: there is none, the section is empty)."""
+    part = _find(root, path)
+    if part is None or not path:
+        return part
+    return part.children[0] if part.kind == mime.RFC822 and part.children else None
+
+
+def _select(raw: bytes, root: mime.Part, spec: bytes) -> bytes:
+    path, text, names = split_section(spec)
     part = _find(root, path)
     if part is None:
         return b""
@@ -140,7 +142,8 @@ def _select(raw: bytes, root: mime.Part, spec: bytes) -> bytes:
     header = raw[part.start:part.header_end]
     if text == b"HEADER":
         return header
-    wanted = {f.lower() for f in m.group("fields").split()}
+    assert names is not None
+    wanted = {f.lower() for f in names.split()}
     keep = text == b"HEADER.FIELDS"
     fields = [f for name, f in _fields(header) if (name.lower() in wanted) == keep]
     # HEADER.FIELDS always ends with the blank line; .NOT only keeps one that was there

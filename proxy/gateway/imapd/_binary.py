@@ -13,8 +13,8 @@ from __future__ import annotations
 import trio
 
 from ..binary import BinaryError, Decoded, binary_section
-from ..mime import table_to_parts
-from ..sections import find_part, part_path
+from ..mime import Part, table_to_parts
+from ..sections import fetch_section, find_part, split_section, text_part
 from ._caches import ANALYZE_IN_THREAD
 
 Result = Decoded | BinaryError
@@ -46,16 +46,30 @@ def _decode(wanted: list[Wanted], info, raw: bytes | None) -> dict[Wanted, Resul
     def section(name: bytes) -> Result:
         if name not in by_section:
             try:
-                by_section[name] = binary_section(raw, find_part(root, part_path(name)),
-                                                  whole=not name)
+                by_section[name] = _section(raw, root, name)
             except BinaryError as exc:
                 by_section[name] = exc
         return by_section[name]
 
     out: dict[Wanted, Result] = {}
     for name, size in wanted:
-        # Dovecot sizes an existing section from the whole message decoded: an undecodable
-        # part anywhere fails BINARY.SIZE, while BINARY[n] only fails on its own parts
-        whole = section(b"") if size and find_part(root, part_path(name)) is not None else None
+        path, text, _ = split_section(name)
+        decoded = find_part(root, path) if not text else text_part(root, path) if text == b"TEXT" else None
+        # Dovecot sizes an existing decoded section from the whole message decoded: an
+        # undecodable part anywhere fails BINARY.SIZE, while BINARY[n] only fails on its own parts
+        whole = section(b"") if size and decoded is not None else None
         out[(name, size)] = whole if isinstance(whole, BinaryError) else section(name)
     return out
+
+
+def _section(raw: bytes, root: Part, name: bytes) -> Decoded:
+    """BINARY[name]. RFC 3516 6 allows part numbers only (section-binary); Dovecot 2.3 takes
+    any BODY section, and so does the gateway: [path.]TEXT is the body of that message
+    decoded, header sections (HEADER, HEADER.FIELDS, MIME) are sent as BODY[] sends them
+    (a header has no transfer encoding)."""
+    path, text, _ = split_section(name)
+    if not text:
+        return binary_section(raw, find_part(root, path), whole=not path)
+    if text == b"TEXT":
+        return binary_section(raw, text_part(root, path), whole=False)
+    return Decoded(fetch_section(raw, name, parts=root), literal8=False)

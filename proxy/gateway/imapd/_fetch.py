@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ...store import MessageMeta
 from ..binary import BinaryError
 from ..mime import nstring, table_to_parts
-from ..sections import SectionError, crlf, fetch_section, part_path
+from ..sections import SectionError, crlf, fetch_section, split_section
 from ._args import Reply, flag_list, format_date_time, is_atom, parse_number
 from ._objectid import ObjectIds
 
@@ -106,8 +106,9 @@ def _preview_modifiers(value: tuple) -> None:
 
 
 def _binary_section(section: bytes) -> bytes:
+    """RFC 3516 6 has part numbers only here; any BODY section is taken, as Dovecot does."""
     try:
-        part_path(section)
+        split_section(section)
     except SectionError as exc:
         raise Reply.bad(f"Invalid section: {exc}") from None
     return section
