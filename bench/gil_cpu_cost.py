@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/gil_cpu_cost.py [--rounds 8] [--parses 20]
 
-proxy/relay/engine.py lowers sys.setswitchinterval to SWITCH_INTERVAL (0.2 ms) for the whole
+proxy/relay/engine.py lowers sys.setswitchinterval to relay.gil_switch_interval (0.2 ms) for the whole
 process while it runs, so two threads that both want the GIL (trio's busy with logins, a worker
 thread parsing MIME or searching bodies for the gateway) hand it over every 0.2 ms instead of
 every 5 ms. Two threads parse the same multipart message with the stdlib email package; rounds
@@ -20,7 +20,7 @@ import resource
 import sys
 import threading
 
-SWITCH_INTERVAL = 0.0002   # proxy/relay/engine.py (not imported: a bench runs on any checkout)
+SWITCH_INTERVAL = 0.0002   # relay.gil_switch_interval's default (not imported: a bench runs on any checkout)
 MESSAGE = (b"From: a@example.org\r\nTo: b@example.org\r\nSubject: hello\r\n"
            b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n"
            + b"".join(b"--XX\r\nContent-Type: text/plain\r\n\r\n" + b"line of text\r\n" * 50

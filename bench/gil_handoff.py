@@ -6,7 +6,7 @@ Three threads of one process, as in mailproxy with `relay.engine: epoll`: an "en
 echoing bytes on a socketpair (os.read, os.write: it takes the GIL back after each), a "trio"
 thread busy with Python work and a system call every ~2,000 additions (logins being handled),
 and the measuring client. Prints the echo's round trip p50/p99 in microseconds for switch
-intervals 5 ms (CPython's default), 1 ms and 0.2 ms (proxy/relay/engine.py SWITCH_INTERVAL),
+intervals 5 ms (CPython's default), 1 ms and 0.2 ms (relay.gil_switch_interval's default),
 with the busy thread off and on. No network, no proxy: the GIL hand-off alone.
 """
 

@@ -73,7 +73,7 @@ def _seconds_text(value: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if value >= size and value % size == 0:
             return f"{int(value // size)}{unit}"
-    return f"{int(value * 1000)}ms" if value < 1 else f"{value}s"
+    return f"{value * 1000:g}ms" if value < 1 else f"{value}s"
 
 
 def _size_text(value: int) -> str:

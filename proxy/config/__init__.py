@@ -22,7 +22,7 @@ from .gateway import Gateway, GatewayLimits, GatewayQuota, StoreLocation
 from .listeners import Listener, ProtocolLimits, Timeouts
 from .loader import Config, ConfigError, load, loads
 from .oauth2 import OAuth2, UpstreamAuth
-from .operations import Admin, AuthThrottle, Logging, Metrics
+from .operations import GIL_SWITCH_INTERVAL, Admin, AuthThrottle, Logging, Metrics, Relay
 from .report import load_or_report
 from .upstreams import (
     HttpLookup,
@@ -50,11 +50,12 @@ from .values import (
 )
 
 __all__ = [
-    "Address", "Admin", "AuthThrottle", "Certificate", "Config", "ConfigError", "Duration",
+    "GIL_SWITCH_INTERVAL", "Address", "Admin", "AuthThrottle", "Certificate", "Config",
+    "ConfigError", "Duration",
     "Gateway", "GatewayLimits", "GatewayQuota", "HttpLookup", "HttpLookupEntry", "ImapService", "LdapLookup",
     "LdapLookupEntry", "ListenAddress", "Listener", "Logging", "LookupCache", "LookupEntry",
     "Metrics", "OAuth2", "Pop3Service",
-    "PoolableUpstream", "ProtocolLimits", "Route", "Secret", "SecretValue", "ServicePort", "Size",
+    "PoolableUpstream", "ProtocolLimits", "Relay", "Route", "Secret", "SecretValue", "ServicePort", "Size",
     "StoreLocation", "Timeouts", "TlsMode", "Upstream", "UpstreamAuth", "load", "load_or_report",
     "loads",
 ]

@@ -26,6 +26,7 @@ from .operations import (
     Relay,
     Workers,
     check_admin,
+    check_relay,
     check_workers,
 )
 from .upstreams import LookupEntry, PoolableUpstream, Route, check_routing
@@ -102,7 +103,7 @@ def loads(text: str, *, base_dir: Path | None = None) -> Config:
 def _problems(config: Config) -> list[Problem]:
     """Every section's cross-field rules, in the order of the sections in a config file."""
     return (check_listeners(config) + check_routing(config) + check_gateway(config.gateway)
-            + check_workers(config) + check_admin(config.admin))
+            + check_workers(config) + check_admin(config.admin) + check_relay(config.relay))
 
 
 def _line_map(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, int]:

@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from .loader import Config
 
 MAX_WORKERS = 256
+# relay.gil_switch_interval: sys.setswitchinterval while the relay engine runs, the longest a
+# relayed command's step waits for the GIL held by trio's busy thread (CPython's default 5 ms).
+# bench/gil_handoff.py: a read + write hand-off beside a busy thread, p99 7.4 ms at 5 ms, 38 us
+# at 0.2 ms; CPU-bound threads of the process +1.3% (bench/gil_cpu_cost.py; bench/README.md,
+# "login storm")
+GIL_SWITCH_INTERVAL = 0.0002
+GIL_SWITCH_INTERVAL_RANGE = (0.00001, 0.005)   # 10 us (CPython counts whole us) to 5 ms
 _MODE_RE = re.compile(r"^0?[0-7]{3}$")
 
 
@@ -52,10 +59,20 @@ class Relay:
     """How relay sessions are driven once logged in: `epoll` (the default: one engine per
     process owns the sessions' sockets, plain or TLS, no task per session:
     proxy/relay/engine.py) or `tasks` (two pump tasks and a watchdog per session). COMPRESS
-    sessions are handed back to tasks."""
+    sessions are handed back to tasks. While the engine runs, the process's GIL switch interval
+    is `gil_switch_interval` (never raised above what it was; restored at the end)."""
 
     __pydantic_config__ = STRICT
     engine: Literal["tasks", "epoll"] = "epoll"
+    gil_switch_interval: Duration = GIL_SWITCH_INTERVAL
+
+
+def check_relay(relay: Relay) -> list[Problem]:
+    low, high = GIL_SWITCH_INTERVAL_RANGE
+    if not low <= relay.gil_switch_interval <= high:
+        return [(("relay", "gil_switch_interval"),
+                 f"expected {low * 1000:g}ms to {high * 1000:g}ms (CPython's default is 5ms)")]
+    return []
 
 
 @dataclass(frozen=True, slots=True)

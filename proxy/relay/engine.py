@@ -5,10 +5,8 @@ TCP sockets, plain or TLS, is handed, once logged in, to the process's one Engin
 running two pump tasks and a watchdog. The engine owns both descriptors (non-blocking, registered once in
 its own level-triggered epoll) and a thread of its own blocks in `epoll.poll`; when it wakes it
 reads every ready socket and runs that session's protocol logic inline (engine_imap.py,
-engine_pop3.py: the same sans-IO parsers, held lines, commands in flight and metrics as the
-task path). No trio scheduling is in a relayed command's path at all, and one wake-up serves
-every socket ready at that moment. (A first design, one trio task waiting on the epoll's
-descriptor, cost more CPU per NOOP than the task path: bench/README.md, "Relay engine".)
+engine_pop3.py: the same sans-IO relay cores as the task path). No trio scheduling is in a
+relayed command's path at all, and one wake-up serves every socket ready at that moment.
 
 - Threads: sessions, sides and the timer heap are touched only under `_lock`, by the engine's
   thread or by trio's (a session coming in, a cancelled one going out, the drain callback);
@@ -20,11 +18,8 @@ descriptor, cost more CPU per NOOP than the task path: bench/README.md, "Relay e
   descriptor asks for EPOLLOUT, and the other side is not read until `out` is empty
   (backpressure: at most one received chunk per direction is ever held). The client is not
   read either while its own output waits (the proxy's replies to it stay bounded).
-- Timers (idle, idle_command, upstream_response) are one heap entry per session, at the time
-  its nearest timer could fire. Activity only moves the session's timestamps; when an entry
-  comes due the session looks at its timers again and asks for a new entry (a timer that
-  moved earlier, e.g. a command now owed an answer, is pushed at once). Entries of ended
-  sessions are skipped, and the heap is rebuilt when they outnumber the live ones.
+- Timers (idle, idle_command, upstream_response): one heap entry per session, at its nearest
+  timer (engine_timers.py).
 - The connection's own task (serve.py) stays parked (`wait_task_rescheduled`, no timer, no
   frame beyond its await) until the session ends in the engine; it then flushes what the
   engine could not write (the last words) and closes both connections as before. Cancelling
@@ -39,25 +34,21 @@ descriptor, cost more CPU per NOOP than the task path: bench/README.md, "Relay e
   messages (tickets, KeyUpdate answers, the alert refusing a renegotiation) are written after
   each read; a TLS error or an EOF without close_notify reads as the end of that side, as on
   the task path. At the end the task's Conn.aclose sends our close_notify.
-- The GIL: the engine's thread takes it back after every epoll wait, read and write (about
-  six times per relayed command). While trio's thread is busy (a login storm) a thread that
-  wants the GIL waits until the holder's next system call or the switch interval, 5 ms by
-  default; the engine lowers it to SWITCH_INTERVAL (bench/README.md, "login storm") for the
-  life of its trio run, process-wide (worker threads too), and restores it when that ends.
+- The GIL: for the life of its trio run the process's switch interval is
+  `relay.gil_switch_interval` (engine_gil.py).
+- The run's end: the thread sees `_stopped`, leaves its loop and closes the epoll and the
+  eventfd (under the lock, so trio's thread never writes to a closed or reused descriptor).
 - A session the engine cannot carry on (the client asks COMPRESS) is handed back: out of the
   epoll, its parsers and counters as they are, and the task path resumes from there.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import math
 import os
 import select
 import ssl
-import sys
 import threading
 import time
 from typing import Callable
@@ -65,20 +56,18 @@ from typing import Callable
 import trio
 
 from .. import logs
+from ..config import Relay
 from ..net.conn import Conn, TLSStream
 from ..session.context import Session
 from ..session.failures import Close
+from .engine_gil import SwitchInterval
 from .engine_session import IN, OUT, EngineSession, Side
+from .engine_timers import TimerHeap
 
 __all__ = ["Engine", "run_in_engine"]
 
 RECEIVE_SIZE = 256 * 1024   # one read per ready socket per wake-up
 _GONE = select.EPOLLHUP | select.EPOLLERR   # reported whatever the mask: read to learn which
-# sys.setswitchinterval while the engine runs: the longest a relayed command's step waits for
-# the GIL held by trio's busy thread (CPython's default 5 ms). bench/gil_handoff.py: a read +
-# write hand-off beside a busy thread, p99 7.4 ms at 5 ms, 38 us at 0.2 ms; CPU per relayed
-# NOOP unchanged when nothing contends (bench/README.md, "login storm")
-SWITCH_INTERVAL = 0.0002
 
 
 class Engine:
@@ -88,12 +77,11 @@ class Engine:
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._sides: dict[int, Side] = {}
-        self._timers: list[tuple[float, int, EngineSession]] = []
-        self._seq = itertools.count()
-        self._dead = 0                   # heap entries of ended sessions, or superseded
+        self._timers = TimerHeap()
         self._tls_waiting: set[Side] = set()   # TLS sides whose engine may hold input
         self._running = False
-        self._switch_before: float | None = None   # the switch interval _start lowered
+        self.gil = SwitchInterval()   # lowered from _start to the run's end
+        self.thread: threading.Thread | None = None
         # Sessions, sides and timers are touched under this lock, by the engine's thread or by
         # trio's (a session in or out, the drain); trio's thread wakes the engine's via _wakefd.
         self._lock = threading.Lock()
@@ -124,7 +112,7 @@ class Engine:
             for side in (sess.client, sess.upstream):
                 if side.tls is not None and not sess.done:   # (records read with the login's)
                     self._tls_waiting.add(side)
-                    os.eventfd_write(self._wakefd, 1)
+                    self._wake()
             drain = sess.session.runtime.drain
             draining = drain.is_set()
             # Parked iff the task is recorded here: from now on exactly one reschedule comes
@@ -168,13 +156,12 @@ class Engine:
         sess.session.runtime.metrics.relay_engine_sessions.dec()
         if sess.on_drain is not None:
             sess.session.runtime.drain.unsubscribe(sess.on_drain)
-        if sess.timer_at != math.inf:
-            self._dead += 1
+        self._timers.forget(sess)
         for side in (sess.client, sess.upstream):
             self._sides.pop(side.fd, None)
             try:
                 self._epoll.unregister(side.fd)
-            except OSError:
+            except (OSError, ValueError):   # (closed, or the epoll closed at the run's end)
                 pass
             if side.tls is not None:   # its TLSStream sends the rest first: records stay whole
                 side.tls.requeue(side.out)
@@ -187,15 +174,13 @@ class Engine:
                 pass
 
     def _schedule(self, sess: EngineSession) -> None:
-        """A heap entry at the session's nearest timer, if that is earlier than its entry."""
-        at = sess.due()
-        if at < sess.timer_at:
-            if sess.timer_at != math.inf:
-                self._dead += 1
-            sess.timer_at = at
-            heapq.heappush(self._timers, (at, next(self._seq), sess))
-            if at < self._wait_until:   # the thread sleeps past it: wake it to look again
-                os.eventfd_write(self._wakefd, 1)
+        if self._timers.schedule(sess) and sess.timer_at < self._wait_until:
+            self._wake()   # the thread sleeps past the new entry: it looks again
+
+    def _wake(self) -> None:
+        """Wake the engine's thread (under the lock: after `_stopped` the eventfd is closed)."""
+        if not self._stopped:
+            os.eventfd_write(self._wakefd, 1)
 
     # -- the loop ---------------------------------------------------------------------------
     def _start(self) -> None:
@@ -203,10 +188,9 @@ class Engine:
         self._token = trio.lowlevel.current_trio_token()
         self._wakefd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._epoll.register(self._wakefd, IN)
-        if sys.getswitchinterval() > SWITCH_INTERVAL:
-            self._switch_before = sys.getswitchinterval()
-            sys.setswitchinterval(SWITCH_INTERVAL)
-        threading.Thread(target=self._thread, name="relay-engine", daemon=True).start()
+        self.gil.lower()
+        self.thread = threading.Thread(target=self._run_thread, name="relay-engine", daemon=True)
+        self.thread.start()
         trio.lowlevel.spawn_system_task(self._stop_with_trio, name="relay-engine-stop")
 
     async def _stop_with_trio(self) -> None:
@@ -214,18 +198,20 @@ class Engine:
         try:
             await trio.sleep_forever()
         finally:
-            with self._lock:
+            with self._lock:   # (the thread closes the eventfd once it sees _stopped)
+                self._wake()
                 self._stopped = True
-            os.eventfd_write(self._wakefd, 1)
-            if self._switch_before is not None:   # the process's own interval, as it was
-                sys.setswitchinterval(self._switch_before)
+            self.gil.restore()
 
-    def _thread(self) -> None:
+    def _run_thread(self) -> None:
         try:
             self._loop()
         except BaseException:   # a bug here would leave every session of the engine hanging
             logs.event("relay_engine_crash", logging.CRITICAL, exc_info=True)
             raise
+        with self._lock:   # stopped: nothing uses the descriptors any more
+            os.close(self._wakefd)
+            self._epoll.close()
 
     def _loop(self) -> None:
         epoll, sides, lock, wakefd = self._epoll, self._sides, self._lock, self._wakefd
@@ -233,9 +219,9 @@ class Engine:
             with lock:
                 if self._stopped:
                     return
-                self._wait_until = self._timers[0][0] if self._timers else math.inf
-                timeout = max(0.0, self._wait_until - self.clock()) \
-                    if self._timers else -1.0
+                self._wait_until = self._timers.next_at()
+                timeout = -1.0 if self._wait_until == math.inf \
+                    else max(0.0, self._wait_until - self.clock())
                 if any(side.mask & IN for side in self._tls_waiting):
                     timeout = 0.0
             ready = epoll.poll(timeout)
@@ -360,31 +346,23 @@ class Engine:
             self._epoll.modify(side.fd, mask)
 
     def _fire_timers(self) -> None:
-        timers, now = self._timers, self.now
-        while timers and timers[0][0] <= now:
-            at, _, sess = heapq.heappop(timers)
-            if sess.done or at != sess.timer_at:
-                self._dead -= 1
-                continue
-            sess.timer_at = math.inf
+        now = self.now
+        for sess in self._timers.due(now):
             self._guarded(sess, sess.timer, now)
-        if self._dead > 64 and self._dead > len(timers) // 2:
-            self._timers = [e for e in timers if not e[2].done and e[0] == e[2].timer_at]
-            heapq.heapify(self._timers)
-            self._dead = 0
 
 
 _ENGINE: trio.lowlevel.RunVar[Engine] = trio.lowlevel.RunVar("relay_engine")
 
 
-def engine() -> Engine:
-    """The engine of this trio run (made on first use)."""
+def engine(relay: Relay) -> Engine:
+    """The engine of this trio run (made on first use), at `relay`'s GIL switch interval."""
     try:
-        return _ENGINE.get()
+        made = _ENGINE.get()
     except LookupError:
         made = Engine()
         _ENGINE.set(made)
-        return made
+    made.gil.configure(relay.gil_switch_interval)
+    return made
 
 
 def raw_fd(conn: Conn) -> int | None:
@@ -405,12 +383,13 @@ async def run_in_engine(session: Session, client: Conn, upstream: Conn,
     """True when the session ran to its end in the engine; False when the task path is to run
     it (engine off, not TCP, or handed back). What the engine could not write is sent here
     first, so the order of bytes is kept either way."""
-    if session.runtime.config.relay.engine != "epoll":
+    relay = session.runtime.config.relay
+    if relay.engine != "epoll":
         return False
     client_fd, upstream_fd = raw_fd(client), raw_fd(upstream)
     if client_fd is None or upstream_fd is None:
         return False
-    sess = make(engine(), client, client_fd, upstream, upstream_fd)
+    sess = make(engine(relay), client, client_fd, upstream, upstream_fd)
     ended = await sess.engine.relay(sess)
     for side in (sess.client, sess.upstream):
         rest, side.out = bytes(side.out), b""
