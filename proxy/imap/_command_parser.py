@@ -5,14 +5,16 @@ Framing, literals, limits and resynchronisation live in ``_parser``.
 Fast path: most commands a relay sees are one line with no literal (``a1 NOOP``, ``a2 UID
 FETCH 1:* (FLAGS)``). Without ``parse_args`` such a line needs nothing of the message machinery:
 ``_step_line`` splits its head and queues ``CommandStart`` and ``Command`` at once. A line
-ending in ``}`` (maybe a literal) takes the general path; errors are raised as there.
+ending in ``}`` (maybe a literal) takes the general path; errors are raised as there. A relay
+that has such a line as one chunk at rest can even skip the buffer and the events:
+``plain_line()`` reads its head with one regex, and only where the parser would accept it.
 """
 
 from __future__ import annotations
 
 from . import events as ev
 from ._errors import ProtocolError
-from ._lines import find_literal, parse_command_head
+from ._lines import find_literal, parse_command_head, plain_command
 from ._parser import BaseParser, _State
 from ._tokens import Token
 
@@ -48,6 +50,16 @@ class CommandParser(BaseParser):
             self._state = _State.LINE
         else:
             self._state = _State.SKIP_LITERAL  # _remaining still counts it
+
+    def plain_line(self, data: bytes) -> tuple[bytes, bytes] | None:
+        """``data`` is a whole chunk: when it is one command line with no literal that parsing
+        would accept as it is (``CommandStart`` and ``Command`` with no args), return its
+        ``(tag, name)`` and count it consumed, with no events; else None and nothing taken
+        (``receive_data`` it then). Only outside ``parse_args``."""
+        head = plain_command(data)
+        if head is None or self._parse_args or not self._pass(data):
+            return None
+        return head
 
     def _step_line(self) -> bool:
         if self._raw_next or self._parse_args:

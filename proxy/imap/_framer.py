@@ -99,6 +99,12 @@ class ReceiveBuffer:
         self._scan -= pos
         self._pos = 0
 
+    def passed(self, size: int) -> None:
+        """``size`` bytes that never entered the (empty) buffer went by as one whole line: they
+        count as consumed, and as the last line taken."""
+        self._base += size
+        self._line = self._pos - size
+
     def drop_consumed(self) -> None:
         """Let go of a chunk that has been read to its end (an idle session keeps no bytes)."""
         pos = self._pos

@@ -16,18 +16,19 @@ parser is a small state machine over that framing (``_State``):
     number, response code) is split off cheaply; a ``RawLine`` is returned
     instead if ``expect_line()`` was called.
 ``LITERAL``
-    ``_remaining`` payload bytes are taken by count, one slice per call.  With
-    ``collect_literals=False`` each slice is a ``LiteralData`` event, so a
-    50 MB APPEND is never buffered; with ``True`` slices are joined (bounded
-    by ``max_literal``) and put into ``args``.
+    ``_remaining`` payload bytes taken by count, one slice per call: each a
+    ``LiteralData`` event (a 50 MB APPEND is never buffered), or with
+    ``collect_literals`` joined (bounded by ``max_literal``) into ``args``.
 ``CONT``
     Waiting for the line part that follows a literal.
 ``SKIP_LITERAL`` / ``SKIP_CONT`` / ``SKIP_LINE``
     Resynchronisation after an error (see below).
 
 Only the framing runs on every byte: ``bytes.find`` for line ends, a check of
-the last bytes of a line for a literal marker, slicing for payloads (see
-``_framer``).  Arguments are tokenised only with ``parse_args=True``.
+the last bytes of a line for a literal marker, slicing for payloads (``_framer``).
+Arguments are tokenised only with ``parse_args=True``.  A relay's common chunk,
+one whole plain line at rest, skips even that: ``plain_line``/``tagged_line``
+(the subclasses') read its head with one regex and count it consumed.
 
 Events come out one per ``next_event()`` call from a small queue filled by one
 processing step (e.g. ``CommandStart`` then ``LiteralStart``).  A step never
@@ -89,8 +90,7 @@ _HEAD_PEEK = 128  # enough of a line to see "tag NAME " (max_id_line)
 
 
 class _State(enum.Enum):
-    """Each state's value names the step method that runs in it (found with getattr on the
-    member's `_value_`: no per-parser table, and faster than hashing the member)."""
+    """Each value names the step method run in that state (getattr on `_value_`: fast)."""
 
     LINE = "_step_line"
     CONT = "_step_cont"
@@ -104,17 +104,11 @@ class _State(enum.Enum):
 class BaseParser:
     """Framing state machine shared by both parsers."""
 
-    # Does a literal announced in a rejected message arrive without waiting?
-    # Servers never wait; clients wait for synchronising literals only.
+    # Does a rejected message's literal arrive anyway? Servers never wait; clients for sync ones
     _peer_waits_for_sync = False
 
-    def __init__(
-        self,
-        limits: Limits = DEFAULT_LIMITS,
-        *,
-        collect_literals: bool = False,
-        parse_args: bool = False,
-    ) -> None:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, *, collect_literals: bool = False,
+                 parse_args: bool = False) -> None:
         self._limits = limits
         self._collect = collect_literals
         self._parse_args = parse_args
@@ -140,15 +134,14 @@ class BaseParser:
     # -- public API ----------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        """Buffer ``data`` from the peer; ``b""`` means EOF.  Never parses."""
+        """Buffer ``data`` from the peer (``b""``: EOF); never parses."""
         self._buf.feed(data)
 
     def next_event(self) -> ev.Event | NeedData:
         """Return the next event, or ``NEED_DATA``.
 
         Raises:
-            ProtocolError: the peer sent bad input (see the module docstring
-                for resynchronisation).  Any other exception is a bug.
+            ProtocolError: bad input (resynchronisation: see above).  Anything else is a bug.
         """
         while True:
             if self._events:
@@ -170,11 +163,8 @@ class BaseParser:
                 return NEED_DATA
 
     def expect_line(self) -> None:
-        """Return the next line as ``RawLine`` instead of parsing it.
-
-        Used for AUTHENTICATE responses (RFC 9051 §6.2.2) and IDLE's DONE
-        (RFC 2177).  Takes effect at the next message boundary.
-        """
+        """Return the next line as ``RawLine`` instead of parsing it, from the next message
+        boundary on: AUTHENTICATE responses (RFC 9051 §6.2.2), IDLE's DONE (RFC 2177)."""
         self._raw_next = True
 
     @property
@@ -194,16 +184,22 @@ class BaseParser:
 
     @property
     def at_boundary(self) -> bool:
-        """True between messages with nothing pending: a relay may insert a line of its own
-        into the stream it forwards without cutting a response in two."""
+        """True between messages with nothing pending (a relay may insert a line there)."""
         return (self._state is _State.LINE and not len(self._buf) and not self._events
                 and not self._chunks)
 
-    def take_unconsumed(self) -> bytes:
-        """Hand the bytes not yet parsed to another parser (e.g. pre-login to relay).
+    def _pass(self, data: bytes) -> bool:
+        """Count ``data``, one whole line that the subclass read itself, as consumed; False
+        (nothing done) unless the parser is at rest and the line within its limit."""
+        if (len(data) > self._limits.max_line or self._raw_next or self._buf.eof
+                or self._pending_error is not None or not self.at_boundary):
+            return False
+        self._buf.passed(len(data))
+        return True
 
-        Only meaningful between messages; raises RuntimeError in the middle of one.
-        """
+    def take_unconsumed(self) -> bytes:
+        """Hand the bytes not yet parsed to another parser (e.g. pre-login to relay); only
+        between messages (RuntimeError in the middle of one)."""
         if self._state is not _State.LINE or self._events or self._chunks:
             raise RuntimeError("take_unconsumed() in the middle of a message")
         return self._buf.take_all()
@@ -282,8 +278,7 @@ class BaseParser:
         return True
 
     def _step_failed(self) -> bool:
-        assert self._pending_error is None and self._fatal_error is not None
-        raise self._fatal_error
+        raise self._fatal_error  # type: ignore[misc]  # (set with FAILED)
 
     # -- message assembly ------------------------------------------------------
 
@@ -341,13 +336,9 @@ class BaseParser:
         self._collected += literal.size if self._collect else 0   # held together: bounded so
         if literal.size > limits.max_literal or self._collected > limits.max_literal:
             self._fail(ProtocolError("literal_too_big", "Literal too big"), literal)
-        if (
-            self._peer_waits_for_sync
-            and not literal.synchronizing
-            and literal.size > limits.max_nonsync_literal
-        ):
-            # RFC 7888 §4 (LITERAL-): reject with a tagged BAD; we skip the
-            # payload to stay in sync.
+        if (self._peer_waits_for_sync and not literal.synchronizing
+                and literal.size > limits.max_nonsync_literal):
+            # RFC 7888 §4 (LITERAL-): a tagged BAD; the payload is skipped to stay in sync
             error = ProtocolError("nonsync_literal_too_big", "Non-synchronizing literal too big")
             self._fail(error, literal)
         self._literal = literal
@@ -379,18 +370,13 @@ class BaseParser:
         self._state = _State.LINE
 
     def _reset_message(self) -> None:
-        self._tag = None
-        self._tokens = None
-        self._literal = None
+        self._tag, self._tokens, self._literal = None, None, None
         self._chunks, self._collected = [], 0
 
     # -- errors ----------------------------------------------------------------
 
     def _fail(self, error: ProtocolError, literal: LiteralMarker | None) -> None:
-        """Drop the current message, resynchronise, and raise ``error`` in context.
-
-        ``literal`` is the marker ending the bad line part, if any.
-        """
+        """Drop the message, resynchronise, raise ``error`` (``literal``: its line's marker)."""
         tag = self._tag if error.tag is None else error.tag
         self.rejected_at = self._buf.last_line_at if self._state is _State.LINE else None
         self._reset_message()

@@ -13,6 +13,7 @@ from ._lines import (
     parse_resp_text,
     parse_response_head,
     parse_tagged_head,
+    plain_tagged,
 )
 from ._parser import BaseParser
 from ._tokens import Token
@@ -28,6 +29,15 @@ class ResponseParser(BaseParser):
     responses and continuations carry text, never literals (RFC 9051 §9
     resp-text).  Arguments as for :class:`CommandParser`.
     """
+
+    def tagged_line(self, data: bytes) -> tuple[bytes, bytes] | None:
+        """``data`` is a whole chunk: when it is one tagged status line (the common answer),
+        return its ``(tag, status)`` as ``TaggedResponse`` has them and count it consumed,
+        with no events; else None and nothing taken (``receive_data`` it then)."""
+        head = plain_tagged(data)
+        if head is None or not self._pass(data):
+            return None
+        return head
 
     def _start_message(self, line: bytes) -> None:
         if line.startswith(b"+"):

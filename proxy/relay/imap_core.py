@@ -11,11 +11,13 @@ session can move from one to the other at any chunk boundary because all state i
   what the parser accepted (held_lines.py). A command whose *first* line part is a syntax
   error never reaches the upstream: its tagged BAD (RFC 3501 7.1.3) is answered between the
   upstream's responses and the session goes on, as Dovecot does (`bad_commands` such answers
-  end it); an error past a command's first part (already upstream) ends it with BYE. The
-  engine may forward a chunk that is one plain line before parsing it (`forward_first`, then
-  `judge()`): only a line the parser is sure to accept as it is, so nothing else changes.
+  end it); an error past a command's first part (already upstream) ends it with BYE. A chunk
+  that is one plain command line at rest (the common case) is read by one regex, never fed
+  to the parser (CommandParser.plain_line); the engine even forwards it before it is judged
+  (`forward_first`, then `judge()`).
 - `upstream_data(chunk, now)` is called once the driver has forwarded the chunk to the client
-  (parsing never delays the bytes): tagged completions end commands in flight (metrics).
+  (parsing never delays the bytes): tagged completions end commands in flight (metrics); a
+  chunk that is one tagged status line is read by one regex (ResponseParser.tagged_line).
 - `due()` / `timer(now)`: RFC 3501 5.4 autologout after `idle` without client input, an IDLE
   (RFC 2177) past `idle_command`, an upstream silent for `upstream_response` while a command
   is owed an answer. `drained()`: BYE at the first rest (no command owed, between responses).
@@ -29,8 +31,6 @@ The core never reads a clock: drivers pass `now` (trio's clock, also the engine'
 
 from __future__ import annotations
 
-import re
-
 from .. import logs
 from ..imap import NEED_DATA, CommandParser, ProtocolError, ResponseParser, events
 from ..metrics import IMAP_COMMANDS, OTHER
@@ -42,20 +42,8 @@ from .imap_inflight import InFlight
 
 __all__ = ["ImapRelayCore"]
 
-# One whole command line that the framing parser is sure to accept as it is: a tag (RFC 3501 9
-# tag: ASTRING-CHAR but "+"), a command name its fast path reads (proxy/imap/_lines.py), then
-# anything but NUL, CR, LF or a literal's braces, and CRLF. `UID` needs a subcommand name.
-_PLAIN_LINE = re.compile(rb"[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]+ ([A-Za-z]+)"
-                         rb"(?: [^\x00\r\n{}]*)?\r\n")
-_UID_SUBCOMMAND = re.compile(rb" [A-Za-z]+(?: |\r\n)")
 # command_label("imap", name) of a name as the parser gives it (upper case): one dict hit
 _LABELS = {name.encode(): name for name in IMAP_COMMANDS}
-
-
-def _plain_line(data: bytes) -> bool:
-    m = _PLAIN_LINE.fullmatch(data)
-    return m is not None and (m.group(1).upper() != b"UID"
-                              or _UID_SUBCOMMAND.match(data, m.end(1)) is not None)
 
 
 class ImapRelayCore:
@@ -88,7 +76,8 @@ class ImapRelayCore:
         self._said: list[bytes] = []      # ... and those waiting for a response boundary
         self._before: list[bytes | bytearray] = []   # good bytes before a refused command
         self._down_after_ok = b""   # what followed the upstream's OK to COMPRESS: compressed
-        self._unjudged = False   # a chunk was forwarded before it was parsed (`judge()`)
+        self._unjudged: tuple[bytes, bytes] | None = None   # a plain line's (tag, name), forwarded
+        # before it was judged (`judge()`)
         limits = session.listener.limits   # (the client parser's: imap_relay.py)
         self._max_plain = min(limits.max_line, limits.id_line_length)
 
@@ -129,23 +118,36 @@ class ImapRelayCore:
             self.bytes_up.add(len(data))
             return data
         parser, held = self.client_parser, self.held
-        if (forward_first and len(data) <= self._max_plain and not held.held
-                and self.inflight.idle_tag is None and self.compress is None
-                and not held.dropping and parser.at_boundary and _plain_line(data)):
-            parser.receive_data(data)
-            held.sent += len(data)   # forwarded as it came: never held
-            self._unjudged = True
-            self.bytes_up.add(len(data))
-            return data
+        if (len(data) <= self._max_plain and not held.held and self.inflight.idle_tag is None
+                and self.compress is None and not held.dropping):
+            head = parser.plain_line(data)
+            if head is not None:
+                held.sent += len(data)   # forwarded as it came: never held
+                self.bytes_up.add(len(data))
+                self._unjudged = head
+                if not forward_first:
+                    self.judge()
+                return data
         parser.receive_data(data)
         held.add(data)
         return self.client_input()
 
     def judge(self) -> None:
-        """Parse the chunk `client_data` returned unparsed, now that it is forwarded."""
-        if self._unjudged:
-            self._unjudged = False
-            self._client_events()
+        """Judge the plain line `client_data` returned unjudged, now that it is forwarded:
+        what `_client_events` does for its CommandStart and Command."""
+        head = self._unjudged
+        if head is None:
+            return
+        self._unjudged = None
+        tag, name = head
+        self._started(tag, _LABELS.get(name, OTHER))
+        if name == b"LOGOUT":
+            self.logout_seen = True
+        elif name == b"IDLE":
+            self.inflight.idle_tag = tag
+            self.client_parser.expect_line()
+        elif name == b"COMPRESS":   # (never while compressed: client_data returned before)
+            self.compress = CompressAsked(tag, b"")   # nothing was buffered after it
 
     def client_input(self) -> bytes | bytearray:
         """Judge what the parser holds, then return what it accepted, to forward; after a
@@ -217,7 +219,7 @@ class ImapRelayCore:
         if limit is not None:
             session.limit_hit(limit)
         logs.event("client_protocol_error", **session.log_fields(), kind=exc.kind)
-        before = None if exc.fatal or self.compressed or self._unjudged else self.held.reject()
+        before = None if exc.fatal or self.compressed else self.held.reject()
         if before is None:   # part of it is upstream already
             self.last_words(exc.reply())
             if not exc.fatal:  # a fatal error's reply is already an untagged BYE
@@ -266,6 +268,12 @@ class ImapRelayCore:
         self.bytes_down.add(len(data))
         if self.compressed:
             return data
+        if self.compress is None:
+            head = self.upstream_parser.tagged_line(data)
+            if head is not None:
+                inflight.complete(*head)
+                self.upstream_parsed()
+                return b""
         self.upstream_parser.receive_data(data)
         if not self.upstream_plain(b""):
             return b""

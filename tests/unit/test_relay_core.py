@@ -262,6 +262,33 @@ def test_imap_forward_first_changes_nothing_but_when_the_parse_happens():
     assert core.session.commands == 1 and core.inflight.owed()
 
 
+def imap_answered_outcome() -> list[object]:
+    """Per chunk of IMAP_LINES, then per tagged answer (one chunk each, some with an untagged
+    line first): what goes where, commands in flight and counted by status."""
+    core, metrics = imap_core(bad_commands=100)
+    out: list[object] = []
+    for chunk in IMAP_LINES:
+        up = bytes(core.client_data(chunk, 1.0, forward_first=True))
+        core.judge()
+        out.append((up, core.take_replies(), core.session.commands, sorted(core.inflight.pending)))
+        for n, tag in enumerate(sorted(core.inflight.pending)):
+            answer = b"%s %s done\r\n" % (tag, [b"OK", b"no", b"BAD"][n % 3])
+            core.upstream_data(b"* 1 EXISTS\r\n" + answer if n % 2 else answer, 2.0)
+            out.append((core.take_replies(), sorted(core.inflight.pending), core.end))
+    out.append(sorted((s.labels["command"], s.labels["status"], s.value)
+                      for s in metrics.commands.collect()[0].samples if s.name.endswith("_total")))
+    return out
+
+
+def test_imap_plain_lines_read_by_regex_change_nothing(monkeypatch):
+    """The cheap path (CommandParser.plain_line, ResponseParser.tagged_line) against the full
+    parse of every chunk: the same bytes upstream, replies, commands in flight and counts."""
+    cheap = imap_answered_outcome()
+    monkeypatch.setattr(ImapCommands, "plain_line", lambda self, data: None)
+    monkeypatch.setattr(ImapResponses, "tagged_line", lambda self, data: None)
+    assert imap_answered_outcome() == cheap
+
+
 POP3_LINES = [b"STAT\r\n", b"retr 1\r\n", b"TOP 1 10\r\n", b"LIST 1 2 3\r\n", b"RETR  1\r\n",
               b"CAPA\r\n", b"USER x\r\n", b"RETR 1\rx\r\n", b"NOOP\r\nNOOP\r\n", b"UI", b"DL\r\n",
               b"X" * 300 + b"\r\n", b"QUIT\r\n"]
