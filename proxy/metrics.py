@@ -30,6 +30,7 @@ from prometheus_client import (
 )
 
 from . import __version__
+from .command_tally import CommandTally
 
 __all__ = [
     "Metrics", "WorkerMetrics", "PROTOCOLS", "IMAP_COMMANDS", "POP3_COMMANDS", "IMAP_STATUSES",
@@ -181,8 +182,11 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         # label children of `commands` and the duration histograms by protocol, filled by
-        # session.context.CommandMeter and shared by every session (no labels() per session)
+        # session.context.CommandMeter and shared by every session (no labels() per session);
+        # what it counts goes through `command_tally`, registered first: flushed at each collect
         self.command_children: dict[str, tuple[dict[Any, Any], dict[Any, Any]]] = {}
+        self.command_tally = CommandTally()
+        r.register(self.command_tally)
         ProcessCollector(registry=r)      # process_resident_memory_bytes, _open_fds, _cpu_seconds
         PlatformCollector(registry=r)     # python_info
 

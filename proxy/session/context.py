@@ -270,8 +270,9 @@ class CommandMeter:
     histogram, and the audit line when the listener has `audit: true`). Label children are
     cached process-wide (on Metrics, per protocol: every session shares them, so a session
     neither builds its own cache nor asks prometheus_client for a child), and a completion on
-    the relay's hot path costs two dict hits. The audit line names the command and its result,
-    never its arguments."""
+    the relay's hot path costs two dict hits and a tally (proxy/command_tally.py: counted per
+    thread, added to prometheus_client at each scrape). The audit line names the command and
+    its result, never its arguments."""
 
     def __init__(self, session: Session):
         self.session = session
@@ -287,14 +288,13 @@ class CommandMeter:
         if counter is None:
             counter = self._count[(name, status)] = self.metrics.commands.labels(
                 self.protocol, name, status.decode("ascii", "replace"))
-        counter.inc()
         histogram = self._duration.get(name)
         if histogram is None:   # IDLE lasts minutes by design: its own histogram
             histogram = self._duration[name] = (
                 self.metrics.idle_duration.labels(self.protocol) if name == "IDLE"
                 else self.metrics.command_duration.labels(self.protocol, name))
         elapsed = time.monotonic() - started
-        histogram.observe(elapsed)
+        self.metrics.command_tally.completed(counter, histogram, elapsed)   # added at scrape
         if self.audit:
             logs.event("command", **self.session.log_fields(), command=name,
                        status=status.decode("ascii", "replace"), duration=round(elapsed, 6))

@@ -17,7 +17,8 @@ ROOT = pathlib.Path(proxy.__file__).parent
 
 # Lowest first. "proxy" is the package itself (__version__).
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"proxy", "proxy.imap", "proxy.pop3", "proxy.logs", "proxy.certgen"}),
+    frozenset({"proxy", "proxy.imap", "proxy.pop3", "proxy.logs", "proxy.certgen",
+               "proxy.command_tally"}),
     frozenset({"proxy.config"}),
     frozenset({"proxy.metrics"}),
     frozenset({"proxy.net"}),
