@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 OTHER = "other"
+MAX_CHILDREN = 4096   # label children remembered by Metrics.child()
 OAUTH2_REFRESH_RESULTS = ("ok", "refused", "unavailable")
 NONE = "none"  # status of a command whose session ended before the reply
 PROTOCOLS = ("imap", "pop3")
@@ -96,10 +97,7 @@ _STATUSES = {"imap": frozenset(IMAP_STATUSES), "pop3": frozenset(POP3_STATUSES)}
 # AUTH_MECHANISMS are the ones the front ends accept, so only their series are pre-created at 0
 # (a mechanism joins when a front end accepts it). _MECHANISMS also knows the ones clients try
 # that are refused, so those are counted under their name rather than "other".
-AUTH_MECHANISMS = {
-    "imap": ("LOGIN", "PLAIN"),
-    "pop3": ("USER", "PLAIN", "LOGIN"),
-}
+AUTH_MECHANISMS = {"imap": ("LOGIN", "PLAIN"), "pop3": ("USER", "PLAIN", "LOGIN")}
 _MECHANISMS = frozenset(m for ms in AUTH_MECHANISMS.values() for m in ms) | {
     "XOAUTH2", "OAUTHBEARER", "APOP"}
 AUTH_RESULTS = ("success", "failure", "tempfail", "throttled")  # session.failures.auth_result
@@ -113,11 +111,9 @@ DIRECTIONS = ("client_to_upstream", "upstream_to_client")
 LOOKUP_KINDS = ("http", "ldap")
 LOOKUP_RESULTS = ("route", "refuse", "pass", "unavailable")
 LOOKUP_CACHE = ("hit", "miss")
-LIMITS = frozenset({
-    "line_length", "literal_size", "preauth_commands", "bad_commands", "auth_failures",
-    "idle_timeout", "login_timeout", "max_connections", "max_connections_per_ip", "auth_throttle",
-    "upstream_response",
-})
+LIMITS = frozenset({"line_length", "literal_size", "preauth_commands", "bad_commands",
+                    "auth_failures", "idle_timeout", "login_timeout", "max_connections",
+                    "max_connections_per_ip", "auth_throttle", "upstream_response"})
 
 
 def _upper_ascii(value: bytes | str | None, max_len: int) -> str | None:
@@ -187,6 +183,7 @@ class Metrics:
         self.command_children: dict[str, tuple[dict[Any, Any], dict[Any, Any]]] = {}
         self.command_tally = CommandTally()
         r.register(self.command_tally)
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}   # see child()
         ProcessCollector(registry=r)      # process_resident_memory_bytes, _open_fds, _cpu_seconds
         PlatformCollector(registry=r)     # python_info
 
@@ -312,20 +309,17 @@ class Metrics:
             "Time from a mailbox change to its untagged response in another session.",
             buckets=COMMAND_BUCKETS, registry=r)
 
-        # --- certificates (per listener certificate, set at start and on reload)
+        # --- certificates (per listener certificate, set at start and on reload); process
         self.certificate_expiry = Gauge(
             "mailproxy_certificate_expiry_timestamp_seconds",
             "When a listener's certificate expires (Unix time).",
             ["listener", "certificate"], registry=r)
-
-        # --- process
         self.build_info = Gauge(
             "mailproxy_build_info", "Always 1; labels carry the version.",
             ["version", "python"], registry=r)
         # health.Health.publish(metrics) makes this read Health.draining at each scrape
         self.draining = Gauge(
             "mailproxy_draining", "1 while the process drains before shutdown.", registry=r)
-
         self._initialise()
 
     def _initialise(self) -> None:
@@ -369,6 +363,17 @@ class Metrics:
         for le in SYNC_AGE_BUCKETS:
             self.gateway_sync_age.labels(le).set_function(
                 functools.partial(_synced_within, last_success, clock, float(le)))
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)` remembered (at most MAX_CHILDREN: upstream names may come
+        from lookups): what each login records skips prometheus_client's checks and lookup."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            if len(self._children) >= MAX_CHILDREN:
+                self._children.clear()
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def init_upstream(self, name: str, protocol: str, reasons: Iterable[str]) -> None:
         """Pre-create the series of one configured upstream service; `reasons` are the

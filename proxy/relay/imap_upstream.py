@@ -14,7 +14,7 @@ are re-read after TLS; nothing from before the handshake is trusted.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ..config import ImapService, Upstream
@@ -62,6 +62,9 @@ class UpstreamIMAP:
     tag_counter: int = 0
     sasl_challenge: bytes | None = None  # a token login's error challenge (base64 JSON)
     early: EarlyLogin | None = None  # a login in flight since the connect
+    # (capabilities, their upper-case set): has() is asked several times per login
+    _upper_memo: tuple[tuple[bytes, ...], frozenset[bytes]] = field(
+        default=((), frozenset()), repr=False, compare=False)
 
     @classmethod
     def over(cls, conn: Conn) -> UpstreamIMAP:
@@ -76,7 +79,12 @@ class UpstreamIMAP:
         return b"P%d" % self.tag_counter
 
     def has(self, capability: bytes) -> bool:
-        return capability.upper() in _upper(self.capabilities)
+        capabilities, upper = self._upper_memo
+        if capabilities is not self.capabilities:   # (reassigned, never changed in place)
+            capabilities = self.capabilities
+            upper = _upper(capabilities)
+            self._upper_memo = (capabilities, upper)
+        return capability.upper() in upper
 
 
 # An upstream announces the same few capability lists to every session: the functions below

@@ -68,8 +68,9 @@ async def log_in(session: Session, creds: Credentials,
         outcome = await _attempt(session, creds, attempt)
     failure = refusal_failure(outcome) if isinstance(outcome, Refusal) else (
         outcome if isinstance(outcome, Failure) else None)
-    session.runtime.metrics.auth_attempts.labels(attempt.protocol, creds.mechanism,
-                                                 auth_result(failure)).inc()
+    metrics = session.runtime.metrics
+    metrics.child(metrics.auth_attempts, attempt.protocol, creds.mechanism,
+                  auth_result(failure)).inc()
     if failure is None:
         session.runtime.throttle.success(creds.user, session.client_ip)
     elif isinstance(outcome, Refusal) and outcome.wait is not None:
@@ -172,7 +173,8 @@ async def dial(session: Session, name: str, upstream: Upstream, steps: deadline)
     for this first step (the listener's `upstream_connect`, "connect")."""
     started = time.monotonic()
     conn = await _dial_pool(session, name, upstream, steps)
-    session.runtime.metrics.upstream_connect_duration.labels(name, session.protocol).observe(
+    metrics = session.runtime.metrics
+    metrics.child(metrics.upstream_connect_duration, name, session.protocol).observe(
         time.monotonic() - started)
     return conn
 

@@ -193,6 +193,26 @@ def test_init_listener_and_upstream_create_series():
                    {"upstream": "dovecot", "protocol": "pop3", "reason": reason}) == 0
 
 
+def test_child_is_the_labelled_series_remembered_and_bounded(monkeypatch):
+    metrics = Metrics()
+    first = metrics.child(metrics.auth_attempts, "imap", "LOGIN", "success")
+    assert first is metrics.child(metrics.auth_attempts, "imap", "LOGIN", "success")
+    first.inc()
+    metrics.child(metrics.upstream_connect_duration, "main", "imap").observe(0.002)
+    get = metrics.registry.get_sample_value
+    assert get("mailproxy_auth_attempts_total",
+               {"protocol": "imap", "mechanism": "LOGIN", "result": "success"}) == 1
+    assert get("mailproxy_upstream_connect_duration_seconds_count",
+               {"upstream": "main", "protocol": "imap"}) == 1
+    monkeypatch.setattr(m, "MAX_CHILDREN", 3)   # past the bound it starts again, still right
+    for index in range(5):
+        metrics.child(metrics.upstream_connect_duration, f"u{index}", "pop3").observe(1)
+    assert len(metrics._children) <= 3
+    metrics.child(metrics.auth_attempts, "imap", "LOGIN", "success").inc()
+    assert get("mailproxy_auth_attempts_total",
+               {"protocol": "imap", "mechanism": "LOGIN", "result": "success"}) == 2
+
+
 def test_failure_values_are_the_reason_label_set():
     assert {failure.label for failure in Failure} == Failure.labels()
     assert {f.name for f in Failure} == {
