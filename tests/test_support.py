@@ -10,6 +10,7 @@ import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ import pytest
 import trio
 import trio.lowlevel
 
-from support import polling
+from support import polling, ports
 from support.daemon import Foreground, accepts, greets, wait_ready
 from support.polling import wait_for, wait_until
 from support.proxyproc import ProxyProcess, ProxyStartError, relay_config, traceback_report
@@ -266,3 +267,20 @@ def test_private_daemon_never_ready_names_what_did_not_answer(tmp_path):
                    alive=server.alive, log=lambda: "the log", timeout=1)
     assert str(caught.value) == "sleeper not ready after 1s: no answer on IMAP port 1, port 2\nthe log"
     assert server.stop() == -15   # SIGTERM
+
+
+def test_free_ports_are_distinct_below_the_ephemeral_range_and_never_handed_out_twice():
+    """support/ports.py: ports come from below ip_local_port_range (where connect(2) never
+    takes them), one machine-wide counter hands each out once per cycle of the range (so no
+    two picks, of this run or of another, return the same port meanwhile), and a port some
+    socket holds is skipped."""
+    ephemeral_low = int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    first = ports.free_ports(3)
+    assert len(set(first)) == 3 and all(p in ports.PORT_RANGE and p < ephemeral_low for p in first)
+    with socket.socket() as held:   # the next port the counter would hand out, taken meanwhile
+        at = ports.PORT_RANGE.index(first[-1]) + 1
+        taken = ports.PORT_RANGE[at % len(ports.PORT_RANGE)]
+        held.bind(("127.0.0.1", taken))
+        second = ports.free_ports(5)
+    assert taken not in second
+    assert not set(first) & set(second) and len(set(second)) == 5

@@ -15,7 +15,6 @@ import email.utils
 import functools
 import imaplib
 import json
-import socket
 
 import imapclient
 import pytest
@@ -26,6 +25,7 @@ from proxy.gateway.service import open_gateway
 from proxy.metrics import Metrics
 from proxy.net.conn import Conn
 from proxy.session.context import Runtime, Session
+from support.polling import wait_for
 from support.proxyproc import relay_config
 
 
@@ -34,6 +34,13 @@ def message(n: int, subject: str | None = None, body: str | None = None, sender=
             f"Date: {email.utils.formatdate(1700000000 + n * 60)}\r\nMessage-ID: <m{n}@example.org>\r\n"
             f"\r\n{body or f'body of message {n}'}\r\n").encode()
 
+
+def select_stored(client: imaplib.IMAP4, count: int, mailbox: str = "INBOX") -> None:
+    """SELECT (read-only) `mailbox` until it has `count` messages: a login waits for its
+    account's first sync only LOGIN_SYNC_WAIT (proxy/gateway/service.py), which a big ingest
+    can outlast under load (bounded polling)."""
+    wait_for(lambda: client.select(mailbox, readonly=True)[1][0] == b"%d" % count,
+             f"{count} messages stored in {mailbox}", interval=0.1)
 
 
 async def differences_from_dovecot(gateway, dovecot, other, compare) -> list[str]:
@@ -138,9 +145,3 @@ async def gateway(dovecot, tmp_path, nursery, gateway_store):
     await handle.start(nursery)
     yield handle
     await handle.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

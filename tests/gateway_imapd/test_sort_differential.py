@@ -27,6 +27,7 @@ from gateway_mime import corpus, wire
 from proxy.gateway.fetcher import internaldate
 
 from . import threads_corpus
+from .conftest import select_stored
 
 SORTS = [
     b"(ARRIVAL)", b"(CC)", b"(DATE)", b"(FROM)", b"(SIZE)", b"(SUBJECT)", b"(TO)",
@@ -123,11 +124,10 @@ async def test_sort_and_thread_answer_like_dovecot(gateway):
 
     def compare() -> list[str]:
         ours = gateway.imaplib()   # first: its POP3 ingest sets \\Seen on Dovecot's copies
-        _, data = ours.select("INBOX", readonly=True)
+        select_stored(ours, len(messages))
         theirs = imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=30)
         theirs.login(gateway.user, gateway.password)
         theirs.select("INBOX", readonly=True)
-        assert int(data[0]) == len(messages), data
         caps = ours.capabilities
         for cap in ("SORT", "SORT=DISPLAY", "ESORT", "THREAD=REFERENCES",
                     "THREAD=ORDEREDSUBJECT", "SEARCHRES", "WITHIN"):

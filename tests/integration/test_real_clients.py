@@ -230,8 +230,11 @@ def test_fetchmail_keep_delivers_exactly_the_server_messages(relay_proxy, doveco
     rc.write_text(FETCHMAILRC.format(host=HOST, port=relay_proxy.port("pop3"), user=name,
                                      password=password, out=out))
     rc.chmod(0o600)
-    result = run([fetchmail, "-f", str(rc), "--nodetach", "--verbose"],
-                 env={**os.environ, "HOME": str(home)}, cwd=home)
+    # its lock (pid) file in this test's directory: as root fetchmail would use
+    # /var/run/fetchmail.pid, which a concurrent test run on the same machine holds too
+    result = run([fetchmail, "-f", str(rc), "--nodetach", "--verbose",
+                  "--pidfile", str(home / "fetchmail.pid")],
+                 env={**os.environ, "HOME": str(home), "FETCHMAILHOME": str(home)}, cwd=home)
     report = (result.stdout + result.stderr).decode(errors="replace")
     assert result.returncode == 0, f"fetchmail exited {result.returncode}:\n{report}"
     delivered = collections.Counter(sha(p.read_bytes()) for p in out.iterdir())

@@ -40,7 +40,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
@@ -49,6 +48,7 @@ import time
 
 from . import polling
 from .daemon import greets, wait_ready
+from .ports import free_ports
 
 __all__ = ["Dovecot", "DovecotError", "MAIL_USER", "MISSING_MESSAGE", "ROOT_PREFIX", "free_ports",
            "make_root", "reap_stale_roots", "start_dovecot"]
@@ -76,20 +76,6 @@ class DovecotError(AssertionError):
 
 def _which(name: str) -> str | None:
     return shutil.which(name, path=_SBIN_PATH)
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct ports that were free on `host` a moment ago (bound to port 0, then closed)."""
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(sock)
-            sock.bind((host, 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def _tail(text: str, lines: int = 40) -> str:

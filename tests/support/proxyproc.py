@@ -2,7 +2,8 @@
 
 `ProxyProcess(config, tmp_path)` writes `config` (a dict in the YAML schema of config/mailproxy.yaml) to
 `tmp_path/mailproxy.yaml`, after replacing every listener `address` and `metrics.address` that ends in
-`:0` with a port that was free a moment ago, starts the proxy with its stdout and stderr in
+`:0` with a port from `support.ports.free_ports` (free, and handed out to no other pick of any
+test run on the machine lately), starts the proxy with its stdout and stderr in
 `tmp_path/proxy.log`, and returns once a log line says `event=ready` (text) or `"event": "ready"`
 (json). If the process exits first, or is not ready within `READY_TIMEOUT`, it is killed and
 `ProxyStartError` (an AssertionError) carries the log tail.
