@@ -41,6 +41,19 @@ def message_ids(client: imaplib.IMAP4, mailbox: str) -> list[int]:
     return found
 
 
+def survivor_sessions(proxy_factory, config: dict, name: str, password: str, mailbox: str,
+                      count: int) -> tuple[imaplib.IMAP4, imaplib.IMAP4]:
+    """The replica that stays up, with two sessions of the user: `watcher` (reads the store
+    between rounds) and `view` (stays selected on `mailbox`, which has `count` messages)."""
+    survivor = proxy_factory(config)
+    watcher = imaplib.IMAP4("127.0.0.1", survivor.port("gw"), timeout=30)
+    watcher.login(name, password)
+    view = imaplib.IMAP4("127.0.0.1", survivor.port("gw"), timeout=30)
+    view.login(name, password)
+    assert view.select(mailbox) == ("OK", [b"%d" % count])
+    return watcher, view
+
+
 def test_sigkill_of_a_replica_during_moves_loses_and_duplicates_nothing(proxy_factory, dovecot,
                                                                         pg_dsn):
     seed = random.randrange(1 << 30)
@@ -50,13 +63,8 @@ def test_sigkill_of_a_replica_during_moves_loses_and_duplicates_nothing(proxy_fa
         dovecot.deliver(name, message(n))
     config = gateway_config(dovecot, pg_dsn)
     config["gateway"]["poll_interval"] = "600s"
-    survivor = proxy_factory(config)
-    watcher = imaplib.IMAP4("127.0.0.1", survivor.port("gw"), timeout=30)
-    watcher.login(name, password)
+    watcher, view = survivor_sessions(proxy_factory, config, name, password, "INBOX", COUNT)
     assert watcher.select("INBOX") == ("OK", [b"%d" % COUNT])
-    view = imaplib.IMAP4("127.0.0.1", survivor.port("gw"), timeout=30)   # stays selected
-    view.login(name, password)
-    assert view.select("INBOX") == ("OK", [b"%d" % COUNT])
     src, dst = "INBOX", "Archive"
     for round_no in range(ROUNDS):
         victim = proxy_factory(config)
@@ -124,12 +132,7 @@ def test_sigkill_of_a_replica_during_appends_keeps_each_acknowledged_one_once(
     name, password = dovecot.add_user()
     config = gateway_config(dovecot, pg_dsn)
     config["gateway"]["poll_interval"] = "600s"
-    survivor = proxy_factory(config)
-    watcher = imaplib.IMAP4("127.0.0.1", survivor.port("gw"), timeout=30)
-    watcher.login(name, password)
-    view = imaplib.IMAP4("127.0.0.1", survivor.port("gw"), timeout=30)   # stays selected
-    view.login(name, password)
-    assert view.select("Archive") == ("OK", [b"0"])
+    watcher, view = survivor_sessions(proxy_factory, config, name, password, "Archive", 0)
     sent: list[int] = []
     acknowledged: set[int] = set()
     for round_no in range(ROUNDS):
@@ -157,12 +160,8 @@ def test_sigkill_of_a_replica_during_expunges_loses_nothing_it_did_not_expunge(
         dovecot.deliver(name, message(n))
     config = gateway_config(dovecot, pg_dsn)
     config["gateway"]["poll_interval"] = "600s"
-    survivor = proxy_factory(config)
-    watcher = imaplib.IMAP4("127.0.0.1", survivor.port("gw"), timeout=30)
-    watcher.login(name, password)
-    view = imaplib.IMAP4("127.0.0.1", survivor.port("gw"), timeout=30)   # stays selected
-    view.login(name, password)
-    assert view.select("INBOX") == ("OK", [b"%d" % (COUNT * ROUNDS)])
+    watcher, view = survivor_sessions(proxy_factory, config, name, password, "INBOX",
+                                      COUNT * ROUNDS)
     uid_of = {n: uid for n, uid in zip(message_ids(watcher, "INBOX"),
                                        watcher.uid("SEARCH", "ALL")[1][0].split(), strict=True)}
     watcher.select("INBOX")

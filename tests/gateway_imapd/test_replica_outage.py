@@ -8,21 +8,12 @@ from __future__ import annotations
 
 import re
 
-from .conftest import message
-from .test_condstore import Raw
-from .test_replicas import Idle, gateway_config
+from .test_replicas import Idle, pushed_both_ways, two_replicas_selected
 
 
 def test_replicas_recover_from_a_database_outage_without_a_restart(proxy_factory, dovecot,
                                                                    postgres, pg_dsn):
-    name, password = dovecot.add_user()
-    for n in range(3):
-        dovecot.deliver(name, message(n))
-    a = proxy_factory(gateway_config(dovecot, pg_dsn))
-    b = proxy_factory(gateway_config(dovecot, pg_dsn))
-    on_a, on_b = Raw(a.port("gw"), name, password), Raw(b.port("gw"), name, password)
-    for client in (on_a, on_b):
-        assert b"* 3 EXISTS" in client.cmd("SELECT INBOX")[0]
+    name, on_a, on_b = two_replicas_selected(proxy_factory, dovecot, pg_dsn, 3)
     idle = Idle(on_b)
     postgres.stop()
     try:
@@ -30,14 +21,9 @@ def test_replicas_recover_from_a_database_outage_without_a_restart(proxy_factory
         assert re.match(rb"t\d+ NO \[UNAVAILABLE\]", refused), refused
     finally:
         postgres.start()
-    # the same session, the same processes: the write goes through and B's IDLE is told
-    assert on_a.cmd("STORE 1 +FLAGS.SILENT (\\Flagged)")[1].split()[1] == b"OK"
-    assert re.search(rb"^\* 1 FETCH \(.*FLAGS \(\\Flagged\)", idle.until(rb"^\* 1 FETCH"))
-    # the fetchers work again: new upstream mail reaches IDLE sessions on both replicas
-    idle_a = Idle(on_a)
-    dovecot.deliver(name, message(3))
-    assert idle.until(rb"EXISTS") == b"* 4 EXISTS"
-    assert idle_a.until(rb"EXISTS") == b"* 4 EXISTS"
+    # the same session, the same processes: the write goes through and B's IDLE is told; the
+    # fetchers work again: new upstream mail reaches IDLE sessions on both replicas
+    idle_a = pushed_both_ways(dovecot, name, on_a, idle, 1)
     idle.done()
     idle_a.done()
     for client in (on_a, on_b):

@@ -49,29 +49,41 @@ class Idle:
             pass
 
 
-def test_changes_through_one_replica_reach_idle_sessions_on_the_other(proxy_factory, dovecot,
-                                                                       pg_dsn):
+def two_replicas_selected(proxy_factory, dovecot, pg_dsn: str, count: int):
+    """Two replicas on the store `pg_dsn`, a user with `count` messages upstream, and a session
+    of that user on each (`on_a`, `on_b`), INBOX selected: returns (name, on_a, on_b)."""
     name, password = dovecot.add_user()
-    for n in range(3):
+    for n in range(count):
         dovecot.deliver(name, message(n))
     a = proxy_factory(gateway_config(dovecot, pg_dsn))
     b = proxy_factory(gateway_config(dovecot, pg_dsn))
     on_a = Raw(a.port("gw"), name, password)
     on_b = Raw(b.port("gw"), name, password)
-    assert b"* 3 EXISTS" in on_a.cmd("SELECT INBOX")[0]
-    assert b"* 3 EXISTS" in on_b.cmd("SELECT INBOX")[0]
+    for client in (on_a, on_b):
+        assert b"* %d EXISTS" % count in client.cmd("SELECT INBOX")[0]
+    return name, on_a, on_b
 
-    # a flag set through A shows up live in B's IDLE
-    idle = Idle(on_b)
-    assert on_a.cmd("STORE 2 +FLAGS.SILENT (\\Flagged)")[1].split()[1] == b"OK"
-    assert re.search(rb"^\* 2 FETCH \(.*FLAGS \(\\Flagged\)", idle.until(rb"^\* 2 FETCH"))
 
-    # new upstream mail, fetched by whichever replica polls first, is seen by both
+def pushed_both_ways(dovecot, name: str, on_a: Raw, idle: Idle, seq: int) -> Idle:
+    """A flag set on message `seq` through A shows up live in B's IDLE (`idle`); then a 4th
+    upstream message, fetched by whichever replica polls first, reaches IDLE sessions on both.
+    Returns A's IDLE, still idling."""
+    assert on_a.cmd(f"STORE {seq} +FLAGS.SILENT (\\Flagged)")[1].split()[1] == b"OK"
+    fetch = rb"^\* %d FETCH" % seq
+    assert re.search(fetch + rb" \(.*FLAGS \(\\Flagged\)", idle.until(fetch))
     idle_a = Idle(on_a)
     dovecot.deliver(name, message(3))
     assert idle.until(rb"EXISTS") == b"* 4 EXISTS"
     assert idle_a.until(rb"EXISTS") == b"* 4 EXISTS"
-    idle_a.done()
+    return idle_a
+
+
+def test_changes_through_one_replica_reach_idle_sessions_on_the_other(proxy_factory, dovecot,
+                                                                       pg_dsn):
+    name, on_a, on_b = two_replicas_selected(proxy_factory, dovecot, pg_dsn, 3)
+
+    idle = Idle(on_b)
+    pushed_both_ways(dovecot, name, on_a, idle, 2).done()
 
     # an expunge through A
     assert on_a.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")[1].split()[1] == b"OK"
@@ -112,15 +124,7 @@ def test_message_expunged_on_one_replica_stays_readable_on_the_other_until_told(
     """RFC 2180 4.1.1 across processes: B's session keeps reading a message A expunged (and
     A's session stopped showing) until B's session has been sent the EXPUNGE; then the body
     is collected."""
-    name, password = dovecot.add_user()
-    for n in range(2):
-        dovecot.deliver(name, message(n))
-    a = proxy_factory(gateway_config(dovecot, pg_dsn))
-    b = proxy_factory(gateway_config(dovecot, pg_dsn))
-    on_a = Raw(a.port("gw"), name, password)
-    on_b = Raw(b.port("gw"), name, password)
-    assert b"* 2 EXISTS" in on_a.cmd("SELECT INBOX")[0]
-    assert b"* 2 EXISTS" in on_b.cmd("SELECT INBOX")[0]
+    _, on_a, on_b = two_replicas_selected(proxy_factory, dovecot, pg_dsn, 2)
     assert on_a.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")[1].split()[1] == b"OK"
     assert on_a.cmd("EXPUNGE")[0] == [b"* 1 EXPUNGE"]
     [(body_id,)] = wait_for(lambda: query(pg_dsn, "SELECT body_id FROM orphans"), "the orphan",

@@ -104,33 +104,47 @@ def _proxy_upstream_rx_queue(pid: int, upstream_port: int) -> int:
     return 0
 
 
-def test_slow_client_reading_a_big_fetch_bounds_proxy_memory(proxy_factory, dovecot, user):
-    """Backpressure: while the client does not read, the engine stops reading the upstream
-    (its bytes wait in the kernel, not in the proxy); then every byte arrives intact."""
-    size = 40 * 1024 * 1024
-    body = (b"x" * 76 + b"\r\n") * (size // 78)
+def deliver_big(dovecot, user) -> bytes:
+    """A 40 MB message delivered to `user`; returns its body."""
+    body = (b"x" * 76 + b"\r\n") * (40 * 1024 * 1024 // 78)
     dovecot.deliver(user[0], b"Subject: big\r\n\r\n" + body)
-    proxy = engine_proxy(proxy_factory, dovecot)
-    sock, _ = raw_login(proxy, user)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock.sendall(b"s SELECT INBOX\r\n")
-    reply = b""
-    while b"s OK" not in reply:
-        reply += sock.recv(65536)
+    return body
+
+
+def unread_fetch_bounds_memory(proxy, dovecot, sock, file, body: bytes) -> None:
+    """On a session with INBOX selected (the socket and its reader): while the client reads
+    nothing of a FETCH of `body`, the proxy stops reading the upstream (its bytes wait in the
+    kernel, not in the proxy: RSS grows < 8 MB); then every byte arrives intact."""
     before = rss_kb(proxy.pid)
     sock.sendall(b"f FETCH * BODY.PEEK[TEXT]\r\n")
     wait_for(lambda: _proxy_upstream_rx_queue(proxy.pid, dovecot.imap_port) > 0,
              "the proxy to stop reading the upstream")
     grown = rss_kb(proxy.pid) - before
-    assert grown < 8 * 1024, f"proxy RSS grew {grown} KB for a {size // 1024} KB FETCH not read"
-    received = bytearray()
-    while b"\r\nf OK" not in received[-200:]:
-        chunk = sock.recv(1 << 20)
+    assert grown < 8 * 1024, f"proxy RSS grew {grown} KB for a {len(body) // 1024} KB FETCH not read"
+    head = file.readline()
+    assert head.endswith(b"{%d}\r\n" % len(body)), head
+    digest = hashlib.sha256()
+    left = len(body)
+    while left:
+        chunk = file.read(min(left, 1 << 20))
         assert chunk
-        received += chunk
-    start = received.index(b"}\r\n") + 3
-    assert hashlib.sha256(received[start:start + len(body)]).digest() == \
-        hashlib.sha256(body).digest()
+        digest.update(chunk)
+        left -= len(chunk)
+    assert digest.digest() == hashlib.sha256(body).digest()
+    assert file.readline() == b")\r\n"
+    assert file.readline().startswith(b"f OK")
+
+
+def test_slow_client_reading_a_big_fetch_bounds_proxy_memory(proxy_factory, dovecot, user):
+    """Backpressure on a plain session (unread_fetch_bounds_memory)."""
+    body = deliver_big(dovecot, user)
+    proxy = engine_proxy(proxy_factory, dovecot)
+    sock, file = raw_login(proxy, user)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(b"s SELECT INBOX\r\n")
+    while not file.readline().startswith(b"s OK"):
+        pass
+    unread_fetch_bounds_memory(proxy, dovecot, sock, file, body)
     sock.close()
 
 
@@ -197,27 +211,37 @@ def test_reset_mid_literal_ends_that_session_only(proxy_factory, dovecot, user):
     other.close()
 
 
-def test_compress_is_handed_back_to_the_task_path(proxy_factory, dovecot_factory):
-    """RFC 4978: the engine forwards COMPRESS and hands the session back; the task path
-    inflates from there, and the session goes on compressed."""
-    from .test_compress_relay import ZLIB
-
-    zlib_dovecot = dovecot_factory(extra_config=ZLIB)
-    user = zlib_dovecot.add_user()
-    proxy = engine_proxy(proxy_factory, zlib_dovecot)
-    sock, file = raw_login(proxy, user)
+def compress_handed_back(proxy, sock, file) -> None:
+    """RFC 4978 on a logged-in session (the socket and its reader): the engine forwards
+    COMPRESS DEFLATE and hands the session back; the task path inflates from there and the
+    session goes on compressed (two NOOPs, then LOGOUT answered before the proxy closes)."""
     assert wait_for(lambda: engine_sessions(proxy) == 1, "the session in the engine")
     sock.sendall(b"z COMPRESS DEFLATE\r\n")
     assert file.readline().startswith(b"z OK")
     assert engine_sessions(proxy) == 0
     deflate = zlib.compressobj(wbits=-15)
     inflate = zlib.decompressobj(wbits=-15)
-    sock.sendall(deflate.compress(b"n NOOP\r\n") + deflate.flush(zlib.Z_SYNC_FLUSH))
+    for tag in (b"n1", b"n2"):
+        sock.sendall(deflate.compress(tag + b" NOOP\r\n") + deflate.flush(zlib.Z_SYNC_FLUSH))
+        plain = b""
+        while b"\r\n" not in plain:
+            chunk = sock.recv(65536)
+            assert chunk
+            plain += inflate.decompress(chunk)
+        assert plain.startswith(tag + b" OK NOOP completed") and plain.endswith(b"\r\n"), plain
+    sock.sendall(deflate.compress(b"l LOGOUT\r\n") + deflate.flush(zlib.Z_SYNC_FLUSH))
     plain = b""
-    while b"n OK" not in plain:
-        chunk = sock.recv(65536)
-        assert chunk
+    while chunk := sock.recv(65536):   # until the proxy closes
         plain += inflate.decompress(chunk)
-    assert plain.startswith(b"n OK NOOP completed") and plain.endswith(b"\r\n")
+    assert plain.startswith(b"* BYE") and b"l OK" in plain, plain
     file.close()
     sock.close()
+
+
+def test_compress_is_handed_back_to_the_task_path(proxy_factory, dovecot_factory):
+    from .test_compress_relay import ZLIB
+
+    zlib_dovecot = dovecot_factory(extra_config=ZLIB)
+    user = zlib_dovecot.add_user()
+    proxy = engine_proxy(proxy_factory, zlib_dovecot)
+    compress_handed_back(proxy, *raw_login(proxy, user))

@@ -17,7 +17,6 @@ import socket
 import ssl
 import struct
 import subprocess
-import zlib
 
 import pytest
 import trustme
@@ -25,8 +24,8 @@ import trustme
 from support.polling import wait_for
 from support.proxyproc import relay_config
 
-from .test_relay_engine import _proxy_upstream_rx_queue, engine_sessions, rss_kb
-from .test_tls import client_context, read_until, write_pair
+from .test_relay_engine import compress_handed_back, deliver_big, engine_sessions, unread_fetch_bounds_memory
+from .test_tls import client_context, renegotiation_refused, write_pair
 
 HOST = "127.0.0.1"
 TIMEOUT = 30
@@ -70,6 +69,21 @@ def imaps(proxy, ca, user) -> imaplib.IMAP4_SSL:
                              timeout=TIMEOUT)
     imap.login(*user)
     return imap
+
+
+def imaps_login(proxy, ca, user, rcvbuf: int = 0) -> tuple[ssl.SSLSocket, object]:
+    """A raw implicit-TLS session logged in as `user` (a close_notify expected at its end):
+    the socket and its reader. `rcvbuf`: the receive buffer set before the handshake."""
+    raw = socket.create_connection((HOST, proxy.port("imaps")), timeout=TIMEOUT)
+    if rcvbuf:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock = client_context(ca).wrap_socket(raw, server_hostname="localhost",
+                                          suppress_ragged_eofs=False)
+    file = sock.makefile("rb")
+    file.readline()
+    sock.sendall(b"a LOGIN %s %s\r\n" % (user[0].encode(), user[1].encode()))
+    assert file.readline().startswith(b"a OK")
+    return sock, file
 
 
 def sha(data: bytes) -> str:
@@ -142,39 +156,15 @@ def test_curl_over_tls_on_both_sides(proxy_factory, dovecot_factory, ca, cert_fi
 
 def test_slow_tls_reader_of_a_big_fetch_bounds_proxy_memory(proxy_factory, dovecot, user, ca,
                                                              cert_files):
-    """Backpressure over TLS: while the client reads nothing, the engine stops reading the
-    upstream (ciphertext waits in the kernel, not in the proxy); then every byte arrives."""
-    size = 40 * 1024 * 1024
-    body = (b"x" * 76 + b"\r\n") * (size // 78)
-    dovecot.deliver(user[0], b"Subject: big\r\n\r\n" + body)
+    """Backpressure over TLS (unread_fetch_bounds_memory): ciphertext waits in the kernel."""
+    body = deliver_big(dovecot, user)
     proxy = tls_proxy(proxy_factory, dovecot, cert_files)
-    raw = socket.create_connection((HOST, proxy.port("imaps")), timeout=TIMEOUT)
-    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock = client_context(ca).wrap_socket(raw, server_hostname="localhost")
-    file = sock.makefile("rb")
-    file.readline()
-    sock.sendall(b"a LOGIN %s %s\r\ns SELECT INBOX\r\n" % (user[0].encode(), user[1].encode()))
+    sock, file = imaps_login(proxy, ca, user, rcvbuf=64 * 1024)
+    sock.sendall(b"s SELECT INBOX\r\n")
     while not file.readline().startswith(b"s OK"):
         pass
     assert wait_for(lambda: engine_sessions(proxy) == 1, "the session in the engine")
-    before = rss_kb(proxy.pid)
-    sock.sendall(b"f FETCH * BODY.PEEK[TEXT]\r\n")
-    wait_for(lambda: _proxy_upstream_rx_queue(proxy.pid, dovecot.imap_port) > 0,
-             "the proxy to stop reading the upstream")
-    grown = rss_kb(proxy.pid) - before
-    assert grown < 8 * 1024, f"proxy RSS grew {grown} KB for a {size // 1024} KB FETCH not read"
-    head = file.readline()
-    assert head.endswith(b"{%d}\r\n" % len(body)), head
-    digest = hashlib.sha256()
-    left = len(body)
-    while left:
-        chunk = file.read(min(left, 1 << 20))
-        assert chunk
-        digest.update(chunk)
-        left -= len(chunk)
-    assert digest.digest() == hashlib.sha256(body).digest()
-    assert file.readline() == b")\r\n"
-    assert file.readline().startswith(b"f OK")
+    unread_fetch_bounds_memory(proxy, dovecot, sock, file, body)
     file.close()
     sock.close()
 
@@ -238,40 +228,17 @@ def test_renegotiation_refused_in_the_engine(proxy_factory, dovecot, user, cert_
     """A logged-in TLS 1.2 client asking to renegotiate gets the no_renegotiation alert from
     the engine's TLSEngine (OP_NO_RENEGOTIATION), its session ends, and the engine goes on."""
     proxy = tls_proxy(proxy_factory, dovecot, cert_files)
-    proc = subprocess.Popen(
-        ["openssl", "s_client", "-tls1_2", "-connect", f"{HOST}:{proxy.port('imaps')}",
-         "-CAfile", cert_files[2], "-verify_return_error"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        read_until(proc, b"mailproxy ready.")
-        proc.stdin.write(b"a LOGIN %s %s\r\n" % (user[0].encode(), user[1].encode()))
-        proc.stdin.flush()
-        read_until(proc, b"a OK")
-        assert wait_for(lambda: engine_sessions(proxy) == 1, "the session in the engine")
-        proc.stdin.write(b"R\n")  # s_client's command letter: renegotiate
-        proc.stdin.flush()
-        read_until(proc, b"\x00never\x00")  # until s_client ends: the renegotiation failed
-        assert proc.wait(timeout=TIMEOUT) != 0
-        assert b"no renegotiation" in proc.stderr.read()
-    finally:
-        proc.kill()
-        proc.wait()
+    renegotiation_refused(
+        proxy.port("imaps"), cert_files[2],
+        b"a LOGIN %s %s\r\n" % (user[0].encode(), user[1].encode()), b"a OK",
+        lambda: wait_for(lambda: engine_sessions(proxy) == 1, "the session in the engine"))
     assert wait_for(lambda: engine_sessions(proxy) == 0, "the session out of the engine")
     assert "session_crash" not in proxy.logs()
 
 
 def test_drain_says_bye_over_tls_then_close_notify(proxy_factory, dovecot, user, ca, cert_files):
     proxy = tls_proxy(proxy_factory, dovecot, cert_files)
-    clients = []
-    for _ in range(2):
-        raw = socket.create_connection((HOST, proxy.port("imaps")), timeout=TIMEOUT)
-        sock = client_context(ca).wrap_socket(raw, server_hostname="localhost",
-                                              suppress_ragged_eofs=False)
-        file = sock.makefile("rb")
-        file.readline()
-        sock.sendall(b"a LOGIN %s %s\r\n" % (user[0].encode(), user[1].encode()))
-        assert file.readline().startswith(b"a OK")
-        clients.append((sock, file))
+    clients = [imaps_login(proxy, ca, user) for _ in range(2)]
     idle_sock, idle_file = clients[0]
     idle_sock.sendall(b"s SELECT INBOX\r\n")
     while not idle_file.readline().startswith(b"s OK"):
@@ -292,41 +259,12 @@ def test_drain_says_bye_over_tls_then_close_notify(proxy_factory, dovecot, user,
 def test_compress_over_tls_is_handed_back_with_the_tls_state(proxy_factory, dovecot_factory, ca,
                                                             cert_files):
     """RFC 4978 over TLS: the engine forwards COMPRESS and hands the session back with its
-    TLSEngine as it is; the task path reads and writes the same TLS session, compressed."""
+    TLSEngine as it is; the task path reads and writes the same TLS session, compressed, and
+    ends it with a close_notify (without one, the client's recv raises SSLEOFError)."""
     from .test_compress_relay import ZLIB
 
     zlib_dovecot = dovecot_factory(extra_config=ZLIB)
     user = zlib_dovecot.add_user()
     proxy = tls_proxy(proxy_factory, zlib_dovecot, cert_files)
-    raw = socket.create_connection((HOST, proxy.port("imaps")), timeout=TIMEOUT)
-    sock = client_context(ca).wrap_socket(raw, server_hostname="localhost",
-                                          suppress_ragged_eofs=False)
-    file = sock.makefile("rb")
-    file.readline()
-    sock.sendall(b"a LOGIN %s %s\r\n" % (user[0].encode(), user[1].encode()))
-    assert file.readline().startswith(b"a OK")
-    assert wait_for(lambda: engine_sessions(proxy) == 1, "the session in the engine")
-    sock.sendall(b"z COMPRESS DEFLATE\r\n")
-    assert file.readline().startswith(b"z OK")
-    assert engine_sessions(proxy) == 0
-    deflate = zlib.compressobj(wbits=-15)
-    inflate = zlib.decompressobj(wbits=-15)
-    for tag in (b"n1", b"n2"):
-        sock.sendall(deflate.compress(tag + b" NOOP\r\n") + deflate.flush(zlib.Z_SYNC_FLUSH))
-        plain = b""
-        while b"\r\n" not in plain:
-            chunk = sock.recv(65536)
-            assert chunk
-            plain += inflate.decompress(chunk)
-        assert plain.startswith(tag + b" OK NOOP completed") and plain.endswith(b"\r\n"), plain
-    sock.sendall(deflate.compress(b"l LOGOUT\r\n") + deflate.flush(zlib.Z_SYNC_FLUSH))
-    plain = b""
-    while True:
-        chunk = sock.recv(65536)   # ends with a close_notify (else SSLEOFError)
-        if not chunk:
-            break
-        plain += inflate.decompress(chunk)
-    assert plain.startswith(b"* BYE") and b"l OK" in plain, plain
-    file.close()
-    sock.close()
+    compress_handed_back(proxy, *imaps_login(proxy, ca, user))
     assert "session_crash" not in proxy.logs()

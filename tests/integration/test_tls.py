@@ -106,12 +106,13 @@ def stop_proxy(proxy):
         pytest.fail(report, pytrace=False)
 
 
-def wait_log(proxy, pattern: str, timeout: float = 10.0) -> str:
-    """The first proxy log line matching the regex `pattern`, waiting for it to appear."""
+def wait_log(proxy, pattern: str, timeout: float = 10.0, since: int = 0) -> str:
+    """The first proxy log line from offset `since` on matching the regex `pattern`, waiting
+    for it to appear."""
     regex = re.compile(pattern)
     deadline = time.monotonic() + timeout
     while True:
-        for line in proxy.logs().splitlines():
+        for line in proxy.logs()[since:].splitlines():
             if regex.search(line):
                 return line
         if time.monotonic() > deadline:
@@ -155,9 +156,17 @@ class Raw:
         self.sock.close()
 
 
-def session_end(proxy, port: int) -> str:
-    """The session_end log line of the connection from local port `port`."""
-    return wait_log(proxy, rf"event=session_end .*client=127\.0\.0\.1:{port} ")
+def log_mark(proxy) -> int:
+    """Where the proxy's log ends now: take it before connecting, for `session_end`."""
+    return len(proxy.logs())
+
+
+def session_end(proxy, listener: str, port: int, since: int) -> str:
+    """The session_end log line of the connection to `listener` from local port `port`, opened
+    after the log offset `since` (a module-scoped proxy has seen earlier connections from the
+    same port; one to another listener may end meanwhile)."""
+    return wait_log(proxy, rf"event=session_end listener={listener} client=127\.0\.0\.1:{port} ",
+                    since=since)
 
 
 # --------------------------------------------------------------------------- client-side TLS
@@ -199,6 +208,7 @@ def front(request, dovecot, tls_files, tmp_path_factory):
 def test_implicit_tls_imap(front, ca, dovecot, user):
     name, password = user
     dovecot.deliver(name, message("over imaps"))
+    since = log_mark(front)
     imap = imaplib.IMAP4_SSL(HOST, front.port("imaps"), ssl_context=client_context(ca),
                              timeout=TIMEOUT)
     assert imap.welcome.startswith(b"* OK [CAPABILITY IMAP4rev1 SASL-IR ID LITERAL+ AUTH=PLAIN")
@@ -210,7 +220,7 @@ def test_implicit_tls_imap(front, ca, dovecot, user):
     typ, data = imap.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
     assert typ == "OK" and data[0][1] == b"Subject: over imaps\r\n\r\n"
     assert imap.logout()[0] == "BYE"
-    assert "tls=True" in session_end(front, port)
+    assert "tls=True" in session_end(front, "imaps", port, since)
 
 
 def test_implicit_tls_pop3(front, ca, dovecot, user):
@@ -339,6 +349,7 @@ def test_alpn_imap_accepted(front, ca):
                                             ("pop3s", ["imap"])])
 def test_wrong_alpn_refused(front, ca, listener, alpn):
     """ALPACA: a client that offers only another protocol never gets a greeting."""
+    since = log_mark(front)
     raw = socket.create_connection((HOST, front.port(listener)), timeout=TIMEOUT)
     port = raw.getsockname()[1]
     try:
@@ -353,7 +364,7 @@ def test_wrong_alpn_refused(front, ca, listener, alpn):
             data = b""
         assert data == b""
         tls.close()
-    assert "reason=tls_alpn_refused" in session_end(front, port)
+    assert "reason=tls_alpn_refused" in session_end(front, listener, port, since)
 
 
 def read_until(proc: subprocess.Popen, marker: bytes, timeout: float = TIMEOUT) -> bytes:
@@ -370,18 +381,22 @@ def read_until(proc: subprocess.Popen, marker: bytes, timeout: float = TIMEOUT) 
     return out
 
 
-def test_client_renegotiation_refused_session_ends_cleanly(front, ca, tls_files):
-    """A TLS 1.2 client asking to renegotiate gets OpenSSL's no_renegotiation alert (the
-    listeners set OP_NO_RENEGOTIATION), its session ends without a crash, and others go on."""
+def renegotiation_refused(port: int, ca_file: str, command: bytes, answer: bytes,
+                          before_renegotiating=lambda: None) -> bytes:
+    """`openssl s_client -tls1_2` on `port`: after the greeting it sends `command` and reads
+    until `answer`, then (once `before_renegotiating()` returned) asks to renegotiate, which
+    must fail with OpenSSL's no_renegotiation alert (OP_NO_RENEGOTIATION) and end s_client.
+    Returns what s_client printed up to the greeting."""
     proc = subprocess.Popen(
-        ["openssl", "s_client", "-tls1_2", "-connect", f"{HOST}:{front.port('imaps')}",
-         "-CAfile", tls_files["ca"], "-verify_return_error"],
+        ["openssl", "s_client", "-tls1_2", "-connect", f"{HOST}:{port}", "-CAfile", ca_file,
+         "-verify_return_error"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        assert b"* OK [CAPABILITY" in read_until(proc, b"mailproxy ready.")
-        proc.stdin.write(b"a NOOP\r\n")
+        greeting = read_until(proc, b"mailproxy ready.")
+        proc.stdin.write(command)
         proc.stdin.flush()
-        read_until(proc, b"a OK NOOP completed.")
+        read_until(proc, answer)
+        before_renegotiating()
         proc.stdin.write(b"R\n")  # s_client's command letter: renegotiate
         proc.stdin.flush()
         read_until(proc, b"\x00never\x00")  # until s_client ends: the renegotiation failed
@@ -390,6 +405,15 @@ def test_client_renegotiation_refused_session_ends_cleanly(front, ca, tls_files)
     finally:
         proc.kill()
         proc.wait()
+    return greeting
+
+
+def test_client_renegotiation_refused_session_ends_cleanly(front, ca, tls_files):
+    """A TLS 1.2 client asking to renegotiate gets OpenSSL's no_renegotiation alert (the
+    listeners set OP_NO_RENEGOTIATION), its session ends without a crash, and others go on."""
+    greeting = renegotiation_refused(front.port("imaps"), tls_files["ca"], b"a NOOP\r\n",
+                                     b"a OK NOOP completed.")
+    assert b"* OK [CAPABILITY" in greeting
     with tls_connect(front.port("imaps"), ca, "mail.example.com") as tls:
         assert tls.recv(200).startswith(b"* OK [CAPABILITY IMAP4rev1")
     assert "session_crash" not in front.logs()
@@ -433,20 +457,22 @@ def test_pop3_plaintext_user_refused(front, listener):
 
 
 def test_require_tls_imap_login_without_starttls_closes(front, user):
+    since = log_mark(front)
     raw = Raw(front.port("imap_required"))
     assert raw.line() == (b"* OK [CAPABILITY IMAP4rev1 SASL-IR ID LITERAL+ STARTTLS LOGINDISABLED] "
                           b"mailproxy ready.\r\n")
     raw.send(b"a LOGIN %s %s\r\n" % (user[0].encode(), user[1].encode()))
     assert raw.rest() == b"a " + PLAINTEXT_NO + b"\r\n* BYE TLS required: use STARTTLS.\r\n"
-    assert "reason=tls_required" in session_end(front, raw.port)
+    assert "reason=tls_required" in session_end(front, "imap_required", raw.port, since)
 
 
 def test_require_tls_pop3_user_without_stls_closes(front):
+    since = log_mark(front)
     raw = Raw(front.port("pop3_required"))
     assert raw.line() == b"+OK mailproxy ready.\r\n"
     raw.send(b"USER someone\r\n")
     assert raw.rest() == POP3_PLAINTEXT_ERR + b"\r\n"
-    assert "reason=tls_required" in session_end(front, raw.port)
+    assert "reason=tls_required" in session_end(front, "pop3_required", raw.port, since)
 
 
 def test_require_tls_allows_login_after_starttls(front, ca, user):
@@ -465,19 +491,21 @@ def test_require_tls_allows_login_after_starttls(front, ca, user):
 
 
 def test_starttls_with_pipelined_login_refused(front):
+    since = log_mark(front)
     raw = Raw(front.port("imap_starttls"))
     assert raw.line().startswith(b"* OK [CAPABILITY IMAP4rev1")
     raw.send(b"a STARTTLS\r\nb LOGIN a b\r\n")
     assert raw.rest() == b"a BAD Data after STARTTLS refused.\r\n"  # no OK, no handshake
-    assert "reason=starttls_injection" in session_end(front, raw.port)
+    assert "reason=starttls_injection" in session_end(front, "imap_starttls", raw.port, since)
 
 
 def test_stls_with_pipelined_user_refused(front):
+    since = log_mark(front)
     raw = Raw(front.port("pop3_starttls"))
     assert raw.line() == b"+OK mailproxy ready.\r\n"
     raw.send(b"STLS\r\nUSER a\r\n")
     assert raw.rest() == b"-ERR Data after STLS refused.\r\n"
-    assert "reason=starttls_injection" in session_end(front, raw.port)
+    assert "reason=starttls_injection" in session_end(front, "pop3_starttls", raw.port, since)
 
 
 @pytest.fixture

@@ -248,21 +248,28 @@ def test_who_and_kick_reach_every_worker(proxy_factory, dovecot, user, tmp_path)
     assert [row["user"] for row in who(proxy)] == [other[0]]
 
 
-def test_gateway_workers_share_a_postgresql_store(proxy_factory, dovecot, pg_dsn, tmp_path):
-    """What one worker's session changes reaches the sessions of the other worker (the store's
-    change feed, as between replicas)."""
+def gateway_workers_sessions(proxy_factory, dovecot, pg_dsn, tmp_path,
+                             poll_interval: str) -> dict[str, list[imaplib.IMAP4]]:
+    """`workers: 2` serving a gateway listener on PostgreSQL, a user with 3 messages, and that
+    user's sessions on both workers (`spread_by_source`), each with INBOX selected."""
     name, password = dovecot.add_user()
     for n in range(3):
         dovecot.deliver(name, b"Subject: m%d\r\n\r\nbody %d\r\n" % (n, n))
     config = workers_config(dovecot, tmp_path)
     config["listeners"] = [{"name": "imap", "protocol": "imap", "mode": "gateway",
                             "address": "127.0.0.1:0", "allow_plaintext_auth": True}]
-    config["gateway"] = {"store": pg_dsn, "poll_interval": "1s"}
+    config["gateway"] = {"store": pg_dsn, "poll_interval": poll_interval}
     proxy = proxy_factory(config, ready_timeout=60)
     on = spread_by_source(proxy, (name, password))
-    clients = on["0"] + on["1"]
-    for client in clients:
+    for client in on["0"] + on["1"]:
         assert client.select("INBOX") == ("OK", [b"3"])
+    return on
+
+
+def test_gateway_workers_share_a_postgresql_store(proxy_factory, dovecot, pg_dsn, tmp_path):
+    """What one worker's session changes reaches the sessions of the other worker (the store's
+    change feed, as between replicas)."""
+    on = gateway_workers_sessions(proxy_factory, dovecot, pg_dsn, tmp_path, "1s")
     assert on["0"][0].store("2", "+FLAGS.SILENT", "(\\Flagged)")[0] == "OK"
 
     def flagged(client: imaplib.IMAP4) -> bool:
@@ -278,18 +285,8 @@ def test_gateway_workers_push_each_others_changes_to_idle_sessions(proxy_factory
     """`workers: 2`, a gateway listener on PostgreSQL: both workers serve the same mailbox and
     a session IDLE on either is told at once (RFC 2177) of a flag change, an APPEND and an
     EXPUNGE made through the other worker (its change feed), without a NOOP."""
-    name, password = dovecot.add_user()
-    for n in range(3):
-        dovecot.deliver(name, b"Subject: m%d\r\n\r\nbody %d\r\n" % (n, n))
-    config = workers_config(dovecot, tmp_path)
-    config["listeners"] = [{"name": "imap", "protocol": "imap", "mode": "gateway",
-                            "address": "127.0.0.1:0", "allow_plaintext_auth": True}]
-    config["gateway"] = {"store": pg_dsn, "poll_interval": "600s"}
-    proxy = proxy_factory(config, ready_timeout=60)
-    on = spread_by_source(proxy, (name, password))
+    on = gateway_workers_sessions(proxy_factory, dovecot, pg_dsn, tmp_path, "600s")
     zero, one = on["0"][0], on["1"][0]
-    for client in (zero, one):
-        assert client.select("INBOX") == ("OK", [b"3"])
 
     idle = Idle(one)      # worker 1 is told what worker 0 does
     assert zero.store("2", "+FLAGS.SILENT", "(\\Flagged)")[0] == "OK"

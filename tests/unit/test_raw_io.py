@@ -10,15 +10,7 @@ import trio
 
 from proxy.net.conn import Conn
 from proxy.net.raw_io import CHECKPOINT_EVERY
-
-
-async def socket_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    client = await trio.open_tcp_stream("127.0.0.1", port)
-    server = await listeners[0].accept()
-    await listeners[0].aclose()
-    return client, server
+from support.loopback import tcp_stream_pair
 
 
 def test_descriptor_closed_during_a_checkpoint_is_not_read(monkeypatch):
@@ -26,7 +18,7 @@ def test_descriptor_closed_during_a_checkpoint_is_not_read(monkeypatch):
     os.write(intruder_w, b"another connection's bytes")
 
     async def main() -> None:
-        client, server = await socket_pair()
+        server, client = await tcp_stream_pair()
         conn = Conn(server)
         fd = server.socket.fileno()
         real = trio.lowlevel.checkpoint

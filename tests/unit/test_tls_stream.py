@@ -12,6 +12,7 @@ import trustme
 
 from proxy.net.conn import Conn, PrefixedStream, TLSStream
 from proxy.net.tls_engine import TLSEngine
+from support.loopback import tcp_stream_pair
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +34,11 @@ def client_ctx(ca) -> ssl.SSLContext:
     return ctx
 
 
-async def socket_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    client = await trio.open_tcp_stream("127.0.0.1", port)
-    server = await listeners[0].accept()
-    await listeners[0].aclose()
-    return server, client
-
-
 async def tls_pair(server_ctx, client_ctx, server_side_prefix: int = 0
                    ) -> tuple[Conn, trio.SSLStream]:
     """A server Conn over a TLSStream (ours) and a client trio.SSLStream, handshake done.
     `server_side_prefix`: that many first bytes are read before, as after a PROXY header."""
-    raw_server, raw_client = await socket_pair()
+    raw_server, raw_client = await tcp_stream_pair()
     client = trio.SSLStream(raw_client, client_ctx, server_hostname="mail.example")
     transport: trio.abc.Stream = raw_server
     async with trio.open_nursery() as nursery:
