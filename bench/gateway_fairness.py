@@ -46,11 +46,53 @@ from proxy.net.conn import Conn
 from proxy.session.context import Runtime, Session
 
 TICK = float(sys.argv[3])
+SAMPLE = sys.argv[4] == "sample"
+
+
+class StepSampler(trio.abc.Instrument):
+    # With --sample: a thread samples the trio thread's stack every millisecond; the samples
+    # of each task step that held the loop for more than 20 ms (thread CPU) are kept, and written
+    # to stderr (the bench's own) with the ticker's figures: where the long steps are.
+
+    def __init__(self):
+        import threading
+        self.ident, self.step, self.long, self.started = threading.get_ident(), None, [], time.thread_time()
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self):
+        import traceback
+        while True:
+            time.sleep(0.001)
+            step, frame = self.step, sys._current_frames().get(self.ident)
+            if step is not None and frame is not None:
+                step.append("\n".join(f"{f.filename.rsplit('/', 3)[-1]}:{f.lineno} {f.name}"
+                                      for f in traceback.extract_stack(frame)[-14:]))
+
+    def before_task_step(self, task):
+        self.step, self.started = [], time.thread_time()
+
+    def after_task_step(self, task):
+        spent, samples, self.step = time.thread_time() - self.started, self.step, None
+        if spent > 0.02 and samples is not None:
+            self.long.append((spent, task.name, samples))
+
+    def dump(self):
+        import collections
+        for spent, name, samples in sorted(self.long, reverse=True)[:5]:
+            print(f"--- step of {spent * 1000:.0f} ms CPU in {name}, {len(samples)} samples",
+                  file=sys.stderr)
+            for stack, n in collections.Counter(samples).most_common(4):
+                print(f"{n} samples:\n{stack}\n", file=sys.stderr)
+        sys.stderr.flush()
+        self.long = []
 
 async def main():
     config = loads(open(sys.argv[2]).read())
     listener, metrics = config.listeners[0], Metrics()
     runtime = Runtime.build(config, metrics)
+    sampler = StepSampler() if SAMPLE else None
+    if sampler is not None:
+        trio.lowlevel.add_instrument(sampler)
     stalls = {"max": 0.0, "over_50ms": 0, "ticks": 0, "busy_max": 0.0}
     port = [0]
     async with open_gateway(config, metrics) as service:
@@ -87,6 +129,8 @@ async def main():
                 while b"\n" in pending:
                     _, pending = pending.split(b"\n", 1)
                     print(json.dumps(stalls), flush=True)
+                    if sampler is not None:
+                        sampler.dump()
                     stalls.update(max=0.0, over_50ms=0, ticks=0, busy_max=0.0)
             nursery.cancel_scope.cancel()
 
@@ -190,7 +234,7 @@ def export(rev: str) -> pathlib.Path:
 class Server:
     """The gateway of one tree in its own process, with the ticker."""
 
-    def __init__(self, env: Env, label: str, tree: pathlib.Path):
+    def __init__(self, env: Env, label: str, tree: pathlib.Path, sample: bool = False):
         cfg = relay_config(env.dovecot, listeners=("imap",), allow_plaintext_auth=True,
                            max_connections_per_ip=100000)
         cfg["listeners"][0]["mode"] = "gateway"
@@ -199,8 +243,10 @@ class Server:
         path = env.root / f"{label}.json"
         path.write_text(json.dumps(cfg))
         self.log = open(env.root / f"{label}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, str(tree), str(path), str(TICK)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, str(tree), str(path), str(TICK),
+                                      "sample" if sample else "-"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=None if sample else self.log)
         env.on_close(self.stop)
         self.port = int(self.proc.stdout.readline())
 
@@ -222,7 +268,9 @@ class Server:
 
 
 def client(mode: str, port: int, user: str, password: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, __file__, "--client", mode, str(port), user, password],
+    # one JSON argument: a random password may start with "-", which argparse takes for an option
+    return subprocess.Popen([sys.executable, __file__, "--client",
+                             json.dumps([mode, port, user, password])],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
@@ -311,12 +359,13 @@ def main() -> None:
     parser.add_argument("--light", type=int, default=4, help="other users running NOOP/FETCH")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--sample", action="store_true",
+                        help="write the stacks of the loop's long steps to the servers' logs")
     parser.add_argument("--base", help="also run this revision (git archive), rounds interleaved")
-    parser.add_argument("--client", nargs=4, metavar=("MODE", "PORT", "USER", "PASSWORD"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--client", help=argparse.SUPPRESS)   # JSON [mode, port, user, password]
     args = parser.parse_args()
     if args.client:
-        mode, port, user, password = args.client
+        mode, port, user, password = json.loads(args.client)
         (light_client if mode == "light" else heavy_client)(int(port), user, password)
         return
     trees = {"this tree": REPO_ROOT}
@@ -335,7 +384,7 @@ def main() -> None:
                 env.dovecot.deliver(lights[-1][0], message(rng, n), flags="S")
         servers = {}
         for label, tree in trees.items():
-            servers[label] = Server(env, label.replace(" ", "-"), tree)
+            servers[label] = Server(env, label.replace(" ", "-"), tree, args.sample)
             fill(servers[label], *heavy_user, args.messages)
             for user in lights:
                 fill(servers[label], *user, 50)

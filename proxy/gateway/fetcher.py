@@ -48,7 +48,7 @@ from ..session.upstream import UpstreamError
 from ..store import IngestItem, Store
 from ._parts import MimeLimits
 from .pop3_client import Pop3Client
-from .pop3_listing import internaldate, parse_list_listing, parse_uidl_listing
+from .pop3_listing import internaldate, parse_list_listing, parse_uidl_listing, parsed
 from .quota import IngestGate, over
 
 __all__ = ["SyncResult", "sync_account", "AccountLocks", "internaldate",
@@ -186,14 +186,14 @@ async def _listing(client: Pop3Client, uidl: bytes | None) -> list[tuple[int, st
     """[(message number, UIDL or None)] from the UIDL listing, or (None: the server has no
     UIDL) from LIST."""
     if uidl is not None:
-        return list(parse_uidl_listing(uidl))
+        return list(await parsed(parse_uidl_listing, uidl))
     logs.event("gateway_fetch_no_uidl", logging.WARNING,
                note="upstream refused UIDL: de-duplicating by sha256 of each message, "
                     "every message is downloaded on every sync")
     listing = await client.multiline(b"LIST")
     if listing is None:
         raise UpstreamError(Failure.UPSTREAM, "LIST refused")
-    return [(number, None) for number in parse_list_listing(listing)]
+    return [(number, None) for number in await parsed(parse_list_listing, listing)]
 
 
 async def _retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ingest: _Ingest,

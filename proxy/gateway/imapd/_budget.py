@@ -10,7 +10,9 @@ mailbox name): when the current slice has used `SLICE` seconds, `tick()` yields
 (`trio.lowlevel.checkpoint`), so every other session runs before the next slice; when the
 command has run for `gateway.limits.command_budget` seconds, `tick()` raises `Reply` NO with
 the RFC 5530 LIMIT code and the command stops there (nothing was changed by the read-only
-loops that tick).
+loops that tick). Work that must finish once begun, such as bringing the session's view up to
+date after the store committed a STORE or EXPUNGE, calls `await budget.share()` instead: it
+yields the same way and never stops the command.
 
 Why slices rather than threads: handlers are pure-Python loops over state that belongs to the
 event loop (the session's view); in a thread they would hold the GIL anyway, and a thread
@@ -52,3 +54,9 @@ class CommandBudget:
             raise Reply.no("Command took too long and was stopped.", b"LIMIT")
         await trio.lowlevel.checkpoint()
         self.slice_end = time.monotonic() + SLICE
+
+    async def share(self) -> None:
+        """Yield to the other sessions when this slice is used up; never stops the command."""
+        if time.monotonic() >= self.slice_end:
+            await trio.lowlevel.checkpoint()
+            self.slice_end = time.monotonic() + SLICE

@@ -37,6 +37,7 @@ ANALYZE_IN_THREAD = 256 * 1024      # bodies (or batches) this big are analysed 
 SORT_FIELD_ENTRIES = 100_000   # cached messages' sort fields, all accounts (about 50 MB at most)
 SORT_FIELD_CHUNK = 256         # sort-field records decoded (or headers parsed) per slice
 SORT_RECORD_CHUNK = 2048       # messages per store call while reading sort-field records
+SORT_LOOKUP_CHUNK = 2048       # cached sort fields looked up per slice
 ANSWERS_BYTES = 16 * 1024 * 1024   # cached SORT/THREAD answers and their keys, all accounts
 PREVIEW_ENTRIES = 50_000       # cached PREVIEW texts, all accounts (at most 200 characters each)
 
@@ -117,7 +118,11 @@ class SortFieldCache:
         self._lru = _Lru(entries)
 
     async def fields(self, store, metas: Sequence[MessageMeta]) -> list[SortFields | None]:
-        out = [self._lru.get(m.body_id) for m in metas]
+        out: list[SortFields | None] = []
+        for start in range(0, len(metas), SORT_LOOKUP_CHUNK):   # hits too: 10,000 take ~15 ms
+            if start:
+                await trio.lowlevel.checkpoint()
+            out += [self._lru.get(m.body_id) for m in metas[start:start + SORT_LOOKUP_CHUNK]]
         missing = [i for i, f in enumerate(out) if f is None]
         for start in range(0, len(missing), SORT_RECORD_CHUNK):
             part = missing[start:start + SORT_RECORD_CHUNK]

@@ -39,12 +39,16 @@ async def store(session, cmd):
     if not uids:
         return None
     result = await session.store.store_flags(view.mailbox_id, uids, flags, mode, unchanged_since)
+    # the other sessions hear of it at once, before this one's view is updated in slices
+    session.backend.hub.flags(view.mailbox_id, result.updated, origin=view)
+    budget = session.budget
     for update in result.updated:
         view.set_flags(update.uid, update.flags, update.modseq)
-    session.backend.hub.flags(view.mailbox_id, result.updated, origin=view)
+        await budget.share()   # committed: must finish, but not in one step (STORE 1:*)
     for line in view.announce(u.flags for u in result.updated):   # RFC 3501 7.2.6: FLAGS first
         session.emit(line)
     for update in result.updated:
+        await budget.share()
         seq = view.seq_of(update.uid)
         if seq is None:
             continue

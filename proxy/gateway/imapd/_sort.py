@@ -44,6 +44,11 @@ async def items_of(session, seqs: list[int], uid: bool, need_size: bool) -> list
         for start in range(0, len(metas), CHUNK):
             infos += await session.backend.mime.infos(session.store, metas[start:start + CHUNK])
         sizes = [i.size if i is not None else None for i in infos]
+    build = partial(_items, seqs, metas, fields, sizes, uid)   # immutable inputs: thread-safe
+    return await trio.to_thread.run_sync(build) if len(seqs) > OFF_LOOP_AT else build()
+
+
+def _items(seqs, metas, fields, sizes, uid: bool) -> list[Item]:
     return [Item(m.uid if uid else q, q, m.internaldate.timestamp(), size, f)
             for q, m, f, size in zip(seqs, metas, fields, sizes, strict=True)
             if f is not None and size is not None]
@@ -52,9 +57,15 @@ async def items_of(session, seqs: list[int], uid: bool, need_size: bool) -> list
 async def off_loop(function, items):
     """`function(items)`, in a worker thread past OFF_LOOP_AT messages or references (a
     THREAD's cost grows with both: one message can carry 100,000 References)."""
-    if len(items) + sum(len(i.fields.references) for i in items) > OFF_LOOP_AT:
+    if len(items) > OFF_LOOP_AT or len(items) + sum(len(i.fields.references)
+                                                    for i in items) > OFF_LOOP_AT:
         return await trio.to_thread.run_sync(partial(function, items))
     return function(items)
+
+
+def _thread_answer(algorithm, items: list[Item]) -> bytes:
+    threads = algorithm(items)
+    return b"THREAD " + render(threads) if threads else b"THREAD"
 
 
 def _selection(view, seqs: list[int]) -> tuple:
@@ -211,8 +222,7 @@ async def thread(session, cmd):
     answer = answers.get(cache_key)
     if answer is None:
         items = await items_of(session, seqs, uid, False)
-        threads = await off_loop(algorithm, items)
-        answer = b"THREAD " + render(threads) if threads else b"THREAD"
+        answer = await off_loop(partial(_thread_answer, algorithm), items)   # render too
         answers.put(cache_key, answer, len(answer) + 16 * len(seqs))
     session.emit(answer)
     return None

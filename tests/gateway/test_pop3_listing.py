@@ -1,0 +1,50 @@
+"""The fetcher's UIDL and LIST listing parsers (RFC 1939 5, 7): exact results for good and bad
+lines, and a big listing parsed in a worker thread, never on the event loop."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from proxy.gateway import pop3_listing
+from proxy.gateway.pop3_listing import parse_list_listing, parse_uidl_listing, parsed
+from proxy.session.failures import Failure
+from proxy.session.upstream import UpstreamError
+
+
+def test_uidl_listing_in_order_without_repeated_uidls():
+    listing = b"1 whqtswO00WBw418f9t5JxYwZ\r\n2 QhdPYR:00WBw1Ph7x7\r\n3 " + b"~" * 70 + \
+        b"\r\n4 whqtswO00WBw418f9t5JxYwZ\r\n"
+    assert parse_uidl_listing(listing) == [(1, "whqtswO00WBw418f9t5JxYwZ"),
+                                           (2, "QhdPYR:00WBw1Ph7x7"), (3, "~" * 70)]
+
+
+@pytest.mark.parametrize("line", [
+    b"1", b"1 ", b"x id", b"-1 id", b"1 id extra", b"1  id", b"1 " + b"a" * 71,
+    b"1 caf\xc3\xa9", b"1 tab\tid", b"1 \x7f", b"\xd9\xa1 id",   # an Arabic-Indic digit one
+])
+def test_malformed_uidl_line_is_a_protocol_failure(line):
+    with pytest.raises(UpstreamError) as info:
+        parse_uidl_listing(b"1 good\r\n" + line + b"\r\n")
+    assert info.value.failure is Failure.PROTOCOL
+
+
+def test_list_listing_numbers():
+    assert parse_list_listing(b"1 120\r\n2 3400\r\n") == [1, 2]
+
+
+async def test_big_listing_is_parsed_in_a_worker_thread():
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+
+    def parse(listing: bytes) -> list[tuple[int, str]]:
+        seen.append(threading.get_ident())
+        return parse_uidl_listing(listing)
+
+    small = b"".join(b"%d id-%d\r\n" % (n, n) for n in range(1, 11))
+    big = b"".join(b"%d id-%d\r\n" % (n, n) for n in range(1, 10_001))
+    assert len(small) <= pop3_listing.LISTING_IN_THREAD < len(big)
+    assert await parsed(parse, small) == [(n, f"id-{n}") for n in range(1, 11)]
+    assert await parsed(parse, big) == [(n, f"id-{n}") for n in range(1, 10_001)]
+    assert seen[0] == loop_thread and seen[1] != loop_thread

@@ -1,0 +1,148 @@
+"""One user's big command never holds the event loop for the others (DESIGN.md, "the event loop
+is shared by every user"): the work after the store committed a STORE 1:* (and an EXPUNGE of
+them all) runs in slices that yield (`CommandBudget.share`). Each test holds the heavy command
+at its first yield with a trio event and shows, by order of events (no timings), that the
+command is still in progress (its tagged reply not sent) while another account's NOOP is
+answered and another session of the same account already sees the change; then lets it finish
+and checks its answer byte for byte."""
+
+from __future__ import annotations
+
+import select
+import threading
+
+import pytest
+import trio
+import trio.testing
+
+from proxy.gateway.imapd import _sort
+from proxy.gateway.imapd._budget import CommandBudget
+
+from .conftest import GatewayHandle, message
+from .test_condstore import Raw
+
+MESSAGES = 12
+
+
+@pytest.fixture
+async def gateway(dovecot, tmp_path, nursery):
+    user, password = dovecot.add_user()
+    handle = GatewayHandle(dovecot, tmp_path, user, password)
+    await handle.start(nursery)
+    yield handle
+    await handle.stop()
+
+
+@pytest.fixture
+def held(monkeypatch):
+    """`CommandBudget.share` held at its first call until `held.release` is set."""
+
+    class Held:
+        reached, release, calls = trio.Event(), trio.Event(), 0
+
+    async def share(self) -> None:
+        Held.calls += 1
+        if not Held.reached.is_set():
+            Held.reached.set()
+            await Held.release.wait()
+
+    monkeypatch.setattr(CommandBudget, "share", share)
+    return Held
+
+
+def _fill(gateway) -> None:
+    client = gateway.imaplib()
+    for n in range(MESSAGES):
+        client.append("INBOX", None, None, message(n))
+    client.logout()
+
+
+async def _while_held(gateway, held, heavy, command: str, during) -> tuple[list[bytes], object]:
+    """Send `command` on `heavy` (a Raw client), run `during()` in a thread once the command is
+    held at its first yield, assert nothing of the command's answer was sent by then, release
+    it; returns its answer's lines (untagged and tagged) and what `during` returned."""
+    heavy.sock.sendall(b"h1 " + command.encode() + b"\r\n")
+    with trio.fail_after(60):   # a bound for a broken server, not a measurement
+        await held.reached.wait()
+    seen = await trio.to_thread.run_sync(during)
+    assert select.select([heavy.sock], [], [], 0)[0] == []   # still in progress: nothing sent
+    held.release.set()
+
+    def answer() -> list[bytes]:
+        lines = []
+        while not (line := heavy.file.readline().rstrip(b"\r\n")).startswith(b"h1 "):
+            lines.append(line)
+        return lines + [line]
+
+    return await trio.to_thread.run_sync(answer), seen
+
+
+async def test_store_of_every_message_yields_to_other_sessions(gateway, held):
+    await trio.to_thread.run_sync(_fill, gateway)
+    other_user, other_password = gateway.dovecot.add_user()
+
+    def open_clients():
+        heavy, same = (Raw(gateway.port, gateway.user, gateway.password) for _ in range(2))
+        for client in (heavy, same):
+            assert client.cmd("SELECT INBOX")[1].startswith(b"t2 OK")
+        return heavy, same, Raw(gateway.port, other_user, other_password)
+
+    heavy, same, other = await trio.to_thread.run_sync(open_clients)
+
+    def during():
+        return other.cmd("NOOP"), same.cmd("NOOP")
+
+    lines, (other_noop, same_noop) = await _while_held(
+        gateway, held, heavy, "STORE 1:* +FLAGS (\\Flagged)", during)
+    fetches = [b"* %d FETCH (FLAGS (\\Flagged \\Recent))" % n for n in range(1, MESSAGES + 1)]
+    assert other_noop == ([], b"t2 OK NOOP completed.")
+    # the others heard of it first (an unsolicited FETCH carries the UID, as Dovecot's)
+    assert same_noop == ([b"* %d FETCH (UID %d FLAGS (\\Flagged))" % (n, n)
+                          for n in range(1, MESSAGES + 1)], b"t3 OK NOOP completed.")
+    assert lines == fetches + [b"h1 OK STORE completed."]
+    assert held.calls >= MESSAGES   # one yield point per message at least
+    await trio.to_thread.run_sync(lambda: [c.close() for c in (heavy, same, other)])
+
+
+async def test_sort_and_thread_build_render_and_order_off_the_loop(gateway, monkeypatch):
+    """Past OFF_LOOP_AT messages, SORT's and THREAD's per-message work (the sortable items,
+    the order, the threads and their rendering) runs in worker threads, not on the loop."""
+    await trio.to_thread.run_sync(_fill, gateway)
+    monkeypatch.setattr(_sort, "OFF_LOOP_AT", MESSAGES - 1)
+    loop, ran = threading.get_ident(), []
+
+    def spy(name: str, work):
+        def run(*args, **kwargs):
+            ran.append((name, threading.get_ident() == loop))
+            return work(*args, **kwargs)
+        return run
+
+    for name in ("_items", "_thread_answer", "sort_items"):
+        monkeypatch.setattr(_sort, name, spy(name, getattr(_sort, name)))
+
+    def run():
+        client = Raw(gateway.port, gateway.user, gateway.password)
+        client.cmd("SELECT INBOX")
+        answers = client.cmd("SORT (REVERSE DATE) UTF-8 ALL"), client.cmd(
+            "THREAD ORDEREDSUBJECT UTF-8 ALL")
+        client.close()
+        return answers
+
+    numbers = range(1, MESSAGES + 1)
+    assert await trio.to_thread.run_sync(run) == (
+        ([b"* SORT " + b" ".join(b"%d" % n for n in reversed(numbers))], b"t3 OK SORT completed."),
+        ([b"* THREAD " + b"".join(b"(%d)" % n for n in numbers)], b"t4 OK THREAD completed."))
+    assert ran == [("_items", False), ("sort_items", False), ("_items", False),
+                   ("_thread_answer", False)]
+
+
+async def test_share_yields_once_the_slice_is_used_and_never_stops_the_command():
+    budget = CommandBudget(0.0)   # past its budget at once: tick() would answer NO [LIMIT]
+    budget.start()
+    budget.slice_end = float("inf")
+    with trio.testing.assert_no_checkpoints():
+        await budget.share()
+    budget.slice_end = 0.0
+    with trio.testing.assert_checkpoints():
+        await budget.share()
+    assert budget.slice_end > 0.0   # a new slice began
