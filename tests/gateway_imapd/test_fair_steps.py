@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from proxy.gateway.imapd import _sort
+from proxy.gateway.imapd import _message_changes, _sort
 from proxy.gateway.imapd._budget import CommandBudget
 
 from .conftest import GatewayHandle, message
@@ -35,14 +35,15 @@ async def gateway(dovecot, tmp_path, nursery):
 
 @pytest.fixture
 def held(monkeypatch):
-    """`CommandBudget.share` held at its first call until `held.release` is set."""
+    """`CommandBudget.share`, once `held.armed`, held at its first call until `held.release`
+    is set."""
 
     class Held:
-        reached, release, calls = trio.Event(), trio.Event(), 0
+        reached, release, calls, armed = trio.Event(), trio.Event(), 0, False
 
     async def share(self) -> None:
-        Held.calls += 1
-        if not Held.reached.is_set():
+        Held.calls += Held.armed
+        if Held.armed and not Held.reached.is_set():
             Held.reached.set()
             await Held.release.wait()
 
@@ -61,6 +62,7 @@ async def _while_held(gateway, held, heavy, command: str, during) -> tuple[list[
     """Send `command` on `heavy` (a Raw client), run `during()` in a thread once the command is
     held at its first yield, assert nothing of the command's answer was sent by then, release
     it; returns its answer's lines (untagged and tagged) and what `during` returned."""
+    held.armed = True
     heavy.sock.sendall(b"h1 " + command.encode() + b"\r\n")
     with trio.fail_after(60):   # a bound for a broken server, not a measurement
         await held.reached.wait()
@@ -101,6 +103,33 @@ async def test_store_of_every_message_yields_to_other_sessions(gateway, held):
                           for n in range(1, MESSAGES + 1)], b"t3 OK NOOP completed.")
     assert lines == fetches + [b"h1 OK STORE completed."]
     assert held.calls >= MESSAGES   # one yield point per message at least
+    await trio.to_thread.run_sync(lambda: [c.close() for c in (heavy, same, other)])
+
+
+async def test_expunge_of_every_message_yields_to_other_sessions(gateway, held, monkeypatch):
+    monkeypatch.setattr(_message_changes, "EXPUNGE_BATCH", 5)
+    await trio.to_thread.run_sync(_fill, gateway)
+    other_user, other_password = gateway.dovecot.add_user()
+
+    def open_clients():
+        heavy, same = (Raw(gateway.port, gateway.user, gateway.password) for _ in range(2))
+        for client in (heavy, same):
+            assert client.cmd("SELECT INBOX")[1].startswith(b"t2 OK")
+        assert heavy.cmd("STORE 1:* +FLAGS.SILENT (\\Deleted)")[1] == b"t3 OK STORE completed."
+        return heavy, same, Raw(gateway.port, other_user, other_password)
+
+    heavy, same, other = await trio.to_thread.run_sync(open_clients)
+
+    def during():
+        return other.cmd("NOOP"), same.cmd("NOOP")
+
+    lines, (other_noop, same_noop) = await _while_held(gateway, held, heavy, "EXPUNGE", during)
+    expunges = [b"* %d EXPUNGE" % n for n in range(MESSAGES, 0, -1)]   # highest first
+    assert other_noop == ([], b"t2 OK NOOP completed.")
+    assert same_noop[1] == b"t3 OK NOOP completed."
+    assert same_noop[0][-MESSAGES:] == expunges   # after the FETCH FLAGS of the STORE
+    assert lines == expunges + [b"h1 OK EXPUNGE completed."]
+    assert held.calls == 3   # 12 messages in batches of 5: a yield point after each batch
     await trio.to_thread.run_sync(lambda: [c.close() for c in (heavy, same, other)])
 
 
