@@ -1,7 +1,8 @@
 """Benchmark: fairness between gateway users. One user works on a 10,000-message mailbox
-(SEARCH TEXT, SORT, THREAD, FETCH 1:* BODY[], COPY 1:*, and STORE + EXPUNGE of the 10,000 copies)
-while other users run NOOP and a small FETCH in a loop; the others' latency is compared with the
-same loop while the heavy user is idle, and a ticker inside the gateway's event loop reports the
+(SEARCH TEXT, SORT, THREAD, FETCH 1:* BODY[], COPY 1:*, STORE + EXPUNGE of the 10,000 copies,
+then APPEND of a message whose one header line is 50 MB) while other users run NOOP and a
+small FETCH in a loop; the others' latency is compared with the same loop while the heavy user
+is idle, and a ticker inside the gateway's event loop reports the
 longest stall: how late a 5 ms sleep woke up (wall clock: under load this includes waiting
 for a CPU), and the most CPU the event-loop thread used between two wake-ups (one task step
 holding the loop, whatever the load).
@@ -13,8 +14,12 @@ thread in the gateway's process would compete for its GIL). Server CPU per phase
 /proc (all its threads). Every process is stopped on every path (the clients' sockets time out;
 the server ends when its stdin closes, and is killed after a bound).
 
+With --sample, a thread in the server samples the loop thread's stack every millisecond and
+the stacks of every step that held the loop for more than 20 ms of CPU go to stderr: where the
+long steps are (this is how the slow steps of STORE, EXPUNGE, SORT and UIDL were found).
+
 Run: .venv/bin/python bench/gateway_fairness.py [--messages 10000] [--light 4] [--rounds 2]
-                                                [--idle-seconds 10] [--base 161ecc5]
+                    [--idle-seconds 10] [--append-mb 50] [--sample] [--base f1e0b87]
 """
 
 from __future__ import annotations
@@ -192,7 +197,7 @@ def light_client(port: int, user: str, password: str) -> None:
     print(json.dumps(times), flush=True)
 
 
-def heavy_client(port: int, user: str, password: str) -> None:
+def heavy_client(port: int, user: str, password: str, append_mb: int = 0) -> None:
     """The heavy user's commands, one after the other; prints {command: seconds} after each
     and waits for a line on stdin before the next."""
     client = _login(port, user, password)
@@ -207,6 +212,10 @@ def heavy_client(port: int, user: str, password: str) -> None:
                                          client.store("1:*", "+FLAGS.SILENT", "(\\Deleted)"))[1]),
         ("EXPUNGE", lambda: client.expunge()),
     ]
+    if append_mb:   # a hostile message: one header line of `append_mb` MB
+        huge = (b"Subject: huge\r\nX-Huge: " + b"a" * (append_mb << 20) + b"\r\n\r\nbody\r\n")
+        steps.append((f"APPEND {append_mb} MB header",
+                      lambda: client.append("Copies", None, None, huge)))
     client.create("Copies")
     print(json.dumps({"messages": count}), flush=True)
     for name, step in steps:   # one line per command; the driver answers once it has the
@@ -267,10 +276,10 @@ class Server:
         self.log.close()
 
 
-def client(mode: str, port: int, user: str, password: str) -> subprocess.Popen:
+def client(mode: str, port: int, user: str, password: str, append_mb: int = 0) -> subprocess.Popen:
     # one JSON argument: a random password may start with "-", which argparse takes for an option
     return subprocess.Popen([sys.executable, __file__, "--client",
-                             json.dumps([mode, port, user, password])],
+                             json.dumps([mode, port, user, password, append_mb])],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
@@ -296,7 +305,8 @@ def fill(server: Server, user: str, password: str, count: int) -> None:
     client.logout()
 
 
-def phase(server: Server, heavy: bool, lights: list, heavy_user, idle_seconds: float) -> dict:
+def phase(server: Server, heavy: bool, lights: list, heavy_user, idle_seconds: float,
+          append_mb: int = 0) -> dict:
     server.stalls()   # reset
     pid = server.proc.pid
     procs = [client("light", server.port, *user) for user in lights]
@@ -306,7 +316,7 @@ def phase(server: Server, heavy: bool, lights: list, heavy_user, idle_seconds: f
         cpu = cpu_seconds(pid)
         started = time.perf_counter()
         if heavy:
-            commands, per_command = heavy_run(server, heavy_user)
+            commands, per_command = heavy_run(server, heavy_user, append_mb)
         else:
             per_command = {}
             time.sleep(idle_seconds)
@@ -329,10 +339,10 @@ def phase(server: Server, heavy: bool, lights: list, heavy_user, idle_seconds: f
             "seconds": elapsed, "per_command": per_command}
 
 
-def heavy_run(server: Server, user) -> tuple[dict, dict]:
+def heavy_run(server: Server, user, append_mb: int) -> tuple[dict, dict]:
     """Run the heavy client; after each of its commands read the ticker (so each command gets
     the stalls of its own run). Returns ({command: seconds}, {command: ticker figures})."""
-    proc = client("heavy", server.port, *user)
+    proc = client("heavy", server.port, *user, append_mb)
     commands: dict[str, float] = {}
     per_command: dict[str, dict] = {}
     try:
@@ -362,11 +372,17 @@ def main() -> None:
     parser.add_argument("--sample", action="store_true",
                         help="write the stacks of the loop's long steps to the servers' logs")
     parser.add_argument("--base", help="also run this revision (git archive), rounds interleaved")
+    parser.add_argument("--append-mb", type=int, default=50,
+                        help="the heavy user's last command: APPEND of a message whose one "
+                             "header line has this many MB (0: none)")
     parser.add_argument("--client", help=argparse.SUPPRESS)   # JSON [mode, port, user, password]
     args = parser.parse_args()
     if args.client:
-        mode, port, user, password = json.loads(args.client)
-        (light_client if mode == "light" else heavy_client)(int(port), user, password)
+        mode, port, user, password, append_mb = json.loads(args.client)
+        if mode == "light":
+            light_client(int(port), user, password)
+        else:
+            heavy_client(int(port), user, password, append_mb)
         return
     trees = {"this tree": REPO_ROOT}
     with Env("gateway-fairness") as env:
@@ -393,7 +409,8 @@ def main() -> None:
         for round_no in range(args.rounds):
             for label, server in servers.items():
                 for heavy in (False, True):
-                    result = phase(server, heavy, lights, heavy_user, args.idle_seconds)
+                    result = phase(server, heavy, lights, heavy_user, args.idle_seconds,
+                                   args.append_mb)
                     results.setdefault((label, "heavy" if heavy else "idle"), []).append(result)
                     print(f"round {round_no + 1} {label} {'heavy' if heavy else 'idle'}: "
                           f"late max {result['stalls']['max'] * 1000:.0f} ms, busy max "

@@ -52,13 +52,14 @@ def groups(args, utf8: bool = False) -> list[Group]:
         if i >= len(args) or not isinstance(args[i], Literal):
             raise Reply.bad("APPEND expects a mailbox, then optional flags and date and a "
                             "message literal, once or more (MULTIAPPEND)")
-        out.append((flags, when, bytes(args[i])))
+        out.append((flags, when, args[i]))   # a Literal is bytes: no copy of a big message
         i += 1
     return out
 
 
 def _is_utf8(arg) -> bool:
-    return is_atom(arg) and bytes(arg).upper() == b"UTF8"
+    # the length first: a 50 MB message literal is not copied and upper-cased to be told apart
+    return is_atom(arg) and len(arg) == 4 and bytes(arg).upper() == b"UTF8"
 
 
 def _utf8_data(following: list, utf8: bool) -> bytes:
@@ -68,7 +69,7 @@ def _utf8_data(following: list, utf8: bool) -> bytes:
     data = following[0] if following else None
     if not (isinstance(data, tuple) and len(data) == 1 and isinstance(data[0], Literal)):
         raise Reply.bad("UTF8 expects a literal in parentheses")
-    return bytes(data[0])
+    return data[0]   # a Literal is bytes: no copy
 
 
 async def append(session, cmd):

@@ -63,8 +63,8 @@ class _Url:
 
 
 def is_catenate(args, i: int) -> bool:
-    return (is_atom(args[i]) and bytes(args[i]).upper() == b"CATENATE" and i + 1 < len(args)
-            and isinstance(args[i + 1], tuple))
+    return (is_atom(args[i]) and len(args[i]) == 8 and bytes(args[i]).upper() == b"CATENATE"
+            and i + 1 < len(args) and isinstance(args[i + 1], tuple))   # length first: see _append
 
 
 def parse(value: tuple) -> Catenate:
@@ -73,7 +73,7 @@ def parse(value: tuple) -> Catenate:
         raise Reply.bad("CATENATE expects TEXT literal and URL url parts")
     parts: list[bytes | _Url] = []
     for kind, data in zip(value[::2], value[1::2], strict=True):
-        name = bytes(kind).upper() if is_atom(kind) else b""
+        name = bytes(kind).upper() if is_atom(kind) and len(kind) <= 4 else b""   # TEXT, URL
         if name == b"TEXT" and isinstance(data, Literal):
             parts.append(bytes(data))
         elif name == b"URL" and isinstance(data, bytes) and not isinstance(data, Literal):
