@@ -208,8 +208,8 @@ def heavy_client(port: int, user: str, password: str, append_mb: int = 0) -> Non
         ("THREAD", lambda: client.thread("REFERENCES", "UTF-8", "ALL")),
         ("FETCH 1:* BODY[]", lambda: client.fetch("1:*", "(BODY.PEEK[])")),
         ("COPY 1:*", lambda: client.copy("1:*", "Copies")),
-        ("STORE 1:* \\Deleted", lambda: (client.select("Copies"),
-                                         client.store("1:*", "+FLAGS.SILENT", "(\\Deleted)"))[1]),
+        ("SELECT Copies", lambda: client.select("Copies")),
+        ("STORE 1:* \\Deleted", lambda: client.store("1:*", "+FLAGS.SILENT", "(\\Deleted)")),
         ("EXPUNGE", lambda: client.expunge()),
     ]
     if append_mb:   # a hostile message: one header line of `append_mb` MB
