@@ -98,7 +98,17 @@ async def main():
     sampler = StepSampler() if SAMPLE else None
     if sampler is not None:
         trio.lowlevel.add_instrument(sampler)
-    stalls = {"max": 0.0, "over_50ms": 0, "ticks": 0, "busy_max": 0.0}
+    stalls = {"max": 0.0, "over_50ms": 0, "ticks": 0, "busy_max": 0.0, "gc_max": 0.0}
+    gc_started = [0.0]
+
+    def gc_pause(phase, info):   # the garbage collector holds the loop (and the GIL) too
+        if phase == "start":
+            gc_started[0] = time.thread_time()
+        else:
+            stalls["gc_max"] = max(stalls["gc_max"], time.thread_time() - gc_started[0])
+
+    import gc
+    gc.callbacks.append(gc_pause)
     port = [0]
     async with open_gateway(config, metrics) as service:
         async def handler(stream):
@@ -136,7 +146,7 @@ async def main():
                     print(json.dumps(stalls), flush=True)
                     if sampler is not None:
                         sampler.dump()
-                    stalls.update(max=0.0, over_50ms=0, ticks=0, busy_max=0.0)
+                    stalls.update(max=0.0, over_50ms=0, ticks=0, busy_max=0.0, gc_max=0.0)
             nursery.cancel_scope.cancel()
 
 trio.run(main)
@@ -333,7 +343,7 @@ def phase(server: Server, heavy: bool, lights: list, heavy_user, idle_seconds: f
     latencies = {op: sorted(t for a in answers for t in a[op]) for op in ("NOOP", "FETCH")}
     if per_command:   # the whole phase's worst: the commands' and what came after them
         stalls = {key: max([stalls[key]] + [s[key] for s in per_command.values()])
-                  for key in ("max", "busy_max")} | {
+                  for key in ("max", "busy_max", "gc_max")} | {
             "over_50ms": stalls["over_50ms"] + sum(s["over_50ms"] for s in per_command.values())}
     return {"commands": commands, "latencies": latencies, "stalls": stalls, "cpu": cpu,
             "seconds": elapsed, "per_command": per_command}
@@ -449,12 +459,13 @@ def report(results: dict[tuple[str, str], list[dict]], args) -> None:
     print(heavy.render())
     stalls = Table("The gateway loop while each heavy command ran (ms, worst of rounds): how "
                    "late the ticker woke (wall clock) and the most CPU the loop thread used "
-                   "between two wake-ups", ["tree", "command", "late max", "busy max"])
+                   "between two wake-ups, and the longest garbage collection (CPU of the loop "
+                   "thread)", ["tree", "command", "late max", "busy max", "gc max"])
     for (label, mode), runs in results.items():
         if mode == "heavy":
             for n in names:
-                stalls.add(label, n, max(r["per_command"][n]["max"] for r in runs) * 1000,
-                           max(r["per_command"][n]["busy_max"] for r in runs) * 1000)
+                stalls.add(label, n, *(max(r["per_command"][n][key] for r in runs) * 1000
+                                       for key in ("max", "busy_max", "gc_max")))
     print(stalls.render())
 
 
