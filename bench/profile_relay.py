@@ -10,7 +10,9 @@ the event loop waiting in epoll, are not recorded by py-spy). The raw stacks are
 summarised: top functions by own samples and by total (inclusive) samples, as shares of all samples.
 `--tls`: the client speaks implicit TLS to the proxy (relayed in clear to Dovecot). `--base REV`:
 profile another revision's proxy (exported as bench/ab_relay.py does) instead of this tree's.
-`--engine tasks|epoll`: this tree's proxy with that `relay.engine`.
+`--engine tasks|epoll`: this tree's proxy with that `relay.engine`. `--native`: C frames too
+(OpenSSL, the interpreter's own functions). `--perf`: `perf record` instead (on-CPU samples only),
+summed by shared object and by C symbol.
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ def py_spy() -> str:
     return found
 
 
-def record(pid: int, seconds: float, rate: int, out: pathlib.Path, work, gil: bool = False) -> None:
+def record(pid: int, seconds: float, rate: int, out: pathlib.Path, work, gil: bool = False,
+           native: bool = False) -> None:
     """Sample `pid` for `seconds` while `work()` runs in a loop in a thread."""
     spy = subprocess.Popen([py_spy(), "record", "--pid", str(pid), "--format", "raw", "--nolineno",
                             "--rate", str(rate), "--duration", str(round(seconds)), "--output", str(out),
-                            *(["--gil"] if gil else [])],
+                            *(["--gil"] if gil else []), *(["--native"] if native else [])],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     done = threading.Event()
     count = [0]
@@ -63,6 +66,38 @@ def record(pid: int, seconds: float, rate: int, out: pathlib.Path, work, gil: bo
     if spy.returncode != 0:
         sys.exit(f"py-spy failed: {err.decode(errors='replace')}")
     print(f"  {count[0]} iterations while sampling")
+
+
+def record_perf(pid: int, seconds: float, rate: int, out: pathlib.Path, work) -> None:
+    """`perf record` of `pid` (on-CPU samples only, C frames: OpenSSL, the interpreter, the
+    kernel) for `seconds` while `work()` runs in a loop in a thread."""
+    done = threading.Event()
+    count = [0]
+
+    def loop() -> None:
+        while not done.is_set():
+            work()
+            count[0] += 1
+
+    worker = threading.Thread(target=loop, daemon=True)
+    worker.start()
+    subprocess.run(["perf", "record", "-q", "-F", str(rate), "-p", str(pid), "-o", str(out),
+                    "--", "sleep", str(round(seconds))], check=True, stdout=subprocess.DEVNULL)
+    done.set()
+    worker.join(timeout=120)
+    print(f"  {count[0]} iterations while sampling")
+
+
+def summarise_perf(path: pathlib.Path, top: int) -> None:
+    """Own samples by shared object, then by symbol (perf report)."""
+    for sort in ("dso", "dso,sym"):
+        report = subprocess.run(["perf", "report", "-i", str(path), "--stdio", "--no-children",
+                                 "--sort", sort, "--percent-limit", "0.7"],
+                                capture_output=True, text=True, check=True).stdout
+        lines = [line for line in report.splitlines() if line.strip() and not line.startswith("#")]
+        print(f"  by {sort}:")
+        for line in lines[:top]:
+            print(f"    {line.strip()}")
 
 
 def summarise(path: pathlib.Path, top: int) -> None:
@@ -104,6 +139,10 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path, default=None, help="keep raw stacks here")
     parser.add_argument("--gil", action="store_true",
                         help="only samples holding the GIL (drops time in syscalls and runnable waits)")
+    parser.add_argument("--perf", action="store_true",
+                        help="perf record instead of py-spy: on-CPU samples by shared object and C symbol")
+    parser.add_argument("--native", action="store_true",
+                        help="C frames too (OpenSSL, the interpreter): py-spy --native")
     parser.add_argument("--only", nargs="*", default=["login", "noop", "retr"])
     parser.add_argument("--tls", action="store_true", help="implicit TLS from the client")
     parser.add_argument("--base", default=None, help="profile this revision's proxy instead")
@@ -137,8 +176,13 @@ def main() -> None:
             workloads["noop"] = lambda: client.noop_rtt_ns(200)
         for name in args.only:
             print(f"{name}: sampling pid {proxy.pid} for {args.seconds:.0f}s at {args.rate} Hz")
+            if args.perf:
+                data = out / f"{name}.perf.data"
+                record_perf(proxy.pid, args.seconds, args.rate, data, workloads[name])
+                summarise_perf(data, args.top)
+                continue
             raw = out / f"{name}.txt"
-            record(proxy.pid, args.seconds, args.rate, raw, workloads[name], args.gil)
+            record(proxy.pid, args.seconds, args.rate, raw, workloads[name], args.gil, args.native)
             summarise(raw, args.top)
         print(f"raw stacks in {out}")
     if base_root is not None:

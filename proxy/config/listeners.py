@@ -57,6 +57,7 @@ class Listener:
     tls: TlsMode = "none"
     certificates: tuple[Certificate, ...] = ()
     tls_min_version: Literal["1.2", "1.3"] = "1.2"
+    tls_session_tickets: StrictBool = True   # resumption by stateless tickets (net/tls.py)
     allow_plaintext_auth: StrictBool | None = None  # None: only for loopback clients
     require_tls: StrictBool = False
     oauth2_passthrough: StrictBool = False  # offer SASL XOAUTH2/OAUTHBEARER, relayed upstream

@@ -10,10 +10,17 @@ All contexts get the same settings, because OpenSSL takes some of them (ALPN) fr
 context and others (versions, options) from the first:
 
 - TLS 1.2 minimum (or 1.3), ECDHE + AEAD ciphers for TLS 1.2, no compression, no renegotiation.
-- `OP_NO_TICKET`: no stateless session tickets. Their key is generated per context and never
-  rotated, so one key would protect every session of a long-running process (weak forward
-  secrecy). Resumption still works: TLS 1.2 session IDs and, with OpenSSL >= 1.1.1, stateful TLS 1.3
-  tickets, both held in the server's in-memory session cache.
+- Session resumption by stateless tickets (`tls_session_tickets`, on by default, as nginx's
+  `ssl_session_tickets`): OpenSSL's default two TLS 1.3 tickets after a full handshake (a TLS
+  1.2 ticket on request), sealed with a key made with the context, so a client that comes back
+  skips the certificate signature (and, in TLS 1.2, the key exchange). The key lives as long as
+  the contexts: until the next reload (SIGHUP) or restart, as nginx's without
+  `ssl_session_ticket_key`; each worker process has its own (a client resuming on another
+  worker gets a full handshake). Off: `OP_NO_TICKET` and no TLS 1.3 ticket at all
+  (`num_tickets = 0`), so no resumption; CPython's server contexts never resumed the stateful
+  tickets and session IDs OpenSSL offers under `OP_NO_TICKET` (the session cache missed every
+  lookup: tests/integration/test_tls_resumption.py), so those would only cost a full
+  handshake's worth of tickets and cache entries for nothing.
 - Key files are loaded with a password callback that refuses, so an encrypted key is an error
   instead of an interactive prompt on the server's terminal.
 
@@ -82,7 +89,7 @@ HANDSHAKE_FAILURE_REASONS: tuple[HandshakeFailure, ...] = (
 _MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 # TLS 1.2 suites: forward secret and authenticated encryption only (TLS 1.3 suites are all fine).
 _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL"
-_SERVER_OPTIONS = ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
+_SERVER_OPTIONS = ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
 _SSL_REASONS = {
     "KEY_VALUES_MISMATCH": "the private key does not match the certificate",
     "PEM_LIB": "not valid PEM data",
@@ -242,6 +249,9 @@ def _server_context(listener: Listener) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _MIN_VERSIONS[listener.tls_min_version]
     ctx.options |= _SERVER_OPTIONS
+    if not listener.tls_session_tickets:
+        ctx.options |= ssl.OP_NO_TICKET
+        ctx.num_tickets = 0
     ctx.set_ciphers(_TLS12_CIPHERS)
     ctx.set_alpn_protocols([listener.protocol])
     return ctx
