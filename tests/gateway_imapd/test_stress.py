@@ -20,6 +20,7 @@ import os
 import trio
 
 from .stress.run import Target, run_stress
+from .stress.server_trace import ServerTrace
 
 SECONDS = float(os.environ.get("MAILPROXY_STRESS_SECONDS", "20"))
 SESSIONS = int(os.environ.get("MAILPROXY_STRESS_SESSIONS", "6"))
@@ -30,10 +31,11 @@ SEED = int(os.environ["MAILPROXY_STRESS_SEED"]) if os.environ.get("MAILPROXY_STR
 TRACE = os.environ.get("MAILPROXY_STRESS_TRACE")
 
 
-async def _stress(target: Target, deliver, allow_nil: bool = False):
+async def _stress(target: Target, deliver, allow_nil: bool = False, server_trace=None):
     result = await trio.to_thread.run_sync(
         lambda: run_stress(target, sessions=SESSIONS, seconds=SECONDS, seed=SEED,
-                           allow_nil=allow_nil, deliver=deliver, wide=WIDE, trace_dir=TRACE))
+                           allow_nil=allow_nil, deliver=deliver, wide=WIDE, trace_dir=TRACE,
+                           server_trace=server_trace))
     print(result.report(ERRORS_SHOWN))
     assert not result.errors, result.report()
     assert result.checkpoints == max(1, round(SECONDS / 2.5)), result.report()
@@ -48,9 +50,13 @@ async def test_stress_dovecot_reference(dovecot):
 
 
 
-async def test_stress_gateway(gateway):
+async def test_stress_gateway(gateway, monkeypatch):
+    trace = None
+    if TRACE:   # the gateway's side too (it runs in this process)
+        trace = ServerTrace()
+        trace.install(monkeypatch)
     await _stress(Target("127.0.0.1", gateway.port, gateway.user, gateway.password),
-                  gateway.deliver)
+                  gateway.deliver, server_trace=trace.lines if trace is not None else None)
 
 
 def test_stress_two_gateway_processes_on_one_postgresql(proxy_factory, dovecot, pg_dsn):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from . import _append as app
-from . import _compress
+from . import _compress, _idle
 from . import _context as ctx
 from . import _list_ext as lx
 from . import _mailboxes as mb
@@ -77,10 +77,6 @@ async def _enable(session, cmd):
     session.emit(b"ENABLED" + b"".join(b" " + _SPELLING.get(e, e) for e in enabled))   # 5161 3.1
 
 
-async def _idle(session, cmd):
-    await session.idle(cmd)
-
-
 async def _unauthenticate(session, cmd):
     """RFC 8437 3: the account's state is released (selected mailbox, its hub subscription);
     the session then ends and a new pre-login front takes the connection, without a greeting.
@@ -122,7 +118,7 @@ COMMANDS: dict[bytes, CommandSpec] = {
     b"GETQUOTA": CommandSpec(AUTH, quota.getquota),
     b"SETQUOTA": CommandSpec(AUTH, quota.setquota),
     b"ENABLE": CommandSpec(AUTH - SEL, _enable),
-    b"IDLE": CommandSpec(AUTH, _idle),
+    b"IDLE": CommandSpec(AUTH, _idle.idle),
     b"COMPRESS": CommandSpec(AUTH, _compress.compress),   # RFC 4978
     b"UNAUTHENTICATE": CommandSpec(AUTH, _unauthenticate),   # RFC 8437
     # selected (6.4)

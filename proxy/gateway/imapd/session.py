@@ -12,8 +12,8 @@ Handlers end a command early by raising `Reply` (NO/BAD with a response code). S
 the store becomes NO; any other exception is a bug: it is logged with its traceback, the client
 gets `* BYE` and the connection is closed (no internals are sent).
 
-IDLE (RFC 2177) reads the DONE line in the session task while a second task waits on the
-view's wakeup event and pushes updates as they are published; nobody polls.
+IDLE (RFC 2177) is in `_idle.py`: it reads the DONE line with `next_event` while a second task
+sends the view's updates (`send_updates`) as they are published; nobody polls.
 
 Drain (SIGTERM): a watcher task cancels a read that waits for the next command; a command in
 progress completes, then `* BYE` is sent (DESIGN.md, Operations).
@@ -176,10 +176,10 @@ class ImapSession:
                 with trio.move_on_after(self.session.listener.timeouts.idle) as timer:
                     cmd = await self._next_command()
                 if timer.cancelled_caught:  # RFC 3501 5.4
-                    await self._bye(b"Autologout; idle for too long.", Close.IDLE_TIMEOUT)
+                    await self.bye(b"Autologout; idle for too long.", Close.IDLE_TIMEOUT)
                 await self._execute(cmd)
                 if self.draining:
-                    await self._bye(b"Server shutting down.", Close.SHUTDOWN)
+                    await self.bye(b"Server shutting down.", Close.SHUTDOWN)
         except CloseSession as exc:
             error = exc
         finally:
@@ -200,7 +200,7 @@ class ImapSession:
         if self._read_scope is not None:
             self._read_scope.cancel()
 
-    async def _bye(self, text: bytes, reason: Close) -> None:
+    async def bye(self, text: bytes, reason: Close) -> None:
         self.emit(b"BYE " + text)
         await self.conn.send(b"".join(self.out))
         self.out, self.out_size = [], 0
@@ -211,7 +211,7 @@ class ImapSession:
         drain). The caller's cancel scope bounds the wait (`idle`, `idle_command`)."""
         while True:
             if self.draining:
-                await self._bye(b"Server shutting down.", Close.SHUTDOWN)
+                await self.bye(b"Server shutting down.", Close.SHUTDOWN)
             with trio.CancelScope() as drained:  # cancelled by _on_drain
                 self._read_scope = drained
                 try:
@@ -220,12 +220,12 @@ class ImapSession:
                     await self.flush()
                     await self.conn.send(exc.reply())
                     if exc.fatal:
-                        await self._bye(b"Protocol error.", Close.PROTOCOL_ERROR)
+                        await self.bye(b"Protocol error.", Close.PROTOCOL_ERROR)
                     continue
                 finally:
                     self._read_scope = None
             if drained.cancelled_caught:
-                await self._bye(b"Server shutting down.", Close.SHUTDOWN)
+                await self.bye(b"Server shutting down.", Close.SHUTDOWN)
             if isinstance(event, events.ConnectionClosed):
                 raise CloseSession(Close.CLIENT_CLOSED)
             return event
@@ -275,7 +275,7 @@ class ImapSession:
         except Exception:   # a bug: log it, tell the client nothing about it, close
             logs.event("gateway_internal_error", logging.ERROR, exc_info=True,
                        **self.session.log_fields(), command=cmd.name.decode("ascii", "replace"))
-            await self._bye(b"Internal server error.", Close.INTERNAL_ERROR)
+            await self.bye(b"Internal server error.", Close.INTERNAL_ERROR)
         if self.state is SELECTED and self.view is not None:
             await self.send_updates(spec.expunge_ok if spec is not None else False)
         self.write(writer.tagged(cmd.tag, status, _safe(text), code))
@@ -293,7 +293,7 @@ class ImapSession:
         if self.state is State.LOGOUT:
             raise CloseSession(Close.CLIENT_LOGOUT)
         if self.bye_after_reply is not None:
-            await self._bye(self.bye_after_reply, Close.MAILBOX_DELETED)
+            await self.bye(self.bye_after_reply, Close.MAILBOX_DELETED)
 
     async def send_updates(self, allow_expunge: bool) -> None:
         view = self.view
@@ -312,7 +312,7 @@ class ImapSession:
         _observe_latency(self.backend.metrics, view)
         if view.gone:   # our mailbox was deleted or renamed by another session
             # Dovecot's words and behaviour (checked with 2.3.19, maildir): BYE, no tagged reply
-            await self._bye(b"IMAP session state is inconsistent, please relogin.",
+            await self.bye(b"IMAP session state is inconsistent, please relogin.",
                             Close.MAILBOX_DELETED)
 
     def _count(self, name: bytes, status: bytes, started: float) -> None:
@@ -332,67 +332,6 @@ class ImapSession:
             self.backend.hub.unsubscribe(self.view.mailbox_id, self.view)
             self.view.close()
             self.view = None
-
-    # ---- IDLE (RFC 2177) ----------------------------------------------------------------------
-    async def idle(self, cmd: events.Command) -> None:
-        self.write(writer.continuation(b"idling"))
-        await self.flush()
-        self.parser.expect_line()
-        error: CloseSession | None = None
-        event = None
-        gauge = self.backend.metrics.gateway_idle_sessions
-        gauge.inc()
-        try:
-            async with trio.open_nursery() as nursery:
-
-                async def push() -> None:   # errors caught here: trio would wrap them in a group
-                    nonlocal error
-                    try:
-                        await self._idle_push()
-                    except CloseSession as exc:
-                        error = exc
-                        nursery.cancel_scope.cancel()
-
-                nursery.start_soon(push)
-                try:
-                    with trio.move_on_after(self.session.listener.timeouts.idle_command) as timer:
-                        event = await self.next_event()
-                except CloseSession as exc:
-                    error = exc
-                nursery.cancel_scope.cancel()
-        finally:
-            gauge.dec()
-        if error is not None:
-            raise error
-        if timer.cancelled_caught:  # RFC 2177 3: an IDLE past idle_command is autologged out
-            await self._bye(b"Autologout; idle for too long.", Close.IDLE_TIMEOUT)
-        if not isinstance(event, events.RawLine) or event.data.upper() != b"DONE":
-            raise Reply.bad("Expected DONE.")
-
-    async def _idle_push(self) -> None:
-        # First round without waiting: expunges held back while answering an earlier FETCH,
-        # STORE or SEARCH (7.4.1) are already known, and their wakeup was consumed then.
-        first = True
-        while True:
-            view = self.view
-            if view is None:
-                await trio.sleep_forever()
-            if not first:
-                await view.wakeup.wait()
-            first = False
-            # Shielded: once the view has applied an update, its lines must reach the client
-            # even if DONE cancels the push half-way (or sequence numbers would disagree); the
-            # scope's own deadline still ends a push to a client that stopped reading. (One
-            # scope, not shield + move_on_after: this runs once per session per change.)
-            deadline = trio.current_time() + STALLED_CLIENT
-            with trio.CancelScope(shield=True, deadline=deadline) as bound:
-                await self.send_updates(True)
-                await self.flush()
-            if bound.cancelled_caught:  # a client that stopped reading: end the session
-                raise CloseSession(Close.CLIENT_STALLED)
-
-
-STALLED_CLIENT = 30.0  # seconds an IDLE push may wait for a client that does not read
 
 
 def _observe_latency(metrics: Metrics, view: "SelectedView") -> None:

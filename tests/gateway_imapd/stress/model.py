@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .wire import Str
@@ -52,10 +53,14 @@ class Shared:
     errors: list[str] = field(default_factory=list)
     traces: dict[int, collections.deque] = field(default_factory=dict)   # session -> lines
     lock: threading.Lock = field(default_factory=threading.Lock)
+    on_first_error: Callable[[], None] | None = None   # e.g. write the traces (run.py)
 
     def error(self, text: str) -> None:
         with self.lock:
             self.errors.append(text)
+            first = len(self.errors) == 1
+        if first and self.on_first_error is not None:
+            self.on_first_error()
 
 
 def _flag_set(values) -> frozenset[str]:

@@ -67,7 +67,8 @@ def run_stress(target: Target, *, sessions: int = 6, seconds: float = 20.0,
                allow_nil: bool = False, shared: Shared | None = None,
                others: tuple[Target, ...] = (),
                deliver: Callable[[bytes], None] | None = None, wide: bool = True,
-               trace_dir: str | None = None) -> Result:
+               trace_dir: str | None = None,
+               server_trace: Callable[[], list[bytes]] | None = None) -> Result:
     """Run the tester against `target`; never raises for server behaviour (see Result.errors).
     `allow_nil`: tolerate RFC 2180 4.1.2 (NIL data for messages expunged elsewhere, model.py).
     `shared`: the `Shared` of an earlier run on the same account (its appended bodies).
@@ -80,8 +81,10 @@ def run_stress(target: Target, *, sessions: int = 6, seconds: float = 20.0,
     a login or a poll may ingest between two pictures).
     `wide`: the whole mix (steps.py: mailboxes, COPY/MOVE, QRESYNC sessions, ingest); False: the
     core mix of APPEND, FETCH, STORE, EXPUNGE, SEARCH, NOOP, IDLE and pipelines only.
-    `trace_dir`: when the run has errors, each session's last lines sent and received (with
-    `time.monotonic()` stamps) are written there as SEED-sN.txt, for finding the interleaving."""
+    `trace_dir`: at the run's first error (a failing check or checkpoint), each session's last
+    lines sent and received (with `time.monotonic()` stamps) are written there as SEED-sN.txt,
+    and `server_trace()` (the gateway's side, server_trace.py) as SEED-server.txt, for finding
+    the interleaving."""
     targets = (target, *others)
     seed = random.randrange(1 << 32) if seed is None else seed
     if shared is None:
@@ -95,6 +98,8 @@ def run_stress(target: Target, *, sessions: int = 6, seconds: float = 20.0,
     pictures: dict[int, list] = {}
     agreed = [False]
     result = Result(seed, shared.errors, counts)
+    if trace_dir:
+        shared.on_first_error = lambda: _write_traces(trace_dir, seed, shared, server_trace)
     timings: dict[str, list[float]] = collections.defaultdict(list)
     started = time.monotonic()
 
@@ -145,11 +150,24 @@ def run_stress(target: Target, *, sessions: int = 6, seconds: float = 20.0,
     result.seconds = time.monotonic() - started
     result.timings = dict(timings)
     result.work_seconds = rounds * round_seconds
-    if trace_dir and result.errors:
-        for sid, lines in shared.traces.items():
-            with open(os.path.join(trace_dir, f"{seed}-s{sid}.txt"), "wb") as out:
-                out.write(b"\n".join(lines) + b"\n")
     return result
+
+
+def _write_traces(trace_dir: str, seed: int, shared: Shared,
+                  server_trace: Callable[[], list[bytes]] | None) -> None:
+    """Each session's trace and the gateway's, as they are now (the first error's moment)."""
+    traces = dict(server=server_trace() if server_trace is not None else [])
+    for sid, lines in list(shared.traces.items()):
+        while True:   # the other sessions' threads may append meanwhile
+            try:
+                traces[f"s{sid}"] = list(lines)
+                break
+            except RuntimeError:
+                continue
+    for name, lines in traces.items():
+        if lines:
+            with open(os.path.join(trace_dir, f"{seed}-{name}.txt"), "wb") as out:
+                out.write(b"\n".join(lines) + b"\n")
 
 
 def _compare(target: Target, shared: Shared, pictures: dict[int, list], round_no: int,
