@@ -273,3 +273,28 @@ async def test_expunge_held_back_by_fetch_is_sent_when_idle_starts(gateway):
         b.logout()
 
     await run(scenario)
+
+
+async def test_silent_store_still_sends_flags_another_session_changed(gateway):
+    """RFC 3501 6.4.6: with .SILENT too, a flag change by another session that the STORE comes
+    across is sent. The STORE reads the message's newest flags, so the other session's change
+    is no news at the next NOOP any more: unless the STORE tells it, this client never hears
+    of \\Seen (and with CONDSTORE keeps an old MODSEQ)."""
+    for n in range(2):
+        gateway.deliver(message(n))
+
+    def scenario():
+        a, b = _sessions(gateway, 2)
+        for s in (a, b):
+            s.select_folder("INBOX")
+        ok(a, "STORE 1 +FLAGS (\\Seen)")
+        assert ok(b, "STORE 1 +FLAGS.SILENT (\\Flagged)") == [
+            b"* 1 FETCH (FLAGS (\\Flagged \\Seen))"]
+        # message 2 ends as this client expects (+\Seen): no flags to tell
+        ok(a, "STORE 2 +FLAGS (\\Seen)")
+        assert ok(b, "STORE 2 +FLAGS.SILENT (\\Seen)") == []
+        assert ok(b, "NOOP") == []   # both changes were told (or needed no telling)
+        assert ok(b, "FETCH 1:2 (FLAGS)") == [b"* 1 FETCH (FLAGS (\\Flagged \\Seen))",
+                                              b"* 2 FETCH (FLAGS (\\Seen))"]
+
+    await run(scenario)

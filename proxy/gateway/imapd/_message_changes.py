@@ -8,6 +8,7 @@ for the other sessions (the view is the origin, so it is not notified twice).
 from __future__ import annotations
 
 from ...store import FlagMode
+from ...store.base import normalize_flags
 from . import _condstore as cs
 from . import _quota as quota
 from ._args import Reply, compress, mailbox, parse_flags, uid_list, word
@@ -16,6 +17,8 @@ from ._state import Trigger
 
 EXPUNGE_BATCH = 500   # expunged messages the session's view forgets per slice
 _STORE_MODES = {b"FLAGS": FlagMode.REPLACE, b"+FLAGS": FlagMode.ADD, b"-FLAGS": FlagMode.REMOVE}
+_MERGE = {FlagMode.REPLACE: lambda old, wanted: wanted, FlagMode.ADD: frozenset.union,
+          FlagMode.REMOVE: frozenset.difference}   # what a STORE makes of flags the client knows
 
 
 # ---- STORE -------------------------------------------------------------------------------------
@@ -43,19 +46,25 @@ async def store(session, cmd):
     # the other sessions hear of it at once, before this one's view is updated in slices
     session.backend.hub.flags(view.mailbox_id, result.updated, origin=view)
     budget = session.budget
+    # What the client was told: a row may also show another session's change this view has not
+    # told yet. Applied here, the hub's event for it is no news later: it is told now (below)
+    told = {u.uid: view.meta[u.uid] for u in result.updated if u.uid in view.meta}
     for update in result.updated:
         view.set_flags(update.uid, update.flags, update.modseq)
         await budget.share()   # committed: must finish, but not in one step (STORE 1:*)
     for line in view.announce(u.flags for u in result.updated):   # RFC 3501 7.2.6: FLAGS first
         session.emit(line)
+    wanted = normalize_flags(flags)
     for update in result.updated:
         await budget.share()
-        seq = view.seq_of(update.uid)
-        if seq is None:
+        seq, before = view.seq_of(update.uid), told.get(update.uid)
+        if seq is None or before is None:
             continue
-        if not silent:
+        # RFC 3501 6.4.6: even with .SILENT, flags changed by another session are sent
+        expected = _MERGE[mode](before.flags, wanted)
+        if not silent or update.flags != expected:
             session.emit(view.fetch_flags_line(seq, update.uid, with_uid=uid))
-        elif view.condstore and update.changed:   # RFC 7162 3.1.3: MODSEQ even with .SILENT
+        elif view.condstore and update.modseq > before.modseq:   # RFC 7162 3.1.3: MODSEQ
             session.emit(b"%d FETCH (UID %d MODSEQ (%d))" % (seq, update.uid, update.modseq))
     if result.modified:   # 3.1.3: MODIFIED lists what failed UNCHANGEDSINCE
         failed = sorted(result.modified if uid else
