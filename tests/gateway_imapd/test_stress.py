@@ -3,7 +3,9 @@ checks the tester) and against the gateway (issue 13). Seeded: the seed is print
 MAILPROXY_STRESS_SEED repeats a run, MAILPROXY_STRESS_SECONDS makes it longer (default 20 s each),
 MAILPROXY_STRESS_SESSIONS changes the number of sessions (default 6), MAILPROXY_STRESS_REPLICAS
 the number of gateway processes of the PostgreSQL test (default 2). MAILPROXY_STRESS_TRACE=DIR
-writes each session's last lines sent and received there when a run fails.
+writes there, at a run's first error, each session's last lines sent and received and (for the
+in-process gateway) the gateway's side: hub events, views' SELECT snapshots and updates
+(stress/server_trace.py).
 
 MAILPROXY_STRESS_MIX=wide adds steps.py's mix (mailboxes created/renamed/deleted while selected
 elsewhere, COPY/MOVE, QRESYNC reconnects, UNCHANGEDSINCE, ingest mid-run). It is a local tool for

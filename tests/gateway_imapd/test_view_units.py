@@ -126,3 +126,24 @@ def test_hub_remembers_expunges_only_while_a_snapshot_is_read():
             hub.expunged(1, [5, 6])
         assert hub._unannounced_gone == {1: {5, 6}}   # the other snapshot may still hold them
     assert hub._unannounced_gone == {} and not hub._reading
+
+
+def test_own_expunge_of_an_unannounced_message_is_not_undone_by_its_announcement():
+    """The stress tester's "session 5 has 18 messages, the store 17" (seed 2738572076, and seed
+    2290715025 of the fourth session): a session SELECTs right after a message arrived, so its
+    snapshot holds UID 3 before the hub announced it; it MOVEs (or expunges) UID 3 itself, which
+    removes it from its own view at once, and only then applies the hub's announcement of UID 3
+    that had been waiting. UID 3 must not come back (the session's own expunge is not sent to
+    it again, so it would keep UID 3 for good)."""
+    hub = Hub()
+    hub.appended(1, [_meta(1, 1), _meta(2, 2)])
+    mover = _subscribed(hub, [1, 2, 3])                  # SELECT after UID 3's commit
+    other = _subscribed(hub, [1, 2])                     # SELECTed before it
+    hub.appended(1, [_meta(1, 1), _meta(2, 2), _meta(3, 3)])   # the (late) announcement
+    assert mover.expunge_lines([3]) == [b"3 EXPUNGE"]    # MOVE 3: its own EXPUNGE, at once
+    hub.expunged(1, [3], origin=mover)
+    assert mover.updates(True) == []
+    assert mover.uids == [1, 2] and mover.new_top() == 0
+    assert other.updates(True) == [] and other.uids == [1, 2]   # heard of both at once
+    hub.appended(1, [_meta(1, 1), _meta(2, 2), _meta(4, 5)])   # later arrivals are still new
+    assert mover.updates(True) == [b"3 EXISTS", b"0 RECENT"] and mover.uids == [1, 2, 4]

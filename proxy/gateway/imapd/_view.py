@@ -8,7 +8,10 @@ and wait in `pending` until `updates()` turns them into untagged responses at a 
 allows:
 
 * new messages: EXISTS (and RECENT) after any command, before any FETCH can name them; a message
-  that arrives and is expunged before the session hears of either is never announced;
+  that arrives and is expunged before the session hears of either is never announced. New means
+  above `top`, the highest UID the view ever held: the hub's announcement of a message may come
+  after this session already had it (from its SELECT snapshot) and expunged or moved it itself,
+  and must not bring it back;
 * flag changes: FETCH FLAGS after any command, preceded by FLAGS/PERMANENTFLAGS when a keyword is
   new to this session (RFC 3501 7.2.6). A change may reach the view before the message it
   changes: the hub announces new messages with a snapshot read before its publication, and a
@@ -53,6 +56,7 @@ class SelectedView:
         self.read_only = read_only
         self.uids = [m.uid for m in metas]
         self.meta = {m.uid: m for m in metas}
+        self.top = self.max_uid                # highest UID ever held; never lowered (docstring)
         self.recent = recent & set(self.meta)
         self.pending: list[MailboxEvent] = []
         self.expunged: set[int] = set()        # gone from the store, not yet announced
@@ -97,6 +101,7 @@ class SelectedView:
         self.loaded_modseq = snapshot.modseq
         self.uids = list(snapshot.uids)
         self.meta = dict(snapshot.by_uid)
+        self.top = max(self.top, self.max_uid)
         self.loaded = True
         self.hold(tuple(self.early_holds))
         self.early_holds.clear()
@@ -167,7 +172,7 @@ class SelectedView:
         for event in self.pending:
             if event.kind is EventKind.APPEND and event.metas:
                 top = max(top, event.metas[-1].uid)
-        return top if top > self.max_uid else 0
+        return top if top > self.top else 0
 
     def seqs_for(self, ranges: list[tuple[int, int]]) -> list[int]:
         """Sequence numbers in `ranges` (already resolved), ascending, deduplicated."""
@@ -218,7 +223,7 @@ class SelectedView:
             self.latencies.append(event.published)
             if event.kind is EventKind.APPEND:
                 for meta in event.metas:
-                    if meta.uid > self.max_uid and meta.uid not in new:
+                    if meta.uid > self.top and meta.uid not in new:
                         new[meta.uid] = meta
             elif event.kind is EventKind.FLAGS:
                 for uid, flags, modseq in event.updates:
@@ -239,6 +244,7 @@ class SelectedView:
                 self.meta[meta.uid] = meta
                 if recent is not None and recent[0] <= meta.uid <= recent[1]:
                     self.recent.add(meta.uid)
+            self.top = metas[-1].uid
             if self.contexts is not None:
                 self.contexts.arrived.update(new)
             lines.append(b"%d EXISTS" % self.exists)
@@ -266,7 +272,7 @@ class SelectedView:
         if meta is not None and modseq > meta.modseq:
             self.meta[uid] = meta.with_flags(flags, modseq)
             changed[uid] = None
-        elif meta is None and uid > self.max_uid:   # not announced yet (module docstring)
+        elif meta is None and uid > self.top:   # not announced yet (module docstring)
             early = self.early_flags.get(uid)
             if early is None or modseq > early[1]:
                 self.early_flags[uid] = (flags, modseq)
