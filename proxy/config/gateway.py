@@ -61,6 +61,7 @@ class Gateway:
     store_pool_per_account: StrictInt | None = None   # of those, one account's at once (half)
     store_ack_interval: Duration = 2.0         # PostgreSQL: replica acks (horizon, pins, lease)
     store_replica_lease: Duration = 60.0       # PostgreSQL: a replica silent this long is dead
+    store_query_timeout: Duration = 30.0       # PostgreSQL: a store call unanswered this long fails
     poll_interval: Duration = 60.0
     upstream_retention: StrictStr = "keep"  # keep | delete-after-fetch | a duration such as 30d
     key_file: Path | None = None
@@ -121,6 +122,8 @@ def check_gateway(gateway: Gateway | None) -> list[Problem]:
                        f"expected at least {MIN_LEASE_ACKS} times store_ack_interval "
                        f"({MIN_LEASE_ACKS * gateway.store_ack_interval:g}s): a replica whose "
                        "acks are a little late would count as dead"))
+    if not 0.1 <= gateway.store_query_timeout <= 3600:
+        errors.append((("gateway", "store_query_timeout"), "expected 100ms to 1h"))
     if gateway.store_password is not None and "://" not in gateway.store:
         errors.append((("gateway", "store_password"),
                        "only a postgresql:// store takes a password"))

@@ -268,7 +268,8 @@ async def open_configured_store(gateway: Gateway) -> Store:
                             pool_size=gateway.store_pool_size,
                             ack_interval=gateway.store_ack_interval,
                             replica_lease=gateway.store_replica_lease,
-                            pool_per_account=gateway.store_pool_per_account)
+                            pool_per_account=gateway.store_pool_per_account,
+                            query_timeout=gateway.store_query_timeout)
 
 
 @asynccontextmanager

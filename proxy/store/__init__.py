@@ -68,14 +68,14 @@ def display_store(url_or_path: str) -> str:
 async def open_store(url_or_path: str, key_ring: KeyRing | None = None, *,
                      password: str | None = None, pool_size: int | None = None,
                      ack_interval: float = 2.0, replica_lease: float = 60.0,
-                     pool_per_account: int | None = None) -> Store:
+                     pool_per_account: int | None = None, query_timeout: float = 30.0) -> Store:
     """Open the store named by `gateway.store`. Raises StoreError/StoreKeyError on failure.
 
-    `password`, `pool_size`, `ack_interval`, `replica_lease` and `pool_per_account` apply to
-    PostgreSQL only (`gateway.store_password`, `gateway.store_pool_size`,
+    `password`, `pool_size`, `ack_interval`, `replica_lease`, `pool_per_account` and
+    `query_timeout` apply to PostgreSQL only (`gateway.store_password`, `gateway.store_pool_size`,
     `gateway.store_ack_interval`, `gateway.store_replica_lease`,
-    `gateway.store_pool_per_account`); TLS and the rest are the URL's own parameters (`sslmode`,
-    `sslrootcert`...).
+    `gateway.store_pool_per_account`, `gateway.store_query_timeout`); TLS and the rest are the
+    URL's own parameters (`sslmode`, `sslrootcert`...).
     """
     if is_postgres_url(url_or_path):
         from ._pg_bodies import ReplicaTiming
@@ -84,7 +84,7 @@ async def open_store(url_or_path: str, key_ring: KeyRing | None = None, *,
         return await open_postgres(url_or_path, key_ring, password=password,
                                    pool_size=pool_size or DEFAULT_POOL_SIZE,
                                    timing=ReplicaTiming(ack_interval, replica_lease),
-                                   per_account=pool_per_account)
+                                   per_account=pool_per_account, query_timeout=query_timeout)
     if url_or_path.startswith("sqlite://"):
         url_or_path = url_or_path[len("sqlite://"):]
     from .sqlite import open_sqlite

@@ -91,8 +91,10 @@ class ChangeFollower:
 
     def __init__(self, url: str, password: str | None, origin: str,
                  run_sync: Callable[..., Awaitable[Any]], feed: Feed,
-                 timing: bodies.ReplicaTiming = bodies.DEFAULT_TIMING):
+                 timing: bodies.ReplicaTiming = bodies.DEFAULT_TIMING,
+                 connect_options: dict[str, Any] | None = None):
         self._url, self._password, self._origin = url, password, origin
+        self._connect_options = connect_options or {}   # TCP keepalive etc. (_pg_deadline.py)
         self._timing = timing
         self._run, self._feed = run_sync, feed
         self._last: dict[int, int] = {}        # mailbox id -> highest MODSEQ delivered
@@ -108,7 +110,7 @@ class ChangeFollower:
 
     def _connect(self) -> Conn:
         kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S,
-                                  "application_name": "mailproxy-listen"}
+                                  "application_name": "mailproxy-listen", **self._connect_options}
         if self._password is not None:
             kwargs["password"] = self._password
         conn = psycopg.connect(self._url, **kwargs)

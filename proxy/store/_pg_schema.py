@@ -33,11 +33,12 @@ import psycopg_pool
 
 from . import crypto
 from ._accounts_sql import RECOUNT_USAGE
+from ._pg_deadline import checked, tcp_options
 from .base import StoreError, StoreFailure
 from .crypto import KeyRing, StoreKeyError
 
 __all__ = ["SCHEMA_VERSION", "SCHEMA_LOCK", "MIGRATIONS", "migrate", "check_key", "open_pool",
-           "CONNECT_TIMEOUT_S", "redact", "one_line", "objectid_key"]
+           "CONNECT_TIMEOUT_S", "POOL_TIMEOUT_S", "redact", "one_line", "objectid_key"]
 
 SCHEMA_LOCK = 0x6D61_696C_7072_0001   # pg_advisory_xact_lock key: "mailpr" + schema
 CONNECT_TIMEOUT_S = 10
@@ -281,7 +282,8 @@ def with_idle_transaction_bound(url: str, seconds: float) -> str:
 
 
 def open_pool(url: str, ring: KeyRing | None, password: str | None, size: int,
-              idle_transaction_s: float) -> tuple[psycopg_pool.ConnectionPool[Any], bytes]:
+              idle_transaction_s: float,
+              query_timeout_s: float) -> tuple[psycopg_pool.ConnectionPool[Any], bytes]:
     """Open the pool, migrate, check the key; returns the pool and the store's OBJECTID secret.
     Raises StoreFailure when the server cannot be used.
 
@@ -289,8 +291,11 @@ def open_pool(url: str, ring: KeyRing | None, password: str | None, size: int,
     for `idle_transaction_s` (the replica lease) belongs to a process that is frozen or cut off
     from the network without the server noticing (no FIN, as when a node is lost), and its row
     locks would stall every other replica's writes to those mailboxes until TCP gave up (hours):
-    the server ends it and its locks go (the transaction is rolled back: nothing half done)."""
-    kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "mailproxy"}
+    the server ends it and its locks go (the transaction is rolled back: nothing half done).
+    Pooled connections are checked under the calling store call's deadline, with TCP keepalive
+    and TCP_USER_TIMEOUT set from `query_timeout_s` (`_pg_deadline.py`)."""
+    kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "mailproxy",
+                              **tcp_options(query_timeout_s)}
     if password is not None:
         kwargs["password"] = password
     try:
@@ -306,7 +311,7 @@ def open_pool(url: str, ring: KeyRing | None, password: str | None, size: int,
         raise StoreFailure(one_line(exc)) from exc
     pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
         pooled_url, kwargs=kwargs, min_size=1, max_size=size, open=False, timeout=POOL_TIMEOUT_S,
-        check=psycopg_pool.ConnectionPool.check_connection, name="mailproxy-store")
+        check=checked, name="mailproxy-store")
     try:
         pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
     except psycopg_pool.PoolTimeout as exc:

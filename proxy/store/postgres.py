@@ -13,9 +13,10 @@ Fairness: a call made for an account (`fairness.acting_for`, set by the gateway 
 logged-in session) first takes one of that account's tokens (`gateway.store_pool_per_account`,
 default half the pool), so one account's burst leaves connections for the others.
 
-Failures: a deadlock or serialization failure is retried (bounded, `RETRIES`); a lost server or
-a pool with no free connection within `POOL_TIMEOUT_S` is `StoreUnavailable`, which the gateway
-answers with `NO [UNAVAILABLE]`. The pool checks a connection before handing it
+Failures: a deadlock or serialization failure is retried (bounded, `RETRIES`); a lost server,
+a pool with no free connection within `POOL_TIMEOUT_S`, or a call not answered within
+`gateway.store_query_timeout` (a frozen server: `_pg_deadline.py`) is `StoreUnavailable`, which
+the gateway answers with `NO [UNAVAILABLE]`. The pool checks a connection before handing it
 out, and a call whose connection turns out dead before its COMMIT (nothing was done) runs again
 on another, so after a database restart calls recover without restarting the proxy.
 
@@ -47,9 +48,10 @@ from psycopg import errors as pg_errors
 from . import crypto
 from ._accounts_sql import USAGE_SELECT, delete_statements, record_sync, summary_select
 from ._pg_bodies import DEFAULT_TIMING, ReplicaTiming
+from ._pg_deadline import DEFAULT_QUERY_TIMEOUT_S, Deadlines, Watch, tcp_options
 from ._pg_mailboxes import PgMailboxOps
 from ._pg_notify import ChangeFollower, Feed
-from ._pg_schema import CONNECT_TIMEOUT_S, SCHEMA_VERSION, one_line, open_pool, redact
+from ._pg_schema import CONNECT_TIMEOUT_S, POOL_TIMEOUT_S, SCHEMA_VERSION, one_line, open_pool, redact
 from ._rows import from_date, save_time
 from .base import (
     DEFAULT_MAILBOXES,
@@ -91,7 +93,8 @@ class PostgresStore(PgMailboxOps):
     def __init__(self, pool: psycopg_pool.ConnectionPool[Any], url: str, ring: KeyRing | None,
                  size: int, password: str | None = None,
                  timing: ReplicaTiming = DEFAULT_TIMING, *, objectid_key: bytes,
-                 per_account: int | None = None):
+                 per_account: int | None = None,
+                 query_timeout: float = DEFAULT_QUERY_TIMEOUT_S):
         self._pool: psycopg_pool.ConnectionPool[Any] | None = pool
         self.objectid_key = objectid_key
         self._url, self._password = url, password
@@ -99,6 +102,7 @@ class PostgresStore(PgMailboxOps):
         self._ring = ring
         self._limiter = trio.CapacityLimiter(size)
         self._shares = AccountShares(per_account or default_per_account(size))
+        self._deadlines = Deadlines(query_timeout)
         self.origin = secrets.token_hex(6)
         self.timing = timing
         self.follower: ChangeFollower | None = None
@@ -108,16 +112,28 @@ class PostgresStore(PgMailboxOps):
         """Hand the changes other processes make to `feed`, until cancelled (`_pg_notify.py`);
         with `nursery.start`, returns once listening and registered as a replica."""
         self.follower = ChangeFollower(self._url, self._password, self.origin, self._run, feed,
-                                       self.timing)
+                                       self.timing, tcp_options(self._deadlines.timeout_s))
         await self.follower.run(task_status)
 
     def _call(self, read: bool, fn: Callable[..., Any], *args: Any) -> Any:
+        with self._deadlines.call() as watch:
+            try:
+                return self._attempts(watch, read, fn, *args)
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                if watch.expired:   # cut by its deadline (_pg_deadline.py): not run again
+                    raise StoreUnavailable("store unavailable: no answer from the database "
+                                           f"within {self._deadlines.timeout_s:g}s") from exc
+                raise
+
+    def _attempts(self, watch: Watch, read: bool, fn: Callable[..., Any], *args: Any) -> Any:
         for attempt in range(RETRIES):
             pool = self._pool
             if pool is None:
                 raise StoreError("store is closed")
             try:
-                with pool.connection() as c:
+                left = watch.deadline - time.monotonic()
+                with pool.connection(timeout=max(0.0, min(POOL_TIMEOUT_S, left))) as c:
+                    watch.use(c)
                     try:
                         if not read:
                             return fn(c, *args)
@@ -127,9 +143,11 @@ class PostgresStore(PgMailboxOps):
                         finally:
                             c.autocommit = False
                     except psycopg.OperationalError as exc:
-                        if c.broken:   # before COMMIT: nothing was done, run it again
+                        if c.broken and not watch.expired:   # before COMMIT: nothing was done
                             raise _StaleConnection() from exc
                         raise
+                    finally:
+                        watch.use(None)
             except _RETRYABLE:
                 if attempt == RETRIES - 1:
                     raise
@@ -301,12 +319,19 @@ class PostgresStore(PgMailboxOps):
 
     def _lease_connection(self, key: int) -> Conn | None:
         kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S,
-                                  "application_name": "mailproxy-fetch-lease"}
+                                  "application_name": "mailproxy-fetch-lease",
+                                  **tcp_options(self._deadlines.timeout_s)}
         if self._password is not None:
             kwargs["password"] = self._password
         conn = psycopg.connect(self._url, **kwargs)
-        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                           (FETCH_LEASE_SPACE, key)).fetchone()
+        with self._deadlines.call() as watch:
+            watch.use(conn)
+            try:
+                row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                                   (FETCH_LEASE_SPACE, key)).fetchone()
+            except psycopg.Error:
+                conn.close()
+                raise
         if row is None or not row[0]:
             conn.close()
             return None
@@ -352,16 +377,19 @@ class PostgresStore(PgMailboxOps):
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await trio.to_thread.run_sync(pool.close)
+            await trio.to_thread.run_sync(self._deadlines.close)
 
 
 async def open_postgres(url: str, key_ring: KeyRing | None = None, *, password: str | None = None,
                         pool_size: int = DEFAULT_POOL_SIZE,
                         timing: ReplicaTiming = DEFAULT_TIMING,
-                        per_account: int | None = None) -> PostgresStore:
+                        per_account: int | None = None,
+                        query_timeout: float = DEFAULT_QUERY_TIMEOUT_S) -> PostgresStore:
     """Open the store at `url` (`postgresql://...`), migrating the schema as needed.
-    `per_account`: connections one account may hold at once (default: half the pool)."""
+    `per_account`: connections one account may hold at once (default: half the pool);
+    `query_timeout`: the bound on each store call (`_pg_deadline.py`)."""
     timing.check()
     pool, ids_key = await trio.to_thread.run_sync(open_pool, url, key_ring, password, pool_size,
-                                                  timing.lease)
+                                                  timing.lease, query_timeout)
     return PostgresStore(pool, url, key_ring, pool_size, password, timing, objectid_key=ids_key,
-                         per_account=per_account)
+                         per_account=per_account, query_timeout=query_timeout)
