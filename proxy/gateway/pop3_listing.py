@@ -20,6 +20,9 @@ from ._parts import DEFAULT_LIMITS
 __all__ = ["internaldate", "parse_uidl_listing", "parse_list_listing", "parsed"]
 
 LISTING_IN_THREAD = 64 * 1024   # UIDL/LIST listings longer than this are parsed off the loop
+# A message number longer than this is a malformed line (Python's int() refuses strings of
+# more than 4,300 digits with a ValueError, which is no protocol failure)
+MAX_NUMBER_DIGITS = 10
 
 _HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 
@@ -52,7 +55,7 @@ def internaldate(body: bytes, max_header_bytes: int = DEFAULT_LIMITS.max_header_
 
 
 # RFC 1939 7: "msg uid", the unique-id is 1 to 70 characters in the range 0x21 to 0x7E
-_UIDL_LINE = re.compile(rb"([0-9]+) ([\x21-\x7e]{1,70})")
+_UIDL_LINE = re.compile(rb"([0-9]{1,%d}) ([\x21-\x7e]{1,70})" % MAX_NUMBER_DIGITS)
 
 
 def parse_uidl_listing(listing: bytes) -> list[tuple[int, str]]:
@@ -78,7 +81,8 @@ def parse_list_listing(listing: bytes) -> list[int]:
     numbers = []
     for line in listing.split(b"\r\n"):
         parts = line.split(b" ")
-        if line and (len(parts) < 2 or not parts[0].isdigit()):
+        if line and (len(parts) < 2 or not parts[0].isdigit()
+                     or len(parts[0]) > MAX_NUMBER_DIGITS):
             raise UpstreamError(Failure.PROTOCOL, f"malformed LIST line {logs.sanitize(line, 80)!r}")
         if line:
             numbers.append(int(parts[0]))

@@ -34,6 +34,20 @@ def test_list_listing_numbers():
     assert parse_list_listing(b"1 120\r\n2 3400\r\n") == [1, 2]
 
 
+@pytest.mark.parametrize("parse", [parse_uidl_listing, parse_list_listing])
+def test_a_message_number_past_its_bound_is_a_protocol_failure_not_a_crash(parse):
+    """An upstream's message number of 5,000 digits: int() would raise ValueError (Python
+    refuses more than 4,300 digits), a crash of the sync instead of a malformed line."""
+    bound = pop3_listing.MAX_NUMBER_DIGITS
+    longest = b"9" * bound
+    assert parse(longest + b" id\r\n") == (
+        [(int(longest), "id")] if parse is parse_uidl_listing else [int(longest)])
+    for digits in (bound + 1, 5000):
+        with pytest.raises(UpstreamError) as info:
+            parse(b"1 good\r\n" + b"9" * digits + b" id\r\n")
+        assert info.value.failure is Failure.PROTOCOL
+
+
 async def test_big_listing_is_parsed_in_a_worker_thread():
     loop_thread = threading.get_ident()
     seen: list[int] = []
