@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._buffer import ReceiveBuffer
-from ._grammar import parse_command_line
+from ._grammar import parse_command_line, plain_command
 from ._limits import DEFAULT_LIMITS, Limits
 from ._util import NEED_DATA, line_too_long
 from .events import Command, ConnectionClosed, RawLine
@@ -42,6 +42,14 @@ class CommandParser:
         """Nothing buffered or being skipped, no raw line expected: a command starts next."""
         return not len(self._buf) and not self._skipping and not self._raw_next \
             and not self._closed
+
+    def plain_line(self, data: bytes) -> tuple[bytes, tuple[bytes, ...]] | None:
+        """``data`` is a whole chunk: when the parser is at rest and it is one plain transaction
+        command line (``_grammar.plain_command``), return the ``(name, args)`` its Command
+        would have, without buffering it; else None and nothing taken."""
+        if len(data) > self._limits.max_command_line or not self.at_rest or self._buf.eof:
+            return None
+        return plain_command(data)
 
     def take_unconsumed(self) -> bytes:
         """Hand the bytes not yet parsed to another parser (e.g. pre-login to relay)."""

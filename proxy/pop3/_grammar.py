@@ -8,7 +8,8 @@ import re
 from ._util import bad_response, bad_syntax
 from .events import Command, Continuation, StatusLine
 
-__all__ = ["parse_command_line", "parse_response_line", "is_multiline", "MAX_KEYWORD"]
+__all__ = ["parse_command_line", "parse_response_line", "is_multiline", "plain_command",
+           "MAX_KEYWORD"]
 
 #: RFC 1939 §3 keywords are 3-4 characters; we accept longer vendor
 #: extensions (e.g. XCLIENT) and leave unknown keywords to the relay.
@@ -34,6 +35,19 @@ def is_multiline(name: bytes, args: tuple[bytes, ...]) -> bool:
     if name in _ALWAYS_MULTILINE:
         return True
     return name in _MULTILINE_WITHOUT_ARGS and not args
+
+
+# One whole line that parse_command_line reads as it is (the relay's common chunk): a
+# transaction command (RFC 1939 5, 7) with numeric arguments, and CRLF.
+_PLAIN_COMMAND = re.compile(rb"((?i:STAT|LIST|RETR|DELE|NOOP|RSET|QUIT|TOP|UIDL))"
+                            rb"((?: [0-9]{1,10}){0,2})\r\n")
+
+
+def plain_command(data: bytes) -> tuple[bytes, tuple[bytes, ...]] | None:
+    """``(name, args)`` as ``parse_command_line`` gives them when ``data`` is one such whole
+    line (CRLF included); else None."""
+    m = _PLAIN_COMMAND.fullmatch(data)
+    return None if m is None else (m.group(1).upper(), tuple(m.group(2).split()))
 
 
 def parse_command_line(line: bytes) -> Command:

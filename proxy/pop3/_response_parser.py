@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from ._body import BodyReader
+from ._body import TERMINATOR, BodyReader, find_terminator
 from ._buffer import ReceiveBuffer
 from ._grammar import parse_response_line
 from ._limits import DEFAULT_LIMITS, Limits
@@ -65,6 +65,30 @@ class ResponseParser:
     def receive_data(self, data: bytes) -> None:
         """Buffer ``data``; ``b""`` means the server closed its side."""
         self._buf.feed(data)
+
+    def whole_answer(self, data: bytes) -> bool | None:
+        """``data`` is a whole chunk: when nothing is buffered and it is exactly the whole
+        answer to the next command expected (a ``+OK``/``-ERR`` line ending in CRLF, and after
+        a ``+OK`` to a multi-line command its body up to the first terminator, RFC 1939 3),
+        take it and that expectation and return whether it was ``+OK``, with no events; else
+        None and nothing taken (``receive_data`` it then)."""
+        if (self._body is not None or len(self._buf) or self._buf.eof or not self._expected
+                or self._error is not None):
+            return None
+        eol = data.find(b"\n", 0, self._limits.max_response_line)
+        if eol < 4 or data[eol - 1] != 13:   # (a status line is 3 bytes at least)
+            return None
+        # RFC 1939 3: the indicator, then SP and text or the line's end (parse_response_line)
+        ok = data[:3].upper() == b"+OK" and (data[3] == 32 or eol == 4)
+        if not ok and not (data[:4].upper() == b"-ERR" and (eol == 5 or data[4] == 32)):
+            return None   # (a continuation, or what parsing must refuse)
+        if ok and self._expected[0]:   # the body's first terminator must end the chunk
+            if not data.endswith(TERMINATOR) or find_terminator(data, eol - 1) != len(data) - 5:
+                return None
+        elif eol != len(data) - 1:
+            return None
+        self._expected.popleft()
+        return ok
 
     def next_event(self) -> object:
         """Return the next event, or :data:`NEED_DATA`.

@@ -6,7 +6,9 @@ framing its answer will have (ResponseParser.expect(is_multiline(...))) and its 
 time for metrics. The upstream's chunks are forwarded by the driver as received and then given
 to `upstream_data()`, whose parser only finds status lines and the `CRLF.CRLF` that ends a
 multi-line body with bytes.find across chunk boundaries: a RETR body passes without per-line
-Python work.
+Python work. The common chunks skip even the parsers' events: a client chunk that is one plain
+transaction command (CommandParser.plain_line) and an upstream chunk that is one whole answer,
+status line and body through its terminator (ResponseParser.whole_answer).
 
 A few commands are answered by the proxy: CAPA (the upstream's post-login list, filtered) and
 the authorization commands, which are wrong after login (RFC 1939 4), and a refused line. To
@@ -21,12 +23,11 @@ RFC 1939 3 autologout closes without a word; a drain closes once nothing is owed
 
 from __future__ import annotations
 
-import re
 import time
 from collections import deque
 
 from .. import logs
-from ..metrics import command_label
+from ..metrics import POP3_COMMANDS, command_label
 from ..pop3 import NEED_DATA, CommandParser, ProtocolError, ResponseParser, events, is_multiline, writer
 from ..session.context import ByteCounter, CommandMeter, Session
 from ..session.failures import Close, limit_of_protocol_error
@@ -34,9 +35,8 @@ from ..session.failures import Close, limit_of_protocol_error
 __all__ = ["Pop3RelayCore"]
 
 _LOCAL = {b"CAPA", b"STLS", b"USER", b"PASS", b"APOP", b"AUTH", b"XCLIENT"}
-# One whole command line that goes upstream as it came (RFC 1939 5, 7; RFC 2449): a
-# transaction command with numeric arguments, which the parser is sure to accept.
-_PLAIN_LINE = re.compile(rb"(?i:STAT|LIST|RETR|DELE|NOOP|RSET|QUIT|TOP|UIDL)(?: [0-9]{1,10}){0,2}\r\n")
+# command_label("pop3", name) of a name as the parser gives it (upper case): one dict hit
+_LABELS = {name.encode(): name for name in POP3_COMMANDS}
 
 
 class Pop3RelayCore:
@@ -63,7 +63,8 @@ class Pop3RelayCore:
         self.status = b"+OK"   # of the upstream's response in progress, across chunks
         self.end: Close | None = None
         self._replies: list[bytes] = []
-        self._unjudged = False   # a chunk was forwarded before it was parsed (`judge()`)
+        # a plain command's (name, args), forwarded before it was judged (`judge()`)
+        self._unjudged: tuple[bytes, tuple[bytes, ...]] | None = None
         self._max_plain = session.listener.limits.pop3_max_command_line   # (the parser's)
 
     # -- what the driver reads after each call --------------------------------------------
@@ -100,20 +101,35 @@ class Pop3RelayCore:
             self.finish(Close.CLIENT_CLOSED)
             return b""
         parser = self.client_parser
-        if forward_first and self.waiting is None and parser.at_rest \
-                and len(data) <= self._max_plain and _PLAIN_LINE.fullmatch(data) is not None:
-            parser.receive_data(data)
-            self._unjudged = True
-            self.bytes_up.add(len(data))
-            return data
+        if self.waiting is None and len(data) <= self._max_plain:
+            head = parser.plain_line(data)
+            if head is not None:   # never buffered: judged from the regex's reading
+                self._unjudged = head
+                self.bytes_up.add(len(data))
+                if not forward_first:
+                    self.judge()
+                return data
         parser.receive_data(data)
         return self.commands()
 
     def judge(self) -> None:
-        """Parse the chunk `client_data` returned unparsed: the very command it forwarded."""
-        if self._unjudged:
-            self._unjudged = False
-            self._batch()   # (the same bytes: counted when they were returned)
+        """Judge the plain command `client_data` returned unjudged (what `_batch` does for
+        its Command), now that it is forwarded."""
+        head = self._unjudged
+        if head is None:
+            return
+        self._unjudged = None
+        self.session.commands += 1
+        self._sent_upstream(*head)
+
+    def _sent_upstream(self, name: bytes, args: tuple[bytes, ...]) -> None:
+        """A command goes upstream: its answer's framing and its metrics wait for it."""
+        multiline = is_multiline(name, args)
+        self.upstream_parser.expect(multiline)
+        self.pending.append((_LABELS.get(name) or command_label("pop3", name), time.monotonic(),
+                             multiline))
+        if name == b"QUIT":
+            self.quit_seen = True
 
     def commands(self) -> bytes | bytearray:
         """Every complete command buffered up to a local answer that must wait, to forward in
@@ -155,11 +171,7 @@ class Pop3RelayCore:
             if name in _LOCAL:
                 self.waiting = (self._local_answer(event), False)
                 break
-            multiline = is_multiline(name, event.args)
-            self.upstream_parser.expect(multiline)
-            self.pending.append((command_label("pop3", name), time.monotonic(), multiline))
-            if name == b"QUIT":
-                self.quit_seen = True
+            self._sent_upstream(name, event.args)
             line = event.raw + b"\r\n"
             batch = line if not batch else bytearray(batch) + line
         return batch
@@ -185,9 +197,14 @@ class Pop3RelayCore:
             return b""
         self.bytes_down.add(len(data))
         parser = self.upstream_parser
-        parser.receive_data(data)
+        ok = parser.whole_answer(data)
         try:
-            self._upstream_events(parser)
+            if ok is not None:   # the whole answer to the oldest command, read at once
+                self.status = b"+OK" if ok else b"-ERR"
+                self._answered()
+            else:
+                parser.receive_data(data)
+                self._upstream_events(parser)
         except ProtocolError as exc:
             session = self.session
             session.runtime.metrics.protocol_errors.labels("pop3", exc.kind).inc()

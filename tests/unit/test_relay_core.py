@@ -17,6 +17,7 @@ from proxy.imap import ResponseParser as ImapResponses
 from proxy.metrics import Metrics
 from proxy.pop3 import CommandParser as Pop3Commands
 from proxy.pop3 import Limits as Pop3Limits
+from proxy.pop3 import ResponseParser as Pop3Responses
 from proxy.relay.imap_core import ImapRelayCore
 from proxy.relay.pop3_core import Pop3RelayCore
 from proxy.session.context import Runtime, Session
@@ -43,6 +44,13 @@ def session(protocol: str, bad_commands: int = 3) -> tuple[Session, Metrics]:
 def commands(metrics: Metrics, protocol: str, command: str, status: str) -> float | None:
     return metrics.registry.get_sample_value(
         "mailproxy_commands_total", {"protocol": protocol, "command": command, "status": status})
+
+
+def counted(metrics: Metrics) -> list[tuple[str, str, str, float]]:
+    """Every command counted, as /metrics shows it (the registry's collect flushes the tally)."""
+    return sorted((s.labels["protocol"], s.labels["command"], s.labels["status"], s.value)
+                  for family in metrics.registry.collect() if family.name == "mailproxy_commands"
+                  for s in family.samples if s.name.endswith("_total") and s.value)
 
 
 def imap_core(leftover: bytes = b"", bad_commands: int = 3) -> tuple[ImapRelayCore, Metrics]:
@@ -267,16 +275,17 @@ def imap_answered_outcome() -> list[object]:
     line first): what goes where, commands in flight and counted by status."""
     core, metrics = imap_core(bad_commands=100)
     out: list[object] = []
+    n = 0
     for chunk in IMAP_LINES:
         up = bytes(core.client_data(chunk, 1.0, forward_first=True))
         core.judge()
         out.append((up, core.take_replies(), core.session.commands, sorted(core.inflight.pending)))
-        for n, tag in enumerate(sorted(core.inflight.pending)):
+        for tag in sorted(core.inflight.pending):
+            n += 1
             answer = b"%s %s done\r\n" % (tag, [b"OK", b"no", b"BAD"][n % 3])
             core.upstream_data(b"* 1 EXISTS\r\n" + answer if n % 2 else answer, 2.0)
             out.append((core.take_replies(), sorted(core.inflight.pending), core.end))
-    out.append(sorted((s.labels["command"], s.labels["status"], s.value)
-                      for s in metrics.commands.collect()[0].samples if s.name.endswith("_total")))
+    out.append(counted(metrics))
     return out
 
 
@@ -306,6 +315,42 @@ def pop3_outcome(forward_first: bool) -> list[tuple[bytes, bytes, int]]:
     return out
 
 
+POP3_ANSWERS = {True: [b"+OK 5 octets\r\nhello\r\n.\r\n", b"+OK\r\n.\r\n", b"-ERR no\r\n",
+                      b"+OK x\r\n..\r\n.\r\n", b"+OK split\r\nab", b"c\r\n.\r\n"],
+                False: [b"+OK 2 100\r\n", b"-ERR no\r\n", b"+OK\r\n"]}
+
+
+def pop3_answered_outcome() -> list[object]:
+    """POP3_LINES, each answered in chunks of the shapes above: what goes where, the commands
+    pending and counted by status."""
+    core, metrics = pop3_core()
+    out: list[object] = []
+    n = 0
+    for chunk in POP3_LINES:
+        up = bytes(core.client_data(chunk, 1.0, forward_first=True))
+        core.judge()
+        while core.pending and core.end is None:
+            answers = POP3_ANSWERS[core.pending[0][2]]
+            answer = answers[n % len(answers)]
+            n += 1
+            up += bytes(core.upstream_data(answer, 2.0))
+            out.append((answer, [name for name, _, _ in core.pending], core.end))
+        out.append((up, core.take_replies(), core.session.commands, core.end))
+    core.client_data(b"NOOP\r\n", 3.0)
+    core.upstream_data(b"+OK a\r\n+OK b\r\n", 4.0)   # one answer too many: the end
+    out.append((core.take_replies(), core.end, counted(metrics)))
+    return out
+
+
+def test_pop3_plain_lines_and_whole_answers_change_nothing(monkeypatch):
+    """The cheap path (CommandParser.plain_line, ResponseParser.whole_answer) against the full
+    parse of every chunk: the same bytes upstream, replies, commands pending and counts."""
+    cheap = pop3_answered_outcome()
+    monkeypatch.setattr(Pop3Commands, "plain_line", lambda self, data: None)
+    monkeypatch.setattr(Pop3Responses, "whole_answer", lambda self, data: None)
+    assert pop3_answered_outcome() == cheap
+
+
 def test_pop3_forward_first_changes_nothing_but_when_the_parse_happens():
     assert pop3_outcome(True) == pop3_outcome(False)
     core, _ = pop3_core()
@@ -314,3 +359,10 @@ def test_pop3_forward_first_changes_nothing_but_when_the_parse_happens():
     core.judge()
     assert [name for name, _, _ in core.pending] == ["RETR"]
     assert core.upstream_parser.pending == 1
+
+
+def test_the_outcomes_compared_above_count_commands():
+    """(So that comparing them compares counts: each answers commands of several statuses.)"""
+    imap, pop3 = imap_answered_outcome()[-1], pop3_answered_outcome()[-1][-1]
+    assert {status for _, _, status, _ in imap} == {"OK", "NO", "BAD"}   # type: ignore[misc]
+    assert {status for _, _, status, _ in pop3} == {"+OK", "-ERR"}   # type: ignore[misc]

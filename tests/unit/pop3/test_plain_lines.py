@@ -1,0 +1,92 @@
+"""The POP3 relay's cheap path: `CommandParser.plain_line` reads a whole one-command chunk with
+one regex, `ResponseParser.whole_answer` takes a chunk that is exactly one whole answer (status
+line, and a multi-line body through its first terminator) without events. They may decline
+anything, but what they take must be what parsing gives: the same command, the same status and
+the expectation consumed, no error, nothing left over; what they decline is left untouched.
+Hypothesis drives both against the full parse on steered random input."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from proxy.pop3 import NEED_DATA, CommandParser, Limits, ProtocolError, ResponseParser
+from proxy.pop3.events import Command, MultilineEnd, StatusLine
+
+SETTINGS = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+LIMITS = Limits(max_command_line=40, max_response_line=60)
+COMMAND_PARTS = [b"RETR", b"retr", b"TOP", b"UIDL", b"LIST", b"QUIT", b"USER", b"1", b"12",
+                 b"12345678901", b" ", b"  ", b"x", b"\x00", b"\r", b"\n", b"\t"]
+ANSWER_PARTS = [b"+OK", b"+ok", b"-ERR", b"-err", b"+", b"+ ", b"OK", b" ", b"\r\n", b"\n",
+                b"\r", b".", b"..", b"\r\n.\r\n", b".\r\n", b"text", b"[SYS/TEMP]", b"\x00"]
+ENDING = st.sampled_from([b"\r\n", b"\n", b"", b"\r\n\r\n", b"\r\nNOOP\r\n"])
+
+
+def fragments(parts: list[bytes]) -> st.SearchStrategy[bytes]:
+    return st.lists(st.one_of(st.sampled_from(parts), st.binary(max_size=3)),
+                    max_size=14).map(b"".join)
+
+
+def parse(parser, data: bytes) -> list[object]:
+    parser.receive_data(data)
+    out: list[object] = []
+    while True:
+        try:
+            event = parser.next_event()
+        except ProtocolError as error:
+            out.append(error.kind)
+            if error.fatal:
+                return out
+            continue
+        if event is NEED_DATA:
+            return out
+        out.append(event)
+
+
+@SETTINGS
+@given(fragments(COMMAND_PARTS), ENDING)
+@example(b"RETR 1", b"\r\n")
+@example(b"top 1 10", b"\r\n")
+@example(b"LIST 1 2 3", b"\r\n")
+@example(b"RETR  1", b"\r\n")
+@example(b"RETR 1 ", b"\r\n")
+@example(b"UIDL", b"\r\n")
+def test_plain_line_gives_what_parsing_gives(line, ending) -> None:
+    data = line + ending
+    cheap = CommandParser(LIMITS)
+    head = cheap.plain_line(data)
+    if head is None:
+        assert cheap.at_rest
+        return
+    name, args = head
+    assert parse(CommandParser(LIMITS), data) == [Command(name, args, data[:-2])]
+    assert cheap.at_rest and parse(cheap, b"NOOP\r\n") == [Command(b"NOOP", (), b"NOOP")]
+
+
+@SETTINGS
+@given(st.booleans(), fragments(ANSWER_PARTS), fragments(ANSWER_PARTS))
+@example(True, b"+OK 120 octets\r\nline\r\n", b".\r\n")
+@example(True, b"+OK\r\n", b".\r\n")
+@example(True, b"+OK\r\n.\r\n", b".\r\n")   # a second answer follows the first
+@example(True, b"+OK\n", b".\r\n")
+@example(False, b"+OK done", b"\r\n")
+@example(False, b"-ERR", b"\r\n")
+@example(False, b"-ERRx", b"\r\n")
+@example(False, b"+OK\rx", b"\r\n")
+@example(True, b"-ERR no such message", b"\r\n")
+@example(True, b"+OK x\r\n..\r\n", b"\r\n.\r\n")
+def test_whole_answer_takes_only_what_parsing_gives_the_same(multiline, head, tail) -> None:
+    data = head + tail
+    cheap, full = ResponseParser(LIMITS, greeting=False, keep_bodies=False), \
+        ResponseParser(LIMITS, greeting=False, keep_bodies=False)
+    for parser in (cheap, full):
+        parser.expect(multiline)
+        parser.expect(False)   # a later command's: must stay queued
+    ok = cheap.whole_answer(data)
+    if ok is None:
+        assert cheap.pending == 2 and cheap.buffered == 0
+        return
+    events = parse(full, data)
+    assert type(events[0]) is StatusLine and events[0].ok is ok
+    assert events[1:] == ([MultilineEnd()] if ok and multiline else [])
+    assert full.pending == cheap.pending == 1 and full.buffered == 0
