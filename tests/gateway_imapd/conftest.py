@@ -26,6 +26,7 @@ from proxy.metrics import Metrics
 from proxy.net.conn import Conn
 from proxy.session.context import Runtime, Session
 from support.polling import wait_for
+from support.ports import free_ports
 from support.proxyproc import relay_config
 
 
@@ -73,7 +74,9 @@ class GatewayHandle:
         self.metrics = Metrics()
         self.runtime = Runtime.build(self.config, self.metrics)
         self.dovecot, self.user, self.password = dovecot, user, password
-        self.port = 0
+        # a port of support.ports (outside the ephemeral range): restart() binds it again, and a
+        # port 0 pick could meanwhile be an outgoing connection's local port
+        [self.port] = free_ports(1)
         self.service = None
         self._scope: trio.CancelScope | None = None
         self._stopped: trio.Event | None = None

@@ -90,7 +90,7 @@ async def test_binary_fetch_answers_like_dovecot(gateway):
         gateway.deliver(raw)
 
     def compare() -> tuple[list[str], int]:
-        theirs, ours = dovecot_inbox(gateway), gateway_inbox(gateway, "BINARY")
+        theirs, ours = dovecot_inbox(gateway), gateway_inbox(gateway, "BINARY", len(messages))
         bad, compared = [], 0
         for seq, other, name in corpus_pairs(ours, theirs, [name for name, _ in messages]):
             for items in ITEMS:

@@ -26,6 +26,8 @@ import socket
 import trio
 from gateway_mime import corpus, wire
 
+from .conftest import select_stored
+
 MESSAGES = corpus.corpus()
 
 # The one irreducible difference. A message whose last line has no CRLF cannot cross POP3 as it
@@ -118,12 +120,12 @@ def dovecot_inbox(gateway) -> imaplib.IMAP4:
     return client
 
 
-def gateway_inbox(gateway, capability: str) -> imaplib.IMAP4:
+def gateway_inbox(gateway, capability: str, count: int) -> imaplib.IMAP4:
     """The gateway's user logged in to the gateway, which advertises `capability`, INBOX
-    selected read-only."""
+    selected read-only once it has all `count` messages."""
     client = gateway.imaplib()
     assert capability in client.capabilities
-    client.select("INBOX", readonly=True)
+    select_stored(client, count)
     return client
 
 
@@ -187,8 +189,7 @@ async def test_gateway_answers_like_dovecot(gateway):
         theirs.login(gateway.user, gateway.password)
         theirs.select("INBOX", readonly=True)
         ours = gateway.imaplib()   # the login fetches the whole account over POP3
-        _, data = ours.select("INBOX", readonly=True)
-        assert int(data[0]) == len(MESSAGES), data
+        select_stored(ours, len(MESSAGES))
         bad: list[str] = []
         try:
             got = _fetch(ours, ITEMS + SECTIONS)

@@ -62,7 +62,7 @@ async def test_preview_answers_like_dovecot(gateway):
         gateway.deliver(raw)
 
     def compare() -> tuple[list[str], int]:
-        theirs, ours = dovecot_inbox(gateway), gateway_inbox(gateway, "PREVIEW")
+        theirs, ours = dovecot_inbox(gateway), gateway_inbox(gateway, "PREVIEW", len(messages))
         pairs = corpus_pairs(ours, theirs, [name for name, _ in messages])
         bad, compared = [], 0
         for modifier in (b"", b" (LAZY)"):
