@@ -3,7 +3,8 @@
 Small batches (5 messages), and a line `committed N` on stdout after each batch is committed (SQLite
 or PostgreSQL store), so a test can kill the process after a chosen number of commits: a point
 counted in progress, not in seconds. An 8 ms pause per message keeps the next batch in flight when
-the kill arrives (it slows the work down; nothing waits on it). With the environment variable
+the kill arrives (it slows the work down; nothing waits on it); SYNC_WORKER_PAUSE_MS=0 leaves it out
+for a test that needs no kill mid-batch. With the environment variable
 SYNC_WORKER_STALL_AFTER=K the worker stops for good after reporting its K-th commit, still holding
 its fetch lease with the next batch fetched and waiting: a test can act on that state however slow
 the machine is, then SIGKILL it. Nothing else differs from `python -m proxy.gateway.sync_cli`.
@@ -25,12 +26,13 @@ from proxy.store.sqlite import SqliteStore  # noqa: E402
 
 fetcher.BATCH_MESSAGES = 5
 STALL_AFTER = int(os.environ.get("SYNC_WORKER_STALL_AFTER", "0"))   # 0: never stall
+PAUSE = int(os.environ.get("SYNC_WORKER_PAUSE_MS", "8")) / 1000
 _add = fetcher._Ingest.add
 _commits = 0
 
 
 async def _slow_add(self, uidl, body):
-    await trio.sleep(0.008)
+    await trio.sleep(PAUSE)
     await _add(self, uidl, body)
 
 

@@ -33,7 +33,9 @@ def test_one_fetcher_per_account_and_sigkill_releases_the_lease(dovecot, user, t
     deliver_all(dovecot, name, messages)
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config_dict(dovecot.pop3_port, pg_dsn)))
-    env = dict(os.environ, MAILPROXY_PASSWORD=password)
+    # no pause per message: the first process stalls by itself (SYNC_WORKER_STALL_AFTER), and
+    # the others are never killed
+    env = dict(os.environ, MAILPROXY_PASSWORD=password, SYNC_WORKER_PAUSE_MS="0")
     command = [sys.executable, str(WORKER), "--config", str(config_file), name]
 
     # The first process commits one batch (5 messages) and then stalls, holding the lease with
