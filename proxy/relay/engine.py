@@ -102,6 +102,8 @@ class Engine:
         if not self._running:
             self._start()
         with self._lock:
+            if self._stopped:   # its thread died (relay_engine_crash): the task path relays
+                return False
             for side in (sess.client, sess.upstream):
                 self._epoll.register(side.fd, IN)
                 self._sides[side.fd] = side
@@ -206,9 +208,13 @@ class Engine:
     def _run_thread(self) -> None:
         try:
             self._loop()
-        except BaseException:   # a bug here would leave every session of the engine hanging
+        except BaseException:   # a bug: its sessions end, new ones stay on the task path
             logs.event("relay_engine_crash", logging.CRITICAL, exc_info=True)
-            raise
+            with self._lock:
+                self._stopped = True
+                for side in list(self._sides.values()):
+                    side.session.session.close_reason = Close.INTERNAL_ERROR
+                    self.release(side.session)
         with self._lock:   # stopped: nothing uses the descriptors any more
             os.close(self._wakefd)
             self._epoll.close()

@@ -6,9 +6,11 @@ went on and the late reschedule made trio fail with TrioInternalError."""
 
 from __future__ import annotations
 
+import threading
 import types
 
 import trio
+import trio.testing
 
 from proxy.net.conn import Conn
 from proxy.relay.engine import Engine
@@ -69,3 +71,53 @@ def test_a_session_ended_before_its_task_parks_wakes_that_task_once():
 
     assert trio.run(main) == ["relayed"] + ["slept"] * 5 + [
         "sessions 0, gauge 0, reason SHUTDOWN"]
+
+
+class CrashingEngine(Engine):
+    """An engine whose thread's loop fails (a bug outside any session's step) once told to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = threading.Event()
+
+    def _loop(self) -> None:
+        self.fail.wait()
+        raise RuntimeError("a bug in the engine's loop")
+
+
+def test_a_crashed_engine_ends_its_sessions_and_takes_no_more():
+    """The engine's thread dying must not leave its sessions parked for good (until a kick or
+    the shutdown timeout), nor take new ones it would never serve: they stay on the task path."""
+    async def main() -> list[str]:
+        drain, gauge = Drain(), Count()
+        engine = CrashingEngine()
+        conns = [*await conn_pair(), *await conn_pair()]
+        sess = EndsWhenDrained(engine, fake_session(drain, gauge), conns[0],
+                               conns[0].stream.socket.fileno(), conns[2],
+                               conns[2].stream.socket.fileno())
+        steps: list[str] = []
+
+        async def relay() -> None:
+            steps.append("relayed" if await engine.relay(sess) else "handed back")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relay)
+            await trio.testing.wait_all_tasks_blocked()
+            steps.append(f"parked with {engine.sessions} session(s)")
+            engine.fail.set()
+        assert engine.thread is not None
+        await trio.to_thread.run_sync(engine.thread.join)
+        steps.append(f"reason {sess.session.close_reason.name}, sessions {engine.sessions}, "
+                     f"gauge {gauge.value}")
+        later = EndsWhenDrained(engine, fake_session(drain, gauge), conns[1],
+                                conns[1].stream.socket.fileno(), conns[3],
+                                conns[3].stream.socket.fileno())
+        steps.append("later " + ("relayed" if await engine.relay(later) else "on the task path"))
+        steps.append(f"sessions {engine.sessions}, gauge {gauge.value}")
+        for conn in conns:
+            conn.stream.socket.close()
+        return steps
+
+    assert trio.run(main) == [
+        "parked with 1 session(s)", "relayed", "reason INTERNAL_ERROR, sessions 0, gauge 0",
+        "later on the task path", "sessions 0, gauge 0"]
