@@ -284,3 +284,14 @@ def test_free_ports_are_distinct_below_the_ephemeral_range_and_never_handed_out_
         second = ports.free_ports(5)
     assert taken not in second
     assert not set(first) & set(second) and len(set(second)) == 5
+
+
+def test_free_ports_stay_below_an_ephemeral_range_that_starts_low():
+    """A machine whose ip_local_port_range starts below 16000 (or 12000): the ports still
+    all lie below it (they used to be 12000-15999 whatever it was, where connect(2) takes
+    local ports too), and a range starting at 1024 leaves none rather than wrong ones."""
+    assert ports._port_range(32768) == range(12000, 32768)
+    assert ports._port_range(15000) == range(11000, 15000)
+    assert ports._port_range(10000) == range(6000, 10000)
+    assert ports._port_range(3000) == range(1024, 3000)
+    assert ports._port_range(1024) == range(1024, 1024)

@@ -25,16 +25,21 @@ import tempfile
 __all__ = ["free_ports", "PORT_RANGE"]
 
 
-def _port_range() -> range:
-    """The ports below the kernel's ephemeral range, above the usual fixed services."""
+def _port_range(ephemeral_low: int) -> range:
+    """The ports below the kernel's ephemeral range (which starts at `ephemeral_low`): from
+    12000, above the usual fixed services, or at least 4,000 ports when that range starts
+    lower (a tuned machine), never under 1024 (empty when nothing is left below it)."""
+    return range(max(1024, min(12000, ephemeral_low - 4000)), ephemeral_low)
+
+
+def _ephemeral_low() -> int:
     try:
-        low = int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        return int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        low = 32768
-    return range(12000, max(low, 16000))
+        return 32768
 
 
-PORT_RANGE = _port_range()
+PORT_RANGE = _port_range(_ephemeral_low())
 _COUNTER = pathlib.Path(tempfile.gettempdir()) / f"mailproxy-test-ports-{os.getuid()}"
 
 
