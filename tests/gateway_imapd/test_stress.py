@@ -9,11 +9,12 @@ in-process gateway) the gateway's side: hub events, views' SELECT snapshots and 
 
 MAILPROXY_STRESS_MIX=wide adds steps.py's mix (mailboxes created/renamed/deleted while selected
 elsewhere, COPY/MOVE, QRESYNC reconnects, UNCHANGEDSINCE, ingest mid-run). It is a local tool for
-now, not the default: against the gateway it still finds a rare divergence (a session left with
-a message the store no longer has after NOOP). One cause is fixed (a message expunged before the
-hub announced its arrival, test_views.py); with it, 73 runs of 10-12 sessions on SQLite still
-gave one such divergence and one `[MODIFIED]` whose MODSEQ had not moved, both open (issue 17's
-closing note of the fourth session). CI must not depend on luck. Dovecot passes it."""
+now, not the default. Against the gateway it found two causes of a session left with a message the
+store no longer has, both fixed with forced-interleaving tests (test_view_units.py): a message
+expunged before the hub announced its arrival, and a message a session expunged itself before
+that announcement reached it (it came back). A `[MODIFIED]` whose MODSEQ had not moved was seen
+once in 73 runs of the fourth session and not since; it is open (issue 17's closing notes). CI
+must not depend on luck. Dovecot passes it."""
 
 from __future__ import annotations
 
