@@ -135,6 +135,36 @@ async def test_expunge_of_every_message_yields_to_other_sessions(gateway, held, 
     await trio.to_thread.run_sync(lambda: [c.close() for c in (heavy, same, other)])
 
 
+async def test_move_of_every_message_yields_to_other_sessions(gateway, held, monkeypatch):
+    monkeypatch.setattr(_message_changes, "EXPUNGE_BATCH", 5)
+    await trio.to_thread.run_sync(_fill, gateway)
+    other_user, other_password = gateway.dovecot.add_user()
+
+    def open_clients():
+        heavy, same = (Raw(gateway.port, gateway.user, gateway.password) for _ in range(2))
+        assert heavy.cmd("CREATE Moved")[1].startswith(b"t2 OK")
+        status = heavy.cmd("STATUS Moved (UIDVALIDITY)")[0][0]
+        for client in (heavy, same):
+            assert client.cmd("SELECT INBOX")[1].startswith(b"t%d OK" % client.n)
+        return heavy, same, Raw(gateway.port, other_user, other_password), status
+
+    heavy, same, other, status = await trio.to_thread.run_sync(open_clients)
+    uidvalidity = int(status.split(b"UIDVALIDITY ")[1].rstrip(b")"))
+
+    def during():
+        return other.cmd("NOOP"), same.cmd("NOOP")
+
+    lines, (other_noop, same_noop) = await _while_held(gateway, held, heavy, "MOVE 1:* Moved",
+                                                       during)
+    expunges = [b"* %d EXPUNGE" % n for n in range(MESSAGES, 0, -1)]   # highest first
+    assert other_noop == ([], b"t2 OK NOOP completed.")
+    assert same_noop == (expunges, b"t3 OK NOOP completed.")
+    assert lines == [b"* OK [COPYUID %d 1:%d 1:%d] Moved UIDs." % (uidvalidity, MESSAGES, MESSAGES)
+                     ] + expunges + [b"h1 OK MOVE completed."]
+    assert held.calls == 3   # 12 messages in batches of 5: a yield point after each batch
+    await trio.to_thread.run_sync(lambda: [c.close() for c in (heavy, same, other)])
+
+
 async def test_sort_and_thread_build_render_and_order_off_the_loop(gateway, monkeypatch):
     """Past OFF_LOOP_AT messages, SORT's and THREAD's per-message work (the sortable items,
     the order, the threads and their rendering) runs in worker threads, not on the loop."""

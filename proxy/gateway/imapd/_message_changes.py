@@ -106,13 +106,16 @@ async def copy(session, cmd, move: bool = False):
     moved = [a for a, _ in pairs]
     code = (b"COPYUID %d %s %s" % (target.uidvalidity, uid_list([a for a, _ in pairs]),
                                    uid_list([b for _, b in pairs]))) if pairs else None
-    if move:   # at once, before any other await: other views pin what they show (RFC 2180
-        # 4.1.1), and this one forgets what moved even if the announcement below fails
+    if move:   # the hub at once, before any await: other views pin what they show (RFC 2180
+        # 4.1.1); this one forgets what moved (in slices) before the announcement below, so
+        # even if that fails
         session.backend.hub.expunged(view.mailbox_id, moved, origin=view)
         if code:   # RFC 6851 4.3: COPYUID goes in an untagged OK before the EXPUNGEs
             session.emit(b"OK [" + code + b"] Moved UIDs.")
-        for line in view.expunge_lines(moved):   # or VANISHED with QRESYNC (RFC 7162 3.2.10)
-            session.emit(line)
+        for batch in _batches(view, moved):
+            for line in view.expunge_lines(batch):   # or VANISHED (RFC 7162 3.2.10)
+                session.emit(line)
+            await session.budget.share()   # committed: must finish, but not in one step
     if pairs:
         await publish_appended(session, target.id)
     return (code, "COPY completed.") if not move else None
