@@ -50,27 +50,22 @@ def record(pid: int, seconds: float, rate: int, out: pathlib.Path, work, gil: bo
                             "--rate", str(rate), "--duration", str(round(seconds)), "--output", str(out),
                             *(["--gil"] if gil else []), *(["--native"] if native else [])],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    done = threading.Event()
-    count = [0]
-
-    def loop() -> None:
-        while not done.is_set():
-            work()
-            count[0] += 1
-
-    worker = threading.Thread(target=loop, daemon=True)
-    worker.start()
-    _, err = spy.communicate(timeout=seconds + 60)
-    done.set()
-    worker.join(timeout=120)
+    errors: list[bytes] = []
+    _while_working(work, lambda: errors.append(spy.communicate(timeout=seconds + 60)[1]))
     if spy.returncode != 0:
-        sys.exit(f"py-spy failed: {err.decode(errors='replace')}")
-    print(f"  {count[0]} iterations while sampling")
+        sys.exit(f"py-spy failed: {errors[0].decode(errors='replace')}")
 
 
 def record_perf(pid: int, seconds: float, rate: int, out: pathlib.Path, work) -> None:
     """`perf record` of `pid` (on-CPU samples only, C frames: OpenSSL, the interpreter, the
     kernel) for `seconds` while `work()` runs in a loop in a thread."""
+    _while_working(work, lambda: subprocess.run(
+        ["perf", "record", "-q", "-F", str(rate), "-p", str(pid), "-o", str(out), "--", "sleep",
+         str(round(seconds))], check=True, stdout=subprocess.DEVNULL))
+
+
+def _while_working(work, sample) -> None:
+    """Run `work()` over and over in a thread for as long as `sample()` takes."""
     done = threading.Event()
     count = [0]
 
@@ -81,10 +76,11 @@ def record_perf(pid: int, seconds: float, rate: int, out: pathlib.Path, work) ->
 
     worker = threading.Thread(target=loop, daemon=True)
     worker.start()
-    subprocess.run(["perf", "record", "-q", "-F", str(rate), "-p", str(pid), "-o", str(out),
-                    "--", "sleep", str(round(seconds))], check=True, stdout=subprocess.DEVNULL)
-    done.set()
-    worker.join(timeout=120)
+    try:
+        sample()
+    finally:
+        done.set()
+        worker.join(timeout=120)
     print(f"  {count[0]} iterations while sampling")
 
 

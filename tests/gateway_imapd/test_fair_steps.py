@@ -81,21 +81,32 @@ async def _while_held(gateway, held, heavy, command: str, during) -> tuple[list[
     return await trio.to_thread.run_sync(answer), seen
 
 
-async def test_store_of_every_message_yields_to_other_sessions(gateway, held):
+async def _sessions(gateway, before_select=None, after_select=None):
+    """With the mailbox filled: the heavy session and another of the same account, both with
+    INBOX selected, a session of another account, and what `before_select(heavy)` returned."""
     await trio.to_thread.run_sync(_fill, gateway)
     other_user, other_password = gateway.dovecot.add_user()
 
     def open_clients():
         heavy, same = (Raw(gateway.port, gateway.user, gateway.password) for _ in range(2))
+        found = before_select(heavy) if before_select else None
         for client in (heavy, same):
-            assert client.cmd("SELECT INBOX")[1].startswith(b"t2 OK")
-        return heavy, same, Raw(gateway.port, other_user, other_password)
+            assert client.cmd("SELECT INBOX")[1].startswith(b"t%d OK" % client.n)
+        if after_select:
+            after_select(heavy)
+        return heavy, same, Raw(gateway.port, other_user, other_password), found
 
-    heavy, same, other = await trio.to_thread.run_sync(open_clients)
+    return await trio.to_thread.run_sync(open_clients)
 
-    def during():
-        return other.cmd("NOOP"), same.cmd("NOOP")
 
+def _noops(other, same):
+    """What `during` does: a NOOP of the other account, then one of the same account."""
+    return lambda: (other.cmd("NOOP"), same.cmd("NOOP"))
+
+
+async def test_store_of_every_message_yields_to_other_sessions(gateway, held):
+    heavy, same, other, _ = await _sessions(gateway)
+    during = _noops(other, same)
     lines, (other_noop, same_noop) = await _while_held(
         gateway, held, heavy, "STORE 1:* +FLAGS (\\Flagged)", during)
     fetches = [b"* %d FETCH (FLAGS (\\Flagged \\Recent))" % n for n in range(1, MESSAGES + 1)]
@@ -110,21 +121,12 @@ async def test_store_of_every_message_yields_to_other_sessions(gateway, held):
 
 async def test_expunge_of_every_message_yields_to_other_sessions(gateway, held, monkeypatch):
     monkeypatch.setattr(_message_changes, "EXPUNGE_BATCH", 5)
-    await trio.to_thread.run_sync(_fill, gateway)
-    other_user, other_password = gateway.dovecot.add_user()
 
-    def open_clients():
-        heavy, same = (Raw(gateway.port, gateway.user, gateway.password) for _ in range(2))
-        for client in (heavy, same):
-            assert client.cmd("SELECT INBOX")[1].startswith(b"t2 OK")
+    def deleted(heavy):
         assert heavy.cmd("STORE 1:* +FLAGS.SILENT (\\Deleted)")[1] == b"t3 OK STORE completed."
-        return heavy, same, Raw(gateway.port, other_user, other_password)
 
-    heavy, same, other = await trio.to_thread.run_sync(open_clients)
-
-    def during():
-        return other.cmd("NOOP"), same.cmd("NOOP")
-
+    heavy, same, other, _ = await _sessions(gateway, after_select=deleted)
+    during = _noops(other, same)
     lines, (other_noop, same_noop) = await _while_held(gateway, held, heavy, "EXPUNGE", during)
     expunges = [b"* %d EXPUNGE" % n for n in range(MESSAGES, 0, -1)]   # highest first
     assert other_noop == ([], b"t2 OK NOOP completed.")
@@ -137,23 +139,14 @@ async def test_expunge_of_every_message_yields_to_other_sessions(gateway, held, 
 
 async def test_move_of_every_message_yields_to_other_sessions(gateway, held, monkeypatch):
     monkeypatch.setattr(_message_changes, "EXPUNGE_BATCH", 5)
-    await trio.to_thread.run_sync(_fill, gateway)
-    other_user, other_password = gateway.dovecot.add_user()
 
-    def open_clients():
-        heavy, same = (Raw(gateway.port, gateway.user, gateway.password) for _ in range(2))
+    def target(heavy):
         assert heavy.cmd("CREATE Moved")[1].startswith(b"t2 OK")
-        status = heavy.cmd("STATUS Moved (UIDVALIDITY)")[0][0]
-        for client in (heavy, same):
-            assert client.cmd("SELECT INBOX")[1].startswith(b"t%d OK" % client.n)
-        return heavy, same, Raw(gateway.port, other_user, other_password), status
+        return heavy.cmd("STATUS Moved (UIDVALIDITY)")[0][0]
 
-    heavy, same, other, status = await trio.to_thread.run_sync(open_clients)
+    heavy, same, other, status = await _sessions(gateway, before_select=target)
     uidvalidity = int(status.split(b"UIDVALIDITY ")[1].rstrip(b")"))
-
-    def during():
-        return other.cmd("NOOP"), same.cmd("NOOP")
-
+    during = _noops(other, same)
     lines, (other_noop, same_noop) = await _while_held(gateway, held, heavy, "MOVE 1:* Moved",
                                                        during)
     expunges = [b"* %d EXPUNGE" % n for n in range(MESSAGES, 0, -1)]   # highest first
