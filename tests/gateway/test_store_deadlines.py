@@ -18,37 +18,36 @@ def fake_connection(sock: socket.socket) -> SimpleNamespace:
     return SimpleNamespace(pgconn=SimpleNamespace(socket=sock.fileno()))
 
 
-def test_a_call_past_its_deadline_has_its_socket_shut_down():
+@pytest.fixture
+def reaper():
+    """A store's deadlines (0.2 s per call) and a connected socket pair (ours, the server's)."""
     deadlines = Deadlines(0.2)
     ours, server = socket.socketpair()
-    try:
-        with deadlines.call() as watch:
-            watch.use(fake_connection(ours))
-            ours.settimeout(60)   # a bound for a broken reaper: the test fails, never hangs
-            assert ours.recv(1) == b""   # woken by the shutdown, as libpq would be
-            assert watch.expired
-    finally:
-        deadlines.close()
-        ours.close()
-        server.close()
+    yield deadlines, ours, server
+    deadlines.close()
+    ours.close()
+    server.close()
 
 
-def test_a_finished_call_is_never_expired():
-    deadlines = Deadlines(0.2)
-    ours, server = socket.socketpair()
-    try:
-        with deadlines.call() as first:
-            first.use(fake_connection(ours))
-            first.use(None)
-        with deadlines.call() as second:   # expired later than `first` would have been
-            polling.wait_for(lambda: second.expired, "the second call expired")
-        assert not first.expired
-        server.sendall(b"x")
-        assert ours.recv(1) == b"x"   # still open both ways
-    finally:
-        deadlines.close()
-        ours.close()
-        server.close()
+def test_a_call_past_its_deadline_has_its_socket_shut_down(reaper):
+    deadlines, ours, _ = reaper
+    with deadlines.call() as watch:
+        watch.use(fake_connection(ours))
+        ours.settimeout(60)   # a bound for a broken reaper: the test fails, never hangs
+        assert ours.recv(1) == b""   # woken by the shutdown, as libpq would be
+        assert watch.expired
+
+
+def test_a_finished_call_is_never_expired(reaper):
+    deadlines, ours, server = reaper
+    with deadlines.call() as first:
+        first.use(fake_connection(ours))
+        first.use(None)
+    with deadlines.call() as second:   # expired later than `first` would have been
+        polling.wait_for(lambda: second.expired, "the second call expired")
+    assert not first.expired
+    server.sendall(b"x")
+    assert ours.recv(1) == b"x"   # still open both ways
 
 
 def test_connection_options_bound_a_silent_peer():

@@ -16,7 +16,9 @@ import ssl
 import pytest
 import trustme
 
-from support.proxyproc import ProxyProcess, relay_config, traceback_report
+from support.proxyproc import relay_config
+
+from .test_tls import client_context, start_proxy, stop_proxy, write_pair
 
 HOST = "127.0.0.1"
 TIMEOUT = 15
@@ -29,28 +31,21 @@ def ca() -> trustme.CA:
 
 @pytest.fixture(scope="module")
 def proxy(ca, dovecot, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tls-resumption-certs")
-    leaf = ca.issue_cert("localhost", "127.0.0.1")
-    cert, key = directory / "leaf.crt", directory / "leaf.key"
-    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    leaf.private_key_pem.write_to_path(str(key))
-    certificates = [{"cert": str(cert), "key": str(key)}]
+    cert, key = write_pair(ca.issue_cert("localhost", "127.0.0.1"),
+                           tmp_path_factory.mktemp("tls-resumption-certs"), "leaf")
+    certificates = [{"cert": cert, "key": key}]
     config = relay_config(dovecot, listeners=("imap",))
     config["listeners"] = [
         {"name": name, "protocol": "imap", "mode": "relay", "address": f"{HOST}:0",
          "tls": "implicit", "certificates": certificates, **extra}
         for name, extra in (("tickets", {}), ("no_tickets", {"tls_session_tickets": False}))]
-    started = ProxyProcess(config, tmp_path_factory.mktemp("tls-resumption"))
+    started = start_proxy(config, tmp_path_factory, "tls-resumption")
     yield started
-    started.stop()
-    report = traceback_report([started])
-    if report:
-        pytest.fail(report, pytrace=False)
+    stop_proxy(started)
 
 
-def client_context(ca, version: ssl.TLSVersion) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
+def versioned_context(ca, version: ssl.TLSVersion) -> ssl.SSLContext:
+    ctx = client_context(ca)
     ctx.minimum_version = ctx.maximum_version = version
     return ctx
 
@@ -82,7 +77,7 @@ def imaps(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None,
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2],
                          ids=["tls1.3", "tls1.2"])
 def test_a_client_resumes_its_session_and_is_relayed(proxy, ca, user, version):
-    ctx = client_context(ca, version)
+    ctx = versioned_context(ca, version)
     port = proxy.port("tickets")
     session, resumed, _ = imaps(port, ctx, None)
     assert not resumed and session is not None and session.has_ticket
@@ -93,7 +88,7 @@ def test_a_client_resumes_its_session_and_is_relayed(proxy, ca, user, version):
 
 
 def test_without_tickets_no_ticket_is_issued_and_nothing_resumes(proxy, ca, user):
-    ctx = client_context(ca, ssl.TLSVersion.TLSv1_3)
+    ctx = versioned_context(ca, ssl.TLSVersion.TLSv1_3)
     port = proxy.port("no_tickets")
     session, resumed, _ = imaps(port, ctx, None)
     assert not resumed and (session is None or not session.has_ticket)

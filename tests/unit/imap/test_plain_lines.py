@@ -9,8 +9,10 @@ from __future__ import annotations
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from proxy.imap import NEED_DATA, CommandParser, Limits, ProtocolError, ResponseParser
+from proxy.imap import CommandParser, Limits, ResponseParser
 from proxy.imap.events import Command, CommandStart, TaggedResponse
+
+from .helpers import drain
 
 SETTINGS = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FRAGMENTS = [b"a1", b"A.2", b"*", b"+", b"(", b"{", b"}", b"{3}", b"{2+}", b"~{1}", b" ", b"  ",
@@ -24,16 +26,7 @@ AFTER = b"(bad line\r\n"   # a refused line: its `rejected_at` shows what was co
 
 def events_of(parser, data: bytes) -> list[object]:
     parser.receive_data(data)
-    out: list[object] = []
-    while True:
-        try:
-            event = parser.next_event()
-        except ProtocolError as error:
-            out.append(error.kind)
-            continue
-        if event is NEED_DATA:
-            return out
-        out.append(event)
+    return drain(parser)
 
 
 def rejected_at_after(parser) -> int | None:

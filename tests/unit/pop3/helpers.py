@@ -32,27 +32,34 @@ def merge_data(events: Iterable[object]) -> list[object]:
     return out
 
 
+def drain(parser, out: list[object], on_event: OnEvent | None = None) -> bool:
+    """Collect events and errors into `out` until NEED_DATA (False), or ConnectionClosed or a
+    fatal error (True)."""
+    while True:
+        try:
+            event = parser.next_event()
+        except ProtocolError as exc:
+            out.append(Error(exc.kind))
+            if exc.fatal:
+                return True
+            continue
+        if event is NEED_DATA:
+            return False
+        out.append(event)
+        if isinstance(event, ConnectionClosed):
+            return True
+        if on_event is not None:
+            on_event(parser, event)
+
+
 def drive(parser, chunks: Iterable[bytes], on_event: OnEvent | None = None) -> list[object]:
     """Feed chunks then EOF; collect events and errors until ConnectionClosed
     or a fatal error."""
     out: list[object] = []
     for chunk in [*[c for c in chunks if c], b""]:
         parser.receive_data(chunk)
-        while True:
-            try:
-                event = parser.next_event()
-            except ProtocolError as exc:
-                out.append(Error(exc.kind))
-                if exc.fatal:
-                    return merge_data(out)
-                continue
-            if event is NEED_DATA:
-                break
-            out.append(event)
-            if isinstance(event, ConnectionClosed):
-                return merge_data(out)
-            if on_event is not None:
-                on_event(parser, event)
+        if drain(parser, out, on_event):
+            return merge_data(out)
     raise AssertionError("no ConnectionClosed after EOF")
 
 

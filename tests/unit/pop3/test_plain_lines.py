@@ -10,8 +10,10 @@ from __future__ import annotations
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from proxy.pop3 import NEED_DATA, CommandParser, Limits, ProtocolError, ResponseParser
+from proxy.pop3 import CommandParser, Limits, ResponseParser
 from proxy.pop3.events import Command, MultilineEnd, StatusLine
+
+from .helpers import drain
 
 SETTINGS = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LIMITS = Limits(max_command_line=40, max_response_line=60)
@@ -30,17 +32,8 @@ def fragments(parts: list[bytes]) -> st.SearchStrategy[bytes]:
 def parse(parser, data: bytes) -> list[object]:
     parser.receive_data(data)
     out: list[object] = []
-    while True:
-        try:
-            event = parser.next_event()
-        except ProtocolError as error:
-            out.append(error.kind)
-            if error.fatal:
-                return out
-            continue
-        if event is NEED_DATA:
-            return out
-        out.append(event)
+    drain(parser, out)
+    return out
 
 
 @SETTINGS
