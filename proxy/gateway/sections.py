@@ -11,6 +11,13 @@
   message/rfc822 part; ``MIME`` is the part's own MIME header;
 * ``HEADER.FIELDS`` / ``HEADER.FIELDS.NOT`` keep whole header fields (continuation lines
   included) in message order and end with the blank line, even when no field matched;
+* past the header bound (`MimeLimits.max_header_bytes`) ``HEADER.FIELDS`` answers as Dovecot
+  2.3.19 does (checked live): its header parser counts the *values* of the lines read so far
+  (what follows ``Name:`` and one blank, and whole continuation lines, without line ends) and
+  cuts each line's value to what is left of the bound, so a field past it is ``Name: ``
+  with an empty value, and a continuation line past it is an empty line, where the answer
+  then ends (the filtered header is cut at its first empty line; answering from its cache,
+  Dovecot leaves that line out instead). ``.NOT`` is served whole;
 * a part that does not exist is empty; part number 0 is a syntax error;
 * output lines end in CRLF, as IMAP requires (a stored bare LF is sent as CRLF), and NUL
   goes out as 0x80, as Dovecot sends it.
@@ -24,6 +31,7 @@ from __future__ import annotations
 import re
 
 from proxy.gateway import mime
+from proxy.gateway._parts import DEFAULT_LIMITS
 from proxy.gateway.numbers import InvalidNumber
 from proxy.gateway.numbers import number as rfc_number
 
@@ -42,12 +50,14 @@ _SECTION = re.compile(
 
 
 def fetch_section(raw: bytes, section: str | bytes, partial: tuple[int, int] | None = None,
-                  *, parts: list | mime.Part | None = None) -> bytes:
+                  *, parts: list | mime.Part | None = None,
+                  max_header_bytes: int = DEFAULT_LIMITS.max_header_bytes) -> bytes:
     """Bytes of ``BODY[section]<partial.start.length>`` of `raw`.
 
     `section` is what stands between the brackets (``""``, ``"1.2.MIME"``,
     ``"HEADER.FIELDS (From To)"``), or one of ``RFC822``, ``RFC822.HEADER``,
     ``RFC822.TEXT``, ``RFC822.SIZE`` (the last gives the size as ASCII digits).
+    `max_header_bytes` is the header bound (`MimeLimits`) HEADER.FIELDS honours as Dovecot does.
 
     Raises:
         SectionError: malformed section text.
@@ -64,7 +74,7 @@ def fetch_section(raw: bytes, section: str | bytes, partial: tuple[int, int] | N
     alias = {b"RFC822": b"", b"RFC822.HEADER": b"HEADER", b"RFC822.TEXT": b"TEXT"}
     if upper in alias:
         spec = alias[upper]
-    data = _crlf(_select(raw, root, spec))
+    data = _crlf(_select(raw, root, spec, max_header_bytes))
     if partial is not None:
         start, length = partial
         if start < 0 or length < 0:
@@ -124,7 +134,7 @@ def text_part(root: mime.Part, path: list[int]) -> mime.Part | None:
     return part.children[0] if part.kind == mime.RFC822 and part.children else None
 
 
-def _select(raw: bytes, root: mime.Part, spec: bytes) -> bytes:
+def _select(raw: bytes, root: mime.Part, spec: bytes, bound: int) -> bytes:
     path, text, names = split_section(spec)
     part = _find(root, path)
     if part is None:
@@ -144,12 +154,50 @@ def _select(raw: bytes, root: mime.Part, spec: bytes) -> bytes:
         return header
     assert names is not None
     wanted = {f.lower() for f in names.split()}
-    keep = text == b"HEADER.FIELDS"
-    fields = [f for name, f in _fields(header) if (name.lower() in wanted) == keep]
-    # HEADER.FIELDS always ends with the blank line; .NOT only keeps one that was there
-    if keep or header.endswith(b"\n\r\n") or header.endswith(b"\n\n") or header in (b"\r\n", b"\n"):
+    if text == b"HEADER.FIELDS":   # always ends with the blank line
+        return b"".join(_bounded_fields(header, wanted, bound)) + b"\r\n"
+    fields = [f for name, f in _fields(header) if name.lower() not in wanted]
+    # .NOT only keeps a blank line that was there
+    if header.endswith(b"\n\r\n") or header.endswith(b"\n\n") or header in (b"\r\n", b"\n"):
         fields.append(b"\r\n")
     return b"".join(fields)
+
+
+_NAME_MAX = 1000   # Dovecot's MESSAGE_HEADER_NAME_MAX_LEN (RFC 5322 2.1.1): a longer name is a value
+
+
+def _bounded_fields(header: bytes, wanted: set[bytes], bound: int) -> list[bytes]:
+    """The lines of the fields named in `wanted` (lower case), each value cut to what is left
+    of `bound` value bytes, as Dovecot's header parser and filter give them (module docstring);
+    the blank line that ends the answer is not included."""
+    out: list[bytes] = []
+    left, keep = bound, False
+    for n, line in enumerate(re.findall(rb"[^\n]*\n|[^\n]+$", header)):
+        if line in (b"\r\n", b"\n"):
+            break
+        body = line[:-2] if line.endswith(b"\r\n") else line.rstrip(b"\n")
+        continued = n > 0 and line[:1] in (b" ", b"\t")
+        name, prefix, value = (None, b"", body) if continued else _split_line(body)
+        if name is not None:
+            keep = name.lower() in wanted
+        take = min(len(value), left)
+        left -= take
+        if keep:
+            if continued and take == 0:   # an empty line: the filtered header ends here
+                break
+            out.append(prefix + value[:take] + (b"\r\n" if line.endswith(b"\n") else b""))
+    return out
+
+
+def _split_line(body: bytes) -> tuple[bytes, bytes, bytes]:
+    """(name, name and colon and one blank, value) of a field's first line as Dovecot's parser
+    splits it: a line without a colon, or with an over-long name, is all value (no name)."""
+    colon = body.find(b":")
+    name = body[:colon].rstrip(b" \t")
+    if colon < 0 or len(name) > _NAME_MAX:
+        return b"", b"", body
+    start = colon + 1 + (body[colon + 1:colon + 2] in (b" ", b"\t"))
+    return name, body[:start], body[start:]
 
 
 def _find(root: mime.Part, path: list[int]) -> mime.Part | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import trio
 
+from .._parts import DEFAULT_LIMITS
 from ..binary import BinaryError, Decoded, binary_section
 from ..mime import Part, table_to_parts
 from ..sections import fetch_section, find_part, split_section, text_part
@@ -27,17 +28,22 @@ def wanted(items) -> list[Wanted]:
                               for item in items if item.binary))
 
 
-async def decode_chunk(wanted: list[Wanted], infos, raws) -> list[dict[Wanted, Result] | None]:
-    """Per message: (section, size) -> decoded bytes or the error (None: the message is gone)."""
+async def decode_chunk(wanted: list[Wanted], infos, raws, *,
+                       max_header_bytes: int = DEFAULT_LIMITS.max_header_bytes,
+                       ) -> list[dict[Wanted, Result] | None]:
+    """Per message: (section, size) -> decoded bytes or the error (None: the message is gone).
+    `max_header_bytes`: the header bound HEADER.FIELDS honours (`sections`)."""
     if not wanted:
         return [None] * len(raws)
-    work = lambda: [_decode(wanted, info, raw) for info, raw in zip(infos, raws, strict=True)]  # noqa: E731
+    work = lambda: [_decode(wanted, info, raw, max_header_bytes)  # noqa: E731
+                    for info, raw in zip(infos, raws, strict=True)]
     if sum(len(raw) for raw in raws if raw is not None) > ANALYZE_IN_THREAD:
         return await trio.to_thread.run_sync(work)
     return work()
 
 
-def _decode(wanted: list[Wanted], info, raw: bytes | None) -> dict[Wanted, Result] | None:
+def _decode(wanted: list[Wanted], info, raw: bytes | None,
+            bound: int) -> dict[Wanted, Result] | None:
     if info is None or raw is None:
         return None
     root = table_to_parts(info.parts)
@@ -46,7 +52,7 @@ def _decode(wanted: list[Wanted], info, raw: bytes | None) -> dict[Wanted, Resul
     def section(name: bytes) -> Result:
         if name not in by_section:
             try:
-                by_section[name] = _section(raw, root, name)
+                by_section[name] = _section(raw, root, name, bound)
             except BinaryError as exc:
                 by_section[name] = exc
         return by_section[name]
@@ -62,7 +68,8 @@ def _decode(wanted: list[Wanted], info, raw: bytes | None) -> dict[Wanted, Resul
     return out
 
 
-def _section(raw: bytes, root: Part, name: bytes) -> Decoded:
+def _section(raw: bytes, root: Part, name: bytes,
+             bound: int = DEFAULT_LIMITS.max_header_bytes) -> Decoded:
     """BINARY[name]. RFC 3516 6 allows part numbers only (section-binary); Dovecot 2.3 takes
     any BODY section, and so does the gateway: [path.]TEXT is the body of that message
     decoded, header sections (HEADER, HEADER.FIELDS, MIME) are sent as BODY[] sends them
@@ -72,4 +79,4 @@ def _section(raw: bytes, root: Part, name: bytes) -> Decoded:
         return binary_section(raw, find_part(root, path), whole=not path)
     if text == b"TEXT":
         return binary_section(raw, text_part(root, path), whole=False)
-    return Decoded(fetch_section(raw, name, parts=root), literal8=False)
+    return Decoded(fetch_section(raw, name, parts=root, max_header_bytes=bound), literal8=False)

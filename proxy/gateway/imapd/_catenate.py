@@ -127,7 +127,8 @@ async def _resolve(session, url: bytes) -> bytes:
     if raw is None or info is None:   # never stored, or expunged meanwhile (RFC 2180 4.1)
         raise bad("Message not found")
     try:
-        return fetch_section(raw, section, partial, parts=table_to_parts(info.parts))
+        return fetch_section(raw, section, partial, parts=table_to_parts(info.parts),
+                             max_header_bytes=mime.limits.max_header_bytes)
     except SectionError:
         raise bad("Invalid section") from None
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 from ...store import MessageMeta
+from .._parts import DEFAULT_LIMITS
 from ..binary import BinaryError
 from ..mime import nstring, table_to_parts
 from ..sections import SectionError, crlf, fetch_section, split_section
@@ -133,11 +134,12 @@ def _whole(item: Item) -> bool:
 
 
 def render(seq: int, meta: MessageMeta, items: list[Item], flags, info, raw,
-           binaries=None, preview: str | None = None, ids: ObjectIds | None = None) -> list[bytes]:
+           binaries=None, preview: str | None = None, ids: ObjectIds | None = None,
+           max_header_bytes: int = DEFAULT_LIMITS.max_header_bytes) -> list[bytes]:
     """`* seq FETCH (...)` CRLF for one message, as pieces to write (a body is its own piece,
     never copied into a bigger buffer). `info`/`raw` as `plan()` asked for them, `binaries`
     the decoded BINARY sections (`_binary.decode_chunk`), `preview` the PREVIEW text, `ids` the
-    store's OBJECTIDs (for EMAILID)."""
+    store's OBJECTIDs (for EMAILID), `max_header_bytes` the header bound (`sections`)."""
     pieces = []
     tree = None   # the part tree, built once per message from the cached table
     text = [b"* %d FETCH (" % seq]
@@ -197,7 +199,8 @@ def render(seq: int, meta: MessageMeta, items: list[Item], flags, info, raw,
             else:
                 tree = tree or table_to_parts(info.parts)
                 try:
-                    data = fetch_section(raw, item.section, item.partial, parts=tree)
+                    data = fetch_section(raw, item.section, item.partial, parts=tree,
+                                         max_header_bytes=max_header_bytes)
                 except SectionError as exc:
                     raise Reply.bad(f"Invalid section: {exc}") from None
             if item.section is None:

@@ -108,7 +108,8 @@ async def fetch(session, cmd):
                 infos = [mime.peek(m) for m in metas]
         else:
             raws = [None] * len(metas)
-        binaries = await _binary.decode_chunk(binary_sections, infos, raws)
+        binaries = await _binary.decode_chunk(binary_sections, infos, raws,
+                                              max_header_bytes=mime.limits.max_header_bytes)
         previews = await _preview.previews(mime, metas, infos, raws, wants_preview)
         return chunk, metas, infos, raws, binaries, previews
 
@@ -124,7 +125,8 @@ async def fetch(session, cmd):
                 continue
             session.write_pieces(render(seq, meta, with_flags if meta.uid in seen_now else items,
                                         view.flags_of(meta.uid), info, raw, binaries[n], previews[n],
-                                        ids=session.backend.object_ids))
+                                        ids=session.backend.object_ids,
+                                        max_header_bytes=mime.limits.max_header_bytes))
             await session.budget.tick()
         await session.maybe_flush()
 
