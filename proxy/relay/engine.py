@@ -220,34 +220,51 @@ class Engine:
             self._epoll.close()
 
     def _loop(self) -> None:
-        epoll, sides, lock, wakefd = self._epoll, self._sides, self._lock, self._wakefd
+        # One wake-up's Python is on every relayed round trip's critical path: locals bound
+        # once, the clock read once, timers and TLS looked at only when they have work.
+        epoll, sides, lock, wakefd, timers = self._epoll, self._sides, self._lock, self._wakefd, \
+            self._timers
+        perf_counter, offset, ready_step = time.perf_counter, self._offset, self._ready
         while True:
             with lock:
                 if self._stopped:
                     return
-                self._wait_until = self._timers.next_at()
-                timeout = -1.0 if self._wait_until == math.inf \
-                    else max(0.0, self._wait_until - self.clock())
-                if any(side.mask & IN for side in self._tls_waiting):
+                self._wait_until = wait_until = timers.next_at()
+                timeout = -1.0 if wait_until == math.inf \
+                    else max(0.0, wait_until - perf_counter() - offset)
+                if self._tls_waiting and any(side.mask & IN for side in self._tls_waiting):
                     timeout = 0.0
             ready = epoll.poll(timeout)
             with lock:
                 self._wait_until = -math.inf
-                self.now = self.clock()
+                self.now = now = perf_counter() + offset
                 for fd, events in ready:
                     side = sides.get(fd)
                     if side is not None:
-                        self._guarded(side.session, self._ready, side, events)
+                        ready_step(side, events)
                     elif fd == wakefd:
                         try:
                             os.eventfd_read(wakefd)
                         except BlockingIOError:
                             pass
-                self._fire_timers()
+                if timers.has_work(now):
+                    self._fire_timers()
                 if self._tls_waiting:
                     self._resume_tls()
 
     def _ready(self, side: Side, events: int) -> None:
+        """`_guarded(sess, self._receive, side, events)`, spelt out: the relay's hot path."""
+        sess = side.session
+        try:
+            self._receive(side, events)
+            if not sess.done:
+                self._interest(sess)
+                if sess.due() < sess.timer_at:   # (activity only moves timers later, mostly)
+                    self._schedule(sess)
+        except Exception:
+            self._crashed(sess)
+
+    def _receive(self, side: Side, events: int) -> None:
         sess = side.session
         if events & OUT and side.out:
             self._flush(side)
@@ -329,9 +346,12 @@ class Engine:
                 self._interest(sess)
                 self._schedule(sess)
         except Exception:
-            sess.session.close_reason = Close.INTERNAL_ERROR
-            logs.event("session_crash", logging.ERROR, exc_info=True, **sess.session.log_fields())
-            self.release(sess)
+            self._crashed(sess)
+
+    def _crashed(self, sess: EngineSession) -> None:
+        sess.session.close_reason = Close.INTERNAL_ERROR
+        logs.event("session_crash", logging.ERROR, exc_info=True, **sess.session.log_fields())
+        self.release(sess)
 
     def _interest(self, sess: EngineSession) -> None:
         """Read a side only when nothing waits to go the other way (and the client only when
@@ -342,9 +362,11 @@ class Engine:
                                          else Close.UPSTREAM_CLOSED)
             self.release(sess)
             return
-        self._modify(client, (OUT if client.out else 0) | (
-            0 if client.out or upstream.out or sess.paused else IN))
-        self._modify(upstream, (OUT if upstream.out else 0) | (0 if client.out else IN))
+        if client.out or upstream.out or sess.paused or client.mask != IN \
+                or upstream.mask != IN:   # (else both are read, and nothing waits: no change)
+            self._modify(client, (OUT if client.out else 0) | (
+                0 if client.out or upstream.out or sess.paused else IN))
+            self._modify(upstream, (OUT if upstream.out else 0) | (0 if client.out else IN))
 
     def _modify(self, side: Side, mask: int) -> None:
         if side.mask != mask:

@@ -40,6 +40,11 @@ class TimerHeap:
         """When the earliest entry fires (math.inf for none)."""
         return self._heap[0][0] if self._heap else math.inf
 
+    def has_work(self, now: float) -> bool:
+        """Whether `due(now)` has anything to do: an entry due, or dead entries to drop."""
+        heap = self._heap
+        return (bool(heap) and heap[0][0] <= now) or self._dead > COMPACT_AFTER
+
     def schedule(self, sess: EngineSession) -> bool:
         """An entry at the session's nearest timer, if that is earlier than its live entry;
         True when one was pushed."""

@@ -5,6 +5,7 @@ for both; tests/integration runs the drivers against Dovecot."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -366,3 +367,36 @@ def test_the_outcomes_compared_above_count_commands():
     imap, pop3 = imap_answered_outcome()[-1], pop3_answered_outcome()[-1][-1]
     assert {status for _, _, status, _ in imap} == {"OK", "NO", "BAD"}   # type: ignore[misc]
     assert {status for _, _, status, _ in pop3} == {"+OK", "-ERR"}   # type: ignore[misc]
+
+
+# RFC 1939 3: stuffed lines ("..", "...", "..x"), a line that is "." plus other octets, and a
+# CR LF . CR without its LF inside the body: none of them ends it; only CRLF.CRLF does.
+RETR_STUFFED = (b"+OK 61 octets\r\n.\rx\r\n..\r\n...\r\n..x\r\nab\r\n.\r\r\n"
+                b"\r\n..\r\n.. \r\nend\r\n.\r\n")
+
+
+def test_pop3_a_terminator_split_across_reads_at_every_offset_ends_the_body_exactly():
+    """A RETR answer, with a STAT's answer behind it, cut into two reads at every offset, and
+    into three at every pair of offsets around the terminator: the RETR counts as answered
+    exactly when the terminator's last byte arrives, never at a stuffed line, and the STAT is
+    matched to its own answer. Exercises the whole-answer path, the body reader, and their
+    hand-over."""
+    wire = RETR_STUFFED + b"+OK 1 2\r\n"
+    end = len(RETR_STUFFED)
+    cuts = [(i,) for i in range(1, len(wire))] + [
+        (i, j) for i in range(end - 12, end + 1) for j in range(i + 1, len(wire))]
+    sess, metrics = session("pop3")
+    for n, points in enumerate(cuts):
+        core = Pop3RelayCore(sess, Pop3Commands(Pop3Limits(max_command_line=255)), [], now=0.0)
+        for command in (b"RETR 1\r\n", b"STAT\r\n"):
+            core.client_data(command, 1.0, forward_first=True)
+            core.judge()
+        bounds = [0, *points, len(wire)]
+        for start, stop in itertools.pairwise(bounds):
+            assert core.upstream_data(wire[start:stop], 2.0) == b""
+            retr_done = stop >= end
+            assert commands(metrics, "pop3", "RETR", "+OK") == ((n + retr_done) or None), points
+            assert [name for name, _, _ in core.pending] == (
+                [] if stop == len(wire) else ["STAT"] if retr_done else ["RETR", "STAT"]), points
+        assert commands(metrics, "pop3", "STAT", "+OK") == n + 1, points
+        assert core.end is None and core.take_replies() == b"", points
