@@ -10,9 +10,9 @@ thread starts, and records in it the connection it is using (the pool's check of
 connection included, `checked`). One reaper thread per store expires the watches whose time
 has passed: it shuts the socket of the watched connection down, libpq sees the connection
 closed, and the call fails at once; the pool drops that connection. The store answers such a
-call with `StoreUnavailable` (NO [UNAVAILABLE]) and never runs it again on another connection
-(its COMMIT may or may not have reached the server). When the server resumes, new
-connections are made as after a restart.
+call with `StoreUnavailable` (NO [UNAVAILABLE]) and never runs it again on another connection;
+a call cut during its COMMIT first asks the server whether that COMMIT happened
+(`_pg_commit.py`). When the server resumes, new connections are made as after a restart.
 
 Watches are kept in deadline order (one timeout per store, so that is the order they start
 in): registering and finishing a call is O(1) under one lock, and the reaper sleeps until
@@ -26,6 +26,7 @@ sit idle (the change feed's LISTEN, a fetch lease) or wait for an acknowledgemen
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import socket
@@ -36,6 +37,8 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
+
+from .. import logs
 
 __all__ = ["Deadlines", "Watch", "checked", "tcp_options", "DEFAULT_QUERY_TIMEOUT_S"]
 
@@ -145,6 +148,7 @@ class Deadlines:
                     continue
                 del self._watches[key]
                 watch.expire()
+                logs.event("store_call_cut", logging.WARNING, timeout=f"{self.timeout_s:g}s")
 
     def close(self) -> None:
         with self._wake:

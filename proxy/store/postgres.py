@@ -18,7 +18,9 @@ a pool with no free connection within `POOL_TIMEOUT_S`, or a call not answered w
 `gateway.store_query_timeout` (a frozen server: `_pg_deadline.py`) is `StoreUnavailable`, which
 the gateway answers with `NO [UNAVAILABLE]`. The pool checks a connection before handing it
 out, and a call whose connection turns out dead before its COMMIT (nothing was done) runs again
-on another, so after a database restart calls recover without restarting the proxy.
+on another, so after a database restart calls recover without restarting the proxy. A call
+whose connection is lost DURING its COMMIT is answered by what the server says happened
+(`_pg_commit.py`).
 
 Durability: a COMMIT is durable when it returns (the server's `synchronous_commit`), so `flush()`
 has nothing to do.
@@ -48,6 +50,7 @@ from psycopg import errors as pg_errors
 from . import crypto
 from ._accounts_sql import USAGE_SELECT, delete_statements, record_sync, summary_select
 from ._pg_bodies import DEFAULT_TIMING, ReplicaTiming
+from ._pg_commit import InDoubt, commit, outcome, settle
 from ._pg_deadline import DEFAULT_QUERY_TIMEOUT_S, Deadlines, Watch, tcp_options
 from ._pg_mailboxes import PgMailboxOps
 from ._pg_notify import ChangeFollower, Feed
@@ -116,14 +119,19 @@ class PostgresStore(PgMailboxOps):
         await self.follower.run(task_status)
 
     def _call(self, read: bool, fn: Callable[..., Any], *args: Any) -> Any:
-        with self._deadlines.call() as watch:
-            try:
-                return self._attempts(watch, read, fn, *args)
-            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-                if watch.expired:   # cut by its deadline (_pg_deadline.py): not run again
-                    raise StoreUnavailable("store unavailable: no answer from the database "
-                                           f"within {self._deadlines.timeout_s:g}s") from exc
-                raise
+        try:
+            with self._deadlines.call() as watch:
+                try:
+                    return self._attempts(watch, read, fn, *args)
+                except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                    if watch.expired:   # cut by its deadline (_pg_deadline.py): not run again
+                        raise StoreUnavailable("store unavailable: no answer from the database "
+                                               f"within {self._deadlines.timeout_s:g}s") from exc
+                    raise
+        except InDoubt as doubt:   # lost during its COMMIT: did it happen? (_pg_commit.py)
+            with self._deadlines.call() as again:
+                ask = functools.partial(self._attempts, again, True, outcome, doubt.xid)
+                return settle(doubt, ask, again)
 
     def _attempts(self, watch: Watch, read: bool, fn: Callable[..., Any], *args: Any) -> Any:
         for attempt in range(RETRIES):
@@ -135,17 +143,18 @@ class PostgresStore(PgMailboxOps):
                 with pool.connection(timeout=max(0.0, min(POOL_TIMEOUT_S, left))) as c:
                     watch.use(c)
                     try:
-                        if not read:
-                            return fn(c, *args)
-                        c.autocommit = True   # one statement: no BEGIN/COMMIT round trips
+                        if read:
+                            c.autocommit = True   # one statement: no BEGIN/COMMIT round trips
                         try:
-                            return fn(c, *args)
+                            result = fn(c, *args)
+                        except psycopg.OperationalError as exc:
+                            if c.broken and not watch.expired:   # before COMMIT: nothing done
+                                raise _StaleConnection() from exc
+                            raise
                         finally:
-                            c.autocommit = False
-                    except psycopg.OperationalError as exc:
-                        if c.broken and not watch.expired:   # before COMMIT: nothing was done
-                            raise _StaleConnection() from exc
-                        raise
+                            if read:
+                                c.autocommit = False
+                        return result if read else commit(c, result)
                     finally:
                         watch.use(None)
             except _RETRYABLE:
