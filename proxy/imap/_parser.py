@@ -18,7 +18,10 @@ parser is a small state machine over that framing (``_State``):
 ``LITERAL``
     ``_remaining`` payload bytes taken by count, one slice per call: each a
     ``LiteralData`` event (a 50 MB APPEND is never buffered), or with
-    ``collect_literals`` joined (bounded by ``max_literal``) into ``args``.
+    ``collect_literals`` written as it arrives into one buffer (bounded by
+    ``max_literal``) that becomes the ``Literal`` in ``args``: the received
+    chunks are not kept, and the payload is copied once into that buffer and
+    once into the ``Literal`` (a ``bytes`` subclass is always built by copy).
 ``CONT``
     Waiting for the line part that follows a literal.
 ``SKIP_LITERAL`` / ``SKIP_CONT`` / ``SKIP_LINE``
@@ -71,6 +74,7 @@ dropped and not reported; data received after EOF is ignored.
 from __future__ import annotations
 
 import enum
+import io
 
 from . import events as ev
 from ._errors import ProtocolError
@@ -122,7 +126,7 @@ class BaseParser:
         self._tokens: Tokenizer | None = None
         self._literal: LiteralMarker | None = None
         self._remaining = self._collected = self._skipped = 0  # literal bytes left; collected
-        self._chunks: list[bytes | memoryview] = []  # literal parts, joined at its end
+        self._sink: io.BytesIO | None = None  # the literal being collected
         self._fatal_error: ProtocolError | None = None
         # After a non-fatal error in a message's first line part, where it began (else None) and
         # where parsing resumed once `resynchronising` ends (offsets as ReceiveBuffer.consumed).
@@ -186,7 +190,7 @@ class BaseParser:
     def at_boundary(self) -> bool:
         """True between messages with nothing pending (a relay may insert a line there)."""
         return (self._state is _State.LINE and not len(self._buf) and not self._events
-                and not self._chunks)
+                and self._sink is None)
 
     def _pass(self, data: bytes) -> bool:
         """Count ``data``, one whole line that the subclass read itself, as consumed; False
@@ -200,7 +204,7 @@ class BaseParser:
     def take_unconsumed(self) -> bytes:
         """Hand the bytes not yet parsed to another parser (e.g. pre-login to relay); only
         between messages (RuntimeError in the middle of one)."""
-        if self._state is not _State.LINE or self._events or self._chunks:
+        if self._state is not _State.LINE or self._events or self._sink is not None:
             raise RuntimeError("take_unconsumed() in the middle of a message")
         return self._buf.take_all()
 
@@ -234,13 +238,12 @@ class BaseParser:
 
     def _step_literal(self) -> bool:
         if self._remaining:
-            keep = self._collect and self._tokens is not None
-            chunk = self._buf.take(self._remaining, keep)
+            chunk = self._buf.take(self._remaining, False)
             if chunk is None:
                 return False
             self._remaining -= len(chunk)
-            if keep:
-                self._chunks.append(chunk)
+            if self._sink is not None:
+                self._sink.write(chunk)
             elif not self._collect:
                 self._events.append(ev.LiteralData(chunk))
             if self._remaining:
@@ -343,15 +346,15 @@ class BaseParser:
             self._fail(error, literal)
         self._literal = literal
         self._remaining = literal.size
-        self._chunks = []
+        self._sink = io.BytesIO() if self._collect and self._tokens is not None else None
         self._state = _State.LITERAL
         self._events.append(ev.LiteralStart(literal.size, literal.synchronizing, literal.binary))
 
     def _end_literal(self) -> None:
         if self._tokens is not None:
-            if self._collect:
-                value: bytes | LiteralRef = Literal(b"".join(self._chunks))
-                self._chunks = []
+            if self._sink is not None:   # getvalue() hands over its buffer without a copy
+                value: bytes | LiteralRef = Literal(self._sink.getvalue())
+                self._sink = None
             else:
                 assert self._literal is not None  # set by _start_literal
                 value = LiteralRef(self._literal.size)
@@ -371,7 +374,7 @@ class BaseParser:
 
     def _reset_message(self) -> None:
         self._tag, self._tokens, self._literal = None, None, None
-        self._chunks, self._collected = [], 0
+        self._sink, self._collected = None, 0
 
     # -- errors ----------------------------------------------------------------
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 from proxy.imap import NEED_DATA, CommandParser, Limits, LiteralRef, ProtocolError, ResponseParser
+from proxy.imap._tokens import Literal
 from proxy.imap.events import Command, CommandStart, LiteralData, LiteralStart, UntaggedResponse
 
 CHUNK = 64 * 1024
@@ -85,3 +88,30 @@ def test_overlong_line_trickle_is_not_rescanned() -> None:
     parser.receive_data(b"\r\nA2 NOOP\r\n")
     assert parser.next_event() == CommandStart(b"A2", b"NOOP")
     assert parser._buf.scanned == len(overlong) + len(b"\r\nA2 NOOP\r\n")
+
+
+def test_a_collected_50mb_literal_keeps_no_received_chunk_and_is_copied_into_one_buffer() -> None:
+    """The gateway collects an APPEND's literal: each received chunk is written into one buffer
+    as it arrives and let go, so the peak is the buffer plus the Literal built from it (two
+    literals' worth; keeping the chunks, then joining them, then building the Literal was three)."""
+    parser = CommandParser(Limits(max_literal=SIZE), parse_args=True, collect_literals=True)
+    parser.receive_data(b"A1 APPEND INBOX {%d}\r\n" % SIZE)
+    events = []
+    tracemalloc.start()
+    try:
+        while (event := parser.next_event()) is not NEED_DATA:
+            events.append(event)
+        for n in range(SIZE // CHUNK):
+            parser.receive_data(bytes([n % 256]) * CHUNK)   # a new object per chunk, as recv gives
+            while (event := parser.next_event()) is not NEED_DATA:
+                events.append(event)
+        parser.receive_data(b"\r\n")
+        while (event := parser.next_event()) is not NEED_DATA:
+            events.append(event)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    literal = events[-1].args[1]
+    assert isinstance(literal, Literal) and len(literal) == SIZE
+    assert literal[CHUNK - 1:CHUNK + 1] == b"\x00\x01" and literal[-1] == (SIZE // CHUNK - 1) % 256
+    assert peak < 2 * SIZE + 4 * CHUNK
