@@ -47,7 +47,9 @@ class CommandParser:
         """``data`` is a whole chunk: when the parser is at rest and it is one plain transaction
         command line (``_grammar.plain_command``), return the ``(name, args)`` its Command
         would have, without buffering it; else None and nothing taken."""
-        if len(data) > self._limits.max_command_line or not self.at_rest or self._buf.eof:
+        buf = self._buf   # (at_rest and not at EOF, spelt out: the relay's hot path)
+        if (len(data) > self._limits.max_command_line or buf.pos != len(buf.data) or buf.eof
+                or self._skipping or self._raw_next or self._closed):
             return None
         return plain_command(data)
 

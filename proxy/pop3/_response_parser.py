@@ -72,7 +72,8 @@ class ResponseParser:
         a ``+OK`` to a multi-line command its body up to the first terminator, RFC 1939 3),
         take it and that expectation and return whether it was ``+OK``, with no events; else
         None and nothing taken (``receive_data`` it then)."""
-        if (self._body is not None or len(self._buf) or self._buf.eof or not self._expected
+        buf = self._buf
+        if (self._body is not None or buf.pos != len(buf.data) or buf.eof or not self._expected
                 or self._error is not None):
             return None
         eol = data.find(b"\n", 0, self._limits.max_response_line)

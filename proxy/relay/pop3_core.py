@@ -216,7 +216,8 @@ class Pop3RelayCore:
         up: bytes | bytearray = b""
         if self.waiting is not None and not self.pending:
             up = self.commands()   # the local answer it waited for, and what followed it
-        self._close_if_at_rest()
+        if self.draining:
+            self._close_if_at_rest()
         return up
 
     def _upstream_events(self, parser: ResponseParser) -> None:
