@@ -41,9 +41,12 @@ class TimerHeap:
         return self._heap[0][0] if self._heap else math.inf
 
     def has_work(self, now: float) -> bool:
-        """Whether `due(now)` has anything to do: an entry due, or dead entries to drop."""
+        """Whether `due(now)` has anything to do: an entry due, or a rebuild (`_compact_due`)."""
         heap = self._heap
-        return (bool(heap) and heap[0][0] <= now) or self._dead > COMPACT_AFTER
+        return (bool(heap) and heap[0][0] <= now) or self._compact_due()
+
+    def _compact_due(self) -> bool:
+        return self._dead > COMPACT_AFTER and self._dead > len(self._heap) // 2
 
     def schedule(self, sess: EngineSession) -> bool:
         """An entry at the session's nearest timer, if that is earlier than its live entry;
@@ -73,7 +76,7 @@ class TimerHeap:
                 continue
             sess.timer_at = math.inf
             yield sess
-        if self._dead > COMPACT_AFTER and self._dead > len(heap) // 2:
+        if self._compact_due():
             self._heap = [e for e in heap if not e[2].done and e[0] == e[2].timer_at]
             heapq.heapify(self._heap)
             self._dead = 0
