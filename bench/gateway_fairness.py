@@ -111,6 +111,20 @@ async def main():
     gc.callbacks.append(gc_pause)
     port = [0]
     async with open_gateway(config, metrics) as service:
+        collector = json.loads(sys.argv[5])   # --gc: the collector's set-up after start-up
+        if collector is None:   # what the tree's own start-up does (proxy/app.py), if anything
+            try:
+                from proxy import collector as tree_collector
+            except ImportError:
+                pass
+            else:
+                tree_collector.set_up(config.gc, startup=True)
+        else:
+            if collector["freeze"]:
+                gc.collect()
+                gc.freeze()
+            if collector["threshold"]:
+                gc.set_threshold(*collector["threshold"])
         async def handler(stream):
             conn = Conn(stream)
             peer = stream.socket.getpeername()
@@ -143,7 +157,10 @@ async def main():
                 pending += data
                 while b"\n" in pending:
                     _, pending = pending.split(b"\n", 1)
-                    print(json.dumps(stalls), flush=True)
+                    print(json.dumps(stalls | {"objects": len(gc.get_objects()),
+                                               "frozen": gc.get_freeze_count(),
+                                               "full": gc.get_stats()[2]["collections"]}),
+                          flush=True)
                     if sampler is not None:
                         sampler.dump()
                     stalls.update(max=0.0, over_50ms=0, ticks=0, busy_max=0.0, gc_max=0.0)
@@ -253,7 +270,8 @@ def export(rev: str) -> pathlib.Path:
 class Server:
     """The gateway of one tree in its own process, with the ticker."""
 
-    def __init__(self, env: Env, label: str, tree: pathlib.Path, sample: bool = False):
+    def __init__(self, env: Env, label: str, tree: pathlib.Path, sample: bool = False,
+                 collector: dict | None = None):
         cfg = relay_config(env.dovecot, listeners=("imap",), allow_plaintext_auth=True,
                            max_connections_per_ip=100000)
         cfg["listeners"][0]["mode"] = "gateway"
@@ -263,7 +281,7 @@ class Server:
         path.write_text(json.dumps(cfg))
         self.log = open(env.root / f"{label}.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-c", SERVER, str(tree), str(path), str(TICK),
-                                      "sample" if sample else "-"],
+                                      "sample" if sample else "-", json.dumps(collector)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=None if sample else self.log)
         env.on_close(self.stop)
@@ -385,6 +403,10 @@ def main() -> None:
     parser.add_argument("--append-mb", type=int, default=50,
                         help="the heavy user's last command: APPEND of a message whose one "
                              "header line has this many MB (0: none)")
+    parser.add_argument("--gc", action="append", default=[], metavar="SETUP",
+                        help="also run this tree with the collector set up after start-up "
+                             "(repeatable; rounds interleaved): 'freeze' (gc.freeze()), "
+                             "'T0,T1,T2' (gc.set_threshold), or 'freeze:T0,T1,T2'")
     parser.add_argument("--client", help=argparse.SUPPRESS)   # JSON [mode, port, user, password]
     args = parser.parse_args()
     if args.client:
@@ -394,11 +416,13 @@ def main() -> None:
         else:
             heavy_client(int(port), user, password, append_mb)
         return
-    trees = {"this tree": REPO_ROOT}
+    trees: dict[str, tuple[pathlib.Path, dict | None]] = {"this tree": (REPO_ROOT, None)}
+    for setup in args.gc:
+        trees[f"gc {setup}"] = (REPO_ROOT, collector_setup(setup))
     with Env("gateway-fairness") as env:
         if args.base:
-            trees[args.base] = export(args.base)
-            env.on_close(lambda: shutil.rmtree(trees[args.base], ignore_errors=True))
+            trees[args.base] = (export(args.base), None)
+            env.on_close(lambda: shutil.rmtree(trees[args.base][0], ignore_errors=True))
         rng = random.Random(1)
         heavy_user = env.dovecot.add_user()
         for n in range(1, args.messages + 1):
@@ -409,8 +433,9 @@ def main() -> None:
             for n in range(1, 51):
                 env.dovecot.deliver(lights[-1][0], message(rng, n), flags="S")
         servers = {}
-        for label, tree in trees.items():
-            servers[label] = Server(env, label.replace(" ", "-"), tree, args.sample)
+        for label, (tree, collector) in trees.items():
+            servers[label] = Server(env, label.replace(" ", "-").replace(":", "-"), tree,
+                                    args.sample, collector)
             fill(servers[label], *heavy_user, args.messages)
             for user in lights:
                 fill(servers[label], *user, 50)
@@ -427,6 +452,17 @@ def main() -> None:
                           f"{result['stalls']['busy_max'] * 1000:.0f} ms, load "
                           f"{os.getloadavg()[0]:.1f}", file=sys.stderr)
         report(results, args)
+        for label, server in servers.items():
+            figures = server.stalls()
+            print(f"{label}: {figures['objects']} objects tracked by the collector at the end, "
+                  f"{figures['frozen']} frozen, {figures['full']} full collections")
+
+
+def collector_setup(setup: str) -> dict:
+    """--gc's argument as the server's collector set-up."""
+    freeze, _, threshold = setup.partition(":") if setup.startswith("freeze") else ("", "", setup)
+    return {"freeze": freeze == "freeze",
+            "threshold": [int(x) for x in threshold.split(",")] if threshold else None}
 
 
 def report(results: dict[tuple[str, str], list[dict]], args) -> None:

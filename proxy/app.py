@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from . import __version__, logs
+from . import __version__, collector, logs
 from . import config as config_mod
 from .admin import AdminApi, LocalAdmin, serve_admin, serve_admin_socket
 from .config import Admin, Config, Listener
@@ -93,6 +93,7 @@ class App:
                         sockets = await self._bind(i, listener)
                         await listeners.start(server.serve, sockets, sessions)
                     self.health.listeners_bound = True
+                    collector.set_up(config.gc, startup=True)   # start-up done: freeze it
                     await self._ready()
                     await self._wait_for_stop()
                     listeners.cancel_scope.cancel()  # stop accepting
@@ -169,6 +170,7 @@ class App:
             delay = max((lst.timeouts.login for lst in old.config.listeners), default=0.0)
             self._services.start_soon(old.lookups.aclose_after, delay)
         self.throttle.config = config.auth_throttle
+        collector.set_up(config.gc, startup=False)
         self.oauth2.keep_only(config)
         self._init_series(config)
         logs.event("reloaded", routes=len(config.routes), upstreams=len(config.upstreams))

@@ -293,6 +293,14 @@ class Metrics:
             "mailproxy_gateway_store_bytes", "Size of the gateway store on disk.", registry=r)
         self.gateway_sessions = Gauge(
             "mailproxy_gateway_sessions", "Open gateway IMAP sessions (logged in).", registry=r)
+        self.gateway_login_syncs = Counter(
+            "mailproxy_gateway_login_syncs_total",
+            "Gateway logins by whether the account's sync they wait for finished within "
+            "gateway.login_sync_wait (synced) or the login was answered before (pending: the "
+            "client sees what is stored so far, the rest as EXISTS once the sync ends).",
+            ["result"], registry=r)
+        for result in ("synced", "pending"):
+            self.gateway_login_syncs.labels(result)
         self.gateway_idle_sessions = Gauge(
             "mailproxy_gateway_idle_sessions", "Gateway IMAP sessions in IDLE.", registry=r)
         self.gateway_accounts = Gauge(

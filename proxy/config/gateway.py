@@ -63,6 +63,7 @@ class Gateway:
     store_replica_lease: Duration = 60.0       # PostgreSQL: a replica silent this long is dead
     store_query_timeout: Duration = 30.0       # PostgreSQL: a store call unanswered this long fails
     poll_interval: Duration = 60.0
+    login_sync_wait: Duration = 10.0        # a login waits this long for the account's sync
     upstream_retention: StrictStr = "keep"  # keep | delete-after-fetch | a duration such as 30d
     key_file: Path | None = None
     background_poll: StrictBool = False
@@ -124,6 +125,8 @@ def check_gateway(gateway: Gateway | None) -> list[Problem]:
                        "acks are a little late would count as dead"))
     if not 0.1 <= gateway.store_query_timeout <= 3600:
         errors.append((("gateway", "store_query_timeout"), "expected 100ms to 1h"))
+    if not 0 <= gateway.login_sync_wait <= 600:
+        errors.append((("gateway", "login_sync_wait"), "expected 0s to 10m"))
     if gateway.store_password is not None and "://" not in gateway.store:
         errors.append((("gateway", "store_password"),
                        "only a postgresql:// store takes a password"))

@@ -21,11 +21,13 @@ from .oauth2 import resolve_auth_paths
 from .operations import (
     Admin,
     AuthThrottle,
+    Collector,
     Logging,
     Metrics,
     Relay,
     Workers,
     check_admin,
+    check_collector,
     check_relay,
     check_workers,
 )
@@ -56,6 +58,7 @@ class Config:
     admin: Admin | None = None
     workers: Workers = 1   # processes sharing the listeners (proxy/workers/)
     relay: Relay = field(default_factory=Relay)   # how logged-in relay sessions are driven
+    gc: Collector = field(default_factory=Collector)   # the garbage collector (proxy/collector.py)
 
     def route(self, user: str) -> str | None:
         """The upstream name for `user`: the first matching route wins."""
@@ -103,7 +106,8 @@ def loads(text: str, *, base_dir: Path | None = None) -> Config:
 def _problems(config: Config) -> list[Problem]:
     """Every section's cross-field rules, in the order of the sections in a config file."""
     return (check_listeners(config) + check_routing(config) + check_gateway(config.gateway)
-            + check_workers(config) + check_admin(config.admin) + check_relay(config.relay))
+            + check_workers(config) + check_admin(config.admin) + check_relay(config.relay)
+            + check_collector(config.gc))
 
 
 def _line_map(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, int]:

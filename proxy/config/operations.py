@@ -1,5 +1,5 @@
 """What operators run the proxy with: `logging:`, `metrics:`, `auth_throttle:`, `admin:`,
-`workers` and `relay:`."""
+`workers`, `relay:` and `gc:`."""
 
 from __future__ import annotations
 
@@ -73,6 +73,35 @@ def check_relay(relay: Relay) -> list[Problem]:
         return [(("relay", "gil_switch_interval"),
                  f"expected {low * 1000:g}ms to {high * 1000:g}ms (CPython's default is 5ms)")]
     return []
+
+
+# gc.thresholds: CPython's (700, 10, 10) collects the youngest generation every 700 net
+# container allocations and the whole heap every 100 young collections (and a quarter more
+# long-lived objects). bench/gateway_fairness.py --gc, 10,000 messages, with gc.freeze():
+# the longest collection during STORE/COPY/SORT 64-80 ms at (700, 10, 10), 26-41 ms frozen,
+# 10 ms or less frozen with these (bench/README.md, "garbage collector")
+GC_THRESHOLDS = (20_000, 20, 100)
+GC_THRESHOLD_RANGES = ((100, 10_000_000), (1, 10_000), (1, 10_000))
+
+
+@dataclass(frozen=True, slots=True)
+class Collector:
+    """The process's cyclic garbage collector (proxy/collector.py): `freeze_after_startup`
+    moves every object alive once start-up is done out of the collector's reach for good
+    (gc.freeze()), and `thresholds` are gc.set_threshold's three generation thresholds."""
+
+    __pydantic_config__ = STRICT
+    freeze_after_startup: StrictBool = True
+    thresholds: tuple[StrictInt, StrictInt, StrictInt] = GC_THRESHOLDS
+
+
+def check_collector(collector: Collector) -> list[Problem]:
+    problems: list[Problem] = []
+    for n, (value, (low, high)) in enumerate(zip(collector.thresholds, GC_THRESHOLD_RANGES,
+                                                 strict=True)):
+        if not low <= value <= high:
+            problems.append((("gc", "thresholds", n), f"expected {low} to {high}"))
+    return problems
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ the store, one notification `Hub` per account, the MIME/body caches, the login c
     STARTTLS, LOGIN, AUTHENTICATE PLAIN/LOGIN, budgets, login timeout)
     -> session.login.log_in (routing, auth-failure throttling, auth metrics, as for the relay)
        with the password checked against the route's POP3 upstream (auth.Authenticator)
-    -> the account's fetcher syncs once (the login waits for it, at most LOGIN_SYNC_WAIT)
+    -> the account's fetcher syncs once (the login waits for it, at most
+       `gateway.login_sync_wait`; metric mailproxy_gateway_login_syncs_total)
     -> imapd.ImapSession until LOGOUT/EOF/drain
 
 While at least one session of an account is open (always, with `gateway.background_poll`, for
@@ -68,7 +69,6 @@ from .fetcher import AccountLocks, mime_limits
 from .imapd import CAPABILITIES, Backend, BodyCache, Hub, ImapSession, MimeCache
 from .users import canonical_user
 
-LOGIN_SYNC_WAIT = 10.0   # seconds a login waits for its account's first sync
 # COMPRESS only once logged in (as Dovecot): the pre-login front does not compress (RFC 4978).
 PRELOGIN_CAPABILITIES = tuple(c for c in CAPABILITIES if c != b"COMPRESS=DEFLATE")
 
@@ -217,8 +217,12 @@ class GatewayService:
                 fetcher.background = True
             synced = fetcher.synced
             fetcher.kick()
-            with trio.move_on_after(LOGIN_SYNC_WAIT):   # so the first SELECT shows the mail
+            # so that the first SELECT shows the mailbox; a login answered before the sync ends
+            # sees what is stored so far, and the rest as EXISTS once the sync has stored it
+            with trio.move_on_after(self.settings.login_sync_wait):
                 await synced.wait()
+            self.metrics.gateway_login_syncs.labels(
+                "synced" if synced.is_set() else "pending").inc()
             caps = b"CAPABILITY " + b" ".join(CAPABILITIES)
             await front.logged_in(writer.tagged(request.tag, b"OK", b"Logged in.", caps))
         except BaseException:  # cancelled or refused before the session owns the login

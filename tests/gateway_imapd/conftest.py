@@ -38,7 +38,7 @@ def message(n: int, subject: str | None = None, body: str | None = None, sender=
 
 def select_stored(client: imaplib.IMAP4, count: int, mailbox: str = "INBOX") -> None:
     """SELECT (read-only) `mailbox` until it has `count` messages: a login waits for its
-    account's first sync only LOGIN_SYNC_WAIT (proxy/gateway/service.py), which a big ingest
+    account's first sync only gateway.login_sync_wait (proxy/gateway/service.py), which a big ingest
     can outlast under load (bounded polling)."""
     wait_for(lambda: client.select(mailbox, readonly=True)[1][0] == b"%d" % count,
              f"{count} messages stored in {mailbox}", interval=0.1)

@@ -60,7 +60,7 @@ SEARCHES = [("SUBJECT", "after"), ("SUBJECT", "before"), ("SUBJECT", "lines"), (
 
 def selected(client: imaplib.IMAP4, count: int) -> bytes:
     """SELECT INBOX until it has `count` messages (a login waits for its sync at most
-    LOGIN_SYNC_WAIT, and these bodies are big); returns the last count seen."""
+    gateway.login_sync_wait, and these bodies are big); returns the last count seen."""
     imaplib._MAXLINE = max(imaplib._MAXLINE, 64 * M)
     seen = b"0"
     for _ in range(600):   # bounded polling, not a sleep

@@ -20,7 +20,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"proxy", "proxy.imap", "proxy.pop3", "proxy.logs", "proxy.certgen",
                "proxy.command_tally"}),
     frozenset({"proxy.config"}),
-    frozenset({"proxy.metrics"}),
+    frozenset({"proxy.metrics", "proxy.collector"}),
     frozenset({"proxy.net"}),
     frozenset({"proxy.store", "proxy.routing"}),
     frozenset({"proxy.oauth2"}),
