@@ -98,7 +98,7 @@ def _append_held(client: Raw, dsn: str, while_held) -> bytes:
 async def _scenario(dovecot, tmp_path, nursery, dsn: str, while_held) -> tuple[bytes, list[bytes]]:
     user, password = dovecot.add_user()
     gateway = GatewayHandle(dovecot, tmp_path, user, password, store=dsn,
-                            store_query_timeout="3s", poll_interval="600s")
+                            store_query_timeout="5s", poll_interval="600s")
     await gateway.start(nursery)
     try:
         def run() -> tuple[bytes, list[bytes]]:
