@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from proxy.gateway.imapd import _append, _message_changes, _sort
+from proxy.gateway.imapd import _append, _sort, _view
 from proxy.gateway.imapd._budget import CommandBudget
 from proxy.imap._tokens import Atom, Literal
 
@@ -38,14 +38,18 @@ async def gateway(dovecot, tmp_path, nursery):
 @pytest.fixture
 def held(monkeypatch):
     """`CommandBudget.share`, once `held.armed`, held at its first call until `held.release`
-    is set."""
+    is set; `held.calls` counts the calls of the task held (other sessions share too)."""
 
     class Held:
-        reached, release, calls, armed = trio.Event(), trio.Event(), 0, False
+        reached, release, calls, armed, task = trio.Event(), trio.Event(), 0, False, None
 
     async def share(self) -> None:
-        Held.calls += Held.armed
-        if Held.armed and not Held.reached.is_set():
+        if not Held.armed:
+            return
+        if Held.task is None:
+            Held.task = trio.lowlevel.current_task()
+        Held.calls += Held.task is trio.lowlevel.current_task()
+        if not Held.reached.is_set():
             Held.reached.set()
             await Held.release.wait()
 
@@ -120,7 +124,7 @@ async def test_store_of_every_message_yields_to_other_sessions(gateway, held):
 
 
 async def test_expunge_of_every_message_yields_to_other_sessions(gateway, held, monkeypatch):
-    monkeypatch.setattr(_message_changes, "EXPUNGE_BATCH", 5)
+    monkeypatch.setattr(_view, "EXPUNGE_BATCH", 5)
 
     def deleted(heavy):
         assert heavy.cmd("STORE 1:* +FLAGS.SILENT (\\Deleted)")[1] == b"t3 OK STORE completed."
@@ -138,7 +142,7 @@ async def test_expunge_of_every_message_yields_to_other_sessions(gateway, held, 
 
 
 async def test_move_of_every_message_yields_to_other_sessions(gateway, held, monkeypatch):
-    monkeypatch.setattr(_message_changes, "EXPUNGE_BATCH", 5)
+    monkeypatch.setattr(_view, "EXPUNGE_BATCH", 5)
 
     def target(heavy):
         assert heavy.cmd("CREATE Moved")[1].startswith(b"t2 OK")
@@ -155,6 +159,36 @@ async def test_move_of_every_message_yields_to_other_sessions(gateway, held, mon
     assert lines == [b"* OK [COPYUID %d 1:%d 1:%d] Moved UIDs." % (uidvalidity, MESSAGES, MESSAGES)
                      ] + expunges + [b"h1 OK MOVE completed."]
     assert held.calls == 3   # 12 messages in batches of 5: a yield point after each batch
+    await trio.to_thread.run_sync(lambda: [c.close() for c in (heavy, same, other)])
+
+
+@pytest.mark.parametrize("changes", [["STORE 1:* +FLAGS.SILENT (\\Flagged)"],
+                                     ["STORE 1:* +FLAGS.SILENT (\\Deleted)", "EXPUNGE"]])
+async def test_other_session_applies_a_big_change_in_slices(gateway, held, monkeypatch, changes):
+    """Another session of the same account applies the heavy session's change to every message
+    in slices (`SelectedView.update_slices`): held at its first yield, its NOOP has sent
+    nothing while the heavy session and another account are answered; then it gets the
+    change's lines in order (EXPUNGE highest first, RFC 3501 7.4.1), byte for byte."""
+    monkeypatch.setattr(_view, "UPDATE_SLICE", 5)
+    monkeypatch.setattr(_view, "EXPUNGE_BATCH", 5)
+    heavy, same, other, _ = await _sessions(gateway)
+
+    def change():
+        for command in changes:
+            assert heavy.cmd(command)[1].startswith(b"t%d OK" % heavy.n)
+
+    await trio.to_thread.run_sync(change)
+    lines, (other_noop, heavy_noop) = await _while_held(gateway, held, same, "NOOP",
+                                                        _noops(other, heavy))
+    assert other_noop == ([], b"t2 OK NOOP completed.")
+    assert heavy_noop == ([], b"t%d OK NOOP completed." % heavy.n)
+    if len(changes) == 1:
+        told = [b"* %d FETCH (UID %d FLAGS (\\Flagged))" % (n, n) for n in range(1, MESSAGES + 1)]
+    else:
+        told = [b"* %d EXPUNGE" % n for n in range(MESSAGES, 0, -1)]
+    assert lines == told + [b"h1 OK NOOP completed."]
+    # 12 flag changes folded in slices of 5 (2 pauses), then 3 parts of lines
+    assert held.calls == 5
     await trio.to_thread.run_sync(lambda: [c.close() for c in (heavy, same, other)])
 
 

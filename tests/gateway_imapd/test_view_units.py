@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import datetime
 
+from proxy.gateway.imapd import _view as view_module
 from proxy.gateway.imapd._index import Snapshot
 from proxy.gateway.imapd._view import SelectedView
 from proxy.gateway.imapd.hub import EventKind, Hub, MailboxEvent
-from proxy.store import Mailbox, MessageMeta
+from proxy.store import FlagUpdate, Mailbox, MessageMeta
 
 SEEN = frozenset({"\\Seen"})
 
@@ -147,3 +148,58 @@ def test_own_expunge_of_an_unannounced_message_is_not_undone_by_its_announcement
     assert other.updates(True) == [] and other.uids == [1, 2]   # heard of both at once
     hub.appended(1, [_meta(1, 1), _meta(2, 2), _meta(4, 5)])   # later arrivals are still new
     assert mover.updates(True) == [b"3 EXISTS", b"0 RECENT"] and mover.uids == [1, 2, 4]
+
+
+def _big_change(monkeypatch, slice_size: int | None) -> tuple[Hub, SelectedView, list[list[bytes]]]:
+    """Twelve messages, two views; the other session sets \\Seen on all and expunges 5..12:
+    the parts of the first view's `update_slices` (slices of `slice_size`, None: unsliced)."""
+    if slice_size is not None:
+        monkeypatch.setattr(view_module, "UPDATE_SLICE", slice_size)
+        monkeypatch.setattr(view_module, "EXPUNGE_BATCH", slice_size)
+    hub = Hub()
+    view, other = (_subscribed(hub, list(range(1, 13))) for _ in range(2))
+    hub.flags(1, [FlagUpdate(uid, SEEN, 20 + uid, True) for uid in range(1, 13)], origin=other)
+    hub.expunged(1, list(range(5, 13)), origin=other, body_ids=list(range(5, 13)))
+    return hub, view, list(view.update_slices(True))
+
+
+def test_others_big_change_is_told_in_slices_byte_identical(monkeypatch):
+    """An event of many changes from another session is applied in parts, between which other
+    sessions may run (`CommandBudget.share`): EXPUNGE numbers highest first, each part's
+    counting on the parts before it (RFC 3501 7.4.1), the same bytes as unsliced."""
+    _, _, whole = _big_change(monkeypatch, None)
+    hub, view, parts = _big_change(monkeypatch, 3)
+    expunges = [b"%d EXPUNGE" % seq for seq in range(12, 4, -1)]
+    fetches = [b"%d FETCH (UID %d FLAGS (\\Seen))" % (n, n) for n in range(1, 5)]
+    assert [line for part in whole for line in part] == expunges + fetches
+    assert parts == [[], [], [], [], expunges[:3], expunges[3:6], expunges[6:], fetches[:3],
+                     fetches[3:]]   # 12 flag changes folded, 8 expunges, 4 FETCH lines
+    assert view.uids == [1, 2, 3, 4] and view.pinned == {} and hub.pinned() == set()
+
+
+def test_expunge_during_a_pause_pins_what_the_view_still_shows(monkeypatch):
+    """While a view is between two parts, another expunge is published: the messages it still
+    shows keep their bodies (RFC 2180 4.1.1) until its next update sends the EXPUNGE."""
+    monkeypatch.setattr(view_module, "UPDATE_SLICE", 2)
+    hub = Hub()
+    view, other = (_subscribed(hub, [1, 2, 3, 4]) for _ in range(2))
+    hub.flags(1, [FlagUpdate(uid, SEEN, 10 + uid, True) for uid in (1, 2, 3, 4)], origin=other)
+    parts = view.update_slices(True)
+    assert next(parts) == []   # paused after two of the four changes
+    hub.expunged(1, [3], origin=other, body_ids=[3])
+    assert hub.garbage == set() and view.pinned == {3: 3}
+    assert [line for part in parts for line in part] == [
+        b"%d FETCH (UID %d FLAGS (\\Seen))" % (n, n) for n in (1, 2, 3, 4)]
+    assert view.updates(True) == [b"3 EXPUNGE"] and hub.garbage == {3}
+
+
+def test_no_pause_while_a_new_message_waits_to_be_announced(monkeypatch):
+    """A pause between the arrival of a message and its EXISTS would let an expunge of it be
+    published unpinned (the view does not show it yet): no part ends before the EXISTS."""
+    monkeypatch.setattr(view_module, "UPDATE_SLICE", 1)
+    hub = Hub()
+    view = _subscribed(hub, [1, 2])
+    view.notify(MailboxEvent(1, EventKind.APPEND, metas=(_meta(3, 5),)))
+    view.notify(MailboxEvent(1, EventKind.FLAGS, updates=((1, SEEN, 6), (2, SEEN, 7))))
+    parts = list(view.update_slices(True))
+    assert parts[0][:2] == [b"3 EXISTS", b"0 RECENT"]

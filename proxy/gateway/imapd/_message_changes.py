@@ -15,7 +15,6 @@ from ._args import Reply, compress, mailbox, parse_flags, uid_list, word
 from ._messages import is_uid, targets, writable
 from ._state import Trigger
 
-EXPUNGE_BATCH = 500   # expunged messages the session's view forgets per slice
 _STORE_MODES = {b"FLAGS": FlagMode.REPLACE, b"+FLAGS": FlagMode.ADD, b"-FLAGS": FlagMode.REMOVE}
 _MERGE = {FlagMode.REPLACE: lambda old, wanted: wanted, FlagMode.ADD: frozenset.union,
           FlagMode.REMOVE: frozenset.difference}   # what a STORE makes of flags the client knows
@@ -112,7 +111,7 @@ async def copy(session, cmd, move: bool = False):
         session.backend.hub.expunged(view.mailbox_id, moved, origin=view)
         if code:   # RFC 6851 4.3: COPYUID goes in an untagged OK before the EXPUNGEs
             session.emit(b"OK [" + code + b"] Moved UIDs.")
-        for batch in _batches(view, moved):
+        for batch in view.expunge_batches(moved):
             for line in view.expunge_lines(batch):   # or VANISHED (RFC 7162 3.2.10)
                 session.emit(line)
             await session.budget.share()   # committed: must finish, but not in one step
@@ -138,23 +137,12 @@ async def _expunge_deleted(session, only: set[int] | None, announce: bool) -> No
     bodies = [view.meta[uid].body_id for uid in gone if uid in view.meta]
     # the other sessions hear of it at once; this one's view forgets them in slices
     session.backend.hub.expunged(view.mailbox_id, gone, origin=view, body_ids=bodies)
-    for batch in _batches(view, gone):
+    for batch in view.expunge_batches(gone):
         # EXPUNGE, or VANISHED with QRESYNC (RFC 7162 3.2.10)
         for line in view.expunge_lines(batch):
             if announce:
                 session.emit(line)
         await session.budget.share()   # committed: must finish, but not in one step
-
-
-def _batches(view, gone: list[int]) -> list[list[int]]:
-    """`gone` in batches of EXPUNGE_BATCH, highest UIDs first: each batch's EXPUNGE lines
-    (highest first, RFC 3501 7.4.1) follow the previous batch's, numbered as if sent at once.
-    One VANISHED line (QRESYNC) or REMOVEFROM per context (RFC 5267 4.3.4) covers them all, so
-    then they are one batch."""
-    if view.qresync or view.contexts is not None:
-        return [gone]
-    ordered = sorted(gone, reverse=True)
-    return [ordered[start:start + EXPUNGE_BATCH] for start in range(0, len(ordered), EXPUNGE_BATCH)]
 
 
 async def expunge(session, cmd):

@@ -22,6 +22,10 @@ allows:
   the hub, RFC 2180 4.1.1), so FETCH and SEARCH answer for it as before. EXPUNGE numbers are
   computed against what the client knows, highest first, after any EXISTS of the same batch.
 
+An event of 10,000 changes reaches every view of the mailbox: `notify` only queues it (and pins
+with C-level loops), and `update_slices` applies it in parts between which other sessions run
+(the session's own commands wait: RFC 3501 7.4.1 holds across the parts).
+
 Live SEARCH/SORT results (RFC 5267, `contexts`, `_context.py`) are told of every message that
 arrives or changes flags here, and of expunges in `expunge_lines`, whose REMOVEFROM lines come
 first (4.3.4).
@@ -30,6 +34,8 @@ first (4.3.4).
 from __future__ import annotations
 
 import bisect
+import operator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import trio
@@ -43,6 +49,9 @@ from .hub import EventKind, Hub, MailboxEvent
 if TYPE_CHECKING:
     from ._context import Contexts
 
+_BODY_ID = operator.attrgetter("body_id")
+EXPUNGE_BATCH = 500   # expunged messages a view forgets per slice (its own or others' expunge)
+UPDATE_SLICE = 500    # others' flag changes a view applies, or tells, per slice
 
 class SelectedView:
     """Selected-state data of one session (see the module docstring)."""
@@ -88,11 +97,15 @@ class SelectedView:
         if not self.loaded:
             self.early_holds.update(uids)
             return
-        for uid in uids:
-            meta = self.meta.get(uid)
-            if meta is not None and uid not in self.pinned and self.hub is not None:
-                self.pinned[uid] = meta.body_id
-                self.hub.pin(meta.body_id)
+        if self.hub is None:
+            return
+        # this runs in the publisher's step, once per view: C-level loops only (an EXPUNGE
+        # of 10,000 messages, times the views of the mailbox)
+        shown = self.meta.keys() & uids
+        shown.difference_update(self.pinned)
+        bodies = dict(zip(shown, map(_BODY_ID, map(self.meta.__getitem__, shown)), strict=True))
+        self.pinned.update(bodies)
+        self.hub.pin_many(bodies.values())
 
     def load(self, snapshot: Snapshot) -> None:
         """The snapshot taken after subscribing; expunges already known pin their bodies.
@@ -212,13 +225,23 @@ class SelectedView:
 
     # ---- others' changes ---------------------------------------------------------------------
     def updates(self, allow_expunge: bool, recent: tuple[int, int] | None = None) -> list[bytes]:
-        """Apply pending events; the untagged responses (without CRLF) to send now. New UIDs in
-        the range `recent` were claimed as \\Recent for this session (`Hub.claim_recent`; UIDs
+        """All of `update_slices` at once."""
+        return [line for part in self.update_slices(allow_expunge, recent) for line in part]
+
+    def update_slices(self, allow_expunge: bool,
+                      recent: tuple[int, int] | None = None) -> Iterator[list[bytes]]:
+        """Apply pending events; yields the untagged responses (without CRLF) to send now, in
+        parts of about UPDATE_SLICE messages' work each (an event of 10,000 flag changes or
+        expunges). Between two parts the caller may let other sessions run, never a command of
+        this session: each part's EXPUNGE numbers count on the parts before it (RFC 3501
+        7.4.1). Events published meanwhile wait in `pending` for the next call. New UIDs in the
+        range `recent` were claimed as \\Recent for this session (`Hub.claim_recent`; UIDs
         that arrived while it was claiming are not in it)."""
         events, self.pending = self.pending, []
         self.wakeup = trio.Event()
         new: dict[int, MessageMeta] = {}
         changed: dict[int, None] = {}
+        work = 0
         for event in events:
             self.latencies.append(event.published)
             if event.kind is EventKind.APPEND:
@@ -228,6 +251,11 @@ class SelectedView:
             elif event.kind is EventKind.FLAGS:
                 for uid, flags, modseq in event.updates:
                     self._flag_event(uid, flags, modseq, new, changed)
+                    work += 1
+                    # no pause while a message waits in `new`: an expunge of it published
+                    # meanwhile would find it neither shown nor pinned (`hold`)
+                    if not work % UPDATE_SLICE and not new:
+                        yield []
             elif event.kind is EventKind.EXPUNGE:
                 for uid in event.uids:
                     self.early_flags.pop(uid, None)
@@ -251,16 +279,34 @@ class SelectedView:
             if not self.rev2:   # RFC 9051 E.5: IMAP4rev2 has no RECENT response
                 lines.append(b"%d RECENT" % len(self.recent))
         if allow_expunge and self.expunged:   # numbers against what the client knows now
-            lines += self.expunge_lines(set(self.expunged))
+            for batch in self.expunge_batches(self.expunged):
+                lines += self.expunge_lines(batch)
+                yield lines
+                lines = []
         present = [uid for uid in changed if uid in self.meta]
         if self.contexts is not None:
             self.contexts.flagged.update(present)
         lines += self.announce(self.meta[uid].flags for uid in present)
-        for uid in present:
+        for n, uid in enumerate(present, 1):
             seq = self.seq_of(uid)
             if seq is not None:
                 lines.append(self.fetch_flags_line(seq, uid))
-        return lines
+            if not n % UPDATE_SLICE:
+                yield lines
+                lines = []
+        if lines:
+            yield lines
+
+    def expunge_batches(self, gone) -> list[list[int]]:
+        """`gone` in batches of EXPUNGE_BATCH, highest UIDs first: each batch's EXPUNGE lines
+        (highest first, RFC 3501 7.4.1) follow the previous batch's, numbered as if sent at
+        once. One VANISHED line (QRESYNC) or REMOVEFROM per context (RFC 5267 4.3.4) covers
+        them all, so then they are one batch."""
+        if self.qresync or self.contexts is not None:
+            return [list(gone)]
+        ordered = sorted(gone, reverse=True)
+        return [ordered[start:start + EXPUNGE_BATCH]
+                for start in range(0, len(ordered), EXPUNGE_BATCH)]
 
     def _flag_event(self, uid: int, flags: frozenset[str], modseq: int,
                     new: dict[int, MessageMeta], changed: dict[int, None]) -> None:

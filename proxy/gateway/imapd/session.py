@@ -307,8 +307,10 @@ class ImapSession:
         top, recent = view.new_top(), None
         if top and not view.read_only and not view.rev2:   # \Recent for one session (3501 2.3.2)
             recent = (await self.backend.hub.claim_recent(self.store, view.mailbox_id, top), top)
-        for line in view.updates(allow_expunge, recent):
-            self.emit(line)
+        for part in view.update_slices(allow_expunge, recent):   # 10,000 changes: in slices
+            for line in part:
+                self.emit(line)
+            await self.budget.share()
         _observe_latency(self.backend.metrics, view)
         if view.gone:   # our mailbox was deleted or renamed by another session
             # Dovecot's words and behaviour (checked with 2.3.19, maildir): BYE, no tagged reply
