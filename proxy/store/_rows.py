@@ -70,6 +70,7 @@ class FlagMerge(NamedTuple):
     updated: list[FlagUpdate]   # every row that passed UNCHANGEDSINCE, with its new flags
     modified: list[int]         # UIDs that failed it (RFC 7162 3.1.3 MODIFIED)
     to_write: list[tuple[int, int]]   # (message id, index in `updated`) whose flags really change
+    failed: list[FlagUpdate]    # the rows that failed it, as stored (`changed` False)
 
     def stamped(self, modseq: int) -> list[tuple[str, int, int]]:
         """Give the changed entries of `updated` their new MODSEQ; (flags text, modseq, id) to write."""
@@ -82,11 +83,12 @@ def merge_flags(rows: Iterable[tuple[Any, ...]], wanted: frozenset[str], mode: F
                 unchanged_since: int | None) -> FlagMerge:
     """Apply a STORE to message rows (`MESSAGE_COLUMNS` order): with `unchanged_since` (RFC 7162
     3.1.3) a row whose MODSEQ is greater is left alone and listed in `modified`."""
-    merge = FlagMerge([], [], [])
+    merge = FlagMerge([], [], [], [])
     for row in rows:
         mid, uid, old, modseq = row[0], row[2], flags_set(row[5]), row[6]
         if unchanged_since is not None and modseq > unchanged_since:
             merge.modified.append(uid)
+            merge.failed.append(FlagUpdate(uid, old, modseq, False))
             continue
         new = (old | wanted if mode is FlagMode.ADD else
                old - wanted if mode is FlagMode.REMOVE else wanted)

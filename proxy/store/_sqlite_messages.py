@@ -203,7 +203,7 @@ class MessageOps(BodyOps):
                                      merge.stamped(modseq))
                 self._log(account_id, mailbox_id, modseq, ChangeKind.FLAGS,
                           [merge.updated[i].uid for _, i in merge.to_write])
-        return StoreFlagsResult(merge.updated, merge.modified)
+        return StoreFlagsResult(merge.updated, merge.modified, merge.failed)
 
     async def store_flags(self, mailbox_id: int, uids: Sequence[int], flags: Sequence[str],
                           mode: FlagMode, unchanged_since: int | None = None) -> StoreFlagsResult:

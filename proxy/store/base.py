@@ -49,7 +49,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, Sequence
 
 INBOX = "INBOX"
@@ -198,6 +198,9 @@ class Usage(NamedTuple):
 class StoreFlagsResult:
     updated: list[FlagUpdate]   # every listed message that exists and passed UNCHANGEDSINCE
     modified: list[int]         # RFC 7162 3.1.3 MODIFIED: failed the UNCHANGEDSINCE test
+    # those messages' flags and MODSEQ as stored: the change that failed the test may not have
+    # been published to the other sessions yet
+    failed: list[FlagUpdate] = field(default_factory=list)
 
 
 class Store(Protocol):

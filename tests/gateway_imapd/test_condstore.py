@@ -8,6 +8,8 @@ import socket
 
 import trio
 
+from proxy.gateway.imapd.hub import Hub
+
 from .conftest import message
 
 run = trio.to_thread.run_sync
@@ -137,3 +139,39 @@ async def test_condstore_store_unchangedsince_search_status_and_vanished(gateway
         other.close()
         q.close()
     await run(scenario)
+
+
+async def test_modified_tells_the_stored_modseq_before_the_change_is_published(gateway,
+                                                                               monkeypatch):
+    """RFC 7162 3.1.3, the stress mix's "[MODIFIED] but MODSEQ unchanged": session B's STORE
+    has committed but not yet published its change (on PostgreSQL B may hear of its COMMIT
+    after others already see it). Session A's STORE (UNCHANGEDSINCE) fails on it: A is told
+    the stored flags and MODSEQ with the [MODIFIED], so its NOOP and FETCH MODSEQ agree; B's
+    late publication is then no news to A."""
+    gateway.deliver(message(1))
+    held: list = []
+    publish = Hub.flags
+
+    def held_flags(self, mailbox_id, updates, origin=None):   # B's publication, held
+        held.append((self, mailbox_id, list(updates), origin))
+
+    def before(a, b):
+        lines, _ = a.cmd("SELECT INBOX (CONDSTORE)")
+        b.cmd("SELECT INBOX")
+        return _highest(lines)
+
+    a, b = await run(lambda: [Raw(gateway.port, gateway.user, gateway.password) for _ in 'ab'])
+    start = await run(before, a, b)
+    monkeypatch.setattr(Hub, "flags", held_flags)
+    assert (await run(b.cmd, "STORE 1 +FLAGS (\\Seen)"))[1] == b"t3 OK STORE completed."
+    monkeypatch.setattr(Hub, "flags", publish)
+    assert len(held) == 1
+    lines, done = await run(a.cmd, f"UID STORE 1 (UNCHANGEDSINCE {start}) +FLAGS (\\Flagged)")
+    assert done == b"t3 OK [MODIFIED 1] Conditional STORE failed for some messages."
+    assert lines == [b"* 1 FETCH (UID 1 FLAGS (\\Recent \\Seen) MODSEQ (%d))" % (start + 1)]
+    assert await run(a.cmd, "NOOP") == ([], b"t4 OK NOOP completed.")
+    assert await run(a.cmd, "UID FETCH 1 (MODSEQ)") == (
+        [b"* 1 FETCH (UID 1 MODSEQ (%d))" % (start + 1)], b"t5 OK UID FETCH completed.")
+    publish(*held[0])   # B's change reaches A's view late: already told, nothing new
+    assert await run(a.cmd, "NOOP") == ([], b"t6 OK NOOP completed.")
+    await run(lambda: (a.close(), b.close()))

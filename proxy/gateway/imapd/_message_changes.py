@@ -65,11 +65,28 @@ async def store(session, cmd):
             session.emit(view.fetch_flags_line(seq, update.uid, with_uid=uid))
         elif view.condstore and update.modseq > before.modseq:   # RFC 7162 3.1.3: MODSEQ
             session.emit(b"%d FETCH (UID %d MODSEQ (%d))" % (seq, update.uid, update.modseq))
+    _tell_failed(session, view, result.failed)
     if result.modified:   # 3.1.3: MODIFIED lists what failed UNCHANGEDSINCE
         failed = sorted(result.modified if uid else
                         [view.seq_of(u) for u in result.modified if view.seq_of(u) is not None])
         return b"MODIFIED " + compress(failed), "Conditional STORE failed for some messages."
     return None
+
+
+def _tell_failed(session, view, failed) -> None:
+    """RFC 7162 3.1.3: a message in MODIFIED has a MODSEQ above the client's. The change that
+    raised it may not have reached this view yet (another session publishes it just after its
+    commit, and a PostgreSQL commit is seen by others before its author hears of it): the
+    stored flags and MODSEQ, read with the test, are told now, or a FETCH MODSEQ right after
+    [MODIFIED] could still answer the old one. The change's own event is then no news."""
+    newer = [f for f in failed if f.uid in view.meta and f.modseq > view.meta[f.uid].modseq]
+    for line in view.announce(f.flags for f in newer):   # RFC 3501 7.2.6: FLAGS first
+        session.emit(line)
+    for update in newer:
+        view.set_flags(update.uid, update.flags, update.modseq)
+        seq = view.seq_of(update.uid)
+        if seq is not None:
+            session.emit(view.fetch_flags_line(seq, update.uid))
 
 
 # ---- COPY, MOVE ----------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The gateway's side of a stress run's trace (MAILPROXY_STRESS_TRACE=DIR, in-process gateways
 only): what the hub published to which views, what each view loaded at SELECT and what each of
-its updates sent, and which view served which command tag (the tester's tags name its session:
-`s4t527` is session 4). Lines carry `time.monotonic()` stamps, as the tester's own traces do, so
-the two can be merged by time to find an interleaving.
+its updates sent (part by part), which view served which command tag (the tester's tags name
+its session: `s4t527` is session 4) and how each session ended. Lines carry
+`time.monotonic()` stamps, as the tester's own traces do, so the two can be merged by time to
+find an interleaving.
 
 It wraps a few methods of `Hub`, `SelectedView` and `ImapSession` for the duration of a test
 (pytest's monkeypatch); the gateway's code has no tracing of its own.
@@ -52,7 +53,8 @@ class ServerTrace:
 
     def install(self, monkeypatch) -> None:
         note = self.note
-        send, load, updates = hub.Hub._send, _view.SelectedView.load, _view.SelectedView.updates
+        send, load = hub.Hub._send, _view.SelectedView.load
+        updates = _view.SelectedView.update_slices
         execute, close = session.ImapSession._execute, _view.SelectedView.close
 
         def traced_send(self, event):
@@ -70,12 +72,12 @@ class ServerTrace:
 
         def traced_updates(self, allow_expunge, recent=None):
             pending = [_event(e) for e in self.pending]
-            lines = updates(self, allow_expunge, recent)
-            if pending or lines:
-                note(f"view={id(self)} updates allow_expunge={allow_expunge} pending={pending} "
-                     f"sent={[line[:80] for line in lines]} exists={self.exists} "
-                     f"held={_short(self.expunged)}")
-            return lines
+            for n, lines in enumerate(updates(self, allow_expunge, recent)):
+                note(f"view={id(self)} updates part={n} allow_expunge={allow_expunge} "
+                     f"pending={pending} sent={[line[:80] for line in lines]} "
+                     f"exists={self.exists} held={_short(self.expunged)}")
+                pending = []
+                yield lines
 
         def traced_close(self):
             note(f"view={id(self)} close mb={self.mailbox_id} n={self.exists}")
@@ -90,8 +92,21 @@ class ServerTrace:
                 note(f"done {cmd.tag.decode('ascii', 'replace')} "
                      f"view={id(self.view) if self.view is not None else None}")
 
+        run = session.ImapSession.run
+
+        async def traced_run(self):   # how each session ended (a reason, or what escaped)
+            try:
+                unauthenticated = await run(self)
+            except BaseException as exc:
+                note(f"session end raised {exc!r}")
+                raise
+            note(f"session end reason={getattr(self.session, 'close_reason', None)} "
+                 f"unauthenticated={unauthenticated}")
+            return unauthenticated
+
+        monkeypatch.setattr(session.ImapSession, "run", traced_run)
         monkeypatch.setattr(hub.Hub, "_send", traced_send)
         monkeypatch.setattr(_view.SelectedView, "load", traced_load)
-        monkeypatch.setattr(_view.SelectedView, "updates", traced_updates)
+        monkeypatch.setattr(_view.SelectedView, "update_slices", traced_updates)
         monkeypatch.setattr(_view.SelectedView, "close", traced_close)
         monkeypatch.setattr(session.ImapSession, "_execute", traced_execute)
