@@ -18,8 +18,13 @@ With --sample, a thread in the server samples the loop thread's stack every mill
 the stacks of every step that held the loop for more than 20 ms of CPU go to stderr: where the
 long steps are (this is how the slow steps of STORE, EXPUNGE, SORT and UIDL were found).
 
+With --watchers N, N more sessions of the heavy user sit in IDLE on the mailbox it copies into,
+flags and expunges: they apply its 10,000-message events, and their steps count in the ticker's
+figures of each command.
+
 Run: .venv/bin/python bench/gateway_fairness.py [--messages 10000] [--light 4] [--rounds 2]
                     [--idle-seconds 10] [--append-mb 50] [--sample] [--base f1e0b87]
+                    [--watchers 4]
 """
 
 from __future__ import annotations
@@ -254,6 +259,31 @@ def heavy_client(port: int, user: str, password: str, append_mb: int = 0) -> Non
     client.logout()
 
 
+def watcher_client(port: int, user: str, password: str, _append_mb: int = 0) -> None:
+    """Another session of the heavy user: SELECT Copies (the mailbox the heavy user fills,
+    flags and expunges), then IDLE, reading every push, until stdin closes; prints
+    {"lines": n}: the other sessions that apply its 10,000-message events."""
+    client = _login(port, user, password)
+    client.create("Copies")   # NO if the heavy user made it first
+    assert client.select("Copies")[0] == "OK"
+    client.send(b"w1 IDLE\r\n")
+    assert client.readline().startswith(b"+")
+    lines = [0]
+
+    def read() -> None:
+        while not client.readline().startswith(b"w1 "):
+            lines[0] += 1
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    print("ready", flush=True)
+    sys.stdin.read()
+    client.send(b"DONE\r\n")
+    reader.join()
+    client.logout()
+    print(json.dumps({"lines": lines[0]}), flush=True)
+
+
 # -- the driver ----------------------------------------------------------------------------------------
 
 def export(rev: str) -> pathlib.Path:
@@ -334,7 +364,7 @@ def fill(server: Server, user: str, password: str, count: int) -> None:
 
 
 def phase(server: Server, heavy: bool, lights: list, heavy_user, idle_seconds: float,
-          append_mb: int = 0) -> dict:
+          append_mb: int = 0, watchers: int = 0) -> dict:
     server.stalls()   # reset
     pid = server.proc.pid
     procs = [client("light", server.port, *user) for user in lights]
@@ -344,7 +374,7 @@ def phase(server: Server, heavy: bool, lights: list, heavy_user, idle_seconds: f
         cpu = cpu_seconds(pid)
         started = time.perf_counter()
         if heavy:
-            commands, per_command = heavy_run(server, heavy_user, append_mb)
+            commands, per_command = heavy_run(server, heavy_user, append_mb, watchers)
         else:
             per_command = {}
             time.sleep(idle_seconds)
@@ -367,9 +397,13 @@ def phase(server: Server, heavy: bool, lights: list, heavy_user, idle_seconds: f
             "seconds": elapsed, "per_command": per_command}
 
 
-def heavy_run(server: Server, user, append_mb: int) -> tuple[dict, dict]:
-    """Run the heavy client; after each of its commands read the ticker (so each command gets
+def heavy_run(server: Server, user, append_mb: int, watchers: int = 0) -> tuple[dict, dict]:
+    """Run the heavy client, with `watchers` other sessions of its account in IDLE on the
+    mailbox it changes; after each of its commands read the ticker (so each command gets
     the stalls of its own run). Returns ({command: seconds}, {command: ticker figures})."""
+    others = [client("watcher", server.port, *user) for _ in range(watchers)]
+    for other in others:
+        assert other.stdout.readline().strip() == "ready"
     proc = client("heavy", server.port, *user, append_mb)
     commands: dict[str, float] = {}
     per_command: dict[str, dict] = {}
@@ -388,6 +422,12 @@ def heavy_run(server: Server, user, append_mb: int) -> tuple[dict, dict]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        for other in others:   # EOF on stdin: DONE, LOGOUT
+            if other.stdin is not None:
+                other.stdin.close()
+                other.stdin = None
+        for other in others:
+            finish(other, 120)
     return commands, per_command
 
 
@@ -407,12 +447,16 @@ def main() -> None:
                         help="also run this tree with the collector set up after start-up "
                              "(repeatable; rounds interleaved): 'freeze' (gc.freeze()), "
                              "'T0,T1,T2' (gc.set_threshold), or 'freeze:T0,T1,T2'")
+    parser.add_argument("--watchers", type=int, default=0,
+                        help="other sessions of the heavy user in IDLE on the mailbox it fills, "
+                             "flags and expunges (they apply its 10,000-message events)")
     parser.add_argument("--client", help=argparse.SUPPRESS)   # JSON [mode, port, user, password]
     args = parser.parse_args()
     if args.client:
         mode, port, user, password, append_mb = json.loads(args.client)
-        if mode == "light":
-            light_client(int(port), user, password)
+        run = {"light": light_client, "watcher": watcher_client}.get(mode)
+        if run is not None:
+            run(int(port), user, password)
         else:
             heavy_client(int(port), user, password, append_mb)
         return
@@ -445,7 +489,7 @@ def main() -> None:
             for label, server in servers.items():
                 for heavy in (False, True):
                     result = phase(server, heavy, lights, heavy_user, args.idle_seconds,
-                                   args.append_mb)
+                                   args.append_mb, args.watchers)
                     results.setdefault((label, "heavy" if heavy else "idle"), []).append(result)
                     print(f"round {round_no + 1} {label} {'heavy' if heavy else 'idle'}: "
                           f"late max {result['stalls']['max'] * 1000:.0f} ms, busy max "

@@ -12,8 +12,9 @@ elsewhere, COPY/MOVE, QRESYNC reconnects, UNCHANGEDSINCE, ingest mid-run). It is
 now, not the default. Against the gateway it found two causes of a session left with a message the
 store no longer has, both fixed with forced-interleaving tests (test_view_units.py): a message
 expunged before the hub announced its arrival, and a message a session expunged itself before
-that announcement reached it (it came back). A `[MODIFIED]` whose MODSEQ had not moved was seen
-once in 73 runs of the fourth session and not since; it is open (issue 17's closing notes). CI
+that announcement reached it (it came back). A `[MODIFIED]` whose MODSEQ had not moved (seen
+once in 73 runs of the fourth session) is explained and fixed with a forced-interleaving test
+(test_condstore.py): the change that failed the STORE was committed but not yet published. CI
 must not depend on luck. Dovecot passes it."""
 
 from __future__ import annotations
