@@ -257,3 +257,21 @@ def test_workers_out_of_range(workers: str) -> None:
     text = BASE.replace("adress", "address").replace(", imapp: 3", "").replace("fulll", "full")
     text = text.replace("shutdown_timeout: soon", f"workers: {workers}")
     assert errors_of(text) == ["line 9: workers: expected 1 to 256 processes, or auto (one per CPU)"]
+
+
+def test_gateway_thread_limits_out_of_range() -> None:
+    config = """\
+listeners:
+  - {name: gw, protocol: imap, mode: gateway, address: "127.0.0.1:9100"}
+upstreams:
+  main: {host: 127.0.0.1, imap: {port: 143}, pop3: {port: 110}}
+routes: [{match: "*", upstream: main}]
+gateway: {store: gw.db, limits: {command_threads: 0, ingest_threads: 65}}
+"""
+    assert errors_of(config) == [
+        "line 6: gateway.limits.command_threads: expected 1 to 64 threads",
+        "line 6: gateway.limits.ingest_threads: expected 1 to 64 threads",
+    ]
+    loaded = config_mod.loads(config.replace("0, ingest_threads: 65", "8, ingest_threads: 3"))
+    assert loaded.gateway is not None
+    assert (loaded.gateway.limits.command_threads, loaded.gateway.limits.ingest_threads) == (8, 3)

@@ -37,6 +37,8 @@ class GatewayLimits:
     command_budget: Duration = 60.0       # a command running longer answers NO [LIMIT]
     sequence_set_ranges: StrictInt = 100000   # distinct ranges in one sequence set, else BAD
     search_updates: StrictInt = 10        # live SEARCH/SORT RETURN (UPDATE) per session (RFC 5267)
+    command_threads: StrictInt = 4        # worker threads for commands' CPU work (gateway/workers.py)
+    ingest_threads: StrictInt = 2         # worker threads for new mail's analysis and listings
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,10 @@ def check_gateway(gateway: Gateway | None) -> list[Problem]:
         errors.append((("gateway", "limits", "mime_max_header_bytes"), "expected at least 1KB"))
     if limits.search_updates < 1:   # RFC 5267 4.3.1: at least one updating context per client
         errors.append((("gateway", "limits", "search_updates"), "expected at least 1"))
+    for key, threads in (("command_threads", limits.command_threads),
+                         ("ingest_threads", limits.ingest_threads)):
+        if not 1 <= threads <= 64:
+            errors.append((("gateway", "limits", key), "expected 1 to 64 threads"))
     for key, value in (("storage", gateway.quota.storage), ("messages", gateway.quota.messages)):
         if value is not None and value < 1:
             errors.append((("gateway", "quota", key), "expected at least 1"))

@@ -85,7 +85,8 @@ class AccountFetcher:
         try:
             sasl = await self._sasl()
             result = await sync_account(service.config, service.store, self.upstream, self.user,
-                                        self.password, locks=service.sync_locks, sasl=sasl)
+                                        self.password, locks=service.sync_locks, sasl=sasl,
+                                        workers=service.mime.workers)
             self.last_success = time.time()
             metrics.gateway_syncs.labels("ok").inc()
             metrics.gateway_sync_duration.observe(result.duration)

@@ -50,6 +50,7 @@ from ._parts import MimeLimits
 from .pop3_client import Pop3Client
 from .pop3_listing import internaldate, parse_list_listing, parse_uidl_listing, parsed
 from .quota import IngestGate, over
+from .workers import Workers
 
 __all__ = ["SyncResult", "sync_account", "AccountLocks", "internaldate",
            "parse_uidl_listing", "parse_list_listing"]
@@ -98,9 +99,10 @@ class _Ingest:
     bounded by two batches)."""
 
     def __init__(self, store: Store, account_id: int, progress: ProgressCallback | None, total: int,
-                 channel: trio.MemorySendChannel, limits: MimeLimits, gate: IngestGate | None):
+                 channel: trio.MemorySendChannel, limits: MimeLimits, gate: IngestGate | None,
+                 workers: Workers):
         self.store, self.account_id, self.progress, self.total = store, account_id, progress, total
-        self.limits, self.gate = limits, gate
+        self.limits, self.gate, self.workers = limits, gate, workers
         self.over_quota = 0
         self.channel = channel
         self.items: list[tuple[str, bytes]] = []   # (uidl, body): analysed off the trio thread
@@ -134,7 +136,7 @@ class _Ingest:
                 # (issue 17) once, at ingest, off the trio thread, each bounded by `limits`;
                 # shielded so a batch already received is committed, as before the analysis
                 with trio.CancelScope(shield=True):
-                    items = await trio.to_thread.run_sync(analysed, batch, self.limits)
+                    items = await self.workers.ingested(analysed, batch, self.limits)
                     uids = await self.store.ingest_many(self.account_id, items)
                 for item, uid in zip(items, uids, strict=True):
                     if uid is not None:
@@ -164,11 +166,11 @@ def _unwrap(group: BaseExceptionGroup) -> BaseException:
 async def _fetch(client: Pop3Client, store: Store, account_id: int,
                  wanted: list[tuple[int, str | None]], known: set[str],
                  progress: ProgressCallback | None, limits: MimeLimits,
-                 gate: IngestGate | None) -> tuple[_Ingest, dict[str, int]]:
+                 gate: IngestGate | None, workers: Workers) -> tuple[_Ingest, dict[str, int]]:
     """RETR and commit `wanted`. On an UpstreamError the complete bodies already received are
     committed before it propagates; a cancelled sync loses at most the uncommitted batches."""
     send, receive = trio.open_memory_channel(0)
-    ingest = _Ingest(store, account_id, progress, len(wanted), send, limits, gate)
+    ingest = _Ingest(store, account_id, progress, len(wanted), send, limits, gate, workers)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ingest.commit_loop, receive)
@@ -182,18 +184,19 @@ async def _fetch(client: Pop3Client, store: Store, account_id: int,
     return ingest, digests
 
 
-async def _listing(client: Pop3Client, uidl: bytes | None) -> list[tuple[int, str | None]]:
+async def _listing(client: Pop3Client, uidl: bytes | None,
+                   workers: Workers) -> list[tuple[int, str | None]]:
     """[(message number, UIDL or None)] from the UIDL listing, or (None: the server has no
     UIDL) from LIST."""
     if uidl is not None:
-        return list(await parsed(parse_uidl_listing, uidl))
+        return list(await parsed(parse_uidl_listing, uidl, workers))
     logs.event("gateway_fetch_no_uidl", logging.WARNING,
                note="upstream refused UIDL: de-duplicating by sha256 of each message, "
                     "every message is downloaded on every sync")
     listing = await client.multiline(b"LIST")
     if listing is None:
         raise UpstreamError(Failure.UPSTREAM, "LIST refused")
-    return [(number, None) for number in await parsed(parse_list_listing, listing)]
+    return [(number, None) for number in await parsed(parse_list_listing, listing, workers)]
 
 
 async def _retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ingest: _Ingest,
@@ -282,7 +285,8 @@ async def _retention(client: Pop3Client, store: Store, account_id: int, seconds:
 
 async def _sync_listing(client: Pop3Client, config: Config, store: Store, account_id: int,
                         listing: list[tuple[int, str | None]], has_uidl: bool,
-                        progress: ProgressCallback | None, who: str) -> tuple[int, int, int, int]:
+                        progress: ProgressCallback | None, who: str,
+                        workers: Workers) -> tuple[int, int, int, int]:
     """Fetch what `listing` has and the store does not, then retention and QUIT: (messages
     stored, their bytes, messages left upstream over quota, DELEs that took effect)."""
     known = await store.known_uidls(account_id)
@@ -292,7 +296,7 @@ async def _sync_listing(client: Pop3Client, config: Config, store: Store, accoun
     if left:   # already full: no RETR at all, it would be thrown away
         wanted = []
     ingest, digests = await _fetch(client, store, account_id, wanted, known, progress,
-                                   mime_limits(config), gate)
+                                   mime_limits(config), gate, workers)
     ingest.over_quota += len(left)
     present = {u: n for n, u in listing if u is not None} if has_uidl else digests
     retention = config.gateway.retention_seconds if config.gateway else None
@@ -303,13 +307,16 @@ async def _sync_listing(client: Pop3Client, config: Config, store: Store, accoun
 async def sync_account(config: Config, store: Store, upstream_name: str, user: str, password: str,
                        *, progress: ProgressCallback | None = None,
                        locks: AccountLocks | None = None,
-                       sasl: tuple[str, bytes] | None = None) -> SyncResult:
+                       sasl: tuple[str, bytes] | None = None,
+                       workers: Workers | None = None) -> SyncResult:
     """Fetch new messages of `user` from the POP3 side of `upstream_name` into `store`.
     With `sasl` (mechanism, message: an OAuth2-brokered upstream) the login is that SASL
     exchange instead of `password`.
 
     Args:
         progress: called as `progress(done, total, bytes)` while messages arrive.
+        workers: the gateway's worker threads (`workers.py`; the service's, shared by every
+            account); None: threads of this sync's own.
 
     Returns:
         What this sync did.
@@ -332,6 +339,7 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
     retention = config.gateway.retention_seconds if config.gateway else None
     who = log_user(config.logging, user)
     locks = locks or AccountLocks()
+    workers = workers if workers is not None else Workers.build()
     async with locks.lock(upstream_name, user), store.fetch_lease(upstream_name, user) as mine:
         started = time.monotonic()
         if not mine:
@@ -356,9 +364,9 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
                 new = stored = over_quota = deleted = 0
             else:
                 locks.settled.pop((upstream_name, user), None)
-                listing = await _listing(client, uidl)
+                listing = await _listing(client, uidl, workers)
                 new, stored, over_quota, deleted = await _sync_listing(
-                    client, config, store, account.id, listing, has_uidl, progress, who)
+                    client, config, store, account.id, listing, has_uidl, progress, who, workers)
                 if settled is not None and not over_quota:
                     locks.settled[(upstream_name, user)] = settled
         except UpstreamError as exc:

@@ -10,12 +10,11 @@ import email.utils
 import re
 from typing import Any, Callable, TypeVar
 
-import trio
-
 from .. import logs
 from ..session.failures import Failure
 from ..session.upstream import UpstreamError
 from ._parts import DEFAULT_LIMITS
+from .workers import Workers
 
 __all__ = ["internaldate", "parse_uidl_listing", "parse_list_listing", "parsed"]
 
@@ -92,9 +91,10 @@ def parse_list_listing(listing: bytes) -> list[int]:
 T = TypeVar("T")
 
 
-async def parsed(parse: Callable[[bytes], T], listing: bytes) -> T:
+async def parsed(parse: Callable[[bytes], T], listing: bytes, workers: Workers) -> T:
     """`parse(listing)`; a listing of many messages (~2,000 and more) is parsed in a worker
-    thread: one account's 100,000-message mailbox must not hold the event loop (DESIGN.md)."""
+    thread (`workers.ingest`): one account's 100,000-message mailbox must not hold the event
+    loop (DESIGN.md)."""
     if len(listing) > LISTING_IN_THREAD:
-        return await trio.to_thread.run_sync(parse, listing)
+        return await workers.ingested(parse, listing)
     return parse(listing)

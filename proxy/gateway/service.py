@@ -68,6 +68,7 @@ from .auth import Authenticator
 from .fetcher import AccountLocks, mime_limits
 from .imapd import CAPABILITIES, Backend, BodyCache, Hub, ImapSession, MimeCache
 from .users import canonical_user
+from .workers import Workers
 
 # COMPRESS only once logged in (as Dovecot): the pre-login front does not compress (RFC 4978).
 PRELOGIN_CAPABILITIES = tuple(c for c in CAPABILITIES if c != b"COMPRESS=DEFLATE")
@@ -84,7 +85,9 @@ class GatewayService:
         self.oauth2 = oauth2 if oauth2 is not None else Brokers(metrics)
         self.settings: Gateway = config.gateway
         self.auth = Authenticator(self.settings.auth_cache_ttl)
-        self.mime = MimeCache(BodyCache(), limits=mime_limits(config))
+        limits = self.settings.limits
+        self.mime = MimeCache(BodyCache(), limits=mime_limits(config),
+                              workers=Workers.build(limits.command_threads, limits.ingest_threads))
         self._backends: dict[int, Backend] = {}
         self._fetchers: dict[tuple[str, str], AccountFetcher] = {}
         self.sync_locks = AccountLocks()

@@ -9,6 +9,7 @@ import pytest
 
 from proxy.gateway import pop3_listing
 from proxy.gateway.pop3_listing import parse_list_listing, parse_uidl_listing, parsed
+from proxy.gateway.workers import Workers
 from proxy.session.failures import Failure
 from proxy.session.upstream import UpstreamError
 
@@ -59,6 +60,7 @@ async def test_big_listing_is_parsed_in_a_worker_thread():
     small = b"".join(b"%d id-%d\r\n" % (n, n) for n in range(1, 11))
     big = b"".join(b"%d id-%d\r\n" % (n, n) for n in range(1, 10_001))
     assert len(small) <= pop3_listing.LISTING_IN_THREAD < len(big)
-    assert await parsed(parse, small) == [(n, f"id-{n}") for n in range(1, 11)]
-    assert await parsed(parse, big) == [(n, f"id-{n}") for n in range(1, 10_001)]
+    workers = Workers.build()
+    assert await parsed(parse, small, workers) == [(n, f"id-{n}") for n in range(1, 11)]
+    assert await parsed(parse, big, workers) == [(n, f"id-{n}") for n in range(1, 10_001)]
     assert seen[0] == loop_thread and seen[1] != loop_thread

@@ -92,8 +92,9 @@ async def append(session, cmd):
     if any(not body for _, _, body in messages):
         raise Reply.no("Cannot append an empty message.")
     await quota.check(session, sum(len(body) for _, _, body in messages), len(messages))
-    limits = session.backend.mime.limits
-    items = [AppendItem(body, flags, when, *await analyze(body, limits))   # analysed once, here
+    mime = session.backend.mime
+    items = [AppendItem(body, flags, when, *await analyze(body, mime.limits, mime.workers))  # once
+
              for flags, when, body in messages]
     if len(items) == 1:
         item = items[0]

@@ -10,12 +10,11 @@ messages before it are answered, as Dovecot does.
 
 from __future__ import annotations
 
-import trio
-
 from .._parts import DEFAULT_LIMITS
 from ..binary import BinaryError, Decoded, binary_section
 from ..mime import Part, table_to_parts
 from ..sections import fetch_section, find_part, split_section, text_part
+from ..workers import Workers
 from ._caches import ANALYZE_IN_THREAD
 
 Result = Decoded | BinaryError
@@ -28,7 +27,7 @@ def wanted(items) -> list[Wanted]:
                               for item in items if item.binary))
 
 
-async def decode_chunk(wanted: list[Wanted], infos, raws, *,
+async def decode_chunk(wanted: list[Wanted], infos, raws, workers: Workers, *,
                        max_header_bytes: int = DEFAULT_LIMITS.max_header_bytes,
                        ) -> list[dict[Wanted, Result] | None]:
     """Per message: (section, size) -> decoded bytes or the error (None: the message is gone).
@@ -38,7 +37,7 @@ async def decode_chunk(wanted: list[Wanted], infos, raws, *,
     work = lambda: [_decode(wanted, info, raw, max_header_bytes)  # noqa: E731
                     for info, raw in zip(infos, raws, strict=True)]
     if sum(len(raw) for raw in raws if raw is not None) > ANALYZE_IN_THREAD:
-        return await trio.to_thread.run_sync(work)
+        return await workers.command(work)
     return work()
 
 

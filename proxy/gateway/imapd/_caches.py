@@ -32,6 +32,7 @@ from .. import mime
 from ..analysis import analyze_for_store
 from ..analysis import decode as _decode
 from ..sortkeys import SortFields, decode, encode, extract, extract_record
+from ..workers import Workers
 
 ANALYZE_IN_THREAD = 256 * 1024      # bodies (or batches) this big are analysed off the trio thread
 SORT_FIELD_ENTRIES = 100_000   # cached messages' sort fields, all accounts (about 50 MB at most)
@@ -42,17 +43,18 @@ ANSWERS_BYTES = 16 * 1024 * 1024   # cached SORT/THREAD answers and their keys, 
 PREVIEW_ENTRIES = 50_000       # cached PREVIEW texts, all accounts (at most 200 characters each)
 
 
-async def analyze(raw: bytes, limits: mime.MimeLimits = mime.DEFAULT_LIMITS) -> tuple[bytes, bytes]:
-    """A new body's cache blob and sort-fields record (off the trio thread when it is big)."""
+async def analyze(raw: bytes, limits: mime.MimeLimits, workers: Workers) -> tuple[bytes, bytes]:
+    """A new body's cache blob and sort-fields record (in a `workers.commands` thread when it
+    is big)."""
     if len(raw) > ANALYZE_IN_THREAD:
-        return await trio.to_thread.run_sync(_analyze, raw, limits)
+        return await workers.command(_analyze, raw, limits)
     return _analyze(raw, limits)
 
 
-async def _off_loop_if_big(work, size: int):
+async def _off_loop_if_big(workers: Workers, work, size: int):
     """`work()`, in a worker thread when it handles more than ANALYZE_IN_THREAD bytes: JSON
     of a big cache blob (a 10 MB header, the bound) is a C call that holds the event loop."""
-    return await trio.to_thread.run_sync(work) if size > ANALYZE_IN_THREAD else work()
+    return await workers.command(work) if size > ANALYZE_IN_THREAD else work()
 
 
 def _analyze(raw: bytes, limits: mime.MimeLimits) -> tuple[bytes, bytes]:
@@ -113,8 +115,10 @@ class SortFieldCache:
     its header parsed in a worker thread and its record written back, so that happens once."""
 
     def __init__(self, bodies: BodyCache, entries: int = SORT_FIELD_ENTRIES,
-                 max_header_bytes: int = mime.DEFAULT_LIMITS.max_header_bytes):
+                 max_header_bytes: int = mime.DEFAULT_LIMITS.max_header_bytes,
+                 workers: Workers | None = None):
         self.bodies, self.max_header_bytes = bodies, max_header_bytes
+        self.workers = workers if workers is not None else Workers.build()
         self._lru = _Lru(entries)
 
     async def fields(self, store, metas: Sequence[MessageMeta]) -> list[SortFields | None]:
@@ -149,8 +153,8 @@ class SortFieldCache:
             part = todo[start:start + SORT_FIELD_CHUNK]
             raws = await self.bodies.get_many(store, [metas[i] for i in part])
             present = [(i, raw) for i, raw in zip(part, raws, strict=True) if raw is not None]
-            found = await trio.to_thread.run_sync(_extract_all, [raw for _, raw in present],
-                                                 self.max_header_bytes)
+            found = await self.workers.command(_extract_all, [raw for _, raw in present],
+                                               self.max_header_bytes)
             for (i, _), (value, _) in zip(present, found, strict=True):
                 out[i] = value
                 self._lru.put(metas[i].body_id, value)
@@ -187,11 +191,14 @@ class MimeCache:
 
     def __init__(self, bodies: BodyCache, entries: int = 100_000,
                  text_budget: int = 64 * 1024 * 1024,
-                 limits: mime.MimeLimits = mime.DEFAULT_LIMITS):
+                 limits: mime.MimeLimits = mime.DEFAULT_LIMITS, workers: Workers | None = None):
         self.bodies, self.limits = bodies, limits
+        # the gateway's worker threads (workers.py), shared by every account like this cache
+        self.workers = workers if workers is not None else Workers.build()
         # process-wide like this cache (body ids are unique in the store): its bound holds
         # however many accounts sort
-        self.sort_fields = SortFieldCache(bodies, max_header_bytes=limits.max_header_bytes)
+        self.sort_fields = SortFieldCache(bodies, max_header_bytes=limits.max_header_bytes,
+                                          workers=self.workers)
         self.answers = AnswerCache()
         self.previews = _Lru(PREVIEW_ENTRIES)   # FETCH PREVIEW text by body id (_preview.py)
         self._infos = _Lru(entries)
@@ -233,7 +240,7 @@ class MimeCache:
         blobs = await store.caches(unique)
         texts: dict[int, tuple[str, str]] = {}
         stale = []
-        decoded = await _off_loop_if_big(lambda: [_decode(b) for b in blobs],
+        decoded = await _off_loop_if_big(self.workers, lambda: [_decode(b) for b in blobs],
                                          sum(len(b or b"") for b in blobs))
         for meta, data in zip(unique, decoded, strict=True):
             if data is None:
@@ -244,6 +251,7 @@ class MimeCache:
             raws = await self.bodies.get_many(store, stale)
             present = [(m, r) for m, r in zip(stale, raws, strict=True) if r is not None]
             analysed = await _off_loop_if_big(
+                self.workers,
                 lambda: [(blob := analyze_for_store(r, self.limits), json.loads(blob))
                          for _, r in present], sum(len(r) for _, r in present))
             await store.set_caches([(m, b) for (m, _), (b, _) in zip(present, analysed, strict=True)])

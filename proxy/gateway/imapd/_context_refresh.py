@@ -56,7 +56,8 @@ async def refresh(session) -> None:
                          for i in await items_of(session, seqs, True, context.need_size)]
                 if len(items) > MERGE_AT:   # many arrivals at once (a sync): one sort
                     kept = [i for i in context.order if i.seq not in removed]
-                    merged = await off_loop(partial(sort_items, program=context.program),
+                    merged = await off_loop(session.backend.mime.workers,
+                                            partial(sort_items, program=context.program),
                                             kept + items)
         except Reply:   # past the budget (NO [LIMIT]): this context stops updating
             session.emit(contexts.drop(context))

@@ -108,7 +108,7 @@ async def fetch(session, cmd):
                 infos = [mime.peek(m) for m in metas]
         else:
             raws = [None] * len(metas)
-        binaries = await _binary.decode_chunk(binary_sections, infos, raws,
+        binaries = await _binary.decode_chunk(binary_sections, infos, raws, mime.workers,
                                               max_header_bytes=mime.limits.max_header_bytes)
         previews = await _preview.previews(mime, metas, infos, raws, wants_preview)
         return chunk, metas, infos, raws, binaries, previews
@@ -263,7 +263,7 @@ async def find(session, key: SearchKey, among: list[int] | None = None,
                 size=info.size if info is not None else meta.size, raw=raw, texts=text,
                 max_header_bytes=mime.limits.max_header_bytes))
         if need_raw:   # HEADER, SENT*: each message parsed; off the event loop (DESIGN.md)
-            found += await trio.to_thread.run_sync(_match, key, msgs, view.exists, view.max_uid)
+            found += await mime.workers.command(_match, key, msgs, view.exists, view.max_uid)
             await budget.tick()
             continue
         for msg in msgs:   # in slices that yield; NO [LIMIT] past the budget (_budget.py)

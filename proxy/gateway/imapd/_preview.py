@@ -5,8 +5,6 @@ event loop)."""
 
 from __future__ import annotations
 
-import trio
-
 from ..preview import preview
 from ._caches import ANALYZE_IN_THREAD
 
@@ -20,7 +18,7 @@ async def previews(mime, metas, infos, raws, wanted: bool) -> list[str | None]:
             and infos[n] is not None]
     work = lambda: [preview(raws[n], mime.limits, infos[n].parts) for n in todo]   # noqa: E731
     if sum(len(raws[n]) for n in todo) > ANALYZE_IN_THREAD:
-        found = await trio.to_thread.run_sync(work)
+        found = await mime.workers.command(work)
     else:
         found = work()
     for n, text in zip(todo, found, strict=True):

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from functools import partial
 
-import trio
-
 from ...imap._tokens import Atom
 from ..sort import SORT_KEYS, Item, sort_items
 from ..thread import ordered_subject, references, render
+from ..workers import Workers
 from . import _context as context
 from . import _searchres as searchres
 from ._args import Reply, compress, word
@@ -45,7 +44,8 @@ async def items_of(session, seqs: list[int], uid: bool, need_size: bool) -> list
             infos += await session.backend.mime.infos(session.store, metas[start:start + CHUNK])
         sizes = [i.size if i is not None else None for i in infos]
     build = partial(_items, seqs, metas, fields, sizes, uid)   # immutable inputs: thread-safe
-    return await trio.to_thread.run_sync(build) if len(seqs) > OFF_LOOP_AT else build()
+    workers = session.backend.mime.workers
+    return await workers.command(build) if len(seqs) > OFF_LOOP_AT else build()
 
 
 def _items(seqs, metas, fields, sizes, uid: bool) -> list[Item]:
@@ -54,12 +54,12 @@ def _items(seqs, metas, fields, sizes, uid: bool) -> list[Item]:
             if f is not None and size is not None]
 
 
-async def off_loop(function, items):
+async def off_loop(workers: Workers, function, items):
     """`function(items)`, in a worker thread past OFF_LOOP_AT messages or references (a
     THREAD's cost grows with both: one message can carry 100,000 References)."""
     if len(items) > OFF_LOOP_AT or len(items) + sum(len(i.fields.references)
                                                     for i in items) > OFF_LOOP_AT:
-        return await trio.to_thread.run_sync(partial(function, items))
+        return await workers.command(function, items)
     return function(items)
 
 
@@ -181,7 +181,8 @@ async def sort(session, cmd):
     need_size = any(k == "SIZE" for k, _ in program)
     if order is None:
         items = await items_of(session, seqs, False, need_size)
-        order = tuple(i.seq for i in await off_loop(partial(sort_items, program=program), items))
+        order = tuple(i.seq for i in await off_loop(session.backend.mime.workers,
+                                                    partial(sort_items, program=program), items))
         answers.put(cache_key, order, 24 * len(order))
     refused = None
     if updating:   # RFC 5267 4.3: the result's sort items, to place what enters later
@@ -222,7 +223,8 @@ async def thread(session, cmd):
     answer = answers.get(cache_key)
     if answer is None:
         items = await items_of(session, seqs, uid, False)
-        answer = await off_loop(partial(_thread_answer, algorithm), items)   # render too
+        answer = await off_loop(session.backend.mime.workers,   # render too
+                                partial(_thread_answer, algorithm), items)
         answers.put(cache_key, answer, len(answer) + 16 * len(seqs))
     session.emit(answer)
     return None

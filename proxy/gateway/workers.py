@@ -1,0 +1,53 @@
+"""Worker threads for the gateway's CPU work, on limiters of its own.
+
+`trio.to_thread.run_sync` without a limiter takes a thread under trio's process-wide default
+limiter (40 threads), which every other user of threads shares: the TLS context a gateway login
+builds for its POP3 upstream (`session.upstream.built_context`), directory lookups, the
+proxy's own start-up work. One account's storm of SORTs or SEARCHes over big mailboxes could
+hold all 40, and another user's login would wait for a thread. So the gateway's CPU work takes
+its threads from two limiters of its own (`gateway.limits`):
+
+* `commands` (`command_threads`): what IMAP commands compute off the event loop: SORT and
+  THREAD items, SEARCH over headers, MIME analysis of big bodies (FETCH, APPEND), BINARY
+  decoding, PREVIEW, sort fields of bodies stored without them;
+* `ingest` (`ingest_threads`): new mail's analysis and long POP3 UIDL/LIST listings, so a
+  command storm does not hold back new mail, and a big download does not hold back commands.
+
+Work past a limiter's size waits for a thread of that limiter only; trio's default limiter,
+and with it the TLS set-up, stays free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+import trio
+
+__all__ = ["Workers", "COMMAND_THREADS", "INGEST_THREADS"]
+
+COMMAND_THREADS = 4   # gateway.limits.command_threads: the GIL runs one at a time anyway
+INGEST_THREADS = 2    # gateway.limits.ingest_threads
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Workers:
+    """The gateway's two thread limiters (module docstring)."""
+
+    commands: trio.CapacityLimiter
+    ingest: trio.CapacityLimiter
+
+    @classmethod
+    def build(cls, command_threads: int = COMMAND_THREADS,
+              ingest_threads: int = INGEST_THREADS) -> Workers:
+        return cls(trio.CapacityLimiter(command_threads), trio.CapacityLimiter(ingest_threads))
+
+    async def command(self, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)` in a thread of the `commands` limiter."""
+        return await trio.to_thread.run_sync(function, *args, limiter=self.commands)
+
+    async def ingested(self, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)` in a thread of the `ingest` limiter."""
+        return await trio.to_thread.run_sync(function, *args, limiter=self.ingest)

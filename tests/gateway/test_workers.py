@@ -1,0 +1,68 @@
+"""The gateway's CPU work runs on thread limiters of its own (proxy/gateway/workers.py), not
+under trio's process-wide default limiter that TLS set-up shares: with every one of the
+gateway's command threads busy (as many as trio's whole default limiter has, and more work
+waiting), a sync still builds its POP3 upstream's TLS context, completes the TLS handshake,
+logs in and ingests a message."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import trio
+import trio.testing
+
+from proxy.gateway.fetcher import sync_account
+from proxy.gateway.workers import Workers
+from proxy.store import open_store
+
+from .helpers import make_config, stored
+
+
+async def test_a_tls_sync_completes_while_every_command_thread_is_busy(dovecot_factory, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert_pem, key_pem, ca_pem = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_pem))
+    cert.private_key_pem.write_to_path(str(key_pem))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    server = dovecot_factory(tls=(cert_pem, key_pem))
+    name, password = server.add_user()
+    server.deliver(name, b"Subject: over TLS\r\n\r\nsecret\r\n")
+    config = make_config(server.pop3s_port, str(tmp_path / "s.db"), tls="implicit",
+                         ca_file=str(ca_pem))
+    store = await open_store(str(tmp_path / "s.db"))
+
+    busy = trio.to_thread.current_default_thread_limiter().total_tokens   # trio's 40
+    workers = Workers.build(command_threads=busy, ingest_threads=1)
+    release = threading.Event()
+    running = []
+
+    def sort_storm() -> str:   # a SORT over a huge mailbox, as far as threads are concerned
+        running.append(1)
+        assert release.wait(120), "never released"
+        return "sorted"
+
+    results: list[str] = []
+
+    async def command() -> None:
+        results.append(await workers.command(sort_storm))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(busy + 1):
+                nursery.start_soon(command)
+            await trio.testing.wait_all_tasks_blocked()
+            assert workers.commands.borrowed_tokens == busy
+            assert workers.commands.statistics().tasks_waiting == 1   # the storm waits its turn
+            with trio.fail_after(120):   # bounded: a shared limiter would hang here
+                result = await sync_account(config, store, "dc", name, password, workers=workers)
+            assert result.new == 1
+            assert workers.commands.statistics().tasks_waiting == 1   # still full throughout
+            release.set()
+        assert results == ["sorted"] * (busy + 1)
+        assert len(await stored(store, name)) == 1
+    finally:
+        release.set()
+        await store.close()
