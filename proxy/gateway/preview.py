@@ -108,8 +108,10 @@ def _part_text(raw: bytes, part: Part) -> str | None:
         ctype = p.content_type()[0].lower()
     if not ctype.startswith(b"text/") and ctype not in _HTML_TYPES:
         return None
-    cte = leaf.get("content-transfer-encoding", "7bit").strip().lower()
-    if cte not in ("7bit", "8bit", "binary", "base64", "quoted-printable"):
+    # From the raw bytes: email's Message.get() answers a Header object, not a str, for a value
+    # with 8-bit bytes or NULs in it (a hostile message crashed PREVIEW on .strip()).
+    cte = (part.header(b"content-transfer-encoding") or b"7bit").strip().lower()
+    if cte not in (b"7bit", b"8bit", b"binary", b"base64", b"quoted-printable"):
         return ""   # Dovecot's decoder skips a body it cannot decode
     end = min(part.end, part.header_end + 4 * MAX_INPUT)   # enough bytes for MAX_INPUT characters
     leaf.set_payload(raw[part.header_end:end].decode("ascii", "surrogateescape"))

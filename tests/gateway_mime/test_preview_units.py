@@ -44,6 +44,9 @@ def test_html_is_reduced_and_alternative_prefers_plain():
     b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nbody\r\n",   # not text: none
     b"Content-Type: text\r\n\r\nno subtype\r\n",
     b"Content-Type: text/plain\r\nContent-Transfer-Encoding: x-foo\r\n\r\nundecodable\r\n",
+    # a NUL or 8-bit bytes in the encoding's name: unknown, not a crash (found by the fuzz test)
+    b"Content-Type: text/plain\r\nContent-Transfer-Encoding:\x00quoted-printable\r\n\r\nx\r\n",
+    b"Content-Type: text/plain\r\nContent-Transfer-Encoding: quot\xc3\xa9d\r\n\r\nx\r\n",
 ])
 def test_no_preview(raw):
     assert preview(raw) == ""
