@@ -1,7 +1,7 @@
 """A/B of the relay's per-command cost: this tree's mailproxy against another revision's, in one run.
 
     .venv/bin/python bench/ab_relay.py [--base REV] [--rounds 7] [--noops 2000] [--messages 300]
-                                       [--sessions 200]
+                                       [--sessions 200] [--warm 0,2,early]
                                        [--only SEQ CONC POP3LOGIN NOOP STORM POP3 FETCH] [--tls]
 
 On a shared, loaded machine wall-clock figures move with the load, so the two proxies run side by
@@ -82,10 +82,20 @@ def export(rev: str) -> pathlib.Path:
 
 
 def proxy_from(env: Env, root: pathlib.Path | None, listeners: list[dict],
-               engine: str | None = None, switch: str | None = None) -> QuietProxyProcess:
+               engine: str | None = None, switch: str | None = None,
+               warm: str = "0") -> QuietProxyProcess:
     """A proxy like env.proxy()'s, run from `root` (None: this tree) with `relay.engine` (a base
-    revision must know the key) and sys.setswitchinterval(`switch`) first when given."""
-    extra = {"relay": {"engine": engine}} if engine else None
+    revision must know the key) and sys.setswitchinterval(`switch`) first when given; `warm`:
+    N for `warm_pool: {size: N}` on the upstream's IMAP and POP3 services (0: none), `early`
+    for `connect_early: true` there."""
+    extra: dict | None = {"relay": {"engine": engine}} if engine else None
+    if warm != "0":
+        pool: dict = {"tls": "none"}
+        pool.update({"connect_early": True} if warm == "early" else
+                    {"warm_pool": {"size": int(warm)}})
+        extra = {**(extra or {}), "upstreams": {"main": {
+            "host": "127.0.0.1", "imap": {"port": env.dovecot.imap_port, **pool},
+            "pop3": {"port": env.dovecot.pop3_port, **pool}}}}
     if root is None and switch is None:
         return env.proxy(listeners, metrics=True, extra=extra)  # type: ignore[return-value]
     probe = env.proxy(listeners, metrics=True, extra=extra)  # for its config; replaced below
@@ -246,6 +256,9 @@ def main() -> None:
     parser.add_argument("--engines", default="",
                         help="comma-separated relay.engine values for this tree (default: its "
                              "default); ENGINE:SECONDS also sets sys.setswitchinterval(SECONDS)")
+    parser.add_argument("--warm", default="",
+                        help="comma-separated warm_pool sizes for this tree's proxies (0: off; "
+                             "`early`: connect_early), one proxy each (default: one proxy, off)")
     parser.add_argument("--base-engines", default="",
                         help="the same for the base (a revision that knows `relay.engine`)")
     args = parser.parse_args()
@@ -275,8 +288,11 @@ def main() -> None:
                     env, base_root, listeners, engine or None, switch or None)
             for label in [e for e in args.engines.split(",") if e] or [""]:
                 engine, _, switch = label.partition(":")
-                procs[f"this-{label}" if label else "this"] = proxy_from(
-                    env, None, listeners, engine or None, switch or None)
+                for warm in [w for w in args.warm.split(",") if w] or ["0"]:
+                    name = "-".join(filter(None, ["this", label, (
+                        "early" if warm == "early" else f"warm{warm}") if args.warm else ""]))
+                    procs[name] = proxy_from(env, None, listeners, engine or None,
+                                             switch or None, warm)
             ports = {"direct": direct}
             for label, proc in procs.items():
                 ports[label] = (proc.port("imap"), proc.port("pop3"), proc.pid)

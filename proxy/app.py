@@ -20,6 +20,8 @@ from .net.throttle import Throttle
 from .net.tls import TLSConfigError
 from .oauth2 import Brokers
 from .preflight import bind_error, certificate_expiries
+from .relay.warm_fill import keep_warm
+from .session.connect_early import EARLY_RESULTS, early_targets
 from .session.context import Drain, Runtime
 from .session.failures import Failure
 from .session.serve import ListenerServer, OpenSessions
@@ -76,6 +78,9 @@ class App:
             for protocol in ("imap", "pop3"):
                 if getattr(upstream, protocol) is not None:
                     self.metrics.init_upstream(name, protocol, Failure.labels())
+        for protocol, target in early_targets(config).items():
+            for result in EARLY_RESULTS:
+                self.metrics.upstream_early.labels(target.name, protocol, result)
 
     async def run(self) -> None:
         config = self.runtime.config
@@ -87,6 +92,7 @@ class App:
                                            handlers[(lst.protocol, lst.mode)], self.open_sessions)
                             for lst in config.listeners]
             await self._start_services(nursery)
+            nursery.start_soon(keep_warm, self.runtime)
             async with trio.open_nursery() as sessions:
                 async with trio.open_nursery() as listeners:
                     for i, (server, listener) in enumerate(zip(self.servers, config.listeners, strict=True)):
@@ -165,6 +171,9 @@ class App:
             logs.event("reload_rejected", logging.ERROR, errors=why)
             return [why]
         old, self.runtime = self.runtime, runtime
+        old.warm_pools.close()   # its filler ends; the new runtime's pools start empty
+        if self._services is not None:
+            self._services.start_soon(keep_warm, runtime)
         if old.lookups is not None and self._services is not None:
             # closed once no login can still be asking them (its `login` timeout)
             delay = max((lst.timeouts.login for lst in old.config.listeners), default=0.0)

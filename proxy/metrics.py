@@ -235,6 +235,15 @@ class Metrics:
         self.upstream_errors = Counter(
             "mailproxy_upstream_errors_total", "Failed upstream connections or sessions, by reason.",
             ["upstream", "protocol", "reason"], registry=r)
+        self.upstream_warm = Counter(
+            "mailproxy_upstream_warm_pool_total", "Warm upstream connections (warm_pool:), by "
+            "event: hit, miss, stale, expired, lost (dropped in a login, retried), opened, failed.",
+            ["upstream", "protocol", "event"], registry=r)
+        self.upstream_early = Counter(
+            "mailproxy_upstream_connect_early_total", "Upstream connections started at the "
+            "client's accept (connect_early:), by result: used, stale (too old or failed: a "
+            "fresh connect made), unused (no login), lost (dropped in a login, retried).",
+            ["upstream", "protocol", "result"], registry=r)
         self.upstream_up = Gauge(
             "mailproxy_upstream_up", "1 if the last health check of the upstream service passed.",
             ["upstream", "protocol"], registry=r)

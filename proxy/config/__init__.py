@@ -37,6 +37,7 @@ from .upstreams import (
     Route,
     ServicePort,
     Upstream,
+    WarmPool,
 )
 from .values import (
     Address,
@@ -56,6 +57,6 @@ __all__ = [
     "LdapLookupEntry", "ListenAddress", "Listener", "Logging", "LookupCache", "LookupEntry",
     "Metrics", "OAuth2", "Pop3Service",
     "PoolableUpstream", "ProtocolLimits", "Relay", "Route", "Secret", "SecretValue", "ServicePort", "Size",
-    "StoreLocation", "Timeouts", "TlsMode", "Upstream", "UpstreamAuth", "load", "load_or_report",
+    "StoreLocation", "Timeouts", "TlsMode", "Upstream", "UpstreamAuth", "WarmPool", "load", "load_or_report",
     "loads",
 ]

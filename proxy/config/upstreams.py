@@ -5,6 +5,7 @@ listeners' protocols)."""
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
@@ -18,11 +19,28 @@ if TYPE_CHECKING:
     from .loader import Config
 
 
+MAX_WARM_POOL_SIZE = 64        # warm connections per upstream service and process
+MAX_WARM_POOL_AGE = 300.0      # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class WarmPool:
+    """`warm_pool:` of an upstream's imap:/pop3: service (proxy/session/warm_pool.py): up to
+    `size` connections kept open and greeted ahead of the relay's logins, each used once and
+    closed unused after `max_age` (keep it below the upstream's pre-login idle timeout)."""
+
+    __pydantic_config__ = STRICT
+    size: StrictInt = 2
+    max_age: Duration = 20.0
+
+
 @dataclass(frozen=True, slots=True)
 class ServicePort:
     __pydantic_config__ = STRICT
     port: StrictInt
     tls: TlsMode = "none"
+    warm_pool: WarmPool | None = None   # off by default
+    connect_early: StrictBool = False   # proxy/session/connect_early.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +225,8 @@ def check_routing(config: Config) -> list[Problem]:
             errors.append((("upstreams", name), "an upstream needs an imap: or pop3: section"))
         if up.auth is not None and up.auth.oauth2 is not None:
             errors += check_oauth2(("upstreams", name, "auth", "oauth2"), up.auth.oauth2)
+        errors += _check_warm_pools(name, up)
+        errors += _check_connect_early(config, name, up)
     # an IMAP relay listener needs the routes' upstreams to speak IMAP; POP3 relays and the
     # gateway (which reads mailboxes over POP3) need POP3
     needed = {"imap" if lst.mode == "relay" and lst.protocol == "imap" else "pop3"
@@ -219,3 +239,54 @@ def check_routing(config: Config) -> list[Problem]:
                                f"upstream {route.upstream!r} needs a {service}: section for "
                                f"the {service} listeners"))
     return errors
+
+
+def _check_warm_pools(name: str, up: Upstream) -> list[Problem]:
+    """A warm pool holds plaintext connections to the one host of its upstream."""
+    errors: list[Problem] = []
+    for protocol in ("imap", "pop3"):
+        svc: ServicePort | None = getattr(up, protocol)
+        if svc is None or svc.warm_pool is None:
+            continue
+        at = ("upstreams", name, protocol, "warm_pool")
+        pool = svc.warm_pool
+        if not 1 <= pool.size <= MAX_WARM_POOL_SIZE:
+            errors.append((at + ("size",), f"must be 1 to {MAX_WARM_POOL_SIZE}"))
+        if not 0 < pool.max_age <= MAX_WARM_POOL_AGE:
+            errors.append((at + ("max_age",), f"must be above 0 and at most {MAX_WARM_POOL_AGE:g}s"))
+        if svc.tls != "none":
+            errors.append((at, f"warm connections are plaintext only: this service has tls: "
+                               f"{svc.tls} (remove warm_pool, or connect without TLS)"))
+        if len(up.pool) > 1:
+            errors.append((at, "warm connections need one host: this upstream has hosts: "
+                               "(remove warm_pool, or give one host)"))
+    return errors
+
+
+def _check_connect_early(config: Config, name: str, up: Upstream) -> list[Problem]:
+    """Connecting at accept needs a route that cannot depend on the user."""
+    errors: list[Problem] = []
+    for protocol in ("imap", "pop3"):
+        svc: ServicePort | None = getattr(up, protocol)
+        if svc is None or not svc.connect_early:
+            continue
+        at = ("upstreams", name, protocol, "connect_early")
+        if config.lookups or {route.upstream for route in config.routes} != {name}:
+            errors.append((at, "connecting at accept needs every login routed here: no "
+                               "lookups, and every route to this upstream"))
+        if len(up.pool) > 1:
+            errors.append((at, "connecting at accept needs one host: this upstream has hosts:"))
+        elif not _is_ip(up.host):
+            errors.append((at, "connecting at accept needs an IP address as host (no lookup "
+                               "of a name at every accept)"))
+        if svc.warm_pool is not None:
+            errors.append((at, "give connect_early or warm_pool, not both"))
+    return errors
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -27,7 +27,8 @@ from ..session.login import dial
 from ..session.oauth_sasl import TOKEN_MECHANISMS, dummy_response
 from ..session.sasl import Credentials, encode_plain
 from ..session.starttls import upgrade_upstream
-from ..session.upstream import UpstreamError, deadline, next_upstream_event, service
+from ..session.upstream import UpstreamError, adopt, deadline, next_upstream_event, service
+from ..session.warm_pool import WarmConnection
 
 # What the proxy cannot relay, or must not offer after login (RFC 3501 7.2.1; STARTTLS/AUTH make
 # no sense after login; of COMPRESS, only DEFLATE is relayed, imap_compress.py).
@@ -62,6 +63,7 @@ class UpstreamIMAP:
     tag_counter: int = 0
     sasl_challenge: bytes | None = None  # a token login's error challenge (base64 JSON)
     early: EarlyLogin | None = None  # a login in flight since the connect
+    warm: bool = False   # taken from the upstream's warm pool (session/warm_pool.py)
     # (capabilities, their upper-case set): has() is asked several times per login
     _upper_memo: tuple[tuple[bytes, ...], frozenset[bytes]] = field(
         default=((), frozenset()), repr=False, compare=False)
@@ -175,7 +177,7 @@ async def wait_tagged(up: UpstreamIMAP, tag: bytes) -> events.TaggedResponse:
 
 
 async def connect(session: Session, name: str, upstream: Upstream, steps: deadline,
-                  creds: Credentials | None = None) -> UpstreamIMAP:
+                  creds: Credentials | None = None, *, warm: bool = True) -> UpstreamIMAP:
     """Connect, read the greeting, STARTTLS if configured, re-read capabilities; bounded by
     `steps`, the caller's deadline for the whole upstream dialogue (at its "connect" step).
 
@@ -184,8 +186,16 @@ async def connect(session: Session, name: str, upstream: Upstream, steps: deadli
     at once, built for those capabilities: the greeting and the login's reply then come back
     in one round trip instead of two (session/early_login.py). `login()` collects its reply
     (`up.early`). The upstream's `imap.pipelined_login: false` turns this off: nothing is sent
-    before the greeting."""
+    before the greeting.
+
+    With `warm` (and `imap.warm_pool:`), a connection of the upstream's warm pool, already
+    greeted, is used when one is ready (`up.warm`)."""
+    if warm:
+        taken = session.runtime.warm_pools.take("imap", name, upstream)
+        if taken is not None:
+            return from_warm(taken)
     up = UpstreamIMAP.over(await dial(session, name, upstream, steps))
+    up.warm = session.upstream_early   # begun at accept: retried fresh if dropped
     timeouts = session.listener.timeouts
     svc = service(upstream, "imap")
     tls = svc.tls
@@ -214,6 +224,21 @@ async def connect(session: Session, name: str, upstream: Upstream, steps: deadli
             known.no_greeting("imap", name, exc, steps)
         await up.conn.aclose()
         raise
+
+
+def from_warm(taken: WarmConnection) -> UpstreamIMAP:
+    """The session's upstream on a warm connection: greeted, its capabilities known."""
+    up = UpstreamIMAP.over(adopt(taken.sock))
+    up.capabilities, up.tag_counter, up.warm = taken.capabilities, taken.tags_used, True
+    return up
+
+
+async def greet(up: UpstreamIMAP) -> None:
+    """A warm connection's dialogue before it is pooled (relay/warm_fill.py): the greeting and,
+    unless it announced them, the capabilities. Bounded by the caller's deadline()."""
+    await _greeting(up, False)
+    if not up.capabilities:
+        await command(up, b"%s CAPABILITY\r\n" % up.next_tag())
 
 
 async def _send_early(session: Session, upstream: Upstream, up: UpstreamIMAP,

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from ..config import Upstream
 from ..net.conn import Conn
-from ..pop3 import writer
+from ..pop3 import events, writer
 from ..routing.answers import Refusal
 from ..session.context import Session
 from ..session.failures import Failure
 from ..session.login import log_in
 from ..session.pop3_front import Pop3Front
 from ..session.sasl import Credentials
-from ..session.upstream import deadline
+from ..session.upstream import UpstreamError, deadline
+from ..session.warm_pool import WarmConnectionLost
 from .pop3_relay import Pop3Relay
 from .pop3_upstream import UpstreamPOP3, connect, is_tempfail, login
-from .relay_session import RelayLogin, run_session
+from .relay_session import RelayLogin, count_lost, run_session
 
 
 async def handle(session: Session, conn: Conn) -> None:
@@ -48,18 +49,44 @@ async def _authenticate(session: Session, front: Pop3Front) -> UpstreamPOP3:
 async def _attempt(session: Session, creds: Credentials, name: str, upstream: Upstream
                    ) -> tuple[UpstreamPOP3 | Failure, bytes, bytes | None]:
     """Connect and log in upstream; the connection is the caller's only on success. A refusal
-    comes with the upstream's SASL error challenge, if it sent one."""
-    timeouts = session.listener.timeouts
-    with deadline(timeouts.upstream_connect, "connect") as steps:   # one scope for all steps
-        up = await connect(session, name, upstream, steps, creds)
-        try:
-            steps.step(timeouts.upstream_response, "login")
-            status = await login(session, upstream, up, creds)
-        except BaseException:  # refused, broken, or cancelled (login timeout, drain)
-            await up.conn.aclose()
-            raise
+    comes with the upstream's SASL error challenge, if it sent one. A warm connection the
+    upstream dropped before its verdict, or that got a temporary failure, is replaced once by
+    a fresh one."""
+    try:
+        up, status = await _log_in_upstream(session, creds, name, upstream, warm=True)
+    except WarmConnectionLost:
+        count_lost(session, "pop3", name)
+        up, status = await _log_in_upstream(session, creds, name, upstream, warm=False)
     if status.ok:
         return up, status.text, None
     await up.conn.aclose()
     return (Failure.AUTH_TEMPFAIL if is_tempfail(status) else Failure.AUTH_REJECTED), \
         status.text, up.sasl_challenge
+
+
+async def _log_in_upstream(session: Session, creds: Credentials, name: str, upstream: Upstream,
+                           *, warm: bool) -> tuple[UpstreamPOP3, events.StatusLine]:
+    timeouts = session.listener.timeouts
+    with deadline(timeouts.upstream_connect, "connect") as steps:   # one scope for all steps
+        try:
+            up = await connect(session, name, upstream, steps, creds, warm=warm)
+        except UpstreamError as exc:   # (connect closed it)
+            if session.upstream_early and exc.failure is Failure.UPSTREAM:   # greeting: EOF
+                raise WarmConnectionLost(exc.detail) from None
+            raise
+        try:
+            steps.step(timeouts.upstream_response, "login")
+            status = await login(session, upstream, up, creds)
+            if up.warm and not status.ok and is_tempfail(status):
+                # maybe a login process of the upstream's previous run (a restart):
+                # asked again, once, on a fresh connection
+                raise UpstreamError(Failure.UPSTREAM, "temporary failure on a warm connection")
+        except UpstreamError as exc:
+            await up.conn.aclose()
+            if up.warm and exc.failure is Failure.UPSTREAM:   # closed before the verdict
+                raise WarmConnectionLost(exc.detail) from None
+            raise
+        except BaseException:  # refused, broken, or cancelled (login timeout, drain)
+            await up.conn.aclose()
+            raise
+    return up, status

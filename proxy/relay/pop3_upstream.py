@@ -22,7 +22,8 @@ from ..session.login import dial
 from ..session.oauth_sasl import TOKEN_MECHANISMS, dummy_response
 from ..session.sasl import Credentials, encode_plain
 from ..session.starttls import upgrade_upstream
-from ..session.upstream import UpstreamError, deadline, next_upstream_event, service
+from ..session.upstream import UpstreamError, adopt, deadline, next_upstream_event, service
+from ..session.warm_pool import WarmConnection
 
 # Not relayable after login, or meaningless then (RFC 2449 6).
 _DROPPED = (b"STLS", b"SASL", b"USER", b"APOP", b"XCLIENT", b"IMPLEMENTATION", b"AUTH-RESP-CODE")
@@ -36,6 +37,7 @@ class UpstreamPOP3:
     xclient: bool = False
     sasl_challenge: bytes | None = None  # a token login's error challenge (base64 JSON)
     early: _Early | None = None  # a login in flight since the connect
+    warm: bool = False   # taken from the upstream's warm pool (session/warm_pool.py)
 
     @classmethod
     def over(cls, conn: Conn) -> UpstreamPOP3:
@@ -95,7 +97,7 @@ def _capabilities(body: list[bytes]) -> tuple[bytes, ...]:
 
 
 async def connect(session: Session, name: str, upstream: Upstream, steps: deadline,
-                  creds: Credentials | None = None) -> UpstreamPOP3:
+                  creds: Credentials | None = None, *, warm: bool = True) -> UpstreamPOP3:
     """Connect, read the greeting and CAPA, STLS if configured (then CAPA again); bounded by
     `steps`, the caller's deadline for the whole upstream dialogue (at its "connect" step).
 
@@ -103,8 +105,16 @@ async def connect(session: Session, name: str, upstream: Upstream, steps: deadli
     method (session/early_login.py) and no STLS is to come, XCLIENT (when forwarding), the
     login and the CAPA after it are written at once, built for those capabilities: greeting,
     verdict and capabilities come back in one round trip instead of four. `login()` collects
-    the replies (`up.early`). `pop3.pipelined_login: false` turns this off."""
+    the replies (`up.early`). `pop3.pipelined_login: false` turns this off.
+
+    With `warm` (and `pop3.warm_pool:`), a connection of the upstream's warm pool, greeted
+    and its CAPA read, is used when one is ready (`up.warm`)."""
+    if warm:
+        taken = session.runtime.warm_pools.take("pop3", name, upstream)
+        if taken is not None:
+            return from_warm(taken)
     up = UpstreamPOP3.over(await dial(session, name, upstream, steps))
+    up.warm = session.upstream_early   # begun at accept: retried fresh if dropped
     timeouts = session.listener.timeouts
     svc = service(upstream, "pop3")
     pipelined = isinstance(svc, Pop3Service) and svc.pipelined_login and svc.tls != "starttls"
@@ -134,6 +144,23 @@ async def connect(session: Session, name: str, upstream: Upstream, steps: deadli
             known.no_greeting("pop3", name, exc, steps)
         await up.conn.aclose()
         raise
+
+
+def from_warm(taken: WarmConnection) -> UpstreamPOP3:
+    """The session's upstream on a warm connection: greeted, its CAPA known."""
+    up = UpstreamPOP3(Channel(adopt(taken.sock), ResponseParser(greeting=False), NEED_DATA))
+    up.capabilities, up.xclient, up.warm = taken.capabilities, taken.xclient, True
+    return up
+
+
+async def greet(up: UpstreamPOP3) -> None:
+    """A warm connection's dialogue before it is pooled (relay/warm_fill.py): the greeting
+    and CAPA. Bounded by the caller's deadline()."""
+    greeting = await _status(up)
+    if not greeting.ok:
+        raise UpstreamError(Failure.UPSTREAM, "upstream greeting was -ERR")
+    up.xclient = greeting.code == b"XCLIENT"
+    await read_capa(up)
 
 
 async def _send_early(session: Session, upstream: Upstream, up: UpstreamPOP3,

@@ -15,13 +15,14 @@ from typing import Awaitable, Callable, Protocol, TypeVar
 
 from ..config import Upstream
 from ..net.conn import Conn
+from ..session import connect_early
 from ..session.context import CloseSession, Session
 from ..session.failures import Failure
 from ..session.front import Front
 from ..session.login import Attempt
 from ..session.sasl import Credentials
 
-__all__ = ["RelayLogin", "run_session"]
+__all__ = ["RelayLogin", "count_lost", "run_session"]
 
 
 class _Upstream(Protocol):
@@ -42,6 +43,9 @@ async def run_session(session: Session, front: F, authenticate: Callable[[Sessio
     """Run a relay session to its end. Never raises for anything the peers do. Only this frame
     holds `front` (pass it in the call), so it is let go once the relay starts."""
     upstream: U | None = None
+    target = session.runtime.early_targets.get(session.protocol)
+    if target is not None:   # connect_early: the upstream's accept and greeting meanwhile
+        session.early = connect_early.start(target)
     try:
         upstream = await front.until_logged_in(lambda: authenticate(session, front), _close)
         if upstream is not None:
@@ -51,8 +55,23 @@ async def run_session(session: Session, front: F, authenticate: Callable[[Sessio
     except CloseSession as exc:
         session.end(exc.reason)
     finally:
+        early, session.early = session.early, None
+        if early is not None:   # no login took it
+            connect_early.discard(early)
+            metrics = session.runtime.metrics
+            metrics.child(metrics.upstream_early, early.name, session.protocol, "unused").inc()
         if upstream is not None:
             await upstream.conn.aclose()
+
+
+def count_lost(session: Session, protocol: str, name: str) -> None:
+    """A warm or early connection was dropped before the login's verdict (retried afresh)."""
+    if session.upstream_early:
+        session.upstream_early = False
+        metrics = session.runtime.metrics
+        metrics.child(metrics.upstream_early, name, protocol, "lost").inc()
+    else:
+        session.runtime.warm_pools.lost(protocol, name)
 
 
 async def _close(upstream: _Upstream) -> None:

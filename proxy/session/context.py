@@ -20,10 +20,12 @@ from ..net.tls import ServerTLS, UpstreamTLS
 from ..oauth2 import Brokers
 from ..routing.chain import Lookups, tls_settings
 from ..routing.pool import HostHealth
+from .connect_early import EarlyConnection, EarlyTarget, early_targets
 from .early_login import KnownGreetings
 from .failures import Close
 from .routing import log_user
 from .upstream import Connector, tcp_connect
+from .warm_pool import WarmPools
 
 
 class Drain:
@@ -95,6 +97,11 @@ class Runtime:
     # what each upstream announced before login (early logins, session/early_login.py); per
     # runtime, so a reload forgets them
     known_greetings: KnownGreetings = field(default_factory=KnownGreetings)
+    # connections opened and greeted ahead of logins (warm_pool:; relay/warm_fill.py fills
+    # them); per runtime: a reload closes the old runtime's
+    warm_pools: WarmPools = field(default_factory=WarmPools)
+    # protocol -> the upstream its sessions connect to at accept (connect_early:)
+    early_targets: dict[str, EarlyTarget] = field(default_factory=dict)
 
     @classmethod
     def build(cls, config: Config, metrics: Metrics | None = None, *,
@@ -113,7 +120,9 @@ class Runtime:
                                                                   trio.current_time),
                    connect, Lookups(config, metrics=metrics) if config.lookups else None,
                    host_health if host_health is not None else HostHealth(),
-                   oauth2 if oauth2 is not None else Brokers(metrics))
+                   oauth2 if oauth2 is not None else Brokers(metrics),
+                   warm_pools=WarmPools.of(config, metrics),
+                   early_targets=early_targets(config))
 
 
 @lru_cache(maxsize=4096)   # asked at every greeting; parsing the address costs more than it
@@ -155,6 +164,8 @@ class Session:
     # set by the listener around the handler, so that an operator can end it (admin kick)
     scope: trio.CancelScope | None = None
     kicked: bool = False
+    early: EarlyConnection | None = None   # connect_early: the upstream connect begun at accept
+    upstream_early: bool = False           # the upstream connection is that one
 
     def kick(self) -> None:
         """End this session now (`mailproxy kick`): the listener sends BYE / -ERR and closes."""

@@ -29,6 +29,7 @@ from ..net.conn import Conn
 from ..oauth2 import Broker, BrokerUnavailable, NotEnrolled, RefreshRefused
 from ..routing.answers import LoginQuery, LookupUnavailable, Refusal
 from ..routing.chain import destination
+from . import connect_early
 from .context import Session
 from .failures import Failure, auth_result
 from .oauth_sasl import TOKEN_MECHANISMS, bearer_token
@@ -172,11 +173,38 @@ async def dial(session: Session, name: str, upstream: Upstream, steps: deadline)
     timed for metrics. `steps` is the caller's deadline for its whole upstream dialogue, made
     for this first step (the listener's `upstream_connect`, "connect")."""
     started = time.monotonic()
-    conn = await _dial_pool(session, name, upstream, steps)
+    conn = await _dial_early(session, name, upstream)
+    if conn is None:
+        conn = await _dial_pool(session, name, upstream, steps)
     metrics = session.runtime.metrics
     metrics.child(metrics.upstream_connect_duration, name, session.protocol).observe(
         time.monotonic() - started)
     return conn
+
+
+async def _dial_early(session: Session, name: str, upstream: Upstream) -> Conn | None:
+    """The connection begun at accept (session/connect_early.py) when it is usable, with
+    implicit TLS done on it; None otherwise (the caller connects afresh)."""
+    early, session.early = session.early, None
+    session.upstream_early = False
+    if early is None:
+        return None
+    metrics = session.runtime.metrics
+    sock = connect_early.take(early, name)
+    if sock is not None:
+        context = partial(session.runtime.upstream_tls.context, name)
+        try:
+            conn = await open_upstream(upstream, session.protocol, context,
+                                       partial(connect_early.finish, sock))
+        except UpstreamError as exc:
+            if exc.failure is not Failure.CONNECT:
+                raise
+        else:
+            session.upstream_early = True
+            metrics.child(metrics.upstream_early, name, session.protocol, "used").inc()
+            return conn
+    metrics.child(metrics.upstream_early, early.name, session.protocol, "stale").inc()
+    return None
 
 
 async def _dial_pool(session: Session, name: str, upstream: Upstream, steps: deadline) -> Conn:

@@ -30,8 +30,8 @@ from ..net.tls import TLSConfigError, TLSHandshakeError, client_context, client_
 from .channel import Channel
 from .failures import Failure
 
-__all__ = ["UpstreamError", "built_context", "deadline", "next_upstream_event", "open_upstream",
-           "service", "start_tls", "tcp_connect"]
+__all__ = ["UpstreamError", "adopt", "built_context", "connected_now", "deadline", "detach",
+           "next_upstream_event", "open_upstream", "service", "start_tls", "tcp_connect"]
 
 ContextFactory = Callable[[], ssl.SSLContext]  # may raise TLSConfigError (an unreadable file)
 Connector = Callable[[str, int], Awaitable[trio.abc.Stream]]  # (host, port) -> TCP stream
@@ -175,7 +175,7 @@ async def tcp_connect(host: str, port: int) -> trio.abc.Stream:
         # address again and wrap the wait in more scopes.
         error = sock.connect_ex((host, port))
         if error == errno.EINPROGRESS:
-            if not _connected_now(sock):   # (no checkpoint otherwise: the caller's next
+            if not connected_now(sock):   # (no checkpoint otherwise: the caller's next
                 await trio.lowlevel.wait_writable(sock)   # read or write is one)
             error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         else:
@@ -188,7 +188,23 @@ async def tcp_connect(host: str, port: int) -> trio.abc.Stream:
     return trio.SocketStream(trio.socket.from_stdlib_socket(sock))  # sets TCP_NODELAY
 
 
-def _connected_now(sock: socket.socket) -> bool:
+def adopt(sock: socket.socket) -> Conn:
+    """A connected plain socket (a warm connection, session/warm_pool.py) as the session's Conn."""
+    return Conn(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+
+
+def detach(conn: Conn) -> socket.socket:
+    """The plain socket under `conn` (from tcp_connect), taken out of trio's hands: `conn` is
+    left closed without closing the socket. Nothing may be waiting on it."""
+    stream = conn.stream
+    assert isinstance(stream, trio.SocketStream), "only a plain TCP connection is detached"
+    conn.closed = True
+    sock = socket.socket(fileno=stream.socket.detach())
+    sock.setblocking(False)
+    return sock
+
+
+def connected_now(sock: socket.socket) -> bool:
     """Whether a non-blocking connect has already completed (or failed). On loopback and fast
     links it usually has by the time connect(2) returns EINPROGRESS: a poll(2) that does not
     wait costs less than waiting for writability through the event loop."""
