@@ -129,16 +129,17 @@ def spread(runs: list, key: str | None = None) -> str:
 
 # -- 1. IMAP ------------------------------------------------------------------------------------------
 
-WARM = "warm_pool"   # the column of a second mailproxy with `warm_pool: {size: 2}` upstream
-WARM_NOTE = f"{WARM}: mailproxy with upstreams.main.<protocol>.warm_pool: {{size: 2}}, sessions only"
+EARLY = "early"   # the column of a second mailproxy with `connect_early: true` upstream
+EARLY_NOTE = f"{EARLY}: mailproxy with upstreams.main.<protocol>.connect_early: true, sessions only"
 NAN = float("nan")
 
 
-def warm_pool_proxy(env: Env, protocol: str):
-    """A second mailproxy like env.proxy()'s, with a warm pool of 2 for `protocol`'s upstream."""
+def early_proxy(env: Env, protocol: str):
+    """A second mailproxy like env.proxy()'s, connecting upstream at the client's accept
+    (`connect_early: true` for `protocol`; bench/ab_relay.py --warm compares warm_pool too)."""
     upstream = {"host": "127.0.0.1", "imap": {"port": env.dovecot.imap_port, "tls": "none"},
                 "pop3": {"port": env.dovecot.pop3_port, "tls": "none"}}
-    upstream[protocol]["warm_pool"] = {"size": 2}
+    upstream[protocol]["connect_early"] = True
     return env.proxy([{"name": protocol, "protocol": protocol}], metrics=True,
                      extra={"upstreams": {"main": upstream}})
 
@@ -159,19 +160,19 @@ def bench_imap(args) -> None:
         for _label, port in ports.items():  # warm-up: indexes, page cache, proxy code paths
             fetch_runner(port, bulk_user, bulk_pw, box.sha256)()
             imap_session(port, sess_user, sess_pw)
-        warm = warm_pool_proxy(env, "imap")   # sessions rows only
-        session_ports = {**ports, WARM: warm.port("imap")}
-        imap_session(session_ports[WARM], sess_user, sess_pw)
+        early = early_proxy(env, "imap")   # sessions rows only
+        session_ports = {**ports, EARLY: early.port("imap")}
+        imap_session(session_ports[EARLY], sess_user, sess_pw)
         rounds, out = args.rounds, {}
         slow = {"nginx": args.nginx_rounds}
 
         log("imap: sessions/s sequential")
         seq_cpu: list = []
-        warm_cpu: list = []
+        early_cpu: list = []
         runners = {k: sessions_runner(lambda p=p: imap_session(p, sess_user, sess_pw), args.seconds, 1)
                    for k, p in session_ports.items()}
         runners["mailproxy"] = with_cpu(proxy.pid, runners["mailproxy"], seq_cpu)
-        runners[WARM] = with_cpu(warm.pid, runners[WARM], warm_cpu)
+        runners[EARLY] = with_cpu(early.pid, runners[EARLY], early_cpu)
         out["seq"] = interleave(rounds, runners)
         log("imap: sessions/s 16 concurrent")
         out["conc"] = interleave(rounds, {k: sessions_runner(lambda p=p: imap_session(p, sess_user, sess_pw),
@@ -192,14 +193,14 @@ def bench_imap(args) -> None:
         t = Table(f"IMAP relay: direct Dovecot vs mailproxy"
                   f"{' vs nginx' if 'nginx' in ports else ''} (median of {rounds} interleaved rounds, "
                   f"FETCH {args.fetch_rounds} (nginx {min(args.nginx_rounds, args.fetch_rounds)}); "
-                  f"{len(box.messages)} msgs, {box.total / 1e6:.1f} MB; {WARM_NOTE})",
-                  ["metric", *labels, "mailproxy/direct", f"{WARM}/direct",
+                  f"{len(box.messages)} msgs, {box.total / 1e6:.1f} MB; {EARLY_NOTE})",
+                  ["metric", *labels, "mailproxy/direct", f"{EARLY}/direct",
                    *(["nginx/direct"] if "nginx" in ports else []), "target"])
 
         def row(name, values, target):
             cells = [values.get(k, NAN) for k in labels]
             ratios = [ratio(values["mailproxy"], values["direct"]),
-                      ratio(values.get(WARM, NAN), values["direct"])]
+                      ratio(values.get(EARLY, NAN), values["direct"])]
             if "nginx" in values:
                 ratios.append(ratio(values["nginx"], values["direct"]))
             t.add(name, *cells, *ratios, target)
@@ -227,9 +228,9 @@ def bench_imap(args) -> None:
               f"{per_noop:.0f} us per relayed NOOP, "
               f"{1e3 * proxy_cpu / (len(out['fetch']['mailproxy']) * box.total / 1e6):.2f} "
               "ms per MB of FETCH")
-        per_warm_session = median([cpu / (rate * wall) * 1e3 for rate, cpu, wall in warm_cpu])
-        print(f"{WARM} CPU (user+sys, from /proc, its filler included): "
-              f"{per_warm_session:.2f} ms per sequential session")
+        per_early_session = median([cpu / (rate * wall) * 1e3 for rate, cpu, wall in early_cpu])
+        print(f"{EARLY} CPU (user+sys, from /proc): "
+              f"{per_early_session:.2f} ms per sequential session")
         for key in ("seq", "conc"):
             print(f"  {key} rounds: " + "; ".join(f"{k} {spread(v)}" for k, v in out[key].items()))
         print("  fetch MB/s rounds: "
@@ -237,7 +238,7 @@ def bench_imap(args) -> None:
         RESULTS["imap"] = {"raw": out, "added_noop_p50_us": added, "mailbox_bytes": box.total,
                            "proxy_cpu_fetch_s": proxy_cpu, "proxy_cpu_ms_per_session": per_session,
                            "proxy_cpu_us_per_noop": per_noop,
-                           "warm_pool_cpu_ms_per_session": per_warm_session}
+                           "early_cpu_ms_per_session": per_early_session}
 
 
 # -- 2. POP3 ------------------------------------------------------------------------------------------
@@ -261,17 +262,17 @@ def bench_pop3(args) -> None:
             if label != "nginx":
                 pop3_runner(port, user, pw, box.sha256)()
             pop3_session(port, sess_user, sess_pw)
-        warm = warm_pool_proxy(env, "pop3")   # the sessions row only
-        session_ports = {**ports, WARM: warm.port("pop3")}
-        pop3_session(session_ports[WARM], sess_user, sess_pw)
+        early = early_proxy(env, "pop3")   # the sessions row only
+        session_ports = {**ports, EARLY: early.port("pop3")}
+        pop3_session(session_ports[EARLY], sess_user, sess_pw)
         rounds, out = args.rounds, {}
         log("pop3: sessions/s sequential")
         seq_cpu: list = []
-        warm_cpu: list = []
+        early_cpu: list = []
         runners = {k: sessions_runner(lambda p=p: pop3_session(p, sess_user, sess_pw), args.seconds, 1)
                    for k, p in session_ports.items()}
         runners["mailproxy"] = with_cpu(proxy.pid, runners["mailproxy"], seq_cpu)
-        runners[WARM] = with_cpu(warm.pid, runners[WARM], warm_cpu)
+        runners[EARLY] = with_cpu(early.pid, runners[EARLY], early_cpu)
         out["seq"] = interleave(rounds, runners)
         log(f"pop3: full download (nginx in the first {args.nginx_rounds} rounds only)")
         out["retr"] = interleave(args.fetch_rounds, {k: pop3_runner(p, user, pw, box.sha256)
@@ -282,13 +283,13 @@ def bench_pop3(args) -> None:
                   f"(median of interleaved rounds: sessions {rounds}, "
                   f"download {args.fetch_rounds} direct/mailproxy"
                   f"{f', {args.nginx_rounds} nginx' if 'nginx' in ports else ''}; "
-                  f"{len(box.messages)} msgs, {box.total / 1e6:.1f} MB; {WARM_NOTE})",
-                  ["metric", *labels, "mailproxy/direct", f"{WARM}/direct",
+                  f"{len(box.messages)} msgs, {box.total / 1e6:.1f} MB; {EARLY_NOTE})",
+                  ["metric", *labels, "mailproxy/direct", f"{EARLY}/direct",
                    *(["nginx/direct"] if "nginx" in ports else []), "target"])
 
         def row(name, values, target):
             ratios = [ratio(values["mailproxy"], values["direct"]),
-                      ratio(values.get(WARM, NAN), values["direct"])]
+                      ratio(values.get(EARLY, NAN), values["direct"])]
             if "nginx" in values:
                 ratios.append(ratio(values["nginx"], values["direct"]))
             t.add(name, *[values.get(k, NAN) for k in labels], *ratios, target)
@@ -302,7 +303,7 @@ def bench_pop3(args) -> None:
         print("  RETR MB/s rounds: " + "; ".join(f"{k} {spread(v, 'mbps')}" for k, v in out["retr"].items()))
         print("  seq rounds: " + "; ".join(f"{k} {spread(v)}" for k, v in out["seq"].items()))
         cpu_ms = {label: median([cpu / (rate * wall) * 1e3 for rate, cpu, wall in sink])
-                  for label, sink in (("mailproxy", seq_cpu), (WARM, warm_cpu))}
+                  for label, sink in (("mailproxy", seq_cpu), (EARLY, early_cpu))}
         print("CPU (user+sys, from /proc) per sequential session: "
               + ", ".join(f"{label} {ms:.2f} ms" for label, ms in cpu_ms.items()))
         RESULTS["pop3"] = {"raw": out, "mailbox_bytes": box.total, "proxy_cpu_ms_per_session": cpu_ms}
