@@ -172,7 +172,7 @@ class App:
             return [why]
         old, self.runtime = self.runtime, runtime
         old.warm_pools.close()   # its filler ends; the new runtime's pools start empty
-        if self._services is not None:
+        if runtime.warm_pools and self._services is not None:
             self._services.start_soon(keep_warm, runtime)
         if old.lookups is not None and self._services is not None:
             # closed once no login can still be asking them (its `login` timeout)
