@@ -14,7 +14,8 @@ import trio.testing
 
 from proxy.gateway.fetcher import sync_account
 from proxy.gateway.workers import Workers
-from proxy.store import open_store
+from proxy.store import acting_for, open_store
+from support.polling import wait_until
 
 from .helpers import make_config, stored
 
@@ -66,3 +67,36 @@ async def test_a_tls_sync_completes_while_every_command_thread_is_busy(dovecot_f
     finally:
         release.set()
         await store.close()
+
+
+async def test_one_accounts_storm_holds_at_most_half_the_command_threads():
+    """Account 1 has four jobs blocked in threads (as many as the limiter has); with 4 command
+    threads it holds 2 and the other 2 wait in its share, so account 2's job runs at once on a
+    third thread instead of queueing behind the storm."""
+    workers = Workers.build(command_threads=4, ingest_threads=1)
+    release = threading.Event()
+    started: list[int] = []
+
+    def blocked(account: int) -> int:
+        started.append(account)
+        release.wait(30)
+        return account
+
+    async def job(account: int, function, done: list[int]) -> None:
+        with acting_for(account):
+            done.append(await workers.command(function, account))
+
+    done: list[int] = []
+    async with trio.open_nursery() as nursery:
+        try:
+            for _ in range(4):
+                nursery.start_soon(job, 1, blocked, done)
+            await wait_until(lambda: len(started) >= 2, "account 1's two threads running")
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.fail_after(30):
+                await job(2, lambda account: account, done)   # not queued behind account 1
+            assert done == [2] and started == [1, 1]
+            assert workers.commands.borrowed_tokens == 2   # account 1's other jobs wait
+        finally:
+            release.set()
+    assert sorted(done) == [1, 1, 1, 1, 2]
