@@ -60,11 +60,14 @@ class Relay:
     process owns the sessions' sockets, plain or TLS, no task per session:
     proxy/relay/engine.py) or `tasks` (two pump tasks and a watchdog per session). COMPRESS
     sessions are handed back to tasks. While the engine runs, the process's GIL switch interval
-    is `gil_switch_interval` (never raised above what it was; restored at the end)."""
+    is `gil_switch_interval` (never raised above what it was; restored at the end). With
+    `engine_login` (the default) a plain IMAP relay session is run by the engine from its
+    greeting, its login too where the route needs no I/O (proxy/relay/engine_login.py)."""
 
     __pydantic_config__ = STRICT
     engine: Literal["tasks", "epoll"] = "epoll"
     gil_switch_interval: Duration = GIL_SWITCH_INTERVAL
+    engine_login: bool = True
 
 
 def check_relay(relay: Relay) -> list[Problem]:

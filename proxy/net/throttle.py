@@ -65,6 +65,15 @@ class Throttle:
                 del self._blocked[key]
         return False
 
+    def clean(self, ip: str, user: str) -> bool:
+        """No failure and no block recorded for this IP or user: `blocked` is False and
+        `success` has nothing to clear. Reads only, without the clock: safe from any thread
+        (the relay engine's login, which leaves every other login to trio)."""
+        if not self.config.enabled:
+            return True
+        keys = self._keys(ip, user)
+        return not any(key in self._blocked or key in self._failures for key in keys)
+
     def failure(self, ip: str, user: str | None) -> float:
         """Record a failed login; returns the delay (seconds) before the reply."""
         if not self.config.enabled:

@@ -104,14 +104,14 @@ class Engine:
         with self._lock:
             if self._stopped:   # its thread died (relay_engine_crash): the task path relays
                 return False
-            for side in (sess.client, sess.upstream):
+            for side in sess.sides:
                 self._epoll.register(side.fd, IN)
                 self._sides[side.fd] = side
             self.sessions += 1
             sess.session.runtime.metrics.relay_engine_sessions.inc()
             self.now = self.clock()
             self._guarded(sess, sess.start)
-            for side in (sess.client, sess.upstream):
+            for side in sess.sides:
                 if side.tls is not None and not sess.done:   # (records read with the login's)
                     self._tls_waiting.add(side)
                     self._wake()
@@ -125,29 +125,34 @@ class Engine:
             if parked:
                 sess.task = trio.lowlevel.current_task()
                 if not draining:   # (under the lock: release() unsubscribes under it too)
-                    sess.on_drain = lambda: self._locked(sess, sess.drained)
+                    sess.on_drain = lambda: self._drained(sess)
                     drain.subscribe(sess.on_drain)
         if draining:
-            self._locked(sess, sess.drained)
+            self._drained(sess)
         if parked:
 
             def abort(_: object) -> trio.lowlevel.Abort:
                 with self._lock:
-                    if sess.done:   # ended by the engine's thread: its reschedule is on the way
+                    now = sess
+                    while now.successor is not None:   # (a login that became the relay)
+                        now = now.successor
+                    if now.done:   # ended by the engine's thread: its reschedule is on the way
                         return trio.lowlevel.Abort.FAILED
-                    sess.task = None   # cancelled (kick, shutdown_timeout): out of the engine
-                    self.release(sess)
+                    now.task = None   # cancelled (kick, shutdown_timeout): out of the engine
+                    self.release(now)
                 return trio.lowlevel.Abort.SUCCEEDED
 
             await trio.lowlevel.wait_task_rescheduled(abort)
         return not sess.handed_back
 
-    def _locked(self, sess: EngineSession, step: Callable[[], None]) -> None:
-        """A step run from trio's thread (the drain)."""
+    def _drained(self, sess: EngineSession) -> None:
+        """The drain, from trio's thread, to the session carrying `sess`'s on."""
         with self._lock:
+            while sess.successor is not None:
+                sess = sess.successor
             if not sess.done:
                 self.now = self.clock()
-                self._guarded(sess, step)
+                self._guarded(sess, sess.drained)
 
     def release(self, sess: EngineSession) -> None:
         """Take `sess` out of the epoll and wake its task (once)."""
@@ -159,7 +164,7 @@ class Engine:
         if sess.on_drain is not None:
             sess.session.runtime.drain.unsubscribe(sess.on_drain)
         self._timers.forget(sess)
-        for side in (sess.client, sess.upstream):
+        for side in sess.sides:
             self._sides.pop(side.fd, None)
             try:
                 self._epoll.unregister(side.fd)
@@ -174,6 +179,37 @@ class Engine:
                 self._token.run_sync_soon(trio.lowlevel.reschedule, task)
             except trio.RunFinishedError:   # (the process is ending)
                 pass
+
+    def attach(self, sess: EngineSession, side: Side, mask: int) -> None:
+        """Add `sess`'s upstream side (its connect under way; engine_login.py). Engine thread."""
+        sess.upstream, sess.sides = side, (sess.client, side)
+        side.mask = mask
+        self._epoll.register(side.fd, mask)
+        self._sides[side.fd] = side
+
+    def detach(self, side: Side) -> None:
+        """Take an upstream side out before its session goes on without it. Engine thread."""
+        sess = side.session
+        sess.upstream, sess.sides = sess.client, (sess.client,)
+        self._sides.pop(side.fd, None)
+        self._epoll.unregister(side.fd)
+
+    def succeed(self, old: EngineSession, new: EngineSession) -> None:
+        """`new` carries on `old`'s session over the same descriptors (a login done in the
+        engine becomes the relay): its task, drain subscription and registrations. Engine
+        thread, in `old`'s step."""
+        for mine, theirs in zip(new.sides, old.sides, strict=True):
+            mine.mask = theirs.mask
+            self._sides[mine.fd] = mine
+            if theirs in self._tls_waiting:   # (its TLSEngine may hold what the client sent)
+                self._tls_waiting.discard(theirs)
+                self._tls_waiting.add(mine)
+        new.task, old.task = old.task, None
+        new.on_drain, old.on_drain = old.on_drain, None   # (it follows `successor`)
+        old.successor = new
+        self._timers.forget(old)
+        old.done = True   # (no more steps: _guarded leaves it)
+        self._guarded(new, new.start)
 
     def _schedule(self, sess: EngineSession) -> None:
         if self._timers.schedule(sess) and sess.timer_at < self._wait_until:
@@ -266,8 +302,11 @@ class Engine:
 
     def _receive(self, side: Side, events: int) -> None:
         sess = side.session
-        if events & OUT and side.out:
-            self._flush(side)
+        if events & OUT:
+            if side.out:
+                self._flush(side)
+            else:   # (asked for by a connect under way: engine_login.py)
+                sess.writable(side)
         if sess.done:
             return
         if events & IN or (events & _GONE and not side.mask & OUT):
@@ -357,6 +396,15 @@ class Engine:
         """Read a side only when nothing waits to go the other way (and the client only when
         its own output is out too); wait for EPOLLOUT on a side with bytes left."""
         client, upstream = sess.client, sess.upstream
+        masks = sess.masks()   # (a session logging in says its own: engine_login.py)
+        if masks is not None:
+            if client.conn.closed:   # a write to the client failed
+                sess.session.close_reason = Close.CLIENT_CLOSED
+                self.release(sess)
+                return
+            for side, mask in zip(sess.sides, masks, strict=True):
+                self._modify(side, mask)
+            return
         if client.conn.closed or upstream.conn.closed:   # a write failed: the session is over
             sess.session.close_reason = (Close.CLIENT_CLOSED if client.conn.closed
                                          else Close.UPSTREAM_CLOSED)

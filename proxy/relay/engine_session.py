@@ -82,21 +82,25 @@ class EngineSession:
     """A relay session in the engine; the protocol's subclass gives `start`, `received`,
     `due`, `timer` and `drained`. `finish()` ends it, `hand_back()` returns it to tasks."""
 
-    __slots__ = ("engine", "session", "client", "upstream", "done", "handed_back", "paused",
-                 "timer_at", "task", "on_drain")
+    __slots__ = ("engine", "session", "client", "upstream", "sides", "done", "handed_back",
+                 "paused", "timer_at", "task", "on_drain", "successor")
 
     def __init__(self, engine: Engine, session: Session, client: Conn, client_fd: int,
-                 upstream: Conn, upstream_fd: int):
+                 upstream: Conn | None, upstream_fd: int):
+        """Without `upstream` the session is its client alone (`upstream` is `client` then,
+        `sides` has one): the pre-login dialogue (engine_prelogin.py)."""
         self.engine = engine
         self.session = session
         self.client = Side(client, client_fd, self)
-        self.upstream = Side(upstream, upstream_fd, self)
+        self.upstream = self.client if upstream is None else Side(upstream, upstream_fd, self)
+        self.sides = (self.client,) if upstream is None else (self.client, self.upstream)
         self.done = False
         self.handed_back = False
         self.paused = False        # the protocol stops reading the client (POP3: answers in order)
         self.timer_at = math.inf   # when this session's live heap entry fires
         self.task: trio.lowlevel.Task | None = None
         self.on_drain: Callable[[], None] | None = None   # subscribed to the drain
+        self.successor: EngineSession | None = None   # carries the session on (Engine.succeed)
 
     # -- what the protocol gives --------------------------------------------------------------
     def start(self) -> None:
@@ -115,6 +119,14 @@ class EngineSession:
 
     def drained(self) -> None:
         """The process drains (SIGTERM)."""
+
+    def writable(self, side: Side) -> None:
+        """`side` is writable and nothing of ours waits to go there (a connect completed)."""
+
+    def masks(self) -> tuple[int, ...] | None:
+        """The epoll masks of `sides` when the protocol sets them itself (a login); None: the
+        engine's own rule for a relay (engine.py `_interest`)."""
+        return None
 
     # -- what the engine gives ------------------------------------------------------------
     def forward(self, core: RelayCore, up: bytes | bytearray) -> None:

@@ -36,32 +36,52 @@ from .imap_core import ImapRelayCore
 from .imap_upstream import UpstreamIMAP
 
 
+def client_parser(session: Session, upstream: UpstreamIMAP) -> CommandParser:
+    """The relay's parser of the client's commands, for the upstream's capabilities."""
+    lim = session.listener.limits
+    literal_plus = upstream.has(b"LITERAL+")
+    return CommandParser(Limits(
+        max_line=lim.max_line, max_literal=lim.max_literal, max_depth=lim.max_depth,
+        max_nonsync_literal=lim.max_literal if literal_plus else lim.max_nonsync_literal,
+        max_id_line=lim.id_line_length))   # RFC 2971 3.3
+
+
 class ImapRelay:
     def __init__(self, session: Session, client: Conn, client_leftover: bytes,
                  upstream: UpstreamIMAP):
-        self.session = session
-        self.client = client
-        self.upstream = upstream.conn
-        lim = session.listener.limits
-        literal_plus = upstream.has(b"LITERAL+")
-        client_parser = CommandParser(Limits(
-            max_line=lim.max_line, max_literal=lim.max_literal, max_depth=lim.max_depth,
-            max_nonsync_literal=lim.max_literal if literal_plus else lim.max_nonsync_literal,
-            max_id_line=lim.id_line_length))   # RFC 2971 3.3
         # The login's parser goes on (same limits, between two responses); it may hold the
         # start of what follows the login reply, which is forwarded before it is parsed.
         upstream_parser = upstream.channel.parser
         self._upstream_leftover = upstream_parser.take_unconsumed()
-        self.core = ImapRelayCore(session, client_parser, upstream_parser, client_leftover,
-                                  trio.current_time())
+        self._attach(session, client, upstream.conn, ImapRelayCore(
+            session, client_parser(session, upstream), upstream_parser, client_leftover,
+            trio.current_time()))
+
+    @classmethod
+    def resumed(cls, session: Session, client: Conn, upstream: Conn,
+                core: ImapRelayCore) -> ImapRelay:
+        """The task path going on with a core the engine's login started (engine_login.py),
+        handed back at COMPRESS."""
+        relay = cls.__new__(cls)
+        relay._upstream_leftover = b""
+        relay._attach(session, client, upstream, core)
+        return relay
+
+    def _attach(self, session: Session, client: Conn, upstream: Conn,
+                core: ImapRelayCore) -> None:
+        self.session = session
+        self.client = client
+        self.upstream = upstream
+        self.core = core
         self._cancel = trio.CancelScope()
         self._sleep: trio.CancelScope | None = None   # the watchdog's sleep (a drain wakes it)
         self._inflate_up: InflatedCopy | None = None     # client -> upstream, once compressed
         self._inflate_down: InflatedCopy | None = None   # upstream -> client, once compressed
 
-    async def run(self) -> None:
+    async def run(self, engine: bool = True) -> None:
         try:
-            if await run_in_engine(self.session, self.client, self.upstream, self._in_engine):
+            if engine and await run_in_engine(self.session, self.client, self.upstream,
+                                              self._in_engine):
                 return   # (else: not for the engine, or handed back at COMPRESS)
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope

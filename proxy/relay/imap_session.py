@@ -2,34 +2,45 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from ..config import Upstream
 from ..imap import events, writer
 from ..net.conn import Conn
 from ..routing.answers import Refusal
 from ..session.context import Session
-from ..session.failures import Failure
+from ..session.failures import IMAP_TEMPFAIL_CODES, Failure
 from ..session.imap_front import ImapFront
 from ..session.login import log_in
 from ..session.sasl import Credentials
 from ..session.upstream import UpstreamError, deadline
 from ..session.warm_pool import WarmConnectionLost
+from .engine_login import DecidedLogin
+from .engine_login_task import run_from_greeting
 from .imap_relay import ImapRelay
 from .imap_upstream import UpstreamIMAP, command, connect, login, relayable
 from .relay_session import RelayLogin, count_lost, run_session
 
-# Upstream NO codes that mean "try again later", not "wrong password" (RFC 5530).
-_TEMPFAIL_CODES = {b"UNAVAILABLE", b"SERVERBUG", b"LIMIT", b"INUSE", b"EXPUNGEISSUED"}
-
 
 async def handle(session: Session, conn: Conn) -> None:
-    """Run the session to its end. Never raises for anything the peers do."""
-    await run_session(session, ImapFront(session, conn), _authenticate, ImapRelay)
+    """Run the session to its end. Never raises for anything the peers do. The relay engine
+    runs it from the greeting when it can (engine_login.py), and trio from where it stops."""
+    front = ImapFront(session, conn)
+    ended, pending = await run_from_greeting(front)
+    if not ended:
+        await run_session(session, front, partial(_authenticate, pending=pending), ImapRelay)
 
 
-async def _authenticate(session: Session, front: ImapFront) -> UpstreamIMAP:
+async def _authenticate(session: Session, front: ImapFront, pending: object = None
+                        ) -> UpstreamIMAP:
     while True:
-        request = await front.next_login()
-        attempt = RelayLogin("imap", _attempt)
+        if isinstance(pending, DecidedLogin):   # asked by the engine: its outcome goes on here
+            front.login_read(pending.cmd.name, pending.started)
+            request, attempt = pending.request, RelayLogin("imap", pending.attempt)
+        else:
+            request = await front.next_login(pending)
+            attempt = RelayLogin("imap", _attempt)
+        pending = None
         outcome = await log_in(session, request.credentials, attempt)
         if isinstance(outcome, Failure):
             challenge = attempt.challenge
@@ -66,7 +77,7 @@ async def _attempt(session: Session, creds: Credentials, name: str, upstream: Up
     if reply.status == b"OK":
         return up, reply.text, None
     await up.conn.aclose()
-    tempfail = reply.code in _TEMPFAIL_CODES
+    tempfail = reply.code in IMAP_TEMPFAIL_CODES
     return (Failure.AUTH_TEMPFAIL if tempfail else Failure.AUTH_REJECTED), reply.text, \
         up.sasl_challenge
 
@@ -86,7 +97,7 @@ async def _log_in_upstream(session: Session, creds: Credentials, name: str, upst
             reply = await login(session, upstream, up, creds)
             if reply.status == b"OK" and reply.code != b"CAPABILITY":
                 await command(up, b"%s CAPABILITY\r\n" % up.next_tag())
-            elif up.warm and reply.code in _TEMPFAIL_CODES:
+            elif up.warm and reply.code in IMAP_TEMPFAIL_CODES:
                 # maybe a login process of the upstream's previous run (a restart):
                 # asked again, once, on a fresh connection
                 raise UpstreamError(Failure.UPSTREAM, "temporary failure on a warm connection")

@@ -53,6 +53,10 @@ class KnownGreetings:
         elif steps.expired:
             self._refused(protocol, name, steps.reason)
 
+    def refused(self, protocol: str, name: str, reason: str) -> None:
+        """An early login got no greeting back, for `reason` (the relay engine's login)."""
+        self._refused(protocol, name, reason)
+
     def _refused(self, protocol: str, name: str, reason: str) -> None:
         """None more for this upstream until a reload; said once, with how to make it
         permanent."""

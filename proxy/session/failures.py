@@ -23,7 +23,12 @@ import enum
 import logging
 from dataclasses import dataclass
 
-__all__ = ["Failure", "Close", "LOG_LEVEL", "auth_result", "limit_of_protocol_error"]
+__all__ = ["Failure", "Close", "IMAP_TEMPFAIL_CODES", "LOG_LEVEL", "auth_result",
+           "limit_of_protocol_error"]
+
+# Upstream NO codes that mean "try again later", not "wrong password" (RFC 5530).
+IMAP_TEMPFAIL_CODES = frozenset((b"UNAVAILABLE", b"SERVERBUG", b"LIMIT", b"INUSE",
+                                 b"EXPUNGEISSUED"))
 
 
 @dataclass(frozen=True)

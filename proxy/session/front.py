@@ -65,6 +65,7 @@ class Front:
         self.commands = 0
         self.bad = 0
         self.auth_failures = 0
+        self.login_deadline: float | None = None   # (set when the engine had the dialogue first)
 
     @property
     def conn(self) -> Conn:
@@ -87,7 +88,10 @@ class Front:
         result: T | None = None
         session = self.session
         drain = session.runtime.drain
-        with trio.move_on_after(session.listener.timeouts.login) as scope:
+        deadline = self.login_deadline
+        if deadline is None:
+            deadline = trio.current_time() + session.listener.timeouts.login
+        with trio.move_on_at(deadline) as scope:
 
             def drained() -> None:   # called by the process-wide drain, no task per session
                 session.close_reason = Close.SHUTDOWN
@@ -158,11 +162,22 @@ class Front:
             await self._protocol_error(exc)
         self._count_protocol_error(exc)
 
-    async def _command(self, name: bytes, run: Callable[[], Awaitable[T | None]]) -> T | None:
-        """Run one command's handler within the command budget, counting its result."""
+    def admit(self) -> bool:
+        """Count one command; False past the `preauth_commands` budget (the session ends with
+        TOO_MANY_COMMANDS then)."""
         self.commands += 1
         self.session.commands += 1
-        if self.commands > self.session.listener.limits.preauth_commands:
+        return self.commands <= self.session.listener.limits.preauth_commands
+
+    def bad_spent(self) -> bool:
+        """Count one BAD reply; True when that spends the `bad_commands` budget (the session
+        ends with TOO_MANY_BAD then)."""
+        self.bad += 1
+        return self.bad >= self.session.listener.limits.bad_commands
+
+    async def _command(self, name: bytes, run: Callable[[], Awaitable[T | None]]) -> T | None:
+        """Run one command's handler within the command budget, counting its result."""
+        if not self.admit():
             await self.conn.send(self.TOO_MANY_COMMANDS)
             raise CloseSession(Close.PREAUTH_COMMANDS)
         label = command_label(self.protocol, name)
@@ -177,9 +192,15 @@ class Front:
             self._pending_login = (label, started)
         return result
 
+    def login_read(self, name: bytes, started: float) -> None:
+        """A login command the relay engine read at `started` (within the budget, checked
+        there) is counted as `_command` counts one; its result comes with logged_in() /
+        login_failed()."""
+        self.admit()
+        self._pending_login = (command_label(self.protocol, name), started)
+
     async def _count_bad(self) -> None:
-        self.bad += 1
-        if self.bad >= self.session.listener.limits.bad_commands:
+        if self.bad_spent():
             await self.conn.send(self.TOO_MANY_BAD)
             raise CloseSession(Close.BAD_COMMANDS)
 

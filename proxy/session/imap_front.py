@@ -79,13 +79,16 @@ class ImapFront(Front):
         await self.conn.send(self.machine.greeting())
 
     # -- the loop ----------------------------------------------------------------------------
-    async def next_login(self, pending: events.Command | None = None) -> LoginRequest:
-        """Answer commands until the client offers credentials (`pending`: a command already
-        read, by the relay engine that hands the session over). Raises CloseSession."""
+    async def next_login(self, pending: object = None) -> LoginRequest:
+        """Answer commands until the client offers credentials. `pending`: an event (or the
+        parser's ProtocolError) already read by the relay engine, which hands the session over
+        at it (engine_prelogin.py). Raises CloseSession."""
         while True:
-            if pending is not None:
-                event: object = pending
+            if isinstance(pending, ProtocolError):
+                await self._protocol_error(pending)
                 pending = None
+            if pending is not None:
+                event, pending = pending, None
             else:
                 event = await self._next_event()
             if isinstance(event, events.LiteralStart):

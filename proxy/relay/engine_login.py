@@ -1,0 +1,437 @@
+"""An IMAP relay session the relay engine runs from its greeting: pre-login, login, relay.
+
+Theory of operation (issue 16, lever 1): a client of the relay whose socket the engine can own
+(plain or implicit TLS, no PROXY header; `relay.engine_login`) is greeted and read by the
+engine's thread from the start (engine_login_task.py parks the connection's task). It answers
+CAPABILITY, NOOP, ID and LOGOUT (BAD to what is not allowed before login) with the sans-IO
+machine and the budgets ImapFront uses (session/imap_prelogin.py, session/front.py) and runs
+the listener's `login` timeout and the drain itself, as Front.until_logged_in does. A LOGIN, or
+an AUTHENTICATE with its initial response, whose route needs no I/O (no lookups; a static route
+to a plain IMAP upstream of one IP-literal host whose greeting is known, so the login goes out
+at once, session/early_login.py; a client the auth throttle has no record of) connects without
+blocking and writes the early login; the greeting and the verdict come back as on trio
+(imap_upstream.py: a refused early login is sent again for the greeting's capabilities, an OK
+without capabilities asks for them). An OK is answered to the client and the session becomes
+the ImapEngineSession trio would have made (Engine.succeed): the task never woke up. A refusal
+or an upstream failure goes to trio as a DecidedLogin, answered from its outcome (log_in's
+metrics, throttle delay, log line and NO), the upstream asked once.
+
+Everything else hands the session back to trio with the event it stopped at pending: STARTTLS,
+an AUTHENTICATE needing prompts, a literal, a malformed line, a login it does not route (an
+upstream with `warm_pool:` too; with `connect_early:` the session never enters the engine before
+login, engine_login_task.py: both settings are honoured by trio's login path).
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import os
+import socket
+import time
+
+import trio
+
+from .. import logs
+from ..config import ImapService, Upstream
+from ..imap import NEED_DATA, ProtocolError, events, writer
+from ..metrics import command_label
+from ..net.conn import Conn
+from ..session.failures import IMAP_TEMPFAIL_CODES as TEMPFAIL_CODES
+from ..session.failures import Close, Failure, auth_result
+from ..session.imap_front import ImapFront
+from ..session.imap_prelogin import LoginRequest, Then
+from ..session.upstream import UpstreamError, _ip_family
+from .engine import engine
+from .engine_imap import ImapEngineSession
+from .engine_session import IN, OUT, EngineSession, Side
+from .imap_core import ImapRelayCore
+from .imap_relay import client_parser
+from .imap_upstream import UpstreamIMAP, _one_write_login, capabilities_from, relayable
+
+__all__ = ["DecidedLogin", "ImapEngineLogin", "Phase"]
+
+# Commands the engine hands to trio before counting them (a LOGIN it cannot route, too).
+_TRIO_COMMANDS = frozenset((b"STARTTLS",))
+
+
+class Phase(enum.Enum):
+    PRELOGIN = "prelogin"
+    CONNECTING = "connecting"
+    LOGGING_IN = "logging_in"
+
+
+class DecidedLogin:
+    """A login the engine asked the upstream, refused or failed: trio goes on from its outcome
+    as if its own attempt had got it (log_in's metrics, throttle and delay, the auth log line,
+    the client's NO, the upstream_errors count of an UpstreamError)."""
+
+    __slots__ = ("cmd", "request", "started", "outcome")
+
+    def __init__(self, cmd: events.Command, request: LoginRequest, started: float,
+                 outcome: tuple[Failure, bytes] | UpstreamError):
+        self.cmd, self.request, self.started, self.outcome = cmd, request, started, outcome
+
+    async def attempt(self, session: object, creds: object, name: str, upstream: Upstream
+                      ) -> tuple[UpstreamIMAP | Failure, bytes, bytes | None]:
+        if isinstance(self.outcome, UpstreamError):
+            raise self.outcome
+        failure, text = self.outcome
+        return failure, text, None
+
+
+class _Login:
+    """A login under way in the engine."""
+
+    __slots__ = ("cmd", "request", "name", "upstream", "sock", "up", "id_tag", "tag", "sent",
+                 "greeted", "greeting", "early", "again", "text", "started")
+
+    def __init__(self, cmd: events.Command, request: LoginRequest, name: str, upstream: Upstream,
+                 sock: socket.socket, up: UpstreamIMAP, early: tuple[bytes, ...]):
+        self.cmd, self.request, self.name, self.up, self.early = cmd, request, name, up, early
+        self.upstream, self.sock = upstream, sock
+        self.greeting: tuple[bytes, ...] = ()
+        self.again = False               # the login sent again for the greeting's capabilities
+        self.text: bytes | None = None   # an OK's text while its CAPABILITY is asked
+        self.id_tag: bytes | None = None
+        self.tag = b""
+        self.sent = b""
+        self.greeted = False
+        self.started = time.monotonic()
+
+
+class ImapEngineLogin(EngineSession):
+    """The client, then the upstream too; `pending`: the event trio goes on from."""
+
+    __slots__ = ("front", "phase", "pending", "login", "login_at", "upstream_at")
+
+    def __init__(self, front: ImapFront, client_fd: int) -> None:
+        session = front.session
+        eng = engine(session.runtime.config.relay)
+        super().__init__(eng, session, front.conn, client_fd, None, -1)
+        self.front = front
+        self.phase = Phase.PRELOGIN
+        self.pending: object = None
+        self.login: _Login | None = None
+        self.login_at = eng.clock() + session.listener.timeouts.login
+        self.upstream_at = float("inf")
+
+    # -- the engine's calls --------------------------------------------------------------------
+    def start(self) -> None:
+        self.send(self.client, self.front.machine.greeting())
+        self.front.greeted = True
+        self._answer()
+
+    def received(self, side: Side, data: bytes) -> None:
+        if side is self.client:
+            if not data:
+                side.conn.eof = True
+                self._end(Close.CLIENT_CLOSED)
+                return
+            self.front.channel.parser.receive_data(data)
+            if self.phase is Phase.PRELOGIN:
+                self._answer()
+            return
+        if self.phase is Phase.CONNECTING:   # (refused: a hang-up)
+            self._connected()
+            return
+        self._upstream_data(data)
+
+    def writable(self, side: Side) -> None:
+        if side is self.upstream and self.phase is Phase.CONNECTING:
+            self._connected()
+
+    def masks(self) -> tuple[int, ...]:
+        client = OUT if self.client.out else (IN if self.phase is Phase.PRELOGIN else 0)
+        if self.upstream is self.client:
+            return (client,)
+        if self.phase is Phase.CONNECTING:
+            return client, OUT
+        return client, (OUT if self.upstream.out else IN)
+
+    def due(self) -> float:
+        return min(self.login_at, self.upstream_at)
+
+    def timer(self, now: float) -> None:
+        if now >= self.login_at:   # as Front.until_logged_in
+            self.send(self.client, self.front.LOGIN_TIMED_OUT)
+            self.session.end(Close.LOGIN_TIMEOUT)
+            self._close_upstream()
+            self.finish()
+        elif now >= self.upstream_at:
+            what = "greeting" if self.phase is Phase.CONNECTING or not self._greeted() else "login"
+            seconds = self.session.listener.timeouts.upstream_connect if what == "greeting" \
+                else self.session.listener.timeouts.upstream_response
+            self._failed(UpstreamError(Failure.TIMEOUT, f"{what}: nothing within {seconds:g}s"))
+
+    def drained(self) -> None:
+        self.send(self.client, self.front.SHUTTING_DOWN)
+        self.session.close_reason = Close.SHUTDOWN
+        self._close_upstream()
+        self.finish()
+
+    # -- pre-login -------------------------------------------------------------------------------
+    def _answer(self) -> None:
+        parser = self.front.channel.parser
+        while not self.done and self.phase is Phase.PRELOGIN:
+            try:
+                event = parser.next_event()
+            except ProtocolError as exc:
+                self._to_trio(exc)
+                return
+            if event is NEED_DATA:
+                return
+            if isinstance(event, events.CommandStart):   # (as ImapFront: the Command follows)
+                continue
+            if not isinstance(event, events.Command) or event.name in _TRIO_COMMANDS:
+                self._to_trio(event)
+                return
+            self._command(event)
+
+    def _command(self, cmd: events.Command) -> None:
+        """As Front._command with ImapFront._dispatch, for what the engine finishes itself."""
+        front = self.front
+        answer = front.machine.answer(cmd, front.channel.parser.buffered)
+        if answer.then in (Then.TLS, Then.SASL):   # (STARTTLS never gets here)
+            self._to_trio(cmd)
+            return
+        if answer.then is Then.LOGIN:
+            assert answer.login is not None
+            self._log_in(cmd, answer.login)
+            return
+        if not front.admit():
+            self._last(front.TOO_MANY_COMMANDS, Close.PREAUTH_COMMANDS)
+            return
+        started = time.monotonic()
+        self.send(self.client, answer.untagged + answer.tagged)
+        front.meter.completed(command_label("imap", cmd.name), front.status_of(answer.tagged),
+                              started)
+        if answer.bad and front.bad_spent():
+            self._last(front.TOO_MANY_BAD, Close.BAD_COMMANDS)
+        elif answer.close is not None:
+            self._last(answer.last_words, answer.close)
+
+    def _last(self, words: bytes, reason: Close) -> None:
+        if words:
+            self.send(self.client, words)
+        self._end(reason)
+
+    def _end(self, reason: Close) -> None:
+        self.session.end(reason)
+        self._close_upstream()
+        self.finish()
+
+    # -- login -------------------------------------------------------------------------------
+    def _log_in(self, cmd: events.Command, request: LoginRequest) -> None:
+        """Connect and send the early login when the route needs no I/O; else trio's."""
+        session, front = self.session, self.front
+        runtime, creds = session.runtime, request.credentials
+        if runtime.lookups or front.commands >= session.listener.limits.preauth_commands \
+                or not runtime.throttle.clean(session.client_ip, creds.user):
+            self._trio_logs_in(cmd)
+            return
+        name = runtime.config.route(creds.user)
+        upstream = runtime.config.upstreams.get(name) if name is not None else None
+        svc = upstream.imap if upstream is not None else None
+        early = runtime.known_greetings.early("imap", name) if name is not None else ()
+        if upstream is None or name is None or not isinstance(svc, ImapService) \
+                or svc.tls != "none" or not svc.pipelined_login or upstream.auth is not None \
+                or len(upstream.pool) != 1 or not early or svc.warm_pool is not None:
+            self._trio_logs_in(cmd)
+            return
+        family = _ip_family(upstream.host)
+        if family is None:
+            self._trio_logs_in(cmd)
+            return
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        error = sock.connect_ex((upstream.host, svc.port))
+        if error not in (0, errno.EINPROGRESS):
+            sock.close()
+            self._trio_logs_in(cmd)
+            return
+        conn = Conn(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))   # (TCP_NODELAY)
+        up = UpstreamIMAP.over(conn)
+        up.capabilities = early
+        lines = _one_write_login(session, upstream, up, creds)
+        up.capabilities = ()
+        if lines is None:
+            sock.close()
+            self._trio_logs_in(cmd)
+            return
+        login = self.login = _Login(cmd, request, name, upstream, sock, up, early)
+        login.sent, login.id_tag, login.tag = lines
+        self.phase = Phase.CONNECTING
+        self.upstream_at = self.engine.now + session.listener.timeouts.upstream_connect
+        self.engine.attach(self, Side(conn, sock.fileno(), self), OUT)
+
+    def _connected(self) -> None:
+        login = self.login
+        assert login is not None
+        error = login.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self._failed(UpstreamError(Failure.CONNECT, logs.sanitize(os.strerror(error), 80)))
+            return
+        self.phase = Phase.LOGGING_IN
+        self.upstream_at = self.engine.now + self.session.listener.timeouts.upstream_response
+        metrics = self.session.runtime.metrics
+        metrics.child(metrics.upstream_connect_duration, login.name, "imap").observe(
+            time.monotonic() - login.started)
+        if not self.send(self.upstream, login.sent):
+            self._failed(UpstreamError(Failure.UPSTREAM, "connection closed by upstream"))
+
+    def _upstream_data(self, data: bytes) -> None:
+        """The greeting, the ID's reply, the login's verdict (imap_upstream.py's dialogue)."""
+        login = self.login
+        assert login is not None
+        up = login.up
+        if not data:
+            self._failed(UpstreamError(Failure.UPSTREAM, "connection closed by upstream"))
+            return
+        parser = up.channel.parser
+        parser.receive_data(data)
+        while True:
+            try:
+                event = parser.next_event()
+            except ProtocolError as exc:
+                self._failed(UpstreamError(Failure.PROTOCOL, f"bad response: {exc.text}"))
+                return
+            if event is NEED_DATA:
+                return
+            if isinstance(event, events.UntaggedResponse):
+                if not self._untagged(event):
+                    return
+            elif isinstance(event, events.TaggedResponse) and event.tag == login.tag:
+                self._verdict(event)
+                return
+            elif isinstance(event, events.ContinuationRequest):
+                self._failed(UpstreamError(Failure.PROTOCOL, "unexpected continuation request"))
+                return
+
+    def _untagged(self, event: events.UntaggedResponse) -> bool:
+        """The greeting, a CAPABILITY or a BYE (imap_upstream._greeting, wait_tagged)."""
+        login = self.login
+        assert login is not None
+        if not login.greeted:
+            login.greeted = True
+            if event.name == b"PREAUTH":   # RFC 3501 7.1.4
+                self._failed(UpstreamError(Failure.PROTOCOL, "PREAUTH greeting"))
+                return False
+            if event.name != b"OK":
+                self._failed(UpstreamError(Failure.UPSTREAM, "upstream greeting was not OK"))
+                return False
+            if event.code == b"CAPABILITY" and event.code_args:
+                login.greeting = capabilities_from(event.code_args)
+            login.up.capabilities = login.greeting
+        elif event.name == b"CAPABILITY":
+            login.up.capabilities = capabilities_from(
+                event.raw.split(b" ", 2)[2] if event.raw.count(b" ") >= 2 else b"")
+        elif event.name == b"BYE":
+            self._failed(UpstreamError(Failure.UPSTREAM, "upstream said BYE"))
+            return False
+        return True
+
+    def _verdict(self, event: events.TaggedResponse) -> None:
+        """As imap_upstream.login and imap_session._attempt: an OK without capabilities asks
+        for them; an early login refused where the greeting announced other capabilities than
+        it was built for is sent again for the greeting's (in the same connection)."""
+        login = self.login
+        assert login is not None
+        up = login.up
+        if login.text is not None:   # the CAPABILITY after an OK
+            self._logged_in(login.text)
+        elif event.status == b"OK":
+            if event.code == b"CAPABILITY" and event.code_args:
+                up.capabilities = capabilities_from(event.code_args)
+                self._logged_in(event.text)
+                return
+            login.text = event.text
+            login.tag = up.next_tag()
+            self.send(self.upstream, b"%s CAPABILITY\r\n" % login.tag)
+        elif not login.greeting:   # (trio would ask CAPABILITY first: it asks again)
+            self._to_trio(login.cmd)
+        elif login.greeting != login.early and not login.again:
+            up.capabilities = login.greeting
+            lines = _one_write_login(self.session, login.upstream, up, login.request.credentials)
+            if lines is None:   # (literals without LITERAL+, LOGINDISABLED: trio asks again)
+                self._to_trio(login.cmd)
+                return
+            login.again = True
+            sent, _, login.tag = lines
+            self.send(self.upstream, sent)
+        else:
+            tempfail = event.code in TEMPFAIL_CODES
+            self._failed((Failure.AUTH_TEMPFAIL if tempfail else Failure.AUTH_REJECTED,
+                          event.text))
+
+    def _logged_in(self, text: bytes) -> None:
+        """As log_in and imap_session._authenticate on success; then the relay."""
+        login = self.login
+        assert login is not None
+        session, front, up = self.session, self.front, login.up
+        creds = login.request.credentials
+        runtime = session.runtime
+        runtime.known_greetings.learnt("imap", login.name, login.greeting)
+        front.admit()
+        session.user = creds.user
+        session.login_attempts += 1
+        session.upstream = login.name
+        metrics = runtime.metrics
+        metrics.child(metrics.auth_attempts, "imap", creds.mechanism, auth_result(None)).inc()
+        # (throttle.success: nothing to clear, `clean` said so before the login)
+        if logs.enabled():
+            logs.event("auth", **session.log_fields(), upstream=login.name, result="success",
+                       mechanism=creds.mechanism, mode="relay",
+                       upstream_reply=logs.sanitize(text))
+        caps = b"CAPABILITY " + b" ".join(relayable(up.capabilities))
+        reply = writer.tagged(login.request.tag, b"OK", b"Logged in.", caps)
+        self.send(self.client, reply)
+        front.meter.completed(command_label("imap", login.cmd.name), b"OK", login.started)
+        upstream_parser = up.channel.parser
+        leftover = upstream_parser.take_unconsumed()
+        core = ImapRelayCore(session, client_parser(session, up), upstream_parser,
+                             front.take_unconsumed(), self.engine.now)
+        relay = ImapEngineSession(core, leftover, self.engine, self.client.conn, self.client.fd,
+                                  up.conn, self.upstream.fd)
+        self._trace("relay")
+        self.engine.succeed(self, relay)
+
+    def _greeted(self) -> bool:
+        return self.login is not None and self.login.greeted
+
+    def _failed(self, outcome: tuple[Failure, bytes] | UpstreamError) -> None:
+        """The login failed at the upstream: trio answers it (DecidedLogin)."""
+        login = self.login
+        assert login is not None
+        if isinstance(outcome, UpstreamError) and not login.greeted:   # as imap_upstream.connect
+            self.session.runtime.known_greetings.refused("imap", login.name, outcome.detail)
+        self._trace("decided")
+        self._to_trio(DecidedLogin(login.cmd, login.request, login.started, outcome))
+
+    # -- hand-backs --------------------------------------------------------------------------
+    def _close_upstream(self) -> None:
+        if self.upstream is not self.client and self.login is not None:
+            self.engine.detach(self.upstream)
+            self.login.sock.close()
+
+    def _trio_logs_in(self, cmd: events.Command) -> None:
+        """A login the engine does not route (its upstream untouched): trio's from the start."""
+        self.login = None
+        self._trace("trio", force=True)
+        self._to_trio(cmd)
+
+    def _trace(self, outcome: str, force: bool = False) -> None:
+        """Where a login went (DEBUG): `relay` (done here), `decided` (refused or failed here,
+        answered by trio), `trio` (trio asks)."""
+        if (force or self.login is not None) and logs.enabled(logging.DEBUG):
+            logs.event("relay_engine_login", logging.DEBUG, **self.session.log_fields(),
+                       outcome=outcome)
+
+    def _to_trio(self, pending: object) -> None:
+        if self.login is not None and not isinstance(pending, DecidedLogin):
+            self._trace("trio")
+        self._close_upstream()
+        self.phase = Phase.PRELOGIN
+        self.pending = pending
+        self.hand_back()
