@@ -157,6 +157,31 @@ async def test_selected_mailbox_deleted_or_renamed_by_another_session(gateway):
     await run(clients)
 
 
+async def test_selected_mailbox_deleted_after_a_message_arrived_there(gateway):
+    """Another session appends to the selected mailbox, then deletes it: the next command's
+    updates have a new message to claim \\Recent for in a mailbox the store no longer has. The
+    session gets the BYE above; before, the store's MailboxNotFound escaped the session (the
+    wide stress mix: a session_crash in production, every session of the tests' in-process
+    gateway ended)."""
+    import imaplib
+
+    def clients():
+        a, b = gateway.imaplib(), gateway.imaplib()
+        assert a.create("Scratch")[0] == "OK"
+        assert b.select("Scratch")[0] == "OK"
+        assert a.append("Scratch", None, None, message(1))[0] == "OK"
+        assert a.delete("Scratch")[0] == "OK"
+        try:
+            b.noop()
+            raise AssertionError("no BYE")
+        except imaplib.IMAP4.abort:
+            assert b.untagged_responses["BYE"] == [
+                b"IMAP session state is inconsistent, please relogin."]
+        assert a.noop()[0] == "OK"   # the other sessions are served as before
+        a.logout()
+    await run(clients)
+
+
 def _delete_selected(port: int, user: str, password: str, select: bytes) -> list[bytes]:
     """SELECT (or EXAMINE) a new mailbox holding one message, DELETE it in the same session and
     read everything the server sends until it closes: tagged lines cut to tag and status."""

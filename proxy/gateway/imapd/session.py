@@ -306,7 +306,11 @@ class ImapSession:
     async def _send_view_updates(self, view: "SelectedView", allow_expunge: bool) -> None:
         top, recent = view.new_top(), None
         if top and not view.read_only and not view.rev2:   # \Recent for one session (3501 2.3.2)
-            recent = (await self.backend.hub.claim_recent(self.store, view.mailbox_id, top), top)
+            try:
+                recent = (await self.backend.hub.claim_recent(self.store, view.mailbox_id, top),
+                          top)
+            except MailboxNotFound:   # deleted since the messages arrived: BYE below (GONE)
+                pass                  # or at the next command, once its event is published
         for part in view.update_slices(allow_expunge, recent):   # 10,000 changes: in slices
             for line in part:
                 self.emit(line)
