@@ -17,6 +17,7 @@ import re
 import trio
 
 from proxy.gateway.imapd import _message_changes
+from proxy.gateway.imapd.hub import Hub
 from proxy.store import StoreUnavailable
 
 from .conftest import message
@@ -324,5 +325,45 @@ async def test_select_again_after_the_name_changed_hands(gateway):
         assert a.ok("NOOP") == [b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent))"]
         for client in (a, b):
             client.close()
+
+    await run(scenario)
+
+
+async def test_store_outage_after_the_reply_neither_crashes_nor_loses_garbage(gateway, monkeypatch):
+    """A store error in what runs around a command's reply (claiming \\Recent for new mail,
+    deleting the bodies of expunged messages) is not the command's: the command is answered
+    OK, the session goes on, and the bodies are deleted after a later command."""
+    store = gateway.service.store
+    outage = {"collect_bodies": 1}
+    collected: list[list[int]] = []
+    real_collect = type(store).collect_bodies
+
+    async def collect_bodies(self, ids):
+        if outage["collect_bodies"]:
+            outage["collect_bodies"] -= 1
+            raise StoreUnavailable("the database is restarting")
+        collected.append(list(ids))
+        return await real_collect(self, ids)
+
+    async def claim_recent(self, store, mailbox_id, upto):
+        raise StoreUnavailable("the database is restarting")
+
+    def scenario():
+        a, writer = Client(gateway), Client(gateway, select=None)
+        _append(writer, message(1))
+        _append(writer, message(2))
+        monkeypatch.setattr(Hub, "claim_recent", claim_recent)
+        assert a.ok("NOOP") == [b"* 2 EXISTS", b"* 0 RECENT"]   # none claimed: none recent
+        monkeypatch.undo()
+        monkeypatch.setattr(type(store), "collect_bodies", collect_bodies)
+        a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+        assert a.ok("EXPUNGE") == [b"* 1 EXPUNGE"]   # its body's deletion fails after the reply
+        assert a.ok("NOOP") == []   # (commands run one by one: the EXPUNGE's is over now)
+        assert outage["collect_bodies"] == 0
+        assert a.ok("NOOP") == []   # the NOOP's own housekeeping deleted the body
+        assert len(collected) == 1 and len(collected[0]) == 1, collected
+        assert a.ok("FETCH 1 (UID)") == [b"* 1 FETCH (UID 2)"]
+        a.close()
+        writer.close()
 
     await run(scenario)

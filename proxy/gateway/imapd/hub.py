@@ -142,7 +142,11 @@ class Hub:
         """Delete the bodies of expunged messages that no session shows any more."""
         if self.garbage:
             ids, self.garbage = sorted(self.garbage), set()
-            await store.collect_bodies(ids)
+            try:
+                await store.collect_bodies(ids)
+            except BaseException:   # e.g. the database restarting: the next collect tries again
+                self.garbage.update(ids)
+                raise
 
     # ---- change-log pruning ------------------------------------------------------------------
     def prune_due(self, mailbox_id: int) -> bool:

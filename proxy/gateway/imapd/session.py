@@ -284,16 +284,25 @@ class ImapSession:
             switch, self.after_reply = self.after_reply, None
             if status == b"OK":
                 switch()
-        hub = self.backend.hub
-        if hub.garbage:   # bodies of expunged messages no session shows any more
-            await hub.collect(self.store)
-        if self.view is not None and hub.prune_due(self.view.mailbox_id):
-            await hub.prune(self.store, self.backend.index, self.view.mailbox_id)
+        await self._housekeeping()
         self._count(cmd.name, status, started)
         if self.state is State.LOGOUT:
             raise CloseSession(Close.CLIENT_LOGOUT)
         if self.bye_after_reply is not None:
             await self.bye(self.bye_after_reply, Close.MAILBOX_DELETED)
+
+    async def _housekeeping(self) -> None:
+        """After the reply: delete bodies no session shows any more, prune the change log. A
+        store error here is not the command's: logged, tried again after a later command."""
+        hub = self.backend.hub
+        try:
+            if hub.garbage:
+                await hub.collect(self.store)
+            if self.view is not None and hub.prune_due(self.view.mailbox_id):
+                await hub.prune(self.store, self.backend.index, self.view.mailbox_id)
+        except StoreError as exc:
+            logs.event("gateway_store_housekeeping_failed", logging.WARNING,
+                       **self.session.log_fields(), error=logs.sanitize(str(exc)))
 
     async def send_updates(self, allow_expunge: bool) -> None:
         view = self.view
@@ -311,6 +320,9 @@ class ImapSession:
                           top)
             except MailboxNotFound:   # deleted since the messages arrived: BYE below (GONE)
                 pass                  # or at the next command, once its event is published
+            except StoreError as exc:   # e.g. the database restarting: shown without \Recent
+                logs.event("gateway_store_unavailable", logging.WARNING,
+                           **self.session.log_fields(), error=logs.sanitize(str(exc)))
         for part in view.update_slices(allow_expunge, recent):   # 10,000 changes: in slices
             for line in part:
                 self.emit(line)
