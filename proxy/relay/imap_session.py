@@ -19,7 +19,7 @@ from .engine_login import DecidedLogin
 from .engine_login_task import run_from_greeting
 from .imap_relay import ImapRelay
 from .imap_upstream import UpstreamIMAP, command, connect, login, relayable
-from .relay_session import RelayLogin, count_lost, run_session
+from .relay_session import RelayLogin, run_session, warm_or_fresh
 
 
 async def handle(session: Session, conn: Conn) -> None:
@@ -69,11 +69,8 @@ async def _attempt(session: Session, creds: Credentials, name: str, upstream: Up
     comes with the upstream's SASL error challenge, if it sent one. A warm connection the
     upstream dropped before its verdict, or that got a temporary failure, is replaced once by
     a fresh one."""
-    try:
-        up, reply = await _log_in_upstream(session, creds, name, upstream, warm=True)
-    except WarmConnectionLost:
-        count_lost(session, "imap", name)
-        up, reply = await _log_in_upstream(session, creds, name, upstream, warm=False)
+    up, reply = await warm_or_fresh(session, "imap", name, lambda warm: _log_in_upstream(
+        session, creds, name, upstream, warm=warm))
     if reply.status == b"OK":
         return up, reply.text, None
     await up.conn.aclose()

@@ -15,7 +15,7 @@ from ..session.upstream import UpstreamError, deadline
 from ..session.warm_pool import WarmConnectionLost
 from .pop3_relay import Pop3Relay
 from .pop3_upstream import UpstreamPOP3, connect, is_tempfail, login
-from .relay_session import RelayLogin, count_lost, run_session
+from .relay_session import RelayLogin, run_session, warm_or_fresh
 
 
 async def handle(session: Session, conn: Conn) -> None:
@@ -52,11 +52,8 @@ async def _attempt(session: Session, creds: Credentials, name: str, upstream: Up
     comes with the upstream's SASL error challenge, if it sent one. A warm connection the
     upstream dropped before its verdict, or that got a temporary failure, is replaced once by
     a fresh one."""
-    try:
-        up, status = await _log_in_upstream(session, creds, name, upstream, warm=True)
-    except WarmConnectionLost:
-        count_lost(session, "pop3", name)
-        up, status = await _log_in_upstream(session, creds, name, upstream, warm=False)
+    up, status = await warm_or_fresh(session, "pop3", name, lambda warm: _log_in_upstream(
+        session, creds, name, upstream, warm=warm))
     if status.ok:
         return up, status.text, None
     await up.conn.aclose()

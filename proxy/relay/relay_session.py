@@ -21,8 +21,9 @@ from ..session.failures import Failure
 from ..session.front import Front
 from ..session.login import Attempt
 from ..session.sasl import Credentials
+from ..session.warm_pool import WarmConnectionLost
 
-__all__ = ["RelayLogin", "count_lost", "run_session"]
+__all__ = ["RelayLogin", "run_session", "warm_or_fresh"]
 
 
 class _Upstream(Protocol):
@@ -36,6 +37,7 @@ class _Relay(Protocol):
 
 U = TypeVar("U", bound=_Upstream)
 F = TypeVar("F", bound=Front)
+T = TypeVar("T")
 
 
 async def run_session(session: Session, front: F, authenticate: Callable[[Session, F], Awaitable[U]],
@@ -64,14 +66,20 @@ async def run_session(session: Session, front: F, authenticate: Callable[[Sessio
             await upstream.conn.aclose()
 
 
-def count_lost(session: Session, protocol: str, name: str) -> None:
-    """A warm or early connection was dropped before the login's verdict (retried afresh)."""
-    if session.upstream_early:
-        session.upstream_early = False
-        metrics = session.runtime.metrics
-        metrics.child(metrics.upstream_early, name, protocol, "lost").inc()
-    else:
-        session.runtime.warm_pools.lost(protocol, name)
+async def warm_or_fresh(session: Session, protocol: str, name: str,
+                        log_in: Callable[[bool], Awaitable[T]]) -> T:
+    """`log_in(True)` on a warm or early connection; if it was dropped before the login's
+    verdict (`WarmConnectionLost`), counted and retried once on a fresh one: `log_in(False)`."""
+    try:
+        return await log_in(True)
+    except WarmConnectionLost:
+        if session.upstream_early:
+            session.upstream_early = False
+            metrics = session.runtime.metrics
+            metrics.child(metrics.upstream_early, name, protocol, "lost").inc()
+        else:
+            session.runtime.warm_pools.lost(protocol, name)
+        return await log_in(False)
 
 
 async def _close(upstream: _Upstream) -> None:

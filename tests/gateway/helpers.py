@@ -9,6 +9,7 @@ import poplib
 import random
 from email.message import EmailMessage
 
+import pytest
 import yaml
 
 from proxy import config as config_mod
@@ -58,6 +59,22 @@ def config_dict(pop3_port: int, store: str, retention: str = "keep", key_file: s
         "routes": [{"match": "*", "upstream": "dc"}],
         "gateway": gateway,
     }
+
+
+def tls_dovecot(dovecot_factory, tmp_path: pathlib.Path):
+    """A Dovecot serving TLS with a certificate for localhost/127.0.0.1 from a test CA, and one
+    user holding one message: (server, user, password, the CA's PEM file)."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert_pem, key_pem, ca_pem = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_pem))
+    cert.private_key_pem.write_to_path(str(key_pem))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    server = dovecot_factory(tls=(cert_pem, key_pem))
+    name, password = server.add_user()
+    server.deliver(name, b"Subject: over TLS\r\n\r\nsecret\r\n")
+    return server, name, password, ca_pem
 
 
 def make_config(*args, **kwargs) -> config_mod.Config:

@@ -31,6 +31,7 @@ from .helpers import (
     digest,
     make_config,
     stored,
+    tls_dovecot,
     upstream_count,
     upstream_messages,
 )
@@ -186,16 +187,7 @@ async def test_wrong_password_is_an_auth_error(dovecot, user, tmp_path):
 
 
 async def test_tls_implicit_and_starttls_with_verification(dovecot_factory, tmp_path):
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    cert_pem, key_pem, ca_pem = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_pem))
-    cert.private_key_pem.write_to_path(str(key_pem))
-    ca.cert_pem.write_to_path(str(ca_pem))
-    server = dovecot_factory(tls=(cert_pem, key_pem))
-    name, password = server.add_user()
-    server.deliver(name, b"Subject: over TLS\r\n\r\nsecret\r\n")
+    server, name, password, ca_pem = tls_dovecot(dovecot_factory, tmp_path)
     store = await open_store(str(tmp_path / "s.db"))
     for tls, port in (("implicit", server.pop3s_port), ("starttls", server.pop3_port)):
         config = make_config(port, str(tmp_path / "s.db"), tls=tls, ca_file=str(ca_pem))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 
-import pytest
 import trio
 import trio.testing
 
@@ -17,20 +16,11 @@ from proxy.gateway.workers import Workers
 from proxy.store import acting_for, open_store
 from support.polling import wait_until
 
-from .helpers import make_config, stored
+from .helpers import make_config, stored, tls_dovecot
 
 
 async def test_a_tls_sync_completes_while_every_command_thread_is_busy(dovecot_factory, tmp_path):
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    cert_pem, key_pem, ca_pem = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_pem))
-    cert.private_key_pem.write_to_path(str(key_pem))
-    ca.cert_pem.write_to_path(str(ca_pem))
-    server = dovecot_factory(tls=(cert_pem, key_pem))
-    name, password = server.add_user()
-    server.deliver(name, b"Subject: over TLS\r\n\r\nsecret\r\n")
+    server, name, password, ca_pem = tls_dovecot(dovecot_factory, tmp_path)
     config = make_config(server.pop3s_port, str(tmp_path / "s.db"), tls="implicit",
                          ca_file=str(ca_pem))
     store = await open_store(str(tmp_path / "s.db"))
