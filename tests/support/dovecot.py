@@ -368,6 +368,8 @@ class Dovecot:
         except BaseException:
             self.stop()
             raise
+        if self.master_pid is None:   # the daemon had not written it yet when `dovecot` returned
+            self.master_pid = self._read_master_pid()
 
     def _wait_ready(self) -> None:
         def master_alive() -> bool:
