@@ -56,15 +56,12 @@ from typing import Callable
 import trio
 
 from .. import logs
-from ..config import Relay
-from ..net.conn import Conn, TLSStream
-from ..session.context import Session
 from ..session.failures import Close
 from .engine_gil import SwitchInterval
 from .engine_session import IN, OUT, EngineSession, Side
 from .engine_timers import TimerHeap
 
-__all__ = ["Engine", "run_in_engine"]
+__all__ = ["Engine"]
 
 RECEIVE_SIZE = 256 * 1024   # one read per ready socket per wake-up
 _GONE = select.EPOLLHUP | select.EPOLLERR   # reported whatever the mask: read to learn which
@@ -425,52 +422,3 @@ class Engine:
         now = self.now
         for sess in self._timers.due(now):
             self._guarded(sess, sess.timer, now)
-
-
-_ENGINE: trio.lowlevel.RunVar[Engine] = trio.lowlevel.RunVar("relay_engine")
-
-
-def engine(relay: Relay) -> Engine:
-    """The engine of this trio run (made on first use), at `relay`'s GIL switch interval."""
-    try:
-        made = _ENGINE.get()
-    except LookupError:
-        made = Engine()
-        _ENGINE.set(made)
-    made.gil.configure(relay.gil_switch_interval)
-    return made
-
-
-def raw_fd(conn: Conn) -> int | None:
-    """The descriptor of a TCP connection, plain or TLS, the engine can own; None otherwise (a
-    stream with a PROXY-header prefix, a TLS stream mid-write or broken, COMPRESS)."""
-    if conn.closed:
-        return None
-    stream = conn.stream
-    if type(stream) is trio.SocketStream:
-        return stream.socket.fileno()
-    if type(stream) is TLSStream:
-        return stream.detachable_fd()
-    return None
-
-
-async def run_in_engine(session: Session, client: Conn, upstream: Conn,
-                        make: Callable[[Engine, Conn, int, Conn, int], EngineSession]) -> bool:
-    """True when the session ran to its end in the engine; False when the task path is to run
-    it (engine off, not TCP, or handed back). What the engine could not write is sent here
-    first, so the order of bytes is kept either way."""
-    relay = session.runtime.config.relay
-    if relay.engine != "epoll":
-        return False
-    client_fd, upstream_fd = raw_fd(client), raw_fd(upstream)
-    if client_fd is None or upstream_fd is None:
-        return False
-    sess = make(engine(relay), client, client_fd, upstream, upstream_fd)
-    ended = await sess.engine.relay(sess)
-    for side in (sess.client, sess.upstream):
-        rest, side.out = bytes(side.out), b""
-        if side.tls is not None and side.tls.wants_send:   # (requeued by release)
-            await side.conn.send(b"")
-        elif rest:
-            await side.conn.send(rest)
-    return ended

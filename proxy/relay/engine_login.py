@@ -43,7 +43,7 @@ from ..session.failures import Close, Failure, auth_result
 from ..session.imap_front import ImapFront
 from ..session.imap_prelogin import LoginRequest, Then
 from ..session.upstream import UpstreamError, _ip_family
-from .engine import engine
+from .engine_entry import engine
 from .engine_imap import ImapEngineSession
 from .engine_session import IN, OUT, EngineSession, Side
 from .imap_core import ImapRelayCore

@@ -10,7 +10,7 @@ task path relays on from the engine's relay core).
 from __future__ import annotations
 
 from ..session.imap_front import ImapFront
-from .engine import raw_fd
+from .engine_entry import raw_fd
 from .engine_imap import ImapEngineSession
 from .engine_login import ImapEngineLogin
 from .engine_session import Side

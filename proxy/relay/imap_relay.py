@@ -29,7 +29,8 @@ from ..imap import CommandParser, Limits
 from ..net.conn import Conn
 from ..session.context import Session
 from ..session.failures import Close
-from .engine import Engine, run_in_engine
+from .engine import Engine
+from .engine_entry import run_in_engine
 from .engine_imap import ImapEngineSession
 from .imap_compress import InflatedCopy
 from .imap_core import ImapRelayCore

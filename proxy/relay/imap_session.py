@@ -14,12 +14,11 @@ from ..session.imap_front import ImapFront
 from ..session.login import log_in
 from ..session.sasl import Credentials
 from ..session.upstream import UpstreamError, deadline
-from ..session.warm_pool import WarmConnectionLost
 from .engine_login import DecidedLogin
 from .engine_login_task import run_from_greeting
 from .imap_relay import ImapRelay
 from .imap_upstream import UpstreamIMAP, command, connect, login, relayable
-from .relay_session import RelayLogin, run_session, warm_or_fresh
+from .relay_session import RelayLogin, closed_on_failure, connected, run_session, warm_or_fresh
 
 
 async def handle(session: Session, conn: Conn) -> None:
@@ -83,13 +82,8 @@ async def _log_in_upstream(session: Session, creds: Credentials, name: str, upst
                            *, warm: bool) -> tuple[UpstreamIMAP, events.TaggedResponse]:
     timeouts = session.listener.timeouts
     with deadline(timeouts.upstream_connect, "connect") as steps:   # one scope for all steps
-        try:
-            up = await connect(session, name, upstream, steps, creds, warm=warm)
-        except UpstreamError as exc:   # (connect closed it)
-            if session.upstream_early and exc.failure is Failure.UPSTREAM:   # greeting: EOF
-                raise WarmConnectionLost(exc.detail) from None
-            raise
-        try:
+        up = await connected(session, connect(session, name, upstream, steps, creds, warm=warm))
+        async with closed_on_failure(up, up.warm):
             steps.step(timeouts.upstream_response, "login")
             reply = await login(session, upstream, up, creds)
             if reply.status == b"OK" and reply.code != b"CAPABILITY":
@@ -98,12 +92,4 @@ async def _log_in_upstream(session: Session, creds: Credentials, name: str, upst
                 # maybe a login process of the upstream's previous run (a restart):
                 # asked again, once, on a fresh connection
                 raise UpstreamError(Failure.UPSTREAM, "temporary failure on a warm connection")
-        except UpstreamError as exc:
-            await up.conn.aclose()
-            if up.warm and exc.failure is Failure.UPSTREAM:   # closed, or BYE, before the verdict
-                raise WarmConnectionLost(exc.detail) from None
-            raise
-        except BaseException:  # refused, broken, or cancelled (login timeout, drain)
-            await up.conn.aclose()
-            raise
     return up, reply

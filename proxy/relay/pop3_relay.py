@@ -19,7 +19,7 @@ from ..net.conn import Conn
 from ..pop3 import CommandParser, Limits
 from ..session.context import Session
 from ..session.failures import Close
-from .engine import run_in_engine
+from .engine_entry import run_in_engine
 from .engine_pop3 import Pop3EngineSession
 from .pop3_core import Pop3RelayCore
 from .pop3_upstream import UpstreamPOP3, relayable

@@ -12,10 +12,9 @@ from ..session.login import log_in
 from ..session.pop3_front import Pop3Front
 from ..session.sasl import Credentials
 from ..session.upstream import UpstreamError, deadline
-from ..session.warm_pool import WarmConnectionLost
 from .pop3_relay import Pop3Relay
 from .pop3_upstream import UpstreamPOP3, connect, is_tempfail, login
-from .relay_session import RelayLogin, run_session, warm_or_fresh
+from .relay_session import RelayLogin, closed_on_failure, connected, run_session, warm_or_fresh
 
 
 async def handle(session: Session, conn: Conn) -> None:
@@ -65,25 +64,12 @@ async def _log_in_upstream(session: Session, creds: Credentials, name: str, upst
                            *, warm: bool) -> tuple[UpstreamPOP3, events.StatusLine]:
     timeouts = session.listener.timeouts
     with deadline(timeouts.upstream_connect, "connect") as steps:   # one scope for all steps
-        try:
-            up = await connect(session, name, upstream, steps, creds, warm=warm)
-        except UpstreamError as exc:   # (connect closed it)
-            if session.upstream_early and exc.failure is Failure.UPSTREAM:   # greeting: EOF
-                raise WarmConnectionLost(exc.detail) from None
-            raise
-        try:
+        up = await connected(session, connect(session, name, upstream, steps, creds, warm=warm))
+        async with closed_on_failure(up, up.warm):
             steps.step(timeouts.upstream_response, "login")
             status = await login(session, upstream, up, creds)
             if up.warm and not status.ok and is_tempfail(status):
                 # maybe a login process of the upstream's previous run (a restart):
                 # asked again, once, on a fresh connection
                 raise UpstreamError(Failure.UPSTREAM, "temporary failure on a warm connection")
-        except UpstreamError as exc:
-            await up.conn.aclose()
-            if up.warm and exc.failure is Failure.UPSTREAM:   # closed before the verdict
-                raise WarmConnectionLost(exc.detail) from None
-            raise
-        except BaseException:  # refused, broken, or cancelled (login timeout, drain)
-            await up.conn.aclose()
-            raise
     return up, status

@@ -11,7 +11,8 @@ with the upstream's reply text and its SASL error challenge to a refused token l
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Protocol, TypeVar
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Awaitable, Callable, Protocol, TypeVar
 
 from ..config import Upstream
 from ..net.conn import Conn
@@ -21,9 +22,10 @@ from ..session.failures import Failure
 from ..session.front import Front
 from ..session.login import Attempt
 from ..session.sasl import Credentials
+from ..session.upstream import UpstreamError
 from ..session.warm_pool import WarmConnectionLost
 
-__all__ = ["RelayLogin", "run_session", "warm_or_fresh"]
+__all__ = ["RelayLogin", "closed_on_failure", "connected", "run_session", "warm_or_fresh"]
 
 
 class _Upstream(Protocol):
@@ -80,6 +82,33 @@ async def warm_or_fresh(session: Session, protocol: str, name: str,
         else:
             session.runtime.warm_pools.lost(protocol, name)
         return await log_in(False)
+
+
+async def connected(session: Session, connecting: Awaitable[T]) -> T:
+    """The upstream `connecting` gives; an early connection that met EOF before its greeting
+    raises `WarmConnectionLost` (the connector has closed it)."""
+    try:
+        return await connecting
+    except UpstreamError as exc:
+        if session.upstream_early and exc.failure is Failure.UPSTREAM:
+            raise WarmConnectionLost(exc.detail) from None
+        raise
+
+
+@asynccontextmanager
+async def closed_on_failure(up: _Upstream, warm: bool) -> AsyncIterator[None]:
+    """Close `up` when the block fails (refused, broken, cancelled: login timeout, drain); a warm
+    or early connection closed, or BYE, before the login's verdict raises `WarmConnectionLost`."""
+    try:
+        yield
+    except UpstreamError as exc:
+        await up.conn.aclose()
+        if warm and exc.failure is Failure.UPSTREAM:
+            raise WarmConnectionLost(exc.detail) from None
+        raise
+    except BaseException:
+        await up.conn.aclose()
+        raise
 
 
 async def _close(upstream: _Upstream) -> None:

@@ -12,7 +12,7 @@ import trio
 
 from proxy import config as config_mod
 from proxy.config import GIL_SWITCH_INTERVAL, Relay
-from proxy.relay.engine import engine
+from proxy.relay.engine_entry import engine
 
 BASE = """\
 listeners:
