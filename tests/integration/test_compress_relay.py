@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.deflate_imap import DeflateIMAP4, Inflating
 from support.proxyproc import relay_config
 
-from .test_observability import metrics_text
+from .test_observability import metrics_text, wait_for, wait_idle
 
 HOST = "127.0.0.1"
 ZLIB = """
@@ -54,6 +54,12 @@ def commands(proxy) -> dict[tuple[str, str], float]:
             if sample.name == "mailproxy_commands_total" and sample.labels["protocol"] == "imap":
                 found[sample.labels["command"], sample.labels["status"]] = sample.value
     return found
+
+
+def counted_with(proxy, key: tuple[str, str]) -> dict[tuple[str, str], float] | None:
+    """`commands(proxy)` once `key` has been counted, else None."""
+    found = commands(proxy)
+    return found if found.get(key) else None
 
 
 def compressed_session(proxy, user: str, password: str):
@@ -94,7 +100,9 @@ def test_compressed_session_is_byte_identical_and_metered(zlib_dovecot, compress
     phone = DeflateIMAP4(HOST, compress_proxy.port("imap"), timeout=30)
     phone.login(user, password)
     assert b"COMPRESS=DEFLATE" in phone.capability()[1][0].split()
-    before = commands(compress_proxy)
+    # the relay forwards a reply before it counts it: wait until the CAPABILITY is counted
+    before = wait_for(lambda: counted_with(compress_proxy, ("CAPABILITY", "OK")))
+    assert before, "the CAPABILITY was never counted"
     phone.compress()
     assert phone.select("INBOX") == ("OK", [b"3"])
     typ, fetched = phone.fetch("1:*", "(BODY.PEEK[])")
@@ -109,6 +117,7 @@ def test_compressed_session_is_byte_identical_and_metered(zlib_dovecot, compress
     assert phone.readline().startswith(tag + b" OK")
     assert phone.noop()[0] == "OK"
     phone.logout()
+    wait_idle(compress_proxy)   # the session has ended: every reply is counted
     after = commands(compress_proxy)
     counted = {key: after.get(key, 0) - before.get(key, 0) for key in after}
     assert {key: n for key, n in counted.items() if n} == {
