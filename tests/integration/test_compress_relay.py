@@ -16,9 +16,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.deflate_imap import DeflateIMAP4, Inflating
+from support.polling import wait_for
 from support.proxyproc import relay_config
 
-from .test_observability import metrics_text, wait_for, wait_idle
+from .test_observability import metrics_text, wait_idle
 
 HOST = "127.0.0.1"
 ZLIB = """
@@ -101,8 +102,8 @@ def test_compressed_session_is_byte_identical_and_metered(zlib_dovecot, compress
     phone.login(user, password)
     assert b"COMPRESS=DEFLATE" in phone.capability()[1][0].split()
     # the relay forwards a reply before it counts it: wait until the CAPABILITY is counted
-    before = wait_for(lambda: counted_with(compress_proxy, ("CAPABILITY", "OK")))
-    assert before, "the CAPABILITY was never counted"
+    before = wait_for(lambda: counted_with(compress_proxy, ("CAPABILITY", "OK")),
+                      "the CAPABILITY counted")
     phone.compress()
     assert phone.select("INBOX") == ("OK", [b"3"])
     typ, fetched = phone.fetch("1:*", "(BODY.PEEK[])")
