@@ -1,9 +1,10 @@
 """Sealed blobs of `PostgresStore`'s bodies: the raw message, the cache blob and the sort fields
 of each body row, read and replaced for many messages in one call.
 
-Theory of operation: `PgBlobOps` is a mixin under `PgMessageOps` (`_pg_messages.py`), in the
-store's pairs: `_name(c, ...)` runs in a worker thread on a pooled connection inside one
-transaction, `name(...)` is the async API that hands it to `self._run`. Every blob is sealed by
+Theory of operation: `PgBlobOps` is a mixin under `PgMessageOps` (`_pg_messages.py`) and over
+`PgCalls` (`_pg_calls.py`), in the store's pairs: `_name(c, ...)` runs in a worker thread on a
+pooled connection inside one transaction, `name(...)` is the async API that hands it to
+`self._run`. Every blob is sealed by
 `crypto.seal` with associated data "acct:{account}:{kind}:{body_id}" (kind: body, cache, sort),
 so a record copied to another body or account does not open. Blobs are shared by the copies of a
 message; replacing a cache or sort-fields blob is not a message change (no MODSEQ).
@@ -11,11 +12,12 @@ message; replacing a cache or sort-fields blob is not a message change (no MODSE
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Sequence
 
 import psycopg
 
 from . import crypto
+from ._pg_calls import PgCalls
 from .base import MessageMeta, StoreError
 from .crypto import KeyRing
 
@@ -27,11 +29,10 @@ _KINDS = {"data": "body", "cache": "cache", "sort_fields": "sort"}
 Conn = psycopg.Connection[Any]
 
 
-class PgBlobOps:
+class PgBlobOps(PgCalls):
     """Blob operations of `PostgresStore` (see the module docstring)."""
 
     _ring: KeyRing | None
-    _run: Callable[..., Awaitable[Any]]
 
     def _insert_bodies(self, c: Conn, account_id: int,
                        items: Sequence[tuple[int, bytes, bytes | None, bytes | None]]) -> None:

@@ -26,7 +26,7 @@ body ids are drawn from the sequence before the row is written.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Sequence
 
 import psycopg
 
@@ -67,7 +67,6 @@ class PgMessageOps(PgBlobOps):
     """Message operations of `PostgresStore` (see the module docstring)."""
 
     _ring: KeyRing | None
-    _run: Callable[..., Awaitable[Any]]
     origin: str              # this process's tag on the change log and its notifications
     timing: ReplicaTiming    # ack interval and replica lease (`_pg_bodies.py`)
 

@@ -1,26 +1,8 @@
 """The shared Store: PostgreSQL, for several gateway replicas (or processes) on one database.
 
-Theory of operation: psycopg 3 with its connection pool, used from worker threads
-(`trio.to_thread.run_sync` behind a `CapacityLimiter` as large as the pool). psycopg's async API
-is asyncio-only and there is no maintained trio-native PostgreSQL driver (triopg wraps asyncpg
-through trio-asyncio and is unmaintained), while threads keep the trio loop free and give real
-parallelism for network waits. Each store call is ONE transaction on one pooled connection,
-committed when the call returns and rolled back when it raises (`_call`); a call that is one
-read-only statement (`read=True`) runs in autocommit instead, one round trip without BEGIN and
-COMMIT.
-
-Fairness: a call made for an account (`fairness.acting_for`, set by the gateway for each
-logged-in session) first takes one of that account's tokens (`gateway.store_pool_per_account`,
-default half the pool), so one account's burst leaves connections for the others.
-
-Failures: a deadlock or serialization failure is retried (bounded, `RETRIES`); a lost server,
-a pool with no free connection within `POOL_TIMEOUT_S`, or a call not answered within
-`gateway.store_query_timeout` (a frozen server: `_pg_deadline.py`) is `StoreUnavailable`, which
-the gateway answers with `NO [UNAVAILABLE]`. The pool checks a connection before handing it
-out, and a call whose connection turns out dead before its COMMIT (nothing was done) runs again
-on another, so after a database restart calls recover without restarting the proxy. A call
-whose connection is lost DURING its COMMIT is answered by what the server says happened
-(`_pg_commit.py`).
+Theory of operation: every call is one transaction on a pooled connection, run in a worker
+thread under the account's share of the pool and the `gateway.store_query_timeout` bound, with
+its failures mapped to `StoreUnavailable`/`StoreFailure`: the `PgCalls` base in `_pg_calls.py`.
 
 Durability: a COMMIT is durable when it returns (the server's `synchronous_commit`), so `flush()`
 has nothing to do.
@@ -28,33 +10,31 @@ has nothing to do.
 The schema, migrations, pool and key check are `_pg_schema.py`; message operations are the
 `PgMessageOps` mixin in `_pg_messages.py` (see its docstring for locking and NOTIFY), mailbox
 operations the `PgMailboxOps` mixin in `_pg_mailboxes.py`; the cross-replica change feed
-(`follow_changes`) is `_pg_notify.py`. This module is the store object: connections and
-transactions, accounts and credentials, POP3 ingest, retention bookkeeping and fetch leases.
+(`follow_changes`) is `_pg_notify.py`. This module is the store object: accounts and
+credentials, POP3 ingest, retention bookkeeping and fetch leases.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
 import hashlib
 import secrets
 import time
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 import psycopg
 import psycopg_pool
 import trio
-from psycopg import errors as pg_errors
 
 from . import crypto
 from ._accounts_sql import USAGE_SELECT, delete_statements, record_sync, summary_select
 from ._pg_bodies import DEFAULT_TIMING, ReplicaTiming
-from ._pg_commit import InDoubt, commit, outcome, settle
-from ._pg_deadline import DEFAULT_QUERY_TIMEOUT_S, Deadlines, Watch, tcp_options
+from ._pg_calls import PgCalls, default_per_account
+from ._pg_deadline import DEFAULT_QUERY_TIMEOUT_S, tcp_options
 from ._pg_mailboxes import PgMailboxOps
 from ._pg_notify import ChangeFollower, Feed
-from ._pg_schema import CONNECT_TIMEOUT_S, POOL_TIMEOUT_S, SCHEMA_VERSION, one_line, open_pool, redact
+from ._pg_schema import CONNECT_TIMEOUT_S, SCHEMA_VERSION, one_line, open_pool, redact
 from ._rows import from_date, save_time
 from .base import (
     DEFAULT_MAILBOXES,
@@ -63,27 +43,17 @@ from .base import (
     AccountSummary,
     ChangeKind,
     IngestItem,
-    StoreError,
-    StoreFailure,
     StoreUnavailable,
     Usage,
 )
 from .crypto import KeyRing, StoreKeyError
-from .fairness import AccountShares
 
 __all__ = ["PostgresStore", "open_postgres", "SCHEMA_VERSION", "DEFAULT_POOL_SIZE",
            "default_per_account"]
 
 DEFAULT_POOL_SIZE = 10
-RETRIES = 5                 # deadlock / serialization failure: run the transaction again
 FETCH_LEASE_SPACE = 0x6D70_0001   # first key of pg_try_advisory_lock(int4, int4): fetch leases
-_RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 Conn = psycopg.Connection[Any]
-
-
-def default_per_account(pool_size: int) -> int:
-    """Connections one account's sessions may hold at once unless configured: half the pool."""
-    return max(1, pool_size // 2)
 
 
 class _StaleConnection(Exception):
@@ -98,14 +68,11 @@ class PostgresStore(PgMailboxOps):
                  timing: ReplicaTiming = DEFAULT_TIMING, *, objectid_key: bytes,
                  per_account: int | None = None,
                  query_timeout: float = DEFAULT_QUERY_TIMEOUT_S):
-        self._pool: psycopg_pool.ConnectionPool[Any] | None = pool
+        PgCalls.__init__(self, pool, size, per_account, query_timeout)
         self.objectid_key = objectid_key
         self._url, self._password = url, password
         self.url = redact(url)
         self._ring = ring
-        self._limiter = trio.CapacityLimiter(size)
-        self._shares = AccountShares(per_account or default_per_account(size))
-        self._deadlines = Deadlines(query_timeout)
         self.origin = secrets.token_hex(6)
         self.timing = timing
         self.follower: ChangeFollower | None = None
@@ -117,66 +84,6 @@ class PostgresStore(PgMailboxOps):
         self.follower = ChangeFollower(self._url, self._password, self.origin, self._run, feed,
                                        self.timing, tcp_options(self._deadlines.timeout_s))
         await self.follower.run(task_status)
-
-    def _call(self, read: bool, fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            with self._deadlines.call() as watch:
-                try:
-                    return self._attempts(watch, read, fn, *args)
-                except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-                    if watch.expired:   # cut by its deadline (_pg_deadline.py): not run again
-                        raise StoreUnavailable("store unavailable: no answer from the database "
-                                               f"within {self._deadlines.timeout_s:g}s") from exc
-                    raise
-        except InDoubt as doubt:   # lost during its COMMIT: did it happen? (_pg_commit.py)
-            with self._deadlines.call() as again:
-                ask = functools.partial(self._attempts, again, True, outcome, doubt.xid)
-                return settle(doubt, ask, again)
-
-    def _attempts(self, watch: Watch, read: bool, fn: Callable[..., Any], *args: Any) -> Any:
-        for attempt in range(RETRIES):
-            pool = self._pool
-            if pool is None:
-                raise StoreError("store is closed")
-            try:
-                left = watch.deadline - time.monotonic()
-                with pool.connection(timeout=max(0.0, min(POOL_TIMEOUT_S, left))) as c:
-                    watch.use(c)
-                    try:
-                        if read:
-                            c.autocommit = True   # one statement: no BEGIN/COMMIT round trips
-                        try:
-                            result = fn(c, *args)
-                        except psycopg.OperationalError as exc:
-                            if c.broken and not watch.expired:   # before COMMIT: nothing done
-                                raise _StaleConnection() from exc
-                            raise
-                        finally:
-                            if read:
-                                c.autocommit = False
-                        return result if read else commit(c, result)
-                    finally:
-                        watch.use(None)
-            except _RETRYABLE:
-                if attempt == RETRIES - 1:
-                    raise
-            except _StaleConnection as stale:   # e.g. pooled before a database restart
-                if attempt == RETRIES - 1:
-                    assert stale.__cause__ is not None
-                    raise stale.__cause__ from None
-        raise AssertionError("unreachable")
-
-    async def _run(self, fn: Callable[..., Any], *args: Any, read: bool = False) -> Any:
-        try:
-            async with self._shares.slot():   # an account's share of the pool (fairness.py)
-                return await trio.to_thread.run_sync(
-                    functools.partial(self._call, read, fn, *args), limiter=self._limiter)
-        except psycopg_pool.PoolTimeout as exc:
-            raise StoreUnavailable("store unavailable: no database connection") from exc
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"store unavailable: {one_line(exc)}") from exc
-        except psycopg.Error as exc:   # a bug or a broken database: a refusal, not a crash
-            raise StoreFailure(f"store: {one_line(exc)}") from exc
 
     # ---- accounts and credentials ----------------------------------------------------------------
 
