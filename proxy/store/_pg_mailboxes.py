@@ -91,19 +91,23 @@ class PgMailboxOps(PgMessageOps):
         mailbox: Mailbox = await self._run(self._create_mailbox, account_id, name, special_use)
         return mailbox
 
-    def _delete_mailbox(self, c: Conn, account_id: int, name: str) -> None:
+    def _delete_mailbox(self, c: Conn, account_id: int, name: str) -> list[int]:
         if canon(name) == INBOX:
             raise StoreError("INBOX cannot be deleted")
         mailbox_id = self._mailbox_id(c, account_id, name, lock=True)
-        note_orphans(c, [r[0] for r in c.execute(
-            "DELETE FROM messages WHERE mailbox_id = %s RETURNING body_id", (mailbox_id,))])
+        bodies = sorted({r[0] for r in c.execute(
+            "DELETE FROM messages WHERE mailbox_id = %s RETURNING body_id", (mailbox_id,))})
+        note_orphans(c, bodies)
         c.execute("DELETE FROM changes WHERE mailbox_id = %s", (mailbox_id,))
         c.execute("DELETE FROM mailboxes WHERE id = %s", (mailbox_id,))
         self._notify_gone(c, account_id, [mailbox_id])
+        return bodies
 
-    async def delete_mailbox(self, account_id: int, name: str) -> None:
-        """Delete a mailbox and its messages (not its inferiors). INBOX cannot be deleted."""
-        await self._run(self._delete_mailbox, account_id, name)
+    async def delete_mailbox(self, account_id: int, name: str) -> list[int]:
+        """Delete a mailbox and its messages (not its inferiors). INBOX cannot be deleted.
+        Returns the messages' body ids (orphans, swept as an expunge's, `_pg_bodies.py`)."""
+        bodies: list[int] = await self._run(self._delete_mailbox, account_id, name)
+        return bodies
 
     def _rename_mailbox(self, c: Conn, account_id: int, old: str, new: str) -> dict[int, str]:
         old, new = canon(old), canon(new)

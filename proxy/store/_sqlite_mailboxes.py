@@ -91,21 +91,24 @@ class MailboxOps(MessageOps):
                              special_use: str | None = None) -> Mailbox:
         return await self._run(self._create_mailbox, account_id, name, special_use)
 
-    def _delete_mailbox(self, account_id: int, name: str) -> None:
+    def _delete_mailbox(self, account_id: int, name: str) -> list[int]:
         if canon(name) == INBOX:
             raise StoreError("INBOX cannot be deleted")
         with transaction(self._db):
             mailbox_id = self._mailbox_id(account_id, name)
-            bodies = {r[0] for r in self._db.execute(
-                "SELECT DISTINCT body_id FROM messages WHERE mailbox_id = ?", (mailbox_id,))}
+            bodies = [r[0] for r in self._db.execute(
+                "SELECT DISTINCT body_id FROM messages WHERE mailbox_id = ?", (mailbox_id,))]
             self._db.execute("DELETE FROM messages WHERE mailbox_id = ?", (mailbox_id,))
             self._db.execute("DELETE FROM changes WHERE mailbox_id = ?", (mailbox_id,))
             self._db.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
-            self._collect_bodies(bodies)
+        return bodies
 
-    async def delete_mailbox(self, account_id: int, name: str) -> None:
-        """Delete a mailbox and its messages (not its inferiors). INBOX cannot be deleted."""
-        await self._run(self._delete_mailbox, account_id, name)
+    async def delete_mailbox(self, account_id: int, name: str) -> list[int]:
+        """Delete a mailbox and its messages (not its inferiors). INBOX cannot be deleted.
+        Returns the messages' body ids: a body shared with a copy elsewhere may still be shown
+        by a session there after that copy's expunge (RFC 2180 4.1.1), so bodies wait for
+        `collect_bodies` (or the sweep at the next open) as an expunge's do."""
+        return await self._run(self._delete_mailbox, account_id, name)
 
     def _rename_mailbox(self, account_id: int, old: str, new: str) -> None:
         old, new = canon(old), canon(new)

@@ -14,11 +14,12 @@ Ingest is keyed by the POP3 UIDL: the set of UIDLs an account has ever ingested 
 the IMAP user expunges the message, so the fetcher never brings it back. That set also carries the
 retention bookkeeping (when each UIDL was fetched, whether it was deleted upstream).
 
-Expunged bodies (issue 13). `expunge()` and `move()` remove message rows (and log them) but leave a
-body that no message refers to any more in place: a session that has not yet been sent the EXPUNGE
-may still read it (RFC 2180 4.1.1). The gateway calls `collect_bodies(ids)` once no session shows
-those messages; SQLite also sweeps such orphans when it opens (no process can pin them then),
-PostgreSQL decides with every live replica (`_pg_bodies.py`).
+Expunged bodies (issue 13). `expunge()`, `move()` and `delete_mailbox()` remove message rows (and
+log them) but leave a body that no message refers to any more in place: a session that has not yet
+been sent the EXPUNGE may still read it (RFC 2180 4.1.1), through a copy of the body, too.
+The gateway calls `collect_bodies(ids)` once no session shows those messages; SQLite also sweeps
+such orphans when it opens (no process can pin them then), PostgreSQL decides with every live
+replica (`_pg_bodies.py`).
 
 \\Recent (RFC 3501 2.3.2, issue 13). Each mailbox keeps a *recent floor*: the lowest UID that no
 session has had as \\Recent yet. `recent_floor(id, claim_upto=n)` atomically raises it past `n` and
@@ -228,7 +229,8 @@ class Store(Protocol):
     async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None: ...
     async def create_mailbox(self, account_id: int, name: str,
                              special_use: str | None = None) -> Mailbox: ...
-    async def delete_mailbox(self, account_id: int, name: str) -> None: ...
+    # the body ids of the messages it removed: like `expunge`'s, they stay until `collect_bodies`
+    async def delete_mailbox(self, account_id: int, name: str) -> list[int]: ...
     async def rename_mailbox(self, account_id: int, old: str, new: str) -> None: ...
     # subscriptions: a set of names, independent of the mailboxes (RFC 3501 6.3.6): CREATE,
     # DELETE and RENAME leave it alone; a new account starts with its default mailboxes in it

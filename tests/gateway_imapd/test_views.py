@@ -367,3 +367,47 @@ async def test_store_outage_after_the_reply_neither_crashes_nor_loses_garbage(ga
         writer.close()
 
     await run(scenario)
+
+
+async def test_deleting_a_mailbox_keeps_a_copied_body_another_session_still_shows(gateway):
+    """RFC 2180 4.1.1 across mailboxes (seed 1218242009 of the wide stress mix, SQLite): the
+    body of an INBOX message is shared with its COPY in another mailbox; the INBOX message is
+    expunged while session b still shows it (b pins the body), then the other mailbox is
+    deleted. DELETE must not delete the body b pins: b's FETCH still answers it, and the body
+    goes once b has been told."""
+    body = message(1, body="copied and pinned")
+    a, b = await run(lambda: (Client(gateway), Client(gateway)))
+
+    def setup():
+        _append(a, body)
+        b.ok("NOOP")
+        a.ok("NOOP")
+        a.ok("CREATE Scratch")
+        a.ok("COPY 1 Scratch")
+
+    await run(setup)
+    store = gateway.service.store
+    account = await store.get_account("main", gateway.user)
+    inbox = await store.get_mailbox(account.id, "INBOX")
+    first = (await store.messages(inbox.id))[0]
+
+    def race():
+        a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+        assert b.ok("NOOP") == [b"* 1 FETCH (UID 1 FLAGS (\\Deleted))"]
+        assert a.ok("EXPUNGE") == [b"* 1 EXPUNGE"]
+        a.ok("DELETE Scratch")   # the last message referring to the body b still shows
+        a.ok("NOOP")   # its housekeeping collects what nobody shows
+        lines = b.ok("FETCH 1 (BODY.PEEK[])")
+        assert lines == [b"* 1 FETCH (BODY[] {%d}\r\n%s)" % (len(body), body)], lines
+
+    await run(race)
+    assert await store.bodies([first]) == [body]
+
+    def told():
+        assert b.ok("NOOP") == [b"* 1 EXPUNGE"]
+        a.ok("NOOP")
+        for client in (a, b):
+            client.close()
+
+    await run(told)
+    assert await store.bodies([first]) == [None]   # no session shows it: forgotten

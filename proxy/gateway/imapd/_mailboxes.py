@@ -154,12 +154,15 @@ async def delete(session, cmd):
     box = await session.store.get_mailbox(session.account.id, name)
     if box is None:
         raise Reply.no(f"Mailbox does not exist: {name}", b"NONEXISTENT")
-    await session.store.delete_mailbox(session.account.id, name)
+    bodies = await session.store.delete_mailbox(session.account.id, name)
     if session.view is not None and session.view.mailbox_id == box.id:
         # Dovecot 2.3.19's words and behaviour (checked): the tagged OK, then BYE and close
         session.deselect()
         session.bye_after_reply = b"Selected mailbox was deleted, have to disconnect."
     session.backend.hub.gone(box.id)
+    # a body may be shared with an expunged copy elsewhere that a session still shows (RFC
+    # 2180 4.1.1): the hub collects only those no view pins
+    session.backend.hub.orphaned(bodies)
     return None
 
 

@@ -218,6 +218,11 @@ class Hub:
             if above and mailbox_id in self._reading:   # that snapshot may hold them
                 self._unannounced_gone.setdefault(mailbox_id, set()).update(above)
             self._send(MailboxEvent(mailbox_id, EventKind.EXPUNGE, uids=tuple(uids), origin=origin))
+        self.orphaned(body_ids)
+
+    def orphaned(self, body_ids) -> None:
+        """Bodies whose messages were removed (expunged, moved, their mailbox deleted): garbage
+        unless a view pins them (a copy expunged elsewhere that a session still shows)."""
         self.garbage.update(b for b in body_ids if b not in self._pins)
 
     def gone(self, mailbox_id: int, origin: object | None = None) -> None:
