@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from . import events as ev
 from ._errors import ProtocolError
-from ._lines import find_literal, parse_command_head, plain_command
+from ._lines import PLAIN_COMMAND_RE, find_literal, parse_command_head
 from ._parser import BaseParser, _State
 from ._tokens import Token
 
@@ -55,11 +55,18 @@ class CommandParser(BaseParser):
         """``data`` is a whole chunk: when it is one command line with no literal that parsing
         would accept as it is (``CommandStart`` and ``Command`` with no args), return its
         ``(tag, name)`` and count it consumed, with no events; else None and nothing taken
-        (``receive_data`` it then). Only outside ``parse_args``."""
-        head = plain_command(data)
-        if head is None or self._parse_args or not self._pass(data):
+        (``receive_data`` it then). Only outside ``parse_args``. One regex, no other Python
+        call than the parser's rest check: the relay's hot path."""
+        match = PLAIN_COMMAND_RE.fullmatch(data)
+        if match is None or self._parse_args:
             return None
-        return head
+        tag, name, sub = match.groups()
+        name = name.upper()
+        if name == b"UID":   # (a UID without a subcommand is an error: the parser's to answer)
+            if sub is None:
+                return None
+            name = b"UID " + sub.upper()
+        return (tag, name) if self._pass(len(data)) else None
 
     def _step_line(self) -> bool:
         if self._raw_next or self._parse_args:

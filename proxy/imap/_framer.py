@@ -99,11 +99,16 @@ class ReceiveBuffer:
         self._scan -= pos
         self._pos = 0
 
-    def passed(self, size: int) -> None:
-        """``size`` bytes that never entered the (empty) buffer went by as one whole line: they
-        count as consumed, and as the last line taken."""
+    def pass_line(self, size: int) -> bool:
+        """When nothing is buffered and EOF is not marked, ``size`` bytes that never entered the
+        buffer go by as one whole line: they count as consumed, and as the last line taken;
+        else False and nothing done."""
+        pos = self._pos
+        if pos < len(self._data) or self.eof:
+            return False
         self._base += size
-        self._line = self._pos - size
+        self._line = pos - size
+        return True
 
     def drop_consumed(self) -> None:
         """Let go of a chunk that has been read to its end (an idle session keeps no bytes)."""

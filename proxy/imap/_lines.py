@@ -19,8 +19,8 @@ __all__ = [
     "parse_response_head",
     "parse_tagged_head",
     "parse_resp_text",
-    "plain_command",
-    "plain_tagged",
+    "PLAIN_COMMAND_RE",
+    "PLAIN_TAGGED_RE",
     "STATUS_NAMES",
     "TAGGED_STATUSES",
 ]
@@ -39,11 +39,12 @@ _NAME = rb"[\x21\x23\x24\x26\x27\x2b-\x5b\x5e-\x7a\x7c-\x7e]+"
 _COMMAND_HEAD_RE = re.compile(rb"(%s) (%s)(?: (%s))?(?= |\Z)" % (_TAG, _NAME, _NAME))
 _UNTAGGED_HEAD_RE = re.compile(rb"\* (?:([0-9]{1,20}) )?(%s)(?= |\Z)" % _NAME)
 # Whole lines a parser is sure to accept as they are (the relay's common case, see
-# ``plain_command``/``plain_tagged``): a command whose name is letters (a UID's subcommand too),
-# then anything but NUL, CR, LF or a literal's braces; a tagged OK/NO/BAD and any text.
-_PLAIN_COMMAND_RE = re.compile(
+# ``CommandParser.plain_line``/``ResponseParser.tagged_line``): a command whose name is
+# letters (a UID's subcommand too), then anything but NUL, CR, LF or a literal's braces; a
+# tagged OK/NO/BAD and any text.
+PLAIN_COMMAND_RE = re.compile(
     rb"(%s) ([A-Za-z]+)(?: ([A-Za-z]+))?(?: [^\x00\r\n{}]*)?\r\n" % _TAG)
-_PLAIN_TAGGED_RE = re.compile(rb"(%s) ((?i:OK|NO|BAD))(?: [^\n]*)?\r\n" % _TAG)
+PLAIN_TAGGED_RE = re.compile(rb"(%s) ((?i:OK|NO|BAD))(?: [^\n]*)?\r\n" % _TAG)
 
 #: RFC 9051 §7.1: untagged status responses.
 STATUS_NAMES = frozenset({b"OK", b"NO", b"BAD", b"PREAUTH", b"BYE"})
@@ -134,26 +135,6 @@ def parse_command_head(line: bytes, end: int) -> tuple[bytes, bytes, int]:
             raise _syntax("Invalid UID subcommand", tag)
         name = b"UID " + sub.upper()
     return tag, name, pos
-
-
-def plain_command(data: bytes) -> tuple[bytes, bytes] | None:
-    """``(tag, name)`` as ``parse_command_head`` gives them when ``data`` is one whole command
-    line (CRLF included) with no literal that the parser accepts as it is; else None."""
-    m = _PLAIN_COMMAND_RE.fullmatch(data)
-    if m is None:
-        return None
-    name = m.group(2).upper()
-    if name != b"UID":
-        return m.group(1), name
-    sub = m.group(3)   # (a UID without a subcommand is an error: the parser's to answer)
-    return None if sub is None else (m.group(1), b"UID " + sub.upper())
-
-
-def plain_tagged(data: bytes) -> tuple[bytes, bytes] | None:
-    """``(tag, status)`` as ``parse_tagged_head`` gives them when ``data`` is one whole tagged
-    status line (CRLF included); else None."""
-    m = _PLAIN_TAGGED_RE.fullmatch(data)
-    return None if m is None else (m.group(1), m.group(2).upper())
 
 
 def _word(line: bytes, start: int, end: int) -> tuple[bytes, int]:

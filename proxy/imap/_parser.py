@@ -192,14 +192,13 @@ class BaseParser:
         return (self._state is _State.LINE and not len(self._buf) and not self._events
                 and self._sink is None)
 
-    def _pass(self, data: bytes) -> bool:
-        """Count ``data``, one whole line that the subclass read itself, as consumed; False
-        (nothing done) unless the parser is at rest and the line within its limit."""
-        if (len(data) > self._limits.max_line or self._raw_next or self._buf.eof
-                or self._pending_error is not None or not self.at_boundary):
+    def _pass(self, size: int) -> bool:
+        """Count ``size`` bytes, one whole line that the subclass read itself, as consumed;
+        False (nothing done) unless the parser is at rest and the line within its limit."""
+        if (size > self._limits.max_line or self._state is not _State.LINE or self._events
+                or self._sink is not None or self._raw_next or self._pending_error is not None):
             return False
-        self._buf.passed(len(data))
-        return True
+        return self._buf.pass_line(size)   # (and nothing buffered, no EOF)
 
     def take_unconsumed(self) -> bytes:
         """Hand the bytes not yet parsed to another parser (e.g. pre-login to relay); only

@@ -8,12 +8,13 @@ from __future__ import annotations
 from . import events as ev
 from ._errors import ProtocolError
 from ._lines import (
+    PLAIN_TAGGED_RE,
     STATUS_NAMES,
+    TAGGED_STATUSES,
     find_literal,
     parse_resp_text,
     parse_response_head,
     parse_tagged_head,
-    plain_tagged,
 )
 from ._parser import BaseParser
 from ._tokens import Token
@@ -34,10 +35,11 @@ class ResponseParser(BaseParser):
         """``data`` is a whole chunk: when it is one tagged status line (the common answer),
         return its ``(tag, status)`` as ``TaggedResponse`` has them and count it consumed,
         with no events; else None and nothing taken (``receive_data`` it then)."""
-        head = plain_tagged(data)
-        if head is None or not self._pass(data):
+        match = PLAIN_TAGGED_RE.fullmatch(data)
+        if match is None or not self._pass(len(data)):
             return None
-        return head
+        tag, status = match.groups()
+        return tag, status if status in TAGGED_STATUSES else status.upper()
 
     def _start_message(self, line: bytes) -> None:
         if line.startswith(b"+"):

@@ -50,7 +50,7 @@ class ImapRelayCore:
     __slots__ = ("session", "client_parser", "upstream_parser", "held", "inflight",
                  "bytes_up", "bytes_down", "last_active", "upstream_heard", "logout_seen",
                  "draining", "bad", "compress", "compressed", "end", "_replies", "_said",
-                 "_before", "_down_after_ok", "_unjudged", "_max_plain")
+                 "_before", "_down_after_ok", "_unjudged", "_unjudged_size", "_max_plain")
 
     def __init__(self, session: Session, client_parser: CommandParser,
                  upstream_parser: ResponseParser, client_leftover: bytes, now: float):
@@ -77,7 +77,7 @@ class ImapRelayCore:
         self._before: list[bytes | bytearray] = []   # good bytes before a refused command
         self._down_after_ok = b""   # what followed the upstream's OK to COMPRESS: compressed
         self._unjudged: tuple[bytes, bytes] | None = None   # a plain line's (tag, name), forwarded
-        # before it was judged (`judge()`)
+        self._unjudged_size = 0   # ... and its size, before it was judged and counted (`judge()`)
         limits = session.listener.limits   # (the client parser's: imap_relay.py)
         self._max_plain = min(limits.max_line, limits.id_line_length)
 
@@ -118,13 +118,12 @@ class ImapRelayCore:
             self.bytes_up.add(len(data))
             return data
         parser, held = self.client_parser, self.held
-        if (len(data) <= self._max_plain and not held.held and self.inflight.idle_tag is None
+        size = len(data)
+        if (size <= self._max_plain and not held.held and self.inflight.idle_tag is None
                 and self.compress is None and not held.dropping):
             head = parser.plain_line(data)
-            if head is not None:
-                held.sent += len(data)   # forwarded as it came: never held
-                self.bytes_up.add(len(data))
-                self._unjudged = head
+            if head is not None:   # forwarded as it came, never held; counted by `judge()`
+                self._unjudged, self._unjudged_size = head, size
                 if not forward_first:
                     self.judge()
                 return data
@@ -139,6 +138,11 @@ class ImapRelayCore:
         if head is None:
             return
         self._unjudged = None
+        self.held.sent += self._unjudged_size   # (what `bytes_up.add` does, inline)
+        counter = self.bytes_up
+        counter.pending += self._unjudged_size
+        if counter.pending >= counter.FLUSH_BYTES:
+            counter.flush()
         tag, name = head
         self._started(tag, _LABELS.get(name, OTHER))
         if name == b"LOGOUT":
@@ -205,10 +209,8 @@ class ImapRelayCore:
 
     def _started(self, tag: bytes, label: str) -> None:
         self.session.commands += 1
-        inflight = self.inflight
-        if not inflight.owed():   # the upstream's time to answer starts now
+        if self.inflight.start(tag, label):   # the upstream's time to answer starts now
             self.upstream_heard = self.last_active
-        inflight.start(tag, label)
 
     def _reject(self, exc: ProtocolError) -> bool:
         """A client line the parser refused. When none of its command went upstream: answer
@@ -265,14 +267,18 @@ class ImapRelayCore:
         if not data:
             self.finish(Close.CLIENT_LOGOUT if self.logout_seen else Close.UPSTREAM_CLOSED)
             return b""
-        self.bytes_down.add(len(data))
+        counter = self.bytes_down   # (what `bytes_down.add` does, inline)
+        counter.pending += len(data)
+        if counter.pending >= counter.FLUSH_BYTES:
+            counter.flush()
         if self.compressed:
             return data
         if self.compress is None:
             head = self.upstream_parser.tagged_line(data)
             if head is not None:
-                inflight.complete(*head)
-                self.upstream_parsed()
+                inflight.complete(head[0], head[1])
+                if self._said or self.draining:
+                    self.upstream_parsed()
                 return b""
         self.upstream_parser.receive_data(data)
         if not self.upstream_plain(b""):

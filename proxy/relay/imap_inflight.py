@@ -33,8 +33,13 @@ class InFlight:
         pending = self.pending
         return len(pending) > (self.idle_tag in pending)   # (no set built per command)
 
-    def start(self, tag: bytes, label: str) -> None:
-        self.pending[tag] = (label, time.monotonic())
+    def start(self, tag: bytes, label: str) -> bool:
+        """A command forwarded; True when it is the only one owed an answer (`owed()` was
+        False before it): the upstream's time to answer starts with it."""
+        pending = self.pending
+        first = len(pending) <= (self.idle_tag in pending)
+        pending[tag] = (label, time.monotonic())
+        return first
 
     def complete(self, tag: bytes, status: bytes) -> None:
         """The tagged response to `tag`: metrics; a refused IDLE is no longer running."""

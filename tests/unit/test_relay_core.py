@@ -400,3 +400,56 @@ def test_pop3_a_terminator_split_across_reads_at_every_offset_ends_the_body_exac
                 [] if stop == len(wire) else ["STAT"] if retr_done else ["RETR", "STAT"]), points
         assert commands(metrics, "pop3", "STAT", "+OK") == n + 1, points
         assert core.end is None and core.take_replies() == b"", points
+
+
+# Plain lines the cheap path takes, lines it must leave to the parser (a literal announced at
+# the end of a plain-looking line, synchronising or not; a refused line), and answers.
+IMAP_CUT_WIRE = (b"a1 NOOP\r\nb2 UID fetch 1:* (FLAGS)\r\nc3 APPEND INBOX {3}\r\nxyz\r\n"
+                 b"d4 LOGIN {1+}\r\nu {1}\r\np\r\n(e5 NOOP\r\nf6 check\r\n"
+                 b"g7 APPEND INBOX {9+}\r\nh8 NOOP\r\n\r\n")
+IMAP_CUT_UP = (b"a1 NOOP\r\nb2 UID fetch 1:* (FLAGS)\r\nc3 APPEND INBOX {3}\r\nxyz\r\n"
+               b"d4 LOGIN {1+}\r\nu {1}\r\np\r\nf6 check\r\ng7 APPEND INBOX {9+}\r\nh8 NOOP\r\n\r\n")
+
+
+def imap_cut_outcome(cuts: tuple[int, ...]) -> tuple[object, ...]:
+    """IMAP_CUT_WIRE read as chunks cut at `cuts`, each forwarded first and judged, then every
+    command answered in one chunk: what went up, the replies, what was counted."""
+    core, metrics = imap_core(bad_commands=100)
+    up, replies = bytearray(), bytearray()
+    for start, stop in itertools.pairwise([0, *cuts, len(IMAP_CUT_WIRE)]):
+        up += core.client_data(IMAP_CUT_WIRE[start:stop], 1.0, forward_first=True)
+        core.judge()
+        replies += core.take_replies()
+    owed = sorted(core.inflight.pending)
+    for chunk in (b"* 1 FETCH (BODY[] {9}\r\n", b"f6 OK x\r\n", b")\r\n"):   # a literal that
+        core.upstream_data(chunk, 2.0)   # looks like an answer is not one
+    owed.append(sorted(core.inflight.pending))
+    for tag in owed[:-1]:
+        core.upstream_data(tag + b" OK done\r\n", 2.0)
+    core.settle()
+    up_counted = metrics.registry.get_sample_value(
+        "mailproxy_bytes_total", {"direction": "client_to_upstream", "protocol": "imap"})
+    return (bytes(up), bytes(replies), core.session.commands, owed, core.inflight.pending,
+            up_counted, core.held.sent, counted(metrics), core.end)
+
+
+def test_imap_a_command_stream_cut_at_every_offset_gives_the_same_outcome():
+    """The cheap path takes a chunk only when it is one whole plain line at rest: cut anywhere
+    (one offset, or two around the literals), the same bytes go up, the literal-announcing
+    lines (`{3}`, `{1+}`), a literal's payload that looks like a command (in either direction)
+    and the refused line take the parser's way, and the same commands are counted, as when
+    the stream arrives whole or byte by byte."""
+    whole = imap_cut_outcome(())
+    tags = [b"a1", b"b2", b"c3", b"d4", b"f6", b"g7"]
+    assert whole[:4] == (IMAP_CUT_UP, b"* BAD [CLIENTBUG] Invalid tag\r\n", 6, [*tags, tags])
+    assert (whole[5], whole[6]) == (len(IMAP_CUT_UP), len(IMAP_CUT_WIRE))   # (sent: read past)
+    n = len(IMAP_CUT_WIRE)
+    literal = IMAP_CUT_WIRE.index(b"c3")
+    assert imap_cut_outcome(tuple(range(1, n))) == whole
+    for i in range(1, n):
+        assert imap_cut_outcome((i,)) == whole, i
+    for i in range(literal, literal + 24, 3):   # c3 and d4's lines, the literals
+        for j in range(i + 1, min(n, i + 40)):
+            assert imap_cut_outcome((i, j)) == whole, (i, j)
+    g7 = IMAP_CUT_WIRE.index(b"h8")   # a literal that is a plain line, read as one chunk
+    assert imap_cut_outcome((g7, g7 + 9)) == whole
