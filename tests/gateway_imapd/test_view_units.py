@@ -203,3 +203,43 @@ def test_no_pause_while_a_new_message_waits_to_be_announced(monkeypatch):
     view.notify(MailboxEvent(1, EventKind.FLAGS, updates=((1, SEEN, 6), (2, SEEN, 7))))
     parts = list(view.update_slices(True))
     assert parts[0][:2] == [b"3 EXISTS", b"0 RECENT"]
+
+
+def _loading(hub: Hub) -> SelectedView:
+    """A view SELECT has subscribed whose snapshot is still being read."""
+    view = SelectedView(Mailbox(1, 1, "INBOX", None, 7, 3, 1, 2), [], False, set(), hub)
+    hub.subscribe(1, view)
+    return view
+
+
+def test_expunge_while_a_view_loads_keeps_the_body_its_snapshot_shows():
+    """RFC 2180 4.1.1 during SELECT: a session subscribed, its snapshot (read before another
+    session's expunge committed) still shows UID 2, but the expunge is published before the
+    snapshot is loaded, so the view cannot pin the body yet. The body is not garbage until the
+    view has loaded (and pinned it); it goes once the view has sent the EXPUNGE."""
+    hub = Hub()
+    other = _subscribed(hub, [1, 2])
+    view = _loading(hub)
+    hub.expunged(1, [2], origin=other, body_ids=[2])
+    assert hub.garbage == set() and hub.pinned() == {2}
+    view.load(Snapshot(1, 2, [_meta(1, 1), _meta(2, 2)]))
+    assert hub.garbage == set() and view.pinned == {2: 2}
+    assert view.updates(True) == [b"2 EXPUNGE"] and hub.garbage == {2}
+
+
+def test_bodies_deferred_for_a_loading_view_go_when_it_loads_without_them_or_leaves():
+    hub = Hub()
+    other = _subscribed(hub, [1, 2, 3])
+    view = _loading(hub)
+    hub.expunged(1, [2], origin=other, body_ids=[2])
+    hub.orphaned([2])   # e.g. a DELETE elsewhere dropping the last copy: still deferred
+    assert hub.garbage == set()
+    view.load(Snapshot(1, 3, [_meta(1, 1), _meta(3, 3)]))   # read after the expunge
+    assert hub.garbage == {2} and view.pinned == {}
+    hub.garbage.clear()
+    leaving = _loading(hub)
+    hub.expunged(1, [3], origin=other, body_ids=[3])
+    assert hub.garbage == set()
+    hub.unsubscribe(1, leaving)   # the SELECT failed: nothing waits for it
+    assert hub.garbage == set() and view.pinned == {3: 3}   # the loaded view pins UID 3
+    assert view.updates(True) == [b"2 EXPUNGE"] and hub.garbage == {3}

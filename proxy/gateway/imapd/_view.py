@@ -118,6 +118,8 @@ class SelectedView:
         self.loaded = True
         self.hold(tuple(self.early_holds))
         self.early_holds.clear()
+        if self.hub is not None:   # bodies deferred while this view was loading (hub docstring)
+            self.hub.loaded(self.mailbox_id)
 
     def close(self) -> None:
         """The session leaves the mailbox: nothing it showed needs keeping any more."""

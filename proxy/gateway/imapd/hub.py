@@ -31,7 +31,11 @@ already knows the UIDs were claimed.
 
 Expunged bodies (RFC 2180 4.1.1): a session that still shows a message another session expunged
 *pins* its body (`pin_many`, from `SelectedView.notify`) until it has sent the EXPUNGE (`release`).
-Bodies nobody pins are `garbage`, deleted by the next `collect()` (after a command).
+Bodies nobody pins are `garbage`, deleted by the next `collect()` (after a command). A view that
+has subscribed but not loaded its SELECT snapshot yet cannot pin (it does not know the bodies);
+its snapshot may have been read before the expunge's commit and still show the message. So while
+a view of the mailbox is loading, expunged bodies are *deferred*, not garbage, until every view
+of the mailbox has loaded (and pinned what its snapshot shows) or left.
 
 Everything runs in the trio thread of the process; there are no locks. A hub is in-process;
 other replicas' changes arrive through the store's change feed (GatewayService.changed, PostgreSQL
@@ -72,6 +76,8 @@ PRUNE_EVERY = 1000   # published changes to a mailbox between two prunes of its 
 
 
 class Listener(Protocol):
+    loaded: bool   # False between SELECT's subscription and its snapshot (module docstring)
+
     def notify(self, event: MailboxEvent) -> None: ...
     def hold(self, uids: tuple[int, ...]) -> None: ...
 
@@ -88,6 +94,7 @@ class Hub:
         self._reading: collections.Counter[int] = collections.Counter()   # snapshots being read
         self._recent_floor: dict[int, int] = {}              # mailbox id -> known claimed floor
         self._pins: collections.Counter[int] = collections.Counter()   # body id -> views
+        self._deferred: dict[int, set[int]] = {}             # mailbox id -> bodies (loading views)
         self.garbage: set[int] = set()                       # body ids no view pins
 
     def subscribe(self, mailbox_id: int, listener: Listener) -> None:
@@ -99,6 +106,16 @@ class Hub:
             listeners.discard(listener)
             if not listeners:
                 del self._listeners[mailbox_id]
+        self.loaded(mailbox_id)
+
+    def loaded(self, mailbox_id: int) -> None:
+        """A view of `mailbox_id` has loaded its snapshot (and pinned) or left: once none is
+        loading, the bodies deferred for them are garbage unless pinned (module docstring)."""
+        if mailbox_id in self._deferred and not self._loading(mailbox_id):
+            self.orphaned(self._deferred.pop(mailbox_id))
+
+    def _loading(self, mailbox_id: int) -> bool:
+        return any(not listener.loaded for listener in self._listeners.get(mailbox_id, ()))
 
     def listeners(self, mailbox_id: int) -> int:
         return len(self._listeners.get(mailbox_id, ()))
@@ -128,7 +145,7 @@ class Hub:
             self.garbage.add(body_id)
 
     def pinned(self) -> set[int]:
-        return set(self._pins)
+        return set(self._pins).union(*self._deferred.values())
 
     def hold(self, mailbox_id: int, uids) -> None:
         """Expunged UIDs (this process's own, read back from the store's log by the change
@@ -211,19 +228,24 @@ class Hub:
     def expunged(self, mailbox_id: int, uids, origin: object | None = None,
                  body_ids=()) -> None:
         """Announce expunged UIDs; `body_ids` are their bodies, garbage unless a view pins them
-        (views pin in `notify`, synchronously, before this returns)."""
+        (views pin in `notify`, synchronously, before this returns) or is still loading."""
         if uids:
             floor = self._announced.get(mailbox_id, 0)
             above = [uid for uid in uids if uid > floor]
             if above and mailbox_id in self._reading:   # that snapshot may hold them
                 self._unannounced_gone.setdefault(mailbox_id, set()).update(above)
             self._send(MailboxEvent(mailbox_id, EventKind.EXPUNGE, uids=tuple(uids), origin=origin))
-        self.orphaned(body_ids)
+        if body_ids and self._loading(mailbox_id):   # its snapshot may show them (docstring)
+            self._deferred.setdefault(mailbox_id, set()).update(body_ids)
+        else:
+            self.orphaned(body_ids)
 
     def orphaned(self, body_ids) -> None:
         """Bodies whose messages were removed (expunged, moved, their mailbox deleted): garbage
-        unless a view pins them (a copy expunged elsewhere that a session still shows)."""
-        self.garbage.update(b for b in body_ids if b not in self._pins)
+        unless a view pins them (a copy expunged elsewhere that a session still shows) or they
+        wait for a loading view."""
+        deferred = set().union(*self._deferred.values()) if self._deferred else set()
+        self.garbage.update(b for b in body_ids if b not in self._pins and b not in deferred)
 
     def gone(self, mailbox_id: int, origin: object | None = None) -> None:
         self._announced.pop(mailbox_id, None)
