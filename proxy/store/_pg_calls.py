@@ -17,11 +17,13 @@ default half the pool), so one account's burst leaves connections for the others
 Failures: a deadlock or serialization failure is retried (bounded, `RETRIES`); a lost server,
 a pool with no free connection within `POOL_TIMEOUT_S`, or a call not answered within
 `gateway.store_query_timeout` (a frozen server: `_pg_deadline.py`) is `StoreUnavailable`, which
-the gateway answers with `NO [UNAVAILABLE]`. The pool checks a connection before handing it
-out, and a call whose connection turns out dead before its COMMIT (nothing was done) runs again
-on another, so after a database restart calls recover without restarting the proxy. A call
-whose connection is lost DURING its COMMIT is answered by what the server says happened
-(`_pg_commit.py`).
+the gateway answers with `NO [UNAVAILABLE]`. That bound holds for the whole call: a writing
+call's statements and COMMIT are cut after the first `1 - SETTLE_SHARE` of it, so that a COMMIT
+cut on the wire can still be settled within the rest (`_pg_commit.py`). The pool checks a
+connection before handing it out, and a call whose connection turns out dead before its COMMIT
+(nothing was done) runs again on another, so after a database restart calls recover without
+restarting the proxy. A call whose connection is lost DURING its COMMIT is answered by what the
+server says happened (`_pg_commit.py`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import psycopg_pool
 import trio
 from psycopg import errors as pg_errors
 
-from ._pg_commit import InDoubt, commit, outcome, settle
+from ._pg_commit import SETTLE_SHARE, InDoubt, commit, outcome, settle
 from ._pg_deadline import Deadlines, Watch
 from ._pg_schema import POOL_TIMEOUT_S, one_line
 from .base import StoreError, StoreFailure, StoreUnavailable
@@ -68,17 +70,21 @@ class PgCalls:
         self._deadlines = Deadlines(query_timeout)
 
     def _call(self, read: bool, fn: Callable[..., Any], *args: Any) -> Any:
+        timeout = self._deadlines.timeout_s
+        end = time.monotonic() + timeout   # the whole call's bound, a cut COMMIT settled included
+        # a writing call keeps the bound's last share for asking whether a cut COMMIT happened
+        work = timeout if read else timeout * (1 - SETTLE_SHARE)
         try:
-            with self._deadlines.call() as watch:
+            with self._deadlines.call(end - timeout + work) as watch:
                 try:
                     return self._attempts(watch, read, fn, *args)
                 except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
                     if watch.expired:   # cut by its deadline (_pg_deadline.py): not run again
                         raise StoreUnavailable("store unavailable: no answer from the database "
-                                               f"within {self._deadlines.timeout_s:g}s") from exc
+                                               f"within {work:g}s") from exc
                     raise
         except InDoubt as doubt:   # lost during its COMMIT: did it happen? (_pg_commit.py)
-            with self._deadlines.call() as again:
+            with self._deadlines.call(end) as again:
                 ask = functools.partial(self._attempts, again, True, outcome, doubt.xid)
                 return settle(doubt, ask, again)
 

@@ -12,10 +12,17 @@ change that never happened. So:
   (`txid_current_if_assigned()`: one round trip more per writing call, through libpq
   directly; NULL when the transaction wrote nothing, and then there is nothing in doubt);
 - a connection lost during the COMMIT raises `InDoubt` with that id and the call's result;
-- the store then asks `txid_status()` on a fresh connection (`PostgresStore._settle`) until
-  the server says `committed` (the call succeeded: its result is returned) or `aborted` (it
-  did not: NO [UNAVAILABLE], exact), within one more `store_query_timeout`. Only if the server
-  stays silent that long is the outcome unknown, and the answer NO [UNAVAILABLE] as before.
+- the store then asks `txid_status()` on a fresh connection (`settle`, from `PgCalls._call`)
+  until the server says `committed` (the call succeeded: its result is returned) or `aborted`
+  (it did not: NO [UNAVAILABLE], exact). Only if the server stays silent until the call's
+  deadline is the outcome unknown, and the answer NO [UNAVAILABLE] as before.
+
+The whole call, this doubt included, answers within the one bound the operator named,
+`gateway.store_query_timeout`: a writing call's statements and COMMIT are cut after the first
+three quarters of it (`SETTLE_SHARE`), and a COMMIT cut then is settled within the last quarter
+(30 s by default: cut after 22.5 s, settled within 7.5 s more). A reading call has no COMMIT to
+doubt and keeps the whole bound. (Before, the doubt had a bound of its own, as long again: a cut
+COMMIT could take twice the named limit.)
 
 A call cut before its COMMIT was sent is not in doubt: the server rolls back the transaction
 of a client whose connection has closed. The id is a 64-bit txid (epoch and xid), so it never
@@ -36,9 +43,10 @@ from .. import logs
 from ._pg_deadline import Watch
 from .base import StoreUnavailable
 
-__all__ = ["InDoubt", "commit", "outcome", "settle"]
+__all__ = ["SETTLE_SHARE", "InDoubt", "commit", "outcome", "settle"]
 
 SETTLE_POLL_S = 0.05   # how often the server is asked again while it has no outcome to give
+SETTLE_SHARE = 0.25    # of store_query_timeout, kept by a writing call for settling its COMMIT
 
 Conn = psycopg.Connection[Any]
 

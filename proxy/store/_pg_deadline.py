@@ -14,9 +14,12 @@ call with `StoreUnavailable` (NO [UNAVAILABLE]) and never runs it again on anoth
 a call cut during its COMMIT first asks the server whether that COMMIT happened
 (`_pg_commit.py`). When the server resumes, new connections are made as after a restart.
 
-Watches are kept in deadline order (one timeout per store, so that is the order they start
-in): registering and finishing a call is O(1) under one lock, and the reaper sleeps until
-the earliest deadline.
+A watch's deadline is the call's own (`Deadlines.call(deadline)`; by default
+`store_query_timeout` from now): a writing call's statements and COMMIT end earlier than its
+reading calls, to keep time for settling a cut COMMIT within the same bound (`_pg_commit.py`).
+The watches in flight are at most one per worker thread (the store's pool size, plus fetch
+leases being taken), so the reaper finds the earliest deadline by looking at each, and is woken
+only when a call registers a deadline earlier than the one it sleeps until.
 
 `tcp_options()` sets TCP keepalive and TCP_USER_TIMEOUT on every store connection: they cover
 the other failure, a server host gone from the network without a FIN, for connections that
@@ -32,7 +35,6 @@ import os
 import socket
 import threading
 import time
-from collections import OrderedDict
 from typing import Any
 
 import psycopg
@@ -112,20 +114,22 @@ class Deadlines:
         if not timeout_s > 0:
             raise ValueError("the store query timeout must be positive")
         self.timeout_s = timeout_s
-        self._watches: OrderedDict[int, Watch] = OrderedDict()
+        self._watches: set[Watch] = set()
         self._wake = threading.Condition()
+        self._sleeping_until = math.inf   # the deadline the reaper waits for
         self._closed = False
         self._reaper = threading.Thread(target=self._reap, name="mailproxy-store-deadlines",
                                         daemon=True)
         self._reaper.start()
 
     @contextlib.contextmanager
-    def call(self) -> Any:
-        """Run one store call (in its worker thread) under a new watch, which it yields."""
-        watch = Watch(time.monotonic() + self.timeout_s)
+    def call(self, deadline: float | None = None) -> Any:
+        """Run one store call (in its worker thread) under a new watch, which it yields: cut at
+        `deadline` (time.monotonic()), by default `timeout_s` from now."""
+        watch = Watch(time.monotonic() + self.timeout_s if deadline is None else deadline)
         with self._wake:
-            self._watches[id(watch)] = watch
-            if len(self._watches) == 1:
+            self._watches.add(watch)
+            if watch.deadline < self._sleeping_until:
                 self._wake.notify()
         _current.watch = watch
         try:
@@ -133,20 +137,19 @@ class Deadlines:
         finally:
             _current.watch = None
             with self._wake:
-                self._watches.pop(id(watch), None)
+                self._watches.discard(watch)
 
     def _reap(self) -> None:
         with self._wake:
             while not self._closed:
-                if not self._watches:
-                    self._wake.wait()
-                    continue
-                key, watch = next(iter(self._watches.items()))
-                delay = watch.deadline - time.monotonic()
+                watch = min(self._watches, key=_deadline, default=None)
+                delay = math.inf if watch is None else watch.deadline - time.monotonic()
                 if delay > 0:
-                    self._wake.wait(delay)
+                    self._sleeping_until = math.inf if watch is None else watch.deadline
+                    self._wake.wait(None if watch is None else delay)
                     continue
-                del self._watches[key]
+                assert watch is not None
+                self._watches.discard(watch)
                 watch.expire()
                 logs.event("store_call_cut", logging.WARNING, timeout=f"{self.timeout_s:g}s")
 
@@ -155,3 +158,7 @@ class Deadlines:
             self._closed = True
             self._wake.notify()
         self._reaper.join()
+
+
+def _deadline(watch: Watch) -> float:
+    return watch.deadline

@@ -6,6 +6,7 @@ The real thing, a frozen PostgreSQL server, is tests/gateway_imapd/test_store_fr
 from __future__ import annotations
 
 import socket
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -48,6 +49,15 @@ def test_a_finished_call_is_never_expired(reaper):
     assert not first.expired
     server.sendall(b"x")
     assert ours.recv(1) == b"x"   # still open both ways
+
+
+def test_a_later_call_with_an_earlier_deadline_is_cut_at_its_own(reaper):
+    """A writing call's statements end before the bound, a cut COMMIT's doubt at it
+    (`_pg_calls.py`): the watches' deadlines are not in the order they start in."""
+    deadlines, _, _ = reaper
+    with deadlines.call(time.monotonic() + 3600) as late, deadlines.call() as early:
+        polling.wait_for(lambda: early.expired, "the later call with the earlier deadline cut")
+        assert not late.expired
 
 
 def test_connection_options_bound_a_silent_peer():
