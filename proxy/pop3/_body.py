@@ -36,7 +36,7 @@ lines in Python.  Instead:
 
 3. **The terminator's first CRLF stays in the data.**  When found at
    ``idx``, we emit up to ``idx + 2`` (the last line's CRLF), set
-   ``_line_start`` and report :class:`MultilineEnd` on the next call, when
+   ``line_start`` and report :class:`MultilineEnd` on the next call, when
    ``_first_line`` sees ``.CRLF``.  So a body of one empty line
    (``\\r\\n``) is distinguishable from an empty body.
 
@@ -66,7 +66,7 @@ from ._buffer import ReceiveBuffer
 from ._util import NEED_DATA
 from .events import MultilineData, MultilineEnd
 
-__all__ = ["BodyReader", "TERMINATOR", "find_terminator"]
+__all__ = ["BodyReader", "TERMINATOR", "find_terminator", "held_back"]
 
 #: RFC 1939 §3: end of the last body line, then the "." line.
 TERMINATOR = b"\r\n.\r\n"
@@ -79,17 +79,17 @@ _DOT_CHECKS = 8  # dots looked at one by one before the 5-byte search takes over
 class BodyReader:
     """Reads one multi-line body from a :class:`ReceiveBuffer`."""
 
-    __slots__ = ("_unstuff", "_keep", "_line_start")
+    __slots__ = ("_unstuff", "_keep", "line_start")
 
     def __init__(self, *, unstuff: bool, keep: bool = True) -> None:
         self._unstuff = unstuff
         self._keep = keep  # False: a relay that forwards the raw bytes only needs the end
-        self._line_start = True
+        self.line_start = True   # at the body's first line or past the terminator's CRLF
 
     def next_event(self, buf: ReceiveBuffer) -> MultilineData | MultilineEnd | object:
         """Return the next MultilineData / MultilineEnd, or NEED_DATA."""
         while True:
-            if self._line_start:
+            if self.line_start:
                 event = self._first_line(buf)
                 if event is not None:
                     return event
@@ -97,9 +97,9 @@ class BodyReader:
             idx = find_terminator(data, pos)
             if idx >= 0:
                 stop = idx + 2
-                self._line_start = True
+                self.line_start = True
             else:
-                stop = len(data) - _held_back(data, pos)
+                stop = len(data) - held_back(data, pos)
                 if stop <= pos:
                     return NEED_DATA
             if self._keep:
@@ -121,7 +121,7 @@ class BodyReader:
             return MultilineEnd()
         if _TERMINATOR_LINE.startswith(head):  # "", "." or ".\r": wait
             return NEED_DATA
-        self._line_start = False
+        self.line_start = False
         if self._unstuff and head[:1] == b".":
             buf.pos += 1  # RFC 1939 §3: strip the stuffed dot of line one
         return None
@@ -140,7 +140,7 @@ def find_terminator(data: bytes | bytearray, pos: int) -> int:
     return -1 if dot < 0 else data.find(TERMINATOR, dot - 2)
 
 
-def _held_back(data: bytes | bytearray, pos: int) -> int:
+def held_back(data: bytes | bytearray, pos: int) -> int:
     """Length of the longest suffix of data[pos:] that may start a terminator."""
     if not data or data[-1] not in _HOLD_LAST_BYTES:
         return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from ._body import TERMINATOR, BodyReader, find_terminator
+from ._body import TERMINATOR, BodyReader, find_terminator, held_back
 from ._buffer import ReceiveBuffer
 from ._grammar import parse_response_line
 from ._limits import DEFAULT_LIMITS, Limits
@@ -90,6 +90,28 @@ class ResponseParser:
             return None
         self._expected.popleft()
         return ok
+
+    def body_chunk(self, data: bytes) -> bool | None:
+        """``data`` is a whole chunk, inside a relayed body (``keep_bodies=False``) past its
+        first line, with nothing buffered: when the body's terminator ends the chunk exactly,
+        take it and return True (the answer is complete); when the chunk holds no terminator
+        and ends with no byte that could start one, take it and return False; else None and
+        nothing taken (``receive_data`` it then). Nothing buffered means the last chunk ended
+        with no prefix of ``CRLF.CRLF`` held back, so no terminator spans the two (RFC 1939
+        3; _body.py step 2)."""
+        body, buf = self._body, self._buf
+        if (body is None or body.line_start or self._keep_bodies or buf.pos != len(buf.data)
+                or buf.eof or self._error is not None):
+            return None
+        end = find_terminator(data, 0)
+        if end < 0:
+            if held_back(data, 0):
+                return None
+            return False
+        if end != len(data) - 5:   # (more follows the body: the parser takes it)
+            return None
+        self._body = None
+        return True
 
     def next_event(self) -> object:
         """Return the next event, or :data:`NEED_DATA`.

@@ -7,7 +7,10 @@ client first and is parsed after. The core's own answers go to the client before
 that follows them goes upstream. While a local answer waits for earlier commands to be answered
 (RFC 2449 6.6 keeps order) the session stops reading the client (`paused`). A chunk that is one
 plain transaction command is written before it is parsed (`forward_first`) and judged at once,
-before the engine can read the upstream's answer to it.
+before the engine can read the upstream's answer to it. The common chunks take a tight path
+with nothing owed after it (Pop3RelayCore.plain_command and answer_chunk): one plain command
+written upstream and judged, one whole answer or more of a body written to the client and
+counted; everything else takes the core's general calls.
 """
 
 from __future__ import annotations
@@ -35,11 +38,18 @@ class Pop3EngineSession(EngineSession):
     def received(self, side: Side, data: bytes) -> None:
         core = self.core
         if side is self.client:
+            if data and core.plain_command(data, self.engine.now):   # the common chunk
+                if not self.send(self.upstream, data):
+                    core.finish(Close.UPSTREAM_CLOSED)
+                core.judge()
+                if core.end is not None:
+                    self.finish()
+                return
             self._sent(core.client_data(data, self.engine.now, forward_first=True))
         elif data and not self.send(self.client, data):   # forward first: parsing never delays it
             core.finish(Close.CLIENT_CLOSED)
             self._sent(b"")
-        else:
+        elif not core.answer_chunk(data, self.engine.now):   # (the common chunk: nothing owed)
             self._sent(core.upstream_data(data, self.engine.now))
 
     def _sent(self, up: bytes | bytearray) -> None:

@@ -100,17 +100,27 @@ class Pop3RelayCore:
         if not data:
             self.finish(Close.CLIENT_CLOSED)
             return b""
-        parser = self.client_parser
-        if self.waiting is None and len(data) <= self._max_plain:
-            head = parser.plain_line(data)
-            if head is not None:   # never buffered: judged from the regex's reading
-                self._unjudged = head
-                self.bytes_up.add(len(data))
-                if not forward_first:
-                    self.judge()
-                return data
-        parser.receive_data(data)
+        if self.plain_command(data, now):
+            if not forward_first:
+                self.judge()
+            return data
+        self.client_parser.receive_data(data)
         return self.commands()
+
+    def plain_command(self, data: bytes, now: float) -> bool:
+        """The engine's tight path: when `data` is one plain transaction command arriving at
+        rest (CommandParser.plain_line), take it (never buffered: judged from the regex's
+        reading) and return True: the driver writes `data` upstream as it is, then calls
+        `judge()`; nothing else is owed. Else False and nothing taken (`client_data` it)."""
+        if self.waiting is not None or len(data) > self._max_plain:
+            return False
+        head = self.client_parser.plain_line(data)
+        if head is None:
+            return False
+        self.last_active = now
+        self._unjudged = head
+        self.bytes_up.add(len(data))
+        return True
 
     def judge(self) -> None:
         """Judge the plain command `client_data` returned unjudged (what `_batch` does for
@@ -190,6 +200,8 @@ class Pop3RelayCore:
         """A chunk from the upstream, already forwarded to the client (b"" at its end).
         Returns what to forward upstream: the commands a local answer held back, once every
         earlier command has been answered (the driver resumes reading the client then)."""
+        if self.answer_chunk(data, now):
+            return b""
         if self.pending:   # answering a command is activity
             self.last_active = now
         if not data:
@@ -219,6 +231,29 @@ class Pop3RelayCore:
         if self.draining:
             self._close_if_at_rest()
         return up
+
+    def answer_chunk(self, data: bytes, now: float) -> bool:
+        """The tight path of `upstream_data`: a chunk (already forwarded) that is the whole
+        answer to the oldest command (ResponseParser.whole_answer), or more of a body in flight
+        whose terminator is at its very end or nowhere in it (ResponseParser.body_chunk), when
+        nothing waits and no drain is on: taken (the counters added, the command counted once,
+        when its answer ends) and True, the driver owes nothing. Else False, nothing taken."""
+        if not data or self.waiting is not None or self.draining or not self.pending:
+            return False
+        parser = self.upstream_parser
+        ok = parser.whole_answer(data)
+        if ok is not None:
+            self.status = b"+OK" if ok else b"-ERR"
+            self._answered()
+        else:
+            ended = parser.body_chunk(data)
+            if ended is None:
+                return False
+            if ended:   # (its status: the +OK that began the body)
+                self._answered()
+        self.last_active = now
+        self.bytes_down.add(len(data))
+        return True
 
     def _upstream_events(self, parser: ResponseParser) -> None:
         """Match status lines (and body ends) to pending commands; the status of the response

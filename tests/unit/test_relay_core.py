@@ -344,11 +344,13 @@ def pop3_answered_outcome() -> list[object]:
 
 
 def test_pop3_plain_lines_and_whole_answers_change_nothing(monkeypatch):
-    """The cheap path (CommandParser.plain_line, ResponseParser.whole_answer) against the full
-    parse of every chunk: the same bytes upstream, replies, commands pending and counts."""
+    """The cheap path (CommandParser.plain_line, ResponseParser.whole_answer and body_chunk)
+    against the full parse of every chunk: the same bytes upstream, replies, commands pending
+    and counts."""
     cheap = pop3_answered_outcome()
     monkeypatch.setattr(Pop3Commands, "plain_line", lambda self, data: None)
     monkeypatch.setattr(Pop3Responses, "whole_answer", lambda self, data: None)
+    monkeypatch.setattr(Pop3Responses, "body_chunk", lambda self, data: None)
     assert pop3_answered_outcome() == cheap
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from proxy.pop3 import CommandParser, Limits, ResponseParser
+from proxy.pop3 import CommandParser, Limits, ProtocolError, ResponseParser
 from proxy.pop3.events import Command, MultilineEnd, StatusLine
 
 from .helpers import drain
@@ -83,3 +83,63 @@ def test_whole_answer_takes_only_what_parsing_gives_the_same(multiline, head, ta
     assert type(events[0]) is StatusLine and events[0].ok is ok
     assert events[1:] == ([MultilineEnd()] if ok and multiline else [])
     assert full.pending == cheap.pending == 1 and full.buffered == 0
+
+
+BODY_PARTS = [b"line", b"\r\n", b"\r", b"\n", b".", b"..", b"\r\n.", b"\r\n.\r", b"\r\n.\r\n",
+              b".\r\n", b"\r\n..\r\n", b"+OK 1 2\r\n", b"x"]
+
+
+@SETTINGS
+@given(fragments(BODY_PARTS), fragments(BODY_PARTS), fragments(BODY_PARTS))
+@example(b"+OK\r\nab", b"c\r\n.\r\n", b"")              # the end exactly at the chunk's end
+@example(b"+OK\r\nab", b"c\r\n", b".\r\n")              # a tail held back: declined
+@example(b"+OK\r\nab", b"c\r\n.\r\n+OK 1 2\r\n", b"")   # another answer behind the end
+@example(b"+OK\r\nab", b"c\r", b"\n.\r\n")              # the terminator split 1/4
+@example(b"+OK\r\nab", b"c\r\n..x\r\n..", b"\r\n.\r\n")  # stuffed lines at the chunk's edge
+@example(b"+OK\r\n", b".\r\n", b"")                     # at the first line: declined
+@example(b"+OK\r\n", b".\r\n+OK 1 2", b"\r\n")          # an empty body, another answer behind
+@example(b"+OK\r\nx", b"\r\n.\r\n", b"")                 # the terminator opens the chunk
+def test_body_chunk_takes_only_what_parsing_gives_the_same(head, middle, tail) -> None:
+    """A multi-line answer begun by `head` (parsed), then chunks: `body_chunk` takes a chunk
+    only where the parse gives the same thing (the end exactly at the chunk's end, or no end
+    and nothing to hold back); what it declines is left untouched."""
+    cheap, full = ResponseParser(LIMITS, greeting=False, keep_bodies=False), \
+        ResponseParser(LIMITS, greeting=False, keep_bodies=False)
+    for parser in (cheap, full):
+        parser.expect(True)
+        parser.expect(False)   # a later command's
+        try:
+            parse(parser, head) if head else None
+        except ProtocolError:
+            return
+    for chunk in (middle, tail):
+        if not chunk:
+            continue
+        try:
+            events = parse(full, chunk)
+        except ProtocolError:
+            return
+        ended = cheap.body_chunk(chunk)
+        if ended is None:
+            parse(cheap, chunk)   # (declined: the parse takes it, as the relay does)
+            continue
+        assert events == ([MultilineEnd()] if ended else [])
+        assert cheap.buffered == full.buffered == 0 and cheap.pending == full.pending
+    assert outcome(cheap, b"+OK 1 2\r\n") == outcome(full, b"+OK 1 2\r\n")
+
+
+def outcome(parser, data: bytes) -> object:
+    try:
+        return parse(parser, data)
+    except ProtocolError as exc:
+        return exc.kind
+
+
+def test_body_chunk_takes_the_common_chunks() -> None:
+    """(So that the comparison above compares something: it takes both kinds of chunk.)"""
+    parser = ResponseParser(LIMITS, greeting=False, keep_bodies=False)
+    parser.expect(True)
+    assert parse(parser, b"+OK\r\nab") == [StatusLine(True, None, b"")]
+    assert parser.body_chunk(b"cd\r\nef") is False
+    assert parser.body_chunk(b"\r\n.\r\n") is True
+    assert parser.body_chunk(b"x") is None and parser.buffered == 0

@@ -1,0 +1,91 @@
+"""Python calls per relayed POP3 RETR (and IMAP NOOP) in the relay engine's thread: cProfile of
+that thread alone, counts only, so two revisions compare on a busy machine.
+
+    .venv/bin/python bench/engine_calls.py [--messages 300] [--rounds 3] [--noops 3000]
+                                           [--base REV] [--top 30]
+
+The proxy (this tree's, or `--base REV` exported as bench/ab_relay.py does) runs with its
+`Engine._run_thread` wrapped in a `cProfile.Profile()`; one warm-up download, then `--rounds`
+POP3 downloads (USER/PASS, STAT, UIDL, RETR of every message, QUIT, every byte checked) and one
+IMAP session of `--noops` NOOPs; then SIGTERM, and the thread's profile is printed: calls per
+RETR (the engine's calls of the download rounds over their RETRs: logins and QUITs of the
+engine path are in it too, so compare at the same `--messages`) and the top functions by calls.
+Needs root, like the other relay benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import pstats
+import signal
+import sys
+import tempfile
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from ab_relay import export  # noqa: E402
+from clients import Imap, pop3_download  # noqa: E402
+from common import REPO_ROOT, Env, QuietProxyProcess, make_mailbox  # noqa: E402
+
+PROFILED = (
+    "import cProfile, sys; sys.path.insert(0, {root!r}); sys.argv[0] = 'mailproxy'\n"
+    "import proxy.relay.engine as engine\n"
+    "run = engine.Engine._run_thread\n"
+    "def profiled(self):\n"
+    "    profile = cProfile.Profile(); profile.enable()\n"
+    "    try:\n        run(self)\n"
+    "    finally:\n        profile.disable(); profile.dump_stats({out!r})\n"
+    "engine.Engine._run_thread = profiled\n"
+    "from proxy.cli import main\n"
+    "import threading\n"
+    "try:\n    main()\n"
+    "finally:\n"   # (the thread is a daemon: let it write its profile first)
+    "    [t.join(30) for t in threading.enumerate() if t.name == 'relay-engine']\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--noops", type=int, default=0, help="also an IMAP session of N NOOPs")
+    parser.add_argument("--base", default=None, help="profile this revision instead of this tree")
+    parser.add_argument("--top", type=int, default=30)
+    args = parser.parse_args()
+    root = export(args.base) if args.base else REPO_ROOT
+    out = pathlib.Path(tempfile.mkdtemp(prefix="mailproxy-calls-")) / "engine.prof"
+    mailbox = make_mailbox(args.messages)
+    with Env("calls") as env:
+        user, password = env.user_with(mailbox)
+        listeners = [{"name": "pop3", "protocol": "pop3"}, {"name": "imap", "protocol": "imap"}]
+        probe = env.proxy(listeners, metrics=True, extra={"relay": {"engine": "epoll"}})
+        probe.stop()   # only its config was wanted
+        command = [sys.executable, "-c", PROFILED.format(root=str(root), out=str(out)),
+                   "--log-level", "WARNING", "serve", "--config", str(probe.config_path)]
+        proxy = QuietProxyProcess(probe.config, probe.tmp_path.with_name("profiled"),
+                                  command=command)
+        env.on_close(proxy.stop)
+        pop3_download(proxy.port("pop3"), user, password)   # warm-up
+        for _ in range(args.rounds):
+            count, _, digest, _ = pop3_download(proxy.port("pop3"), user, password)
+            if digest != mailbox.sha256:
+                raise SystemExit("POP3 sha256 mismatch")
+        if args.noops:
+            imap = Imap(proxy.port("imap"))
+            imap.login(user, password)
+            imap.command(b"SELECT INBOX")
+            imap.noop_rtt_ns(args.noops)
+            imap.logout()
+        proxy.send_signal(signal.SIGTERM)
+        proxy.wait(60)
+    stats = pstats.Stats(str(out))
+    retrs = (args.rounds + 1) * args.messages
+    print(f"engine thread of {args.base or 'this tree'}: {stats.total_calls} calls, "
+          f"{stats.total_calls / retrs:.1f} per RETR over {retrs} RETRs"
+          + (f" and {args.noops} NOOPs" if args.noops else "") + f"; pstats in {out}")
+    stats.sort_stats("ncalls").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    main()
