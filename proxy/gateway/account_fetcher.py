@@ -2,9 +2,12 @@
 and syncs it over POP3 at login (`kick`, which the login waits for) and every
 `gateway.poll_interval` while the account has sessions (or always, with `background_poll`).
 After a sync that stored new mail it publishes the new INBOX tail on the account's hub, so IDLE
-sessions see it at once. A failed sync is counted, logged and recorded on the account's row
-(`gateway accounts`), and retried at the next poll; a bug in one account's sync is logged and
-never stops the process.
+sessions see it at once; during a long sync (a large first one, which a login stops waiting for
+after `gateway.login_sync_wait`) it also publishes after a committed batch (`fetcher.BATCH_*`),
+at most every `ANNOUNCE_DURING_SYNC_S`, so the mailbox grows in steps, not in one jump at the
+end (each step a snapshot's tail: UIDs ascending, the same EXISTS path as any new mail).
+A failed sync is counted, logged and recorded on the account's row (`gateway accounts`), and
+retried at the next poll; a bug in one account's sync is logged and never stops the process.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from .fetcher import sync_account
 if TYPE_CHECKING:
     from .service import GatewayService
 
+ANNOUNCE_DURING_SYNC_S = 1.0   # at most one announcement of stored mail per this, during a sync
+
 
 class AccountFetcher:
     """Syncs one account while it has sessions: at login (`kick`) and every poll_interval."""
@@ -44,6 +49,7 @@ class AccountFetcher:
         # set when the next sync attempt to *start* has ended (swapped at each start), so a
         # login that kicks during a sync in flight waits for one that began after its kick
         self.synced = trio.Event()
+        self._announced_at = -float("inf")   # trio time of the last announcement during a sync
 
     async def _sasl(self) -> tuple[str, bytes] | None:
         """For an OAuth2-brokered upstream (proxy/oauth2): the SASL mechanism and message with
@@ -86,7 +92,7 @@ class AccountFetcher:
             sasl = await self._sasl()
             result = await sync_account(service.config, service.store, self.upstream, self.user,
                                         self.password, locks=service.sync_locks, sasl=sasl,
-                                        workers=service.mime.workers)
+                                        workers=service.mime.workers, on_stored=self._stored)
             self.last_success = time.time()
             metrics.gateway_syncs.labels("ok").inc()
             metrics.gateway_sync_duration.observe(result.duration)
@@ -98,10 +104,7 @@ class AccountFetcher:
             account = await service.store.ensure_account(self.upstream, self.user)
             await service.store.record_sync(account.id, None)
             if result.new:
-                inbox = await service.store.get_mailbox(account.id, "INBOX")
-                if inbox is not None:
-                    backend = service.backend(account)
-                    await backend.hub.announce_latest(backend.index, service.store, inbox.id)
+                await self._announce(account)
         except (UpstreamError, StoreError, NotEnrolled, RefreshRefused, BrokerUnavailable) as exc:
             # logged by the fetcher (or here); retried next poll
             reason = exc.failure.label if isinstance(exc, UpstreamError) else \
@@ -127,6 +130,22 @@ class AccountFetcher:
                        user=log_user(service.config.logging, self.user))
         finally:
             done.set()
+
+    async def _stored(self, account_id: int) -> None:
+        """A batch of the sync in flight stored new mail: announce it, at most every
+        ANNOUNCE_DURING_SYNC_S (the sync's end announces the rest)."""
+        now = trio.current_time()
+        if now - self._announced_at >= ANNOUNCE_DURING_SYNC_S:
+            self._announced_at = now
+            await self._announce(await self.service.store.ensure_account(self.upstream, self.user))
+
+    async def _announce(self, account) -> None:
+        """Publish the new tail of the account's INBOX on its hub (sessions see EXISTS)."""
+        service = self.service
+        inbox = await service.store.get_mailbox(account.id, "INBOX")
+        if inbox is not None:
+            backend = service.backend(account)
+            await backend.hub.announce_latest(backend.index, service.store, inbox.id)
 
     async def _record_failure(self, error: str) -> None:
         """Kept on the account's row for `gateway accounts`; a user the upstream never accepted

@@ -35,7 +35,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Awaitable, Callable
 
 import trio
 
@@ -61,6 +61,7 @@ PIPELINE_WINDOW = 16                # RETR/DELE commands in flight with PIPELINI
 DIGEST_PREFIX = "sha256:"
 
 ProgressCallback = Callable[[int, int, int], None]   # (messages done, messages to fetch, bytes)
+StoredCallback = Callable[[int], Awaitable[None]]    # (account id): a batch stored new mail
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +101,9 @@ class _Ingest:
 
     def __init__(self, store: Store, account_id: int, progress: ProgressCallback | None, total: int,
                  channel: trio.MemorySendChannel, limits: MimeLimits, gate: IngestGate | None,
-                 workers: Workers):
+                 workers: Workers, on_stored: StoredCallback | None = None):
         self.store, self.account_id, self.progress, self.total = store, account_id, progress, total
+        self.on_stored = on_stored
         self.limits, self.gate, self.workers = limits, gate, workers
         self.over_quota = 0
         self.channel = channel
@@ -138,12 +140,15 @@ class _Ingest:
                 with trio.CancelScope(shield=True):
                     items = await self.workers.ingested(analysed, batch, self.limits)
                     uids = await self.store.ingest_many(self.account_id, items)
+                before = self.new
                 for item, uid in zip(items, uids, strict=True):
                     if uid is not None:
                         self.new += 1
                         self.bytes += len(item.body)
                 if self.progress:
                     self.progress(self.done - len(self.items), self.total, self.bytes)
+                if self.on_stored is not None and self.new > before:   # e.g. announced to IDLE
+                    await self.on_stored(self.account_id)
 
 
 async def _quota_gate(config: Config, store: Store, account_id: int) -> IngestGate | None:
@@ -166,11 +171,12 @@ def _unwrap(group: BaseExceptionGroup) -> BaseException:
 async def _fetch(client: Pop3Client, store: Store, account_id: int,
                  wanted: list[tuple[int, str | None]], known: set[str],
                  progress: ProgressCallback | None, limits: MimeLimits,
-                 gate: IngestGate | None, workers: Workers) -> tuple[_Ingest, dict[str, int]]:
+                 gate: IngestGate | None, workers: Workers,
+                 on_stored: StoredCallback | None = None) -> tuple[_Ingest, dict[str, int]]:
     """RETR and commit `wanted`. On an UpstreamError the complete bodies already received are
     committed before it propagates; a cancelled sync loses at most the uncommitted batches."""
     send, receive = trio.open_memory_channel(0)
-    ingest = _Ingest(store, account_id, progress, len(wanted), send, limits, gate, workers)
+    ingest = _Ingest(store, account_id, progress, len(wanted), send, limits, gate, workers, on_stored)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ingest.commit_loop, receive)
@@ -286,7 +292,8 @@ async def _retention(client: Pop3Client, store: Store, account_id: int, seconds:
 async def _sync_listing(client: Pop3Client, config: Config, store: Store, account_id: int,
                         listing: list[tuple[int, str | None]], has_uidl: bool,
                         progress: ProgressCallback | None, who: str,
-                        workers: Workers) -> tuple[int, int, int, int]:
+                        workers: Workers, on_stored: StoredCallback | None = None
+                        ) -> tuple[int, int, int, int]:
     """Fetch what `listing` has and the store does not, then retention and QUIT: (messages
     stored, their bytes, messages left upstream over quota, DELEs that took effect)."""
     known = await store.known_uidls(account_id)
@@ -296,7 +303,7 @@ async def _sync_listing(client: Pop3Client, config: Config, store: Store, accoun
     if left:   # already full: no RETR at all, it would be thrown away
         wanted = []
     ingest, digests = await _fetch(client, store, account_id, wanted, known, progress,
-                                   mime_limits(config), gate, workers)
+                                   mime_limits(config), gate, workers, on_stored)
     ingest.over_quota += len(left)
     present = {u: n for n, u in listing if u is not None} if has_uidl else digests
     retention = config.gateway.retention_seconds if config.gateway else None
@@ -306,6 +313,7 @@ async def _sync_listing(client: Pop3Client, config: Config, store: Store, accoun
 
 async def sync_account(config: Config, store: Store, upstream_name: str, user: str, password: str,
                        *, progress: ProgressCallback | None = None,
+                       on_stored: StoredCallback | None = None,
                        locks: AccountLocks | None = None,
                        sasl: tuple[str, bytes] | None = None,
                        workers: Workers | None = None) -> SyncResult:
@@ -315,6 +323,8 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
 
     Args:
         progress: called as `progress(done, total, bytes)` while messages arrive.
+        on_stored: awaited with the account id after each batch that stored new mail (the
+            gateway announces it to the account's sessions during a long sync).
         workers: the gateway's worker threads (`workers.py`; the service's, shared by every
             account); None: threads of this sync's own.
 
@@ -366,7 +376,8 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
                 locks.settled.pop((upstream_name, user), None)
                 listing = await _listing(client, uidl, workers)
                 new, stored, over_quota, deleted = await _sync_listing(
-                    client, config, store, account.id, listing, has_uidl, progress, who, workers)
+                    client, config, store, account.id, listing, has_uidl, progress, who, workers,
+                    on_stored)
                 if settled is not None and not over_quota:
                     locks.settled[(upstream_name, user)] = settled
         except UpstreamError as exc:

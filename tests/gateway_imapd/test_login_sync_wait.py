@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from proxy import config as config_mod
+from proxy.gateway import fetcher
 from support import polling
 
 from .conftest import GatewayHandle, message
@@ -80,6 +81,68 @@ async def test_a_login_past_the_wait_gets_the_rest_as_exists(dovecot, tmp_path, 
     assert seen == sorted(seen) and seen[-1] == COUNT
     assert _logins(gateway) == {"synced": 0.0, "pending": 1.0}
     await gateway.stop()
+
+
+async def test_a_long_sync_is_announced_in_steps_to_an_idle_session(dovecot, tmp_path, nursery,
+                                                                     monkeypatch):
+    """New mail stored during a long sync is announced batch by batch, not only at its end: a
+    session in IDLE, logged in past the wait, gets `* 40 EXISTS` while the sync's second batch
+    is held before its commit (so the sync cannot have ended), then the rest; EXISTS only grow
+    and the UIDs are 1..TOTAL in order."""
+    total, batch = 120, 40
+    monkeypatch.setattr(fetcher, "BATCH_MESSAGES", batch)
+    user, password = dovecot.add_user()
+    for n in range(total):
+        dovecot.deliver(user, message(n))
+    gateway = GatewayHandle(dovecot, tmp_path, user, password, login_sync_wait="0s",
+                            poll_interval="600s")
+    await gateway.start(nursery)
+    store = gateway.service.store
+    commit = store.ingest_many
+    idling, release = trio.Event(), trio.Event()
+    batches: list[int] = []
+
+    async def held(account_id, items):   # batch 1 waits for the IDLE, batch 2 for the release
+        batches.append(len(items))
+        await (idling if len(batches) == 1 else release).wait()
+        return await commit(account_id, items)
+
+    monkeypatch.setattr(store, "ingest_many", held)
+
+    def run() -> tuple[list[int], list[int], list[bytes]]:
+        client = Raw(gateway.port, gateway.user, gateway.password)   # answered OK at once
+        try:
+            assert _exists(client.cmd("SELECT INBOX")[0]) == [0]   # batch 1 not committed
+            client.sock.sendall(b"i IDLE\r\n")
+            assert client.file.readline().startswith(b"+ ")
+            trio.from_thread.run_sync(idling.set)
+            during = _idle_exists(client, batch)
+            trio.from_thread.run_sync(release.set)
+            after = _idle_exists(client, total)
+            client.sock.sendall(b"DONE\r\n")
+            while not (line := client.file.readline()).startswith(b"i "):
+                assert re.fullmatch(rb"\* \d+ RECENT\r\n", line), line   # after the last EXISTS
+            assert line.startswith(b"i OK"), line
+            uids = client.cmd("FETCH 1:* (UID)")[0]
+            client.close()
+            return during, after, uids
+        finally:
+            trio.from_thread.run_sync(release.set)
+
+    during, after, uids = await trio.to_thread.run_sync(run)
+    assert during == [batch]   # told while batch 2 was held: the sync had not ended
+    assert after == sorted(after) and after[-1] == total and after[0] > batch, after
+    assert uids == [b"* %d FETCH (UID %d)" % (n, n) for n in range(1, total + 1)]
+    assert batches == [batch] * (total // batch)
+    await gateway.stop()
+
+
+def _idle_exists(client: Raw, until: int) -> list[int]:
+    """EXISTS counts read during IDLE up to the one of `until` messages."""
+    seen: list[int] = []
+    while not seen or seen[-1] < until:
+        seen += _exists([client.file.readline().rstrip(b"\r\n")])
+    return seen
 
 
 @pytest.mark.parametrize(("written", "error"), [
