@@ -15,7 +15,8 @@ from __future__ import annotations
 from . import events as ev
 from ._errors import ProtocolError
 from ._lines import PLAIN_COMMAND_RE, find_literal, parse_command_head
-from ._parser import BaseParser, _State
+from ._parser import BaseParser
+from ._resync import State as _State
 from ._tokens import Token
 
 __all__ = ["CommandParser"]

@@ -21,11 +21,15 @@ parser is a small state machine over that framing (``_State``):
     ``collect_literals`` written as it arrives into one buffer (bounded by
     ``max_literal``) that becomes the ``Literal`` in ``args``: the received
     chunks are not kept, and the payload is copied once into that buffer and
-    once into the ``Literal`` (a ``bytes`` subclass is always built by copy).
+    once into the ``Literal``. CPython builds an instance of a ``bytes``
+    subclass only by copying one finished buffer, so a literal read in several
+    chunks costs two copies while ``Literal`` is one (the gateway tells
+    literals from strings by that type); the copy is transient (the buffer is
+    let go at once), below an APPEND's peak (``bench/append_memory.py``).
 ``CONT``
     Waiting for the line part that follows a literal.
 ``SKIP_LITERAL`` / ``SKIP_CONT`` / ``SKIP_LINE``
-    Resynchronisation after an error (see below).
+    Resynchronisation after an error (``_resync``).
 
 Only the framing runs on every byte: ``bytes.find`` for line ends, a check of
 the last bytes of a line for a literal marker, slicing for payloads (``_framer``).
@@ -43,25 +47,9 @@ has arrived; ``UntaggedResponse`` thus follows its literals' events.
 
 Errors and resynchronisation
 ----------------------------
-``ProtocolError`` is raised after any events queued before it.  A non-fatal
-error leaves the parser resynchronised:
-
-* The rest of the bad message is dropped.  If the bad line part announced a
-  literal the peer will send anyway (a client's ``{n+}`` or any literal from
-  a server), its payload is skipped by count and following line parts of the
-  same message are skipped too (``SKIP_LITERAL``/``SKIP_CONT``).  A client
-  that announced a synchronising literal waits for ``+``, gets a BAD instead
-  and sends nothing (RFC 3501 §7.5), so parsing resumes at the next line.
-* An overlong line part raises ``line_too_long`` as soon as more than
-  ``max_line`` bytes are buffered without a line end; the parser then discards
-  input up to the next LF (``SKIP_LINE``), keeping only the last 32 bytes to
-  spot a literal marker.  If more than ``max_line * RESYNC_FACTOR`` bytes
-  are discarded, a second, *fatal* ``line_too_long`` is raised.
-
-Fatal errors (``fatal=True``, ``reply_status=b"BYE"``): the resync budget
-above ran out, or a literal that the peer sends without waiting (client
-``{n+}``, server literal) exceeds ``max_literal``, so skipping it could take
-forever.  After a fatal error every ``next_event()`` raises it again.
+``ProtocolError`` is raised after any events queued before it; what is dropped
+and where parsing resumes is ``_resync``'s (the steps of the SKIP states and
+the error paths, a mixin of ``BaseParser``).
 
 End of input
 ------------
@@ -73,7 +61,6 @@ dropped and not reported; data received after EOF is ignored.
 
 from __future__ import annotations
 
-import enum
 import io
 
 from . import events as ev
@@ -81,35 +68,19 @@ from ._errors import ProtocolError
 from ._framer import OVERLONG, ReceiveBuffer
 from ._limits import DEFAULT_LIMITS, Limits
 from ._lines import LiteralMarker, find_literal, is_tag
+from ._resync import RESYNC_FACTOR, Resync
+from ._resync import State as _State
 from ._tokens import Literal, LiteralRef, Token, Tokenizer
 from .events import NEED_DATA, NeedData
 
 __all__ = ["BaseParser", "NEED_DATA", "RESYNC_FACTOR"]
 
 
-#: An overlong line may be discarded up to ``max_line * RESYNC_FACTOR`` bytes, then fatal.
-RESYNC_FACTOR = 16
-_TAIL_KEEP = 32  # longest literal marker: "~{" + 20 digits + "+}"
 _HEAD_PEEK = 128  # enough of a line to see "tag NAME " (max_id_line)
 
 
-class _State(enum.Enum):
-    """Each value names the step method run in that state (getattr on `_value_`: fast)."""
-
-    LINE = "_step_line"
-    CONT = "_step_cont"
-    LITERAL = "_step_literal"
-    SKIP_LITERAL = "_step_skip_literal"
-    SKIP_CONT = "_step_skip_cont"
-    SKIP_LINE = "_step_skip_line"
-    FAILED = "_step_failed"
-
-
-class BaseParser:
-    """Framing state machine shared by both parsers."""
-
-    # Does a rejected message's literal arrive anyway? Servers never wait; clients for sync ones
-    _peer_waits_for_sync = False
+class BaseParser(Resync):
+    """Framing state machine shared by both parsers (errors and resynchronisation: Resync)."""
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS, *, collect_literals: bool = False,
                  parse_args: bool = False) -> None:
@@ -250,38 +221,6 @@ class BaseParser:
         self._end_literal()
         return True
 
-    def _step_skip_literal(self) -> bool:
-        skipped = self._buf.skip(self._remaining)
-        self._remaining -= skipped
-        if not self._remaining:
-            self._state = _State.SKIP_CONT
-            return True
-        return skipped > 0
-
-    def _step_skip_cont(self) -> bool:
-        line = self._buf.take_line(self._limits.max_line)
-        if line is OVERLONG:
-            self._state = _State.SKIP_LINE
-            self._skipped = 0
-            return True
-        if line is None:
-            return False
-        self._resync(find_literal(line))
-        return True
-
-    def _step_skip_line(self) -> bool:
-        tail, discarded = self._buf.skip_line(_TAIL_KEEP)
-        self._skipped += discarded
-        if self._skipped > self._limits.max_line * RESYNC_FACTOR:
-            self._fatal(ProtocolError("line_too_long", "Line too long"))
-        if tail is None:
-            return False
-        self._resync(find_literal(tail))
-        return True
-
-    def _step_failed(self) -> bool:
-        raise self._fatal_error  # type: ignore[misc]  # (set with FAILED)
-
     # -- message assembly ------------------------------------------------------
 
     def _line_limit(self) -> int:
@@ -374,29 +313,3 @@ class BaseParser:
     def _reset_message(self) -> None:
         self._tag, self._tokens, self._literal = None, None, None
         self._sink, self._collected = None, 0
-
-    # -- errors ----------------------------------------------------------------
-
-    def _fail(self, error: ProtocolError, literal: LiteralMarker | None) -> None:
-        """Drop the message, resynchronise, raise ``error`` (``literal``: its line's marker)."""
-        tag = self._tag if error.tag is None else error.tag
-        self.rejected_at = self._buf.last_line_at if self._state is _State.LINE else None
-        self._reset_message()
-        self._resync(literal, tag)
-        raise error.with_context(tag=tag, fatal=False)
-
-    def _resync(self, literal: LiteralMarker | None, tag: bytes | None = None) -> None:
-        """Set the state after a dropped line part that ended with ``literal``."""
-        if literal is None or (self._peer_waits_for_sync and literal.synchronizing):
-            self._state = _State.LINE
-            self.resumed_at = self._buf.consumed
-            return
-        if literal.size > self._limits.max_literal:
-            self._fatal(ProtocolError("literal_too_big", "Literal too big", tag=tag))
-        self._remaining = literal.size
-        self._state = _State.SKIP_LITERAL
-
-    def _fatal(self, error: ProtocolError) -> None:
-        self._fatal_error = error.with_context(tag=error.tag, fatal=True)
-        self._state = _State.FAILED
-        raise self._fatal_error

@@ -26,7 +26,7 @@ from .harness import CUTS, Grammar, chunkings, drive, fuzz_settings, mutated, sa
 
 TINY = Limits(max_line=24, max_literal=16, max_nonsync_literal=4, max_depth=2, max_args=6)
 LIMITS = [Limits(), PREAUTH_LIMITS, TINY]
-TAIL_KEEP = 32   # _parser._TAIL_KEEP: bytes kept while skipping an overlong line (+ a CR after them)
+TAIL_KEEP = 32   # _resync._TAIL_KEEP: bytes kept while skipping an overlong line (+ a CR after them)
 
 
 def _describe(error: ProtocolError) -> tuple[object, ...]:
