@@ -50,7 +50,8 @@ class ImapEngineSession(EngineSession):
             core.finish(Close.CLIENT_CLOSED)
         else:
             core.upstream_data(data, self.engine.now)   # (never compressed here: handed back)
-        self._sent(b"")
+        if core.replies or core.end is not None or core.compress is not None:
+            self._sent(b"")   # (otherwise it has nothing to do: the common answer)
 
     def _sent(self, up: bytes | bytearray) -> None:
         """Send what the core says (`forward`); end or hand back as it says."""

@@ -49,7 +49,7 @@ _LABELS = {name.encode(): name for name in IMAP_COMMANDS}
 class ImapRelayCore:
     __slots__ = ("session", "client_parser", "upstream_parser", "held", "inflight",
                  "bytes_up", "bytes_down", "last_active", "upstream_heard", "logout_seen",
-                 "draining", "bad", "compress", "compressed", "end", "_replies", "_said",
+                 "draining", "bad", "compress", "compressed", "end", "replies", "_said",
                  "_before", "_down_after_ok", "_unjudged", "_unjudged_size", "_max_plain")
 
     def __init__(self, session: Session, client_parser: CommandParser,
@@ -72,7 +72,7 @@ class ImapRelayCore:
         self.compress: CompressAsked | None = None   # a COMPRESS awaiting its verdict
         self.compressed = False   # COMPRESS is active: parsers read inflated copies
         self.end: Close | None = None
-        self._replies: list[bytes] = []   # the proxy's own lines, to the client now
+        self.replies: list[bytes] = []   # the proxy's own lines, to the client now (take_replies)
         self._said: list[bytes] = []      # ... and those waiting for a response boundary
         self._before: list[bytes | bytearray] = []   # good bytes before a refused command
         self._down_after_ok = b""   # what followed the upstream's OK to COMPRESS: compressed
@@ -84,9 +84,9 @@ class ImapRelayCore:
     # -- what the driver reads after each call --------------------------------------------
     def take_replies(self) -> bytes:
         """The proxy's own lines to write to the client now (b"" mostly)."""
-        if not self._replies:
+        if not self.replies:
             return b""
-        replies, self._replies = self._replies, []
+        replies, self.replies = self.replies, []
         return b"".join(replies)
 
     def settle(self) -> None:
@@ -245,13 +245,13 @@ class ImapRelayCore:
         """An untagged line of the proxy's own before closing, only where it cannot land in
         the middle of a forwarded response (otherwise the connection just closes)."""
         if self.upstream_parser.at_boundary:
-            self._replies.append(line)
+            self.replies.append(line)
 
     def _reply_between(self, line: bytes) -> None:
         """A reply of the proxy's own: now if the upstream's stream is between responses,
         else queued until the next boundary."""
         if not self._said and self.upstream_parser.at_boundary:
-            self._replies.append(line)
+            self.replies.append(line)
         else:
             self._said.append(line)
 
@@ -302,7 +302,7 @@ class ImapRelayCore:
                 self.session.runtime.metrics.protocol_errors.labels("imap", exc.kind).inc()
                 logs.event("upstream_protocol_error", **self.session.log_fields(),
                            upstream=self.session.upstream, kind=exc.kind)
-                self._replies.append(b"* BYE Upstream protocol error.\r\n")
+                self.replies.append(b"* BYE Upstream protocol error.\r\n")
                 self.finish(Close.UPSTREAM_PROTOCOL_ERROR)
                 return False
             if event is NEED_DATA:
@@ -323,7 +323,7 @@ class ImapRelayCore:
     def upstream_parsed(self) -> None:
         """After a chunk's events: the proxy's queued replies at a boundary, the drain's BYE."""
         if self._said and self.upstream_parser.at_boundary:
-            self._replies += self._said
+            self.replies += self._said
             self._said = []
         if self.draining:
             self._bye_if_at_rest()
@@ -362,5 +362,5 @@ class ImapRelayCore:
         stream is between responses, so the BYE never splits one."""
         if self.end is not None or self.inflight.owed() or not self.upstream_parser.at_boundary:
             return
-        self._replies.append(b"* BYE Server shutting down.\r\n")
+        self.replies.append(b"* BYE Server shutting down.\r\n")
         self.finish(Close.SHUTDOWN)
