@@ -95,11 +95,13 @@ class App:
             nursery.start_soon(keep_warm, self.runtime)
             async with trio.open_nursery() as sessions:
                 async with trio.open_nursery() as listeners:
-                    for i, (server, listener) in enumerate(zip(self.servers, config.listeners, strict=True)):
-                        sockets = await self._bind(i, listener)
+                    bound = [await self._bind(i, listener)
+                             for i, listener in enumerate(config.listeners)]
+                    # start-up done, no session accepted yet (clients wait in the backlog): freeze
+                    collector.set_up(config.gc, startup=True)
+                    for server, sockets in zip(self.servers, bound, strict=True):
                         await listeners.start(server.serve, sockets, sessions)
                     self.health.listeners_bound = True
-                    collector.set_up(config.gc, startup=True)   # start-up done: freeze it
                     await self._ready()
                     await self._wait_for_stop()
                     listeners.cancel_scope.cancel()  # stop accepting
@@ -171,6 +173,8 @@ class App:
             logs.event("reload_rejected", logging.ERROR, errors=why)
             return [why]
         old, self.runtime = self.runtime, runtime
+        for server in self.servers:
+            server.forget_runtime()   # the old one lives on only in its sessions
         old.warm_pools.close()   # its filler ends; the new runtime's pools start empty
         if runtime.warm_pools and self._services is not None:
             self._services.start_soon(keep_warm, runtime)

@@ -10,7 +10,12 @@ STORE, COPY and SORT (bench/gateway_fairness.py --sample). Two levers, measured 
 - `gc.freeze()` once start-up is done: what is alive then (modules, classes, functions, the
   config, TLS contexts, the store: about 65,000 objects in the gateway, 45% of what it tracks
   with a busy mailbox) lives as long as the process, so no collection traverses it again.
-  (Worker processes are spawned, not forked, and each freezes its own.)
+  (Worker processes are spawned, not forked, and each freezes its own.) The freeze comes after
+  the listeners are bound and before the first accept: frozen objects are never collected as
+  cycles, so a session frozen with them would stay for good, and with it the Runtime it
+  holds (the start-up one, replaced by the first reload). Frozen objects no cycle holds are
+  still freed when their last reference goes: a reload's old Runtime is freed once its last
+  session ends.
 - thresholds fitted to a server allocating many small, mostly short-lived objects: the young
   generation is collected every 20,000 net container allocations instead of 700, so fewer
   objects survive into the older generations only because a collection caught them in use;

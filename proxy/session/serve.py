@@ -116,6 +116,10 @@ class ListenerServer:
             view = self._view = _ListenerView(runtime, self.name)
         return view
 
+    def forget_runtime(self) -> None:
+        """A reload: drop what was kept for the old runtime (the next accept builds anew)."""
+        self._view = None
+
     async def serve(self, listeners: list[trio.SocketListener], sessions: trio.Nursery, *,
                     task_status: trio.TaskStatus[list[trio.SocketListener]]
                     = trio.TASK_STATUS_IGNORED) -> None:
