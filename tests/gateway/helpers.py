@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from proxy import config as config_mod
+from proxy.store import open_store
 
 STDLIB_MESSAGES = sorted(
     (pathlib.Path(__import__("test.test_email", fromlist=["x"]).__path__[0]) / "data").glob("msg_*.txt"))
@@ -154,3 +155,30 @@ def postgres_at_schema(dsn: str, version: int):
         for step in _pg_schema.MIGRATIONS[:version]:
             step(conn)
         yield conn
+
+
+@contextlib.asynccontextmanager
+async def migrated_with_one_account(place: str, version: int):
+    """The store at `place` (an SQLite path or a `postgresql://` URL) made at schema `version`
+    with one account ('up', 'old'), then opened (so migrated to the current schema)."""
+    if place.startswith("postgresql://"):
+        with postgres_at_schema(place, version) as conn:
+            conn.execute("INSERT INTO accounts(id, upstream, username) VALUES (1, 'up', 'old')")
+    else:
+        with sqlite_at_schema(place, version) as db:
+            db.execute("INSERT INTO accounts(upstream, user) VALUES ('up', 'old')")
+    store = await open_store(place)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def check_migration_4_sync_status(place: str) -> None:
+    """Issue 19: a store of schema 3 keeps its accounts; their sync status starts empty."""
+    async with migrated_with_one_account(place, 3) as s:
+        [summary] = await s.account_summaries()
+        assert (summary.account.user, summary.last_sync, summary.last_error,
+                summary.last_error_at) == ("old", None, None, None)
+        await s.record_sync(summary.account.id, "store: disk full")
+        assert (await s.account_summaries())[0].last_error == "store: disk full"

@@ -19,6 +19,7 @@ from proxy.pop3 import writer
 from proxy.session.failures import Failure
 from proxy.session.upstream import UpstreamError
 from proxy.store import open_store
+from support.logrecords import caught
 
 from .helpers import make_config, stored
 
@@ -121,16 +122,8 @@ def short_timeouts(monkeypatch):
 
 @pytest.fixture
 def log_records():
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("mailproxy")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.DEBUG)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
+    with caught(logging.DEBUG) as records:
+        yield records
 
 
 async def run_sync(fake: FakePop3, tmp_path, retention: str = "keep", store=None):

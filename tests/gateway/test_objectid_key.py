@@ -11,7 +11,7 @@ import pytest
 from proxy.gateway.imapd._objectid import ObjectIds
 from proxy.store import open_store
 
-from .helpers import postgres_at_schema, sqlite_at_schema
+from .helpers import migrated_with_one_account
 
 OBJECTID = re.compile(rb"[ME][A-Za-z0-9_-]{20}")   # 8474 7: 1*255(ALPHA / DIGIT / "_" / "-")
 
@@ -45,24 +45,15 @@ async def test_each_store_has_its_own_key_kept_across_reopening(store_url, tmp_p
         await other.close()
 
 
-async def test_migration_8_gives_an_sqlite_store_of_schema_7_a_key(tmp_path):
-    path = str(tmp_path / "v7.db")
-    with sqlite_at_schema(path, 7) as db:
-        db.execute("INSERT INTO accounts(upstream, user) VALUES ('up', 'old')")
-    s = await open_store(path)
-    try:
+async def _old_account_gets_a_key(place: str) -> None:
+    async with migrated_with_one_account(place, 7) as s:
         assert len(s.objectid_key) == 32
         assert [a.account.user for a in await s.account_summaries()] == ["old"]
-    finally:
-        await s.close()
+
+
+async def test_migration_8_gives_an_sqlite_store_of_schema_7_a_key(tmp_path):
+    await _old_account_gets_a_key(str(tmp_path / "v7.db"))
 
 
 async def test_migration_8_gives_a_postgresql_store_of_schema_7_a_key(pg_dsn):
-    with postgres_at_schema(pg_dsn, 7) as conn:
-        conn.execute("INSERT INTO accounts(id, upstream, username) VALUES (1, 'up', 'old')")
-    s = await open_store(pg_dsn)
-    try:
-        assert len(s.objectid_key) == 32
-        assert [a.account.user for a in await s.account_summaries()] == ["old"]
-    finally:
-        await s.close()
+    await _old_account_gets_a_key(pg_dsn)

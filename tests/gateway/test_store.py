@@ -26,7 +26,7 @@ from proxy.store import (
 )
 from proxy.store.sqlite import SCHEMA_VERSION
 
-from .helpers import sqlite_at_schema
+from .helpers import check_migration_4_sync_status, sqlite_at_schema
 
 WHEN = dt.datetime(2024, 5, 17, 10, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
 
@@ -560,20 +560,7 @@ async def test_record_sync_keeps_the_last_success_and_the_last_error(store):
 
 
 async def test_migration_4_adds_empty_sync_status(tmp_path):
-    """Issue 19: a store of schema 3 keeps its accounts; their sync status starts empty."""
-
-    path = str(tmp_path / "v3.db")
-    with sqlite_at_schema(path, 3) as db:
-        db.execute("INSERT INTO accounts(upstream, user) VALUES ('up', 'old')")
-    s = await open_store(path)
-    try:
-        [summary] = await s.account_summaries()
-        assert (summary.account.user, summary.last_sync, summary.last_error,
-                summary.last_error_at) == ("old", None, None, None)
-        await s.record_sync(summary.account.id, "store: disk full")
-        assert (await s.account_summaries())[0].last_error == "store: disk full"
-    finally:
-        await s.close()
+    await check_migration_4_sync_status(str(tmp_path / "v3.db"))
 
 
 async def test_migration_7_save_date_is_the_internal_date(tmp_path):

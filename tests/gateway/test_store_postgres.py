@@ -18,7 +18,7 @@ from proxy.store import FlagMode, IngestItem, StoreError, StoreFailure, _pg_noti
 from proxy.store.postgres import SCHEMA_VERSION
 from support.dovecot import free_ports
 
-from .helpers import config_dict, postgres_at_schema
+from .helpers import check_migration_4_sync_status, config_dict, postgres_at_schema
 
 WHEN = dt.datetime(2024, 5, 17, 10, 30, tzinfo=dt.timezone.utc)
 
@@ -291,19 +291,7 @@ async def test_migration_2_keeps_what_was_subscribed(pg_dsn):
 
 
 async def test_migration_4_adds_empty_sync_status(pg_dsn):
-    """Issue 19: a database of schema 3 keeps its accounts; their sync status starts empty."""
-
-    with postgres_at_schema(pg_dsn, 3) as conn:
-        conn.execute("INSERT INTO accounts(id, upstream, username) VALUES (1, 'up', 'old')")
-    s = await open_store(pg_dsn)
-    try:
-        [summary] = await s.account_summaries()
-        assert (summary.account.user, summary.last_sync, summary.last_error,
-                summary.last_error_at) == ("old", None, None, None)
-        await s.record_sync(1, "store: disk full")
-        assert (await s.account_summaries())[0].last_error == "store: disk full"
-    finally:
-        await s.close()
+    await check_migration_4_sync_status(pg_dsn)
 
 
 # ---- bodies of expunged messages across replicas (proxy/store/_pg_bodies.py) -------------------

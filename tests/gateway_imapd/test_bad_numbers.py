@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from proxy.gateway.numbers import InvalidNumber, sequence_set
+from support.procstatus import reset_peak, vm_bytes
 
 from .conftest import message
 from .test_condstore import Raw
@@ -24,19 +25,6 @@ def _literal_cmd(client: Raw, head: str, literal: bytes, tail: str) -> tuple[lis
     while not (line := client.file.readline().rstrip(b"\r\n")).startswith(tag + b" "):
         lines.append(line)
     return lines, line
-
-
-def _vm(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"{field} missing from /proc/self/status")
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")   # VmHWM (peak RSS) starts again from the current RSS
 
 
 @pytest.fixture
@@ -80,10 +68,10 @@ async def test_out_of_range_input_answers_bad_and_the_session_goes_on(session_wi
 async def test_sequence_set_bomb_stays_small(session_with_mail):
     client = session_with_mail
     bomb = b",".join([b"1:*"] * 100_000)   # 400 KB: the set is one range
-    _reset_peak()
-    before = _vm("VmRSS")
+    reset_peak()
+    before = vm_bytes("VmRSS")
     lines, done = await trio.to_thread.run_sync(_literal_cmd, client, "FETCH", bomb, " (FLAGS)")
-    peak = _vm("VmHWM")
+    peak = vm_bytes("VmHWM")
     assert done.split(b" ", 1)[1] == b"OK FETCH completed."
     assert [line.split(b" FETCH")[0] for line in lines] == [b"* 1", b"* 2", b"* 3"]
     print(f"RSS before {before >> 20} MiB, peak during the command {peak >> 20} MiB")

@@ -9,20 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import trio
 
+from support.procstatus import reset_peak, vm_bytes
+
 CONNECTIONS, ATTEMPTS = 40, 3
-
-
-def _vm(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"{field} missing from /proc/self/status")
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")   # VmHWM (peak RSS) starts again from the current RSS
 
 
 def _bogus(port: int, user: str) -> list[bytes]:
@@ -39,15 +28,15 @@ def _bogus(port: int, user: str) -> list[bytes]:
 
 
 async def test_bogus_logins_do_not_blow_up_rss(gateway):
-    _reset_peak()
-    before = _vm("VmRSS")
+    reset_peak()
+    before = vm_bytes("VmRSS")
 
     def run():
         with ThreadPoolExecutor(max_workers=CONNECTIONS) as pool:
             return list(pool.map(lambda _: _bogus(gateway.port, gateway.user), range(CONNECTIONS)))
 
     replies = await trio.to_thread.run_sync(run)
-    peak = _vm("VmHWM")
+    peak = vm_bytes("VmHWM")
     print(f"RSS before {before >> 20} MiB, peak during {CONNECTIONS}x{ATTEMPTS} bogus LOGINs "
           f"{peak >> 20} MiB")
     assert replies == [[b"NO"] * ATTEMPTS] * CONNECTIONS

@@ -16,12 +16,12 @@ import poplib
 import random
 import re
 import socket
-import threading
 import time
 
 import pytest
 
 from support.proxyproc import ProxyProcess, relay_config, traceback_report
+from support.threaded_server import ThreadedServer
 
 HOST = "127.0.0.1"
 TIMEOUT = 30.0   # a bound for a hung proxy, never reached when green, even at load 20
@@ -42,17 +42,8 @@ class FakeServer:
     def __init__(self, script):
         self.script = script
         self.errors: list[BaseException] = []
-        self._sock = socket.create_server((HOST, 0))
-        self.port = self._sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                sock, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._run, args=(sock,), daemon=True).start()
+        self._server = ThreadedServer(self._run, "scripted-upstream")
+        self.port = self._server.port
 
     def _run(self, sock: socket.socket) -> None:
         sock.settimeout(TIMEOUT)
@@ -63,7 +54,7 @@ class FakeServer:
             self.errors.append(exc)
 
     def close(self) -> None:
-        self._sock.close()
+        self._server.close()
 
 
 BIG = 10_000_000

@@ -14,6 +14,7 @@ import threading
 import pytest
 
 from support.proxyproc import relay_config
+from support.threaded_server import ThreadedServer
 
 from . import fake_upstream
 
@@ -30,17 +31,8 @@ class GreetingHolder:
         self.port_behind = port
         self.early: list[bytes] = []
         self.ended = threading.Semaphore(0)
-        self._sock = socket.create_server((HOST, 0))
-        self.port = self._sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+        self._server = ThreadedServer(self._relay, "holding-relay")
+        self.port = self._server.port
 
     def _relay(self, client: socket.socket) -> None:
         early = b""
@@ -63,7 +55,7 @@ class GreetingHolder:
         return self.early[-1]
 
     def close(self) -> None:
-        self._sock.close()
+        self._server.close()
 
 
 def _splice(a: socket.socket, b: socket.socket) -> None:

@@ -21,6 +21,7 @@ import yaml
 from support.polling import wait_for
 from support.ports import free_ports
 from support.proxyproc import relay_config
+from support.threaded_server import ThreadedServer
 
 HOST = "127.0.0.1"
 
@@ -172,17 +173,8 @@ class FakeImap:
         self.silent_ends = 0
         self.open = 0
         self._lock = threading.Lock()
-        self._sock = socket.create_server((HOST, 0))
-        self.port = self._sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        self._server = ThreadedServer(self._serve, "fake-imap")
+        self.port = self._server.port
 
     def _serve(self, conn: socket.socket) -> None:
         with self._lock:
@@ -220,7 +212,7 @@ class FakeImap:
         return True
 
     def close(self) -> None:
-        self._sock.close()
+        self._server.close()
 
 
 def _fake_config(dovecot, fake: FakeImap, size: int) -> dict:

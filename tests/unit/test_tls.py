@@ -29,6 +29,7 @@ from proxy.net.tls import (
     client_hello_alpn,
     server_handshake,
 )
+from support.logrecords import caught
 
 GREETING = b"* OK ready\r\n"
 
@@ -416,16 +417,8 @@ def ca_file(tmp_path: Path, ca: trustme.CA, stem: str = "ca") -> Path:
 
 @pytest.fixture
 def warnings_log():
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("mailproxy")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.WARNING)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
+    with caught(logging.WARNING) as records:
+        yield records
 
 
 async def upstream_attempt(server_tls: ServerTLS, ctx: ssl.SSLContext,
