@@ -1,6 +1,7 @@
-"""Command metrics batched per thread (proxy/command_tally.py): what `/metrics` exposes is
-exact at every scrape, sample for sample what Counter.inc and Histogram.observe would give,
-with commands completed from several threads and scrapes taken while they run."""
+"""Command metrics batched (proxy/command_tally.py): what `/metrics` exposes is exact at every
+scrape, sample for sample what Counter.inc and Histogram.observe would give, with commands
+completed from several threads and scrapes taken while they run; without scrapes the batch
+stays bounded."""
 
 from __future__ import annotations
 
@@ -53,6 +54,20 @@ def test_the_tally_exposes_what_inc_and_observe_would_at_every_scrape():
             else:   # counts and buckets: exact
                 assert got[key] == value, (round_, key)
     assert families(tallied) == pytest.approx(families(direct), rel=1e-12)   # a scrape changes nothing
+
+
+def test_a_full_batch_is_counted_by_the_thread_that_filled_it():
+    """With no scrape, the recording thread adds a batch as soon as it is full: the list of
+    recorded commands never holds more than BATCH, and the children have the counts."""
+    (_, _, _), (_, tc, th, tally) = direct_and_tallied()
+    tally.BATCH = 10
+    for n in range(25):
+        tally.completed(tc.labels("NOOP"), th.labels("NOOP"), 0.001)
+        assert len(tally._done) == (n + 1) % 10
+    assert tc.labels("NOOP")._value.get() == 20   # (read without a collect: no flush)
+    assert th.labels("NOOP")._sum.get() == pytest.approx(0.02)
+    tally.flush()
+    assert tc.labels("NOOP")._value.get() == 25 and not tally._done
 
 
 def test_commands_completed_on_other_threads_are_all_in_each_scrape():
