@@ -8,6 +8,7 @@ from __future__ import annotations
 from proxy.store import AppendItem, FlagMode, IngestItem, Usage, open_store
 from proxy.store.sqlite import SqliteStore
 
+from .helpers import postgres_at_schema
 from .test_store import WHEN, inbox_of, mail
 
 _RECOUNT = ("SELECT coalesce(sum(b.size), 0), count(*) FROM messages m "
@@ -107,24 +108,17 @@ async def test_migration_6_counts_what_the_store_already_holds(tmp_path):
 
 async def test_postgres_migration_6_counts_what_the_store_already_holds(pg_dsn):
     """The same on PostgreSQL: a schema 5 database with messages gets exact counters."""
-    import psycopg
-
-    from proxy.store import _pg_schema, crypto
+    from proxy.store import crypto
 
     raw = mail(1, b"pg")
-    with psycopg.connect(pg_dsn) as c:
-        with c.transaction():
-            c.execute("CREATE TABLE schema_version(version INTEGER NOT NULL)")
-            c.execute("INSERT INTO schema_version VALUES (5)")
-            for step in _pg_schema.MIGRATIONS[:5]:
-                step(c)
-            c.execute("INSERT INTO accounts(id, upstream, username) VALUES (1, 'up', 'old')")
-            c.execute("INSERT INTO mailboxes(id, account_id, name, uidvalidity, uidnext) "
-                      "VALUES (1, 1, 'INBOX', 1, 3), (2, 1, 'Trash', 2, 2)")
-            c.execute("INSERT INTO bodies(id, account_id, size, data) VALUES (1, 1, %s, %s)",
-                      (len(raw), crypto.seal(raw, b"acct:1:body:1", None)))
-            c.execute("INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, "
-                      "modseq, body_id) VALUES (1, 1, 0, 0, '', 1, 1), (2, 1, 0, 0, '', 1, 1)")
+    with postgres_at_schema(pg_dsn, 5) as c:
+        c.execute("INSERT INTO accounts(id, upstream, username) VALUES (1, 'up', 'old')")
+        c.execute("INSERT INTO mailboxes(id, account_id, name, uidvalidity, uidnext) "
+                  "VALUES (1, 1, 'INBOX', 1, 3), (2, 1, 'Trash', 2, 2)")
+        c.execute("INSERT INTO bodies(id, account_id, size, data) VALUES (1, 1, %s, %s)",
+                  (len(raw), crypto.seal(raw, b"acct:1:body:1", None)))
+        c.execute("INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, "
+                  "modseq, body_id) VALUES (1, 1, 0, 0, '', 1, 1), (2, 1, 0, 0, '', 1, 1)")
     s = await open_store(pg_dsn)
     try:
         assert await s.usage(1) == Usage(2 * len(raw), 2)
