@@ -24,7 +24,7 @@ from .relay.warm_fill import keep_warm
 from .session.connect_early import EARLY_RESULTS, early_targets
 from .session.context import Drain, Runtime
 from .session.failures import Failure
-from .session.serve import ListenerServer, OpenSessions
+from .session.serve import EngineAccept, ListenerServer, OpenSessions
 
 
 def _handlers(gateway) -> dict:
@@ -34,6 +34,16 @@ def _handlers(gateway) -> dict:
     if gateway is not None:
         handlers[("imap", "gateway")] = gateway.handle
     return handlers
+
+
+def _in_engine(listener: Listener) -> EngineAccept | None:
+    """How the relay engine's thread accepts on an IMAP relay listener (it checks the rest at
+    each accept: relay/engine_accept.py); None for the others."""
+    if (listener.protocol, listener.mode) != ("imap", "relay"):
+        return None
+    from .relay.engine_accept import accept_in_engine
+
+    return accept_in_engine
 
 
 @asynccontextmanager
@@ -89,7 +99,8 @@ class App:
             self._services = nursery
             handlers = _handlers(gateway)
             self.servers = [ListenerServer(lst.name, lambda: self.runtime,
-                                           handlers[(lst.protocol, lst.mode)], self.open_sessions)
+                                           handlers[(lst.protocol, lst.mode)], self.open_sessions,
+                                           in_engine=_in_engine(lst))
                             for lst in config.listeners]
             await self._start_services(nursery)
             nursery.start_soon(keep_warm, self.runtime)

@@ -200,6 +200,10 @@ class Metrics:
         self.relay_engine_sessions = Gauge(
             "mailproxy_relay_engine_sessions",
             "Relay sessions run by the epoll relay engine (relay.engine: epoll).", registry=r)
+        self.relay_engine_accepted = Counter(
+            "mailproxy_relay_engine_accepted_total",
+            "Connections the relay engine's thread accepted itself (relay.engine_accept).",
+            ["listener"], registry=r)
 
         # --- TLS
         self.tls_handshakes = Counter(

@@ -62,12 +62,16 @@ class Relay:
     sessions are handed back to tasks. While the engine runs, the process's GIL switch interval
     is `gil_switch_interval` (never raised above what it was; restored at the end). With
     `engine_login` (the default) a plain IMAP relay session is run by the engine from its
-    greeting, its login too where the route needs no I/O (proxy/relay/engine_login.py)."""
+    greeting, its login too where the route needs no I/O (proxy/relay/engine_login.py). With
+    `engine_accept` (the default, with `engine_login`) the engine's thread also accepts on a
+    plain IMAP relay listener without PROXY protocol itself: such a session gets no trio task
+    unless it needs one (proxy/relay/engine_accept.py)."""
 
     __pydantic_config__ = STRICT
     engine: Literal["tasks", "epoll"] = "epoll"
     gil_switch_interval: Duration = GIL_SWITCH_INTERVAL
     engine_login: bool = True
+    engine_accept: bool = True
 
 
 def check_relay(relay: Relay) -> list[Problem]:

@@ -76,6 +76,8 @@ class Engine:
         self._sides: dict[int, Side] = {}
         self._timers = TimerHeap()
         self._tls_waiting: set[Side] = set()   # TLS sides whose engine may hold input
+        # listening sockets the thread accepts on (engine_accept.py): fd -> (ready, stopped)
+        self._listeners: dict[int, tuple[Callable[[], None], Callable[[], None]]] = {}
         self._running = False
         self.gil = SwitchInterval()   # lowered from _start to the run's end
         self.thread: threading.Thread | None = None
@@ -176,6 +178,60 @@ class Engine:
                 self._token.run_sync_soon(trio.lowlevel.reschedule, task)
             except trio.RunFinishedError:   # (the process is ending)
                 pass
+        elif sess.ended is not None:   # (a session the engine accepted: no task to wake)
+            sess.ended(sess)
+
+    # -- sessions the thread accepts itself (engine_accept.py) ----------------------------------
+    def listen(self, fd: int, ready: Callable[[], None], stopped: Callable[[], None]) -> bool:
+        """Accept on listening socket `fd` in the thread: `ready()` when it is readable,
+        `stopped()` if the thread dies. False when the engine cannot (its thread died). Trio's
+        thread."""
+        if not self._running:
+            self._start()
+        with self._lock:
+            if self._stopped:
+                return False
+            self._epoll.register(fd, IN)
+            self._listeners[fd] = (ready, stopped)
+            return True
+
+    def unlisten(self, fd: int) -> bool:
+        """Stop accepting on `fd`; False if it was not listened on. Under the lock."""
+        if self._listeners.pop(fd, None) is None:
+            return False
+        try:
+            self._epoll.unregister(fd)
+        except (OSError, ValueError):   # (the epoll closed at the run's end)
+            pass
+        return True
+
+    def adopt(self, sess: EngineSession) -> None:
+        """Run `sess`, a connection the thread accepted, with no task: `sess.ended` is called
+        at its release. Under the lock."""
+        for side in sess.sides:
+            self._epoll.register(side.fd, IN)
+            self._sides[side.fd] = side
+        self.sessions += 1
+        sess.session.runtime.metrics.relay_engine_sessions.inc()
+        self._guarded(sess, sess.start)
+
+    def locked(self, act: Callable[..., None], *args: object) -> None:
+        """`act(*args)` under the lock, the engine's clock read: from trio's thread."""
+        with self._lock:
+            self.now = self.clock()
+            act(*args)
+
+    @staticmethod
+    def latest(sess: EngineSession) -> EngineSession:
+        """The session carrying `sess`'s on (a login that became the relay)."""
+        while sess.successor is not None:
+            sess = sess.successor
+        return sess
+
+    def step(self, sess: EngineSession, step: Callable[..., None], *args: object) -> None:
+        """One step of `sess` from outside the thread's loop (a drain). Under the lock."""
+        if not sess.done:
+            self._guarded(sess, step, *args)
 
     def attach(self, sess: EngineSession, side: Side, mask: int) -> None:
         """Add `sess`'s upstream side (its connect under way; engine_login.py). Engine thread."""
@@ -202,6 +258,7 @@ class Engine:
                 self._tls_waiting.discard(theirs)
                 self._tls_waiting.add(mine)
         new.task, old.task = old.task, None
+        new.ended, old.ended = old.ended, None
         new.on_drain, old.on_drain = old.on_drain, None   # (it follows `successor`)
         old.successor = new
         self._timers.forget(old)
@@ -245,6 +302,9 @@ class Engine:
             logs.event("relay_engine_crash", logging.CRITICAL, exc_info=True)
             with self._lock:
                 self._stopped = True
+                for _, stopped in list(self._listeners.values()):   # trio's accept goes on
+                    stopped()
+                self._listeners.clear()
                 for side in list(self._sides.values()):
                     side.session.session.close_reason = Close.INTERNAL_ERROR
                     self.release(side.session)
@@ -280,6 +340,8 @@ class Engine:
                             os.eventfd_read(wakefd)
                         except BlockingIOError:
                             pass
+                    elif fd in self._listeners:
+                        self._listeners[fd][0]()
                 if timers.has_work(now):
                     self._fire_timers()
                 if self._tls_waiting:

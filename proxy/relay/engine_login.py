@@ -43,6 +43,7 @@ from ..session.failures import Close, Failure, auth_result
 from ..session.imap_front import ImapFront
 from ..session.imap_prelogin import LoginRequest, Then
 from ..session.upstream import UpstreamError, _ip_family
+from .engine import Engine
 from .engine_entry import engine
 from .engine_imap import ImapEngineSession
 from .engine_session import IN, OUT, EngineSession, Side
@@ -106,9 +107,11 @@ class ImapEngineLogin(EngineSession):
 
     __slots__ = ("front", "phase", "pending", "login", "login_at", "upstream_at")
 
-    def __init__(self, front: ImapFront, client_fd: int) -> None:
+    def __init__(self, front: ImapFront, client_fd: int, eng: Engine | None = None) -> None:
+        """`eng`: the engine, when made in its thread (engine_accept.py)."""
         session = front.session
-        eng = engine(session.runtime.config.relay)
+        if eng is None:
+            eng = engine(session.runtime.config.relay)
         super().__init__(eng, session, front.conn, client_fd, None, -1)
         self.front = front
         self.phase = Phase.PRELOGIN

@@ -16,7 +16,7 @@ from .engine_login import ImapEngineLogin
 from .engine_session import Side
 from .imap_relay import ImapRelay
 
-__all__ = ["engine_ready", "run_from_greeting"]
+__all__ = ["engine_ready", "run_from_greeting", "taken_back"]
 
 
 def engine_ready(front: ImapFront) -> int | None:
@@ -49,6 +49,12 @@ async def run_from_greeting(front: ImapFront) -> tuple[bool, object]:
             sess.login.sock.close()
     if not sess.done:   # never taken (its thread died): trio from the start
         return False, None
+    return await taken_back(front, sess)
+
+
+async def taken_back(front: ImapFront, sess: ImapEngineLogin) -> tuple[bool, object]:
+    """`run_from_greeting`'s answer for `sess`, released by the engine (ended or handed
+    back; also a session the engine accepted itself, engine_accept.py)."""
     relay = sess.successor
     if relay is None:
         await _flush(sess.client)

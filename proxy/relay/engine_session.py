@@ -83,7 +83,7 @@ class EngineSession:
     `due`, `timer` and `drained`. `finish()` ends it, `hand_back()` returns it to tasks."""
 
     __slots__ = ("engine", "session", "client", "upstream", "sides", "done", "handed_back",
-                 "paused", "timer_at", "task", "on_drain", "successor")
+                 "paused", "timer_at", "task", "on_drain", "successor", "ended")
 
     def __init__(self, engine: Engine, session: Session, client: Conn, client_fd: int,
                  upstream: Conn | None, upstream_fd: int):
@@ -101,6 +101,8 @@ class EngineSession:
         self.task: trio.lowlevel.Task | None = None
         self.on_drain: Callable[[], None] | None = None   # subscribed to the drain
         self.successor: EngineSession | None = None   # carries the session on (Engine.succeed)
+        # without a task (accepted by the engine, engine_accept.py): called at its release
+        self.ended: Callable[[EngineSession], None] | None = None
 
     # -- what the protocol gives --------------------------------------------------------------
     def start(self) -> None:

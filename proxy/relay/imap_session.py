@@ -14,8 +14,8 @@ from ..session.imap_front import ImapFront
 from ..session.login import log_in
 from ..session.sasl import Credentials
 from ..session.upstream import UpstreamError, deadline
-from .engine_login import DecidedLogin
-from .engine_login_task import run_from_greeting
+from .engine_login import DecidedLogin, ImapEngineLogin
+from .engine_login_task import run_from_greeting, taken_back
 from .imap_relay import ImapRelay
 from .imap_upstream import UpstreamIMAP, command, connect, login, relayable
 from .relay_session import RelayLogin, closed_on_failure, connected, run_session, warm_or_fresh
@@ -28,6 +28,15 @@ async def handle(session: Session, conn: Conn) -> None:
     ended, pending = await run_from_greeting(front)
     if not ended:
         await run_session(session, front, partial(_authenticate, pending=pending), ImapRelay)
+
+
+async def resume(front: ImapFront, sess: ImapEngineLogin) -> None:
+    """Go on with a session the relay engine accepted and ran (engine_accept.py) from where it
+    released it."""
+    ended, pending = await taken_back(front, sess)
+    if not ended:
+        await run_session(front.session, front, partial(_authenticate, pending=pending),
+                          ImapRelay)
 
 
 async def _authenticate(session: Session, front: ImapFront, pending: object = None

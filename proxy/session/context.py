@@ -163,6 +163,8 @@ class Session:
     conn: Conn | None = None          # the client connection while the session runs
     # set by the listener around the handler, so that an operator can end it (admin kick)
     scope: trio.CancelScope | None = None
+    # how to end it while the relay engine runs it without a task (relay/engine_accept.py)
+    engine_kick: Callable[[], None] | None = None
     kicked: bool = False
     early: EarlyConnection | None = None   # connect_early: the upstream connect begun at accept
     upstream_early: bool = False           # the upstream connection is that one
@@ -173,6 +175,8 @@ class Session:
         self.close_reason = Close.KICKED
         if self.scope is not None:
             self.scope.cancel()
+        elif self.engine_kick is not None:
+            self.engine_kick()
 
     @property
     def bytes_in(self) -> int:

@@ -15,6 +15,7 @@ import math
 import os
 import socket
 import time
+from functools import partial
 from typing import Awaitable, Callable
 
 import trio
@@ -44,43 +45,55 @@ ACCEPT_IGNORED_ERRNOS = {errno.EPERM, errno.ECONNABORTED, errno.EPROTO, errno.EN
                          errno.EOPNOTSUPP, errno.ENETUNREACH}
 
 Handler = Callable[[Session, Conn], Awaitable[None]]
+EngineAccept = Callable[["ListenerServer", socket.socket, trio.Nursery, "tuple[str, int] | None"],
+                        Awaitable[None]]
 
-_REFUSALS = {"imap": b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n",
+REFUSALS = {"imap": b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n",
              "pop3": b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n"}
 
 
-_KICKED = {"imap": b"* BYE Disconnected by the administrator.\r\n",
+KICKED = {"imap": b"* BYE Disconnected by the administrator.\r\n",
            "pop3": b"-ERR [SYS/TEMP] Disconnected by the administrator.\r\n"}
 
 
 class OpenSessions:
     """The sessions open on every listener of the process; `wait_none()` returns once there
-    are none (SIGTERM drain waits on it, without polling)."""
+    are none (SIGTERM drain waits on it, without polling). `add` and `discard` may come from
+    any thread (the relay engine opens and ends sessions of its own): the set's operations are
+    atomic under the GIL, and the waiter, if any, is woken through trio's token."""
 
     def __init__(self) -> None:
         self.sessions: set[Session] = set()
-        self._none = trio.Event()
-        self._none.set()
+        self._none: trio.Event | None = None   # while wait_none() waits
+        self._token: trio.lowlevel.TrioToken | None = None
 
     def __len__(self) -> int:
         return len(self.sessions)
 
     def add(self, session: Session) -> None:
         self.sessions.add(session)
-        if self._none.is_set():
-            self._none = trio.Event()
 
     def discard(self, session: Session) -> None:
         self.sessions.discard(session)
-        if not self.sessions:
-            self._none.set()
+        none = self._none
+        if not self.sessions and none is not None and self._token is not None:
+            try:
+                self._token.run_sync_soon(none.set)
+            except trio.RunFinishedError:
+                pass
 
     async def wait_none(self) -> None:
-        while self.sessions:
-            await self._none.wait()
+        self._token = trio.lowlevel.current_trio_token()
+        try:
+            while self.sessions:
+                self._none = none = trio.Event()
+                if self.sessions:   # (one that ended before _none was set is seen here)
+                    await none.wait()
+        finally:
+            self._none = None
 
 
-class _ListenerView:
+class ListenerView:
     """What every connection of one listener needs from one runtime, looked up once per reload
     instead of once per connection: the listener's config and its metric label children."""
 
@@ -101,19 +114,22 @@ class ListenerServer:
     connections only. Its sessions are counted in `active` (shared by all listeners)."""
 
     def __init__(self, name: str, get_runtime: Callable[[], Runtime], handler: Handler,
-                 active: OpenSessions | None = None):
+                 active: OpenSessions | None = None, in_engine: EngineAccept | None = None):
+        """`in_engine`: accepts on a listening socket in the relay engine's thread for as long
+        as it can (relay/engine_accept.py), trio's accept loop going on when it returns."""
         self.name = name
+        self.in_engine = in_engine
         self.get_runtime = get_runtime
         self.handler = handler
         self.limiter = ConnectionLimiter()
         self.active = active if active is not None else OpenSessions()
-        self._view: _ListenerView | None = None
+        self._view: ListenerView | None = None
 
-    def _current(self) -> _ListenerView:
+    def current(self) -> ListenerView:
         runtime = self.get_runtime()
         view = self._view
         if view is None or view.runtime is not runtime:
-            view = self._view = _ListenerView(runtime, self.name)
+            view = self._view = ListenerView(runtime, self.name)
         return view
 
     def forget_runtime(self) -> None:
@@ -146,7 +162,10 @@ class ListenerServer:
         raw = socket.socket(fileno=listener.socket.fileno())
         try:
             async with listener:
-                await self._accept_from(raw, sessions, _fixed_local_address(raw))
+                local = _fixed_local_address(raw)
+                if self.in_engine is not None:
+                    await self.in_engine(self, raw, sessions, local)
+                await self._accept_from(raw, sessions, local)
         finally:
             raw.detach()   # the listener owns (and has closed) the descriptor
 
@@ -187,7 +206,7 @@ class ListenerServer:
 
     async def _session(self, stream: trio.SocketStream, peer: tuple[str, int],
                        local: tuple[str, int] | None) -> None:
-        view = self._current()
+        view = self.current()
         runtime, listener = view.runtime, view.listener
         if local is None:
             try:
@@ -206,34 +225,59 @@ class ListenerServer:
                 peer = source
         session = Session(runtime, listener, peer[0], peer[1], local[0], local[1],
                           tls=listener.tls == "implicit")
-        metrics = runtime.metrics
-        view.connections.inc()
-        refused = self.limiter.admit(session.client_ip, listener.max_connections,
-                                     listener.max_connections_per_ip)
+        refused = self.admit(view, session)
         if refused is not None:
-            metrics.limit_hits.labels(refused).inc()
-            logs.event("connection_refused", **session.log_fields(), limit=refused)
             with trio.move_on_after(1):
                 if listener.tls == "none":
-                    await Conn(stream).send(_REFUSALS[listener.protocol])
+                    await Conn(stream).send(refused)
             await trio.aclose_forcefully(stream)
             return
         # a plain client waits for the greeting: its first read waits for readiness (a TLS
         # client's ClientHello does not wait for anything)
-        conn = session.conn = (Conn(PrefixedStream(stream, unread)) if unread
-                               else Conn(stream, fresh=listener.tls != "implicit"))
+        conn = (Conn(PrefixedStream(stream, unread)) if unread
+                else Conn(stream, fresh=listener.tls != "implicit"))
+        self.opened(view, session, conn)
+        await self.run(view, session, conn, partial(self.handler, session, conn),
+                       handshake=listener.tls == "implicit")
+
+    def admit(self, view: ListenerView, session: Session) -> bytes | None:
+        """Count a new connection against the listener's limits: None when admitted, else the
+        words refusing it (logged and counted). Any thread (the relay engine accepts too)."""
+        view.connections.inc()
+        listener = session.listener
+        refused = self.limiter.admit(session.client_ip, listener.max_connections,
+                                     listener.max_connections_per_ip)
+        if refused is None:
+            return None
+        session.runtime.metrics.limit_hits.labels(refused).inc()
+        logs.event("connection_refused", **session.log_fields(), limit=refused)
+        return REFUSALS[listener.protocol]
+
+    def opened(self, view: ListenerView, session: Session, conn: Conn) -> None:
+        """An admitted connection becomes an open session (gauges, the drain's count, the
+        session_start line). Any thread."""
+        session.conn = conn
         view.active.inc()
         self.active.add(session)
         if logs.enabled(logging.DEBUG):
-            logs.event("session_start", logging.DEBUG, **session.log_fields(), tls=listener.tls)
+            logs.event("session_start", logging.DEBUG, **session.log_fields(),
+                       tls=session.listener.tls)
+
+    async def run(self, view: ListenerView, session: Session, conn: Conn,
+                  handler: Callable[[], Awaitable[None]], handshake: bool = False) -> None:
+        """Run an open session's `handler` (from the start, or where the relay engine left it)
+        under its cancel scope (admin kick), after the implicit TLS `handshake`, then end it:
+        last words, close, `closed`."""
         try:
             with trio.CancelScope() as session.scope:
-                if listener.tls == "implicit" and not await self._handshake(session, conn):
+                if session.kicked:   # (kicked while the engine handed it over)
+                    session.scope.cancel()
+                if handshake and not await self._handshake(session, conn):
                     return
-                await self.handler(session, conn)
+                await handler()
             if session.kicked:
                 with trio.move_on_after(1):
-                    await conn.send(_KICKED[listener.protocol])
+                    await conn.send(KICKED[session.listener.protocol])
         except Exception:
             session.close_reason = Close.INTERNAL_ERROR
             logs.event("session_crash", logging.ERROR, exc_info=True, **session.log_fields())
@@ -242,11 +286,16 @@ class ListenerServer:
             session.conn = None
             await conn.linger()  # so that the last reply is not lost to a RST
             await conn.aclose()
-            self.active.discard(session)
-            self.limiter.release(session.client_ip)
-            view.active.dec()
-            view.duration.observe(time.monotonic() - session.started)
-            session.log_end()
+            self.closed(view, session)
+
+    def closed(self, view: ListenerView, session: Session) -> None:
+        """The session's connection is closed: out of the counts, its session_end line. Any
+        thread (the relay engine ends its own sessions)."""
+        self.active.discard(session)
+        self.limiter.release(session.client_ip)
+        view.active.dec()
+        view.duration.observe(time.monotonic() - session.started)
+        session.log_end()
 
     async def _proxy_header(self, listener: Listener, stream: trio.SocketStream,
                             peer_ip: str) -> tuple[bytes, tuple[str, int] | None] | None:

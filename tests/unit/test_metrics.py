@@ -39,6 +39,7 @@ EXPECTED = {
     "build_info": ("mailproxy_build_info", ("version", "python")),
     "draining": ("mailproxy_draining", ()),
     "relay_engine_sessions": ("mailproxy_relay_engine_sessions", ()),
+    "relay_engine_accepted": ("mailproxy_relay_engine_accepted_total", ("listener",)),
 }
 
 
