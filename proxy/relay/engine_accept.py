@@ -154,10 +154,11 @@ class _Acceptor:
         sock.setblocking(False)
         refused = server.admit(view, session)
         if refused is not None:
-            try:
-                sock.send(refused)
-            except OSError:
-                pass
+            if view.listener.tls == "none":   # (as serve.py: not before a STARTTLS)
+                try:
+                    sock.send(refused)
+                except OSError:
+                    pass
             sock.close()
             return
         self.counted.inc()
