@@ -162,11 +162,15 @@ class _Acceptor:
             sock.close()
             return
         self.counted.inc()
-        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))   # (TCP_NODELAY)
-        conn = Conn(stream, fresh=True)
+        try:
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))   # (TCP_NODELAY)
+            conn = Conn(stream, fresh=True)
+            front = ImapFront(session, conn)
+            root = ImapEngineLogin(front, sock.fileno(), self.engine)
+        except BaseException:   # (a bug: logged by `ready`, the connection closed there)
+            server.limiter.release(session.client_ip)
+            raise
         server.opened(view, session, conn)
-        front = ImapFront(session, conn)
-        root = ImapEngineLogin(front, sock.fileno(), self.engine)
         accepted = Accepted(self, view, session, sock, front, root)
         self.live.add(accepted)
         session.engine_kick = partial(self.engine.locked, accepted.kick)
