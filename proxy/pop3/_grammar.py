@@ -47,7 +47,10 @@ def plain_command(data: bytes) -> tuple[bytes, tuple[bytes, ...]] | None:
     """``(name, args)`` as ``parse_command_line`` gives them when ``data`` is one such whole
     line (CRLF included); else None."""
     m = _PLAIN_COMMAND.fullmatch(data)
-    return None if m is None else (m.group(1).upper(), tuple(m.group(2).split()))
+    if m is None:
+        return None
+    name, args = m.groups()
+    return name.upper(), tuple(args.split())
 
 
 def parse_command_line(line: bytes) -> Command:

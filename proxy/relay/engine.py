@@ -323,8 +323,9 @@ class Engine:
                 if self._stopped:
                     return
                 self._wait_until = wait_until = timers.next_at()
-                timeout = -1.0 if wait_until == math.inf \
-                    else max(0.0, wait_until - perf_counter() - offset)
+                timeout = -1.0 if wait_until == math.inf else wait_until - perf_counter() - offset
+                if timeout < 0.0 and wait_until != math.inf:   # (due already: no max() call)
+                    timeout = 0.0
                 if self._tls_waiting and any(side.mask & IN for side in self._tls_waiting):
                     timeout = 0.0
             ready = epoll.poll(timeout)
@@ -351,15 +352,14 @@ class Engine:
         """`_guarded(sess, self._receive, side, events)`, spelt out: the relay's hot path."""
         sess = side.session
         try:
-            self._receive(side, events)
-            if not sess.done:
+            if not self._receive(side, events) and not sess.done:   # (settled: nothing moved)
                 self._interest(sess)
                 if sess.due() < sess.timer_at:   # (activity only moves timers later, mostly)
                     self._schedule(sess)
         except Exception:
             self._crashed(sess)
 
-    def _receive(self, side: Side, events: int) -> None:
+    def _receive(self, side: Side, events: int) -> bool | None:
         sess = side.session
         if events & OUT:
             if side.out:
@@ -367,23 +367,24 @@ class Engine:
             else:   # (asked for by a connect under way: engine_login.py)
                 sess.writable(side)
         if sess.done:
-            return
+            return None
         if events & IN or (events & _GONE and not side.mask & OUT):
             try:
                 data = os.read(side.fd, RECEIVE_SIZE)
             except BlockingIOError:
-                return
+                return None
             except OSError:   # reset: the same as an end of stream to the relay
                 data = b""
             if side.tls is not None:
                 side.tls.receive_data(data)
                 self._decrypt(side, hung_up=not events & IN)
-                return
+                return None
             conn = side.conn
             conn.bytes_in += len(data)
             if not data:
                 conn.eof = True
-            sess.received(side, data)
+            return sess.received(side, data)
+        return None
 
     def _decrypt(self, side: Side, hung_up: bool = False) -> None:
         """Hand the plaintext `side`'s TLSEngine can give to its session, while that side may

@@ -18,7 +18,7 @@ from __future__ import annotations
 from ..net.conn import Conn
 from ..session.failures import Close
 from .engine import Engine
-from .engine_session import EngineSession, Side
+from .engine_session import IN, EngineSession, Side
 from .pop3_core import Pop3RelayCore
 
 __all__ = ["Pop3EngineSession"]
@@ -35,22 +35,29 @@ class Pop3EngineSession(EngineSession):
     def start(self) -> None:
         self._sent(self.core.commands())   # what was pipelined behind the login
 
-    def received(self, side: Side, data: bytes) -> None:
-        core = self.core
-        if side is self.client:
+    def received(self, side: Side, data: bytes) -> bool:
+        core, client, upstream = self.core, self.client, self.upstream
+        if side is client:
             if data and core.plain_command(data, self.engine.now):   # the common chunk
-                if not self.send(self.upstream, data):
+                if not (upstream.write(data) if upstream.tls is None   # (send(), spelt out)
+                        else self.send(upstream, data)):
                     core.finish(Close.UPSTREAM_CLOSED)
                 core.judge()
                 if core.end is not None:
                     self.finish()
-                return
+                    return False
+                # settled when both are read and nothing waits (its idle timer only moves later)
+                return not upstream.out and upstream.mask == client.mask == IN and not self.paused
             self._sent(core.client_data(data, self.engine.now, forward_first=True))
-        elif data and not self.send(self.client, data):   # forward first: parsing never delays it
+        elif data and not (client.write(data) if client.tls is None   # forward first: parsing
+                           else self.send(client, data)):              # never delays it
             core.finish(Close.CLIENT_CLOSED)
             self._sent(b"")
-        elif not core.answer_chunk(data, self.engine.now):   # (the common chunk: nothing owed)
+        elif core.answer_chunk(data, self.engine.now):   # the common chunk: nothing owed
+            return not client.out and upstream.mask == client.mask == IN and not self.paused
+        else:
             self._sent(core.upstream_data(data, self.engine.now))
+        return False
 
     def _sent(self, up: bytes | bytearray) -> None:
         """Send what the core says (`forward`); stop reading the client while a local answer

@@ -108,8 +108,11 @@ class EngineSession:
     def start(self) -> None:
         """Process what the login left unconsumed on either side."""
 
-    def received(self, side: Side, data: bytes) -> None:
-        """A chunk read from `side` (b"" at end of stream)."""
+    def received(self, side: Side, data: bytes) -> bool | None:
+        """A chunk read from `side` (b"" at end of stream). True: the session is settled,
+        the engine need not look at it again (nothing waits to be written, both sides are read,
+        its timer moved later if at all: engine.py `_interest` and `_schedule` would change
+        nothing)."""
         raise NotImplementedError
 
     def due(self) -> float:

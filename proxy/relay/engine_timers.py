@@ -42,8 +42,10 @@ class TimerHeap:
 
     def has_work(self, now: float) -> bool:
         """Whether `due(now)` has anything to do: an entry due, or a rebuild (`_compact_due`)."""
-        heap = self._heap
-        return (bool(heap) and heap[0][0] <= now) or self._compact_due()
+        heap = self._heap   # (once per wake-up: spelt out, `_compact_due` only past its floor)
+        if heap and heap[0][0] <= now:
+            return True
+        return self._dead > COMPACT_AFTER and self._compact_due()
 
     def _compact_due(self) -> bool:
         return self._dead > COMPACT_AFTER and self._dead > len(self._heap) // 2
