@@ -42,6 +42,20 @@ async def select(session, cmd, read_only: bool = False):
     if session.view is not None and (rev2 or cs.QRESYNC in session.enabled):
         session.emit(b"OK [CLOSED] Previous mailbox closed.")   # RFC 7162 3.2.11, RFC 9051 7.1
     session.deselect()   # RFC 3501 6.3.1: even if this SELECT fails, nothing stays selected
+    try:
+        return await _open(session, name, read_only, condstore, qresync, rev2)
+    except Exception:
+        # a failure after the view subscribed (a store call, say) must not leave it selected:
+        # its state would say SELECTED, and the hub would defer every expunged body of the
+        # mailbox for a view that never loads (hub.py, RFC 2180 4.1.1)
+        session.deselect()
+        session.transition(Trigger.SELECT_FAILED)
+        raise
+
+
+async def _open(session, name: str, read_only: bool, condstore: bool, qresync: tuple | None,
+                rev2: bool):
+    """SELECT's work once nothing is selected: subscribe, read, load, answer."""
     index, hub = session.backend.index, session.backend.hub
     # Subscribe before reading the mailbox: then no change can fall between the read and the
     # subscription, and the HIGHESTMODSEQ read is as new as the subscription (see _index)
@@ -51,8 +65,6 @@ async def select(session, cmd, read_only: bool = False):
     box = await session.store.get_mailbox(session.account.id, name)
     index.remember(name, box)
     if box is None:
-        session.deselect()
-        session.transition(Trigger.SELECT_FAILED)
         raise Reply.no(f"Mailbox does not exist: {name}", b"NONEXISTENT")
     if guess is not None and (guess.id, guess.uidvalidity) == (box.id, box.uidvalidity):
         view = session.view
