@@ -243,3 +243,20 @@ def test_bodies_deferred_for_a_loading_view_go_when_it_loads_without_them_or_lea
     hub.unsubscribe(1, leaving)   # the SELECT failed: nothing waits for it
     assert hub.garbage == set() and view.pinned == {3: 3}   # the loaded view pins UID 3
     assert view.updates(True) == [b"2 EXPUNGE"] and hub.garbage == {3}
+
+
+def test_big_arrival_is_applied_in_slices_and_pinned_during_a_pause(monkeypatch):
+    """An arrival of many messages is applied in parts (UPDATE_SLICE) with one EXISTS at the
+    end, byte-identical to the unsliced answer; an expunge published during a pause pins a
+    message not applied yet (RFC 2180 4.1.1), whose EXPUNGE follows at the next update."""
+    monkeypatch.setattr(view_module, "UPDATE_SLICE", 2)
+    hub = Hub()
+    view, other = (_subscribed(hub, [1]) for _ in range(2))
+    hub.appended(1, [_meta(uid, uid) for uid in range(1, 7)])   # 2..6 are new
+    parts = view.update_slices(True)
+    assert next(parts) == [] and view.uids == [1, 2, 3]   # paused: 4..6 still arriving
+    hub.expunged(1, [6], origin=other, body_ids=[6])
+    assert hub.garbage == set() and view.pinned == {6: 6}
+    assert [line for part in parts for line in part] == [b"6 EXISTS", b"0 RECENT"]
+    assert view.uids == [1, 2, 3, 4, 5, 6] and view.arriving == {}
+    assert view.updates(True) == [b"6 EXPUNGE"] and hub.garbage == {6}

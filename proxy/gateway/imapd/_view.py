@@ -24,7 +24,9 @@ allows:
 
 An event of 10,000 changes reaches every view of the mailbox: `notify` only queues it (and pins
 with C-level loops), and `update_slices` applies it in parts between which other sessions run
-(the session's own commands wait: RFC 3501 7.4.1 holds across the parts).
+(the session's own commands wait: RFC 3501 7.4.1 holds across the parts). An arrival of 10,000
+messages too: its EXISTS goes out once all are applied; meanwhile those not applied yet wait in
+`arriving`, where `hold` finds them, so an expunge published during a pause still pins them.
 
 Live SEARCH/SORT results (RFC 5267, `contexts`, `_context.py`) are told of every message that
 arrives or changes flags here, and of expunges in `expunge_lines`, whose REMOVEFROM lines come
@@ -72,6 +74,7 @@ class SelectedView:
         self.early_flags: dict[int, tuple[frozenset[str], int]] = {}   # uid not announced yet
         self.loaded_modseq = 0                 # MODSEQ of the snapshot the view started from
         self.pinned: dict[int, int] = {}       # uid -> body id this view keeps readable
+        self.arriving: dict[int, MessageMeta] = {}   # new, being applied in parts (docstring)
         self.loaded = False                    # `load` done: `meta` is the snapshot
         self.early_holds: set[int] = set()     # expunged UIDs heard of before `load`
         self.keywords: set[str] = set()        # announced with FLAGS (RFC 3501 7.2.6)
@@ -102,10 +105,18 @@ class SelectedView:
         # this runs in the publisher's step, once per view: C-level loops only (an EXPUNGE
         # of 10,000 messages, times the views of the mailbox)
         shown = self.meta.keys() & uids
+        find = self.meta.__getitem__
+        if self.arriving:   # an arrival applied in parts: the rest are shown once it ends
+            shown |= self.arriving.keys() & uids
+            find = self._meta_or_arriving
         shown.difference_update(self.pinned)
-        bodies = dict(zip(shown, map(_BODY_ID, map(self.meta.__getitem__, shown)), strict=True))
+        bodies = dict(zip(shown, map(_BODY_ID, map(find, shown)), strict=True))
         self.pinned.update(bodies)
         self.hub.pin_many(bodies.values())
+
+    def _meta_or_arriving(self, uid: int) -> MessageMeta:
+        meta = self.meta.get(uid)
+        return meta if meta is not None else self.arriving[uid]
 
     def load(self, snapshot: Snapshot) -> None:
         """The snapshot taken after subscribing; expunges already known pin their bodies.
@@ -269,11 +280,15 @@ class SelectedView:
         if new:
             metas = sorted(self._with_early_flags(new), key=lambda m: m.uid)
             lines += self.announce(m.flags for m in metas)
-            for meta in metas:
+            self.arriving = new   # `hold` pins these during a pause (module docstring)
+            for n, meta in enumerate(metas, 1):
                 self.uids.append(meta.uid)
                 self.meta[meta.uid] = meta
                 if recent is not None and recent[0] <= meta.uid <= recent[1]:
                     self.recent.add(meta.uid)
+                if not n % UPDATE_SLICE and n < len(metas):
+                    yield []   # nothing told yet: the EXISTS below counts them all
+            self.arriving = {}
             self.top = metas[-1].uid
             if self.contexts is not None:
                 self.contexts.arrived.update(new)
