@@ -133,11 +133,18 @@ class AccountFetcher:
 
     async def _stored(self, account_id: int) -> None:
         """A batch of the sync in flight stored new mail: announce it, at most every
-        ANNOUNCE_DURING_SYNC_S (the sync's end announces the rest)."""
+        ANNOUNCE_DURING_SYNC_S (the sync's end announces the rest). A store error here is the
+        announcement's, not the sync's: logged, and the sync goes on (its end announces)."""
         now = trio.current_time()
         if now - self._announced_at >= ANNOUNCE_DURING_SYNC_S:
             self._announced_at = now
-            await self._announce(await self.service.store.ensure_account(self.upstream, self.user))
+            try:
+                await self._announce(
+                    await self.service.store.ensure_account(self.upstream, self.user))
+            except StoreError as exc:   # the mail is stored: a failed read only delays the news
+                logs.event("gateway_announce_failed", logging.WARNING, upstream=self.upstream,
+                           user=log_user(self.service.config.logging, self.user),
+                           error=logs.sanitize(str(exc)))
 
     async def _announce(self, account) -> None:
         """Publish the new tail of the account's INBOX on its hub (sessions see EXISTS)."""
