@@ -1,7 +1,7 @@
 """A/B of the relay's per-command cost: this tree's mailproxy against another revision's, in one run.
 
     .venv/bin/python bench/ab_relay.py [--base REV] [--rounds 7] [--noops 2000] [--messages 300]
-                                       [--sessions 200] [--warm 0,2,early]
+                                       [--sessions 200] [--warm 0,2,early] [--base-warm early]
                                        [--only SEQ CONC POP3LOGIN NOOP STORM POP3 FETCH] [--tls]
 
 On a shared, loaded machine wall-clock figures move with the load, so the two proxies run side by
@@ -261,6 +261,8 @@ def main() -> None:
                              "`early`: connect_early), one proxy each (default: one proxy, off)")
     parser.add_argument("--base-engines", default="",
                         help="the same for the base (a revision that knows `relay.engine`)")
+    parser.add_argument("--base-warm", default="0",
+                        help="the base's warm_pool size, or `early` (connect_early), as --warm")
     args = parser.parse_args()
     head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
@@ -285,7 +287,7 @@ def main() -> None:
             for label in [e for e in args.base_engines.split(",") if e] or [""]:
                 engine, _, switch = label.partition(":")
                 procs[f"base-{label}" if label else "base"] = proxy_from(
-                    env, base_root, listeners, engine or None, switch or None)
+                    env, base_root, listeners, engine or None, switch or None, args.base_warm)
             for label in [e for e in args.engines.split(",") if e] or [""]:
                 engine, _, switch = label.partition(":")
                 for warm in [w for w in args.warm.split(",") if w] or ["0"]:

@@ -9,9 +9,10 @@ the listener's `login` timeout and the drain itself, as Front.until_logged_in do
 an AUTHENTICATE with its initial response, whose route needs no I/O (no lookups; a static route
 to a plain IMAP upstream of one IP-literal host whose greeting is known, so the login goes out
 at once, session/early_login.py; a client the auth throttle has no record of) connects without
-blocking and writes the early login; the greeting and the verdict come back as on trio
-(imap_upstream.py: a refused early login is sent again for the greeting's capabilities, an OK
-without capabilities asks for them). An OK is answered to the client and the session becomes
+blocking and writes the early login; the greeting and the verdict are read and decided by the
+machine trio's login uses (imap_login_machine.py: a refused early login is sent again for what
+this connection announced, asked with CAPABILITY when its greeting said nothing; an OK without
+capabilities asks for them). An OK is answered to the client and the session becomes
 the ImapEngineSession trio would have made (Engine.succeed): the task never woke up. A refusal
 or an upstream failure goes to trio as a DecidedLogin, answered from its outcome (log_in's
 metrics, throttle delay, log line and NO), the upstream asked once.
@@ -38,18 +39,19 @@ from ..config import ImapService, Upstream
 from ..imap import NEED_DATA, ProtocolError, events, writer
 from ..metrics import command_label
 from ..net.conn import Conn
-from ..session.failures import IMAP_TEMPFAIL_CODES as TEMPFAIL_CODES
 from ..session.failures import Close, Failure, auth_result
 from ..session.imap_front import ImapFront
 from ..session.imap_prelogin import LoginRequest, Then
-from ..session.upstream import UpstreamError, _ip_family
+from ..session.upstream import UpstreamError, ip_family
 from .engine import Engine
 from .engine_entry import engine
 from .engine_imap import ImapEngineSession
 from .engine_session import IN, OUT, EngineSession, Side
+from .imap_capabilities import relayable
 from .imap_core import ImapRelayCore
+from .imap_login_machine import GREETED, Failed, ImapLogin, Send, Verdict, failure_of
 from .imap_relay import client_parser
-from .imap_upstream import UpstreamIMAP, _one_write_login, capabilities_from, relayable
+from .imap_upstream import UpstreamIMAP, id_fields
 
 __all__ = ["DecidedLogin", "ImapEngineLogin", "Phase"]
 
@@ -83,22 +85,15 @@ class DecidedLogin:
 
 
 class _Login:
-    """A login under way in the engine."""
+    """A login under way in the engine; `machine` reads and decides the upstream's answers."""
 
-    __slots__ = ("cmd", "request", "name", "upstream", "sock", "up", "id_tag", "tag", "sent",
-                 "greeted", "greeting", "early", "again", "text", "started")
+    __slots__ = ("cmd", "request", "name", "upstream", "sock", "up", "machine", "sent", "started")
 
     def __init__(self, cmd: events.Command, request: LoginRequest, name: str, upstream: Upstream,
-                 sock: socket.socket, up: UpstreamIMAP, early: tuple[bytes, ...]):
-        self.cmd, self.request, self.name, self.up, self.early = cmd, request, name, up, early
+                 sock: socket.socket, up: UpstreamIMAP, machine: ImapLogin):
+        self.cmd, self.request, self.name, self.up, self.machine = cmd, request, name, up, machine
         self.upstream, self.sock = upstream, sock
-        self.greeting: tuple[bytes, ...] = ()
-        self.again = False               # the login sent again for the greeting's capabilities
-        self.text: bytes | None = None   # an OK's text while its CAPABILITY is asked
-        self.id_tag: bytes | None = None
-        self.tag = b""
-        self.sent = b""
-        self.greeted = False
+        self.sent = b""   # the early login, written once connected
         self.started = time.monotonic()
 
 
@@ -243,7 +238,7 @@ class ImapEngineLogin(EngineSession):
                 or len(upstream.pool) != 1 or not early or svc.warm_pool is not None:
             self._trio_logs_in(cmd)
             return
-        family = _ip_family(upstream.host)
+        family = ip_family(upstream.host)
         if family is None:
             self._trio_logs_in(cmd)
             return
@@ -256,15 +251,14 @@ class ImapEngineLogin(EngineSession):
             return
         conn = Conn(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))   # (TCP_NODELAY)
         up = UpstreamIMAP.over(conn)
-        up.capabilities = early
-        lines = _one_write_login(session, upstream, up, creds)
-        up.capabilities = ()
-        if lines is None:
+        machine = ImapLogin(up)
+        sent = machine.begin_login(request.credentials, id_fields(session, upstream), early)
+        if sent is None:
             sock.close()
             self._trio_logs_in(cmd)
             return
-        login = self.login = _Login(cmd, request, name, upstream, sock, up, early)
-        login.sent, login.id_tag, login.tag = lines
+        self.login = _Login(cmd, request, name, upstream, sock, up, machine)
+        self.login.sent = sent
         self.phase = Phase.CONNECTING
         self.upstream_at = self.engine.now + session.listener.timeouts.upstream_connect
         self.engine.attach(self, Side(conn, sock.fileno(), self), OUT)
@@ -281,92 +275,36 @@ class ImapEngineLogin(EngineSession):
         metrics = self.session.runtime.metrics
         metrics.child(metrics.upstream_connect_duration, login.name, "imap").observe(
             time.monotonic() - login.started)
-        if not self.send(self.upstream, login.sent):
+        sent, login.sent = login.sent, b""
+        if not self.send(self.upstream, sent):
             self._failed(UpstreamError(Failure.UPSTREAM, "connection closed by upstream"))
 
     def _upstream_data(self, data: bytes) -> None:
-        """The greeting, the ID's reply, the login's verdict (imap_upstream.py's dialogue)."""
+        """The greeting, the ID's reply, the login's verdict: the machine's steps
+        (imap_login_machine.py), as trio's login takes them."""
         login = self.login
         assert login is not None
-        up = login.up
-        if not data:
-            self._failed(UpstreamError(Failure.UPSTREAM, "connection closed by upstream"))
-            return
-        parser = up.channel.parser
-        parser.receive_data(data)
-        while True:
-            try:
-                event = parser.next_event()
-            except ProtocolError as exc:
-                self._failed(UpstreamError(Failure.PROTOCOL, f"bad response: {exc.text}"))
+        machine = login.machine
+        machine.receive_data(data)
+        while not self.done:
+            step = machine.next_step()
+            if step is NEED_DATA:
                 return
-            if event is NEED_DATA:
+            if isinstance(step, Send):
+                self.send(self.upstream, step.data)
+            elif isinstance(step, Verdict):
+                failure = failure_of(step.reply)
+                if failure is None:
+                    self._logged_in(step.reply.text)
+                else:
+                    self._failed((failure, step.reply.text))
                 return
-            if isinstance(event, events.UntaggedResponse):
-                if not self._untagged(event):
-                    return
-            elif isinstance(event, events.TaggedResponse) and event.tag == login.tag:
-                self._verdict(event)
+            elif isinstance(step, Failed):
+                self._failed(UpstreamError(step.failure, step.detail))
                 return
-            elif isinstance(event, events.ContinuationRequest):
-                self._failed(UpstreamError(Failure.PROTOCOL, "unexpected continuation request"))
-                return
-
-    def _untagged(self, event: events.UntaggedResponse) -> bool:
-        """The greeting, a CAPABILITY or a BYE (imap_upstream._greeting, wait_tagged)."""
-        login = self.login
-        assert login is not None
-        if not login.greeted:
-            login.greeted = True
-            if event.name == b"PREAUTH":   # RFC 3501 7.1.4
-                self._failed(UpstreamError(Failure.PROTOCOL, "PREAUTH greeting"))
-                return False
-            if event.name != b"OK":
-                self._failed(UpstreamError(Failure.UPSTREAM, "upstream greeting was not OK"))
-                return False
-            if event.code == b"CAPABILITY" and event.code_args:
-                login.greeting = capabilities_from(event.code_args)
-            login.up.capabilities = login.greeting
-        elif event.name == b"CAPABILITY":
-            login.up.capabilities = capabilities_from(
-                event.raw.split(b" ", 2)[2] if event.raw.count(b" ") >= 2 else b"")
-        elif event.name == b"BYE":
-            self._failed(UpstreamError(Failure.UPSTREAM, "upstream said BYE"))
-            return False
-        return True
-
-    def _verdict(self, event: events.TaggedResponse) -> None:
-        """As imap_upstream.login and imap_session._attempt: an OK without capabilities asks
-        for them; an early login refused where the greeting announced other capabilities than
-        it was built for is sent again for the greeting's (in the same connection)."""
-        login = self.login
-        assert login is not None
-        up = login.up
-        if login.text is not None:   # the CAPABILITY after an OK
-            self._logged_in(login.text)
-        elif event.status == b"OK":
-            if event.code == b"CAPABILITY" and event.code_args:
-                up.capabilities = capabilities_from(event.code_args)
-                self._logged_in(event.text)
-                return
-            login.text = event.text
-            login.tag = up.next_tag()
-            self.send(self.upstream, b"%s CAPABILITY\r\n" % login.tag)
-        elif not login.greeting:   # (trio would ask CAPABILITY first: it asks again)
-            self._to_trio(login.cmd)
-        elif login.greeting != login.early and not login.again:
-            up.capabilities = login.greeting
-            lines = _one_write_login(self.session, login.upstream, up, login.request.credentials)
-            if lines is None:   # (literals without LITERAL+, LOGINDISABLED: trio asks again)
+            elif step is not GREETED:   # Unsendable (literals without LITERAL+, LOGINDISABLED)
                 self._to_trio(login.cmd)
                 return
-            login.again = True
-            sent, _, login.tag = lines
-            self.send(self.upstream, sent)
-        else:
-            tempfail = event.code in TEMPFAIL_CODES
-            self._failed((Failure.AUTH_TEMPFAIL if tempfail else Failure.AUTH_REJECTED,
-                          event.text))
 
     def _logged_in(self, text: bytes) -> None:
         """As log_in and imap_session._authenticate on success; then the relay."""
@@ -375,14 +313,16 @@ class ImapEngineLogin(EngineSession):
         session, front, up = self.session, self.front, login.up
         creds = login.request.credentials
         runtime = session.runtime
-        runtime.known_greetings.learnt("imap", login.name, login.greeting)
+        runtime.known_greetings.learnt("imap", login.name, login.machine.greeting)
         front.admit()
         session.user = creds.user
         session.login_attempts += 1
         session.upstream = login.name
         metrics = runtime.metrics
         metrics.child(metrics.auth_attempts, "imap", creds.mechanism, auth_result(None)).inc()
-        # (throttle.success: nothing to clear, `clean` said so before the login)
+        # as log_in: a failure another session recorded since `clean` is cleared (the
+        # throttle's lock makes this thread's call safe)
+        runtime.throttle.success(creds.user, session.client_ip)
         if logs.enabled():
             logs.event("auth", **session.log_fields(), upstream=login.name, result="success",
                        mechanism=creds.mechanism, mode="relay",
@@ -401,13 +341,13 @@ class ImapEngineLogin(EngineSession):
         self.engine.succeed(self, relay)
 
     def _greeted(self) -> bool:
-        return self.login is not None and self.login.greeted
+        return self.login is not None and self.login.machine.greeted
 
     def _failed(self, outcome: tuple[Failure, bytes] | UpstreamError) -> None:
         """The login failed at the upstream: trio answers it (DecidedLogin)."""
         login = self.login
         assert login is not None
-        if isinstance(outcome, UpstreamError) and not login.greeted:   # as imap_upstream.connect
+        if isinstance(outcome, UpstreamError) and not login.machine.greeted:   # as imap_upstream.connect
             self.session.runtime.known_greetings.refused("imap", login.name, outcome.detail)
         self._trace("decided")
         self._to_trio(DecidedLogin(login.cmd, login.request, login.started, outcome))

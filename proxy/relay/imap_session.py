@@ -9,15 +9,16 @@ from ..imap import events, writer
 from ..net.conn import Conn
 from ..routing.answers import Refusal
 from ..session.context import Session
-from ..session.failures import IMAP_TEMPFAIL_CODES, Failure
+from ..session.failures import Failure
 from ..session.imap_front import ImapFront
 from ..session.login import log_in
 from ..session.sasl import Credentials
 from ..session.upstream import UpstreamError, deadline
 from .engine_login import DecidedLogin, ImapEngineLogin
 from .engine_login_task import run_from_greeting, taken_back
+from .imap_login_machine import failure_of
 from .imap_relay import ImapRelay
-from .imap_upstream import UpstreamIMAP, command, connect, login, relayable
+from .imap_upstream import UpstreamIMAP, connect, login, relayable
 from .relay_session import RelayLogin, closed_on_failure, connected, run_session, warm_or_fresh
 
 
@@ -82,9 +83,9 @@ async def _attempt(session: Session, creds: Credentials, name: str, upstream: Up
     if reply.status == b"OK":
         return up, reply.text, None
     await up.conn.aclose()
-    tempfail = reply.code in IMAP_TEMPFAIL_CODES
-    return (Failure.AUTH_TEMPFAIL if tempfail else Failure.AUTH_REJECTED), reply.text, \
-        up.sasl_challenge
+    failure = failure_of(reply)
+    assert failure is not None
+    return failure, reply.text, up.sasl_challenge
 
 
 async def _log_in_upstream(session: Session, creds: Credentials, name: str, upstream: Upstream,
@@ -94,10 +95,8 @@ async def _log_in_upstream(session: Session, creds: Credentials, name: str, upst
         up = await connected(session, connect(session, name, upstream, steps, creds, warm=warm))
         async with closed_on_failure(up, up.warm):
             steps.step(timeouts.upstream_response, "login")
-            reply = await login(session, upstream, up, creds)
-            if reply.status == b"OK" and reply.code != b"CAPABILITY":
-                await command(up, b"%s CAPABILITY\r\n" % up.next_tag())
-            elif up.warm and reply.code in IMAP_TEMPFAIL_CODES:
+            reply = await login(session, upstream, up, creds)   # (an OK: capabilities known)
+            if up.warm and failure_of(reply) is Failure.AUTH_TEMPFAIL:
                 # maybe a login process of the upstream's previous run (a restart):
                 # asked again, once, on a fresh connection
                 raise UpstreamError(Failure.UPSTREAM, "temporary failure on a warm connection")

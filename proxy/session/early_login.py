@@ -8,11 +8,18 @@ that sends no greeting after such an early login (a greeting-delay / early-talke
 marked `()`, "known, never early", until the next reload, and one warning names the setting
 that makes this permanent (`upstreams.NAME.<protocol>.pipelined_login: false`). At most
 MAX_KNOWN_GREETINGS upstreams are remembered per runtime (lookups can name many).
+
+The relay engine's thread reads and writes the table as trio's does (relay/engine_login.py): the
+table is an immutable snapshot, read without a lock, and a change builds the next snapshot under
+a lock and swaps it in with one assignment. Changes are rare: an upstream's greeting, once.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from types import MappingProxyType
+from typing import Mapping
 
 from .. import logs
 from .upstream import deadline
@@ -25,10 +32,15 @@ MAX_KNOWN_GREETINGS = 1024
 class KnownGreetings:
     """(protocol, upstream name) -> the capabilities announced before login; `()` = never early."""
 
-    __slots__ = ("_known",)
+    __slots__ = ("_known", "_lock")
 
     def __init__(self) -> None:
-        self._known: dict[tuple[str, str], tuple[bytes, ...]] = {}
+        self._known: Mapping[tuple[str, str], tuple[bytes, ...]] = MappingProxyType({})
+        self._lock = threading.Lock()   # (writers only)
+
+    def snapshot(self) -> Mapping[tuple[str, str], tuple[bytes, ...]]:
+        """The table as it is: never changed afterwards (a change swaps in a new one)."""
+        return self._known
 
     def early(self, protocol: str, name: str) -> tuple[bytes, ...]:
         """The capabilities to build an early login for; () when none may be sent."""
@@ -37,12 +49,20 @@ class KnownGreetings:
     def learnt(self, protocol: str, name: str, capabilities: tuple[bytes, ...]) -> None:
         """What a greeting (or CAPA) announced, unless early logins there were turned off."""
         key = (protocol, name)
-        known = self._known
-        if not capabilities or known.get(key) == ():
+        known = self._known.get(key)
+        if not capabilities or known == () or known == capabilities:   # (the common case)
             return
+        with self._lock:
+            if self._known.get(key) != ():
+                self._swap(key, capabilities)
+
+    def _swap(self, key: tuple[str, str], capabilities: tuple[bytes, ...]) -> None:
+        """The next snapshot with `key` set (under the lock)."""
+        known = dict(self._known)
         if len(known) >= MAX_KNOWN_GREETINGS and key not in known:
             known.clear()
         known[key] = capabilities
+        self._known = MappingProxyType(known)
 
     def no_greeting(self, protocol: str, name: str, exc: BaseException, steps: deadline) -> None:
         """An early login got no greeting back, `exc` ended the wait: a failure (the upstream
@@ -61,9 +81,11 @@ class KnownGreetings:
         """None more for this upstream until a reload; said once, with how to make it
         permanent."""
         key = (protocol, name)
-        if self._known.get(key) != ():
-            logs.event("upstream_pipelined_login_off", logging.WARNING, upstream=name,
-                       reason=logs.sanitize(reason, 120),
-                       hint=f"set upstreams.{name}.{protocol}.pipelined_login: false if this "
-                            "upstream refuses commands sent before its greeting")
-        self._known[key] = ()
+        with self._lock:
+            if self._known.get(key) == ():
+                return
+            self._swap(key, ())
+        logs.event("upstream_pipelined_login_off", logging.WARNING, upstream=name,
+                   reason=logs.sanitize(reason, 120),
+                   hint=f"set upstreams.{name}.{protocol}.pipelined_login: false if this "
+                        "upstream refuses commands sent before its greeting")

@@ -31,7 +31,7 @@ from .channel import Channel
 from .failures import Failure
 
 __all__ = ["UpstreamError", "adopt", "built_context", "connected_now", "deadline", "detach",
-           "next_upstream_event", "open_upstream", "service", "start_tls", "tcp_connect"]
+           "ip_family", "next_upstream_event", "open_upstream", "service", "start_tls", "tcp_connect"]
 
 ContextFactory = Callable[[], ssl.SSLContext]  # may raise TLSConfigError (an unreadable file)
 Connector = Callable[[str, int], Awaitable[trio.abc.Stream]]  # (host, port) -> TCP stream
@@ -165,7 +165,7 @@ async def start_tls(stream: trio.abc.Stream, upstream: Upstream,
 async def tcp_connect(host: str, port: int) -> trio.abc.Stream:
     """TCP to host:port. An IP address connects directly (trio.open_tcp_stream's resolver and
     happy-eyeballs machinery cost more than the connect itself on loopback)."""
-    family = _ip_family(host)
+    family = ip_family(host)
     if family is None:
         return await trio.open_tcp_stream(host, port)  # sets TCP_NODELAY
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -214,7 +214,7 @@ def connected_now(sock: socket.socket) -> bool:
 
 
 @lru_cache(maxsize=256)
-def _ip_family(host: str) -> int | None:
+def ip_family(host: str) -> int | None:
     """AF_INET / AF_INET6 for an IP address literal; None for a name."""
     try:
         return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
