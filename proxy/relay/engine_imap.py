@@ -44,7 +44,16 @@ class ImapEngineSession(EngineSession):
     def received(self, side: Side, data: bytes) -> None:
         core = self.core
         if side is self.client:
-            self._sent(core.client_data(data, self.engine.now, forward_first=True))
+            up = core.client_data(data, self.engine.now, forward_first=True)
+            if not up or core.replies:
+                self._sent(up)
+                return
+            # the common chunk: what `forward` does when the core has no reply before it
+            if not self.send(self.upstream, up):
+                core.finish(Close.UPSTREAM_CLOSED)
+            core.judge()
+            if core.replies or core.end is not None or core.compress is not None:
+                self._sent(b"")
             return
         if data and not self.send(self.client, data):   # forward first: parsing never delays it
             core.finish(Close.CLIENT_CLOSED)
