@@ -166,7 +166,8 @@ def test_admin_kick_of_a_session_in_the_engine(proxy_factory, dovecot, user, tmp
     proxy = proxy_factory(config)
     learn_greeting(proxy, user)
     sock = login_raw(proxy.port("imap"), user)
-    assert outcomes(proxy) == ["trio", "relay"]
+    # (the engine logs where the login went after it forwarded the OK: wait for the line)
+    wait_for(lambda: outcomes(proxy) == ["trio", "relay"], what="the engine's login line")
     kicked = verb(proxy, "kick", user[0])
     assert (kicked.returncode, kicked.stdout) == (0, f"kicked 1 session(s) of user {user[0]}\n")
     assert read_until(sock, b"administrator.\r\n") == b"* BYE Disconnected by the administrator.\r\n"
