@@ -33,7 +33,7 @@ class GatewayLimits:
     __pydantic_config__ = STRICT
     mime_max_depth: StrictInt = 100       # deeper multipart/message parts are opaque leaves
     mime_max_parts: StrictInt = 10000     # past this many parts, boundaries are not recognised
-    mime_max_header_bytes: Size = 10 * 1024 * 1024   # header bytes analysed per part (Dovecot's)
+    mime_max_header_bytes: Size = 10 * 1024 * 1024   # header values read per part (Dovecot's bound)
     command_budget: Duration = 60.0       # a command running longer answers NO [LIMIT]
     sequence_set_ranges: StrictInt = 100000   # distinct ranges in one sequence set, else BAD
     search_updates: StrictInt = 10        # live SEARCH/SORT RETURN (UPDATE) per session (RFC 5267)

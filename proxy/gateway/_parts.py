@@ -20,14 +20,11 @@ structure is scanned here on the raw bytes, following Dovecot's `message-parser.
   `max_parts` parts exist no further boundary is recognised: the last part runs to the end.
   So the recursion here, in `mime._write` and in the JSON part table is at most
   `max_depth` levels, and any message, however hostile, is parsed, stored and served.
-* a part's header block is analysed up to `max_header_bytes` (Dovecot's
-  ``MESSAGE_HEADER_BLOCK_DEFAULT_MAX_SIZE``, 10 MiB): the field crossing that point is cut
-  there and fields starting past it have empty values, as Dovecot 2.3.19 serves them
-  (ENVELOPE, BODYSTRUCTURE, SEARCH); of those only the names ENVELOPE and BODYSTRUCTURE read
-  are kept, once each (`_HeaderFields`). The header is still scanned to its end, so the body
-  starts where it does and BODY[]/BODY[HEADER] stay byte-exact. Without this bound a 50 MB
-  header line cost seconds of GIL-holding C calls on 50 MB strings and a 105 MB cache blob.
-  Continuation lines are joined once per field, never re-copied per line.
+* a part's header fields are read by `header_block` as Dovecot 2.3.19 reads them: the bound
+  (`max_header_bytes`, Dovecot's ``MESSAGE_HEADER_BLOCK_DEFAULT_MAX_SIZE``, 10 MiB) counts
+  header *values*; the value crossing it is cut and later fields have empty values (ENVELOPE,
+  BODYSTRUCTURE, SEARCH, SORT). The header is still scanned to its end, so the body starts
+  where it does and BODY[]/BODY[HEADER] stay byte-exact.
 
 The scanner stays hand-written rather than `email.parser`: IMAP needs the exact byte offsets
 of every part, and `email` keeps none (it also repairs broken mail differently from Dovecot,
@@ -44,21 +41,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._rfc822 import Rfc822
+from .header_block import Fields, blank_line
+from .header_block import fields as header_fields
 
 __all__ = ["TEXT", "MULTIPART", "RFC822", "Part", "MimeLimits", "parse", "part_table",
            "table_to_parts", "fill_headers", "rfc2231_params"]
 
 TEXT, MULTIPART, RFC822 = "text", "multipart", "rfc822"
 MAX_DEPTH_CEILING = 200   # what the recursion of parse/_write/JSON can take (limit 1000 frames)
-# Fields past MimeLimits.max_header_bytes are kept (with empty values) only under these names:
-# what ENVELOPE (RFC 3501 7.4.2) and BODYSTRUCTURE read, so they answer as Dovecot does.
-NAMES_PAST_LIMIT = frozenset({
-    b"date", b"subject", b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc", b"in-reply-to",
-    b"message-id", b"mime-version", b"content-type", b"content-transfer-encoding",
-    b"content-id", b"content-description", b"content-md5", b"content-disposition",
-    b"content-language", b"content-location"})
-
-
 @dataclass(frozen=True)
 class MimeLimits:
     """How far the scanner follows the structure (gateway.mime_max_depth / mime_max_parts)."""
@@ -169,30 +159,34 @@ class _Scanner:
 
     def read_header(self, part: Part) -> int | None:
         """Collect header lines; returns the position of a boundary line that cut the
-        header short, else None."""
+        header short, else None. Lines are handed to `header_block.Fields` in blocks: only a
+        line starting with "--" is looked at alone, while boundaries are active."""
         raw, pos = self.raw, part.start
-        fields = _HeaderFields(part.start + self.limits.max_header_bytes)
-        while pos < len(raw):
-            if self.boundary_at(pos) is not None:
-                part.header_end = part.end = self.back_newline(pos, part.start)
-                self.header_done(part, fields)
-                return pos
-            eol = self.line_end(pos)
-            if eol - pos <= 2 and raw[pos:eol] in (b"\n", b"\r\n"):
-                part.header_end = eol
-                self.header_done(part, fields)
-                return None
-            fields.add(raw, pos, eol)
-            pos = eol
-        part.header_end = part.end = len(raw)
-        self.header_done(part, fields)
+        fields = Fields(raw, self.limits.max_header_bytes)
+        blank = blank_line(raw, pos)
+        fields.budget.expect(raw, pos, blank)
+        watch = bool(self.boundaries) and not self.exhausted
+        while pos < blank:
+            dash = pos if not watch or raw.startswith(b"--", pos) else raw.find(b"\n--", pos, blank) + 1
+            dash = dash if watch and dash else blank
+            fields.add_block(pos, dash)
+            if dash >= blank:
+                break
+            if self.boundary_at(dash) is not None:
+                part.header_end = part.end = self.back_newline(dash, part.start)
+                self.header_done(part, fields.result())
+                return dash
+            pos = self.line_end(dash)
+            fields.add_block(dash, pos)
+        part.header_end = self.line_end(blank) if blank < len(raw) else len(raw)
+        if blank >= len(raw):
+            part.end = len(raw)
+        self.header_done(part, fields.result())
         return None
 
     @staticmethod
-    def header_done(part: Part, fields: "_HeaderFields") -> None:
-        # Dovecot's header parser turns NULs into U+FFFD
-        part.headers = [(n, _strip_value(b"".join(v)).replace(b"\0", b"\xef\xbf\xbd"))
-                        for n, v in fields.fields]
+    def header_done(part: Part, fields: list[tuple[bytes, bytes]]) -> None:
+        part.headers = fields
         for name, _ in part.headers:
             lname = name.lower()
             if lname in (b"mime-version", b"content-type"):
@@ -256,63 +250,13 @@ class _Scanner:
         return None
 
 
-def _strip_value(value: bytes) -> bytes:
-    """Header value as Dovecot's header parser gives it: leading LWSP after the colon
-    skipped, the final line ending dropped, inner folding kept."""
-    if value.endswith(b"\r\n"):
-        value = value[:-2]
-    elif value.endswith(b"\n"):
-        value = value[:-1]
-    stripped = value.lstrip(b" \t")
-    if not stripped and value:
-        return value[1:]
-    return stripped
-
-
-class _HeaderFields:
-    """The fields of one header block as its lines arrive, bounded (module docstring): each
-    field's value is a list of line pieces, joined once by `_Scanner.header_done`."""
-
-    def __init__(self, limit_at: int):
-        self.limit_at = limit_at   # offset in the raw message where analysis stops
-        self.fields: list[tuple[bytes, list[bytes]]] = []
-        self.emptied: set[bytes] = set()   # names already kept past the limit
-
-    def add(self, raw: bytes, pos: int, eol: int) -> None:
-        """The line raw[pos:eol] (its line end kept): a continuation (RFC 5322 2.2.3 folding)
-        joins the field before it; any other line starts a field, its name ending at the first
-        colon."""
-        end = min(eol, self.limit_at)
-        if raw[pos:pos + 1] in (b" ", b"\t"):
-            if self.fields and pos < end:
-                self.fields[-1][1].append(raw[pos:end])
-            return
-        if pos < end:
-            name, _, value = raw[pos:end].partition(b":")
-            self.fields.append((name.rstrip(b" \t"), [value]))
-            return
-        colon = raw.find(b":", pos, eol)   # past the limit: the name only, once (Dovecot: empty value)
-        name = raw[pos:colon].rstrip(b" \t") if colon >= 0 else b""
-        if name.lower() in NAMES_PAST_LIMIT and name.lower() not in self.emptied:
-            self.emptied.add(name.lower())
-            self.fields.append((name, [b""]))
-
-
 def fill_headers(raw: bytes, part: Part, in_multipart: bool,
                  limits: MimeLimits = DEFAULT_LIMITS) -> Part:
     """Give a part of `table_to_parts()` (which keeps offsets only) its header fields and
     `is_mime` again, read from raw[part.start:part.header_end] as the scanner reads them."""
     if not part.headers:
-        fields = _HeaderFields(part.start + limits.max_header_bytes)
-        pos = part.start
-        while pos < part.header_end:
-            nl = raw.find(b"\n", pos, part.header_end)
-            eol = part.header_end if nl < 0 else nl + 1
-            if eol - pos <= 2 and raw[pos:eol] in (b"\n", b"\r\n"):
-                break
-            fields.add(raw, pos, eol)
-            pos = eol
-        _Scanner.header_done(part, fields)
+        _Scanner.header_done(part, header_fields(raw, limits.max_header_bytes, part.start,
+                                                 part.header_end))
     part.is_mime = part.is_mime or in_multipart
     return part
 

@@ -4,8 +4,6 @@ listings (RFC 1939 5, 7), checked line by line, and a message's arrival time (IN
 from __future__ import annotations
 
 import datetime as dt
-import email.parser
-import email.policy
 import email.utils
 import re
 from typing import Any, Callable, TypeVar
@@ -13,6 +11,7 @@ from typing import Any, Callable, TypeVar
 from .. import logs
 from ..session.failures import Failure
 from ..session.upstream import UpstreamError
+from . import header_block
 from ._parts import DEFAULT_LIMITS
 from .workers import Workers
 
@@ -22,8 +21,6 @@ LISTING_IN_THREAD = 64 * 1024   # UIDL/LIST listings longer than this are parsed
 # A message number longer than this is a malformed line (Python's int() refuses strings of
 # more than 4,300 digits with a ValueError, which is no protocol failure)
 MAX_NUMBER_DIGITS = 10
-
-_HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 
 
 def _parse_date(value: Any) -> dt.datetime | None:
@@ -38,18 +35,22 @@ def _parse_date(value: Any) -> dt.datetime | None:
 
 def internaldate(body: bytes, max_header_bytes: int = DEFAULT_LIMITS.max_header_bytes) -> dt.datetime:
     """When the message arrived: the date of the topmost (last added) Received: header, else
-    Date:, else now, read from the header's first `max_header_bytes` (MimeLimits). Parsed with
-    `email` in compat32 mode, which never fails on broken mail."""
-    end = body.find(b"\r\n\r\n", 0, max_header_bytes)
-    end = body.find(b"\n\n", 0, max_header_bytes) if end < 0 else end
-    headers = _HEADER_PARSER.parsebytes(body[:max_header_bytes] if end < 0 else body[:end + 2])
-    for received in headers.get_all("Received", []) or []:
-        _, sep, date = str(received).rpartition(";")
-        when = _parse_date(date) if sep else None
+    the first Date:, else now; the header read as Dovecot reads it under the header bound
+    (`header_block`: a field past `max_header_bytes` of values is empty)."""
+    received: bytes | None = None
+    date: bytes | None = None
+    for name, value in header_block.fields(body, max_header_bytes):
+        key = name.lower()
+        if key == b"received" and received is None:
+            received = value
+        elif key == b"date" and date is None:
+            date = value
+    if received is not None:
+        _, sep, when_text = received.rpartition(b";")
+        when = _parse_date(when_text.decode("latin-1")) if sep else None
         if when is not None:
-            return when
-        break   # only the newest hop counts
-    when = _parse_date(headers.get("Date"))
+            return when   # only the newest hop counts
+    when = _parse_date(date.decode("latin-1")) if date is not None else None
     return when or dt.datetime.now(dt.timezone.utc)
 
 

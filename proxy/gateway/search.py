@@ -31,7 +31,8 @@ import time
 from dataclasses import dataclass
 from functools import cached_property
 
-from proxy.gateway._parts import DEFAULT_LIMITS, MimeLimits, Part, fill_headers
+from proxy.gateway import header_block
+from proxy.gateway._parts import DEFAULT_LIMITS
 from proxy.gateway._rfc822 import AddressParser
 from proxy.gateway.basesubject import casemap
 from proxy.gateway.numbers import MODSEQ_MAX, NUMBER_MAX, InvalidNumber, number, sequence_set
@@ -262,18 +263,17 @@ class _Context:
     @cached_property
     def message(self) -> email.message.Message:
         """The top-level header only: a flat parse, whatever the MIME structure below. A header
-        longer than `max_header_bytes` (MimeLimits) is read as `_parts` bounds it (fields past
-        the bound empty, as Dovecot searches them), not handed whole to `email`."""
+        longer than `max_header_bytes` (MimeLimits) is read as Dovecot reads it under that bound
+        (`header_block`: fields past it empty, as Dovecot searches them), not handed whole to
+        `email`."""
         raw = self.msg.raw
         limit = getattr(self.msg, "max_header_bytes", None) or DEFAULT_LIMITS.max_header_bytes
         end = min((e + len(blank) for blank in (b"\r\n\r\n", b"\n\n")
                    if (e := raw.find(blank, 0, limit)) >= 0), default=-1)
         if end >= 0 or len(raw) <= limit:
             return _HEADER_PARSER.parsebytes(raw[:end] if end >= 0 else raw)
-        root = fill_headers(raw, Part(start=0, header_end=len(raw)), False,
-                            MimeLimits(max_header_bytes=limit))
         message = email.message.Message()
-        for name, value in root.headers:
+        for name, value in header_block.fields(raw, limit):
             message[name.decode("ascii", "surrogateescape")] = value.decode("ascii", "surrogateescape")
         return message
 

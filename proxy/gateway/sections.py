@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 
-from proxy.gateway import mime
+from proxy.gateway import header_block, mime
 from proxy.gateway._parts import DEFAULT_LIMITS
 from proxy.gateway.numbers import InvalidNumber
 from proxy.gateway.numbers import number as rfc_number
@@ -163,41 +163,43 @@ def _select(raw: bytes, root: mime.Part, spec: bytes, bound: int) -> bytes:
     return b"".join(fields)
 
 
-_NAME_MAX = 1000   # Dovecot's MESSAGE_HEADER_NAME_MAX_LEN (RFC 5322 2.1.1): a longer name is a value
-
-
 def _bounded_fields(header: bytes, wanted: set[bytes], bound: int) -> list[bytes]:
     """The lines of the fields named in `wanted` (lower case), each value cut to what is left
-    of `bound` value bytes, as Dovecot's header parser and filter give them (module docstring);
-    the blank line that ends the answer is not included."""
+    of `bound` value bytes, as Dovecot's header parser (`header_block.Budget`) and filter give
+    them (module docstring); the blank line that ends the answer is not included. The values
+    of the lines between wanted fields are counted in bulk."""
     out: list[bytes] = []
-    left, keep = bound, False
-    for n, line in enumerate(re.findall(rb"[^\n]*\n|[^\n]+$", header)):
-        if line in (b"\r\n", b"\n"):
-            break
-        body = line[:-2] if line.endswith(b"\r\n") else line.rstrip(b"\n")
-        continued = n > 0 and line[:1] in (b" ", b"\t")
-        name, prefix, value = (None, b"", body) if continued else _split_line(body)
-        if name is not None:
-            keep = name.lower() in wanted
-        take = min(len(value), left)
-        left -= take
-        if keep:
-            if continued and take == 0:   # an empty line: the filtered header ends here
+    budget, find = header_block.Budget(bound), header_block.named(wanted)
+    end, pos = header_block.blank_line(header), 0
+    budget.expect(header, 0, end)
+    while pos < end:
+        if pos > 0:   # the first line is a field line even when it starts with a blank
+            found = find.search(header, pos, end)
+            start = end if found is None else found.start()
+            if budget.skip(header, pos, start) < start:   # the bound falls before the field
+                budget.left = 0
+            if found is None:
                 break
-            out.append(prefix + value[:take] + (b"\r\n" if line.endswith(b"\n") else b""))
+            pos = start
+        eol = header.find(b"\n", pos, end) + 1 or end
+        name, value, _, taken = budget.line(header, pos, eol, False)
+        if name is None or name.lower() not in wanted:
+            pos = eol
+            continue
+        out.append(header[pos:value + taken] + _line_end(header, eol))
+        pos = eol
+        while header[pos:pos + 1] in (b" ", b"\t") and pos < end:   # its continuation lines
+            eol = header.find(b"\n", pos, end) + 1 or end
+            _, value, _, taken = budget.line(header, pos, eol, True)
+            if taken == 0:   # an empty line: the filtered header ends here
+                return out
+            out.append(header[pos:value + taken] + _line_end(header, eol))
+            pos = eol
     return out
 
 
-def _split_line(body: bytes) -> tuple[bytes, bytes, bytes]:
-    """(name, name and colon and one blank, value) of a field's first line as Dovecot's parser
-    splits it: a line without a colon, or with an over-long name, is all value (no name)."""
-    colon = body.find(b":")
-    name = body[:colon].rstrip(b" \t")
-    if colon < 0 or len(name) > _NAME_MAX:
-        return b"", b"", body
-    start = colon + 1 + (body[colon + 1:colon + 2] in (b" ", b"\t"))
-    return name, body[:start], body[start:]
+def _line_end(header: bytes, eol: int) -> bytes:
+    return b"\r\n" if header[eol - 1:eol] == b"\n" else b""
 
 
 def _find(root: mime.Part, path: list[int]) -> mime.Part | None:

@@ -18,6 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from . import header_block
 from ._parts import DEFAULT_LIMITS
 from ._rfc822 import AddressParser
 from .basesubject import base_subject, casemap, decode_words
@@ -50,26 +51,14 @@ class SortFields:
 
 
 def _headers(raw: bytes, max_header_bytes: int) -> dict[bytes, bytes]:
-    """The first value of each wanted header (unfolded lines kept, leading space removed),
-    read from the header's first `max_header_bytes` (MimeLimits: fields past them are empty
-    in Dovecot, so they sort as absent ones do here)."""
-    end = raw.find(b"\n\n", 0, max_header_bytes)
-    end2 = raw.find(b"\r\n\r\n", 0, max_header_bytes)
-    cut = min(e for e in (end, end2, len(raw), max_header_bytes) if e >= 0)
-    found: dict[bytes, list[bytes]] = {}
-    name = None
-    for line in raw[:cut].split(b"\n"):
-        if line[:1] in (b" ", b"\t"):
-            if name is not None:
-                found[name].append(line.rstrip(b"\r"))
-            continue
-        key, colon, value = line.partition(b":")
-        key = key.rstrip(b" \t").lower()
-        name = None
-        if colon and key in _WANTED and key not in found:
-            name = key
-            found[key] = [value.rstrip(b"\r").lstrip(b" \t").replace(b"\0", b"\xef\xbf\xbd")]
-    return {key: b"\n".join(lines) for key, lines in found.items()}
+    """The first value of each wanted header, read as Dovecot reads it under the header bound
+    (`header_block`: a field past `max_header_bytes` of values is empty)."""
+    found: dict[bytes, bytes] = {}
+    for name, value in header_block.fields(raw, max_header_bytes):
+        key = name.lower()
+        if key in _WANTED and key not in found:
+            found[key] = value
+    return found
 
 
 def _first_address(value: bytes | None):

@@ -1,0 +1,104 @@
+"""header_block: the one header reader, Dovecot 2.3.19's bound by header *values* (shapes at
+Dovecot's own 10 MiB bound are compared live in tests/gateway_imapd/test_huge_header.py), and
+its own bounds for hostile headers."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from proxy.gateway import header_block, mime, sortkeys
+from proxy.gateway._parts import MimeLimits, parse
+from proxy.gateway.pop3_listing import internaldate
+
+BOUND = 64 * 1024
+LIMITS = MimeLimits(max_header_bytes=BOUND)
+# 65 lines of 1,000 value bytes: 65,000 values (under the bound), 65,975 bytes (over it)
+LONG = b"".join(b"X-L%02d: %s\r\n" % (n, b"c" * 1000) for n in range(65))
+
+
+def test_the_bound_counts_values_so_a_header_longer_in_bytes_is_read_whole():
+    raw = b"Subject: one\r\n" + LONG + b"To: Bob <bob@example.org>\r\nSubject: two\r\n\r\nbody\r\n"
+    assert len(raw[:raw.index(b"\r\n\r\n")]) > BOUND
+    fields = header_block.fields(raw, BOUND)
+    assert fields[-2:] == [(b"To", b"Bob <bob@example.org>"), (b"Subject", b"two")]
+    # ENVELOPE keeps the last Subject (as Dovecot), SORT the first
+    assert mime.envelope(raw, LIMITS) == (
+        b'(NIL "two" NIL NIL NIL (("Bob" NIL "bob" "example.org")) NIL NIL NIL NIL)')
+    assert sortkeys.extract(raw, BOUND).to == "BOB"   # i;unicode-casemap
+
+
+def test_the_value_crossing_the_bound_is_cut_and_later_fields_are_empty():
+    fill = b"X-F: " + b"f" * (BOUND - 10) + b"\r\n"   # 10 value bytes left
+    raw = fill + b"Subject:  abcdefghijklmnop\r\nTo: t@example.org\r\nDate: x\r\n\r\nbody\r\n"
+    # one blank after the colon is not value: " abcdefghi" takes the 10 bytes
+    assert header_block.fields(raw, BOUND)[1:] == [
+        (b"Subject", b"abcdefghi"), (b"To", b""), (b"Date", b"")]
+
+
+def test_a_folded_value_is_cut_inside_its_continuation_lines():
+    fill = b"X-F: " + b"f" * (BOUND - 12) + b"\r\n"   # 12 value bytes left
+    raw = fill + b"Subject: ab\r\n cdef\r\n ghijkl\r\n mn\r\nTo: t\r\n\r\n"
+    assert header_block.fields(raw, BOUND)[1:] == [
+        (b"Subject", b"ab\r\n cdef\r\n ghij"), (b"To", b"")]
+
+
+def test_lines_without_a_colon_or_with_an_overlong_name_are_all_value():
+    name = b"N" * (header_block.NAME_MAX + 1)
+    raw = b"NoColon\r\n" + name + b": v\r\nA: b\r\n\r\n"
+    assert header_block.fields(raw, BOUND) == [(b"", b"NoColon"), (b"", name + b": v"), (b"A", b"b")]
+
+
+def test_nul_and_8bit_bytes():
+    raw = b"Subject: a\0b \xc3\xa9\xff\r\n\r\n"
+    assert header_block.fields(raw, BOUND) == [(b"Subject", b"a\xef\xbf\xbdb \xc3\xa9\xff")]
+
+
+def test_the_arrival_date_reads_the_same_fields():
+    raw = (LONG + b"Received: from x by y; Tue, 4 Apr 2023 10:00:00 +0000\r\n"
+           b"Date: Mon, 3 Apr 2023 10:00:00 +0000\r\n\r\n")
+    assert internaldate(raw, BOUND) == dt.datetime(2023, 4, 4, 10, tzinfo=dt.timezone.utc)
+    past = b"X-F: " + b"f" * BOUND + b"\r\n" + raw   # past the bound: both empty, so now
+    assert internaldate(past, BOUND).year >= 2026
+
+
+def test_many_fields_keep_the_first_and_latest_of_the_names_imap_reads():
+    kept_whole = BOUND // header_block.FIELD_COST
+    raw = (b"Subject: first\r\n" + b"A: 1\r\n" * (2 * kept_whole) + b"To: t1\r\nX-Gone: g\r\n"
+           + b"Cc: c\r\n" * 1000 + b"To: t2\r\nSubject: last\r\n\r\n")
+    fields = header_block.fields(raw, BOUND)
+    assert len(fields) < kept_whole + 10
+    assert fields[0] == (b"Subject", b"first")
+    # per name, in order: the first and the latest past the fields kept whole
+    assert [v for n, v in fields if n == b"To"] == [b"t1", b"t2"]
+    assert [v for n, v in fields if n == b"Cc"] == [b"c", b"c"]
+    assert [v for n, v in fields if n == b"Subject"] == [b"first", b"last"]
+    assert (b"X-Gone", b"g") not in fields
+    assert mime.envelope(raw, LIMITS).startswith(b'(NIL "last"')
+
+
+def test_a_boundary_line_inside_a_part_header_still_ends_it():
+    raw = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nX-A: 1\r\n--b\r\n"
+           b"Content-Type: text/html\r\n\r\nhi\r\n--b--\r\n")
+    root = parse(raw, LIMITS)
+    assert [c.headers for c in root.children] == [[(b"X-A", b"1")], [(b"Content-Type", b"text/html")]]
+
+
+def test_hostile_headers_are_read_line_by_line_only_as_far_as_the_fields_kept_whole(monkeypatch):
+    """Call counts, not timings: of two million tiny lines, or of a field folded over two
+    million lines, only the lines of the ~BOUND/FIELD_COST fields kept whole and the names IMAP
+    reads are looked at one by one; the values between them are counted in bulk."""
+    calls = []
+    line = header_block.Budget.line
+    monkeypatch.setattr(header_block.Budget, "line", lambda *a: calls.append(1) or line(*a))
+    kept_whole = BOUND // header_block.FIELD_COST
+    tiny = b"Subject: s\r\n" + b"X: a\r\n" * 2_000_000 + b"To: t@example.org\r\n\r\nbody\r\n"
+    folded = b"Subject: s" + b"\r\n a" * 2_000_000 + b"\r\nTo: t@example.org\r\n\r\nbody\r\n"
+    for bound, raw, last in [(BOUND, tiny, b""), (10 << 20, tiny, b"t@example.org"),
+                             (BOUND, folded, b""), (10 << 20, folded, b"t@example.org")]:
+        calls.clear()
+        assert header_block.fields(raw, bound)[-1] == (b"To", last)
+        assert len(calls) <= bound // header_block.FIELD_COST + 3
+        calls.clear()
+        assert parse(raw, MimeLimits(max_header_bytes=bound)).headers[-1] == (b"To", last)
+        assert len(calls) <= bound // header_block.FIELD_COST + 3
+    assert kept_whole == 128
