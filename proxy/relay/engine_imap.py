@@ -19,7 +19,7 @@ from __future__ import annotations
 from ..net.conn import Conn
 from ..session.failures import Close
 from .engine import Engine
-from .engine_session import EngineSession, Side
+from .engine_session import IN, EngineSession, Side
 from .imap_core import ImapRelayCore
 
 __all__ = ["ImapEngineSession"]
@@ -41,26 +41,30 @@ class ImapEngineSession(EngineSession):
         if not self.done and self.core.held.held:   # commands pipelined behind the login
             self._sent(self.core.client_input())
 
-    def received(self, side: Side, data: bytes) -> None:
-        core = self.core
-        if side is self.client:
+    def received(self, side: Side, data: bytes) -> bool:
+        """True when settled (engine.py): both sides read, nothing waits to be written, and the
+        session's timer only moved later (activity; an IDLE, whose timeout is shorter, is never
+        settled here)."""
+        core, client, upstream = self.core, self.client, self.upstream
+        if side is client:
             up = core.client_data(data, self.engine.now, forward_first=True)
             if not up or core.replies:
                 self._sent(up)
-                return
+                return False
             # the common chunk: what `forward` does when the core has no reply before it
-            if not self.send(self.upstream, up):
+            if not self.send(upstream, up):
                 core.finish(Close.UPSTREAM_CLOSED)
             core.judge()
-            if core.replies or core.end is not None or core.compress is not None:
-                self._sent(b"")
-            return
-        if data and not self.send(self.client, data):   # forward first: parsing never delays it
-            core.finish(Close.CLIENT_CLOSED)
         else:
-            core.upstream_data(data, self.engine.now)   # (never compressed here: handed back)
+            if data and not self.send(client, data):   # forward first: parsing never delays it
+                core.finish(Close.CLIENT_CLOSED)
+            else:
+                core.upstream_data(data, self.engine.now)   # (never compressed here: handed back)
         if core.replies or core.end is not None or core.compress is not None:
             self._sent(b"")   # (otherwise it has nothing to do: the common answer)
+            return False
+        return (not upstream.out and not client.out and core.inflight.idle_tag is None
+                and upstream.mask == client.mask == IN and not self.paused)
 
     def _sent(self, up: bytes | bytearray) -> None:
         """Send what the core says (`forward`); end or hand back as it says."""

@@ -195,6 +195,23 @@ def test_idle_timeout_fires_in_the_engine(proxy_factory, dovecot, user, protocol
     sock.close()
 
 
+def test_an_idle_command_times_out_in_the_engine(proxy_factory, dovecot, user):
+    """RFC 2177: an IDLE past `idle_command` ends though `idle` is longer. Its timer moves
+    earlier, so the engine must look at the session's timer after the IDLE's steps (they are
+    never "settled", engine_imap.py) even though a plain command and its answer are."""
+    proxy = engine_proxy(proxy_factory, dovecot, timeouts={
+        "idle": "10m", "idle_command": "1s", "upstream_response": "10m"})
+    sock, file = raw_login(proxy, user)
+    assert wait_for(lambda: engine_sessions(proxy) == 1, "the session in the engine")
+    sock.sendall(b"b NOOP\r\n")
+    assert file.readline().startswith(b"b OK")
+    sock.sendall(b"c IDLE\r\n")
+    assert file.readline().startswith(b"+ ")
+    assert file.readline() == b"* BYE Autologout; idle for too long.\r\n"   # (30 s socket bound)
+    wait_for(lambda: "reason=idle_timeout" in proxy.logs(), "the idle_timeout session end")
+    sock.close()
+
+
 def test_reset_mid_literal_ends_that_session_only(proxy_factory, dovecot, user):
     proxy = engine_proxy(proxy_factory, dovecot)
     other, other_file = raw_login(proxy, user)
