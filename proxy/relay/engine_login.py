@@ -6,10 +6,8 @@ engine's thread from the start (engine_login_task.py parks the connection's task
 CAPABILITY, NOOP, ID and LOGOUT (BAD to what is not allowed before login) with the sans-IO
 machine and the budgets ImapFront uses (session/imap_prelogin.py, session/front.py) and runs
 the listener's `login` timeout and the drain itself, as Front.until_logged_in does. A LOGIN, or
-an AUTHENTICATE with its initial response, whose route needs no I/O (no lookups; a static route
-to a plain IMAP upstream of one IP-literal host whose greeting is known, so the login goes out
-at once, session/early_login.py; a client the auth throttle has no record of) connects without
-blocking and writes the early login; the greeting and the verdict are read and decided by the
+an AUTHENTICATE with its initial response, whose route needs no I/O (engine_login_route.py)
+connects without blocking and writes the early login; the greeting and the verdict are read and decided by the
 machine trio's login uses (imap_login_machine.py: a refused early login is sent again for what
 this connection announced, asked with CAPABILITY when its greeting said nothing; an OK without
 capabilities asks for them). An OK is answered to the client and the session becomes
@@ -17,16 +15,18 @@ the ImapEngineSession trio would have made (Engine.succeed): the task never woke
 or an upstream failure goes to trio as a DecidedLogin, answered from its outcome (log_in's
 metrics, throttle delay, log line and NO), the upstream asked once.
 
+With `connect_early:` the login takes the connection begun at the client's accept (as trio's
+dial does, session/connect_early.py); one that fails to connect, is dropped before the verdict
+or gets a temporary failure goes to trio, which logs in on a fresh connection.
+
 Everything else hands the session back to trio with the event it stopped at pending: STARTTLS,
 an AUTHENTICATE needing prompts, a literal, a malformed line, a login it does not route (an
-upstream with `warm_pool:` too; with `connect_early:` the session never enters the engine before
-login, engine_login_task.py: both settings are honoured by trio's login path).
+upstream with `warm_pool:` too, which trio's login path honours).
 """
 
 from __future__ import annotations
 
 import enum
-import errno
 import logging
 import os
 import socket
@@ -35,17 +35,18 @@ import time
 import trio
 
 from .. import logs
-from ..config import ImapService, Upstream
+from ..config import Upstream
 from ..imap import NEED_DATA, ProtocolError, events, writer
 from ..metrics import command_label
 from ..net.conn import Conn
 from ..session.failures import Close, Failure, auth_result
 from ..session.imap_front import ImapFront
 from ..session.imap_prelogin import LoginRequest, Then
-from ..session.upstream import UpstreamError, ip_family
+from ..session.upstream import UpstreamError
 from .engine import Engine
 from .engine_entry import engine
 from .engine_imap import ImapEngineSession
+from .engine_login_route import engine_route, open_socket
 from .engine_session import IN, OUT, EngineSession, Side
 from .imap_capabilities import relayable
 from .imap_core import ImapRelayCore
@@ -223,41 +224,22 @@ class ImapEngineLogin(EngineSession):
     # -- login -------------------------------------------------------------------------------
     def _log_in(self, cmd: events.Command, request: LoginRequest) -> None:
         """Connect and send the early login when the route needs no I/O; else trio's."""
-        session, front = self.session, self.front
-        runtime, creds = session.runtime, request.credentials
-        if runtime.lookups or front.commands >= session.listener.limits.preauth_commands \
-                or not runtime.throttle.clean(session.client_ip, creds.user):
-            self._trio_logs_in(cmd)
-            return
-        name = runtime.config.route(creds.user)
-        upstream = runtime.config.upstreams.get(name) if name is not None else None
-        svc = upstream.imap if upstream is not None else None
-        early = runtime.known_greetings.early("imap", name) if name is not None else ()
-        if upstream is None or name is None or not isinstance(svc, ImapService) \
-                or svc.tls != "none" or not svc.pipelined_login or upstream.auth is not None \
-                or len(upstream.pool) != 1 or not early or svc.warm_pool is not None:
-            self._trio_logs_in(cmd)
-            return
-        family = ip_family(upstream.host)
-        if family is None:
-            self._trio_logs_in(cmd)
-            return
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        error = sock.connect_ex((upstream.host, svc.port))
-        if error not in (0, errno.EINPROGRESS):
-            sock.close()
+        session = self.session
+        route = engine_route(session, request.credentials, self.front.commands)
+        sock = open_socket(session, route) if route is not None else None
+        if route is None or sock is None:
             self._trio_logs_in(cmd)
             return
         conn = Conn(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))   # (TCP_NODELAY)
         up = UpstreamIMAP.over(conn)
         machine = ImapLogin(up)
-        sent = machine.begin_login(request.credentials, id_fields(session, upstream), early)
-        if sent is None:
+        sent = machine.begin_login(request.credentials, id_fields(session, route.upstream),
+                                   route.early)
+        if sent is None:   # (no one-write login for those capabilities)
             sock.close()
             self._trio_logs_in(cmd)
             return
-        self.login = _Login(cmd, request, name, upstream, sock, up, machine)
+        self.login = _Login(cmd, request, route.name, route.upstream, sock, up, machine)
         self.login.sent = sent
         self.phase = Phase.CONNECTING
         self.upstream_at = self.engine.now + session.listener.timeouts.upstream_connect
@@ -344,11 +326,22 @@ class ImapEngineLogin(EngineSession):
         return self.login is not None and self.login.machine.greeted
 
     def _failed(self, outcome: tuple[Failure, bytes] | UpstreamError) -> None:
-        """The login failed at the upstream: trio answers it (DecidedLogin)."""
+        """The login failed at the upstream: trio answers it (DecidedLogin). On a connection
+        begun at accept, a failure to connect, a drop before the verdict or a temporary failure
+        is not the verdict: trio logs in on a fresh connection (relay_session.warm_or_fresh)."""
         login = self.login
         assert login is not None
+        session = self.session
+        if session.upstream_early and (outcome[0] is Failure.AUTH_TEMPFAIL
+                                       if isinstance(outcome, tuple) else
+                                       outcome.failure in (Failure.UPSTREAM, Failure.CONNECT)):
+            session.upstream_early = False
+            metrics = session.runtime.metrics
+            metrics.child(metrics.upstream_early, login.name, "imap", "lost").inc()
+            self._to_trio(login.cmd)
+            return
         if isinstance(outcome, UpstreamError) and not login.machine.greeted:   # as imap_upstream.connect
-            self.session.runtime.known_greetings.refused("imap", login.name, outcome.detail)
+            session.runtime.known_greetings.refused("imap", login.name, outcome.detail)
         self._trace("decided")
         self._to_trio(DecidedLogin(login.cmd, login.request, login.started, outcome))
 

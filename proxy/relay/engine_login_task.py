@@ -9,12 +9,14 @@ task path relays on from the engine's relay core).
 
 from __future__ import annotations
 
+from ..session import connect_early
 from ..session.imap_front import ImapFront
 from .engine_entry import raw_fd
 from .engine_imap import ImapEngineSession
 from .engine_login import ImapEngineLogin
 from .engine_session import Side
 from .imap_relay import ImapRelay
+from .relay_session import release_early
 
 __all__ = ["engine_ready", "run_from_greeting", "taken_back"]
 
@@ -23,8 +25,7 @@ def engine_ready(front: ImapFront) -> int | None:
     """The client's descriptor when the engine can run this session from its greeting."""
     session = front.session
     relay = session.runtime.config.relay
-    if relay.engine != "epoll" or not relay.engine_login or front.greeted \
-            or session.runtime.early_targets.get("imap") is not None:   # (connect_early: trio's)
+    if relay.engine != "epoll" or not relay.engine_login or front.greeted:
         return None
     return raw_fd(front.conn)
 
@@ -36,6 +37,10 @@ async def run_from_greeting(front: ImapFront) -> tuple[bool, object]:
     client_fd = engine_ready(front)
     if client_fd is None:
         return False, None
+    session = front.session
+    target = session.runtime.early_targets.get("imap")
+    if target is not None:   # connect_early: the upstream's accept and greeting meanwhile
+        session.early = connect_early.start(target)
     sess = ImapEngineLogin(front, client_fd)
     try:
         await sess.engine.relay(sess)
@@ -47,6 +52,8 @@ async def run_from_greeting(front: ImapFront) -> tuple[bool, object]:
     finally:
         if sess.successor is None and sess.login is not None:   # (closed twice is fine)
             sess.login.sock.close()
+        if not sess.handed_back:   # (ended in the engine, or cancelled)
+            release_early(session)
     if not sess.done:   # never taken (its thread died): trio from the start
         return False, None
     return await taken_back(front, sess)

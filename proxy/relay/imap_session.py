@@ -28,7 +28,8 @@ async def handle(session: Session, conn: Conn) -> None:
     front = ImapFront(session, conn)
     ended, pending = await run_from_greeting(front)
     if not ended:
-        await run_session(session, front, partial(_authenticate, pending=pending), ImapRelay)
+        await run_session(session, front, partial(_authenticate, pending=pending), ImapRelay,
+                          begin_early=not front.greeted)   # (greeted: by the engine)
 
 
 async def resume(front: ImapFront, sess: ImapEngineLogin) -> None:

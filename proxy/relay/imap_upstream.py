@@ -162,7 +162,7 @@ async def connect(session: Session, name: str, upstream: Upstream, steps: deadli
                 await command(up, b"%s CAPABILITY\r\n" % up.next_tag())
         return up
     except BaseException as exc:
-        if machine.early and not machine.greeted:
+        if machine.early and not machine.greeted and not up.warm:   # (warm: a stale one, retried)
             known.no_greeting("imap", name, exc, steps)
         await up.conn.aclose()
         raise

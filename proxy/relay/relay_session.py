@@ -25,7 +25,8 @@ from ..session.sasl import Credentials
 from ..session.upstream import UpstreamError
 from ..session.warm_pool import WarmConnectionLost
 
-__all__ = ["RelayLogin", "closed_on_failure", "connected", "run_session", "warm_or_fresh"]
+__all__ = ["RelayLogin", "closed_on_failure", "connected", "release_early", "run_session",
+           "warm_or_fresh"]
 
 
 class _Upstream(Protocol):
@@ -43,12 +44,15 @@ T = TypeVar("T")
 
 
 async def run_session(session: Session, front: F, authenticate: Callable[[Session, F], Awaitable[U]],
-                      relay: Callable[[Session, Conn, bytes, U], _Relay]) -> None:
+                      relay: Callable[[Session, Conn, bytes, U], _Relay], *,
+                      begin_early: bool = True) -> None:
     """Run a relay session to its end. Never raises for anything the peers do. Only this frame
-    holds `front` (pass it in the call), so it is let go once the relay starts."""
+    holds `front` (pass it in the call), so it is let go once the relay starts. `begin_early`:
+    start the `connect_early` connect here (False: the relay engine began the session and did,
+    engine_login_task.py)."""
     upstream: U | None = None
     target = session.runtime.early_targets.get(session.protocol)
-    if target is not None:   # connect_early: the upstream's accept and greeting meanwhile
+    if target is not None and begin_early:   # the upstream's accept and greeting meanwhile
         session.early = connect_early.start(target)
     try:
         upstream = await front.until_logged_in(lambda: authenticate(session, front), _close)
@@ -59,13 +63,18 @@ async def run_session(session: Session, front: F, authenticate: Callable[[Sessio
     except CloseSession as exc:
         session.end(exc.reason)
     finally:
-        early, session.early = session.early, None
-        if early is not None:   # no login took it
-            connect_early.discard(early)
-            metrics = session.runtime.metrics
-            metrics.child(metrics.upstream_early, early.name, session.protocol, "unused").inc()
+        release_early(session)
         if upstream is not None:
             await upstream.conn.aclose()
+
+
+def release_early(session: Session) -> None:
+    """Close the connection begun at accept (`connect_early`) that no login took."""
+    early, session.early = session.early, None
+    if early is not None:
+        connect_early.discard(early)
+        metrics = session.runtime.metrics
+        metrics.child(metrics.upstream_early, early.name, session.protocol, "unused").inc()
 
 
 async def warm_or_fresh(session: Session, protocol: str, name: str,
