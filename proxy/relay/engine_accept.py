@@ -91,7 +91,7 @@ class _Acceptor:
         self.local = local
         self.fd = raw.fileno()
         self.live: set[Accepted] = set()
-        self.cutting = False   # shutdown_timeout: sessions are ended, none goes to trio
+        self.cutting = False   # shutdown_timeout or a crash: sessions are closed, none to trio
         self.task: trio.lowlevel.Task | None = None
         self.token = trio.lowlevel.current_trio_token()
         self.counted = server.current().runtime.metrics.relay_engine_accepted.labels(server.name)
@@ -99,7 +99,7 @@ class _Acceptor:
     async def run(self) -> None:
         eng = self.engine
         self.task = trio.lowlevel.current_task()
-        if not eng.listen(self.fd, self.ready, self.stop):
+        if not eng.listen(self.fd, self.ready, self.died):
             return
         self.sessions.start_soon(self.keep)
         self.server.current().runtime.drain.subscribe(self.drained)
@@ -111,6 +111,12 @@ class _Acceptor:
             return trio.lowlevel.Abort.FAILED   # (stopped: its reschedule is on the way)
 
         await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def died(self) -> None:
+        """The engine's thread died (relay_engine_crash): its sessions are closed as they are
+        released (no lingering in a dead engine), trio's accept loop goes on."""
+        self.cutting = True
+        self.stop()
 
     def stop(self) -> None:
         """Trio's accept loop goes on (under the lock)."""
