@@ -67,7 +67,11 @@ def test_sessions_accepted_run_and_ended_by_the_engine(proxy, user):
     wait_for(lambda: len(ends(proxy)) == 5, what="five session_end lines")
     assert accepted(proxy) == 5
     assert outcomes(proxy) == ["trio", "relay", "relay", "relay", "relay"]
-    assert all("reason=client_logout" in line for line in ends(proxy)), ends(proxy)
+    # imaplib closes once it has LOGOUT's OK, racing Dovecot's own close: the relay names
+    # whichever EOF it read first (imap_core); the lingering client cannot close first
+    assert {re.search(r"reason=(\w+)", line).group(1) for line in ends(proxy)[:-1]} <= \
+        {"client_logout", "client_closed"}, ends(proxy)
+    assert "reason=client_logout" in ends(proxy)[-1]
     assert f"bytes_in={len(sent)} bytes_out={len(received)} " in ends(proxy)[-1]
     assert metric(proxy, "mailproxy_connections_total", listener="imap") == 5
     wait_for(lambda: active(proxy) == 0, what="no active connection")
@@ -206,7 +210,8 @@ def test_hand_offs_to_trio_after_an_engine_accept(proxy_factory, dovecot, user, 
     wait_for(lambda: len(ends(proxy)) == 4, what="four session_end lines")
     assert accepted(proxy) == 4
     assert outcomes(proxy) == ["trio", "decided"]
-    assert [re.search(r"reason=(\w+)", line).group(1) for line in ends(proxy)] == ["client_logout"] * 4
+    assert {re.search(r"reason=(\w+)", line).group(1) for line in ends(proxy)} <= \
+        {"client_logout", "client_closed"}   # (imaplib's close races Dovecot's, as above)
     assert "tls=True" not in ends(proxy)[0] and "tls=True" in ends(proxy)[1]
     wait_for(lambda: active(proxy) == 0, what="no active connection")
     assert not proxy.tracebacks()
