@@ -343,6 +343,7 @@ class Engine:
                             pass
                     elif fd in self._listeners:
                         self._listeners[fd][0]()
+                side = None   # (not kept alive while the thread waits: a reload frees its runtime)
                 if timers.has_work(now):
                     self._fire_timers()
                 if self._tls_waiting:

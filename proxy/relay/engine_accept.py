@@ -79,6 +79,7 @@ async def accept_in_engine(server: ListenerServer, raw: socket.socket, sessions:
     if not qualifies(view) or view.runtime.drain.is_set():
         return
     acceptor = _Acceptor(engine(view.runtime.config.relay), server, raw, sessions, local)
+    del view   # (parked below: a reload must be able to free this runtime)
     await acceptor.run()
 
 
