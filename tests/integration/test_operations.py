@@ -117,10 +117,10 @@ def test_sighup_reload_new_route_keeps_open_session(proxy_factory, dovecot, dove
     open_session.logout()
 
 
-def test_connection_limits_refuse_and_release(proxy_factory, dovecot, user):
-    config = relay_config(dovecot, listeners=("imap",), allow_plaintext_auth=True,
-                          max_connections=3, max_connections_per_ip=2)
-    proxy = proxy_factory(config)
+def refuse_and_release(proxy, user) -> None:
+    """A listener of max_connections 3 and max_connections_per_ip 2: a third client of one IP
+    and a fourth connection are refused with BYE [UNAVAILABLE], another IP is unaffected, and a
+    slot comes back when its session ends."""
     port = proxy.port("imap")
     first = login_raw(port, user, "127.0.0.2")
     second = login_raw(port, user, "127.0.0.2")
@@ -128,19 +128,31 @@ def test_connection_limits_refuse_and_release(proxy_factory, dovecot, user):
     third.bind(("127.0.0.2", 0))
     third.connect((HOST, port))
     third.settimeout(30)
-    assert read_until(third, b"\r\n").startswith(b"* BYE [UNAVAILABLE] Too many connections")
-    other_ip = login_raw(port, user, "127.0.0.3")  # another client is unaffected
-    fourth = socket.create_connection((HOST, port), timeout=5)
-    assert read_until(fourth, b"\r\n").startswith(b"* BYE [UNAVAILABLE]")  # listener is full
+    assert read_until(third, b"\r\n") == \
+        b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n"
+    other_ip = login_raw(port, user, "127.0.0.3")   # another client is unaffected
+    fourth = socket.create_connection((HOST, port), timeout=30)
+    assert read_until(fourth, b"\r\n").startswith(b"* BYE [UNAVAILABLE]")   # listener full
+    first.sendall(b"z LOGOUT\r\n")
+    read_until(first, b"z OK")
     first.close()
-    wait_for(lambda: re.search(r"event=session_end listener=imap client=127\.0\.0\.2:", proxy.logs()),
-             "the closed session's event=session_end")
-    released = login_raw(port, user, "127.0.0.2")
+    wait_for(lambda: re.search(r"event=session_end listener=imap client=127\.0\.0\.2:",
+                               proxy.logs()), "the closed session's session_end")
+    released = login_raw(port, user, "127.0.0.2")   # its slot came back
     released.sendall(b"z NOOP\r\n")
     assert b"z OK" in read_until(released, b"z ")
     for sock in (second, third, other_ip, fourth, released):
         sock.close()
-    assert "limit=max_connections_per_ip" in proxy.logs()
+    assert proxy.logs().count("limit=max_connections_per_ip") == 1
+    assert proxy.logs().count("limit=max_connections ") + \
+        proxy.logs().count("limit=max_connections\n") == 1
+
+
+def test_connection_limits_refuse_and_release_on_trios_accept(proxy_factory, dovecot, user):
+    config = relay_config(dovecot, listeners=("imap",), allow_plaintext_auth=True,
+                          max_connections=3, max_connections_per_ip=2)
+    config["relay"] = {"engine_accept": False}   # (the engine's accept: test_relay_engine_accept)
+    refuse_and_release(proxy_factory(config), user)
 
 
 def test_auth_failure_throttling_blocks_then_releases(proxy_factory, dovecot, user):
