@@ -1,0 +1,307 @@
+"""The relay engine's thread and its loop (engine.py holds the theory of operation): the epoll,
+the eventfd that wakes it, the reads and writes of ready sides (plain and TLS), a session's step
+with its registrations and timer fitted after it, and a session's release. `Engine` (engine.py)
+adds how sessions come in and go on: from a task, accepted by the thread, or a login becoming the
+relay."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import select
+import ssl
+import threading
+import time
+from typing import Callable
+
+import trio
+
+from .. import logs
+from ..session.failures import Close
+from .engine_gil import SwitchInterval
+from .engine_session import IN, OUT, EngineSession, Side
+from .engine_timers import TimerHeap
+
+__all__ = ["EngineLoop", "RECEIVE_SIZE"]
+
+RECEIVE_SIZE = 256 * 1024   # one read per ready socket per wake-up
+_GONE = select.EPOLLHUP | select.EPOLLERR   # reported whatever the mask: read to learn which
+
+
+class EngineLoop:
+    """The thread, its epoll and a session's steps; under `_lock` (see engine.py)."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._sides: dict[int, Side] = {}
+        self._timers = TimerHeap()
+        self._tls_waiting: set[Side] = set()   # TLS sides whose engine may hold input
+        # listening sockets the thread accepts on (engine_accept.py): fd -> (ready, stopped)
+        self._listeners: dict[int, tuple[Callable[[], None], Callable[[], None]]] = {}
+        self._running = False
+        self.gil = SwitchInterval()   # lowered from _start to the run's end
+        self.thread: threading.Thread | None = None
+        # Sessions, sides and timers are touched under this lock, by the engine's thread or by
+        # trio's (a session in or out, the drain); trio's thread wakes the engine's via _wakefd.
+        self._lock = threading.Lock()
+        self._wakefd = -1
+        self._wait_until = -math.inf     # the thread's poll deadline (-inf while it works)
+        self._stopped = False
+        self._offset = trio.current_time() - time.perf_counter()   # trio's clock, thread-side
+        self.now = trio.current_time()
+        self.sessions = 0
+
+    def clock(self) -> float:
+        """trio's clock (SystemClock: perf_counter plus an offset), readable from any thread."""
+        return time.perf_counter() + self._offset
+
+    def release(self, sess: EngineSession) -> None:
+        """Take `sess` out of the epoll and wake its task (once)."""
+        if sess.done:
+            return
+        sess.done = True
+        self.sessions -= 1
+        sess.session.runtime.metrics.relay_engine_sessions.dec()
+        if sess.on_drain is not None:
+            sess.session.runtime.drain.unsubscribe(sess.on_drain)
+        self._timers.forget(sess)
+        for side in sess.sides:
+            self._sides.pop(side.fd, None)
+            try:
+                self._epoll.unregister(side.fd)
+            except (OSError, ValueError):   # (closed, or the epoll closed at the run's end)
+                pass
+            if side.tls is not None:   # its TLSStream sends the rest first: records stay whole
+                side.tls.requeue(side.out)
+                side.out = b""
+        task, sess.task = sess.task, None
+        if task is not None:
+            try:
+                self._token.run_sync_soon(trio.lowlevel.reschedule, task)
+            except trio.RunFinishedError:   # (the process is ending)
+                pass
+        elif sess.ended is not None:   # (a session the engine accepted: no task to wake)
+            sess.ended(sess)
+
+    def _schedule(self, sess: EngineSession) -> None:
+        if self._timers.schedule(sess) and sess.timer_at < self._wait_until:
+            self._wake()   # the thread sleeps past the new entry: it looks again
+
+    def _wake(self) -> None:
+        """Wake the engine's thread (under the lock: after `_stopped` the eventfd is closed)."""
+        if not self._stopped:
+            os.eventfd_write(self._wakefd, 1)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _start(self) -> None:
+        self._running = True
+        self._token = trio.lowlevel.current_trio_token()
+        self._wakefd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wakefd, IN)
+        self.gil.lower()
+        self.thread = threading.Thread(target=self._run_thread, name="relay-engine", daemon=True)
+        self.thread.start()
+        trio.lowlevel.spawn_system_task(self._stop_with_trio, name="relay-engine-stop")
+
+    async def _stop_with_trio(self) -> None:
+        """The thread ends with the trio run (system tasks are cancelled at its end)."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            with self._lock:   # (the thread closes the eventfd once it sees _stopped)
+                self._wake()
+                self._stopped = True
+            self.gil.restore()
+
+    def _run_thread(self) -> None:
+        try:
+            self._loop()
+        except BaseException:   # a bug: its sessions end, new ones stay on the task path
+            logs.event("relay_engine_crash", logging.CRITICAL, exc_info=True)
+            with self._lock:
+                self._stopped = True
+                for _, stopped in list(self._listeners.values()):   # trio's accept goes on
+                    stopped()
+                self._listeners.clear()
+                for side in list(self._sides.values()):
+                    side.session.session.close_reason = Close.INTERNAL_ERROR
+                    self.release(side.session)
+        with self._lock:   # stopped: nothing uses the descriptors any more
+            os.close(self._wakefd)
+            self._epoll.close()
+
+    def _loop(self) -> None:
+        # One wake-up's Python is on every relayed round trip's critical path: locals bound
+        # once, the clock read once, timers and TLS looked at only when they have work.
+        epoll, sides, lock, wakefd, timers = self._epoll, self._sides, self._lock, self._wakefd, \
+            self._timers
+        perf_counter, offset, ready_step = time.perf_counter, self._offset, self._ready
+        while True:
+            with lock:
+                if self._stopped:
+                    return
+                self._wait_until = wait_until = timers.next_at()
+                timeout = -1.0 if wait_until == math.inf else wait_until - perf_counter() - offset
+                if timeout < 0.0 and wait_until != math.inf:   # (due already: no max() call)
+                    timeout = 0.0
+                if self._tls_waiting and any(side.mask & IN for side in self._tls_waiting):
+                    timeout = 0.0
+            ready = epoll.poll(timeout)
+            with lock:
+                self._wait_until = -math.inf
+                self.now = now = perf_counter() + offset
+                for fd, events in ready:
+                    side = sides.get(fd)
+                    if side is not None:
+                        ready_step(side, events)
+                    elif fd == wakefd:
+                        try:
+                            os.eventfd_read(wakefd)
+                        except BlockingIOError:
+                            pass
+                    elif fd in self._listeners:
+                        self._listeners[fd][0]()
+                side = None   # (not kept alive while the thread waits: a reload frees its runtime)
+                if timers.has_work(now):
+                    self._fire_timers()
+                if self._tls_waiting:
+                    self._resume_tls()
+
+    def _ready(self, side: Side, events: int) -> None:
+        """`_guarded(sess, self._receive, side, events)`, spelt out: the relay's hot path."""
+        sess = side.session
+        try:
+            if not self._receive(side, events) and not sess.done:   # (settled: nothing moved)
+                self._interest(sess)
+                if sess.due() < sess.timer_at:   # (activity only moves timers later, mostly)
+                    self._schedule(sess)
+        except Exception:
+            self._crashed(sess)
+
+    def _receive(self, side: Side, events: int) -> bool | None:
+        sess = side.session
+        if events & OUT:
+            if side.out:
+                self._flush(side)
+            else:   # (asked for by a connect under way: engine_login.py)
+                sess.writable(side)
+        if sess.done:
+            return None
+        if events & IN or (events & _GONE and not side.mask & OUT):
+            try:
+                data = os.read(side.fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                return None
+            except OSError:   # reset: the same as an end of stream to the relay
+                data = b""
+            if side.tls is not None:
+                side.tls.receive_data(data)
+                self._decrypt(side, hung_up=not events & IN)
+                return None
+            conn = side.conn
+            conn.bytes_in += len(data)
+            if not data:
+                conn.eof = True
+            return sess.received(side, data)
+        return None
+
+    def _decrypt(self, side: Side, hung_up: bool = False) -> None:
+        """Hand the plaintext `side`'s TLSEngine can give to its session, while that side may
+        be read (else it waits in `_tls_waiting`); write what OpenSSL has to say. A side that
+        hung up is read to its end whatever the backpressure, as a plain one is (its input is
+        what the kernel held: bounded)."""
+        tls, sess, conn = side.tls, side.session, side.conn
+        assert tls is not None
+        while True:
+            if not side.mask & IN and not hung_up:   # resumed once the other side has flushed
+                self._tls_waiting.add(side)
+                return
+            try:
+                data = tls.read(RECEIVE_SIZE)
+            except ssl.SSLError:   # broken: reset mid-record, a bad record, EOF without close_notify
+                data = b""
+            if tls.wants_send:
+                side.write(tls.data_to_send())
+            if data is None:   # a record is still incomplete: wait for the socket
+                return
+            conn.bytes_in += len(data)
+            if not data:
+                conn.eof = True
+            sess.received(side, data)
+            if not data or sess.done or not tls.has_unread:   # (the usual end: no read to fail)
+                return
+            self._interest(sess)
+            if sess.done:
+                return
+
+    def _resume_tls(self) -> None:
+        for side in list(self._tls_waiting):
+            if side.session.done:
+                self._tls_waiting.discard(side)
+            elif side.mask & IN:
+                self._tls_waiting.discard(side)
+                self._guarded(side.session, self._decrypt, side)
+
+    def _flush(self, side: Side) -> None:
+        try:
+            sent = os.write(side.fd, side.out)
+        except BlockingIOError:
+            return
+        except OSError:
+            side.conn.closed = True
+            side.out = b""
+            return
+        if side.tls is None:
+            side.conn.bytes_out += sent
+        side.out = memoryview(side.out)[sent:] if sent < len(side.out) else b""
+
+    def _guarded(self, sess: EngineSession, step: Callable[..., None], *args: object) -> None:
+        """Run one step of a session; then fit its registrations and timer to its new state.
+        A bug ends that session (logged, as serve.py does), never the engine."""
+        try:
+            step(*args)
+            if not sess.done:
+                self._interest(sess)
+                self._schedule(sess)
+        except Exception:
+            self._crashed(sess)
+
+    def _crashed(self, sess: EngineSession) -> None:
+        sess.session.close_reason = Close.INTERNAL_ERROR
+        logs.event("session_crash", logging.ERROR, exc_info=True, **sess.session.log_fields())
+        self.release(sess)
+
+    def _interest(self, sess: EngineSession) -> None:
+        """Read a side only when nothing waits to go the other way (and the client only when
+        its own output is out too); wait for EPOLLOUT on a side with bytes left."""
+        client, upstream = sess.client, sess.upstream
+        masks = sess.masks()   # (a session logging in says its own: engine_login.py)
+        if masks is not None:
+            if client.conn.closed:   # a write to the client failed
+                sess.session.close_reason = Close.CLIENT_CLOSED
+                self.release(sess)
+                return
+            for side, mask in zip(sess.sides, masks, strict=True):
+                self._modify(side, mask)
+            return
+        if client.conn.closed or upstream.conn.closed:   # a write failed: the session is over
+            sess.session.close_reason = (Close.CLIENT_CLOSED if client.conn.closed
+                                         else Close.UPSTREAM_CLOSED)
+            self.release(sess)
+            return
+        if client.out or upstream.out or sess.paused or client.mask != IN \
+                or upstream.mask != IN:   # (else both are read, and nothing waits: no change)
+            self._modify(client, (OUT if client.out else 0) | (
+                0 if client.out or upstream.out or sess.paused else IN))
+            self._modify(upstream, (OUT if upstream.out else 0) | (0 if client.out else IN))
+
+    def _modify(self, side: Side, mask: int) -> None:
+        if side.mask != mask:
+            side.mask = mask
+            self._epoll.modify(side.fd, mask)
+
+    def _fire_timers(self) -> None:
+        now = self.now
+        for sess in self._timers.due(now):
+            self._guarded(sess, sess.timer, now)
