@@ -20,6 +20,11 @@ The thread, its loop and the reads and writes are in engine_loop.py; how session
   descriptor asks for EPOLLOUT, and the other side is not read until `out` is empty
   (backpressure: at most one received chunk per direction is ever held). The client is not
   read either while its own output waits (the proxy's replies to it stay bounded).
+- A descriptor number is reused as soon as it is closed, often within one wake-up (a session
+  ends, the next one accepts or connects): a poll's events for a number registered since that
+  poll began were the closed descriptor's and are skipped (`_fresh`); the epoll is
+  level-triggered, so the new descriptor's own events come at the next poll. (Handed to the
+  new side they read a connecting upstream's greeting as the connect's end, and lost it.)
 - Timers (idle, idle_command, upstream_response): one heap entry per session, at its nearest
   timer (engine_timers.py).
 - The connection's own task (serve.py) stays parked (`wait_task_rescheduled`, no timer, no
@@ -69,8 +74,7 @@ class Engine(EngineLoop):
             if self._stopped:   # its thread died (relay_engine_crash): the task path relays
                 return False
             for side in sess.sides:
-                self._epoll.register(side.fd, IN)
-                self._sides[side.fd] = side
+                self._register(side, IN)
             self.sessions += 1
             sess.session.runtime.metrics.relay_engine_sessions.inc()
             self.now = self.clock()
@@ -130,6 +134,7 @@ class Engine(EngineLoop):
                 return False
             self._epoll.register(fd, IN)
             self._listeners[fd] = (ready, stopped)
+            self._fresh.add(fd)
             return True
 
     def unlisten(self, fd: int) -> bool:
@@ -146,8 +151,7 @@ class Engine(EngineLoop):
         """Run `sess`, a connection the thread accepted, with no task: `sess.ended` is called
         at its release. Under the lock."""
         for side in sess.sides:
-            self._epoll.register(side.fd, IN)
-            self._sides[side.fd] = side
+            self._register(side, IN)
         self.sessions += 1
         sess.session.runtime.metrics.relay_engine_sessions.inc()
         self._guarded(sess, sess.start)
@@ -174,8 +178,7 @@ class Engine(EngineLoop):
         """Add `sess`'s upstream side (its connect under way; engine_login.py). Engine thread."""
         sess.upstream, sess.sides = side, (sess.client, side)
         side.mask = mask
-        self._epoll.register(side.fd, mask)
-        self._sides[side.fd] = side
+        self._register(side, mask)
 
     def detach(self, side: Side) -> None:
         """Take an upstream side out before its session goes on without it. Engine thread."""

@@ -37,6 +37,9 @@ class EngineLoop:
         self._sides: dict[int, Side] = {}
         self._timers = TimerHeap()
         self._tls_waiting: set[Side] = set()   # TLS sides whose engine may hold input
+        # descriptors registered since the thread's poll began: that poll's events for their
+        # number were a closed descriptor's (the number reused), not theirs (`_loop`)
+        self._fresh: set[int] = set()
         # listening sockets the thread accepts on (engine_accept.py): fd -> (ready, stopped)
         self._listeners: dict[int, tuple[Callable[[], None], Callable[[], None]]] = {}
         self._running = False
@@ -93,6 +96,13 @@ class EngineLoop:
         if not self._stopped:
             os.eventfd_write(self._wakefd, 1)
 
+
+    def _register(self, side: Side, mask: int) -> None:
+        """Put `side` in the epoll and the table (under the lock, either thread)."""
+        self._epoll.register(side.fd, mask)
+        self._sides[side.fd] = side
+        self._fresh.add(side.fd)
+
     # -- the loop ---------------------------------------------------------------------------
     def _start(self) -> None:
         self._running = True
@@ -137,10 +147,12 @@ class EngineLoop:
         epoll, sides, lock, wakefd, timers = self._epoll, self._sides, self._lock, self._wakefd, \
             self._timers
         perf_counter, offset, ready_step = time.perf_counter, self._offset, self._ready
+        fresh = self._fresh
         while True:
             with lock:
                 if self._stopped:
                     return
+                fresh.clear()
                 self._wait_until = wait_until = timers.next_at()
                 timeout = -1.0 if wait_until == math.inf else wait_until - perf_counter() - offset
                 if timeout < 0.0 and wait_until != math.inf:   # (due already: no max() call)
@@ -152,6 +164,8 @@ class EngineLoop:
                 self._wait_until = -math.inf
                 self.now = now = perf_counter() + offset
                 for fd, events in ready:
+                    if fresh and fd in fresh:   # registered since the poll: these events were
+                        continue   # a closed descriptor's (level-triggered: its own come again)
                     side = sides.get(fd)
                     if side is not None:
                         ready_step(side, events)
