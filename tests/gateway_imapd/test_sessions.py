@@ -3,11 +3,24 @@ new upstream mail reaches an IDLE session; a restart keeps UIDVALIDITY, UIDs, fl
 
 from __future__ import annotations
 
+import imaplib
+
 import trio
 
 from .conftest import message
 
 run = trio.to_thread.run_sync
+
+
+def _assert_relogin_bye(session: imaplib.IMAP4) -> None:
+    """The session's next command gets Dovecot's BYE for a selected mailbox gone, not a reply."""
+    try:
+        session.noop()
+    except imaplib.IMAP4.abort:
+        assert session.untagged_responses["BYE"] == [
+            b"IMAP session state is inconsistent, please relogin."]
+    else:
+        raise AssertionError("no BYE")
 
 
 async def test_store_seen_after_noop_and_expunge_deferred(gateway):
@@ -130,8 +143,6 @@ async def test_selected_mailbox_deleted_or_renamed_by_another_session(gateway):
     """As Dovecot 2.3.19 (checked against it): a session whose selected mailbox another session
     deletes or renames gets `* BYE IMAP session state is inconsistent, please relogin.` at its
     next command, instead of a tagged reply. The renaming session keeps its own selection."""
-    import imaplib
-
     def clients():
         a = gateway.imaplib()
         for box in ("Work", "Old", "Old/Sub"):
@@ -142,12 +153,7 @@ async def test_selected_mailbox_deleted_or_renamed_by_another_session(gateway):
             b = gateway.imaplib()
             assert b.select(selected)[0] == "OK"
             assert command()[0] == "OK"
-            try:
-                b.noop()
-                raise AssertionError("no BYE")
-            except imaplib.IMAP4.abort:
-                assert b.untagged_responses["BYE"] == [
-                    b"IMAP session state is inconsistent, please relogin."]
+            _assert_relogin_bye(b)
         assert a.select("New/Sub")[0] == "OK"
         assert a.rename("New/Sub", "Mine")[0] == "OK"
         assert a.noop()[0] == "OK"                  # its own rename: still selected
@@ -163,20 +169,13 @@ async def test_selected_mailbox_deleted_after_a_message_arrived_there(gateway):
     session gets the BYE above; before, the store's MailboxNotFound escaped the session (the
     wide stress mix: a session_crash in production, every session of the tests' in-process
     gateway ended)."""
-    import imaplib
-
     def clients():
         a, b = gateway.imaplib(), gateway.imaplib()
         assert a.create("Scratch")[0] == "OK"
         assert b.select("Scratch")[0] == "OK"
         assert a.append("Scratch", None, None, message(1))[0] == "OK"
         assert a.delete("Scratch")[0] == "OK"
-        try:
-            b.noop()
-            raise AssertionError("no BYE")
-        except imaplib.IMAP4.abort:
-            assert b.untagged_responses["BYE"] == [
-                b"IMAP session state is inconsistent, please relogin."]
+        _assert_relogin_bye(b)
         assert a.noop()[0] == "OK"   # the other sessions are served as before
         a.logout()
     await run(clients)
