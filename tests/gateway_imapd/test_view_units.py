@@ -174,7 +174,7 @@ def test_others_big_change_is_told_in_slices_byte_identical(monkeypatch):
     assert [line for part in whole for line in part] == expunges + fetches
     assert parts == [[], [], [], [], expunges[:3], expunges[3:6], expunges[6:], fetches[:3],
                      fetches[3:]]   # 12 flag changes folded, 8 expunges, 4 FETCH lines
-    assert view.uids == [1, 2, 3, 4] and view.pinned == {} and hub.pinned() == set()
+    assert view.uids == [1, 2, 3, 4] and view.holds == [] and hub.pinned() == set()
 
 
 def test_expunge_during_a_pause_pins_what_the_view_still_shows(monkeypatch):
@@ -187,7 +187,7 @@ def test_expunge_during_a_pause_pins_what_the_view_still_shows(monkeypatch):
     parts = view.update_slices(True)
     assert next(parts) == []   # paused after two of the four changes
     hub.expunged(1, [3], origin=other, body_ids=[3])
-    assert hub.garbage == set() and view.pinned == {3: 3}
+    assert hub.garbage == set() and hub.pinned() == {3}
     assert [line for part in parts for line in part] == [
         b"%d FETCH (UID %d FLAGS (\\Seen))" % (n, n) for n in (1, 2, 3, 4)]
     assert view.updates(True) == [b"3 EXPUNGE"] and hub.garbage == {3}
@@ -223,7 +223,7 @@ def test_expunge_while_a_view_loads_keeps_the_body_its_snapshot_shows():
     hub.expunged(1, [2], origin=other, body_ids=[2])
     assert hub.garbage == set() and hub.pinned() == {2}
     view.load(Snapshot(1, 2, [_meta(1, 1), _meta(2, 2)]))
-    assert hub.garbage == set() and view.pinned == {2: 2}
+    assert hub.garbage == set() and hub.pinned() == {2}
     assert view.updates(True) == [b"2 EXPUNGE"] and hub.garbage == {2}
 
 
@@ -235,13 +235,14 @@ def test_bodies_deferred_for_a_loading_view_go_when_it_loads_without_them_or_lea
     hub.orphaned([2])   # e.g. a DELETE elsewhere dropping the last copy: still deferred
     assert hub.garbage == set()
     view.load(Snapshot(1, 3, [_meta(1, 1), _meta(3, 3)]))   # read after the expunge
-    assert hub.garbage == {2} and view.pinned == {}
+    assert hub.garbage == {2} and view.holds == []
     hub.garbage.clear()
     leaving = _loading(hub)
     hub.expunged(1, [3], origin=other, body_ids=[3])
     assert hub.garbage == set()
-    hub.unsubscribe(1, leaving)   # the SELECT failed: nothing waits for it
-    assert hub.garbage == set() and view.pinned == {3: 3}   # the loaded view pins UID 3
+    hub.unsubscribe(1, leaving)   # the SELECT failed: nothing waits for it (`deselect`)
+    leaving.close()
+    assert hub.garbage == set() and hub.pinned() == {3}   # the loaded view shows UID 3
     assert view.updates(True) == [b"2 EXPUNGE"] and hub.garbage == {3}
 
 
@@ -256,7 +257,81 @@ def test_big_arrival_is_applied_in_slices_and_pinned_during_a_pause(monkeypatch)
     parts = view.update_slices(True)
     assert next(parts) == [] and view.uids == [1, 2, 3]   # paused: 4..6 still arriving
     hub.expunged(1, [6], origin=other, body_ids=[6])
-    assert hub.garbage == set() and view.pinned == {6: 6}
+    assert hub.garbage == set() and hub.pinned() == {6}
     assert [line for part in parts for line in part] == [b"6 EXISTS", b"0 RECENT"]
     assert view.uids == [1, 2, 3, 4, 5, 6] and view.arriving == {}
     assert view.updates(True) == [b"6 EXPUNGE"] and hub.garbage == {6}
+
+
+class _CountingMeta(dict):
+    """A view's uid -> MessageMeta map that counts the messages looked up by key."""
+
+    lookups = 0
+
+    def __getitem__(self, uid: int) -> MessageMeta:
+        _CountingMeta.lookups += 1
+        return super().__getitem__(uid)
+
+
+def test_an_expunge_looks_its_bodies_up_once_not_once_per_view(monkeypatch):
+    """The expunging session's step hands its event to every view of the mailbox: the bodies
+    to keep (RFC 2180 4.1.1) are looked up once for all of them, not once per view (four
+    watchers of 100 messages: 100 lookups, not 400); each view only keeps the hold."""
+    monkeypatch.setattr(_CountingMeta, "lookups", 0)
+    hub = Hub()
+    views = [_subscribed(hub, list(range(1, 101))) for _ in range(5)]
+    expunger, watchers = views[0], views[1:]
+    for view in watchers:
+        view.meta = _CountingMeta(view.meta)
+    hub.expunged(1, list(range(1, 101)), origin=expunger, body_ids=list(range(1, 101)))
+    assert _CountingMeta.lookups == 100
+    assert hub.pinned() == set(range(1, 101)) and hub.garbage == set()
+    assert [len(view.holds) for view in watchers] == [1, 1, 1, 1]
+
+
+def test_the_last_view_to_send_the_expunge_frees_the_body():
+    """Two sessions show UID 3, a third expunges it: the body stays until both have been sent
+    the EXPUNGE (RFC 2180 4.1.1), whichever way each lets go (its update, or leaving)."""
+    hub = Hub()
+    first, second, expunger = (_subscribed(hub, [1, 2, 3]) for _ in range(3))
+    hub.expunged(1, [3], origin=expunger, body_ids=[3])
+    assert first.updates(True) == [b"3 EXPUNGE"] and first.holds == []
+    assert hub.garbage == set() and hub.pinned() == {3}
+    assert second.updates(False) == [] and hub.pinned() == {3}   # no EXPUNGE during FETCH
+    assert second.updates(True) == [b"3 EXPUNGE"]
+    assert hub.garbage == {3} and hub.pinned() == set()
+    hub.garbage.clear()
+    hub.expunged(1, [2], origin=expunger, body_ids=[2])
+    first.close()
+    assert hub.garbage == set() and hub.pinned() == {2}
+    second.close()
+    assert hub.garbage == {2} and hub.pinned() == set()
+
+
+def test_a_view_that_never_showed_the_messages_keeps_nothing():
+    """A message that arrived and was expunged while a session was quiet (an autosaved draft
+    replaced) was never shown to it: its body does not wait for that session's next command."""
+    hub = Hub()
+    quiet, busy = (_subscribed(hub, [1, 2]) for _ in range(2))
+    hub.appended(1, [_meta(1, 1), _meta(2, 2), _meta(3, 3)])
+    assert busy.updates(True) == [b"3 EXISTS", b"0 RECENT"]
+    hub.expunged(1, [3], origin=busy, body_ids=[3])
+    assert quiet.holds == [] and hub.garbage == {3}
+    assert quiet.updates(True) == [] and quiet.uids == [1, 2]   # never told of UID 3
+
+
+def test_own_expunge_read_back_by_the_feed_keeps_what_a_view_still_shows():
+    """`Hub.hold` (a process's own expunge read back from the store's log, maybe before its
+    publication): a view that still shows the message keeps the body until it sends the
+    EXPUNGE; one that no longer shows it keeps nothing."""
+    hub = Hub()
+    view, expunger = (_subscribed(hub, [1, 2, 3]) for _ in range(2))
+    hub.hold(1, [3])
+    assert hub.pinned() == {3} and len(view.holds) == 1
+    hub.expunged(1, [3], origin=expunger, body_ids=[3])
+    assert expunger.expunge_lines([3]) == [b"3 EXPUNGE"]   # its own (it kept the hold too)
+    assert hub.garbage == set() and expunger.holds == []
+    assert view.updates(True) == [b"3 EXPUNGE"]
+    assert hub.garbage == {3} and hub.pinned() == set() and view.holds == []
+    hub.hold(1, [3])   # read back late: nothing shows it any more
+    assert view.holds == [] and hub.pinned() == set()

@@ -18,15 +18,17 @@ allows:
   flag change committed meanwhile is published first. Such a change is kept (`early_flags`) and
   applied to the message when it is announced, so the older snapshot never wins;
 * expunges: never while answering FETCH, STORE or SEARCH (7.4.1). Until then the message keeps
-  its sequence number, its flags here and its body in the store (the view *pins* the body at
-  the hub, RFC 2180 4.1.1), so FETCH and SEARCH answer for it as before. EXPUNGE numbers are
-  computed against what the client knows, highest first, after any EXISTS of the same batch.
+  its sequence number, its flags here and its body in the store (RFC 2180 4.1.1: the view
+  *keeps* the expunge's `Hold` at the hub until it shows none of its messages, `_settle`), so
+  FETCH and SEARCH answer for it as before. EXPUNGE numbers are computed against what the
+  client knows, highest first, after any EXISTS of the same batch.
 
-An event of 10,000 changes reaches every view of the mailbox: `notify` only queues it (and pins
-with C-level loops), and `update_slices` applies it in parts between which other sessions run
-(the session's own commands wait: RFC 3501 7.4.1 holds across the parts). An arrival of 10,000
-messages too: its EXISTS goes out once all are applied; meanwhile those not applied yet wait in
-`arriving`, where `hold` finds them, so an expunge published during a pause still pins them.
+An event of 10,000 changes reaches every view of the mailbox: `notify` only queues it (`keep`
+of an expunge's hold is one check, the hub looks its bodies up once for all views), and
+`update_slices` applies it in parts between which other sessions run (the session's own commands
+wait: RFC 3501 7.4.1 holds across the parts). An arrival of 10,000 messages too: its EXISTS goes
+out once all are applied; meanwhile those not applied yet wait in `arriving`, where `keep` and
+`bodies_of` find them, so an expunge published during a pause still keeps their bodies.
 
 Live SEARCH/SORT results (RFC 5267, `contexts`, `_context.py`) are told of every message that
 arrives or changes flags here, and of expunges in `expunge_lines`, whose REMOVEFROM lines come
@@ -46,7 +48,7 @@ from ...store import Mailbox, MessageMeta
 from ...store.base import SYSTEM_FLAGS
 from ._args import compress, flag_list
 from ._index import Snapshot
-from .hub import EventKind, Hub, MailboxEvent
+from .hub import EventKind, Hold, Hub, MailboxEvent
 
 if TYPE_CHECKING:
     from ._context import Contexts
@@ -75,10 +77,9 @@ class SelectedView:
         self.expunged: set[int] = set()        # gone from the store, not yet announced
         self.early_flags: dict[int, tuple[frozenset[str], int]] = {}   # uid not announced yet
         self.loaded_modseq = 0                 # MODSEQ of the snapshot the view started from
-        self.pinned: dict[int, int] = {}       # uid -> body id this view keeps readable
+        self.holds: list[Hold] = []            # expunges whose bodies this view keeps
         self.arriving: dict[int, MessageMeta] = {}   # new, being applied in parts (docstring)
         self.loaded = False                    # `load` done: `meta` is the snapshot
-        self.early_holds: set[int] = set()     # expunged UIDs heard of before `load`
         self.keywords: set[str] = set()        # announced with FLAGS (RFC 3501 7.2.6)
         self.gone = False
         self.wakeup = trio.Event()
@@ -91,37 +92,53 @@ class SelectedView:
 
     # ---- hub side ---------------------------------------------------------------------------
     def notify(self, event: MailboxEvent) -> None:
-        if event.kind is EventKind.EXPUNGE:
-            self.hold(event.uids)
         self.pending.append(event)
         self.wakeup.set()
 
-    def hold(self, uids: tuple[int, ...]) -> None:
-        """These UIDs are expunged: keep the bodies of those still shown (RFC 2180 4.1.1) until
-        `remove` or `close`. Before `load`, remembered and applied to the snapshot."""
+    def keep(self, hold: Hold) -> bool:
+        """The hub, in the publisher's step, before it notifies an expunge: keep `hold` (the
+        bodies of its messages stay, RFC 2180 4.1.1) until this view shows none of them
+        (`_settle`); False when it shows none already. Before `load` every hold is kept (the
+        snapshot may show them). No scan when the first UID tried is shown or all are above
+        anything the view held (the common cases: one check per view, whatever the size)."""
+        if self.loaded and ((hold.low > self.top and not self.arriving) or self._shows_none(hold)):
+            return False
+        self.holds.append(hold)
+        return True
+
+    def _shows_none(self, hold: Hold) -> bool:
+        # dict views iterate the smaller side and stop at the first UID in common
+        return self.meta.keys().isdisjoint(hold.uids) and self.arriving.keys().isdisjoint(hold.uids)
+
+    def bodies_of(self, uids: set[int]) -> dict[int, int]:
+        """uid -> body id of those of `uids` this view shows (none before `load`); C-level."""
         if not self.loaded:
-            self.early_holds.update(uids)
-            return
-        if self.hub is None:
-            return
-        # this runs in the publisher's step, once per view: C-level loops only (an EXPUNGE
-        # of 10,000 messages, times the views of the mailbox)
+            return {}
         shown = self.meta.keys() & uids
         find = self.meta.__getitem__
         if self.arriving:   # an arrival applied in parts: the rest are shown once it ends
             shown |= self.arriving.keys() & uids
             find = self._meta_or_arriving
-        shown.difference_update(self.pinned)
-        bodies = dict(zip(shown, map(_BODY_ID, map(find, shown)), strict=True))
-        self.pinned.update(bodies)
-        self.hub.pin_many(bodies.values())
+        return dict(zip(shown, map(_BODY_ID, map(find, shown)), strict=True))
+
+    def _settle(self) -> None:
+        """Let go of the holds none of whose messages this view shows any more."""
+        if not self.holds or not self.loaded or self.hub is None:
+            return
+        kept = []
+        for hold in self.holds:
+            if self._shows_none(hold):
+                self.hub.release(hold)
+            else:
+                kept.append(hold)
+        self.holds = kept
 
     def _meta_or_arriving(self, uid: int) -> MessageMeta:
         meta = self.meta.get(uid)
         return meta if meta is not None else self.arriving[uid]
 
     def load(self, snapshot: Snapshot) -> None:
-        """The snapshot taken after subscribing; expunges already known pin their bodies.
+        """The snapshot taken after subscribing; expunges already known keep the bodies it shows.
         The view's own copies of the snapshot's UID list and map are C-level copies (SELECT of a
         large mailbox stays cheap)."""
         self.loaded_modseq = snapshot.modseq
@@ -129,17 +146,19 @@ class SelectedView:
         self.meta = dict(snapshot.by_uid)
         self.top = max(self.top, self.max_uid)
         self.loaded = True
-        self.hold(tuple(self.early_holds))
-        self.early_holds.clear()
-        if self.hub is not None:   # bodies deferred while this view was loading (hub docstring)
-            self.hub.loaded(self.mailbox_id)
+        if self.hub is not None:
+            for hold in self.holds:   # expunges heard of while loading: what the snapshot shows
+                if hold.unresolved:
+                    self.hub.resolve(hold, self.bodies_of(hold.unresolved))
+            self._settle()
+            self.hub.loaded(self.mailbox_id)   # bodies deferred while loading (hub docstring)
 
     def close(self) -> None:
         """The session leaves the mailbox: nothing it showed needs keeping any more."""
-        for body_id in self.pinned.values():
-            if self.hub is not None:
-                self.hub.release(body_id)
-        self.pinned.clear()
+        if self.hub is not None:
+            for hold in self.holds:
+                self.hub.release(hold)
+        self.holds = []
 
     # ---- lookups ----------------------------------------------------------------------------
     @property
@@ -177,9 +196,12 @@ class SelectedView:
         if self.qresync:
             for uid in gone:
                 self.remove(uid)
-            return removals + ([b"VANISHED " + compress(sorted(gone))] if gone else [])
-        return removals + [b"%d EXPUNGE" % seq for uid in gone
-                           if (seq := self.remove(uid)) is not None]
+            lines = removals + ([b"VANISHED " + compress(sorted(gone))] if gone else [])
+        else:
+            lines = removals + [b"%d EXPUNGE" % seq for uid in gone
+                                if (seq := self.remove(uid)) is not None]
+        self._settle()   # bodies of messages it no longer shows may go
+        return lines
 
     def announce(self, flag_sets) -> list[bytes]:
         """FLAGS and PERMANENTFLAGS when `flag_sets` hold keywords this session was not told of
@@ -234,9 +256,6 @@ class SelectedView:
             self.meta.pop(uid, None)
             self.recent.discard(uid)
             self.expunged.discard(uid)
-            body_id = self.pinned.pop(uid, None)
-            if body_id is not None and self.hub is not None:
-                self.hub.release(body_id)
         return seq
 
     # ---- others' changes ---------------------------------------------------------------------
@@ -275,7 +294,7 @@ class SelectedView:
                     self._flag_event(uid, flags, modseq, new, changed)
                     work += 1
                     # no pause while a message waits in `new`: an expunge of it published
-                    # meanwhile would find it neither shown nor pinned (`hold`)
+                    # meanwhile would find it neither shown nor arriving (`keep`)
                     if not work % UPDATE_SLICE and not new:
                         yield []
             elif event.kind is EventKind.EXPUNGE:
@@ -289,7 +308,7 @@ class SelectedView:
         if new:
             metas = sorted(self._with_early_flags(new), key=_UID)
             lines += self.announce(map(_FLAGS, metas))
-            self.arriving = new   # `hold` pins these during a pause (module docstring)
+            self.arriving = new   # `keep` finds these during a pause (module docstring)
             for n, meta in enumerate(metas, 1):
                 self.uids.append(meta.uid)
                 self.meta[meta.uid] = meta

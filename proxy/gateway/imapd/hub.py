@@ -29,13 +29,19 @@ persistent recent floor (`store.recent_floor`), so a second session, a second pr
 restart never sees it recent again. `claim_recent` skips the store call when this process
 already knows the UIDs were claimed.
 
-Expunged bodies (RFC 2180 4.1.1): a session that still shows a message another session expunged
-*pins* its body (`pin_many`, from `SelectedView.notify`) until it has sent the EXPUNGE (`release`).
-Bodies nobody pins are `garbage`, deleted by the next `collect()` (after a command). A view that
-has subscribed but not loaded its SELECT snapshot yet cannot pin (it does not know the bodies);
-its snapshot may have been read before the expunge's commit and still show the message. So while
-a view of the mailbox is loading, expunged bodies are *deferred*, not garbage, until every view
-of the mailbox has loaded (and pinned what its snapshot shows) or left.
+Expunged bodies (RFC 2180 4.1.1): a message expunged elsewhere stays readable by a session until
+that session has been sent the EXPUNGE. Each expunge (or `hold`) makes one `Hold`: its UIDs and
+the bodies of those some view still shows. Every view that may show them *keeps* the hold
+(`SelectedView.keep`: one check, no scan, in the common case), and lets go of it once it shows
+none of them any more (it has sent their EXPUNGEs, or left the mailbox). The bodies are found
+once per hold (from the first views that show the messages), not once per view: an EXPUNGE of
+10,000 messages with a dozen sessions watching costs the expunging session's step one scan.
+Bodies no hold keeps are `garbage`, deleted by the next `collect()` (after a command). A view
+that has subscribed but not loaded its SELECT snapshot yet keeps every hold but cannot name
+bodies (it finds them in its snapshot when it loads); its snapshot may have been read before the
+expunge's commit and still show the message. So while a view of the mailbox is loading,
+expunged bodies are *deferred*, not garbage, until every view of the mailbox has loaded (and
+found what its snapshot shows) or left.
 
 Everything runs in the trio thread of the process; there are no locks. A hub is in-process;
 other replicas' changes arrive through the store's change feed (GatewayService.changed, PostgreSQL
@@ -75,11 +81,26 @@ class MailboxEvent:
 PRUNE_EVERY = 1000   # published changes to a mailbox between two prunes of its change log
 
 
+class Hold:
+    """The bodies of one expunge's messages, kept while a view that may show them keeps this
+    (module docstring). `unresolved`: UIDs whose body no keeping view has shown yet."""
+
+    __slots__ = ("uids", "low", "bodies", "unresolved", "holders")
+
+    def __init__(self, uids: frozenset[int]) -> None:
+        self.uids = uids
+        self.low = min(uids)
+        self.bodies: set[int] = set()
+        self.unresolved = set(uids)
+        self.holders = 0          # views keeping it
+
+
 class Listener(Protocol):
     loaded: bool   # False between SELECT's subscription and its snapshot (module docstring)
 
     def notify(self, event: MailboxEvent) -> None: ...
-    def hold(self, uids: tuple[int, ...]) -> None: ...
+    def keep(self, hold: Hold) -> bool: ...
+    def bodies_of(self, uids: set[int]) -> dict[int, int]: ...
 
 
 class Hub:
@@ -93,9 +114,9 @@ class Hub:
         self._unannounced_gone: dict[int, set[int]] = {}     # mailbox id -> expunged UIDs above
         self._reading: collections.Counter[int] = collections.Counter()   # snapshots being read
         self._recent_floor: dict[int, int] = {}              # mailbox id -> known claimed floor
-        self._pins: collections.Counter[int] = collections.Counter()   # body id -> views
+        self._holds: set[Hold] = set()                       # kept by at least one view
         self._deferred: dict[int, set[int]] = {}             # mailbox id -> bodies (loading views)
-        self.garbage: set[int] = set()                       # body ids no view pins
+        self.garbage: set[int] = set()                       # body ids no hold keeps
 
     def subscribe(self, mailbox_id: int, listener: Listener) -> None:
         self._listeners.setdefault(mailbox_id, set()).add(listener)
@@ -131,29 +152,49 @@ class Hub:
         return floor
 
     # ---- bodies of expunged messages ------------------------------------------------------------
-    def pin_many(self, body_ids) -> None:
-        """One more view pins each of `body_ids` (C-level counting: an EXPUNGE of 10,000
-        messages reaches every view of the mailbox in the publisher's step)."""
-        ids = list(body_ids)
-        self._pins.update(ids)
-        self.garbage.difference_update(ids)
+    def _hold(self, mailbox_id: int, uids, origin: object | None = None) -> None:
+        """Keep the bodies of expunged `uids` for the views that may still show them: each keeps
+        one `Hold` (no scan when it shows the first UID tried); the bodies are looked up once,
+        from the first keeping views that show the messages (module docstring)."""
+        if not uids:
+            return
+        hold = Hold(frozenset(uids))
+        holders = [listener for listener in list(self._listeners.get(mailbox_id, ()))
+                   if listener is not origin and listener.keep(hold)]
+        if not holders:
+            return
+        hold.holders = len(holders)
+        self._holds.add(hold)
+        for listener in holders:
+            if not hold.unresolved:
+                break
+            self.resolve(hold, listener.bodies_of(hold.unresolved))
 
-    def release(self, body_id: int) -> None:
-        self._pins[body_id] -= 1
-        if self._pins[body_id] <= 0:
-            del self._pins[body_id]
-            self.garbage.add(body_id)
+    def resolve(self, hold: Hold, bodies: dict[int, int]) -> None:
+        """A keeping view shows these messages of `hold` (uid -> body id): their bodies stay."""
+        if bodies:
+            hold.unresolved.difference_update(bodies)
+            hold.bodies.update(bodies.values())
+            if self.garbage:   # e.g. a copy's body, put there by an expunge of another copy
+                self.garbage.difference_update(bodies.values())
+
+    def release(self, hold: Hold) -> None:
+        """A view no longer shows any message of `hold` (or left): once none keeps it, its
+        bodies are garbage unless another hold or a loading view keeps them."""
+        hold.holders -= 1
+        if hold.holders <= 0 and hold in self._holds:
+            self._holds.remove(hold)
+            if hold.bodies:
+                self.garbage.update(hold.bodies.difference(self.pinned()))
 
     def pinned(self) -> set[int]:
-        return set(self._pins).union(*self._deferred.values())
+        return set().union(*(hold.bodies for hold in self._holds), *self._deferred.values())
 
     def hold(self, mailbox_id: int, uids) -> None:
         """Expunged UIDs (this process's own, read back from the store's log by the change
-        feed): views that still show them pin their bodies until they send the EXPUNGE. An
+        feed): views that still show them keep their bodies until they send the EXPUNGE. An
         idempotent complement of `expunged`, which may not have been published yet."""
-        held = tuple(uids)
-        for listener in list(self._listeners.get(mailbox_id, ())):
-            listener.hold(held)
+        self._hold(mailbox_id, tuple(uids))
 
     async def collect(self, store) -> None:
         """Delete the bodies of expunged messages that no session shows any more."""
@@ -227,9 +268,10 @@ class Hub:
 
     def expunged(self, mailbox_id: int, uids, origin: object | None = None,
                  body_ids=()) -> None:
-        """Announce expunged UIDs; `body_ids` are their bodies, garbage unless a view pins them
-        (views pin in `notify`, synchronously, before this returns) or is still loading."""
+        """Announce expunged UIDs; `body_ids` are their bodies, garbage unless a view still
+        shows them (kept by a `Hold` before this returns) or a view is still loading."""
         if uids:
+            self._hold(mailbox_id, uids, origin)
             floor = self._announced.get(mailbox_id, 0)
             above = [uid for uid in uids if uid > floor]
             if above and mailbox_id in self._reading:   # that snapshot may hold them
@@ -242,10 +284,11 @@ class Hub:
 
     def orphaned(self, body_ids) -> None:
         """Bodies whose messages were removed (expunged, moved, their mailbox deleted): garbage
-        unless a view pins them (a copy expunged elsewhere that a session still shows) or they
+        unless a hold keeps them (a copy expunged elsewhere that a session still shows) or they
         wait for a loading view."""
-        deferred = set().union(*self._deferred.values()) if self._deferred else set()
-        self.garbage.update(b for b in body_ids if b not in self._pins and b not in deferred)
+        if body_ids:
+            kept = self.pinned()
+            self.garbage.update(b for b in body_ids if b not in kept)
 
     def gone(self, mailbox_id: int, origin: object | None = None) -> None:
         self._announced.pop(mailbox_id, None)

@@ -67,7 +67,7 @@ class ServerTrace:
         def traced_load(self, snapshot):
             note(f"view={id(self)} load mb={self.mailbox_id} modseq={snapshot.modseq} "
                  f"n={len(snapshot.uids)} uids={_short(snapshot.uids)} "
-                 f"pending={[_event(e) for e in self.pending]} holds={_short(self.early_holds)}")
+                 f"pending={[_event(e) for e in self.pending]} holds={len(self.holds)}")
             return load(self, snapshot)
 
         def traced_updates(self, allow_expunge, recent=None):
