@@ -143,47 +143,76 @@ class EngineLoop:
 
     def _loop(self) -> None:
         # One wake-up's Python is on every relayed round trip's critical path: locals bound
-        # once, the clock read once, timers and TLS looked at only when they have work.
+        # once; the lock held but for the poll (one release and one acquire per wake-up); the
+        # clock read once, after the poll (the next poll's timeout is counted from it: a timer
+        # fires at most one wake-up's work late); timers and TLS looked at only when they have
+        # work; a plain side that is only readable read here and handed to its session.
         epoll, sides, lock, wakefd, timers = self._epoll, self._sides, self._lock, self._wakefd, \
             self._timers
         perf_counter, offset, ready_step = time.perf_counter, self._offset, self._ready
-        fresh = self._fresh
-        while True:
-            with lock:
-                if self._stopped:
-                    return
+        fresh, read, interest, inf = self._fresh, os.read, self._interest, math.inf
+        now = perf_counter() + offset
+        sess: EngineSession | None = None
+        with lock:
+            while not self._stopped:
                 fresh.clear()
-                self._wait_until = wait_until = timers.next_at()
-                timeout = -1.0 if wait_until == math.inf else wait_until - perf_counter() - offset
-                if timeout < 0.0 and wait_until != math.inf:   # (due already: no max() call)
-                    timeout = 0.0
+                self._wait_until = wait_until = timers.at
+                if wait_until == inf:
+                    timeout = -1.0
+                else:   # (due already: 0, with no max() call)
+                    timeout = wait_until - now if wait_until > now else 0.0
                 if self._tls_waiting and any(side.mask & IN for side in self._tls_waiting):
                     timeout = 0.0
-            ready = epoll.poll(timeout)
-            with lock:
-                self._wait_until = -math.inf
+                lock.release()
+                try:
+                    ready = epoll.poll(timeout)
+                finally:
+                    lock.acquire()
+                self._wait_until = -inf
                 self.now = now = perf_counter() + offset
                 for fd, events in ready:
                     if fresh and fd in fresh:   # registered since the poll: these events were
                         continue   # a closed descriptor's (level-triggered: its own come again)
                     side = sides.get(fd)
-                    if side is not None:
+                    if side is None:
+                        if fd == wakefd:
+                            try:
+                                os.eventfd_read(wakefd)
+                            except BlockingIOError:
+                                pass
+                        elif fd in self._listeners:
+                            self._listeners[fd][0]()
+                    elif events != IN or side.tls is not None:
                         ready_step(side, events)
-                    elif fd == wakefd:
+                    else:   # the relay's common wake-up: `_ready` of a plain side, spelt out
+                        sess = side.session
                         try:
-                            os.eventfd_read(wakefd)
-                        except BlockingIOError:
-                            pass
-                    elif fd in self._listeners:
-                        self._listeners[fd][0]()
-                side = None   # (not kept alive while the thread waits: a reload frees its runtime)
-                if timers.has_work(now):
+                            try:
+                                data = read(fd, RECEIVE_SIZE)
+                            except BlockingIOError:
+                                continue
+                            except OSError:   # reset: the same as an end of stream to the relay
+                                data = b""
+                            conn = side.conn
+                            conn.bytes_in += len(data)
+                            if not data:
+                                conn.eof = True
+                            if not sess.received(side, data) and not sess.done:
+                                interest(sess)   # (not settled: fit its masks and timer)
+                                if sess.due() < sess.timer_at:
+                                    self._schedule(sess)
+                        except Exception:
+                            self._crashed(sess)
+                side = sess = None   # (not kept alive while the thread waits: a reload frees
+                # its runtime)
+                if timers.at <= now:
                     self._fire_timers()
                 if self._tls_waiting:
                     self._resume_tls()
 
     def _ready(self, side: Side, events: int) -> None:
-        """`_guarded(sess, self._receive, side, events)`, spelt out: the relay's hot path."""
+        """`_guarded(sess, self._receive, side, events)`, spelt out: a side with more than
+        plain input to read (output to flush, a hang-up, TLS); `_loop` reads the rest."""
         sess = side.session
         try:
             if not self._receive(side, events) and not sess.done:   # (settled: nothing moved)

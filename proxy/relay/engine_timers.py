@@ -8,6 +8,10 @@ a new entry (`schedule`); a timer that moved earlier (e.g. a command now owed an
 a new entry at once, superseding the old one. Entries of ended sessions and superseded ones are
 skipped when they come up, and the heap is rebuilt when they outnumber the live ones.
 
+`at` is kept current by every change (the earliest entry's time, or -inf while a rebuild is
+due), so the engine's loop reads one attribute per wake-up for its poll's deadline and for
+whether `due()` has work.
+
 Touched only under the engine's lock (by either thread), like the sessions.
 """
 
@@ -29,26 +33,26 @@ COMPACT_AFTER = 64   # dead entries tolerated before a rebuild (and only past ha
 class TimerHeap:
     """(time, sequence, session) entries; at most one live entry per session."""
 
-    __slots__ = ("_heap", "_seq", "_dead")
+    __slots__ = ("_heap", "_seq", "_dead", "at")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, EngineSession]] = []
         self._seq = itertools.count()
         self._dead = 0   # entries of ended sessions, or superseded
-
-    def next_at(self) -> float:
-        """When the earliest entry fires (math.inf for none)."""
-        return self._heap[0][0] if self._heap else math.inf
+        # when `due()` has work: the earliest entry's time (math.inf for none), -inf while a
+        # rebuild is due (`_refresh` after every change)
+        self.at = math.inf
 
     def has_work(self, now: float) -> bool:
         """Whether `due(now)` has anything to do: an entry due, or a rebuild (`_compact_due`)."""
-        heap = self._heap   # (once per wake-up: spelt out, `_compact_due` only past its floor)
-        if heap and heap[0][0] <= now:
-            return True
-        return self._dead > COMPACT_AFTER and self._compact_due()
+        return self.at <= now
 
     def _compact_due(self) -> bool:
         return self._dead > COMPACT_AFTER and self._dead > len(self._heap) // 2
+
+    def _refresh(self) -> None:
+        heap = self._heap
+        self.at = -math.inf if self._compact_due() else heap[0][0] if heap else math.inf
 
     def schedule(self, sess: EngineSession) -> bool:
         """An entry at the session's nearest timer, if that is earlier than its live entry;
@@ -60,12 +64,14 @@ class TimerHeap:
             self._dead += 1
         sess.timer_at = at
         heapq.heappush(self._heap, (at, next(self._seq), sess))
+        self._refresh()
         return True
 
     def forget(self, sess: EngineSession) -> None:
         """The session ended: its live entry (if any) is dead."""
         if sess.timer_at != math.inf:
             self._dead += 1
+            self._refresh()
 
     def due(self, now: float) -> Iterator[EngineSession]:
         """The sessions whose live entry is at or before `now`, each with no live entry left
@@ -82,3 +88,4 @@ class TimerHeap:
             self._heap = [e for e in heap if not e[2].done and e[0] == e[2].timer_at]
             heapq.heapify(self._heap)
             self._dead = 0
+        self._refresh()
