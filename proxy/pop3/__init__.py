@@ -12,7 +12,7 @@ RESP-CODES), RFC 3206 (SYS and AUTH response codes), RFC 5034 (AUTH/SASL).
 
 from . import events, writer
 from ._command_parser import CommandParser
-from ._grammar import is_multiline
+from ._grammar import MULTILINE_ALWAYS, MULTILINE_WITHOUT_ARGS, is_multiline
 from ._limits import PREAUTH_LIMITS, Limits
 from ._response_parser import ResponseParser
 from ._util import NEED_DATA, ProtocolError
@@ -27,4 +27,6 @@ __all__ = [
     "events",
     "writer",
     "is_multiline",
+    "MULTILINE_ALWAYS",
+    "MULTILINE_WITHOUT_ARGS",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._buffer import ReceiveBuffer
-from ._grammar import parse_command_line, plain_command
+from ._grammar import PLAIN_COMMAND, parse_command_line
 from ._limits import DEFAULT_LIMITS, Limits
 from ._util import NEED_DATA, line_too_long
 from .events import Command, ConnectionClosed, RawLine
@@ -45,13 +45,17 @@ class CommandParser:
 
     def plain_line(self, data: bytes) -> tuple[bytes, tuple[bytes, ...]] | None:
         """``data`` is a whole chunk: when the parser is at rest and it is one plain transaction
-        command line (``_grammar.plain_command``), return the ``(name, args)`` its Command
-        would have, without buffering it; else None and nothing taken."""
+        command line (``_grammar.PLAIN_COMMAND``), return the ``(name, args)`` its
+        Command would have, without buffering it; else None and nothing taken."""
         buf = self._buf   # (at_rest and not at EOF, spelt out: the relay's hot path)
         if (len(data) > self._limits.max_command_line or buf.pos != len(buf.data) or buf.eof
                 or self._skipping or self._raw_next or self._closed):
             return None
-        return plain_command(data)
+        m = PLAIN_COMMAND.fullmatch(data)
+        if m is None:
+            return None
+        name, args = m.groups()
+        return name, tuple(args.split())
 
     def take_unconsumed(self) -> bytes:
         """Hand the bytes not yet parsed to another parser (e.g. pre-login to relay)."""

@@ -8,8 +8,8 @@ import re
 from ._util import bad_response, bad_syntax
 from .events import Command, Continuation, StatusLine
 
-__all__ = ["parse_command_line", "parse_response_line", "is_multiline", "plain_command",
-           "MAX_KEYWORD"]
+__all__ = ["parse_command_line", "parse_response_line", "is_multiline", "PLAIN_COMMAND",
+           "MULTILINE_ALWAYS", "MULTILINE_WITHOUT_ARGS", "MAX_KEYWORD"]
 
 #: RFC 1939 §3 keywords are 3-4 characters; we accept longer vendor
 #: extensions (e.g. XCLIENT) and leave unknown keywords to the relay.
@@ -20,10 +20,10 @@ MAX_KEYWORD = 40
 _RESP_CODE = re.compile(rb"\[([\x21-\x2e\x30-\x5a\x5c\x5e-\x7e]+(?:/[\x21-\x2e\x30-\x5a\x5c\x5e-\x7e]+)*)\]")
 
 # RFC 1939 §3 always multi-line; RFC 2449 §5 CAPA is multi-line too.
-_ALWAYS_MULTILINE = frozenset({b"RETR", b"TOP", b"CAPA"})
+MULTILINE_ALWAYS = frozenset({b"RETR", b"TOP", b"CAPA"})
 # RFC 1939 §5 LIST / §7 UIDL: the scan listing (no argument) is multi-line,
 # "AUTH" alone lists mechanisms (RFC 1734 practice, multi-line).
-_MULTILINE_WITHOUT_ARGS = frozenset({b"LIST", b"UIDL", b"AUTH"})
+MULTILINE_WITHOUT_ARGS = frozenset({b"LIST", b"UIDL", b"AUTH"})
 
 
 def is_multiline(name: bytes, args: tuple[bytes, ...]) -> bool:
@@ -32,25 +32,17 @@ def is_multiline(name: bytes, args: tuple[bytes, ...]) -> bool:
     A ``-ERR`` answer is always single-line (RFC 1939 §3).
     """
     name = name.upper()
-    if name in _ALWAYS_MULTILINE:
+    if name in MULTILINE_ALWAYS:
         return True
-    return name in _MULTILINE_WITHOUT_ARGS and not args
+    return name in MULTILINE_WITHOUT_ARGS and not args
 
 
 # One whole line that parse_command_line reads as it is (the relay's common chunk): a
-# transaction command (RFC 1939 5, 7) with numeric arguments, and CRLF.
-_PLAIN_COMMAND = re.compile(rb"((?i:STAT|LIST|RETR|DELE|NOOP|RSET|QUIT|TOP|UIDL))"
-                            rb"((?: [0-9]{1,10}){0,2})\r\n")
-
-
-def plain_command(data: bytes) -> tuple[bytes, tuple[bytes, ...]] | None:
-    """``(name, args)`` as ``parse_command_line`` gives them when ``data`` is one such whole
-    line (CRLF included); else None."""
-    m = _PLAIN_COMMAND.fullmatch(data)
-    if m is None:
-        return None
-    name, args = m.groups()
-    return name.upper(), tuple(args.split())
+# transaction command (RFC 1939 5, 7) in upper case, as clients send them, with numeric
+# arguments, and CRLF (other spellings take the parser: the same Command, a few calls more;
+# CommandParser.plain_line reads it).
+PLAIN_COMMAND = re.compile(rb"(STAT|LIST|RETR|DELE|NOOP|RSET|QUIT|TOP|UIDL)"
+                           rb"((?: [0-9]{1,10}){0,2})\r\n")
 
 
 def parse_command_line(line: bytes) -> Command:

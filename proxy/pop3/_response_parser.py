@@ -79,12 +79,15 @@ class ResponseParser:
         eol = data.find(b"\n", 0, self._limits.max_response_line)
         if eol < 4 or data[eol - 1] != 13:   # (a status line is 3 bytes at least)
             return None
-        # RFC 1939 3: the indicator, then SP and text or the line's end (parse_response_line)
-        ok = data[:3].upper() == b"+OK" and (data[3] == 32 or eol == 4)
+        # RFC 1939 3: the indicator, then SP and text or the line's end (parse_response_line);
+        # servers send it in upper case, which is compared without an upper() call
+        head = data[:3]
+        ok = (head == b"+OK" or head.upper() == b"+OK") and (data[3] == 32 or eol == 4)
         if not ok and not (data[:4].upper() == b"-ERR" and (eol == 5 or data[4] == 32)):
             return None   # (a continuation, or what parsing must refuse)
         if ok and self._expected[0]:   # the body's first terminator must end the chunk
-            if not data.endswith(TERMINATOR) or find_terminator(data, eol - 1) != len(data) - 5:
+            end = len(data) - 5
+            if data[end:] != TERMINATOR or find_terminator(data, eol - 1) != end:
                 return None
         elif eol != len(data) - 1:
             return None

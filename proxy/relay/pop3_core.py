@@ -28,7 +28,16 @@ from collections import deque
 
 from .. import logs
 from ..metrics import POP3_COMMANDS, command_label
-from ..pop3 import NEED_DATA, CommandParser, ProtocolError, ResponseParser, events, is_multiline, writer
+from ..pop3 import (
+    MULTILINE_ALWAYS,
+    MULTILINE_WITHOUT_ARGS,
+    NEED_DATA,
+    CommandParser,
+    ProtocolError,
+    ResponseParser,
+    events,
+    writer,
+)
 from ..session.context import ByteCounter, CommandMeter, Session
 from ..session.failures import Close, limit_of_protocol_error
 
@@ -42,7 +51,7 @@ _LABELS = {name.encode(): name for name in POP3_COMMANDS}
 class Pop3RelayCore:
     __slots__ = ("session", "client_parser", "upstream_parser", "capabilities", "pending",
                  "meter", "bytes_up", "bytes_down", "last_active", "quit_seen", "draining",
-                 "waiting", "status", "end", "_replies", "_unjudged", "_max_plain")
+                 "waiting", "status", "end", "_replies", "_unjudged")
 
     def __init__(self, session: Session, client_parser: CommandParser,
                  capabilities: list[bytes], now: float):
@@ -65,7 +74,6 @@ class Pop3RelayCore:
         self._replies: list[bytes] = []
         # a plain command's (name, args), forwarded before it was judged (`judge()`)
         self._unjudged: tuple[bytes, tuple[bytes, ...]] | None = None
-        self._max_plain = session.listener.limits.pop3_max_command_line   # (the parser's)
 
     # -- what the driver reads after each call --------------------------------------------
     def take_replies(self) -> bytes:
@@ -112,14 +120,17 @@ class Pop3RelayCore:
         rest (CommandParser.plain_line), take it (never buffered: judged from the regex's
         reading) and return True: the driver writes `data` upstream as it is, then calls
         `judge()`; nothing else is owed. Else False and nothing taken (`client_data` it)."""
-        if self.waiting is not None or len(data) > self._max_plain:
+        if self.waiting is not None:
             return False
-        head = self.client_parser.plain_line(data)
+        head = self.client_parser.plain_line(data)   # (None past the parser's line limit)
         if head is None:
             return False
         self.last_active = now
         self._unjudged = head
-        self.bytes_up.add(len(data))
+        counter = self.bytes_up   # (ByteCounter.add, spelt out: the hot path)
+        counter.pending += len(data)
+        if counter.pending >= counter.FLUSH_BYTES:
+            counter.flush()
         return True
 
     def judge(self) -> None:
@@ -133,8 +144,10 @@ class Pop3RelayCore:
         self._sent_upstream(*head)
 
     def _sent_upstream(self, name: bytes, args: tuple[bytes, ...]) -> None:
-        """A command goes upstream: its answer's framing and its metrics wait for it."""
-        multiline = is_multiline(name, args)
+        """A command goes upstream (`name` upper case, as the parsers give it): its answer's
+        framing and its metrics wait for it."""
+        # pop3.is_multiline, spelt out (the name is upper case already)
+        multiline = name in MULTILINE_ALWAYS or (not args and name in MULTILINE_WITHOUT_ARGS)
         self.upstream_parser.expect(multiline)
         self.pending.append((_LABELS.get(name) or command_label("pop3", name), time.monotonic(),
                              multiline))
@@ -242,17 +255,22 @@ class Pop3RelayCore:
             return False
         parser = self.upstream_parser
         ok = parser.whole_answer(data)
+        status: bytes | None
         if ok is not None:
-            self.status = b"+OK" if ok else b"-ERR"
-            self._answered()
+            self.status = status = b"+OK" if ok else b"-ERR"
         else:
             ended = parser.body_chunk(data)
             if ended is None:
                 return False
-            if ended:   # (its status: the +OK that began the body)
-                self._answered()
+            status = self.status if ended else None   # (its status: the +OK that began it)
+        if status is not None:   # (`_answered`, spelt out: pending is not empty here)
+            name, started, _ = self.pending.popleft()
+            self.meter.completed(name, status, started)
         self.last_active = now
-        self.bytes_down.add(len(data))
+        counter = self.bytes_down   # (ByteCounter.add, spelt out)
+        counter.pending += len(data)
+        if counter.pending >= counter.FLUSH_BYTES:
+            counter.flush()
         return True
 
     def _upstream_events(self, parser: ResponseParser) -> None:
