@@ -17,9 +17,10 @@ their UTF-8 bytes, which is what the collation specifies.
 from __future__ import annotations
 
 import email.errors
-import email.header
 import re
 import unicodedata
+
+from .rfc2047 import decode_header
 
 __all__ = ["base_subject", "casemap", "decode_words"]
 
@@ -53,7 +54,7 @@ def decode_words(value: bytes) -> str:
     if "=?" not in text:
         return text
     try:
-        parts = email.header.decode_header(text)
+        parts = decode_header(text)
     except (email.errors.HeaderParseError, ValueError):
         return text
     out = []

@@ -21,6 +21,7 @@ import email.message
 from ._parts import DEFAULT_LIMITS, MimeLimits, Part, parse
 from .basesubject import casemap
 from .charsets import decode_text
+from .rfc2047 import decode_header as _decode_words
 
 __all__ = ["text_blobs", "decode_header", "header_items"]
 
@@ -82,7 +83,7 @@ def decode_header(value) -> str:
     if isinstance(value, email.header.Header):
         value = str(value)
     try:
-        return str(email.header.make_header(email.header.decode_header(value)))
+        return str(email.header.make_header(_decode_words(value)))
     # MessageError covers HeaderParseError and CharsetError (an encoded-word whose charset
     # name holds a non-ASCII byte, found by the MIME fuzz target)
     except (LookupError, UnicodeError, ValueError, email.errors.MessageError):
