@@ -1,8 +1,10 @@
 """SEARCH keys (RFC 3501 §6.4.4): parse the tokenised arguments, evaluate per message.
 
 `parse_search(args)` takes the arguments after ``SEARCH`` as the IMAP parser gives them
-(atoms and strings both as bytes, parenthesised lists as tuples) and returns one
-`SearchKey` tree; `matches(key, msg)` evaluates it against a message view.
+(atoms as `Atom`, quoted strings and literals as other bytes, parenthesised lists as tuples) and
+returns one `SearchKey` tree; `matches(key, msg)` evaluates it against a message view. A search
+key must be an atom (RFC 3501 9, search-key): a string where a key belongs is BAD, as in
+Dovecot; the keys' arguments may be atoms or strings.
 
 Text keys compare case-insensitively against *decoded* text, both sides mapped with RFC 5051
 i;unicode-casemap (`basesubject.casemap`: simple titlecase, then NFKD), as Dovecot does; not
@@ -37,6 +39,7 @@ from proxy.gateway._rfc822 import AddressParser
 from proxy.gateway.basesubject import casemap
 from proxy.gateway.numbers import MODSEQ_MAX, NUMBER_MAX, InvalidNumber, number, sequence_set
 from proxy.gateway.search_text import decode_header, header_items, text_blobs
+from proxy.imap import Atom
 
 __all__ = ["SearchKey", "SearchError", "parse_search", "matches", "key_ops"]
 
@@ -147,7 +150,7 @@ class _Tokens:
 
 
 def _is_atom(item) -> bool:
-    return isinstance(item, (bytes, bytearray))
+    return isinstance(item, Atom)
 
 
 def _word(item) -> str:
@@ -168,6 +171,8 @@ def _parse_key(stream: _Tokens, depth: int) -> SearchKey:
         while not sub.done():
             keys.append(_parse_key(sub, depth + 1))
         return keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
+    if not _is_atom(item):   # RFC 3501 9: search-key is an atom, never a string (Dovecot: BAD)
+        raise SearchError("Expected a search key, not a string")
     word = _word(item)
     if stream.rev2 and word in _REV1_ONLY:   # RFC 9051 6.4.4, E: no \Recent, so no such keys
         raise SearchError(f"Unknown search key {word} (not in IMAP4rev2)")

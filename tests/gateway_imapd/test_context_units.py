@@ -30,6 +30,7 @@ from proxy.gateway.mime import DEFAULT_LIMITS
 from proxy.gateway.search import SearchKey, parse_search
 from proxy.gateway.sort import Item, sort_items
 from proxy.gateway.sortkeys import extract
+from proxy.imap import Atom
 from proxy.store import Mailbox, MessageMeta, StoreUnavailable
 
 
@@ -50,12 +51,12 @@ class View:
 
 def test_pin_turns_sequence_numbers_into_the_uids_they_name_now():
     view = View([3, 5, 8, 9, 12])
-    key = parse_search([b"OR", b"2:3", b"5:*", b"NOT", b"1"])
+    key = parse_search([Atom(b"OR"), Atom(b"2:3"), Atom(b"5:*"), Atom(b"NOT"), Atom(b"1")])
     assert pin(key, view) == SearchKey("AND", (
         SearchKey("OR", (SearchKey("UID", (((5, 8),),)), SearchKey("UID", (((12, 12),),)))),
         SearchKey("NOT", (SearchKey("UID", (((3, 3),),)),))))
-    assert pin(parse_search([b"7:9"]), view) == SearchKey("NOT", (SearchKey("ALL"),))
-    assert pin(parse_search([b"UID", b"4:*"]), view) == SearchKey("UID", (((4, None),),))
+    assert pin(parse_search([Atom(b"7:9")]), view) == SearchKey("NOT", (SearchKey("ALL"),))
+    assert pin(parse_search([Atom(b"UID"), Atom(b"4:*")]), view) == SearchKey("UID", (((4, None),),))
 
 
 def test_search_context_lines_use_position_zero_and_mailbox_order():
@@ -148,7 +149,7 @@ async def test_refresh_keeps_the_changes_while_the_store_is_down():
                                         mime=mime, object_ids=ObjectIds(b"k" * 16)),
                                     emit=lines.append,
                                     search_updates=DEFAULT_SEARCH_UPDATES)
-    key = parse_search([b"BODY", b"needle"])
+    key = parse_search([Atom(b"BODY"), b"needle"])
     assert open_search(session, types.SimpleNamespace(tag=b"t", name=b"UID SEARCH"), key, []) \
         is None
     view.notify(MailboxEvent(1, EventKind.APPEND, metas=(_meta(3), _meta(4), _meta(5))))

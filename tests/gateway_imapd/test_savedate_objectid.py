@@ -21,6 +21,7 @@ from gateway_mime import wire
 
 from proxy.gateway import search
 from proxy.gateway.imapd._fetch import Item, render
+from proxy.imap import Atom
 from proxy.store import MessageMeta
 
 from .conftest import GatewayHandle, differences_from_dovecot, message
@@ -178,7 +179,7 @@ def test_savedate_is_a_day_of_the_servers_zone(kiritimati):
     for key, hit in ((b"SAVEDON 18-May-2024", True), (b"SAVEDON 17-May-2024", False),
                      (b"SAVEDBEFORE 18-May-2024", False), (b"SAVEDSINCE 18-May-2024", True),
                      (b"ON 17-May-2024", True), (b"ON 18-May-2024", False)):
-        assert search.matches(search.parse_search(key.split()), msg) is hit, key
+        assert search.matches(search.parse_search([Atom(a) for a in key.split()]), msg) is hit, key
     meta = MessageMeta(1, 1, 1, internal, 10, frozenset(), 1, 1, None, saved)
     [line] = render(1, meta, [Item(b"SAVEDATE")], frozenset(), None, None)
     assert line == b'* 1 FETCH (SAVEDATE "18-May-2024 10:00:00 +1400")\r\n'
