@@ -23,6 +23,10 @@ MAX_WORKERS = 256
 # "login storm")
 GIL_SWITCH_INTERVAL = 0.0002
 GIL_SWITCH_INTERVAL_RANGE = (0.00001, 0.005)   # 10 us (CPython counts whole us) to 5 ms
+# relay.splice_min_literal: an upstream's IMAP literal payload with at least this many bytes
+# still to come goes to the client through a pipe (os.splice), never read into Python
+# (proxy/relay/engine_splice.py; bench/README.md, "splice")
+SPLICE_MIN_LITERAL = 64 * 1024
 _MODE_RE = re.compile(r"^0?[0-7]{3}$")
 
 
@@ -65,16 +69,22 @@ class Relay:
     greeting, its login too where the route needs no I/O (proxy/relay/engine_login.py). With
     `engine_accept` (the default, with `engine_login`) the engine's thread also accepts on a
     plain IMAP relay listener without PROXY protocol itself: such a session gets no trio task
-    unless it needs one (proxy/relay/engine_accept.py)."""
+    unless it needs one (proxy/relay/engine_accept.py). An upstream's IMAP literal payload
+    with `splice_min_literal` bytes or more still to come goes to the client by os.splice on
+    plain sides (proxy/relay/engine_splice.py; None: never)."""
 
     __pydantic_config__ = STRICT
     engine: Literal["tasks", "epoll"] = "epoll"
     gil_switch_interval: Duration = GIL_SWITCH_INTERVAL
     engine_login: bool = True
     engine_accept: bool = True
+    splice_min_literal: StrictInt | None = SPLICE_MIN_LITERAL
 
 
 def check_relay(relay: Relay) -> list[Problem]:
+    if relay.splice_min_literal is not None and relay.splice_min_literal < 1:
+        return [(("relay", "splice_min_literal"), "expected a size in bytes (1 or more), or "
+                 "null to never splice")]
     low, high = GIL_SWITCH_INTERVAL_RANGE
     if not low <= relay.gil_switch_interval <= high:
         return [(("relay", "gil_switch_interval"),

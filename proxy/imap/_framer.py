@@ -110,6 +110,12 @@ class ReceiveBuffer:
         self._line = pos - size
         return True
 
+    def pass_bytes(self, size: int) -> None:
+        """``size`` bytes that never entered the buffer went by (a relay spliced a literal's
+        payload past it): they count as consumed. Only with nothing buffered."""
+        self._base += size
+        self._line -= size
+
     def drop_consumed(self) -> None:
         """Let go of a chunk that has been read to its end (an idle session keeps no bytes)."""
         pos = self._pos

@@ -148,6 +148,24 @@ class BaseParser(Resync):
         return self._state in (_State.LITERAL, _State.SKIP_LITERAL)
 
     @property
+    def literal_left(self) -> int:
+        """Payload bytes of the literal being read that the parser has not received (0 outside
+        a literal's payload, or while any input is buffered or events are queued): what a
+        relay may move past the parser (`pass_literal`)."""
+        if (self._state is not _State.LITERAL or self._sink is not None or self._events
+                or len(self._buf)):
+            return 0
+        return self._remaining
+
+    def pass_literal(self, size: int) -> None:
+        """``size`` bytes of the current literal's payload went by without entering the parser
+        (at most ``literal_left``): counted as consumed, as ``next_event`` would have."""
+        if not 0 < size <= self.literal_left:
+            raise RuntimeError("pass_literal() past the literal's payload")
+        self._remaining -= size
+        self._buf.pass_bytes(size)
+
+    @property
     def resynchronising(self) -> bool:
         """True while the rest of a rejected message is being skipped."""
         return self._state in (_State.SKIP_LITERAL, _State.SKIP_CONT, _State.SKIP_LINE)

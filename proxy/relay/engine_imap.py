@@ -10,6 +10,9 @@ are written, and the session ends when the core says so. Timers and the drain ar
 before it is parsed (`forward_first`), then judged at once: nothing can read the upstream's
 answer in between, since this session's steps run one at a time under the engine's lock.
 
+A literal payload still to come from the upstream, of `relay.splice_min_literal` bytes or more,
+on plain sides, goes to the client through a pipe without entering Python (engine_splice.py).
+
 A client's COMPRESS (RFC 4978) is forwarded like any command, then the session is handed back
 to tasks before the upstream's verdict is read: the task path waits for it, and inflates.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 from ..net.conn import Conn
 from ..session.failures import Close
+from . import engine_splice
 from .engine import Engine
 from .engine_session import IN, EngineSession, Side
 from .imap_core import ImapRelayCore
@@ -26,13 +30,16 @@ __all__ = ["ImapEngineSession"]
 
 
 class ImapEngineSession(EngineSession):
-    __slots__ = ("core", "leftover")
+    __slots__ = ("core", "leftover", "splice_min", "pipe")
 
     def __init__(self, core: ImapRelayCore, upstream_leftover: bytes, engine: Engine,
                  client: Conn, client_fd: int, upstream: Conn, upstream_fd: int):
         super().__init__(engine, core.session, client, client_fd, upstream, upstream_fd)
         self.core = core
         self.leftover = upstream_leftover   # what the login's parser read past its reply
+        # literals spliced from this size (0: never); the pipe, once one was
+        self.splice_min = core.session.runtime.config.relay.splice_min_literal or 0
+        self.pipe: engine_splice.Pipe | None = None
 
     def start(self) -> None:
         leftover, self.leftover = self.leftover, b""
@@ -63,8 +70,25 @@ class ImapEngineSession(EngineSession):
         if core.replies or core.end is not None or core.compress is not None:
             self._sent(b"")   # (otherwise it has nothing to do: the common answer)
             return False
+        if side is upstream and self.splice_min and engine_splice.start(self):
+            return False
         return (not upstream.out and not client.out and core.inflight.idle_tag is None
                 and upstream.mask == client.mask == IN and not self.paused)
+
+    def carry_on(self) -> None:
+        """After the core was fed outside `received` (engine_splice.py): as `_sent`."""
+        self._sent(b"")
+
+    # -- a literal spliced (engine_splice.py) --------------------------------------------------
+    def spliced(self, side: Side, events: int) -> None:
+        engine_splice.step(self, side, events)
+
+    def masks(self) -> tuple[int, ...] | None:
+        return engine_splice.masks(self) if self.splicing else None
+
+    def released(self) -> None:
+        if self.pipe is not None:
+            engine_splice.end(self)
 
     def _sent(self, up: bytes | bytearray) -> None:
         """Send what the core says (`forward`); end or hand back as it says."""

@@ -20,12 +20,11 @@ import trio
 from .. import logs
 from ..session.failures import Close
 from .engine_gil import SwitchInterval
-from .engine_session import IN, OUT, EngineSession, Side
+from .engine_session import IN, OUT, RECEIVE_SIZE, EngineSession, Side
 from .engine_timers import TimerHeap
 
 __all__ = ["EngineLoop", "RECEIVE_SIZE"]
 
-RECEIVE_SIZE = 256 * 1024   # one read per ready socket per wake-up
 _GONE = select.EPOLLHUP | select.EPOLLERR   # reported whatever the mask: read to learn which
 
 
@@ -69,6 +68,7 @@ class EngineLoop:
         if sess.on_drain is not None:
             sess.session.runtime.drain.unsubscribe(sess.on_drain)
         self._timers.forget(sess)
+        sess.released()
         for side in sess.sides:
             self._sides.pop(side.fd, None)
             try:
@@ -224,6 +224,9 @@ class EngineLoop:
 
     def _receive(self, side: Side, events: int) -> bool | None:
         sess = side.session
+        if sess.splicing:   # (a literal moved by the kernel: engine_splice.py)
+            sess.spliced(side, events)
+            return None
         if events & OUT:
             if side.out:
                 self._flush(side)
@@ -233,7 +236,7 @@ class EngineLoop:
             return None
         if events & IN or (events & _GONE and not side.mask & OUT):
             try:
-                data = os.read(side.fd, RECEIVE_SIZE)
+                data = os.read(side.fd, side.read_size)
             except BlockingIOError:
                 return None
             except OSError:   # reset: the same as an end of stream to the relay

@@ -27,9 +27,10 @@ from ..session.failures import Close
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["IN", "OUT", "EngineSession", "Side"]
+__all__ = ["IN", "OUT", "RECEIVE_SIZE", "EngineSession", "Side"]
 
 IN, OUT = select.EPOLLIN, select.EPOLLOUT
+RECEIVE_SIZE = 256 * 1024   # one read per ready socket per wake-up
 
 
 class Side:
@@ -37,7 +38,7 @@ class Side:
     TLSEngine when it is a TLS connection, and the bytes (ciphertext on TLS) the kernel has not
     taken yet. Byte counts are of plaintext, as on the task path."""
 
-    __slots__ = ("fd", "conn", "tls", "out", "mask", "session")
+    __slots__ = ("fd", "conn", "tls", "out", "mask", "session", "read_size")
 
     def __init__(self, conn: Conn, fd: int, session: EngineSession):
         self.fd = fd
@@ -47,6 +48,7 @@ class Side:
         self.out: bytes | bytearray | memoryview = b""
         self.mask = IN
         self.session = session
+        self.read_size = RECEIVE_SIZE   # a plain side's next read (engine_splice.py lowers it)
 
     def write(self, data: bytes | bytearray) -> bool:
         """Write `data` (ciphertext on TLS) now, or keep the rest for when the socket is
@@ -83,7 +85,7 @@ class EngineSession:
     `due`, `timer` and `drained`. `finish()` ends it, `hand_back()` returns it to tasks."""
 
     __slots__ = ("engine", "session", "client", "upstream", "sides", "done", "handed_back",
-                 "paused", "timer_at", "task", "on_drain", "successor", "ended")
+                 "paused", "splicing", "timer_at", "task", "on_drain", "successor", "ended")
 
     def __init__(self, engine: Engine, session: Session, client: Conn, client_fd: int,
                  upstream: Conn | None, upstream_fd: int):
@@ -97,6 +99,7 @@ class EngineSession:
         self.done = False
         self.handed_back = False
         self.paused = False        # the protocol stops reading the client (POP3: answers in order)
+        self.splicing = False      # the sides' readiness goes to `spliced` (engine_splice.py)
         self.timer_at = math.inf   # when this session's live heap entry fires
         self.task: trio.lowlevel.Task | None = None
         self.on_drain: Callable[[], None] | None = None   # subscribed to the drain
@@ -127,6 +130,12 @@ class EngineSession:
 
     def writable(self, side: Side) -> None:
         """`side` is writable and nothing of ours waits to go there (a connect completed)."""
+
+    def spliced(self, side: Side, events: int) -> None:
+        """`side` is ready while `splicing`: the protocol moves the bytes itself."""
+
+    def released(self) -> None:
+        """The engine let go of the session (its end or a hand-back)."""
 
     def masks(self) -> tuple[int, ...] | None:
         """The epoll masks of `sides` when the protocol sets them itself (a login); None: the

@@ -290,6 +290,24 @@ class ImapRelayCore:
         self.upstream_parsed()
         return b""
 
+    def literal_left(self) -> int:
+        """Payload bytes of the upstream's literal in flight that no chunk has brought yet, when
+        a driver may move them to the client unread (`upstream_passed`): 0 while COMPRESS is
+        asked or active, once the session ends, or when any upstream input is buffered."""
+        if self.compressed or self.compress is not None or self.end is not None:
+            return 0
+        return self.upstream_parser.literal_left
+
+    def upstream_passed(self, size: int, now: float) -> None:
+        """`size` bytes of that payload went from the upstream to the client without being
+        read (engine_splice.py): timed, counted and framed as `upstream_data` would have."""
+        self.upstream_heard = now
+        inflight = self.inflight
+        if inflight.pending and not inflight.idle_tag:   # answering is activity
+            self.last_active = now
+        self.bytes_down.add(size)
+        self.upstream_parser.pass_literal(size)
+
     def upstream_plain(self, plain: bytes) -> bool:
         """Parse `plain` (b"": what was fed already); False, with BYE, on a protocol error."""
         parser = self.upstream_parser
