@@ -3,6 +3,7 @@
     .venv/bin/python bench/ab_relay.py [--base REV] [--rounds 7] [--noops 2000] [--messages 300]
                                        [--sessions 200] [--warm 0,2,early] [--base-warm early]
                                        [--only SEQ CONC POP3LOGIN NOOP STORM POP3 FETCH] [--tls]
+                                       [--splice 65536,off] [--size BYTES]
 
 On a shared, loaded machine wall-clock figures move with the load, so the two proxies run side by
 side against one private Dovecot, their rounds interleaved (direct, base, this, direct, base, ...),
@@ -23,7 +24,9 @@ The base revision (default `main`) is exported with `git archive` into a tempora
 run from there (`python -c ... runpy.run_module("proxy")` with that directory first on sys.path),
 with the same config as this tree's proxy. `--engines tasks,epoll` runs one proxy of this tree
 per `relay.engine` value (the base gets no `relay:` key, which older revisions do not know;
-`--base-engines tasks,epoll` does the same for a base that knows it).
+`--base-engines tasks,epoll` does the same for a base that knows it). `--splice 16384,off` runs one
+proxy of this tree per `relay.splice_min_literal` value (`off`: null, never splice); `--size N`
+makes every message of the mailbox N bytes (default: make_mailbox's mix, about 40 KB average).
 Needs root, like the other relay benchmarks.
 """
 
@@ -33,6 +36,7 @@ import argparse
 import multiprocessing
 import os
 import pathlib
+import random
 import shutil
 import subprocess
 import sys
@@ -46,7 +50,9 @@ from clients import Imap, Pop3, client_tls_context, imap_session, pop3_download 
 from common import (  # noqa: E402
     REPO_ROOT,
     Env,
+    Mailbox,
     QuietProxyProcess,
+    _message,
     interleave,
     make_mailbox,
     median,
@@ -83,12 +89,16 @@ def export(rev: str) -> pathlib.Path:
 
 def proxy_from(env: Env, root: pathlib.Path | None, listeners: list[dict],
                engine: str | None = None, switch: str | None = None,
-               warm: str = "0") -> QuietProxyProcess:
+               warm: str = "0", splice: str = "") -> QuietProxyProcess:
     """A proxy like env.proxy()'s, run from `root` (None: this tree) with `relay.engine` (a base
     revision must know the key) and sys.setswitchinterval(`switch`) first when given; `warm`:
     N for `warm_pool: {size: N}` on the upstream's IMAP and POP3 services (0: none), `early`
     for `connect_early: true` there."""
     extra: dict | None = {"relay": {"engine": engine}} if engine else None
+    if splice:   # relay.splice_min_literal (`off`: null)
+        relay = {**(extra or {}).get("relay", {}),
+                 "splice_min_literal": None if splice == "off" else int(splice)}
+        extra = {**(extra or {}), "relay": relay}
     if warm != "0":
         pool: dict = {"tls": "none"}
         pool.update({"connect_early": True} if warm == "early" else
@@ -261,6 +271,11 @@ def main() -> None:
                              "`early`: connect_early), one proxy each (default: one proxy, off)")
     parser.add_argument("--base-engines", default="",
                         help="the same for the base (a revision that knows `relay.engine`)")
+    parser.add_argument("--splice", default="",
+                        help="comma-separated relay.splice_min_literal values for this tree's "
+                             "proxies (bytes, or `off`), one proxy each (default: its default)")
+    parser.add_argument("--size", type=int, default=0,
+                        help="every message this many bytes (default: the usual mix)")
     parser.add_argument("--base-warm", default="0",
                         help="the base's warm_pool size, or `early` (connect_early), as --warm")
     args = parser.parse_args()
@@ -272,7 +287,8 @@ def main() -> None:
     print(f"A/B {args.base} vs this tree{tls} ({head}{' + uncommitted' if dirty else ''}), "
           f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, load average {os.getloadavg()}")
     base_root = export(args.base)
-    mailbox = make_mailbox(args.messages)
+    mailbox = make_mailbox(args.messages) if not args.size else Mailbox(
+        [_message(random.Random(i), i, args.size) for i in range(1, args.messages + 1)])
     try:
         with Env("ab", tls=args.tls) as env:
             user, password = env.user_with(mailbox)
@@ -291,10 +307,12 @@ def main() -> None:
             for label in [e for e in args.engines.split(",") if e] or [""]:
                 engine, _, switch = label.partition(":")
                 for warm in [w for w in args.warm.split(",") if w] or ["0"]:
-                    name = "-".join(filter(None, ["this", label, (
-                        "early" if warm == "early" else f"warm{warm}") if args.warm else ""]))
-                    procs[name] = proxy_from(env, None, listeners, engine or None,
-                                             switch or None, warm)
+                    for splice in [v for v in args.splice.split(",") if v] or [""]:
+                        name = "-".join(filter(None, ["this", label, (
+                            "early" if warm == "early" else f"warm{warm}") if args.warm else "",
+                            f"splice{splice}" if splice else ""]))
+                        procs[name] = proxy_from(env, None, listeners, engine or None,
+                                                 switch or None, warm, splice)
             ports = {"direct": direct}
             for label, proc in procs.items():
                 ports[label] = (proc.port("imap"), proc.port("pop3"), proc.pid)
