@@ -29,7 +29,7 @@ import re
 
 from ._parts import DEFAULT_LIMITS, MimeLimits, Part, fill_headers, parse, table_to_parts
 from ._rfc822 import Rfc822
-from .charsets import decode_text
+from .charsets import charset_params, content_charset, decode_text
 
 __all__ = ["preview", "MAX_CHARS"]
 
@@ -99,7 +99,9 @@ def _part_text(raw: bytes, part: Part) -> str | None:
     leaf = email.message.Message()
     for name, value in part.headers:
         if name.lower() in (b"content-type", b"content-transfer-encoding"):
-            leaf[name.decode("ascii", "surrogateescape")] = value.decode("ascii", "surrogateescape")
+            text = value.decode("ascii", "surrogateescape")   # the charset read in linear time:
+            leaf[name.decode("ascii", "surrogateescape")] = (   # charsets.charset_params
+                charset_params(text) if name.lower() == b"content-type" else text)
     declared = part.header(b"content-type")
     ctype = b"text/plain"
     if declared is not None:   # Dovecot's decoder reads the type itself: "text" alone is not text/
@@ -117,7 +119,7 @@ def _part_text(raw: bytes, part: Part) -> str | None:
     leaf.set_payload(raw[part.header_end:end].decode("ascii", "surrogateescape"))
     payload = leaf.get_payload(decode=True)
     data = payload if isinstance(payload, bytes) else b""
-    text = decode_text(data, leaf.get_content_charset())[:MAX_INPUT]
+    text = decode_text(data, content_charset(leaf))[:MAX_INPUT]
     return _html_text(text) if ctype in _HTML_TYPES else text
 
 

@@ -20,7 +20,7 @@ import email.message
 
 from ._parts import DEFAULT_LIMITS, MimeLimits, Part, parse
 from .basesubject import casemap
-from .charsets import decode_text
+from .charsets import charset_params, content_charset, decode_text
 from .rfc2047 import decode_header as _decode_words
 
 __all__ = ["text_blobs", "decode_header", "header_items"]
@@ -55,14 +55,16 @@ def _leaf_text(raw: bytes, part: Part) -> str | None:
         if name.lower() == b"content-type" and not value.strip() and part.is_mime:
             return None   # an empty type is no text for Dovecot (BODYSTRUCTURE says "" "")
         if name.lower() in (b"content-type", b"content-transfer-encoding"):
-            leaf[name.decode("ascii", "surrogateescape")] = value.decode("ascii", "surrogateescape")
+            text = value.decode("ascii", "surrogateescape")   # the charset read in linear time:
+            leaf[name.decode("ascii", "surrogateescape")] = (   # charsets.charset_params
+                charset_params(text) if name.lower() == b"content-type" else text)
     if leaf.get_content_maintype() not in ("text", "message"):
         return None
     leaf.set_payload(raw[part.header_end:part.end].decode("ascii", "surrogateescape"))
     payload = leaf.get_payload(decode=True)
     if not isinstance(payload, bytes):  # None when there is nothing to decode
         payload = b""
-    return decode_text(payload, leaf.get_content_charset())
+    return decode_text(payload, content_charset(leaf))
 
 
 def header_items(part: email.message.Message) -> list[tuple[str, str]]:

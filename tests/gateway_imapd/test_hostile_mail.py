@@ -106,3 +106,32 @@ async def test_unclosed_encoded_words_neither_wedge_the_account_nor_differ_from_
     for typ, fetched in (mine[4], reference[4]):
         first = b"".join(fetched[0]) if isinstance(fetched[0], tuple) else fetched[0]
         assert typ == "OK" and UNCLOSED_WORDS + b" needle" in first
+
+
+MIXED_CONTINUATIONS = (b"From: a@example.org\r\nSubject: mixed continuations\r\n"
+                       b"Content-Type: text/plain; charset*=a; charset*0*=b\r\n\r\nneedle\r\n")
+
+
+async def test_a_charset_both_numbered_and_not_neither_wedges_the_account_nor_fails_preview(gateway):
+    """`charset*` and `charset*0*` in one Content-Type (RFC 2231 3 continuations, one of them
+    unnumbered): the standard library's get_content_charset() raised TypeError, so the search
+    text computed at ingest failed the sync, and every later one: the account got no mail at
+    all. Now it and later mail arrive, SEARCH TEXT finds it and PREVIEW answers."""
+    gateway.deliver(MIXED_CONTINUATIONS)
+    gateway.deliver(message(2, subject="after the mixed continuations"))
+
+    def run():
+        ours = gateway.imaplib()
+        typ, exists = ours.select("INBOX", readonly=True)
+        selected = typ, list(exists)   # imaplib adds later EXISTS to this list
+        found = ours.search(None, "TEXT", "needle")
+        preview = ours.fetch("1", "(PREVIEW)")
+        appended = ours.append("INBOX", None, None, MIXED_CONTINUATIONS)[0]
+        ours.logout()
+        return selected, found, preview, appended
+
+    selected, found, preview, appended = await trio.to_thread.run_sync(run)
+    assert selected == ("OK", [b"2"])
+    assert found == ("OK", [b"1"])
+    assert preview == ("OK", [b'1 (PREVIEW "needle")'])
+    assert appended == "OK"
