@@ -1,19 +1,23 @@
 """The relay engine's thread accepting on a listener itself: a common session with no trio task.
 
 Theory of operation (issue 16): on a plain IMAP relay listener without PROXY protocol
-(`relay.engine_accept`, with `engine_login`, no `connect_early` for IMAP), the listener's accept
+(`relay.engine_accept`, with `engine_login`), the listener's accept
 task registers the listening socket in the engine's epoll and parks. When it is readable the
 engine's thread accepts (non-blocking, at most ACCEPT_BATCH per wake-up, so the sessions'
 traffic is served in between) and opens the session as serve.py does, with the same code: the
 listener's limits (ListenerServer.admit: max_connections, max_connections_per_ip, the refusal's
 words), gauges, the session_start line (ListenerServer.opened), then an ImapEngineLogin adopted
-by the engine (Engine.adopt) with no task. Its end comes to `Accepted.ended` at its release:
+by the engine (Engine.adopt) with no task; with `connect_early` for IMAP, the upstream's
+non-blocking connect is begun right there (session/connect_early.py: plain socket calls), which
+the engine's login takes (engine_login_route.open_socket) or trio's, if the session goes there.
+Its end comes to `Accepted.ended` at its release:
 
 - the common end (LOGOUT, a budget spent, the client gone, the login timeout) is done in the
   engine's thread: the upstream closed, the relay core settled, the kick's BYE, the lingering
   close (net/conn.py's: half-close, read to EOF; a client that has not closed yet is read by a
   Lingering entry in the engine for at most LINGER_TIMEOUT), then the socket closed and
-  ListenerServer.closed (counts, duration, the session_end line): no trio wake-up at all;
+  ListenerServer.closed (counts, duration, the session_end line), an early connection no
+  login took closed (counted `unused`): no trio wake-up at all;
 - a session that needs trio (STARTTLS, SASL prompts, a login the engine does not route or that
   the upstream refused, COMPRESS) or whose last words the kernel did not take at once gets a
   task then, in the listener's sessions nursery (ListenerServer.run), which goes on where the
@@ -42,6 +46,7 @@ import trio
 from .. import logs
 from ..net.conn import LINGER_TIMEOUT, Conn
 from ..net.raw_io import CHECKPOINT_EVERY, RECEIVE_SIZE
+from ..session import connect_early
 from ..session.context import Session
 from ..session.imap_front import ImapFront
 from ..session.serve import KICKED, ListenerServer, ListenerView
@@ -51,6 +56,7 @@ from .engine_imap import ImapEngineSession
 from .engine_login import ImapEngineLogin
 from .engine_session import IN, EngineSession, Side
 from .imap_session import resume
+from .relay_session import release_early
 
 __all__ = ["accept_in_engine", "qualifies"]
 
@@ -67,8 +73,7 @@ def qualifies(view: ListenerView) -> bool:
     relay = runtime.config.relay
     return (relay.engine == "epoll" and relay.engine_login and relay.engine_accept
             and listener.protocol == "imap" and listener.mode == "relay"
-            and listener.tls != "implicit" and not listener.proxy_protocol
-            and runtime.early_targets.get("imap") is None)
+            and listener.tls != "implicit" and not listener.proxy_protocol)
 
 
 async def accept_in_engine(server: ListenerServer, raw: socket.socket, sessions: trio.Nursery,
@@ -181,6 +186,9 @@ class _Acceptor:
         accepted = Accepted(self, view, session, sock, front, root)
         self.live.add(accepted)
         session.engine_kick = partial(self.engine.locked, accepted.kick)
+        target = view.runtime.early_targets.get("imap")
+        if target is not None:   # connect_early: the upstream's accept and greeting meanwhile
+            session.early = connect_early.start(target)
         self.engine.adopt(root)
         if session.runtime.drain.is_set():   # (drained while it was accepted)
             self.engine.step(self.engine.latest(root), self.engine.latest(root).drained)
@@ -266,6 +274,7 @@ class Accepted:
         """Last words, the lingering close, then closed (serve.py's `run` ends so)."""
         session, conn = self.session, self.front.conn
         session.engine_kick = None
+        release_early(session)
         if session.kicked:
             try:
                 conn.bytes_out += self.sock.send(KICKED[session.listener.protocol])

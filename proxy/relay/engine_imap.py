@@ -80,11 +80,11 @@ class ImapEngineSession(EngineSession):
         self._sent(b"")
 
     # -- a literal spliced (engine_splice.py) --------------------------------------------------
-    def spliced(self, side: Side, events: int) -> None:
+    def splice_ready(self, side: Side, events: int) -> None:
         engine_splice.step(self, side, events)
 
     def masks(self) -> tuple[int, ...] | None:
-        return engine_splice.masks(self) if self.splicing else None
+        return engine_splice.masks(self) if self.upstream.spliced else None
 
     def released(self) -> None:
         if self.pipe is not None:

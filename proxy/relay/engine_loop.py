@@ -182,13 +182,13 @@ class EngineLoop:
                                 pass
                         elif fd in self._listeners:
                             self._listeners[fd][0]()
-                    elif events != IN or side.tls is not None:
+                    elif events != IN or side.tls is not None or side.spliced:
                         ready_step(side, events)
                     else:   # the relay's common wake-up: `_ready` of a plain side, spelt out
                         sess = side.session
                         try:
                             try:
-                                data = read(fd, RECEIVE_SIZE)
+                                data = read(fd, side.read_size)
                             except BlockingIOError:
                                 continue
                             except OSError:   # reset: the same as an end of stream to the relay
@@ -224,8 +224,8 @@ class EngineLoop:
 
     def _receive(self, side: Side, events: int) -> bool | None:
         sess = side.session
-        if sess.splicing:   # (a literal moved by the kernel: engine_splice.py)
-            sess.spliced(side, events)
+        if side.spliced:   # (a literal moved by the kernel: engine_splice.py)
+            sess.splice_ready(side, events)
             return None
         if events & OUT:
             if side.out:

@@ -38,7 +38,7 @@ class Side:
     TLSEngine when it is a TLS connection, and the bytes (ciphertext on TLS) the kernel has not
     taken yet. Byte counts are of plaintext, as on the task path."""
 
-    __slots__ = ("fd", "conn", "tls", "out", "mask", "session", "read_size")
+    __slots__ = ("fd", "conn", "tls", "out", "mask", "session", "read_size", "spliced")
 
     def __init__(self, conn: Conn, fd: int, session: EngineSession):
         self.fd = fd
@@ -49,6 +49,7 @@ class Side:
         self.mask = IN
         self.session = session
         self.read_size = RECEIVE_SIZE   # a plain side's next read (engine_splice.py lowers it)
+        self.spliced = False   # its readiness goes to the session's `splice_ready` (both sides)
 
     def write(self, data: bytes | bytearray) -> bool:
         """Write `data` (ciphertext on TLS) now, or keep the rest for when the socket is
@@ -85,7 +86,7 @@ class EngineSession:
     `due`, `timer` and `drained`. `finish()` ends it, `hand_back()` returns it to tasks."""
 
     __slots__ = ("engine", "session", "client", "upstream", "sides", "done", "handed_back",
-                 "paused", "splicing", "timer_at", "task", "on_drain", "successor", "ended")
+                 "paused", "timer_at", "task", "on_drain", "successor", "ended")
 
     def __init__(self, engine: Engine, session: Session, client: Conn, client_fd: int,
                  upstream: Conn | None, upstream_fd: int):
@@ -99,7 +100,6 @@ class EngineSession:
         self.done = False
         self.handed_back = False
         self.paused = False        # the protocol stops reading the client (POP3: answers in order)
-        self.splicing = False      # the sides' readiness goes to `spliced` (engine_splice.py)
         self.timer_at = math.inf   # when this session's live heap entry fires
         self.task: trio.lowlevel.Task | None = None
         self.on_drain: Callable[[], None] | None = None   # subscribed to the drain
@@ -131,8 +131,8 @@ class EngineSession:
     def writable(self, side: Side) -> None:
         """`side` is writable and nothing of ours waits to go there (a connect completed)."""
 
-    def spliced(self, side: Side, events: int) -> None:
-        """`side` is ready while `splicing`: the protocol moves the bytes itself."""
+    def splice_ready(self, side: Side, events: int) -> None:
+        """`side` is ready while it is `spliced`: the protocol moves the bytes itself."""
 
     def released(self) -> None:
         """The engine let go of the session (its end or a hand-back)."""

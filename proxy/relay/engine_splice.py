@@ -94,7 +94,7 @@ def start(sess: ImapEngineSession) -> bool:
             sess.splice_min = 0
             return False
     sess.pipe.left = left
-    sess.splicing = True
+    client.spliced = upstream.spliced = True
     return True
 
 
@@ -118,8 +118,8 @@ def step(sess: ImapEngineSession, side: Side, events: int) -> None:
     if pipe.held and not client.out:
         _drain(pipe, client)
     if not pipe.left and not pipe.held:
-        sess.splicing = False   # the line after the payload is read and parsed as usual
-        sess.upstream.read_size = READ_AFTER_SPLICE
+        sess.client.spliced = sess.upstream.spliced = False   # the line after the payload
+        sess.upstream.read_size = READ_AFTER_SPLICE   # is read and parsed as usual
 
 
 def masks(sess: ImapEngineSession) -> tuple[int, int]:
@@ -153,7 +153,7 @@ def _fill(sess: ImapEngineSession, pipe: Pipe, upstream: Side) -> bool:
 def _upstream_end(sess: ImapEngineSession, upstream: Side) -> None:
     """The upstream's end of stream mid-literal: the session ends as the core says."""
     upstream.conn.eof = True
-    sess.splicing = False
+    sess.client.spliced = sess.upstream.spliced = False
     sess.core.upstream_data(b"", sess.engine.now)
     sess.carry_on()
 
@@ -189,7 +189,7 @@ def end(sess: ImapEngineSession) -> None:
     """The session is released: its pipe is closed (what it held is dropped with the
     connections, as the task path drops what it had read)."""
     pipe, sess.pipe = sess.pipe, None
-    sess.splicing = False
+    sess.client.spliced = sess.upstream.spliced = False
     if pipe is not None:
         pipe.close()
 

@@ -38,7 +38,7 @@ async def resume(front: ImapFront, sess: ImapEngineLogin) -> None:
     ended, pending = await taken_back(front, sess)
     if not ended:
         await run_session(front.session, front, partial(_authenticate, pending=pending),
-                          ImapRelay)
+                          ImapRelay, begin_early=False)   # (begun at the engine's accept)
 
 
 async def _authenticate(session: Session, front: ImapFront, pending: object = None

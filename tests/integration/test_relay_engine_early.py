@@ -1,8 +1,12 @@
-"""`connect_early:` with the relay engine's login (relay/engine_login.py, engine_login_route.py):
-the connection begun at the client's accept carries the engine's early login (counted `used`,
-the session logged in by the engine: `outcome=relay`), a session that never logs in closes it
-(`unused`), and one dropped before the verdict (Dovecot restarted meanwhile) goes to trio, which
-logs in on a fresh connection (`lost`, `outcome=trio`). Real Dovecot, imaplib."""
+"""`connect_early:` with the relay engine's accept and login (relay/engine_accept.py,
+engine_login.py, engine_login_route.py): the engine's thread accepts the client and begins the
+upstream's connect (mailproxy_relay_engine_accepted_total counts the listener's sessions); that
+connection carries the engine's early login (counted `used`, the session logged in by the
+engine: `outcome=relay`), a session that never logs in closes it (`unused`), and one dropped
+before the verdict (Dovecot restarted meanwhile) goes to trio, which logs in on a fresh
+connection (`lost`, `outcome=trio`). A session the engine hands to trio before its login (SASL
+prompts) logs in on the connection begun at the engine's accept; a drain and a reload reach
+sessions the engine accepted so. Real Dovecot, imaplib."""
 
 from __future__ import annotations
 
@@ -10,11 +14,17 @@ import imaplib
 import os
 import re
 import signal
+import socket
 import urllib.request
+
+import yaml
 
 from support.polling import wait_for
 from support.ports import free_ports
 from support.proxyproc import relay_config
+
+from .test_operations import login_raw, read_until
+from .test_relay_engine_login import metric
 
 HOST = "127.0.0.1"
 
@@ -29,6 +39,10 @@ def early_counts(proxy) -> dict[str, float]:
     pattern = (r'^mailproxy_upstream_connect_early_total\{protocol="imap",result="(\w+)",'
                r'upstream="main"\} (\S+)$')
     return {m[1]: float(m[2]) for m in re.finditer(pattern, text, re.M)}
+
+
+def accepted(proxy) -> float:
+    return metric(proxy, "mailproxy_relay_engine_accepted_total", listener="imap")
 
 
 def early_config(dovecot) -> dict:
@@ -55,6 +69,57 @@ def test_the_engine_logs_in_on_the_connection_begun_at_accept(proxy_factory, dov
     wait_for(lambda: early_counts(proxy).get("unused") == 1, "the unused one counted")
     assert early_counts(proxy) == {"used": 2, "stale": 0, "unused": 1, "lost": 0}
     assert outcomes(proxy) == ["trio", "relay"]
+    assert accepted(proxy) == 3   # (every session accepted by the engine's thread)
+    wait_for(lambda: metric(proxy, "mailproxy_connections_active", listener="imap") == 0,
+             what="no active connection")
+    assert not proxy.tracebacks()
+
+
+def test_a_session_handed_to_trio_logs_in_on_the_early_connection(proxy_factory, dovecot, user):
+    name, password = user
+    proxy = proxy_factory(early_config(dovecot))
+    log_in(proxy, name, password)   # trio's login: the greeting is learnt
+    with imaplib.IMAP4(HOST, proxy.port("imap"), timeout=30) as imap:   # SASL prompts: trio's
+        typ, _ = imap.authenticate("PLAIN", lambda _: f"\0{name}\0{password}".encode())
+        assert typ == "OK"
+        assert imap.select("INBOX")[0] == "OK"
+        imap.logout()
+    wait_for(lambda: metric(proxy, "mailproxy_connections_active", listener="imap") == 0,
+             what="no active connection")
+    assert early_counts(proxy) == {"used": 2, "stale": 0, "unused": 0, "lost": 0}
+    assert accepted(proxy) == 2
+    assert outcomes(proxy) == ["trio"]   # (the second never reached the engine's login)
+    assert not proxy.tracebacks()
+
+
+def test_drain_and_reload_while_the_engine_accepts_early(proxy_factory, dovecot, user):
+    name, password = user
+    proxy = proxy_factory(early_config(dovecot))
+    log_in(proxy, name, password)
+    config = yaml.safe_load(proxy.config_path.read_text())
+    config["listeners"][0]["max_connections_per_ip"] = 2
+    proxy.config_path.write_text(yaml.safe_dump(config))
+    proxy.send_signal(signal.SIGHUP)
+    wait_for(lambda: "event=reloaded" in proxy.logs(), what="event=reloaded")
+    log_in(proxy, name, password)   # (a reload forgets the greeting: trio's login learns it)
+    wait_for(lambda: metric(proxy, "mailproxy_connections_active", listener="imap") == 0,
+             what="no active connection")   # (imaplib's close races the per-IP count)
+    waiting = socket.create_connection((HOST, proxy.port("imap")), timeout=30)
+    assert read_until(waiting, b"\r\n").startswith(b"* OK [CAPABILITY")   # greeted, no login
+    relayed = login_raw(proxy.port("imap"), user)
+    relayed.sendall(b"s SELECT INBOX\r\n")
+    read_until(relayed, b"s OK")
+    refused = socket.create_connection((HOST, proxy.port("imap")), timeout=30)
+    assert read_until(refused, b"\r\n").startswith(b"* BYE [UNAVAILABLE]")   # the new limit
+    refused.close()
+    assert accepted(proxy) == 4 and outcomes(proxy) == ["trio", "trio", "relay"]
+    proxy.send_signal(signal.SIGTERM)
+    assert read_until(waiting, b"shutting down.\r\n") == b"* BYE Server shutting down.\r\n"
+    assert read_until(relayed, b"shutting down.\r\n").endswith(b"* BYE Server shutting down.\r\n")
+    assert waiting.recv(4096) == b"" and relayed.recv(4096) == b""
+    assert proxy.wait(timeout=30) == 0
+    assert re.findall(r"event=session_end .*reason=(\w+)", proxy.logs())[-2:] == \
+        ["shutdown", "shutdown"]
 
 
 def test_an_early_connection_dropped_goes_to_trio_fresh(proxy_factory, dovecot_factory):
@@ -75,3 +140,4 @@ def test_an_early_connection_dropped_goes_to_trio_fresh(proxy_factory, dovecot_f
     client.logout()
     assert early_counts(proxy) == {"used": 2, "stale": 0, "unused": 0, "lost": 1}
     assert outcomes(proxy) == ["trio", "trio"]
+    assert accepted(proxy) == 2
