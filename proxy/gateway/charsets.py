@@ -73,14 +73,15 @@ def content_charset(leaf: email.message.Message) -> str | None:
         return None
 
 
-def decode_text(data: bytes, charset: str | None) -> str:
-    """`data` decoded from `charset` (US-ASCII and none: UTF-8), never raising."""
+def decode_text(data: bytes | memoryview, charset: str | None) -> str:
+    """`data` decoded from `charset` (US-ASCII and none: UTF-8), never raising; `data` may be
+    a view of a bigger buffer (decoded without a copy of the bytes)."""
     name = charset or "utf-8"
     if name.lower() in ("us-ascii", "ascii"):
         name = "utf-8"   # undeclared 8-bit text is most often UTF-8; ASCII is a subset
     try:
         if codecs.lookup(name).name in NOT_MAIL_CHARSETS:
             name = "utf-8"
-        return data.decode(name, "replace")
+        return str(data, name, "replace")
     except (LookupError, ValueError):   # UnicodeError is a ValueError
-        return data.decode("utf-8", "replace")
+        return str(data, "utf-8", "replace")

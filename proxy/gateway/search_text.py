@@ -9,7 +9,11 @@ The part tree is `_parts.parse()`'s, which is depth- and count-bounded (`MimeLim
 `email.parser`'s: that one recurses once per nesting level and raised RecursionError on issue
 14's poison messages. `email` still does the decoding, one flat leaf part at a time (a
 `Message` built from the leaf's own header fields and body bytes, never re-parsed), because it
-handles RFC 2047, quoted-printable/base64/uuencode and odd charsets well.
+handles RFC 2047, quoted-printable/base64/uuencode and odd charsets well. A leaf in any other
+transfer encoding (7bit, 8bit, binary, none, unknown) is its bytes as they are, which `email`
+would give back after two copies of the text (a `str` of the payload, then its bytes again):
+those are decoded straight from a view of the message, so a 50 MB APPEND holds the message and
+its text, not four copies.
 """
 
 from __future__ import annotations
@@ -49,6 +53,11 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
+# the transfer encodings `email.message.Message.get_payload(decode=True)` decodes; it hands
+# back any other one's payload unchanged
+_DECODED_BY_EMAIL = ("quoted-printable", "base64", "x-uuencode", "uuencode", "uue", "x-uue")
+
+
 def _leaf_text(raw: bytes, part: Part) -> str | None:
     leaf = email.message.Message()
     for name, value in part.headers:
@@ -60,11 +69,16 @@ def _leaf_text(raw: bytes, part: Part) -> str | None:
                 charset_params(text) if name.lower() == b"content-type" else text)
     if leaf.get_content_maintype() not in ("text", "message"):
         return None
-    leaf.set_payload(raw[part.header_end:part.end].decode("ascii", "surrogateescape"))
+    charset = content_charset(leaf)
+    body = memoryview(raw)[part.header_end:part.end]   # no copy (raw may be a 50 MB literal)
+    if str(leaf.get("content-transfer-encoding", "")).lower() not in _DECODED_BY_EMAIL:
+        return decode_text(body, charset)   # what email would decode, without its two copies
+    leaf.set_payload(str(body, "ascii", "surrogateescape"))
     payload = leaf.get_payload(decode=True)
+    del leaf   # and its copy of the encoded text, before the decoded text is made
     if not isinstance(payload, bytes):  # None when there is nothing to decode
         payload = b""
-    return decode_text(payload, content_charset(leaf))
+    return decode_text(payload, charset)
 
 
 def header_items(part: email.message.Message) -> list[tuple[str, str]]:
