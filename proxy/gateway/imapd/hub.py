@@ -115,6 +115,7 @@ class Hub:
         self._reading: collections.Counter[int] = collections.Counter()   # snapshots being read
         self._recent_floor: dict[int, int] = {}              # mailbox id -> known claimed floor
         self._holds: set[Hold] = set()                       # kept by at least one view
+        self._kept: collections.Counter[int] = collections.Counter()   # body id -> live holds
         self._deferred: dict[int, set[int]] = {}             # mailbox id -> bodies (loading views)
         self.garbage: set[int] = set()                       # body ids no hold keeps
 
@@ -174,9 +175,12 @@ class Hub:
         """A keeping view shows these messages of `hold` (uid -> body id): their bodies stay."""
         if bodies:
             hold.unresolved.difference_update(bodies)
-            hold.bodies.update(bodies.values())
+            new = set(bodies.values()).difference(hold.bodies)
+            hold.bodies.update(new)
+            if hold in self._holds:   # (counted once per hold: `release` uncounts them)
+                self._kept.update(new)
             if self.garbage:   # e.g. a copy's body, put there by an expunge of another copy
-                self.garbage.difference_update(bodies.values())
+                self.garbage.difference_update(new)
 
     def release(self, hold: Hold) -> None:
         """A view no longer shows any message of `hold` (or left): once none keeps it, its
@@ -184,11 +188,25 @@ class Hub:
         hold.holders -= 1
         if hold.holders <= 0 and hold in self._holds:
             self._holds.remove(hold)
-            if hold.bodies:
-                self.garbage.update(hold.bodies.difference(self.pinned()))
+            # counted, not the union of every live hold: a quiet session letting go of
+            # thousands of one-message holds (a client deleting mail one by one) stays linear
+            kept, free = self._kept, []
+            for body_id in hold.bodies:
+                kept[body_id] -= 1
+                if kept[body_id] <= 0:
+                    del kept[body_id]
+                    free.append(body_id)
+            if free:
+                self.garbage.update(self._not_deferred(free))
+
+    def _not_deferred(self, body_ids) -> list[int]:
+        if not self._deferred:
+            return list(body_ids)
+        deferred = set().union(*self._deferred.values())
+        return [b for b in body_ids if b not in deferred]
 
     def pinned(self) -> set[int]:
-        return set().union(*(hold.bodies for hold in self._holds), *self._deferred.values())
+        return set(self._kept).union(*self._deferred.values())
 
     def hold(self, mailbox_id: int, uids) -> None:
         """Expunged UIDs (this process's own, read back from the store's log by the change
@@ -287,8 +305,8 @@ class Hub:
         unless a hold keeps them (a copy expunged elsewhere that a session still shows) or they
         wait for a loading view."""
         if body_ids:
-            kept = self.pinned()
-            self.garbage.update(b for b in body_ids if b not in kept)
+            kept = self._kept
+            self.garbage.update(self._not_deferred([b for b in body_ids if b not in kept]))
 
     def gone(self, mailbox_id: int, origin: object | None = None) -> None:
         self._announced.pop(mailbox_id, None)
