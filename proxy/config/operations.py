@@ -25,8 +25,10 @@ GIL_SWITCH_INTERVAL = 0.0002
 GIL_SWITCH_INTERVAL_RANGE = (0.00001, 0.005)   # 10 us (CPython counts whole us) to 5 ms
 # relay.splice_min_literal: an upstream's IMAP literal payload with at least this many bytes
 # still to come goes to the client through a pipe (os.splice), never read into Python
-# (proxy/relay/engine_splice.py; bench/README.md, "splice")
-SPLICE_MIN_LITERAL = 64 * 1024
+# (proxy/relay/engine_splice.py). bench/ab_relay.py --size, proxy CPU per MB against no splice:
+# 1 MB messages -35 to -38%, 250 KB -9%, 100 KB none (+2% at 64 KB, +16% at 16 KB): the
+# splices and wake-ups cost what the copies saved (bench/README.md, "splice")
+SPLICE_MIN_LITERAL = 128 * 1024
 _MODE_RE = re.compile(r"^0?[0-7]{3}$")
 
 
