@@ -74,10 +74,12 @@ __all__ = [
     "TLSConfigError",
     "TLSHandshakeError",
     "UpstreamTLS",
+    "alpn_refusal",
     "check_alpn",
     "client_hello_alpn",
     "client_context",
     "client_handshake",
+    "handshake_failure",
     "server_handshake",
 ]
 
@@ -277,13 +279,33 @@ async def server_handshake(stream: trio.abc.Stream, server_tls: ServerTLS,
     engine = TLSEngine.server(server_tls.context)
     tls = TLSStream(stream, engine)
     await _handshake(tls)
+    refused = alpn_refusal(engine, protocol)
+    if refused is not None:
+        raise refused
+    return tls
+
+
+def alpn_refusal(engine: TLSEngine, protocol: str) -> TLSHandshakeError | None:
+    """After a server handshake: the ALPACA refusal of a client that may not speak `protocol`
+    here (an ALPN offer of other protocols only, or an unreadable ClientHello), else None."""
     obj = engine.ssl_object
     unreadable = engine.hello_unreadable and obj.selected_alpn_protocol() is None
     if unreadable or not check_alpn(obj, protocol, engine.alpn_offered):
         offered = b",".join(engine.alpn_offered or ()) or b"unreadable ClientHello"
-        raise TLSHandshakeError("alpn_refused",
-                                f"client offered ALPN {logs.sanitize(offered, 80)}, not {protocol}")
-    return tls
+        return TLSHandshakeError(
+            "alpn_refused", f"client offered ALPN {logs.sanitize(offered, 80)}, not {protocol}")
+    return None
+
+
+def handshake_failure(exc: BaseException) -> TLSHandshakeError:
+    """The TLSHandshakeError for a handshake that raised `exc` (ssl.SSLError, or the transport's
+    failure): verify_failed for a refused certificate, else handshake_failed."""
+    verify = _find_cause(exc, ssl.SSLCertVerificationError)
+    if verify is not None:
+        message = verify.verify_message or verify.reason or "certificate not trusted"
+        return TLSHandshakeError("verify_failed", logs.sanitize(
+            f"certificate verification failed: {message}"))
+    return TLSHandshakeError("handshake_failed", _describe(exc))
 
 
 _E = TypeVar("_E", bound=BaseException)
@@ -293,12 +315,7 @@ async def _handshake(tls: TLSStream) -> None:
     try:
         await tls.do_handshake()
     except (ssl.SSLError, trio.BrokenResourceError) as exc:
-        verify = _find_cause(exc, ssl.SSLCertVerificationError)
-        if verify is not None:
-            message = verify.verify_message or verify.reason or "certificate not trusted"
-            raise TLSHandshakeError("verify_failed", logs.sanitize(
-                f"certificate verification failed: {message}")) from exc
-        raise TLSHandshakeError("handshake_failed", _describe(exc)) from exc
+        raise handshake_failure(exc) from exc
 
 
 def _find_cause(exc: BaseException, kind: type[_E]) -> _E | None:

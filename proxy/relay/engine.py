@@ -174,6 +174,11 @@ class Engine(EngineLoop):
         if not sess.done:
             self._guarded(sess, step, *args)
 
+    def tls_pending(self, side: Side) -> None:
+        """`side`'s TLSEngine may hold plaintext no poll will report (records that came with
+        its handshake's end): read it after this wake-up's events. Engine thread."""
+        self._tls_waiting.add(side)
+
     def attach(self, sess: EngineSession, side: Side, mask: int) -> None:
         """Add `sess`'s upstream side (its connect under way; engine_login.py). Engine thread."""
         sess.upstream, sess.sides = side, (sess.client, side)

@@ -1,21 +1,23 @@
 """The relay engine's thread accepting on a listener itself: a common session with no trio task.
 
-Theory of operation (issue 16): on a plain IMAP relay listener without PROXY protocol
-(`relay.engine_accept`, with `engine_login`), the listener's accept
+Theory of operation (issue 16): on an IMAP relay listener without PROXY protocol (plain,
+STARTTLS or implicit TLS; `relay.engine_accept`, with `engine_login`), the listener's accept
 task registers the listening socket in the engine's epoll and parks. When it is readable the
 engine's thread accepts (non-blocking, at most ACCEPT_BATCH per wake-up, so the sessions'
 traffic is served in between) and opens the session as serve.py does, with the same code: the
 listener's limits (ListenerServer.admit: max_connections, max_connections_per_ip, the refusal's
 words), gauges, the session_start line (ListenerServer.opened), then an ImapEngineLogin adopted
-by the engine (Engine.adopt) with no task; with `connect_early` for IMAP, the upstream's
+by the engine (Engine.adopt) with no task (on an implicit-TLS listener a TLSAccept first:
+the handshake in the engine's thread, engine_tls_accept.py); with `connect_early` for IMAP, the upstream's
 non-blocking connect is begun right there (session/connect_early.py: plain socket calls), which
 the engine's login takes (engine_login_route.open_socket) or trio's, if the session goes there.
 Its end comes to `Accepted.ended` at its release:
 
-- the common end (LOGOUT, a budget spent, the client gone, the login timeout) is done in the
-  engine's thread: the upstream closed, the relay core settled, the kick's BYE, the lingering
-  close (net/conn.py's: half-close, read to EOF; a client that has not closed yet is read by a
-  Lingering entry in the engine for at most LINGER_TIMEOUT), then the socket closed and
+- the common end (LOGOUT, a budget spent, the client gone, the login timeout, a failed TLS
+  handshake) is done in the engine's thread: the upstream closed, the relay core settled, the
+  kick's BYE, on TLS our close_notify, on plain TCP the lingering close (net/conn.py's:
+  half-close, read to EOF; a client that has not closed yet is read by a Lingering entry in the
+  engine for at most LINGER_TIMEOUT), then the socket closed and
   ListenerServer.closed (counts, duration, the session_end line), an early connection no
   login took closed (counted `unused`): no trio wake-up at all;
 - a session that needs trio (STARTTLS, SASL prompts, a login the engine does not route or that
@@ -38,14 +40,16 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 from functools import partial
 from typing import Awaitable, Callable
 
 import trio
 
 from .. import logs
-from ..net.conn import LINGER_TIMEOUT, Conn
+from ..net.conn import LINGER_TIMEOUT, Conn, TLSStream
 from ..net.raw_io import CHECKPOINT_EVERY, RECEIVE_SIZE
+from ..net.tls_engine import TLSEngine
 from ..session import connect_early
 from ..session.context import Session
 from ..session.imap_front import ImapFront
@@ -55,6 +59,7 @@ from .engine_entry import engine
 from .engine_imap import ImapEngineSession
 from .engine_login import ImapEngineLogin
 from .engine_session import IN, EngineSession, Side
+from .engine_tls_accept import TLSAccept
 from .imap_session import resume
 from .relay_session import release_early
 
@@ -73,7 +78,7 @@ def qualifies(view: ListenerView) -> bool:
     relay = runtime.config.relay
     return (relay.engine == "epoll" and relay.engine_login and relay.engine_accept
             and listener.protocol == "imap" and listener.mode == "relay"
-            and listener.tls != "implicit" and not listener.proxy_protocol)
+            and not listener.proxy_protocol)
 
 
 async def accept_in_engine(server: ListenerServer, raw: socket.socket, sessions: trio.Nursery,
@@ -162,7 +167,9 @@ class _Acceptor:
             self.stop()
             return
         local = self.local if self.local is not None else sock.getsockname()
-        session = Session(view.runtime, view.listener, peer[0], peer[1], local[0], local[1])
+        implicit = view.listener.tls == "implicit"
+        session = Session(view.runtime, view.listener, peer[0], peer[1], local[0], local[1],
+                          tls=implicit)
         sock.setblocking(False)
         refused = server.admit(view, session)
         if refused is not None:
@@ -176,9 +183,13 @@ class _Acceptor:
         self.counted.inc()
         try:
             stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))   # (TCP_NODELAY)
-            conn = Conn(stream, fresh=True)
+            conn = Conn(stream, fresh=not implicit)
             front = ImapFront(session, conn)
-            root = ImapEngineLogin(front, sock.fileno(), self.engine)
+            fd, eng = sock.fileno(), self.engine
+            root: EngineSession = ImapEngineLogin(front, fd, eng) if not implicit else TLSAccept(
+                eng, session, conn, stream, fd,
+                TLSEngine.server(view.runtime.server_tls[view.listener.name].context),
+                lambda: ImapEngineLogin(front, fd, eng))
         except BaseException:   # (a bug: logged by `ready`, the connection closed there)
             server.limiter.release(session.client_ip)
             raise
@@ -231,7 +242,9 @@ class Accepted:
     __slots__ = ("acceptor", "view", "session", "sock", "front", "root", "lingering")
 
     def __init__(self, acceptor: _Acceptor, view: ListenerView, session: Session,
-                 sock: socket.socket, front: ImapFront, root: ImapEngineLogin):
+                 sock: socket.socket, front: ImapFront, root: EngineSession):
+        """`root`: the session adopted first (an ImapEngineLogin, or an implicit-TLS client's
+        TLSAccept, which becomes one)."""
         self.acceptor, self.view, self.session, self.sock = acceptor, view, session, sock
         self.front, self.root = front, root
         self.lingering: Lingering | None = None
@@ -246,45 +259,79 @@ class Accepted:
         self.acceptor.engine.release(self.lingering if self.lingering is not None
                                      else self.acceptor.engine.latest(self.root))
 
+    @property
+    def login(self) -> ImapEngineLogin | None:
+        """The session's ImapEngineLogin (None while, or if, a TLS handshake never ended)."""
+        root = self.root
+        login = root if isinstance(root, ImapEngineLogin) else root.successor
+        assert login is None or isinstance(login, ImapEngineLogin)
+        return login
+
     def ended(self, sess: EngineSession) -> None:
         """The engine released the session (under the lock): end it here, or give it a task."""
-        root, relay = self.root, self.root.successor
-        if relay is None and root.login is not None:   # (a login cut mid-way: closed twice is fine)
-            root.login.sock.close()
-        if not self.acceptor.cutting and (sess.handed_back or any(side.out for side in sess.sides)):
-            self._to_trio()
+        login = self.login
+        relay = login.successor if login is not None else None
+        if login is None:   # (a TLS handshake that failed or was cut: no words to send)
+            self._end()
+            return
+        if relay is None and login.login is not None:   # (a login cut mid-way: closed twice is fine)
+            login.login.sock.close()
+        if not self.acceptor.cutting and (sess.handed_back or any(
+                side.out or (side.tls is not None and side.tls.wants_send)
+                for side in sess.sides)):   # (a TLS side's rest is requeued in its TLSEngine)
+            self._to_trio(login)
             return
         if isinstance(relay, ImapEngineSession):
             relay.core.settle()   # (its byte counts, the commands never answered)
             relay.upstream.conn.closed = True
-            assert root.login is not None   # (a relay comes from the engine's own login)
-            root.login.sock.close()
+            assert login.login is not None   # (a relay comes from the engine's own login)
+            login.login.sock.close()
         self._end()
 
-    def _to_trio(self) -> None:
+    def _to_trio(self, login: ImapEngineLogin) -> None:
         """A task goes on from where the engine stopped (imap_session.resume)."""
         acceptor, session = self.acceptor, self.session
         acceptor.live.discard(self)
         session.engine_kick = None
         conn = self.front.conn
         acceptor._to_trio(acceptor.server.run, self.view, session, conn,
-                          partial(resume, self.front, self.root))
+                          partial(resume, self.front, login))
 
     def _end(self) -> None:
         """Last words, the lingering close, then closed (serve.py's `run` ends so)."""
         session, conn = self.session, self.front.conn
         session.engine_kick = None
         release_early(session)
-        if session.kicked:
+        stream = conn.stream
+        if isinstance(stream, TLSStream):
+            self._close_tls(stream.engine, session.kicked)
+        elif session.kicked and self.login is not None:
             try:
                 conn.bytes_out += self.sock.send(KICKED[session.listener.protocol])
             except OSError:
                 pass
         session.bytes_from_client, session.bytes_to_client = conn.bytes_in, conn.bytes_out
         session.conn = None
-        if not conn.closed and not conn.eof and not self.acceptor.cutting and self._linger():
+        if not isinstance(stream, TLSStream) and not conn.closed and not conn.eof \
+                and not self.acceptor.cutting and self._linger():
             return
         self.close()
+
+    def _close_tls(self, tls: TLSEngine, kicked: bool) -> None:
+        """A TLS client's last words and our close_notify (RFC 8446 6.1), as Conn.aclose sends
+        them, written if the kernel takes them now (a client that does not read its socket
+        does not get them; trio's close waits CLOSE_NOTIFY_TIMEOUT for it). No lingering: a
+        TLS stream cannot half-close (Conn.linger)."""
+        conn = self.front.conn
+        try:
+            if kicked:
+                words = KICKED[self.session.listener.protocol]
+                tls.write(words)
+                conn.bytes_out += len(words)
+            tls.close()
+            self.sock.send(tls.data_to_send())
+        except (OSError, ssl.SSLError):
+            pass
 
     def _linger(self) -> bool:
         """Half-close, read what the client still sends; True when it has not closed yet (a

@@ -32,7 +32,6 @@ async def accept_tls(session: Session, conn: Conn) -> Close | None:
     within the listener's `login` timeout; counted in tls_handshakes. None on success (the
     connection is then encrypted), else why the session must end."""
     listener = session.listener
-    handshakes = session.runtime.metrics.tls_handshakes
     reason: str = "timeout"
     with trio.move_on_after(listener.timeouts.login):
         try:
@@ -41,12 +40,23 @@ async def accept_tls(session: Session, conn: Conn) -> Close | None:
         except TLSHandshakeError as exc:
             reason = exc.reason
         else:
-            handshakes.labels(listener.name, "ok").inc()
             conn.replace_stream(stream)
-            session.tls = True
-            return None
-    handshakes.labels(listener.name, reason).inc()
-    return Close(f"tls_{reason}")
+            return handshake_done(session, None)
+    return handshake_done(session, reason)
+
+
+def handshake_done(session: Session, failure: str | None) -> Close | None:
+    """Count a client's handshake (tls_handshakes: "ok", or the `failure` reason, one of
+    net.tls.HANDSHAKE_FAILURE_REASONS); None when it succeeded (the session is encrypted), else
+    why the session ends. Any thread (the relay engine's handshakes, relay/engine_tls_accept.py)."""
+    handshakes = session.runtime.metrics.tls_handshakes
+    listener = session.listener
+    if failure is None:
+        handshakes.labels(listener.name, "ok").inc()
+        session.tls = True
+        return None
+    handshakes.labels(listener.name, failure).inc()
+    return Close(f"tls_{failure}")
 
 
 async def upgrade_client(session: Session, conn: Conn) -> None:

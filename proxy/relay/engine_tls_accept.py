@@ -1,0 +1,115 @@
+"""An implicit-TLS client's handshake in the relay engine's thread, before its IMAP session.
+
+Theory of operation (issue 16): on an implicit-TLS (`tls: implicit`) IMAP relay listener the
+engine accepts itself (engine_accept.py), the accepted connection first runs as a TLSAccept:
+the server side of the handshake on a sans-IO TLSEngine (net/tls_engine.py: an SSLObject between
+two memory BIOs) with the listener's contexts (SNI, tickets, reload: the set current at accept,
+as net/tls.server_handshake takes it). The engine's loop reads the socket as for any plain side
+(this session's side has no TLSEngine yet, so it gets the ciphertext) and each chunk is fed
+in; OpenSSL's next flight is written at once, what the kernel does not take waits in the side's
+`out` (the loop asks for EPOLLOUT). Nothing blocks the thread: a client that stalls is one entry
+in the timer heap, ended at the listener's `login` timeout (trio's accept_tls bounds the
+handshake so).
+
+When the handshake completes, the ALPACA check of trio's path runs (net/tls.alpn_refusal), the
+connection's Conn takes a TLSStream over the same socket and TLSEngine (what trio's handshake
+gives), and the session becomes the ImapEngineLogin that engine_accept makes for a plain client
+(`Engine.succeed`: same descriptor, registrations, drain and end): the greeting goes out
+encrypted, and what the client sent right after its Finished (a pipelined command in the
+TLSEngine already) is read at once. The handshake's ciphertext is not counted in the session's
+bytes (trio's path counts plaintext only): the side reads and writes through a Conn of its own.
+
+A failure (a bad record, an EOF, OpenSSL's refusal: its alert is written if the kernel takes it),
+the timeout or ALPACA's refusal is counted in tls_handshakes with trio's reasons and ends the
+session with trio's close reason (tls_handshake_failed, tls_timeout, tls_alpn_refused: the
+session_end line); a drain ends a handshake under way (shutdown), as do the admin kick and
+shutdown_timeout through engine_accept.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import TYPE_CHECKING, Callable
+
+from ..net.conn import Conn, TLSStream
+from ..net.tls import alpn_refusal, handshake_failure
+from ..net.tls_engine import TLSEngine
+from ..session.failures import Close
+from ..session.starttls import handshake_done
+from .engine_session import IN, OUT, EngineSession, Side
+
+if TYPE_CHECKING:
+    import trio
+
+    from ..session.context import Session
+    from .engine import Engine
+
+__all__ = ["TLSAccept"]
+
+
+class TLSAccept(EngineSession):
+    """The handshake of an accepted implicit-TLS client; `then(engine)` makes the session that
+    carries it on once encrypted (the connection's Conn has its TLSStream then)."""
+
+    __slots__ = ("conn", "stream", "tls", "until", "then")
+
+    def __init__(self, eng: Engine, session: Session, conn: Conn, stream: trio.SocketStream,
+                 fd: int, tls: TLSEngine, then: Callable[[], EngineSession]):
+        super().__init__(eng, session, Conn(stream), fd, None, -1)   # (its own counts: see above)
+        self.conn, self.stream, self.tls, self.then = conn, stream, tls, then
+        self.until = eng.clock() + session.listener.timeouts.login
+
+    def received(self, side: Side, data: bytes) -> None:
+        tls = self.tls
+        tls.receive_data(data)
+        try:
+            done = tls.handshake()
+        except ssl.SSLError as exc:   # (an EOF before the end: SSLEOFError)
+            self._write()   # OpenSSL's alert, if the kernel takes it now
+            self._failed(handshake_failure(exc).reason)
+            return
+        self._write()
+        if done:
+            self._done()
+        elif not data:   # (OpenSSL raises at an EOF; never left waiting for more regardless)
+            self._failed("handshake_failed")
+
+    def masks(self) -> tuple[int, ...]:
+        return (OUT if self.client.out else IN,)
+
+    def due(self) -> float:
+        return self.until
+
+    def timer(self, now: float) -> None:
+        if now >= self.until:
+            self._failed("timeout")
+
+    def drained(self) -> None:
+        self.session.close_reason = Close.SHUTDOWN
+        self.finish()
+
+    def _write(self) -> None:
+        if self.tls.wants_send:
+            self.client.write(self.tls.data_to_send())
+
+    def _failed(self, reason: str) -> None:
+        close = handshake_done(self.session, reason)
+        assert close is not None
+        self.session.close_reason = close
+        self.finish()
+
+    def _done(self) -> None:
+        session = self.session
+        refused = alpn_refusal(self.tls, session.listener.protocol)
+        if refused is not None:
+            self._failed(refused.reason)
+            return
+        if self.client.conn.closed:   # (its flight could not be written: the client is gone)
+            self._failed("handshake_failed")
+            return
+        handshake_done(session, None)
+        self.conn.replace_stream(TLSStream(self.stream, self.tls))
+        successor = self.then()
+        self.engine.succeed(self, successor)
+        if self.tls.has_unread and not successor.done:   # (sent right after its Finished)
+            self.engine.tls_pending(successor.client)
