@@ -155,7 +155,8 @@ class EngineLoop:
         sess: EngineSession | None = None
         with lock:
             while not self._stopped:
-                fresh.clear()
+                if fresh:   # (empty but after a registration: no call)
+                    fresh.clear()
                 self._wait_until = wait_until = timers.at
                 if wait_until == inf:
                     timeout = -1.0
