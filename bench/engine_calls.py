@@ -2,7 +2,7 @@
 that thread alone, counts only, so two revisions compare on a busy machine.
 
     .venv/bin/python bench/engine_calls.py [--messages 300] [--rounds 3] [--noops 3000]
-                                           [--base REV] [--top 30]
+                                           [--base REV] [--top 30] [--opcodes]
 
 The proxy (this tree's, or `--base REV` exported as bench/ab_relay.py does) runs with its
 `Engine._run_thread` wrapped in a `cProfile.Profile()`; one warm-up download, then `--rounds`
@@ -10,6 +10,10 @@ POP3 downloads (USER/PASS, STAT, UIDL, RETR of every message, QUIT, every byte c
 IMAP session of `--noops` NOOPs; then SIGTERM, and the thread's profile is printed: calls per
 RETR (the engine's calls of the download rounds over their RETRs: logins and QUITs of the
 engine path are in it too, so compare at the same `--messages`) and the top functions by calls.
+`--opcodes`: instead of the profile, the Python bytecodes the thread executes (a trace
+function with `f_trace_opcodes`), per RETR (or per NOOP with `--rounds 0`: the session's login
+included): a count of the interpreter's work that, unlike the CPU time on a loaded machine,
+does not depend on the load (the C work inside calls is not in it).
 Needs root, like the other relay benchmarks.
 """
 
@@ -37,11 +41,27 @@ PROFILED = (
     "    try:\n        run(self)\n"
     "    finally:\n        profile.disable(); profile.dump_stats({out!r})\n"
     "engine.Engine._run_thread = profiled\n"
+    "{opcodes}"
     "from proxy.cli import main\n"
     "import threading\n"
     "try:\n    main()\n"
     "finally:\n"   # (the thread is a daemon: let it write its profile first)
     "    [t.join(30) for t in threading.enumerate() if t.name == 'relay-engine']\n")
+
+
+OPCODES = (   # replaces `profiled` when --opcodes: bytecodes executed by the thread
+    "def profiled(self):\n"
+    "    count = [0]\n"
+    "    def tracer(frame, event, arg):\n"
+    "        frame.f_trace_opcodes = True\n"
+    "        if event == 'opcode':\n"
+    "            count[0] += 1\n"
+    "        return tracer\n"
+    "    sys.settrace(tracer)\n"
+    "    try:\n        run(self)\n"
+    "    finally:\n"
+    "        sys.settrace(None); open({out!r}, 'w').write(str(count[0]))\n"
+    "engine.Engine._run_thread = profiled\n")
 
 
 def main() -> None:
@@ -52,6 +72,8 @@ def main() -> None:
     parser.add_argument("--noops", type=int, default=0, help="also an IMAP session of N NOOPs")
     parser.add_argument("--base", default=None, help="profile this revision instead of this tree")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--opcodes", action="store_true",
+                        help="count the thread's bytecodes instead of profiling its calls")
     args = parser.parse_args()
     root = export(args.base) if args.base else REPO_ROOT
     out = pathlib.Path(tempfile.mkdtemp(prefix="mailproxy-calls-")) / "engine.prof"
@@ -61,7 +83,9 @@ def main() -> None:
         listeners = [{"name": "pop3", "protocol": "pop3"}, {"name": "imap", "protocol": "imap"}]
         probe = env.proxy(listeners, metrics=True, extra={"relay": {"engine": "epoll"}})
         probe.stop()   # only its config was wanted
-        command = [sys.executable, "-c", PROFILED.format(root=str(root), out=str(out)),
+        opcodes = OPCODES.format(out=str(out)) if args.opcodes else ""
+        command = [sys.executable, "-c", PROFILED.format(root=str(root), out=str(out),
+                                                         opcodes=opcodes),
                    "--log-level", "WARNING", "serve", "--config", str(probe.config_path)]
         proxy = QuietProxyProcess(probe.config, probe.tmp_path.with_name("profiled"),
                                   command=command)
@@ -79,8 +103,14 @@ def main() -> None:
             imap.logout()
         proxy.send_signal(signal.SIGTERM)
         proxy.wait(60)
-    stats = pstats.Stats(str(out))
     retrs = (args.rounds + 1) * args.messages
+    if args.opcodes:
+        total = int(out.read_text())
+        per = f"{total / retrs:.1f} per RETR over {retrs} RETRs" if args.rounds else \
+            f"{total / args.noops:.1f} per NOOP over {args.noops} NOOPs (the login's included)"
+        print(f"engine thread of {args.base or 'this tree'}: {total} bytecodes, {per}")
+        return
+    stats = pstats.Stats(str(out))
     print(f"engine thread of {args.base or 'this tree'}: {stats.total_calls} calls, "
           f"{stats.total_calls / retrs:.1f} per RETR over {retrs} RETRs"
           + (f" and {args.noops} NOOPs" if args.noops else "") + f"; pstats in {out}")
