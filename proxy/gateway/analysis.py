@@ -14,8 +14,10 @@ from .search_text import text_blobs
 # Bump when text_blobs() changes its output, so cached search texts are recomputed (2: raw
 # 8-bit header bytes read as UTF-8, not as U+FFFD; 3: parts walked by the bounded scanner;
 # 4: i;unicode-casemap instead of casefold, so "ß" no longer matches "ss"; 5: a MIME part
-# whose Content-Type is empty has no searchable text, as in Dovecot).
-TEXT_VERSION = 5
+# whose Content-Type is empty has no searchable text, as in Dovecot; 6: header fields read by
+# header_block.py: a folded field is one field, its continuation lines in its value, and a line
+# without a colon a field of its own with no name, as Dovecot reads them).
+TEXT_VERSION = 6
 
 
 def analyze_for_store(raw: bytes, limits: mime.MimeLimits = mime.DEFAULT_LIMITS) -> bytes:

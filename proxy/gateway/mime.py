@@ -48,8 +48,9 @@ __all__ = ["Part", "MimeLimits", "parse", "envelope", "bodystructure", "analyze"
 
 DEFAULT_CHARSET = b"us-ascii"
 # Bump when analyze() changes its output, so stored caches are recomputed (2: an empty
-# Sender/Reply-To defaults to From).
-CACHE_VERSION = 2
+# Sender/Reply-To defaults to From; 3: fields read by header_block.py, bounded by values as
+# Dovecot does, so a header past 10 MiB of bytes or ~20,000 fields reads differently).
+CACHE_VERSION = 3
 
 
 def _virtual(raw: bytes, start: int, end: int) -> tuple[int, int]:

@@ -26,8 +26,9 @@ from .basesubject import base_subject, casemap, decode_words
 __all__ = ["SortFields", "extract", "message_ids", "encode", "decode", "extract_record",
            "RECORD_VERSION"]
 
-# Bump when `extract` changes its output: stored records of another version are recomputed.
-RECORD_VERSION = 1
+# Bump when `extract` changes its output: stored records of another version are recomputed
+# (2: fields read by header_block.py, a header past 10 MiB of bytes read as Dovecot reads it).
+RECORD_VERSION = 2
 
 _WANTED = (b"subject", b"from", b"to", b"cc", b"date", b"message-id", b"references",
            b"in-reply-to")
