@@ -32,6 +32,40 @@ def test_base_subject_steps(subject, base, reply):
     assert base_subject(subject) == (base, reply)
 
 
+@pytest.mark.parametrize("subject, base, reply", [
+    (b"[b] " * 400 + b"x", "X", False),                        # 4, blob by blob
+    (b"[b] " * 400 + b"[c]", "[C]", False),                    # 4: the last blob stays
+    (b"[b] " * 400 + b"Re: x", "X", True),                      # 3 after 4's blobs
+    (b"[Fwd: " * 400 + b"x" + b"]" * 400, "X", True),          # 6, repeated
+])
+def test_base_subject_work_grows_with_the_subject_not_its_square(subject, base, reply):
+    """Step (3) scanned every leading blob before failing, then (4) removed one and (3) scanned
+    the rest again: "[b] " * 20,000 took 65 s of CPU (at ingest: the SORT key), and each (6)
+    copied the text. Counted in executed lines of basesubject.py, as test_tls counts its
+    parser's (no clock): 7 to 19 per character now, 560 for the blobs before."""
+    import proxy.gateway.basesubject as module
+    lines = 0
+
+    def trace(frame, event, arg):
+        if frame.f_code.co_filename != module.__file__:
+            return None
+
+        def count(frame, event, arg):
+            nonlocal lines
+            lines += event == "line"
+            return count
+        return count
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        found = base_subject(subject)
+    finally:
+        sys.settrace(previous)
+    assert found == (base, reply)
+    assert lines <= 30 * len(subject), lines
+
+
 def test_casemap_is_each_characters_simple_titlecase_then_nfkd_for_every_code_point():
     """RFC 5051 2, checked the slow way on all of Unicode (the fast path upper()s plain runs)."""
     every = "".join(chr(cp) for cp in range(sys.maxunicode + 1) if not 0xD800 <= cp <= 0xDFFF)
