@@ -38,6 +38,7 @@ parameters for the scanner (``boundary``) and for BODYSTRUCTURE.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from ._rfc822 import Rfc822
@@ -95,6 +96,10 @@ class Part:
         return None
 
 
+# where a part's header may end: a blank line, or a line starting "--" (maybe a boundary)
+_HEADER_STOP = re.compile(rb"\n\r?\n|\n--")
+
+
 class _Scanner:
     """Dovecot-compatible structure scanner (see the module docstring)."""
 
@@ -117,6 +122,23 @@ class _Scanner:
             if raw.startswith(boundary, pos + 2) and (best is None or len(best[0]) < len(boundary)):
                 best = (boundary, owner)
         return best
+
+    def header_stop(self, pos: int) -> int:
+        """`blank_line(raw, pos)` when no boundary line comes first; else a point just past
+        that boundary line's "--" (the header reader stops at the boundary). Either way the
+        search ends at the part's end, not at a blank line far beyond (linear in parts)."""
+        raw = self.raw
+        if raw.startswith((b"\n", b"\r\n"), pos):
+            return pos
+        if raw.startswith(b"--", pos) and self.boundary_at(pos) is not None:
+            return pos + 2
+        for found in _HEADER_STOP.finditer(raw, pos):
+            at = found.start()
+            if raw[at + 1] != 45:   # (not "-": the blank line, as blank_line finds it)
+                return at + 1
+            if self.boundary_at(at + 1) is not None:
+                return at + 3
+        return len(raw)
 
     def back_newline(self, pos: int, region_start: int) -> int:
         """Where a part ends when a boundary line starts at `pos`."""
@@ -163,9 +185,11 @@ class _Scanner:
         line starting with "--" is looked at alone, while boundaries are active."""
         raw, pos = self.raw, part.start
         fields = Fields(raw, self.limits.max_header_bytes)
-        blank = blank_line(raw, pos)
-        fields.budget.expect(raw, pos, blank)
         watch = bool(self.boundaries) and not self.exhausted
+        # (with boundaries, no further than the first boundary line: a header it cuts short
+        # has no blank line, and the next may be a long way off, past many more parts)
+        blank = self.header_stop(pos) if watch else blank_line(raw, pos)
+        fields.budget.expect(raw, pos, blank)
         while pos < blank:
             dash = pos if not watch or raw.startswith(b"--", pos) else raw.find(b"\n--", pos, blank) + 1
             dash = dash if watch and dash else blank
