@@ -144,14 +144,15 @@ def lines(raw: bytes, start: int, end: int) -> Iterator[tuple[int, int]]:
         pos = eol
 
 
-def blank_line(raw: bytes, start: int = 0) -> int:
-    """Where the blank line that ends the header block at `start` begins (len(raw): none)."""
+def blank_line(raw: bytes, start: int = 0, limit: int | None = None) -> int:
+    """Where the blank line that ends the header block at `start` begins (len(raw): none
+    that ends before `limit`, when given)."""
     if raw.startswith((b"\n", b"\r\n"), start):
         return start
     # One scan that stops at the first blank line: two finds (LF LF, LF CR LF) each ran to the
     # end of the message when its kind was absent (a CRLF message has no LF LF), so a message
     # of many small MIME parts cost O(parts x size).
-    found = _BLANK.search(raw, start)
+    found = _BLANK.search(raw, start, len(raw) if limit is None else limit)
     return found.start() + 1 if found is not None else len(raw)
 
 
@@ -276,8 +277,12 @@ def fields(raw: bytes, bound: int, start: int = 0, end: int | None = None) -> li
     """The fields of the header block at raw[start:end] (to its blank line), read as Dovecot
     reads them under `bound` value bytes (module docstring)."""
     collected = Fields(raw, bound)
-    stop = blank_line(raw, start)
-    stop = stop if end is None else min(stop, end)
+    if end is None:
+        stop = blank_line(raw, start)
+    else:   # (searched no further than `end`: a part's header cut short by a boundary has no
+        # blank line, and the next may be far off; + 2: a blank line's LF CR LF begun before
+        # `end` is found as without the limit)
+        stop = min(blank_line(raw, start, end + 2), end)
     collected.budget.expect(raw, start, stop)
     collected.add_block(start, stop)
     return collected.result()

@@ -8,8 +8,9 @@ import datetime as dt
 
 from proxy.gateway import _parts as parts_module
 from proxy.gateway import header_block, mime, sortkeys
-from proxy.gateway._parts import MimeLimits, parse
+from proxy.gateway._parts import MimeLimits, parse, part_table
 from proxy.gateway.pop3_listing import internaldate
+from proxy.gateway.preview import preview
 
 BOUND = 64 * 1024
 LIMITS = MimeLimits(max_header_bytes=BOUND)
@@ -160,9 +161,10 @@ class _CountingPattern:
     def __init__(self, pattern):
         self.pattern = pattern
 
-    def search(self, raw, start=0):
-        found = self.pattern.search(raw, start)
-        _AllScansCounting.scanned += (found.end() if found else len(raw)) - start
+    def search(self, raw, start=0, end=None):
+        end = len(raw) if end is None else min(end, len(raw))
+        found = self.pattern.search(raw, start, end)
+        _AllScansCounting.scanned += (found.end() if found else end) - start
         return found
 
     def finditer(self, raw, start=0):
@@ -173,15 +175,19 @@ class _CountingPattern:
         _AllScansCounting.scanned += len(raw) - start
 
 
+def _count_header_scans(monkeypatch) -> None:
+    for name in ("_BLANK", "_HEADER_STOP"):
+        for module in (header_block, parts_module):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, _CountingPattern(getattr(module, name)))
+
+
 def test_headers_cut_short_by_boundaries_are_scanned_in_linear_work(monkeypatch):
     """Part headers that a boundary line ends (no blank line: Dovecot's rule) followed by a
     long tail with no blank line: each part's header reader searched for the blank line, and
     counted line ends, up to that far tail (9,000 such parts before 5 MB: 74 s of CPU at
     ingest). The searches now stop at the first blank line or boundary line."""
-    for name in ("_BLANK", "_HEADER_STOP"):
-        for module in (header_block, parts_module):
-            if hasattr(module, name):
-                monkeypatch.setattr(module, name, _CountingPattern(getattr(module, name)))
+    _count_header_scans(monkeypatch)
     for eol in (b"\r\n", b"\n"):
         parts = b"".join(b"--z" + eol + b"X-A: b" + eol for _ in range(500))
         tail = (b"x" * 70 + eol) * 2000   # 140 KB, no blank line
@@ -197,3 +203,31 @@ def test_headers_cut_short_by_boundaries_are_scanned_in_linear_work(monkeypatch)
         last = root.children[-1]   # its header is the tail's lines, cut by the closing boundary
         assert (last.start, last.header_end) == (first + 500 * step, len(raw) - len(eol) * 2 - 5)
         assert _AllScansCounting.scanned <= 8 * len(raw), (eol, _AllScansCounting.scanned, len(raw))
+
+
+def test_cached_part_headers_cut_short_are_read_in_linear_work(monkeypatch):
+    """PREVIEW from the cached part table reads each part's header again (`fill_headers`,
+    `header_block.fields(raw, bound, start, end)`): its blank-line search ran past the part's
+    end to the next blank line (9,000 image parts cut short before a 5 MB tail: 27 s)."""
+    _count_header_scans(monkeypatch)
+    for eol in (b"\r\n", b"\n"):
+        parts = b"".join(b"--z" + eol + b"Content-Type: image/png" + eol for _ in range(500))
+        tail = b"Content-Type: image/png" + eol + (b"x" * 70 + eol) * 2000   # no blank line
+        raw = (b"Subject: cut" + eol + b"Content-Type: multipart/mixed; boundary=z" + eol +
+               eol + parts + b"--z" + eol + tail + b"--z--" + eol)
+        table = part_table(parse(raw, MimeLimits()))
+        _AllScansCounting.scanned = 0
+        assert preview(_AllScansCounting(raw), parts=table) == ""   # no text part
+        assert _AllScansCounting.scanned <= 8 * len(raw), (eol, _AllScansCounting.scanned, len(raw))
+        fields = header_block.fields(raw, 1000, raw.index(b"Content-Type: image"), len(raw) - 9)
+        assert fields[0] == (b"Content-Type", b"image/png")
+
+
+def test_a_part_header_read_to_its_end_is_read_as_without_the_limit():
+    """`fields(raw, bound, start, end)` searches no further than `end`: for every `end` (inside
+    the fields, the blank line's LF CR LF, the body) the same fields as the header cut where
+    the unlimited search and `end` say."""
+    raw = b"A: 1\r\nB: 2\n\r\nbody"
+    for end in range(len(raw) + 1):
+        whole = min(header_block.blank_line(raw, 0), end)
+        assert header_block.fields(raw, 1000, 0, end) == header_block.fields(raw[:whole], 1000)
