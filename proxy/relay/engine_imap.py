@@ -15,6 +15,9 @@ on plain sides, goes to the client through a pipe without entering Python (engin
 
 A client's COMPRESS (RFC 4978) is forwarded like any command, then the session is handed back
 to tasks before the upstream's verdict is read: the task path waits for it, and inflates.
+
+A LOGOUT the core may answer itself (`logout_tag`, once it is all written upstream) is
+answered so, and the upstream is left to engine_logout.py, off the client's path.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ..net.conn import Conn
 from ..session.failures import Close
 from . import engine_splice
 from .engine import Engine
+from .engine_logout import hold
 from .engine_session import IN, EngineSession, Side
 from .imap_core import ImapRelayCore
 
@@ -67,7 +71,8 @@ class ImapEngineSession(EngineSession):
                 core.finish(Close.CLIENT_CLOSED)
             else:
                 core.upstream_data(data, self.engine.now)   # (never compressed here: handed back)
-        if core.replies or core.end is not None or core.compress is not None:
+        if (core.replies or core.end is not None or core.compress is not None
+                or core.logout_tag is not None):
             self._sent(b"")   # (otherwise it has nothing to do: the common answer)
             return False
         if side is upstream and self.splice_min and engine_splice.start(self):
@@ -94,6 +99,9 @@ class ImapEngineSession(EngineSession):
         """Send what the core says (`forward`); end or hand back as it says."""
         core = self.core
         self.forward(core, up)
+        if core.logout_tag is not None and core.answer_logout(written=not self.upstream.out):
+            self.send(self.client, core.take_replies())
+            hold(self.engine, self.session, self.upstream)   # (else its owner closes it now)
         if core.end is not None:
             self.finish()
         elif core.compress is not None:

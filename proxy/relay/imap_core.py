@@ -21,6 +21,8 @@ session can move from one to the other at any chunk boundary because all state i
 - `due()` / `timer(now)`: RFC 3501 5.4 autologout after `idle` without client input, an IDLE
   (RFC 2177) past `idle_command`, an upstream silent for `upstream_response` while a command
   is owed an answer. `drained()`: BYE at the first rest (no command owed, between responses).
+- `answer_logout()`: a LOGOUT alone at rest is answered by the proxy (RFC 3501 6.1.3), the
+  upstream's own answer left off the client's path (issue 16).
 
 After each call the driver sends `take_replies()` (the proxy's own lines, b"" mostly) to the
 client, and ends the session when `end` is set (its reason; session.close_reason is set too).
@@ -49,8 +51,9 @@ _LABELS = {name.encode(): name for name in IMAP_COMMANDS}
 class ImapRelayCore:
     __slots__ = ("session", "client_parser", "upstream_parser", "held", "inflight",
                  "bytes_up", "bytes_down", "last_active", "upstream_heard", "logout_seen",
-                 "draining", "bad", "compress", "compressed", "end", "replies", "_said",
-                 "_before", "_down_after_ok", "_unjudged", "_unjudged_size", "_max_plain")
+                 "logout_tag", "logged_out", "draining", "bad", "compress", "compressed", "end",
+                 "replies", "_said", "_before", "_down_after_ok", "_unjudged", "_unjudged_size",
+                 "_max_plain")
 
     def __init__(self, session: Session, client_parser: CommandParser,
                  upstream_parser: ResponseParser, client_leftover: bytes, now: float):
@@ -67,6 +70,8 @@ class ImapRelayCore:
         self.last_active = now
         self.upstream_heard = now   # last upstream bytes, or a command owed an answer
         self.logout_seen = False
+        self.logout_tag: bytes | None = None   # a LOGOUT that came with nothing else in flight
+        self.logged_out = False   # ... answered by the proxy (`answer_logout`)
         self.draining = False
         self.bad = 0
         self.compress: CompressAsked | None = None   # a COMPRESS awaiting its verdict
@@ -146,7 +151,7 @@ class ImapRelayCore:
         tag, name = head
         self._started(tag, _LABELS.get(name, OTHER))
         if name == b"LOGOUT":
-            self.logout_seen = True
+            self._logout(tag)
         elif name == b"IDLE":
             self.inflight.idle_tag = tag
             self.client_parser.expect_line()
@@ -190,7 +195,7 @@ class ImapRelayCore:
                 name = _LABELS.get(event.name, OTHER)
                 self._started(event.tag, name)
                 if name == "LOGOUT":
-                    self.logout_seen = True
+                    self._logout(event.tag)
             elif type(event) is events.Command:
                 if event.name == b"IDLE":
                     self.inflight.idle_tag = event.tag
@@ -206,6 +211,38 @@ class ImapRelayCore:
                     self._started(*command)
             elif type(event) is events.ConnectionClosed:
                 return True
+
+    def _logout(self, tag: bytes) -> None:
+        self.logout_seen = True
+        if len(self.inflight.pending) == 1:   # (itself): the driver may `answer_logout()`
+            self.logout_tag = tag
+
+    def answer_logout(self, written: bool) -> bool:
+        """Called by the driver after forwarding a client chunk that started a LOGOUT with no
+        other command in flight (`logout_tag`), `written` when all of it went to the kernel.
+        When it is still the only command owed an answer, the last of the chunk (nothing held
+        or half-read after it), not in COMPRESS (the proxy's lines would need the deflate
+        stream) and the upstream's stream is between responses (nothing half-forwarded), the
+        proxy answers it itself, as RFC 3501 6.1.3 says the server does: BYE, then the tagged
+        OK; the session ends (client_logout) and the command is counted as answered OK. The
+        upstream still got the LOGOUT: the driver discards its answer and closes it without
+        the client waiting (engine_logout.py). What the upstream would have said before its
+        BYE (untagged EXISTS, EXPUNGE, FETCH FLAGS, an ALERT) is not relayed: the client is
+        leaving the mailbox, no command of its own is owed those, and its next session reads
+        the mailbox's state afresh (SELECT's responses, CONDSTORE/QRESYNC). True when
+        answered; otherwise the upstream's answer is relayed as for any command."""
+        tag, self.logout_tag = self.logout_tag, None
+        inflight = self.inflight
+        if (tag is None or not written or self.end is not None or self.compressed
+                or self.compress is not None or len(inflight.pending) != 1
+                or tag not in inflight.pending or self.held.held or self._said or self._before
+                or not self.client_parser.at_boundary or not self.upstream_parser.at_boundary):
+            return False
+        inflight.complete(tag, b"OK")
+        self.replies.append(b"* BYE Logging out\r\n" + tag + b" OK Logout completed.\r\n")
+        self.logged_out = True
+        self.finish(Close.CLIENT_LOGOUT)
+        return True
 
     def _started(self, tag: bytes, label: str) -> None:
         self.session.commands += 1

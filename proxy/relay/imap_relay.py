@@ -14,7 +14,9 @@ it both streams are still forwarded unchanged, and the core parses an inflated c
 a bounded slice at a time (imap_compress.py); the proxy's own lines become stored blocks.
 
 Either pump ending (EOF, error, timeout) cancels the nursery, and both connections are closed by
-the caller, so no connection is ever left open on one side. With `relay.engine: epoll` a
+the caller, so no connection is ever left open on one side. A LOGOUT the core answered itself
+(`answer_logout`) ends the pumps too; the upstream's answer is then read to its close, bounded,
+after the client's connection was closed (`_upstream_logged_out`). With `relay.engine: epoll` a
 plain-TCP session runs in the engine instead (engine_imap.py), over the same core.
 """
 
@@ -32,6 +34,7 @@ from ..session.failures import Close
 from .engine import Engine
 from .engine_entry import run_in_engine
 from .engine_imap import ImapEngineSession
+from .engine_logout import LOGOUT_WAIT
 from .imap_compress import InflatedCopy
 from .imap_core import ImapRelayCore
 from .imap_upstream import UpstreamIMAP
@@ -89,8 +92,19 @@ class ImapRelay:
                 nursery.start_soon(self._upstream_to_client)
                 nursery.start_soon(self._watchdog)
                 await self._client_to_upstream()
+            if self.core.logged_out:
+                await self._upstream_logged_out()
         finally:  # also when cut at shutdown_timeout
             self.core.settle()
+
+    async def _upstream_logged_out(self) -> None:
+        """The LOGOUT the core answered went upstream too: the client's connection is closed
+        first (it has its BYE and OK), then the upstream's answer is read to its close, at
+        most LOGOUT_WAIT (the engine does the same off any task: engine_logout.py)."""
+        await self.client.linger()
+        with trio.move_on_after(LOGOUT_WAIT):
+            while await self.upstream.receive():
+                pass
 
     def _in_engine(self, engine: Engine, client: Conn, client_fd: int, upstream: Conn,
                    upstream_fd: int) -> ImapEngineSession:
@@ -164,6 +178,8 @@ class ImapRelay:
         await self._say(core.take_replies())
         if up and not await self.upstream.send(up):
             core.finish(Close.UPSTREAM_CLOSED)
+        if core.logout_tag is not None and core.answer_logout(written=True):
+            await self._say(core.take_replies())
         return core.end is None
 
     async def _compress_answered(self) -> bool:
@@ -221,6 +237,8 @@ class ImapRelay:
     async def _down(self, data: bytes) -> bool:
         """Forward first, then let the core look; False once the session ends."""
         core = self.core
+        if core.logged_out:   # the proxy answered the LOGOUT: the upstream's is not relayed
+            return False
         if data and not await self.client.send(data):
             core.finish(Close.CLIENT_CLOSED)
             return False
