@@ -17,7 +17,7 @@ A client's COMPRESS (RFC 4978) is forwarded like any command, then the session i
 to tasks before the upstream's verdict is read: the task path waits for it, and inflates.
 
 A LOGOUT the core may answer itself (`logout_tag`, once it is all written upstream) is
-answered so, and the upstream is left to engine_logout.py, off the client's path.
+answered so, and the session ends as engine_logout.py's LoggedOut, off the client's path.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ..net.conn import Conn
 from ..session.failures import Close
 from . import engine_splice
 from .engine import Engine
-from .engine_logout import hold
+from .engine_logout import LOGOUT_WAIT, LoggedOut
 from .engine_session import IN, EngineSession, Side
 from .imap_core import ImapRelayCore
 
@@ -99,13 +99,24 @@ class ImapEngineSession(EngineSession):
         """Send what the core says (`forward`); end or hand back as it says."""
         core = self.core
         self.forward(core, up)
-        if core.logout_tag is not None and core.answer_logout(written=not self.upstream.out):
-            self.send(self.client, core.take_replies())
-            hold(self.engine, self.session, self.upstream)   # (else its owner closes it now)
+        if core.logout_tag is not None and self._logged_out():
+            return
         if core.end is not None:
             self.finish()
         elif core.compress is not None:
             self.hand_back()
+
+    def _logged_out(self) -> bool:
+        """The core answers the LOGOUT just forwarded, if it may (once all of it is written,
+        and with someone waiting for the session's end: not in `start` before the task is
+        parked, Engine.relay); the session goes on as LoggedOut (engine_logout.py)."""
+        core = self.core
+        waited = self.task is not None or self.ended is not None
+        if not core.answer_logout(written=waited and not self.upstream.out):
+            return False
+        self.send(self.client, core.take_replies())
+        self.engine.succeed(self, LoggedOut(self, self.engine.now + LOGOUT_WAIT))
+        return True
 
     # -- timers and drain -------------------------------------------------------------------
     def due(self) -> float:

@@ -1,100 +1,62 @@
-"""The upstream of a session whose LOGOUT the relay answered itself, closed off the client's path.
+"""An IMAP relay session in the engine after the LOGOUT the relay answered itself.
 
 Theory of operation (issue 16): when the relay core answers a client's LOGOUT (imap_core.py
 `answer_logout`, RFC 3501 6.1.3), the LOGOUT has gone upstream too, so that the upstream logs
-the user out cleanly (Dovecot: "Logged out", its mailbox closed and committed), and the session
-ends at once: the client is closed as always, and the upstream's descriptor is closed by its
-owner as always (the engine's accept, the session's task). Before that, `hold` takes a duplicate
-of the upstream's descriptor into the engine as an `UpstreamLogout` entry, which reads and
-discards the upstream's answer (its BYE and tagged OK; ciphertext on a TLS upstream, never
-decrypted) until the upstream closes, or LOGOUT_WAIT at most, then closes the duplicate: only
-then does the connection end, by the upstream's own close in the common case (no RST, nothing
-unread). The entry counts in the engine's sessions (mailproxy_relay_engine_sessions) meanwhile.
-
-Bounded, never leaked: each entry has its LOGOUT_WAIT timer; a trio system task per engine
-(started with its first entry) releases every entry left at the trio run's end, and an engine
-whose thread dies releases all it holds (engine_loop.py), each release closing the duplicate.
-A drain or a kick does not concern it: the session has ended. The task path (imap_relay.py,
-no engine) waits for the upstream's close itself, after the client's.
+the user out cleanly (Dovecot: "Logged out", its mailbox closed and committed). The relay
+session (engine_imap.py) writes the BYE and the tagged OK to the client and is carried on by a
+`LoggedOut` session over the same descriptors (Engine.succeed: the task, the accept's end, the
+drain go with it). It half-closes a plain client at once, so the client sees the end of the
+connection right after the OK (a TLS client, which cannot be half-closed, sees it at the
+close), then reads and discards both sides (the upstream's BYE and tagged OK, whatever the
+client still sends) until both have closed, or LOGOUT_WAIT at most, and ends: the session's
+usual end follows (engine_accept.py, or its task), with both connections closed as always and
+the session's reason client_logout. The client never waits for the upstream's logout; the
+upstream's connection ends by its own close in the common case (no RST, nothing unread), and
+nothing is left once the session has ended.
 """
 
 from __future__ import annotations
 
-import os
-import weakref
+import socket
 
 import trio
 
-from ..net.conn import Conn
-from ..session.context import Session
-from .engine import Engine
-from .engine_session import IN, EngineSession, Side
+from .engine_session import EngineSession, Side
 
-__all__ = ["LOGOUT_WAIT", "UpstreamLogout", "hold"]
+__all__ = ["LOGOUT_WAIT", "LoggedOut"]
 
-LOGOUT_WAIT = 1.0   # seconds an upstream has to answer a LOGOUT the relay answered, and close
-
-# the entries each engine holds, for the run's end (touched under the engine's lock)
-_HELD: weakref.WeakKeyDictionary[Engine, set[UpstreamLogout]] = weakref.WeakKeyDictionary()
+LOGOUT_WAIT = 1.0   # seconds the upstream has to answer a LOGOUT the relay answered, and close
 
 
-def hold(eng: Engine, session: Session, upstream: Side) -> bool:
-    """Keep `upstream`'s connection open in the engine, on a duplicate of its descriptor, until
-    the upstream closes it or LOGOUT_WAIT; False (nothing held) when the engine cannot (the trio
-    run is ending). Engine thread, under the lock, before the session's release."""
-    held = _HELD.get(eng)
-    if held is None:
-        held = set()
-        try:   # (trio's thread starts the task that releases what is left at the run's end)
-            eng._token.run_sync_soon(_watch_run_end, eng, held)
-        except trio.RunFinishedError:
-            return False
-        _HELD[eng] = held
-    try:
-        fd = os.dup(upstream.fd)
-    except OSError:   # (out of descriptors: the owner's close ends it at once)
-        return False
-    entry = UpstreamLogout(eng, session, Conn(upstream.conn.stream), fd,
-                           eng.now + LOGOUT_WAIT, held)
-    held.add(entry)
-    eng.adopt(entry)
-    return True
+class LoggedOut(EngineSession):
+    """The relay session `relay` after its LOGOUT was answered (the module's docstring)."""
 
+    __slots__ = ("until", "client_open", "upstream_open")
 
-def _watch_run_end(eng: Engine, held: set[UpstreamLogout]) -> None:
-    try:
-        trio.lowlevel.spawn_system_task(_release_at_run_end, eng, held)
-    except RuntimeError:   # (the run is ending already)
-        eng.locked(_release_all, eng, held)
-
-
-async def _release_at_run_end(eng: Engine, held: set[UpstreamLogout]) -> None:
-    try:
-        await trio.sleep_forever()
-    finally:
-        eng.locked(_release_all, eng, held)
-
-
-def _release_all(eng: Engine, held: set[UpstreamLogout]) -> None:
-    for entry in list(held):
-        eng.release(entry)
-
-
-class UpstreamLogout(EngineSession):
-    """An upstream read to its EOF, or LOGOUT_WAIT, then closed (the module's docstring)."""
-
-    __slots__ = ("until", "held")
-
-    def __init__(self, eng: Engine, session: Session, conn: Conn, fd: int, until: float,
-                 held: set[UpstreamLogout]):
-        super().__init__(eng, session, conn, fd, None, -1)
-        self.client.tls = None   # its bytes are discarded unread: no record layer needed
+    def __init__(self, relay: EngineSession, until: float):
+        super().__init__(relay.engine, relay.session, relay.client.conn, relay.client.fd,
+                         relay.upstream.conn, relay.upstream.fd)
+        for mine, theirs in zip(self.sides, relay.sides, strict=True):
+            mine.out, theirs.out = theirs.out, b""   # (what the kernel has not taken yet)
         self.until = until
-        self.held = held
-        self.ended = self._close
+        self.client_open = self.upstream_open = True
+
+    def start(self) -> None:
+        stream = self.client.conn.stream
+        if isinstance(stream, trio.SocketStream) and not self.client.out:   # 6.1.3: "then close"
+            try:
+                stream.socket.shutdown(socket.SHUT_WR)
+            except OSError:   # (the client is gone already: its EOF is read next)
+                pass
 
     def received(self, side: Side, data: bytes) -> None:
-        if not data:   # the upstream closed (or reset): done
+        if data:   # discarded: the upstream's BYE and OK, what the client still sends
+            return
+        if side is self.client:
+            self.client_open = False
+        else:
+            self.upstream_open = False
+        if not self.client_open and not self.upstream_open:
             self.finish()
 
     def due(self) -> float:
@@ -102,10 +64,3 @@ class UpstreamLogout(EngineSession):
 
     def timer(self, now: float) -> None:
         self.finish()
-
-    def masks(self) -> tuple[int, ...]:
-        return (IN,)
-
-    def _close(self, _: EngineSession) -> None:
-        self.held.discard(self)
-        os.close(self.client.fd)

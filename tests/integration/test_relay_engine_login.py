@@ -120,5 +120,7 @@ def test_engine_login_off_leaves_every_login_to_trio(proxy_factory, dovecot, use
         assert metric(proxy, "mailproxy_relay_engine_sessions") == 0   # greeted by trio
         assert imap.login(*user)[0] == "OK"
         assert imap.select("INBOX")[0] == "OK"
-        imap.logout()
+        imap.logout()   # (answered by the relay: the session ends once Dovecot has closed too)
+        wait_for(lambda: metric(proxy, "mailproxy_relay_engine_sessions") == 0,
+                 what="the session out of the engine")
     assert outcomes(proxy) == []
