@@ -115,6 +115,7 @@ class ImapEngineSession(EngineSession):
         if not core.answer_logout(written=waited and not self.upstream.out):
             return False
         self.send(self.client, core.take_replies())
+        self.released()   # (succeeded, never released: a splice's pipe is closed here)
         self.engine.succeed(self, LoggedOut(self, self.engine.now + LOGOUT_WAIT))
         return True
 
