@@ -4,7 +4,8 @@ real Dovecot with imaplib.IMAP4_SSL and raw TLS sockets: sessions accepted, hand
 relayed and ended in the engine (mailproxy_relay_engine_accepted_total, tls_handshakes, the
 session_end line); a command sent with the handshake's end; handshake failures (garbage, a
 client that stalls: the login timeout, an ALPN offer of another protocol) counted with trio's
-reasons; the per-IP limit; a drain and a certificate reload while the engine accepts."""
+reasons; the per-IP limit; a drain and a certificate reload while the engine accepts; an admin
+kick (the BYE encrypted, then our close_notify)."""
 
 from __future__ import annotations
 
@@ -222,3 +223,33 @@ def test_drain_and_reload_while_the_engine_accepts_tls(proxy_factory, dovecot, u
         ["shutdown", "shutdown"]
     relayed.close()
     handshaking.close()
+
+
+def test_admin_kick_of_a_tls_session_in_the_engine(proxy_factory, dovecot, user, ca, tmp_path):
+    from support.dovecot import free_ports
+
+    from .test_admin import verb
+
+    (tmp_path / "admin.token").write_text("s3cret-token\n")
+    (port,) = free_ports(1)
+    config = tls_config(dovecot, ca, tmp_path)
+    config["admin"] = {"address": f"127.0.0.1:{port}",
+                       "token": {"file": str(tmp_path / "admin.token")}}
+    proxy = proxy_factory(config)
+    with imaps(proxy, ca) as imap:   # (trio's login: the greeting is learnt)
+        imap.login(*user)
+        imap.logout()
+    client = BioClient(proxy, ca)
+    client.handshake_then(b"a LOGIN %s %s\r\n" % (user[0].encode(), user[1].encode()))
+    assert b"a OK" in client.read_until(b"a OK")
+    wait_for(lambda: outcomes(proxy) == ["trio", "relay"], what="the engine's login line")
+    kicked = verb(proxy, "kick", user[0])
+    assert (kicked.returncode, kicked.stdout) == (0, f"kicked 1 session(s) of user {user[0]}\n")
+    # the BYE encrypted, then our close_notify
+    assert client.read_until(b"never") == \
+        b"* BYE Disconnected by the administrator.\r\n<close_notify>"
+    wait_for(lambda: re.search(r"event=session_end .*reason=kicked", proxy.logs()),
+             what="the kicked session's end")
+    assert accepted(proxy) == 2
+    client.sock.close()
+    assert not proxy.tracebacks()
