@@ -3,7 +3,7 @@ and syncs it over POP3 at login (`kick`, which the login waits for) and every
 `gateway.poll_interval` while the account has sessions (or always, with `background_poll`).
 After a sync that stored new mail it publishes the new INBOX tail on the account's hub, so IDLE
 sessions see it at once; during a long sync (a large first one, which a login stops waiting for
-after `gateway.login_sync_wait`) it also publishes after a committed batch (`fetcher.BATCH_*`),
+after `gateway.login_sync_wait`) it also publishes after a committed batch (`ingest_batches.BATCH_*`),
 at most every `ANNOUNCE_DURING_SYNC_S`, so the mailbox grows in steps, not in one jump at the
 end (each step a snapshot's tail: UIDs ascending, the same EXISTS path as any new mail).
 A failed sync is counted, logged and recorded on the account's row (`gateway accounts`), and

@@ -4,7 +4,8 @@ Theory of operation (one `sync_account` call):
 
     connect (TLS per upstream.pop3.tls) -> greeting -> CAPA -> USER/PASS (or AUTH PLAIN)
     -> UIDL -> diff against store.known_uidls() -> RETR the new ones (pipelined when CAPA says
-    PIPELINING) -> ingest_many() every BATCH_MESSAGES / BATCH_BYTES -> retention: DELE -> QUIT
+    PIPELINING) -> ingest_many() every ingest_batches.BATCH_MESSAGES / BATCH_BYTES -> retention:
+    DELE -> QUIT
 
 * Nothing lost, nothing twice: a batch is one store transaction, keyed by UIDL. A crash loses at
   most the uncommitted batch, which the next sync fetches again; a committed message is never
@@ -25,8 +26,9 @@ Theory of operation (one `sync_account` call):
   store read and no parsing.
 
 The POP3 session itself (connect, TLS, login, framing over the sans-IO `proxy.pop3`) is
-`pop3_client.Pop3Client`, the listings and arrival dates are parsed in `pop3_listing.py`; this
-module only makes the decisions of a sync.
+`pop3_client.Pop3Client`, the listings and arrival dates are parsed in `pop3_listing.py`, and
+the batches of bodies are analysed and committed by `ingest_batches.py`; this module only makes
+the decisions of a sync.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 import trio
 
@@ -45,23 +46,19 @@ from ..pop3 import writer
 from ..session.failures import Failure
 from ..session.routing import log_user
 from ..session.upstream import UpstreamError
-from ..store import IngestItem, Store
+from ..store import Store
 from ._parts import MimeLimits
+from .ingest_batches import Ingest, ProgressCallback, StoredCallback, mime_limits, quota_gate
 from .pop3_client import Pop3Client
 from .pop3_listing import internaldate, parse_list_listing, parse_uidl_listing, parsed
-from .quota import IngestGate, over
+from .quota import IngestGate
 from .workers import Workers
 
 __all__ = ["SyncResult", "sync_account", "AccountLocks", "internaldate",
            "parse_uidl_listing", "parse_list_listing"]
 
-BATCH_MESSAGES = 50                 # commit at least every 50 messages ...
-BATCH_BYTES = 8 * 1024 * 1024       # ... or 8 MiB of bodies
 PIPELINE_WINDOW = 16                # RETR/DELE commands in flight with PIPELINING (RFC 2449 6.6)
 DIGEST_PREFIX = "sha256:"
-
-ProgressCallback = Callable[[int, int, int], None]   # (messages done, messages to fetch, bytes)
-StoredCallback = Callable[[int], Awaitable[None]]    # (account id): a batch stored new mail
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,74 +91,6 @@ class AccountLocks:
 
 # ---- one sync --------------------------------------------------------------------------------------
 
-class _Ingest:
-    """Batches complete bodies and commits them in a task of its own, so the store writes one
-    batch while the next arrives from the network (one batch committing, one filling: memory is
-    bounded by two batches)."""
-
-    def __init__(self, store: Store, account_id: int, progress: ProgressCallback | None, total: int,
-                 channel: trio.MemorySendChannel, limits: MimeLimits, gate: IngestGate | None,
-                 workers: Workers, on_stored: StoredCallback | None = None):
-        self.store, self.account_id, self.progress, self.total = store, account_id, progress, total
-        self.on_stored = on_stored
-        self.limits, self.gate, self.workers = limits, gate, workers
-        self.over_quota = 0
-        self.channel = channel
-        self.items: list[tuple[str, bytes]] = []   # (uidl, body): analysed off the trio thread
-        self.pending_bytes = 0
-        self.done = self.new = self.bytes = 0
-
-    async def add(self, uidl: str, body: bytes) -> None:
-        if self.gate is not None and not self.gate.admit(len(body)):
-            self.over_quota += 1   # not stored, so never DELEd: it waits upstream (RFC 9208 spirit)
-            self.done += 1
-            return
-        self.items.append((uidl, body))
-        self.pending_bytes += len(body)
-        self.done += 1
-        if len(self.items) >= BATCH_MESSAGES or self.pending_bytes >= BATCH_BYTES:
-            await self.flush()
-
-    def skip(self) -> None:
-        self.done += 1
-
-    async def flush(self) -> None:
-        """Hand the batch to the committer (waits while it still commits the previous one)."""
-        if self.items:
-            batch, self.items, self.pending_bytes = self.items, [], 0
-            await self.channel.send(batch)
-
-    async def commit_loop(self, batches: trio.MemoryReceiveChannel) -> None:
-        async with batches:
-            async for batch in batches:
-                # arrival date, MIME analysis, search texts (issue 7) and sort fields
-                # (issue 17) once, at ingest, off the trio thread, each bounded by `limits`;
-                # shielded so a batch already received is committed, as before the analysis
-                with trio.CancelScope(shield=True):
-                    items = await self.workers.ingested(analysed, batch, self.limits)
-                    uids = await self.store.ingest_many(self.account_id, items)
-                before = self.new
-                for item, uid in zip(items, uids, strict=True):
-                    if uid is not None:
-                        self.new += 1
-                        self.bytes += len(item.body)
-                if self.progress:
-                    self.progress(self.done - len(self.items), self.total, self.bytes)
-                if self.on_stored is not None and self.new > before:   # e.g. announced to IDLE
-                    await self.on_stored(self.account_id)
-
-
-async def _quota_gate(config: Config, store: Store, account_id: int) -> IngestGate | None:
-    """The account's quota as ingest sees it (None: no limit). `full` when not even one byte
-    more fits, so the sync can skip RETR altogether."""
-    quota = config.gateway.quota if config.gateway is not None else None
-    if quota is None or not quota.enabled:
-        return None
-    gate = IngestGate(quota, await store.usage(account_id))
-    gate.full = over(quota, gate.usage, 1, 1)
-    return gate
-
-
 def _unwrap(group: BaseExceptionGroup) -> BaseException:
     """The one real error of a nursery (UpstreamError, StoreError...), not an ExceptionGroup."""
     real = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
@@ -172,11 +101,11 @@ async def _fetch(client: Pop3Client, store: Store, account_id: int,
                  wanted: list[tuple[int, str | None]], known: set[str],
                  progress: ProgressCallback | None, limits: MimeLimits,
                  gate: IngestGate | None, workers: Workers,
-                 on_stored: StoredCallback | None = None) -> tuple[_Ingest, dict[str, int]]:
+                 on_stored: StoredCallback | None = None) -> tuple[Ingest, dict[str, int]]:
     """RETR and commit `wanted`. On an UpstreamError the complete bodies already received are
     committed before it propagates; a cancelled sync loses at most the uncommitted batches."""
     send, receive = trio.open_memory_channel(0)
-    ingest = _Ingest(store, account_id, progress, len(wanted), send, limits, gate, workers, on_stored)
+    ingest = Ingest(store, account_id, progress, len(wanted), send, limits, gate, workers, on_stored)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ingest.commit_loop, receive)
@@ -205,7 +134,7 @@ async def _listing(client: Pop3Client, uidl: bytes | None,
     return [(number, None) for number in await parsed(parse_list_listing, listing, workers)]
 
 
-async def _retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ingest: _Ingest,
+async def _retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ingest: Ingest,
                     known: set[str]) -> dict[str, int]:
     """RETR `wanted` (a window of them in flight with PIPELINING); returns digest-UIDL -> number
     for digest mode. Only complete bodies are handed to `ingest`."""
@@ -298,7 +227,7 @@ async def _sync_listing(client: Pop3Client, config: Config, store: Store, accoun
     stored, their bytes, messages left upstream over quota, DELEs that took effect)."""
     known = await store.known_uidls(account_id)
     wanted = [(n, u) for n, u in listing if u is None or u not in known]
-    gate = await _quota_gate(config, store, account_id) if wanted else None
+    gate = await quota_gate(config, store, account_id) if wanted else None
     left = wanted if gate is not None and gate.full and has_uidl else []
     if left:   # already full: no RETR at all, it would be thrown away
         wanted = []
@@ -396,23 +325,3 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
     return result
 
 
-def analysed(batch: list[tuple[str, bytes]], limits: MimeLimits) -> list[IngestItem]:
-    """(uidl, body) -> IngestItem with its arrival date, cache blob
-    (`analysis.analyze_for_store`) and sort-fields record (`sortkeys.extract_record`): the
-    work that grows with a message, run in a worker thread, each part bounded by `limits`
-    (a 50 MB header line is read up to `max_header_bytes`, as Dovecot reads it)."""
-    from .analysis import analyze_for_store
-    from .sortkeys import extract_record
-
-    return [IngestItem(uidl, body, internaldate(body, limits.max_header_bytes),
-                       cache=analyze_for_store(body, limits),
-                       sort_fields=extract_record(body, limits.max_header_bytes))
-            for uidl, body in batch]
-
-
-def mime_limits(config: Config) -> MimeLimits:
-    """The MIME scanner's bounds from `gateway.limits` (defaults without a gateway section)."""
-    if config.gateway is None:
-        return MimeLimits()
-    limits = config.gateway.limits
-    return MimeLimits(limits.mime_max_depth, limits.mime_max_parts, limits.mime_max_header_bytes)

@@ -1,5 +1,5 @@
 """The per-account quota test shared by IMAP (imapd/_quota.py: `NO [OVERQUOTA]`, RFC 9208) and
-POP3 ingest (fetcher.py: what does not fit stays upstream). `quota` is a `config.GatewayQuota`."""
+POP3 ingest (ingest_batches.py: what does not fit stays upstream). `quota` is a `config.GatewayQuota`."""
 
 from __future__ import annotations
 

@@ -65,8 +65,9 @@ from ..store import (
 )
 from .account_fetcher import AccountFetcher, oauth2_settings
 from .auth import Authenticator
-from .fetcher import AccountLocks, mime_limits
+from .fetcher import AccountLocks
 from .imapd import CAPABILITIES, Backend, BodyCache, Hub, ImapSession, MimeCache
+from .ingest_batches import mime_limits
 from .users import canonical_user
 from .workers import Workers
 

@@ -20,14 +20,14 @@ if importlib.util.find_spec("proxy") is None:
 
 import trio  # noqa: E402
 
-from proxy.gateway import fetcher, sync_cli  # noqa: E402
+from proxy.gateway import ingest_batches, sync_cli  # noqa: E402
 from proxy.store.postgres import PostgresStore  # noqa: E402
 from proxy.store.sqlite import SqliteStore  # noqa: E402
 
-fetcher.BATCH_MESSAGES = 5
+ingest_batches.BATCH_MESSAGES = 5
 STALL_AFTER = int(os.environ.get("SYNC_WORKER_STALL_AFTER", "0"))   # 0: never stall
 PAUSE = int(os.environ.get("SYNC_WORKER_PAUSE_MS", "8")) / 1000
-_add = fetcher._Ingest.add
+_add = ingest_batches.Ingest.add
 _commits = 0
 
 
@@ -48,7 +48,7 @@ def _reporting(ingest_many):
     return reporting_ingest_many
 
 
-fetcher._Ingest.add = _slow_add
+ingest_batches.Ingest.add = _slow_add
 SqliteStore.ingest_many = _reporting(SqliteStore.ingest_many)
 PostgresStore.ingest_many = _reporting(PostgresStore.ingest_many)
 

@@ -20,7 +20,7 @@ import threading
 
 import trio
 
-from proxy.gateway import analysis, fetcher, sortkeys
+from proxy.gateway import analysis, ingest_batches, sortkeys
 
 from .conftest import differences_from_dovecot
 
@@ -149,11 +149,12 @@ async def test_another_accounts_noop_is_answered_while_a_huge_header_is_ingested
             return function(*args, **kwargs)
         return run
 
-    monkeypatch.setattr(fetcher, "internaldate", watched("internaldate", fetcher.internaldate))
+    monkeypatch.setattr(ingest_batches, "internaldate",
+                        watched("internaldate", ingest_batches.internaldate))
     monkeypatch.setattr(analysis, "analyze_for_store",
                         watched("analyze_for_store", analysis.analyze_for_store))
     monkeypatch.setattr(sortkeys, "extract_record", watched("extract_record", sortkeys.extract_record))
-    real = fetcher.analysed
+    real = ingest_batches.analysed
 
     def held(batch, limits):
         items = real(batch, limits)
@@ -163,7 +164,7 @@ async def test_another_accounts_noop_is_answered_while_a_huge_header_is_ingested
         order.append("released" if held_ok else "timed out")
         return items
 
-    monkeypatch.setattr(fetcher, "analysed", held)
+    monkeypatch.setattr(ingest_batches, "analysed", held)
     other = dovecot.add_user()
 
     def run() -> tuple[bytes, bytes]:

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from proxy import config as config_mod
-from proxy.gateway import fetcher
+from proxy.gateway import ingest_batches
 from support import polling
 
 from .conftest import GatewayHandle, message
@@ -90,7 +90,7 @@ async def test_a_long_sync_is_announced_in_steps_to_an_idle_session(dovecot, tmp
     is held before its commit (so the sync cannot have ended), then the rest; EXISTS only grow
     and the UIDs are 1..TOTAL in order."""
     total, batch = 120, 40
-    monkeypatch.setattr(fetcher, "BATCH_MESSAGES", batch)
+    monkeypatch.setattr(ingest_batches, "BATCH_MESSAGES", batch)
     user, password = dovecot.add_user()
     for n in range(total):
         dovecot.deliver(user, message(n))

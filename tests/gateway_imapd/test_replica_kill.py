@@ -14,7 +14,7 @@ import time
 
 import psycopg
 
-from proxy.gateway.fetcher import BATCH_MESSAGES
+from proxy.gateway.ingest_batches import BATCH_MESSAGES
 from support.polling import wait_for
 
 from .conftest import message

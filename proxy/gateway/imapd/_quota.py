@@ -12,7 +12,7 @@ The check before APPEND/COPY refuses what would take the account past a limit (9
 server MUST NOT let the command complete, `NO [OVERQUOTA]`). It is a check, then the write: two
 commands running at the same moment may both pass and end slightly over the limit. MOVE within
 the account changes no usage, so it is never refused. Expunging frees space at once. The POP3
-fetcher applies the same limits to ingest (fetcher.py: what does not fit stays upstream).
+fetcher applies the same limits to ingest (ingest_batches.py: what does not fit stays upstream).
 """
 
 from __future__ import annotations
