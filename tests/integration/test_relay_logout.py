@@ -161,3 +161,38 @@ def test_logout_behind_a_command_in_flight_is_dovecots_answered_in_order(proxy, 
     assert metric(proxy, "mailproxy_commands_total", protocol="imap", command="LOGOUT",
                   status="OK") == 1
     wait_for(lambda: dovecot_logged_out(dovecot, user[0]) == 1, what="Dovecot's 'Logged out'")
+
+
+def open_fds(proxy) -> int:
+    return len(os.listdir(f"/proc/{proxy.pid}/fd"))
+
+
+def test_an_upstream_that_does_not_close_after_logout_is_closed_at_the_bound(proxy, dovecot,
+                                                                              user):
+    """Dovecot's imap process stopped before the client's LOGOUT: the client still gets its
+    answer from the proxy at once, and the session ends LOGOUT_WAIT later with nothing left
+    open (the proxy's descriptors back to what they were, the engine's gauge at 0); Dovecot,
+    let go on, still finds the LOGOUT and logs out."""
+    before = imap_processes(dovecot)
+    sock = logged_in(proxy, user)
+    wait_for(lambda: len(imap_processes(dovecot) - before) == 1,
+             what="the session's imap process")
+    pid = next(iter(imap_processes(dovecot) - before))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        fds = open_fds(proxy)
+        sock.sendall(b"c LOGOUT\r\n")
+        assert read_until(sock, b"c OK ") + read_until(sock, b"\r\n") == \
+            b"* BYE Logging out\r\nc OK Logout completed.\r\n"   # (Dovecot is stopped)
+        sock.close()
+        wait_for(lambda: len(ends(proxy)) == 1, what="the session's end at LOGOUT_WAIT")
+        assert "reason=client_logout" in ends(proxy)[0]
+        wait_for(lambda: open_fds(proxy) == fds - 2, what="both connections closed")
+        wait_for(lambda: metric(proxy, "mailproxy_relay_engine_sessions") == 0,
+                 what="the engine's gauge back at 0")
+        # it went upstream all the same, and then the proxy's close (rx_queue counts the FIN)
+        assert unread_at(pid) == len(b"c LOGOUT\r\n") + 1
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: dovecot_logged_out(dovecot, user[0]) == 1, what="Dovecot's 'Logged out'")
+    assert not proxy.tracebacks()
