@@ -18,7 +18,7 @@ ROOT = pathlib.Path(proxy.__file__).parent
 # Lowest first. "proxy" is the package itself (__version__).
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"proxy", "proxy.imap", "proxy.pop3", "proxy.logs", "proxy.certgen",
-               "proxy.command_tally"}),
+               "proxy.command_tally", "proxy.metric_labels"}),
     frozenset({"proxy.config"}),
     frozenset({"proxy.metrics", "proxy.collector"}),
     frozenset({"proxy.net"}),
