@@ -28,13 +28,14 @@ from . import engine_splice
 from .engine import Engine
 from .engine_logout import LOGOUT_WAIT, LoggedOut
 from .engine_session import IN, EngineSession, Side
+from .engine_splice import NEVER
 from .imap_core import ImapRelayCore
 
 __all__ = ["ImapEngineSession"]
 
 
 class ImapEngineSession(EngineSession):
-    __slots__ = ("core", "leftover", "splice_min", "pipe")
+    __slots__ = ("core", "leftover", "splice_min", "splice_at", "pipe")
 
     def __init__(self, core: ImapRelayCore, upstream_leftover: bytes, engine: Engine,
                  client: Conn, client_fd: int, upstream: Conn, upstream_fd: int):
@@ -42,7 +43,8 @@ class ImapEngineSession(EngineSession):
         self.core = core
         self.leftover = upstream_leftover   # what the login's parser read past its reply
         # literals spliced from this size (0: never); the pipe, once one was
-        self.splice_min = core.session.runtime.config.relay.splice_min_literal or 0
+        self.splice_min = core.session.runtime.config.relay.splice_min_literal or NEVER
+        self.splice_at = self.splice_min   # `start` is asked from this (0: the read after one)
         self.pipe: engine_splice.Pipe | None = None
 
     def start(self) -> None:
@@ -75,7 +77,7 @@ class ImapEngineSession(EngineSession):
                 or core.logout_tag is not None):
             self._sent(b"")   # (otherwise it has nothing to do: the common answer)
             return False
-        if side is upstream and self.splice_min and engine_splice.start(self):
+        if core.literal_owed >= self.splice_at and side is upstream and engine_splice.start(self):
             return False
         return (not upstream.out and not client.out and core.inflight.idle_tag is None
                 and upstream.mask == client.mask == IN and not self.paused)

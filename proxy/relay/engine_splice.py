@@ -48,13 +48,14 @@ from .engine_session import IN, OUT, RECEIVE_SIZE, Side
 if TYPE_CHECKING:
     from .engine_imap import ImapEngineSession
 
-__all__ = ["PIPE_SIZE", "Pipe", "end", "masks", "start", "step"]
+__all__ = ["NEVER", "PIPE_SIZE", "Pipe", "end", "masks", "start", "step"]
 
 PIPE_SIZE = 1024 * 1024   # /proc/sys/fs/pipe-max-size's default; the kernel may give less
 # the upstream's read after a splice: the line after the payload and the next response's
 # head, with little of a next payload (a big one is spliced from there; else reads go back to
 # RECEIVE_SIZE)
 READ_AFTER_SPLICE = 8 * 1024
+NEVER = 1 << 62   # a session's splice_min that no literal reaches (relay.splice_min_literal null)
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _GONE = select.EPOLLHUP | select.EPOLLERR
 
@@ -81,6 +82,7 @@ class Pipe:
 def start(sess: ImapEngineSession) -> bool:
     """Splice the rest of the literal the upstream is sending, when it is worth it (see the
     module's docstring); True when the session now splices."""
+    sess.splice_at = sess.splice_min
     left = sess.core.literal_left()
     client, upstream = sess.client, sess.upstream
     if left < sess.splice_min or upstream.out or client.tls is not None \
@@ -91,7 +93,7 @@ def start(sess: ImapEngineSession) -> bool:
         try:
             sess.pipe = Pipe()
         except OSError:   # out of descriptors: this session reads and writes as before
-            sess.splice_min = 0
+            sess.splice_min = sess.splice_at = NEVER
             return False
     sess.pipe.left = left
     client.spliced = upstream.spliced = True
@@ -119,7 +121,8 @@ def step(sess: ImapEngineSession, side: Side, events: int) -> None:
         _drain(pipe, client)
     if not pipe.left and not pipe.held:
         sess.client.spliced = sess.upstream.spliced = False   # the line after the payload
-        sess.upstream.read_size = READ_AFTER_SPLICE   # is read and parsed as usual
+        sess.upstream.read_size = READ_AFTER_SPLICE   # is read and parsed as usual; `start`
+        sess.splice_at = 0   # looks after that read whatever it left (and restores the size)
 
 
 def masks(sess: ImapEngineSession) -> tuple[int, int]:

@@ -53,7 +53,7 @@ class ImapRelayCore:
                  "bytes_up", "bytes_down", "last_active", "upstream_heard", "logout_seen",
                  "logout_tag", "logged_out", "draining", "bad", "compress", "compressed", "end",
                  "replies", "_said", "_before", "_down_after_ok", "_unjudged", "_unjudged_size",
-                 "_max_plain")
+                 "_max_plain", "literal_owed")
 
     def __init__(self, session: Session, client_parser: CommandParser,
                  upstream_parser: ResponseParser, client_leftover: bytes, now: float):
@@ -76,6 +76,9 @@ class ImapRelayCore:
         self.bad = 0
         self.compress: CompressAsked | None = None   # a COMPRESS awaiting its verdict
         self.compressed = False   # COMPRESS is active: parsers read inflated copies
+        # what `upstream_parser.literal_left` was after the last chunk parsed in full (a
+        # driver's cheap test before `literal_left()`: engine_splice.py); may be stale-high
+        self.literal_owed = 0
         self.end: Close | None = None
         self.replies: list[bytes] = []   # the proxy's own lines, to the client now (take_replies)
         self._said: list[bytes] = []      # ... and those waiting for a response boundary
@@ -320,6 +323,7 @@ class ImapRelayCore:
         self.upstream_parser.receive_data(data)
         if not self.upstream_plain(b""):
             return b""
+        self.literal_owed = self.upstream_parser.literal_left   # (not on the tagged-line path)
         if self.compressed:   # the OK to COMPRESS came in this chunk
             rest, self._down_after_ok = self._down_after_ok, b""
             if rest:
