@@ -32,13 +32,14 @@ LOGOUT_WAIT = 1.0   # seconds the upstream has to answer a LOGOUT the relay answ
 class LoggedOut(EngineSession):
     """The relay session `relay` after its LOGOUT was answered (the module's docstring)."""
 
-    __slots__ = ("until", "open")
+    __slots__ = ("relay", "until", "open")
 
     def __init__(self, relay: EngineSession, until: float):
         super().__init__(relay.engine, relay.session, relay.client.conn, relay.client.fd,
                          relay.upstream.conn, relay.upstream.fd)
         for mine, theirs in zip(self.sides, relay.sides, strict=True):
             mine.out, theirs.out = theirs.out, b""   # (what the kernel has not taken yet)
+        self.relay = relay
         self.until = until
         self.open = {self.client, self.upstream}   # the sides not read to their end yet
 
@@ -50,6 +51,15 @@ class LoggedOut(EngineSession):
             if self.open:
                 return
         self.finish()   # both closed; or a side's end came again (a reset hangs up for good)
+
+    def released(self) -> None:
+        """What a plain side still holds goes back to the relay session's side: the session's
+        end flushes that one (engine_entry.run_in_engine, engine_login_task.taken_back), and
+        ours keeps it too, so that the accept's end sees it (engine_accept.Accepted.ended). A TLS
+        side's is requeued in its TLSEngine by the release."""
+        for mine, theirs in zip(self.sides, self.relay.sides, strict=True):
+            if mine.out and mine.tls is None:
+                theirs.out = mine.out
 
     def masks(self) -> tuple[int, ...]:
         return tuple((OUT if side.out else 0) | (IN if side in self.open else 0)
