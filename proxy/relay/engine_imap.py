@@ -42,7 +42,8 @@ class ImapEngineSession(EngineSession):
         super().__init__(engine, core.session, client, client_fd, upstream, upstream_fd)
         self.core = core
         self.leftover = upstream_leftover   # what the login's parser read past its reply
-        # literals spliced from this size (0: never); the pipe, once one was
+        # literals spliced from this size (NEVER: relay.splice_min_literal null); the pipe,
+        # once one was made
         self.splice_min = core.session.runtime.config.relay.splice_min_literal or NEVER
         self.splice_at = self.splice_min   # `start` is asked from this (0: the read after one)
         self.pipe: engine_splice.Pipe | None = None
