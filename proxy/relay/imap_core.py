@@ -28,7 +28,9 @@ After each call the driver sends `take_replies()` (the proxy's own lines, b"" mo
 client, and ends the session when `end` is set (its reason; session.close_reason is set too).
 `compress` is set when the client asked COMPRESS (RFC 4978): the core then stops reading the
 client's bytes until the driver has the upstream's verdict (imap_relay.py inflates copies).
-The core never reads a clock: drivers pass `now` (trio's clock, also the engine's).
+The core never reads a clock: drivers pass `now` (trio's clock, also the engine's). How the
+session ends by the proxy's own words (its lines, LOGOUT answered, timers, drain) is
+imap_core_ends.py's CoreEnds, this class's base.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from ..session.context import ByteCounter, CommandMeter, Session
 from ..session.failures import Close, limit_of_protocol_error
 from .held_lines import HeldLines
 from .imap_compress import CompressAsked
+from .imap_core_ends import CoreEnds
 from .imap_inflight import InFlight
 
 __all__ = ["ImapRelayCore"]
@@ -48,12 +51,11 @@ __all__ = ["ImapRelayCore"]
 _LABELS = {name.encode(): name for name in IMAP_COMMANDS}
 
 
-class ImapRelayCore:
+class ImapRelayCore(CoreEnds):
     __slots__ = ("session", "client_parser", "upstream_parser", "held", "inflight",
-                 "bytes_up", "bytes_down", "last_active", "upstream_heard", "logout_seen",
-                 "logout_tag", "logged_out", "draining", "bad", "compress", "compressed", "end",
-                 "replies", "_said", "_before", "_down_after_ok", "_unjudged", "_unjudged_size",
-                 "_max_plain", "literal_owed")
+                 "bytes_up", "bytes_down", "last_active", "logout_seen", "bad", "compress",
+                 "compressed", "replies", "_said", "_before", "_down_after_ok", "_unjudged",
+                 "_unjudged_size", "_max_plain", "literal_owed")   # (and CoreEnds's)
 
     def __init__(self, session: Session, client_parser: CommandParser,
                  upstream_parser: ResponseParser, client_leftover: bytes, now: float):
@@ -102,11 +104,6 @@ class ImapRelayCore:
         self.bytes_up.flush()
         self.bytes_down.flush()
         self.inflight.settle()
-
-    def finish(self, reason: Close) -> None:
-        if self.end is None:
-            self.end = reason
-            self.session.end(reason)
 
     # -- client -> upstream ---------------------------------------------------------------
     def client_data(self, data: bytes, now: float, forward_first: bool = False
@@ -220,33 +217,6 @@ class ImapRelayCore:
         if len(self.inflight.pending) == 1:   # (itself): the driver may `answer_logout()`
             self.logout_tag = tag
 
-    def answer_logout(self, written: bool) -> bool:
-        """Called by the driver after forwarding a client chunk that started a LOGOUT with no
-        other command in flight (`logout_tag`), `written` when all of it went to the kernel.
-        When it is still the only command owed an answer, the last of the chunk (nothing held
-        or half-read after it), not in COMPRESS (the proxy's lines would need the deflate
-        stream) and the upstream's stream is between responses (nothing half-forwarded), the
-        proxy answers it itself, as RFC 3501 6.1.3 says the server does: BYE, then the tagged
-        OK; the session ends (client_logout) and the command is counted as answered OK. The
-        upstream still got the LOGOUT: the driver discards its answer and closes it without
-        the client waiting (engine_logout.py). What the upstream would have said before its
-        BYE (untagged EXISTS, EXPUNGE, FETCH FLAGS, an ALERT) is not relayed: the client is
-        leaving the mailbox, no command of its own is owed those, and its next session reads
-        the mailbox's state afresh (SELECT's responses, CONDSTORE/QRESYNC). True when
-        answered; otherwise the upstream's answer is relayed as for any command."""
-        tag, self.logout_tag = self.logout_tag, None
-        inflight = self.inflight
-        if (tag is None or not written or self.end is not None or self.compressed
-                or self.compress is not None or len(inflight.pending) != 1
-                or tag not in inflight.pending or self.held.held or self._said or self._before
-                or not self.client_parser.at_boundary or not self.upstream_parser.at_boundary):
-            return False
-        inflight.complete(tag, b"OK")
-        self.replies.append(b"* BYE Logging out\r\n" + tag + b" OK Logout completed.\r\n")
-        self.logged_out = True
-        self.finish(Close.CLIENT_LOGOUT)
-        return True
-
     def _started(self, tag: bytes, label: str) -> None:
         self.session.commands += 1
         if self.inflight.start(tag, label):   # the upstream's time to answer starts now
@@ -279,21 +249,6 @@ class ImapRelayCore:
         self.last_words(b"* BYE Too many invalid commands.\r\n")
         self.finish(Close.BAD_COMMANDS)
         return False
-
-    # -- the proxy's own lines ------------------------------------------------------------
-    def last_words(self, line: bytes) -> None:
-        """An untagged line of the proxy's own before closing, only where it cannot land in
-        the middle of a forwarded response (otherwise the connection just closes)."""
-        if self.upstream_parser.at_boundary:
-            self.replies.append(line)
-
-    def _reply_between(self, line: bytes) -> None:
-        """A reply of the proxy's own: now if the upstream's stream is between responses,
-        else queued until the next boundary."""
-        if not self._said and self.upstream_parser.at_boundary:
-            self.replies.append(line)
-        else:
-            self._said.append(line)
 
     # -- upstream -> client ---------------------------------------------------------------
     def upstream_data(self, data: bytes, now: float) -> bytes:
@@ -387,39 +342,3 @@ class ImapRelayCore:
         if self.draining:
             self._bye_if_at_rest()
 
-    # -- timers and drain -----------------------------------------------------------------
-    def due(self) -> float:
-        """When the nearest timer could fire (the driver's clock)."""
-        timeouts = self.session.listener.timeouts
-        idle_at = self.last_active + (
-            timeouts.idle_command if self.inflight.idle_tag else timeouts.idle)
-        return min(idle_at, self.upstream_heard + timeouts.upstream_response)
-
-    def timer(self, now: float) -> None:
-        """Act on whatever timer expired at `now`; activity since only pushed them back."""
-        timeouts = self.session.listener.timeouts
-        idle_at = self.last_active + (
-            timeouts.idle_command if self.inflight.idle_tag else timeouts.idle)
-        if now >= idle_at:
-            self.last_words(b"* BYE Autologout; idle for too long.\r\n")
-            self.finish(Close.IDLE_TIMEOUT)
-        elif now >= self.upstream_heard + timeouts.upstream_response:
-            if self.inflight.owed():
-                self.session.runtime.metrics.limit_hits.labels("upstream_response").inc()
-                self.last_words(b"* BYE Upstream server not responding.\r\n")
-                self.finish(Close.UPSTREAM_TIMEOUT)
-            else:
-                self.upstream_heard = now   # nothing owed: nothing to wait for
-
-    def drained(self) -> None:
-        """The process drains (SIGTERM): BYE after the current command."""
-        self.draining = True
-        self._bye_if_at_rest()
-
-    def _bye_if_at_rest(self) -> None:
-        """BYE as soon as no command is in flight (an IDLE does not count) and the upstream's
-        stream is between responses, so the BYE never splits one."""
-        if self.end is not None or self.inflight.owed() or not self.upstream_parser.at_boundary:
-            return
-        self.replies.append(b"* BYE Server shutting down.\r\n")
-        self.finish(Close.SHUTDOWN)
