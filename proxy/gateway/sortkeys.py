@@ -33,7 +33,6 @@ RECORD_VERSION = 2
 _WANTED = (b"subject", b"from", b"to", b"cc", b"date", b"message-id", b"references",
            b"in-reply-to")
 _TIME_GLUED_TO_ZONE = re.compile(r"\d:\d\d(?::\d\d)?[+-]\d")   # Dovecot refuses these dates
-_MSGID = re.compile(rb"<([^>]*)>")
 _WSP = re.compile(rb"[ \t\r\n]+")
 
 
@@ -109,10 +108,18 @@ def message_ids(value: bytes | None) -> list[str]:
     if not value:
         return []
     out = []
-    for match in _MSGID.finditer(value):
-        ident = _WSP.sub(b"", match.group(1))
+    # each "<" to the next ">", left to right, as `<([^>]*)>` matches; by find, which stops
+    # once no ">" follows: the regex scanned the rest of the value again from each "<" then
+    # ("<" * 40,000 in References: 7 s of CPU per header at ingest)
+    start = value.find(b"<")
+    while start >= 0:
+        end = value.find(b">", start + 1)
+        if end < 0:
+            break
+        ident = _WSP.sub(b"", value[start + 1:end])
         if b"@" in ident and b"<" not in ident:
             out.append(ident.decode("utf-8", "replace"))
+        start = value.find(b"<", end + 1)
     return out
 
 

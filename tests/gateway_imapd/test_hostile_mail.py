@@ -142,3 +142,37 @@ async def test_a_charset_both_numbered_and_not_neither_wedges_the_account_nor_fa
     assert found == ("OK", [b"1"])
     assert preview == ("OK", [b'1 (PREVIEW "needle")'])
     assert appended == "OK"
+
+
+UNCLOSED_IDS = b"<" * 60000
+
+
+async def test_unclosed_message_ids_neither_wedge_the_account_nor_differ_from_dovecot(gateway):
+    """Message-ID, References and In-Reply-To of 60,000 "<" with no ">" (RFC 5322 3.6.4
+    msg-id): the message-id pattern scanned the rest of the value again from each "<", about
+    half a minute of CPU at ingest (the sort record), so the login's wait for the sync ran out
+    and the account saw none of its mail for that long. Now both messages are there at login
+    and THREAD and SORT answer as Dovecot does."""
+    gateway.deliver(b"From: a@example.org\r\nSubject: ids\r\nMessage-ID: " + UNCLOSED_IDS +
+                    b"\r\nReferences: " + UNCLOSED_IDS + b"<m2@example.org>\r\nIn-Reply-To: " +
+                    UNCLOSED_IDS + b"\r\n\r\nbody\r\n")
+    gateway.deliver(message(2, subject="Re: ids"))
+
+    def answers(client: imaplib.IMAP4) -> tuple:
+        typ, data = client.select("INBOX", readonly=True)
+        return ((typ, list(data)), client.thread("REFERENCES", "UTF-8", "ALL"),
+                client.sort("(SUBJECT)", "UTF-8", "ALL"))
+
+    def run():
+        ours = gateway.imaplib()
+        mine = answers(ours)
+        ours.logout()
+        theirs = imaplib.IMAP4(gateway.dovecot.host, gateway.dovecot.imap_port)
+        theirs.login(gateway.user, gateway.password)
+        reference = answers(theirs)
+        theirs.logout()
+        return mine, reference
+
+    mine, reference = await trio.to_thread.run_sync(run)
+    assert mine[0] == ("OK", [b"2"])
+    assert mine == reference
