@@ -101,7 +101,7 @@ def start(sess: ImapEngineSession) -> bool:
             return False
         if pipe.size < PIPE_SIZE:   # F_SETPIPE_SZ refused: not worth it (module docstring)
             pipe.close()
-            sess.splice_min = 0
+            sess.splice_min = sess.splice_at = NEVER
             upstream.read_size = RECEIVE_SIZE
             return False
         sess.pipe = pipe
