@@ -43,10 +43,6 @@ class TimerHeap:
         # rebuild is due (`_refresh` after every change)
         self.at = math.inf
 
-    def has_work(self, now: float) -> bool:
-        """Whether `due(now)` has anything to do: an entry due, or a rebuild (`_compact_due`)."""
-        return self.at <= now
-
     def _compact_due(self) -> bool:
         return self._dead > COMPACT_AFTER and self._dead > len(self._heap) // 2
 

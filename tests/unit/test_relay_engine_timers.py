@@ -1,5 +1,5 @@
-"""The relay engine's timer heap (proxy/relay/engine_timers.py): `has_work`, which the engine's
-loop asks on every wake-up before it walks the heap, says True exactly when `due()` would do
+"""The relay engine's timer heap (proxy/relay/engine_timers.py): `at`, which the engine's loop
+reads on every wake-up before it walks the heap (`at <= now`), says exactly when `due()` would do
 something (an entry due, or the rebuild of a heap mostly made of dead entries)."""
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ def test_dead_entries_below_half_the_heap_are_no_work_and_past_half_they_are_reb
     assert len(heap._heap) == size
     # more dead entries than COMPACT_AFTER, but not half the heap: due() would neither fire
     # nor rebuild, so the loop need not call it
-    assert not heap.has_work(0.0)
+    assert heap.at > 0.0
     assert list(heap.due(0.0)) == [] and len(heap._heap) == size
-    assert heap.has_work(500.0) and not heap.has_work(499.0)
+    assert heap.at <= 500.0 and heap.at > 499.0
     ended = sessions[COMPACT_AFTER + 1:][:size // 2]
     for sess in ended:
         sess.done = True
         heap.forget(sess)
-    assert heap.has_work(0.0)   # now mostly dead: the rebuild is due
+    assert heap.at <= 0.0   # now mostly dead: the rebuild is due
     assert list(heap.due(0.0)) == []
     live = [s for s in sessions if not s.done]
     assert sorted(at for at, _, _ in heap._heap) == sorted(s.at for s in live)
-    assert not heap.has_work(0.0)
+    assert heap.at > 0.0
