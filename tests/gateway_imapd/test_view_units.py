@@ -4,6 +4,7 @@ lost) or an expunge (never announced after it) of such a message may be publishe
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 
 from proxy.gateway.imapd import _view as view_module
@@ -367,3 +368,36 @@ def test_one_message_expunges_cost_no_walk_of_every_other_hold(monkeypatch):
     assert quiet.updates(True) == [b"%d EXPUNGE" % n for n in range(500, 0, -1)]
     assert hub.garbage == set(range(1, 501)) and hub.pinned() == set() and quiet.holds == []
     assert len(visits) <= 5 * 500   # a few per hold (251,500 walking them all)
+
+
+class _RecordingStore:
+    def __init__(self) -> None:
+        self.collected: list[int] = []
+
+    async def collect_bodies(self, ids) -> None:
+        self.collected += ids
+
+
+async def test_a_collect_during_an_expunge_leaves_the_copys_body_alone():
+    """UIDs 1 and 2 are copies (one body, 7). Another session expunges 1; once every view has
+    sent its EXPUNGE the body is garbage, though copy 2 still refers to it. Then it expunges 2:
+    a collect (another session's, after its command) running while that expunge's store call is
+    in flight must not take body 7, or its delete, queued behind the commit, would remove it
+    while this session still shows UID 2 (RFC 2180 4.1.1; the stress mix's NO [EXPUNGEISSUED]
+    for UID FETCH 1:* FAST, seed 3563635043)."""
+    hub, store = Hub(), _RecordingStore()
+    metas = [dataclasses.replace(_meta(uid, uid), body_id=7) for uid in (1, 2)]
+    viewer, expunger = (SelectedView(Mailbox(1, 1, "INBOX", None, 7, 3, 1, 2), [], False, set(),
+                                     hub) for _ in range(2))
+    for view in (viewer, expunger):
+        hub.subscribe(1, view)
+        view.load(Snapshot(1, 2, metas))
+    hub.expunged(1, [1], origin=expunger, body_ids=[7])
+    assert viewer.updates(True) == [b"1 EXPUNGE"] and hub.garbage == {7}
+    with hub.removing([7]):   # the expunge of UID 2, its store call in flight
+        await hub.collect(store)
+        assert store.collected == []
+        hub.expunged(1, [2], origin=expunger, body_ids=[7])
+    await hub.collect(store)
+    assert store.collected == [] and hub.pinned() == {7}   # the viewer still shows UID 2
+    assert viewer.updates(True) == [b"1 EXPUNGE"] and hub.garbage == {7}

@@ -118,14 +118,16 @@ async def copy(session, cmd, move: bool = False):
     if not move:   # RFC 9208 4.3; a MOVE within the account changes no usage
         await quota.check(session, sum(view.meta[u].size for u in uids), len(uids))
     operation = session.store.move if move else session.store.copy
-    pairs = await operation(view.mailbox_id, uids, target.id)
-    moved = [a for a, _ in pairs]
+    with session.backend.hub.removing([view.meta[u].body_id for u in uids] if move else []):
+        pairs = await operation(view.mailbox_id, uids, target.id)
+        moved = [a for a, _ in pairs]
+        if move:   # published before `removing` ends (its docstring)
+            session.backend.hub.expunged(view.mailbox_id, moved, origin=view)
     code = (b"COPYUID %d %s %s" % (target.uidvalidity, uid_list([a for a, _ in pairs]),
                                    uid_list([b for _, b in pairs]))) if pairs else None
-    if move:   # the hub at once, before any await: other views pin what they show (RFC 2180
-        # 4.1.1); this one forgets what moved (in slices) before the announcement below, so
-        # even if that fails
-        session.backend.hub.expunged(view.mailbox_id, moved, origin=view)
+    if move:   # the hub was told at once, before any await: other views keep what they show
+        # (RFC 2180 4.1.1); this one forgets what moved (in slices) before the announcement
+        # below, so even if that fails
         if code:   # RFC 6851 4.3: COPYUID goes in an untagged OK before the EXPUNGEs
             session.emit(b"OK [" + code + b"] Moved UIDs.")
         for batch in view.expunge_batches(moved):
@@ -149,11 +151,14 @@ async def _expunge_deleted(session, only: set[int] | None, announce: bool) -> No
         await session.send_updates(True)   # learn others' flag changes first (allowed here)
     deleted = [u for u in view.uids if "\\Deleted" in view.meta[u].flags
                and (only is None or u in only)]
-    # only_deleted: another session may have taken \Deleted off since this view was told
-    gone = await session.store.expunge(view.mailbox_id, deleted, only_deleted=True) if deleted else []
-    bodies = [view.meta[uid].body_id for uid in gone if uid in view.meta]
-    # the other sessions hear of it at once; this one's view forgets them in slices
-    session.backend.hub.expunged(view.mailbox_id, gone, origin=view, body_ids=bodies)
+    hub = session.backend.hub
+    with hub.removing(view.meta[uid].body_id for uid in deleted):   # (its docstring)
+        # only_deleted: another session may have taken \Deleted off since this view was told
+        gone = await session.store.expunge(view.mailbox_id, deleted, only_deleted=True) \
+            if deleted else []
+        bodies = [view.meta[uid].body_id for uid in gone if uid in view.meta]
+        # the other sessions hear of it at once; this one's view forgets them in slices
+        hub.expunged(view.mailbox_id, gone, origin=view, body_ids=bodies)
     for batch in view.expunge_batches(gone):
         # EXPUNGE, or VANISHED with QRESYNC (RFC 7162 3.2.10)
         for line in view.expunge_lines(batch):

@@ -116,6 +116,7 @@ class Hub:
         self._recent_floor: dict[int, int] = {}              # mailbox id -> known claimed floor
         self._holds: set[Hold] = set()                       # kept by at least one view
         self._kept: collections.Counter[int] = collections.Counter()   # body id -> live holds
+        self._removing: collections.Counter[int] = collections.Counter()   # see `removing`
         self._deferred: dict[int, set[int]] = {}             # mailbox id -> bodies (loading views)
         self.garbage: set[int] = set()                       # body ids no hold keeps
 
@@ -214,8 +215,29 @@ class Hub:
         idempotent complement of `expunged`, which may not have been published yet."""
         self._hold(mailbox_id, tuple(uids))
 
+    @contextlib.contextmanager
+    def removing(self, body_ids):
+        """Around the store call that removes messages (EXPUNGE, MOVE): their bodies are no
+        garbage until it has returned and the removal was published (`expunged` keeps what views
+        still show). Garbage may hold a body that a copy still refers to (a hold of another copy
+        let go); a `collect` whose delete is queued behind this removal's commit would delete it
+        while sessions still show the copy (RFC 2180 4.1.1). A collect started before this call
+        is queued before the removal, so the copy still protects the body then."""
+        ids = list(body_ids)
+        self._removing.update(ids)
+        self.garbage.difference_update(ids)
+        try:
+            yield
+        finally:
+            self._removing.subtract(ids)
+            for body_id in ids:
+                if self._removing[body_id] <= 0:
+                    del self._removing[body_id]
+
     async def collect(self, store) -> None:
         """Delete the bodies of expunged messages that no session shows any more."""
+        if self._removing and self.garbage:
+            self.garbage.difference_update(self._removing)   # `removing`: never in flight
         if self.garbage:
             ids, self.garbage = sorted(self.garbage), set()
             try:
