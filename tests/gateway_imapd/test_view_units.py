@@ -7,6 +7,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 
+import trio
+import trio.testing
+
 from proxy.gateway.imapd import _view as view_module
 from proxy.gateway.imapd import hub as hub_module
 from proxy.gateway.imapd._index import Snapshot
@@ -394,10 +397,57 @@ async def test_a_collect_during_an_expunge_leaves_the_copys_body_alone():
         view.load(Snapshot(1, 2, metas))
     hub.expunged(1, [1], origin=expunger, body_ids=[7])
     assert viewer.updates(True) == [b"1 EXPUNGE"] and hub.garbage == {7}
-    with hub.removing([7]):   # the expunge of UID 2, its store call in flight
+    async with hub.removing([7]):   # the expunge of UID 2, its store call in flight
         await hub.collect(store)
         assert store.collected == []
         hub.expunged(1, [2], origin=expunger, body_ids=[7])
     await hub.collect(store)
     assert store.collected == [] and hub.pinned() == {7}   # the viewer still shows UID 2
     assert viewer.updates(True) == [b"1 EXPUNGE"] and hub.garbage == {7}
+
+
+class _HeldCollectStore:
+    """collect_bodies returns only when the test lets it: a sweep in flight on PostgreSQL."""
+
+    def __init__(self) -> None:
+        self.started, self.release = trio.Event(), trio.Event()
+        self.log: list[str] = []
+
+    async def collect_bodies(self, ids) -> None:
+        self.log.append(f"collect {ids} begins")
+        self.started.set()
+        await self.release.wait()
+        self.log.append("collect ends")
+
+
+async def test_an_expunge_waits_for_a_collect_in_flight():
+    """The converse of the test above, where store calls run side by side (PostgreSQL's pool):
+    body 7 is garbage (copy 1 expunged and sent everywhere) while copy 2 still shows it, and a
+    collect of it has begun. The expunge of copy 2 must not reach the store before that collect
+    has ended: its sweep vouches for this process's sessions as of when it began, so a delete
+    run after the expunge's commit would take the body the viewer still shows (RFC 2180
+    4.1.1). The removal waits; what it removes is then kept out of later collects."""
+    hub, store = Hub(), _HeldCollectStore()
+    metas = [dataclasses.replace(_meta(uid, uid), body_id=7) for uid in (1, 2)]
+    viewer, expunger = (SelectedView(Mailbox(1, 1, "INBOX", None, 7, 3, 1, 2), [], False, set(),
+                                     hub) for _ in range(2))
+    for view in (viewer, expunger):
+        hub.subscribe(1, view)
+        view.load(Snapshot(1, 2, metas))
+    hub.expunged(1, [1], origin=expunger, body_ids=[7])
+    assert viewer.updates(True) == [b"1 EXPUNGE"] and hub.garbage == {7}
+
+    async def expunge_copy_2() -> None:
+        async with hub.removing([7]):
+            store.log.append("expunge of 2 in the store")
+            hub.expunged(1, [2], origin=expunger, body_ids=[7])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.collect, store)
+        await store.started.wait()
+        nursery.start_soon(expunge_copy_2)
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.log == ["collect [7] begins"]   # the expunge waits
+        store.release.set()
+    assert store.log == ["collect [7] begins", "collect ends", "expunge of 2 in the store"]
+    assert hub.pinned() == {7} and 7 not in hub.garbage   # the viewer still shows UID 2

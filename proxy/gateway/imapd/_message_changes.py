@@ -118,7 +118,7 @@ async def copy(session, cmd, move: bool = False):
     if not move:   # RFC 9208 4.3; a MOVE within the account changes no usage
         await quota.check(session, sum(view.meta[u].size for u in uids), len(uids))
     operation = session.store.move if move else session.store.copy
-    with session.backend.hub.removing([view.meta[u].body_id for u in uids] if move else []):
+    async with session.backend.hub.removing([view.meta[u].body_id for u in uids] if move else []):
         pairs = await operation(view.mailbox_id, uids, target.id)
         moved = [a for a, _ in pairs]
         if move:   # published before `removing` ends (its docstring)
@@ -152,7 +152,7 @@ async def _expunge_deleted(session, only: set[int] | None, announce: bool) -> No
     deleted = [u for u in view.uids if "\\Deleted" in view.meta[u].flags
                and (only is None or u in only)]
     hub = session.backend.hub
-    with hub.removing(view.meta[uid].body_id for uid in deleted):   # (its docstring)
+    async with hub.removing(view.meta[uid].body_id for uid in deleted):   # (its docstring)
         # only_deleted: another session may have taken \Deleted off since this view was told
         gone = await session.store.expunge(view.mailbox_id, deleted, only_deleted=True) \
             if deleted else []

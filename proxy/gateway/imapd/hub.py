@@ -57,6 +57,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import trio
+
 from ...store import MessageMeta
 
 
@@ -117,6 +119,8 @@ class Hub:
         self._holds: set[Hold] = set()                       # kept by at least one view
         self._kept: collections.Counter[int] = collections.Counter()   # body id -> live holds
         self._removing: collections.Counter[int] = collections.Counter()   # see `removing`
+        self._collects = 0                                   # collect_bodies calls in flight
+        self._collects_done = trio.Event()                   # ... set when none is left
         self._deferred: dict[int, set[int]] = {}             # mailbox id -> bodies (loading views)
         self.garbage: set[int] = set()                       # body ids no hold keeps
 
@@ -215,14 +219,18 @@ class Hub:
         idempotent complement of `expunged`, which may not have been published yet."""
         self._hold(mailbox_id, tuple(uids))
 
-    @contextlib.contextmanager
-    def removing(self, body_ids):
+    @contextlib.asynccontextmanager
+    async def removing(self, body_ids):
         """Around the store call that removes messages (EXPUNGE, MOVE): their bodies are no
         garbage until it has returned and the removal was published (`expunged` keeps what views
         still show). Garbage may hold a body that a copy still refers to (a hold of another copy
-        let go); a `collect` whose delete is queued behind this removal's commit would delete it
-        while sessions still show the copy (RFC 2180 4.1.1). A collect started before this call
-        is queued before the removal, so the copy still protects the body then."""
+        let go); a `collect` whose delete ran after this removal's commit would delete it while
+        sessions still show the copy (RFC 2180 4.1.1). So the two never overlap: a collect
+        leaves out what is being removed, and a removal first waits for the collects in flight
+        (on SQLite they are queued anyway; on PostgreSQL store calls run side by side, and the
+        collect's sweep vouches for this process's sessions as of when it began)."""
+        while self._collects:
+            await self._collects_done.wait()
         ids = list(body_ids)
         self._removing.update(ids)
         self.garbage.difference_update(ids)
@@ -238,13 +246,20 @@ class Hub:
         """Delete the bodies of expunged messages that no session shows any more."""
         if self._removing and self.garbage:
             self.garbage.difference_update(self._removing)   # `removing`: never in flight
-        if self.garbage:
-            ids, self.garbage = sorted(self.garbage), set()
-            try:
-                await store.collect_bodies(ids)
-            except BaseException:   # e.g. the database restarting: the next collect tries again
-                self.garbage.update(ids)
-                raise
+        if not self.garbage:
+            return
+        ids, self.garbage = sorted(self.garbage), set()
+        self._collects += 1
+        try:
+            await store.collect_bodies(ids)
+        except BaseException:   # e.g. the database restarting: the next collect tries again
+            self.garbage.update(ids)
+            raise
+        finally:
+            self._collects -= 1
+            if not self._collects:
+                self._collects_done.set()
+                self._collects_done = trio.Event()
 
     # ---- change-log pruning ------------------------------------------------------------------
     def prune_due(self, mailbox_id: int) -> bool:
