@@ -21,6 +21,7 @@ import urllib.request
 import pytest
 
 from support.dovecot import free_ports
+from support.polling import wait_for
 from support.proxyproc import relay_config
 
 
@@ -144,9 +145,11 @@ def test_unix_socket_without_token_and_bytes_in_who(proxy_factory, dovecot, tmp_
 
     client.sendall(b"b NOOP\r\n")
     reply = read_until_tagged(client, b"b")
-    (session,) = sessions_over_socket(path)
-    assert (session["user"], session["bytes_in"], session["bytes_out"]) == \
-        (user, sent + len(b"b NOOP\r\n"), received + len(reply))
+    # the relay forwards a reply before it counts it: wait until the NOOP's are counted
+    expected = (user, sent + len(b"b NOOP\r\n"), received + len(reply))
+    wait_for(lambda: [(s["user"], s["bytes_in"], s["bytes_out"])
+                      for s in sessions_over_socket(path)] == [expected],
+             f"who's byte counts to reach {expected}")
     client.close()
     assert proxy.stop() == 0
     assert not path.exists()

@@ -317,7 +317,8 @@ def test_imap_overlong_line_after_login(proxy, imap_witness, user):
     raw.send(b"a3 SELECT INBOX\r\n")
     assert _until_tagged(raw, b"a3").startswith(b"a3 OK [READ-WRITE]")
     raw.send(b"a4 LOGOUT\r\n")
-    assert re.fullmatch(rb"\* BYE Logging out\r\na4 OK Logout completed \(.*\)\.\r\n",
+    # the relay answers a LOGOUT at rest itself (Dovecot's own answer carries its timings)
+    assert re.fullmatch(rb"\* BYE Logging out\r\na4 OK Logout completed( \(.*\))?\.\r\n",
                         raw.until_closed())
     assert "reason=client_logout" in session_end(proxy, raw)
 
