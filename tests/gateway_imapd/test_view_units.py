@@ -451,3 +451,27 @@ async def test_an_expunge_waits_for_a_collect_in_flight():
         store.release.set()
     assert store.log == ["collect [7] begins", "collect ends", "expunge of 2 in the store"]
     assert hub.pinned() == {7} and 7 not in hub.garbage   # the viewer still shows UID 2
+
+
+async def test_a_waiting_removal_holds_back_new_collects():
+    """While a removal waits for a collect in flight, no new collect begins (its garbage stays
+    for the next): back-to-back collects of other sessions cannot starve an EXPUNGE."""
+    hub, store = Hub(), _HeldCollectStore()
+    hub.garbage = {7}
+    entered = trio.Event()
+
+    async def expunge() -> None:
+        async with hub.removing([8]):
+            entered.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.collect, store)
+        await store.started.wait()
+        nursery.start_soon(expunge)
+        await trio.testing.wait_all_tasks_blocked()
+        hub.garbage, other = {9}, _RecordingStore()
+        await hub.collect(other)   # another session's: nothing begins while a removal waits
+        assert other.collected == [] and hub.garbage == {9}
+        assert not entered.is_set()
+        store.release.set()
+    assert entered.is_set() and store.log == ["collect [7] begins", "collect ends"]

@@ -121,6 +121,7 @@ class Hub:
         self._removing: collections.Counter[int] = collections.Counter()   # see `removing`
         self._collects = 0                                   # collect_bodies calls in flight
         self._collects_done = trio.Event()                   # ... set when none is left
+        self._removals_waiting = 0                           # removals waiting for those
         self._deferred: dict[int, set[int]] = {}             # mailbox id -> bodies (loading views)
         self.garbage: set[int] = set()                       # body ids no hold keeps
 
@@ -229,8 +230,12 @@ class Hub:
         leaves out what is being removed, and a removal first waits for the collects in flight
         (on SQLite they are queued anyway; on PostgreSQL store calls run side by side, and the
         collect's sweep vouches for this process's sessions as of when it began)."""
-        while self._collects:
-            await self._collects_done.wait()
+        self._removals_waiting += 1   # no collect begins meanwhile: never starved by them
+        try:
+            while self._collects:
+                await self._collects_done.wait()
+        finally:
+            self._removals_waiting -= 1
         ids = list(body_ids)
         self._removing.update(ids)
         self.garbage.difference_update(ids)
@@ -246,7 +251,7 @@ class Hub:
         """Delete the bodies of expunged messages that no session shows any more."""
         if self._removing and self.garbage:
             self.garbage.difference_update(self._removing)   # `removing`: never in flight
-        if not self.garbage:
+        if not self.garbage or self._removals_waiting:   # (then the next collect takes it)
             return
         ids, self.garbage = sorted(self.garbage), set()
         self._collects += 1
