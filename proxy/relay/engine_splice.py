@@ -72,9 +72,13 @@ class Pipe:
     def __init__(self) -> None:
         self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            self.size = fcntl.fcntl(self.write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:   # (above an unprivileged process's limit: keep the default)
-            self.size = fcntl.fcntl(self.write_fd, fcntl.F_GETPIPE_SZ)
+            try:
+                self.size = fcntl.fcntl(self.write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:   # (above an unprivileged process's limit: keep the default)
+                self.size = fcntl.fcntl(self.write_fd, fcntl.F_GETPIPE_SZ)
+        except BaseException:   # no size at all: the pipe is not kept (`start` reads instead)
+            self.close()
+            raise
         self.held = 0
         self.left = 0
 

@@ -67,3 +67,20 @@ def test_a_pipe_the_kernel_kept_small_is_not_used(monkeypatch):
     assert sess.upstream.read_size == RECEIVE_SIZE
     # never tried again: the driver asks `start` only from `splice_at` (engine_imap.py)
     assert sess.splice_min == sess.splice_at == engine_splice.NEVER
+
+
+class _Failing(_Refusing):
+    """fcntl refusing both F_SETPIPE_SZ and F_GETPIPE_SZ (not seen on Linux; the pipe is made)."""
+
+    @staticmethod
+    def fcntl(fd: int, cmd: int, arg: int = 0) -> int:
+        raise OSError(22, "Invalid argument")
+
+
+def test_a_pipe_whose_size_cannot_be_read_is_closed(monkeypatch):
+    monkeypatch.setattr(engine_splice, "fcntl", _Failing())
+    sess = _Session()
+    before = _open_descriptors()
+    assert not engine_splice.start(sess)   # OSError from Pipe(): reads and writes as before
+    assert sess.pipe is None and _open_descriptors() == before   # both ends closed
+    assert sess.splice_min == sess.splice_at == engine_splice.NEVER
