@@ -39,6 +39,21 @@ def _answers(client: imaplib.IMAP4, count: int) -> tuple:
     return fetched, found
 
 
+async def _ours_and_dovecots(gateway, answers):
+    """`answers(client)` from the gateway's session and from Dovecot's on the same mailbox."""
+    def run():
+        ours = gateway.imaplib()
+        mine = answers(ours)
+        ours.logout()
+        theirs = imaplib.IMAP4(gateway.dovecot.host, gateway.dovecot.imap_port)
+        theirs.login(gateway.user, gateway.password)
+        reference = answers(theirs)
+        theirs.logout()
+        return mine, reference
+
+    return await trio.to_thread.run_sync(run)
+
+
 async def test_a_charset_python_chokes_on_is_stored_served_and_later_mail_arrives(gateway):
     for charset in CHOKING:
         gateway.deliver(hostile(charset))
@@ -95,17 +110,7 @@ async def test_a_costly_subject_neither_wedges_the_account_nor_differs_from_dove
         return (data, client.search(None, "SUBJECT", "needle"), client.search(None, "TEXT", "xx"),
                 client.sort("(SUBJECT)", "UTF-8", "ALL"), client.fetch("1:2", "(ENVELOPE)"))
 
-    def run():
-        ours = gateway.imaplib()
-        mine = answers(ours)
-        ours.logout()
-        theirs = imaplib.IMAP4(gateway.dovecot.host, gateway.dovecot.imap_port)
-        theirs.login(gateway.user, gateway.password)
-        reference = answers(theirs)
-        theirs.logout()
-        return mine, reference
-
-    mine, reference = await trio.to_thread.run_sync(run)
+    mine, reference = await _ours_and_dovecots(gateway, answers)
     assert mine[0] == [b"2"]
     assert mine[1] == ("OK", [b"1"])
     assert mine[:4] == reference[:4]
@@ -163,16 +168,6 @@ async def test_unclosed_message_ids_neither_wedge_the_account_nor_differ_from_do
         return ((typ, list(data)), client.thread("REFERENCES", "UTF-8", "ALL"),
                 client.sort("(SUBJECT)", "UTF-8", "ALL"))
 
-    def run():
-        ours = gateway.imaplib()
-        mine = answers(ours)
-        ours.logout()
-        theirs = imaplib.IMAP4(gateway.dovecot.host, gateway.dovecot.imap_port)
-        theirs.login(gateway.user, gateway.password)
-        reference = answers(theirs)
-        theirs.logout()
-        return mine, reference
-
-    mine, reference = await trio.to_thread.run_sync(run)
+    mine, reference = await _ours_and_dovecots(gateway, answers)
     assert mine[0] == ("OK", [b"2"])
     assert mine == reference

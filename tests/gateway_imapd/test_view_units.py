@@ -373,6 +373,20 @@ def test_one_message_expunges_cost_no_walk_of_every_other_hold(monkeypatch):
     assert len(visits) <= 5 * 500   # a few per hold (251,500 walking them all)
 
 
+def _copies_with_body_7_garbage(hub: Hub) -> tuple[SelectedView, SelectedView]:
+    """Two views of UIDs 1 and 2, copies sharing body 7; one expunged UID 1 and the other has
+    sent its EXPUNGE: body 7 is garbage while copy 2 still refers to it. (viewer, expunger)"""
+    metas = [dataclasses.replace(_meta(uid, uid), body_id=7) for uid in (1, 2)]
+    viewer, expunger = (SelectedView(Mailbox(1, 1, "INBOX", None, 7, 3, 1, 2), [], False, set(),
+                                     hub) for _ in range(2))
+    for view in (viewer, expunger):
+        hub.subscribe(1, view)
+        view.load(Snapshot(1, 2, metas))
+    hub.expunged(1, [1], origin=expunger, body_ids=[7])
+    assert viewer.updates(True) == [b"1 EXPUNGE"] and hub.garbage == {7}
+    return viewer, expunger
+
+
 class _RecordingStore:
     def __init__(self) -> None:
         self.collected: list[int] = []
@@ -389,14 +403,7 @@ async def test_a_collect_during_an_expunge_leaves_the_copys_body_alone():
     while this session still shows UID 2 (RFC 2180 4.1.1; the stress mix's NO [EXPUNGEISSUED]
     for UID FETCH 1:* FAST, seed 3563635043)."""
     hub, store = Hub(), _RecordingStore()
-    metas = [dataclasses.replace(_meta(uid, uid), body_id=7) for uid in (1, 2)]
-    viewer, expunger = (SelectedView(Mailbox(1, 1, "INBOX", None, 7, 3, 1, 2), [], False, set(),
-                                     hub) for _ in range(2))
-    for view in (viewer, expunger):
-        hub.subscribe(1, view)
-        view.load(Snapshot(1, 2, metas))
-    hub.expunged(1, [1], origin=expunger, body_ids=[7])
-    assert viewer.updates(True) == [b"1 EXPUNGE"] and hub.garbage == {7}
+    viewer, expunger = _copies_with_body_7_garbage(hub)
     async with hub.removing([7]):   # the expunge of UID 2, its store call in flight
         await hub.collect(store)
         assert store.collected == []
@@ -428,14 +435,7 @@ async def test_an_expunge_waits_for_a_collect_in_flight():
     run after the expunge's commit would take the body the viewer still shows (RFC 2180
     4.1.1). The removal waits; what it removes is then kept out of later collects."""
     hub, store = Hub(), _HeldCollectStore()
-    metas = [dataclasses.replace(_meta(uid, uid), body_id=7) for uid in (1, 2)]
-    viewer, expunger = (SelectedView(Mailbox(1, 1, "INBOX", None, 7, 3, 1, 2), [], False, set(),
-                                     hub) for _ in range(2))
-    for view in (viewer, expunger):
-        hub.subscribe(1, view)
-        view.load(Snapshot(1, 2, metas))
-    hub.expunged(1, [1], origin=expunger, body_ids=[7])
-    assert viewer.updates(True) == [b"1 EXPUNGE"] and hub.garbage == {7}
+    viewer, expunger = _copies_with_body_7_garbage(hub)
 
     async def expunge_copy_2() -> None:
         async with hub.removing([7]):

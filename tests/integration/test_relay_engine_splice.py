@@ -60,10 +60,7 @@ def test_fetch_large_and_small_messages_byte_identical(proxy_factory, dovecot, u
         dovecot.deliver(user[0], body)
     proxy = splice_proxy(proxy_factory, dovecot, splice_min_literal)
     before = pipes(proxy.pid)
-    client = imapclient.IMAPClient(HOST, proxy.port("imap"), ssl=False, timeout=60)
-    client.login(*user)
-    assert wait_for(lambda: engine_sessions(proxy) == 1, "the session in the engine")
-    client.select_folder("INBOX", readonly=True)
+    client = _engine_client(proxy, user)
     for _ in range(2):   # the pipe is reused by the second FETCH
         fetched = client.fetch(list(range(1, len(bodies) + 1)), ["BODY.PEEK[]"])
         got = [fetched[uid][b"BODY[]"] for uid in sorted(fetched)]
@@ -73,6 +70,25 @@ def test_fetch_large_and_small_messages_byte_identical(proxy_factory, dovecot, u
     assert pipes(proxy.pid) - before == (2 if splice_min_literal else 0)
     client.logout()
     assert wait_for(lambda: pipes(proxy.pid) == before, "the session's pipe closed")
+
+
+def _raw_selected(proxy, user):
+    """A raw logged-in socket with a small receive buffer, INBOX selected: (socket, file)."""
+    sock, file = raw_login(proxy, user)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(b"s SELECT INBOX\r\n")
+    while not file.readline().startswith(b"s OK"):
+        pass
+    return sock, file
+
+
+def _engine_client(proxy, user) -> imapclient.IMAPClient:
+    """A logged-in client whose session the engine runs, INBOX examined."""
+    client = imapclient.IMAPClient(HOST, proxy.port("imap"), ssl=False, timeout=60)
+    client.login(*user)
+    assert wait_for(lambda: engine_sessions(proxy) == 1, "the session in the engine")
+    client.select_folder("INBOX", readonly=True)
+    return client
 
 
 def test_literals_around_the_threshold(proxy_factory, dovecot, user):
@@ -86,10 +102,7 @@ def test_literals_around_the_threshold(proxy_factory, dovecot, user):
         dovecot.deliver(user[0], body)
     proxy = splice_proxy(proxy_factory, dovecot, threshold)
     before = pipes(proxy.pid)
-    client = imapclient.IMAPClient(HOST, proxy.port("imap"), ssl=False, timeout=60)
-    client.login(*user)
-    assert wait_for(lambda: engine_sessions(proxy) == 1, "the session in the engine")
-    client.select_folder("INBOX", readonly=True)
+    client = _engine_client(proxy, user)
     for seq, body in enumerate(bodies, 1):
         for item in ("BODY.PEEK[]", "BODY.PEEK[]<1.%d>" % (len(body) - 2)):
             fetched = client.fetch(str(seq), [item])
@@ -108,11 +121,7 @@ def test_slow_client_mid_splice_bounds_proxy_memory(proxy_factory, dovecot, user
     body = deliver_big(dovecot, user)
     proxy = splice_proxy(proxy_factory, dovecot, 64 * 1024)
     before = pipes(proxy.pid)
-    sock, file = raw_login(proxy, user)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock.sendall(b"s SELECT INBOX\r\n")
-    while not file.readline().startswith(b"s OK"):
-        pass
+    sock, file = _raw_selected(proxy, user)
     unread_fetch_bounds_memory(proxy, dovecot, sock, file, body)
     assert pipes(proxy.pid) - before == 2
     sock.close()
@@ -152,11 +161,7 @@ def test_upstream_ending_mid_literal_ends_that_session_only(proxy_factory, dovec
     deliver_big(dovecot, user)
     proxy = splice_proxy(proxy_factory, dovecot, 64 * 1024)
     before = pipes(proxy.pid)
-    sock, file = raw_login(proxy, user)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock.sendall(b"s SELECT INBOX\r\n")
-    while not file.readline().startswith(b"s OK"):
-        pass
+    sock, file = _raw_selected(proxy, user)
     sock.sendall(b"f FETCH 1 BODY.PEEK[TEXT]\r\n")
     head = file.readline()
     assert head.endswith(b"}\r\n"), head
