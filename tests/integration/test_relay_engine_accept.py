@@ -47,6 +47,18 @@ def proxy(proxy_factory, dovecot):
     return proxy_factory(config)
 
 
+def drain_both(proxy, waiting, relayed) -> None:
+    """SIGTERM: a session waiting before its login and a relayed one both get the drain's BYE
+    and the close; the process exits 0, both sessions ended `shutdown`."""
+    proxy.send_signal(signal.SIGTERM)
+    assert read_until(waiting, b"shutting down.\r\n") == b"* BYE Server shutting down.\r\n"
+    assert read_until(relayed, b"shutting down.\r\n").endswith(b"* BYE Server shutting down.\r\n")
+    assert waiting.recv(4096) == b"" and relayed.recv(4096) == b""
+    assert proxy.wait(timeout=30) == 0
+    assert re.findall(r"event=session_end .*reason=(\w+)", proxy.logs())[-2:] == \
+        ["shutdown", "shutdown"]
+
+
 def test_sessions_accepted_run_and_ended_by_the_engine(proxy, user):
     learn_greeting(proxy, user)   # (accepted by the engine, its login handed to trio)
     for _ in range(3):
@@ -97,13 +109,7 @@ def test_drain_while_the_engine_accepts(proxy, user):
     relayed.sendall(b"s SELECT INBOX\r\n")
     read_until(relayed, b"s OK")
     assert outcomes(proxy) == ["trio", "relay"]
-    proxy.send_signal(signal.SIGTERM)
-    assert read_until(waiting, b"shutting down.\r\n") == b"* BYE Server shutting down.\r\n"
-    assert read_until(relayed, b"shutting down.\r\n").endswith(b"* BYE Server shutting down.\r\n")
-    assert waiting.recv(4096) == b"" and relayed.recv(4096) == b""
-    assert proxy.wait(timeout=30) == 0
-    assert re.findall(r"event=session_end .*reason=(\w+)", proxy.logs())[-2:] == \
-        ["shutdown", "shutdown"]
+    drain_both(proxy, waiting, relayed)
     with pytest.raises(OSError):   # (stopped accepting)
         socket.create_connection((HOST, proxy.port("imap")), timeout=5)
 

@@ -24,6 +24,7 @@ from support.ports import free_ports
 from support.proxyproc import relay_config
 
 from .test_operations import login_raw, read_until
+from .test_relay_engine_accept import drain_both
 from .test_relay_engine_login import metric
 
 HOST = "127.0.0.1"
@@ -113,13 +114,7 @@ def test_drain_and_reload_while_the_engine_accepts_early(proxy_factory, dovecot,
     assert read_until(refused, b"\r\n").startswith(b"* BYE [UNAVAILABLE]")   # the new limit
     refused.close()
     assert accepted(proxy) == 4 and outcomes(proxy) == ["trio", "trio", "relay"]
-    proxy.send_signal(signal.SIGTERM)
-    assert read_until(waiting, b"shutting down.\r\n") == b"* BYE Server shutting down.\r\n"
-    assert read_until(relayed, b"shutting down.\r\n").endswith(b"* BYE Server shutting down.\r\n")
-    assert waiting.recv(4096) == b"" and relayed.recv(4096) == b""
-    assert proxy.wait(timeout=30) == 0
-    assert re.findall(r"event=session_end .*reason=(\w+)", proxy.logs())[-2:] == \
-        ["shutdown", "shutdown"]
+    drain_both(proxy, waiting, relayed)
 
 
 def test_an_early_connection_dropped_goes_to_trio_fresh(proxy_factory, dovecot_factory):

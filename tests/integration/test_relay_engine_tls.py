@@ -172,11 +172,18 @@ def test_slow_tls_reader_of_a_big_fetch_bounds_proxy_memory(proxy_factory, dovec
 class BioClient:
     """A TLS client over memory BIOs, so a test can send part of a record."""
 
-    def __init__(self, port: int, ca):
+    def __init__(self, port: int, ca, *, handshake: bool = True):
         self.sock = socket.create_connection((HOST, port), timeout=TIMEOUT)
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = client_context(ca).wrap_bio(self.incoming, self.outgoing,
                                                server_hostname="localhost")
+        self.buffer = b""
+        if handshake:
+            self.handshake_then(b"")
+
+    def handshake_then(self, data: bytes) -> None:
+        """The handshake, with `data`'s record (if any) in the same write as the client's
+        Finished."""
         while True:
             try:
                 self.tls.do_handshake()
@@ -184,8 +191,9 @@ class BioClient:
             except ssl.SSLWantReadError:
                 self.sock.sendall(self.outgoing.read())
                 self.incoming.write(self.sock.recv(65536))
+        if data:
+            self.tls.write(data)
         self.sock.sendall(self.outgoing.read())
-        self.buffer = b""
 
     def line(self) -> bytes:
         while b"\n" not in self.buffer:

@@ -22,6 +22,7 @@ import yaml
 from support.polling import wait_for
 from support.proxyproc import relay_config
 
+from . import test_relay_engine_tls
 from .test_operations import read_until
 from .test_relay_engine_login import metric, outcomes
 from .test_tls import client_context, write_pair
@@ -67,26 +68,12 @@ def tls_socket(proxy, ca) -> ssl.SSLSocket:
     return client_context(ca).wrap_socket(raw, server_hostname="localhost")
 
 
-class BioClient:
-    """A TLS client on memory BIOs, so that its writes leave exactly as the test groups them."""
+class BioClient(test_relay_engine_tls.BioClient):
+    """A TLS client on memory BIOs, so that its writes leave exactly as the test groups them;
+    the handshake is the test's (`handshake_then`)."""
 
     def __init__(self, proxy, ca):
-        self.sock = socket.create_connection((HOST, proxy.port("imap")), timeout=30)
-        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.tls = client_context(ca).wrap_bio(self.incoming, self.outgoing,
-                                               server_hostname="localhost")
-
-    def handshake_then(self, data: bytes) -> None:
-        """The handshake, with `data`'s record in the same write as the client's Finished."""
-        while True:
-            try:
-                self.tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                self.sock.sendall(self.outgoing.read())
-                self.incoming.write(self.sock.recv(65536))
-        self.tls.write(data)
-        self.sock.sendall(self.outgoing.read())
+        super().__init__(proxy.port("imap"), ca, handshake=False)
 
     def read_until(self, marker: bytes) -> bytes:
         """Plaintext until `marker`, or the server's close_notify."""
