@@ -7,6 +7,8 @@ for the other sessions (the view is the origin, so it is not notified twice).
 
 from __future__ import annotations
 
+import contextlib
+
 from ...store import FlagMode
 from ...store.base import normalize_flags
 from . import _condstore as cs
@@ -118,11 +120,14 @@ async def copy(session, cmd, move: bool = False):
     if not move:   # RFC 9208 4.3; a MOVE within the account changes no usage
         await quota.check(session, sum(view.meta[u].size for u in uids), len(uids))
     operation = session.store.move if move else session.store.copy
-    async with session.backend.hub.removing([view.meta[u].body_id for u in uids] if move else []):
+    hub = session.backend.hub   # (a COPY removes nothing: it does not wait for collects)
+    removing = hub.removing([view.meta[u].body_id for u in uids]) if move \
+        else contextlib.nullcontext()
+    async with removing:
         pairs = await operation(view.mailbox_id, uids, target.id)
         moved = [a for a, _ in pairs]
         if move:   # published before `removing` ends (its docstring)
-            session.backend.hub.expunged(view.mailbox_id, moved, origin=view)
+            hub.expunged(view.mailbox_id, moved, origin=view)
     code = (b"COPYUID %d %s %s" % (target.uidvalidity, uid_list([a for a, _ in pairs]),
                                    uid_list([b for _, b in pairs]))) if pairs else None
     if move:   # the hub was told at once, before any await: other views keep what they show
