@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/ab_relay.py [--base REV] [--rounds 7] [--noops 2000] [--messages 300]
                                        [--sessions 200] [--warm 0,2,early] [--base-warm early]
-                                       [--only SEQ CONC POP3LOGIN NOOP STORM POP3 FETCH] [--tls]
-                                       [--splice 65536,off] [--size BYTES]
+                                       [--only SEQ CONC POP3LOGIN NOOP STORM TLSSTORM POP3 FETCH] [--tls]
+                                       [--splice 65536,off] [--size BYTES] [--handshake-threads 0,1]
 
 On a shared, loaded machine wall-clock figures move with the load, so the two proxies run side by
 side against one private Dovecot, their rounds interleaved (direct, base, this, direct, base, ...),
@@ -17,6 +17,10 @@ STORM (a login storm): NOOP p50/p99 of an established session while 16 other cli
 processes of 8 threads, so the storm does not share the measuring client's GIL) log in and out
 (LOGIN, SELECT INBOX, LOGOUT) through the same proxy as fast as they can; the storm's sessions/s
 is printed beside them. It shows what logins handled by trio's thread cost relayed commands.
+TLSSTORM (with --tls): the same, the storm over implicit TLS and the measured session plain (a
+third listener, plain IMAP), with the proxy's CPU per storm session: what TLS handshakes cost the
+relayed sessions of the engine (issue 16). `--handshake-threads 0,1,2` runs one proxy of this tree
+per relay.tls_handshake_threads value.
 `--tls`: every row over implicit TLS from the client (both proxies and Dovecot serve one trustme
 certificate; the proxies relay in clear to Dovecot's plain ports; "direct" is Dovecot's TLS port).
 
@@ -89,7 +93,7 @@ def export(rev: str) -> pathlib.Path:
 
 def proxy_from(env: Env, root: pathlib.Path | None, listeners: list[dict],
                engine: str | None = None, switch: str | None = None,
-               warm: str = "0", splice: str = "") -> QuietProxyProcess:
+               warm: str = "0", splice: str = "", handshake_threads: str = "") -> QuietProxyProcess:
     """A proxy like env.proxy()'s, run from `root` (None: this tree) with `relay.engine` (a base
     revision must know the key) and sys.setswitchinterval(`switch`) first when given; `warm`:
     N for `warm_pool: {size: N}` on the upstream's IMAP and POP3 services (0: none), `early`
@@ -98,6 +102,9 @@ def proxy_from(env: Env, root: pathlib.Path | None, listeners: list[dict],
     if splice:   # relay.splice_min_literal (`off`: null)
         relay = {**(extra or {}).get("relay", {}),
                  "splice_min_literal": None if splice == "off" else int(splice)}
+        extra = {**(extra or {}), "relay": relay}
+    if handshake_threads:   # relay.tls_handshake_threads
+        relay = {**(extra or {}).get("relay", {}), "tls_handshake_threads": int(handshake_threads)}
         extra = {**(extra or {}), "relay": relay}
     if warm != "0":
         pool: dict = {"tls": "none"}
@@ -202,9 +209,11 @@ def _storm(port: int, user: str, password: str, stop, done, tls) -> None:
         t.join()
 
 
-def storm_round(port: int, user: str, password: str, count: int, tls=None) -> dict:
-    """NOOP round trips of one established session while the storm runs through `port`."""
-    imap = Imap(port, tls)
+def storm_round(port: int, user: str, password: str, count: int, tls=None,
+                noop_port: int | None = None, noop_tls=None, pid: int | None = None) -> dict:
+    """NOOP round trips of one established session (through `noop_port` if given, else `port`)
+    while the storm runs through `port`; with `pid`, the proxy's CPU per storm session (ms)."""
+    imap = Imap(noop_port, noop_tls) if noop_port is not None else Imap(port, tls)
     imap.login(user, password)
     imap.command(b"SELECT INBOX")
     imap.noop_rtt_ns(200)
@@ -220,9 +229,11 @@ def storm_round(port: int, user: str, password: str, count: int, tls=None) -> di
             if time.monotonic() > deadline or not all(p.is_alive() for p in storm):
                 raise SystemExit(f"login storm on port {port} did not start")
             time.sleep(0.01)
-        d0, t0 = done.value, time.perf_counter()
+        d0, t0, c0 = done.value, time.perf_counter(), cpu_seconds(pid) if pid else 0.0
         samples = sorted(imap.noop_rtt_ns(count))
-        rate = (done.value - d0) / (time.perf_counter() - t0)
+        logins = done.value - d0
+        rate = logins / (time.perf_counter() - t0)
+        cpu = (cpu_seconds(pid) - c0) / logins * 1e3 if pid and logins else float("nan")
     finally:
         stop.set()
         for proc in storm:
@@ -231,7 +242,7 @@ def storm_round(port: int, user: str, password: str, count: int, tls=None) -> di
         raise SystemExit(f"login storm on port {port} failed: {[p.exitcode for p in storm]}")
     imap.logout()
     return {"p50_us": percentile(samples, 0.5) / 1000, "p99_us": percentile(samples, 0.99) / 1000,
-            "logins": rate, "cpu": float("nan")}
+            "logins": rate, "cpu": cpu}
 
 
 def pop3_login(port: int, user: str, password: str, tls=None) -> None:
@@ -245,12 +256,14 @@ def pop3_login(port: int, user: str, password: str, tls=None) -> None:
         pop.sock.close()
 
 
-RUNS = ("SEQ", "CONC", "POP3LOGIN", "NOOP", "STORM", "POP3", "FETCH")
+RUNS = ("SEQ", "CONC", "POP3LOGIN", "NOOP", "STORM", "TLSSTORM", "POP3", "FETCH")
 SPEED = {"SEQ": ("rate", "ms CPU per session"), "CONC": ("rate", "ms CPU per session"),
          "POP3LOGIN": ("rate", "ms CPU per session"), "NOOP": ("p50_us", "us CPU per NOOP"),
-         "STORM": ("p50_us", ""), "POP3": ("mbps", "ms CPU per MB"),
+         "STORM": ("p50_us", ""), "TLSSTORM": ("p50_us", "ms CPU per storm session"),
+         "POP3": ("mbps", "ms CPU per MB"),
          "FETCH": ("mbps", "ms CPU per MB")}
-EXTRA = {"STORM": ("p99_us", "logins")}   # printed as medians beside the speed
+# printed as medians beside the speed
+EXTRA = {"STORM": ("p99_us", "logins"), "TLSSTORM": ("p99_us", "logins")}
 
 
 def main() -> None:
@@ -276,6 +289,9 @@ def main() -> None:
                              "proxies (bytes, or `off`), one proxy each (default: its default)")
     parser.add_argument("--size", type=int, default=0,
                         help="every message this many bytes (default: the usual mix)")
+    parser.add_argument("--handshake-threads", default="",
+                        help="comma-separated relay.tls_handshake_threads values for this tree's "
+                             "proxies, one proxy each (default: its default)")
     parser.add_argument("--base-warm", default="0",
                         help="the base's warm_pool size, or `early` (connect_early), as --warm")
     args = parser.parse_args()
@@ -293,12 +309,14 @@ def main() -> None:
         with Env("ab", tls=args.tls) as env:
             user, password = env.user_with(mailbox)
             if args.tls:
-                listeners = [tls_listener(env, "imap", "imap"), tls_listener(env, "pop3", "pop3")]
+                listeners = [tls_listener(env, "imap", "imap"), tls_listener(env, "pop3", "pop3"),
+                             {"name": "plain", "protocol": "imap"}]   # (TLSSTORM's NOOPs)
                 ctx = client_tls_context(str(env.ca_file))
-                direct = (env.dovecot.imaps_port, env.dovecot.pop3s_port, None)
+                direct = (env.dovecot.imaps_port, env.dovecot.pop3s_port, None,
+                          env.dovecot.imap_port)
             else:
                 listeners = [{"name": "imap", "protocol": "imap"}, {"name": "pop3", "protocol": "pop3"}]
-                ctx, direct = None, (env.dovecot.imap_port, env.dovecot.pop3_port, None)
+                ctx, direct = None, (env.dovecot.imap_port, env.dovecot.pop3_port, None, None)
             procs = {}
             for label in [e for e in args.base_engines.split(",") if e] or [""]:
                 engine, _, switch = label.partition(":")
@@ -308,14 +326,17 @@ def main() -> None:
                 engine, _, switch = label.partition(":")
                 for warm in [w for w in args.warm.split(",") if w] or ["0"]:
                     for splice in [v for v in args.splice.split(",") if v] or [""]:
-                        name = "-".join(filter(None, ["this", label, (
-                            "early" if warm == "early" else f"warm{warm}") if args.warm else "",
-                            f"splice{splice}" if splice else ""]))
-                        procs[name] = proxy_from(env, None, listeners, engine or None,
-                                                 switch or None, warm, splice)
+                        for threads in [t for t in args.handshake_threads.split(",") if t] or [""]:
+                            name = "-".join(filter(None, ["this", label, (
+                                "early" if warm == "early" else f"warm{warm}") if args.warm else "",
+                                f"splice{splice}" if splice else "",
+                                f"hs{threads}" if threads else ""]))
+                            procs[name] = proxy_from(env, None, listeners, engine or None,
+                                                     switch or None, warm, splice, threads)
             ports = {"direct": direct}
             for label, proc in procs.items():
-                ports[label] = (proc.port("imap"), proc.port("pop3"), proc.pid)
+                ports[label] = (proc.port("imap"), proc.port("pop3"), proc.pid,
+                                proc.port("plain") if args.tls else None)
             sha = mailbox.sha256
             sessions = args.sessions
 
@@ -331,6 +352,9 @@ def main() -> None:
                 "POP3LOGIN": lambda p: sessions_round(p[1], pop3_once, sessions, 1, p[2]),
                 "NOOP": lambda p: noop_round(p[0], user, password, args.noops, p[2], ctx),
                 "STORM": lambda p: storm_round(p[0], user, password, args.noops, ctx),
+                # (--tls) a plain session's NOOPs while the storm logs in over implicit TLS
+                "TLSSTORM": lambda p: storm_round(p[0], user, password, args.noops, ctx,
+                                                  p[3], None, p[2]),
                 "POP3": lambda p: pop3_round(p[1], user, password, sha, p[2], ctx),
                 "FETCH": lambda p: fetch_round(p[0], user, password, sha, p[2], ctx),
             }

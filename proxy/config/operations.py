@@ -29,6 +29,12 @@ GIL_SWITCH_INTERVAL_RANGE = (0.00001, 0.005)   # 10 us (CPython counts whole us)
 # 1 MB messages -35 to -38%, 250 KB -9%, 100 KB none (+2% at 64 KB, +16% at 16 KB): the
 # splices and wake-ups cost what the copies saved (bench/README.md, "splice")
 SPLICE_MIN_LITERAL = 128 * 1024
+# relay.tls_handshake_threads: threads running the CPU-heavy steps of implicit-TLS server
+# handshakes in the engine, off its thread (proxy/relay/tls_handshake_pool.py; 0: in the
+# engine's thread). One: with the engine's thread, two cores busy (bench/README.md, "TLS
+# handshakes off the engine's thread")
+TLS_HANDSHAKE_THREADS = 1
+TLS_HANDSHAKE_THREADS_MAX = 64
 _MODE_RE = re.compile(r"^0?[0-7]{3}$")
 
 
@@ -73,7 +79,9 @@ class Relay:
     plain IMAP relay listener without PROXY protocol itself: such a session gets no trio task
     unless it needs one (proxy/relay/engine_accept.py). An upstream's IMAP literal payload
     with `splice_min_literal` bytes or more still to come goes to the client by os.splice on
-    plain sides (proxy/relay/engine_splice.py; None: never)."""
+    plain sides (proxy/relay/engine_splice.py; None: never). An implicit-TLS client's handshake
+    steps in the engine run on `tls_handshake_threads` threads of their own
+    (proxy/relay/tls_handshake_pool.py; 0: in the engine's thread)."""
 
     __pydantic_config__ = STRICT
     engine: Literal["tasks", "epoll"] = "epoll"
@@ -81,12 +89,16 @@ class Relay:
     engine_login: bool = True
     engine_accept: bool = True
     splice_min_literal: StrictInt | None = SPLICE_MIN_LITERAL
+    tls_handshake_threads: StrictInt = TLS_HANDSHAKE_THREADS
 
 
 def check_relay(relay: Relay) -> list[Problem]:
     if relay.splice_min_literal is not None and relay.splice_min_literal < 1:
         return [(("relay", "splice_min_literal"), "expected a size in bytes (1 or more), or "
                  "null to never splice")]
+    if not 0 <= relay.tls_handshake_threads <= TLS_HANDSHAKE_THREADS_MAX:
+        return [(("relay", "tls_handshake_threads"),
+                 f"expected 0 (the engine's own thread) to {TLS_HANDSHAKE_THREADS_MAX} threads")]
     low, high = GIL_SWITCH_INTERVAL_RANGE
     if not low <= relay.gil_switch_interval <= high:
         return [(("relay", "gil_switch_interval"),

@@ -31,6 +31,9 @@ The thread, its loop and the reads and writes are in engine_loop.py; how session
   frame beyond its await) until the session ends in the engine; it then flushes what the
   engine could not write (the last words) and closes both connections as before. Cancelling
   it (admin kick, shutdown_timeout) takes the session out of the engine.
+- Steps from other threads (`post`): a TLS handshake step done on a handshake thread
+  (tls_handshake_pool.py) hands its result back in a queue and wakes the thread through the
+  same eventfd; the thread runs it as a step of that session at that wake-up.
 - TLS (implicit, after STARTTLS/STLS, upstream): the handshake and login ran on trio through
   net/conn.py's TLSStream; the engine takes over its sans-IO TLSEngine (net/tls_engine.py) with
   the socket. A readable TLS side's ciphertext is fed in and its plaintext handed to the
@@ -56,6 +59,7 @@ import trio
 
 from .engine_loop import EngineLoop
 from .engine_session import IN, EngineSession, Side
+from .tls_handshake_pool import HandshakePool
 
 __all__ = ["Engine"]
 
@@ -64,6 +68,10 @@ class Engine(EngineLoop):
     """One per trio run (`engine()`), started with its first session: a thread of its own
     blocking in epoll.wait, so no trio scheduling is in a relayed command's path at all
     (engine_loop.py); here, how sessions come in and go on."""
+
+    # threads for implicit-TLS handshake steps (engine_tls_accept.py); None: the engine's own
+    # thread runs them (relay.tls_handshake_threads: 0). Set by engine_entry.engine().
+    handshakes: HandshakePool | None = None
 
     # -- sessions in and out ----------------------------------------------------------------
     async def relay(self, sess: EngineSession) -> bool:
@@ -173,6 +181,15 @@ class Engine(EngineLoop):
         """One step of `sess` from outside the thread's loop (a drain). Under the lock."""
         if not sess.done:
             self._guarded(sess, step, *args)
+
+    def post(self, sess: EngineSession, step: Callable[..., None], *args: object) -> None:
+        """`step(*args)` of `sess` in the engine's thread at its next wake-up, as one of its
+        steps (`_guarded`; skipped if `sess` has ended by then). Any thread but the engine's
+        (a handshake thread: tls_handshake_pool.py); dropped once the engine has stopped."""
+        with self._lock:
+            if not self._stopped:
+                self._posted.append((sess, step, args))
+                self._wake()
 
     def tls_pending(self, side: Side) -> None:
         """`side`'s TLSEngine may hold plaintext no poll will report (records that came with

@@ -14,6 +14,7 @@ from ..net.conn import Conn, TLSStream
 from ..session.context import Session
 from .engine import Engine
 from .engine_session import EngineSession
+from .tls_handshake_pool import HandshakePool
 
 __all__ = ["engine", "raw_fd", "run_in_engine"]
 
@@ -21,13 +22,18 @@ _ENGINE: trio.lowlevel.RunVar[Engine] = trio.lowlevel.RunVar("relay_engine")
 
 
 def engine(relay: Relay) -> Engine:
-    """The engine of this trio run (made on first use), at `relay`'s GIL switch interval."""
+    """The engine of this trio run (made on first use), at `relay`'s GIL switch interval, with
+    `relay.tls_handshake_threads` handshake threads."""
     try:
         made = _ENGINE.get()
     except LookupError:
         made = Engine()
         _ENGINE.set(made)
     made.gil.configure(relay.gil_switch_interval)
+    threads = relay.tls_handshake_threads
+    pool = made.handshakes
+    if (pool.size if pool is not None else 0) != threads:   # (a reload: queued steps still run)
+        made.handshakes = HandshakePool(threads) if threads else None
     return made
 
 

@@ -13,6 +13,7 @@ import select
 import ssl
 import threading
 import time
+from collections import deque
 from typing import Callable
 
 import trio
@@ -36,6 +37,9 @@ class EngineLoop:
         self._sides: dict[int, Side] = {}
         self._timers = TimerHeap()
         self._tls_waiting: set[Side] = set()   # TLS sides whose engine may hold input
+        # steps other threads hand the engine's (Engine.post): run when the eventfd wakes it
+        self._posted: deque[tuple[EngineSession, Callable[..., None], tuple[object, ...]]] = \
+            deque()
         # descriptors registered since the thread's poll began: that poll's events for their
         # number were a closed descriptor's (the number reused), not theirs (`_loop`)
         self._fresh: set[int] = set()
@@ -181,6 +185,8 @@ class EngineLoop:
                                 os.eventfd_read(wakefd)
                             except BlockingIOError:
                                 pass
+                            if self._posted:
+                                self._run_posted()
                         elif fd in self._listeners:
                             self._listeners[fd][0]()
                     elif events != IN or side.tls is not None or side.spliced:
@@ -210,6 +216,15 @@ class EngineLoop:
                     self._fire_timers()
                 if self._tls_waiting:
                     self._resume_tls()
+
+    def _run_posted(self) -> None:
+        """The steps other threads posted (Engine.post), in order; a session ended since is
+        left alone."""
+        posted = self._posted
+        while posted:
+            sess, step, args = posted.popleft()
+            if not sess.done:
+                self._guarded(sess, step, *args)
 
     def _ready(self, side: Side, events: int) -> None:
         """`_guarded(sess, self._receive, side, events)`, spelt out: a side with more than

@@ -1,4 +1,4 @@
-"""An implicit-TLS client's handshake in the relay engine's thread, before its IMAP session.
+"""An implicit-TLS client's handshake in the relay engine, before its IMAP session.
 
 Theory of operation (issue 16): on an implicit-TLS (`tls: implicit`) IMAP relay listener the
 engine accepts itself (engine_accept.py), the accepted connection first runs as a TLSAccept:
@@ -10,6 +10,18 @@ in; OpenSSL's next flight is written at once, what the kernel does not take wait
 `out` (the loop asks for EPOLLOUT). Nothing blocks the thread: a client that stalls is one entry
 in the timer heap, ended at the listener's `login` timeout (trio's accept_tls bounds the
 handshake so).
+
+Off the engine's thread: a handshake step (feed the chunk, `handshake()`, take the flight) is
+0.3-0.7 ms of OpenSSL during which every relayed session of the engine would wait. With
+`relay.tls_handshake_threads` (Engine.handshakes, tls_handshake_pool.py) the step runs on a
+handshake thread (`_step`; OpenSSL releases the GIL) and its result comes back through the
+engine's wake-up (`Engine.post`) as a step of this session (`_stepped`: the flight written,
+then done, failed or waiting). Meanwhile (`busy`) the TLSEngine is that thread's alone: the
+client is not read (its bytes wait in the kernel; a hang-up's, read regardless, are `held`),
+while the timeout, a drain, a kick or shutdown_timeout may end the session as before (nothing
+of theirs touches the TLSEngine of a handshake not done; the step's result is then dropped,
+a step still queued is skipped). The queue is bounded (HANDSHAKE_QUEUE): when it is full the
+step runs in the engine's thread, as with no pool, so a storm never grows memory beyond it.
 
 When the handshake completes, the ALPACA check of trio's path runs (net/tls.alpn_refusal), the
 connection's Conn takes a TLSStream over the same socket and TLSEngine (what trio's handshake
@@ -29,6 +41,7 @@ shutdown_timeout through engine_accept.
 from __future__ import annotations
 
 import ssl
+from functools import partial
 from typing import TYPE_CHECKING, Callable
 
 from ..net.conn import Conn, TLSStream
@@ -51,31 +64,64 @@ class TLSAccept(EngineSession):
     """The handshake of an accepted implicit-TLS client; `then(engine)` makes the session that
     carries it on once encrypted (the connection's Conn has its TLSStream then)."""
 
-    __slots__ = ("conn", "stream", "tls", "until", "then")
+    __slots__ = ("conn", "stream", "tls", "until", "then", "busy", "held")
 
     def __init__(self, eng: Engine, session: Session, conn: Conn, stream: trio.SocketStream,
                  fd: int, tls: TLSEngine, then: Callable[[], EngineSession]):
         super().__init__(eng, session, Conn(stream), fd, None, -1)   # (its own counts: see above)
         self.conn, self.stream, self.tls, self.then = conn, stream, tls, then
         self.until = eng.clock() + session.listener.timeouts.login
+        self.busy = False   # a step runs on a handshake thread: `tls` is that thread's
+        self.held = b""     # read meanwhile (a hang-up's rest)
 
     def received(self, side: Side, data: bytes) -> None:
+        if self.busy:   # (not read meanwhile, but a hang-up is reported and read regardless:
+            if data:    # its bytes are kept, bounded by what the kernel held; its EOF comes
+                self.held = self.held + data if self.held else data   # again, level-triggered)
+            return
+        pool = self.engine.handshakes
+        if pool is not None:
+            self.busy = True
+            if pool.submit(partial(self._step, data)):
+                return
+            self.busy = False   # the queue is full: this step runs here (memory stays bounded)
+        self._stepped(*self._advance(data))
+
+    def _advance(self, data: bytes) -> tuple[bool, str | None, bytes]:
+        """Feed `data`, run the handshake as far as it goes: (done, the failure's reason, the
+        flight to write). The CPU-heavy part: any thread, while no other touches `tls`."""
         tls = self.tls
-        tls.receive_data(data)
+        failure = None
         try:
+            tls.receive_data(data)
             done = tls.handshake()
         except ssl.SSLError as exc:   # (an EOF before the end: SSLEOFError)
-            self._write()   # OpenSSL's alert, if the kernel takes it now
-            self._failed(handshake_failure(exc).reason)
+            done, failure = False, handshake_failure(exc).reason
+        if not done and not data:   # (OpenSSL raises at an EOF; never left waiting regardless)
+            failure = "handshake_failed"
+        return done, failure, tls.data_to_send() if tls.wants_send else b""
+
+    def _step(self, data: bytes) -> None:
+        """A handshake thread's step; its result goes back to the engine's thread."""
+        if self.done:   # (ended while queued: a drain, a kick, the timeout)
             return
-        self._write()
-        if done:
+        self.engine.post(self, self._stepped, *self._advance(data))
+
+    def _stepped(self, done: bool, failure: str | None, flight: bytes) -> None:
+        """The engine's thread: write the flight, then go on, fail or wait for more."""
+        self.busy = False
+        if flight:
+            self.client.write(flight)   # (with a failure: OpenSSL's alert, if the kernel takes it)
+        if failure is not None:
+            self._failed(failure)
+        elif done:
             self._done()
-        elif not data:   # (OpenSSL raises at an EOF; never left waiting for more regardless)
-            self._failed("handshake_failed")
+        elif self.held:   # what was read while the step ran
+            held, self.held = self.held, b""
+            self.received(self.client, held)
 
     def masks(self) -> tuple[int, ...]:
-        return (OUT if self.client.out else IN,)
+        return (OUT if self.client.out else 0 if self.busy else IN,)
 
     def due(self) -> float:
         return self.until
@@ -87,10 +133,6 @@ class TLSAccept(EngineSession):
     def drained(self) -> None:
         self.session.close_reason = Close.SHUTDOWN
         self.finish()
-
-    def _write(self) -> None:
-        if self.tls.wants_send:
-            self.client.write(self.tls.data_to_send())
 
     def _failed(self, reason: str) -> None:
         close = handshake_done(self.session, reason)

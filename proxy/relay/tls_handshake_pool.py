@@ -1,0 +1,87 @@
+"""A small bounded pool of threads for the CPU-heavy steps of TLS server handshakes (issue 16).
+
+Theory of operation: a server handshake step (`TLSEngine.receive_data` + `handshake`: the key
+exchange, the signature with the certificate's key, the Finished) costs 0.3-0.7 ms of OpenSSL.
+Run in the relay engine's thread (engine_tls_accept.py), every relayed session of the engine
+waits that long per step: a TLS login storm then stalls plain sessions' commands. OpenSSL
+releases the GIL in `SSLObject.do_handshake`, so the step runs here on another thread (and,
+with two cores, another core) while the engine's thread goes on moving bytes.
+
+- `submit(job)` queues a callable; one of at most `size` threads named `tls-handshake-N` runs
+  it. The queue holds at most `bound` jobs: `submit` returns False when it is full, so a storm
+  cannot grow memory without limit (the caller runs that step itself: engine_tls_accept.py).
+- Threads are started on demand (a job queued while none is idle) and leave after IDLE_EXIT
+  seconds without a job, so an engine that no longer handshakes keeps no thread, and a trio
+  run's end (its engine gone) leaves none behind for long. Daemon threads: never in the way of
+  the process's exit.
+- A job never raises here: the caller's job catches what it expects; anything else is a bug,
+  logged (session_crash's words) and the thread goes on.
+- The job hands its result back itself (engine_tls_accept.py: `Engine.post`, the engine's own
+  wake-up eventfd); nothing here knows about the engine, TLS or sessions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from typing import Callable
+
+from .. import logs
+
+__all__ = ["HANDSHAKE_QUEUE", "IDLE_EXIT", "HandshakePool"]
+
+HANDSHAKE_QUEUE = 256   # handshake steps waiting for a thread at most (each holds one chunk read)
+IDLE_EXIT = 30.0        # seconds a thread waits for a job before it leaves
+
+
+class HandshakePool:
+    """At most `size` threads running queued jobs; at most `bound` jobs waiting."""
+
+    _numbers = itertools.count(1)   # thread names, unique in the process
+
+    def __init__(self, size: int, bound: int = HANDSHAKE_QUEUE, idle_exit: float = IDLE_EXIT):
+        if size < 1 or bound < 1:
+            raise ValueError("a handshake pool needs a thread and a queue")
+        self.size = size
+        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue(bound)
+        self._idle_exit = idle_exit
+        self._lock = threading.Lock()
+        self.running = 0   # threads alive
+        self._idle = 0     # threads waiting for a job
+
+    def submit(self, job: Callable[[], None]) -> bool:
+        """Queue `job` for a thread; False (and nothing queued) when the queue is full."""
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            return False
+        with self._lock:
+            if self._idle == 0 and self.running < self.size:
+                self.running += 1
+                threading.Thread(target=self._work, daemon=True,
+                                 name=f"tls-handshake-{next(self._numbers)}").start()
+        return True
+
+    def _work(self) -> None:
+        jobs, lock = self._jobs, self._lock
+        while True:
+            with lock:
+                self._idle += 1
+            try:
+                job = jobs.get(timeout=self._idle_exit)
+            except queue.Empty:
+                with lock:
+                    self._idle -= 1
+                    if jobs.empty():   # (under the lock: a submit after this starts a thread)
+                        self.running -= 1
+                        return
+                continue
+            with lock:
+                self._idle -= 1
+            try:
+                job()
+            except Exception:   # a bug in the job: logged, the pool goes on
+                logs.event("session_crash", logging.ERROR, exc_info=True)
+            del job

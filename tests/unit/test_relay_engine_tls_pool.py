@@ -1,0 +1,266 @@
+"""Implicit-TLS handshake steps on the relay engine's handshake threads
+(proxy/relay/tls_handshake_pool.py, engine_tls_accept.py): a handshake stalled inside OpenSSL
+does not hold up another session's relayed command, a drain ends a handshake still queued, and
+a full queue is answered by running the step in the engine's thread.
+
+A real Engine with its thread, real sockets and real TLS (trustme); the sessions are small
+fakes of one layer (an echo standing for a relayed session, a Session with the fields the
+handshake reads). A handshake is stalled by the server context's SNI callback, which runs
+inside `SSLObject.do_handshake` and waits on a threading.Event for the name "stall.example":
+the order of events is the test, never a duration."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import types
+from typing import Callable
+
+import pytest
+import trio
+import trustme
+
+from proxy import config as config_mod
+from proxy.net.conn import Conn
+from proxy.net.tls_engine import TLSEngine
+from proxy.relay.engine import Engine
+from proxy.relay.engine_entry import engine
+from proxy.relay.engine_session import EngineSession, Side
+from proxy.relay.engine_tls_accept import TLSAccept
+from proxy.relay.tls_handshake_pool import HandshakePool
+from proxy.session.failures import Close
+from support.polling import wait_for
+
+STALL = "stall.example"
+
+
+class _Count:
+    def labels(self, *_: str) -> _Count:
+        return self
+
+    def inc(self) -> None:
+        pass
+
+    def dec(self) -> None:
+        pass
+
+
+def _session() -> types.SimpleNamespace:
+    metrics = types.SimpleNamespace(relay_engine_sessions=_Count(), tls_handshakes=_Count())
+    listener = types.SimpleNamespace(name="imaps", protocol="imap",
+                                     timeouts=types.SimpleNamespace(login=3600.0))
+    return types.SimpleNamespace(runtime=types.SimpleNamespace(metrics=metrics),
+                                 listener=listener, close_reason=None, tls=False,
+                                 log_fields=dict)
+
+
+class Echo(EngineSession):
+    """Stands for a relayed session: answers each chunk with "OK " and the chunk (over TLS
+    once its side has a TLSEngine)."""
+
+    def __init__(self, engine: Engine, conn: Conn, fd: int):
+        super().__init__(engine, _session(), conn, fd, None, -1)  # type: ignore[arg-type]
+
+    def received(self, side: Side, data: bytes) -> None:
+        if data:
+            self.send(self.client, b"OK " + data)
+        else:
+            self.finish()
+
+
+class Harness:
+    """An engine with `threads` handshake threads (queue `bound`), a server context whose SNI
+    callback stalls "stall.example" until `gate` is set, and sessions adopted into it."""
+
+    def __init__(self, threads: int, bound: int):
+        self.ca = trustme.CA()
+        self.server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ca.issue_cert("localhost", STALL).configure_cert(self.server)
+        self.client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.ca.configure_trust(self.client)
+        self.stalled, self.gate = threading.Event(), threading.Event()
+        self.server.sni_callback = self._sni
+        self.engine = Engine()
+        self.engine.handshakes = HandshakePool(threads, bound) if threads else None
+        self.engine._start()
+        self.keep: list[socket.socket] = []
+
+    def _sni(self, _obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        if name == STALL:
+            self.stalled.set()
+            self.gate.wait()
+
+    def _pair(self) -> tuple[socket.socket, socket.socket, trio.SocketStream]:
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        self.keep += [ours, theirs]
+        return ours, theirs, trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+
+    def _adopt(self, sess: EngineSession) -> None:
+        with self.engine._lock:
+            self.engine.adopt(sess)
+
+    def echo(self) -> socket.socket:
+        """A plain session in the engine; returns its client's socket."""
+        ours, theirs, stream = self._pair()
+        self._adopt(Echo(self.engine, Conn(stream), ours.fileno()))
+        return theirs
+
+    def tls(self) -> tuple[TLSAccept, socket.socket]:
+        """An implicit-TLS client's handshake in the engine (an Echo once done)."""
+        ours, theirs, stream = self._pair()
+        conn, fd = Conn(stream), ours.fileno()
+        accept = TLSAccept(self.engine, _session(), conn, stream, fd,  # type: ignore[arg-type]
+                           TLSEngine.server(self.server), lambda: Echo(self.engine, conn, fd))
+        self._adopt(accept)
+        return accept, theirs
+
+    def handshake_in_thread(self, sock: socket.socket, name: str) -> Callable[[], ssl.SSLSocket]:
+        """A blocking client handshake on a thread of its own; the result waits for it."""
+        done: list[ssl.SSLSocket | BaseException] = []
+
+        def run() -> None:
+            try:
+                done.append(self.client.wrap_socket(sock, server_hostname=name))
+            except BaseException as exc:  # noqa: BLE001 - raised in the test's thread
+                done.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+
+        def result() -> ssl.SSLSocket:
+            thread.join(60)
+            assert done, "the client's handshake never ended"
+            if isinstance(done[0], BaseException):
+                raise done[0]
+            return done[0]
+        return result
+
+
+def hello(ctx: ssl.SSLContext, name: str) -> bytes:
+    """A client's ClientHello, as it would go on the wire."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
+def noop(sock: socket.socket) -> bytes:
+    sock.settimeout(60)   # (a bound only a broken build reaches: the engine never answered)
+    sock.sendall(b"a NOOP\r\n")
+    return sock.recv(4096)
+
+
+def run(test: Callable[[Harness], None], threads: int, bound: int) -> None:
+    """`test(harness)` in a trio run (the engine's); the gate opens at the end whatever
+    happened, so a failing test never leaves a thread stalled (the run's end waits for it)."""
+    async def main() -> None:
+        harness = Harness(threads, bound)
+        try:
+            test(harness)
+        finally:
+            harness.gate.set()
+            for sock in harness.keep:
+                sock.close()
+    trio.run(main)
+
+
+def test_a_stalled_handshake_does_not_hold_up_a_relayed_command():
+    def test(h: Harness) -> None:
+        plain = h.echo()
+        accept, client = h.tls()
+        finished = h.handshake_in_thread(client, STALL)
+        wait_for(h.stalled.is_set, what="the handshake stalled inside OpenSSL")
+        assert noop(plain) == b"OK a NOOP\r\n"   # answered while the handshake is stalled
+        assert not h.gate.is_set()
+        h.gate.set()
+        tls = finished()
+        tls.sendall(b"after\r\n")
+        assert tls.recv(4096) == b"OK after\r\n"   # the handshake went on to the session
+        assert accept.done and accept.session.close_reason is None
+    run(test, threads=1, bound=8)
+
+
+def test_a_drain_ends_a_handshake_still_queued():
+    def test(h: Harness) -> None:
+        pool = h.engine.handshakes
+        assert pool is not None
+        _, first = h.tls()
+        finished = h.handshake_in_thread(first, STALL)   # the pool's one thread is held
+        wait_for(h.stalled.is_set, what="the first handshake stalled")
+        queued, client = h.tls()
+        client.sendall(hello(h.client, "localhost"))
+        wait_for(lambda: pool._jobs.qsize() == 1, what="the second handshake's step queued")
+        h.engine.locked(h.engine.step, queued, queued.drained)
+        assert queued.done and queued.session.close_reason == Close.SHUTDOWN
+        h.gate.set()
+        finished()
+        wait_for(lambda: pool._jobs.empty() and pool._idle == pool.running,
+                 what="the pool idle again")
+        assert queued.busy and not queued.tls.handshake_done   # (never advanced)
+        client.setblocking(False)
+        with pytest.raises(BlockingIOError):   # its step was skipped: no ServerHello written
+            client.recv(4096)
+    run(test, threads=1, bound=8)
+
+
+def test_a_full_queue_runs_the_step_in_the_engines_thread():
+    def test(h: Harness) -> None:
+        pool = h.engine.handshakes
+        assert pool is not None
+        _, first = h.tls()
+        first_done = h.handshake_in_thread(first, STALL)   # the one thread is held
+        wait_for(h.stalled.is_set, what="the first handshake stalled")
+        waiting, second = h.tls()
+        second.sendall(hello(h.client, "localhost"))
+        wait_for(lambda: pool._jobs.full(), what="the second handshake's step queued")
+        third, client = h.tls()   # no room: its steps run in the engine's thread
+        tls = h.handshake_in_thread(client, "localhost")()
+        tls.sendall(b"third\r\n")
+        assert tls.recv(4096) == b"OK third\r\n"
+        assert not h.gate.is_set() and waiting.busy   # (the first still stalled, the second queued)
+        assert third.done and third.session.close_reason is None
+        h.gate.set()
+        first_done()
+    run(test, threads=1, bound=1)
+
+
+def test_the_pool_starts_threads_on_demand_and_lets_idle_ones_go():
+    pool = HandshakePool(2, bound=4, idle_exit=0.01)
+    ran: list[str] = []
+    gate = threading.Event()
+    assert pool.submit(lambda: (gate.wait(), ran.append(threading.current_thread().name)))
+    assert pool.submit(lambda: ran.append(threading.current_thread().name))
+    wait_for(lambda: len(ran) == 1, what="the second job on a second thread")
+    assert pool.running <= 2 and ran[0].startswith("tls-handshake-")
+    gate.set()
+    wait_for(lambda: pool.running == 0, what="idle threads gone")
+    assert len(ran) == 2
+    with pytest.raises(ValueError):
+        HandshakePool(0)
+
+
+BASE = """\
+listeners:
+  - {name: imap, protocol: imap, address: 127.0.0.1:1143}
+upstreams:
+  main: {host: 127.0.0.1, imap: {port: 143}}
+routes:
+  - {match: "*", upstream: main}
+"""
+
+
+def test_the_setting_sizes_the_engines_pool_and_follows_a_reload():
+    assert config_mod.loads(BASE).relay.tls_handshake_threads == 1
+    with pytest.raises(config_mod.ConfigError) as caught:
+        config_mod.loads(BASE + "relay: {tls_handshake_threads: 65}\n")
+    assert caught.value.errors[0].endswith("expected 0 (the engine's own thread) to 64 threads")
+
+    async def main() -> None:
+        made = engine(config_mod.loads(BASE + "relay: {tls_handshake_threads: 2}\n").relay)
+        assert made.handshakes is not None and made.handshakes.size == 2
+        assert engine(config_mod.loads(BASE + "relay: {tls_handshake_threads: 0}\n").relay) \
+            is made and made.handshakes is None   # (a reload: the engine's thread does them)
+    trio.run(main)
