@@ -81,6 +81,17 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def thread_cpu(pid: int) -> dict[int, int]:
+    """CPU nanoseconds of each thread of process `pid` (as cpu_seconds, by thread id)."""
+    times = {}
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        try:
+            times[int(task.name)] = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError):
+            pass  # a thread that just ended
+    return times
+
+
 def export(rev: str) -> pathlib.Path:
     """`rev` of this repository in a fresh directory (`git archive`, so no worktree is touched)."""
     root = pathlib.Path(tempfile.mkdtemp(prefix="mailproxy-ab-"))
@@ -230,10 +241,15 @@ def storm_round(port: int, user: str, password: str, count: int, tls=None,
                 raise SystemExit(f"login storm on port {port} did not start")
             time.sleep(0.01)
         d0, t0, c0 = done.value, time.perf_counter(), cpu_seconds(pid) if pid else 0.0
+        threads0 = thread_cpu(pid) if pid else {}
         samples = sorted(imap.noop_rtt_ns(count))
         logins = done.value - d0
         rate = logins / (time.perf_counter() - t0)
         cpu = (cpu_seconds(pid) - c0) / logins * 1e3 if pid and logins else float("nan")
+        threads1 = thread_cpu(pid) if pid else {}
+        busiest = sorted((threads1[t] - threads0.get(t, 0) for t in threads1), reverse=True)
+        # the busiest thread (the engine's in a TLS storm), the second (a handshake thread)
+        split = [ns / 1e6 / logins if logins else float("nan") for ns in (busiest + [0, 0])[:2]]
     finally:
         stop.set()
         for proc in storm:
@@ -242,7 +258,7 @@ def storm_round(port: int, user: str, password: str, count: int, tls=None,
         raise SystemExit(f"login storm on port {port} failed: {[p.exitcode for p in storm]}")
     imap.logout()
     return {"p50_us": percentile(samples, 0.5) / 1000, "p99_us": percentile(samples, 0.99) / 1000,
-            "logins": rate, "cpu": cpu}
+            "logins": rate, "cpu": cpu, "thread1": split[0], "thread2": split[1]}
 
 
 def pop3_login(port: int, user: str, password: str, tls=None) -> None:
@@ -263,7 +279,7 @@ SPEED = {"SEQ": ("rate", "ms CPU per session"), "CONC": ("rate", "ms CPU per ses
          "POP3": ("mbps", "ms CPU per MB"),
          "FETCH": ("mbps", "ms CPU per MB")}
 # printed as medians beside the speed
-EXTRA = {"STORM": ("p99_us", "logins"), "TLSSTORM": ("p99_us", "logins")}
+EXTRA = {"STORM": ("p99_us", "logins"), "TLSSTORM": ("p99_us", "logins", "thread1", "thread2")}
 
 
 def main() -> None:
@@ -370,7 +386,7 @@ def main() -> None:
                 for label, rs in results.items():
                     cpu = median([r["cpu"] for r in rs])
                     cpus = sorted(round(r["cpu"], 2) for r in rs)
-                    extra = "".join(f", {key} {median([r[key] for r in rs]):.1f}"
+                    extra = "".join(f", {key} {median([r[key] for r in rs]):.2f}"
                                     for key in EXTRA.get(name, ()))
                     cells.append(f"{label}: {speed} {median([r[speed] for r in rs]):.1f}{extra}"
                                  + ("" if label == "direct" or not unit
