@@ -21,7 +21,7 @@ from . import _catenate as cat
 from . import _quota as quota
 from ._args import Reply, is_atom, mailbox, parse_date_time, parse_flags, uid_list
 from ._caches import analyze
-from ._message_changes import publish_appended
+from ._message_changes import adding_to, publish_appended
 
 Group = tuple[list[str], "dt.datetime | None", "bytes | cat.Catenate"]
 
@@ -98,9 +98,10 @@ async def append(session, cmd):
              for flags, when, body in messages]
     if len(items) == 1:
         item = items[0]
-        uids = [await session.store.append(box.id, item.body, item.flags, item.internaldate,
-                                           cache=item.cache, sort_fields=item.sort_fields)]
+        uids = [await adding_to(session, box, lambda: session.store.append(
+            box.id, item.body, item.flags, item.internaldate, cache=item.cache,
+            sort_fields=item.sort_fields))]
     else:
-        uids = await session.store.append_many(box.id, items)
+        uids = await adding_to(session, box, lambda: session.store.append_many(box.id, items))
     await publish_appended(session, box.id)
     return b"APPENDUID %d %s" % (box.uidvalidity, uid_list(uids)), "APPEND completed."

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 
-from ...store import FlagMode
+from ...store import FlagMode, MailboxNotFound
 from ...store.base import normalize_flags
 from . import _condstore as cs
 from . import _quota as quota
@@ -101,9 +101,30 @@ async def _destination(session, arg):
     return target
 
 
+async def adding_to(session, target, call):
+    """`await call()`, the store call that adds messages to `target` (COPY, MOVE, APPEND). A
+    target that another session deleted or renamed since `_destination` (or APPEND) found it is
+    answered as one that did not exist then: NO [TRYCREATE] (RFC 3501 6.4.7, 6.3.11), not the
+    store's NONEXISTENT, which names its id and means the selected mailbox. The source going
+    away instead (this session's mailbox deleted: BYE follows, RFC 2180 3.3) keeps its error."""
+    try:
+        return await call()
+    except MailboxNotFound:
+        now = await session.store.get_mailbox(session.account.id, target.name)
+        if now is not None and now.id == target.id:
+            raise
+        raise Reply.no(f"Mailbox does not exist: {target.name}", b"TRYCREATE") from None
+
+
 async def publish_appended(session, mailbox_id: int) -> None:
-    """Tell the hub about new messages in `mailbox_id` (one snapshot for all listeners)."""
-    await session.backend.hub.announce_latest(session.backend.index, session.store, mailbox_id)
+    """Tell the hub about new messages in `mailbox_id` (one snapshot for all listeners). If
+    another session deleted the mailbox since the commit, nobody is left to tell (its sessions
+    get BYE, RFC 2180 3.3) and the command that added to it still succeeded: it came first, so
+    its OK stands (a MOVE's EXPUNGEs are already sent), as Dovecot's does."""
+    try:
+        await session.backend.hub.announce_latest(session.backend.index, session.store, mailbox_id)
+    except MailboxNotFound:
+        pass
 
 
 async def copy(session, cmd, move: bool = False):
@@ -124,7 +145,8 @@ async def copy(session, cmd, move: bool = False):
     removing = hub.removing([view.meta[u].body_id for u in uids]) if move \
         else contextlib.nullcontext()
     async with removing:
-        pairs = await operation(view.mailbox_id, uids, target.id)
+        pairs = await adding_to(session, target,
+                                lambda: operation(view.mailbox_id, uids, target.id))
         moved = [a for a, _ in pairs]
         if move:   # published before `removing` ends (its docstring)
             hub.expunged(view.mailbox_id, moved, origin=view)

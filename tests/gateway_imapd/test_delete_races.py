@@ -1,0 +1,165 @@
+"""DELETE of a mailbox that other sessions are using, in the middle of their commands (RFC 3501
+6.3.4, 6.4.7, 6.3.11; RFC 2180 3.3), on both stores.
+
+The interleaving is forced, not hoped for: the real store's call that adds messages (COPY, MOVE,
+APPEND) stops, before or after it runs, until another client's DELETE of the target has
+completed. The store, the hub and the clients are real; only the order is chosen.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import imaplib
+import threading
+
+import pytest
+import trio
+
+from .conftest import message
+
+run = trio.to_thread.run_sync
+
+
+class _Paused:
+    """Wraps one store method: the first call stops `before` or after the real call until the
+    test lets it go on (`reached` is set when it stops)."""
+
+    def __init__(self, monkeypatch, store, name: str, before: bool) -> None:
+        self.reached, self.resume = threading.Event(), threading.Event()
+        real, calls = getattr(store, name), []
+
+        async def paused(*args, **kwargs):
+            first = not calls
+            calls.append(name)
+            if first and before:
+                await self._stop()
+            result = await real(*args, **kwargs)
+            if first and not before:
+                await self._stop()
+            return result
+
+        monkeypatch.setattr(store, name, paused)
+
+    async def _stop(self) -> None:
+        self.reached.set()
+        await trio.to_thread.run_sync(self.resume.wait, abandon_on_cancel=True)
+
+
+def _while_deleted(gateway, paused: _Paused, command) -> tuple:
+    """Run `command()` (one client's) in a thread; once its store call has stopped, another
+    client DELETEs "Target"; then let the command go on and return its reply."""
+    deleter = gateway.imaplib()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        reply = pool.submit(command)
+        assert paused.reached.wait(30), "the store call never ran"
+        assert deleter.delete("Target") == ("OK", [b"DELETE completed."])
+        paused.resume.set()
+        result = reply.result(timeout=60)
+    assert deleter.select("Target")[0] == "NO"   # deleted, whatever the command did
+    deleter.logout()
+    return result
+
+
+def _setup(gateway) -> imaplib.IMAP4:
+    client = gateway.imaplib()
+    assert client.create("Target")[0] == "OK"
+    assert client.append("INBOX", None, None, message(1))[0] == "OK"
+    assert client.select("INBOX")[0] == "OK"
+    return client
+
+
+COMMANDS = {
+    "COPY": (lambda c: c.copy("1", "Target"), "copy"),
+    "MOVE": (lambda c: c._simple_command("MOVE", "1", "Target"), "move"),
+    "APPEND": (lambda c: c.append("Target", None, None, message(2)), "append"),
+}
+
+
+@pytest.mark.parametrize("verb", sorted(COMMANDS))
+async def test_added_then_target_deleted_is_ok(gateway, monkeypatch, verb):
+    """The store call committed, then another session deleted the target before the new
+    messages were announced: the command came first, so it succeeded (as on Dovecot, where the
+    commit is the command). Before, the announcement's read of the gone mailbox became the
+    tagged reply `NO [NONEXISTENT] no mailbox with id N`: a MOVE said NO after its EXPUNGE."""
+    command, method = COMMANDS[verb]
+
+    def clients():
+        client = _setup(gateway)
+        paused = _Paused(monkeypatch, gateway.service.store, method, before=False)
+        typ, data = _while_deleted(gateway, paused, lambda: command(client))
+        assert typ == "OK", (typ, data)
+        if verb == "MOVE":
+            assert client.untagged_responses.pop("EXPUNGE") == [b"1"]
+        assert client.noop()[0] == "OK"   # still selected in INBOX, served as before
+        client.logout()
+    await run(clients)
+
+
+@pytest.mark.parametrize("verb", sorted(COMMANDS))
+async def test_target_deleted_before_the_store_call_is_trycreate(gateway, monkeypatch, verb):
+    """The target existed when the command looked it up, and another session deleted it before
+    the store call ran: answered as a target that does not exist, NO [TRYCREATE] (RFC 3501
+    6.4.7, 6.3.11; what Dovecot answers for a missing target), so the client may CREATE it and
+    retry. Before: `NO [NONEXISTENT] no mailbox with id N` (the store's text, its id)."""
+    command, method = COMMANDS[verb]
+
+    def clients():
+        client = _setup(gateway)
+        paused = _Paused(monkeypatch, gateway.service.store, method, before=True)
+        typ, data = _while_deleted(gateway, paused, lambda: command(client))
+        assert (typ, data) == ("NO", [b"[TRYCREATE] Mailbox does not exist: Target"])
+        assert client.select("INBOX")[1] == [b"1"]   # nothing moved, nothing lost
+        client.logout()
+    await run(clients)
+
+
+def _read_after_delete(port: int, user: str, password: str, command: bytes) -> list[bytes]:
+    """Session b SELECTs "Doomed" (one message), session a DELETEs it, then b sends `command`:
+    everything b then receives until the server closes, tags cut to tag and status."""
+    a = imaplib.IMAP4("127.0.0.1", port, timeout=20)
+    a.login(user, password)
+    assert a.create("Doomed")[0] == "OK"
+    assert a.append("Doomed", None, None, message(1))[0] == "OK"
+    b = imaplib.IMAP4("127.0.0.1", port, timeout=20)
+    b.login(user, password)
+    assert b.select("Doomed")[0] == "OK"
+    assert a.delete("Doomed")[0] == "OK"
+    b.send(b"x " + command + b"\r\n")
+    rest = b.file.read().split(b"\r\n")   # until the server closes
+    a.logout()
+    return [b" ".join(line.split(b" ")[:2]) if line.startswith(b"x ") else line for line in rest]
+
+
+@pytest.mark.parametrize("command", [b"FETCH 1 (BODY.PEEK[])", b"FETCH 1 (BODY[])",
+                                     b"STORE 1 +FLAGS (\\Seen)", b"COPY 1 INBOX", b"EXPUNGE"])
+async def test_a_command_in_a_deleted_mailbox_ends_the_session_as_on_dovecot(gateway, command):
+    """The next command of a session whose selected mailbox another session deleted (reading a
+    body, changing flags, copying out, expunging), beside Dovecot 2.3.19 run here: both end the
+    session with an untagged BYE (RFC 2180 3.3) and serve nothing of the deleted messages. The
+    details differ, and ours are the simpler: Dovecot first answers a tagged NO (STORE, COPY,
+    EXPUNGE) or a FETCH response without the body (`* 1 FETCH (UID 1)`), then
+    `* BYE FETCH failed: Mailbox was deleted under us`; the gateway sends only its BYE."""
+    dovecot = gateway.dovecot
+    user, password = dovecot.add_user()
+    theirs = await run(_read_after_delete, dovecot.imap_port, user, password, command)
+    ours = await run(_read_after_delete, gateway.port, gateway.user, gateway.password, command)
+    assert ours == [b"* BYE IMAP session state is inconsistent, please relogin.", b""]
+    assert theirs[-2].startswith(b"* BYE ") and theirs[-1] == b""
+    assert not any(b"body of message" in line or b"{" in line for line in theirs + ours)
+
+
+async def test_an_idle_session_on_a_deleted_mailbox_gets_bye_at_once(gateway):
+    """IDLE in the mailbox another session deletes: the BYE is pushed while it idles (RFC 2180
+    3.3), not left for a command the client may never send (the hub's GONE wakes the view)."""
+    def clients():
+        a, b = gateway.imaplib(), gateway.imaplib()
+        assert a.create("Doomed")[0] == "OK"
+        assert a.append("Doomed", None, None, message(1))[0] == "OK"
+        assert b.select("Doomed")[0] == "OK"
+        b.send(b"i IDLE\r\n")
+        assert b.readline() == b"+ idling\r\n"
+        assert a.delete("Doomed")[0] == "OK"
+        assert b.file.read().split(b"\r\n") == [   # until the server closes: no DONE sent
+            b"* BYE IMAP session state is inconsistent, please relogin.", b""]
+        a.logout()
+    await run(clients)
