@@ -119,9 +119,8 @@ class Hub:
         self._holds: set[Hold] = set()                       # kept by at least one view
         self._kept: collections.Counter[int] = collections.Counter()   # body id -> live holds
         self._removing: collections.Counter[int] = collections.Counter()   # see `removing`
-        self._collects = 0                                   # collect_bodies calls in flight
-        self._collects_done = trio.Event()                   # ... set when none is left
-        self._removals_waiting = 0                           # removals waiting for those
+        self._collecting: collections.Counter[int] = collections.Counter()   # in collects now
+        self._collect_ended = trio.Event()                   # set (and renewed) as one ends
         self._deferred: dict[int, set[int]] = {}             # mailbox id -> bodies (loading views)
         self.garbage: set[int] = set()                       # body ids no hold keeps
 
@@ -226,20 +225,20 @@ class Hub:
         garbage until it has returned and the removal was published (`expunged` keeps what views
         still show). Garbage may hold a body that a copy still refers to (a hold of another copy
         let go); a `collect` whose delete ran after this removal's commit would delete it while
-        sessions still show the copy (RFC 2180 4.1.1). So the two never overlap: a collect
-        leaves out what is being removed, and a removal first waits for the collects in flight
-        (on SQLite they are queued anyway; on PostgreSQL store calls run side by side, and the
-        collect's sweep vouches for this process's sessions as of when it began)."""
-        self._removals_waiting += 1   # no collect begins meanwhile: never starved by them
-        try:
-            while self._collects:
-                await self._collects_done.wait()
-        finally:
-            self._removals_waiting -= 1
+        sessions still show the copy (RFC 2180 4.1.1). So the two never overlap: from now on a
+        collect leaves out what is being removed, and the removal first waits for the collects
+        in flight that were given one of its bodies (on SQLite they are queued anyway; on
+        PostgreSQL store calls run side by side, and the collect's sweep vouches for this
+        process's sessions as of when it began). A collect deletes only the bodies it was
+        given (`store.collect_bodies`), so one stuck on a stalled database holds up only the
+        removals of those bodies, not every EXPUNGE of the process; and no later collect can
+        starve a removal, since none takes its bodies."""
         ids = list(body_ids)
         self._removing.update(ids)
         self.garbage.difference_update(ids)
         try:
+            while self._collecting and any(body_id in self._collecting for body_id in ids):
+                await self._collect_ended.wait()
             yield
         finally:
             self._removing.subtract(ids)
@@ -251,20 +250,22 @@ class Hub:
         """Delete the bodies of expunged messages that no session shows any more."""
         if self._removing and self.garbage:
             self.garbage.difference_update(self._removing)   # `removing`: never in flight
-        if not self.garbage or self._removals_waiting:   # (then the next collect takes it)
+        if not self.garbage:
             return
         ids, self.garbage = sorted(self.garbage), set()
-        self._collects += 1
+        self._collecting.update(ids)
         try:
             await store.collect_bodies(ids)
         except BaseException:   # e.g. the database restarting: the next collect tries again
             self.garbage.update(ids)
             raise
         finally:
-            self._collects -= 1
-            if not self._collects:
-                self._collects_done.set()
-                self._collects_done = trio.Event()
+            self._collecting.subtract(ids)
+            for body_id in ids:
+                if self._collecting[body_id] <= 0:
+                    del self._collecting[body_id]
+            self._collect_ended.set()
+            self._collect_ended = trio.Event()
 
     # ---- change-log pruning ------------------------------------------------------------------
     def prune_due(self, mailbox_id: int) -> bool:
