@@ -1,7 +1,7 @@
 """Where a relayed session's CPU goes: cProfile with a CPU clock around the whole proxy process.
 
     .venv/bin/python bench/session_profile.py [--sessions 1000] [--protocol imap|pop3] [--base REV]
-                                              [--top 40] [--out FILE]
+                                              [--top 40] [--out FILE] [--early] [--threads]
 
 The proxy (this tree's, or `--base REV` exported as bench/ab_relay.py does) runs under
 `cProfile.Profile(time.process_time)`, so time spent waiting in epoll is not counted and a
@@ -16,6 +16,11 @@ relay benchmarks.
 `--noops N` (IMAP): instead, one session logs in, selects INBOX and sends N NOOPs, and every
 thread of the proxy is profiled on its own (the relay engine's thread is where a relayed NOOP
 runs); printed per thread: Python function calls per NOOP and the top functions by calls.
+
+`--threads`: the sessions' run profiled that way too (each thread on its own clock), so the
+relay engine's thread, which accepts and logs in most IMAP sessions, is in the counts; printed
+per thread: calls per session (warm-up and start-up included). `--early`: the upstream's
+services with `connect_early: true`.
 """
 
 from __future__ import annotations
@@ -77,6 +82,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--out", type=pathlib.Path, default=None, help="keep the pstats file")
     parser.add_argument("--noops", type=int, default=0, help="profile N NOOPs of one session")
+    parser.add_argument("--threads", action="store_true", help="profile every thread on its own")
+    parser.add_argument("--early", action="store_true", help="connect_early on the upstream")
     args = parser.parse_args()
     root = export(args.base) if args.base else REPO_ROOT
     out = args.out or pathlib.Path(tempfile.mkdtemp(prefix="mailproxy-profile-")) / "proxy.prof"
@@ -85,9 +92,17 @@ def main() -> None:
     session = imap_session if args.protocol == "imap" else pop3_session
     with Env("profile") as env:
         user, password = env.user_with(small_mailbox(10))
-        probe = env.proxy([{"name": "main", "protocol": args.protocol}], metrics=True)
+        extra = None
+        if args.early:
+            early = {"tls": "none", "connect_early": True}
+            extra = {"upstreams": {"main": {
+                "host": "127.0.0.1", "imap": {"port": env.dovecot.imap_port, **early},
+                "pop3": {"port": env.dovecot.pop3_port, **early}}}}
+        probe = env.proxy([{"name": "main", "protocol": args.protocol}], metrics=True,
+                          extra=extra)
         probe.stop()   # only its config and port were wanted
-        command = [sys.executable, "-c", PROFILED.format(root=str(root), out=str(out)),
+        script = PROFILED_THREADS if args.threads else PROFILED
+        command = [sys.executable, "-c", script.format(root=str(root), out=str(out)),
                    "--log-level", "WARNING", "serve", "--config", str(probe.config_path)]
         proxy = QuietProxyProcess(probe.config, probe.tmp_path.with_name("profiled"),
                                   command=command)
@@ -101,9 +116,20 @@ def main() -> None:
         cpu = cpu_seconds(proxy.pid) - cpu
         proxy.send_signal(signal.SIGTERM)
         proxy.wait(60)
-    stats = pstats.Stats(str(out))   # (written by the proxy as it stopped)
     # start-up's ~100,000 calls are spread over every session: compare runs of 400 or more
     total = args.sessions + WARM_UP
+    if args.threads:
+        print(f"{args.protocol} sessions through {args.base or 'this tree'}"
+              f"{' (connect_early)' if args.early else ''}: {1000 * cpu / args.sessions:.2f} ms "
+              f"of CPU per session profiled")
+        for dump in sorted(out.parent.glob(out.name + ".*")):
+            stats = pstats.Stats(str(dump))
+            print(f"thread {dump.suffix[1:]}: {stats.total_calls / total:.1f} Python function "
+                  f"calls per session")
+            if stats.total_calls > 10 * total:
+                stats.sort_stats("ncalls").print_stats(args.top)
+        return
+    stats = pstats.Stats(str(out))   # (written by the proxy as it stopped)
     print(f"{args.protocol} sessions through {args.base or 'this tree'}: "
           f"{1000 * cpu / args.sessions:.2f} ms of CPU per session profiled, "
           f"{stats.total_calls / total:.0f} Python function calls per session; pstats in {out}")
