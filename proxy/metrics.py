@@ -123,6 +123,10 @@ class Metrics:
             "mailproxy_relay_engine_accepted_total",
             "Connections the relay engine's thread accepted itself (relay.engine_accept).",
             ["listener"], registry=r)
+        self.relay_spliced_bytes = Counter(
+            "mailproxy_relay_spliced_bytes_total",
+            "IMAP literal payload bytes the relay engine moved from an upstream to a client with "
+            "os.splice (relay.splice_min_literal), never read into Python.", registry=r)
 
         # --- TLS
         self.tls_handshakes = Counter(

@@ -43,7 +43,7 @@ class ImapEngineSession(EngineSession):
         self.core = core
         self.leftover = upstream_leftover   # what the login's parser read past its reply
         # literals spliced from this size (NEVER: relay.splice_min_literal null); the pipe,
-        # once one was made
+        # while one is spliced (the engine's pool has it back after)
         self.splice_min = core.session.runtime.config.relay.splice_min_literal or NEVER
         self.splice_at = self.splice_min   # `start` is asked from this (0: the read after one)
         self.pipe: engine_splice.Pipe | None = None
@@ -118,7 +118,7 @@ class ImapEngineSession(EngineSession):
         if not core.answer_logout(written=waited and not self.upstream.out):
             return False
         self.send(self.client, core.take_replies())
-        self.released()   # (succeeded, never released: a splice's pipe is closed here)
+        self.released()   # (succeeded, never released: a splice's pipe is given back here)
         self.engine.succeed(self, LoggedOut(self, self.engine.now + LOGOUT_WAIT))
         return True
 

@@ -22,6 +22,7 @@ from .. import logs
 from ..session.failures import Close
 from .engine_gil import SwitchInterval
 from .engine_session import IN, OUT, RECEIVE_SIZE, EngineSession, Side
+from .engine_splice import PipePool
 from .engine_timers import TimerHeap
 
 __all__ = ["EngineLoop", "RECEIVE_SIZE"]
@@ -46,6 +47,7 @@ class EngineLoop:
         # listening sockets the thread accepts on (engine_accept.py): fd -> (ready, stopped)
         self._listeners: dict[int, tuple[Callable[[], None], Callable[[], None]]] = {}
         self._running = False
+        self.pipes = PipePool()   # empty pipes for literals spliced (engine_splice.py)
         self.gil = SwitchInterval()   # lowered from _start to the run's end
         self.thread: threading.Thread | None = None
         # Sessions, sides and timers are touched under this lock, by the engine's thread or by
@@ -144,6 +146,7 @@ class EngineLoop:
         with self._lock:   # stopped: nothing uses the descriptors any more
             os.close(self._wakefd)
             self._epoll.close()
+            self.pipes.close()
 
     def _loop(self) -> None:
         # One wake-up's Python is on every relayed round trip's critical path: locals bound

@@ -40,6 +40,7 @@ EXPECTED = {
     "draining": ("mailproxy_draining", ()),
     "relay_engine_sessions": ("mailproxy_relay_engine_sessions", ()),
     "relay_engine_accepted": ("mailproxy_relay_engine_accepted_total", ("listener",)),
+    "relay_spliced_bytes": ("mailproxy_relay_spliced_bytes_total", ()),
 }
 
 

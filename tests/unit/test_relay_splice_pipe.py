@@ -1,8 +1,9 @@
 """The relay engine's splice (proxy/relay/engine_splice.py) with the pipe the kernel gives: a
-non-root process past `fs.pipe-user-pages-soft` (64 pipes of 1 MB per user: a session keeps its
-pipe once it spliced) has F_SETPIPE_SZ refused and gets 8 KB pipes. Splicing through those cost
-1.96 ms of proxy CPU per MB of FETCH against 0.41 ms reading (bench/README.md, "splice
-through a pipe the kernel kept small"), so such a session reads and writes as before, keeping no pipe."""
+non-root process past `fs.pipe-user-pages-soft` (64 pipes of 1 MB per user) has F_SETPIPE_SZ
+refused and gets 8 KB pipes. Splicing through those cost 1.96 ms of proxy CPU per MB of FETCH
+against 0.41 ms reading (bench/README.md, "splice through a pipe the kernel kept small"), so
+such a session reads and writes as before, keeping no pipe. A session holds a pipe only while
+it splices: the engine's PipePool takes it back, empty, for the next splice."""
 
 from __future__ import annotations
 
@@ -23,11 +24,17 @@ class _Side:
         self.tls, self.out, self.spliced, self.read_size = None, b"", False, 8192
 
 
-class _Session:
-    """What engine_splice.start reads and sets of an ImapEngineSession."""
-
+class _Engine:
     def __init__(self) -> None:
+        self.pipes = engine_splice.PipePool()
+
+
+class _Session:
+    """What engine_splice.start and end read and set of an ImapEngineSession."""
+
+    def __init__(self, engine: _Engine | None = None) -> None:
         self.core, self.client, self.upstream = _Core(), _Side(), _Side()
+        self.engine = engine or _Engine()
         self.splice_min = self.splice_at = 128 * 1024
         self.pipe = None
 
@@ -55,6 +62,54 @@ def test_a_pipe_of_the_size_asked_for_splices():
     assert sess.pipe is not None and sess.pipe.size >= engine_splice.PIPE_SIZE
     assert sess.client.spliced and sess.upstream.spliced
     engine_splice.end(sess)
+    sess.engine.pipes.close()
+
+
+def test_a_splice_s_pipe_goes_back_to_the_engine_and_is_reused():
+    """A session holds a pipe only while it splices: `end` gives it back, empty, and the next
+    splice (this session's or another's) takes the same descriptors, none made."""
+    engine = _Engine()
+    first, second = _Session(engine), _Session(engine)
+    assert engine_splice.start(first)
+    fds = (first.pipe.read_fd, first.pipe.write_fd)
+    engine_splice.end(first)
+    assert first.pipe is None and not first.client.spliced and not first.upstream.spliced
+    before = _open_descriptors()
+    assert engine_splice.start(second)
+    assert (second.pipe.read_fd, second.pipe.write_fd) == fds and _open_descriptors() == before
+    engine_splice.end(second)
+    engine.pipes.close()
+    assert _open_descriptors() == before - 2
+
+
+def test_a_pipe_still_holding_bytes_is_closed_not_kept():
+    engine = _Engine()
+    sess = _Session(engine)
+    assert engine_splice.start(sess)
+    os.write(sess.pipe.write_fd, b"x" * 1000)   # (what a session ended mid-splice left)
+    sess.pipe.held = 1000
+    before = _open_descriptors()
+    engine_splice.end(sess)
+    assert engine.pipes.free == [] and _open_descriptors() == before - 2
+
+
+def test_the_engine_keeps_at_most_pool_size_pipes():
+    engine = _Engine()
+    sessions = [_Session(engine) for _ in range(engine_splice.POOL_SIZE + 3)]
+    for sess in sessions:
+        assert engine_splice.start(sess)
+    before = _open_descriptors()
+    for sess in sessions:
+        engine_splice.end(sess)
+    assert len(engine.pipes.free) == engine_splice.POOL_SIZE
+    assert _open_descriptors() == before - 2 * 3   # the others closed
+    engine.pipes.close()
+    assert _open_descriptors() == before - 2 * len(sessions)
+    # a splice ending after the engine's end: its pipe is closed, not kept
+    late = _Session(engine)
+    late.pipe = engine_splice.Pipe()
+    engine_splice.end(late)
+    assert engine.pipes.free == [] and _open_descriptors() == before - 2 * len(sessions)
 
 
 def test_a_pipe_the_kernel_kept_small_is_not_used(monkeypatch):
