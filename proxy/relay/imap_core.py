@@ -67,8 +67,8 @@ class ImapRelayCore(CoreEnds):
         self.held = HeldLines(client_parser, client_leftover)
         self.inflight = InFlight(CommandMeter(session))
         metrics = session.runtime.metrics
-        self.bytes_up = ByteCounter(metrics.bytes.labels("client_to_upstream", "imap"))
-        self.bytes_down = ByteCounter(metrics.bytes.labels("upstream_to_client", "imap"))
+        self.bytes_up = ByteCounter(metrics.child(metrics.bytes, "client_to_upstream", "imap"))
+        self.bytes_down = ByteCounter(metrics.child(metrics.bytes, "upstream_to_client", "imap"))
         self.last_active = now
         self.upstream_heard = now   # last upstream bytes, or a command owed an answer
         self.logout_seen = False

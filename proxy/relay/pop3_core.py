@@ -63,8 +63,8 @@ class Pop3RelayCore:
         self.pending: deque[tuple[str, float, bool]] = deque()  # name, start, multi-line
         self.meter = CommandMeter(session)
         metrics = session.runtime.metrics
-        self.bytes_up = ByteCounter(metrics.bytes.labels("client_to_upstream", "pop3"))
-        self.bytes_down = ByteCounter(metrics.bytes.labels("upstream_to_client", "pop3"))
+        self.bytes_up = ByteCounter(metrics.child(metrics.bytes, "client_to_upstream", "pop3"))
+        self.bytes_down = ByteCounter(metrics.child(metrics.bytes, "upstream_to_client", "pop3"))
         self.last_active = now
         self.quit_seen = False
         self.draining = False
