@@ -17,11 +17,13 @@ Off the engine's thread: a handshake step (feed the chunk, `handshake()`, take t
 handshake thread (`_step`; OpenSSL releases the GIL) and its result comes back through the
 engine's wake-up (`Engine.post`) as a step of this session (`_stepped`: the flight written,
 then done, failed or waiting). Meanwhile (`busy`) the TLSEngine is that thread's alone: the
-client is not read (its bytes wait in the kernel; a hang-up's, read regardless, are `held`),
-while the timeout, a drain, a kick or shutdown_timeout may end the session as before (nothing
-of theirs touches the TLSEngine of a handshake not done; the step's result is then dropped,
-a step still queued is skipped). The queue is bounded (HANDSHAKE_QUEUE): when it is full the
-step runs in the engine's thread, as with no pool, so a storm never grows memory beyond it.
+client is not read (its bytes wait in the kernel; a hang-up's, read regardless, are `held`; a
+reset ends the handshake at once, else the level-triggered epoll would report it at every
+poll until the step is done), while the timeout, a drain, a kick or shutdown_timeout may end
+the session as before (nothing of theirs touches the TLSEngine of a handshake not done; the
+step's result is then dropped, a step still queued is skipped). The queue is bounded
+(HANDSHAKE_QUEUE): when it is full the step runs in the engine's thread, as with no pool, so a
+storm never grows memory beyond it.
 
 When the handshake completes, the ALPACA check of trio's path runs (net/tls.alpn_refusal), the
 connection's Conn takes a TLSStream over the same socket and TLSEngine (what trio's handshake
@@ -75,9 +77,11 @@ class TLSAccept(EngineSession):
         self.held = b""     # read meanwhile (a hang-up's rest)
 
     def received(self, side: Side, data: bytes) -> None:
-        if self.busy:   # (not read meanwhile, but a hang-up is reported and read regardless:
-            if data:    # its bytes are kept, bounded by what the kernel held; its EOF comes
-                self.held = self.held + data if self.held else data   # again, level-triggered)
+        if self.busy:   # not read meanwhile, but a hang-up is reported and read regardless
+            if not data:   # (a reset: reported again at every poll, level-triggered, so it
+                self._failed("handshake_failed")   # ends now, as it would after the step)
+            else:   # (what the kernel held: bounded)
+                self.held = self.held + data if self.held else data
             return
         pool = self.engine.handshakes
         if pool is not None:

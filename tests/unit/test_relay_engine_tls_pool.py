@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 import threading
 import types
 from typing import Callable
@@ -213,6 +214,19 @@ def test_a_drain_ends_a_handshake_still_queued():
         client.setblocking(False)
         with pytest.raises(BlockingIOError):   # its step was skipped: no ServerHello written
             client.recv(4096)
+    run(test, threads=1, bound=8)
+
+
+def test_a_reset_during_a_step_ends_the_handshake_at_once():
+    def test(h: Harness) -> None:
+        accept, client = h.tls()
+        client.sendall(hello(h.client, STALL))
+        wait_for(h.stalled.is_set, what="the handshake stalled inside OpenSSL")
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()   # a reset: its hang-up is reported whatever the mask
+        wait_for(lambda: accept.done, what="the handshake ended by the reset")
+        assert accept.session.close_reason == Close.TLS_HANDSHAKE_FAILED
+        assert not h.gate.is_set()   # (ended while its step was still stalled)
     run(test, threads=1, bound=8)
 
 
