@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from . import header_block
 from ._parts import DEFAULT_LIMITS
-from ._rfc822 import AddressParser
+from ._rfc822 import Address, AddressParser
 from .basesubject import base_subject, casemap, decode_words
 
 __all__ = ["SortFields", "extract", "message_ids", "encode", "decode", "extract_record",
@@ -61,23 +61,20 @@ def _headers(raw: bytes, max_header_bytes: int) -> dict[bytes, bytes]:
     return found
 
 
-def _first_address(value: bytes | None):
-    if value is None:
-        return None
-    addrs = AddressParser(value).parse()
-    return addrs[0] if addrs else None
+def _first_address(value: bytes | None) -> Address | None:
+    """The first address of a list, read once per field, and only that far: the rest of a
+    hostile list (a From of 10 MiB of commas) is never parsed."""
+    return None if value is None else AddressParser(value).first()
 
 
-def _mailbox(value: bytes | None) -> str:
-    addr = _first_address(value)
+def _mailbox(addr: Address | None) -> str:
     if addr is None or addr.mailbox is None:
         return ""
     return casemap(addr.mailbox.decode("utf-8", "replace"))
 
 
-def _display(value: bytes | None) -> str:
+def _display(addr: Address | None) -> str:
     """RFC 5957 2: the display name if there is one, else "mailbox@domain"."""
-    addr = _first_address(value)
     if addr is None:
         return ""
     if addr.name:
@@ -131,10 +128,11 @@ def extract(raw: bytes, max_header_bytes: int = DEFAULT_LIMITS.max_header_bytes)
     refs = message_ids(h.get(b"references"))
     if not refs:   # RFC 5256 4 (1): In-Reply-To's first ID when there are no References
         refs = message_ids(h.get(b"in-reply-to"))[:1]
+    from_, to = _first_address(h.get(b"from")), _first_address(h.get(b"to"))
     return SortFields(
         subject=subject, reply=reply,
-        from_=_mailbox(h.get(b"from")), to=_mailbox(h.get(b"to")), cc=_mailbox(h.get(b"cc")),
-        display_from=_display(h.get(b"from")), display_to=_display(h.get(b"to")),
+        from_=_mailbox(from_), to=_mailbox(to), cc=_mailbox(_first_address(h.get(b"cc"))),
+        display_from=_display(from_), display_to=_display(to),
         sent=_sent(h.get(b"date")), message_id=ids[0] if ids else None,
         references=tuple(refs))
 
