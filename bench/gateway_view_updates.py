@@ -11,6 +11,8 @@ thread's CPU clock, gc off, median of rounds:
   `update_slices` existed);
 - the last view's updates: the same, for the last view to apply it (after an EXPUNGE it is the
   one that lets the expunged bodies go, since holds are per event).
+Then, in a round of its own under tracemalloc: the memory per view after SELECT and after the
+flag change (the views share the changed messages' objects since the ninth session).
 
 Each tree runs in a process of its own (this tree, and `--base REV` exported with `git archive`).
 Run: .venv/bin/python bench/gateway_view_updates.py [--messages 10000] [--views 12] [--rounds 5]
@@ -82,7 +84,29 @@ def one_round():
     return out
 
 
-print(json.dumps([one_round() for _ in range(rounds)]))
+def memory():
+    # KiB per view (tracemalloc, a round of its own): after SELECT, after the flag change
+    import tracemalloc
+    tracemalloc.start()
+    hub, others = Hub(), []
+    base = tracemalloc.get_traced_memory()[0]
+    for _ in range(views):
+        view = SelectedView(Mailbox(1, 1, "INBOX", None, 7, 3, 1, 2), [], False, set(), hub)
+        hub.subscribe(1, view)
+        view.load(Snapshot(1, messages, metas))
+        others.append(view)
+    out = {"KiB per view after SELECT": (tracemalloc.get_traced_memory()[0] - base) / views / 1024}
+    hub.flags(1, [FlagUpdate(u, frozenset({"\\Seen", "\\Deleted"}), messages + u, True)
+                  for u in range(1, messages + 1)])
+    for view in others:
+        view.updates(True)
+    out["KiB per view after the flag change"] = (
+        (tracemalloc.get_traced_memory()[0] - base) / views / 1024)
+    tracemalloc.stop()
+    return out
+
+
+print(json.dumps([one_round() for _ in range(rounds)] + [memory()]))
 """
 
 
@@ -112,8 +136,13 @@ def main() -> None:
                   "other views apply it (ms of thread CPU, median of "
                   f"{args.rounds} rounds)", ["measure", *trees])
     for key in next(iter(results.values()))[0]:
-        table.add(key, *[median([r[key] for r in rounds]) * 1000 for rounds in results.values()])
+        table.add(key, *[median([r[key] for r in rounds[:-1]]) * 1000
+                         for rounds in results.values()])
     print(table.render())
+    memory = Table(f"Memory of the {args.views} views (tracemalloc)", ["measure", *trees])
+    for key in next(iter(results.values()))[-1]:
+        memory.add(key, *[rounds[-1][key] for rounds in results.values()])
+    print(memory.render())
 
 
 if __name__ == "__main__":

@@ -497,3 +497,19 @@ async def test_later_collects_cannot_starve_a_waiting_removal():
         assert not entered.is_set()
         store.release.set()
     assert entered.is_set() and store.log == ["collect [7] begins", "collect ends"]
+
+def test_the_views_of_a_flag_change_share_its_messages():
+    """One flag change to a mailbox reaches every view of it: they show one message object per
+    changed message between them, not one each (50 sessions on 10,000 messages: 1,513 -> 441 KiB
+    per session after a change to all, bench/gateway_view_updates.py). A view that applies it
+    in a later MODSEQ than the shared object (a newer change of its own) keeps its own."""
+    hub = Hub()
+    views = [_subscribed(hub, [1, 2]) for _ in range(3)]
+    views[2].set_flags(2, frozenset({"$Own"}), 20)   # its own newer STORE, before the event
+    hub.flags(1, [FlagUpdate(1, SEEN, 10, True), FlagUpdate(2, SEEN, 11, True)])
+    for view in views:
+        view.updates(True)
+    first, second, third = (view.meta for view in views)
+    assert first[1] is second[1] is third[1] and first[1].flags == SEEN
+    assert first[2] is second[2] and first[2].modseq == 11
+    assert third[2].flags == frozenset({"$Own"}) and third[2].modseq == 20

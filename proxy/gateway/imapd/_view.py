@@ -291,7 +291,7 @@ class SelectedView:
                             new[meta.uid] = meta
             elif event.kind is EventKind.FLAGS:
                 for uid, flags, modseq in event.updates:
-                    self._flag_event(uid, flags, modseq, new, changed)
+                    self._flag_event(uid, flags, modseq, new, changed, event.shared)
                     work += 1
                     # no pause while a message waits in `new`: an expunge of it published
                     # meanwhile would find it neither shown nor arriving (`keep`)
@@ -354,14 +354,21 @@ class SelectedView:
                 for start in range(0, len(ordered), EXPUNGE_BATCH)]
 
     def _flag_event(self, uid: int, flags: frozenset[str], modseq: int,
-                    new: dict[int, MessageMeta], changed: dict[int, None]) -> None:
+                    new: dict[int, MessageMeta], changed: dict[int, None],
+                    shared: dict[int, MessageMeta]) -> None:
         if uid in new:
             if modseq > new[uid].modseq:
                 new[uid] = new[uid].with_flags(flags, modseq)
             return
         meta = self.meta.get(uid)
         if meta is not None and modseq > meta.modseq:
-            self.meta[uid] = meta.with_flags(flags, modseq)
+            # one message object per change for every view of the mailbox (the event's
+            # `shared`; a message's other fields never change): a flag change to 10,000
+            # messages seen by 50 sessions made 500,000 copies, 1.1 MB more per session
+            made = shared.get(uid)
+            if made is None or made.modseq != modseq:
+                made = shared[uid] = meta.with_flags(flags, modseq)
+            self.meta[uid] = made
             changed[uid] = None
         elif meta is None and uid > self.top:   # not announced yet (module docstring)
             early = self.early_flags.get(uid)

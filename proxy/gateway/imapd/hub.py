@@ -78,6 +78,9 @@ class MailboxEvent:
     uids: tuple[int, ...] = ()
     origin: object | None = None        # the session that made the change (it is not notified)
     published: float = field(default_factory=time.monotonic)
+    # FLAGS: uid -> the message with the new flags, made by the first view that applies it
+    # and shown by every other (SelectedView._flag_event): one object per change, not per view
+    shared: dict[int, MessageMeta] = field(default_factory=dict, compare=False, repr=False)
 
 
 PRUNE_EVERY = 1000   # published changes to a mailbox between two prunes of its change log
