@@ -11,9 +11,10 @@ IMAP session of `--noops` NOOPs; then SIGTERM, and the thread's profile is print
 RETR (the engine's calls of the download rounds over their RETRs: logins and QUITs of the
 engine path are in it too, so compare at the same `--messages`) and the top functions by calls.
 `--opcodes`: instead of the profile, the Python bytecodes the thread executes (a trace
-function with `f_trace_opcodes`), per RETR (or per NOOP with `--rounds 0`: the session's login
-included): a count of the interpreter's work that, unlike the CPU time on a loaded machine,
-does not depend on the load (the C work inside calls is not in it).
+function with `f_trace_opcodes`; the `--top` functions by bytecodes too), per RETR (or per
+NOOP with `--rounds 0`: the session's login included): a count of the interpreter's work
+that, unlike the CPU time on a loaded machine, does not depend on the load (the C work inside
+calls is not in it).
 Needs root, like the other relay benchmarks.
 """
 
@@ -50,17 +51,21 @@ PROFILED = (
 
 
 OPCODES = (   # replaces `profiled` when --opcodes: bytecodes executed by the thread
+    "import collections\n"
     "def profiled(self):\n"
-    "    count = [0]\n"
+    "    count = collections.Counter()\n"
     "    def tracer(frame, event, arg):\n"
     "        frame.f_trace_opcodes = True\n"
     "        if event == 'opcode':\n"
-    "            count[0] += 1\n"
+    "            code = frame.f_code\n"
+    "            count[code.co_filename, code.co_firstlineno, code.co_name] += 1\n"
     "        return tracer\n"
     "    sys.settrace(tracer)\n"
     "    try:\n        run(self)\n"
     "    finally:\n"
-    "        sys.settrace(None); open({out!r}, 'w').write(str(count[0]))\n"
+    "        sys.settrace(None)\n"
+    "        open({out!r}, 'w').write('\\n'.join(f'{{n}} {{f}}:{{l}} {{c}}' for (f, l, c), n"
+    " in count.most_common()))\n"
     "engine.Engine._run_thread = profiled\n")
 
 
@@ -105,7 +110,11 @@ def main() -> None:
         proxy.wait(60)
     retrs = (args.rounds + 1) * args.messages
     if args.opcodes:
-        total = int(out.read_text())
+        rows = [line.split(" ", 1) for line in out.read_text().splitlines()]
+        total = sum(int(n) for n, _ in rows)
+        ops = retrs if args.rounds else args.noops
+        for n, where in rows[:args.top]:
+            print(f"{int(n) / ops:8.1f} {where.replace(str(root) + '/', '')}")
         per = f"{total / retrs:.1f} per RETR over {retrs} RETRs" if args.rounds else \
             f"{total / args.noops:.1f} per NOOP over {args.noops} NOOPs (the login's included)"
         print(f"engine thread of {args.base or 'this tree'}: {total} bytecodes, {per}")
