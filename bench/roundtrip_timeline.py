@@ -31,7 +31,10 @@ proxy's busiest thread and all its threads, nginx's and Dovecot's processes and 
 thread (/proc/PID/task/*/status and schedstat): whether trio's thread wakes during a relayed
 NOOP. `--retrs N`: the same for N RETRs per POP3 session. `--spin US`: rounds with US of busy
 work after each engine write, interleaved with the plain ones (is the work after a write on the
-round trip?). `--slice US`: the engine thread's own EEVDF slice (sched_setattr, Linux 6.12+).
+round trip?). `--bare`: a bare Python epoll relay (read, write, nothing else) in the rounds
+too, IMAP only: the floor any Python relay of this shape pays; `--untraced`: the same tree's
+proxy without the wrappers too (its CPU per op, the wrappers' cost). `--slice US`: the engine
+thread's own EEVDF slice (sched_setattr, Linux 6.12+).
 Needs root, like the other relay benchmarks.
 """
 
@@ -43,6 +46,7 @@ import os
 import pathlib
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -113,6 +117,35 @@ SLICE = (   # the engine thread's own EEVDF slice (Linux 6.12+: shorter slices p
     "    libc = ctypes.CDLL(None, use_errno=True)\n"
     "    rc = libc.syscall(314, 0, ctypes.c_char_p(attr), 0)\n"
     "    print('sched_setattr', rc, ctypes.get_errno(), file=sys.stderr)\n")
+
+
+BARE = """# the floor: a plain epoll relay in Python, no parsing, no metrics, no lock, no other thread
+import os, select, socket, sys
+block = bytes(1 << 20)   # freed: glibc's mmap threshold rises past the 256 KB reads, as the
+del block                # proxy's has (else each read is an mmap and a munmap)
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+epoll, peer, keep = select.epoll(), {}, []
+epoll.register(listener.fileno(), select.EPOLLIN)
+read, write, poll = os.read, os.write, epoll.poll
+while True:
+    for fd, _ in poll():
+        if fd == listener.fileno():
+            client, _ = listener.accept()
+            upstream = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setblocking(False)
+                epoll.register(sock.fileno(), select.EPOLLIN)
+            peer[client.fileno()], peer[upstream.fileno()] = upstream.fileno(), client.fileno()
+            keep += (client, upstream)
+            continue
+        data = read(fd, 262144)
+        if data:
+            write(peer[fd], data)   # (a NOOP's few bytes: never a short write)
+        else:
+            epoll.unregister(fd)
+"""
 
 
 def tasks(pid: int) -> dict[int, tuple[int, int, int]]:
@@ -301,6 +334,10 @@ def main() -> None:
     parser.add_argument("--spin", type=float, default=0,
                         help="also rounds with this much busy work (us) after each engine write")
     parser.add_argument("--nginx", action="store_true", help="nginx's mail proxy in the rounds too")
+    parser.add_argument("--untraced", action="store_true",
+                        help="the same proxy without the wrappers in the rounds too")
+    parser.add_argument("--bare", action="store_true",
+                        help="a bare Python epoll relay in the rounds too (the floor of Python)")
     args = parser.parse_args()
     root = export(args.base) if args.base else REPO_ROOT
     out = pathlib.Path(tempfile.mkdtemp(prefix="mailproxy-timeline-")) / "engine.log"
@@ -316,7 +353,7 @@ def main() -> None:
         user, password = env.user_with(mailbox)
         listeners = [{"name": "imap", "protocol": "imap"}, {"name": "pop3", "protocol": "pop3"}]
         probe = env.proxy(listeners, extra={"relay": {"engine": "epoll"}})
-        probe.stop()
+        probe.stop()   # (only its config was wanted: the traced proxy takes its ports)
         command = [sys.executable, "-c", TRACED.format(root=str(root), out=str(out),
                                                        switch=switch, slice=slice_,
                                                        flag=str(flag)),
@@ -342,6 +379,18 @@ def main() -> None:
             ports["nginx"] = (ng.imap_port, ng.pop3_port)
         if args.spin:
             ports[f"mailproxy+{args.spin:g}us"] = ports["mailproxy"]
+        untraced = None
+        if args.untraced:   # (the same tree's proxy without the wrappers: its CPU per op)
+            if args.base:
+                raise SystemExit("--untraced runs this tree's proxy: not with --base")
+            untraced = env.proxy(listeners, extra={"relay": {"engine": "epoll"}})
+            ports["untraced"] = (untraced.port("imap"), untraced.port("pop3"))
+        bare = None
+        if args.bare:
+            bare = subprocess.Popen([sys.executable, "-c", BARE, str(env.dovecot.imap_port)],
+                                    stdout=subprocess.PIPE, text=True)
+            env.on_close(bare.kill)
+            ports["bare"] = (int(bare.stdout.readline()), 0)  # type: ignore[union-attr]
         sessions = {}
         if not args.retrs:
             for label, (imap_port, _) in ports.items():
@@ -356,7 +405,9 @@ def main() -> None:
         for n in range(args.rounds):
             for label, (_, pop3_port) in ports.items():
                 watched = {"proxy": pid, "dovecot": env.dovecot.master_pid or 0,
-                           **({"nginx": ng.server.server.proc.pid} if ng is not None else {})}
+                           **({"nginx": ng.server.server.proc.pid} if ng is not None else {}),
+                           **({"bare": bare.pid} if bare is not None else {}),
+                           **({"untraced": untraced.pid} if untraced is not None else {})}
                 spin[0] = int(args.spin * 1000) if "+" in label else 0
                 before = {k: tasks(v) for k, v in watched.items()}
                 before["client"] = tasks(os.getpid())
@@ -373,9 +424,10 @@ def main() -> None:
                     per_op(before["proxy"], after["proxy"], ops))
                 sched.setdefault(f"{label}: proxy, all threads", []).append(
                     total_op(before["proxy"], after["proxy"], ops))
-                if "nginx" in watched:
-                    sched.setdefault(f"{label}: nginx, all processes", []).append(
-                        total_op(before["nginx"], after["nginx"], ops))
+                for other in ("nginx", "bare", "untraced"):
+                    if other in watched:
+                        sched.setdefault(f"{label}: {other}, all", []).append(
+                            total_op(before[other], after[other], ops))
                 sched.setdefault(f"{label}: Dovecot, all processes", []).append(
                     total_op(before["dovecot"], after["dovecot"], ops))
                 sched.setdefault(f"{label}: this client's thread", []).append(
