@@ -66,8 +66,8 @@ class ImapEngineSession(EngineSession):
                 self._sent(up)
                 return False
             # the common chunk: what `forward` does when the core has no reply before it
-            # (`send()` spelt out for a plain side: the Python per wake-up is all on the round
-            # trip, bench/README.md "the round trip on one CPU")
+            # (`send()` spelt out for a plain side: all the Python of a wake-up is on the round
+            # trip, bench/README.md, ninth session, "3. The round trip runs on one CPU")
             if not (upstream.write(up) if upstream.tls is None and not upstream.conn.closed
                     else self.send(upstream, up)):
                 core.finish(Close.UPSTREAM_CLOSED)
