@@ -58,8 +58,8 @@ from .metric_labels import (
 __all__ = [
     "Metrics", "WorkerMetrics", "PROTOCOLS", "IMAP_COMMANDS", "POP3_COMMANDS", "IMAP_STATUSES",
     "POP3_STATUSES", "AUTH_MECHANISMS", "AUTH_RESULTS", "TLS_RESULTS", "STARTTLS_RESULTS",
-    "DIRECTIONS", "LIMITS", "OAUTH2_REFRESH_RESULTS", "OTHER", "command_label", "status_label",
-    "mechanism_label",
+    "DIRECTIONS", "LIMITS", "OAUTH2_REFRESH_RESULTS", "UPSTREAM_ANOMALIES", "OTHER", "command_label",
+    "status_label", "mechanism_label",
 ]
 
 MAX_CHILDREN = 4096   # label children remembered by Metrics.child()
@@ -71,6 +71,8 @@ SESSION_BUCKETS = (0.1, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 288
 CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # `le` values of mailproxy_gateway_accounts_sync_age (seconds since the last successful sync).
 SYNC_AGE_BUCKETS = ("60", "300", "900", "3600", "21600", "86400", "+Inf")
+# `kind` values of mailproxy_gateway_upstream_anomalies_total (gateway/fetcher.py)
+UPSTREAM_ANOMALIES = ("bad_uidl", "too_big", "retr_refused")
 SYNC_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
@@ -225,6 +227,14 @@ class Metrics:
         self.gateway_ingest_errors = Counter(
             "mailproxy_gateway_ingest_errors_total", "Failed syncs, by reason.", ["reason"],
             registry=r)
+        self.gateway_upstream_anomalies = Counter(
+            "mailproxy_gateway_upstream_anomalies_total",
+            "Messages a POP3 upstream served wrongly, by kind: bad_uidl (a UIDL breaking RFC "
+            "1939 7 or repeated: keyed by digest instead), too_big (over "
+            "gateway.limits.max_message_bytes), retr_refused (-ERR to RETR); the last two are "
+            "left upstream (counted again by every sync that meets them).", ["kind"], registry=r)
+        for kind in UPSTREAM_ANOMALIES:
+            self.gateway_upstream_anomalies.labels(kind)
         self.gateway_store_size = Gauge(
             "mailproxy_gateway_store_bytes", "Size of the gateway store on disk.", registry=r)
         self.gateway_sessions = Gauge(

@@ -39,6 +39,10 @@ class GatewayLimits:
     search_updates: StrictInt = 10        # live SEARCH/SORT RETURN (UPDATE) per session (RFC 5267)
     command_threads: StrictInt = 4        # worker threads for commands' CPU work (gateway/workers.py)
     ingest_threads: StrictInt = 2         # worker threads for new mail's analysis and listings
+    # hostile or broken POP3 upstreams (gateway/pop3_client.py): a reply's time and size
+    pop3_reply_timeout: Duration = 120.0  # a POP3 reply (status line, listing, RETR) this late fails
+    pop3_min_rate: Size = 64 * 1024       # ... plus one second per this many bytes of a long reply
+    max_message_bytes: Size = 100 * 1024 * 1024   # a bigger message is left upstream, not stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,12 @@ def check_gateway(gateway: Gateway | None) -> list[Problem]:
                          ("ingest_threads", limits.ingest_threads)):
         if not 1 <= threads <= 64:
             errors.append((("gateway", "limits", key), "expected 1 to 64 threads"))
+    if not 1 <= limits.pop3_reply_timeout <= 3600:
+        errors.append((("gateway", "limits", "pop3_reply_timeout"), "expected 1s to 1h"))
+    if limits.pop3_min_rate < 1024:
+        errors.append((("gateway", "limits", "pop3_min_rate"), "expected at least 1KB"))
+    if limits.max_message_bytes < 1024:
+        errors.append((("gateway", "limits", "max_message_bytes"), "expected at least 1KB"))
     for key, value in (("storage", gateway.quota.storage), ("messages", gateway.quota.messages)):
         if value is not None and value < 1:
             errors.append((("gateway", "quota", key), "expected at least 1"))

@@ -100,6 +100,8 @@ class AccountFetcher:
             metrics.gateway_ingested_bytes.inc(result.bytes)
             metrics.gateway_upstream_deletes.inc(result.deleted_upstream)
             metrics.gateway_over_quota.inc(result.over_quota)
+            for kind, count in result.anomalies.items():
+                metrics.gateway_upstream_anomalies.labels(kind).inc(count)
             metrics.gateway_store_size.set(await service.store.size_bytes())
             account = await service.store.ensure_account(self.upstream, self.user)
             await service.store.record_sync(account.id, None)

@@ -17,6 +17,12 @@ Theory of operation (one `sync_account` call):
 * A message deleted upstream by someone else stays in the store: the fetcher never removes mail.
 * A server without UIDL (-ERR to UIDL): every message is RETR'd each time and de-duplicated by
   content digest, synthetic UIDL "sha256:<hex>". Limitation: two byte-identical messages are one.
+  So is a message whose UIDL breaks RFC 1939 7 or repeats another's (`pop3_listing`), counted
+  as ``bad_uidl`` in the sync's `anomalies` (metric mailproxy_gateway_upstream_anomalies_total).
+* Hostile upstreams are bounded by `pop3_client.ReplyLimits` (``gateway.limits``): a reply too
+  slow fails the sync (the account's next sync starts afresh); a message over
+  ``max_message_bytes`` is read, dropped and left upstream (``too_big``), as is one whose RETR
+  is refused (``retr_refused``; such a sync does not settle, so the next one asks again).
 * A reply that breaks the protocol, or a RETR cut short, aborts the sync with an `UpstreamError`
   (proxy.session.upstream; its `failure` says why); a partial body is never stored (only complete
   bodies reach a batch).
@@ -36,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -49,7 +55,7 @@ from ..session.upstream import UpstreamError
 from ..store import Store
 from ._parts import MimeLimits
 from .ingest_batches import Ingest, ProgressCallback, StoredCallback, mime_limits, quota_gate
-from .pop3_client import Pop3Client
+from .pop3_client import Pop3Client, ReplyLimits
 from .pop3_listing import internaldate, parse_list_listing, parse_uidl_listing, parsed
 from .quota import IngestGate
 from .workers import Workers
@@ -69,6 +75,8 @@ class SyncResult:
     duration: float          # seconds
     skipped: bool = False    # another process sharing the store was fetching this account
     over_quota: int = 0      # new messages left upstream: the account is over gateway.quota
+    # what the upstream did wrong, by kind (bad_uidl, too_big, retr_refused): messages counted
+    anomalies: dict[str, int] = field(default_factory=dict)
 
 
 # ---- one fetcher per account ---------------------------------------------------------------------
@@ -124,14 +132,19 @@ async def _listing(client: Pop3Client, uidl: bytes | None,
     """[(message number, UIDL or None)] from the UIDL listing, or (None: the server has no
     UIDL) from LIST."""
     if uidl is not None:
-        return list(await parsed(parse_uidl_listing, uidl, workers))
+        listing = await parsed(parse_uidl_listing, uidl, workers)
+        if bad := sum(u is None for _, u in listing):
+            logs.event("gateway_fetch_bad_uidl", logging.WARNING, count=bad,
+                       note="UIDLs breaking RFC 1939 7 or repeated: these messages are "
+                            "de-duplicated by sha256 and downloaded on every sync")
+        return listing
     logs.event("gateway_fetch_no_uidl", logging.WARNING,
                note="upstream refused UIDL: de-duplicating by sha256 of each message, "
                     "every message is downloaded on every sync")
-    listing = await client.multiline(b"LIST")
-    if listing is None:
+    scan = await client.multiline(b"LIST")
+    if scan is None:
         raise UpstreamError(Failure.UPSTREAM, "LIST refused")
-    return [(number, None) for number in await parsed(parse_list_listing, listing, workers)]
+    return [(number, None) for number in await parsed(parse_list_listing, scan, workers)]
 
 
 async def _retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ingest: Ingest,
@@ -160,9 +173,12 @@ async def _retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], in
         if not line.ok:
             logs.event("gateway_fetch_retr_refused", logging.WARNING, msg=number,
                        text=logs.sanitize(line.text))
-            ingest.skip()
+            ingest.skip("retr_refused")
+        elif (body := await client.body(f"RETR {number}")) is None:
+            logs.event("gateway_fetch_message_too_big", logging.WARNING, msg=number,
+                       max_message_bytes=client.limits.max_body)
+            ingest.skip("too_big")   # left upstream, never DELEd: it was not stored
         else:
-            body = await client.body(f"RETR {number}")
             if uidl is None:
                 uidl = DIGEST_PREFIX + hashlib.sha256(body).hexdigest()
                 digests.setdefault(uidl, number)
@@ -219,25 +235,34 @@ async def _retention(client: Pop3Client, store: Store, account_id: int, seconds:
 
 
 async def _sync_listing(client: Pop3Client, config: Config, store: Store, account_id: int,
-                        listing: list[tuple[int, str | None]], has_uidl: bool,
-                        progress: ProgressCallback | None, who: str,
-                        workers: Workers, on_stored: StoredCallback | None = None
-                        ) -> tuple[int, int, int, int]:
-    """Fetch what `listing` has and the store does not, then retention and QUIT: (messages
-    stored, their bytes, messages left upstream over quota, DELEs that took effect)."""
+                        listing: list[tuple[int, str | None]], progress: ProgressCallback | None,
+                        who: str, workers: Workers, on_stored: StoredCallback | None = None
+                        ) -> tuple[Ingest, int]:
+    """Fetch what `listing` has and the store does not, then retention and QUIT: (the ingest,
+    whose counts say what was stored and left upstream, and the DELEs that took effect)."""
     known = await store.known_uidls(account_id)
     wanted = [(n, u) for n, u in listing if u is None or u not in known]
     gate = await quota_gate(config, store, account_id) if wanted else None
-    left = wanted if gate is not None and gate.full and has_uidl else []
-    if left:   # already full: no RETR at all, it would be thrown away
-        wanted = []
+    # already full: no RETR of a message with a UIDL at all, it would be thrown away (one
+    # known by digest only must be read to know whether it is stored already)
+    left = [(n, u) for n, u in wanted if u is not None] if gate is not None and gate.full else []
+    if left:
+        wanted = [(n, u) for n, u in wanted if u is None]
     ingest, digests = await _fetch(client, store, account_id, wanted, known, progress,
                                    mime_limits(config), gate, workers, on_stored)
     ingest.over_quota += len(left)
-    present = {u: n for n, u in listing if u is not None} if has_uidl else digests
+    present = {**digests, **{u: n for n, u in listing if u is not None}}
     retention = config.gateway.retention_seconds if config.gateway else None
     deleted = await _retention(client, store, account_id, retention, present, who)
-    return ingest.new, ingest.bytes, ingest.over_quota, deleted
+    return ingest, deleted
+
+
+def reply_limits(config: Config) -> ReplyLimits:
+    """The POP3 client's bounds on an upstream's replies, from ``gateway.limits``."""
+    if config.gateway is None:
+        return ReplyLimits()
+    limits = config.gateway.limits
+    return ReplyLimits(limits.pop3_reply_timeout, limits.pop3_min_rate, limits.max_message_bytes)
 
 
 async def sync_account(config: Config, store: Store, upstream_name: str, user: str, password: str,
@@ -285,7 +310,7 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
             logs.event("gateway_sync_skipped", user=who, upstream=upstream_name,
                        reason="another process is fetching this account")
             return SyncResult(0, 0, 0, time.monotonic() - started, skipped=True)
-        client = await Pop3Client.connect(upstream)
+        client = await Pop3Client.connect(upstream, reply_limits(config))
         try:
             if sasl is not None:   # an OAuth2-brokered upstream: (mechanism, message)
                 await client.login_token(*sasl)
@@ -301,13 +326,17 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
             if settled is not None and locks.settled.get((upstream_name, user)) == settled:
                 await client.quit()
                 new = stored = over_quota = deleted = 0
+                anomalies: dict[str, int] = {}
             else:
                 locks.settled.pop((upstream_name, user), None)
                 listing = await _listing(client, uidl, workers)
-                new, stored, over_quota, deleted = await _sync_listing(
-                    client, config, store, account.id, listing, has_uidl, progress, who, workers,
-                    on_stored)
-                if settled is not None and not over_quota:
+                ingest, deleted = await _sync_listing(client, config, store, account.id, listing,
+                                                      progress, who, workers, on_stored)
+                new, stored, over_quota = ingest.new, ingest.bytes, ingest.over_quota
+                anomalies = dict(ingest.skipped)
+                if has_uidl and (bad := sum(u is None for _, u in listing)):
+                    anomalies["bad_uidl"] = bad
+                if settled is not None and not over_quota and "retr_refused" not in anomalies:
                     locks.settled[(upstream_name, user)] = settled
         except UpstreamError as exc:
             logs.event("gateway_sync_failed", logging.WARNING, user=who,
@@ -315,13 +344,15 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
             raise
         finally:
             await client.aclose()
-    result = SyncResult(new, stored, deleted, time.monotonic() - started, over_quota=over_quota)
+    result = SyncResult(new, stored, deleted, time.monotonic() - started, over_quota=over_quota,
+                        anomalies=anomalies)
     if result.over_quota:
         logs.event("gateway_sync_over_quota", logging.WARNING, user=who, upstream=upstream_name,
                    kept_upstream=result.over_quota)
     logs.event("gateway_sync_done", user=who, upstream=upstream_name,
                mode="uidl" if has_uidl else "digest", new=result.new, bytes=result.bytes,
-               deleted_upstream=result.deleted_upstream, duration=round(result.duration, 3))
+               deleted_upstream=result.deleted_upstream, duration=round(result.duration, 3),
+               **{f"upstream_{kind}": count for kind, count in sorted(anomalies.items())})
     return result
 
 

@@ -44,6 +44,7 @@ class Ingest:
         self.on_stored = on_stored
         self.limits, self.gate, self.workers = limits, gate, workers
         self.over_quota = 0
+        self.skipped: dict[str, int] = {}   # messages left upstream this sync, by reason
         self.channel = channel
         self.items: list[tuple[str, bytes]] = []   # (uidl, body): analysed off the trio thread
         self.pending_bytes = 0
@@ -60,8 +61,12 @@ class Ingest:
         if len(self.items) >= BATCH_MESSAGES or self.pending_bytes >= BATCH_BYTES:
             await self.flush()
 
-    def skip(self) -> None:
+    def skip(self, reason: str | None = None) -> None:
+        """A message not stored: known already (no reason), or left upstream (`reason`:
+        retr_refused, too_big), counted for the sync's result and its metric."""
         self.done += 1
+        if reason is not None:
+            self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
     async def flush(self) -> None:
         """Hand the batch to the committer (waits while it still commits the previous one)."""

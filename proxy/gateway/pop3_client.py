@@ -10,7 +10,15 @@ RFC 2595), reads the greeting and CAPA, and hands back a session ready for `logi
 * Framing is `proxy.pop3.ResponseParser` (sans-IO, dot-unstuffing on): `send()` tells the
   parser how many replies to expect and whether each is multi-line, so pipelined commands
   (RFC 2449 6.6) are framed right; `next_event()` is the session Channel's (receive and feed
-  until the parser yields an event), bounded by `RESPONSE_TIMEOUT`.
+  until the parser yields an event), bounded by `ReplyLimits.timeout`.
+* Time and size (`ReplyLimits`, from ``gateway.limits``): a status line must come within
+  `timeout` (``pop3_reply_timeout``); a multi-line reply's body within `timeout` plus one
+  second per `min_rate` bytes received (``pop3_min_rate``), counted up to `max_body`: a server
+  dripping a byte a second (slowloris) or never ending a reply fails the sync instead of holding
+  the account's sync lock for ever, while a big message on a slow link still arrives. A RETR
+  body past `max_body` (``max_message_bytes``) is read to its end and dropped (`body` returns
+  None: the fetcher leaves that message upstream); a listing past it fails the sync at once. Memory
+  stays bounded by `max_body`.
 * After STLS, bytes the server sent in clear before the handshake are refused (they must not
   pass for TLS-protected data), and CAPA is asked again (RFC 2595 4).
 * Opening the connection (TCP, TLS) is `proxy.session.upstream`, shared with the relay and the
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from dataclasses import dataclass
 
 from .. import logs
 from ..config import Upstream
@@ -39,10 +48,22 @@ from ..session.channel import Channel
 from ..session.failures import Failure
 from ..session.upstream import UpstreamError, built_context, deadline, open_upstream, service, start_tls
 
-__all__ = ["CONNECT_TIMEOUT", "RESPONSE_TIMEOUT", "Pop3Client"]
+__all__ = ["CONNECT_TIMEOUT", "RESPONSE_TIMEOUT", "Pop3Client", "ReplyLimits"]
 
 CONNECT_TIMEOUT = 30.0
-RESPONSE_TIMEOUT = 120.0            # per reply; a RETR of a large message is one reply
+RESPONSE_TIMEOUT = 120.0            # a status line; a body: plus a second per min_rate bytes
+MIN_RATE = 64 * 1024                # bytes/s of a long body, past its first RESPONSE_TIMEOUT
+MAX_BODY = 100 * 1024 * 1024        # bytes of one message or listing
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyLimits:
+    """How long and how big an upstream's replies may be (``gateway.limits.pop3_reply_timeout``,
+    ``pop3_min_rate``, ``max_message_bytes``)."""
+
+    timeout: float = RESPONSE_TIMEOUT
+    min_rate: int = MIN_RATE
+    max_body: int = MAX_BODY
 
 
 def _tempfail(line: events.StatusLine) -> bool:
@@ -54,18 +75,19 @@ def _tempfail(line: events.StatusLine) -> bool:
 class Pop3Client:
     """A POP3 client session over one connection, framed by `proxy.pop3.ResponseParser`."""
 
-    def __init__(self, conn: Conn):
+    def __init__(self, conn: Conn, limits: ReplyLimits | None = None):
         self.channel = Channel(conn, ResponseParser(unstuff=True), NEED_DATA)
         self.capabilities: dict[str, list[str]] = {}
+        self.limits = limits or ReplyLimits(RESPONSE_TIMEOUT)
 
     @classmethod
-    async def connect(cls, upstream: Upstream) -> Pop3Client:
+    async def connect(cls, upstream: Upstream, limits: ReplyLimits | None = None) -> Pop3Client:
         port = service(upstream, "pop3")
         tls = port.tls
         context = await built_context(upstream, port)
         with deadline(CONNECT_TIMEOUT, "connect"):
             conn = await open_upstream(upstream, "pop3", context)
-        client = cls(conn)
+        client = cls(conn, limits)
         try:
             await client.expect_ok("greeting")
             await client.read_capabilities()
@@ -94,9 +116,12 @@ class Pop3Client:
             raise UpstreamError(Failure.UPSTREAM, "connection lost while sending")
 
     async def next_event(self) -> object:
+        with deadline(self.limits.timeout, "reply"):
+            return await self._event()
+
+    async def _event(self) -> object:
         try:
-            with deadline(RESPONSE_TIMEOUT, "reply"):
-                return await self.channel.next_event()
+            return await self.channel.next_event()
         except ProtocolError as exc:
             raise UpstreamError(Failure.PROTOCOL, f"{exc.kind}: {exc}") from None
 
@@ -118,27 +143,44 @@ class Pop3Client:
             raise UpstreamError(failure, f"{what} refused: {logs.sanitize(line.text)}")
         return line
 
-    async def body(self, what: str) -> bytes:
-        """The rest of a multi-line reply whose +OK was read; UpstreamError if it is cut short."""
-        chunks = []
-        while True:
-            event = await self.next_event()
-            if isinstance(event, events.MultilineData):
-                chunks.append(bytes(event.data))
-            elif isinstance(event, events.MultilineEnd):
-                return b"".join(chunks)
-            elif isinstance(event, events.ConnectionClosed):
-                raise UpstreamError(Failure.UPSTREAM,
-                                    f"connection closed inside the reply to {what} (truncated)")
-            else:
-                raise UpstreamError(Failure.PROTOCOL,
-                                    f"unexpected {type(event).__name__} inside {what}")
+    async def body(self, what: str, drain: bool = True) -> bytes | None:
+        """The rest of a multi-line reply whose +OK was read; UpstreamError if it is cut short or
+        slower than `limits` allow. Past `limits.max_body`: with `drain` (a message) None, once
+        read to its end with its bytes dropped as they came; else (a listing) UpstreamError
+        at once."""
+        limits = self.limits
+        chunks: list[bytes] = []
+        size = 0
+        with deadline(limits.timeout, f"the end of {what} "
+                      f"(pop3_reply_timeout, plus a second per pop3_min_rate bytes)") as limit:
+            start = limit.scope.deadline
+            while True:
+                event = await self._event()
+                if isinstance(event, events.MultilineData):
+                    size += len(event.data)   # (an endless reply ends past max_body's time)
+                    limit.scope.deadline = start + min(size, limits.max_body) / limits.min_rate
+                    if size <= limits.max_body:
+                        chunks.append(bytes(event.data))
+                    elif drain:
+                        chunks.clear()
+                    else:
+                        raise UpstreamError(Failure.PROTOCOL, f"the reply to {what} is longer "
+                                            f"than max_message_bytes ({limits.max_body})")
+                elif isinstance(event, events.MultilineEnd):
+                    return b"".join(chunks) if size <= limits.max_body else None
+                elif isinstance(event, events.ConnectionClosed):
+                    raise UpstreamError(Failure.UPSTREAM,
+                                        f"connection closed inside the reply to {what} (truncated)")
+                else:
+                    raise UpstreamError(Failure.PROTOCOL,
+                                        f"unexpected {type(event).__name__} inside {what}")
+
     async def multiline(self, name: bytes, *args: bytes) -> bytes | None:
         """Send a multi-line command; its body, or None on -ERR."""
         await self.send(writer.command(name, *args), multiline=True)
         if not (await self.status(name.decode())).ok:
             return None
-        return await self.body(name.decode())
+        return await self.body(name.decode(), drain=False)
 
     async def read_capabilities(self) -> None:
         listing = await self.multiline(b"CAPA")

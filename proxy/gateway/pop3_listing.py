@@ -56,23 +56,38 @@ def internaldate(body: bytes, max_header_bytes: int = DEFAULT_LIMITS.max_header_
 
 # RFC 1939 7: "msg uid", the unique-id is 1 to 70 characters in the range 0x21 to 0x7E
 _UIDL_LINE = re.compile(rb"([0-9]{1,%d}) ([\x21-\x7e]{1,70})" % MAX_NUMBER_DIGITS)
+_NUMBERED_LINE = re.compile(rb"([0-9]{1,%d}) (.*)" % MAX_NUMBER_DIGITS, re.DOTALL)
 
 
-def parse_uidl_listing(listing: bytes) -> list[tuple[int, str]]:
+def parse_uidl_listing(listing: bytes) -> list[tuple[int, str | None]]:
     """RFC 1939 7 UIDL scan listing -> [(message number, uidl)], in listing order. One regex
     match per line (a listing of 10,000 messages: ~5 ms; the fetcher parses big ones in a
-    worker thread)."""
-    out, seen = [], set()
+    worker thread).
+
+    A message whose unique-id breaks RFC 1939 7 (longer than 70 characters, a byte outside
+    0x21-0x7E) or repeats an earlier message's has None: the fetcher keys it by its content's
+    digest, as for a server without UIDL, so it is neither lost nor stored twice, and one such
+    message does not stop the account's sync for ever. A line without a message number cannot
+    name a message: UpstreamError (PROTOCOL). A message number listed again is ignored (its
+    message would be fetched twice)."""
+    out: list[tuple[int, str | None]] = []
+    seen, numbers = set(), set()
     for line in listing.split(b"\r\n"):
         if not line:
             continue
-        match = _UIDL_LINE.fullmatch(line)
+        match = _UIDL_LINE.fullmatch(line) or _NUMBERED_LINE.fullmatch(line)
         if match is None:
             raise UpstreamError(Failure.PROTOCOL, f"malformed UIDL line {logs.sanitize(line, 80)!r}")
-        uidl = match[2].decode("ascii")
-        if uidl not in seen:
+        number = int(match[1])
+        if number in numbers:
+            continue
+        numbers.add(number)
+        uidl = match[2].decode("ascii") if match.re is _UIDL_LINE else None
+        if uidl in seen:
+            uidl = None
+        elif uidl is not None:
             seen.add(uidl)
-            out.append((int(match[1]), uidl))
+        out.append((number, uidl))
     return out
 
 

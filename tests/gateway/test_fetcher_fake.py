@@ -13,7 +13,7 @@ import logging
 import pytest
 import trio
 
-from proxy.gateway import pop3_client
+from proxy.gateway import fetcher, pop3_client
 from proxy.gateway.fetcher import sync_account
 from proxy.pop3 import writer
 from proxy.session.failures import Failure
@@ -117,7 +117,7 @@ class FakePop3:
 @pytest.fixture(autouse=True)
 def short_timeouts(monkeypatch):
     """A hang in the fetcher fails fast instead of waiting out the production timeout."""
-    monkeypatch.setattr(pop3_client, "RESPONSE_TIMEOUT", 5.0)
+    monkeypatch.setattr(fetcher, "reply_limits", lambda config: pop3_client.ReplyLimits(5.0))
 
 
 @pytest.fixture

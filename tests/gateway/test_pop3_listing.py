@@ -14,18 +14,26 @@ from proxy.session.failures import Failure
 from proxy.session.upstream import UpstreamError
 
 
-def test_uidl_listing_in_order_without_repeated_uidls():
+def test_uidl_listing_in_order_repeated_uidls_by_digest():
+    """A UIDL repeated by a later message leaves that message to the digest (None); a message
+    number listed again is dropped (its message would be fetched twice)."""
     listing = b"1 whqtswO00WBw418f9t5JxYwZ\r\n2 QhdPYR:00WBw1Ph7x7\r\n3 " + b"~" * 70 + \
-        b"\r\n4 whqtswO00WBw418f9t5JxYwZ\r\n"
+        b"\r\n4 whqtswO00WBw418f9t5JxYwZ\r\n2 other\r\n"
     assert parse_uidl_listing(listing) == [(1, "whqtswO00WBw418f9t5JxYwZ"),
-                                           (2, "QhdPYR:00WBw1Ph7x7"), (3, "~" * 70)]
+                                           (2, "QhdPYR:00WBw1Ph7x7"), (3, "~" * 70), (4, None)]
 
 
 @pytest.mark.parametrize("line", [
-    b"1", b"1 ", b"x id", b"-1 id", b"1 id extra", b"1  id", b"1 " + b"a" * 71,
-    b"1 caf\xc3\xa9", b"1 tab\tid", b"1 \x7f", b"\xd9\xa1 id",   # an Arabic-Indic digit one
+    b"1 ", b"1 id extra", b"1  id", b"1 " + b"a" * 71, b"1 caf\xc3\xa9", b"1 tab\tid", b"1 \x7f",
 ])
-def test_malformed_uidl_line_is_a_protocol_failure(line):
+def test_a_uidl_breaking_rfc_1939_7_leaves_its_message_to_the_digest(line):
+    """RFC 1939 7: 1 to 70 characters 0x21-0x7E; a message whose unique-id is not has None (the
+    fetcher keys it by digest) instead of failing the account's every sync."""
+    assert parse_uidl_listing(b"2 good\r\n" + line + b"\r\n") == [(2, "good"), (1, None)]
+
+
+@pytest.mark.parametrize("line", [b"1", b"x id", b"-1 id", b"\xd9\xa1 id"])   # an Arabic-Indic one
+def test_a_uidl_line_without_a_message_number_is_a_protocol_failure(line):
     with pytest.raises(UpstreamError) as info:
         parse_uidl_listing(b"1 good\r\n" + line + b"\r\n")
     assert info.value.failure is Failure.PROTOCOL

@@ -1,0 +1,214 @@
+"""The fetcher against hostile or broken POP3 upstreams (support/hostile_pop3.py), on both stores.
+
+For each misbehaviour: no wedge (the account's next sync works), nothing the user owns lost, no
+message stored twice, other accounts not held up, the limit named and configurable
+(``gateway.limits.pop3_reply_timeout``, ``pop3_min_rate``, ``max_message_bytes``), logs without
+the password, and a count in the sync's result for the metric
+(mailproxy_gateway_upstream_anomalies_total).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+import yaml
+
+from proxy import config as config_mod
+from proxy.gateway.fetcher import AccountLocks, sync_account
+from proxy.session.failures import Failure
+from proxy.session.upstream import UpstreamError
+from support.hostile_pop3 import HostilePop3, drip, endless_body, endless_line, reply, reset, stall
+from support.logrecords import caught
+
+from .helpers import config_dict, stored
+
+USER, PASSWORD = "victim@example.com", "pa55-w0rd-never-logged"
+MESSAGES = [b"Subject: m%d\r\n\r\nbody %d\r\n" % (i, i) for i in range(1, 6)]
+NEVER = 60.0   # a bound only a build that waits for ever reaches (the limits below are ~1 s)
+
+
+def limits_config(port: int, store: str, retention: str = "keep", **limits) -> config_mod.Config:
+    raw = config_dict(port, store, retention)
+    raw["gateway"]["limits"] = {"pop3_reply_timeout": "1s", "pop3_min_rate": "1KiB", **limits}
+    return config_mod.loads(yaml.safe_dump(raw))
+
+
+@pytest.fixture
+def log_records():
+    with caught(logging.DEBUG) as records:
+        yield records
+    assert not any(PASSWORD in r.getMessage() or PASSWORD in str(getattr(r, "fields", ""))
+                   for r in records), "the password reached a log line"
+
+
+async def sync(server: HostilePop3, store_url: str, store, retention: str = "keep",
+               locks: AccountLocks | None = None, user: str = USER, **limits):
+    config = limits_config(server.port, store_url, retention, **limits)
+    with trio.fail_after(NEVER):
+        return await sync_account(config, store, "dc", user, PASSWORD, locks=locks)
+
+
+async def failing_sync(server, store_url, store, failure: Failure, **options) -> UpstreamError:
+    with pytest.raises(UpstreamError) as info:
+        await sync(server, store_url, store, **options)
+    assert info.value.failure is failure, info.value
+    return info.value
+
+
+def bodies(got: dict[str, tuple[int, bytes]]) -> list[bytes]:
+    return sorted(body for _, body in got.values())
+
+
+async def test_slowloris_body_fails_in_time_and_the_next_sync_gets_the_rest(
+        nursery, store_url, store, log_records):
+    """A RETR dripping a byte every 20 ms: the sync fails (TIMEOUT) within pop3_reply_timeout
+    plus a second per pop3_min_rate bytes, instead of holding the account for ever (each byte
+    used to restart a 120 s timer); what came before is kept, the next sync gets the rest."""
+    server = HostilePop3(MESSAGES, USER, PASSWORD)
+    server.script(b"RETR", 3, drip(0.02), once=True)
+    await server.start(nursery)
+    error = await failing_sync(server, store_url, store, Failure.TIMEOUT)
+    assert "RETR 3" in error.detail
+    assert bodies(await stored(store, USER)) == MESSAGES[:2]
+    result = await sync(server, store_url, store)
+    assert result.new == 3 and bodies(await stored(store, USER)) == MESSAGES
+
+
+async def test_a_slowloris_account_does_not_hold_up_another(nursery, store_url, store):
+    """Two accounts, one upstream dripping for ever: the other's sync ends while it drips."""
+    slow = HostilePop3(MESSAGES[:2], USER, PASSWORD)
+    slow.script(b"RETR", 2, drip(0.02))
+    fine = HostilePop3(MESSAGES[2:], "other@example.com", PASSWORD)
+    await slow.start(nursery)
+    await fine.start(nursery)
+    order: list[str] = []
+
+    async def slow_sync() -> None:
+        with pytest.raises(UpstreamError):
+            await sync(slow, store_url, store)
+        order.append("slow")
+
+    async def fine_sync() -> None:
+        result = await sync(fine, store_url, store, user="other@example.com")
+        order.append(f"fine:{result.new}")
+
+    async with trio.open_nursery() as both:
+        both.start_soon(slow_sync)
+        both.start_soon(fine_sync)
+    assert order == ["fine:3", "slow"]
+
+
+async def test_a_reply_never_terminated_is_bounded(nursery, store_url, store):
+    """RETR answered with lines as fast as they are read, never the terminator: memory stays
+    under max_message_bytes (the body is dropped past it) and the time under pop3_reply_timeout
+    plus max_message_bytes at pop3_min_rate; then the next sync works."""
+    server = HostilePop3(MESSAGES[:3], USER, PASSWORD)
+    server.script(b"RETR", 2, endless_body(), once=True)
+    await server.start(nursery)
+    await failing_sync(server, store_url, store, Failure.TIMEOUT, max_message_bytes="64KiB",
+                       pop3_min_rate="64KiB")
+    assert bodies(await stored(store, USER)) == MESSAGES[:1]
+    assert (await sync(server, store_url, store)).new == 2
+
+
+async def test_message_over_max_message_bytes_is_left_upstream(nursery, store_url, store,
+                                                             log_records):
+    """A message over max_message_bytes is read, dropped and left upstream (never DELEd, even
+    under delete-after-fetch); the others are stored and deleted upstream; counted too_big."""
+    big = b"Subject: big\r\n\r\n" + b"b" * 100 + b"\r\n" + b"B" * 70_000 + b"\r\n"
+    server = HostilePop3([MESSAGES[0], big, MESSAGES[1]], USER, PASSWORD)
+    await server.start(nursery)
+    result = await sync(server, store_url, store, "delete-after-fetch", max_message_bytes="64KiB")
+    assert (result.new, result.deleted_upstream) == (2, 2)
+    assert result.anomalies == {"too_big": 1}
+    assert bodies(await stored(store, USER)) == sorted(MESSAGES[:2])
+    assert server.messages == [big]
+    assert any(r.getMessage() == "gateway_fetch_message_too_big" for r in log_records)
+    again = await sync(server, store_url, store, "delete-after-fetch", max_message_bytes="64KiB")
+    assert (again.new, again.anomalies) == (0, {"too_big": 1}) and server.messages == [big]
+
+
+async def test_bad_and_repeated_uidls_are_fetched_by_digest(nursery, store_url, store, log_records):
+    """RFC 1939 7: a unique-id is 1 to 70 characters 0x21-0x7E. A message whose UIDL breaks
+    that, or repeats another's, is keyed by its digest: stored once, not lost, and the rest of
+    the account syncs (one such line used to fail every sync of the account for ever)."""
+    uidls = [b"ok-1", b"caf\xc3\xa9", b"ok-1", b"a" * 71, b"ok-5"]
+    server = HostilePop3(MESSAGES, USER, PASSWORD, uidls=uidls)
+    await server.start(nursery)
+    result = await sync(server, store_url, store)
+    assert result.new == 5 and result.anomalies == {"bad_uidl": 3}
+    got = await stored(store, USER)
+    assert bodies(got) == MESSAGES
+    assert sorted(u for u in got if not u.startswith("sha256:")) == ["ok-1", "ok-5"]
+    assert any(r.getMessage() == "gateway_fetch_bad_uidl" for r in log_records)
+    assert (await sync(server, store_url, store)).new == 0
+    assert await stored(store, USER) == got
+    # delete-after-fetch removes them upstream too, once stored
+    result = await sync(server, store_url, store, "delete-after-fetch")
+    assert (result.new, result.deleted_upstream) == (0, 5) and server.messages == []
+
+
+async def test_a_refused_retr_is_asked_again_by_the_next_sync(nursery, store_url, store):
+    """RETR -ERR (a temporary failure upstream): the message is skipped and counted, and the
+    listing does not settle, so the next sync of the same listing asks again (it used to end at
+    once, `keep` having found the listing unchanged, until new mail changed it)."""
+    server = HostilePop3(MESSAGES[:3], USER, PASSWORD)
+    server.script(b"RETR", 2, reply(b"-ERR [SYS/TEMP] try later\r\n"), once=True)
+    await server.start(nursery)
+    locks = AccountLocks()
+    result = await sync(server, store_url, store, locks=locks)
+    assert (result.new, result.anomalies) == (2, {"retr_refused": 1})
+    result = await sync(server, store_url, store, locks=locks)
+    assert result.new == 1 and bodies(await stored(store, USER)) == MESSAGES[:3]
+
+
+async def test_reset_mid_download_keeps_what_was_complete(nursery, store_url, store):
+    """A connection reset inside RETR 3's body: messages 1 and 2 are kept, nothing partial."""
+    server = HostilePop3(MESSAGES, USER, PASSWORD)
+    server.script(b"RETR", 3, reset(after=20), once=True)
+    await server.start(nursery)
+    await failing_sync(server, store_url, store, Failure.UPSTREAM)
+    assert bodies(await stored(store, USER)) == MESSAGES[:2]
+    assert (await sync(server, store_url, store)).new == 3
+    assert bodies(await stored(store, USER)) == MESSAGES
+
+
+@pytest.mark.parametrize("command, number, action, failure", [
+    (b"GREETING", None, endless_line(), Failure.PROTOCOL),   # no CRLF: line_too_long at 8 KiB
+    (b"UIDL", None, endless_line(b"+OK\r\n1 "), Failure.PROTOCOL),   # past max_message_bytes
+    (b"USER", None, stall(), Failure.TIMEOUT),
+    (b"PASS", None, drip(0.02, b"+OK\r\n"), Failure.TIMEOUT),   # a status line, a byte at a time
+    (b"RETR", 1, reply(b"-ERR\r\n", hang_up=True), Failure.UPSTREAM),
+], ids=["endless-greeting", "endless-listing", "stall-after-user", "slowloris-status",
+        "err-then-reset"])
+async def test_broken_sessions_fail_in_bounded_time_then_sync(nursery, store_url, store,
+                                                           log_records, command, number, action,
+                                                           failure):
+    server = HostilePop3(MESSAGES[:2], USER, PASSWORD)
+    server.script(command, number, action, once=True)
+    await server.start(nursery)
+    await failing_sync(server, store_url, store, failure, max_message_bytes="64KiB")
+    assert (await sync(server, store_url, store)).new == 2
+    assert bodies(await stored(store, USER)) == MESSAGES[:2]
+
+
+async def test_lying_sizes_bare_lf_and_nul_are_stored_as_sent(nursery, store_url, store):
+    """LIST and STAT sizes that lie do not matter (RETR's body is what counts); bare LF and NUL
+    inside a message are kept byte for byte."""
+    odd = [b"Subject: lf\nX: 1\n\nbare\nlf\r\n", b"Subject: nul\r\n\r\na\x00b\r\n"]
+    server = HostilePop3(odd, USER, PASSWORD, sizes=[5, 10**9], uidl=False)
+    await server.start(nursery)
+    assert (await sync(server, store_url, store)).new == 2
+    assert bodies(await stored(store, USER)) == sorted(odd)
+
+
+def test_limits_are_configuration(tmp_path):
+    raw = config_dict(1, str(tmp_path / "s.db"))
+    raw["gateway"]["limits"] = {"pop3_reply_timeout": "0s"}
+    with pytest.raises(config_mod.ConfigError, match="pop3_reply_timeout"):
+        config_mod.loads(yaml.safe_dump(raw))
+    limits = config_mod.loads(yaml.safe_dump(config_dict(1, str(tmp_path / "s.db")))).gateway.limits
+    assert (limits.pop3_reply_timeout, limits.pop3_min_rate, limits.max_message_bytes) == (
+        120.0, 64 * 1024, 100 * 1024 * 1024)
