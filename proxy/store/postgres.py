@@ -258,9 +258,9 @@ class PostgresStore(PgMailboxOps):
         """One fetcher per upstream mailbox across every process on the database: a
         session-level advisory lock on a connection of its own, held for the block. PostgreSQL
         drops it when that connection ends, so a replica that dies (SIGKILL, OOM, lost node)
-        releases it. The lock key is a 32-bit hash of (upstream, user), taken before the POP3
-        login (there may be no account yet); two mailboxes sharing a hash only ever make one
-        of them skip a poll."""
+        releases it; a live one unlocks before it closes (`_release_lease`). The lock key is a
+        32-bit hash of (upstream, user), taken before the POP3 login (there may be no account
+        yet); two mailboxes sharing a hash only ever make one of them skip a poll."""
         digest = hashlib.sha256(f"{upstream}\0{user}".encode()).digest()
         key = int.from_bytes(digest[:4], "big", signed=True)
         try:
@@ -270,8 +270,23 @@ class PostgresStore(PgMailboxOps):
         try:
             yield conn is not None
         finally:
-            if conn is not None:
-                conn.close()
+            if conn is not None:   # shielded: a cancelled sync must still give it back
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._release_lease, conn, key)
+
+    def _release_lease(self, conn: Conn, key: int) -> None:
+        """Unlock, then close: the server drops a session's locks only when it has seen the
+        connection end, a moment after the client closed it, and the next lease (this
+        process's next sync of the account) would be refused in between. A connection that
+        fails the unlock is closed all the same (its end releases the lock)."""
+        try:
+            with self._deadlines.call() as watch:
+                watch.use(conn)
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (FETCH_LEASE_SPACE, key))
+        except psycopg.Error:
+            pass
+        finally:
+            conn.close()
 
     # ---- maintenance ----------------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ import sys
 import psycopg
 import yaml
 
-from proxy.store.postgres import FETCH_LEASE_SPACE
+from proxy.store import open_store
+from proxy.store.postgres import FETCH_LEASE_SPACE, PostgresStore
 from support.polling import wait_for
 
 from .helpers import config_dict, corpus, digest, upstream_messages
@@ -66,3 +67,34 @@ def test_one_fetcher_per_account_and_sigkill_releases_the_lease(dovecot, user, t
     assert {u: d for u, (_, d) in final.items()} == {u: digest(b) for u, b in upstream.items()}
     assert sorted(uid for uid, _ in final.values()) == list(range(1, len(messages) + 1))
     assert {u: final[u] for u in partial} == partial     # what was stored kept its UID
+
+
+async def test_the_lease_is_given_back_before_its_connection_closes(pg_dsn, monkeypatch):
+    """The lease is given back before its block ends (pg_advisory_unlock), not left to the
+    server's end of the connection, which comes a moment after the client closed it: under load
+    a sync right after another in the same process (a login's kick after a poll) was skipped as
+    if another process were fetching (seen in test_hostile_upstream at load 37). Checked where
+    the race lies: whether the lock is still held when the lease's connection is closed."""
+    held_at_close: list[bool] = []
+    leased = PostgresStore._lease_connection
+
+    def observed(self, key):
+        conn = leased(self, key)
+        if conn is not None:
+            close = conn.close
+
+            def observed_close():
+                held_at_close.append(_lease_held(pg_dsn))
+                close()
+            conn.close = observed_close
+        return conn
+
+    monkeypatch.setattr(PostgresStore, "_lease_connection", observed)
+    store = await open_store(pg_dsn)
+    try:
+        for _ in range(20):
+            async with store.fetch_lease("dc", "again@example.com") as mine:
+                assert mine
+        assert held_at_close == [False] * 20
+    finally:
+        await store.close()

@@ -26,12 +26,15 @@ from .helpers import config_dict, stored
 
 USER, PASSWORD = "victim@example.com", "pa55-w0rd-never-logged"
 MESSAGES = [b"Subject: m%d\r\n\r\nbody %d\r\n" % (i, i) for i in range(1, 6)]
-NEVER = 60.0   # a bound only a build that waits for ever reaches (the limits below are ~1 s)
+# pop3_reply_timeout of these tests: short, but long enough for an honest reply at load 40
+REPLY_TIMEOUT = "5s"
+NEVER = 120.0   # a bound only a build that waits for ever reaches (the limits below: 5-7 s)
 
 
 def limits_config(port: int, store: str, retention: str = "keep", **limits) -> config_mod.Config:
     raw = config_dict(port, store, retention)
-    raw["gateway"]["limits"] = {"pop3_reply_timeout": "1s", "pop3_min_rate": "1KiB", **limits}
+    raw["gateway"]["limits"] = {"pop3_reply_timeout": REPLY_TIMEOUT, "pop3_min_rate": "1KiB",
+                                **limits}
     return config_mod.loads(yaml.safe_dump(raw))
 
 
