@@ -32,7 +32,8 @@ thread (/proc/PID/task/*/status and schedstat): whether trio's thread wakes duri
 NOOP. `--retrs N`: the same for N RETRs per POP3 session. `--spin US`: rounds with US of busy
 work after each engine write, interleaved with the plain ones (is the work after a write on the
 round trip?). `--bare`: a bare Python epoll relay (read, write, nothing else) in the rounds
-too, IMAP only: the floor any Python relay of this shape pays; `--untraced`: the same tree's
+too (to Dovecot's POP3 with `--retrs`, else IMAP): the floor any Python relay of this
+shape pays; `--untraced`: the same tree's
 proxy without the wrappers too (its CPU per op, the wrappers' cost). `--slice US`: the engine
 thread's own EEVDF slice (sched_setattr, Linux 6.12+).
 Needs root, like the other relay benchmarks.
@@ -135,14 +136,15 @@ while True:
             upstream = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
             for sock in (client, upstream):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setblocking(False)
-                epoll.register(sock.fileno(), select.EPOLLIN)
+                epoll.register(sock.fileno(), select.EPOLLIN)   # (blocking: writes go whole)
             peer[client.fileno()], peer[upstream.fileno()] = upstream.fileno(), client.fileno()
             keep += (client, upstream)
             continue
-        data = read(fd, 262144)
+        data = read(fd, 262144)   # (ready: a blocking read returns what is there)
         if data:
-            write(peer[fd], data)   # (a NOOP's few bytes: never a short write)
+            sent = write(peer[fd], data)
+            while sent < len(data):
+                sent += write(peer[fd], data[sent:])
         else:
             epoll.unregister(fd)
 """
@@ -387,10 +389,12 @@ def main() -> None:
             ports["untraced"] = (untraced.port("imap"), untraced.port("pop3"))
         bare = None
         if args.bare:
-            bare = subprocess.Popen([sys.executable, "-c", BARE, str(env.dovecot.imap_port)],
+            upstream_port = env.dovecot.pop3_port if args.retrs else env.dovecot.imap_port
+            bare = subprocess.Popen([sys.executable, "-c", BARE, str(upstream_port)],
                                     stdout=subprocess.PIPE, text=True)
             env.on_close(bare.kill)
-            ports["bare"] = (int(bare.stdout.readline()), 0)  # type: ignore[union-attr]
+            port = int(bare.stdout.readline())  # type: ignore[union-attr]
+            ports["bare"] = (port, port)   # (to Dovecot's POP3 port with --retrs, else IMAP's)
         sessions = {}
         if not args.retrs:
             for label, (imap_port, _) in ports.items():
