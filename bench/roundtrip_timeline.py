@@ -45,6 +45,7 @@ import argparse
 import mmap
 import os
 import pathlib
+import shutil
 import signal
 import statistics
 import subprocess
@@ -440,6 +441,7 @@ def main() -> None:
         proxy.send_signal(signal.SIGTERM)
         proxy.wait(60)
     parts = timeline(load_log(out), client)
+    shutil.rmtree(out.parent, ignore_errors=True)
     n = len(parts["total"])
     what = "RETR" if args.retrs else "NOOP"
     print(f"{n} of {len(client)} relayed {what}s matched")
