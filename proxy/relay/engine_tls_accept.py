@@ -109,7 +109,12 @@ class TLSAccept(EngineSession):
         """A handshake thread's step; its result goes back to the engine's thread."""
         if self.done:   # (ended while queued: a drain, a kick, the timeout)
             return
-        self.engine.post(self, self._stepped, *self._advance(data))
+        try:
+            result = self._advance(data)
+        except Exception as exc:   # a bug: it ends the session in the engine's thread, as one
+            self.engine.post(self, _raise, exc)   # in any step does (`_guarded`), not left busy
+            return
+        self.engine.post(self, self._stepped, *result)
 
     def _stepped(self, done: bool, failure: str | None, flight: bytes) -> None:
         """The engine's thread: write the flight, then go on, fail or wait for more."""
@@ -159,3 +164,8 @@ class TLSAccept(EngineSession):
         self.engine.succeed(self, successor)
         if self.tls.has_unread and not successor.done:   # (sent right after its Finished)
             self.engine.tls_pending(successor.client)
+
+
+def _raise(exc: Exception) -> None:
+    """A handshake thread's bug, raised again in the engine's thread (`TLSAccept._step`)."""
+    raise exc

@@ -230,6 +230,27 @@ def test_a_reset_during_a_step_ends_the_handshake_at_once():
     run(test, threads=1, bound=8)
 
 
+def test_a_bug_in_a_step_on_a_handshake_thread_ends_its_session_at_once(monkeypatch):
+    """A step that raises on a handshake thread (a bug: the handshake's own failures are
+    SSLError) ends its session in the engine's thread as a bug in any step does (`_guarded`:
+    INTERNAL_ERROR, logged with the session's fields), rather than leaving it busy, its client
+    unread, until the login timeout."""
+    advance = TLSAccept._advance
+
+    def broken(self: TLSAccept, data: bytes) -> tuple[bool, str | None, bytes]:
+        if threading.current_thread().name.startswith("tls-handshake-"):
+            raise RuntimeError("a bug in a handshake step")
+        return advance(self, data)
+    monkeypatch.setattr(TLSAccept, "_advance", broken)
+
+    def test(h: Harness) -> None:
+        accept, client = h.tls()
+        client.sendall(hello(h.client, "localhost"))
+        wait_for(lambda: accept.done, what="the session ended by its step's bug")
+        assert accept.session.close_reason == Close.INTERNAL_ERROR
+    run(test, threads=1, bound=8)
+
+
 def test_a_full_queue_runs_the_step_in_the_engines_thread():
     def test(h: Harness) -> None:
         pool = h.engine.handshakes
