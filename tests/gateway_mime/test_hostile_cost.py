@@ -9,7 +9,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.gateway import _rfc822, sortkeys
+from proxy.gateway import _parts, _rfc822, sortkeys
 from proxy.gateway._rfc822 import AddressParser
 
 
@@ -56,3 +56,33 @@ def test_the_first_address_on_many_random_lists():
         value = "".join(rng.choice(_TOKENS) for _ in range(rng.randint(0, 25))).encode()
         whole = AddressParser(value).parse()
         assert AddressParser(value).first() == (whole[0] if whole else None), value
+
+
+class _Counted(bytes):
+    """A parameter value that counts the bytes of each concatenation it is the right side of
+    (`bytes + _Counted` calls `_Counted.__radd__` first: it is a subclass)."""
+
+    copied = 0
+
+    def __radd__(self, other: bytes) -> bytes:
+        _Counted.copied += len(other) + len(self)
+        return bytes(other) + bytes(self)
+
+
+def test_rfc2231_continuations_are_joined_once(monkeypatch):
+    """RFC 2231 3: `name*0*=...; name*1*=...` are one value. Each piece was appended with
+    `bytes +=`, copying the value so far: a Content-Type of 160,000 continuations (2.9 MB)
+    took 6.8 s of ingest CPU, 3x per doubling. Counted: the bytes copied by concatenation."""
+    content_param = _parts.Rfc822.content_param
+
+    def counted(self):
+        ret, key, value = content_param(self)
+        return ret, key, _Counted(value)
+
+    monkeypatch.setattr(_parts.Rfc822, "content_param", counted)
+    value = b"text/plain" + b"".join(b"; a*%d*=xxxxxxxx" % n for n in range(4000))
+    p = _rfc822.Rfc822(value)
+    p.content_type()
+    _Counted.copied = 0
+    assert _parts.rfc2231_params(p) == [(b"a*", b"xxxxxxxx" * 4000)]
+    assert _Counted.copied == 0   # before: 64,016,000 (the merged value copied per piece)
