@@ -38,7 +38,17 @@ def test_the_same_charset_and_type(value):
 @settings(max_examples=3000, deadline=None)
 @given(st.lists(st.sampled_from(PIECES), max_size=14).map("".join))
 def test_the_same_charset_and_type_for_any_mix(value):
-    assert _charset(charset_params(value)) == _charset(value)
+    whole = _charset(value)
+    if whole == ("error", TypeError):
+        # numbered and unnumbered continuations of one parameter, of any name (decode_params
+        # sorts None with a number): the cut keeps only the charset's pieces, so another
+        # parameter's cannot raise there (found by this test: 'x;ycharset*0*;x;ycharset*').
+        # What ingest and PREVIEW call on the cut never raises.
+        leaf = email.message.Message()
+        leaf["Content-Type"] = charset_params(value)
+        content_charset(leaf)
+        return
+    assert _charset(charset_params(value)) == whole
 
 
 def test_what_is_left_does_not_grow_with_the_parameters():
