@@ -163,3 +163,22 @@ async def test_an_idle_session_on_a_deleted_mailbox_gets_bye_at_once(gateway):
             b"* BYE IMAP session state is inconsistent, please relogin.", b""]
         a.logout()
     await run(clients)
+
+
+async def test_a_deleted_mailbox_is_not_kept_in_the_index(gateway):
+    """The per-account index of mailbox snapshots (SELECT, STATUS) lets go of a mailbox this
+    process deleted, as it does of one another process deleted: a deleted mailbox's snapshot
+    (a few MB for 10,000 messages) stayed for the life of the process."""
+    def clients():
+        a = gateway.imaplib()
+        assert a.create("Doomed")[0] == "OK"
+        assert a.append("Doomed", None, None, message(1))[0] == "OK"
+        assert a.select("Doomed")[0] == "OK"
+        assert a.select("INBOX")[0] == "OK"
+        [backend] = gateway.service._backends.values()   # the one account's
+        box = backend.index.known("Doomed")
+        assert box is not None and box.id in backend.index
+        assert a.delete("Doomed")[0] == "OK"
+        assert box.id not in backend.index and backend.index.known("Doomed") is None
+        a.logout()
+    await run(clients)

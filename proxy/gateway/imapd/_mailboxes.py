@@ -172,6 +172,8 @@ async def delete(session, cmd):
         session.deselect()
         session.bye_after_reply = b"Selected mailbox was deleted, have to disconnect."
     session.backend.hub.gone(box.id)
+    session.backend.index.forget(box.id)   # as another process's DELETE does (service.gone)
+    session.backend.index.remember(name, None)
     # a body may be shared with an expunged copy elsewhere that a session still shows (RFC
     # 2180 4.1.1): the hub collects only those no view pins
     session.backend.hub.orphaned(bodies)
