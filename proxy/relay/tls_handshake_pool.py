@@ -60,8 +60,12 @@ class HandshakePool:
         with self._lock:
             if self._idle == 0 and self.running < self.size:
                 self.running += 1
-                threading.Thread(target=self._work, daemon=True,
-                                 name=f"tls-handshake-{next(self._numbers)}").start()
+                try:
+                    threading.Thread(target=self._work, daemon=True,
+                                     name=f"tls-handshake-{next(self._numbers)}").start()
+                except BaseException:   # none (a pids limit): not counted, so the next submit
+                    self.running -= 1   # starts one, which runs this job too (its caller's
+                    raise               # session ends on this error: the job then skips)
         return True
 
     def _work(self) -> None:

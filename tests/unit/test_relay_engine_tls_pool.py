@@ -287,6 +287,27 @@ def test_the_pool_starts_threads_on_demand_and_lets_idle_ones_go():
         HandshakePool(0)
 
 
+def test_a_thread_that_could_not_start_is_not_counted(monkeypatch):
+    """A handshake thread that cannot start (RuntimeError: a pids limit, out of memory) fails
+    that submit, and is not counted as running: the next submit starts one, which runs what
+    was queued. Counted, it left a pool of one thread with none, every step queued for ever
+    and then, the queue full, every handshake back in the engine's thread."""
+    pool = HandshakePool(1, bound=4, idle_exit=0.01)
+    start = threading.Thread.start
+
+    def refused(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    ran: list[str] = []
+    with pytest.raises(RuntimeError):
+        pool.submit(lambda: ran.append("first"))
+    assert pool.running == 0
+    monkeypatch.setattr(threading.Thread, "start", start)
+    assert pool.submit(lambda: ran.append("second"))
+    wait_for(lambda: len(ran) == 2, what="both jobs run by the thread started second")
+    assert ran == ["first", "second"]   # (in the engine, the first one's session has ended)
+
+
 BASE = """\
 listeners:
   - {name: imap, protocol: imap, address: 127.0.0.1:1143}
