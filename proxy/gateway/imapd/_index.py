@@ -103,7 +103,8 @@ class MailboxIndex:
             if current is not None and current.modseq >= modseq:
                 return current
             fresh = await self._refresh(store, mailbox_id, modseq, current)
-            self._snapshots[mailbox_id] = fresh
+            if self._locks.get(mailbox_id) is lock:   # (else forgotten meanwhile: `forget`)
+                self._snapshots[mailbox_id] = fresh
             return fresh
 
     def modseq(self, mailbox_id: int) -> int | None:
@@ -116,9 +117,9 @@ class MailboxIndex:
         """The mailbox was deleted (or renamed elsewhere): its snapshot is not kept for nothing
         (a deleted mailbox of 10,000 messages held a few MB for the life of the process)."""
         self._snapshots.pop(mailbox_id, None)
-        lock = self._locks.get(mailbox_id)
-        if lock is not None and not lock.locked():
-            del self._locks[mailbox_id]
+        # its lock too: a refresh still under it then keeps its snapshot to itself (one kept
+        # after the DELETE would stay for nothing); a later one takes a new lock
+        self._locks.pop(mailbox_id, None)
 
     def __contains__(self, mailbox_id: int) -> bool:
         """Whether a snapshot of the mailbox is kept."""
