@@ -22,9 +22,14 @@ With --watchers N, N more sessions of the heavy user sit in IDLE on the mailbox 
 flags and expunges: they apply its 10,000-message events, and their steps count in the ticker's
 figures of each command.
 
+With --hostile, the heavy user's commands are replaced by hostile mail arriving: before each
+heavy phase `hostile_mail()` is delivered to another user's POP3 mailbox, and that user logs in
+and waits until the gateway has fetched it (the ingest analysis runs in a worker thread that
+holds the GIL against the loop and every session): "INGEST hostile" is that wait.
+
 Run: .venv/bin/python bench/gateway_fairness.py [--messages 10000] [--light 4] [--rounds 2]
                     [--idle-seconds 10] [--append-mb 50] [--sample] [--base f1e0b87]
-                    [--watchers 4]
+                    [--watchers 4] [--hostile]
 """
 
 from __future__ import annotations
@@ -194,6 +199,24 @@ def message(rng: random.Random, n: int) -> bytes:
             f"Message-ID: <m{n}@bench.example>\r\n{refs}\r\n{body}\r\n").encode()
 
 
+def hostile_mail() -> list[bytes]:
+    """The costliest messages the fuzzing of the gateway's analysis found (tests/fuzz/hostile.py),
+    at sizes a POP3 server hands over without complaint."""
+    head = b"From: a@bench.example\r\nSubject: hostile\r\nMIME-Version: 1.0\r\n"
+    return [
+        # the sort record parsed these whole, twice each (fz, ninth session)
+        b"From: " + b"," * 262144 + b"\r\nTo: " + b"," * 262144 + b"\r\n\r\nbody\r\n",
+        # RFC 2231 continuations appended with bytes += (fz, ninth session)
+        head + b"Content-Type: text/plain" + b"".join(b"; a*%d*=xxxxxxxx" % n for n in range(160000))
+        + b"\r\n\r\nbody\r\n",
+        # the eighth session's: unclosed encoded words, base-subject blobs, '<' without '>'
+        b"From: a@bench.example\r\nSubject: " + b"=?a?q?x" * 20000 + b"\r\n\r\nbody\r\n",
+        b"From: a@bench.example\r\nSubject: " + b"[b] " * 20000 + b"\r\n\r\nbody\r\n",
+        b"From: a@bench.example\r\nMessage-ID: " + b"<" * 40000 + b"\r\nReferences: " + b"<" * 40000
+        + b"\r\n\r\nbody\r\n",
+    ]
+
+
 # -- clients (each a process: `gateway_fairness.py --client ...`) ---------------------------------------
 
 def _login(port: int, user: str, password: str):
@@ -256,6 +279,17 @@ def heavy_client(port: int, user: str, password: str, append_mb: int = 0) -> Non
         print(json.dumps({name: time.perf_counter() - started}), flush=True)
         assert result[0] == "OK", (name, result)
         sys.stdin.readline()
+    client.logout()
+
+
+def hostile_client(port: int, user: str, password: str, count: int = 0) -> None:
+    """The user whose hostile mail arrives: log in (a login syncs), then SELECT until INBOX
+    holds `count` messages; prints {"INGEST hostile": seconds}."""
+    started = time.perf_counter()
+    client = _login(port, user, password)
+    while int(client.select("INBOX")[1][0]) < count:
+        time.sleep(0.05)
+    print(json.dumps({"INGEST hostile": time.perf_counter() - started}), flush=True)
     client.logout()
 
 
@@ -364,7 +398,7 @@ def fill(server: Server, user: str, password: str, count: int) -> None:
 
 
 def phase(server: Server, heavy: bool, lights: list, heavy_user, idle_seconds: float,
-          append_mb: int = 0, watchers: int = 0) -> dict:
+          append_mb: int = 0, watchers: int = 0, hostile: tuple | None = None) -> dict:
     server.stalls()   # reset
     pid = server.proc.pid
     procs = [client("light", server.port, *user) for user in lights]
@@ -373,7 +407,11 @@ def phase(server: Server, heavy: bool, lights: list, heavy_user, idle_seconds: f
             assert proc.stdout.readline().strip() == "ready"
         cpu = cpu_seconds(pid)
         started = time.perf_counter()
-        if heavy:
+        if heavy and hostile is not None:   # (user, messages it will hold once fetched)
+            server.stalls()
+            commands = finish(client("hostile", server.port, *hostile[0], hostile[1]), 1800)
+            per_command = {"INGEST hostile": server.stalls()}
+        elif heavy:
             commands, per_command = heavy_run(server, heavy_user, append_mb, watchers)
         else:
             per_command = {}
@@ -450,6 +488,9 @@ def main() -> None:
     parser.add_argument("--watchers", type=int, default=0,
                         help="other sessions of the heavy user in IDLE on the mailbox it fills, "
                              "flags and expunges (they apply its 10,000-message events)")
+    parser.add_argument("--hostile", action="store_true",
+                        help="instead of the heavy user's commands: hostile mail arriving for "
+                             "another user (hostile_mail(), delivered again before each phase)")
     parser.add_argument("--client", help=argparse.SUPPRESS)   # JSON [mode, port, user, password]
     args = parser.parse_args()
     if args.client:
@@ -457,6 +498,8 @@ def main() -> None:
         run = {"light": light_client, "watcher": watcher_client}.get(mode)
         if run is not None:
             run(int(port), user, password)
+        elif mode == "hostile":
+            hostile_client(int(port), user, password, append_mb)
         else:
             heavy_client(int(port), user, password, append_mb)
         return
@@ -476,6 +519,7 @@ def main() -> None:
             lights.append(env.dovecot.add_user())
             for n in range(1, 51):
                 env.dovecot.deliver(lights[-1][0], message(rng, n), flags="S")
+        hostile_users = {label: (env.dovecot.add_user(), 0) for label in trees} if args.hostile else {}
         servers = {}
         for label, (tree, collector) in trees.items():
             servers[label] = Server(env, label.replace(" ", "-").replace(":", "-"), tree,
@@ -488,8 +532,16 @@ def main() -> None:
         for round_no in range(args.rounds):
             for label, server in servers.items():
                 for heavy in (False, True):
+                    hostile = None
+                    if heavy and args.hostile:   # new mail for this tree's own hostile user
+                        user, held = hostile_users[label]
+                        mail = hostile_mail()
+                        for raw in mail:
+                            env.dovecot.deliver(user[0], raw, flags="S")
+                        hostile_users[label] = (user, held + len(mail))
+                        hostile = hostile_users[label]
                     result = phase(server, heavy, lights, heavy_user, args.idle_seconds,
-                                   args.append_mb, args.watchers)
+                                   args.append_mb, args.watchers, hostile)
                     results.setdefault((label, "heavy" if heavy else "idle"), []).append(result)
                     print(f"round {round_no + 1} {label} {'heavy' if heavy else 'idle'}: "
                           f"late max {result['stalls']['max'] * 1000:.0f} ms, busy max "
