@@ -42,4 +42,6 @@ HOSTILE: dict[str, bytes] = {
     "encoded-word-nul-charset": _subject(b"=?\x00utf-8?q?caf=C3=A9?="),
     # this session (fz)
     "from-of-commas": b"From: " + b"," * 5000 + b"\r\nTo: " + b"," * 5000 + b"\r\n\r\nx\r\n",
+    "rfc2231-continuations": HEAD + b"MIME-Version: 1.0\r\nContent-Type: text/plain"
+    + b"".join(b"; a*%d*=xxxxxxxx" % n for n in range(4000)) + b"\r\n\r\nx\r\n",
 }
