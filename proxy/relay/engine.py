@@ -69,8 +69,8 @@ class Engine(EngineLoop):
     blocking in epoll.wait, so no trio scheduling is in a relayed command's path at all
     (engine_loop.py); here, how sessions come in and go on."""
 
-    # threads for implicit-TLS handshake steps (engine_tls_accept.py); None: the engine's own
-    # thread runs them (relay.tls_handshake_threads: 0). Set by engine_entry.engine().
+    # threads for implicit-TLS handshake steps (engine_tls_accept.py); None or size 0: the
+    # engine's own thread runs them (relay.tls_handshake_threads: 0). Set by engine_entry.
     handshakes: HandshakePool | None = None
 
     # -- sessions in and out ----------------------------------------------------------------

@@ -30,10 +30,12 @@ def engine(relay: Relay) -> Engine:
         made = Engine()
         _ENGINE.set(made)
     made.gil.configure(relay.gil_switch_interval)
-    threads = relay.tls_handshake_threads
-    pool = made.handshakes
-    if (pool.size if pool is not None else 0) != threads:   # (a reload: queued steps still run)
-        made.handshakes = HandshakePool(threads) if threads else None
+    # One pool for the run, resized in place: sessions of an old and a new config (a reload)
+    # may alternate here, which must not make pools (and threads) over and over.
+    if made.handshakes is None:
+        made.handshakes = HandshakePool(relay.tls_handshake_threads)
+    else:
+        made.handshakes.size = relay.tls_handshake_threads
     return made
 
 

@@ -84,7 +84,7 @@ class TLSAccept(EngineSession):
                 self.held = self.held + data if self.held else data
             return
         pool = self.engine.handshakes
-        if pool is not None:
+        if pool is not None and pool.size:
             self.busy = True
             if pool.submit(partial(self._step, data)):
                 return

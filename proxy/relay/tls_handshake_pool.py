@@ -8,9 +8,12 @@ releases the GIL in `SSLObject.do_handshake`, so the step runs here on another t
 with two cores, another core) while the engine's thread goes on moving bytes.
 
 - `submit(job)` queues a callable; one of at most `size` threads named `tls-handshake-N` runs
-  it. The queue holds at most `bound` jobs: `submit` returns False when it is full, so a storm
-  cannot grow memory without limit (the caller runs that step itself: engine_tls_accept.py).
-- Threads are started on demand (a job queued while none is idle) and leave after IDLE_EXIT
+  it (`size` 0: the caller runs its steps itself; a reload changes `size` in place, threads
+  above it leave after their job). The queue holds at most `bound` jobs: `submit` returns
+  False when it is full, so a storm cannot grow memory without limit (the caller runs that step
+  itself: engine_tls_accept.py).
+- Threads are started on demand (more jobs queued than threads waiting for one; a job is
+  taken under the lock that counts them) and leave after IDLE_EXIT
   seconds without a job, so an engine that no longer handshakes keeps no thread, and a trio
   run's end (its engine gone) leaves none behind for long. Daemon threads: never in the way of
   the process's exit.
@@ -24,8 +27,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-import queue
 import threading
+from collections import deque
 from typing import Callable
 
 from .. import logs
@@ -37,28 +40,37 @@ IDLE_EXIT = 30.0        # seconds a thread waits for a job before it leaves
 
 
 class HandshakePool:
-    """At most `size` threads running queued jobs; at most `bound` jobs waiting."""
+    """At most `size` threads running queued jobs (0: not used); at most `bound` jobs waiting."""
 
     _numbers = itertools.count(1)   # thread names, unique in the process
 
     def __init__(self, size: int, bound: int = HANDSHAKE_QUEUE, idle_exit: float = IDLE_EXIT):
-        if size < 1 or bound < 1:
-            raise ValueError("a handshake pool needs a thread and a queue")
-        self.size = size
-        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue(bound)
+        if size < 0 or bound < 1:
+            raise ValueError("a handshake pool needs a size and a queue")
+        self.size, self.bound = size, bound
+        self._jobs: deque[Callable[[], None]] = deque()
         self._idle_exit = idle_exit
-        self._lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
         self.running = 0   # threads alive
-        self._idle = 0     # threads waiting for a job
+        self._idle = 0     # threads waiting for a job (a job is taken under the same lock)
+
+    @property
+    def queued(self) -> int:
+        return len(self._jobs)
+
+    @property
+    def settled(self) -> bool:
+        """No job waiting and every thread waiting for one."""
+        with self._cond:
+            return not self._jobs and self._idle == self.running
 
     def submit(self, job: Callable[[], None]) -> bool:
         """Queue `job` for a thread; False (and nothing queued) when the queue is full."""
-        try:
-            self._jobs.put_nowait(job)
-        except queue.Full:
-            return False
-        with self._lock:
-            if self._idle == 0 and self.running < self.size:
+        with self._cond:
+            if len(self._jobs) >= self.bound:
+                return False
+            self._jobs.append(job)
+            if len(self._jobs) > self._idle and self.running < self.size:
                 self.running += 1
                 try:
                     threading.Thread(target=self._work, daemon=True,
@@ -66,26 +78,30 @@ class HandshakePool:
                 except BaseException:   # none (a pids limit): not counted, so the next submit
                     self.running -= 1   # starts one, which runs this job too (its caller's
                     raise               # session ends on this error: the job then skips)
+            self._cond.notify()
         return True
 
     def _work(self) -> None:
-        jobs, lock = self._jobs, self._lock
-        while True:
-            with lock:
-                self._idle += 1
-            try:
-                job = jobs.get(timeout=self._idle_exit)
-            except queue.Empty:
-                with lock:
+        jobs, cond = self._jobs, self._cond
+        with cond:
+            while True:
+                if self.running > self.size:   # (made smaller by a reload: one fewer)
+                    self.running -= 1
+                    return
+                if not jobs:
+                    self._idle += 1
+                    woken = cond.wait(self._idle_exit)
                     self._idle -= 1
-                    if jobs.empty():   # (under the lock: a submit after this starts a thread)
+                    if not woken and not jobs:   # idle for IDLE_EXIT: leave
                         self.running -= 1
                         return
-                continue
-            with lock:
-                self._idle -= 1
-            try:
-                job()
-            except Exception:   # a bug in the job: logged, the pool goes on
-                logs.event("session_crash", logging.ERROR, exc_info=True)
-            del job
+                    continue
+                job = jobs.popleft()
+                cond.release()
+                try:
+                    job()
+                except Exception:   # a bug in the job: logged, the pool goes on
+                    logs.event("session_crash", logging.ERROR, exc_info=True)
+                finally:
+                    del job
+                    cond.acquire()

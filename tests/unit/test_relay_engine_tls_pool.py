@@ -203,13 +203,12 @@ def test_a_drain_ends_a_handshake_still_queued():
         wait_for(h.stalled.is_set, what="the first handshake stalled")
         queued, client = h.tls()
         client.sendall(hello(h.client, "localhost"))
-        wait_for(lambda: pool._jobs.qsize() == 1, what="the second handshake's step queued")
+        wait_for(lambda: pool.queued == 1, what="the second handshake's step queued")
         h.locked(h.engine.step, queued, queued.drained)
         assert queued.done and queued.session.close_reason == Close.SHUTDOWN
         h.gate.set()
         finished()
-        wait_for(lambda: pool._jobs.empty() and pool._idle == pool.running,
-                 what="the pool idle again")
+        wait_for(lambda: pool.settled, what="the pool idle again")
         assert queued.busy and not queued.tls.handshake_done   # (never advanced)
         client.setblocking(False)
         with pytest.raises(BlockingIOError):   # its step was skipped: no ServerHello written
@@ -260,7 +259,7 @@ def test_a_full_queue_runs_the_step_in_the_engines_thread():
         wait_for(h.stalled.is_set, what="the first handshake stalled")
         waiting, second = h.tls()
         second.sendall(hello(h.client, "localhost"))
-        wait_for(lambda: pool._jobs.full(), what="the second handshake's step queued")
+        wait_for(lambda: pool.queued == pool.bound, what="the second handshake's step queued")
         third, client = h.tls()   # no room: its steps run in the engine's thread
         tls = h.handshake_in_thread(client, "localhost")()
         tls.sendall(b"third\r\n")
@@ -283,8 +282,15 @@ def test_the_pool_starts_threads_on_demand_and_lets_idle_ones_go():
     gate.set()
     wait_for(lambda: pool.running == 0, what="idle threads gone")
     assert len(ran) == 2
+    smaller = HandshakePool(2, bound=4, idle_exit=3600)   # (a reload makes it smaller)
+    assert smaller.submit(lambda: None) and smaller.submit(lambda: None)
+    wait_for(lambda: smaller.settled, what="the jobs done")
+    before = smaller.running
+    smaller.size = 0
+    assert smaller.submit(lambda: None)   # taken by a thread still there, which then leaves
+    wait_for(lambda: smaller.running == before - 1, what="the thread above the size gone")
     with pytest.raises(ValueError):
-        HandshakePool(0)
+        HandshakePool(-1)
 
 
 def test_a_thread_that_could_not_start_is_not_counted(monkeypatch):
@@ -326,7 +332,10 @@ def test_the_setting_sizes_the_engines_pool_and_follows_a_reload():
 
     async def main() -> None:
         made = engine(config_mod.loads(BASE + "relay: {tls_handshake_threads: 2}\n").relay)
-        assert made.handshakes is not None and made.handshakes.size == 2
-        assert engine(config_mod.loads(BASE + "relay: {tls_handshake_threads: 0}\n").relay) \
-            is made and made.handshakes is None   # (a reload: the engine's thread does them)
+        pool = made.handshakes
+        assert pool is not None and pool.size == 2
+        for threads in (0, 2, 1):   # (a reload: old and new sessions alternate) one pool, resized
+            assert engine(config_mod.loads(
+                BASE + f"relay: {{tls_handshake_threads: {threads}}}\n").relay) is made
+            assert made.handshakes is pool and pool.size == threads
     trio.run(main)
