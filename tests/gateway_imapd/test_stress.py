@@ -26,11 +26,13 @@ luck. Dovecot passes it."""
 
 from __future__ import annotations
 
+import collections
 import os
 
 import trio
 
-from .stress.run import Target, run_stress
+from .stress.model import Shared
+from .stress.run import Target, _write_traces, run_stress
 from .stress.server_trace import ServerTrace
 
 SECONDS = float(os.environ.get("MAILPROXY_STRESS_SECONDS", "20"))
@@ -86,3 +88,13 @@ def test_stress_two_gateway_processes_on_one_postgresql(proxy_factory, dovecot, 
     print(result.report())
     assert not result.errors, result.report()
     assert result.checkpoints == max(1, round(SECONDS / 2.5)), result.report()
+
+
+def test_traces_are_written_to_a_directory_not_made_yet(tmp_path):
+    """MAILPROXY_STRESS_TRACE naming a directory that does not exist: the traces are written
+    there (the failed open was the run's second error, a traceback hiding the first's trace)."""
+    shared = Shared()
+    shared.traces[1] = collections.deque([b"a1 NOOP", b"a1 OK"])
+    _write_traces(str(tmp_path / "not" / "yet"), 42, shared, lambda: [b"hub: event"])
+    assert (tmp_path / "not" / "yet" / "42-s1.txt").read_bytes() == b"a1 NOOP\na1 OK\n"
+    assert (tmp_path / "not" / "yet" / "42-server.txt").read_bytes() == b"hub: event\n"

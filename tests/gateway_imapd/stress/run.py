@@ -155,7 +155,10 @@ def run_stress(target: Target, *, sessions: int = 6, seconds: float = 20.0,
 
 def _write_traces(trace_dir: str, seed: int, shared: Shared,
                   server_trace: Callable[[], list[bytes]] | None) -> None:
-    """Each session's trace and the gateway's, as they are now (the first error's moment)."""
+    """Each session's trace and the gateway's, as they are now (the first error's moment),
+    in `trace_dir` (made if missing: a failed open here was the run's second error and hid
+    the first's traces)."""
+    os.makedirs(trace_dir, exist_ok=True)
     traces = dict(server=server_trace() if server_trace is not None else [])
     for sid, lines in list(shared.traces.items()):
         while True:   # the other sessions' threads may append meanwhile
