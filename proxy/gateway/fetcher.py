@@ -150,11 +150,15 @@ async def _listing(client: Pop3Client, uidl: bytes | None,
 async def _retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ingest: Ingest,
                     known: set[str]) -> dict[str, int]:
     """RETR `wanted` (a window of them in flight with PIPELINING); returns digest-UIDL -> number
-    for digest mode. Only complete bodies are handed to `ingest`."""
+    for digest mode. Only complete bodies are handed to `ingest`: each one once the reply after
+    it was framed right (a server that does not dot-stuff a line "." ends a body early, RFC
+    1939 3, and what follows breaks the framing: that body is cut, never stored, where it would
+    be kept for good and its whole upstream copy DELEd); the last one if nothing follows it."""
     window = PIPELINE_WINDOW if client.pipelining else 1
     queue = iter(wanted)
     in_flight: list[tuple[int, str | None]] = []
     digests: dict[str, int] = {}
+    held: tuple[str, bytes] | None = None   # the last body, until the framing after it holds
 
     async def refill() -> None:
         if in_flight and len(in_flight) > window - 4:   # top up in small bursts: fewer writes
@@ -170,6 +174,9 @@ async def _retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], in
     while in_flight:
         number, uidl = in_flight.pop(0)
         line = await client.status(f"RETR {number}")
+        if held is not None:
+            await ingest.add(*held)
+            held = None
         if not line.ok:
             logs.event("gateway_fetch_retr_refused", logging.WARNING, msg=number,
                        text=logs.sanitize(line.text))
@@ -186,8 +193,13 @@ async def _retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], in
                 ingest.skip()
             else:
                 known.add(uidl)
-                await ingest.add(uidl, body)
+                held = (uidl, body)
         await refill()
+    if held is not None:
+        if client.channel.parser.buffered:
+            raise UpstreamError(Failure.PROTOCOL, "data after the last RETR's reply: its body "
+                                "may have ended early (a line '.' not dot-stuffed)")
+        await ingest.add(*held)
     return digests
 
 

@@ -181,6 +181,26 @@ async def test_reset_mid_download_keeps_what_was_complete(nursery, store_url, st
     assert bodies(await stored(store, USER)) == MESSAGES
 
 
+@pytest.mark.parametrize("number", [2, 3], ids=["middle", "last"])
+async def test_a_body_not_dot_stuffed_is_not_stored_cut(nursery, store_url, store, number):
+    """RFC 1939 3: a server that does not dot-stuff a line "." ends the body there; the rest
+    breaks the framing. The body cut short used to be committed with the ones before it (and
+    never fetched again: its UIDL was known; under delete-after-fetch its whole upstream copy
+    was DELEd later). Now it is dropped; the next sync, once the server behaves, stores it whole."""
+    messages = MESSAGES[:3]
+    server = HostilePop3(messages, USER, PASSWORD)
+    dotted = messages[number - 1] + b".\r\nthe rest of it\r\n"
+    server.messages[number - 1] = dotted
+    raw = b"+OK\r\n" + dotted + b".\r\n"   # not stuffed
+    server.script(b"RETR", number, reply(raw), once=True)
+    await server.start(nursery)
+    await failing_sync(server, store_url, store, Failure.PROTOCOL)
+    assert bodies(await stored(store, USER)) == sorted(messages[:number - 1])
+    assert (await sync(server, store_url, store, "delete-after-fetch")).new == 4 - number
+    whole = [*messages[:number - 1], dotted, *messages[number:]]
+    assert bodies(await stored(store, USER)) == sorted(whole) and server.messages == []
+
+
 @pytest.mark.parametrize("command, number, action, failure", [
     (b"GREETING", None, endless_line(), Failure.PROTOCOL),   # no CRLF: line_too_long at 8 KiB
     (b"UIDL", None, endless_line(b"+OK\r\n1 "), Failure.PROTOCOL),   # past max_message_bytes
