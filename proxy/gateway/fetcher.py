@@ -222,10 +222,14 @@ async def _delete(client: Pop3Client, numbers: list[tuple[int, str]]) -> list[st
 
 
 async def _retention(client: Pop3Client, store: Store, account_id: int, seconds: float | None,
-                     present: dict[str, int], who: str) -> int:
-    """Apply upstream_retention to committed messages, then QUIT. Returns DELEs that took effect."""
+                     present: dict[str, int], who: str, digests_complete: bool = True) -> int:
+    """Apply upstream_retention to committed messages, then QUIT. Returns DELEs that took effect.
+    `digests_complete` False: a message of the listing was not read (RETR refused, too big), so
+    a digest missing from `present` may be that message's: digest-keyed mail is not marked
+    deleted upstream this time (marked, delete-after-fetch would never DELE it)."""
     fetched = await store.fetched_at(account_id)
-    gone = [uidl for uidl in fetched if uidl not in present]
+    gone = [uidl for uidl in fetched if uidl not in present
+            and (digests_complete or not uidl.startswith(DIGEST_PREFIX))]
     if gone:   # deleted upstream by another client: only bookkeeping, the store keeps the mail
         await store.mark_deleted_upstream(account_id, gone)
     if seconds is None:   # keep: never DELE
@@ -265,7 +269,8 @@ async def _sync_listing(client: Pop3Client, config: Config, store: Store, accoun
     ingest.over_quota += len(left)
     present = {**digests, **{u: n for n, u in listing if u is not None}}
     retention = config.gateway.retention_seconds if config.gateway else None
-    deleted = await _retention(client, store, account_id, retention, present, who)
+    deleted = await _retention(client, store, account_id, retention, present, who,
+                               digests_complete=not ingest.skipped)
     return ingest, deleted
 
 

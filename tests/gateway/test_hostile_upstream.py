@@ -170,6 +170,24 @@ async def test_a_refused_retr_is_asked_again_by_the_next_sync(nursery, store_url
     assert result.new == 1 and bodies(await stored(store, USER)) == MESSAGES[:3]
 
 
+async def test_a_refused_retr_does_not_mark_digest_keyed_mail_deleted_upstream(
+        nursery, store_url, store):
+    """A server without UIDL (every message keyed by its digest): a sync where RETR 2 is
+    refused cannot tell which digest message 2 has, so it must not record the stored copy of
+    message 2 as deleted upstream; it did, and delete-after-fetch then never DELEd message 2
+    (fetched_at leaves out what was deleted upstream): downloaded again on every sync, and the
+    upstream mailbox kept it for ever."""
+    server = HostilePop3(MESSAGES[:3], USER, PASSWORD, uidl=False)
+    await server.start(nursery)
+    assert (await sync(server, store_url, store)).new == 3
+    server.script(b"RETR", 2, reply(b"-ERR [SYS/TEMP] try later\r\n"), once=True)
+    result = await sync(server, store_url, store)
+    assert (result.new, result.anomalies) == (0, {"retr_refused": 1})
+    result = await sync(server, store_url, store, "delete-after-fetch")
+    assert (result.new, result.deleted_upstream) == (0, 3) and server.messages == []
+    assert bodies(await stored(store, USER)) == MESSAGES[:3]
+
+
 async def test_reset_mid_download_keeps_what_was_complete(nursery, store_url, store):
     """A connection reset inside RETR 3's body: messages 1 and 2 are kept, nothing partial."""
     server = HostilePop3(MESSAGES, USER, PASSWORD)
