@@ -8,10 +8,11 @@ releases the GIL in `SSLObject.do_handshake`, so the step runs here on another t
 with two cores, another core) while the engine's thread goes on moving bytes.
 
 - `submit(job)` queues a callable; one of at most `size` threads named `tls-handshake-N` runs
-  it (`size` 0: the caller runs its steps itself; a reload changes `size` in place, threads
-  above it leave after their job). The queue holds at most `bound` jobs: `submit` returns
-  False when it is full, so a storm cannot grow memory without limit (the caller runs that step
-  itself: engine_tls_accept.py).
+  it (`size` 0: the caller runs its steps itself, `submit` refuses; a reload changes `size`
+  in place, threads above it leave after their job, but the last one only once the queue is
+  empty: each queued step's session waits for it). The queue holds at most `bound` jobs:
+  `submit` returns False when it is full, so a storm cannot grow memory without limit (the
+  caller runs that step itself: engine_tls_accept.py).
 - Threads are started on demand (more jobs queued than threads waiting for one; a job is
   taken under the lock that counts them) and leave after IDLE_EXIT
   seconds without a job, so an engine that no longer handshakes keeps no thread, and a trio
@@ -65,9 +66,10 @@ class HandshakePool:
             return not self._jobs and self._idle == self.running
 
     def submit(self, job: Callable[[], None]) -> bool:
-        """Queue `job` for a thread; False (and nothing queued) when the queue is full."""
+        """Queue `job` for a thread; False (and nothing queued) when the queue is full or the
+        size is 0."""
         with self._cond:
-            if len(self._jobs) >= self.bound:
+            if len(self._jobs) >= self.bound or not self.size:   # (size 0 since a reload)
                 return False
             self._jobs.append(job)
             if len(self._jobs) > self._idle and self.running < self.size:
@@ -85,8 +87,12 @@ class HandshakePool:
         jobs, cond = self._jobs, self._cond
         with cond:
             while True:
-                if self.running > self.size:   # (made smaller by a reload: one fewer)
+                # made smaller by a reload: one fewer, but never the last while jobs wait (their
+                # sessions wait for them, busy), and the job it was woken for goes to another
+                if self.running > self.size and (self.running > 1 or not jobs):
                     self.running -= 1
+                    if jobs:
+                        cond.notify()
                     return
                 if not jobs:
                     self._idle += 1

@@ -283,14 +283,35 @@ def test_the_pool_starts_threads_on_demand_and_lets_idle_ones_go():
     wait_for(lambda: pool.running == 0, what="idle threads gone")
     assert len(ran) == 2
     smaller = HandshakePool(2, bound=4, idle_exit=3600)   # (a reload makes it smaller)
-    assert smaller.submit(lambda: None) and smaller.submit(lambda: None)
+    hold = threading.Event()
+    assert smaller.submit(hold.wait) and smaller.submit(hold.wait)
+    wait_for(lambda: smaller.running == 2 and not smaller.queued, what="two threads in a job")
+    hold.set()
     wait_for(lambda: smaller.settled, what="the jobs done")
-    before = smaller.running
-    smaller.size = 0
-    assert smaller.submit(lambda: None)   # taken by a thread still there, which then leaves
-    wait_for(lambda: smaller.running == before - 1, what="the thread above the size gone")
+    smaller.size = 1
+    assert smaller.submit(lambda: None)   # the thread woken for it leaves, the other takes it
+    wait_for(lambda: smaller.running == 1 and smaller.settled, what="the thread above gone")
     with pytest.raises(ValueError):
         HandshakePool(-1)
+
+
+def test_a_reload_to_no_thread_still_runs_the_steps_queued():
+    """relay.tls_handshake_threads reloaded to 0 while steps wait in the queue: the threads
+    leave only once it is empty (each step's session waits for its result, busy, its client
+    unread: a step left there would hold its session until the login timeout), and a later
+    submit is refused, so its caller (the engine's thread) runs that step itself."""
+    pool = HandshakePool(2, bound=4, idle_exit=3600)
+    gate = threading.Event()
+    ran: list[str] = []
+    assert pool.submit(lambda: (gate.wait(), ran.append("first")))
+    assert pool.submit(lambda: (gate.wait(), ran.append("second")))
+    wait_for(lambda: pool.running == 2 and not pool.queued, what="both threads in a job")
+    assert pool.submit(lambda: ran.append("queued"))
+    pool.size = 0   # (a reload)
+    gate.set()
+    wait_for(lambda: pool.running == 0, what="the threads gone")
+    assert sorted(ran) == ["first", "queued", "second"]
+    assert not pool.submit(lambda: ran.append("later")) and not pool.queued
 
 
 def test_a_thread_that_could_not_start_is_not_counted(monkeypatch):
