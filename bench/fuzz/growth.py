@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from tests.fuzz.targets import TARGETS  # noqa: E402
+from tests.fuzz.targets import INGEST, TARGETS  # noqa: E402
 
 HEAD = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: s\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
 MIME = HEAD + b"MIME-Version: 1.0\r\n"
@@ -100,8 +100,12 @@ def main() -> None:
     parser.add_argument("--flag", type=float, default=8.0, help="ratio reported (linear: --factor)")
     parser.add_argument("--only", default="", help="slots whose name holds this")
     parser.add_argument("--target", default="", help="targets whose name holds this")
+    parser.add_argument("--ingest", action="store_true", help="only what ingest runs (INGEST)")
+    parser.add_argument("--per-byte", type=float, default=0.0, metavar="US",
+                        help="also report linear work above this many microseconds per byte "
+                             "of the larger message (a constant that still stalls the others)")
     args = parser.parse_args()
-    targets = {n: f for n, f in TARGETS.items() if args.target in n}
+    targets = {n: f for n, f in TARGETS.items() if args.target in n and (not args.ingest or n in INGEST)}
     slots = {n: f for n, f in SLOTS.items() if args.only in n}
     found = 0
     for (slot, build), unit in itertools.product(slots.items(), dict.fromkeys(UNITS)):
@@ -109,6 +113,9 @@ def main() -> None:
         small, large = build(unit * n), build(unit * (n * args.factor))
         for name, function in targets.items():
             a, b = cpu(function, small), cpu(function, large)
+            if args.per_byte and b * 1e6 / len(large) > args.per_byte:
+                print(f"HEAVY {name:24} slot={slot:16} unit={unit!r:40} {len(large)}B "
+                      f"{b * 1e3:.1f} ms: {b * 1e6 / len(large):.2f} us per byte", flush=True)
             if b < 0.02 or b / max(a, 1e-4) < args.flag:
                 continue
             huge = build(unit * (n * args.factor ** 2))
