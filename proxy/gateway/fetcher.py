@@ -153,7 +153,8 @@ async def _retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], in
     for digest mode. Only complete bodies are handed to `ingest`: each one once the reply after
     it was framed right (a server that does not dot-stuff a line "." ends a body early, RFC
     1939 3, and what follows breaks the framing: that body is cut, never stored, where it would
-    be kept for good and its whole upstream copy DELEd); the last one if nothing follows it."""
+    be kept for good and its whole upstream copy DELEd); the last one once a NOOP after it is
+    answered."""
     window = PIPELINE_WINDOW if client.pipelining else 1
     queue = iter(wanted)
     in_flight: list[tuple[int, str | None]] = []
@@ -195,10 +196,11 @@ async def _retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], in
                 known.add(uidl)
                 held = (uidl, body)
         await refill()
-    if held is not None:
-        if client.channel.parser.buffered:
-            raise UpstreamError(Failure.PROTOCOL, "data after the last RETR's reply: its body "
-                                "may have ended early (a line '.' not dot-stuffed)")
+    if held is not None:   # the reply after it is a NOOP's (RFC 1939 5): the rest of a body
+        # cut short breaks its framing, whether buffered already or arriving late (QUIT's
+        # reply broke instead, and that failure does not fail the sync: the cut body stayed)
+        await client.send(writer.command(b"NOOP"))
+        await client.status("NOOP after the last RETR (a line '.' not dot-stuffed?)")
         await ingest.add(*held)
     return digests
 

@@ -10,6 +10,7 @@ the password, and a count in the sync's result for the metric
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 import trio
@@ -217,6 +218,38 @@ async def test_a_body_not_dot_stuffed_is_not_stored_cut(nursery, store_url, stor
     assert (await sync(server, store_url, store, "delete-after-fetch")).new == 4 - number
     whole = [*messages[:number - 1], dotted, *messages[number:]]
     assert bodies(await stored(store, USER)) == sorted(whole) and server.messages == []
+
+
+def _cut_then_rest_once_asked(first: bytes, rest: bytes):
+    """RETR answered with `first` (a body ended early by a line "." not dot-stuffed), and
+    `rest` only once the client has sent its next command: the bytes after a cut arrive late."""
+    async def action(stream: trio.SocketStream, default: bytes) -> bool:
+        await stream.send_all(first)
+        await stream.socket.recv(1, socket.MSG_PEEK)   # the next command is there (not read)
+        await stream.send_all(rest)
+        return True
+    return action
+
+
+async def test_a_last_body_not_dot_stuffed_is_not_stored_when_the_rest_comes_late(
+        nursery, store_url, store):
+    """The last RETR's body cut by a line "." not dot-stuffed, the rest of it arriving after
+    the client read the cut reply (nothing buffered yet): that body was committed (only QUIT's
+    reply then broke), stored cut for good under its UIDL, and the next delete-after-fetch sync
+    DELEd the whole upstream copy. Now the reply after the last body (a NOOP's) must frame
+    right before it is stored."""
+    messages = MESSAGES[:3]
+    server = HostilePop3(messages, USER, PASSWORD)
+    dotted = messages[2] + b".\r\nthe rest of it\r\n"
+    server.messages[2] = dotted
+    server.script(b"RETR", 3, _cut_then_rest_once_asked(
+        b"+OK\r\n" + messages[2] + b".\r\n", b"the rest of it\r\n.\r\n"), once=True)
+    await server.start(nursery)
+    await failing_sync(server, store_url, store, Failure.PROTOCOL)
+    assert bodies(await stored(store, USER)) == sorted(messages[:2])
+    assert (await sync(server, store_url, store, "delete-after-fetch")).new == 1
+    assert bodies(await stored(store, USER)) == sorted([*messages[:2], dotted])
+    assert server.messages == []
 
 
 @pytest.mark.parametrize("command, number, action, failure", [
