@@ -234,6 +234,9 @@ def _upstream_gone(sess: ImapEngineSession, pipe: Pipe) -> None:
         pipe.held -= len(chunk)
     sess.client.out = rest
     sess.splice_min = sess.splice_at = NEVER
+    # the kernel's rest read a whole read at a time, not READ_AFTER_SPLICE's 8 KB: each read
+    # is appended to the client's pending `out`, which Side.write copies
+    sess.upstream.read_size = RECEIVE_SIZE
     end(sess)
 
 

@@ -93,6 +93,27 @@ def test_a_pipe_still_holding_bytes_is_closed_not_kept():
     assert engine.pipes.free == [] and _open_descriptors() == before - 2
 
 
+def test_an_upstream_gone_mid_splice_is_read_to_its_end_a_whole_read_at_a_time():
+    """The upstream hangs up or is reset while the pipe holds bytes for a slow client: they go
+    to the client's `out`, the pipe back to the engine, and the plain path reads what the
+    kernel still holds from the upstream (`_upstream_gone`) at RECEIVE_SIZE, not at the 8 KB
+    (READ_AFTER_SPLICE) an earlier literal's end left: each of those reads is appended to the
+    client's pending `out` (Side.write copies it), so a few MB read 8 KB at a time copied
+    hundreds of MB in the engine's thread."""
+    engine = _Engine()
+    sess = _Session(engine)
+    sess.upstream.read_size = engine_splice.READ_AFTER_SPLICE   # (after an earlier splice)
+    assert engine_splice.start(sess)
+    pipe = sess.pipe
+    os.write(pipe.write_fd, b"x" * 5000)
+    pipe.held = 5000
+    engine_splice._upstream_gone(sess, pipe)
+    assert bytes(sess.client.out) == b"x" * 5000 and sess.pipe is None
+    assert engine.pipes.free == [pipe] and not sess.upstream.spliced
+    assert sess.upstream.read_size == RECEIVE_SIZE
+    engine.pipes.close()
+
+
 def test_the_engine_keeps_at_most_pool_size_pipes():
     engine = _Engine()
     sessions = [_Session(engine) for _ in range(engine_splice.POOL_SIZE + 3)]
