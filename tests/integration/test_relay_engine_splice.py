@@ -252,7 +252,9 @@ def _fetch_then_reset(sent: dict[str, int], reset: threading.Event):
         taken = 0
         while True:
             try:
-                taken += sock.send(PAYLOAD_BLOCK)
+                # (after a partial send, the rest of that block: the stream stays the blocks
+                # end to end, as `expected` has it)
+                taken += sock.send(PAYLOAD_BLOCK[taken % len(PAYLOAD_BLOCK):])
             except BlockingIOError:
                 if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[3]:   # tcpi_probes
                     break
