@@ -72,7 +72,7 @@ CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 # `le` values of mailproxy_gateway_accounts_sync_age (seconds since the last successful sync).
 SYNC_AGE_BUCKETS = ("60", "300", "900", "3600", "21600", "86400", "+Inf")
 # `kind` values of mailproxy_gateway_upstream_anomalies_total (gateway/fetcher.py)
-UPSTREAM_ANOMALIES = ("bad_uidl", "too_big", "retr_refused")
+UPSTREAM_ANOMALIES = ("bad_uidl", "too_big", "retr_refused", "passed_over")
 SYNC_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
@@ -231,8 +231,9 @@ class Metrics:
             "mailproxy_gateway_upstream_anomalies_total",
             "Messages a POP3 upstream served wrongly, by kind: bad_uidl (a UIDL breaking RFC "
             "1939 7 or repeated: keyed by digest instead), too_big (over "
-            "gateway.limits.max_message_bytes), retr_refused (-ERR to RETR); the last two are "
-            "left upstream (counted again by every sync that meets them).", ["kind"], registry=r)
+            "gateway.limits.max_message_bytes), retr_refused (-ERR to RETR), passed_over (too "
+            "big or timed out in two syncs: not asked for an hour); the last three are left "
+            "upstream (counted again by every sync that meets them).", ["kind"], registry=r)
         for kind in UPSTREAM_ANOMALIES:
             self.gateway_upstream_anomalies.labels(kind)
         self.gateway_store_size = Gauge(

@@ -22,7 +22,10 @@ Theory of operation (one `sync_account` call):
 * Hostile upstreams are bounded by `pop3_client.ReplyLimits` (``gateway.limits``): a reply too
   slow fails the sync (the account's next sync starts afresh); a message over
   ``max_message_bytes`` is read, dropped and left upstream (``too_big``), as is one whose RETR
-  is refused (``retr_refused``; such a sync does not settle, so the next one asks again).
+  is refused (``retr_refused``; such a sync does not settle, so the next one asks again). A
+  message too big or too slow STRIKES times is passed over for a while
+  (`AccountLocks.passing_over`, ``passed_over``): it would fail every sync of the account
+  first, and the mail listed after it would never arrive.
 * A reply that breaks the protocol, or a RETR cut short, aborts the sync with an `UpstreamError`
   (proxy.session.upstream; its `failure` says why); a partial body is never stored (only complete
   bodies reach a batch).
@@ -54,13 +57,14 @@ from ..session.routing import log_user
 from ..session.upstream import UpstreamError
 from ..store import Store
 from ._parts import MimeLimits
+from .account_locks import PASS_OVER, STRIKES, AccountLocks
 from .ingest_batches import Ingest, ProgressCallback, StoredCallback, mime_limits, quota_gate
 from .pop3_client import Pop3Client, ReplyLimits
 from .pop3_listing import internaldate, parse_list_listing, parse_uidl_listing, parsed
 from .quota import IngestGate
 from .workers import Workers
 
-__all__ = ["SyncResult", "sync_account", "AccountLocks", "internaldate",
+__all__ = ["SyncResult", "sync_account", "internaldate",
            "parse_uidl_listing", "parse_list_listing"]
 
 PIPELINE_WINDOW = 16                # RETR/DELE commands in flight with PIPELINING (RFC 2449 6.6)
@@ -81,22 +85,6 @@ class SyncResult:
 
 # ---- one fetcher per account ---------------------------------------------------------------------
 
-class AccountLocks:
-    """One lock per account, held while it syncs: at most one sync per account among the
-    callers that share this object (the gateway service owns one). It also remembers, per
-    account, the UIDL listing that its last sync left entirely stored (`settled`): a sync that
-    finds the same listing again has nothing to fetch and, under `keep`, nothing to delete, so
-    it skips the store's UIDL reads (every login syncs; at 2,000 messages those reads were most
-    of a login's store work and of its garbage)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[tuple[str, str], trio.Lock] = {}
-        self.settled: dict[tuple[str, str], tuple[int, bytes]] = {}   # -> (account id, digest)
-
-    def lock(self, upstream: str, user: str) -> trio.Lock:
-        return self._locks.setdefault((upstream, user), trio.Lock())
-
-
 # ---- one sync --------------------------------------------------------------------------------------
 
 def _unwrap(group: BaseExceptionGroup) -> BaseException:
@@ -108,10 +96,11 @@ def _unwrap(group: BaseExceptionGroup) -> BaseException:
 async def _fetch(client: Pop3Client, store: Store, account_id: int,
                  wanted: list[tuple[int, str | None]], known: set[str],
                  progress: ProgressCallback | None, limits: MimeLimits,
-                 gate: IngestGate | None, workers: Workers,
+                 gate: IngestGate | None, workers: Workers, failed: set[str],
                  on_stored: StoredCallback | None = None) -> tuple[Ingest, dict[str, int]]:
     """RETR and commit `wanted`. On an UpstreamError the complete bodies already received are
-    committed before it propagates; a cancelled sync loses at most the uncommitted batches."""
+    committed before it propagates; a cancelled sync loses at most the uncommitted batches.
+    `failed` gets the UIDLs of messages too big, or whose RETR timed out."""
     send, receive = trio.open_memory_channel(0)
     ingest = Ingest(store, account_id, progress, len(wanted), send, limits, gate, workers, on_stored)
     try:
@@ -119,7 +108,7 @@ async def _fetch(client: Pop3Client, store: Store, account_id: int,
             nursery.start_soon(ingest.commit_loop, receive)
             async with send:
                 try:
-                    digests = await _retrieve(client, wanted, ingest, known)
+                    digests = await _retrieve(client, wanted, ingest, known, failed)
                 finally:
                     await ingest.flush()
     except BaseExceptionGroup as group:
@@ -148,7 +137,7 @@ async def _listing(client: Pop3Client, uidl: bytes | None,
 
 
 async def _retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ingest: Ingest,
-                    known: set[str]) -> dict[str, int]:
+                    known: set[str], failed: set[str]) -> dict[str, int]:
     """RETR `wanted` (a window of them in flight with PIPELINING); returns digest-UIDL -> number
     for digest mode. Only complete bodies are handed to `ingest`: each one once the reply after
     it was framed right (a server that does not dot-stuff a line "." ends a body early, RFC
@@ -174,18 +163,26 @@ async def _retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], in
     await refill()
     while in_flight:
         number, uidl = in_flight.pop(0)
-        line = await client.status(f"RETR {number}")
-        if held is not None:
-            await ingest.add(*held)
-            held = None
+        try:
+            line = await client.status(f"RETR {number}")
+            if held is not None:
+                await ingest.add(*held)
+                held = None
+            body = await client.body(f"RETR {number}") if line.ok else None
+        except UpstreamError as exc:   # (the sync fails; the next ones pass this message over)
+            if exc.failure is Failure.TIMEOUT and uidl is not None:
+                failed.add(uidl)
+            raise
         if not line.ok:
             logs.event("gateway_fetch_retr_refused", logging.WARNING, msg=number,
                        text=logs.sanitize(line.text))
             ingest.skip("retr_refused")
-        elif (body := await client.body(f"RETR {number}")) is None:
+        elif body is None:
             logs.event("gateway_fetch_message_too_big", logging.WARNING, msg=number,
                        max_message_bytes=client.limits.max_body)
             ingest.skip("too_big")   # left upstream, never DELEd: it was not stored
+            if uidl is not None:
+                failed.add(uidl)
         else:
             if uidl is None:
                 uidl = DIGEST_PREFIX + hashlib.sha256(body).hexdigest()
@@ -254,12 +251,17 @@ async def _retention(client: Pop3Client, store: Store, account_id: int, seconds:
 
 async def _sync_listing(client: Pop3Client, config: Config, store: Store, account_id: int,
                         listing: list[tuple[int, str | None]], progress: ProgressCallback | None,
-                        who: str, workers: Workers, on_stored: StoredCallback | None = None
-                        ) -> tuple[Ingest, int]:
+                        who: str, workers: Workers, passed: set[str], failed: set[str],
+                        on_stored: StoredCallback | None = None) -> tuple[Ingest, int]:
     """Fetch what `listing` has and the store does not, then retention and QUIT: (the ingest,
-    whose counts say what was stored and left upstream, and the DELEs that took effect)."""
+    whose counts say what was stored and left upstream, and the DELEs that took effect).
+    Messages `passed` over are left upstream (AccountLocks.passing_over); `failed` gets
+    those to pass over from now on."""
     known = await store.known_uidls(account_id)
     wanted = [(n, u) for n, u in listing if u is None or u not in known]
+    over = [(n, u) for n, u in wanted if u in passed] if passed else []
+    if over:
+        wanted = [(n, u) for n, u in wanted if u not in passed]
     gate = await quota_gate(config, store, account_id) if wanted else None
     # already full: no RETR of a message with a UIDL at all, it would be thrown away (one
     # known by digest only must be read to know whether it is stored already)
@@ -267,8 +269,10 @@ async def _sync_listing(client: Pop3Client, config: Config, store: Store, accoun
     if left:
         wanted = [(n, u) for n, u in wanted if u is None]
     ingest, digests = await _fetch(client, store, account_id, wanted, known, progress,
-                                   mime_limits(config), gate, workers, on_stored)
+                                   mime_limits(config), gate, workers, failed, on_stored)
     ingest.over_quota += len(left)
+    if over:
+        ingest.skipped["passed_over"] = len(over)
     present = {**digests, **{u: n for n, u in listing if u is not None}}
     retention = config.gateway.retention_seconds if config.gateway else None
     deleted = await _retention(client, store, account_id, retention, present, who,
@@ -330,6 +334,7 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
                        reason="another process is fetching this account")
             return SyncResult(0, 0, 0, time.monotonic() - started, skipped=True)
         client = await Pop3Client.connect(upstream, reply_limits(config))
+        failed: set[str] = set()   # UIDLs to pass over from now on
         try:
             if sasl is not None:   # an OAuth2-brokered upstream: (mechanism, message)
                 await client.login_token(*sasl)
@@ -349,19 +354,27 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
             else:
                 locks.settled.pop((upstream_name, user), None)
                 listing = await _listing(client, uidl, workers)
-                ingest, deleted = await _sync_listing(client, config, store, account.id, listing,
-                                                      progress, who, workers, on_stored)
+                ingest, deleted = await _sync_listing(
+                    client, config, store, account.id, listing, progress, who, workers,
+                    locks.passing_over(upstream_name, user), failed, on_stored)
                 new, stored, over_quota = ingest.new, ingest.bytes, ingest.over_quota
                 anomalies = dict(ingest.skipped)
                 if has_uidl and (bad := sum(u is None for _, u in listing)):
                     anomalies["bad_uidl"] = bad
-                if settled is not None and not over_quota and "retr_refused" not in anomalies:
+                if settled is not None and not over_quota and not anomalies.keys() & {
+                        "retr_refused", "too_big", "passed_over"}:   # (each asked again)
                     locks.settled[(upstream_name, user)] = settled
         except UpstreamError as exc:
             logs.event("gateway_sync_failed", logging.WARNING, user=who,
                        upstream=upstream_name, reason=exc.failure.label, detail=exc.detail)
             raise
         finally:
+            if failed:
+                logs.event("gateway_fetch_failed_messages", logging.WARNING, user=who,
+                           upstream=upstream_name, messages=len(failed),
+                           note=f"RETR timed out or too big: after {STRIKES} such failures "
+                                f"left upstream for {PASS_OVER:g}s, then asked again")
+                locks.failed(upstream_name, user, failed)
             await client.aclose()
     result = SyncResult(new, stored, deleted, time.monotonic() - started, over_quota=over_quota,
                         anomalies=anomalies)

@@ -64,8 +64,8 @@ from ..store import (
     open_store,
 )
 from .account_fetcher import AccountFetcher, oauth2_settings
+from .account_locks import AccountLocks
 from .auth import Authenticator
-from .fetcher import AccountLocks
 from .imapd import CAPABILITIES, Backend, BodyCache, Hub, ImapSession, MimeCache
 from .ingest_batches import mime_limits
 from .users import canonical_user

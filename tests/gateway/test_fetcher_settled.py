@@ -7,7 +7,8 @@ from __future__ import annotations
 import yaml
 
 from proxy import config as config_mod
-from proxy.gateway.fetcher import AccountLocks, sync_account
+from proxy.gateway.account_locks import AccountLocks
+from proxy.gateway.fetcher import sync_account
 from proxy.store import open_store
 
 from .helpers import config_dict, make_config, stored

@@ -17,7 +17,8 @@ import trio
 import yaml
 
 from proxy import config as config_mod
-from proxy.gateway.fetcher import AccountLocks, sync_account
+from proxy.gateway.account_locks import AccountLocks
+from proxy.gateway.fetcher import sync_account
 from proxy.session.failures import Failure
 from proxy.session.upstream import UpstreamError
 from support.hostile_pop3 import HostilePop3, drip, endless_body, endless_line, reply, reset, stall
@@ -289,3 +290,46 @@ def test_limits_are_configuration(tmp_path):
     limits = config_mod.loads(yaml.safe_dump(config_dict(1, str(tmp_path / "s.db")))).gateway.limits
     assert (limits.pop3_reply_timeout, limits.pop3_min_rate, limits.max_message_bytes) == (
         120.0, 64 * 1024, 100 * 1024 * 1024)
+
+
+async def test_a_message_that_always_times_out_is_passed_over_after_two_syncs(
+        nursery, store_url, store):
+    """RETR 2 never ends (its reply times out every time) and every sync asked it first: no
+    message listed after it ever arrived. The account's syncs (one AccountLocks, as the gateway
+    shares) ask it again once, then leave it upstream (passed_over, never DELEd) for PASS_OVER,
+    so message 3 arrives; after PASS_OVER it is asked again (twice: STRIKES)."""
+    server = HostilePop3(MESSAGES[:3], USER, PASSWORD)
+    server.script(b"RETR", 2, endless_body())   # every time
+    await server.start(nursery)
+    locks = AccountLocks()
+    options = {"max_message_bytes": "64KiB", "pop3_min_rate": "64KiB", "locks": locks}
+    for _ in range(2):   # a message that timed out once is asked again (a link slow once)
+        await failing_sync(server, store_url, store, Failure.TIMEOUT, **options)
+        assert bodies(await stored(store, USER)) == MESSAGES[:1]
+    asked = server.commands.count(b"RETR")
+    result = await sync(server, store_url, store, **options)
+    assert (result.new, result.anomalies) == (1, {"passed_over": 1})
+    assert server.commands.count(b"RETR") == asked + 1   # message 3 only
+    assert bodies(await stored(store, USER)) == [MESSAGES[0], MESSAGES[2]]
+    failures = locks.failures[("dc", USER)]   # the pass-over has run out: asked again, twice
+    locks.failures[("dc", USER)] = {uidl: (strikes, 0.0) for uidl, (strikes, _) in failures.items()}
+    for _ in range(2):
+        await failing_sync(server, store_url, store, Failure.TIMEOUT, **options)
+    # passed over again, and never DELEd: it was not stored
+    result = await sync(server, store_url, store, "delete-after-fetch", **options)
+    assert (result.new, result.anomalies, result.deleted_upstream) == (0, {"passed_over": 1}, 2)
+    assert server.messages == [MESSAGES[1]]
+
+
+async def test_a_message_too_big_twice_is_not_downloaded_again(nursery, store_url, store):
+    """A message over max_message_bytes is read and dropped by a sync; after two syncs the
+    account's syncs stop downloading it (passed_over) rather than reading it whole each poll."""
+    big = b"Subject: big\r\n\r\n" + b"B" * 70_000 + b"\r\n"
+    server = HostilePop3([MESSAGES[0], big], USER, PASSWORD)
+    await server.start(nursery)
+    locks = AccountLocks()
+    results = [await sync(server, store_url, store, locks=locks, max_message_bytes="64KiB")
+               for _ in range(3)]
+    assert [(r.new, r.anomalies) for r in results] == [
+        (1, {"too_big": 1}), (0, {"too_big": 1}), (0, {"passed_over": 1})]
+    assert server.commands.count(b"RETR") == 3 and server.messages == [MESSAGES[0], big]
