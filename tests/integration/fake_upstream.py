@@ -148,13 +148,20 @@ def imap_login_literals(conn: FakeConn) -> None:
     conn.rest()
 
 
-def imap_mute_after_login(conn: FakeConn) -> None:
-    """Logs the proxy in, answers one NOOP, then reads commands and never answers them."""
+def imap_logged_in(conn: FakeConn) -> bool:
+    """Greets (LITERAL+) and answers the proxy's login OK; False for a health check (no login)."""
     conn.send(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR LITERAL+] fake ready\r\n")
     line = conn.readline()
     if not line:  # the health check
-        return
+        return False
     conn.send(line.split(b" ", 1)[0] + b" OK [CAPABILITY IMAP4rev1 LITERAL+] in\r\n")
+    return True
+
+
+def imap_mute_after_login(conn: FakeConn) -> None:
+    """Logs the proxy in, answers one NOOP, then reads commands and never answers them."""
+    if not imap_logged_in(conn):
+        return
     line = conn.readline()
     conn.send(line.split(b" ", 1)[0] + b" OK noop\r\n")
     conn.rest()

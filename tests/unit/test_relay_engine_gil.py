@@ -13,15 +13,9 @@ import trio
 from proxy import config as config_mod
 from proxy.config import GIL_SWITCH_INTERVAL, Relay
 from proxy.relay.engine_entry import engine
+from support.configs import ONE_IMAP_RELAY
 
-BASE = """\
-listeners:
-  - {name: imap, protocol: imap, address: 127.0.0.1:1143}
-upstreams:
-  main: {host: 127.0.0.1, imap: {port: 143}}
-routes:
-  - {match: "*", upstream: main}
-"""
+BASE = ONE_IMAP_RELAY
 
 
 def us(seconds: float) -> float:

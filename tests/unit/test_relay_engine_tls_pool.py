@@ -31,6 +31,7 @@ from proxy.relay.engine_session import EngineSession, Side
 from proxy.relay.engine_tls_accept import TLSAccept
 from proxy.relay.tls_handshake_pool import HandshakePool
 from proxy.session.failures import Close
+from support.configs import ONE_IMAP_RELAY
 from support.polling import wait_for
 
 STALL = "stall.example"
@@ -335,14 +336,7 @@ def test_a_thread_that_could_not_start_is_not_counted(monkeypatch):
     assert ran == ["first", "second"]   # (in the engine, the first one's session has ended)
 
 
-BASE = """\
-listeners:
-  - {name: imap, protocol: imap, address: 127.0.0.1:1143}
-upstreams:
-  main: {host: 127.0.0.1, imap: {port: 143}}
-routes:
-  - {match: "*", upstream: main}
-"""
+BASE = ONE_IMAP_RELAY
 
 
 def test_the_setting_sizes_the_engines_pool_and_follows_a_reload():

@@ -6,15 +6,9 @@ import pytest
 
 from proxy import config as config_mod
 from proxy.config.operations import SPLICE_MIN_LITERAL
+from support.configs import ONE_IMAP_RELAY
 
-BASE = """\
-listeners:
-  - {name: imap, protocol: imap, address: 127.0.0.1:1143}
-upstreams:
-  main: {host: 127.0.0.1, imap: {port: 143}}
-routes:
-  - {match: "*", upstream: main}
-"""
+BASE = ONE_IMAP_RELAY
 
 
 @pytest.mark.parametrize(("written", "value"), [("1", 1), ("16384", 16384), ("null", None)])
