@@ -128,6 +128,21 @@ class Harness:
         self._adopt(accept)
         return accept, theirs
 
+    def held_pool(self) -> tuple[HandshakePool, Callable[[], ssl.SSLSocket],
+                                 TLSAccept, socket.socket]:
+        """The pool, its one thread held by a first handshake stalled inside OpenSSL (`finished`
+        for that client once `gate` is set), and a second session whose step is queued behind
+        it (its client has sent its hello)."""
+        pool = self.engine.handshakes
+        assert pool is not None
+        _, first = self.tls()
+        finished = self.handshake_in_thread(first, STALL)
+        wait_for(self.stalled.is_set, what="the first handshake stalled")
+        queued, client = self.tls()
+        client.sendall(hello(self.client, "localhost"))
+        wait_for(lambda: pool.queued == 1, what="the second handshake's step queued")
+        return pool, finished, queued, client
+
     def handshake_in_thread(self, sock: socket.socket, name: str) -> Callable[[], ssl.SSLSocket]:
         """A blocking client handshake on a thread of its own; the result waits for it."""
         done: list[ssl.SSLSocket | BaseException] = []
@@ -197,14 +212,7 @@ def test_a_stalled_handshake_does_not_hold_up_a_relayed_command():
 
 def test_a_drain_ends_a_handshake_still_queued():
     def test(h: Harness) -> None:
-        pool = h.engine.handshakes
-        assert pool is not None
-        _, first = h.tls()
-        finished = h.handshake_in_thread(first, STALL)   # the pool's one thread is held
-        wait_for(h.stalled.is_set, what="the first handshake stalled")
-        queued, client = h.tls()
-        client.sendall(hello(h.client, "localhost"))
-        wait_for(lambda: pool.queued == 1, what="the second handshake's step queued")
+        pool, finished, queued, client = h.held_pool()
         h.locked(h.engine.step, queued, queued.drained)
         assert queued.done and queued.session.close_reason == Close.SHUTDOWN
         h.gate.set()
@@ -253,14 +261,8 @@ def test_a_bug_in_a_step_on_a_handshake_thread_ends_its_session_at_once(monkeypa
 
 def test_a_full_queue_runs_the_step_in_the_engines_thread():
     def test(h: Harness) -> None:
-        pool = h.engine.handshakes
-        assert pool is not None
-        _, first = h.tls()
-        first_done = h.handshake_in_thread(first, STALL)   # the one thread is held
-        wait_for(h.stalled.is_set, what="the first handshake stalled")
-        waiting, second = h.tls()
-        second.sendall(hello(h.client, "localhost"))
-        wait_for(lambda: pool.queued == pool.bound, what="the second handshake's step queued")
+        pool, first_done, waiting, _ = h.held_pool()
+        assert pool.queued == pool.bound
         third, client = h.tls()   # no room: its steps run in the engine's thread
         tls = h.handshake_in_thread(client, "localhost")()
         tls.sendall(b"third\r\n")
