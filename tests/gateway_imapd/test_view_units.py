@@ -4,6 +4,7 @@ lost) or an expunge (never announced after it) of such a message may be publishe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 
@@ -453,24 +454,32 @@ async def test_an_expunge_waits_for_a_collect_in_flight():
     assert hub.pinned() == {7} and 7 not in hub.garbage   # the viewer still shows UID 2
 
 
-async def test_a_removal_waits_only_for_collects_of_its_bodies():
-    """A collect deletes only the bodies it was given, so one stuck on a stalled database (a
-    held lock on PostgreSQL, up to store_query_timeout) holds up only the removals of those
-    bodies: an EXPUNGE of other messages reaches the store at once. Before, every EXPUNGE and
-    MOVE of the process waited for it."""
+@contextlib.asynccontextmanager
+async def _removal_behind_a_held_collect(removed: list[int]):
+    """(hub, store, entered): a collect of body 7 held inside the store, then a removal of
+    `removed` begun and run as far as it goes (`entered` set once its block runs)."""
     hub, store = Hub(), _HeldCollectStore()
     hub.garbage = {7}
     entered = trio.Event()
 
-    async def expunge_other() -> None:
-        async with hub.removing([8]):
+    async def removal() -> None:
+        async with hub.removing(removed):
             entered.set()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(hub.collect, store)
         await store.started.wait()
-        nursery.start_soon(expunge_other)
+        nursery.start_soon(removal)
         await trio.testing.wait_all_tasks_blocked()
+        yield hub, store, entered
+
+
+async def test_a_removal_waits_only_for_collects_of_its_bodies():
+    """A collect deletes only the bodies it was given, so one stuck on a stalled database (a
+    held lock on PostgreSQL, up to store_query_timeout) holds up only the removals of those
+    bodies: an EXPUNGE of other messages reaches the store at once. Before, every EXPUNGE and
+    MOVE of the process waited for it."""
+    async with _removal_behind_a_held_collect([8]) as (hub, store, entered):
         assert entered.is_set() and store.log == ["collect [7] begins"]   # not waiting for it
         store.release.set()
 
@@ -478,19 +487,7 @@ async def test_a_removal_waits_only_for_collects_of_its_bodies():
 async def test_later_collects_cannot_starve_a_waiting_removal():
     """While a removal waits for the collect in flight of one of its bodies, later collects go
     on with other garbage but never take its bodies: none can hold it up again."""
-    hub, store = Hub(), _HeldCollectStore()
-    hub.garbage = {7}
-    entered = trio.Event()
-
-    async def expunge() -> None:
-        async with hub.removing([7, 8]):
-            entered.set()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(hub.collect, store)
-        await store.started.wait()
-        nursery.start_soon(expunge)
-        await trio.testing.wait_all_tasks_blocked()
+    async with _removal_behind_a_held_collect([7, 8]) as (hub, store, entered):
         hub.garbage, other = {8, 9}, _RecordingStore()
         await hub.collect(other)   # another session's: not the waiting removal's body 8
         assert other.collected == [9] and hub.garbage == set()

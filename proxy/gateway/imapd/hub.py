@@ -244,10 +244,7 @@ class Hub:
                 await self._collect_ended.wait()
             yield
         finally:
-            self._removing.subtract(ids)
-            for body_id in ids:
-                if self._removing[body_id] <= 0:
-                    del self._removing[body_id]
+            _let_go(self._removing, ids)
 
     async def collect(self, store) -> None:
         """Delete the bodies of expunged messages that no session shows any more."""
@@ -263,10 +260,7 @@ class Hub:
             self.garbage.update(ids)
             raise
         finally:
-            self._collecting.subtract(ids)
-            for body_id in ids:
-                if self._collecting[body_id] <= 0:
-                    del self._collecting[body_id]
+            _let_go(self._collecting, ids)
             self._collect_ended.set()
             self._collect_ended = trio.Event()
 
@@ -359,3 +353,11 @@ class Hub:
         self._unannounced_gone.pop(mailbox_id, None)
         self._recent_floor.pop(mailbox_id, None)
         self._send(MailboxEvent(mailbox_id, EventKind.GONE, origin=origin))
+
+
+def _let_go(counts: collections.Counter[int], body_ids: list[int]) -> None:
+    """One count fewer for each of `body_ids`; a body counted no more leaves `counts`."""
+    counts.subtract(body_ids)
+    for body_id in body_ids:
+        if counts[body_id] <= 0:
+            del counts[body_id]
