@@ -9,13 +9,16 @@ completed. The store, the hub and the clients are real; only the order is chosen
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import imaplib
+import sqlite3
 import threading
 
+import psycopg
 import pytest
 import trio
 
-from .conftest import message
+from .conftest import GatewayHandle, message
 
 run = trio.to_thread.run_sync
 
@@ -182,3 +185,57 @@ async def test_a_deleted_mailbox_is_not_kept_in_the_index(gateway):
         assert box.id not in backend.index and backend.index.known("Doomed") is None
         a.logout()
     await run(clients)
+
+
+def _stored_bodies(store_url: str) -> int:
+    """Bodies in the store, read over a connection of the test's own."""
+    query = "SELECT count(*) FROM bodies"
+    if store_url.startswith("postgresql"):
+        with psycopg.connect(store_url, autocommit=True) as conn:
+            row = conn.execute(query).fetchone()
+    else:
+        with contextlib.closing(sqlite3.connect(store_url)) as conn:
+            row = conn.execute(query).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_a_move_out_of_a_mailbox_deleted_meanwhile_leaves_no_body(
+        dovecot, tmp_path, nursery, gateway_store, monkeypatch):
+    """Session a MOVEs the one message of "Source" to "Target"; session b DELETEs "Source" after
+    a's removal has begun and before its store call (forced), and b's collect runs meanwhile.
+    The DELETE puts the body on the garbage list; the removal keeps it out of that collect, and
+    then fails (the source is gone). Once it ends the body is garbage again and the next collect
+    deletes it. Before, the removal dropped it from garbage for good: deleted mail stayed on
+    disk until the next start on SQLite (on PostgreSQL until the follower's periodic sweep, set
+    far off here so that only the collect can delete it)."""
+    user, password = dovecot.add_user()
+    gateway = GatewayHandle(dovecot, tmp_path, user, password, store=gateway_store,
+                            store_ack_interval="60s", store_replica_lease="300s")
+    await gateway.start(nursery)
+
+    def clients():
+        a, b = gateway.imaplib(), gateway.imaplib()
+        for name in ("Source", "Target"):
+            assert a.create(name)[0] == "OK"
+        assert a.append("Source", None, None, message(1))[0] == "OK"
+        assert a.select("Source")[0] == "OK"
+        assert _stored_bodies(gateway.store_url) == 1
+        paused = _Paused(monkeypatch, gateway.service.store, "move", before=True)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            moved = pool.submit(a._simple_command, "MOVE", "1", "Target")
+            assert paused.reached.wait(30), "the store call never ran"
+            assert b.delete("Source") == ("OK", [b"DELETE completed."])
+            assert b.noop()[0] == "OK"   # its reply follows the DELETE's collect
+            paused.resume.set()
+            # a BYE, as any command in a mailbox deleted under it (so a collects nothing)
+            with pytest.raises(imaplib.IMAP4.abort):
+                moved.result(timeout=60)
+        assert b.select("Target") == ("OK", [b"0"])      # nothing moved, nothing left
+        assert b.noop()[0] == "OK"   # its reply follows the collect after SELECT's
+        assert _stored_bodies(gateway.store_url) == 0
+        b.logout()
+    try:
+        await run(clients)
+    finally:
+        await gateway.stop()

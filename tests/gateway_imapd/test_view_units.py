@@ -495,6 +495,47 @@ async def test_later_collects_cannot_starve_a_waiting_removal():
         store.release.set()
     assert entered.is_set() and store.log == ["collect [7] begins", "collect ends"]
 
+class _SourceGone(Exception):
+    """The store's answer to a MOVE whose source another session deleted first."""
+
+
+async def test_bodies_held_back_from_a_removal_that_failed_are_garbage_again():
+    """A MOVE out of a mailbox that another session DELETEs: the DELETE commits first, so the
+    moved bodies (7, and 8 already garbage when the MOVE began) go on the garbage list; the
+    MOVE's removal keeps them out of collects while it is open, and its store call then fails
+    (the source is gone). Once it ends they are garbage again. Before, both the start of the
+    removal and any collect meanwhile dropped them from garbage for good: deleted mail stayed
+    on disk until the next start (SQLite) or the next sweep (PostgreSQL)."""
+    hub, other = Hub(), _RecordingStore()
+    hub.garbage = {8}
+    with contextlib.suppress(_SourceGone):
+        async with hub.removing([7, 8]):
+            hub.orphaned([7, 9])          # the DELETE's bodies
+            await hub.collect(other)      # another session's, after its DELETE
+            assert other.collected == [9]
+            raise _SourceGone
+    assert hub.garbage == {7, 8}
+    await hub.collect(other)
+    assert other.collected == [9, 7, 8] and not hub.garbage
+
+
+async def test_bodies_held_back_stay_out_until_the_last_removal_of_them_ends():
+    """Two removals of body 7 at once (two sessions MOVE copies of it): garbage held back by
+    both comes back when the second ends, not the first; one a hold keeps meanwhile does not."""
+    hub, other = Hub(), _RecordingStore()
+    hub.garbage = {7, 8}
+    first, second = hub.removing([7]), hub.removing([7, 8])
+    await first.__aenter__()
+    await second.__aenter__()
+    await first.__aexit__(None, None, None)
+    await hub.collect(other)
+    assert other.collected == [] and not hub.garbage
+    _subscribed(hub, [8])
+    hub.hold(1, [8])               # a view still shows UID 8 (body 8), expunged by another
+    await second.__aexit__(None, None, None)
+    assert hub.garbage == {7} and hub.pinned() == {8}
+
+
 def test_the_views_of_a_flag_change_share_its_messages():
     """One flag change to a mailbox reaches every view of it: they show one message object per
     changed message between them, not one each (50 sessions on 10,000 messages: 1,513 -> 441 KiB

@@ -123,6 +123,7 @@ class Hub:
         self._kept: collections.Counter[int] = collections.Counter()   # body id -> live holds
         self._removing: collections.Counter[int] = collections.Counter()   # see `removing`
         self._collecting: collections.Counter[int] = collections.Counter()   # in collects now
+        self._withheld: set[int] = set()     # garbage held back while a removal of it is open
         self._collect_ended = trio.Event()                   # set (and renewed) as one ends
         self._deferred: dict[int, set[int]] = {}             # mailbox id -> bodies (loading views)
         self.garbage: set[int] = set()                       # body ids no hold keeps
@@ -235,21 +236,40 @@ class Hub:
         process's sessions as of when it began). A collect deletes only the bodies it was
         given (`store.collect_bodies`), so one stuck on a stalled database holds up only the
         removals of those bodies, not every EXPUNGE of the process; and no later collect can
-        starve a removal, since none takes its bodies."""
+        starve a removal, since none takes its bodies.
+        Garbage held back so is *withheld*, not forgotten: when the last removal of a body ends,
+        it is garbage again unless a hold now keeps it. Its removal may have failed (a DELETE of
+        the source committed first, and put the bodies on the garbage list), and then nothing
+        else would ever collect it: on SQLite the body stayed until the next start."""
         ids = list(body_ids)
         self._removing.update(ids)
-        self.garbage.difference_update(ids)
+        self._withhold(ids)
         try:
             while self._collecting and any(body_id in self._collecting for body_id in ids):
                 await self._collect_ended.wait()
             yield
         finally:
             _let_go(self._removing, ids)
+            if self._withheld:
+                self._give_back(ids)
+
+    def _withhold(self, body_ids) -> None:
+        taken = self.garbage.intersection(body_ids)
+        if taken:
+            self.garbage.difference_update(taken)
+            self._withheld.update(taken)
+
+    def _give_back(self, body_ids: list[int]) -> None:
+        """Withheld bodies no removal holds back any more are garbage again, as `orphaned`."""
+        free = [b for b in set(body_ids) if b in self._withheld and b not in self._removing]
+        if free:
+            self._withheld.difference_update(free)
+            self.orphaned(free)
 
     async def collect(self, store) -> None:
         """Delete the bodies of expunged messages that no session shows any more."""
         if self._removing and self.garbage:
-            self.garbage.difference_update(self._removing)   # `removing`: never in flight
+            self._withhold(self._removing)   # `removing`: never in flight
         if not self.garbage:
             return
         ids, self.garbage = sorted(self.garbage), set()
