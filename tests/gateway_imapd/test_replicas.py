@@ -8,7 +8,7 @@ import re
 
 import psycopg
 
-from support.polling import wait_for
+from support.polling import TIMEOUT, wait_for
 
 from .conftest import message
 from .test_condstore import Raw
@@ -102,8 +102,10 @@ def test_changes_through_one_replica_reach_idle_sessions_on_the_other(proxy_fact
     on_b.close()
 
 
-# each probe opens a PostgreSQL connection: poll less often than support.polling's default
-DB_POLL = {"timeout": 20.0, "interval": 0.05}
+# each probe opens a PostgreSQL connection: poll less often than support.polling's default;
+# bounded as every wait (support.polling.TIMEOUT): 20 s was reached under load (two rounds of
+# acks of two subprocess replicas, 2 s apart when quiet)
+DB_POLL = {"timeout": TIMEOUT, "interval": 0.05}
 
 
 def query(dsn: str, sql: str, *args) -> list[tuple]:
