@@ -233,6 +233,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES)
     parser.add_argument("--big", action="store_true", help="100-500 KB messages")
+    parser.add_argument("--pin", action="store_true",
+                        help="the relays (and mailproxy) on CPU 1, this client and Dovecot on CPU 0")
     parser.add_argument("--no-proxy", action="store_true", help="leave mailproxy out")
     args = parser.parse_args()
     box = big_mailbox(args.messages) if args.big else make_mailbox(args.messages)
@@ -252,6 +254,13 @@ def main() -> None:
             env.on_close(proc.kill)
             ports[shape] = int(proc.stdout.readline())  # type: ignore[union-attr]
             pids[shape], relays[shape] = proc.pid, proc
+        if args.pin:   # (Dovecot's session processes inherit its master's affinity)
+            os.sched_setaffinity(0, {0})
+            for task in os.listdir(f"/proc/{env.dovecot.master_pid}/task"):
+                os.sched_setaffinity(int(task), {0})
+            for pid in pids.values():
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    os.sched_setaffinity(int(task), {1})
         for label, port in ports.items():   # warm-up, and the digests agree
             count, _, digest, _ = pop3_download(port, user, password)
             assert digest == box.sha256, (label, digest)
