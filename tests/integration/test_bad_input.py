@@ -226,8 +226,8 @@ def session_end(proxy: ProxyProcess, raw: Raw) -> str:
                     offset=raw.log_offset)
 
 
-def imap_login(proxy: ProxyProcess, user: tuple[str, str]) -> Raw:
-    raw = Raw(proxy, "imap")
+def imap_login(proxy: ProxyProcess, user: tuple[str, str], listener: str = "imap") -> Raw:
+    raw = Raw(proxy, listener)
     assert raw.line().startswith(b"* OK")
     raw.send(b"L LOGIN %s %s\r\n" % (user[0].encode(), user[1].encode()))
     assert raw.line().startswith(b"L OK"), "login through the proxy failed"
@@ -540,14 +540,19 @@ def test_imap_upstream_gone_mid_fetch(proxy, imap_witness, fakes):
 
 @pytest.fixture
 def timeout_proxy(proxy_factory, dovecot):
-    config = relay_config(dovecot, allow_plaintext_auth=True,
-                          timeouts={"login": "1s", "idle": "2s"})
+    """Each timer on a listener of its own, so that no session but the one under test races a
+    timer: "imap" (default timeouts) for the witness, "imap_login" (login 1 s) for the session
+    that never logs in, "imap_idle" (idle 2 s, login at its default) for the one that idles."""
+    config = relay_config(dovecot, listeners=("imap",), allow_plaintext_auth=True)
+    imap = config["listeners"][0]
+    for name, timeouts in (("imap_login", {"login": "1s"}), ("imap_idle", {"idle": "2s"})):
+        config["listeners"].append({**imap, "name": name, "timeouts": timeouts})
     return proxy_factory(config)
 
 
 def test_imap_login_and_idle_timeouts(timeout_proxy, dovecot, user):
-    witness = ImapWitness(timeout_proxy, dovecot)  # checked within its own idle timeout
-    raw = Raw(timeout_proxy, "imap")
+    witness = ImapWitness(timeout_proxy, dovecot)   # on "imap": no timer of this test ends it
+    raw = Raw(timeout_proxy, "imap_login")
     raw.line()
     started = time.monotonic()
     # lower bounds only (a loaded machine answers late, never early); the waits stay below
@@ -555,8 +560,7 @@ def test_imap_login_and_idle_timeouts(timeout_proxy, dovecot, user):
     assert raw.until_closed(30) == b"* BYE Login timeout.\r\n"
     assert 0.8 < time.monotonic() - started
     assert "reason=login_timeout" in session_end(timeout_proxy, raw)
-    witness.check()
-    raw = imap_login(timeout_proxy, user)
+    raw = imap_login(timeout_proxy, user, "imap_idle")
     raw.send(b"a1 SELECT INBOX\r\n")
     while not raw.line().startswith(b"a1 OK"):
         pass
@@ -564,6 +568,7 @@ def test_imap_login_and_idle_timeouts(timeout_proxy, dovecot, user):
     assert raw.until_closed(30) == b"* BYE Autologout; idle for too long.\r\n"
     assert 1.5 < time.monotonic() - started   # the timer started when SELECT arrived
     assert "reason=idle_timeout" in session_end(timeout_proxy, raw)
+    witness.check()   # both timers fired on other sessions: this one is untouched
 
 
 # --------------------------------------------------------------------------- POP3
