@@ -35,6 +35,9 @@ class CommandTally:
 
     def __init__(self) -> None:
         self._done: list[tuple[Any, Any, float]] = []   # (counter, histogram, duration)
+        # (meter, label, status, duration) appended as they are by the relay engine's fused
+        # step (relay/engine_imap.py): its children are looked up here, at the flush
+        self.raw: list[tuple[Any, str, bytes, float]] = []
         self._lock = threading.Lock()
 
     def completed(self, counter: Any, histogram: Any, elapsed: float) -> None:
@@ -51,6 +54,11 @@ class CommandTally:
             taken = len(done)
             batch = done[:taken]
             del done[:taken]   # (other threads only ever append behind it)
+            raw = self.raw
+            taken = len(raw)
+            for meter, label, status, elapsed in raw[:taken]:
+                batch.append((*meter.children(label, status), elapsed))
+            del raw[:taken]
             counts: dict[Any, int] = {}
             observed: dict[Any, tuple[list[float], list[int], list[float]]] = {}
             for counter, histogram, elapsed in batch:

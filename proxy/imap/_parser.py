@@ -181,6 +181,26 @@ class BaseParser(Resync):
         return (self._state is _State.LINE and not len(self._buf) and not self._events
                 and self._sink is None)
 
+    def passable(self) -> bool:
+        """True when `_pass` would count a whole line within the limit as consumed (at rest,
+        nothing buffered, no EOF, outside ``parse_args``): the state a relay's fused step
+        (relay/engine_imap.py) needs to do the same itself (`pass_line_at_rest`). It stays
+        true until the parser is fed or asked for an event."""
+        buf = self._buf
+        return (self._state is _State.LINE and not self._events and self._sink is None
+                and not self._raw_next and self._pending_error is None and not self._parse_args
+                and buf._pos >= len(buf._data) and not buf.eof)
+
+    @property
+    def max_line(self) -> int:
+        return self._limits.max_line
+
+    def pass_line_at_rest(self, size: int) -> None:
+        """`_pass(size)` once `passable()` said so and `size` is within `max_line`."""
+        buf = self._buf
+        buf._base += size
+        buf._line = buf._pos - size
+
     def _pass(self, size: int) -> bool:
         """Count ``size`` bytes, one whole line that the subclass read itself, as consumed;
         False (nothing done) unless the parser is at rest and the line within its limit."""

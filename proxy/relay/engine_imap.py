@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from ..net.conn import Conn
 from ..session.failures import Close
-from . import engine_splice
+from . import engine_splice, imap_fused
 from .engine import Engine
 from .engine_logout import LOGOUT_WAIT, LoggedOut
 from .engine_session import IN, EngineSession, Side
@@ -35,7 +35,7 @@ __all__ = ["ImapEngineSession"]
 
 
 class ImapEngineSession(EngineSession):
-    __slots__ = ("core", "leftover", "splice_min", "splice_at", "pipe")
+    __slots__ = ("core", "leftover", "splice_min", "splice_at", "pipe", "fused_step")
 
     def __init__(self, core: ImapRelayCore, upstream_leftover: bytes, engine: Engine,
                  client: Conn, client_fd: int, upstream: Conn, upstream_fd: int):
@@ -47,6 +47,7 @@ class ImapEngineSession(EngineSession):
         self.splice_min = core.session.runtime.config.relay.splice_min_literal or NEVER
         self.splice_at = self.splice_min   # `start` is asked from this (0: the read after one)
         self.pipe: engine_splice.Pipe | None = None
+        self.fused_step = imap_fused.FusedStep(self).step   # (`fused` while at rest)
 
     def start(self) -> None:
         leftover, self.leftover = self.leftover, b""
@@ -60,6 +61,7 @@ class ImapEngineSession(EngineSession):
         session's timer only moved later (activity; an IDLE, whose timeout is shorter, is never
         settled here)."""
         core, client, upstream = self.core, self.client, self.upstream
+        self.fused = None
         if side is client:
             up = core.client_data(data, self.engine.now, forward_first=True)
             if not up or core.replies:
@@ -84,8 +86,12 @@ class ImapEngineSession(EngineSession):
             return False
         if core.literal_owed >= self.splice_at and side is upstream and engine_splice.start(self):
             return False
-        return (not upstream.out and not client.out and core.inflight.idle_tag is None
-                and upstream.mask == client.mask == IN and not self.paused)
+        if (upstream.out or client.out or core.inflight.idle_tag is not None
+                or upstream.mask != IN or client.mask != IN or self.paused):
+            return False
+        if imap_fused.at_rest(self):
+            self.fused = self.fused_step
+        return True
 
     def carry_on(self) -> None:
         """After the core was fed outside `received` (engine_splice.py): as `_sent`."""

@@ -69,6 +69,7 @@ class EngineLoop:
         if sess.done:
             return
         sess.done = True
+        sess.fused = None
         self.sessions -= 1
         sess.session.runtime.metrics.relay_engine_sessions.dec()
         if sess.on_drain is not None:
@@ -203,6 +204,9 @@ class EngineLoop:
                                 continue
                             except OSError:   # reset: the same as an end of stream to the relay
                                 data = b""
+                            fused = sess.fused   # (at rest: one step for a plain chunk)
+                            if fused is not None and fused(side, data):
+                                continue
                             conn = side.conn
                             conn.bytes_in += len(data)
                             if not data:
@@ -324,6 +328,7 @@ class EngineLoop:
     def _guarded(self, sess: EngineSession, step: Callable[..., None], *args: object) -> None:
         """Run one step of a session; then fit its registrations and timer to its new state.
         A bug ends that session (logged, as serve.py does), never the engine."""
+        sess.fused = None   # (the step may change what being at rest rests on)
         try:
             step(*args)
             if not sess.done:

@@ -86,7 +86,7 @@ class EngineSession:
     `due`, `timer` and `drained`. `finish()` ends it, `hand_back()` returns it to tasks."""
 
     __slots__ = ("engine", "session", "client", "upstream", "sides", "done", "handed_back",
-                 "paused", "timer_at", "task", "on_drain", "successor", "ended")
+                 "paused", "timer_at", "task", "on_drain", "successor", "ended", "fused")
 
     def __init__(self, engine: Engine, session: Session, client: Conn, client_fd: int,
                  upstream: Conn | None, upstream_fd: int):
@@ -106,6 +106,11 @@ class EngineSession:
         self.successor: EngineSession | None = None   # carries the session on (Engine.succeed)
         # without a task (accepted by the engine, engine_accept.py): called at its release
         self.ended: Callable[[EngineSession], None] | None = None
+        # the protocol's fused step for a plain chunk while the session is at rest, else None
+        # (engine_loop.py `_loop`): `fused(side, chunk)` True when it took the chunk (and
+        # left the session settled), False when it changed nothing (the full path takes it).
+        # Set by the protocol's `received` only; any other step clears it (`_guarded`).
+        self.fused: Callable[[Side, bytes], bool] | None = None
 
     # -- what the protocol gives --------------------------------------------------------------
     def start(self) -> None:

@@ -48,14 +48,14 @@ from .imap_inflight import InFlight
 __all__ = ["ImapRelayCore"]
 
 # command_label("imap", name) of a name as the parser gives it (upper case): one dict hit
-_LABELS = {name.encode(): name for name in IMAP_COMMANDS}
+LABELS = {name.encode(): name for name in IMAP_COMMANDS}
 
 
 class ImapRelayCore(CoreEnds):
     __slots__ = ("session", "client_parser", "upstream_parser", "held", "inflight",
                  "bytes_up", "bytes_down", "last_active", "logout_seen", "bad", "compress",
                  "compressed", "replies", "_said", "_before", "_down_after_ok", "_unjudged",
-                 "_unjudged_size", "_max_plain", "literal_owed")   # (and CoreEnds's)
+                 "_unjudged_size", "max_plain", "literal_owed")   # (and CoreEnds's)
 
     def __init__(self, session: Session, client_parser: CommandParser,
                  upstream_parser: ResponseParser, client_leftover: bytes, now: float):
@@ -89,7 +89,21 @@ class ImapRelayCore(CoreEnds):
         self._unjudged: tuple[bytes, bytes] | None = None   # a plain line's (tag, name), forwarded
         self._unjudged_size = 0   # ... and its size, before it was judged and counted (`judge()`)
         limits = session.listener.limits   # (the client parser's: imap_relay.py)
-        self._max_plain = min(limits.max_line, limits.id_line_length)
+        self.max_plain = min(limits.max_line, limits.id_line_length)
+
+    def at_rest(self) -> bool:
+        """Nothing of the core's own waits or is under way: no reply, end, COMPRESS, LOGOUT
+        answer, drain, plain line unjudged, held or dropped client bytes, IDLE, nor an audit
+        line per command; both parsers at rest (`passable`). While it holds (and only plain
+        chunks that keep it come), a driver may relay a chunk that is one plain command line
+        or one tagged status line and account for it itself, as `client_data` + `judge()`
+        and `upstream_data` would have (relay/imap_fused.py)."""
+        held, inflight = self.held, self.inflight
+        return (self.end is None and not self.replies and not self._said and self.compress is None
+                and not self.compressed and self.logout_tag is None and not self.draining
+                and self._unjudged is None and not self._before and not held.held
+                and not held.dropping and inflight.idle_tag is None and not inflight.meter.audit
+                and self.client_parser.passable() and self.upstream_parser.passable())
 
     # -- what the driver reads after each call --------------------------------------------
     def take_replies(self) -> bytes:
@@ -124,7 +138,7 @@ class ImapRelayCore(CoreEnds):
             return data
         parser, held = self.client_parser, self.held
         size = len(data)
-        if (size <= self._max_plain and not held.held and self.inflight.idle_tag is None
+        if (size <= self.max_plain and not held.held and self.inflight.idle_tag is None
                 and self.compress is None and not held.dropping):
             head = parser.plain_line(data)
             if head is not None:   # forwarded as it came, never held; counted by `judge()`
@@ -149,7 +163,7 @@ class ImapRelayCore(CoreEnds):
         if counter.pending >= counter.FLUSH_BYTES:
             counter.flush()
         tag, name = head
-        self._started(tag, _LABELS.get(name, OTHER))
+        self._started(tag, LABELS.get(name, OTHER))
         if name == b"LOGOUT":
             self._logout(tag)
         elif name == b"IDLE":
@@ -192,7 +206,7 @@ class ImapRelayCore(CoreEnds):
             if event is NEED_DATA:
                 return True
             if type(event) is events.CommandStart:   # `type is`: exact classes, the fast test
-                name = _LABELS.get(event.name, OTHER)
+                name = LABELS.get(event.name, OTHER)
                 self._started(event.tag, name)
                 if name == "LOGOUT":
                     self._logout(event.tag)

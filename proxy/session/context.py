@@ -7,7 +7,7 @@ import ipaddress
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Protocol, TypedDict
+from typing import Any, Callable, Protocol, TypedDict
 
 import trio
 
@@ -297,8 +297,8 @@ class CommandMeter:
         self._count, self._duration = self.metrics.command_children.setdefault(
             self.protocol, ({}, {}))
 
-    def completed(self, name: str, status: bytes, started: float) -> None:
-        """`name` is already a bounded label (metrics.command_label)."""
+    def children(self, name: str, status: bytes) -> tuple[Any, Any]:
+        """The counter child of (`name`, `status`) and the duration histogram child of `name`."""
         counter = self._count.get((name, status))
         if counter is None:
             counter = self._count[(name, status)] = self.metrics.commands.labels(
@@ -308,6 +308,11 @@ class CommandMeter:
             histogram = self._duration[name] = (
                 self.metrics.idle_duration.labels(self.protocol) if name == "IDLE"
                 else self.metrics.command_duration.labels(self.protocol, name))
+        return counter, histogram
+
+    def completed(self, name: str, status: bytes, started: float) -> None:
+        """`name` is already a bounded label (metrics.command_label)."""
+        counter, histogram = self.children(name, status)
         elapsed = time.monotonic() - started
         self.metrics.command_tally.completed(counter, histogram, elapsed)   # added at scrape
         if self.audit:

@@ -1,0 +1,185 @@
+"""The IMAP engine session's fused step: a plain chunk of a session at rest, relayed and
+accounted for in one call (issue 16).
+
+Theory of operation: on one CPU a relayed round trip waits for the engine's whole Python run per
+wake-up (bench/README.md, ninth session), and the full path of a plain chunk runs a dozen calls
+(the core's `client_data`, the parser's `plain_line` and its rest checks, `Side.write`, `judge`,
+`InFlight.start`, ...) each re-checking state that did not change since the last chunk. Here the
+checks are made once: when the full path (`ImapEngineSession.received`) leaves the session
+settled and `at_rest()` holds (the core's and both parsers' conditions, plain sides, no splice
+owed), it sets `sess.fused` to `FusedStep.step`; any other step clears it (the engine's
+`_guarded`, `received` itself, a release). While it is set, the engine's loop hands a plain
+side's chunk to `step` first, which takes it only when it is
+
+- from the client: one command line that `CommandParser.plain_line` would accept (the same
+  regex, within `max_plain`), and not LOGOUT, IDLE or COMPRESS (the core's own handling);
+- from the upstream: one tagged status line (`ResponseParser.tagged_line`'s regex, within the
+  parser's `max_line`).
+
+It then writes the chunk on, and does what the full path would have: byte counts, the parser's
+offsets (`pass_line_at_rest`), activity and upstream-wait times, the command started (`pending`,
+`session.commands`) or completed. A completion is appended raw, (meter, label, status,
+duration), to the command tally's `raw` list, looked up and counted at its next flush (a scrape,
+or every `CommandTally.BATCH`): the same counts and histograms as `CommandMeter.completed`.
+Sessions with `audit` logging are never at rest here, so their per-command lines stay
+`completed`'s. Anything else (a literal, two lines, a partial line, an untagged line, bad
+syntax, a line over a limit) returns False with nothing changed, and the full path takes it.
+A write that the kernel did not take whole, or that failed, leaves the session as the full
+path would (the rest kept in `out`, or the session ended) and lets the engine fit it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+from ..imap._lines import PLAIN_COMMAND_RE, PLAIN_TAGGED_RE, TAGGED_STATUSES
+from ..metrics import OTHER
+from ..session.context import ByteCounter
+from ..session.failures import Close
+from .engine_session import Side
+from .imap_core import LABELS
+
+if TYPE_CHECKING:
+    from .engine_imap import ImapEngineSession
+
+__all__ = ["FusedStep", "at_rest"]
+
+_command = PLAIN_COMMAND_RE.fullmatch
+_tagged = PLAIN_TAGGED_RE.fullmatch
+_OWN = frozenset({b"LOGOUT", b"IDLE", b"COMPRESS"})   # judged by the core (`judge`)
+_FLUSH_BYTES = ByteCounter.FLUSH_BYTES
+_write, _monotonic = os.write, time.monotonic
+
+
+def at_rest(sess: ImapEngineSession) -> bool:
+    """`sess`, just settled by its full path, may take its next plain chunk by `step`."""
+    client, upstream, core = sess.client, sess.upstream, sess.core
+    return (client.tls is None and upstream.tls is None and not client.spliced
+            and not upstream.spliced and not client.conn.closed and not upstream.conn.closed
+            and core.literal_owed < sess.splice_at and core.at_rest())
+
+
+class FusedStep:
+    """One session's step, with what it touches bound once (none of it is ever replaced while
+    the session is in the engine)."""
+
+    __slots__ = ("sess", "core", "engine", "session", "client", "upstream", "client_conn",
+                 "upstream_conn", "client_fd", "upstream_fd", "client_parser",
+                 "upstream_parser", "held", "bytes_up", "bytes_down", "pending", "meter",
+                 "tally", "raw", "max_plain", "max_answer")
+
+    def __init__(self, sess: ImapEngineSession):
+        core = sess.core
+        self.sess, self.core, self.engine, self.session = sess, core, sess.engine, core.session
+        self.client, self.upstream = sess.client, sess.upstream
+        self.client_conn, self.upstream_conn = sess.client.conn, sess.upstream.conn
+        self.client_fd, self.upstream_fd = sess.client.fd, sess.upstream.fd
+        self.client_parser, self.upstream_parser = core.client_parser, core.upstream_parser
+        self.held, self.bytes_up, self.bytes_down = core.held, core.bytes_up, core.bytes_down
+        self.pending = core.inflight.pending
+        self.meter = core.inflight.meter
+        self.tally = self.meter.metrics.command_tally
+        self.raw = self.tally.raw
+        self.max_plain = core.max_plain
+        self.max_answer = core.upstream_parser.max_line
+
+    def step(self, side: Side, data: bytes) -> bool:
+        size = len(data)
+        if side is self.client:   # -- a command (client_data, forward, judge) --------------
+            if size > self.max_plain:
+                return False
+            match = _command(data)
+            if match is None:
+                return False
+            tag, name, sub = match.groups()
+            name = name.upper()
+            if name in _OWN:
+                return False
+            if name == b"UID":   # (a UID without a subcommand: the parser's to answer)
+                if sub is None:
+                    return False
+                name = b"UID " + sub.upper()
+            try:
+                sent = _write(self.upstream_fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = -1
+            core, now = self.core, self.engine.now
+            core.last_active = now
+            self.client_conn.bytes_in += size
+            self.client_parser.pass_line_at_rest(size)
+            self.held.sent += size
+            counter = self.bytes_up
+            counter.pending += size
+            if counter.pending >= _FLUSH_BYTES:
+                counter.flush()
+            self.session.commands += 1
+            pending = self.pending
+            if not pending:   # (no IDLE at rest) the upstream's time to answer starts now
+                core.upstream_heard = now
+            pending[tag] = (LABELS.get(name, OTHER), _monotonic())
+            if sent == size:
+                self.upstream_conn.bytes_out += size
+                return True
+            return self._short(self.upstream, data, sent, Close.UPSTREAM_CLOSED)
+        # -- an answer (forward, upstream_data) ----------------------------------------------
+        if size > self.max_answer:
+            return False
+        match = _tagged(data)
+        if match is None:
+            return False
+        try:
+            sent = _write(self.client_fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = -1
+        self.upstream_conn.bytes_in += size
+        if sent < 0:   # the full path does not parse what it could not forward
+            return self._short(self.client, data, sent, Close.CLIENT_CLOSED)
+        core, now = self.core, self.engine.now
+        core.upstream_heard = now
+        pending = self.pending
+        if pending:   # answering is activity
+            core.last_active = now
+        counter = self.bytes_down
+        counter.pending += size
+        if counter.pending >= _FLUSH_BYTES:
+            counter.flush()
+        self.upstream_parser.pass_line_at_rest(size)
+        tag, status = match.groups()
+        entry = pending.pop(tag, None)
+        if entry is not None:   # CommandMeter.completed, counted at the tally's next flush
+            raw = self.raw
+            raw.append((self.meter, entry[0], status if status in TAGGED_STATUSES
+                        else status.upper(), _monotonic() - entry[1]))
+            if len(raw) >= self.tally.BATCH:
+                self.tally.flush()
+        if sent == size:
+            self.client_conn.bytes_out += size
+            return True
+        return self._short(self.client, data, sent, Close.CLIENT_CLOSED)
+
+    def _short(self, to: Side, data: bytes, sent: int, reason: Close) -> bool:
+        """The write to `to` failed (-1) or the kernel took `sent` bytes of `data`: as
+        `Side.write` and the full path's end of `received` leave it, then fitted by the
+        engine (its masks and timer)."""
+        sess, core = self.sess, self.core
+        sess.fused = None
+        if sent < 0:
+            to.conn.closed = True
+            core.finish(reason)
+        else:
+            to.conn.bytes_out += sent
+            to.out = memoryview(data)[sent:]
+        if core.end is not None:
+            sess.carry_on()   # (ends it)
+        if not sess.done:
+            engine = self.engine
+            engine._interest(sess)
+            if sess.due() < sess.timer_at:
+                engine._schedule(sess)
+        return True

@@ -1,0 +1,190 @@
+"""The IMAP engine session's fused step (proxy/relay/imap_fused.py) against its full path: the
+same chunks, one session taking them as the engine's loop does (the fused step first while the
+session is at rest) and one always by `received`, over real socket pairs; every byte relayed,
+the core's and parsers' state after each chunk, and the commands counted must be the same.
+The engine is a small fake (its clock and what the session calls of it); the core, parsers,
+session and metrics are real."""
+
+from __future__ import annotations
+
+import socket
+from types import SimpleNamespace
+from typing import Any
+
+from test_relay_core import counted, imap_core
+
+from proxy.relay.engine_imap import ImapEngineSession
+
+
+class FakeEngine:
+    """What an engine session asks of its engine in these steps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.fitted = 0
+
+    def release(self, sess: Any) -> None:
+        sess.done = True
+        sess.fused = None
+
+    def _interest(self, sess: Any) -> None:
+        self.fitted += 1
+
+    def _schedule(self, sess: Any) -> None:
+        pass
+
+
+def fake_conn() -> SimpleNamespace:
+    return SimpleNamespace(stream=None, bytes_in=0, bytes_out=0, closed=False, eof=False)
+
+
+class Rig:
+    """An ImapEngineSession between two socket pairs: `client` and `upstream` are the far ends."""
+
+    def __init__(self) -> None:
+        self.core, self.metrics = imap_core(bad_commands=100)
+        self.client, near_client = socket.socketpair()
+        self.upstream, near_upstream = socket.socketpair()
+        self.near = (near_client, near_upstream)
+        for sock in (self.client, self.upstream, near_client, near_upstream):
+            sock.setblocking(False)
+        self.engine = FakeEngine()
+        self.sess = ImapEngineSession(self.core, b"", self.engine,  # type: ignore[arg-type]
+                                      fake_conn(), near_client.fileno(),  # type: ignore[arg-type]
+                                      fake_conn(), near_upstream.fileno())  # type: ignore[arg-type]
+        self.fused = 0
+
+    def close(self) -> None:
+        for sock in (self.client, self.upstream, *self.near):
+            sock.close()
+
+    def feed(self, from_client: bool, data: bytes, fused: bool) -> None:
+        """The engine loop's plain-side step (engine_loop.py `_loop`), the fused step first
+        when `fused`."""
+        sess = self.sess
+        self.engine.now += 1.0
+        side = sess.client if from_client else sess.upstream
+        step = sess.fused
+        if fused and step is not None and step(side, data):
+            self.fused += 1
+            return
+        side.conn.bytes_in += len(data)
+        if not data:
+            side.conn.eof = True
+        if not sess.received(side, data) and not sess.done:
+            self.engine.fitted += 1
+
+    def state(self) -> tuple[object, ...]:
+        """What went where, and everything the full path keeps about it."""
+        core, sess = self.core, self.sess
+        got = []
+        for sock in (self.upstream, self.client):
+            try:
+                got.append(sock.recv(65536))
+            except BlockingIOError:
+                got.append(b"")
+        pending = sorted((tag, label) for tag, (label, _) in core.inflight.pending.items())
+        return (*got, pending, core.session.commands, core.last_active, core.upstream_heard,
+                core.held.sent, core.client_parser._buf.consumed,
+                core.client_parser._buf.last_line_at, core.upstream_parser._buf.consumed,
+                core.upstream_parser._buf.last_line_at, core.bytes_up.pending,
+                core.bytes_down.pending, sess.client.conn.bytes_in, sess.client.conn.bytes_out,
+                sess.upstream.conn.bytes_in, sess.upstream.conn.bytes_out, core.end, sess.done,
+                self.engine.fitted, core.inflight.idle_tag)
+
+
+# plain lines (several names, cases, UID), then what the fused step must leave to the full path:
+# a refused line, a literal, two lines in one chunk, a line cut in two, a line over max_line (64),
+# IDLE and DONE, then plain lines again, LOGOUT last
+CHUNKS = [b"a1 NOOP\r\n", b"a2 uid fetch 1:* (FLAGS)\r\n", b"a3 select INBOX\r\n",
+          b"a4 NOOP\r\n", b"(x NOOP\r\n", b"a5 UID\r\n", b"a6 NOOP\r\n",
+          b"a7 APPEND x {3}\r\n", b"abc\r\n", b"a8 SELECT " + b"x" * 70 + b"\r\n",
+          b"b1 NOOP\r\nb2 NOOP\r\n", b"b3 NO", b"OP\r\n", b"b4 IDLE\r\n", b"DONE\r\n",
+          b"c1 CAPABILITY\r\n", b"c2 Noop\r\n", b"c3 STATUS x (MESSAGES)\r\n", b"c4 LOGOUT\r\n"]
+
+
+def outcome(fused: bool) -> tuple[list[tuple[object, ...]], list[object], int]:
+    """Per chunk and per answer: the state; then the commands counted; and how many chunks
+    the fused step took. Answers: a tagged line alone (some lower case), or with an untagged
+    line before it."""
+    rig = Rig()
+    try:
+        states = []
+        n = 0
+        for chunk in CHUNKS:
+            rig.feed(True, chunk, fused)
+            states.append(rig.state())
+            if chunk == b"b4 IDLE\r\n":
+                rig.feed(False, b"+ idling\r\n", fused)
+                states.append(rig.state())
+                continue
+            for tag in sorted(rig.core.inflight.pending):
+                if tag == rig.core.inflight.idle_tag:
+                    continue
+                n += 1
+                answer = b"%s %s done\r\n" % (tag, [b"OK", b"no", b"BAD", b"OK"][n % 4])
+                rig.feed(False, b"* 1 EXISTS\r\n" + answer if n % 3 == 0 else answer, fused)
+                states.append(rig.state())
+        durations = sorted(
+            (s.labels["command"], s.value) for family in rig.metrics.registry.collect()
+            if family.name == "mailproxy_command_duration_seconds"
+            for s in family.samples if s.name.endswith("_count"))
+        return states, [counted(rig.metrics), durations], rig.fused
+    finally:
+        rig.close()
+
+
+def test_the_fused_step_relays_and_counts_as_the_full_path():
+    fused_states, fused_counts, taken = outcome(True)
+    full_states, full_counts, none = outcome(False)
+    assert none == 0 and taken >= 12   # (so the comparison compares the fused step)
+    assert fused_states == full_states
+    assert fused_counts == full_counts
+    assert {status for _, _, status, _ in full_counts[0]} == {"OK", "NO", "BAD"}  # type: ignore
+
+
+def test_chunks_the_fused_step_leaves_to_the_full_path():
+    """A literal, two lines, a partial line, a line over the limit, IDLE, LOGOUT, an untagged
+    answer: never taken (the session is at rest before each)."""
+    for chunk in (b"a7 APPEND x {3}\r\n", b"b1 NOOP\r\nb2 NOOP\r\n", b"b3 NO",
+                  b"a8 SELECT " + b"x" * 70 + b"\r\n", b"b4 IDLE\r\n", b"c4 LOGOUT\r\n",
+                  b"c5 COMPRESS DEFLATE\r\n", b"a5 UID\r\n"):
+        rig = Rig()
+        try:
+            rig.feed(True, b"a1 NOOP\r\n", True)
+            rig.feed(False, b"a1 OK done\r\n", True)
+            assert rig.sess.fused is not None   # at rest
+            before = rig.fused
+            rig.feed(True, chunk, True)
+            assert rig.fused == before, chunk
+        finally:
+            rig.close()
+    rig = Rig()
+    try:
+        rig.feed(True, b"a1 NOOP\r\n", True)   # (full path: the first chunk sets the flag)
+        rig.feed(True, b"a2 NOOP\r\n", True)
+        assert rig.fused == 1
+        rig.feed(False, b"* 1 EXISTS\r\na1 OK done\r\n", True)
+        assert rig.fused == 1
+        rig.feed(False, b"a2 OK done\r\n", True)
+        assert rig.fused == 2
+    finally:
+        rig.close()
+
+
+def test_a_write_upstream_that_fails_ends_the_session_as_the_full_path_does():
+    def ended(fused: bool) -> tuple[object, ...]:
+        rig = Rig()
+        try:
+            rig.feed(True, b"a1 NOOP\r\n", fused)
+            rig.feed(False, b"a1 OK done\r\n", fused)
+            rig.upstream.close()   # the upstream is gone: the next write fails (EPIPE)
+            rig.feed(True, b"a2 NOOP\r\n", fused)
+            core = rig.core
+            return (core.end, rig.sess.done, core.session.commands, core.bytes_up.pending,
+                    sorted(core.inflight.pending), rig.sess.upstream.conn.closed, rig.fused)
+        finally:
+            rig.close()
+    fused, full = ended(True), ended(False)
+    assert fused[-1] == 2 and full[-1] == 0   # (the failed write was the fused step's)
+    assert fused[:-1] == full[:-1]
