@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from .wire import Str
 
 TOKEN = re.compile(rb"X-Stress-Token: (\w+)")
-SEQ_COMMANDS = {b"FETCH", b"STORE", b"SEARCH"}   # 7.4.1: no EXPUNGE while answering these
+# 7.4.1: no EXPUNGE while answering these (SORT: RFC 5256 3, as SEARCH)
+SEQ_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"SORT"}
 RESP_CODE = re.compile(rb"^OK \[(UIDVALIDITY|HIGHESTMODSEQ) (\d+)\]", re.I)
 
 
@@ -133,6 +134,8 @@ class View:
             self.defined = set(_flag_set(values[1]))
         elif kind == b"SEARCH" and len(pending) == 1 and _verb(pending[0]) == b"SEARCH":
             self._search(values[1:], line, command)
+        elif kind == b"SORT" and len(pending) == 1 and _command_name(pending[0]) == b"SORT":
+            self.sort_result(values[1:], line, command)
         elif kind == b"ESEARCH" and len(values) > 1 and isinstance(values[1], list):
             tag = bytes(values[1][1]) if len(values[1]) == 2 else b""
             owner = [c for c in pending if c.split(b" ", 1)[0] == tag]
@@ -194,6 +197,21 @@ class View:
         for value in values:
             if isinstance(value, bytes) and value.isdigit() and not 1 <= int(value) <= len(self.slots):
                 self.fail(f"SEARCH result {int(value)} outside 1..{len(self.slots)}", line, command)
+
+    def sort_result(self, values: list, line: bytes, command: bytes) -> None:
+        """Each message at most once; SORT: sequence numbers this session knows; of ALL, every
+        message but those expunged elsewhere and not announced yet (left out, as by SEARCH)."""
+        numbers = [int(v) for v in values if isinstance(v, bytes) and v.isdigit()]
+        if len(numbers) != len(values) or len(set(numbers)) != len(numbers):
+            self.fail("SORT result with a repeated or malformed number", line, command)
+        elif len(numbers) > len(self.slots):
+            self.fail(f"SORT gave {len(numbers)} of {len(self.slots)} messages", line, command)
+        elif _verb(command) == b"SORT":
+            self._search(values, line, command)
+        else:
+            gone = (self.vanished | self.vanished_earlier).intersection(numbers)
+            if gone:   # (QRESYNC sessions: told of them by VANISHED)
+                self.fail(f"UID SORT gave UIDs expunged here: {sorted(gone)}", line, command)
 
     def _fetch(self, seq: int, items_list, line: bytes, command: bytes | None) -> None:
         if not 1 <= seq <= len(self.slots):
@@ -308,6 +326,12 @@ def _numbers(value) -> list[bytes]:
         lo, _, hi = part.partition(b":")
         out += [b"%d" % n for n in range(int(lo), int(hi or lo) + 1)]
     return out
+
+
+def _command_name(command: bytes) -> bytes:
+    """b"a1 UID SORT ..." -> b"SORT"; b"a1 SORT ..." -> b"SORT"."""
+    verb = _verb(command)
+    return command.split(b" ", 3)[2].upper() if verb == b"UID" else verb
 
 
 def _verb(command: bytes) -> bytes:

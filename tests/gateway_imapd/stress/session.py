@@ -258,11 +258,14 @@ class Session:
         for slot in slots + (self._targets(target, True) if uid else []):
             slot.flags = None
 
+    def search_key(self) -> bytes:
+        return self.rng.choice([b"ALL", b"FLAGGED", b"UNSEEN", b"KEYWORD $Label1", b"DELETED",
+                                b"SUBJECT " + self.rng.choice(WORDS).encode(),
+                                b"HEADER X-Stress-Token s", b"OR SEEN ANSWERED",
+                                b"NOT KEYWORD $Label2", b"UID " + self.uid_range(), b"1:*"])
+
     def search_command(self, uid: bool) -> bytes:
-        key = self.rng.choice([b"ALL", b"FLAGGED", b"UNSEEN", b"KEYWORD $Label1", b"DELETED",
-                               b"SUBJECT " + self.rng.choice(WORDS).encode(),
-                               b"HEADER X-Stress-Token s", b"OR SEEN ANSWERED",
-                               b"NOT KEYWORD $Label2", b"UID " + self.uid_range(), b"1:*"])
+        key = self.search_key()
         ret = b"RETURN (ALL) " if self.rng.random() < 0.3 else b""   # ESEARCH (RFC 4731)
         return (b"UID SEARCH " if uid else b"SEARCH ") + ret + key
 
@@ -322,11 +325,12 @@ class Session:
                    "uid store": 3, "expunge": 3 if n > 8 else 1, "search": 3, "uid search": 2,
                    "noop": 1, "idle": 1, "pipeline": 3, "copy": 1.5, "move": 1.5, "visit": 1,
                    "scratch": 1.5, "big append": 0.1, "unchanged since": 1.5 * self.condstore,
-                   "reconnect": 0.5 * self.qresync, "deliver": 1.0 * (self.deliver is not None)}
+                   "reconnect": 0.5 * self.qresync, "deliver": 1.0 * (self.deliver is not None),
+                   "sort": 2}
         if not self.wide:
             weights.update(dict.fromkeys(WIDE_STEPS, 0))
         if n == 0:
-            weights.update(fetch=0, store=0, search=0, copy=0, move=0)
+            weights.update(fetch=0, store=0, search=0, copy=0, move=0, sort=0)
         kind = self.rng.choices(list(weights), list(weights.values()))[0]
         if kind in STEPS:
             STEPS[kind](self)
@@ -376,10 +380,10 @@ class Session:
 
 
 WIDE_STEPS = ("copy", "move", "visit", "scratch", "big append", "unchanged since", "reconnect",
-              "deliver")
+              "deliver", "sort")
 STEPS = {"copy": steps.copy, "move": steps.move, "visit": steps.visit, "scratch": steps.scratch,
          "big append": steps.big_append, "unchanged since": steps.unchanged_since,
-         "reconnect": steps.reconnect}
+         "reconnect": steps.reconnect, "sort": steps.sort}
 
 
 class Keywords:

@@ -78,7 +78,8 @@ def visit(session) -> None:
 
 
 def scratch(session) -> None:
-    """Create, fill, rename, delete or sit in one of a few scratch mailboxes the sessions share."""
+    """Create, fill, rename, delete or sit in one of a few scratch mailboxes the sessions share
+    (sitting: FETCH, IDLE, MOVE/COPY out, EXPUNGE, while another session may delete it)."""
     rng = session.rng
     name, other = rng.sample(SCRATCH, 2)
     kind = rng.choice(["create", "create", "fill", "fill", "rename", "delete", "sit", "sit"])
@@ -102,8 +103,17 @@ def _sit(session, name: bytes) -> None:
     try:
         if session.switch(b"SELECT", name, allow=OK_OR_NO) == b"OK":
             for _ in range(session.rng.randint(1, 3)):
-                if session.view.slots and session.rng.random() < 0.5:
+                choice = session.rng.random() if session.view.slots else 1.0
+                if choice < 0.3:
                     session.run([session.fetch_command(True)], OK_OR_NO)
+                elif choice < 0.6:   # out of a mailbox another session may be deleting
+                    move = session.rng.random() < 0.6   # a COPY into INBOX would grow it
+                    dest = session.rng.choice([ARCHIVE, b"INBOX"]) if move else ARCHIVE
+                    verb = b"UID MOVE " if move else b"UID COPY "
+                    session.run([verb + _some_uids(session) + b" " + dest], OK_OR_NO)
+                elif choice < 0.75:
+                    session.run([b"UID STORE " + _some_uids(session) + b" +FLAGS (\\Deleted)",
+                                 b"EXPUNGE"], OK_OR_NO)
                 else:
                     session.idle()
         session.bye_ok = False
@@ -184,6 +194,19 @@ def unchanged_since(session) -> None:
 def big_append(session) -> None:
     size = session.rng.randint(*BIG_APPEND_BYTES)
     session.append(b"INBOX", size=size)
+
+
+SORT_PROGRAMS = [b"(ARRIVAL)", b"(REVERSE DATE)", b"(SUBJECT)", b"(FROM)", b"(SIZE)",
+                 b"(REVERSE ARRIVAL SUBJECT)", b"(CC REVERSE SIZE)", b"(TO DATE)"]
+
+
+def sort(session) -> None:
+    """SORT or UID SORT (RFC 5256) of every message or of a SEARCH key; the model checks the
+    result (model.View.sort_result), the server's sort order is not checked."""
+    rng = session.rng
+    key = b"ALL" if rng.random() < 0.5 else session.search_key()
+    command = b"SORT " + rng.choice(SORT_PROGRAMS) + b" UTF-8 " + key
+    session.ok(b"UID " + command if rng.random() < 0.5 else command)
 
 
 def _some_uids(session) -> bytes:
