@@ -38,7 +38,10 @@ fi
 
 if ((${#missing[@]})); then
     echo "install-test-deps: installing ${missing[*]}"
-    "${SUDO[@]}" apt-get update -q
+    # a slow or flaky mirror: each download is retried and given up on after 2 minutes of
+    # silence instead of failing the CI job at the first reset (or hanging it)
+    APT_NET=(-o Acquire::Retries=5 -o Acquire::http::Timeout=120 -o Acquire::https::Timeout=120)
+    "${SUDO[@]}" apt-get "${APT_NET[@]}" update -q
     # policy-rc.d 101: Debian's postgresql package would otherwise start a system cluster; the
     # tests start their own (tests/support/postgres.py).
     policy=/usr/sbin/policy-rc.d
@@ -49,7 +52,7 @@ if ((${#missing[@]})); then
         restore_policy=true
     fi
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -q --no-install-recommends "${missing[@]}"
+        apt-get "${APT_NET[@]}" install -y -q --no-install-recommends "${missing[@]}"
     if $restore_policy; then
         "${SUDO[@]}" rm -f "$policy"
     fi
