@@ -185,7 +185,8 @@ def test_drain_says_bye_to_parked_sessions(proxy_factory, dovecot, user):
 
 @pytest.mark.parametrize("protocol", ["imap", "pop3"])
 def test_idle_timeout_fires_in_the_engine(proxy_factory, dovecot, user, protocol):
-    proxy = engine_proxy(proxy_factory, dovecot, timeouts={"idle": "1s"})
+    # (3 s, not 1: the scrape below must see the session in the engine before its timer ends it)
+    proxy = engine_proxy(proxy_factory, dovecot, timeouts={"idle": "3s"})
     sock, file = raw_login(proxy, user, protocol)
     assert wait_for(lambda: engine_sessions(proxy) == 1, "the session in the engine")
     if protocol == "imap":
