@@ -34,6 +34,7 @@ class GatewayLimits:
     mime_max_depth: StrictInt = 100       # deeper multipart/message parts are opaque leaves
     mime_max_parts: StrictInt = 10000     # past this many parts, boundaries are not recognised
     mime_max_header_bytes: Size = 10 * 1024 * 1024   # header values read per part (Dovecot's bound)
+    envelope_max_addresses: StrictInt = 10000   # address records per ENVELOPE field (not Dovecot's)
     command_budget: Duration = 60.0       # a command running longer answers NO [LIMIT]
     sequence_set_ranges: StrictInt = 100000   # distinct ranges in one sequence set, else BAD
     search_updates: StrictInt = 10        # live SEARCH/SORT RETURN (UPDATE) per session (RFC 5267)
@@ -111,6 +112,8 @@ def check_gateway(gateway: Gateway | None) -> list[Problem]:
         errors.append((("gateway", "limits", "mime_max_parts"), "expected at least 1"))
     if limits.mime_max_header_bytes < 1024:
         errors.append((("gateway", "limits", "mime_max_header_bytes"), "expected at least 1KB"))
+    if limits.envelope_max_addresses < 1:
+        errors.append((("gateway", "limits", "envelope_max_addresses"), "expected at least 1"))
     if limits.search_updates < 1:   # RFC 5267 4.3.1: at least one updating context per client
         errors.append((("gateway", "limits", "search_updates"), "expected at least 1"))
     for key, threads in (("command_threads", limits.command_threads),

@@ -50,6 +50,7 @@ __all__ = ["TEXT", "MULTIPART", "RFC822", "Part", "MimeLimits", "parse", "part_t
 
 TEXT, MULTIPART, RFC822 = "text", "multipart", "rfc822"
 MAX_DEPTH_CEILING = 200   # what the recursion of parse/_write/JSON can take (limit 1000 frames)
+ENVELOPE_ADDRESSES = 10_000   # gateway.limits.envelope_max_addresses (README, gateway)
 @dataclass(frozen=True)
 class MimeLimits:
     """How far the scanner follows the structure (gateway.mime_max_depth / mime_max_parts)."""
@@ -58,12 +59,15 @@ class MimeLimits:
     max_parts: int = 10_000  # Dovecot 2.3: no boundary is recognised past this many parts
     # Dovecot 2.3: MESSAGE_HEADER_BLOCK_DEFAULT_MAX_SIZE, header bytes analysed per part
     max_header_bytes: int = 10 * 1024 * 1024
+    # not Dovecot's (it writes every address): address records written per ENVELOPE field
+    # (mime._address_list); a From of 10 MiB of commas was 10 million of them, 44 bytes each
+    max_envelope_addresses: int = ENVELOPE_ADDRESSES
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_depth <= MAX_DEPTH_CEILING or self.max_parts < 1 \
-                or self.max_header_bytes < 1:
+                or self.max_header_bytes < 1 or self.max_envelope_addresses < 1:
             raise ValueError(f"MIME limits out of range: depth 1..{MAX_DEPTH_CEILING}, parts >= 1, "
-                             "header bytes >= 1")
+                             "header bytes >= 1, envelope addresses >= 1")
 
 
 DEFAULT_LIMITS = MimeLimits()

@@ -124,4 +124,5 @@ def mime_limits(config: Config) -> MimeLimits:
     if config.gateway is None:
         return MimeLimits()
     limits = config.gateway.limits
-    return MimeLimits(limits.mime_max_depth, limits.mime_max_parts, limits.mime_max_header_bytes)
+    return MimeLimits(limits.mime_max_depth, limits.mime_max_parts, limits.mime_max_header_bytes,
+                      limits.envelope_max_addresses)

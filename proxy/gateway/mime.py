@@ -13,11 +13,19 @@ Two jobs, two tools:
   relies on for decoded matching.
 * **Structure** (where each part's header and body start and end) is scanned on the raw
   bytes by `_parts.py`, following Dovecot's `message-parser.c` rules (see there); header
-  values are tokenized by `_rfc822.py` (Dovecot's `rfc822-parser.c` / `message-address.c`).
+  values are tokenized by `_rfc822.py` (Dovecot's `rfc822-parser.c`), address lists read by
+  `_addresses.py` (`message-address.c`).
 
 This module writes the IMAP side: ENVELOPE (with its address lists), BODY/BODYSTRUCTURE,
 the IMAP string forms (`nstring`, `nstring_nolf`, `string_for_humans`, Dovecot's
 `imap-quote.c`) and the ingest-time cache (`analyze()` / `from_cache()`).
+
+One deliberate difference from Dovecot: an ENVELOPE address field lists at most
+`MimeLimits.max_envelope_addresses` records (10,000; `gateway.limits.envelope_max_addresses`),
+where Dovecot writes them all. Each record is ~44 bytes even for an empty address (one comma),
+so a From of 1 MB of commas was a 132 MB ENVELOPE (From, Sender and Reply-To), and every
+whole-string step of it (the join, the JSON of the stored analysis, its reading at FETCH) one C
+call holding the GIL for tenths of a second per MB: a stall for every other session.
 
 ENVELOPE and BODYSTRUCTURE strings are *not* decoded: IMAP requires the raw
 (still RFC 2047-encoded) header text.  Sizes are "virtual" sizes, i.e. counted as if every
@@ -29,6 +37,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from ._addresses import Address, AddressParser
 from ._parts import (  # noqa: F401 - Part, parse, TEXT, table_to_parts: used via mime.* elsewhere
     DEFAULT_LIMITS,
     MULTIPART,
@@ -41,7 +50,7 @@ from ._parts import (  # noqa: F401 - Part, parse, TEXT, table_to_parts: used vi
     rfc2231_params,
     table_to_parts,
 )
-from ._rfc822 import AddressParser, Rfc822
+from ._rfc822 import Rfc822
 
 __all__ = ["Part", "MimeLimits", "parse", "envelope", "bodystructure", "analyze", "from_cache",
            "MimeInfo"]
@@ -49,8 +58,9 @@ __all__ = ["Part", "MimeLimits", "parse", "envelope", "bodystructure", "analyze"
 DEFAULT_CHARSET = b"us-ascii"
 # Bump when analyze() changes its output, so stored caches are recomputed (2: an empty
 # Sender/Reply-To defaults to From; 3: fields read by header_block.py, bounded by values as
-# Dovecot does, so a header past 10 MiB of bytes or ~20,000 fields reads differently).
-CACHE_VERSION = 3
+# Dovecot does, so a header past 10 MiB of bytes or ~20,000 fields reads differently; 4: at
+# most MimeLimits.max_envelope_addresses address records per ENVELOPE field).
+CACHE_VERSION = 4
 
 
 def _virtual(raw: bytes, start: int, end: int) -> tuple[int, int]:
@@ -125,16 +135,25 @@ def string_for_humans(value: bytes) -> bytes:
 # ENVELOPE
 # ---------------------------------------------------------------------------------------
 
-def _address_list(values: list[bytes] | None) -> bytes:
-    addrs = []
+def _address_list(values: list[bytes] | None, limit: int) -> bytes:
+    """RFC 3501 7.4.2 address list of the field's values (joined, as Dovecot joins repeated
+    fields), at most `limit` records (and the end of a group the limit cut)."""
+    addrs: list[Address] = []
     for value in values or ():
-        addrs += AddressParser(value).parse() or []
+        if len(addrs) >= limit:
+            break
+        addrs += AddressParser(value).parse(limit - len(addrs)) or []
     if not addrs:
         return b"NIL"
-    items = []
+    items: list[bytes] = []
+    written: dict[Address, bytes] = {}   # identical addresses (a list of commas: all of them) written once
     for a in addrs:
-        name = b"NIL" if a.name is None else string_for_humans(a.name)
-        items.append(b"(" + b" ".join((name, nstring(a.route), nstring(a.mailbox), nstring(a.domain))) + b")")
+        item = written.get(a)
+        if item is None:
+            name, route, mailbox, domain = a
+            name_ = b"NIL" if name is None else string_for_humans(name)
+            item = written[a] = b"(%b %b %b %b)" % (name_, nstring(route), nstring(mailbox), nstring(domain))
+        items.append(item)
     return b"(" + b"".join(items) + b")"
 
 
@@ -143,7 +162,7 @@ _ENVELOPE_FIELDS = (b"date", b"subject", b"from", b"sender", b"reply-to", b"to",
                     b"in-reply-to", b"message-id")
 
 
-def _envelope_of(part: Part) -> bytes:
+def _envelope_of(part: Part, limits: MimeLimits) -> bytes:
     addrs: dict[bytes, list[bytes]] = {}
     found: dict[bytes, bytes] = {}
     for name, value in part.headers:
@@ -155,19 +174,20 @@ def _envelope_of(part: Part) -> bytes:
     if not found:
         return b"NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL"
     subject = found.get(b"subject")
-    frm = _address_list(addrs.get(b"from"))
+    most = limits.max_envelope_addresses
+    frm = _address_list(addrs.get(b"from"), most)
     # RFC 3501 7.4.2: Sender and Reply-To, when absent or empty, are set to From.
-    sender = _address_list(addrs.get(b"sender"))
-    reply_to = _address_list(addrs.get(b"reply-to"))
+    sender = _address_list(addrs.get(b"sender"), most)
+    reply_to = _address_list(addrs.get(b"reply-to"), most)
     fields = [
         nstring_nolf(found.get(b"date")),
         b"NIL" if subject is None else string_for_humans(subject),
         frm,
         frm if sender == b"NIL" else sender,
         frm if reply_to == b"NIL" else reply_to,
-        _address_list(addrs.get(b"to")),
-        _address_list(addrs.get(b"cc")),
-        _address_list(addrs.get(b"bcc")),
+        _address_list(addrs.get(b"to"), most),
+        _address_list(addrs.get(b"cc"), most),
+        _address_list(addrs.get(b"bcc"), most),
         nstring_nolf(found.get(b"in-reply-to")),
         nstring_nolf(found.get(b"message-id")),
     ]
@@ -176,7 +196,7 @@ def _envelope_of(part: Part) -> bytes:
 
 def envelope(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> bytes:
     """The ENVELOPE list of `raw`, parentheses included."""
-    return b"(" + _envelope_of(parse(raw, limits)) + b")"
+    return b"(" + _envelope_of(parse(raw, limits), limits) + b")"
 
 
 # ---------------------------------------------------------------------------------------
@@ -278,11 +298,11 @@ def _common_ext(data: _PartData) -> list[bytes]:
 _EMPTY_BODY = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0'
 
 
-def _write(raw: bytes, part: Part, extended: bool) -> bytes:
+def _write(raw: bytes, part: Part, extended: bool, limits: MimeLimits) -> bytes:
     data = _part_data(part)
     if part.kind == MULTIPART:
         if part.children:
-            out = b"".join(b"(" + _write(raw, c, extended) + b")" for c in part.children)
+            out = b"".join(b"(" + _write(raw, c, extended, limits) + b")" for c in part.children)
         else:
             out = _EMPTY_BODY + (b" NIL NIL NIL NIL)" if extended else b")")
         out += b" " + nstring(data.subtype or b"")
@@ -305,8 +325,8 @@ def _write(raw: bytes, part: Part, extended: bool) -> bytes:
         items.append(b"%d" % lines)
     elif part.kind == RFC822:
         child = part.children[0]
-        items += [b"(" + _envelope_of(child) + b")", b"(" + _write(raw, child, extended) + b")",
-                  b"%d" % lines]
+        items += [b"(" + _envelope_of(child, limits) + b")",
+                  b"(" + _write(raw, child, extended, limits) + b")", b"%d" % lines]
     if extended:
         items += [nstring_nolf(data.md5)] + _common_ext(data)
     return b" ".join(items)
@@ -314,7 +334,7 @@ def _write(raw: bytes, part: Part, extended: bool) -> bytes:
 
 def bodystructure(raw: bytes, extended: bool = True, limits: MimeLimits = DEFAULT_LIMITS) -> bytes:
     """BODYSTRUCTURE (extended) or BODY (not extended) of `raw`, parentheses included."""
-    return b"(" + _write(raw, parse(raw, limits), extended) + b")"
+    return b"(" + _write(raw, parse(raw, limits), extended, limits) + b")"
 
 
 # ---------------------------------------------------------------------------------------
@@ -340,9 +360,9 @@ def analyze(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> dict:
     root = parse(raw, limits)
     return {
         "v": CACHE_VERSION,
-        "envelope": (b"(" + _envelope_of(root) + b")").decode("latin-1"),
-        "bodystructure": (b"(" + _write(raw, root, True) + b")").decode("latin-1"),
-        "body": (b"(" + _write(raw, root, False) + b")").decode("latin-1"),
+        "envelope": (b"(" + _envelope_of(root, limits) + b")").decode("latin-1"),
+        "bodystructure": (b"(" + _write(raw, root, True, limits) + b")").decode("latin-1"),
+        "body": (b"(" + _write(raw, root, False, limits) + b")").decode("latin-1"),
         "size": _virtual(raw, 0, len(raw))[0],
         "parts": part_table(root),
     }

@@ -35,7 +35,7 @@ from functools import cached_property
 
 from proxy.gateway import header_block
 from proxy.gateway._parts import DEFAULT_LIMITS
-from proxy.gateway._rfc822 import AddressParser
+from proxy.gateway.address_text import searchable
 from proxy.gateway.basesubject import casemap
 from proxy.gateway.numbers import MODSEQ_MAX, NUMBER_MAX, InvalidNumber, number, sequence_set
 from proxy.gateway.search_text import decode_header, header_items, text_blobs
@@ -333,30 +333,8 @@ def _in_set(ranges: tuple, number: int, last: int) -> bool:
 
 def _eval_header(ctx: _Context, name: str, needle: str) -> bool:
     if name in _ADDRESS_HEADERS:
-        return any(n == name and needle in casemap(_address_text(v)) for n, v in ctx.raw_headers)
+        return any(n == name and needle in searchable(v) for n, v in ctx.raw_headers)
     return any(n == name and needle in casemap(v) for n, v in ctx.headers)
-
-
-def _address_text(value: str) -> str:
-    """An address header as Dovecot searches it: parsed (missing parts filled in as
-    MISSING_MAILBOX / MISSING_DOMAIN), written back as ``Name <box@domain>``, decoded."""
-    parser = AddressParser(value.encode("utf-8", "surrogateescape"))
-    out, in_group = [], False
-    for a in parser.parse() or ():
-        if a.domain is None:  # group start (mailbox = name) or group end (all None)
-            out.append(f"{_dec(a.mailbox)}:" if not in_group else ";")
-            in_group = not in_group
-        elif not a.name and a.route is None:
-            out.append(f"{_dec(a.mailbox)}@{_dec(a.domain)}")
-        else:
-            route = f"{_dec(a.route)}:" if a.route is not None else ""
-            name = f"{decode_header(_dec(a.name))} " if a.name is not None else ""
-            out.append(f"{name}<{route}{_dec(a.mailbox)}@{_dec(a.domain)}>")
-    return ", ".join(out)
-
-
-def _dec(value: bytes | None) -> str:
-    return (value or b"").decode("utf-8", "surrogateescape")
 
 
 def _eval_date(op: str):

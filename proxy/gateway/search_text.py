@@ -38,7 +38,10 @@ def text_blobs(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> tuple[str, st
     while stack:   # pre-order, children left to right, as email's walk() goes
         part = stack.pop()
         for name, value in part.headers:
-            headers.append(f"{_text(name)}: {decode_header(_text(value))}")
+            words = _text(value)
+            # RFC 2047 2: no "=?", no encoded word, and decode_header() gives the text back
+            # unchanged; `email` builds a Header per field for it (~5 us a field)
+            headers.append(f"{_text(name)}: {decode_header(words) if '=?' in words else words}")
         if part.children:
             stack.extend(reversed(part.children))
         elif not part.opaque:

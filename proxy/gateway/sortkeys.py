@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass
 
 from . import header_block
+from ._addresses import MAILBOX, Address, AddressParser
 from ._parts import DEFAULT_LIMITS
-from ._rfc822 import Address, AddressParser
 from .basesubject import base_subject, casemap, decode_words
 
 __all__ = ["SortFields", "extract", "message_ids", "encode", "decode", "extract_record",
@@ -68,22 +68,22 @@ def _first_address(value: bytes | None) -> Address | None:
 
 
 def _mailbox(addr: Address | None) -> str:
-    if addr is None or addr.mailbox is None:
-        return ""
-    return casemap(addr.mailbox.decode("utf-8", "replace"))
+    mailbox = None if addr is None else addr[MAILBOX]
+    return "" if mailbox is None else casemap(mailbox.decode("utf-8", "replace"))
 
 
 def _display(addr: Address | None) -> str:
     """RFC 5957 2: the display name if there is one, else "mailbox@domain"."""
     if addr is None:
         return ""
-    if addr.name:
-        name = decode_words(addr.name)
-        if name:
-            return casemap(name)
-    if addr.mailbox is None:
+    name, _, mailbox, domain = addr
+    if name:
+        words = decode_words(name)
+        if words:
+            return casemap(words)
+    if mailbox is None:
         return ""
-    spec = addr.mailbox if addr.domain is None else addr.mailbox + b"@" + addr.domain
+    spec = mailbox if domain is None else mailbox + b"@" + domain
     return casemap(spec.decode("utf-8", "replace"))   # a group: its name, as Dovecot
 
 
