@@ -438,7 +438,7 @@ def test_readyz_follows_upstreams_and_drain(proxy_factory, dovecot_factory):
     user = upstream.add_user()
     config = relay_config(upstream, allow_plaintext_auth=True)
     config["upstreams"]["main"]["health_check_interval"] = "1s"
-    config["shutdown_timeout"] = "5s"
+    config["shutdown_timeout"] = "60s"   # a bound only a broken build reaches: `holder` ends it
     proxy_process = proxy_factory(config)
     port = proxy_process.metrics_port
 
@@ -471,18 +471,28 @@ def test_readyz_follows_upstreams_and_drain(proxy_factory, dovecot_factory):
     assert value(scrape(proxy_process), "mailproxy_upstream_up", upstream="main",
                  protocol="imap") == 1
 
-    # SIGTERM: /readyz says draining while an IDLE session is being closed
+    # SIGTERM: /readyz says draining while an IDLE session is being closed. A session in the
+    # middle of an APPEND's literal holds the drain (its command is not done) until the test has
+    # seen it: the idler alone left a window of about a second (its linger), which a test process
+    # descheduled that long missed (connection refused: the proxy had exited)
     idler = imap_login(proxy_process.port("imap"), user)
     assert idler.imap("s", "SELECT INBOX") == b"OK"
     idler.send(b"i IDLE\r\n")
     assert idler.line().startswith(b"+")
+    holder = imap_login(proxy_process.port("imap"), user)
+    holder.send(b"h APPEND INBOX {5}\r\n")
+    assert holder.line().startswith(b"+")
+    holder.send(b"ab")
     proxy_process.send_signal(signal.SIGTERM)
     seen = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(http_get(port, "/readyz")),
-                    timeout=5, interval=0.01)
+                    timeout=60, interval=0.01)
     assert seen == (503, "draining\n")
     assert b"* BYE" in idler.until(b"* BYE")
     idler.close()
-    assert proxy_process.wait(timeout=10) == 0
+    holder.send(b"cde\r\n")   # its APPEND completes, then the drain says BYE
+    assert holder.until(b"h OK").endswith(b"h OK") and b"* BYE" in holder.until(b"* BYE")
+    holder.close()
+    assert proxy_process.wait(timeout=60) == 0
 
 
 # -- no secrets in logs or metrics -------------------------------------------------------------
