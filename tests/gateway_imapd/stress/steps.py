@@ -53,7 +53,8 @@ def move(session) -> None:
 
 
 def visit(session) -> None:
-    """SELECT or EXAMINE Archive, a few commands there (moving some mail back), back to INBOX."""
+    """SELECT or EXAMINE Archive, a few commands there (moving some mail back, CLOSE), back to
+    INBOX."""
     rng = session.rng
     read_only = rng.random() < 0.4
     session.switch(b"EXAMINE" if read_only else b"SELECT", ARCHIVE)
@@ -61,7 +62,11 @@ def visit(session) -> None:
         if not session.view.slots:
             break
         choice = rng.choice(["fetch", "idle"] if read_only else
-                            ["fetch", "store", "back", "expunge", "idle"])
+                            ["fetch", "store", "back", "expunge", "idle", "close"])
+        if choice == "close":   # RFC 3501 6.4.2: a silent expunge, nothing selected after it
+            session.run([b"UID STORE " + _some_uids(session) + b" +FLAGS.SILENT (\\Deleted)",
+                         b"CLOSE"])
+            break
         if choice == "fetch":
             session.ok(session.fetch_command(rng.random() < 0.5))
         elif choice == "store":
