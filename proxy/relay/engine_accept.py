@@ -335,8 +335,17 @@ class Accepted:
 
     def _linger(self) -> bool:
         """Half-close, read what the client still sends; True when it has not closed yet (a
-        Lingering entry reads it to its end, at most LINGER_TIMEOUT)."""
+        Lingering entry reads it to its end, at most LINGER_TIMEOUT). A client that has closed
+        already (after LOGOUT's OK, mostly: engine_logout.py does not read it) is found so by
+        the first read, and needs no half-close: the close sends our FIN."""
         sock = self.sock
+        try:
+            if not sock.recv(RECEIVE_SIZE):
+                return False
+        except BlockingIOError:
+            pass
+        except OSError:
+            return False
         try:
             sock.shutdown(socket.SHUT_WR)
             for _ in range(CHECKPOINT_EVERY):   # bounded: a client that floods waits below
