@@ -35,7 +35,7 @@ from functools import cached_property
 
 from proxy.gateway import header_block
 from proxy.gateway._parts import DEFAULT_LIMITS
-from proxy.gateway.address_text import searchable
+from proxy.gateway.address_text import contains
 from proxy.gateway.basesubject import casemap
 from proxy.gateway.numbers import MODSEQ_MAX, NUMBER_MAX, InvalidNumber, number, sequence_set
 from proxy.gateway.search_text import decode_header, header_items, text_blobs
@@ -333,7 +333,7 @@ def _in_set(ranges: tuple, number: int, last: int) -> bool:
 
 def _eval_header(ctx: _Context, name: str, needle: str) -> bool:
     if name in _ADDRESS_HEADERS:
-        return any(n == name and needle in searchable(v) for n, v in ctx.raw_headers)
+        return any(n == name and contains(v, needle) for n, v in ctx.raw_headers)
     return any(n == name and needle in casemap(v) for n, v in ctx.headers)
 
 

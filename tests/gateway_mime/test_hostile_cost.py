@@ -199,15 +199,50 @@ def test_a_repeated_address_search_reads_the_list_once(monkeypatch):
 
 def test_the_address_text_cache_holds_at_most_its_characters():
     cache = address_text.TextCache(chars=400)
-    values = [f"user{n}@example.org" for n in range(100)] + ["x@y, " * 30]
+    values = [f"user{n}@example.org" for n in range(100)] + ["x@y, z@w, " * 15]
     for value in values:
-        assert cache.searchable(value) == casemap(address_text.address_text(value))
+        assert cache.contains(value, "USER") == value.startswith("user")
         assert cache.held <= 400
-    assert cache.held == sum(len(v) + len(t) for v, t in cache._texts.items())
+    assert cache.held == sum(len(v) + len(t) for v, (t, _) in cache._texts.items())
     assert values[-1] not in cache._texts   # over a quarter of the bound: never kept
     assert list(cache._texts)[-1] == values[-2]
 
 
+def test_a_list_of_commas_is_kept_small_and_searched_without_parsing(monkeypatch):
+    """A From of 256 KB of commas is 8.4 million characters of address text: too big to keep,
+    so every search parsed it again (1.2 s of CPU per MB). Runs of one address are kept cut."""
+    value = "," * 262144
+    text, longest = address_text.collapsed(value)
+    assert text == ", ".join(["MISSING_MAILBOX@MISSING_DOMAIN"] * address_text.RUN_KEPT)
+    cache = address_text.TextCache(chars=address_text.ADDRESS_TEXT_CHARS)
+    assert cache.contains(value, "MISSING_DOMAIN, MISSING_MAILBOX")
+    parsed = []
+    monkeypatch.setattr(address_text, "_items", lambda value: parsed.append(value))
+    assert not cache.contains(value, "NOBODY") and cache.contains(value, "G_DOMAIN, MISS")
+    assert parsed == []
+
+
+_RUN_TOKENS = ["a@b", "x@y.z", ",", ", ", "Ann <a@b>", "(c) d@e", "g: h@i;", "\xe9@x", "ß@SS",
+               "=?utf-8?q?J=C3=B6rg?= <j@k>"]
+
+
+def test_a_cut_text_answers_what_the_whole_text_answers():
+    """`collapsed` against `casemap(address_text(...))` on random lists with long runs of
+    identical addresses, needles taken from the whole text (within and across runs, long and
+    short) and random ones; a needle longer than the cut allows reads the list again."""
+    rng = random.Random(20261207)
+    cache = address_text.TextCache(chars=address_text.ADDRESS_TEXT_CHARS)
+    for _ in range(300):
+        value = ", ".join(rng.choice(_RUN_TOKENS) if rng.random() < 0.5 else
+                          ", ".join([rng.choice(_RUN_TOKENS)] * rng.randint(60, 200))
+                          for _ in range(rng.randint(1, 4)))
+        whole = casemap(address_text.address_text(value))
+        for _ in range(20):
+            start = rng.randrange(len(whole) + 1)
+            needle = whole[start:start + rng.choice([1, 5, 40, 300, 5000])]
+            if rng.random() < 0.3:
+                needle = needle[:-1] + rng.choice("AB,;@ ") if needle else "@"
+            assert cache.contains(value, needle) == (needle in whole), (value[:80], needle[:80])
 class _Message:
     def __init__(self, raw: bytes) -> None:
         self.raw, self.seq, self.uid, self.flags, self.size = raw, 1, 1, (), len(raw)
