@@ -195,11 +195,12 @@ class BaseParser(Resync):
     def max_line(self) -> int:
         return self._limits.max_line
 
-    def pass_line_at_rest(self, size: int) -> None:
-        """`_pass(size)` once `passable()` said so and `size` is within `max_line`."""
+    def pass_lines_at_rest(self, size: int, last: int) -> None:
+        """`_pass` of whole lines of `size` bytes in all, the last of `last` bytes, once
+        `passable()` said so before each and each was within `max_line`."""
         buf = self._buf
         buf._base += size
-        buf._line = buf._pos - size
+        buf._line = buf._pos - last
 
     def _pass(self, size: int) -> bool:
         """Count ``size`` bytes, one whole line that the subclass read itself, as consumed;

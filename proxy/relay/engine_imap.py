@@ -35,7 +35,7 @@ __all__ = ["ImapEngineSession"]
 
 
 class ImapEngineSession(EngineSession):
-    __slots__ = ("core", "leftover", "splice_min", "splice_at", "pipe", "fused_step")
+    __slots__ = ("core", "leftover", "splice_min", "splice_at", "pipe", "fuse", "fused_step")
 
     def __init__(self, core: ImapRelayCore, upstream_leftover: bytes, engine: Engine,
                  client: Conn, client_fd: int, upstream: Conn, upstream_fd: int):
@@ -47,7 +47,8 @@ class ImapEngineSession(EngineSession):
         self.splice_min = core.session.runtime.config.relay.splice_min_literal or NEVER
         self.splice_at = self.splice_min   # `start` is asked from this (0: the read after one)
         self.pipe: engine_splice.Pipe | None = None
-        self.fused_step = imap_fused.FusedStep(self).step   # (`fused` while at rest)
+        self.fuse = imap_fused.FusedStep(self)
+        self.fused_step = self.fuse.step   # (`fused` while at rest)
 
     def start(self) -> None:
         leftover, self.leftover = self.leftover, b""
@@ -61,7 +62,8 @@ class ImapEngineSession(EngineSession):
         session's timer only moved later (activity; an IDLE, whose timeout is shorter, is never
         settled here)."""
         core, client, upstream = self.core, self.client, self.upstream
-        self.fused = None
+        if self.fused is not None:
+            self.unfuse()
         if side is client:
             up = core.client_data(data, self.engine.now, forward_first=True)
             if not up or core.replies:
@@ -92,6 +94,10 @@ class ImapEngineSession(EngineSession):
         if imap_fused.at_rest(self):
             self.fused = self.fused_step
         return True
+
+    def unfuse(self) -> None:
+        self.fused = None
+        self.fuse.flush()
 
     def carry_on(self) -> None:
         """After the core was fed outside `received` (engine_splice.py): as `_sent`."""

@@ -69,7 +69,8 @@ class EngineLoop:
         if sess.done:
             return
         sess.done = True
-        sess.fused = None
+        if sess.fused is not None:
+            sess.unfuse()
         self.sessions -= 1
         sess.session.runtime.metrics.relay_engine_sessions.dec()
         if sess.on_drain is not None:
@@ -328,7 +329,8 @@ class EngineLoop:
     def _guarded(self, sess: EngineSession, step: Callable[..., None], *args: object) -> None:
         """Run one step of a session; then fit its registrations and timer to its new state.
         A bug ends that session (logged, as serve.py does), never the engine."""
-        sess.fused = None   # (the step may change what being at rest rests on)
+        if sess.fused is not None:   # (the step may change what being at rest rests on)
+            sess.unfuse()
         try:
             step(*args)
             if not sess.done:

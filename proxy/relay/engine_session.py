@@ -109,7 +109,7 @@ class EngineSession:
         # the protocol's fused step for a plain chunk while the session is at rest, else None
         # (engine_loop.py `_loop`): `fused(side, chunk)` True when it took the chunk (and
         # left the session settled), False when it changed nothing (the full path takes it).
-        # Set by the protocol's `received` only; any other step clears it (`_guarded`).
+        # Set by the protocol's `received` only; any other step clears it (`unfuse`).
         self.fused: Callable[[Side, bytes], bool] | None = None
 
     # -- what the protocol gives --------------------------------------------------------------
@@ -141,6 +141,10 @@ class EngineSession:
 
     def released(self) -> None:
         """The engine let go of the session (its end or a hand-back)."""
+
+    def unfuse(self) -> None:
+        """Leave the fused step (`fused`): what it kept aside is accounted for first."""
+        self.fused = None
 
     def masks(self) -> tuple[int, ...] | None:
         """The epoll masks of `sides` when the protocol sets them itself (a login); None: the

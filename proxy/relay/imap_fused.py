@@ -16,16 +16,18 @@ side's chunk to `step` first, which takes it only when it is
 - from the upstream: one tagged status line (`ResponseParser.tagged_line`'s regex, within the
   parser's `max_line`).
 
-It then writes the chunk on, and does what the full path would have: byte counts, the parser's
-offsets (`pass_line_at_rest`), activity and upstream-wait times, the command started (`pending`,
-`session.commands`) or completed. A completion is appended raw, (meter, label, status,
-duration), to the command tally's `raw` list, looked up and counted at its next flush (a scrape,
-or every `CommandTally.BATCH`): the same counts and histograms as `CommandMeter.completed`.
-Sessions with `audit` logging are never at rest here, so their per-command lines stay
-`completed`'s. Anything else (a literal, two lines, a partial line, an untagged line, bad
-syntax, a line over a limit) returns False with nothing changed, and the full path takes it.
-A write that the kernel did not take whole, or that failed, leaves the session as the full
-path would (the rest kept in `out`, or the session ended) and lets the engine fit it.
+It then writes the chunk on, and does what the full path would have: activity and upstream-wait
+times, the command started (`pending`, `session.commands`) or completed; the chunk's size is
+added to a sum per direction, which goes to the byte counts, the held lines' and the parser's
+offsets (`pass_lines_at_rest`) when the session leaves the step (`flush`). A completion is
+appended raw, (meter, label, status, duration), to the command tally's `raw` list, looked up and
+counted at its next flush (a scrape, or every `CommandTally.BATCH`): the same counts and
+histograms as `CommandMeter.completed`. Sessions with `audit` logging are never at rest here, so
+their per-command lines stay `completed`'s. Anything else (a literal, two lines, a partial line,
+an untagged line, bad syntax, a line over a limit) returns False with nothing changed, and the
+full path takes it.
+A write that the kernel did not take whole, or that failed, leaves the session as the full path
+would (the rest kept in `out`, or the session ended) and lets the engine fit it.
 """
 
 from __future__ import annotations
@@ -63,12 +65,16 @@ def at_rest(sess: ImapEngineSession) -> bool:
 
 class FusedStep:
     """One session's step, with what it touches bound once (none of it is ever replaced while
-    the session is in the engine)."""
+    the session is in the engine). The bytes of chunks taken whole are summed per direction
+    (`up`, `down`) and added to the byte counts, the held lines' offset and the parser's
+    (`flush`) when the session leaves the step (`ImapEngineSession.unfuse`: its release, any
+    other step) or a sum reaches `ByteCounter.FLUSH_BYTES`; nothing reads them in between."""
 
     __slots__ = ("sess", "core", "engine", "session", "client", "upstream", "client_conn",
                  "upstream_conn", "client_fd", "upstream_fd", "client_parser",
                  "upstream_parser", "held", "bytes_up", "bytes_down", "pending", "meter",
-                 "tally", "raw", "max_plain", "max_answer")
+                 "tally", "raw", "max_plain", "max_answer", "up", "up_last", "down",
+                 "down_last")
 
     def __init__(self, sess: ImapEngineSession):
         core = sess.core
@@ -84,6 +90,7 @@ class FusedStep:
         self.raw = self.tally.raw
         self.max_plain = core.max_plain
         self.max_answer = core.upstream_parser.max_line
+        self.up = self.up_last = self.down = self.down_last = 0
 
     def step(self, side: Side, data: bytes) -> bool:
         size = len(data)
@@ -107,23 +114,21 @@ class FusedStep:
                 sent = 0
             except OSError:
                 sent = -1
-            core, now = self.core, self.engine.now
-            core.last_active = now
-            self.client_conn.bytes_in += size
-            self.client_parser.pass_line_at_rest(size)
-            self.held.sent += size
-            counter = self.bytes_up
-            counter.pending += size
-            if counter.pending >= _FLUSH_BYTES:
-                counter.flush()
+            core = self.core
+            core.last_active = now = self.engine.now
             self.session.commands += 1
             pending = self.pending
             if not pending:   # (no IDLE at rest) the upstream's time to answer starts now
                 core.upstream_heard = now
             pending[tag] = (LABELS.get(name, OTHER), _monotonic())
             if sent == size:
-                self.upstream_conn.bytes_out += size
+                self.up = up = self.up + size
+                self.up_last = size
+                if up >= _FLUSH_BYTES:
+                    self.flush()
                 return True
+            self.sess.unfuse()
+            self._up(size)
             return self._short(self.upstream, data, sent, Close.UPSTREAM_CLOSED)
         # -- an answer (forward, upstream_data) ----------------------------------------------
         if size > self.max_answer:
@@ -137,19 +142,15 @@ class FusedStep:
             sent = 0
         except OSError:
             sent = -1
-        self.upstream_conn.bytes_in += size
         if sent < 0:   # the full path does not parse what it could not forward
+            self.sess.unfuse()
+            self.upstream_conn.bytes_in += size
             return self._short(self.client, data, sent, Close.CLIENT_CLOSED)
-        core, now = self.core, self.engine.now
-        core.upstream_heard = now
+        core = self.core
+        core.upstream_heard = now = self.engine.now
         pending = self.pending
         if pending:   # answering is activity
             core.last_active = now
-        counter = self.bytes_down
-        counter.pending += size
-        if counter.pending >= _FLUSH_BYTES:
-            counter.flush()
-        self.upstream_parser.pass_line_at_rest(size)
         tag, status = match.groups()
         entry = pending.pop(tag, None)
         if entry is not None:   # CommandMeter.completed, counted at the tally's next flush
@@ -159,16 +160,45 @@ class FusedStep:
             if len(raw) >= self.tally.BATCH:
                 self.tally.flush()
         if sent == size:
-            self.client_conn.bytes_out += size
+            self.down = down = self.down + size
+            self.down_last = size
+            if down >= _FLUSH_BYTES:
+                self.flush()
             return True
+        self.sess.unfuse()
+        self._down(size)
         return self._short(self.client, data, sent, Close.CLIENT_CLOSED)
+
+    def flush(self) -> None:
+        """Account for the chunks summed so far, as the full path did for each."""
+        up, down = self.up, self.down
+        if up:
+            self.up = 0
+            self._up(up, self.up_last)
+            self.upstream_conn.bytes_out += up
+        if down:
+            self.down = 0
+            self._down(down, self.down_last)
+            self.client_conn.bytes_out += down
+
+    def _up(self, size: int, last: int = 0) -> None:
+        """Command lines of `size` bytes read from the client and accepted (`judge`)."""
+        self.client_conn.bytes_in += size
+        self.held.sent += size
+        self.client_parser.pass_lines_at_rest(size, last or size)
+        self.bytes_up.add(size)
+
+    def _down(self, size: int, last: int = 0) -> None:
+        """Tagged lines of `size` bytes read from the upstream and parsed (`upstream_data`)."""
+        self.upstream_conn.bytes_in += size
+        self.bytes_down.add(size)
+        self.upstream_parser.pass_lines_at_rest(size, last or size)
 
     def _short(self, to: Side, data: bytes, sent: int, reason: Close) -> bool:
         """The write to `to` failed (-1) or the kernel took `sent` bytes of `data`: as
-        `Side.write` and the full path's end of `received` leave it, then fitted by the
-        engine (its masks and timer)."""
+        `Side.write` and the full path's end of `received` leave it (the session has left
+        the step), then fitted by the engine (its masks and timer)."""
         sess, core = self.sess, self.core
-        sess.fused = None
         if sent < 0:
             to.conn.closed = True
             core.finish(reason)

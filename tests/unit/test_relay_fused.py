@@ -25,7 +25,8 @@ class FakeEngine:
 
     def release(self, sess: Any) -> None:
         sess.done = True
-        sess.fused = None
+        if sess.fused is not None:
+            sess.unfuse()
 
     def _interest(self, sess: Any) -> None:
         self.fitted += 1
@@ -74,9 +75,12 @@ class Rig:
         if not sess.received(side, data) and not sess.done:
             self.engine.fitted += 1
 
-    def state(self) -> tuple[object, ...]:
-        """What went where, and everything the full path keeps about it."""
+    def state(self, flush: bool = True) -> tuple[object, ...]:
+        """What went where, and everything the full path keeps about it (with `flush`, the
+        fused step's sums accounted for, as when the session leaves it)."""
         core, sess = self.core, self.sess
+        if flush:
+            sess.fuse.flush()
         got = []
         for sock in (self.upstream, self.client):
             try:
@@ -188,3 +192,30 @@ def test_a_write_upstream_that_fails_ends_the_session_as_the_full_path_does():
     fused, full = ended(True), ended(False)
     assert fused[-1] == 2 and full[-1] == 0   # (the failed write was the fused step's)
     assert fused[:-1] == full[:-1]
+
+
+def test_the_fused_steps_sums_are_accounted_for_when_the_session_leaves_it():
+    """Many chunks taken, then one for the full path (`received` leaves the step first) and a
+    timer's step (the engine's `_guarded`: `unfuse`): the same state as the full path's."""
+    def run(fused: bool) -> tuple[object, ...]:
+        rig = Rig()
+        try:
+            for n in range(12):
+                rig.feed(True, b"a%d NOOP\r\n" % n, fused)
+                rig.feed(False, b"a%d OK done %s\r\n" % (n, b"x" * n), fused)
+            taken = rig.fused
+            rig.feed(True, b"b1 NOOP\r\nb2 NOOP\r\n", fused)
+            after_full = rig.state(flush=False)
+            rig.feed(False, b"b1 OK\r\n", fused)
+            rig.feed(False, b"b2 OK\r\n", fused)
+            for n in range(5):
+                rig.feed(True, b"c%d NOOP\r\n" % n, fused)
+                rig.feed(False, b"c%d OK\r\n" % n, fused)
+            if rig.sess.fused is not None:
+                rig.sess.unfuse()
+            return taken, after_full, rig.state(flush=False), counted(rig.metrics)
+        finally:
+            rig.close()
+    fused, full = run(True), run(False)
+    assert fused[0] >= 22 and full[0] == 0
+    assert fused[1:] == full[1:]
