@@ -13,6 +13,7 @@ TLS handshake (a ClientHello starts with byte 0x16).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from typing import Callable
@@ -90,6 +91,11 @@ class FakeUpstream:
         return self.received[-1]
 
     def close(self) -> None:
+        """Stop listening. A close alone leaves the thread blocked in accept() holding the
+        socket open: the port kept accepting connections for the old script, and a later fake
+        could bind the same port (SO_REUSEADDR), so that its sessions met this script."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)   # wakes the accept
         self._sock.close()
 
 
