@@ -239,3 +239,37 @@ async def test_a_move_out_of_a_mailbox_deleted_meanwhile_leaves_no_body(
         await run(clients)
     finally:
         await gateway.stop()
+
+
+@pytest.mark.parametrize("verb", ["STORE", "EXPUNGE"])
+async def test_a_change_in_a_mailbox_deleted_elsewhere_names_no_internal_id(
+        gateway, monkeypatch, verb):
+    """Session b DELETEs session a's selected mailbox as another process would: this process's
+    hub hears of it only later (the change feed's GONE), so a's STORE (or EXPUNGE) reaches the
+    store first and finds no mailbox. The answer is NO [NONEXISTENT] with a fixed text; before,
+    it was the store's, naming the internal row id (`no mailbox with id N`). Once the GONE
+    arrives, a's next command gets the BYE (RFC 2180 3.3)."""
+    command = {"STORE": "STORE 1 +FLAGS (\\Seen)", "EXPUNGE": "EXPUNGE"}[verb]
+    told: list[int] = []
+
+    def clients():
+        a, b = gateway.imaplib(), gateway.imaplib()
+        assert a.create("Doomed")[0] == "OK"
+        assert a.append("Doomed", None, None, message(1))[0] == "OK"
+        assert a.select("Doomed")[0] == "OK"
+        if verb == "EXPUNGE":
+            assert a.store("1", "+FLAGS.SILENT", "(\\Deleted)")[0] == "OK"
+        [backend] = gateway.service._backends.values()   # the one account's
+        # as the DELETE of another process: not heard of here yet
+        monkeypatch.setattr(backend.hub, "gone", lambda box, origin=None: told.append(box))
+        assert b.delete("Doomed") == ("OK", [b"DELETE completed."])
+        reply = a._simple_command(*command.split(" ", 1))
+        assert reply == ("NO", [b"[NONEXISTENT] Mailbox does not exist."])
+        b.logout()
+        return a, backend.hub
+    a, hub = await run(clients)
+    monkeypatch.undo()
+    [mailbox_id] = told
+    hub.gone(mailbox_id)   # the feed's GONE
+    with pytest.raises(imaplib.IMAP4.abort, match="inconsistent"):
+        await run(a.noop)

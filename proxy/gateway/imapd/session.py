@@ -256,8 +256,9 @@ class ImapSession:
                 code, text = result
         except Reply as reply:
             status, code, text = reply.status, reply.code, reply.text
-        except MailboxNotFound as exc:
-            status, code, text = b"NO", b"NONEXISTENT", str(exc)
+        except MailboxNotFound:   # e.g. deleted by another process, its GONE not here yet:
+            # a fixed text (the store's names an internal row id)
+            status, code, text = b"NO", b"NONEXISTENT", "Mailbox does not exist."
         except MailboxExists as exc:
             status, code, text = b"NO", b"ALREADYEXISTS", str(exc)
         except StoreUnavailable as exc:   # e.g. the database restarting: RFC 5530 UNAVAILABLE
