@@ -65,13 +65,17 @@ def parse_uidl_listing(listing: bytes) -> list[tuple[int, str | None]]:
     worker thread).
 
     A message whose unique-id breaks RFC 1939 7 (longer than 70 characters, a byte outside
-    0x21-0x7E) or repeats an earlier message's has None: the fetcher keys it by its content's
+    0x21-0x7E) or is shared with another message has None: the fetcher keys it by its content's
     digest, as for a server without UIDL, so it is neither lost nor stored twice, and one such
-    message does not stop the account's sync for ever. A line without a message number cannot
-    name a message: UpstreamError (PROTOCOL). A message number listed again is ignored (its
-    message would be fetched twice)."""
+    message does not stop the account's sync for ever. Every message sharing a unique-id, the
+    first one too: the server may list them in another order next time, and the one keyed by
+    the unique-id would then be another message, the first one fetched (by digest) again and
+    stored twice. A line without a message number cannot name a message: UpstreamError
+    (PROTOCOL). A message number listed again is ignored (its message would be fetched twice)."""
     out: list[tuple[int, str | None]] = []
-    seen, numbers = set(), set()
+    seen: set[str] = set()
+    shared: set[str] = set()
+    numbers: set[int] = set()
     for line in listing.split(b"\r\n"):
         if not line:
             continue
@@ -84,10 +88,12 @@ def parse_uidl_listing(listing: bytes) -> list[tuple[int, str | None]]:
         numbers.add(number)
         uidl = match[2].decode("ascii") if match.re is _UIDL_LINE else None
         if uidl in seen:
-            uidl = None
+            shared.add(uidl)
         elif uidl is not None:
             seen.add(uidl)
         out.append((number, uidl))
+    if shared:
+        return [(number, None if uidl in shared else uidl) for number, uidl in out]
     return out
 
 

@@ -140,22 +140,38 @@ async def test_message_over_max_message_bytes_is_left_upstream(nursery, store_ur
 
 async def test_bad_and_repeated_uidls_are_fetched_by_digest(nursery, store_url, store, log_records):
     """RFC 1939 7: a unique-id is 1 to 70 characters 0x21-0x7E. A message whose UIDL breaks
-    that, or repeats another's, is keyed by its digest: stored once, not lost, and the rest of
-    the account syncs (one such line used to fail every sync of the account for ever)."""
+    that, or shares another's (both), is keyed by its digest: stored once, not lost, and the
+    rest of the account syncs (one such line used to fail every sync of the account for ever)."""
     uidls = [b"ok-1", b"caf\xc3\xa9", b"ok-1", b"a" * 71, b"ok-5"]
     server = HostilePop3(MESSAGES, USER, PASSWORD, uidls=uidls)
     await server.start(nursery)
     result = await sync(server, store_url, store)
-    assert result.new == 5 and result.anomalies == {"bad_uidl": 3}
+    assert result.new == 5 and result.anomalies == {"bad_uidl": 4}
     got = await stored(store, USER)
     assert bodies(got) == MESSAGES
-    assert sorted(u for u in got if not u.startswith("sha256:")) == ["ok-1", "ok-5"]
+    assert sorted(u for u in got if not u.startswith("sha256:")) == ["ok-5"]
     assert any(r.getMessage() == "gateway_fetch_bad_uidl" for r in log_records)
     assert (await sync(server, store_url, store)).new == 0
     assert await stored(store, USER) == got
     # delete-after-fetch removes them upstream too, once stored
     result = await sync(server, store_url, store, "delete-after-fetch")
     assert (result.new, result.deleted_upstream) == (0, 5) and server.messages == []
+
+
+async def test_messages_sharing_a_uidl_listed_in_another_order_are_not_stored_twice(
+        nursery, store_url, store):
+    """Two messages under one UIDL (RFC 1939 7 broken), then listed the other way round: the
+    first was keyed by the UIDL and the second by its digest, so after the swap the first
+    was fetched by its digest and stored a second time. Both are keyed by digest now."""
+    server = HostilePop3(MESSAGES[:3], USER, PASSWORD, uidls=[b"same", b"same", b"ok-3"])
+    await server.start(nursery)
+    assert (await sync(server, store_url, store)).new == 3
+    server.messages[:2] = server.messages[1::-1]   # the same UIDLs, the messages swapped
+    result = await sync(server, store_url, store)
+    assert (result.new, result.anomalies) == (0, {"bad_uidl": 2})
+    assert bodies(await stored(store, USER)) == MESSAGES[:3]
+    result = await sync(server, store_url, store, "delete-after-fetch")
+    assert (result.new, result.deleted_upstream) == (0, 3) and server.messages == []
 
 
 async def test_a_refused_retr_is_asked_again_by_the_next_sync(nursery, store_url, store):
