@@ -44,6 +44,8 @@ class GatewayLimits:
     pop3_reply_timeout: Duration = 120.0  # a POP3 reply (status line, listing, RETR) this late fails
     pop3_min_rate: Size = 64 * 1024       # ... plus one second per this many bytes of a long reply
     max_message_bytes: Size = 100 * 1024 * 1024   # a bigger message is left upstream, not stored
+    max_listing_bytes: Size = 64 * 1024 * 1024    # a longer UIDL/LIST listing fails the sync
+    sync_budget: Duration = 15 * 60.0     # a sync fetching longer ends; the next sync goes on
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,10 @@ def check_gateway(gateway: Gateway | None) -> list[Problem]:
         errors.append((("gateway", "limits", "pop3_min_rate"), "expected at least 1KB"))
     if limits.max_message_bytes < 1024:
         errors.append((("gateway", "limits", "max_message_bytes"), "expected at least 1KB"))
+    if limits.max_listing_bytes < 1024:
+        errors.append((("gateway", "limits", "max_listing_bytes"), "expected at least 1KB"))
+    if not 1 <= limits.sync_budget <= 24 * 3600:
+        errors.append((("gateway", "limits", "sync_budget"), "expected 1s to 24h"))
     for key, value in (("storage", gateway.quota.storage), ("messages", gateway.quota.messages)):
         if value is not None and value < 1:
             errors.append((("gateway", "quota", key), "expected at least 1"))

@@ -8,7 +8,9 @@ A slow password hash (scrypt) buys nothing here: the cache never leaves the proc
 could read its memory could read the key too (issue 13: scrypt was 7% of the gateway's CPU).
 While a remembered success is fresh, a reconnect does not touch the upstream; when the upstream
 is unreachable and the hash matches, the login succeeds too (issue 7: UNAVAILABLE only "unless a
-cached success applies"). A wrong password drops the remembered success.
+cached success applies"). A wrong password drops the remembered success. The upstream's replies
+are bounded as a sync's are (`ReplyLimits` from ``gateway.limits``: ``pop3_reply_timeout``...),
+so a stalling upstream answers a login TEMPFAIL in that time, not in the client's 120 s default.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ from ..config import Upstream
 from ..session.failures import Failure
 from ..session.oauth_sasl import TOKEN_MECHANISMS
 from ..session.upstream import UpstreamError
-from .pop3_client import Pop3Client
+from .pop3_client import Pop3Client, ReplyLimits
 
 
 class Authenticator:
     """Checks passwords against POP3 upstreams, with the keyed success cache described above."""
 
-    def __init__(self, ttl: float):
-        self.ttl = ttl
+    def __init__(self, ttl: float, limits: ReplyLimits):
+        self.ttl, self.limits = ttl, limits
         self._key = os.urandom(32)   # in memory only, new each start
         self._cache: dict[tuple[str, str], tuple[bytes, float]] = {}
 
@@ -54,7 +56,7 @@ class Authenticator:
         except UnicodeDecodeError:
             return Failure.AUTH_REJECTED
         try:
-            client = await Pop3Client.connect(upstream)
+            client = await Pop3Client.connect(upstream, self.limits)
             try:
                 if mechanism in TOKEN_MECHANISMS:
                     await client.login_token(mechanism, password)

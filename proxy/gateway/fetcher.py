@@ -26,6 +26,10 @@ Theory of operation (one `sync_account` call):
   message too big or too slow STRIKES times is passed over for a while
   (`AccountLocks.passing_over`, ``passed_over``): it would fail every sync of the account
   first, and the mail listed after it would never arrive.
+* A sync's time is bounded too (``gateway.limits.sync_budget``, `SyncBudget`): a server answering
+  each reply just under its timeout would otherwise hold the account's sync lock for N x
+  timeout. Once spent, no RETR is sent; what was fetched is committed, nothing else DELEd, and
+  the next poll goes on from there (at least one message further each time: `pop3_retrieve`).
 * A reply that breaks the protocol, or a RETR cut short, aborts the sync with an `UpstreamError`
   (proxy.session.upstream; its `failure` says why); a partial body is never stored (only complete
   bodies reach a batch).
@@ -35,9 +39,9 @@ Theory of operation (one `sync_account` call):
   store read and no parsing.
 
 The POP3 session itself (connect, TLS, login, framing over the sans-IO `proxy.pop3`) is
-`pop3_client.Pop3Client`, the listings and arrival dates are parsed in `pop3_listing.py`, and
-the batches of bodies are analysed and committed by `ingest_batches.py`; this module only makes
-the decisions of a sync.
+`pop3_client.Pop3Client`, the listings and arrival dates are parsed in `pop3_listing.py`, the
+RETRs are `pop3_retrieve.py`, and the batches of bodies are analysed and committed by
+`ingest_batches.py`; this module only makes the decisions of a sync.
 """
 
 from __future__ import annotations
@@ -47,8 +51,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import trio
-
 from .. import logs
 from ..config import Config
 from ..pop3 import writer
@@ -56,19 +58,17 @@ from ..session.failures import Failure
 from ..session.routing import log_user
 from ..session.upstream import UpstreamError
 from ..store import Store
-from ._parts import MimeLimits
 from .account_locks import PASS_OVER, STRIKES, AccountLocks
 from .ingest_batches import Ingest, ProgressCallback, StoredCallback, mime_limits, quota_gate
-from .pop3_client import Pop3Client, ReplyLimits
+from .pop3_client import Pop3Client, ReplyLimits, SyncCut
 from .pop3_listing import internaldate, parse_list_listing, parse_uidl_listing, parsed
-from .quota import IngestGate
+from .pop3_retrieve import DIGEST_PREFIX, PIPELINE_WINDOW, SyncBudget, fetch
 from .workers import Workers
 
 __all__ = ["SyncResult", "sync_account", "internaldate",
            "parse_uidl_listing", "parse_list_listing"]
 
-PIPELINE_WINDOW = 16                # RETR/DELE commands in flight with PIPELINING (RFC 2449 6.6)
-DIGEST_PREFIX = "sha256:"
+SYNC_BUDGET = 15 * 60.0             # seconds a sync fetches (gateway.limits.sync_budget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,40 +81,11 @@ class SyncResult:
     over_quota: int = 0      # new messages left upstream: the account is over gateway.quota
     # what the upstream did wrong, by kind (bad_uidl, too_big, retr_refused): messages counted
     anomalies: dict[str, int] = field(default_factory=dict)
+    # gateway.limits.sync_budget ran out: what was fetched is stored, the next sync goes on
+    budget_spent: bool = False
 
-
-# ---- one fetcher per account ---------------------------------------------------------------------
 
 # ---- one sync --------------------------------------------------------------------------------------
-
-def _unwrap(group: BaseExceptionGroup) -> BaseException:
-    """The one real error of a nursery (UpstreamError, StoreError...), not an ExceptionGroup."""
-    real = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
-    return real[0] if len(real) == 1 else group
-
-
-async def _fetch(client: Pop3Client, store: Store, account_id: int,
-                 wanted: list[tuple[int, str | None]], known: set[str],
-                 progress: ProgressCallback | None, limits: MimeLimits,
-                 gate: IngestGate | None, workers: Workers, failed: set[str],
-                 on_stored: StoredCallback | None = None) -> tuple[Ingest, dict[str, int]]:
-    """RETR and commit `wanted`. On an UpstreamError the complete bodies already received are
-    committed before it propagates; a cancelled sync loses at most the uncommitted batches.
-    `failed` gets the UIDLs of messages too big, or whose RETR timed out."""
-    send, receive = trio.open_memory_channel(0)
-    ingest = Ingest(store, account_id, progress, len(wanted), send, limits, gate, workers, on_stored)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(ingest.commit_loop, receive)
-            async with send:
-                try:
-                    digests = await _retrieve(client, wanted, ingest, known, failed)
-                finally:
-                    await ingest.flush()
-    except BaseExceptionGroup as group:
-        raise _unwrap(group) from None
-    return ingest, digests
-
 
 async def _listing(client: Pop3Client, uidl: bytes | None,
                    workers: Workers) -> list[tuple[int, str | None]]:
@@ -136,77 +107,21 @@ async def _listing(client: Pop3Client, uidl: bytes | None,
     return [(number, None) for number in await parsed(parse_list_listing, scan, workers)]
 
 
-async def _retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ingest: Ingest,
-                    known: set[str], failed: set[str]) -> dict[str, int]:
-    """RETR `wanted` (a window of them in flight with PIPELINING); returns digest-UIDL -> number
-    for digest mode. Only complete bodies are handed to `ingest`: each one once the reply after
-    it was framed right (a server that does not dot-stuff a line "." ends a body early, RFC
-    1939 3, and what follows breaks the framing: that body is cut, never stored, where it would
-    be kept for good and its whole upstream copy DELEd); the last one once a NOOP after it is
-    answered."""
-    window = PIPELINE_WINDOW if client.pipelining else 1
-    queue = iter(wanted)
-    in_flight: list[tuple[int, str | None]] = []
-    digests: dict[str, int] = {}
-    held: tuple[str, bytes] | None = None   # the last body, until the framing after it holds
-
-    async def refill() -> None:
-        if in_flight and len(in_flight) > window - 4:   # top up in small bursts: fewer writes
-            return
-        batch = []
-        while len(in_flight) < window and (item := next(queue, None)) is not None:
-            in_flight.append(item)
-            batch.append(writer.command(b"RETR", b"%d" % item[0]))
-        if batch:
-            await client.send(b"".join(batch), multiline=True, count=len(batch))
-
-    await refill()
-    while in_flight:
-        number, uidl = in_flight.pop(0)
-        try:
-            line = await client.status(f"RETR {number}")
-            if held is not None:
-                await ingest.add(*held)
-                held = None
-            body = await client.body(f"RETR {number}") if line.ok else None
-        except UpstreamError as exc:   # (the sync fails; the next ones pass this message over)
-            if exc.failure is Failure.TIMEOUT and uidl is not None:
-                failed.add(uidl)
-            raise
-        if not line.ok:
-            logs.event("gateway_fetch_retr_refused", logging.WARNING, msg=number,
-                       text=logs.sanitize(line.text))
-            ingest.skip("retr_refused")
-        elif body is None:
-            logs.event("gateway_fetch_message_too_big", logging.WARNING, msg=number,
-                       max_message_bytes=client.limits.max_body)
-            ingest.skip("too_big")   # left upstream, never DELEd: it was not stored
-            if uidl is not None:
-                failed.add(uidl)
-        else:
-            if uidl is None:
-                uidl = DIGEST_PREFIX + hashlib.sha256(body).hexdigest()
-                digests.setdefault(uidl, number)
-            if uidl in known:
-                ingest.skip()
-            else:
-                known.add(uidl)
-                held = (uidl, body)
-        await refill()
-    if held is not None:   # the reply after it is a NOOP's (RFC 1939 5): the rest of a body
-        # cut short breaks its framing, whether buffered already or arriving late (QUIT's
-        # reply broke instead, and that failure does not fail the sync: the cut body stayed)
-        await client.send(writer.command(b"NOOP"))
-        await client.status("NOOP after the last RETR (a line '.' not dot-stuffed?)")
-        await ingest.add(*held)
-    return digests
-
-
-async def _delete(client: Pop3Client, numbers: list[tuple[int, str]]) -> list[str]:
-    """DELE each (number, uidl); the UIDLs the server accepted (effective only after QUIT)."""
-    accepted = []
+async def _delete(client: Pop3Client, numbers: list[tuple[int, str]],
+                  budget: SyncBudget) -> tuple[list[str], bool]:
+    """DELE each (number, uidl): the UIDLs the server accepted (effective only after QUIT), and
+    whether all were sent.
+    The first window is sent and waited for whatever the sync's budget says (each sync DELEs
+    some); after it, no DELE once the budget is spent (the rest: next sync), and its end cuts
+    the wait for a window's replies (SyncCut: no QUIT, so none of the DELEs takes effect)."""
+    accepted: list[str] = []
     window = PIPELINE_WINDOW if client.pipelining else 1
     for start in range(0, len(numbers), window):
+        if start:
+            if budget.spent:
+                budget.disarm(client)
+                return accepted, False
+            budget.arm(client)
         chunk = numbers[start:start + window]
         await client.send(b"".join(writer.command(b"DELE", b"%d" % n) for n, _ in chunk),
                           count=len(chunk))
@@ -217,12 +132,15 @@ async def _delete(client: Pop3Client, numbers: list[tuple[int, str]]) -> list[st
             else:
                 logs.event("gateway_fetch_dele_refused", logging.WARNING, msg=number,
                            text=logs.sanitize(line.text))
-    return accepted
+    budget.disarm(client)   # QUIT: the DELEs accepted take effect with it only
+    return accepted, True
 
 
 async def _retention(client: Pop3Client, store: Store, account_id: int, seconds: float | None,
-                     present: dict[str, int], who: str, digests_complete: bool = True) -> int:
-    """Apply upstream_retention to committed messages, then QUIT. Returns DELEs that took effect.
+                     present: dict[str, int], who: str, budget: SyncBudget,
+                     digests_complete: bool = True) -> tuple[int, bool]:
+    """Apply upstream_retention to committed messages, then QUIT: the DELEs that took effect,
+    and whether all that were due were sent (False: the sync's budget ran out first).
     `digests_complete` False: a message of the listing was not read (RETR refused, too big), so
     a digest missing from `present` may be that message's: digest-keyed mail is not marked
     deleted upstream this time (marked, delete-after-fetch would never DELE it)."""
@@ -233,30 +151,33 @@ async def _retention(client: Pop3Client, store: Store, account_id: int, seconds:
         await store.mark_deleted_upstream(account_id, gone)
     if seconds is None:   # keep: never DELE
         await client.quit()
-        return 0
+        return 0, True
     cutoff = time.time() - seconds
     victims = sorted((present[u], u) for u, at in fetched.items() if u in present and at <= cutoff)
     if not victims:
         await client.quit()
-        return 0
+        return 0, True
     await store.flush()   # the store's copy must survive a power loss before the upstream's goes
-    accepted = await _delete(client, victims)
+    accepted, sent_all = await _delete(client, victims, budget)
     if not await client.quit():
         logs.event("gateway_fetch_dele_not_applied", logging.WARNING, user=who,
                    count=len(accepted))
-        return 0
+        return 0, sent_all
     await store.mark_deleted_upstream(account_id, accepted)
-    return len(accepted)
+    return len(accepted), sent_all
 
 
 async def _sync_listing(client: Pop3Client, config: Config, store: Store, account_id: int,
                         listing: list[tuple[int, str | None]], progress: ProgressCallback | None,
                         who: str, workers: Workers, passed: set[str], failed: set[str],
-                        on_stored: StoredCallback | None = None) -> tuple[Ingest, int]:
+                        budget: SyncBudget, on_stored: StoredCallback | None = None,
+                        ) -> tuple[Ingest, int, bool]:
     """Fetch what `listing` has and the store does not, then retention and QUIT: (the ingest,
-    whose counts say what was stored and left upstream, and the DELEs that took effect).
-    Messages `passed` over are left upstream (AccountLocks.passing_over); `failed` gets
-    those to pass over from now on."""
+    whose counts say what was stored and left upstream, the DELEs that took effect, and
+    whether the budget cut the sync short). Messages `passed` over are left upstream
+    (AccountLocks.passing_over); `failed` gets those to pass over from now on. Cut short by
+    the budget: no DELE (that is for a sync that has time left); with replies in flight not
+    even QUIT (the caller drops the connection: none of the session's DELEs takes effect)."""
     known = await store.known_uidls(account_id)
     wanted = [(n, u) for n, u in listing if u is None or u not in known]
     over = [(n, u) for n, u in wanted if u in passed] if passed else []
@@ -268,16 +189,24 @@ async def _sync_listing(client: Pop3Client, config: Config, store: Store, accoun
     left = [(n, u) for n, u in wanted if u is not None] if gate is not None and gate.full else []
     if left:
         wanted = [(n, u) for n, u in wanted if u is None]
-    ingest, digests = await _fetch(client, store, account_id, wanted, known, progress,
-                                   mime_limits(config), gate, workers, failed, on_stored)
+    ingest, digests, cut = await fetch(client, store, account_id, wanted, known, progress,
+                                        mime_limits(config), gate, workers, failed, budget,
+                                        on_stored)
     ingest.over_quota += len(left)
+    if cut:
+        return ingest, 0, True
     if over:
         ingest.skipped["passed_over"] = len(over)
     present = {**digests, **{u: n for n, u in listing if u is not None}}
     retention = config.gateway.retention_seconds if config.gateway else None
-    deleted = await _retention(client, store, account_id, retention, present, who,
-                               digests_complete=not ingest.skipped)
-    return ingest, deleted
+    budget.disarm(client)   # QUIT and DELE's first window are waited for (within reply limits)
+    try:
+        deleted, sent_all = await _retention(
+            client, store, account_id, None if cut is False else retention, present, who, budget,
+            digests_complete=not ingest.skipped and cut is None)
+    except SyncCut:   # (DELEs sent but no QUIT: none took effect, RFC 1939 6)
+        return ingest, 0, True
+    return ingest, deleted, cut is False or not sent_all
 
 
 def reply_limits(config: Config) -> ReplyLimits:
@@ -285,7 +214,13 @@ def reply_limits(config: Config) -> ReplyLimits:
     if config.gateway is None:
         return ReplyLimits()
     limits = config.gateway.limits
-    return ReplyLimits(limits.pop3_reply_timeout, limits.pop3_min_rate, limits.max_message_bytes)
+    return ReplyLimits(limits.pop3_reply_timeout, limits.pop3_min_rate, limits.max_message_bytes,
+                       limits.max_listing_bytes)
+
+
+def sync_budget(config: Config) -> float:
+    """``gateway.limits.sync_budget``: how long one sync fetches before it ends (the next goes on)."""
+    return config.gateway.limits.sync_budget if config.gateway else SYNC_BUDGET
 
 
 async def sync_account(config: Config, store: Store, upstream_name: str, user: str, password: str,
@@ -329,6 +264,7 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
     workers = workers if workers is not None else Workers.build()
     async with locks.lock(upstream_name, user), store.fetch_lease(upstream_name, user) as mine:
         started = time.monotonic()
+        budget = SyncBudget(sync_budget(config))
         if not mine:
             logs.event("gateway_sync_skipped", user=who, upstream=upstream_name,
                        reason="another process is fetching this account")
@@ -351,18 +287,24 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
                 await client.quit()
                 new = stored = over_quota = deleted = 0
                 anomalies: dict[str, int] = {}
+                budget_spent = False
             else:
                 locks.settled.pop((upstream_name, user), None)
                 listing = await _listing(client, uidl, workers)
-                ingest, deleted = await _sync_listing(
+                ingest, deleted, budget_spent = await _sync_listing(
                     client, config, store, account.id, listing, progress, who, workers,
-                    locks.passing_over(upstream_name, user), failed, on_stored)
+                    locks.passing_over(upstream_name, user), failed, budget, on_stored)
                 new, stored, over_quota = ingest.new, ingest.bytes, ingest.over_quota
                 anomalies = dict(ingest.skipped)
                 if has_uidl and (bad := sum(u is None for _, u in listing)):
                     anomalies["bad_uidl"] = bad
-                if settled is not None and not over_quota and not anomalies.keys() & {
-                        "retr_refused", "too_big", "passed_over"}:   # (each asked again)
+                if budget_spent:
+                    logs.event("gateway_sync_budget_spent", user=who,
+                               upstream=upstream_name, new=new, budget=sync_budget(config),
+                               note="the fetched mail is stored; the next sync goes on")
+                if settled is not None and not over_quota and not budget_spent and \
+                        not anomalies.keys() & {"retr_refused", "too_big", "passed_over"}:
+                    # (each asked again)
                     locks.settled[(upstream_name, user)] = settled
         except UpstreamError as exc:
             logs.event("gateway_sync_failed", logging.WARNING, user=who,
@@ -377,7 +319,7 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
                 locks.failed(upstream_name, user, failed)
             await client.aclose()
     result = SyncResult(new, stored, deleted, time.monotonic() - started, over_quota=over_quota,
-                        anomalies=anomalies)
+                        anomalies=anomalies, budget_spent=budget_spent)
     if result.over_quota:
         logs.event("gateway_sync_over_quota", logging.WARNING, user=who, upstream=upstream_name,
                    kept_upstream=result.over_quota)

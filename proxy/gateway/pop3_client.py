@@ -17,8 +17,13 @@ RFC 2595), reads the greeting and CAPA, and hands back a session ready for `logi
   dripping a byte a second (slowloris) or never ending a reply fails the sync instead of holding
   the account's sync lock for ever, while a big message on a slow link still arrives. A RETR
   body past `max_body` (``max_message_bytes``) is read to its end and dropped (`body` returns
-  None: the fetcher leaves that message upstream); a listing past it fails the sync at once. Memory
-  stays bounded by `max_body`.
+  None: the fetcher leaves that message upstream); a listing (UIDL, LIST, CAPA) past
+  `max_listing` (``max_listing_bytes``, its own bound: a mailbox of many small messages has a
+  listing longer than its largest message) fails the sync at once. Memory stays bounded by
+  the larger of the two.
+* A sync's budget (``gateway.limits.sync_budget``, fetcher.py): past `cut_at` (trio time; none
+  by default) every wait for the upstream ends with `SyncCut`, mid-reply: the caller drops the
+  connection without QUIT (RFC 1939 6: no DELE of the session takes effect).
 * After STLS, bytes the server sent in clear before the handshake are refused (they must not
   pass for TLS-protected data), and CAPA is asked again (RFC 2595 4).
 * Opening the connection (TCP, TLS) is `proxy.session.upstream`, shared with the relay and the
@@ -38,7 +43,11 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 from dataclasses import dataclass
+from types import TracebackType
+
+import trio
 
 from .. import logs
 from ..config import Upstream
@@ -48,22 +57,47 @@ from ..session.channel import Channel
 from ..session.failures import Failure
 from ..session.upstream import UpstreamError, built_context, deadline, open_upstream, service, start_tls
 
-__all__ = ["CONNECT_TIMEOUT", "RESPONSE_TIMEOUT", "Pop3Client", "ReplyLimits"]
+__all__ = ["CONNECT_TIMEOUT", "RESPONSE_TIMEOUT", "Pop3Client", "ReplyLimits", "SyncCut"]
 
 CONNECT_TIMEOUT = 30.0
 RESPONSE_TIMEOUT = 120.0            # a status line; a body: plus a second per min_rate bytes
 MIN_RATE = 64 * 1024                # bytes/s of a long body, past its first RESPONSE_TIMEOUT
-MAX_BODY = 100 * 1024 * 1024        # bytes of one message or listing
+MAX_BODY = 100 * 1024 * 1024        # bytes of one message
+MAX_LISTING = 64 * 1024 * 1024      # bytes of one listing (UIDL: ~2.5 million messages)
 
 
 @dataclass(frozen=True, slots=True)
 class ReplyLimits:
     """How long and how big an upstream's replies may be (``gateway.limits.pop3_reply_timeout``,
-    ``pop3_min_rate``, ``max_message_bytes``)."""
+    ``pop3_min_rate``, ``max_message_bytes``, ``max_listing_bytes``)."""
 
     timeout: float = RESPONSE_TIMEOUT
     min_rate: int = MIN_RATE
     max_body: int = MAX_BODY
+    max_listing: int = MAX_LISTING
+
+
+class SyncCut(Exception):
+    """A wait for the upstream ran past `Pop3Client.cut_at` (the sync's budget) and was cut,
+    maybe mid-reply: the session cannot go on, drop it without QUIT."""
+
+
+class _cut:  # noqa: N801 - used like trio.move_on_at
+    """A cancel scope ending at `at` with SyncCut."""
+
+    __slots__ = ("scope",)
+
+    def __init__(self, at: float):
+        self.scope = trio.CancelScope(deadline=at)
+
+    def __enter__(self) -> None:
+        self.scope.__enter__()
+
+    def __exit__(self, etype: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.scope.__exit__(etype, exc, tb)
+        if self.scope.cancelled_caught:
+            raise SyncCut("the sync's budget ended a wait for the upstream") from None
 
 
 def _tempfail(line: events.StatusLine) -> bool:
@@ -79,6 +113,7 @@ class Pop3Client:
         self.channel = Channel(conn, ResponseParser(unstuff=True), NEED_DATA)
         self.capabilities: dict[str, list[str]] = {}
         self.limits = limits or ReplyLimits(RESPONSE_TIMEOUT)
+        self.cut_at = math.inf   # trio time: past it, waits for the upstream end with SyncCut
 
     @classmethod
     async def connect(cls, upstream: Upstream, limits: ReplyLimits | None = None) -> Pop3Client:
@@ -116,7 +151,7 @@ class Pop3Client:
             raise UpstreamError(Failure.UPSTREAM, "connection lost while sending")
 
     async def next_event(self) -> object:
-        with deadline(self.limits.timeout, "reply"):
+        with deadline(self.limits.timeout, "reply"), _cut(self.cut_at):
             return await self._event()
 
     async def _event(self) -> object:
@@ -145,29 +180,31 @@ class Pop3Client:
 
     async def body(self, what: str, drain: bool = True) -> bytes | None:
         """The rest of a multi-line reply whose +OK was read; UpstreamError if it is cut short or
-        slower than `limits` allow. Past `limits.max_body`: with `drain` (a message) None, once
-        read to its end with its bytes dropped as they came; else (a listing) UpstreamError
-        at once."""
+        slower than `limits` allow. With `drain` (a message), past `limits.max_body`: None, once
+        read to its end with its bytes dropped as they came; else (a listing), past
+        `limits.max_listing`: UpstreamError at once."""
         limits = self.limits
+        bound = limits.max_body if drain else limits.max_listing
         chunks: list[bytes] = []
         size = 0
         with deadline(limits.timeout, f"the end of {what} "
-                      f"(pop3_reply_timeout, plus a second per pop3_min_rate bytes)") as limit:
+                      f"(pop3_reply_timeout, plus a second per pop3_min_rate bytes)") as limit, \
+                _cut(self.cut_at):
             start = limit.scope.deadline
             while True:
                 event = await self._event()
                 if isinstance(event, events.MultilineData):
                     size += len(event.data)   # (an endless reply ends past max_body's time)
-                    limit.scope.deadline = start + min(size, limits.max_body) / limits.min_rate
-                    if size <= limits.max_body:
+                    limit.scope.deadline = start + min(size, bound) / limits.min_rate
+                    if size <= bound:
                         chunks.append(bytes(event.data))
                     elif drain:
                         chunks.clear()
                     else:
                         raise UpstreamError(Failure.PROTOCOL, f"the reply to {what} is longer "
-                                            f"than max_message_bytes ({limits.max_body})")
+                                            f"than max_listing_bytes ({bound})")
                 elif isinstance(event, events.MultilineEnd):
-                    return b"".join(chunks) if size <= limits.max_body else None
+                    return b"".join(chunks) if size <= bound else None
                 elif isinstance(event, events.ConnectionClosed):
                     raise UpstreamError(Failure.UPSTREAM,
                                         f"connection closed inside the reply to {what} (truncated)")

@@ -66,6 +66,7 @@ from ..store import (
 from .account_fetcher import AccountFetcher, oauth2_settings
 from .account_locks import AccountLocks
 from .auth import Authenticator
+from .fetcher import reply_limits
 from .imapd import CAPABILITIES, Backend, BodyCache, Hub, ImapSession, MimeCache
 from .ingest_batches import mime_limits
 from .users import canonical_user
@@ -85,7 +86,7 @@ class GatewayService:
         self.config, self.metrics, self.store, self.nursery = config, metrics, store, nursery
         self.oauth2 = oauth2 if oauth2 is not None else Brokers(metrics)
         self.settings: Gateway = config.gateway
-        self.auth = Authenticator(self.settings.auth_cache_ttl)
+        self.auth = Authenticator(self.settings.auth_cache_ttl, reply_limits(config))
         limits = self.settings.limits
         self.mime = MimeCache(BodyCache(), limits=mime_limits(config),
                               workers=Workers.build(limits.command_threads, limits.ingest_threads))

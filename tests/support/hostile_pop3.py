@@ -26,7 +26,8 @@ import trio
 
 Action = Callable[[trio.SocketStream, bytes], Awaitable[bool]]
 
-__all__ = ["HostilePop3", "drip", "endless_body", "endless_line", "reply", "reset", "stall"]
+__all__ = ["HostilePop3", "drip", "endless_body", "endless_line", "late", "reply", "reset",
+           "stall"]
 
 
 def _stuffed(body: bytes) -> bytes:
@@ -176,6 +177,16 @@ def endless_line(prefix: bytes = b"+OK ") -> Action:
         await stream.send_all(prefix)
         while True:
             await stream.send_all(b"z" * 4096)
+    return action
+
+
+def late(seconds: float) -> Action:
+    """The honest answer, `seconds` late (a slow server, or one answering just under the
+    client's timeout each time)."""
+    async def action(stream: trio.SocketStream, default: bytes) -> bool:
+        await trio.sleep(seconds)
+        await stream.send_all(default)
+        return True
     return action
 
 

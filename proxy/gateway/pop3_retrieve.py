@@ -1,0 +1,175 @@
+"""A sync's downloads: RETR the messages a sync wants from a POP3 upstream and hand each
+complete body to the store's batches (`ingest_batches.Ingest`), within the sync's time budget.
+
+Theory of operation: `fetch` runs `retrieve` beside the ingest's commit task. `retrieve` keeps
+a window of RETRs in flight when the server offers PIPELINING (RFC 2449 6.6), trusts a body
+only once the reply after it is framed right (RFC 1939 3: a line "." not dot-stuffed ends a
+body early), and keys a message without a usable UIDL by the sha256 of its body
+(`DIGEST_PREFIX`). `SyncBudget` (``gateway.limits.sync_budget``) ends a sync that runs too
+long: no RETR past it, and once the sync stored a message, every wait for the upstream is cut at
+its end (`pop3_client.SyncCut`), so a server answering each reply just under its timeout holds
+the account's sync lock for the budget, not for N x timeout, while each sync still takes the
+mailbox at least one message further.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+
+import trio
+
+from .. import logs
+from ..pop3 import writer
+from ..session.failures import Failure
+from ..session.upstream import UpstreamError
+from ..store import Store
+from ._parts import MimeLimits
+from .ingest_batches import Ingest, ProgressCallback, StoredCallback
+from .pop3_client import Pop3Client, SyncCut
+from .quota import IngestGate
+from .workers import Workers
+
+__all__ = ["DIGEST_PREFIX", "PIPELINE_WINDOW", "SyncBudget", "fetch"]
+
+PIPELINE_WINDOW = 16                # RETR/DELE commands in flight with PIPELINING (RFC 2449 6.6)
+DIGEST_PREFIX = "sha256:"
+
+
+class SyncBudget:
+    """A sync's time (``gateway.limits.sync_budget``) from its start, on trio's clock."""
+
+    def __init__(self, seconds: float):
+        self.end = trio.current_time() + seconds
+
+    @property
+    def spent(self) -> bool:
+        return trio.current_time() >= self.end
+
+    def arm(self, client: Pop3Client) -> None:
+        """The sync made progress: from now on the budget's end cuts any wait (SyncCut)."""
+        client.cut_at = self.end
+
+    @staticmethod
+    def disarm(client: Pop3Client) -> None:
+        """A step that must be waited for (QUIT, DELE's first window): only the reply limits."""
+        client.cut_at = math.inf
+
+
+def _unwrap(group: BaseExceptionGroup) -> BaseException:
+    """The one real error of a nursery (UpstreamError, StoreError...), not an ExceptionGroup."""
+    real = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+    return real[0] if len(real) == 1 else group
+
+
+async def fetch(client: Pop3Client, store: Store, account_id: int,
+                wanted: list[tuple[int, str | None]], known: set[str],
+                progress: ProgressCallback | None, limits: MimeLimits,
+                gate: IngestGate | None, workers: Workers, failed: set[str], budget: SyncBudget,
+                on_stored: StoredCallback | None = None,
+                ) -> tuple[Ingest, dict[str, int], bool | None]:
+    """RETR and commit `wanted`: (the ingest, digest-UIDL -> number, the budget's cut as
+    `retrieve` says). On an UpstreamError the complete bodies already received are committed
+    before it propagates; a cancelled sync loses at most the uncommitted batches. `failed` gets
+    the UIDLs of messages too big, or whose RETR timed out."""
+    send, receive = trio.open_memory_channel(0)
+    ingest = Ingest(store, account_id, progress, len(wanted), send, limits, gate, workers, on_stored)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ingest.commit_loop, receive)
+            async with send:
+                try:
+                    digests, cut = await retrieve(client, wanted, ingest, known, failed, budget)
+                finally:
+                    await ingest.flush()
+    except BaseExceptionGroup as group:
+        raise _unwrap(group) from None
+    return ingest, digests, cut
+
+
+async def retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ingest: Ingest,
+                   known: set[str], failed: set[str],
+                   budget: SyncBudget) -> tuple[dict[str, int], bool | None]:
+    """RETR `wanted` (a window of them in flight with PIPELINING); returns digest-UIDL -> number
+    for digest mode, and the budget's cut: None (all of `wanted` asked), False (it ran out, no
+    RETR was sent after it, the session is clean) or True (it cut a wait, maybe mid-reply: the
+    connection must be dropped without QUIT, so no DELE of the session takes effect). Only
+    complete bodies are handed to `ingest`: each one once the reply after it was framed right
+    (a server that does not dot-stuff a line "." ends a body early, RFC 1939 3, and what follows
+    breaks the framing: that body is cut, never stored, where it would be kept for good and its
+    whole upstream copy DELEd); the last one once a NOOP after it is answered.
+
+    The budget: once spent, no RETR is sent; once a body was handed to `ingest`, the budget's
+    end also cuts the wait in progress (`SyncBudget.arm`). So a sync ends at its budget, or when
+    its first message is stored if that comes later (within the reply limits): each sync takes
+    at least one message further, however slow the server, and a big first download completes
+    over several polls."""
+    window = PIPELINE_WINDOW if client.pipelining else 1
+    queue = iter(wanted)
+    in_flight: list[tuple[int, str | None]] = []
+    digests: dict[str, int] = {}
+    held: tuple[str, bytes] | None = None   # the last body, until the framing after it holds
+    cut: bool | None = None
+    started = False
+
+    async def refill() -> None:
+        nonlocal cut
+        if in_flight and len(in_flight) > window - 4:   # top up in small bursts: fewer writes
+            return
+        if started and budget.spent:   # (the first RETRs are sent anyway: progress)
+            if cut is None and next(queue, None) is not None:
+                cut = False
+            return
+        batch = []
+        while len(in_flight) < window and (item := next(queue, None)) is not None:
+            in_flight.append(item)
+            batch.append(writer.command(b"RETR", b"%d" % item[0]))
+        if batch:
+            await client.send(b"".join(batch), multiline=True, count=len(batch))
+
+    await refill()
+    started = True
+    try:
+        while in_flight:
+            number, uidl = in_flight.pop(0)
+            try:
+                line = await client.status(f"RETR {number}")
+                if held is not None:
+                    await ingest.add(*held)
+                    held = None
+                    budget.arm(client)
+                body = await client.body(f"RETR {number}") if line.ok else None
+            except UpstreamError as exc:   # (the sync fails; the next ones pass this message over)
+                if exc.failure is Failure.TIMEOUT and uidl is not None:
+                    failed.add(uidl)
+                raise
+            if not line.ok:
+                logs.event("gateway_fetch_retr_refused", logging.WARNING, msg=number,
+                           text=logs.sanitize(line.text))
+                ingest.skip("retr_refused")
+            elif body is None:
+                logs.event("gateway_fetch_message_too_big", logging.WARNING, msg=number,
+                           max_message_bytes=client.limits.max_body)
+                ingest.skip("too_big")   # left upstream, never DELEd: it was not stored
+                if uidl is not None:
+                    failed.add(uidl)
+            else:
+                if uidl is None:
+                    uidl = DIGEST_PREFIX + hashlib.sha256(body).hexdigest()
+                    digests.setdefault(uidl, number)
+                if uidl in known:
+                    ingest.skip()
+                else:
+                    known.add(uidl)
+                    held = (uidl, body)
+            await refill()
+        if held is not None:   # the reply after it is a NOOP's (RFC 1939 5): the rest of a body
+            # cut short breaks its framing, whether buffered already or arriving late (QUIT's
+            # reply broke instead, and that failure does not fail the sync: the cut body stayed)
+            await client.send(writer.command(b"NOOP"))
+            await client.status("NOOP after the last RETR (a line '.' not dot-stuffed?)")
+            await ingest.add(*held)
+    except SyncCut:   # (the body held, if any, was not framed yet: the next sync asks again)
+        return digests, True
+    return digests, cut
