@@ -148,3 +148,23 @@ async def test_a_login_check_against_a_stalling_upstream_uses_the_configured_tim
         assert failure is Failure.AUTH_TEMPFAIL
         assert await service.auth.verify("dc", config.upstreams["dc"], USER,
                                          PASSWORD.encode()) is None
+
+
+async def test_a_server_stalling_a_dele_ends_the_sync_at_its_budget(nursery, store_url, store):
+    """20 messages stored, then delete-after-fetch against a server that never answers DELE 17
+    (the second pipelined window), pop3_reply_timeout an hour: the sync ends at sync_budget.
+    Either the second window was cut (no QUIT: no DELE took effect) or, on a machine so loaded
+    the budget was spent after the first window, only that window was sent and QUIT applied it;
+    the store keeps all 20 and the next sync DELEs the rest."""
+    messages, _ = many(20)
+    server = HostilePop3(messages, USER, PASSWORD, capa=PIPELINING)
+    await server.start(nursery)
+    assert (await sync(server, store_url, store)).new == 20
+    server.script(b"DELE", 17, stall(), once=True)
+    options = {"pop3_reply_timeout": "1h", "sync_budget": "2s"}
+    result = await sync(server, store_url, store, "delete-after-fetch", **options)
+    assert result.budget_spent and result.deleted_upstream in (0, 16)
+    assert server.messages == messages[result.deleted_upstream:]
+    rest = await sync(server, store_url, store, "delete-after-fetch", **options)
+    assert (rest.budget_spent, rest.deleted_upstream) == (False, 20 - result.deleted_upstream)
+    assert server.messages == [] and bodies(await stored(store, USER)) == sorted(messages)
