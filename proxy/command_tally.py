@@ -56,8 +56,13 @@ class CommandTally:
             del done[:taken]   # (other threads only ever append behind it)
             raw = self.raw
             taken = len(raw)
+            children: dict[tuple[Any, str, bytes], tuple[Any, Any]] = {}
             for meter, label, status, elapsed in raw[:taken]:
-                batch.append((*meter.children(label, status), elapsed))
+                key = (meter, label, status)
+                pair = children.get(key)
+                if pair is None:
+                    pair = children[key] = meter.children(label, status)
+                batch.append((pair[0], pair[1], elapsed))
             del raw[:taken]
             counts: dict[Any, int] = {}
             observed: dict[Any, tuple[list[float], list[int], list[float]]] = {}
