@@ -17,9 +17,10 @@ side's chunk to `step` first, which takes it only when it is
   parser's `max_line`).
 
 It then writes the chunk on, and does what the full path would have: activity and upstream-wait
-times, the command started (`pending`, `session.commands`) or completed; the chunk's size is
-added to a sum per direction, which goes to the byte counts, the held lines' and the parser's
-offsets (`pass_lines_at_rest`) when the session leaves the step (`flush`). A completion is
+times, the command started (`pending`, `session.commands`) or completed, the connections' byte
+counts (live: the admin API reads them); the chunk's size is added to a sum per direction, which
+goes to the byte metrics (`ByteCounter`), the held lines' and the parser's offsets
+(`pass_lines_at_rest`) when the session leaves the step (`flush`). A completion is
 appended raw, (meter, label, status, duration), to the command tally's `raw` list, looked up and
 counted at its next flush (a scrape, or every `CommandTally.BATCH`): the same counts and
 histograms as `CommandMeter.completed`. Sessions with `audit` logging are never at rest here, so
@@ -66,7 +67,7 @@ def at_rest(sess: ImapEngineSession) -> bool:
 class FusedStep:
     """One session's step, with what it touches bound once (none of it is ever replaced while
     the session is in the engine). The bytes of chunks taken whole are summed per direction
-    (`up`, `down`) and added to the byte counts, the held lines' offset and the parser's
+    (`up`, `down`) and added to the byte metrics, the held lines' offset and the parser's
     (`flush`) when the session leaves the step (`ImapEngineSession.unfuse`: its release, any
     other step) or a sum reaches `ByteCounter.FLUSH_BYTES`; nothing reads them in between."""
 
@@ -121,7 +122,9 @@ class FusedStep:
             if not pending:   # (no IDLE at rest) the upstream's time to answer starts now
                 core.upstream_heard = now
             pending[tag] = (LABELS.get(name, OTHER), _monotonic())
+            self.client_conn.bytes_in += size   # (live: `flush`)
             if sent == size:
+                self.upstream_conn.bytes_out += size
                 self.up = up = self.up + size
                 self.up_last = size
                 if up >= _FLUSH_BYTES:
@@ -146,6 +149,7 @@ class FusedStep:
             self.sess.unfuse()
             self.upstream_conn.bytes_in += size
             return self._short(self.client, data, sent, Close.CLIENT_CLOSED)
+        self.upstream_conn.bytes_in += size   # (live: `flush`)
         core = self.core
         core.upstream_heard = now = self.engine.now
         pending = self.pending
@@ -160,6 +164,7 @@ class FusedStep:
             if len(raw) >= self.tally.BATCH:
                 self.tally.flush()
         if sent == size:
+            self.client_conn.bytes_out += size
             self.down = down = self.down + size
             self.down_last = size
             if down >= _FLUSH_BYTES:
@@ -170,27 +175,25 @@ class FusedStep:
         return self._short(self.client, data, sent, Close.CLIENT_CLOSED)
 
     def flush(self) -> None:
-        """Account for the chunks summed so far, as the full path did for each."""
+        """Account for the chunks summed so far, as the full path did for each. (The
+        connections' byte counts are not kept aside: the admin API's `who` reads them from
+        another thread while the session lives, Session.bytes_in/bytes_out.)"""
         up, down = self.up, self.down
         if up:
             self.up = 0
             self._up(up, self.up_last)
-            self.upstream_conn.bytes_out += up
         if down:
             self.down = 0
             self._down(down, self.down_last)
-            self.client_conn.bytes_out += down
 
     def _up(self, size: int, last: int = 0) -> None:
         """Command lines of `size` bytes read from the client and accepted (`judge`)."""
-        self.client_conn.bytes_in += size
         self.held.sent += size
         self.client_parser.pass_lines_at_rest(size, last or size)
         self.bytes_up.add(size)
 
     def _down(self, size: int, last: int = 0) -> None:
         """Tagged lines of `size` bytes read from the upstream and parsed (`upstream_data`)."""
-        self.upstream_conn.bytes_in += size
         self.bytes_down.add(size)
         self.upstream_parser.pass_lines_at_rest(size, last or size)
 

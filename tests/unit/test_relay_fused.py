@@ -219,3 +219,25 @@ def test_the_fused_steps_sums_are_accounted_for_when_the_session_leaves_it():
     fused, full = run(True), run(False)
     assert fused[0] >= 22 and full[0] == 0
     assert fused[1:] == full[1:]
+
+
+def test_the_session_byte_counts_stay_live_while_the_step_takes_chunks():
+    """The connections' byte counts (Session.bytes_in/bytes_out) are read from another thread
+    while the session lives (the admin API's `who`): each chunk the fused step takes is in them
+    at once, as on the full path, not only when the session leaves the step (b7be4b8 kept them
+    aside with the parser's offsets: `who` showed a NOOP-polling session's bytes frozen)."""
+    def counts(fused: bool) -> list[tuple[int, int, int, int]]:
+        rig = Rig()
+        try:
+            seen = []
+            for n in range(6):
+                rig.feed(True, b"a%d NOOP\r\n" % n, fused)
+                rig.feed(False, b"a%d OK done\r\n" % n, fused)
+                client, upstream = rig.sess.client.conn, rig.sess.upstream.conn
+                seen.append((client.bytes_in, client.bytes_out, upstream.bytes_in,
+                             upstream.bytes_out))
+            assert (rig.fused >= 10) is fused and rig.sess.fused is not None
+            return seen
+        finally:
+            rig.close()
+    assert counts(True) == counts(False)
