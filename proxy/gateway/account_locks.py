@@ -34,6 +34,8 @@ class AccountLocks:
         # -> {UIDL: (strikes, monotonic time they expire)}: messages whose RETR timed out or
         # that were too big (`passing_over`)
         self.failures: dict[tuple[str, str], dict[str, tuple[int, float]]] = {}
+        # -> message number: where the next sync of a server without UIDL starts (`resume_at`)
+        self.resume: dict[tuple[str, str], int] = {}
 
     def passing_over(self, upstream: str, user: str) -> set[str]:
         """The account's messages its syncs leave upstream for now: a message that cannot be
@@ -57,6 +59,18 @@ class AccountLocks:
         until = time.monotonic() + PASS_OVER
         for uidl in uidls:
             failures[uidl] = (failures[uidl][0] + 1 if uidl in failures else 1, until)
+
+    def resume_at(self, upstream: str, user: str,
+                  listing: list[tuple[int, str | None]]) -> list[tuple[int, str | None]]:
+        """A server without UIDL: every sync reads every message (keyed by digest), so one whose
+        budget (``gateway.limits.sync_budget``) ran out always reached the same message and the
+        mail listed after it never arrived. The listing from where the last such sync stopped,
+        then its start (each message is still read once per round)."""
+        start = self.resume.pop((upstream, user), None)
+        if start is None:
+            return listing
+        at = next((i for i, (number, _) in enumerate(listing) if number >= start), 0)
+        return listing[at:] + listing[:at]
 
     def lock(self, upstream: str, user: str) -> trio.Lock:
         return self._locks.setdefault((upstream, user), trio.Lock())

@@ -42,6 +42,7 @@ class SyncBudget:
 
     def __init__(self, seconds: float):
         self.end = trio.current_time() + seconds
+        self.reached: int | None = None   # the message number last dealt with (stored, skipped)
 
     @property
     def spent(self) -> bool:
@@ -109,7 +110,7 @@ async def retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ing
     queue = iter(wanted)
     in_flight: list[tuple[int, str | None]] = []
     digests: dict[str, int] = {}
-    held: tuple[str, bytes] | None = None   # the last body, until the framing after it holds
+    held: tuple[int, str, bytes] | None = None   # the last body, until the framing after it holds
     cut: bool | None = None
     started = False
 
@@ -136,14 +137,16 @@ async def retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ing
             try:
                 line = await client.status(f"RETR {number}")
                 if held is not None:
-                    await ingest.add(*held)
-                    held = None
+                    await ingest.add(held[1], held[2])
+                    budget.reached, held = held[0], None
                     budget.arm(client)
                 body = await client.body(f"RETR {number}") if line.ok else None
             except UpstreamError as exc:   # (the sync fails; the next ones pass this message over)
                 if exc.failure is Failure.TIMEOUT and uidl is not None:
                     failed.add(uidl)
                 raise
+            if body is None:   # refused or too big: dealt with (a body to store: once stored)
+                budget.reached = number
             if not line.ok:
                 logs.event("gateway_fetch_retr_refused", logging.WARNING, msg=number,
                            text=logs.sanitize(line.text))
@@ -160,16 +163,18 @@ async def retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ing
                     digests.setdefault(uidl, number)
                 if uidl in known:
                     ingest.skip()
+                    budget.reached = number
                 else:
                     known.add(uidl)
-                    held = (uidl, body)
+                    held = (number, uidl, body)
             await refill()
         if held is not None:   # the reply after it is a NOOP's (RFC 1939 5): the rest of a body
             # cut short breaks its framing, whether buffered already or arriving late (QUIT's
             # reply broke instead, and that failure does not fail the sync: the cut body stayed)
             await client.send(writer.command(b"NOOP"))
             await client.status("NOOP after the last RETR (a line '.' not dot-stuffed?)")
-            await ingest.add(*held)
+            await ingest.add(held[1], held[2])
+            budget.reached = held[0]
     except SyncCut:   # (the body held, if any, was not framed yet: the next sync asks again)
         return digests, True
     return digests, cut

@@ -11,6 +11,7 @@ import trio
 import yaml
 
 from proxy import config as config_mod
+from proxy.gateway.account_locks import AccountLocks
 from proxy.gateway.fetcher import sync_account
 from proxy.gateway.service import open_gateway
 from proxy.metrics import Metrics
@@ -168,3 +169,23 @@ async def test_a_server_stalling_a_dele_ends_the_sync_at_its_budget(nursery, sto
     rest = await sync(server, store_url, store, "delete-after-fetch", **options)
     assert (rest.budget_spent, rest.deleted_upstream) == (False, 20 - result.deleted_upstream)
     assert server.messages == [] and bodies(await stored(store, USER)) == sorted(messages)
+
+
+async def test_a_server_without_uidl_slower_than_the_budget_gets_everything_over_several_syncs(
+        nursery, store_url, store):
+    """Without UIDL every sync reads every message (keyed by digest): one whose budget ran out
+    always stopped at the same message, and the mail after it never arrived. The account's
+    next sync (one AccountLocks, as the gateway shares) starts where the last one stopped."""
+    messages, _ = many(8)
+    server = HostilePop3(messages, USER, PASSWORD, uidl=False)
+    server.script(b"RETR", None, late(0.3))
+    await server.start(nursery)
+    locks = AccountLocks()
+    syncs = 0
+    with trio.fail_after(NEVER):
+        while len(await stored(store, USER)) < 8:
+            assert syncs < 16, f"{len(await stored(store, USER))} of 8 stored after {syncs} syncs"
+            result = await sync(server, store_url, store, locks=locks, sync_budget="1s")
+            syncs += 1
+            assert result.new or result.budget_spent
+    assert syncs > 1 and bodies(await stored(store, USER)) == sorted(messages)
