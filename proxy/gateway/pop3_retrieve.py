@@ -113,6 +113,15 @@ async def retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ing
     held: tuple[int, str, bytes] | None = None   # the last body, until the framing after it holds
     cut: bool | None = None
     started = False
+    has_digests: bool | None = None
+
+    def digest_keyed() -> bool:
+        """Does the account have mail keyed by digest (`pop3_listing`: a UIDL shared by several
+        messages keys each by digest; once no longer shared, the UIDL names one of them)?"""
+        nonlocal has_digests
+        if has_digests is None:   # (once per sync, and only when a new message comes)
+            has_digests = any(key.startswith(DIGEST_PREFIX) for key in known)
+        return has_digests
 
     async def refill() -> None:
         nonlocal cut
@@ -158,9 +167,12 @@ async def retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ing
                 if uidl is not None:
                     failed.add(uidl)
             else:
-                if uidl is None:
-                    uidl = DIGEST_PREFIX + hashlib.sha256(body).hexdigest()
-                    digests.setdefault(uidl, number)
+                if uidl is None or digest_keyed():
+                    digest = DIGEST_PREFIX + hashlib.sha256(body).hexdigest()
+                    # (or a UIDL no longer shared, its message stored by digest: the same one)
+                    if uidl is None or (uidl not in known and digest in known):
+                        uidl = digest
+                        digests.setdefault(uidl, number)
                 if uidl in known:
                     ingest.skip()
                     budget.reached = number

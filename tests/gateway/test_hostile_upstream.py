@@ -174,6 +174,24 @@ async def test_messages_sharing_a_uidl_listed_in_another_order_are_not_stored_tw
     assert (result.new, result.deleted_upstream) == (0, 3) and server.messages == []
 
 
+async def test_a_message_whose_uidl_stops_being_shared_is_not_stored_again(
+        nursery, store_url, store):
+    """Two messages under one UIDL are both keyed by their digest; once another client deleted
+    the second upstream, the first is listed alone under that UIDL, which the store does not
+    know: it was fetched and stored a second time. Its digest is known, so it is the same
+    message: not stored again, and delete-after-fetch DELEs it by that digest."""
+    server = HostilePop3(MESSAGES[:3], USER, PASSWORD, uidls=[b"same", b"same", b"ok-3"])
+    await server.start(nursery)
+    assert (await sync(server, store_url, store)).new == 3
+    del server.messages[1], server.uidls[1]   # another POP3 client DELEd message 2
+    result = await sync(server, store_url, store)
+    assert (result.new, result.anomalies) == (0, {})
+    assert bodies(await stored(store, USER)) == MESSAGES[:3]
+    result = await sync(server, store_url, store, "delete-after-fetch")
+    assert (result.new, result.deleted_upstream) == (0, 2) and server.messages == []
+    assert bodies(await stored(store, USER)) == MESSAGES[:3]
+
+
 async def test_a_refused_retr_is_asked_again_by_the_next_sync(nursery, store_url, store):
     """RETR -ERR (a temporary failure upstream): the message is skipped and counted, and the
     listing does not settle, so the next sync of the same listing asks again (it used to end at
