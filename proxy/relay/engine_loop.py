@@ -295,10 +295,12 @@ class EngineLoop:
                 side.write(tls.data_to_send())
             if data is None:   # a record is still incomplete: wait for the socket
                 return
-            conn.bytes_in += len(data)
-            if not data:
-                conn.eof = True
-            sess.received(side, data)
+            fused = sess.fused   # (at rest: one step for a plain chunk, as in `_loop`)
+            if fused is None or not fused(side, data):
+                conn.bytes_in += len(data)
+                if not data:
+                    conn.eof = True
+                sess.received(side, data)
             if not data or sess.done or not tls.has_unread:   # (the usual end: no read to fail)
                 return
             self._interest(sess)

@@ -6,10 +6,11 @@ wake-up (bench/README.md, ninth session), and the full path of a plain chunk run
 (the core's `client_data`, the parser's `plain_line` and its rest checks, `Side.write`, `judge`,
 `InFlight.start`, ...) each re-checking state that did not change since the last chunk. Here the
 checks are made once: when the full path (`ImapEngineSession.received`) leaves the session
-settled and `at_rest()` holds (the core's and both parsers' conditions, plain sides, no splice
-owed), it sets `sess.fused` to `FusedStep.step`; any other step clears it (the engine's
-`_guarded`, `received` itself, a release). While it is set, the engine's loop hands a plain
-side's chunk to `step` first, which takes it only when it is
+settled and `at_rest()` holds (the core's and both parsers' conditions, no splice, no
+connection closed), it sets `sess.fused` to `FusedStep.step`; any other step clears it (the
+engine's `_guarded`, `received` itself, a release). While it is set, the engine's loop hands a
+plain side's chunk (and `_decrypt` a TLS side's plaintext) to `step` first, which takes it only
+when it is
 
 - from the client: one command line that `CommandParser.plain_line` would accept (the same
   regex, within `max_plain`), and not LOGOUT, IDLE or COMPRESS (the core's own handling);
@@ -59,9 +60,9 @@ _write, _monotonic = os.write, time.monotonic
 def at_rest(sess: ImapEngineSession) -> bool:
     """`sess`, just settled by its full path, may take its next plain chunk by `step`."""
     client, upstream, core = sess.client, sess.upstream, sess.core
-    return (client.tls is None and upstream.tls is None and not client.spliced
-            and not upstream.spliced and not client.conn.closed and not upstream.conn.closed
-            and core.literal_owed < sess.splice_at and core.at_rest())
+    return (not client.spliced and not upstream.spliced and not client.conn.closed
+            and not upstream.conn.closed and core.literal_owed < sess.splice_at
+            and core.at_rest())
 
 
 class FusedStep:
@@ -75,7 +76,7 @@ class FusedStep:
                  "upstream_conn", "client_fd", "upstream_fd", "client_parser",
                  "upstream_parser", "held", "bytes_up", "bytes_down", "pending", "meter",
                  "tally", "raw", "max_plain", "max_answer", "up", "up_last", "down",
-                 "down_last")
+                 "down_last", "client_tls", "upstream_tls")
 
     def __init__(self, sess: ImapEngineSession):
         core = sess.core
@@ -92,6 +93,10 @@ class FusedStep:
         self.max_plain = core.max_plain
         self.max_answer = core.upstream_parser.max_line
         self.up = self.up_last = self.down = self.down_last = 0
+        # a TLS side is written through its TLSEngine (`EngineSession.send`, which counts the
+        # plaintext it takes itself)
+        self.client_tls = sess.client.tls is not None
+        self.upstream_tls = sess.upstream.tls is not None
 
     def step(self, side: Side, data: bytes) -> bool:
         size = len(data)
@@ -109,12 +114,15 @@ class FusedStep:
                 if sub is None:
                     return False
                 name = b"UID " + sub.upper()
-            try:
-                sent = _write(self.upstream_fd, data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                sent = -1
+            if self.upstream_tls:
+                sent = self._send_tls(self.upstream, data)
+            else:
+                try:
+                    sent = _write(self.upstream_fd, data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    sent = -1
             core = self.core
             core.last_active = now = self.engine.now
             self.session.commands += 1
@@ -124,7 +132,8 @@ class FusedStep:
             pending[tag] = (LABELS.get(name, OTHER), _monotonic())
             self.client_conn.bytes_in += size   # (live: `flush`)
             if sent == size:
-                self.upstream_conn.bytes_out += size
+                if not self.upstream_tls:
+                    self.upstream_conn.bytes_out += size
                 self.up = up = self.up + size
                 self.up_last = size
                 if up >= _FLUSH_BYTES:
@@ -139,13 +148,16 @@ class FusedStep:
         match = _tagged(data)
         if match is None:
             return False
-        try:
-            sent = _write(self.client_fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            sent = -1
-        if sent < 0:   # the full path does not parse what it could not forward
+        if self.client_tls:
+            sent = self._send_tls(self.client, data)
+        else:
+            try:
+                sent = _write(self.client_fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = -1
+        if sent == -1:   # the full path does not parse what it could not forward
             self.sess.unfuse()
             self.upstream_conn.bytes_in += size
             return self._short(self.client, data, sent, Close.CLIENT_CLOSED)
@@ -164,7 +176,8 @@ class FusedStep:
             if len(raw) >= self.tally.BATCH:
                 self.tally.flush()
         if sent == size:
-            self.client_conn.bytes_out += size
+            if not self.client_tls:
+                self.client_conn.bytes_out += size
             self.down = down = self.down + size
             self.down_last = size
             if down >= _FLUSH_BYTES:
@@ -197,15 +210,23 @@ class FusedStep:
         self.bytes_down.add(size)
         self.upstream_parser.pass_lines_at_rest(size, last or size)
 
+    def _send_tls(self, to: Side, data: bytes) -> int:
+        """`data` to a TLS side: its size when all of it went out, -1 when the connection is
+        gone, -2 when ciphertext waits in `to.out` (the plaintext counted either way)."""
+        if not self.sess.send(to, data):
+            return -1
+        return -2 if to.out else len(data)
+
     def _short(self, to: Side, data: bytes, sent: int, reason: Close) -> bool:
-        """The write to `to` failed (-1) or the kernel took `sent` bytes of `data`: as
-        `Side.write` and the full path's end of `received` leave it (the session has left
-        the step), then fitted by the engine (its masks and timer)."""
+        """The write to `to` failed (-1), left ciphertext in `out` (-2), or the kernel took
+        `sent` bytes of `data`: as `EngineSession.send` and the full path's end of `received`
+        leave it (the session has left the step), then fitted by the engine (its masks and
+        timer)."""
         sess, core = self.sess, self.core
-        if sent < 0:
+        if sent == -1:
             to.conn.closed = True
             core.finish(reason)
-        else:
+        elif sent >= 0:
             to.conn.bytes_out += sent
             to.out = memoryview(data)[sent:]
         if core.end is not None:

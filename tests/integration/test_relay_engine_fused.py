@@ -9,8 +9,13 @@ from __future__ import annotations
 import socket
 import urllib.request
 
+import pytest
+
 from support.polling import wait_for
 from support.proxyproc import relay_config
+
+from .test_relay_engine_tls import ca, cert_files  # noqa: F401 (fixtures)
+from .test_tls import client_context
 
 HOST = "127.0.0.1"
 
@@ -28,10 +33,12 @@ def scrape(proxy) -> dict[str, float]:
                                 "mailproxy_command_duration_seconds_count{"))}
 
 
-def run(proxy, user) -> tuple[int, int]:
+def run(proxy, user, tls) -> tuple[int, int]:
     """Log in, the sequence one command at a time, LOGOUT; the bytes sent and read after the
-    login."""
+    login. `tls`: the client's ssl context (implicit TLS), or None."""
     sock = socket.create_connection((HOST, proxy.port("imap")), timeout=30)
+    if tls is not None:
+        sock = tls.wrap_socket(sock, server_hostname="localhost")
     file = sock.makefile("rb")
     file.readline()
     sock.sendall(b"a LOGIN %s %s\r\n" % (user[0].encode(), user[1].encode()))
@@ -52,23 +59,30 @@ def run(proxy, user) -> tuple[int, int]:
     return sent, read
 
 
-def outcome(proxy_factory, dovecot, user, audit: bool) -> tuple[int, int, dict[str, float]]:
-    config = relay_config(dovecot, allow_plaintext_auth=True, audit=audit)
+def outcome(proxy_factory, dovecot, user, audit: bool, tls
+            ) -> tuple[int, int, dict[str, float]]:
+    extra = {} if tls is None else {"tls": "implicit", "certificates": [tls[0]]}
+    config = relay_config(dovecot, allow_plaintext_auth=True, audit=audit, **extra)
     config["relay"] = {"engine": "epoll"}
     proxy = proxy_factory(config)
-    sent, read = run(proxy, user)
+    sent, read = run(proxy, user, None if tls is None else tls[1])
     assert wait_for(lambda: proxy.logs().count("event=session_end") >= 1, "the session end")
     samples = wait_for(lambda: (s := scrape(proxy)) and any(
         k.startswith("mailproxy_bytes_total{") for k in s) and s, "bytes counted")
     return sent, read, samples
 
 
-def test_fused_and_full_paths_count_the_same(proxy_factory, dovecot, user):
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "implicit-tls"])
+def test_fused_and_full_paths_count_the_same(proxy_factory, dovecot, user, tls, request):
     """Dovecot's answers vary in length from run to run (their timings): the bytes from the
     upstream are compared as what was counted beyond what the client read."""
+    context = None
+    if tls:
+        cert, key, _ = request.getfixturevalue("cert_files")
+        context = ({"cert": cert, "key": key}, client_context(request.getfixturevalue("ca")))
     dovecot.deliver(user[0], b"Subject: one\r\n\r\nbody\r\n")
-    fused_sent, fused_read, fused = outcome(proxy_factory, dovecot, user, audit=False)
-    full_sent, full_read, full = outcome(proxy_factory, dovecot, user, audit=True)
+    fused_sent, fused_read, fused = outcome(proxy_factory, dovecot, user, False, context)
+    full_sent, full_read, full = outcome(proxy_factory, dovecot, user, True, context)
     up = 'mailproxy_bytes_total{direction="client_to_upstream",protocol="imap"}'
     down = 'mailproxy_bytes_total{direction="upstream_to_client",protocol="imap"}'
     assert fused_sent == full_sent
