@@ -66,9 +66,15 @@ def outcome(proxy_factory, dovecot, user, audit: bool, tls
     config["relay"] = {"engine": "epoll"}
     proxy = proxy_factory(config)
     sent, read = run(proxy, user, None if tls is None else tls[1])
-    assert wait_for(lambda: proxy.logs().count("event=session_end") >= 1, "the session end")
+    end = wait_for(lambda: [line for line in proxy.logs().splitlines()
+                            if "event=session_end" in line and "upstream=main" in line],
+                   "the session end")[0]
     samples = wait_for(lambda: (s := scrape(proxy)) and any(
         k.startswith("mailproxy_bytes_total{") for k in s) and s, "bytes counted")
+    fields = dict(part.split("=", 1) for part in end.split() if "=" in part)
+    # the session's own byte counts (the Conns': what the admin API's `who` shows live)
+    samples["session bytes_in"] = float(fields["bytes_in"])
+    samples["session bytes_out - read"] = float(fields["bytes_out"]) - read
     return sent, read, samples
 
 
