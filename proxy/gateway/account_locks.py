@@ -62,9 +62,10 @@ class AccountLocks:
 
     def resume_at(self, upstream: str, user: str,
                   listing: list[tuple[int, str | None]]) -> list[tuple[int, str | None]]:
-        """A server without UIDL: every sync reads every message (keyed by digest), so one whose
-        budget (``gateway.limits.sync_budget``) ran out always reached the same message and the
-        mail listed after it never arrived. The listing from where the last such sync stopped,
+        """A server without UIDL (or messages whose UIDL breaks RFC 1939 7, `pop3_listing`):
+        every sync reads every such message (keyed by digest), so one whose budget
+        (``gateway.limits.sync_budget``) ran out always reached the same message and the mail
+        listed after it never arrived. The listing from where the last such sync stopped,
         then its start (each message is still read once per round)."""
         start = self.resume.pop((upstream, user), None)
         if start is None:

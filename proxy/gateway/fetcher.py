@@ -291,7 +291,9 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
             else:
                 locks.settled.pop((upstream_name, user), None)
                 listing = await _listing(client, uidl, workers)
-                if not has_uidl:
+                # no UIDL, or UIDLs breaking RFC 1939 7: such messages are read on every sync
+                rereads = any(u is None for _, u in listing)
+                if rereads:
                     listing = locks.resume_at(upstream_name, user, listing)
                 ingest, deleted, budget_spent = await _sync_listing(
                     client, config, store, account.id, listing, progress, who, workers,
@@ -300,7 +302,7 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
                 anomalies = dict(ingest.skipped)
                 if has_uidl and (bad := sum(u is None for _, u in listing)):
                     anomalies["bad_uidl"] = bad
-                if budget_spent and not has_uidl and budget.reached is not None:
+                if budget_spent and rereads and budget.reached is not None:
                     locks.resume[(upstream_name, user)] = budget.reached + 1
                 if budget_spent:
                     logs.event("gateway_sync_budget_spent", user=who,

@@ -172,13 +172,16 @@ async def test_a_server_stalling_a_dele_ends_the_sync_at_its_budget(nursery, sto
     assert server.messages == [] and bodies(await stored(store, USER)) == sorted(messages)
 
 
+@pytest.mark.parametrize("uidls", ["none", "bad"])
 async def test_a_server_without_uidl_slower_than_the_budget_gets_everything_over_several_syncs(
-        nursery, store_url, store):
+        nursery, store_url, store, uidls):
     """Without UIDL every sync reads every message (keyed by digest): one whose budget ran out
     always stopped at the same message, and the mail after it never arrived. The account's
-    next sync (one AccountLocks, as the gateway shares) starts where the last one stopped."""
+    next sync (one AccountLocks, as the gateway shares) starts where the last one stopped.
+    The same for UIDLs that break RFC 1939 7 (71 characters here), also keyed by digest."""
     messages, _ = many(8)
-    server = HostilePop3(messages, USER, PASSWORD, uidl=False)
+    server = HostilePop3(messages, USER, PASSWORD, uidl=uidls == "bad",
+                         uidls=[b"%071d" % i for i in range(8)] if uidls == "bad" else None)
     server.script(b"RETR", None, late(0.3))
     await server.start(nursery)
     locks = AccountLocks()
