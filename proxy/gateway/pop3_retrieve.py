@@ -31,10 +31,23 @@ from .pop3_client import Pop3Client, SyncCut
 from .quota import IngestGate
 from .workers import Workers
 
-__all__ = ["DIGEST_PREFIX", "PIPELINE_WINDOW", "SyncBudget", "fetch"]
+__all__ = ["DIGEST_PREFIX", "PIPELINE_WINDOW", "SyncBudget", "digest_of", "fetch"]
 
 PIPELINE_WINDOW = 16                # RETR/DELE commands in flight with PIPELINING (RFC 2449 6.6)
 DIGEST_PREFIX = "sha256:"
+DIGEST_INLINE = 256 * 1024          # bytes: a bigger body is hashed in a thread (~5 ms per MB;
+                                    # hashlib lets go of the GIL), not on the event loop
+
+
+async def digest_of(body: bytes) -> str:
+    """The synthetic UIDL of a message keyed by its content: "sha256:<hex>"."""
+    if len(body) <= DIGEST_INLINE:
+        return DIGEST_PREFIX + hashlib.sha256(body).hexdigest()
+    return DIGEST_PREFIX + await trio.to_thread.run_sync(_hexdigest, body)
+
+
+def _hexdigest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
 
 
 class SyncBudget:
@@ -168,7 +181,7 @@ async def retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ing
                     failed.add(uidl)
             else:
                 if uidl is None or digest_keyed():
-                    digest = DIGEST_PREFIX + hashlib.sha256(body).hexdigest()
+                    digest = await digest_of(body)
                     # (or a UIDL no longer shared, its message stored by digest: the same one)
                     if uidl is None or (uidl not in known and digest in known):
                         uidl = digest
