@@ -333,27 +333,31 @@ class Accepted:
         except (OSError, ssl.SSLError):
             pass
 
+    def _client_ended(self, reads: int) -> bool:
+        """Read (and drop) what the client sends, `reads` times at most: True once it has
+        closed or its socket failed, False while it may send more."""
+        try:
+            for _ in range(reads):
+                if not self.sock.recv(RECEIVE_SIZE):
+                    return True
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return False
+
     def _linger(self) -> bool:
         """Half-close, read what the client still sends; True when it has not closed yet (a
         Lingering entry reads it to its end, at most LINGER_TIMEOUT). A client that has closed
         already (after LOGOUT's OK, mostly: engine_logout.py does not read it) is found so by
         the first read, and needs no half-close: the close sends our FIN."""
-        sock = self.sock
-        try:
-            if not sock.recv(RECEIVE_SIZE):
-                return False
-        except BlockingIOError:
-            pass
-        except OSError:
+        if self._client_ended(1):
             return False
         try:
-            sock.shutdown(socket.SHUT_WR)
-            for _ in range(CHECKPOINT_EVERY):   # bounded: a client that floods waits below
-                if not sock.recv(RECEIVE_SIZE):
-                    return False
-        except BlockingIOError:
-            pass
+            self.sock.shutdown(socket.SHUT_WR)
         except OSError:
+            return False
+        if self._client_ended(CHECKPOINT_EVERY):   # bounded: a client that floods waits below
             return False
         eng = self.acceptor.engine
         self.lingering = Lingering(eng, self, eng.now + LINGER_TIMEOUT)
