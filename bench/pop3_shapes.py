@@ -44,9 +44,9 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from clients import Pop3, Reader, connect, pop3_download  # noqa: E402
+from clients import Pop3, pop3_download  # noqa: E402
 from common import Env, Mailbox, _message, make_mailbox  # noqa: E402
-from roundtrip_timeline import tasks, total_op  # noqa: E402
+from roundtrip_timeline import retr_times, tasks, total_op  # noqa: E402
 
 RELAY = r"""
 import fcntl, os, select, socket, sys
@@ -201,29 +201,8 @@ def download(port: int, user: str, password: str, watched: dict[str, int]
 
 def retr_p50(port: int, user: str, password: str, count: int) -> float:
     """RETR 1..count one at a time in one session: the p50 round trip in us."""
-    sock = connect(port)
-    r = Reader(sock)
-    r.line()
-    for line in (b"USER " + user.encode(), b"PASS " + password.encode()):
-        sock.sendall(line + b"\r\n")
-        assert r.line().startswith(b"+OK")
-    perf, times = time.perf_counter_ns, []
-    for i in range(1, count + 1):
-        t0 = perf()
-        sock.sendall(b"RETR %d\r\n" % i)
-        assert r.line().startswith(b"+OK")
-        while True:
-            end = r.buf.find(b"\r\n.\r\n", max(r.pos - 4, 0))
-            if end >= 0:
-                r.pos = end + 5
-                break
-            r.pos = len(r.buf)
-            r._more()
-        times.append((perf() - t0) / 1e3)
-    sock.sendall(b"QUIT\r\n")
-    r.line()
-    sock.close()
-    return statistics.median(times)
+    return statistics.median((done - sent) / 1e3
+                             for sent, _, done in retr_times(port, user, password, count))
 
 
 def main() -> None:
