@@ -121,7 +121,7 @@ def _sit(session, name: bytes) -> None:
                                  b"EXPUNGE"], OK_OR_NO)
                 else:
                     session.idle()
-        session.bye_ok = False
+        # (leaving it may be what finds it deleted: Dovecot answers that SELECT with its BYE)
         session.switch(b"SELECT", b"INBOX")
     except Bye:
         session.counts["scratch bye"] += 1   # how often a selected scratch mailbox went away
