@@ -267,8 +267,9 @@ class EngineLoop:
                 data = b""
             if side.tls is not None:
                 side.tls.receive_data(data)
-                self._decrypt(side, hung_up=not events & IN)
-                return None
+                # settled (as `received` says it): `_ready` need not fit the session again,
+                # unless the flush above changed what it waits for
+                return self._decrypt(side, hung_up=not events & IN) and not events & OUT
             conn = side.conn
             conn.bytes_in += len(data)
             if not data:
@@ -276,17 +277,22 @@ class EngineLoop:
             return sess.received(side, data)
         return None
 
-    def _decrypt(self, side: Side, hung_up: bool = False) -> None:
+    def _decrypt(self, side: Side, hung_up: bool = False) -> bool:
         """Hand the plaintext `side`'s TLSEngine can give to its session, while that side may
         be read (else it waits in `_tls_waiting`); write what OpenSSL has to say. A side that
         hung up is read to its end whatever the backpressure, as a plain one is (its input is
-        what the kernel held: bounded)."""
+        what the kernel held: bounded). True when the session is settled since it was last
+        fitted (`EngineSession.received`'s meaning: the fused step took the chunk, or the full
+        path said so, and OpenSSL's own bytes went out whole): the caller need not fit it
+        (issue 16: the common TLS wake-up, a chunk the fused step takes, skips `_interest`
+        and `due()`, as a plain side's does in `_loop`)."""
         tls, sess, conn = side.tls, side.session, side.conn
         assert tls is not None
+        settled = True
         while True:
             if not side.mask & IN and not hung_up:   # resumed once the other side has flushed
                 self._tls_waiting.add(side)
-                return
+                return False
             try:
                 data = tls.read(RECEIVE_SIZE)
             except ssl.SSLError:   # broken: reset mid-record, a bad record, EOF without close_notify
@@ -294,18 +300,20 @@ class EngineLoop:
             if tls.wants_send:
                 side.write(tls.data_to_send())
             if data is None:   # a record is still incomplete: wait for the socket
-                return
+                return settled and not side.out
             fused = sess.fused   # (at rest: one step for a plain chunk, as in `_loop`)
             if fused is None or not fused(side, data):
                 conn.bytes_in += len(data)
                 if not data:
                     conn.eof = True
-                sess.received(side, data)
+                if not sess.received(side, data):
+                    settled = False
             if not data or sess.done or not tls.has_unread:   # (the usual end: no read to fail)
-                return
+                return settled and not side.out
             self._interest(sess)
             if sess.done:
-                return
+                return False
+            settled = True   # (fitted just now)
 
     def _resume_tls(self) -> None:
         for side in list(self._tls_waiting):
@@ -328,7 +336,7 @@ class EngineLoop:
             side.conn.bytes_out += sent
         side.out = memoryview(side.out)[sent:] if sent < len(side.out) else b""
 
-    def _guarded(self, sess: EngineSession, step: Callable[..., None], *args: object) -> None:
+    def _guarded(self, sess: EngineSession, step: Callable[..., object], *args: object) -> None:
         """Run one step of a session; then fit its registrations and timer to its new state.
         A bug ends that session (logged, as serve.py does), never the engine."""
         if sess.fused is not None:   # (the step may change what being at rest rests on)
