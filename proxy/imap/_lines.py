@@ -21,6 +21,7 @@ __all__ = [
     "parse_resp_text",
     "PLAIN_COMMAND_RE",
     "PLAIN_TAGGED_RE",
+    "PLAIN_ANSWER_RE",
     "STATUS_NAMES",
     "TAGGED_STATUSES",
 ]
@@ -45,6 +46,15 @@ _UNTAGGED_HEAD_RE = re.compile(rb"\* (?:([0-9]{1,20}) )?(%s)(?= |\Z)" % _NAME)
 PLAIN_COMMAND_RE = re.compile(
     rb"(%s) ([A-Za-z]+)(?: ([A-Za-z]+))?(?: [^\x00\r\n{}]*)?\r\n" % _TAG)
 PLAIN_TAGGED_RE = re.compile(rb"(%s) ((?i:OK|NO|BAD))(?: [^\n]*)?\r\n" % _TAG)
+# An answer a response parser is sure to read as it is, without a literal or a continuation
+# (the relay's fused step, relay/imap_fused.py): complete untagged lines, each ``* [number]
+# name`` (a name of letters: never a digits-only name without a number, which
+# ``parse_response_head`` refuses) and text that does not end in ``}`` (where a literal's
+# marker would be, RFC 3501 4.3: such a line is left to the parser), then at most one tagged
+# status line as PLAIN_TAGGED_RE reads it (its tag and status the groups; None without one).
+PLAIN_ANSWER_RE = re.compile(
+    rb"(?:\* (?:[0-9]{1,20} )?[A-Za-z]+(?: [^\r\n]*[^\r\n}])?\r\n)+"
+    rb"(?:(%s) ((?i:OK|NO|BAD))(?: [^\n]*)?\r\n)?" % _TAG)
 
 #: RFC 9051 §7.1: untagged status responses.
 STATUS_NAMES = frozenset({b"OK", b"NO", b"BAD", b"PREAUTH", b"BYE"})

@@ -15,7 +15,10 @@ when it is
 - from the client: one command line that `CommandParser.plain_line` would accept (the same
   regex, within `max_plain`), and not LOGOUT, IDLE or COMPRESS (the core's own handling);
 - from the upstream: one tagged status line (`ResponseParser.tagged_line`'s regex, within the
-  parser's `max_line`).
+  parser's `max_line`), or complete untagged lines that cannot start a literal or a
+  continuation (`* 3 EXISTS`, SELECT's answer: no line ending in `}`, a name of letters; the
+  relay keeps nothing of them) and at most one tagged status line after them
+  (`PLAIN_ANSWER_RE`), the whole chunk within `max_line`.
 
 It then writes the chunk on, and does what the full path would have: activity and upstream-wait
 times, the command started (`pending`, `session.commands`) or completed, the connections' byte
@@ -25,8 +28,8 @@ goes to the byte metrics (`ByteCounter`), the held lines' and the parser's offse
 appended raw, (meter, label, status, duration), to the command tally's `raw` list, looked up and
 counted at its next flush (a scrape, or every `CommandTally.BATCH`): the same counts and
 histograms as `CommandMeter.completed`. Sessions with `audit` logging are never at rest here, so
-their per-command lines stay `completed`'s. Anything else (a literal, two lines, a partial line,
-an untagged line, bad syntax, a line over a limit) returns False with nothing changed, and the
+their per-command lines stay `completed`'s. Anything else (a literal, two commands, a partial line,
+a continuation, bad syntax, a chunk over a limit) returns False with nothing changed, and the
 full path takes it.
 A write that the kernel did not take whole, or that failed, leaves the session as the full path
 would (the rest kept in `out`, or the session ended) and lets the engine fit it.
@@ -38,7 +41,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from ..imap._lines import PLAIN_COMMAND_RE, PLAIN_TAGGED_RE, TAGGED_STATUSES
+from ..imap._lines import PLAIN_ANSWER_RE, PLAIN_COMMAND_RE, PLAIN_TAGGED_RE, TAGGED_STATUSES
 from ..metrics import OTHER
 from ..session.context import ByteCounter
 from ..session.failures import Close
@@ -52,6 +55,7 @@ __all__ = ["FusedStep", "at_rest"]
 
 _command = PLAIN_COMMAND_RE.fullmatch
 _tagged = PLAIN_TAGGED_RE.fullmatch
+_answer = PLAIN_ANSWER_RE.fullmatch
 _OWN = frozenset({b"LOGOUT", b"IDLE", b"COMPRESS"})   # judged by the core (`judge`)
 _FLUSH_BYTES = ByteCounter.FLUSH_BYTES
 _write, _monotonic = os.write, time.monotonic
@@ -143,11 +147,16 @@ class FusedStep:
             self._up(size)
             return self._short(self.upstream, data, sent, Close.UPSTREAM_CLOSED)
         # -- an answer (forward, upstream_data) ----------------------------------------------
-        if size > self.max_answer:
+        if size > self.max_answer:   # (so each of its lines is within the parser's max_line)
             return False
         match = _tagged(data)
-        if match is None:
-            return False
+        if match is not None:
+            last = size
+        else:   # untagged lines (`* 3 EXISTS`, SELECT's answer), then at most one tagged line
+            match = _answer(data)
+            if match is None:
+                return False
+            last = size - data.rfind(b"\n", 0, size - 1) - 1   # the last line's size
         if self.client_tls:
             sent = self._send_tls(self.client, data)
         else:
@@ -168,7 +177,7 @@ class FusedStep:
         if pending:   # answering is activity
             core.last_active = now
         tag, status = match.groups()
-        entry = pending.pop(tag, None)
+        entry = pending.pop(tag, None) if tag is not None else None
         if entry is not None:   # CommandMeter.completed, counted at the tally's next flush
             raw = self.raw
             raw.append((self.meter, entry[0], status if status in TAGGED_STATUSES
@@ -179,12 +188,12 @@ class FusedStep:
             if not self.client_tls:
                 self.client_conn.bytes_out += size
             self.down = down = self.down + size
-            self.down_last = size
+            self.down_last = last
             if down >= _FLUSH_BYTES:
                 self.flush()
             return True
         self.sess.unfuse()
-        self._down(size)
+        self._down(size, last)
         return self._short(self.client, data, sent, Close.CLIENT_CLOSED)
 
     def flush(self) -> None:
@@ -206,7 +215,8 @@ class FusedStep:
         self.bytes_up.add(size)
 
     def _down(self, size: int, last: int = 0) -> None:
-        """Tagged lines of `size` bytes read from the upstream and parsed (`upstream_data`)."""
+        """Answers of `size` bytes read from the upstream and parsed (`upstream_data`), the
+        last line `last` bytes (default: one line)."""
         self.bytes_down.add(size)
         self.upstream_parser.pass_lines_at_rest(size, last or size)
 

@@ -11,9 +11,11 @@ import socket
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from test_relay_core import counted, imap_core
 
 from proxy.relay.engine_imap import ImapEngineSession
+from proxy.session.failures import Close
 
 
 class FakeEngine:
@@ -107,10 +109,18 @@ CHUNKS = [b"a1 NOOP\r\n", b"a2 uid fetch 1:* (FLAGS)\r\n", b"a3 select INBOX\r\n
           b"c1 CAPABILITY\r\n", b"c2 Noop\r\n", b"c3 STATUS x (MESSAGES)\r\n", b"c4 LOGOUT\r\n"]
 
 
+# what comes before a tagged answer (in its chunk; the fourth: in a chunk of its own): nothing,
+# an untagged line, SELECT's kind of answer, an untagged line alone, and what the fused step
+# leaves to the full path: a literal, a continuation, untagged lines over max_line (64) together
+BEFORE = [b"", b"* 1 EXISTS\r\n", b"* FLAGS (\\Seen)\r\n* 2 EXISTS\r\n* OK [UIDNEXT 3] x\r\n",
+          b"* 3 EXISTS\r\n", b"* 1 FETCH (BODY[] {3}\r\nabc)\r\n", b"+ more\r\n",
+          b"* 4 EXISTS\r\n* 0 RECENT\r\n* OK [UNSEEN 1] first unseen\r\n* 1 FETCH (FLAGS ())\r\n"]
+
+
 def outcome(fused: bool) -> tuple[list[tuple[object, ...]], list[object], int]:
     """Per chunk and per answer: the state; then the commands counted; and how many chunks
-    the fused step took. Answers: a tagged line alone (some lower case), or with an untagged
-    line before it."""
+    the fused step took. Answers: a tagged line (some lower case), alone or after what
+    `BEFORE` lists."""
     rig = Rig()
     try:
         states = []
@@ -127,7 +137,12 @@ def outcome(fused: bool) -> tuple[list[tuple[object, ...]], list[object], int]:
                     continue
                 n += 1
                 answer = b"%s %s done\r\n" % (tag, [b"OK", b"no", b"BAD", b"OK"][n % 4])
-                rig.feed(False, b"* 1 EXISTS\r\n" + answer if n % 3 == 0 else answer, fused)
+                before = BEFORE[n % len(BEFORE)]
+                if before == b"* 3 EXISTS\r\n":   # (a chunk of untagged lines alone)
+                    rig.feed(False, before, fused)
+                    states.append(rig.state())
+                    before = b""
+                rig.feed(False, before + answer, fused)
                 states.append(rig.state())
         durations = sorted(
             (s.labels["command"], s.value) for family in rig.metrics.registry.collect()
@@ -141,15 +156,17 @@ def outcome(fused: bool) -> tuple[list[tuple[object, ...]], list[object], int]:
 def test_the_fused_step_relays_and_counts_as_the_full_path():
     fused_states, fused_counts, taken = outcome(True)
     full_states, full_counts, none = outcome(False)
-    assert none == 0 and taken >= 12   # (so the comparison compares the fused step)
+    assert none == 0 and taken >= 15   # (so the comparison compares the fused step)
     assert fused_states == full_states
     assert fused_counts == full_counts
     assert {status for _, _, status, _ in full_counts[0]} == {"OK", "NO", "BAD"}  # type: ignore
 
 
 def test_chunks_the_fused_step_leaves_to_the_full_path():
-    """A literal, two lines, a partial line, a line over the limit, IDLE, LOGOUT, an untagged
-    answer: never taken (the session is at rest before each)."""
+    """A literal, two lines, a partial line, a line over the limit, IDLE, LOGOUT; answers with
+    a literal (any kind), a continuation, a bare LF, a partial line, two tagged lines, over
+    the limit: never taken (the session is at rest before each). Untagged lines alone or
+    before one tagged line are."""
     for chunk in (b"a7 APPEND x {3}\r\n", b"b1 NOOP\r\nb2 NOOP\r\n", b"b3 NO",
                   b"a8 SELECT " + b"x" * 70 + b"\r\n", b"b4 IDLE\r\n", b"c4 LOGOUT\r\n",
                   b"c5 COMPRESS DEFLATE\r\n", b"a5 UID\r\n"):
@@ -163,17 +180,50 @@ def test_chunks_the_fused_step_leaves_to_the_full_path():
             assert rig.fused == before, chunk
         finally:
             rig.close()
+    for answer in (b"* 1 FETCH (BODY[] {3}\r\n", b"* 1 FETCH (BODY[] {3+}\r\n",
+                   b"* 1 FETCH (BODY[] ~{3}\r\n", b"* OK x}\r\n", b"+ go\r\n",
+                   b"* 1 EXISTS\na1 OK done\r\n", b"* 1 EXISTS\r\n* 2 EXISTS",
+                   b"* 1 EXISTS\r\na1 OK done\r\na2 OK done\r\n",
+                   b"* 1 EXISTS\r\n" * 5 + b"a1 OK done\r\n"):   # (over max_line, 64)
+        rig = Rig()
+        try:
+            rig.feed(True, b"a1 NOOP\r\n", True)   # (full path: the first chunk sets the flag)
+            rig.feed(True, b"a2 NOOP\r\n", True)
+            assert rig.fused == 1 and rig.sess.fused is not None
+            rig.feed(False, answer, True)
+            assert rig.fused == 1, answer
+        finally:
+            rig.close()
     rig = Rig()
     try:
-        rig.feed(True, b"a1 NOOP\r\n", True)   # (full path: the first chunk sets the flag)
+        rig.feed(True, b"a1 NOOP\r\n", True)
         rig.feed(True, b"a2 NOOP\r\n", True)
-        assert rig.fused == 1
-        rig.feed(False, b"* 1 EXISTS\r\na1 OK done\r\n", True)
-        assert rig.fused == 1
-        rig.feed(False, b"a2 OK done\r\n", True)
-        assert rig.fused == 2
+        for answer in (b"* 1 EXISTS\r\n", b"* 2 EXISTS\r\n* 1 RECENT\r\na1 OK done\r\n",
+                       b"* OK [ALERT] x\r\n* 3 Expunge\r\na2 ok done\r\n"):
+            rig.feed(False, answer, True)
+        assert rig.fused == 4 and not rig.core.inflight.pending
     finally:
         rig.close()
+
+
+@pytest.mark.parametrize("answer", [b"* 3\r\na1 OK done\r\n", b"* 123\r\na1 OK done\r\n",
+                                    b"* \r\na1 OK done\r\n", b"*  EXISTS\r\na1 OK done\r\n"])
+def test_an_untagged_line_the_parser_refuses_is_left_to_the_full_path(answer):
+    """The full path ends the session (upstream protocol error, BYE); so must the engine's loop
+    with the fused step first."""
+    def ended(fused: bool) -> tuple[object, ...]:
+        rig = Rig()
+        try:
+            rig.feed(True, b"a1 NOOP\r\n", fused)
+            rig.feed(True, b"a2 NOOP\r\n", fused)
+            rig.feed(False, answer, fused)
+            return (rig.core.end, *rig.state(), rig.fused)
+        finally:
+            rig.close()
+    fused, full = ended(True), ended(False)
+    assert fused[-1] == 1 and full[-1] == 0
+    assert fused[:-1] == full[:-1]
+    assert full[0] is Close.UPSTREAM_PROTOCOL_ERROR
 
 
 def test_a_write_upstream_that_fails_ends_the_session_as_the_full_path_does():
