@@ -2,7 +2,8 @@
 that thread alone, counts only, so two revisions compare on a busy machine.
 
     .venv/bin/python bench/engine_calls.py [--messages 300] [--rounds 3] [--noops 3000]
-                                           [--base REV] [--top 30] [--opcodes]
+                                           [--sessions N] [--tls] [--base REV] [--top 30]
+                                           [--opcodes]
 
 The proxy (this tree's, or `--base REV` exported as bench/ab_relay.py does) runs with its
 `Engine._run_thread` wrapped in a `cProfile.Profile()`; one warm-up download, then `--rounds`
@@ -14,7 +15,9 @@ engine path are in it too, so compare at the same `--messages`) and the top func
 function with `f_trace_opcodes`; the `--top` functions by bytecodes too), per RETR (or per
 NOOP with `--rounds 0`: the session's login included): a count of the interpreter's work
 that, unlike the CPU time on a loaded machine, does not depend on the load (the C work inside
-calls is not in it).
+calls is not in it). `--sessions N` (with `--rounds 0 --noops 0`): N IMAP sessions (LOGIN,
+SELECT INBOX, LOGOUT) instead, counted per session. `--tls`: the IMAP rows over implicit TLS
+from the client (the proxy relays in clear to Dovecot), the POP3 rounds stay plain.
 Needs root, like the other relay benchmarks.
 """
 
@@ -30,8 +33,8 @@ import tempfile
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from ab_relay import export  # noqa: E402
-from clients import Imap, pop3_download  # noqa: E402
-from common import REPO_ROOT, Env, QuietProxyProcess, make_mailbox  # noqa: E402
+from clients import Imap, client_tls_context, imap_session, pop3_download  # noqa: E402
+from common import REPO_ROOT, Env, QuietProxyProcess, make_mailbox, tls_listener  # noqa: E402
 
 PROFILED = (
     "import cProfile, sys; sys.path.insert(0, {root!r}); sys.argv[0] = 'mailproxy'\n"
@@ -79,13 +82,19 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--opcodes", action="store_true",
                         help="count the thread's bytecodes instead of profiling its calls")
+    parser.add_argument("--sessions", type=int, default=0,
+                        help="N IMAP sessions (LOGIN, SELECT INBOX, LOGOUT), per session")
+    parser.add_argument("--tls", action="store_true", help="IMAP over implicit TLS")
     args = parser.parse_args()
     root = export(args.base) if args.base else REPO_ROOT
     out = pathlib.Path(tempfile.mkdtemp(prefix="mailproxy-calls-")) / "engine.prof"
     mailbox = make_mailbox(args.messages)
-    with Env("calls") as env:
+    with Env("calls", tls=args.tls) as env:
         user, password = env.user_with(mailbox)
-        listeners = [{"name": "pop3", "protocol": "pop3"}, {"name": "imap", "protocol": "imap"}]
+        listeners = [{"name": "pop3", "protocol": "pop3"},
+                     tls_listener(env, "imap", "imap") if args.tls
+                     else {"name": "imap", "protocol": "imap"}]
+        ctx = client_tls_context(str(env.ca_file)) if args.tls else None
         probe = env.proxy(listeners, metrics=True, extra={"relay": {"engine": "epoll"}})
         probe.stop()   # only its config was wanted
         opcodes = OPCODES.format(out=str(out)) if args.opcodes else ""
@@ -101,22 +110,27 @@ def main() -> None:
             if digest != mailbox.sha256:
                 raise SystemExit("POP3 sha256 mismatch")
         if args.noops:
-            imap = Imap(proxy.port("imap"))
+            imap = Imap(proxy.port("imap"), ctx)
             imap.login(user, password)
             imap.command(b"SELECT INBOX")
             imap.noop_rtt_ns(args.noops)
             imap.logout()
+        for _ in range(args.sessions):
+            imap_session(proxy.port("imap"), user, password, ctx)
         proxy.send_signal(signal.SIGTERM)
         proxy.wait(60)
     retrs = (args.rounds + 1) * args.messages
     if args.opcodes:
         rows = [line.split(" ", 1) for line in out.read_text().splitlines()]
         total = sum(int(n) for n, _ in rows)
-        ops = retrs if args.rounds else args.noops
+        ops = retrs if args.rounds else args.noops or args.sessions
         for n, where in rows[:args.top]:
             print(f"{int(n) / ops:8.1f} {where.replace(str(root) + '/', '')}")
-        per = f"{total / retrs:.1f} per RETR over {retrs} RETRs" if args.rounds else \
-            f"{total / args.noops:.1f} per NOOP over {args.noops} NOOPs (the login's included)"
+        per = (f"{total / retrs:.1f} per RETR over {retrs} RETRs" if args.rounds else
+               f"{total / args.noops:.1f} per NOOP over {args.noops} NOOPs (the login's included)"
+               if args.noops else f"{total / args.sessions:.1f} per IMAP session over "
+               f"{args.sessions} sessions")
+        per += " over TLS" if args.tls else ""
         print(f"engine thread of {args.base or 'this tree'}: {total} bytecodes, {per}")
         return
     stats = pstats.Stats(str(out))
