@@ -16,6 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from proxy import certgen
 from proxy.config import Address, Certificate, Listener
 from proxy.net.tls import ServerTLS, server_handshake
+from support.polling import TIMEOUT
 
 NAMES = ["mail.example", "imap.example", "127.0.0.1"]
 
@@ -50,7 +51,7 @@ async def test_generated_pair_serves_and_verifies_for_each_name(tmp_path):
     client = ssl.create_default_context(cafile=str(cert_path))
 
     async def handler(stream):
-        with trio.fail_after(5):
+        with trio.fail_after(TIMEOUT):
             tls = await server_handshake(stream, server_tls, "imap")
         await tls.send_all(b"* OK\r\n")
         await tls.aclose()

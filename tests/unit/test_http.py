@@ -13,6 +13,7 @@ from proxy.config import Address
 from proxy.health import Health
 from proxy.metrics import Metrics
 from proxy.net import http
+from support.polling import TIMEOUT
 
 
 @dataclass
@@ -45,7 +46,7 @@ async def fetch(url: str, method: str = "GET", headers: dict | None = None,
     def run() -> Reply:
         request = urllib.request.Request(url, method=method, headers=headers or {}, data=data)
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
+            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
                 return Reply(response.status, response.headers, response.read())
         except urllib.error.HTTPError as error:
             with error:
@@ -56,7 +57,7 @@ async def fetch(url: str, method: str = "GET", headers: dict | None = None,
 
 async def raw(port: int, data: bytes) -> bytes:
     """Send `data` on a fresh connection and return everything the server sends until it closes."""
-    with trio.fail_after(5):
+    with trio.fail_after(TIMEOUT):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
             await stream.send_all(data)

@@ -7,6 +7,7 @@ import trio
 import trio.testing
 
 from proxy.session.serve import OpenSessions
+from support.polling import TIMEOUT
 
 
 async def test_wait_none_is_woken_by_the_last_discard_from_another_thread():
@@ -27,11 +28,11 @@ async def test_wait_none_is_woken_by_the_last_discard_from_another_thread():
         await trio.testing.wait_all_tasks_blocked()
         assert not done.is_set() and len(sessions) == 1
         await trio.to_thread.run_sync(sessions.discard, last)
-        with trio.fail_after(10):   # (a bound, not a measurement: woken through the token)
+        with trio.fail_after(TIMEOUT):   # (a bound, not a measurement: woken through the token)
             await done.wait()
     assert len(sessions) == 0
 
 
 async def test_wait_none_returns_at_once_when_none_is_open():
-    with trio.fail_after(10):
+    with trio.fail_after(TIMEOUT):
         await OpenSessions().wait_none()

@@ -30,6 +30,7 @@ from proxy.net.tls import (
     server_handshake,
 )
 from support.logrecords import caught
+from support.polling import TIMEOUT
 
 GREETING = b"* OK ready\r\n"
 
@@ -117,7 +118,7 @@ async def connect(port: int, ctx: ssl.SSLContext, server_hostname: str | None) -
 async def greeting(tls: trio.SSLStream) -> bytes:
     """The server's first bytes, or b"" if it dropped the connection."""
     try:
-        with trio.fail_after(5):
+        with trio.fail_after(TIMEOUT):
             return await tls.receive_some()
     except trio.BrokenResourceError:
         return b""
@@ -128,7 +129,7 @@ def peer_dns_names(tls: trio.SSLStream) -> list[str]:
 
 
 async def outcome(outcomes) -> str | TLSHandshakeError:
-    with trio.fail_after(5):
+    with trio.fail_after(TIMEOUT):
         return await outcomes.receive()
 
 
@@ -428,7 +429,7 @@ async def upstream_attempt(server_tls: ServerTLS, ctx: ssl.SSLContext,
     async with serve_tls(server_tls) as (port, _):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         try:
-            with trio.fail_after(5):
+            with trio.fail_after(TIMEOUT):
                 tls = await client_handshake(stream, ctx, server_name)
         except TLSHandshakeError as exc:
             failure = exc
@@ -498,7 +499,7 @@ async def test_client_certificate_presented_when_configured(ca, tmp_path):
     ctx = client_context(upstream_for(ca_file=ca_file(tmp_path, ca), client_cert=client_cert))
     async with serving(handshake) as (port, outcomes):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
-        with trio.fail_after(5):
+        with trio.fail_after(TIMEOUT):
             tls = await client_handshake(stream, ctx, "mail.example")
         assert await greeting(tls) == GREETING
         assert await outcome(outcomes) == "ok"

@@ -13,6 +13,7 @@ import trustme
 from proxy.net.conn import Conn, PrefixedStream, TLSStream
 from proxy.net.tls_engine import TLSEngine
 from support.loopback import tcp_stream_pair
+from support.polling import TIMEOUT
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ async def tls_pair(server_ctx, client_ctx, server_side_prefix: int = 0
 
 async def test_relay_sized_chunks_both_ways(server_ctx, client_ctx):
     conn, client = await tls_pair(server_ctx, client_ctx)
-    with trio.fail_after(20):
+    with trio.fail_after(TIMEOUT):
         await client.send_all(b"a1 NOOP\r\n")
         assert await conn.receive() == b"a1 NOOP\r\n"
         body = hashlib.sha256(b"x").digest() * 100_000  # 3.2 MB, about 200 records
@@ -80,7 +81,7 @@ async def test_relay_sized_chunks_both_ways(server_ctx, client_ctx):
 
 async def test_aclose_sends_close_notify(server_ctx, client_ctx):
     conn, client = await tls_pair(server_ctx, client_ctx)
-    with trio.fail_after(5):
+    with trio.fail_after(TIMEOUT):
         assert await conn.send(b"* BYE\r\n")
         await conn.aclose()
         assert await client.receive_some() == b"* BYE\r\n"
@@ -91,7 +92,7 @@ async def test_aclose_sends_close_notify(server_ctx, client_ctx):
 
 async def test_peers_close_notify_then_abrupt_close(server_ctx, client_ctx):
     conn, client = await tls_pair(server_ctx, client_ctx)
-    with trio.fail_after(5):
+    with trio.fail_after(TIMEOUT):
         await client.send_all(b"a1 LOGOUT\r\n")
         await client.aclose()  # close_notify, then TCP close
         assert await conn.receive() == b"a1 LOGOUT\r\n"
@@ -99,7 +100,7 @@ async def test_peers_close_notify_then_abrupt_close(server_ctx, client_ctx):
     await conn.aclose()
 
     conn, client = await tls_pair(server_ctx, client_ctx)
-    with trio.fail_after(5):
+    with trio.fail_after(TIMEOUT):
         await client.send_all(b"a1 NOOP\r\n")
         assert await conn.receive() == b"a1 NOOP\r\n"
         await trio.aclose_forcefully(client.transport_stream)  # TCP close, no close_notify
@@ -112,7 +113,7 @@ async def test_handshake_after_already_read_bytes(server_ctx, client_ctx):
     conn, client = await tls_pair(server_ctx, client_ctx, server_side_prefix=7)
     assert isinstance(conn.stream, TLSStream)
     assert type(conn.stream.transport_stream) is trio.SocketStream  # the raw-socket path
-    with trio.fail_after(5):
+    with trio.fail_after(TIMEOUT):
         await client.send_all(b"a1 CAPABILITY\r\n")
         assert await conn.receive() == b"a1 CAPABILITY\r\n"
     await conn.aclose()
@@ -124,7 +125,7 @@ async def test_concurrent_writers_keep_record_order(server_ctx, client_ctx):
     tls = conn.stream
     assert isinstance(tls, TLSStream)
     pieces = [bytes([65 + i]) * 300_000 for i in range(4)]
-    with trio.fail_after(20):
+    with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             for piece in pieces:  # each send is larger than the socket buffer: they overlap
                 nursery.start_soon(tls.send_all, piece)
