@@ -227,7 +227,9 @@ def test_upstream_that_stops_answering_ends_the_session(proxy_factory, dovecot):
     try:
         config = relay_config(dovecot, listeners=("imap",), allow_plaintext_auth=True)
         config["upstreams"]["main"]["imap"] = {"port": fake.port, "tls": "none"}
-        config["listeners"][0]["timeouts"] = {"upstream_response": "1s"}
+        # 5 s, not 1: the timer bounds every upstream reply, and the fake answering LOGIN and
+        # NOOP is a thread of this process: a stall of it over 1 s ended the session early
+        config["listeners"][0]["timeouts"] = {"upstream_response": "5s"}
         proxy = proxy_factory(config)
         assert fake.wait_connection() == b""  # the health check
         sock = socket.create_connection((HOST, proxy.port("imap")), timeout=30)
