@@ -17,6 +17,7 @@ from proxy.gateway.service import open_configured_store
 from proxy.store import FlagMode, IngestItem, StoreError, StoreFailure, _pg_notify, open_store
 from proxy.store.postgres import SCHEMA_VERSION
 from support.dovecot import free_ports
+from support.polling import TIMEOUT
 
 from .helpers import check_migration_4_sync_status, config_dict, postgres_at_schema
 
@@ -233,7 +234,7 @@ class Collected:
         return set(self.pins)
 
     async def until(self, predicate) -> None:
-        with trio.fail_after(10):
+        with trio.fail_after(TIMEOUT):
             while not predicate():
                 await self.event.wait()
 
@@ -246,7 +247,7 @@ async def test_feed_delivers_other_processes_changes_and_catches_up_after_a_gap(
     account = await there.ensure_account("up", "alice")
     inbox = await there.get_mailbox(account.id, "INBOX")
     got = Collected()
-    with trio.fail_after(10):
+    with trio.fail_after(TIMEOUT):
         await nursery.start(here.follow_changes, got)
     start = await there.highest_modseq(inbox.id)
     await here.append(inbox.id, mail(0))                     # own change: not delivered
@@ -299,7 +300,7 @@ async def test_migration_4_adds_empty_sync_status(pg_dsn):
 async def wait_acks(store, count: int = 2) -> None:
     """Until the store's follower has acked (and swept) `count` more times."""
     target = store.follower.acked + count
-    with trio.fail_after(20):
+    with trio.fail_after(TIMEOUT):
         while store.follower.acked < target:
             await store.follower.ack_event.wait()
 
@@ -328,7 +329,7 @@ async def test_a_body_another_replica_still_shows_is_kept_until_it_lets_go(pg_ds
         await original(account_id, mailbox_id, changes, flags)
 
     got.changed = session_shows_it
-    with trio.fail_after(10):
+    with trio.fail_after(TIMEOUT):
         await nursery.start(here.follow_changes, got)
     await there.expunge(inbox.id, [uid])
     await there.collect_bodies([meta.body_id])   # `there`'s own sessions do not show it
@@ -355,7 +356,7 @@ async def test_own_expunges_are_held_from_the_log(pg_dsn, nursery):
     inbox = await here.get_mailbox(account.id, "INBOX")
     uid = await here.append(inbox.id, mail(1))
     got = Collected()
-    with trio.fail_after(10):
+    with trio.fail_after(TIMEOUT):
         await nursery.start(here.follow_changes, got)
     await here.expunge(inbox.id, [uid])
     await got.until(lambda: got.held)
@@ -380,7 +381,7 @@ async def test_bodies_left_by_a_dead_process_are_swept(pg_dsn, nursery):
         conn.execute("INSERT INTO replicas(origin, seen_at, horizon) VALUES ('stuck', now(), 0)")
         conn.execute("INSERT INTO pins(origin, body_id) VALUES ('stuck', %s)", (meta.body_id,))
     got = Collected()
-    with trio.fail_after(10):
+    with trio.fail_after(TIMEOUT):
         await nursery.start(here.follow_changes, got)
     await wait_acks(here, 3)
     assert body_exists(pg_dsn, meta.body_id)            # 'stuck' is live and behind
@@ -408,7 +409,7 @@ async def test_feed_reports_mailboxes_deleted_or_renamed_elsewhere(pg_dsn, nurse
         await there.create_mailbox(account.id, name)
     ids = {m.name: m.id for m in await there.list_mailboxes(account.id)}
     got = Collected()
-    with trio.fail_after(10):
+    with trio.fail_after(TIMEOUT):
         await nursery.start(here.follow_changes, got)
     await here.delete_mailbox(account.id, "Archive")    # own: the process told its sessions
     await there.rename_mailbox(account.id, "Work", "Job")
@@ -436,25 +437,25 @@ async def test_feed_catches_up_renames_and_deletions_missed_in_a_gap(pg_dsn, nur
     def gated_connect(self):
         if self.acked:
             lost.set()
-            reconnect.wait(20)
+            reconnect.wait(TIMEOUT)
         return connect(self)
 
     monkeypatch.setattr(_pg_notify.ChangeFollower, "_connect", gated_connect)
     got = Collected()
-    with trio.fail_after(10):
+    with trio.fail_after(TIMEOUT):
         await nursery.start(here.follow_changes, got)
     follower = here.follower
     with psycopg.connect(pg_dsn, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                       "WHERE application_name = 'mailproxy-listen' AND pid <> pg_backend_pid()")
     try:
-        assert await trio.to_thread.run_sync(lost.wait, 10)
+        assert await trio.to_thread.run_sync(lost.wait, TIMEOUT)
         await there.rename_mailbox(account.id, "Work", "Job")     # missed: no listener
         await there.delete_mailbox(account.id, "Old")
         await here.rename_mailbox(account.id, "Mine", "Ours")    # own: its sessions were told
     finally:
         reconnect.set()
-    with trio.fail_after(10):
+    with trio.fail_after(TIMEOUT):
         await follower.connected.wait()       # set after the catch-up
     assert sorted(got.gone_ids) == sorted([ids["Work"], ids["Work/2024"], ids["Old"]])
     acked = follower.acked

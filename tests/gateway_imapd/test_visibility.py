@@ -23,6 +23,8 @@ import imapclient
 import trio
 from gateway_mime import wire
 
+from support.polling import TIMEOUT
+
 from .conftest import message
 
 run = trio.to_thread.run_sync
@@ -44,8 +46,10 @@ def ok(client: imapclient.IMAPClient, command: str) -> list[bytes]:
     return lines
 
 
-def idle_until(client: imapclient.IMAPClient, predicate, timeout: float = 3.0) -> list:
-    """Responses received in IDLE until `predicate(responses)` holds (fails after `timeout`)."""
+def idle_until(client: imapclient.IMAPClient, predicate, timeout: float = TIMEOUT) -> list:
+    """Responses received in IDLE until `predicate(responses)` holds (fails after `timeout`: a
+    bound only a broken build reaches; the gateway runs in this process, so a loaded machine
+    delays its announcement and this wait together)."""
     got: list = []
     deadline = time.monotonic() + timeout
     while not predicate(got):

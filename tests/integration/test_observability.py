@@ -23,6 +23,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 import proxy
+from support.polling import TIMEOUT
 from support.proxyproc import relay_config
 
 HOST = "127.0.0.1"
@@ -71,7 +72,9 @@ def changed(before: dict, after: dict, name: str, keys: tuple[str, ...]) -> dict
     return out
 
 
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
+def wait_for(predicate, timeout: float = TIMEOUT, interval: float = 0.05):
+    """`predicate`'s first true value, polled; its last (false) one after `timeout` (a bound only
+    a broken build reaches: the wait ends when the condition holds)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()
@@ -430,7 +433,7 @@ def _restart_same_ports(instance) -> None:
                 return sock.recv(64).startswith(b"* OK")
         except OSError:
             return False
-    assert wait_for(greets, timeout=15)
+    assert wait_for(greets)
 
 
 def test_readyz_follows_upstreams_and_drain(proxy_factory, dovecot_factory):
@@ -449,7 +452,7 @@ def test_readyz_follows_upstreams_and_drain(proxy_factory, dovecot_factory):
                  protocol="imap") == 1
 
     upstream.stop()
-    assert wait_for(lambda: http_get(port, "/readyz")[0] == 503, timeout=10)
+    assert wait_for(lambda: http_get(port, "/readyz")[0] == 503)
     assert http_get(port, "/readyz") == (503, "no upstream reachable\n")
     assert http_get(port, "/healthz") == (200, "ok\n")
     down = scrape(proxy_process)
@@ -467,7 +470,7 @@ def test_readyz_follows_upstreams_and_drain(proxy_factory, dovecot_factory):
                    ("protocol", "mechanism", "result")) == {("imap", "LOGIN", "tempfail"): 1}
 
     _restart_same_ports(upstream)
-    assert wait_for(lambda: http_get(port, "/readyz")[0] == 200, timeout=10)
+    assert wait_for(lambda: http_get(port, "/readyz")[0] == 200)
     assert value(scrape(proxy_process), "mailproxy_upstream_up", upstream="main",
                  protocol="imap") == 1
 

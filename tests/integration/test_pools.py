@@ -17,7 +17,7 @@ import pytest
 
 from proxy.routing import pool
 from support.dovecot import free_ports, start_dovecot
-from support.polling import wait_for
+from support.polling import TIMEOUT, wait_for
 
 HOSTS = ["127.0.0.1", "127.0.0.2"]
 USERS = [f"p{i}@pool.example" for i in range(8)]
@@ -81,7 +81,7 @@ def test_sticky_then_failover(pair, proxy_factory) -> None:
     assert "event=upstream_failover" in proxy.logs()
 
 
-def wait_log(proxy, pattern: str, offset: int, timeout: float = 20.0) -> None:
+def wait_log(proxy, pattern: str, offset: int, timeout: float = TIMEOUT) -> None:
     regex = re.compile(pattern)
     wait_for(lambda: regex.search(proxy.logs()[offset:]), f"a log line matching {pattern!r}",
              timeout=timeout, interval=0.05)

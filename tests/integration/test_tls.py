@@ -32,6 +32,7 @@ import urllib.request
 import pytest
 import trustme
 
+from support import polling
 from support.dovecot import start_dovecot
 from support.proxyproc import ProxyProcess, relay_config, traceback_report
 
@@ -106,7 +107,7 @@ def stop_proxy(proxy):
         pytest.fail(report, pytrace=False)
 
 
-def wait_log(proxy, pattern: str, timeout: float = 10.0, since: int = 0) -> str:
+def wait_log(proxy, pattern: str, timeout: float = polling.TIMEOUT, since: int = 0) -> str:
     """The first proxy log line from offset `since` on matching the regex `pattern`, waiting
     for it to appear."""
     regex = re.compile(pattern)
