@@ -44,7 +44,7 @@ def slapd(tmp_path_factory):
 def config(url: str, **settings: object) -> config_mod.Config:
     ldap = {"url": url, "base": PEOPLE, "host_attribute": "host",
             "port_attribute": "ipServicePort", "user_attribute": "description",
-            "timeout": "2s", **settings}
+            "timeout": "10s", **settings}   # a hang bound: no test here waits for it
     import yaml
 
     return config_mod.loads(textwrap.dedent("""

@@ -61,7 +61,9 @@ def mailproxy_config(auth_url: str, d1, cache: bool = False) -> dict:
         ],
         "upstreams": {"d1": {"host": d1.host, "imap": {"port": d1.imap_port},
                              "pop3": {"port": d1.pop3_port}}},
-        "lookups": [{"http": {"url": auth_url, "timeout": "2s",
+        # 10 s: a hang bound (no test here waits for it; the service is in this process, so a
+        # stall of pytest delays its answers), below the clients' 15 s
+        "lookups": [{"http": {"url": auth_url, "timeout": "10s",
                               "cache": {"ttl": ttl, "negative_ttl": ttl}}}],
         "auth_throttle": {"enabled": False},
     }
