@@ -16,9 +16,9 @@ Two jobs, two tools:
   values are tokenized by `_rfc822.py` (Dovecot's `rfc822-parser.c`), address lists read by
   `_addresses.py` (`message-address.c`).
 
-This module writes the IMAP side: ENVELOPE (with its address lists), BODY/BODYSTRUCTURE,
-the IMAP string forms (`nstring`, `nstring_nolf`, `string_for_humans`, Dovecot's
-`imap-quote.c`) and the ingest-time cache (`analyze()` / `from_cache()`).
+This module writes the IMAP side: ENVELOPE (with its address lists), BODY/BODYSTRUCTURE
+(their strings written by `imap_strings.py`, Dovecot's `imap-quote.c`) and the ingest-time
+cache (`analyze()` / `from_cache()`).
 
 One deliberate difference from Dovecot: an ENVELOPE address field lists at most
 `MimeLimits.max_envelope_addresses` records (10,000; `gateway.limits.envelope_max_addresses`),
@@ -51,6 +51,7 @@ from ._parts import (  # noqa: F401 - Part, parse, TEXT, table_to_parts: used vi
     table_to_parts,
 )
 from ._rfc822 import Rfc822
+from .imap_strings import nstring, nstring_nolf, string_for_humans
 
 __all__ = ["Part", "MimeLimits", "parse", "envelope", "bodystructure", "analyze", "from_cache",
            "MimeInfo"]
@@ -68,67 +69,6 @@ def _virtual(raw: bytes, start: int, end: int) -> tuple[int, int]:
     lines = raw.count(b"\n", start, end)   # in place: a slice would copy a 50 MB body
     bare = lines - raw.count(b"\r\n", start, end)
     return len(memoryview(raw)[start:end]) + bare, lines
-
-
-# ---------------------------------------------------------------------------------------
-# IMAP string output (Dovecot's imap-quote.c)
-# ---------------------------------------------------------------------------------------
-
-def _literal(value: bytes) -> bytes:
-    return b"{%d}\r\n" % len(value) + value
-
-
-def nstring(value: bytes | None) -> bytes:
-    """NIL, "quoted" or {literal}: literal for CR, LF, 8-bit or many escapes. 8-bit text is a
-    literal in UTF8=ACCEPT/IMAP4rev2 sessions too (RFC 6855 3 allows, not requires, quoted
-    UTF-8): byte for byte what Dovecot sends (tests/gateway_imapd/test_utf8_accept.py)."""
-    if value is None:
-        return b"NIL"
-    escapes = value.count(b'"') + value.count(b"\\")
-    if escapes > 4 or b"\r" in value or b"\n" in value or not value.isascii():
-        return _literal(value)
-    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
-
-
-def nstring_nolf(value: bytes | None) -> bytes:
-    """nstring() with line breaks removed (a space kept between unfolded lines)."""
-    if value is None or (b"\r" not in value and b"\n" not in value):
-        return nstring(value)
-    out = bytearray()
-    for i, c in enumerate(value):
-        if c not in (0x0D, 0x0A):
-            out.append(c)
-        elif i + 1 < len(value) and value[i + 1] not in b" \t\r\n":
-            out.append(0x20)
-    return nstring(bytes(out))
-
-
-def string_for_humans(value: bytes) -> bytes:
-    """TABs/CR/LF to spaces, runs of spaces squeezed, ends trimmed.
-    Unchanged input is sent "quoted" as is; anything changed goes out as a literal."""
-    if not value:
-        return b'""'
-    modify, out, last_lwsp = False, bytearray(), True
-    for c in value:
-        if c in (0x0D, 0x0A, 0x09, 0x20):
-            if c != 0x20 or last_lwsp:
-                modify = True
-            if not last_lwsp:
-                out.append(0x20)
-            last_lwsp = True
-        else:
-            if c >= 0x80 or c in (0x22, 0x5C):
-                modify = True
-            out.append(c)
-            last_lwsp = False
-    if last_lwsp and out:
-        out.pop()
-        modify = True
-    if not modify:
-        return b'"' + value + b'"'
-    if not out:
-        return b'""'
-    return _literal(bytes(out))
 
 
 # ---------------------------------------------------------------------------------------
