@@ -40,15 +40,35 @@ def _with_texts(data: dict, texts: list[str]) -> bytes:
     return b"".join(pieces)
 
 
-def decode(blob: bytes | None) -> dict | None:
-    """A cache blob that has everything (current MIME version and the search texts), or None."""
+def decode(blob: bytes | None, limits: mime.MimeLimits = mime.DEFAULT_LIMITS) -> dict | None:
+    """A cache blob that has everything and is current (`judge`), or None."""
+    return judge(blob, limits)[0]
+
+
+def judge(blob: bytes | None, limits: mime.MimeLimits = mime.DEFAULT_LIMITS) -> tuple[dict | None, bool]:
+    """(the blob's analysis if it is current, else None; whether a new analysis may replace it).
+
+    Current: this code's versions (MIME and search texts) and an ENVELOPE that `limits` writes
+    the same (`mime.EnvelopeReach.fits`: a message whose address fields are all below the bound
+    is current under any bound above them, so changing `gateway.limits.envelope_max_addresses`
+    redoes only the messages it changes). A blob of a NEWER version (a newer process on the
+    same PostgreSQL store, during a rolling upgrade) is not current here but must not be
+    replaced: the caller analyses the body in memory, so the two processes do not rewrite each
+    other's analyses in turn; an older, damaged or missing one may be."""
     if not blob:
-        return None
+        return None, True
     try:
         data = json.loads(blob)
     except ValueError:
-        return None
-    if not isinstance(data, dict) or data.get("v") != mime.CACHE_VERSION or "th" not in data \
-            or data.get("tv") != TEXT_VERSION:
-        return None
-    return data
+        return None, True
+    if not isinstance(data, dict):
+        return None, True
+    version, text_version = data.get("v"), data.get("tv")
+    if not isinstance(version, int) or not isinstance(text_version, int):
+        return None, True
+    if (version, text_version) != (mime.CACHE_VERSION, TEXT_VERSION):
+        return None, version <= mime.CACHE_VERSION and text_version <= TEXT_VERSION
+    if "th" not in data or not mime.EnvelopeReach.fits(data.get("en"), data.get("ecut"),
+                                                        limits.max_envelope_addresses):
+        return None, True
+    return data, True

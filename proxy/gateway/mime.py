@@ -75,7 +75,31 @@ def _virtual(raw: bytes, start: int, end: int) -> tuple[int, int]:
 # ENVELOPE
 # ---------------------------------------------------------------------------------------
 
-def _address_list(values: list[bytes] | None, limit: int) -> bytes:
+class EnvelopeReach:
+    """How far an analysis's ENVELOPE address fields (the message's and those of its
+    message/rfc822 parts) went against `MimeLimits.max_envelope_addresses`, so that a stored
+    analysis can tell whether another bound would write it differently (`fits`): `cut` when a
+    field reached the bound (its list may go on past it), else `most`, the most records a field
+    holds, all of them written."""
+
+    def __init__(self) -> None:
+        self.most, self.cut = 0, False
+
+    def saw(self, records: int, limit: int) -> None:
+        self.most = max(self.most, records)
+        self.cut = self.cut or records >= limit   # the parser stopped there (_addresses.py)
+
+    @staticmethod
+    def fits(most: object, cut_at: object, limit: int) -> bool:
+        """Does `limit` write the ENVELOPE that these figures ("en", "ecut" of `analyze()`)
+        describe? A cut one only under its own bound; a whole one under any bound above its
+        most records."""
+        if cut_at is not None:
+            return cut_at == limit
+        return isinstance(most, int) and most < limit
+
+
+def _address_list(values: list[bytes] | None, limit: int, reach: EnvelopeReach | None = None) -> bytes:
     """RFC 3501 7.4.2 address list of the field's values (joined, as Dovecot joins repeated
     fields), at most `limit` records (and the end of a group the limit cut)."""
     addrs: list[Address] = []
@@ -83,6 +107,8 @@ def _address_list(values: list[bytes] | None, limit: int) -> bytes:
         if len(addrs) >= limit:
             break
         addrs += AddressParser(value).parse(limit - len(addrs)) or []
+    if reach is not None:
+        reach.saw(len(addrs), limit)
     if not addrs:
         return b"NIL"
     items: list[bytes] = []
@@ -102,7 +128,7 @@ _ENVELOPE_FIELDS = (b"date", b"subject", b"from", b"sender", b"reply-to", b"to",
                     b"in-reply-to", b"message-id")
 
 
-def _envelope_of(part: Part, limits: MimeLimits) -> bytes:
+def _envelope_of(part: Part, limits: MimeLimits, reach: EnvelopeReach | None = None) -> bytes:
     addrs: dict[bytes, list[bytes]] = {}
     found: dict[bytes, bytes] = {}
     for name, value in part.headers:
@@ -115,19 +141,19 @@ def _envelope_of(part: Part, limits: MimeLimits) -> bytes:
         return b"NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL"
     subject = found.get(b"subject")
     most = limits.max_envelope_addresses
-    frm = _address_list(addrs.get(b"from"), most)
+    frm = _address_list(addrs.get(b"from"), most, reach)
     # RFC 3501 7.4.2: Sender and Reply-To, when absent or empty, are set to From.
-    sender = _address_list(addrs.get(b"sender"), most)
-    reply_to = _address_list(addrs.get(b"reply-to"), most)
+    sender = _address_list(addrs.get(b"sender"), most, reach)
+    reply_to = _address_list(addrs.get(b"reply-to"), most, reach)
     fields = [
         nstring_nolf(found.get(b"date")),
         b"NIL" if subject is None else string_for_humans(subject),
         frm,
         frm if sender == b"NIL" else sender,
         frm if reply_to == b"NIL" else reply_to,
-        _address_list(addrs.get(b"to"), most),
-        _address_list(addrs.get(b"cc"), most),
-        _address_list(addrs.get(b"bcc"), most),
+        _address_list(addrs.get(b"to"), most, reach),
+        _address_list(addrs.get(b"cc"), most, reach),
+        _address_list(addrs.get(b"bcc"), most, reach),
         nstring_nolf(found.get(b"in-reply-to")),
         nstring_nolf(found.get(b"message-id")),
     ]
@@ -238,11 +264,12 @@ def _common_ext(data: _PartData) -> list[bytes]:
 _EMPTY_BODY = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0'
 
 
-def _write(raw: bytes, part: Part, extended: bool, limits: MimeLimits) -> bytes:
+def _write(raw: bytes, part: Part, extended: bool, limits: MimeLimits,
+           reach: EnvelopeReach | None = None) -> bytes:
     data = _part_data(part)
     if part.kind == MULTIPART:
         if part.children:
-            out = b"".join(b"(" + _write(raw, c, extended, limits) + b")" for c in part.children)
+            out = b"".join(b"(" + _write(raw, c, extended, limits, reach) + b")" for c in part.children)
         else:
             out = _EMPTY_BODY + (b" NIL NIL NIL NIL)" if extended else b")")
         out += b" " + nstring(data.subtype or b"")
@@ -265,8 +292,8 @@ def _write(raw: bytes, part: Part, extended: bool, limits: MimeLimits) -> bytes:
         items.append(b"%d" % lines)
     elif part.kind == RFC822:
         child = part.children[0]
-        items += [b"(" + _envelope_of(child, limits) + b")",
-                  b"(" + _write(raw, child, extended, limits) + b")", b"%d" % lines]
+        items += [b"(" + _envelope_of(child, limits, reach) + b")",
+                  b"(" + _write(raw, child, extended, limits, reach) + b")", b"%d" % lines]
     if extended:
         items += [nstring_nolf(data.md5)] + _common_ext(data)
     return b" ".join(items)
@@ -298,13 +325,20 @@ def analyze(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> dict:
     Returns a JSON-serialisable dict; bytes are carried as latin-1 strings (lossless).
     """
     root = parse(raw, limits)
+    reach = EnvelopeReach()
+    envelope = (b"(" + _envelope_of(root, limits, reach) + b")").decode("latin-1")
+    structure = (b"(" + _write(raw, root, True, limits, reach) + b")").decode("latin-1")
     return {
         "v": CACHE_VERSION,
-        "envelope": (b"(" + _envelope_of(root, limits) + b")").decode("latin-1"),
-        "bodystructure": (b"(" + _write(raw, root, True, limits) + b")").decode("latin-1"),
+        "envelope": envelope,
+        "bodystructure": structure,
         "body": (b"(" + _write(raw, root, False, limits) + b")").decode("latin-1"),
         "size": _virtual(raw, 0, len(raw))[0],
         "parts": part_table(root),
+        # what the ENVELOPE bound did here (EnvelopeReach.fits): the bound a field was cut at,
+        # else the most records a field holds
+        "ecut": limits.max_envelope_addresses if reach.cut else None,
+        "en": reach.most,
     }
 
 

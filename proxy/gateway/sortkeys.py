@@ -24,7 +24,7 @@ from ._parts import DEFAULT_LIMITS
 from .basesubject import base_subject, casemap, decode_words
 
 __all__ = ["SortFields", "extract", "message_ids", "encode", "decode", "extract_record",
-           "RECORD_VERSION"]
+           "written_by_newer", "RECORD_VERSION"]
 
 # Bump when `extract` changes its output: stored records of another version are recomputed
 # (2: fields read by header_block.py, a header past 10 MiB of bytes read as Dovecot reads it).
@@ -158,6 +158,17 @@ def decode(record: bytes | None) -> SortFields | None:
                           None if sent is None else float(sent), message_id, tuple(references))
     except (ValueError, TypeError):
         return None
+
+
+def written_by_newer(record: bytes | None) -> bool:
+    """Is `record` of a newer RECORD_VERSION (a newer process on the same PostgreSQL store,
+    during a rolling upgrade)? Then it is not replaced, so the two do not rewrite it in turn."""
+    try:
+        value = json.loads(record or b"null")
+    except ValueError:
+        return False
+    return isinstance(value, list) and bool(value) and isinstance(value[0], int) \
+        and value[0] > RECORD_VERSION
 
 
 def extract_record(raw: bytes, max_header_bytes: int = DEFAULT_LIMITS.max_header_bytes) -> bytes:

@@ -75,3 +75,58 @@ async def test_analysis_stored_by_an_older_version_is_derived_again(gateway):
     assert [(d["v"], d["tv"]) for d in data] == [(mime.CACHE_VERSION, analysis.TEXT_VERSION)] * 2
     records = [sortkeys.decode(r) for r in await store.sort_fields(metas)]
     assert [r.subject if r else None for r in records] == ["ALPHA", "BETA"]
+
+
+def _newer_blob(blob: bytes) -> bytes:
+    data = json.loads(blob)
+    data.update({"v": mime.CACHE_VERSION + 1, "envelope": "a format this version cannot read"})
+    return json.dumps(data).encode()
+
+
+NEWER_RECORD = json.dumps([sortkeys.RECORD_VERSION + 1, "a format this version cannot read"]).encode()
+
+
+async def test_analysis_stored_by_a_newer_version_is_used_in_memory_not_overwritten(gateway):
+    """A rolling upgrade on one PostgreSQL store runs an older and a newer process side by
+    side: the older one must not rewrite the newer one's analyses (each would then redo the
+    other's in turn, on every load). It analyses the body in memory and leaves the row."""
+    gateway.deliver(message(1, subject="beta"))
+    gateway.deliver(message(2, subject="alpha"))
+
+    def first_session() -> None:
+        client = gateway.imaplib()
+        select_stored(client, 2)
+        assert client.sort("(SUBJECT)", "UTF-8", "ALL")[1] == [b"2 1"]   # records written
+        client.logout()
+
+    await trio.to_thread.run_sync(first_session)
+    store = gateway.service.store
+    (upstream,) = gateway.config.upstreams
+    account = await store.get_account(upstream, gateway.user.lower())
+    assert account is not None
+    inbox = await store.get_mailbox(account.id, "INBOX")
+    assert inbox is not None
+    metas = await store.messages(inbox.id)
+    blobs = await store.caches(metas)
+    newer = [_newer_blob(blob) for blob in blobs if blob is not None]
+    assert len(newer) == 2
+    await store.set_caches(list(zip(metas, newer, strict=True)))
+    await store.set_sort_fields([(meta, NEWER_RECORD) for meta in metas])
+    await gateway.restart()   # nothing left in the process's caches
+
+    def second_session() -> tuple[list, list, list]:
+        client = gateway.imaplib()
+        client.select("INBOX", readonly=True)
+        envelopes = client.fetch("1:*", "(ENVELOPE)")[1]
+        found = client.search(None, "TEXT", "alpha")[1]
+        order = client.sort("(SUBJECT)", "UTF-8", "ALL")[1]
+        client.logout()
+        return envelopes, found, order
+
+    envelopes, found, order = await trio.to_thread.run_sync(second_session)
+    assert [b'"%s"' % subject in envelope
+            for subject, envelope in zip((b"beta", b"alpha"), envelopes, strict=True)] == [True] * 2
+    assert found == [b"2"] and order == [b"2 1"]
+    store = gateway.service.store   # the restarted service's
+    assert await store.caches(metas) == newer              # left as the newer version wrote them
+    assert await store.sort_fields(metas) == [NEWER_RECORD] * 2

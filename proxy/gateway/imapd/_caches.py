@@ -29,9 +29,8 @@ import trio
 
 from ...store import MessageMeta
 from .. import mime
-from ..analysis import analyze_for_store
-from ..analysis import decode as _decode
-from ..sortkeys import SortFields, decode, encode, extract, extract_record
+from ..analysis import analyze_for_store, judge
+from ..sortkeys import SortFields, decode, encode, extract, extract_record, written_by_newer
 from ..workers import Workers
 
 ANALYZE_IN_THREAD = 256 * 1024      # bodies (or batches) this big are analysed off the trio thread
@@ -128,6 +127,7 @@ class SortFieldCache:
                 await trio.lowlevel.checkpoint()
             out += [self._lru.get(m.body_id) for m in metas[start:start + SORT_LOOKUP_CHUNK]]
         missing = [i for i, f in enumerate(out) if f is None]
+        newer: set[int] = set()
         for start in range(0, len(missing), SORT_RECORD_CHUNK):
             part = missing[start:start + SORT_RECORD_CHUNK]
             records = await store.sort_fields([metas[i] for i in part])
@@ -140,15 +140,18 @@ class SortFieldCache:
                     value = decode(record)
                     if value is None:
                         unknown.append(i)
+                        if written_by_newer(record):   # parsed here, its record kept
+                            newer.add(i)
                     else:
                         out[i] = value
                         self._lru.put(metas[i].body_id, value)
-            await self._parse(store, metas, unknown, out)
+            await self._parse(store, metas, unknown, out, newer)
         return out
 
     async def _parse(self, store, metas: Sequence[MessageMeta], todo: list[int],
-                     out: list[SortFields | None]) -> None:
-        """Fill `out[i]` for `i` in `todo` from the headers; keep their records in the store."""
+                     out: list[SortFields | None], newer: set[int]) -> None:
+        """Fill `out[i]` for `i` in `todo` from the headers; keep their records in the store,
+        but for those in `newer` (a newer version's record, which stays)."""
         for start in range(0, len(todo), SORT_FIELD_CHUNK):
             part = todo[start:start + SORT_FIELD_CHUNK]
             raws = await self.bodies.get_many(store, [metas[i] for i in part])
@@ -159,7 +162,7 @@ class SortFieldCache:
                 out[i] = value
                 self._lru.put(metas[i].body_id, value)
             await store.set_sort_fields([(metas[i], record) for (i, _), (_, record)
-                                         in zip(present, found, strict=True)])
+                                         in zip(present, found, strict=True) if i not in newer])
 
 
 class AnswerCache:
@@ -239,12 +242,14 @@ class MimeCache:
         unique = list({m.body_id: m for m in metas}.values())
         blobs = await store.caches(unique)
         texts: dict[int, tuple[str, str]] = {}
-        stale = []
-        decoded = await _off_loop_if_big(self.workers, lambda: [_decode(b) for b in blobs],
+        stale, newer = [], set()
+        decoded = await _off_loop_if_big(self.workers, lambda: [judge(b, self.limits) for b in blobs],
                                          sum(len(b or b"") for b in blobs))
-        for meta, data in zip(unique, decoded, strict=True):
+        for meta, (data, replace) in zip(unique, decoded, strict=True):
             if data is None:
                 stale.append(meta)
+                if not replace:   # a newer version's (analysis.judge): analysed here, kept there
+                    newer.add(meta.body_id)
             else:
                 self._remember(meta, data, texts)
         if stale:
@@ -254,7 +259,10 @@ class MimeCache:
                 self.workers,
                 lambda: [(blob := analyze_for_store(r, self.limits), json.loads(blob))
                          for _, r in present], sum(len(r) for _, r in present))
-            await store.set_caches([(m, b) for (m, _), (b, _) in zip(present, analysed, strict=True)])
+            kept = [(m, b) for (m, _), (b, _) in zip(present, analysed, strict=True)
+                    if m.body_id not in newer]
+            if kept:
+                await store.set_caches(kept)
             for (meta, _), (_, data) in zip(present, analysed, strict=True):
                 self._remember(meta, data, texts)
         return texts
