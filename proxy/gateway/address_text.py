@@ -8,8 +8,10 @@ Dovecot searches an address header as its parsed list written back (``message_ad
 display names' RFC 2047 words decoded. Its cost grows with the list (a From of 1 MB of commas
 is a million addresses, ~1 s of Python), and a search reads the header of every message it
 tests, so the case-mapped text is kept: `contains(value, needle)` looks it up by the header
-value itself in one LRU shared by every session and worker thread, bounded by the characters it
-holds (`ADDRESS_TEXT_CHARS`, keys and texts). A hostile list repeats one address (a From of
+value itself in one LRU shared by every session and worker thread, bounded by the memory it
+holds (`ADDRESS_TEXT_BYTES`: each value's and text's `sys.getsizeof`, 1 to 4 bytes a character
+plus a header, and `ENTRY_BYTES` for the entry itself; tests/gateway_mime/test_hostile_cost.py
+checks the estimate with tracemalloc). A hostile list repeats one address (a From of
 commas: MISSING_MAILBOX@MISSING_DOMAIN a million times, 32 characters each), so a run of
 identical addresses is kept cut to `RUN_KEPT` of them, which answers every needle up to a
 length the cut cannot change (`collapsed`); a longer needle reads the list again. A text still
@@ -27,9 +29,13 @@ from ._addresses import Address, AddressParser
 from .basesubject import casemap
 from .search_text import decode_header
 
-__all__ = ["address_text", "contains", "ADDRESS_TEXT_CHARS"]
+__all__ = ["address_text", "contains", "ADDRESS_TEXT_BYTES"]
 
-ADDRESS_TEXT_CHARS = 32 * 1024 * 1024   # characters of cached values and texts, all sessions
+ADDRESS_TEXT_BYTES = 64 * 1024 * 1024   # memory of cached values and texts, all sessions
+# an entry's memory besides its two strings: the (text, longest) tuple and the OrderedDict's
+# slot and node, 119-156 bytes an entry in tracemalloc as the table grows (it doubles), up to
+# 202 while entries come and go (deleted slots wait for the next resize)
+ENTRY_BYTES = 224
 RUN_KEPT = 64   # identical addresses in a row kept in a cached text (`collapsed`)
 
 
@@ -96,11 +102,11 @@ def collapsed(value: str) -> tuple[str, int]:
 
 
 class TextCache:
-    """value -> `collapsed(value)`, least recently used first out, at most `chars` characters
-    of values and texts together."""
+    """value -> `collapsed(value)`, least recently used first out, within `budget` bytes of
+    memory (`weight`)."""
 
-    def __init__(self, chars: int) -> None:
-        self.chars, self.held = chars, 0
+    def __init__(self, budget: int) -> None:
+        self.budget, self.held = budget, 0
         self._texts: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._lock = threading.Lock()   # searches run in worker threads too
 
@@ -119,19 +125,24 @@ class TextCache:
         return needle in text
 
     def _keep(self, value: str, found: tuple[str, int]) -> None:
-        cost = len(value) + len(found[0])
-        if cost > self.chars // 4:
+        cost = weight(value, found[0])
+        if cost > self.budget // 4:
             return
         with self._lock:
             if value not in self._texts:
                 self._texts[value] = found
                 self.held += cost
-            while self.held > self.chars:
+            while self.held > self.budget:
                 old, (old_text, _) = self._texts.popitem(last=False)
-                self.held -= len(old) + len(old_text)
+                self.held -= weight(old, old_text)
 
 
-_CACHE = TextCache(ADDRESS_TEXT_CHARS)
+def weight(value: str, text: str) -> int:
+    """The memory an entry holds (module docstring)."""
+    return sys.getsizeof(value) + sys.getsizeof(text) + ENTRY_BYTES
+
+
+_CACHE = TextCache(ADDRESS_TEXT_BYTES)
 
 
 def contains(value: str, needle: str) -> bool:

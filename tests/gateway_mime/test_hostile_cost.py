@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import gc
 import random
+import tracemalloc
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -197,15 +199,46 @@ def test_a_repeated_address_search_reads_the_list_once(monkeypatch):
     assert len(parsed) == 2
 
 
-def test_the_address_text_cache_holds_at_most_its_characters():
-    cache = address_text.TextCache(chars=400)
+def test_the_address_text_cache_holds_at_most_its_bound():
+    cache = address_text.TextCache(budget=2400)
     values = [f"user{n}@example.org" for n in range(100)] + ["x@y, z@w, " * 15]
     for value in values:
         assert cache.contains(value, "USER") == value.startswith("user")
-        assert cache.held <= 400
-    assert cache.held == sum(len(v) + len(t) for v, (t, _) in cache._texts.items())
+        assert cache.held <= 2400
+    assert cache.held == sum(address_text.weight(v, t) for v, (t, _) in cache._texts.items())
     assert values[-1] not in cache._texts   # over a quarter of the bound: never kept
     assert list(cache._texts)[-1] == values[-2]
+
+
+_SHAPES = [lambda n: f"User {n} <user{n}@example.com>", lambda n: f"J\xf6rg {n} <j{n}@example.com>",
+           lambda n: f"\u03a3 {n} <s{n}@example.com>", lambda n: f"\U0001F600 {n} <e{n}@x.com>",
+           lambda n: f"a{n}@b", lambda n: ", ".join(f"u{n}x{k}@example.org" for k in range(20))]
+
+
+@pytest.mark.parametrize("shape", range(len(_SHAPES)),
+                         ids=["ascii", "latin-1", "bmp", "astral", "short", "list"])
+def test_the_address_text_cache_bound_is_the_memory_it_holds(shape):
+    """The bound is memory as tracemalloc counts it (values, texts and the entries that hold
+    them), not characters: at 32 Mi characters the cache held ~143 MiB of ASCII addresses
+    and more of others (1 to 4 bytes a character). Filled past its bound with one shape of
+    address, the cache holds no more than it counts, and counts no more than its bound."""
+    budget = 1024 * 1024
+    make = _SHAPES[shape]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        cache = address_text.TextCache(budget)
+        n = 0
+        while n < 100 or n < 3 * len(cache._texts):   # full, then twice its entries gone
+            cache.contains(make(n), "USER")
+            n += 1
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert budget - 8192 < cache.held <= budget
+    assert held <= budget, f"{held} bytes held for a bound of {budget}"
 
 
 def test_a_list_of_commas_is_kept_small_and_searched_without_parsing(monkeypatch):
@@ -214,7 +247,7 @@ def test_a_list_of_commas_is_kept_small_and_searched_without_parsing(monkeypatch
     value = "," * 262144
     text, longest = address_text.collapsed(value)
     assert text == ", ".join(["MISSING_MAILBOX@MISSING_DOMAIN"] * address_text.RUN_KEPT)
-    cache = address_text.TextCache(chars=address_text.ADDRESS_TEXT_CHARS)
+    cache = address_text.TextCache(address_text.ADDRESS_TEXT_BYTES)
     assert cache.contains(value, "MISSING_DOMAIN, MISSING_MAILBOX")
     parsed = []
     monkeypatch.setattr(address_text, "_items", lambda value: parsed.append(value))
@@ -231,7 +264,7 @@ def test_a_cut_text_answers_what_the_whole_text_answers():
     identical addresses, needles taken from the whole text (within and across runs, long and
     short) and random ones; a needle longer than the cut allows reads the list again."""
     rng = random.Random(20261207)
-    cache = address_text.TextCache(chars=address_text.ADDRESS_TEXT_CHARS)
+    cache = address_text.TextCache(address_text.ADDRESS_TEXT_BYTES)
     for _ in range(300):
         value = ", ".join(rng.choice(_RUN_TOKENS) if rng.random() < 0.5 else
                           ", ".join([rng.choice(_RUN_TOKENS)] * rng.randint(60, 200))
