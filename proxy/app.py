@@ -12,7 +12,7 @@ import trio
 from . import __version__, collector, logs
 from . import config as config_mod
 from .admin import AdminApi, LocalAdmin, serve_admin, serve_admin_socket
-from .config import Admin, Config, Listener
+from .config import Admin, Config, ImapService, Listener
 from .health import Health, check_upstreams
 from .metrics import Metrics
 from .net.http import serve_http
@@ -20,6 +20,7 @@ from .net.throttle import Throttle
 from .net.tls import TLSConfigError
 from .oauth2 import Brokers
 from .preflight import bind_error, certificate_expiries
+from .relay.upstream_pool import OUTCOMES as REUSE_OUTCOMES
 from .relay.warm_fill import keep_warm
 from .session.connect_early import EARLY_RESULTS, early_targets
 from .session.context import Drain, Runtime
@@ -88,6 +89,10 @@ class App:
             for protocol in ("imap", "pop3"):
                 if getattr(upstream, protocol) is not None:
                     self.metrics.init_upstream(name, protocol, Failure.labels())
+        for name, upstream in config.upstreams.items():
+            if isinstance(upstream.imap, ImapService) and upstream.imap.reuse is not None:
+                for outcome in REUSE_OUTCOMES:
+                    self.metrics.upstream_reuse.labels(name, outcome)
         for protocol, target in early_targets(config).items():
             for result in EARLY_RESULTS:
                 self.metrics.upstream_early.labels(target.name, protocol, result)

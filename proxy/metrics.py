@@ -173,6 +173,11 @@ class Metrics:
             "client's accept (connect_early:), by result: used, stale (too old or failed: a "
             "fresh connect made), unused (no login), lost (dropped in a login, retried).",
             ["upstream", "protocol", "result"], registry=r)
+        self.upstream_reuse = Counter(
+            "mailproxy_upstream_reuse_total", "Reuse of authenticated upstream IMAP connections "
+            "(reuse:), by outcome: hit, miss (a login), parked, unparkable (a session's end), "
+            "expired, idle, closed, full, emptied (dropped from the pool).",
+            ["upstream", "outcome"], registry=r)
         self.upstream_up = Gauge(
             "mailproxy_upstream_up", "1 if the last health check of the upstream service passed.",
             ["upstream", "protocol"], registry=r)

@@ -34,6 +34,7 @@ from .upstreams import (
     LookupEntry,
     PoolableUpstream,
     Pop3Service,
+    Reuse,
     Route,
     ServicePort,
     Upstream,
@@ -56,7 +57,8 @@ __all__ = [
     "Gateway", "GatewayLimits", "GatewayQuota", "HttpLookup", "HttpLookupEntry", "ImapService", "LdapLookup",
     "LdapLookupEntry", "ListenAddress", "Listener", "Logging", "LookupCache", "LookupEntry",
     "Metrics", "OAuth2", "Pop3Service",
-    "PoolableUpstream", "ProtocolLimits", "Relay", "Route", "Secret", "SecretValue", "ServicePort", "Size",
+    "PoolableUpstream", "ProtocolLimits", "Relay", "Reuse", "Route", "Secret", "SecretValue",
+    "ServicePort", "Size",
     "StoreLocation", "Timeouts", "TlsMode", "Upstream", "UpstreamAuth", "WarmPool", "load", "load_or_report",
     "loads",
 ]

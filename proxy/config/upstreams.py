@@ -34,6 +34,24 @@ class WarmPool:
     max_age: Duration = 20.0
 
 
+MAX_REUSE_SIZE = 1024          # parked authenticated connections per process
+MAX_REUSE_AGE = 3600.0         # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Reuse:
+    """`reuse:` of an upstream's imap: service (proxy/relay/upstream_pool.py), off by default: an
+    authenticated connection whose client logged out cleanly is kept, up to `size` per process,
+    for a later login of the same user with the same password within `max_age` of its real
+    login (a password change or a disabled account takes effect after at most that), parked
+    `max_idle` at most."""
+
+    __pydantic_config__ = STRICT
+    max_age: Duration = 60.0
+    max_idle: Duration = 30.0
+    size: StrictInt = 16
+
+
 @dataclass(frozen=True, slots=True)
 class ServicePort:
     __pydantic_config__ = STRICT
@@ -51,6 +69,7 @@ class ImapService(ServicePort):
     for servers that refuse a client speaking first (greeting-delay / early-talker defences)."""
 
     pipelined_login: StrictBool = True
+    reuse: Reuse | None = None   # off by default
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +246,7 @@ def check_routing(config: Config) -> list[Problem]:
             errors += check_oauth2(("upstreams", name, "auth", "oauth2"), up.auth.oauth2)
         errors += _check_warm_pools(name, up)
         errors += _check_connect_early(config, name, up)
+        errors += _check_reuse(name, up)
     # an IMAP relay listener needs the routes' upstreams to speak IMAP; POP3 relays and the
     # gateway (which reads mailboxes over POP3) need POP3
     needed = {"imap" if lst.mode == "relay" and lst.protocol == "imap" else "pop3"
@@ -281,6 +301,31 @@ def _check_connect_early(config: Config, name: str, up: Upstream) -> list[Proble
                                "of a name at every accept)"))
         if svc.warm_pool is not None:
             errors.append((at, "give connect_early or warm_pool, not both"))
+    return errors
+
+
+def _check_reuse(name: str, up: Upstream) -> list[Problem]:
+    """Reuse is the relay engine's login (relay/engine_login_route.py): refuse a setting that
+    would never reuse anything."""
+    svc = up.imap
+    if not isinstance(svc, ImapService) or svc.reuse is None:
+        return []
+    at = ("upstreams", name, "imap", "reuse")
+    reuse = svc.reuse
+    errors: list[Problem] = []
+    if not 1 <= reuse.size <= MAX_REUSE_SIZE:
+        errors.append((at + ("size",), f"must be 1 to {MAX_REUSE_SIZE}"))
+    if not 0 < reuse.max_age <= MAX_REUSE_AGE:
+        errors.append((at + ("max_age",), f"must be above 0 and at most {MAX_REUSE_AGE:g}s"))
+    if not 0 < reuse.max_idle <= MAX_REUSE_AGE:
+        errors.append((at + ("max_idle",), f"must be above 0 and at most {MAX_REUSE_AGE:g}s"))
+    why = ("tls: none" if svc.tls != "none" else "pipelined_login: true"
+           if not svc.pipelined_login else "no warm_pool" if svc.warm_pool is not None
+           else "no auth: (brokered logins)" if up.auth is not None
+           else "one host" if len(up.pool) > 1 else "an IP address as host"
+           if not _is_ip(up.host) else None)
+    if why is not None:
+        errors.append((at, f"reused connections are the relay engine's logins: they need {why}"))
     return errors
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from ..net.conn import Conn
 from ..session.failures import Close
-from . import engine_splice, imap_fused
+from . import engine_reuse, engine_splice, imap_fused
 from .engine import Engine
 from .engine_logout import LOGOUT_WAIT, LoggedOut
 from .engine_session import IN, EngineSession, Side
@@ -35,7 +35,8 @@ __all__ = ["ImapEngineSession"]
 
 
 class ImapEngineSession(EngineSession):
-    __slots__ = ("core", "leftover", "splice_min", "splice_at", "pipe", "fuse", "fused_step")
+    __slots__ = ("core", "leftover", "splice_min", "splice_at", "pipe", "fuse", "fused_step",
+                 "reuse")
 
     def __init__(self, core: ImapRelayCore, upstream_leftover: bytes, engine: Engine,
                  client: Conn, client_fd: int, upstream: Conn, upstream_fd: int):
@@ -49,6 +50,9 @@ class ImapEngineSession(EngineSession):
         self.pipe: engine_splice.Pipe | None = None
         self.fuse = imap_fused.FusedStep(self)
         self.fused_step = self.fuse.step   # (`fused` while at rest)
+        # upstream reuse on (engine_reuse.py): every client chunk is judged there first, so
+        # the fused step is not used
+        self.reuse: engine_reuse.Reusable | None = None
 
     def start(self) -> None:
         leftover, self.leftover = self.leftover, b""
@@ -65,6 +69,8 @@ class ImapEngineSession(EngineSession):
         if self.fused is not None:
             self.unfuse()
         if side is client:
+            if self.reuse is not None and engine_reuse.client_chunk(self, data):
+                return False   # a LOGOUT answered here: the upstream is parked
             up = core.client_data(data, self.engine.now, forward_first=True)
             if not up or core.replies:
                 self._sent(up)
@@ -91,7 +97,7 @@ class ImapEngineSession(EngineSession):
         if (upstream.out or client.out or core.inflight.idle_tag is not None
                 or upstream.mask != IN or client.mask != IN or self.paused):
             return False
-        if imap_fused.at_rest(self):
+        if self.reuse is None and imap_fused.at_rest(self):
             self.fused = self.fused_step
         return True
 

@@ -19,6 +19,9 @@ With `connect_early:` the login takes the connection begun at the client's accep
 dial does, session/connect_early.py); one that fails to connect, is dropped before the verdict
 or gets a temporary failure goes to trio, which logs in on a fresh connection.
 
+With `reuse:` on its upstream, a login of the same user and password takes a parked,
+logged-in connection instead (engine_reuse.py, upstream_pool.py), answered as a fresh OK.
+
 Everything else hands the session back to trio with the event it stopped at pending: STARTTLS,
 an AUTHENTICATE needing prompts, a literal, a malformed line, a login it does not route (an
 upstream with `warm_pool:` too, which trio's login path honours).
@@ -35,18 +38,21 @@ import time
 import trio
 
 from .. import logs
-from ..config import Upstream
+from ..config import Reuse
 from ..imap import NEED_DATA, ProtocolError, events, writer
 from ..metrics import command_label
 from ..net.conn import Conn
+from ..session import connect_early
 from ..session.failures import Close, Failure, auth_result
 from ..session.imap_front import ImapFront
 from ..session.imap_prelogin import LoginRequest, Then
 from ..session.upstream import UpstreamError, connected_now
+from . import engine_reuse
 from .engine import Engine
 from .engine_entry import engine
 from .engine_imap import ImapEngineSession
-from .engine_login_route import engine_route, open_socket
+from .engine_login_route import EngineRoute, engine_route, open_socket
+from .engine_login_state import DecidedLogin, EngineLoginStep
 from .engine_session import IN, OUT, EngineSession, Side
 from .imap_capabilities import relayable
 from .imap_core import ImapRelayCore
@@ -54,7 +60,7 @@ from .imap_login_machine import GREETED, Failed, ImapLogin, Send, Verdict, failu
 from .imap_relay import client_parser
 from .imap_upstream import UpstreamIMAP, id_fields
 
-__all__ = ["DecidedLogin", "ImapEngineLogin", "Phase"]
+__all__ = ["DecidedLogin", "ImapEngineLogin", "Phase"]   # (DecidedLogin: engine_login_state.py)
 
 # Commands the engine hands to trio before counting them (a LOGIN it cannot route, too).
 _TRIO_COMMANDS = frozenset((b"STARTTLS",))
@@ -66,42 +72,11 @@ class Phase(enum.Enum):
     LOGGING_IN = "logging_in"
 
 
-class DecidedLogin:
-    """A login the engine asked the upstream, refused or failed: trio goes on from its outcome
-    as if its own attempt had got it (log_in's metrics, throttle and delay, the auth log line,
-    the client's NO, the upstream_errors count of an UpstreamError)."""
-
-    __slots__ = ("cmd", "request", "started", "outcome")
-
-    def __init__(self, cmd: events.Command, request: LoginRequest, started: float,
-                 outcome: tuple[Failure, bytes] | UpstreamError):
-        self.cmd, self.request, self.started, self.outcome = cmd, request, started, outcome
-
-    async def attempt(self, session: object, creds: object, name: str, upstream: Upstream
-                      ) -> tuple[UpstreamIMAP | Failure, bytes, bytes | None]:
-        if isinstance(self.outcome, UpstreamError):
-            raise self.outcome
-        failure, text = self.outcome
-        return failure, text, None
-
-
-class _Login:
-    """A login under way in the engine; `machine` reads and decides the upstream's answers."""
-
-    __slots__ = ("cmd", "request", "name", "upstream", "sock", "up", "machine", "sent", "started")
-
-    def __init__(self, cmd: events.Command, request: LoginRequest, name: str, upstream: Upstream,
-                 sock: socket.socket, up: UpstreamIMAP, machine: ImapLogin):
-        self.cmd, self.request, self.name, self.up, self.machine = cmd, request, name, up, machine
-        self.upstream, self.sock = upstream, sock
-        self.sent = b""   # the early login, written once connected
-        self.started = time.monotonic()
-
-
 class ImapEngineLogin(EngineSession):
     """The client, then the upstream too; `pending`: the event trio goes on from."""
 
-    __slots__ = ("front", "phase", "pending", "login", "login_at", "upstream_at")
+    __slots__ = ("front", "phase", "pending", "login", "login_at", "upstream_at", "secret",
+                 "reused_login")
 
     def __init__(self, front: ImapFront, client_fd: int, eng: Engine | None = None) -> None:
         """`eng`: the engine, when made in its thread (engine_accept.py)."""
@@ -112,9 +87,11 @@ class ImapEngineLogin(EngineSession):
         self.front = front
         self.phase = Phase.PRELOGIN
         self.pending: object = None
-        self.login: _Login | None = None
+        self.login: EngineLoginStep | None = None
         self.login_at = eng.clock() + session.listener.timeouts.login
         self.upstream_at = float("inf")
+        self.secret: bytes | None = None   # the login's, when its upstream has reuse: on
+        self.reused_login: float | None = None   # a parked connection's upstream login time
 
     # -- the engine's calls --------------------------------------------------------------------
     def start(self) -> None:
@@ -226,6 +203,12 @@ class ImapEngineLogin(EngineSession):
         """Connect and send the early login when the route needs no I/O; else trio's."""
         session = self.session
         route = engine_route(session, request.credentials, self.front.commands)
+        reuse = engine_reuse.reuse_of(route.upstream) if route is not None else None
+        if route is not None and reuse is not None:   # (upstream_pool.py)
+            creds = request.credentials
+            self.secret = engine_reuse.secret(self.engine, creds.user, creds.password)
+            if self._reused(cmd, request, route, reuse):
+                return
         sock = open_socket(session, route) if route is not None else None
         if route is None or sock is None:
             self._trio_logs_in(cmd)
@@ -239,7 +222,7 @@ class ImapEngineLogin(EngineSession):
             sock.close()
             self._trio_logs_in(cmd)
             return
-        self.login = _Login(cmd, request, route.name, route.upstream, sock, up, machine)
+        self.login = EngineLoginStep(cmd, request, route.name, route.upstream, sock, up, machine)
         self.login.sent = sent
         self.phase = Phase.CONNECTING
         self.upstream_at = self.engine.now + session.listener.timeouts.upstream_connect
@@ -252,6 +235,32 @@ class ImapEngineLogin(EngineSession):
             self._connected()
         else:
             self.engine.attach(self, side, OUT)
+
+    def _reused(self, cmd: events.Command, request: LoginRequest, route: EngineRoute,
+                reuse: Reuse) -> bool:
+        """Log in on a parked connection of this user with the same credentials
+        (engine_reuse.take), as if the upstream had just said OK; False: none."""
+        assert self.secret is not None
+        session = self.session
+        found = engine_reuse.take(self.engine, session, route.name, reuse,
+                                  request.credentials.user, self.secret)
+        if found is None:
+            return False
+        sock, capabilities, self.reused_login = found
+        early, session.early = session.early, None   # (connect_early's, unused)
+        if early is not None:
+            connect_early.discard(early)
+            metrics = session.runtime.metrics
+            metrics.child(metrics.upstream_early, early.name, "imap", "unused").inc()
+        conn = Conn(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+        up = UpstreamIMAP.over(conn)
+        up.capabilities = capabilities
+        self.login = EngineLoginStep(cmd, request, route.name, route.upstream, sock, up,
+                            ImapLogin(up, greeted=True))
+        self.phase = Phase.LOGGING_IN
+        self.engine.attach(self, Side(conn, sock.fileno(), self), IN)
+        self._logged_in(b"")
+        return True
 
     def _connected(self) -> None:
         """The upstream's connect has ended (EPOLLOUT, or at once: `connected_now`): write
@@ -305,7 +314,9 @@ class ImapEngineLogin(EngineSession):
         session, front, up = self.session, self.front, login.up
         creds = login.request.credentials
         runtime = session.runtime
-        runtime.known_greetings.learnt("imap", login.name, login.machine.greeting)
+        reused = self.reused_login is not None
+        if not reused:
+            runtime.known_greetings.learnt("imap", login.name, login.machine.greeting)
         front.admit()
         session.user = creds.user
         session.login_attempts += 1
@@ -316,19 +327,32 @@ class ImapEngineLogin(EngineSession):
         # throttle's lock makes this thread's call safe)
         runtime.throttle.success(creds.user, session.client_ip)
         if logs.enabled():
-            logs.event("auth", **session.log_fields(), upstream=login.name, result="success",
-                       mechanism=creds.mechanism, mode="relay",
-                       upstream_reply=logs.sanitize(text))
+            if reused:   # (no upstream reply: engine_reuse.py)
+                logs.event("auth", **session.log_fields(), upstream=login.name, result="success",
+                           mechanism=creds.mechanism, mode="relay", reused=True)
+            else:
+                logs.event("auth", **session.log_fields(), upstream=login.name,
+                           result="success", mechanism=creds.mechanism, mode="relay",
+                           upstream_reply=logs.sanitize(text))
         caps = b"CAPABILITY " + b" ".join(relayable(up.capabilities))
         reply = writer.tagged(login.request.tag, b"OK", b"Logged in.", caps)
         self.send(self.client, reply)
         front.meter.completed(command_label("imap", login.cmd.name), b"OK", login.started)
         upstream_parser = up.channel.parser
         leftover = upstream_parser.take_unconsumed()
+        pipelined = front.take_unconsumed()
         core = ImapRelayCore(session, client_parser(session, up), upstream_parser,
-                             front.take_unconsumed(), self.engine.now)
+                             pipelined, self.engine.now)
         relay = ImapEngineSession(core, leftover, self.engine, self.client.conn, self.client.fd,
                                   up.conn, self.upstream.fd)
+        if self.secret is not None:   # reuse: on (engine_reuse.py; commands pipelined behind
+            if pipelined or leftover:  # the login, or data after its OK, are not judged)
+                engine_reuse.count(session, login.name, "unparkable")
+            else:
+                relay.reuse = engine_reuse.reusable(
+                    login.name, creds.user, self.secret,
+                    self.engine.now if self.reused_login is None else self.reused_login,
+                    up.capabilities)
         self._trace("relay")
         self.engine.succeed(self, relay)
 
