@@ -8,13 +8,14 @@ APPEND, at POP3 ingest, or lazily here for bodies stored without one (then saved
 `set_caches`). Bodies are shared by copies, so every cache is keyed by body id.
 
 * `BodyCache`: recently read raw bodies within a byte budget (LRU).
-* `SortFieldCache` (`MimeCache.sort_fields`): SORT/THREAD fields per body (LRU by count).
+* `SortFieldCache` (`MimeCache.sort_fields`): SORT/THREAD fields per body (LRU by size).
 * `AnswerCache` (`MimeCache.answers`): SORT orders and THREAD answers by (program, mailbox,
   the selected messages' numbers and UIDs), LRU by size: webmail sorts the same mailbox on
   every page.
-* `MimeCache`: parsed `mime.MimeInfo` per body (LRU by count) and the search texts per body
-  (LRU by size). `infos()` and `texts()` answer a whole chunk of messages with at most one
-  `store.caches()` call, plus one `store.bodies()` call for bodies never analysed.
+* `MimeCache`: parsed `mime.MimeInfo` per body and the search texts per body (LRUs by size:
+  each LRU here weighs what its values hold in memory, `_info_weight` and the like).
+  `infos()` and `texts()` answer a whole chunk of messages with at most one `store.caches()`
+  call, plus one `store.bodies()` call for bodies never analysed.
 
 A `None` in a batch result means the body is gone (expunged by another session, RFC 2180 4.1).
 """
@@ -22,6 +23,7 @@ A `None` in a batch result means the body is gone (expunged by another session, 
 from __future__ import annotations
 
 import json
+import sys
 from collections import OrderedDict
 from typing import Sequence
 
@@ -34,7 +36,9 @@ from ..sortkeys import SortFields, decode, encode, extract, extract_record, writ
 from ..workers import Workers
 
 ANALYZE_IN_THREAD = 256 * 1024      # bodies (or batches) this big are analysed off the trio thread
-SORT_FIELD_ENTRIES = 100_000   # cached messages' sort fields, all accounts (about 50 MB at most)
+SORT_FIELD_BYTES = 64 * 1024 * 1024   # cached messages' sort fields, all accounts (`_fields_weight`)
+MIME_INFO_BYTES = 128 * 1024 * 1024   # cached parsed analyses, all accounts (`_info_weight`)
+TEXT_BYTES = 64 * 1024 * 1024   # cached search texts, all accounts
 SORT_FIELD_CHUNK = 256         # sort-field records decoded (or headers parsed) per slice
 SORT_RECORD_CHUNK = 2048       # messages per store call while reading sort-field records
 SORT_LOOKUP_CHUNK = 2048       # cached sort fields looked up per slice
@@ -58,6 +62,34 @@ async def _off_loop_if_big(workers: Workers, work, size: int):
 
 def _analyze(raw: bytes, limits: mime.MimeLimits) -> tuple[bytes, bytes]:
     return analyze_for_store(raw, limits), extract_record(raw, limits.max_header_bytes)
+
+
+# Weights of cached values: what they hold in memory, as tracemalloc counts it (1 to 4 bytes a
+# character, tests/gateway/test_cache_memory.py), not how many they are. Hostile mail makes
+# big ones from small messages: a 40 KB message/rfc822 part whose From is commas has a 2.6 MB
+# BODYSTRUCTURE and BODY (10,000 records of its ENVELOPE in each), a header of 1.6 MB a 7 MB
+# SortFields (its subject and 100,000 References): counted by number, 100,000 of them were
+# gigabytes, from mail anyone can send.
+_PART_BYTES = 336    # a row of the part table: a list, its ints and its children's list
+_INFO_BYTES = 400    # the MimeInfo object and its LRU slot
+_FIELDS_BYTES = 320  # the SortFields object, its float and tuple, and its LRU slot
+
+
+def _info_weight(info: mime.MimeInfo) -> int:
+    parts, stack = 0, [info.parts]
+    while stack:
+        row = stack.pop()
+        parts += 1
+        stack.extend(row[4])
+    return (sys.getsizeof(info.envelope) + sys.getsizeof(info.bodystructure)
+            + sys.getsizeof(info.body) + parts * _PART_BYTES + _INFO_BYTES)
+
+
+def _fields_weight(fields: SortFields) -> int:
+    texts = (fields.subject, fields.from_, fields.to, fields.cc, fields.display_from,
+             fields.display_to, fields.message_id or "")
+    return (sum(sys.getsizeof(t) for t in texts) + sum(sys.getsizeof(r) + 8 for r in fields.references)
+            + _FIELDS_BYTES)
 
 
 class _Lru:
@@ -108,17 +140,17 @@ class BodyCache:
 
 
 class SortFieldCache:
-    """SORT/THREAD fields (sortkeys.py) by body id, LRU by count. Misses are read from the
+    """SORT/THREAD fields (sortkeys.py) by body id, LRU within `budget` bytes. Misses are read from the
     bodies' stored sort-fields records (one store call per `SORT_RECORD_CHUNK` messages, decoded
     in slices of `SORT_FIELD_CHUNK`); a body without a record (stored before there were any) has
     its header parsed in a worker thread and its record written back, so that happens once."""
 
-    def __init__(self, bodies: BodyCache, entries: int = SORT_FIELD_ENTRIES,
+    def __init__(self, bodies: BodyCache, budget: int = SORT_FIELD_BYTES,
                  max_header_bytes: int = mime.DEFAULT_LIMITS.max_header_bytes,
                  workers: Workers | None = None):
         self.bodies, self.max_header_bytes = bodies, max_header_bytes
         self.workers = workers if workers is not None else Workers.build()
-        self._lru = _Lru(entries)
+        self._lru = _Lru(budget, _fields_weight)
 
     async def fields(self, store, metas: Sequence[MessageMeta]) -> list[SortFields | None]:
         out: list[SortFields | None] = []
@@ -189,23 +221,26 @@ def _extract_all(raws: list[bytes], max_header_bytes: int) -> list[tuple[SortFie
     return out
 
 
+_GONE = (None, None)   # `MimeCache._load` found no body
+
+
 class MimeCache:
     """See the module docstring."""
 
-    def __init__(self, bodies: BodyCache, entries: int = 100_000,
-                 text_budget: int = 64 * 1024 * 1024,
+    def __init__(self, bodies: BodyCache, info_budget: int = MIME_INFO_BYTES,
+                 text_budget: int = TEXT_BYTES, sort_budget: int = SORT_FIELD_BYTES,
                  limits: mime.MimeLimits = mime.DEFAULT_LIMITS, workers: Workers | None = None):
         self.bodies, self.limits = bodies, limits
         # the gateway's worker threads (workers.py), shared by every account like this cache
         self.workers = workers if workers is not None else Workers.build()
         # process-wide like this cache (body ids are unique in the store): its bound holds
         # however many accounts sort
-        self.sort_fields = SortFieldCache(bodies, max_header_bytes=limits.max_header_bytes,
+        self.sort_fields = SortFieldCache(bodies, sort_budget, limits.max_header_bytes,
                                           workers=self.workers)
         self.answers = AnswerCache()
         self.previews = _Lru(PREVIEW_ENTRIES)   # FETCH PREVIEW text by body id (_preview.py)
-        self._infos = _Lru(entries)
-        self._texts = _Lru(text_budget, lambda t: len(t[0]) + len(t[1]) + 64)
+        self._infos = _Lru(info_budget, _info_weight)
+        self._texts = _Lru(text_budget, lambda t: sys.getsizeof(t[0]) + sys.getsizeof(t[1]) + 64)
 
     async def info(self, store, meta: MessageMeta) -> mime.MimeInfo:
         """One message's MIME info; raises StoreError when the body is gone."""
@@ -223,8 +258,8 @@ class MimeCache:
         out = [self._infos.get(m.body_id) for m in metas]
         missing = [metas[i] for i, info in enumerate(out) if info is None]
         if missing:
-            await self._load(store, missing)
-            out = [info or self._infos.get(m.body_id) for info, m in zip(out, metas, strict=True)]
+            found = await self._load(store, missing)
+            out = [info or found.get(m.body_id, _GONE)[0] for info, m in zip(out, metas, strict=True)]
         return out
 
     async def texts(self, store, metas: Sequence[MessageMeta]) -> list[tuple[str, str] | None]:
@@ -233,15 +268,17 @@ class MimeCache:
         missing = [metas[i] for i, text in enumerate(out) if text is None]
         if missing:
             found = await self._load(store, missing)
-            out = [text or found.get(m.body_id) for text, m in zip(out, metas, strict=True)]
+            out = [text or found.get(m.body_id, _GONE)[1] for text, m in zip(out, metas, strict=True)]
         return out
 
-    async def _load(self, store, metas: Sequence[MessageMeta]) -> dict[int, tuple[str, str]]:
+    async def _load(self, store, metas: Sequence[MessageMeta]
+                    ) -> dict[int, tuple[mime.MimeInfo, tuple[str, str]]]:
         """Fill both LRUs for `metas` from their cache blobs (analysing bodies that have none);
-        returns the texts by body id (they may be too big for the text LRU)."""
+        returns the infos and texts by body id, bodies gone left out (the LRUs may not keep
+        them: too big, or pushed out by the rest of the batch)."""
         unique = list({m.body_id: m for m in metas}.values())
         blobs = await store.caches(unique)
-        texts: dict[int, tuple[str, str]] = {}
+        found: dict[int, tuple[mime.MimeInfo, tuple[str, str]]] = {}
         stale, newer = [], set()
         decoded = await _off_loop_if_big(self.workers, lambda: [judge(b, self.limits) for b in blobs],
                                          sum(len(b or b"") for b in blobs))
@@ -251,7 +288,7 @@ class MimeCache:
                 if not replace:   # a newer version's (analysis.judge): analysed here, kept there
                     newer.add(meta.body_id)
             else:
-                self._remember(meta, data, texts)
+                self._remember(meta, data, found)
         if stale:
             raws = await self.bodies.get_many(store, stale)
             present = [(m, r) for m, r in zip(stale, raws, strict=True) if r is not None]
@@ -264,11 +301,11 @@ class MimeCache:
             if kept:
                 await store.set_caches(kept)
             for (meta, _), (_, data) in zip(present, analysed, strict=True):
-                self._remember(meta, data, texts)
-        return texts
+                self._remember(meta, data, found)
+        return found
 
-    def _remember(self, meta: MessageMeta, data: dict, texts: dict) -> None:
-        self._infos.put(meta.body_id, mime.from_cache(data))
-        text = (data["th"], data["tb"])
-        texts[meta.body_id] = text
+    def _remember(self, meta: MessageMeta, data: dict, found: dict) -> None:
+        info, text = mime.from_cache(data), (data["th"], data["tb"])
+        found[meta.body_id] = (info, text)
+        self._infos.put(meta.body_id, info)
         self._texts.put(meta.body_id, text)
