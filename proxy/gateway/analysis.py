@@ -68,7 +68,7 @@ def judge(blob: bytes | None, limits: mime.MimeLimits = mime.DEFAULT_LIMITS) -> 
         return None, True
     if (version, text_version) != (mime.CACHE_VERSION, TEXT_VERSION):
         return None, version <= mime.CACHE_VERSION and text_version <= TEXT_VERSION
-    if "th" not in data or not mime.EnvelopeReach.fits(data.get("en"), data.get("ecut"),
+    if "th" not in data or not mime.EnvelopeReach.fits(data.get("eneed"), data.get("ecut"),
                                                         limits.max_envelope_addresses):
         return None, True
     return data, True
