@@ -60,6 +60,13 @@ class ImapEngineSession(EngineSession):
             self.received(self.upstream, leftover)
         if not self.done and self.core.held.held:   # commands pipelined behind the login
             self._sent(self.core.client_input())
+        # at rest already: the first command (SELECT) and its answer may take the fused step
+        # too. (The sides' masks are still the login's here; the engine's `_guarded` fits them
+        # to IN right after this step, nothing waiting to be written, before any chunk is read.)
+        if (self.fused is None and not self.done and not self.client.out
+                and not self.upstream.out and not self.paused and self.reuse is None
+                and imap_fused.at_rest(self)):
+            self.fused = self.fused_step
 
     def received(self, side: Side, data: bytes) -> bool:
         """True when settled (engine.py): both sides read, nothing waits to be written, and the

@@ -44,8 +44,8 @@ def fake_conn() -> SimpleNamespace:
 class Rig:
     """An ImapEngineSession between two socket pairs: `client` and `upstream` are the far ends."""
 
-    def __init__(self) -> None:
-        self.core, self.metrics = imap_core(bad_commands=100)
+    def __init__(self, leftover: bytes = b"") -> None:
+        self.core, self.metrics = imap_core(leftover, bad_commands=100)
         self.client, near_client = socket.socketpair()
         self.upstream, near_upstream = socket.socketpair()
         self.near = (near_client, near_upstream)
@@ -56,6 +56,7 @@ class Rig:
                                       fake_conn(), near_client.fileno(),  # type: ignore[arg-type]
                                       fake_conn(), near_upstream.fileno())  # type: ignore[arg-type]
         self.fused = 0
+        self.sess.start()   # (what the engine does first: at rest after the login, the step)
 
     def close(self) -> None:
         for sock in (self.client, self.upstream, *self.near):
@@ -187,11 +188,11 @@ def test_chunks_the_fused_step_leaves_to_the_full_path():
                    b"* 1 EXISTS\r\n" * 5 + b"a1 OK done\r\n"):   # (over max_line, 64)
         rig = Rig()
         try:
-            rig.feed(True, b"a1 NOOP\r\n", True)   # (full path: the first chunk sets the flag)
+            rig.feed(True, b"a1 NOOP\r\n", True)   # (at rest since `start`: both taken)
             rig.feed(True, b"a2 NOOP\r\n", True)
-            assert rig.fused == 1 and rig.sess.fused is not None
+            assert rig.fused == 2 and rig.sess.fused is not None
             rig.feed(False, answer, True)
-            assert rig.fused == 1, answer
+            assert rig.fused == 2, answer
         finally:
             rig.close()
     rig = Rig()
@@ -201,7 +202,7 @@ def test_chunks_the_fused_step_leaves_to_the_full_path():
         for answer in (b"* 1 EXISTS\r\n", b"* 2 EXISTS\r\n* 1 RECENT\r\na1 OK done\r\n",
                        b"* OK [ALERT] x\r\n* 3 Expunge\r\na2 ok done\r\n"):
             rig.feed(False, answer, True)
-        assert rig.fused == 4 and not rig.core.inflight.pending
+        assert rig.fused == 5 and not rig.core.inflight.pending
     finally:
         rig.close()
 
@@ -221,7 +222,7 @@ def test_an_untagged_line_the_parser_refuses_is_left_to_the_full_path(answer):
         finally:
             rig.close()
     fused, full = ended(True), ended(False)
-    assert fused[-1] == 1 and full[-1] == 0
+    assert fused[-1] == 2 and full[-1] == 0
     assert fused[:-1] == full[:-1]
     assert full[0] is Close.UPSTREAM_PROTOCOL_ERROR
 
@@ -240,7 +241,7 @@ def test_a_write_upstream_that_fails_ends_the_session_as_the_full_path_does():
         finally:
             rig.close()
     fused, full = ended(True), ended(False)
-    assert fused[-1] == 2 and full[-1] == 0   # (the failed write was the fused step's)
+    assert fused[-1] == 3 and full[-1] == 0   # (the failed write was the fused step's)
     assert fused[:-1] == full[:-1]
 
 
@@ -291,3 +292,26 @@ def test_the_session_byte_counts_stay_live_while_the_step_takes_chunks():
         finally:
             rig.close()
     assert counts(True) == counts(False)
+
+
+def test_commands_pipelined_behind_the_login_then_the_step_as_the_full_path():
+    """`start` forwards what the login left (a partial line too) and leaves the session at
+    rest only when it is: the same state either way."""
+    def run(fused: bool) -> tuple[object, ...]:
+        rig = Rig(b"p1 NOOP\r\np2 SELECT x\r\np3 NO")
+        try:
+            states = [rig.state(), rig.sess.fused is not None]
+            for chunk in (b"OP\r\n", b"a1 NOOP\r\n"):
+                rig.feed(True, chunk, fused)
+                states.append(rig.state())
+            for answer in (b"p1 OK\r\n", b"* 2 EXISTS\r\np2 OK\r\n", b"p3 OK\r\n",
+                           b"a1 OK\r\n"):
+                rig.feed(False, answer, fused)
+                states.append(rig.state())
+            return (*states, counted(rig.metrics), rig.fused)
+        finally:
+            rig.close()
+    fused, full = run(True), run(False)
+    assert fused[1] is False   # (a line part held: not at rest)
+    assert fused[-1] >= 4 and full[-1] == 0
+    assert fused[:-1] == full[:-1]
