@@ -94,7 +94,8 @@ class AccountFetcher:
                                         self.password, locks=service.sync_locks, sasl=sasl,
                                         workers=service.mime.workers, on_stored=self._stored)
             self.last_success = time.time()
-            metrics.gateway_syncs.labels("ok").inc()
+            # a sync cut by gateway.limits.sync_budget stored what it fetched, but is not done
+            metrics.gateway_syncs.labels("budget_spent" if result.budget_spent else "ok").inc()
             metrics.gateway_sync_duration.observe(result.duration)
             metrics.gateway_ingested_messages.inc(result.new)
             metrics.gateway_ingested_bytes.inc(result.bytes)

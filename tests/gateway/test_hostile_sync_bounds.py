@@ -152,6 +152,33 @@ async def test_a_login_check_against_a_stalling_upstream_uses_the_configured_tim
                                          PASSWORD.encode()) is None
 
 
+async def test_a_sync_cut_by_its_budget_is_counted_as_such(nursery, store_url):
+    """mailproxy_gateway_syncs_total counts a sync its budget cut as result="budget_spent"
+    (it counted "ok", though the mailbox was not all fetched), and one that ends as "ok". The
+    service's own account fetcher (AccountFetcher), as a login or a poll runs it."""
+    from proxy.gateway.account_fetcher import AccountFetcher
+
+    server = HostilePop3(MESSAGES, USER, PASSWORD)
+    server.script(b"RETR", 3, stall(), once=True)
+    await server.start(nursery)
+    budgets = [limits_config(server.port, store_url, pop3_reply_timeout="1h", sync_budget="2s"),
+               # (the next sync with the default budget: it must not race a 2 s one under load)
+               limits_config(server.port, store_url)]
+    counted = []
+    for config in budgets:
+        async with open_gateway(config, Metrics()) as service:
+            fetcher = AccountFetcher(service, "dc", USER)
+            fetcher.password = PASSWORD
+            with trio.fail_after(NEVER):
+                await fetcher._sync_once()
+            counted.append({result: service.metrics.registry.get_sample_value(
+                "mailproxy_gateway_syncs_total", {"result": result})
+                for result in ("ok", "budget_spent")})
+            if len(counted) == 2:
+                assert bodies(await stored(service.store, USER)) == MESSAGES
+    assert counted == [{"ok": None, "budget_spent": 1.0}, {"ok": 1.0, "budget_spent": None}]
+
+
 async def test_a_server_stalling_a_dele_ends_the_sync_at_its_budget(nursery, store_url, store):
     """20 messages stored, then delete-after-fetch against a server that never answers DELE 17
     (the second pipelined window), pop3_reply_timeout an hour: the sync ends at sync_budget.
