@@ -9,7 +9,10 @@ Theory of operation (one `sync_account` call):
 
 * Nothing lost, nothing twice: a batch is one store transaction, keyed by UIDL. A crash loses at
   most the uncommitted batch, which the next sync fetches again; a committed message is never
-  fetched again, even after the IMAP user expunged it.
+  fetched again, even after the IMAP user expunged it. Except when its UIDL may name other mail
+  now (`sync_identity`, by content digest): a UIDL listed again after its message left the
+  listing (RFC 1939 7 lets a server reuse it) is read once more, and so is mail under UIDLs
+  that changed (a new UIDL format): matched to the stored messages, not stored twice.
 * DELE is only sent for messages already committed (and fsynced, `store.flush()`), and only per
   `gateway.upstream_retention`: `keep` never sends DELE. DELE takes effect at QUIT (RFC 1939 6,
   UPDATE state), so the store records "deleted upstream" only after QUIT succeeded; if QUIT fails
@@ -58,6 +61,7 @@ from ..session.failures import Failure
 from ..session.routing import log_user
 from ..session.upstream import UpstreamError
 from ..store import Store
+from . import sync_identity
 from .account_locks import PASS_OVER, STRIKES, AccountLocks
 from .ingest_batches import Ingest, ProgressCallback, StoredCallback, mime_limits, quota_gate
 from .pop3_client import Pop3Client, ReplyLimits, SyncCut
@@ -179,7 +183,11 @@ async def _sync_listing(client: Pop3Client, config: Config, store: Store, accoun
     the budget: no DELE (that is for a sync that has time left); with replies in flight not
     even QUIT (the caller drops the connection: none of the session's DELEs takes effect)."""
     known = await store.known_uidls(account_id)
-    wanted = [(n, u) for n, u in listing if u is None or u not in known]
+    identities = await sync_identity.load(store, account_id,
+                                          {u for _, u in listing if u is not None}, known,
+                                          await store.fetched_at(account_id))
+    wanted = [(n, u) for n, u in listing
+              if u is None or u not in known or u in identities.reappeared]
     over = [(n, u) for n, u in wanted if u in passed] if passed else []
     if over:
         wanted = [(n, u) for n, u in wanted if u not in passed]
@@ -189,9 +197,13 @@ async def _sync_listing(client: Pop3Client, config: Config, store: Store, accoun
     left = [(n, u) for n, u in wanted if u is not None] if gate is not None and gate.full else []
     if left:
         wanted = [(n, u) for n, u in wanted if u is None]
-    ingest, digests, cut = await fetch(client, store, account_id, wanted, known, progress,
-                                        mime_limits(config), gate, workers, failed, budget,
-                                        on_stored)
+    try:
+        ingest, digests, cut = await fetch(client, store, account_id, wanted, known, progress,
+                                            mime_limits(config), gate, workers, failed, budget,
+                                            identities, on_stored)
+    finally:   # UIDLs of stored messages, renamed or listed again, whose framing held (even if
+        # the sync fails after them): before retention, which DELEs them
+        await store.record_uidls(account_id, identities.recorded)
     ingest.over_quota += len(left)
     if cut:
         return ingest, 0, True

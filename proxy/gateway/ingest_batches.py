@@ -20,6 +20,7 @@ from ..store import IngestItem, Store
 from ._parts import MimeLimits
 from .pop3_listing import internaldate
 from .quota import IngestGate, over
+from .sync_identity import message_digest
 from .workers import Workers
 
 __all__ = ["BATCH_MESSAGES", "BATCH_BYTES", "Ingest", "ProgressCallback", "StoredCallback",
@@ -39,23 +40,27 @@ class Ingest:
 
     def __init__(self, store: Store, account_id: int, progress: ProgressCallback | None, total: int,
                  channel: trio.MemorySendChannel, limits: MimeLimits, gate: IngestGate | None,
-                 workers: Workers, on_stored: StoredCallback | None = None):
+                 workers: Workers, on_stored: StoredCallback | None = None,
+                 digest_key: bytes = b""):
         self.store, self.account_id, self.progress, self.total = store, account_id, progress, total
         self.on_stored = on_stored
         self.limits, self.gate, self.workers = limits, gate, workers
+        self.digest_key = digest_key   # each stored message's digest (`sync_identity`)
         self.over_quota = 0
         self.skipped: dict[str, int] = {}   # messages left upstream this sync, by reason
         self.channel = channel
-        self.items: list[tuple[str, bytes]] = []   # (uidl, body): analysed off the trio thread
+        # (uidl, body, digest or None: not taken yet, reused): analysed off the trio thread
+        self.items: list[tuple[str, bytes, bytes | None, bool]] = []
         self.pending_bytes = 0
         self.done = self.new = self.bytes = 0
 
-    async def add(self, uidl: str, body: bytes) -> None:
+    async def add(self, uidl: str, body: bytes, digest: bytes | None = None,
+                  reused: bool = False) -> None:
         if self.gate is not None and not self.gate.admit(len(body)):
             self.over_quota += 1   # not stored, so never DELEd: it waits upstream (RFC 9208 spirit)
             self.done += 1
             return
-        self.items.append((uidl, body))
+        self.items.append((uidl, body, digest, reused))
         self.pending_bytes += len(body)
         self.done += 1
         if len(self.items) >= BATCH_MESSAGES or self.pending_bytes >= BATCH_BYTES:
@@ -81,7 +86,8 @@ class Ingest:
                 # (issue 17) once, at ingest, off the trio thread, each bounded by `limits`;
                 # shielded so a batch already received is committed, as before the analysis
                 with trio.CancelScope(shield=True):
-                    items = await self.workers.ingested(analysed, batch, self.limits)
+                    items = await self.workers.ingested(analysed, batch, self.limits,
+                                                        self.digest_key)
                     uids = await self.store.ingest_many(self.account_id, items)
                 before = self.new
                 for item, uid in zip(items, uids, strict=True):
@@ -105,9 +111,11 @@ async def quota_gate(config: Config, store: Store, account_id: int) -> IngestGat
     return gate
 
 
-def analysed(batch: list[tuple[str, bytes]], limits: MimeLimits) -> list[IngestItem]:
-    """(uidl, body) -> IngestItem with its arrival date, cache blob
-    (`analysis.analyze_for_store`) and sort-fields record (`sortkeys.extract_record`): the
+def analysed(batch: list[tuple[str, bytes, bytes | None, bool]], limits: MimeLimits,
+             digest_key: bytes) -> list[IngestItem]:
+    """(uidl, body, digest, reused) -> IngestItem with its arrival date, cache blob
+    (`analysis.analyze_for_store`), sort-fields record (`sortkeys.extract_record`) and content
+    digest (`sync_identity`, when the fetcher did not take it already): the
     work that grows with a message, run in a worker thread, each part bounded by `limits`
     (a 50 MB header line is read up to `max_header_bytes`, as Dovecot reads it)."""
     from .analysis import analyze_for_store
@@ -115,8 +123,10 @@ def analysed(batch: list[tuple[str, bytes]], limits: MimeLimits) -> list[IngestI
 
     return [IngestItem(uidl, body, internaldate(body, limits.max_header_bytes),
                        cache=analyze_for_store(body, limits),
-                       sort_fields=extract_record(body, limits.max_header_bytes))
-            for uidl, body in batch]
+                       sort_fields=extract_record(body, limits.max_header_bytes),
+                       digest=message_digest(digest_key, body) if digest is None else digest,
+                       reused=reused)
+            for uidl, body, digest, reused in batch]
 
 
 def mime_limits(config: Config) -> MimeLimits:

@@ -29,6 +29,7 @@ from ._parts import MimeLimits
 from .ingest_batches import Ingest, ProgressCallback, StoredCallback
 from .pop3_client import Pop3Client, SyncCut
 from .quota import IngestGate
+from .sync_identity import Identities, Placed
 from .workers import Workers
 
 __all__ = ["DIGEST_PREFIX", "PIPELINE_WINDOW", "SyncBudget", "digest_of", "fetch"]
@@ -81,20 +82,22 @@ async def fetch(client: Pop3Client, store: Store, account_id: int,
                 wanted: list[tuple[int, str | None]], known: set[str],
                 progress: ProgressCallback | None, limits: MimeLimits,
                 gate: IngestGate | None, workers: Workers, failed: set[str], budget: SyncBudget,
-                on_stored: StoredCallback | None = None,
+                identities: Identities, on_stored: StoredCallback | None = None,
                 ) -> tuple[Ingest, dict[str, int], bool | None]:
     """RETR and commit `wanted`: (the ingest, digest-UIDL -> number, the budget's cut as
     `retrieve` says). On an UpstreamError the complete bodies already received are committed
     before it propagates; a cancelled sync loses at most the uncommitted batches. `failed` gets
     the UIDLs of messages too big, or whose RETR timed out."""
     send, receive = trio.open_memory_channel(0)
-    ingest = Ingest(store, account_id, progress, len(wanted), send, limits, gate, workers, on_stored)
+    ingest = Ingest(store, account_id, progress, len(wanted), send, limits, gate, workers,
+                    on_stored, identities.key)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ingest.commit_loop, receive)
             async with send:
                 try:
-                    digests, cut = await retrieve(client, wanted, ingest, known, failed, budget)
+                    digests, cut = await retrieve(client, wanted, ingest, known, failed, budget,
+                                                  identities)
                 finally:
                     await ingest.flush()
     except BaseExceptionGroup as group:
@@ -103,8 +106,8 @@ async def fetch(client: Pop3Client, store: Store, account_id: int,
 
 
 async def retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ingest: Ingest,
-                   known: set[str], failed: set[str],
-                   budget: SyncBudget) -> tuple[dict[str, int], bool | None]:
+                   known: set[str], failed: set[str], budget: SyncBudget,
+                   identities: Identities) -> tuple[dict[str, int], bool | None]:
     """RETR `wanted` (a window of them in flight with PIPELINING); returns digest-UIDL -> number
     for digest mode, and the budget's cut: None (all of `wanted` asked), False (it ran out, no
     RETR was sent after it, the session is clean) or True (it cut a wait, maybe mid-reply: the
@@ -112,7 +115,8 @@ async def retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ing
     complete bodies are handed to `ingest`: each one once the reply after it was framed right
     (a server that does not dot-stuff a line "." ends a body early, RFC 1939 3, and what follows
     breaks the framing: that body is cut, never stored, where it would be kept for good and its
-    whole upstream copy DELEd); the last one once a NOOP after it is answered.
+    whole upstream copy DELEd); the last one once a NOOP after it is answered. A body whose
+    UIDL was reused or renamed is placed by its digest (`sync_identity`).
 
     The budget: once spent, no RETR is sent; once a body was handed to `ingest`, the budget's
     end also cuts the wait in progress (`SyncBudget.arm`). So a sync ends at its budget, or when
@@ -123,7 +127,9 @@ async def retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ing
     queue = iter(wanted)
     in_flight: list[tuple[int, str | None]] = []
     digests: dict[str, int] = {}
-    held: tuple[int, str, bytes] | None = None   # the last body, until the framing after it holds
+    # the last body (number, uidl, body, digest, reused), until the framing after it holds
+    held: tuple[int, str, bytes, bytes | None, bool] | None = None
+    unproven = False   # the last body was placed as a stored message before its framing held
     cut: bool | None = None
     started = False
     has_digests: bool | None = None
@@ -158,8 +164,9 @@ async def retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ing
             number, uidl = in_flight.pop(0)
             try:
                 line = await client.status(f"RETR {number}")
+                unproven = False
                 if held is not None:
-                    await ingest.add(held[1], held[2])
+                    await ingest.add(*held[1:])
                     budget.reached, held = held[0], None
                     budget.arm(client)
                 body = await client.body(f"RETR {number}") if line.ok else None
@@ -186,20 +193,35 @@ async def retrieve(client: Pop3Client, wanted: list[tuple[int, str | None]], ing
                     if uidl is None or (uidl not in known and digest in known):
                         uidl = digest
                         digests.setdefault(uidl, number)
-                if uidl in known:
+                placed, content = Placed.NEW, None
+                if not uidl.startswith(DIGEST_PREFIX) and identities.wants(uidl, known):
+                    # (a UIDL reused, RFC 1939 7, or renamed)
+                    content = await identities.digest(body)
+                    placed = identities.place(uidl, content)
+                if placed is Placed.STORED or (uidl in known and placed is Placed.NEW):
                     ingest.skip()
                     budget.reached = number
+                    unproven = placed is Placed.STORED
                 else:
                     known.add(uidl)
-                    held = (number, uidl, body)
+                    held = (number, uidl, body, content, placed is Placed.REUSED)
             await refill()
-        if held is not None:   # the reply after it is a NOOP's (RFC 1939 5): the rest of a body
-            # cut short breaks its framing, whether buffered already or arriving late (QUIT's
-            # reply broke instead, and that failure does not fail the sync: the cut body stayed)
+        if held is not None or unproven:   # the reply after it is a NOOP's (RFC 1939 5): the
+            # rest of a body cut short breaks its framing, whether buffered already or arriving
+            # late (QUIT's reply broke instead, and that failure does not fail the sync: the cut
+            # body stayed)
             await client.send(writer.command(b"NOOP"))
             await client.status("NOOP after the last RETR (a line '.' not dot-stuffed?)")
-            await ingest.add(held[1], held[2])
-            budget.reached = held[0]
-    except SyncCut:   # (the body held, if any, was not framed yet: the next sync asks again)
+            unproven = False
+            if held is not None:
+                await ingest.add(*held[1:])
+                budget.reached = held[0]
+    except (SyncCut, UpstreamError) as exc:
+        # (the body held, if any, was not framed yet: the next sync asks again; nor was the one
+        # placed as a stored message, if any: not recorded)
+        if unproven:
+            identities.recorded.pop()
+        if isinstance(exc, UpstreamError):
+            raise
         return digests, True
     return digests, cut

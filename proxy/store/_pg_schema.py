@@ -38,7 +38,8 @@ from .base import StoreError, StoreFailure
 from .crypto import KeyRing, StoreKeyError
 
 __all__ = ["SCHEMA_VERSION", "SCHEMA_LOCK", "MIGRATIONS", "migrate", "check_key", "open_pool",
-           "CONNECT_TIMEOUT_S", "POOL_TIMEOUT_S", "redact", "one_line", "objectid_key"]
+           "CONNECT_TIMEOUT_S", "POOL_TIMEOUT_S", "redact", "one_line", "objectid_key",
+           "uidl_digest_key"]
 
 SCHEMA_LOCK = 0x6D61_696C_7072_0001   # pg_advisory_xact_lock key: "mailpr" + schema
 CONNECT_TIMEOUT_S = 10
@@ -207,9 +208,15 @@ def _v8_objectid_key(c: Conn) -> None:
               (os.urandom(OBJECTID_KEY_BYTES),))
 
 
+def _v9_uidl_digests(c: Conn) -> None:
+    """A POP3 message's content digest beside its UIDL (`gateway/sync_identity.py`), as in the
+    SQLite store's step 9."""
+    c.execute("ALTER TABLE uidls ADD COLUMN digest BYTEA")
+
+
 MIGRATIONS: list[Callable[[Conn], None]] = [_v1_initial, _v2_subscriptions, _v3_body_collection,
                                             _v4_sync_status, _v5_sort_fields, _v6_usage_counters,
-                                            _v7_save_date, _v8_objectid_key]
+                                            _v7_save_date, _v8_objectid_key, _v9_uidl_digests]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -229,6 +236,19 @@ def migrate(c: Conn) -> int:
             MIGRATIONS[step](c)
         c.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
     return SCHEMA_VERSION
+
+
+def uidl_digest_key(c: Conn, ring: KeyRing | None) -> bytes:
+    """The store's secret for POP3 content digests, as the SQLite store's `uidl_digest_key`
+    (under the schema lock: replicas starting together make one)."""
+    with c.transaction():
+        c.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        row = c.execute("SELECT value FROM meta WHERE key = 'uidl_digest_key'").fetchone()
+        secret = crypto.digest_secret(None if row is None else bytes(row[0]), ring)
+        c.execute("INSERT INTO meta(key, value) VALUES ('uidl_digest_key', %s) "
+                  "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                  (crypto.seal_digest_secret(secret, ring),))
+    return secret
 
 
 def objectid_key(c: Conn) -> bytes:
@@ -283,8 +303,8 @@ def with_idle_transaction_bound(url: str, seconds: float) -> str:
 
 def open_pool(url: str, ring: KeyRing | None, password: str | None, size: int,
               idle_transaction_s: float,
-              query_timeout_s: float) -> tuple[psycopg_pool.ConnectionPool[Any], bytes]:
-    """Open the pool, migrate, check the key; returns the pool and the store's OBJECTID secret.
+              query_timeout_s: float) -> tuple[psycopg_pool.ConnectionPool[Any], bytes, bytes]:
+    """Open the pool, migrate, check the key; returns the pool and the store's OBJECTID and digest secrets.
     Raises StoreFailure when the server cannot be used.
 
     The pool's transactions are a few statements sent back to back by one thread: one left idle
@@ -307,6 +327,7 @@ def open_pool(url: str, ring: KeyRing | None, password: str | None, size: int,
             migrate(c)
             check_key(c, ring, redact(url))
             ids_key = objectid_key(c)
+            digest_key = uidl_digest_key(c, ring)
     except psycopg.Error as exc:
         raise StoreFailure(one_line(exc)) from exc
     pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
@@ -317,4 +338,4 @@ def open_pool(url: str, ring: KeyRing | None, password: str | None, size: int,
     except psycopg_pool.PoolTimeout as exc:
         pool.close()
         raise StoreFailure(f"cannot connect to {redact(url)} within {CONNECT_TIMEOUT_S}s") from exc
-    return pool, ids_key
+    return pool, ids_key, digest_key

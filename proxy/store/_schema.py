@@ -34,7 +34,7 @@ from .base import StoreError
 from .crypto import KeyRing, StoreKeyError
 
 __all__ = ["BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "MIGRATIONS", "connect", "transaction", "migrate",
-           "check_key", "open_db", "objectid_key"]
+           "check_key", "open_db", "objectid_key", "uidl_digest_key"]
 
 BUSY_TIMEOUT_MS = 30_000
 OBJECTID_KEY_BYTES = 32
@@ -179,9 +179,16 @@ def _v8_objectid_key(db: sqlite3.Connection) -> None:
                (os.urandom(OBJECTID_KEY_BYTES),))
 
 
+def _v9_uidl_digests(db: sqlite3.Connection) -> None:
+    """A POP3 message's content digest beside its UIDL (`gateway/sync_identity.py`): tells a
+    new message under a reused UIDL (RFC 1939 7) from the stored one, and finds the stored
+    message of a renamed UIDL. Rows from before this step have none (NULL): see there."""
+    db.execute("ALTER TABLE uidls ADD COLUMN digest BLOB")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_initial, _v2_recent_and_pruning, _v3_subscriptions, _v4_sync_status, _v5_sort_fields,
-    _v6_usage_counters, _v7_save_date, _v8_objectid_key]
+    _v6_usage_counters, _v7_save_date, _v8_objectid_key, _v9_uidl_digests]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -240,6 +247,17 @@ def objectid_key(db: sqlite3.Connection) -> bytes:
     if row is None:
         raise StoreError("store has no objectid_key: its schema was not migrated")
     return bytes(row[0])
+
+
+def uidl_digest_key(db: sqlite3.Connection, ring: KeyRing | None) -> bytes:
+    """The store's secret for POP3 content digests (`crypto.digest_secret`): made at the first
+    open of a schema-9 store, and sealed again under the key ring's newest key at each open."""
+    with transaction(db):
+        row = db.execute("SELECT value FROM meta WHERE key = 'uidl_digest_key'").fetchone()
+        secret = crypto.digest_secret(None if row is None else bytes(row[0]), ring)
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('uidl_digest_key', ?)",
+                   (crypto.seal_digest_secret(secret, ring),))
+    return secret
 
 
 def check_key(db: sqlite3.Connection, ring: KeyRing | None, path: str) -> None:

@@ -51,7 +51,7 @@ import datetime as dt
 import enum
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol, Sequence
+from typing import Collection, NamedTuple, Protocol, Sequence
 
 INBOX = "INBOX"
 HIERARCHY_DELIMITER = "/"
@@ -172,6 +172,8 @@ class IngestItem:
     internaldate: dt.datetime
     cache: bytes | None = None
     sort_fields: bytes | None = None
+    digest: bytes | None = None   # keyed content digest (gateway/sync_identity.py)
+    reused: bool = False          # a UIDL gone upstream, listed again on other mail (RFC 1939 7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +210,7 @@ class Store(Protocol):
     """Async message store. Every method may raise StoreError (refused) or StoreKeyError (crypto)."""
 
     objectid_key: bytes   # the store's random secret for OBJECTID (RFC 8474 7), kept by migrate
+    uidl_digest_key: bytes   # its secret for POP3 content digests (crypto.digest_secret)
 
     # accounts and credentials
     async def ensure_account(self, upstream: str, user: str) -> Account: ...
@@ -278,6 +281,14 @@ class Store(Protocol):
     async def known_uidls(self, account_id: int) -> set[str]: ...
     async def usage(self, account_id: int) -> Usage: ...   # quota (RFC 9208), issue 17
     async def fetched_at(self, account_id: int) -> dict[str, float]: ...
+    async def uidl_digests(self, account_id: int,
+                           uidls: Collection[str]) -> dict[str, tuple[bytes | None, float]]: ...
+    async def record_uidls(self, account_id: int,
+                           rows: Sequence[tuple[str, bytes, float]]) -> None: ...
+    async def uidl_messages(self, account_id: int,
+                            uidls: Collection[str]) -> dict[str, MessageMeta]: ...
+    async def set_uidl_digests(self, account_id: int,
+                               rows: Sequence[tuple[str, bytes]]) -> None: ...
     async def mark_deleted_upstream(self, account_id: int, uidls: Sequence[str]) -> None: ...
     # `async with store.fetch_lease(upstream, user) as mine`: mine is True when no other process
     # sharing the store is fetching that mailbox (held until the block ends or the process dies)

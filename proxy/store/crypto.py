@@ -144,3 +144,23 @@ def unseal(record: bytes, aad: bytes, ring: KeyRing | None, what: str) -> bytes:
         except zlib.error:
             raise StoreKeyError(f"{what}: corrupted compressed record") from None
     raise StoreKeyError(f"{what}: unknown record format")
+
+
+# The secret the gateway keys POP3 content digests with (`gateway/sync_identity.py`), one per
+# store, in its `meta` row 'uidl_digest_key', sealed like a body: with a key ring, reading it
+# takes the key file, which the database does not hold. Re-sealed under the newest key at each
+# open, as the key check is, so an old key can be dropped after a rotation.
+DIGEST_SECRET_BYTES = 32
+_DIGEST_SECRET_AAD = b"store:uidl_digest_key"
+
+
+def seal_digest_secret(secret: bytes, ring: KeyRing | None) -> bytes:
+    """The digest secret sealed for its `meta` row."""
+    return seal(secret, _DIGEST_SECRET_AAD, ring)
+
+
+def digest_secret(record: bytes | None, ring: KeyRing | None) -> bytes:
+    """The digest secret from its `meta` row; a new one when there is none yet."""
+    if record is None:
+        return os.urandom(DIGEST_SECRET_BYTES)
+    return unseal(record, _DIGEST_SECRET_AAD, ring, "store digest secret")

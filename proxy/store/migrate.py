@@ -95,10 +95,12 @@ TABLES: list[TableCopy] = [
               _insert("messages", _MESSAGE_COLS,
                       "(id) DO UPDATE SET flags = excluded.flags, modseq = excluded.modseq"),
               "id", True),
-    TableCopy("uidls", "SELECT account_id, uidl, fetched_at, deleted_upstream_at FROM uidls",
-              _insert("uidls", "account_id, uidl, fetched_at, deleted_upstream_at",
-                      "(account_id, uidl) DO UPDATE SET "
-                      "deleted_upstream_at = excluded.deleted_upstream_at"),
+    TableCopy("uidls",
+              "SELECT account_id, uidl, fetched_at, deleted_upstream_at, digest FROM uidls",
+              _insert("uidls", "account_id, uidl, fetched_at, deleted_upstream_at, digest",
+                      "(account_id, uidl) DO UPDATE SET fetched_at = excluded.fetched_at, "
+                      "deleted_upstream_at = excluded.deleted_upstream_at, "
+                      "digest = excluded.digest"),
               "account_id, uidl", True),
     TableCopy("changes",
               "SELECT id, account_id, mailbox_id, modseq, kind, uid FROM changes",

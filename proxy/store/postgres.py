@@ -21,7 +21,7 @@ import datetime as dt
 import hashlib
 import secrets
 import time
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Collection, Sequence
 
 import psycopg
 import psycopg_pool
@@ -35,7 +35,8 @@ from ._pg_deadline import DEFAULT_QUERY_TIMEOUT_S, tcp_options
 from ._pg_mailboxes import PgMailboxOps
 from ._pg_notify import ChangeFollower, Feed
 from ._pg_schema import CONNECT_TIMEOUT_S, SCHEMA_VERSION, one_line, open_pool, redact
-from ._rows import from_date, save_time
+from ._rows import from_date, meta, save_time
+from ._uidls_sql import RECORD_UIDL, REUSE_UIDL, SET_DIGEST, UIDL_MESSAGES
 from .base import (
     DEFAULT_MAILBOXES,
     INBOX,
@@ -43,6 +44,7 @@ from .base import (
     AccountSummary,
     ChangeKind,
     IngestItem,
+    MessageMeta,
     StoreUnavailable,
     Usage,
 )
@@ -66,10 +68,11 @@ class PostgresStore(PgMailboxOps):
     def __init__(self, pool: psycopg_pool.ConnectionPool[Any], url: str, ring: KeyRing | None,
                  size: int, password: str | None = None,
                  timing: ReplicaTiming = DEFAULT_TIMING, *, objectid_key: bytes,
-                 per_account: int | None = None,
+                 uidl_digest_key: bytes, per_account: int | None = None,
                  query_timeout: float = DEFAULT_QUERY_TIMEOUT_S):
         PgCalls.__init__(self, pool, size, per_account, query_timeout)
         self.objectid_key = objectid_key
+        self.uidl_digest_key = uidl_digest_key
         self._url, self._password = url, password
         self.url = redact(url)
         self._ring = ring
@@ -168,11 +171,16 @@ class PostgresStore(PgMailboxOps):
         inbox = self._mailbox_id(c, account_id, INBOX, lock=True)
         # A UIDL another replica is committing right now blocks here until that commit, then
         # conflicts: never ingested twice.
+        now = time.time()
         inserted = {r[0] for r in c.execute(
-            "INSERT INTO uidls(account_id, uidl, fetched_at) "
-            "SELECT %s, u, %s FROM unnest(%s::text[]) AS u "
+            "INSERT INTO uidls(account_id, uidl, fetched_at, digest) "
+            "SELECT %s, u, %s, d FROM unnest(%s::text[], %s::bytea[]) AS t(u, d) "
             "ON CONFLICT (account_id, uidl) DO NOTHING RETURNING uidl",
-            (account_id, time.time(), [item.uidl for item in items]))}
+            (account_id, now, [item.uidl for item in items], [item.digest for item in items]))}
+        for item in items:   # new mail under a UIDL gone upstream (RFC 1939 7)
+            if item.reused and item.uidl not in inserted and c.execute(
+                    REUSE_UIDL.format(p="%s"), (now, item.digest, account_id, item.uidl)).rowcount:
+                inserted.add(item.uidl)
         fresh: list[IngestItem] = []
         for item in items:
             if item.uidl in inserted:
@@ -226,6 +234,41 @@ class PostgresStore(PgMailboxOps):
             "SELECT uidl, fetched_at FROM uidls WHERE account_id = %s "
             "AND deleted_upstream_at IS NULL", (account_id,)).fetchall())
         return dict(rows)
+
+    async def uidl_digests(self, account_id: int,
+                           uidls: Collection[str]) -> dict[str, tuple[bytes | None, float]]:
+        """UIDL -> (content digest or None, epoch seconds of ingest), for those of `uidls` the
+        account has."""
+        if not uidls:
+            return {}
+        rows = await self._run(lambda c: c.execute(
+            "SELECT uidl, digest, fetched_at FROM uidls WHERE account_id = %s "
+            "AND uidl = ANY(%s)", (account_id, list(uidls))).fetchall())
+        return {uidl: (None if digest is None else bytes(digest), at) for uidl, digest, at in rows}
+
+    async def record_uidls(self, account_id: int, rows: Sequence[tuple[str, bytes, float]]) -> None:
+        """(UIDL, digest, fetched_at): a stored message's UIDL, upstream now, with no new
+        message (a UIDL renamed, or listed again on the same message)."""
+        if rows:
+            values = [(account_id, uidl, at, digest) for uidl, digest, at in rows]
+            await self._run(lambda c: c.cursor().executemany(RECORD_UIDL.format(p="%s"), values))
+
+    async def uidl_messages(self, account_id: int,
+                            uidls: Collection[str]) -> dict[str, MessageMeta]:
+        """UIDL -> the newest stored message ingested under it, for those of `uidls` that have
+        one (the user may have expunged it)."""
+        if not uidls:
+            return {}
+        rows = await self._run(lambda c: c.execute(
+            UIDL_MESSAGES.format(p="%s") + "AND m.pop3_uidl = ANY(%s) ORDER BY m.id",
+            (account_id, list(uidls))).fetchall(), read=True)
+        return {row[8]: meta(row) for row in rows}
+
+    async def set_uidl_digests(self, account_id: int, rows: Sequence[tuple[str, bytes]]) -> None:
+        """(UIDL, digest) of rows stored without one (before schema step 9)."""
+        if rows:
+            values = [(digest, account_id, uidl) for uidl, digest in rows]
+            await self._run(lambda c: c.cursor().executemany(SET_DIGEST.format(p="%s"), values))
 
     async def mark_deleted_upstream(self, account_id: int, uidls: Sequence[str]) -> None:
         """Record that a DELE of these UIDLs took effect (after a successful QUIT)."""
@@ -320,7 +363,7 @@ async def open_postgres(url: str, key_ring: KeyRing | None = None, *, password: 
     `per_account`: connections one account may hold at once (default: half the pool);
     `query_timeout`: the bound on each store call (`_pg_deadline.py`)."""
     timing.check()
-    pool, ids_key = await trio.to_thread.run_sync(open_pool, url, key_ring, password, pool_size,
-                                                  timing.lease, query_timeout)
+    pool, ids_key, digest_key = await trio.to_thread.run_sync(
+        open_pool, url, key_ring, password, pool_size, timing.lease, query_timeout)
     return PostgresStore(pool, url, key_ring, pool_size, password, timing, objectid_key=ids_key,
-                         per_account=per_account, query_timeout=query_timeout)
+                         uidl_digest_key=digest_key, per_account=per_account, query_timeout=query_timeout)

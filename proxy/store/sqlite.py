@@ -32,16 +32,17 @@ import datetime as dt
 import os
 import sqlite3
 import time
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Collection, Sequence
 
 import trio
 
 from . import crypto
 from ._accounts_sql import USAGE_SELECT, delete_statements, record_sync, summary_select
-from ._rows import from_date, save_time
-from ._schema import SCHEMA_VERSION, migrate, objectid_key, open_db, transaction
+from ._rows import from_date, meta, save_time
+from ._schema import SCHEMA_VERSION, migrate, objectid_key, open_db, transaction, uidl_digest_key
 from ._sqlite_mailboxes import MailboxOps
 from ._sqlite_quick import QuickCalls
+from ._uidls_sql import RECORD_UIDL, REUSE_UIDL, SET_DIGEST, UIDL_MESSAGES
 from .base import (
     DEFAULT_MAILBOXES,
     INBOX,
@@ -49,6 +50,7 @@ from .base import (
     AccountSummary,
     ChangeKind,
     IngestItem,
+    MessageMeta,
     Usage,
 )
 from .crypto import KeyRing, StoreKeyError
@@ -59,10 +61,11 @@ class SqliteStore(QuickCalls, MailboxOps):
     """See the module docstring. Create with `await open_sqlite(path, key_ring)`."""
 
     def __init__(self, db: sqlite3.Connection, path: str, ring: KeyRing | None, *,
-                 objectid_key: bytes):
+                 objectid_key: bytes, uidl_digest_key: bytes):
         super().__init__(db, path)
         self._ring = ring
         self.objectid_key = objectid_key
+        self.uidl_digest_key = uidl_digest_key
 
     # ---- accounts and credentials ----------------------------------------------------------------
 
@@ -159,8 +162,12 @@ class SqliteStore(QuickCalls, MailboxOps):
             body_id = self._next_body_id()
             fresh: list[tuple[IngestItem, int]] = []
             for item in items:
-                cur = self._db.execute("INSERT OR IGNORE INTO uidls(account_id, uidl, fetched_at) "
-                                       "VALUES (?, ?, ?)", (account_id, item.uidl, now))
+                cur = self._db.execute("INSERT OR IGNORE INTO uidls(account_id, uidl, fetched_at, "
+                                       "digest) VALUES (?, ?, ?, ?)",
+                                       (account_id, item.uidl, now, item.digest))
+                if not cur.rowcount and item.reused:   # new mail under a UIDL gone upstream
+                    cur = self._db.execute(REUSE_UIDL.format(p="?"),
+                                           (now, item.digest, account_id, item.uidl))
                 if not cur.rowcount:
                     results.append(None)
                     continue
@@ -206,6 +213,51 @@ class SqliteStore(QuickCalls, MailboxOps):
             return {r[0] for r in self._db.execute("SELECT uidl FROM uidls WHERE account_id = ?",
                                                    (account_id,))}
         return await self._run(known)
+
+    async def uidl_digests(self, account_id: int,
+                           uidls: Collection[str]) -> dict[str, tuple[bytes | None, float]]:
+        """UIDL -> (content digest or None, epoch seconds of ingest), for those of `uidls` the
+        account has."""
+        wanted = set(uidls)
+
+        def digests() -> dict[str, tuple[bytes | None, float]]:
+            return {uidl: (None if digest is None else bytes(digest), at) for uidl, digest, at
+                    in self._db.execute("SELECT uidl, digest, fetched_at FROM uidls "
+                                        "WHERE account_id = ?", (account_id,))
+                    if uidl in wanted}
+        return await self._run(digests) if wanted else {}
+
+    def _record_uidls(self, account_id: int, rows: Sequence[tuple[str, bytes, float]]) -> None:
+        with transaction(self._db):
+            self._db.executemany(RECORD_UIDL.format(p="?"),
+                                 [(account_id, uidl, at, digest) for uidl, digest, at in rows])
+
+    async def record_uidls(self, account_id: int, rows: Sequence[tuple[str, bytes, float]]) -> None:
+        """(UIDL, digest, fetched_at): a stored message's UIDL, upstream now, with no new
+        message (a UIDL renamed, or listed again on the same message)."""
+        if rows:
+            await self._run(self._record_uidls, account_id, list(rows))
+
+    async def uidl_messages(self, account_id: int,
+                            uidls: Collection[str]) -> dict[str, MessageMeta]:
+        """UIDL -> the newest stored message ingested under it, for those of `uidls` that have
+        one (the user may have expunged it)."""
+        wanted = set(uidls)
+
+        def found() -> dict[str, MessageMeta]:
+            rows = self._db.execute(UIDL_MESSAGES.format(p="?") + "ORDER BY m.id", (account_id,))
+            return {row[8]: meta(row) for row in rows if row[8] in wanted}
+        return await self._run(found) if wanted else {}
+
+    def _set_uidl_digests(self, account_id: int, rows: Sequence[tuple[str, bytes]]) -> None:
+        with transaction(self._db):
+            self._db.executemany(SET_DIGEST.format(p="?"),
+                                 [(digest, account_id, uidl) for uidl, digest in rows])
+
+    async def set_uidl_digests(self, account_id: int, rows: Sequence[tuple[str, bytes]]) -> None:
+        """(UIDL, digest) of rows stored without one (before schema step 9)."""
+        if rows:
+            await self._run(self._set_uidl_digests, account_id, list(rows))
 
     async def fetched_at(self, account_id: int) -> dict[str, float]:
         """UIDL -> epoch seconds of ingest, for the UIDLs not yet deleted upstream."""
@@ -265,4 +317,5 @@ async def open_sqlite(path: str, key_ring: KeyRing | None = None) -> SqliteStore
     """Open (creating and migrating as needed) the SQLite store at `path`."""
     db = await trio.to_thread.run_sync(open_db, path, key_ring)
     ids_key = await trio.to_thread.run_sync(objectid_key, db)
-    return SqliteStore(db, path, key_ring, objectid_key=ids_key)
+    digest_key = await trio.to_thread.run_sync(uidl_digest_key, db, key_ring)
+    return SqliteStore(db, path, key_ring, objectid_key=ids_key, uidl_digest_key=digest_key)

@@ -31,9 +31,9 @@ _add = ingest_batches.Ingest.add
 _commits = 0
 
 
-async def _slow_add(self, uidl, body):
+async def _slow_add(self, uidl, body, *rest):
     await trio.sleep(PAUSE)
-    await _add(self, uidl, body)
+    await _add(self, uidl, body, *rest)
 
 
 def _reporting(ingest_many):

@@ -581,6 +581,7 @@ async def test_migration_7_save_date_is_the_internal_date(tmp_path):
     with _schema.transaction(db):
         db.execute("UPDATE schema_version SET version = 6")
         db.execute("ALTER TABLE messages DROP COLUMN saved_at")
+        db.execute("ALTER TABLE uidls DROP COLUMN digest")   # (step 9)
         db.execute("INSERT INTO bodies(account_id, size, data) VALUES (?, 3, x'616263')",
                    (account.id,))
         db.execute("INSERT INTO messages(mailbox_id, uid, internaldate, tz_minutes, flags, modseq, "

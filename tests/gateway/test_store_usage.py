@@ -91,6 +91,7 @@ async def test_migration_6_counts_what_the_store_already_holds(tmp_path):
 
     db = _schema.connect(path)   # back to schema 5: no counters, no triggers, no save dates
     with _schema.transaction(db):
+        db.execute("ALTER TABLE uidls DROP COLUMN digest")   # step 9
         db.execute("ALTER TABLE messages DROP COLUMN saved_at")   # step 7
         for event in ("insert", "delete"):
             db.execute(f"DROP TRIGGER messages_usage_{event}")

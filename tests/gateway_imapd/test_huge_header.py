@@ -156,8 +156,8 @@ async def test_another_accounts_noop_is_answered_while_a_huge_header_is_ingested
     monkeypatch.setattr(sortkeys, "extract_record", watched("extract_record", sortkeys.extract_record))
     real = ingest_batches.analysed
 
-    def held(batch, limits):
-        items = real(batch, limits)
+    def held(batch, *args):
+        items = real(batch, *args)
         order.append("analysed")
         started.set()
         held_ok = answered.wait(60)   # bounded: a held event loop fails the test, never hangs it

@@ -129,7 +129,8 @@ async def test_migrate_killed_mid_copy_then_run_again_copies_exactly(tmp_path, p
     source = await open_store(str(db))
     account = await source.ensure_account("up", "alice")
     when = dt.datetime(2024, 5, 17, 10, 30, tzinfo=dt.timezone.utc)
-    items = [IngestItem(f"u{n}", message(n), when, None, b"sort %d" % n) for n in range(1500)]
+    items = [IngestItem(f"u{n}", message(n), when, None, b"sort %d" % n, digest=b"d%d" % n)
+             for n in range(1500)]
     for start in range(0, len(items), 500):
         await source.ingest_many(account.id, items[start:start + 500])
     inbox = await source.get_mailbox(account.id, "INBOX")
@@ -179,10 +180,14 @@ async def test_migrate_killed_mid_copy_then_run_again_copies_exactly(tmp_path, p
                                ("bodies", "id, account_id, size, data, sort_fields"),
                                ("messages", "id, mailbox_id, uid, flags, modseq, body_id, "
                                             "pop3_uidl"),
-                               ("uidls", "account_id, uidl, fetched_at"),
+                               ("uidls", "account_id, uidl, fetched_at, digest"),
                                ("changes", "id, mailbox_id, modseq, kind, uid")):
             want = lite.execute(f"SELECT {columns} FROM {table} ORDER BY 1, 2").fetchall()
             got = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
                    for row in rows(pg_dsn, f"SELECT {columns} FROM {table} ORDER BY 1, 2")]
             assert got == want, table
+        # the secret the digests are keyed with (sync_identity.py) goes with them
+        [key] = lite.execute("SELECT value FROM meta WHERE key = 'uidl_digest_key'").fetchall()
+        assert [(bytes(v),) for v, in rows(
+            pg_dsn, "SELECT value FROM meta WHERE key = 'uidl_digest_key'")] == [key]
     assert rows(pg_dsn, "SELECT value FROM meta WHERE key = 'migration_done'") == [(b"yes",)]
