@@ -53,6 +53,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Collection
 
 from .. import logs
 from ..config import Config
@@ -142,14 +143,17 @@ async def _delete(client: Pop3Client, numbers: list[tuple[int, str]],
 
 async def _retention(client: Pop3Client, store: Store, account_id: int, seconds: float | None,
                      present: dict[str, int], who: str, budget: SyncBudget,
-                     digests_complete: bool = True) -> tuple[int, bool]:
+                     digests_complete: bool = True,
+                     still_up: Collection[str] = ()) -> tuple[int, bool]:
     """Apply upstream_retention to committed messages, then QUIT: the DELEs that took effect,
     and whether all that were due were sent (False: the sync's budget ran out first).
     `digests_complete` False: a message of the listing was not read (RETR refused, too big), so
     a digest missing from `present` may be that message's: digest-keyed mail is not marked
-    deleted upstream this time (marked, delete-after-fetch would never DELE it)."""
+    deleted upstream this time (marked, delete-after-fetch would never DELE it). `still_up`:
+    rows not in the listing that are not marked gone either (`sync_identity`: their mail may
+    be listed under a new UIDL this sync did not read; marked, the next sync stores it again)."""
     fetched = await store.fetched_at(account_id)
-    gone = [uidl for uidl in fetched if uidl not in present
+    gone = [uidl for uidl in fetched if uidl not in present and uidl not in still_up
             and (digests_complete or not uidl.startswith(DIGEST_PREFIX))]
     if gone:   # deleted upstream by another client: only bookkeeping, the store keeps the mail
         await store.mark_deleted_upstream(account_id, gone)
@@ -212,10 +216,12 @@ async def _sync_listing(client: Pop3Client, config: Config, store: Store, accoun
     present = {**digests, **{u: n for n, u in listing if u is not None}}
     retention = config.gateway.retention_seconds if config.gateway else None
     budget.disarm(client)   # QUIT and DELE's first window are waited for (within reply limits)
+    # new UIDLs left unread (budget, quota): the rows that left may be their mail, renamed
+    unread = identities.unmatched() if cut is False or ingest.over_quota else set()
     try:
         deleted, sent_all = await _retention(
             client, store, account_id, None if cut is False else retention, present, who, budget,
-            digests_complete=not ingest.skipped and cut is None)
+            digests_complete=not ingest.skipped and cut is None, still_up=unread)
     except SyncCut:   # (DELEs sent but no QUIT: none took effect, RFC 1939 6)
         return ingest, 0, True
     return ingest, deleted, cut is False or not sent_all

@@ -72,6 +72,11 @@ class Identities:
                 self.left.setdefault(digest, []).append((uidl, at))
         self.recorded: list[tuple[str, bytes, float]] = []   # for Store.record_uidls
 
+    def unmatched(self) -> set[str]:
+        """The rows of `left` no new UIDL took (yet): after a sync that left new UIDLs unread
+        (its budget, the quota), their mail may be among those, so they stay upstream."""
+        return {uidl for rows in self.left.values() for uidl, _ in rows}
+
     def wants(self, uidl: str, known: Collection[str]) -> bool:
         """Must the body read under `uidl` be placed by its digest?"""
         return uidl in self.reappeared or (bool(self.left) and uidl not in known)

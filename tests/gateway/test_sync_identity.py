@@ -260,3 +260,51 @@ async def test_the_digest_secret_is_sealed_and_outlives_a_key_rotation(store_url
         assert other.uidl_digest_key != secrets[0]
     finally:
         await other.close()
+
+
+async def test_renamed_uidls_over_several_budget_cut_syncs_are_not_stored_twice(
+        nursery, store_url, store, monkeypatch):
+    """A rename of a mailbox bigger than one sync's budget: a sync that only matches renamed
+    mail stores nothing, so its budget is never armed and it ends clean (cut False) after its
+    first RETR, then applies retention to the listing. The rows not matched yet must stay
+    upstream (their mail is in the listing under its new UIDLs, unread): marked gone there,
+    the next sync finds no row left for them and stores the rest of the mailbox again."""
+    server = HostilePop3(MESSAGES[:4], USER, PASSWORD)
+    await server.start(nursery)
+    assert (await sync(server, store_url, store)).new == 4
+    server.uidls = [b"new-%d" % n for n in range(1, 5)]
+    import proxy.gateway.fetcher as fetcher_mod
+    monkeypatch.setattr(fetcher_mod, "sync_budget", lambda config: 0.0)   # spent at once
+    for _ in range(4):   # one RETR a sync (the first is always sent); more syncs than enough
+        assert (await sync(server, store_url, store)).new == 0
+    monkeypatch.undo()
+    assert (await sync(server, store_url, store)).new == 0
+    assert sorted(body for _, body in await inbox(store)) == sorted(MESSAGES[:4])
+    result = await sync(server, store_url, store, "delete-after-fetch")
+    assert (result.new, result.deleted_upstream, server.messages) == (0, 4, [])
+
+
+async def test_renamed_uidls_while_the_quota_is_full_are_not_stored_twice(
+        nursery, store_url, store):
+    """Renamed while the account's quota is full: no message with a UIDL is read (it could not
+    be stored), so none is matched. The rows that left the listing must stay upstream: marked
+    gone, the sync after the quota grew finds no row left for the renamed mail and stores the
+    whole mailbox again."""
+    import yaml
+
+    from proxy import config as config_mod
+
+    from .helpers import config_dict
+
+    server = HostilePop3(MESSAGES[:4], USER, PASSWORD)
+    await server.start(nursery)
+    assert (await sync(server, store_url, store)).new == 4
+    server.uidls = [b"new-%d" % n for n in range(1, 5)]
+    full = config_dict(server.port, store_url)
+    full["gateway"]["quota"] = {"messages": 4}
+    with trio.fail_after(NEVER):
+        result = await sync_account(config_mod.loads(yaml.safe_dump(full)), store, "dc", USER,
+                                    PASSWORD)
+    assert (result.new, result.over_quota) == (0, 4)
+    assert (await sync(server, store_url, store)).new == 0   # (no quota now)
+    assert sorted(body for _, body in await inbox(store)) == sorted(MESSAGES[:4])
