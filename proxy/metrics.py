@@ -176,7 +176,7 @@ class Metrics:
         self.upstream_reuse = Counter(
             "mailproxy_upstream_reuse_total", "Reuse of authenticated upstream IMAP connections "
             "(reuse:), by outcome: hit, miss (a login), parked, unparkable (a session's end), "
-            "expired, idle, closed, full, emptied (dropped from the pool).",
+            "expired, idle, closed, full, superseded, emptied (dropped from the pool).",
             ["upstream", "outcome"], registry=r)
         self.upstream_up = Gauge(
             "mailproxy_upstream_up", "1 if the last health check of the upstream service passed.",

@@ -7,13 +7,15 @@ secret, when that connection's upstream login happened, and a SessionState judgi
 chunk before the relay core sees it (`client_chunk`; the fused step is not used by such a
 session, so every chunk comes here). A chunk that taints the connection drops the Reusable
 (counted `unparkable`) and the session goes on as any. A chunk that is a LOGOUT alone, at rest
-(no command owed, nothing held, both parsers between responses, nothing waiting to be
-written), is answered by the proxy (BYE and the tagged OK, as imap_core_ends.answer_logout) and
-*never forwarded*: the session goes on as `Parking`, which sends UNSELECT when a mailbox may be
-selected (RFC 3691; never CLOSE, which expunges), reads its tagged OK, and parks a duplicate of
-the upstream's descriptor (the session's end closes its own, which the engine unregisters
-first: the parked one is in no epoll). Anything else from the upstream (NO, BAD, BYE, an EOF,
-a line past the OK, LOGOUT_WAIT without an answer) closes the connection as any session's end.
+(no command owed, nothing held, both parsers between responses, nothing waiting to be written),
+is answered by the proxy (BYE and the tagged OK, as imap_core_ends.answer_logout) and *never
+forwarded*; the client's end of stream at rest is taken the same way (nothing to answer, the
+session's reason client_closed). The session goes on as `Parking`, which sends UNSELECT when a
+mailbox may be selected (RFC 3691; never CLOSE, which expunges), reads its tagged OK, and parks
+a duplicate of the upstream's descriptor (the session's end closes its own, which the engine
+unregisters first: the parked one is in no epoll). Anything else from the upstream (NO, BAD,
+BYE, an EOF, a line past the OK, LOGOUT_WAIT without an answer) closes the connection as any
+session's end.
 
 A login (`take`) of the same user and secret takes the most recent parked connection of its
 upstream once a peek (MSG_PEEK, non-blocking) finds nothing pending: a connection that got data
@@ -171,15 +173,16 @@ def reusable(name: str, user: str, key: bytes, logged_in: float,
 
 def client_chunk(sess: ImapEngineSession, data: bytes) -> bool:
     """Judge a client chunk before the relay core sees it (engine_imap.py `received`): True
-    when it was a LOGOUT answered here (the session goes on as Parking), False otherwise."""
+    when it was a LOGOUT answered here, or the client's end (b""), at rest (the session goes
+    on as Parking), False otherwise."""
     reuse = sess.reuse
     assert reuse is not None
-    tag = reuse.state.chunk(data)
+    tag = reuse.state.chunk(data) if data else None   # b"": the client's end (EOF)
     if reuse.state.tainted:
         sess.reuse = None
         count(sess.session, reuse.name, "unparkable")
         return False
-    if tag is None:
+    if tag is None and data:
         return False
     core, engine, session = sess.core, sess.engine, sess.session
     upstream = session.runtime.config.upstreams.get(reuse.name)
@@ -194,14 +197,17 @@ def client_chunk(sess: ImapEngineSession, data: bytes) -> bool:
         sess.reuse = None
         count(session, reuse.name, "unparkable")
         return False   # (the LOGOUT goes upstream, as without reuse)
-    # the LOGOUT, answered here as imap_core_ends.answer_logout does (RFC 3501 6.1.3)
-    session.commands += 1
-    core.last_active = engine.now
-    core.inflight.start(tag, "LOGOUT")
-    core.inflight.complete(tag, b"OK")
-    core.logout_seen = core.logged_out = True
-    core.finish(Close.CLIENT_LOGOUT)
-    sess.send(sess.client, b"* BYE Logging out\r\n" + tag + b" OK Logout completed.\r\n")
+    if tag is None:   # the client closed at rest: nothing to answer
+        sess.client.conn.eof = True
+        core.finish(Close.CLIENT_CLOSED)
+    else:   # the LOGOUT, answered here as imap_core_ends.answer_logout does (RFC 3501 6.1.3)
+        session.commands += 1
+        core.last_active = engine.now
+        core.inflight.start(tag, "LOGOUT")
+        core.inflight.complete(tag, b"OK")
+        core.logout_seen = core.logged_out = True
+        core.finish(Close.CLIENT_LOGOUT)
+        sess.send(sess.client, b"* BYE Logging out\r\n" + tag + b" OK Logout completed.\r\n")
     unselect = _UNSELECT_TAG if reuse.state.selected else None
     if unselect is not None and not sess.send(sess.upstream, unselect + b" UNSELECT\r\n"):
         sess.reuse = None
@@ -233,8 +239,9 @@ class Parking(EngineSession):
         self.tag = tag
         self.until = until
         self.buffer = b""
-        # a TLS client is read until the end, as engine_logout.LoggedOut does
-        self.open = {self.upstream} if self.client.tls is None else {self.client, self.upstream}
+        # a TLS client is read until the end, as engine_logout.LoggedOut does (not after its EOF)
+        self.open = {self.upstream} if self.client.tls is None or self.client.conn.eof \
+            else {self.client, self.upstream}
 
     def start(self) -> None:
         if self.reuse is None:

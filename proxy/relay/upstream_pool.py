@@ -3,11 +3,12 @@ pool's decisions and what a session did to its upstream connection. Off by defau
 
 Theory of operation (issue 16): a relayed client's login waits for the upstream's own login
 (Dovecot: ~4.5 ms of a ~5.5 ms session). With `reuse:` on, an upstream connection whose client
-ended cleanly (its LOGOUT, answered by the proxy and never forwarded) and that is in a known
-clean state is *parked* here, still logged in, keyed by upstream and user; a later login of the
-same user with the same credentials, within `max_age` of that connection's real upstream login,
-*takes* it instead of logging in again. This is the trade-off of Dovecot's own auth cache: a
-password change or a disabled account takes effect for the proxy after at most `max_age`.
+ended cleanly (its LOGOUT, answered by the proxy and never forwarded, or its end of stream with
+nothing in flight) and that is in a known clean state is *parked* here, still logged in, keyed
+by upstream and user; a later login of the same user with the same credentials, within `max_age`
+of that connection's real upstream login, *takes* it instead of logging in again. This is the
+trade-off of Dovecot's own auth cache: a password change or a disabled account takes effect for
+the proxy after at most `max_age`.
 
 - Credentials are never kept: a login's `secret` is an HMAC-SHA256 of user and password under a
   random key made per process (`secret`), compared in constant time. Only an upstream's
@@ -22,7 +23,8 @@ password change or a disabled account takes effect for the proxy after at most `
   command, a line split over chunks, a session handed back to trio. A tainted connection is
   closed at the session's end as always. A connection where a mailbox may be selected is sent
   UNSELECT (never CLOSE, which expunges) and parked only on its OK.
-- Bounds: `size` connections per process (the oldest parked is dropped for a new one),
+- Bounds: `size` connections per process and MAX_PER_USER per user (the oldest parked is
+  dropped for a new one),
   `max_idle` parked, `max_age` since the real login; checked at take, so nothing runs while
   connections wait. A connection that got anything while parked (a BYE, an EOF: the caller
   peeks before taking it) is dropped, not reused. A reload (a new runtime: routing may change)
@@ -40,14 +42,19 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["OUTCOMES", "Parked", "Pool", "SessionState", "secret"]
+__all__ = ["MAX_PER_USER", "OUTCOMES", "Parked", "Pool", "SessionState", "secret"]
 
 # The `outcome` label of mailproxy_upstream_reuse_total (proxy/metrics.py): a login that took a
 # parked connection, or found none; a connection parked at a session's end, or not (tainted, its
 # UNSELECT refused, too old already); one dropped from the pool: past max_age or max_idle, it
-# got data or an EOF while parked, the pool was full, or emptied (reload, drain).
+# got data or an EOF while parked, the pool (or the user's share) was full, a login of its user
+# came with another password (superseded: changed, or a wrong one), or emptied (reload, drain).
 OUTCOMES = ("hit", "miss", "parked", "unparkable", "expired", "idle", "closed", "full",
-            "emptied")
+            "superseded", "emptied")
+
+# Parked connections of one user at most: each is a logged-in session at the upstream, which
+# bounds them per user and address (Dovecot: mail_max_userip_connections, 10 by default).
+MAX_PER_USER = 4
 
 T = TypeVar("T")
 
@@ -87,6 +94,10 @@ class Pool(Generic[T]):
         """Keep `entry`; drops what another runtime parked (`emptied`) and, past `size`, the
         oldest (`full`)."""
         dropped = self._not_of(entry.owner)
+        mine = [serial for serial, other in self._parked.items()
+                if other.upstream == entry.upstream and other.user == entry.user]
+        for serial in mine[:max(0, len(mine) + 1 - MAX_PER_USER)]:
+            dropped.append((self._parked.pop(serial), "full"))
         self._serial += 1
         self._parked[self._serial] = entry
         while len(self._parked) > self.size:
@@ -97,7 +108,9 @@ class Pool(Generic[T]):
              max_age: float, max_idle: float) -> tuple[Parked[T] | None, list[tuple[Parked[T], str]]]:
         """The most recently parked connection of (`upstream`, `user`) with the same `secret`,
         or None; and what was dropped on the way: too old since its login (`expired`), parked
-        too long (`idle`), another runtime's (`emptied`)."""
+        too long (`idle`), the user's with another secret (`superseded`: a changed password
+        makes them useless, and they hold the user's upstream connections; a wrong one only
+        costs the next login its reuse), another runtime's (`emptied`)."""
         dropped = self._not_of(owner)
         found: Parked[T] | None = None
         for serial, entry in reversed(list(self._parked.items())):
@@ -107,7 +120,9 @@ class Pool(Generic[T]):
                 dropped.append((self._parked.pop(serial), "expired"))
             elif now - entry.parked >= max_idle:
                 dropped.append((self._parked.pop(serial), "idle"))
-            elif found is None and hmac.compare_digest(entry.secret, secret):
+            elif not hmac.compare_digest(entry.secret, secret):
+                dropped.append((self._parked.pop(serial), "superseded"))
+            elif found is None:
                 found = self._parked.pop(serial)
         return found, dropped
 

@@ -1,12 +1,13 @@
-"""Reuse of authenticated upstream IMAP connections (`upstreams.NAME.imap.reuse`, off by
-default; proxy/relay/upstream_pool.py, engine_reuse.py), against a real Dovecot with imaplib
-and raw sockets: a second session of the same user with the same password takes the first
-one's logged-in connection (Dovecot sees one login for both); a wrong password is refused even
-with a connection parked; a session that ENABLEd leaves nothing behind, one that selected a
-mailbox leaves the next in the authenticated state without expunging anything (UNSELECT, never
-CLOSE); `max_age` sends a later login to the upstream again; without `reuse:` every session
-logs in upstream. The first login of a run is trio's (the engine learns the upstream's greeting
-from it) and never parks anything."""
+"""Reuse of authenticated upstream IMAP connections (`upstreams.NAME.imap.reuse`, off by default;
+proxy/relay/upstream_pool.py, engine_reuse.py), against a real Dovecot with imaplib and raw
+sockets: a second session of the same user with the same password takes the first one's logged-
+in connection (Dovecot sees one login for both); a wrong password is refused even with a
+connection parked; a session that ENABLEd leaves nothing behind, one that selected a mailbox
+leaves the next in the authenticated state without expunging anything (UNSELECT, never CLOSE); a
+client closing at rest without LOGOUT parks its connection too; `max_age` sends a later login to
+the upstream again; without `reuse:` every session logs in upstream. The first login of a run is
+trio's (the engine learns the upstream's greeting from it) and never parks anything.
+"""
 
 from __future__ import annotations
 
@@ -122,9 +123,10 @@ def test_a_wrong_password_is_refused_with_a_connection_parked(proxy, dovecot, us
     imap.shutdown()
     assert reuse(proxy, "hit") == 0
     assert reuse(proxy, "miss") == 2   # (the first session's, and this one)
-    # Dovecot was asked (its refusal is what the client got): the parked connection stays
+    # Dovecot was asked (its refusal is what the client got); the user's parked connection is
+    # closed (another password: a changed one would make it useless)
     assert settled_logins(dovecot, user[0]) == 2
-    assert reuse(proxy, "emptied") + reuse(proxy, "closed") + reuse(proxy, "expired") == 0
+    assert reuse(proxy, "superseded") == 1
 
 
 def test_a_session_that_enabled_leaves_nothing_behind(proxy, dovecot, user):
@@ -164,6 +166,21 @@ def test_a_session_that_selected_leaves_the_next_unselected_and_expunges_nothing
     assert ask(sock, b"s STATUS INBOX (MESSAGES)").startswith(
         b"* STATUS INBOX (MESSAGES 1)\r\ns OK Status completed")
     sock.close()
+
+
+def test_a_client_that_closes_at_rest_leaves_its_connection_parked(proxy, dovecot, user):
+    learn_greeting(proxy, user)
+    dovecot.deliver(user[0], b"Subject: one\r\n\r\nbody\r\n")
+    imap = imaplib.IMAP4(HOST, proxy.port("imap"), timeout=30)
+    imap.login(*user)
+    assert imap.select("INBOX") == ("OK", [b"1"])
+    imap.shutdown()   # no LOGOUT: the end of stream, with nothing in flight
+    wait_for(lambda: reuse(proxy, "parked") == 1, what="the closed session's connection parked")
+    sock = raw_login(proxy, user)
+    assert reuse(proxy, "hit") == 1
+    assert ask(sock, b"c CHECK").startswith(b"c BAD ")   # nothing selected: UNSELECT was sent
+    sock.close()
+    assert settled_logins(dovecot, user[0]) == 2
 
 
 def test_a_login_past_max_age_logs_in_upstream_again(proxy_factory, dovecot, user):

@@ -8,7 +8,7 @@ import pytest
 
 from proxy import config as config_mod
 from proxy.config import ImapService, Reuse
-from proxy.relay.upstream_pool import Parked, Pool, SessionState, secret
+from proxy.relay.upstream_pool import MAX_PER_USER, Parked, Pool, SessionState, secret
 
 KEY = b"k" * 32
 RUNTIME = object()
@@ -41,12 +41,30 @@ def test_the_secret_keeps_neither_user_nor_password_and_depends_on_the_key() -> 
 def test_a_login_takes_only_the_same_users_connection_with_the_same_password() -> None:
     pool: Pool[str] = Pool(4)
     assert pool.park(entry(conn="alice's")) == []
-    assert take(pool, password=b"wrong") == (None, [])
     assert take(pool, user="bob") == (None, [])
     assert len(pool) == 1
     assert take(pool) == ("alice's", [])
     assert len(pool) == 0
     assert take(pool) == (None, [])   # each parked connection is taken once
+
+
+def test_another_password_takes_nothing_and_closes_the_users_parked_connections() -> None:
+    """A changed password makes them useless, and each holds one of the user's connections at
+    the upstream (Dovecot's per user and address limit)."""
+    pool: Pool[str] = Pool(8)
+    pool.park(entry(conn="old password's"))
+    pool.park(entry(user="bob", conn="bob's"))
+    assert take(pool, password=b"new") == (None, [("old password's", "superseded")])
+    assert take(pool, user="bob") == ("bob's", [])
+
+
+def test_a_user_has_at_most_max_per_user_parked() -> None:
+    pool: Pool[str] = Pool(16)
+    for n in range(MAX_PER_USER):
+        assert pool.park(entry(conn=f"u{n}")) == []
+    assert [(e.conn, why) for e, why in pool.park(entry(conn="last"))] == [("u0", "full")]
+    assert pool.park(entry(user="v", conn="v's")) == []   # another user's share
+    assert len(pool) == MAX_PER_USER + 1
 
 
 def test_the_most_recently_parked_is_taken_first() -> None:
@@ -72,7 +90,7 @@ def test_max_age_counts_from_the_real_login_and_max_idle_from_the_park() -> None
     assert len(pool) == 0
 
 
-def test_a_wrong_password_takes_nothing_but_drops_what_is_too_old() -> None:
+def test_what_is_too_old_is_dropped_as_such_whatever_the_password() -> None:
     pool: Pool[str] = Pool(4)
     pool.park(entry(conn="old", logged_in=0.0))
     assert take(pool, password=b"wrong", now=100.0) == (None, [("old", "expired")])
