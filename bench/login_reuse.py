@@ -2,20 +2,24 @@
 mailproxy with `upstreams.main.imap.reuse` on and off, beside nginx's mail proxy and direct
 Dovecot, interleaved in one run; CPU per session of each mailproxy from /proc.
 
-    .venv/bin/python bench/login_reuse.py [--rounds 7] [--seconds 1.5] [--no-nginx]
+    .venv/bin/python bench/login_reuse.py [--rounds 7] [--seconds 1.5] [--concurrent 16] [--no-nginx]
 
 Each session is LOGIN + SELECT INBOX + LOGOUT on a new connection, one user (the shape of
-bench/relay.py's sequential row). With reuse on, a session's LOGOUT is answered by the proxy,
-its upstream connection gets UNSELECT and is parked; the next LOGIN takes it (no upstream
-login). The Dovecot login count of each proxy's user is printed as the check that reuse
-happened. See bench/README.md, "Issue 16: opt-in reuse of authenticated upstream connections".
+bench/relay.py's sequential row); with --concurrent N (0: off) also N threads at once, each with
+a user of its own (several clients of one user would share at most 4 parked connections). With
+reuse on, a session's LOGOUT is answered by the proxy, its upstream connection gets UNSELECT and
+is parked; the next LOGIN takes it (no upstream login). The Dovecot login count of each proxy's
+user is printed as the check that reuse happened.
+See bench/README.md, "Issue 16: opt-in reuse of authenticated upstream connections".
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import sys
+import threading
 import time
 
 import nginxmail
@@ -33,11 +37,15 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (7)")
     parser.add_argument("--seconds", type=float, default=1.5, help="length of one round (1.5)")
+    parser.add_argument("--concurrent", type=int, default=16, help="threads of the concurrent "
+                        "row, a user each (16; 0: no such row)")
     parser.add_argument("--no-nginx", dest="nginx", action="store_false")
     args = parser.parse_args()
     with Env("reuse") as env:
-        users = {name: env.user_with(small_mailbox(10))
-                 for name in ("direct", "nginx", "reuse off", "reuse on")}
+        names = ("direct", "nginx", "reuse off", "reuse on")
+        users = {name: env.user_with(small_mailbox(10)) for name in names}
+        crowd = {name: [env.user_with(small_mailbox(10)) for _ in range(args.concurrent)]
+                 for name in names}
         off = env.proxy([{"name": "imap", "protocol": "imap"}])
         upstream = {"host": "127.0.0.1", "imap": {"port": env.dovecot.imap_port, "tls": "none",
                                                    "reuse": {"max_age": "60s"}},
@@ -72,23 +80,53 @@ def main() -> None:
 
         log(f"sequential sessions, {args.rounds} rounds of {args.seconds}s: {list(ports)}")
         out = interleave(args.rounds, {label: runner(label, port) for label, port in ports.items()})
-        rates = {label: median(values) for label, values in out.items()}
-        labels = list(ports)
-        table = Table(f"IMAP sequential sessions/s (LOGIN+SELECT+LOGOUT), median of {args.rounds} "
-                      "interleaved rounds", ["contender", "sessions/s", "/direct", "/nginx",
-                                             "CPU ms/session"])
-        for label in labels:
-            table.add(label, rates[label], ratio(rates[label], rates["direct"]),
-                      ratio(rates[label], rates.get("nginx", float("nan"))),
-                      median(cpu[label]) if label in cpu else float("nan"))
-        print(table.render())
-        print("rounds: " + "; ".join(f"{k} {spread(v)}" for k, v in out.items()))
+        report("sequential", out, cpu, ports, args)
         log_text = env.dovecot.log()
-        for label in labels:
+        for label in ports:
             logins = len(re.findall(rf"imap-login: Info: Login: user=<{re.escape(users[label][0])}>",
                                     log_text))
             sessions = 3 + sum(round(r * args.seconds) for r in out[label])
             print(f"{label}: ~{sessions} sessions, {logins} Dovecot logins")
+        if not args.concurrent:
+            return
+
+        def crowd_runner(label: str, port: int):
+            local, serial = threading.local(), itertools.count()
+
+            def one() -> None:
+                if not hasattr(local, "user"):
+                    local.user = crowd[label][next(serial) % args.concurrent]
+                imap_session(port, *local.user)
+            rate = sessions_runner(one, args.seconds, args.concurrent)
+            if label not in pids:
+                return rate
+
+            def measured() -> float:
+                before, started = cpu_seconds(pids[label]), time.perf_counter()
+                value = rate()
+                wall = time.perf_counter() - started
+                ccpu[label].append((cpu_seconds(pids[label]) - before) / (value * wall) * 1e3)
+                return value
+            return measured
+
+        ccpu: dict[str, list[float]] = {label: [] for label in pids}
+        log(f"{args.concurrent} concurrent sessions, a user each")
+        out = interleave(args.rounds, {label: crowd_runner(label, port)
+                                       for label, port in ports.items()})
+        report(f"{args.concurrent} concurrent (a user each)", out, ccpu, ports, args)
+
+
+def report(what: str, out: dict, cpu: dict, ports: dict, args) -> None:
+    rates = {label: median(values) for label, values in out.items()}
+    table = Table(f"IMAP sessions/s {what} (LOGIN+SELECT+LOGOUT), median of {args.rounds} "
+                  "interleaved rounds", ["contender", "sessions/s", "/direct", "/nginx",
+                                         "CPU ms/session"])
+    for label in ports:
+        table.add(label, rates[label], ratio(rates[label], rates["direct"]),
+                  ratio(rates[label], rates.get("nginx", float("nan"))),
+                  median(cpu[label]) if label in cpu else float("nan"))
+    print(table.render())
+    print("rounds: " + "; ".join(f"{k} {spread(v)}" for k, v in out.items()))
 
 
 if __name__ == "__main__":
