@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -91,12 +92,15 @@ def _pool(engine: Engine, session: Session, name: str, size: int) -> Pool[Parked
     if pools is None:
         pools = _POOLS[engine] = _Pools()
     drain = session.runtime.drain
+    if pools.drain_seen is not drain and not drain.is_set():
+        pools.drain_seen = drain
+        here = threading.get_ident()   # (the engine's thread, under its lock)
+        # at the drain's start (trio's thread), or at once if it started since the test above
+        drain.subscribe(lambda: _empty(engine, session) if threading.get_ident() == here
+                        else engine.locked(_empty, engine, session))
     if drain.is_set():
         _empty(engine, session)
         return None
-    if pools.drain_seen is not drain:
-        pools.drain_seen = drain
-        drain.subscribe(lambda: engine.locked(_empty, engine, session))
     pool = pools.by_upstream.get(name)
     if pool is None:
         pool = pools.by_upstream[name] = Pool(size)

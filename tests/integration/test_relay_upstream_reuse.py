@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import imaplib
 import re
+import signal
 import socket
 
 import pytest
@@ -202,6 +203,21 @@ def test_a_login_past_max_age_logs_in_upstream_again(proxy_factory, dovecot, use
     assert reuse(proxy, "closed") + reuse(proxy, "idle") == 0
     # every miss was a login at Dovecot, and only they were (and learn_greeting's)
     assert settled_logins(dovecot, user[0]) == 1 + reuse(proxy, "miss")
+
+
+def test_a_reload_empties_the_pool(proxy, dovecot, user):
+    learn_greeting(proxy, user)
+    session(proxy, user)
+    wait_for(lambda: reuse(proxy, "parked") == 1, what="a connection parked")
+    proxy.send_signal(signal.SIGHUP)   # (routing may have changed)
+    wait_for(lambda: "event=reloaded" in proxy.logs(), what="the reload")
+
+    def emptied() -> bool:   # (the first login after a reload may be trio's again)
+        session(proxy, user)
+        return reuse(proxy, "emptied") == 1
+
+    wait_for(emptied, what="the old runtime's connection dropped at a login")
+    assert reuse(proxy, "hit") == 0
 
 
 def test_reuse_is_off_by_default(proxy_factory, dovecot, user):
