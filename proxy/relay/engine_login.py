@@ -243,7 +243,8 @@ class ImapEngineLogin(EngineSession):
         assert self.secret is not None
         session = self.session
         found = engine_reuse.take(self.engine, session, route.name, reuse,
-                                  request.credentials.user, self.secret)
+                                  engine_reuse.pool_user(session, route.upstream,
+                                                         request.credentials.user), self.secret)
         if found is None:
             return False
         sock, capabilities, self.reused_login = found
@@ -350,7 +351,8 @@ class ImapEngineLogin(EngineSession):
                 engine_reuse.count(session, login.name, "unparkable")
             else:
                 relay.reuse = engine_reuse.reusable(
-                    login.name, creds.user, self.secret,
+                    login.name, engine_reuse.pool_user(session, login.upstream, creds.user),
+                    self.secret,
                     self.engine.now if self.reused_login is None else self.reused_login,
                     up.capabilities)
         self._trace("relay")

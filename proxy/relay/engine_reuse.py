@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .engine_imap import ImapEngineSession
 
-__all__ = ["Parking", "Reusable", "client_chunk", "count", "reusable", "reuse_of", "secret", "take"]
+__all__ = ["Parking", "Reusable", "client_chunk", "count", "pool_user", "reusable", "reuse_of", "secret",
+           "take"]
 
 _UNSELECT_TAG = b"R1"   # the proxy's own tag: nothing else is in flight then
 
@@ -125,6 +126,13 @@ def _drop(session: Session, name: str, dropped: list[tuple[Parked[ParkedConnecti
 def count(session: Session, name: str, outcome: str) -> None:
     metrics = session.runtime.metrics
     metrics.child(metrics.upstream_reuse, name, outcome).inc()
+
+
+def pool_user(session: Session, upstream: Upstream, user: str) -> str:
+    """Whose connection it is: the user, and the client's address when the upstream is told it
+    (`forward_client_ip`: the ID at login carries it, and Dovecot's logs and per-address limits
+    use it), so that a reused connection is never another address's."""
+    return f"{user}\x00{session.client_ip}" if upstream.forward_client_ip else user
 
 
 def secret(engine: Engine, user: str, password: bytes) -> bytes:

@@ -11,6 +11,7 @@ trio's (the engine learns the upstream's greeting from it) and never parks anyth
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import re
 import signal
@@ -72,8 +73,9 @@ def session(proxy, user, *commands) -> bytes:
     return data[0]
 
 
-def raw_login(proxy, user) -> socket.socket:
-    sock = socket.create_connection((HOST, proxy.port("imap")), timeout=30)
+def raw_login(proxy, user, source: str = HOST) -> socket.socket:
+    sock = socket.create_connection((HOST, proxy.port("imap")), timeout=30,
+                                    source_address=(source, 0))
     read_until(sock, b"\r\n")
     sock.sendall(b"a LOGIN %s %s\r\n" % (user[0].encode(), user[1].encode()))
     assert read_until(sock, b"\r\n").startswith(b"a OK [CAPABILITY IMAP4rev1 ")
@@ -203,6 +205,43 @@ def test_a_login_past_max_age_logs_in_upstream_again(proxy_factory, dovecot, use
     assert reuse(proxy, "closed") + reuse(proxy, "idle") == 0
     # every miss was a login at Dovecot, and only they were (and learn_greeting's)
     assert settled_logins(dovecot, user[0]) == 1 + reuse(proxy, "miss")
+
+
+def test_authenticate_plain_with_an_initial_response_takes_a_parked_connection(
+        proxy, dovecot, user):
+    learn_greeting(proxy, user)
+    first = session(proxy, user)
+    wait_for(lambda: reuse(proxy, "parked") == 1, what="a connection parked")
+    sock = socket.create_connection((HOST, proxy.port("imap")), timeout=30)
+    read_until(sock, b"\r\n")
+    plain = base64.b64encode(b"\x00" + user[0].encode() + b"\x00" + user[1].encode())
+    answer = ask(sock, b"a AUTHENTICATE PLAIN " + plain)   # SASL-IR (RFC 4959)
+    assert answer == b"a OK " + first + b"\r\n"
+    assert reuse(proxy, "hit") == 1
+    sock.close()
+    assert settled_logins(dovecot, user[0]) == 2
+
+
+def test_with_forward_client_ip_a_connection_is_reused_only_for_its_clients_address(
+        proxy_factory, dovecot, user):
+    config = relay_config(dovecot, listeners=("imap",), allow_plaintext_auth=True)
+    main = config["upstreams"]["main"]
+    main.update(health_check_interval="1h", forward_client_ip=True)
+    main["imap"]["reuse"] = {"max_age": "1h", "max_idle": "1h"}
+    proxy = proxy_factory(config)
+    learn_greeting(proxy, user)
+    for number, source in enumerate(("127.0.0.1", "127.0.0.2", "127.0.0.2"), 1):
+        sock = raw_login(proxy, user, source)
+        assert ask(sock, b"z LOGOUT").startswith(b"* BYE ")
+        sock.close()
+        wait_for(lambda number=number: reuse(proxy, "parked") == number,
+                 what=f"the session from {source} parked")
+    # the first session of each address logged in upstream (Dovecot learnt its address from
+    # the ID), the second one from 127.0.0.2 took its own address's connection
+    assert (reuse(proxy, "miss"), reuse(proxy, "hit")) == (2, 1)
+    assert settled_logins(dovecot, user[0]) == 3
+    assert re.search(rf"Login: user=<{re.escape(user[0])}>, [^\n]*rip=127\.0\.0\.2",
+                     dovecot.log())
 
 
 def test_a_reload_empties_the_pool(proxy, dovecot, user):
