@@ -42,6 +42,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from ..imap._lines import PLAIN_COMMAND_RE
+
 __all__ = ["MAX_PER_USER", "OUTCOMES", "Parked", "Pool", "SessionState", "secret"]
 
 # The `outcome` label of mailproxy_upstream_reuse_total (proxy/metrics.py): a login that took a
@@ -158,6 +160,7 @@ _CLEAN = frozenset((
     b"GETQUOTA", b"GETQUOTAROOT", b"MYRIGHTS", b"GETACL", b"LISTRIGHTS", b"GETMETADATA",
 ))
 _SELECTING = frozenset((b"SELECT", b"EXAMINE"))
+_PLAIN_COMMAND = PLAIN_COMMAND_RE.fullmatch
 _DESELECTING = frozenset((b"CLOSE", b"UNSELECT"))
 # RFC 7162 3.1: CONDSTORE-enabling arguments (it then stays on for the connection)
 _ENABLING = (b"MODSEQ", b"CHANGEDSINCE", b"UNCHANGEDSINCE", b"HIGHESTMODSEQ", b"CONDSTORE",
@@ -192,7 +195,7 @@ class SessionState:
             if name == b"UID" and len(parts) >= 3:
                 name = parts[2].upper()
             if name == b"LOGOUT" and len(parts) == 2:
-                if len(lines) == 1:
+                if len(lines) == 1 and _PLAIN_COMMAND(data):   # (a valid tag: RFC 3501 9)
                     return parts[0]
                 self.tainted = True   # pipelined with others: the upstream answers them all
                 return None

@@ -171,6 +171,8 @@ def test_commands_undone_by_unselect_leave_the_connection_clean(chunks: tuple[by
     b"a NOOP\r\nb LOGOUT\r\n",             # a LOGOUT pipelined behind a command
     b"a UID\r\n",
     b"\r\n",
+    b"+ LOGOUT\r\n",                      # not a tag: the upstream answers BAD
+    b"a{ LOGOUT\r\n",
 ])
 def test_what_cannot_be_undone_taints_the_connection_for_good(chunk: bytes) -> None:
     assert judged(chunk, b"z LOGOUT\r\n") == (True, False, None)
