@@ -3,7 +3,7 @@
 Theory of operation (one `sync_account` call):
 
     connect (TLS per upstream.pop3.tls) -> greeting -> CAPA -> USER/PASS (or AUTH PLAIN)
-    -> UIDL -> diff against store.known_uidls() -> RETR the new ones (pipelined when CAPA says
+    -> UIDL -> diff against store.uidl_rows() -> RETR the new ones (pipelined when CAPA says
     PIPELINING) -> ingest_many() every ingest_batches.BATCH_MESSAGES / BATCH_BYTES -> retention:
     DELE -> QUIT
 
@@ -186,10 +186,10 @@ async def _sync_listing(client: Pop3Client, config: Config, store: Store, accoun
     (AccountLocks.passing_over); `failed` gets those to pass over from now on. Cut short by
     the budget: no DELE (that is for a sync that has time left); with replies in flight not
     even QUIT (the caller drops the connection: none of the session's DELEs takes effect)."""
-    known = await store.known_uidls(account_id)
+    rows = await store.uidl_rows(account_id)   # (UIDL -> fetched_at, None: gone upstream)
+    known = set(rows)
     identities = await sync_identity.load(store, account_id,
-                                          {u for _, u in listing if u is not None}, known,
-                                          await store.fetched_at(account_id))
+                                          {u for _, u in listing if u is not None}, rows)
     wanted = [(n, u) for n, u in listing
               if u is None or u not in known or u in identities.reappeared]
     over = [(n, u) for n, u in wanted if u in passed] if passed else []

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import enum
 import hmac
-from typing import Collection
+from typing import Collection, Mapping
 
 import trio
 
@@ -102,16 +102,17 @@ class Identities:
         return Placed.NEW
 
 
-async def load(store: Store, account_id: int, listed: Collection[str], known: Collection[str],
-               upstream: Collection[str]) -> Identities:
+async def load(store: Store, account_id: int, listed: Collection[str],
+               known: Mapping[str, float | None]) -> Identities:
     """The sync's `Identities`: `listed` the listing's UIDLs, `known` every UIDL the account
-    ever had, `upstream` those whose rows are upstream (not gone). Rows of digest-keyed mail
-    (`pop3_retrieve.DIGEST_PREFIX`) are never listed, so never `left`."""
+    ever had (`Store.uidl_rows`: its fetched_at, None when gone upstream). Rows of digest-keyed
+    mail (`pop3_retrieve.DIGEST_PREFIX`) are never listed, so never `left`."""
     from .pop3_retrieve import DIGEST_PREFIX
 
-    reappeared = [u for u in listed if u in known and u not in upstream]
+    reappeared = [u for u in listed if u in known and known[u] is None]
     renamed = any(u not in known for u in listed)
-    left = [u for u in upstream if u not in listed and not u.startswith(DIGEST_PREFIX)] \
+    left = [u for u, at in known.items()
+            if at is not None and u not in listed and not u.startswith(DIGEST_PREFIX)] \
         if renamed else []
     rows = await store.uidl_digests(account_id, [*reappeared, *left]) \
         if reappeared or left else {}

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from ._rows import META_SELECT
 
-__all__ = ["REUSE_UIDL", "RECORD_UIDL", "SET_DIGEST", "UIDL_MESSAGES"]
+__all__ = ["REUSE_UIDL", "RECORD_UIDL", "SET_DIGEST", "UIDL_MESSAGES", "UIDL_ROWS"]
+
+# Each UIDL the account has: its fetched_at, or NULL when it is gone upstream.
+UIDL_ROWS = ("SELECT uidl, CASE WHEN deleted_upstream_at IS NULL THEN fetched_at END "
+             "FROM uidls WHERE account_id = {p}")
 
 # New mail under a UIDL gone upstream (RFC 1939 7 lets a server give it out again): the row now
 # names the new message. Only a row gone upstream: two syncs never both take it.

@@ -36,7 +36,7 @@ from ._pg_mailboxes import PgMailboxOps
 from ._pg_notify import ChangeFollower, Feed
 from ._pg_schema import CONNECT_TIMEOUT_S, SCHEMA_VERSION, one_line, open_pool, redact
 from ._rows import from_date, meta, save_time
-from ._uidls_sql import RECORD_UIDL, REUSE_UIDL, SET_DIGEST, UIDL_MESSAGES
+from ._uidls_sql import RECORD_UIDL, REUSE_UIDL, SET_DIGEST, UIDL_MESSAGES, UIDL_ROWS
 from .base import (
     DEFAULT_MAILBOXES,
     INBOX,
@@ -233,6 +233,13 @@ class PostgresStore(PgMailboxOps):
         rows = await self._run(lambda c: c.execute(
             "SELECT uidl, fetched_at FROM uidls WHERE account_id = %s "
             "AND deleted_upstream_at IS NULL", (account_id,)).fetchall())
+        return dict(rows)
+
+    async def uidl_rows(self, account_id: int) -> dict[str, float | None]:
+        """Every UIDL ever ingested for the account -> epoch seconds of ingest, or None when it
+        is gone upstream (`known_uidls` and `fetched_at` in one read, for a sync)."""
+        rows = await self._run(lambda c: c.execute(
+            UIDL_ROWS.format(p="%s"), (account_id,)).fetchall())
         return dict(rows)
 
     async def uidl_digests(self, account_id: int,

@@ -42,7 +42,7 @@ from ._rows import from_date, meta, save_time
 from ._schema import SCHEMA_VERSION, migrate, objectid_key, open_db, transaction, uidl_digest_key
 from ._sqlite_mailboxes import MailboxOps
 from ._sqlite_quick import QuickCalls
-from ._uidls_sql import RECORD_UIDL, REUSE_UIDL, SET_DIGEST, UIDL_MESSAGES
+from ._uidls_sql import RECORD_UIDL, REUSE_UIDL, SET_DIGEST, UIDL_MESSAGES, UIDL_ROWS
 from .base import (
     DEFAULT_MAILBOXES,
     INBOX,
@@ -213,6 +213,13 @@ class SqliteStore(QuickCalls, MailboxOps):
             return {r[0] for r in self._db.execute("SELECT uidl FROM uidls WHERE account_id = ?",
                                                    (account_id,))}
         return await self._run(known)
+
+    async def uidl_rows(self, account_id: int) -> dict[str, float | None]:
+        """Every UIDL ever ingested for the account -> epoch seconds of ingest, or None when it
+        is gone upstream (`known_uidls` and `fetched_at` in one read, for a sync)."""
+        def rows() -> dict[str, float | None]:
+            return dict(self._db.execute(UIDL_ROWS.format(p="?"), (account_id,)).fetchall())
+        return await self._run(rows)
 
     async def uidl_digests(self, account_id: int,
                            uidls: Collection[str]) -> dict[str, tuple[bytes | None, float]]:

@@ -152,6 +152,8 @@ async def test_retention_bookkeeping(store):
     await store.mark_deleted_upstream(account.id, ["u1"])
     assert set(await store.fetched_at(account.id)) == {"u2"}
     assert await store.known_uidls(account.id) == {"u1", "u2"}
+    rows = await store.uidl_rows(account.id)   # (both in one read: None is gone upstream)
+    assert rows == {"u1": None, "u2": (await store.fetched_at(account.id))["u2"]}
 
 
 async def test_copy_move_expunge(store):
