@@ -171,6 +171,7 @@ async def test_a_sync_cut_by_its_budget_is_counted_as_such(nursery, store_url):
             fetcher.password = PASSWORD
             with trio.fail_after(NEVER):
                 await fetcher._sync_once()
+            server.scripts.clear()   # (a loaded machine may spend the 2 s before RETR 3)
             counted.append({result: service.metrics.registry.get_sample_value(
                 "mailproxy_gateway_syncs_total", {"result": result})
                 for result in ("ok", "budget_spent")})
