@@ -21,6 +21,7 @@ from __future__ import annotations
 import email.errors
 import email.header
 import email.message
+import unicodedata
 
 from ._parts import DEFAULT_LIMITS, MimeLimits, Part, parse
 from .basesubject import casemap
@@ -48,7 +49,45 @@ def text_blobs(raw: bytes, limits: MimeLimits = DEFAULT_LIMITS) -> tuple[str, st
             text = _leaf_text(raw, part)
             if text is not None:
                 bodies.append(text)
-    return casemap("\n".join(headers)), casemap("\n".join(bodies))
+    cap = len(raw) + TEXT_SLACK
+    return bounded_casemap("\n".join(headers), cap), bounded_casemap("\n".join(bodies), cap)
+
+
+# Case mapping (RFC 5051: titlecase, then NFKD) may lengthen text: Hangul syllables (3 UTF-8
+# bytes) become 2-3 jamo, "½" (2 bytes) three characters, but U+FDFA (3 bytes) becomes 18, so a
+# POP3 message of 100 MB of it (gateway.limits.max_message_bytes) was a 600-million character
+# search text, a 3.2 GB analysis blob (a 5 MB one measured 163 MB, 367 MB of peak memory).
+# A search text is cut at the message's length in characters (plus TEXT_SLACK): mail that
+# does not expand past its own bytes, all of it but such characters, is never cut; a SEARCH of
+# text past the cut in such a message does not find it (Dovecot, which maps per search, would).
+TEXT_SLACK = 64 * 1024
+_MAP_CHUNK = 64 * 1024   # characters case-mapped at a time by bounded_casemap
+
+
+def bounded_casemap(text: str, cap: int) -> str:
+    """`casemap(text)`, cut to `cap` characters, without mapping more than a chunk past them.
+    Chunks end before a character that is a starter and whose decomposition starts with one
+    (canonical reordering, NFKD's only step across characters, never crosses a starter), so the
+    chunks' mappings joined are the whole text's mapping."""
+    if text.isascii():
+        return text[:cap].upper()
+    out: list[str] = []
+    size = start = 0
+    while start < len(text) and size < cap:
+        end = min(start + _MAP_CHUNK, len(text))
+        while end < len(text) and not _starts_anew(text[end]):
+            end += 1
+        piece = casemap(text[start:end])
+        out.append(piece)
+        size += len(piece)
+        start = end
+    joined = "".join(out)
+    return joined if len(joined) <= cap else joined[:cap]
+
+
+def _starts_anew(char: str) -> bool:
+    return unicodedata.combining(char) == 0 and (
+        char.isascii() or unicodedata.combining(unicodedata.normalize("NFKD", char)[:1] or "a") == 0)
 
 
 def _text(value: bytes) -> str:
