@@ -36,6 +36,9 @@ class AccountLocks:
         self.failures: dict[tuple[str, str], dict[str, tuple[int, float]]] = {}
         # -> message number: where the next sync of a server without UIDL starts (`resume_at`)
         self.resume: dict[tuple[str, str], int] = {}
+        # -> UIDLs of rows that left the listing in a sync that did not read every new UIDL
+        # (budget, quota), no new UIDL matched yet (`sync_identity.load`'s `carried`)
+        self.unmatched: dict[tuple[str, str], set[str]] = {}
 
     def passing_over(self, upstream: str, user: str) -> set[str]:
         """The account's messages its syncs leave upstream for now: a message that cannot be

@@ -53,7 +53,6 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Collection
 
 from .. import logs
 from ..config import Config
@@ -143,17 +142,14 @@ async def _delete(client: Pop3Client, numbers: list[tuple[int, str]],
 
 async def _retention(client: Pop3Client, store: Store, account_id: int, seconds: float | None,
                      present: dict[str, int], who: str, budget: SyncBudget,
-                     digests_complete: bool = True,
-                     still_up: Collection[str] = ()) -> tuple[int, bool]:
+                     digests_complete: bool = True) -> tuple[int, bool]:
     """Apply upstream_retention to committed messages, then QUIT: the DELEs that took effect,
     and whether all that were due were sent (False: the sync's budget ran out first).
     `digests_complete` False: a message of the listing was not read (RETR refused, too big), so
     a digest missing from `present` may be that message's: digest-keyed mail is not marked
-    deleted upstream this time (marked, delete-after-fetch would never DELE it). `still_up`:
-    rows not in the listing that are not marked gone either (`sync_identity`: their mail may
-    be listed under a new UIDL this sync did not read; marked, the next sync stores it again)."""
+    deleted upstream this time (marked, delete-after-fetch would never DELE it)."""
     fetched = await store.fetched_at(account_id)
-    gone = [uidl for uidl in fetched if uidl not in present and uidl not in still_up
+    gone = [uidl for uidl in fetched if uidl not in present
             and (digests_complete or not uidl.startswith(DIGEST_PREFIX))]
     if gone:   # deleted upstream by another client: only bookkeeping, the store keeps the mail
         await store.mark_deleted_upstream(account_id, gone)
@@ -179,7 +175,7 @@ async def _sync_listing(client: Pop3Client, config: Config, store: Store, accoun
                         listing: list[tuple[int, str | None]], progress: ProgressCallback | None,
                         who: str, workers: Workers, passed: set[str], failed: set[str],
                         budget: SyncBudget, on_stored: StoredCallback | None = None,
-                        ) -> tuple[Ingest, int, bool]:
+                        carry: set[str] | None = None) -> tuple[Ingest, int, bool]:
     """Fetch what `listing` has and the store does not, then retention and QUIT: (the ingest,
     whose counts say what was stored and left upstream, the DELEs that took effect, and
     whether the budget cut the sync short). Messages `passed` over are left upstream
@@ -188,8 +184,9 @@ async def _sync_listing(client: Pop3Client, config: Config, store: Store, accoun
     even QUIT (the caller drops the connection: none of the session's DELEs takes effect)."""
     rows = await store.uidl_rows(account_id)   # (UIDL -> fetched_at, None: gone upstream)
     known = set(rows)
+    carry = set() if carry is None else carry   # (AccountLocks.unmatched: in, then out)
     identities = await sync_identity.load(store, account_id,
-                                          {u for _, u in listing if u is not None}, rows)
+                                          {u for _, u in listing if u is not None}, rows, carry)
     wanted = [(n, u) for n, u in listing
               if u is None or u not in known or u in identities.reappeared]
     over = [(n, u) for n, u in wanted if u in passed] if passed else []
@@ -209,6 +206,9 @@ async def _sync_listing(client: Pop3Client, config: Config, store: Store, accoun
         # the sync fails after them): before retention, which DELEs them
         await store.record_uidls(account_id, identities.recorded)
     ingest.over_quota += len(left)
+    carry.clear()   # new UIDLs left unread (budget, quota): rows that left may be their mail
+    if cut is not None or ingest.over_quota:
+        carry.update(identities.unmatched())
     if cut:
         return ingest, 0, True
     if over:
@@ -216,12 +216,10 @@ async def _sync_listing(client: Pop3Client, config: Config, store: Store, accoun
     present = {**digests, **{u: n for n, u in listing if u is not None}}
     retention = config.gateway.retention_seconds if config.gateway else None
     budget.disarm(client)   # QUIT and DELE's first window are waited for (within reply limits)
-    # new UIDLs left unread (budget, quota): the rows that left may be their mail, renamed
-    unread = identities.unmatched() if cut is False or ingest.over_quota else set()
     try:
         deleted, sent_all = await _retention(
             client, store, account_id, None if cut is False else retention, present, who, budget,
-            digests_complete=not ingest.skipped and cut is None, still_up=unread)
+            digests_complete=not ingest.skipped and cut is None)
     except SyncCut:   # (DELEs sent but no QUIT: none took effect, RFC 1939 6)
         return ingest, 0, True
     return ingest, deleted, cut is False or not sent_all
@@ -315,7 +313,8 @@ async def sync_account(config: Config, store: Store, upstream_name: str, user: s
                     listing = locks.resume_at(upstream_name, user, listing)
                 ingest, deleted, budget_spent = await _sync_listing(
                     client, config, store, account.id, listing, progress, who, workers,
-                    locks.passing_over(upstream_name, user), failed, budget, on_stored)
+                    locks.passing_over(upstream_name, user), failed, budget, on_stored,
+                    locks.unmatched.setdefault((upstream_name, user), set()))
                 new, stored, over_quota = ingest.new, ingest.bytes, ingest.over_quota
                 anomalies = dict(ingest.skipped)
                 if has_uidl and (bad := sum(u is None for _, u in listing)):

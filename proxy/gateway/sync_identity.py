@@ -74,7 +74,8 @@ class Identities:
 
     def unmatched(self) -> set[str]:
         """The rows of `left` no new UIDL took (yet): after a sync that left new UIDLs unread
-        (its budget, the quota), their mail may be among those, so they stay upstream."""
+        (its budget, the quota), their mail may be among those, so the next sync takes them
+        as `left` again (`load(carried=...)`), though they are marked gone by then."""
         return {uidl for rows in self.left.values() for uidl, _ in rows}
 
     def wants(self, uidl: str, known: Collection[str]) -> bool:
@@ -103,16 +104,19 @@ class Identities:
 
 
 async def load(store: Store, account_id: int, listed: Collection[str],
-               known: Mapping[str, float | None]) -> Identities:
+               known: Mapping[str, float | None], carried: Collection[str] = ()) -> Identities:
     """The sync's `Identities`: `listed` the listing's UIDLs, `known` every UIDL the account
     ever had (`Store.uidl_rows`: its fetched_at, None when gone upstream). Rows of digest-keyed
-    mail (`pop3_retrieve.DIGEST_PREFIX`) are never listed, so never `left`."""
+    mail (`pop3_retrieve.DIGEST_PREFIX`) are never listed, so never `left`. `carried`: rows
+    that left the listing in an earlier sync that did not read every new UIDL (`unmatched`),
+    gone upstream since: `left` too, unless listed again (then they are `reappeared`)."""
     from .pop3_retrieve import DIGEST_PREFIX
 
     reappeared = [u for u in listed if u in known and known[u] is None]
     renamed = any(u not in known for u in listed)
     left = [u for u, at in known.items()
-            if at is not None and u not in listed and not u.startswith(DIGEST_PREFIX)] \
+            if (at is not None or u in carried) and u not in listed
+            and not u.startswith(DIGEST_PREFIX)] \
         if renamed else []
     rows = await store.uidl_digests(account_id, [*reappeared, *left]) \
         if reappeared or left else {}

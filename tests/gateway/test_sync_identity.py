@@ -16,6 +16,7 @@ import psycopg
 import pytest
 import trio
 
+from proxy.gateway.account_locks import AccountLocks
 from proxy.gateway.fetcher import sync_account
 from proxy.session.failures import Failure
 from proxy.session.upstream import UpstreamError
@@ -31,10 +32,11 @@ MESSAGES = [b"Subject: m%d\r\n\r\nbody %d\r\n" % (i, i) for i in range(1, 6)]
 NEVER = 120.0   # a bound only a build that waits for ever reaches
 
 
-async def sync(server: HostilePop3, store_url: str, store, retention: str = "keep"):
+async def sync(server: HostilePop3, store_url: str, store, retention: str = "keep",
+               locks: AccountLocks | None = None):
     config = make_config(server.port, store_url, retention)
     with trio.fail_after(NEVER):
-        return await sync_account(config, store, "dc", USER, PASSWORD)
+        return await sync_account(config, store, "dc", USER, PASSWORD, locks=locks)
 
 
 async def inbox(store) -> list[tuple[str | None, bytes]]:
@@ -271,16 +273,17 @@ async def test_renamed_uidls_over_several_budget_cut_syncs_are_not_stored_twice(
     the next sync finds no row left for them and stores the rest of the mailbox again."""
     server = HostilePop3(MESSAGES[:4], USER, PASSWORD)
     await server.start(nursery)
-    assert (await sync(server, store_url, store)).new == 4
+    locks = AccountLocks()   # (the service's, shared by its syncs)
+    assert (await sync(server, store_url, store, locks=locks)).new == 4
     server.uidls = [b"new-%d" % n for n in range(1, 5)]
     import proxy.gateway.fetcher as fetcher_mod
     monkeypatch.setattr(fetcher_mod, "sync_budget", lambda config: 0.0)   # spent at once
     for _ in range(4):   # one RETR a sync (the first is always sent); more syncs than enough
-        assert (await sync(server, store_url, store)).new == 0
+        assert (await sync(server, store_url, store, locks=locks)).new == 0
     monkeypatch.undo()
-    assert (await sync(server, store_url, store)).new == 0
+    assert (await sync(server, store_url, store, locks=locks)).new == 0
     assert sorted(body for _, body in await inbox(store)) == sorted(MESSAGES[:4])
-    result = await sync(server, store_url, store, "delete-after-fetch")
+    result = await sync(server, store_url, store, "delete-after-fetch", locks)
     assert (result.new, result.deleted_upstream, server.messages) == (0, 4, [])
 
 
@@ -298,13 +301,38 @@ async def test_renamed_uidls_while_the_quota_is_full_are_not_stored_twice(
 
     server = HostilePop3(MESSAGES[:4], USER, PASSWORD)
     await server.start(nursery)
-    assert (await sync(server, store_url, store)).new == 4
+    locks = AccountLocks()
+    assert (await sync(server, store_url, store, locks=locks)).new == 4
     server.uidls = [b"new-%d" % n for n in range(1, 5)]
     full = config_dict(server.port, store_url)
     full["gateway"]["quota"] = {"messages": 4}
     with trio.fail_after(NEVER):
         result = await sync_account(config_mod.loads(yaml.safe_dump(full)), store, "dc", USER,
-                                    PASSWORD)
+                                    PASSWORD, locks=locks)
     assert (result.new, result.over_quota) == (0, 4)
-    assert (await sync(server, store_url, store)).new == 0   # (no quota now)
+    assert (await sync(server, store_url, store, locks=locks)).new == 0   # (no quota now)
     assert sorted(body for _, body in await inbox(store)) == sorted(MESSAGES[:4])
+
+
+async def test_a_uidl_that_left_in_a_budget_cut_sync_and_is_reused_is_fetched(
+        nursery, store_url, store, monkeypatch):
+    """Another client deletes id-1 while new mail waits; the sync that sees id-1 gone is cut by
+    its budget with new mail unread, so id-1 may be that mail renamed and is matched again by
+    the next sync. It must still be gone upstream for that sync: the server gives id-1 to new
+    mail right away (RFC 1939 7), which is stored, not taken for the stored message (kept
+    upstream, id-1 was listed and known: never read, never stored)."""
+    server = HostilePop3(MESSAGES[:2], USER, PASSWORD)
+    await server.start(nursery)
+    locks = AccountLocks()
+    assert (await sync(server, store_url, store, locks=locks)).new == 2
+    del server.messages[0], server.uidls[0]   # another client DELEd id-1
+    server.messages += [MESSAGES[2], MESSAGES[3]]
+    server.uidls += [b"id-3", b"id-4"]
+    import proxy.gateway.fetcher as fetcher_mod
+    monkeypatch.setattr(fetcher_mod, "sync_budget", lambda config: 0.0)   # spent at once
+    assert (await sync(server, store_url, store, locks=locks)).new == 1   # (id-4 unread)
+    monkeypatch.undo()
+    server.messages.append(MESSAGES[4])
+    server.uidls.append(b"id-1")   # reused at once
+    assert (await sync(server, store_url, store, locks=locks)).new == 2
+    assert sorted(body for _, body in await inbox(store)) == sorted(MESSAGES[:5])
