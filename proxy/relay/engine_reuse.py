@@ -129,10 +129,13 @@ def count(session: Session, name: str, outcome: str) -> None:
 
 
 def pool_user(session: Session, upstream: Upstream, user: str) -> str:
-    """Whose connection it is: the user, and the client's address when the upstream is told it
-    (`forward_client_ip`: the ID at login carries it, and Dovecot's logs and per-address limits
-    use it), so that a reused connection is never another address's."""
-    return f"{user}\x00{session.client_ip}" if upstream.forward_client_ip else user
+    """Whose connection it is: the user, and the client's and the proxy's addresses when the
+    upstream is told them (`forward_client_ip`: the ID at login carries x-originating-ip and
+    x-connected-ip, imap_upstream.id_fields; Dovecot's logs, per-address limits and `local`
+    settings use them), so that a reused connection is never another address's."""
+    if not upstream.forward_client_ip:
+        return user
+    return f"{user}\x00{session.client_ip}\x00{session.local_ip}"
 
 
 def secret(engine: Engine, user: str, password: bytes) -> bytes:

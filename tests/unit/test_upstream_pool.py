@@ -212,3 +212,23 @@ def test_settings_that_would_never_reuse_are_refused(host: str, extra: str, erro
     with pytest.raises(config_mod.ConfigError) as caught:
         config_mod.loads(BASE % (host, extra))
     assert caught.value.errors == [error]
+
+
+def test_with_forward_client_ip_the_pool_key_holds_both_addresses_the_id_gives() -> None:
+    """The login's ID tells the upstream the client's address and the proxy's own
+    (x-originating-ip, x-connected-ip: imap_upstream.id_fields): a connection is reused only
+    for a session with both the same (engine_reuse.pool_user); without forward_client_ip the
+    upstream knows neither, and the key is the user alone."""
+    from types import SimpleNamespace
+
+    from proxy.relay.engine_reuse import pool_user
+
+    def key(forward: bool, client_ip: str, local_ip: str) -> str:
+        session = SimpleNamespace(client_ip=client_ip, local_ip=local_ip)
+        upstream = SimpleNamespace(forward_client_ip=forward)
+        return pool_user(session, upstream, "u")   # type: ignore[arg-type]
+
+    assert key(True, "192.0.2.1", "10.0.0.1") == key(True, "192.0.2.1", "10.0.0.1")
+    assert key(True, "192.0.2.1", "10.0.0.1") != key(True, "192.0.2.2", "10.0.0.1")
+    assert key(True, "192.0.2.1", "10.0.0.1") != key(True, "192.0.2.1", "10.0.0.2")
+    assert key(False, "192.0.2.1", "10.0.0.1") == key(False, "192.0.2.2", "10.0.0.2") == "u"
