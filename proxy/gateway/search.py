@@ -38,7 +38,7 @@ from proxy.gateway._parts import DEFAULT_LIMITS
 from proxy.gateway.address_text import contains
 from proxy.gateway.basesubject import casemap
 from proxy.gateway.numbers import MODSEQ_MAX, NUMBER_MAX, InvalidNumber, number, sequence_set
-from proxy.gateway.search_text import decode_header, header_items, text_blobs
+from proxy.gateway.search_text import bounded_casemap, decode_header, header_items, text_blobs
 from proxy.imap import Atom
 
 __all__ = ["SearchKey", "SearchError", "parse_search", "matches", "key_ops"]
@@ -331,10 +331,18 @@ def _in_set(ranges: tuple, number: int, last: int) -> bool:
     return False
 
 
+# How long a header value's case mapping may get, in characters per character of the value:
+# more than any script's letters (Hangul syllables map to 3), less than U+FDFA's 18, so a
+# Subject of 10 MiB (the header bound) of U+FDFA is not mapped to 60 million characters on
+# every SEARCH SUBJECT of it (search_text.py cuts the stored texts likewise)
+HEADER_MAPPED_PER_CHAR = 4
+
+
 def _eval_header(ctx: _Context, name: str, needle: str) -> bool:
     if name in _ADDRESS_HEADERS:
         return any(n == name and contains(v, needle) for n, v in ctx.raw_headers)
-    return any(n == name and needle in casemap(v) for n, v in ctx.headers)
+    return any(n == name and needle in bounded_casemap(v, HEADER_MAPPED_PER_CHAR * len(v) + 1024)
+               for n, v in ctx.headers)
 
 
 def _eval_date(op: str):

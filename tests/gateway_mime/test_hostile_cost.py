@@ -380,3 +380,30 @@ def test_case_mapping_sorts_runs_of_at_most_thirty_combining_marks(monkeypatch):
         assert mapped.count("\u034f") == -(-len(marks) * 20_000 // 30) - 1
     longest = 0
     assert casemap("x\u0301\u0323" * 10) == normalize("NFKD", "X\u0301\u0323" * 10)
+
+
+def test_search_on_a_header_maps_at_most_four_characters_per_character(monkeypatch):
+    """SEARCH SUBJECT case-maps the Subject on every search: one of U+FDFA (18 characters
+    each once mapped) up to the header bound was 60 million characters a message a search.
+    The mapping stops at 4 per character of the value (plus a chunk), which no script's text
+    reaches; the words before the cut are found."""
+    from proxy.gateway import basesubject
+
+    mapped = 0
+    normalize = basesubject.unicodedata.normalize
+
+    class Counted:
+        combining = staticmethod(unicodedata.combining)
+
+        @staticmethod
+        def normalize(form: str, text: str) -> str:
+            nonlocal mapped
+            out = normalize(form, text)
+            mapped += len(out)
+            return out
+
+    value = "first " + "\ufdfa" * 300_000
+    msg = _Message(b"Subject: " + value.encode() + b"\r\n\r\nx\r\n")
+    monkeypatch.setattr(basesubject, "unicodedata", Counted)
+    assert search.matches(search.parse_search([Atom(b"SUBJECT"), b"first"]), msg)
+    assert mapped <= 4 * len(value) + 1024 + 18 * 64 * 1024, mapped
