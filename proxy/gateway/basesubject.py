@@ -61,11 +61,23 @@ def _stream_safe(run: re.Match) -> str:
     return "\u034f".join(text[i:i + STREAM_SAFE_RUN] for i in range(0, len(text), STREAM_SAFE_RUN))
 
 
+def stream_safe(text: str) -> str:
+    """`text` with U+034F after every STREAM_SAFE_RUN characters of a longer run of
+    non-starters (above); `casemap` of it is `casemap(text)` (idempotent: no run is left)."""
+    return (_RUN_ANY if max(text) >= _FIRST_ASTRAL else _RUN_BMP).sub(_stream_safe, text)
+
+
 def casemap(text: str) -> str:
     """RFC 5051 i;unicode-casemap: simple titlecase of each character, then NFKD."""
     if text.isascii():
         return text.upper()
-    text = (_RUN_ANY if max(text) >= _FIRST_ASTRAL else _RUN_BMP).sub(_stream_safe, text)
+    return casemap_stream_safe(stream_safe(text))
+
+
+def casemap_stream_safe(text: str) -> str:
+    """`casemap` of a text `stream_safe` went over already (search_text.bounded_casemap)."""
+    if text.isascii():
+        return text.upper()
     parts = _SPECIAL.split(text)   # plain runs at even indexes, special characters between
     parts[::2] = [run.upper() for run in parts[::2]]
     parts[1::2] = [_UPPER_DIFFERS[char] for char in parts[1::2]]

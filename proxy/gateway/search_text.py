@@ -24,7 +24,7 @@ import email.message
 import unicodedata
 
 from ._parts import DEFAULT_LIMITS, MimeLimits, Part, parse
-from .basesubject import casemap
+from .basesubject import casemap_stream_safe, stream_safe
 from .charsets import charset_params, content_charset, decode_text
 from .rfc2047 import decode_header as _decode_words
 
@@ -71,13 +71,14 @@ def bounded_casemap(text: str, cap: int) -> str:
     chunks' mappings joined are the whole text's mapping."""
     if text.isascii():
         return text[:cap].upper()
+    text = stream_safe(text)   # (a run of marks has no starter to end a chunk before)
     out: list[str] = []
     size = start = 0
     while start < len(text) and size < cap:
         end = min(start + _MAP_CHUNK, len(text))
         while end < len(text) and not _starts_anew(text[end]):
             end += 1
-        piece = casemap(text[start:end])
+        piece = casemap_stream_safe(text[start:end])
         out.append(piece)
         size += len(piece)
         start = end
