@@ -4,7 +4,6 @@ Dovecot and against a client model in test_context.py; these pin the edge cases.
 
 from __future__ import annotations
 
-import bisect
 import datetime
 import types
 
@@ -23,6 +22,7 @@ from proxy.gateway.imapd._context import (
 )
 from proxy.gateway.imapd._context_refresh import refresh
 from proxy.gateway.imapd._index import Snapshot
+from proxy.gateway.imapd._message_map import MessageMap
 from proxy.gateway.imapd._objectid import ObjectIds
 from proxy.gateway.imapd._view import SelectedView
 from proxy.gateway.imapd.hub import EventKind, MailboxEvent
@@ -35,18 +35,19 @@ from proxy.store import Mailbox, MessageMeta, StoreUnavailable
 
 
 class View:
-    """What the context code reads of a SelectedView: the UID map."""
+    """What the context code reads of a SelectedView: its message map."""
 
     def __init__(self, uids: list[int]):
-        self.uids = uids
+        when = datetime.datetime(2026, 12, 6, tzinfo=datetime.timezone.utc)
+        self.messages = MessageMap([MessageMeta(u, 1, u, when, 10, frozenset(), 1, u, None)
+                                    for u in uids])
 
     @property
     def exists(self) -> int:
-        return len(self.uids)
+        return len(self.messages)
 
     def seq_of(self, uid: int) -> int | None:
-        i = bisect.bisect_left(self.uids, uid)
-        return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
+        return self.messages.seq_of(uid)
 
 
 def test_pin_turns_sequence_numbers_into_the_uids_they_name_now():

@@ -14,6 +14,7 @@ import trio.testing
 from proxy.gateway.imapd import _view as view_module
 from proxy.gateway.imapd import hub as hub_module
 from proxy.gateway.imapd._index import Snapshot
+from proxy.gateway.imapd._message_map import MessageMap
 from proxy.gateway.imapd._view import SelectedView
 from proxy.gateway.imapd.hub import EventKind, Hub, MailboxEvent
 from proxy.store import FlagUpdate, Mailbox, MessageMeta
@@ -38,8 +39,8 @@ def test_flag_change_before_the_stale_append_snapshot_wins():
     assert view.updates(True) == []   # nothing to tell yet: UID 3 is not announced
     view.notify(MailboxEvent(1, EventKind.APPEND, metas=(_meta(3, 5),)))   # read at MODSEQ 5
     assert view.updates(True) == [b"3 EXISTS", b"0 RECENT"]
-    assert view.meta[3].flags == SEEN and view.meta[3].modseq == 9
-    assert view.fetch_flags_line(3, 3) == b"3 FETCH (UID 3 FLAGS (\\Seen))"
+    assert view.messages.meta_of(3).flags == SEEN and view.messages.meta_of(3).modseq == 9
+    assert view.fetch_flags_line(3) == b"3 FETCH (UID 3 FLAGS (\\Seen))"
     assert view.early_flags == {}
 
 
@@ -50,9 +51,10 @@ def test_same_batch_and_older_change_and_expunge():
     view.notify(MailboxEvent(1, EventKind.EXPUNGE, uids=(5,)))
     view.notify(MailboxEvent(1, EventKind.APPEND, metas=(_meta(3, 5), _meta(4, 6))))
     view.updates(True)
-    assert view.meta[3].flags == SEEN   # newer change applied
-    assert view.meta[4].flags == frozenset() and view.meta[4].modseq == 6   # older one ignored
-    assert view.uids == [1, 2, 3, 4] and view.early_flags == {}
+    assert view.messages.meta_of(3).flags == SEEN   # newer change applied
+    older = view.messages.meta_of(4)
+    assert older.flags == frozenset() and older.modseq == 6   # older one ignored
+    assert list(view.messages) == [1, 2, 3, 4] and view.early_flags == {}
 
 
 def _subscribed(hub: Hub, uids: list[int]) -> SelectedView:
@@ -76,7 +78,7 @@ def test_expunge_published_before_the_stale_append_snapshot():
         hub.expunged(1, [3])                             # B's expunge, MODSEQ 4
         hub.appended(1, stale)                           # A publishes
     assert view.updates(True) == []
-    assert view.uids == [1, 2] and view.exists == 2
+    assert list(view.messages) == [1, 2] and view.exists == 2
 
 
 def test_session_selecting_between_the_expunge_and_the_stale_append():
@@ -89,7 +91,7 @@ def test_session_selecting_between_the_expunge_and_the_stale_append():
         hub.expunged(1, [3])
         view = _subscribed(hub, [1, 2])
         hub.appended(1, stale)
-    assert view.updates(True) == [] and view.uids == [1, 2]
+    assert view.updates(True) == [] and list(view.messages) == [1, 2]
 
 
 def test_stale_append_still_announces_the_messages_not_expunged():
@@ -100,9 +102,9 @@ def test_stale_append_still_announces_the_messages_not_expunged():
         hub.expunged(1, [3])
         hub.appended(1, [_meta(1, 1), _meta(2, 2), _meta(3, 3), _meta(4, 4)])
     assert view.updates(True) == [b"3 EXISTS", b"0 RECENT"]
-    assert view.uids == [1, 2, 4]
+    assert list(view.messages) == [1, 2, 4]
     hub.expunged(1, [4])   # announced: an ordinary EXPUNGE
-    assert view.updates(True) == [b"3 EXPUNGE"] and view.uids == [1, 2]
+    assert view.updates(True) == [b"3 EXPUNGE"] and list(view.messages) == [1, 2]
 
 
 def test_hub_forgets_expunged_uids_once_announced_past_them():
@@ -150,10 +152,10 @@ def test_own_expunge_of_an_unannounced_message_is_not_undone_by_its_announcement
     assert mover.expunge_lines([3]) == [b"3 EXPUNGE"]    # MOVE 3: its own EXPUNGE, at once
     hub.expunged(1, [3], origin=mover)
     assert mover.updates(True) == []
-    assert mover.uids == [1, 2] and mover.new_top() == 0
-    assert other.updates(True) == [] and other.uids == [1, 2]   # heard of both at once
+    assert list(mover.messages) == [1, 2] and mover.new_top() == 0
+    assert other.updates(True) == [] and list(other.messages) == [1, 2]   # heard of both at once
     hub.appended(1, [_meta(1, 1), _meta(2, 2), _meta(4, 5)])   # later arrivals are still new
-    assert mover.updates(True) == [b"3 EXISTS", b"0 RECENT"] and mover.uids == [1, 2, 4]
+    assert mover.updates(True) == [b"3 EXISTS", b"0 RECENT"] and list(mover.messages) == [1, 2, 4]
 
 
 def _big_change(monkeypatch, slice_size: int | None) -> tuple[Hub, SelectedView, list[list[bytes]]]:
@@ -180,7 +182,7 @@ def test_others_big_change_is_told_in_slices_byte_identical(monkeypatch):
     assert [line for part in whole for line in part] == expunges + fetches
     assert parts == [[], [], [], [], expunges[:3], expunges[3:6], expunges[6:], fetches[:3],
                      fetches[3:]]   # 12 flag changes folded, 8 expunges, 4 FETCH lines
-    assert view.uids == [1, 2, 3, 4] and view.holds == [] and hub.pinned() == set()
+    assert list(view.messages) == [1, 2, 3, 4] and view.holds == [] and hub.pinned() == set()
 
 
 def test_expunge_during_a_pause_pins_what_the_view_still_shows(monkeypatch):
@@ -261,36 +263,37 @@ def test_big_arrival_is_applied_in_slices_and_pinned_during_a_pause(monkeypatch)
     view, other = (_subscribed(hub, [1]) for _ in range(2))
     hub.appended(1, [_meta(uid, uid) for uid in range(1, 7)])   # 2..6 are new
     parts = view.update_slices(True)
-    assert next(parts) == [] and view.uids == [1, 2, 3]   # paused: 4..6 still arriving
+    assert next(parts) == [] and list(view.messages) == [1, 2, 3]   # paused: 4..6 still arriving
     hub.expunged(1, [6], origin=other, body_ids=[6])
     assert hub.garbage == set() and hub.pinned() == {6}
     assert [line for part in parts for line in part] == [b"6 EXISTS", b"0 RECENT"]
-    assert view.uids == [1, 2, 3, 4, 5, 6] and view.arriving == {}
+    assert list(view.messages) == [1, 2, 3, 4, 5, 6] and view.arriving == {}
     assert view.updates(True) == [b"6 EXPUNGE"] and hub.garbage == {6}
 
 
-class _CountingMeta(dict):
-    """A view's uid -> MessageMeta map that counts the messages looked up by key."""
+class _CountingMap(MessageMap):
+    """A view's message map that counts the messages whose bodies were looked up."""
 
     lookups = 0
 
-    def __getitem__(self, uid: int) -> MessageMeta:
-        _CountingMeta.lookups += 1
-        return super().__getitem__(uid)
+    def shown_metas(self, uids):
+        found = super().shown_metas(uids)
+        _CountingMap.lookups += len(found)
+        return found
 
 
 def test_an_expunge_looks_its_bodies_up_once_not_once_per_view(monkeypatch):
     """The expunging session's step hands its event to every view of the mailbox: the bodies
     to keep (RFC 2180 4.1.1) are looked up once for all of them, not once per view (four
     watchers of 100 messages: 100 lookups, not 400); each view only keeps the hold."""
-    monkeypatch.setattr(_CountingMeta, "lookups", 0)
+    monkeypatch.setattr(_CountingMap, "lookups", 0)
     hub = Hub()
     views = [_subscribed(hub, list(range(1, 101))) for _ in range(5)]
     expunger, watchers = views[0], views[1:]
     for view in watchers:
-        view.meta = _CountingMeta(view.meta)
+        view.messages = _CountingMap(view.messages.metas())
     hub.expunged(1, list(range(1, 101)), origin=expunger, body_ids=list(range(1, 101)))
-    assert _CountingMeta.lookups == 100
+    assert _CountingMap.lookups == 100
     assert hub.pinned() == set(range(1, 101)) and hub.garbage == set()
     assert [len(view.holds) for view in watchers] == [1, 1, 1, 1]
 
@@ -323,7 +326,7 @@ def test_a_view_that_never_showed_the_messages_keeps_nothing():
     assert busy.updates(True) == [b"3 EXISTS", b"0 RECENT"]
     hub.expunged(1, [3], origin=busy, body_ids=[3])
     assert quiet.holds == [] and hub.garbage == {3}
-    assert quiet.updates(True) == [] and quiet.uids == [1, 2]   # never told of UID 3
+    assert quiet.updates(True) == [] and list(quiet.messages) == [1, 2]   # never told of UID 3
 
 
 def test_own_expunge_read_back_by_the_feed_keeps_what_a_view_still_shows():
@@ -547,7 +550,8 @@ def test_the_views_of_a_flag_change_share_its_messages():
     hub.flags(1, [FlagUpdate(1, SEEN, 10, True), FlagUpdate(2, SEEN, 11, True)])
     for view in views:
         view.updates(True)
-    first, second, third = (view.meta for view in views)
+    first, second, third = ({uid: view.messages.meta_of(uid) for uid in view.messages}
+                            for view in views)
     assert first[1] is second[1] is third[1] and first[1].flags == SEEN
     assert first[2] is second[2] and first[2].modseq == 11
     assert third[2].flags == frozenset({"$Own"}) and third[2].modseq == 20

@@ -10,11 +10,10 @@ CONDSTORE (3.2.3) and makes the server send VANISHED instead of EXPUNGE (3.2.10)
 
 from __future__ import annotations
 
-import bisect
-
 from ...store import ChangeKind, ChangesPruned
 from ..numbers import MODSEQ_MAX
 from ._args import Reply, compress, parse_number, parse_sequence_set, resolve, word
+from ._message_map import MessageMap
 
 CONDSTORE, QRESYNC = b"CONDSTORE", b"QRESYNC"
 
@@ -79,10 +78,9 @@ async def qresync_lines(session, view, qresync) -> None:
     vanished = await _expunged_since(session, view, modseq, ranges)
     if vanished:
         session.emit(b"VANISHED (EARLIER) " + vanished)
-    for seq, uid in enumerate(view.uids, 1):
-        meta = view.meta[uid]
+    for seq, uid, meta in view.messages.items():
         if meta.modseq > modseq and wanted(uid):
-            session.emit(view.fetch_flags_line(seq, uid, with_uid=True))
+            session.emit(view.fetch_flags_line(seq, with_uid=True))
 
 
 def fetch_modifiers(session, cmd, uid: bool) -> tuple[int | None, bool]:
@@ -122,25 +120,16 @@ async def _expunged_since(session, view, modseq: int, ranges) -> bytes:
         changes = await session.store.changes_since(view.mailbox_id, modseq)
     except ChangesPruned:
         spans = ranges if ranges is not None else [(1, max(view.max_uid, 1))]
-        return _missing(view.uids, spans)
-    gone = sorted({c.uid for c in changes if c.kind is ChangeKind.EXPUNGE and c.uid not in view.meta
+        return _missing(view.messages, spans)
+    gone = sorted({c.uid for c in changes if c.kind is ChangeKind.EXPUNGE and c.uid not in view.messages
                    and (ranges is None or any(lo <= c.uid <= hi for lo, hi in ranges))})
     return compress(gone) if gone else b""
 
 
-def _missing(uids: list[int], spans) -> bytes:
-    """The gaps of the sorted `uids` inside `spans`, as a UID set ("" when none)."""
-    out = []
-    for lo, hi in spans:
-        start = bisect.bisect_left(uids, lo)
-        cursor = lo
-        for uid in uids[start:bisect.bisect_right(uids, hi)]:
-            if uid > cursor:
-                out.append(b"%d" % cursor if uid - 1 == cursor else b"%d:%d" % (cursor, uid - 1))
-            cursor = uid + 1
-        if cursor <= hi:
-            out.append(b"%d" % cursor if cursor == hi else b"%d:%d" % (cursor, hi))
-    return b",".join(out)
+def _missing(messages: MessageMap, spans) -> bytes:
+    """The UIDs inside `spans` that no message of the view has, as a UID set ("" when none)."""
+    return b",".join(b"%d" % lo if lo == hi else b"%d:%d" % (lo, hi)
+                     for lo, hi in messages.missing(spans))
 
 
 def store_modifiers(args: list) -> tuple[int | None, list]:

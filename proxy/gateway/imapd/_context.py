@@ -121,7 +121,7 @@ def open_search(session, cmd, key: SearchKey, seqs: list[int]) -> bytes | None:
     untagged NO to send when past the limit."""
     view = session.view
     uid = cmd.name.startswith(b"UID ")
-    members = {view.uids[q - 1] for q in seqs}
+    members = set(view.messages.uids_at(seqs))
     return contexts_of(session).open(Context(cmd.tag, pin(key, view), uid, members))
 
 
@@ -160,7 +160,7 @@ def pin(key: SearchKey, view: "SelectedView") -> SearchKey:
             high = view.exists if high is None else high
             low, high = max(min(low, high), 1), min(max(low, high), view.exists)
             if low <= high:   # seq low..high are exactly the view's UIDs between theirs
-                ranges.append((view.uids[low - 1], view.uids[high - 1]))
+                ranges.append((view.messages.uid_at(low), view.messages.uid_at(high)))
         return SearchKey("UID", (tuple(ranges),)) if ranges else SearchKey("NOT", (SearchKey("ALL"),))
     if not any(isinstance(arg, SearchKey) for arg in key.args):
         return key

@@ -36,8 +36,8 @@ async def refresh(session) -> None:
     arrived, flagged = contexts.take_changes()
     if not contexts.live or not (arrived or flagged):
         return
-    arrivals = sorted(u for u in arrived if u in view.meta)
-    changed = sorted(u for u in arrived | flagged if u in view.meta)
+    arrivals = sorted(view.messages.shown(arrived))
+    changed = sorted(view.messages.shown(arrived | flagged))
     budget = CommandBudget(session.budget.seconds)
     budget.start()
     for context in list(contexts.live.values()):
@@ -45,8 +45,8 @@ async def refresh(session) -> None:
         if not candidates:
             continue
         try:
-            matched = {view.uids[q - 1] for q in
-                       await find(session, context.key, among=candidates, budget=budget)}
+            matched = set(view.messages.uids_at(
+                await find(session, context.key, among=candidates, budget=budget)))
             added = [u for u in candidates if u in matched and u not in context.members]
             removed = {u for u in candidates if u in context.members and u not in matched}
             items, merged = [], None

@@ -26,18 +26,25 @@ from typing import Sequence
 import trio
 
 from ...store import ChangeKind, ChangesPruned, Mailbox, MessageMeta
+from ._message_map import MessageMap, uid_array
 
 FULL_RELOAD_FRACTION = 4     # more than 1/4 of the mailbox changed: reload it whole
 
 
 class Snapshot:
-    __slots__ = ("mailbox_id", "modseq", "metas", "uids", "by_uid", "_derived")
+    """`metas` ascending by UID, `uids` their UIDs (compact, `_message_map`); never changed once
+    built: each view selecting the mailbox starts from its own `messages()` copy."""
+
+    __slots__ = ("mailbox_id", "modseq", "metas", "uids", "_derived")
 
     def __init__(self, mailbox_id: int, modseq: int, metas: list[MessageMeta]):
         self.mailbox_id, self.modseq, self.metas = mailbox_id, modseq, metas
-        self.uids = [m.uid for m in metas]
-        self.by_uid = {m.uid: m for m in metas}
+        self.uids = uid_array(m.uid for m in metas)
         self._derived: tuple[int | None, int, list[str]] | None = None
+
+    def messages(self) -> MessageMap:
+        """A view's own map of these messages: two C-level copies, no per-message work."""
+        return MessageMap(self.metas.copy(), self.uids[:])
 
     def _derive(self) -> tuple[int | None, int, list[str]]:
         if self._derived is None:

@@ -330,7 +330,7 @@ def _value(value: int | bytes) -> bytes:
 async def _size(session, snap) -> int:
     """RFC 8438 STATUS SIZE: the sum of the messages' RFC822.SIZE (from the MIME cache, which
     knows the virtual size; in slices of one store call each)."""
-    metas = [snap.by_uid[uid] for uid in snap.uids]
+    metas = snap.metas
     total = 0
     for start in range(0, len(metas), 1024):
         part = metas[start:start + 1024]

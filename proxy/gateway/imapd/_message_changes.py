@@ -40,7 +40,7 @@ async def store(session, cmd):
     view = session.view
     if unchanged_since is not None:
         await cs.enable_condstore(session)
-    uids = [view.uids[q - 1] for q in seqs if view.uids[q - 1] not in view.expunged]
+    uids = [uid for uid in view.messages.uids_at(seqs) if uid not in view.expunged]
     if not uids:
         return None
     result = await session.store.store_flags(view.mailbox_id, uids, flags, mode, unchanged_since)
@@ -49,7 +49,7 @@ async def store(session, cmd):
     budget = session.budget
     # What the client was told: a row may also show another session's change this view has not
     # told yet. Applied here, the hub's event for it is no news later: it is told now (below)
-    told = {u.uid: view.meta[u.uid] for u in result.updated if u.uid in view.meta}
+    told = {u.uid: meta for u in result.updated if (meta := view.messages.get(u.uid)) is not None}
     for update in result.updated:
         view.set_flags(update.uid, update.flags, update.modseq)
         await budget.share()   # committed: must finish, but not in one step (STORE 1:*)
@@ -64,13 +64,12 @@ async def store(session, cmd):
         # RFC 3501 6.4.6: even with .SILENT, flags changed by another session are sent
         expected = _MERGE[mode](before.flags, wanted)
         if not silent or update.flags != expected:
-            session.emit(view.fetch_flags_line(seq, update.uid, with_uid=uid))
+            session.emit(view.fetch_flags_line(seq, with_uid=uid))
         elif view.condstore and update.modseq > before.modseq:   # RFC 7162 3.1.3: MODSEQ
             session.emit(b"%d FETCH (UID %d MODSEQ (%d))" % (seq, update.uid, update.modseq))
     _tell_failed(session, view, result.failed)
     if result.modified:   # 3.1.3: MODIFIED lists what failed UNCHANGEDSINCE
-        failed = sorted(result.modified if uid else
-                        [view.seq_of(u) for u in result.modified if view.seq_of(u) is not None])
+        failed = sorted(result.modified) if uid else view.messages.seqs_of(result.modified)
         return b"MODIFIED " + compress(failed), "Conditional STORE failed for some messages."
     return None
 
@@ -81,14 +80,15 @@ def _tell_failed(session, view, failed) -> None:
     commit, and a PostgreSQL commit is seen by others before its author hears of it): the
     stored flags and MODSEQ, read with the test, are told now, or a FETCH MODSEQ right after
     [MODIFIED] could still answer the old one. The change's own event is then no news."""
-    newer = [f for f in failed if f.uid in view.meta and f.modseq > view.meta[f.uid].modseq]
+    newer = [f for f in failed
+             if (meta := view.messages.get(f.uid)) is not None and f.modseq > meta.modseq]
     for line in view.announce(f.flags for f in newer):   # RFC 3501 7.2.6: FLAGS first
         session.emit(line)
     for update in newer:
         view.set_flags(update.uid, update.flags, update.modseq)
         seq = view.seq_of(update.uid)
         if seq is not None:
-            session.emit(view.fetch_flags_line(seq, update.uid))
+            session.emit(view.fetch_flags_line(seq))
 
 
 # ---- COPY, MOVE ----------------------------------------------------------------------------------
@@ -135,14 +135,15 @@ async def copy(session, cmd, move: bool = False):
     if move:
         writable(session)
     view = session.view
-    uids = [view.uids[q - 1] for q in seqs if view.uids[q - 1] not in view.expunged]
+    metas = [meta for meta in view.messages.metas_at(seqs) if meta.uid not in view.expunged]
+    uids = [meta.uid for meta in metas]
     if not uids:
         return None
     if not move:   # RFC 9208 4.3; a MOVE within the account changes no usage
-        await quota.check(session, sum(view.meta[u].size for u in uids), len(uids))
+        await quota.check(session, sum(meta.size for meta in metas), len(uids))
     operation = session.store.move if move else session.store.copy
     hub = session.backend.hub   # (a COPY removes nothing: it does not wait for collects)
-    removing = hub.removing([view.meta[u].body_id for u in uids]) if move \
+    removing = hub.removing([meta.body_id for meta in metas]) if move \
         else contextlib.nullcontext()
     async with removing:
         pairs = await adding_to(session, target,
@@ -176,14 +177,15 @@ async def _expunge_deleted(session, only: set[int] | None, announce: bool) -> No
     view = session.view
     if announce:
         await session.send_updates(True)   # learn others' flag changes first (allowed here)
-    deleted = [u for u in view.uids if "\\Deleted" in view.meta[u].flags
-               and (only is None or u in only)]
+    marked = [meta for meta in view.messages.metas() if "\\Deleted" in meta.flags
+              and (only is None or meta.uid in only)]
+    deleted = [meta.uid for meta in marked]
     hub = session.backend.hub
-    async with hub.removing(view.meta[uid].body_id for uid in deleted):   # (its docstring)
+    async with hub.removing(meta.body_id for meta in marked):   # (its docstring)
         # only_deleted: another session may have taken \Deleted off since this view was told
         gone = await session.store.expunge(view.mailbox_id, deleted, only_deleted=True) \
             if deleted else []
-        bodies = [view.meta[uid].body_id for uid in gone if uid in view.meta]
+        bodies = [meta.body_id for meta in view.messages.shown_metas(set(gone))]
         # the other sessions hear of it at once; this one's view forgets them in slices
         hub.expunged(view.mailbox_id, gone, origin=view, body_ids=bodies)
     for batch in view.expunge_batches(gone):
@@ -202,7 +204,7 @@ async def expunge(session, cmd):
     if is_uid(cmd):   # RFC 4315 2.1
         if len(cmd.args) != 1:
             raise Reply.bad("UID EXPUNGE expects a UID set")
-        only = {session.view.uids[q - 1] for q in targets(session, cmd.args[0], True)}
+        only = set(session.view.messages.uids_at(targets(session, cmd.args[0], True)))
     await _expunge_deleted(session, only, announce=True)
     return None
 

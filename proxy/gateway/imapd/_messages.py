@@ -47,11 +47,11 @@ def targets(session, arg, uid: bool) -> list[int]:
         return searchres.seqs(view)
     ranges = parse_sequence_set(arg, session.max_set_ranges)
     if uid:
-        return view.seqs_for_uids(resolve(ranges, view.max_uid))
+        return view.messages.seqs_in_uid_ranges(resolve(ranges, view.max_uid))
     resolved = resolve(ranges, view.exists)
     if any(lo < 1 or hi > view.exists for lo, hi in resolved):   # Dovecot: BAD, as here
         raise Reply.bad("Invalid messageset: no such message")
-    return view.seqs_for(resolved)
+    return view.messages.seqs_in(resolved)
 
 
 def writable(session) -> None:
@@ -74,13 +74,13 @@ async def fetch(session, cmd):
     if changedsince is not None:   # RFC 7162 3.1.4: only messages changed since, with MODSEQ
         if not any(i.name == b"MODSEQ" for i in items):
             items = items + [Item(b"MODSEQ")]
-        seqs = [q for q in seqs if view.meta[view.uids[q - 1]].modseq > changedsince]
+        seqs = [q for q in seqs if view.messages.meta_at(q).modseq > changedsince]
         if vanished:   # 3.2.6: VANISHED (EARLIER) before the FETCH responses
             await cs.vanished_earlier(session, view, cmd.args[0], changedsince)
     seen_now: set[int] = set()
     if not view.read_only and any(not i.peek for i in items):   # 6.4.5: BODY[] sets \Seen
-        unseen = [view.uids[q - 1] for q in seqs if "\\Seen" not in view.meta[view.uids[q - 1]].flags
-                  and view.uids[q - 1] not in view.expunged]
+        unseen = [meta.uid for meta in view.messages.metas_at(seqs)
+                  if "\\Seen" not in meta.flags and meta.uid not in view.expunged]
         if unseen:
             result = await session.store.store_flags(view.mailbox_id, unseen, ["\\Seen"], FlagMode.ADD)
             for update in result.updated:
@@ -100,7 +100,7 @@ async def fetch(session, cmd):
     wants_preview = any(i.name == b"PREVIEW" for i in items)
 
     async def load(chunk):
-        metas = [view.meta[view.uids[q - 1]] for q in chunk]
+        metas = view.messages.metas_at(chunk)
         infos = await mime.infos(store, metas) if needs_mime else [None] * len(metas)
         if needs_body:
             raws = await mime.bodies.get_many(store, metas)
@@ -124,7 +124,7 @@ async def fetch(session, cmd):
                 missing = True   # expunged by another session, not yet announced (RFC 2180 4.1.3)
                 continue
             session.write_pieces(render(seq, meta, with_flags if meta.uid in seen_now else items,
-                                        view.flags_of(meta.uid), info, raw, binaries[n], previews[n],
+                                        view.flags_of(meta), info, raw, binaries[n], previews[n],
                                         ids=session.backend.object_ids,
                                         max_header_bytes=mime.limits.max_header_bytes))
             await session.budget.tick()
@@ -184,7 +184,7 @@ def _chunks(view, seqs: list[int]):
     chunk, size = [], 0
     for seq in seqs:
         chunk.append(seq)
-        size += view.meta[view.uids[seq - 1]].size
+        size += view.messages.meta_at(seq).size
         if len(chunk) >= CHUNK_MESSAGES or size >= CHUNK_BYTES:
             yield chunk
             chunk, size = [], 0
@@ -231,8 +231,7 @@ async def find(session, key: SearchKey, among: list[int] | None = None,
     ops = key_ops(key)
     view = session.view
     budget = budget or session.budget
-    seqs = list(range(1, view.exists + 1)) if among is None else \
-        sorted(q for u in among if (q := view.seq_of(u)) is not None)
+    seqs = list(range(1, view.exists + 1)) if among is None else view.messages.seqs_of(among)
     if key.op == "ALL":   # SORT/THREAD/SEARCH ALL: nothing to evaluate
         return seqs
     if "MODSEQ" in ops:
@@ -244,7 +243,7 @@ async def find(session, key: SearchKey, among: list[int] | None = None,
     found = []
     for start in range(0, len(seqs), CHUNK_MESSAGES):
         part = seqs[start:start + CHUNK_MESSAGES]
-        metas = [view.meta[view.uids[q - 1]] for q in part]
+        metas = view.messages.metas_at(part)
         raws = await mime.bodies.get_many(store, metas) if need_raw else None
         texts = await mime.texts(store, metas) if need_text else None
         infos = await mime.infos(store, metas) if need_size else None
@@ -257,7 +256,7 @@ async def find(session, key: SearchKey, among: list[int] | None = None,
                     need_size and info is None):
                 continue   # not in the store (its body pin was lost): cannot match
             msgs.append(types.SimpleNamespace(
-                seq=part[n], uid=meta.uid, flags=view.flags_of(meta.uid),
+                seq=part[n], uid=meta.uid, flags=view.flags_of(meta),
                 internaldate=meta.internaldate, modseq=meta.modseq, saved=meta.saved,
                 emailid=ids.email(meta.body_id) if ids is not None else None,
                 size=info.size if info is not None else meta.size, raw=raw, texts=text,
@@ -297,12 +296,12 @@ async def search(session, cmd):
     found = await find(session, key)
     refused = context.open_search(session, cmd, key, found) if updating else None
     if options is not None and b"SAVE" in options:
-        searchres.save(view, [view.uids[q - 1] for q in _saved_part(found, options, window)])
+        searchres.save(view, view.messages.uids_at(_saved_part(found, options, window)))
         options = options - {b"SAVE"}
         if not options:   # 2.4: SAVE alone returns no ESEARCH
             return None
     if is_uid(cmd):
-        found = [view.uids[q - 1] for q in found]
+        found = view.messages.uids_at(found)
     top = _result_modseq(view, found, options, is_uid(cmd), window) if "MODSEQ" in ops else None
     if options is None:
         session.emit(b"SEARCH" + b"".join(b" %d" % n for n in found) +
@@ -352,4 +351,5 @@ def _result_modseq(view, found: list[int], options: set[bytes] | None, uid: bool
                     if option in options] + (window.window(sorted(found)) if window else [])
     if not returned:   # a PARTIAL window past the end: no message returned, no MODSEQ
         return None
-    return max(view.meta[n if uid else view.uids[n - 1]].modseq for n in returned)
+    messages = view.messages
+    return max((messages.meta_of(n) if uid else messages.meta_at(n)).modseq for n in returned)

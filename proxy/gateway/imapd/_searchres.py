@@ -20,13 +20,12 @@ def is_saved(arg: object) -> bool:
 
 
 def _saved(view: SelectedView) -> list[int]:
-    return [u for u in view.saved if u in view.meta]
+    return view.messages.shown(view.saved)
 
 
 def seqs(view: SelectedView) -> list[int]:
     """The saved result as sequence numbers of the view."""
-    wanted = set(_saved(view))
-    return [n for n, uid in enumerate(view.uids, 1) if uid in wanted]
+    return view.messages.seqs_of(view.saved)
 
 
 def substitute(args, view: SelectedView) -> list:

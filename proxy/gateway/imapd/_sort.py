@@ -35,7 +35,7 @@ _ESORT_OPTIONS = {b"MIN", b"MAX", b"COUNT", b"ALL", b"PARTIAL", b"SAVE",   # SAV
 async def items_of(session, seqs: list[int], uid: bool, need_size: bool) -> list[Item]:
     """The selected messages as sortable items (expunged-by-others ones are left out)."""
     view = session.view
-    metas = [view.meta[view.uids[q - 1]] for q in seqs]
+    metas = view.messages.metas_at(seqs)
     fields = await session.backend.mime.sort_fields.fields(session.store, metas)
     sizes = [m.size for m in metas]
     if need_size:   # RFC822.SIZE is the virtual size, from the MIME cache
@@ -73,7 +73,7 @@ def _selection(view, seqs: list[int]) -> tuple:
     which sequence numbers. A message (mailbox, UID) never changes its body, INTERNALDATE or
     size, the view keeps the bodies it shows (so their sort fields stay readable) and mailbox
     ids are never reused, so equal selections get equal answers (`_caches.AnswerCache`)."""
-    return view.mailbox_id, tuple(seqs), tuple(view.uids[q - 1] for q in seqs)
+    return view.mailbox_id, tuple(seqs), tuple(view.messages.uids_at(seqs))
 
 
 def _charset_and_keys(session, args: list) -> list:
@@ -188,10 +188,10 @@ async def sort(session, cmd):
     if updating:   # RFC 5267 4.3: the result's sort items, to place what enters later
         ordered = await items_of(session, list(order), True, need_size)
         refused = context.open_sort(session, cmd, key, program, ordered, need_size)
-    numbers = [view.uids[q - 1] for q in order] if is_uid(cmd) else list(order)
+    numbers = view.messages.uids_at(order) if is_uid(cmd) else list(order)
     if saving:
         assert options is not None
-        searchres.save(view, [view.uids[q - 1] for q in _saved_part(list(order), options)])
+        searchres.save(view, view.messages.uids_at(_saved_part(list(order), options)))
         options = {k: v for k, v in options.items() if k != b"SAVE"}
         if not options:   # RFC 5182 2.4: SAVE alone returns no ESEARCH
             return None

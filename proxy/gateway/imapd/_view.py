@@ -1,7 +1,8 @@
 """A session's picture of its selected mailbox (RFC 3501 2.3.1.2, 5.2, 7.4.1; RFC 7162).
 
-Theory of operation: the view is what the *client* has been told: the sequence number -> UID
-map (`uids`), the flags and MODSEQ of each message as last told (`meta`), the keywords announced
+Theory of operation: the view is what the *client* has been told: its messages in sequence
+number order with the flags and MODSEQ of each as last told (`messages`, a compact
+`MessageMap`: one per session, so about 12 bytes per message), the keywords announced
 with FLAGS (`keywords`), the \\Recent UIDs of this session. Sequence numbers change only when this
 session sends EXISTS or EXPUNGE. Changes by others arrive from the hub (`notify`, synchronous)
 and wait in `pending` until `updates()` turns them into untagged responses at a moment the RFC
@@ -48,12 +49,12 @@ from ...store import Mailbox, MessageMeta
 from ...store.base import SYSTEM_FLAGS
 from ._args import compress, flag_list
 from ._index import Snapshot
+from ._message_map import MessageMap
 from .hub import EventKind, Hold, Hub, MailboxEvent
 
 if TYPE_CHECKING:
     from ._context import Contexts
 
-_BODY_ID = operator.attrgetter("body_id")
 _UID = operator.attrgetter("uid")
 _FLAGS = operator.attrgetter("flags")
 EXPUNGE_BATCH = 500   # expunged messages a view forgets per slice (its own or others' expunge)
@@ -69,17 +70,16 @@ class SelectedView:
         self.name = mailbox.name
         self.uidvalidity = mailbox.uidvalidity
         self.read_only = read_only
-        self.uids = [m.uid for m in metas]
-        self.meta = {m.uid: m for m in metas}
+        self.messages = MessageMap(metas)      # seq <-> UID <-> meta as the client knows them
         self.top = self.max_uid                # highest UID ever held; never lowered (docstring)
-        self.recent = recent & set(self.meta)
+        self.recent = {uid for uid in recent if uid in self.messages}
         self.pending: list[MailboxEvent] = []
         self.expunged: set[int] = set()        # gone from the store, not yet announced
         self.early_flags: dict[int, tuple[frozenset[str], int]] = {}   # uid not announced yet
         self.loaded_modseq = 0                 # MODSEQ of the snapshot the view started from
         self.holds: list[Hold] = []            # expunges whose bodies this view keeps
         self.arriving: dict[int, MessageMeta] = {}   # new, being applied in parts (docstring)
-        self.loaded = False                    # `load` done: `meta` is the snapshot
+        self.loaded = False                    # `load` done: `messages` is the snapshot
         self.keywords: set[str] = set()        # announced with FLAGS (RFC 3501 7.2.6)
         self.gone = False
         self.wakeup = trio.Event()
@@ -107,19 +107,18 @@ class SelectedView:
         return True
 
     def _shows_none(self, hold: Hold) -> bool:
-        # dict views iterate the smaller side and stop at the first UID in common
-        return self.meta.keys().isdisjoint(hold.uids) and self.arriving.keys().isdisjoint(hold.uids)
+        # both stop at the first UID in common (`MessageMap.shows_any` for the costs)
+        return not self.messages.shows_any(hold.uids) and self.arriving.keys().isdisjoint(hold.uids)
 
     def bodies_of(self, uids: set[int]) -> dict[int, int]:
-        """uid -> body id of those of `uids` this view shows (none before `load`); C-level."""
+        """uid -> body id of those of `uids` this view shows (none before `load`)."""
         if not self.loaded:
             return {}
-        shown = self.meta.keys() & uids
-        find = self.meta.__getitem__
+        shown = {meta.uid: meta.body_id for meta in self.messages.shown_metas(uids)}
         if self.arriving:   # an arrival applied in parts: the rest are shown once it ends
-            shown |= self.arriving.keys() & uids
-            find = self._meta_or_arriving
-        return dict(zip(shown, map(_BODY_ID, map(find, shown)), strict=True))
+            for uid in self.arriving.keys() & uids:
+                shown.setdefault(uid, self.arriving[uid].body_id)
+        return shown
 
     def _settle(self) -> None:
         """Let go of the holds none of whose messages this view shows any more."""
@@ -133,17 +132,12 @@ class SelectedView:
                 kept.append(hold)
         self.holds = kept
 
-    def _meta_or_arriving(self, uid: int) -> MessageMeta:
-        meta = self.meta.get(uid)
-        return meta if meta is not None else self.arriving[uid]
-
     def load(self, snapshot: Snapshot) -> None:
         """The snapshot taken after subscribing; expunges already known keep the bodies it shows.
-        The view's own copies of the snapshot's UID list and map are C-level copies (SELECT of a
-        large mailbox stays cheap)."""
+        The view's own copy of the snapshot's messages is two C-level copies (SELECT of a
+        large mailbox stays cheap, `Snapshot.messages`)."""
         self.loaded_modseq = snapshot.modseq
-        self.uids = list(snapshot.uids)
-        self.meta = dict(snapshot.by_uid)
+        self.messages = snapshot.messages()
         self.top = max(self.top, self.max_uid)
         self.loaded = True
         if self.hub is not None:
@@ -163,43 +157,44 @@ class SelectedView:
     # ---- lookups ----------------------------------------------------------------------------
     @property
     def exists(self) -> int:
-        return len(self.uids)
+        return len(self.messages)
 
     @property
     def max_uid(self) -> int:
-        return self.uids[-1] if self.uids else 0
+        return self.messages.max_uid
 
     def seq_of(self, uid: int) -> int | None:
-        index = bisect.bisect_left(self.uids, uid)
-        return index + 1 if index < len(self.uids) and self.uids[index] == uid else None
+        return self.messages.seq_of(uid)
 
-    def flags_of(self, uid: int) -> frozenset[str]:
-        flags = self.meta[uid].flags
-        return flags | {"\\Recent"} if uid in self.recent else flags
+    def flags_of(self, meta: MessageMeta) -> frozenset[str]:
+        """The flags of a shown message as this session sees them (with its own \\Recent)."""
+        flags = meta.flags
+        return flags | {"\\Recent"} if meta.uid in self.recent else flags
 
-    def fetch_flags_line(self, seq: int, uid: int, with_uid: bool = True) -> bytes:
-        """`seq FETCH ([UID u ]FLAGS (...)[ MODSEQ (m)])` for an unsolicited or STORE response."""
+    def fetch_flags_line(self, seq: int, with_uid: bool = True) -> bytes:
+        """`seq FETCH ([UID u ]FLAGS (...)[ MODSEQ (m)])` of the message at `seq`, for an
+        unsolicited or STORE response."""
+        meta = self.messages.meta_at(seq)
         # RFC 7162 3.1: with CONDSTORE enabled every untagged FETCH carries UID and MODSEQ
         with_uid = with_uid or self.condstore
-        line = b"%d FETCH (" % seq + (b"UID %d " % uid if with_uid else b"")
-        line += b"FLAGS " + flag_list(self.flags_of(uid))
+        line = b"%d FETCH (" % seq + (b"UID %d " % meta.uid if with_uid else b"")
+        line += b"FLAGS " + flag_list(self.flags_of(meta))
         if self.condstore:
-            line += b" MODSEQ (%d)" % self.meta[uid].modseq
+            line += b" MODSEQ (%d)" % meta.modseq
         return line + b")"
 
     def expunge_lines(self, uids) -> list[bytes]:
         """Forget expunged messages; EXPUNGE per message (highest first, so no number shifts
         under the client, RFC 3501 7.4.1), or one VANISHED (RFC 7162 3.2.10) with QRESYNC."""
-        gone = [uid for uid in sorted(uids, reverse=True) if self.seq_of(uid) is not None]
-        # RFC 5267 4.3.4: REMOVEFROM in sequence numbers goes before the EXPUNGE
-        removals = self.contexts.removing(self, gone) if self.contexts is not None else []
+        removals = []
+        if self.contexts is not None:   # RFC 5267 4.3.4: REMOVEFROM (in numbers) goes first
+            removals = self.contexts.removing(self, sorted(self.messages.shown(uids), reverse=True))
+        removed = self._remove_many(uids)   # highest first, each numbered as sent
+        gone = [uid for uid, _ in removed]
         if self.qresync:
-            for uid in gone:
-                self.remove(uid)
             lines = removals + ([b"VANISHED " + compress(sorted(gone))] if gone else [])
         else:
-            lines = removals + [b"%d EXPUNGE" % seq for uid in gone
-                                if (seq := self.remove(uid)) is not None]
+            lines = removals + [b"%d EXPUNGE" % seq for _, seq in removed]
         self._settle()   # bodies of messages it no longer shows may go
         return lines
 
@@ -225,38 +220,32 @@ class SelectedView:
                 top = max(top, event.metas[-1].uid)
         return top if top > self.top else 0
 
-    def seqs_for(self, ranges: list[tuple[int, int]]) -> list[int]:
-        """Sequence numbers in `ranges` (already resolved), ascending, deduplicated."""
-        wanted: set[int] = set()
-        for lo, hi in ranges:
-            wanted.update(range(max(lo, 1), min(hi, self.exists) + 1))
-        return sorted(wanted)
-
-    def seqs_for_uids(self, ranges: list[tuple[int, int]]) -> list[int]:
-        out: list[int] = []
-        for lo, hi in ranges:
-            start = bisect.bisect_left(self.uids, lo)
-            end = bisect.bisect_right(self.uids, hi)
-            out.extend(range(start + 1, end + 1))
-        return sorted(set(out))
-
     # ---- local changes (this session's own commands) -----------------------------------------
     def set_flags(self, uid: int, flags: frozenset[str], modseq: int) -> None:
-        meta = self.meta.get(uid)
-        if meta is not None and modseq >= meta.modseq:
-            self.meta[uid] = meta.with_flags(flags, modseq)
+        seq = self.messages.seq_of(uid)
+        if seq is None:
+            return
+        meta = self.messages.meta_at(seq)
+        if modseq >= meta.modseq:
+            self.messages.replace_at(seq, meta.with_flags(flags, modseq))
             if self.contexts is not None:
                 self.contexts.flagged.add(uid)
 
     def remove(self, uid: int) -> int | None:
         """Forget an expunged message now; returns the sequence number it had."""
-        seq = self.seq_of(uid)
+        seq = self.messages.remove(uid)
         if seq is not None:
-            del self.uids[seq - 1]
-            self.meta.pop(uid, None)
             self.recent.discard(uid)
             self.expunged.discard(uid)
         return seq
+
+    def _remove_many(self, uids: list[int]) -> list[tuple[int, int]]:
+        """`remove` of each of `uids` in one pass (`MessageMap.remove_many`)."""
+        removed = self.messages.remove_many(uids)
+        for uid, _ in removed:
+            self.recent.discard(uid)
+            self.expunged.discard(uid)
+        return removed
 
     # ---- others' changes ---------------------------------------------------------------------
     def updates(self, allow_expunge: bool, recent: tuple[int, int] | None = None) -> list[bytes]:
@@ -275,7 +264,7 @@ class SelectedView:
         events, self.pending = self.pending, []
         self.wakeup = trio.Event()
         new: dict[int, MessageMeta] = {}
-        changed: dict[int, None] = {}
+        changed: dict[int, int] = {}   # uid -> its sequence number when changed
         work = 0
         for event in events:
             self.latencies.append(event.published)
@@ -300,7 +289,7 @@ class SelectedView:
             elif event.kind is EventKind.EXPUNGE:
                 for uid in event.uids:
                     self.early_flags.pop(uid, None)
-                    if new.pop(uid, None) is None and uid in self.meta:
+                    if new.pop(uid, None) is None and uid in self.messages:
                         self.expunged.add(uid)   # never told of it: never announced
             else:
                 self.gone = True
@@ -310,8 +299,7 @@ class SelectedView:
             lines += self.announce(map(_FLAGS, metas))
             self.arriving = new   # `keep` finds these during a pause (module docstring)
             for n, meta in enumerate(metas, 1):
-                self.uids.append(meta.uid)
-                self.meta[meta.uid] = meta
+                self.messages.append(meta)
                 if recent is not None and recent[0] <= meta.uid <= recent[1]:
                     self.recent.add(meta.uid)
                 if not n % UPDATE_SLICE and n < len(metas):
@@ -324,18 +312,18 @@ class SelectedView:
             if not self.rev2:   # RFC 9051 E.5: IMAP4rev2 has no RECENT response
                 lines.append(b"%d RECENT" % len(self.recent))
         if allow_expunge and self.expunged:   # numbers against what the client knows now
+            changed = dict.fromkeys(changed, 0)   # numbers shift: looked up again below
             for batch in self.expunge_batches(self.expunged):
                 lines += self.expunge_lines(batch)
                 yield lines
                 lines = []
-        present = [uid for uid in changed if uid in self.meta]
+        present = [(seq, uid) for uid, known in changed.items()
+                   if (seq := known or self.seq_of(uid)) is not None]
         if self.contexts is not None:
-            self.contexts.flagged.update(present)
-        lines += self.announce(self.meta[uid].flags for uid in present)
-        for n, uid in enumerate(present, 1):
-            seq = self.seq_of(uid)
-            if seq is not None:
-                lines.append(self.fetch_flags_line(seq, uid))
+            self.contexts.flagged.update(uid for _, uid in present)
+        lines += self.announce(self.messages.meta_at(seq).flags for seq, _ in present)
+        for n, (seq, _) in enumerate(present, 1):
+            lines.append(self.fetch_flags_line(seq))
             if not n % UPDATE_SLICE:
                 yield lines
                 lines = []
@@ -354,22 +342,23 @@ class SelectedView:
                 for start in range(0, len(ordered), EXPUNGE_BATCH)]
 
     def _flag_event(self, uid: int, flags: frozenset[str], modseq: int,
-                    new: dict[int, MessageMeta], changed: dict[int, None],
+                    new: dict[int, MessageMeta], changed: dict[int, int],
                     shared: dict[int, MessageMeta]) -> None:
         if uid in new:
             if modseq > new[uid].modseq:
                 new[uid] = new[uid].with_flags(flags, modseq)
             return
-        meta = self.meta.get(uid)
-        if meta is not None and modseq > meta.modseq:
+        seq = self.messages.seq_of(uid)
+        meta = self.messages.meta_at(seq) if seq is not None else None
+        if seq is not None and meta is not None and modseq > meta.modseq:   # (one search)
             # one message object per change for every view of the mailbox (the event's
             # `shared`; a message's other fields never change): a flag change to 10,000
             # messages seen by 50 sessions made 500,000 copies, 1.1 MB more per session
             made = shared.get(uid)
             if made is None or made.modseq != modseq:
                 made = shared[uid] = meta.with_flags(flags, modseq)
-            self.meta[uid] = made
-            changed[uid] = None
+            self.messages.replace_at(seq, made)
+            changed[uid] = seq   # new messages go after it: it keeps this number
         elif meta is None and uid > self.top:   # not announced yet (module docstring)
             early = self.early_flags.get(uid)
             if early is None or modseq > early[1]:
