@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING
 from ..config import ImapService, Reuse, Upstream
 from ..session.context import Session
 from ..session.failures import Close
-from .engine_logout import LOGOUT_WAIT
-from .engine_session import IN, OUT, EngineSession, Side
+from .engine_logout import LOGOUT_WAIT, LoggedOut
+from .engine_session import Side
 from .upstream_pool import Parked, Pool, SessionState
 from .upstream_pool import secret as pool_secret
 
@@ -237,26 +237,20 @@ def _has(capabilities: tuple[bytes, ...], name: bytes) -> bool:
     return any(cap.upper() == name for cap in capabilities)
 
 
-class Parking(EngineSession):
+class Parking(LoggedOut):
     """A relay session after the LOGOUT `client_chunk` answered: its upstream connection parked
     once UNSELECT's OK is read (or at once when nothing was selected), then the session ends."""
 
-    __slots__ = ("relay", "reuse", "tag", "until", "buffer", "open")
+    __slots__ = ("reuse", "tag", "buffer")
 
     def __init__(self, relay: ImapEngineSession, reuse: Reusable | None, tag: bytes | None,
                  until: float):
-        super().__init__(relay.engine, relay.session, relay.client.conn, relay.client.fd,
-                         relay.upstream.conn, relay.upstream.fd)
-        for mine, theirs in zip(self.sides, relay.sides, strict=True):
-            mine.out, theirs.out = theirs.out, b""
-        self.relay = relay
+        super().__init__(relay, until)   # (sides, `released`, `masks`, `due` as LoggedOut's)
         self.reuse = reuse
         self.tag = tag
-        self.until = until
         self.buffer = b""
-        # a TLS client is read until the end, as engine_logout.LoggedOut does (not after its EOF)
-        self.open = {self.upstream} if self.client.tls is None or self.client.conn.eof \
-            else {self.client, self.upstream}
+        if self.client.conn.eof:   # (a TLS client is read until its end, not after it)
+            self.open.discard(self.client)
 
     def start(self) -> None:
         if self.reuse is None:
@@ -310,19 +304,6 @@ class Parking(EngineSession):
             count(self.session, self.reuse.name, "unparkable")
             self.reuse = None
         self.finish()
-
-    def released(self) -> None:
-        """As LoggedOut.released: what a plain side still holds goes back to the relay's."""
-        for mine, theirs in zip(self.sides, self.relay.sides, strict=True):
-            if mine.out and mine.tls is None:
-                theirs.out = mine.out
-
-    def masks(self) -> tuple[int, ...]:
-        return tuple((OUT if side.out else 0) | (IN if side in self.open else 0)
-                     for side in self.sides)
-
-    def due(self) -> float:
-        return self.until
 
     def timer(self, now: float) -> None:
         self._end_unparked()

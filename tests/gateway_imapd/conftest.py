@@ -44,6 +44,17 @@ def select_stored(client: imaplib.IMAP4, count: int, mailbox: str = "INBOX") -> 
              f"{count} messages stored in {mailbox}", interval=0.1)
 
 
+async def inbox_metas(gateway) -> list:
+    """The gateway user's INBOX messages as the store has them (MessageMeta, in UID order)."""
+    store = gateway.service.store
+    (upstream,) = gateway.config.upstreams
+    account = await store.get_account(upstream, gateway.user.lower())
+    assert account is not None
+    inbox = await store.get_mailbox(account.id, "INBOX")
+    assert inbox is not None
+    return await store.messages(inbox.id)
+
+
 async def differences_from_dovecot(gateway, dovecot, other, compare) -> list[str]:
     """A differential test's run: `compare(ours, theirs)` in a thread, `ours` logged in to the
     gateway and `theirs` to Dovecot as `other` (not the gateway's user, whose POP3 INBOX must

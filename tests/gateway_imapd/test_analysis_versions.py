@@ -13,7 +13,7 @@ import trio
 
 from proxy.gateway import analysis, mime, sortkeys
 
-from .conftest import message, select_stored
+from .conftest import inbox_metas, message, select_stored
 
 STALE_SUBJECTS = {1: "zz stale", 2: "aa stale"}   # the reverse of the real order
 
@@ -41,12 +41,7 @@ async def test_analysis_stored_by_an_older_version_is_derived_again(gateway):
 
     await trio.to_thread.run_sync(first_session)
     store = gateway.service.store
-    (upstream,) = gateway.config.upstreams
-    account = await store.get_account(upstream, gateway.user.lower())
-    assert account is not None
-    inbox = await store.get_mailbox(account.id, "INBOX")
-    assert inbox is not None
-    metas = await store.messages(inbox.id)
+    metas = await inbox_metas(gateway)
     blobs = await store.caches(metas)
     assert all(blob is not None for blob in blobs)
     await store.set_caches([(meta, _stale_blob(blob, STALE_SUBJECTS[meta.uid]))
@@ -101,12 +96,7 @@ async def test_analysis_stored_by_a_newer_version_is_used_in_memory_not_overwrit
 
     await trio.to_thread.run_sync(first_session)
     store = gateway.service.store
-    (upstream,) = gateway.config.upstreams
-    account = await store.get_account(upstream, gateway.user.lower())
-    assert account is not None
-    inbox = await store.get_mailbox(account.id, "INBOX")
-    assert inbox is not None
-    metas = await store.messages(inbox.id)
+    metas = await inbox_metas(gateway)
     blobs = await store.caches(metas)
     newer = [_newer_blob(blob) for blob in blobs if blob is not None]
     assert len(newer) == 2

@@ -12,7 +12,7 @@ import trio
 
 from proxy.gateway import mime
 
-from .conftest import GatewayHandle, message, select_stored
+from .conftest import GatewayHandle, inbox_metas, message, select_stored
 
 MARK = "kept as stored"
 
@@ -50,12 +50,7 @@ async def _restart_with_bound(gateway: GatewayHandle, bound: int) -> None:
 
 async def _blobs(gateway: GatewayHandle) -> tuple[list, list[dict]]:
     store = gateway.service.store
-    (upstream,) = gateway.config.upstreams
-    account = await store.get_account(upstream, gateway.user.lower())
-    assert account is not None
-    inbox = await store.get_mailbox(account.id, "INBOX")
-    assert inbox is not None
-    metas = await store.messages(inbox.id)
+    metas = await inbox_metas(gateway)
     return metas, [json.loads(blob or b"{}") for blob in await store.caches(metas)]
 
 

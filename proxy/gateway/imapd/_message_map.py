@@ -34,6 +34,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 
 from ...store import MessageMeta
+from ..numbers import merge
 
 UID_TYPECODE = "I"   # unsigned 32 bits on every platform CPython supports (checked below)
 assert array(UID_TYPECODE).itemsize == 4
@@ -47,17 +48,8 @@ def uid_array(uids: Iterable[int] = ()) -> array:
 def merged(ranges: Iterable[tuple[int, int]], low: int, high: int) -> list[tuple[int, int]]:
     """`ranges` (each in either order) clamped to low..high, sorted and merged: disjoint,
     ascending, non-adjacent. O(r log r) in the number of ranges, whatever their bounds."""
-    spans = sorted((max(min(a, b), low), min(max(a, b), high)) for a, b in ranges)
-    out: list[tuple[int, int]] = []
-    for lo, hi in spans:
-        if lo > hi:
-            continue
-        if out and lo <= out[-1][1] + 1:
-            if hi > out[-1][1]:
-                out[-1] = (out[-1][0], hi)
-        else:
-            out.append((lo, hi))
-    return out
+    spans = ((max(min(a, b), low), min(max(a, b), high)) for a, b in ranges)
+    return merge([(lo, hi) for lo, hi in spans if lo <= hi])
 
 
 class MessageMap:
