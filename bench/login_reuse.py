@@ -65,8 +65,9 @@ def main() -> None:
                 imap_session(port, *users[label])
         cpu: dict[str, list[float]] = {label: [] for label in pids}
 
-        def runner(label: str, port: int):
-            rate = sessions_runner(lambda: imap_session(port, *users[label]), args.seconds, 1)
+        def metered(label: str, rate, sink: dict[str, list[float]]):
+            """`rate` (a round's sessions/s), also putting the proxy's ms of CPU per session
+            of the round in `sink[label]` (mailproxy only: nginx and direct have no pid)."""
             if label not in pids:
                 return rate
 
@@ -74,9 +75,13 @@ def main() -> None:
                 before, started = cpu_seconds(pids[label]), time.perf_counter()
                 value = rate()
                 wall = time.perf_counter() - started
-                cpu[label].append((cpu_seconds(pids[label]) - before) / (value * wall) * 1e3)
+                sink[label].append((cpu_seconds(pids[label]) - before) / (value * wall) * 1e3)
                 return value
             return measured
+
+        def runner(label: str, port: int):
+            return metered(label, sessions_runner(lambda: imap_session(port, *users[label]),
+                                                  args.seconds, 1), cpu)
 
         log(f"sequential sessions, {args.rounds} rounds of {args.seconds}s: {list(ports)}")
         out = interleave(args.rounds, {label: runner(label, port) for label, port in ports.items()})
@@ -97,17 +102,7 @@ def main() -> None:
                 if not hasattr(local, "user"):
                     local.user = crowd[label][next(serial) % args.concurrent]
                 imap_session(port, *local.user)
-            rate = sessions_runner(one, args.seconds, args.concurrent)
-            if label not in pids:
-                return rate
-
-            def measured() -> float:
-                before, started = cpu_seconds(pids[label]), time.perf_counter()
-                value = rate()
-                wall = time.perf_counter() - started
-                ccpu[label].append((cpu_seconds(pids[label]) - before) / (value * wall) * 1e3)
-                return value
-            return measured
+            return metered(label, sessions_runner(one, args.seconds, args.concurrent), ccpu)
 
         ccpu: dict[str, list[float]] = {label: [] for label in pids}
         log(f"{args.concurrent} concurrent sessions, a user each")
